@@ -1,0 +1,5 @@
+import sys
+
+from crossan.cli import main
+
+sys.exit(main())

@@ -1,0 +1,146 @@
+"""The ``crossan`` command line. Every subcommand takes ``key=value`` config overrides after its options.
+
+    crossan train --data PATH [--config FILE]... [--out RUN_DIR] [--resume] [key=value]...
+    crossan evaluate RUN_DIR
+    crossan data stats --data PATH
+    crossan data synth --out DIR [--size small|medium|large] [--seed N]
+    crossan cache --data PATH --modalities text,image [--preset NAME] [key=value]...
+    crossan demo [--out DIR]
+    crossan bench [--suite NAME|FILE] --out DIR
+    crossan recommend RUN_DIR --history ITEM [ITEM ...] [--k 10]
+    crossan embed-items RUN_DIR --data NEW_CATALOGUE
+    crossan export RUN_DIR --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from crossan.config import Config, ConfigError, load_config
+
+EPILOG_OVERRIDES = ("Configuration: defaults < --config YAML files (in order) < key=value overrides, e.g. "
+                    "method=crossan modalities=[text,image] train.lr=1e-3 train.epochs=20 crossan.fusion=concat. "
+                    "See configs/ for documented examples.")
+
+
+def _config_args(p: argparse.ArgumentParser, data_required: bool = True) -> None:
+    p.add_argument("--data", required=data_required, metavar="PATH",
+                   help="dataset folder (users.tsv + items.tsv, RecBole .inter/.item) or a .csv file")
+    p.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML config file (repeatable)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+
+
+def _load(args: argparse.Namespace, extra: list[str] = ()) -> Config:
+    overrides = list(extra) + list(args.overrides)
+    if getattr(args, "data", None):
+        overrides.insert(0, f"data.path={args.data}")
+    return load_config(args.config, overrides)
+
+
+# --------------------------------------------------------------------------------------------- commands
+def cmd_train(args: argparse.Namespace) -> int:
+    from crossan.trainer import train
+
+    cfg = _load(args)
+    out = Path(args.out) if args.out else Path("runs") / f"{Path(cfg.data.path).name}-{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    res = train(cfg, out, resume=args.resume, progress=not args.quiet)
+    print(json.dumps({k: res[k] for k in ("method", "dataset", "best_epoch", "test")}, indent=2))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from crossan.trainer import rescore
+
+    out = rescore(args.run_dir, device=args.device)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def cmd_data_stats(args: argparse.Namespace) -> int:
+    from crossan.data import prepare, stats
+
+    cfg = _load(args)
+    data = prepare(cfg.data)
+    after = stats(data)
+    rows = [("", "as read", "after protocol")]
+    for k in after:
+        a, b = data.raw_stats.get(k, ""), after[k]
+        fmt = (lambda v: f"{v:.6f}") if k == "sparsity" else (lambda v: f"{v:,.1f}" if isinstance(v, float) else f"{v:,}")
+        rows.append((k, fmt(a) if a != "" else "", fmt(b)))
+    w = max(len(r[0]) for r in rows)
+    print(f"dataset {data.name} ({cfg.data.path})")
+    for r in rows:
+        print(f"  {r[0]:<{w}}  {r[1]:>14}  {r[2]:>14}")
+    if data.dropped:
+        print(f"  dropped rows: {data.dropped}")
+    have = {m: sum(r.has(m) for r in data.catalogue) for m in ("text", "image", "video", "audio")}
+    print("  items with content: " + ", ".join(f"{m} {n:,}" for m, n in have.items()))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="crossan",
+        description="Adapt frozen multimodal foundation models to sequential recommendation "
+                    "(CROSSAN, IISAN, FFT, Adapter, LoRA, frozen features, SASRec-ID).",
+        epilog=EPILOG_OVERRIDES)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a recommender and test it at the best validation epoch",
+                       description="Train METHOD on a dataset, select the epoch on validation, report test metrics. "
+                                   "Writes config.yaml, train.log, history.jsonl, checkpoints/, best.safetensors "
+                                   "and results.json into the run folder.", epilog=EPILOG_OVERRIDES)
+    _config_args(p)
+    p.add_argument("--out", metavar="RUN_DIR", help="run folder (default runs/DATASET-METHOD-TIME)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("evaluate", help="re-score a saved run on validation and test",
+                       description="Load RUN_DIR's config and best weights, rebuild the data, and print (and write "
+                                   "RUN_DIR/evaluation.json) the full-ranking metrics.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, …")
+    p.set_defaults(fn=cmd_evaluate)
+
+    data = sub.add_parser("data", help="dataset tools (stats, synth)",
+                          description="Dataset tools.").add_subparsers(dest="data_command", required=True,
+                                                                        metavar="SUBCOMMAND")
+    p = data.add_parser("stats", help="users, items, interactions, sparsity, sequence lengths",
+                        description="Print dataset statistics as read and after the protocol (filtering, "
+                                    "truncation to the last max_seq_len+3 items).", epilog=EPILOG_OVERRIDES)
+    _config_args(p)
+    p.set_defaults(fn=cmd_data_stats)
+
+    for register in _EXTRA_COMMANDS:
+        register(sub, data)
+    return parser
+
+
+_EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction, argparse._SubParsersAction], None]] = []
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from crossan.data.readers import DataError
+    from crossan.trainer import RunError
+
+    try:
+        return args.fn(args)
+    except (ConfigError, DataError, RunError, FileNotFoundError) as e:
+        print(f"crossan: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("crossan: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

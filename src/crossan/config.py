@@ -1,0 +1,356 @@
+"""Typed run configuration: dataclasses with documented defaults, read from YAML plus ``key=value`` overrides.
+
+Precedence (later wins): dataclass defaults < ``--config`` YAML files in order < ``key=value`` overrides.
+Keys are dotted paths (``train.lr=1e-3``, ``crossan.fusion=concat``); a handful of often-used keys live at
+the top level (``method``, ``modalities``, ``cached``, ``seed``, ``device``). Unknown keys and values of the
+wrong type are errors that name the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown or its value has the wrong type."""
+
+
+# --------------------------------------------------------------------------------------------- sections
+@dataclass
+class DataConfig:
+    """How interactions and the item catalogue are read and split (METHOD.md §2)."""
+
+    path: str = ""
+    """Dataset folder (or a single .csv file). Set by ``--data``."""
+    format: Literal["auto", "iisan", "atomic", "csv"] = "auto"
+    """Layout: ``iisan`` (users.tsv / *_pairs.tsv + items.tsv), ``atomic`` (RecBole .inter/.item), ``csv``."""
+    min_interactions: int = 5
+    """Users with fewer interactions are dropped."""
+    max_seq_len: int = 10
+    """Input window length L; each user keeps the last L + 3 items."""
+    on_bad_rows: Literal["error", "drop"] = "error"
+    """``error``: a malformed row stops with file and line; ``drop``: such rows are skipped, counted, reported."""
+    on_unknown_items: Literal["error", "drop"] = "error"
+    """An interaction naming an item missing from the catalogue: stop (``error``) or skip and count (``drop``)."""
+    text_fields: list[str] = field(default_factory=list)
+    """Atomic/CSV item files: which columns make the item text (empty: every text-like column but the id)."""
+
+
+@dataclass
+class UserEncoderConfig:
+    """SASRec-style causal Transformer over item embeddings (METHOD.md §8)."""
+
+    dim: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    ffn_mult: int = 4
+    dropout: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and model selection (defaults follow IISAN, METHOD.md §9)."""
+
+    epochs: int = 100
+    batch_size: int = 64
+    lr: float = 2e-4
+    """Learning rate of the recommender: user encoder, ID table, projection heads."""
+    lr_adapter: float = 1e-4
+    """Side adapters (IISAN/CROSSAN SANBs and gates)."""
+    lr_peft: float = 4e-4
+    """Adapter / LoRA weights inside the backbones."""
+    lr_backbone: float = 1e-4
+    """Backbone weights under full fine-tuning."""
+    weight_decay: float = 0.0
+    loss: Literal["inbatch", "bce"] = "inbatch"
+    """``inbatch``: in-batch softmax with popularity correction; ``bce``: one sampled negative per position."""
+    patience: int = 10
+    """Stop after this many epochs without a better validation metric."""
+    metric: str = "NDCG@10"
+    """Validation metric that selects the best epoch (any key of the metrics table)."""
+    eval_every: int = 1
+    grad_clip: float = 0.0
+    """Clip the global gradient norm to this value (0: off)."""
+    max_steps_per_epoch: int = 0
+    """Cut each epoch after this many steps (0: full epoch). For smoke runs and benchmarks."""
+    num_workers: int = 0
+
+
+@dataclass
+class EvalConfig:
+    """Full-ranking evaluation (METHOD.md §2)."""
+
+    ks: list[int] = field(default_factory=lambda: [5, 10, 20])
+    batch_size: int = 512
+
+
+@dataclass
+class EncoderSpec:
+    """One frozen encoder: which checkpoint, how its inputs are prepared, which layers are tapped."""
+
+    model: str = ""
+    """Hub name or local folder; ``config:FAMILY[:k=v,...]`` builds a random-init model from a config."""
+    num_taps: int = 7
+    """K evenly spaced hidden states, including the embedding output and the last layer."""
+    pooling: Literal["auto", "cls", "mean"] = "auto"
+    """``auto``: CLS for models with one (BERT, ViT, AST), masked mean otherwise (VideoMAE, Whisper)."""
+    max_text_len: int = 32
+    image_size: int = 0
+    """Resize images/frames to this size (0: the processor's default)."""
+    num_frames: int = 16
+    frame_sampling: Literal["uniform", "middle"] = "uniform"
+    audio_seconds: float = 10.0
+    sample_rate: int = 0
+    """Resample audio to this rate (0: the feature extractor's rate)."""
+
+
+@dataclass
+class EncodersConfig:
+    """The frozen encoders per modality. ``preset`` fills the specs; explicit keys override it."""
+
+    preset: Literal["paper", "offline", "tiny"] = "offline"
+    text: EncoderSpec = field(default_factory=EncoderSpec)
+    image: EncoderSpec = field(default_factory=EncoderSpec)
+    video: EncoderSpec = field(default_factory=EncoderSpec)
+    audio: EncoderSpec = field(default_factory=EncoderSpec)
+    batch_size: int = 32
+    """Items per forward pass when caching or encoding live."""
+
+
+@dataclass
+class CacheConfig:
+    """Where the layer-state cache lives and how bad media are handled while building it."""
+
+    dir: str = ""
+    """Cache folder (empty: ``DATA/.crossan_cache/<preset>``)."""
+    on_corrupt: Literal["error", "missing"] = "error"
+    """A corrupt media file stops the build (``error``) or marks that item's modality missing (``missing``)."""
+
+
+# Method sections (each method's own options) live beside their modules; imported here so that the
+# whole configuration is one typed tree.
+from crossan.towers.configs import (  # noqa: E402
+    AdapterConfig,
+    CrossanConfig,
+    FFTConfig,
+    FrozenConfig,
+    IDConfig,
+    IISANConfig,
+    LoRAConfig,
+)
+
+
+@dataclass
+class Config:
+    """A complete run configuration."""
+
+    method: str = "id"
+    """Item tower: id | frozen | iisan | crossan | fft | adapter | lora."""
+    modalities: list[str] = field(default_factory=lambda: ["text"])
+    """Modalities the item tower reads (subset of text, image, video, audio)."""
+    cached: bool = True
+    """Side networks and frozen features read the layer-state cache; false runs the encoders live."""
+    seed: int = 12345
+    device: str = "auto"
+    """``auto`` (cuda when available), ``cpu``, ``cuda``, ``cuda:1`` …"""
+    data: DataConfig = field(default_factory=DataConfig)
+    user: UserEncoderConfig = field(default_factory=UserEncoderConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    encoders: EncodersConfig = field(default_factory=EncodersConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    id: IDConfig = field(default_factory=IDConfig)
+    frozen: FrozenConfig = field(default_factory=FrozenConfig)
+    iisan: IISANConfig = field(default_factory=IISANConfig)
+    crossan: CrossanConfig = field(default_factory=CrossanConfig)
+    fft: FFTConfig = field(default_factory=FFTConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+
+
+METHODS = ("id", "frozen", "iisan", "crossan", "fft", "adapter", "lora")
+
+
+# --------------------------------------------------------------------------------------------- parsing
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check/convert ``value`` to type ``tp``; raise :class:`ConfigError` naming ``key`` otherwise."""
+    origin = get_origin(tp)
+    if origin is typing.Union or origin is types.UnionType:
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: {value!r} is not a valid {_type_name(tp)}")
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}")
+        return value
+    if origin is list:
+        (inner,) = get_args(tp) or (Any,)
+        if isinstance(value, str):  # "a,b" from the command line
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
+        obj = tp()
+        _apply_mapping(obj, value, key)
+        return obj
+    raise ConfigError(f"{key}: unsupported type {_type_name(tp)}")  # pragma: no cover
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _apply_mapping(obj: Any, mapping: dict[str, Any], prefix: str = "") -> None:
+    hints = _hints(type(obj))
+    for k, v in mapping.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in hints:
+            known = ", ".join(sorted(hints))
+            raise ConfigError(f"unknown config key {key!r} (known here: {known})")
+        tp = hints[k]
+        if dataclasses.is_dataclass(tp) and isinstance(v, dict):
+            _apply_mapping(getattr(obj, k), v, key)
+        else:
+            setattr(obj, k, _coerce(v, tp, key))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Split ``key=value`` and parse the value as YAML (``1e-3`` → float, ``[a,b]`` → list, ``true`` → bool)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not of the form key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    # YAML reads 1e-3 as a string (no dot); accept it as a number
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value for c in "eE.") and value[0] in "+-.0123456789" else value
+        except ValueError:
+            pass
+    return key, value
+
+
+def _nest(key: str, value: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    cur = out
+    parts = key.split(".")
+    for p in parts[:-1]:
+        cur = cur.setdefault(p, {})
+    cur[parts[-1]] = value
+    return out
+
+
+def load_config(files: list[str | Path] = (), overrides: list[str] = (), base: Config | None = None) -> Config:
+    """Build a :class:`Config` from defaults, YAML ``files`` and ``key=value`` ``overrides``."""
+    cfg = base if base is not None else Config()
+    for f in files:
+        p = Path(f)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {p} must hold a mapping at the top level")
+        try:
+            _apply_mapping(cfg, data)
+        except ConfigError as e:
+            raise ConfigError(f"{p}: {e}") from None
+    for o in overrides:
+        key, value = parse_override(o)
+        _apply_mapping(cfg, _nest(key, value))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that types alone cannot express."""
+    from crossan.data.catalogue import MODALITIES
+
+    if cfg.method not in METHODS:
+        raise ConfigError(f"method: {cfg.method!r} is not one of {list(METHODS)}")
+    if not cfg.modalities:
+        raise ConfigError("modalities: at least one modality is needed")
+    for m in cfg.modalities:
+        if m not in MODALITIES:
+            raise ConfigError(f"modalities: {m!r} is not one of {list(MODALITIES)}")
+    if len(set(cfg.modalities)) != len(cfg.modalities):
+        raise ConfigError(f"modalities: {cfg.modalities} repeats a modality")
+    for key, val in (("data.min_interactions", cfg.data.min_interactions), ("data.max_seq_len", cfg.data.max_seq_len),
+                     ("train.batch_size", cfg.train.batch_size), ("user.dim", cfg.user.dim),
+                     ("eval.batch_size", cfg.eval.batch_size)):
+        if val < 1:
+            raise ConfigError(f"{key}: must be at least 1, got {val}")
+    if cfg.data.min_interactions < 3:
+        raise ConfigError("data.min_interactions: leave-one-out needs at least 3 interactions per user")
+    if cfg.user.dim % cfg.user.n_heads:
+        raise ConfigError(f"user.n_heads: {cfg.user.n_heads} does not divide user.dim {cfg.user.dim}")
+    if cfg.train.epochs < 0 or cfg.train.patience < 1:
+        raise ConfigError("train.epochs must be >= 0 and train.patience >= 1")
+    from crossan.evaluation import metric_names
+
+    if cfg.train.metric not in metric_names(cfg.eval.ks):
+        raise ConfigError(f"train.metric: {cfg.train.metric!r} is not one of {metric_names(cfg.eval.ks)}")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    cfg = Config()
+    _apply_mapping(cfg, data)
+    validate(cfg)
+    return cfg

@@ -1,0 +1,93 @@
+"""The sequential recommender: an item tower (any method) + the SASRec user encoder + the training loss.
+
+Training embeds each *unique* item of a batch once (the expensive part for content towers), gathers the
+history and target embeddings from that small table, and scores every position against the batch's
+unique items (in-batch softmax, METHOD.md §8).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from crossan.config import Config
+from crossan.towers.base import ItemTower
+from crossan.user_encoder import SASRec
+
+
+class Recommender(nn.Module):
+    def __init__(self, tower: ItemTower, cfg: Config, item_counts: torch.Tensor) -> None:
+        super().__init__()
+        if tower.dim != cfg.user.dim:
+            raise ValueError(f"item tower width {tower.dim} differs from user.dim {cfg.user.dim}")
+        self.tower = tower
+        self.user = SASRec(cfg.user, cfg.data.max_seq_len)
+        self.loss_kind = cfg.train.loss
+        counts = item_counts.double()
+        # log P_pop(j) with add-one smoothing so that items unseen in training stay finite
+        self.register_buffer("log_pop", torch.log((counts + 1) / (counts.sum() + len(counts))).float(),
+                             persistent=False)
+
+    @property
+    def num_items(self) -> int:
+        return self.tower.num_items
+
+    def embed_unique(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Embed each distinct row of ``ids`` once. Returns (unique rows [U], their embeddings [U, d] with
+        zeros for padding row 0, and the inverse index mapping ``ids`` into them)."""
+        uniq, inv = torch.unique(ids, return_inverse=True)
+        real = uniq > 0
+        emb = self.tower(uniq[real])
+        if not bool(real.all()):
+            emb = torch.cat([emb.new_zeros(1, emb.shape[1]), emb], 0)  # uniq is sorted: 0 comes first
+        return uniq, emb, inv
+
+    def user_states(self, item_emb: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        return self.user(item_emb, inputs)
+
+    def user_vectors(self, inputs: torch.Tensor, item_table: torch.Tensor) -> torch.Tensor:
+        """Users' next-item query vectors [B, d] from their windows [B, L], reading a precomputed table."""
+        return self.user(item_table[inputs], inputs)[:, -1]
+
+    def loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean training loss over the non-padding positions of a batch of windows [B, L]."""
+        B, L = inputs.shape
+        if self.loss_kind == "bce":
+            negatives = torch.randint(1, self.num_items + 1, targets.shape, device=targets.device)
+            ids = torch.cat([inputs, targets, negatives], 1)
+        else:
+            ids = torch.cat([inputs, targets], 1)
+        uniq, emb, inv = self.embed_unique(ids)
+        states = self.user_states(emb[inv[:, :L]], inputs)  # [B, L, d]
+        valid = targets > 0
+        if self.loss_kind == "bce":
+            pos = (states * emb[inv[:, L:2 * L]]).sum(-1)
+            neg = (states * emb[inv[:, 2 * L:]]).sum(-1)
+            loss = F.softplus(-pos) + F.softplus(neg)  # -log σ(pos) - log(1 - σ(neg))
+            loss = loss[valid].mean()
+        else:
+            loss = inbatch_softmax_loss(states, emb, uniq, inv[:, :L], inv[:, L:], valid, self.log_pop[uniq])
+        aux = self.tower.aux_loss()
+        return loss if aux is None else loss + aux
+
+
+def inbatch_softmax_loss(states: torch.Tensor, cand_emb: torch.Tensor, cand_rows: torch.Tensor,
+                         input_idx: torch.Tensor, target_idx: torch.Tensor, valid: torch.Tensor,
+                         log_pop: torch.Tensor) -> torch.Tensor:
+    """In-batch softmax cross-entropy with popularity correction (Yi et al., RecSys 2019).
+
+    ``states`` [B, L, d]; candidates are the batch's unique rows ``cand_rows`` [U] with embeddings
+    ``cand_emb`` [U, d]; ``input_idx``/``target_idx`` [B, L] index into the candidates. A user's own
+    items (inputs and targets) are masked except the position's true target; the padding row is masked.
+    """
+    B, L, _ = states.shape
+    U = len(cand_rows)
+    logits = states @ cand_emb.T - log_pop  # [B, L, U]
+    own = torch.zeros(B, U, dtype=torch.bool, device=states.device)
+    own.scatter_(1, input_idx, True)
+    own.scatter_(1, target_idx, True)
+    mask = own[:, None, :] & (torch.arange(U, device=states.device) != target_idx[..., None])
+    mask |= (cand_rows == 0)
+    logits = logits.masked_fill(mask, -torch.inf)
+    return F.cross_entropy(logits[valid], target_idx[valid])

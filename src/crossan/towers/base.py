@@ -1,0 +1,123 @@
+"""The item-tower interface every method implements, and the registry that names them.
+
+An item tower turns item rows (1..N; 0 is padding) into d-dimensional embeddings. The recommender calls it
+once per training step on the *unique* items of the batch, and once per evaluation on all items.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from crossan.config import Config, TrainConfig
+    from crossan.data.catalogue import Catalogue
+
+
+@dataclass
+class TowerContext:
+    """What a tower may need to build itself. Content-based towers read ``catalogue``/``cache_dir``."""
+
+    config: Config
+    num_items: int
+    """N; valid item rows are 1..N."""
+    item_ids: list[str]
+    """Original item id per row; ``item_ids[0]`` is the padding row ("")."""
+    catalogue: Catalogue | None = None
+    """Records for the rows 1..N, in row order."""
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class ItemTower(nn.Module, ABC):
+    """Maps item rows to embeddings of width :attr:`dim`."""
+
+    dim: int
+
+    @abstractmethod
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        """``items``: LongTensor [U] of rows in 1..N → FloatTensor [U, dim]."""
+
+    @abstractmethod
+    def param_groups(self, train: TrainConfig) -> list[dict[str, Any]]:
+        """Optimiser parameter groups (``{"params": [...], "lr": ..., "name": ...}``) for the trainable parts.
+
+        Each module declares its own groups; the trainer never guesses from parameter names.
+        """
+
+    def aux_loss(self) -> torch.Tensor | None:
+        """An extra loss term from the last forward (e.g. MOMEF load balancing), or None."""
+        return None
+
+    def reset_stats(self) -> None:
+        """Clear statistics accumulated over forwards (e.g. router weights)."""
+
+    def stats(self) -> dict[str, Any]:
+        """Method-specific results worth reporting (e.g. mean MOMEF router weight per modality)."""
+        return {}
+
+    def module_report(self) -> dict[str, dict[str, int]]:
+        """Trainable / total parameters per named top-level child (for the start-of-run report)."""
+        out: dict[str, dict[str, int]] = {}
+        for name, child in self.named_children():
+            ps = list(child.parameters())
+            out[name] = {"trainable": sum(p.numel() for p in ps if p.requires_grad),
+                         "total": sum(p.numel() for p in ps)}
+        own = [p for n, p in self.named_parameters(recurse=False)]
+        if own:
+            out["(own)"] = {"trainable": sum(p.numel() for p in own if p.requires_grad),
+                            "total": sum(p.numel() for p in own)}
+        return out
+
+    @torch.no_grad()
+    def embed_all(self, batch_size: int = 1024, progress: bool = False) -> torch.Tensor:
+        """The table of all item embeddings [N+1, dim]; row 0 (padding) is zero."""
+        n = self.num_items
+        device = next(self.parameters()).device
+        table = torch.zeros(n + 1, self.dim, device=device)
+        rows = torch.arange(1, n + 1, device=device)
+        chunks = rows.split(batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            chunks = tqdm(chunks, desc="embed items", leave=False)
+        for chunk in chunks:
+            table[chunk] = self(chunk).float()
+        return table
+
+    num_items: int
+
+
+TowerBuilder = Callable[["TowerContext"], ItemTower]
+_REGISTRY: dict[str, TowerBuilder] = {}
+
+
+def register(name: str) -> Callable[[TowerBuilder], TowerBuilder]:
+    """Register a tower builder under ``method=name``."""
+
+    def deco(fn: TowerBuilder) -> TowerBuilder:
+        if name in _REGISTRY:
+            raise ValueError(f"item tower {name!r} registered twice")
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def build_tower(ctx: TowerContext) -> ItemTower:
+    import crossan.towers  # noqa: F401  (registers the built-in methods)
+
+    name = ctx.config.method
+    if name not in _REGISTRY:
+        raise ValueError(f"method={name!r} is not available; registered: {sorted(_REGISTRY)}")
+    return _REGISTRY[name](ctx)
+
+
+def registered() -> list[str]:
+    import crossan.towers  # noqa: F401
+
+    return sorted(_REGISTRY)

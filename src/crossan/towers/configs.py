@@ -1,0 +1,84 @@
+"""Each item-tower method's own options (a config section named after the method: ``crossan.fusion=concat``).
+
+Kept free of torch imports so that reading a config never loads a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class IDConfig:
+    """SASRec with learned item-ID embeddings (no content)."""
+
+
+@dataclass
+class FrozenConfig:
+    """Frozen features (METHOD.md §9): per modality GELU(Linear(last-layer state → d)), then Linear(concat → d)."""
+
+
+@dataclass
+class SANBConfig:
+    """Side adapter block shared by IISAN and CROSSAN (METHOD.md §4)."""
+
+    side_dim: int = 768
+    """d_s, the width the side network works at (each modality's states are projected to it if needed)."""
+    bottleneck: int = 64
+    """r, the SANB bottleneck width."""
+    dropout: float = 0.1
+    init_std: float = 0.01
+    gate_temperature: float = 0.1
+
+
+@dataclass
+class IISANConfig(SANBConfig):
+    """IISAN (METHOD.md §5) generalised to M modalities."""
+
+    inter: Literal["pairs", "single"] = "pairs"
+    """``pairs``: one inter chain per pair of modalities (C(M,2)); ``single``: one chain over all (softmax gate)."""
+
+
+@dataclass
+class CrossanConfig(SANBConfig):
+    """CROSSAN (METHOD.md §6) with MOMEF fusion (§7)."""
+
+    exchange: Literal["softmax", "none"] = "softmax"
+    """Cross-modal exchange between the chains at every depth; ``none``: fully separate chains."""
+    share_adapters: bool = False
+    """One SANB per depth shared by all modalities (parameters then do not grow with M)."""
+    fusion: Literal["momef", "concat", "mean"] = "momef"
+    momef_temperature: float = 1.0
+    momef_top_k: int = 0
+    """Route each item to its top-k modality experts (0: all)."""
+    momef_expert_mult: int = 1
+    """Hidden width of each MOMEF expert MLP, as a multiple of d."""
+    load_balance_weight: float = 0.0
+    """Weight of the MOMEF load-balancing loss (0: off)."""
+
+
+@dataclass
+class FFTConfig:
+    """Full fine-tuning: every backbone parameter trains (at ``train.lr_backbone``)."""
+
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class AdapterConfig:
+    """Houlsby bottleneck adapters after the attention output and the FFN output of every layer."""
+
+    bottleneck: int = 64
+    init_std: float = 0.01
+
+
+@dataclass
+class LoRAConfig:
+    """LoRA through ``peft`` on every layer's attention query and value."""
+
+    rank: int = 8
+    alpha: int = 16
+    dropout: float = 0.1
+    targets: list[str] = field(default_factory=list)
+    """Module names to wrap (empty: query/value of the encoder family, resolved per model)."""

@@ -1,0 +1,81 @@
+"""Common plumbing of the towers that read frozen-encoder states: frozen features, IISAN and CROSSAN.
+
+Contract with the trainer
+-------------------------
+The builder of each content tower takes its :class:`~crossan.cache.features.FeatureSource` from
+``ctx.extras["features"]`` (key :data:`FEATURES_KEY`): the cached ``TensorFeatures`` or the live
+encoders, whichever the run uses; the tower cannot tell them apart. The source must hold every modality
+of ``ctx.config.modalities`` (it may hold more) and answer ``gather(items)`` on ``items.device``.
+The source is *not* a submodule of the tower: its (frozen) weights are neither trained, moved by
+``tower.to(...)``, nor saved in the tower's ``state_dict``.
+
+Missing modalities
+------------------
+``gather`` marks an item lacking modality m with ``present = False``. :meth:`ContentTower.side_inputs`
+replaces such states by exact zeros before any network sees them, so whatever the source stores for a
+missing modality can never reach an output; each tower then states its own rule (see its docstring).
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+
+import torch
+
+from crossan.cache.features import FeatureSource
+from crossan.towers.base import ItemTower, TowerContext
+
+FEATURES_KEY = "features"
+"""``TowerContext.extras`` key under which the trainer passes the FeatureSource."""
+
+Features = dict[str, tuple[torch.Tensor, torch.Tensor]]
+"""What ``FeatureSource.gather`` returns: modality → (states [U, K, D_m], present Bool[U])."""
+
+
+def features_from_context(ctx: TowerContext) -> FeatureSource:
+    """The FeatureSource the trainer put in ``ctx.extras``; checks it covers ``ctx.config.modalities``."""
+    features = ctx.extras.get(FEATURES_KEY)
+    if features is None:
+        raise ValueError(f"method={ctx.config.method!r} reads frozen-encoder states: pass a FeatureSource as "
+                         f"TowerContext.extras[{FEATURES_KEY!r}]")
+    missing = [m for m in ctx.config.modalities if m not in features.modalities]
+    if missing:
+        raise ValueError(f"the feature source has no {missing} (it holds {features.modalities})")
+    return features
+
+
+class ContentTower(ItemTower):
+    """An item tower over the tapped states of ``modalities``: ``forward(items) = encode(gather(items))``."""
+
+    def __init__(self, features: FeatureSource, modalities: list[str], num_items: int, dim: int) -> None:
+        super().__init__()
+        if not modalities:
+            raise ValueError("a content tower needs at least one modality")
+        missing = [m for m in modalities if m not in features.modalities]
+        if missing:
+            raise ValueError(f"the feature source has no {missing} (it holds {features.modalities})")
+        object.__setattr__(self, "features", features)  # not a submodule (see the module docstring)
+        self.modalities = list(modalities)
+        self.num_items, self.dim = num_items, dim
+        self.dims = {m: int(features.dims[m]) for m in self.modalities}
+        self.num_taps = int(features.num_taps)
+
+    features: FeatureSource
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        return self.encode(self.features.gather(items))
+
+    @abstractmethod
+    def encode(self, feats: Features) -> torch.Tensor:
+        """Gathered states → item embeddings [U, dim]."""
+
+    def side_inputs(self, feats: Features) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Per modality (in ``self.modalities`` order) its states [U, K, D_m] with missing rows set to exact
+        zeros, and the presence mask stacked as Bool[U, M]."""
+        states, present = [], []
+        for m in self.modalities:
+            s, p = feats[m]
+            p = p.to(device=s.device, dtype=torch.bool)
+            states.append(torch.where(p[:, None, None], s, torch.zeros((), dtype=s.dtype, device=s.device)))
+            present.append(p)
+        return states, torch.stack(present, 1)

@@ -1,0 +1,129 @@
+"""MOMEF — Mixture of Modality Expert Fusion (METHOD.md §7), CROSSAN's fusion of per-modality embeddings.
+
+::
+
+    logits = W_r · [e_1; …; e_M] + b_r          one logit per modality expert
+    logits_m = −inf where the item lacks modality m
+    p = softmax(logits / T)                     optionally only the top-k kept, renormalised
+    E_m(e) = e + W2_m · GELU(W1_m · e)          a residual MLP per modality
+    item = Σ_m p_m · E_m(e_m)
+
+Rules chosen here:
+
+* A missing modality gets exactly zero weight. An item lacking *every* modality is routed uniformly over
+  all M experts, which then read their (zeroed) inputs — a learned "no content" embedding, never NaN.
+* With M = 1 there is nothing to route (p ≡ 1): no router parameters are created.
+* Top-k (``top_k > 0``): the k largest weights are kept and renormalised to sum to 1; gradients flow
+  through the kept ones. Items with fewer than k present modalities keep only those.
+* Load balancing (Switch-Transformer style, Fedus et al. 2021): ``M · Σ_m f_m · P_m``, where ``P_m`` is the
+  mean router weight of expert m over the batch's items (differentiable) and ``f_m`` the fraction of items
+  whose largest weight is on m (not differentiable). It is 1 at perfect balance and grows as routing
+  concentrates; scaled by ``load_balance_weight`` (0 by default: no loss at all) and exposed through
+  :meth:`MOMEF.aux_loss` after each forward.
+* Router statistics: :attr:`MOMEF.last_weights` holds the last forward's p [U, M] (detached). Over every
+  forward since :meth:`MOMEF.reset_stats` (the trainer resets before ``embed_all``, so at evaluation that is
+  exactly the N items of the catalogue), :meth:`MOMEF.stats` reports ``router_weight`` — the mean of p_m
+  over the items with at least one modality (a missing modality counting as 0, so the means sum to 1) —
+  and ``router_weight_when_present`` — the mean of p_m over the items that have modality m.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from crossan.towers.sanb import masked_softmax
+
+
+class ModalityExpert(nn.Module):
+    """``E(e) = e + W2 · GELU(W1 · e)`` with hidden width ``hidden``."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        return e + self.fc2(F.gelu(self.fc1(e)))
+
+
+class MOMEF(nn.Module):
+    """Mixture of Modality Expert Fusion over M modality embeddings of width ``dim`` (METHOD.md §7)."""
+
+    def __init__(self, modalities: list[str], dim: int, temperature: float = 1.0, top_k: int = 0,
+                 expert_mult: int = 1, load_balance_weight: float = 0.0) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"MOMEF temperature must be positive, got {temperature}")
+        if top_k < 0:
+            raise ValueError(f"MOMEF top_k must be >= 0, got {top_k}")
+        self.modalities = list(modalities)
+        M = len(self.modalities)
+        self.temperature, self.top_k, self.load_balance_weight = temperature, top_k, load_balance_weight
+        self.router = nn.Linear(M * dim, M) if M >= 2 else None
+        self.experts = nn.ModuleList(ModalityExpert(dim, expert_mult * dim) for _ in range(M))
+        self.last_weights: torch.Tensor | None = None
+        self._aux: torch.Tensor | None = None
+        self.register_buffer("_weight_sum", torch.zeros(M), persistent=False)
+        self.register_buffer("_present_count", torch.zeros(M), persistent=False)
+        self.register_buffer("_item_count", torch.zeros(()), persistent=False)
+
+    def routing(self, e: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """Router weights p [U, M] for embeddings ``e`` [U, M, d] and presence Bool[U, M]."""
+        U, M, _ = e.shape
+        if self.router is None:
+            return e.new_ones(U, M)
+        logits = self.router(e.flatten(1)) / self.temperature
+        allowed = torch.where(present.any(1, keepdim=True), present, torch.ones_like(present))
+        p = masked_softmax(logits, allowed)
+        if 0 < self.top_k < M:
+            keep = torch.zeros_like(allowed).scatter(1, p.topk(self.top_k, dim=1).indices, True)
+            p = p * keep
+            p = p / p.sum(1, keepdim=True)  # the largest weight is > 0, so the sum is too
+        return p
+
+    def forward(self, e: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """``e``: [U, M, d] modality embeddings, ``present``: Bool[U, M] → fused item embeddings [U, d]."""
+        p = self.routing(e, present)
+        experts = torch.stack([expert(e[:, i]) for i, expert in enumerate(self.experts)], 1)  # [U, M, d]
+        self._record(p, present)
+        return (p[..., None] * experts).sum(1)
+
+    def _record(self, p: torch.Tensor, present: torch.Tensor) -> None:
+        self.last_weights = p.detach()
+        self._aux = None
+        M = p.shape[1]
+        if self.load_balance_weight > 0 and M >= 2 and torch.is_grad_enabled():
+            frac = F.one_hot(p.argmax(1), M).float().mean(0)
+            self._aux = self.load_balance_weight * M * (frac.detach() * p.mean(0)).sum()
+        with torch.no_grad():
+            has_any = present.any(1)
+            self._weight_sum += (p * has_any[:, None]).sum(0)
+            self._present_count += present.sum(0)
+            self._item_count += has_any.sum()
+
+    def aux_loss(self) -> torch.Tensor | None:
+        """The weighted load-balancing loss of the last forward (None when its weight is 0 or M = 1)."""
+        return self._aux
+
+    def reset_stats(self) -> None:
+        self._weight_sum.zero_()
+        self._present_count.zero_()
+        self._item_count.zero_()
+
+    def stats(self) -> dict[str, Any]:
+        n = self._item_count.clamp_min(1)
+        mean = (self._weight_sum / n).tolist()
+        when_present = (self._weight_sum / self._present_count.clamp_min(1)).tolist()
+        return {"router_weight": dict(zip(self.modalities, mean)),
+                "router_weight_when_present": dict(zip(self.modalities, when_present)),
+                "router_items": int(self._item_count.item())}
+
+    @staticmethod
+    def num_params(num_modalities: int, dim: int, expert_mult: int = 1) -> int:
+        M, h = num_modalities, expert_mult * dim
+        router = M * dim * M + M if M >= 2 else 0
+        return router + M * (dim * h + h + h * dim + dim)

@@ -1,0 +1,91 @@
+"""Building blocks of the side networks shared by IISAN and CROSSAN (METHOD.md §4).
+
+* :class:`SANB` — the side adapter block ``x + W_up · ReLU(W_down · x + b_down) + b_up`` (d_s → r → d_s);
+* :class:`Gate` — learnable gates ``g = sigmoid(a / T)``, ``a`` initialised to 0 (so g starts at 0.5);
+* :class:`ModalityProjection` — one ``Linear(D_m → d_s)`` per modality, shared by its K taps, only where
+  ``D_m ≠ d_s``;
+* :func:`masked_softmax` — a softmax over the allowed entries only, all-zero where nothing is allowed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class SANB(nn.Module):
+    """Side adapter block (METHOD.md §4): ``x + dropout(W_up · ReLU(W_down · x + b_down) + b_up)``.
+
+    Weights ~ N(0, init_std²), biases 0, so the block starts close to the identity. Dropout acts on the
+    branch only, never on the residual path.
+    """
+
+    def __init__(self, dim: int, bottleneck: int = 64, dropout: float = 0.1, init_std: float = 0.01) -> None:
+        super().__init__()
+        self.down = nn.Linear(dim, bottleneck)
+        self.up = nn.Linear(bottleneck, dim)
+        self.act = nn.ReLU()
+        self.dropout = nn.Dropout(dropout)
+        for lin in (self.down, self.up):
+            nn.init.normal_(lin.weight, std=init_std)
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.dropout(self.up(self.act(self.down(x))))
+
+    @staticmethod
+    def num_params(dim: int, bottleneck: int) -> int:
+        """Trainable parameters of one block: ``2·d_s·r + r + d_s``."""
+        return 2 * dim * bottleneck + bottleneck + dim
+
+
+class Gate(nn.Module):
+    """Independent scalar gates ``g = sigmoid(a / T)`` of any ``shape`` (METHOD.md §4; a = 0 → g = 0.5).
+
+    ``Gate()`` is one scalar gate; ``Gate(K, M)`` holds one gate per depth and modality, evaluated at once.
+    """
+
+    def __init__(self, *shape: int, temperature: float = 0.1) -> None:
+        super().__init__()
+        self.temperature = temperature
+        self.logit = nn.Parameter(torch.zeros(shape))
+
+    def forward(self) -> torch.Tensor:
+        return torch.sigmoid(self.logit / self.temperature)
+
+    def extra_repr(self) -> str:
+        return f"shape={tuple(self.logit.shape)}, temperature={self.temperature}"
+
+
+class ModalityProjection(nn.Module):
+    """Maps each modality's tapped states ``[U, K, D_m]`` to the side width ``d_s`` (METHOD.md §4).
+
+    One ``Linear(D_m → d_s)`` per modality, shared by all K taps (and by every chain that reads the
+    modality); modalities already at ``d_s`` pass through unchanged and cost no parameters.
+    """
+
+    def __init__(self, dims: dict[str, int], side_dim: int) -> None:
+        super().__init__()
+        self.side_dim = side_dim
+        self.proj = nn.ModuleDict(
+            {m: nn.Linear(d, side_dim) if d != side_dim else nn.Identity() for m, d in dims.items()})
+
+    def forward(self, modality: str, states: torch.Tensor) -> torch.Tensor:
+        return self.proj[modality](states)
+
+    @staticmethod
+    def num_params(dims: dict[str, int] | list[int], side_dim: int) -> int:
+        ds = dims.values() if isinstance(dims, dict) else dims
+        return sum(d * side_dim + side_dim for d in ds if d != side_dim)
+
+
+def masked_softmax(logits: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Softmax of ``logits`` over the entries where ``mask`` is True (broadcast to ``logits``).
+
+    Masked entries get exactly 0; a slice with no allowed entry is all zeros (never NaN), and no gradient
+    flows into masked logits.
+    """
+    mask = mask.expand_as(logits)
+    any_allowed = mask.any(dim, keepdim=True)
+    safe = torch.where(any_allowed, logits.masked_fill(~mask, float("-inf")), torch.zeros_like(logits))
+    return torch.where(mask, torch.softmax(safe, dim), torch.zeros_like(logits))

@@ -1,0 +1,340 @@
+"""One trainer for every method: build → train with early stopping → test at the best epoch → results.json.
+
+Run folder (``--out``)::
+
+    config.yaml          the resolved configuration
+    train.log            the log
+    history.jsonl        one line per epoch: loss, time, validation metrics
+    checkpoints/last.pt  model + optimiser + RNG state after the last finished epoch (resume point)
+    best.safetensors     weights at the best validation epoch
+    results.json         the contract other tools read (see ``RESULT_KEYS``)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+import crossan
+from crossan.config import Config, config_from_dict, save_config, to_dict
+from crossan.data import SequentialData, prepare
+from crossan.evaluation import evaluate_split
+from crossan.recommender import Recommender
+from crossan.towers.base import TowerContext, build_tower
+from crossan.utils import (
+    atomic_torch_save,
+    atomic_write_json,
+    count_params,
+    describe_device,
+    peak_rss_bytes,
+    resolve_device,
+    seed_everything,
+)
+
+log = logging.getLogger("crossan")
+FEATURE_METHODS = ("frozen", "iisan", "crossan")
+"""Methods whose item tower reads per-layer states from a feature source (cache or live encoders)."""
+RESULT_KEYS = ("method", "dataset", "best_epoch", "valid", "test", "train_time_per_epoch_s", "trainable_params",
+               "total_params", "peak_memory_bytes", "device")
+
+
+class RunError(RuntimeError):
+    """A run folder cannot be used as asked (exists already, missing files, another config)."""
+
+
+# --------------------------------------------------------------------------------------------- building
+def build_model(cfg: Config, data: SequentialData, device: torch.device) -> Recommender:
+    """The recommender for ``cfg.method`` over ``data``, on ``device``."""
+    ctx = TowerContext(cfg, data.num_items, data.item_ids, data.catalogue, extras={"device": device})
+    if cfg.method in FEATURE_METHODS:
+        from crossan.cache import open_features
+
+        ctx.extras["features"] = open_features(cfg, data, cfg.modalities, device)
+    tower = build_tower(ctx)
+    model = Recommender(tower, cfg, torch.as_tensor(data.item_counts))
+    return model.to(device)
+
+
+def param_groups(model: Recommender, cfg: Config) -> list[dict[str, Any]]:
+    groups = model.tower.param_groups(cfg.train)
+    groups.append({"name": "user_encoder", "params": list(model.user.parameters()), "lr": cfg.train.lr})
+    seen: set[int] = set()
+    for g in groups:
+        g["params"] = [p for p in g["params"] if p.requires_grad]
+        for p in g["params"]:
+            if id(p) in seen:
+                raise ValueError(f"parameter group {g['name']!r} repeats a parameter of another group")
+            seen.add(id(p))
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in seen]
+    if missing:
+        raise ValueError(f"trainable parameters not in any optimiser group: {missing[:5]}")
+    return [g for g in groups if g["params"]]
+
+
+def module_report(model: Recommender) -> dict[str, dict[str, int]]:
+    rep = {f"tower.{k}": v for k, v in model.tower.module_report().items()}
+    t, n = count_params(model.user)
+    rep["user_encoder"] = {"trainable": t, "total": n}
+    return rep
+
+
+# --------------------------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate(model: Recommender, data: SequentialData, split: str, cfg: Config,
+             item_table: torch.Tensor | None = None) -> dict[str, float]:
+    model.eval()
+    if item_table is None:
+        model.tower.reset_stats()
+        item_table = model.tower.embed_all(cfg.eval.batch_size)
+    arrays = data.valid if split == "valid" else data.test
+    return evaluate_split(lambda x: model.user_vectors(x, item_table), item_table, arrays.inputs, arrays.targets,
+                          arrays.history, cfg.eval.ks, cfg.eval.batch_size)
+
+
+# --------------------------------------------------------------------------------------------- training
+@dataclass
+class TrainState:
+    epoch: int = 0
+    """Epochs finished."""
+    best_epoch: int = 0
+    best_metric: float = -math.inf
+    bad_epochs: int = 0
+    epoch_times: list[float] | None = None
+    best_valid: dict[str, float] | None = None
+
+
+def _setup_logging(run_dir: Path) -> None:
+    log.setLevel(logging.INFO)
+    for h in list(log.handlers):
+        log.removeHandler(h)
+    fh = logging.FileHandler(run_dir / "train.log")
+    fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    log.addHandler(fh)
+    sh = logging.StreamHandler()
+    sh.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(sh)
+    log.propagate = False
+
+
+def prepare_run_dir(run_dir: Path, cfg: Config, resume: bool) -> None:
+    """Create the run folder, or check that ``--resume`` continues the same configuration."""
+    saved = run_dir / "config.yaml"
+    if resume:
+        if not saved.is_file():
+            raise RunError(f"{run_dir}: nothing to resume (no config.yaml)")
+        old = yaml.safe_load(saved.read_text())
+        new = to_dict(cfg)
+        diff = _diff(old, new)
+        if diff:
+            raise RunError(f"{run_dir}: --resume with a different configuration: {'; '.join(diff[:10])}")
+        return
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise RunError(f"{run_dir} already holds files; pass --resume to continue that run or choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, saved)
+
+
+def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new)):
+            out += _diff(old.get(k), new.get(k), f"{prefix}.{k}" if prefix else k)
+        return out
+    return [] if old == new else [f"{prefix}: {old!r} → {new!r}"]
+
+
+def _batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed * 1000003 + epoch)
+    return list(torch.randperm(n, generator=g).split(batch_size))
+
+
+def train(cfg: Config, run_dir: str | Path, resume: bool = False, data: SequentialData | None = None,
+          progress: bool = True) -> dict[str, Any]:
+    """Train ``cfg`` into ``run_dir`` and return the results (also written to ``results.json``)."""
+    run_dir = Path(run_dir)
+    data = data if data is not None else prepare(cfg.data)  # bad input fails here, before any file is written
+    device = resolve_device(cfg.device)
+    prepare_run_dir(run_dir, cfg, resume)
+    _setup_logging(run_dir)
+    seed_everything(cfg.seed)
+    model = build_model(cfg, data, device)
+    groups = param_groups(model, cfg)
+    opt = torch.optim.Adam(groups, weight_decay=cfg.train.weight_decay)
+    trainable, total = count_params(model)
+    report = module_report(model)
+    log.info("crossan %s | method=%s modalities=%s | data %s: %d users, %d items | device %s",
+             crossan.__version__, cfg.method, ",".join(cfg.modalities), data.name, data.num_users,
+             data.num_items, describe_device(device))
+    for name, r in report.items():
+        log.info("  %-28s trainable %12s / total %12s", name, f"{r['trainable']:,}", f"{r['total']:,}")
+    log.info("  %-28s trainable %12s / total %12s", "ALL", f"{trainable:,}", f"{total:,}")
+
+    state = TrainState(epoch_times=[])
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    if resume and ckpt.is_file():
+        state = _load_checkpoint(ckpt, model, opt)
+        log.info("resumed from %s after epoch %d (best %s=%.5f at epoch %d)", ckpt, state.epoch, cfg.train.metric,
+                 state.best_metric, state.best_epoch)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    inputs = torch.as_tensor(data.train_inputs)
+    targets = torch.as_tensor(data.train_targets)
+    history_path = run_dir / "history.jsonl"
+    while state.epoch < cfg.train.epochs and state.bad_epochs < cfg.train.patience:
+        epoch = state.epoch + 1
+        model.train()
+        batches = _batches(len(inputs), cfg.train.batch_size, cfg.seed, epoch)
+        if cfg.train.max_steps_per_epoch:
+            batches = batches[: cfg.train.max_steps_per_epoch]
+        t0 = time.perf_counter()
+        loss_sum, steps = 0.0, 0
+        bar = tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not progress)
+        for idx in bar:
+            x, y = inputs[idx].to(device), targets[idx].to(device)
+            loss = model.loss(x, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.train.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            opt.step()
+            loss_sum += float(loss.detach())
+            steps += 1
+            bar.set_postfix(loss=f"{loss_sum / steps:.4f}")
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        epoch_time = time.perf_counter() - t0
+        state.epoch_times.append(epoch_time)
+        record: dict[str, Any] = {"epoch": epoch, "loss": loss_sum / max(1, steps), "train_time_s": epoch_time}
+        if epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs:
+            valid = evaluate(model, data, "valid", cfg)
+            record["valid"] = valid
+            metric = valid[cfg.train.metric]
+            if metric > state.best_metric:
+                state.best_metric, state.best_epoch, state.bad_epochs = metric, epoch, 0
+                state.best_valid = valid
+                _save_weights(model, run_dir / "best.safetensors")
+            else:
+                state.bad_epochs += 1
+            log.info("epoch %3d | loss %.4f | %.1fs | valid HR@10 %.4f NDCG@10 %.4f %s", epoch, record["loss"],
+                     epoch_time, valid.get("HR@10", math.nan), valid.get("NDCG@10", math.nan),
+                     "*" if state.best_epoch == epoch else "")
+        state.epoch = epoch
+        with history_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        _save_checkpoint(ckpt, model, opt, state)
+
+    if state.best_epoch == 0:  # no evaluation happened (epochs=0): test the current weights
+        _save_weights(model, run_dir / "best.safetensors")
+    load_weights(model, run_dir / "best.safetensors")
+    model.tower.reset_stats()
+    model.eval()
+    table = model.tower.embed_all(cfg.eval.batch_size)
+    tower_stats = model.tower.stats()
+    test = evaluate(model, data, "test", cfg, table)
+    valid = state.best_valid or evaluate(model, data, "valid", cfg, table)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss_bytes()
+    times = state.epoch_times or []
+    results = {
+        "method": cfg.method,
+        "modalities": cfg.modalities,
+        "dataset": data.name,
+        "best_epoch": state.best_epoch,
+        "epochs_run": state.epoch,
+        "valid": valid,
+        "test": test,
+        "train_time_per_epoch_s": float(np.mean(times)) if times else 0.0,
+        "trainable_params": trainable,
+        "total_params": total,
+        "peak_memory_bytes": int(peak),
+        "peak_memory_kind": "cuda_max_memory_allocated" if device.type == "cuda" else "cpu_peak_rss",
+        "device": describe_device(device),
+        "modules": report,
+        "tower": tower_stats,
+        "data": {"users": data.num_users, "items": data.num_items, "dropped_rows": data.dropped},
+        "crossan_version": crossan.__version__,
+    }
+    atomic_write_json(run_dir / "results.json", results)
+    log.info("best epoch %d | test HR@10 %.4f NDCG@10 %.4f MRR %.4f | %s", state.best_epoch, test["HR@10"],
+             test["NDCG@10"], test["MRR"], run_dir / "results.json")
+    return results
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+def _save_weights(model: Recommender, path: Path) -> None:
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata={"crossan_version": crossan.__version__})
+    tmp.replace(path)
+
+
+def load_weights(model: Recommender, path: Path) -> None:
+    if not path.is_file():
+        raise RunError(f"{path}: weights file not found")
+    tensors = load_file(str(path))
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise RunError(f"{path} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def _save_checkpoint(path: Path, model: Recommender, opt: torch.optim.Optimizer, state: TrainState) -> None:
+    atomic_torch_save({
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "state": {"epoch": state.epoch, "best_epoch": state.best_epoch, "best_metric": state.best_metric,
+                  "bad_epochs": state.bad_epochs, "epoch_times": state.epoch_times, "best_valid": state.best_valid},
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }, path)
+
+
+def _load_checkpoint(path: Path, model: Recommender, opt: torch.optim.Optimizer) -> TrainState:
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optimizer"])
+    torch.set_rng_state(ck["torch_rng"])
+    if ck["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ck["cuda_rng"])
+    return TrainState(**ck["state"])
+
+
+# --------------------------------------------------------------------------------------------- re-scoring
+def load_run(run_dir: str | Path, device: str = "auto", data_path: str | None = None
+             ) -> tuple[Config, SequentialData, Recommender]:
+    """Rebuild a saved run (config, data, model with its best weights)."""
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise RunError(f"{run_dir}: not a crossan run folder (no config.yaml)")
+    try:
+        cfg = config_from_dict(yaml.safe_load(cfg_path.read_text()))
+    except ValueError as e:
+        raise RunError(f"{cfg_path}: cannot be read by crossan {crossan.__version__}: {e}") from None
+    if data_path:
+        cfg.data.path = data_path
+    if device != "auto":
+        cfg.device = device
+    data = prepare(cfg.data)
+    model = build_model(cfg, data, resolve_device(cfg.device))
+    load_weights(model, run_dir / "best.safetensors")
+    model.eval()
+    return cfg, data, model
+
+
+def rescore(run_dir: str | Path, device: str = "auto") -> dict[str, Any]:
+    cfg, data, model = load_run(run_dir, device)
+    table = model.tower.embed_all(cfg.eval.batch_size)
+    out = {"valid": evaluate(model, data, "valid", cfg, table), "test": evaluate(model, data, "test", cfg, table)}
+    atomic_write_json(Path(run_dir) / "evaluation.json", out)
+    return out

@@ -1,0 +1,69 @@
+"""SASRec user encoder (Kang & McAuley, ICDM 2018) as used by IISAN/CROSSAN (METHOD.md §8).
+
+A causal Transformer over the item embeddings of a left-padded history: learned positions, post-LayerNorm
+blocks, one output vector per position (the last one represents the user for next-item prediction).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from crossan.config import UserEncoderConfig
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, n_heads: int, ffn_mult: int, dropout: float) -> None:
+        super().__init__()
+        self.n_heads, self.dropout = n_heads, dropout
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.ln1 = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, ffn_mult * dim), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(ffn_mult * dim, dim))
+        self.ln2 = nn.LayerNorm(dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        B, L, D = x.shape
+        q, k, v = self.qkv(x).view(B, L, 3, self.n_heads, D // self.n_heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        a = a.transpose(1, 2).reshape(B, L, D)
+        x = self.ln1(x + self.drop(self.proj(a)))
+        return self.ln2(x + self.drop(self.ffn(x)))
+
+
+class SASRec(nn.Module):
+    def __init__(self, cfg: UserEncoderConfig, max_len: int) -> None:
+        super().__init__()
+        self.dim = cfg.dim
+        self.pos = nn.Embedding(max_len, cfg.dim)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.ln = nn.LayerNorm(cfg.dim)
+        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.n_heads, cfg.ffn_mult, cfg.dropout)
+                                    for _ in range(cfg.n_layers))
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    def forward(self, item_emb: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """``item_emb`` [B, L, d] of the history ``items`` [B, L] (0 = padding) → user states [B, L, d]."""
+        B, L, _ = item_emb.shape
+        valid = items > 0
+        # position i may attend to j <= i among real items; a padding position attends to itself only,
+        # so no row of the mask is empty (no NaNs) and padding never leaks into real positions.
+        causal = torch.ones(L, L, dtype=torch.bool, device=items.device).tril()
+        mask = causal & valid[:, None, :]
+        mask = mask | torch.eye(L, dtype=torch.bool, device=items.device)
+        x = self.drop(self.ln(item_emb + self.pos.weight[:L]))
+        x = x * valid[..., None]
+        for blk in self.blocks:
+            x = blk(x, mask[:, None])
+        return x
