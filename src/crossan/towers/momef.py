@@ -14,7 +14,8 @@ Rules chosen here:
   all M experts, which then read their (zeroed) inputs — a learned "no content" embedding, never NaN.
 * With M = 1 there is nothing to route (p ≡ 1): no router parameters are created.
 * Top-k (``top_k > 0``): the k largest weights are kept and renormalised to sum to 1; gradients flow
-  through the kept ones. Items with fewer than k present modalities keep only those.
+  through the kept ones. Items with fewer than k present modalities keep only those. Note that with
+  k = 1 the kept weight is always 1, so the router then learns only through the load-balancing loss.
 * Load balancing (Switch-Transformer style, Fedus et al. 2021): ``M · Σ_m f_m · P_m``, where ``P_m`` is the
   mean router weight of expert m over the batch's items (differentiable) and ``f_m`` the fraction of items
   whose largest weight is on m (not differentiable). It is 1 at perfect balance and grows as routing
@@ -77,10 +78,10 @@ class MOMEF(nn.Module):
         if self.router is None:
             return e.new_ones(U, M)
         logits = self.router(e.flatten(1)) / self.temperature
-        allowed = torch.where(present.any(1, keepdim=True), present, torch.ones_like(present))
-        p = masked_softmax(logits, allowed)
+        p = masked_softmax(logits, present)
+        p = torch.where(present.any(1, keepdim=True), p, torch.full_like(p, 1 / M))  # nothing present: uniform
         if 0 < self.top_k < M:
-            keep = torch.zeros_like(allowed).scatter(1, p.topk(self.top_k, dim=1).indices, True)
+            keep = torch.zeros_like(present).scatter(1, p.topk(self.top_k, dim=1).indices, True)
             p = p * keep
             p = p / p.sum(1, keepdim=True)  # the largest weight is > 0, so the sum is too
         return p

@@ -1,0 +1,33 @@
+"""Shared fixtures: small hand-made datasets written to real files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def write_iisan(root: Path, users: dict[str, list[str]], items: dict[str, str]) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "items.tsv").write_text("".join(f"{i}\t{t}\n" for i, t in items.items()))
+    (root / "users.tsv").write_text("".join(f"{u}\t{' '.join(s)}\n" for u, s in users.items()))
+    return root
+
+
+def random_dataset(root: Path, n_users: int = 120, n_items: int = 60, seed: int = 0) -> Path:
+    """Users whose sequences walk through item ids with structure (item k tends to follow k-1)."""
+    rng = np.random.default_rng(seed)
+    items = {f"i{k}": f"item number {k} of group {k % 5}" for k in range(n_items)}
+    users = {}
+    for u in range(n_users):
+        length = int(rng.integers(5, 15))
+        start = int(rng.integers(0, n_items))
+        seq = [(start + j + int(rng.integers(0, 2))) % n_items for j in range(length)]
+        users[f"u{u}"] = [f"i{k}" for k in seq]
+    return write_iisan(root, users, items)
+
+
+@pytest.fixture
+def small_data(tmp_path: Path) -> Path:
+    return random_dataset(tmp_path / "small")

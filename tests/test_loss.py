@@ -1,0 +1,89 @@
+"""The in-batch softmax loss against a per-position loop, and its masking rules."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from crossan.recommender import inbatch_softmax_loss
+
+
+def _case(seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    B, L, d, N = 4, 5, 6, 12
+    inputs = torch.randint(1, N + 1, (B, L), generator=g)
+    targets = torch.randint(1, N + 1, (B, L), generator=g)
+    inputs[0, :2] = 0  # left padding
+    targets[0, :2] = 0
+    states = torch.randn(B, L, d, generator=g)
+    ids = torch.cat([inputs, targets], 1)
+    uniq, inv = torch.unique(ids, return_inverse=True)
+    emb = torch.randn(len(uniq), d, generator=g)
+    emb[uniq == 0] = 0
+    log_pop = torch.randn(len(uniq), generator=g)
+    return states, emb, uniq, inv[:, :L], inv[:, L:], targets > 0, log_pop, inputs, targets
+
+
+def reference_loss(states, emb, uniq, inputs, targets, log_pop) -> float:
+    B, L, _ = states.shape
+    total, n = 0.0, 0
+    for b in range(B):
+        own = set(inputs[b].tolist()) | set(targets[b].tolist())
+        for t in range(L):
+            tgt = int(targets[b, t])
+            if tgt == 0:
+                continue
+            logits = {}
+            for u, row in enumerate(uniq.tolist()):
+                if row == 0 or (row in own and row != tgt):
+                    continue
+                logits[row] = float(states[b, t] @ emb[u]) - float(log_pop[u])
+            lse = math.log(sum(math.exp(v) for v in logits.values()))
+            total += lse - logits[tgt]
+            n += 1
+    return total / n
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_inbatch_loss_matches_loop(seed: int) -> None:
+    states, emb, uniq, iidx, tidx, valid, log_pop, inputs, targets = _case(seed)
+    got = inbatch_softmax_loss(states, emb, uniq, iidx, tidx, valid, log_pop)
+    assert float(got) == pytest.approx(reference_loss(states, emb, uniq, inputs, targets, log_pop), rel=1e-5)
+
+
+def test_masked_candidates_do_not_matter() -> None:
+    states, emb, uniq, iidx, tidx, valid, log_pop, inputs, targets = _case(3)
+    base = inbatch_softmax_loss(states, emb, uniq, iidx, tidx, valid, log_pop)
+    # change padding positions' states: they carry no loss
+    s2 = states.clone()
+    s2[0, :2] = 100.0
+    assert float(inbatch_softmax_loss(s2, emb, uniq, iidx, tidx, valid, log_pop)) == pytest.approx(float(base))
+    # an item user 0 has seen (and is not one of its targets) is masked out of user 0's candidates:
+    # making it hugely attractive must not change user 0's loss
+    own_inputs = set(inputs[0].tolist()) - set(targets[0].tolist()) - {0}
+    assert own_inputs, "the fixed case has such an item"
+    u = uniq.tolist().index(max(own_inputs))  # row 5 in this case: also a candidate for user 1
+    keep = torch.zeros_like(valid)
+    keep[0] = valid[0]
+    a = inbatch_softmax_loss(states, emb, uniq, iidx, tidx, keep, log_pop)
+    e2 = emb.clone()
+    e2[u] = 50 * states[0].mean(0)
+    assert float(inbatch_softmax_loss(states, e2, uniq, iidx, tidx, keep, log_pop)) == pytest.approx(float(a))
+    # ... while the same change does move the loss of a user for whom it is a real candidate
+    others = [b for b in range(1, 4) if int(uniq[u]) not in set(inputs[b].tolist()) | set(targets[b].tolist())]
+    keep2 = torch.zeros_like(valid)
+    keep2[others[0]] = valid[others[0]]
+    a2 = inbatch_softmax_loss(states, emb, uniq, iidx, tidx, keep2, log_pop)
+    e3 = emb.clone()
+    e3[u] = 50 * states[others[0]].mean(0)
+    b2 = inbatch_softmax_loss(states, e3, uniq, iidx, tidx, keep2, log_pop)
+    assert float(a2) != pytest.approx(float(b2))
+
+
+def test_popularity_correction_lowers_popular_logits() -> None:
+    states, emb, uniq, iidx, tidx, valid, log_pop, *_ = _case(4)
+    a = inbatch_softmax_loss(states, emb, uniq, iidx, tidx, valid, torch.zeros_like(log_pop))
+    b = inbatch_softmax_loss(states, emb, uniq, iidx, tidx, valid, log_pop)
+    assert float(a) != pytest.approx(float(b))
