@@ -154,6 +154,13 @@ def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [f"{prefix}: {old!r} → {new!r}"]
 
 
+def _truncate_history(path: Path, epochs_done: int) -> None:
+    """Drop history lines of epochs after the checkpoint (a crash can fall between the two writes)."""
+    if path.is_file():
+        keep = [line for line in path.read_text().splitlines() if json.loads(line)["epoch"] <= epochs_done]
+        path.write_text("".join(line + "\n" for line in keep))
+
+
 def _batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(seed * 1000003 + epoch)
     return list(torch.randperm(n, generator=g).split(batch_size))
@@ -186,6 +193,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, data: Sequenti
         state = _load_checkpoint(ckpt, model, opt)
         log.info("resumed from %s after epoch %d (best %s=%.5f at epoch %d)", ckpt, state.epoch, cfg.train.metric,
                  state.best_metric, state.best_epoch)
+    _truncate_history(run_dir / "history.jsonl", state.epoch)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 

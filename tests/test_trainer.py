@@ -1,0 +1,86 @@
+"""Trainer: end to end on a small real-file dataset, resume after a crash, run-folder safety, CLI contract."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import crossan.trainer as trainer
+from crossan.cli import main
+from crossan.config import load_config
+from crossan.data import DataError
+from crossan.trainer import RESULT_KEYS, RunError, rescore, train
+
+METRICS = {"HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR"}
+
+
+def _cfg(data: Path, *extra: str):
+    return load_config([], [f"data.path={data}", "train.epochs=4", "train.batch_size=32", "device=cpu", *extra])
+
+
+def test_train_writes_results_contract(small_data: Path, tmp_path: Path) -> None:
+    res = train(_cfg(small_data), tmp_path / "run", progress=False)
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert set(RESULT_KEYS) <= set(saved)
+    assert set(saved["valid"]) == METRICS and set(saved["test"]) == METRICS
+    assert 1 <= saved["best_epoch"] <= 4 and saved["trainable_params"] == saved["total_params"] > 0
+    assert (tmp_path / "run" / "config.yaml").is_file() and (tmp_path / "run" / "best.safetensors").is_file()
+    # the structured toy data is learnable: far better than random ranking (1/60 items)
+    assert res["test"]["HR@10"] > 0.3
+    again = rescore(tmp_path / "run", device="cpu")
+    assert again["test"] == pytest.approx(res["test"])
+
+
+def test_resume_gives_the_same_final_metrics(small_data: Path, tmp_path: Path, monkeypatch) -> None:
+    full = train(_cfg(small_data), tmp_path / "full", progress=False)
+
+    real_batches = trainer._batches
+
+    def crash_at_epoch_3(n, bs, seed, epoch):
+        if epoch == 3:
+            raise KeyboardInterrupt("simulated crash")
+        return real_batches(n, bs, seed, epoch)
+
+    monkeypatch.setattr(trainer, "_batches", crash_at_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(small_data), tmp_path / "resumed", progress=False)
+    assert not (tmp_path / "resumed" / "results.json").exists()
+    monkeypatch.setattr(trainer, "_batches", real_batches)
+    resumed = train(_cfg(small_data), tmp_path / "resumed", resume=True, progress=False)
+    assert resumed["best_epoch"] == full["best_epoch"]
+    assert resumed["test"] == full["test"] and resumed["valid"] == full["valid"]
+    lines = (tmp_path / "resumed" / "history.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4]
+
+
+def test_run_folder_is_never_clobbered(small_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(_cfg(small_data, "train.epochs=1"), run, progress=False)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(RunError, match="already holds files"):
+        train(_cfg(small_data, "train.epochs=1"), run, progress=False)
+    with pytest.raises(RunError, match="different configuration: train.epochs"):
+        train(_cfg(small_data, "train.epochs=2"), run, resume=True, progress=False)
+    (small_data / "users.tsv").write_text("u1\tnot-an-item\n")
+    with pytest.raises(DataError):
+        train(_cfg(small_data, "train.epochs=1"), run, resume=True, progress=False)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_cli_train_and_errors(small_data: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "cli"
+    assert main(["train", "--data", str(small_data), "--out", str(out), "--quiet", "train.epochs=1",
+                 "device=cpu"]) == 0
+    assert json.loads((out / "results.json").read_text())["method"] == "id"
+    assert main(["train", "--data", str(small_data), "--out", str(tmp_path / "x"), "train.epochs=abc"]) == 2
+    assert "train.epochs: expected an integer" in capsys.readouterr().err
+    assert main(["evaluate", str(tmp_path / "nothing")]) == 2
+    assert "not a crossan run folder" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_bce_loss_trains(small_data: Path, tmp_path: Path) -> None:
+    res = train(_cfg(small_data, "train.loss=bce", "train.epochs=2"), tmp_path / "bce", progress=False)
+    assert res["test"]["HR@20"] > 0.05
