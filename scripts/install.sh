@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Create .venv and install crossan with everything the tests and the demo need (CPU build of torch).
+# torch is pinned and installed first with pip: an unpinned torch would pull a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q "torch==2.13.0"
+.venv/bin/python -m pip install -q -e ".[dev,offline-text]"
+echo "crossan installed in $(pwd)/.venv"
