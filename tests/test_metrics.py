@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from crossan.evaluation import MetricAccumulator, evaluate_split, strict_ranks
+from crossan.evaluation import evaluate_split, mean_metrics, rank_split, strict_ranks
 
 
 def brute_force_rank(scores: np.ndarray, target: int, history: set[int]) -> int:
@@ -68,9 +68,7 @@ def _metrics_reference(scores: np.ndarray, targets: np.ndarray, history: np.ndar
 def test_metrics_match_torchmetrics(seed: int) -> None:
     pytest.importorskip("torchmetrics")
     scores, targets, history = _random_case(seed, B=50, N=40, levels=6)
-    acc = MetricAccumulator([5, 10, 20])
-    acc.add_ranks(strict_ranks(torch.tensor(scores), torch.tensor(targets), torch.tensor(history)))
-    ours = acc.result()
+    ours = mean_metrics(strict_ranks(torch.tensor(scores), torch.tensor(targets), torch.tensor(history)), [5, 10, 20])
     ref = _metrics_reference(scores, targets, history, [5, 10, 20])
     for name, v in ref.items():
         assert ours[name] == pytest.approx(v, abs=1e-6), name  # torchmetrics computes in float32
@@ -85,7 +83,8 @@ def test_evaluate_split_batches_agree_and_formula() -> None:
     targets = rng.integers(1, N + 1, size=B)
     history = inputs.copy()
     user_fn = lambda x: table[x].sum(1)  # noqa: E731
-    a, ranks = evaluate_split(user_fn, table, inputs, targets, history, [5, 10], batch_size=8, return_ranks=True)
+    a = evaluate_split(user_fn, table, inputs, targets, history, [5, 10], batch_size=8)
+    ranks = rank_split(user_fn, table, inputs, targets, history, batch_size=8)
     b = evaluate_split(user_fn, table, inputs, targets, history, [5, 10], batch_size=1000)
     assert a == pytest.approx(b)
     r = ranks.double()

@@ -48,48 +48,50 @@ def metrics_from_ranks(ranks: torch.Tensor, ks: Iterable[int]) -> dict[str, torc
     return out
 
 
-class MetricAccumulator:
-    """Sums per-user metric values over batches (and, in distributed runs, over ranks)."""
-
-    def __init__(self, ks: Iterable[int]) -> None:
-        self.ks = list(ks)
-        self.sums = {name: 0.0 for name in metric_names(self.ks)}
-        self.count = 0
-
-    def add_ranks(self, ranks: torch.Tensor) -> None:
-        for name, v in metrics_from_ranks(ranks, self.ks).items():
-            self.sums[name] += float(v.sum())
-        self.count += len(ranks)
-
-    def result(self) -> dict[str, float]:
-        return {name: s / max(1, self.count) for name, s in self.sums.items()}
+def mean_metrics(ranks: torch.Tensor, ks: Iterable[int]) -> dict[str, float]:
+    """Mean of each metric over users, computed from the full vector of ranks (order-independent)."""
+    if len(ranks) == 0:
+        return {name: 0.0 for name in metric_names(ks)}
+    return {name: float(v.mean()) for name, v in metrics_from_ranks(ranks, ks).items()}
 
 
 @torch.no_grad()
-def evaluate_split(user_fn: Callable[[torch.Tensor], torch.Tensor], item_table: torch.Tensor, inputs: np.ndarray,
-                   targets: np.ndarray, history: np.ndarray, ks: Iterable[int], batch_size: int = 512,
-                   user_slice: slice | None = None, return_ranks: bool = False
-                   ) -> dict[str, float] | tuple[dict[str, float], torch.Tensor]:
-    """Score users against the full ``item_table`` [N+1, d] and return the mean metrics.
+def rank_split(user_fn: Callable[[torch.Tensor], torch.Tensor], item_table: torch.Tensor, inputs: np.ndarray,
+               targets: np.ndarray, history: np.ndarray, batch_size: int = 512) -> torch.Tensor:
+    """Strict ranks [U] of every user's target against the full ``item_table`` [N+1, d].
 
-    ``user_fn`` maps input windows [B, L] to user vectors [B, d]. ``user_slice`` restricts to a contiguous
-    block of users (distributed evaluation splits users by rank).
+    ``user_fn`` maps input windows [B, L] to user vectors [B, d]. Users are scored in batches of
+    ``batch_size``; under torchrun, batch b is scored by rank b mod world size and the ranks are gathered,
+    so every rank returns exactly the vector a single process computes (no padding duplicates).
     """
+    from crossan import distributed as dist
+
     device = item_table.device
-    if user_slice is not None:
-        inputs, targets, history = inputs[user_slice], targets[user_slice], history[user_slice]
-    acc = MetricAccumulator(ks)
-    all_ranks = []
-    for start in range(0, len(targets), batch_size):
+    starts = list(range(0, len(targets), batch_size))
+    mine = starts[dist.rank()::dist.world_size()]
+    out = []
+    for start in mine:
         sl = slice(start, start + batch_size)
         x = torch.as_tensor(inputs[sl], device=device)
         t = torch.as_tensor(targets[sl], device=device)
         h = torch.as_tensor(history[sl], device=device)
-        scores = user_fn(x) @ item_table.T
-        ranks = strict_ranks(scores, t, h)
-        acc.add_ranks(ranks)
-        if return_ranks:
-            all_ranks.append(ranks.cpu())
-    if return_ranks:
-        return acc.result(), torch.cat(all_ranks) if all_ranks else torch.zeros(0, dtype=torch.long)
-    return acc.result()
+        out.append(strict_ranks(user_fn(x) @ item_table.T, t, h))
+    local = torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=device)
+    if dist.world_size() == 1:
+        return local.cpu()
+    per_rank = [g.cpu() for g in dist.all_gather_rows(local)]
+    # undo the round-robin: batch b is the (b // W)-th batch of rank b % W
+    pieces, offsets = [], [0] * len(per_rank)
+    for b, start in enumerate(starts):
+        r = b % len(per_rank)
+        size = min(batch_size, len(targets) - start)
+        pieces.append(per_rank[r][offsets[r]: offsets[r] + size])
+        offsets[r] += size
+    return torch.cat(pieces)
+
+
+def evaluate_split(user_fn: Callable[[torch.Tensor], torch.Tensor], item_table: torch.Tensor, inputs: np.ndarray,
+                   targets: np.ndarray, history: np.ndarray, ks: Iterable[int], batch_size: int = 512
+                   ) -> dict[str, float]:
+    """Mean full-ranking metrics of a split (see :func:`rank_split`)."""
+    return mean_metrics(rank_split(user_fn, item_table, inputs, targets, history, batch_size), ks)

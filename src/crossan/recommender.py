@@ -50,6 +50,10 @@ class Recommender(nn.Module):
         """Users' next-item query vectors [B, d] from their windows [B, L], reading a precomputed table."""
         return self.user(item_table[inputs], inputs)[:, -1]
 
+    def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The training loss (``forward`` so that DistributedDataParallel can wrap the model)."""
+        return self.loss(inputs, targets)
+
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean training loss over the non-padding positions of a batch of windows [B, L]."""
         B, L = inputs.shape

@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 import crossan
+from crossan import distributed as dist
 from crossan.config import Config, config_from_dict, save_config, to_dict
 from crossan.data import SequentialData, prepare
 from crossan.evaluation import evaluate_split
@@ -115,34 +116,32 @@ class TrainState:
 
 
 def _setup_logging(run_dir: Path) -> None:
-    log.setLevel(logging.INFO)
     for h in list(log.handlers):
         log.removeHandler(h)
+    log.propagate = False
+    if not dist.is_main():  # other ranks stay quiet
+        log.setLevel(logging.WARNING)
+        return
+    log.setLevel(logging.INFO)
     fh = logging.FileHandler(run_dir / "train.log")
     fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     log.addHandler(fh)
     sh = logging.StreamHandler()
     sh.setFormatter(logging.Formatter("%(message)s"))
     log.addHandler(sh)
-    log.propagate = False
 
 
-def prepare_run_dir(run_dir: Path, cfg: Config, resume: bool) -> None:
-    """Create the run folder, or check that ``--resume`` continues the same configuration."""
+def check_run_dir(run_dir: Path, cfg: Config, resume: bool) -> None:
+    """Refuse a run folder that holds another run, or a ``--resume`` with another configuration."""
     saved = run_dir / "config.yaml"
     if resume:
         if not saved.is_file():
             raise RunError(f"{run_dir}: nothing to resume (no config.yaml)")
-        old = yaml.safe_load(saved.read_text())
-        new = to_dict(cfg)
-        diff = _diff(old, new)
+        diff = _diff(yaml.safe_load(saved.read_text()), to_dict(cfg))
         if diff:
             raise RunError(f"{run_dir}: --resume with a different configuration: {'; '.join(diff[:10])}")
-        return
-    if run_dir.exists() and any(run_dir.iterdir()):
+    elif run_dir.exists() and any(run_dir.iterdir()):
         raise RunError(f"{run_dir} already holds files; pass --resume to continue that run or choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, saved)
 
 
 def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -162,27 +161,49 @@ def _truncate_history(path: Path, epochs_done: int) -> None:
 
 
 def _batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
+    """This rank's share of each global batch of an epoch's shuffled order.
+
+    ``batch_size`` is the global batch: under torchrun every rank takes every W-th example of it, so the
+    optimisation (examples per step, learning rate) is the same for any world size W. A last batch with
+    fewer than W examples is dropped so that every rank takes the same number of steps.
+    """
     g = torch.Generator().manual_seed(seed * 1000003 + epoch)
-    return list(torch.randperm(n, generator=g).split(batch_size))
+    W, r = dist.world_size(), dist.rank()
+    return [b[r::W] for b in torch.randperm(n, generator=g).split(batch_size) if len(b) >= W]
+
+
+def _seed_epoch(seed: int, epoch: int) -> None:
+    """Dropout and sampled negatives draw from a stream fixed by (seed, epoch, rank): resuming after any
+    finished epoch replays exactly what an uninterrupted run does, with no RNG state to save."""
+    torch.manual_seed(seed * 7919 + epoch * 104729 + dist.rank())
 
 
 def train(cfg: Config, run_dir: str | Path, resume: bool = False, data: SequentialData | None = None,
           progress: bool = True) -> dict[str, Any]:
-    """Train ``cfg`` into ``run_dir`` and return the results (also written to ``results.json``)."""
+    """Train ``cfg`` into ``run_dir`` and return the results (also written to ``results.json``).
+
+    Under torchrun the model is wrapped in DistributedDataParallel; rank 0 writes every file.
+    """
     run_dir = Path(run_dir)
     data = data if data is not None else prepare(cfg.data)  # bad input fails here, before any file is written
-    device = resolve_device(cfg.device)
-    prepare_run_dir(run_dir, cfg, resume)
+    device = dist.init_from_env(resolve_device(cfg.device))
+    check_run_dir(run_dir, cfg, resume)
+    dist.barrier()  # every rank has checked before rank 0 writes anything
+    if dist.is_main() and not resume:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    dist.barrier()
     _setup_logging(run_dir)
+    progress = progress and dist.is_main()
     seed_everything(cfg.seed)
     model = build_model(cfg, data, device)
     groups = param_groups(model, cfg)
     opt = torch.optim.Adam(groups, weight_decay=cfg.train.weight_decay)
     trainable, total = count_params(model)
     report = module_report(model)
-    log.info("crossan %s | method=%s modalities=%s | data %s: %d users, %d items | device %s",
+    log.info("crossan %s | method=%s modalities=%s | data %s: %d users, %d items | device %s | world size %d",
              crossan.__version__, cfg.method, ",".join(cfg.modalities), data.name, data.num_users,
-             data.num_items, describe_device(device))
+             data.num_items, describe_device(device), dist.world_size())
     for name, r in report.items():
         log.info("  %-28s trainable %12s / total %12s", name, f"{r['trainable']:,}", f"{r['total']:,}")
     log.info("  %-28s trainable %12s / total %12s", "ALL", f"{trainable:,}", f"{total:,}")
@@ -193,9 +214,14 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, data: Sequenti
         state = _load_checkpoint(ckpt, model, opt)
         log.info("resumed from %s after epoch %d (best %s=%.5f at epoch %d)", ckpt, state.epoch, cfg.train.metric,
                  state.best_metric, state.best_epoch)
-    _truncate_history(run_dir / "history.jsonl", state.epoch)
+    if dist.is_main():
+        _truncate_history(run_dir / "history.jsonl", state.epoch)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    step_model: torch.nn.Module = model
+    if dist.is_distributed():
+        step_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
 
     inputs = torch.as_tensor(data.train_inputs)
     targets = torch.as_tensor(data.train_targets)
@@ -203,6 +229,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, data: Sequenti
     while state.epoch < cfg.train.epochs and state.bad_epochs < cfg.train.patience:
         epoch = state.epoch + 1
         model.train()
+        _seed_epoch(cfg.seed, epoch)
         batches = _batches(len(inputs), cfg.train.batch_size, cfg.seed, epoch)
         if cfg.train.max_steps_per_epoch:
             batches = batches[: cfg.train.max_steps_per_epoch]
@@ -211,7 +238,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, data: Sequenti
         bar = tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not progress)
         for idx in bar:
             x, y = inputs[idx].to(device), targets[idx].to(device)
-            loss = model.loss(x, y)
+            loss = step_model(x, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.train.grad_clip > 0:
@@ -232,19 +259,23 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, data: Sequenti
             if metric > state.best_metric:
                 state.best_metric, state.best_epoch, state.bad_epochs = metric, epoch, 0
                 state.best_valid = valid
-                _save_weights(model, run_dir / "best.safetensors")
+                if dist.is_main():
+                    _save_weights(model, run_dir / "best.safetensors")
             else:
                 state.bad_epochs += 1
             log.info("epoch %3d | loss %.4f | %.1fs | valid HR@10 %.4f NDCG@10 %.4f %s", epoch, record["loss"],
                      epoch_time, valid.get("HR@10", math.nan), valid.get("NDCG@10", math.nan),
                      "*" if state.best_epoch == epoch else "")
         state.epoch = epoch
-        with history_path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        _save_checkpoint(ckpt, model, opt, state)
+        if dist.is_main():
+            with history_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            _save_checkpoint(ckpt, model, opt, state)
+        dist.barrier()
 
-    if state.best_epoch == 0:  # no evaluation happened (epochs=0): test the current weights
+    if state.best_epoch == 0 and dist.is_main():  # no evaluation happened (epochs=0): test the current weights
         _save_weights(model, run_dir / "best.safetensors")
+    dist.barrier()
     load_weights(model, run_dir / "best.safetensors")
     model.tower.reset_stats()
     model.eval()
@@ -268,14 +299,17 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, data: Sequenti
         "peak_memory_bytes": int(peak),
         "peak_memory_kind": "cuda_max_memory_allocated" if device.type == "cuda" else "cpu_peak_rss",
         "device": describe_device(device),
+        "world_size": dist.world_size(),
         "modules": report,
         "tower": tower_stats,
         "data": {"users": data.num_users, "items": data.num_items, "dropped_rows": data.dropped},
         "crossan_version": crossan.__version__,
     }
-    atomic_write_json(run_dir / "results.json", results)
+    if dist.is_main():
+        atomic_write_json(run_dir / "results.json", results)
     log.info("best epoch %d | test HR@10 %.4f NDCG@10 %.4f MRR %.4f | %s", state.best_epoch, test["HR@10"],
              test["NDCG@10"], test["MRR"], run_dir / "results.json")
+    dist.barrier()
     return results
 
 
@@ -302,18 +336,17 @@ def _save_checkpoint(path: Path, model: Recommender, opt: torch.optim.Optimizer,
         "optimizer": opt.state_dict(),
         "state": {"epoch": state.epoch, "best_epoch": state.best_epoch, "best_metric": state.best_metric,
                   "bad_epochs": state.bad_epochs, "epoch_times": state.epoch_times, "best_valid": state.best_valid},
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "world_size": dist.world_size(),
     }, path)
 
 
 def _load_checkpoint(path: Path, model: Recommender, opt: torch.optim.Optimizer) -> TrainState:
     ck = torch.load(path, map_location="cpu", weights_only=True)
+    if ck["world_size"] != dist.world_size():
+        raise RunError(f"{path} was written by {ck['world_size']} processes; resume it with the same world size "
+                       f"(now {dist.world_size()})")
     model.load_state_dict(ck["model"])
     opt.load_state_dict(ck["optimizer"])
-    torch.set_rng_state(ck["torch_rng"])
-    if ck["cuda_rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(ck["cuda_rng"])
     return TrainState(**ck["state"])
 
 

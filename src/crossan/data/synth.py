@@ -7,7 +7,7 @@
     users.tsv          ``user_id<TAB>item item item ...`` (items in time order, no header)
     images/<item>.png  64x64 RGB cover
     videos/<item>.mp4  12 frames, 64x64, 4 fps (H.264 through libx264 where PyAV has it, else MPEG-4 part 2)
-    audio/<item>.wav   16 kHz mono, 2 s, 16-bit PCM
+    audio/<item>.wav   16 kHz mono, 1.5 s, 16-bit PCM
     items_meta.json    per item: its latent attributes, which modalities it has, its popularity term
     users_meta.json    per user: the taste that generated the history (slots, drift, echo attribute)
     meta.json          generator name and version, parameters, counts, attribute vocabularies, model constants
@@ -31,9 +31,10 @@ remains. Text is present for every item; ``missing_rate`` applies to image, vide
 that generated the data.
 
 Determinism: every random draw comes from ``numpy.random.default_rng`` seeded from ``seed`` (per item and
-stream through a seed sequence), the video encoder runs single-threaded with bit-exact muxing, and no
-timestamp is written anywhere, so the same parameters give byte-identical files on the same library
-versions.
+stream through a seed sequence), slot weights are multiples of 2**-10 so that their sums are exact, the
+video encoder runs single-threaded with bit-exact muxing (no creation time, no encoder tag), and no
+timestamp is written anywhere, so the same parameters give byte-identical files (checked run to run on one
+machine; other library versions, e.g. another x264, may encode the same frames to other bytes).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class SizeSpec:
 
 SIZES: dict[str, SizeSpec] = {
     "tiny": SizeSpec(n_items=60, n_users=100, min_len=6, max_len=12),
-    "small": SizeSpec(n_items=400, n_users=2000, min_len=8, max_len=20),
+    "small": SizeSpec(n_items=500, n_users=2000, min_len=8, max_len=20),
     "medium": SizeSpec(n_items=2000, n_users=10000, min_len=8, max_len=20),
     "large": SizeSpec(n_items=10000, n_users=50000, min_len=8, max_len=20),
 }
@@ -166,7 +167,7 @@ VIDEO_SIZE = 64
 VIDEO_FRAMES = 12
 VIDEO_FPS = 4
 AUDIO_RATE = 16_000
-AUDIO_SECONDS = 2.0
+AUDIO_SECONDS = 1.5
 
 # ------------------------------------------------------------------------------------------ taste model
 
@@ -186,8 +187,8 @@ _USER_CHUNK = 1024  # users sampled together; fixed so that the random stream do
 _STREAM_ITEMS, _STREAM_USERS, _STREAM_TEXT, _STREAM_IMAGE, _STREAM_VIDEO, _STREAM_AUDIO = range(6)
 
 
-class SynthError(RuntimeError):
-    """The output folder cannot be used (exists but is not this dataset, or parameters are invalid)."""
+class SynthError(FileExistsError):
+    """The output folder exists and is not a complete dataset generated with the requested parameters."""
 
 
 # ------------------------------------------------------------------------------------------ public API
@@ -365,6 +366,11 @@ class _Taste:
     drift_value: int
 
 
+def _slot_weight(rng: np.random.Generator, scale: float) -> float:
+    """A jittered slot weight, rounded to a multiple of 2**-10 so that sums of weights are exact."""
+    return round(scale * float(rng.uniform(0.75, 1.25)) * 1024) / 1024
+
+
 def _draw_taste(rng: np.random.Generator, length: int, dominant: str | None) -> _Taste:
     cards = [len(ATTRIBUTES[m][a]) for m, a in ATTRIBUTE_KEYS]
     columns_of = {m: [j for j, (mm, _) in enumerate(ATTRIBUTE_KEYS) if mm == m] for m in MODALITY_ORDER}
@@ -375,16 +381,15 @@ def _draw_taste(rng: np.random.Generator, length: int, dominant: str | None) -> 
         for m in modalities:
             cols = columns_of[MODALITY_ORDER[int(m)]]
             col = cols[int(rng.integers(len(cols)))]
-            slots.append((col, int(rng.integers(cards[col])), TASTE_WEIGHT * float(rng.uniform(0.75, 1.25))))
+            slots.append((col, int(rng.integers(cards[col])), _slot_weight(rng, TASTE_WEIGHT)))
         echo = int(rng.integers(len(ATTRIBUTE_KEYS)))
     else:
         for col in columns_of[dominant]:
-            slots.append((col, int(rng.integers(cards[col])), TASTE_WEIGHT * float(rng.uniform(0.75, 1.25))))
+            slots.append((col, int(rng.integers(cards[col])), _slot_weight(rng, TASTE_WEIGHT)))
         others = [m for m in MODALITY_ORDER if m != dominant]
         cols = columns_of[others[int(rng.integers(len(others)))]]
         col = cols[int(rng.integers(len(cols)))]
-        weight = TASTE_WEIGHT * WEAK_SLOT_FACTOR * float(rng.uniform(0.75, 1.25))
-        slots.append((col, int(rng.integers(cards[col])), weight))
+        slots.append((col, int(rng.integers(cards[col])), _slot_weight(rng, TASTE_WEIGHT * WEAK_SLOT_FACTOR)))
         dom_cols = columns_of[dominant]
         echo = dom_cols[int(rng.integers(len(dom_cols)))]
     lo, hi = (max(1, math.ceil(f * length)) for f in DRIFT_RANGE)
@@ -417,41 +422,100 @@ def _make_users(
 def _sample_chunk(
     items: _Items, tastes: list[_Taste], lengths: np.ndarray, rng: np.random.Generator
 ) -> list[list[int]]:
-    """Draw the histories of a group of users step by step, vectorised over users and items."""
+    """Draw the histories of a group of users step by step, vectorised over users.
+
+    A user's weight for item i is ``exp(popularity_i + matched slot weights)``, times ``exp(ECHO_WEIGHT)``
+    when i shares the previous item's value of the user's echo attribute. Per user, items are laid out
+    grouped by their echo-attribute value, and the cumulative weights along that layout are kept, so a
+    step costs O(classes + log items) per user: draw the echo class from the class masses (the previous
+    item's class boosted), then an item inside the class by binary search. Items already in the history
+    are rejected and redrawn, which samples exactly from the remaining items. The layout changes only
+    when a user's taste drifts.
+    """
+    order = np.argsort(-lengths, kind="stable")  # longest first: the users still drawing form a prefix
+    tastes = [tastes[u] for u in order]
+    lengths = lengths[order]
     n_users, n_items = len(tastes), len(items.ids)
     attrs_t = items.attrs.T  # [n_attributes, n_items]
-    n_slots = max(len(t.slots) for t in tastes)
-    cols = np.zeros((n_users, n_slots), dtype=np.int64)
-    vals = np.full((n_users, n_slots), -1, dtype=np.int64)  # -1 never matches: padding slot
-    weights = np.zeros((n_users, n_slots))
-    for u, t in enumerate(tastes):
-        for s, (c, v, w) in enumerate(t.slots):
-            cols[u, s], vals[u, s], weights[u, s] = c, v, w
+    n_values = max(len(v) for m in ATTRIBUTES.values() for v in m.values())
+    by_value = np.stack([np.argsort(row, kind="stable") for row in attrs_t])  # [n_attributes, n_items]
+    bounds = np.stack(
+        [np.searchsorted(row[perm], np.arange(n_values + 1)) for row, perm in zip(attrs_t, by_value)]
+    )
+    slots = [list(t.slots) for t in tastes]  # current slots; a drift rewrites one value
     echo = np.array([t.echo for t in tastes])
-    drift_step = np.array([t.drift_step for t in tastes])
-    drift_slot = np.array([t.drift_slot for t in tastes])
-    drift_value = np.array([t.drift_value for t in tastes])
-    rows = np.arange(n_users)
+    user_bounds = bounds[
+        echo
+    ]  # [n_users, n_values + 1]: class c of user u spans [user_bounds[u, c], [u, c+1])
+    layout = by_value[echo]  # [n_users, n_items]: item at each position of the user's layout
+    cum = np.zeros((n_users, n_items + 1))  # cum[u, p] = total weight of the first p items of the layout
 
-    seen = np.zeros((n_users, n_items), dtype=bool)
-    picks = np.zeros((n_users, int(lengths.max())), dtype=np.int64)
+    offsets = np.cumsum([0] + [len(ATTRIBUTES[m][a]) for m, a in ATTRIBUTE_KEYS])
+    one_hot = np.zeros((n_items, int(offsets[-1])))  # [n_items, all attribute values]
+    for col in range(len(ATTRIBUTE_KEYS)):
+        one_hot[np.arange(n_items), offsets[col] + attrs_t[col]] = 1.0
+
+    def refresh(users: np.ndarray) -> None:
+        taste = np.zeros((len(users), one_hot.shape[1]))
+        for r, u in enumerate(users):
+            for col, value, weight in slots[u]:
+                taste[r, offsets[col] + value] += weight
+        # slot weights are multiples of 2**-10, so this product is exact whatever the BLAS summation order
+        logits = taste @ one_hot.T + items.popularity
+        weights = np.exp(np.take_along_axis(logits, layout[users], axis=1))
+        cum[users, 1:] = np.cumsum(weights, axis=1)
+
+    refresh(np.arange(n_users))
+    echo_boost = math.exp(ECHO_WEIGHT) - 1.0
+    drift_step = np.array([t.drift_step for t in tastes])
+    picks = np.full((n_users, int(lengths.max())), -1, dtype=np.int64)
     for step in range(picks.shape[1]):
-        drifted = step == drift_step
-        vals[rows[drifted], drift_slot[drifted]] = drift_value[drifted]
-        logits = np.broadcast_to(items.popularity, (n_users, n_items)).copy()
-        for s in range(n_slots):
-            logits += weights[:, s, None] * (attrs_t[cols[:, s]] == vals[:, s, None])
+        active = int(np.count_nonzero(lengths > step))
+        drifted = np.flatnonzero(drift_step[:active] == step)
+        for u in drifted:
+            col, _, weight = slots[u][tastes[u].drift_slot]
+            slots[u][tastes[u].drift_slot] = (col, tastes[u].drift_value, weight)
+        if len(drifted):
+            refresh(drifted)
+        users = np.arange(active)
+        ends = np.take_along_axis(cum[:active], user_bounds[:active], axis=1)
+        mass = np.diff(ends, axis=1)  # [active, n_values]
         if step > 0:
-            prev_value = items.attrs[picks[:, step - 1], echo]
-            logits += ECHO_WEIGHT * (attrs_t[echo] == prev_value[:, None])
-        logits[seen] = -np.inf
-        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-        cum = np.cumsum(probs, axis=1)
-        target = rng.random(n_users) * cum[:, -1]
-        choice = np.minimum((cum < target[:, None]).sum(axis=1), n_items - 1)
-        picks[:, step] = choice
-        seen[rows, choice] = True
-    return [picks[u, : int(lengths[u])].tolist() for u in range(n_users)]
+            previous = attrs_t[echo[:active], picks[:active, step - 1]]
+            mass[users, previous] *= 1.0 + echo_boost
+        pending = users
+        while len(pending):
+            u_cls, u_item = rng.random((2, len(pending)))
+            class_cum = np.cumsum(mass[pending], axis=1)
+            cls = np.count_nonzero(class_cum <= (u_cls * class_cum[:, -1])[:, None], axis=1)
+            cls = np.minimum(cls, n_values - 1)
+            lo, hi = user_bounds[pending, cls], user_bounds[pending, cls + 1]
+            target = cum[pending, lo] + u_item * (cum[pending, hi] - cum[pending, lo])
+            position = _first_above(cum, pending, target, lo, hi)
+            choice = layout[pending, position]
+            picks[pending, step] = choice
+            repeated = (picks[pending, :step] == choice[:, None]).any(axis=1)
+            pending = pending[repeated]
+    histories: list[list[int]] = [[] for _ in range(n_users)]
+    for r, u in enumerate(order):
+        histories[u] = picks[r, : int(lengths[r])].tolist()
+    return histories
+
+
+def _first_above(
+    cum: np.ndarray, rows: np.ndarray, target: np.ndarray, lo: np.ndarray, hi: np.ndarray
+) -> np.ndarray:
+    """Per k: the first position p in [lo[k], hi[k]) with ``cum[rows[k], p + 1] > target[k]`` (binary search).
+
+    ``cum`` has a leading zero column, so ``cum[r, p + 1]`` is the weight up to and including position p.
+    """
+    lo, hi = lo.copy(), hi - 1  # answer in [lo, hi]; hi is the class's last position
+    for _ in range(max(1, int(np.ceil(np.log2(cum.shape[1])))) + 1):
+        mid = (lo + hi) // 2
+        above = cum[rows, mid + 1] > target
+        hi = np.where(above, mid, hi)
+        lo = np.where(above, lo, np.minimum(mid + 1, hi))
+    return lo
 
 
 # ------------------------------------------------------------------------------------------ media

@@ -75,18 +75,35 @@ class ItemTower(nn.Module, ABC):
 
     @torch.no_grad()
     def embed_all(self, batch_size: int = 1024, progress: bool = False) -> torch.Tensor:
-        """The table of all item embeddings [N+1, dim]; row 0 (padding) is zero."""
+        """The table of all item embeddings [N+1, dim]; row 0 (padding) is zero.
+
+        Items are embedded in chunks of ``batch_size``; under torchrun chunk c is computed by rank
+        c mod world size and the table is gathered, so every rank holds the same table a single process does.
+        """
+        from crossan import distributed as dist
+
         n = self.num_items
         device = next(self.parameters()).device
-        table = torch.zeros(n + 1, self.dim, device=device)
-        rows = torch.arange(1, n + 1, device=device)
-        chunks = rows.split(batch_size)
-        if progress:
+        chunks = torch.arange(1, n + 1, device=device).split(batch_size)
+        mine = list(range(dist.rank(), len(chunks), dist.world_size()))
+        it = mine
+        if progress and dist.is_main():
             from tqdm.auto import tqdm
 
-            chunks = tqdm(chunks, desc="embed items", leave=False)
-        for chunk in chunks:
-            table[chunk] = self(chunk).float()
+            it = tqdm(mine, desc="embed items", leave=False)
+        local = [self(chunks[c]).float() for c in it]
+        table = torch.zeros(n + 1, self.dim, device=device)
+        if dist.world_size() == 1:
+            if local:
+                table[1:] = torch.cat(local)
+            return table
+        mine_flat = torch.cat(local) if local else table.new_zeros(0, self.dim)
+        for r, rows in enumerate(dist.all_gather_rows(mine_flat)):
+            offset = 0
+            for c in range(r, len(chunks), dist.world_size()):
+                k = len(chunks[c])
+                table[chunks[c]] = rows[offset: offset + k].to(device)
+                offset += k
         return table
 
     num_items: int

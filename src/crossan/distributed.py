@@ -1,0 +1,81 @@
+"""torchrun support: process-group set-up and the few collectives crossan needs.
+
+Every command runs unchanged in one process; under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) the
+process group is initialised with ``gloo`` on CPU and ``nccl`` on CUDA. Rank 0 logs, shows progress and
+writes files; all ranks compute.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def env_world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init_from_env(device: torch.device) -> torch.device:
+    """Join the process group torchrun describes (no-op in a single process). Returns this rank's device."""
+    if env_world_size() <= 1 or is_distributed():
+        return device
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device.type == "cuda":
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+    return device
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def shutdown() -> None:
+    if is_distributed():
+        dist.destroy_process_group()
+
+
+def all_gather_rows(t: torch.Tensor) -> list[torch.Tensor]:
+    """Gather tensors whose first dimension differs between ranks; returns one tensor per rank, in rank order."""
+    if not is_distributed():
+        return [t]
+    gather_device = t.device if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = t.to(gather_device)
+    n = torch.tensor([t.shape[0]], device=gather_device)
+    sizes = [torch.zeros_like(n) for _ in range(world_size())]
+    dist.all_gather(sizes, n)
+    longest = int(max(s.item() for s in sizes))
+    padded = t.new_zeros((longest, *t.shape[1:]))
+    padded[: t.shape[0]] = t
+    out = [torch.empty_like(padded) for _ in range(world_size())]
+    dist.all_gather(out, padded)
+    return [o[: int(s.item())] for o, s in zip(out, sizes)]
+
+
+def contiguous_share(n: int, parts: int | None = None, index: int | None = None) -> slice:
+    """The contiguous block of ``range(n)`` this rank owns (no padding, no duplicates)."""
+    parts = world_size() if parts is None else parts
+    index = rank() if index is None else index
+    return slice(n * index // parts, n * (index + 1) // parts)
