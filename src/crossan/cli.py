@@ -83,6 +83,43 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from crossan.data.synth import generate
+
+    out = generate(Path(args.out), size=args.size, seed=args.seed, missing_rate=args.missing_rate,
+                   dominant=args.dominant)
+    print(f"dataset written to {out}")
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from crossan import distributed as dist
+    from crossan.cache import cache_command
+    from crossan.data import prepare
+
+    extra = [f"encoders.preset={args.preset}"] if args.preset else []
+    cfg = _load(args, extra)
+    modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
+    data = prepare(cfg.data)
+    if dist.env_world_size() > 1:  # torchrun: rank r builds shard r, then rank 0 joins them
+        if args.shard is not None or args.join:
+            raise ConfigError("under torchrun the ranks split the items themselves; drop --shard/--join")
+        import torch
+
+        dist.init_from_env(torch.device("cpu"))
+        try:
+            cache_command(cfg, data, modalities, dist.rank(), dist.world_size(), join=False)
+            dist.barrier()
+            if dist.is_main():
+                cache_command(cfg, data, modalities, None, 1, join=True)
+            dist.barrier()
+        finally:
+            dist.shutdown()
+        return 0
+    cache_command(cfg, data, modalities, args.shard, args.num_shards, args.join)
+    return 0
+
+
 # --------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -118,6 +155,33 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.set_defaults(fn=cmd_data_stats)
 
+    p = data.add_parser("synth", help="generate the built-in multimodal dataset (titles, covers, mp4, wav)",
+                        description="Write a synthetic dataset in the MicroLens layout whose users' tastes span "
+                                    "several modalities (topic/style in titles, colour/shape in covers, motion in "
+                                    "videos, pitch/tempo in audio). Same seed, same bytes.")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--size", default="small", choices=["tiny", "small", "medium", "large"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--missing-rate", type=float, default=0.1,
+                   help="share of items lacking each of image, video, audio (default 0.1)")
+    p.add_argument("--dominant", choices=["text", "image", "video", "audio"],
+                   help="make one modality carry most of the signal")
+    p.set_defaults(fn=cmd_data_synth)
+
+    p = sub.add_parser("cache", help="encode every item once with the frozen encoders (layer-state cache)",
+                       description="Run the frozen encoders over every item's raw content and store the pooled "
+                                   "states of K layers per modality (fp16, memory-mapped). Resumes an interrupted "
+                                   "build; --shard/--num-shards split the work across processes and --join "
+                                   "assembles the shards; under torchrun the ranks split it automatically.",
+                       epilog=EPILOG_OVERRIDES)
+    _config_args(p)
+    p.add_argument("--modalities", default="text", help="comma-separated: text,image,video,audio (default text)")
+    p.add_argument("--preset", choices=["paper", "offline", "tiny"], help="encoder preset (encoders.preset)")
+    p.add_argument("--shard", type=int, help="build only shard i (0-based) of --num-shards")
+    p.add_argument("--num-shards", type=int, default=1, help="number of shards (with --shard)")
+    p.add_argument("--join", action="store_true", help="assemble the finished shards into the cache")
+    p.set_defaults(fn=cmd_cache)
+
     for register in _EXTRA_COMMANDS:
         register(sub, data)
     return parser
@@ -129,12 +193,14 @@ _EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction, argparse._SubParsers
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from crossan.cache import CacheError
+    from crossan.data.media import MediaError
     from crossan.data.readers import DataError
     from crossan.trainer import RunError
 
     try:
         return args.fn(args)
-    except (ConfigError, DataError, RunError, FileNotFoundError) as e:
+    except (ConfigError, DataError, RunError, CacheError, MediaError, FileNotFoundError, ValueError) as e:
         print(f"crossan: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -34,11 +34,11 @@ from crossan.evaluation import evaluate_split
 from crossan.recommender import Recommender
 from crossan.towers.base import TowerContext, build_tower
 from crossan.utils import (
+    PeakRSSMonitor,
     atomic_torch_save,
     atomic_write_json,
     count_params,
     describe_device,
-    peak_rss_bytes,
     resolve_device,
     seed_everything,
 )
@@ -196,6 +196,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, data: Sequenti
     _setup_logging(run_dir)
     progress = progress and dist.is_main()
     seed_everything(cfg.seed)
+    memory = PeakRSSMonitor().start()  # CPU memory: peak over the run minus this idle baseline
     model = build_model(cfg, data, device)
     groups = param_groups(model, cfg)
     opt = torch.optim.Adam(groups, weight_decay=cfg.train.weight_decay)
@@ -283,7 +284,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, data: Sequenti
     tower_stats = model.tower.stats()
     test = evaluate(model, data, "test", cfg, table)
     valid = state.best_valid or evaluate(model, data, "valid", cfg, table)
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else peak_rss_bytes()
+    cpu_peak = memory.stop()
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else cpu_peak
     times = state.epoch_times or []
     results = {
         "method": cfg.method,
@@ -297,7 +299,9 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, data: Sequenti
         "trainable_params": trainable,
         "total_params": total,
         "peak_memory_bytes": int(peak),
-        "peak_memory_kind": "cuda_max_memory_allocated" if device.type == "cuda" else "cpu_peak_rss",
+        "peak_memory_kind": "cuda_max_memory_allocated" if device.type == "cuda" else "cpu_peak_rss_above_idle",
+        "idle_rss_bytes": memory.baseline,
+        "peak_rss_bytes": memory.peak,
         "device": describe_device(device),
         "world_size": dist.world_size(),
         "modules": report,

@@ -88,3 +88,35 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     os.close(fd)
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+class PeakRSSMonitor:
+    """Samples this process's resident memory in a background thread; ``peak`` is the largest sample.
+
+    ``ru_maxrss`` cannot be reset, so a peak over one phase (training, not data loading) needs sampling.
+    """
+
+    def __init__(self, interval_s: float = 0.005) -> None:
+        import threading
+
+        self.interval_s = interval_s
+        self.baseline = current_rss_bytes()
+        self.peak = self.baseline
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, current_rss_bytes())
+            self._stop.wait(self.interval_s)
+
+    def start(self) -> PeakRSSMonitor:
+        self._thread.start()
+        return self
+
+    def stop(self) -> int:
+        """Stop sampling; returns the peak above the baseline (bytes)."""
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, current_rss_bytes())
+        return self.peak - self.baseline
