@@ -93,7 +93,11 @@ class EvalConfig:
 
 @dataclass
 class EncoderSpec:
-    """One frozen encoder: which checkpoint, how its inputs are prepared, which layers are tapped."""
+    """One frozen encoder: which checkpoint, how its inputs are prepared, which layers are tapped.
+
+    Size fields left at 0 take the model's own value; for a ``config:`` model a non-zero value sizes the
+    model (see ``crossan.encoders.spec``).
+    """
 
     model: str = ""
     """Hub name or local folder; ``config:FAMILY[:k=v,...]`` builds a random-init model from a config."""
@@ -102,11 +106,17 @@ class EncoderSpec:
     pooling: Literal["auto", "cls", "mean"] = "auto"
     """``auto``: CLS for models with one (BERT, ViT, AST), masked mean otherwise (VideoMAE, Whisper)."""
     max_text_len: int = 32
+    """Text: tokens kept per title (truncation), special tokens included."""
     image_size: int = 0
-    """Resize images/frames to this size (0: the processor's default)."""
-    num_frames: int = 16
+    """Images/frames: resize to this size (0: the processor's default). ViT checkpoints interpolate their
+    position embeddings for another size; VideoMAE checkpoints must keep theirs."""
+    num_frames: int = 0
+    """Video: frames sampled per clip (0: the model's ``num_frames``; a checkpoint must keep its own)."""
     frame_sampling: Literal["uniform", "middle"] = "uniform"
+    """Video: ``uniform`` takes the centres of equal segments of the clip; ``middle`` consecutive frames
+    around the clip's middle. Short clips repeat frames."""
     audio_seconds: float = 10.0
+    """Audio: the waveform is cut or zero-padded to this duration."""
     sample_rate: int = 0
     """Resample audio to this rate (0: the feature extractor's rate)."""
 
@@ -129,9 +139,14 @@ class CacheConfig:
     """Where the layer-state cache lives and how bad media are handled while building it."""
 
     dir: str = ""
-    """Cache folder (empty: ``DATA/.crossan_cache/<preset>``)."""
+    """Cache folder (empty: ``$CROSSAN_CACHE_DIR`` or ``~/.cache/crossan``, then
+    ``<dataset folder name>-<item fingerprint>/<preset>``; the dataset folder itself is never written)."""
     on_corrupt: Literal["error", "missing"] = "error"
-    """A corrupt media file stops the build (``error``) or marks that item's modality missing (``missing``)."""
+    """A corrupt or unreadable media file (a referenced file that does not exist included) stops the build
+    naming item and path (``error``), or marks that item's modality missing and counts it (``missing``)."""
+    memory_limit_gb: float = 4.0
+    """``open_features`` loads cached states into memory when all asked-for modalities together take
+    at most this many GiB; larger caches stay memory-mapped."""
 
 
 # Method sections (each method's own options) live beside their modules; imported here so that the

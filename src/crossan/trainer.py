@@ -280,9 +280,11 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, data: Sequenti
     load_weights(model, run_dir / "best.safetensors")
     model.tower.reset_stats()
     model.eval()
+    t_eval = time.perf_counter()
     table = model.tower.embed_all(cfg.eval.batch_size)
     tower_stats = model.tower.stats()
     test = evaluate(model, data, "test", cfg, table)
+    eval_time = time.perf_counter() - t_eval
     valid = state.best_valid or evaluate(model, data, "valid", cfg, table)
     cpu_peak = memory.stop()
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else cpu_peak
@@ -296,6 +298,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, data: Sequenti
         "valid": valid,
         "test": test,
         "train_time_per_epoch_s": float(np.mean(times)) if times else 0.0,
+        "eval_time_s": eval_time,
         "trainable_params": trainable,
         "total_params": total,
         "peak_memory_bytes": int(peak),

@@ -1,0 +1,73 @@
+"""Frozen per-modality encoders: text (BERT-like), image (ViT), video (VideoMAE), audio (AST, Whisper).
+
+``build_encoder(modality, spec)`` gives a :class:`ModalityEncoder`; ``resolve_specs(cfg)`` turns a run
+configuration (preset + overrides) into the spec per modality. See :mod:`crossan.encoders.base` for the
+interface and :mod:`crossan.encoders.spec` for how a spec names a model.
+"""
+
+from __future__ import annotations
+
+from crossan.config import EncoderSpec
+from crossan.encoders.base import (
+    EncodedBatch,
+    LoadedMedia,
+    ModalityEncoder,
+    describe_encoder,
+    pool,
+    resolve_pooling,
+    tap_indices,
+)
+from crossan.encoders.presets import PRESETS, preset_specs, resolve_specs
+from crossan.encoders.spec import (
+    FAMILIES,
+    BackboneInfo,
+    EncoderSpecError,
+    describe_backbone,
+    load_backbone,
+    parse_config_spec,
+)
+
+__all__ = [
+    "FAMILIES",
+    "PRESETS",
+    "BackboneInfo",
+    "EncodedBatch",
+    "EncoderSpecError",
+    "LoadedMedia",
+    "ModalityEncoder",
+    "build_encoder",
+    "describe_backbone",
+    "describe_encoder",
+    "encoder_class",
+    "load_backbone",
+    "parse_config_spec",
+    "pool",
+    "preset_specs",
+    "resolve_pooling",
+    "resolve_specs",
+    "tap_indices",
+]
+
+
+def encoder_class(modality: str) -> type[ModalityEncoder]:
+    """The wrapper class of a modality."""
+    from crossan.encoders.audio import AudioEncoder
+    from crossan.encoders.text import TextEncoder
+    from crossan.encoders.vision import ImageEncoder, VideoEncoder
+
+    classes: dict[str, type[ModalityEncoder]] = {
+        "text": TextEncoder,
+        "image": ImageEncoder,
+        "video": VideoEncoder,
+        "audio": AudioEncoder,
+    }
+    if modality not in classes:
+        raise ValueError(f"unknown modality {modality!r}; expected one of {list(classes)}")
+    return classes[modality]
+
+
+def build_encoder(modality: str, spec: EncoderSpec, device: str = "cpu") -> ModalityEncoder:
+    """Load (or build) the backbone that ``spec`` names, with its preprocessing, in eval mode."""
+    info = describe_backbone(modality, spec)
+    encoder = encoder_class(modality)(info, spec)
+    return encoder.to(device).eval()

@@ -1,0 +1,227 @@
+"""Throughput of the layer-state cache builder: items/s per modality and batch size, FLOPs, achieved share.
+
+For each modality and batch size it measures
+
+* ``e2e``: items/s of the whole per-batch pipeline the cache builder runs (read and decode media,
+  tokenizer / processor, backbone forward with all hidden states, pooling) — sequential, no prefetch;
+* ``fwd``: items/s of the backbone forward alone on already prepared inputs;
+* FLOPs per item of the forward, counted by ``torch.utils.flop_counter.FlopCounterMode``;
+* the machine's dense fp32 matmul FLOP/s, measured in the same run (best of several 2048² matmuls),
+  and the share of it the forward achieves (``fwd items/s × FLOPs per item / peak``).
+
+With ``--build`` it also times ``build_cache`` itself (prefetching, fp16 writes, manifest) per modality
+at the first batch size. Media are synthetic (written to a temporary folder: 128 px jpg covers, 16-frame
+128 px mp4 clips, 5 s 22.05 kHz wav tracks, 10-word titles) unless ``--data`` names a dataset.
+
+Example::
+
+    python benchmarks/bench_cache.py --preset offline --batch-sizes 8,32 --items 128 --out bench-out
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from crossan.config import Config
+from crossan.data.catalogue import MODALITIES, Catalogue, ItemRecord
+
+WORDS = ("jazz piano session cooking pasta recipe travel city walk vlog yoga home workout retro arcade "
+         "speedrun kitten moments chemistry experiment streetwear haul vintage modern cozy epic").split()
+
+
+class Items:
+    """What the cache needs of a dataset: ``item_ids`` (padding first) and a ``catalogue``."""
+
+    def __init__(self, item_ids: list[str], catalogue: Catalogue) -> None:
+        self.item_ids = item_ids
+        self.catalogue = catalogue
+
+
+def synthetic_items(root: Path, n: int, seed: int = 0) -> Items:
+    """``n`` items with a title, a jpg cover, an mp4 clip and a wav track each."""
+    import av
+    import soundfile as sf
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(n):
+        item = f"b{i}"
+        title = " ".join(rng.choice(WORDS, size=10))
+        img = rng.integers(0, 256, size=(128, 128, 3), dtype=np.uint8)
+        Image.fromarray(img).save(root / f"{item}.jpg", quality=90)
+        with av.open(str(root / f"{item}.mp4"), mode="w") as container:
+            stream = container.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=8)
+            stream.width = stream.height = 128
+            stream.pix_fmt = "yuv420p"
+            for f in range(16):
+                frame = np.roll(img, 4 * f, axis=1)
+                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        t = np.arange(5 * 22050) / 22050
+        wave = 0.3 * np.sin(2 * np.pi * (200 + 20 * i) * t) + 0.05 * rng.standard_normal(len(t))
+        sf.write(str(root / f"{item}.wav"), wave.astype(np.float32), 22050)
+        records.append(ItemRecord(item, title, f"{item}.jpg", f"{item}.mp4", f"{item}.wav"))
+    return Items([""] + [r.item_id for r in records], Catalogue(root, records))
+
+
+def matmul_flops(size: int = 2048, repeats: int = 5) -> float:
+    """Dense fp32 matmul FLOP/s of this machine (best of ``repeats``)."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size**3 / best
+
+
+def forward_flops(encoder: Any, inputs: dict[str, torch.Tensor]) -> float:
+    """FLOPs of one forward over ``inputs`` (matmuls, convolutions, attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        encoder(inputs)
+    return float(counter.get_total_flops())
+
+
+def bench_modality(modality: str, encoder: Any, data: Items, batch_size: int, peak: float) -> dict[str, Any]:
+    records = [data.catalogue[i] for i in data.item_ids[1:]]
+    batches = [records[i : i + batch_size] for i in range(0, len(records), batch_size)]
+    encoder.encode(batches[0][:2], data.catalogue)  # warm-up
+
+    t0 = time.perf_counter()
+    prepared = []
+    for batch in batches:
+        loaded = encoder.load_media(batch, data.catalogue)
+        prepared.append(encoder.process([m for m, p in zip(loaded.media, loaded.present) if p]))
+        encoder.encode_loaded(loaded)
+    e2e = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for inputs in prepared:
+            encoder(inputs)
+    fwd = time.perf_counter() - t0
+
+    n_present = sum(int(next(iter(p.values())).shape[0]) for p in prepared)
+    flops_item = forward_flops(encoder, prepared[0]) / int(next(iter(prepared[0].values())).shape[0])
+    fwd_rate = n_present / fwd
+    return {
+        "modality": modality,
+        "model": encoder.name,
+        "random_init": encoder.random_init,
+        "batch_size": batch_size,
+        "items": len(records),
+        "e2e_items_per_s": len(records) / e2e,
+        "fwd_items_per_s": fwd_rate,
+        "gflops_per_item": flops_item / 1e9,
+        "achieved_gflops": fwd_rate * flops_item / 1e9,
+        "peak_gflops": peak / 1e9,
+        "achieved_share": fwd_rate * flops_item / peak,
+        "e2e_share": len(records) / e2e * flops_item / peak,
+    }
+
+
+def bench_build(cfg: Config, data: Items, modalities: list[str], batch_size: int, out: Path) -> dict[str, float]:
+    """items/s of ``build_cache`` per modality (model loading excluded: timed per batch via the hook)."""
+    from crossan.cache.store import build_cache
+
+    cfg.encoders.batch_size = batch_size
+    cfg.cache.dir = str(out / "cache")
+    starts: dict[str, float] = {}
+    ends: dict[str, float] = {}
+
+    def hook(modality: str, batch: int) -> None:
+        now = time.perf_counter()
+        if batch == 0:
+            starts[modality] = now
+        ends[modality] = now
+
+    build_cache(cfg, data, modalities, progress=False, on_batch=hook)
+    n = len(data.item_ids) - 1
+    # the first batch is the warm-up; rate over the remaining batches
+    return {m: (n - batch_size) / (ends[m] - starts[m]) for m in modalities if ends[m] > starts[m]}
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    head = f"{'modality':8} {'bs':>4} {'e2e it/s':>9} {'fwd it/s':>9} {'GFLOP/it':>9} {'GFLOP/s':>8} {'share':>6}"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        print(f"{r['modality']:8} {r['batch_size']:>4} {r['e2e_items_per_s']:>9.1f} {r['fwd_items_per_s']:>9.1f} "
+              f"{r['gflops_per_item']:>9.3f} {r['achieved_gflops']:>8.1f} {r['achieved_share']:>6.1%}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="offline", choices=["paper", "offline", "tiny"])
+    parser.add_argument("--batch-sizes", default="8,32,64")
+    parser.add_argument("--modalities", default=",".join(MODALITIES))
+    parser.add_argument("--items", type=int, default=64, help="synthetic items (or the first N of --data)")
+    parser.add_argument("--data", default="", help="a dataset folder read with crossan.data.prepare")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--build", action="store_true", help="also time build_cache at the first batch size")
+    parser.add_argument("--out", default="bench-cache")
+    args = parser.parse_args(argv)
+
+    from crossan.encoders import build_encoder, resolve_specs
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    modalities = [m for m in args.modalities.split(",") if m]
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = Config()
+    cfg.encoders.preset = args.preset
+    specs = resolve_specs(cfg, modalities)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.data:
+            from crossan.data import prepare
+
+            cfg.data.path = args.data
+            full = prepare(cfg.data)
+            data = Items(full.item_ids[: args.items + 1], full.catalogue.subset(full.item_ids[1 : args.items + 1]))
+        else:
+            print(f"writing {args.items} synthetic items …")
+            data = synthetic_items(Path(tmp), args.items)
+        peak = matmul_flops()
+        print(f"dense fp32 matmul: {peak / 1e9:.1f} GFLOP/s on {torch.get_num_threads()} threads")
+        rows = []
+        for m in modalities:
+            encoder = build_encoder(m, specs[m])
+            for bs in batch_sizes:
+                rows.append(bench_modality(m, encoder, data, bs, peak))
+        print_table(rows)
+        build = bench_build(cfg, data, modalities, batch_sizes[0], Path(tmp)) if args.build else {}
+        for m, rate in build.items():
+            print(f"build_cache {m}: {rate:.1f} items/s (batch size {batch_sizes[0]})")
+
+    with open(out / "bench_cache.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    meta = {"preset": args.preset, "threads": torch.get_num_threads(), "peak_gflops": peak / 1e9,
+            "machine": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
+            "build_items_per_s": build}
+    (out / "bench_cache.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    print(f"wrote {out / 'bench_cache.csv'} and {out / 'bench_cache.json'}")
+
+
+if __name__ == "__main__":
+    main()

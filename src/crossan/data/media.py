@@ -1,0 +1,296 @@
+"""Reading raw item media: text, images, video frames and audio waveforms.
+
+Every loader takes a path (absolute, or relative to the working directory) and the id of the item it
+belongs to; a file that is missing, corrupt or otherwise unreadable raises :class:`MediaError`, whose
+message names both the item and the path. Whether an item *has* a modality at all is the catalogue's
+business (:meth:`ItemRecord.has`); these functions are only called for files that should exist.
+
+* text — :func:`load_text`: the title as a string (``None`` when empty); tokenisation is the encoder's job.
+* images — :func:`load_image`: anything Pillow opens, as an RGB ``PIL.Image``.
+* video — :func:`load_video`: anything PyAV decodes; ``num_frames`` RGB frames (``uint8 [H, W, 3]``)
+  chosen by :func:`sample_frame_indices` (``uniform``: the centres of ``num_frames`` equal segments of
+  the clip; ``middle``: ``num_frames`` consecutive frames centred on the clip's middle frame). A clip
+  shorter than ``num_frames`` repeats frames.
+* audio — :func:`load_audio`: wav/flac/ogg through soundfile, everything else (mp3, m4a, the audio
+  track of an mp4 …) through PyAV; mixed to mono float32, resampled with :func:`resample` and cut or
+  zero-padded to a fixed duration.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+FrameSampling = Literal["uniform", "middle"]
+
+
+class MediaError(RuntimeError):
+    """A media file of an item could not be read (missing, truncated, not a media file …)."""
+
+    def __init__(self, item_id: str, path: str | Path, reason: str) -> None:
+        self.item_id = item_id
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"item {item_id!r}: cannot read {path}: {reason}")
+
+
+def _check_exists(path: Path, item_id: str) -> None:
+    if not path.is_file():
+        raise MediaError(item_id, path, "file not found")
+
+
+# --------------------------------------------------------------------------------------------- text
+def load_text(text: str | None) -> str | None:
+    """The item's text with surrounding whitespace removed, or None when there is none."""
+    if text is None:
+        return None
+    text = text.strip()
+    return text or None
+
+
+# --------------------------------------------------------------------------------------------- images
+def load_image(path: str | Path, item_id: str = "") -> Image:
+    """Open an image file and return it fully decoded as RGB."""
+    from PIL import Image
+
+    path = Path(path)
+    _check_exists(path, item_id)
+    try:
+        with Image.open(path) as im:
+            im.load()  # decode now: truncated files fail here, not later inside a processor
+            return im.convert("RGB")
+    except MediaError:
+        raise
+    except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError …
+        raise MediaError(item_id, path, f"not a readable image ({type(e).__name__}: {e})") from e
+
+
+# --------------------------------------------------------------------------------------------- video
+def sample_frame_indices(total: int, num_frames: int, sampling: FrameSampling = "uniform") -> list[int]:
+    """Which of a clip's ``total`` frames to keep.
+
+    ``uniform``: frame ``floor((i + 0.5) · total / num_frames)`` for i < num_frames — the centre of each of
+    ``num_frames`` equal segments. ``middle``: ``num_frames`` consecutive frames centred on the middle of
+    the clip (falls back to ``uniform`` when the clip is shorter). Short clips repeat frames.
+    """
+    if total < 1:
+        raise ValueError("a clip needs at least one frame")
+    if num_frames < 1:
+        raise ValueError("num_frames must be at least 1")
+    if sampling == "middle" and total >= num_frames:
+        start = (total - num_frames) // 2
+        return list(range(start, start + num_frames))
+    if sampling not in ("uniform", "middle"):
+        raise ValueError(f"unknown frame sampling {sampling!r}; expected 'uniform' or 'middle'")
+    return [min(total - 1, ((2 * i + 1) * total) // (2 * num_frames)) for i in range(num_frames)]
+
+
+def _decode_frames(path: Path, wanted: set[int]) -> tuple[dict[int, np.ndarray], int]:
+    """Decode the video stream of ``path``; keep the frames whose index is in ``wanted``.
+
+    Returns the kept frames and the number of frames decoded (the whole clip when ``wanted`` is empty or
+    reaches past its end).
+    """
+    import av
+
+    got: dict[int, np.ndarray] = {}
+    last = max(wanted) if wanted else math.inf
+    count = 0
+    with av.open(str(path)) as container:
+        streams = [s for s in container.streams if s.type == "video"]
+        if not streams:
+            raise ValueError("no video stream")
+        stream = streams[0]
+        stream.thread_type = "AUTO"
+        for frame in container.decode(stream):
+            if count in wanted:
+                got[count] = frame.to_ndarray(format="rgb24")
+            count += 1
+            if count > last:
+                break
+    return got, count
+
+
+def _frame_count(path: Path) -> int:
+    """Frames in the clip according to its metadata (0 when the container does not say)."""
+    import av
+
+    with av.open(str(path)) as container:
+        streams = [s for s in container.streams if s.type == "video"]
+        if not streams:
+            raise ValueError("no video stream")
+        return int(streams[0].frames or 0)
+
+
+def load_video(
+    path: str | Path, num_frames: int, sampling: FrameSampling = "uniform", item_id: str = ""
+) -> list[np.ndarray]:
+    """Decode ``num_frames`` RGB frames (``uint8 [H, W, 3]``) sampled from the clip at ``path``."""
+    path = Path(path)
+    _check_exists(path, item_id)
+    try:
+        total = _frame_count(path)
+        if total > 0:
+            wanted = sample_frame_indices(total, num_frames, sampling)
+            got, decoded = _decode_frames(path, set(wanted))
+            if decoded < total and len(got) < len(set(wanted)):
+                total = decoded  # the metadata overstated the length: sample again from the true count
+            else:
+                return [got[i] for i in wanted]
+        if total <= 0:
+            _, total = _decode_frames(path, set())
+        if total == 0:
+            raise ValueError("the video stream has no frames")
+        wanted = sample_frame_indices(total, num_frames, sampling)
+        got, _ = _decode_frames(path, set(wanted))
+        return [got[i] for i in wanted]
+    except MediaError:
+        raise
+    except Exception as e:  # PyAV raises FFmpegError subclasses, ValueError, StopIteration …
+        raise MediaError(item_id, path, f"not a readable video ({type(e).__name__}: {e})") from e
+
+
+# --------------------------------------------------------------------------------------------- audio
+def _scipy_resample_poly():
+    try:
+        from scipy.signal import resample_poly
+    except ImportError:  # pragma: no cover - scipy comes with the offline text model's dependencies
+        return None
+    return resample_poly
+
+
+def resampler_name() -> str:
+    """The resampler :func:`resample` uses here (recorded in cache manifests)."""
+    return "scipy.signal.resample_poly" if _scipy_resample_poly() is not None else "numpy-windowed-sinc"
+
+
+def resampled_length(n: int, orig_rate: int, target_rate: int) -> int:
+    """Samples after resampling ``n`` samples from ``orig_rate`` to ``target_rate`` (ceil, as resample_poly)."""
+    g = math.gcd(orig_rate, target_rate)
+    up, down = target_rate // g, orig_rate // g
+    return -(-n * up // down)
+
+
+def _sinc_resample(x: np.ndarray, orig_rate: int, target_rate: int, half_width: int = 16) -> np.ndarray:
+    """Band-limited interpolation with a Hann-windowed sinc kernel (anti-aliased when downsampling)."""
+    ratio = target_rate / orig_rate
+    n_out = resampled_length(len(x), orig_rate, target_rate)
+    cutoff = min(1.0, ratio)  # as a fraction of the input Nyquist frequency
+    reach = int(math.ceil(half_width / cutoff))  # kernel half-length in input samples
+    offsets = np.arange(-reach + 1, reach + 1)
+    out = np.empty(n_out, dtype=np.float64)
+    xd = x.astype(np.float64)
+    block = 16384
+    for s in range(0, n_out, block):
+        t = np.arange(s, min(n_out, s + block)) * (orig_rate / target_rate)  # output times, input units
+        idx = np.floor(t).astype(np.int64)[:, None] + offsets[None, :]
+        dist = t[:, None] - idx
+        window = 0.5 * (1.0 + np.cos(np.pi * np.clip(dist / reach, -1.0, 1.0)))
+        kernel = cutoff * np.sinc(cutoff * dist) * window
+        valid = (idx >= 0) & (idx < len(x))
+        out[s : s + len(t)] = (xd[np.clip(idx, 0, len(x) - 1)] * kernel * valid).sum(axis=1)
+    return out.astype(np.float32)
+
+
+def resample(
+    x: np.ndarray, orig_rate: int, target_rate: int, method: Literal["auto", "scipy", "numpy"] = "auto"
+) -> np.ndarray:
+    """Resample a mono waveform from ``orig_rate`` to ``target_rate`` Hz.
+
+    ``auto`` uses scipy's polyphase filter (``resample_poly``) when scipy is installed, else a
+    windowed-sinc interpolator in numpy. Both low-pass at the lower Nyquist frequency, so downsampling
+    does not alias; the output has ``ceil(len(x) · target / orig)`` samples.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if orig_rate <= 0 or target_rate <= 0:
+        raise ValueError(f"sample rates must be positive, got {orig_rate} and {target_rate}")
+    if orig_rate == target_rate or len(x) == 0:
+        return x.copy()
+    poly = _scipy_resample_poly() if method in ("auto", "scipy") else None
+    if method == "scipy" and poly is None:
+        raise ImportError("scipy is not installed")
+    if poly is not None:
+        g = math.gcd(orig_rate, target_rate)
+        return poly(x, target_rate // g, orig_rate // g).astype(np.float32)
+    return _sinc_resample(x, orig_rate, target_rate)
+
+
+def _read_soundfile(path: Path) -> tuple[np.ndarray, int]:
+    import soundfile as sf
+
+    data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    return data.mean(axis=1), int(rate)
+
+
+def _read_pyav(path: Path) -> tuple[np.ndarray, int]:
+    import av
+
+    chunks: list[np.ndarray] = []
+    with av.open(str(path)) as container:
+        streams = [s for s in container.streams if s.type == "audio"]
+        if not streams:
+            raise ValueError("no audio stream")
+        stream = streams[0]
+        rate = int(stream.codec_context.sample_rate or stream.rate or 0)
+        converter = av.AudioResampler(format="fltp")  # sample format only; the rate is kept
+        for frame in container.decode(stream):
+            for out in converter.resample(frame):
+                chunks.append(out.to_ndarray().mean(axis=0))
+        for out in converter.resample(None):
+            chunks.append(out.to_ndarray().mean(axis=0))
+    if rate <= 0:
+        raise ValueError("unknown sample rate")
+    wave = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+    return wave, rate
+
+
+_SOUNDFILE_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".au", ".w64", ".caf"}
+
+
+def read_audio(path: str | Path, item_id: str = "") -> tuple[np.ndarray, int]:
+    """The whole waveform of an audio file (or a video's audio track), mono float32, and its rate."""
+    path = Path(path)
+    _check_exists(path, item_id)
+    readers = [_read_soundfile, _read_pyav] if path.suffix.lower() in _SOUNDFILE_SUFFIXES else [_read_pyav]
+    first_error: Exception | None = None
+    for reader in readers:
+        try:
+            wave, rate = reader(path)
+        except Exception as e:  # soundfile: LibsndfileError; PyAV: FFmpegError subclasses, ValueError
+            first_error = first_error or e
+            continue
+        if len(wave) == 0:
+            raise MediaError(item_id, path, "the audio holds no samples")
+        if not np.all(np.isfinite(wave)):
+            raise MediaError(item_id, path, "the audio holds NaN or infinite samples")
+        return wave, rate
+    assert first_error is not None
+    raise MediaError(
+        item_id, path, f"not a readable audio file ({type(first_error).__name__}: {first_error})"
+    ) from first_error
+
+
+def fit_length(wave: np.ndarray, length: int) -> np.ndarray:
+    """Cut ``wave`` to ``length`` samples or zero-pad it at the end."""
+    if len(wave) >= length:
+        return wave[:length]
+    return np.pad(wave, (0, length - len(wave)))
+
+
+def load_audio(
+    path: str | Path, sample_rate: int, seconds: float, item_id: str = "", pad: bool = True
+) -> np.ndarray:
+    """Mono float32 waveform at ``sample_rate``, cut to ``seconds`` (and zero-padded to it when ``pad``)."""
+    wave, rate = read_audio(path, item_id)
+    length = int(round(seconds * sample_rate))
+    # resample only what is kept (plus a little margin for the filter), not a long track
+    keep = min(len(wave), int(math.ceil(seconds * rate)) + 64)
+    wave = resample(wave[:keep], rate, sample_rate)
+    wave = wave[:length]
+    return fit_length(wave, length) if pad else wave

@@ -1,0 +1,247 @@
+"""The common interface of the frozen per-modality encoders (METHOD.md §3).
+
+A :class:`ModalityEncoder` wraps one transformers backbone (``.model``, family ``.family``) and turns
+:class:`ItemRecord` s into pooled per-layer states:
+
+``prepare(records, catalogue) -> (inputs, present)``
+    loads the media and runs the model's tokenizer / image processor / feature extractor. Items without
+    the modality (no file, empty text) get a valid placeholder input and ``present = False``.
+``forward(inputs) -> [B, K, D]``
+    runs the backbone with ``output_hidden_states=True`` and pools the hidden states at the K taps.
+``encode(records, catalogue) -> EncodedBatch``
+    both, under ``no_grad``, running the backbone on the present items only; absent rows are zeros.
+
+Hidden state ``0`` is the embedding output and ``l`` the output of layer ``l`` — as transformers returns
+them in ``hidden_states`` (so for ViT the last tap is *before* the final LayerNorm; for Whisper's encoder
+it is after it, since that is what its last hidden state is).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+from crossan.config import EncoderSpec
+from crossan.data.media import MediaError
+from crossan.encoders.spec import DEFAULT_POOLING, BackboneInfo, load_backbone
+
+if TYPE_CHECKING:
+    from crossan.data.catalogue import Catalogue, ItemRecord
+
+POOL_MASK = "pool_mask"
+"""Key of ``inputs`` holding the mask of tokens to average (not passed to the model)."""
+
+
+def tap_indices(num_layers: int, num_taps: int) -> list[int]:
+    """K evenly spaced hidden-state indices over ``0..num_layers``, including both ends.
+
+    ``round(i · L / (K − 1))`` for i < K (halves round up), so L = 12, K = 7 gives 0, 2, …, 12. A model
+    shallower than K − 1 layers repeats indices, keeping K the same for every depth. K = 1 taps the last
+    layer only.
+    """
+    if num_layers < 0 or num_taps < 1:
+        raise ValueError(f"need num_layers >= 0 and num_taps >= 1, got {num_layers} and {num_taps}")
+    if num_taps == 1:
+        return [num_layers]
+    k = num_taps - 1
+    return [(2 * i * num_layers + k) // (2 * k) for i in range(num_taps)]
+
+
+def resolve_pooling(pooling: str, family: str) -> str:
+    """``auto`` → the family's default (CLS for bert/vit/ast, mean for videomae/whisper)."""
+    if pooling == "auto":
+        return DEFAULT_POOLING[family]
+    if pooling not in ("cls", "mean"):
+        raise ValueError(f"unknown pooling {pooling!r}; expected auto, cls or mean")
+    return pooling
+
+
+def pool(hidden: torch.Tensor, pooling: str, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``[B, T, D]`` → ``[B, D]``: token 0 (``cls``) or the mean over tokens where ``mask`` is true."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    if mask is None:
+        return hidden.mean(dim=1)
+    m = mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp_min(1.0)
+
+
+@dataclass
+class LoadedMedia:
+    """Raw media of a batch of records, before the processor."""
+
+    media: list[Any]
+    """Per record: the loaded media, or None where the item is absent (see ``present``)."""
+    present: list[bool]
+    corrupt: list[MediaError | None]
+    """Per record: the read error of a corrupt file that was marked missing (``on_corrupt='missing'``)."""
+
+
+@dataclass
+class EncodedBatch:
+    """Pooled tapped states of a batch of records."""
+
+    states: torch.Tensor
+    """float32 ``[B, K, D]`` (zeros where absent)."""
+    present: torch.Tensor
+    """bool ``[B]``."""
+    corrupt: list[MediaError | None]
+
+
+class ModalityEncoder(nn.Module):
+    """A frozen backbone for one modality with its preprocessing, taps and pooling."""
+
+    modality: ClassVar[str] = ""
+
+    def __init__(self, info: BackboneInfo, spec: EncoderSpec, model: nn.Module | None = None) -> None:
+        super().__init__()
+        self.info = info
+        self.spec = spec
+        self.name: str = info.name
+        """Checkpoint name, folder or config spec."""
+        self.family: str = info.family
+        """bert | vit | videomae | ast | whisper."""
+        self.random_init: bool = info.random_init
+        """True when the weights are random (a ``config:`` spec), not a pretrained checkpoint."""
+        self.model: nn.Module = model if model is not None else load_backbone(info)
+        self.num_layers: int = info.num_layers
+        self.hidden_size: int = info.hidden_size
+        self.taps: list[int] = tap_indices(self.num_layers, spec.num_taps)
+        self.num_taps: int = len(self.taps)
+        self.pooling: str = resolve_pooling(spec.pooling, info.family)
+        self.model_kwargs: dict[str, Any] = {}
+        """Extra keyword arguments of every model call (e.g. ``interpolate_pos_encoding``)."""
+
+    # ------------------------------------------------------------------ modality hooks
+    def read(self, record: ItemRecord, catalogue: Catalogue) -> Any:
+        """Load the raw media of a record that has this modality; raises :class:`MediaError`."""
+        raise NotImplementedError
+
+    def placeholder(self) -> Any:
+        """Media standing in for an absent item (a valid processor input)."""
+        raise NotImplementedError
+
+    def process(self, media: list[Any]) -> dict[str, torch.Tensor]:
+        """Run the tokenizer / processor on a non-empty list of media."""
+        raise NotImplementedError
+
+    def preprocessing(self) -> dict[str, Any]:
+        """The preprocessing settings that cached states depend on (compared when a cache is opened)."""
+        return preprocessing_settings(self.modality, self.spec, self.info)
+
+    def processor_settings(self) -> dict[str, Any]:
+        """The processor's resolved settings (recorded in cache manifests for information)."""
+        return {}
+
+    # ------------------------------------------------------------------ common
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def has(self, record: ItemRecord) -> bool:
+        return record.has(self.modality)
+
+    def load_media(self, records: list[ItemRecord], catalogue: Catalogue, on_corrupt: str = "error") -> LoadedMedia:
+        """Read each record's media. A corrupt file raises, or with ``on_corrupt='missing'`` counts as absent."""
+        media: list[Any] = []
+        present: list[bool] = []
+        corrupt: list[MediaError | None] = []
+        for r in records:
+            item, err = None, None
+            if self.has(r):
+                try:
+                    item = self.read(r, catalogue)
+                except MediaError as e:
+                    if on_corrupt != "missing":
+                        raise
+                    err = e
+            media.append(item)
+            present.append(item is not None)
+            corrupt.append(err)
+        return LoadedMedia(media, present, corrupt)
+
+    def prepare(
+        self, records: list[ItemRecord], catalogue: Catalogue, on_corrupt: str = "error"
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Model inputs for every record (placeholders where absent) and the presence mask ``[B]``."""
+        loaded = self.load_media(records, catalogue, on_corrupt)
+        filled = [m if p else self.placeholder() for m, p in zip(loaded.media, loaded.present)]
+        return self.process(filled), torch.tensor(loaded.present, dtype=torch.bool)
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Pooled hidden states at the taps, ``[B, K, D]`` (float32)."""
+        device = self.device
+        kwargs = {k: v.to(device) for k, v in inputs.items() if k != POOL_MASK}
+        out = self.model(**kwargs, **self.model_kwargs, output_hidden_states=True)
+        hidden = out.hidden_states
+        if len(hidden) != self.num_layers + 1:
+            raise RuntimeError(
+                f"{self.name}: expected {self.num_layers + 1} hidden states, the model returned {len(hidden)}"
+            )
+        mask = self.pool_mask(inputs, hidden[0].shape[1])
+        mask = None if mask is None else mask.to(device)
+        return torch.stack([pool(hidden[t], self.pooling, mask) for t in self.taps], dim=1)
+
+    def pool_mask(self, inputs: dict[str, torch.Tensor], num_tokens: int) -> torch.Tensor | None:
+        """Which output tokens count in mean pooling (None: all)."""
+        if POOL_MASK in inputs:
+            return inputs[POOL_MASK]
+        return inputs.get("attention_mask")
+
+    @torch.no_grad()
+    def encode(self, records: list[ItemRecord], catalogue: Catalogue, on_corrupt: str = "error") -> EncodedBatch:
+        """Load, preprocess and encode a batch; the backbone runs on the present items only."""
+        loaded = self.load_media(records, catalogue, on_corrupt)
+        return self.encode_loaded(loaded)
+
+    @torch.no_grad()
+    def encode_loaded(self, loaded: LoadedMedia) -> EncodedBatch:
+        """Encode media read by :meth:`load_media`."""
+        present = torch.tensor(loaded.present, dtype=torch.bool)
+        states = torch.zeros(len(loaded.media), self.num_taps, self.hidden_size)
+        if present.any():
+            inputs = self.process([m for m, p in zip(loaded.media, loaded.present) if p])
+            states[present] = self.forward(inputs).float().cpu()
+        return EncodedBatch(states, present, loaded.corrupt)
+
+    def describe(self) -> dict[str, Any]:
+        """What produced this encoder's states (the model part of a cache manifest)."""
+        return describe_encoder(self.modality, self.spec, self.info) | {"processor": self.processor_settings()}
+
+
+def preprocessing_settings(modality: str, spec: EncoderSpec, info: BackboneInfo) -> dict[str, Any]:
+    """The spec-level preprocessing settings of a modality (known without loading the model)."""
+    from crossan.data.media import resampler_name
+    from crossan.encoders.spec import tokenizer_name
+
+    if modality == "text":
+        return {"max_text_len": spec.max_text_len, "tokenizer": tokenizer_name(info), "padding": "longest"}
+    if modality == "image":
+        return {"image_size": spec.image_size}
+    if modality == "video":
+        return {
+            "image_size": spec.image_size,
+            "num_frames": int(spec.num_frames or info.hf_config.num_frames),
+            "frame_sampling": spec.frame_sampling,
+        }
+    if modality == "audio":
+        return {"audio_seconds": spec.audio_seconds, "sample_rate": spec.sample_rate, "resampler": resampler_name()}
+    raise ValueError(f"unknown modality {modality!r}")
+
+
+def describe_encoder(modality: str, spec: EncoderSpec, info: BackboneInfo) -> dict[str, Any]:
+    """The fields of a cache manifest that depend on the encoder (computable without weights)."""
+    return {
+        "checkpoint": info.name,
+        "family": info.family,
+        "model_type": info.model_type,
+        "random_init": info.random_init,
+        "num_layers": info.num_layers,
+        "hidden_size": info.hidden_size,
+        "taps": tap_indices(info.num_layers, spec.num_taps),
+        "pooling": resolve_pooling(spec.pooling, info.family),
+        "preprocessing": preprocessing_settings(modality, spec, info),
+    }

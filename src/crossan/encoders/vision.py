@@ -1,0 +1,120 @@
+"""Image (ViT-like, CLS pooling) and video (VideoMAE-like, mean pooling) encoders."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from crossan.config import EncoderSpec
+from crossan.data.media import load_image, load_video
+from crossan.encoders.base import ModalityEncoder
+from crossan.encoders.spec import BackboneInfo
+
+if TYPE_CHECKING:
+    from crossan.data.catalogue import Catalogue, ItemRecord
+
+
+def _processor_class(name: str) -> type:
+    """The PIL/numpy processor class (transformers falls back to it anyway when torchvision is absent)."""
+    import transformers
+
+    return getattr(transformers, f"{name}Pil", None) or getattr(transformers, name)
+
+
+def _load_image_processor(info: BackboneInfo) -> Any:
+    from transformers import AutoImageProcessor
+
+    return AutoImageProcessor.from_pretrained(info.name)
+
+
+def _square(size: int) -> dict[str, int]:
+    return {"height": size, "width": size}
+
+
+def _processor_settings(processor: Any) -> dict[str, Any]:
+    keys = ("size", "crop_size", "image_mean", "image_std", "resample", "do_center_crop", "do_normalize")
+    out = {}
+    for k in keys:
+        v = getattr(processor, k, None)
+        if v is None:
+            continue
+        if hasattr(v, "items"):
+            v = {a: b for a, b in dict(v).items() if b is not None}
+        out[k] = v if isinstance(v, (bool, int, float, str, dict)) else (list(v) if hasattr(v, "__iter__") else str(v))
+    return out
+
+
+class ImageEncoder(ModalityEncoder):
+    """Cover images as RGB, resized by the ViT image processor."""
+
+    modality = "image"
+
+    def __init__(self, info: BackboneInfo, spec: EncoderSpec, model: nn.Module | None = None) -> None:
+        super().__init__(info, spec, model)
+        model_size = int(info.hf_config.image_size)
+        if info.random_init:
+            self.processor = _processor_class("ViTImageProcessor")(size=_square(model_size))
+        else:
+            self.processor = _load_image_processor(info)
+            if spec.image_size:
+                self.processor.size = _square(spec.image_size)
+                if getattr(self.processor, "crop_size", None):
+                    self.processor.crop_size = _square(spec.image_size)
+        self.image_size = spec.image_size or model_size
+        if self.image_size != model_size:
+            self.model_kwargs["interpolate_pos_encoding"] = True
+
+    def read(self, record: ItemRecord, catalogue: Catalogue) -> Any:
+        return load_image(catalogue.path(record, "image"), record.item_id)
+
+    def placeholder(self) -> Any:
+        from PIL import Image
+
+        return Image.new("RGB", (self.image_size, self.image_size))
+
+    def process(self, media: list[Any]) -> dict[str, torch.Tensor]:
+        return {"pixel_values": self.processor(list(media), return_tensors="pt")["pixel_values"]}
+
+    def processor_settings(self) -> dict[str, Any]:
+        return _processor_settings(self.processor)
+
+
+class VideoEncoder(ModalityEncoder):
+    """Video clips as ``num_frames`` sampled RGB frames, through the VideoMAE processor."""
+
+    modality = "video"
+
+    def __init__(self, info: BackboneInfo, spec: EncoderSpec, model: nn.Module | None = None) -> None:
+        super().__init__(info, spec, model)
+        cfg = info.hf_config
+        self.num_frames = int(cfg.num_frames)
+        if spec.num_frames and spec.num_frames != self.num_frames:
+            raise ValueError(
+                f"{info.name} takes {self.num_frames} frames; encoders.video.num_frames={spec.num_frames} "
+                "does not fit it (set 0 to use the model's)"
+            )
+        model_size = int(cfg.image_size)
+        if spec.image_size and spec.image_size != model_size:
+            raise ValueError(f"{info.name} takes {model_size}px frames; encoders.video.image_size={spec.image_size}")
+        if info.random_init:
+            self.processor = _processor_class("VideoMAEImageProcessor")(
+                size={"shortest_edge": model_size}, crop_size=_square(model_size)
+            )
+        else:
+            self.processor = _load_image_processor(info)
+        self.image_size = model_size
+
+    def read(self, record: ItemRecord, catalogue: Catalogue) -> Any:
+        return load_video(catalogue.path(record, "video"), self.num_frames, self.spec.frame_sampling, record.item_id)
+
+    def placeholder(self) -> Any:
+        return [np.zeros((self.image_size, self.image_size, 3), dtype=np.uint8)] * self.num_frames
+
+    def process(self, media: list[Any]) -> dict[str, torch.Tensor]:
+        return {"pixel_values": self.processor([list(v) for v in media], return_tensors="pt")["pixel_values"]}
+
+    def processor_settings(self) -> dict[str, Any]:
+        return _processor_settings(self.processor) | {"num_frames": self.num_frames}

@@ -1,0 +1,98 @@
+"""Figures for suite reports (matplotlib, Agg backend; PNG files beside the report)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_all(rows: list[dict[str, Any]], out: Path) -> list[str]:
+    """Write every figure that the rows support; returns their file names (relative to ``out``)."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    if not ok:
+        return []
+    files = [_quality_vs_params(ok, out), _cost_bars(ok, out), _metrics_bars(ok, out)]
+    routers = [r for r in ok if r.get("router_weight")]
+    if routers:
+        files.append(_router_weights(routers, out))
+    return files
+
+
+def _quality_vs_params(rows: list[dict[str, Any]], out: Path) -> str:
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for r in rows:
+        ax.scatter(r["trainable_params"], r["test_NDCG@10"], s=40)
+        ax.annotate(r["name"], (r["trainable_params"], r["test_NDCG@10"]), textcoords="offset points",
+                    xytext=(4, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("trainable parameters (log)")
+    ax.set_ylabel("test NDCG@10")
+    ax.set_title("Quality against trainable parameters")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    name = "ndcg_vs_params.png"
+    fig.savefig(out / name, dpi=120)
+    plt.close(fig)
+    return name
+
+
+def _cost_bars(rows: list[dict[str, Any]], out: Path) -> str:
+    names = [r["name"] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
+    series = [("time_per_epoch_s", "time per epoch (s)", 1.0), ("peak_memory_bytes", "peak memory (MiB)", 2**20),
+              ("trainable_params", "trainable parameters", 1.0)]
+    for ax, (key, label, scale) in zip(axes, series):
+        vals = [max(float(r[key]) / scale, 1e-6) for r in rows]
+        ax.bar(range(len(rows)), vals, color="tab:blue")
+        ax.set_yscale("log")
+        ax.set_xticks(range(len(rows)), names, rotation=45, ha="right", fontsize=8)
+        ax.set_title(label + " (log)")
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    name = "cost_per_method.png"
+    fig.savefig(out / name, dpi=120)
+    plt.close(fig)
+    return name
+
+
+def _metrics_bars(rows: list[dict[str, Any]], out: Path) -> str:
+    keys = ["test_HR@10", "test_NDCG@10", "test_HR@20", "test_NDCG@20"]
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows) + 2), 3.8))
+    width = 0.8 / len(keys)
+    for j, k in enumerate(keys):
+        ax.bar([i + j * width for i in range(len(rows))], [r[k] for r in rows], width, label=k.replace("test_", ""))
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))], [r["name"] for r in rows], rotation=45,
+                  ha="right", fontsize=8)
+    ax.set_ylabel("test metric")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title("Test metrics per method")
+    fig.tight_layout()
+    name = "metrics_per_method.png"
+    fig.savefig(out / name, dpi=120)
+    plt.close(fig)
+    return name
+
+
+def _router_weights(rows: list[dict[str, Any]], out: Path) -> str:
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    mods = sorted({m for r in rows for m in r["router_weight"]})
+    width = 0.8 / len(rows)
+    for j, r in enumerate(rows):
+        ax.bar([i + j * width for i in range(len(mods))], [r["router_weight"].get(m, 0.0) for m in mods], width,
+               label=r["name"])
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(mods))], mods)
+    ax.set_ylabel("mean router weight")
+    ax.set_title("MOMEF: mean router weight per modality")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    name = "momef_router_weights.png"
+    fig.savefig(out / name, dpi=120)
+    plt.close(fig)
+    return name

@@ -1,0 +1,278 @@
+"""The layer-state cache: contents, resumption, sharding, verification, bad media, live features."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from crossan.cache.features import TensorFeatures
+from crossan.cache.live import LiveFeatures
+from crossan.cache.store import (
+    CacheMismatchError,
+    CacheMissingError,
+    build_cache,
+    cache_command,
+    default_cache_dir,
+    join_shards,
+    open_cache,
+    open_features,
+    shard_span,
+)
+from crossan.config import Config
+from crossan.data.catalogue import MODALITIES, Catalogue, ItemRecord
+from crossan.data.media import MediaError
+from crossan.encoders import build_encoder, resolve_specs
+from media_helpers import FakeData, make_dataset
+
+ALL = list(MODALITIES)
+WHISPER = ("config:whisper:d_model=64,encoder_layers=2,encoder_attention_heads=2,encoder_ffn_dim=128,"
+           "num_mel_bins=16,max_source_positions=50,decoder_layers=1,decoder_attention_heads=2")
+FILES = ("states.npy", "present.npy", "manifest.json")
+
+
+class Interrupted(Exception):
+    """Stands in for a killed process."""
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> FakeData:
+    return make_dataset(tmp_path_factory.mktemp("dataset"), n=10)
+
+
+def make_cfg(cache_dir: Path, data: FakeData | None = None, **encoders: object) -> Config:
+    cfg = Config()
+    cfg.encoders.preset = "tiny"
+    cfg.encoders.batch_size = 3  # 10 items: batches of rows 1-3, 4-6, 7-9, 10
+    cfg.cache.dir = str(cache_dir)
+    if data is not None:
+        cfg.data.path = str(data.catalogue.root)
+    for key, value in encoders.items():
+        modality, name = key.split("__")
+        setattr(getattr(cfg.encoders, modality), name, value)
+    return cfg
+
+
+def read_bytes(folder: Path, modality: str) -> dict[str, bytes]:
+    return {f: (folder / modality / f).read_bytes() for f in FILES}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory, data: FakeData) -> Path:
+    """An uninterrupted single-process build of all four modalities: the reference."""
+    root = tmp_path_factory.mktemp("cache_ref")
+    build_cache(make_cfg(root), data, ALL, progress=False)
+    return root
+
+
+# --------------------------------------------------------------------------------------------- contents
+def test_layout_manifest_and_presence(built: Path, data: FakeData) -> None:
+    for m in ALL:
+        states = np.load(built / m / "states.npy", mmap_mode="r")
+        present = np.load(built / m / "present.npy")
+        manifest = json.loads((built / m / "manifest.json").read_text())
+        assert states.dtype == np.float16 and states.shape == (11, 3, 64)
+        assert present.dtype == np.bool_ and not present[0] and not states[0].any()
+        missing_row = {"text": 2, "image": 3, "video": 4, "audio": 5}[m]
+        assert not present[missing_row] and not states[missing_row].any()
+        assert present.sum() == 9 and all(states[r].any() for r in range(1, 11) if present[r])
+        assert manifest["taps"] == [0, 1, 2] and manifest["random_init"] is True
+        assert manifest["num_items"] == 10 and manifest["num_present"] == 9 and manifest["num_missing"] == 1
+        assert manifest["pooling"] == ("mean" if m == "video" else "cls")
+        assert set(manifest["versions"]) >= {"torch", "transformers"}
+        assert len(manifest["item_fingerprint"]) == 16 and "preprocessing" in manifest
+    assert not list(built.glob("*.partial")) and not list(built.glob("*.shards"))
+
+
+@pytest.mark.parametrize("modality", ALL)
+def test_cached_states_equal_direct_forward(built: Path, data: FakeData, modality: str) -> None:
+    features = open_cache(make_cfg(built), data, [modality])
+    encoder = build_encoder(modality, resolve_specs(make_cfg(built), [modality])[modality])
+    records = [data.catalogue[i] for i in data.item_ids[1:]]
+    inputs, present = encoder.prepare(records, data.catalogue)
+    with torch.no_grad():
+        direct = encoder(inputs)  # one batch of all items, placeholders included
+    states, cached_present = features.gather(torch.arange(1, 11))[modality]
+    assert torch.equal(cached_present, present)
+    direct[~present] = 0
+    torch.testing.assert_close(states, direct, atol=2e-3, rtol=2e-3)
+
+
+def test_whisper_family_cache_equals_direct_forward(tmp_path: Path, data: FakeData) -> None:
+    cfg = make_cfg(tmp_path, audio__model=WHISPER, audio__num_taps=3, audio__audio_seconds=1.0)
+    build_cache(cfg, data, ["audio"], progress=False)
+    manifest = json.loads((tmp_path / "audio" / "manifest.json").read_text())
+    assert manifest["family"] == "whisper" and manifest["pooling"] == "mean"
+    states, present = open_cache(cfg, data, ["audio"]).gather(torch.arange(11))["audio"]
+    encoder = build_encoder("audio", resolve_specs(cfg, ["audio"])["audio"])
+    records = [data.catalogue[i] for i in data.item_ids[1:]]
+    direct = encoder.encode(records, data.catalogue)
+    assert torch.equal(present[1:], direct.present) and not present[0]
+    torch.testing.assert_close(states[1:], direct.states, atol=2e-3, rtol=2e-3)
+
+
+# --------------------------------------------------------------------------------------------- builds
+def test_killed_build_resumes_to_identical_bytes(tmp_path: Path, data: FakeData, built: Path) -> None:
+    cfg = make_cfg(tmp_path)
+    calls: list[tuple[str, int]] = []
+
+    def kill_after_two(modality: str, batch: int) -> None:
+        calls.append((modality, batch))
+        if modality == "video" and batch == 1:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        build_cache(cfg, data, ALL, progress=False, on_batch=kill_after_two)
+    assert (tmp_path / "video.partial").is_dir() and not (tmp_path / "video").exists()
+    assert (tmp_path / "text").is_dir() and (tmp_path / "image").is_dir()
+    with pytest.raises(CacheMissingError, match="unfinished build"):
+        open_cache(cfg, data, ["video"])
+
+    calls.clear()
+    build_cache(cfg, data, ALL, progress=False, on_batch=lambda m, b: calls.append((m, b)))
+    assert calls == [("video", 2), ("video", 3), ("audio", 0), ("audio", 1), ("audio", 2), ("audio", 3)]
+    for m in ALL:
+        assert read_bytes(tmp_path, m) == read_bytes(built, m), m
+    assert not list(tmp_path.glob("*.partial"))
+
+    calls.clear()  # a completed, matching cache is left alone
+    reports = build_cache(cfg, data, ALL, progress=False, on_batch=lambda m, b: calls.append((m, b)))
+    assert calls == [] and {r.status for r in reports.values()} == {"up to date"}
+
+
+def test_sharded_build_joins_to_identical_bytes(tmp_path: Path, data: FakeData, built: Path) -> None:
+    cfg = make_cfg(tmp_path)
+    assert [shard_span(10, 3, i, 3)[:2] for i in range(3)] == [(0, 4), (4, 7), (7, 11)]
+    for shard in (2, 0, 1):
+        cache_command(cfg, data, ALL, shard=shard, num_shards=3, join=False)
+    assert not (tmp_path / "text").exists()
+    cache_command(cfg, data, ALL, shard=None, num_shards=1, join=True)
+    for m in ALL:
+        assert read_bytes(tmp_path, m) == read_bytes(built, m), m
+    assert not list(tmp_path.glob("*.shards"))
+
+
+def test_join_refuses_incomplete_shards(tmp_path: Path, data: FakeData) -> None:
+    cfg = make_cfg(tmp_path)
+    build_cache(cfg, data, ["text"], shard=0, num_shards=2, progress=False)
+    with pytest.raises(RuntimeError, match=r"shards \[1\] of 2"):
+        join_shards(cfg, data, ["text"])
+
+
+# --------------------------------------------------------------------------------------------- verification
+def test_mismatched_manifest_names_the_field(built: Path, data: FakeData) -> None:
+    cfg = make_cfg(built, text__num_taps=2)
+    with pytest.raises(CacheMismatchError) as err:
+        open_cache(cfg, data, ["text", "image"])
+    assert err.value.differences == ["text: taps [0, 1, 2] in cache vs [0, 2] in config"]
+    assert "crossan cache" in str(err.value)
+
+    cfg = make_cfg(built, image__pooling="mean")
+    with pytest.raises(CacheMismatchError, match="image: pooling 'cls' in cache vs 'mean' in config"):
+        open_cache(cfg, data, ["image"])
+
+    fewer = FakeData(data.item_ids[:-1], data.catalogue)
+    with pytest.raises(CacheMismatchError) as err:
+        open_cache(make_cfg(built), fewer, ["video"])
+    assert any(d.startswith("video: item fingerprint") for d in err.value.differences)
+    assert any(d.startswith("video: number of items 10 in cache vs 9") for d in err.value.differences)
+
+
+def test_missing_cache_says_how_to_build_it(tmp_path: Path, data: FakeData) -> None:
+    cfg = make_cfg(tmp_path / "empty", data)
+    with pytest.raises(CacheMissingError) as err:
+        open_cache(cfg, data, ["image", "audio"])
+    message = str(err.value)
+    assert "crossan cache --data" in message and "--modalities image,audio" in message and "--preset tiny" in message
+
+
+def test_default_cache_dir(tmp_path: Path, data: FakeData, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CROSSAN_CACHE_DIR", str(tmp_path / "caches"))
+    cfg = make_cfg(tmp_path, data)
+    cfg.cache.dir = ""
+    folder = default_cache_dir(cfg, data)
+    assert folder.parent.parent == tmp_path / "caches" and folder.name == "tiny"
+    assert folder.parent.name.startswith(data.catalogue.root.name + "-")
+    cfg.encoders.text.num_taps = 2  # a changed encoder setting gets its own folder
+    assert default_cache_dir(cfg, data).name.startswith("tiny-")
+
+
+# --------------------------------------------------------------------------------------------- bad media
+@pytest.fixture
+def corrupt_data(tmp_path: Path, data: FakeData) -> FakeData:
+    """The dataset plus item 'bad' whose jpg, mp4 and wav are corrupt."""
+    root = data.catalogue.root
+    for name, content in [("bad.jpg", b"\xff\xd8\xff\xe0 not a jpeg"), ("bad.mp4", b"\x00\x00\x00\x18ftypmp42 junk"),
+                          ("bad.wav", b"RIFF\x10\x00\x00\x00WAVEfmt junk")]:
+        (root / name).write_bytes(content)
+    records = list(data.catalogue) + [ItemRecord("bad", "a fine title", "bad.jpg", "bad.mp4", "bad.wav")]
+    return FakeData(data.item_ids + ["bad"], Catalogue(root, records))
+
+
+@pytest.mark.parametrize("modality", ["image", "video", "audio"])
+def test_corrupt_file_stops_build_naming_item(tmp_path: Path, corrupt_data: FakeData, modality: str) -> None:
+    cfg = make_cfg(tmp_path)
+    good = FakeData(corrupt_data.item_ids[:-1], corrupt_data.catalogue)
+    build_cache(cfg, good, [modality], progress=False)  # a completed cache of another item list
+    before = read_bytes(tmp_path, modality)
+    with pytest.raises(MediaError) as err:
+        build_cache(cfg, corrupt_data, [modality], progress=False)
+    assert "'bad'" in str(err.value) and f"bad.{ {'image': 'jpg', 'video': 'mp4', 'audio': 'wav'}[modality]}" in str(err.value)
+    assert read_bytes(tmp_path, modality) == before  # the completed cache is untouched
+
+
+def test_corrupt_files_marked_missing_and_counted(tmp_path: Path, corrupt_data: FakeData,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = make_cfg(tmp_path)
+    cfg.cache.on_corrupt = "missing"
+    reports = build_cache(cfg, corrupt_data, ALL, progress=False)
+    out = capsys.readouterr().out
+    for m in ("image", "video", "audio"):
+        assert reports[m].num_corrupt == 1 and reports[m].corrupt[0]["item_id"] == "bad"
+        assert reports[m].num_present == 9 and reports[m].num_missing == 1
+        present = np.load(tmp_path / m / "present.npy")
+        assert not present[11] and not np.load(tmp_path / m / "states.npy")[11].any()
+        assert json.loads((tmp_path / m / "manifest.json").read_text())["num_corrupt"] == 1
+        assert f"{m}: built" in out and "1 corrupt files marked missing" in out
+    assert reports["text"].num_corrupt == 0 and reports["text"].num_present == 10
+    assert "item 'bad'" in out
+
+
+# --------------------------------------------------------------------------------------------- live features
+def test_live_features_match_cache(built: Path, data: FakeData) -> None:
+    cfg = make_cfg(built)
+    cached = open_features(cfg, data, ALL, "cpu")
+    assert isinstance(cached, TensorFeatures)
+    cfg.cached = False
+    live = open_features(cfg, data, ALL, "cpu")
+    assert isinstance(live, LiveFeatures) and live.num_taps == 3 and live.dims == cached.dims
+    items = torch.tensor([[0, 3, 1, 3], [10, 2, 5, 4]])
+    a, b = cached.gather(items), live.gather(items)
+    for m in ALL:
+        assert a[m][0].shape == b[m][0].shape == (2, 4, 3, 64)
+        assert torch.equal(a[m][1], b[m][1])
+        torch.testing.assert_close(b[m][0], a[m][0], atol=2e-3, rtol=2e-3)
+
+
+def test_open_features_memory_maps_large_caches(built: Path, data: FakeData) -> None:
+    cfg = make_cfg(built)
+    cfg.cache.memory_limit_gb = 0.0
+    mapped = open_features(cfg, data, ["image"], "cpu")
+    assert isinstance(mapped._states["image"], np.memmap)
+    in_memory = open_features(make_cfg(built), data, ["image"], "cpu")
+    assert isinstance(in_memory._states["image"], torch.Tensor)
+    items = torch.tensor([3, 0, 7])
+    torch.testing.assert_close(mapped.gather(items)["image"][0], in_memory.gather(items)["image"][0])
+
+
+def test_live_features_batch_size_does_not_matter(data: FakeData, tmp_path: Path) -> None:
+    specs = resolve_specs(make_cfg(tmp_path), ["text"])
+    encoders = {"text": build_encoder("text", dataclasses.replace(specs["text"]))}
+    items = torch.arange(11)
+    one = LiveFeatures(encoders, data.catalogue, data.item_ids, batch_size=1).gather(items)["text"]
+    many = LiveFeatures(encoders, data.catalogue, data.item_ids, batch_size=64).gather(items)["text"]
+    torch.testing.assert_close(one[0], many[0], atol=1e-5, rtol=1e-4)

@@ -1,0 +1,312 @@
+"""Frozen encoders: taps, pooling per family, preprocessing, media loading and resampling."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from crossan.config import Config, EncoderSpec
+from crossan.data.catalogue import Catalogue, ItemRecord
+from crossan.data.media import (
+    MediaError,
+    load_audio,
+    load_image,
+    load_video,
+    resample,
+    resampled_length,
+    sample_frame_indices,
+)
+from crossan.encoders import (
+    EncoderSpecError,
+    build_encoder,
+    describe_backbone,
+    parse_config_spec,
+    preset_specs,
+    resolve_specs,
+    tap_indices,
+)
+from media_helpers import dominant_frequency, frame_index, sine, write_image, write_video, write_wav
+
+TINY = preset_specs("tiny")
+WHISPER = EncoderSpec(
+    model="config:whisper:d_model=64,encoder_layers=2,encoder_attention_heads=2,encoder_ffn_dim=128,"
+    "num_mel_bins=16,max_source_positions=50,decoder_layers=1,decoder_attention_heads=2",
+    num_taps=3,
+    audio_seconds=1.0,
+)
+FAMILY_SPECS = {
+    "bert": ("text", TINY["text"]),
+    "vit": ("image", TINY["image"]),
+    "videomae": ("video", TINY["video"]),
+    "ast": ("audio", TINY["audio"]),
+    "whisper": ("audio", WHISPER),
+}
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory) -> Catalogue:
+    root = tmp_path_factory.mktemp("media")
+    write_image(root / "a.jpg", (200, 10, 10))
+    write_image(root / "b.png", (10, 200, 10), size=(20, 50))
+    write_video(root / "a.mp4", 12)
+    write_video(root / "b.mp4", 5)
+    write_wav(root / "a.wav", 440.0, 8000, 0.5)  # shorter than the 1 s window: padded
+    write_wav(root / "b.wav", 300.0, 16000, 2.0)  # longer: cut
+    records = [
+        ItemRecord("a", "red cover, short clip", "a.jpg", "a.mp4", "a.wav"),
+        ItemRecord("b", "a somewhat longer title with more words in it", "b.png", "b.mp4", "b.wav"),
+        ItemRecord("c", "   "),  # no content at all
+    ]
+    return Catalogue(root, records)
+
+
+# --------------------------------------------------------------------------------------------- taps
+def test_tap_indices() -> None:
+    assert tap_indices(12, 7) == [0, 2, 4, 6, 8, 10, 12]
+    assert tap_indices(6, 7) == [0, 1, 2, 3, 4, 5, 6]
+    assert tap_indices(4, 7) == [0, 1, 1, 2, 3, 3, 4]  # shallower: same K, repeated states
+    assert tap_indices(2, 3) == [0, 1, 2]
+    assert tap_indices(24, 7) == [0, 4, 8, 12, 16, 20, 24]
+    assert tap_indices(12, 1) == [12]
+    for L, K in [(12, 7), (4, 7), (5, 4), (2, 7)]:
+        taps = tap_indices(L, K)
+        assert len(taps) == K and taps[0] == 0 and taps[-1] == L and taps == sorted(taps)
+
+
+# --------------------------------------------------------------------------------------------- pooling
+def _manual(encoder, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Pool the model's hidden states by hand: CLS token, or mean over the real tokens."""
+    kwargs = {k: v for k, v in inputs.items() if k != "pool_mask"}
+    with torch.no_grad():
+        hs = encoder.model(**kwargs, output_hidden_states=True).hidden_states
+    assert len(hs) == encoder.num_layers + 1
+    out = []
+    for t in encoder.taps:
+        h = hs[t]
+        if encoder.family in ("bert", "vit", "ast"):
+            out.append(h[:, 0])
+        elif encoder.family == "videomae":
+            out.append(h.mean(dim=1))
+        else:  # whisper: frames covering real audio; each encoder frame spans two mel frames
+            rows = []
+            for b in range(h.shape[0]):
+                n_mel = int(inputs["pool_mask"][b].sum())  # encoder frames with real audio
+                rows.append(h[b, :n_mel].mean(dim=0))
+            out.append(torch.stack(rows))
+    return torch.stack(out, dim=1)
+
+
+@pytest.mark.parametrize("family", list(FAMILY_SPECS))
+def test_forward_pools_tapped_hidden_states(family: str, media: Catalogue) -> None:
+    modality, spec = FAMILY_SPECS[family]
+    encoder = build_encoder(modality, spec)
+    assert encoder.family == family and encoder.random_init and encoder.modality == modality
+    assert encoder.taps == [0, 1, 2] and encoder.num_taps == 3 and encoder.hidden_size == 64
+    assert encoder.pooling == ("mean" if family in ("videomae", "whisper") else "cls")
+    records = list(media)
+    inputs, present = encoder.prepare(records, media)
+    assert present.tolist() == [True, True, False]
+    with torch.no_grad():
+        states = encoder(inputs)
+    assert states.shape == (3, 3, 64)
+    torch.testing.assert_close(states, _manual(encoder, inputs))
+    if family == "whisper":  # the mask really excludes padding: 0.5 s of a 1 s window
+        mask = inputs["pool_mask"]
+        assert mask.shape == (3, 50) and int(mask[0].sum()) == 25 and bool(mask[1].all())
+    if family == "ast":  # two special tokens, CLS is the first: differs from the distillation token
+        kwargs = dict(inputs)
+        with torch.no_grad():
+            h = encoder.model(**kwargs, output_hidden_states=True).hidden_states[0]
+        assert not torch.allclose(h[:, 0], h[:, 1])
+
+
+def test_mean_pooling_masks_text_padding(media: Catalogue) -> None:
+    encoder = build_encoder("text", dataclasses.replace(TINY["text"], pooling="mean"))
+    inputs, _ = encoder.prepare([ItemRecord("x", "hi"), ItemRecord("y", "a longer title")], media)
+    mask = inputs["attention_mask"]
+    assert not bool(mask[0].all())  # the short title is padded
+    with torch.no_grad():
+        states = encoder(inputs)
+        hs = encoder.model(**inputs, output_hidden_states=True).hidden_states
+    n = int(mask[0].sum())
+    torch.testing.assert_close(states[0, -1], hs[-1][0, :n].mean(dim=0))
+
+
+def test_encode_zeroes_absent_items_and_matches_single_items(media: Catalogue) -> None:
+    encoder = build_encoder("text", TINY["text"])
+    records = list(media)
+    batch = encoder.encode(records, media)
+    assert batch.present.tolist() == [True, True, False]
+    assert torch.count_nonzero(batch.states[2]) == 0
+    for i in range(2):
+        single = encoder.encode([records[i]], media)
+        torch.testing.assert_close(batch.states[i], single.states[0], atol=1e-5, rtol=1e-4)
+
+
+def test_text_truncation(media: Catalogue) -> None:
+    encoder = build_encoder("text", dataclasses.replace(TINY["text"], max_text_len=8))
+    inputs, _ = encoder.prepare(list(media), media)
+    assert inputs["input_ids"].shape[1] == 8
+
+
+def test_vectorised_fbank_equals_ast_feature_extractor() -> None:
+    from transformers import ASTFeatureExtractor
+
+    from crossan.encoders.audio import KaldiFbank
+
+    rng = np.random.default_rng(0)
+    waves = [0.1 * rng.standard_normal(16000).astype(np.float32), sine(440.0, 16000, 0.4)]
+    extractor = ASTFeatureExtractor(num_mel_bins=32, max_length=80)  # cuts the first, pads the second
+    expected = extractor(waves, sampling_rate=16000, return_tensors="np")["input_values"]
+    np.testing.assert_allclose(KaldiFbank(extractor)(waves).numpy(), expected, rtol=1e-6, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------- specs
+def test_random_init_is_deterministic() -> None:
+    a = build_encoder("image", TINY["image"])
+    b = build_encoder("image", TINY["image"])
+    for (na, pa), (_, pb) in zip(a.model.named_parameters(), b.model.named_parameters()):
+        assert torch.equal(pa, pb), na
+    c = build_encoder("image", dataclasses.replace(TINY["image"], model=TINY["image"].model + ",seed=3"))
+    assert not torch.equal(next(a.model.parameters()), next(c.model.parameters()))
+
+
+def test_spec_errors() -> None:
+    assert parse_config_spec("config:vit:hidden_size=64,qkv_bias=false,hidden_act=gelu") == (
+        "vit", {"hidden_size": 64, "qkv_bias": False, "hidden_act": "gelu"})
+    with pytest.raises(EncoderSpecError, match="unknown family"):
+        parse_config_spec("config:resnet")
+    with pytest.raises(EncoderSpecError, match="text takes"):
+        describe_backbone("text", TINY["image"])
+    with pytest.raises(EncoderSpecError, match="not fields"):
+        describe_backbone("image", EncoderSpec(model="config:vit:hiden_size=64"))
+    with pytest.raises(EncoderSpecError, match="image_size"):
+        describe_backbone("image", EncoderSpec(model="config:vit:image_size=32", image_size=64))
+    # a non-zero spec field sizes a config-built model
+    info = describe_backbone("video", EncoderSpec(model="config:videomae:num_hidden_layers=2", num_frames=4))
+    assert info.hf_config.num_frames == 4 and info.num_layers == 2
+
+
+def test_local_folder_checkpoint_loads_like_hub(tmp_path: Path, media: Catalogue) -> None:
+    """A saved checkpoint folder (model + tokenizer/processor) loads through from_pretrained."""
+    for modality in ("text", "image"):
+        built = build_encoder(modality, TINY[modality])
+        folder = tmp_path / modality
+        built.model.save_pretrained(folder)
+        (built.tokenizer if modality == "text" else built.processor).save_pretrained(folder)
+        loaded = build_encoder(modality, dataclasses.replace(TINY[modality], model=str(folder)))
+        assert not loaded.random_init and loaded.family == built.family and loaded.taps == built.taps
+        a = built.encode(list(media), media).states
+        b = loaded.encode(list(media), media).states
+        torch.testing.assert_close(a, b)
+
+
+def test_presets_and_overrides() -> None:
+    cfg = Config()
+    cfg.encoders.preset = "tiny"
+    specs = resolve_specs(cfg)
+    assert specs == preset_specs("tiny")
+    cfg.encoders.text.num_taps = 2  # a changed field merges onto the preset
+    cfg.encoders.image.model = "config:vit:num_hidden_layers=1"  # an explicit model replaces it
+    specs = resolve_specs(cfg, ["text", "image"])
+    assert specs["text"].model == TINY["text"].model and specs["text"].num_taps == 2
+    assert specs["image"] == EncoderSpec(model="config:vit:num_hidden_layers=1")
+    paper = preset_specs("paper")
+    assert paper["text"].model == "bert-base-uncased" and paper["audio"].model.startswith("MIT/ast")
+    offline = preset_specs("offline")
+    assert Path(offline["text"].model).is_dir()
+    info = describe_backbone("text", offline["text"])
+    assert info.family == "bert" and not info.random_init and info.num_layers == 6
+    for m in ("image", "video", "audio"):
+        info = describe_backbone(m, offline[m])
+        assert info.random_init and info.num_layers == 6 and tap_indices(6, 7) == list(range(7))
+
+
+# --------------------------------------------------------------------------------------------- media
+def test_frame_sampling_indices() -> None:
+    assert sample_frame_indices(30, 4, "uniform") == [3, 11, 18, 26]
+    assert sample_frame_indices(30, 4, "middle") == [13, 14, 15, 16]
+    assert sample_frame_indices(3, 8, "uniform") == [0, 0, 0, 1, 1, 2, 2, 2]
+    assert sample_frame_indices(3, 8, "middle") == [0, 0, 0, 1, 1, 2, 2, 2]
+    assert sample_frame_indices(16, 16) == list(range(16))
+
+
+def test_video_frames_sampled_from_real_mp4(tmp_path: Path) -> None:
+    path = write_video(tmp_path / "clip.mp4", 30)
+    uniform = load_video(path, 4, "uniform")
+    assert [frame_index(f) for f in uniform] == [3, 11, 18, 26]
+    assert uniform[0].shape == (32, 32, 3) and uniform[0].dtype == np.uint8
+    assert [frame_index(f) for f in load_video(path, 4, "middle")] == [13, 14, 15, 16]
+    short = write_video(tmp_path / "short.mp4", 3)
+    assert [frame_index(f) for f in load_video(short, 8)] == [0, 0, 0, 1, 1, 2, 2, 2]
+
+
+@pytest.mark.parametrize("method", ["scipy", "numpy"])
+def test_resampling_keeps_frequency(tmp_path: Path, method: str) -> None:
+    up = resample(sine(440.0, 8000, 1.0), 8000, 16000, method=method)
+    assert len(up) == 16000 and abs(dominant_frequency(up, 16000) - 440.0) <= 1.0
+    assert abs(float(np.abs(up[1000:15000]).max()) - 0.5) < 0.02  # amplitude kept
+    down = resample(sine(3000.0, 44100, 0.5), 44100, 16000, method=method)
+    assert len(down) == resampled_length(22050, 44100, 16000) == 8000
+    assert abs(dominant_frequency(down, 16000) - 3000.0) <= 2.0
+    # a tone above the new Nyquist frequency is filtered out, not aliased to 16000 - 10000 = 6000 Hz
+    alias = resample(sine(10000.0, 44100, 0.5), 44100, 16000, method=method)
+    assert float(np.abs(alias[500:-500]).max()) < 0.05
+
+
+def test_load_audio_from_wav_and_mp3(tmp_path: Path) -> None:
+    wav = write_wav(tmp_path / "tone.wav", 440.0, 8000, 0.5)
+    wave = load_audio(wav, 16000, 1.0)
+    assert wave.shape == (16000,) and wave.dtype == np.float32
+    assert abs(dominant_frequency(wave[:8000], 16000) - 440.0) <= 2.0
+    assert np.all(wave[8100:] == 0)  # zero-padded beyond the 0.5 s of audio
+    assert load_audio(wav, 16000, 0.25).shape == (4000,)  # cut
+    assert load_audio(wav, 16000, 1.0, pad=False).shape == (8000,)
+
+    import av  # an mp3 (stereo, 22.05 kHz) goes through PyAV
+
+    mp3 = tmp_path / "tone.mp3"
+    with av.open(str(mp3), "w") as container:
+        stream = container.add_stream("libmp3lame", rate=22050, layout="stereo")
+        tone = np.stack([sine(660.0, 22050, 1.0)] * 2)
+        frame = av.AudioFrame.from_ndarray(tone, format="fltp", layout="stereo")
+        frame.sample_rate = 22050
+        for packet in stream.encode(frame):
+            container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    wave = load_audio(mp3, 16000, 0.5)
+    assert wave.shape == (8000,) and abs(dominant_frequency(wave[1000:], 16000) - 660.0) <= 5.0
+
+
+def test_corrupt_media_raise_naming_item_and_path(tmp_path: Path) -> None:
+    jpg = tmp_path / "bad.jpg"
+    jpg.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    mp4 = tmp_path / "bad.mp4"
+    mp4.write_bytes(b"\x00\x00\x00\x18ftypmp42 garbage garbage")
+    wav = tmp_path / "bad.wav"
+    wav.write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt garbage")
+    for load, path in [
+        (lambda p: load_image(p, "item-7"), jpg),
+        (lambda p: load_video(p, 4, "uniform", "item-7"), mp4),
+        (lambda p: load_audio(p, 16000, 1.0, "item-7"), wav),
+        (lambda p: load_image(p, "item-7"), tmp_path / "nowhere.png"),
+    ]:
+        with pytest.raises(MediaError) as err:
+            load(path)
+        assert "item-7" in str(err.value) and str(path) in str(err.value)
+        assert err.value.item_id == "item-7"
+
+
+def test_images_become_rgb(tmp_path: Path) -> None:
+    from PIL import Image
+
+    Image.new("RGBA", (8, 6), (1, 2, 3, 4)).save(tmp_path / "a.png")
+    Image.new("L", (8, 6), 9).save(tmp_path / "g.jpg")
+    assert load_image(tmp_path / "a.png").mode == "RGB"
+    im = load_image(tmp_path / "g.jpg")
+    assert im.mode == "RGB" and im.size == (8, 6)
