@@ -190,6 +190,15 @@ def build_parser() -> argparse.ArgumentParser:
 _EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction, argparse._SubParsersAction], None]] = []
 
 
+def _register_serving(sub: argparse._SubParsersAction, data_sub: argparse._SubParsersAction) -> None:
+    from crossan.serve import register  # recommend, embed-items, export
+
+    register(sub, data_sub)
+
+
+_EXTRA_COMMANDS.append(_register_serving)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -59,26 +59,47 @@ class CrossanConfig(SANBConfig):
 
 
 @dataclass
-class FFTConfig:
-    """Full fine-tuning: every backbone parameter trains (at ``train.lr_backbone``)."""
+class EndToEndConfig:
+    """Options shared by the end-to-end baselines (FFT, Adapter, LoRA), whose backbones run forward and
+    backward at every training step (METHOD.md §9)."""
 
     gradient_checkpointing: bool = False
+    """Recompute each backbone layer's activations in the backward pass (``gradient_checkpointing_enable``
+    of the transformers model, non-reentrant) instead of keeping them: less memory, about 1/3 more time."""
+    input_memory_gb: float = 8.0
+    """Preprocessed model inputs (tokens, pixel values, filterbanks) are kept in memory per item so that media
+    are decoded once, not at every step; items beyond this many GiB are preprocessed again each time."""
 
 
 @dataclass
-class AdapterConfig:
+class FFTConfig(EndToEndConfig):
+    """Full fine-tuning: every backbone parameter that reaches the item embedding trains (at
+    ``train.lr_backbone``); the heads train at ``train.lr``."""
+
+
+@dataclass
+class AdapterConfig(EndToEndConfig):
     """Houlsby bottleneck adapters after the attention output and the FFN output of every layer."""
 
     bottleneck: int = 64
+    """r: each adapter maps D → r → D."""
+    activation: Literal["gelu", "relu"] = "gelu"
     init_std: float = 0.01
+    """Adapter weights are drawn from N(0, init_std²); biases start at 0."""
+    zero_init_up: bool = False
+    """Start the up-projection at exactly zero (the adapted model then equals the original); otherwise it is
+    drawn like the down-projection, so each adapter starts near the identity."""
 
 
 @dataclass
-class LoRAConfig:
+class LoRAConfig(EndToEndConfig):
     """LoRA through ``peft`` on every layer's attention query and value."""
 
     rank: int = 8
     alpha: int = 16
     dropout: float = 0.1
     targets: list[str] = field(default_factory=list)
-    """Module names to wrap (empty: query/value of the encoder family, resolved per model)."""
+    """Module names to wrap, matched as peft does (a module whose full name equals or ends with
+    ``.NAME``); each encoder takes the names that match in it. Empty: the query and value projection of
+    every layer of each encoder (``query``/``value`` for BERT and VideoMAE, ``q_proj``/``v_proj`` for ViT,
+    AST and Whisper in transformers 5)."""

@@ -1,0 +1,156 @@
+"""Export a trained run for a serving system that does not run crossan (``crossan export RUN_DIR --out DIR``).
+
+``DIR`` holds::
+
+    item_embeddings.npy           float32 [R, d], R = N + 1 + E; row 0 is padding (zeros), rows 1..N the
+                                  training items, rows N+1.. the extra (cold-start) items
+    item_embeddings.safetensors   the same table under the key "item_embeddings"
+    item_ids.json                 [R] row → item id ("" for row 0)
+    item_titles.json              [R] row → title
+    model.safetensors             the trained weights: "user.*" (SASRec user encoder), "tower.*" (item tower;
+                                  frozen backbones of content methods are not included, see export.json)
+    config.yaml                   the run's resolved configuration
+    export.json                   shapes, dims, method, modalities, max_seq_len, the scoring rule, the user
+                                  encoder's hyper-parameters, file checksums, crossan version
+
+Scoring: ``score(user, row) = user_vector · item_embeddings[row]`` (dot product), excluding row 0 and the
+user's history. See ``docs/serving.md`` for the user encoder's computation and ANN indexing.
+
+The folder is written under a temporary name beside ``DIR`` and renamed into place once complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from safetensors.torch import save_file
+
+import crossan
+from crossan.serve import ServeError, load_recommender
+
+EXPORT_FORMAT = "crossan-export"
+EXPORT_FORMAT_VERSION = 1
+FILES = ("item_embeddings.npy", "item_embeddings.safetensors", "item_ids.json", "item_titles.json",
+         "model.safetensors", "config.yaml", "export.json")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_out(out: Path, force: bool) -> None:
+    if not out.exists():
+        return
+    if not force:
+        raise ServeError(f"{out} already exists; choose another --out or pass --force to replace it")
+    if not out.is_dir() or (any(out.iterdir()) and not (out / "export.json").is_file()):
+        raise ServeError(f"{out} exists and is not a crossan export folder; refusing to replace it")
+
+
+def export_run(run_dir: str | Path, out: str | Path, device: str = "auto", data_path: str | None = None,
+               include_extra: bool = True, force: bool = False) -> Path:
+    """Write the export folder ``out`` for ``run_dir`` (see the module docstring); returns ``out``."""
+    run_dir, out = Path(run_dir), Path(out)
+    _check_out(out, force)
+    rec = load_recommender(run_dir, device=device, data_path=data_path, include_extra=include_extra)
+    cfg, model = rec.cfg, rec.model
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        table = rec.item_table.detach().float().cpu().contiguous()
+        np.save(tmp / "item_embeddings.npy", table.numpy())
+        save_file({"item_embeddings": table}, str(tmp / "item_embeddings.safetensors"),
+                  metadata={"format": EXPORT_FORMAT, "crossan_version": crossan.__version__,
+                            "padding_row": "0", "scoring": "dot_product"})
+        (tmp / "item_ids.json").write_text(json.dumps(rec.item_ids, ensure_ascii=False))
+        (tmp / "item_titles.json").write_text(json.dumps(rec.titles, ensure_ascii=False))
+        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}  # dtypes as trained
+        save_file(weights, str(tmp / "model.safetensors"),
+                  metadata={"format": EXPORT_FORMAT, "crossan_version": crossan.__version__, "method": cfg.method})
+        shutil.copyfile(run_dir / "config.yaml", tmp / "config.yaml")
+        results: dict[str, Any] = {}
+        if (run_dir / "results.json").is_file():
+            results = json.loads((run_dir / "results.json").read_text())
+        tower = model.tower
+        frozen: dict[str, Any] = {}
+        if hasattr(tower, "features"):  # content towers read frozen encoders that are not in model.safetensors
+            from crossan.encoders import resolve_specs
+
+            frozen = {m: dataclasses.asdict(s) for m, s in resolve_specs(cfg, list(tower.modalities)).items()}
+            frozen = {"preset": cfg.encoders.preset, "specs": frozen,
+                      "note": "not included in model.safetensors; item_embeddings already hold their effect"}
+        files = {}
+        for name in FILES[:-1]:
+            entry: dict[str, Any] = {"sha256": _sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
+            if name.startswith("item_embeddings"):
+                entry.update(shape=list(table.shape), dtype="float32")
+            files[name] = entry
+        desc = {
+            "format": EXPORT_FORMAT,
+            "format_version": EXPORT_FORMAT_VERSION,
+            "crossan_version": crossan.__version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "source_run": str(run_dir.resolve()),
+            "dataset": rec.data.name,
+            "method": cfg.method,
+            "modalities": list(cfg.modalities),
+            "dim": int(table.shape[1]),
+            "rows": int(table.shape[0]),
+            "num_items": rec.num_train_items,
+            "num_extra_items": len(rec.extra_ids),
+            "padding_row": 0,
+            "max_seq_len": rec.max_seq_len,
+            "scoring": {
+                "rule": "dot_product",
+                "score": "user_vector · item_embeddings[row]",
+                "exclude": ["row 0 (padding)", "the items of the user's history"],
+                "ties": "the evaluator ranks strictly: an item tied with the target counts as above it",
+            },
+            "user_encoder": {
+                "type": "SASRec",
+                "weights_prefix": "user.",
+                **{k: v for k, v in dataclasses.asdict(cfg.user).items() if k != "dropout"},
+                "layer_norm_eps": 1e-5,
+                "activation": "gelu (erf)",
+                "input": "the rows of the history's last max_seq_len items, oldest first, left-padded with 0",
+                "output": "the hidden state at the last position",
+            },
+            "item_tower": {"type": type(tower).__name__, "weights_prefix": "tower.", "frozen_encoders": frozen},
+            "metrics": {k: results[k] for k in ("valid", "test", "best_epoch") if k in results},
+            "files": files,
+        }
+        (tmp / "export.json").write_text(json.dumps(desc, indent=2, ensure_ascii=False) + "\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        for name in FILES:  # readable as any file this user writes; flushed before the rename shows the folder
+            os.chmod(tmp / name, 0o666 & ~umask)
+            fd = os.open(tmp / name, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        if out.exists():  # --force (checked above): swap, then drop the old folder
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(out, old)
+            os.rename(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -1,0 +1,300 @@
+"""Common plumbing of the end-to-end baselines (METHOD.md §9): FFT, Adapter and LoRA.
+
+Unlike the side networks, these towers run each modality's backbone forward *and backward* at every
+training step. The tower owns one :class:`~crossan.encoders.ModalityEncoder` per modality (in an
+``nn.ModuleDict``, so the backbones' parameters are part of the model: moved, saved and counted with it)::
+
+    h_m   = pool(hidden_states[L_m])          the encoder's pooling over its last layer's output
+    item  = ModalityFusionHead(h_1 … h_M)     per modality GELU(Linear(D_m → d)), then Linear(concat → d)
+
+``hidden_states[L_m]`` is the state the frozen-feature baseline reads as its last tap, so at step 0 FFT,
+Adapter (with zero-initialised up-projections) and LoRA embed an item exactly as ``frozen`` does with the
+same head. A missing modality contributes zeros (the head masks its part, as :class:`FrozenTower` does);
+the backbone is run on the present items only.
+
+Preprocessed inputs
+-------------------
+Decoding video and audio at every step would dominate the step time, so each item's *preprocessed* model
+inputs (token ids, pixel values, filterbanks) are computed once and kept in memory (up to
+``<method>.input_memory_gb``), as IISAN's research code reads preprocessed inputs. The backbone itself
+still runs at every step. Variable-length inputs (text tokens) are stored unpadded and padded per batch
+exactly as the tokenizer pads a batch.
+
+Rows ``1..N`` are the catalogue records ``catalogue[item_ids[row]]``. Under ``torch.no_grad`` (evaluation)
+the backbone runs in chunks of ``encoders.batch_size`` items; with gradients the batch's items run at once.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+from crossan.encoders.base import POOL_MASK, ModalityEncoder, pool
+from crossan.towers.base import ItemTower, TowerContext
+from crossan.towers.frozen import ModalityFusionHead
+
+if TYPE_CHECKING:
+    from crossan.config import TrainConfig
+    from crossan.data.catalogue import Catalogue
+    from crossan.towers.configs import EndToEndConfig
+
+LAYER_STACKS: tuple[str, ...] = ("layers", "encoder.layer", "encoder.layers")
+"""Where the transformer layers of a backbone live (transformers 5: ``layers`` in ViT, AST and Whisper's
+encoder; ``encoder.layer`` in BERT and VideoMAE, and in ViT/AST of transformers 4)."""
+
+
+def layer_stack(model: nn.Module, num_layers: int) -> nn.ModuleList:
+    """The backbone's ``nn.ModuleList`` of its ``num_layers`` transformer layers."""
+    for path in LAYER_STACKS:
+        try:
+            stack = model.get_submodule(path)
+        except AttributeError:
+            continue
+        if isinstance(stack, nn.ModuleList) and len(stack) == num_layers:
+            return stack
+    raise ValueError(f"{type(model).__name__}: no list of {num_layers} layers at any of {list(LAYER_STACKS)}")
+
+
+def layer_prefix(model: nn.Module, num_layers: int) -> str:
+    """The dotted name of :func:`layer_stack` inside ``model``."""
+    stack = layer_stack(model, num_layers)
+    for name, module in model.named_modules():
+        if module is stack:
+            return name
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def pooled_last_state(encoder: ModalityEncoder, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``[B, D]`` float32: the encoder's pooling over ``hidden_states[L]`` (its last tap), with gradients."""
+    device = encoder.device
+    kwargs = {k: v.to(device) for k, v in inputs.items() if k != POOL_MASK}
+    out = encoder.model(**kwargs, **encoder.model_kwargs, output_hidden_states=True)
+    hidden = out.hidden_states
+    if len(hidden) != encoder.num_layers + 1:
+        raise RuntimeError(
+            f"{encoder.name}: expected {encoder.num_layers + 1} hidden states, the model returned {len(hidden)}"
+        )
+    last = hidden[encoder.num_layers]
+    mask = encoder.pool_mask(inputs, last.shape[1])
+    return pool(last, encoder.pooling, None if mask is None else mask.to(device)).float()
+
+
+# --------------------------------------------------------------------------------------------- inputs
+def _seq_mask(inputs: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """The token mask of variable-length (text) inputs, or None for fixed-size inputs."""
+    mask = inputs.get("attention_mask")
+    return mask if mask is not None and "input_ids" in inputs else None
+
+
+def _padding_side(encoder: ModalityEncoder) -> str:
+    tok = getattr(encoder, "tokenizer", None)
+    return str(getattr(tok, "padding_side", "right"))
+
+
+def split_inputs(encoder: ModalityEncoder, inputs: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """A batch of model inputs → one dict per item (batch dimension 1); token inputs lose their padding."""
+    n = len(next(iter(inputs.values())))
+    mask = _seq_mask(inputs)
+    left = _padding_side(encoder) == "left"
+    out = []
+    for i in range(n):
+        item = {}
+        length = int(mask[i].sum()) if mask is not None else None
+        for k, v in inputs.items():
+            x = v[i : i + 1]
+            if length is not None and x.dim() >= 2 and x.shape[1] == mask.shape[1]:
+                x = x[:, x.shape[1] - length :] if left else x[:, :length]
+            item[k] = x.clone()
+        out.append(item)
+    return out
+
+
+def collate_inputs(encoder: ModalityEncoder, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`split_inputs`: token inputs are padded to the longest item as the tokenizer pads."""
+    left = _padding_side(encoder) == "left"
+    tok = getattr(encoder, "tokenizer", None)
+    out = {}
+    for k in items[0]:
+        parts = [it[k] for it in items]
+        width = max(p.shape[1] for p in parts) if parts[0].dim() >= 2 else 0
+        if parts[0].dim() >= 2 and any(p.shape[1] != width for p in parts):
+            fill = int(getattr(tok, "pad_token_id", 0) or 0) if k == "input_ids" else 0
+            padded = []
+            for p in parts:
+                pad = p.new_full((p.shape[0], width - p.shape[1], *p.shape[2:]), fill)
+                padded.append(torch.cat([pad, p] if left else [p, pad], 1))
+            parts = padded
+        out[k] = torch.cat(parts, 0)
+    return out
+
+
+class InputMemo:
+    """Per item row: its preprocessed inputs (or None where the item lacks the modality), kept in memory."""
+
+    def __init__(self, encoder: ModalityEncoder, catalogue: Catalogue, item_ids: list[str], batch_size: int,
+                 on_corrupt: str, limit_bytes: float) -> None:
+        self.encoder = encoder
+        self.catalogue = catalogue
+        self.item_ids = item_ids
+        self.batch_size = max(1, batch_size)
+        self.on_corrupt = on_corrupt
+        self.limit_bytes = limit_bytes
+        self.present: dict[int, bool] = {}
+        self.inputs: dict[int, dict[str, torch.Tensor]] = {}
+        self.bytes = 0
+
+    def get(self, rows: list[int]) -> tuple[list[dict[str, torch.Tensor] | None], list[bool]]:
+        """Inputs and presence of each row (rows ≥ 1), preprocessing the rows not seen or not kept."""
+        todo = [r for r in dict.fromkeys(rows) if r not in self.present or (self.present[r] and r not in self.inputs)]
+        fresh: dict[int, dict[str, torch.Tensor]] = {}
+        for start in range(0, len(todo), self.batch_size):
+            chunk = todo[start : start + self.batch_size]
+            records = [self.catalogue[self.item_ids[r]] for r in chunk]
+            loaded = self.encoder.load_media(records, self.catalogue, self.on_corrupt)
+            have = [r for r, p in zip(chunk, loaded.present) if p]
+            for r, p in zip(chunk, loaded.present):
+                self.present[r] = p
+            if have:
+                media = [m for m, p in zip(loaded.media, loaded.present) if p]
+                for r, item in zip(have, split_inputs(self.encoder, self.encoder.process(media))):
+                    fresh[r] = item
+                    size = sum(v.numel() * v.element_size() for v in item.values())
+                    if self.bytes + size <= self.limit_bytes:
+                        self.inputs[r] = item
+                        self.bytes += size
+        present = [self.present[r] for r in rows]
+        inputs = [(self.inputs.get(r) or fresh.get(r)) if p else None for r, p in zip(rows, present)]
+        return inputs, present
+
+
+# --------------------------------------------------------------------------------------------- tower
+class EndToEndTower(ItemTower):
+    """Backbones that train (or carry trainable modules) + :class:`ModalityFusionHead`.
+
+    Subclasses set :attr:`method` and implement :meth:`adapt` (what of each backbone trains, and modules
+    inserted into it) and :meth:`backbone_groups` (their optimiser groups); the head's group ``heads`` at
+    ``train.lr`` is added here.
+    """
+
+    method: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        encoders: dict[str, ModalityEncoder],
+        catalogue: Catalogue,
+        item_ids: list[str],
+        dim: int,
+        options: EndToEndConfig,
+        batch_size: int = 32,
+        on_corrupt: str = "error",
+    ) -> None:
+        super().__init__()
+        if not encoders:
+            raise ValueError(f"method={self.method!r} needs at least one modality")
+        self.modalities = list(encoders)
+        self.options = options
+        self.encoders = nn.ModuleDict(encoders)
+        self.num_items, self.dim = len(item_ids) - 1, dim
+        self.dims = {m: int(e.hidden_size) for m, e in encoders.items()}
+        self.batch_size = batch_size
+        self.item_ids = list(item_ids)
+        limit = float(options.input_memory_gb) * 2**30
+        self.memo = {m: InputMemo(e, catalogue, self.item_ids, batch_size, on_corrupt, limit)
+                     for m, e in encoders.items()}
+        for m, e in encoders.items():
+            e.model.requires_grad_(False)
+            self.adapt(m, e)
+            if options.gradient_checkpointing:
+                enable_gradient_checkpointing(e)
+        self.head = ModalityFusionHead(self.dims, dim)
+
+    # ------------------------------------------------------------------ subclass hooks
+    @abstractmethod
+    def adapt(self, modality: str, encoder: ModalityEncoder) -> None:
+        """Make ``encoder``'s backbone trainable as the method prescribes (it arrives fully frozen)."""
+
+    @abstractmethod
+    def backbone_groups(self, train: TrainConfig) -> list[dict[str, Any]]:
+        """Optimiser groups of the trainable parts inside the backbones."""
+
+    # ------------------------------------------------------------------ interface
+    def param_groups(self, train: TrainConfig) -> list[dict[str, Any]]:
+        return [*self.backbone_groups(train), {"name": "heads", "params": list(self.head.parameters()), "lr": train.lr}]
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        rows = [int(r) for r in items.detach().cpu().reshape(-1).tolist()]
+        if rows and (min(rows) < 1 or max(rows) > self.num_items):
+            raise IndexError(f"item rows must lie in 1..{self.num_items}, got {min(rows)}..{max(rows)}")
+        pooled, present = [], []
+        for m in self.modalities:
+            h, p = self.encode_modality(m, rows, items.device)
+            pooled.append(h)
+            present.append(p)
+        return self.head(pooled, torch.stack(present, 1))
+
+    def encode_modality(self, modality: str, rows: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled last states ``[U, D_m]`` of ``rows`` (zeros where absent) and presence ``Bool[U]``."""
+        encoder: ModalityEncoder = self.encoders[modality]  # type: ignore[assignment]
+        inputs, present = self.memo[modality].get(rows)
+        mask = torch.tensor(present, dtype=torch.bool, device=device)
+        out = torch.zeros(len(rows), self.dims[modality], device=device)
+        have = [i for i, p in enumerate(present) if p]
+        if have:
+            h = self.run_backbone(encoder, [inputs[i] for i in have])  # type: ignore[misc]
+            out = out.index_copy(0, torch.tensor(have, device=device), h.to(device))
+        elif torch.is_grad_enabled() and any(p.requires_grad for p in encoder.parameters()):
+            # no item of the batch has this modality: run one placeholder so that every trainable parameter
+            # still takes part in the graph (DistributedDataParallel expects that); it adds exact zeros
+            placeholder = split_inputs(encoder, encoder.process([encoder.placeholder()]))
+            out = out + 0.0 * self.run_backbone(encoder, placeholder).sum().to(device)
+        return out, mask
+
+    def run_backbone(self, encoder: ModalityEncoder, items: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            return pooled_last_state(encoder, collate_inputs(encoder, items))
+        step = max(1, self.batch_size)
+        return torch.cat([pooled_last_state(encoder, collate_inputs(encoder, items[i : i + step]))
+                          for i in range(0, len(items), step)])
+
+    def module_report(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for m, e in self.encoders.items():
+            ps = list(e.parameters())
+            out[f"encoders.{m}"] = {"trainable": sum(p.numel() for p in ps if p.requires_grad),
+                                    "total": sum(p.numel() for p in ps)}
+        ps = list(self.head.parameters())
+        out["head"] = {"trainable": sum(p.numel() for p in ps if p.requires_grad), "total": sum(p.numel() for p in ps)}
+        return out
+
+
+def enable_gradient_checkpointing(encoder: ModalityEncoder) -> None:
+    """Switch on the transformers model's (non-reentrant) activation checkpointing, where it supports it.
+
+    transformers 5 names it ``activation_checkpointing_enable`` (``gradient_checkpointing_enable`` is its
+    deprecated alias, the only name in 4.x). It acts in training mode only.
+    """
+    model = encoder.model
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ValueError(f"{encoder.name} ({type(model).__name__}) does not support gradient checkpointing")
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def build_endtoend(cls: type[EndToEndTower], ctx: TowerContext) -> EndToEndTower:
+    """Build ``cls`` over ``ctx.config.modalities`` with encoders resolved from ``ctx.config.encoders``."""
+    from crossan.encoders import build_encoder, resolve_specs
+
+    cfg = ctx.config
+    if ctx.catalogue is None:
+        raise ValueError(f"method={cls.method!r} runs the encoders on raw item content: it needs the catalogue")
+    specs = resolve_specs(cfg, cfg.modalities)
+    device = str(ctx.extras.get("device", "cpu"))
+    encoders = {m: build_encoder(m, specs[m], device=device) for m in cfg.modalities}
+    return cls(encoders, ctx.catalogue, ctx.item_ids, cfg.user.dim, getattr(cfg, cls.method),
+               batch_size=cfg.encoders.batch_size, on_corrupt=cfg.cache.on_corrupt)

@@ -1,0 +1,119 @@
+"""LoRA (``method=lora``, METHOD.md §9) through ``peft``: rank-r updates on every layer's query and value.
+
+``peft.inject_adapter_in_model`` wraps each target ``nn.Linear`` in place as ``W x + (α/r) · B A dropout(x)``
+with ``A`` drawn (Kaiming-uniform) and ``B = 0``: the pretrained weights are kept as they are (moved under
+``base_layer``, never re-initialised) and a freshly wrapped model gives exactly the original outputs.
+
+Targets, resolved per family inside each layer of the backbone (transformers 5):
+
+==========================  ======================
+family                      query, value
+==========================  ======================
+bert, videomae              ``query``, ``value``
+vit, ast, whisper           ``q_proj``, ``v_proj``
+==========================  ======================
+
+``lora.targets`` overrides them with module names matched as peft matches them (full name equal to, or
+ending in, ``.NAME``); each backbone takes the names that match in it. The backbone stays frozen; the LoRA
+matrices train at ``train.lr_peft`` (group ``lora``), the head at ``train.lr``. Trainable parameters per
+target: r · (in + out).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from crossan.config import TrainConfig
+from crossan.encoders.base import ModalityEncoder
+from crossan.towers.base import TowerContext, register
+from crossan.towers.configs import LoRAConfig
+from crossan.towers.endtoend import EndToEndTower, build_endtoend, layer_prefix, layer_stack
+
+QUERY_VALUE: tuple[tuple[str, ...], tuple[str, ...]] = (("query", "q_proj"), ("value", "v_proj"))
+"""Names of the query and value projections across families (BERT/VideoMAE; ViT/AST/Whisper)."""
+
+
+def default_targets(model: nn.Module, num_layers: int) -> list[str]:
+    """Full names of each layer's query and value ``nn.Linear`` (exactly one of each per layer)."""
+    prefix = layer_prefix(model, num_layers)
+    names = []
+    for i, layer in enumerate(layer_stack(model, num_layers)):
+        for kind, candidates in zip(("query", "value"), QUERY_VALUE):
+            hits = [n for n, mod in layer.named_modules()
+                    if isinstance(mod, nn.Linear) and n.rpartition(".")[2] in candidates]
+            if len(hits) != 1:
+                raise ValueError(f"{type(layer).__name__} (layer {i}): expected one {kind} projection named one of "
+                                 f"{list(candidates)}, found {hits}")
+            names.append(f"{prefix}.{i}.{hits[0]}")
+    return names
+
+
+def matching_modules(model: nn.Module, targets: list[str]) -> list[str]:
+    """Names of the modules of ``model`` that peft would match with ``targets``."""
+    return [n for n, _ in model.named_modules() if n and any(n == t or n.endswith("." + t) for t in targets)]
+
+
+def lora_layers(model: nn.Module) -> list[nn.Module]:
+    """The peft LoRA layers inside ``model``."""
+    from peft.tuners.lora import LoraLayer
+
+    return [m for m in model.modules() if isinstance(m, LoraLayer)]
+
+
+def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The LoRA matrices (``lora_A``, ``lora_B``, and embedding variants) of every LoRA layer of ``model``."""
+    params: list[nn.Parameter] = []
+    for layer in lora_layers(model):
+        for attr in ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B"):
+            holder = getattr(layer, attr, None)
+            if isinstance(holder, (nn.ModuleDict, nn.ParameterDict)):
+                params += list(holder.parameters())
+    return params
+
+
+def inject_lora(model: nn.Module, targets: list[str], options: LoRAConfig) -> list[str]:
+    """Wrap ``targets`` (full module names) of ``model`` in place; returns them."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    config = LoraConfig(r=options.rank, lora_alpha=options.alpha, lora_dropout=options.dropout,
+                        target_modules=list(targets), bias="none")
+    inject_adapter_in_model(config, model)
+    return targets
+
+
+class LoRATower(EndToEndTower):
+    """Frozen backbones with LoRA on query/value of every layer, under :class:`ModalityFusionHead`."""
+
+    method = "lora"
+    targets: dict[str, list[str]]
+    """Per modality, the full names of the wrapped modules inside its backbone."""
+
+    def adapt(self, modality: str, encoder: ModalityEncoder) -> None:
+        options: LoRAConfig = self.options  # type: ignore[assignment]
+        if not hasattr(self, "targets"):
+            self.targets = {}
+        model = encoder.model
+        if options.targets:
+            names = [n for n in matching_modules(model, options.targets) if isinstance(model.get_submodule(n), nn.Linear)]
+            if not names:
+                raise ValueError(f"lora.targets={options.targets} match no linear layer of the {modality} encoder "
+                                 f"{encoder.name} ({encoder.family})")
+        else:
+            names = default_targets(model, encoder.num_layers)
+        inject_lora(model, names, options)
+        model.requires_grad_(False)
+        for p in lora_parameters(model):
+            p.requires_grad_(True)
+        self.targets[modality] = names
+
+    def backbone_groups(self, train: TrainConfig) -> list[dict[str, Any]]:
+        params = [p for e in self.encoders.values() for p in lora_parameters(e.model)]
+        return [{"name": "lora", "params": params, "lr": train.lr_peft}]
+
+
+@register("lora")
+def build(ctx: TowerContext) -> LoRATower:
+    """LoRA over ``ctx.config.modalities`` (options ``ctx.config.lora``)."""
+    return build_endtoend(LoRATower, ctx)  # type: ignore[return-value]

@@ -1,0 +1,315 @@
+"""End-to-end baselines (METHOD.md §9): FFT, Houlsby adapters and LoRA over every encoder family.
+
+Tiny random-init models of the five families (bert, vit, videomae, ast, whisper) over real media files:
+what one optimiser step changes, where adapters and LoRA go, that fresh adapters/LoRA leave the model's
+outputs unchanged, parameter counts against their closed forms, and a short training run of each method.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from crossan.cache.live import LiveFeatures
+from crossan.config import Config, load_config
+from crossan.data.synth import generate
+from crossan.encoders import build_encoder, resolve_specs
+from crossan.towers.adapter import AdapterTower, BottleneckAdapter
+from crossan.towers.base import TowerContext, build_tower
+from crossan.towers.configs import AdapterConfig, LoRAConfig
+from crossan.towers.endtoend import EndToEndTower, collate_inputs, pooled_last_state, split_inputs
+from crossan.towers.fft import FFTTower
+from crossan.towers.frozen import FrozenTower, ModalityFusionHead
+from crossan.towers.lora import LoRATower, lora_layers
+from crossan.trainer import train
+from crossan.utils import count_params
+from media_helpers import FakeData, make_dataset
+
+WHISPER = ("config:whisper:d_model=64,encoder_layers=2,encoder_attention_heads=2,encoder_ffn_dim=128,"
+           "num_mel_bins=16,max_source_positions=50,decoder_layers=1,decoder_attention_heads=2")
+FAMILY_MODALITY = {"bert": "text", "vit": "image", "videomae": "video", "ast": "audio", "whisper": "audio"}
+FAMILIES = list(FAMILY_MODALITY)
+METHODS = ("fft", "adapter", "lora")
+LAYERS, WIDTH = 2, 64  # the tiny preset (and WHISPER above)
+
+# insertion points relative to each layer (transformers 5.x module names)
+ADAPTER_POINTS = {
+    "bert": ("encoder.layer", "attention.output.dense", "output.dense"),
+    "videomae": ("encoder.layer", "attention.output.dense", "output.dense"),
+    "vit": ("layers", "attention.o_proj", "mlp.fc2"),
+    "ast": ("layers", "attention.o_proj", "mlp.fc2"),
+    "whisper": ("layers", "self_attn.out_proj", "fc2"),
+}
+LORA_POINTS = {
+    "bert": ("encoder.layer", "attention.self.query", "attention.self.value"),
+    "videomae": ("encoder.layer", "attention.attention.query", "attention.attention.value"),
+    "vit": ("layers", "attention.q_proj", "attention.v_proj"),
+    "ast": ("layers", "attention.q_proj", "attention.v_proj"),
+    "whisper": ("layers", "self_attn.q_proj", "self_attn.v_proj"),
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models on shared CPUs: one intra-op thread is far faster than several contending ones."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory) -> FakeData:
+    """6 items with real media; item 2 lacks text, 3 the image, 4 the video, 5 the audio."""
+    return make_dataset(tmp_path_factory.mktemp("media"), n=6)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate(tmp_path_factory.mktemp("synth") / "tiny", size="tiny", progress=False)
+
+
+def make_cfg(method: str, families: list[str], *overrides: str) -> Config:
+    args = [f"method={method}", f"modalities=[{','.join(FAMILY_MODALITY[f] for f in families)}]",
+            "encoders.preset=tiny", "device=cpu", *overrides]
+    if "whisper" in families:
+        args += [f"encoders.audio.model={WHISPER}", "encoders.audio.num_taps=3", "encoders.audio.audio_seconds=1.0"]
+    return load_config([], args)
+
+
+def build(cfg: Config, data: FakeData) -> EndToEndTower:
+    tower = build_tower(TowerContext(cfg, data.num_items, data.item_ids, data.catalogue))
+    assert isinstance(tower, EndToEndTower)
+    return tower
+
+
+def encoder_for(family: str):
+    cfg = make_cfg("fft", [family])
+    m = FAMILY_MODALITY[family]
+    return build_encoder(m, resolve_specs(cfg, [m])[m])
+
+
+def all_hidden(encoder, inputs) -> tuple[torch.Tensor, ...]:
+    kwargs = {k: v for k, v in inputs.items() if k != "pool_mask"}
+    return encoder.model(**kwargs, **encoder.model_kwargs, output_hidden_states=True).hidden_states
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in module.named_parameters()}
+
+
+def train_steps(tower: EndToEndTower, cfg: Config, steps: int = 2) -> None:
+    groups = tower.param_groups(cfg.train)
+    opt = torch.optim.Adam([{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in groups])
+    target = torch.randn(6, tower.dim, generator=torch.Generator().manual_seed(0))
+    tower.train()
+    for _ in range(steps):
+        loss = ((tower(torch.arange(1, 7)) - target) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+# --------------------------------------------------------------------------------------------- one step
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("method", METHODS)
+def test_steps_update_exactly_what_the_method_trains(method: str, family: str, media: FakeData) -> None:
+    cfg = make_cfg(method, [family])
+    torch.manual_seed(0)
+    tower = build(cfg, media)
+    (m,) = tower.modalities
+    backbone = tower.encoders[m].model
+    before = snapshot(tower)
+
+    # optimiser groups: explicit, disjoint, exactly the trainable parameters, at the method's learning rates
+    groups = tower.param_groups(cfg.train)
+    grouped = [id(p) for g in groups for p in g["params"]]
+    assert len(grouped) == len(set(grouped))
+    assert set(grouped) == {id(p) for p in tower.parameters() if p.requires_grad}
+    lr = {g["name"]: g["lr"] for g in groups}
+    assert lr["heads"] == cfg.train.lr
+    expected_lr = {"fft": {f"backbone.{m}": cfg.train.lr_backbone}, "adapter": {"adapters": cfg.train.lr_peft},
+                   "lora": {"lora": cfg.train.lr_peft}}[method]
+    assert {k: v for k, v in lr.items() if k != "heads"} == expected_lr
+
+    # counts: crossan.utils.count_params against a direct count, and the closed forms
+    trainable, total = count_params(tower)
+    assert trainable == sum(p.numel() for p in tower.parameters() if p.requires_grad)
+    assert total == sum(p.numel() for p in tower.parameters())
+    head = ModalityFusionHead.num_params([WIDTH], cfg.user.dim)
+    r = {"adapter": cfg.adapter.bottleneck, "lora": cfg.lora.rank}.get(method)
+    if method == "adapter":
+        assert trainable - head == 2 * LAYERS * (2 * WIDTH * r + r + WIDTH)
+    elif method == "lora":
+        assert trainable - head == 2 * LAYERS * r * (WIDTH + WIDTH)
+    else:
+        assert isinstance(tower, FFTTower)
+        frozen = set(tower.frozen[m])
+        assert trainable == total - sum(p.numel() for n, p in backbone.named_parameters() if n in frozen)
+        # frozen: only what cannot reach hidden_states[L] (pooler, final LayerNorm) or what the model fixes
+        allowed = {"bert": {"pooler"}, "vit": {"pooler", "layernorm"}, "videomae": set(), "ast": {"layernorm"},
+                   "whisper": {"embed_positions"}}[family]
+        assert {n.split(".")[0] for n in frozen} == allowed
+
+    train_steps(tower, cfg)
+    after = snapshot(tower)
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    params = dict(tower.named_parameters())
+    trainable_names = {n for n, p in params.items() if p.requires_grad}
+    assert changed == trainable_names  # every trainable tensor moved; nothing else did (bit-identical)
+    assert any(n.startswith("head.") for n in changed)
+    if method == "adapter":
+        assert all(".adapter." in n for n in changed if not n.startswith("head."))
+    if method == "lora":
+        lora_names = {n for n in params if ".lora_A." in n or ".lora_B." in n}
+        assert lora_names and lora_names <= changed  # A and B both moved (B starts at zero)
+        assert all(n in lora_names for n in changed if not n.startswith("head."))
+
+
+# --------------------------------------------------------------------------------------------- insertion
+@pytest.mark.parametrize("family", FAMILIES)
+def test_adapter_points_and_zero_init_identity(family: str, media: FakeData) -> None:
+    encoder = encoder_for(family)
+    original = copy.deepcopy(encoder.model)
+    options = AdapterConfig(zero_init_up=True)
+    tower = AdapterTower({encoder.modality: encoder}, media.catalogue, media.item_ids, 64, options)
+    adapters = tower.adapter_modules(encoder.modality)
+    assert len(adapters) == 2 * LAYERS
+    stack, attn, ffn = ADAPTER_POINTS[family]
+    names = [n for n, mod in encoder.model.named_modules() if isinstance(mod, BottleneckAdapter)]
+    assert names == [f"{stack}.{i}.{rel}.adapter" for i in range(LAYERS) for rel in (attn, ffn)]
+    assert all(a.up.weight.abs().sum() == 0 for a in adapters)
+    inputs = encoder.process([encoder.placeholder()])
+    tower.eval()
+    with torch.no_grad():
+        got = all_hidden(encoder, inputs)
+        want = all_hidden(type(encoder)(encoder.info, encoder.spec, original), inputs)
+    assert len(got) == LAYERS + 1 and all(torch.equal(a, b) for a, b in zip(got, want))
+    # the default N(0, 0.01²) up-projection starts near, not at, the identity
+    near = AdapterTower({encoder.modality: encoder_for(family)}, media.catalogue, media.item_ids, 64, AdapterConfig())
+    near_enc = near.encoders[encoder.modality]
+    with torch.no_grad():
+        last = all_hidden(near_enc, inputs)[-1]
+    assert not torch.equal(last, want[-1]) and torch.allclose(last, want[-1], atol=0.05)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lora_targets_and_fresh_lora_keeps_outputs(family: str, media: FakeData) -> None:
+    encoder = encoder_for(family)
+    original = copy.deepcopy(encoder.model)
+    tower = LoRATower({encoder.modality: encoder}, media.catalogue, media.item_ids, 64, LoRAConfig())
+    stack, q, v = LORA_POINTS[family]
+    assert tower.targets[encoder.modality] == [f"{stack}.{i}.{rel}" for i in range(LAYERS) for rel in (q, v)]
+    layers = lora_layers(encoder.model)
+    assert len(layers) == 2 * LAYERS
+    for name in tower.targets[encoder.modality]:
+        wrapped = encoder.model.get_submodule(name)
+        assert torch.equal(wrapped.base_layer.weight, original.get_submodule(name).weight)  # not re-initialised
+        assert wrapped.lora_B["default"].weight.abs().sum() == 0 and wrapped.lora_A["default"].weight.abs().sum() > 0
+    tower.eval()
+    inputs = encoder.process([encoder.placeholder()])
+    with torch.no_grad():
+        got = all_hidden(encoder, inputs)
+        want = all_hidden(type(encoder)(encoder.info, encoder.spec, original), inputs)
+    assert len(got) == LAYERS + 1 and all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+def test_lora_targets_override(media: FakeData) -> None:
+    cfg = make_cfg("lora", ["bert"], "lora.targets=[query,key,value]", "lora.rank=4")
+    tower = build(cfg, media)
+    assert [n.rsplit(".", 1)[1] for n in tower.targets["text"]] == ["query", "key", "value"] * LAYERS
+    assert count_params(tower)[0] - ModalityFusionHead.num_params([WIDTH], 64) == 3 * LAYERS * 4 * (2 * WIDTH)
+    with pytest.raises(ValueError, match="match no linear layer"):
+        build(make_cfg("lora", ["bert"], "lora.targets=[no_such_module]"), media)
+
+
+# --------------------------------------------------------------------------------------------- semantics
+def test_step0_embeds_like_frozen_features(media: FakeData) -> None:
+    """FFT at step 0 = the frozen-feature tower with the same head over live last-layer states, missing
+    modalities included (each of items 2–5 lacks one)."""
+    cfg = make_cfg("fft", ["bert", "vit", "videomae", "ast"])
+    tower = build(cfg, media)
+    specs = resolve_specs(cfg, cfg.modalities)
+    live = LiveFeatures({m: build_encoder(m, specs[m]) for m in cfg.modalities}, media.catalogue, media.item_ids)
+    frozen = FrozenTower(live, cfg.modalities, media.num_items, 64)
+    frozen.head.load_state_dict(tower.head.state_dict())
+    tower.eval()
+    frozen.eval()
+    items = torch.tensor([3, 1, 6, 2, 5, 4])
+    sizes: list[int] = []  # the video backbone runs on the 5 items that have a video only
+    tower.encoders["video"].model.register_forward_pre_hook(
+        lambda mod, args, kwargs: sizes.append(len(kwargs["pixel_values"])), with_kwargs=True)
+    with torch.no_grad():
+        assert torch.allclose(tower(items), frozen(items), atol=1e-5)
+    assert sizes == [5]
+
+
+def test_batch_without_a_modality_still_reaches_every_trainable_parameter(media: FakeData) -> None:
+    tower = build(make_cfg("adapter", ["vit", "bert"]), media)
+    tower.train()
+    out = tower(torch.tensor([3]))  # item 3 has no image
+    out.sum().backward()
+    assert all(p.grad is not None for p in tower.parameters() if p.requires_grad)
+
+
+def test_inputs_are_preprocessed_once_and_the_backbone_runs_every_step(media: FakeData, monkeypatch) -> None:
+    tower = build(make_cfg("lora", ["bert", "videomae"]), media)
+    enc = tower.encoders["text"]
+    batch = enc.process(["a b", "a longer title here", "x"])
+    again = collate_inputs(enc, split_inputs(enc, batch))
+    assert again.keys() == batch.keys() and all(torch.equal(again[k], batch[k]) for k in batch)
+    reads, calls = [], []
+    for m in ("text", "video"):
+        real = tower.encoders[m].load_media
+        monkeypatch.setattr(tower.encoders[m], "load_media",
+                            lambda records, *a, _real=real, **k: reads.append(len(records)) or _real(records, *a, **k))
+        tower.encoders[m].model.register_forward_hook(lambda *a: calls.append(1))
+    for _ in range(3):
+        tower(torch.arange(1, 7)).sum().backward()
+    assert reads == [6, 6] and len(calls) == 6
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(media: FakeData) -> None:
+    spec = ("config:bert:hidden_size=64,num_hidden_layers=2,num_attention_heads=2,intermediate_size=128,"
+            "max_position_embeddings=64,hidden_dropout_prob=0,attention_probs_dropout_prob=0")
+    grads, flags = [], []
+    for ckpt in (False, True):
+        torch.manual_seed(0)  # the same head
+        tower = build(make_cfg("fft", ["bert"], f"encoders.text.model={spec}", "encoders.text.max_text_len=16",
+                               f"fft.gradient_checkpointing={str(ckpt).lower()}"), media)
+        tower.train()  # checkpointing acts in training mode only (no dropout in this model)
+        flags.append(any(getattr(mod, "gradient_checkpointing", False) for mod in tower.modules()))
+        tower(torch.arange(1, 7)).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in tower.named_parameters() if p.grad is not None})
+    assert flags == [False, True]
+    assert grads[0].keys() == grads[1].keys()
+    assert all(torch.allclose(grads[0][n], grads[1][n], atol=1e-6) for n in grads[0])
+
+
+def test_pooled_last_state_is_the_last_tap() -> None:
+    encoder = encoder_for("videomae")
+    inputs = encoder.process([encoder.placeholder()])
+    with torch.no_grad():
+        assert torch.allclose(pooled_last_state(encoder, inputs), encoder(inputs)[:, -1], atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------- training
+@pytest.mark.parametrize(("method", "modalities"), [("fft", "[text,image]"), ("adapter", "[video,audio]"),
+                                                    ("lora", "[text,image,video,audio]")])
+def test_train_run_writes_results(method: str, modalities: str, synth: Path, tmp_path: Path) -> None:
+    cfg = load_config([], [f"data.path={synth}", f"method={method}", f"modalities={modalities}", "device=cpu",
+                           "encoders.preset=tiny", "train.epochs=1", "train.max_steps_per_epoch=2",
+                           "train.batch_size=16"])
+    res = train(cfg, tmp_path / "run", progress=False)
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["method"] == method and saved["test"] == res["test"]
+    assert saved["trainable_params"] == sum(r["trainable"] for r in saved["modules"].values())
+    assert saved["total_params"] == sum(r["total"] for r in saved["modules"].values())
+    backbones = [r for name, r in saved["modules"].items() if name.startswith("tower.encoders.")]
+    assert len(backbones) == len(cfg.modalities)
+    for r in backbones:  # FFT trains almost all of each backbone (pooler/final LayerNorm stay), the others little
+        assert (r["trainable"] > 0.9 * r["total"]) if method == "fft" else (0 < r["trainable"] < 0.5 * r["total"])

@@ -1,0 +1,422 @@
+"""Serving: recommendations equal the evaluator's ranking, cold-start items, export without crossan, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import random_dataset
+from crossan.cli import main
+from crossan.config import load_config
+from crossan.evaluation import rank_split, strict_ranks
+from crossan.serve import (
+    EXTRA_DIR,
+    ServeError,
+    UnknownItemError,
+    embed_items,
+    load_recommender,
+    read_extra_items,
+    version_compatible,
+)
+from crossan.trainer import load_run, train
+
+
+# --------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def id_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("id")
+    data = random_dataset(root / "data", n_users=60, n_items=30)
+    cfg = load_config([], [f"data.path={data}", "train.epochs=2", "train.batch_size=32", "device=cpu",
+                           "user.dim=32", "data.max_seq_len=6"])
+    train(cfg, root / "run", progress=False)
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def content_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from crossan.cache import build_cache
+    from crossan.data import prepare
+    from crossan.data.synth import generate
+
+    root = tmp_path_factory.mktemp("content")
+    synth = generate(root / "synth", size="tiny", progress=False)
+    cfg = load_config([], [f"data.path={synth}", "method=frozen", "modalities=[text,image]", "encoders.preset=tiny",
+                           f"cache.dir={root / 'cache'}", "train.epochs=1", "train.batch_size=64", "user.dim=32",
+                           "device=cpu"])
+    data = prepare(cfg.data)
+    build_cache(cfg, data, cfg.modalities, progress=False)
+    train(cfg, root / "run", data=data, progress=False)
+    return root / "run"
+
+
+def _copy(run: Path, tmp_path: Path, name: str = "run") -> Path:
+    return Path(shutil.copytree(run, tmp_path / name))
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _test_histories(data) -> list[list[str]]:
+    return [[data.item_ids[r] for r in row if r > 0] for row in data.test.history]
+
+
+# --------------------------------------------------------------------------------------------- recommend
+@pytest.mark.parametrize("which", ["id_run", "content_run"])
+def test_recommendations_are_the_evaluators_top_k(which: str, request: pytest.FixtureRequest) -> None:
+    run = request.getfixturevalue(which)
+    rec = load_recommender(run, device="cpu")
+    cfg, data, model = load_run(run, "cpu")
+    table = model.tower.embed_all(cfg.eval.batch_size)
+    torch.testing.assert_close(rec.item_table, table)
+    assert rec.item_ids == data.item_ids and len(rec.titles) == len(rec.item_ids)
+
+    # the evaluator's scores for the test split: user vectors of its input windows, history masked
+    inputs = torch.as_tensor(data.test.inputs)
+    history = torch.as_tensor(data.test.history)
+    with torch.no_grad():
+        scores = model.user_vectors(inputs, table) @ table.T
+    scores[:, 0] = -torch.inf
+    scores.scatter_(1, history, -torch.inf)
+    k = 10
+    top_s, top_i = torch.topk(scores, k, dim=1)
+
+    histories = _test_histories(data)
+    batched = rec.recommend_many(histories, k=k, batch_size=17)  # several batches
+    for u, (items, hist) in enumerate(zip(batched, histories)):
+        assert [r.item_id for r in items] == [data.item_ids[i] for i in top_i[u].tolist()]
+        assert [r.score for r in items] == pytest.approx(top_s[u].tolist(), rel=1e-5, abs=1e-5)
+        assert not set(r.item_id for r in items) & set(hist)  # history never recommended
+        assert [r.title for r in items] == [data.catalogue[r.item_id].text for r in items]
+    single = rec.recommend(histories[3], k=k)
+    assert [r.item_id for r in single] == [r.item_id for r in batched[3]]
+    by_user = rec.recommend_many({"a": histories[0], "b": histories[1]}, k=3)
+    assert list(by_user) == ["a", "b"] and [r.item_id for r in by_user["b"]] == [r.item_id for r in batched[1][:3]]
+
+    # the served scores rank the test targets exactly as the evaluator does
+    # (the evaluator never excludes the target itself, even when the user had it before: mask by its rule)
+    ranks = strict_ranks(rec.scores(histories, exclude_history=False), torch.as_tensor(data.test.targets), history)
+    expected = rank_split(lambda x: model.user_vectors(x, table), table, data.test.inputs, data.test.targets,
+                          data.test.history)
+    assert torch.equal(ranks, expected)
+
+    # without exclusion the history may come back; the padding row never does
+    everything = rec.recommend(histories[0], k=rec.num_candidates + 5, exclude_history=False)
+    assert len(everything) == data.num_items and "" not in {r.item_id for r in everything}
+    assert len(rec.recommend(histories[0], k=10_000)) == data.num_items - len(set(histories[0]))
+
+
+def test_long_history_reads_the_last_max_seq_len_items(id_run: Path) -> None:
+    rec = load_recommender(id_run, device="cpu")
+    L = rec.max_seq_len
+    long = [rec.item_ids[r] for r in range(1, 2 * L + 4)]
+    torch.testing.assert_close(rec.user_vectors([long]), rec.user_vectors([long[-L:]]))
+    # ... but every history item is excluded, not just the last L
+    assert not {r.item_id for r in rec.recommend(long, k=50)} & set(long)
+
+
+def test_cli_recommend_history_and_users_file(id_run: Path, tmp_path: Path, capsys) -> None:
+    rec = load_recommender(id_run, device="cpu")
+    hist = rec.item_ids[1:5]
+    assert main(["recommend", str(id_run), "--history", *hist, "--k", "4", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    expected = rec.recommend(hist, k=4)
+    assert len(lines) == 5 and [ln.split()[1] for ln in lines[1:]] == [r.item_id for r in expected]
+
+    users = tmp_path / "users.tsv"
+    histories = {"alice": rec.item_ids[1:4], "bob": rec.item_ids[10:12], "carol": rec.item_ids[20:21]}
+    users.write_text("".join(f"{u}\t{' '.join(h)}\n" for u, h in histories.items()))
+    out = tmp_path / "out" / "recs.csv"
+    assert main(["recommend", str(id_run), "--users", str(users), "--out", str(out), "--k", "3",
+                 "--device", "cpu"]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [r["user"] for r in rows] == ["alice"] * 3 + ["bob"] * 3 + ["carol"] * 3
+    want = rec.recommend_many(histories, k=3)
+    for r in rows:
+        hit = want[r["user"]][int(r["rank"]) - 1]
+        assert r["item_id"] == hit.item_id and float(r["score"]) == pytest.approx(hit.score, rel=1e-4)
+    assert [p.name for p in out.parent.iterdir()] == ["recs.csv"]  # no temporary left
+
+
+# --------------------------------------------------------------------------------------------- cold start
+def _new_catalogue(folder: Path, synth: Path, rows: list[tuple[str, str, str | None]]) -> Path:
+    """items.tsv with (id, title, image copied from the synth dataset or None)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = ["item_id\ttitle\timage"]
+    for item, title, image in rows:
+        cell = ""
+        if image:
+            (folder / "covers").mkdir(exist_ok=True)
+            shutil.copyfile(synth / image, folder / "covers" / f"{item}.png")
+            cell = f"covers/{item}.png"
+        lines.append(f"{item}\t{title}\t{cell}")
+    (folder / "items.tsv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_embed_items_duplicate_content_gets_the_same_embedding(content_run: Path, tmp_path: Path, capsys) -> None:
+    run = _copy(content_run, tmp_path)
+    cfg, data, _ = load_run(run, "cpu")
+    synth = Path(cfg.data.path)
+    original = data.item_ids[1]
+    rec0 = data.catalogue[original]
+    new = _new_catalogue(tmp_path / "new", synth, [("new-dup", rec0.text, rec0.image),
+                                                  ("new-other", "A completely novel title", None)])
+    assert main(["embed-items", str(run), "--data", str(new), "--device", "cpu"]) == 0
+    assert "embedded 2 new items" in capsys.readouterr().out
+    assert sorted(p.name for p in (run / EXTRA_DIR).iterdir()) == ["embeddings.safetensors", "items.json"]
+
+    rec = load_recommender(run, device="cpu")
+    assert rec.item_ids[-2:] == ["new-dup", "new-other"] and rec.titles[-2] == rec0.text
+    assert rec.item_table.shape[0] == data.num_items + 3
+    a, b = rec.item_table[1], rec.item_table[rec.item_ids.index("new-dup")]
+    # the cache stores fp16 states; the new item is encoded live in fp32: equal up to fp16 rounding
+    torch.testing.assert_close(b, a, rtol=2e-3, atol=2e-3)
+    assert not torch.allclose(rec.item_table[rec.item_ids.index("new-other")], a, atol=1e-2)
+    hist = data.item_ids[5:9]
+    scores = rec.scores([hist])[0]
+    assert float(scores[rec.item_ids.index("new-dup")]) == pytest.approx(float(scores[1]), rel=1e-3, abs=1e-3)
+    everything = {r.item_id for r in rec.recommend(hist, k=rec.num_candidates)}
+    assert {"new-dup", "new-other"} <= everything
+    assert "new-dup" not in {r.item_id for r in rec.recommend(["new-dup", *hist], k=rec.num_candidates)}
+
+    # again: a replaced item keeps its place, a new one is appended
+    _new_catalogue(tmp_path / "more", synth, [("new-other", "Another title entirely", data.catalogue[data.item_ids[7]].image),
+                                             ("new-3", "Third", None)])
+    assert embed_items(run, tmp_path / "more" / "items.tsv", device="cpu") == ["new-other", "new-3"]
+    extra = read_extra_items(run)
+    assert extra.ids == ["new-dup", "new-other", "new-3"] and extra.records[1]["title"] == "Another title entirely"
+    torch.testing.assert_close(extra.embeddings[0], rec.item_table[-2])
+    assert not torch.allclose(extra.embeddings[1], rec.item_table[-1])
+
+    # an id that is a training item is refused; nothing changes
+    before = _snapshot(run)
+    _new_catalogue(tmp_path / "clash", synth, [(data.item_ids[2], "whatever", None), ("new-4", "x", None)])
+    assert main(["embed-items", str(run), "--data", str(tmp_path / "clash"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert data.item_ids[2] in err and "training items" in err
+    # a referenced media file that does not exist names the file; nothing changes
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "items.tsv").write_text("item_id\ttitle\timage\nnew-5\tt\tcovers/missing.png\n")
+    assert main(["embed-items", str(run), "--data", str(tmp_path / "broken"), "--device", "cpu"]) == 2
+    assert "missing.png" in capsys.readouterr().err
+    assert _snapshot(run) == before
+
+
+def test_id_run_refuses_embed_items(id_run: Path, tmp_path: Path, capsys) -> None:
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "items.tsv").write_text("fresh\tA fresh item\n")
+    before = _snapshot(id_run)
+    assert main(["embed-items", str(id_run), "--data", str(new), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "method=id" in err and "no content" in err
+    assert _snapshot(id_run) == before and not (id_run / EXTRA_DIR).exists()
+
+
+# --------------------------------------------------------------------------------------------- export
+def _gelu(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0)))
+
+
+def _layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + eps) * w + b
+
+
+def numpy_user_vector(W: dict[str, np.ndarray], table: np.ndarray, rows: np.ndarray, spec: dict) -> np.ndarray:
+    """SASRec in numpy from model.safetensors + export.json only (the reference in docs/serving.md)."""
+    L, H, eps = len(rows), spec["n_heads"], spec["layer_norm_eps"]
+    valid = rows > 0
+    x = _layer_norm(table[rows] + W["user.pos.weight"][:L], W["user.ln.weight"], W["user.ln.bias"], eps)
+    x = x * valid[:, None]
+    mask = (np.tril(np.ones((L, L), bool)) & valid[None, :]) | np.eye(L, dtype=bool)
+    for i in range(spec["n_layers"]):
+        p = f"user.blocks.{i}."
+        D = x.shape[1]
+        qkv = (x @ W[p + "qkv.weight"].T + W[p + "qkv.bias"]).reshape(L, 3, H, D // H).transpose(1, 2, 0, 3)
+        q, k, v = qkv
+        att = q @ k.transpose(0, 2, 1) / math.sqrt(D // H)
+        att = np.where(mask[None], att, -np.inf)
+        att = np.exp(att - att.max(-1, keepdims=True))
+        att /= att.sum(-1, keepdims=True)
+        a = (att @ v).transpose(1, 0, 2).reshape(L, D)
+        x = _layer_norm(x + a @ W[p + "proj.weight"].T + W[p + "proj.bias"], W[p + "ln1.weight"], W[p + "ln1.bias"], eps)
+        h = _gelu(x @ W[p + "ffn.0.weight"].T + W[p + "ffn.0.bias"]) @ W[p + "ffn.3.weight"].T + W[p + "ffn.3.bias"]
+        x = _layer_norm(x + h, W[p + "ln2.weight"], W[p + "ln2.bias"], eps)
+    return x[-1]
+
+
+def test_export_reloads_without_crossan(id_run: Path, tmp_path: Path, capsys) -> None:
+    from safetensors.numpy import load_file
+
+    out = tmp_path / "exports" / "v1"
+    assert main(["export", str(id_run), "--out", str(out), "--device", "cpu"]) == 0
+    assert sorted(p.name for p in out.parent.iterdir()) == ["v1"]  # renamed into place, no temporary left
+    desc = json.loads((out / "export.json").read_text())
+    table = np.load(out / "item_embeddings.npy")
+    ids = json.loads((out / "item_ids.json").read_text())
+    W = load_file(str(out / "model.safetensors"))
+    assert desc["method"] == "id" and desc["scoring"]["rule"] == "dot_product" and desc["padding_row"] == 0
+    assert table.shape == (desc["rows"], desc["dim"]) == tuple(desc["files"]["item_embeddings.npy"]["shape"])
+    assert len(ids) == desc["rows"] == desc["num_items"] + 1 and ids[0] == "" and not table[0].any()
+    np.testing.assert_array_equal(load_file(str(out / "item_embeddings.safetensors"))["item_embeddings"], table)
+
+    rec = load_recommender(id_run, device="cpu")
+    np.testing.assert_allclose(table, rec.item_table.numpy(), rtol=0, atol=0)
+    assert ids == rec.item_ids
+    row = {item: r for r, item in enumerate(ids)}
+    L = desc["max_seq_len"]
+    for hist in (ids[3:6], ids[1:15], [ids[9]]):
+        rows = np.zeros(L, dtype=np.int64)
+        last = [row[i] for i in hist][-L:]
+        rows[L - len(last):] = last
+        u = numpy_user_vector(W, table, rows, desc["user_encoder"])
+        np.testing.assert_allclose(u, rec.user_vectors([hist])[0].numpy(), rtol=1e-4, atol=1e-4)
+        scores = table @ u
+        scores[0] = -np.inf
+        scores[[row[i] for i in hist]] = -np.inf
+        top = np.argsort(-scores, kind="stable")[:5]
+        served = rec.recommend(hist, k=5)
+        assert [ids[i] for i in top] == [r.item_id for r in served]
+        np.testing.assert_allclose(scores[top], [r.score for r in served], rtol=1e-4, atol=1e-4)
+
+    # an existing folder is kept unless --force
+    before = _snapshot(out)
+    assert main(["export", str(id_run), "--out", str(out), "--device", "cpu"]) == 2
+    assert "already exists" in capsys.readouterr().err and _snapshot(out) == before
+    assert main(["export", str(id_run), "--out", str(out), "--device", "cpu", "--force"]) == 0
+    assert sorted(p.name for p in out.parent.iterdir()) == ["v1"]
+
+
+def test_export_includes_extra_items(content_run: Path, tmp_path: Path) -> None:
+    from crossan.export import export_run
+
+    run = _copy(content_run, tmp_path)
+    cfg, data, _ = load_run(run, "cpu")
+    _new_catalogue(tmp_path / "new", Path(cfg.data.path), [("cold-1", "A brand new item", None)])
+    embed_items(run, tmp_path / "new", device="cpu")
+    out = export_run(run, tmp_path / "export", device="cpu")
+    desc = json.loads((out / "export.json").read_text())
+    ids = json.loads((out / "item_ids.json").read_text())
+    assert desc["num_extra_items"] == 1 and ids[-1] == "cold-1" and desc["rows"] == data.num_items + 2
+    assert desc["item_tower"]["frozen_encoders"]["preset"] == "tiny"
+    table = np.load(out / "item_embeddings.npy")
+    np.testing.assert_array_equal(table[-1], read_extra_items(run).embeddings[0].numpy())
+    out2 = export_run(run, tmp_path / "export-no-extra", device="cpu", include_extra=False)
+    assert json.loads((out2 / "export.json").read_text())["rows"] == data.num_items + 1
+
+
+# --------------------------------------------------------------------------------------------- bad input
+def test_unknown_and_empty_histories(id_run: Path, tmp_path: Path, capsys) -> None:
+    rec = load_recommender(id_run, device="cpu")
+    good = rec.item_ids[1]
+    with pytest.raises(UnknownItemError, match="'nope'.*'zilch'") as e:
+        rec.recommend([good, "nope", "zilch", "nope"])
+    assert e.value.unknown == ["nope", "zilch"]
+    with pytest.raises(ServeError, match="empty"):
+        rec.recommend([])
+    with pytest.raises(ServeError, match="history 1: unknown item id 'x'"):
+        rec.recommend_many([[good], ["x"]])
+    with pytest.raises(ServeError, match="k must be"):
+        rec.recommend([good], k=0)
+
+    assert main(["recommend", str(id_run), "--history", good, "ghost", "--device", "cpu"]) == 2
+    assert "ghost" in capsys.readouterr().err
+    users = tmp_path / "users.tsv"
+    users.write_text(f"u1\t{good}\nu2\t{good} phantom\n")
+    out = tmp_path / "recs.csv"
+    assert main(["recommend", str(id_run), "--users", str(users), "--out", str(out), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"{users}:2" in err and "u2" in err and "phantom" in err
+    users.write_text(f"u1\t{good}\nu2\t\n")
+    assert main(["recommend", str(id_run), "--users", str(users), "--out", str(out), "--device", "cpu"]) == 2
+    assert "empty history" in capsys.readouterr().err
+    assert not out.exists() and list(tmp_path.iterdir()) == [users]
+
+
+def _break(run: Path, how: str) -> str:
+    """Damage a run folder; return what the error must mention."""
+    if how == "no-weights":
+        (run / "best.safetensors").unlink()
+        return "best.safetensors is missing"
+    if how == "no-config":
+        (run / "config.yaml").unlink()
+        return "config.yaml is missing"
+    if how == "corrupt-config":
+        (run / "config.yaml").write_text("method: [unclosed\n  : :\n")
+        return "config.yaml: not valid YAML"
+    if how == "unknown-key":
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        cfg["train"]["warp_drive"] = 3
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+        return "unknown config key 'train.warp_drive'"
+    if how == "corrupt-weights":
+        (run / "best.safetensors").write_bytes(b"not a safetensors file")
+        return "best.safetensors: not a readable safetensors file"
+    results = json.loads((run / "results.json").read_text())
+    if how == "no-version":
+        del results["crossan_version"]
+        (run / "results.json").write_text(json.dumps(results))
+        return "results.json: no crossan_version"
+    assert how == "future-version"
+    results["crossan_version"] = "7.0.0"
+    (run / "results.json").write_text(json.dumps(results))
+    return "written by crossan 7.0.0"
+
+
+@pytest.mark.parametrize("how", ["no-weights", "no-config", "corrupt-config", "unknown-key", "corrupt-weights",
+                                 "no-version", "future-version"])
+def test_broken_run_folders_are_clear_errors_and_write_nothing(how: str, id_run: Path, tmp_path: Path,
+                                                               capsys) -> None:
+    run = _copy(id_run, tmp_path)
+    needle = _break(run, how)
+    with pytest.raises(ServeError, match=needle.replace("(", r"\(").replace(".", r"\.")):
+        load_recommender(run, device="cpu")
+    before = _snapshot(run)
+    some_item = load_recommender(id_run, device="cpu").item_ids[1]
+    for argv in (["recommend", str(run), "--history", some_item],
+                 ["export", str(run), "--out", str(tmp_path / "export")],
+                 ["embed-items", str(run), "--data", str(tmp_path / "nothing")]):
+        assert main([*argv, "--device", "cpu"]) == 2, argv
+        assert needle in capsys.readouterr().err
+    assert _snapshot(run) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no export folder, no temporary
+
+
+def test_stale_or_torn_extra_items_are_refused(content_run: Path, tmp_path: Path) -> None:
+    run = _copy(content_run, tmp_path)
+    cfg, _, _ = load_run(run, "cpu")
+    _new_catalogue(tmp_path / "new", Path(cfg.data.path), [("cold-1", "New", None)])
+    embed_items(run, tmp_path / "new", device="cpu")
+    items = json.loads((run / EXTRA_DIR / "items.json").read_text())
+    items["generation"] = "something-else"  # as if the second write of an update never happened
+    (run / EXTRA_DIR / "items.json").write_text(json.dumps(items))
+    with pytest.raises(ServeError, match="do not match"):
+        load_recommender(run, device="cpu")
+    shutil.rmtree(run / EXTRA_DIR)
+    embed_items(run, tmp_path / "new", device="cpu")
+    weights = run / "best.safetensors"  # the run's weights change (e.g. retrained): extras are stale
+    from safetensors.torch import load_file, save_file
+
+    t = load_file(str(weights))
+    save_file(t, str(weights), metadata={"crossan_version": "0.1.0", "changed": "yes"})
+    with pytest.raises(ServeError, match="other weights"):
+        load_recommender(run, device="cpu")
+
+
+def test_version_rule() -> None:
+    assert version_compatible("0.1.0", "0.1.3") and version_compatible("0.1.5", "0.1.5")
+    assert not version_compatible("0.2.0", "0.1.0")  # newer
+    assert not version_compatible("0.0.9", "0.1.0")  # 0.x: minor must match
+    assert version_compatible("1.0.0", "1.4.0") and not version_compatible("1.0.0", "2.0.0")
+    assert not version_compatible("garbage", "0.1.0")
