@@ -178,6 +178,33 @@ def _seed_epoch(seed: int, epoch: int) -> None:
     torch.manual_seed(seed * 7919 + epoch * 104729 + dist.rank())
 
 
+def train_epoch(step_model: torch.nn.Module, opt: torch.optim.Optimizer, batches: list[torch.Tensor],
+                inputs: torch.Tensor, targets: torch.Tensor, device: torch.device, grad_clip: float = 0.0,
+                desc: str = "train", progress: bool = True) -> float:
+    """One pass over ``batches`` (index tensors into ``inputs``/``targets``); returns the mean loss.
+
+    ``step_model(x, y)`` returns the loss (a :class:`Recommender`, or it wrapped in DDP). The device is
+    synchronised at the end so that wall-clock timing around this call is honest on a GPU.
+    """
+    loss_sum, steps = torch.zeros((), device=device), 0  # summed on the device: no sync per step
+    bar = tqdm(batches, desc=desc, leave=False, disable=not progress)
+    for idx in bar:
+        x, y = inputs[idx].to(device, non_blocking=True), targets[idx].to(device, non_blocking=True)
+        loss = step_model(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(step_model.parameters(), grad_clip)
+        opt.step()
+        loss_sum += loss.detach()
+        steps += 1
+        if progress and steps % 20 == 0:
+            bar.set_postfix(loss=f"{float(loss_sum) / steps:.4f}")
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return float(loss_sum) / max(1, steps)
+
+
 def train(cfg: Config, run_dir: str | Path, resume: bool = False, data: SequentialData | None = None,
           progress: bool = True) -> dict[str, Any]:
     """Train ``cfg`` into ``run_dir`` and return the results (also written to ``results.json``).
@@ -235,24 +262,15 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, data: Sequenti
         if cfg.train.max_steps_per_epoch:
             batches = batches[: cfg.train.max_steps_per_epoch]
         t0 = time.perf_counter()
-        loss_sum, steps = 0.0, 0
-        bar = tqdm(batches, desc=f"epoch {epoch}", leave=False, disable=not progress)
-        for idx in bar:
-            x, y = inputs[idx].to(device), targets[idx].to(device)
-            loss = step_model(x, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.train.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            opt.step()
-            loss_sum += float(loss.detach())
-            steps += 1
-            bar.set_postfix(loss=f"{loss_sum / steps:.4f}")
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        mean_loss = train_epoch(step_model, opt, batches, inputs, targets, device, cfg.train.grad_clip,
+                                desc=f"epoch {epoch}", progress=progress)
         epoch_time = time.perf_counter() - t0
+        full_steps = len(_batches(len(inputs), cfg.train.batch_size, cfg.seed, epoch))
+        if len(batches) < full_steps:  # a capped epoch (train.max_steps_per_epoch): extrapolate to a full one
+            epoch_time *= full_steps / max(1, len(batches))
         state.epoch_times.append(epoch_time)
-        record: dict[str, Any] = {"epoch": epoch, "loss": loss_sum / max(1, steps), "train_time_s": epoch_time}
+        record: dict[str, Any] = {"epoch": epoch, "loss": mean_loss, "train_time_s": epoch_time,
+                                  "steps": len(batches), "full_epoch_steps": full_steps}
         if epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs:
             valid = evaluate(model, data, "valid", cfg)
             record["valid"] = valid
