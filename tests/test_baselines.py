@@ -257,7 +257,12 @@ def test_batch_without_a_modality_still_reaches_every_trainable_parameter(media:
 
 
 def test_inputs_are_preprocessed_once_and_the_backbone_runs_every_step(media: FakeData, monkeypatch) -> None:
-    tower = build(make_cfg("lora", ["bert", "videomae"]), media)
+    upfront = build(make_cfg("lora", ["bert", "videomae"]), media)
+    assert sorted(upfront.memo["video"].inputs) == [1, 2, 3, 5, 6] and not upfront.memo["video"].full
+    assert sorted(upfront.memo["text"].inputs) == [1, 3, 4, 5, 6]
+
+    tower = build(make_cfg("lora", ["bert", "videomae"], "lora.preprocess_upfront=false"), media)
+    assert not tower.memo["text"].inputs
     enc = tower.encoders["text"]
     batch = enc.process(["a b", "a longer title here", "x"])
     again = collate_inputs(enc, split_inputs(enc, batch))
@@ -271,6 +276,14 @@ def test_inputs_are_preprocessed_once_and_the_backbone_runs_every_step(media: Fa
     for _ in range(3):
         tower(torch.arange(1, 7)).sum().backward()
     assert reads == [6, 6] and len(calls) == 6
+
+    # over the memory limit nothing is kept: the same embeddings, media read at every call
+    tight = build(make_cfg("lora", ["videomae"], "lora.input_memory_gb=1e-9"), media)
+    assert tight.memo["video"].full and not tight.memo["video"].inputs
+    tight.eval()
+    with torch.no_grad():
+        first = tight(torch.arange(1, 7))
+        assert torch.equal(first, tight(torch.arange(1, 7)))
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(media: FakeData) -> None:

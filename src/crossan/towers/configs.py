@@ -69,6 +69,9 @@ class EndToEndConfig:
     input_memory_gb: float = 8.0
     """Preprocessed model inputs (tokens, pixel values, filterbanks) are kept in memory per item so that media
     are decoded once, not at every step; items beyond this many GiB are preprocessed again each time."""
+    preprocess_upfront: bool = True
+    """Preprocess every item (up to ``input_memory_gb``) when the tower is built, so that timed training
+    epochs exclude media decoding, as the side networks' epoch times exclude building their cache."""
 
 
 @dataclass

@@ -26,6 +26,8 @@ the backbone runs in chunks of ``encoders.batch_size`` items; with gradients the
 
 from __future__ import annotations
 
+import logging
+import time
 from abc import abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -40,6 +42,8 @@ if TYPE_CHECKING:
     from crossan.config import TrainConfig
     from crossan.data.catalogue import Catalogue
     from crossan.towers.configs import EndToEndConfig
+
+log = logging.getLogger("crossan")
 
 LAYER_STACKS: tuple[str, ...] = ("layers", "encoder.layer", "encoder.layers")
 """Where the transformer layers of a backbone live (transformers 5: ``layers`` in ViT, AST and Whisper's
@@ -145,6 +149,15 @@ class InputMemo:
         self.present: dict[int, bool] = {}
         self.inputs: dict[int, dict[str, torch.Tensor]] = {}
         self.bytes = 0
+        self.full = False
+        """Set once an item did not fit in ``limit_bytes``."""
+
+    def fill(self, rows: list[int]) -> None:
+        """Preprocess ``rows`` ahead of use, chunk by chunk, until the memory limit is reached."""
+        for start in range(0, len(rows), self.batch_size):
+            if self.full:
+                return
+            self.get(rows[start : start + self.batch_size])
 
     def get(self, rows: list[int]) -> tuple[list[dict[str, torch.Tensor] | None], list[bool]]:
         """Inputs and presence of each row (rows ≥ 1), preprocessing the rows not seen or not kept."""
@@ -165,6 +178,8 @@ class InputMemo:
                     if self.bytes + size <= self.limit_bytes:
                         self.inputs[r] = item
                         self.bytes += size
+                    else:
+                        self.full = True
         present = [self.present[r] for r in rows]
         inputs = [(self.inputs.get(r) or fresh.get(r)) if p else None for r, p in zip(rows, present)]
         return inputs, present
@@ -204,6 +219,12 @@ class EndToEndTower(ItemTower):
         limit = float(options.input_memory_gb) * 2**30
         self.memo = {m: InputMemo(e, catalogue, self.item_ids, batch_size, on_corrupt, limit)
                      for m, e in encoders.items()}
+        if options.preprocess_upfront:
+            t0 = time.perf_counter()
+            for memo in self.memo.values():
+                memo.fill(list(range(1, self.num_items + 1)))
+            log.info("%s: preprocessed the inputs of %d items in %.1fs (%.2f GiB kept)", self.method, self.num_items,
+                     time.perf_counter() - t0, sum(m.bytes for m in self.memo.values()) / 2**30)
         for m, e in encoders.items():
             e.model.requires_grad_(False)
             self.adapt(m, e)
