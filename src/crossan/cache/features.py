@@ -41,7 +41,8 @@ class TensorFeatures:
         self.num_taps = next(iter(ks.values()))
         self.dims = {m: int(s.shape[2]) for m, s in states.items()}
         self._states = states
-        self._present = {m: torch.as_tensor(np.asarray(p), dtype=torch.bool) for m, p in present.items()}
+        self._present = {m: p.bool() if isinstance(p, torch.Tensor) else torch.as_tensor(np.asarray(p), dtype=torch.bool)
+                         for m, p in present.items()}
         self._device_cache: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def to_memory(self, device: torch.device | str = "cpu") -> TensorFeatures:

@@ -1,0 +1,158 @@
+"""Time one training epoch of cached CROSSAN against cached IISAN at paper sizes, on any device.
+
+The side networks never run a backbone, so their cost depends only on the cache's shape (items, taps K,
+width D per modality) and on the interactions — not on what the states hold. This script therefore builds a
+random fp16 layer-state cache of the paper's shape (D = 768, K = 7) and a synthetic interaction set of
+MicroLens-100K's size, keeps the cache on the device, and times one epoch of each method with the project's
+own trainer step (``crossan.trainer.train_epoch``), one method after the other in one process.
+
+Memory is ``torch.cuda.max_memory_allocated`` on CUDA (reset before each method; the resident cache is
+reported separately), or the peak RSS above the pre-run baseline on CPU.
+
+    python benchmarks/side_network_epoch.py --device cuda --out bench_out/gpu
+    python benchmarks/side_network_epoch.py --device cpu --users 4000 --items 2000 --out bench_out/cpu
+
+Quality is not measured here (random states); see ``crossan bench`` for quality and cost side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gc
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from crossan.cache.features import TensorFeatures
+from crossan.config import load_config
+from crossan.data.catalogue import Catalogue, ItemRecord
+from crossan.data.protocol import apply_protocol
+from crossan.data.readers import RawData
+from crossan.recommender import Recommender
+from crossan.towers.base import TowerContext, build_tower
+from crossan.trainer import _batches, param_groups, train_epoch
+from crossan.utils import PeakRSSMonitor, count_params
+
+MODS = ["text", "image", "video", "audio"]
+
+
+def synthetic_sequences(users: int, items: int, seed: int) -> RawData:
+    rng = np.random.default_rng(seed)
+    pop = rng.permutation(np.arange(1, items + 1) ** -0.8)  # a long-tailed popularity
+    p = pop / pop.sum()
+    lengths = rng.integers(5, 14, size=users)
+    seqs = {f"u{u}": [f"i{k}" for k in rng.choice(items, size=n, p=p)] for u, n in enumerate(lengths)}
+    cat = Catalogue(Path("."), (ItemRecord(f"i{k}", f"item {k}") for k in range(items)))
+    return RawData(seqs, cat)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--users", type=int, default=100_000)
+    ap.add_argument("--items", type=int, default=19_738)
+    ap.add_argument("--width", type=int, default=768, help="D of every modality's states")
+    ap.add_argument("--taps", type=int, default=7)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--modality-counts", default="2,4")
+    ap.add_argument("--methods", default="crossan,iisan")
+    ap.add_argument("--max-steps", type=int, default=0, help="cap steps per epoch (0: full epoch)")
+    ap.add_argument("--seed", type=int, default=12345)
+    ap.add_argument("--out", default="bench_out/side_network_epoch")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    base = load_config([], [f"train.batch_size={args.batch_size}", f"seed={args.seed}"])
+    data = apply_protocol(synthetic_sequences(args.users, args.items, args.seed), base.data, name="synthetic")
+    n = data.num_items
+    g = torch.Generator().manual_seed(args.seed)
+    states = {m: (torch.randn(n + 1, args.taps, args.width, generator=g) * 0.5).half().to(device) for m in MODS}
+    present = {m: torch.ones(n + 1, dtype=torch.bool, device=device) for m in MODS}
+    for m in MODS:
+        present[m][0] = False
+    cache_bytes = {m: states[m].numel() * 2 for m in MODS}
+    inputs, targets = torch.as_tensor(data.train_inputs), torch.as_tensor(data.train_targets)
+    rows = []
+    for M in [int(x) for x in args.modality_counts.split(",")]:
+        mods = MODS[:M]
+        feats = TensorFeatures({m: states[m] for m in mods}, {m: present[m] for m in mods})
+        for method in args.methods.split(","):
+            cfg = load_config([], [f"method={method}", f"modalities=[{','.join(mods)}]",
+                                   f"train.batch_size={args.batch_size}", f"seed={args.seed}"])
+            torch.manual_seed(args.seed)
+            ctx = TowerContext(cfg, n, data.item_ids, data.catalogue, extras={"features": feats, "device": device})
+            model = Recommender(build_tower(ctx), cfg, torch.as_tensor(data.item_counts)).to(device)
+            opt = torch.optim.Adam(param_groups(model, cfg))
+            trainable, total = count_params(model)
+            batches = _batches(len(inputs), args.batch_size, args.seed, 1)
+            model.train()
+            train_epoch(model, opt, batches[:5], inputs, targets, device, progress=False)  # warm-up
+            if args.max_steps:
+                batches = batches[: args.max_steps]
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
+                before = torch.cuda.memory_allocated(device)
+            mon = PeakRSSMonitor().start() if device.type == "cpu" else None
+            t0 = time.perf_counter()
+            loss = train_epoch(model, opt, batches, inputs, targets, device, progress=False)
+            secs = time.perf_counter() - t0
+            full = len(_batches(len(inputs), args.batch_size, args.seed, 1))
+            epoch_s = secs * full / len(batches)
+            if device.type == "cuda":
+                peak = torch.cuda.max_memory_allocated(device)
+                peak_above_cache = peak - sum(cache_bytes[m] for m in MODS)
+                kind = "cuda_max_memory_allocated"
+            else:
+                peak_above_cache = mon.stop()
+                peak, before, kind = mon.peak, mon.baseline, "cpu_peak_rss_above_baseline"
+            rows.append({"method": method, "modalities": M, "trainable_params": trainable, "total_params": total,
+                         "steps": len(batches), "full_epoch_steps": full, "time_per_epoch_s": round(epoch_s, 3),
+                         "peak_memory_bytes": int(peak), "peak_minus_cache_bytes": int(peak_above_cache),
+                         "allocated_before_epoch_bytes": int(before), "memory_kind": kind,
+                         "loss": round(loss, 4)})
+            print(json.dumps(rows[-1]), flush=True)
+            del model, opt
+    # ratios CROSSAN / IISAN at each M
+    ratios = []
+    for M in sorted({r["modalities"] for r in rows}):
+        c = next((r for r in rows if r["method"] == "crossan" and r["modalities"] == M), None)
+        i = next((r for r in rows if r["method"] == "iisan" and r["modalities"] == M), None)
+        if c and i:
+            ratios.append({"modalities": M,
+                           "trainable_params_ratio": round(c["trainable_params"] / i["trainable_params"], 3),
+                           "time_per_epoch_ratio": round(c["time_per_epoch_s"] / i["time_per_epoch_s"], 3),
+                           "peak_memory_ratio": round(c["peak_memory_bytes"] / i["peak_memory_bytes"], 3),
+                           "peak_minus_cache_ratio": round(c["peak_minus_cache_bytes"] / i["peak_minus_cache_bytes"], 3)})
+    machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
+               else f"CPU {platform.machine()}, {torch.get_num_threads()} threads")
+    meta = {"machine": machine, "torch": torch.__version__, "users": data.num_users, "items": n,
+            "width": args.width, "taps": args.taps, "batch_size": args.batch_size,
+            "cache_bytes_per_modality": cache_bytes["text"], "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows, "ratios": ratios}, indent=2))
+    with open(out / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    print(f"\nmachine: {machine}; {data.num_users:,} users, {n:,} items, D={args.width}, K={args.taps}, "
+          f"batch {args.batch_size}")
+    print(f"{'method':8} {'M':>2} {'trainable':>12} {'s/epoch':>9} {'peak MiB':>10} {'peak-cache MiB':>15}")
+    for r in rows:
+        print(f"{r['method']:8} {r['modalities']:>2} {r['trainable_params']:>12,} {r['time_per_epoch_s']:>9.2f} "
+              f"{r['peak_memory_bytes'] / 2**20:>10.1f} {r['peak_minus_cache_bytes'] / 2**20:>15.1f}")
+    for r in ratios:
+        print(f"CROSSAN/IISAN at M={r['modalities']}: params {r['trainable_params_ratio']}, time "
+              f"{r['time_per_epoch_ratio']}, peak memory {r['peak_memory_ratio']} "
+              f"(above the cache: {r['peak_minus_cache_ratio']})")
+
+
+if __name__ == "__main__":
+    main()
