@@ -120,6 +120,24 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from crossan.reports.suite import load_suite, run_suite
+
+    suite = load_suite(args.suite)
+    rows = run_suite(suite, Path(args.out), resume=not args.fresh)
+    return 0 if any(r["status"] == "ok" for r in rows) else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from crossan.reports.suite import load_suite, run_suite
+
+    t0 = time.perf_counter()
+    out = Path(args.out)
+    rows = run_suite(load_suite("demo"), out, resume=not args.fresh)
+    print(f"[demo] finished in {time.perf_counter() - t0:.0f} s; report: {out / 'report.md'}")
+    return 0 if all(r["status"] == "ok" for r in rows) else 1
+
+
 # --------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -181,6 +199,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-shards", type=int, default=1, help="number of shards (with --shard)")
     p.add_argument("--join", action="store_true", help="assemble the finished shards into the cache")
     p.set_defaults(fn=cmd_cache)
+
+    p = sub.add_parser("demo", help="the main job: synthetic multimodal data → cache → every method → report",
+                       description="Generate the small built-in multimodal dataset (if absent), cache four frozen "
+                                   "encoders (offline preset), train ID, frozen features, IISAN, CROSSAN (concat "
+                                   "and MOMEF) and measure FFT/Adapter/LoRA, then write results.csv, report.md and "
+                                   "plots into --out. About 10 minutes on 2 CPU cores; finished runs are reused "
+                                   "when it is run again.")
+    p.add_argument("--out", default="demo_run", help="output folder (default demo_run)")
+    p.add_argument("--fresh", action="store_true", help="retrain runs that finished earlier in --out")
+    p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("bench", help="run a suite of methods side by side and report quality and cost",
+                       description="Run a declared suite (methods × modality sets on one dataset and encoder "
+                                   "preset), each method in its own process, and write results.csv, results.md, "
+                                   "report.md and plots (NDCG@10 vs trainable parameters; time per epoch and peak "
+                                   "memory per method). Failed methods stay in the table.")
+    p.add_argument("--suite", default="default", help="built-in suite name (default, demo, tiny) or a YAML file")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--fresh", action="store_true", help="retrain runs that finished earlier in --out")
+    p.set_defaults(fn=cmd_bench)
 
     for register in _EXTRA_COMMANDS:
         register(sub, data)

@@ -157,7 +157,8 @@ def run_suite(suite: Suite, out: Path, resume: bool = True) -> list[dict[str, An
             with open(log_path, "w") as log:
                 proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=_child_env())
             if proc.returncode != 0:
-                err = log_path.read_text().strip().splitlines()[-1:] or ["(no output)"]
+                lines = log_path.read_text().strip().splitlines()
+                err = [ln for ln in lines if ln.startswith("crossan: error:")][-1:] or lines[-1:] or ["(no output)"]
                 print(f"[suite]   FAILED: {err[0]}", flush=True)
                 rows.append({"name": run.name, "method": run.method, "modalities": "+".join(run.modalities),
                              "status": "failed", "error": err[0], "log": str(log_path)})
