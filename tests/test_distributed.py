@@ -47,3 +47,23 @@ def test_resume_needs_the_same_world_size(small_data: Path, tmp_path: Path) -> N
     cfg = load_config([], [f"data.path={small_data}", "device=cpu", "train.epochs=1"])
     with pytest.raises(RunError, match="same world size"):
         train(cfg, out, resume=True, progress=False)
+
+
+def test_two_process_cache_equals_single_process_cache(tmp_path: Path) -> None:
+    from crossan.cache import build_cache
+    from crossan.config import load_config
+    from crossan.data import prepare
+    from crossan.data.synth import generate
+
+    data_dir = generate(tmp_path / "data", size="tiny", seed=5, progress=False)
+    mods = ["text", "image", "audio"]
+    common = [f"data.path={data_dir}", "encoders.preset=tiny", "encoders.batch_size=8", "device=cpu"]
+    cfg = load_config([], [*common, f"cache.dir={tmp_path / 'single'}"])
+    build_cache(cfg, prepare(cfg.data), mods, progress=False)
+    torchrun(["-m", "crossan", "cache", "--data", str(data_dir), "--modalities", ",".join(mods),
+              "encoders.preset=tiny", "encoders.batch_size=8", "device=cpu", f"cache.dir={tmp_path / 'ddp'}"])
+    for m in mods:
+        for name in ("states.npy", "present.npy"):
+            a = (tmp_path / "single" / m / name).read_bytes()
+            b = (tmp_path / "ddp" / m / name).read_bytes()
+            assert a == b, f"{m}/{name} differs"

@@ -47,6 +47,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from crossan.trainer import train
 
     cfg = _load(args)
+    from crossan import distributed as dist
+
+    if dist.env_world_size() > 1 and not args.out:
+        raise ConfigError("under torchrun pass --out RUN_DIR (every rank must write to the same folder)")
     out = Path(args.out) if args.out else Path("runs") / f"{Path(cfg.data.path).name}-{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}"
     res = train(cfg, out, resume=args.resume, progress=not args.quiet)
     print(json.dumps({k: res[k] for k in ("method", "dataset", "best_epoch", "test")}, indent=2))
@@ -104,9 +108,9 @@ def cmd_cache(args: argparse.Namespace) -> int:
     if dist.env_world_size() > 1:  # torchrun: rank r builds shard r, then rank 0 joins them
         if args.shard is not None or args.join:
             raise ConfigError("under torchrun the ranks split the items themselves; drop --shard/--join")
-        import torch
+        from crossan.utils import resolve_device
 
-        dist.init_from_env(torch.device("cpu"))
+        cfg.device = str(dist.init_from_env(resolve_device(cfg.device)))  # cuda:LOCAL_RANK on a GPU node
         try:
             cache_command(cfg, data, modalities, dist.rank(), dist.world_size(), join=False)
             dist.barrier()
