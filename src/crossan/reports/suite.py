@@ -117,7 +117,20 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def ensure_cache(suite: Suite, data: Path, out: Path) -> float:
+def _run_tee(cmd: list[str], log_path: Path, show: bool) -> int:
+    """Run ``cmd``, copying its output (progress bars included) to ``log_path`` and, if ``show``, the terminal."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_child_env())
+        assert proc.stdout is not None
+        while chunk := proc.stdout.read1(4096):
+            log.write(chunk)
+            if show:
+                sys.stdout.buffer.write(chunk)
+                sys.stdout.flush()
+        return proc.wait()
+
+
+def ensure_cache(suite: Suite, data: Path, out: Path, progress: bool = True) -> float:
     """Build the layer-state cache for every modality a cached run needs (once). Returns seconds spent."""
     mods = sorted({m for r in suite.runs if r.method in CACHED_METHODS for m in r.modalities})
     if not mods:
@@ -127,19 +140,17 @@ def ensure_cache(suite: Suite, data: Path, out: Path) -> float:
            f"encoders.preset={suite.preset}", *[o for o in suite.overrides if o.startswith(("encoders.", "cache.",
                                                                                              "data."))]]
     print(f"[suite] caching {','.join(mods)} with the {suite.preset} preset", flush=True)
-    with open(out / "cache.log", "w") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=_child_env())
-    if proc.returncode != 0:
+    if _run_tee(cmd, out / "cache.log", show=progress) != 0:
         tail = (out / "cache.log").read_text()[-2000:]
         raise RuntimeError(f"building the cache failed (see {out / 'cache.log'}):\n{tail}")
     return time.perf_counter() - t0
 
 
-def run_suite(suite: Suite, out: Path, resume: bool = True) -> list[dict[str, Any]]:
+def run_suite(suite: Suite, out: Path, resume: bool = True, progress: bool = True) -> list[dict[str, Any]]:
     """Run every method of ``suite`` into ``out/runs/NAME`` and return one row per run."""
     out.mkdir(parents=True, exist_ok=True)
     data = resolve_data(suite.data, out)
-    cache_s = ensure_cache(suite, data, out)
+    cache_s = ensure_cache(suite, data, out, progress)
     rows = []
     for i, run in enumerate(suite.runs, 1):
         run_dir = out / "runs" / run.name
@@ -150,13 +161,11 @@ def run_suite(suite: Suite, out: Path, resume: bool = True) -> list[dict[str, An
         else:
             status = "resume" if (run_dir / "checkpoints" / "last.pt").is_file() else "start"
             print(f"[suite] {i}/{len(suite.runs)} {run.name} ({run.method}, {'+'.join(run.modalities)})", flush=True)
-            cmd = [sys.executable, "-m", "crossan", "train", "--data", str(data), "--out", str(run_dir), "--quiet",
+            cmd = [sys.executable, "-m", "crossan", "train", "--data", str(data), "--out", str(run_dir),
                    *(["--resume"] if status == "resume" else []), *run_overrides(suite, run, str(data))[1:]]
             run_dir.parent.mkdir(parents=True, exist_ok=True)
             log_path = out / "runs" / f"{run.name}.log"
-            with open(log_path, "w") as log:
-                proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=_child_env())
-            if proc.returncode != 0:
+            if _run_tee(cmd, log_path, show=progress) != 0:
                 lines = log_path.read_text().strip().splitlines()
                 err = [ln for ln in lines if ln.startswith("crossan: error:")][-1:] or lines[-1:] or ["(no output)"]
                 print(f"[suite]   FAILED: {err[0]}", flush=True)
