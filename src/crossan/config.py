@@ -141,6 +141,9 @@ class CacheConfig:
     dir: str = ""
     """Cache folder (empty: ``$CROSSAN_CACHE_DIR`` or ``~/.cache/crossan``, then
     ``<dataset folder name>-<item fingerprint>/<preset>``; the dataset folder itself is never written)."""
+    standardize: bool = True
+    """Side networks and frozen features standardise each tapped state dimension over the items (fixed
+    mean/std, saved with the weights): frozen encoders' states share a large offset across items."""
     on_corrupt: Literal["error", "missing"] = "error"
     """A corrupt or unreadable media file (a referenced file that does not exist included) stops the build
     naming item and path (``error``), or marks that item's modality missing and counts it (``missing``)."""

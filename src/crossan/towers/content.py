@@ -32,6 +32,11 @@ Features = dict[str, tuple[torch.Tensor, torch.Tensor]]
 """What ``FeatureSource.gather`` returns: modality → (states [U, K, D_m], present Bool[U])."""
 
 
+def finish(tower: ContentTower, ctx: TowerContext) -> ContentTower:
+    """Apply the run-level input options to a freshly built content tower (``cache.standardize``)."""
+    return tower.standardize_inputs() if ctx.config.cache.standardize else tower
+
+
 def features_from_context(ctx: TowerContext) -> FeatureSource:
     """The FeatureSource the trainer put in ``ctx.extras``; checks it covers ``ctx.config.modalities``."""
     features = ctx.extras.get(FEATURES_KEY)
@@ -69,12 +74,51 @@ class ContentTower(ItemTower):
     def encode(self, feats: Features) -> torch.Tensor:
         """Gathered states → item embeddings [U, dim]."""
 
+    def standardize_inputs(self, batch_size: int = 1024) -> ContentTower:
+        """Standardise every tapped state dimension over the catalogue (mean 0, std 1 over the items that
+        have the modality), with statistics fixed at build time and saved with the weights.
+
+        Frozen encoders' pooled states are often nearly identical across items (a CLS token at the embedding
+        layer is the same vector for every item; randomly initialised encoders give cosine similarities near
+        1), so the differences that carry the signal are tiny next to a shared offset. Removing the offset
+        lets the side network learn from the first step. One pass over all items through the feature source
+        (cheap for the cache; a full encoding pass for live encoders).
+        """
+        sums = {m: torch.zeros(self.num_taps, self.dims[m], dtype=torch.float64) for m in self.modalities}
+        sqs = {m: torch.zeros_like(v) for m, v in sums.items()}
+        counts = dict.fromkeys(self.modalities, 0)
+        with torch.no_grad():
+            for chunk in torch.arange(1, self.num_items + 1).split(batch_size):
+                feats = self.features.gather(chunk)
+                for m in self.modalities:
+                    s, p = feats[m]
+                    x = s[p.to(s.device)].double().cpu()
+                    sums[m] += x.sum(0)
+                    sqs[m] += (x * x).sum(0)
+                    counts[m] += len(x)
+        for m in self.modalities:
+            n = max(1, counts[m])
+            mean = sums[m] / n
+            std = (sqs[m] / n - mean * mean).clamp_min(0).sqrt()
+            rms = (sqs[m] / n).sqrt()
+            # a dimension that hardly varies over the items (std under 5% of its magnitude: e.g. a CLS token
+            # at the embedding layer) carries no signal; scaling it up would only amplify fp16 rounding noise
+            inv_std = torch.where(std > 0.05 * rms, 1.0 / std.clamp_min(1e-12), torch.zeros_like(std))
+            self.register_buffer(f"input_mean_{m}", mean.float())
+            self.register_buffer(f"input_inv_std_{m}", inv_std.float())
+        self.standardized = True
+        return self
+
+    standardized: bool = False
+
     def side_inputs(self, feats: Features) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Per modality (in ``self.modalities`` order) its states [U, K, D_m] with missing rows set to exact
-        zeros, and the presence mask stacked as Bool[U, M]."""
+        """Per modality (in ``self.modalities`` order) its states [U, K, D_m] (standardised when enabled)
+        with missing rows set to exact zeros, and the presence mask stacked as Bool[U, M]."""
         states, present = [], []
         for m in self.modalities:
             s, p = feats[m]
+            if self.standardized:
+                s = (s - getattr(self, f"input_mean_{m}")) * getattr(self, f"input_inv_std_{m}")
             p = p.to(device=s.device, dtype=torch.bool)
             states.append(torch.where(p[:, None, None], s, torch.zeros((), dtype=s.dtype, device=s.device)))
             present.append(p)

@@ -41,7 +41,7 @@ from crossan.cache.features import FeatureSource
 from crossan.config import TrainConfig
 from crossan.towers.base import TowerContext, register
 from crossan.towers.configs import CrossanConfig
-from crossan.towers.content import ContentTower, Features, features_from_context
+from crossan.towers.content import ContentTower, Features, features_from_context, finish
 from crossan.towers.momef import MOMEF
 from crossan.towers.sanb import SANB, Gate, ModalityProjection, masked_softmax
 
@@ -170,4 +170,4 @@ class CrossanTower(ContentTower):
 def build(ctx: TowerContext) -> CrossanTower:
     """CROSSAN over ``ctx.config.modalities``; the FeatureSource comes from ``ctx.extras["features"]``."""
     cfg = ctx.config
-    return CrossanTower(features_from_context(ctx), cfg.modalities, ctx.num_items, cfg.user.dim, cfg.crossan)
+    return finish(CrossanTower(features_from_context(ctx), cfg.modalities, ctx.num_items, cfg.user.dim, cfg.crossan), ctx)

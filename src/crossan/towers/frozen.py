@@ -20,7 +20,7 @@ from torch import nn
 from crossan.cache.features import FeatureSource
 from crossan.config import TrainConfig
 from crossan.towers.base import TowerContext, register
-from crossan.towers.content import ContentTower, Features, features_from_context
+from crossan.towers.content import ContentTower, Features, features_from_context, finish
 
 
 class ModalityFusionHead(nn.Module):
@@ -62,4 +62,4 @@ class FrozenTower(ContentTower):
 def build(ctx: TowerContext) -> FrozenTower:
     """Frozen features over ``ctx.config.modalities``; the FeatureSource comes from ``ctx.extras["features"]``."""
     cfg = ctx.config
-    return FrozenTower(features_from_context(ctx), cfg.modalities, ctx.num_items, cfg.user.dim)
+    return finish(FrozenTower(features_from_context(ctx), cfg.modalities, ctx.num_items, cfg.user.dim), ctx)

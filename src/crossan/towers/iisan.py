@@ -38,7 +38,7 @@ from crossan.cache.features import FeatureSource
 from crossan.config import TrainConfig
 from crossan.towers.base import TowerContext, register
 from crossan.towers.configs import IISANConfig
-from crossan.towers.content import ContentTower, Features, features_from_context
+from crossan.towers.content import ContentTower, Features, features_from_context, finish
 from crossan.towers.sanb import SANB, Gate, ModalityProjection, masked_softmax
 
 
@@ -174,4 +174,4 @@ class IISANTower(ContentTower):
 def build(ctx: TowerContext) -> IISANTower:
     """IISAN over ``ctx.config.modalities``; the FeatureSource comes from ``ctx.extras["features"]``."""
     cfg = ctx.config
-    return IISANTower(features_from_context(ctx), cfg.modalities, ctx.num_items, cfg.user.dim, cfg.iisan)
+    return finish(IISANTower(features_from_context(ctx), cfg.modalities, ctx.num_items, cfg.user.dim, cfg.iisan), ctx)
