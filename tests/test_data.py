@@ -4,8 +4,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_iisan
 
+from conftest import write_iisan
 from crossan.config import DataConfig
 from crossan.data import DataError, prepare
 

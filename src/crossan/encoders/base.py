@@ -171,8 +171,8 @@ class ModalityEncoder(nn.Module):
         filled = [m if p else self.placeholder() for m, p in zip(loaded.media, loaded.present)]
         return self.process(filled), torch.tensor(loaded.present, dtype=torch.bool)
 
-    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Pooled hidden states at the taps, ``[B, K, D]`` (float32)."""
+    def hidden_states(self, inputs: dict[str, torch.Tensor]) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
+        """Run the backbone: all hidden states (embedding output first) and the mean-pooling token mask."""
         device = self.device
         kwargs = {k: v.to(device) for k, v in inputs.items() if k != POOL_MASK}
         out = self.model(**kwargs, **self.model_kwargs, output_hidden_states=True)
@@ -182,7 +182,11 @@ class ModalityEncoder(nn.Module):
                 f"{self.name}: expected {self.num_layers + 1} hidden states, the model returned {len(hidden)}"
             )
         mask = self.pool_mask(inputs, hidden[0].shape[1])
-        mask = None if mask is None else mask.to(device)
+        return hidden, None if mask is None else mask.to(device)
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Pooled hidden states at the taps, ``[B, K, D]`` (float32)."""
+        hidden, mask = self.hidden_states(inputs)
         return torch.stack([pool(hidden[t], self.pooling, mask) for t in self.taps], dim=1)
 
     def pool_mask(self, inputs: dict[str, torch.Tensor], num_tokens: int) -> torch.Tensor | None:

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
-from crossan.encoders.base import POOL_MASK, ModalityEncoder, pool
+from crossan.encoders.base import ModalityEncoder, pool
 from crossan.towers.base import ItemTower, TowerContext
 from crossan.towers.frozen import ModalityFusionHead
 
@@ -73,17 +73,8 @@ def layer_prefix(model: nn.Module, num_layers: int) -> str:
 
 def pooled_last_state(encoder: ModalityEncoder, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """``[B, D]`` float32: the encoder's pooling over ``hidden_states[L]`` (its last tap), with gradients."""
-    device = encoder.device
-    kwargs = {k: v.to(device) for k, v in inputs.items() if k != POOL_MASK}
-    out = encoder.model(**kwargs, **encoder.model_kwargs, output_hidden_states=True)
-    hidden = out.hidden_states
-    if len(hidden) != encoder.num_layers + 1:
-        raise RuntimeError(
-            f"{encoder.name}: expected {encoder.num_layers + 1} hidden states, the model returned {len(hidden)}"
-        )
-    last = hidden[encoder.num_layers]
-    mask = encoder.pool_mask(inputs, last.shape[1])
-    return pool(last, encoder.pooling, None if mask is None else mask.to(device)).float()
+    hidden, mask = encoder.hidden_states(inputs)
+    return pool(hidden[encoder.num_layers], encoder.pooling, mask).float()
 
 
 # --------------------------------------------------------------------------------------------- inputs
