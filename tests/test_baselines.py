@@ -326,3 +326,16 @@ def test_train_run_writes_results(method: str, modalities: str, synth: Path, tmp
     assert len(backbones) == len(cfg.modalities)
     for r in backbones:  # FFT trains almost all of each backbone (pooler/final LayerNorm stay), the others little
         assert (r["trainable"] > 0.9 * r["total"]) if method == "fft" else (0 < r["trainable"] < 0.5 * r["total"])
+
+
+@pytest.mark.parametrize("method", ["fft", "adapter", "lora"])
+def test_cold_start_content_embeds_like_the_same_row(media: FakeData, method: str) -> None:
+    """``embed_content`` on an item's own record (under another id) gives that row's embedding."""
+    tower = build(make_cfg(method, ["bert", "vit", "videomae", "ast"]), media)
+    tower.eval()
+    rows = [1, 2, 5]
+    records = [media.catalogue[media.item_ids[r]] for r in rows]
+    with torch.no_grad():
+        expected = tower(torch.tensor(rows))
+    got = tower.embed_content(records, media.catalogue)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)

@@ -40,7 +40,7 @@ from crossan.towers.frozen import ModalityFusionHead
 
 if TYPE_CHECKING:
     from crossan.config import TrainConfig
-    from crossan.data.catalogue import Catalogue
+    from crossan.data.catalogue import Catalogue, ItemRecord
     from crossan.towers.configs import EndToEndConfig
 
 log = logging.getLogger("crossan")
@@ -263,6 +263,25 @@ class EndToEndTower(ItemTower):
             placeholder = split_inputs(encoder, encoder.process([encoder.placeholder()]))
             out = out + 0.0 * self.run_backbone(encoder, placeholder).sum().to(device)
         return out, mask
+
+    @torch.no_grad()
+    def embed_content(self, records: list[ItemRecord], catalogue: Catalogue) -> torch.Tensor:
+        """Embed items that are not rows of this tower (cold start) from their raw content: the same
+        preprocessing, the trained backbones and the trained head. ``[E, dim]``."""
+        device = next(self.parameters()).device
+        pooled, present = [], []
+        for m in self.modalities:
+            encoder: ModalityEncoder = self.encoders[m]  # type: ignore[assignment]
+            inputs, mask = encoder.prepare(records, catalogue)
+            items = split_inputs(encoder, inputs)
+            out = torch.zeros(len(records), self.dims[m], device=device)
+            have = [i for i, p in enumerate(mask.tolist()) if p]
+            if have:
+                h = self.run_backbone(encoder, [items[i] for i in have])
+                out = out.index_copy(0, torch.tensor(have, device=device), h.to(device))
+            pooled.append(out)
+            present.append(mask.to(device))
+        return self.head(pooled, torch.stack(present, 1))
 
     def run_backbone(self, encoder: ModalityEncoder, items: list[dict[str, torch.Tensor]]) -> torch.Tensor:
         if torch.is_grad_enabled():
