@@ -80,7 +80,6 @@ class TrainConfig:
     """Clip the global gradient norm to this value (0: off)."""
     max_steps_per_epoch: int = 0
     """Cut each epoch after this many steps (0: full epoch). For smoke runs and benchmarks."""
-    num_workers: int = 0
 
 
 @dataclass
