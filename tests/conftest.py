@@ -31,3 +31,17 @@ def random_dataset(root: Path, n_users: int = 120, n_items: int = 60, seed: int 
 @pytest.fixture
 def small_data(tmp_path: Path) -> Path:
     return random_dataset(tmp_path / "small")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cache_dir_in_tmp(tmp_path_factory: pytest.TempPathFactory):
+    """Caches built with the default location go to a temporary folder, not the user's ~/.cache."""
+    import os
+
+    old = os.environ.get("CROSSAN_CACHE_DIR")
+    os.environ["CROSSAN_CACHE_DIR"] = str(tmp_path_factory.mktemp("crossan-cache"))
+    yield
+    if old is None:
+        os.environ.pop("CROSSAN_CACHE_DIR", None)
+    else:
+        os.environ["CROSSAN_CACHE_DIR"] = old
