@@ -84,3 +84,12 @@ def test_cli_train_and_errors(small_data: Path, tmp_path: Path, capsys) -> None:
 def test_bce_loss_trains(small_data: Path, tmp_path: Path) -> None:
     res = train(_cfg(small_data, "train.loss=bce", "train.epochs=2"), tmp_path / "bce", progress=False)
     assert res["test"]["HR@20"] > 0.05
+
+
+def test_missing_cache_fails_before_the_run_folder_exists(small_data: Path, tmp_path: Path) -> None:
+    from crossan.cache import CacheMissingError
+
+    cfg = _cfg(small_data, "method=frozen", f"cache.dir={tmp_path / 'no-cache'}")
+    with pytest.raises(CacheMissingError, match="crossan cache"):
+        train(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

@@ -215,18 +215,18 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, data: Sequenti
     data = data if data is not None else prepare(cfg.data)  # bad input fails here, before any file is written
     device = dist.init_from_env(resolve_device(cfg.device))
     check_run_dir(run_dir, cfg, resume)
-    dist.barrier()  # every rank has checked before rank 0 writes anything
+    seed_everything(cfg.seed)
+    memory = PeakRSSMonitor().start()  # CPU memory: peak over the run minus this idle baseline
+    model = build_model(cfg, data, device)  # a missing or mismatched cache fails here, before any file
+    groups = param_groups(model, cfg)
+    opt = torch.optim.Adam(groups, weight_decay=cfg.train.weight_decay)
+    dist.barrier()  # every rank has checked and built before rank 0 writes anything
     if dist.is_main() and not resume:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
     dist.barrier()
     _setup_logging(run_dir)
     progress = progress and dist.is_main()
-    seed_everything(cfg.seed)
-    memory = PeakRSSMonitor().start()  # CPU memory: peak over the run minus this idle baseline
-    model = build_model(cfg, data, device)
-    groups = param_groups(model, cfg)
-    opt = torch.optim.Adam(groups, weight_decay=cfg.train.weight_decay)
     trainable, total = count_params(model)
     report = module_report(model)
     log.info("crossan %s | method=%s modalities=%s | data %s: %d users, %d items | device %s | world size %d",
