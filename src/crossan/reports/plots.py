@@ -23,6 +23,13 @@ def plot_all(rows: list[dict[str, Any]], out: Path) -> list[str]:
     return files
 
 
+def _save(fig: plt.Figure, out: Path, name: str) -> str:
+    fig.tight_layout()
+    fig.savefig(out / name, dpi=120)
+    plt.close(fig)
+    return name
+
+
 def _quality_vs_params(rows: list[dict[str, Any]], out: Path) -> str:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for r in rows:
@@ -34,11 +41,7 @@ def _quality_vs_params(rows: list[dict[str, Any]], out: Path) -> str:
     ax.set_ylabel("test NDCG@10")
     ax.set_title("Quality against trainable parameters")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    name = "ndcg_vs_params.png"
-    fig.savefig(out / name, dpi=120)
-    plt.close(fig)
-    return name
+    return _save(fig, out, "ndcg_vs_params.png")
 
 
 def _cost_bars(rows: list[dict[str, Any]], out: Path) -> str:
@@ -53,11 +56,7 @@ def _cost_bars(rows: list[dict[str, Any]], out: Path) -> str:
         ax.set_xticks(range(len(rows)), names, rotation=45, ha="right", fontsize=8)
         ax.set_title(label + " (log)")
         ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    name = "cost_per_method.png"
-    fig.savefig(out / name, dpi=120)
-    plt.close(fig)
-    return name
+    return _save(fig, out, "cost_per_method.png")
 
 
 def _metrics_bars(rows: list[dict[str, Any]], out: Path) -> str:
@@ -72,11 +71,7 @@ def _metrics_bars(rows: list[dict[str, Any]], out: Path) -> str:
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     ax.set_title("Test metrics per method")
-    fig.tight_layout()
-    name = "metrics_per_method.png"
-    fig.savefig(out / name, dpi=120)
-    plt.close(fig)
-    return name
+    return _save(fig, out, "metrics_per_method.png")
 
 
 def _router_weights(rows: list[dict[str, Any]], out: Path) -> str:
@@ -91,8 +86,4 @@ def _router_weights(rows: list[dict[str, Any]], out: Path) -> str:
     ax.set_title("MOMEF: mean router weight per modality")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    name = "momef_router_weights.png"
-    fig.savefig(out / name, dpi=120)
-    plt.close(fig)
-    return name
+    return _save(fig, out, "momef_router_weights.png")
