@@ -35,7 +35,7 @@ from crossan.data.protocol import apply_protocol
 from crossan.data.readers import RawData
 from crossan.recommender import Recommender
 from crossan.towers.base import TowerContext, build_tower
-from crossan.trainer import _batches, param_groups, train_epoch
+from crossan.trainer import _batches, _num_batches, param_groups, train_epoch
 from crossan.utils import PeakRSSMonitor, count_params
 
 MODS = ["text", "image", "video", "audio"]
@@ -105,7 +105,7 @@ def main() -> None:
             t0 = time.perf_counter()
             loss = train_epoch(model, opt, batches, inputs, targets, device, progress=False)
             secs = time.perf_counter() - t0
-            full = len(_batches(len(inputs), args.batch_size, args.seed, 1))
+            full = _num_batches(len(inputs), args.batch_size)
             epoch_s = secs * full / len(batches)
             if device.type == "cuda":
                 peak = torch.cuda.max_memory_allocated(device)

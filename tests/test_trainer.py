@@ -93,3 +93,8 @@ def test_missing_cache_fails_before_the_run_folder_exists(small_data: Path, tmp_
     with pytest.raises(CacheMissingError, match="crossan cache"):
         train(cfg, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("n, bs", [(100, 32), (96, 32), (1, 64), (65, 64)])
+def test_step_count_matches_the_batches(n: int, bs: int) -> None:
+    assert trainer._num_batches(n, bs) == len(trainer._batches(n, bs, seed=1, epoch=1))

@@ -22,7 +22,6 @@ The folder is written under a temporary name beside ``DIR`` and renamed into pla
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -36,19 +35,12 @@ from safetensors.torch import save_file
 
 import crossan
 from crossan.serve import ServeError, load_recommender
+from crossan.utils import file_sha256
 
 EXPORT_FORMAT = "crossan-export"
 EXPORT_FORMAT_VERSION = 1
 FILES = ("item_embeddings.npy", "item_embeddings.safetensors", "item_ids.json", "item_titles.json",
          "model.safetensors", "config.yaml", "export.json")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _check_out(out: Path, force: bool) -> None:
@@ -95,7 +87,7 @@ def export_run(run_dir: str | Path, out: str | Path, device: str = "auto", data_
                       "note": "not included in model.safetensors; item_embeddings already hold their effect"}
         files = {}
         for name in FILES[:-1]:
-            entry: dict[str, Any] = {"sha256": _sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
+            entry: dict[str, Any] = {"sha256": file_sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
             if name.startswith("item_embeddings"):
                 entry.update(shape=list(table.shape), dtype="float32")
             files[name] = entry

@@ -37,7 +37,6 @@ as it was.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import uuid
@@ -54,6 +53,7 @@ from safetensors.torch import load_file, save_file
 import crossan
 from crossan.config import Config, config_from_dict
 from crossan.trainer import RunError
+from crossan.utils import file_sha256
 
 EXTRA_DIR = "extra_items"
 EXTRA_EMBEDDINGS = "embeddings.safetensors"
@@ -157,14 +157,6 @@ def _resolve_device(device: str) -> str:
     from crossan.utils import resolve_device
 
     return str(resolve_device(device))
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------- extra items

@@ -172,6 +172,12 @@ def _batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tenso
     return [b[r::W] for b in torch.randperm(n, generator=g).split(batch_size) if len(b) >= W]
 
 
+def _num_batches(n: int, batch_size: int) -> int:
+    """How many steps :func:`_batches` gives per epoch (without drawing the permutation)."""
+    full, last = divmod(n, batch_size)
+    return full + (1 if last >= dist.world_size() else 0)
+
+
 def _seed_epoch(seed: int, epoch: int) -> None:
     """Dropout and sampled negatives draw from a stream fixed by (seed, epoch, rank): resuming after any
     finished epoch replays exactly what an uninterrupted run does, with no RNG state to save."""
@@ -265,7 +271,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, data: Sequenti
         mean_loss = train_epoch(step_model, opt, batches, inputs, targets, device, cfg.train.grad_clip,
                                 desc=f"epoch {epoch}", progress=progress)
         epoch_time = time.perf_counter() - t0
-        full_steps = len(_batches(len(inputs), cfg.train.batch_size, cfg.seed, epoch))
+        full_steps = _num_batches(len(inputs), cfg.train.batch_size)
         if len(batches) < full_steps:  # a capped epoch (train.max_steps_per_epoch): extrapolate to a full one
             epoch_time *= full_steps / max(1, len(batches))
         state.epoch_times.append(epoch_time)

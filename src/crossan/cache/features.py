@@ -43,7 +43,6 @@ class TensorFeatures:
         self._states = states
         self._present = {m: p.bool() if isinstance(p, torch.Tensor) else torch.as_tensor(np.asarray(p), dtype=torch.bool)
                          for m, p in present.items()}
-        self._device_cache: dict[tuple[str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def to_memory(self, device: torch.device | str = "cpu") -> TensorFeatures:
         """Load every array into (device) memory as fp16 tensors — fastest when the cache fits."""
