@@ -234,9 +234,11 @@ def test_iisan_missing_modality_chains(inter):
     assert not valid[0, 1] and valid[0].sum() == len(tower.chain_names) - 1 and valid[1].all()
     assert (out[0, 1] == 0).all()
     ref = tower(items)
-    with torch.no_grad():
-        for p in tower.intra["image"].parameters():
-            p.add_(torch.randn_like(p))
+    with torch.no_grad():  # perturb everything of the image intra chain (chain 1 in every grouped module)
+        for mod in [*tower.adapters, *tower.heads]:
+            for p in mod.parameters():
+                p[1].add_(torch.randn_like(p[1]))
+        tower.gate.logit[:, 1].add_(1.0)
     new = tower(items)
     torch.testing.assert_close(new[0], ref[0], rtol=0, atol=0)
     assert not torch.allclose(new[1], ref[1])
@@ -264,10 +266,117 @@ def test_crossan_missing_chain_does_not_leak_into_exchange():
     assert (e_ref[0, 1] == 0).all()
     with torch.no_grad():  # change what the image chain computes (from any input)
         for block in tower.adapters:
-            block["image"].up.bias.add_(1.0)
+            block.up_bias[1].add_(1.0)  # group 1 = image
     e_new, _ = tower.modality_embeddings(feats.gather(items))
     torch.testing.assert_close(e_new[0], e_ref[0], rtol=0, atol=0)  # item lacking image: unaffected
     assert not torch.allclose(e_new[1, 0], e_ref[1, 0])  # item with image: text chain reads it
+
+
+def iisan_reference(tower: IISANTower, feats) -> tuple[torch.Tensor, torch.Tensor]:
+    """METHOD.md §5 written out chain by chain with plain SANBs (the tower batches the chains)."""
+    states, present = tower.side_inputs(feats)
+    M, K = len(tower.modalities), tower.num_taps
+    h = [tower.proj(m, s) for m, s in zip(tower.modalities, states)]
+    g = tower.gate()
+    outs, valid = [], []
+
+    def head(c: int, x: torch.Tensor) -> torch.Tensor:
+        for lin in tower.heads:
+            x = x @ lin.weight[c] + lin.bias[c, 0]
+        return x
+
+    for m in range(M):  # intra chains
+        s = torch.zeros_like(h[m][:, 0])
+        for k in range(K):
+            s = tower.adapters[k].block(m)(g[k, m] * h[m][:, k] + (1 - g[k, m]) * s)
+        outs.append(head(m, s))
+        valid.append(present[:, m])
+    for p, (i, j) in enumerate(tower.pairs):  # pair chains
+        hi = torch.where(present[:, i, None, None], h[i], h[j])
+        hj = torch.where(present[:, j, None, None], h[j], h[i])
+        t = torch.zeros_like(h[i][:, 0])
+        for k in range(K):
+            gk = g[k, M + p]
+            t = tower.adapters[k].block(M + p)(t + gk * hi[:, k] + (1 - gk) * hj[:, k])
+        outs.append(head(M + p, t))
+        valid.append(present[:, i] | present[:, j])
+    if tower.inter is not None:  # single inter chain
+        t = torch.zeros_like(h[0][:, 0])
+        for k in range(K):
+            a = tower.inter.logits[k] / tower.inter.temperature
+            inp = torch.zeros_like(t)
+            for u in range(len(t)):
+                ok = present[u].nonzero()[:, 0]
+                if len(ok):
+                    w = torch.softmax(a[ok], 0)
+                    inp[u] = sum(wi * h[n][u, k] for wi, n in zip(w, ok.tolist()))
+            t = tower.adapters[k].block(M)(t + inp)
+        outs.append(head(M, t))
+        valid.append(present.any(1))
+    out, val = torch.stack(outs, 1), torch.stack(valid, 1)
+    return torch.where(val[..., None], out, torch.zeros_like(out)), val
+
+
+@pytest.mark.parametrize("M", [1, 2, 3, 4])
+@pytest.mark.parametrize("inter", ["pairs", "single"])
+def test_iisan_batched_chains_equal_per_chain_reference(M, inter):
+    torch.manual_seed(2)
+    feats = make_features(M, missing={"image": [2, 5], "video": [5, 7], "audio": [2, 5]})
+    tower = make_tower("iisan", M, feats, inter=inter).eval()
+    with torch.no_grad():
+        for p in tower.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    items = torch.arange(1, N + 1)
+    out, valid = tower.chain_outputs(feats.gather(items))
+    ref, ref_valid = iisan_reference(tower, feats.gather(items))
+    assert torch.equal(valid, ref_valid)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def crossan_reference(tower: CrossanTower, feats) -> torch.Tensor:
+    """METHOD.md §6 written out one modality at a time with plain SANBs (the tower batches the chains)."""
+    states, present = tower.side_inputs(feats)
+    mods, K = tower.modalities, tower.num_taps
+    M = len(mods)
+    h = [tower.proj(m, s) for m, s in zip(mods, states)]
+    g = tower.gate()
+    s = [torch.zeros_like(h[0][:, 0]) for _ in mods]
+    for k in range(K):
+        blocks = tower.adapters[k]
+        new = []
+        for m in range(M):
+            z = g[k, m] * h[m][:, k] + (1 - g[k, m]) * s[m]
+            if tower.exchange is not None and k > 0:
+                partners = [n for n in range(M) if n != m]
+                b = (tower.exchange.logits[k - 1, m] if tower.exchange.logits is not None
+                     else torch.zeros(M - 1))
+                lam = tower.exchange.mix()[k - 1, m]
+                for u in range(len(z)):
+                    ok = [i for i, n in enumerate(partners) if present[u, n]]
+                    if ok:
+                        pi = torch.softmax(b[ok], 0)
+                        z[u] = z[u] + lam * sum(p * s[partners[i]][u] for p, i in zip(pi, ok))
+            new.append(blocks.block(m if blocks.groups > 1 else 0)(z))
+        s = new
+    W, bias = tower.heads.weight, tower.heads.bias
+    e = torch.stack([s[m] @ W[m] + bias[m, 0] for m in range(M)], 1)
+    return torch.where(present[..., None], e, torch.zeros_like(e))
+
+
+@pytest.mark.parametrize("M", [1, 2, 3, 4])
+@pytest.mark.parametrize("kw", [{}, {"share_adapters": True}, {"exchange": "none"}], ids=["default", "shared", "none"])
+def test_crossan_batched_chains_equal_per_modality_reference(M, kw):
+    """The tower runs all chains at once (grouped SANBs, the exchange as a matmul); it must compute exactly
+    METHOD.md §6's per-modality loop, including the softmax renormalised over present partners."""
+    torch.manual_seed(1)
+    feats = make_features(M, missing={"image": [2, 5], "video": [5, 7], "audio": [2, 5]})
+    tower = make_tower("crossan", M, feats, **kw).eval()
+    with torch.no_grad():
+        for p in tower.parameters():  # move every parameter off its init (gates, logits, zero biases)
+            p.add_(0.3 * torch.randn_like(p))
+    items = torch.arange(1, N + 1)
+    e, _ = tower.modality_embeddings(feats.gather(items))
+    torch.testing.assert_close(e, crossan_reference(tower, feats.gather(items)), rtol=1e-5, atol=1e-5)
 
 
 # --------------------------------------------------------------------------------------------- MOMEF

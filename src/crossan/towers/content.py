@@ -24,6 +24,7 @@ import torch
 
 from crossan.cache.features import FeatureSource
 from crossan.towers.base import ItemTower, TowerContext
+from crossan.towers.sanb import ModalityProjection
 
 FEATURES_KEY = "features"
 """``TowerContext.extras`` key under which the trainer passes the FeatureSource."""
@@ -113,13 +114,29 @@ class ContentTower(ItemTower):
 
     def side_inputs(self, feats: Features) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Per modality (in ``self.modalities`` order) its states [U, K, D_m] (standardised when enabled)
-        with missing rows set to exact zeros, and the presence mask stacked as Bool[U, M]."""
+        with missing rows set to exact zeros, and the presence mask stacked as Bool[U, M].
+
+        The states are constants of the training graph (frozen encoders, read under no-grad), so this runs
+        without autograd: one fused pass per modality (``x · inv_std − mean · inv_std``) and an in-place fill.
+        """
         states, present = [], []
-        for m in self.modalities:
-            s, p = feats[m]
-            if self.standardized:
-                s = (s - getattr(self, f"input_mean_{m}")) * getattr(self, f"input_inv_std_{m}")
-            p = p.to(device=s.device, dtype=torch.bool)
-            states.append(torch.where(p[:, None, None], s, torch.zeros((), dtype=s.dtype, device=s.device)))
-            present.append(p)
+        with torch.no_grad():
+            for m in self.modalities:
+                s, p = feats[m]
+                p = p.to(device=s.device, dtype=torch.bool)
+                if self.standardized:
+                    inv_std = getattr(self, f"input_inv_std_{m}")
+                    s = torch.addcmul(-getattr(self, f"input_mean_{m}") * inv_std, s, inv_std)
+                else:
+                    s = s.clone()
+                states.append(s.masked_fill_(~p[:, None, None], 0.0))
+                present.append(p)
         return states, torch.stack(present, 1)
+
+    def tap_major_inputs(self, feats: Features, proj: ModalityProjection) -> tuple[torch.Tensor, torch.Tensor]:
+        """All modalities' side inputs as one tensor ``H`` [K, M, U, d_s] (after ``proj``), and presence
+        Bool[U, M]. Tap-major, so that depth k of a side network reads one contiguous block ``H[k]`` holding
+        every modality: the layout the grouped blocks of :mod:`crossan.towers.sanb` take."""
+        states, present = self.side_inputs(feats)
+        h = torch.stack([proj(m, s) for m, s in zip(self.modalities, states)], 0)  # [M, U, K, d_s]
+        return h.permute(2, 0, 1, 3).contiguous(), present

@@ -26,6 +26,12 @@ Missing modalities (the same rule at train and eval time), for an item lacking m
 * fusion: MOMEF gives n exactly zero weight (all missing → uniform over the experts reading zeros);
   ``concat`` sees zeros for n; ``mean`` averages the present modalities only (zeros if none).
 
+Implementation: all chains advance together. The states of one depth live in one tensor [M, U, d_s]; the
+M SANBs of a depth run as one :class:`~crossan.towers.sanb.GroupedSANB` (two batched matmuls), the heads as
+one :class:`~crossan.towers.sanb.GroupedLinear`, and the exchange as a matmul over the modality axis (the
+softmax over present partners written as ``E·(a⊙s) / E·a`` with ``E = exp(b)`` off the diagonal and ``a`` the
+presence). Numerically this is the loop above (a test checks it against a per-modality reference).
+
 Optimiser groups: ``side`` (input projections, SANBs, gates, exchange logits) at ``train.lr_adapter``;
 ``heads`` (W_m) and ``fusion`` (MOMEF / concat layer) at ``train.lr``.
 """
@@ -43,7 +49,7 @@ from crossan.towers.base import TowerContext, register
 from crossan.towers.configs import CrossanConfig
 from crossan.towers.content import ContentTower, Features, features_from_context, finish
 from crossan.towers.momef import MOMEF
-from crossan.towers.sanb import SANB, Gate, ModalityProjection, masked_softmax
+from crossan.towers.sanb import Gate, GroupedLinear, GroupedSANB, ModalityProjection
 
 
 class Exchange(nn.Module):
@@ -55,17 +61,30 @@ class Exchange(nn.Module):
         self.mix = Gate(depths, M, temperature=temperature)  # λ
         # b_{m,·}: one logit per (target m, partner n ≠ m); constant π ≡ 1 needs none (M = 2)
         self.logits = nn.Parameter(torch.zeros(depths, M, M - 1)) if M >= 3 else None
-        partners = torch.tensor([[n for n in range(M) if n != m] for m in range(M)], dtype=torch.long)
-        self.register_buffer("partners", partners.reshape(M, M - 1), persistent=False)
+        off = ~torch.eye(M, dtype=torch.bool)
+        self.register_buffer("off_diagonal", off, persistent=False)
 
-    def forward(self, s: torch.Tensor, present: torch.Tensor, j: int) -> torch.Tensor:
-        """``s``: previous states [U, M, d_s]; ``present``: Bool[U, M]; ``j``: exchange depth index (k − 2)."""
-        U, M, _ = s.shape
-        allowed = present[:, self.partners]  # [U, M, M-1]: partner present
-        logits = self.logits[j] if self.logits is not None else s.new_zeros(M, M - 1)
-        pi = masked_softmax(logits.expand(U, M, M - 1), allowed)
-        c = (pi[..., None] * s[:, self.partners]).sum(2)  # [U, M, d_s]
-        return self.mix()[j][:, None] * c
+    def weights(self, j: int) -> torch.Tensor:
+        """``E`` [M, M]: exp(b) for partners (row max subtracted, so every entry is in (0, 1]), 0 on the diagonal."""
+        M = self.off_diagonal.shape[0]
+        if self.logits is None:
+            return self.off_diagonal.float()
+        b = self.logits[j]
+        e = torch.exp(b - b.max(1, keepdim=True).values.detach())  # [M, M-1]
+        return torch.zeros(M, M, dtype=e.dtype, device=e.device).masked_scatter(self.off_diagonal, e)
+
+    def forward(self, s: torch.Tensor, a: torch.Tensor, j: int) -> torch.Tensor:
+        """``s``: previous states [M, U, d_s]; ``a``: presence as 0/1 [M, U, 1]; ``j``: depth index (k − 2).
+
+        π renormalised over the present partners is ``E_mn a_n / Σ_n' E_mn' a_n'``; with no partner present
+        the numerator is 0 and so is the exchange.
+        """
+        M, U, d = s.shape
+        E = self.weights(j).to(s.dtype)
+        num = (E @ (s * a).view(M, U * d)).view(M, U, d)
+        den = E @ a.view(M, U)  # [M, U]
+        scale = self.mix()[j][:, None] / torch.where(den > 0, den, torch.ones_like(den))
+        return num * scale[..., None]
 
 
 class ConcatFusion(nn.Module):
@@ -95,18 +114,15 @@ class CrossanTower(ContentTower):
         super().__init__(features, modalities, num_items, dim)
         self.cfg = cfg = cfg if cfg is not None else CrossanConfig()
         K, M, ds = self.num_taps, len(self.modalities), cfg.side_dim
-
-        def sanb() -> SANB:
-            return SANB(ds, cfg.bottleneck, cfg.dropout, cfg.init_std)
-
         self.proj = ModalityProjection(self.dims, ds)
+        # one SANB per (depth, modality); with share_adapters one per depth, applied to every modality
         self.adapters = nn.ModuleList(
-            sanb() if cfg.share_adapters else nn.ModuleDict({m: sanb() for m in self.modalities})
+            GroupedSANB(1 if cfg.share_adapters else M, ds, cfg.bottleneck, cfg.dropout, cfg.init_std)
             for _ in range(K))
         self.gate = Gate(K, M, temperature=cfg.gate_temperature)
         self.exchange = (Exchange(K - 1, M, cfg.gate_temperature)
                          if cfg.exchange == "softmax" and M >= 2 and K >= 2 else None)
-        self.heads = nn.ModuleDict({m: nn.Linear(ds, dim) for m in self.modalities})
+        self.heads = GroupedLinear(M, ds, dim)  # W_m, one per modality
         self.fusion: nn.Module
         if cfg.fusion == "momef":
             self.fusion = MOMEF(self.modalities, dim, cfg.momef_temperature, cfg.momef_top_k,
@@ -118,26 +134,21 @@ class CrossanTower(ContentTower):
         else:
             raise ValueError(f"crossan.fusion: unknown fusion {cfg.fusion!r}")
 
-    def _adapt(self, k: int, z: torch.Tensor) -> torch.Tensor:
-        """Apply the depth-k SANB(s) to ``z`` [U, M, d_s]."""
-        block = self.adapters[k]
-        if isinstance(block, SANB):  # shared by all modalities
-            return block(z)
-        return torch.stack([block[m](z[:, i]) for i, m in enumerate(self.modalities)], 1)
-
     def modality_embeddings(self, feats: Features) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-modality embeddings e [U, M, d] (exact zeros for missing modalities) and presence Bool[U, M]."""
-        states, present = self.side_inputs(feats)
-        h = torch.stack([self.proj(m, s) for m, s in zip(self.modalities, states)], 1)  # [U, M, K, d_s]
-        g = self.gate()[..., None]  # [K, M, 1]
-        s = torch.zeros_like(h[:, :, 0])
+        h, present = self.tap_major_inputs(feats, self.proj)  # [K, M, U, d_s]
+        a = present.T.to(h.dtype)[..., None]  # [M, U, 1]
+        g = self.gate()[..., None, None]  # [K, M, 1, 1]
+        s = None  # s^0 = 0
         for k in range(self.num_taps):
-            z = g[k] * h[:, :, k] + (1 - g[k]) * s
-            if self.exchange is not None and k > 0:
-                z = z + self.exchange(s, present, k - 1)
-            s = self._adapt(k, z)
-        e = torch.stack([self.heads[m](s[:, i]) for i, m in enumerate(self.modalities)], 1)
-        return torch.where(present[..., None], e, torch.zeros_like(e)), present
+            z = g[k] * h[k]
+            if s is not None:
+                z = torch.addcmul(z, 1 - g[k], s)
+                if self.exchange is not None:
+                    z = z + self.exchange(s, a, k - 1)
+            s = self.adapters[k](z)
+        e = self.heads(s) * a  # [M, U, d], zeros for missing modalities
+        return e.transpose(0, 1), present
 
     def encode(self, feats: Features) -> torch.Tensor:
         return self.fusion(*self.modality_embeddings(feats))

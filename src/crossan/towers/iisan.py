@@ -22,6 +22,13 @@ Missing modalities (the same rule at train and eval time), for an item lacking m
 So every chain output depends only on present modalities; an item lacking everything embeds to the
 fusion bias (a learned "no content" vector).
 
+Implementation: all chains advance together, as in CROSSAN. At depth k the C = M + (inter chains) inputs
+are stacked into one tensor [C, U, d_s] and the C SANBs of that depth run as one
+:class:`~crossan.towers.sanb.GroupedSANB`; the two-layer heads are two
+:class:`~crossan.towers.sanb.GroupedLinear`. The numbers are those of the chain-by-chain loop above (a test
+checks it against a per-chain reference); batching both side networks the same way keeps the IISAN/CROSSAN
+cost comparison about the architectures, not the implementations.
+
 Optimiser groups: ``side`` (input projections, SANBs, gates) at ``train.lr_adapter``; ``heads`` (chain
 heads and the fusion layer) at ``train.lr``.
 """
@@ -39,71 +46,22 @@ from crossan.config import TrainConfig
 from crossan.towers.base import TowerContext, register
 from crossan.towers.configs import IISANConfig
 from crossan.towers.content import ContentTower, Features, features_from_context, finish
-from crossan.towers.sanb import SANB, Gate, ModalityProjection, masked_softmax
+from crossan.towers.sanb import Gate, GroupedLinear, GroupedSANB, ModalityProjection, masked_softmax
 
 
-def _adapters(cfg: IISANConfig, depth: int) -> nn.ModuleList:
-    return nn.ModuleList(SANB(cfg.side_dim, cfg.bottleneck, cfg.dropout, cfg.init_std) for _ in range(depth))
+class SingleInterGate(nn.Module):
+    """Input weights of the single inter chain: ``w^k = softmax(a^k / T)`` over the present modalities."""
 
-
-class IntraChain(nn.Module):
-    """One modality's chain: ``s^k = SANB_k(g_k·h^{l_k} + (1−g_k)·s^{k−1})``, s^0 = 0 (METHOD.md §5)."""
-
-    def __init__(self, cfg: IISANConfig, depth: int) -> None:
+    def __init__(self, depth: int, num_modalities: int, temperature: float) -> None:
         super().__init__()
-        self.adapters = _adapters(cfg, depth)
-        self.gate = Gate(depth, temperature=cfg.gate_temperature)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        """``h``: [U, K, d_s] → last state [U, d_s]."""
-        g = self.gate()
-        s = torch.zeros_like(h[:, 0])
-        for k, adapter in enumerate(self.adapters):
-            s = adapter(g[k] * h[:, k] + (1 - g[k]) * s)
-        return s
-
-
-class PairChain(nn.Module):
-    """An inter chain of two modalities: ``t^k = SANB_k(t^{k−1} + g_k·h_m + (1−g_k)·h_n)`` (METHOD.md §5)."""
-
-    def __init__(self, cfg: IISANConfig, depth: int) -> None:
-        super().__init__()
-        self.adapters = _adapters(cfg, depth)
-        self.gate = Gate(depth, temperature=cfg.gate_temperature)
-
-    def forward(self, h_m: torch.Tensor, h_n: torch.Tensor) -> torch.Tensor:
-        """``h_m``, ``h_n``: [U, K, d_s] → last state [U, d_s]."""
-        g = self.gate()
-        t = torch.zeros_like(h_m[:, 0])
-        for k, adapter in enumerate(self.adapters):
-            t = adapter(t + g[k] * h_m[:, k] + (1 - g[k]) * h_n[:, k])
-        return t
-
-
-class SingleInterChain(nn.Module):
-    """One inter chain over all M modalities: ``t^k = SANB_k(t^{k−1} + Σ_m w_m^k·h_m^{l_k})``.
-
-    ``w^k = softmax(a^k / T)`` over the modalities present for the item (a: [K, M], init 0).
-    """
-
-    def __init__(self, cfg: IISANConfig, depth: int, num_modalities: int) -> None:
-        super().__init__()
-        self.adapters = _adapters(cfg, depth)
-        self.temperature = cfg.gate_temperature
+        self.temperature = temperature
         self.logits = nn.Parameter(torch.zeros(depth, num_modalities))
 
-    def forward(self, h: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        """``h``: [U, M, K, d_s], ``present``: Bool[U, M] → last state [U, d_s]."""
-        t = torch.zeros_like(h[:, 0, 0])
-        for k, adapter in enumerate(self.adapters):
-            w = masked_softmax((self.logits[k] / self.temperature).expand_as(present), present)  # [U, M]
-            t = adapter(t + (w[..., None] * h[:, :, k]).sum(1))
-        return t
-
-
-def _head(side_dim: int, dim: int) -> nn.Sequential:
-    """Chain head of IISAN: ``Linear(d_s→d_s)`` then ``Linear(d_s→d)`` (no activation between, §5)."""
-    return nn.Sequential(nn.Linear(side_dim, side_dim), nn.Linear(side_dim, dim))
+    def forward(self, present: torch.Tensor) -> torch.Tensor:
+        """Weights [K, M, U, 1] for presence Bool[U, M] (all zero for an item with nothing present)."""
+        K, M = self.logits.shape
+        w = masked_softmax((self.logits / self.temperature)[:, None, :].expand(K, *present.shape), present)
+        return w.permute(0, 2, 1)[..., None]
 
 
 class IISANTower(ContentTower):
@@ -113,55 +71,65 @@ class IISANTower(ContentTower):
                  cfg: IISANConfig | None = None) -> None:
         super().__init__(features, modalities, num_items, dim)
         self.cfg = cfg = cfg if cfg is not None else IISANConfig()
-        K, M = self.num_taps, len(self.modalities)
-        self.proj = ModalityProjection(self.dims, cfg.side_dim)
-        self.intra = nn.ModuleDict({m: IntraChain(cfg, K) for m in self.modalities})
-        self.pairs = list(combinations(range(M), 2))
-        self.inter: nn.ModuleDict | SingleInterChain | None = None
-        if M >= 2 and cfg.inter == "pairs":
-            self.inter = nn.ModuleDict(
-                {self._pair_name(i, j): PairChain(cfg, K) for i, j in self.pairs})
-        elif M >= 2:
-            self.inter = SingleInterChain(cfg, K, M)
+        K, M, ds = self.num_taps, len(self.modalities), cfg.side_dim
+        self.proj = ModalityProjection(self.dims, ds)
+        self.pairs = list(combinations(range(M), 2)) if M >= 2 and cfg.inter == "pairs" else []
         self.chain_names = list(self.modalities)
-        if isinstance(self.inter, nn.ModuleDict):
-            self.chain_names += list(self.inter.keys())
-        elif self.inter is not None:
+        self.chain_names += [f"{self.modalities[i]}_{self.modalities[j]}" for i, j in self.pairs]
+        if M >= 2 and cfg.inter == "single":
             self.chain_names.append("inter")
-        self.heads = nn.ModuleDict({c: _head(cfg.side_dim, dim) for c in self.chain_names})
-        self.fusion = nn.Linear(len(self.chain_names) * dim, dim)
-
-    def _pair_name(self, i: int, j: int) -> str:
-        return f"{self.modalities[i]}_{self.modalities[j]}"
+        C = len(self.chain_names)
+        # depth k: one SANB per chain (intra chains in modality order, then the inter chains)
+        self.adapters = nn.ModuleList(
+            GroupedSANB(C, ds, cfg.bottleneck, cfg.dropout, cfg.init_std) for _ in range(K))
+        self.gate = Gate(K, M + len(self.pairs), temperature=cfg.gate_temperature)  # intra, then pair gates
+        self.inter = (SingleInterGate(K, M, cfg.gate_temperature)
+                      if M >= 2 and cfg.inter == "single" else None)
+        # each chain's head: Linear(d_s→d_s) then Linear(d_s→d), no activation between (§5)
+        self.heads = nn.Sequential(GroupedLinear(C, ds, ds), GroupedLinear(C, ds, dim))
+        self.fusion = nn.Linear(C * dim, dim)
+        if self.pairs:
+            self.register_buffer("pair_left", torch.tensor([i for i, _ in self.pairs]), persistent=False)
+            self.register_buffer("pair_right", torch.tensor([j for _, j in self.pairs]), persistent=False)
 
     def chain_outputs(self, feats: Features) -> tuple[torch.Tensor, torch.Tensor]:
         """Every chain's head output [U, C, d] (zero where the chain has no input) and its validity Bool[U, C],
         chains in :attr:`chain_names` order (intra chains in modality order, then inter chains)."""
-        states, present = self.side_inputs(feats)
-        h = [self.proj(m, s) for m, s in zip(self.modalities, states)]  # M × [U, K, d_s]
-        last = [self.intra[m](h[i]) for i, m in enumerate(self.modalities)]
-        valid = [present[:, i] for i in range(len(self.modalities))]
-        if isinstance(self.inter, nn.ModuleDict):
-            for i, j in self.pairs:
-                pi, pj = present[:, i, None, None], present[:, j, None, None]
-                h_i = torch.where(pi, h[i], h[j])  # a missing side reads the present one
-                h_j = torch.where(pj, h[j], h[i])
-                last.append(self.inter[self._pair_name(i, j)](h_i, h_j))
-                valid.append(present[:, i] | present[:, j])
+        h, present = self.tap_major_inputs(feats, self.proj)  # [K, M, U, d_s]
+        M = len(self.modalities)
+        g = self.gate()[..., None, None]  # [K, M + P, 1, 1]
+        valid = [present.T]
+        if self.pairs:
+            pl, pr = present.T[self.pair_left, :, None], present.T[self.pair_right, :, None]  # [P, U, 1]
+            h_l, h_r = h[:, self.pair_left], h[:, self.pair_right]  # [K, P, U, d_s]
+            h_l, h_r = torch.where(pl, h_l, h_r), torch.where(pr, h_r, h_l)  # a missing side reads the other
+            valid.append((pl | pr)[..., 0])
         elif self.inter is not None:
-            last.append(self.inter(torch.stack(h, 1), present))
-            valid.append(present.any(1))
-        out = torch.stack([self.heads[c](s) for c, s in zip(self.chain_names, last)], 1)
-        valid_t = torch.stack(valid, 1)
-        return torch.where(valid_t[..., None], out, torch.zeros_like(out)), valid_t
+            w = self.inter(present)  # [K, M, U, 1]
+            valid.append(present.any(1)[None])
+        s = None  # all chains' states [C, U, d_s]; s^0 = 0
+        for k, block in enumerate(self.adapters):
+            z = [g[k, :M] * h[k]]  # intra: g·h + (1−g)·s
+            if s is not None:
+                z[0] = torch.addcmul(z[0], 1 - g[k, :M], s[:M])
+            if self.pairs:  # pair: t + g·h_m + (1−g)·h_n
+                zp = torch.lerp(h_r[k], h_l[k], g[k, M:])
+                z.append(zp if s is None else zp + s[M:])
+            elif self.inter is not None:  # single: t + Σ_m w_m·h_m
+                zi = (w[k] * h[k]).sum(0, keepdim=True)
+                z.append(zi if s is None else zi + s[M:])
+            s = block(torch.cat(z, 0) if len(z) > 1 else z[0])
+        valid_t = torch.cat(valid, 0)  # [C, U]
+        out = self.heads(s) * valid_t[..., None]
+        return out.transpose(0, 1), valid_t.T
 
     def encode(self, feats: Features) -> torch.Tensor:
         out, _ = self.chain_outputs(feats)
         return self.fusion(out.flatten(1))
 
     def side_modules(self) -> list[nn.Module]:
-        """The side network proper: input projections, chains (SANBs and gates)."""
-        return [m for m in (self.proj, self.intra, self.inter) if m is not None]
+        """The side network proper: input projections, SANBs, gates."""
+        return [m for m in (self.proj, self.adapters, self.gate, self.inter) if m is not None]
 
     def param_groups(self, train: TrainConfig) -> list[dict[str, Any]]:
         side = [p for mod in self.side_modules() for p in mod.parameters()]

@@ -1,6 +1,8 @@
 """Building blocks of the side networks shared by IISAN and CROSSAN (METHOD.md §4).
 
 * :class:`SANB` — the side adapter block ``x + W_up · ReLU(W_down · x + b_down) + b_up`` (d_s → r → d_s);
+* :class:`GroupedSANB` — G independent SANBs (one per chain) applied at once with batched matmuls;
+* :class:`GroupedLinear` — G independent ``Linear`` layers applied at once (the chains' heads);
 * :class:`Gate` — learnable gates ``g = sigmoid(a / T)``, ``a`` initialised to 0 (so g starts at 0.5);
 * :class:`ModalityProjection` — one ``Linear(D_m → d_s)`` per modality, shared by its K taps, only where
   ``D_m ≠ d_s``;
@@ -37,6 +39,70 @@ class SANB(nn.Module):
     def num_params(dim: int, bottleneck: int) -> int:
         """Trainable parameters of one block: ``2·d_s·r + r + d_s``."""
         return 2 * dim * bottleneck + bottleneck + dim
+
+
+class GroupedSANB(nn.Module):
+    """G independent SANBs applied in one go: ``x`` [G, U, d_s] → [G, U, d_s], group g through block g.
+
+    The side networks run one block per chain at each depth, all of the same shape; doing the G blocks of a
+    depth as two batched matmuls (``torch.baddbmm``) instead of G small ``Linear`` calls gives the same
+    numbers with a fraction of the kernel launches and elementwise passes. Parameters are exactly those of G
+    :class:`SANB` s (``down_weight`` [G, d_s, r], ``down_bias`` [G, 1, r], ``up_weight`` [G, r, d_s],
+    ``up_bias`` [G, 1, d_s]), initialised the same way (weights ~ N(0, init_std²), biases 0). With G = 1
+    the one block is applied to every group of the input (``share_adapters``).
+    """
+
+    def __init__(self, groups: int, dim: int, bottleneck: int = 64, dropout: float = 0.1,
+                 init_std: float = 0.01) -> None:
+        super().__init__()
+        self.groups, self.dim, self.bottleneck = groups, dim, bottleneck
+        self.down_weight = nn.Parameter(torch.empty(groups, dim, bottleneck).normal_(0.0, init_std))
+        self.down_bias = nn.Parameter(torch.zeros(groups, 1, bottleneck))
+        self.up_weight = nn.Parameter(torch.empty(groups, bottleneck, dim).normal_(0.0, init_std))
+        self.up_bias = nn.Parameter(torch.zeros(groups, 1, dim))
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = grouped_affine(x, self.down_weight, self.down_bias).relu_()
+        return x + self.dropout(grouped_affine(a, self.up_weight, self.up_bias))
+
+    def block(self, g: int) -> SANB:
+        """Group ``g`` as a stand-alone :class:`SANB` (a copy; for inspection and reference checks)."""
+        sanb = SANB(self.dim, self.bottleneck, self.dropout.p)
+        with torch.no_grad():
+            sanb.down.weight.copy_(self.down_weight[g].T)
+            sanb.down.bias.copy_(self.down_bias[g, 0])
+            sanb.up.weight.copy_(self.up_weight[g].T)
+            sanb.up.bias.copy_(self.up_bias[g, 0])
+        return sanb.train(self.training)
+
+    def extra_repr(self) -> str:
+        return f"groups={self.groups}, dim={self.dim}, bottleneck={self.bottleneck}"
+
+
+class GroupedLinear(nn.Module):
+    """G independent ``Linear(in → out)`` layers: ``x`` [G, U, in] → [G, U, out] (``nn.Linear``'s init)."""
+
+    def __init__(self, groups: int, in_features: int, out_features: int) -> None:
+        super().__init__()
+        bound = in_features ** -0.5
+        self.weight = nn.Parameter(torch.empty(groups, in_features, out_features).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(groups, 1, out_features).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return grouped_affine(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        G, i, o = self.weight.shape
+        return f"groups={G}, in_features={i}, out_features={o}"
+
+
+def grouped_affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``x[g] @ weight[g] + bias[g]`` for every group g (one weight for all groups when ``weight`` has one)."""
+    if weight.shape[0] == x.shape[0]:
+        return torch.baddbmm(bias, x, weight)
+    G, U, _ = x.shape  # a single shared weight: one plain matmul over all groups' rows
+    return torch.addmm(bias[0], x.reshape(G * U, -1), weight[0]).view(G, U, -1)
 
 
 class Gate(nn.Module):
