@@ -6,8 +6,12 @@ random fp16 layer-state cache of the paper's shape (D = 768, K = 7) and a synthe
 MicroLens-100K's size, keeps the cache on the device, and times one epoch of each method with the project's
 own trainer step (``crossan.trainer.train_epoch``), one method after the other in one process.
 
-Memory is ``torch.cuda.max_memory_allocated`` on CUDA (reset before each method; the resident cache is
-reported separately), or the peak RSS above the pre-run baseline on CPU.
+Memory: on CUDA ``torch.cuda.max_memory_allocated`` over the epoch (reset before each method; the resident
+cache is reported separately). On CPU, where torch keeps no such counter, the same quantity is rebuilt from
+the allocator's events: the model's and optimiser's state (parameters, buffers, Adam moments) plus the peak
+of what ``--memory-steps`` training steps allocate on top (activations, gradients, temporaries), followed
+with ``torch.profiler`` (see ``crossan.utils.cpu_allocation_peak``); the cache is added separately.
+(Process RSS is no use here: it is dominated by the libraries and never returns freed pages.)
 
     python benchmarks/side_network_epoch.py --device cuda --out bench_out/gpu
     python benchmarks/side_network_epoch.py --device cpu --users 4000 --items 2000 --out bench_out/cpu
@@ -36,7 +40,7 @@ from crossan.data.readers import RawData
 from crossan.recommender import Recommender
 from crossan.towers.base import TowerContext, build_tower
 from crossan.trainer import _batches, _num_batches, param_groups, train_epoch
-from crossan.utils import PeakRSSMonitor, count_params
+from crossan.utils import count_params, cpu_allocation_peak, state_bytes
 
 MODS = ["text", "image", "video", "audio"]
 
@@ -62,6 +66,9 @@ def main() -> None:
     ap.add_argument("--modality-counts", default="2,4")
     ap.add_argument("--methods", default="crossan,iisan")
     ap.add_argument("--max-steps", type=int, default=0, help="cap steps per epoch (0: full epoch)")
+    ap.add_argument("--cache-on", choices=["device", "host"], default="device",
+                    help="where the cache lives on CUDA (host: only each batch's rows go to the GPU)")
+    ap.add_argument("--memory-steps", type=int, default=3, help="CPU: steps followed for peak memory")
     ap.add_argument("--seed", type=int, default=12345)
     ap.add_argument("--out", default="bench_out/side_network_epoch")
     args = ap.parse_args()
@@ -73,8 +80,9 @@ def main() -> None:
     data = apply_protocol(synthetic_sequences(args.users, args.items, args.seed), base.data, name="synthetic")
     n = data.num_items
     g = torch.Generator().manual_seed(args.seed)
-    states = {m: (torch.randn(n + 1, args.taps, args.width, generator=g) * 0.5).half().to(device) for m in MODS}
-    present = {m: torch.ones(n + 1, dtype=torch.bool, device=device) for m in MODS}
+    home = device if args.cache_on == "device" else torch.device("cpu")
+    states = {m: (torch.randn(n + 1, args.taps, args.width, generator=g) * 0.5).half().to(home) for m in MODS}
+    present = {m: torch.ones(n + 1, dtype=torch.bool, device=home) for m in MODS}
     for m in MODS:
         present[m][0] = False
     cache_bytes = {m: states[m].numel() * 2 for m in MODS}
@@ -101,19 +109,24 @@ def main() -> None:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
                 before = torch.cuda.memory_allocated(device)
-            mon = PeakRSSMonitor().start() if device.type == "cpu" else None
             t0 = time.perf_counter()
             loss = train_epoch(model, opt, batches, inputs, targets, device, progress=False)
             secs = time.perf_counter() - t0
             full = _num_batches(len(inputs), args.batch_size)
             epoch_s = secs * full / len(batches)
+            used_cache = sum(cache_bytes[m] for m in mods)
             if device.type == "cuda":
                 peak = torch.cuda.max_memory_allocated(device)
-                peak_above_cache = peak - sum(cache_bytes[m] for m in MODS)
+                resident = sum(cache_bytes[m] for m in MODS) if home.type == "cuda" else 0  # all four
+                peak_above_cache = peak - resident
                 kind = "cuda_max_memory_allocated"
             else:
-                peak_above_cache = mon.stop()
-                peak, before, kind = mon.peak, mon.baseline, "cpu_peak_rss_above_baseline"
+                extra = batches[: args.memory_steps]
+                step_peak = cpu_allocation_peak(
+                    lambda: train_epoch(model, opt, extra, inputs, targets, device, progress=False))
+                before = state_bytes(model, opt)
+                peak_above_cache = before + step_peak
+                peak, kind = used_cache + peak_above_cache, "cpu_state_plus_step_allocation_peak"
             rows.append({"method": method, "modalities": M, "trainable_params": trainable, "total_params": total,
                          "steps": len(batches), "full_epoch_steps": full, "time_per_epoch_s": round(epoch_s, 3),
                          "peak_memory_bytes": int(peak), "peak_minus_cache_bytes": int(peak_above_cache),
@@ -135,7 +148,7 @@ def main() -> None:
     machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
                else f"CPU {platform.machine()}, {torch.get_num_threads()} threads")
     meta = {"machine": machine, "torch": torch.__version__, "users": data.num_users, "items": n,
-            "width": args.width, "taps": args.taps, "batch_size": args.batch_size,
+            "width": args.width, "taps": args.taps, "batch_size": args.batch_size, "cache_on": args.cache_on,
             "cache_bytes_per_modality": cache_bytes["text"], "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows, "ratios": ratios}, indent=2))
     with open(out / "results.csv", "w", newline="") as f:

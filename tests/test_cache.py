@@ -269,6 +269,16 @@ def test_open_features_memory_maps_large_caches(built: Path, data: FakeData) -> 
     torch.testing.assert_close(mapped.gather(items)["image"][0], in_memory.gather(items)["image"][0])
 
 
+def test_cache_on_device_switch(built: Path, data: FakeData) -> None:
+    # "meta" stands in for an accelerator: the in-memory cache follows the training device unless told not to
+    on_device = open_features(make_cfg(built), data, ["image"], "meta")
+    assert on_device._states["image"].device.type == "meta"
+    cfg = make_cfg(built)
+    cfg.cache.on_device = False
+    host = open_features(cfg, data, ["image"], "meta")
+    assert host._states["image"].device.type == "cpu" and host._present["image"].device.type == "cpu"
+
+
 def test_live_features_batch_size_does_not_matter(data: FakeData, tmp_path: Path) -> None:
     specs = resolve_specs(make_cfg(tmp_path), ["text"])
     encoders = {"text": build_encoder("text", dataclasses.replace(specs["text"]))}

@@ -149,6 +149,9 @@ class CacheConfig:
     memory_limit_gb: float = 4.0
     """``open_features`` loads cached states into memory when all asked-for modalities together take
     at most this many GiB; larger caches stay memory-mapped."""
+    on_device: bool = True
+    """An in-memory cache goes to the training device (fastest on a GPU). ``false`` keeps it in host memory
+    and moves only each batch's rows, so the GPU holds nothing but the side network's training state."""
 
 
 # Method sections (each method's own options) live beside their modules; imported here so that the

@@ -131,3 +131,33 @@ class PeakRSSMonitor:
         self._thread.join()
         self.peak = max(self.peak, current_rss_bytes())
         return self.peak - self.baseline
+
+
+def cpu_allocation_peak(fn: Any) -> int:
+    """Run ``fn()`` and return the peak of CPU tensor memory it allocated and had not yet freed (bytes).
+
+    The CPU counterpart of ``torch.cuda.max_memory_allocated() − memory_allocated()`` before the call: it
+    follows every CPU allocation and free that torch's allocator reports to the profiler during ``fn``.
+    Memory that existed before the call (model weights, optimiser state, a resident cache) is not counted,
+    and neither is its release. Slower than running ``fn`` alone (the profiler is on); use it on a few steps.
+    """
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.profiler.kineto_results.events()
+                     if e.name() == "[memory]" and e.device_type() == DeviceType.CPU), key=lambda e: e.start_ns())
+    current = peak = 0
+    for e in events:
+        current += e.nbytes()
+        peak = max(peak, current)
+    return peak
+
+
+def state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> int:
+    """Bytes held by a model's parameters and buffers and by an optimiser's state tensors."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if optimizer is not None:
+        tensors += [v for st in optimizer.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
+    return sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors}.values())

@@ -733,7 +733,7 @@ def open_features(cfg: Config, data: Any, modalities: list[str], device: Any = "
         manifest = read_manifest(cache_root(cfg, data) / m) or {}
         size += int(np.prod(manifest.get("shape", [0]))) * 2  # float16
     if size <= cfg.cache.memory_limit_gb * 2**30:
-        return open_cache(cfg, data, modalities, mmap=False).to_memory(device)
+        return open_cache(cfg, data, modalities, mmap=False).to_memory(device if cfg.cache.on_device else "cpu")
     return open_cache(cfg, data, modalities)
 
 
