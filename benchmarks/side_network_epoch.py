@@ -27,6 +27,7 @@ import gc
 import json
 import platform
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -123,7 +124,7 @@ def main() -> None:
             else:
                 extra = batches[: args.memory_steps]
                 step_peak = cpu_allocation_peak(
-                    lambda: train_epoch(model, opt, extra, inputs, targets, device, progress=False))
+                    partial(train_epoch, model, opt, extra, inputs, targets, device, progress=False))
                 before = state_bytes(model, opt)
                 peak_above_cache = before + step_peak
                 peak, kind = used_cache + peak_above_cache, "cpu_state_plus_step_allocation_peak"
