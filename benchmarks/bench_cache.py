@@ -2,8 +2,10 @@
 
 For each modality and batch size it measures
 
-* ``e2e``: items/s of the whole per-batch pipeline the cache builder runs (read and decode media,
-  tokenizer / processor, backbone forward with all hidden states, pooling) — sequential, no prefetch;
+* ``e2e``: items/s of the whole per-batch work of the cache builder (read and decode media, tokenizer /
+  processor, backbone forward with all hidden states, pooling), done one step after the other;
+* ``build`` (with ``--build``): items/s of ``build_cache`` itself, which reads and preprocesses the next
+  batch in a thread while the model runs, and writes fp16 states and the manifest;
 * ``fwd``: items/s of the backbone forward alone on already prepared inputs;
 * FLOPs per item of the forward, counted by ``torch.utils.flop_counter.FlopCounterMode``;
 * the machine's dense fp32 matmul FLOP/s, measured in the same run (best of several 2048² matmuls),
@@ -104,11 +106,14 @@ def bench_modality(modality: str, encoder: Any, data: Items, batch_size: int, pe
     encoder.encode(batches[0][:2], data.catalogue)  # warm-up
 
     t0 = time.perf_counter()
-    prepared = []
+    prepared, media_s = [], 0.0
     for batch in batches:
+        t1 = time.perf_counter()
         loaded = encoder.load_media(batch, data.catalogue)
-        prepared.append(encoder.process([m for m, p in zip(loaded.media, loaded.present) if p]))
-        encoder.encode_loaded(loaded)
+        inputs = encoder.process_loaded(loaded)
+        media_s += time.perf_counter() - t1
+        encoder.encode_loaded(loaded, inputs)
+        prepared.append(inputs)
     e2e = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -127,6 +132,7 @@ def bench_modality(modality: str, encoder: Any, data: Items, batch_size: int, pe
         "batch_size": batch_size,
         "items": len(records),
         "e2e_items_per_s": len(records) / e2e,
+        "media_items_per_s": len(records) / media_s,
         "fwd_items_per_s": fwd_rate,
         "gflops_per_item": flops_item / 1e9,
         "achieved_gflops": fwd_rate * flops_item / 1e9,
@@ -158,12 +164,15 @@ def bench_build(cfg: Config, data: Items, modalities: list[str], batch_size: int
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    head = f"{'modality':8} {'bs':>4} {'e2e it/s':>9} {'fwd it/s':>9} {'GFLOP/it':>9} {'GFLOP/s':>8} {'share':>6}"
+    head = (f"{'modality':8} {'bs':>4} {'media it/s':>10} {'e2e it/s':>9} {'build it/s':>10} {'fwd it/s':>9} "
+            f"{'GFLOP/it':>9} {'fwd share':>9} {'e2e share':>9} {'build share':>11}")
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['modality']:8} {r['batch_size']:>4} {r['e2e_items_per_s']:>9.1f} {r['fwd_items_per_s']:>9.1f} "
-              f"{r['gflops_per_item']:>9.3f} {r['achieved_gflops']:>8.1f} {r['achieved_share']:>6.1%}")
+        build = r.get("build_items_per_s")
+        print(f"{r['modality']:8} {r['batch_size']:>4} {r['media_items_per_s']:>10.1f} {r['e2e_items_per_s']:>9.1f} "
+              f"{build or float('nan'):>10.1f} {r['fwd_items_per_s']:>9.1f} {r['gflops_per_item']:>9.3f} "
+              f"{r['achieved_share']:>9.1%} {r['e2e_share']:>9.1%} {r.get('build_share', float('nan')):>11.1%}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -174,7 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--items", type=int, default=64, help="synthetic items (or the first N of --data)")
     parser.add_argument("--data", default="", help="a dataset folder read with crossan.data.prepare")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
-    parser.add_argument("--build", action="store_true", help="also time build_cache at the first batch size")
+    parser.add_argument("--build", action="store_true", help="also time build_cache at each batch size")
     parser.add_argument("--out", default="bench-cache")
     args = parser.parse_args(argv)
 
@@ -207,18 +216,23 @@ def main(argv: list[str] | None = None) -> None:
             encoder = build_encoder(m, specs[m])
             for bs in batch_sizes:
                 rows.append(bench_modality(m, encoder, data, bs, peak))
+            del encoder
+        if args.build:
+            for bs in batch_sizes:
+                rates = bench_build(cfg, data, modalities, bs, Path(tmp) / f"build{bs}")
+                for r in rows:
+                    if r["batch_size"] == bs and r["modality"] in rates:
+                        r["build_items_per_s"] = rates[r["modality"]]
+                        r["build_share"] = rates[r["modality"]] * r["gflops_per_item"] * 1e9 / peak
         print_table(rows)
-        build = bench_build(cfg, data, modalities, batch_sizes[0], Path(tmp)) if args.build else {}
-        for m, rate in build.items():
-            print(f"build_cache {m}: {rate:.1f} items/s (batch size {batch_sizes[0]})")
 
     with open(out / "bench_cache.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
         writer.writeheader()
         writer.writerows(rows)
     meta = {"preset": args.preset, "threads": torch.get_num_threads(), "peak_gflops": peak / 1e9,
             "machine": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
-            "build_items_per_s": build}
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     (out / "bench_cache.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     print(f"wrote {out / 'bench_cache.csv'} and {out / 'bench_cache.json'}")
 

@@ -310,3 +310,26 @@ def test_images_become_rgb(tmp_path: Path) -> None:
     assert load_image(tmp_path / "a.png").mode == "RGB"
     im = load_image(tmp_path / "g.jpg")
     assert im.mode == "RGB" and im.size == (8, 6)
+
+
+@pytest.mark.parametrize("mean_std", [((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+def test_direct_image_preprocessing_equals_the_processor(mean_std) -> None:
+    """The fast ViT path (one Pillow resize + one fused tensor pass) gives the processor's pixels."""
+    from PIL import Image
+
+    from crossan.encoders.vision import _direct_resize, _processor_class
+
+    mean, std = mean_std
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)) for h, w in
+              [(128, 128), (50, 200), (300, 97), (32, 32)]]
+    encoder = build_encoder("image", TINY["image"])
+    encoder.processor.image_mean, encoder.processor.image_std = mean, std
+    assert encoder.direct_size == (32, 32)
+    fast = encoder.process(images)["pixel_values"]
+    slow = encoder.processor(images, return_tensors="pt")["pixel_values"]
+    assert fast.shape == slow.shape == (4, 3, 32, 32) and fast.dtype == slow.dtype
+    torch.testing.assert_close(fast, slow, rtol=0, atol=1e-5)
+    # anything beyond resize + rescale + normalise (a centre crop here) keeps the processor
+    video_like = _processor_class("VideoMAEImageProcessor")(size={"shortest_edge": 48}, crop_size={"height": 48, "width": 48})
+    assert _direct_resize(video_like) is None

@@ -51,6 +51,8 @@ from crossan.config import EncoderSpec
 from crossan.data.catalogue import MODALITIES, ItemRecord, fingerprint_items
 
 if TYPE_CHECKING:
+    import torch
+
     from crossan.config import Config
     from crossan.encoders.base import LoadedMedia, ModalityEncoder
 
@@ -426,7 +428,8 @@ def _run_batches(
     progress: bool,
     on_batch: Callable[[str, int], None] | None,
 ) -> None:
-    """Encode the pending batches of ``area``; media of the next batch load while the current one runs."""
+    """Encode the pending batches of ``area``; the next batch is read, decoded and preprocessed in a thread
+    while the current one runs through the model (Pillow, PyAV, soundfile and the tokenizers release the GIL)."""
     from tqdm.auto import tqdm
 
     modality = encoder.modality
@@ -435,17 +438,19 @@ def _run_batches(
     bar = tqdm(total=total, initial=area.rows_done(ranges), desc=f"cache {modality}", unit="item",
                disable=not progress, dynamic_ncols=True)
 
-    def load(b: int) -> LoadedMedia:
-        return encoder.load_media(_record_batch(records, ranges[b]), catalogue, on_corrupt)
+    def load(b: int) -> tuple[LoadedMedia, dict[str, torch.Tensor] | None]:
+        loaded = encoder.load_media(_record_batch(records, ranges[b]), catalogue, on_corrupt)
+        return loaded, encoder.process_loaded(loaded)
 
     with ThreadPoolExecutor(max_workers=1) as pool, bar:
-        future: Future[LoadedMedia] | None = pool.submit(load, pending[0]) if pending else None
+        future: Future[tuple[LoadedMedia, dict[str, torch.Tensor] | None]] | None = (
+            pool.submit(load, pending[0]) if pending else None)
         for i, b in enumerate(pending):
             assert future is not None
-            loaded = future.result()
+            loaded, inputs = future.result()
             future = pool.submit(load, pending[i + 1]) if i + 1 < len(pending) else None
             try:
-                out = encoder.encode_loaded(loaded)
+                out = encoder.encode_loaded(loaded, inputs)
                 entries = _corrupt_entries(loaded, ranges[b], _record_batch(records, ranges[b]))
                 area.commit(b, ranges[b], out.states.numpy(), out.present.numpy(), entries)
                 bar.update(ranges[b][1] - ranges[b][0])

@@ -201,13 +201,20 @@ class ModalityEncoder(nn.Module):
         loaded = self.load_media(records, catalogue, on_corrupt)
         return self.encode_loaded(loaded)
 
+    def process_loaded(self, loaded: LoadedMedia) -> dict[str, torch.Tensor] | None:
+        """Model inputs of the present items of a loaded batch (None when none is present)."""
+        media = [m for m, p in zip(loaded.media, loaded.present) if p]
+        return self.process(media) if media else None
+
     @torch.no_grad()
-    def encode_loaded(self, loaded: LoadedMedia) -> EncodedBatch:
-        """Encode media read by :meth:`load_media`."""
+    def encode_loaded(self, loaded: LoadedMedia, inputs: dict[str, torch.Tensor] | None = None) -> EncodedBatch:
+        """Encode media read by :meth:`load_media`; ``inputs``: their :meth:`process_loaded`, if already made
+        (the cache builder prepares the next batch in a thread while this one runs)."""
         present = torch.tensor(loaded.present, dtype=torch.bool)
         states = torch.zeros(len(loaded.media), self.num_taps, self.hidden_size)
         if present.any():
-            inputs = self.process([m for m, p in zip(loaded.media, loaded.present) if p])
+            if inputs is None:
+                inputs = self.process_loaded(loaded)
             states[present] = self.forward(inputs).float().cpu()
         return EncodedBatch(states, present, loaded.corrupt)
 
