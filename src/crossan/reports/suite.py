@@ -100,15 +100,16 @@ def run_overrides(suite: Suite, run: RunSpec, data_path: str) -> list[str]:
 
 # --------------------------------------------------------------------------------------------- running
 def resolve_data(spec: str, out: Path) -> Path:
-    """A dataset folder, generating the built-in data for ``synth:SIZE[:SEED]``."""
+    """A dataset folder, generating the built-in data for ``synth:SIZE[:SEED]`` (in a folder named after the
+    generator version, so that an output folder from an older version is left alone, not refused)."""
     if not spec.startswith("synth:"):
         return Path(spec).expanduser()
-    from crossan.data.synth import generate
+    from crossan.data.synth import GENERATOR_VERSION, generate
 
     parts = spec.split(":")
     size = parts[1] if len(parts) > 1 and parts[1] else "small"
     seed = int(parts[2]) if len(parts) > 2 else 0
-    return generate(out / "data" / f"synth-{size}-{seed}", size=size, seed=seed)
+    return generate(out / "data" / f"synth-{size}-{seed}-v{GENERATOR_VERSION}", size=size, seed=seed)
 
 
 def _child_env() -> dict[str, str]:
