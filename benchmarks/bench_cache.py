@@ -18,6 +18,7 @@ at the first batch size. Media are synthetic (written to a temporary folder: 128
 Example::
 
     python benchmarks/bench_cache.py --preset offline --batch-sizes 8,32 --items 128 --out bench-out
+    python benchmarks/bench_cache.py --modalities image --image-px 256 --set encoders.image.model=config:vit
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from crossan.config import Config
+from crossan.config import Config, load_config
 from crossan.data.catalogue import MODALITIES, Catalogue, ItemRecord
 
 WORDS = ("jazz piano session cooking pasta recipe travel city walk vlog yoga home workout retro arcade "
@@ -49,8 +50,9 @@ class Items:
         self.catalogue = catalogue
 
 
-def synthetic_items(root: Path, n: int, seed: int = 0) -> Items:
-    """``n`` items with a title, a jpg cover, an mp4 clip and a wav track each."""
+def synthetic_items(root: Path, n: int, seed: int = 0, image_px: int = 128) -> Items:
+    """``n`` items with a title, a jpg cover (``image_px`` square, noise: the costliest JPEG to decode), an mp4
+    clip and a wav track each."""
     import av
     import soundfile as sf
     from PIL import Image
@@ -60,8 +62,9 @@ def synthetic_items(root: Path, n: int, seed: int = 0) -> Items:
     for i in range(n):
         item = f"b{i}"
         title = " ".join(rng.choice(WORDS, size=10))
-        img = rng.integers(0, 256, size=(128, 128, 3), dtype=np.uint8)
+        img = rng.integers(0, 256, size=(image_px, image_px, 3), dtype=np.uint8)
         Image.fromarray(img).save(root / f"{item}.jpg", quality=90)
+        img = img[:128, :128]
         with av.open(str(root / f"{item}.mp4"), mode="w") as container:
             stream = container.add_stream("libx264" if "libx264" in av.codecs_available else "mpeg4", rate=8)
             stream.width = stream.height = 128
@@ -184,6 +187,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", default="", help="a dataset folder read with crossan.data.prepare")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     parser.add_argument("--build", action="store_true", help="also time build_cache at each batch size")
+    parser.add_argument("--image-px", type=int, default=128, help="side of the synthetic jpg covers")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides, e.g. encoders.image.model=config:vit (a ViT-B/16 of random weights)")
     parser.add_argument("--out", default="bench-cache")
     args = parser.parse_args(argv)
 
@@ -195,8 +201,7 @@ def main(argv: list[str] | None = None) -> None:
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = Config()
-    cfg.encoders.preset = args.preset
+    cfg = load_config([], [f"encoders.preset={args.preset}", *args.set])
     specs = resolve_specs(cfg, modalities)
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -208,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
             data = Items(full.item_ids[: args.items + 1], full.catalogue.subset(full.item_ids[1 : args.items + 1]))
         else:
             print(f"writing {args.items} synthetic items …")
-            data = synthetic_items(Path(tmp), args.items)
+            data = synthetic_items(Path(tmp), args.items, image_px=args.image_px)
         peak = matmul_flops()
         print(f"dense fp32 matmul: {peak / 1e9:.1f} GFLOP/s on {torch.get_num_threads()} threads")
         rows = []
@@ -230,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
         writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
         writer.writeheader()
         writer.writerows(rows)
-    meta = {"preset": args.preset, "threads": torch.get_num_threads(), "peak_gflops": peak / 1e9,
+    meta = {"preset": args.preset, "overrides": args.set, "image_px": args.image_px, "threads": torch.get_num_threads(), "peak_gflops": peak / 1e9,
             "machine": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     (out / "bench_cache.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
