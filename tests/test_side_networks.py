@@ -490,6 +490,21 @@ def test_iisan_inter_variants():
     assert single.inter.logits.shape == (K, 4)
 
 
+def test_frozen_reads_the_standardised_last_tap():
+    """Frozen features (METHOD.md §9): GELU(Linear(last tap)) per modality, zeros where missing, Linear(concat)."""
+    feats = make_features(2, dims=[DS, 24], missing={"image": [2]})
+    tower = make_tower("frozen", 2, feats).standardize_inputs().eval()
+    items = torch.tensor([1, 2, 3])
+    got = tower(items)
+    parts = []
+    for i, m in enumerate(["text", "image"]):
+        s, p = feats.gather(items)[m]
+        x = (s[:, -1] - getattr(tower, f"input_mean_{m}")[-1]) * getattr(tower, f"input_inv_std_{m}")[-1]
+        part = torch.nn.functional.gelu(tower.head.proj[m][0](x))
+        parts.append(torch.where(p[:, None], part, torch.zeros_like(part)))
+    torch.testing.assert_close(got, tower.head.fusion(torch.cat(parts, 1)), rtol=1e-5, atol=1e-6)
+
+
 # --------------------------------------------------------------------------------------------- registry
 @pytest.mark.parametrize("method", ["iisan", "crossan", "frozen"])
 def test_builders_read_features_from_context(method):

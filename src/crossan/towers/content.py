@@ -112,9 +112,10 @@ class ContentTower(ItemTower):
 
     standardized: bool = False
 
-    def side_inputs(self, feats: Features) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def side_inputs(self, feats: Features, taps: slice = slice(None)) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Per modality (in ``self.modalities`` order) its states [U, K, D_m] (standardised when enabled)
-        with missing rows set to exact zeros, and the presence mask stacked as Bool[U, M].
+        with missing rows set to exact zeros, and the presence mask stacked as Bool[U, M]. ``taps`` keeps
+        only some taps (e.g. ``slice(-1, None)``: the last), before any work is done on the others.
 
         The states are constants of the training graph (frozen encoders, read under no-grad), so this runs
         without autograd: one fused pass per modality (``x · inv_std − mean · inv_std``) and an in-place fill.
@@ -123,10 +124,11 @@ class ContentTower(ItemTower):
         with torch.no_grad():
             for m in self.modalities:
                 s, p = feats[m]
+                s = s[:, taps]
                 p = p.to(device=s.device, dtype=torch.bool)
                 if self.standardized:
-                    inv_std = getattr(self, f"input_inv_std_{m}")
-                    s = torch.addcmul(-getattr(self, f"input_mean_{m}") * inv_std, s, inv_std)
+                    inv_std = getattr(self, f"input_inv_std_{m}")[taps]
+                    s = torch.addcmul(-getattr(self, f"input_mean_{m}")[taps] * inv_std, s, inv_std)
                 else:
                     s = s.clone()
                 states.append(s.masked_fill_(~p[:, None, None], 0.0))

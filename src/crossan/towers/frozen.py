@@ -51,8 +51,8 @@ class FrozenTower(ContentTower):
         self.head = ModalityFusionHead(self.dims, dim)
 
     def encode(self, feats: Features) -> torch.Tensor:
-        states, present = self.side_inputs(feats)
-        return self.head([s[:, -1] for s in states], present)
+        states, present = self.side_inputs(feats, taps=slice(-1, None))  # the last tap only
+        return self.head([s[:, 0] for s in states], present)
 
     def param_groups(self, train: TrainConfig) -> list[dict[str, Any]]:
         return [{"name": "heads", "params": list(self.head.parameters()), "lr": train.lr}]
