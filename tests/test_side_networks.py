@@ -497,7 +497,7 @@ def test_frozen_reads_the_standardised_last_tap():
     items = torch.tensor([1, 2, 3])
     got = tower(items)
     parts = []
-    for i, m in enumerate(["text", "image"]):
+    for m in ["text", "image"]:
         s, p = feats.gather(items)[m]
         x = (s[:, -1] - getattr(tower, f"input_mean_{m}")[-1]) * getattr(tower, f"input_inv_std_{m}")[-1]
         part = torch.nn.functional.gelu(tower.head.proj[m][0](x))

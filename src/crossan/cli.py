@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Generate the small built-in multimodal dataset (if absent), cache four frozen "
                                    "encoders (offline preset), train ID, frozen features, IISAN, CROSSAN (concat "
                                    "and MOMEF) and measure FFT/Adapter/LoRA, then write results.csv, report.md and "
-                                   "plots into --out. About 5 minutes on an idle 2-core CPU machine; finished runs are reused "
+                                   "plots into --out. About 6 minutes on an idle 2-core CPU machine; finished runs are reused "
                                    "when it is run again.")
     p.add_argument("--out", default="demo_run", help="output folder (default demo_run)")
     p.add_argument("--fresh", action="store_true", help="retrain runs that finished earlier in --out")

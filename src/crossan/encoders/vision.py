@@ -110,7 +110,11 @@ class ImageEncoder(ModalityEncoder):
         if self.direct_size is not None:
             p = self.processor
             resample = getattr(p, "resample", None)
-            pixels = resize_normalize(list(media), *self.direct_size, 2 if resample is None else resample,
+            if resample is None:  # the ViT processors' default
+                from PIL.Image import Resampling
+
+                resample = Resampling.BILINEAR
+            pixels = resize_normalize(list(media), *self.direct_size, resample,
                                       float(p.rescale_factor), p.image_mean, p.image_std,
                                       bool(getattr(p, "do_normalize", True)))
             return {"pixel_values": pixels}

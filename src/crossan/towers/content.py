@@ -140,5 +140,5 @@ class ContentTower(ItemTower):
         Bool[U, M]. Tap-major, so that depth k of a side network reads one contiguous block ``H[k]`` holding
         every modality: the layout the grouped blocks of :mod:`crossan.towers.sanb` take."""
         states, present = self.side_inputs(feats)
-        h = torch.stack([proj(m, s) for m, s in zip(self.modalities, states)], 0)  # [M, U, K, d_s]
-        return h.permute(2, 0, 1, 3).contiguous(), present
+        # stacking the [K, U, d_s] views along dim 1 writes the tap-major tensor in one copy
+        return torch.stack([proj(m, s).transpose(0, 1) for m, s in zip(self.modalities, states)], 1), present

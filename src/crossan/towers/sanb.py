@@ -35,11 +35,6 @@ class SANB(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.dropout(self.up(self.act(self.down(x))))
 
-    @staticmethod
-    def num_params(dim: int, bottleneck: int) -> int:
-        """Trainable parameters of one block: ``2·d_s·r + r + d_s``."""
-        return 2 * dim * bottleneck + bottleneck + dim
-
 
 class GroupedSANB(nn.Module):
     """G independent SANBs applied in one go: ``x`` [G, U, d_s] → [G, U, d_s], group g through block g.
