@@ -9,8 +9,11 @@ import torch
 from crossan.evaluation import evaluate_split, mean_metrics, rank_split, strict_ranks
 
 
-def brute_force_rank(scores: np.ndarray, target: int, history: set[int]) -> int:
-    """Rank by a plain loop: items scoring at least as high as the target, excluding padding/history."""
+def brute_force_rank(scores: np.ndarray, target: int, history: set[int]) -> float:
+    """Rank by a plain loop: items scoring at least as high as the target, excluding padding/history.
+    A target inside the (masked) history is not a candidate: rank inf (METHOD.md §2, IISAN's rule)."""
+    if target in history:
+        return float("inf")
     rank = 1
     for j in range(1, len(scores)):
         if j == target or j in history:
@@ -25,7 +28,7 @@ def _random_case(seed: int, B: int = 40, N: int = 30, H: int = 6, levels: int = 
     scores = rng.integers(0, levels, size=(B, N + 1)).astype(np.float32)  # few levels: many ties
     targets = rng.integers(1, N + 1, size=B)
     history = rng.integers(0, N + 1, size=(B, H))
-    history[:, 0] = targets  # a target that also occurs in the history must still be ranked
+    history[::2, 0] = targets[::2]  # half the targets repeat a history item: masked, never a hit
     return scores, targets, history
 
 
@@ -51,6 +54,12 @@ def _metrics_reference(scores: np.ndarray, targets: np.ndarray, history: np.ndar
     out["MRR"] = []
     for b in range(len(targets)):
         hist = set(history[b]) - {0}
+        if targets[b] in hist:  # masked target (IISAN's rule): no hit, reciprocal rank 0
+            for k in ks:
+                out[f"HR@{k}"].append(0.0)
+                out[f"NDCG@{k}"].append(0.0)
+            out["MRR"].append(0.0)
+            continue
         cands = [j for j in range(1, scores.shape[1]) if j == targets[b] or j not in hist]
         # break ties against the target (our documented convention), then hand a tie-free ranking over
         order = sorted(cands, key=lambda j: (-scores[b, j], j == targets[b]))
@@ -80,13 +89,14 @@ def test_evaluate_split_batches_agree_and_formula() -> None:
     table[0] = 0
     inputs = rng.integers(0, N + 1, size=(B, L))
     targets = rng.integers(1, N + 1, size=B)
-    history = inputs.copy()
+    history = inputs.copy()  # some targets repeat: their ranks are inf
     user_fn = lambda x: table[x].sum(1)  # noqa: E731
     a = evaluate_split(user_fn, table, inputs, targets, history, [5, 10], batch_size=8)
     ranks = rank_split(user_fn, table, inputs, targets, history, batch_size=8)
     b = evaluate_split(user_fn, table, inputs, targets, history, [5, 10], batch_size=1000)
     assert a == pytest.approx(b)
     r = ranks.double()
-    assert a["NDCG@10"] == pytest.approx(float(torch.where(r <= 10, 1 / torch.log2(r + 1), 0 * r).mean()))
+    assert a["NDCG@10"] == pytest.approx(float(torch.where(r <= 10, 1 / torch.log2(r + 1), torch.zeros_like(r)).mean()))
     assert a["HR@5"] == pytest.approx(float((r <= 5).double().mean()))
     assert a["MRR"] == pytest.approx(float((1 / r).mean()))
+    assert torch.isinf(r).any() and torch.isfinite(r).any()  # both cases occur in this case

@@ -82,6 +82,12 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
         print(f"  {r[0]:<{w}}  {r[1]:>14}  {r[2]:>14}")
     if data.dropped:
         print(f"  dropped rows: {data.dropped}")
+    from crossan.evaluation import repeat_targets
+
+    for split, arr in (("valid", data.valid), ("test", data.test)):
+        n, rep = len(arr.targets), repeat_targets(arr.targets, arr.history)
+        print(f"  {split} targets repeating a history item: {rep:,} of {n:,} ({100 * rep / max(1, n):.1f}%; "
+              f"masked, so never a hit, unless eval.mask_history=false)")
     have = {m: sum(r.has(m) for r in data.catalogue) for m in ("text", "image", "video", "audio")}
     print("  items with content: " + ", ".join(f"{m} {n:,}" for m, n in have.items()))
     return 0

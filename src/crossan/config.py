@@ -41,6 +41,12 @@ class DataConfig:
     """An interaction naming an item missing from the catalogue: stop (``error``) or skip and count (``drop``)."""
     text_fields: list[str] = field(default_factory=list)
     """Atomic/CSV item files: which columns make the item text (empty: every text-like column but the id)."""
+    media_roots: list[str] = field(default_factory=list)
+    """Extra folders that media paths may point into (absolute, or relative to the dataset root). By default
+    every media path must lie inside the dataset root after resolving symlinks; one that does not is an
+    error naming item, column and path (with ``cache.on_corrupt=missing``: that item lacks the modality)."""
+    max_text_chars: int = 2000
+    """Item text (title) is cut to this many characters when it is read, before any tokeniser sees it."""
 
 
 @dataclass
@@ -87,7 +93,12 @@ class EvalConfig:
     """Full-ranking evaluation (METHOD.md §2)."""
 
     ks: list[int] = field(default_factory=lambda: [5, 10, 20])
+    """Cut-offs K of HR@K and NDCG@K (positive, distinct)."""
     batch_size: int = 512
+    mask_history: bool = True
+    """``true`` (IISAN's rule): every item of the user's history is removed from the ranking, a target that
+    repeats one included — it can then never be a hit. ``false``: nothing is masked (repeat-consumption data).
+    Either way no rule depends on the target's identity; results.json reports how many targets repeat."""
 
 
 @dataclass
@@ -351,10 +362,37 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key}: must be at least 1, got {val}")
     if cfg.data.min_interactions < 3:
         raise ConfigError("data.min_interactions: leave-one-out needs at least 3 interactions per user")
+    if cfg.user.n_heads < 1:
+        raise ConfigError(f"user.n_heads: must be at least 1, got {cfg.user.n_heads}")
     if cfg.user.dim % cfg.user.n_heads:
         raise ConfigError(f"user.n_heads: {cfg.user.n_heads} does not divide user.dim {cfg.user.dim}")
     if cfg.train.epochs < 0 or cfg.train.patience < 1:
         raise ConfigError("train.epochs must be >= 0 and train.patience >= 1")
+    import math
+
+    for key in ("lr", "lr_adapter", "lr_peft", "lr_backbone"):
+        val = getattr(cfg.train, key)
+        if not math.isfinite(val) or val <= 0:
+            raise ConfigError(f"train.{key}: must be a finite number > 0, got {val!r}")
+    for key in ("weight_decay", "grad_clip"):
+        val = getattr(cfg.train, key)
+        if not math.isfinite(val) or val < 0:
+            raise ConfigError(f"train.{key}: must be a finite number >= 0, got {val!r}")
+    if cfg.user.n_layers < 1 or cfg.user.ffn_mult < 1:
+        raise ConfigError("user.n_layers and user.ffn_mult must be at least 1")
+    if not (0.0 <= cfg.user.dropout < 1.0):
+        raise ConfigError(f"user.dropout: must be in [0, 1), got {cfg.user.dropout!r}")
+    if cfg.train.eval_every < 1:
+        raise ConfigError(f"train.eval_every: must be at least 1, got {cfg.train.eval_every}")
+    if cfg.train.max_steps_per_epoch < 0:
+        raise ConfigError(f"train.max_steps_per_epoch: must be >= 0 (0 = full epoch), got {cfg.train.max_steps_per_epoch}")
+    if not cfg.eval.ks or any(k < 1 for k in cfg.eval.ks) or len(set(cfg.eval.ks)) != len(cfg.eval.ks):
+        raise ConfigError(f"eval.ks: must be distinct positive integers, got {cfg.eval.ks}")
+    if cfg.device != "auto":
+        import re
+
+        if not re.fullmatch(r"(cpu|cuda|mps)(:\d+)?", cfg.device):
+            raise ConfigError(f"device: {cfg.device!r} is not 'auto', 'cpu', 'cuda' or 'cuda:N'")
     from crossan.evaluation import metric_names
 
     if cfg.train.metric not in metric_names(cfg.eval.ks):

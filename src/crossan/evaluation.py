@@ -1,8 +1,11 @@
-"""Full-ranking evaluation (METHOD.md §2): every item is a candidate, the user's history is masked, ranks are
-strict — an item tied with the target counts as ranked above it, so ties never help the target.
+"""Full-ranking evaluation (METHOD.md §2): every item is a candidate except padding and — by default — every
+item of the user's history, **whatever the target is** (IISAN's rule, ``score[history] = -inf``): a target that
+repeats a history item is masked too and can never be a hit. No rule depends on the target's identity.
 
-rank = 1 + #{j ≠ target, j not masked : score_j ≥ score_target}
-HR@K = [rank ≤ K]; NDCG@K = [rank ≤ K] / log2(rank + 1); MRR = 1 / rank (no cut-off).
+rank = 1 + #{j ≠ target, j a candidate : score_j ≥ score_target}       (ties never help the target)
+rank = inf when the target is not a candidate (it repeats a masked history item)
+a non-finite score (NaN, ±inf) ranks last: it is treated as -inf, and a -inf target ties with every candidate
+HR@K = [rank ≤ K]; NDCG@K = [rank ≤ K] / log2(rank + 1); MRR = 1 / rank (no cut-off; 0 for rank inf).
 
 Everything is batched: one matmul per batch of users, masking by scatter, no Python loop over users/items.
 """
@@ -20,20 +23,36 @@ def metric_names(ks: Iterable[int]) -> list[str]:
     return [f"HR@{k}" for k in ks] + [f"NDCG@{k}" for k in ks] + ["MRR"]
 
 
-def strict_ranks(scores: torch.Tensor, targets: torch.Tensor, history: torch.Tensor | None = None) -> torch.Tensor:
-    """Ranks (1-based) of ``targets`` [B] among ``scores`` [B, N+1] (column 0 = padding, never a candidate).
+def strict_ranks(scores: torch.Tensor, targets: torch.Tensor, history: torch.Tensor | None = None,
+                 mask_history: bool = True) -> torch.Tensor:
+    """Ranks (1-based, float64) of ``targets`` [B] among ``scores`` [B, N+1] (column 0 = padding, never a
+    candidate).
 
-    ``history`` [B, H] holds item rows to exclude (0 = none); the target itself is never excluded.
+    ``history`` [B, H] holds the user's history item rows (0 = none). With ``mask_history`` (the default)
+    they are not candidates, the target included when it repeats one (its rank is then ``inf``: never a hit);
+    without it the history stays in the ranking. Non-finite scores rank last.
     """
     rows = torch.arange(len(targets), device=scores.device)
-    target_score = scores[rows, targets]  # taken before masking: the target is never excluded
-    masked = scores.clone()
-    masked[:, 0] = -torch.inf
-    if history is not None:
-        masked.scatter_(1, history, -torch.inf)
-    not_beaten = masked >= target_score[:, None]
+    clean = torch.where(torch.isfinite(scores), scores, torch.full_like(scores, -torch.inf))
+    candidate = torch.ones_like(clean, dtype=torch.bool)
+    candidate[:, 0] = False
+    if history is not None and mask_history:
+        candidate.scatter_(1, history, False)
+        candidate[:, 0] = False
+    target_score = clean[rows, targets]
+    target_ok = candidate[rows, targets]
+    not_beaten = (clean >= target_score[:, None]) & candidate
     not_beaten[rows, targets] = False
-    return 1 + not_beaten.sum(dim=1)
+    ranks = 1.0 + not_beaten.sum(dim=1).double()
+    return torch.where(target_ok, ranks, torch.full_like(ranks, torch.inf))
+
+
+def repeat_targets(targets: np.ndarray, history: np.ndarray) -> int:
+    """How many targets repeat an item of their user's history (masked, so never a hit, by default)."""
+    targets = np.asarray(targets)
+    if len(targets) == 0:
+        return 0
+    return int((np.asarray(history) == targets[:, None]).any(axis=1).sum())
 
 
 def metrics_from_ranks(ranks: torch.Tensor, ks: Iterable[int]) -> dict[str, torch.Tensor]:
@@ -44,7 +63,7 @@ def metrics_from_ranks(ranks: torch.Tensor, ks: Iterable[int]) -> dict[str, torc
         hit = ranks <= k
         out[f"HR@{k}"] = hit.double()
         out[f"NDCG@{k}"] = torch.where(hit, 1.0 / torch.log2(ranks + 1.0), torch.zeros_like(ranks))
-    out["MRR"] = 1.0 / ranks
+    out["MRR"] = 1.0 / ranks  # rank inf (a masked target) gives exactly 0
     return out
 
 
@@ -57,7 +76,8 @@ def mean_metrics(ranks: torch.Tensor, ks: Iterable[int]) -> dict[str, float]:
 
 @torch.no_grad()
 def rank_split(user_fn: Callable[[torch.Tensor], torch.Tensor], item_table: torch.Tensor, inputs: np.ndarray,
-               targets: np.ndarray, history: np.ndarray, batch_size: int = 512) -> torch.Tensor:
+               targets: np.ndarray, history: np.ndarray, batch_size: int = 512, mask_history: bool = True
+               ) -> torch.Tensor:
     """Strict ranks [U] of every user's target against the full ``item_table`` [N+1, d].
 
     ``user_fn`` maps input windows [B, L] to user vectors [B, d]. Users are scored in batches of
@@ -75,8 +95,8 @@ def rank_split(user_fn: Callable[[torch.Tensor], torch.Tensor], item_table: torc
         x = torch.as_tensor(inputs[sl], device=device)
         t = torch.as_tensor(targets[sl], device=device)
         h = torch.as_tensor(history[sl], device=device)
-        out.append(strict_ranks(user_fn(x) @ item_table.T, t, h))
-    local = torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=device)
+        out.append(strict_ranks((user_fn(x) @ item_table.T).float(), t, h, mask_history))
+    local = torch.cat(out) if out else torch.zeros(0, dtype=torch.float64, device=device)
     if dist.world_size() == 1:
         return local.cpu()
     per_rank = [g.cpu() for g in dist.all_gather_rows(local)]
@@ -91,7 +111,7 @@ def rank_split(user_fn: Callable[[torch.Tensor], torch.Tensor], item_table: torc
 
 
 def evaluate_split(user_fn: Callable[[torch.Tensor], torch.Tensor], item_table: torch.Tensor, inputs: np.ndarray,
-                   targets: np.ndarray, history: np.ndarray, ks: Iterable[int], batch_size: int = 512
-                   ) -> dict[str, float]:
+                   targets: np.ndarray, history: np.ndarray, ks: Iterable[int], batch_size: int = 512,
+                   mask_history: bool = True) -> dict[str, float]:
     """Mean full-ranking metrics of a split (see :func:`rank_split`)."""
-    return mean_metrics(rank_split(user_fn, item_table, inputs, targets, history, batch_size), ks)
+    return mean_metrics(rank_split(user_fn, item_table, inputs, targets, history, batch_size, mask_history), ks)

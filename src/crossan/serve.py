@@ -248,6 +248,9 @@ class TrainedRecommender:
             table = torch.cat([table, extra.embeddings.to(table.device, table.dtype)])
             ids += extra.ids
             titles += [r.get("title", "") for r in extra.records]
+        from crossan.trainer import check_finite_table
+
+        check_finite_table(table, ids, str(run_dir))  # a NaN row would otherwise be served as a top item
         self.item_table: torch.Tensor = table
         self.item_ids: list[str] = ids
         self.titles: list[str] = titles

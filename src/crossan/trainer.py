@@ -8,6 +8,7 @@ Run folder (``--out``)::
     checkpoints/last.pt  model + optimiser + RNG state after the last finished epoch (resume point)
     best.safetensors     weights at the best validation epoch
     results.json         the contract other tools read (see ``RESULT_KEYS``)
+    per_user.npz         per-user validation/test ranks at the best epoch (paired comparisons between runs)
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import crossan
 from crossan import distributed as dist
 from crossan.config import Config, config_from_dict, save_config, to_dict
 from crossan.data import SequentialData, prepare
-from crossan.evaluation import evaluate_split
+from crossan.evaluation import mean_metrics, rank_split, repeat_targets
 from crossan.recommender import Recommender
 from crossan.towers.base import TowerContext, build_tower
 from crossan.utils import (
@@ -91,16 +92,69 @@ def module_report(model: Recommender) -> dict[str, dict[str, int]]:
 
 
 # --------------------------------------------------------------------------------------------- evaluation
+class NonFiniteError(RunError):
+    """Training produced a non-finite loss, item table or weights: nothing of that epoch is kept."""
+
+
+def check_finite_table(table: torch.Tensor, item_ids: list[str], where: str) -> None:
+    """Refuse an item table with NaN/inf rows, naming the first rows (and their item ids)."""
+    bad = (~torch.isfinite(table).all(dim=1)).nonzero().flatten().tolist()
+    if bad:
+        named = ", ".join(f"{r} ({item_ids[r]!r})" if r < len(item_ids) else str(r) for r in bad[:5])
+        raise NonFiniteError(f"{where}: the item table has {len(bad)} non-finite row(s), e.g. rows {named}; "
+                             "check the cache (crossan cache --verify) and lower the learning rates")
+
+
 @torch.no_grad()
-def evaluate(model: Recommender, data: SequentialData, split: str, cfg: Config,
-             item_table: torch.Tensor | None = None) -> dict[str, float]:
+def evaluate_ranks(model: Recommender, data: SequentialData, split: str, cfg: Config,
+                   item_table: torch.Tensor | None = None, where: str = "evaluation") -> torch.Tensor:
+    """Strict full-ranking ranks [U] of every user's ``split`` target (METHOD.md §2)."""
     model.eval()
     if item_table is None:
         model.tower.reset_stats()
         item_table = model.tower.embed_all(cfg.eval.batch_size)
+    check_finite_table(item_table, data.item_ids, where)
     arrays = data.valid if split == "valid" else data.test
-    return evaluate_split(lambda x: model.user_vectors(x, item_table), item_table, arrays.inputs, arrays.targets,
-                          arrays.history, cfg.eval.ks, cfg.eval.batch_size)
+    return rank_split(lambda x: model.user_vectors(x, item_table), item_table, arrays.inputs, arrays.targets,
+                      arrays.history, cfg.eval.batch_size, cfg.eval.mask_history)
+
+
+def evaluate(model: Recommender, data: SequentialData, split: str, cfg: Config,
+             item_table: torch.Tensor | None = None, where: str = "evaluation") -> dict[str, float]:
+    """Mean full-ranking metrics of ``split``."""
+    return mean_metrics(evaluate_ranks(model, data, split, cfg, item_table, where), cfg.eval.ks)
+
+
+def split_report(data: SequentialData) -> dict[str, Any]:
+    """Per split: users, and how many targets repeat an item of the user's history (masked by default)."""
+    out: dict[str, Any] = {}
+    for name, arr in (("valid", data.valid), ("test", data.test)):
+        n, rep = len(arr.targets), repeat_targets(arr.targets, arr.history)
+        out[name] = {"users": n, "targets_repeating_history": rep, "share": rep / n if n else 0.0}
+    return out
+
+
+def split_fingerprint(data: SequentialData) -> str:
+    """A hash of the users and their validation/test targets: two runs with equal fingerprints can be
+    compared user by user (paired tests)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update("\n".join(data.users).encode())
+    for arr in (data.valid, data.test):
+        h.update(np.ascontiguousarray(arr.targets, dtype=np.int64).tobytes())
+        h.update(np.ascontiguousarray(arr.history, dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
+def save_per_user(path: Path, data: SequentialData, valid_ranks: torch.Tensor, test_ranks: torch.Tensor) -> None:
+    """Per-user ranks of the selected epoch (``per_user.npz``): any metric of any user can be recomputed,
+    and two runs on the same split compared user by user."""
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez_compressed(tmp, valid_ranks=valid_ranks.numpy(), test_ranks=test_ranks.numpy(),
+                        users=np.asarray(data.users, dtype=object).astype(str),
+                        split_fingerprint=np.asarray(split_fingerprint(data)))
+    tmp.replace(path)
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -271,6 +325,10 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, data: Sequenti
         mean_loss = train_epoch(step_model, opt, batches, inputs, targets, device, cfg.train.grad_clip,
                                 desc=f"epoch {epoch}", progress=progress)
         epoch_time = time.perf_counter() - t0
+        if not math.isfinite(mean_loss):
+            raise NonFiniteError(f"epoch {epoch}: the training loss is {mean_loss} (not finite); nothing of this "
+                                 f"epoch was saved — lower the learning rates (train.lr={cfg.train.lr}) or check the "
+                                 "inputs; the last good epoch is in checkpoints/last.pt")
         full_steps = _num_batches(len(inputs), cfg.train.batch_size)
         if len(batches) < full_steps:  # a capped epoch (train.max_steps_per_epoch): extrapolate to a full one
             epoch_time *= full_steps / max(1, len(batches))
@@ -278,7 +336,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, data: Sequenti
         record: dict[str, Any] = {"epoch": epoch, "loss": mean_loss, "train_time_s": epoch_time,
                                   "steps": len(batches), "full_epoch_steps": full_steps}
         if epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs:
-            valid = evaluate(model, data, "valid", cfg)
+            valid = evaluate(model, data, "valid", cfg, where=f"epoch {epoch}")
             record["valid"] = valid
             metric = valid[cfg.train.metric]
             if metric > state.best_metric:
@@ -307,9 +365,11 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, data: Sequenti
     t_eval = time.perf_counter()
     table = model.tower.embed_all(cfg.eval.batch_size)
     tower_stats = model.tower.stats()
-    test = evaluate(model, data, "test", cfg, table)
+    test_ranks = evaluate_ranks(model, data, "test", cfg, table, where=f"best epoch {state.best_epoch}")
+    test = mean_metrics(test_ranks, cfg.eval.ks)
     eval_time = time.perf_counter() - t_eval
-    valid = state.best_valid or evaluate(model, data, "valid", cfg, table)
+    valid_ranks = evaluate_ranks(model, data, "valid", cfg, table, where=f"best epoch {state.best_epoch}")
+    valid = state.best_valid or mean_metrics(valid_ranks, cfg.eval.ks)
     cpu_peak = memory.stop()
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else cpu_peak
     times = state.epoch_times or []
@@ -334,9 +394,14 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, data: Sequenti
         "modules": report,
         "tower": tower_stats,
         "data": {"users": data.num_users, "items": data.num_items, "dropped_rows": data.dropped},
+        "splits": split_report(data),
+        "mask_history": cfg.eval.mask_history,
+        "split_fingerprint": split_fingerprint(data),
+        "per_user_file": "per_user.npz",
         "crossan_version": crossan.__version__,
     }
     if dist.is_main():
+        save_per_user(run_dir / "per_user.npz", data, valid_ranks, test_ranks)
         atomic_write_json(run_dir / "results.json", results)
     log.info("best epoch %d | test HR@10 %.4f NDCG@10 %.4f MRR %.4f | %s", state.best_epoch, test["HR@10"],
              test["NDCG@10"], test["MRR"], run_dir / "results.json")
@@ -355,7 +420,13 @@ def _save_weights(model: Recommender, path: Path) -> None:
 def load_weights(model: Recommender, path: Path) -> None:
     if not path.is_file():
         raise RunError(f"{path}: weights file not found")
-    tensors = load_file(str(path))
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
+        raise RunError(f"{path}: cannot be read as safetensors weights: {e}") from None
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise NonFiniteError(f"{path}: weights hold non-finite values (NaN/inf) in {bad[:5]}; refusing to use them")
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if missing or unexpected:
         raise RunError(f"{path} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
@@ -407,6 +478,7 @@ def load_run(run_dir: str | Path, device: str = "auto", data_path: str | None = 
 def rescore(run_dir: str | Path, device: str = "auto") -> dict[str, Any]:
     cfg, data, model = load_run(run_dir, device)
     table = model.tower.embed_all(cfg.eval.batch_size)
-    out = {"valid": evaluate(model, data, "valid", cfg, table), "test": evaluate(model, data, "test", cfg, table)}
+    out = {"valid": evaluate(model, data, "valid", cfg, table, where=str(run_dir)),
+           "test": evaluate(model, data, "test", cfg, table, where=str(run_dir)), "splits": split_report(data)}
     atomic_write_json(Path(run_dir) / "evaluation.json", out)
     return out

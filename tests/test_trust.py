@@ -1,0 +1,156 @@
+"""Numbers a reviewer can trust (issue 12): the ranking mask never depends on the target, non-finite values
+never become results, bad config values stop before any work."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from crossan.cli import main
+from crossan.config import ConfigError, load_config
+from crossan.evaluation import mean_metrics, repeat_targets, strict_ranks
+from crossan.trainer import NonFiniteError, check_finite_table, train
+from conftest import write_iisan
+
+
+# --------------------------------------------------------------------------------------------- the mask
+def _case(seed: int, B: int = 64, N: int = 40, H: int = 8):
+    rng = np.random.default_rng(seed)
+    scores = torch.tensor(rng.normal(size=(B, N + 1)), dtype=torch.float32)
+    history = torch.tensor(rng.integers(1, N + 1, size=(B, H)))
+    targets = torch.tensor(rng.integers(1, N + 1, size=B))
+    targets[::3] = history[::3, 2]  # a third of the targets repeat a history item
+    return scores, targets, history
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_boosting_history_items_gains_nothing(seed: int) -> None:
+    """The exploit of a target-dependent mask: score history items high. Under the default mask the ranks of
+    every target are exactly those of the un-boosted scores, repeated targets included."""
+    scores, targets, history = _case(seed)
+    boosted = scores.clone()
+    boosted.scatter_(1, history, 1e6)
+    plain = strict_ranks(scores, targets, history)
+    assert torch.equal(strict_ranks(boosted, targets, history), plain)
+    repeated = (history == targets[:, None]).any(1)
+    assert repeated.any() and torch.isinf(plain[repeated]).all() and torch.isfinite(plain[~repeated]).all()
+    # the same boost under the old, target-dependent rule puts every repeated target first: the bug this fixes
+    old_rule = strict_ranks(boosted, targets, history, mask_history=False)
+    assert (old_rule[repeated] <= history.shape[1]).all()
+
+
+def test_no_mask_keeps_history_in_ranking() -> None:
+    scores = torch.tensor([[0.0, 5.0, 4.0, 3.0, 2.0]])
+    # target 3, history {1}: masked → 1 item above (item 2) → rank 2; unmasked → items 1, 2 above → rank 3
+    assert strict_ranks(scores, torch.tensor([3]), torch.tensor([[1]])).item() == 2
+    assert strict_ranks(scores, torch.tensor([3]), torch.tensor([[1]]), mask_history=False).item() == 3
+    assert strict_ranks(scores, torch.tensor([1]), torch.tensor([[1]]), mask_history=False).item() == 1
+    assert torch.isinf(strict_ranks(scores, torch.tensor([1]), torch.tensor([[1]])))
+
+
+def test_masked_target_scores_exactly_zero() -> None:
+    ranks = torch.tensor([float("inf")] * 5)
+    assert all(v == 0.0 for v in mean_metrics(ranks, [5, 10, 20]).values())
+    assert repeat_targets(np.array([3, 4]), np.array([[0, 3], [1, 2]])) == 1
+
+
+def test_dataset_whose_test_targets_all_repeat_scores_zero(tmp_path: Path) -> None:
+    """Every user's last item repeats one of their earlier items → every test metric is exactly 0."""
+    rng = np.random.default_rng(0)
+    items = {f"i{k}": f"item {k}" for k in range(30)}
+    users = {}
+    for u in range(80):
+        seq = [f"i{k}" for k in rng.choice(30, size=7, replace=False)]
+        users[f"u{u}"] = seq + [seq[int(rng.integers(0, 6))]]  # the test target repeats a training item
+    data = write_iisan(tmp_path / "rep", users, items)
+    cfg = load_config([], [f"data.path={data}", "method=id", "train.epochs=2", "device=cpu"])
+    res = train(cfg, tmp_path / "run", progress=False)
+    assert res["splits"]["test"]["targets_repeating_history"] == 80 and res["splits"]["test"]["share"] == 1.0
+    assert all(v == 0.0 for v in res["test"].values()), res["test"]
+    ranks = np.load(tmp_path / "run" / "per_user.npz")["test_ranks"]
+    assert ranks.shape == (80,) and np.isinf(ranks).all()
+    # with the history left in the ranking the same run can hit: the option is honoured
+    cfg2 = load_config([], [f"data.path={data}", "method=id", "train.epochs=2", "device=cpu",
+                            "eval.mask_history=false"])
+    res2 = train(cfg2, tmp_path / "run2", progress=False)
+    assert res2["test"]["MRR"] > 0
+
+
+# --------------------------------------------------------------------------------------------- non-finite
+def test_non_finite_scores_rank_last() -> None:
+    nan, inf = float("nan"), float("inf")
+    scores = torch.tensor([[0.0, 1.0, 2.0, nan, 0.5, inf]])
+    # target 4 (0.5): item 1 and 2 beat it; NaN and +inf rank last, so they don't → rank 3
+    assert strict_ranks(scores, torch.tensor([4])).item() == 3
+    # a NaN target ranks last among the 5 candidates (ties with the other non-finite rows count against it)
+    assert strict_ranks(scores, torch.tensor([3])).item() == 5
+    assert strict_ranks(scores, torch.tensor([5])).item() == 5
+    all_nan = torch.full((1, 6), nan)
+    assert strict_ranks(all_nan, torch.tensor([2])).item() == 5  # never rank 1
+
+
+def test_check_finite_table_names_rows() -> None:
+    table = torch.zeros(5, 3)
+    check_finite_table(table, ["", "a", "b", "c", "d"], "x")
+    table[3, 1] = float("nan")
+    with pytest.raises(NonFiniteError, match=r"epoch 7.*rows 3 \('c'\)"):
+        check_finite_table(table, ["", "a", "b", "c", "d"], "epoch 7")
+
+
+def test_exploding_learning_rate_stops_with_a_clear_error(small_data: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    rc = main(["train", "--data", str(small_data), "--out", str(out), "--quiet", "train.lr=1e6",
+               "train.epochs=3", "device=cpu", "method=id"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "epoch 1" in err and "not finite" in err, err
+    assert not (out / "results.json").exists() and not (out / "best.safetensors").exists()
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.lr=.nan", "train.lr"), ("train.lr=.inf", "train.lr"), ("train.lr=0", "train.lr"),
+    ("train.lr_adapter=-1e-4", "train.lr_adapter"), ("user.n_heads=0", "user.n_heads"),
+    ("user.n_heads=3", "user.n_heads"), ("train.eval_every=0", "train.eval_every"),
+    ("eval.ks=[-5,10]", "eval.ks"), ("eval.ks=[]", "eval.ks"), ("train.max_steps_per_epoch=-1", "max_steps_per_epoch"),
+    ("device=gpu7", "device"), ("user.dropout=1.5", "user.dropout"),
+])
+def test_bad_values_are_refused_naming_the_key(override: str, key: str, small_data: Path, tmp_path: Path,
+                                               capsys) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config([], [f"data.path={small_data}", override])
+    rc = main(["train", "--data", str(small_data), "--out", str(tmp_path / "r"), "--quiet", override])
+    assert rc == 2 and key in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_evaluate_and_recommend_refuse_non_finite_weights(small_data: Path, tmp_path: Path, capsys) -> None:
+    run = tmp_path / "run"
+    train(load_config([], [f"data.path={small_data}", "method=id", "train.epochs=1", "device=cpu"]), run,
+          progress=False)
+    bad = tmp_path / "bad"
+    shutil.copytree(run, bad)
+    weights = load_file(str(bad / "best.safetensors"))
+    name = next(k for k, v in weights.items() if v.is_floating_point())
+    weights[name].view(-1)[0] = float("nan")
+    save_file(weights, str(bad / "best.safetensors"), metadata={"crossan_version": json.loads(
+        (run / "results.json").read_text())["crossan_version"]})
+    assert main(["evaluate", str(bad), "--device", "cpu"]) == 2
+    assert "non-finite" in capsys.readouterr().err
+    assert main(["recommend", str(bad), "--history", "i1", "i2", "--device", "cpu"]) == 2
+    assert "non-finite" in capsys.readouterr().err
+    assert main(["evaluate", str(run), "--device", "cpu"]) == 0  # the good run still evaluates
+
+
+def test_data_stats_reports_repeated_targets(tmp_path: Path, capsys) -> None:
+    items = {f"i{k}": f"item {k}" for k in range(10)}
+    users = {"a": ["i1", "i2", "i3", "i4", "i1"], "b": ["i1", "i2", "i3", "i4", "i5"], "c": ["i5", "i6", "i7", "i6", "i8"]}
+    data = write_iisan(tmp_path / "d", users, items)
+    assert main(["data", "stats", "--data", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert "test targets repeating a history item: 1 of 3" in out  # user a
+    assert "valid targets repeating a history item: 1 of 3" in out  # user c (i6 before its validation i6)
