@@ -12,11 +12,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from conftest import write_iisan
 from crossan.cli import main
 from crossan.config import ConfigError, load_config
 from crossan.evaluation import mean_metrics, repeat_targets, strict_ranks
 from crossan.trainer import NonFiniteError, check_finite_table, train
-from conftest import write_iisan
 
 
 # --------------------------------------------------------------------------------------------- the mask
