@@ -125,3 +125,116 @@ def test_media_discovered_by_folder(tmp_path: Path) -> None:
     data = prepare(_cfg(root))
     assert data.catalogue["x1"].image == "covers/x1.jpg" and data.catalogue["x1"].audio is None
     assert data.catalogue["x2"].audio == "audio/x2.wav" and not data.catalogue["x2"].has("video")
+
+
+# --------------------------------------------------------------------------------------------- vectorised = reference
+def _reference_protocol(sequences: dict[str, list[str]], catalogue_ids: list[str], L: int, min_inter: int) -> dict:
+    """The protocol written per user in plain Python (METHOD.md §2), to check the vectorised one."""
+    def left_pad(seqs: list[list[int]], width: int) -> np.ndarray:
+        out = np.zeros((len(seqs), width), dtype=np.int64)
+        for i, s in enumerate(seqs):
+            s = s[-width:]
+            if s:
+                out[i, width - len(s):] = s
+        return out
+
+    kept = {u: s[-(L + 3):] for u, s in sequences.items() if len(s) >= min_inter}
+    surviving = {i for s in kept.values() for i in s}
+    ordered = [i for i in catalogue_ids if i in surviving]
+    row = {item: k + 1 for k, item in enumerate(ordered)}
+    seqs = [[row[i] for i in kept[u]] for u in kept]
+    train = [s[:-2] for s in seqs]
+    windows = [t[-(L + 1):] for t in train]
+    counts = np.bincount([i for t in train for i in t], minlength=len(ordered) + 1)
+    counts[0] = 0
+    return {"users": list(kept), "item_ids": [""] + ordered,
+            "train_inputs": left_pad([w[:-1] for w in windows], L),
+            "train_targets": left_pad([w[1:] for w in windows], L),
+            "valid.inputs": left_pad(train, L), "valid.targets": np.array([s[-2] for s in seqs]),
+            "valid.history": left_pad(train, L + 2),
+            "test.inputs": left_pad([s[:-1] for s in seqs], L), "test.targets": np.array([s[-1] for s in seqs]),
+            "test.history": left_pad([s[:-1] for s in seqs], L + 2), "item_counts": counts}
+
+
+@pytest.mark.parametrize("seed, L, min_inter", [(0, 10, 5), (1, 3, 3), (2, 1, 4)])
+def test_vectorised_protocol_equals_per_user_reference(tmp_path: Path, seed: int, L: int, min_inter: int) -> None:
+    rng = np.random.default_rng(seed)
+    items = {f"it{k}": f"title {k}" for k in rng.permutation(300)}  # catalogue order is not id order
+    ids = list(items)
+    users = {f"user{u}": [ids[k] for k in rng.choice(len(ids), size=int(rng.integers(1, 30)))]
+             for u in range(400)}  # lengths 1..29: below min_interactions, between, above L + 3; repeats
+    root = write_iisan(tmp_path / "d", users, items)
+    data = prepare(_cfg(root, max_seq_len=L, min_interactions=min_inter))
+    ref = _reference_protocol(users, ids, L, min_inter)
+    assert data.users == ref["users"] and data.item_ids == ref["item_ids"]
+    got = {"train_inputs": data.train_inputs, "train_targets": data.train_targets, "item_counts": data.item_counts}
+    for split in ("valid", "test"):
+        for part in ("inputs", "targets", "history"):
+            got[f"{split}.{part}"] = getattr(getattr(data, split), part)
+    for key, value in got.items():
+        assert value.dtype == np.int64, key
+        np.testing.assert_array_equal(value, ref[key], err_msg=key)
+    assert data.catalogue.ids() == ref["item_ids"][1:]
+
+
+def _reference_read_users(text: str, catalogue: set[str], drop: bool) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """The users.tsv rules read line by line in plain Python (as the reader worked before vectorising)."""
+    sequences: dict[str, list[str]] = {}
+    dropped = {"bad_rows": 0, "unknown_items": 0}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        user, sep, rest = line.partition("\t")
+        user, items = user.strip(), rest.split()
+        if not sep or not user or not items or user in sequences:
+            dropped["bad_rows"] += 1
+            continue
+        kept = [i for i in items if i in catalogue]
+        dropped["unknown_items"] += len(items) - len(kept)
+        if kept:
+            sequences[user] = kept
+    return sequences, {k: v for k, v in dropped.items() if v}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_vectorised_user_reader_equals_line_by_line_reference(tmp_path: Path, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    items = {f"i{k}": "t" for k in range(50)} | {"é9": "t", "long_item_identifier_over_8": "t"}
+    ids = list(items) + ["nope", "i", "i500"]  # the last three are unknown
+    lines = []
+    for u in range(300):
+        kind = rng.integers(0, 12)
+        name = f"u{int(rng.integers(0, 250))}" if kind != 1 else f"u {u}"  # repeats; a space inside a user id
+        seq = " ".join(ids[k] for k in rng.integers(0, len(ids), size=int(rng.integers(0, 8))))
+        seq = seq.replace(" ", "  \t ", 1) if kind == 2 else seq  # whitespace runs and a second tab
+        lines.append({3: name, 4: f"\t{seq}", 5: "   ", 6: ""}.get(int(kind), f"{name}\t{seq}"))
+    text = "\r\n".join(lines) + ("\n" if seed else "")
+    root = write_iisan(tmp_path / "d", {}, items)
+    (root / "users.tsv").write_bytes(text.encode("utf-8"))
+    from crossan.data import read
+
+    raw = read(_cfg(root, on_bad_rows="drop", on_unknown_items="drop"))
+    ref_seq, ref_dropped = _reference_read_users(text, set(items), drop=True)
+    assert raw.sequences == ref_seq and raw.dropped == ref_dropped
+    assert list(raw.sequences) == list(ref_seq)  # users in file order
+
+
+def test_vectorised_inter_reader_equals_reference(tmp_path: Path) -> None:
+    """Timestamps with ties, decimals and exponents; users in order of first appearance; sorted item ids."""
+    rng = np.random.default_rng(5)
+    rows = [(f"u{int(rng.integers(0, 40))}", f"m{int(rng.integers(0, 30))}",
+             ["7", "3.5", "1e2", "12", "0012", str(int(rng.integers(0, 1000)))][int(rng.integers(0, 6))])
+            for _ in range(600)]
+    root = tmp_path / "a"
+    root.mkdir()
+    (root / "d.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n"
+                                  + "".join(f"{u}\t{i}\t{t}\n" for u, i, t in rows))
+    from crossan.data import read
+
+    raw = read(_cfg(root))
+    by_user: dict[str, list[tuple[float, int, str]]] = {}
+    for line, (u, i, t) in enumerate(rows):
+        by_user.setdefault(u, []).append((float(t), line, i))
+    assert raw.sequences == {u: [i for _, _, i in sorted(v)] for u, v in by_user.items()}
+    assert list(raw.sequences) == list(by_user)
+    assert raw.catalogue.ids() == sorted({i for _, i, _ in rows})

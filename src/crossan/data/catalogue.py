@@ -2,16 +2,31 @@
 
 A catalogue maps an original item id (string) to an :class:`ItemRecord` holding the item's text and the
 paths of its cover image, video and audio clip, each relative to the dataset root and each optional.
+
+Media paths are confined: :meth:`Catalogue.path` hands out a file only when it lies, after resolving
+symlinks, inside the dataset root or one of the extra ``media_roots`` (config ``data.media_roots``).
+Anything else — an absolute path elsewhere, ``../`` out of the root, a symlink pointing out of it — raises
+:class:`~crossan.data.media.MediaError` naming the item, the column and the path; the cache counts it as
+a missing modality under ``cache.on_corrupt=missing`` like any unreadable file.
+
+Item text is cut to ``data.max_text_chars`` characters (default :data:`MAX_TEXT_CHARS_DEFAULT`) by the
+readers, so no tokeniser is ever handed a megabyte title.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from crossan.data.media import MediaError
+
 MODALITIES: tuple[str, ...] = ("text", "image", "video", "audio")
+MAX_TEXT_CHARS_DEFAULT = 2000
+"""Characters of item text kept when reading (about 400–500 BERT tokens of English: more than any encoder
+here reads; the tokeniser truncates to its own token limit afterwards)."""
 
 
 @dataclass(frozen=True)
@@ -34,12 +49,18 @@ class ItemRecord:
 
 
 class Catalogue:
-    """An ordered collection of :class:`ItemRecord` keyed by original item id, rooted at a folder."""
+    """An ordered collection of :class:`ItemRecord` keyed by original item id, rooted at a folder.
 
-    def __init__(self, root: str | Path, records: Iterable[ItemRecord], source: str = "") -> None:
+    ``media_roots``: extra folders (absolute, or relative to ``root``) that media paths may point into.
+    """
+
+    def __init__(self, root: str | Path, records: Iterable[ItemRecord], source: str = "",
+                 media_roots: Iterable[str | Path] = ()) -> None:
         self.root = Path(root)
         self.source = source  # file the records were read from, for error messages
+        self.media_roots = [str(r) for r in media_roots]
         self._records: dict[str, ItemRecord] = {}
+        self._allowed: list[Path] | None = None
         for r in records:
             self._records[r.item_id] = r
 
@@ -61,13 +82,32 @@ class Catalogue:
     def ids(self) -> list[str]:
         return list(self._records)
 
+    def allowed_roots(self) -> list[Path]:
+        """The folders media may lie in, symlinks resolved: the dataset root, then ``media_roots``."""
+        if self._allowed is None:
+            extra = [self.root / Path(r).expanduser() for r in self.media_roots]
+            self._allowed = [Path(os.path.realpath(p)) for p in [self.root, *extra]]
+        return self._allowed
+
     def path(self, record: ItemRecord, modality: str) -> Path | None:
-        """Absolute path of ``record``'s file for a media modality, or None when the item has none."""
+        """Absolute path of ``record``'s file for a media modality, or None when the item has none.
+
+        Raises :class:`MediaError` when the file, after resolving symlinks, lies outside the dataset root
+        and every ``media_roots`` folder (nothing outside them is ever opened)."""
         rel = getattr(record, modality)
-        return None if rel is None else self.root / rel
+        if rel is None:
+            return None
+        path = self.root / rel
+        real = Path(os.path.realpath(path))
+        if not any(real == r or r in real.parents for r in self.allowed_roots()):
+            shown = rel if str(real) == str(path) else f"{rel} (resolves to {real})"
+            raise MediaError(record.item_id, shown,
+                             f"the {modality} path lies outside the dataset root {self.allowed_roots()[0]} "
+                             "after resolving symlinks; to allow another folder add it to data.media_roots")
+        return path
 
     def subset(self, item_ids: Iterable[str]) -> Catalogue:
-        return Catalogue(self.root, (self[i] for i in item_ids), self.source)
+        return Catalogue(self.root, (self[i] for i in item_ids), self.source, self.media_roots)
 
 
 def fingerprint_items(records: Iterable[ItemRecord]) -> str:

@@ -1,32 +1,48 @@
 """Readers for the supported interaction layouts. Each returns :class:`RawData`: per-user item sequences in
-time order (original ids) plus the item :class:`~crossan.data.catalogue.Catalogue`.
+time order plus the item :class:`~crossan.data.catalogue.Catalogue`.
 
 Layouts
 -------
 ``iisan`` (IISAN / MicroLens): a user file — ``users.tsv`` or ``*_pairs.tsv`` — with one line per user,
-``user TAB item item …`` in time order; and ``items.tsv`` with ``item TAB title``. ``items.tsv`` may instead
-start with a header ``item_id TAB title [TAB image] [TAB video] [TAB audio]`` whose media columns hold paths
-relative to the dataset root (an empty cell: the item lacks it). Without media columns, media are found by
-item id in ``images/`` or ``covers/`` (jpg, jpeg, png, webp), ``videos/`` (mp4, webm, mkv, avi, mov) and
-``audio/`` (wav, flac, mp3, ogg).
+``user TAB item item …`` in time order (items separated by ASCII whitespace); and ``items.tsv``. Without a
+header ``items.tsv`` holds ``item TAB title`` lines, and the title is **the rest of the line** (a tab inside
+it is kept). It may instead start with a header ``item_id TAB title [TAB image] [TAB video] [TAB audio]``;
+then every row must have exactly as many tab-separated fields as the header (a tab inside a title is an
+error naming file and line), and the media columns hold paths relative to the dataset root (an empty cell:
+the item lacks it). Without media columns, media are found by item id in ``images/`` or ``covers/`` (jpg,
+jpeg, png, webp), ``videos/`` (mp4, webm, mkv, avi, mov) and ``audio/`` (wav, flac, mp3, ogg).
 
 ``atomic`` (RecBole): ``NAME.inter`` with ``user_id``, ``item_id`` and ``timestamp`` columns (typed headers
 such as ``user_id:token``) and optionally ``NAME.item`` whose text columns form the item text.
 
 ``csv``: a comma-separated file with a header naming user, item and timestamp columns (``user``/``user_id``,
 ``item``/``item_id``, ``timestamp``/``time``); an ``items.tsv`` beside it is read as the catalogue.
+
+Every text file may start with a UTF-8 BOM (dropped) and must be UTF-8 (otherwise an error naming file and
+line). In ``.inter``/``.item``/CSV files every row must have as many fields as the header. Item text is cut
+to ``data.max_text_chars`` characters. The interaction files are scanned as byte arrays with numpy
+(:mod:`crossan.data.textscan`), so ten million interactions read in seconds; a CSV/``.inter`` file that
+contains a double quote is read with Python's csv module instead (quoted fields; slower).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from crossan.config import DataConfig
+from crossan.data import textscan as ts
 from crossan.data.catalogue import Catalogue, ItemRecord
+
+MAX_ID_BYTES = 1024
+"""User and item ids longer than this (in UTF-8 bytes) make a row malformed."""
 
 
 class DataError(ValueError):
@@ -34,13 +50,54 @@ class DataError(ValueError):
 
 
 @dataclass
+class Interactions:
+    """Per-user item sequences in compressed form: user ``u``'s items, in time order, are
+    ``items[offsets[u]:offsets[u + 1]]``, each a 0-based position in the catalogue's order."""
+
+    users: list[str]
+    offsets: np.ndarray
+    """[U + 1] int64, starting at 0."""
+    items: np.ndarray
+    """[interactions] int32/int64 catalogue positions."""
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
 class RawData:
-    sequences: dict[str, list[str]]
-    """User id → item ids in time order, as read (before filtering)."""
-    catalogue: Catalogue
-    dropped: dict[str, int] = field(default_factory=dict)
-    """Rows skipped under ``on_bad_rows=drop`` / ``on_unknown_items=drop``, by reason."""
-    sources: list[str] = field(default_factory=list)
+    """What a reader found: the interactions (before the protocol), the catalogue, and what was dropped.
+
+    ``sequences`` may be given as a mapping ``user → item ids in time order`` (small, hand-made data) or as
+    :class:`Interactions`; :attr:`interactions` is always available, :attr:`sequences` is built on demand.
+    """
+
+    def __init__(self, sequences: Mapping[str, Sequence[str]] | Interactions, catalogue: Catalogue,
+                 dropped: dict[str, int] | None = None, sources: list[str] | None = None) -> None:
+        self.catalogue = catalogue
+        self.dropped = dict(dropped or {})
+        self.sources = list(sources or [])
+        if isinstance(sequences, Interactions):
+            self.interactions = sequences
+        else:
+            pos = {item: k for k, item in enumerate(catalogue.ids())}
+            users = list(sequences)
+            try:
+                flat = [pos[i] for u in users for i in sequences[u]]
+            except KeyError as e:
+                raise DataError(f"item {e.args[0]!r} of a sequence is not in the catalogue "
+                                f"{catalogue.source or catalogue.root}") from None
+            lengths = np.array([len(sequences[u]) for u in users], dtype=np.int64)
+            self.interactions = Interactions(users, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+                                             np.asarray(flat, dtype=np.int64))
+
+    @property
+    def sequences(self) -> dict[str, list[str]]:
+        """User id → item ids in time order (built from :attr:`interactions`; for small data and tests)."""
+        ids = np.asarray(self.catalogue.ids(), dtype=object)
+        inter = self.interactions
+        names = ids[inter.items] if len(inter.items) else np.zeros(0, dtype=object)
+        return {u: names[inter.offsets[k]:inter.offsets[k + 1]].tolist() for k, u in enumerate(inter.users)}
 
 
 IMAGE_DIRS, IMAGE_EXT = ("images", "covers"), (".jpg", ".jpeg", ".png", ".webp")
@@ -66,12 +123,48 @@ class _Problems:
                             "(set data.on_unknown_items=drop to skip and count such interactions)")
         self.dropped["unknown_items"] += 1
 
+    def count(self, reason: str, n: int) -> None:
+        """Count ``n`` rows dropped for ``reason`` (after the first error, if any, was raised)."""
+        if n:
+            self.dropped[reason] += int(n)
+
 
 def _check_file(path: Path) -> None:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty")
+
+
+def _bytes(path: Path) -> np.ndarray:
+    """The checked bytes of a text file (BOM dropped, UTF-8 verified), as ``uint8``."""
+    _check_file(path)
+    try:
+        buf = ts.read_text_bytes(path)
+    except ts.TextError as e:
+        raise DataError(str(e)) from None
+    if not len(buf):
+        raise DataError(f"{path}: file is empty")
+    return buf
+
+
+def _text(path: Path) -> str:
+    """The checked text of a small file (BOM dropped, UTF-8 verified, line ends made ``\\n``)."""
+    _check_file(path)
+    try:
+        text = ts.decode_text(path.read_bytes(), path)
+    except ts.TextError as e:
+        raise DataError(str(e)) from None
+    if not text.strip():
+        raise DataError(f"{path}: file is empty")
+    return text
+
+
+def _lines(text: str) -> list[str]:
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
 
 
 # --------------------------------------------------------------------------------------------- catalogue
@@ -87,10 +180,11 @@ def _find_media(root: Path, dirs: tuple[str, ...], exts: tuple[str, ...]) -> dic
 
 
 def read_items_tsv(path: Path, problems: _Problems) -> Catalogue:
-    """``items.tsv``: ``item TAB title`` lines, or a header with ``item_id`` and media-path columns."""
-    _check_file(path)
+    """``items.tsv``: ``item TAB title`` lines (title = rest of the line), or a header with ``item_id`` and
+    media-path columns (every row then has exactly the header's number of fields)."""
+    cfg = problems.cfg
     root = path.parent
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = _lines(_text(path))
     header = lines[0].split("\t")
     has_header = header[0].strip().lower() in ("item_id", "item", "item_id:token")
     cols = [h.split(":")[0].strip().lower() for h in header] if has_header else ["item_id", "title"]
@@ -107,9 +201,17 @@ def read_items_tsv(path: Path, problems: _Problems) -> Catalogue:
     for lineno, line in enumerate(lines[1:] if has_header else lines, start=2 if has_header else 1):
         if not line.strip():
             continue
-        parts = line.split("\t")
-        item = parts[0].strip()
         where = f"{path}:{lineno}"
+        if has_header:
+            parts = line.split("\t")
+            if len(parts) != len(cols):
+                problems.bad_row(where, f"expected {len(cols)} tab-separated fields (as the header), got "
+                                        f"{len(parts)}; a title may not contain a tab")
+                continue
+        else:
+            item_part, _, title = line.partition("\t")
+            parts = [item_part, title]
+        item = parts[0].strip()
         if not item:
             problems.bad_row(where, "empty item id")
             continue
@@ -117,17 +219,14 @@ def read_items_tsv(path: Path, problems: _Problems) -> Catalogue:
             problems.bad_row(where, f"item {item!r} appears twice")
             continue
         seen.add(item)
-        text = parts[text_col].strip() if text_col is not None and text_col < len(parts) else ""
-        media = {}
-        for m, i in media_cols.items():
-            cell = parts[i].strip() if i < len(parts) else ""
-            media[m] = cell or None
+        text = parts[text_col].strip()[: cfg.max_text_chars] if text_col is not None else ""
+        media = {m: parts[i].strip() or None for m, i in media_cols.items()}
         for m, table in discovered.items():
             media[m] = table.get(item)
         records.append(ItemRecord(item, text, **media))
     if not records:
         raise DataError(f"{path}: no items")
-    return Catalogue(root, records, source=str(path))
+    return Catalogue(root, records, source=str(path), media_roots=cfg.media_roots)
 
 
 # --------------------------------------------------------------------------------------------- iisan
@@ -142,134 +241,330 @@ def _user_file(root: Path) -> Path:
     raise DataError(f"{root}: no users.tsv or *_pairs.tsv found")
 
 
+def _first_line(mask: np.ndarray) -> int:
+    """Index of the first True in ``mask`` (len(mask) when none)."""
+    hit = np.flatnonzero(mask)
+    return int(hit[0]) if len(hit) else len(mask)
+
+
+def _repeats(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, lines: np.ndarray, has_known: np.ndarray,
+             names: list[str]) -> np.ndarray:
+    """Which of these lines (ascending) repeat a user whose *accepted* line came earlier: the accepted line
+    of a user is its first line with at least one known item (as a line-by-line reading decides)."""
+    if len(lines) and int((ends - starts).max()) <= 64:
+        keys = ts.byte_keys(buf, starts, ends)
+        uniq, inverse = np.unique(keys, return_inverse=True)
+        accepted_at = np.full(len(uniq), np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(accepted_at, inverse[has_known], lines[has_known])
+        return accepted_at[inverse] < lines
+    first: dict[str, int] = {}
+    for line, name, k in zip(lines.tolist(), names, has_known.tolist()):
+        if k and name not in first:
+            first[name] = line
+    return np.fromiter((first.get(n, -1) != -1 and first[n] < line for line, n in zip(lines.tolist(), names)),
+                       dtype=bool, count=len(lines))
+
+
+def read_user_sequences(path: Path, catalogue: Catalogue, problems: _Problems) -> Interactions:
+    """Read a ``user TAB item item …`` file, vectorised (see the module docstring for the rules).
+
+    Problems are found for all lines at once; the first one in file order whose policy is ``error`` is
+    raised with the message the line-by-line reading gives: no tab or no user (``expected 'user TAB item
+    item …'``), no items, a user on a second line, an item missing from the catalogue.
+    """
+    buf = _bytes(path)
+    starts = ts.line_starts(buf)
+    n_lines = len(starts)
+    tok_s, tok_e = ts.tokens(ts.WHITESPACE[buf])
+    tok_line = ts.token_lines(buf, tok_s)
+    tabs = np.flatnonzero(buf == ts.TAB)
+    tab_line = ts.line_of(starts, tabs)
+    first = ts.first_per_group(tab_line)
+    no_tab = np.iinfo(np.int64).max
+    first_tab = np.full(n_lines, no_tab, dtype=np.int64)
+    first_tab[tab_line[first]] = tabs[first]
+    del tabs, tab_line, first
+    nonblank = np.bincount(tok_line, minlength=n_lines) > 0
+
+    # the user field: from the first to the last token before the line's first tab
+    is_user = tok_s < first_tab[tok_line]
+    ut = np.flatnonzero(is_user)
+    ul = tok_line[ut]
+    user_s = np.zeros(n_lines, dtype=np.int64)
+    user_e = np.zeros(n_lines, dtype=np.int64)
+    f, la = ts.first_per_group(ul), ts.last_per_group(ul)
+    user_s[ul[f]], user_e[ul[la]] = tok_s[ut[f]], tok_e[ut[la]]
+    has_user = np.zeros(n_lines, dtype=bool)
+    has_user[ul] = True
+    del ut, ul, f, la
+    bad_format = nonblank & ((first_tab == no_tab) | ~has_user | (user_e - user_s > MAX_ID_BYTES))
+
+    it = np.flatnonzero(~is_user)  # item tokens: after the first tab
+    del is_user
+    it_line = tok_line[it]
+    pos = ts.KeyTable(catalogue.ids()).lookup(buf, tok_s[it], tok_e[it]) if len(it) else np.zeros(0, np.int64)
+    known = pos >= 0
+    n_known = np.bincount(it_line[known], minlength=n_lines)
+    n_items = np.bincount(it_line, minlength=n_lines)
+    no_items = nonblank & ~bad_format & (n_items == 0)
+    candidate = nonblank & ~bad_format & ~no_items
+
+    # a user's accepted line is its first candidate line with a known item; later candidates are repeats
+    cand = np.flatnonzero(candidate)
+    names = ts.decode_ranges(buf, user_s[cand], user_e[cand])
+    repeat = np.zeros(n_lines, dtype=bool)
+    repeat[cand] = _repeats(buf, user_s[cand], user_e[cand], cand, n_known[cand] > 0, names)
+    accepted = candidate & ~repeat
+    unknown_line = accepted & (n_items > n_known)
+
+    cfg = problems.cfg
+    bad = bad_format | no_items | repeat
+    first_bad = _first_line(bad) if cfg.on_bad_rows == "error" else n_lines
+    first_unknown = _first_line(unknown_line) if cfg.on_unknown_items == "error" else n_lines
+    if min(first_bad, first_unknown) < n_lines:
+        line = min(first_bad, first_unknown)
+        where = f"{path}:{line + 1}"
+        user = ts.decode_ranges(buf, user_s[line:line + 1], user_e[line:line + 1])[0] if has_user[line] else ""
+        if line == first_bad:
+            problems.bad_row(where, f"user {user!r} has no items" if no_items[line]
+                             else f"user {user!r} appears on more than one line" if repeat[line]
+                             else f"user id longer than {MAX_ID_BYTES} bytes" if has_user[line] and
+                             first_tab[line] != no_tab else "expected 'user TAB item item …'")
+        j = np.flatnonzero((it_line == line) & ~known)[0]
+        problems.unknown_item(where, bytes(buf[tok_s[it[j]]:tok_e[it[j]]]).decode("utf-8"), catalogue)
+    problems.count("bad_rows", bad.sum())
+    problems.count("unknown_items", (~known & accepted[it_line]).sum())
+
+    keep_line = accepted & (n_known > 0)
+    keep = known & keep_line[it_line]
+    kept_lines = np.flatnonzero(keep_line)
+    lengths = np.bincount(it_line[keep], minlength=n_lines)[kept_lines]
+    users = [n for line, n in zip(cand.tolist(), names) if keep_line[line]]
+    items = pos[keep].astype(np.int32 if len(catalogue) < 2**31 else np.int64)
+    return Interactions(users, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), items)
+
+
 def read_iisan(root: Path, cfg: DataConfig) -> RawData:
     problems = _Problems(cfg)
     catalogue = read_items_tsv(root / "items.tsv", problems)
     path = _user_file(root)
-    _check_file(path)
-    sequences: dict[str, list[str]] = {}
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            line = line.rstrip("\n\r")
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            user, sep, rest = line.partition("\t")
-            user = user.strip()
-            items = rest.split()
-            if not sep or not user:
-                problems.bad_row(where, "expected 'user TAB item item …'")
-                continue
-            if not items:
-                problems.bad_row(where, f"user {user!r} has no items")
-                continue
-            if user in sequences:
-                problems.bad_row(where, f"user {user!r} appears on more than one line")
-                continue
-            kept = []
-            for it in items:
-                if it in catalogue:
-                    kept.append(it)
-                else:
-                    problems.unknown_item(where, it, catalogue)
-            if kept:
-                sequences[user] = kept
-    if not sequences:
+    inter = read_user_sequences(path, catalogue, problems)
+    if not inter.users:
         raise DataError(f"{path}: no usable user sequences")
-    return RawData(sequences, catalogue, dict(problems.dropped), [str(path), catalogue.source])
+    return RawData(inter, catalogue, dict(problems.dropped), [str(path), catalogue.source])
 
 
 # --------------------------------------------------------------------------------------------- atomic / csv
-def _parse_time(value: str, where: str, problems: _Problems) -> float | None:
-    try:
-        t = float(value)
-    except ValueError:
-        t = math.nan
-    if math.isnan(t) or math.isinf(t):
-        problems.bad_row(where, f"malformed timestamp {value!r}")
-        return None
-    return t
+@dataclass
+class _Rows:
+    """Interaction rows as read (kept rows only): user and item keys, times, line numbers."""
+
+    user_keys: np.ndarray
+    item_keys: np.ndarray | None
+    item_pos: np.ndarray | None
+    """Catalogue positions when a catalogue was given (else None and ``item_keys`` holds the ids)."""
+    times: np.ndarray
+    lines: np.ndarray
 
 
-def _sequences_from_rows(rows: list[tuple[str, str, float, int]]) -> dict[str, list[str]]:
-    """Group (user, item, time, line) rows into per-user sequences ordered by time (ties: file order)."""
-    by_user: dict[str, list[tuple[float, int, str]]] = defaultdict(list)
-    for user, item, t, lineno in rows:
-        by_user[user].append((t, lineno, item))
-    return {u: [it for _, _, it in sorted(v)] for u, v in by_user.items()}
+def _header(path: Path, text: str, delimiter: str) -> tuple[list[str], list[str], tuple[int, int, int]]:
+    header = next(csv.reader([text], delimiter=delimiter))
+    names = [h.split(":")[0].strip().lower() for h in header]
+
+    def find(*cands: str) -> int:
+        for c in cands:
+            if c in names:
+                return names.index(c)
+        raise DataError(f"{path}:1: header {header} has no column named {' or '.join(cands)}")
+
+    return header, names, (find("user_id", "user"), find("item_id", "item"), find("timestamp", "time"))
+
+
+def _scan_rows(path: Path, buf: np.ndarray, delimiter: str, catalogue: Catalogue | None,
+               problems: _Problems) -> _Rows:
+    """Split a delimited file without quotes into fields, vectorised, and check every row."""
+    starts = ts.line_starts(buf)
+    n_lines = len(starts)
+    ends = np.empty(n_lines, dtype=np.int64)
+    ends[:-1] = starts[1:] - 1
+    ends[-1] = len(buf) - 1 if buf[-1] == ts.NEWLINE else len(buf)
+    head = buf[starts[0]:ends[0]].tobytes().decode("utf-8").rstrip("\r")
+    _, names, (iu, ii, it) = _header(path, head, delimiter)
+    n_fields = len(names)
+    dcode = ord(delimiter)
+    sep = ts.WHITESPACE[buf]
+    content = ~sep & (buf != dcode)
+    nonblank = np.logical_or.reduceat(content, starts) if len(buf) else np.zeros(0, bool)
+    del content
+    delims = np.flatnonzero(buf == dcode)
+    d_line = ts.line_of(starts, delims)
+    got = np.bincount(d_line, minlength=n_lines) + 1
+    body = np.arange(n_lines) > 0
+    wrong_count = body & nonblank & (got != n_fields)
+    good = np.flatnonzero(body & nonblank & ~wrong_count)
+    first_d = np.searchsorted(d_line, good)  # index of each good line's first delimiter
+
+    def field(k: int) -> tuple[np.ndarray, np.ndarray]:
+        s = starts[good].astype(np.int64) if k == 0 else delims[first_d + k - 1].astype(np.int64) + 1
+        e = ends[good] if k == n_fields - 1 else delims[first_d + k].astype(np.int64)
+        return ts.strip_ranges(sep, s, e)
+
+    (us, ue), (is_, ie), (tsb, teb) = field(iu), field(ii), field(it)
+    empty_id = (us == ue) | (is_ == ie)
+    long_id = (ue - us > MAX_ID_BYTES) | (ie - is_ > MAX_ID_BYTES)
+    times, unparsed = ts.parse_numbers(buf, tsb, teb)
+    bad_time = ~empty_id & ~long_id & (unparsed | ~np.isfinite(times))
+    ok = ~empty_id & ~long_id & ~bad_time
+    pos = None
+    unknown = np.zeros(len(good), dtype=bool)
+    if catalogue is not None:
+        pos = np.full(len(good), -1, dtype=np.int64)
+        pos[ok] = ts.KeyTable(catalogue.ids()).lookup(buf, is_[ok], ie[ok])
+        unknown = ok & (pos < 0)
+
+    cfg = problems.cfg
+    line_bad = np.zeros(n_lines, dtype=bool)
+    line_bad[good] = ~ok
+    line_bad |= wrong_count
+    first_bad = _first_line(line_bad) if cfg.on_bad_rows == "error" else n_lines
+    first_unknown = int(good[unknown][0]) if cfg.on_unknown_items == "error" and unknown.any() else n_lines
+    line = min(first_bad, first_unknown)
+    if line < n_lines:
+        where = f"{path}:{line + 1}"
+        if wrong_count[line]:
+            problems.bad_row(where, f"expected {n_fields} fields, got {int(got[line])}")
+        j = int(np.searchsorted(good, line))
+        if empty_id[j]:
+            problems.bad_row(where, "empty user or item id")
+        if long_id[j]:
+            problems.bad_row(where, f"user or item id longer than {MAX_ID_BYTES} bytes")
+        if bad_time[j]:
+            problems.bad_row(where, f"malformed timestamp {bytes(buf[tsb[j]:teb[j]]).decode('utf-8')!r}")
+        problems.unknown_item(where, bytes(buf[is_[j]:ie[j]]).decode("utf-8"), catalogue)
+    problems.count("bad_rows", line_bad.sum())
+    problems.count("unknown_items", unknown.sum())
+    keep = ok & ~unknown
+    width = int(max((ue - us)[keep].max(initial=1), 1))
+    item_keys = None if pos is not None else ts.byte_keys(buf, is_[keep], ie[keep])
+    user_keys = ts.byte_keys(buf, us[keep], ue[keep], width)
+    return _Rows(user_keys, item_keys, None if pos is None else pos[keep], times[keep], good[keep] + 1)
+
+
+def _parse_rows(path: Path, text: str, delimiter: str, catalogue: Catalogue | None, problems: _Problems) -> _Rows:
+    """The same checks as :func:`_scan_rows`, through Python's csv module (files with quoted fields)."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    header = next(reader)
+    _, names, (iu, ii, it) = _header(path, delimiter.join(header), delimiter)
+    users, items, times, lines = [], [], [], []
+    for lineno, parts in enumerate(reader, start=2):
+        if not parts or not any(p.strip() for p in parts):
+            continue
+        where = f"{path}:{lineno}"
+        if len(parts) != len(names):
+            problems.bad_row(where, f"expected {len(names)} fields, got {len(parts)}")
+            continue
+        user, item = parts[iu].strip(), parts[ii].strip()
+        if not user or not item:
+            problems.bad_row(where, "empty user or item id")
+            continue
+        if len(user.encode("utf-8")) > MAX_ID_BYTES or len(item.encode("utf-8")) > MAX_ID_BYTES:
+            problems.bad_row(where, f"user or item id longer than {MAX_ID_BYTES} bytes")
+            continue
+        try:
+            t = float(parts[it].strip())
+        except ValueError:
+            t = math.nan
+        if not math.isfinite(t):
+            problems.bad_row(where, f"malformed timestamp {parts[it].strip()!r}")
+            continue
+        if catalogue is not None and item not in catalogue:
+            problems.unknown_item(where, item, catalogue)
+            continue
+        users.append(user)
+        items.append(item)
+        times.append(t)
+        lines.append(lineno)
+    pos = None if catalogue is None else ts.KeyTable(catalogue.ids()).lookup_strings(items)
+    return _Rows(ts.keys_of_strings(users), None if catalogue is not None else ts.keys_of_strings(items), pos,
+                 np.asarray(times, dtype=np.float64), np.asarray(lines, dtype=np.int64))
+
+
+def _group(rows: _Rows) -> tuple[Interactions, list[str] | None]:
+    """Per-user sequences ordered by time (ties: file order); users in order of first appearance.
+
+    Returns the interactions and, when the rows carry item ids rather than catalogue positions, the sorted
+    distinct item ids (the positions then index that list)."""
+    uniq, first, inverse = np.unique(rows.user_keys, return_index=True, return_inverse=True)
+    order_u = np.argsort(first, kind="stable")
+    rank = np.empty(len(uniq), dtype=np.int64)
+    rank[order_u] = np.arange(len(uniq))
+    user_rank = rank[inverse.ravel()]
+    item_ids = None
+    if rows.item_pos is not None:
+        pos = rows.item_pos
+    else:
+        item_uniq, pos = np.unique(rows.item_keys, return_inverse=True)
+        item_ids = ts.keys_to_strings(item_uniq)
+    order = np.lexsort((rows.lines, rows.times, user_rank))
+    lengths = np.bincount(user_rank, minlength=len(uniq))
+    items = pos.ravel()[order].astype(np.int64)
+    users = ts.keys_to_strings(uniq[order_u])
+    return Interactions(users, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), items), item_ids
 
 
 def _read_interactions(path: Path, delimiter: str, catalogue: Catalogue | None, problems: _Problems,
-                       ) -> tuple[dict[str, list[str]], set[str]]:
-    _check_file(path)
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter=delimiter)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise DataError(f"{path}: file is empty") from None
-        names = [h.split(":")[0].strip().lower() for h in header]
-
-        def find(*cands: str) -> int:
-            for c in cands:
-                if c in names:
-                    return names.index(c)
-            raise DataError(f"{path}:1: header {header} has no column named {' or '.join(cands)}")
-
-        iu, ii, it = find("user_id", "user"), find("item_id", "item"), find("timestamp", "time")
-        rows: list[tuple[str, str, float, int]] = []
-        items: set[str] = set()
-        for lineno, parts in enumerate(reader, start=2):
-            if not parts or not any(p.strip() for p in parts):
-                continue
-            where = f"{path}:{lineno}"
-            if len(parts) <= max(iu, ii, it):
-                problems.bad_row(where, f"expected {len(names)} fields, got {len(parts)}")
-                continue
-            user, item = parts[iu].strip(), parts[ii].strip()
-            if not user or not item:
-                problems.bad_row(where, "empty user or item id")
-                continue
-            t = _parse_time(parts[it].strip(), where, problems)
-            if t is None:
-                continue
-            if catalogue is not None and item not in catalogue:
-                problems.unknown_item(where, item, catalogue)
-                continue
-            rows.append((user, item, t, lineno))
-            items.add(item)
-    if not rows:
+                       ) -> tuple[Interactions, list[str] | None]:
+    buf = _bytes(path)
+    if (buf == ord('"')).any():
+        rows = _parse_rows(path, buf.tobytes().decode("utf-8"), delimiter, catalogue, problems)
+    else:
+        rows = _scan_rows(path, buf, delimiter, catalogue, problems)
+    if not len(rows.lines):
         raise DataError(f"{path}: no usable interactions")
-    return _sequences_from_rows(rows), items
+    return _group(rows)
 
 
 def _read_atomic_items(path: Path, cfg: DataConfig, problems: _Problems) -> Catalogue:
-    _check_file(path)
-    with path.open(encoding="utf-8", newline="") as f:
-        reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
-        header = next(reader)
-        names = [h.split(":")[0].strip() for h in header]
-        types = [h.split(":")[1].strip() if ":" in h else "token" for h in header]
-        if "item_id" not in names:
-            raise DataError(f"{path}:1: header {header} has no item_id column")
-        iid = names.index("item_id")
-        if cfg.text_fields:
-            unknown = [t for t in cfg.text_fields if t not in names]
-            if unknown:
-                raise DataError(f"data.text_fields: {unknown} not among the columns of {path}: {names}")
-            text_cols = [names.index(t) for t in cfg.text_fields]
-        else:
-            text_cols = [i for i, t in enumerate(types) if i != iid and t in ("token", "token_seq")]
-        records = []
-        for lineno, parts in enumerate(reader, start=2):
-            if not parts:
-                continue
-            if len(parts) != len(names):
-                problems.bad_row(f"{path}:{lineno}", f"expected {len(names)} fields, got {len(parts)}")
-                continue
-            text = " ".join(parts[i].strip() for i in text_cols if parts[i].strip())
-            records.append(ItemRecord(parts[iid].strip(), text))
-    return Catalogue(path.parent, records, source=str(path))
+    rows = csv.reader(io.StringIO(_text(path), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    header = next(rows)
+    names = [h.split(":")[0].strip() for h in header]
+    types = [h.split(":")[1].strip() if ":" in h else "token" for h in header]
+    if "item_id" not in names:
+        raise DataError(f"{path}:1: header {header} has no item_id column")
+    iid = names.index("item_id")
+    if cfg.text_fields:
+        unknown = [t for t in cfg.text_fields if t not in names]
+        if unknown:
+            raise DataError(f"data.text_fields: {unknown} not among the columns of {path}: {names}")
+        text_cols = [names.index(t) for t in cfg.text_fields]
+    else:
+        text_cols = [i for i, t in enumerate(types) if i != iid and t in ("token", "token_seq")]
+    records = []
+    seen: set[str] = set()
+    for lineno, parts in enumerate(rows, start=2):
+        if not parts or not any(p.strip() for p in parts):
+            continue
+        where = f"{path}:{lineno}"
+        if len(parts) != len(names):
+            problems.bad_row(where, f"expected {len(names)} fields, got {len(parts)}")
+            continue
+        item = parts[iid].strip()
+        if not item or item in seen:
+            problems.bad_row(where, f"item {item!r} appears twice" if item else "empty item id")
+            continue
+        seen.add(item)
+        text = " ".join(parts[i].strip() for i in text_cols if parts[i].strip())
+        records.append(ItemRecord(item, text[: cfg.max_text_chars]))
+    return Catalogue(path.parent, records, source=str(path), media_roots=cfg.media_roots)
+
+
+def _with_catalogue(path: Path, root: Path, cfg: DataConfig, catalogue: Catalogue | None, problems: _Problems,
+                    delimiter: str) -> RawData:
+    inter, item_ids = _read_interactions(path, delimiter, catalogue, problems)
+    if catalogue is None:
+        catalogue = Catalogue(root, (ItemRecord(i) for i in item_ids or []), source=str(path),
+                              media_roots=cfg.media_roots)
+    return RawData(inter, catalogue, dict(problems.dropped), [str(path), catalogue.source])
 
 
 def read_atomic(root: Path, cfg: DataConfig) -> RawData:
@@ -279,20 +574,14 @@ def read_atomic(root: Path, cfg: DataConfig) -> RawData:
         raise DataError(f"{root}: expected exactly one .inter file, found {len(inters)}")
     items_files = sorted(root.glob("*.item"))
     catalogue = _read_atomic_items(items_files[0], cfg, problems) if items_files else None
-    sequences, items = _read_interactions(inters[0], "\t", catalogue, problems)
-    if catalogue is None:
-        catalogue = Catalogue(root, (ItemRecord(i) for i in sorted(items)), source=str(inters[0]))
-    return RawData(sequences, catalogue, dict(problems.dropped), [str(inters[0]), catalogue.source])
+    return _with_catalogue(inters[0], root, cfg, catalogue, problems, "\t")
 
 
 def read_csv(path: Path, cfg: DataConfig) -> RawData:
     problems = _Problems(cfg)
     items_tsv = path.parent / "items.tsv"
     catalogue = read_items_tsv(items_tsv, problems) if items_tsv.is_file() else None
-    sequences, items = _read_interactions(path, ",", catalogue, problems)
-    if catalogue is None:
-        catalogue = Catalogue(path.parent, (ItemRecord(i) for i in sorted(items)), source=str(path))
-    return RawData(sequences, catalogue, dict(problems.dropped), [str(path), catalogue.source])
+    return _with_catalogue(path, path.parent, cfg, catalogue, problems, ",")
 
 
 def detect_format(path: Path) -> str:
@@ -322,5 +611,9 @@ def read(cfg: DataConfig) -> RawData:
         return read_iisan(path, cfg)
     if fmt == "atomic":
         return read_atomic(path, cfg)
-    csv_path = path if path.is_file() else sorted(path.glob("*.csv"))[0]
-    return read_csv(csv_path, cfg)
+    if path.is_file():
+        return read_csv(path, cfg)
+    csvs = sorted(path.glob("*.csv"))
+    if not csvs:
+        raise DataError(f"{path}: data.format=csv but no .csv file found")
+    return read_csv(csvs[0], cfg)
