@@ -3,6 +3,10 @@
 Training embeds each *unique* item of a batch once (the expensive part for content towers), gathers the
 history and target embeddings from that small table, and scores every position against the batch's
 unique items (in-batch softmax, METHOD.md §8).
+
+Precision (``cfg.precision``, :mod:`crossan.precision`): the item tower and the user encoder run under
+bf16 autocast where the setting asks for it; the scores and the loss are computed in float32 from
+float32 copies of the states and embeddings, so that bf16 rounding never creates ties between scores.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from crossan.config import Config
+from crossan.precision import autocast, full_precision
 from crossan.towers.base import ItemTower
 from crossan.user_encoder import SASRec
 
@@ -24,6 +29,7 @@ class Recommender(nn.Module):
         self.tower = tower
         self.user = SASRec(cfg.user, cfg.data.max_seq_len)
         self.loss_kind = cfg.train.loss
+        self.precision = cfg.precision
         counts = item_counts.double()
         # log P_pop(j) with add-one smoothing so that items unseen in training stay finite
         self.register_buffer("log_pop", torch.log((counts + 1) / (counts.sum() + len(counts))).float(),
@@ -47,8 +53,9 @@ class Recommender(nn.Module):
         return self.user(item_emb, inputs)
 
     def user_vectors(self, inputs: torch.Tensor, item_table: torch.Tensor) -> torch.Tensor:
-        """Users' next-item query vectors [B, d] from their windows [B, L], reading a precomputed table."""
-        return self.user(item_table[inputs], inputs)[:, -1]
+        """Users' next-item query vectors [B, d] (float32) from their windows [B, L], reading a precomputed table."""
+        with autocast(self.precision, inputs.device):
+            return self.user(item_table[inputs], inputs)[:, -1].float()
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The training loss (``forward`` so that DistributedDataParallel can wrap the model)."""
@@ -62,8 +69,18 @@ class Recommender(nn.Module):
             ids = torch.cat([inputs, targets, negatives], 1)
         else:
             ids = torch.cat([inputs, targets], 1)
-        uniq, emb, inv = self.embed_unique(ids)
-        states = self.user_states(emb[inv[:, :L]], inputs)  # [B, L, d]
+        with autocast(self.precision, inputs.device):
+            uniq, emb, inv = self.embed_unique(ids)
+            states = self.user_states(emb[inv[:, :L]], inputs)  # [B, L, d]
+        with full_precision(inputs.device):
+            loss = self._loss(states.float(), emb.float(), uniq, inv, inputs, targets)
+        aux = self.tower.aux_loss()
+        return loss if aux is None else loss + aux.float()
+
+    def _loss(self, states: torch.Tensor, emb: torch.Tensor, uniq: torch.Tensor, inv: torch.Tensor,
+              inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The loss of ``loss_kind`` from user states [B, L, d] and unique-item embeddings [U, d]."""
+        L = inputs.shape[1]
         valid = targets > 0
         if self.loss_kind == "bce":
             pos = (states * emb[inv[:, L:2 * L]]).sum(-1)
@@ -72,8 +89,7 @@ class Recommender(nn.Module):
             loss = loss[valid].mean()
         else:
             loss = inbatch_softmax_loss(states, emb, uniq, inv[:, :L], inv[:, L:], valid, self.log_pop[uniq])
-        aux = self.tower.aux_loss()
-        return loss if aux is None else loss + aux
+        return loss
 
 
 def inbatch_softmax_loss(states: torch.Tensor, cand_emb: torch.Tensor, cand_rows: torch.Tensor,

@@ -535,9 +535,12 @@ def _build_modality(ctx: _BuildContext, m: str, spec: EncoderSpec, shard: int | 
     area = _open_work_area(ctx, m, base, (encoder.num_taps, encoder.hidden_size), shard, num_shards)
     if area.resumed:
         print(f"{m}: resuming the build at {area.path} ({int(area.done.sum())}/{len(area.done)} batches done)")
+    from crossan.precision import autocast
+
     try:
-        _run_batches(encoder, area, ctx.records, ctx.data.catalogue, ctx.ranges, ctx.cfg.cache.on_corrupt,
-                     ctx.progress, ctx.on_batch)
+        with autocast(ctx.cfg.precision, ctx.device):  # the encoder forward in bf16 where `precision` says so
+            _run_batches(encoder, area, ctx.records, ctx.data.catalogue, ctx.ranges, ctx.cfg.cache.on_corrupt,
+                         ctx.progress, ctx.on_batch)
     except BaseException:
         area.close()  # every finished batch is on disk: the next build resumes from here
         raise

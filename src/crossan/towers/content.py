@@ -14,6 +14,12 @@ Missing modalities
 ``gather`` marks an item lacking modality m with ``present = False``. :meth:`ContentTower.side_inputs`
 replaces such states by exact zeros before any network sees them, so whatever the source stores for a
 missing modality can never reach an output; each tower then states its own rule (see its docstring).
+
+Precision
+---------
+:meth:`ContentTower.forward` (gathering included, so live encoders too) runs under the autocast of
+:attr:`ContentTower.precision` (``precision`` of the run config, set by :func:`finish`; ``fp32`` for a
+tower built directly), in training and in evaluation (``embed_all``) alike; see :mod:`crossan.precision`.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from abc import abstractmethod
 import torch
 
 from crossan.cache.features import FeatureSource
+from crossan.precision import autocast
 from crossan.towers.base import ItemTower, TowerContext
 from crossan.towers.sanb import ModalityProjection
 
@@ -34,7 +41,8 @@ Features = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
 def finish(tower: ContentTower, ctx: TowerContext) -> ContentTower:
-    """Apply the run-level input options to a freshly built content tower (``cache.standardize``)."""
+    """Apply the run-level options to a freshly built content tower (``cache.standardize``, ``precision``)."""
+    tower.precision = ctx.config.precision
     return tower.standardize_inputs() if ctx.config.cache.standardize else tower
 
 
@@ -67,9 +75,12 @@ class ContentTower(ItemTower):
         self.num_taps = int(features.num_taps)
 
     features: FeatureSource
+    precision: str = "fp32"
+    """``auto`` | ``bf16`` | ``fp32``: the autocast :meth:`forward` runs under (see the module docstring)."""
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
-        return self.encode(self.features.gather(items))
+        with autocast(self.precision, items.device):
+            return self.encode(self.features.gather(items))
 
     @abstractmethod
     def encode(self, feats: Features) -> torch.Tensor:

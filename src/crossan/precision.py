@@ -1,0 +1,76 @@
+"""Compute precision of forward passes: the ``precision`` config key (``auto`` | ``bf16`` | ``fp32``).
+
+``bf16`` runs the matrix products of a forward pass (and hence of its backward) in bfloat16 under
+``torch.autocast``; parameters, their gradients and the optimiser state stay float32 (autocast casts a copy
+of each weight per use), and so do the losses and the ranking scores (see
+:mod:`crossan.recommender`). The layer-state cache is stored in float16 whatever the precision.
+
+``auto`` chooses bf16 where the hardware has bf16 matrix units — a CPU whose ``/proc/cpuinfo`` flags list
+``avx512_bf16`` or ``amx_bf16``, a CUDA GPU for which ``torch.cuda.is_bf16_supported()`` — and fp32
+elsewhere (on a CPU without them bf16 is emulated and slower than fp32).
+
+Where it applies: the frozen encoders' forward while the cache is built (:mod:`crossan.cache.store`) or
+states are encoded live, the content towers (frozen features, IISAN, CROSSAN) at training and evaluation,
+and every method's training step and user encoder (:class:`crossan.recommender.Recommender`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from pathlib import Path
+
+import torch
+
+PRECISIONS = ("auto", "bf16", "fp32")
+"""The values of the ``precision`` config key."""
+
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+"""``/proc/cpuinfo`` flags of x86 CPUs with bf16 matrix instructions (AVX-512 BF16, AMX)."""
+
+
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU feature flags listed in ``cpuinfo`` (empty when the file cannot be read, e.g. not Linux)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):  # x86 / ARM spelling
+            return frozenset(value.split())
+    return frozenset()
+
+
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """Whether this machine's CPU has bf16 matrix instructions (AVX-512 BF16 or AMX)."""
+    return bool(cpu_flags() & BF16_CPU_FLAGS)
+
+
+def compute_dtype(precision: str, device: torch.device | str) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device`` (None: plain float32)."""
+    device = torch.device(device)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: {precision!r} is not one of {list(PRECISIONS)}")
+    if precision == "fp32" or device.type not in ("cpu", "cuda"):
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cpu":
+        return torch.bfloat16 if cpu_has_bf16() else None
+    return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else None
+
+
+def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:
+    """A context running forwards at ``precision`` on ``device``'s kind (a no-op context for fp32)."""
+    dtype = compute_dtype(precision, device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+def full_precision(device: torch.device | str) -> contextlib.AbstractContextManager:
+    """A context that switches autocast off on ``device``'s kind (losses and scores in float32)."""
+    kind = torch.device(device).type
+    return torch.autocast(kind, enabled=False) if kind in ("cpu", "cuda") else contextlib.nullcontext()
