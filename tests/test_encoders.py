@@ -221,8 +221,16 @@ def test_presets_and_overrides() -> None:
     assert Path(offline["text"].model).is_dir()
     info = describe_backbone("text", offline["text"])
     assert info.family == "bert" and not info.random_init and info.num_layers == 6
+    # offline: pretrained everywhere (EfficientNet-Lite0 for image and video frames, Whisper tiny.en)
+    families = {m: describe_backbone(m, offline[m]) for m in ("image", "video", "audio")}
+    assert {m: (i.family, i.random_init) for m, i in families.items()} == {
+        "image": ("efficientnet", False), "video": ("efficientnet", False), "audio": ("whisper", False)}
+    assert families["audio"].num_layers == 4 and families["audio"].hf_config.max_source_positions == 250
+    # offline-random: the same MiniLM, random-init ViT/VideoMAE/AST of 6 layers
+    contrast = preset_specs("offline-random")
+    assert contrast["text"] == offline["text"]
     for m in ("image", "video", "audio"):
-        info = describe_backbone(m, offline[m])
+        info = describe_backbone(m, contrast[m])
         assert info.random_init and info.num_layers == 6 and tap_indices(6, 7) == list(range(7))
 
 

@@ -135,7 +135,7 @@ class EncoderSpec:
 class EncodersConfig:
     """The frozen encoders per modality. ``preset`` fills the specs; explicit keys override it."""
 
-    preset: Literal["paper", "offline", "tiny"] = "offline"
+    preset: Literal["paper", "offline", "offline-random", "tiny"] = "offline"
     text: EncoderSpec = field(default_factory=EncoderSpec)
     image: EncoderSpec = field(default_factory=EncoderSpec)
     video: EncoderSpec = field(default_factory=EncoderSpec)

@@ -1,4 +1,5 @@
-"""Frozen per-modality encoders: text (BERT-like), image (ViT), video (VideoMAE), audio (AST, Whisper).
+"""Frozen per-modality encoders: text (BERT-like), image (ViT, EfficientNet-Lite0), video (VideoMAE, or an image
+CNN per frame), audio (AST, Whisper).
 
 ``build_encoder(modality, spec)`` gives a :class:`ModalityEncoder`; ``resolve_specs(cfg)`` turns a run
 configuration (preset + overrides) into the spec per modality. See :mod:`crossan.encoders.base` for the
@@ -49,11 +50,16 @@ __all__ = [
 ]
 
 
-def encoder_class(modality: str) -> type[ModalityEncoder]:
-    """The wrapper class of a modality."""
+def encoder_class(modality: str, family: str | None = None) -> type[ModalityEncoder]:
+    """The wrapper class of a modality (and backbone family: a CNN has its own wrappers)."""
     from crossan.encoders.audio import AudioEncoder
     from crossan.encoders.text import TextEncoder
     from crossan.encoders.vision import ImageEncoder, VideoEncoder
+
+    if family == "efficientnet" and modality in ("image", "video"):
+        from crossan.encoders.cnn import CNNImageEncoder, CNNVideoEncoder
+
+        return CNNImageEncoder if modality == "image" else CNNVideoEncoder
 
     classes: dict[str, type[ModalityEncoder]] = {
         "text": TextEncoder,
@@ -69,5 +75,5 @@ def encoder_class(modality: str) -> type[ModalityEncoder]:
 def build_encoder(modality: str, spec: EncoderSpec, device: str = "cpu") -> ModalityEncoder:
     """Load (or build) the backbone that ``spec`` names, with its preprocessing, in eval mode."""
     info = describe_backbone(modality, spec)
-    encoder = encoder_class(modality)(info, spec)
+    encoder = encoder_class(modality, info.family)(info, spec)
     return encoder.to(device).eval()

@@ -94,9 +94,9 @@ def _ast_extractor(info: BackboneInfo, rate: int) -> Any:
 def _whisper_extractor(info: BackboneInfo, rate: int) -> Any:
     from transformers import WhisperFeatureExtractor
 
-    if not info.random_init:
+    if info.weights_format == "transformers":
         return WhisperFeatureExtractor.from_pretrained(info.name)
-    cfg = info.hf_config
+    cfg = info.hf_config  # a config-built or CTranslate2 model: the window its positional table covers
     fe = WhisperFeatureExtractor(feature_size=cfg.num_mel_bins, sampling_rate=rate, hop_length=WHISPER_HOP)
     # the encoder takes exactly 2 · max_source_positions mel frames (stride-2 convolution)
     fe.n_samples = 2 * cfg.max_source_positions * WHISPER_HOP

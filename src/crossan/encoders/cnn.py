@@ -1,0 +1,135 @@
+"""CNN encoders (EfficientNet-Lite0): cover images, and video clips frame by frame (METHOD.md §3).
+
+Taps
+    A CNN has no tokens. Its "hidden states" are its feature maps — the stem, each block's output and the
+    head (18 for EfficientNet-Lite0, so ``num_layers`` = 17) — each global-average-pooled over space. The
+    K taps are chosen among them by :func:`~crossan.encoders.base.tap_indices` as for every encoder
+    (K = 7: maps 0, 3, 6, 9, 11, 14, 17 — the stem, blocks 2, 5, 8, 10 and 13, the head).
+
+Widths
+    The maps' widths differ (32 … 320 channels, 1280 in the head) while the cache, the live features and the
+    side networks take one width D per modality (``[N+1, K, D]``). The wrapper pads every pooled map with
+    zeros to the widest one (D = 1280): an exact embedding (no information lost or mixed, tap k fills the
+    first ``w_k`` dimensions), so the side network's one input projection per modality (METHOD §4) reads
+    every tap unchanged, and standardisation leaves the padding at exactly zero (a dimension with no
+    variance over the items gets a zero scale). Nothing downstream needs to know; ``tap_widths`` in the
+    cache manifest and ``crossan encoders`` say which dimensions are real.
+
+Video
+    No pretrained video model ships offline, so video uses the image network per frame: ``num_frames``
+    frames are sampled, encoded as one batch, and each tap is averaged over the frames (mean pooling over
+    time; the frame order is not modelled).
+
+Pixels are resized to a square ``image_size`` (Pillow bilinear, as the ViT path) and normalised the
+TensorFlow way, ``(pixel − 127) / 128``. The network runs in channels-last memory format (faster on CPUs).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from crossan.config import EncoderSpec
+from crossan.data.media import load_image, load_video
+from crossan.encoders.base import ModalityEncoder
+from crossan.encoders.efficientnet import PIXEL_MEAN, PIXEL_STD
+from crossan.encoders.spec import BackboneInfo
+from crossan.encoders.vision import resize_normalize
+
+if TYPE_CHECKING:
+    from crossan.data.catalogue import Catalogue, ItemRecord
+
+
+def _bilinear() -> Any:
+    from PIL.Image import Resampling
+
+    return Resampling.BILINEAR
+
+
+class CNNEncoder(ModalityEncoder):
+    """Common part: pooled feature maps as one-token hidden states, zero-padded to ``hidden_size``."""
+
+    def __init__(self, info: BackboneInfo, spec: EncoderSpec, model: nn.Module | None = None) -> None:
+        super().__init__(info, spec, model)
+        self.image_size = int(info.hf_config.image_size)
+        self.tap_widths: list[int] = list(info.tap_widths or [])
+        self.model.to(memory_format=torch.channels_last)
+
+    def pixels(self, images: list[Any]) -> torch.Tensor:
+        """PIL images → normalised ``[B, 3, S, S]`` float32."""
+        mean, std = (PIXEL_MEAN,) * 3, (PIXEL_STD,) * 3
+        return resize_normalize(images, self.image_size, self.image_size, _bilinear(), 1.0, mean, std)
+
+    def pooled_maps(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        """Normalised images ``[B, 3, H, W]`` → each feature map pooled over space, ``[B, w_i]``."""
+        x = pixels.to(self.device).contiguous(memory_format=torch.channels_last)
+        return self.model.pooled_features(x)
+
+    def hidden_states(self, inputs: dict[str, torch.Tensor]) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
+        pooled = self.pooled_states(inputs["pixel_values"])
+        if len(pooled) != self.num_layers + 1:
+            raise RuntimeError(f"{self.name}: expected {self.num_layers + 1} feature maps, got {len(pooled)}")
+        padded = tuple(F.pad(p, (0, self.hidden_size - p.shape[1])).unsqueeze(1) for p in pooled)
+        return padded, None
+
+    def pooled_states(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def processor_settings(self) -> dict[str, Any]:
+        return {"image_size": self.image_size, "resize": "Pillow bilinear to a square",
+                "normalise": "(pixel - 127) / 128", "tap_widths": self.tap_widths}
+
+
+class CNNImageEncoder(CNNEncoder):
+    """Cover images through the CNN: taps = pooled feature maps."""
+
+    modality = "image"
+
+    def read(self, record: ItemRecord, catalogue: Catalogue) -> Any:
+        return load_image(catalogue.path(record, "image"), record.item_id)
+
+    def placeholder(self) -> Any:
+        from PIL import Image
+
+        return Image.new("RGB", (self.image_size, self.image_size))
+
+    def process(self, media: list[Any]) -> dict[str, torch.Tensor]:
+        return {"pixel_values": self.pixels(list(media))}
+
+    def pooled_states(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        return self.pooled_maps(pixel_values)
+
+
+class CNNVideoEncoder(CNNEncoder):
+    """Video clips as ``num_frames`` sampled frames through the CNN, each tap averaged over the frames."""
+
+    modality = "video"
+
+    def __init__(self, info: BackboneInfo, spec: EncoderSpec, model: nn.Module | None = None) -> None:
+        super().__init__(info, spec, model)
+        self.num_frames = int(spec.num_frames or info.hf_config.num_frames)
+
+    def read(self, record: ItemRecord, catalogue: Catalogue) -> Any:
+        return load_video(catalogue.path(record, "video"), self.num_frames, self.spec.frame_sampling, record.item_id)
+
+    def placeholder(self) -> Any:
+        return [np.zeros((self.image_size, self.image_size, 3), dtype=np.uint8)] * self.num_frames
+
+    def process(self, media: list[Any]) -> dict[str, torch.Tensor]:
+        from PIL import Image
+
+        frames = [Image.fromarray(np.ascontiguousarray(f)) for clip in media for f in clip]
+        pixels = self.pixels(frames)
+        return {"pixel_values": pixels.view(len(media), self.num_frames, *pixels.shape[1:])}
+
+    def pooled_states(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        b, f = pixel_values.shape[:2]
+        pooled = self.pooled_maps(pixel_values.flatten(0, 1))
+        return [p.view(b, f, -1).mean(dim=1) for p in pooled]
+
+    def processor_settings(self) -> dict[str, Any]:
+        return super().processor_settings() | {"num_frames": self.num_frames, "time_pooling": "mean over frames"}

