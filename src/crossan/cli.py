@@ -133,7 +133,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from crossan.reports.suite import load_suite, run_suite
 
-    suite = load_suite(args.suite)
+    suite = load_suite(args.suite, seeds=args.seeds)
     rows = run_suite(suite, Path(args.out), resume=not args.fresh)
     return 0 if any(r["status"] == "ok" for r in rows) else 1
 
@@ -143,7 +143,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     out = Path(args.out)
-    rows = run_suite(load_suite("demo"), out, resume=not args.fresh)
+    rows = run_suite(load_suite("demo", seeds=args.seeds), out, resume=not args.fresh)
     print(f"[demo] finished in {time.perf_counter() - t0:.0f} s; report: {out / 'report.md'}")
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 
@@ -217,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "plots into --out. About 6 minutes on an idle 2-core CPU machine; finished runs are reused "
                                    "when it is run again.")
     p.add_argument("--out", default="demo_run", help="output folder (default demo_run)")
+    p.add_argument("--seeds", metavar="0,1,2", help="training seeds, comma-separated (default: the suite's seeds)")
     p.add_argument("--fresh", action="store_true", help="retrain runs that finished earlier in --out")
     p.set_defaults(fn=cmd_demo)
 
@@ -227,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "memory per method). Failed methods stay in the table.")
     p.add_argument("--suite", default="default", help="built-in suite name (default, demo, tiny) or a YAML file")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--seeds", metavar="0,1,2", help="training seeds, comma-separated (default: the suite's seeds)")
     p.add_argument("--fresh", action="store_true", help="retrain runs that finished earlier in --out")
     p.set_defaults(fn=cmd_bench)
 

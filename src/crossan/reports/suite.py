@@ -1,5 +1,6 @@
-"""Declared comparisons ("suites"): methods × modality sets on one dataset and encoder preset, each method in
-its own process, collected into one table with efficiency figures, plots and a markdown report.
+"""Declared comparisons ("suites"): methods × modality sets on one dataset and encoder preset, each trained
+under several seeds, collected into one table (mean and 95% interval over seeds, a paired test against a
+reference run), efficiency figures, plots and a markdown report.
 
 A suite is a YAML file (or the name of a built-in one in ``crossan/suites/``)::
 
@@ -7,23 +8,30 @@ A suite is a YAML file (or the name of a built-in one in ``crossan/suites/``)::
     data: synth:small           # a dataset folder, or synth:SIZE[:SEED] to generate the built-in data
     preset: offline             # encoder preset for every run
     overrides: [train.epochs=10] # key=value applied to every run
+    seeds: [0, 1, 2]            # training seeds (``--seeds 0,1,2`` overrides); default [0]
+    reference: CROSSAN          # every other run is tested against this one (paired, per user)
     runs:
       - {name: ID, method: id, modalities: [text]}
       - {name: CROSSAN, method: crossan, modalities: [text, image], overrides: [crossan.fusion=momef]}
 
-Each run is ``python -m crossan train`` in a child process, so that its peak memory is its own (on a CPU:
-the peak resident memory during the run above the process's idle baseline; on a GPU:
-``torch.cuda.max_memory_allocated``). A run that fails is kept in the table with its error.
+Each (run, seed) trains into ``OUT/runs/NAME/seed-S`` in a child process of its own (``train()`` called in a
+spawned interpreter), so that its peak memory is its own (on a CPU: the peak resident memory during the run
+above the process's idle baseline; on a GPU: ``torch.cuda.max_memory_allocated``). A finished (run, seed) is
+reused when the suite is run again; an interrupted one resumes from its checkpoint. A run that fails is kept
+in the table with its error.
+
+A run whose epochs are capped (``train.max_steps_per_epoch`` > 0) has no converged quality: it is *cost only*
+— trained under the first seed alone, its quality columns left blank and kept off the quality axes.
 """
 
 from __future__ import annotations
 
-import csv
-import json
+import multiprocessing as mp
 import os
-import subprocess
+import shutil
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -31,10 +39,11 @@ from typing import Any
 
 import yaml
 
-from crossan.config import ConfigError, load_config
-from crossan.utils import atomic_write_json, atomic_write_text
+from crossan.config import ConfigError, load_config, to_dict
 
 CACHED_METHODS = ("frozen", "iisan", "crossan")
+SUITE_KEYS = {"description", "data", "preset", "overrides", "runs", "seeds", "reference"}
+RUN_KEYS = {"name", "method", "modalities", "overrides"}
 
 
 @dataclass
@@ -43,6 +52,8 @@ class RunSpec:
     method: str
     modalities: list[str]
     overrides: list[str] = field(default_factory=list)
+    cost_only: bool = False
+    """Capped epochs (``train.max_steps_per_epoch`` > 0): its quality is not converged; one seed is enough."""
 
 
 @dataclass
@@ -53,13 +64,37 @@ class Suite:
     preset: str
     overrides: list[str]
     runs: list[RunSpec]
+    seeds: list[int] = field(default_factory=lambda: [0])
+    reference: str | None = None
+
+    def seeds_of(self, run: RunSpec) -> list[int]:
+        """The seeds ``run`` is trained under: all of them, or the first one for a cost-only run."""
+        return self.seeds[:1] if run.cost_only else list(self.seeds)
 
 
 def builtin_suites() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files("crossan.suites").iterdir() if p.name.endswith(".yaml"))
 
 
-def load_suite(name_or_file: str) -> Suite:
+def parse_seeds(text: str | list[Any], where: str = "--seeds") -> list[int]:
+    """``"0,1,2"`` or ``[0, 1, 2]`` → ``[0, 1, 2]``; a clear error naming ``where`` otherwise."""
+    try:
+        items = [s.strip() for s in text.split(",")] if isinstance(text, str) else list(text)
+        seeds = [int(s) for s in items if s != ""]
+        if any(isinstance(s, (bool, float)) for s in items):
+            raise TypeError
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: seeds must be integers, e.g. 0,1,2 (got {text!r})") from None
+    if not seeds or len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
+        raise ConfigError(f"{where}: give one or more distinct non-negative seeds, e.g. 0,1,2 (got {text!r})")
+    return seeds
+
+
+def load_suite(name_or_file: str, seeds: str | list[int] | None = None) -> Suite:
+    """Read and check a suite (every run's configuration is resolved now, before hours of runs).
+
+    ``seeds`` (``--seeds 0,1,2`` or a list) replaces the suite's own ``seeds`` key.
+    """
     path = Path(name_or_file)
     if path.is_file():
         text, name = path.read_text(), path.stem
@@ -69,15 +104,17 @@ def load_suite(name_or_file: str) -> Suite:
             raise ConfigError(f"suite {name_or_file!r} is neither a file nor a built-in suite ({builtin_suites()})")
         text, name = res.read_text(), name_or_file
     raw = yaml.safe_load(text) or {}
-    unknown = set(raw) - {"description", "data", "preset", "overrides", "runs"}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"suite {name_or_file}: expected a mapping with keys {sorted(SUITE_KEYS)}")
+    unknown = set(raw) - SUITE_KEYS
     if unknown:
-        raise ConfigError(f"suite {name_or_file}: unknown keys {sorted(unknown)}")
+        raise ConfigError(f"suite {name_or_file}: unknown keys {sorted(unknown)} (known: {sorted(SUITE_KEYS)})")
     runs = []
     for i, r in enumerate(raw.get("runs") or []):
-        extra = set(r) - {"name", "method", "modalities", "overrides"}
+        extra = set(r) - RUN_KEYS if isinstance(r, dict) else {"?"}
         if extra or "method" not in r:
             raise ConfigError(f"suite {name_or_file}: runs[{i}] needs 'method' and may have name, modalities, "
-                              f"overrides (got {sorted(r)})")
+                              f"overrides (got {sorted(r) if isinstance(r, dict) else r!r})")
         mods = r.get("modalities", ["text"])
         runs.append(RunSpec(r.get("name", f"{r['method']}-{'+'.join(mods)}"), r["method"], list(mods),
                             list(r.get("overrides", []))))
@@ -86,16 +123,103 @@ def load_suite(name_or_file: str) -> Suite:
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise ConfigError(f"suite {name_or_file}: run names repeat: {names}")
+    bad = [n for n in names if not n or "/" in n or n.startswith(".")]
+    if bad:
+        raise ConfigError(f"suite {name_or_file}: run names must be usable as folder names: {bad}")
+    suite_seeds = (parse_seeds(seeds) if seeds is not None
+                   else parse_seeds(raw.get("seeds", [0]), f"suite {name_or_file}: seeds"))
+    reference = raw.get("reference")
     suite = Suite(name, raw.get("description", ""), str(raw.get("data", "synth:small")), raw.get("preset", "offline"),
-                  list(raw.get("overrides", [])), runs)
+                  list(raw.get("overrides", [])), runs, suite_seeds, None if reference is None else str(reference))
     for r in suite.runs:  # fail early on a bad key, before hours of runs
-        load_config([], run_overrides(suite, r, "x"))
+        cfg = load_config([], run_overrides(suite, r, "x", suite.seeds[0]))
+        r.cost_only = cfg.train.max_steps_per_epoch > 0
+    if suite.reference is not None:
+        ref = {r.name: r for r in runs}.get(suite.reference)
+        if ref is None:
+            raise ConfigError(f"suite {name_or_file}: reference {suite.reference!r} is not one of the runs {names}")
+        if ref.cost_only:
+            raise ConfigError(f"suite {name_or_file}: reference {suite.reference!r} is cost only "
+                              "(train.max_steps_per_epoch caps its epochs); choose a run that trains to convergence")
     return suite
 
 
-def run_overrides(suite: Suite, run: RunSpec, data_path: str) -> list[str]:
+def run_overrides(suite: Suite, run: RunSpec, data_path: str, seed: int) -> list[str]:
+    """The ``key=value`` list of one (run, seed); the suite's seed comes last and wins."""
     return [f"data.path={data_path}", f"encoders.preset={suite.preset}", f"method={run.method}",
-            f"modalities=[{','.join(run.modalities)}]", *suite.overrides, *run.overrides]
+            f"modalities=[{','.join(run.modalities)}]", *suite.overrides, *run.overrides, f"seed={seed}"]
+
+
+# --------------------------------------------------------------------------------------------- child processes
+def _child_main(target: str, kwargs: dict[str, Any], log_path: str) -> None:
+    """Entry point of a spawned child: all output to ``log_path``; an error ends it with one
+    ``crossan: error:`` line (and the traceback, when the error is not one of crossan's)."""
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stdout.reconfigure(line_buffering=True)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        {"train": _train_target, "cache": _cache_target}[target](**kwargs)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - reported as one line to the parent, which keeps going
+        expected = type(e).__module__.startswith("crossan") or isinstance(e, (ValueError, FileNotFoundError))
+        if not expected:
+            traceback.print_exc()
+        print(f"crossan: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def _train_target(overrides: list[str], run_dir: str, resume: bool, progress: bool) -> None:
+    from crossan.trainer import train
+
+    train(load_config([], overrides), run_dir, resume=resume, progress=progress)
+
+
+def _cache_target(overrides: list[str], modalities: list[str], progress: bool) -> None:
+    from crossan.cache import build_cache
+    from crossan.data import prepare
+
+    cfg = load_config([], overrides)
+    build_cache(cfg, prepare(cfg.data), modalities, progress=progress)
+
+
+def run_child(target: str, kwargs: dict[str, Any], log_path: Path, show: bool) -> int:
+    """Run ``target`` in a spawned interpreter, its output going to ``log_path`` (and, if ``show``, copied to
+    the terminal as it comes). Returns the child's exit code."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.write_bytes(b"")
+    proc = mp.get_context("spawn").Process(target=_child_main, args=(target, kwargs, str(log_path)))
+    proc.start()
+    try:
+        with open(log_path, "rb") as log:
+            while True:
+                alive = proc.is_alive()
+                chunk = log.read()
+                if chunk and show:
+                    sys.stdout.buffer.write(chunk)
+                    sys.stdout.flush()
+                if not alive and not chunk:
+                    break
+                if not chunk:
+                    time.sleep(0.2)
+        proc.join()
+    finally:
+        if proc.is_alive():  # the parent was interrupted: do not leave the child training
+            proc.terminate()
+            proc.join()
+    return int(proc.exitcode or 0)
+
+
+def error_line(log_path: Path) -> str:
+    """The child's error message on one line (from its last ``crossan: error:`` line on), or its last line."""
+    lines = log_path.read_text(errors="replace").strip().splitlines() if log_path.is_file() else []
+    starts = [i for i, ln in enumerate(lines) if ln.startswith("crossan: error:")]
+    if starts:
+        return " ".join(ln.strip() for ln in lines[starts[-1]:] if ln.strip())
+    return lines[-1] if lines else "(no output)"
 
 
 # --------------------------------------------------------------------------------------------- running
@@ -112,116 +236,89 @@ def resolve_data(spec: str, out: Path) -> Path:
     return generate(out / "data" / f"synth-{size}-{seed}-v{GENERATOR_VERSION}", size=size, seed=seed)
 
 
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    return env
-
-
-def _run_tee(cmd: list[str], log_path: Path, show: bool) -> int:
-    """Run ``cmd``, copying its output (progress bars included) to ``log_path`` and, if ``show``, the terminal."""
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_child_env())
-        assert proc.stdout is not None
-        while chunk := proc.stdout.read1(4096):
-            log.write(chunk)
-            if show:
-                sys.stdout.buffer.write(chunk)
-                sys.stdout.flush()
-        return proc.wait()
-
-
 def ensure_cache(suite: Suite, data: Path, out: Path, progress: bool = True) -> float:
     """Build the layer-state cache for every modality a cached run needs (once). Returns seconds spent."""
     mods = sorted({m for r in suite.runs if r.method in CACHED_METHODS for m in r.modalities})
     if not mods:
         return 0.0
     t0 = time.perf_counter()
-    cmd = [sys.executable, "-m", "crossan", "cache", "--data", str(data), "--modalities", ",".join(mods),
-           f"encoders.preset={suite.preset}", *[o for o in suite.overrides if o.startswith(("encoders.", "cache.",
-                                                                                             "data."))]]
+    overrides = [f"data.path={data}", f"encoders.preset={suite.preset}",
+                 *[o for o in suite.overrides if o.startswith(("encoders.", "cache.", "data.", "device="))]]
     print(f"[suite] caching {','.join(mods)} with the {suite.preset} preset", flush=True)
-    if _run_tee(cmd, out / "cache.log", show=progress) != 0:
-        tail = (out / "cache.log").read_text()[-2000:]
-        raise RuntimeError(f"building the cache failed (see {out / 'cache.log'}):\n{tail}")
+    log = out / "cache.log"
+    if run_child("cache", {"overrides": overrides, "modalities": mods, "progress": progress}, log, progress) != 0:
+        tail = log.read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"building the cache failed (see {log}):\n{tail}")
     return time.perf_counter() - t0
 
 
+def config_changes(run_dir: Path, overrides: list[str]) -> list[str]:
+    """Keys whose value in ``run_dir/config.yaml`` differs from what ``overrides`` resolve to now."""
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    now = to_dict(load_config([], overrides))
+
+    def diff(a: Any, b: Any, prefix: str) -> list[str]:
+        if isinstance(a, dict) and isinstance(b, dict):
+            return [d for k in sorted(set(a) | set(b)) for d in diff(a.get(k), b.get(k), f"{prefix}{k}.")]
+        return [] if a == b else [f"{prefix[:-1]}: {a!r} → {b!r}"]
+
+    return diff(saved, now, "")
+
+
+def train_one(suite: Suite, run: RunSpec, seed: int, data: Path, out: Path, resume: bool, progress: bool,
+              label: str) -> dict[str, Any]:
+    """Train (or reuse) one (run, seed); returns ``{"seed", "dir", "status", "error"?, "wall_s"}``."""
+    run_dir = out / "runs" / run.name / f"seed-{seed}"
+    log_path = out / "runs" / run.name / f"seed-{seed}.log"
+    overrides = run_overrides(suite, run, str(data), seed)
+    rec: dict[str, Any] = {"seed": seed, "dir": str(run_dir), "log": str(log_path), "status": "ok"}
+    t0 = time.perf_counter()
+    if not resume and run_dir.exists():
+        shutil.rmtree(run_dir)  # --fresh: this suite's own output folder for this (run, seed)
+    finished = (run_dir / "results.json").is_file()
+    if (run_dir / "config.yaml").is_file():
+        changed = config_changes(run_dir, overrides)
+        if changed:
+            rec.update(status="failed", error=f"{run_dir} holds a run with another configuration ({'; '.join(changed[:3])}); "
+                                              "pass --fresh to retrain it or choose another --out")
+            print(f"[suite]   FAILED: {rec['error']}", flush=True)
+            return rec
+    if finished:
+        print(f"[suite] {label}: done earlier, reusing {run_dir / 'results.json'}", flush=True)
+    else:
+        again = (run_dir / "config.yaml").is_file()
+        print(f"[suite] {label} ({run.method}, {'+'.join(run.modalities)}, seed {seed})"
+              + (" resuming" if again else ""), flush=True)
+        kwargs = {"overrides": overrides, "run_dir": str(run_dir), "resume": again, "progress": progress}
+        if run_child("train", kwargs, log_path, progress) != 0:
+            rec.update(status="failed", error=error_line(log_path))
+            print(f"[suite]   FAILED: {rec['error']}", flush=True)
+    rec["wall_s"] = round(time.perf_counter() - t0, 1)
+    return rec
+
+
 def run_suite(suite: Suite, out: Path, resume: bool = True, progress: bool = True) -> list[dict[str, Any]]:
-    """Run every method of ``suite`` into ``out/runs/NAME`` and return one row per run."""
+    """Train every (run, seed) of ``suite`` into ``out/runs/NAME/seed-S``, write the table, report and plots,
+    and return one row per run (means over seeds, intervals, the paired test against the reference)."""
+    from crossan.reports.table import collect_run, write_outputs
+
     out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
     data = resolve_data(suite.data, out)
+    data_s = time.perf_counter() - t_start
     cache_s = ensure_cache(suite, data, out, progress)
-    rows = []
-    for i, run in enumerate(suite.runs, 1):
-        run_dir = out / "runs" / run.name
-        results = run_dir / "results.json"
-        t0 = time.perf_counter()
-        if resume and results.is_file():
-            print(f"[suite] {i}/{len(suite.runs)} {run.name}: done earlier, reusing {results}", flush=True)
-        else:
-            status = "resume" if (run_dir / "checkpoints" / "last.pt").is_file() else "start"
-            print(f"[suite] {i}/{len(suite.runs)} {run.name} ({run.method}, {'+'.join(run.modalities)})", flush=True)
-            cmd = [sys.executable, "-m", "crossan", "train", "--data", str(data), "--out", str(run_dir),
-                   *(["--resume"] if status == "resume" else []), *run_overrides(suite, run, str(data))[1:]]
-            run_dir.parent.mkdir(parents=True, exist_ok=True)
-            log_path = out / "runs" / f"{run.name}.log"
-            if _run_tee(cmd, log_path, show=progress) != 0:
-                lines = log_path.read_text().strip().splitlines()
-                err = [ln for ln in lines if ln.startswith("crossan: error:")][-1:] or lines[-1:] or ["(no output)"]
-                print(f"[suite]   FAILED: {err[0]}", flush=True)
-                rows.append({"name": run.name, "method": run.method, "modalities": "+".join(run.modalities),
-                             "status": "failed", "error": err[0], "log": str(log_path)})
-                continue
-        res = json.loads(results.read_text())
-        row = row_from_results(run, res)
-        row["wall_s"] = round(time.perf_counter() - t0, 1)
-        print(f"[suite]   test NDCG@10 {row['test_NDCG@10']:.4f} HR@10 {row['test_HR@10']:.4f} | "
-              f"{row['time_per_epoch_s']:.2f} s/epoch | {row['trainable_params']:,} trainable", flush=True)
-        rows.append(row)
-    add_tpme(rows)
+    jobs = [(run, seed) for run in suite.runs for seed in suite.seeds_of(run)]
+    done: dict[str, list[dict[str, Any]]] = {r.name: [] for r in suite.runs}
+    for i, (run, seed) in enumerate(jobs, 1):
+        done[run.name].append(train_one(suite, run, seed, data, out, resume, progress,
+                                        f"{i}/{len(jobs)} {run.name} seed {seed}"))
+    rows = [collect_run(run, done[run.name]) for run in suite.runs]
     meta = {"suite": suite.name, "description": suite.description, "data": str(data), "preset": suite.preset,
-            "cache_build_s": round(cache_s, 1), "machine": machine_description(),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+            "seeds": suite.seeds, "reference": suite.reference, "data_s": round(data_s, 1),
+            "cache_build_s": round(cache_s, 1), "total_s": round(time.perf_counter() - t_start, 1),
+            "machine": machine_description(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     write_outputs(rows, meta, out)
     return rows
-
-
-def row_from_results(run: RunSpec, res: dict[str, Any]) -> dict[str, Any]:
-    row = {"name": run.name, "method": res["method"], "modalities": "+".join(res.get("modalities", run.modalities)),
-           "status": "ok", "best_epoch": res["best_epoch"]}
-    for split in ("valid", "test"):
-        for k, v in res[split].items():
-            row[f"{split}_{k}"] = v
-    row.update({
-        "time_per_epoch_s": res["train_time_per_epoch_s"],
-        "peak_memory_bytes": res["peak_memory_bytes"],
-        "peak_memory_kind": res.get("peak_memory_kind", ""),
-        "trainable_params": res["trainable_params"],
-        "total_params": res["total_params"],
-        "eval_time_s": res.get("eval_time_s", float("nan")),
-        "device": res["device"],
-    })
-    router = (res.get("tower") or {}).get("router_weight")
-    if router:
-        row["router_weight"] = router
-    return row
-
-
-def add_tpme(rows: list[dict[str, Any]]) -> None:
-    """TPME (IISAN): min–max normalise time, parameters and memory over the compared runs;
-    TPME = 0.45·t' + 0.10·p' + 0.45·m' (lower is better)."""
-    ok = [r for r in rows if r["status"] == "ok"]
-    if not ok:
-        return
-
-    def norm(key: str) -> list[float]:
-        vals = [float(r[key]) for r in ok]
-        lo, hi = min(vals), max(vals)
-        return [0.0 if hi == lo else (v - lo) / (hi - lo) for v in vals]
-
-    for r, t, p, m in zip(ok, norm("time_per_epoch_s"), norm("trainable_params"), norm("peak_memory_bytes")):
-        r["TPME"] = 0.45 * t + 0.10 * p + 0.45 * m
 
 
 def machine_description() -> str:
@@ -233,77 +330,3 @@ def machine_description() -> str:
         return f"{torch.cuda.get_device_name(0)}; torch {torch.__version__}"
     return (f"CPU {platform.machine()} ({os.cpu_count()} cores), {platform.system()}, Python "
             f"{platform.python_version()}, torch {torch.__version__}")
-
-
-# --------------------------------------------------------------------------------------------- outputs
-COLUMNS = ["name", "method", "modalities", "status", "best_epoch", "test_HR@10", "test_NDCG@10", "test_HR@20",
-           "test_NDCG@20", "test_MRR", "valid_NDCG@10", "time_per_epoch_s", "peak_memory_bytes", "trainable_params",
-           "total_params", "TPME", "eval_time_s", "wall_s", "peak_memory_kind", "device", "error"]
-
-
-def _mib(b: float) -> str:
-    return f"{b / 2**20:,.1f}"
-
-
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    head = ("| run | method | modalities | test HR@10 | test NDCG@10 | time/epoch (s) | peak mem (MiB) | "
-            "trainable params | total params | TPME |")
-    lines = [head, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        if r["status"] != "ok":
-            lines.append(f"| {r['name']} | {r['method']} | {r['modalities']} | FAILED: {r.get('error', '')} "
-                         "| | | | | | |")
-            continue
-        lines.append(f"| {r['name']} | {r['method']} | {r['modalities']} | {r['test_HR@10']:.4f} | "
-                     f"{r['test_NDCG@10']:.4f} | {r['time_per_epoch_s']:.2f} | {_mib(r['peak_memory_bytes'])} | "
-                     f"{r['trainable_params']:,} | {r['total_params']:,} | {r.get('TPME', float('nan')):.3f} |")
-    return "\n".join(lines)
-
-
-def write_outputs(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path) -> None:
-    with open(out / "results.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow(r)
-    atomic_write_json(out / "results.json", {"meta": meta, "rows": rows})
-    table = markdown_table(rows)
-    atomic_write_text(out / "results.md", table + "\n")
-    from crossan.reports.plots import plot_all
-
-    figures = plot_all(rows, out)
-    atomic_write_text(out / "report.md", render_report(rows, meta, table, figures))
-    print("\n" + table + "\n", flush=True)
-    print(f"[suite] wrote {out / 'results.csv'}, {out / 'report.md'}", flush=True)
-
-
-def render_report(rows: list[dict[str, Any]], meta: dict[str, Any], table: str, figures: list[str]) -> str:
-    ok = [r for r in rows if r["status"] == "ok"]
-    lines = [f"# crossan report: {meta['suite']}", "", meta.get("description", "").strip(), "",
-             f"- data: `{meta['data']}`", f"- encoder preset: `{meta['preset']}`",
-             f"- machine: {meta['machine']}", f"- date: {meta['date']}",
-             f"- layer-state cache built in {meta['cache_build_s']} s (once, shared by the cached methods)", ""]
-    if meta["preset"] != "paper":
-        lines += ["> The image, video and audio encoders of the `offline`/`tiny` presets are **randomly initialised**"
-                  " transformers models (no pretrained weights are available offline); the text encoder of `offline` "
-                  "is the real all-MiniLM-L6-v2. Quality figures reflect that.", ""]
-    lines += ["## Results (test split, best validation epoch)", "", table, "",
-              "Time per epoch counts the training loop only; peak memory is "
-              + ("`torch.cuda.max_memory_allocated`" if any("cuda" in r.get("peak_memory_kind", "") for r in ok)
-                 else "the run's peak resident memory above its idle baseline (each run in its own process)")
-              + ". TPME = 0.45·time' + 0.10·params' + 0.45·memory' after min–max normalisation (lower is better).", ""]
-    for f in figures:
-        lines += [f"![{Path(f).stem}]({f})", ""]
-    routers = [r for r in ok if r.get("router_weight")]
-    if routers:
-        lines += ["## MOMEF router weight per modality (mean over items)", "",
-                  "| run | " + " | ".join(routers[0]["router_weight"]) + " |",
-                  "|---|" + "---:|" * len(routers[0]["router_weight"])]
-        for r in routers:
-            lines.append(f"| {r['name']} | " + " | ".join(f"{v:.3f}" for v in r["router_weight"].values()) + " |")
-        lines.append("")
-    failed = [r for r in rows if r["status"] != "ok"]
-    if failed:
-        lines += ["## Failed runs", ""] + [f"- {r['name']}: {r.get('error', '')} (log: `{r.get('log', '')}`)"
-                                           for r in failed] + [""]
-    return "\n".join(lines)

@@ -1,0 +1,160 @@
+"""Statistics for comparing methods over seeds (METHOD.md §11): a t-interval over seeds and a paired bootstrap
+over users.
+
+* :func:`t_interval` — mean and half-width of the 95% confidence interval of a metric over seeds,
+  ``mean ± t(0.975, n-1) · s / sqrt(n)``. Student's t quantile is computed here (closed-form CDF for integer
+  degrees of freedom, inverted by bisection) so that numpy is the only dependency.
+* :func:`paired_bootstrap` — a two-sided paired bootstrap test of "run A and the reference have the same mean
+  per-user NDCG@10" on the *same* test users, pooled over seeds.
+
+Why a bootstrap and not a paired t-test: per-user NDCG@10 is mostly exact zeros with a long right tail (a hit
+is worth 1/log2(rank+1)), so the differences are far from normal; the bootstrap makes no assumption on their
+shape, is exact for the two cases that matter for reading a report (identical runs give p = 1; a constant
+shift gives the smallest p the resamples can show), and with thousands of users agrees with the t-test where
+the t-test is valid (checked in ``tests/test_stats.py``). It is seeded, so a report is reproducible.
+
+How seeds are pooled: a user's difference is averaged over the seeds first (same seed ↔ same split, so the
+same users appear under every seed) and users are then resampled; when the seeds' user lists differ, users
+are resampled within each seed (stratified) and the seeds' means averaged. The test is about users, for the
+seeds that were run: it does not include the variation between training seeds, which the t-interval over
+seeds shows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_SEED = 0
+
+
+# --------------------------------------------------------------------------------------------- t-interval
+def t_cdf(t: float, df: int) -> float:
+    """CDF of Student's t with integer ``df`` ≥ 1 (closed form: Abramowitz & Stegun 26.7.3–4)."""
+    if df < 1 or int(df) != df:
+        raise ValueError(f"degrees of freedom must be a positive integer, got {df}")
+    theta = math.atan(abs(t) / math.sqrt(df))
+    s, c = math.sin(theta), math.cos(theta)
+    if df % 2 == 1:  # A(t|df) = 2/π (θ + sinθ (cosθ + 2/3 cos³θ + … ))
+        total, term = 0.0, c
+        for k in range(1, (df - 1) // 2 + 1):
+            total += term
+            term *= c * c * (2 * k) / (2 * k + 1)
+        a = 2 / math.pi * (theta + s * total) if df > 1 else 2 / math.pi * theta
+    else:  # A(t|df) = sinθ (1 + 1/2 cos²θ + 1·3/(2·4) cos⁴θ + … )
+        total, term = 0.0, 1.0
+        for k in range(1, df // 2 + 1):
+            total += term
+            term *= c * c * (2 * k - 1) / (2 * k)
+        a = s * total
+    return 0.5 + 0.5 * a if t >= 0 else 0.5 - 0.5 * a
+
+
+def t_quantile(p: float, df: int) -> float:
+    """The ``p``-quantile of Student's t with integer ``df`` (bisection on :func:`t_cdf`, to 1e-12)."""
+    if not 0 < p < 1:
+        raise ValueError(f"p must be in (0, 1), got {p}")
+    if p < 0.5:
+        return -t_quantile(1 - p, df)
+    lo, hi = 0.0, 1.0
+    while t_cdf(hi, df) < p:
+        hi *= 2
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if t_cdf(mid, df) < p:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-12:
+            break
+    return 0.5 * (lo + hi)
+
+
+def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """Mean and the half-width of its ``level`` t-interval over ``values`` (one per seed).
+
+    One value gives a half-width of NaN (no interval from a single run); identical values give 0.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if x.size == 0:
+        return math.nan, math.nan
+    mean = float(x.mean())
+    if x.size == 1:
+        return mean, math.nan
+    sem = float(x.std(ddof=1)) / math.sqrt(x.size)
+    return mean, t_quantile(0.5 + level / 2, x.size - 1) * sem
+
+
+# --------------------------------------------------------------------------------------------- paired test
+@dataclass
+class PairedTest:
+    """Result of a paired comparison of run A against a reference on the same users."""
+
+    diff: float
+    """Mean per-user difference A − reference (pooled over seeds)."""
+    ci95: tuple[float, float]
+    """Percentile bootstrap 95% interval of ``diff``."""
+    p_value: float
+    """Two-sided bootstrap p-value of "no difference"."""
+    users: int
+    seeds: int
+    resamples: int
+
+
+def ndcg_at(ranks: np.ndarray, k: int = 10) -> np.ndarray:
+    """Per-user NDCG@k from strict ranks (``inf`` = masked target: 0), as ``crossan.evaluation`` defines it."""
+    r = np.asarray(ranks, dtype=np.float64)
+    out = np.zeros_like(r)
+    hit = r <= k
+    out[hit] = 1.0 / np.log2(r[hit] + 1.0)
+    return out
+
+
+def paired_bootstrap(a: Sequence[np.ndarray], b: Sequence[np.ndarray], same_users: bool = True,
+                     resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                     chunk: int = 500) -> PairedTest:
+    """Paired bootstrap test of mean(a − b) = 0, pooled over seeds.
+
+    ``a[s]`` and ``b[s]`` hold one per-user value each for seed ``s`` (the same users in the same order for the
+    two runs). With ``same_users`` the seeds hold the same users too: a user's differences are averaged over
+    seeds and users are resampled; otherwise users are resampled within each seed.
+
+    The p-value is the share of resampled mean differences at least as far from the observed one as the
+    observed one is from 0 (the bootstrap distribution shifted to the null), counted as
+    ``(hits + 1) / (resamples + 1)`` so that it is never 0; identical inputs give exactly 1.
+    """
+    if len(a) != len(b) or not a:
+        raise ValueError(f"need the same positive number of seeds for both runs (got {len(a)} and {len(b)})")
+    diffs = []
+    for s, (x, y) in enumerate(zip(a, b)):
+        x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+        if x.shape != y.shape or x.ndim != 1 or x.size == 0:
+            raise ValueError(f"seed {s}: per-user values differ in shape ({x.shape} vs {y.shape})")
+        diffs.append(x - y)
+    if same_users:
+        if len({d.size for d in diffs}) != 1:
+            raise ValueError("same_users=True but the seeds hold different numbers of users")
+        strata = [np.mean(diffs, axis=0)]
+    else:
+        strata = diffs
+    observed = float(np.mean([d.mean() for d in strata]))
+    rng = np.random.default_rng(seed)
+    boot = np.zeros(resamples)
+    for d in strata:
+        n = d.size
+        for start in range(0, resamples, chunk):
+            stop = min(resamples, start + chunk)
+            idx = rng.integers(0, n, size=(stop - start, n))
+            boot[start:stop] += d[idx].mean(axis=1)
+    boot /= len(strata)
+    # compare with a tolerance: the resampled means of a constant or zero difference are equal to the
+    # observed one up to floating-point summation order
+    tol = 1e-12 * max(1.0, abs(observed))
+    far = np.abs(boot - observed) >= abs(observed) - tol
+    p = float((far.sum() + 1) / (resamples + 1))
+    lo, hi = np.quantile(boot, [0.025, 0.975])
+    return PairedTest(observed, (float(lo), float(hi)), min(1.0, p), int(strata[0].size), len(a), resamples)

@@ -1,0 +1,99 @@
+"""Known values for the suite statistics (crossan.reports.stats): Student's t quantiles and intervals, per-user
+NDCG from ranks, and the paired bootstrap's behaviour on identical runs, constant shifts and its sign."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from crossan.evaluation import metrics_from_ranks
+from crossan.reports.stats import ndcg_at, paired_bootstrap, t_cdf, t_interval, t_quantile
+
+# two-sided 95% critical values t(0.975, df) from printed tables (e.g. NIST/SEMATECH e-Handbook, Table 1.3.5.3)
+TABLE_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 9: 2.262, 10: 2.228, 29: 2.045}
+
+
+@pytest.mark.parametrize("df, expected", sorted(TABLE_975.items()))
+def test_t_quantile_matches_printed_tables(df: int, expected: float) -> None:
+    assert t_quantile(0.975, df) == pytest.approx(expected, abs=1e-3)
+    assert t_quantile(0.025, df) == pytest.approx(-expected, abs=1e-3)
+
+
+@pytest.mark.parametrize("df", [1, 2, 3, 4, 7, 12, 30])
+def test_t_cdf_and_quantile_against_scipy(df: int) -> None:
+    stats = pytest.importorskip("scipy.stats")
+    for t in (-3.0, -0.5, 0.0, 0.7, 2.0, 10.0):
+        assert t_cdf(t, df) == pytest.approx(stats.t.cdf(t, df), abs=1e-12)
+    for p in (0.6, 0.9, 0.95, 0.975, 0.995):
+        assert t_quantile(p, df) == pytest.approx(stats.t.ppf(p, df), abs=1e-9)
+
+
+def test_t_interval_hand_computed() -> None:
+    # values 0.10, 0.12, 0.14: mean 0.12, s = 0.02, n = 3 → half-width 4.3027 · 0.02 / √3 = 0.049683
+    mean, half = t_interval([0.10, 0.12, 0.14])
+    assert mean == pytest.approx(0.12)
+    assert half == pytest.approx(4.302653 * 0.02 / math.sqrt(3), rel=1e-6)
+    assert t_interval([0.2, 0.2, 0.2]) == (pytest.approx(0.2), pytest.approx(0.0, abs=1e-15))
+    m1, h1 = t_interval([0.3])
+    assert m1 == 0.3 and math.isnan(h1)
+
+
+def test_ndcg_from_ranks_equals_the_evaluation_module() -> None:
+    ranks = torch.tensor([1.0, 2.0, 10.0, 11.0, math.inf, 3.0], dtype=torch.float64)
+    want = metrics_from_ranks(ranks, [10])["NDCG@10"].numpy()
+    np.testing.assert_allclose(ndcg_at(ranks.numpy(), 10), want)
+    np.testing.assert_allclose(ndcg_at(ranks.numpy(), 10)[:3], [1.0, 1 / math.log2(3), 1 / math.log2(11)])
+
+
+def _per_user(seed: int, n: int = 2000) -> np.ndarray:
+    """Zero-inflated per-user NDCG-like values (most users miss)."""
+    rng = np.random.default_rng(seed)
+    ranks = rng.geometric(0.02, size=n).astype(float)
+    return ndcg_at(ranks, 10)
+
+
+def test_identical_runs_give_p_one_and_zero_difference() -> None:
+    a = [_per_user(s) for s in range(3)]
+    res = paired_bootstrap(a, [x.copy() for x in a], resamples=2000)
+    assert res.p_value == 1.0 and res.diff == 0.0 and res.ci95 == (0.0, 0.0)
+    assert res.users == 2000 and res.seeds == 3
+
+
+def test_constant_shift_gives_the_smallest_p_and_its_sign() -> None:
+    b = [_per_user(s) for s in range(3)]
+    up = paired_bootstrap([x + 0.01 for x in b], b, resamples=2000)
+    assert up.p_value == pytest.approx(1 / 2001) and up.diff == pytest.approx(0.01)
+    down = paired_bootstrap([x - 0.01 for x in b], b, resamples=2000)
+    assert down.p_value == pytest.approx(1 / 2001) and down.diff == pytest.approx(-0.01)
+    assert down.ci95[1] < 0 < up.ci95[0]
+
+
+def test_seeded_and_reproducible_and_agrees_with_a_paired_t_test() -> None:
+    b = [_per_user(s) for s in range(3)]
+    # a small real improvement: 8% of users move to a better rank
+    rng = np.random.default_rng(9)
+    a = [np.where(rng.random(x.size) < 0.08, np.maximum(x, 1 / math.log2(3)), x) for x in b]
+    r1, r2 = paired_bootstrap(a, b, resamples=4000), paired_bootstrap(a, b, resamples=4000)
+    assert r1 == r2 and r1.diff > 0
+    stats = pytest.importorskip("scipy.stats")
+    d = np.mean([x - y for x, y in zip(a, b)], axis=0)
+    t_p = stats.ttest_1samp(d, 0.0).pvalue
+    assert r1.p_value < 0.05 and t_p < 0.05
+    # a difference of pure noise: both tests say "not significant" and roughly agree on p
+    noise = [x + np.random.default_rng(20 + i).normal(0, 0.05, x.size) for i, x in enumerate(b)]
+    r3 = paired_bootstrap(noise, b, resamples=4000)
+    t3 = stats.ttest_1samp(np.mean([x - y for x, y in zip(noise, b)], axis=0), 0.0).pvalue
+    assert abs(r3.p_value - t3) < 0.05
+
+
+def test_stratified_when_users_differ_between_seeds() -> None:
+    b = [_per_user(0, 100), _per_user(1, 150)]
+    res = paired_bootstrap([x + 0.02 for x in b], b, same_users=False, resamples=1000)
+    assert res.diff == pytest.approx(0.02) and res.p_value == pytest.approx(1 / 1001)
+    with pytest.raises(ValueError, match="different numbers of users"):
+        paired_bootstrap(b, b, same_users=True)
+    with pytest.raises(ValueError, match="differ in shape"):
+        paired_bootstrap([b[0]], [b[1]])
