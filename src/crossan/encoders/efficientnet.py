@@ -189,11 +189,16 @@ def load_efficientnet_lite0(path: str | Path | None = None, config: EfficientNet
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state_dict, found {type(state).__name__}")
     model = EfficientNetLite(config)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        first = str(e).splitlines()[0]
-        raise ValueError(f"{path}: not an EfficientNet-Lite0 state_dict ({first})") from e
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [f"{k} {list(v.shape)} (expected {list(expected[k].shape)})" for k, v in state.items()
+             if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong:
+        parts = [f"{label}: {', '.join(keys[:3])}{' …' if len(keys) > 3 else ''}"
+                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
+        raise ValueError(f"{path}: not an EfficientNet-Lite0 state_dict ({'; '.join(parts)})")
+    model.load_state_dict(state, strict=True)
     return model
 
 
