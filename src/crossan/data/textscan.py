@@ -28,6 +28,8 @@ UTF8_BOM = b"\xef\xbb\xbf"
 WHITESPACE = np.zeros(256, dtype=bool)
 WHITESPACE[[9, 10, 11, 12, 13, 28, 29, 30, 31, 32]] = True
 NEWLINE, TAB, CR = 10, 9, 13
+CHUNK = 1 << 20
+"""Ranges handled per block by the lookups (bounds their temporary arrays)."""
 
 
 class TextError(ValueError):
@@ -103,9 +105,19 @@ def token_lines(buf: np.ndarray, tok_starts: np.ndarray) -> np.ndarray:
 
 def tokens(separator: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(start, end) of each maximal run of bytes where ``separator`` is False (end exclusive)."""
-    edge = np.diff((~separator).view(np.int8), prepend=np.int8(0), append=np.int8(0))
     dt = index_dtype(len(separator) + 1)
-    return np.flatnonzero(edge == 1).astype(dt), np.flatnonzero(edge == -1).astype(dt)
+    if not len(separator):
+        return np.zeros(0, dt), np.zeros(0, dt)
+    content = ~separator
+    begins = content[1:] > content[:-1]  # content after a separator
+    starts = (np.flatnonzero(begins) + 1).astype(dt)
+    if content[0]:
+        starts = np.concatenate([np.zeros(1, dt), starts])
+    begins = content[1:] < content[:-1]  # a separator after content: the run ended
+    ends = (np.flatnonzero(begins) + 1).astype(dt)
+    if content[-1]:
+        ends = np.concatenate([ends, np.full(1, len(separator), dt)])
+    return starts, ends
 
 
 def first_per_group(groups: np.ndarray) -> np.ndarray:
@@ -208,6 +220,9 @@ class KeyTable:
         """Position of each byte range's string in the id list, or -1 where it is not there."""
         if not len(starts):
             return np.full(0, -1, dtype=np.int64)
+        if len(starts) > CHUNK:  # blocks keep the temporaries small (and in cache)
+            return np.concatenate([self.lookup(buf, starts[i:i + CHUNK], ends[i:i + CHUNK])
+                                   for i in range(0, len(starts), CHUNK)])
         if self.dense is not None:  # every id is a plain decimal number: index an array by its value
             values, canonical = canonical_numbers(buf, starts, ends, len(str(len(self.dense) - 1)))
             inside = canonical & (values < len(self.dense))
