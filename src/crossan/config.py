@@ -4,6 +4,10 @@ Precedence (later wins): dataclass defaults < ``--config`` YAML files in order <
 Keys are dotted paths (``train.lr=1e-3``, ``crossan.fusion=concat``); a handful of often-used keys live at
 the top level (``method``, ``modalities``, ``cached``, ``seed``, ``device``). Unknown keys and values of the
 wrong type are errors that name the key.
+
+Each method's own options are a section named after it (``cfg.crossan``, ``cfg.lora``); the sections are
+built from the table of methods (:mod:`crossan.methods`), which this module imports downward. Reading a
+configuration imports no torch.
 """
 
 from __future__ import annotations
@@ -17,9 +21,12 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
+from crossan.errors import ConfigError
+from crossan.methods import get_method, option_sections
 
-class ConfigError(ValueError):
-    """A configuration key is unknown or its value has the wrong type."""
+__all__ = ["CacheConfig", "Config", "ConfigError", "CoreConfig", "DataConfig", "EncoderSpec", "EncodersConfig",
+           "EvalConfig", "TrainConfig", "UserEncoderConfig", "config_from_dict", "load_config", "metric_names",
+           "parse_override", "save_config", "to_dict", "validate"]
 
 
 # --------------------------------------------------------------------------------------------- sections
@@ -165,25 +172,13 @@ class CacheConfig:
     and moves only each batch's rows, so the GPU holds nothing but the side network's training state."""
 
 
-# Method sections (each method's own options) live beside their modules; imported here so that the
-# whole configuration is one typed tree.
-from crossan.towers.configs import (  # noqa: E402
-    AdapterConfig,
-    CrossanConfig,
-    FFTConfig,
-    FrozenConfig,
-    IDConfig,
-    IISANConfig,
-    LoRAConfig,
-)
-
-
 @dataclass
-class Config:
-    """A complete run configuration."""
+class CoreConfig:
+    """The run-level part of a configuration: everything but the methods' option sections."""
 
     method: str = "id"
-    """Item tower: id | frozen | iisan | crossan | fft | adapter | lora."""
+    """Item tower: a name of the table in :mod:`crossan.methods` (id | frozen | iisan | crossan | fft | adapter |
+    lora)."""
     modalities: list[str] = field(default_factory=lambda: ["text"])
     """Modalities the item tower reads (subset of text, image, video, audio)."""
     cached: bool = True
@@ -203,16 +198,23 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     encoders: EncodersConfig = field(default_factory=EncodersConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
-    id: IDConfig = field(default_factory=IDConfig)
-    frozen: FrozenConfig = field(default_factory=FrozenConfig)
-    iisan: IISANConfig = field(default_factory=IISANConfig)
-    crossan: CrossanConfig = field(default_factory=CrossanConfig)
-    fft: FFTConfig = field(default_factory=FFTConfig)
-    adapter: AdapterConfig = field(default_factory=AdapterConfig)
-    lora: LoRAConfig = field(default_factory=LoRAConfig)
 
 
-METHODS = ("id", "frozen", "iisan", "crossan", "fft", "adapter", "lora")
+Config = dataclasses.make_dataclass(
+    "Config",
+    [(row.name, row.options, field(default_factory=row.options)) for row in option_sections()],
+    bases=(CoreConfig,),
+    namespace={"__doc__": "A complete run configuration: :class:`CoreConfig` plus one options section per "
+                          "method of :mod:`crossan.methods` (``id``, ``frozen``, ``iisan``, ``crossan``, ``fft``, "
+                          "``adapter``, ``lora``), each of that method's options dataclass.",
+               "__module__": __name__},
+)
+
+
+def metric_names(ks: Any) -> list[str]:
+    """The metrics a run reports for cut-offs ``ks``: HR@K, NDCG@K per K, then MRR (``train.metric`` is one)."""
+    ks = list(ks)
+    return [f"HR@{k}" for k in ks] + [f"NDCG@{k}" for k in ks] + ["MRR"]
 
 
 # --------------------------------------------------------------------------------------------- parsing
@@ -352,8 +354,7 @@ def validate(cfg: Config) -> None:
     """Cross-field checks that types alone cannot express."""
     from crossan.data.catalogue import MODALITIES
 
-    if cfg.method not in METHODS:
-        raise ConfigError(f"method: {cfg.method!r} is not one of {list(METHODS)}")
+    get_method(cfg.method)  # ConfigError naming the known methods
     if not cfg.modalities:
         raise ConfigError("modalities: at least one modality is needed")
     for m in cfg.modalities:
@@ -362,6 +363,7 @@ def validate(cfg: Config) -> None:
     if len(set(cfg.modalities)) != len(cfg.modalities):
         raise ConfigError(f"modalities: {cfg.modalities} repeats a modality")
     for key, val in (("data.min_interactions", cfg.data.min_interactions), ("data.max_seq_len", cfg.data.max_seq_len),
+                     ("data.max_text_chars", cfg.data.max_text_chars),
                      ("train.batch_size", cfg.train.batch_size), ("user.dim", cfg.user.dim),
                      ("eval.batch_size", cfg.eval.batch_size)):
         if val < 1:
@@ -399,8 +401,6 @@ def validate(cfg: Config) -> None:
 
         if not re.fullmatch(r"(cpu|cuda|mps)(:\d+)?", cfg.device):
             raise ConfigError(f"device: {cfg.device!r} is not 'auto', 'cpu', 'cuda' or 'cuda:N'")
-    from crossan.evaluation import metric_names
-
     if cfg.train.metric not in metric_names(cfg.eval.ks):
         raise ConfigError(f"train.metric: {cfg.train.metric!r} is not one of {metric_names(cfg.eval.ks)}")
 

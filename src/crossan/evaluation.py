@@ -17,10 +17,7 @@ from collections.abc import Callable, Iterable
 import numpy as np
 import torch
 
-
-def metric_names(ks: Iterable[int]) -> list[str]:
-    ks = list(ks)
-    return [f"HR@{k}" for k in ks] + [f"NDCG@{k}" for k in ks] + ["MRR"]
+from crossan.config import metric_names  # noqa: F401  (defined torch-free beside train.metric)
 
 
 def strict_ranks(scores: torch.Tensor, targets: torch.Tensor, history: torch.Tensor | None = None,

@@ -1,4 +1,8 @@
-"""Small shared helpers: seeding, devices, memory, parameter counts, atomic file writes."""
+"""Small shared helpers: seeding, devices, memory, parameter counts, atomic file writes.
+
+Importing this module imports no torch (the file writers serve torch-free commands too); the helpers that
+need torch import it when called.
+"""
 
 from __future__ import annotations
 
@@ -8,22 +12,29 @@ import platform
 import random
 import resource
 import sys
-import tempfile
+import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 def seed_everything(seed: int) -> None:
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
 def resolve_device(name: str) -> torch.device:
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
@@ -33,6 +44,8 @@ def resolve_device(name: str) -> torch.device:
 
 
 def describe_device(device: torch.device) -> str:
+    import torch
+
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()})"
@@ -76,29 +89,54 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see either the old or the new file, never half of one."""
+def atomic_write(path: str | Path, write: Callable[[Path], Any], suffix: str = ".tmp") -> Path:
+    """Write ``path`` so that readers see either the old or the new file, never half of one.
+
+    ``write(tmp)`` writes the content to a temporary file beside ``path`` (same folder, so the rename stays on
+    one file system); the file is flushed to disk and renamed over ``path``. On any error the temporary file
+    is removed and ``path`` is left as it was. ``suffix`` ends the temporary name, for writers that insist
+    on one (``np.save`` appends ``.npy`` otherwise). Every crossan file written in place goes through here.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}{suffix}")
+    try:
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """:func:`atomic_write` of a UTF-8 text file."""
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj: Any, sort_keys: bool = False) -> None:
+    """:func:`atomic_write` of ``obj`` as indented JSON with a final newline."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n")
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """:func:`atomic_write` of ``torch.save(obj)``."""
+    import torch
+
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path,
+                            metadata: dict[str, str] | None = None) -> None:
+    """:func:`atomic_write` of a safetensors file."""
+    from safetensors.torch import save_file
+
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 class PeakRSSMonitor:
@@ -157,6 +195,8 @@ def cpu_allocation_peak(fn: Any) -> int:
 
 def state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> int:
     """Bytes held by a model's parameters and buffers and by an optimiser's state tensors."""
+    import torch
+
     tensors = [*model.parameters(), *model.buffers()]
     if optimizer is not None:
         tensors += [v for st in optimizer.state.values() for v in st.values() if isinstance(v, torch.Tensor)]

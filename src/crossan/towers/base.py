@@ -15,13 +15,18 @@ import torch
 from torch import nn
 
 if TYPE_CHECKING:
+    from crossan.cache.features import FeatureSource
     from crossan.config import Config, TrainConfig
     from crossan.data.catalogue import Catalogue
 
 
 @dataclass
 class TowerContext:
-    """What a tower may need to build itself. Content-based towers read ``catalogue``/``cache_dir``."""
+    """What a tower may need to build itself.
+
+    Content-based towers read ``features`` (frozen-encoder states) or ``catalogue`` (raw content); towers
+    that load their own backbones put them on ``device``.
+    """
 
     config: Config
     num_items: int
@@ -30,7 +35,24 @@ class TowerContext:
     """Original item id per row; ``item_ids[0]`` is the padding row ("")."""
     catalogue: Catalogue | None = None
     """Records for the rows 1..N, in row order."""
+    features: FeatureSource | None = None
+    """Per-layer states of the frozen encoders (the cache, or the encoders live): set by the model builder
+    for methods whose row in :mod:`crossan.methods` has ``reads_cache``."""
+    device: torch.device | str = "cpu"
+    """Where the run's model lives (end-to-end towers load their backbones there)."""
     extras: dict[str, Any] = field(default_factory=dict)
+    """Older spelling of the two fields above (``{"features": ..., "device": ...}``): keys given here are
+    moved into the fields, and at construction the dict is set to mirror them for towers that still read
+    it (set the fields when constructing, not afterwards)."""
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.extras) - {"features", "device"})
+        if unknown:
+            raise ValueError(f"TowerContext.extras: unknown keys {unknown}; use the typed fields")
+        if self.features is None:
+            self.features = self.extras.get("features")
+        self.device = self.extras.get("device", self.device)
+        self.extras = {"device": self.device} | ({"features": self.features} if self.features is not None else {})
 
 
 class ItemTower(nn.Module, ABC):
@@ -114,7 +136,8 @@ _REGISTRY: dict[str, TowerBuilder] = {}
 
 
 def register(name: str) -> Callable[[TowerBuilder], TowerBuilder]:
-    """Register a tower builder under ``method=name``."""
+    """Register the tower builder of ``method=name`` (the method's row in :mod:`crossan.methods` names the
+    module that does this)."""
 
     def deco(fn: TowerBuilder) -> TowerBuilder:
         if name in _REGISTRY:
@@ -125,16 +148,28 @@ def register(name: str) -> Callable[[TowerBuilder], TowerBuilder]:
     return deco
 
 
-def build_tower(ctx: TowerContext) -> ItemTower:
-    import crossan.towers  # noqa: F401  (registers the built-in methods)
+def builder(name: str) -> TowerBuilder:
+    """The builder of ``method=name``: imports the module its row names, which registers it."""
+    import importlib
 
-    name = ctx.config.method
+    from crossan.methods import get_method
+
+    row = get_method(name)
     if name not in _REGISTRY:
-        raise ValueError(f"method={name!r} is not available; registered: {sorted(_REGISTRY)}")
-    return _REGISTRY[name](ctx)
+        importlib.import_module(row.module)
+    if name not in _REGISTRY:
+        raise ValueError(f"method={name!r}: module {row.module} registers no tower builder for it "
+                         f"(decorate the builder with @register({name!r}))")
+    return _REGISTRY[name]
+
+
+def build_tower(ctx: TowerContext) -> ItemTower:
+    """The item tower of ``ctx.config.method``."""
+    return builder(ctx.config.method)(ctx)
 
 
 def registered() -> list[str]:
-    import crossan.towers  # noqa: F401
+    """Every method name (the table in :mod:`crossan.methods`)."""
+    from crossan.methods import method_names
 
-    return sorted(_REGISTRY)
+    return method_names()

@@ -1,0 +1,56 @@
+"""Assembling a run's model: the item tower of ``cfg.method`` (with its feature source when the method's row
+in :mod:`crossan.methods` reads the cache), the SASRec user encoder, and the optimiser's parameter groups."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from crossan.config import Config
+from crossan.data import SequentialData
+from crossan.methods import get_method
+from crossan.recommender import Recommender
+from crossan.towers.base import TowerContext, build_tower
+from crossan.utils import count_params
+
+
+def build_model(cfg: Config, data: SequentialData, device: torch.device) -> Recommender:
+    """The recommender for ``cfg.method`` over ``data``, on ``device``.
+
+    A method that reads the cache gets the cache (or, with ``cached=false``, the live encoders) as its
+    feature source; a missing or mismatched cache fails here, before anything is written.
+    """
+    features = None
+    if get_method(cfg.method).reads_cache:
+        from crossan.cache import open_features
+
+        features = open_features(cfg, data, cfg.modalities, device)
+    tower = build_tower(TowerContext(cfg, data.num_items, data.item_ids, data.catalogue, features, device))
+    model = Recommender(tower, cfg, torch.as_tensor(data.item_counts))
+    return model.to(device)
+
+
+def param_groups(model: Recommender, cfg: Config) -> list[dict[str, Any]]:
+    """The tower's own groups plus the user encoder's; each trainable parameter in exactly one group."""
+    groups = model.tower.param_groups(cfg.train)
+    groups.append({"name": "user_encoder", "params": list(model.user.parameters()), "lr": cfg.train.lr})
+    seen: set[int] = set()
+    for g in groups:
+        g["params"] = [p for p in g["params"] if p.requires_grad]
+        for p in g["params"]:
+            if id(p) in seen:
+                raise ValueError(f"parameter group {g['name']!r} repeats a parameter of another group")
+            seen.add(id(p))
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in seen]
+    if missing:
+        raise ValueError(f"trainable parameters not in any optimiser group: {missing[:5]}")
+    return [g for g in groups if g["params"]]
+
+
+def module_report(model: Recommender) -> dict[str, dict[str, int]]:
+    """Trainable / total parameters per tower part and for the user encoder (the start-of-run report)."""
+    rep = {f"tower.{k}": v for k, v in model.tower.module_report().items()}
+    t, n = count_params(model.user)
+    rep["user_encoder"] = {"trainable": t, "total": n}
+    return rep

@@ -1,0 +1,66 @@
+"""Scoring a trained recommender on a split: the item table check, strict full-ranking ranks and their mean
+metrics (the metric functions themselves are :mod:`crossan.evaluation`), and what results.json says about
+the splits."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+import torch
+
+from crossan.config import Config
+from crossan.data import SequentialData
+from crossan.errors import NonFiniteError
+from crossan.evaluation import mean_metrics, rank_split, repeat_targets
+from crossan.recommender import Recommender
+
+
+def check_finite_table(table: torch.Tensor, item_ids: list[str], where: str) -> None:
+    """Refuse an item table with NaN/inf rows, naming the first rows (and their item ids)."""
+    bad = (~torch.isfinite(table).all(dim=1)).nonzero().flatten().tolist()
+    if bad:
+        named = ", ".join(f"{r} ({item_ids[r]!r})" if r < len(item_ids) else str(r) for r in bad[:5])
+        raise NonFiniteError(f"{where}: the item table has {len(bad)} non-finite row(s), e.g. rows {named}; "
+                             "check the cache (crossan cache --verify) and lower the learning rates")
+
+
+@torch.no_grad()
+def evaluate_ranks(model: Recommender, data: SequentialData, split: str, cfg: Config,
+                   item_table: torch.Tensor | None = None, where: str = "evaluation") -> torch.Tensor:
+    """Strict full-ranking ranks [U] of every user's ``split`` target (METHOD.md §2)."""
+    model.eval()
+    if item_table is None:
+        model.tower.reset_stats()
+        item_table = model.tower.embed_all(cfg.eval.batch_size)
+    check_finite_table(item_table, data.item_ids, where)
+    arrays = data.valid if split == "valid" else data.test
+    return rank_split(lambda x: model.user_vectors(x, item_table), item_table, arrays.inputs, arrays.targets,
+                      arrays.history, cfg.eval.batch_size, cfg.eval.mask_history)
+
+
+def evaluate(model: Recommender, data: SequentialData, split: str, cfg: Config,
+             item_table: torch.Tensor | None = None, where: str = "evaluation") -> dict[str, float]:
+    """Mean full-ranking metrics of ``split``."""
+    return mean_metrics(evaluate_ranks(model, data, split, cfg, item_table, where), cfg.eval.ks)
+
+
+def split_report(data: SequentialData) -> dict[str, Any]:
+    """Per split: users, and how many targets repeat an item of the user's history (masked by default)."""
+    out: dict[str, Any] = {}
+    for name, arr in (("valid", data.valid), ("test", data.test)):
+        n, rep = len(arr.targets), repeat_targets(arr.targets, arr.history)
+        out[name] = {"users": n, "targets_repeating_history": rep, "share": rep / n if n else 0.0}
+    return out
+
+
+def split_fingerprint(data: SequentialData) -> str:
+    """A hash of the users and their validation/test targets: two runs with equal fingerprints can be
+    compared user by user (paired tests)."""
+    h = hashlib.sha256()
+    h.update("\n".join(data.users).encode())
+    for arr in (data.valid, data.test):
+        h.update(np.ascontiguousarray(arr.targets, dtype=np.int64).tobytes())
+        h.update(np.ascontiguousarray(arr.history, dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]

@@ -1,0 +1,287 @@
+"""Run folders: what a run writes, the checks before one is used, and reading a finished run back.
+
+A run folder (``crossan train --out RUN_DIR``) holds::
+
+    config.yaml          the resolved configuration
+    train.log            the log
+    history.jsonl        one line per epoch: loss, time, validation metrics
+    checkpoints/last.pt  model + optimiser + loop state after the last finished epoch (resume point)
+    best.safetensors     weights at the best validation epoch (metadata: crossan_version)
+    results.json         the contract other tools read (see ``RESULT_KEYS``)
+    per_user.npz         per-user validation/test ranks at the best epoch (paired comparisons between runs)
+    evaluation.json      written by ``crossan evaluate`` (:func:`evaluate_run`)
+    extra_items/         cold-start items added by ``crossan embed-items`` (:mod:`crossan.coldstart`)
+
+Every file is written atomically (:func:`crossan.utils.atomic_write`). A folder is read back by
+:func:`load_run`, which parses ``config.yaml`` once; :func:`check_run_folder` is the stricter check a served
+run passes first (complete, written by a compatible crossan version).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import yaml
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+import crossan
+from crossan import distributed as dist
+from crossan.config import Config, config_from_dict, to_dict
+from crossan.errors import NonFiniteError, RunError, ServeError
+from crossan.utils import atomic_save_safetensors, atomic_torch_save, atomic_write, atomic_write_json
+
+if TYPE_CHECKING:
+    from crossan.data import SequentialData
+    from crossan.recommender import Recommender
+
+__all__ = ["CONFIG", "REQUIRED_FILES", "RESULT_KEYS", "NonFiniteError", "RunError", "TrainState",
+           "check_run_dir", "check_run_folder", "evaluate_run", "load_checkpoint", "load_run", "load_weights",
+           "read_run_config", "rescore", "save_checkpoint", "save_per_user", "save_weights", "truncate_history",
+           "version_compatible"]
+
+CONFIG = "config.yaml"
+WEIGHTS = "best.safetensors"
+RESULTS = "results.json"
+HISTORY = "history.jsonl"
+CHECKPOINT = "checkpoints/last.pt"
+PER_USER = "per_user.npz"
+EVALUATION = "evaluation.json"
+REQUIRED_FILES = (CONFIG, WEIGHTS)
+"""What a finished run needs to be served or re-scored."""
+RESULT_KEYS = ("method", "dataset", "best_epoch", "valid", "test", "train_time_per_epoch_s", "trainable_params",
+               "total_params", "peak_memory_bytes", "device")
+"""Keys of results.json that other tools may rely on."""
+
+
+# --------------------------------------------------------------------------------------------- checks
+def check_run_dir(run_dir: Path, cfg: Config, resume: bool) -> None:
+    """Refuse a run folder that holds another run, or a ``--resume`` with another configuration."""
+    saved = run_dir / CONFIG
+    if resume:
+        if not saved.is_file():
+            raise RunError(f"{run_dir}: nothing to resume (no config.yaml)")
+        diff = _diff(yaml.safe_load(saved.read_text()), to_dict(cfg))
+        if diff:
+            raise RunError(f"{run_dir}: --resume with a different configuration: {'; '.join(diff[:10])}")
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise RunError(f"{run_dir} already holds files; pass --resume to continue that run or choose another --out")
+
+
+def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new)):
+            out += _diff(old.get(k), new.get(k), f"{prefix}.{k}" if prefix else k)
+        return out
+    return [] if old == new else [f"{prefix}: {old!r} → {new!r}"]
+
+
+def _parse_version(v: str) -> tuple[int, ...]:
+    parts = str(v).split("+")[0].split(".")
+    try:
+        return tuple(int("".join(ch for ch in p if ch.isdigit()) or "x") for p in parts[:2])
+    except ValueError:
+        raise ValueError(f"unparsable version {v!r}") from None
+
+
+def version_compatible(written: str, current: str = crossan.__version__) -> bool:
+    """Whether a run written by crossan ``written`` can be read by ``current``: same major version, and for
+    0.x releases the same minor version too (no stability promise before 1.0); never a newer release."""
+    try:
+        w, c = _parse_version(written), _parse_version(current)
+    except ValueError:
+        return False
+    if len(w) < 2 or len(c) < 2 or w > c:
+        return False
+    return w[0] == c[0] and (c[0] > 0 or w[1] == c[1])
+
+
+def _written_versions(run_dir: Path) -> dict[str, str]:
+    """``{file: crossan version}`` from results.json and the weights' metadata (reads small files only)."""
+    versions: dict[str, str] = {}
+    results = run_dir / RESULTS
+    if results.is_file():
+        try:
+            res = json.loads(results.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ServeError(f"{results}: not valid JSON ({e})") from None
+        if not isinstance(res, dict) or "crossan_version" not in res:
+            raise ServeError(f"{results}: no crossan_version (written by an older crossan?); this is crossan "
+                             f"{crossan.__version__}")
+        versions[str(results)] = str(res["crossan_version"])
+    weights = run_dir / WEIGHTS
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types for a damaged file
+        raise ServeError(f"{weights}: not a readable safetensors file ({e})") from None
+    if "crossan_version" in meta:
+        versions[str(weights)] = meta["crossan_version"]
+    return versions
+
+
+def check_run_folder(run_dir: str | Path) -> Config:
+    """Check that ``run_dir`` is a complete run of a compatible crossan version; return its config.
+
+    Raises :class:`ServeError` naming the missing file, the version found, or the config key crossan no
+    longer knows. Reads only small files (config, results, the weights' header).
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ServeError(f"{run_dir}: no such run folder")
+    for name in REQUIRED_FILES:
+        if not (run_dir / name).is_file():
+            raise ServeError(f"{run_dir}: not a complete crossan run folder ({name} is missing)")
+    versions = _written_versions(run_dir)
+    if not versions:
+        raise ServeError(f"{run_dir}: no crossan_version in results.json or best.safetensors; cannot tell which "
+                         f"crossan wrote it (this is crossan {crossan.__version__})")
+    for where, v in versions.items():
+        if not version_compatible(v):
+            raise ServeError(f"{where}: written by crossan {v}, which crossan {crossan.__version__} cannot read; "
+                             f"use crossan {v} or retrain")
+    return read_run_config(run_dir, ServeError, written=next(iter(versions.values())))
+
+
+def read_run_config(run_dir: str | Path, error: type[RunError] = RunError, written: str | None = None) -> Config:
+    """Parse and validate ``RUN_DIR/config.yaml``; ``error`` (naming the file) if it cannot be read."""
+    cfg_path = Path(run_dir) / CONFIG
+    if not cfg_path.is_file():
+        raise error(f"{run_dir}: not a crossan run folder (no config.yaml)")
+    try:
+        raw = yaml.safe_load(cfg_path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise error(f"{cfg_path}: not valid YAML ({e})") from None
+    if not isinstance(raw, dict):
+        raise error(f"{cfg_path}: expected a mapping of config keys, got {type(raw).__name__}")
+    try:
+        return config_from_dict(raw)
+    except ValueError as e:
+        by = f" (written by crossan {written})" if written else ""
+        raise error(f"{cfg_path}{by} cannot be read by crossan {crossan.__version__}: {e}") from None
+
+
+# --------------------------------------------------------------------------------------------- weights
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    """The model's state dict as safetensors, stamped with the crossan version."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    atomic_save_safetensors(tensors, path, metadata={"crossan_version": crossan.__version__})
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> None:
+    """Load ``path`` into ``model``; refuses unreadable files, non-finite values and mismatched keys."""
+    if not path.is_file():
+        raise RunError(f"{path}: weights file not found")
+    try:
+        tensors = load_file(str(path))
+    except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
+        raise RunError(f"{path}: cannot be read as safetensors weights: {e}") from None
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise NonFiniteError(f"{path}: weights hold non-finite values (NaN/inf) in {bad[:5]}; refusing to use them")
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise RunError(f"{path} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+# --------------------------------------------------------------------------------------------- checkpoints
+@dataclass
+class TrainState:
+    """The training loop's state between epochs (saved in the checkpoint)."""
+
+    epoch: int = 0
+    """Epochs finished."""
+    best_epoch: int = 0
+    best_metric: float = -math.inf
+    bad_epochs: int = 0
+    epoch_times: list[float] | None = None
+    best_valid: dict[str, float] | None = None
+
+
+def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, state: TrainState) -> None:
+    """Model, optimiser and loop state after a finished epoch, with the world size that wrote it."""
+    atomic_torch_save({
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "state": {"epoch": state.epoch, "best_epoch": state.best_epoch, "best_metric": state.best_metric,
+                  "bad_epochs": state.bad_epochs, "epoch_times": state.epoch_times, "best_valid": state.best_valid},
+        "world_size": dist.world_size(),
+    }, path)
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> TrainState:
+    """Restore model and optimiser from ``path``; the loop state to continue from."""
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    if ck["world_size"] != dist.world_size():
+        raise RunError(f"{path} was written by {ck['world_size']} processes; resume it with the same world size "
+                       f"(now {dist.world_size()})")
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optimizer"])
+    return TrainState(**ck["state"])
+
+
+def truncate_history(path: Path, epochs_done: int) -> None:
+    """Drop history lines of epochs after the checkpoint (a crash can fall between the two writes)."""
+    if path.is_file():
+        keep = [line for line in path.read_text().splitlines() if json.loads(line)["epoch"] <= epochs_done]
+        atomic_write(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in keep)))
+
+
+def save_per_user(path: Path, data: SequentialData, valid_ranks: torch.Tensor, test_ranks: torch.Tensor) -> None:
+    """Per-user ranks of the selected epoch (``per_user.npz``): any metric of any user can be recomputed,
+    and two runs on the same split compared user by user."""
+    from crossan.ranking import split_fingerprint
+
+    atomic_write(path, lambda tmp: np.savez_compressed(
+        tmp, valid_ranks=valid_ranks.numpy(), test_ranks=test_ranks.numpy(),
+        users=np.asarray(data.users, dtype=object).astype(str),
+        split_fingerprint=np.asarray(split_fingerprint(data))), suffix=".npz")
+
+
+# --------------------------------------------------------------------------------------------- reading back
+def load_run(run_dir: str | Path, device: str = "auto", data_path: str | None = None,
+             cfg: Config | None = None) -> tuple[Config, SequentialData, Recommender]:
+    """Rebuild a saved run: its config, its data, and the model with its best weights, in eval mode.
+
+    ``cfg``: the run's configuration when the caller has read it already (:func:`check_run_folder`), so
+    that ``config.yaml`` is parsed once. ``data_path`` replaces ``data.path`` (the dataset moved).
+    """
+    from crossan.data import prepare
+    from crossan.model import build_model
+    from crossan.utils import resolve_device
+
+    run_dir = Path(run_dir)
+    cfg = cfg if cfg is not None else read_run_config(run_dir)
+    if data_path:
+        cfg.data.path = data_path
+    if device != "auto":
+        cfg.device = device
+    data = prepare(cfg.data)
+    model = build_model(cfg, data, resolve_device(cfg.device))
+    load_weights(model, run_dir / WEIGHTS)
+    model.eval()
+    return cfg, data, model
+
+
+def evaluate_run(run_dir: str | Path, device: str = "auto") -> dict[str, Any]:
+    """``crossan evaluate``: score a saved run's best weights on validation and test again (same protocol
+    as training) and write ``evaluation.json``; returns what it wrote."""
+    from crossan.ranking import evaluate, split_report
+
+    cfg, data, model = load_run(run_dir, device)
+    table = model.tower.embed_all(cfg.eval.batch_size)
+    out = {"valid": evaluate(model, data, "valid", cfg, table, where=str(run_dir)),
+           "test": evaluate(model, data, "test", cfg, table, where=str(run_dir)), "splits": split_report(data)}
+    atomic_write_json(Path(run_dir) / EVALUATION, out)
+    return out
+
+
+rescore = evaluate_run
+"""Older name of :func:`evaluate_run`."""
