@@ -8,8 +8,13 @@ For each modality and batch size it measures
   batch in a thread while the model runs, and writes fp16 states and the manifest;
 * ``fwd``: items/s of the backbone forward alone on already prepared inputs;
 * FLOPs per item of the forward, counted by ``torch.utils.flop_counter.FlopCounterMode``;
-* the machine's dense fp32 matmul FLOP/s, measured in the same run (best of several 2048² matmuls),
-  and the share of it the forward achieves (``fwd items/s × FLOPs per item / peak``).
+* the machine's dense matmul FLOP/s at the row's precision, measured in the same run (best of several
+  2048² matmuls, fp32 or bf16), and the share of it the forward achieves (``fwd items/s × FLOPs per item /
+  peak``).
+
+``--precision fp32,bf16`` measures each modality and batch size in each precision: bf16 runs the encoder
+forward (e2e and fwd) under the same ``torch.autocast`` that ``build_cache`` uses (``crossan.precision``),
+where matrix products (and convolutions) run in bfloat16.
 
 With ``--build`` it also times ``build_cache`` itself (prefetching, fp16 writes, manifest) per modality
 at the first batch size. Media are synthetic (written to a temporary folder: 128 px jpg covers, 16-frame
@@ -18,6 +23,7 @@ at the first batch size. Media are synthetic (written to a temporary folder: 128
 Example::
 
     python benchmarks/bench_cache.py --preset offline --batch-sizes 8,32 --items 128 --out bench-out
+    python benchmarks/bench_cache.py --preset offline --modalities image,video,audio --precision fp32,bf16
     python benchmarks/bench_cache.py --modalities image --image-px 256 --set encoders.image.model=config:vit
 """
 
@@ -82,9 +88,9 @@ def synthetic_items(root: Path, n: int, seed: int = 0, image_px: int = 128) -> I
     return Items([""] + [r.item_id for r in records], Catalogue(root, records))
 
 
-def matmul_flops(size: int = 2048, repeats: int = 5) -> float:
-    """Dense fp32 matmul FLOP/s of this machine (best of ``repeats``)."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_flops(size: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """Dense matmul FLOP/s of this machine in ``dtype`` (best of ``repeats``)."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     torch.mm(a, b)  # warm-up
     best = float("inf")
     for _ in range(repeats):
@@ -103,7 +109,15 @@ def forward_flops(encoder: Any, inputs: dict[str, torch.Tensor]) -> float:
     return float(counter.get_total_flops())
 
 
-def bench_modality(modality: str, encoder: Any, data: Items, batch_size: int, peak: float) -> dict[str, Any]:
+def bench_modality(modality: str, encoder: Any, data: Items, batch_size: int, peak: float,
+                   precision: str = "fp32") -> dict[str, Any]:
+    from crossan.precision import autocast
+
+    with autocast(precision, "cpu"):
+        return _bench_modality(modality, encoder, data, batch_size, peak) | {"precision": precision}
+
+
+def _bench_modality(modality: str, encoder: Any, data: Items, batch_size: int, peak: float) -> dict[str, Any]:
     records = [data.catalogue[i] for i in data.item_ids[1:]]
     batches = [records[i : i + batch_size] for i in range(0, len(records), batch_size)]
     encoder.encode(batches[0][:2], data.catalogue)  # warm-up
@@ -167,20 +181,21 @@ def bench_build(cfg: Config, data: Items, modalities: list[str], batch_size: int
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    head = (f"{'modality':8} {'bs':>4} {'media it/s':>10} {'e2e it/s':>9} {'build it/s':>10} {'fwd it/s':>9} "
+    head = (f"{'modality':8} {'prec':>5} {'bs':>4} {'media it/s':>10} {'e2e it/s':>9} {'build it/s':>10} {'fwd it/s':>9} "
             f"{'GFLOP/it':>9} {'fwd share':>9} {'e2e share':>9} {'build share':>11}")
     print(head)
     print("-" * len(head))
     for r in rows:
         build = r.get("build_items_per_s")
-        print(f"{r['modality']:8} {r['batch_size']:>4} {r['media_items_per_s']:>10.1f} {r['e2e_items_per_s']:>9.1f} "
+        print(f"{r['modality']:8} {r.get('precision', 'fp32'):>5} {r['batch_size']:>4} {r['media_items_per_s']:>10.1f} {r['e2e_items_per_s']:>9.1f} "
               f"{build or float('nan'):>10.1f} {r['fwd_items_per_s']:>9.1f} {r['gflops_per_item']:>9.3f} "
               f"{r['achieved_share']:>9.1%} {r['e2e_share']:>9.1%} {r.get('build_share', float('nan')):>11.1%}")
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="offline", choices=["paper", "offline", "tiny"])
+    parser.add_argument("--preset", default="offline", choices=["paper", "offline", "offline-random", "tiny"])
+    parser.add_argument("--precision", default="fp32", help="comma-separated: fp32, bf16 (rows per precision)")
     parser.add_argument("--batch-sizes", default="8,32,64")
     parser.add_argument("--modalities", default=",".join(MODALITIES))
     parser.add_argument("--items", type=int, default=64, help="synthetic items (or the first N of --data)")
@@ -214,28 +229,35 @@ def main(argv: list[str] | None = None) -> None:
         else:
             print(f"writing {args.items} synthetic items …")
             data = synthetic_items(Path(tmp), args.items, image_px=args.image_px)
-        peak = matmul_flops()
-        print(f"dense fp32 matmul: {peak / 1e9:.1f} GFLOP/s on {torch.get_num_threads()} threads")
+        precisions = [p for p in args.precision.split(",") if p]
+        peaks = {p: matmul_flops(dtype=torch.bfloat16 if p == "bf16" else torch.float32) for p in precisions}
+        for p, v in peaks.items():
+            print(f"dense {p} matmul: {v / 1e9:.1f} GFLOP/s on {torch.get_num_threads()} threads")
         rows = []
         for m in modalities:
             encoder = build_encoder(m, specs[m])
             for bs in batch_sizes:
-                rows.append(bench_modality(m, encoder, data, bs, peak))
+                for p in precisions:
+                    rows.append(bench_modality(m, encoder, data, bs, peaks[p], p))
             del encoder
         if args.build:
+            from crossan.precision import compute_dtype
+
+            built = "bf16" if compute_dtype(cfg.precision, "cpu") is not None else "fp32"  # build_cache's precision
             for bs in batch_sizes:
                 rates = bench_build(cfg, data, modalities, bs, Path(tmp) / f"build{bs}")
                 for r in rows:
-                    if r["batch_size"] == bs and r["modality"] in rates:
+                    if r["batch_size"] == bs and r["modality"] in rates and r["precision"] == built:
                         r["build_items_per_s"] = rates[r["modality"]]
-                        r["build_share"] = rates[r["modality"]] * r["gflops_per_item"] * 1e9 / peak
+                        r["build_share"] = rates[r["modality"]] * r["gflops_per_item"] * 1e9 / peaks[built]
         print_table(rows)
 
     with open(out / "bench_cache.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
         writer.writeheader()
         writer.writerows(rows)
-    meta = {"preset": args.preset, "overrides": args.set, "image_px": args.image_px, "threads": torch.get_num_threads(), "peak_gflops": peak / 1e9,
+    meta = {"preset": args.preset, "overrides": args.set, "image_px": args.image_px, "threads": torch.get_num_threads(),
+            "peak_gflops": {p: v / 1e9 for p, v in peaks.items()},
             "machine": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     (out / "bench_cache.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
