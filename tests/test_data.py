@@ -238,3 +238,20 @@ def test_vectorised_inter_reader_equals_reference(tmp_path: Path) -> None:
     assert raw.sequences == {u: [i for _, _, i in sorted(v)] for u, v in by_user.items()}
     assert list(raw.sequences) == list(by_user)
     assert raw.catalogue.ids() == sorted({i for _, i, _ in rows})
+
+
+def test_scale_benchmark_generator_is_deterministic_and_readable(tmp_path: Path) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("scale", Path(__file__).parents[1] / "benchmarks" / "scale.py")
+    scale = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scale)
+    a = scale.generate(tmp_path / "a", users=300, items=40, seed=7)
+    scale.generate(tmp_path / "b", users=300, items=40, seed=7)
+    for name in ("users.tsv", "items.tsv"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    from crossan.data import read
+
+    raw = read(_cfg(tmp_path / "a"))
+    assert len(raw.interactions.users) == 300 and len(raw.interactions.items) == a["interactions"]
+    assert raw.interactions.lengths.min() >= 5

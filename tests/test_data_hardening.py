@@ -227,6 +227,10 @@ def test_non_utf8_input_names_file_and_line(tmp_path: Path, name: str, line: int
     with pytest.raises(DataError) as err:
         prepare(_cfg(root if name != "x.csv" else target))
     assert f"{name}:{line}: not valid UTF-8" in _rel(err.value, root)
+    target.write_bytes(b"\n".join(lines[:line - 1] + [b"a\x00b"] + lines[line:]))
+    with pytest.raises(DataError) as err:
+        prepare(_cfg(root if name != "x.csv" else target))
+    assert f"{name}:{line}: a NUL byte" in _rel(err.value, root)
 
 
 def test_long_title_is_cut_in_characters_when_read(tmp_path: Path) -> None:

@@ -71,7 +71,7 @@ MUTATIONS: dict[str, tuple[str, Mutation]] = {
     "bad_utf8_seq": ("error", lambda d, r: (lambda i: d[:i] + b"\xc3\x28" + d[i:])(_at(d, r))),
     "tab": ("error_or_same", lambda d, r: (lambda i: d[:i] + b"\t" + d[i:])(_at(d, r))),
     "truncate": ("any", lambda d, r: d[: _at(d, r)]),
-    "nul": ("any", lambda d, r: (lambda i: d[:i] + b"\x00" + d[i:])(_at(d, r))),
+    "nul": ("error", lambda d, r: (lambda i: d[:i] + b"\x00" + d[i:])(_at(d, r))),
     "delete_line": ("any", lambda d, r: (lambda ls, k: b"\n".join(ls[:k] + ls[k + 1:]))(
         d.split(b"\n"), int(r.integers(0, d.count(b"\n") + 1)))),
     "repeat_line": ("any", lambda d, r: (lambda ls, k: b"\n".join(ls[: k + 1] + ls[k:]))(

@@ -57,7 +57,12 @@ def read_text_bytes(path: Path) -> np.ndarray:
 
 
 def check_utf8(buf: np.ndarray, path: Path, first_line: int = 1) -> None:
-    """Raise :class:`TextError` naming ``path`` and the line of the first byte that is not UTF-8."""
+    """Raise :class:`TextError` naming ``path`` and the line of the first byte that is not UTF-8 text
+    (a NUL byte counts as not text: ids compare as NUL-padded keys, and no text file holds one)."""
+    nul = np.flatnonzero(buf == 0)
+    if len(nul):
+        line = first_line + int(np.count_nonzero(buf[: nul[0]] == NEWLINE))
+        raise TextError(f"{path}:{line}: a NUL byte (0x00): not a text file, or a damaged one")
     if not (buf >= 0x80).any():
         return
     try:
