@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from crossan.cache.live import LiveFeatures
+from crossan.cache.features import LiveFeatures
 from crossan.config import Config, load_config
 from crossan.data.synth import generate
 from crossan.encoders import build_encoder, resolve_specs

@@ -10,19 +10,19 @@ import numpy as np
 import pytest
 import torch
 
-from crossan.cache.features import TensorFeatures
-from crossan.cache.live import LiveFeatures
-from crossan.cache.store import (
+from crossan.cache import (
     CacheMismatchError,
     CacheMissingError,
+    LiveFeatures,
+    TensorFeatures,
     build_cache,
     cache_command,
     default_cache_dir,
     join_shards,
     open_cache,
     open_features,
-    shard_span,
 )
+from crossan.cache.workarea import shard_span
 from crossan.config import Config
 from crossan.data.catalogue import MODALITIES, Catalogue, ItemRecord
 from crossan.data.media import MediaError

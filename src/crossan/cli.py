@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from crossan.config import Config, ConfigError, load_config
+from crossan.errors import CrossanError
 
 EPILOG_OVERRIDES = ("Configuration: defaults < --config YAML files (in order) < key=value overrides, e.g. "
                     "method=crossan modalities=[text,image] train.lr=1e-3 train.epochs=20 crossan.fusion=concat. "
@@ -59,9 +60,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from crossan.trainer import rescore
+    from crossan.runs import evaluate_run
 
-    out = rescore(args.run_dir, device=args.device)
+    out = evaluate_run(args.run_dir, device=args.device)
     print(json.dumps(out, indent=2))
     return 0
 
@@ -255,34 +256,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="retrain runs that finished earlier in --out")
     p.set_defaults(fn=cmd_bench)
 
+    from crossan.cli_serving import register as register_serving  # recommend, embed-items, export
+
+    register_serving(sub)
     for register in _EXTRA_COMMANDS:
         register(sub, data)
     return parser
 
 
 _EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction, argparse._SubParsersAction], None]] = []
-
-
-def _register_serving(sub: argparse._SubParsersAction, data_sub: argparse._SubParsersAction) -> None:
-    from crossan.serve import register  # recommend, embed-items, export
-
-    register(sub, data_sub)
-
-
-_EXTRA_COMMANDS.append(_register_serving)
+"""Hooks ``register(subparsers, data_subparsers)`` that add further commands (plugins)."""
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from crossan.cache import CacheError
-    from crossan.data.media import MediaError
+    from crossan.data.media import MediaError  # not yet CrossanError subclasses
     from crossan.data.readers import DataError
-    from crossan.trainer import RunError
 
     try:
         return args.fn(args)
-    except (ConfigError, DataError, RunError, CacheError, MediaError, FileNotFoundError, ValueError) as e:
+    except (CrossanError, DataError, MediaError, FileNotFoundError, ValueError) as e:
         print(f"crossan: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -34,7 +34,8 @@ import numpy as np
 from safetensors.torch import save_file
 
 import crossan
-from crossan.serve import ServeError, load_recommender
+from crossan.errors import ServeError
+from crossan.serve import load_recommender
 from crossan.utils import file_sha256
 
 EXPORT_FORMAT = "crossan-export"

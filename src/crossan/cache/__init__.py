@@ -1,18 +1,47 @@
-"""Layer-state features: the on-disk cache (:mod:`.store`), live encoding (:mod:`.live`), the read side (:mod:`.features`)."""
+"""Layer-state features: each item's pooled tapped states per modality, computed once and cached, or live.
 
-from crossan.cache.features import FeatureSource, TensorFeatures
-from crossan.cache.live import LiveFeatures
-from crossan.cache.store import (
-    CacheError,
-    CacheMismatchError,
-    CacheMissingError,
-    build_cache,
-    cache_command,
-    cache_root,
-    join_shards,
-    open_cache,
-    open_features,
-)
+Layout (``ROOT`` = ``cfg.cache.dir``, or :func:`~crossan.cache.layout.default_cache_dir`)::
+
+    ROOT/
+      <modality>/                    a completed cache, only ever replaced as a whole
+        states.npy                   float16 [N+1, K, D]; row 0 (padding) and absent items are zeros
+        present.npy                  bool [N+1]; False for row 0 and items without the modality
+        manifest.json                what produced the states (see below)
+      <modality>.partial/            an interrupted single-process build; the next build resumes it
+        states.npy, present.npy      preallocated ``open_memmap`` arrays, filled batch by batch
+        done.npy                     bool [batches]: batches whose rows are flushed to disk
+        corrupt.jsonl                corrupt files marked missing so far (``cache.on_corrupt=missing``)
+        plan.json                    the build plan; a partial build is resumed only under an equal plan
+      <modality>.shards/<i>-of-<n>/  shard i of an n-way build: the same files over the shard's rows,
+                                     plus COMPLETE once finished; :func:`join_shards` assembles them
+
+Rows ``1..N`` are encoded in batches of ``encoders.batch_size`` (batch b: rows ``1 + b·B … (b+1)·B``);
+shards take contiguous runs of whole batches, so every build — interrupted and resumed, sharded and
+joined, or in one go — runs the same batches and writes the same bytes. A build never touches a
+completed cache until its replacement is complete: the finished work folder is renamed into place.
+
+``manifest.json`` records the checkpoint, ``random_init``, family, layers, width, taps, pooling, the
+preprocessing settings, the item-list fingerprint (:func:`fingerprint_items` of rows 1..N in order), N,
+presence counts, the corrupt files marked missing, the processor's resolved settings and the library
+versions. :func:`open_cache` compares the fields that determine the numbers with what the current
+configuration would produce and refuses a cache that differs (:class:`CacheMismatchError`).
+
+Concurrent builds of the same modality into the same folder are not supported (shards of one build are:
+each writes only its own folder).
+
+Modules: :mod:`.layout` (folders, file names, locations), :mod:`.manifest` (what built a cache; the
+staleness check), :mod:`.workarea` (plans, resumable work folders, reports), :mod:`.build` (encoding,
+``crossan cache``), :mod:`.shards` (joining a sharded build), :mod:`.read` (opening a run's features),
+:mod:`.features` (the feature sources: :class:`TensorFeatures` over the arrays, :class:`LiveFeatures`
+over the encoders).
+"""
+
+from crossan.cache.build import build_cache, cache_command
+from crossan.cache.features import FeatureSource, LiveFeatures, TensorFeatures
+from crossan.cache.layout import cache_root, default_cache_dir
+from crossan.cache.read import open_cache, open_features
+from crossan.cache.shards import join_shards
+from crossan.errors import CacheError, CacheMismatchError, CacheMissingError
 
 __all__ = [
     "CacheError",
@@ -24,6 +53,7 @@ __all__ = [
     "build_cache",
     "cache_command",
     "cache_root",
+    "default_cache_dir",
     "join_shards",
     "open_cache",
     "open_features",

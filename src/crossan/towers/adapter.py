@@ -39,7 +39,7 @@ from torch import nn
 from crossan.config import TrainConfig
 from crossan.encoders.base import ModalityEncoder
 from crossan.towers.base import TowerContext, register
-from crossan.towers.configs import AdapterConfig
+from crossan.towers.options import AdapterConfig
 from crossan.towers.endtoend import EndToEndTower, build_endtoend, layer_prefix, layer_stack
 
 ATTENTION_OUTPUT: dict[str, tuple[str, ...]] = {

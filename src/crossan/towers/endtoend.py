@@ -41,7 +41,7 @@ from crossan.towers.frozen import ModalityFusionHead
 if TYPE_CHECKING:
     from crossan.config import TrainConfig
     from crossan.data.catalogue import Catalogue, ItemRecord
-    from crossan.towers.configs import EndToEndConfig
+    from crossan.towers.options import EndToEndConfig
 
 log = logging.getLogger("crossan")
 
@@ -319,13 +319,11 @@ def enable_gradient_checkpointing(encoder: ModalityEncoder) -> None:
 
 def build_endtoend(cls: type[EndToEndTower], ctx: TowerContext) -> EndToEndTower:
     """Build ``cls`` over ``ctx.config.modalities`` with encoders resolved from ``ctx.config.encoders``."""
-    from crossan.encoders import build_encoder, resolve_specs
+    from crossan.encoders.factory import build_encoders
 
     cfg = ctx.config
     if ctx.catalogue is None:
         raise ValueError(f"method={cls.method!r} runs the encoders on raw item content: it needs the catalogue")
-    specs = resolve_specs(cfg, cfg.modalities)
-    device = str(ctx.extras.get("device", "cpu"))
-    encoders = {m: build_encoder(m, specs[m], device=device) for m in cfg.modalities}
+    encoders = build_encoders(cfg, cfg.modalities, ctx.device)
     return cls(encoders, ctx.catalogue, ctx.item_ids, cfg.user.dim, getattr(cfg, cls.method),
                batch_size=cfg.encoders.batch_size, on_corrupt=cfg.cache.on_corrupt)

@@ -28,7 +28,7 @@ from torch import nn
 from crossan.config import TrainConfig
 from crossan.encoders.base import ModalityEncoder
 from crossan.towers.base import TowerContext, register
-from crossan.towers.configs import LoRAConfig
+from crossan.towers.options import LoRAConfig
 from crossan.towers.endtoend import EndToEndTower, build_endtoend, layer_prefix, layer_stack
 
 QUERY_VALUE: tuple[tuple[str, ...], tuple[str, ...]] = (("query", "q_proj"), ("value", "v_proj"))

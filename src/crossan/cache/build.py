@@ -1,0 +1,239 @@
+"""Building the cache: each modality's items encoded once by its frozen encoder, batch by batch, resumable,
+optionally as one shard of a multi-process build (:mod:`crossan.cache.shards` joins the shards)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from crossan.cache.layout import (
+    COMPLETE,
+    PRESENT,
+    cache_command_line,
+    cache_root,
+    check_modalities,
+    item_records,
+)
+from crossan.cache.manifest import (
+    FORMAT_VERSION,
+    expected_manifest,
+    jsonable,
+    manifest_differences,
+    num_items,
+    read_manifest,
+    versions,
+)
+from crossan.cache.workarea import (
+    ModalityReport,
+    WorkArea,
+    batch_ranges,
+    finish_single,
+    print_reports,
+    report_from_manifest,
+    shard_span,
+)
+from crossan.config import EncoderSpec
+from crossan.data.catalogue import ItemRecord, fingerprint_items
+
+if TYPE_CHECKING:
+    import torch
+
+    from crossan.config import Config
+    from crossan.encoders.base import LoadedMedia, ModalityEncoder
+
+def _record_batch(records: list[ItemRecord], rows: tuple[int, int]) -> list[ItemRecord]:
+    return records[rows[0] - 1 : rows[1] - 1]
+
+
+def _corrupt_entries(loaded: LoadedMedia, rows: tuple[int, int], records: list[ItemRecord]) -> list[dict[str, Any]]:
+    out = []
+    for offset, err in enumerate(loaded.corrupt):
+        if err is not None:
+            out.append({"row": rows[0] + offset, "item_id": records[offset].item_id, "path": err.path,
+                        "reason": err.reason})
+    return out
+
+
+def _run_batches(
+    encoder: ModalityEncoder,
+    area: WorkArea,
+    records: list[ItemRecord],
+    catalogue: Any,
+    ranges: list[tuple[int, int]],
+    on_corrupt: str,
+    progress: bool,
+    on_batch: Callable[[str, int], None] | None,
+) -> None:
+    """Encode the pending batches of ``area``; the next batch is read, decoded and preprocessed in a thread
+    while the current one runs through the model (Pillow, PyAV, soundfile and the tokenizers release the GIL)."""
+    from tqdm.auto import tqdm
+
+    modality = encoder.modality
+    pending = area.pending()
+    total = sum(ranges[b][1] - ranges[b][0] for b in area.batches)
+    bar = tqdm(total=total, initial=area.rows_done(ranges), desc=f"cache {modality}", unit="item",
+               disable=not progress, dynamic_ncols=True)
+
+    def load(b: int) -> tuple[LoadedMedia, dict[str, torch.Tensor] | None]:
+        loaded = encoder.load_media(_record_batch(records, ranges[b]), catalogue, on_corrupt)
+        return loaded, encoder.process_loaded(loaded)
+
+    with ThreadPoolExecutor(max_workers=1) as pool, bar:
+        future: Future[tuple[LoadedMedia, dict[str, torch.Tensor] | None]] | None = (
+            pool.submit(load, pending[0]) if pending else None)
+        for i, b in enumerate(pending):
+            assert future is not None
+            loaded, inputs = future.result()
+            future = pool.submit(load, pending[i + 1]) if i + 1 < len(pending) else None
+            try:
+                out = encoder.encode_loaded(loaded, inputs)
+                entries = _corrupt_entries(loaded, ranges[b], _record_batch(records, ranges[b]))
+                area.commit(b, ranges[b], out.states.numpy(), out.present.numpy(), entries)
+                bar.update(ranges[b][1] - ranges[b][0])
+                if on_batch is not None:
+                    on_batch(modality, b)
+            except BaseException:
+                if future is not None:
+                    future.cancel()
+                raise
+
+
+def _base_manifest(encoder: ModalityEncoder, data: Any, batch_size: int) -> dict[str, Any]:
+    return jsonable({
+        "format_version": FORMAT_VERSION,
+        "modality": encoder.modality,
+        "dtype": "float16",
+        **encoder.describe(),
+        "item_fingerprint": fingerprint_items(item_records(data)),
+        "num_items": num_items(data),
+        "shape": [num_items(data) + 1, encoder.num_taps, encoder.hidden_size],
+        "build": {"batch_size": batch_size},
+        "versions": versions(),
+    })
+
+
+@dataclass
+class _BuildContext:
+    """What every modality of one ``build_cache`` call shares."""
+
+    cfg: Config
+    data: Any
+    root: Path
+    records: list[ItemRecord]
+    ranges: list[tuple[int, int]]
+    device: str
+    progress: bool
+    on_batch: Callable[[str, int], None] | None
+
+
+def _open_work_area(ctx: _BuildContext, m: str, base: dict[str, Any], shape: tuple[int, int],
+                    shard: int | None, num_shards: int) -> WorkArea:
+    n, bs = len(ctx.records), ctx.cfg.encoders.batch_size
+    if shard is None:
+        plan = {"manifest": base, "lo": 0, "hi": n + 1, "batches": list(range(len(ctx.ranges)))}
+        return WorkArea(ctx.root / f"{m}.partial", plan, (n + 1, *shape))
+    lo, hi, batches = shard_span(n, bs, shard, num_shards)
+    plan = {"manifest": base, "lo": lo, "hi": hi, "batches": batches, "shard": shard, "num_shards": num_shards}
+    return WorkArea(ctx.root / f"{m}.shards" / f"{shard}-of-{num_shards}", plan, (hi - lo, *shape))
+
+
+def _finish_shard(area: WorkArea, m: str) -> ModalityReport:
+    area.close()
+    (area.path / COMPLETE).write_text("complete\n")
+    present = np.load(area.path / PRESENT)
+    corrupt = area.corrupt_entries()
+    rows = max(0, area.hi - max(area.lo, 1))
+    num_present = int(present.sum())
+    return ModalityReport(m, str(area.path), "shard built", num_items=rows, num_present=num_present,
+                          num_missing=rows - num_present - len(corrupt), num_corrupt=len(corrupt), corrupt=corrupt)
+
+
+def _build_modality(ctx: _BuildContext, m: str, spec: EncoderSpec, shard: int | None,
+                    num_shards: int) -> ModalityReport:
+    from crossan.encoders import build_encoder
+
+    final = ctx.root / m
+    existing = read_manifest(final)
+    if existing is not None:
+        if not manifest_differences(m, existing, expected_manifest(m, spec, ctx.data)):
+            return report_from_manifest(m, final, "up to date", existing)
+        print(f"{m}: the cache at {final} was built under other settings; it is replaced once the new one is complete")
+    encoder = build_encoder(m, spec, device=ctx.device)
+    base = _base_manifest(encoder, ctx.data, ctx.cfg.encoders.batch_size)
+    area = _open_work_area(ctx, m, base, (encoder.num_taps, encoder.hidden_size), shard, num_shards)
+    if area.resumed:
+        print(f"{m}: resuming the build at {area.path} ({int(area.done.sum())}/{len(area.done)} batches done)")
+    from crossan.precision import autocast
+
+    try:
+        with autocast(ctx.cfg.precision, ctx.device):  # the encoder forward in bf16 where `precision` says so
+            _run_batches(encoder, area, ctx.records, ctx.data.catalogue, ctx.ranges, ctx.cfg.cache.on_corrupt,
+                         ctx.progress, ctx.on_batch)
+    except BaseException:
+        area.close()  # every finished batch is on disk: the next build resumes from here
+        raise
+    if shard is not None:
+        return _finish_shard(area, m)
+    return report_from_manifest(m, final, "built", finish_single(area, final, base))
+
+
+def build_cache(
+    cfg: Config,
+    data: Any,
+    modalities: list[str],
+    shard: int | None = None,
+    num_shards: int = 1,
+    progress: bool = True,
+    on_batch: Callable[[str, int], None] | None = None,
+) -> dict[str, ModalityReport]:
+    """Build (or resume) the cache of each modality, or one shard of it; return a report per modality.
+
+    ``shard``/``num_shards``: this process builds shard ``shard`` (rows of whole batches) into
+    ``<modality>.shards/``; :func:`join_shards` assembles the shards. ``on_batch(modality, batch)`` is
+    called after each batch is on disk (progress hooks, tests). A completed cache that already matches
+    the configuration is left as it is. The encoders run on ``cfg.device``. Corrupt media stop the build
+    with :class:`MediaError` (what was done so far stays resumable) unless ``cfg.cache.on_corrupt`` is
+    ``missing``; the number marked missing is in the returned reports and printed.
+    """
+    from crossan.encoders import resolve_specs
+    from crossan.utils import resolve_device
+
+    modalities = check_modalities(modalities)
+    if num_shards > 1 and shard is None:
+        raise ValueError(f"num_shards={num_shards} needs a shard index (0..{num_shards - 1})")
+    root = cache_root(cfg, data)
+    root.mkdir(parents=True, exist_ok=True)
+    specs = resolve_specs(cfg, modalities)
+    records = item_records(data)
+    ctx = _BuildContext(cfg, data, root, records, batch_ranges(len(records), cfg.encoders.batch_size),
+                        str(resolve_device(cfg.device)), progress, on_batch)
+    reports: dict[str, ModalityReport] = {}
+    for m in modalities:
+        t0 = time.perf_counter()
+        reports[m] = _build_modality(ctx, m, specs[m], shard, num_shards)
+        reports[m].seconds = time.perf_counter() - t0
+    print_reports(reports)
+    return reports
+
+
+def cache_command(cfg: Config, data: Any, modalities: list[str], shard: int | None, num_shards: int,
+                  join: bool) -> None:
+    """``crossan cache``: build (``--shard i --num-shards n`` for one shard) or ``--join`` the shards."""
+    if join:
+        if shard is not None:
+            raise ValueError("--join assembles all shards; do not give --shard with it")
+        from crossan.cache.shards import join_shards
+
+        join_shards(cfg, data, modalities)
+        return
+    if shard is not None and num_shards < 2:
+        raise ValueError("--shard needs --num-shards of at least 2")
+    reports = build_cache(cfg, data, modalities, shard=shard, num_shards=num_shards)
+    if shard is not None and all(r.status == "shard built" for r in reports.values()):
+        print(f"shard {shard} of {num_shards} done; when all are, run `{cache_command_line(cfg, modalities)} --join`")

@@ -1,0 +1,110 @@
+"""Where a layer-state cache lives and what its folders hold (see :mod:`crossan.cache` for the layout).
+
+File names, the format version, the manifest fields compared against a run, and the folder of a run's
+cache: ``cache.dir``, or ``$CROSSAN_CACHE_DIR`` (default ``~/.cache/crossan``) ``/<dataset>-<item
+fingerprint>/<preset>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from crossan.config import EncoderSpec
+from crossan.data.catalogue import MODALITIES, ItemRecord, fingerprint_items
+
+if TYPE_CHECKING:
+    from crossan.config import Config
+
+FORMAT_VERSION = 1
+STATES = "states.npy"
+PRESENT = "present.npy"
+MANIFEST = "manifest.json"
+DONE = "done.npy"
+CORRUPT = "corrupt.jsonl"
+PLAN = "plan.json"
+COMPLETE = "COMPLETE"
+
+COMPARED_FIELDS: tuple[str, ...] = (
+    "format_version",
+    "dtype",
+    "checkpoint",
+    "family",
+    "model_type",
+    "random_init",
+    "num_layers",
+    "hidden_size",
+    "taps",
+    "pooling",
+    "preprocessing",
+    "item_fingerprint",
+    "num_items",
+)
+"""Manifest fields that must match the current configuration for a cache to be used."""
+
+
+def item_records(data: Any) -> list[ItemRecord]:
+    """Records of rows 1..N of ``data`` (``.item_ids`` with the padding row first, ``.catalogue``)."""
+    return [data.catalogue[i] for i in data.item_ids[1:]]
+
+
+def num_items(data: Any) -> int:
+    return len(data.item_ids) - 1
+
+
+def _encoder_overrides(cfg: Config) -> dict[str, Any]:
+    default = dataclasses.asdict(EncoderSpec())
+    out = {}
+    for m in MODALITIES:
+        spec = dataclasses.asdict(getattr(cfg.encoders, m))
+        changed = {k: v for k, v in spec.items() if v != default[k]}
+        if changed:
+            out[m] = changed
+    return out
+
+
+def preset_folder(cfg: Config) -> str:
+    """``<preset>``, or ``<preset>-<hash>`` when the run changes encoder settings of the preset."""
+    overrides = _encoder_overrides(cfg)
+    if not overrides:
+        return cfg.encoders.preset
+    digest = hashlib.sha256(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{cfg.encoders.preset}-{digest}"
+
+
+def default_cache_dir(cfg: Config, data: Any) -> Path:
+    """``$CROSSAN_CACHE_DIR`` (or ``~/.cache/crossan``) ``/<dataset folder name>-<fingerprint>/<preset>``."""
+    base = Path(os.environ.get("CROSSAN_CACHE_DIR") or Path.home() / ".cache" / "crossan").expanduser()
+    source = Path(cfg.data.path) if cfg.data.path else Path(data.catalogue.root)
+    name = (source.stem if source.suffix else source.name) or "data"
+    return base / f"{name}-{fingerprint_items(item_records(data))}" / preset_folder(cfg)
+
+
+def cache_root(cfg: Config, data: Any) -> Path:
+    """Where this run's cache lives (``cache.dir`` when set)."""
+    return Path(cfg.cache.dir).expanduser() if cfg.cache.dir else default_cache_dir(cfg, data)
+
+
+def cache_command_line(cfg: Config, modalities: list[str]) -> str:
+    """The ``crossan cache`` command that builds what this run needs."""
+    parts = ["crossan cache", f"--data {cfg.data.path or '<DATA>'}", f"--modalities {','.join(modalities)}",
+             f"--preset {cfg.encoders.preset}"]
+    if cfg.cache.dir:
+        parts.append(f"cache.dir={cfg.cache.dir}")
+    for m, changed in _encoder_overrides(cfg).items():
+        parts += [f"encoders.{m}.{k}={v}" for k, v in changed.items()]
+    if cfg.encoders.batch_size != 32:
+        parts.append(f"encoders.batch_size={cfg.encoders.batch_size}")
+    return " ".join(parts)
+
+
+def check_modalities(modalities: list[str]) -> list[str]:
+    modalities = list(modalities)
+    for m in modalities:
+        if m not in MODALITIES:
+            raise ValueError(f"unknown modality {m!r}; expected one of {list(MODALITIES)}")
+    return modalities

@@ -1,0 +1,85 @@
+"""Cache manifests: what produced a modality's states, and the comparison that refuses a stale cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crossan.cache.layout import COMPARED_FIELDS, FORMAT_VERSION, MANIFEST, item_records, num_items
+from crossan.config import EncoderSpec
+from crossan.data.catalogue import fingerprint_items
+from crossan.utils import atomic_write_json
+
+
+def versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    import crossan
+
+    return {"crossan": crossan.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "numpy": np.__version__}
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` as plain JSON types (so that plans compare equal after a round trip)."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def expected_manifest(modality: str, spec: EncoderSpec, data: Any) -> dict[str, Any]:
+    """The compared manifest fields the current configuration would produce (loads no weights)."""
+    from crossan.encoders.base import describe_encoder
+    from crossan.encoders.spec import describe_backbone
+
+    info = describe_backbone(modality, spec)
+    return jsonable({
+        "format_version": FORMAT_VERSION,
+        "modality": modality,
+        "dtype": "float16",
+        **describe_encoder(modality, spec, info),
+        "item_fingerprint": fingerprint_items(item_records(data)),
+        "num_items": num_items(data),
+    })
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+_LABELS = {"item_fingerprint": "item fingerprint", "num_items": "number of items"}
+
+
+def manifest_differences(modality: str, cached: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+    """One line per compared field that differs: ``"<modality>: taps [..] in cache vs [..] in config"``."""
+    diffs = []
+    for name in COMPARED_FIELDS:
+        a = _flatten({name: cached.get(name)}) if isinstance(cached.get(name), dict) else {name: cached.get(name)}
+        b = _flatten({name: expected.get(name)}) if isinstance(expected.get(name), dict) else {name: expected.get(name)}
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                where = "for the data" if name in ("item_fingerprint", "num_items") else "in config"
+                label = _LABELS.get(key, key)
+                diffs.append(f"{modality}: {label} {a.get(key)!r} in cache vs {b.get(key)!r} {where}")
+    return diffs
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    path = folder / MANIFEST
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """A manifest or plan file (sorted keys), written atomically."""
+    atomic_write_json(path, obj, sort_keys=True)

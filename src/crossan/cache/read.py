@@ -1,0 +1,71 @@
+"""Reading the cache: a run's states after checking each manifest against the run, in memory when they fit
+(``cache.memory_limit_gb``), memory-mapped otherwise; or the encoders live (``cached=false``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from crossan.cache.features import TensorFeatures
+from crossan.cache.layout import PRESENT, STATES, cache_command_line, cache_root, check_modalities
+from crossan.cache.manifest import expected_manifest, manifest_differences, read_manifest
+from crossan.errors import CacheError, CacheMismatchError, CacheMissingError
+
+if TYPE_CHECKING:
+    from crossan.config import Config
+
+def open_cache(cfg: Config, data: Any, modalities: list[str], mmap: bool = True) -> TensorFeatures:
+    """The cached states of ``modalities`` after checking each manifest against the run.
+
+    ``mmap``: memory-map the state arrays (read-only; rows are read as they are gathered) rather than
+    reading them into memory.
+    """
+    from crossan.encoders import resolve_specs
+
+    modalities = check_modalities(modalities)
+    root = cache_root(cfg, data)
+    specs = resolve_specs(cfg, modalities)
+    absent = [m for m in modalities if read_manifest(root / m) is None]
+    if absent:
+        partial = [m for m in absent if (root / f"{m}.partial").exists() or (root / f"{m}.shards").exists()]
+        hint = f" ({', '.join(partial)}: an unfinished build is there; the command resumes it)" if partial else ""
+        raise CacheMissingError(
+            f"no layer-state cache for {', '.join(absent)} in {root}{hint}. Build it with:\n"
+            f"  {cache_command_line(cfg, absent)}\n(or run with cached=false to encode items live)"
+        )
+    diffs: list[str] = []
+    manifests = {}
+    for m in modalities:
+        manifests[m] = read_manifest(root / m)
+        diffs += manifest_differences(m, manifests[m], expected_manifest(m, specs[m], data))
+    if diffs:
+        raise CacheMismatchError(
+            f"the cache in {root} does not match this run:\n  " + "\n  ".join(diffs)
+            + f"\nRebuild it with:\n  {cache_command_line(cfg, modalities)}", diffs)
+    states, present = {}, {}
+    for m in modalities:
+        states[m] = np.load(root / m / STATES, mmap_mode="r" if mmap else None)
+        present[m] = np.load(root / m / PRESENT)
+        shape = list(manifests[m]["shape"])
+        if list(states[m].shape) != shape or present[m].shape != (shape[0],):
+            raise CacheError(f"{root / m}: arrays of shape {states[m].shape} and {present[m].shape} do not match "
+                             f"the manifest's {shape}; rebuild the cache")
+    return TensorFeatures(states, present)
+
+
+def open_features(cfg: Config, data: Any, modalities: list[str], device: Any = "cpu") -> Any:
+    """The feature source of a run: the cache (in memory when it fits ``cache.memory_limit_gb``) or live."""
+    if not cfg.cached:
+        from crossan.cache.features import LiveFeatures
+        from crossan.encoders.factory import build_encoders
+
+        return LiveFeatures(build_encoders(cfg, modalities, device), data.catalogue, data.item_ids,
+                            batch_size=cfg.encoders.batch_size, on_corrupt=cfg.cache.on_corrupt)
+    size = 0
+    for m in modalities:
+        manifest = read_manifest(cache_root(cfg, data) / m) or {}
+        size += int(np.prod(manifest.get("shape", [0]))) * 2  # float16
+    if size <= cfg.cache.memory_limit_gb * 2**30:
+        return open_cache(cfg, data, modalities, mmap=False).to_memory(device if cfg.cache.on_device else "cpu")
+    return open_cache(cfg, data, modalities)

@@ -1,0 +1,210 @@
+"""Build plans and work areas: which rows a (shard of a) build covers, and the resumable folder it fills.
+
+Rows ``1..N`` are encoded in batches of ``encoders.batch_size``; shards take contiguous runs of whole
+batches. A :class:`WorkArea` preallocates the state arrays as memmaps and marks each batch done once its
+rows are flushed, so an interrupted build resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crossan.cache.layout import COMPLETE, CORRUPT, DONE, MANIFEST, PLAN, PRESENT, STATES
+from crossan.cache.manifest import jsonable, write_json
+from crossan.utils import atomic_write
+
+
+def batch_ranges(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """Row ranges ``[a, b)`` of the batches over rows 1..n."""
+    if batch_size < 1:
+        raise ValueError(f"encoders.batch_size must be at least 1, got {batch_size}")
+    return [(a, min(n + 1, a + batch_size)) for a in range(1, n + 1, batch_size)]
+
+
+def shard_span(n: int, batch_size: int, shard: int, num_shards: int) -> tuple[int, int, list[int]]:
+    """Rows ``[lo, hi)`` and batch indices of shard ``shard`` of ``num_shards`` (shard 0 holds row 0)."""
+    if num_shards < 1 or not 0 <= shard < num_shards:
+        raise ValueError(f"shard {shard} is not in 0..{num_shards - 1}")
+    ranges = batch_ranges(n, batch_size)
+    nb = len(ranges)
+    first, last = shard * nb // num_shards, (shard + 1) * nb // num_shards
+    lo = 0 if shard == 0 else (ranges[first][0] if first < nb else n + 1)
+    hi = ranges[last - 1][1] if last > first else (1 if shard == 0 else lo)
+    return lo, hi, list(range(first, last))
+
+
+@dataclass
+class ModalityReport:
+    """What a build did for one modality."""
+
+    modality: str
+    path: str
+    status: str
+    """``built``, ``up to date``, ``shard built`` or ``joined``."""
+    num_items: int = 0
+    num_present: int = 0
+    num_missing: int = 0
+    num_corrupt: int = 0
+    corrupt: list[dict[str, Any]] = field(default_factory=list)
+    """Corrupt files marked missing: ``{"row", "item_id", "path", "reason"}``."""
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        text = f"{self.modality}: {self.status} at {self.path}"
+        if self.num_items:
+            text += f" — {self.num_present}/{self.num_items} items present, {self.num_missing} missing"
+        if self.num_corrupt:
+            text += f", {self.num_corrupt} corrupt files marked missing"
+        if self.seconds:
+            text += f" ({self.seconds:.1f} s)"
+        return text
+
+
+class WorkArea:
+    """A resumable build over rows ``[lo, hi)``: preallocated memmaps plus a per-batch done mask."""
+
+    def __init__(self, path: Path, plan: dict[str, Any], shape: tuple[int, int, int]) -> None:
+        self.path = path
+        self.plan = jsonable(plan)
+        self.lo, self.hi = int(plan["lo"]), int(plan["hi"])
+        self.batches: list[int] = list(plan["batches"])
+        self.shape = shape  # (rows, K, D)
+        self.resumed = False
+        self._open()
+
+    def _open(self) -> None:
+        plan_file = self.path / PLAN
+        if plan_file.is_file() and (self.path / DONE).is_file():
+            try:
+                old = json.loads(plan_file.read_text())
+            except json.JSONDecodeError:
+                old = None
+            if old == self.plan:
+                self.states = np.load(self.path / STATES, mmap_mode="r+")
+                self.present = np.load(self.path / PRESENT, mmap_mode="r+")
+                self.done = np.load(self.path / DONE)
+                self.resumed = True
+                return
+            print(f"discarding the partial build at {self.path}: it was started under other settings")
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        self.path.mkdir(parents=True)
+        rows, k, d = self.shape
+        self.states = np.lib.format.open_memmap(self.path / STATES, mode="w+", dtype=np.float16, shape=(rows, k, d))
+        self.present = np.lib.format.open_memmap(self.path / PRESENT, mode="w+", dtype=np.bool_, shape=(rows,))
+        self.states.flush()
+        self.present.flush()
+        self.done = np.zeros(len(self.batches), dtype=np.bool_)
+        self._save_done()
+        write_json(plan_file, self.plan)
+
+    def _save_done(self) -> None:
+        atomic_write(self.path / DONE, lambda tmp: np.save(tmp, self.done), suffix=".npy")
+
+    @property
+    def complete(self) -> bool:
+        return (self.path / COMPLETE).is_file()
+
+    def pending(self) -> list[int]:
+        """Batch indices (global) not yet written."""
+        return [b for b, done in zip(self.batches, self.done) if not done]
+
+    def rows_done(self, ranges: list[tuple[int, int]]) -> int:
+        return sum(ranges[b][1] - ranges[b][0] for b, done in zip(self.batches, self.done) if done)
+
+    def commit(self, batch: int, rows: tuple[int, int], states: np.ndarray, present: np.ndarray,
+               corrupt: list[dict[str, Any]]) -> None:
+        """Write one batch's rows, flush them, then mark the batch done."""
+        a, b = rows[0] - self.lo, rows[1] - self.lo
+        self.states[a:b] = states.astype(np.float16)
+        self.present[a:b] = present
+        self.states.flush()
+        self.present.flush()
+        if corrupt:
+            with open(self.path / CORRUPT, "a") as f:
+                for entry in corrupt:
+                    f.write(json.dumps(entry, sort_keys=True) + "\n")
+                f.flush()
+        self.done[self.batches.index(batch)] = True
+        self._save_done()
+
+    def corrupt_entries(self) -> list[dict[str, Any]]:
+        return read_corrupt_log(self.path)
+
+    def close(self) -> None:
+        for name in ("states", "present"):
+            arr = getattr(self, name, None)
+            if arr is not None:
+                arr.flush()
+                setattr(self, name, None)
+
+
+def read_corrupt_log(folder: Path) -> list[dict[str, Any]]:
+    """Corrupt files logged in a work folder, one per row (a re-run batch may have logged its rows twice)."""
+    path = folder / CORRUPT
+    if not path.is_file():
+        return []
+    by_row = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            entry = json.loads(line)
+            by_row[entry["row"]] = entry
+    return [by_row[r] for r in sorted(by_row)]
+
+
+def install(src: Path, dst: Path) -> None:
+    """Move a finished folder into place, replacing ``dst`` only now that ``src`` is complete."""
+    old = dst.with_name(dst.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if dst.exists():
+        os.replace(dst, old)
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def counts(present: np.ndarray, corrupt: list[dict[str, Any]]) -> dict[str, Any]:
+    n = len(present) - 1
+    num_present = int(present[1:].sum())
+    return {
+        "num_present": num_present,
+        "num_missing": n - num_present - len(corrupt),
+        "num_corrupt": len(corrupt),
+        "corrupt_items": corrupt,
+    }
+
+
+def finish_single(area: WorkArea, final: Path, base_manifest: dict[str, Any]) -> dict[str, Any]:
+    """Turn a completed single-process work area into the final cache folder."""
+    corrupt = area.corrupt_entries()
+    manifest = base_manifest | counts(np.asarray(area.present), corrupt)
+    area.close()
+    for name in (DONE, CORRUPT, PLAN):
+        (area.path / name).unlink(missing_ok=True)
+    write_json(area.path / MANIFEST, manifest)
+    install(area.path, final)
+    return manifest
+
+
+def report_from_manifest(m: str, folder: Path, status: str, manifest: dict[str, Any]) -> ModalityReport:
+    return ModalityReport(
+        m, str(folder), status, num_items=int(manifest["num_items"]), num_present=int(manifest["num_present"]),
+        num_missing=int(manifest["num_missing"]), num_corrupt=int(manifest["num_corrupt"]),
+        corrupt=list(manifest.get("corrupt_items", [])),
+    )
+
+
+def print_reports(reports: dict[str, ModalityReport]) -> None:
+    for r in reports.values():
+        print(r.summary())
+        for entry in r.corrupt[:10]:
+            print(f"  corrupt, marked missing: item {entry['item_id']!r} {entry['path']}: {entry['reason']}")
+        if len(r.corrupt) > 10:
+            print(f"  … and {len(r.corrupt) - 10} more (listed in the manifest)")

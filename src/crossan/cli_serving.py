@@ -1,0 +1,141 @@
+"""The serving commands of ``crossan``: ``recommend``, ``embed-items`` and ``export``.
+
+Part of the command-line layer (:mod:`crossan.cli` registers them): argument parsing and printing only;
+the work is :mod:`crossan.serve`, :mod:`crossan.coldstart` and :mod:`crossan.export`, imported when a
+command runs, so that ``crossan --help`` loads no model code.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+from crossan.errors import ServeError
+
+
+def read_users_file(path: str | Path) -> list[tuple[str, list[str], int]]:
+    """``user TAB item item …`` lines (the IISAN users.tsv layout) → (user, items, line number)."""
+    from crossan.data.readers import DataError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    out = []
+    seen: dict[str, int] = {}
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        user, sep, rest = line.partition("\t")
+        user = user.strip()
+        if not sep or not user:
+            raise DataError(f"{path}:{lineno}: expected 'user TAB item item …'")
+        if user in seen:
+            raise DataError(f"{path}:{lineno}: user {user!r} appears again (first on line {seen[user]})")
+        seen[user] = lineno
+        items = rest.split()
+        if not items:
+            raise ServeError(f"{path}:{lineno}: user {user!r} has an empty history")
+        out.append((user, items, lineno))
+    if not out:
+        raise DataError(f"{path}: no users")
+    return out
+
+
+def cmd_recommend(args: Any) -> int:
+    from crossan.serve import load_recommender
+    from crossan.utils import atomic_write_text
+
+    if (args.history is None) == (args.users is None):
+        raise ServeError("give either --history ITEM [ITEM …] or --users FILE")
+    if args.k < 1:
+        raise ServeError(f"--k must be at least 1, got {args.k}")
+    if args.users is not None and not args.out:
+        raise ServeError("--users needs --out FILE (the CSV of recommendations)")
+    rec = load_recommender(args.run_dir, device=args.device, data_path=args.run_data)
+    exclude = not args.include_history
+    if args.history is not None:
+        items = rec.recommend(args.history, k=args.k, exclude_history=exclude)
+        w = max([len("item_id")] + [len(r.item_id) for r in items])
+        print(f"{'rank':>4}  {'item_id':<{w}}  {'score':>10}  title")
+        for n, r in enumerate(items, 1):
+            print(f"{n:>4}  {r.item_id:<{w}}  {r.score:>10.4f}  {r.title}")
+        return 0
+    users = read_users_file(args.users)
+    for user, items, lineno in users:  # name file, line and user before scoring anything
+        rec.rows(items, f"{args.users}:{lineno} (user {user!r})")
+    results = rec.recommend_many([h for _, h, _ in users], k=args.k, exclude_history=exclude)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["user", "rank", "item_id", "score", "title"])
+    for (user, _, _), items in zip(users, results):
+        for n, r in enumerate(items, 1):
+            writer.writerow([user, n, r.item_id, f"{r.score:.6g}", r.title])
+    atomic_write_text(args.out, buf.getvalue())
+    print(f"recommendations for {len(users)} users written to {args.out}")
+    return 0
+
+
+def cmd_embed_items(args: Any) -> int:
+    from crossan.coldstart import EXTRA_DIR, embed_items, read_extra_items
+
+    ids = embed_items(args.run_dir, args.data, device=args.device, data_path=args.run_data)
+    total = len(read_extra_items(args.run_dir))
+    print(f"embedded {len(ids)} new items into {Path(args.run_dir) / EXTRA_DIR} ({total} extra items in all)")
+    return 0
+
+
+def cmd_export(args: Any) -> int:
+    from crossan.export import export_run
+
+    out = export_run(args.run_dir, args.out, device=args.device, data_path=args.run_data,
+                     include_extra=not args.no_extra, force=args.force)
+    print(f"exported to {out}")
+    return 0
+
+
+def register(sub: Any) -> None:
+    """Add ``recommend``, ``embed-items`` and ``export`` to the ``crossan`` command's subparsers."""
+
+    def common(p: Any) -> None:
+        p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder (config.yaml, best.safetensors)")
+        p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, …")
+        p.add_argument("--run-data", metavar="PATH",
+                       help="the run's training dataset, when it moved since training (default: data.path of "
+                            "its config.yaml)")
+
+    p = sub.add_parser("recommend", help="top-K items for a history, or for every user of a file",
+                       description="Score every item for a history (item ids, oldest first) with a trained run; "
+                                   "history items are excluded; the user vector reads the last data.max_seq_len "
+                                   "items, exactly as in evaluation. --users scores a file of histories in "
+                                   "batches and writes a CSV (user, rank, item_id, score, title).")
+    common(p)
+    p.add_argument("--history", nargs="+", metavar="ITEM", help="the history's item ids, oldest first")
+    p.add_argument("--users", metavar="FILE", help="TSV of 'user TAB item item …' lines (the users.tsv layout)")
+    p.add_argument("--out", metavar="FILE", help="CSV to write with --users (written atomically)")
+    p.add_argument("--k", type=int, default=10, help="how many items (default 10)")
+    p.add_argument("--include-history", action="store_true", help="let history items be recommended again")
+    p.set_defaults(fn=cmd_recommend)
+
+    p = sub.add_parser("embed-items", help="add new (cold-start) items to a trained run's candidates",
+                       description="Read a catalogue of new items (items.tsv with optional image/video/audio "
+                                   "path columns, relative to its folder), run the run's frozen encoders and "
+                                   "trained item tower over them, and store them in RUN_DIR/extra_items/; "
+                                   "recommend and export then include them. Repeated calls add or replace "
+                                   "items by id. ID-only runs cannot embed new items.")
+    common(p)
+    p.add_argument("--data", required=True, metavar="NEW_CATALOGUE",
+                   help="folder holding items.tsv (and its media), or the items.tsv file")
+    p.set_defaults(fn=cmd_embed_items)
+
+    p = sub.add_parser("export", help="write item embeddings, weights and a description for serving",
+                       description="Write item_embeddings.npy / .safetensors with item_ids.json, "
+                                   "model.safetensors (user encoder + item tower) and export.json into DIR, "
+                                   "loadable without crossan (see docs/serving.md). Written to a temporary "
+                                   "folder and renamed into place.")
+    common(p)
+    p.add_argument("--out", required=True, metavar="DIR", help="export folder (must not exist, unless --force)")
+    p.add_argument("--force", action="store_true", help="replace an existing export folder")
+    p.add_argument("--no-extra", action="store_true", help="leave out the run's extra (cold-start) items")
+    p.set_defaults(fn=cmd_export)

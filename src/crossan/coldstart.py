@@ -1,0 +1,214 @@
+"""Cold start: items that were not in the training catalogue, embedded by a trained run and stored in it.
+
+:func:`embed_items` (``crossan embed-items``) runs the run's frozen encoders and trained item tower over a
+catalogue of new items and stores the result in the run folder::
+
+    RUN_DIR/extra_items/embeddings.safetensors   float32 [E, d] ("embeddings"); metadata: ids, generation
+    RUN_DIR/extra_items/items.json               the items' records (id, title, media paths), generation
+
+:func:`crossan.serve.load_recommender` appends them to the item table (rows N+1 … N+E), so they are
+candidates and may appear in histories. A tower embeds new content in one of two ways:
+
+* a content tower (:class:`~crossan.towers.content.ContentTower`: frozen, IISAN, CROSSAN, …) reads its
+  :class:`~crossan.cache.features.FeatureSource`; for new items the source is swapped for
+  :class:`~crossan.cache.features.LiveFeatures` over the new catalogue with the run's encoders;
+* any other tower may implement ``embed_content(records: list[ItemRecord], catalogue: Catalogue) ->
+  Tensor [E, dim]`` (e.g. end-to-end towers that run their own backbone on raw media).
+
+A method without content (its row in :mod:`crossan.methods` neither reads the cache nor runs a backbone:
+the ID tower) is refused with a clear error. Both files are written atomically and carry one generation
+id, so a torn pair is detected; a failed command leaves the run folder as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+import crossan
+from crossan.config import Config
+from crossan.errors import ServeError
+from crossan.methods import get_method
+from crossan.runs import WEIGHTS, check_run_folder, load_run
+from crossan.utils import atomic_save_safetensors, atomic_write_json, file_sha256, resolve_device
+
+EXTRA_DIR = "extra_items"
+EXTRA_EMBEDDINGS = "embeddings.safetensors"
+EXTRA_ITEMS = "items.json"
+
+
+# --------------------------------------------------------------------------------------------- stored items
+@dataclass
+class ExtraItems:
+    """Cold-start items stored in a run folder (see the module docstring)."""
+
+    ids: list[str] = field(default_factory=list)
+    records: list[dict[str, Any]] = field(default_factory=list)
+    embeddings: torch.Tensor | None = None
+    weights_sha256: str = ""
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def read_extra_items(run_dir: str | Path) -> ExtraItems:
+    """The run's stored extra items (empty when it has none); checks the two files agree."""
+    folder = Path(run_dir) / EXTRA_DIR
+    emb_path, items_path = folder / EXTRA_EMBEDDINGS, folder / EXTRA_ITEMS
+    if not emb_path.is_file() and not items_path.is_file():
+        return ExtraItems()
+    for p in (emb_path, items_path):
+        if not p.is_file():
+            raise ServeError(f"{folder}: {p.name} is missing (interrupted write?); rerun crossan embed-items")
+    try:
+        with safe_open(str(emb_path), framework="pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(emb_path))
+        info = json.loads(items_path.read_text())
+    except Exception as e:  # noqa: BLE001
+        raise ServeError(f"{folder}: cannot read the extra items ({e}); rerun crossan embed-items") from None
+    ids = json.loads(meta.get("item_ids", "[]"))
+    records = info.get("items", [])
+    if (meta.get("generation") != info.get("generation") or ids != [r.get("item_id") for r in records]
+            or "embeddings" not in tensors or tensors["embeddings"].shape[0] != len(ids)):
+        raise ServeError(f"{folder}: {EXTRA_EMBEDDINGS} and {EXTRA_ITEMS} do not match (interrupted write?); "
+                         "rerun crossan embed-items")
+    return ExtraItems(ids, records, tensors["embeddings"].float(), info.get("weights_sha256", ""))
+
+
+def _write_extra_items(run_dir: Path, extra: ExtraItems, cfg: Config) -> None:
+    folder = run_dir / EXTRA_DIR
+    folder.mkdir(exist_ok=True)
+    generation = uuid.uuid4().hex
+    atomic_save_safetensors({"embeddings": extra.embeddings.detach().float().contiguous().cpu()},
+                            folder / EXTRA_EMBEDDINGS,
+                            metadata={"crossan_version": crossan.__version__, "generation": generation,
+                                      "item_ids": json.dumps(extra.ids)})
+    atomic_write_json(folder / EXTRA_ITEMS, {
+        "crossan_version": crossan.__version__,
+        "generation": generation,
+        "method": cfg.method,
+        "modalities": cfg.modalities,
+        "dim": int(extra.embeddings.shape[1]),
+        "weights_sha256": extra.weights_sha256,
+        "items": extra.records,
+    })
+
+
+# --------------------------------------------------------------------------------------------- embedding
+def read_new_catalogue(path: str | Path) -> Any:
+    """The catalogue of new items: a folder holding ``items.tsv``, or the ``items.tsv`` file itself (media
+    paths relative to its folder; see :func:`crossan.data.readers.read_items_tsv`)."""
+    from crossan.config import DataConfig
+    from crossan.data.readers import DataError, _Problems, read_items_tsv
+
+    p = Path(path).expanduser()
+    items_tsv = p / "items.tsv" if p.is_dir() else p
+    if not items_tsv.exists():
+        raise DataError(f"{items_tsv}: file not found (expected a folder with items.tsv, or an items.tsv file)")
+    catalogue = read_items_tsv(items_tsv, _Problems(DataConfig()))
+    if len(catalogue) == 0:
+        raise DataError(f"{items_tsv}: no items")
+    return catalogue
+
+
+def _embed_new(model: Any, cfg: Config, catalogue: Any, ids: list[str], device: torch.device) -> torch.Tensor:
+    """Embeddings [E, d] of catalogue items ``ids`` by the run's item tower (see the module docstring)."""
+    from crossan.cache.features import LiveFeatures
+    from crossan.towers.content import ContentTower
+
+    tower = model.tower
+    if hasattr(tower, "embed_content"):
+        with torch.no_grad():
+            return tower.embed_content([catalogue[i] for i in ids], catalogue).float()
+    if not isinstance(tower, ContentTower):
+        raise ServeError(f"method={cfg.method}: its item tower ({type(tower).__name__}) cannot embed new content "
+                         "(it neither reads a feature source nor implements embed_content)")
+    from crossan.encoders.factory import build_encoders
+
+    modalities = list(tower.modalities)
+    old = tower.features
+    if isinstance(old, LiveFeatures) and all(m in old.encoders for m in modalities):
+        encoders = {m: old.encoders[m] for m in modalities}
+    else:
+        encoders = build_encoders(cfg, modalities, device)
+    for m, e in encoders.items():  # the new source must give states the trained tower was built for
+        if e.hidden_size != tower.dims[m] or e.num_taps != tower.num_taps:
+            raise ServeError(f"the {m} encoder of {cfg.encoders.preset!r} now gives {e.num_taps} taps of width "
+                             f"{e.hidden_size}; the run was trained on {tower.num_taps} of width {tower.dims[m]}")
+    live = LiveFeatures(encoders, catalogue, [""] + ids, batch_size=cfg.encoders.batch_size,
+                        on_corrupt=cfg.cache.on_corrupt)
+    rows = torch.arange(1, len(ids) + 1, device=device)
+    object.__setattr__(tower, "features", live)
+    try:
+        with torch.no_grad():
+            parts = [tower(chunk).float() for chunk in rows.split(cfg.eval.batch_size)]
+    finally:
+        object.__setattr__(tower, "features", old)
+    return torch.cat(parts)
+
+
+def embed_items(run_dir: str | Path, new_catalogue: str | Path, device: str = "auto",
+                data_path: str | None = None) -> list[str]:
+    """Embed the items of ``new_catalogue`` with the run's encoders and item tower and store them as extra
+    candidates of the run (added, or replaced by id). Returns the ids embedded.
+
+    Refuses ID-only runs, ids that are training items of the run, and items with none of the run's
+    modalities. Nothing is written unless every item was embedded.
+    """
+    run_dir = Path(run_dir)
+    cfg = check_run_folder(run_dir)
+    if not get_method(cfg.method).has_content:
+        raise ServeError(f"{run_dir}: method={cfg.method} learns one vector per training item and has no content "
+                         "to embed a new item from; train a content method (frozen, iisan, crossan, …) for cold "
+                         "start")
+    catalogue = read_new_catalogue(new_catalogue)
+    ids = catalogue.ids()
+    empty = [i for i in ids if not any(catalogue[i].has(m) for m in cfg.modalities)]
+    if empty:
+        raise ServeError(f"{catalogue.source}: items {empty[:10]} have none of the run's modalities "
+                         f"({', '.join(cfg.modalities)}); there is nothing to embed them from")
+    existing = read_extra_items(run_dir)
+    sha = file_sha256(run_dir / WEIGHTS)
+    if len(existing) and existing.weights_sha256 != sha:
+        raise ServeError(f"{run_dir / EXTRA_DIR}: the stored extra items were embedded with other weights than "
+                         f"best.safetensors; remove {run_dir / EXTRA_DIR} and embed them again")
+    dev = str(resolve_device(device))
+    cfg, data, model = load_run(run_dir, dev, data_path, cfg=cfg)
+    train_ids = set(data.item_ids[1:])
+    clash = [i for i in ids if i in train_ids]
+    if clash:
+        raise ServeError(f"{catalogue.source}: item ids {clash[:10]}{' …' if len(clash) > 10 else ''} are training "
+                         "items of the run; give new items new ids")
+    emb = _embed_new(model, cfg, catalogue, ids, torch.device(dev)).cpu()
+    records = []
+    for i in ids:
+        r = catalogue[i]
+        rec: dict[str, Any] = {"item_id": i, "title": r.text}
+        for m in ("image", "video", "audio"):
+            p = catalogue.path(r, m)
+            rec[m] = None if p is None else str(p.resolve())
+        rec["source"] = str(Path(catalogue.source).resolve()) if catalogue.source else ""
+        records.append(rec)
+    # merge: replace by id in place, append the rest
+    merged_ids = list(existing.ids)
+    merged_records = list(existing.records)
+    merged_emb = [existing.embeddings[j] for j in range(len(existing))] if len(existing) else []
+    pos = {item: j for j, item in enumerate(merged_ids)}
+    for j, i in enumerate(ids):
+        if i in pos:
+            merged_records[pos[i]], merged_emb[pos[i]] = records[j], emb[j]
+        else:
+            pos[i] = len(merged_ids)
+            merged_ids.append(i)
+            merged_records.append(records[j])
+            merged_emb.append(emb[j])
+    _write_extra_items(run_dir, ExtraItems(merged_ids, merged_records, torch.stack(merged_emb), sha), cfg)
+    return ids
