@@ -384,3 +384,14 @@ def test_report_line_says_which_encoders_are_pretrained() -> None:
     assert pretrained_summary("offline") == (
         "text all-MiniLM-L6-v2: pretrained; image EfficientNet-Lite0 (ImageNet): pretrained; "
         "video EfficientNet-Lite0 (ImageNet) per frame: pretrained; audio Whisper tiny.en encoder: pretrained")
+
+
+def test_whisper_features_ignore_autocast() -> None:
+    """The cache builder runs encoders under bf16 autocast; Whisper's torch spectrogram must stay fp32."""
+    encoder = build_encoder("audio", WHISPER)
+    wave = [sine(440.0, 16000, 0.5)]
+    plain = encoder.process(wave)["input_features"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = encoder.process(wave)["input_features"]
+    assert under.dtype == torch.float32
+    torch.testing.assert_close(under, plain, rtol=0, atol=0)

@@ -138,9 +138,12 @@ class AudioEncoder(ModalityEncoder):
     def process(self, media: list[Any]) -> dict[str, torch.Tensor]:
         waves = [np.asarray(m, dtype=np.float32) for m in media]
         if self.family == "whisper":
-            out = self.extractor(
-                waves, sampling_rate=self.sample_rate, return_tensors="pt", return_attention_mask=True
-            )
+            # the extractor computes its spectrogram with torch when torch is present: keep it out of any
+            # autocast region the caller runs in (bf16 would change the features and cannot become numpy)
+            with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+                out = self.extractor(
+                    waves, sampling_rate=self.sample_rate, return_tensors="pt", return_attention_mask=True
+                )
             frames = out["attention_mask"].bool()
             return {"input_features": out["input_features"], POOL_MASK: frames[:, ::2]}
         assert self.fbank is not None
