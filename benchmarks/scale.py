@@ -21,6 +21,10 @@ Timed, each once:
     python benchmarks/scale.py --out bench_out/scale          # generate (once) + time everything
     python benchmarks/scale.py --out bench_out/scale --skip-model  # data side only
 
+Wall seconds and process CPU seconds are both recorded (torch uses up to two threads, so CPU seconds can
+exceed wall seconds on an idle machine; on a shared one wall seconds grow with the load, recorded as the
+load average before and after).
+
 Writes ``results.json`` and ``results.csv`` into ``--out`` (and, with ``--results NAME``, copies them to
 ``benchmarks/results/NAME.{json,csv}``) and prints a table.
 """
@@ -77,8 +81,9 @@ def _ensure_data(folder: Path, users: int, items: int, seed: int) -> tuple[dict[
     return sizes, time.perf_counter() - t0
 
 
-def _time_data_stats(folder: Path) -> tuple[float, float, str]:
-    """Wall seconds and peak RSS (MiB) of ``crossan data stats`` in a fresh process, and its output."""
+def _time_data_stats(folder: Path) -> tuple[float, float, float, str]:
+    """Wall seconds, peak RSS (MiB) and CPU seconds of ``crossan data stats`` in a fresh process, and its
+    output."""
     exe = Path(sys.executable).with_name("crossan")
     cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "crossan"]
     t0 = time.perf_counter()
@@ -86,8 +91,8 @@ def _time_data_stats(folder: Path) -> tuple[float, float, str]:
     secs = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"crossan data stats failed: {proc.stderr.strip()}")
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # Linux: KiB, largest child so far
-    return secs, peak_kib / 1024, proc.stdout
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # Linux: ru_maxrss in KiB, largest child so far
+    return secs, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime, proc.stdout
 
 
 def _model_rows(data, args) -> list[dict]:  # noqa: ANN001 - SequentialData
@@ -115,14 +120,15 @@ def _model_rows(data, args) -> list[dict]:  # noqa: ANN001 - SequentialData
         loss.backward()
         opt.step()
     steps = batches[5:5 + args.train_steps] if args.train_steps else batches
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for idx in steps:  # the trainer's step: loss, backward, Adam
         loss = model(inputs[idx], targets[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    train_s = time.perf_counter() - t0
+    train_s, train_cpu = time.perf_counter() - t0, time.process_time() - c0
     rows = [{"stage": "id epoch", "seconds": train_s * full_steps / len(steps), "measured_s": train_s,
+             "cpu_s": train_cpu * full_steps / len(steps),
              "measured": f"{len(steps)} of {full_steps} steps", "extrapolated": len(steps) < full_steps,
              "peak_rss_mib": None, "loss": float(loss.detach())}]
 
@@ -130,13 +136,14 @@ def _model_rows(data, args) -> list[dict]:  # noqa: ANN001 - SequentialData
     users = data.num_users if not args.eval_users else min(args.eval_users, data.num_users)
     with torch.no_grad():
         table = model.tower.embed_all(args.eval_batch)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         ranks = rank_split(lambda x: model.user_vectors(x, table), table, data.test.inputs[:users],
                            data.test.targets[:users], data.test.history[:users], args.eval_batch, True)
-        eval_s = time.perf_counter() - t0
+        eval_s, eval_cpu = time.perf_counter() - t0, time.process_time() - c0
     metrics = mean_metrics(ranks, [10])
     score_bytes = args.eval_batch * (n + 1) * 4
     rows.append({"stage": "evaluation (test)", "seconds": eval_s * data.num_users / users, "measured_s": eval_s,
+                 "cpu_s": eval_cpu * data.num_users / users,
                  "measured": f"{users:,} of {data.num_users:,} users", "extrapolated": users < data.num_users,
                  "peak_rss_mib": None, "batch_scores_mib": round(score_bytes / 2**20, 1),
                  "HR@10_untrained": round(metrics["HR@10"], 5)})
@@ -168,8 +175,10 @@ def main() -> None:
               f"interactions in {gen_s:.1f} s → {folder}", flush=True)
 
     rows: list[dict] = []
-    secs, rss, stats_out = _time_data_stats(folder)  # first: the only child, so its peak is its own
-    rows.append({"stage": "crossan data stats", "seconds": secs, "measured_s": secs, "measured": "whole command",
+    load_before = os.getloadavg()
+    secs, rss, cpu, stats_out = _time_data_stats(folder)  # first: the only child, so its peak is its own
+    rows.append({"stage": "crossan data stats", "seconds": secs, "measured_s": secs, "cpu_s": cpu,
+                 "measured": "whole command",
                  "extrapolated": False, "peak_rss_mib": round(rss, 1)})
     print(stats_out, flush=True)
 
@@ -177,16 +186,16 @@ def main() -> None:
     from crossan.data import apply_protocol, read
 
     cfg = DataConfig(path=str(folder))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     raw = read(cfg)
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     data = apply_protocol(raw, cfg, root=folder)
-    t2 = time.perf_counter()
+    t2, c2 = time.perf_counter(), time.process_time()
     del raw
     rows.insert(0, {"stage": "read (items.tsv + users.tsv)", "seconds": t1 - t0, "measured_s": t1 - t0,
+                    "cpu_s": c1 - c0, "measured": "in process", "extrapolated": False, "peak_rss_mib": None})
+    rows.insert(1, {"stage": "protocol", "seconds": t2 - t1, "measured_s": t2 - t1, "cpu_s": c2 - c1,
                     "measured": "in process", "extrapolated": False, "peak_rss_mib": None})
-    rows.insert(1, {"stage": "protocol", "seconds": t2 - t1, "measured_s": t2 - t1, "measured": "in process",
-                    "extrapolated": False, "peak_rss_mib": None})
     if not args.skip_model:
         import torch
 
@@ -197,16 +206,17 @@ def main() -> None:
         threads, torch_version = os.cpu_count(), None
     meta = {"machine": f"CPU {platform.machine()} ({os.cpu_count()} cores), {platform.system()}",
             "python": platform.python_version(), "torch": torch_version, "threads": threads,
-            "state": args.state, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "state": args.state, "load_average_before": [round(v, 2) for v in load_before],
+            "load_average_after": [round(v, 2) for v in os.getloadavg()], "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "users": sizes["users"], "items": sizes["items"], "interactions": sizes["interactions"],
             "users_after_protocol": data.num_users, "items_after_protocol": data.num_items,
             "process_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:])}
     for r in rows:
-        r["seconds"] = round(r["seconds"], 2)
-        r["measured_s"] = round(r["measured_s"], 2)
+        for key in ("seconds", "measured_s", "cpu_s"):
+            r[key] = round(r[key], 2)
     (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    fields = ["stage", "seconds", "measured_s", "measured", "extrapolated", "peak_rss_mib"]
+    fields = ["stage", "seconds", "cpu_s", "measured_s", "measured", "extrapolated", "peak_rss_mib"]
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
@@ -218,11 +228,12 @@ def main() -> None:
         (dest / f"{args.results}.csv").write_text((out / "results.csv").read_text())
     print(f"\n{meta['machine']}, {meta['state']} machine, {meta['date']}; {sizes['users']:,} users, "
           f"{sizes['items']:,} items, {sizes['interactions']:,} interactions")
-    print(f"{'stage':30} {'seconds':>9} {'peak RSS MiB':>13}  measured")
+    print(f"load average before/after: {meta['load_average_before']} / {meta['load_average_after']}")
+    print(f"{'stage':30} {'wall s':>9} {'CPU s':>9} {'peak RSS MiB':>13}  measured")
     for r in rows:
         rss_s = f"{r['peak_rss_mib']:,.0f}" if r["peak_rss_mib"] else ""
         note = r["measured"] + (" (extrapolated)" if r["extrapolated"] else "")
-        print(f"{r['stage']:30} {r['seconds']:>9.2f} {rss_s:>13}  {note}")
+        print(f"{r['stage']:30} {r['seconds']:>9.2f} {r['cpu_s']:>9.2f} {rss_s:>13}  {note}")
 
 
 if __name__ == "__main__":
