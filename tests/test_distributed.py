@@ -27,14 +27,20 @@ def torchrun(args: list[str], nproc: int = 2, timeout: int = 240) -> subprocess.
 def test_two_process_training_and_exact_evaluation(small_data: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     torchrun(["-m", "crossan", "train", "--data", str(small_data), "--out", str(out), "--quiet", "device=cpu",
-              "train.epochs=2", "train.batch_size=32", "eval.batch_size=16"])
+              "train.epochs=4", "train.batch_size=32", "eval.batch_size=16"])
     res = json.loads((out / "results.json").read_text())
     assert res["world_size"] == 2 and res["best_epoch"] >= 1
     # the checkpoint loads and evaluates in a single process, with exactly the metrics the 2 ranks computed
     single = rescore(out, device="cpu")
     assert single["test"] == res["test"]
     assert single["valid"] == res["valid"]
-    assert res["test"]["HR@10"] > 0.2  # it learned something on the structured toy data
+    # it learned: well above the same model untrained (one process, 4 epochs: NDCG@10 0.149 vs 0.056)
+    from crossan.config import load_config
+    from crossan.trainer import train
+
+    untrained = train(load_config([], [f"data.path={small_data}", "device=cpu", "train.epochs=0"]),
+                      tmp_path / "untrained", progress=False)
+    assert res["test"]["NDCG@10"] > 2 * untrained["test"]["NDCG@10"]
 
 
 def test_resume_needs_the_same_world_size(small_data: Path, tmp_path: Path) -> None:

@@ -79,11 +79,26 @@ def test_masked_candidates_do_not_matter() -> None:
     e3 = emb.clone()
     e3[u] = 50 * states[others[0]].mean(0)
     b2 = inbatch_softmax_loss(states, e3, uniq, iidx, tidx, keep2, log_pop)
-    assert float(a2) != pytest.approx(float(b2))
+    # a negative made far more attractive than the target raises that user's loss, by about its logit gap
+    assert float(b2) > float(a2) + 10  # measured 2.53 → 26.08
+
+
+def _two_users(counts: list[float]) -> float:
+    """User 0 (input item 1, target 2) against user 1's items 3 and 4 as negatives; all dot products 0, so
+    the loss is log Σ_j exp(−log c_j) + log c_2 = log(c_2 · Σ_j 1/c_j) over the candidates j ∈ {2, 3, 4}."""
+    inputs, targets = torch.tensor([[1], [3]]), torch.tensor([[2], [4]])
+    uniq, inv = torch.unique(torch.cat([inputs, targets], 1), return_inverse=True)
+    states, emb = torch.zeros(2, 1, 2), torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
+    valid = torch.tensor([[True], [False]])  # user 0's loss only
+    log_pop = torch.log(torch.tensor(counts, dtype=torch.float))
+    return float(inbatch_softmax_loss(states, emb, uniq, inv[:, :1], inv[:, 1:], valid, log_pop))
 
 
 def test_popularity_correction_lowers_popular_logits() -> None:
-    states, emb, uniq, iidx, tidx, valid, log_pop, *_ = _case(4)
-    a = inbatch_softmax_loss(states, emb, uniq, iidx, tidx, valid, torch.zeros_like(log_pop))
-    b = inbatch_softmax_loss(states, emb, uniq, iidx, tidx, valid, log_pop)
-    assert float(a) != pytest.approx(float(b))
+    # known values: equal counts → log 3; popular negatives (count 10) count less → log(1 · (1 + 0.1 + 0.1));
+    # a popular target is lowered itself → log(10 · (0.1 + 1 + 1))
+    assert _two_users([1, 1, 1, 1]) == pytest.approx(math.log(3), rel=1e-6)
+    assert _two_users([1, 1, 10, 10]) == pytest.approx(math.log(1.2), rel=1e-5)
+    assert _two_users([1, 10, 1, 1]) == pytest.approx(math.log(21), rel=1e-6)
+    # item 1 is user 0's own input: not a candidate, its count changes nothing
+    assert _two_users([1000, 1, 10, 10]) == pytest.approx(math.log(1.2), rel=1e-5)

@@ -67,6 +67,7 @@ def test_missing_modalities_flow_through_training(tiny_cached, tmp_path: Path) -
     assert all(torch.isfinite(torch.tensor(list(res["test"].values()))))
 
 
+@pytest.mark.subprocess
 def test_suite_table_reports_failures_and_counts(tiny_cached, tmp_path: Path) -> None:
     suite_file = tmp_path / "s.yaml"
     suite_file.write_text(

@@ -17,20 +17,27 @@ def plot_all(rows: list[dict[str, Any]], out: Path) -> list[str]:
     """Write every figure that the rows support; returns their file names (relative to ``out``).
 
     Quality figures show the mean over seeds with its 95% t-interval as error bars, and leave out cost-only
-    runs (capped epochs: their quality is not converged); the cost figure shows every run.
+    runs (capped epochs: their quality is not converged); the cost figure shows every run (its first seed).
     """
     ok = [r for r in rows if r["status"] == "ok"]
     if not ok:
         return []
-    quality = [r for r in ok if not r.get("cost_only") and "test_NDCG@10_mean" in r]
+    quality = quality_rows(ok)
     files = []
     if quality:
         files += [_quality_vs_params(quality, len(ok) - len(quality), out), _metrics_bars(quality, out)]
-    files.append(_cost_bars(ok, out))
+    costed = [r for r in ok if math.isfinite(float(r.get("time_per_epoch_s", math.nan)))]
+    if costed:
+        files.append(_cost_bars(costed, out))
     routers = [r for r in ok if r.get("router_weight")]
     if routers:
         files.append(_router_weights(routers, out))
     return files
+
+
+def quality_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows whose quality may be plotted: finished, converged (not cost only), with a test NDCG@10 mean."""
+    return [r for r in rows if r["status"] == "ok" and not r.get("cost_only") and "test_NDCG@10_mean" in r]
 
 
 def _save(fig: plt.Figure, out: Path, name: str) -> str:
@@ -71,8 +78,7 @@ def _cost_bars(rows: list[dict[str, Any]], out: Path) -> str:
               ("trainable_params", "trainable parameters", 1.0)]
     for ax, (key, label, scale) in zip(axes, series):
         vals = [max(float(r[key]) / scale, 1e-6) for r in rows]
-        yerr = [_err(r, key) / scale for r in rows]
-        ax.bar(range(len(rows)), vals, color="tab:blue", yerr=yerr if any(yerr) else None, capsize=3)
+        ax.bar(range(len(rows)), vals, color="tab:blue")
         ax.set_yscale("log")
         ax.set_xticks(range(len(rows)), names, rotation=45, ha="right", fontsize=8)
         ax.set_title(label + " (log)")

@@ -10,15 +10,20 @@ A suite is a YAML file (or the name of a built-in one in ``crossan/suites/``)::
     overrides: [train.epochs=10] # key=value applied to every run
     seeds: [0, 1, 2]            # training seeds (``--seeds 0,1,2`` overrides); default [0]
     reference: CROSSAN          # every other run is tested against this one (paired, per user)
+    parallel: 1                 # seeds after each run's first one train this many at a time
     runs:
       - {name: ID, method: id, modalities: [text]}
       - {name: CROSSAN, method: crossan, modalities: [text, image], overrides: [crossan.fusion=momef]}
+      - {name: CROSSAN-1, method: crossan, modalities: [text, image], max_seeds: 1}  # the first seed only
 
 Each (run, seed) trains into ``OUT/runs/NAME/seed-S`` in a child process of its own (``train()`` called in a
-spawned interpreter), so that its peak memory is its own (on a CPU: the peak resident memory during the run
-above the process's idle baseline; on a GPU: ``torch.cuda.max_memory_allocated``). A finished (run, seed) is
-reused when the suite is run again; an interrupted one resumes from its checkpoint. A run that fails is kept
-in the table with its error.
+spawned interpreter, :mod:`crossan.reports.children`), so that its peak memory is its own (on a CPU: the
+peak resident memory during the run above the process's idle baseline; on a GPU:
+``torch.cuda.max_memory_allocated``). A run's cost columns (time per epoch, memory) come from its first seed,
+which always trains with nothing else running; with ``parallel: N`` the remaining seeds then train N at a
+time (each with 1/N of the cores), for their quality only. A finished (run, seed) is reused when the suite is
+run again; an interrupted one resumes from its checkpoint; one whose folder holds another configuration is
+refused. A run that fails is kept in the table with its error.
 
 A run whose epochs are capped (``train.max_steps_per_epoch`` > 0) has no converged quality: it is *cost only*
 — trained under the first seed alone, its quality columns left blank and kept off the quality axes.
@@ -26,12 +31,9 @@ A run whose epochs are capped (``train.max_steps_per_epoch`` > 0) has no converg
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 import shutil
-import sys
 import time
-import traceback
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -40,10 +42,10 @@ from typing import Any
 import yaml
 
 from crossan.config import ConfigError, load_config, to_dict
+from crossan.reports.children import cpu_seconds, error_line, run_child, train_parallel
 
-CACHED_METHODS = ("frozen", "iisan", "crossan")
-SUITE_KEYS = {"description", "data", "preset", "overrides", "runs", "seeds", "reference"}
-RUN_KEYS = {"name", "method", "modalities", "overrides"}
+SUITE_KEYS = {"description", "data", "preset", "overrides", "runs", "seeds", "reference", "parallel"}
+RUN_KEYS = {"name", "method", "modalities", "overrides", "max_seeds"}
 
 
 @dataclass
@@ -54,6 +56,8 @@ class RunSpec:
     overrides: list[str] = field(default_factory=list)
     cost_only: bool = False
     """Capped epochs (``train.max_steps_per_epoch`` > 0): its quality is not converged; one seed is enough."""
+    max_seeds: int | None = None
+    """Train under the suite's first ``max_seeds`` seeds only (None: all of them)."""
 
 
 @dataclass
@@ -66,10 +70,13 @@ class Suite:
     runs: list[RunSpec]
     seeds: list[int] = field(default_factory=lambda: [0])
     reference: str | None = None
+    parallel: int = 1
+    """How many seeds after each run's first train at once (each run's first seed always trains alone)."""
 
     def seeds_of(self, run: RunSpec) -> list[int]:
-        """The seeds ``run`` is trained under: all of them, or the first one for a cost-only run."""
-        return self.seeds[:1] if run.cost_only else list(self.seeds)
+        """The seeds ``run`` is trained under: all of them, the first ``max_seeds``, or the first one for a
+        cost-only run."""
+        return self.seeds[:1] if run.cost_only else list(self.seeds[: run.max_seeds])
 
 
 def builtin_suites() -> list[str]:
@@ -114,10 +121,13 @@ def load_suite(name_or_file: str, seeds: str | list[int] | None = None) -> Suite
         extra = set(r) - RUN_KEYS if isinstance(r, dict) else {"?"}
         if extra or "method" not in r:
             raise ConfigError(f"suite {name_or_file}: runs[{i}] needs 'method' and may have name, modalities, "
-                              f"overrides (got {sorted(r) if isinstance(r, dict) else r!r})")
+                              f"overrides, max_seeds (got {sorted(r) if isinstance(r, dict) else r!r})")
         mods = r.get("modalities", ["text"])
+        cap = r.get("max_seeds")
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+            raise ConfigError(f"suite {name_or_file}: runs[{i}].max_seeds must be an integer >= 1 (got {cap!r})")
         runs.append(RunSpec(r.get("name", f"{r['method']}-{'+'.join(mods)}"), r["method"], list(mods),
-                            list(r.get("overrides", []))))
+                            list(r.get("overrides", [])), max_seeds=cap))
     if not runs:
         raise ConfigError(f"suite {name_or_file}: no runs")
     names = [r.name for r in runs]
@@ -129,8 +139,12 @@ def load_suite(name_or_file: str, seeds: str | list[int] | None = None) -> Suite
     suite_seeds = (parse_seeds(seeds) if seeds is not None
                    else parse_seeds(raw.get("seeds", [0]), f"suite {name_or_file}: seeds"))
     reference = raw.get("reference")
+    parallel = raw.get("parallel", 1)
+    if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
+        raise ConfigError(f"suite {name_or_file}: parallel must be an integer >= 1 (got {parallel!r})")
     suite = Suite(name, raw.get("description", ""), str(raw.get("data", "synth:small")), raw.get("preset", "offline"),
-                  list(raw.get("overrides", [])), runs, suite_seeds, None if reference is None else str(reference))
+                  list(raw.get("overrides", [])), runs, suite_seeds, None if reference is None else str(reference),
+                  parallel)
     for r in suite.runs:  # fail early on a bad key, before hours of runs
         cfg = load_config([], run_overrides(suite, r, "x", suite.seeds[0]))
         r.cost_only = cfg.train.max_steps_per_epoch > 0
@@ -150,78 +164,6 @@ def run_overrides(suite: Suite, run: RunSpec, data_path: str, seed: int) -> list
             f"modalities=[{','.join(run.modalities)}]", *suite.overrides, *run.overrides, f"seed={seed}"]
 
 
-# --------------------------------------------------------------------------------------------- child processes
-def _child_main(target: str, kwargs: dict[str, Any], log_path: str) -> None:
-    """Entry point of a spawned child: all output to ``log_path``; an error ends it with one
-    ``crossan: error:`` line (and the traceback, when the error is not one of crossan's)."""
-    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-    sys.stdout.reconfigure(line_buffering=True)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        {"train": _train_target, "cache": _cache_target}[target](**kwargs)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except Exception as e:  # noqa: BLE001 - reported as one line to the parent, which keeps going
-        expected = type(e).__module__.startswith("crossan") or isinstance(e, (ValueError, FileNotFoundError))
-        if not expected:
-            traceback.print_exc()
-        print(f"crossan: error: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
-
-
-def _train_target(overrides: list[str], run_dir: str, resume: bool, progress: bool) -> None:
-    from crossan.trainer import train
-
-    train(load_config([], overrides), run_dir, resume=resume, progress=progress)
-
-
-def _cache_target(overrides: list[str], modalities: list[str], progress: bool) -> None:
-    from crossan.cache import build_cache
-    from crossan.data import prepare
-
-    cfg = load_config([], overrides)
-    build_cache(cfg, prepare(cfg.data), modalities, progress=progress)
-
-
-def run_child(target: str, kwargs: dict[str, Any], log_path: Path, show: bool) -> int:
-    """Run ``target`` in a spawned interpreter, its output going to ``log_path`` (and, if ``show``, copied to
-    the terminal as it comes). Returns the child's exit code."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log_path.write_bytes(b"")
-    proc = mp.get_context("spawn").Process(target=_child_main, args=(target, kwargs, str(log_path)))
-    proc.start()
-    try:
-        with open(log_path, "rb") as log:
-            while True:
-                alive = proc.is_alive()
-                chunk = log.read()
-                if chunk and show:
-                    sys.stdout.buffer.write(chunk)
-                    sys.stdout.flush()
-                if not alive and not chunk:
-                    break
-                if not chunk:
-                    time.sleep(0.2)
-        proc.join()
-    finally:
-        if proc.is_alive():  # the parent was interrupted: do not leave the child training
-            proc.terminate()
-            proc.join()
-    return int(proc.exitcode or 0)
-
-
-def error_line(log_path: Path) -> str:
-    """The child's error message on one line (from its last ``crossan: error:`` line on), or its last line."""
-    lines = log_path.read_text(errors="replace").strip().splitlines() if log_path.is_file() else []
-    starts = [i for i, ln in enumerate(lines) if ln.startswith("crossan: error:")]
-    if starts:
-        return " ".join(ln.strip() for ln in lines[starts[-1]:] if ln.strip())
-    return lines[-1] if lines else "(no output)"
-
-
 # --------------------------------------------------------------------------------------------- running
 def resolve_data(spec: str, out: Path) -> Path:
     """A dataset folder, generating the built-in data for ``synth:SIZE[:SEED]`` (in a folder named after the
@@ -238,7 +180,9 @@ def resolve_data(spec: str, out: Path) -> Path:
 
 def ensure_cache(suite: Suite, data: Path, out: Path, progress: bool = True) -> float:
     """Build the layer-state cache for every modality a cached run needs (once). Returns seconds spent."""
-    mods = sorted({m for r in suite.runs if r.method in CACHED_METHODS for m in r.modalities})
+    from crossan.methods import cache_methods
+
+    mods = sorted({m for r in suite.runs if r.method in cache_methods() for m in r.modalities})
     if not mods:
         return 0.0
     t0 = time.perf_counter()
@@ -265,41 +209,58 @@ def config_changes(run_dir: Path, overrides: list[str]) -> list[str]:
     return diff(saved, now, "")
 
 
-def train_one(suite: Suite, run: RunSpec, seed: int, data: Path, out: Path, resume: bool, progress: bool,
-              label: str) -> dict[str, Any]:
-    """Train (or reuse) one (run, seed); returns ``{"seed", "dir", "status", "error"?, "wall_s"}``."""
+def _job(suite: Suite, run: RunSpec, seed: int, data: Path, out: Path, resume: bool, label: str
+         ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The record of one (run, seed) and the arguments to train it (None: reused, or refused)."""
     run_dir = out / "runs" / run.name / f"seed-{seed}"
     log_path = out / "runs" / run.name / f"seed-{seed}.log"
     overrides = run_overrides(suite, run, str(data), seed)
-    rec: dict[str, Any] = {"seed": seed, "dir": str(run_dir), "log": str(log_path), "status": "ok"}
-    t0 = time.perf_counter()
+    rec: dict[str, Any] = {"seed": seed, "dir": str(run_dir), "log": str(log_path), "status": "ok", "label": label,
+                           "t0": time.perf_counter(), "wall_s": 0.0}
     if not resume and run_dir.exists():
         shutil.rmtree(run_dir)  # --fresh: this suite's own output folder for this (run, seed)
-    finished = (run_dir / "results.json").is_file()
     if (run_dir / "config.yaml").is_file():
         changed = config_changes(run_dir, overrides)
         if changed:
-            rec.update(status="failed", error=f"{run_dir} holds a run with another configuration ({'; '.join(changed[:3])}); "
-                                              "pass --fresh to retrain it or choose another --out")
-            print(f"[suite]   FAILED: {rec['error']}", flush=True)
-            return rec
-    if finished:
+            rec.update(status="failed", error=f"{run_dir} holds a run with another configuration "
+                                              f"({'; '.join(changed[:3])}); pass --fresh to retrain it or choose "
+                                              "another --out")
+            print(f"[suite] {label}: FAILED: {rec['error']}", flush=True)
+            return rec, None
+    if (run_dir / "results.json").is_file():
         print(f"[suite] {label}: done earlier, reusing {run_dir / 'results.json'}", flush=True)
-    else:
-        again = (run_dir / "config.yaml").is_file()
-        print(f"[suite] {label} ({run.method}, {'+'.join(run.modalities)}, seed {seed})"
-              + (" resuming" if again else ""), flush=True)
-        kwargs = {"overrides": overrides, "run_dir": str(run_dir), "resume": again, "progress": progress}
-        if run_child("train", kwargs, log_path, progress) != 0:
-            rec.update(status="failed", error=error_line(log_path))
-            print(f"[suite]   FAILED: {rec['error']}", flush=True)
-    rec["wall_s"] = round(time.perf_counter() - t0, 1)
+        rec["cpu_s"] = cpu_seconds(log_path)
+        return rec, None
+    again = (run_dir / "config.yaml").is_file()
+    print(f"[suite] {label} ({run.method}, {'+'.join(run.modalities)})" + (" resuming" if again else ""), flush=True)
+    return rec, {"overrides": overrides, "run_dir": str(run_dir), "resume": again}
+
+
+def finish_job(rec: dict[str, Any], exitcode: int) -> None:
+    log_path = Path(rec["log"])
+    rec["wall_s"] = round(time.perf_counter() - rec["t0"], 1)
+    rec["cpu_s"] = cpu_seconds(log_path)
+    if exitcode != 0:
+        rec.update(status="failed", error=error_line(log_path))
+        print(f"[suite] {rec['label']}: FAILED: {rec['error']}", flush=True)
+
+
+def train_alone(suite: Suite, run: RunSpec, seed: int, data: Path, out: Path, resume: bool, progress: bool,
+                label: str) -> dict[str, Any]:
+    """Train (or reuse) one (run, seed) with nothing else running (its time and memory are measured)."""
+    rec, kwargs = _job(suite, run, seed, data, out, resume, label)
+    if kwargs is not None:
+        finish_job(rec, run_child("train", {**kwargs, "progress": progress}, Path(rec["log"]), progress))
     return rec
 
 
 def run_suite(suite: Suite, out: Path, resume: bool = True, progress: bool = True) -> list[dict[str, Any]]:
     """Train every (run, seed) of ``suite`` into ``out/runs/NAME/seed-S``, write the table, report and plots,
-    and return one row per run (means over seeds, intervals, the paired test against the reference)."""
+    and return one row per run (means over seeds, intervals, the paired test against the reference).
+
+    Every run's first seed trains alone (its time and memory are the run's cost); with ``parallel`` > 1 the
+    other seeds then train that many at a time.
+    """
     from crossan.reports.table import collect_run, write_outputs
 
     out.mkdir(parents=True, exist_ok=True)
@@ -307,15 +268,32 @@ def run_suite(suite: Suite, out: Path, resume: bool = True, progress: bool = Tru
     data = resolve_data(suite.data, out)
     data_s = time.perf_counter() - t_start
     cache_s = ensure_cache(suite, data, out, progress)
-    jobs = [(run, seed) for run in suite.runs for seed in suite.seeds_of(run)]
+    if suite.parallel > 1:
+        alone = [(run, suite.seeds_of(run)[0]) for run in suite.runs]
+        together = [(run, seed) for run in suite.runs for seed in suite.seeds_of(run)[1:]]
+    else:
+        alone, together = [(run, seed) for run in suite.runs for seed in suite.seeds_of(run)], []
+    n = len(alone) + len(together)
     done: dict[str, list[dict[str, Any]]] = {r.name: [] for r in suite.runs}
-    for i, (run, seed) in enumerate(jobs, 1):
-        done[run.name].append(train_one(suite, run, seed, data, out, resume, progress,
-                                        f"{i}/{len(jobs)} {run.name} seed {seed}"))
-    rows = [collect_run(run, done[run.name]) for run in suite.runs]
+    for i, (run, seed) in enumerate(alone, 1):
+        done[run.name].append(train_alone(suite, run, seed, data, out, resume, progress,
+                                          f"{i}/{n} {run.name} seed {seed}"))
+    t_together = time.perf_counter()
+    if together:
+        print(f"[suite] training the other seeds {suite.parallel} at a time (quality only)", flush=True)
+        jobs = [_job(suite, run, seed, data, out, resume, f"{i}/{n} {run.name} seed {seed}")
+                for i, (run, seed) in enumerate(together, len(alone) + 1)]
+        train_parallel(jobs, suite.parallel, finish_job)
+        for (run, _), (rec, _) in zip(together, jobs):
+            done[run.name].append(rec)
+    rows = [collect_run(run, sorted(done[run.name], key=lambda r: suite.seeds.index(r["seed"])))
+            for run in suite.runs]
     meta = {"suite": suite.name, "description": suite.description, "data": str(data), "preset": suite.preset,
-            "seeds": suite.seeds, "reference": suite.reference, "data_s": round(data_s, 1),
-            "cache_build_s": round(cache_s, 1), "total_s": round(time.perf_counter() - t_start, 1),
+            "seeds": suite.seeds, "reference": suite.reference, "parallel": suite.parallel,
+            "data_s": round(data_s, 1), "cache_build_s": round(cache_s, 1),
+            "alone_s": round(t_together - t_start - data_s - cache_s, 1),
+            "together_s": round(time.perf_counter() - t_together, 1),
+            "total_s": round(time.perf_counter() - t_start, 1),
             "machine": machine_description(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     write_outputs(rows, meta, out)
     return rows

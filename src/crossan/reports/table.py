@@ -62,13 +62,19 @@ def collect_run(run: Any, recs: list[dict[str, Any]]) -> dict[str, Any]:
                 vals = [p["results"][split][k] for p in per_seed if k in p["results"][split]]
                 if vals:
                     row[f"{split}_{k}_mean"], row[f"{split}_{k}_ci95"] = t_interval(vals)
-    times = [p["results"]["train_time_per_epoch_s"] for p in per_seed]
-    row["time_per_epoch_s"], row["time_per_epoch_s_ci95"] = t_interval(times)
-    row["peak_memory_bytes"] = float(np.mean([p["results"]["peak_memory_bytes"] for p in per_seed]))
-    row["peak_memory_kind"] = first.get("peak_memory_kind", "")
+    # cost: the first seed's run, which trained with nothing else running (later seeds may share the machine)
+    cost = first if per_seed[0]["seed"] == recs[0]["seed"] else None
+    if cost is not None:
+        row["time_per_epoch_s"] = cost["train_time_per_epoch_s"]
+        row["peak_memory_bytes"] = cost["peak_memory_bytes"]
+        row["peak_memory_kind"] = cost.get("peak_memory_kind", "")
+        row["eval_time_s"] = cost.get("eval_time_s", math.nan)
+        row["device"] = cost["device"]
+    else:  # the first seed failed: no clean cost measurement
+        row["time_per_epoch_s"] = row["peak_memory_bytes"] = math.nan
     row["trainable_params"], row["total_params"] = first["trainable_params"], first["total_params"]
-    row["eval_time_s"] = float(np.mean([p["results"].get("eval_time_s", math.nan) for p in per_seed]))
-    row["device"] = first["device"]
+    cpu = [r.get("cpu_s") for r in recs]
+    row["cpu_s"] = round(sum(c for c in cpu if c is not None), 1) if any(c is not None for c in cpu) else math.nan
     routers = [(p["results"].get("tower") or {}).get("router_weight") for p in per_seed]
     routers = [r for r in routers if r]
     if routers:
@@ -79,7 +85,7 @@ def collect_run(run: Any, recs: list[dict[str, Any]]) -> dict[str, Any]:
 def add_tpme(rows: list[dict[str, Any]]) -> None:
     """TPME (IISAN): min–max normalise time, parameters and memory over the compared runs;
     TPME = 0.45·t' + 0.10·p' + 0.45·m' (lower is better)."""
-    ok = [r for r in rows if r["status"] == "ok"]
+    ok = [r for r in rows if r["status"] == "ok" and math.isfinite(r["time_per_epoch_s"])]
     if not ok:
         return
 
@@ -147,8 +153,8 @@ def add_paired_tests(rows: list[dict[str, Any]], reference: str | None, resample
 COLUMNS = ["name", "method", "modalities", "status", "cost_only", "seeds",
            *[f"test_{k}_{s}" for k in METRICS for s in ("mean", "ci95")], "valid_NDCG@10_mean", "valid_NDCG@10_ci95",
            "reference", "diff_NDCG@10", "diff_ci95_low", "diff_ci95_high", "p_value", "significant", "best_epochs",
-           "time_per_epoch_s", "time_per_epoch_s_ci95", "peak_memory_bytes", "trainable_params", "total_params",
-           "TPME", "eval_time_s", "wall_s", "peak_memory_kind", "device", "error"]
+           "time_per_epoch_s", "peak_memory_bytes", "trainable_params", "total_params",
+           "TPME", "eval_time_s", "wall_s", "cpu_s", "peak_memory_kind", "device", "error"]
 
 
 def _mib(b: float) -> str:
@@ -186,6 +192,10 @@ def markdown_table(rows: list[dict[str, Any]], reference: str | None = None) -> 
                      + f" | {r['time_per_epoch_s']:.2f} | {_mib(r['peak_memory_bytes'])} | {r['trainable_params']:,} "
                      f"| {r['total_params']:,} | {r.get('TPME', float('nan')):.3f} |")
     return "\n".join(lines)
+
+
+def _num(v: Any) -> str:
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:,.1f}"
 
 
 def _csv_value(v: Any) -> Any:
@@ -246,7 +256,9 @@ def render_report(rows: list[dict[str, Any]], meta: dict[str, Any], table: str, 
         lines += ["**cost only**: epochs capped by `train.max_steps_per_epoch` (time per epoch extrapolated from the "
                   "steps run), so the quality is not converged: it is not reported and these runs are left off the "
                   "quality plots; their own `results.json` keeps the capped figures."]
-    lines += ["Time per epoch counts the training loop only (mean over seeds); peak memory is "
+    lines += ["Cost columns are the first seed's run, which trained with nothing else of the suite running"
+              + (f" (the other seeds trained {meta['parallel']} at a time, for their quality only)"
+                 if meta.get("parallel", 1) > 1 else "") + ". Time per epoch counts the training loop only; peak memory is "
               + ("`torch.cuda.max_memory_allocated`" if any("cuda" in r.get("peak_memory_kind", "") for r in ok)
                  else "the run's peak resident memory above its idle baseline (each run in its own process)")
               + ". TPME = 0.45·time' + 0.10·params' + 0.45·memory' after min–max normalisation (lower is better).", ""]
@@ -260,9 +272,13 @@ def render_report(rows: list[dict[str, Any]], meta: dict[str, Any], table: str, 
         for r in routers:
             lines.append(f"| {r['name']} | " + " | ".join(f"{v:.3f}" for v in r["router_weight"].values()) + " |")
         lines.append("")
-    lines += ["## Time per run", "", "| run | seeds | best epochs | wall time (s) |", "|---|---|---|---:|"]
-    lines += [f"| {r['name']} | {r.get('seeds', '')} | {r.get('best_epochs', '')} | {r['wall_s']} |" for r in rows]
-    lines.append("")
+    lines += ["## Time per run", "", "Wall time depends on what else runs on the machine; CPU time (user + system of "
+              "the run's processes) much less so.", "",
+              "| run | seeds | best epochs | wall time (s) | CPU time (s) |", "|---|---|---|---:|---:|"]
+    lines += [f"| {r['name']} | {r.get('seeds', '')} | {r.get('best_epochs', '')} | {r['wall_s']} | "
+              f"{_num(r.get('cpu_s'))} |" for r in rows]
+    lines += ["", f"Data {meta.get('data_s', 0)} s, cache {meta['cache_build_s']} s, first seeds and cost-only runs "
+              f"{meta.get('alone_s', '?')} s, other seeds {meta.get('together_s', '?')} s (wall).", ""]
     failed = [r for r in rows if r.get("error")]
     if failed:
         lines += ["## Failed runs", ""] + [f"- {r['name']}: {r.get('error', '')} (log: `{r.get('log', '')}`)"

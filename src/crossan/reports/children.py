@@ -1,0 +1,155 @@
+"""Child processes of a suite: every (run, seed) and the cache build run in a spawned interpreter of their own
+(``train()`` / ``build_cache()`` called there, no command line rebuilt), so that a run's peak memory is its own
+and a crash or error stays in its log. A child's output goes to its log file; its last line reports its CPU
+time; an error ends it with one ``crossan: error:`` line; it dies with the suite process (Linux).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from crossan.config import load_config
+
+CPU_LINE = "[suite-child] cpu seconds "
+
+
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGTERM when the suite process dies (a killed suite leaves no run training)."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _child_main(target: str, kwargs: dict[str, Any], log_path: str, threads: int | None) -> None:
+    """Entry point of a spawned child: all output to ``log_path``; an error ends it with one
+    ``crossan: error:`` line (and the traceback, when the error is not one of crossan's). Its CPU time is the
+    log's last line (read by :func:`cpu_seconds`)."""
+    _die_with_parent()
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stdout.reconfigure(line_buffering=True)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    code = 0
+    try:
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        {"train": _train_target, "cache": _cache_target}[target](**kwargs)
+    except KeyboardInterrupt:
+        code = 130
+    except Exception as e:  # noqa: BLE001 - reported as one line to the parent, which keeps going
+        expected = type(e).__module__.startswith("crossan") or isinstance(e, (ValueError, FileNotFoundError))
+        if not expected:
+            traceback.print_exc()
+        print(f"crossan: error: {e}", file=sys.stderr, flush=True)
+        code = 2
+    t = os.times()
+    print(f"\n{CPU_LINE}{t.user + t.system:.2f}", flush=True)
+    sys.exit(code)
+
+
+def _train_target(overrides: list[str], run_dir: str, resume: bool, progress: bool) -> None:
+    from crossan.trainer import train
+
+    train(load_config([], overrides), run_dir, resume=resume, progress=progress)
+
+
+def _cache_target(overrides: list[str], modalities: list[str], progress: bool) -> None:
+    from crossan.cache import build_cache
+    from crossan.data import prepare
+
+    cfg = load_config([], overrides)
+    build_cache(cfg, prepare(cfg.data), modalities, progress=progress)
+
+
+def start_child(target: str, kwargs: dict[str, Any], log_path: Path, threads: int | None = None
+                ) -> mp.process.BaseProcess:
+    """Start ``target`` in a spawned interpreter (``threads``: its torch thread count), output to ``log_path``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.write_bytes(b"")
+    proc = mp.get_context("spawn").Process(target=_child_main, args=(target, kwargs, str(log_path), threads))
+    proc.start()
+    return proc
+
+
+def run_child(target: str, kwargs: dict[str, Any], log_path: Path, show: bool) -> int:
+    """Run ``target`` in a child of its own, its output going to ``log_path`` (and, if ``show``, copied to
+    the terminal as it comes). Returns the child's exit code."""
+    proc = start_child(target, kwargs, log_path)
+    try:
+        with open(log_path, "rb") as log:
+            while True:
+                alive = proc.is_alive()
+                chunk = log.read()
+                if chunk and show:
+                    sys.stdout.buffer.write(chunk)
+                    sys.stdout.flush()
+                if not alive and not chunk:
+                    break
+                if not chunk:
+                    time.sleep(0.2)
+        proc.join()
+    finally:
+        if proc.is_alive():  # the parent was interrupted: do not leave the child training
+            proc.terminate()
+            proc.join()
+    return int(proc.exitcode or 0)
+
+
+def cpu_seconds(log_path: Path) -> float | None:
+    """The CPU time (user + system) the child reported at its end, if it did."""
+    if not log_path.is_file():
+        return None
+    lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln.startswith(CPU_LINE)]
+    return float(lines[-1][len(CPU_LINE):]) if lines else None
+
+
+def error_line(log_path: Path) -> str:
+    """The child's error message on one line (from its last ``crossan: error:`` line on), or its last line."""
+    text = log_path.read_text(errors="replace") if log_path.is_file() else ""
+    lines = [ln for ln in text.strip().splitlines() if not ln.startswith(CPU_LINE) and ln.strip()]
+    starts = [i for i, ln in enumerate(lines) if ln.startswith("crossan: error:")]
+    if starts:
+        return " ".join(ln.strip() for ln in lines[starts[-1]:])
+    return lines[-1] if lines else "(no output)"
+
+
+def train_parallel(jobs: list[tuple[dict[str, Any], dict[str, Any] | None]], parallel: int,
+                   on_done: Callable[[dict[str, Any], int], None]) -> None:
+    """Train ``jobs`` ``parallel`` at a time, each child with its share of the cores as torch threads (their
+    quality is used, not their time: they share the machine)."""
+    threads = max(1, (os.cpu_count() or 1) // parallel)
+    pending = [(rec, kw) for rec, kw in jobs if kw is not None]
+    running: list[tuple[dict[str, Any], mp.process.BaseProcess]] = []
+    try:
+        while pending or running:
+            while pending and len(running) < parallel:
+                rec, kw = pending.pop(0)
+                rec["t0"] = time.perf_counter()
+                running.append((rec, start_child("train", {**kw, "progress": False}, Path(rec["log"]), threads)))
+            time.sleep(0.3)
+            for item in [x for x in running if not x[1].is_alive()]:
+                rec, proc = item
+                proc.join()
+                on_done(rec, int(proc.exitcode or 0))
+                print(f"[suite] {rec['label']}: done in {rec['wall_s']} s", flush=True)
+                running.remove(item)
+    finally:
+        for _, proc in running:  # interrupted: leave no child training
+            if proc.is_alive():
+                proc.terminate()
+            proc.join()

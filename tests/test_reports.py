@@ -1,0 +1,175 @@
+"""Suites over seeds (crossan.reports): the suite file's keys and their errors, TPME by hand, the table's
+columns from real runs, reuse of finished runs, refusal of a changed configuration, refusal to pair runs on
+different splits, and which rows the quality plots may show."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from crossan.cli import main
+from crossan.config import ConfigError
+from crossan.reports.plots import quality_rows
+from crossan.reports.stats import ndcg_at
+from crossan.reports.suite import RunSpec, load_suite
+from crossan.reports.table import add_paired_tests, add_tpme, collect_run
+
+
+def _suite(tmp_path: Path, body: str, name: str = "s.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(body)
+    return path
+
+
+BASE = "description: t\ndata: {data}\npreset: tiny\n"
+
+
+# --------------------------------------------------------------------------------------------- suite files
+def test_seeds_reference_and_cost_only_from_the_suite_file(tmp_path: Path) -> None:
+    f = _suite(tmp_path, "seeds: [3, 1]\nreference: B\nparallel: 2\nruns:\n  - {name: A, method: id}\n"
+                         "  - {name: B, method: id, overrides: [user.dim=32]}\n"
+                         "  - {name: C, method: id, overrides: [train.max_steps_per_epoch=2]}\n")
+    suite = load_suite(str(f))
+    assert suite.seeds == [3, 1] and suite.reference == "B" and suite.parallel == 2
+    assert [r.cost_only for r in suite.runs] == [False, False, True]
+    assert suite.seeds_of(suite.runs[0]) == [3, 1] and suite.seeds_of(suite.runs[2]) == [3]  # cost only: one seed
+    assert load_suite(str(f), seeds="0,1,2").seeds == [0, 1, 2]  # --seeds wins over the file
+    assert load_suite("tiny").reference == "CROSSAN" and len(load_suite("demo").seeds) >= 3
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ("seeds: [0, 0]\nruns: [{name: A, method: id}]\n", "distinct"),
+    ("seeds: [a]\nruns: [{name: A, method: id}]\n", "seeds must be integers"),
+    ("seeds: 3\nruns: [{name: A, method: id}]\n", "seeds must be integers"),
+    ("reference: Z\nruns: [{name: A, method: id}]\n", "reference 'Z' is not one of the runs"),
+    ("reference: A\nruns: [{name: A, method: id, overrides: [train.max_steps_per_epoch=1]}]\n", "is cost only"),
+    ("parallel: 0\nruns: [{name: A, method: id}]\n", "parallel must be an integer"),
+    ("seed: [0]\nruns: [{name: A, method: id}]\n", "unknown keys ['seed']"),
+    ("runs: [{name: a/b, method: id}]\n", "folder names"),
+])
+def test_bad_suite_files_name_the_problem(tmp_path: Path, body: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_suite(str(_suite(tmp_path, body)))
+
+
+def test_bad_seeds_option_is_a_one_line_error(tmp_path: Path, capsys) -> None:
+    f = _suite(tmp_path, "runs: [{name: A, method: id}]\n")
+    assert main(["bench", "--suite", str(f), "--seeds", "0,x", "--out", str(tmp_path / "o")]) == 2
+    assert "--seeds: seeds must be integers" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+# --------------------------------------------------------------------------------------------- table
+def test_tpme_known_values() -> None:
+    rows = [{"status": "ok", "time_per_epoch_s": 1.0, "trainable_params": 100, "peak_memory_bytes": 10.0},
+            {"status": "ok", "time_per_epoch_s": 3.0, "trainable_params": 300, "peak_memory_bytes": 30.0},
+            {"status": "ok", "time_per_epoch_s": 2.0, "trainable_params": 300, "peak_memory_bytes": 10.0},
+            {"status": "failed"}]
+    add_tpme(rows)
+    # min–max: time 0, 1, 0.5; params 0, 1, 1; memory 0, 1, 0
+    assert [r.get("TPME") for r in rows] == [pytest.approx(0.0), pytest.approx(1.0),
+                                            pytest.approx(0.45 * 0.5 + 0.10), None]
+
+
+def test_quality_plots_leave_out_cost_only_and_failed_runs() -> None:
+    rows = [{"name": "A", "status": "ok", "cost_only": False, "test_NDCG@10_mean": 0.1},
+            {"name": "B", "status": "ok", "cost_only": True},
+            {"name": "C", "status": "failed", "cost_only": False}]
+    assert [r["name"] for r in quality_rows(rows)] == ["A"]
+
+
+@pytest.fixture(scope="module")
+def id_suite(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two ID runs (different widths) × two seeds on the small hand-made data, trained through the CLI with
+    the later seed in parallel; and a cost-only run."""
+    from conftest import random_dataset
+
+    root = tmp_path_factory.mktemp("idsuite")
+    data = random_dataset(root / "data", n_users=150)
+    f = _suite(root, BASE.format(data=data) + "seeds: [0]\nreference: Wide\nparallel: 2\n"
+                     "overrides: [train.epochs=3, train.batch_size=32, device=cpu]\n"
+                     "runs:\n  - {name: Narrow, method: id, overrides: [user.dim=16]}\n"
+                     "  - {name: Wide, method: id}\n"
+                     "  - {name: Capped, method: id, overrides: [train.max_steps_per_epoch=1]}\n")
+    out = root / "out"
+    assert main(["bench", "--suite", str(f), "--seeds", "0,1", "--out", str(out)]) == 0
+    return f, out
+
+
+@pytest.mark.subprocess
+def test_seeded_suite_writes_the_columns(id_suite: tuple[Path, Path]) -> None:
+    _, out = id_suite
+    with open(out / "results.csv") as fh:
+        table = {r["name"]: r for r in csv.DictReader(fh)}
+    for col in ("seeds", "test_NDCG@10_mean", "test_NDCG@10_ci95", "test_HR@10_mean", "test_HR@10_ci95", "p_value",
+                "time_per_epoch_s", "peak_memory_bytes", "trainable_params", "TPME"):
+        assert col in table["Wide"], col
+    assert table["Narrow"]["seeds"] == table["Wide"]["seeds"] == "0,1" and table["Capped"]["seeds"] == "0"
+    assert table["Wide"]["p_value"] == "" and table["Capped"]["p_value"] == "" and table["Narrow"]["p_value"] != ""
+    assert sorted(p.name for p in (out / "runs" / "Narrow").iterdir()) == ["seed-0", "seed-0.log", "seed-1",
+                                                                          "seed-1.log"]
+    # the cost columns are the first seed's (trained alone); the second seed ran with 1 thread beside another
+    seed0 = json.loads((out / "runs" / "Narrow" / "seed-0" / "results.json").read_text())
+    seed1 = json.loads((out / "runs" / "Narrow" / "seed-1" / "results.json").read_text())
+    assert float(table["Narrow"]["time_per_epoch_s"]) == pytest.approx(seed0["train_time_per_epoch_s"])
+    assert seed1["device"].endswith("torch threads 1)")
+    # the p-value and difference are those of the paired bootstrap on the runs' own per-user ranks
+    d = []
+    for s in (0, 1):
+        with np.load(out / "runs" / "Narrow" / f"seed-{s}" / "per_user.npz") as a, \
+                np.load(out / "runs" / "Wide" / f"seed-{s}" / "per_user.npz") as b:
+            d.append(ndcg_at(a["test_ranks"]) - ndcg_at(b["test_ranks"]))
+    assert float(table["Narrow"]["diff_NDCG@10"]) == pytest.approx(float(np.mean(d)))
+    report = (out / "report.md").read_text()
+    assert "paired bootstrap" in report and "| Capped | id | text | 0 | cost only | cost only |" in report
+    assert float(table["Narrow"]["cpu_s"]) > 0
+
+
+@pytest.mark.subprocess
+def test_rerun_reuses_finished_runs_and_refuses_a_changed_configuration(id_suite: tuple[Path, Path],
+                                                                         capsys) -> None:
+    f, out = id_suite
+    results = out / "runs" / "Wide" / "seed-1" / "results.json"
+    before = results.stat().st_mtime_ns
+    capsys.readouterr()
+    assert main(["bench", "--suite", str(f), "--seeds", "0,1", "--out", str(out)]) == 0
+    assert results.stat().st_mtime_ns == before and "done earlier, reusing" in capsys.readouterr().out
+    changed = f.parent / "changed.yaml"
+    changed.write_text(f.read_text().replace("train.epochs=3", "train.epochs=4"))
+    assert main(["bench", "--suite", str(changed), "--seeds", "0", "--out", str(out)]) == 1  # every run refused
+    with open(out / "results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert all(r["status"] == "failed" and "another configuration (train.epochs: 3 → 4)" in r["error"] for r in rows)
+    assert results.stat().st_mtime_ns == before
+
+
+@pytest.mark.subprocess
+def test_runs_on_different_splits_are_not_paired(id_suite: tuple[Path, Path], tmp_path: Path) -> None:
+    _, out = id_suite
+    copy = tmp_path / "runs"
+    shutil.copytree(out / "runs", copy)
+    npz = copy / "Narrow" / "seed-1" / "per_user.npz"
+    with np.load(npz) as z:
+        arrays = dict(z)
+    arrays["split_fingerprint"] = np.asarray("0123456789abcdef")  # as if its users or targets were others
+    np.savez(npz, **arrays)
+
+    def recs(name: str) -> list[dict]:
+        return [{"seed": s, "dir": str(copy / name / f"seed-{s}"), "status": "ok", "log": ""} for s in (0, 1)]
+
+    rows = [collect_run(RunSpec("Narrow", "id", ["text"]), recs("Narrow")),
+            collect_run(RunSpec("Wide", "id", ["text"]), recs("Wide"))]
+    add_paired_tests(rows, "Wide", resamples=200)
+    assert "p_value" not in rows[0] and rows[0]["p_value_note"].startswith("not paired: seed 1: split fingerprints")
+    # without the tampering the same rows pair, and identical runs give p = 1 and no difference
+    rows2 = [collect_run(RunSpec("Wide2", "id", ["text"]), recs("Wide")),
+             collect_run(RunSpec("Wide", "id", ["text"]), recs("Wide"))]
+    add_paired_tests(rows2, "Wide", resamples=200)
+    assert rows2[0]["p_value"] == 1.0 and rows2[0]["diff_NDCG@10"] == 0.0 and not rows2[0]["significant"]
+    assert math.isclose(rows2[0]["test_NDCG@10_mean"], rows2[1]["test_NDCG@10_mean"])
