@@ -15,6 +15,16 @@ with ``torch.profiler`` (see ``crossan.utils.cpu_allocation_peak``); the cache i
 
     python benchmarks/side_network_epoch.py --device cuda --out bench_out/gpu
     python benchmarks/side_network_epoch.py --device cpu --users 4000 --items 2000 --out bench_out/cpu
+    python benchmarks/side_network_epoch.py --device cpu --max-steps 30 --rounds 3 --precision fp32,bf16
+
+Shared machines: every (method, M, precision) model is built first, then ``--rounds`` rounds each time
+``--max-steps`` steps of every model in turn, and a model's time is its fastest round (the least disturbed
+by other jobs; CROSSAN and IISAN are timed side by side in every round). The load average before and after
+and the process's CPU time are recorded with the wall times. ``--profile N`` writes a ``torch.profiler``
+table of N steps per model (sorted by self CPU time) to ``profile_<method>_M<M>_<precision>.txt``.
+
+Precision (``--precision``, the run config's ``precision`` key, :mod:`crossan.precision`): the same
+model is timed under each listed setting; ``auto`` is bf16 where the hardware has it.
 
 Quality is not measured here (random states); see ``crossan bench`` for quality and cost side by side.
 """
@@ -25,6 +35,7 @@ import argparse
 import csv
 import gc
 import json
+import os
 import platform
 import time
 from functools import partial
@@ -38,6 +49,7 @@ from crossan.config import load_config
 from crossan.data.catalogue import Catalogue, ItemRecord
 from crossan.data.protocol import apply_protocol
 from crossan.data.readers import RawData
+from crossan.precision import compute_dtype
 from crossan.recommender import Recommender
 from crossan.towers.base import TowerContext, build_tower
 from crossan.trainer import _batches, _num_batches, param_groups, train_epoch
@@ -66,16 +78,24 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--modality-counts", default="2,4")
     ap.add_argument("--methods", default="crossan,iisan")
-    ap.add_argument("--max-steps", type=int, default=0, help="cap steps per epoch (0: full epoch)")
+    ap.add_argument("--precision", default="auto", help="comma-separated settings of `precision` to time")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every model")
+    ap.add_argument("--max-steps", type=int, default=0, help="cap steps per round (0: full epoch)")
+    ap.add_argument("--rounds", type=int, default=1, help="timed rounds per model; the fastest counts")
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    ap.add_argument("--profile", type=int, default=0, metavar="N", help="profile N steps per model")
     ap.add_argument("--cache-on", choices=["device", "host"], default="device",
                     help="where the cache lives on CUDA (host: only each batch's rows go to the GPU)")
     ap.add_argument("--memory-steps", type=int, default=3, help="CPU: steps followed for peak memory")
     ap.add_argument("--seed", type=int, default=12345)
     ap.add_argument("--out", default="bench_out/side_network_epoch")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()
 
     base = load_config([], [f"train.batch_size={args.batch_size}", f"seed={args.seed}"])
     data = apply_protocol(synthetic_sequences(args.users, args.items, args.seed), base.data, name="synthetic")
@@ -88,84 +108,127 @@ def main() -> None:
         present[m][0] = False
     cache_bytes = {m: states[m].numel() * 2 for m in MODS}
     inputs, targets = torch.as_tensor(data.train_inputs), torch.as_tensor(data.train_targets)
-    rows = []
-    for M in [int(x) for x in args.modality_counts.split(",")]:
-        mods = MODS[:M]
-        feats = TensorFeatures({m: states[m] for m in mods}, {m: present[m] for m in mods})
-        for method in args.methods.split(","):
-            cfg = load_config([], [f"method={method}", f"modalities=[{','.join(mods)}]",
-                                   f"train.batch_size={args.batch_size}", f"seed={args.seed}"])
-            torch.manual_seed(args.seed)
-            ctx = TowerContext(cfg, n, data.item_ids, data.catalogue, extras={"features": feats, "device": device})
-            model = Recommender(build_tower(ctx), cfg, torch.as_tensor(data.item_counts)).to(device)
-            opt = torch.optim.Adam(param_groups(model, cfg))
-            trainable, total = count_params(model)
-            batches = _batches(len(inputs), args.batch_size, args.seed, 1)
-            model.train()
-            train_epoch(model, opt, batches[:5], inputs, targets, device, progress=False)  # warm-up
-            if args.max_steps:
-                batches = batches[: args.max_steps]
+    full = _num_batches(len(inputs), args.batch_size)
+    all_batches = _batches(len(inputs), args.batch_size, args.seed, 1)
+    steps = args.max_steps or len(all_batches)
+
+    runs = []  # every (precision, M, method) model, built and warmed up before any timing
+    for precision in args.precision.split(","):
+        for M in [int(x) for x in args.modality_counts.split(",")]:
+            mods = MODS[:M]
+            feats = TensorFeatures({m: states[m] for m in mods}, {m: present[m] for m in mods})
+            for method in args.methods.split(","):
+                cfg = load_config([], [f"method={method}", f"modalities=[{','.join(mods)}]", f"precision={precision}",
+                                       f"train.batch_size={args.batch_size}", f"seed={args.seed}", *args.set])
+                torch.manual_seed(args.seed)
+                ctx = TowerContext(cfg, n, data.item_ids, data.catalogue, extras={"features": feats, "device": device})
+                model = Recommender(build_tower(ctx), cfg, torch.as_tensor(data.item_counts)).to(device)
+                opt = torch.optim.Adam(param_groups(model, cfg))
+                model.train()
+                train_epoch(model, opt, all_batches[:5], inputs, targets, device, progress=False)  # warm-up
+                runs.append({"method": method, "modalities": M, "precision": precision, "model": model, "opt": opt,
+                             "mods": mods, "times": [], "cpu_times": [], "losses": []})
+
+    for r in range(args.rounds):  # the models take turns, so CROSSAN and IISAN see the same load
+        lo = (5 + r * steps) % max(1, len(all_batches) - steps)
+        batches = all_batches[lo: lo + steps]
+        for run in runs:
             gc.collect()
             if device.type == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
-                before = torch.cuda.memory_allocated(device)
-            t0 = time.perf_counter()
-            loss = train_epoch(model, opt, batches, inputs, targets, device, progress=False)
-            secs = time.perf_counter() - t0
-            full = _num_batches(len(inputs), args.batch_size)
-            epoch_s = secs * full / len(batches)
-            used_cache = sum(cache_bytes[m] for m in mods)
+            c0, t0 = time.process_time(), time.perf_counter()
+            run["losses"].append(train_epoch(run["model"], run["opt"], batches, inputs, targets, device, progress=False))
+            run["times"].append(time.perf_counter() - t0)
+            run["cpu_times"].append(time.process_time() - c0)
             if device.type == "cuda":
-                peak = torch.cuda.max_memory_allocated(device)
-                resident = sum(cache_bytes[m] for m in MODS) if home.type == "cuda" else 0  # all four
-                peak_above_cache = peak - resident
-                kind = "cuda_max_memory_allocated"
-            else:
-                extra = batches[: args.memory_steps]
-                step_peak = cpu_allocation_peak(
-                    partial(train_epoch, model, opt, extra, inputs, targets, device, progress=False))
-                before = state_bytes(model, opt)
-                peak_above_cache = before + step_peak
-                peak, kind = used_cache + peak_above_cache, "cpu_state_plus_step_allocation_peak"
-            rows.append({"method": method, "modalities": M, "trainable_params": trainable, "total_params": total,
-                         "steps": len(batches), "full_epoch_steps": full, "time_per_epoch_s": round(epoch_s, 3),
-                         "peak_memory_bytes": int(peak), "peak_minus_cache_bytes": int(peak_above_cache),
-                         "allocated_before_epoch_bytes": int(before), "memory_kind": kind,
-                         "loss": round(loss, 4)})
-            print(json.dumps(rows[-1]), flush=True)
-            del model, opt
-    # ratios CROSSAN / IISAN at each M
+                run["cuda_peak"] = max(run.get("cuda_peak", 0), torch.cuda.max_memory_allocated(device))
+            print(f"round {r + 1}: {run['method']} M={run['modalities']} {run['precision']}: "
+                  f"{run['times'][-1] / len(batches) * 1e3:.1f} ms/step", flush=True)
+    load_after = os.getloadavg()
+
+    rows = []
+    for run in runs:
+        model, opt, M, mods = run["model"], run["opt"], run["modalities"], run["mods"]
+        trainable, total = count_params(model)
+        best = min(range(args.rounds), key=lambda i: run["times"][i])
+        epoch_s = run["times"][best] * full / steps
+        used_cache = sum(cache_bytes[m] for m in mods)
+        if device.type == "cuda":
+            peak = run["cuda_peak"]
+            resident = sum(cache_bytes[m] for m in MODS) if home.type == "cuda" else 0  # all four
+            peak_above_cache, before = peak - resident, 0
+            kind = "cuda_max_memory_allocated"
+        else:
+            extra = all_batches[: args.memory_steps]
+            step_peak = cpu_allocation_peak(
+                partial(train_epoch, model, opt, extra, inputs, targets, device, progress=False))
+            before = state_bytes(model, opt)
+            peak_above_cache = before + step_peak
+            peak, kind = used_cache + peak_above_cache, "cpu_state_plus_step_allocation_peak"
+        if args.profile:
+            write_profile(out / f"profile_{run['method']}_M{M}_{run['precision']}.txt", model, opt,
+                          all_batches[: args.profile], inputs, targets, device)
+        dtype = compute_dtype(run["precision"], device)
+        rows.append({"method": run["method"], "modalities": M, "precision": run["precision"],
+                     "compute_dtype": str(dtype or torch.float32).replace("torch.", ""),
+                     "trainable_params": trainable, "total_params": total,
+                     "steps": steps, "rounds": args.rounds, "full_epoch_steps": full,
+                     "time_per_epoch_s": round(epoch_s, 3),
+                     "round_times_per_epoch_s": [round(t * full / steps, 2) for t in run["times"]],
+                     "cpu_time_per_epoch_s": round(run["cpu_times"][best] * full / steps, 3),
+                     "peak_memory_bytes": int(peak), "peak_minus_cache_bytes": int(peak_above_cache),
+                     "allocated_before_epoch_bytes": int(before), "memory_kind": kind,
+                     "loss": round(run["losses"][best], 4)})
+        print(json.dumps(rows[-1]), flush=True)
+    # ratios CROSSAN / IISAN at each M and precision (timed side by side in the same rounds)
     ratios = []
-    for M in sorted({r["modalities"] for r in rows}):
-        c = next((r for r in rows if r["method"] == "crossan" and r["modalities"] == M), None)
-        i = next((r for r in rows if r["method"] == "iisan" and r["modalities"] == M), None)
-        if c and i:
-            ratios.append({"modalities": M,
-                           "trainable_params_ratio": round(c["trainable_params"] / i["trainable_params"], 3),
-                           "time_per_epoch_ratio": round(c["time_per_epoch_s"] / i["time_per_epoch_s"], 3),
-                           "peak_memory_ratio": round(c["peak_memory_bytes"] / i["peak_memory_bytes"], 3),
-                           "peak_minus_cache_ratio": round(c["peak_minus_cache_bytes"] / i["peak_minus_cache_bytes"], 3)})
+    for precision in args.precision.split(","):
+        for M in sorted({r["modalities"] for r in rows}):
+            pick = {r["method"]: r for r in rows if r["modalities"] == M and r["precision"] == precision}
+            c, i = pick.get("crossan"), pick.get("iisan")
+            if c and i:
+                ratios.append({"modalities": M, "precision": precision,
+                               "trainable_params_ratio": round(c["trainable_params"] / i["trainable_params"], 3),
+                               "time_per_epoch_ratio": round(c["time_per_epoch_s"] / i["time_per_epoch_s"], 3),
+                               "peak_memory_ratio": round(c["peak_memory_bytes"] / i["peak_memory_bytes"], 3),
+                               "peak_minus_cache_ratio": round(c["peak_minus_cache_bytes"] / i["peak_minus_cache_bytes"], 3)})
     machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
-               else f"CPU {platform.machine()}, {torch.get_num_threads()} threads")
+               else f"CPU {platform.machine()} ({os.cpu_count()} cores), {torch.get_num_threads()} threads")
     meta = {"machine": machine, "torch": torch.__version__, "users": data.num_users, "items": n,
             "width": args.width, "taps": args.taps, "batch_size": args.batch_size, "cache_on": args.cache_on,
-            "cache_bytes_per_modality": cache_bytes["text"], "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+            "overrides": args.set, "cache_bytes_per_modality": cache_bytes["text"],
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in load_after],
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows, "ratios": ratios}, indent=2))
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
     print(f"\nmachine: {machine}; {data.num_users:,} users, {n:,} items, D={args.width}, K={args.taps}, "
-          f"batch {args.batch_size}")
-    print(f"{'method':8} {'M':>2} {'trainable':>12} {'s/epoch':>9} {'peak MiB':>10} {'peak-cache MiB':>15}")
+          f"batch {args.batch_size}; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
+    print(f"{'method':8} {'M':>2} {'precision':>9} {'trainable':>12} {'s/epoch':>9} {'cpu s/epoch':>12} "
+          f"{'peak MiB':>10} {'peak-cache MiB':>15}")
     for r in rows:
-        print(f"{r['method']:8} {r['modalities']:>2} {r['trainable_params']:>12,} {r['time_per_epoch_s']:>9.2f} "
+        print(f"{r['method']:8} {r['modalities']:>2} {r['precision']:>9} {r['trainable_params']:>12,} "
+              f"{r['time_per_epoch_s']:>9.2f} {r['cpu_time_per_epoch_s']:>12.2f} "
               f"{r['peak_memory_bytes'] / 2**20:>10.1f} {r['peak_minus_cache_bytes'] / 2**20:>15.1f}")
     for r in ratios:
-        print(f"CROSSAN/IISAN at M={r['modalities']}: params {r['trainable_params_ratio']}, time "
+        print(f"CROSSAN/IISAN at M={r['modalities']} ({r['precision']}): params {r['trainable_params_ratio']}, time "
               f"{r['time_per_epoch_ratio']}, peak memory {r['peak_memory_ratio']} "
               f"(above the cache: {r['peak_minus_cache_ratio']})")
+
+
+def write_profile(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, batches: list[torch.Tensor],
+                  inputs: torch.Tensor, targets: torch.Tensor, device: torch.device) -> None:
+    """A ``torch.profiler`` table of the training steps over ``batches`` (ops by self CPU time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        train_epoch(model, opt, batches, inputs, targets, device, progress=False)
+    path.write_text(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40))
 
 
 if __name__ == "__main__":

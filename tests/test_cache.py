@@ -49,6 +49,7 @@ def make_cfg(cache_dir: Path, data: FakeData | None = None, **encoders: object) 
     cfg.encoders.preset = "tiny"
     cfg.encoders.batch_size = 3  # 10 items: batches of rows 1-3, 4-6, 7-9, 10
     cfg.cache.dir = str(cache_dir)
+    cfg.precision = "fp32"  # states are compared with direct fp32 forwards; bf16 caches: tests/test_bf16.py
     if data is not None:
         cfg.data.path = str(data.catalogue.root)
     for key, value in encoders.items():

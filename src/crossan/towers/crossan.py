@@ -30,7 +30,9 @@ Implementation: all chains advance together. The states of one depth live in one
 M SANBs of a depth run as one :class:`~crossan.towers.sanb.GroupedSANB` (two batched matmuls), the heads as
 one :class:`~crossan.towers.sanb.GroupedLinear`, and the exchange as a matmul over the modality axis (the
 softmax over present partners written as ``E·(a⊙s) / E·a`` with ``E = exp(b)`` off the diagonal and ``a`` the
-presence). Numerically this is the loop above (a test checks it against a per-modality reference).
+presence; with M = 2 a flip of the modality axis). Numerically this is the loop above (a test checks it
+against a per-modality reference). Everything runs in the compute dtype of the tower's inputs (bf16 under
+``precision`` auto/bf16, see :mod:`crossan.precision`), the gates cast to it, so no op mixes dtypes.
 
 Optimiser groups: ``side`` (input projections, SANBs, gates, exchange logits) at ``train.lr_adapter``;
 ``heads`` (W_m) and ``fusion`` (MOMEF / concat layer) at ``train.lr``.
@@ -73,18 +75,24 @@ class Exchange(nn.Module):
         e = torch.exp(b - b.max(1, keepdim=True).values.detach())  # [M, M-1]
         return torch.zeros(M, M, dtype=e.dtype, device=e.device).masked_scatter(self.off_diagonal, e)
 
-    def forward(self, s: torch.Tensor, a: torch.Tensor, j: int) -> torch.Tensor:
-        """``s``: previous states [M, U, d_s]; ``a``: presence as 0/1 [M, U, 1]; ``j``: depth index (k − 2).
+    def add_to(self, z: torch.Tensor, s: torch.Tensor, a: torch.Tensor, j: int) -> torch.Tensor:
+        """``z`` plus the exchange at depth index ``j`` (k − 2), from the previous states ``s`` [M, U, d_s]
+        and presence ``a`` as 0/1 [M, U, 1], all in one dtype.
 
         π renormalised over the present partners is ``E_mn a_n / Σ_n' E_mn' a_n'``; with no partner present
-        the numerator is 0 and so is the exchange.
+        the numerator is 0 and so is the exchange. With M = 2 (π ≡ 1) chain m reads its one partner:
+        ``λ_m · a_n · s_n``, a flip of the modality axis (a matmul with a 2 × 2 matrix runs several times
+        slower in bf16 on a CPU); otherwise one matmul over the modality axis.
         """
         M, U, d = s.shape
-        E = self.weights(j).to(s.dtype)
-        num = (E @ (s * a).view(M, U * d)).view(M, U, d)
-        den = E @ a.view(M, U)  # [M, U]
-        scale = self.mix()[j][:, None] / torch.where(den > 0, den, torch.ones_like(den))
-        return num * scale[..., None]
+        lam = self.mix()[j].to(s.dtype)[:, None, None]  # λ [M, 1, 1]
+        if self.logits is None and M == 2:
+            return torch.addcmul(z, s.flip(0), a.flip(0) * lam)
+        E = self.weights(j)
+        den = E @ a.view(M, U).to(E.dtype)  # [M, U], float32 (small)
+        scale = lam * (1 / torch.where(den > 0, den, torch.ones_like(den))).to(s.dtype)[..., None]
+        num = (E.to(s.dtype) @ (s * a).view(M, U * d)).view(M, U, d)
+        return torch.addcmul(z, num, scale)
 
 
 class ConcatFusion(nn.Module):
@@ -136,16 +144,17 @@ class CrossanTower(ContentTower):
 
     def modality_embeddings(self, feats: Features) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-modality embeddings e [U, M, d] (exact zeros for missing modalities) and presence Bool[U, M]."""
-        h, present = self.tap_major_inputs(feats, self.proj)  # [K, M, U, d_s]
+        h, present = self.tap_major_inputs(feats, self.proj)  # [K, M, U, d_s] in the compute dtype
         a = present.T.to(h.dtype)[..., None]  # [M, U, 1]
-        g = self.gate()[..., None, None]  # [K, M, 1, 1]
+        g = self.gate().to(h.dtype)[..., None, None]  # [K, M, 1, 1]; everything below stays in h's dtype
         s = None  # s^0 = 0
         for k in range(self.num_taps):
-            z = g[k] * h[k]
-            if s is not None:
-                z = torch.addcmul(z, 1 - g[k], s)
+            if s is None:
+                z = g[k] * h[k]
+            else:
+                z = torch.lerp(s, h[k], g[k])  # g·h + (1 − g)·s in one pass
                 if self.exchange is not None:
-                    z = z + self.exchange(s, a, k - 1)
+                    z = self.exchange.add_to(z, s, a, k - 1)
             s = self.adapters[k](z)
         e = self.heads(s) * a  # [M, U, d], zeros for missing modalities
         return e.transpose(0, 1), present

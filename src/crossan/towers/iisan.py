@@ -95,9 +95,9 @@ class IISANTower(ContentTower):
     def chain_outputs(self, feats: Features) -> tuple[torch.Tensor, torch.Tensor]:
         """Every chain's head output [U, C, d] (zero where the chain has no input) and its validity Bool[U, C],
         chains in :attr:`chain_names` order (intra chains in modality order, then inter chains)."""
-        h, present = self.tap_major_inputs(feats, self.proj)  # [K, M, U, d_s]
+        h, present = self.tap_major_inputs(feats, self.proj)  # [K, M, U, d_s] in the compute dtype
         M = len(self.modalities)
-        g = self.gate()[..., None, None]  # [K, M + P, 1, 1]
+        g = self.gate().to(h.dtype)[..., None, None]  # [K, M + P, 1, 1]; everything below stays in h's dtype
         valid = [present.T]
         if self.pairs:
             pl, pr = present.T[self.pair_left, :, None], present.T[self.pair_right, :, None]  # [P, U, 1]
@@ -105,13 +105,12 @@ class IISANTower(ContentTower):
             h_l, h_r = torch.where(pl, h_l, h_r), torch.where(pr, h_r, h_l)  # a missing side reads the other
             valid.append((pl | pr)[..., 0])
         elif self.inter is not None:
-            w = self.inter(present)  # [K, M, U, 1]
+            w = self.inter(present).to(h.dtype)  # [K, M, U, 1]
             valid.append(present.any(1)[None])
         s = None  # all chains' states [C, U, d_s]; s^0 = 0
         for k, block in enumerate(self.adapters):
-            z = [g[k, :M] * h[k]]  # intra: g·h + (1−g)·s
-            if s is not None:
-                z[0] = torch.addcmul(z[0], 1 - g[k, :M], s[:M])
+            # intra: g·h + (1−g)·s (one pass: lerp)
+            z = [g[k, :M] * h[k] if s is None else torch.lerp(s[:M], h[k], g[k, :M])]
             if self.pairs:  # pair: t + g·h_m + (1−g)·h_n
                 zp = torch.lerp(h_r[k], h_l[k], g[k, M:])
                 z.append(zp if s is None else zp + s[M:])
@@ -120,7 +119,7 @@ class IISANTower(ContentTower):
                 z.append(zi if s is None else zi + s[M:])
             s = block(torch.cat(z, 0) if len(z) > 1 else z[0])
         valid_t = torch.cat(valid, 0)  # [C, U]
-        out = self.heads(s) * valid_t[..., None]
+        out = self.heads(s) * valid_t[..., None].to(s.dtype)
         return out.transpose(0, 1), valid_t.T
 
     def encode(self, feats: Features) -> torch.Tensor:

@@ -6,13 +6,26 @@
 * :class:`Gate` — learnable gates ``g = sigmoid(a / T)``, ``a`` initialised to 0 (so g starts at 0.5);
 * :class:`ModalityProjection` — one ``Linear(D_m → d_s)`` per modality, shared by its K taps, only where
   ``D_m ≠ d_s``;
-* :func:`masked_softmax` — a softmax over the allowed entries only, all-zero where nothing is allowed.
+* :func:`masked_softmax` — a softmax over the allowed entries only, all-zero where nothing is allowed;
+* :func:`residual_dropout` — ``x + dropout(y)``, the SANB's residual with branch dropout, with a cheap mask
+  on the CPU (:func:`keep_mask`).
+
+Branch dropout (``iisan.dropout`` / ``crossan.dropout``, default 0.1 for both, METHOD.md §4): element-wise,
+each entry of the branch output kept with probability 1 − p and scaled by 1 / (1 − p), in training only.
+On a CPU the mask is drawn 16 bits per entry from 64-bit random words (:func:`keep_mask`: p is rounded to a
+multiple of 2^-16, the scale uses the rounded p) instead of ``torch.bernoulli_``, which draws one
+double per entry and cost about as much as all the side network's matrix products together; on a GPU
+it is ``torch.nn.functional.dropout``. Both draw from torch's default generator of the device, so a
+seeded run replays the same masks.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 class SANB(nn.Module):
@@ -59,7 +72,7 @@ class GroupedSANB(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = grouped_affine(x, self.down_weight, self.down_bias).relu_()
-        return x + self.dropout(grouped_affine(a, self.up_weight, self.up_bias))
+        return residual_dropout(x, grouped_affine(a, self.up_weight, self.up_bias), self.dropout.p, self.training)
 
     def block(self, g: int) -> SANB:
         """Group ``g`` as a stand-alone :class:`SANB` (a copy; for inspection and reference checks)."""
@@ -138,6 +151,44 @@ class ModalityProjection(nn.Module):
     def num_params(dims: dict[str, int] | list[int], side_dim: int) -> int:
         ds = dims.values() if isinstance(dims, dict) else dims
         return sum(d * side_dim + side_dim for d in ds if d != side_dim)
+
+
+KEEP_MASK_BITS = 16
+"""Resolution of the CPU dropout mask: an entry is kept when a uniform 16-bit integer clears a threshold."""
+
+
+def keep_mask(shape: tuple[int, ...] | torch.Size, p: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A CPU tensor of ``shape`` holding 1 with probability ``1 − p'`` and 0 otherwise, independently per
+    entry, where ``p' = round(p · 2^16) / 2^16`` (see :func:`dropout_rate`).
+
+    Each entry reads 16 bits of 64-bit words drawn by ``random_`` from torch's default CPU generator (one
+    Mersenne-Twister draw per 4 entries rather than one per entry as ``bernoulli_`` does); the 0/1 values
+    come from a clamp of those integers at the threshold, all in vectorised integer passes.
+    """
+    n = math.prod(shape)
+    words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2 ** 63), None)
+    uniform = words.view(torch.int16)[:n]  # uniform integers in [-2^15, 2^15)
+    t = round(p * 2 ** KEEP_MASK_BITS) - 2 ** (KEEP_MASK_BITS - 1)  # keep iff uniform >= t
+    return uniform.clamp(t - 1, t).sub_(t - 1).to(dtype).view(shape)
+
+
+def dropout_rate(p: float) -> float:
+    """The drop probability :func:`keep_mask` realises for ``p`` (``p`` rounded to a multiple of 2^-16)."""
+    return round(p * 2 ** KEEP_MASK_BITS) / 2 ** KEEP_MASK_BITS
+
+
+def residual_dropout(x: torch.Tensor, y: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """``x + dropout(y)`` with drop probability ``p`` while ``training`` (in ``x``'s dtype): on a CPU one
+    :func:`keep_mask` and one fused pass (``addcmul``), elsewhere ``torch.nn.functional.dropout``."""
+    y = y.to(x.dtype)
+    if not training or p <= 0:
+        return x + y
+    if p >= 1:
+        return x.clone()
+    if y.device.type != "cpu":
+        return x + F.dropout(y, p, True)
+    q = dropout_rate(p)
+    return torch.addcmul(x, y, keep_mask(y.shape, q, y.dtype), value=1.0 / (1.0 - q))
 
 
 def masked_softmax(logits: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
