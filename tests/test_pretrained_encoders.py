@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import importlib.metadata
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -228,3 +229,38 @@ def test_whisper_transcribes_espeak_speech(tmp_path: Path) -> None:
     # measured with espeak-ng 1.51: "Please call Taylor and ask for to bring these things."
     heard = {w.strip(".,!?").lower() for w in text.split()}
     assert len(WORDS & heard) >= 5, text
+
+
+# --------------------------------------------------------------------------------------------- cache
+def test_offline_cache_of_pretrained_encoders(tmp_path: Path) -> None:
+    """build_cache with the offline preset: manifests say pretrained and where from; CNN padding stays zero;
+    the stored rows are the encoders' own states (fp16)."""
+    from crossan.cache import build_cache, open_cache
+    from crossan.config import Config
+    from crossan.encoders import resolve_specs
+    from media_helpers import make_dataset
+
+    data = make_dataset(tmp_path / "data", n=5)
+    cfg = Config()
+    cfg.encoders.preset = "offline"
+    cfg.encoders.image.image_size = 64  # small inputs keep the test short; the weights are the same
+    cfg.encoders.video.image_size = 64
+    cfg.encoders.audio.audio_seconds = 2.0  # the positional table trimmed to 100 rows
+    cfg.cache.dir = str(tmp_path / "cache")
+    cfg.precision = "fp32"
+    mods = ["image", "video", "audio"]
+    build_cache(cfg, data, mods, progress=False)
+    features = open_cache(cfg, data, mods).gather(torch.arange(1, 6))
+    specs = resolve_specs(cfg, mods)
+    records = [data.catalogue[i] for i in data.item_ids[1:]]
+    for m in mods:
+        manifest = json.loads((tmp_path / "cache" / m / "manifest.json").read_text())
+        assert manifest["random_init"] is False and "package" in manifest["weights"]
+        states, present = features[m]
+        direct = build_encoder(m, specs[m]).encode(records, data.catalogue)
+        assert torch.equal(present, direct.present) and int(present.sum()) == 4
+        torch.testing.assert_close(states, direct.states, atol=2e-3, rtol=2e-3)
+        if m != "audio":
+            assert manifest["tap_widths"] == [32, 24, 80, 112, 112, 192, 1280]
+            for k, width in enumerate(manifest["tap_widths"]):
+                assert torch.count_nonzero(states[:, k, width:]) == 0
