@@ -180,6 +180,16 @@ def bench_build(cfg: Config, data: Items, modalities: list[str], batch_size: int
     return {m: (n - batch_size) / (ends[m] - starts[m]) for m in modalities if ends[m] > starts[m]}
 
 
+def _load() -> float | None:
+    """The 1-minute load average (None where the OS does not report it)."""
+    try:
+        import os
+
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
     head = (f"{'modality':8} {'prec':>5} {'bs':>4} {'media it/s':>10} {'e2e it/s':>9} {'build it/s':>10} {'fwd it/s':>9} "
             f"{'GFLOP/it':>9} {'fwd share':>9} {'e2e share':>9} {'build share':>11}")
@@ -205,6 +215,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-px", type=int, default=128, help="side of the synthetic jpg covers")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides, e.g. encoders.image.model=config:vit (a ViT-B/16 of random weights)")
+    parser.add_argument("--peak-per-row", action="store_true",
+                        help="measure the matmul peak again right before each row (shared machines)")
     parser.add_argument("--out", default="bench-cache")
     args = parser.parse_args(argv)
 
@@ -238,7 +250,9 @@ def main(argv: list[str] | None = None) -> None:
             encoder = build_encoder(m, specs[m])
             for bs in batch_sizes:
                 for p in precisions:
-                    rows.append(bench_modality(m, encoder, data, bs, peaks[p], p))
+                    if args.peak_per_row:  # on a shared machine the peak moves with the other jobs' load
+                        peaks[p] = matmul_flops(dtype=torch.bfloat16 if p == "bf16" else torch.float32)
+                    rows.append(bench_modality(m, encoder, data, bs, peaks[p], p) | {"load_avg_1min": _load()})
             del encoder
         if args.build:
             from crossan.precision import compute_dtype
