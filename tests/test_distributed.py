@@ -13,7 +13,7 @@ import pytest
 
 from crossan.trainer import rescore
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed, pytest.mark.subprocess]
 
 
 def torchrun(args: list[str], nproc: int = 2, timeout: int = 240) -> subprocess.CompletedProcess:
