@@ -6,7 +6,8 @@ Layout (``ROOT`` = ``cfg.cache.dir``, or :func:`~crossan.cache.layout.default_ca
       <modality>/                    a completed cache, only ever replaced as a whole
         states.npy                   float16 [N+1, K, D]; row 0 (padding) and absent items are zeros
         present.npy                  bool [N+1]; False for row 0 and items without the modality
-        manifest.json                what produced the states (see below)
+        sources.npy                  per row: size, mtime and SHA-256 of the media file it was made from
+        manifest.json                what produced the states (see below), with the arrays' checksums
       <modality>.partial/            an interrupted single-process build; the next build resumes it
         states.npy, present.npy      preallocated ``open_memmap`` arrays, filled batch by batch
         done.npy                     bool [batches]: batches whose rows are flushed to disk
@@ -26,12 +27,19 @@ presence counts, the corrupt files marked missing, the processor's resolved sett
 versions. :func:`open_cache` compares the fields that determine the numbers with what the current
 configuration would produce and refuses a cache that differs (:class:`CacheMismatchError`).
 
+Integrity (:mod:`.integrity`): opening a cache checks each array's size and header against the manifest,
+and its SHA-256 when ``states.npy`` is at most 256 MiB; a media file whose size or mtime changed since the
+build (and whose content hash differs) makes the cache stale: ``crossan cache`` re-encodes only the
+batches holding changed items (the result equals a fresh build), and rebuilds a damaged cache.
+``crossan cache --verify`` hashes everything, scans every row for NaN/inf and re-hashes every media file.
+A batch of non-finite states is refused when it is built, naming the modality and item.
+
 Concurrent builds of the same modality into the same folder are not supported (shards of one build are:
 each writes only its own folder).
 
 Modules: :mod:`.layout` (folders, file names, locations), :mod:`.manifest` (what built a cache; the
-staleness check), :mod:`.workarea` (plans, resumable work folders, reports), :mod:`.build` (encoding,
-``crossan cache``), :mod:`.shards` (joining a sharded build), :mod:`.read` (opening a run's features),
+staleness check), :mod:`.workarea` (plans, resumable work folders, reports), :mod:`.integrity` (sources,
+checksums, verification), :mod:`.build` (encoding, ``crossan cache``), :mod:`.shards` (joining a sharded build), :mod:`.read` (opening a run's features),
 :mod:`.features` (the feature sources: :class:`TensorFeatures` over the arrays, :class:`LiveFeatures`
 over the encoders).
 """

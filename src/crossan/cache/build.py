@@ -12,9 +12,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from crossan.cache.integrity import (
+    changed_rows,
+    check_files,
+    check_finite,
+    current_sources,
+    describe_rows,
+    load_array,
+    verify_folder,
+)
 from crossan.cache.layout import (
     COMPLETE,
     PRESENT,
+    SOURCES,
+    STATES,
     cache_command_line,
     cache_root,
     check_modalities,
@@ -40,6 +51,7 @@ from crossan.cache.workarea import (
 )
 from crossan.config import EncoderSpec
 from crossan.data.catalogue import ItemRecord, fingerprint_items
+from crossan.errors import CacheError
 
 if TYPE_CHECKING:
     import torch
@@ -94,7 +106,9 @@ def _run_batches(
             try:
                 out = encoder.encode_loaded(loaded, inputs)
                 entries = _corrupt_entries(loaded, ranges[b], _record_batch(records, ranges[b]))
-                area.commit(b, ranges[b], out.states.numpy(), out.present.numpy(), entries)
+                states = out.states.float().numpy().astype(np.float16)  # what is stored: fp16 overflow is inf
+                check_finite(modality, states, ranges[b][0], records)
+                area.commit(b, ranges[b], states, out.present.numpy(), entries)
                 bar.update(ranges[b][1] - ranges[b][0])
                 if on_batch is not None:
                     on_batch(modality, b)
@@ -133,14 +147,51 @@ class _BuildContext:
 
 
 def _open_work_area(ctx: _BuildContext, m: str, base: dict[str, Any], shape: tuple[int, int],
-                    shard: int | None, num_shards: int) -> WorkArea:
+                    shard: int | None, num_shards: int, sources: np.ndarray,
+                    update: _Update | None = None) -> WorkArea:
     n, bs = len(ctx.records), ctx.cfg.encoders.batch_size
     if shard is None:
         plan = {"manifest": base, "lo": 0, "hi": n + 1, "batches": list(range(len(ctx.ranges)))}
-        return WorkArea(ctx.root / f"{m}.partial", plan, (n + 1, *shape))
+        seed = None
+        if update is not None:
+            plan["update"] = {"of": update.of, "batches": sorted(update.batches)}
+            seed = (update.folder, update.batches, update.kept_corrupt)
+        return WorkArea(ctx.root / f"{m}.partial", plan, (n + 1, *shape), sources, seed)
     lo, hi, batches = shard_span(n, bs, shard, num_shards)
     plan = {"manifest": base, "lo": lo, "hi": hi, "batches": batches, "shard": shard, "num_shards": num_shards}
-    return WorkArea(ctx.root / f"{m}.shards" / f"{shard}-of-{num_shards}", plan, (hi - lo, *shape))
+    return WorkArea(ctx.root / f"{m}.shards" / f"{shard}-of-{num_shards}", plan, (hi - lo, *shape), sources)
+
+
+@dataclass
+class _Update:
+    """A completed, current cache some of whose items' files changed: only their batches are encoded again."""
+
+    folder: Path
+    of: str
+    """SHA-256 of the cache's states.npy (recorded in the plan: a resumed update starts from the same cache)."""
+    batches: set[int]
+    kept_corrupt: list[dict[str, Any]]
+
+
+def _check_existing(ctx: _BuildContext, m: str, final: Path, existing: dict[str, Any],
+                    sources: list[np.ndarray]) -> tuple[str, _Update | None]:
+    """Whether a completed cache that matches the configuration is ``up to date``, needs an ``update``
+    (some items' files changed) or a ``rebuild`` (damaged files). ``sources`` receives the current record."""
+    problems = check_files(final, existing)
+    if problems:
+        print(f"{m}: the cache at {final} is damaged ({'; '.join(problems)}); building it again")
+        return "rebuild", None
+    old = load_array(final / SOURCES)
+    changed, now = changed_rows(old, m, ctx.records, ctx.data.catalogue)
+    sources.append(now)
+    if not len(changed):
+        return "up to date", None
+    batches = {b for b, (a, z) in enumerate(ctx.ranges) if np.any((changed >= a) & (changed < z))}
+    rows = {r for b in batches for r in range(*ctx.ranges[b])}
+    kept = [e for e in existing.get("corrupt_items", []) if e["row"] not in rows]
+    print(f"{m}: {len(changed)} item(s) changed since the cache was built ({describe_rows(changed, ctx.records, m)}); "
+          f"encoding their {len(batches)} batch(es) again")
+    return "update", _Update(final, existing["checksums"][STATES]["sha256"], batches, kept)
 
 
 def _finish_shard(area: WorkArea, m: str) -> ModalityReport:
@@ -159,14 +210,22 @@ def _build_modality(ctx: _BuildContext, m: str, spec: EncoderSpec, shard: int | 
     from crossan.encoders import build_encoder
 
     final = ctx.root / m
-    existing = read_manifest(final)
+    existing = read_manifest(final, missing_ok=True)
+    update, sources = None, []
     if existing is not None:
         if not manifest_differences(m, existing, expected_manifest(m, spec, ctx.data)):
-            return report_from_manifest(m, final, "up to date", existing)
-        print(f"{m}: the cache at {final} was built under other settings; it is replaced once the new one is complete")
+            state, update = _check_existing(ctx, m, final, existing, sources)
+            if state == "up to date":
+                return report_from_manifest(m, final, "up to date", existing)
+            if shard is not None:
+                update = None  # a shard covers its rows in full
+        else:
+            print(f"{m}: the cache at {final} was built under other settings; it is replaced once the new one "
+                  "is complete")
+    now = sources[0] if sources and update is not None else current_sources(m, ctx.records, ctx.data.catalogue)
     encoder = build_encoder(m, spec, device=ctx.device)
     base = _base_manifest(encoder, ctx.data, ctx.cfg.encoders.batch_size)
-    area = _open_work_area(ctx, m, base, (encoder.num_taps, encoder.hidden_size), shard, num_shards)
+    area = _open_work_area(ctx, m, base, (encoder.num_taps, encoder.hidden_size), shard, num_shards, now, update)
     if area.resumed:
         print(f"{m}: resuming the build at {area.path} ({int(area.done.sum())}/{len(area.done)} batches done)")
     from crossan.precision import autocast
@@ -180,7 +239,7 @@ def _build_modality(ctx: _BuildContext, m: str, spec: EncoderSpec, shard: int | 
         raise
     if shard is not None:
         return _finish_shard(area, m)
-    return report_from_manifest(m, final, "built", finish_single(area, final, base))
+    return report_from_manifest(m, final, "updated" if update else "built", finish_single(area, final, base))
 
 
 def build_cache(
@@ -222,9 +281,50 @@ def build_cache(
     return reports
 
 
+def verify_cache(cfg: Config, data: Any, modalities: list[str]) -> dict[str, list[str]]:
+    """``crossan cache --verify``: every check of :func:`crossan.cache.integrity.verify_folder` on each
+    modality's completed cache (files hashed in full, every row scanned, every media file re-hashed);
+    prints one line per modality and raises :class:`CacheError` when any check fails. Changes nothing."""
+    from crossan.encoders import resolve_specs
+
+    modalities = check_modalities(modalities)
+    root = cache_root(cfg, data)
+    specs = resolve_specs(cfg, modalities)
+    records = item_records(data)
+    problems: dict[str, list[str]] = {}
+    for m in modalities:
+        folder = root / m
+        manifest = read_manifest(folder, missing_ok=True)
+        if manifest is None:
+            problems[m] = [f"no completed cache in {folder}"]
+        else:
+            problems[m] = manifest_differences(m, manifest, expected_manifest(m, specs[m], data))
+            if not problems[m]:
+                problems[m] = verify_folder(m, folder, manifest, records, data.catalogue)
+        if problems[m]:
+            print(f"{m}: FAILED at {folder}")
+            for p in problems[m]:
+                print(f"  {p}")
+        else:
+            size = sum((folder / f).stat().st_size for f in (STATES, PRESENT, SOURCES)) / 2**20
+            print(f"{m}: verified {folder} — {len(records)} items, checksums of {size:.1f} MiB, values finite, "
+                  f"media files unchanged ({manifest.get('_verify_seconds', 0.0):.1f} s)")
+    failed = [m for m, p in problems.items() if p]
+    if failed:
+        raise CacheError(f"cache verification failed for {', '.join(failed)} in {root} (listed above); "
+                         f"`{cache_command_line(cfg, failed)}` re-encodes changed items and rebuilds damaged caches")
+    return problems
+
+
 def cache_command(cfg: Config, data: Any, modalities: list[str], shard: int | None, num_shards: int,
-                  join: bool) -> None:
-    """``crossan cache``: build (``--shard i --num-shards n`` for one shard) or ``--join`` the shards."""
+                  join: bool, verify: bool = False) -> None:
+    """``crossan cache``: build (``--shard i --num-shards n`` for one shard), ``--join`` the shards, or
+    ``--verify`` a completed cache."""
+    if verify:
+        if shard is not None or join:
+            raise ValueError("--verify checks a completed cache; do not give --shard or --join with it")
+        verify_cache(cfg, data, modalities)
+        return
     if join:
         if shard is not None:
             raise ValueError("--join assembles all shards; do not give --shard with it")

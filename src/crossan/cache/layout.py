@@ -20,9 +20,11 @@ from crossan.data.catalogue import MODALITIES, ItemRecord, fingerprint_items
 if TYPE_CHECKING:
     from crossan.config import Config
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: ``sources.npy`` and ``manifest["checksums"]`` (caches of version 1 are rebuilt)."""
 STATES = "states.npy"
 PRESENT = "present.npy"
+SOURCES = "sources.npy"
 MANIFEST = "manifest.json"
 DONE = "done.npy"
 CORRUPT = "corrupt.jsonl"

@@ -11,6 +11,7 @@ import numpy as np
 from crossan.cache.layout import COMPARED_FIELDS, FORMAT_VERSION, MANIFEST, item_records, num_items
 from crossan.config import EncoderSpec
 from crossan.data.catalogue import fingerprint_items
+from crossan.errors import CacheError
 from crossan.utils import atomic_write_json
 
 
@@ -73,11 +74,25 @@ def manifest_differences(modality: str, cached: dict[str, Any], expected: dict[s
     return diffs
 
 
-def read_manifest(folder: Path) -> dict[str, Any] | None:
+def read_manifest(folder: Path, missing_ok: bool = True) -> dict[str, Any] | None:
+    """``folder/manifest.json`` as a dict; None when absent. A file that is not a JSON object (bad JSON,
+    ``[]``, not UTF-8, unreadable) is a :class:`CacheError` naming it."""
     path = folder / MANIFEST
     if not path.is_file():
-        return None
-    return json.loads(path.read_text())
+        if missing_ok:
+            return None
+        raise CacheError(f"{path}: missing; rebuild the cache with `crossan cache`")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+        raise CacheError(f"{path}: not a readable cache manifest ({e}); delete the folder and run `crossan cache` "
+                         "to build it again") from None
+    missing = [k for k in ("shape", "num_items", *COMPARED_FIELDS[:1]) if not isinstance(manifest, dict) or k not in manifest]
+    if missing:
+        what = f"a JSON {type(manifest).__name__}" if not isinstance(manifest, dict) else f"no {missing}"
+        raise CacheError(f"{path}: not a cache manifest ({what}); delete the folder and run `crossan cache` to "
+                         "build it again")
+    return manifest
 
 
 def write_json(path: Path, obj: Any) -> None:

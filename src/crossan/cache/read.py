@@ -8,7 +8,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from crossan.cache.features import TensorFeatures
-from crossan.cache.layout import PRESENT, STATES, cache_command_line, cache_root, check_modalities
+from crossan.cache.integrity import changed_rows, check_files, describe_rows, load_array
+from crossan.cache.layout import (
+    PRESENT,
+    SOURCES,
+    STATES,
+    cache_command_line,
+    cache_root,
+    check_modalities,
+    item_records,
+)
 from crossan.cache.manifest import expected_manifest, manifest_differences, read_manifest
 from crossan.errors import CacheError, CacheMismatchError, CacheMissingError
 
@@ -43,14 +52,22 @@ def open_cache(cfg: Config, data: Any, modalities: list[str], mmap: bool = True)
         raise CacheMismatchError(
             f"the cache in {root} does not match this run:\n  " + "\n  ".join(diffs)
             + f"\nRebuild it with:\n  {cache_command_line(cfg, modalities)}", diffs)
+    records = item_records(data)
     states, present = {}, {}
     for m in modalities:
-        states[m] = np.load(root / m / STATES, mmap_mode="r" if mmap else None)
-        present[m] = np.load(root / m / PRESENT)
-        shape = list(manifests[m]["shape"])
-        if list(states[m].shape) != shape or present[m].shape != (shape[0],):
-            raise CacheError(f"{root / m}: arrays of shape {states[m].shape} and {present[m].shape} do not match "
-                             f"the manifest's {shape}; rebuild the cache")
+        problems = check_files(root / m, manifests[m])
+        if problems:
+            raise CacheError(f"the {m} cache in {root / m} is damaged: {'; '.join(problems)}. Rebuild it with:\n  "
+                             f"{cache_command_line(cfg, [m])}")
+        changed, _ = changed_rows(load_array(root / m / SOURCES), m, records, data.catalogue)
+        if len(changed):
+            diff = f"{m}: {len(changed)} media file(s) changed since the cache was built: " \
+                   f"{describe_rows(changed, records, m)}"
+            raise CacheMismatchError(f"the cache in {root} does not match the data:\n  {diff}\nUpdate it with:\n  "
+                                     f"{cache_command_line(cfg, [m])}", [diff])
+        shape = tuple(manifests[m]["shape"])
+        states[m] = load_array(root / m / STATES, mmap=mmap, expected_shape=shape, dtype=np.float16)
+        present[m] = load_array(root / m / PRESENT, expected_shape=shape[:1], dtype=np.bool_)
     return TensorFeatures(states, present)
 
 

@@ -10,11 +10,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from crossan.cache.integrity import SOURCE_DTYPE, checksums, load_array
 from crossan.cache.layout import (
     COMPLETE,
     MANIFEST,
     PLAN,
     PRESENT,
+    SOURCES,
     STATES,
     cache_command_line,
     cache_root,
@@ -83,16 +85,20 @@ def _join_modality(root: Path, m: str, shards: list[tuple[Path, dict]]) -> dict[
     shape = tuple(base["shape"])
     states = np.lib.format.open_memmap(work / STATES, mode="w+", dtype=np.float16, shape=shape)
     present = np.lib.format.open_memmap(work / PRESENT, mode="w+", dtype=np.bool_, shape=(shape[0],))
+    sources = np.zeros(shape[0], dtype=SOURCE_DTYPE)
     corrupt: list[dict[str, Any]] = []
     for folder, plan in shards:
         lo, hi = plan["lo"], plan["hi"]
-        states[lo:hi] = np.load(folder / STATES, mmap_mode="r")
-        present[lo:hi] = np.load(folder / PRESENT)
+        states[lo:hi] = load_array(folder / STATES, mmap=True, expected_shape=(hi - lo, *shape[1:]))
+        present[lo:hi] = load_array(folder / PRESENT, expected_shape=(hi - lo,))
+        sources[lo:hi] = load_array(folder / SOURCES, expected_shape=(shape[0],), dtype=SOURCE_DTYPE)[lo:hi]
         corrupt += read_corrupt_log(folder)
     states.flush()
     present.flush()
+    np.save(work / SOURCES, sources)
     manifest = base | counts(np.asarray(present), sorted(corrupt, key=lambda e: e["row"]))
     del states, present
+    manifest["checksums"] = checksums(work)
     write_json(work / MANIFEST, manifest)
     install(work, root / m)
     shutil.rmtree(root / f"{m}.shards")

@@ -7,6 +7,7 @@ rows are flushed, so an interrupted build resumes where it stopped.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -16,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from crossan.cache.layout import COMPLETE, CORRUPT, DONE, MANIFEST, PLAN, PRESENT, STATES
+from crossan.cache.integrity import checksums
+from crossan.cache.layout import COMPLETE, CORRUPT, DONE, MANIFEST, PLAN, PRESENT, SOURCES, STATES
 from crossan.cache.manifest import jsonable, write_json
 from crossan.utils import atomic_write
 
@@ -47,7 +49,8 @@ class ModalityReport:
     modality: str
     path: str
     status: str
-    """``built``, ``up to date``, ``shard built`` or ``joined``."""
+    """``built``, ``updated`` (changed rows re-encoded), ``up to date``, ``shard built``, ``joined`` or
+    ``verified``."""
     num_items: int = 0
     num_present: int = 0
     num_missing: int = 0
@@ -70,16 +73,24 @@ class ModalityReport:
 class WorkArea:
     """A resumable build over rows ``[lo, hi)``: preallocated memmaps plus a per-batch done mask."""
 
-    def __init__(self, path: Path, plan: dict[str, Any], shape: tuple[int, int, int]) -> None:
+    def __init__(self, path: Path, plan: dict[str, Any], shape: tuple[int, int, int],
+                 sources: np.ndarray | None = None, seed: tuple[Path, set[int], list[dict[str, Any]]] | None = None) -> None:
+        """``sources``: the rows' source record (:mod:`crossan.cache.integrity`), stored beside the states;
+        its hash joins the plan, so a partial build started from other files is not resumed. ``seed``:
+        ``(completed cache folder, batches to encode again, its corrupt entries outside them)`` — an update
+        copies that cache's arrays and marks every other batch done."""
         self.path = path
+        self.sources = sources
+        if sources is not None:
+            plan = {**plan, "sources_sha256": hashlib.sha256(sources.tobytes()).hexdigest()}
         self.plan = jsonable(plan)
         self.lo, self.hi = int(plan["lo"]), int(plan["hi"])
         self.batches: list[int] = list(plan["batches"])
         self.shape = shape  # (rows, K, D)
         self.resumed = False
-        self._open()
+        self._open(seed)
 
-    def _open(self) -> None:
+    def _open(self, seed: tuple[Path, set[int], list[dict[str, Any]]] | None = None) -> None:
         plan_file = self.path / PLAN
         if plan_file.is_file() and (self.path / DONE).is_file():
             try:
@@ -97,11 +108,24 @@ class WorkArea:
             shutil.rmtree(self.path)
         self.path.mkdir(parents=True)
         rows, k, d = self.shape
-        self.states = np.lib.format.open_memmap(self.path / STATES, mode="w+", dtype=np.float16, shape=(rows, k, d))
-        self.present = np.lib.format.open_memmap(self.path / PRESENT, mode="w+", dtype=np.bool_, shape=(rows,))
+        if seed is not None:  # an update: start from the completed cache, redo only the changed batches
+            folder, redo, kept_corrupt = seed
+            for name in (STATES, PRESENT):
+                shutil.copyfile(folder / name, self.path / name)
+            if kept_corrupt:
+                (self.path / CORRUPT).write_text("".join(json.dumps(e, sort_keys=True) + "\n" for e in kept_corrupt))
+            self.states = np.load(self.path / STATES, mmap_mode="r+")
+            self.present = np.load(self.path / PRESENT, mmap_mode="r+")
+            self.done = np.array([b not in redo for b in self.batches], dtype=np.bool_)
+        else:
+            self.states = np.lib.format.open_memmap(self.path / STATES, mode="w+", dtype=np.float16,
+                                                    shape=(rows, k, d))
+            self.present = np.lib.format.open_memmap(self.path / PRESENT, mode="w+", dtype=np.bool_, shape=(rows,))
+            self.done = np.zeros(len(self.batches), dtype=np.bool_)
         self.states.flush()
         self.present.flush()
-        self.done = np.zeros(len(self.batches), dtype=np.bool_)
+        if self.sources is not None:
+            atomic_write(self.path / SOURCES, lambda tmp: np.save(tmp, self.sources), suffix=".npy")
         self._save_done()
         write_json(plan_file, self.plan)
 
@@ -188,6 +212,7 @@ def finish_single(area: WorkArea, final: Path, base_manifest: dict[str, Any]) ->
     area.close()
     for name in (DONE, CORRUPT, PLAN):
         (area.path / name).unlink(missing_ok=True)
+    manifest["checksums"] = checksums(area.path)
     write_json(area.path / MANIFEST, manifest)
     install(area.path, final)
     return manifest
