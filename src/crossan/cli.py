@@ -128,7 +128,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
         finally:
             dist.shutdown()
         return 0
-    cache_command(cfg, data, modalities, args.shard, args.num_shards, args.join)
+    cache_command(cfg, data, modalities, args.shard, args.num_shards, args.join, verify=args.verify)
     return 0
 
 
@@ -221,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard", type=int, help="build only shard i (0-based) of --num-shards")
     p.add_argument("--num-shards", type=int, default=1, help="number of shards (with --shard)")
     p.add_argument("--join", action="store_true", help="assemble the finished shards into the cache")
+    p.add_argument("--verify", action="store_true",
+                   help="check a completed cache without changing it: SHA-256 of every array against the build's, "
+                        "non-finite values, absent rows, media files re-hashed; exits 2 naming what failed")
     p.set_defaults(fn=cmd_cache)
 
     p = sub.add_parser("encoders", help="per modality: the frozen encoder, its weights, taps, widths and ms/item",
