@@ -216,3 +216,83 @@ def test_verify_of_a_good_cache(reference: Path, dataset: FakeData, capsys: pyte
     assert verify_cache(make_cfg(reference), dataset, ["image", "audio"]) == {"image": [], "audio": []}
     out = capsys.readouterr().out
     assert "image: verified" in out and "audio: verified" in out and "media files unchanged" in out
+
+
+# --------------------------------------------------------------------------------------------- 6. disk full
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A 1 MiB tmpfs (needs root; skipped where mounting is not allowed)."""
+    import subprocess
+
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    try:
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True,
+                           text=True)
+    except FileNotFoundError:
+        pytest.skip("no mount command")
+    if r.returncode:
+        pytest.skip(f"cannot mount a small tmpfs here: {r.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """Fill ``disk`` with one file until ``leave`` bytes are free; returns the file."""
+    st = os.statvfs(disk)
+    filler = disk / "filler"
+    filler.write_bytes(b"\0" * max(0, st.f_bavail * st.f_frsize - leave))
+    return filler
+
+
+def test_disk_full_while_building_the_cache_is_a_clear_error(small_disk: Path, data: FakeData, tmp_path: Path,
+                                                              reference: Path) -> None:
+    from crossan.errors import WriteError
+
+    cfg = make_cfg(small_disk / "cache")
+    filler = fill(small_disk, leave=2 * 4096)  # the state file's header fits, its rows do not
+    with pytest.raises(WriteError, match=f"{small_disk / 'cache'}.*(space|No space left)"):
+        build_cache(cfg, data, ["image"], progress=False)
+    filler.unlink()
+    build_cache(cfg, data, ["image"], progress=False)  # with space again: built, the same bytes
+    assert read_bytes(small_disk / "cache" / "image") == read_bytes(reference / "image")
+    before = read_bytes(small_disk / "cache" / "image")
+    write_image(data.catalogue.root / "img" / "i6.jpg", (0, 250, 0))
+    filler = fill(small_disk, leave=4096)  # an update copies the arrays first: no room
+    with pytest.raises(WriteError, match="space"):
+        build_cache(cfg, data, ["image"], progress=False)
+    assert read_bytes(small_disk / "cache" / "image") == before  # the completed cache is untouched
+    filler.unlink()
+    assert build_cache(cfg, data, ["image"], progress=False)["image"].status == "updated"
+
+
+def test_cache_space_is_reserved_before_any_row_is_written(small_disk: Path) -> None:
+    # open_memmap leaves the rows sparse: on a full disk their write-back dies of SIGBUS (rc 135, no message)
+    from crossan.cache.workarea import WorkArea
+    from crossan.errors import WriteError
+
+    plan = {"manifest": {}, "lo": 0, "hi": 100, "batches": [0]}
+    filler = fill(small_disk, leave=4 * 4096)  # header, last page and present.npy fit; the rows do not
+    with pytest.raises(WriteError, match=r"states.npy: not enough disk space for the cache \(38,528 bytes to reserve"):
+        WorkArea(small_disk / "image.partial", plan, (100, 3, 64))
+    filler.unlink()
+    area = WorkArea(small_disk / "image.partial", plan, (100, 3, 64))
+    assert os.stat(area.path / "states.npy").st_blocks * 512 >= 100 * 3 * 64 * 2  # allocated, not sparse
+
+
+def test_disk_full_while_saving_weights_names_the_file(small_disk: Path) -> None:
+    from crossan.errors import WriteError
+    from crossan.runs import TrainState, save_checkpoint, save_weights
+
+    small = torch.nn.Linear(4, 4)
+    save_weights(small, small_disk / "best.safetensors")
+    before = (small_disk / "best.safetensors").read_bytes()
+    fill(small_disk, leave=16 * 1024)
+    big = torch.nn.Linear(256, 256)  # 257 KiB of weights
+    with pytest.raises(WriteError, match=f"{small_disk / 'best.safetensors'}: no space left on the device"):
+        save_weights(big, small_disk / "best.safetensors")
+    assert (small_disk / "best.safetensors").read_bytes() == before
+    opt = torch.optim.Adam(big.parameters())
+    with pytest.raises(WriteError, match=f"{small_disk / 'checkpoints' / 'last.pt'}: no space left"):
+        save_checkpoint(small_disk / "checkpoints" / "last.pt", big, opt, TrainState())
+    assert sorted(p.name for p in small_disk.rglob("*") if p.is_file()) == ["best.safetensors", "filler"]

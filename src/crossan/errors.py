@@ -41,6 +41,11 @@ class UnknownItemError(ServeError):
         self.unknown = unknown
 
 
+class WriteError(CrossanError, OSError):
+    """A file could not be written (disk full, read-only file system, a file where a folder should be); the
+    message names the file, and whatever that path held before is left as it was."""
+
+
 class CacheError(CrossanError, RuntimeError):
     """The layer-state cache cannot be used or built as asked."""
 

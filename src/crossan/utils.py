@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from crossan.errors import CrossanError, WriteError
+
 if TYPE_CHECKING:
     import torch
     from torch import nn
@@ -98,20 +100,65 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any], suffix: str = "
     on one (``np.save`` appends ``.npy`` otherwise). Every crossan file written in place goes through here.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise WriteError(f"{path}: is a folder; expected a file name here")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteError(f"{path}: cannot create its folder {path.parent} ({e.strerror or e})") from None
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}{suffix}")
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # the mode of a plainly created file, whatever the writer chose
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
+    except Exception as e:
+        full = _disk_full(e, path.parent)
+        tmp.unlink(missing_ok=True)
+        if full:
+            raise WriteError(f"{path}: no space left on the device while writing it; {path.name} was not changed "
+                             "(free some space and run the command again)") from None
+        if isinstance(e, OSError) and not isinstance(e, CrossanError):
+            raise WriteError(f"{path}: cannot write ({e.strerror or e}); {path.name} was not changed") from None
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _disk_full(e: BaseException, folder: Path) -> bool:
+    """Whether a failed write ran out of space: ENOSPC/EDQUOT, a library's message saying so, or (for
+    writers that report it vaguely, e.g. torch.save) a file system left with under 64 KiB."""
+    import errno
+
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if "No space left on device" in str(e) or "os error 28" in str(e):
+        return True
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 64 * 1024
+
+
+def _umask() -> int:
+    """The process umask (read without changing it where /proc allows)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -31,6 +31,7 @@ from crossan.cache.workarea import (
     print_reports,
     read_corrupt_log,
     report_from_manifest,
+    reserve,
 )
 from crossan.config import EncoderSpec
 from crossan.errors import CacheError, CacheMismatchError
@@ -85,6 +86,8 @@ def _join_modality(root: Path, m: str, shards: list[tuple[Path, dict]]) -> dict[
     shape = tuple(base["shape"])
     states = np.lib.format.open_memmap(work / STATES, mode="w+", dtype=np.float16, shape=shape)
     present = np.lib.format.open_memmap(work / PRESENT, mode="w+", dtype=np.bool_, shape=(shape[0],))
+    reserve(work / STATES)
+    reserve(work / PRESENT)
     sources = np.zeros(shape[0], dtype=SOURCE_DTYPE)
     corrupt: list[dict[str, Any]] = []
     for folder, plan in shards:

@@ -7,6 +7,7 @@ rows are flushed, so an interrupted build resumes where it stopped.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -20,6 +21,7 @@ import numpy as np
 from crossan.cache.integrity import checksums
 from crossan.cache.layout import COMPLETE, CORRUPT, DONE, MANIFEST, PLAN, PRESENT, SOURCES, STATES
 from crossan.cache.manifest import jsonable, write_json
+from crossan.errors import WriteError
 from crossan.utils import atomic_write
 
 
@@ -98,6 +100,7 @@ class WorkArea:
             except json.JSONDecodeError:
                 old = None
             if old == self.plan:
+                reserve(self.path / STATES)  # a sparse file from an older crossan
                 self.states = np.load(self.path / STATES, mmap_mode="r+")
                 self.present = np.load(self.path / PRESENT, mmap_mode="r+")
                 self.done = np.load(self.path / DONE)
@@ -106,12 +109,22 @@ class WorkArea:
             print(f"discarding the partial build at {self.path}: it was started under other settings")
         if self.path.exists():
             shutil.rmtree(self.path)
+        try:
+            self._create(seed)
+        except OSError as e:
+            if isinstance(e, WriteError):
+                raise
+            raise WriteError(f"{self.path}: cannot create the build's files ({e.strerror or e}); free some space "
+                             "or set cache.dir to another disk") from None
+
+    def _create(self, seed: tuple[Path, set[int], list[dict[str, Any]]] | None) -> None:
+        plan_file = self.path / PLAN
         self.path.mkdir(parents=True)
         rows, k, d = self.shape
         if seed is not None:  # an update: start from the completed cache, redo only the changed batches
             folder, redo, kept_corrupt = seed
             for name in (STATES, PRESENT):
-                shutil.copyfile(folder / name, self.path / name)
+                copy_file(folder / name, self.path / name)
             if kept_corrupt:
                 (self.path / CORRUPT).write_text("".join(json.dumps(e, sort_keys=True) + "\n" for e in kept_corrupt))
             self.states = np.load(self.path / STATES, mmap_mode="r+")
@@ -121,6 +134,8 @@ class WorkArea:
             self.states = np.lib.format.open_memmap(self.path / STATES, mode="w+", dtype=np.float16,
                                                     shape=(rows, k, d))
             self.present = np.lib.format.open_memmap(self.path / PRESENT, mode="w+", dtype=np.bool_, shape=(rows,))
+            reserve(self.path / STATES)
+            reserve(self.path / PRESENT)
             self.done = np.zeros(len(self.batches), dtype=np.bool_)
         self.states.flush()
         self.present.flush()
@@ -168,6 +183,37 @@ class WorkArea:
             if arr is not None:
                 arr.flush()
                 setattr(self, name, None)
+
+
+def reserve(path: Path) -> None:
+    """Allocate every block of ``path`` now. ``open_memmap`` makes a sparse file: when the disk fills while
+    its pages are written back, the process dies of SIGBUS without a message; reserving the space up front
+    turns that into :class:`WriteError` naming the file before any work is done. File systems without
+    ``posix_fallocate`` keep the sparse file."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        size = os.fstat(fd).st_size
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            free = shutil.disk_usage(path.parent).free
+            raise WriteError(f"{path}: not enough disk space for the cache ({size:,} bytes to reserve, "
+                             f"{free:,} free); free some space or set cache.dir to another disk "
+                             "and run the command again (finished batches are kept)") from None
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise WriteError(f"{path}: cannot reserve space ({e.strerror})") from None
+    finally:
+        os.close(fd)
+
+
+def copy_file(src: Path, dst: Path) -> None:
+    """``shutil.copyfile`` that reports a full disk as :class:`WriteError` naming ``dst``."""
+    try:
+        shutil.copyfile(src, dst)
+    except OSError as e:
+        raise WriteError(f"{dst}: cannot copy {src} there ({e.strerror or e}); free some space or set cache.dir "
+                         "to another disk") from None
 
 
 def read_corrupt_log(folder: Path) -> list[dict[str, Any]]:
