@@ -14,7 +14,9 @@ g and λ are gates ``sigmoid(a / T)`` (a init 0, §4). Since s^0 = 0, c^1 ≡ 0:
 exist for depths 2..K only. With M = 2 each chain has a single partner, so π ≡ 1 and no logits b are
 created (they would never receive a gradient); with M = 1 there is no exchange at all.
 
-Ablations (``CrossanConfig``): ``exchange: none`` — no λ/b, fully independent chains; ``share_adapters`` —
+Ablations (``CrossanConfig``): ``exchange: none`` — no λ/b, fully independent chains; ``exchange: inputs``
+— no λ/b; instead chain t's input is ``Σ_m α_{t,m}^k·h_m^{l_k} + (1 − g_t^k)·s_t^{k−1}`` with α a softmax over
+the present modalities (:class:`InputMix`, logits own 0 / others −2; g exists for depths 2..K); ``share_adapters`` —
 one SANB per depth shared by all modalities (the adapters' parameter count does not grow with M; gates
 and heads stay per modality); ``fusion`` — ``momef`` | ``concat`` (``Linear(M·d → d)``) | ``mean``.
 
@@ -95,6 +97,37 @@ class Exchange(nn.Module):
         return torch.addcmul(z, num, scale)
 
 
+class InputMix(nn.Module):
+    """``exchange: inputs`` (METHOD.md §1, §6): chain t's input at depth k mixes the tapped states of every
+    *present* modality, ``Σ_m α_{t,m}^k · h_m^{l_k}`` with ``α_{t,·}^k = softmax(a_{t,·}^k)`` renormalised over
+    the modalities the item has (0 when it has none). Logits ``a`` [K, M, M] start at 0 on the diagonal (own
+    modality) and ``other_logit`` (−2 by default) elsewhere, so each chain starts mostly on its own modality.
+    With M = 1 there is nothing to mix (α ≡ 1 on the present modality) and no logits are created.
+    """
+
+    def __init__(self, depths: int, num_modalities: int, other_logit: float = -2.0) -> None:
+        super().__init__()
+        M = num_modalities
+        self.logits = None
+        if M >= 2:
+            init = torch.full((depths, M, M), float(other_logit))
+            init[:, torch.arange(M), torch.arange(M)] = 0.0
+            self.logits = nn.Parameter(init)
+
+    def forward(self, h: torch.Tensor, a: torch.Tensor, k: int) -> torch.Tensor:
+        """The mixed inputs [M, U, d_s] of depth ``k`` from that depth's states ``h`` [M, U, d_s] and presence
+        ``a`` as 0/1 [M, U, 1] (one dtype): ``E·(a⊙h) / E·a`` with ``E = exp(a_k − rowmax)``, one matmul."""
+        M, U, d = h.shape
+        if self.logits is None:
+            return h * a
+        b = self.logits[k]
+        E = torch.exp(b - b.max(1, keepdim=True).values.detach())  # [M, M], entries in (0, 1]
+        den = E @ a.view(M, U).to(E.dtype)  # [M, U] float32
+        inv = torch.where(den > 0, 1 / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(den))
+        num = (E.to(h.dtype) @ (h * a).view(M, U * d)).view(M, U, d)
+        return num * inv.to(h.dtype)[..., None]
+
+
 class ConcatFusion(nn.Module):
     """``Linear(concat(e_1 … e_M) → d)``; missing modalities enter as zeros."""
 
@@ -127,7 +160,9 @@ class CrossanTower(ContentTower):
         self.adapters = nn.ModuleList(
             GroupedSANB(1 if cfg.share_adapters else M, ds, cfg.bottleneck, cfg.dropout, cfg.init_std)
             for _ in range(K))
-        self.gate = Gate(K, M, temperature=cfg.gate_temperature)
+        # exchange "inputs": z^k = Σ α·h + (1 − g)·s, so the gate acts from depth 2 on (s^0 = 0): K − 1 gates
+        self.input_mix = InputMix(K, M, cfg.inputs_other_logit) if cfg.exchange == "inputs" else None
+        self.gate = Gate(K - 1 if self.input_mix is not None else K, M, temperature=cfg.gate_temperature)
         self.exchange = (Exchange(K - 1, M, cfg.gate_temperature)
                          if cfg.exchange == "softmax" and M >= 2 and K >= 2 else None)
         self.heads = GroupedLinear(M, ds, dim)  # W_m, one per modality
@@ -148,6 +183,12 @@ class CrossanTower(ContentTower):
         a = present.T.to(h.dtype)[..., None]  # [M, U, 1]
         g = self.gate().to(h.dtype)[..., None, None]  # [K, M, 1, 1]; everything below stays in h's dtype
         s = None  # s^0 = 0
+        if self.input_mix is not None:  # exchange "inputs": z^k = Σ_m α_m^k·h_m^k + (1 − g^k)·s^{k−1}
+            for k in range(self.num_taps):
+                z = self.input_mix(h[k], a, k)
+                s = self.adapters[k](z if s is None else torch.addcmul(z, 1 - g[k - 1], s))
+            e = self.heads(s) * a
+            return e.transpose(0, 1), present
         for k in range(self.num_taps):
             if s is None:
                 z = g[k] * h[k]
@@ -164,7 +205,8 @@ class CrossanTower(ContentTower):
 
     def side_modules(self) -> list[nn.Module]:
         """The side network proper: input projections, SANBs, gates, exchange."""
-        return [m for m in (self.proj, self.adapters, self.gate, self.exchange) if m is not None]
+        return [m for m in (self.proj, self.adapters, self.gate, self.exchange, self.input_mix)
+                if m is not None]
 
     def param_groups(self, train: TrainConfig) -> list[dict[str, Any]]:
         groups = [

@@ -44,8 +44,16 @@ class IISANConfig(SANBConfig):
 class CrossanConfig(SANBConfig):
     """CROSSAN (METHOD.md §6) with MOMEF fusion (§7)."""
 
-    exchange: Literal["softmax", "none"] = "softmax"
-    """Cross-modal exchange between the chains at every depth; ``none``: fully separate chains."""
+    exchange: Literal["softmax", "none", "inputs"] = "softmax"
+    """Cross-modal exchange between the chains at every depth. ``softmax``: each chain adds a gated softmax
+    mix of the other chains' previous side states (METHOD.md §6); ``none``: fully separate chains;
+    ``inputs``: each chain's input is a softmax mix (per depth, over the present modalities) of *all*
+    modalities' tapped states plus ``(1 − g)·s`` of its own previous state — the reading of the paper's
+    recovered equation (METHOD.md §1, §6); logits start at 0 for the own modality and
+    ``inputs_other_logit`` for the others."""
+    inputs_other_logit: float = -2.0
+    """``exchange: inputs``: initial softmax logit of the other modalities (own modality 0); with M = 2 the
+    own modality starts at weight 1 / (1 + e^-2) ≈ 0.88."""
     share_adapters: bool = False
     """One SANB per depth shared by all modalities (parameters then do not grow with M)."""
     fusion: Literal["momef", "concat", "mean"] = "momef"
