@@ -296,3 +296,148 @@ def test_disk_full_while_saving_weights_names_the_file(small_disk: Path) -> None
     with pytest.raises(WriteError, match=f"{small_disk / 'checkpoints' / 'last.pt'}: no space left"):
         save_checkpoint(small_disk / "checkpoints" / "last.pt", big, opt, TrainState())
     assert sorted(p.name for p in small_disk.rglob("*") if p.is_file()) == ["best.safetensors", "filler"]
+
+
+# --------------------------------------------------------------------------------------------- 7. clean errors
+def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    from crossan.cli import main
+
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def one_line_error(rc: int, err: str, *names: object) -> str:
+    """The CLI's error: rc 2, one line on stderr (after any log lines), no traceback, naming each of ``names``."""
+    assert rc == 2 and "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1].startswith("crossan: error: ") and sum("error" in line for line in lines) == 1, err
+    lines = lines[-1:]
+    for name in names:
+        assert str(name) in lines[0], (name, lines[0])
+    return lines[0]
+
+
+TRAIN = ["method=id", "train.epochs=1", "train.batch_size=32", "device=cpu", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def text_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from conftest import random_dataset
+
+    return random_dataset(tmp_path_factory.mktemp("text") / "d")
+
+
+@pytest.fixture(scope="module")
+def id_run(tmp_path_factory: pytest.TempPathFactory, text_data: Path) -> Path:
+    from crossan.config import load_config
+    from crossan.trainer import train
+
+    run = tmp_path_factory.mktemp("runs") / "id"
+    train(load_config([], [f"data.path={text_data}", *TRAIN[:-1]]), run, progress=False)
+    return run
+
+
+def test_out_at_a_file_is_refused(text_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "a_file"
+    target.write_text("keep me\n")
+    rc, _, err = run_cli(["train", "--data", text_data, "--out", target, *TRAIN], capsys)
+    assert "is a file" in one_line_error(rc, err, target)
+    rc, _, err = run_cli(["train", "--data", text_data, "--out", target / "run", *TRAIN], capsys)
+    one_line_error(rc, err, target)
+    assert target.read_text() == "keep me\n"
+
+
+def test_out_on_a_read_only_file_system(text_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import subprocess
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro)], capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {r.stderr.strip()}")
+    try:
+        rc, _, err = run_cli(["train", "--data", text_data, "--out", ro / "run", *TRAIN], capsys)
+        assert "read-only file system" in one_line_error(rc, err, ro / "run")
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], check=False)
+
+
+def test_recommend_out_at_a_folder(id_run: Path, text_data: Path, tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    users = tmp_path / "users.tsv"
+    users.write_text("a\ti1 i2 i3\n")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    rc, _, err = run_cli(["recommend", id_run, "--users", users, "--out", folder], capsys)
+    assert "is a folder" in one_line_error(rc, err, folder)
+    rc, _, err = run_cli(["recommend", id_run, "--users", users, "--out", tmp_path / "recs.csv"], capsys)
+    assert rc == 0 and (tmp_path / "recs.csv").read_text().startswith("user,rank,item_id,score,title\n")
+
+
+def _damage_manifest_list(folder: Path) -> None:
+    (folder / "manifest.json").write_text("[]\n")
+
+
+def _damage_manifest_json(folder: Path) -> None:
+    (folder / "manifest.json").write_text('{"format_version": 2, "shape": [61, 3')
+
+
+def _damage_header(folder: Path) -> None:
+    raw = (folder / "states.npy").read_bytes()
+    (folder / "states.npy").write_bytes(raw[:10] + b"{'descr': <f2 garbage" + raw[31:])  # same size
+
+
+def _damage_truncate(folder: Path) -> None:
+    raw = (folder / "states.npy").read_bytes()
+    (folder / "states.npy").write_bytes(raw[:-1000])
+
+
+CACHE_DAMAGE = {"manifest_list": (_damage_manifest_list, "manifest.json"),
+                "manifest_bad_json": (_damage_manifest_json, "manifest.json"),
+                "npy_header": (_damage_header, "states.npy"), "truncated_states": (_damage_truncate, "states.npy")}
+
+
+@pytest.mark.parametrize("damage", sorted(CACHE_DAMAGE))
+def test_damaged_cache_files_give_one_line_naming_the_file(text_data: Path, tmp_path: Path, damage: str,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    cache = tmp_path / "cache"
+    common = ["--data", text_data, "--preset", "tiny", f"cache.dir={cache}", "precision=fp32"]
+    assert run_cli(["cache", *common], capsys)[0] == 0
+    good = read_bytes(cache / "text")
+    spoil, name = CACHE_DAMAGE[damage]
+    spoil(cache / "text")
+    train = ["train", "--data", text_data, "--out", tmp_path / "run", f"cache.dir={cache}", "encoders.preset=tiny",
+             "precision=fp32", "method=frozen", "modalities=[text]", *TRAIN[1:]]
+    rc, _, err = run_cli(train, capsys)
+    one_line_error(rc, err, cache / "text" / name)
+    assert not (tmp_path / "run").exists()
+    rc, out, err = run_cli(["cache", *common, "--verify"], capsys)
+    one_line_error(rc, err, "verification failed for text")
+    assert str(cache / "text" / name) in out
+    rc, out, _ = run_cli(["cache", *common], capsys)  # `crossan cache` builds it again
+    assert rc == 0 and str(cache / "text" / name) in out and "text: built" in out
+    assert read_bytes(cache / "text") == good
+
+
+@pytest.mark.parametrize("content", ["planted", "truncated", "empty", "other_tensors"])
+def test_bad_checkpoint_is_one_line_never_suggesting_unpickling(id_run: Path, text_data: Path, tmp_path: Path,
+                                                                content: str,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    import pickle
+
+    run = tmp_path / "run"
+    shutil.copytree(id_run, run)
+    ckpt = run / "checkpoints" / "last.pt"
+    raw = ckpt.read_bytes()
+    if content == "planted":
+        ckpt.write_bytes(pickle.dumps(os.system))  # would run a command if unpickled
+    elif content == "truncated":
+        ckpt.write_bytes(raw[: len(raw) // 2])
+    elif content == "empty":
+        ckpt.write_bytes(b"")
+    else:
+        torch.save({"model": {"w": torch.zeros(3)}}, ckpt)
+    rc, _, err = run_cli(["train", "--data", text_data, "--out", run, "--resume", *TRAIN], capsys)
+    line = one_line_error(rc, err, ckpt)
+    assert "weights_only" not in err and "delete" in line

@@ -280,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.fn(args)
-    except (CrossanError, DataError, MediaError, FileNotFoundError, ValueError) as e:
+    except (CrossanError, DataError, MediaError, OSError, ValueError) as e:  # OSError: names its file
         print(f"crossan: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -43,6 +43,21 @@ def read_users_file(path: str | Path) -> list[tuple[str, list[str], int]]:
     return out
 
 
+def check_out_file(path: Path) -> None:
+    """Refuse, before any scoring, an ``--out`` file that is a folder or whose folder cannot be written."""
+    import os
+
+    if path.is_dir():
+        raise ServeError(f"{path}: is a folder; --out takes a file name (the CSV to write)")
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ServeError(f"{path}: cannot be created because {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ServeError(f"{path}: cannot write in {existing} (read-only or no permission)")
+
+
 def cmd_recommend(args: Any) -> int:
     from crossan.serve import load_recommender
     from crossan.utils import atomic_write_text
@@ -53,6 +68,8 @@ def cmd_recommend(args: Any) -> int:
         raise ServeError(f"--k must be at least 1, got {args.k}")
     if args.users is not None and not args.out:
         raise ServeError("--users needs --out FILE (the CSV of recommendations)")
+    if args.out:
+        check_out_file(Path(args.out))
     rec = load_recommender(args.run_dir, device=args.device, data_path=args.run_data)
     exclude = not args.include_history
     if args.history is not None:

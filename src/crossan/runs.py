@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,7 +43,8 @@ if TYPE_CHECKING:
     from crossan.recommender import Recommender
 
 __all__ = ["CONFIG", "REQUIRED_FILES", "RESULT_KEYS", "NonFiniteError", "RunError", "TrainState",
-           "check_run_dir", "check_run_folder", "evaluate_run", "load_checkpoint", "load_run", "load_weights",
+           "check_out_folder", "check_run_dir", "check_run_folder", "evaluate_run", "load_checkpoint", "load_run",
+           "load_weights",
            "read_run_config", "rescore", "save_checkpoint", "save_per_user", "save_weights", "truncate_history",
            "version_compatible"]
 
@@ -63,6 +65,7 @@ RESULT_KEYS = ("method", "dataset", "best_epoch", "valid", "test", "train_time_p
 # --------------------------------------------------------------------------------------------- checks
 def check_run_dir(run_dir: Path, cfg: Config, resume: bool) -> None:
     """Refuse a run folder that holds another run, or a ``--resume`` with another configuration."""
+    check_out_folder(run_dir)
     saved = run_dir / CONFIG
     if resume:
         if not saved.is_file():
@@ -72,6 +75,29 @@ def check_run_dir(run_dir: Path, cfg: Config, resume: bool) -> None:
             raise RunError(f"{run_dir}: --resume with a different configuration: {'; '.join(diff[:10])}")
     elif run_dir.exists() and any(run_dir.iterdir()):
         raise RunError(f"{run_dir} already holds files; pass --resume to continue that run or choose another --out")
+
+
+def check_out_folder(folder: Path, option: str = "--out") -> None:
+    """Refuse, before any work, an output folder that is a file, lies under a file, or cannot be written
+    (read-only file system, no permission)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise RunError(f"{folder}: is a file, not a folder; choose another {option}")
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RunError(f"{folder}: cannot be created because {existing} is a file; choose another {option}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        why = "a read-only file system" if _read_only(existing) else "no write permission"
+        raise RunError(f"{folder}: cannot write in {existing} ({why}); choose another {option}")
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
@@ -218,13 +244,32 @@ def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
 
 def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> TrainState:
     """Restore model and optimiser from ``path``; the loop state to continue from."""
-    ck = torch.load(path, map_location="cpu", weights_only=True)
+    import pickle
+    import warnings
+
+    fresh = f"delete {path} to start this run again from its first epoch"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about the pickle protocol of planted files
+            ck = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's message suggests weights_only=False: never do that
+        raise RunError(f"{path}: holds objects other than tensors and plain values, so it is not a crossan "
+                       f"checkpoint and was not loaded (nothing in it was run); {fresh}") from None
+    except (RuntimeError, EOFError, OSError, ValueError, IndexError, KeyError) as e:
+        reason = "empty" if isinstance(e, EOFError) else "truncated or not a torch checkpoint"
+        raise RunError(f"{path}: cannot be read ({reason}); {fresh}") from None
+    if not isinstance(ck, dict) or not {"model", "optimizer", "state", "world_size"} <= set(ck):
+        raise RunError(f"{path}: not a crossan checkpoint (expected model, optimizer, state and world_size); {fresh}")
     if ck["world_size"] != dist.world_size():
         raise RunError(f"{path} was written by {ck['world_size']} processes; resume it with the same world size "
                        f"(now {dist.world_size()})")
-    model.load_state_dict(ck["model"])
-    opt.load_state_dict(ck["optimizer"])
-    return TrainState(**ck["state"])
+    try:
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        return TrainState(**ck["state"])
+    except (RuntimeError, ValueError, TypeError, KeyError) as e:
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise RunError(f"{path}: does not fit this run's model ({first}); {fresh}") from None
 
 
 def truncate_history(path: Path, epochs_done: int) -> None:

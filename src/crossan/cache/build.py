@@ -210,7 +210,11 @@ def _build_modality(ctx: _BuildContext, m: str, spec: EncoderSpec, shard: int | 
     from crossan.encoders import build_encoder
 
     final = ctx.root / m
-    existing = read_manifest(final, missing_ok=True)
+    try:
+        existing = read_manifest(final, missing_ok=True)
+    except CacheError as e:
+        print(f"{m}: {e}; building it again")
+        existing = None
     update, sources = None, []
     if existing is not None:
         if not manifest_differences(m, existing, expected_manifest(m, spec, ctx.data)):
@@ -294,8 +298,13 @@ def verify_cache(cfg: Config, data: Any, modalities: list[str]) -> dict[str, lis
     problems: dict[str, list[str]] = {}
     for m in modalities:
         folder = root / m
-        manifest = read_manifest(folder, missing_ok=True)
-        if manifest is None:
+        try:
+            manifest = read_manifest(folder, missing_ok=True)
+        except CacheError as e:
+            manifest, problems[m] = None, [str(e)]
+        if m in problems:
+            pass
+        elif manifest is None:
             problems[m] = [f"no completed cache in {folder}"]
         else:
             problems[m] = manifest_differences(m, manifest, expected_manifest(m, specs[m], data))

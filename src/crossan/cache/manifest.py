@@ -85,13 +85,12 @@ def read_manifest(folder: Path, missing_ok: bool = True) -> dict[str, Any] | Non
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
-        raise CacheError(f"{path}: not a readable cache manifest ({e}); delete the folder and run `crossan cache` "
-                         "to build it again") from None
+        raise CacheError(f"{path}: not a readable cache manifest ({e}); `crossan cache` builds the cache "
+                         "again") from None
     missing = [k for k in ("shape", "num_items", *COMPARED_FIELDS[:1]) if not isinstance(manifest, dict) or k not in manifest]
     if missing:
         what = f"a JSON {type(manifest).__name__}" if not isinstance(manifest, dict) else f"no {missing}"
-        raise CacheError(f"{path}: not a cache manifest ({what}); delete the folder and run `crossan cache` to "
-                         "build it again")
+        raise CacheError(f"{path}: not a cache manifest ({what}); `crossan cache` builds the cache again")
     return manifest
 
 

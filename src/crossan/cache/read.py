@@ -57,8 +57,8 @@ def open_cache(cfg: Config, data: Any, modalities: list[str], mmap: bool = True)
     for m in modalities:
         problems = check_files(root / m, manifests[m])
         if problems:
-            raise CacheError(f"the {m} cache in {root / m} is damaged: {'; '.join(problems)}. Rebuild it with:\n  "
-                             f"{cache_command_line(cfg, [m])}")
+            raise CacheError(f"the {m} cache in {root / m} is damaged: {'; '.join(problems)}; rebuild it with "
+                             f"`{cache_command_line(cfg, [m])}`")
         changed, _ = changed_rows(load_array(root / m / SOURCES), m, records, data.catalogue)
         if len(changed):
             diff = f"{m}: {len(changed)} media file(s) changed since the cache was built: " \
