@@ -65,6 +65,12 @@ class UserEncoderConfig:
     n_heads: int = 2
     ffn_mult: int = 4
     dropout: float = 0.1
+    variant: Literal["crossan", "iisan_official"] = "crossan"
+    """Block details (the same for every method, so comparisons stay fair). ``crossan``: biases on Q/K/V and
+    the attention output, GELU, dropout also inside the feed-forward, LayerNorm eps 1e-5, weights
+    N(0, 0.02²), padding positions zeroed. ``iisan_official`` (IISAN's official SASRec): no bias on Q/K/V
+    and output, ReLU, eps 1e-6, Xavier-normal weights, dropout only after the feed-forward output, padding
+    positions left as embedded (masked as attention keys either way). See docs/method.md."""
 
 
 @dataclass
@@ -84,6 +90,14 @@ class TrainConfig:
     weight_decay: float = 0.0
     loss: Literal["inbatch", "bce"] = "inbatch"
     """``inbatch``: in-batch softmax with popularity correction; ``bce``: one sampled negative per position."""
+    negatives: Literal["unique", "slots"] = "unique"
+    """In-batch candidates. ``unique``: each distinct item of the batch once. ``slots`` (IISAN's official
+    code): every slot of the batch's sequences (L + 1 per user), so an item is a negative as often as it
+    occurs in the batch. Either way each distinct item is embedded once."""
+    pop_smoothing: float = 1.0
+    """Popularity correction ``log P(j)``, ``P(j) = (c_j + s) / (Σ c + s·N)`` from training counts c: ``1``
+    add-one (items unseen in training stay finite), ``0`` unsmoothed as in IISAN's official code (an item
+    with no count gets log P = 0; it can only appear as padding)."""
     patience: int = 10
     """Stop after this many epochs without a better validation metric."""
     metric: str = "NDCG@10"
@@ -382,7 +396,7 @@ def validate(cfg: Config) -> None:
         val = getattr(cfg.train, key)
         if not math.isfinite(val) or val <= 0:
             raise ConfigError(f"train.{key}: must be a finite number > 0, got {val!r}")
-    for key in ("weight_decay", "grad_clip"):
+    for key in ("weight_decay", "grad_clip", "pop_smoothing"):
         val = getattr(cfg.train, key)
         if not math.isfinite(val) or val < 0:
             raise ConfigError(f"train.{key}: must be a finite number >= 0, got {val!r}")

@@ -2,7 +2,8 @@
 
 Training embeds each *unique* item of a batch once (the expensive part for content towers), gathers the
 history and target embeddings from that small table, and scores every position against the batch's
-unique items (in-batch softmax, METHOD.md §8).
+unique items (in-batch softmax, METHOD.md §8) — or, with ``train.negatives=slots``, against every slot of
+the batch as IISAN's official code does (:func:`slots_softmax_loss`).
 
 Precision (``cfg.precision``, :mod:`crossan.precision`): the item tower and the user encoder run under
 bf16 autocast where the setting asks for it; the scores and the loss are computed in float32 from
@@ -29,11 +30,9 @@ class Recommender(nn.Module):
         self.tower = tower
         self.user = SASRec(cfg.user, cfg.data.max_seq_len)
         self.loss_kind = cfg.train.loss
+        self.negatives = cfg.train.negatives
         self.precision = cfg.precision
-        counts = item_counts.double()
-        # log P_pop(j) with add-one smoothing so that items unseen in training stay finite
-        self.register_buffer("log_pop", torch.log((counts + 1) / (counts.sum() + len(counts))).float(),
-                             persistent=False)
+        self.register_buffer("log_pop", log_popularity(item_counts, cfg.train.pop_smoothing), persistent=False)
 
     @property
     def num_items(self) -> int:
@@ -87,9 +86,49 @@ class Recommender(nn.Module):
             neg = (states * emb[inv[:, 2 * L:]]).sum(-1)
             loss = F.softplus(-pos) + F.softplus(neg)  # -log σ(pos) - log(1 - σ(neg))
             loss = loss[valid].mean()
+        elif self.negatives == "slots":
+            if not bool((targets[:, :-1] == torch.where(inputs[:, :-1] > 0, inputs[:, 1:], 0)).all()):
+                raise ValueError("train.negatives=slots needs targets that are the inputs shifted by one")
+            slots = torch.cat([inv[:, :L], inv[:, 2 * L - 1:]], 1)  # the L + 1 items of each user's window
+            loss = slots_softmax_loss(states, emb, uniq, slots, valid, self.log_pop[uniq])
         else:
             loss = inbatch_softmax_loss(states, emb, uniq, inv[:, :L], inv[:, L:], valid, self.log_pop[uniq])
         return loss
+
+
+def log_popularity(item_counts: torch.Tensor, smoothing: float = 1.0) -> torch.Tensor:
+    """log P_pop(j) = log((c_j + s) / (Σ c + s·N)) over the N rows of ``item_counts`` (row 0 = padding, count 0).
+
+    ``s = 1`` (add-one) keeps items unseen in training finite; ``s = 0`` is IISAN's official unsmoothed
+    popularity, where a row with no count gets 0 (such a row is padding in training batches, never scored).
+    """
+    counts = item_counts.double()
+    log_p = torch.log((counts + smoothing) / (counts.sum() + smoothing * len(counts)))
+    return torch.where(torch.isfinite(log_p), log_p, torch.zeros_like(log_p)).float()
+
+
+def slots_softmax_loss(states: torch.Tensor, cand_emb: torch.Tensor, cand_rows: torch.Tensor,
+                       slots: torch.Tensor, valid: torch.Tensor, log_pop: torch.Tensor) -> torch.Tensor:
+    """In-batch softmax over every *slot* of the batch, as IISAN's official code scores it.
+
+    ``slots`` [B, L + 1] index each user's window (inputs, then the last target) into the unique candidates
+    (``cand_rows`` [U], embeddings ``cand_emb`` [U, d], ``log_pop`` [U]); position j of user b predicts slot
+    (b, j + 1). Candidates are all B·(L + 1) slots, so an item is a negative once per occurrence; slots
+    holding any of user b's items are masked for b except the position's own target slot, padding slots
+    for everybody. ``states`` [B, L, d]; ``valid`` [B, L] marks real targets.
+    """
+    B, S = slots.shape
+    flat = slots.reshape(-1)  # [B·S]
+    logits = states @ cand_emb[flat].T - log_pop[flat]  # [B, L, B·S]
+    own = torch.zeros(B, len(cand_rows), dtype=torch.bool, device=states.device)
+    own.scatter_(1, slots, True)
+    target = (torch.arange(B, device=states.device)[:, None] * S
+              + torch.arange(1, S, device=states.device))  # [B, L]
+    cols = torch.arange(B * S, device=states.device)
+    mask = own[:, flat][:, None, :] & (cols != target[..., None])  # [B, L, B·S]
+    mask |= (cand_rows[flat] == 0)
+    logits = logits.masked_fill(mask, -torch.inf)
+    return F.cross_entropy(logits[valid], target[valid])
 
 
 def inbatch_softmax_loss(states: torch.Tensor, cand_emb: torch.Tensor, cand_rows: torch.Tensor,

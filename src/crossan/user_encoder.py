@@ -2,6 +2,17 @@
 
 A causal Transformer over the item embeddings of a left-padded history: learned positions, post-LayerNorm
 blocks, one output vector per position (the last one represents the user for next-item prediction).
+
+Two variants (``user.variant``), the same for every method of a comparison:
+
+* ``crossan`` (default): biases on Q/K/V and the attention output, GELU, dropout after the attention output,
+  inside the feed-forward and after it, LayerNorm eps 1e-5, weights N(0, 0.02²), padding positions zeroed.
+* ``iisan_official``: the SASRec of IISAN's official code — no bias on Q/K/V and the attention output,
+  ReLU, LayerNorm eps 1e-6, Xavier-normal weights (embeddings included, biases 0), dropout after the
+  attention output and after the feed-forward output only, padding positions left as embedded.
+
+In both, padding positions are masked as attention keys, so what a padding position holds never reaches a
+real position; the padding difference changes nothing at the positions the loss reads.
 """
 
 from __future__ import annotations
@@ -14,15 +25,21 @@ from crossan.config import UserEncoderConfig
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, n_heads: int, ffn_mult: int, dropout: float) -> None:
+    """One post-LayerNorm Transformer block: attention sublayer, then feed-forward sublayer."""
+
+    def __init__(self, dim: int, n_heads: int, ffn_mult: int, dropout: float, official: bool = False) -> None:
         super().__init__()
         self.n_heads, self.dropout = n_heads, dropout
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-        self.ln1 = nn.LayerNorm(dim)
-        self.ffn = nn.Sequential(nn.Linear(dim, ffn_mult * dim), nn.GELU(), nn.Dropout(dropout),
-                                 nn.Linear(ffn_mult * dim, dim))
-        self.ln2 = nn.LayerNorm(dim)
+        bias, eps = not official, 1e-6 if official else 1e-5
+        self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
+        self.proj = nn.Linear(dim, dim, bias=bias)
+        self.ln1 = nn.LayerNorm(dim, eps=eps)
+        if official:  # dropout after the feed-forward output only (self.drop below)
+            self.ffn = nn.Sequential(nn.Linear(dim, ffn_mult * dim), nn.ReLU(), nn.Linear(ffn_mult * dim, dim))
+        else:
+            self.ffn = nn.Sequential(nn.Linear(dim, ffn_mult * dim), nn.GELU(), nn.Dropout(dropout),
+                                     nn.Linear(ffn_mult * dim, dim))
+        self.ln2 = nn.LayerNorm(dim, eps=eps)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
@@ -36,20 +53,30 @@ class Block(nn.Module):
 
 
 class SASRec(nn.Module):
+    """The user encoder of ``cfg.variant`` (see the module docstring)."""
+
     def __init__(self, cfg: UserEncoderConfig, max_len: int) -> None:
         super().__init__()
         self.dim = cfg.dim
+        self.official = cfg.variant == "iisan_official"
         self.pos = nn.Embedding(max_len, cfg.dim)
         self.drop = nn.Dropout(cfg.dropout)
-        self.ln = nn.LayerNorm(cfg.dim)
-        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.n_heads, cfg.ffn_mult, cfg.dropout)
+        self.ln = nn.LayerNorm(cfg.dim, eps=1e-6 if self.official else 1e-5)
+        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.n_heads, cfg.ffn_mult, cfg.dropout, self.official)
                                     for _ in range(cfg.n_layers))
-        self.apply(self._init)
+        self.apply(self._init_official if self.official else self._init)
 
     @staticmethod
     def _init(m: nn.Module) -> None:
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, std=0.02)
+            if isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    @staticmethod
+    def _init_official(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.xavier_normal_(m.weight)
             if isinstance(m, nn.Linear) and m.bias is not None:
                 nn.init.zeros_(m.bias)
 
@@ -63,7 +90,8 @@ class SASRec(nn.Module):
         mask = causal & valid[:, None, :]
         mask = mask | torch.eye(L, dtype=torch.bool, device=items.device)
         x = self.drop(self.ln(item_emb + self.pos.weight[:L]))
-        x = x * valid[..., None]
+        if not self.official:
+            x = x * valid[..., None]
         for blk in self.blocks:
             x = blk(x, mask[:, None])
         return x

@@ -30,7 +30,12 @@ checks it against a per-chain reference); batching both side networks the same w
 cost comparison about the architectures, not the implementations.
 
 Optimiser groups: ``side`` (input projections, SANBs, gates) at ``train.lr_adapter``; ``heads`` (chain
-heads and the fusion layer) at ``train.lr``.
+heads and the fusion layer) at ``train.lr``. ``iisan.lr_groups: official`` declares the official code's
+rates instead (``IISANConfig``; the first head layer and the gates then hold one tensor per chain).
+
+Fidelity switches (``IISANConfig``, docs/method.md): ``missing: zeros`` feeds a missing modality's zero
+states through every chain as the official code does (no output zeroed, pairs read both sides as they
+are); ``image_head_init: xavier`` initialises the image chain's last head layer Xavier-normal.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from torch import nn
 from crossan.cache.features import FeatureSource
 from crossan.config import TrainConfig
 from crossan.towers.base import TowerContext, register
+from crossan.towers.chainsplit import SplitGate, SplitGroupedLinear, split_gate, split_grouped_linear
 from crossan.towers.configs import IISANConfig
 from crossan.towers.content import ContentTower, Features, features_from_context, finish
 from crossan.towers.sanb import Gate, GroupedLinear, GroupedSANB, ModalityProjection, masked_softmax
@@ -88,6 +94,16 @@ class IISANTower(ContentTower):
         # each chain's head: Linear(d_s→d_s) then Linear(d_s→d), no activation between (§5)
         self.heads = nn.Sequential(GroupedLinear(C, ds, ds), GroupedLinear(C, ds, dim))
         self.fusion = nn.Linear(C * dim, dim)
+        if cfg.image_head_init == "xavier" and "image" in self.modalities:
+            i = self.modalities.index("image")  # the official code's image classifier head: Xavier-normal
+            with torch.no_grad():
+                w = torch.empty(dim, ds)  # as nn.Linear(d_s → d) stores it
+                nn.init.xavier_normal_(w)
+                self.heads[1].weight[i].copy_(w.T)
+                self.heads[1].bias[i].zero_()
+        if cfg.lr_groups == "official":  # chains at different rates need their own tensors
+            self.heads[0] = split_grouped_linear(self.heads[0])
+            self.gate = split_gate(self.gate)
         if self.pairs:
             self.register_buffer("pair_left", torch.tensor([i for i, _ in self.pairs]), persistent=False)
             self.register_buffer("pair_right", torch.tensor([j for _, j in self.pairs]), persistent=False)
@@ -96,6 +112,9 @@ class IISANTower(ContentTower):
         """Every chain's head output [U, C, d] (zero where the chain has no input) and its validity Bool[U, C],
         chains in :attr:`chain_names` order (intra chains in modality order, then inter chains)."""
         h, present = self.tap_major_inputs(feats, self.proj)  # [K, M, U, d_s] in the compute dtype
+        if self.cfg.missing == "zeros":  # official code: a missing modality's zero states run like real ones
+            h = h * present.T.to(h.dtype)[None, :, :, None]  # exact zeros (also after a projection's bias)
+            present = torch.ones_like(present)
         M = len(self.modalities)
         g = self.gate().to(h.dtype)[..., None, None]  # [K, M + P, 1, 1]; everything below stays in h's dtype
         valid = [present.T]
@@ -131,10 +150,34 @@ class IISANTower(ContentTower):
         return [m for m in (self.proj, self.adapters, self.gate, self.inter) if m is not None]
 
     def param_groups(self, train: TrainConfig) -> list[dict[str, Any]]:
+        if self.cfg.lr_groups == "official":
+            return self._official_param_groups(train)
         side = [p for mod in self.side_modules() for p in mod.parameters()]
         heads = [*self.heads.parameters(), *self.fusion.parameters()]
         return [{"name": "side", "params": side, "lr": train.lr_adapter},
                 {"name": "heads", "params": heads, "lr": train.lr}]
+
+    def _official_param_groups(self, train: TrainConfig) -> list[dict[str, Any]]:
+        """``iisan.lr_groups: official`` (see :class:`~crossan.towers.options.IISANConfig`): the rates that the
+        official code's name-substring grouping gives, declared per module and chain. The first head layer
+        and the gates hold one parameter per chain here (:mod:`crossan.towers.chainsplit`)."""
+        cfg, M = self.cfg, len(self.modalities)
+        head0, gate = self.heads[0], self.gate
+        assert isinstance(head0, SplitGroupedLinear) and isinstance(gate, SplitGate)
+        text = [p for i, m in enumerate(self.modalities) if m == "text" for p in head0.chain_parameters(i)]
+        other = [p for i, m in enumerate(self.modalities) if m != "text"
+                 for p in [*head0.chain_parameters(i), *gate.chain_parameters(i)]]
+        base = [p for i, m in enumerate(self.modalities) if m == "text" for p in gate.chain_parameters(i)]
+        base += [p for c in range(M, len(self.chain_names)) for p in head0.chain_parameters(c)]
+        base += [p for c in range(M, gate.logit.shape[1]) for p in gate.chain_parameters(c)]
+        base += [*(self.inter.parameters() if self.inter is not None else []), *self.heads[1].parameters(),
+                 *self.fusion.parameters()]
+        side = [*self.proj.parameters(), *self.adapters.parameters()]
+        groups = [{"name": "side", "params": side, "lr": train.lr_adapter},
+                  {"name": "heads", "params": base, "lr": train.lr},
+                  {"name": "text_head", "params": text, "lr": cfg.official_lr_text_head},
+                  {"name": "image_head", "params": other, "lr": cfg.official_lr_image_head}]
+        return [g for g in groups if g["params"]]
 
 
 @register("iisan")

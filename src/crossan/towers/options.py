@@ -38,6 +38,24 @@ class IISANConfig(SANBConfig):
 
     inter: Literal["pairs", "single"] = "pairs"
     """``pairs``: one inter chain per pair of modalities (C(M,2)); ``single``: one chain over all (softmax gate)."""
+    lr_groups: Literal["crossan", "official"] = "crossan"
+    """Optimiser groups. ``crossan``: side network (projections, SANBs, gates) at ``train.lr_adapter``, heads
+    and fusion at ``train.lr``. ``official`` (what the name-substring grouping of IISAN's official code gives,
+    declared here by module): the first head layer of the text chain at ``official_lr_text_head`` (5e-5) and of
+    every other intra chain at ``official_lr_image_head`` (1e-4); the text chain's gate and the inter chains'
+    gates at ``train.lr`` (2e-4); the other intra gates at ``official_lr_image_head``; SANBs and
+    projections at ``train.lr_adapter``; inter heads, second head layers and fusion at ``train.lr``."""
+    official_lr_text_head: float = 5e-5
+    """``lr_groups: official``: learning rate of the text chain's first head layer (IISAN's ``fine_tune_lr_text``)."""
+    official_lr_image_head: float = 1e-4
+    """``lr_groups: official``: learning rate of the other intra chains' first head layers and gates
+    (IISAN's ``fine_tune_lr_image``)."""
+    missing: Literal["crossan", "zeros"] = "crossan"
+    """Items lacking a modality. ``crossan``: that intra chain's output is zeroed and an inter pair reads its
+    present side twice. ``zeros`` (official code): the zero states go through every chain like real ones."""
+    image_head_init: Literal["default", "xavier"] = "default"
+    """Init of the image chain's last head layer (d_s → d): ``default`` as ``nn.Linear``; ``xavier``
+    Xavier-normal weights, zero bias (the official code's image classifier head)."""
 
 
 @dataclass
