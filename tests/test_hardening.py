@@ -441,3 +441,40 @@ def test_bad_checkpoint_is_one_line_never_suggesting_unpickling(id_run: Path, te
     rc, _, err = run_cli(["train", "--data", text_data, "--out", run, "--resume", *TRAIN], capsys)
     line = one_line_error(rc, err, ckpt)
     assert "weights_only" not in err and "delete" in line
+
+
+# --------------------------------------------------------------------------------------------- 8. one builder
+@pytest.mark.subprocess
+def test_two_cache_processes_take_turns(text_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import fcntl
+    import subprocess
+    import sys
+    import time
+
+    reference = tmp_path / "reference"
+    common = ["--data", str(text_data), "--preset", "tiny", "precision=fp32"]
+    assert run_cli(["cache", *common, f"cache.dir={reference}"], capsys)[0] == 0
+    root = tmp_path / "cache"
+    root.mkdir()
+    held = os.open(root / ".text.lock", os.O_RDWR | os.O_CREAT)  # this test process holds the lock first
+    fcntl.flock(held, fcntl.LOCK_EX)
+    os.pwrite(held, b"4242\n", 0)
+    procs, logs = [], []
+    for i in range(2):
+        logs.append((tmp_path / f"out{i}", tmp_path / f"err{i}"))
+        procs.append(subprocess.Popen([sys.executable, "-m", "crossan", "cache", *common, f"cache.dir={root}"],
+                                      stdout=logs[-1][0].open("w"), stderr=logs[-1][1].open("w")))
+    deadline = time.time() + 300
+    while not all("waiting" in err.read_text() for _, err in logs):
+        assert time.time() < deadline and all(p.poll() is None for p in procs), [e.read_text() for _, e in logs]
+        time.sleep(0.2)
+    assert not (root / "text").exists() and not (root / "text.partial").exists()  # nobody built while waiting
+    os.close(held)
+    assert [p.wait(timeout=300) for p in procs] == [0, 0], [e.read_text() for _, e in logs]
+    outs = sorted(out.read_text() for out, _ in logs)
+    errs = [err.read_text() for _, err in logs]
+    assert all("another crossan cache process (pid 4242) is building it; waiting" in e for e in errs)
+    assert "Traceback" not in "".join(errs)
+    assert sum("text: built" in o for o in outs) == 1 and sum("text: up to date" in o for o in outs) == 1, outs
+    assert read_bytes(root / "text") == read_bytes(reference / "text")
+    assert not (root / "text.partial").exists()

@@ -34,12 +34,13 @@ batches holding changed items (the result equals a fresh build), and rebuilds a 
 ``crossan cache --verify`` hashes everything, scans every row for NaN/inf and re-hashes every media file.
 A batch of non-finite states is refused when it is built, naming the modality and item.
 
-Concurrent builds of the same modality into the same folder are not supported (shards of one build are:
-each writes only its own folder).
+Concurrent builds of the same modality into the same folder take turns (:mod:`.lock`: an ``flock`` on
+``ROOT/.<modality>.lock``; the second ``crossan cache`` says it waits, then finds the cache up to date).
+Shards of one build lock only their own shard, so they run side by side.
 
 Modules: :mod:`.layout` (folders, file names, locations), :mod:`.manifest` (what built a cache; the
 staleness check), :mod:`.workarea` (plans, resumable work folders, reports), :mod:`.integrity` (sources,
-checksums, verification), :mod:`.build` (encoding, ``crossan cache``), :mod:`.shards` (joining a sharded build), :mod:`.read` (opening a run's features),
+checksums, verification), :mod:`.build` (encoding, ``crossan cache``), :mod:`.lock` (one builder at a time), :mod:`.shards` (joining a sharded build), :mod:`.read` (opening a run's features),
 :mod:`.features` (the feature sources: :class:`TensorFeatures` over the arrays, :class:`LiveFeatures`
 over the encoders).
 """

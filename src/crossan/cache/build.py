@@ -31,6 +31,7 @@ from crossan.cache.layout import (
     check_modalities,
     item_records,
 )
+from crossan.cache.lock import build_lock, lock_path
 from crossan.cache.manifest import (
     FORMAT_VERSION,
     expected_manifest,
@@ -262,7 +263,9 @@ def build_cache(
     called after each batch is on disk (progress hooks, tests). A completed cache that already matches
     the configuration is left as it is. The encoders run on ``cfg.device``. Corrupt media stop the build
     with :class:`MediaError` (what was done so far stays resumable) unless ``cfg.cache.on_corrupt`` is
-    ``missing``; the number marked missing is in the returned reports and printed.
+    ``missing``; the number marked missing is in the returned reports and printed. Each modality (or shard)
+    is built under a lock in the cache folder: a second ``crossan cache`` on the same dataset waits for the
+    first (saying so) and then finds the cache up to date (:mod:`crossan.cache.lock`).
     """
     from crossan.encoders import resolve_specs
     from crossan.utils import resolve_device
@@ -278,9 +281,10 @@ def build_cache(
                         str(resolve_device(cfg.device)), progress, on_batch)
     reports: dict[str, ModalityReport] = {}
     for m in modalities:
-        t0 = time.perf_counter()
-        reports[m] = _build_modality(ctx, m, specs[m], shard, num_shards)
-        reports[m].seconds = time.perf_counter() - t0
+        with build_lock(lock_path(root, m, shard, num_shards), f"{m} cache in {root}"):
+            t0 = time.perf_counter()  # after any wait for another builder
+            reports[m] = _build_modality(ctx, m, specs[m], shard, num_shards)
+            reports[m].seconds = time.perf_counter() - t0
     print_reports(reports)
     return reports
 

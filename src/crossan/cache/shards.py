@@ -23,6 +23,7 @@ from crossan.cache.layout import (
     check_modalities,
     num_items,
 )
+from crossan.cache.lock import build_lock, lock_path
 from crossan.cache.manifest import expected_manifest, manifest_differences, write_json
 from crossan.cache.workarea import (
     ModalityReport,
@@ -117,8 +118,9 @@ def join_shards(cfg: Config, data: Any, modalities: list[str]) -> dict[str, Moda
     specs = resolve_specs(cfg, modalities)
     reports: dict[str, ModalityReport] = {}
     for m in modalities:
-        t0 = time.perf_counter()
-        manifest = _join_modality(root, m, _checked_shard_plans(cfg, data, m, specs[m], root))
+        with build_lock(lock_path(root, m), f"{m} cache in {root}"):
+            t0 = time.perf_counter()
+            manifest = _join_modality(root, m, _checked_shard_plans(cfg, data, m, specs[m], root))
         reports[m] = report_from_manifest(m, root / m, "joined", manifest)
         reports[m].seconds = time.perf_counter() - t0
     print_reports(reports)

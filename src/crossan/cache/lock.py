@@ -1,0 +1,56 @@
+"""One builder at a time: ``crossan cache`` holds an exclusive ``flock`` on a lock file in the cache folder
+while it builds (or joins) a modality.
+
+Two ``crossan cache`` processes on one dataset used to race for the same ``<modality>.partial`` folder
+(one died on a temporary file the other had moved). Now the second one prints that it waits, for whom
+(the holder's pid, written into the lock file), and blocks until the first finishes; it then finds the
+cache complete and reports ``up to date`` (or resumes what the first left unfinished). Shards of one
+build lock their own shard only, so they still run side by side. The lock files (``.<modality>.lock``,
+``.<modality>.shard-<i>-of-<n>.lock``) stay in the folder: removing a lock file that another process may
+be about to lock would let two builders in. The kernel releases a lock when its holder exits, killed or
+not. Where ``fcntl`` does not exist (Windows) there is no lock.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+
+
+def lock_path(root: Path, modality: str, shard: int | None = None, num_shards: int = 1) -> Path:
+    """The lock file of a modality's build (or of one shard of it) in cache folder ``root``."""
+    if shard is None:
+        return root / f".{modality}.lock"
+    return root / f".{modality}.shard-{shard}-of-{num_shards}.lock"
+
+
+@contextmanager
+def build_lock(path: Path, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` for the duration; if another process holds it, say so on stderr
+    (naming ``what`` and the holder's pid) and wait for it."""
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            print(f"{what}: another crossan cache process (pid {holder}) is building it; waiting for it to "
+                  f"finish (lock {path})", file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
