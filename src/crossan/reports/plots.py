@@ -1,9 +1,19 @@
 """Figures for suite reports (matplotlib, Agg backend; PNG files beside the report): quality with its
-interval over seeds, cost per method, MOMEF router weights."""
+interval over seeds, cost per method, MOMEF router weights.
+
+Two figures appear when the runs they need exist (no suite key; the ``ablation`` suite names its runs so):
+
+* ``ndcg_vs_modalities.png`` — runs named ``<LABEL>-M<k>`` (k = number of modalities, e.g. ``CROSSAN-M1`` …
+  ``CROSSAN-M4``): test NDCG@10 (mean, 95% interval) against k per label, and in a second panel trainable
+  parameters and time per epoch against k; drawn for every label with at least two such runs;
+* ``ablation_bars.png`` — when the suite has a reference: test NDCG@10 of every converged run (mean, 95%
+  interval), the reference hatched, ``*`` over runs whose paired test against it gives p < 0.05.
+"""
 
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +42,78 @@ def plot_all(rows: list[dict[str, Any]], out: Path) -> list[str]:
     routers = [r for r in ok if r.get("router_weight")]
     if routers:
         files.append(_router_weights(routers, out))
+    curves = modality_curves(quality)
+    if curves:
+        files.append(_ndcg_vs_modalities(curves, out))
+    if any(r.get("p_value_note") == "reference" for r in quality):
+        files.append(_ablation_bars(quality, out))
     return files
+
+
+MODALITY_RUN = re.compile(r"^(?P<label>.+)-M(?P<k>[1-9])$")
+"""Run names that place a run on a modality curve: ``LABEL-M<k>`` with k the number of modalities."""
+
+
+def modality_curves(rows: list[dict[str, Any]]) -> dict[str, list[tuple[int, dict[str, Any]]]]:
+    """Rows named ``LABEL-M<k>`` grouped by label, sorted by k; labels with fewer than two points are dropped."""
+    curves: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+    for r in rows:
+        m = MODALITY_RUN.match(r["name"])
+        if m:
+            curves.setdefault(m["label"], []).append((int(m["k"]), r))
+    return {label: sorted(pts, key=lambda p: p[0]) for label, pts in curves.items() if len(pts) >= 2}
+
+
+def _ndcg_vs_modalities(curves: dict[str, list[tuple[int, dict[str, Any]]]], out: Path) -> str:
+    fig, (ax, cost) = plt.subplots(1, 2, figsize=(11, 4))
+    time_ax = cost.twinx()
+    for i, (label, pts) in enumerate(sorted(curves.items())):
+        color = f"C{i}"
+        ks = [k for k, _ in pts]
+        ax.errorbar(ks, [r["test_NDCG@10_mean"] for _, r in pts], yerr=[_err(r, "test_NDCG@10") for _, r in pts],
+                    fmt="-o", capsize=3, color=color, label=label)
+        cost.plot(ks, [r.get("trainable_params", math.nan) for _, r in pts], "-o", color=color,
+                  label=f"{label}: parameters")
+        time_ax.plot(ks, [r.get("time_per_epoch_s", math.nan) for _, r in pts], "--s", color=color,
+                     label=f"{label}: time per epoch")
+    ax.set_xlabel("number of modalities")
+    ax.set_ylabel("test NDCG@10 (mean, 95% CI over seeds)")
+    ax.set_title("Quality as modalities are added", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    cost.set_xlabel("number of modalities")
+    cost.set_ylabel("trainable parameters (solid, log)")
+    cost.set_yscale("log")
+    time_ax.set_ylabel("time per epoch, s (dashed)")
+    lines = cost.get_legend_handles_labels()[0] + time_ax.get_legend_handles_labels()[0]
+    cost.legend(lines, [h.get_label() for h in lines], fontsize=7)
+    cost.set_title("Cost as modalities are added (first seed)", fontsize=10)
+    cost.grid(alpha=0.3)
+    for a in (ax, cost):
+        a.set_xticks(sorted({k for pts in curves.values() for k, _ in pts}))
+    return _save(fig, out, "ndcg_vs_modalities.png")
+
+
+def _ablation_bars(rows: list[dict[str, Any]], out: Path) -> str:
+    ref = next(r["name"] for r in rows if r.get("p_value_note") == "reference")
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(rows) + 2), 4))
+    xs = range(len(rows))
+    means = [r["test_NDCG@10_mean"] for r in rows]
+    errs = [_err(r, "test_NDCG@10") for r in rows]
+    bars = ax.bar(xs, means, yerr=errs, capsize=3, color=["tab:orange" if r["name"] == ref else "tab:blue"
+                                                         for r in rows])
+    for bar, r, m, e in zip(bars, rows, means, errs):
+        if r["name"] == ref:
+            bar.set_hatch("//")
+        elif r.get("significant"):
+            ax.annotate("*", (bar.get_x() + bar.get_width() / 2, m + e), textcoords="offset points",
+                        xytext=(0, 2), ha="center", fontsize=12)
+    ax.set_xticks(list(xs), [r["name"] for r in rows], rotation=45, ha="right", fontsize=8)
+    ax.set_ylabel("test NDCG@10 (mean, 95% CI over seeds)")
+    ax.set_title(f"Runs against the reference {ref} (hatched); * p < 0.05, paired bootstrap over users",
+                 fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, out, "ablation_bars.png")
 
 
 def quality_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
