@@ -41,7 +41,7 @@ def official_sasrec_reference(enc: SASRec, emb: torch.Tensor, items: torch.Tenso
         att = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(d // H) + add, -1)
         a = (att @ v).transpose(1, 2).reshape(B, L, d) @ blk.proj.weight.T
         x = F.layer_norm(x + a, (d,), blk.ln1.weight, blk.ln1.bias, 1e-6)
-        w1, w2 = blk.ffn[0], blk.ffn[2]
+        w1, w2 = blk.ffn[0], blk.ffn[3]
         f = F.linear(torch.relu(F.linear(x, w1.weight, w1.bias)), w2.weight, w2.bias)
         x = F.layer_norm(x + f, (d,), blk.ln2.weight, blk.ln2.bias, 1e-6)
     return x
@@ -70,7 +70,7 @@ def test_user_encoder_variants_differ_in_structure():
     assert b_off.qkv.bias is None and b_off.proj.bias is None
     assert b_ours.qkv.bias is not None and b_ours.proj.bias is not None
     assert b_off.ln1.eps == 1e-6 and ours.blocks[0].ln1.eps == 1e-5 and off.ln.eps == 1e-6
-    assert [type(m) for m in b_off.ffn] == [torch.nn.Linear, torch.nn.ReLU, torch.nn.Linear]
+    assert [type(m) for m in b_off.ffn] == [torch.nn.Linear, torch.nn.ReLU, torch.nn.Identity, torch.nn.Linear]
     assert [type(m) for m in b_ours.ffn] == [torch.nn.Linear, torch.nn.GELU, torch.nn.Dropout, torch.nn.Linear]
     # Xavier-normal: std sqrt(2 / (fan_in + fan_out)); crossan: 0.02
     w = off.blocks[0].ffn[0].weight  # 64 -> 256

@@ -34,8 +34,10 @@ class Block(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
         self.proj = nn.Linear(dim, dim, bias=bias)
         self.ln1 = nn.LayerNorm(dim, eps=eps)
-        if official:  # dropout after the feed-forward output only (self.drop below)
-            self.ffn = nn.Sequential(nn.Linear(dim, ffn_mult * dim), nn.ReLU(), nn.Linear(ffn_mult * dim, dim))
+        if official:  # dropout after the feed-forward output only (self.drop below); Identity keeps the
+            # second Linear at index 3 in both variants, so weight names (ffn.0, ffn.3) do not depend on it
+            self.ffn = nn.Sequential(nn.Linear(dim, ffn_mult * dim), nn.ReLU(), nn.Identity(),
+                                     nn.Linear(ffn_mult * dim, dim))
         else:
             self.ffn = nn.Sequential(nn.Linear(dim, ffn_mult * dim), nn.GELU(), nn.Dropout(dropout),
                                      nn.Linear(ffn_mult * dim, dim))
