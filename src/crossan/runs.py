@@ -45,7 +45,8 @@ if TYPE_CHECKING:
 __all__ = ["CONFIG", "REQUIRED_FILES", "RESULT_KEYS", "NonFiniteError", "RunError", "TrainState",
            "check_out_folder", "check_run_dir", "check_run_folder", "evaluate_run", "load_checkpoint", "load_run",
            "load_weights",
-           "read_run_config", "rescore", "save_checkpoint", "save_per_user", "save_weights", "truncate_history",
+           "read_run_config", "rescore", "resolve_paths", "save_checkpoint", "save_per_user", "save_weights",
+           "truncate_history",
            "version_compatible"]
 
 CONFIG = "config.yaml"
@@ -70,11 +71,41 @@ def check_run_dir(run_dir: Path, cfg: Config, resume: bool) -> None:
     if resume:
         if not saved.is_file():
             raise RunError(f"{run_dir}: nothing to resume (no config.yaml)")
-        diff = _diff(yaml.safe_load(saved.read_text()), to_dict(cfg))
+        try:
+            old = yaml.safe_load(saved.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise RunError(f"{saved}: not valid YAML ({str(e).splitlines()[0]})") from None
+        diff = _diff(_paths_resolved(old), _paths_resolved(to_dict(cfg)))
         if diff:
             raise RunError(f"{run_dir}: --resume with a different configuration: {'; '.join(diff[:10])}")
     elif run_dir.exists() and any(run_dir.iterdir()):
         raise RunError(f"{run_dir} already holds files; pass --resume to continue that run or choose another --out")
+
+
+PATH_KEYS = (("data", "path"), ("cache", "dir"))
+"""Config keys holding file system paths, stored resolved (absolute, symlinks resolved) in config.yaml."""
+
+
+def resolve_paths(cfg: Config) -> Config:
+    """Make ``data.path`` and ``cache.dir`` absolute with symlinks resolved, in place: the run's config.yaml
+    then finds its data and cache from any working folder, and ``--resume`` accepts the same dataset given
+    by another spelling (relative, absolute, through a symlink)."""
+    for section, key in PATH_KEYS:
+        value = getattr(getattr(cfg, section), key)
+        if value:
+            setattr(getattr(cfg, section), key, str(Path(value).expanduser().resolve()))
+    return cfg
+
+
+def _paths_resolved(d: Any) -> Any:
+    """A config dict with its path keys resolved (a config.yaml of an older crossan stored them as typed)."""
+    if not isinstance(d, dict):
+        return d
+    d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
+    for section, key in PATH_KEYS:
+        if isinstance(d.get(section), dict) and d[section].get(key):
+            d[section][key] = str(Path(str(d[section][key])).expanduser().resolve())
+    return d
 
 
 def check_out_folder(folder: Path, option: str = "--out") -> None:

@@ -44,6 +44,7 @@ from crossan.runs import (
     load_run,
     load_weights,
     rescore,
+    resolve_paths,
     save_checkpoint,
     save_per_user,
     save_weights,
@@ -178,6 +179,7 @@ def _start(cfg: Config, run_dir: Path, resume: bool, data: SequentialData | None
     """
     data = data if data is not None else prepare(cfg.data)
     device = dist.init_from_env(resolve_device(cfg.device))
+    resolve_paths(cfg)  # config.yaml stores absolute paths: --resume and serving work from any folder
     check_run_dir(run_dir, cfg, resume)
     seed_everything(cfg.seed)
     memory = PeakRSSMonitor().start()  # CPU memory: peak over the run minus this idle baseline

@@ -81,7 +81,7 @@ def preset_folder(cfg: Config) -> str:
 def default_cache_dir(cfg: Config, data: Any) -> Path:
     """``$CROSSAN_CACHE_DIR`` (or ``~/.cache/crossan``) ``/<dataset folder name>-<fingerprint>/<preset>``."""
     base = Path(os.environ.get("CROSSAN_CACHE_DIR") or Path.home() / ".cache" / "crossan").expanduser()
-    source = Path(cfg.data.path) if cfg.data.path else Path(data.catalogue.root)
+    source = Path(cfg.data.path).expanduser().resolve() if cfg.data.path else Path(data.catalogue.root)
     name = (source.stem if source.suffix else source.name) or "data"
     return base / f"{name}-{fingerprint_items(item_records(data))}" / preset_folder(cfg)
 
