@@ -478,3 +478,65 @@ def test_two_cache_processes_take_turns(text_data: Path, tmp_path: Path, capsys:
     assert sum("text: built" in o for o in outs) == 1 and sum("text: up to date" in o for o in outs) == 1, outs
     assert read_bytes(root / "text") == read_bytes(reference / "text")
     assert not (root / "text.partial").exists()
+
+
+# --------------------------------------------------------------------------------------------- 9. resolved paths
+def test_config_stores_resolved_paths_and_resume_accepts_equivalent_ones(
+        text_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    work = tmp_path / "work"
+    work.mkdir()
+    shutil.copytree(text_data, work / "d")
+    (tmp_path / "link").symlink_to(work / "d")
+    monkeypatch.chdir(work)
+    run = tmp_path / "run"
+    assert run_cli(["train", "--data", "d", "--out", run, "cache.dir=cache", *TRAIN], capsys)[0] == 0
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["data"]["path"] == str(work / "d") and saved["cache"]["dir"] == str(work / "cache")
+    for spelling in (str(work / "d"), str(tmp_path / "link"), "./d/"):  # absolute, symlink, relative
+        rc, _, err = run_cli(["train", "--data", spelling, "--out", run, "--resume", f"cache.dir={work / 'cache'}",
+                              *TRAIN], capsys)
+        assert rc == 0, err
+    shutil.copytree(text_data, work / "e")
+    rc, _, err = run_cli(["train", "--data", "e", "--out", run, "--resume", f"cache.dir={work / 'cache'}", *TRAIN],
+                         capsys)  # another dataset
+    assert "data.path" in one_line_error(rc, err, run)
+    monkeypatch.chdir(tmp_path)  # serving from another folder finds the data
+    rc, out, err = run_cli(["recommend", run, "--history", "i1", "i2", "--k", "3"], capsys)
+    assert rc == 0 and len(out.splitlines()) == 4, err
+
+
+# --------------------------------------------------------------------------------------------- 10. the rest
+def test_history_covering_the_catalogue_says_so(id_run: Path, text_data: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    everything = sorted({line.split("\t")[0] for line in (text_data / "items.tsv").read_text().splitlines()},
+                        key=lambda i: int(i[1:]))
+    rc, out, err = run_cli(["recommend", id_run, "--history", *everything, "--k", "5"], capsys)
+    assert rc == 1 and out == "" and "Traceback" not in err
+    assert "no items to recommend: the history covers all 60 candidate items" in err
+    rc, out, err = run_cli(["recommend", id_run, "--history", *everything[:-2], "--k", "5"], capsys)
+    assert rc == 0 and len(out.splitlines()) == 3 and "only 2 of the 60 candidate items" in err
+    users = tmp_path / "users.tsv"
+    users.write_text(f"all\t{' '.join(everything)}\nsome\ti1 i2\n")
+    rc, out, err = run_cli(["recommend", id_run, "--users", users, "--out", tmp_path / "r.csv", "--k", "2"], capsys)
+    assert rc == 0 and "1 user(s) have no recommendation" in err and "'all' (line 1)" in err
+    rows = (tmp_path / "r.csv").read_text().splitlines()
+    assert len(rows) == 3 and all(r.startswith("some,") for r in rows[1:])
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_run_outputs_have_one_file_mode(text_data: Path, tmp_path: Path, umask: int) -> None:
+    from crossan.config import load_config
+    from crossan.trainer import train
+
+    old = os.umask(umask)
+    try:
+        run = tmp_path / "run"
+        train(load_config([], [f"data.path={text_data}", *TRAIN[:-1]]), run, progress=False)
+    finally:
+        os.umask(old)
+    modes = {str(p.relative_to(run)): oct(p.stat().st_mode & 0o777) for p in run.rglob("*") if p.is_file()}
+    assert {"config.yaml", "train.log", "history.jsonl", "checkpoints/last.pt", "best.safetensors", "results.json",
+            "per_user.npz"} <= set(modes)
+    assert set(modes.values()) == {oct(0o666 & ~umask)}, modes

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -74,10 +75,17 @@ def cmd_recommend(args: Any) -> int:
     exclude = not args.include_history
     if args.history is not None:
         items = rec.recommend(args.history, k=args.k, exclude_history=exclude)
+        if not items:  # rc 1: nothing was recommended (documented in the command's help)
+            print(f"crossan: no items to recommend: the history covers all {rec.num_candidates} candidate items "
+                  "and history items are excluded (--include-history ranks them too)", file=sys.stderr)
+            return 1
         w = max([len("item_id")] + [len(r.item_id) for r in items])
         print(f"{'rank':>4}  {'item_id':<{w}}  {'score':>10}  title")
         for n, r in enumerate(items, 1):
             print(f"{n:>4}  {r.item_id:<{w}}  {r.score:>10.4f}  {r.title}")
+        if len(items) < args.k:
+            print(f"note: only {len(items)} of the {rec.num_candidates} candidate items are not in the history",
+                  file=sys.stderr)
         return 0
     users = read_users_file(args.users)
     for user, items, lineno in users:  # name file, line and user before scoring anything
@@ -91,6 +99,11 @@ def cmd_recommend(args: Any) -> int:
             writer.writerow([user, n, r.item_id, f"{r.score:.6g}", r.title])
     atomic_write_text(args.out, buf.getvalue())
     print(f"recommendations for {len(users)} users written to {args.out}")
+    empty = [(user, lineno) for (user, _, lineno), items in zip(users, results) if not items]
+    if empty:
+        first = ", ".join(f"{u!r} (line {n})" for u, n in empty[:5]) + (" …" if len(empty) > 5 else "")
+        print(f"note: {len(empty)} user(s) have no recommendation: their history covers all "
+              f"{rec.num_candidates} candidate items ({first}); they have no rows in {args.out}", file=sys.stderr)
     return 0
 
 
@@ -126,7 +139,10 @@ def register(sub: Any) -> None:
                        description="Score every item for a history (item ids, oldest first) with a trained run; "
                                    "history items are excluded; the user vector reads the last data.max_seq_len "
                                    "items, exactly as in evaluation. --users scores a file of histories in "
-                                   "batches and writes a CSV (user, rank, item_id, score, title).")
+                                   "batches and writes a CSV (user, rank, item_id, score, title). A --history "
+                                   "that covers every candidate item leaves nothing to recommend: that is said "
+                                   "on stderr and the exit status is 1 (with --users such users get no rows, "
+                                   "a note names them, and the status stays 0).")
     common(p)
     p.add_argument("--history", nargs="+", metavar="ITEM", help="the history's item ids, oldest first")
     p.add_argument("--users", metavar="FILE", help="TSV of 'user TAB item item …' lines (the users.tsv layout)")
