@@ -198,8 +198,10 @@ def check_files(folder: Path, manifest: dict[str, Any], full: bool | None = None
 # --------------------------------------------------------------------------------------------- values
 def nonfinite_rows(states: np.ndarray, chunk: int = 4096) -> np.ndarray:
     """Rows of ``states`` holding NaN or ±inf (read in chunks of rows: fits a memory-mapped array)."""
-    bad = [np.flatnonzero(~np.isfinite(states[a:a + chunk]).reshape(len(states[a:a + chunk]), -1).all(1)) + a
-           for a in range(0, len(states), chunk)]
+    bad = []
+    for a in range(0, len(states), chunk):
+        block = np.asarray(states[a:a + chunk])
+        bad.append(np.flatnonzero(~np.isfinite(block).reshape(len(block), -1).all(1)) + a)
     return np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
 
 
@@ -227,8 +229,11 @@ def verify_folder(modality: str, folder: Path, manifest: dict[str, Any], records
         rows = bad[bad > 0]
         problems.append(f"{folder / STATES}: non-finite values (NaN/inf) in {modality} states of item "
                         f"{describe_rows(rows, records, modality) if len(rows) else 'row 0 (padding)'}")
-    absent = np.flatnonzero(~present)
-    nonzero = [int(r) for r in absent if np.any(states[r])]
+    nonzero: list[int] = []
+    for a in range(0, len(states), 4096):  # chunks of rows: fits a memory-mapped array
+        block, absent = states[a:a + 4096], ~present[a:a + 4096]
+        held = np.asarray(block[absent]).reshape(int(absent.sum()), -1).any(1)
+        nonzero += [int(r) + a for r in np.flatnonzero(absent)[held]]
     if nonzero:
         problems.append(f"{folder}: rows marked absent in present.npy hold states: row(s) {nonzero[:5]}")
     if present[0]:
