@@ -205,6 +205,20 @@ def nonfinite_rows(states: np.ndarray, chunk: int = 4096) -> np.ndarray:
     return np.concatenate(bad) if bad else np.zeros(0, dtype=np.int64)
 
 
+def nonfinite_problems(modality: str, folder: Path, records: list[Any]) -> list[str]:
+    """``[message]`` naming the items whose stored states hold NaN/inf (``[]`` if none, or unreadable)."""
+    try:
+        states = np.load(folder / STATES, mmap_mode="r", allow_pickle=False)
+        rows = nonfinite_rows(states)
+    except (ValueError, OSError, EOFError):
+        return []
+    rows = rows[(rows > 0) & (rows <= len(records))]
+    if not len(rows):
+        return []
+    return [f"{folder / STATES}: non-finite values (NaN/inf) in {modality} states of item "
+            f"{describe_rows(rows, records, modality)}"]
+
+
 def check_finite(modality: str, states: np.ndarray, first_row: int, records: list[Any]) -> None:
     """Refuse a batch of (float16) states holding NaN or ±inf, naming modality, item and row."""
     bad = nonfinite_rows(states)
@@ -224,11 +238,9 @@ def verify_folder(modality: str, folder: Path, manifest: dict[str, Any], records
         return problems
     states = np.load(folder / STATES, mmap_mode="r")
     present = np.load(folder / PRESENT)
-    bad = nonfinite_rows(states)
-    if len(bad):
-        rows = bad[bad > 0]
-        problems.append(f"{folder / STATES}: non-finite values (NaN/inf) in {modality} states of item "
-                        f"{describe_rows(rows, records, modality) if len(rows) else 'row 0 (padding)'}")
+    problems += nonfinite_problems(modality, folder, records)
+    if not np.isfinite(np.asarray(states[0])).all():
+        problems.append(f"{folder / STATES}: non-finite values (NaN/inf) in the padding row 0")
     nonzero: list[int] = []
     for a in range(0, len(states), 4096):  # chunks of rows: fits a memory-mapped array
         block, absent = states[a:a + 4096], ~present[a:a + 4096]

@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from crossan.cache.features import TensorFeatures
-from crossan.cache.integrity import changed_rows, check_files, describe_rows, load_array
+from crossan.cache.integrity import (
+    VERIFY_ON_OPEN_BYTES,
+    changed_rows,
+    check_files,
+    describe_rows,
+    load_array,
+    nonfinite_problems,
+)
 from crossan.cache.layout import (
     PRESENT,
     SOURCES,
@@ -56,6 +63,8 @@ def open_cache(cfg: Config, data: Any, modalities: list[str], mmap: bool = True)
     states, present = {}, {}
     for m in modalities:
         problems = check_files(root / m, manifests[m])
+        if problems and (root / m / STATES).stat().st_size <= VERIFY_ON_OPEN_BYTES:
+            problems += nonfinite_problems(m, root / m, records)  # name the items when the values are bad
         if problems:
             raise CacheError(f"the {m} cache in {root / m} is damaged: {'; '.join(problems)}; rebuild it with "
                              f"`{cache_command_line(cfg, [m])}`")
