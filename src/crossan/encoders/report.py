@@ -75,7 +75,12 @@ def encoder_rows(cfg: Config, modalities: list[str] | None = None, items: int = 
     specs: dict[str, EncoderSpec] = resolve_specs(cfg, modalities or list(MODALITIES))
     rows = []
     for m, spec in specs.items():
-        info = describe_backbone(m, spec)
+        try:
+            info = describe_backbone(m, spec)
+        except (OSError, ImportError) as e:  # e.g. a hub checkpoint on a machine without the hub
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            rows.append(EncoderRow(m, spec.model, "?", False, f"not available here: {first}", 0, [], [], 0, None))
+            continue
         d = describe_encoder(m, spec, info)
         ms = time_encoder(build_encoder(m, spec), items) if items > 0 else None
         rows.append(EncoderRow(m, info.name, info.family, not info.random_init, info.source, info.num_layers,
@@ -87,6 +92,9 @@ def format_rows(rows: list[EncoderRow], preset: str, items: int) -> str:
     """A plain-text report of the rows (one block per modality)."""
     lines = [f"encoder preset: {preset}"]
     for r in rows:
+        if r.family == "?":
+            lines += [f"{r.modality}:", f"  model       {r.model}", f"  weights     {r.weights}"]
+            continue
         widths = sorted(set(r.tap_widths))
         width_text = (f"width {r.width}" if widths == [r.width]
                       else f"widths {r.tap_widths} (zero-padded to {r.width})")
