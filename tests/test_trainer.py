@@ -27,7 +27,7 @@ def test_train_writes_results_contract(small_data: Path, tmp_path: Path) -> None
     assert set(saved["valid"]) == METRICS and set(saved["test"]) == METRICS
     assert 1 <= saved["best_epoch"] <= 4 and saved["trainable_params"] == saved["total_params"] > 0
     assert (tmp_path / "run" / "config.yaml").is_file() and (tmp_path / "run" / "best.safetensors").is_file()
-    # the structured toy data is learnable: well above the same model untrained (measured NDCG@10 0.149 vs 0.056)
+    # the structured toy data is learnable: well above the same model untrained (measured NDCG@10 0.164 vs 0.065)
     untrained = train(_cfg(small_data, "train.epochs=0"), tmp_path / "untrained", progress=False)
     assert res["test"]["NDCG@10"] > 2 * untrained["test"]["NDCG@10"]
     again = rescore(tmp_path / "run", device="cpu")
@@ -85,7 +85,7 @@ def test_cli_train_and_errors(small_data: Path, tmp_path: Path, capsys) -> None:
 def test_bce_loss_trains(small_data: Path, tmp_path: Path) -> None:
     res = train(_cfg(small_data, "train.loss=bce"), tmp_path / "bce", progress=False)
     untrained = train(_cfg(small_data, "train.loss=bce", "train.epochs=0"), tmp_path / "untrained", progress=False)
-    assert res["test"]["NDCG@10"] > 1.5 * untrained["test"]["NDCG@10"]  # measured 0.127 vs 0.056
+    assert res["test"]["NDCG@10"] > 1.5 * untrained["test"]["NDCG@10"]  # measured 0.145 vs 0.065
 
 
 def test_missing_cache_fails_before_the_run_folder_exists(small_data: Path, tmp_path: Path) -> None:

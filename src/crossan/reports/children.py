@@ -140,13 +140,15 @@ def train_parallel(jobs: list[tuple[dict[str, Any], dict[str, Any] | None]], par
             while pending and len(running) < parallel:
                 rec, kw = pending.pop(0)
                 rec["t0"] = time.perf_counter()
+                print(rec.get("start_line", f"[suite] {rec.get('label', '')}"), flush=True)
                 running.append((rec, start_child("train", {**kw, "progress": False}, Path(rec["log"]), threads)))
             time.sleep(0.3)
             for item in [x for x in running if not x[1].is_alive()]:
                 rec, proc = item
                 proc.join()
                 on_done(rec, int(proc.exitcode or 0))
-                print(f"[suite] {rec['label']}: done in {rec['wall_s']} s", flush=True)
+                if rec["status"] == "ok":
+                    print(f"[suite] {rec['label']}: done in {rec['wall_s']} s", flush=True)
                 running.remove(item)
     finally:
         for _, proc in running:  # interrupted: leave no child training

@@ -232,7 +232,8 @@ def _job(suite: Suite, run: RunSpec, seed: int, data: Path, out: Path, resume: b
         rec["cpu_s"] = cpu_seconds(log_path)
         return rec, None
     again = (run_dir / "config.yaml").is_file()
-    print(f"[suite] {label} ({run.method}, {'+'.join(run.modalities)})" + (" resuming" if again else ""), flush=True)
+    rec["start_line"] = (f"[suite] {label} ({run.method}, {'+'.join(run.modalities)})"
+                         + (" resuming" if again else ""))
     return rec, {"overrides": overrides, "run_dir": str(run_dir), "resume": again}
 
 
@@ -250,6 +251,7 @@ def train_alone(suite: Suite, run: RunSpec, seed: int, data: Path, out: Path, re
     """Train (or reuse) one (run, seed) with nothing else running (its time and memory are measured)."""
     rec, kwargs = _job(suite, run, seed, data, out, resume, label)
     if kwargs is not None:
+        print(rec["start_line"], flush=True)
         finish_job(rec, run_child("train", {**kwargs, "progress": progress}, Path(rec["log"]), progress))
     return rec
 

@@ -20,12 +20,11 @@ from crossan.utils import atomic_write_json, atomic_write_text
 
 METRICS = ("HR@10", "NDCG@10", "HR@20", "NDCG@20", "MRR")
 ALPHA = 0.05
-PAIRED_METRIC = "NDCG@10"
 
 
 # --------------------------------------------------------------------------------------------- one row per run
 def collect_run(run: Any, recs: list[dict[str, Any]]) -> dict[str, Any]:
-    """One table row for ``run`` from its (run, seed) records (see ``suite.train_one``)."""
+    """One table row for ``run`` from its (run, seed) records (see ``crossan.reports.suite``: seed, dir, status, error, log, wall_s, cpu_s)."""
     row: dict[str, Any] = {"name": run.name, "method": run.method, "modalities": "+".join(run.modalities),
                            "cost_only": run.cost_only, "wall_s": round(sum(r.get("wall_s", 0.0) for r in recs), 1)}
     by_error: dict[str, list[str]] = {}
