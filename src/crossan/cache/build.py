@@ -319,9 +319,11 @@ def verify_cache(cfg: Config, data: Any, modalities: list[str]) -> dict[str, lis
             for p in problems[m]:
                 print(f"  {p}")
         else:
-            size = sum((folder / f).stat().st_size for f in (STATES, PRESENT, SOURCES)) / 2**20
-            print(f"{m}: verified {folder} — {len(records)} items, checksums of {size:.1f} MiB, values finite, "
-                  f"media files unchanged ({manifest.get('_verify_seconds', 0.0):.1f} s)")
+            size = sum((folder / f).stat().st_size for f in (STATES, PRESENT, SOURCES))
+            shown = f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 1024:.1f} KiB"
+            media = "" if m == "text" else ", media files unchanged"
+            print(f"{m}: verified {folder} — {len(records)} items, checksums of {shown}, values finite{media} "
+                  f"({manifest.get('_verify_seconds', 0.0):.1f} s)")
     failed = [m for m, p in problems.items() if p]
     if failed:
         raise CacheError(f"cache verification failed for {', '.join(failed)} in {root} (listed above); "
