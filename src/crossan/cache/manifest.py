@@ -32,8 +32,8 @@ def jsonable(obj: Any) -> Any:
 
 def expected_manifest(modality: str, spec: EncoderSpec, data: Any) -> dict[str, Any]:
     """The compared manifest fields the current configuration would produce (loads no weights)."""
+    from crossan.encoders.backbones import describe_backbone
     from crossan.encoders.base import describe_encoder
-    from crossan.encoders.spec import describe_backbone
 
     info = describe_backbone(modality, spec)
     return jsonable({

@@ -3,12 +3,20 @@ CNN per frame), audio (AST, Whisper).
 
 ``build_encoder(modality, spec)`` gives a :class:`ModalityEncoder`; ``resolve_specs(cfg)`` turns a run
 configuration (preset + overrides) into the spec per modality. See :mod:`crossan.encoders.base` for the
-interface and :mod:`crossan.encoders.spec` for how a spec names a model.
+interface and :mod:`crossan.encoders.backbones` for how a spec names a model.
 """
 
 from __future__ import annotations
 
 from crossan.config import EncoderSpec
+from crossan.encoders.backbones import (
+    FAMILIES,
+    BackboneInfo,
+    EncoderSpecError,
+    describe_backbone,
+    load_backbone,
+    parse_config_spec,
+)
 from crossan.encoders.base import (
     EncodedBatch,
     LoadedMedia,
@@ -19,14 +27,6 @@ from crossan.encoders.base import (
     tap_indices,
 )
 from crossan.encoders.presets import PRESETS, preset_specs, resolve_specs
-from crossan.encoders.spec import (
-    FAMILIES,
-    BackboneInfo,
-    EncoderSpecError,
-    describe_backbone,
-    load_backbone,
-    parse_config_spec,
-)
 
 __all__ = [
     "FAMILIES",

@@ -15,8 +15,8 @@ from torch import nn
 
 from crossan.config import EncoderSpec
 from crossan.data.media import load_audio
+from crossan.encoders.backbones import BackboneInfo
 from crossan.encoders.base import POOL_MASK, ModalityEncoder
-from crossan.encoders.spec import BackboneInfo
 
 if TYPE_CHECKING:
     from crossan.data.catalogue import Catalogue, ItemRecord

@@ -26,7 +26,7 @@ from torch import nn
 
 from crossan.config import EncoderSpec
 from crossan.data.media import MediaError
-from crossan.encoders.spec import DEFAULT_POOLING, BackboneInfo, load_backbone
+from crossan.encoders.backbones import DEFAULT_POOLING, BackboneInfo, load_backbone
 
 if TYPE_CHECKING:
     from crossan.data.catalogue import Catalogue, ItemRecord
@@ -226,7 +226,7 @@ class ModalityEncoder(nn.Module):
 def preprocessing_settings(modality: str, spec: EncoderSpec, info: BackboneInfo) -> dict[str, Any]:
     """The spec-level preprocessing settings of a modality (known without loading the model)."""
     from crossan.data.media import resampler_name
-    from crossan.encoders.spec import tokenizer_name
+    from crossan.encoders.backbones import tokenizer_name
 
     if modality == "text":
         return {"max_text_len": spec.max_text_len, "tokenizer": tokenizer_name(info), "padding": "longest"}

@@ -35,9 +35,9 @@ from torch import nn
 
 from crossan.config import EncoderSpec
 from crossan.data.media import load_image, load_video
+from crossan.encoders.backbones import BackboneInfo
 from crossan.encoders.base import ModalityEncoder
 from crossan.encoders.efficientnet import PIXEL_MEAN, PIXEL_STD
-from crossan.encoders.spec import BackboneInfo
 from crossan.encoders.vision import resize_normalize
 
 if TYPE_CHECKING:

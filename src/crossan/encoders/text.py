@@ -9,8 +9,8 @@ from torch import nn
 
 from crossan.config import EncoderSpec
 from crossan.data.media import load_text
+from crossan.encoders.backbones import BackboneInfo, load_tokenizer
 from crossan.encoders.base import ModalityEncoder
-from crossan.encoders.spec import BackboneInfo, load_tokenizer
 
 if TYPE_CHECKING:
     from crossan.data.catalogue import Catalogue, ItemRecord

@@ -10,8 +10,8 @@ from torch import nn
 
 from crossan.config import EncoderSpec
 from crossan.data.media import load_image, load_video
+from crossan.encoders.backbones import BackboneInfo
 from crossan.encoders.base import ModalityEncoder
-from crossan.encoders.spec import BackboneInfo
 
 if TYPE_CHECKING:
     from crossan.data.catalogue import Catalogue, ItemRecord
