@@ -127,7 +127,7 @@ class EncoderSpec:
     """One frozen encoder: which checkpoint, how its inputs are prepared, which layers are tapped.
 
     Size fields left at 0 take the model's own value; for a ``config:`` model a non-zero value sizes the
-    model (see ``crossan.encoders.spec``).
+    model (see ``crossan.encoders.backbones``).
     """
 
     model: str = ""
