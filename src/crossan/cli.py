@@ -241,8 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job: synthetic multimodal data → cache → every method → report",
                        description="Generate the small built-in multimodal dataset (if absent), cache four frozen "
                                    "encoders (offline preset), train ID, frozen features, IISAN, CROSSAN (concat "
-                                   "and MOMEF) and measure FFT/Adapter/LoRA, then write results.csv, report.md and "
-                                   "plots into --out. About 6 minutes on an idle 2-core CPU machine; finished runs are reused "
+                                   "and MOMEF) under seeds 0, 1, 2 and measure FFT/Adapter/LoRA (cost only), then "
+                                   "write results.csv, report.md and plots into --out. About 9 minutes on an idle "
+                                   "2-core CPU machine (estimated from each part's CPU time); finished runs are reused "
                                    "when it is run again.")
     p.add_argument("--out", default="demo_run", help="output folder (default demo_run)")
     p.add_argument("--seeds", metavar="0,1,2", help="training seeds, comma-separated (default: the suite's seeds)")

@@ -139,12 +139,16 @@ def _quality_vs_params(rows: list[dict[str, Any]], n_cost_only: int, out: Path) 
     for r in rows:
         y = r["test_NDCG@10_mean"]
         ax.errorbar(r["trainable_params"], y, yerr=_err(r, "test_NDCG@10"), fmt="o", capsize=3, ms=5)
-        label = r["name"] + (" *" if r.get("significant") else "")
+        label = r["name"] + (" *" if r.get("significant") else "") + (" (ref)" if r["name"] == r.get("reference")
+                                                                        else "")
         ax.annotate(label, (r["trainable_params"], y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (log)")
     ax.set_ylabel("test NDCG@10 (mean, 95% CI over seeds)")
     title = "Quality against trainable parameters"
+    ref = rows[0].get("reference")
+    if ref:
+        title += f"\n* differs from {ref} (ref) at p < 0.05, paired test over test users"
     if n_cost_only:
         title += f"\n({n_cost_only} cost-only run(s), not converged, not shown)"
     ax.set_title(title, fontsize=10)

@@ -230,6 +230,7 @@ def _job(suite: Suite, run: RunSpec, seed: int, data: Path, out: Path, resume: b
     if (run_dir / "results.json").is_file():
         print(f"[suite] {label}: done earlier, reusing {run_dir / 'results.json'}", flush=True)
         rec["cpu_s"] = cpu_seconds(log_path)
+        rec["reused"] = True
         return rec, None
     again = (run_dir / "config.yaml").is_file()
     rec["start_line"] = (f"[suite] {label} ({run.method}, {'+'.join(run.modalities)})"

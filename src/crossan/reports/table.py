@@ -27,6 +27,9 @@ def collect_run(run: Any, recs: list[dict[str, Any]]) -> dict[str, Any]:
     """One table row for ``run`` from its (run, seed) records (see ``crossan.reports.suite``: seed, dir, status, error, log, wall_s, cpu_s)."""
     row: dict[str, Any] = {"name": run.name, "method": run.method, "modalities": "+".join(run.modalities),
                            "cost_only": run.cost_only, "wall_s": round(sum(r.get("wall_s", 0.0) for r in recs), 1)}
+    reused = [str(r["seed"]) for r in recs if r.get("reused")]
+    if reused:
+        row["reused_seeds"] = ",".join(reused)
     by_error: dict[str, list[str]] = {}
     for r in recs:
         if r["status"] != "ok":
@@ -244,17 +247,17 @@ def render_report(rows: list[dict[str, Any]], meta: dict[str, Any], table: str, 
         lines += [f"> Encoders (`{meta['preset']}` preset): {pretrained_summary(meta['preset'])}.", ""]
     lines += ["## Results (test split, best validation epoch)", "", table, ""]
     lines += ["Quality: mean ± half-width of the 95% t-interval over the seeds each run trained under (no interval "
-              "from one seed)."]
+              "from one seed).", ""]
     if meta.get("reference"):
         lines += [f"Δ NDCG@10 and p: paired bootstrap of per-user test NDCG@10 against **{meta['reference']}** "
                   f"({resamples:,} resamples of the test users, seeded; seed s paired with the reference's seed s, "
                   "only when the split fingerprints match; a user's difference is averaged over the seeds first). "
                   f"\\* marks a difference significant at {ALPHA} (two-sided). The test is over users for the seeds "
-                  "run; the spread between seeds is what the intervals show."]
+                  "run; the spread between seeds is what the intervals show.", ""]
     if any(r.get("cost_only") for r in ok):
         lines += ["**cost only**: epochs capped by `train.max_steps_per_epoch` (time per epoch extrapolated from the "
                   "steps run), so the quality is not converged: it is not reported and these runs are left off the "
-                  "quality plots; their own `results.json` keeps the capped figures."]
+                  "quality plots; their own `results.json` keeps the capped figures.", ""]
     lines += ["Cost columns are the first seed's run, which trained with nothing else of the suite running"
               + (f" (the other seeds trained {meta['parallel']} at a time, for their quality only)"
                  if meta.get("parallel", 1) > 1 else "") + ". Time per epoch counts the training loop only; peak memory is "
@@ -271,13 +274,16 @@ def render_report(rows: list[dict[str, Any]], meta: dict[str, Any], table: str, 
         for r in routers:
             lines.append(f"| {r['name']} | " + " | ".join(f"{v:.3f}" for v in r["router_weight"].values()) + " |")
         lines.append("")
-    lines += ["## Time per run", "", "Wall time depends on what else runs on the machine; CPU time (user + system of "
-              "the run's processes) much less so.", "",
+    lines += ["## Time per run", "", "Wall time (this invocation) depends on what else runs on the machine; CPU time "
+              "(user + system of the run's processes, reused runs included) much less so.", "",
               "| run | seeds | best epochs | wall time (s) | CPU time (s) |", "|---|---|---|---:|---:|"]
-    lines += [f"| {r['name']} | {r.get('seeds', '')} | {r.get('best_epochs', '')} | {r['wall_s']} | "
-              f"{_num(r.get('cpu_s'))} |" for r in rows]
-    lines += ["", f"Data {meta.get('data_s', 0)} s, cache {meta['cache_build_s']} s, first seeds and cost-only runs "
-              f"{meta.get('alone_s', '?')} s, other seeds {meta.get('together_s', '?')} s (wall).", ""]
+    lines += [f"| {r['name']} | {r.get('seeds', '')} | {r.get('best_epochs', '')} | {r['wall_s']}"
+              + (f" (seed {r['reused_seeds']}: finished earlier, reused)" if r.get("reused_seeds") else "")
+              + f" | {_num(r.get('cpu_s'))} |" for r in rows]
+    parts = (f"runs trained alone (every run's first seed) {meta.get('alone_s', '?')} s, the other seeds "
+             f"{meta.get('parallel')} at a time {meta.get('together_s', '?')} s" if meta.get("parallel", 1) > 1
+             else f"runs {meta.get('alone_s', '?')} s")
+    lines += ["", f"Data {meta.get('data_s', 0)} s, cache {meta['cache_build_s']} s, {parts} (wall).", ""]
     failed = [r for r in rows if r.get("error")]
     if failed:
         lines += ["## Failed runs", ""] + [f"- {r['name']}: {r.get('error', '')} (log: `{r.get('log', '')}`)"
