@@ -214,6 +214,7 @@ SENTENCE = "Please call Stella and ask her to bring these things."
 WORDS = {"please", "call", "ask", "bring", "these", "things"}
 
 
+@pytest.mark.subprocess
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (apt-get install espeak-ng)")
 def test_whisper_transcribes_espeak_speech(tmp_path: Path) -> None:
     from transformers import WhisperFeatureExtractor

@@ -84,7 +84,7 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
         print(f"  {r[0]:<{w}}  {r[1]:>14}  {r[2]:>14}")
     if data.dropped:
         print(f"  dropped rows: {data.dropped}")
-    from crossan.evaluation import repeat_targets
+    from crossan.data.protocol import repeat_targets
 
     for split, arr in (("valid", data.valid), ("test", data.test)):
         n, rep = len(arr.targets), repeat_targets(arr.targets, arr.history)

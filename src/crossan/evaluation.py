@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from crossan.config import metric_names  # noqa: F401  (defined torch-free beside train.metric)
+from crossan.data.protocol import repeat_targets  # noqa: F401  (re-exported; torch-free home)
 
 
 def strict_ranks(scores: torch.Tensor, targets: torch.Tensor, history: torch.Tensor | None = None,
@@ -42,14 +43,6 @@ def strict_ranks(scores: torch.Tensor, targets: torch.Tensor, history: torch.Ten
     not_beaten[rows, targets] = False
     ranks = 1.0 + not_beaten.sum(dim=1).double()
     return torch.where(target_ok, ranks, torch.full_like(ranks, torch.inf))
-
-
-def repeat_targets(targets: np.ndarray, history: np.ndarray) -> int:
-    """How many targets repeat an item of their user's history (masked, so never a hit, by default)."""
-    targets = np.asarray(targets)
-    if len(targets) == 0:
-        return 0
-    return int((np.asarray(history) == targets[:, None]).any(axis=1).sum())
 
 
 def metrics_from_ranks(ranks: torch.Tensor, ks: Iterable[int]) -> dict[str, torch.Tensor]:

@@ -24,13 +24,15 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from crossan.errors import CrossanError
+
 if TYPE_CHECKING:
     from PIL.Image import Image
 
 FrameSampling = Literal["uniform", "middle"]
 
 
-class MediaError(RuntimeError):
+class MediaError(CrossanError, RuntimeError):
     """A media file of an item could not be read (missing, truncated, not a media file …)."""
 
     def __init__(self, item_id: str, path: str | Path, reason: str) -> None:

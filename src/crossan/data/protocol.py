@@ -160,6 +160,14 @@ def apply_protocol(raw: RawData, cfg: DataConfig, name: str = "", root: Path | N
     )
 
 
+def repeat_targets(targets: np.ndarray, history: np.ndarray) -> int:
+    """How many targets repeat an item of their user's history (masked, so never a hit, by default)."""
+    targets = np.asarray(targets)
+    if len(targets) == 0:
+        return 0
+    return int((np.asarray(history) == targets[:, None]).any(axis=1).sum())
+
+
 def prepare(cfg: DataConfig) -> SequentialData:
     """Read ``cfg.path`` and apply the protocol."""
     raw = read(cfg)

@@ -40,12 +40,13 @@ import numpy as np
 from crossan.config import DataConfig
 from crossan.data import textscan as ts
 from crossan.data.catalogue import Catalogue, ItemRecord
+from crossan.errors import CrossanError
 
 MAX_ID_BYTES = 1024
 """User and item ids longer than this (in UTF-8 bytes) make a row malformed."""
 
 
-class DataError(ValueError):
+class DataError(CrossanError, ValueError):
     """Bad input data. The message names the file, line and offending value."""
 
 

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from crossan.config import EncoderSpec
+from crossan.errors import CrossanError
 
 FAMILIES: tuple[str, ...] = ("bert", "vit", "videomae", "ast", "whisper", "efficientnet")
 """Backbone families with a wrapper."""
@@ -74,7 +75,7 @@ WHISPER_POSITIONS_PER_SECOND = 50
 SPEC_ONLY_KEYS = ("tokenizer", "seed")
 
 
-class EncoderSpecError(ValueError):
+class EncoderSpecError(CrossanError, ValueError):
     """An encoder spec names an unknown family, a family the modality cannot use, or bad keys."""
 
 
