@@ -1,0 +1,92 @@
+"""Compare finished run folders after the fact: mean and 95% t-interval over seeds, and a paired bootstrap of
+per-user test NDCG@10 against a reference group (METHOD.md §11), from each run's ``per_user.npz``.
+
+    python benchmarks/compare_runs.py --reference CROSSAN \\
+        ID=runs/amazon-id-s0,runs/amazon-id-s1,runs/amazon-id-s2 \\
+        CROSSAN=runs/amazon_text/runs/CROSSAN/seed-0,runs/amazon_text/runs/CROSSAN/seed-1,... \\
+        --csv out.csv
+
+Each group lists one run folder per seed, in the same seed order for every group: seed i of a group is paired
+with seed i of the reference, and only when the two runs' split fingerprints agree (same users, same targets).
+Prints a markdown table; ``--csv`` also writes it as CSV.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from crossan.reports.stats import ndcg_at, paired_bootstrap, t_interval
+
+METRICS = ("HR@10", "NDCG@10", "MRR")
+
+
+def load_group(spec: str) -> tuple[str, list[Path]]:
+    name, _, dirs = spec.partition("=")
+    if not dirs:
+        raise SystemExit(f"{spec!r}: expected NAME=DIR[,DIR...]")
+    return name, [Path(d) for d in dirs.split(",") if d]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("groups", nargs="+", help="NAME=RUN_DIR[,RUN_DIR...] (one folder per seed)")
+    ap.add_argument("--reference", required=True, help="the group every other group is tested against")
+    ap.add_argument("--csv", help="also write the table here")
+    args = ap.parse_args(argv)
+    groups = dict(load_group(g) for g in args.groups)
+    if args.reference not in groups:
+        raise SystemExit(f"--reference {args.reference!r} is not one of {list(groups)}")
+    results = {n: [json.loads((d / "results.json").read_text()) for d in ds] for n, ds in groups.items()}
+    per_user = {n: [np.load(d / "per_user.npz") for d in ds] for n, ds in groups.items()}
+    ref = args.reference
+    rows = []
+    for name, res in results.items():
+        row: dict[str, object] = {"run": name, "method": res[0]["method"], "seeds": len(res),
+                                  "best_epochs": ",".join(str(r["best_epoch"]) for r in res)}
+        for m in METRICS:
+            mean, half = t_interval([r["test"][m] for r in res])
+            row[f"test_{m}_mean"], row[f"test_{m}_ci95"] = mean, half
+        row["s_per_epoch"] = float(np.mean([r["train_time_per_epoch_s"] for r in res]))
+        row["trainable_params"] = res[0]["trainable_params"]
+        if name != ref:
+            k = min(len(res), len(results[ref]))
+            a, b = per_user[name][:k], per_user[ref][:k]
+            same = all(str(x["split_fingerprint"]) == str(y["split_fingerprint"]) for x, y in zip(a, b))
+            if not same:
+                row["p_value"], row["diff_NDCG@10"] = "not paired (splits differ)", ""
+            else:
+                t = paired_bootstrap([ndcg_at(x["test_ranks"]) for x in a], [ndcg_at(y["test_ranks"]) for y in b])
+                row["p_value"], row["diff_NDCG@10"] = t.p_value, t.diff
+                row["diff_ci95"] = f"[{t.ci95[0]:+.4f}, {t.ci95[1]:+.4f}]"
+        rows.append(row)
+    print(f"| run | method | seeds | best epochs | test HR@10 | test NDCG@10 | test MRR | Δ NDCG@10 vs {ref} [95% CI] "
+          "| p | s/epoch | trainable params |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        q = " | ".join(f"{r[f'test_{m}_mean']:.4f} ± {r[f'test_{m}_ci95']:.4f}" for m in METRICS)
+        if r["run"] == ref:
+            d, p = "reference", ""
+        elif isinstance(r["p_value"], str):
+            d, p = r["p_value"], ""
+        else:
+            d = f"{r['diff_NDCG@10']:+.4f} {r['diff_ci95']}"
+            p = f"{r['p_value']:.4f}" + (" *" if r["p_value"] < 0.05 else "")
+        print(f"| {r['run']} | {r['method']} | {r['seeds']} | {r['best_epochs']} | {q} | {d} | {p} | "
+              f"{r['s_per_epoch']:.1f} | {r['trainable_params']:,} |")
+    if args.csv:
+        keys = sorted({k for r in rows for k in r}, key=lambda k: list(rows[0]).index(k) if k in rows[0] else 99)
+        with open(args.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
