@@ -154,3 +154,27 @@ def test_data_stats_reports_repeated_targets(tmp_path: Path, capsys) -> None:
     out = capsys.readouterr().out
     assert "test targets repeating a history item: 1 of 3" in out  # user a
     assert "valid targets repeating a history item: 1 of 3" in out  # user c (i6 before its validation i6)
+
+
+@pytest.mark.parametrize("min_rel_std, zeroed", [(0.05, True), (0.0, False)])
+def test_standardisation_drop_rule_is_a_setting(min_rel_std: float, zeroed: bool) -> None:
+    """cache.standardize_min_rel_std: a dimension whose spread over the items is tiny next to its magnitude
+    (std 0.01 around 10: 0.1% of its RMS) is zeroed under the default 5% rule and scaled up under 0."""
+    from crossan.cache.features import TensorFeatures
+    from crossan.config import Config
+    from crossan.towers.base import TowerContext, build_tower
+
+    N, K, D = 30, 3, 8
+    g = torch.Generator().manual_seed(0)
+    states = torch.randn(N + 1, K, D, generator=g)
+    states[:, :, 0] = 10.0 + 0.01 * torch.randn(N + 1, K, generator=g)  # a near-constant offset dimension
+    states[0] = 0
+    present = torch.ones(N + 1, dtype=torch.bool)
+    present[0] = False
+    feats = TensorFeatures({"text": states}, {"text": present})
+    cfg = Config(method="frozen", modalities=["text"])
+    cfg.cache.standardize_min_rel_std = min_rel_std
+    tower = build_tower(TowerContext(cfg, N, [""] + [f"i{i}" for i in range(N)], features=feats))
+    inv = tower.input_inv_std_text
+    assert (inv[:, 1:] > 0).all()  # ordinary dimensions are always scaled
+    assert bool((inv[:, 0] == 0).all()) is zeroed

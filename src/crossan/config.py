@@ -175,6 +175,9 @@ class CacheConfig:
     standardize: bool = True
     """Side networks and frozen features standardise each tapped state dimension over the items (fixed
     mean/std, saved with the weights): frozen encoders' states share a large offset across items."""
+    standardize_min_rel_std: float = 0.05
+    """With ``standardize``: a dimension whose std over the items is below this fraction of its RMS is zeroed
+    instead of scaled up (0: never zero a dimension). See docs/results.md §4 for the measured effect."""
     on_corrupt: Literal["error", "missing"] = "error"
     """A corrupt or unreadable media file (a referenced file that does not exist included) stops the build
     naming item and path (``error``), or marks that item's modality missing and counts it (``missing``)."""

@@ -43,7 +43,9 @@ Features = dict[str, tuple[torch.Tensor, torch.Tensor]]
 def finish(tower: ContentTower, ctx: TowerContext) -> ContentTower:
     """Apply the run-level options to a freshly built content tower (``cache.standardize``, ``precision``)."""
     tower.precision = ctx.config.precision
-    return tower.standardize_inputs() if ctx.config.cache.standardize else tower
+    if not ctx.config.cache.standardize:
+        return tower
+    return tower.standardize_inputs(min_rel_std=ctx.config.cache.standardize_min_rel_std)
 
 
 def features_from_context(ctx: TowerContext) -> FeatureSource:
@@ -86,7 +88,7 @@ class ContentTower(ItemTower):
     def encode(self, feats: Features) -> torch.Tensor:
         """Gathered states → item embeddings [U, dim]."""
 
-    def standardize_inputs(self, batch_size: int = 1024) -> ContentTower:
+    def standardize_inputs(self, batch_size: int = 1024, min_rel_std: float = 0.05) -> ContentTower:
         """Standardise every tapped state dimension over the catalogue (mean 0, std 1 over the items that
         have the modality), with statistics fixed at build time and saved with the weights.
 
@@ -115,7 +117,7 @@ class ContentTower(ItemTower):
             rms = (sqs[m] / n).sqrt()
             # a dimension that hardly varies over the items (std under 5% of its magnitude: e.g. a CLS token
             # at the embedding layer) carries no signal; scaling it up would only amplify fp16 rounding noise
-            inv_std = torch.where(std > 0.05 * rms, 1.0 / std.clamp_min(1e-12), torch.zeros_like(std))
+            inv_std = torch.where(std > min_rel_std * rms, 1.0 / std.clamp_min(1e-12), torch.zeros_like(std))
             self.register_buffer(f"input_mean_{m}", mean.float())
             self.register_buffer(f"input_inv_std_{m}", inv_std.float())
         self.standardized = True
