@@ -110,7 +110,7 @@ def _ablation_bars(rows: list[dict[str, Any]], out: Path) -> str:
                         xytext=(0, 2), ha="center", fontsize=12)
     ax.set_xticks(list(xs), [r["name"] for r in rows], rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("test NDCG@10 (mean, 95% CI over seeds)")
-    ax.set_title(f"Runs against the reference {ref} (hatched); * p < 0.05, paired bootstrap over users",
+    ax.set_title(f"Runs against the reference {ref} (hatched)\n* p < 0.05, paired bootstrap over users",
                  fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, out, "ablation_bars.png")
