@@ -83,6 +83,8 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=0, help="cap steps per round (0: full epoch)")
     ap.add_argument("--rounds", type=int, default=1, help="timed rounds per model; the fastest counts")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    ap.add_argument("--adam", choices=["trainer", "fused"], default="trainer",
+                    help="trainer: Adam as crossan.trainer builds it (for-loop on a CPU); fused: Adam(fused=True)")
     ap.add_argument("--profile", type=int, default=0, metavar="N", help="profile N steps per model")
     ap.add_argument("--cache-on", choices=["device", "host"], default="device",
                     help="where the cache lives on CUDA (host: only each batch's rows go to the GPU)")
@@ -123,7 +125,7 @@ def main() -> None:
                 torch.manual_seed(args.seed)
                 ctx = TowerContext(cfg, n, data.item_ids, data.catalogue, extras={"features": feats, "device": device})
                 model = Recommender(build_tower(ctx), cfg, torch.as_tensor(data.item_counts)).to(device)
-                opt = torch.optim.Adam(param_groups(model, cfg))
+                opt = torch.optim.Adam(param_groups(model, cfg), **({"fused": True} if args.adam == "fused" else {}))
                 model.train()
                 train_epoch(model, opt, all_batches[:5], inputs, targets, device, progress=False)  # warm-up
                 runs.append({"method": method, "modalities": M, "precision": precision, "model": model, "opt": opt,
@@ -197,7 +199,7 @@ def main() -> None:
                else f"CPU {platform.machine()} ({os.cpu_count()} cores), {torch.get_num_threads()} threads")
     meta = {"machine": machine, "torch": torch.__version__, "users": data.num_users, "items": n,
             "width": args.width, "taps": args.taps, "batch_size": args.batch_size, "cache_on": args.cache_on,
-            "overrides": args.set, "cache_bytes_per_modality": cache_bytes["text"],
+            "overrides": args.set, "adam": args.adam, "cache_bytes_per_modality": cache_bytes["text"],
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in load_after],
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}

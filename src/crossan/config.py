@@ -205,8 +205,8 @@ class CoreConfig:
     """``auto`` (cuda when available), ``cpu``, ``cuda``, ``cuda:1`` …"""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     """Compute precision of the frozen encoders' forward (cache building, live encoding) and of every method's
-    training step and evaluation forward. ``bf16``: matrix products in bfloat16 under ``torch.autocast``;
-    weights, gradients, optimiser state, losses and ranking scores stay float32, the cache stays float16.
+    training step. ``bf16``: matrix products in bfloat16 under ``torch.autocast``; weights, gradients,
+    optimiser state and losses stay float32, evaluation and serving run in float32, the cache stays float16.
     ``auto``: bf16 on CPUs with AVX-512 BF16 or AMX (``/proc/cpuinfo`` flags ``avx512_bf16``/``amx_bf16``)
     and on CUDA GPUs that support bf16, fp32 elsewhere (see ``crossan.precision``)."""
     data: DataConfig = field(default_factory=DataConfig)

@@ -9,9 +9,10 @@ of each weight per use), and so do the losses and the ranking scores (see
 ``avx512_bf16`` or ``amx_bf16``, a CUDA GPU for which ``torch.cuda.is_bf16_supported()`` — and fp32
 elsewhere (on a CPU without them bf16 is emulated and slower than fp32).
 
-Where it applies: the frozen encoders' forward while the cache is built (:mod:`crossan.cache.store`) or
-states are encoded live, the content towers (frozen features, IISAN, CROSSAN) at training and evaluation,
-and every method's training step and user encoder (:class:`crossan.recommender.Recommender`).
+Where it applies: the frozen encoders' forward, while the cache is built (:mod:`crossan.cache.build`) and
+whenever states are encoded live (:mod:`crossan.towers.content`), and every method's training step: item
+tower and user encoder (:class:`crossan.recommender.Recommender`). Evaluation and serving embed and score
+in float32 (about 1% of an epoch's work; no bf16 ties, equal to what an exported model computes).
 """
 
 from __future__ import annotations

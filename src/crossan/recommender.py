@@ -5,9 +5,12 @@ history and target embeddings from that small table, and scores every position a
 unique items (in-batch softmax, METHOD.md §8) — or, with ``train.negatives=slots``, against every slot of
 the batch as IISAN's official code does (:func:`slots_softmax_loss`).
 
-Precision (``cfg.precision``, :mod:`crossan.precision`): the item tower and the user encoder run under
-bf16 autocast where the setting asks for it; the scores and the loss are computed in float32 from
-float32 copies of the states and embeddings, so that bf16 rounding never creates ties between scores.
+Precision (``cfg.precision``, :mod:`crossan.precision`): a training step runs the item tower and the user
+encoder under bf16 autocast where the setting asks for it; the loss is computed in float32 from float32
+copies of the states and embeddings. Evaluation and serving (:meth:`Recommender.user_vectors`, the towers'
+``embed_all``) run in float32: they are about 1% of an epoch's work, and float32 keeps scores free of bf16
+ties and equal to what an exported model computes. (The frozen encoders run at ``precision`` in both, see
+:mod:`crossan.towers.content`.)
 """
 
 from __future__ import annotations
@@ -52,9 +55,10 @@ class Recommender(nn.Module):
         return self.user(item_emb, inputs)
 
     def user_vectors(self, inputs: torch.Tensor, item_table: torch.Tensor) -> torch.Tensor:
-        """Users' next-item query vectors [B, d] (float32) from their windows [B, L], reading a precomputed table."""
-        with autocast(self.precision, inputs.device):
-            return self.user(item_table[inputs], inputs)[:, -1].float()
+        """Users' next-item query vectors [B, d] from their windows [B, L], reading a precomputed table (float32,
+        whatever ``precision``: see the module docstring)."""
+        with full_precision(inputs.device):
+            return self.user(item_table[inputs].float(), inputs)[:, -1]
 
     def forward(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The training loss (``forward`` so that DistributedDataParallel can wrap the model)."""

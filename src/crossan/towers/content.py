@@ -17,9 +17,12 @@ missing modality can never reach an output; each tower then states its own rule 
 
 Precision
 ---------
-:meth:`ContentTower.forward` (gathering included, so live encoders too) runs under the autocast of
-:attr:`ContentTower.precision` (``precision`` of the run config, set by :func:`finish`; ``fp32`` for a
-tower built directly), in training and in evaluation (``embed_all``) alike; see :mod:`crossan.precision`.
+:meth:`ContentTower.forward` gathers the states under the autocast of :attr:`ContentTower.precision`
+(``precision`` of the run config, set by :func:`finish`; ``fp32`` for a tower built directly), so live
+encoders run at the precision the cache is built with, in training, evaluation and serving alike. The
+side network itself computes in the dtype of the surrounding autocast: bf16 inside a training step of
+:class:`~crossan.recommender.Recommender` (which enters it), float32 in ``embed_all`` (evaluation,
+serving); see :mod:`crossan.precision`.
 """
 
 from __future__ import annotations
@@ -78,11 +81,12 @@ class ContentTower(ItemTower):
 
     features: FeatureSource
     precision: str = "fp32"
-    """``auto`` | ``bf16`` | ``fp32``: the autocast :meth:`forward` runs under (see the module docstring)."""
+    """``auto`` | ``bf16`` | ``fp32``: the autocast the states are gathered under (see the module docstring)."""
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         with autocast(self.precision, items.device):
-            return self.encode(self.features.gather(items))
+            feats = self.features.gather(items)
+        return self.encode(feats)
 
     @abstractmethod
     def encode(self, feats: Features) -> torch.Tensor:
