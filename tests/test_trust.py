@@ -178,3 +178,20 @@ def test_standardisation_drop_rule_is_a_setting(min_rel_std: float, zeroed: bool
     inv = tower.input_inv_std_text
     assert (inv[:, 1:] > 0).all()  # ordinary dimensions are always scaled
     assert bool((inv[:, 0] == 0).all()) is zeroed
+
+
+def test_config_differences_resolve_paths_and_fill_new_keys(small_data: Path, tmp_path: Path, monkeypatch) -> None:
+    """A saved config.yaml with a relative data.path and without a key added later is the same run; a real
+    change is still named."""
+    import os
+
+    from crossan.config import config_differences, to_dict
+
+    cfg = load_config([], [f"data.path={small_data}", "train.lr=3e-4"])
+    saved = to_dict(cfg)
+    monkeypatch.chdir(small_data.parent)
+    saved["data"]["path"] = os.path.relpath(small_data)
+    del saved["cache"]["standardize_min_rel_std"]  # written before the key existed
+    assert config_differences(saved, cfg) == []
+    saved["train"]["lr"] = 1e-3
+    assert config_differences(saved, cfg) == ["train.lr: 0.001 → 0.0003"]

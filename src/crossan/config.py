@@ -435,3 +435,39 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     _apply_mapping(cfg, data)
     validate(cfg)
     return cfg
+
+
+def _with_defaults(saved: Any, defaults: Any) -> Any:
+    """``saved`` with every key it lacks taken from ``defaults`` (recursively)."""
+    if not (isinstance(saved, dict) and isinstance(defaults, dict)):
+        return saved
+    out = dict(saved)
+    for k, v in defaults.items():
+        out[k] = _with_defaults(saved[k], v) if k in saved else v
+    return out
+
+
+def _resolved_paths(d: dict[str, Any]) -> dict[str, Any]:
+    d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
+    for section, key in (("data", "path"), ("cache", "dir")):
+        if isinstance(d.get(section), dict) and d[section].get(key):
+            d[section][key] = str(Path(str(d[section][key])).expanduser().resolve())
+    return d
+
+
+def config_differences(saved: dict[str, Any], cfg: Config) -> list[str]:
+    """``key: old → new`` for every key whose value in a saved config.yaml differs from ``cfg``.
+
+    Paths compare resolved (the same dataset spelled relative, absolute or through a symlink is the same), and
+    a key the saved file lacks (added to crossan after it was written) takes its default, which keeps the old
+    behaviour: a run written before a new option appeared is still the same run.
+    """
+    now = to_dict(cfg)
+    old = _resolved_paths(_with_defaults(saved, to_dict(Config())))
+
+    def diff(a: Any, b: Any, prefix: str) -> list[str]:
+        if isinstance(a, dict) and isinstance(b, dict):
+            return [d for k in sorted(set(a) | set(b)) for d in diff(a.get(k), b.get(k), f"{prefix}{k}.")]
+        return [] if a == b else [f"{prefix[:-1]}: {a!r} → {b!r}"]
+
+    return diff(old, _resolved_paths(now), "")

@@ -34,7 +34,7 @@ from safetensors.torch import load_file
 
 import crossan
 from crossan import distributed as dist
-from crossan.config import Config, config_from_dict, to_dict
+from crossan.config import Config, config_differences, config_from_dict
 from crossan.errors import NonFiniteError, RunError, ServeError
 from crossan.utils import atomic_save_safetensors, atomic_torch_save, atomic_write, atomic_write_json
 
@@ -75,7 +75,7 @@ def check_run_dir(run_dir: Path, cfg: Config, resume: bool) -> None:
             old = yaml.safe_load(saved.read_text(encoding="utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError) as e:
             raise RunError(f"{saved}: not valid YAML ({str(e).splitlines()[0]})") from None
-        diff = _diff(_paths_resolved(old), _paths_resolved(to_dict(cfg)))
+        diff = config_differences(old, cfg) if isinstance(old, dict) else ["config.yaml is not a mapping"]
         if diff:
             raise RunError(f"{run_dir}: --resume with a different configuration: {'; '.join(diff[:10])}")
     elif run_dir.exists() and any(run_dir.iterdir()):
@@ -95,17 +95,6 @@ def resolve_paths(cfg: Config) -> Config:
         if value:
             setattr(getattr(cfg, section), key, str(Path(value).expanduser().resolve()))
     return cfg
-
-
-def _paths_resolved(d: Any) -> Any:
-    """A config dict with its path keys resolved (a config.yaml of an older crossan stored them as typed)."""
-    if not isinstance(d, dict):
-        return d
-    d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
-    for section, key in PATH_KEYS:
-        if isinstance(d.get(section), dict) and d[section].get(key):
-            d[section][key] = str(Path(str(d[section][key])).expanduser().resolve())
-    return d
 
 
 def check_out_folder(folder: Path, option: str = "--out") -> None:
@@ -129,15 +118,6 @@ def _read_only(path: Path) -> bool:
         return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
     except OSError:
         return False
-
-
-def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for k in sorted(set(old) | set(new)):
-            out += _diff(old.get(k), new.get(k), f"{prefix}.{k}" if prefix else k)
-        return out
-    return [] if old == new else [f"{prefix}: {old!r} → {new!r}"]
 
 
 def _parse_version(v: str) -> tuple[int, ...]:

@@ -41,7 +41,7 @@ from typing import Any
 
 import yaml
 
-from crossan.config import ConfigError, load_config, to_dict
+from crossan.config import ConfigError, config_differences, load_config
 from crossan.reports.children import cpu_seconds, error_line, run_child, train_parallel
 
 SUITE_KEYS = {"description", "data", "preset", "overrides", "runs", "seeds", "reference", "parallel"}
@@ -199,14 +199,9 @@ def ensure_cache(suite: Suite, data: Path, out: Path, progress: bool = True) -> 
 def config_changes(run_dir: Path, overrides: list[str]) -> list[str]:
     """Keys whose value in ``run_dir/config.yaml`` differs from what ``overrides`` resolve to now."""
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    now = to_dict(load_config([], overrides))
-
-    def diff(a: Any, b: Any, prefix: str) -> list[str]:
-        if isinstance(a, dict) and isinstance(b, dict):
-            return [d for k in sorted(set(a) | set(b)) for d in diff(a.get(k), b.get(k), f"{prefix}{k}.")]
-        return [] if a == b else [f"{prefix[:-1]}: {a!r} → {b!r}"]
-
-    return diff(saved, now, "")
+    if not isinstance(saved, dict):
+        return [f"{run_dir / 'config.yaml'} is not a mapping"]
+    return config_differences(saved, load_config([], overrides))
 
 
 def _job(suite: Suite, run: RunSpec, seed: int, data: Path, out: Path, resume: bool, label: str
