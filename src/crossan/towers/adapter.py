@@ -39,8 +39,8 @@ from torch import nn
 from crossan.config import TrainConfig
 from crossan.encoders.base import ModalityEncoder
 from crossan.towers.base import TowerContext, register
-from crossan.towers.options import AdapterConfig
 from crossan.towers.endtoend import EndToEndTower, build_endtoend, layer_prefix, layer_stack
+from crossan.towers.options import AdapterConfig
 
 ATTENTION_OUTPUT: dict[str, tuple[str, ...]] = {
     "bert": ("attention.output.dense",),

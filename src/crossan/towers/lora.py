@@ -28,8 +28,8 @@ from torch import nn
 from crossan.config import TrainConfig
 from crossan.encoders.base import ModalityEncoder
 from crossan.towers.base import TowerContext, register
-from crossan.towers.options import LoRAConfig
 from crossan.towers.endtoend import EndToEndTower, build_endtoend, layer_prefix, layer_stack
+from crossan.towers.options import LoRAConfig
 
 QUERY_VALUE: tuple[tuple[str, ...], tuple[str, ...]] = (("query", "q_proj"), ("value", "v_proj"))
 """Names of the query and value projections across families (BERT/VideoMAE; ViT/AST/Whisper)."""
