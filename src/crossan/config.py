@@ -447,11 +447,20 @@ def _with_defaults(saved: Any, defaults: Any) -> Any:
     return out
 
 
+PATH_KEYS = (("data", "path"), ("cache", "dir"))
+"""Config keys holding file system paths, stored resolved (absolute, symlinks resolved) in config.yaml."""
+
+
+def resolve_path(value: str) -> str:
+    """A path absolute, ``~`` expanded and symlinks resolved (the spelling config.yaml stores)."""
+    return str(Path(value).expanduser().resolve())
+
+
 def _resolved_paths(d: dict[str, Any]) -> dict[str, Any]:
     d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
-    for section, key in (("data", "path"), ("cache", "dir")):
+    for section, key in PATH_KEYS:
         if isinstance(d.get(section), dict) and d[section].get(key):
-            d[section][key] = str(Path(str(d[section][key])).expanduser().resolve())
+            d[section][key] = resolve_path(str(d[section][key]))
     return d
 
 

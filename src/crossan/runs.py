@@ -34,7 +34,7 @@ from safetensors.torch import load_file
 
 import crossan
 from crossan import distributed as dist
-from crossan.config import Config, config_differences, config_from_dict
+from crossan.config import PATH_KEYS, Config, config_differences, config_from_dict, resolve_path
 from crossan.errors import NonFiniteError, RunError, ServeError
 from crossan.utils import atomic_save_safetensors, atomic_torch_save, atomic_write, atomic_write_json
 
@@ -82,10 +82,6 @@ def check_run_dir(run_dir: Path, cfg: Config, resume: bool) -> None:
         raise RunError(f"{run_dir} already holds files; pass --resume to continue that run or choose another --out")
 
 
-PATH_KEYS = (("data", "path"), ("cache", "dir"))
-"""Config keys holding file system paths, stored resolved (absolute, symlinks resolved) in config.yaml."""
-
-
 def resolve_paths(cfg: Config) -> Config:
     """Make ``data.path`` and ``cache.dir`` absolute with symlinks resolved, in place: the run's config.yaml
     then finds its data and cache from any working folder, and ``--resume`` accepts the same dataset given
@@ -93,7 +89,7 @@ def resolve_paths(cfg: Config) -> Config:
     for section, key in PATH_KEYS:
         value = getattr(getattr(cfg, section), key)
         if value:
-            setattr(getattr(cfg, section), key, str(Path(value).expanduser().resolve()))
+            setattr(getattr(cfg, section), key, resolve_path(value))
     return cfg
 
 
