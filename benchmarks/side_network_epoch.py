@@ -52,7 +52,7 @@ from crossan.data.readers import RawData
 from crossan.precision import compute_dtype
 from crossan.recommender import Recommender
 from crossan.towers.base import TowerContext, build_tower
-from crossan.trainer import _batches, _num_batches, param_groups, train_epoch
+from crossan.trainer import _batches, _num_batches, make_optimizer, param_groups, train_epoch
 from crossan.utils import count_params, cpu_allocation_peak, state_bytes
 
 MODS = ["text", "image", "video", "audio"]
@@ -83,8 +83,9 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=0, help="cap steps per round (0: full epoch)")
     ap.add_argument("--rounds", type=int, default=1, help="timed rounds per model; the fastest counts")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
-    ap.add_argument("--adam", choices=["trainer", "fused"], default="trainer",
-                    help="trainer: Adam as crossan.trainer builds it (for-loop on a CPU); fused: Adam(fused=True)")
+    ap.add_argument("--adam", choices=["trainer", "loop"], default="trainer",
+                    help="trainer: Adam as crossan.trainer builds it (fused on CPU and CUDA); loop: the for-loop "
+                         "implementation, for comparison")
     ap.add_argument("--profile", type=int, default=0, metavar="N", help="profile N steps per model")
     ap.add_argument("--cache-on", choices=["device", "host"], default="device",
                     help="where the cache lives on CUDA (host: only each batch's rows go to the GPU)")
@@ -125,7 +126,8 @@ def main() -> None:
                 torch.manual_seed(args.seed)
                 ctx = TowerContext(cfg, n, data.item_ids, data.catalogue, extras={"features": feats, "device": device})
                 model = Recommender(build_tower(ctx), cfg, torch.as_tensor(data.item_counts)).to(device)
-                opt = torch.optim.Adam(param_groups(model, cfg), **({"fused": True} if args.adam == "fused" else {}))
+                opt = (make_optimizer(model, cfg, device) if args.adam == "trainer"
+                       else torch.optim.Adam(param_groups(model, cfg), foreach=False))
                 model.train()
                 train_epoch(model, opt, all_batches[:5], inputs, targets, device, progress=False)  # warm-up
                 runs.append({"method": method, "modalities": M, "precision": precision, "model": model, "opt": opt,

