@@ -140,3 +140,25 @@ def test_study_figures_need_their_runs(tmp_path):
 def test_study_suites_state_their_wall_time(suite):
     text = (ROOT / "src" / "crossan" / "suites" / f"{suite}.yaml").read_text()
     assert "Wall time on 2 idle cores" in text and "pending" not in text
+
+
+def test_dominant_suite_generates_data_with_the_dominant_modality(tmp_path: Path):
+    import json
+
+    from crossan.config import ConfigError
+    from crossan.reports.suite import resolve_data
+
+    s = load_suite("dominant")
+    assert s.data == "synth:small:0:image" and s.reference == "CROSSAN-MOMEF" and s.seeds == [0, 1, 2]
+    assert {_cfg(s, r.name).crossan.fusion for r in s.runs if r.method == "crossan"} == {"momef", "concat"}
+    folder = resolve_data("synth:tiny:3:audio", tmp_path)
+    assert folder.name.startswith("synth-tiny-3-dominant-audio-v")
+    params = json.loads((folder / "meta.json").read_text())["params"]
+    assert params["dominant"] == "audio" and params["seed"] == 3 and params["size"] == "tiny"
+    # without the third field the same size and seed give the spread tastes, in another folder
+    plain = resolve_data("synth:tiny:3", tmp_path)
+    assert json.loads((plain / "meta.json").read_text())["params"]["dominant"] is None
+    assert (plain / "users.tsv").read_text() != (folder / "users.tsv").read_text()
+    for bad in ("synth:tiny:3:smell", "synth:tiny:x", "synth:tiny:0:image:extra"):
+        with pytest.raises(ConfigError, match="data: "):
+            resolve_data(bad, tmp_path)

@@ -256,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "report.md and plots (NDCG@10 vs trainable parameters; time per epoch and peak "
                                    "memory per method). Failed methods stay in the table.")
     p.add_argument("--suite", default="default",
-                   help="built-in suite name (default, demo, tiny, ablation, fidelity: src/crossan/suites/) or a "
+                   help="built-in suite name (default, demo, tiny, ablation, dominant, fidelity: src/crossan/suites/) or a "
                         "YAML file (more in benchmarks/suites/)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seeds", metavar="0,1,2", help="training seeds, comma-separated (default: the suite's seeds)")

@@ -5,7 +5,7 @@ reference run), efficiency figures, plots and a markdown report.
 A suite is a YAML file (or the name of a built-in one in ``crossan/suites/``)::
 
     description: what it compares
-    data: synth:small           # a dataset folder, or synth:SIZE[:SEED] to generate the built-in data
+    data: synth:small           # a dataset folder, or synth:SIZE[:SEED[:DOMINANT]] to generate the built-in data
     preset: offline             # encoder preset for every run
     overrides: [train.epochs=10] # key=value applied to every run
     seeds: [0, 1, 2]            # training seeds (``--seeds 0,1,2`` overrides); default [0]
@@ -42,6 +42,7 @@ from typing import Any
 import yaml
 
 from crossan.config import ConfigError, config_differences, load_config
+from crossan.data.catalogue import MODALITIES
 from crossan.reports.children import cpu_seconds, error_line, run_child, train_parallel
 
 SUITE_KEYS = {"description", "data", "preset", "overrides", "runs", "seeds", "reference", "parallel"}
@@ -166,16 +167,26 @@ def run_overrides(suite: Suite, run: RunSpec, data_path: str, seed: int) -> list
 
 # --------------------------------------------------------------------------------------------- running
 def resolve_data(spec: str, out: Path) -> Path:
-    """A dataset folder, generating the built-in data for ``synth:SIZE[:SEED]`` (in a folder named after the
-    generator version, so that an output folder from an older version is left alone, not refused)."""
+    """A dataset folder, generating the built-in data for ``synth:SIZE[:SEED[:DOMINANT]]`` (DOMINANT: a modality
+    that carries most of the users' taste; in a folder named after the generator version, so that an output
+    folder from an older version is left alone, not refused)."""
     if not spec.startswith("synth:"):
         return Path(spec).expanduser()
     from crossan.data.synth import GENERATOR_VERSION, generate
 
     parts = spec.split(":")
+    if len(parts) > 4:
+        raise ConfigError(f"data: {spec!r}: expected synth:SIZE[:SEED[:DOMINANT]]")
     size = parts[1] if len(parts) > 1 and parts[1] else "small"
-    seed = int(parts[2]) if len(parts) > 2 else 0
-    return generate(out / "data" / f"synth-{size}-{seed}-v{GENERATOR_VERSION}", size=size, seed=seed)
+    try:
+        seed = int(parts[2]) if len(parts) > 2 and parts[2] else 0
+    except ValueError:
+        raise ConfigError(f"data: {spec!r}: the seed {parts[2]!r} is not an integer") from None
+    dominant = parts[3] if len(parts) > 3 and parts[3] else None
+    if dominant is not None and dominant not in MODALITIES:
+        raise ConfigError(f"data: {spec!r}: unknown dominant modality {dominant!r}; expected one of {MODALITIES}")
+    name = f"synth-{size}-{seed}" + (f"-dominant-{dominant}" if dominant else "") + f"-v{GENERATOR_VERSION}"
+    return generate(out / "data" / name, size=size, seed=seed, dominant=dominant)
 
 
 def ensure_cache(suite: Suite, data: Path, out: Path, progress: bool = True) -> float:
