@@ -75,6 +75,15 @@ def test_fidelity_suite_changes_one_thing_at_a_time():
         assert len(diff) == 1, (name, diff)
         changed |= diff
     assert changed == recipe_keys  # every official difference is tested alone
+    # the recipe with standardisation kept differs from it in that key only
+    plus = flat(_cfg(s, "IISAN-official+std"))
+    assert {k for k in plus if plus[k] != got[k]} == {"cache.standardize"}
+    # CROSSAN with the official settings it can share: the same user encoder, loss, dropout and raw states
+    shared = _cfg(s, "CROSSAN-official-shared")
+    off = _cfg(s, "IISAN-official")
+    assert shared.user == off.user and shared.cache == off.cache
+    assert (shared.train.negatives, shared.train.pop_smoothing) == (off.train.negatives, off.train.pop_smoothing)
+    assert shared.crossan.dropout == off.iisan.dropout == 0
 
 
 def _row(name, ndcg, ci=0.002, params=1000, t=1.0, **kw):
