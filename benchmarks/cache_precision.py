@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from bench_cache import matmul_flops  # benchmarks/ is on sys.path when a script there runs
 
 from crossan.config import Config
 from crossan.data.catalogue import Catalogue, ItemRecord
@@ -41,17 +42,6 @@ class Items:
         records = [ItemRecord(f"t{i}", " ".join(rng.choice(WORDS, size=10))) for i in range(n)]
         self.item_ids = [""] + [r.item_id for r in records]
         self.catalogue = Catalogue(root, records)
-
-
-def matmul_flops(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * size**3 / best
 
 
 def timed(fn: Any) -> tuple[float, float, Any]:
@@ -116,7 +106,7 @@ def main() -> None:
             wall, cpu, _ = timed(forward)
             res[p]["fwd"].append(wall)
             res[p]["fwd_cpu"].append(cpu)
-            res[p]["peak"].append(matmul_flops(compute_dtype(p, "cpu") or torch.float32))
+            res[p]["peak"].append(matmul_flops(dtype=compute_dtype(p, "cpu") or torch.float32))
             print(f"round {r + 1} {p}: build {res[p]['build'][-1]:.1f} s, forward {res[p]['fwd'][-1]:.1f} s", flush=True)
     n = len(records)
     rows = []
