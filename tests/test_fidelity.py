@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from tests.test_side_networks import DS, MODS, D, N, R, make_features
 
 from crossan.config import ConfigError, UserEncoderConfig, load_config
+from crossan.dropout import Dropout
 from crossan.model import param_groups
 from crossan.recommender import log_popularity, slots_softmax_loss
 from crossan.towers.chainsplit import SplitGate, SplitGroupedLinear
@@ -71,7 +72,7 @@ def test_user_encoder_variants_differ_in_structure():
     assert b_ours.qkv.bias is not None and b_ours.proj.bias is not None
     assert b_off.ln1.eps == 1e-6 and ours.blocks[0].ln1.eps == 1e-5 and off.ln.eps == 1e-6
     assert [type(m) for m in b_off.ffn] == [torch.nn.Linear, torch.nn.ReLU, torch.nn.Identity, torch.nn.Linear]
-    assert [type(m) for m in b_ours.ffn] == [torch.nn.Linear, torch.nn.GELU, torch.nn.Dropout, torch.nn.Linear]
+    assert [type(m) for m in b_ours.ffn] == [torch.nn.Linear, torch.nn.GELU, Dropout, torch.nn.Linear]
     # Xavier-normal: std sqrt(2 / (fan_in + fan_out)); crossan: 0.02
     w = off.blocks[0].ffn[0].weight  # 64 -> 256
     assert float(w.detach().std()) == pytest.approx(math.sqrt(2 / (64 + 256)), rel=0.05)

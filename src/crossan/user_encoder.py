@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from crossan.config import UserEncoderConfig
+from crossan.dropout import Dropout
 
 
 class Block(nn.Module):
@@ -39,10 +40,10 @@ class Block(nn.Module):
             self.ffn = nn.Sequential(nn.Linear(dim, ffn_mult * dim), nn.ReLU(), nn.Identity(),
                                      nn.Linear(ffn_mult * dim, dim))
         else:
-            self.ffn = nn.Sequential(nn.Linear(dim, ffn_mult * dim), nn.GELU(), nn.Dropout(dropout),
+            self.ffn = nn.Sequential(nn.Linear(dim, ffn_mult * dim), nn.GELU(), Dropout(dropout),
                                      nn.Linear(ffn_mult * dim, dim))
         self.ln2 = nn.LayerNorm(dim, eps=eps)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
         B, L, D = x.shape
@@ -62,7 +63,7 @@ class SASRec(nn.Module):
         self.dim = cfg.dim
         self.official = cfg.variant == "iisan_official"
         self.pos = nn.Embedding(max_len, cfg.dim)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.ln = nn.LayerNorm(cfg.dim, eps=1e-6 if self.official else 1e-5)
         self.blocks = nn.ModuleList(Block(cfg.dim, cfg.n_heads, cfg.ffn_mult, cfg.dropout, self.official)
                                     for _ in range(cfg.n_layers))

@@ -150,6 +150,8 @@ class MeanFusion(nn.Module):
 class CrossanTower(ContentTower):
     """CROSSAN item tower (METHOD.md §6–7); see the module docstring for options and the missing rule."""
 
+    reads_tap_major = True
+
     def __init__(self, features: FeatureSource, modalities: list[str], num_items: int, dim: int,
                  cfg: CrossanConfig | None = None) -> None:
         super().__init__(features, modalities, num_items, dim)

@@ -73,6 +73,8 @@ class SingleInterGate(nn.Module):
 class IISANTower(ContentTower):
     """IISAN item tower over M modalities (METHOD.md §5); see the module docstring for the missing rule."""
 
+    reads_tap_major = True
+
     def __init__(self, features: FeatureSource, modalities: list[str], num_items: int, dim: int,
                  cfg: IISANConfig | None = None) -> None:
         super().__init__(features, modalities, num_items, dim)

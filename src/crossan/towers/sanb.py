@@ -21,11 +21,14 @@ seeded run replays the same masks.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from crossan.dropout import KEEP_MASK_BITS, dropout_rate, keep_mask
+
+__all__ = ["KEEP_MASK_BITS", "SANB", "Gate", "GroupedLinear", "GroupedSANB", "ModalityProjection", "dropout_rate",
+           "grouped_affine", "keep_mask", "masked_softmax", "residual_dropout"]
 
 
 class SANB(nn.Module):
@@ -151,30 +154,6 @@ class ModalityProjection(nn.Module):
     def num_params(dims: dict[str, int] | list[int], side_dim: int) -> int:
         ds = dims.values() if isinstance(dims, dict) else dims
         return sum(d * side_dim + side_dim for d in ds if d != side_dim)
-
-
-KEEP_MASK_BITS = 16
-"""Resolution of the CPU dropout mask: an entry is kept when a uniform 16-bit integer clears a threshold."""
-
-
-def keep_mask(shape: tuple[int, ...] | torch.Size, p: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """A CPU tensor of ``shape`` holding 1 with probability ``1 − p'`` and 0 otherwise, independently per
-    entry, where ``p' = round(p · 2^16) / 2^16`` (see :func:`dropout_rate`).
-
-    Each entry reads 16 bits of 64-bit words drawn by ``random_`` from torch's default CPU generator (one
-    Mersenne-Twister draw per 4 entries rather than one per entry as ``bernoulli_`` does); the 0/1 values
-    come from a clamp of those integers at the threshold, all in vectorised integer passes.
-    """
-    n = math.prod(shape)
-    words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2 ** 63), None)
-    uniform = words.view(torch.int16)[:n]  # uniform integers in [-2^15, 2^15)
-    t = round(p * 2 ** KEEP_MASK_BITS) - 2 ** (KEEP_MASK_BITS - 1)  # keep iff uniform >= t
-    return uniform.clamp(t - 1, t).sub_(t - 1).to(dtype).view(shape)
-
-
-def dropout_rate(p: float) -> float:
-    """The drop probability :func:`keep_mask` realises for ``p`` (``p`` rounded to a multiple of 2^-16)."""
-    return round(p * 2 ** KEEP_MASK_BITS) / 2 ** KEEP_MASK_BITS
 
 
 def residual_dropout(x: torch.Tensor, y: torch.Tensor, p: float, training: bool) -> torch.Tensor:

@@ -1,0 +1,69 @@
+"""Dropout with a cheap mask on the CPU, shared by the side networks (:mod:`crossan.towers.sanb`) and the
+user encoder (:mod:`crossan.user_encoder`).
+
+``torch.bernoulli_`` draws one double from the Mersenne Twister per entry; on the project's CPU a SASRec
+feed-forward mask [64, 10, 256] took about 1 ms, as much as a matrix product of the side network. Here an
+entry reads 16 bits of 64-bit random words (:func:`keep_mask`: SFC64 words seeded from torch's generator), with the drop
+probability rounded to a multiple of 2^-16 (:func:`dropout_rate`; 0.1 becomes 0.100006). On other devices
+:func:`dropout` is ``torch.nn.functional.dropout`` (fused there). Both draw from torch's default generator
+of the device, so a seeded run replays the same masks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+KEEP_MASK_BITS = 16
+"""Resolution of the CPU dropout mask: an entry is kept when a uniform 16-bit integer clears a threshold."""
+
+
+def keep_mask(shape: tuple[int, ...] | torch.Size, p: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A CPU tensor of ``shape`` holding 1 with probability ``1 − p'`` and 0 otherwise, independently per
+    entry, where ``p' = round(p · 2^16) / 2^16`` (see :func:`dropout_rate`).
+
+    Each entry reads 16 bits of 64-bit random words: one seed drawn from torch's default CPU generator,
+    then numpy's SFC64 generator (a small fast chaotic generator; about twice as fast as torch's
+    Mersenne Twister here) fills the words, four entries per word rather than one draw per entry as
+    ``bernoulli_`` does. The 0/1 values come from a clamp of those integers at the threshold; for bf16
+    and fp16 the 0/1 integers are turned into the bit patterns of 0.0 and 1.0 instead of converted.
+    """
+    n = math.prod(shape)
+    seed = int(torch.empty((), dtype=torch.int64).random_())  # ties the stream to torch.manual_seed
+    words = torch.from_numpy(np.random.SFC64(seed).random_raw((n + 3) // 4).view(np.int64))
+    uniform = words.view(torch.int16)[:n]  # uniform integers in [-2^15, 2^15)
+    t = round(p * 2 ** KEEP_MASK_BITS) - 2 ** (KEEP_MASK_BITS - 1)  # keep iff uniform >= t
+    bits = uniform.clamp(t - 1, t).sub_(t - 1)  # 0 / 1 as int16
+    if dtype in _ONE_BITS:  # 0x0000 / the bits of 1.0: a multiply instead of a conversion
+        return bits.mul_(_ONE_BITS[dtype]).view(dtype).view(shape)
+    return bits.to(dtype).view(shape)
+
+
+_ONE_BITS = {torch.bfloat16: 0x3F80, torch.float16: 0x3C00}
+"""16-bit patterns of 1.0 in the half-precision dtypes."""
+
+
+def dropout_rate(p: float) -> float:
+    """The drop probability :func:`keep_mask` realises for ``p`` (``p`` rounded to a multiple of 2^-16)."""
+    return round(p * 2 ** KEEP_MASK_BITS) / 2 ** KEEP_MASK_BITS
+
+
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """``torch.nn.functional.dropout(x, p, training)`` with the mask of :func:`keep_mask` on a CPU."""
+    if not training or p <= 0:
+        return x
+    if p >= 1 or x.device.type != "cpu":
+        return F.dropout(x, p, True)
+    q = dropout_rate(p)
+    return (x * keep_mask(x.shape, q, x.dtype)).mul_(1.0 / (1.0 - q))  # the scale in fp32, not rounded to x's dtype
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` drawing its CPU mask with :func:`keep_mask` (see :func:`dropout`)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)

@@ -1,0 +1,117 @@
+"""Speed paths that must not change what is computed (issue 14): the training table of side inputs
+(``cache.train_table``) and the CPU dropout masks of :mod:`crossan.dropout`."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from tests.test_side_networks import DS, MODS, make_features, make_tower
+
+from crossan.dropout import Dropout, dropout, dropout_rate, keep_mask
+from crossan.precision import autocast
+
+ITEMS = torch.tensor([3, 1, 7, 12, 5, 0, 2])  # the padding row and missing modalities included
+
+
+def tower_pair(method: str, M: int, dims: list[int] | None = None, **kw):
+    """The same standardised bf16 tower twice: reading the table and gathering every batch."""
+    feats = make_features(M, dims=dims, missing={MODS[0]: [2, 5], MODS[-1]: [7]})
+    torch.manual_seed(0)
+    a = make_tower(method, M, feats, dropout=0.1, **kw).standardize_inputs()
+    b = copy.deepcopy(a)
+    object.__setattr__(b, "features", feats)  # deepcopy copied the (non-submodule) source; share it
+    a.precision = b.precision = "bf16"
+    a.train_table, b.train_table = True, False
+    return a.train(), b.train()
+
+
+def step(tower, seed: int = 5):
+    """One training forward and backward under the autocast a Recommender step enters."""
+    torch.manual_seed(seed)
+    with autocast("bf16", torch.device("cpu")):
+        out = tower(ITEMS)
+    out.float().square().sum().backward()
+    return out.detach(), {n: p.grad.clone() for n, p in tower.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("method,M", [("crossan", 2), ("crossan", 3), ("iisan", 2), ("iisan", 3)])
+def test_train_table_is_bit_identical_to_gathering(method, M):
+    with_table, without = tower_pair(method, M)
+    out_a, grads_a = step(with_table)
+    out_b, grads_b = step(without)
+    assert "_side_table" in with_table.__dict__ and "_side_table" not in without.__dict__
+    assert with_table.__dict__["_side_table"][1].dtype == torch.bfloat16
+    assert torch.equal(out_a, out_b)
+    assert grads_a.keys() == grads_b.keys() and all(torch.equal(grads_a[n], grads_b[n]) for n in grads_a)
+
+
+def test_train_table_follows_new_statistics():
+    """Loading other standardisation statistics (a checkpoint) rebuilds the table."""
+    with_table, without = tower_pair("crossan", 2)
+    step(with_table)
+    old = with_table.__dict__["_side_table"][1]
+    other = copy.deepcopy(without)
+    with torch.no_grad():
+        for name, buf in other.named_buffers():
+            if name.startswith("input_mean_"):
+                buf.add_(0.5)
+    state = other.state_dict()
+    with_table.load_state_dict(state)
+    without.load_state_dict(state)
+    for t in (with_table, without):
+        t.zero_grad()
+    out_a, _ = step(with_table)
+    out_b, _ = step(without)
+    assert with_table.__dict__["_side_table"][1] is not old
+    assert torch.equal(out_a, out_b)
+
+
+def test_train_table_only_where_it_applies():
+    with_table, _ = tower_pair("crossan", 2)
+    cpu = torch.device("cpu")
+    assert with_table.side_table(cpu) is None  # outside autocast the compute dtype is float32
+    with_table(ITEMS)
+    assert "_side_table" not in with_table.__dict__
+    with_table.eval()
+    with torch.no_grad():
+        with_table(ITEMS)  # evaluation reads the cache in float32
+    assert "_side_table" not in with_table.__dict__
+    projected, _ = tower_pair("crossan", 2, dims=[DS + 4, DS])  # a projection: inputs depend on weights
+    step(projected)
+    assert "_side_table" not in projected.__dict__
+    frozen = make_tower("frozen", 2, make_features(2))
+    frozen.precision, frozen.train_table = "bf16", True
+    frozen.train()(ITEMS)
+    assert "_side_table" not in frozen.__dict__
+
+
+def test_keep_mask_half_precision_bits_match_conversion():
+    """bf16/fp16 masks are written as bit patterns; they equal the converted float32 mask exactly."""
+    for dtype in (torch.bfloat16, torch.float16):
+        torch.manual_seed(11)
+        fast = keep_mask((7, 33, 5), 0.2, dtype)
+        torch.manual_seed(11)
+        ref = keep_mask((7, 33, 5), 0.2, torch.float32)
+        assert fast.dtype == dtype and torch.equal(fast.float(), ref)
+        assert set(fast.unique().tolist()) == {0.0, 1.0}
+
+
+def test_cpu_dropout_scales_exactly_and_replays():
+    x = torch.full((4096,), 3.0, requires_grad=True)
+    torch.manual_seed(2)
+    y = dropout(x, 0.1, True)
+    q = dropout_rate(0.1)
+    kept = y != 0
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 3.0 / (1 - q)), rtol=0, atol=1e-6)
+    assert 0.87 < kept.float().mean() < 0.93
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() / (1 - q))
+    torch.manual_seed(2)
+    assert torch.equal(dropout(x, 0.1, True), y)
+    assert torch.equal(dropout(x, 0.1, False), x) and torch.equal(dropout(x, 0.0, True), x)
+    module = Dropout(0.1)
+    assert torch.equal(module.eval()(x), x)
+    torch.manual_seed(2)
+    assert torch.equal(module.train()(x), y)
