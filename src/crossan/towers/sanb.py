@@ -12,11 +12,11 @@
 
 Branch dropout (``iisan.dropout`` / ``crossan.dropout``, default 0.1 for both, METHOD.md §4): element-wise,
 each entry of the branch output kept with probability 1 − p and scaled by 1 / (1 − p), in training only.
-On a CPU the mask is drawn 16 bits per entry from 64-bit random words (:func:`keep_mask`: p is rounded to a
-multiple of 2^-16, the scale uses the rounded p) instead of ``torch.bernoulli_``, which draws one
-double per entry and cost about as much as all the side network's matrix products together; on a GPU
-it is ``torch.nn.functional.dropout``. Both draw from torch's default generator of the device, so a
-seeded run replays the same masks.
+On a CPU the mask is :func:`crossan.dropout.keep_mask` (16 bits per entry from 64-bit random words seeded
+by torch's generator; p is rounded to a multiple of 2^-16 and the scale uses the rounded p) instead of
+``torch.bernoulli_``, which draws one double per entry and cost about as much as all the side network's
+matrix products together; on a GPU it is ``torch.nn.functional.dropout``. Either way a seeded run
+replays the same masks.
 """
 
 from __future__ import annotations
