@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from tests.test_side_networks import DS, MODS, make_features, make_tower
+from tests.test_side_networks import DS, MODS, K, N, make_features, make_tower
 
 from crossan.dropout import Dropout, dropout, dropout_rate, keep_mask
 from crossan.precision import autocast
@@ -115,3 +115,14 @@ def test_cpu_dropout_scales_exactly_and_replays():
     assert torch.equal(module.eval()(x), x)
     torch.manual_seed(2)
     assert torch.equal(module.train()(x), y)
+
+
+def test_state_bytes_counts_the_training_table():
+    from crossan.utils import state_bytes
+
+    with_table, without = tower_pair("crossan", 2)
+    before = state_bytes(with_table)
+    step(with_table)
+    table = with_table.__dict__["_side_table"][1]
+    assert state_bytes(with_table) == before + table.numel() * 2
+    assert table.shape == (K, 2, N + 1, DS)

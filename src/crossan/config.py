@@ -184,12 +184,14 @@ class CacheConfig:
     memory_limit_gb: float = 4.0
     """``open_features`` loads cached states into memory when all asked-for modalities together take
     at most this many GiB; larger caches stay memory-mapped."""
-    train_table: bool = True
+    train_table: bool = False
     """IISAN and CROSSAN in training under bf16 (``precision``): keep the standardised side inputs of every
     item as one tap-major table in the compute dtype (as many bytes as the in-memory fp16 cache) and read a
     batch with one ``index_select``, instead of gathering, casting and standardising fp16 rows at every step.
-    The inputs are bit-identical either way; ``false`` saves the table's memory. Only for an in-memory cache;
-    evaluation (fp32) never uses it. See docs/results.md §3d."""
+    The inputs are bit-identical either way. Off by default: the table doubles the memory the cached states
+    take (peak memory is one of the efficiency figures) for about 7% of a CROSSAN step at M = 2 on the
+    2-core CPU and no measurable gain at M = 4 (docs/results.md §3d). Only for an in-memory cache;
+    evaluation (fp32) never uses it."""
     on_device: bool = True
     """An in-memory cache goes to the training device (fastest on a GPU). ``false`` keeps it in host memory
     and moves only each batch's rows, so the GPU holds nothing but the side network's training state."""

@@ -241,10 +241,13 @@ def cpu_allocation_peak(fn: Any) -> int:
 
 
 def state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> int:
-    """Bytes held by a model's parameters and buffers and by an optimiser's state tensors."""
+    """Bytes held by a model's parameters and buffers, by the training tables of side inputs its towers keep
+    (``cache.train_table``, :meth:`crossan.towers.content.ContentTower.side_table`) and by an optimiser's
+    state tensors."""
     import torch
 
     tensors = [*model.parameters(), *model.buffers()]
+    tensors += [m.__dict__["_side_table"][1] for m in model.modules() if "_side_table" in m.__dict__]
     if optimizer is not None:
         tensors += [v for st in optimizer.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
     return sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors}.values())
