@@ -117,6 +117,19 @@ def test_cpu_dropout_scales_exactly_and_replays():
     assert torch.equal(module.train()(x), y)
 
 
+@pytest.mark.parametrize("p", [1e-6, 2.0 ** -18, 1 - 1e-6, 1 - 2.0 ** -18])
+def test_cpu_dropout_rates_that_round_to_zero_or_one(p):
+    """Rates within 2^-17 of 0 or 1 round to 0 or 1 (their int16 threshold would overflow): keep or zero."""
+    from crossan.towers.sanb import residual_dropout
+
+    x, y = torch.full((64, 8), 2.0), torch.full((64, 8), 5.0)
+    everything = dropout_rate(p) == 0
+    assert dropout_rate(p) in (0.0, 1.0)
+    assert torch.equal(keep_mask((64, 8), p), torch.full((64, 8), 1.0 if everything else 0.0))
+    assert torch.equal(dropout(y, p, True), y if everything else torch.zeros_like(y))
+    assert torch.equal(residual_dropout(x, y, p, True), x + y if everything else x)
+
+
 def test_state_bytes_counts_the_training_table():
     from crossan.utils import state_bytes
 

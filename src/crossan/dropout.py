@@ -32,6 +32,9 @@ def keep_mask(shape: tuple[int, ...] | torch.Size, p: float, dtype: torch.dtype 
     ``bernoulli_`` does. The 0/1 values come from a clamp of those integers at the threshold; for bf16
     and fp16 the 0/1 integers are turned into the bit patterns of 0.0 and 1.0 instead of converted.
     """
+    q = dropout_rate(p)
+    if q <= 0 or q >= 1:  # the threshold would leave int16: every entry kept, or every entry dropped
+        return torch.full(shape, 1.0 if q <= 0 else 0.0, dtype=dtype)
     n = math.prod(shape)
     seed = int(torch.empty((), dtype=torch.int64).random_())  # ties the stream to torch.manual_seed
     words = torch.from_numpy(np.random.SFC64(seed).random_raw((n + 3) // 4).view(np.int64))
@@ -48,7 +51,8 @@ _ONE_BITS = {torch.bfloat16: 0x3F80, torch.float16: 0x3C00}
 
 
 def dropout_rate(p: float) -> float:
-    """The drop probability :func:`keep_mask` realises for ``p`` (``p`` rounded to a multiple of 2^-16)."""
+    """The drop probability :func:`keep_mask` realises for ``p`` (``p`` rounded to a multiple of 2^-16):
+    0 below 2^-17 and 1 from 1 − 2^-17 on, where :func:`dropout` keeps or zeroes everything."""
     return round(p * 2 ** KEEP_MASK_BITS) / 2 ** KEEP_MASK_BITS
 
 
@@ -59,6 +63,10 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     if p >= 1 or x.device.type != "cpu":
         return F.dropout(x, p, True)
     q = dropout_rate(p)
+    if q <= 0:
+        return x
+    if q >= 1:
+        return F.dropout(x, 1.0, True)
     return (x * keep_mask(x.shape, q, x.dtype)).mul_(1.0 / (1.0 - q))  # the scale in fp32, not rounded to x's dtype
 
 

@@ -167,6 +167,10 @@ def residual_dropout(x: torch.Tensor, y: torch.Tensor, p: float, training: bool)
     if y.device.type != "cpu":
         return x + F.dropout(y, p, True)
     q = dropout_rate(p)
+    if q <= 0:
+        return x + y
+    if q >= 1:
+        return x.clone()
     return torch.addcmul(x, y, keep_mask(y.shape, q, y.dtype), value=1.0 / (1.0 - q))
 
 
