@@ -90,10 +90,12 @@ class TrainConfig:
     weight_decay: float = 0.0
     loss: Literal["inbatch", "bce"] = "inbatch"
     """``inbatch``: in-batch softmax with popularity correction; ``bce``: one sampled negative per position."""
-    negatives: Literal["unique", "slots"] = "unique"
-    """In-batch candidates. ``unique``: each distinct item of the batch once. ``slots`` (IISAN's official
-    code): every slot of the batch's sequences (L + 1 per user), so an item is a negative as often as it
-    occurs in the batch. Either way each distinct item is embedded once."""
+    negatives: Literal["unique", "slots"] = "slots"
+    """In-batch candidates. ``slots`` (default, as IISAN's official code): every slot of the batch's
+    sequences (L + 1 per user), so an item is a negative as often as it occurs in the batch, in proportion to
+    its popularity as the log-popularity correction assumes. ``unique``: each distinct item of the batch once
+    (crossan's default before 2026-12-01; it lost on validation for IISAN and CROSSAN on Amazon Scientific,
+    docs/results.md §11c). Either way each distinct item is embedded once."""
     pop_smoothing: float = 1.0
     """Popularity correction ``log P(j)``, ``P(j) = (c_j + s) / (Σ c + s·N)`` from training counts c: ``1``
     add-one (items unseen in training stay finite), ``0`` unsmoothed as in IISAN's official code (an item
