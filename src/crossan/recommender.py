@@ -120,19 +120,24 @@ def slots_softmax_loss(states: torch.Tensor, cand_emb: torch.Tensor, cand_rows: 
     (b, j + 1). Candidates are all B·(L + 1) slots, so an item is a negative once per occurrence; slots
     holding any of user b's items are masked for b except the position's own target slot, padding slots
     for everybody. ``states`` [B, L, d]; ``valid`` [B, L] marks real targets.
+
+    Computed over the U unique items instead of the B·(L + 1) slots: the slots holding item j that stay in
+    user b's softmax all have the same logit, so together they count as one column with ``log c_j`` added,
+    c_j being j's number of slots in the batch. For b's own items only the target slot stays (count 1, no
+    term); the others are masked. Same value and gradients as the per-slot form (``tests/test_fidelity.py``
+    checks both), with a [B, L, U] logit matrix instead of [B, L, B·(L + 1)].
     """
-    B, S = slots.shape
-    flat = slots.reshape(-1)  # [B·S]
-    logits = states @ cand_emb[flat].T - log_pop[flat]  # [B, L, B·S]
-    own = torch.zeros(B, len(cand_rows), dtype=torch.bool, device=states.device)
+    B, U = len(slots), len(cand_rows)
+    log_count = torch.bincount(slots.reshape(-1), minlength=U).to(states.dtype).log()  # every row has a slot
+    own = torch.zeros(B, U, dtype=torch.bool, device=states.device)
     own.scatter_(1, slots, True)
-    target = (torch.arange(B, device=states.device)[:, None] * S
-              + torch.arange(1, S, device=states.device))  # [B, L]
-    cols = torch.arange(B * S, device=states.device)
-    mask = own[:, flat][:, None, :] & (cols != target[..., None])  # [B, L, B·S]
-    mask |= (cand_rows[flat] == 0)
+    target_idx = slots[:, 1:]  # [B, L]
+    bias = torch.where(own, 0.0, log_count) - log_pop  # [B, U]
+    logits = states @ cand_emb.T + bias[:, None, :]  # [B, L, U]
+    mask = own[:, None, :] & (torch.arange(U, device=states.device) != target_idx[..., None])
+    mask |= (cand_rows == 0)
     logits = logits.masked_fill(mask, -torch.inf)
-    return F.cross_entropy(logits[valid], target[valid])
+    return F.cross_entropy(logits[valid], target_idx[valid])
 
 
 def inbatch_softmax_loss(states: torch.Tensor, cand_emb: torch.Tensor, cand_rows: torch.Tensor,
