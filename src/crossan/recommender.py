@@ -125,19 +125,12 @@ def slots_softmax_loss(states: torch.Tensor, cand_emb: torch.Tensor, cand_rows: 
     user b's softmax all have the same logit, so together they count as one column with ``log c_j`` added,
     c_j being j's number of slots in the batch. For b's own items only the target slot stays (count 1, no
     term); the others are masked. Same value and gradients as the per-slot form (``tests/test_fidelity.py``
-    checks both), with a [B, L, U] logit matrix instead of [B, L, B·(L + 1)].
+    checks both), at the cost of the unique-item loss (``benchmarks/loss_candidates.py``).
     """
-    B, U = len(slots), len(cand_rows)
-    log_count = torch.bincount(slots.reshape(-1), minlength=U).to(states.dtype).log()  # every row has a slot
-    own = torch.zeros(B, U, dtype=torch.bool, device=states.device)
+    own = torch.zeros(len(slots), len(cand_rows), dtype=torch.bool, device=states.device)
     own.scatter_(1, slots, True)
-    target_idx = slots[:, 1:]  # [B, L]
-    bias = torch.where(own, 0.0, log_count) - log_pop  # [B, U]
-    logits = states @ cand_emb.T + bias[:, None, :]  # [B, L, U]
-    mask = own[:, None, :] & (torch.arange(U, device=states.device) != target_idx[..., None])
-    mask |= (cand_rows == 0)
-    logits = logits.masked_fill(mask, -torch.inf)
-    return F.cross_entropy(logits[valid], target_idx[valid])
+    log_count = torch.bincount(slots.reshape(-1), minlength=len(cand_rows)).to(states.dtype).log()
+    return _own_masked_softmax_loss(states, cand_emb, cand_rows, own, slots[:, 1:], valid, log_pop, log_count)
 
 
 def inbatch_softmax_loss(states: torch.Tensor, cand_emb: torch.Tensor, cand_rows: torch.Tensor,
@@ -149,13 +142,23 @@ def inbatch_softmax_loss(states: torch.Tensor, cand_emb: torch.Tensor, cand_rows
     ``cand_emb`` [U, d]; ``input_idx``/``target_idx`` [B, L] index into the candidates. A user's own
     items (inputs and targets) are masked except the position's true target; the padding row is masked.
     """
-    B, L, _ = states.shape
-    U = len(cand_rows)
-    logits = states @ cand_emb.T - log_pop  # [B, L, U]
-    own = torch.zeros(B, U, dtype=torch.bool, device=states.device)
+    own = torch.zeros(len(input_idx), len(cand_rows), dtype=torch.bool, device=states.device)
     own.scatter_(1, input_idx, True)
     own.scatter_(1, target_idx, True)
-    mask = own[:, None, :] & (torch.arange(U, device=states.device) != target_idx[..., None])
-    mask |= (cand_rows == 0)
-    logits = logits.masked_fill(mask, -torch.inf)
-    return F.cross_entropy(logits[valid], target_idx[valid])
+    return _own_masked_softmax_loss(states, cand_emb, cand_rows, own, target_idx, valid, log_pop)
+
+
+def _own_masked_softmax_loss(states: torch.Tensor, cand_emb: torch.Tensor, cand_rows: torch.Tensor,
+                             own: torch.Tensor, target_idx: torch.Tensor, valid: torch.Tensor,
+                             log_pop: torch.Tensor, log_count: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean cross-entropy over the valid positions: logit ``⟨state, item⟩ − log_pop (+ log_count)`` for every
+    candidate outside the user's own items (``own`` [B, U]) and the padding row, and ``⟨state, target⟩ −
+    log_pop`` for the position's target. Only the valid positions' logits are formed ([n, U], one ``addmm``)."""
+    bias = -log_pop if log_count is None else log_count - log_pop  # [U]
+    bias = bias.expand(len(own), -1).masked_fill(own | (cand_rows == 0), -torch.inf)  # [B, U]
+    b, t = valid.nonzero(as_tuple=True)
+    tgt = target_idx[b, t]
+    row_bias = bias[b]  # [n, U], a fresh tensor
+    row_bias[torch.arange(len(b), device=states.device), tgt] = -log_pop[tgt]
+    logits = torch.addmm(row_bias, states[b, t], cand_emb.T)
+    return F.cross_entropy(logits, tgt)
