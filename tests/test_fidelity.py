@@ -285,18 +285,15 @@ def test_official_recipe_model_trains_one_step():
         model.loss(inputs, targets.roll(1, 0))
 
 
-def _per_slot_loss(states, cand_emb, cand_rows, slots, valid, log_pop):
-    """The slots loss written over all B·(L+1) slot columns (the direct form): reference for the
-    unique-column form in crossan.recommender."""
-    B, S = slots.shape
-    flat = slots.reshape(-1)
-    logits = states @ cand_emb[flat].T - log_pop[flat]  # [B, L, B·S]
-    own = torch.zeros(B, len(cand_rows), dtype=torch.bool)
-    own.scatter_(1, slots, True)
-    target = torch.arange(B)[:, None] * S + torch.arange(1, S)  # [B, L]
-    mask = own[:, flat][:, None, :] & (torch.arange(B * S) != target[..., None])
-    mask |= (cand_rows[flat] == 0)
-    return torch.nn.functional.cross_entropy(logits.masked_fill(mask, -torch.inf)[valid], target[valid])
+def _per_slot_loss():
+    """The slots loss written over all B·(L+1) slot columns (the direct form), as benchmarks/loss_candidates.py
+    times it: the reference for the unique-column form in crossan.recommender."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("loss_candidates", ROOT / "benchmarks" / "loss_candidates.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.per_slot_loss
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -307,7 +304,7 @@ def test_slots_loss_equals_the_per_slot_form_in_value_and_gradients(seed):
     slots = torch.cat([inv[:, :L], inv[:, 2 * L - 1:]], 1)
     lp = torch.randn(len(uniq), generator=g, dtype=torch.float64)
     results = []
-    for fn in (slots_softmax_loss, _per_slot_loss):
+    for fn in (slots_softmax_loss, _per_slot_loss()):
         s = states.double().requires_grad_()
         e = table[uniq].double().requires_grad_()
         loss = fn(s, e, uniq, slots, targets > 0, lp)
