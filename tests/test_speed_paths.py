@@ -139,3 +139,44 @@ def test_state_bytes_counts_the_training_table():
     table = with_table.__dict__["_side_table"][1]
     assert state_bytes(with_table) == before + table.numel() * 2
     assert table.shape == (K, 2, N + 1, DS)
+
+
+@pytest.mark.parametrize("method,M", [("crossan", 2), ("crossan", 3), ("iisan", 2), ("iisan", 3)])
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+@pytest.mark.parametrize("standardized", [True, False])
+@pytest.mark.parametrize("half_cache", [True, False])
+def test_in_memory_inputs_are_bit_identical_to_gathering(method, M, precision, standardized, half_cache):
+    """The tap-major inputs read block by block from an in-memory cache (``_tap_major_from_memory``, every
+    batch's path) give exactly what gathering the states and standardising them does (``encode(gather)``),
+    outputs and gradients, with missing modalities and the padding row in the batch."""
+    feats = make_features(M, missing={MODS[0]: [2, 5], MODS[-1]: [7]})
+    if half_cache:
+        feats.to_memory()  # fp16, as a cache on disk is
+    torch.manual_seed(0)
+    tower = make_tower(method, M, feats, dropout=0.1)
+    if standardized:
+        tower.standardize_inputs()
+    tower.precision = precision
+    twin = copy.deepcopy(tower)
+    object.__setattr__(twin, "features", feats)
+    cpu = torch.device("cpu")
+    with autocast(precision, cpu):
+        assert tower._tap_major_from_memory(ITEMS) is not None
+        torch.manual_seed(5)
+        fast = tower.train()(ITEMS)
+        torch.manual_seed(5)
+        slow = twin.train().encode(feats.gather(ITEMS))
+    fast.float().square().sum().backward()
+    slow.float().square().sum().backward()
+    assert fast.dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
+    assert torch.equal(fast, slow)
+    grads = {n: p.grad for n, p in twin.named_parameters()}
+    assert all(torch.equal(p.grad, grads[n]) for n, p in tower.named_parameters() if p.grad is not None)
+
+
+def test_in_memory_inputs_only_where_they_apply():
+    projected = make_tower("crossan", 2, make_features(2, dims=[DS + 4, DS]))  # inputs depend on weights
+    assert projected._tap_major_from_memory(ITEMS) is None
+    feats = make_features(2)
+    feats._states = {m: s.numpy() for m, s in feats._states.items()}  # memory-mapped caches are numpy arrays
+    assert make_tower("crossan", 2, feats)._tap_major_from_memory(ITEMS) is None
