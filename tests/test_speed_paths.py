@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import shutil
 
 import pytest
 import torch
@@ -120,14 +121,19 @@ def test_cpu_dropout_scales_exactly_and_replays():
 @pytest.mark.parametrize("p", [1e-6, 2.0 ** -18, 1 - 1e-6, 1 - 2.0 ** -18])
 def test_cpu_dropout_rates_that_round_to_zero_or_one(p):
     """Rates within 2^-17 of 0 or 1 round to 0 or 1 (their int16 threshold would overflow): keep or zero."""
-    from crossan.towers.sanb import residual_dropout
+    from crossan.towers.sanb import GroupedSANB
 
     x, y = torch.full((64, 8), 2.0), torch.full((64, 8), 5.0)
     everything = dropout_rate(p) == 0
     assert dropout_rate(p) in (0.0, 1.0)
     assert torch.equal(keep_mask((64, 8), p), torch.full((64, 8), 1.0 if everything else 0.0))
     assert torch.equal(dropout(y, p, True), y if everything else torch.zeros_like(y))
-    assert torch.equal(residual_dropout(x, y, p, True), x + y if everything else x)
+    sanb = GroupedSANB(2, 8, 4, dropout=p, init_std=0.5)
+    x = torch.randn(2, 16, 8)
+    with torch.no_grad():
+        branch = sanb.eval()(x) - x
+        out = sanb.train()(x)
+    torch.testing.assert_close(out, x + branch if everything else x, rtol=0, atol=1e-6)
 
 
 def test_state_bytes_counts_the_training_table():
@@ -180,3 +186,34 @@ def test_in_memory_inputs_only_where_they_apply():
     feats = make_features(2)
     feats._states = {m: s.numpy() for m, s in feats._states.items()}  # memory-mapped caches are numpy arrays
     assert make_tower("crossan", 2, feats)._tap_major_from_memory(ITEMS) is None
+
+
+@pytest.mark.skipif(not (shutil.which("g++") or shutil.which("c++")), reason="torch.compile on a CPU needs a C++ compiler")
+@pytest.mark.parametrize("method,M", [("crossan", 3), ("iisan", 2)])
+def test_compiled_side_network_matches_eager(method, M):
+    """``train.compile``: the side network run through ``torch.compile`` computes what the eager code does,
+    up to bf16 rounding (inductor keeps fused intermediates in float32), forward and backward, with the same
+    dropout masks; and it is only used where it applies (training with gradients on a CPU)."""
+    from crossan.towers import content
+
+    feats = make_features(M, missing={MODS[0]: [2, 5], MODS[-1]: [7]})
+    torch.manual_seed(0)
+    eager = make_tower(method, M, feats, dropout=0.1).standardize_inputs()
+    fast = copy.deepcopy(eager)
+    object.__setattr__(fast, "features", feats)
+    eager.precision = fast.precision = "bf16"
+    fast.compile = True
+    out_e, grads_e = step(eager.train())
+    out_c, grads_c = step(fast.train())
+    chains = next(f for f in content._COMPILED if f.__name__ == f"{method}_chains")
+    assert fast.side_step(chains, out_c) is content._COMPILED[chains]
+    assert eager.side_step(chains, out_c) is chains
+    with torch.no_grad():
+        assert fast.side_step(chains, out_c) is chains  # no gradients: eager
+    assert fast.eval().side_step(chains, out_c) is chains  # evaluation: eager
+    scale = out_e.float().std()
+    assert (out_c.float() - out_e.float()).abs().max() < 0.02 * scale
+    assert grads_e.keys() == grads_c.keys()
+    for name, g in grads_e.items():
+        cos = torch.nn.functional.cosine_similarity(g.flatten().double(), grads_c[name].flatten().double(), dim=0)
+        assert cos > 0.999, (name, float(cos))

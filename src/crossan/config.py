@@ -109,6 +109,10 @@ class TrainConfig:
     """Clip the global gradient norm to this value (0: off)."""
     max_steps_per_epoch: int = 0
     """Cut each epoch after this many steps (0: full epoch). For smoke runs and benchmarks."""
+    compile: bool = False
+    """IISAN and CROSSAN on a CPU: run each depth of the side network (gates, exchange, SANBs and their
+    backward) through ``torch.compile`` (inductor), which fuses the element-wise passes between the matrix
+    products. The first steps of a process compile (seconds to a minute); evaluation stays eager."""
 
 
 @dataclass

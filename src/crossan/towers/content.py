@@ -28,6 +28,7 @@ serving); see :mod:`crossan.precision`.
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Callable
 
 import torch
 
@@ -47,6 +48,7 @@ def finish(tower: ContentTower, ctx: TowerContext) -> ContentTower:
     """Apply the run-level options to a freshly built content tower (``cache.standardize``, ``precision``)."""
     tower.precision = ctx.config.precision
     tower.train_table = ctx.config.cache.train_table
+    tower.compile = ctx.config.train.compile
     if not ctx.config.cache.standardize:
         return tower
     return tower.standardize_inputs(min_rel_std=ctx.config.cache.standardize_min_rel_std)
@@ -200,6 +202,24 @@ class ContentTower(ItemTower):
                 present.append(p)
         return PreparedInputs(H, torch.stack(present, 1))
 
+    compile: bool = False
+    """Run the side network through ``torch.compile`` while training on a CPU (``train.compile``; set by
+    :func:`finish`). See :meth:`side_step`."""
+
+    def side_step(self, fn: Callable[..., torch.Tensor], h: torch.Tensor) -> Callable[..., torch.Tensor]:
+        """``fn`` (a side network's chains through every depth, a function of tensors only), compiled where
+        :attr:`compile` asks for it and the step trains on a CPU (gradients on); ``fn`` itself otherwise
+        (evaluation, serving, other devices). One compiled graph with dynamic shapes serves every batch and
+        tower of the process (:func:`compiled`)."""
+        if self.compile and self.training and torch.is_grad_enabled() and h.device.type == "cpu":
+            return compiled(fn)
+        return fn
+
+    def sanb_weights(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Each depth's grouped SANB weights (down weight, down bias, up weight, up bias), for
+        :func:`~crossan.towers.sanb.sanb_step`."""
+        return [(b.down_weight, b.down_bias, b.up_weight, b.up_bias) for b in self.adapters]
+
     reads_tap_major: bool = False
     """True for towers whose side networks read :meth:`tap_major_inputs` (IISAN, CROSSAN)."""
 
@@ -306,6 +326,17 @@ class ContentTower(ItemTower):
                 self._standardize_into(m, s, p, H[:, i].transpose(0, 1))
                 present.append(p)
         return H, torch.stack(present, 1)
+
+
+_COMPILED: dict[Callable[..., torch.Tensor], Callable[..., torch.Tensor]] = {}
+
+
+def compiled(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``torch.compile(fn, dynamic=True)``, made once per function and process (inductor's code is cached
+    on disk too, so a later process compiles faster)."""
+    if fn not in _COMPILED:
+        _COMPILED[fn] = torch.compile(fn, dynamic=True)
+    return _COMPILED[fn]
 
 
 def take_rows(table: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

@@ -53,7 +53,7 @@ from crossan.towers.base import TowerContext, register
 from crossan.towers.configs import CrossanConfig
 from crossan.towers.content import ContentTower, Features, features_from_context, finish
 from crossan.towers.momef import MOMEF
-from crossan.towers.sanb import Gate, GroupedLinear, GroupedSANB, ModalityProjection
+from crossan.towers.sanb import Gate, GroupedLinear, GroupedSANB, ModalityProjection, branch_mask, sanb_step
 
 
 class Exchange(nn.Module):
@@ -79,22 +79,57 @@ class Exchange(nn.Module):
 
     def add_to(self, z: torch.Tensor, s: torch.Tensor, a: torch.Tensor, j: int) -> torch.Tensor:
         """``z`` plus the exchange at depth index ``j`` (k − 2), from the previous states ``s`` [M, U, d_s]
-        and presence ``a`` as 0/1 [M, U, 1], all in one dtype.
+        and presence ``a`` as 0/1 [M, U, 1], all in one dtype (:meth:`coefficients`, then :func:`exchange_into`)."""
+        return exchange_into(z, s, self.coefficients(a, j, s.dtype))
+
+    def coefficients(self, a: torch.Tensor, j: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+        """What :func:`exchange_into` needs at depth index ``j`` for presence ``a`` [M, U, 1] (small tensors).
 
         π renormalised over the present partners is ``E_mn a_n / Σ_n' E_mn' a_n'``; with no partner present
         the numerator is 0 and so is the exchange. With M = 2 (π ≡ 1) chain m reads its one partner:
         ``λ_m · a_n · s_n``, a flip of the modality axis (a matmul with a 2 × 2 matrix runs several times
-        slower in bf16 on a CPU); otherwise one matmul over the modality axis.
+        slower in bf16 on a CPU): ``(λ · a flipped,)``. Otherwise ``(E, a, λ / Σ E·a)`` for one matmul over
+        the modality axis.
         """
-        M, U, d = s.shape
-        lam = self.mix()[j].to(s.dtype)[:, None, None]  # λ [M, 1, 1]
+        M, U = a.shape[0], a.shape[1]
+        lam = self.mix()[j].to(dtype)[:, None, None]  # λ [M, 1, 1]
         if self.logits is None and M == 2:
-            return torch.addcmul(z, s.flip(0), a.flip(0) * lam)
+            return (a.flip(0) * lam,)
         E = self.weights(j)
         den = E @ a.view(M, U).to(E.dtype)  # [M, U], float32 (small)
-        scale = lam * (1 / torch.where(den > 0, den, torch.ones_like(den))).to(s.dtype)[..., None]
-        num = (E.to(s.dtype) @ (s * a).view(M, U * d)).view(M, U, d)
-        return torch.addcmul(z, num, scale)
+        scale = lam * (1 / torch.where(den > 0, den, torch.ones_like(den))).to(dtype)[..., None]
+        return E.to(dtype), a, scale
+
+
+def exchange_into(z: torch.Tensor, s: torch.Tensor, coefficients: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """``z`` + the exchange from states ``s`` [M, U, d_s] with :meth:`Exchange.coefficients`."""
+    if len(coefficients) == 1:  # M = 2: the partner is the other chain
+        return torch.addcmul(z, s.flip(0), coefficients[0])
+    E, a, scale = coefficients
+    M, U, d = s.shape
+    num = (E @ (s * a).view(M, U * d)).view(M, U, d)
+    return torch.addcmul(z, num, scale)
+
+
+def crossan_chains(h: torch.Tensor, g: torch.Tensor, mixes: list[tuple[torch.Tensor, ...] | None],
+                   blocks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
+                   masks: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """Every chain through every depth: the states s^K [M, U, d_s] from the side inputs ``h`` [K, M, U, d_s]
+    and gates ``g`` [K, M, 1, 1]. At depth k: ``z = g·h + (1 − g)·s`` (``g·h`` at the first, s^0 = 0), plus
+    the exchange (``mixes[k]``: :meth:`Exchange.coefficients`, None without), through the depth's SANBs
+    (``blocks[k]``: down weight and bias, up weight and bias) with keep masks ``masks[k]``
+    (:func:`~crossan.towers.sanb.sanb_step`). A function of tensors only, so that ``torch.compile``
+    (``train.compile``) makes one graph of the whole side network, forward and backward."""
+    s = None
+    for k, (dw, db, uw, ub) in enumerate(blocks):
+        if s is None:
+            z = g[k] * h[k]
+        else:
+            z = torch.lerp(s, h[k], g[k])  # g·h + (1 − g)·s in one pass
+            if mixes[k] is not None:
+                z = exchange_into(z, s, mixes[k])
+        s = sanb_step(z, dw, db, uw, ub, None if masks is None else masks[k], scale)
+    return s
 
 
 class InputMix(nn.Module):
@@ -191,14 +226,10 @@ class CrossanTower(ContentTower):
                 s = self.adapters[k](z if s is None else torch.addcmul(z, 1 - g[k - 1], s))
             e = self.heads(s) * a
             return e.transpose(0, 1), present
-        for k in range(self.num_taps):
-            if s is None:
-                z = g[k] * h[k]
-            else:
-                z = torch.lerp(s, h[k], g[k])  # g·h + (1 − g)·s in one pass
-                if self.exchange is not None:
-                    z = self.exchange.add_to(z, s, a, k - 1)
-            s = self.adapters[k](z)
+        mixes = [self.exchange.coefficients(a, k - 1, h.dtype) if self.exchange is not None and k > 0 else None
+                 for k in range(self.num_taps)]
+        masks, scale = branch_mask(h.shape, h.dtype, self.cfg.dropout, self.training, h.device)  # every depth's
+        s = self.side_step(crossan_chains, h)(h, g, mixes, self.sanb_weights(), masks, scale)
         e = self.heads(s) * a  # [M, U, d], zeros for missing modalities
         return e.transpose(0, 1), present
 

@@ -52,7 +52,15 @@ from crossan.towers.base import TowerContext, register
 from crossan.towers.chainsplit import SplitGate, SplitGroupedLinear, split_gate, split_grouped_linear
 from crossan.towers.configs import IISANConfig
 from crossan.towers.content import ContentTower, Features, features_from_context, finish
-from crossan.towers.sanb import Gate, GroupedLinear, GroupedSANB, ModalityProjection, masked_softmax
+from crossan.towers.sanb import (
+    Gate,
+    GroupedLinear,
+    GroupedSANB,
+    ModalityProjection,
+    branch_mask,
+    masked_softmax,
+    sanb_step,
+)
 
 
 class SingleInterGate(nn.Module):
@@ -68,6 +76,31 @@ class SingleInterGate(nn.Module):
         K, M = self.logits.shape
         w = masked_softmax((self.logits / self.temperature)[:, None, :].expand(K, *present.shape), present)
         return w.permute(0, 2, 1)[..., None]
+
+
+def iisan_chains(h: torch.Tensor, g: torch.Tensor, inter: tuple[torch.Tensor, ...] | None,
+                 blocks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
+                 masks: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """Every chain through every depth: the states [C, U, d_s] (intra chains in modality order, then the inter
+    chains) from the side inputs ``h`` [K, M, U, d_s] and gates ``g`` [K, M + P, 1, 1]. ``inter``: the pairs'
+    two sides ``(h_l, h_r)`` [K, P, U, d_s], or the single inter chain's weights ``(w,)`` [K, M, U, 1], or
+    None (M = 1). ``blocks[k]``: depth k's SANB weights, ``masks[k]`` its keep masks
+    (:func:`~crossan.towers.sanb.sanb_step`). A function of tensors only, so that ``torch.compile``
+    (``train.compile``) makes one graph of the whole side network, forward and backward."""
+    M = h.shape[1]
+    s = None  # all chains' states [C, U, d_s]; s^0 = 0
+    for k, (dw, db, uw, ub) in enumerate(blocks):
+        # intra: g·h + (1−g)·s (one pass: lerp)
+        z = [g[k, :M] * h[k] if s is None else torch.lerp(s[:M], h[k], g[k, :M])]
+        if inter is not None and len(inter) == 2:  # pair: t + g·h_m + (1−g)·h_n
+            zp = torch.lerp(inter[1][k], inter[0][k], g[k, M:])
+            z.append(zp if s is None else zp + s[M:])
+        elif inter is not None:  # single: t + Σ_m w_m·h_m
+            zi = (inter[0][k] * h[k]).sum(0, keepdim=True)
+            z.append(zi if s is None else zi + s[M:])
+        s = sanb_step(torch.cat(z, 0) if len(z) > 1 else z[0], dw, db, uw, ub,
+                      None if masks is None else masks[k], scale)
+    return s
 
 
 class IISANTower(ContentTower):
@@ -117,7 +150,6 @@ class IISANTower(ContentTower):
         if self.cfg.missing == "zeros":  # official code: a missing modality's zero states run like real ones
             h = h * present.T.to(h.dtype)[None, :, :, None]  # exact zeros (also after a projection's bias)
             present = torch.ones_like(present)
-        M = len(self.modalities)
         g = self.gate().to(h.dtype)[..., None, None]  # [K, M + P, 1, 1]; everything below stays in h's dtype
         valid = [present.T]
         if self.pairs:
@@ -128,17 +160,11 @@ class IISANTower(ContentTower):
         elif self.inter is not None:
             w = self.inter(present).to(h.dtype)  # [K, M, U, 1]
             valid.append(present.any(1)[None])
-        s = None  # all chains' states [C, U, d_s]; s^0 = 0
-        for k, block in enumerate(self.adapters):
-            # intra: g·h + (1−g)·s (one pass: lerp)
-            z = [g[k, :M] * h[k] if s is None else torch.lerp(s[:M], h[k], g[k, :M])]
-            if self.pairs:  # pair: t + g·h_m + (1−g)·h_n
-                zp = torch.lerp(h_r[k], h_l[k], g[k, M:])
-                z.append(zp if s is None else zp + s[M:])
-            elif self.inter is not None:  # single: t + Σ_m w_m·h_m
-                zi = (w[k] * h[k]).sum(0, keepdim=True)
-                z.append(zi if s is None else zi + s[M:])
-            s = block(torch.cat(z, 0) if len(z) > 1 else z[0])
+        inter = (h_l, h_r) if self.pairs else (w,) if self.inter is not None else None
+        C = len(self.chain_names)
+        masks, scale = branch_mask((self.num_taps, C, *h.shape[2:]), h.dtype, self.cfg.dropout, self.training,
+                                   h.device)  # every depth's
+        s = self.side_step(iisan_chains, h)(h, g, inter, self.sanb_weights(), masks, scale)
         valid_t = torch.cat(valid, 0)  # [C, U]
         out = self.heads(s) * valid_t[..., None].to(s.dtype)
         return out.transpose(0, 1), valid_t.T

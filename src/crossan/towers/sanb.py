@@ -7,28 +7,27 @@
 * :class:`ModalityProjection` — one ``Linear(D_m → d_s)`` per modality, shared by its K taps, only where
   ``D_m ≠ d_s``;
 * :func:`masked_softmax` — a softmax over the allowed entries only, all-zero where nothing is allowed;
-* :func:`residual_dropout` — ``x + dropout(y)``, the SANB's residual with branch dropout, with a cheap mask
-  on the CPU (:func:`keep_mask`).
+* :func:`sanb_step` — the grouped SANBs as a function of their weights and a keep mask (:func:`branch_mask`),
+  the form the side networks' depth steps use (compiled with ``train.compile``).
 
 Branch dropout (``iisan.dropout`` / ``crossan.dropout``, default 0.1 for both, METHOD.md §4): element-wise,
 each entry of the branch output kept with probability 1 − p and scaled by 1 / (1 − p), in training only.
 On a CPU the mask is :func:`crossan.dropout.keep_mask` (16 bits per entry from 64-bit random words seeded
 by torch's generator; p is rounded to a multiple of 2^-16 and the scale uses the rounded p) instead of
 ``torch.bernoulli_``, which draws one double per entry and cost about as much as all the side network's
-matrix products together; on a GPU it is ``torch.nn.functional.dropout``. Either way a seeded run
-replays the same masks.
+matrix products together; on a GPU it is ``rand >= p`` on the device. The mask multiplies the branch in
+the residual's one fused pass (``addcmul``). Either way a seeded run replays the same masks.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from crossan.dropout import KEEP_MASK_BITS, dropout_rate, keep_mask
 
-__all__ = ["KEEP_MASK_BITS", "SANB", "Gate", "GroupedLinear", "GroupedSANB", "ModalityProjection", "dropout_rate",
-           "grouped_affine", "keep_mask", "masked_softmax", "residual_dropout"]
+__all__ = ["KEEP_MASK_BITS", "SANB", "Gate", "GroupedLinear", "GroupedSANB", "ModalityProjection", "branch_mask",
+           "dropout_rate", "grouped_affine", "keep_mask", "masked_softmax", "sanb_step"]
 
 
 class SANB(nn.Module):
@@ -74,8 +73,8 @@ class GroupedSANB(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = grouped_affine(x, self.down_weight, self.down_bias).relu_()
-        return residual_dropout(x, grouped_affine(a, self.up_weight, self.up_bias), self.dropout.p, self.training)
+        mask, scale = branch_mask(x.shape, x.dtype, self.dropout.p, self.training, x.device)
+        return sanb_step(x, self.down_weight, self.down_bias, self.up_weight, self.up_bias, mask, scale)
 
     def block(self, g: int) -> SANB:
         """Group ``g`` as a stand-alone :class:`SANB` (a copy; for inspection and reference checks)."""
@@ -156,22 +155,31 @@ class ModalityProjection(nn.Module):
         return sum(d * side_dim + side_dim for d in ds if d != side_dim)
 
 
-def residual_dropout(x: torch.Tensor, y: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """``x + dropout(y)`` with drop probability ``p`` while ``training`` (in ``x``'s dtype): on a CPU one
-    :func:`keep_mask` and one fused pass (``addcmul``), elsewhere ``torch.nn.functional.dropout``."""
-    y = y.to(x.dtype)
-    if not training or p <= 0:
-        return x + y
-    if p >= 1:
-        return x.clone()
-    if y.device.type != "cpu":
-        return x + F.dropout(y, p, True)
-    q = dropout_rate(p)
+def branch_mask(shape: torch.Size | tuple[int, ...], dtype: torch.dtype, p: float, training: bool,
+                device: torch.device | str = "cpu") -> tuple[torch.Tensor | None, float]:
+    """The keep mask of a SANB branch of ``shape`` and its scale: ``(mask, 1 / (1 − p'))``, or ``(None, 1.0)``
+    where nothing is dropped (evaluation, p' = 0). On a CPU the mask is :func:`keep_mask` (p' is p rounded to
+    a multiple of 2^-16); elsewhere ``rand >= p`` from the device's generator (p' = p)."""
+    device = torch.device(device)
+    q = (dropout_rate(p) if device.type == "cpu" else p) if training else 0.0
     if q <= 0:
-        return x + y
+        return None, 1.0
     if q >= 1:
-        return x.clone()
-    return torch.addcmul(x, y, keep_mask(y.shape, q, y.dtype), value=1.0 / (1.0 - q))
+        return torch.zeros(shape, dtype=dtype, device=device), 1.0
+    if device.type == "cpu":
+        return keep_mask(shape, q, dtype), 1.0 / (1.0 - q)
+    return (torch.rand(shape, device=device) >= q).to(dtype), 1.0 / (1.0 - q)
+
+
+def sanb_step(x: torch.Tensor, down_weight: torch.Tensor, down_bias: torch.Tensor, up_weight: torch.Tensor,
+              up_bias: torch.Tensor, mask: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """:class:`GroupedSANB`'s forward as a function of its weights and a keep ``mask`` (:func:`branch_mask`):
+    ``x + scale · mask ⊙ (W_up · ReLU(W_down · x + b_down) + b_up)``, the branch in ``x``'s dtype, the residual
+    in one fused pass. A function of tensors only, so that one compiled graph of a side network's depth
+    serves every depth (``train.compile``)."""
+    a = grouped_affine(x, down_weight, down_bias).relu()
+    y = grouped_affine(a, up_weight, up_bias).to(x.dtype)
+    return x + y if mask is None else torch.addcmul(x, y, mask, value=scale)
 
 
 def masked_softmax(logits: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
