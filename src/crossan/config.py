@@ -195,8 +195,8 @@ class CacheConfig:
     item as one tap-major table in the compute dtype (as many bytes as the in-memory fp16 cache) and read a
     batch with one ``index_select``, instead of gathering, casting and standardising fp16 rows at every step.
     The inputs are bit-identical either way. Off by default: the table doubles the memory the cached states
-    take (peak memory is one of the efficiency figures) for about 7% of a CROSSAN step at M = 2 on the
-    2-core CPU and no measurable gain at M = 4 (docs/results.md §3d). Only for an in-memory cache;
+    take (peak memory is one of the efficiency figures), and since a batch reads an in-memory cache block
+    by block through a small scratch buffer it gains nothing measurable (docs/results.md §3d, §3g). Only for an in-memory cache;
     evaluation (fp32) never uses it."""
     on_device: bool = True
     """An in-memory cache goes to the training device (fastest on a GPU). ``false`` keeps it in host memory

@@ -35,7 +35,7 @@ import torch
 from crossan.cache.features import FeatureSource
 from crossan.precision import autocast
 from crossan.towers.base import ItemTower, TowerContext
-from crossan.towers.sanb import ModalityProjection
+from crossan.towers.sanb import ModalityProjection, branch_mask
 
 FEATURES_KEY = "features"
 """``TowerContext.extras`` key under which the trainer passes the FeatureSource."""
@@ -117,7 +117,8 @@ class ContentTower(ItemTower):
         without it; it only moves that work out of the step (gather, fp16 → fp32 cast, standardisation and
         the strided write into the tap-major layout: 5.85 of about 70 ms of a one-thread CROSSAN M = 2 step at
         paper sizes, results §3d). Off by default (``cache.train_table``): it takes as much memory again as
-        the cached states it is built from.
+        the cached states it is built from, and since batches read an in-memory cache block by block
+        (:meth:`_tap_major_from_memory`) it is no faster than that (results §3g).
         """
         dtype = compute_dtype_now(device)
         if not self.reads_tap_major or dtype == torch.float32:
@@ -214,6 +215,14 @@ class ContentTower(ItemTower):
         if self.compile and self.training and torch.is_grad_enabled() and h.device.type == "cpu":
             return compiled(fn)
         return fn
+
+    def branch_masks(self, chains: int, h: torch.Tensor, p: float) -> tuple[list[torch.Tensor | None], float]:
+        """Each depth's SANB keep mask [chains, U, d_s] for side inputs ``h`` [K, M, U, d_s] and their scale
+        (:func:`~crossan.towers.sanb.branch_mask`), drawn depth by depth as the blocks would draw them. One mask
+        per depth rather than one for all: on a CPU an allocation above glibc's 32 MiB mmap ceiling (IISAN's
+        ten chains at M = 4) is fresh pages at every step, which cost more than drawing the mask."""
+        drawn = [branch_mask((chains, *h.shape[2:]), h.dtype, p, self.training, h.device) for _ in range(self.num_taps)]
+        return [m for m, _ in drawn], drawn[0][1]
 
     def sanb_weights(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Each depth's grouped SANB weights (down weight, down bias, up weight, up bias), for

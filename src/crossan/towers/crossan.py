@@ -53,7 +53,7 @@ from crossan.towers.base import TowerContext, register
 from crossan.towers.configs import CrossanConfig
 from crossan.towers.content import ContentTower, Features, features_from_context, finish
 from crossan.towers.momef import MOMEF
-from crossan.towers.sanb import Gate, GroupedLinear, GroupedSANB, ModalityProjection, branch_mask, sanb_step
+from crossan.towers.sanb import Gate, GroupedLinear, GroupedSANB, ModalityProjection, sanb_step
 
 
 class Exchange(nn.Module):
@@ -113,7 +113,7 @@ def exchange_into(z: torch.Tensor, s: torch.Tensor, coefficients: tuple[torch.Te
 
 def crossan_chains(h: torch.Tensor, g: torch.Tensor, mixes: list[tuple[torch.Tensor, ...] | None],
                    blocks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
-                   masks: torch.Tensor | None, scale: float) -> torch.Tensor:
+                   masks: list[torch.Tensor | None], scale: float) -> torch.Tensor:
     """Every chain through every depth: the states s^K [M, U, d_s] from the side inputs ``h`` [K, M, U, d_s]
     and gates ``g`` [K, M, 1, 1]. At depth k: ``z = g·h + (1 − g)·s`` (``g·h`` at the first, s^0 = 0), plus
     the exchange (``mixes[k]``: :meth:`Exchange.coefficients`, None without), through the depth's SANBs
@@ -128,7 +128,7 @@ def crossan_chains(h: torch.Tensor, g: torch.Tensor, mixes: list[tuple[torch.Ten
             z = torch.lerp(s, h[k], g[k])  # g·h + (1 − g)·s in one pass
             if mixes[k] is not None:
                 z = exchange_into(z, s, mixes[k])
-        s = sanb_step(z, dw, db, uw, ub, None if masks is None else masks[k], scale)
+        s = sanb_step(z, dw, db, uw, ub, masks[k], scale)
     return s
 
 
@@ -228,7 +228,7 @@ class CrossanTower(ContentTower):
             return e.transpose(0, 1), present
         mixes = [self.exchange.coefficients(a, k - 1, h.dtype) if self.exchange is not None and k > 0 else None
                  for k in range(self.num_taps)]
-        masks, scale = branch_mask(h.shape, h.dtype, self.cfg.dropout, self.training, h.device)  # every depth's
+        masks, scale = self.branch_masks(h.shape[1], h, self.cfg.dropout)
         s = self.side_step(crossan_chains, h)(h, g, mixes, self.sanb_weights(), masks, scale)
         e = self.heads(s) * a  # [M, U, d], zeros for missing modalities
         return e.transpose(0, 1), present

@@ -57,7 +57,6 @@ from crossan.towers.sanb import (
     GroupedLinear,
     GroupedSANB,
     ModalityProjection,
-    branch_mask,
     masked_softmax,
     sanb_step,
 )
@@ -80,7 +79,7 @@ class SingleInterGate(nn.Module):
 
 def iisan_chains(h: torch.Tensor, g: torch.Tensor, inter: tuple[torch.Tensor, ...] | None,
                  blocks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
-                 masks: torch.Tensor | None, scale: float) -> torch.Tensor:
+                 masks: list[torch.Tensor | None], scale: float) -> torch.Tensor:
     """Every chain through every depth: the states [C, U, d_s] (intra chains in modality order, then the inter
     chains) from the side inputs ``h`` [K, M, U, d_s] and gates ``g`` [K, M + P, 1, 1]. ``inter``: the pairs'
     two sides ``(h_l, h_r)`` [K, P, U, d_s], or the single inter chain's weights ``(w,)`` [K, M, U, 1], or
@@ -99,7 +98,7 @@ def iisan_chains(h: torch.Tensor, g: torch.Tensor, inter: tuple[torch.Tensor, ..
             zi = (inter[0][k] * h[k]).sum(0, keepdim=True)
             z.append(zi if s is None else zi + s[M:])
         s = sanb_step(torch.cat(z, 0) if len(z) > 1 else z[0], dw, db, uw, ub,
-                      None if masks is None else masks[k], scale)
+                      masks[k], scale)
     return s
 
 
@@ -161,9 +160,7 @@ class IISANTower(ContentTower):
             w = self.inter(present).to(h.dtype)  # [K, M, U, 1]
             valid.append(present.any(1)[None])
         inter = (h_l, h_r) if self.pairs else (w,) if self.inter is not None else None
-        C = len(self.chain_names)
-        masks, scale = branch_mask((self.num_taps, C, *h.shape[2:]), h.dtype, self.cfg.dropout, self.training,
-                                   h.device)  # every depth's
+        masks, scale = self.branch_masks(len(self.chain_names), h, self.cfg.dropout)
         s = self.side_step(iisan_chains, h)(h, g, inter, self.sanb_weights(), masks, scale)
         valid_t = torch.cat(valid, 0)  # [C, U]
         out = self.heads(s) * valid_t[..., None].to(s.dtype)
