@@ -28,14 +28,15 @@ serving); see :mod:`crossan.precision`.
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
 from crossan.cache.features import FeatureSource
 from crossan.precision import autocast
 from crossan.towers.base import ItemTower, TowerContext
-from crossan.towers.sanb import ModalityProjection, branch_mask
+from crossan.towers.sanb import ModalityProjection, branch_mask, branch_rate
 
 FEATURES_KEY = "features"
 """``TowerContext.extras`` key under which the trainer passes the FeatureSource."""
@@ -207,22 +208,30 @@ class ContentTower(ItemTower):
     """Run the side network through ``torch.compile`` while training on a CPU (``train.compile``; set by
     :func:`finish`). See :meth:`side_step`."""
 
+    def compiles(self, h: torch.Tensor) -> bool:
+        """Whether this forward runs the side network compiled: :attr:`compile` is on and the step trains on
+        a CPU (gradients on); evaluation, serving and other devices run it eagerly."""
+        return self.compile and self.training and torch.is_grad_enabled() and h.device.type == "cpu"
+
     def side_step(self, fn: Callable[..., torch.Tensor], h: torch.Tensor) -> Callable[..., torch.Tensor]:
         """``fn`` (a side network's chains through every depth, a function of tensors only), compiled where
-        :attr:`compile` asks for it and the step trains on a CPU (gradients on); ``fn`` itself otherwise
-        (evaluation, serving, other devices). One compiled graph with dynamic shapes serves every batch and
-        tower of the process (:func:`compiled`)."""
-        if self.compile and self.training and torch.is_grad_enabled() and h.device.type == "cpu":
-            return compiled(fn)
-        return fn
+        :meth:`compiles`, ``fn`` itself otherwise. One compiled graph with dynamic shapes serves every batch
+        and tower of the process (:func:`compiled`)."""
+        return compiled(fn) if self.compiles(h) else fn
 
-    def branch_masks(self, chains: int, h: torch.Tensor, p: float) -> tuple[list[torch.Tensor | None], float]:
+    def branch_masks(self, chains: int, h: torch.Tensor, p: float) -> tuple[Sequence[torch.Tensor | None], float]:
         """Each depth's SANB keep mask [chains, U, d_s] for side inputs ``h`` [K, M, U, d_s] and their scale
-        (:func:`~crossan.towers.sanb.branch_mask`), drawn depth by depth as the blocks would draw them. One mask
-        per depth rather than one for all: on a CPU an allocation above glibc's 32 MiB mmap ceiling (IISAN's
-        ten chains at M = 4) is fresh pages at every step, which cost more than drawing the mask."""
-        drawn = [branch_mask((chains, *h.shape[2:]), h.dtype, p, self.training, h.device) for _ in range(self.num_taps)]
-        return [m for m, _ in drawn], drawn[0][1]
+        (:func:`~crossan.towers.sanb.branch_mask`), drawn depth by depth in order. Eagerly each mask is drawn
+        when its depth reads it (while the step runs, so it is still in cache when used, and no depth's mask
+        waits in memory for the others); a compiled step takes them all as inputs."""
+        q = branch_rate(p, self.training, h.device)
+        scale = 1.0 / (1.0 - q) if 0 < q < 1 else 1.0
+
+        def draw(_: int) -> torch.Tensor | None:
+            return branch_mask((chains, *h.shape[2:]), h.dtype, p, self.training, h.device)[0]
+
+        masks = DrawnInOrder(self.num_taps, draw)
+        return (list(masks) if self.compiles(h) else masks), scale
 
     def sanb_weights(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Each depth's grouped SANB weights (down weight, down bias, up weight, up bias), for
@@ -335,6 +344,27 @@ class ContentTower(ItemTower):
                 self._standardize_into(m, s, p, H[:, i].transpose(0, 1))
                 present.append(p)
         return H, torch.stack(present, 1)
+
+
+class DrawnInOrder(Sequence):
+    """``n`` items made by ``make(i)`` when item i is first read; items must be read in order 0, 1, …, so
+    that whatever ``make`` draws from a random generator comes out in the same order as drawing them all
+    at once would."""
+
+    def __init__(self, n: int, make: Callable[[int], Any]) -> None:
+        self.n, self.make, self.items = n, make, []
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if not isinstance(i, int) or not 0 <= i < self.n:
+            raise IndexError(i)
+        if i > len(self.items):
+            raise IndexError(f"item {i} read before item {len(self.items)}: they are drawn in order")
+        if i == len(self.items):
+            self.items.append(self.make(i))
+        return self.items[i]
 
 
 _COMPILED: dict[Callable[..., torch.Tensor], Callable[..., torch.Tensor]] = {}

@@ -42,6 +42,7 @@ Optimiser groups: ``side`` (input projections, SANBs, gates, exchange logits) at
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -113,7 +114,7 @@ def exchange_into(z: torch.Tensor, s: torch.Tensor, coefficients: tuple[torch.Te
 
 def crossan_chains(h: torch.Tensor, g: torch.Tensor, mixes: list[tuple[torch.Tensor, ...] | None],
                    blocks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
-                   masks: list[torch.Tensor | None], scale: float) -> torch.Tensor:
+                   masks: Sequence[torch.Tensor | None], scale: float) -> torch.Tensor:
     """Every chain through every depth: the states s^K [M, U, d_s] from the side inputs ``h`` [K, M, U, d_s]
     and gates ``g`` [K, M, 1, 1]. At depth k: ``z = g·h + (1 − g)·s`` (``g·h`` at the first, s^0 = 0), plus
     the exchange (``mixes[k]``: :meth:`Exchange.coefficients`, None without), through the depth's SANBs
