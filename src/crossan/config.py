@@ -110,9 +110,11 @@ class TrainConfig:
     max_steps_per_epoch: int = 0
     """Cut each epoch after this many steps (0: full epoch). For smoke runs and benchmarks."""
     compile: bool = False
-    """IISAN and CROSSAN on a CPU: run each depth of the side network (gates, exchange, SANBs and their
-    backward) through ``torch.compile`` (inductor), which fuses the element-wise passes between the matrix
-    products. The first steps of a process compile (seconds to a minute); evaluation stays eager."""
+    """IISAN and CROSSAN training on a CPU: run the side network (gates, exchange, SANBs of every depth, and
+    their backward) through ``torch.compile`` (inductor, which fuses the element-wise passes between the
+    matrix products; needs a C++ compiler). The first step of a process compiles (10–45 s here); evaluation
+    and other devices stay eager. Off by default: on the 2-core project CPU it paid for IISAN at M = 2 (about
+    10%) and, in one-process comparisons, CROSSAN at M = 2, but not at M = 4 (docs/results.md §3g)."""
 
 
 @dataclass
