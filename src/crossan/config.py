@@ -112,8 +112,9 @@ class TrainConfig:
     compile: bool = False
     """IISAN and CROSSAN training on a CPU: run the side network (gates, exchange, SANBs of every depth, and
     their backward) through ``torch.compile`` (inductor, which fuses the element-wise passes between the
-    matrix products; needs a C++ compiler). The first step of a process compiles (10–45 s here); evaluation
-    and other devices stay eager. Off by default: on the 2-core project CPU it paid for IISAN at M = 2 (about
+    matrix products; needs a C++ compiler). The first step of a process compiles (10–45 s here), and that
+    time counts in the first epoch's (results.json's ``train_time_per_epoch_s`` averages every epoch's);
+    evaluation and other devices stay eager. Off by default: on the 2-core project CPU it paid for IISAN at M = 2 (about
     10%) and, in one-process comparisons, CROSSAN at M = 2, but not at M = 4 (docs/results.md §3g)."""
 
 
