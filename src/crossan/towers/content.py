@@ -156,8 +156,8 @@ class ContentTower(ItemTower):
         return table
 
     def _tap_major_from_memory(self, items: torch.Tensor) -> PreparedInputs | None:
-        """The tap-major side inputs of ``items`` read straight from an in-memory cache, or ``None`` where
-        this does not apply (the same cases as :meth:`side_table`, float32 compute excepted).
+        """The tap-major side inputs of ``items`` read straight from an in-memory cache on a CPU, or ``None``
+        where this does not apply (other devices, and the cases of :meth:`side_table`, float32 compute excepted).
 
         The same numbers as :meth:`FeatureSource.gather` followed by :meth:`tap_major_inputs` (a test checks
         them bit for bit), but one (tap, modality) block at a time through a small float32 scratch buffer:
@@ -167,9 +167,9 @@ class ContentTower(ItemTower):
         """
         src = self.features
         states = getattr(src, "_states", None)
-        if states is None or not all(isinstance(states[m], torch.Tensor) and states[m].device == items.device
-                                     for m in self.modalities):
-            return None
+        if items.device.type != "cpu" or states is None or not all(
+                isinstance(states[m], torch.Tensor) and states[m].device == items.device for m in self.modalities):
+            return None  # on a GPU, K·M small blocks would be K·M·3 kernel launches: it keeps the whole-row path
         proj = getattr(self, "proj", None)
         if not isinstance(proj, ModalityProjection) or any(
                 not isinstance(proj.proj[m], torch.nn.Identity) for m in self.modalities):
