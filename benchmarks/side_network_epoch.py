@@ -68,6 +68,18 @@ def synthetic_sequences(users: int, items: int, seed: int) -> RawData:
     return RawData(seqs, cat)
 
 
+def random_cache(items: int, modalities: list[str], taps: int, width: int, seed: int,
+                 device: torch.device | str = "cpu") -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """A random fp16 layer-state cache [items + 1, taps, width] per modality (row 0 the padding, absent) and
+    its presence masks: the side networks' cost depends on the cache's shape only, not on what it holds."""
+    g = torch.Generator().manual_seed(seed)
+    states = {m: (torch.randn(items + 1, taps, width, generator=g) * 0.5).half().to(device) for m in modalities}
+    present = {m: torch.ones(items + 1, dtype=torch.bool, device=device) for m in modalities}
+    for m in modalities:
+        present[m][0] = False
+    return states, present
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -103,12 +115,8 @@ def main() -> None:
     base = load_config([], [f"train.batch_size={args.batch_size}", f"seed={args.seed}"])
     data = apply_protocol(synthetic_sequences(args.users, args.items, args.seed), base.data, name="synthetic")
     n = data.num_items
-    g = torch.Generator().manual_seed(args.seed)
     home = device if args.cache_on == "device" else torch.device("cpu")
-    states = {m: (torch.randn(n + 1, args.taps, args.width, generator=g) * 0.5).half().to(home) for m in MODS}
-    present = {m: torch.ones(n + 1, dtype=torch.bool, device=home) for m in MODS}
-    for m in MODS:
-        present[m][0] = False
+    states, present = random_cache(n, MODS, args.taps, args.width, args.seed, home)
     cache_bytes = {m: states[m].numel() * 2 for m in MODS}
     inputs, targets = torch.as_tensor(data.train_inputs), torch.as_tensor(data.train_targets)
     full = _num_batches(len(inputs), args.batch_size)

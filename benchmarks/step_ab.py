@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import torch
-from side_network_epoch import MODS, synthetic_sequences
+from side_network_epoch import MODS, random_cache, synthetic_sequences
 
 from crossan.cache.features import TensorFeatures
 from crossan.config import load_config
@@ -54,11 +54,7 @@ def main() -> None:
     base = load_config([], ["train.batch_size=64", f"seed={args.seed}"])
     data = apply_protocol(synthetic_sequences(args.users, args.items, args.seed), base.data, name="synthetic")
     n, mods = data.num_items, MODS[: args.modalities]
-    g = torch.Generator().manual_seed(args.seed)
-    states = {m: (torch.randn(n + 1, 7, 768, generator=g) * 0.5).half() for m in mods}
-    present = {m: torch.ones(n + 1, dtype=torch.bool) for m in mods}
-    for m in mods:
-        present[m][0] = False
+    states, present = random_cache(n, mods, 7, 768, args.seed)
     inputs, targets = torch.as_tensor(data.train_inputs), torch.as_tensor(data.train_targets)
     batches = _batches(len(inputs), 64, args.seed, 1)
     runs = {}

@@ -218,17 +218,3 @@ def test_compiled_side_network_matches_eager(method, M):
         cos = torch.nn.functional.cosine_similarity(g.flatten().double(), grads_c[name].flatten().double(), dim=0)
         assert cos > 0.999, (name, float(cos))
 
-
-def test_masks_drawn_in_order():
-    """Eager steps draw each depth's mask when the depth reads it; the order of draws, and so a seeded run's
-    masks, are those of drawing them all first (what a compiled step does)."""
-    from crossan.towers.content import DrawnInOrder
-
-    torch.manual_seed(3)
-    upfront = [keep_mask((4, 8), 0.3) for _ in range(3)]
-    torch.manual_seed(3)
-    lazy = DrawnInOrder(3, lambda i: keep_mask((4, 8), 0.3))
-    assert len(lazy) == 3 and all(torch.equal(lazy[i], upfront[i]) for i in range(3))
-    assert lazy[1] is lazy[1]  # drawn once
-    with pytest.raises(IndexError, match="in order"):
-        DrawnInOrder(3, lambda i: i)[2]

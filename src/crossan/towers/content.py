@@ -28,15 +28,14 @@ serving); see :mod:`crossan.precision`.
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable
 
 import torch
 
 from crossan.cache.features import FeatureSource
 from crossan.precision import autocast
 from crossan.towers.base import ItemTower, TowerContext
-from crossan.towers.sanb import ModalityProjection, branch_mask, branch_rate
+from crossan.towers.sanb import ModalityProjection, branch_mask
 
 FEATURES_KEY = "features"
 """``TowerContext.extras`` key under which the trainer passes the FeatureSource."""
@@ -122,18 +121,10 @@ class ContentTower(ItemTower):
         (:meth:`_tap_major_from_memory`) it is no faster than that (results §3g).
         """
         dtype = compute_dtype_now(device)
-        if not self.reads_tap_major or dtype == torch.float32:
+        states = self._unprojected_memory_states(device)
+        if not self.reads_tap_major or dtype == torch.float32 or states is None:
             return None
         src = self.features
-        states = getattr(src, "_states", None)
-        if states is None or not all(isinstance(states[m], torch.Tensor) and states[m].device == device
-                                     for m in self.modalities):
-            return None
-        proj = getattr(self, "proj", None)
-        if not isinstance(proj, ModalityProjection) or any(
-                not isinstance(proj.proj[m], torch.nn.Identity) for m in self.modalities):
-            return None  # the tap-major inputs are projected states: nothing to tabulate
-        ds = {self.dims[m] for m in self.modalities}
         stats = tuple((t.data_ptr(), t._version) for m in self.modalities if self.standardized
                       for t in (getattr(self, f"input_mean_{m}"), getattr(self, f"input_inv_std_{m}")))
         key = (dtype, device, id(src), tuple((states[m].data_ptr(), states[m]._version) for m in self.modalities),
@@ -142,7 +133,7 @@ class ContentTower(ItemTower):
         if cached is not None and cached[0] == key:
             return cached[1]
         self.__dict__.pop("_side_table", None)  # free the stale table before building the new one
-        K, M, N, d = self.num_taps, len(self.modalities), self.num_items + 1, ds.pop()
+        K, M, N, d = self.num_taps, len(self.modalities), self.num_items + 1, self.dims[self.modalities[0]]
         table = torch.empty(K, M, N, d, dtype=dtype, device=device)
         with torch.no_grad():
             for chunk in torch.arange(N, device=device).split(4096):
@@ -155,6 +146,23 @@ class ContentTower(ItemTower):
         self.__dict__["_side_table"] = (key, table)
         return table
 
+    def _unprojected_memory_states(self, device: torch.device) -> dict[str, torch.Tensor] | None:
+        """The cached states of every modality when they are torch tensors in memory on ``device`` and the
+        side inputs are those states themselves (no modality needs a projection, all have one width), so that
+        they can be standardised straight into the tap-major layout; ``None`` otherwise (memory-mapped or live
+        sources, projected modalities)."""
+        states = getattr(self.features, "_states", None)
+        if states is None or not all(isinstance(states[m], torch.Tensor) and states[m].device == device
+                                     for m in self.modalities):
+            return None
+        proj = getattr(self, "proj", None)
+        if not isinstance(proj, ModalityProjection) or any(
+                not isinstance(proj.proj[m], torch.nn.Identity) for m in self.modalities):
+            return None  # the tap-major inputs are projected states
+        if len({self.dims[m] for m in self.modalities}) != 1:
+            return None
+        return states
+
     def _tap_major_from_memory(self, items: torch.Tensor) -> PreparedInputs | None:
         """The tap-major side inputs of ``items`` read straight from an in-memory cache on a CPU, or ``None``
         where this does not apply (other devices, and the cases of :meth:`side_table`, float32 compute excepted).
@@ -162,20 +170,13 @@ class ContentTower(ItemTower):
         The same numbers as :meth:`FeatureSource.gather` followed by :meth:`tap_major_inputs` (a test checks
         them bit for bit), but one (tap, modality) block at a time through a small float32 scratch buffer:
         the gather's fp16 → fp32 copy of every row and an ``addcmul`` that writes a strided tensor of another
-        dtype (which torch runs through full-size temporaries) cost 3–7 ms of a CROSSAN M = 2 training step on
+        dtype (which torch runs through full-size temporaries) cost 2–7 ms of a CROSSAN M = 2 training step on
         the 2-core CPU and about 10% more memory above the cache (results §3g).
         """
-        src = self.features
-        states = getattr(src, "_states", None)
-        if items.device.type != "cpu" or states is None or not all(
-                isinstance(states[m], torch.Tensor) and states[m].device == items.device for m in self.modalities):
+        states = self._unprojected_memory_states(items.device)
+        if items.device.type != "cpu" or states is None:
             return None  # on a GPU, K·M small blocks would be K·M·3 kernel launches: it keeps the whole-row path
-        proj = getattr(self, "proj", None)
-        if not isinstance(proj, ModalityProjection) or any(
-                not isinstance(proj.proj[m], torch.nn.Identity) for m in self.modalities):
-            return None
-        if len({self.dims[m] for m in self.modalities}) != 1:
-            return None
+        src = self.features
         flat = items.reshape(-1)
         K, M, U, d = self.num_taps, len(self.modalities), flat.numel(), self.dims[self.modalities[0]]
         dtype = compute_dtype_now(items.device)
@@ -219,19 +220,13 @@ class ContentTower(ItemTower):
         and tower of the process (:func:`compiled`)."""
         return compiled(fn) if self.compiles(h) else fn
 
-    def branch_masks(self, chains: int, h: torch.Tensor, p: float) -> tuple[Sequence[torch.Tensor | None], float]:
+    def branch_masks(self, chains: int, h: torch.Tensor, p: float) -> tuple[list[torch.Tensor | None], float]:
         """Each depth's SANB keep mask [chains, U, d_s] for side inputs ``h`` [K, M, U, d_s] and their scale
-        (:func:`~crossan.towers.sanb.branch_mask`), drawn depth by depth in order. Eagerly each mask is drawn
-        when its depth reads it (while the step runs, so it is still in cache when used, and no depth's mask
-        waits in memory for the others); a compiled step takes them all as inputs."""
-        q = branch_rate(p, self.training, h.device)
-        scale = 1.0 / (1.0 - q) if 0 < q < 1 else 1.0
-
-        def draw(_: int) -> torch.Tensor | None:
-            return branch_mask((chains, *h.shape[2:]), h.dtype, p, self.training, h.device)[0]
-
-        masks = DrawnInOrder(self.num_taps, draw)
-        return (list(masks) if self.compiles(h) else masks), scale
+        (:func:`~crossan.towers.sanb.branch_mask`), drawn depth by depth, in the order the blocks drew them
+        before they became one function. One mask per depth rather than one for all: on a CPU an allocation
+        above glibc's 32 MiB mmap ceiling (IISAN's ten chains at M = 4) is fresh pages at every step."""
+        drawn = [branch_mask((chains, *h.shape[2:]), h.dtype, p, self.training, h.device) for _ in range(self.num_taps)]
+        return [mask for mask, _ in drawn], drawn[0][1]
 
     def sanb_weights(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Each depth's grouped SANB weights (down weight, down bias, up weight, up bias), for
@@ -344,27 +339,6 @@ class ContentTower(ItemTower):
                 self._standardize_into(m, s, p, H[:, i].transpose(0, 1))
                 present.append(p)
         return H, torch.stack(present, 1)
-
-
-class DrawnInOrder(Sequence):
-    """``n`` items made by ``make(i)`` when item i is first read; items must be read in order 0, 1, …, so
-    that whatever ``make`` draws from a random generator comes out in the same order as drawing them all
-    at once would."""
-
-    def __init__(self, n: int, make: Callable[[int], Any]) -> None:
-        self.n, self.make, self.items = n, make, []
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i):  # type: ignore[override]
-        if not isinstance(i, int) or not 0 <= i < self.n:
-            raise IndexError(i)
-        if i > len(self.items):
-            raise IndexError(f"item {i} read before item {len(self.items)}: they are drawn in order")
-        if i == len(self.items):
-            self.items.append(self.make(i))
-        return self.items[i]
 
 
 _COMPILED: dict[Callable[..., torch.Tensor], Callable[..., torch.Tensor]] = {}

@@ -42,7 +42,6 @@ Optimiser groups: ``side`` (input projections, SANBs, gates, exchange logits) at
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -78,11 +77,6 @@ class Exchange(nn.Module):
         e = torch.exp(b - b.max(1, keepdim=True).values.detach())  # [M, M-1]
         return torch.zeros(M, M, dtype=e.dtype, device=e.device).masked_scatter(self.off_diagonal, e)
 
-    def add_to(self, z: torch.Tensor, s: torch.Tensor, a: torch.Tensor, j: int) -> torch.Tensor:
-        """``z`` plus the exchange at depth index ``j`` (k − 2), from the previous states ``s`` [M, U, d_s]
-        and presence ``a`` as 0/1 [M, U, 1], all in one dtype (:meth:`coefficients`, then :func:`exchange_into`)."""
-        return exchange_into(z, s, self.coefficients(a, j, s.dtype))
-
     def coefficients(self, a: torch.Tensor, j: int, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
         """What :func:`exchange_into` needs at depth index ``j`` for presence ``a`` [M, U, 1] (small tensors).
 
@@ -114,7 +108,7 @@ def exchange_into(z: torch.Tensor, s: torch.Tensor, coefficients: tuple[torch.Te
 
 def crossan_chains(h: torch.Tensor, g: torch.Tensor, mixes: list[tuple[torch.Tensor, ...] | None],
                    blocks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
-                   masks: Sequence[torch.Tensor | None], scale: float) -> torch.Tensor:
+                   masks: list[torch.Tensor | None], scale: float) -> torch.Tensor:
     """Every chain through every depth: the states s^K [M, U, d_s] from the side inputs ``h`` [K, M, U, d_s]
     and gates ``g`` [K, M, 1, 1]. At depth k: ``z = g·h + (1 − g)·s`` (``g·h`` at the first, s^0 = 0), plus
     the exchange (``mixes[k]``: :meth:`Exchange.coefficients`, None without), through the depth's SANBs

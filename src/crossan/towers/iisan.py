@@ -40,7 +40,6 @@ are); ``image_head_init: xavier`` initialises the image chain's last head layer 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from itertools import combinations
 from typing import Any
 
@@ -80,7 +79,7 @@ class SingleInterGate(nn.Module):
 
 def iisan_chains(h: torch.Tensor, g: torch.Tensor, inter: tuple[torch.Tensor, ...] | None,
                  blocks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
-                 masks: Sequence[torch.Tensor | None], scale: float) -> torch.Tensor:
+                 masks: list[torch.Tensor | None], scale: float) -> torch.Tensor:
     """Every chain through every depth: the states [C, U, d_s] (intra chains in modality order, then the inter
     chains) from the side inputs ``h`` [K, M, U, d_s] and gates ``g`` [K, M + P, 1, 1]. ``inter``: the pairs'
     two sides ``(h_l, h_r)`` [K, P, U, d_s], or the single inter chain's weights ``(w,)`` [K, M, U, 1], or
@@ -98,8 +97,7 @@ def iisan_chains(h: torch.Tensor, g: torch.Tensor, inter: tuple[torch.Tensor, ..
         elif inter is not None:  # single: t + Σ_m w_m·h_m
             zi = (inter[0][k] * h[k]).sum(0, keepdim=True)
             z.append(zi if s is None else zi + s[M:])
-        s = sanb_step(torch.cat(z, 0) if len(z) > 1 else z[0], dw, db, uw, ub,
-                      masks[k], scale)
+        s = sanb_step(torch.cat(z, 0) if len(z) > 1 else z[0], dw, db, uw, ub, masks[k], scale)
     return s
 
 

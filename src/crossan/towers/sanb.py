@@ -27,7 +27,7 @@ from torch import nn
 from crossan.dropout import KEEP_MASK_BITS, dropout_rate, keep_mask
 
 __all__ = ["KEEP_MASK_BITS", "SANB", "Gate", "GroupedLinear", "GroupedSANB", "ModalityProjection", "branch_mask",
-           "branch_rate", "dropout_rate", "grouped_affine", "keep_mask", "masked_softmax", "sanb_step"]
+           "dropout_rate", "grouped_affine", "keep_mask", "masked_softmax", "sanb_step"]
 
 
 class SANB(nn.Module):
@@ -155,21 +155,13 @@ class ModalityProjection(nn.Module):
         return sum(d * side_dim + side_dim for d in ds if d != side_dim)
 
 
-def branch_rate(p: float, training: bool, device: torch.device | str = "cpu") -> float:
-    """The drop probability p' a SANB branch's mask realises (:func:`branch_mask`): 0 outside training, p
-    rounded to a multiple of 2^-16 on a CPU (:func:`~crossan.dropout.dropout_rate`), p elsewhere."""
-    if not training:
-        return 0.0
-    return dropout_rate(p) if torch.device(device).type == "cpu" else p
-
-
 def branch_mask(shape: torch.Size | tuple[int, ...], dtype: torch.dtype, p: float, training: bool,
                 device: torch.device | str = "cpu") -> tuple[torch.Tensor | None, float]:
     """The keep mask of a SANB branch of ``shape`` and its scale: ``(mask, 1 / (1 − p'))``, or ``(None, 1.0)``
-    where nothing is dropped (evaluation, p' = 0; :func:`branch_rate`). On a CPU the mask is
-    :func:`keep_mask`; elsewhere ``rand >= p`` from the device's generator."""
+    where nothing is dropped (evaluation, p' = 0). On a CPU the mask is :func:`keep_mask` (p' is p rounded to
+    a multiple of 2^-16); elsewhere ``rand >= p`` from the device's generator (p' = p)."""
     device = torch.device(device)
-    q = branch_rate(p, training, device)
+    q = (dropout_rate(p) if device.type == "cpu" else p) if training else 0.0
     if q <= 0:
         return None, 1.0
     if q >= 1:
