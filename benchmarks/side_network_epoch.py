@@ -53,7 +53,7 @@ from crossan.precision import compute_dtype
 from crossan.recommender import Recommender
 from crossan.towers.base import TowerContext, build_tower
 from crossan.trainer import _batches, _num_batches, make_optimizer, param_groups, train_epoch
-from crossan.utils import count_params, cpu_allocation_peak, state_bytes
+from crossan.utils import configure_malloc, count_params, cpu_allocation_peak, state_bytes
 
 MODS = ["text", "image", "video", "audio"]
 
@@ -112,7 +112,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
 
-    base = load_config([], [f"train.batch_size={args.batch_size}", f"seed={args.seed}"])
+    base = load_config([], [f"train.batch_size={args.batch_size}", f"seed={args.seed}", *args.set])
+    malloc = configure_malloc(base.train.malloc, device)  # as training would (process-wide)
     data = apply_protocol(synthetic_sequences(args.users, args.items, args.seed), base.data, name="synthetic")
     n = data.num_items
     home = device if args.cache_on == "device" else torch.device("cpu")
@@ -209,7 +210,7 @@ def main() -> None:
                else f"CPU {platform.machine()} ({os.cpu_count()} cores), {torch.get_num_threads()} threads")
     meta = {"machine": machine, "torch": torch.__version__, "users": data.num_users, "items": n,
             "width": args.width, "taps": args.taps, "batch_size": args.batch_size, "cache_on": args.cache_on,
-            "overrides": args.set, "adam": args.adam, "cache_bytes_per_modality": cache_bytes["text"],
+            "overrides": args.set, "adam": args.adam, "malloc": malloc, "cache_bytes_per_modality": cache_bytes["text"],
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in load_after],
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
@@ -219,7 +220,7 @@ def main() -> None:
         w.writeheader()
         w.writerows(rows)
     print(f"\nmachine: {machine}; {data.num_users:,} users, {n:,} items, D={args.width}, K={args.taps}, "
-          f"batch {args.batch_size}; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
+          f"batch {args.batch_size}; malloc {malloc}; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
     print(f"{'method':8} {'M':>2} {'precision':>9} {'trainable':>12} {'s/epoch':>9} {'cpu s/epoch':>12} "
           f"{'peak MiB':>10} {'peak-cache MiB':>15}")
     for r in rows:

@@ -33,6 +33,7 @@ from crossan.data.protocol import apply_protocol
 from crossan.recommender import Recommender
 from crossan.towers.base import TowerContext, build_tower
 from crossan.trainer import _batches, _num_batches, make_optimizer, train_epoch
+from crossan.utils import configure_malloc
 
 
 def main() -> None:
@@ -46,12 +47,15 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=100_000)
     ap.add_argument("--items", type=int, default=19_738)
     ap.add_argument("--seed", type=int, default=12345)
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="config overrides for every variant (train.malloc among them: it is process-wide)")
     ap.add_argument("--out", default="", help="write the rounds as JSON here")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     cpu = torch.device("cpu")
-    base = load_config([], ["train.batch_size=64", f"seed={args.seed}"])
+    base = load_config([], ["train.batch_size=64", f"seed={args.seed}", *args.set])
+    malloc = configure_malloc(base.train.malloc, cpu)  # process-wide: one setting for every variant
     data = apply_protocol(synthetic_sequences(args.users, args.items, args.seed), base.data, name="synthetic")
     n, mods = data.num_items, MODS[: args.modalities]
     states, present = random_cache(n, mods, 7, 768, args.seed)
@@ -64,7 +68,7 @@ def main() -> None:
         gather = "inputs=gather" in sets
         sets = [s for s in sets if s != "inputs=gather"]
         cfg = load_config([], [f"method={args.method}", f"modalities=[{','.join(mods)}]", "train.batch_size=64",
-                               f"seed={args.seed}", *sets])
+                               f"seed={args.seed}", *args.set, *sets])
         torch.manual_seed(args.seed)
         feats = TensorFeatures(dict(states), dict(present))
         ctx = TowerContext(cfg, n, data.item_ids, data.catalogue, features=feats, device=cpu)
@@ -96,7 +100,7 @@ def main() -> None:
               f"{w[0] * full / 1e3:.1f} / {w[len(w) // 2] * full / 1e3:.1f} s per {full:,}-step epoch")
     if args.out:
         meta = {"method": args.method, "modalities": args.modalities, "steps": args.steps, "rounds": args.rounds,
-                "threads": torch.get_num_threads(), "load_average": os.getloadavg(),
+                "threads": torch.get_num_threads(), "malloc": malloc, "load_average": os.getloadavg(),
                 "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
         Path(args.out).write_text(json.dumps({"meta": meta, "variants": summary}, indent=1))

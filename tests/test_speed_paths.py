@@ -218,3 +218,44 @@ def test_compiled_side_network_matches_eager(method, M):
         cos = torch.nn.functional.cosine_similarity(g.flatten().double(), grads_c[name].flatten().double(), dim=0)
         assert cos > 0.999, (name, float(cos))
 
+
+
+def _torch_keep_mask(shape, p, dtype):
+    """The CPU mask as first written (torch ops on the SFC64 words), the reference for the numpy form."""
+    import math
+
+    import numpy as np
+
+    n = math.prod(shape)
+    seed = int(torch.empty((), dtype=torch.int64).random_())
+    words = torch.from_numpy(np.random.SFC64(seed).random_raw((n + 3) // 4).view(np.int64))
+    t = round(p * 2 ** 16) - 2 ** 15
+    bits = words.view(torch.int16)[:n].clamp(t - 1, t).sub_(t - 1)
+    if dtype in (torch.bfloat16, torch.float16):
+        return bits.mul_(0x3F80 if dtype == torch.bfloat16 else 0x3C00).view(dtype).view(shape)
+    return bits.to(dtype).view(shape)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_masks_made_side_by_side_are_the_masks_drawn_in_turn(dtype):
+    """``keep_masks`` (threads) gives bit for bit the masks of ``count`` calls of ``keep_mask`` in a row, which
+    give those of the torch form they replaced; and torch's generator ends in the same state."""
+    from crossan.dropout import keep_masks
+    from crossan.towers.sanb import branch_masks
+
+    shape, p = (3, 37, 50), 0.1
+    torch.manual_seed(11)
+    ref = [_torch_keep_mask(shape, p, dtype) for _ in range(5)]
+    after = torch.rand(3)
+    torch.manual_seed(11)
+    one_by_one = [keep_mask(shape, p, dtype) for _ in range(5)]
+    torch.manual_seed(11)
+    side_by_side = keep_masks(5, shape, p, dtype)
+    assert torch.equal(torch.rand(3), after)
+    torch.manual_seed(11)
+    masks, scale = branch_masks(5, shape, dtype, p, True, "cpu")
+    assert scale == 1 / (1 - dropout_rate(p))
+    for got in (one_by_one, side_by_side, masks):
+        assert len(got) == 5 and all(g.dtype == dtype and torch.equal(g, r) for g, r in zip(got, ref))
+    assert not torch.equal(ref[0], ref[1])
+    assert branch_masks(5, shape, dtype, p, False, "cpu") == ([None] * 5, 1.0)

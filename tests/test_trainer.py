@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,8 @@ def test_train_writes_results_contract(small_data: Path, tmp_path: Path) -> None
     assert set(saved["valid"]) == METRICS and set(saved["test"]) == METRICS
     assert 1 <= saved["best_epoch"] <= 4 and saved["trainable_params"] == saved["total_params"] > 0
     assert (tmp_path / "run" / "config.yaml").is_file() and (tmp_path / "run" / "best.safetensors").is_file()
+    glibc = (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
+    assert saved["malloc"] == ("retain" if glibc else "system")  # train.malloc=auto on a CPU
     # the structured toy data is learnable: well above the same model untrained (measured NDCG@10 0.164 vs 0.065)
     untrained = train(_cfg(small_data, "train.epochs=0"), tmp_path / "untrained", progress=False)
     assert res["test"]["NDCG@10"] > 2 * untrained["test"]["NDCG@10"]

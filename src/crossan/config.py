@@ -117,6 +117,14 @@ class TrainConfig:
     evaluation and other devices stay eager. Off by default: on the 2-core project CPU it paid for IISAN at M = 2 (about
     10%) and, in one-process comparisons, CROSSAN at M = 2, but not at M = 4 (docs/results.md §3g)."""
 
+    malloc: Literal["auto", "retain", "system"] = "auto"
+    """The C allocator while training on a CPU under glibc (Linux). ``retain``: memory freed by a step stays
+    in the process for the next (no ``mmap``'d blocks, no trimming; :func:`crossan.utils.retain_freed_memory`),
+    where glibc's defaults return large blocks to the system and take fresh, zero-filled pages at every step
+    (about a thousand page faults per CROSSAN step at paper sizes). ``system``: glibc's defaults. ``auto``:
+    ``retain`` for CPU training, ``system`` otherwise. It applies to the whole process from the start of
+    training on, and resident memory then stays near its peak (the peak itself is what it was);
+    results.json's ``malloc`` says which was in effect."""
 
 @dataclass
 class EvalConfig:

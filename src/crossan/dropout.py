@@ -12,6 +12,9 @@ of the device, so a seeded run replays the same masks.
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import numpy as np
 import torch
@@ -35,15 +38,54 @@ def keep_mask(shape: tuple[int, ...] | torch.Size, p: float, dtype: torch.dtype 
     q = dropout_rate(p)
     if q <= 0 or q >= 1:  # the threshold would leave int16: every entry kept, or every entry dropped
         return torch.full(shape, 1.0 if q <= 0 else 0.0, dtype=dtype)
+    return _mask_from_seed(_draw_seed(), tuple(shape), q, dtype)
+
+
+def keep_masks(count: int, shape: tuple[int, ...] | torch.Size, p: float,
+               dtype: torch.dtype = torch.float32) -> list[torch.Tensor]:
+    """``count`` masks of :func:`keep_mask`, the same ones ``count`` calls in a row would give (their seeds are
+    drawn from torch's generator in that order), made on up to ``torch.get_num_threads()`` threads: numpy
+    fills the words and clamps them without holding the GIL, and nothing else runs while a side network
+    waits for its masks (about 0.5 ms per [2, 600, 768] mask on one core of the project CPU)."""
+    q = dropout_rate(p)
+    if q <= 0 or q >= 1 or count <= 1:
+        return [keep_mask(shape, q, dtype) for _ in range(count)]
+    seeds = [_draw_seed() for _ in range(count)]
+    make = partial(_mask_from_seed, shape=tuple(shape), q=q, dtype=dtype)
+    pool = _pool(min(count, torch.get_num_threads()))
+    return [make(s) for s in seeds] if pool is None else list(pool.map(make, seeds))
+
+
+def _draw_seed() -> int:
+    """One 64-bit seed from torch's default CPU generator (ties the masks to ``torch.manual_seed``)."""
+    return int(torch.empty((), dtype=torch.int64).random_())
+
+
+def _mask_from_seed(seed: int, shape: tuple[int, ...], q: float, dtype: torch.dtype) -> torch.Tensor:
+    """The mask of :func:`keep_mask` for ``seed`` and a rate ``q`` strictly between 0 and 1 (numpy only,
+    so that threads can make masks side by side)."""
     n = math.prod(shape)
-    seed = int(torch.empty((), dtype=torch.int64).random_())  # ties the stream to torch.manual_seed
-    words = torch.from_numpy(np.random.SFC64(seed).random_raw((n + 3) // 4).view(np.int64))
-    uniform = words.view(torch.int16)[:n]  # uniform integers in [-2^15, 2^15)
-    t = round(p * 2 ** KEEP_MASK_BITS) - 2 ** (KEEP_MASK_BITS - 1)  # keep iff uniform >= t
-    bits = uniform.clamp(t - 1, t).sub_(t - 1)  # 0 / 1 as int16
+    uniform = np.random.SFC64(seed).random_raw((n + 3) // 4).view(np.int16)[:n]  # uniform in [-2^15, 2^15)
+    t = round(q * 2 ** KEEP_MASK_BITS) - 2 ** (KEEP_MASK_BITS - 1)  # keep iff uniform >= t
+    bits = np.clip(uniform, t - 1, t)
+    bits -= t - 1  # 0 / 1 as int16
     if dtype in _ONE_BITS:  # 0x0000 / the bits of 1.0: a multiply instead of a conversion
-        return bits.mul_(_ONE_BITS[dtype]).view(dtype).view(shape)
-    return bits.to(dtype).view(shape)
+        bits *= _ONE_BITS[dtype]
+        return torch.from_numpy(bits).view(dtype).view(shape)
+    return torch.from_numpy(bits).to(dtype).view(shape)
+
+
+_POOL: tuple[int, int, ThreadPoolExecutor] | None = None
+"""(process id, workers, pool) of :func:`keep_masks`; remade after a fork or for another thread count."""
+
+
+def _pool(workers: int) -> ThreadPoolExecutor | None:
+    global _POOL
+    if workers <= 1:
+        return None
+    if _POOL is None or _POOL[:2] != (os.getpid(), workers):
+        _POOL = (os.getpid(), workers, ThreadPoolExecutor(workers, thread_name_prefix="crossan-mask"))
+    return _POOL[2]
 
 
 _ONE_BITS = {torch.bfloat16: 0x3F80, torch.float16: 0x3C00}

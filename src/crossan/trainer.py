@@ -53,8 +53,10 @@ from crossan.runs import (
 from crossan.utils import (
     PeakRSSMonitor,
     atomic_write_json,
+    configure_malloc,
     count_params,
     describe_device,
+    malloc_mode,
     resolve_device,
     seed_everything,
 )
@@ -190,6 +192,7 @@ def _start(cfg: Config, run_dir: Path, resume: bool, data: SequentialData | None
     """
     data = data if data is not None else prepare(cfg.data)
     device = dist.init_from_env(resolve_device(cfg.device))
+    configure_malloc(cfg.train.malloc, device)
     resolve_paths(cfg)  # config.yaml stores absolute paths: --resume and serving work from any folder
     check_run_dir(run_dir, cfg, resume)
     seed_everything(cfg.seed)
@@ -326,6 +329,7 @@ def _test_best(run: _Run, state: TrainState) -> dict[str, Any]:
         "idle_rss_bytes": run.memory.baseline,
         "peak_rss_bytes": run.memory.peak,
         "device": describe_device(device),
+        "malloc": malloc_mode(),
         "world_size": dist.world_size(),
         "modules": run.modules,
         "tower": tower_stats,

@@ -35,7 +35,7 @@ import torch
 from crossan.cache.features import FeatureSource
 from crossan.precision import autocast
 from crossan.towers.base import ItemTower, TowerContext
-from crossan.towers.sanb import ModalityProjection, branch_mask
+from crossan.towers.sanb import ModalityProjection, branch_masks
 
 FEATURES_KEY = "features"
 """``TowerContext.extras`` key under which the trainer passes the FeatureSource."""
@@ -222,11 +222,11 @@ class ContentTower(ItemTower):
 
     def branch_masks(self, chains: int, h: torch.Tensor, p: float) -> tuple[list[torch.Tensor | None], float]:
         """Each depth's SANB keep mask [chains, U, d_s] for side inputs ``h`` [K, M, U, d_s] and their scale
-        (:func:`~crossan.towers.sanb.branch_mask`), drawn depth by depth, in the order the blocks drew them
-        before they became one function. One mask per depth rather than one for all: on a CPU an allocation
-        above glibc's 32 MiB mmap ceiling (IISAN's ten chains at M = 4) is fresh pages at every step."""
-        drawn = [branch_mask((chains, *h.shape[2:]), h.dtype, p, self.training, h.device) for _ in range(self.num_taps)]
-        return [mask for mask, _ in drawn], drawn[0][1]
+        (:func:`~crossan.towers.sanb.branch_masks`): the masks the blocks drew depth by depth before they became
+        one function, made side by side on a CPU. One mask per depth rather than one for all: on a CPU an
+        allocation above glibc's 32 MiB mmap ceiling (IISAN's ten chains at M = 4) is fresh pages at every step
+        unless freed memory is retained (``train.malloc``)."""
+        return branch_masks(self.num_taps, (chains, *h.shape[2:]), h.dtype, p, self.training, h.device)
 
     def sanb_weights(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Each depth's grouped SANB weights (down weight, down bias, up weight, up bias), for

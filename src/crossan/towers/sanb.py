@@ -24,10 +24,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from crossan.dropout import KEEP_MASK_BITS, dropout_rate, keep_mask
+from crossan.dropout import KEEP_MASK_BITS, dropout_rate, keep_mask, keep_masks
 
 __all__ = ["KEEP_MASK_BITS", "SANB", "Gate", "GroupedLinear", "GroupedSANB", "ModalityProjection", "branch_mask",
-           "dropout_rate", "grouped_affine", "keep_mask", "masked_softmax", "sanb_step"]
+           "branch_masks", "dropout_rate", "grouped_affine", "keep_mask", "masked_softmax", "sanb_step"]
 
 
 class SANB(nn.Module):
@@ -169,6 +169,18 @@ def branch_mask(shape: torch.Size | tuple[int, ...], dtype: torch.dtype, p: floa
     if device.type == "cpu":
         return keep_mask(shape, q, dtype), 1.0 / (1.0 - q)
     return (torch.rand(shape, device=device) >= q).to(dtype), 1.0 / (1.0 - q)
+
+
+def branch_masks(count: int, shape: torch.Size | tuple[int, ...], dtype: torch.dtype, p: float, training: bool,
+                 device: torch.device | str = "cpu") -> tuple[list[torch.Tensor | None], float]:
+    """``count`` masks of :func:`branch_mask` (the same ones, drawn in turn) and their scale; on a CPU made side
+    by side on torch's threads (:func:`~crossan.dropout.keep_masks`)."""
+    device = torch.device(device)
+    q = dropout_rate(p) if training and device.type == "cpu" else 0.0
+    if 0 < q < 1:
+        return list(keep_masks(count, shape, q, dtype)), 1.0 / (1.0 - q)
+    drawn = [branch_mask(shape, dtype, p, training, device) for _ in range(count)]
+    return [mask for mask, _ in drawn], drawn[0][1] if drawn else 1.0
 
 
 def sanb_step(x: torch.Tensor, down_weight: torch.Tensor, down_bias: torch.Tensor, up_weight: torch.Tensor,
