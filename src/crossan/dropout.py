@@ -67,12 +67,13 @@ def _mask_from_seed(seed: int, shape: tuple[int, ...], q: float, dtype: torch.dt
     n = math.prod(shape)
     uniform = np.random.SFC64(seed).random_raw((n + 3) // 4).view(np.int16)[:n]  # uniform in [-2^15, 2^15)
     t = round(q * 2 ** KEEP_MASK_BITS) - 2 ** (KEEP_MASK_BITS - 1)  # keep iff uniform >= t
-    bits = np.clip(uniform, t - 1, t)
+    out = torch.empty(n, dtype=torch.int16)  # torch's memory, so that the allocator (and the profiler) sees it
+    bits = np.clip(uniform, t - 1, t, out=out.numpy())
     bits -= t - 1  # 0 / 1 as int16
     if dtype in _ONE_BITS:  # 0x0000 / the bits of 1.0: a multiply instead of a conversion
         bits *= _ONE_BITS[dtype]
-        return torch.from_numpy(bits).view(dtype).view(shape)
-    return torch.from_numpy(bits).to(dtype).view(shape)
+        return out.view(dtype).view(shape)
+    return out.to(dtype).view(shape)
 
 
 _POOL: tuple[int, int, ThreadPoolExecutor] | None = None
