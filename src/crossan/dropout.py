@@ -51,9 +51,14 @@ def keep_masks(count: int, shape: tuple[int, ...] | torch.Size, p: float,
     if q <= 0 or q >= 1 or count <= 1:
         return [keep_mask(shape, q, dtype) for _ in range(count)]
     seeds = [_draw_seed() for _ in range(count)]
+    # the outputs are allocated here, on the calling thread, where torch's profiler (the benchmarks' peak
+    # memory) follows allocations; the threads only write them
+    outs = [torch.empty(math.prod(shape), dtype=torch.int16) for _ in seeds]
     make = partial(_mask_from_seed, shape=tuple(shape), q=q, dtype=dtype)
     pool = _pool(min(count, torch.get_num_threads()))
-    return [make(s) for s in seeds] if pool is None else list(pool.map(make, seeds))
+    if pool is None:
+        return [make(s, out=o) for s, o in zip(seeds, outs)]
+    return list(pool.map(lambda so: make(so[0], out=so[1]), zip(seeds, outs)))
 
 
 def _draw_seed() -> int:
@@ -61,13 +66,15 @@ def _draw_seed() -> int:
     return int(torch.empty((), dtype=torch.int64).random_())
 
 
-def _mask_from_seed(seed: int, shape: tuple[int, ...], q: float, dtype: torch.dtype) -> torch.Tensor:
-    """The mask of :func:`keep_mask` for ``seed`` and a rate ``q`` strictly between 0 and 1 (numpy only,
-    so that threads can make masks side by side)."""
+def _mask_from_seed(seed: int, shape: tuple[int, ...], q: float, dtype: torch.dtype,
+                    out: torch.Tensor | None = None) -> torch.Tensor:
+    """The mask of :func:`keep_mask` for ``seed`` and a rate ``q`` strictly between 0 and 1, written into
+    ``out`` (int16, as many entries as ``shape``; allocated here when None). numpy does the work, without the
+    GIL, so that threads can make masks side by side."""
     n = math.prod(shape)
     uniform = np.random.SFC64(seed).random_raw((n + 3) // 4).view(np.int16)[:n]  # uniform in [-2^15, 2^15)
     t = round(q * 2 ** KEEP_MASK_BITS) - 2 ** (KEEP_MASK_BITS - 1)  # keep iff uniform >= t
-    out = torch.empty(n, dtype=torch.int16)  # torch's memory, so that the allocator (and the profiler) sees it
+    out = torch.empty(n, dtype=torch.int16) if out is None else out  # torch's memory: the allocator sees it
     bits = np.clip(uniform, t - 1, t, out=out.numpy())
     bits -= t - 1  # 0 / 1 as int16
     if dtype in _ONE_BITS:  # 0x0000 / the bits of 1.0: a multiply instead of a conversion
