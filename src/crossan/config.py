@@ -121,10 +121,11 @@ class TrainConfig:
     """The C allocator while training on a CPU under glibc (Linux). ``retain``: memory freed by a step stays
     in the process for the next (no ``mmap``'d blocks, no trimming; :func:`crossan.utils.retain_freed_memory`),
     where glibc's defaults return large blocks to the system and take fresh, zero-filled pages at every step
-    (about a thousand page faults per CROSSAN step at paper sizes). ``system``: glibc's defaults. ``auto``:
-    ``retain`` for CPU training, ``system`` otherwise. It applies to the whole process from the start of
-    training on, and resident memory then stays near its peak (the peak itself is what it was);
-    results.json's ``malloc`` says which was in effect."""
+    (700–2,100 page faults per CROSSAN step at paper sizes, against 20–30 retained; docs/results.md §3h).
+    ``system``: glibc's defaults. ``auto``: ``retain`` for CPU training, ``system`` otherwise. It applies to
+    the whole process from the start of training on, and resident memory then stays near its peak (the peak
+    itself is what it was); results.json's ``malloc`` says which was in effect."""
+
 
 @dataclass
 class EvalConfig:

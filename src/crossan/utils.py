@@ -230,10 +230,10 @@ def retain_freed_memory() -> bool:
     By default glibc serves large blocks (from 128 KiB, a threshold that moves with use up to 32 MiB) with
     ``mmap`` and returns them with ``munmap`` when freed, and trims the heap's free top. A CPU training step
     allocates and frees the same large tensors at every step (activations, dropout masks, gradients), so each
-    of them came back as fresh pages that the kernel zero-fills on first touch: about a thousand page faults
-    per CROSSAN step at paper sizes, and one dropout mask took twice as long as its random numbers.
-    ``mallopt(M_MMAP_MAX, 0)`` and a 2 GiB ``M_TRIM_THRESHOLD`` make every block come from the heap and stay
-    there (about 20 page faults per step). Process-wide and for the rest of the process: resident memory
+    of them came back as fresh pages that the kernel zero-fills on first touch: 700–2,100 page faults per
+    CROSSAN step at paper sizes. ``mallopt(M_MMAP_MAX, 0)`` and a 2 GiB ``M_TRIM_THRESHOLD`` make every block
+    come from the heap and stay there (20–30 page faults per step). Raising the trim threshold alone, or with
+    the mmap threshold, switches glibc's moving threshold off and faulted as often or more (results §3e, §3h). Process-wide and for the rest of the process: resident memory
     then stays near its peak. ``train.malloc`` decides (see :class:`crossan.config.TrainConfig`).
     """
     global _RETAINING
