@@ -115,7 +115,8 @@ class TrainConfig:
     matrix products; needs a C++ compiler). The first step of a process compiles (10–45 s here), and that
     time counts in the first epoch's (results.json's ``train_time_per_epoch_s`` averages every epoch's);
     evaluation and other devices stay eager. Off by default: on the 2-core project CPU it paid for IISAN at M = 2 (about
-    10%) and, in one-process comparisons, CROSSAN at M = 2, but not at M = 4 (docs/results.md §3g)."""
+    10%) and, in one-process comparisons, CROSSAN at M = 2, but not at M = 4 (docs/results.md §3g); with freed
+    memory retained (``malloc``) it paid for CROSSAN at M = 4 (8%) but not at M = 2 (§3h)."""
 
     malloc: Literal["auto", "retain", "system"] = "auto"
     """The C allocator while training on a CPU under glibc (Linux). ``retain``: memory freed by a step stays
