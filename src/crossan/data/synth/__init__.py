@@ -32,13 +32,13 @@ that generated the data.
 
 Determinism: every random draw comes from ``numpy.random.default_rng`` seeded from ``seed`` (per item and
 stream through a seed sequence), slot weights are multiples of 2**-10 so that their sums are exact, the
-video encoder runs single-threaded with bit-exact muxing (no creation time, no encoder tag), and no
-timestamp is written anywhere, so the same parameters give byte-identical files, with one known exception:
-on the project machine libx264 encodes some clips of identical frames to other bytes in another process,
-and their decoded frames differ slightly (2026-11-30: 232 of 891 clips differed between two generations of
-the small set; mean absolute pixel difference 0.007-0.32 of 255; the same clip encoded six times in one
-process gave one result). The cache notices (the file hashes change) and re-encodes those items. Other library versions (another
-x264) may encode the same frames to other bytes too. Every other file is byte-identical.
+video encoder runs single-threaded with bit-exact muxing (no creation time, no encoder tag) and, for libx264,
+at a constant quantiser, and no timestamp is written anywhere, so the same parameters give byte-identical
+files. Up to version 2, libx264 ran with CRF rate control, whose floating-point decisions depended on the
+state of the process: importing torch changed the bytes of 34 of the small set's 891 clips, and setting
+torch's flush-denormal mode changed 65; a constant quantiser gave the same bytes in all three. Clips made by different commands differed in 92–137 of 891. A test now
+generates clips in two such processes and compares their bytes. Other library versions (another x264) may
+still encode the same frames to other bytes.
 
 Modules: :mod:`.vocab` (sizes, attribute vocabularies, media and taste constants), :mod:`.world` (items and
 users: latent attributes and tastes), :mod:`.media` (rendering and writing covers, clips and sounds),

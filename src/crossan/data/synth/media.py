@@ -163,14 +163,16 @@ def _write_video(path: Path, motion: str, speed: str, rng: np.random.Generator, 
     import av
 
     frames = render_video(motion, speed, rng)
-    # bit-exact muxing: no encoder tag, no creation time; single thread: same bytes on any machine
+    # bit-exact muxing: no encoder tag, no creation time; single thread. libx264 at a constant quantiser:
+    # CRF's rate control (floating point) gave other bytes for the same frames in a process in another state
+    # (torch imported, flush-denormal mode set; GENERATOR_VERSION 2); a fixed QP gave the same bytes in all
     with av.open(str(path), "w", format="mp4", options={"fflags": "+bitexact"}) as container:
         stream = container.add_stream(codec, rate=VIDEO_FPS)
         stream.width = stream.height = VIDEO_SIZE
         stream.pix_fmt = "yuv420p"
         stream.codec_context.thread_count = 1
         if codec == "libx264":
-            stream.options = {"preset": "veryfast", "crf": "23", "threads": "1"}
+            stream.options = {"preset": "veryfast", "qp": "23", "threads": "1"}
         else:
             stream.codec_context.bit_rate = 400_000
         for frame in frames:

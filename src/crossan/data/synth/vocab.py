@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 GENERATOR = "crossan.data.synth"
-GENERATOR_VERSION = 2
-"""2: the ``small`` size has 1,000 items (version 1: 500), about 28 interactions per item."""
+GENERATOR_VERSION = 3
+"""3: clips encoded by libx264 at a constant quantiser (QP 23; CRF 23 before), so that their bytes do not depend
+on the process; 2: the ``small`` size has 1,000 items (version 1: 500), about 28 interactions per item."""
 
 MEDIA_MODALITIES: tuple[str, ...] = ("image", "video", "audio")
 MODALITY_ORDER: tuple[str, ...] = ("text", "image", "video", "audio")
