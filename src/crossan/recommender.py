@@ -74,7 +74,7 @@ class Recommender(nn.Module):
             ids = torch.cat([inputs, targets], 1)
         with autocast(self.precision, inputs.device):
             uniq, emb, inv = self.embed_unique(ids)
-            states = self.user_states(emb[inv[:, :L]], inputs)  # [B, L, d]
+            states = self.user_states(rows(emb, inv[:, :L]), inputs)  # [B, L, d]
         with full_precision(inputs.device):
             loss = self._loss(states.float(), emb.float(), uniq, inv, inputs, targets)
         aux = self.tower.aux_loss()
@@ -86,8 +86,8 @@ class Recommender(nn.Module):
         L = inputs.shape[1]
         valid = targets > 0
         if self.loss_kind == "bce":
-            pos = (states * emb[inv[:, L:2 * L]]).sum(-1)
-            neg = (states * emb[inv[:, 2 * L:]]).sum(-1)
+            pos = (states * rows(emb, inv[:, L:2 * L])).sum(-1)
+            neg = (states * rows(emb, inv[:, 2 * L:])).sum(-1)
             loss = F.softplus(-pos) + F.softplus(neg)  # -log σ(pos) - log(1 - σ(neg))
             loss = loss[valid].mean()
         elif self.negatives == "slots":
@@ -98,6 +98,16 @@ class Recommender(nn.Module):
         else:
             loss = inbatch_softmax_loss(states, emb, uniq, inv[:, :L], inv[:, L:], valid, self.log_pop[uniq])
         return loss
+
+
+def rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``table[index]`` for a 2-D ``table`` whose rows repeat in ``index``, with a deterministic backward.
+
+    Indexing (``table[index]``) sums the gradients of repeated rows with ``index_put_(accumulate=True)``, which on
+    a CPU with several threads adds them atomically in whatever order the threads reach them: the gradient's
+    last bits, and so a seeded run, changed from run to run (SASRec-ID on the demo data with two threads).
+    ``F.embedding``'s backward sums them in a fixed order."""
+    return F.embedding(index, table)
 
 
 def log_popularity(item_counts: torch.Tensor, smoothing: float = 1.0) -> torch.Tensor:
