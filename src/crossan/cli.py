@@ -242,8 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Generate the small built-in multimodal dataset (if absent), cache four frozen "
                                    "encoders (offline preset), train ID, frozen features, IISAN, CROSSAN (concat "
                                    "and MOMEF) under seeds 0, 1, 2 and measure FFT/Adapter/LoRA (cost only), then "
-                                   "write results.csv, report.md and plots into --out. About 9 minutes on an idle "
-                                   "2-core CPU machine (estimated from each part's CPU time); finished runs are reused "
+                                   "write results.csv, report.md and plots into --out. About 6 minutes from scratch on "
+                                   "the idle 2-core project CPU (measured 2026-12-01); finished runs are reused "
                                    "when it is run again.")
     p.add_argument("--out", default="demo_run", help="output folder (default demo_run)")
     p.add_argument("--seeds", metavar="0,1,2", help="training seeds, comma-separated (default: the suite's seeds)")
