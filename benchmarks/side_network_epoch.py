@@ -45,9 +45,9 @@ import numpy as np
 import torch
 
 from crossan.cache.features import TensorFeatures
-from crossan.config import load_config
+from crossan.config import Config, load_config
 from crossan.data.catalogue import Catalogue, ItemRecord
-from crossan.data.protocol import apply_protocol
+from crossan.data.protocol import SequentialData, apply_protocol
 from crossan.data.readers import RawData
 from crossan.precision import compute_dtype
 from crossan.recommender import Recommender
@@ -78,6 +78,16 @@ def random_cache(items: int, modalities: list[str], taps: int, width: int, seed:
     for m in modalities:
         present[m][0] = False
     return states, present
+
+
+def bench_model(cfg: Config, data: SequentialData, states: dict[str, torch.Tensor],
+                present: dict[str, torch.Tensor], device: torch.device, seed: int) -> Recommender:
+    """The Recommender of ``cfg`` over ``data``, its tower reading the random cache (``cfg.modalities`` of
+    ``states`` / ``present``), initialised from ``seed``, on ``device``."""
+    torch.manual_seed(seed)
+    feats = TensorFeatures({m: states[m] for m in cfg.modalities}, {m: present[m] for m in cfg.modalities})
+    ctx = TowerContext(cfg, data.num_items, data.item_ids, data.catalogue, features=feats, device=device)
+    return Recommender(build_tower(ctx), cfg, torch.as_tensor(data.item_counts)).to(device)
 
 
 def main() -> None:
@@ -128,13 +138,10 @@ def main() -> None:
     for precision in args.precision.split(","):
         for M in [int(x) for x in args.modality_counts.split(",")]:
             mods = MODS[:M]
-            feats = TensorFeatures({m: states[m] for m in mods}, {m: present[m] for m in mods})
             for method in args.methods.split(","):
                 cfg = load_config([], [f"method={method}", f"modalities=[{','.join(mods)}]", f"precision={precision}",
                                        f"train.batch_size={args.batch_size}", f"seed={args.seed}", *args.set])
-                torch.manual_seed(args.seed)
-                ctx = TowerContext(cfg, n, data.item_ids, data.catalogue, extras={"features": feats, "device": device})
-                model = Recommender(build_tower(ctx), cfg, torch.as_tensor(data.item_counts)).to(device)
+                model = bench_model(cfg, data, states, present, device, args.seed)
                 opt = (make_optimizer(model, cfg, device) if args.adam == "trainer"
                        else torch.optim.Adam(param_groups(model, cfg), foreach=False))
                 model.train()

@@ -25,13 +25,10 @@ import time
 from pathlib import Path
 
 import torch
-from side_network_epoch import MODS, random_cache, synthetic_sequences
+from side_network_epoch import MODS, bench_model, random_cache, synthetic_sequences
 
-from crossan.cache.features import TensorFeatures
 from crossan.config import load_config
 from crossan.data.protocol import apply_protocol
-from crossan.recommender import Recommender
-from crossan.towers.base import TowerContext, build_tower
 from crossan.trainer import _batches, _num_batches, make_optimizer, train_epoch
 from crossan.utils import configure_malloc
 
@@ -69,10 +66,7 @@ def main() -> None:
         sets = [s for s in sets if s != "inputs=gather"]
         cfg = load_config([], [f"method={args.method}", f"modalities=[{','.join(mods)}]", "train.batch_size=64",
                                f"seed={args.seed}", *args.set, *sets])
-        torch.manual_seed(args.seed)
-        feats = TensorFeatures(dict(states), dict(present))
-        ctx = TowerContext(cfg, n, data.item_ids, data.catalogue, features=feats, device=cpu)
-        model = Recommender(build_tower(ctx), cfg, torch.as_tensor(data.item_counts))
+        model = bench_model(cfg, data, states, present, cpu, args.seed)
         if gather:
             model.tower._tap_major_from_memory = lambda items: None
         opt = make_optimizer(model, cfg, cpu)

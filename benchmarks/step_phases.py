@@ -27,13 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from side_network_epoch import MODS, random_cache, synthetic_sequences
+from side_network_epoch import MODS, bench_model, random_cache, synthetic_sequences
 
-from crossan.cache.features import TensorFeatures
 from crossan.config import load_config
 from crossan.data.protocol import apply_protocol
-from crossan.recommender import Recommender
-from crossan.towers.base import TowerContext, build_tower
 from crossan.trainer import _batches, make_optimizer
 from crossan.utils import configure_malloc
 
@@ -62,10 +59,7 @@ def main() -> None:
     states, present = random_cache(data.num_items, mods, 7, 768, args.seed)
     inputs, targets = torch.as_tensor(data.train_inputs), torch.as_tensor(data.train_targets)
     batches = _batches(len(inputs), 64, args.seed, 1)
-    torch.manual_seed(args.seed)
-    ctx = TowerContext(cfg, data.num_items, data.item_ids, data.catalogue,
-                       features=TensorFeatures(dict(states), dict(present)), device=cpu)
-    model = Recommender(build_tower(ctx), cfg, torch.as_tensor(data.item_counts))
+    model = bench_model(cfg, data, states, present, cpu, args.seed)
     opt = make_optimizer(model, cfg, cpu)
     model.train()
 

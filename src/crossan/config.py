@@ -114,9 +114,9 @@ class TrainConfig:
     their backward) through ``torch.compile`` (inductor, which fuses the element-wise passes between the
     matrix products; needs a C++ compiler). The first step of a process compiles (10–45 s here), and that
     time counts in the first epoch's (results.json's ``train_time_per_epoch_s`` averages every epoch's);
-    evaluation and other devices stay eager. Off by default: on the 2-core project CPU it paid for IISAN at M = 2 (about
-    10%) and, in one-process comparisons, CROSSAN at M = 2, but not at M = 4 (docs/results.md §3g); with freed
-    memory retained (``malloc``) it paid for CROSSAN at M = 4 (8%) but not at M = 2 (§3h)."""
+    evaluation and other devices stay eager. Off by default: on the 2-core project CPU it paid for IISAN at
+    M = 2 (about 10%) and, in one-process comparisons, CROSSAN at M = 2, but not at M = 4 (docs/results.md
+    §3g); with freed memory retained (``malloc``) it paid for CROSSAN at M = 4 (8%) but not at M = 2 (§3h)."""
 
     malloc: Literal["auto", "retain", "system"] = "auto"
     """The C allocator while training on a CPU under glibc (Linux). ``retain``: memory freed by a step stays
@@ -208,9 +208,9 @@ class CacheConfig:
     item as one tap-major table in the compute dtype (as many bytes as the in-memory fp16 cache) and read a
     batch with one ``index_select``, instead of gathering, casting and standardising fp16 rows at every step.
     The inputs are bit-identical either way. Off by default: the table doubles the memory the cached states
-    take (peak memory is one of the efficiency figures), and since a batch reads an in-memory cache block
-    by block through a small scratch buffer it gains nothing measurable (docs/results.md §3d, §3g). Only for an in-memory cache;
-    evaluation (fp32) never uses it."""
+    take (peak memory is one of the efficiency figures), and since a batch reads an in-memory cache block by
+    block through a small scratch buffer it gains nothing measurable (docs/results.md §3d, §3g). Only for an
+    in-memory cache; evaluation (fp32) never uses it."""
     on_device: bool = True
     """An in-memory cache goes to the training device (fastest on a GPU). ``false`` keeps it in host memory
     and moves only each batch's rows, so the GPU holds nothing but the side network's training state."""

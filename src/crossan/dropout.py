@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 
 import numpy as np
 import torch
@@ -54,11 +53,9 @@ def keep_masks(count: int, shape: tuple[int, ...] | torch.Size, p: float,
     # the outputs are allocated here, on the calling thread, where torch's profiler (the benchmarks' peak
     # memory) follows allocations; the threads only write them
     outs = [torch.empty(math.prod(shape), dtype=torch.int16) for _ in seeds]
-    make = partial(_mask_from_seed, shape=tuple(shape), q=q, dtype=dtype)
     pool = _pool(min(count, torch.get_num_threads()))
-    if pool is None:
-        return [make(s, out=o) for s, o in zip(seeds, outs)]
-    return list(pool.map(lambda so: make(so[0], out=so[1]), zip(seeds, outs)))
+    return list((map if pool is None else pool.map)(
+        lambda seed, out: _mask_from_seed(seed, tuple(shape), q, dtype, out), seeds, outs))
 
 
 def _draw_seed() -> int:

@@ -233,8 +233,9 @@ def retain_freed_memory() -> bool:
     of them came back as fresh pages that the kernel zero-fills on first touch: 700–2,100 page faults per
     CROSSAN step at paper sizes. ``mallopt(M_MMAP_MAX, 0)`` and a 2 GiB ``M_TRIM_THRESHOLD`` make every block
     come from the heap and stay there (20–30 page faults per step). Raising the trim threshold alone, or with
-    the mmap threshold, switches glibc's moving threshold off and faulted as often or more (results §3e, §3h). Process-wide and for the rest of the process: resident memory
-    then stays near its peak. ``train.malloc`` decides (see :class:`crossan.config.TrainConfig`).
+    the mmap threshold, switches glibc's moving threshold off and faulted as often or more (results §3e, §3h).
+    Process-wide and for the rest of the process: resident memory then stays near its peak. ``train.malloc``
+    decides (see :class:`crossan.config.TrainConfig`).
     """
     global _RETAINING
     if _RETAINING:

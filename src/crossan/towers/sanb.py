@@ -178,7 +178,7 @@ def branch_masks(count: int, shape: torch.Size | tuple[int, ...], dtype: torch.d
     device = torch.device(device)
     q = dropout_rate(p) if training and device.type == "cpu" else 0.0
     if 0 < q < 1:
-        return list(keep_masks(count, shape, q, dtype)), 1.0 / (1.0 - q)
+        return keep_masks(count, shape, q, dtype), 1.0 / (1.0 - q)
     drawn = [branch_mask(shape, dtype, p, training, device) for _ in range(count)]
     return [mask for mask, _ in drawn], drawn[0][1] if drawn else 1.0
 

@@ -31,14 +31,14 @@ remains. Text is present for every item; ``missing_rate`` applies to image, vide
 that generated the data.
 
 Determinism: every random draw comes from ``numpy.random.default_rng`` seeded from ``seed`` (per item and
-stream through a seed sequence), slot weights are multiples of 2**-10 so that their sums are exact, the
-video encoder runs single-threaded with bit-exact muxing (no creation time, no encoder tag) and, for libx264,
-at a constant quantiser, and no timestamp is written anywhere, so the same parameters give byte-identical
-files. Up to version 2, libx264 ran with CRF rate control, whose floating-point decisions depended on the
-state of the process: importing torch changed the bytes of 34 of the small set's 891 clips, and setting
-torch's flush-denormal mode changed 65; a constant quantiser gave the same bytes in all three. Clips made by different commands differed in 92–137 of 891. A test now
-generates clips in two such processes and compares their bytes. Other library versions (another x264) may
-still encode the same frames to other bytes.
+stream through a seed sequence), slot weights are multiples of 2**-10 so that their sums are exact, the video
+encoder runs single-threaded with bit-exact muxing (no creation time, no encoder tag) and, for libx264, at a
+constant quantiser, and no timestamp is written anywhere, so the same parameters give byte-identical files. Up
+to version 2, libx264 ran with CRF rate control, whose floating-point decisions depended on the state of the
+process: importing torch changed the bytes of 34 of the small set's 891 clips, and setting torch's
+flush-denormal mode changed 65; a constant quantiser gave the same bytes in all three. Clips made by different
+commands differed in 92–137 of 891. A test now generates clips in two such processes and compares their bytes.
+Other library versions (another x264) may still encode the same frames to other bytes.
 
 Modules: :mod:`.vocab` (sizes, attribute vocabularies, media and taste constants), :mod:`.world` (items and
 users: latent attributes and tastes), :mod:`.media` (rendering and writing covers, clips and sounds),
