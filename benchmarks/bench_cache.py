@@ -43,6 +43,7 @@ import torch
 
 from crossan.config import Config, load_config
 from crossan.data.catalogue import MODALITIES, Catalogue, ItemRecord
+from crossan.utils import cpu_description, matmul_rate
 
 WORDS = ("jazz piano session cooking pasta recipe travel city walk vlog yoga home workout retro arcade "
          "speedrun kitten moments chemistry experiment streetwear haul vintage modern cozy epic").split()
@@ -86,18 +87,6 @@ def synthetic_items(root: Path, n: int, seed: int = 0, image_px: int = 128) -> I
         sf.write(str(root / f"{item}.wav"), wave.astype(np.float32), 22050)
         records.append(ItemRecord(item, title, f"{item}.jpg", f"{item}.mp4", f"{item}.wav"))
     return Items([""] + [r.item_id for r in records], Catalogue(root, records))
-
-
-def matmul_flops(size: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
-    """Dense matmul FLOP/s of this machine in ``dtype`` (best of ``repeats``)."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    torch.mm(a, b)  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * size**3 / best
 
 
 def forward_flops(encoder: Any, inputs: dict[str, torch.Tensor]) -> float:
@@ -242,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"writing {args.items} synthetic items …")
             data = synthetic_items(Path(tmp), args.items, image_px=args.image_px)
         precisions = [p for p in args.precision.split(",") if p]
-        peaks = {p: matmul_flops(dtype=torch.bfloat16 if p == "bf16" else torch.float32) for p in precisions}
+        peaks = {p: matmul_rate(torch.bfloat16 if p == "bf16" else torch.float32) for p in precisions}
         for p, v in peaks.items():
             print(f"dense {p} matmul: {v / 1e9:.1f} GFLOP/s on {torch.get_num_threads()} threads")
         rows = []
@@ -251,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
             for bs in batch_sizes:
                 for p in precisions:
                     if args.peak_per_row:  # on a shared machine the peak moves with the other jobs' load
-                        peaks[p] = matmul_flops(dtype=torch.bfloat16 if p == "bf16" else torch.float32)
+                        peaks[p] = matmul_rate(torch.bfloat16 if p == "bf16" else torch.float32)
                     rows.append(bench_modality(m, encoder, data, bs, peaks[p], p) | {"load_avg_1min": _load()})
             del encoder
         if args.build:
@@ -272,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
         writer.writerows(rows)
     meta = {"preset": args.preset, "overrides": args.set, "image_px": args.image_px, "threads": torch.get_num_threads(),
             "peak_gflops": {p: v / 1e9 for p, v in peaks.items()},
-            "machine": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
+            "machine": platform.platform(), "processor": cpu_description(), "torch": torch.__version__,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     (out / "bench_cache.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     print(f"wrote {out / 'bench_cache.csv'} and {out / 'bench_cache.json'}")

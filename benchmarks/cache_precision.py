@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -24,11 +23,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from bench_cache import matmul_flops  # benchmarks/ is on sys.path when a script there runs
 
 from crossan.config import Config
 from crossan.data.catalogue import Catalogue, ItemRecord
 from crossan.precision import autocast, compute_dtype
+from crossan.utils import cpu_description, matmul_rate
 
 WORDS = ("jazz piano session cooking pasta recipe travel city walk vlog yoga home workout retro arcade "
          "speedrun kitten moments chemistry experiment streetwear haul vintage modern cozy epic").split()
@@ -106,7 +105,7 @@ def main() -> None:
             wall, cpu, _ = timed(forward)
             res[p]["fwd"].append(wall)
             res[p]["fwd_cpu"].append(cpu)
-            res[p]["peak"].append(matmul_flops(dtype=compute_dtype(p, "cpu") or torch.float32))
+            res[p]["peak"].append(matmul_rate(compute_dtype(p, "cpu")))
             print(f"round {r + 1} {p}: build {res[p]['build'][-1]:.1f} s, forward {res[p]['fwd'][-1]:.1f} s", flush=True)
     n = len(records)
     rows = []
@@ -131,7 +130,7 @@ def main() -> None:
         x, y = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
         cos = (x * y).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(y, axis=1)
         agree = {"min_cosine": float(cos.min()), "max_abs_diff_over_max_abs": float(np.abs(a - b).max() / np.abs(a).max())}
-    meta = {"machine": f"CPU {platform.machine()} ({os.cpu_count()} cores), {torch.get_num_threads()} threads",
+    meta = {"machine": f"CPU {cpu_description()}, {torch.get_num_threads()} threads",
             "model": encoder.name, "items": n, "batch_size": args.batch_size, "rounds": args.rounds,
             "torch": torch.__version__, "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in os.getloadavg()],

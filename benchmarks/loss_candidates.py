@@ -20,7 +20,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from crossan.recommender import inbatch_softmax_loss, slots_softmax_loss
+from crossan.utils import cpu_description
 
 
 def per_slot_loss(states: torch.Tensor, cand_emb: torch.Tensor, cand_rows: torch.Tensor, slots: torch.Tensor,
@@ -103,14 +103,14 @@ def main() -> None:
                          "ms_rounds": [round(t, 3) for t in ts], "ratio_to_unique": round(med / base, 3),
                          "load_before": round(load0, 2), "load_after": round(os.getloadavg()[0], 2)})
     print(f"loss forward + backward, B={B} L={L} d={d}: {len(uniq)} unique items in {B * (L + 1)} slots; "
-          f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}")
+          f"{cpu_description()}, torch {torch.__version__}")
     print(f"{'threads':>7} {'form':<22} {'ms (median)':>11} {'/ unique':>9}  rounds (ms)")
     for r in rows:
         print(f"{r['threads']:>7} {r['form']:<22} {r['ms_median']:>11.3f} {r['ratio_to_unique']:>9.3f}  {r['ms_rounds']}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"batch_size": B, "seq_len": L, "dim": d, "items": N, "unique_items": len(uniq), "slots": B * (L + 1),
-            "machine": platform.machine(), "cpus": os.cpu_count(), "torch": torch.__version__,
+            "machine": cpu_description(), "cpus": os.cpu_count(), "torch": torch.__version__,
             "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
     (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     with open(out / "results.csv", "w", newline="") as f:

@@ -35,6 +35,7 @@ from sklearn.preprocessing import StandardScaler
 from crossan.cache.read import open_cache
 from crossan.config import load_config
 from crossan.data import prepare
+from crossan.utils import cpu_description
 
 MODS = ["text", "image", "video", "audio"]
 
@@ -84,7 +85,7 @@ def main() -> None:
                              "acc_per_tap": [round(a, 4) for a in accs]})
                 print(f"{preset:15s} {m:6s} {attr:7s} chance {chance:.3f}  best tap {best} {accs[best]:.3f}  "
                       f"last {accs[-1]:.3f}", flush=True)
-    meta_out = {"data": str(data_dir), "machine": f"{platform.machine()} {platform.system()}, "
+    meta_out = {"data": str(data_dir), "machine": f"{cpu_description()}, {platform.system()}, "
                 f"Python {platform.python_version()}", "seconds": round(time.perf_counter() - t0, 1),
                 "probe": "StandardScaler + LogisticRegression(C=1), 5-fold stratified CV, seed " + str(args.seed)}
     (out / "results.json").write_text(json.dumps({"meta": meta_out, "rows": rows}, indent=1) + "\n")

@@ -44,6 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
+from crossan.utils import cpu_description  # torch-free
+
 USERS, ITEMS = 1_000_000, 91_402
 
 
@@ -204,7 +206,7 @@ def main() -> None:
         torch_version = torch.__version__
     else:
         threads, torch_version = os.cpu_count(), None
-    meta = {"machine": f"CPU {platform.machine()} ({os.cpu_count()} cores), {platform.system()}",
+    meta = {"machine": f"CPU {cpu_description()}, {platform.system()}",
             "python": platform.python_version(), "torch": torch_version, "threads": threads,
             "state": args.state, "load_average_before": [round(v, 2) for v in load_before],
             "load_average_after": [round(v, 2) for v in os.getloadavg()], "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -26,6 +26,15 @@ table of N steps per model (sorted by self CPU time) to ``profile_<method>_M<M>_
 Precision (``--precision``, the run config's ``precision`` key, :mod:`crossan.precision`): the same
 model is timed under each listed setting; ``auto`` is bf16 where the hardware has it.
 
+The matmul floor (``--flops-steps N``, default 8): ``torch.utils.flop_counter.FlopCounterMode`` counts the
+matrix-product FLOPs of N training steps, forward and backward, and the machine's matmul rate in the step's
+compute dtype is measured on 2048² products (``crossan.utils.matmul_rate``). ``floor s/epoch`` is an epoch's
+FLOPs at that rate — what the epoch would take if nothing but its matrix products cost time — and ``share``
+is floor / measured. Whether a time target can be met on a machine is read there: a target below the floor
+cannot be met in that dtype on that machine, whatever the rest of the step does. The machine line names the
+CPU's widest vector unit (``crossan.utils.cpu_description``); CPUs with and without bf16 units (AMX-BF16,
+AVX-512 BF16) differ several-fold.
+
 Quality is not measured here (random states); see ``crossan bench`` for quality and cost side by side.
 """
 
@@ -36,7 +45,6 @@ import csv
 import gc
 import json
 import os
-import platform
 import time
 from functools import partial
 from pathlib import Path
@@ -53,7 +61,14 @@ from crossan.precision import compute_dtype
 from crossan.recommender import Recommender
 from crossan.towers.base import TowerContext, build_tower
 from crossan.trainer import _batches, _num_batches, make_optimizer, param_groups, train_epoch
-from crossan.utils import configure_malloc, count_params, cpu_allocation_peak, state_bytes
+from crossan.utils import (
+    configure_malloc,
+    count_params,
+    cpu_allocation_peak,
+    cpu_description,
+    matmul_rate,
+    state_bytes,
+)
 
 MODS = ["text", "image", "video", "audio"]
 
@@ -112,6 +127,8 @@ def main() -> None:
     ap.add_argument("--cache-on", choices=["device", "host"], default="device",
                     help="where the cache lives on CUDA (host: only each batch's rows go to the GPU)")
     ap.add_argument("--memory-steps", type=int, default=3, help="CPU: steps followed for peak memory")
+    ap.add_argument("--flops-steps", type=int, default=8,
+                    help="steps whose matmul FLOPs are counted (0: skip the count and the matmul floor)")
     ap.add_argument("--seed", type=int, default=12345)
     ap.add_argument("--out", default="bench_out/side_network_epoch")
     args = ap.parse_args()
@@ -168,6 +185,7 @@ def main() -> None:
     load_after = os.getloadavg()
 
     rows = []
+    rates: dict[torch.dtype | None, float] = {}  # the machine's matmul FLOP/s per compute dtype
     for run in runs:
         model, opt, M, mods = run["model"], run["opt"], run["modalities"], run["mods"]
         trainable, total = count_params(model)
@@ -190,6 +208,14 @@ def main() -> None:
             write_profile(out / f"profile_{run['method']}_M{M}_{run['precision']}.txt", model, opt,
                           all_batches[: args.profile], inputs, targets, device)
         dtype = compute_dtype(run["precision"], device)
+        floor: dict[str, float] = {}
+        if args.flops_steps:
+            if dtype not in rates:
+                rates[dtype] = matmul_rate(dtype, device)
+            flops = step_flops(model, opt, all_batches[: args.flops_steps], inputs, targets, device)
+            floor = {"gflop_per_step": round(flops / 1e9, 3), "matmul_gflops": round(rates[dtype] / 1e9, 1),
+                     "matmul_floor_s_per_epoch": round(flops * full / rates[dtype], 2),
+                     "share_of_matmul_peak": round(flops * full / rates[dtype] / epoch_s, 3)}
         rows.append({"method": run["method"], "modalities": M, "precision": run["precision"],
                      "compute_dtype": str(dtype or torch.float32).replace("torch.", ""),
                      "trainable_params": trainable, "total_params": total,
@@ -199,7 +225,7 @@ def main() -> None:
                      "cpu_time_per_epoch_s": round(run["cpu_times"][best] * full / steps, 3),
                      "peak_memory_bytes": int(peak), "peak_minus_cache_bytes": int(peak_above_cache),
                      "allocated_before_epoch_bytes": int(before), "memory_kind": kind,
-                     "loss": round(run["losses"][best], 4)})
+                     "loss": round(run["losses"][best], 4), **floor})
         print(json.dumps(rows[-1]), flush=True)
     # ratios CROSSAN / IISAN at each M and precision (timed side by side in the same rounds)
     ratios = []
@@ -214,7 +240,7 @@ def main() -> None:
                                "peak_memory_ratio": round(c["peak_memory_bytes"] / i["peak_memory_bytes"], 3),
                                "peak_minus_cache_ratio": round(c["peak_minus_cache_bytes"] / i["peak_minus_cache_bytes"], 3)})
     machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
-               else f"CPU {platform.machine()} ({os.cpu_count()} cores), {torch.get_num_threads()} threads")
+               else f"CPU {cpu_description()}, {torch.get_num_threads()} threads")
     meta = {"machine": machine, "torch": torch.__version__, "users": data.num_users, "items": n,
             "width": args.width, "taps": args.taps, "batch_size": args.batch_size, "cache_on": args.cache_on,
             "overrides": args.set, "adam": args.adam, "malloc": malloc, "cache_bytes_per_modality": cache_bytes["text"],
@@ -229,15 +255,32 @@ def main() -> None:
     print(f"\nmachine: {machine}; {data.num_users:,} users, {n:,} items, D={args.width}, K={args.taps}, "
           f"batch {args.batch_size}; malloc {malloc}; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
     print(f"{'method':8} {'M':>2} {'precision':>9} {'trainable':>12} {'s/epoch':>9} {'cpu s/epoch':>12} "
-          f"{'peak MiB':>10} {'peak-cache MiB':>15}")
+          f"{'peak MiB':>10} {'peak-cache MiB':>15} {'GFLOP/step':>11} {'floor s/epoch':>14} {'share':>6}")
     for r in rows:
         print(f"{r['method']:8} {r['modalities']:>2} {r['precision']:>9} {r['trainable_params']:>12,} "
               f"{r['time_per_epoch_s']:>9.2f} {r['cpu_time_per_epoch_s']:>12.2f} "
-              f"{r['peak_memory_bytes'] / 2**20:>10.1f} {r['peak_minus_cache_bytes'] / 2**20:>15.1f}")
+              f"{r['peak_memory_bytes'] / 2**20:>10.1f} {r['peak_minus_cache_bytes'] / 2**20:>15.1f} "
+              + (f"{r['gflop_per_step']:>11.2f} {r['matmul_floor_s_per_epoch']:>14.1f} {r['share_of_matmul_peak']:>6.0%}"
+                 if "gflop_per_step" in r else ""))
+    if rates:
+        print("matmul rate of this machine (2048² products): "
+              + ", ".join(f"{str(d or torch.float32).replace('torch.', '')} {v / 1e9:.0f} GFLOP/s" for d, v in rates.items())
+              + "; floor = an epoch's matmul FLOPs at that rate (nothing else costs time), share = floor / s/epoch")
     for r in ratios:
         print(f"CROSSAN/IISAN at M={r['modalities']} ({r['precision']}): params {r['trainable_params_ratio']}, time "
               f"{r['time_per_epoch_ratio']}, peak memory {r['peak_memory_ratio']} "
               f"(above the cache: {r['peak_minus_cache_ratio']})")
+
+
+def step_flops(model: torch.nn.Module, opt: torch.optim.Optimizer, batches: list[torch.Tensor],
+               inputs: torch.Tensor, targets: torch.Tensor, device: torch.device) -> float:
+    """Matrix-product FLOPs of one training step (forward and backward), averaged over ``batches``: what
+    ``torch.utils.flop_counter.FlopCounterMode`` counts (mm, bmm, addmm, baddbmm, attention, convolutions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        train_epoch(model, opt, batches, inputs, targets, device, progress=False)
+    return counter.get_total_flops() / len(batches)
 
 
 def write_profile(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, batches: list[torch.Tensor],

@@ -9,6 +9,8 @@ optimiser moments) is float32.
 
 from __future__ import annotations
 
+import os
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ from crossan.config import Config, ConfigError, load_config
 from crossan.precision import BF16_CPU_FLAGS, autocast, compute_dtype, cpu_flags, cpu_has_bf16
 from crossan.recommender import Recommender
 from crossan.towers.base import TowerContext, build_tower
+from crossan.utils import cpu_description
 from media_helpers import make_dataset
 
 MODS = ["text", "image"]
@@ -38,6 +41,23 @@ def test_cpu_flags_read_from_cpuinfo(tmp_path: Path):
     assert not cpu_flags(without) & BF16_CPU_FLAGS
     assert cpu_flags(tmp_path / "absent") == frozenset()
     assert cpu_has_bf16() == bool(cpu_flags() & BF16_CPU_FLAGS)  # this machine, from the real file
+
+
+def test_cpu_description_names_model_and_widest_unit(tmp_path: Path):
+    """Figures name the CPU: its model and its widest matrix/vector unit, read from cpuinfo."""
+    sapphire = tmp_path / "spr"
+    sapphire.write_text("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\n"
+                        "flags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n")
+    zen1 = tmp_path / "zen1"
+    zen1.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse avx avx2 fma\n"
+                    "processor\t: 1\nmodel name\t: other\nflags\t\t: fpu\n")
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd sve bf16\n")
+    cores = f"{os.cpu_count()} cores"
+    assert cpu_description(sapphire) == f"Intel(R) Xeon(R) Platinum 8480+ ({platform.machine()}, {cores}, AMX-BF16)"
+    assert cpu_description(zen1) == f"AMD EPYC ({platform.machine()}, {cores}, AVX2)"  # first processor's lines
+    assert cpu_description(arm).endswith(f"{cores}, Arm BF16)")
+    assert "vector units unknown" in cpu_description(tmp_path / "absent")
 
 
 def test_compute_dtype():

@@ -19,28 +19,19 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from pathlib import Path
 
 import torch
+
+from crossan.utils import cpu_flags
+
+__all__ = ["BF16_CPU_FLAGS", "PRECISIONS", "autocast", "compute_dtype", "cpu_flags", "cpu_has_bf16",
+           "full_precision"]
 
 PRECISIONS = ("auto", "bf16", "fp32")
 """The values of the ``precision`` config key."""
 
 BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 """``/proc/cpuinfo`` flags of x86 CPUs with bf16 matrix instructions (AVX-512 BF16, AMX)."""
-
-
-def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
-    """The CPU feature flags listed in ``cpuinfo`` (empty when the file cannot be read, e.g. not Linux)."""
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):  # x86 / ARM spelling
-            return frozenset(value.split())
-    return frozenset()
 
 
 @functools.cache

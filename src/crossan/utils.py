@@ -50,7 +50,69 @@ def describe_device(device: torch.device) -> str:
 
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()})"
+    return f"cpu ({cpu_description()}, torch threads {torch.get_num_threads()})"
+
+
+def _cpuinfo_fields(cpuinfo: str | Path) -> dict[str, str]:
+    """The first value of each ``key: value`` line of ``cpuinfo`` (empty when it cannot be read)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return {}
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU feature flags listed in ``cpuinfo`` (empty when the file cannot be read, e.g. not Linux)."""
+    fields = _cpuinfo_fields(cpuinfo)
+    return frozenset((fields.get("flags") or fields.get("Features") or "").split())  # x86 / ARM spelling
+
+
+CPU_VECTOR_UNITS = (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX-512 BF16"), ("avx512f", "AVX-512"),
+                    ("avx2", "AVX2"), ("bf16", "Arm BF16"), ("sve", "SVE"), ("asimd", "NEON"))
+"""``/proc/cpuinfo`` flags of matrix/vector units, widest first, and how :func:`cpu_description` names them."""
+
+
+def cpu_description(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """This machine's CPU for figures in reports, e.g. ``AMD EPYC (x86_64, 2 cores, AVX2)``: the model, the
+    architecture, the core count and the widest matrix/vector unit it lists (:data:`CPU_VECTOR_UNITS`).
+    Speed figures from CPUs with and without bf16 units (AMX-BF16, AVX-512 BF16) differ several-fold, so
+    every benchmark names it."""
+    fields = _cpuinfo_fields(cpuinfo)
+    model = fields.get("model name") or platform.processor() or "unknown CPU"
+    flags = cpu_flags(cpuinfo)
+    unit = next((name for flag, name in CPU_VECTOR_UNITS if flag in flags), "vector units unknown")
+    return f"{model} ({platform.machine()}, {os.cpu_count()} cores, {unit})"
+
+
+def matmul_rate(dtype: torch.dtype | None = None, device: torch.device | str = "cpu", size: int = 2048,
+                repeats: int = 5) -> float:
+    """This machine's dense matmul rate in FLOP/s: the best of ``repeats`` ``size``² products in ``dtype``
+    (float32 when None) on ``device``, after one warm-up. The benchmarks divide by it to say how close a
+    workload runs to what the hardware can do in that dtype (its "share of the matmul peak")."""
+    import time
+
+    import torch
+
+    device = torch.device(device)
+    dtype = dtype or torch.float32
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    torch.mm(a, b)
+    sync()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        sync()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size**3 / best
 
 
 def peak_rss_bytes() -> int:

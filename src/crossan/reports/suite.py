@@ -31,7 +31,6 @@ A run whose epochs are capped (``train.max_steps_per_epoch`` > 0) has no converg
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -313,7 +312,9 @@ def machine_description() -> str:
 
     import torch
 
+    from crossan.utils import cpu_description
+
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)}; torch {torch.__version__}"
-    return (f"CPU {platform.machine()} ({os.cpu_count()} cores), {platform.system()}, Python "
-            f"{platform.python_version()}, torch {torch.__version__}")
+    return (f"CPU {cpu_description()}, {platform.system()}, Python {platform.python_version()}, "
+            f"torch {torch.__version__}")
