@@ -260,12 +260,12 @@ def main() -> None:
         print(f"{r['method']:8} {r['modalities']:>2} {r['precision']:>9} {r['trainable_params']:>12,} "
               f"{r['time_per_epoch_s']:>9.2f} {r['cpu_time_per_epoch_s']:>12.2f} "
               f"{r['peak_memory_bytes'] / 2**20:>10.1f} {r['peak_minus_cache_bytes'] / 2**20:>15.1f} "
-              + (f"{r['gflop_per_step']:>11.2f} {r['matmul_floor_s_per_epoch']:>14.1f} {r['share_of_matmul_peak']:>6.0%}"
-                 if "gflop_per_step" in r else ""))
+              + (f"{r['gflop_per_step']:>11.2f} {r['matmul_floor_s_per_epoch']:>14.1f} "
+                 f"{r['share_of_matmul_peak']:>6.0%}" if "gflop_per_step" in r else ""))
     if rates:
-        print("matmul rate of this machine (2048² products): "
-              + ", ".join(f"{str(d or torch.float32).replace('torch.', '')} {v / 1e9:.0f} GFLOP/s" for d, v in rates.items())
-              + "; floor = an epoch's matmul FLOPs at that rate (nothing else costs time), share = floor / s/epoch")
+        named = (f"{str(d or torch.float32).replace('torch.', '')} {v / 1e9:.1f} GFLOP/s" for d, v in rates.items())
+        print(f"matmul rate of this machine (2048² products): {', '.join(named)}; floor = an epoch's matmul FLOPs "
+              "at that rate (nothing else costs time), share = floor / s/epoch")
     for r in ratios:
         print(f"CROSSAN/IISAN at M={r['modalities']} ({r['precision']}): params {r['trainable_params_ratio']}, time "
               f"{r['time_per_epoch_ratio']}, peak memory {r['peak_memory_ratio']} "

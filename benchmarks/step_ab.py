@@ -30,7 +30,7 @@ from side_network_epoch import MODS, bench_model, random_cache, synthetic_sequen
 from crossan.config import load_config
 from crossan.data.protocol import apply_protocol
 from crossan.trainer import _batches, _num_batches, make_optimizer, train_epoch
-from crossan.utils import configure_malloc
+from crossan.utils import configure_malloc, cpu_description
 
 
 def main() -> None:
@@ -94,7 +94,8 @@ def main() -> None:
               f"{w[0] * full / 1e3:.1f} / {w[len(w) // 2] * full / 1e3:.1f} s per {full:,}-step epoch")
     if args.out:
         meta = {"method": args.method, "modalities": args.modalities, "steps": args.steps, "rounds": args.rounds,
-                "threads": torch.get_num_threads(), "malloc": malloc, "load_average": os.getloadavg(),
+                "machine": cpu_description(), "threads": torch.get_num_threads(), "malloc": malloc,
+                "load_average": os.getloadavg(),
                 "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                 "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
         Path(args.out).write_text(json.dumps({"meta": meta, "variants": summary}, indent=1))

@@ -32,7 +32,7 @@ from side_network_epoch import MODS, bench_model, random_cache, synthetic_sequen
 from crossan.config import load_config
 from crossan.data.protocol import apply_protocol
 from crossan.trainer import _batches, make_optimizer
-from crossan.utils import configure_malloc
+from crossan.utils import configure_malloc, cpu_description
 
 
 def main() -> None:
@@ -115,7 +115,8 @@ def main() -> None:
     if args.out:
         Path(args.out).write_text(json.dumps({
             "method": args.method, "modalities": args.modalities, "steps": args.steps, "malloc": malloc,
-            "threads": torch.get_num_threads(), "overrides": args.set, "ms_per_step": ms,
+            "machine": cpu_description(), "threads": torch.get_num_threads(), "overrides": args.set,
+            "ms_per_step": ms,
             "minor_faults_per_step": faults, "load_average": os.getloadavg(),
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}, indent=1))
 
