@@ -31,9 +31,10 @@ matrix-product FLOPs of N training steps, forward and backward, and the machine'
 compute dtype is measured on 2048² products (``crossan.utils.matmul_rate``). ``floor s/epoch`` is an epoch's
 FLOPs at that rate — what the epoch would take if nothing but its matrix products cost time — and ``share``
 is floor / measured. Whether a time target can be met on a machine is read there: a target below the floor
-cannot be met in that dtype on that machine, whatever the rest of the step does. The machine line names the
-CPU's widest vector unit (``crossan.utils.cpu_description``); CPUs with and without bf16 units (AMX-BF16,
-AVX-512 BF16) differ several-fold.
+cannot be met in that dtype on that machine, whatever the rest of the step does. (Not computed for bf16 on
+a CPU without bf16 units, where 2048² bf16 products take a slow reference path that the step's smaller
+ones do not.) The machine line names the CPU's widest vector unit (``crossan.utils.cpu_description``); CPUs
+with and without bf16 units (AMX-BF16, AVX-512 BF16) differ several-fold.
 
 Quality is not measured here (random states); see ``crossan bench`` for quality and cost side by side.
 """
@@ -57,7 +58,7 @@ from crossan.config import Config, load_config
 from crossan.data.catalogue import Catalogue, ItemRecord
 from crossan.data.protocol import SequentialData, apply_protocol
 from crossan.data.readers import RawData
-from crossan.precision import compute_dtype
+from crossan.precision import compute_dtype, cpu_has_bf16
 from crossan.recommender import Recommender
 from crossan.towers.base import TowerContext, build_tower
 from crossan.trainer import _batches, _num_batches, make_optimizer, param_groups, train_epoch
@@ -209,7 +210,9 @@ def main() -> None:
                           all_batches[: args.profile], inputs, targets, device)
         dtype = compute_dtype(run["precision"], device)
         floor: dict[str, float] = {}
-        if args.flops_steps:
+        emulated = device.type == "cpu" and dtype == torch.bfloat16 and not cpu_has_bf16()
+        if args.flops_steps and not emulated:  # emulated bf16 (no bf16 units): 2048² products take a slow
+            # reference path that the step's smaller products do not, so their rate would be no floor
             if dtype not in rates:
                 rates[dtype] = matmul_rate(dtype, device)
             flops = step_flops(model, opt, all_batches[: args.flops_steps], inputs, targets, device)
