@@ -116,7 +116,9 @@ class TrainConfig:
     time counts in the first epoch's (results.json's ``train_time_per_epoch_s`` averages every epoch's);
     evaluation and other devices stay eager. Off by default: on the 2-core project CPU it paid for IISAN at
     M = 2 (about 10%) and, in one-process comparisons, CROSSAN at M = 2, but not at M = 4 (docs/results.md
-    §3g); with freed memory retained (``malloc``) it paid for CROSSAN at M = 4 (8%) but not at M = 2 (§3h)."""
+    §3g); with freed memory retained (``malloc``) it paid for CROSSAN at M = 4 (8%) but not at M = 2 (§3h).
+    On a CPU without bf16 units (AVX2, fp32 steps) it saved 14–15% per CROSSAN step at M = 2 and 4 and repaid
+    its compile time in about one MicroLens-100K epoch (§3i): turn it on for long CPU runs there."""
 
     malloc: Literal["auto", "retain", "system"] = "auto"
     """The C allocator while training on a CPU under glibc (Linux). ``retain``: memory freed by a step stays
