@@ -87,6 +87,9 @@ def test_suite_table_reports_failures_and_counts(tiny_cached, tmp_path: Path) ->
     with open(out / "results.csv") as f:
         table = {r["name"]: r for r in csv.DictReader(f)}
     assert list(table) == ["ID", "CROSSAN", "Capped", "Broken"] and table["Broken"]["status"] == "failed"
+    data = next((out / "data").iterdir())  # the report names the generated data's content digest
+    assert f"(content digest `{json.loads((data / 'meta.json').read_text())['digest']}`)" in (
+        out / "report.md").read_text()
     # seeds: two for the converged runs, one for the cost-only run, whose quality columns stay blank
     assert [table[n]["seeds"] for n in ("ID", "CROSSAN", "Capped")] == ["0,1", "0,1", "0"]
     assert table["Capped"]["cost_only"] == "True" and table["Capped"]["test_NDCG@10_mean"] == ""

@@ -119,6 +119,8 @@ def test_seeded_suite_writes_the_columns(id_suite: tuple[Path, Path]) -> None:
     seed1 = json.loads((out / "runs" / "Narrow" / "seed-1" / "results.json").read_text())
     assert float(table["Narrow"]["time_per_epoch_s"]) == pytest.approx(seed0["train_time_per_epoch_s"])
     assert seed1["device"].endswith("torch threads 1)")
+    assert table["Narrow"]["compute_dtype"] == seed0["compute_dtype"] == seed1["compute_dtype"]
+    assert f"training compute dtype: {seed0['compute_dtype']}" in (out / "report.md").read_text()
     # the p-value and difference are those of the paired bootstrap on the runs' own per-user ranks
     d = []
     for s in (0, 1):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import av
@@ -24,7 +25,9 @@ from crossan.data.synth import (
     SynthError,
     generate,
     item_attribute_table,
+    synth_digest,
 )
+from crossan.data.synth.files import dataset_digest
 
 MEDIA = ("image", "video", "audio")
 EXTENSIONS = {"image": "png", "video": "mp4", "audio": "wav"}
@@ -70,6 +73,28 @@ def test_same_seed_same_bytes_other_seed_differs(tiny: Path, tmp_path: Path) -> 
     other = _tree_bytes(generate(tmp_path / "other", size="tiny", seed=1, missing_rate=0.3, progress=False))
     assert other["users.tsv"] != first["users.tsv"]
     assert other["items.tsv"] != first["items.tsv"]
+
+
+def test_meta_records_a_digest_of_every_file(tiny: Path, tmp_path: Path) -> None:
+    """meta.json's digest covers every file but itself (not the in-progress marker it was computed beside), so
+    a copy has it and a copy with one media byte changed does not."""
+    meta = json.loads((tiny / "meta.json").read_text(encoding="utf-8"))
+    assert meta["digest"].startswith("sha256:") and len(meta["digest"]) == 7 + 64
+    assert synth_digest(tiny) == dataset_digest(tiny) == meta["digest"]
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny, copy)
+    assert dataset_digest(copy) == meta["digest"]
+    clip = next(copy.glob("videos/*.mp4"))
+    data = bytearray(clip.read_bytes())
+    data[len(data) // 2] ^= 1
+    clip.write_bytes(bytes(data))
+    assert dataset_digest(copy) != meta["digest"]
+    data[len(data) // 2] ^= 1
+    clip.write_bytes(bytes(data))
+    assert dataset_digest(copy) == meta["digest"]  # restored
+    clip.rename(clip.with_suffix(".bak"))  # the same bytes under another path
+    assert dataset_digest(copy) != meta["digest"]
+    assert synth_digest(tmp_path / "absent") is None
 
 
 def test_layout_and_tables(tiny: Path) -> None:

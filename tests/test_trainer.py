@@ -12,6 +12,7 @@ import crossan.trainer as trainer
 from crossan.cli import main
 from crossan.config import load_config
 from crossan.data import DataError
+from crossan.precision import cpu_has_bf16
 from crossan.trainer import RESULT_KEYS, RunError, rescore, train
 
 METRICS = {"HR@5", "HR@10", "HR@20", "NDCG@5", "NDCG@10", "NDCG@20", "MRR"}
@@ -30,6 +31,7 @@ def test_train_writes_results_contract(small_data: Path, tmp_path: Path) -> None
     assert (tmp_path / "run" / "config.yaml").is_file() and (tmp_path / "run" / "best.safetensors").is_file()
     glibc = (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
     assert saved["malloc"] == ("retain" if glibc else "system")  # train.malloc=auto on a CPU
+    assert saved["compute_dtype"] == ("bfloat16" if cpu_has_bf16() else "float32")  # precision=auto, resolved
     # the structured toy data is learnable: well above the same model untrained (measured NDCG@10 0.164 vs 0.065)
     untrained = train(_cfg(small_data, "train.epochs=0"), tmp_path / "untrained", progress=False)
     assert res["test"]["NDCG@10"] > 2 * untrained["test"]["NDCG@10"]

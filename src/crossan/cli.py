@@ -96,11 +96,11 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
-    from crossan.data.synth import generate
+    from crossan.data.synth import generate, synth_digest
 
     out = generate(Path(args.out), size=args.size, seed=args.seed, missing_rate=args.missing_rate,
                    dominant=args.dominant)
-    print(f"dataset written to {out}")
+    print(f"dataset written to {out} (content digest {synth_digest(out)})")
     return 0
 
 
@@ -242,9 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Generate the small built-in multimodal dataset (if absent), cache four frozen "
                                    "encoders (offline preset), train ID, frozen features, IISAN, CROSSAN (concat "
                                    "and MOMEF) under seeds 0, 1, 2 and measure FFT/Adapter/LoRA (cost only), then "
-                                   "write results.csv, report.md and plots into --out. About 6 minutes from scratch on "
-                                   "the idle 2-core project CPU (measured 2026-12-01); finished runs are reused "
-                                   "when it is run again.")
+                                   "write results.csv, report.md and plots into --out. From scratch, about 6 minutes on "
+                                   "an idle 2-core CPU with bf16 units (AVX-512 BF16) and 16 on one without (AVX2; "
+                                   "measured 2026-12-01); finished runs are reused when it is run again.")
     p.add_argument("--out", default="demo_run", help="output folder (default demo_run)")
     p.add_argument("--seeds", metavar="0,1,2", help="training seeds, comma-separated (default: the suite's seeds)")
     p.add_argument("--fresh", action="store_true", help="retrain runs that finished earlier in --out")

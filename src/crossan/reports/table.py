@@ -77,6 +77,8 @@ def collect_run(run: Any, recs: list[dict[str, Any]]) -> dict[str, Any]:
     row["trainable_params"], row["total_params"] = first["trainable_params"], first["total_params"]
     cpu = [r.get("cpu_s") for r in recs]
     row["cpu_s"] = round(sum(c for c in cpu if c is not None), 1) if any(c is not None for c in cpu) else math.nan
+    dtypes = {str(p["results"].get("compute_dtype", "?")) for p in per_seed}  # "?": results.json before 2026-12-01
+    row["compute_dtype"] = "/".join(sorted(dtypes))
     routers = [(p["results"].get("tower") or {}).get("router_weight") for p in per_seed]
     routers = [r for r in routers if r]
     if routers:
@@ -156,7 +158,7 @@ COLUMNS = ["name", "method", "modalities", "status", "cost_only", "seeds",
            *[f"test_{k}_{s}" for k in METRICS for s in ("mean", "ci95")], "valid_NDCG@10_mean", "valid_NDCG@10_ci95",
            "reference", "diff_NDCG@10", "diff_ci95_low", "diff_ci95_high", "p_value", "significant", "best_epochs",
            "time_per_epoch_s", "peak_memory_bytes", "trainable_params", "total_params",
-           "TPME", "eval_time_s", "wall_s", "cpu_s", "peak_memory_kind", "device", "error"]
+           "TPME", "eval_time_s", "wall_s", "cpu_s", "peak_memory_kind", "device", "compute_dtype", "error"]
 
 
 def _mib(b: float) -> str:
@@ -231,14 +233,27 @@ def write_outputs(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path,
     print(f"[suite] wrote {out / 'results.csv'}, {out / 'report.md'}", flush=True)
 
 
+def compute_dtypes(rows: list[dict[str, Any]]) -> str:
+    """The compute dtypes the runs of ``rows`` trained in (``precision`` resolved on the machine; results.json's
+    ``compute_dtype``), e.g. ``bfloat16`` or ``float32 (ID), bfloat16 (the rest)``."""
+    by_dtype: dict[str, list[str]] = {}
+    for r in rows:
+        by_dtype.setdefault(r.get("compute_dtype", "?"), []).append(r["name"])
+    if len(by_dtype) <= 1:
+        return next(iter(by_dtype), "?")
+    return ", ".join(f"{d} ({', '.join(names)})" for d, names in by_dtype.items())
+
+
 def render_report(rows: list[dict[str, Any]], meta: dict[str, Any], table: str, figures: list[str],
                   resamples: int = BOOTSTRAP_RESAMPLES) -> str:
     ok = [r for r in rows if r["status"] == "ok"]
     seeds = meta.get("seeds", [0])
     lines = [f"# crossan report: {meta['suite']}", "", meta.get("description", "").strip(), "",
-             f"- data: `{meta['data']}`", f"- encoder preset: `{meta['preset']}`",
+             f"- data: `{meta['data']}`" + (f" (content digest `{meta['data_digest']}`)" if meta.get("data_digest")
+                                             else ""),
+             f"- encoder preset: `{meta['preset']}`",
              f"- seeds: {', '.join(map(str, seeds))} (cost-only runs: the first seed only)",
-             f"- machine: {meta['machine']}", f"- date: {meta['date']}",
+             f"- machine: {meta['machine']}; training compute dtype: {compute_dtypes(ok)}", f"- date: {meta['date']}",
              f"- data {meta.get('data_s', 0)} s; layer-state cache {meta['cache_build_s']} s (once, shared by the "
              f"cached methods); whole suite {meta.get('total_s', '?')} s of wall time", ""]
     if meta["preset"] != "paper":  # the paper preset's published checkpoints are all pretrained

@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from crossan.data.synth.files import _write_meta, _write_tables
+from crossan.data.synth.files import _write_meta, _write_tables, dataset_digest
 from crossan.data.synth.media import _video_codec, _write_media, render_audio, render_image, render_video  # noqa: F401
 from crossan.data.synth.vocab import (  # noqa: F401  (the constants stay importable from here)
     ATTRIBUTE_KEYS,
@@ -156,6 +156,16 @@ def is_complete(out: Path | str) -> bool:
     """Whether ``out`` holds a complete dataset written by this generator (any parameters)."""
     meta = _read_meta(Path(out))
     return meta is not None and meta.get("complete") is True
+
+
+def synth_digest(out: Path | str) -> str | None:
+    """The content digest of the complete synthetic dataset in ``out`` (:func:`~crossan.data.synth.files.
+    dataset_digest`): the one its ``meta.json`` records, computed now for folders written before the digest
+    was recorded (same generator version, same bytes); None when ``out`` is no dataset of this generator."""
+    meta = _read_meta(Path(out))
+    if meta is None or meta.get("complete") is not True:
+        return None
+    return meta.get("digest") or dataset_digest(Path(out))
 
 
 def item_attribute_table(items_meta: dict[str, Any]) -> tuple[list[str], np.ndarray]:

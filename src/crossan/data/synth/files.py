@@ -3,6 +3,7 @@ meta.json) and README."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -121,18 +122,34 @@ def _write_meta(
         "drift_range": list(DRIFT_RANGE),
         "text_missing_rate": 0.0,
     }
+    (root / "README.md").write_text(_readme(params, counts, codec), encoding="utf-8")
     meta = {
         "generator": GENERATOR,
         "version": GENERATOR_VERSION,
         "complete": True,
+        "digest": dataset_digest(root),
         "params": params,
         "counts": counts,
         "attributes": {m: {a: list(v) for a, v in ATTRIBUTES[m].items()} for m in MODALITY_ORDER},
         "media": media,
         "model": model,
     }
-    (root / "README.md").write_text(_readme(params, counts, codec), encoding="utf-8")
     _write_json(root / "meta.json", meta)  # last: its presence marks the folder complete
+
+
+def dataset_digest(root: Path) -> str:
+    """``sha256:<hex>`` over the files of the dataset folder ``root``: each file's path relative to ``root``, a
+    NUL and its bytes, in sorted path order; ``meta.json`` (which records the digest) and hidden files (the
+    generator's in-progress marker) are left out. Two folders with the same digest hold the same bytes, so
+    results from different machines can be checked to share their data (the generator is byte-deterministic,
+    media included)."""
+    h = hashlib.sha256()
+    names = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+    for name in names:
+        if name != "meta.json" and not any(part.startswith(".") for part in name.split("/")):
+            h.update(name.encode() + b"\0")
+            h.update((root / name).read_bytes())
+    return "sha256:" + h.hexdigest()
 
 
 def _readme(params: dict[str, Any], counts: dict[str, Any], codec: str) -> str:
