@@ -58,7 +58,7 @@ from crossan.config import Config, load_config
 from crossan.data.catalogue import Catalogue, ItemRecord
 from crossan.data.protocol import SequentialData, apply_protocol
 from crossan.data.readers import RawData
-from crossan.precision import compute_dtype, cpu_has_bf16
+from crossan.precision import compute_dtype, cpu_has_bf16, dtype_name
 from crossan.recommender import Recommender
 from crossan.towers.base import TowerContext, build_tower
 from crossan.trainer import _batches, _num_batches, make_optimizer, param_groups, train_epoch
@@ -220,7 +220,7 @@ def main() -> None:
                      "matmul_floor_s_per_epoch": round(flops * full / rates[dtype], 2),
                      "share_of_matmul_peak": round(flops * full / rates[dtype] / epoch_s, 3)}
         rows.append({"method": run["method"], "modalities": M, "precision": run["precision"],
-                     "compute_dtype": str(dtype or torch.float32).replace("torch.", ""),
+                     "compute_dtype": dtype_name(dtype),
                      "trainable_params": trainable, "total_params": total,
                      "steps": steps, "rounds": args.rounds, "full_epoch_steps": full,
                      "time_per_epoch_s": round(epoch_s, 3),
@@ -266,7 +266,7 @@ def main() -> None:
               + (f"{r['gflop_per_step']:>11.2f} {r['matmul_floor_s_per_epoch']:>14.1f} "
                  f"{r['share_of_matmul_peak']:>6.0%}" if "gflop_per_step" in r else ""))
     if rates:
-        named = (f"{str(d or torch.float32).replace('torch.', '')} {v / 1e9:.1f} GFLOP/s" for d, v in rates.items())
+        named = (f"{dtype_name(d)} {v / 1e9:.1f} GFLOP/s" for d, v in rates.items())
         print(f"matmul rate of this machine (2048² products): {', '.join(named)}; floor = an epoch's matmul FLOPs "
               "at that rate (nothing else costs time), share = floor / s/epoch")
     for r in ratios:

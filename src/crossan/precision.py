@@ -24,7 +24,7 @@ import torch
 
 from crossan.utils import cpu_flags
 
-__all__ = ["BF16_CPU_FLAGS", "PRECISIONS", "autocast", "compute_dtype", "cpu_flags", "cpu_has_bf16",
+__all__ = ["BF16_CPU_FLAGS", "PRECISIONS", "autocast", "compute_dtype", "cpu_flags", "cpu_has_bf16", "dtype_name",
            "full_precision"]
 
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -52,6 +52,11 @@ def compute_dtype(precision: str, device: torch.device | str) -> torch.dtype | N
     if device.type == "cpu":
         return torch.bfloat16 if cpu_has_bf16() else None
     return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else None
+
+
+def dtype_name(dtype: torch.dtype | None) -> str:
+    """How results name a :func:`compute_dtype`: ``bfloat16``, or ``float32`` for None (plain float32)."""
+    return str(dtype or torch.float32).removeprefix("torch.")
 
 
 def autocast(precision: str, device: torch.device | str) -> contextlib.AbstractContextManager:

@@ -27,7 +27,7 @@ from crossan.data import SequentialData, prepare
 from crossan.evaluation import mean_metrics
 from crossan.methods import cache_methods
 from crossan.model import build_model, module_report, param_groups
-from crossan.precision import compute_dtype
+from crossan.precision import compute_dtype, dtype_name
 from crossan.ranking import check_finite_table, evaluate, evaluate_ranks, split_fingerprint, split_report
 from crossan.recommender import Recommender
 from crossan.runs import (
@@ -330,7 +330,7 @@ def _test_best(run: _Run, state: TrainState) -> dict[str, Any]:
         "idle_rss_bytes": run.memory.baseline,
         "peak_rss_bytes": run.memory.peak,
         "device": describe_device(device),
-        "compute_dtype": str(compute_dtype(cfg.precision, device) or torch.float32).removeprefix("torch."),
+        "compute_dtype": dtype_name(compute_dtype(cfg.precision, device)),
         "malloc": malloc_mode(),
         "world_size": dist.world_size(),
         "modules": run.modules,

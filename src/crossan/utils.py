@@ -69,7 +69,10 @@ def _cpuinfo_fields(cpuinfo: str | Path) -> dict[str, str]:
 
 def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
     """The CPU feature flags listed in ``cpuinfo`` (empty when the file cannot be read, e.g. not Linux)."""
-    fields = _cpuinfo_fields(cpuinfo)
+    return _flags(_cpuinfo_fields(cpuinfo))
+
+
+def _flags(fields: dict[str, str]) -> frozenset[str]:
     return frozenset((fields.get("flags") or fields.get("Features") or "").split())  # x86 / ARM spelling
 
 
@@ -85,7 +88,7 @@ def cpu_description(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
     every benchmark names it."""
     fields = _cpuinfo_fields(cpuinfo)
     model = fields.get("model name") or platform.processor() or "unknown CPU"
-    flags = cpu_flags(cpuinfo)
+    flags = _flags(fields)
     unit = next((name for flag, name in CPU_VECTOR_UNITS if flag in flags), "vector units unknown")
     return f"{model} ({platform.machine()}, {os.cpu_count()} cores, {unit})"
 

@@ -298,7 +298,8 @@ def run_suite(suite: Suite, out: Path, resume: bool = True, progress: bool = Tru
     rows = [collect_run(run, sorted(done[run.name], key=lambda r: suite.seeds.index(r["seed"])))
             for run in suite.runs]
     meta = {"suite": suite.name, "description": suite.description, "data": str(data), "preset": suite.preset,
-            "data_digest": synth_digest(data), "seeds": suite.seeds, "reference": suite.reference, "parallel": suite.parallel,
+            "data_digest": synth_digest(data), "seeds": suite.seeds, "reference": suite.reference,
+            "parallel": suite.parallel,
             "data_s": round(data_s, 1), "cache_build_s": round(cache_s, 1),
             "alone_s": round(t_together - t_start - data_s - cache_s, 1),
             "together_s": round(time.perf_counter() - t_together, 1),

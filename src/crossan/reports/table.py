@@ -77,7 +77,7 @@ def collect_run(run: Any, recs: list[dict[str, Any]]) -> dict[str, Any]:
     row["trainable_params"], row["total_params"] = first["trainable_params"], first["total_params"]
     cpu = [r.get("cpu_s") for r in recs]
     row["cpu_s"] = round(sum(c for c in cpu if c is not None), 1) if any(c is not None for c in cpu) else math.nan
-    dtypes = {str(p["results"].get("compute_dtype", "?")) for p in per_seed}  # "?": results.json before 2026-12-01
+    dtypes = {str(p["results"].get("compute_dtype", "?")) for p in per_seed}  # "?": runs before it was recorded
     row["compute_dtype"] = "/".join(sorted(dtypes))
     routers = [(p["results"].get("tower") or {}).get("router_weight") for p in per_seed]
     routers = [r for r in routers if r]
@@ -248,12 +248,13 @@ def render_report(rows: list[dict[str, Any]], meta: dict[str, Any], table: str, 
                   resamples: int = BOOTSTRAP_RESAMPLES) -> str:
     ok = [r for r in rows if r["status"] == "ok"]
     seeds = meta.get("seeds", [0])
+    digest = f" (content digest `{meta['data_digest']}`)" if meta.get("data_digest") else ""
     lines = [f"# crossan report: {meta['suite']}", "", meta.get("description", "").strip(), "",
-             f"- data: `{meta['data']}`" + (f" (content digest `{meta['data_digest']}`)" if meta.get("data_digest")
-                                             else ""),
+             f"- data: `{meta['data']}`{digest}",
              f"- encoder preset: `{meta['preset']}`",
              f"- seeds: {', '.join(map(str, seeds))} (cost-only runs: the first seed only)",
-             f"- machine: {meta['machine']}; training compute dtype: {compute_dtypes(ok)}", f"- date: {meta['date']}",
+             f"- machine: {meta['machine']}; training compute dtype: {compute_dtypes(ok)}",
+             f"- date: {meta['date']}",
              f"- data {meta.get('data_s', 0)} s; layer-state cache {meta['cache_build_s']} s (once, shared by the "
              f"cached methods); whole suite {meta.get('total_s', '?')} s of wall time", ""]
     if meta["preset"] != "paper":  # the paper preset's published checkpoints are all pretrained
