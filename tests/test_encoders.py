@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -395,3 +397,67 @@ def test_whisper_features_ignore_autocast() -> None:
         under = encoder.process(wave)["input_features"]
     assert under.dtype == torch.float32
     torch.testing.assert_close(under, plain, rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------- EfficientNet: batch norms folded
+def _efficientnet_with_varied_batch_norms(seed: int = 0) -> torch.nn.Module:
+    """A random EfficientNet-Lite0 whose batch norms have statistics and affine terms far from 0/1 (freshly
+    made ones are the identity up to ε, where a wrong fold would go unnoticed)."""
+    from crossan.encoders.efficientnet import EfficientNetLite
+
+    torch.manual_seed(seed)
+    model = EfficientNetLite().eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(torch.randn(c) * 0.5)
+                m.running_var.copy_(torch.rand(c) * 2 + 0.2)
+                m.weight.copy_(torch.rand(c) + 0.5)
+                m.bias.copy_(torch.randn(c) * 0.3)
+    return model
+
+
+@pytest.mark.parametrize("size", [64, 65])  # 65: odd sides, the asymmetric "same" padding of stride 2
+def test_efficientnet_folded_batch_norms_match_separate_passes(size: int) -> None:
+    model = _efficientnet_with_varied_batch_norms()
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        folded = model.feature_maps(x)
+        model.fold_batch_norm = False
+        separate = model.feature_maps(x)
+    assert len(folded) == len(separate) == 18
+    for k, (a, b) in enumerate(zip(folded, separate)):
+        assert a.shape == b.shape
+        # fp32: the fold changes only the rounding (about 1e-6 of each map's scale)
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max(), f"feature map {k}"
+        assert (b.abs().max() > 0.1), f"feature map {k} is degenerate"
+
+
+def test_efficientnet_folded_batch_norms_give_the_same_gradients() -> None:
+    """Full fine-tuning differentiates through the folded weights: the gradients of every convolution weight and
+    batch-norm γ/β are those of the network with separate batch norms."""
+    grads = {}
+    x = torch.randn(2, 3, 48, 48)
+    w = torch.randn(1280)
+    for fold in (True, False):
+        model = _efficientnet_with_varied_batch_norms().train()  # batch norms stay in eval mode (ImageNet statistics)
+        model.fold_batch_norm = fold
+        (model.pooled_features(x)[-1] @ w).sum().backward()
+        grads[fold] = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert grads[True].keys() == grads[False].keys()
+    assert any("_bn" in n for n in grads[True]) and any("_depthwise_conv" in n for n in grads[True])
+    for n, g in grads[False].items():
+        torch.testing.assert_close(grads[True][n], g, rtol=1e-4, atol=1e-5 * g.abs().max().item(), msg=n)
+
+
+def test_cnn_fold_benchmark_runs_and_writes_its_table(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("cnn_fold", Path(__file__).parents[1] / "benchmarks" / "cnn_fold.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--model", "config:efficientnet", "--image-size", "32", "--batch-sizes", "2", "--rounds", "1",
+                "--repeats", "1", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "cnn_fold.json").read_text())["rows"]
+    assert [r["batch_size"] for r in rows] == [2] and rows[0]["max_rel_diff"] < 1e-5
+    assert rows[0]["folded_ms"] > 0 and rows[0]["separate_ms"] > 0
