@@ -40,6 +40,43 @@ def test_strict_ranks_match_brute_force(seed: int) -> None:
     np.testing.assert_array_equal(ranks, expected)
 
 
+def _brute_force_any(scores: np.ndarray, target: int, history: set[int], mask_history: bool) -> float:
+    """The rule of :func:`strict_ranks` by a plain loop, non-finite scores included (they count as -inf)."""
+    if target == 0 or (mask_history and target in history):
+        return float("inf")
+    clean = np.where(np.isfinite(scores), scores, -np.inf)
+    rank = 1
+    for j in range(1, len(scores)):
+        if j != target and not (mask_history and j in history) and clean[j] >= clean[target]:
+            rank += 1
+    return rank
+
+
+@pytest.mark.parametrize("mask_history", [True, False])
+@pytest.mark.parametrize("overwrite", [True, False])
+def test_strict_ranks_match_brute_force_with_non_finite_scores_in_blocks(monkeypatch: pytest.MonkeyPatch,
+                                                                        mask_history: bool, overwrite: bool) -> None:
+    import crossan.evaluation as ev
+
+    monkeypatch.setattr(ev, "COUNT_BLOCK", 64)  # 2 rows per block: the blocked count crosses block edges
+    rng = np.random.default_rng(7)
+    scores, targets, history = _random_case(11, B=61, N=30, H=8, levels=4)
+    special = rng.choice([np.nan, np.inf, -np.inf], size=scores.shape)
+    scores = np.where(rng.random(scores.shape) < 0.15, special, scores).astype(np.float32)
+    scores[3, targets[3]] = np.nan  # a non-finite target ties with every candidate
+    scores[5] = np.nan  # a whole row non-finite
+    history[7] = 0  # a user whose history is all padding
+    history[9] = history[9, 0]  # one item repeated across the whole history
+    given = torch.tensor(scores)
+    ranks = strict_ranks(given, torch.tensor(targets), torch.tensor(history), mask_history, overwrite=overwrite)
+    expected = [_brute_force_any(scores[b], targets[b], set(history[b]) - {0}, mask_history)
+                for b in range(len(targets))]
+    np.testing.assert_array_equal(ranks.numpy(), expected)
+    assert np.isfinite(ranks.numpy()).any() and np.isinf(ranks.numpy()).any() == mask_history
+    if not overwrite:  # the caller's scores are left as they were
+        np.testing.assert_array_equal(given.numpy(), scores)
+
+
 def test_ties_never_help_the_target() -> None:
     scores = torch.zeros(1, 11)  # every item tied
     assert strict_ranks(scores, torch.tensor([3])).item() == 10
@@ -100,3 +137,20 @@ def test_evaluate_split_batches_agree_and_formula() -> None:
     assert a["HR@5"] == pytest.approx(float((r <= 5).double().mean()))
     assert a["MRR"] == pytest.approx(float((1 / r).mean()))
     assert torch.isinf(r).any() and torch.isfinite(r).any()  # both cases occur in this case
+
+
+def test_ranking_benchmark_checks_rank_split_against_the_plain_form(tmp_path) -> None:
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "ranking.py"
+    spec = importlib.util.spec_from_file_location("ranking_bench", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    # 300 users in batches of 128 (a short last batch), 50 items: the benchmark raises if the ranks differ
+    bench.main(["--items", "50", "--users", "300", "--history", "7", "--batch-size", "128", "--rounds", "1",
+                "--out", str(tmp_path)])
+    result = json.loads((tmp_path / "ranking.json").read_text())["result"]
+    assert set(result["ms_per_batch"]) == {"rank_split", "matmul", "strict_ranks", "plain"}
