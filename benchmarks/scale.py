@@ -12,7 +12,8 @@ Timed, each once:
 * ``protocol``  — :func:`crossan.data.apply_protocol` (filter, last L+3, re-index, leave-one-out);
 * ``data stats``— the whole ``crossan data stats --data …`` command in a fresh process (start-up and imports
   included), with its peak resident memory (``getrusage(RUSAGE_CHILDREN)``);
-* ``id epoch``  — ID-SASRec training steps (batch 64, the project's model and loss) over ``--train-steps``
+* ``id epoch``  — ID-SASRec training steps (batch 64, the project's model, loss, optimiser and allocator setting:
+  ``crossan.trainer.make_optimizer``, ``train.malloc``) over ``--train-steps``
   batches, extrapolated to a full epoch (a full epoch is ~15,600 steps);
 * ``evaluation``— strict full-ranking ranks (:func:`crossan.evaluation.rank_split`: every user's test target
   against all items, history masked) over ``--eval-users`` users in batches of ``--eval-batch``,
@@ -104,13 +105,17 @@ def _model_rows(data, args) -> list[dict]:  # noqa: ANN001 - SequentialData
     from crossan.evaluation import mean_metrics, rank_split
     from crossan.recommender import Recommender
     from crossan.towers.base import TowerContext, build_tower
+    from crossan.trainer import make_optimizer
+    from crossan.utils import configure_malloc
 
     torch.manual_seed(args.seed)
     cfg = load_config([], ["method=id", f"seed={args.seed}", f"train.batch_size={args.batch_size}"])
+    cpu = torch.device("cpu")
+    configure_malloc(cfg.train.malloc, cpu)  # as `crossan train` sets it up
     n = data.num_items
     model = Recommender(build_tower(TowerContext(cfg, n, data.item_ids, data.catalogue)), cfg,
                         torch.as_tensor(data.item_counts))
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    opt = make_optimizer(model, cfg, cpu)  # the trainer's optimiser (fused Adam over the parameter groups)
     inputs, targets = torch.as_tensor(data.train_inputs), torch.as_tensor(data.train_targets)
     order = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(args.seed))
     batches = list(order.split(args.batch_size))
