@@ -17,11 +17,12 @@ MBConv blocks, and the head — 18 maps, widths 32, 16, 24, 24, 40, 40, 80, 80, 
 Batch norms always use their ImageNet statistics (see :meth:`EfficientNetLite.train`), so each one is an
 affine map per channel, ``y = γ·(x − μ)/√(σ² + ε) + β``, and is folded into the convolution before it:
 weights ``W·γ/√(σ² + ε)``, bias ``β − μ·γ/√(σ² + ε)`` (:func:`conv_bn`). The folded weights are made at every
-call from the module's own parameters and buffers (a few thousand small multiplies per batch), so they
-follow any change of the weights, and training (full fine-tuning) differentiates through them. On the
-project's CPUs the 49 batch-norm passes took about a fifth of a forward; fp32 outputs agree with the
-unfolded network to about 1e-6 relative (``EfficientNetLite.fold_batch_norm = False`` runs the batch norms
-as separate passes, the reference the tests and ``benchmarks/cnn_fold.py`` compare against).
+call from the module's own parameters and buffers (one multiply over the 3.3M convolution weights, small next
+to a batch's forward), so they follow any change of the weights, and training (full fine-tuning)
+differentiates through them. On the project's CPUs the 49 batch-norm passes took about a fifth of a
+forward; fp32 outputs agree with the unfolded network to about 1e-6 relative
+(``EfficientNetLite.fold_batch_norm = False`` runs the batch norms as separate passes, the reference the
+tests and ``benchmarks/cnn_fold.py`` compare against).
 """
 
 from __future__ import annotations
