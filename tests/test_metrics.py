@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+from crossan import evaluation
 from crossan.evaluation import evaluate_split, mean_metrics, rank_split, strict_ranks
 
 
@@ -56,9 +61,7 @@ def _brute_force_any(scores: np.ndarray, target: int, history: set[int], mask_hi
 @pytest.mark.parametrize("overwrite", [True, False])
 def test_strict_ranks_match_brute_force_with_non_finite_scores_in_blocks(monkeypatch: pytest.MonkeyPatch,
                                                                         mask_history: bool, overwrite: bool) -> None:
-    import crossan.evaluation as ev
-
-    monkeypatch.setattr(ev, "COUNT_BLOCK", 64)  # 2 rows per block: the blocked count crosses block edges
+    monkeypatch.setattr(evaluation, "COUNT_BLOCK", 64)  # 2 rows per block: the blocked count crosses block edges
     rng = np.random.default_rng(7)
     scores, targets, history = _random_case(11, B=61, N=30, H=8, levels=4)
     special = rng.choice([np.nan, np.inf, -np.inf], size=scores.shape)
@@ -139,11 +142,7 @@ def test_evaluate_split_batches_agree_and_formula() -> None:
     assert torch.isinf(r).any() and torch.isfinite(r).any()  # both cases occur in this case
 
 
-def test_ranking_benchmark_checks_rank_split_against_the_plain_form(tmp_path) -> None:
-    import importlib.util
-    import json
-    from pathlib import Path
-
+def test_ranking_benchmark_checks_rank_split_against_the_plain_form(tmp_path: Path) -> None:
     path = Path(__file__).parents[1] / "benchmarks" / "ranking.py"
     spec = importlib.util.spec_from_file_location("ranking_bench", path)
     assert spec is not None and spec.loader is not None
