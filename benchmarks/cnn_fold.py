@@ -11,6 +11,10 @@ frames is F images.
 
     python benchmarks/cnn_fold.py --batch-sizes 8,32 --rounds 5 --out bench_out/cnn_fold
     python benchmarks/cnn_fold.py --precision auto --image-size 160
+    python benchmarks/cnn_fold.py --batch-sizes 32 --rounds 1 --profile   # where a forward's time goes
+
+``--profile`` also prints, for the first batch size, a ``torch.profiler`` table of one forward each way (the
+operators by self CPU time: convolutions, batch norms, the padding's copies, the ReLU6 clamps).
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--precision", default="fp32", help="fp32 | bf16 | auto (crossan.precision)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--profile", action="store_true", help="print a profiler table of one forward each way")
     ap.add_argument("--out", default="", help="folder for cnn_fold.json")
     args = ap.parse_args(argv)
     if args.threads:
@@ -77,6 +82,13 @@ def main(argv: list[str] | None = None) -> None:
                 for fold in (True, False):
                     net.fold_batch_norm = fold
                     times[fold].append(_time(lambda x=inputs: encoder.forward(x), args.repeats))
+        if args.profile and not rows:
+            for fold in (False, True):
+                net.fold_batch_norm = fold
+                with torch.no_grad(), autocast(args.precision, "cpu"), torch.profiler.profile() as prof:
+                    encoder.forward(inputs)
+                print(f"batch {bs}, batch norms {'folded' if fold else 'separate'}:")
+                print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8))
         net.fold_batch_norm = True
         med = {k: statistics.median(v) for k, v in times.items()}
         diff = float((outs[True] - outs[False]).abs().max() / outs[False].abs().max())
