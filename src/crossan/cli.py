@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "encoders (offline preset), train ID, frozen features, IISAN, CROSSAN (concat "
                                    "and MOMEF) under seeds 0, 1, 2 and measure FFT/Adapter/LoRA (cost only), then "
                                    "write results.csv, report.md and plots into --out. From scratch, about 6 minutes on "
-                                   "an idle 2-core CPU with bf16 units (AVX-512 BF16) and 16 on one without (AVX2; "
+                                   "an idle 2-core CPU with bf16 units (AVX-512 BF16) and 16-18 on one without (AVX2; "
                                    "measured 2026-12-01); finished runs are reused when it is run again.")
     p.add_argument("--out", default="demo_run", help="output folder (default demo_run)")
     p.add_argument("--seeds", metavar="0,1,2", help="training seeds, comma-separated (default: the suite's seeds)")
