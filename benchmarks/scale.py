@@ -21,6 +21,8 @@ Timed, each once:
 
     python benchmarks/scale.py --out bench_out/scale          # generate (once) + time everything
     python benchmarks/scale.py --out bench_out/scale --skip-model  # data side only
+    python benchmarks/scale.py --out bench_out/scale --train-steps 0 --eval-users 0  # a whole epoch and all
+                                                     # users, nothing extrapolated (about 20 min, 2-core AVX2 CPU)
 
 Wall seconds and process CPU seconds are both recorded (torch uses up to two threads, so CPU seconds can
 exceed wall seconds on an idle machine; on a shared one wall seconds grow with the load, recorded as the
