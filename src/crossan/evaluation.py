@@ -7,7 +7,8 @@ rank = inf when the target is not a candidate (it repeats a masked history item)
 a non-finite score (NaN, ±inf) ranks last: it is treated as -inf, and a -inf target ties with every candidate
 HR@K = [rank ≤ K]; NDCG@K = [rank ≤ K] / log2(rank + 1); MRR = 1 / rank (no cut-off; 0 for rank inf).
 
-Everything is batched: one matmul per batch of users, masking by scatter, no Python loop over users/items.
+Everything is batched: one matmul per batch of users, masking by scatter, and on a CPU the count in blocks of
+about a million scores (:func:`_count_at_least`); no Python loop over single users or items.
 """
 
 from __future__ import annotations
