@@ -113,7 +113,7 @@ def read_new_catalogue(path: str | Path) -> Any:
     items_tsv = p / "items.tsv" if p.is_dir() else p
     if not items_tsv.exists():
         raise DataError(f"{items_tsv}: file not found (expected a folder with items.tsv, or an items.tsv file)")
-    catalogue = read_items_tsv(items_tsv, _Problems(DataConfig()))
+    catalogue = read_items_tsv(items_tsv, _Problems(DataConfig()), spaces_ok=True)
     if len(catalogue) == 0:
         raise DataError(f"{items_tsv}: no items")
     return catalogue

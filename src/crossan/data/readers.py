@@ -19,8 +19,12 @@ such as ``user_id:token``) and optionally ``NAME.item`` whose text columns form 
 ``item``/``item_id``, ``timestamp``/``time``); an ``items.tsv`` beside it is read as the catalogue.
 
 Every text file may start with a UTF-8 BOM (dropped) and must be UTF-8 (otherwise an error naming file and
-line). In ``.inter``/``.item``/CSV files every row must have as many fields as the header. Item text is cut
-to ``data.max_text_chars`` characters. The interaction files are scanned as byte arrays with numpy
+line). In ``.inter``/``.item``/CSV files every row must have as many fields as the header. Ids are stripped of
+ASCII whitespace only (a no-break space is content, as in the users file) and hold at most ``MAX_ID_BYTES``
+UTF-8 bytes; an ``items.tsv`` id holds no whitespace at all (a header-less line missing its tab is an error,
+not an id with a space). Timestamps are ASCII numbers (Unicode digits are not). A row that breaks a rule is an
+error naming file and line, or is dropped and counted with ``data.on_bad_rows=drop``. Item text is cut to
+``data.max_text_chars`` characters. The interaction files are scanned as byte arrays with numpy
 (:mod:`crossan.data.textscan`), so ten million interactions read in seconds; a CSV/``.inter`` file that
 contains a double quote is read with Python's csv module instead (quoted fields; slower).
 """
@@ -180,9 +184,28 @@ def _find_media(root: Path, dirs: tuple[str, ...], exts: tuple[str, ...]) -> dic
     return found
 
 
-def read_items_tsv(path: Path, problems: _Problems) -> Catalogue:
+_SPACE_CHARS = frozenset(ts.SPACES)
+
+
+def _item_id_problem(item: str, has_header: bool, spaces_ok: bool = False) -> str | None:
+    """What makes ``item`` (stripped) unusable as an ``items.tsv`` id, or None: empty, holding whitespace
+    (the users file splits its items at whitespace, so no interaction could name it; ``spaces_ok`` where the
+    interactions come from a CSV file, whose fields may hold spaces) or too long."""
+    if not item:
+        return "empty item id"
+    if not spaces_ok and not _SPACE_CHARS.isdisjoint(item):
+        hint = "" if has_header else "; a line is 'item TAB title': is its tab missing?"
+        return f"item id {item[:60]!r} contains whitespace{hint}"
+    if len(item.encode("utf-8")) > MAX_ID_BYTES:
+        return f"item id longer than {MAX_ID_BYTES} bytes"
+    return None
+
+
+def read_items_tsv(path: Path, problems: _Problems, spaces_ok: bool = False) -> Catalogue:
     """``items.tsv``: ``item TAB title`` lines (title = rest of the line), or a header with ``item_id`` and
-    media-path columns (every row then has exactly the header's number of fields)."""
+    media-path columns (every row then has exactly the header's number of fields). An id longer than
+    ``MAX_ID_BYTES``, or with whitespace inside (unless ``spaces_ok``: beside a CSV file of interactions, or a
+    catalogue of new items), makes its row bad (see :class:`_Problems`)."""
     cfg = problems.cfg
     root = path.parent
     lines = _lines(_text(path))
@@ -200,7 +223,7 @@ def read_items_tsv(path: Path, problems: _Problems) -> Catalogue:
     records: list[ItemRecord] = []
     seen: set[str] = set()
     for lineno, line in enumerate(lines[1:] if has_header else lines, start=2 if has_header else 1):
-        if not line.strip():
+        if not line.strip(ts.SPACES):
             continue
         where = f"{path}:{lineno}"
         if has_header:
@@ -212,9 +235,10 @@ def read_items_tsv(path: Path, problems: _Problems) -> Catalogue:
         else:
             item_part, _, title = line.partition("\t")
             parts = [item_part, title]
-        item = parts[0].strip()
-        if not item:
-            problems.bad_row(where, "empty item id")
+        item = parts[0].strip(ts.SPACES)
+        problem = _item_id_problem(item, has_header, spaces_ok)
+        if problem:
+            problems.bad_row(where, problem)
             continue
         if item in seen:
             problems.bad_row(where, f"item {item!r} appears twice")
@@ -451,32 +475,40 @@ def _scan_rows(path: Path, buf: np.ndarray, delimiter: str, catalogue: Catalogue
     return _Rows(user_keys, item_keys, None if pos is None else pos[keep], times[keep], good[keep] + 1)
 
 
+def _number(text: str) -> float:
+    """``text`` as a float, as :func:`~crossan.data.textscan.parse_numbers` reads it (ASCII only: no Unicode
+    digits), or NaN when it is not a number."""
+    try:
+        return float(text) if text.isascii() else math.nan
+    except ValueError:
+        return math.nan
+
+
 def _parse_rows(path: Path, text: str, delimiter: str, catalogue: Catalogue | None, problems: _Problems) -> _Rows:
     """The same checks as :func:`_scan_rows`, through Python's csv module (files with quoted fields)."""
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     header = next(reader)
     _, names, (iu, ii, it) = _header(path, delimiter.join(header), delimiter)
     users, items, times, lines = [], [], [], []
-    for lineno, parts in enumerate(reader, start=2):
-        if not parts or not any(p.strip() for p in parts):
+    end = reader.line_num  # physical lines read so far: a quoted field may span lines
+    for parts in reader:
+        lineno, end = end + 1, reader.line_num  # the record starts on the line after the previous one ends
+        if not parts or not any(p.strip(ts.SPACES) for p in parts):
             continue
         where = f"{path}:{lineno}"
         if len(parts) != len(names):
             problems.bad_row(where, f"expected {len(names)} fields, got {len(parts)}")
             continue
-        user, item = parts[iu].strip(), parts[ii].strip()
+        user, item, stamp = (parts[k].strip(ts.SPACES) for k in (iu, ii, it))
         if not user or not item:
             problems.bad_row(where, "empty user or item id")
             continue
         if len(user.encode("utf-8")) > MAX_ID_BYTES or len(item.encode("utf-8")) > MAX_ID_BYTES:
             problems.bad_row(where, f"user or item id longer than {MAX_ID_BYTES} bytes")
             continue
-        try:
-            t = float(parts[it].strip())
-        except ValueError:
-            t = math.nan
+        t = _number(stamp)
         if not math.isfinite(t):
-            problems.bad_row(where, f"malformed timestamp {parts[it].strip()!r}")
+            problems.bad_row(where, f"malformed timestamp {stamp!r}")
             continue
         if catalogue is not None and item not in catalogue:
             problems.unknown_item(where, item, catalogue)
@@ -549,9 +581,12 @@ def _read_atomic_items(path: Path, cfg: DataConfig, problems: _Problems) -> Cata
         if len(parts) != len(names):
             problems.bad_row(where, f"expected {len(names)} fields, got {len(parts)}")
             continue
-        item = parts[iid].strip()
+        item = parts[iid].strip(ts.SPACES)
         if not item or item in seen:
             problems.bad_row(where, f"item {item!r} appears twice" if item else "empty item id")
+            continue
+        if len(item.encode("utf-8")) > MAX_ID_BYTES:
+            problems.bad_row(where, f"item id longer than {MAX_ID_BYTES} bytes")
             continue
         seen.add(item)
         text = " ".join(parts[i].strip() for i in text_cols if parts[i].strip())
@@ -581,7 +616,7 @@ def read_atomic(root: Path, cfg: DataConfig) -> RawData:
 def read_csv(path: Path, cfg: DataConfig) -> RawData:
     problems = _Problems(cfg)
     items_tsv = path.parent / "items.tsv"
-    catalogue = read_items_tsv(items_tsv, problems) if items_tsv.is_file() else None
+    catalogue = read_items_tsv(items_tsv, problems, spaces_ok=True) if items_tsv.is_file() else None
     return _with_catalogue(path, path.parent, cfg, catalogue, problems, ",")
 
 

@@ -25,8 +25,10 @@ from pathlib import Path
 import numpy as np
 
 UTF8_BOM = b"\xef\xbb\xbf"
+SPACES = "\t\n\v\f\r\x1c\x1d\x1e\x1f "
+"""ASCII whitespace, as a string: ``text.strip(SPACES)`` strips what the byte scans strip."""
 WHITESPACE = np.zeros(256, dtype=bool)
-WHITESPACE[[9, 10, 11, 12, 13, 28, 29, 30, 31, 32]] = True
+WHITESPACE[[ord(c) for c in SPACES]] = True
 NEWLINE, TAB, CR = 10, 9, 13
 CHUNK = 1 << 20
 """Ranges handled per block by the lookups (bounds their temporary arrays)."""
@@ -74,12 +76,14 @@ def check_utf8(buf: np.ndarray, path: Path, first_line: int = 1) -> None:
 
 
 def decode_text(raw: bytes, path: Path) -> str:
-    """``raw`` as text: BOM removed, line ends made ``\\n``, UTF-8 checked (error naming file and line)."""
-    buf = np.frombuffer(raw, dtype=np.uint8)
+    """``raw`` as text: BOM removed, line ends made ``\\n``, UTF-8 checked (error naming file and line).
+
+    Line ends are made ``\\n`` before the check: an error in a file with bare-CR line ends names its line."""
     if raw.startswith(UTF8_BOM):
-        buf = buf[len(UTF8_BOM):]
-    check_utf8(buf, path)
-    return buf.tobytes().decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")
+        raw = raw[len(UTF8_BOM):]
+    raw = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")  # a CR byte is never part of a UTF-8 sequence
+    check_utf8(np.frombuffer(raw, dtype=np.uint8), path)
+    return raw.decode("utf-8")
 
 
 def line_starts(buf: np.ndarray) -> np.ndarray:
