@@ -50,3 +50,36 @@ def test_bad_file_names_file_and_key(tmp_path: Path) -> None:
         load_config([f])
     with pytest.raises(ConfigError, match="does not exist"):
         load_config([tmp_path / "none.yaml"])
+
+
+@pytest.mark.parametrize("text", ["/data/ds #2", "2024.10", "010", "0x1F", "12:30", "on", "/data/a: b", "1e3"])
+def test_string_overrides_arrive_as_typed(text: str) -> None:
+    """A string key keeps the override's raw text; YAML would read these as a comment, number, bool or map."""
+    assert load_config([], [f"data.path={text}"]).data.path == text
+    assert load_config([], [f"data.path='{text}'"]).data.path == text  # quoted: unquoted as YAML does
+
+
+def test_comma_lists_are_read_per_element() -> None:
+    cfg = load_config([], ["eval.ks=5,10, 50", "modalities=text, image", "train.metric=HR@50"])
+    assert cfg.eval.ks == [5, 10, 50] and cfg.modalities == ["text", "image"]
+
+
+@pytest.mark.parametrize("override, key", [
+    ("crossan.gate_temperature=0", "crossan.gate_temperature"), ("iisan.gate_temperature=-1", "iisan.gate_temperature"),
+    ("crossan.dropout=1.5", "crossan.dropout"), ("iisan.dropout=1", "iisan.dropout"),
+    ("crossan.bottleneck=0", "crossan.bottleneck"), ("iisan.side_dim=-5", "iisan.side_dim"),
+    ("crossan.momef_temperature=0", "crossan.momef_temperature"), ("crossan.momef_top_k=-1", "crossan.momef_top_k"),
+    ("crossan.load_balance_weight=-1", "crossan.load_balance_weight"), ("lora.rank=0", "lora.rank"),
+    ("lora.dropout=1", "lora.dropout"), ("adapter.bottleneck=0", "adapter.bottleneck"),
+    ("encoders.text.num_taps=0", "encoders.text.num_taps"), ("encoders.audio.audio_seconds=0", "audio_seconds"),
+    ("encoders.text.max_text_len=0", "encoders.text.max_text_len"), ("encoders.batch_size=0", "encoders.batch_size"),
+    ("crossan.init_std=.nan", "crossan.init_std"), ("crossan.momef_top_k=1", "load_balance_weight"),
+])
+def test_method_options_out_of_range_name_the_key(override: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config([], [override])
+
+
+def test_top_1_routing_is_accepted_with_its_balance_loss() -> None:
+    cfg = load_config([], ["crossan.momef_top_k=1", "crossan.load_balance_weight=0.01", "crossan.dropout=0"])
+    assert cfg.crossan.momef_top_k == 1 and cfg.crossan.dropout == 0

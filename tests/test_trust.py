@@ -4,6 +4,7 @@ never become results, bad config values stop before any work."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -12,11 +13,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import crossan.trainer as trainer
 from conftest import write_iisan
 from crossan.cli import main
 from crossan.config import ConfigError, load_config
+from crossan.data import prepare
 from crossan.evaluation import mean_metrics, repeat_targets, strict_ranks
-from crossan.trainer import NonFiniteError, check_finite_table, train
+from crossan.trainer import NonFiniteError, check_finite_table, train, training_rows
 
 
 # --------------------------------------------------------------------------------------------- the mask
@@ -195,3 +198,41 @@ def test_config_differences_resolve_paths_and_fill_new_keys(small_data: Path, tm
     assert config_differences(saved, cfg) == []
     saved["train"]["lr"] = 1e-3
     assert config_differences(saved, cfg) == ["train.lr: 0.001 → 0.0003"]
+
+
+def test_users_with_no_training_target_are_left_out_of_training(tmp_path: Path) -> None:
+    """With data.min_interactions=3 a 3-item user has an all-padding window; a batch of only such users used
+    to give a NaN loss (the mean over no position) and abort the run."""
+    rng = np.random.default_rng(0)
+    items = {f"i{k}": f"item {k}" for k in range(30)}
+    users = {f"u{u}": [f"i{int(k)}" for k in rng.integers(0, 30, 8)] for u in range(40)}
+    users["short"] = ["i1", "i2", "i3"]  # with batch size 1 this user is a batch of its own every epoch
+    root = write_iisan(tmp_path / "d", users, items)
+    cfg = load_config([], [f"data.path={root}", "data.min_interactions=3", "train.batch_size=1",
+                           "train.epochs=2", "device=cpu", "method=id"])
+    data = prepare(cfg.data)
+    inputs, targets = training_rows(data)
+    assert len(inputs) == 40 and data.num_users == 41 and bool(targets.ne(0).any(1).all())
+    res = train(cfg, tmp_path / "run", data=data, progress=False)
+    assert math.isfinite(res["test"]["NDCG@10"])
+
+
+def test_non_finite_weights_are_never_checkpointed(small_data: Path, tmp_path: Path, monkeypatch) -> None:
+    """An overflow on an epoch's last step leaves a finite loss but NaN weights: the epoch must not be saved."""
+    real_epoch, calls = trainer.train_epoch, []
+
+    def poison_in_epoch_2(step_model, *args, **kwargs):
+        loss = real_epoch(step_model, *args, **kwargs)
+        calls.append(loss)
+        if len(calls) == 2:
+            with torch.no_grad():
+                next(p for p in step_model.parameters() if p.requires_grad).view(-1)[0] = float("nan")
+        return loss
+
+    monkeypatch.setattr(trainer, "train_epoch", poison_in_epoch_2)
+    cfg = load_config([], [f"data.path={small_data}", "train.epochs=3", "device=cpu", "method=id"])
+    with pytest.raises(NonFiniteError, match=r"epoch 2: parameter .* non-finite.*checkpoints/last\.pt"):
+        train(cfg, tmp_path / "run", progress=False)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["state"]["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in ckpt["model"].values() if t.is_floating_point())

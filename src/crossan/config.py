@@ -13,6 +13,7 @@ configuration imports no torch.
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -101,7 +102,8 @@ class TrainConfig:
     add-one (items unseen in training stay finite), ``0`` unsmoothed as in IISAN's official code (an item
     with no count gets log P = 0; it can only appear as padding)."""
     patience: int = 10
-    """Stop after this many epochs without a better validation metric."""
+    """Stop after this many validations without a better validation metric (epochs when ``eval_every`` is 1,
+    the default; with ``eval_every: 3`` a patience of 10 waits 30 epochs)."""
     metric: str = "NDCG@10"
     """Validation metric that selects the best epoch (any key of the metrics table)."""
     eval_every: int = 1
@@ -291,8 +293,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return value
     if origin is list:
         (inner,) = get_args(tp) or (Any,)
-        if isinstance(value, str):  # "a,b" from the command line
-            value = [v for v in value.split(",") if v.strip()]
+        if isinstance(value, str):  # "a,b" from the command line: each piece read as one override value
+            value = [v.strip() if inner is str else parse_value(v) for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
@@ -342,23 +344,66 @@ def _apply_mapping(obj: Any, mapping: dict[str, Any], prefix: str = "") -> None:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """Split ``key=value`` and parse the value as YAML (``1e-3`` → float, ``[a,b]`` → list, ``true`` → bool)."""
+    """Split ``key=value`` and parse the value as YAML (``1e-3`` → float, ``[a,b]`` → list, ``true`` → bool).
+    :func:`load_config` keeps the raw text instead where the key holds a string (``data.path=2024.10``)."""
     if "=" not in text:
         raise ConfigError(f"override {text!r} is not of the form key=value")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key:
         raise ConfigError(f"override {text!r} has an empty key")
+    return key, parse_value(raw)
+
+
+def parse_value(raw: str) -> Any:
+    """One override value as YAML; ``1e-3`` (a string to YAML, having no dot) is read as a number."""
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
-    # YAML reads 1e-3 as a string (no dot); accept it as a number
     if isinstance(value, str):
         try:
             value = float(value) if any(c in value for c in "eE.") and value[0] in "+-.0123456789" else value
         except ValueError:
             pass
+    return value
+
+
+def _field_type(cfg: Any, key: str) -> Any:
+    """The declared type of dotted ``key`` in ``cfg`` (None when the key is unknown: the caller reports it)."""
+    obj: Any = cfg
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if not dataclasses.is_dataclass(obj):
+            return None
+        hints = _hints(type(obj))
+        if part not in hints:
+            return None
+        if i == len(parts) - 1:
+            return hints[part]
+        obj = getattr(obj, part)
+    return None
+
+
+def _is_text(tp: Any) -> bool:
+    """A plain string field, possibly optional (not a Literal: its choices are checked as parsed)."""
+    if tp is str:
+        return True
+    if get_origin(tp) in (typing.Union, types.UnionType):
+        return all(a is str or a is type(None) for a in get_args(tp)) and str in get_args(tp)
+    return False
+
+
+def _override_value(cfg: Any, text: str) -> tuple[str, Any]:
+    """``key=value`` for :func:`load_config`: the raw text (trimmed) where ``key`` holds a string, so that a
+    path such as ``ds #2`` or ``2024.10`` arrives as typed (a quoted value is unquoted as YAML does), else
+    :func:`parse_override`'s value."""
+    key, value = parse_override(text)
+    tp = _field_type(cfg, key)
+    if tp is not None and _is_text(tp):
+        raw = text.split("=", 1)[1].strip()
+        optional = type(None) in get_args(tp)
+        value = None if optional and raw in ("null", "~", "None") else _unquote(raw)
     return key, value
 
 
@@ -370,6 +415,17 @@ def _nest(key: str, value: Any) -> dict[str, Any]:
         cur = cur.setdefault(p, {})
     cur[parts[-1]] = value
     return out
+
+
+def _unquote(raw: str) -> str:
+    """``'a b'`` or ``"a b"`` → ``a b`` (YAML's reading of a quoted scalar); anything else unchanged."""
+    if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            return raw
+        return value if isinstance(value, str) else raw
+    return raw
 
 
 def load_config(files: list[str | Path] = (), overrides: list[str] = (), base: Config | None = None) -> Config:
@@ -390,7 +446,7 @@ def load_config(files: list[str | Path] = (), overrides: list[str] = (), base: C
         except ConfigError as e:
             raise ConfigError(f"{p}: {e}") from None
     for o in overrides:
-        key, value = parse_override(o)
+        key, value = _override_value(cfg, o)
         _apply_mapping(cfg, _nest(key, value))
     validate(cfg)
     return cfg
@@ -449,6 +505,44 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"device: {cfg.device!r} is not 'auto', 'cpu', 'cuda' or 'cuda:N'")
     if cfg.train.metric not in metric_names(cfg.eval.ks):
         raise ConfigError(f"train.metric: {cfg.train.metric!r} is not one of {metric_names(cfg.eval.ks)}")
+    _validate_ranges(cfg)
+
+
+# (key, lowest allowed, whether the lowest value itself is allowed, highest allowed exclusive or None)
+_RANGES: tuple[tuple[str, float, bool, float | None], ...] = (
+    *[(f"{m}.{k}", lo, inclusive, hi) for m in ("iisan", "crossan") for k, lo, inclusive, hi in (
+        ("side_dim", 1, True, None), ("bottleneck", 1, True, None), ("dropout", 0, True, 1),
+        ("init_std", 0, True, None), ("gate_temperature", 0, False, None))],
+    ("iisan.official_lr_text_head", 0, False, None), ("iisan.official_lr_image_head", 0, False, None),
+    ("crossan.momef_temperature", 0, False, None), ("crossan.momef_top_k", 0, True, None),
+    ("crossan.momef_expert_mult", 1, True, None), ("crossan.load_balance_weight", 0, True, None),
+    ("adapter.bottleneck", 1, True, None), ("adapter.init_std", 0, True, None),
+    ("lora.rank", 1, True, None), ("lora.alpha", 0, False, None), ("lora.dropout", 0, True, 1),
+    *[(f"{m}.input_memory_gb", 0, True, None) for m in ("fft", "adapter", "lora")],
+    *[(f"encoders.{m}.{k}", lo, inclusive, None) for m in ("text", "image", "video", "audio")
+      for k, lo, inclusive in (("num_taps", 1, True), ("max_text_len", 1, True), ("image_size", 0, True),
+                               ("num_frames", 0, True), ("audio_seconds", 0, False), ("sample_rate", 0, True))],
+    ("encoders.batch_size", 1, True, None), ("cache.memory_limit_gb", 0, True, None),
+    ("cache.standardize_min_rel_std", 0, True, 1),
+)
+
+
+def _validate_ranges(cfg: Config) -> None:
+    """Range checks of the numeric options that types cannot express, each error naming its key."""
+    import math
+
+    for key, lo, inclusive, hi in _RANGES:
+        val: Any = cfg
+        for part in key.split("."):
+            val = getattr(val, part)
+        low_ok = val >= lo if inclusive else val > lo
+        if not math.isfinite(val) or not low_ok or (hi is not None and val >= hi):
+            want = (f"in [{lo}, {hi})" if hi is not None else
+                    f"{'at least' if inclusive else 'greater than'} {lo}")
+            raise ConfigError(f"{key}: must be {want}, got {val!r}")
+    if cfg.crossan.momef_top_k == 1 and cfg.crossan.load_balance_weight == 0:
+        raise ConfigError("crossan.momef_top_k: 1 keeps one expert per item at weight 1, so the task loss gives "
+                          "the router no gradient; set crossan.load_balance_weight > 0 with it (or use 0 or ≥ 2)")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -456,7 +550,11 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    """Write ``cfg`` as YAML, atomically (a crash never leaves half a config.yaml)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    os.replace(tmp, path)
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

@@ -169,10 +169,26 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, data: Sequenti
     """
     run = _start(cfg, Path(run_dir), resume, data, progress)
     state = _resume(run, resume)
-    inputs, targets = torch.as_tensor(run.data.train_inputs), torch.as_tensor(run.data.train_targets)
+    inputs, targets = training_rows(run.data)
     while state.epoch < cfg.train.epochs and state.bad_epochs < cfg.train.patience:
         _run_epoch(run, state, inputs, targets)
     return _test_best(run, state)
+
+
+def training_rows(data: SequentialData) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training windows and targets of the users that have at least one training target.
+
+    A user with exactly 3 interactions (``data.min_interactions=3``) keeps one item before its validation
+    and test items, so its window is all padding: a batch of only such users would have no position to
+    learn from, and its loss would be the mean over nothing (NaN). Such users are still validated and tested.
+    """
+    inputs, targets = torch.as_tensor(data.train_inputs), torch.as_tensor(data.train_targets)
+    has_target = targets.ne(0).any(1)
+    if bool(has_target.all()):
+        return inputs, targets
+    log.info("%d users with no training target (3 interactions) are left out of training; they are still "
+             "validated and tested", int((~has_target).sum()))
+    return inputs[has_target], targets[has_target]
 
 
 def make_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
@@ -254,10 +270,17 @@ def _run_epoch(run: _Run, state: TrainState, inputs: torch.Tensor, targets: torc
     mean_loss = train_epoch(run.step_model, run.opt, batches, inputs, targets, run.device, cfg.train.grad_clip,
                             desc=f"epoch {epoch}", progress=run.progress)
     epoch_time = time.perf_counter() - t0
+    last_good = ("the last good epoch is in checkpoints/last.pt (--resume continues from it)" if epoch > 1
+                 else "no epoch had finished")
     if not math.isfinite(mean_loss):
         raise NonFiniteError(f"epoch {epoch}: the training loss is {mean_loss} (not finite); nothing of this "
                              f"epoch was saved — lower the learning rates (train.lr={cfg.train.lr}) or check the "
-                             "inputs; the last good epoch is in checkpoints/last.pt")
+                             f"inputs; {last_good}")
+    bad = first_non_finite(run.model)
+    if bad is not None:  # e.g. an overflowing gradient on the epoch's last step: the loss was still finite
+        raise NonFiniteError(f"epoch {epoch}: parameter {bad} holds non-finite values after training; nothing "
+                             f"of this epoch was saved — lower the learning rates (train.lr={cfg.train.lr}) or "
+                             f"set train.grad_clip; {last_good}")
     full_steps = _num_batches(len(inputs), cfg.train.batch_size)
     if len(batches) < full_steps:  # a capped epoch (train.max_steps_per_epoch): extrapolate to a full one
         epoch_time *= full_steps / max(1, len(batches))
@@ -275,6 +298,19 @@ def _run_epoch(run: _Run, state: TrainState, inputs: torch.Tensor, targets: torc
             f.write(json.dumps(record) + "\n")
         save_checkpoint(run.run_dir / CHECKPOINT, run.model, run.opt, state)
     dist.barrier()
+
+
+def first_non_finite(model: torch.nn.Module) -> str | None:
+    """The name of the first trainable parameter with a NaN or infinite entry (None when all are finite).
+
+    One reduction per tensor, summed on the device, and a single sync: cheap next to an epoch."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not params:
+        return None
+    finite = torch.stack([torch.isfinite(p).all() for _, p in params])
+    if bool(finite.all()):
+        return None
+    return params[int((~finite).nonzero()[0])][0]
 
 
 def _validate(run: _Run, state: TrainState, epoch: int) -> dict[str, float]:
