@@ -407,6 +407,27 @@ def test_momef_top_k_keeps_exactly_k(M, k):
     assert momef.router.weight.grad.abs().sum() > 0 or k == 1  # k = 1: weight ≡ 1, router gets no grad
 
 
+@pytest.mark.parametrize("k", [1, 2])
+def test_momef_balance_loss_reads_the_weights_before_top_k(k):
+    """Switch form: P is the mean of the full softmax, so with k = 1 (kept weight ≡ 1) the router still
+    learns through the balance loss; f counts each item 1/k' on each of its k' kept experts."""
+    torch.manual_seed(0)
+    momef = MOMEF(MODS[:4], D, top_k=k, load_balance_weight=1.0)
+    e = torch.randn(30, 4, D)
+    present = torch.ones(30, 4, dtype=torch.bool)
+    present[:5, 1:] = False  # five items with text only: one kept expert whatever k is
+    present[5] = False  # one item with nothing: uniform weights, left out of the balance loss
+    momef(e, present)
+    logits = momef.router(e.flatten(1)) / momef.temperature
+    p_all = torch.softmax(logits.masked_fill(~present, float("-inf")), 1)[present.any(1)]
+    kept = (momef.last_weights[present.any(1)] > 0).float()
+    f = (kept / kept.sum(1, keepdim=True)).mean(0)
+    assert momef.aux_loss().item() == pytest.approx(4 * float((f * p_all.mean(0)).sum().detach()), rel=1e-5)
+    torch.testing.assert_close(momef.last_weights[5], torch.full((4,), 0.25))  # not cut to the first k
+    momef.aux_loss().backward()
+    assert momef.router.weight.grad.abs().sum() > 1e-3
+
+
 def test_momef_load_balance_loss():
     torch.manual_seed(0)
     feats = make_features(3)

@@ -14,13 +14,15 @@ Rules chosen here:
   all M experts, which then read their (zeroed) inputs — a learned "no content" embedding, never NaN.
 * With M = 1 there is nothing to route (p ≡ 1): no router parameters are created.
 * Top-k (``top_k > 0``): the k largest weights are kept and renormalised to sum to 1; gradients flow
-  through the kept ones. Items with fewer than k present modalities keep only those. Note that with
-  k = 1 the kept weight is always 1, so the router then learns only through the load-balancing loss.
-* Load balancing (Switch-Transformer style, Fedus et al. 2021): ``M · Σ_m f_m · P_m``, where ``P_m`` is the
-  mean router weight of expert m over the batch's items (differentiable) and ``f_m`` the fraction of items
-  whose largest weight is on m (not differentiable). It is 1 at perfect balance and grows as routing
-  concentrates; scaled by ``load_balance_weight`` (0 by default: no loss at all) and exposed through
-  :meth:`MOMEF.aux_loss` after each forward.
+  through the kept ones. Items with fewer than k present modalities keep only those; items with none stay
+  uniform over all M. With k = 1 the kept weight is always 1, so the task loss gives the router no gradient:
+  it then learns only through the load-balancing loss (configs refuse k = 1 without it).
+* Load balancing (Switch-Transformer style, Fedus et al. 2021): ``M · Σ_m f_m · P_m`` over the batch's items
+  with at least one modality, where ``P_m`` is the mean router weight of expert m *before* top-k
+  (differentiable) and ``f_m`` the share of items dispatched to m (not differentiable): the item's largest
+  weight without top-k; with top-k, each item counts 1/k' to each of its k' kept experts. It is 1 at perfect
+  balance and grows as routing concentrates; scaled by ``load_balance_weight`` (0 by default: no loss at
+  all) and exposed through :meth:`MOMEF.aux_loss` after each forward.
 * Router statistics: :attr:`MOMEF.last_weights` holds the last forward's p [U, M] (detached). Over every
   forward since :meth:`MOMEF.reset_stats` (the trainer resets before ``embed_all``, so at evaluation that is
   exactly the N items of the catalogue), :meth:`MOMEF.stats` reports ``router_weight`` — the mean of p_m
@@ -74,34 +76,40 @@ class MOMEF(nn.Module):
 
     def routing(self, e: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """Router weights p [U, M] for embeddings ``e`` [U, M, d] and presence Bool[U, M]."""
+        return self._route(e, present)[1]
+
+    def _route(self, e: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(p_all, p)``: the router's softmax over the present modalities, and the weights used (p_all with
+        only the top k kept and renormalised, or p_all itself without top-k)."""
         U, M, _ = e.shape
         if self.router is None:
-            return e.new_ones(U, M)
+            ones = e.new_ones(U, M)
+            return ones, ones
         logits = self.router(e.flatten(1)) / self.temperature
-        p = masked_softmax(logits, present)
-        p = torch.where(present.any(1, keepdim=True), p, torch.full_like(p, 1 / M))  # nothing present: uniform
-        if 0 < self.top_k < M:
-            keep = torch.zeros_like(present).scatter(1, p.topk(self.top_k, dim=1).indices, True)
-            p = p * keep
-            p = p / p.sum(1, keepdim=True)  # the largest weight is > 0, so the sum is too
-        return p
+        p_all = masked_softmax(logits, present)
+        has_any = present.any(1, keepdim=True)
+        p_all = torch.where(has_any, p_all, torch.full_like(p_all, 1 / M))  # nothing present: uniform
+        if not 0 < self.top_k < M:
+            return p_all, p_all
+        keep = torch.zeros_like(present).scatter(1, p_all.topk(self.top_k, dim=1).indices, True) | ~has_any
+        p = p_all * keep
+        return p_all, p / p.sum(1, keepdim=True)  # the largest weight is > 0, so the sum is too
 
     def forward(self, e: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """``e``: [U, M, d] modality embeddings, ``present``: Bool[U, M] → fused item embeddings [U, d]."""
-        p = self.routing(e, present)
+        p_all, p = self._route(e, present)
         experts = torch.stack([expert(e[:, i]) for i, expert in enumerate(self.experts)], 1)  # [U, M, d]
-        self._record(p, present)
+        self._record(p_all, p, present)
         return (p[..., None] * experts).sum(1)
 
-    def _record(self, p: torch.Tensor, present: torch.Tensor) -> None:
+    def _record(self, p_all: torch.Tensor, p: torch.Tensor, present: torch.Tensor) -> None:
         self.last_weights = p.detach()
         self._aux = None
         M = p.shape[1]
-        if self.load_balance_weight > 0 and M >= 2 and torch.is_grad_enabled():
-            frac = F.one_hot(p.argmax(1), M).float().mean(0)
-            self._aux = self.load_balance_weight * M * (frac.detach() * p.mean(0)).sum()
+        has_any = present.any(1)
+        if self.load_balance_weight > 0 and M >= 2 and torch.is_grad_enabled() and bool(has_any.any()):
+            self._aux = self.load_balance_weight * load_balance(p_all[has_any], p[has_any], self.top_k)
         with torch.no_grad():
-            has_any = present.any(1)
             self._weight_sum += (p * has_any[:, None]).sum(0)
             self._present_count += present.sum(0)
             self._item_count += has_any.sum()
@@ -128,3 +136,16 @@ class MOMEF(nn.Module):
         M, h = num_modalities, expert_mult * dim
         router = M * dim * M + M if M >= 2 else 0
         return router + M * (dim * h + h + h * dim + dim)
+
+
+def load_balance(p_all: torch.Tensor, p: torch.Tensor, top_k: int = 0) -> torch.Tensor:
+    """Switch-Transformer load balance ``M · Σ_m f_m · P_m`` for router weights before (``p_all``) and after
+    (``p``) top-k, both [U, M]: ``P`` is the mean of ``p_all`` (the gradient's path), ``f`` the share of items
+    dispatched to each expert (the argmax without top-k; 1/k' to each of an item's k' kept experts with it)."""
+    M = p_all.shape[1]
+    if top_k > 0:
+        kept = (p > 0).float()
+        frac = (kept / kept.sum(1, keepdim=True)).mean(0)
+    else:
+        frac = F.one_hot(p_all.argmax(1), M).float().mean(0)
+    return M * (frac.detach() * p_all.mean(0)).sum()
