@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from crossan.recommender import inbatch_softmax_loss
+from crossan.recommender import inbatch_softmax_loss, sample_negatives
 
 
 def _case(seed: int = 0):
@@ -124,3 +124,22 @@ def test_item_rows_have_a_deterministic_gradient() -> None:
     expected = torch.zeros_like(emb).index_add_(0, index.reshape(-1), upstream.reshape(-1, 64))
     torch.testing.assert_close(grads[0], expected, rtol=1e-5, atol=1e-5)
     assert all(torch.equal(grads[0], other) for other in grads[1:])
+
+
+def test_bce_negatives_avoid_the_users_window_and_cover_the_rest() -> None:
+    """With 12 items and windows of 4 inputs + 4 targets, a uniform draw hits an own item about half the time;
+    after the redraws none does, and every other item is drawn at about the same rate."""
+    torch.manual_seed(0)
+    N, B, L = 12, 2000, 4
+    inputs = torch.randint(1, N + 1, (B, L))
+    inputs[:, 0] = 0  # left padding
+    targets = torch.where(inputs > 0, torch.randint(1, N + 1, (B, L)), 0)
+    neg = sample_negatives(inputs, targets, N)
+    own = torch.cat([inputs, targets], 1)
+    assert neg.shape == targets.shape and int(neg.min()) >= 1 and int(neg.max()) <= N
+    assert not bool((neg[..., None] == own[:, None, :]).any(-1).any())
+    # each row's allowed items are equally likely: the count of item j over rows where j is allowed
+    allowed = torch.ones(B, N + 1, dtype=torch.bool).scatter_(1, own, False)[:, 1:]
+    expect = (allowed.float() / allowed.sum(1, keepdim=True)).sum(0) * L
+    got = torch.bincount(neg.flatten(), minlength=N + 1)[1:].float()
+    assert torch.allclose(got, expect, rtol=0.1)

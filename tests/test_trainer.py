@@ -105,3 +105,12 @@ def test_missing_cache_fails_before_the_run_folder_exists(small_data: Path, tmp_
 @pytest.mark.parametrize("n, bs", [(100, 32), (96, 32), (1, 64), (65, 64)])
 def test_step_count_matches_the_batches(n: int, bs: int) -> None:
     assert trainer._num_batches(n, bs) == len(trainer._batches(n, bs, seed=1, epoch=1))
+
+
+def test_history_cut_short_by_a_crash_is_truncated(tmp_path: Path) -> None:
+    from crossan.runs import truncate_history
+
+    path = tmp_path / "history.jsonl"
+    path.write_text('{"epoch": 1, "loss": 2.0}\n{"epoch": 2, "loss": 1.5}\n{"epoch": 3, "lo')
+    truncate_history(path, 2)
+    assert [json.loads(x)["epoch"] for x in path.read_text().splitlines()] == [1, 2]

@@ -236,3 +236,14 @@ def test_non_finite_weights_are_never_checkpointed(small_data: Path, tmp_path: P
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["state"]["epoch"] == 1
     assert all(torch.isfinite(t).all() for t in ckpt["model"].values() if t.is_floating_point())
+
+
+def test_batch_smaller_than_the_world_is_refused(small_data: Path, tmp_path: Path, monkeypatch) -> None:
+    """Under torchrun each rank takes every W-th example of a batch: with batch_size < W no step could run."""
+    from crossan import distributed as dist
+
+    monkeypatch.setattr(dist, "world_size", lambda: 4)
+    cfg = load_config([], [f"data.path={small_data}", "train.batch_size=3", "device=cpu", "train.epochs=1"])
+    with pytest.raises(ConfigError, match=r"train\.batch_size: 3 is smaller than the 4 processes"):
+        train(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

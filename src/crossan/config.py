@@ -90,7 +90,8 @@ class TrainConfig:
     """Backbone weights under full fine-tuning."""
     weight_decay: float = 0.0
     loss: Literal["inbatch", "bce"] = "inbatch"
-    """``inbatch``: in-batch softmax with popularity correction; ``bce``: one sampled negative per position."""
+    """``inbatch``: in-batch softmax with popularity correction; ``bce``: one sampled negative per position
+    (never one of the user's window items)."""
     negatives: Literal["unique", "slots"] = "slots"
     """In-batch candidates. ``slots`` (default, as IISAN's official code): every slot of the batch's
     sequences (L + 1 per user), so an item is a negative as often as it occurs in the batch, in proportion to

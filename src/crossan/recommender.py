@@ -68,8 +68,7 @@ class Recommender(nn.Module):
         """Mean training loss over the non-padding positions of a batch of windows [B, L]."""
         B, L = inputs.shape
         if self.loss_kind == "bce":
-            negatives = torch.randint(1, self.num_items + 1, targets.shape, device=targets.device)
-            ids = torch.cat([inputs, targets, negatives], 1)
+            ids = torch.cat([inputs, targets, sample_negatives(inputs, targets, self.num_items)], 1)
         else:
             ids = torch.cat([inputs, targets], 1)
         with autocast(self.precision, inputs.device):
@@ -172,3 +171,18 @@ def _own_masked_softmax_loss(states: torch.Tensor, cand_emb: torch.Tensor, cand_
     row_bias[torch.arange(len(b), device=states.device), tgt] = -log_pop[tgt]
     logits = torch.addmm(row_bias, states[b, t], cand_emb.T)
     return F.cross_entropy(logits, tgt)
+
+
+def sample_negatives(inputs: torch.Tensor, targets: torch.Tensor, num_items: int, rounds: int = 16) -> torch.Tensor:
+    """One negative per position [B, L] for ``train.loss=bce``: uniform over items 1..N, redrawn where it is
+    one of the user's own window items (its inputs or targets), as SASRec's sampler does (Kang & McAuley,
+    2018), so a negative never contradicts a positive. Redraws are vectorised and stop after ``rounds``
+    (a window covering nearly the whole catalogue could otherwise loop; what is left then stays as drawn)."""
+    own = torch.cat([inputs, targets], 1)  # [B, 2L]
+    neg = torch.randint(1, num_items + 1, targets.shape, device=targets.device)
+    for _ in range(rounds):
+        clash = (neg[..., None] == own[:, None, :]).any(-1)
+        if not bool(clash.any()):
+            break
+        neg = torch.where(clash, torch.randint_like(neg, 1, num_items + 1), neg)
+    return neg

@@ -280,10 +280,19 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
 
 
 def truncate_history(path: Path, epochs_done: int) -> None:
-    """Drop history lines of epochs after the checkpoint (a crash can fall between the two writes)."""
+    """Drop history lines of epochs after the checkpoint (a crash can fall between the two writes), and a last
+    line that a crash cut short."""
     if path.is_file():
-        keep = [line for line in path.read_text().splitlines() if json.loads(line)["epoch"] <= epochs_done]
+        keep = [line for line in path.read_text().splitlines() if _history_epoch(line) <= epochs_done]
         atomic_write(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in keep)))
+
+
+def _history_epoch(line: str) -> float:
+    """The epoch of one history line (infinity for a line cut short, so that it is dropped)."""
+    try:
+        return json.loads(line)["epoch"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def save_per_user(path: Path, data: SequentialData, valid_ranks: torch.Tensor, test_ranks: torch.Tensor) -> None:

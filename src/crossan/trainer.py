@@ -24,6 +24,7 @@ import crossan
 from crossan import distributed as dist
 from crossan.config import Config, save_config
 from crossan.data import SequentialData, prepare
+from crossan.errors import ConfigError
 from crossan.evaluation import mean_metrics
 from crossan.methods import cache_methods
 from crossan.model import build_model, module_report, param_groups
@@ -94,8 +95,10 @@ def _batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tenso
     """This rank's share of each global batch of an epoch's shuffled order.
 
     ``batch_size`` is the global batch: under torchrun every rank takes every W-th example of it, so the
-    optimisation (examples per step, learning rate) is the same for any world size W. A last batch with
-    fewer than W examples is dropped so that every rank takes the same number of steps.
+    examples per step and the learning rate are the same for any world size W. The in-batch softmax,
+    though, draws its negatives from the rank's own share (1/W of the batch) and each rank averages over its
+    own positions before DDP averages the gradients, so the loss is not exactly the single-process one.
+    A last batch with fewer than W examples is dropped so that every rank takes the same number of steps.
     """
     g = torch.Generator().manual_seed(seed * 1000003 + epoch)
     W, r = dist.world_size(), dist.rank()
@@ -209,6 +212,9 @@ def _start(cfg: Config, run_dir: Path, resume: bool, data: SequentialData | None
     """
     data = data if data is not None else prepare(cfg.data)
     device = dist.init_from_env(resolve_device(cfg.device))
+    if cfg.train.batch_size < dist.world_size():
+        raise ConfigError(f"train.batch_size: {cfg.train.batch_size} is smaller than the {dist.world_size()} "
+                          "processes it is shared among, so no step could run")
     configure_malloc(cfg.train.malloc, device)
     resolve_paths(cfg)  # config.yaml stores absolute paths: --resume and serving work from any folder
     check_run_dir(run_dir, cfg, resume)
