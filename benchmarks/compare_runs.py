@@ -7,7 +7,9 @@ per-user test NDCG@10 against a reference group (METHOD.md §11), from each run'
         --csv out.csv
 
 Each group lists one run folder per seed, in the same seed order for every group: seed i of a group is paired
-with seed i of the reference, and only when the two runs' split fingerprints agree (same users, same targets).
+with seed i of the reference, and only when the two runs' split fingerprints agree (same users, same targets)
+and they ranked under the same ``eval.mask_history``. ``*`` marks a Holm-adjusted p < 0.05 (over the table's
+tests).
 Prints a markdown table; ``--csv`` also writes it as CSV.
 """
 
@@ -21,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crossan.reports.stats import ndcg_at, paired_bootstrap, t_interval
+from crossan.reports.stats import holm_adjust, ndcg_at, paired_bootstrap, t_interval
 
 METRICS = ("HR@10", "NDCG@10", "MRR")
 
@@ -58,13 +60,19 @@ def main(argv: list[str] | None = None) -> int:
             k = min(len(res), len(results[ref]))
             a, b = per_user[name][:k], per_user[ref][:k]
             same = all(str(x["split_fingerprint"]) == str(y["split_fingerprint"]) for x, y in zip(a, b))
+            masks = {str(r.get("mask_history")) for r in res[:k] + results[ref][:k]}
             if not same:
                 row["p_value"], row["diff_NDCG@10"] = "not paired (splits differ)", ""
+            elif len(masks) > 1:
+                row["p_value"], row["diff_NDCG@10"] = "not paired (eval.mask_history differs)", ""
             else:
                 t = paired_bootstrap([ndcg_at(x["test_ranks"]) for x in a], [ndcg_at(y["test_ranks"]) for y in b])
                 row["p_value"], row["diff_NDCG@10"] = t.p_value, t.diff
                 row["diff_ci95"] = f"[{t.ci95[0]:+.4f}, {t.ci95[1]:+.4f}]"
         rows.append(row)
+    tested = [r for r in rows if isinstance(r.get("p_value"), float)]
+    for r, p_holm in zip(tested, holm_adjust([r["p_value"] for r in tested])):
+        r["p_holm"] = p_holm
     print(f"| run | method | seeds | best epochs | test HR@10 | test NDCG@10 | test MRR | Δ NDCG@10 vs {ref} [95% CI] "
           "| p | s/epoch | trainable params |")
     print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -76,9 +84,11 @@ def main(argv: list[str] | None = None) -> int:
             d, p = r["p_value"], ""
         else:
             d = f"{r['diff_NDCG@10']:+.4f} {r['diff_ci95']}"
-            p = f"{r['p_value']:.4f}" + (" *" if r["p_value"] < 0.05 else "")
+            p = f"{r['p_value']:.4f} (Holm {r['p_holm']:.4f})" + (" *" if r["p_holm"] < 0.05 else "")
         print(f"| {r['run']} | {r['method']} | {r['seeds']} | {r['best_epochs']} | {q} | {d} | {p} | "
               f"{r['s_per_epoch']:.1f} | {r['trainable_params']:,} |")
+    print(f"\np: paired bootstrap over test users; Holm: adjusted over the {len(tested)} test(s) of this table; "
+          "* where the Holm-adjusted p < 0.05.")
     if args.csv:
         keys = sorted({k for r in rows for k in r}, key=lambda k: list(rows[0]).index(k) if k in rows[0] else 99)
         with open(args.csv, "w", newline="") as f:

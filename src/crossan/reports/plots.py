@@ -7,7 +7,8 @@ Two figures appear when the runs they need exist (no suite key; the ``ablation``
   ``CROSSAN-M4``): test NDCG@10 (mean, 95% interval) against k per label, and in a second panel trainable
   parameters and time per epoch against k; drawn for every label with at least two such runs;
 * ``ablation_bars.png`` — when the suite has a reference: test NDCG@10 of every converged run (mean, 95%
-  interval), the reference hatched, ``*`` over runs whose paired test against it gives p < 0.05.
+  interval), the reference hatched, ``*`` over runs whose paired test against it gives a Holm-adjusted
+  p < 0.05 (``significant`` in the table).
 """
 
 from __future__ import annotations
@@ -110,8 +111,8 @@ def _ablation_bars(rows: list[dict[str, Any]], out: Path) -> str:
                         xytext=(0, 2), ha="center", fontsize=12)
     ax.set_xticks(list(xs), [r["name"] for r in rows], rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("test NDCG@10 (mean, 95% CI over seeds)")
-    ax.set_title(f"Runs against the reference {ref} (hatched)\n* p < 0.05, paired bootstrap over users",
-                 fontsize=9)
+    ax.set_title(f"Runs against the reference {ref} (hatched)\n"
+                 "* Holm-adjusted p < 0.05, paired bootstrap over users", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, out, "ablation_bars.png")
 
@@ -148,7 +149,7 @@ def _quality_vs_params(rows: list[dict[str, Any]], n_cost_only: int, out: Path) 
     title = "Quality against trainable parameters"
     ref = rows[0].get("reference")
     if ref:
-        title += f"\n* differs from {ref} (ref) at p < 0.05, paired test over test users"
+        title += f"\n* differs from {ref} (ref) at Holm-adjusted p < 0.05, paired test over test users"
     if n_cost_only:
         title += f"\n({n_cost_only} cost-only run(s), not converged, not shown)"
     ax.set_title(title, fontsize=10)

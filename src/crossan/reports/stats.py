@@ -6,6 +6,9 @@ over users.
   degrees of freedom, inverted by bisection) so that numpy is the only dependency.
 * :func:`paired_bootstrap` — a two-sided paired bootstrap test of "run A and the reference have the same mean
   per-user NDCG@10" on the *same* test users, pooled over seeds.
+* :func:`holm_adjust` — Holm–Bonferroni adjusted p-values for the family of comparisons in one report, so
+  that the chance of at least one false "significant" mark stays at most the level however many runs are
+  compared with the reference.
 
 Why a bootstrap and not a paired t-test: per-user NDCG@10 is mostly exact zeros with a long right tail (a hit
 is worth 1/log2(rank+1)), so the differences are far from normal; the bootstrap makes no assumption on their
@@ -158,3 +161,24 @@ def paired_bootstrap(a: Sequence[np.ndarray], b: Sequence[np.ndarray], same_user
     p = float((far.sum() + 1) / (resamples + 1))
     lo, hi = np.quantile(boot, [0.025, 0.975])
     return PairedTest(observed, (float(lo), float(hi)), min(1.0, p), int(strata[0].size), len(a), resamples)
+
+
+# ------------------------------------------------------------------------------------------ many comparisons
+def holm_adjust(p_values: Sequence[float]) -> list[float]:
+    """Holm–Bonferroni adjusted p-values, in the order given (Holm 1979, step-down).
+
+    With the ``m`` p-values sorted ascending, p₍₁₎ ≤ … ≤ p₍ₘ₎, the adjusted value of the i-th is
+    ``max_{j ≤ i} min(1, (m − j + 1) · p₍ⱼ₎)``: rejecting where it is below α keeps the family-wise error rate
+    (the chance of any false rejection among the ``m``) at most α, under any dependence between the tests.
+    ``holm_adjust([0.01, 0.04, 0.03])`` is ``[0.03, 0.06, 0.06]``.
+    """
+    p = [float(x) for x in p_values]
+    if any(not 0.0 <= x <= 1.0 for x in p):  # NaN fails this too
+        raise ValueError(f"p-values must be in [0, 1], got {p}")
+    m = len(p)
+    adjusted = [0.0] * m
+    running = 0.0
+    for i, idx in enumerate(sorted(range(m), key=lambda k: p[k])):  # stable: ties keep their order
+        running = max(running, min(1.0, (m - i) * p[idx]))
+        adjusted[idx] = running
+    return adjusted

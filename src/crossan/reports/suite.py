@@ -22,8 +22,13 @@ peak resident memory during the run above the process's idle baseline; on a GPU:
 ``torch.cuda.max_memory_allocated``). A run's cost columns (time per epoch, memory) come from its first seed,
 which always trains with nothing else running; with ``parallel: N`` the remaining seeds then train N at a
 time (each with 1/N of the cores), for their quality only. A finished (run, seed) is reused when the suite is
-run again; an interrupted one resumes from its checkpoint; one whose folder holds another configuration is
-refused. A run that fails is kept in the table with its error.
+run again (the report flags one written by another crossan version); an interrupted one resumes from its
+checkpoint; one whose folder holds another configuration is refused. A run that fails is kept in the table
+with its error.
+
+Every run is tested against the reference (paired bootstrap on per-user test NDCG@10, only for seeds on the
+same split and ranked under the same ``eval.mask_history``); the ``*`` of significance is decided on
+Holm–Bonferroni adjusted p-values over all the tests of the report (:mod:`crossan.reports.table`).
 
 A run whose epochs are capped (``train.max_steps_per_epoch`` > 0) has no converged quality: it is *cost only*
 — trained under the first seed alone, its quality columns left blank and kept off the quality axes.
@@ -31,6 +36,7 @@ A run whose epochs are capped (``train.max_steps_per_epoch`` > 0) has no converg
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -40,6 +46,7 @@ from typing import Any
 
 import yaml
 
+import crossan
 from crossan.config import ConfigError, config_differences, load_config
 from crossan.data.catalogue import MODALITIES
 from crossan.reports.children import cpu_seconds, error_line, run_child, train_parallel
@@ -214,6 +221,18 @@ def config_changes(run_dir: Path, overrides: list[str]) -> list[str]:
     return config_differences(saved, load_config([], overrides))
 
 
+def _other_version(run_dir: Path) -> str:
+    """`` (written by crossan X; this is Y)`` when the run's results.json names another crossan version (or
+    none); the configuration was checked equal, and the report flags the row (``crossan.reports.table``)."""
+    try:
+        written = json.loads((run_dir / "results.json").read_text()).get("crossan_version")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    if written == crossan.__version__:
+        return ""
+    return f" (written by crossan {written or 'of unknown version'}; this is {crossan.__version__})"
+
+
 def _job(suite: Suite, run: RunSpec, seed: int, data: Path, out: Path, resume: bool, label: str
          ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The record of one (run, seed) and the arguments to train it (None: reused, or refused)."""
@@ -233,7 +252,8 @@ def _job(suite: Suite, run: RunSpec, seed: int, data: Path, out: Path, resume: b
             print(f"[suite] {label}: FAILED: {rec['error']}", flush=True)
             return rec, None
     if (run_dir / "results.json").is_file():
-        print(f"[suite] {label}: done earlier, reusing {run_dir / 'results.json'}", flush=True)
+        print(f"[suite] {label}: done earlier, reusing {run_dir / 'results.json'}{_other_version(run_dir)}",
+              flush=True)
         rec["cpu_s"] = cpu_seconds(log_path)
         rec["reused"] = True
         return rec, None

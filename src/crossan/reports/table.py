@@ -1,8 +1,12 @@
 """A suite's table: one row per run with the mean and 95% t-interval over seeds of every metric, the paired
-bootstrap against the reference run on per-user test NDCG@10 (from each run folder's ``per_user.npz``), the
-efficiency figures and TPME; written as ``results.csv``, ``results.json``, ``results.md`` and ``report.md``.
+bootstrap against the reference run on per-user test NDCG@10 (from each run folder's ``per_user.npz``) with
+Holm–Bonferroni adjusted p-values over the report's comparisons, the efficiency figures and TPME; written as
+``results.csv``, ``results.json``, ``results.md`` and ``report.md``.
 
-``*_ci95`` columns hold the half-width of the interval: the interval is ``mean ± ci95``.
+``*_ci95`` columns hold the half-width of the interval: the interval is ``mean ± ci95``. ``p_value`` is the
+raw bootstrap p-value, ``p_holm`` the Holm-adjusted one that ``significant`` is based on. ``flags`` names
+what a reader must know about a row: seeds whose best epoch was the last one allowed (``capped``), an
+evaluation without the history mask or seeds that differ in it, runs written by another crossan version.
 """
 
 from __future__ import annotations
@@ -14,15 +18,86 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
-from crossan.reports.stats import BOOTSTRAP_RESAMPLES, ndcg_at, paired_bootstrap, t_interval
+import crossan
+from crossan.reports.stats import BOOTSTRAP_RESAMPLES, holm_adjust, ndcg_at, paired_bootstrap, t_interval
 from crossan.utils import atomic_write_json, atomic_write_text
 
-METRICS = ("HR@10", "NDCG@10", "HR@20", "NDCG@20", "MRR")
+METRICS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20", "MRR")
+"""Every cut-off METHOD.md §2 asks for (K = 5, 10, 20; 10 is the headline) and MRR."""
 ALPHA = 0.05
 
 
 # --------------------------------------------------------------------------------------------- one row per run
+def _epochs_allowed(run_dir: str) -> int | None:
+    """``train.epochs`` of the run's saved ``config.yaml`` (None when it cannot be read)."""
+    try:
+        saved = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+        epochs = saved["train"]["epochs"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
+
+
+def _with_derived_metrics(run_dir: str, results: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The run's valid and test metrics, with each HR@K/NDCG@K of :data:`METRICS` that results.json lacks
+    (``eval.ks`` without that K) computed from the per-user ranks of ``per_user.npz`` when the folder has it
+    (the same ranks, the same formula as :mod:`crossan.evaluation`)."""
+    out = {split: dict(results[split]) for split in ("valid", "test")}
+    missing = [k for k in METRICS if k != "MRR" and any(k not in out[split] for split in out)]
+    path = Path(run_dir) / "per_user.npz"
+    if not missing or not path.is_file():
+        return out
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            ranks = {split: np.asarray(z[f"{split}_ranks"], dtype=np.float64) for split in out}
+    except (OSError, KeyError, ValueError):
+        return out
+    for split, r in ranks.items():
+        for k in missing:
+            if k not in out[split] and r.size:
+                cut = int(k.split("@")[1])
+                out[split][k] = float((r <= cut).mean() if k.startswith("HR@") else ndcg_at(r, cut).mean())
+    return out
+
+
+def _seeds_text(seeds: list[Any]) -> str:
+    return f"seed{'s' if len(seeds) > 1 else ''} {','.join(str(s) for s in seeds)}"
+
+
+def _mask_text(mask: bool | None) -> str:
+    """``true``, ``false`` or ``unknown`` (results.json written before ``mask_history`` was recorded)."""
+    return "unknown" if mask is None else str(mask).lower()
+
+
+def _flags(row: dict[str, Any]) -> list[str]:
+    """What a reader must know about a finished row: seeds that differ in ``eval.mask_history`` (their
+    interval mixes two ranking rules) or a run without the mask, seeds whose best epoch was the last one
+    ``train.epochs`` allowed (still improving when stopped: ``capped``), seeds written by another crossan
+    version."""
+    flags = []
+    seeds = row["per_seed"]
+    masks = list(dict.fromkeys(p["mask_history"] for p in seeds))  # in seed order
+    if len(masks) > 1:
+        by_mask = {m: _seeds_text([p["seed"] for p in seeds if p["mask_history"] == m]) for m in masks}
+        flags.append("mask_history differs between seeds: "
+                     + "; ".join(f"{_mask_text(m)} ({s})" for m, s in by_mask.items()))
+    elif masks == [False]:
+        flags.append("history not masked (eval.mask_history=false)")
+    capped = [p for p in seeds if p["epochs_allowed"] and p["best_epoch"] == p["epochs_allowed"]]
+    if capped and not row["cost_only"]:  # a cost-only run's epochs are capped on purpose
+        epochs = "/".join(dict.fromkeys(str(p["epochs_allowed"]) for p in capped))
+        flags.append(f"capped: best at the last allowed epoch ({_seeds_text([p['seed'] for p in capped])}, "
+                     f"train.epochs={epochs})")
+    other = [p for p in seeds if p["crossan_version"] != crossan.__version__]
+    if other:
+        versions = "/".join(dict.fromkeys(str(p["crossan_version"] or "unknown") for p in other))
+        flags.append(f"written by crossan {versions} ({_seeds_text([p['seed'] for p in other])}; "
+                     f"this is {crossan.__version__})")
+    return flags
+
+
 def collect_run(run: Any, recs: list[dict[str, Any]]) -> dict[str, Any]:
     """One table row for ``run`` from its (run, seed) records (see ``crossan.reports.suite``: seed, dir, status, error, log, wall_s, cpu_s)."""
     row: dict[str, Any] = {"name": run.name, "method": run.method, "modalities": "+".join(run.modalities),
@@ -40,12 +115,16 @@ def collect_run(run: Any, recs: list[dict[str, Any]]) -> dict[str, Any]:
         if r["status"] != "ok":
             continue
         res = json.loads((Path(r["dir"]) / "results.json").read_text())
+        res.update(_with_derived_metrics(r["dir"], res))
         per_seed.append({"seed": r["seed"], "dir": r["dir"], "results": res})
     row["per_seed"] = [{"seed": p["seed"], "dir": p["dir"], "best_epoch": p["results"]["best_epoch"],
+                        "epochs_allowed": _epochs_allowed(p["dir"]),
                         "test": p["results"]["test"], "valid": p["results"]["valid"],
                         "time_per_epoch_s": p["results"]["train_time_per_epoch_s"],
                         "peak_memory_bytes": p["results"]["peak_memory_bytes"],
-                        "split_fingerprint": p["results"].get("split_fingerprint")} for p in per_seed]
+                        "split_fingerprint": p["results"].get("split_fingerprint"),
+                        "mask_history": p["results"].get("mask_history"),  # None: an older results.json
+                        "crossan_version": p["results"].get("crossan_version")} for p in per_seed]
     if errors:
         row["error"] = "; ".join(errors)
         row["log"] = next(r["log"] for r in recs if r["status"] != "ok")
@@ -58,6 +137,10 @@ def collect_run(run: Any, recs: list[dict[str, Any]]) -> dict[str, Any]:
     row["seeds"] = ",".join(str(p["seed"]) for p in per_seed)
     row["n_seeds"] = len(per_seed)
     row["best_epochs"] = "/".join(str(p["results"]["best_epoch"]) for p in per_seed)
+    row["mask_history"] = "/".join(dict.fromkeys(_mask_text(p["mask_history"]) for p in row["per_seed"]))
+    row["crossan_version"] = "/".join(dict.fromkeys(str(p["crossan_version"] or "unknown")
+                                                    for p in row["per_seed"]))
+    row["flags"] = _flags(row)
     if not run.cost_only:  # a capped run's quality is not a result: its columns stay blank
         for split in ("valid", "test"):
             for k in METRICS:
@@ -115,13 +198,18 @@ def _per_user(run_dir: str) -> tuple[np.ndarray, np.ndarray, str]:
 def add_paired_tests(rows: list[dict[str, Any]], reference: str | None, resamples: int = BOOTSTRAP_RESAMPLES
                      ) -> None:
     """Test every converged run against ``reference`` on per-user test NDCG@10: seed s of a run is paired
-    with seed s of the reference (same seed ↔ same split), only when their split fingerprints are equal."""
+    with seed s of the reference (same seed ↔ same split), only when their split fingerprints are equal and
+    both ranked under the same ``eval.mask_history`` rule (otherwise the row says why it is not paired).
+
+    The tested rows are one family: each gets its raw ``p_value``, its Holm–Bonferroni adjusted ``p_holm``
+    over the ``holm_tests`` comparisons made, and ``significant`` = ``p_holm`` < :data:`ALPHA`."""
     by_name = {r["name"]: r for r in rows}
     ref = by_name.get(reference) if reference else None
     if ref is None or ref["status"] != "ok":
         return
     ref["p_value_note"] = "reference"
     ref_seeds = {p["seed"]: p for p in ref["per_seed"]}
+    tested = []
     for row in rows:
         if row is ref or row["status"] != "ok" or row["cost_only"]:
             continue
@@ -129,36 +217,48 @@ def add_paired_tests(rows: list[dict[str, Any]], reference: str | None, resample
         if not pairs:
             row["p_value_note"] = f"no seed in common with {reference}"
             continue
-        a, b, users, notes = [], [], [], []
+        a, b, users = [], [], []
+        notes: list[tuple[Any, str]] = []  # (seed, why it cannot be paired)
         for p, q in pairs:
+            mask, ref_mask = p.get("mask_history"), q.get("mask_history")
+            if mask != ref_mask:  # one rule can make a repeated target a hit, the other never: not comparable
+                notes.append((p["seed"], f"eval.mask_history differs ({_mask_text(mask)} vs "
+                                         f"{_mask_text(ref_mask)} for {reference}): ranked under another "
+                                         "evaluation rule"))
+                continue
             try:
                 xa, ua, fa = _per_user(p["dir"])
                 xb, ub, fb = _per_user(q["dir"])
             except (FileNotFoundError, KeyError, ValueError) as e:
-                notes.append(f"seed {p['seed']}: {e}")
+                notes.append((p["seed"], str(e)))
                 continue
             if fa != fb or p["split_fingerprint"] != q["split_fingerprint"] or not np.array_equal(ua, ub):
-                notes.append(f"seed {p['seed']}: split fingerprints differ ({fa} vs {fb}): not the same test users")
+                notes.append((p["seed"], f"split fingerprints differ ({fa} vs {fb}): not the same test users"))
                 continue
             a.append(xa)
             b.append(xb)
             users.append(ua)
         if notes:  # refuse to pair rather than test on a subset silently
-            row["p_value_note"] = "not paired: " + "; ".join(notes)
+            by_reason = {why: [s for s, w in notes if w == why] for _, why in notes}
+            row["p_value_note"] = "not paired: " + "; ".join(f"{_seeds_text(s)}: {why}"
+                                                             for why, s in by_reason.items())
             continue
         same_users = all(np.array_equal(users[0], u) for u in users[1:])
         res = paired_bootstrap(a, b, same_users=same_users, resamples=resamples)
         row.update({"diff_NDCG@10": res.diff, "diff_ci95_low": res.ci95[0], "diff_ci95_high": res.ci95[1],
-                    "p_value": res.p_value, "significant": res.p_value < ALPHA, "paired_seeds": res.seeds,
-                    "paired_users": res.users})
+                    "p_value": res.p_value, "paired_seeds": res.seeds, "paired_users": res.users})
+        tested.append(row)
+    for row, p_holm in zip(tested, holm_adjust([r["p_value"] for r in tested])):
+        row.update({"p_holm": p_holm, "significant": p_holm < ALPHA, "holm_tests": len(tested)})
 
 
 # --------------------------------------------------------------------------------------------- outputs
 COLUMNS = ["name", "method", "modalities", "status", "cost_only", "seeds",
            *[f"test_{k}_{s}" for k in METRICS for s in ("mean", "ci95")], "valid_NDCG@10_mean", "valid_NDCG@10_ci95",
-           "reference", "diff_NDCG@10", "diff_ci95_low", "diff_ci95_high", "p_value", "significant", "best_epochs",
-           "time_per_epoch_s", "peak_memory_bytes", "trainable_params", "total_params",
-           "TPME", "eval_time_s", "wall_s", "cpu_s", "peak_memory_kind", "device", "compute_dtype", "error"]
+           "reference", "diff_NDCG@10", "diff_ci95_low", "diff_ci95_high", "p_value", "p_holm", "holm_tests",
+           "significant", "best_epochs", "time_per_epoch_s", "peak_memory_bytes", "trainable_params",
+           "total_params", "TPME", "eval_time_s", "wall_s", "cpu_s", "peak_memory_kind", "device",
+           "compute_dtype", "mask_history", "crossan_version", "flags", "error"]
 
 
 def _mib(b: float) -> str:
@@ -173,28 +273,40 @@ def _pm(row: dict[str, Any], key: str) -> str:
 
 
 def markdown_table(rows: list[dict[str, Any]], reference: str | None = None) -> str:
+    """The report's main table: headline quality (@10), the paired test (raw and Holm-adjusted p; ``*`` on
+    the adjusted one below :data:`ALPHA`), cost, TPME and each row's flags."""
     ref = f" vs {reference}" if reference else ""
     head = (f"| run | method | modalities | seeds | test HR@10 | test NDCG@10 | Δ NDCG@10{ref} [95% CI] | p | "
-            "time/epoch (s) | peak mem (MiB) | trainable params | total params | TPME |")
-    lines = [head, "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "p (Holm) | time/epoch (s) | peak mem (MiB) | trainable params | total params | TPME | notes |")
+    lines = [head, "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         if r["status"] != "ok":
             lines.append(f"| {r['name']} | {r['method']} | {r['modalities']} | | FAILED: {r.get('error', '')} "
-                         "| | | | | | | | |")
+                         + "| " * 10 + "|")
             continue
         if r["cost_only"]:
-            quality = ["cost only", "cost only", "", ""]
+            quality = ["cost only", "cost only", "", "", ""]
         else:
             if "p_value" in r:
                 star = " \\*" if r["significant"] else ""
                 delta = f"{r['diff_NDCG@10']:+.4f} [{r['diff_ci95_low']:+.4f}, {r['diff_ci95_high']:+.4f}]"
-                p = f"{r['p_value']:.4f}{star}"
+                p, p_holm = f"{r['p_value']:.4f}", f"{r['p_holm']:.4f}{star}"
             else:
-                delta, p = r.get("p_value_note", ""), ""
-            quality = [_pm(r, "test_HR@10"), _pm(r, "test_NDCG@10"), delta, p]
+                delta, p, p_holm = r.get("p_value_note", ""), "", ""
+            quality = [_pm(r, "test_HR@10"), _pm(r, "test_NDCG@10"), delta, p, p_holm]
         lines.append(f"| {r['name']} | {r['method']} | {r['modalities']} | {r['seeds']} | " + " | ".join(quality)
                      + f" | {r['time_per_epoch_s']:.2f} | {_mib(r['peak_memory_bytes'])} | {r['trainable_params']:,} "
-                     f"| {r['total_params']:,} | {r.get('TPME', float('nan')):.3f} |")
+                     f"| {r['total_params']:,} | {r.get('TPME', float('nan')):.3f} "
+                     f"| {'; '.join(r.get('flags', []))} |")
+    return "\n".join(lines)
+
+
+def metrics_table(rows: list[dict[str, Any]]) -> str:
+    """Every test metric of :data:`METRICS` (mean ± 95% half-width over seeds) of the rows with quality."""
+    lines = ["| run | " + " | ".join(f"test {k}" for k in METRICS) + " |", "|---|" + "---:|" * len(METRICS)]
+    for r in rows:
+        if r["status"] == "ok" and not r["cost_only"]:
+            lines.append(f"| {r['name']} | " + " | ".join(_pm(r, f"test_{k}") for k in METRICS) + " |")
     return "\n".join(lines)
 
 
@@ -205,6 +317,8 @@ def _num(v: Any) -> str:
 def _csv_value(v: Any) -> Any:
     if isinstance(v, float) and math.isnan(v):
         return ""
+    if isinstance(v, list):
+        return "; ".join(map(str, v))
     return v
 
 
@@ -231,6 +345,32 @@ def write_outputs(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path,
     atomic_write_text(out / "report.md", render_report(rows, meta, table, figures, resamples))
     print("\n" + table + "\n", flush=True)
     print(f"[suite] wrote {out / 'results.csv'}, {out / 'report.md'}", flush=True)
+
+
+FLAG_NOTES = {
+    "capped": "**capped**: the best validation epoch was the last one `train.epochs` allowed, so the run "
+              "was still improving when it stopped; its quality may be below what it would reach (kept in "
+              "the table and the tests)",
+    "history not masked": "**history not masked**: ranked with `eval.mask_history=false` (a target that "
+                          "repeats a history item can be a hit), so its quality is not comparable with "
+                          "masked runs and it is not paired with a masked reference",
+    "mask_history differs": "**mask_history differs between seeds**: the interval mixes two ranking rules "
+                            "(seeds with another rule than the reference's are not paired)",
+    "written by crossan": "**written by crossan X**: a finished run reused from a folder written by another "
+                          "crossan version (same configuration); its figures are that version's",
+}
+"""What each kind of row flag (:func:`_flags`, the table's notes column) means, keyed by how it starts."""
+
+
+def holm_sentence(rows: list[dict[str, Any]]) -> str:
+    """How many tests the report made and how the significance mark is decided (Holm–Bonferroni)."""
+    m = next((r["holm_tests"] for r in rows if "holm_tests" in r), 0)
+    if not m:
+        return "No run was tested against the reference."
+    return (f"{m} run{'s were' if m > 1 else ' was'} tested against the reference; p is each test's raw "
+            f"two-sided p-value and p (Holm) the Holm–Bonferroni adjusted one over these {m} tests, which "
+            f"keeps the chance of any false \\* at most {ALPHA}. \\* marks a difference significant at "
+            f"{ALPHA} after the adjustment.")
 
 
 def compute_dtypes(rows: list[dict[str, Any]]) -> str:
@@ -263,13 +403,18 @@ def render_report(rows: list[dict[str, Any]], meta: dict[str, Any], table: str, 
         lines += [f"> Encoders (`{meta['preset']}` preset): {pretrained_summary(meta['preset'])}.", ""]
     lines += ["## Results (test split, best validation epoch)", "", table, ""]
     lines += ["Quality: mean ± half-width of the 95% t-interval over the seeds each run trained under (no interval "
-              "from one seed).", ""]
+              "from one seed); every metric (K = 5, 10, 20 and MRR) is under *All test metrics* below.", ""]
     if meta.get("reference"):
         lines += [f"Δ NDCG@10 and p: paired bootstrap of per-user test NDCG@10 against **{meta['reference']}** "
                   f"({resamples:,} resamples of the test users, seeded; seed s paired with the reference's seed s, "
-                  "only when the split fingerprints match; a user's difference is averaged over the seeds first). "
-                  f"\\* marks a difference significant at {ALPHA} (two-sided). The test is over users for the seeds "
-                  "run; the spread between seeds is what the intervals show.", ""]
+                  "only when the split fingerprints match and both ranked under the same "
+                  "`eval.mask_history`; a user's difference is averaged over the seeds first). "
+                  + holm_sentence(rows) + " The test is over users for the seeds run; the spread between seeds is what the "
+                  "intervals show.", ""]
+    flagged = [r for r in ok if r.get("flags")]
+    if flagged:
+        lines += ["Notes: " + "; ".join(FLAG_NOTES[k] for k in FLAG_NOTES
+                                       if any(f.startswith(k) for r in flagged for f in r["flags"])), ""]
     if any(r.get("cost_only") for r in ok):
         lines += ["**cost only**: epochs capped by `train.max_steps_per_epoch` (time per epoch extrapolated from the "
                   "steps run), so the quality is not converged: it is not reported and these runs are left off the "
@@ -280,6 +425,7 @@ def render_report(rows: list[dict[str, Any]], meta: dict[str, Any], table: str, 
               + ("`torch.cuda.max_memory_allocated`" if any("cuda" in r.get("peak_memory_kind", "") for r in ok)
                  else "the run's peak resident memory above its idle baseline (each run in its own process)")
               + ". TPME = 0.45·time' + 0.10·params' + 0.45·memory' after min–max normalisation (lower is better).", ""]
+    lines += ["## All test metrics", "", metrics_table(rows), ""]
     for f in figures:
         lines += [f"![{Path(f).stem}]({f})", ""]
     routers = [r for r in ok if r.get("router_weight")]

@@ -1,0 +1,269 @@
+"""What a suite report may claim (crossan.reports.table): runs ranked under another ``eval.mask_history`` are
+not paired with the reference and a row whose seeds differ in it is flagged; HR@5/NDCG@5 are columns (from
+results.json, or from the per-user ranks when the run did not report them); the significance mark is decided
+on Holm–Bonferroni adjusted p-values over the report's tests (the raw p is kept); a run whose best epoch was
+the last one it was allowed is flagged, as is a run written by another crossan version.
+
+Every run folder here is written to disk as the trainer writes it (results.json, config.yaml, per_user.npz),
+with metrics computed from its ranks by ``crossan.evaluation``."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import crossan
+from crossan.config import load_config, to_dict
+from crossan.evaluation import mean_metrics, strict_ranks
+from crossan.reports.stats import ndcg_at
+from crossan.reports.suite import RunSpec
+from crossan.reports.table import add_paired_tests, collect_run, write_outputs
+
+FINGERPRINT = "0123456789abcdef"
+
+
+def _run_folder(root: Path, name: str, seed: int, test_ranks: np.ndarray, *, mask: bool | None = True,
+                best_epoch: int = 3, epochs: int = 10, version: str | None = crossan.__version__,
+                ks: tuple[int, ...] = (5, 10, 20)) -> dict[str, Any]:
+    """Write ``root/runs/NAME/seed-S`` as a finished run (``mask`` None: results.json without the key, as an
+    older crossan wrote it) and return its suite record."""
+    run_dir = root / "runs" / name / f"seed-{seed}"
+    run_dir.mkdir(parents=True)
+    ranks = torch.as_tensor(test_ranks, dtype=torch.float64)
+    users = np.asarray([f"u{i}" for i in range(len(test_ranks))])
+    cfg = load_config([], [f"train.epochs={epochs}", f"eval.mask_history={str(mask is not False).lower()}",
+                           f"eval.ks=[{','.join(map(str, ks))}]", f"seed={seed}"])
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
+    results: dict[str, Any] = {
+        "method": "id", "modalities": ["text"], "dataset": "d", "best_epoch": best_epoch,
+        "epochs_run": epochs,
+        "valid": mean_metrics(ranks, ks), "test": mean_metrics(ranks, ks), "train_time_per_epoch_s": 1.0,
+        "eval_time_s": 0.1, "trainable_params": 100, "total_params": 100, "peak_memory_bytes": 2**20,
+        "peak_memory_kind": "cpu_peak_rss_above_idle", "device": "cpu", "compute_dtype": "float32",
+        "split_fingerprint": FINGERPRINT, "per_user_file": "per_user.npz"}
+    if mask is not None:
+        results["mask_history"] = mask
+    if version is not None:
+        results["crossan_version"] = version
+    (run_dir / "results.json").write_text(json.dumps(results))
+    np.savez_compressed(run_dir / "per_user.npz", valid_ranks=ranks.numpy(), test_ranks=ranks.numpy(),
+                        users=users, split_fingerprint=np.asarray(FINGERPRINT))
+    return {"seed": seed, "dir": str(run_dir), "status": "ok", "log": "", "wall_s": 1.0, "cpu_s": 1.0}
+
+
+def _row(root: Path, name: str, ranks_by_seed: dict[int, np.ndarray], cost_only: bool = False,
+         **per_seed: dict[int, Any]) -> dict[str, Any]:
+    """``collect_run`` over run folders written for each seed; ``per_seed``: keyword → {seed: value}."""
+    recs = [_run_folder(root, name, s, r, **{k: v[s] for k, v in per_seed.items() if s in v})
+            for s, r in ranks_by_seed.items()]
+    return collect_run(RunSpec(name, "id", ["text"], cost_only=cost_only), recs)
+
+
+def _ranks_masked_and_not(seed: int, users: int = 1500, items: int = 400) -> tuple[np.ndarray, np.ndarray]:
+    """The ranks of one model's scores with and without the history mask: 30% of the targets repeat a
+    history item (the audit's case: without the mask they can be hits, so the same model looks better)."""
+    rng = np.random.default_rng(seed)
+    hist = torch.as_tensor(rng.integers(1, items + 1, size=(users, 12)))
+    tgt = torch.as_tensor(rng.integers(1, items + 1, size=users))
+    repeat = torch.as_tensor(rng.random(users) < 0.3)
+    tgt[repeat] = hist[repeat, 0]
+    scores = torch.as_tensor(rng.normal(size=(users, items + 1)), dtype=torch.float32)
+    scores[torch.arange(users), tgt] += 2.0
+    return (strict_ranks(scores.clone(), tgt, hist, mask_history=True).numpy(),
+            strict_ranks(scores.clone(), tgt, hist, mask_history=False).numpy())
+
+
+# --------------------------------------------------------------------------------------------- mask_history
+def _text(mask: bool | None) -> str:
+    return "unknown" if mask is None else str(mask).lower()
+
+
+@pytest.mark.parametrize(("ref_mask", "run_mask", "paired"), [
+    (True, True, True),
+    (False, False, True),
+    (True, False, False),   # the audit's repro: the same model unmasked got p = 0.0005 against itself masked
+    (False, True, False),
+    (True, None, False),    # a results.json that does not say which rule it was ranked under
+])
+def test_pairing_requires_the_same_history_mask(tmp_path: Path, ref_mask: bool, run_mask: bool | None,
+                                                paired: bool) -> None:
+    ranks = {s: _ranks_masked_and_not(s) for s in (0, 1)}
+    pick = {True: 0, False: 1, None: 0}  # None: masked ranks, but results.json lacks mask_history
+    ref = _row(tmp_path, "REF", {s: r[pick[ref_mask]] for s, r in ranks.items()},
+               mask={0: ref_mask, 1: ref_mask})
+    run = _row(tmp_path, "RUN", {s: r[pick[run_mask]] for s, r in ranks.items()},
+               mask={0: run_mask, 1: run_mask})
+    add_paired_tests([run, ref], "REF", resamples=500)
+    if paired:  # the same model under the same rule: no difference, one test, Holm leaves p alone
+        assert run["p_value"] == 1.0 and run["p_holm"] == 1.0 and run["holm_tests"] == 1
+        assert not run["significant"]
+    else:
+        assert "p_value" not in run and "significant" not in run
+        note = run["p_value_note"]
+        assert note == (f"not paired: seeds 0,1: eval.mask_history differs ({_text(run_mask)} vs "
+                        f"{_text(ref_mask)} for REF): ranked under another evaluation rule")
+        unmasked = [r["name"] for r in (ref, run)
+                    if "history not masked (eval.mask_history=false)" in r["flags"]]
+        assert unmasked == [n for n, m in (("REF", ref_mask), ("RUN", run_mask)) if m is False]
+
+
+def test_a_row_whose_seeds_differ_in_the_mask_is_flagged_and_that_seed_not_paired(tmp_path: Path) -> None:
+    ranks = {s: _ranks_masked_and_not(s) for s in (0, 1, 2)}
+    ref = _row(tmp_path, "REF", {s: r[0] for s, r in ranks.items()})
+    mixed = _row(tmp_path, "MIXED", {0: ranks[0][0], 1: ranks[1][1], 2: ranks[2][0]},
+                 mask={0: True, 1: False, 2: True})
+    assert mixed["mask_history"] == "true/false" and ref["mask_history"] == "true"
+    assert mixed["flags"] == ["mask_history differs between seeds: true (seeds 0,2); false (seed 1)"]
+    assert ref["flags"] == []
+    add_paired_tests([ref, mixed], "REF", resamples=200)
+    assert "p_value" not in mixed
+    assert mixed["p_value_note"] == ("not paired: seed 1: eval.mask_history differs (false vs true for REF): "
+                                     "ranked under another evaluation rule")
+
+
+# --------------------------------------------------------------------------------------------- @5 columns
+def _csv_rows(out: Path) -> tuple[list[str], dict[str, dict[str, str]]]:
+    with open(out / "results.csv") as fh:
+        reader = csv.DictReader(fh)
+        rows = {r["name"]: r for r in reader}
+        return list(reader.fieldnames or []), rows
+
+
+META = {"suite": "t", "description": "", "data": "d", "preset": "paper", "seeds": [0, 1], "reference": "REF",
+        "parallel": 1, "cache_build_s": 0.0, "machine": "m", "date": "today"}
+
+
+@pytest.mark.parametrize("ks", [(5, 10, 20), (10, 20)])  # (10, 20): @5 derived from per_user.npz
+def test_table_reports_k_5_10_20_and_mrr_in_order(tmp_path: Path, ks: tuple[int, ...]) -> None:
+    rng = np.random.default_rng(1)
+    ranks = {s: rng.geometric(0.08, size=300).astype(float) for s in (0, 1)}
+    ranks[0][:5] = np.inf  # masked targets: never a hit
+    row = _row(tmp_path, "REF", ranks, ks={0: ks, 1: ks})
+    write_outputs([row], dict(META), tmp_path)
+    columns, table = _csv_rows(tmp_path)
+    test_cols = [c for c in columns if c.startswith("test_") and c.endswith("_mean")]
+    assert test_cols == [f"test_{k}_mean" for k in ("HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20",
+                                                     "MRR")]
+    hr5 = np.mean([(r <= 5).mean() for r in ranks.values()])
+    ndcg5 = np.mean([ndcg_at(r, 5).mean() for r in ranks.values()])
+    assert float(table["REF"]["test_HR@5_mean"]) == pytest.approx(hr5, rel=1e-12)
+    assert float(table["REF"]["test_NDCG@5_mean"]) == pytest.approx(ndcg5, rel=1e-12)
+    assert table["REF"]["test_HR@5_ci95"] != ""
+    report = (tmp_path / "report.md").read_text()
+    assert ("| run | test HR@5 | test NDCG@5 | test HR@10 | test NDCG@10 | test HR@20 | test NDCG@20 "
+            "| test MRR |") in report
+
+
+# --------------------------------------------------------------------------------------------- Holm
+@pytest.mark.parametrize(("p", "adjusted"), [
+    # sorted 0.005, 0.01, 0.03, 0.04 → 4·0.005, 3·0.01, 2·0.03, max(0.06, 1·0.04)
+    ([0.01, 0.04, 0.03, 0.005], [0.03, 0.06, 0.06, 0.02]),
+    ([0.01, 0.04, 0.03], [0.03, 0.06, 0.06]),
+    ([0.02], [0.02]),                         # one test: nothing to adjust
+    ([0.5, 0.6], [1.0, 1.0]),                 # capped at 1, then monotone
+    ([0.01, 0.01, 0.2], [0.03, 0.03, 0.2]),   # ties
+    ([], []),
+])
+def test_holm_adjusted_p_values_hand_computed(p: list[float], adjusted: list[float]) -> None:
+    from crossan.reports.stats import holm_adjust
+
+    assert holm_adjust(p) == pytest.approx(adjusted, abs=1e-15)
+
+
+def test_holm_matches_statsmodels_on_random_p_values() -> None:
+    from crossan.reports.stats import holm_adjust
+
+    multitest = pytest.importorskip("statsmodels.stats.multitest")
+    p = np.random.default_rng(3).random(15) ** 3
+    np.testing.assert_allclose(holm_adjust(p), multitest.multipletests(p, method="holm")[1], rtol=1e-12)
+
+
+def test_significance_mark_uses_holm_over_the_reports_tests(tmp_path: Path) -> None:
+    """Four runs against one reference: one whose raw p is below 0.05 loses its mark after Holm (4 tests),
+    one far below keeps it; results.csv keeps both p-values, the report says how many tests and Holm."""
+    rng = np.random.default_rng(0)
+    ref = rng.geometric(0.05, size=400).astype(float)
+    variants = {"STRONG": 0.08, "WEAK": 0.04, "NONE-1": 0.0, "NONE-2": 0.0}
+    rows = [_row(tmp_path, "REF", {0: ref})]
+    for name, share in variants.items():
+        better = np.random.default_rng(7).random(ref.size) < share
+        rows.append(_row(tmp_path, name, {0: np.where(better, np.maximum(1, ref - 3), ref)}))
+    write_outputs(rows, {**META, "seeds": [0]}, tmp_path, resamples=2000)
+    _, table = _csv_rows(tmp_path)
+    raw = {n: float(table[n]["p_value"]) for n in variants}
+    holm = {n: float(table[n]["p_holm"]) for n in variants}
+    assert raw["WEAK"] < 0.05 <= holm["WEAK"] and table["WEAK"]["significant"] == "False"  # the design holds
+    assert holm["STRONG"] < 0.05 and table["STRONG"]["significant"] == "True"
+    order = sorted(raw, key=raw.get)  # Holm by hand over the four raw p-values
+    expect, running = {}, 0.0
+    for i, n in enumerate(order):
+        running = max(running, min(1.0, (4 - i) * raw[n]))
+        expect[n] = running
+    assert holm == pytest.approx(expect, rel=1e-12)
+    assert {table[n]["holm_tests"] for n in variants} == {"4"} and table["REF"]["p_holm"] == ""
+    report = (tmp_path / "report.md").read_text()
+    assert "4 runs were tested against the reference" in report and "Holm–Bonferroni" in report
+    assert "| p | p (Holm) |" in report
+    weak = next(line for line in report.splitlines() if line.startswith("| WEAK |"))
+    assert f"| {raw['WEAK']:.4f} | {holm['WEAK']:.4f} |" in weak and "\\*" not in weak
+    strong = next(line for line in report.splitlines() if line.startswith("| STRONG |"))
+    assert f"| {holm['STRONG']:.4f} \\* |" in strong
+
+
+# --------------------------------------------------------------------------------------------- capped runs
+@pytest.mark.parametrize(("best", "epochs", "cost_only", "flag"), [
+    ({0: 12, 1: 12}, 12, False, "capped: best at the last allowed epoch (seeds 0,1, train.epochs=12)"),
+    ({0: 12, 1: 7}, 12, False, "capped: best at the last allowed epoch (seed 0, train.epochs=12)"),
+    ({0: 8, 1: 11}, 12, False, None),   # stopped before the cap, or early: not capped
+    ({0: 1}, 1, True, None),            # cost only: its epochs are capped on purpose, its quality not shown
+])
+def test_best_epoch_at_the_epoch_cap_is_flagged(tmp_path: Path, best: dict[int, int], epochs: int,
+                                                cost_only: bool, flag: str | None) -> None:
+    rng = np.random.default_rng(2)
+    ranks = {s: rng.geometric(0.08, size=200).astype(float) for s in best}
+    row = _row(tmp_path, "R", ranks, cost_only=cost_only, best_epoch=best,
+               epochs=dict.fromkeys(best, epochs))
+    assert row["flags"] == ([flag] if flag else [])
+    write_outputs([row], {**META, "reference": None}, tmp_path)
+    line = next(x for x in (tmp_path / "results.md").read_text().splitlines() if x.startswith("| R |"))
+    report = (tmp_path / "report.md").read_text()
+    assert (f"| {flag} |" in line and "**capped**: the best validation epoch was the last one" in report) \
+        if flag else ("capped" not in line and "**capped**" not in report)
+    _, table = _csv_rows(tmp_path)
+    assert table["R"]["flags"] == (flag or "")
+
+
+# --------------------------------------------------------------------------------------------- versions
+@pytest.mark.parametrize(("versions", "flag"), [
+    ({0: crossan.__version__, 1: crossan.__version__}, None),
+    ({0: crossan.__version__, 1: "0.0.1"},
+     f"written by crossan 0.0.1 (seed 1; this is {crossan.__version__})"),
+    ({0: None, 1: None}, f"written by crossan unknown (seeds 0,1; this is {crossan.__version__})"),
+])
+def test_runs_written_by_another_version_are_flagged(tmp_path: Path, versions: dict[int, str | None],
+                                                      flag: str | None) -> None:
+    rng = np.random.default_rng(4)
+    row = _row(tmp_path, "R", {s: rng.geometric(0.08, size=100).astype(float) for s in versions},
+               version=versions)
+    assert row["flags"] == ([flag] if flag else [])
+    assert row["crossan_version"] == "/".join(dict.fromkeys(str(v or "unknown") for v in versions.values()))
+
+
+@pytest.mark.parametrize(("written", "says"), [
+    (crossan.__version__, ""),
+    ("0.0.1", f" (written by crossan 0.0.1; this is {crossan.__version__})"),
+    (None, f" (written by crossan of unknown version; this is {crossan.__version__})"),
+])
+def test_reusing_a_run_says_when_another_version_wrote_it(tmp_path: Path, written: str | None,
+                                                          says: str) -> None:
+    from crossan.reports.suite import _other_version
+
+    rec = _run_folder(tmp_path, "R", 0, np.arange(1.0, 51.0), version=written)
+    assert _other_version(Path(rec["dir"])) == says
