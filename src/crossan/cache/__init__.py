@@ -23,9 +23,21 @@ completed cache until its replacement is complete: the finished work folder is r
 
 ``manifest.json`` records the checkpoint, ``random_init``, family, layers, width, taps, pooling, the
 preprocessing settings, the item-list fingerprint (:func:`fingerprint_items` of rows 1..N in order), N,
-presence counts, the corrupt files marked missing, the processor's resolved settings and the library
-versions. :func:`open_cache` compares the fields that determine the numbers with what the current
+presence counts, the corrupt files marked missing, the processor's resolved settings, the library
+versions and ``build``: the batch size, the compute dtype the encoders ran at (``precision`` resolved on
+the device: ``bfloat16`` or ``float32``) and the device type. :func:`open_cache` compares the fields that
+determine the model and its inputs (:data:`~crossan.cache.layout.COMPARED_FIELDS`) with what the current
 configuration would produce and refuses a cache that differs (:class:`CacheMismatchError`).
+
+``build`` is not compared there: the states are stored in float16 whatever computed them, so a run of
+any ``precision`` reads a cache built at another (``crossan cache`` reports ``up to date``, says how the
+cache was built, and rebuilds nothing; remove the folder to build it again). It is part of a *build's*
+identity instead, so that no cache mixes rows computed two ways: a partial build (or shard) started under
+another compute dtype, device type or batch size is discarded, saying what changed; shards built under
+different ones are not joined (:class:`CacheMismatchError` listing each shard's); and a cache whose media
+files changed is re-encoded in full, not batch by batch, when it was built another way (or by a crossan
+that did not record it). Manifests of older crossan versions, without these keys, still open ("compute
+dtype not recorded").
 
 Integrity (:mod:`.integrity`): opening a cache checks each array's size and header against the manifest,
 and its SHA-256 when ``states.npy`` is at most 256 MiB; a media file whose size or mtime changed since the

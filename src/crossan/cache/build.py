@@ -34,6 +34,10 @@ from crossan.cache.layout import (
 from crossan.cache.lock import build_lock, lock_path
 from crossan.cache.manifest import (
     FORMAT_VERSION,
+    UNKNOWN,
+    build_compute,
+    build_settings,
+    describe_compute,
     expected_manifest,
     jsonable,
     manifest_differences,
@@ -119,7 +123,9 @@ def _run_batches(
                 raise
 
 
-def _base_manifest(encoder: ModalityEncoder, data: Any, batch_size: int) -> dict[str, Any]:
+def _base_manifest(encoder: ModalityEncoder, data: Any, build: dict[str, Any]) -> dict[str, Any]:
+    """The manifest of a build (less counts and checksums); ``build``: :func:`build_settings` — batch size,
+    compute dtype and device type, which a resumed build or a joined shard must share."""
     return jsonable({
         "format_version": FORMAT_VERSION,
         "modality": encoder.modality,
@@ -128,7 +134,7 @@ def _base_manifest(encoder: ModalityEncoder, data: Any, batch_size: int) -> dict
         "item_fingerprint": fingerprint_items(item_records(data)),
         "num_items": num_items(data),
         "shape": [num_items(data) + 1, encoder.num_taps, encoder.hidden_size],
-        "build": {"batch_size": batch_size},
+        "build": build,
         "versions": versions(),
     })
 
@@ -145,6 +151,8 @@ class _BuildContext:
     device: str
     progress: bool
     on_batch: Callable[[str, int], None] | None
+    build: dict[str, Any]
+    """:func:`build_settings` of this call: batch size, resolved compute dtype, device type."""
 
 
 def _open_work_area(ctx: _BuildContext, m: str, base: dict[str, Any], shape: tuple[int, int],
@@ -203,7 +211,8 @@ def _finish_shard(area: WorkArea, m: str) -> ModalityReport:
     rows = max(0, area.hi - max(area.lo, 1))
     num_present = int(present.sum())
     return ModalityReport(m, str(area.path), "shard built", num_items=rows, num_present=num_present,
-                          num_missing=rows - num_present - len(corrupt), num_corrupt=len(corrupt), corrupt=corrupt)
+                          num_missing=rows - num_present - len(corrupt), num_corrupt=len(corrupt),
+                          corrupt=corrupt, compute=describe_compute(area.plan["manifest"]))
 
 
 def _build_modality(ctx: _BuildContext, m: str, spec: EncoderSpec, shard: int | None,
@@ -220,16 +229,29 @@ def _build_modality(ctx: _BuildContext, m: str, spec: EncoderSpec, shard: int | 
     if existing is not None:
         if not manifest_differences(m, existing, expected_manifest(m, spec, ctx.data)):
             state, update = _check_existing(ctx, m, final, existing, sources)
+            built, now_dtype = build_compute(existing)[0], ctx.build["compute_dtype"]
             if state == "up to date":
+                if built not in (UNKNOWN, now_dtype):
+                    print(f"{m}: the cache at {final} was built with {built} compute; this run's precision="
+                          f"{ctx.cfg.precision} resolves to {now_dtype}. It is used as it is (the states are "
+                          f"stored in float16 either way); remove {final} to build it again in {now_dtype}")
                 return report_from_manifest(m, final, "up to date", existing)
             if shard is not None:
                 update = None  # a shard covers its rows in full
+            now_compute = (now_dtype, ctx.build["device"])
+            if update is not None and build_compute(existing) != now_compute:
+                how = "by a crossan that did not record its compute dtype" if built == UNKNOWN else \
+                    f"with {describe_compute(existing)}"
+                print(f"{m}: the cache at {final} was built {how}; this build runs {now_compute[0]} compute "
+                      f"on {now_compute[1]}: encoding every item again rather than mixing rows computed two "
+                      "ways")
+                update = None
         else:
             print(f"{m}: the cache at {final} was built under other settings; it is replaced once the new one "
                   "is complete")
     now = sources[0] if sources and update is not None else current_sources(m, ctx.records, ctx.data.catalogue)
     encoder = build_encoder(m, spec, device=ctx.device)
-    base = _base_manifest(encoder, ctx.data, ctx.cfg.encoders.batch_size)
+    base = _base_manifest(encoder, ctx.data, ctx.build)
     area = _open_work_area(ctx, m, base, (encoder.num_taps, encoder.hidden_size), shard, num_shards, now, update)
     if area.resumed:
         print(f"{m}: resuming the build at {area.path} ({int(area.done.sum())}/{len(area.done)} batches done)")
@@ -277,8 +299,9 @@ def build_cache(
     root.mkdir(parents=True, exist_ok=True)
     specs = resolve_specs(cfg, modalities)
     records = item_records(data)
-    ctx = _BuildContext(cfg, data, root, records, batch_ranges(len(records), cfg.encoders.batch_size),
-                        str(resolve_device(cfg.device)), progress, on_batch)
+    device = str(resolve_device(cfg.device))
+    ctx = _BuildContext(cfg, data, root, records, batch_ranges(len(records), cfg.encoders.batch_size), device,
+                        progress, on_batch, build_settings(cfg.encoders.batch_size, cfg.precision, device))
     reports: dict[str, ModalityReport] = {}
     for m in modalities:
         with build_lock(lock_path(root, m, shard, num_shards), f"{m} cache in {root}"):
@@ -322,7 +345,8 @@ def verify_cache(cfg: Config, data: Any, modalities: list[str]) -> dict[str, lis
             size = sum((folder / f).stat().st_size for f in (STATES, PRESENT, SOURCES))
             shown = f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 1024:.1f} KiB"
             media = "" if m == "text" else ", media files unchanged"
-            print(f"{m}: verified {folder} — {len(records)} items, checksums of {shown}, values finite{media} "
+            print(f"{m}: verified {folder} — {len(records)} items, checksums of {shown}, values "
+                  f"finite{media}; {describe_compute(manifest)} "
                   f"({manifest.get('_verify_seconds', 0.0):.1f} s)")
     failed = [m for m, p in problems.items() if p]
     if failed:
@@ -350,5 +374,5 @@ def cache_command(cfg: Config, data: Any, modalities: list[str], shard: int | No
     if shard is not None and num_shards < 2:
         raise ValueError("--shard needs --num-shards of at least 2")
     reports = build_cache(cfg, data, modalities, shard=shard, num_shards=num_shards)
-    if shard is not None and all(r.status == "shard built" for r in reports.values()):
+    if shard is not None and any(r.status == "shard built" for r in reports.values()):
         print(f"shard {shard} of {num_shards} done; when all are, run `{cache_command_line(cfg, modalities)} --join`")

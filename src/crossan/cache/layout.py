@@ -46,7 +46,9 @@ COMPARED_FIELDS: tuple[str, ...] = (
     "item_fingerprint",
     "num_items",
 )
-"""Manifest fields that must match the current configuration for a cache to be used."""
+"""Manifest fields that must match the current configuration for a cache to be used. ``build`` (batch size,
+compute dtype, device type) is not among them: a cache built at either precision is read by runs of any
+(see :func:`crossan.cache.manifest.build_settings`)."""
 
 
 def item_records(data: Any) -> list[ItemRecord]:

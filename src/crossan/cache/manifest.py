@@ -46,6 +46,42 @@ def expected_manifest(modality: str, spec: EncoderSpec, data: Any) -> dict[str, 
     })
 
 
+UNKNOWN = "unknown"
+"""What :func:`build_compute` says of a manifest written before crossan recorded it."""
+
+
+def build_settings(batch_size: int, precision: str, device: str) -> dict[str, Any]:
+    """A manifest's ``build`` section: how the states were computed.
+
+    ``compute_dtype`` is what ``precision`` resolves to on ``device`` (``bfloat16`` under autocast, or
+    ``float32``) and ``device`` the device type (``cpu``, ``cuda`` …). They are part of a build's identity —
+    a partial build is resumed, and shards are joined, only under the same ones, so that no cache mixes rows
+    computed at two precisions — but not of the cache's: the states are stored in float16 whatever computed
+    them, and a run of any precision reads them (``build`` is not among :data:`COMPARED_FIELDS`)."""
+    import torch
+
+    from crossan.precision import compute_dtype, dtype_name
+
+    return {"batch_size": int(batch_size), "compute_dtype": dtype_name(compute_dtype(precision, device)),
+            "device": torch.device(device).type}
+
+
+def build_compute(manifest: dict[str, Any]) -> tuple[str, str]:
+    """``(compute dtype, device type)`` a cache or shard was built with; :data:`UNKNOWN` where a manifest of
+    an older crossan does not record them."""
+    build = manifest.get("build")
+    build = build if isinstance(build, dict) else {}
+    return str(build.get("compute_dtype", UNKNOWN)), str(build.get("device", UNKNOWN))
+
+
+def describe_compute(manifest: dict[str, Any]) -> str:
+    """``"bfloat16 compute on cpu"``, or ``"compute dtype not recorded"`` for an older manifest."""
+    dtype, device = build_compute(manifest)
+    if dtype == UNKNOWN:
+        return "compute dtype not recorded"
+    return f"{dtype} compute on {device}"
+
+
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():

@@ -1,4 +1,10 @@
-"""Joining the shards of a multi-process build into one cache (the same bytes as a single-process build)."""
+"""Joining the shards of a multi-process build into one cache (the same bytes as a single-process build).
+
+Shards are joined only when every one was built under the same ``build`` settings (batch size, compute
+dtype, device type: :func:`~crossan.cache.manifest.build_settings`), so a joined cache never mixes rows
+computed at two precisions. A modality with no shards whose completed cache is already up to date (a
+re-run of a torchrun build: every rank found it current and built nothing) is reported ``up to date``;
+the other modalities are joined either way, and the errors of any that cannot be are raised at the end."""
 
 from __future__ import annotations
 
@@ -10,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from crossan.cache.integrity import SOURCE_DTYPE, checksums, load_array
+from crossan.cache.integrity import SOURCE_DTYPE, changed_rows, check_files, checksums, load_array
 from crossan.cache.layout import (
     COMPLETE,
     MANIFEST,
@@ -21,10 +27,17 @@ from crossan.cache.layout import (
     cache_command_line,
     cache_root,
     check_modalities,
+    item_records,
     num_items,
 )
 from crossan.cache.lock import build_lock, lock_path
-from crossan.cache.manifest import expected_manifest, manifest_differences, write_json
+from crossan.cache.manifest import (
+    UNKNOWN,
+    expected_manifest,
+    manifest_differences,
+    read_manifest,
+    write_json,
+)
 from crossan.cache.workarea import (
     ModalityReport,
     counts,
@@ -40,14 +53,20 @@ from crossan.errors import CacheError, CacheMismatchError
 if TYPE_CHECKING:
     from crossan.config import Config
 
-def _shard_folders(shards_dir: Path) -> tuple[int, dict[int, Path]]:
+def _find_shards(shards_dir: Path) -> dict[int, dict[int, Path]]:
+    """``{num_shards: {shard: folder}}`` of the shard folders in ``shards_dir``."""
     found: dict[int, dict[int, Path]] = {}
     for p in shards_dir.iterdir() if shards_dir.is_dir() else []:
         i, sep, n = p.name.partition("-of-")
         if sep and i.isdigit() and n.isdigit():
             found.setdefault(int(n), {})[int(i)] = p
+    return found
+
+
+def _shard_folders(shards_dir: Path) -> tuple[int, dict[int, Path]]:
+    found = _find_shards(shards_dir)
     if not found:
-        raise CacheError(f"no shards to join in {shards_dir}")
+        raise CacheError(f"no shards to join in {shards_dir}, and no up-to-date cache beside it")
     if len(found) > 1:
         raise CacheError(f"{shards_dir} holds shards of builds with different --num-shards {sorted(found)}; "
                          "remove the stale ones")
@@ -70,11 +89,49 @@ def _checked_shard_plans(cfg: Config, data: Any, m: str, spec: EncoderSpec, root
         if diffs:
             raise CacheMismatchError(f"the shard in {folder} was built under other settings:\n  " + "\n  ".join(diffs),
                                      diffs)
+    _check_same_build(cfg, m, num_shards, shards)
     spans = [(p["lo"], p["hi"]) for _, p in shards]
     n = num_items(data)
     if spans[0][0] != 0 or spans[-1][1] != n + 1 or any(a[1] != b[0] for a, b in zip(spans, spans[1:])):
         raise CacheError(f"{m}: the shards in {shards_dir} do not tile rows 0..{n}: {spans}")
     return shards
+
+
+def _describe_build(build: Any) -> str:
+    build = build if isinstance(build, dict) else {}
+    return (f"{build.get('compute_dtype', UNKNOWN)} compute on {build.get('device', UNKNOWN)}, "
+            f"encoders.batch_size={build.get('batch_size', UNKNOWN)}")
+
+
+def _check_same_build(cfg: Config, m: str, num_shards: int, shards: list[tuple[Path, dict]]) -> None:
+    """Refuse shards built under different ``build`` settings (compute dtype, device type, batch size):
+    their rows would mix precisions in one cache. Shards of an older crossan record no compute dtype; they
+    join only with each other."""
+    builds = [plan["manifest"].get("build") for _, plan in shards]
+    if all(b == builds[0] for b in builds):
+        return
+    lines = [f"{folder}: {_describe_build(b)}" for (folder, _), b in zip(shards, builds)]
+    raise CacheMismatchError(
+        f"{m}: the shards were built under different compute settings and are not joined (one cache holds "
+        "rows of one precision):\n  " + "\n  ".join(lines) + "\nRemove the shards that differ from the build "
+        f"you want and build them again with the same precision and device: `{cache_command_line(cfg, [m])} "
+        f"--shard I --num-shards {num_shards}`", lines)
+
+
+def _current_cache(data: Any, m: str, spec: EncoderSpec, root: Path) -> dict[str, Any] | None:
+    """The manifest of ``m``'s completed cache when it matches the run, is undamaged and its media files are
+    unchanged (what the build step reported as ``up to date``); None otherwise."""
+    final = root / m
+    try:
+        manifest = read_manifest(final)
+        if manifest is None or manifest_differences(m, manifest, expected_manifest(m, spec, data)):
+            return None
+        if check_files(final, manifest):
+            return None
+        changed, _ = changed_rows(load_array(final / SOURCES), m, item_records(data), data.catalogue)
+    except CacheError:
+        return None
+    return None if len(changed) else manifest
 
 
 def _join_modality(root: Path, m: str, shards: list[tuple[Path, dict]]) -> dict[str, Any]:
@@ -110,18 +167,37 @@ def _join_modality(root: Path, m: str, shards: list[tuple[Path, dict]]) -> dict[
 
 
 def join_shards(cfg: Config, data: Any, modalities: list[str]) -> dict[str, ModalityReport]:
-    """Assemble completed shards into each modality's cache (the same bytes as a single-process build)."""
+    """Assemble completed shards into each modality's cache (the same bytes as a single-process build).
+
+    A modality without shards whose completed cache is up to date is reported ``up to date``. Every
+    modality that can be joined is; a :class:`CacheError` of one (incomplete, mismatched or mixed shards,
+    nothing to join) is raised after the others are done (several: one error listing them all)."""
     from crossan.encoders import resolve_specs
 
     modalities = check_modalities(modalities)
     root = cache_root(cfg, data)
     specs = resolve_specs(cfg, modalities)
     reports: dict[str, ModalityReport] = {}
+    errors: dict[str, CacheError] = {}
     for m in modalities:
-        with build_lock(lock_path(root, m), f"{m} cache in {root}"):
-            t0 = time.perf_counter()
-            manifest = _join_modality(root, m, _checked_shard_plans(cfg, data, m, specs[m], root))
+        try:
+            with build_lock(lock_path(root, m), f"{m} cache in {root}"):
+                t0 = time.perf_counter()
+                has_shards = bool(_find_shards(root / f"{m}.shards"))
+                current = None if has_shards else _current_cache(data, m, specs[m], root)
+                if current is not None:
+                    reports[m] = report_from_manifest(m, root / m, "up to date", current)
+                    continue
+                manifest = _join_modality(root, m, _checked_shard_plans(cfg, data, m, specs[m], root))
+        except CacheError as e:
+            errors[m] = e
+            continue
         reports[m] = report_from_manifest(m, root / m, "joined", manifest)
         reports[m].seconds = time.perf_counter() - t0
     print_reports(reports)
+    if len(errors) == 1:
+        raise next(iter(errors.values()))
+    if errors:
+        raise CacheError(f"{len(errors)} modalities could not be joined:\n" + "\n".join(
+            f"{m}: {e}" for m, e in errors.items()))
     return reports

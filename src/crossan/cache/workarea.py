@@ -20,7 +20,7 @@ import numpy as np
 
 from crossan.cache.integrity import checksums
 from crossan.cache.layout import COMPLETE, CORRUPT, DONE, MANIFEST, PLAN, PRESENT, SOURCES, STATES
-from crossan.cache.manifest import jsonable, write_json
+from crossan.cache.manifest import describe_compute, jsonable, write_json
 from crossan.errors import WriteError
 from crossan.utils import atomic_write
 
@@ -60,6 +60,9 @@ class ModalityReport:
     corrupt: list[dict[str, Any]] = field(default_factory=list)
     """Corrupt files marked missing: ``{"row", "item_id", "path", "reason"}``."""
     seconds: float = 0.0
+    compute: str = ""
+    """How the states were computed (:func:`~crossan.cache.manifest.describe_compute`), e.g. ``bfloat16
+    compute on cpu``."""
 
     def summary(self) -> str:
         text = f"{self.modality}: {self.status} at {self.path}"
@@ -67,6 +70,8 @@ class ModalityReport:
             text += f" — {self.num_present}/{self.num_items} items present, {self.num_missing} missing"
         if self.num_corrupt:
             text += f", {self.num_corrupt} corrupt files marked missing"
+        if self.compute:
+            text += f"; {self.compute}"
         if self.seconds:
             text += f" ({self.seconds:.1f} s)"
         return text
@@ -106,7 +111,9 @@ class WorkArea:
                 self.done = np.load(self.path / DONE)
                 self.resumed = True
                 return
-            print(f"discarding the partial build at {self.path}: it was started under other settings")
+            what = "; ".join(plan_differences(old, self.plan)) if isinstance(old, dict) else "unreadable plan"
+            print(f"discarding the partial build at {self.path}: it was started under other settings "
+                  f"({what})")
         if self.path.exists():
             shutil.rmtree(self.path)
         try:
@@ -183,6 +190,41 @@ class WorkArea:
             if arr is not None:
                 arr.flush()
                 setattr(self, name, None)
+
+
+_PLAN_LABELS = {
+    "manifest.build.compute_dtype": "compute dtype",
+    "manifest.build.device": "device type",
+    "manifest.build.batch_size": "encoders.batch_size",
+    "sources_sha256": "media files",
+}
+
+
+def plan_differences(old: dict[str, Any], new: dict[str, Any], limit: int = 4) -> list[str]:
+    """What differs between a partial build's plan and the current one: ``"compute dtype 'float32' then,
+    'bfloat16' now"`` (the first ``limit`` differences, compute settings first)."""
+
+    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
+        if not isinstance(d, dict):
+            return {prefix.rstrip("."): d}
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}."))
+        return out
+
+    a, b = flat(old), flat(new)
+    differ = [k for k in set(a) | set(b) if a.get(k) != b.get(k)]
+    keys = sorted(differ, key=lambda k: (k not in _PLAN_LABELS, k))
+    lines = []
+    for k in keys[:limit]:
+        label = _PLAN_LABELS.get(k, k.removeprefix("manifest."))
+        if k == "sources_sha256":
+            lines.append("media files changed")
+        else:
+            lines.append(f"{label} {a.get(k, 'not recorded')!r} then, {b.get(k, 'not recorded')!r} now")
+    if len(keys) > limit:
+        lines.append(f"{len(keys) - limit} more")
+    return lines
 
 
 def reserve(path: Path) -> None:
@@ -268,7 +310,7 @@ def report_from_manifest(m: str, folder: Path, status: str, manifest: dict[str, 
     return ModalityReport(
         m, str(folder), status, num_items=int(manifest["num_items"]), num_present=int(manifest["num_present"]),
         num_missing=int(manifest["num_missing"]), num_corrupt=int(manifest["num_corrupt"]),
-        corrupt=list(manifest.get("corrupt_items", [])),
+        corrupt=list(manifest.get("corrupt_items", [])), compute=describe_compute(manifest),
     )
 
 

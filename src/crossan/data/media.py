@@ -6,7 +6,12 @@ message names both the item and the path. Whether an item *has* a modality at al
 business (:meth:`ItemRecord.has`); these functions are only called for files that should exist.
 
 * text — :func:`load_text`: the title as a string (``None`` when empty); tokenisation is the encoder's job.
-* images — :func:`load_image`: anything Pillow opens, as an RGB ``PIL.Image``.
+* images — :func:`load_image`: anything Pillow opens, as an RGB ``PIL.Image`` (8 bits per channel).
+  Greyscale images of more than 8 bits are brought to 8 bits first (Pillow's own conversion would clip
+  them): 16-bit ones (modes ``I;16*``, and ``I`` read from a PNG, which holds at most 16 bits) keep their top
+  8 bits (``v >> 8``); 32-bit integer (``I``) and float (``F``) ones are mapped linearly from their own
+  range ``[min, max]`` to ``[0, 255]`` (a constant image becomes black), and refused when they hold NaN or
+  infinite values.
 * video — :func:`load_video`: anything PyAV decodes; ``num_frames`` RGB frames (``uint8 [H, W, 3]``)
   chosen by :func:`sample_frame_indices` (``uniform``: the centres of ``num_frames`` equal segments of
   the clip; ``middle``: ``num_frames`` consecutive frames centred on the clip's middle frame). A clip
@@ -57,8 +62,27 @@ def load_text(text: str | None) -> str | None:
 
 
 # --------------------------------------------------------------------------------------------- images
+def _eight_bit(im: Image, path: Path, item_id: str) -> Image:
+    """``im`` as an 8-bit greyscale image when it is a greyscale image of more bits (see the module
+    docstring); any other image as it is."""
+    from PIL import Image
+
+    if im.mode.startswith("I;16") or (im.mode == "I" and im.format == "PNG"):
+        values = np.asarray(im).astype(np.int64)
+        return Image.fromarray(np.clip(values >> 8, 0, 255).astype(np.uint8))
+    if im.mode in ("I", "F"):
+        values = np.asarray(im, dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise MediaError(item_id, path, f"the {im.mode} (32-bit) image holds NaN or infinite values")
+        lo, hi = float(values.min()), float(values.max())
+        scaled = (values - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(values)
+        return Image.fromarray(np.rint(scaled).astype(np.uint8))
+    return im
+
+
 def load_image(path: str | Path, item_id: str = "") -> Image:
-    """Open an image file and return it fully decoded as RGB."""
+    """Open an image file and return it fully decoded as RGB, 8 bits per channel (greyscale images of 16 or
+    32 bits are rescaled, not clipped: see the module docstring)."""
     from PIL import Image
 
     path = Path(path)
@@ -66,7 +90,7 @@ def load_image(path: str | Path, item_id: str = "") -> Image:
     try:
         with Image.open(path) as im:
             im.load()  # decode now: truncated files fail here, not later inside a processor
-            return im.convert("RGB")
+            return _eight_bit(im, path, item_id).convert("RGB")
     except MediaError:
         raise
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError …

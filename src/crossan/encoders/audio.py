@@ -1,8 +1,11 @@
 """Audio encoders: AST (log-mel filterbank patches, CLS pooling) and Whisper's encoder (mean pooling).
 
-AST has two special tokens (CLS and distillation); CLS pooling takes the first. Whisper pads every clip
-to its fixed window (30 s for the published checkpoints); its mean pooling averages only the encoder
-frames that cover real audio (the feature extractor's frame mask, halved by the encoder's stride-2 conv).
+AST has two special tokens (CLS and distillation); CLS pooling takes the first. A clip shorter than its
+``max_length`` frames is padded as ``ASTFeatureExtractor`` pads it: with zero filterbank frames (after
+normalisation ``(0 − mean) / (2 · std)``, +0.467 with AudioSet's statistics), not with silent samples, whose
+log-mel frames sit at the log floor instead. Whisper pads every clip to its fixed window (30 s for the
+published checkpoints); its mean pooling averages only the encoder frames that cover real audio (the feature
+extractor's frame mask, halved by the encoder's stride-2 conv).
 """
 
 from __future__ import annotations
@@ -106,7 +109,9 @@ def _whisper_extractor(info: BackboneInfo, rate: int) -> Any:
 
 
 class AudioEncoder(ModalityEncoder):
-    """Audio tracks as mono waveforms at the extractor's rate, cut/padded to ``audio_seconds``."""
+    """Audio tracks as mono waveforms at the extractor's rate, cut to ``audio_seconds`` and not padded: the
+    feature extractor pads them (AST: zero filterbank frames up to ``max_length``; Whisper: its window, with a
+    frame mask)."""
 
     modality = "audio"
 
@@ -127,10 +132,10 @@ class AudioEncoder(ModalityEncoder):
         self.fbank = KaldiFbank(self.extractor) if info.family == "ast" else None
 
     def read(self, record: ItemRecord, catalogue: Catalogue) -> Any:
-        # Whisper keeps the true length, so that its frame mask marks the padding it adds
-        pad = self.family != "whisper"
+        # the true length: Whisper's frame mask marks the padding its extractor adds, and AST pads the
+        # filterbank with zero frames (KaldiFbank.features), as its pretrained checkpoints were fed
         path = catalogue.path(record, "audio")
-        return load_audio(path, self.sample_rate, self.spec.audio_seconds, record.item_id, pad=pad)
+        return load_audio(path, self.sample_rate, self.spec.audio_seconds, record.item_id, pad=False)
 
     def placeholder(self) -> Any:
         return np.zeros(self.num_samples, dtype=np.float32)

@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 POOL_MASK = "pool_mask"
 """Key of ``inputs`` holding the mask of tokens to average (not passed to the model)."""
 
+AST_PADDING = "zero fbank frames"
+"""The AST preprocessing marker in cache manifests: a clip shorter than the model's ``max_length`` frames is
+padded with zero filterbank frames (``ASTFeatureExtractor``), not with silent samples."""
+
 
 def tap_indices(num_layers: int, num_taps: int) -> list[int]:
     """K evenly spaced hidden-state indices over ``0..num_layers``, including both ends.
@@ -240,7 +244,11 @@ def preprocessing_settings(modality: str, spec: EncoderSpec, info: BackboneInfo)
             "frame_sampling": spec.frame_sampling,
         } | cnn
     if modality == "audio":
-        return {"audio_seconds": spec.audio_seconds, "sample_rate": spec.sample_rate, "resampler": resampler_name()}
+        # AST: short clips padded with zero filterbank frames, as ASTFeatureExtractor does (caches of older
+        # crossan padded the waveform with silence and lack this key, so they no longer match)
+        padding = {"padding": AST_PADDING} if info.family == "ast" else {}
+        return {"audio_seconds": spec.audio_seconds, "sample_rate": spec.sample_rate,
+                "resampler": resampler_name(), **padding}
     raise ValueError(f"unknown modality {modality!r}")
 
 

@@ -9,11 +9,36 @@ from torch import nn
 
 from crossan.config import EncoderSpec
 from crossan.data.media import load_text
-from crossan.encoders.backbones import BackboneInfo, load_tokenizer
+from crossan.encoders.backbones import BackboneInfo, EncoderSpecError, load_tokenizer
 from crossan.encoders.base import ModalityEncoder
 
 if TYPE_CHECKING:
     from crossan.data.catalogue import Catalogue, ItemRecord
+
+
+def position_limit(info: BackboneInfo) -> int | None:
+    """The most tokens the text model's position table takes (None: the config does not say).
+
+    ``max_position_embeddings``, less the offset RoBERTa-style models start their positions at
+    (``pad_token_id + 1``)."""
+    cfg = info.hf_config
+    limit = getattr(cfg, "max_position_embeddings", None)
+    if not isinstance(limit, int):
+        return None
+    if info.model_type in ("roberta", "xlm-roberta", "camembert"):
+        limit -= int(getattr(cfg, "pad_token_id", 1) or 0) + 1
+    return limit
+
+
+def check_text_length(info: BackboneInfo, spec: EncoderSpec) -> None:
+    """Refuse a ``max_text_len`` longer than the model's position table (it fails inside the embedding
+    layer otherwise, at the first long title), naming the key and the limit."""
+    limit = position_limit(info)
+    if limit is not None and spec.max_text_len > limit:
+        raise EncoderSpecError(
+            f"encoders.text.max_text_len={spec.max_text_len} is longer than the text model {info.name!r} "
+            f"takes: its position table holds {limit} tokens (max_position_embeddings); set "
+            f"encoders.text.max_text_len to at most {limit}")
 
 
 class TextEncoder(ModalityEncoder):
@@ -22,6 +47,7 @@ class TextEncoder(ModalityEncoder):
     modality = "text"
 
     def __init__(self, info: BackboneInfo, spec: EncoderSpec, model: nn.Module | None = None) -> None:
+        check_text_length(info, spec)  # before loading any weights
         super().__init__(info, spec, model)
         self.tokenizer = load_tokenizer(info)
 
