@@ -267,3 +267,18 @@ def test_reusing_a_run_says_when_another_version_wrote_it(tmp_path: Path, writte
 
     rec = _run_folder(tmp_path, "R", 0, np.arange(1.0, 51.0), version=written)
     assert _other_version(Path(rec["dir"])) == says
+
+
+def test_holm_null_benchmark_runs_and_agrees_with_raw_for_one_test(tmp_path: Path) -> None:
+    """``benchmarks/holm_null.py`` smoke run; with one run per suite Holm changes nothing, so both rates agree."""
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "benchmarks" / "holm_null.py"
+    spec = importlib.util.spec_from_file_location("holm_null_bench", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "h.json"
+    bench.main(["--suites", "20", "--runs", "1", "--users", "200", "--resamples", "200", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["suites"] == 20 and result["any_false_star_raw"] == result["any_false_star_holm"]
