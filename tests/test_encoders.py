@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from crossan.config import Config, EncoderSpec
+from crossan.cache.layout import preset_folder
+from crossan.config import Config, EncoderSpec, config_differences, config_from_dict, load_config, to_dict
 from crossan.data.catalogue import Catalogue, ItemRecord
 from crossan.data.media import (
     MediaError,
@@ -219,6 +220,7 @@ def test_presets_and_overrides() -> None:
     assert specs["image"] == EncoderSpec(model="config:vit:num_hidden_layers=1")
     paper = preset_specs("paper")
     assert paper["text"].model == "bert-base-uncased" and paper["audio"].model.startswith("MIT/ast")
+
     offline = preset_specs("offline")
     assert Path(offline["text"].model).is_dir()
     info = describe_backbone("text", offline["text"])
@@ -234,6 +236,34 @@ def test_presets_and_overrides() -> None:
     for m in ("image", "video", "audio"):
         info = describe_backbone(m, contrast[m])
         assert info.random_init and info.num_layers == 6 and tap_indices(6, 7) == list(range(7))
+
+
+@pytest.mark.parametrize("override, key, value", [
+    ("encoders.text.num_taps=7", "num_taps", 7),  # tiny: 3; 7 is EncoderSpec's default
+    ("encoders.audio.audio_seconds=10", "audio_seconds", 10.0),  # tiny: 1.0
+    ("encoders.text.max_text_len=32", "max_text_len", 32),  # tiny: 16
+])
+def test_an_override_equal_to_the_builtin_default_is_still_used(override: str, key: str, value: object) -> None:
+    """A given key overrides the preset whatever its value (it used to be dropped when it equalled the default)."""
+    m = override.split(".")[1]
+    assert getattr(preset_specs("tiny")[m], key) != value
+    cfg = load_config([], ["encoders.preset=tiny", override])
+    assert getattr(resolve_specs(cfg, [m])[m], key) == value
+    assert preset_folder(cfg) != "tiny"  # and the cache folder tells it apart from the preset's
+    assert preset_folder(load_config([], ["encoders.preset=tiny"])) == "tiny"
+
+
+def test_a_config_saved_before_null_encoder_keys_reads_as_it_ran(tmp_path: Path) -> None:
+    """Old config.yaml files wrote every encoder key, the defaults meaning "the preset's"."""
+    old = to_dict(load_config([], ["encoders.preset=tiny", "encoders.text.num_taps=2"]))
+    for m in ("text", "image", "video", "audio"):  # as the old code wrote them: defaults filled in
+        old["encoders"][m] = {k: (v if v is not None else getattr(EncoderSpec(), k))
+                              for k, v in old["encoders"][m].items()}
+    cfg = config_from_dict(old)
+    specs = resolve_specs(cfg)
+    assert specs["text"].num_taps == 2 and specs["image"] == preset_specs("tiny")["image"]
+    assert specs["audio"].audio_seconds == 1.0  # the preset's, not the written default 10.0
+    assert config_differences(old, cfg) == []
 
 
 # --------------------------------------------------------------------------------------------- media

@@ -177,14 +177,39 @@ class EncoderSpec:
 
 
 @dataclass
+class EncoderOverrides:
+    """A run's settings of one modality's encoder, on top of the preset (``crossan.encoders.resolve_specs``).
+
+    Every key is an :class:`EncoderSpec` key. Unset (``null``, the default) takes the preset's value, or
+    :class:`EncoderSpec`'s default when ``model`` names a checkpoint; a value given is used, even one equal
+    to :class:`EncoderSpec`'s default (``encoders.audio.audio_seconds=10`` under a preset of 5 s gives 10 s).
+    """
+
+    model: str = ""
+    num_taps: int | None = None
+    pooling: Literal["auto", "cls", "mean"] | None = None
+    max_text_len: int | None = None
+    image_size: int | None = None
+    num_frames: int | None = None
+    frame_sampling: Literal["uniform", "middle"] | None = None
+    audio_seconds: float | None = None
+    sample_rate: int | None = None
+
+    def given(self) -> dict[str, Any]:
+        """The keys this run sets (a non-empty ``model``, and every other key that is not null)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if getattr(self, f.name) not in (None, "")}
+
+
+@dataclass
 class EncodersConfig:
-    """The frozen encoders per modality. ``preset`` fills the specs; explicit keys override it."""
+    """The frozen encoders per modality. ``preset`` fills the specs; the keys a run gives override it."""
 
     preset: Literal["paper", "offline", "offline-random", "tiny"] = "offline"
-    text: EncoderSpec = field(default_factory=EncoderSpec)
-    image: EncoderSpec = field(default_factory=EncoderSpec)
-    video: EncoderSpec = field(default_factory=EncoderSpec)
-    audio: EncoderSpec = field(default_factory=EncoderSpec)
+    text: EncoderOverrides = field(default_factory=EncoderOverrides)
+    image: EncoderOverrides = field(default_factory=EncoderOverrides)
+    video: EncoderOverrides = field(default_factory=EncoderOverrides)
+    audio: EncoderOverrides = field(default_factory=EncoderOverrides)
     batch_size: int = 32
     """Items per forward pass when caching or encoding live."""
 
@@ -536,6 +561,8 @@ def _validate_ranges(cfg: Config) -> None:
         val: Any = cfg
         for part in key.split("."):
             val = getattr(val, part)
+        if val is None:  # an encoder key left to the preset
+            continue
         low_ok = val >= lo if inclusive else val > lo
         if not math.isfinite(val) or not low_ok or (hi is not None and val >= hi):
             want = (f"in [{lo}, {hi})" if hi is not None else
@@ -559,10 +586,31 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:
+    """A validated :class:`Config` from a saved ``config.yaml``'s mapping (older layouts read as they meant)."""
     cfg = Config()
-    _apply_mapping(cfg, data)
+    _apply_mapping(cfg, legacy_encoder_keys(data))
     validate(cfg)
     return cfg
+
+
+def legacy_encoder_keys(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config as the current :class:`EncoderOverrides` read it.
+
+    Until 2026-12-01 a config.yaml wrote every encoder key of every modality, and a value equal to
+    :class:`EncoderSpec`'s default meant "the preset's"; now such keys are written as null. A saved config
+    whose encoder sections hold no null at all is of the old kind: its default-equal values become null, so
+    that it resolves to the encoders it was run with."""
+    encoders = saved.get("encoders") if isinstance(saved, dict) else None
+    if not isinstance(encoders, dict):
+        return saved
+    sections = {m: encoders[m] for m in ("text", "image", "video", "audio") if isinstance(encoders.get(m), dict)}
+    keys = [f.name for f in dataclasses.fields(EncoderSpec) if f.name != "model"]
+    if not sections or any(sec.get(k, 0) is None for sec in sections.values() for k in keys):
+        return saved
+    default = dataclasses.asdict(EncoderSpec())
+    new_enc = {**encoders, **{m: {k: (None if k in keys and v == default[k] else v) for k, v in sec.items()}
+                              for m, sec in sections.items()}}
+    return {**saved, "encoders": new_enc}
 
 
 def _with_defaults(saved: Any, defaults: Any) -> Any:
@@ -600,7 +648,7 @@ def config_differences(saved: dict[str, Any], cfg: Config) -> list[str]:
     behaviour: a run written before a new option appeared is still the same run.
     """
     now = to_dict(cfg)
-    old = _resolved_paths(_with_defaults(saved, to_dict(Config())))
+    old = _resolved_paths(_with_defaults(legacy_encoder_keys(saved), to_dict(Config())))
 
     def diff(a: Any, b: Any, prefix: str) -> list[str]:
         if isinstance(a, dict) and isinstance(b, dict):

@@ -7,14 +7,12 @@ fingerprint>/<preset>``.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from crossan.config import EncoderSpec
 from crossan.data.catalogue import MODALITIES, ItemRecord, fingerprint_items
 
 if TYPE_CHECKING:
@@ -61,14 +59,8 @@ def num_items(data: Any) -> int:
 
 
 def _encoder_overrides(cfg: Config) -> dict[str, Any]:
-    default = dataclasses.asdict(EncoderSpec())
-    out = {}
-    for m in MODALITIES:
-        spec = dataclasses.asdict(getattr(cfg.encoders, m))
-        changed = {k: v for k, v in spec.items() if v != default[k]}
-        if changed:
-            out[m] = changed
-    return out
+    """The encoder keys the run gives per modality (those it leaves to the preset are not listed)."""
+    return {m: given for m in MODALITIES if (given := getattr(cfg.encoders, m).given())}
 
 
 def preset_folder(cfg: Config) -> str:

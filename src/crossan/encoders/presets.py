@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-from crossan.config import EncoderSpec
+from crossan.config import EncoderOverrides, EncoderSpec
 from crossan.data.catalogue import MODALITIES
 
 if TYPE_CHECKING:
@@ -124,17 +124,11 @@ def preset_specs(name: str, modality: str | None = None) -> dict[str, EncoderSpe
     raise ValueError(f"unknown encoder preset {name!r}; expected one of {list(PRESETS)}")
 
 
-def merge_spec(preset: EncoderSpec, run: EncoderSpec) -> EncoderSpec:
-    """The run's spec where it names a model, else the preset with the run's non-default fields on top."""
-    if run.model:
-        return dataclasses.replace(run)
-    default = EncoderSpec()
-    changed = {
-        f.name: getattr(run, f.name)
-        for f in dataclasses.fields(EncoderSpec)
-        if getattr(run, f.name) != getattr(default, f.name)
-    }
-    return dataclasses.replace(preset, **changed)
+def merge_spec(preset: EncoderSpec, run: EncoderOverrides) -> EncoderSpec:
+    """The effective spec: the keys the run gives (:meth:`EncoderOverrides.given`) over ``preset`` — over
+    :class:`EncoderSpec`'s defaults instead when the run names a ``model``."""
+    base = EncoderSpec() if run.model else preset
+    return dataclasses.replace(base, **run.given())
 
 
 def resolve_specs(cfg: Config, modalities: list[str] | None = None) -> dict[str, EncoderSpec]:
@@ -143,8 +137,6 @@ def resolve_specs(cfg: Config, modalities: list[str] | None = None) -> dict[str,
     out = {}
     for m in wanted:
         run = getattr(cfg.encoders, m)
-        preset = (
-            EncoderSpec() if run.model else preset_specs(cfg.encoders.preset, modality=m)[m]
-        )
+        preset = EncoderSpec() if run.model else preset_specs(cfg.encoders.preset, modality=m)[m]
         out[m] = merge_spec(preset, run)
     return out
