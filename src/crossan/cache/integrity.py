@@ -225,8 +225,9 @@ def check_finite(modality: str, states: np.ndarray, first_row: int, records: lis
     if len(bad):
         rows = bad + first_row
         raise CacheError(f"{modality}: the encoder produced non-finite states (NaN/inf in float16) for item "
-                         f"{describe_rows(rows, records, modality)} (row {int(rows[0])}); nothing of this batch "
-                         "is stored (earlier batches are kept and resumed)")
+                         f"{describe_rows(rows, records, modality)} (row {int(rows[0])}): either NaN/inf from the "
+                         "encoder itself, or values beyond ±65504, which overflow the cache's float16; nothing of "
+                         "this batch is stored (earlier batches are kept and resumed)")
 
 
 def verify_folder(modality: str, folder: Path, manifest: dict[str, Any], records: list[Any],

@@ -178,6 +178,7 @@ class WorkArea:
                 for entry in corrupt:
                     f.write(json.dumps(entry, sort_keys=True) + "\n")
                 f.flush()
+                os.fsync(f.fileno())  # on disk before done.npy says the batch is finished
         self.done[self.batches.index(batch)] = True
         self._save_done()
 
