@@ -96,6 +96,36 @@ def test_build_interrupted_in_fp32_and_resumed_in_bf16_starts_over(
     assert manifest(tmp_path, "text")["build"]["compute_dtype"] == "bfloat16"
 
 
+def test_join_waits_for_a_shard_still_being_built(tmp_path: Path, data: FakeData, capsys) -> None:
+    """A join holds every shard's lock: while shard 1's builder holds its lock, the join waits for it."""
+    import threading
+    import time
+
+    from crossan.cache.lock import build_lock, lock_path
+
+    cfg = make_cfg(tmp_path)
+    for shard in (0, 1):
+        build_cache(cfg, data, ["text"], shard=shard, num_shards=2, progress=False)
+    release = threading.Event()
+    held = threading.Event()
+
+    def builder() -> None:  # stands in for a `crossan cache --shard 1` process still running
+        with build_lock(lock_path(tmp_path, "text", 1, 2), "text shard 1"):
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=builder)
+    thread.start()
+    held.wait(10)
+    threading.Timer(1.0, release.set).start()
+    t0 = time.perf_counter()
+    reports = join_shards(cfg, data, ["text"])
+    waited = time.perf_counter() - t0
+    thread.join()
+    assert reports["text"].status == "joined" and waited >= 0.9
+    assert "text shard 1 of 2: another crossan cache process" in capsys.readouterr().err
+
+
 def test_join_refuses_shards_of_different_precisions(tmp_path: Path, data: FakeData) -> None:
     build_cache(make_cfg(tmp_path, "fp32"), data, ["text"], shard=0, num_shards=2, progress=False)
     build_cache(make_cfg(tmp_path, "bf16"), data, ["text"], shard=1, num_shards=2, progress=False)

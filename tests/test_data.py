@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import write_iisan
+from conftest import load_benchmark, write_iisan
 from crossan.config import DataConfig
 from crossan.data import DataError, prepare
 
@@ -241,11 +241,7 @@ def test_vectorised_inter_reader_equals_reference(tmp_path: Path) -> None:
 
 
 def test_scale_benchmark_generator_is_deterministic_and_readable(tmp_path: Path) -> None:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("scale", Path(__file__).parents[1] / "benchmarks" / "scale.py")
-    scale = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(scale)
+    scale = load_benchmark("scale")
     a = scale.generate(tmp_path / "a", users=300, items=40, seed=7)
     scale.generate(tmp_path / "b", users=300, items=40, seed=7)
     for name in ("users.tsv", "items.tsv"):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import load_benchmark
 from crossan.cache.layout import preset_folder
 from crossan.config import Config, EncoderSpec, config_differences, config_from_dict, load_config, to_dict
 from crossan.data.catalogue import Catalogue, ItemRecord
@@ -482,10 +482,7 @@ def test_efficientnet_folded_batch_norms_give_the_same_gradients() -> None:
 
 
 def test_cnn_fold_benchmark_runs_and_writes_its_table(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("cnn_fold", Path(__file__).parents[1] / "benchmarks" / "cnn_fold.py")
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("cnn_fold")
     bench.main(["--model", "config:efficientnet", "--image-size", "32", "--batch-sizes", "2", "--rounds", "1",
                 "--repeats", "1", "--out", str(tmp_path)])
     rows = json.loads((tmp_path / "cnn_fold.json").read_text())["rows"]

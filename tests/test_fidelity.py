@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from tests.test_side_networks import DS, MODS, D, N, R, make_features
 
+from conftest import load_benchmark
 from crossan.config import ConfigError, UserEncoderConfig, load_config
 from crossan.dropout import Dropout
 from crossan.model import param_groups
@@ -288,12 +289,7 @@ def test_official_recipe_model_trains_one_step():
 def _per_slot_loss():
     """The slots loss written over all B·(L+1) slot columns (the direct form), as benchmarks/loss_candidates.py
     times it: the reference for the unique-column form in crossan.recommender."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("loss_candidates", ROOT / "benchmarks" / "loss_candidates.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.per_slot_loss
+    return load_benchmark("loss_candidates").per_slot_loss
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

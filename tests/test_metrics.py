@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import load_benchmark
 from crossan import evaluation
 from crossan.evaluation import evaluate_split, mean_metrics, rank_split, strict_ranks
 
@@ -143,11 +143,7 @@ def test_evaluate_split_batches_agree_and_formula() -> None:
 
 
 def test_ranking_benchmark_checks_rank_split_against_the_plain_form(tmp_path: Path) -> None:
-    path = Path(__file__).parents[1] / "benchmarks" / "ranking.py"
-    spec = importlib.util.spec_from_file_location("ranking_bench", path)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("ranking")
     # 300 users in batches of 128 (a short last batch), 50 items: the benchmark raises if the ranks differ
     bench.main(["--items", "50", "--users", "300", "--history", "7", "--batch-size", "128", "--rounds", "1",
                 "--out", str(tmp_path)])

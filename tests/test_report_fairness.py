@@ -20,6 +20,7 @@ import torch
 import yaml
 
 import crossan
+from conftest import load_benchmark
 from crossan.config import load_config, to_dict
 from crossan.evaluation import mean_metrics, strict_ranks
 from crossan.reports.stats import ndcg_at
@@ -271,13 +272,7 @@ def test_reusing_a_run_says_when_another_version_wrote_it(tmp_path: Path, writte
 
 def test_holm_null_benchmark_runs_and_agrees_with_raw_for_one_test(tmp_path: Path) -> None:
     """``benchmarks/holm_null.py`` smoke run; with one run per suite Holm changes nothing, so both rates agree."""
-    import importlib.util
-
-    path = Path(__file__).parents[1] / "benchmarks" / "holm_null.py"
-    spec = importlib.util.spec_from_file_location("holm_null_bench", path)
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("holm_null")
     out = tmp_path / "h.json"
     bench.main(["--suites", "20", "--runs", "1", "--users", "200", "--resamples", "200", "--out", str(out)])
     result = json.loads(out.read_text())

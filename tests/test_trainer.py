@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 import crossan.trainer as trainer
 from crossan.cli import main
@@ -114,3 +115,32 @@ def test_history_cut_short_by_a_crash_is_truncated(tmp_path: Path) -> None:
     path.write_text('{"epoch": 1, "loss": 2.0}\n{"epoch": 2, "loss": 1.5}\n{"epoch": 3, "lo')
     truncate_history(path, 2)
     assert [json.loads(x)["epoch"] for x in path.read_text().splitlines()] == [1, 2]
+
+
+def test_a_crash_before_the_checkpoint_keeps_the_best_weights_it_knows(small_data: Path, tmp_path: Path,
+                                                                       monkeypatch) -> None:
+    """Epoch 3 is a new best but the process dies before its checkpoint: best.safetensors must still hold the
+    checkpoint's best epoch (2), not epoch 3's weights (the resumed epoch 3 may train to other weights on a
+    GPU); the resumed run then ends as an uninterrupted one."""
+    from safetensors.torch import load_file
+
+    full = train(_cfg(small_data), tmp_path / "full", progress=False)
+    real_save = trainer.save_checkpoint
+
+    def die_at_epoch_3(path, model, opt, state):
+        if state.epoch == 3:
+            raise KeyboardInterrupt("simulated crash")
+        real_save(path, model, opt, state)
+
+    monkeypatch.setattr(trainer, "save_checkpoint", die_at_epoch_3)
+    out = tmp_path / "crashed"
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(small_data), out, progress=False)
+    assert (out / "best.pending-epoch-3.safetensors").is_file()  # epoch 3 was a new best
+    ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["state"]["epoch"] == 2 and ckpt["state"]["best_epoch"] == 2
+    best = load_file(str(out / "best.safetensors"))
+    assert all(torch.equal(best[k], v) for k, v in ckpt["model"].items())
+    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
+    resumed = train(_cfg(small_data), out, resume=True, progress=False)
+    assert resumed["test"] == full["test"] and not list(out.glob("best.pending-*"))

@@ -208,6 +208,26 @@ def save_weights(model: torch.nn.Module, path: Path) -> None:
     atomic_save_safetensors(tensors, path, metadata={"crossan_version": crossan.__version__})
 
 
+def pending_weights(run_dir: Path, epoch: int) -> Path:
+    """Where validation puts a new best epoch's weights until that epoch's checkpoint is written."""
+    return run_dir / f"best.pending-epoch-{epoch}.safetensors"
+
+
+def settle_best_weights(run_dir: Path, best_epoch: int) -> None:
+    """Make ``best.safetensors`` the weights of the checkpoint's ``best_epoch``.
+
+    A new best is written aside (:func:`pending_weights`) and promoted only after its epoch's checkpoint, so
+    a crash between the two never leaves best weights of an epoch the checkpoint does not know: a resumed run
+    promotes the pending weights of the checkpoint's best epoch and discards any other (the epoch is trained
+    again; on a GPU not necessarily to the same weights)."""
+    for path in run_dir.glob("best.pending-epoch-*.safetensors"):
+        epoch = path.name.removeprefix("best.pending-epoch-").removesuffix(".safetensors")
+        if epoch.isdigit() and int(epoch) == best_epoch:
+            os.replace(path, run_dir / WEIGHTS)
+        else:
+            path.unlink()
+
+
 def load_weights(model: torch.nn.Module, path: Path) -> None:
     """Load ``path`` into ``model``; refuses unreadable files, non-finite values and mismatched keys."""
     if not path.is_file():

@@ -45,11 +45,13 @@ from crossan.runs import (
     load_checkpoint,
     load_run,
     load_weights,
+    pending_weights,
     rescore,
     resolve_paths,
     save_checkpoint,
     save_per_user,
     save_weights,
+    settle_best_weights,
     truncate_history,
 )
 from crossan.utils import (
@@ -255,6 +257,7 @@ def _resume(run: _Run, resume: bool) -> TrainState:
                  run.cfg.train.metric, state.best_metric, state.best_epoch)
     if dist.is_main():
         truncate_history(run.run_dir / HISTORY, state.epoch)
+        settle_best_weights(run.run_dir, state.best_epoch)
     if run.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(run.device)
     run.step_model = run.model
@@ -303,6 +306,7 @@ def _run_epoch(run: _Run, state: TrainState, inputs: torch.Tensor, targets: torc
         with (run.run_dir / HISTORY).open("a") as f:
             f.write(json.dumps(record) + "\n")
         save_checkpoint(run.run_dir / CHECKPOINT, run.model, run.opt, state)
+        settle_best_weights(run.run_dir, state.best_epoch)
     dist.barrier()
 
 
@@ -326,8 +330,8 @@ def _validate(run: _Run, state: TrainState, epoch: int) -> dict[str, float]:
     if metric > state.best_metric:
         state.best_metric, state.best_epoch, state.bad_epochs = metric, epoch, 0
         state.best_valid = valid
-        if dist.is_main():
-            save_weights(run.model, run.run_dir / WEIGHTS)
+        if dist.is_main():  # promoted to best.safetensors once this epoch's checkpoint is written
+            save_weights(run.model, pending_weights(run.run_dir, epoch))
     else:
         state.bad_epochs += 1
     return valid

@@ -4,10 +4,12 @@ Shards are joined only when every one was built under the same ``build`` setting
 dtype, device type: :func:`~crossan.cache.manifest.build_settings`), so a joined cache never mixes rows
 computed at two precisions. A modality with no shards whose completed cache is already up to date (a
 re-run of a torchrun build: every rank found it current and built nothing) is reported ``up to date``;
-the other modalities are joined either way, and the errors of any that cannot be are raised at the end."""
+the other modalities are joined either way, and the errors of any that cannot be are raised at the end. A join
+takes every shard's lock, so it waits for a shard still being built rather than read it half-written."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -183,12 +185,16 @@ def join_shards(cfg: Config, data: Any, modalities: list[str]) -> dict[str, Moda
         try:
             with build_lock(lock_path(root, m), f"{m} cache in {root}"):
                 t0 = time.perf_counter()
-                has_shards = bool(_find_shards(root / f"{m}.shards"))
-                current = None if has_shards else _current_cache(data, m, specs[m], root)
+                found = _find_shards(root / f"{m}.shards")
+                current = None if found else _current_cache(data, m, specs[m], root)
                 if current is not None:
                     reports[m] = report_from_manifest(m, root / m, "up to date", current)
                     continue
-                manifest = _join_modality(root, m, _checked_shard_plans(cfg, data, m, specs[m], root))
+                with contextlib.ExitStack() as held:  # a shard still being built is waited for, not read half-done
+                    for n in found:
+                        for i in range(n):
+                            held.enter_context(build_lock(lock_path(root, m, i, n), f"{m} shard {i} of {n}"))
+                    manifest = _join_modality(root, m, _checked_shard_plans(cfg, data, m, specs[m], root))
         except CacheError as e:
             errors[m] = e
             continue
