@@ -7,6 +7,7 @@ A run folder (``crossan train --out RUN_DIR``) holds::
     history.jsonl        one line per epoch: loss, time, validation metrics
     checkpoints/last.pt  model + optimiser + loop state after the last finished epoch (resume point)
     best.safetensors     weights at the best validation epoch (metadata: crossan_version)
+    best.pending-epoch-K.safetensors  a new best epoch K's weights, until its checkpoint is written
     results.json         the contract other tools read (see ``RESULT_KEYS``)
     per_user.npz         per-user validation/test ranks at the best epoch (paired comparisons between runs)
     evaluation.json      written by ``crossan evaluate`` (:func:`evaluate_run`)
