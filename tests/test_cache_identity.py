@@ -269,3 +269,33 @@ def test_max_text_len_beyond_the_position_table_names_the_key(tmp_path: Path) ->
     enc = build_encoder("text", spec)  # the whole table is fine
     catalogue = Catalogue(tmp_path, [ItemRecord("long", " ".join(["abc"] * 80), None, None, None)])
     assert enc.encode([catalogue["long"]], catalogue).states.shape == (1, 3, 64)
+
+
+def test_new_weights_in_the_same_folder_make_the_cache_stale(tmp_path: Path, data: FakeData) -> None:
+    """A local checkpoint is identified by a digest of its weight files, not only by its path: weights
+    re-exported into the same folder are a mismatch, not a silently reused cache."""
+    import torch
+
+    from crossan.cache.manifest import read_manifest, write_json
+    from crossan.encoders.presets import preset_specs
+
+    folder = tmp_path / "bert"
+    encoder = build_encoder("text", preset_specs("tiny")["text"])
+    encoder.model.save_pretrained(folder)
+    encoder.tokenizer.save_pretrained(folder)
+    cfg = make_cfg(tmp_path / "cache", text__model=str(folder), text__num_taps=3)
+    build_cache(cfg, data, ["text"], progress=False)
+    assert manifest(tmp_path / "cache", "text")["weights_digest"].startswith("sha256:")
+    open_cache(cfg, data, ["text"])  # unchanged weights: the cache is used
+    with torch.no_grad():  # fine-tuned weights exported to the same folder
+        next(encoder.model.parameters()).add_(0.5)
+    encoder.model.save_pretrained(folder)
+    with pytest.raises(CacheMismatchError) as err:
+        open_cache(cfg, data, ["text"])
+    assert any(d.startswith("text: weights digest 'sha256:") and "for the weights on disk now" in d
+               for d in err.value.differences)
+    # a cache written before the digest was recorded is read as before
+    old = read_manifest(tmp_path / "cache" / "text")
+    del old["weights_digest"]
+    write_json(tmp_path / "cache" / "text" / "manifest.json", old)
+    open_cache(cfg, data, ["text"])

@@ -188,6 +188,45 @@ def whisper_positions(audio_seconds: float) -> int:
     return math.ceil(seconds * WHISPER_POSITIONS_PER_SECOND)
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack")
+"""Files of a checkpoint folder that hold weights (what :func:`weights_digest` reads)."""
+
+_DIGESTS: dict[tuple[tuple[str, int, int], ...], str] = {}
+
+
+def weights_digest(info: BackboneInfo) -> str | None:
+    """``sha256:…`` of the weight files a backbone is read from — the ``state_dict`` file, the CTranslate2
+    folder's files, or a local checkpoint folder's weight files (:data:`WEIGHT_SUFFIXES`) — or None where
+    the name is the identity (a hub id, a random model from a config). A cache manifest records it, so new
+    weights exported into the same folder or file make the cache stale instead of silently reused. Hashed
+    once per process and file state (path, size, mtime)."""
+    from pathlib import Path
+
+    if info.weights_format in ("state_dict", "ctranslate2"):
+        where = Path(info.weights)
+    elif info.weights_format == "transformers" and Path(info.name).expanduser().is_dir():
+        where = Path(info.name).expanduser()
+    else:
+        return None
+    if where.is_file():
+        files = [where]
+    else:
+        suffixes = WEIGHT_SUFFIXES if info.weights_format == "transformers" else ("",)
+        files = sorted(p for p in where.iterdir() if p.is_file() and p.name.endswith(suffixes))
+    if not files:
+        return None
+    state = tuple((str(p.resolve()), (st := p.stat()).st_size, st.st_mtime_ns) for p in files)
+    if state not in _DIGESTS:
+        h = hashlib.sha256()
+        for p in files:
+            h.update(f"{p.name}\0{p.stat().st_size}\0".encode())
+            with open(p, "rb") as f:
+                for block in iter(lambda: f.read(1 << 22), b""):
+                    h.update(block)
+        _DIGESTS[state] = f"sha256:{h.hexdigest()}"
+    return _DIGESTS[state]
+
+
 def _packaged_backbone(modality: str, name: str, spec: EncoderSpec) -> BackboneInfo | None:
     """``efficientnet-lite0[:FILE]`` and ``whisper-ct2[:FOLDER]`` (weights outside the transformers format)."""
     kind, _, where = name.partition(":")

@@ -26,7 +26,7 @@ from torch import nn
 
 from crossan.config import EncoderSpec
 from crossan.data.media import MediaError
-from crossan.encoders.backbones import DEFAULT_POOLING, BackboneInfo, load_backbone
+from crossan.encoders.backbones import DEFAULT_POOLING, BackboneInfo, load_backbone, weights_digest
 
 if TYPE_CHECKING:
     from crossan.data.catalogue import Catalogue, ItemRecord
@@ -256,7 +256,9 @@ def describe_encoder(modality: str, spec: EncoderSpec, info: BackboneInfo) -> di
     """The fields of a cache manifest that depend on the encoder (computable without weights).
 
     ``weights`` (where they come from) and ``tap_widths`` (the real width of each tap where it is below
-    ``hidden_size``: a CNN's pooled maps are zero-padded) are for people; they are not compared."""
+    ``hidden_size``: a CNN's pooled maps are zero-padded) are for people; they are not compared.
+    ``weights_digest`` (:func:`~crossan.encoders.backbones.weights_digest`) is compared, where both the
+    cache and the configuration have one."""
     taps = tap_indices(info.num_layers, spec.num_taps)
     return {
         "checkpoint": info.name,
@@ -264,6 +266,7 @@ def describe_encoder(modality: str, spec: EncoderSpec, info: BackboneInfo) -> di
         "model_type": info.model_type,
         "random_init": info.random_init,
         "weights": info.source,
+        "weights_digest": weights_digest(info),
         "num_layers": info.num_layers,
         "hidden_size": info.hidden_size,
         "taps": taps,
