@@ -13,7 +13,6 @@ configuration imports no torch.
 from __future__ import annotations
 
 import dataclasses
-import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -579,10 +578,10 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write ``cfg`` as YAML, atomically (a crash never leaves half a config.yaml)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    os.replace(tmp, path)
+    from crossan.utils import atomic_write  # here, not at the top: reading a config imports no numpy
+
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

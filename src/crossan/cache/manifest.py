@@ -82,12 +82,13 @@ def describe_compute(manifest: dict[str, Any]) -> str:
     return f"{dtype} compute on {device}"
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as one level with dotted keys: ``{"a": {"b": 1}}`` → ``{"a.b": 1}``."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
+            out.update(flatten(v, key + "."))
         else:
             out[key] = v
     return out
@@ -103,8 +104,8 @@ def manifest_differences(modality: str, cached: dict[str, Any], expected: dict[s
     for name in COMPARED_FIELDS:
         if name == "weights_digest" and name not in cached:  # written before crossan recorded it
             continue
-        a = _flatten({name: cached.get(name)}) if isinstance(cached.get(name), dict) else {name: cached.get(name)}
-        b = _flatten({name: expected.get(name)}) if isinstance(expected.get(name), dict) else {name: expected.get(name)}
+        a = flatten({name: cached.get(name)}) if isinstance(cached.get(name), dict) else {name: cached.get(name)}
+        b = flatten({name: expected.get(name)}) if isinstance(expected.get(name), dict) else {name: expected.get(name)}
         for key in sorted(set(a) | set(b)):
             if a.get(key) != b.get(key):
                 where = ("for the data" if name in ("item_fingerprint", "num_items") else

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from crossan.cache.integrity import SOURCE_DTYPE, changed_rows, check_files, checksums, load_array
+from crossan.cache.integrity import SOURCE_DTYPE, checksums, load_array
 from crossan.cache.layout import (
     COMPLETE,
     MANIFEST,
@@ -29,17 +29,18 @@ from crossan.cache.layout import (
     cache_command_line,
     cache_root,
     check_modalities,
-    item_records,
     num_items,
 )
 from crossan.cache.lock import build_lock, lock_path
 from crossan.cache.manifest import (
     UNKNOWN,
+    describe_compute,
     expected_manifest,
     manifest_differences,
     read_manifest,
     write_json,
 )
+from crossan.cache.read import open_cache
 from crossan.cache.workarea import (
     ModalityReport,
     counts,
@@ -100,9 +101,8 @@ def _checked_shard_plans(cfg: Config, data: Any, m: str, spec: EncoderSpec, root
 
 
 def _describe_build(build: Any) -> str:
-    build = build if isinstance(build, dict) else {}
-    return (f"{build.get('compute_dtype', UNKNOWN)} compute on {build.get('device', UNKNOWN)}, "
-            f"encoders.batch_size={build.get('batch_size', UNKNOWN)}")
+    batch = build.get("batch_size", UNKNOWN) if isinstance(build, dict) else UNKNOWN
+    return f"{describe_compute({'build': build})}, encoders.batch_size={batch}"
 
 
 def _check_same_build(cfg: Config, m: str, num_shards: int, shards: list[tuple[Path, dict]]) -> None:
@@ -120,20 +120,14 @@ def _check_same_build(cfg: Config, m: str, num_shards: int, shards: list[tuple[P
         f"--shard I --num-shards {num_shards}`", lines)
 
 
-def _current_cache(data: Any, m: str, spec: EncoderSpec, root: Path) -> dict[str, Any] | None:
-    """The manifest of ``m``'s completed cache when it matches the run, is undamaged and its media files are
-    unchanged (what the build step reported as ``up to date``); None otherwise."""
-    final = root / m
+def _current_cache(cfg: Config, data: Any, m: str, root: Path) -> dict[str, Any] | None:
+    """The manifest of ``m``'s completed cache when a run could use it as it is (:func:`open_cache`'s
+    checks: it matches the run, is undamaged, its media files are unchanged); None otherwise."""
     try:
-        manifest = read_manifest(final)
-        if manifest is None or manifest_differences(m, manifest, expected_manifest(m, spec, data)):
-            return None
-        if check_files(final, manifest):
-            return None
-        changed, _ = changed_rows(load_array(final / SOURCES), m, item_records(data), data.catalogue)
+        open_cache(cfg, data, [m])
     except CacheError:
         return None
-    return None if len(changed) else manifest
+    return read_manifest(root / m)
 
 
 def _join_modality(root: Path, m: str, shards: list[tuple[Path, dict]]) -> dict[str, Any]:
@@ -186,7 +180,7 @@ def join_shards(cfg: Config, data: Any, modalities: list[str]) -> dict[str, Moda
             with build_lock(lock_path(root, m), f"{m} cache in {root}"):
                 t0 = time.perf_counter()
                 found = _find_shards(root / f"{m}.shards")
-                current = None if found else _current_cache(data, m, specs[m], root)
+                current = None if found else _current_cache(cfg, data, m, root)
                 if current is not None:
                     reports[m] = report_from_manifest(m, root / m, "up to date", current)
                     continue

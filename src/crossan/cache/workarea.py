@@ -20,7 +20,7 @@ import numpy as np
 
 from crossan.cache.integrity import checksums
 from crossan.cache.layout import COMPLETE, CORRUPT, DONE, MANIFEST, PLAN, PRESENT, SOURCES, STATES
-from crossan.cache.manifest import describe_compute, jsonable, write_json
+from crossan.cache.manifest import describe_compute, flatten, jsonable, write_json
 from crossan.errors import WriteError
 from crossan.utils import atomic_write
 
@@ -204,16 +204,7 @@ _PLAN_LABELS = {
 def plan_differences(old: dict[str, Any], new: dict[str, Any], limit: int = 4) -> list[str]:
     """What differs between a partial build's plan and the current one: ``"compute dtype 'float32' then,
     'bfloat16' now"`` (the first ``limit`` differences, compute settings first)."""
-
-    def flat(d: Any, prefix: str = "") -> dict[str, Any]:
-        if not isinstance(d, dict):
-            return {prefix.rstrip("."): d}
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}."))
-        return out
-
-    a, b = flat(old), flat(new)
+    a, b = flatten(old), flatten(new)
     differ = [k for k in set(a) | set(b) if a.get(k) != b.get(k)]
     keys = sorted(differ, key=lambda k: (k not in _PLAN_LABELS, k))
     lines = []
