@@ -200,6 +200,28 @@ def test_default_cache_dir(tmp_path: Path, data: FakeData, monkeypatch: pytest.M
     assert folder.parent.name.startswith(data.catalogue.root.name + "-")
     cfg.encoders.text.num_taps = 2  # a changed encoder setting gets its own folder
     assert default_cache_dir(cfg, data).name.startswith("tiny-")
+    assert default_cache_dir(cfg, data, "text").name.startswith("tiny-")
+    assert default_cache_dir(cfg, data, "image") == folder  # ... for that modality only
+
+
+def test_changing_one_encoder_leaves_the_other_modalities_caches_in_use(
+        tmp_path: Path, data: FakeData, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without ``cache.dir``, a run that changes the audio encoder finds the text cache built before it."""
+    monkeypatch.setenv("CROSSAN_CACHE_DIR", str(tmp_path / "caches"))
+    cfg = make_cfg(tmp_path, data)
+    cfg.cache.dir = ""
+    build_cache(cfg, data, ["text"], progress=False)
+    text_files = read_bytes(default_cache_dir(cfg, data, "text"), "text")
+    changed = make_cfg(tmp_path, data, audio__audio_seconds=0.5)
+    changed.cache.dir = ""
+    reports = build_cache(changed, data, ["text", "audio"], progress=False)
+    assert reports["text"].status == "up to date" and reports["audio"].status != "up to date"
+    assert read_bytes(default_cache_dir(changed, data, "text"), "text") == text_files
+    audio_root = default_cache_dir(changed, data, "audio")
+    assert audio_root != default_cache_dir(changed, data, "text") and (audio_root / "audio").is_dir()
+    open_cache(changed, data, ["text", "audio"])
+    with pytest.raises(CacheMissingError, match="no layer-state cache for audio"):
+        open_cache(cfg, data, ["text", "audio"])  # the preset's audio was never built
 
 
 # --------------------------------------------------------------------------------------------- bad media

@@ -219,7 +219,8 @@ class CacheConfig:
 
     dir: str = ""
     """Cache folder (empty: ``$CROSSAN_CACHE_DIR`` or ``~/.cache/crossan``, then
-    ``<dataset folder name>-<item fingerprint>/<preset>``; the dataset folder itself is never written)."""
+    ``<dataset folder name>-<item fingerprint>/<preset>``, or ``<preset>-<hash>`` for a modality whose encoder
+    settings the run changes; the dataset folder itself is never written)."""
     standardize: bool = True
     """Side networks and frozen features standardise each tapped state dimension over the items (fixed
     mean/std, saved with the weights): frozen encoders' states share a large offset across items."""

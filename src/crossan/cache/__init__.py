@@ -1,6 +1,7 @@
 """Layer-state features: each item's pooled tapped states per modality, computed once and cached, or live.
 
-Layout (``ROOT`` = ``cfg.cache.dir``, or :func:`~crossan.cache.layout.default_cache_dir`)::
+Layout (``ROOT`` = ``cfg.cache.dir``, or :func:`~crossan.cache.layout.default_cache_dir`, which is
+``<preset>-<hash>`` instead of ``<preset>`` for a modality whose encoder settings the run changes)::
 
     ROOT/
       <modality>/                    a completed cache, only ever replaced as a whole
@@ -59,7 +60,7 @@ over the encoders).
 
 from crossan.cache.build import build_cache, cache_command
 from crossan.cache.features import FeatureSource, LiveFeatures, TensorFeatures
-from crossan.cache.layout import cache_root, default_cache_dir
+from crossan.cache.layout import cache_root, default_cache_dir, modality_folder
 from crossan.cache.read import open_cache, open_features
 from crossan.cache.shards import join_shards
 from crossan.errors import CacheError, CacheMismatchError, CacheMissingError
@@ -75,6 +76,7 @@ __all__ = [
     "cache_command",
     "cache_root",
     "default_cache_dir",
+    "modality_folder",
     "join_shards",
     "open_cache",
     "open_features",

@@ -30,6 +30,7 @@ from crossan.cache.layout import (
     cache_root,
     check_modalities,
     item_records,
+    modality_folder,
 )
 from crossan.cache.lock import build_lock, lock_path
 from crossan.cache.manifest import (
@@ -295,15 +296,15 @@ def build_cache(
     modalities = check_modalities(modalities)
     if num_shards > 1 and shard is None:
         raise ValueError(f"num_shards={num_shards} needs a shard index (0..{num_shards - 1})")
-    root = cache_root(cfg, data)
-    root.mkdir(parents=True, exist_ok=True)
     specs = resolve_specs(cfg, modalities)
     records = item_records(data)
     device = str(resolve_device(cfg.device))
-    ctx = _BuildContext(cfg, data, root, records, batch_ranges(len(records), cfg.encoders.batch_size), device,
-                        progress, on_batch, build_settings(cfg.encoders.batch_size, cfg.precision, device))
     reports: dict[str, ModalityReport] = {}
     for m in modalities:
+        root = cache_root(cfg, data, m)
+        root.mkdir(parents=True, exist_ok=True)
+        ctx = _BuildContext(cfg, data, root, records, batch_ranges(len(records), cfg.encoders.batch_size), device,
+                            progress, on_batch, build_settings(cfg.encoders.batch_size, cfg.precision, device))
         with build_lock(lock_path(root, m, shard, num_shards), f"{m} cache in {root}"):
             t0 = time.perf_counter()  # after any wait for another builder
             reports[m] = _build_modality(ctx, m, specs[m], shard, num_shards)
@@ -319,12 +320,11 @@ def verify_cache(cfg: Config, data: Any, modalities: list[str]) -> dict[str, lis
     from crossan.encoders import resolve_specs
 
     modalities = check_modalities(modalities)
-    root = cache_root(cfg, data)
     specs = resolve_specs(cfg, modalities)
     records = item_records(data)
     problems: dict[str, list[str]] = {}
     for m in modalities:
-        folder = root / m
+        folder = modality_folder(cfg, data, m)
         try:
             manifest = read_manifest(folder, missing_ok=True)
         except CacheError as e:
@@ -350,7 +350,7 @@ def verify_cache(cfg: Config, data: Any, modalities: list[str]) -> dict[str, lis
                   f"({manifest.get('_verify_seconds', 0.0):.1f} s)")
     failed = [m for m, p in problems.items() if p]
     if failed:
-        raise CacheError(f"cache verification failed for {', '.join(failed)} in {root} (listed above); "
+        raise CacheError(f"cache verification failed for {', '.join(failed)} (listed above); "
                          f"`{cache_command_line(cfg, failed)}` re-encodes changed items and rebuilds damaged caches")
     return problems
 

@@ -2,7 +2,7 @@
 
 File names, the format version, the manifest fields compared against a run, and the folder of a run's
 cache: ``cache.dir``, or ``$CROSSAN_CACHE_DIR`` (default ``~/.cache/crossan``) ``/<dataset>-<item
-fingerprint>/<preset>``.
+fingerprint>/<preset>[-<hash of the modality's encoder overrides>]/<modality>``.
 """
 
 from __future__ import annotations
@@ -65,26 +65,38 @@ def _encoder_overrides(cfg: Config) -> dict[str, Any]:
     return {m: given for m in MODALITIES if (given := getattr(cfg.encoders, m).given())}
 
 
-def preset_folder(cfg: Config) -> str:
-    """``<preset>``, or ``<preset>-<hash>`` when the run changes encoder settings of the preset."""
+def preset_folder(cfg: Config, modality: str | None = None) -> str:
+    """``<preset>``, or ``<preset>-<hash>`` when the run changes encoder settings of the preset: those of
+    ``modality`` when given (so that changing one modality's encoder leaves the others' caches where they
+    are), of all modalities otherwise."""
     overrides = _encoder_overrides(cfg)
+    if modality is not None:
+        overrides = {modality: overrides[modality]} if modality in overrides else {}
     if not overrides:
         return cfg.encoders.preset
     digest = hashlib.sha256(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:8]
     return f"{cfg.encoders.preset}-{digest}"
 
 
-def default_cache_dir(cfg: Config, data: Any) -> Path:
-    """``$CROSSAN_CACHE_DIR`` (or ``~/.cache/crossan``) ``/<dataset folder name>-<fingerprint>/<preset>``."""
+def default_cache_dir(cfg: Config, data: Any, modality: str | None = None) -> Path:
+    """``$CROSSAN_CACHE_DIR`` (or ``~/.cache/crossan``) ``/<dataset folder name>-<fingerprint>/<preset>``
+    (:func:`preset_folder` of ``modality``)."""
     base = Path(os.environ.get("CROSSAN_CACHE_DIR") or Path.home() / ".cache" / "crossan").expanduser()
     source = Path(cfg.data.path).expanduser().resolve() if cfg.data.path else Path(data.catalogue.root)
     name = (source.stem if source.suffix else source.name) or "data"
-    return base / f"{name}-{fingerprint_items(item_records(data))}" / preset_folder(cfg)
+    return base / f"{name}-{fingerprint_items(item_records(data))}" / preset_folder(cfg, modality)
 
 
-def cache_root(cfg: Config, data: Any) -> Path:
-    """Where this run's cache lives (``cache.dir`` when set)."""
-    return Path(cfg.cache.dir).expanduser() if cfg.cache.dir else default_cache_dir(cfg, data)
+def cache_root(cfg: Config, data: Any, modality: str | None = None) -> Path:
+    """The folder holding this run's ``<modality>/`` cache: ``cache.dir`` when set (one folder for every
+    modality; the manifests tell encoder settings apart), else :func:`default_cache_dir`, where a modality
+    whose encoder settings the run changes has a folder of its own."""
+    return Path(cfg.cache.dir).expanduser() if cfg.cache.dir else default_cache_dir(cfg, data, modality)
+
+
+def modality_folder(cfg: Config, data: Any, modality: str) -> Path:
+    """``<cache root>/<modality>``: the completed cache of ``modality`` for this run."""
+    return cache_root(cfg, data, modality) / modality
 
 
 def cache_command_line(cfg: Config, modalities: list[str]) -> str:

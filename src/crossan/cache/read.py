@@ -24,6 +24,7 @@ from crossan.cache.layout import (
     cache_root,
     check_modalities,
     item_records,
+    modality_folder,
 )
 from crossan.cache.manifest import expected_manifest, manifest_differences, read_manifest
 from crossan.errors import CacheError, CacheMismatchError, CacheMissingError
@@ -40,28 +41,32 @@ def open_cache(cfg: Config, data: Any, modalities: list[str], mmap: bool = True)
     from crossan.encoders import resolve_specs
 
     modalities = check_modalities(modalities)
-    root = cache_root(cfg, data)
+    roots = {m: cache_root(cfg, data, m) for m in modalities}
     specs = resolve_specs(cfg, modalities)
-    absent = [m for m in modalities if read_manifest(root / m) is None]
+    absent = [m for m in modalities if read_manifest(roots[m] / m) is None]
     if absent:
-        partial = [m for m in absent if (root / f"{m}.partial").exists() or (root / f"{m}.shards").exists()]
+        partial = [m for m in absent
+                   if (roots[m] / f"{m}.partial").exists() or (roots[m] / f"{m}.shards").exists()]
         hint = f" ({', '.join(partial)}: an unfinished build is there; the command resumes it)" if partial else ""
+        where = ", ".join(str(roots[m] / m) for m in absent)
         raise CacheMissingError(
-            f"no layer-state cache for {', '.join(absent)} in {root}{hint}. Build it with:\n"
+            f"no layer-state cache for {', '.join(absent)} ({where}){hint}. Build it with:\n"
             f"  {cache_command_line(cfg, absent)}\n(or run with cached=false to encode items live)"
         )
     diffs: list[str] = []
     manifests = {}
     for m in modalities:
-        manifests[m] = read_manifest(root / m)
+        manifests[m] = read_manifest(roots[m] / m)
         diffs += manifest_differences(m, manifests[m], expected_manifest(m, specs[m], data))
     if diffs:
+        where = ", ".join(dict.fromkeys(str(roots[m]) for m in modalities))
         raise CacheMismatchError(
-            f"the cache in {root} does not match this run:\n  " + "\n  ".join(diffs)
+            f"the cache in {where} does not match this run:\n  " + "\n  ".join(diffs)
             + f"\nRebuild it with:\n  {cache_command_line(cfg, modalities)}", diffs)
     records = item_records(data)
     states, present = {}, {}
     for m in modalities:
+        root = roots[m]
         problems = check_files(root / m, manifests[m])
         if problems and (root / m / STATES).stat().st_size <= VERIFY_ON_OPEN_BYTES:
             problems += nonfinite_problems(m, root / m, records)  # name the items when the values are bad
@@ -90,7 +95,7 @@ def open_features(cfg: Config, data: Any, modalities: list[str], device: Any = "
                             batch_size=cfg.encoders.batch_size, on_corrupt=cfg.cache.on_corrupt)
     size = 0
     for m in modalities:
-        manifest = read_manifest(cache_root(cfg, data) / m) or {}
+        manifest = read_manifest(modality_folder(cfg, data, m)) or {}
         size += int(np.prod(manifest.get("shape", [0]))) * 2  # float16
     if size <= cfg.cache.memory_limit_gb * 2**30:
         return open_cache(cfg, data, modalities, mmap=False).to_memory(device if cfg.cache.on_device else "cpu")

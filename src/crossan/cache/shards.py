@@ -171,11 +171,11 @@ def join_shards(cfg: Config, data: Any, modalities: list[str]) -> dict[str, Moda
     from crossan.encoders import resolve_specs
 
     modalities = check_modalities(modalities)
-    root = cache_root(cfg, data)
     specs = resolve_specs(cfg, modalities)
     reports: dict[str, ModalityReport] = {}
     errors: dict[str, CacheError] = {}
     for m in modalities:
+        root = cache_root(cfg, data, m)
         try:
             with build_lock(lock_path(root, m), f"{m} cache in {root}"):
                 t0 = time.perf_counter()
