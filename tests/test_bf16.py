@@ -69,6 +69,20 @@ def test_compute_dtype():
         compute_dtype("fp16", "cpu")
 
 
+@pytest.mark.parametrize("capability, expected", [((7, 0), None), ((7, 5), None), ((8, 0), torch.bfloat16),
+                                                  ((9, 0), torch.bfloat16)])
+def test_auto_on_a_gpu_needs_bf16_units(monkeypatch: pytest.MonkeyPatch, capability, expected):
+    """A V100 or T4 (capability 7.x) emulates bf16: ``auto`` stays fp32 there, although torch's
+    ``is_bf16_supported()`` says yes; the capability asked is that of the device the run names."""
+    asked: list[torch.device] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: asked.append(d) or capability)
+    assert compute_dtype("auto", "cuda:1") is expected
+    assert asked == [torch.device("cuda:1")]
+    assert compute_dtype("bf16", "cuda:1") is torch.bfloat16  # asked for: used whatever the GPU
+
+
 def test_config_key():
     assert Config().precision == "auto"
     assert load_config([], ["precision=bf16"]).precision == "bf16"

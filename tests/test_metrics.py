@@ -149,3 +149,13 @@ def test_ranking_benchmark_checks_rank_split_against_the_plain_form(tmp_path: Pa
                 "--out", str(tmp_path)])
     result = json.loads((tmp_path / "ranking.json").read_text())["result"]
     assert set(result["ms_per_batch"]) == {"rank_split", "matmul", "strict_ranks", "plain"}
+
+
+@pytest.mark.parametrize("split", ["validation", "val", "Test", ""])
+def test_an_unknown_split_name_is_refused_not_scored_as_test(split: str) -> None:
+    """``evaluate(..., "validation", ...)`` used to score the test split (model selection on test)."""
+    from crossan.config import Config
+    from crossan.ranking import evaluate
+
+    with pytest.raises(ValueError, match=f"split: {split!r} is not 'valid' or 'test'"):
+        evaluate(None, None, split, Config())  # type: ignore[arg-type]  # refused before either is read

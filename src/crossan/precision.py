@@ -6,8 +6,8 @@ of each weight per use), and so do the losses and the ranking scores (see
 :mod:`crossan.recommender`). The layer-state cache is stored in float16 whatever the precision.
 
 ``auto`` chooses bf16 where the hardware has bf16 matrix units — a CPU whose ``/proc/cpuinfo`` flags list
-``avx512_bf16`` or ``amx_bf16``, a CUDA GPU for which ``torch.cuda.is_bf16_supported()`` — and fp32
-elsewhere (on a CPU without them bf16 is emulated and slower than fp32).
+``avx512_bf16`` or ``amx_bf16``, a CUDA GPU of compute capability 8.0 or later (:func:`cuda_has_bf16`) — and
+fp32 elsewhere (without them bf16 is emulated: slower than fp32, and rounded).
 
 Where it applies: the frozen encoders' forward, while the cache is built (:mod:`crossan.cache.build`) and
 whenever states are encoded live (:mod:`crossan.towers.content`), and every method's training step: item
@@ -24,8 +24,8 @@ import torch
 
 from crossan.utils import cpu_flags
 
-__all__ = ["BF16_CPU_FLAGS", "PRECISIONS", "autocast", "compute_dtype", "cpu_flags", "cpu_has_bf16", "dtype_name",
-           "full_precision"]
+__all__ = ["BF16_CPU_FLAGS", "PRECISIONS", "autocast", "compute_dtype", "cpu_flags", "cpu_has_bf16", "cuda_has_bf16",
+           "dtype_name", "full_precision"]
 
 PRECISIONS = ("auto", "bf16", "fp32")
 """The values of the ``precision`` config key."""
@@ -51,7 +51,13 @@ def compute_dtype(precision: str, device: torch.device | str) -> torch.dtype | N
         return torch.bfloat16
     if device.type == "cpu":
         return torch.bfloat16 if cpu_has_bf16() else None
-    return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if cuda_has_bf16(device) else None
+
+
+def cuda_has_bf16(device: torch.device | str) -> bool:
+    """Whether the CUDA GPU ``device`` names has bf16 matrix units: compute capability 8.0 or later (Ampere
+    on). ``torch.cuda.is_bf16_supported()`` also says yes on older GPUs, where bf16 is only emulated."""
+    return torch.cuda.is_available() and torch.cuda.get_device_capability(torch.device(device))[0] >= 8
 
 
 def dtype_name(dtype: torch.dtype | None) -> str:

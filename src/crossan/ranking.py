@@ -29,13 +29,15 @@ def check_finite_table(table: torch.Tensor, item_ids: list[str], where: str) -> 
 @torch.no_grad()
 def evaluate_ranks(model: Recommender, data: SequentialData, split: str, cfg: Config,
                    item_table: torch.Tensor | None = None, where: str = "evaluation") -> torch.Tensor:
-    """Strict full-ranking ranks [U] of every user's ``split`` target (METHOD.md §2)."""
+    """Strict full-ranking ranks [U] of every user's ``split`` (``valid`` or ``test``) target (METHOD.md §2)."""
+    if split not in ("valid", "test"):
+        raise ValueError(f"split: {split!r} is not 'valid' or 'test'")
     model.eval()
     if item_table is None:
         model.tower.reset_stats()
         item_table = model.tower.embed_all(cfg.eval.batch_size)
     check_finite_table(item_table, data.item_ids, where)
-    arrays = data.valid if split == "valid" else data.test
+    arrays = getattr(data, split)
     return rank_split(lambda x: model.user_vectors(x, item_table), item_table, arrays.inputs, arrays.targets,
                       arrays.history, cfg.eval.batch_size, cfg.eval.mask_history)
 
