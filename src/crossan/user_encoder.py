@@ -11,9 +11,10 @@ Two variants (``user.variant``), the same for every method of a comparison:
   ReLU, LayerNorm eps 1e-6, Xavier-normal weights (embeddings included, biases 0), dropout after the
   attention output and after the feed-forward output only, padding positions left as embedded.
 
-In both, dropout also acts on the attention weights (``scaled_dot_product_attention``'s ``dropout_p``, as in
-IISAN's official attention), and padding positions are masked as attention keys, so what a padding position holds never reaches a
-real position; the padding difference changes nothing at the positions the loss reads.
+In both, dropout also acts on the attention weights (``scaled_dot_product_attention``'s ``dropout_p``, as
+in IISAN's official attention), and padding positions are masked as attention keys, so what a padding
+position holds never reaches a real position; the padding difference changes nothing at the positions the
+loss reads.
 """
 
 from __future__ import annotations
