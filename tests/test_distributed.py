@@ -73,3 +73,47 @@ def test_two_process_cache_equals_single_process_cache(tmp_path: Path) -> None:
             a = (tmp_path / "single" / m / name).read_bytes()
             b = (tmp_path / "ddp" / m / name).read_bytes()
             assert a == b, f"{m}/{name} differs"
+
+
+def test_two_process_momef_statistics_cover_every_item_and_one_summary_is_printed(tmp_path: Path) -> None:
+    """The router statistics in results.json are the catalogue's (each rank embeds only its chunks of the
+    item table; they used to be rank 0's chunks only), the history's loss is the mean over both ranks, and
+    the JSON summary is printed once, not once per rank."""
+    from crossan.cache import build_cache
+    from crossan.config import load_config
+    from crossan.data import prepare
+    from crossan.data.synth import generate
+    from crossan.runs import load_run
+
+    data_dir = generate(tmp_path / "data", size="tiny", seed=5, progress=False)
+    common = [f"data.path={data_dir}", "encoders.preset=tiny", "device=cpu", f"cache.dir={tmp_path / 'cache'}",
+              "method=crossan", "modalities=text,image,audio", "eval.batch_size=16", "train.epochs=1"]
+    cfg = load_config([], common)
+    data = prepare(cfg.data)
+    build_cache(cfg, data, cfg.modalities, progress=False)
+    out = tmp_path / "ddp"
+    proc = torchrun(["-m", "crossan", "train", "--data", str(data_dir), "--out", str(out), "--quiet", *common])
+    assert proc.stdout.count('"method"') == 1
+    res = json.loads((out / "results.json").read_text())
+    assert res["world_size"] == 2 and data.num_items > 16
+    assert res["tower"]["router_items"] == data.num_items
+    _, _, model = load_run(out, device="cpu")  # the same weights in one process give the same statistics
+    model.tower.reset_stats()
+    model.tower.embed_all(16)
+    single = model.tower.stats()
+    assert single["router_items"] == data.num_items
+    for m, w in single["router_weight"].items():
+        assert res["tower"]["router_weight"][m] == pytest.approx(w, abs=1e-6)
+
+
+def test_verify_is_refused_under_torchrun(tmp_path: Path) -> None:
+    from crossan.data.synth import generate
+
+    data_dir = generate(tmp_path / "data", size="tiny", seed=5, progress=False)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "crossan",
+           "cache", "--data", str(data_dir), "--modalities", "text", "--preset", "tiny", "--verify",
+           f"cache.dir={tmp_path / 'cache'}", "device=cpu"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode != 0 and "--verify checks a completed cache in one process" in proc.stderr
+    assert not (tmp_path / "cache" / "text").exists()  # nothing was built

@@ -55,7 +55,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError("under torchrun pass --out RUN_DIR (every rank must write to the same folder)")
     out = Path(args.out) if args.out else Path("runs") / f"{Path(cfg.data.path).name}-{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}"
     res = train(cfg, out, resume=args.resume, progress=not args.quiet)
-    print(json.dumps({k: res[k] for k in ("method", "dataset", "best_epoch", "test")}, indent=2))
+    if dist.is_main():  # one summary on stdout, not one per rank
+        print(json.dumps({k: res[k] for k in ("method", "dataset", "best_epoch", "test")}, indent=2))
     return 0
 
 
@@ -116,6 +117,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
     if dist.env_world_size() > 1:  # torchrun: rank r builds shard r, then rank 0 joins them
         if args.shard is not None or args.join:
             raise ConfigError("under torchrun the ranks split the items themselves; drop --shard/--join")
+        if args.verify:
+            raise ConfigError("--verify checks a completed cache in one process; run it without torchrun")
         from crossan.utils import resolve_device
 
         cfg.device = str(dist.init_from_env(resolve_device(cfg.device)))  # cuda:LOCAL_RANK on a GPU node

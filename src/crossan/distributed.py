@@ -74,6 +74,16 @@ def all_gather_rows(t: torch.Tensor) -> list[torch.Tensor]:
     return [o[: int(s.item())] for o, s in zip(out, sizes)]
 
 
+def all_reduce_sum_(tensors: list[torch.Tensor]) -> None:
+    """Sum each tensor over the ranks, in place (nothing to do in one process)."""
+    if not is_distributed():
+        return
+    for t in tensors:
+        buf = t.detach().to(t.device if dist.get_backend() == "nccl" else torch.device("cpu"), torch.float64)
+        dist.all_reduce(buf)
+        t.copy_(buf.to(t.device, t.dtype))
+
+
 def contiguous_share(n: int, parts: int | None = None, index: int | None = None) -> slice:
     """The contiguous block of ``range(n)`` this rank owns (no padding, no duplicates)."""
     parts = world_size() if parts is None else parts

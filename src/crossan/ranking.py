@@ -57,6 +57,12 @@ def split_report(data: SequentialData) -> dict[str, Any]:
     return out
 
 
+def item_fingerprint(data: SequentialData) -> str:
+    """A hash of the item ids in row order (rows 1..N): a run's weights index items by row, so a run read
+    against a dataset with another fingerprint would score other items than it learned."""
+    return hashlib.sha256("\n".join(data.item_ids[1:]).encode()).hexdigest()[:16]
+
+
 def split_fingerprint(data: SequentialData) -> str:
     """A hash of the users and their validation/test targets: two runs with equal fingerprints can be
     compared user by user (paired tests)."""

@@ -29,7 +29,14 @@ from crossan.evaluation import mean_metrics
 from crossan.methods import cache_methods
 from crossan.model import build_model, module_report, param_groups
 from crossan.precision import compute_dtype, dtype_name
-from crossan.ranking import check_finite_table, evaluate, evaluate_ranks, split_fingerprint, split_report
+from crossan.ranking import (
+    check_finite_table,
+    evaluate,
+    evaluate_ranks,
+    item_fingerprint,
+    split_fingerprint,
+    split_report,
+)
 from crossan.recommender import Recommender
 from crossan.runs import (
     CHECKPOINT,
@@ -122,7 +129,8 @@ def _seed_epoch(seed: int, epoch: int) -> None:
 def train_epoch(step_model: torch.nn.Module, opt: torch.optim.Optimizer, batches: list[torch.Tensor],
                 inputs: torch.Tensor, targets: torch.Tensor, device: torch.device, grad_clip: float = 0.0,
                 desc: str = "train", progress: bool = True) -> float:
-    """One pass over ``batches`` (index tensors into ``inputs``/``targets``); returns the mean loss.
+    """One pass over ``batches`` (index tensors into ``inputs``/``targets``); returns the mean loss (under
+    torchrun, over every rank's steps: each rank takes the same number).
 
     ``step_model(x, y)`` returns the loss (a :class:`Recommender`, or it wrapped in DDP). The device is
     synchronised at the end so that wall-clock timing around this call is honest on a GPU.
@@ -143,7 +151,9 @@ def train_epoch(step_model: torch.nn.Module, opt: torch.optim.Optimizer, batches
             bar.set_postfix(loss=f"{float(loss_sum) / steps:.4f}")
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return float(loss_sum) / max(1, steps)
+    total = torch.stack([loss_sum.double(), torch.tensor(float(steps), dtype=torch.float64, device=device)])
+    dist.all_reduce_sum_([total])
+    return float(total[0]) / max(1.0, float(total[1]))
 
 
 @dataclass
@@ -385,6 +395,7 @@ def _test_best(run: _Run, state: TrainState) -> dict[str, Any]:
         "splits": split_report(data),
         "mask_history": cfg.eval.mask_history,
         "split_fingerprint": split_fingerprint(data),
+        "item_fingerprint": item_fingerprint(data),
         "per_user_file": PER_USER,
         "crossan_version": crossan.__version__,
     }

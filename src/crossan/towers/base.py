@@ -82,6 +82,11 @@ class ItemTower(nn.Module, ABC):
         """Method-specific results worth reporting (e.g. mean MOMEF router weight per modality)."""
         return {}
 
+    def stat_buffers(self) -> list[torch.Tensor]:
+        """The running sums behind :meth:`stats`: summed over the ranks after :meth:`embed_all` under
+        torchrun, so that the statistics of the item table cover every item, not one rank's chunks."""
+        return []
+
     def module_report(self) -> dict[str, dict[str, int]]:
         """Trainable / total parameters per named top-level child (for the start-of-run report)."""
         out: dict[str, dict[str, int]] = {}
@@ -100,7 +105,8 @@ class ItemTower(nn.Module, ABC):
         """The table of all item embeddings [N+1, dim]; row 0 (padding) is zero.
 
         Items are embedded in chunks of ``batch_size``; under torchrun chunk c is computed by rank
-        c mod world size and the table is gathered, so every rank holds the same table a single process does.
+        c mod world size and the table is gathered, so every rank holds the same table a single process does
+        (and the same :meth:`stats`: the :meth:`stat_buffers` are summed over the ranks).
         """
         from crossan import distributed as dist
 
@@ -119,6 +125,7 @@ class ItemTower(nn.Module, ABC):
             if local:
                 table[1:] = torch.cat(local)
             return table
+        dist.all_reduce_sum_(self.stat_buffers())
         mine_flat = torch.cat(local) if local else table.new_zeros(0, self.dim)
         for r, rows in enumerate(dist.all_gather_rows(mine_flat)):
             offset = 0

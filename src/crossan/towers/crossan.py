@@ -255,6 +255,9 @@ class CrossanTower(ContentTower):
     def stats(self) -> dict[str, Any]:
         return self.fusion.stats() if isinstance(self.fusion, MOMEF) else {}
 
+    def stat_buffers(self) -> list[torch.Tensor]:
+        return self.fusion.stat_buffers() if isinstance(self.fusion, MOMEF) else []
+
 
 @register("crossan")
 def build(ctx: TowerContext) -> CrossanTower:

@@ -123,6 +123,9 @@ class MOMEF(nn.Module):
         self._present_count.zero_()
         self._item_count.zero_()
 
+    def stat_buffers(self) -> list[torch.Tensor]:
+        return [self._weight_sum, self._present_count, self._item_count]
+
     def stats(self) -> dict[str, Any]:
         n = self._item_count.clamp_min(1)
         mean = (self._weight_sum / n).tolist()
