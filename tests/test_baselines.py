@@ -339,3 +339,22 @@ def test_cold_start_content_embeds_like_the_same_row(media: FakeData, method: st
         expected = tower(torch.tensor(rows))
     got = tower.embed_content(records, media.catalogue)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["adapter", "lora"])
+def test_a_cnn_image_encoder_is_refused_with_the_way_out(method: str, media: FakeData) -> None:
+    """EfficientNet-Lite0 (the offline preset's image encoder) has no transformer layers: the error names the
+    modality, the encoder and the presets that work, instead of only the internal lookup that failed."""
+    cfg = load_config([], [f"method={method}", "modalities=[image]", "encoders.preset=offline", "device=cpu"])
+    with pytest.raises(ValueError, match=rf"method={method}: the image encoder .*\(efficientnet\).*offline-random"):
+        build(cfg, media)
+
+
+@pytest.mark.parametrize("name", ["adapter", "lora"])
+def test_the_shipped_configs_of_adapter_and_lora_resolve_to_transformer_encoders(name: str) -> None:
+    from crossan.towers.endtoend import CNN_FAMILIES
+
+    cfg = load_config([str(Path(__file__).parents[1] / "configs" / f"{name}.yaml")], [])
+    families = {m: resolve_specs(cfg, [m])[m].model for m in cfg.modalities}
+    assert cfg.encoders.preset == "offline-random"
+    assert not any(f in str(model) for model in families.values() for f in CNN_FAMILIES), families

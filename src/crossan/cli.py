@@ -200,8 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = data.add_parser("synth", help="generate the built-in multimodal dataset (titles, covers, mp4, wav)",
                         description="Write a synthetic dataset in the MicroLens layout whose users' tastes span "
                                     "several modalities (topic/style in titles, colour/shape in covers, motion in "
-                                    "videos, pitch/tempo in audio). Same seed, same bytes (but for rare "
-                                    "encoder differences in the mp4 clips).")
+                                    "videos, pitch/tempo in audio). Same seed, same bytes (the mp4 clips are "
+                                    "encoded single-threaded at a fixed quantiser; meta.json records the "
+                                    "content digest).")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--size", default="small", choices=["tiny", "small", "medium", "large"])
     p.add_argument("--seed", type=int, default=0)

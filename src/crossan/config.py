@@ -69,8 +69,9 @@ class UserEncoderConfig:
     """Block details (the same for every method, so comparisons stay fair). ``crossan``: biases on Q/K/V and
     the attention output, GELU, dropout also inside the feed-forward, LayerNorm eps 1e-5, weights
     N(0, 0.02²), padding positions zeroed. ``iisan_official`` (IISAN's official SASRec): no bias on Q/K/V
-    and output, ReLU, eps 1e-6, Xavier-normal weights, dropout only after the feed-forward output, padding
-    positions left as embedded (masked as attention keys either way). See docs/method.md."""
+    and output, ReLU, eps 1e-6, Xavier-normal weights, dropout after the attention output and the
+    feed-forward output only, padding positions left as embedded (masked as attention keys either way). Both
+    also drop attention weights. See docs/method.md."""
 
 
 @dataclass
@@ -613,13 +614,38 @@ def legacy_encoder_keys(saved: dict[str, Any]) -> dict[str, Any]:
     return {**saved, "encoders": new_enc}
 
 
-def _with_defaults(saved: Any, defaults: Any) -> Any:
-    """``saved`` with every key it lacks taken from ``defaults`` (recursively)."""
+CHANGED_DEFAULTS: dict[str, Any] = {
+    "train.negatives": "unique",  # added 2026-11-30 (2b87629) as "unique"; default "slots" since 7aab18c
+}
+"""Keys whose default changed after they were added → the value a saved config.yaml that lacks the key ran
+with (the behaviour before the key existed, which the key's first default kept). :func:`config_differences`
+fills a missing key from here, not from today's default, so that an old run is not taken for a run of the
+new default. A missing key whose default never changed since it was added takes today's default.
+
+Found by resolving ``to_dict(Config())`` at every commit of the history and listing each key whose default
+later changed: ``train.negatives`` (``unique`` → ``slots``) is the only one that needs an entry.
+``cache.train_table`` was added as ``true`` and became ``false``, but a config without it was written
+before the training table existed (the same as ``false``, today's default; the inputs are bit-identical
+either way). The per-modality encoder keys (``encoders.<m>.*``) changed from concrete defaults to null
+("the preset's"), but they were never absent from a saved config: :func:`legacy_encoder_keys` reads them.
+Add a row here whenever a key's default changes."""
+
+
+def _with_defaults(saved: Any, defaults: Any, prefix: str = "") -> Any:
+    """``saved`` with every key it lacks filled in (recursively): from :data:`CHANGED_DEFAULTS` for a key
+    whose default changed after it was added, else from ``defaults`` (today's). ``prefix``: the dotted path
+    of ``saved`` in the configuration (``"train."``)."""
     if not (isinstance(saved, dict) and isinstance(defaults, dict)):
         return saved
     out = dict(saved)
     for k, v in defaults.items():
-        out[k] = _with_defaults(saved[k], v) if k in saved else v
+        key = f"{prefix}{k}"
+        if k in saved:
+            out[k] = _with_defaults(saved[k], v, f"{key}.")
+        elif isinstance(v, dict):
+            out[k] = _with_defaults({}, v, f"{key}.")
+        else:
+            out[k] = CHANGED_DEFAULTS.get(key, v)
     return out
 
 
@@ -644,8 +670,11 @@ def config_differences(saved: dict[str, Any], cfg: Config) -> list[str]:
     """``key: old → new`` for every key whose value in a saved config.yaml differs from ``cfg``.
 
     Paths compare resolved (the same dataset spelled relative, absolute or through a symlink is the same), and
-    a key the saved file lacks (added to crossan after it was written) takes its default, which keeps the old
-    behaviour: a run written before a new option appeared is still the same run.
+    a key the saved file lacks (added to crossan after it was written) takes the value that run ran with: its
+    default when it was added, which kept the old behaviour (:data:`CHANGED_DEFAULTS` for the keys whose
+    default changed later, today's default for the others). A run written before a new option appeared is
+    still the same run; one written before ``train.negatives`` existed differs from a run of today's
+    default (``train.negatives: 'unique' → 'slots'``).
     """
     now = to_dict(cfg)
     old = _resolved_paths(_with_defaults(legacy_encoder_keys(saved), to_dict(Config())))

@@ -177,6 +177,14 @@ class InputMemo:
 
 
 # --------------------------------------------------------------------------------------------- tower
+CNN_FAMILIES = frozenset({"efficientnet"})
+"""Encoder families without transformer layers: Adapter and LoRA have nothing to insert into or wrap."""
+
+_NO_LAYERS_HINT = (". Adapter and LoRA need transformer layers, and EfficientNet (the `offline` preset's image and "
+                   "video encoder) has none: use encoders.preset=offline-random (random-weights ViT/VideoMAE/AST) or "
+                   "leave image and video out of modalities")
+
+
 class EndToEndTower(ItemTower):
     """Backbones that train (or carry trainable modules) + :class:`ModalityFusionHead`.
 
@@ -218,7 +226,11 @@ class EndToEndTower(ItemTower):
                      time.perf_counter() - t0, sum(m.bytes for m in self.memo.values()) / 2**30)
         for m, e in encoders.items():
             e.model.requires_grad_(False)
-            self.adapt(m, e)
+            try:
+                self.adapt(m, e)
+            except ValueError as err:
+                raise ValueError(f"method={self.method}: the {m} encoder {e.name} ({e.family}) cannot be adapted: "
+                                 f"{err}{_NO_LAYERS_HINT if e.family in CNN_FAMILIES else ''}") from None
             if options.gradient_checkpointing:
                 enable_gradient_checkpointing(e)
         self.head = ModalityFusionHead(self.dims, dim)
@@ -265,14 +277,29 @@ class EndToEndTower(ItemTower):
         return out, mask
 
     @torch.no_grad()
-    def embed_content(self, records: list[ItemRecord], catalogue: Catalogue) -> torch.Tensor:
+    def embed_content(self, records: list[ItemRecord], catalogue: Catalogue,
+                      on_corrupt: str | None = None) -> torch.Tensor:
         """Embed items that are not rows of this tower (cold start) from their raw content: the same
-        preprocessing, the trained backbones and the trained head. ``[E, dim]``."""
+        preprocessing, the trained backbones and the trained head. ``[E, dim]``.
+
+        Media are read and preprocessed ``batch_size`` items at a time (memory bounded by a chunk, whatever
+        the number of records). ``on_corrupt``: what a corrupt media file does (``error`` | ``missing``, as
+        ``cache.on_corrupt``); default: the policy the tower was built with for its training items."""
         device = next(self.parameters()).device
+        if not records:
+            return torch.zeros(0, self.dim, device=device)
+        step = max(1, self.batch_size)
+        return torch.cat([self._embed_chunk(records[i : i + step], catalogue, on_corrupt, device)
+                          for i in range(0, len(records), step)])
+
+    def _embed_chunk(self, records: list[ItemRecord], catalogue: Catalogue, on_corrupt: str | None,
+                     device: torch.device) -> torch.Tensor:
+        """:meth:`embed_content` of at most ``batch_size`` records."""
         pooled, present = [], []
         for m in self.modalities:
             encoder: ModalityEncoder = self.encoders[m]  # type: ignore[assignment]
-            inputs, mask = encoder.prepare(records, catalogue)
+            policy = on_corrupt if on_corrupt is not None else self.memo[m].on_corrupt
+            inputs, mask = encoder.prepare(records, catalogue, policy)
             items = split_inputs(encoder, inputs)
             out = torch.zeros(len(records), self.dims[m], device=device)
             have = [i for i, p in enumerate(mask.tolist()) if p]
