@@ -7,25 +7,57 @@ command runs, so that ``crossan --help`` loads no model code.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from crossan.errors import ServeError
 
 
+@contextlib.contextmanager
+def _run_warnings() -> Iterator[None]:
+    """Print each :class:`~crossan.runs.UnfinishedRunWarning` as one ``crossan: warning: …`` line on stderr
+    when it is raised (other warnings are shown as Python shows them)."""
+    from crossan.runs import UnfinishedRunWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", UnfinishedRunWarning)
+        shown = warnings.showwarning
+
+        def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                 file: Any = None, line: str | None = None) -> None:
+            if issubclass(category, UnfinishedRunWarning):
+                print(f"crossan: warning: {message}", file=sys.stderr)
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
+
+
 def read_users_file(path: str | Path) -> list[tuple[str, list[str], int]]:
-    """``user TAB item item …`` lines (the IISAN users.tsv layout) → (user, items, line number)."""
+    """``user TAB item item …`` lines (the IISAN users.tsv layout) → (user, items, line number).
+
+    Decoded as the dataset readers decode text: a UTF-8 BOM is dropped, CR/CRLF line ends are read as line
+    ends, and a byte that is not UTF-8 is an error naming the file and line."""
     from crossan.data.readers import DataError
+    from crossan.data.textscan import TextError, decode_text
 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
+    try:
+        text = decode_text(path.read_bytes(), path)
+    except TextError as e:
+        raise DataError(str(e)) from None
     out = []
     seen: dict[str, int] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(text.split("\n"), start=1):  # "\n" only: line numbers as the error's
         if not line.strip():
             continue
         user, sep, rest = line.partition("\t")
@@ -71,8 +103,10 @@ def cmd_recommend(args: Any) -> int:
         raise ServeError("--users needs --out FILE (the CSV of recommendations)")
     if args.out:
         check_out_file(Path(args.out))
-    rec = load_recommender(args.run_dir, device=args.device, data_path=args.run_data)
-    exclude = not args.include_history
+    with _run_warnings():
+        rec = load_recommender(args.run_dir, device=args.device, data_path=args.run_data)
+    # --include-history / --exclude-history, else the run's eval.mask_history (as its metrics were computed)
+    exclude = rec.mask_history if args.exclude_history is None else args.exclude_history
     if args.history is not None:
         items = rec.recommend(args.history, k=args.k, exclude_history=exclude)
         if not items:  # rc 1: nothing was recommended (documented in the command's help)
@@ -110,7 +144,8 @@ def cmd_recommend(args: Any) -> int:
 def cmd_embed_items(args: Any) -> int:
     from crossan.coldstart import EXTRA_DIR, embed_items, read_extra_items
 
-    ids = embed_items(args.run_dir, args.data, device=args.device, data_path=args.run_data)
+    with _run_warnings():
+        ids = embed_items(args.run_dir, args.data, device=args.device, data_path=args.run_data)
     total = len(read_extra_items(args.run_dir))
     print(f"embedded {len(ids)} new items into {Path(args.run_dir) / EXTRA_DIR} ({total} extra items in all)")
     return 0
@@ -129,7 +164,8 @@ def register(sub: Any) -> None:
     """Add ``recommend``, ``embed-items`` and ``export`` to the ``crossan`` command's subparsers."""
 
     def common(p: Any) -> None:
-        p.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder (config.yaml, best.safetensors)")
+        p.add_argument("run_dir", metavar="RUN_DIR",
+                       help="a run folder (config.yaml, best.safetensors; results.json once finished)")
         p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, …")
         p.add_argument("--run-data", metavar="PATH",
                        help="the run's training dataset, when it moved since training (default: data.path of "
@@ -137,8 +173,12 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("recommend", help="top-K items for a history, or for every user of a file",
                        description="Score every item for a history (item ids, oldest first) with a trained run; "
-                                   "history items are excluded; the user vector reads the last data.max_seq_len "
-                                   "items, exactly as in evaluation. --users scores a file of histories in "
+                                   "the user vector reads the last data.max_seq_len items, exactly as in "
+                                   "evaluation. History items are excluded when the run was evaluated with "
+                                   "eval.mask_history=true (the default; every item of the given history, "
+                                   "not only the evaluator's window), kept otherwise; --include-history / "
+                                   "--exclude-history decide instead. An unfinished run (no results.json) is "
+                                   "served with a warning. --users scores a file of histories in "
                                    "batches and writes a CSV (user, rank, item_id, score, title). A --history "
                                    "that covers every candidate item leaves nothing to recommend: that is said "
                                    "on stderr and the exit status is 1 (with --users such users get no rows, "
@@ -148,7 +188,11 @@ def register(sub: Any) -> None:
     p.add_argument("--users", metavar="FILE", help="TSV of 'user TAB item item …' lines (the users.tsv layout)")
     p.add_argument("--out", metavar="FILE", help="CSV to write with --users (written atomically)")
     p.add_argument("--k", type=int, default=10, help="how many items (default 10)")
-    p.add_argument("--include-history", action="store_true", help="let history items be recommended again")
+    mask = p.add_mutually_exclusive_group()
+    mask.add_argument("--include-history", dest="exclude_history", action="store_false", default=None,
+                      help="let history items be recommended again (default: the run's eval.mask_history)")
+    mask.add_argument("--exclude-history", dest="exclude_history", action="store_true", default=None,
+                      help="never recommend an item of the history (default: the run's eval.mask_history)")
     p.set_defaults(fn=cmd_recommend)
 
     p = sub.add_parser("embed-items", help="add new (cold-start) items to a trained run's candidates",
@@ -166,7 +210,8 @@ def register(sub: Any) -> None:
                        description="Write item_embeddings.npy / .safetensors with item_ids.json, "
                                    "model.safetensors (user encoder + item tower) and export.json into DIR, "
                                    "loadable without crossan (see docs/serving.md). Written to a temporary "
-                                   "folder and renamed into place.")
+                                   "folder and renamed into place. Only a finished run (with results.json) "
+                                   "is exported.")
     common(p)
     p.add_argument("--out", required=True, metavar="DIR", help="export folder (must not exist, unless --force)")
     p.add_argument("--force", action="store_true", help="replace an existing export folder")

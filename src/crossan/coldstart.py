@@ -11,9 +11,16 @@ candidates and may appear in histories. A tower embeds new content in one of two
 
 * a content tower (:class:`~crossan.towers.content.ContentTower`: frozen, IISAN, CROSSAN, …) reads its
   :class:`~crossan.cache.features.FeatureSource`; for new items the source is swapped for
-  :class:`~crossan.cache.features.LiveFeatures` over the new catalogue with the run's encoders;
-* any other tower may implement ``embed_content(records: list[ItemRecord], catalogue: Catalogue) ->
-  Tensor [E, dim]`` (e.g. end-to-end towers that run their own backbone on raw media).
+  :class:`~crossan.cache.features.LiveFeatures` over the new catalogue with the run's encoders. When the
+  run read the layer-state cache (``cached=true``), the live states are rounded through float16 first, as
+  the cache stores them, so that a new item with a training item's content gets that item's embedding;
+* any other tower may implement ``embed_content(records: list[ItemRecord], catalogue: Catalogue,
+  on_corrupt: str) -> Tensor [E, dim]`` (e.g. end-to-end towers that run their own backbone on raw media);
+  it is called with the new items in chunks of ``encoders.batch_size`` and the run's ``cache.on_corrupt``.
+
+The new catalogue is read with the run's ``data`` settings (``data.max_text_chars`` cuts titles as the
+training titles were cut; media may lie in the run's ``data.media_roots``, relative ones taken from the
+training dataset's root), except that a malformed row is always an error.
 
 A method without content (its row in :mod:`crossan.methods` neither reads the cache nor runs a backbone:
 the ID tower) is refused with a clear error. Both files are written atomically and carry one generation
@@ -22,6 +29,8 @@ id, so a torn pair is detected; a failed command leaves the run folder as it was
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -33,10 +42,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import crossan
-from crossan.config import Config
+from crossan.config import Config, DataConfig
 from crossan.errors import ServeError
 from crossan.methods import get_method
-from crossan.runs import WEIGHTS, check_run_folder, load_run
+from crossan.runs import WEIGHTS, check_run_folder, load_run, warn_if_unfinished
 from crossan.utils import atomic_save_safetensors, atomic_write_json, file_sha256, resolve_device
 
 EXTRA_DIR = "extra_items"
@@ -103,20 +112,58 @@ def _write_extra_items(run_dir: Path, extra: ExtraItems, cfg: Config) -> None:
 
 
 # --------------------------------------------------------------------------------------------- embedding
-def read_new_catalogue(path: str | Path) -> Any:
+def read_new_catalogue(path: str | Path, data: DataConfig | None = None,
+                       training_root: str | Path | None = None) -> Any:
     """The catalogue of new items: a folder holding ``items.tsv``, or the ``items.tsv`` file itself (media
-    paths relative to its folder; see :func:`crossan.data.readers.read_items_tsv`)."""
-    from crossan.config import DataConfig
+    paths relative to its folder; see :func:`crossan.data.readers.read_items_tsv`).
+
+    ``data``: the run's data settings, so that titles are cut at its ``max_text_chars`` and media may lie in
+    its ``media_roots`` (default: :class:`~crossan.config.DataConfig`'s). A relative media root is taken
+    relative to ``training_root`` (the training dataset's root, where the run's config meant it) when
+    given. A malformed row is an error naming file and line, whatever ``data.on_bad_rows`` says: no new
+    item is dropped silently.
+    """
     from crossan.data.readers import DataError, _Problems, read_items_tsv
 
+    settings = dataclasses.replace(data if data is not None else DataConfig(), on_bad_rows="error")
+    if training_root is not None:
+        settings.media_roots = [str(Path(training_root) / Path(r).expanduser()) for r in settings.media_roots]
     p = Path(path).expanduser()
     items_tsv = p / "items.tsv" if p.is_dir() else p
     if not items_tsv.exists():
         raise DataError(f"{items_tsv}: file not found (expected a folder with items.tsv, or an items.tsv file)")
-    catalogue = read_items_tsv(items_tsv, _Problems(DataConfig()), spaces_ok=True)
+    catalogue = read_items_tsv(items_tsv, _Problems(settings), spaces_ok=True)
     if len(catalogue) == 0:
         raise DataError(f"{items_tsv}: no items")
     return catalogue
+
+
+class CacheRoundedFeatures:
+    """A feature source whose states are another source's rounded through float16, as the layer-state cache
+    stores them (:mod:`crossan.cache`): a run trained on the cache then embeds a new item exactly as it
+    embeds a training item with the same content (not merely within fp16 rounding). A state beyond
+    float16's range (±65504) is refused, naming the items, as the cache builder refuses it."""
+
+    def __init__(self, source: Any, item_ids: list[str]) -> None:
+        self.source = source
+        self.item_ids = item_ids
+        self.modalities = list(source.modalities)
+        self.dims = dict(source.dims)
+        self.num_taps = int(source.num_taps)
+
+    def gather(self, items: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        out = {}
+        for m, (states, present) in self.source.gather(items).items():
+            rounded = states.to(torch.float16)
+            finite = torch.isfinite(rounded).flatten(present.dim()).all(-1)
+            if not bool(finite.all()):
+                rows = sorted({int(r) for r in items[~finite.to(items.device)].reshape(-1).tolist()})
+                named = [self.item_ids[r] for r in rows[:10]]
+                raise ServeError(f"{m}: the encoder gives states beyond float16's range (±65504) or "
+                                 f"non-finite for new items {named}; the run's cache stores float16 states, "
+                                 "so these items cannot be embedded as its training items were")
+            out[m] = (rounded.to(states.dtype), present)
+        return out
 
 
 def _embed_new(model: Any, cfg: Config, catalogue: Any, ids: list[str], device: torch.device) -> torch.Tensor:
@@ -126,8 +173,14 @@ def _embed_new(model: Any, cfg: Config, catalogue: Any, ids: list[str], device: 
 
     tower = model.tower
     if hasattr(tower, "embed_content"):
+        records = [catalogue[i] for i in ids]
+        step = max(1, cfg.encoders.batch_size)  # bounded memory: media are read and prepared chunk by chunk
+        # the run's policy for corrupt media (a tower written for the older two-argument protocol gets none)
+        takes_policy = "on_corrupt" in inspect.signature(tower.embed_content).parameters
+        policy = {"on_corrupt": cfg.cache.on_corrupt} if takes_policy else {}
         with torch.no_grad():
-            return tower.embed_content([catalogue[i] for i in ids], catalogue).float()
+            return torch.cat([tower.embed_content(records[i:i + step], catalogue, **policy).float()
+                              for i in range(0, len(records), step)])
     if not isinstance(tower, ContentTower):
         raise ServeError(f"method={cfg.method}: its item tower ({type(tower).__name__}) cannot embed new content "
                          "(it neither reads a feature source nor implements embed_content)")
@@ -143,8 +196,10 @@ def _embed_new(model: Any, cfg: Config, catalogue: Any, ids: list[str], device: 
         if e.hidden_size != tower.dims[m] or e.num_taps != tower.num_taps:
             raise ServeError(f"the {m} encoder of {cfg.encoders.preset!r} now gives {e.num_taps} taps of width "
                              f"{e.hidden_size}; the run was trained on {tower.num_taps} of width {tower.dims[m]}")
-    live = LiveFeatures(encoders, catalogue, [""] + ids, batch_size=cfg.encoders.batch_size,
-                        on_corrupt=cfg.cache.on_corrupt)
+    live: Any = LiveFeatures(encoders, catalogue, [""] + ids, batch_size=cfg.encoders.batch_size,
+                             on_corrupt=cfg.cache.on_corrupt)
+    if cfg.cached:  # training read the float16 cache: give the tower the states it would have read there
+        live = CacheRoundedFeatures(live, [""] + ids)
     rows = torch.arange(1, len(ids) + 1, device=device)
     object.__setattr__(tower, "features", live)
     try:
@@ -165,16 +220,12 @@ def embed_items(run_dir: str | Path, new_catalogue: str | Path, device: str = "a
     """
     run_dir = Path(run_dir)
     cfg = check_run_folder(run_dir)
+    warn_if_unfinished(run_dir)
     if not get_method(cfg.method).has_content:
         raise ServeError(f"{run_dir}: method={cfg.method} learns one vector per training item and has no content "
                          "to embed a new item from; train a content method (frozen, iisan, crossan, …) for cold "
                          "start")
-    catalogue = read_new_catalogue(new_catalogue)
-    ids = catalogue.ids()
-    empty = [i for i in ids if not any(catalogue[i].has(m) for m in cfg.modalities)]
-    if empty:
-        raise ServeError(f"{catalogue.source}: items {empty[:10]} have none of the run's modalities "
-                         f"({', '.join(cfg.modalities)}); there is nothing to embed them from")
+    read_new_catalogue(new_catalogue, cfg.data)  # a bad catalogue fails before the model is loaded
     existing = read_extra_items(run_dir)
     sha = file_sha256(run_dir / WEIGHTS)
     if len(existing) and existing.weights_sha256 != sha:
@@ -182,6 +233,13 @@ def embed_items(run_dir: str | Path, new_catalogue: str | Path, device: str = "a
                          f"best.safetensors; remove {run_dir / EXTRA_DIR} and embed them again")
     dev = str(resolve_device(device))
     cfg, data, model = load_run(run_dir, dev, data_path, cfg=cfg)
+    # read again with relative data.media_roots taken from the training dataset's root, as training read them
+    catalogue = read_new_catalogue(new_catalogue, cfg.data, training_root=data.catalogue.root)
+    ids = catalogue.ids()
+    empty = [i for i in ids if not any(catalogue[i].has(m) for m in cfg.modalities)]
+    if empty:
+        raise ServeError(f"{catalogue.source}: items {empty[:10]} have none of the run's modalities "
+                         f"({', '.join(cfg.modalities)}); there is nothing to embed them from")
     train_ids = set(data.item_ids[1:])
     clash = [i for i in ids if i in train_ids]
     if clash:

@@ -13,10 +13,12 @@
     export.json                   shapes, dims, method, modalities, max_seq_len, the scoring rule, the user
                                   encoder's hyper-parameters, file checksums, crossan version
 
-Scoring: ``score(user, row) = user_vector · item_embeddings[row]`` (dot product), excluding row 0 and the
-user's history. See ``docs/serving.md`` for the user encoder's computation and ANN indexing.
+Scoring: ``score(user, row) = user_vector · item_embeddings[row]`` (dot product), excluding row 0 and, when
+the run was evaluated with ``eval.mask_history=true`` (``export.json["mask_history"]``), the user's history.
+See ``docs/serving.md`` for the user encoder's computation and ANN indexing.
 
-The folder is written under a temporary name beside ``DIR`` and renamed into place once complete.
+Only a finished run (with ``results.json``) is exported: its metrics are copied into export.json. The folder
+is written under a temporary name beside ``DIR`` and renamed into place once complete.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ import numpy as np
 from safetensors.torch import save_file
 
 import crossan
-from crossan.errors import ServeError
+from crossan.errors import RunError, ServeError
+from crossan.runs import RESULTS, check_run_folder, read_results
 from crossan.serve import load_recommender
 from crossan.utils import file_sha256
 
@@ -55,9 +58,18 @@ def _check_out(out: Path, force: bool) -> None:
 
 def export_run(run_dir: str | Path, out: str | Path, device: str = "auto", data_path: str | None = None,
                include_extra: bool = True, force: bool = False) -> Path:
-    """Write the export folder ``out`` for ``run_dir`` (see the module docstring); returns ``out``."""
+    """Write the export folder ``out`` for ``run_dir`` (see the module docstring); returns ``out``.
+
+    Refuses (:class:`RunError`) an unfinished run (no results.json): its export would carry the best weights
+    so far and no metrics."""
     run_dir, out = Path(run_dir), Path(out)
     _check_out(out, force)
+    check_run_folder(run_dir)
+    results = read_results(run_dir)
+    if results is None:
+        raise RunError(f"{run_dir}: unfinished run (no {RESULTS}: training stopped or still runs); only "
+                       "a finished run is exported. Finish it (crossan train --resume) or serve it with "
+                       "crossan recommend")
     rec = load_recommender(run_dir, device=device, data_path=data_path, include_extra=include_extra)
     cfg, model = rec.cfg, rec.model
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -75,9 +87,6 @@ def export_run(run_dir: str | Path, out: str | Path, device: str = "auto", data_
         save_file(weights, str(tmp / "model.safetensors"),
                   metadata={"format": EXPORT_FORMAT, "crossan_version": crossan.__version__, "method": cfg.method})
         shutil.copyfile(run_dir / "config.yaml", tmp / "config.yaml")
-        results: dict[str, Any] = {}
-        if (run_dir / "results.json").is_file():
-            results = json.loads((run_dir / "results.json").read_text())
         tower = model.tower
         frozen: dict[str, Any] = {}
         if hasattr(tower, "features"):  # content towers read frozen encoders that are not in model.safetensors
@@ -107,10 +116,17 @@ def export_run(run_dir: str | Path, out: str | Path, device: str = "auto", data_
             "num_extra_items": len(rec.extra_ids),
             "padding_row": 0,
             "max_seq_len": rec.max_seq_len,
+            "mask_history": rec.mask_history,
             "scoring": {
                 "rule": "dot_product",
                 "score": "user_vector · item_embeddings[row]",
-                "exclude": ["row 0 (padding)", "the items of the user's history"],
+                "exclude": ["row 0 (padding)"]
+                + (["the items of the user's history"] if rec.mask_history else []),
+                "history": (f"eval.mask_history=true: the metrics masked the history the data protocol keeps "
+                            f"(the items before the target among a user's last {rec.max_seq_len + 3} "
+                            "interactions); crossan recommend excludes every item of the history it is given"
+                            if rec.mask_history else
+                            "eval.mask_history=false: history items stay candidates, as in the metrics"),
                 "ties": "the evaluator ranks strictly: an item tied with the target counts as above it",
             },
             "user_encoder": {

@@ -14,8 +14,10 @@ A run folder (``crossan train --out RUN_DIR``) holds::
     extra_items/         cold-start items added by ``crossan embed-items`` (:mod:`crossan.coldstart`)
 
 Every file is written atomically (:func:`crossan.utils.atomic_write`). A folder is read back by
-:func:`load_run`, which parses ``config.yaml`` once; :func:`check_run_folder` is the stricter check a served
-run passes first (complete, written by a compatible crossan version).
+:func:`load_run`, which parses ``config.yaml`` once and refuses a dataset other than the one the run was
+trained on (``item_fingerprint`` of results.json); :func:`check_run_folder` is the stricter check a served
+run passes first (complete, written by a compatible crossan version). A run without ``results.json`` is
+unfinished (training stopped or still runs): :func:`warn_if_unfinished` says so where it is served anyway.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,11 +47,10 @@ if TYPE_CHECKING:
     from crossan.recommender import Recommender
 
 __all__ = ["CONFIG", "REQUIRED_FILES", "RESULT_KEYS", "NonFiniteError", "RunError", "TrainState",
-           "check_out_folder", "check_run_dir", "check_run_folder", "evaluate_run", "load_checkpoint", "load_run",
-           "load_weights",
+           "UnfinishedRunWarning", "check_item_fingerprint", "check_out_folder", "check_run_dir",
+           "check_run_folder", "evaluate_run", "load_checkpoint", "load_run", "load_weights", "read_results",
            "read_run_config", "rescore", "resolve_paths", "save_checkpoint", "save_per_user", "save_weights",
-           "truncate_history",
-           "version_compatible"]
+           "truncate_history", "version_compatible", "warn_if_unfinished"]
 
 CONFIG = "config.yaml"
 WEIGHTS = "best.safetensors"
@@ -58,7 +60,8 @@ CHECKPOINT = "checkpoints/last.pt"
 PER_USER = "per_user.npz"
 EVALUATION = "evaluation.json"
 REQUIRED_FILES = (CONFIG, WEIGHTS)
-"""What a finished run needs to be served or re-scored."""
+"""What a run needs to be served or re-scored. A run that also has ``results.json`` is finished; without it
+the best weights so far are used (see :func:`warn_if_unfinished`)."""
 RESULT_KEYS = ("method", "dataset", "best_epoch", "valid", "test", "train_time_per_epoch_s", "trainable_params",
                "total_params", "peak_memory_bytes", "device")
 """Keys of results.json that other tools may rely on."""
@@ -240,7 +243,13 @@ def load_weights(model: torch.nn.Module, path: Path) -> None:
     bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
         raise NonFiniteError(f"{path}: weights hold non-finite values (NaN/inf) in {bad[:5]}; refusing to use them")
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(tensors, strict=False)
+    except RuntimeError as e:  # a tensor of another shape: e.g. a dataset with another number of items
+        lines = [ln.strip() for ln in str(e).strip().splitlines()[1:] if ln.strip()] or [str(e).strip()]
+        shown = "; ".join(lines[:3]) + (f"; and {len(lines) - 3} more" if len(lines) > 3 else "")
+        raise RunError(f"{path} does not fit this model ({shown}); were the weights trained on another "
+                       "dataset (another number of items) or another configuration?") from None
     if missing or unexpected:
         raise RunError(f"{path} does not fit this model: missing {missing[:5]}, unexpected {unexpected[:5]}")
 
@@ -328,12 +337,76 @@ def save_per_user(path: Path, data: SequentialData, valid_ranks: torch.Tensor, t
 
 
 # --------------------------------------------------------------------------------------------- reading back
+class UnfinishedRunWarning(UserWarning):
+    """A run without ``results.json`` (training stopped or still runs) is used with its best weights so
+    far."""
+
+
+def read_results(run_dir: str | Path) -> dict[str, Any] | None:
+    """``RUN_DIR/results.json`` as a mapping, or None when the run has none (unfinished); :class:`RunError`
+    naming the file when it cannot be read."""
+    path = Path(run_dir) / RESULTS
+    if not path.is_file():
+        return None
+    try:
+        res = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(res, dict):
+        raise RunError(f"{path}: expected a JSON object, got {type(res).__name__}")
+    return res
+
+
+def warn_if_unfinished(run_dir: str | Path, stacklevel: int = 3) -> bool:
+    """Warn (:class:`UnfinishedRunWarning`, naming the folder) when ``run_dir`` has no ``results.json``: its
+    ``best.safetensors`` are the best weights so far of a run that stopped or still runs. Returns whether
+    the run is unfinished."""
+    if (Path(run_dir) / RESULTS).is_file():
+        return False
+    warnings.warn(f"{run_dir}: unfinished run (no {RESULTS}: training stopped or still runs); using the best "
+                  f"weights so far ({WEIGHTS}), which were never scored on the test split",
+                  UnfinishedRunWarning, stacklevel=stacklevel)
+    return True
+
+
+def check_item_fingerprint(run_dir: str | Path, results: dict[str, Any] | None, data: SequentialData,
+                           data_path: str) -> None:
+    """Refuse (:class:`RunError`) a dataset whose items differ from those the run was trained on.
+
+    The run's weights (and for content methods its item rows) index items by row, so another catalogue, or
+    the same catalogue in another order, would silently serve other items. Compared only when ``results``
+    (the run's results.json) records ``item_fingerprint``; older runs are read as before."""
+    from crossan.ranking import item_fingerprint
+
+    expected = (results or {}).get("item_fingerprint")
+    if not expected:
+        return
+    got = item_fingerprint(data)
+    if got == expected:
+        return
+    recorded = (results or {}).get("data")
+    trained_n = recorded.get("items") if isinstance(recorded, dict) else None
+    n = data.num_items
+    if isinstance(trained_n, int) and trained_n != n:
+        what = f"it has {n} items, the run was trained on {trained_n}"
+    elif trained_n == n:
+        what = f"it has the same number of items ({n}) but other item ids or the same ids in another order"
+    else:
+        what = "other item ids, or the same ids in another order"
+    raise RunError(f"{run_dir}: the dataset {data_path} is not the one this run was trained on ({what}; "
+                   f"item fingerprint {got}, the run's {expected}); its rows would be other items. Point "
+                   "data.path (or --run-data) at the run's training dataset")
+
+
 def load_run(run_dir: str | Path, device: str = "auto", data_path: str | None = None,
              cfg: Config | None = None) -> tuple[Config, SequentialData, Recommender]:
     """Rebuild a saved run: its config, its data, and the model with its best weights, in eval mode.
 
     ``cfg``: the run's configuration when the caller has read it already (:func:`check_run_folder`), so
     that ``config.yaml`` is parsed once. ``data_path`` replaces ``data.path`` (the dataset moved).
+
+    Raises :class:`RunError` when the dataset's items are not those the run was trained on
+    (:func:`check_item_fingerprint`) and when the weights do not fit the model (:func:`load_weights`).
     """
     from crossan.data import prepare
     from crossan.model import build_model
@@ -345,7 +418,9 @@ def load_run(run_dir: str | Path, device: str = "auto", data_path: str | None = 
         cfg.data.path = data_path
     if device != "auto":
         cfg.device = device
+    results = read_results(run_dir)
     data = prepare(cfg.data)
+    check_item_fingerprint(run_dir, results, data, cfg.data.path)
     model = build_model(cfg, data, resolve_device(cfg.device))
     load_weights(model, run_dir / WEIGHTS)
     model.eval()

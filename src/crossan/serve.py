@@ -8,14 +8,22 @@ Python API::
     rec.recommend(["i12", "i7", "i30"], k=10)        # [Recommendation(item_id, title, score), ...]
     rec.recommend_many([["i1", "i2"], ["i9"]], k=5)  # one matmul per batch of histories
 
-Scoring is exactly the evaluator's (:mod:`crossan.evaluation`): the user vector is the SASRec output at the
-last position of the history's last ``data.max_seq_len`` items (left-padded with the padding row 0), every
-item is scored by the dot product with its row of the item table, the padding row is never a candidate and
-the history's items are excluded (``exclude_history=True``, the evaluator's convention).
+Scores are the evaluator's (:mod:`crossan.evaluation`): the user vector is the SASRec output at the last
+position of the history's last ``data.max_seq_len`` items (left-padded with the padding row 0), every item
+is scored by the dot product with its row of the item table, and the padding row is never a candidate.
+
+History exclusion follows the run's ``eval.mask_history`` unless ``exclude_history`` says otherwise, but
+it is not the same set of items: serving excludes *every* item of the history it is given, while the
+evaluator masks only the part of each user's history that the data protocol keeps (the items before the
+target among the user's last ``data.max_seq_len + 3`` interactions; older ones are dropped). Rankings
+are the same for histories no longer than that window; for longer ones serving also excludes the older
+items, which evaluation may rank.
 
 Cold-start items added by ``crossan embed-items`` (:mod:`crossan.coldstart`) are appended to the item table
 (rows N+1 … N+E). The run folder is checked first (:func:`crossan.runs.check_run_folder`: complete, written
-by a compatible crossan). Serving writes nothing; the command line is :mod:`crossan.cli_serving`.
+by a compatible crossan; the dataset read is the one it was trained on). An unfinished run (no
+results.json) is served with its best weights so far and an :class:`~crossan.runs.UnfinishedRunWarning`.
+Serving writes nothing; the command line is :mod:`crossan.cli_serving`.
 """
 
 from __future__ import annotations
@@ -38,7 +46,15 @@ from crossan.coldstart import (  # noqa: F401  (re-exported: the serving API in 
 from crossan.config import Config
 from crossan.errors import ServeError, UnknownItemError
 from crossan.ranking import check_finite_table
-from crossan.runs import REQUIRED_FILES, WEIGHTS, check_run_folder, load_run, version_compatible  # noqa: F401
+from crossan.runs import (  # noqa: F401
+    REQUIRED_FILES,
+    WEIGHTS,
+    UnfinishedRunWarning,
+    check_run_folder,
+    load_run,
+    version_compatible,
+    warn_if_unfinished,
+)
 from crossan.utils import file_sha256, resolve_device
 
 
@@ -52,6 +68,9 @@ class Recommendation(NamedTuple):
 class TrainedRecommender:
     """A trained run ready to serve: item table computed once, batched top-K with history exclusion.
 
+    ``exclude_history`` of the scoring methods: ``None`` (the default) follows :attr:`mask_history`, the
+    run's ``eval.mask_history``; ``True`` excludes every item of the given history, ``False`` none.
+
     Attributes:
         item_ids: row → item id; row 0 is padding (``""``), rows 1..N the training items, then the extra
             (cold-start) items.
@@ -59,12 +78,14 @@ class TrainedRecommender:
         item_table: FloatTensor [N+1+E, d] on :attr:`device`; row 0 is zero.
         num_train_items: N.
         max_seq_len: how many of a history's last items the user encoder reads.
+        mask_history: the run's ``eval.mask_history``: whether history items are excluded by default.
     """
 
     def __init__(self, run_dir: Path, cfg: Config, data: Any, model: Any, extra: ExtraItems,
                  device: torch.device) -> None:
         self.run_dir, self.cfg, self.data, self.model, self.device = run_dir, cfg, data, model, device
         self.max_seq_len = cfg.data.max_seq_len
+        self.mask_history: bool = bool(cfg.eval.mask_history)
         self.num_train_items = data.num_items
         model.eval()
         model.tower.reset_stats()
@@ -115,8 +136,13 @@ class TrainedRecommender:
             hist[b, H - len(r):] = torch.as_tensor(r)
         return inputs.to(self.device), hist.to(self.device)
 
+    def _exclude(self, exclude_history: bool | None) -> bool:
+        """``exclude_history`` as given, or the run's ``eval.mask_history`` for ``None``."""
+        return self.mask_history if exclude_history is None else bool(exclude_history)
+
     @torch.no_grad()
-    def _scores_rows(self, rows: list[list[int]], exclude_history: bool) -> torch.Tensor:
+    def _scores_rows(self, rows: list[list[int]], exclude_history: bool | None) -> torch.Tensor:
+        exclude_history = self._exclude(exclude_history)
         inputs, hist = self._windows(rows)
         users = self.model.user_vectors(inputs, self.item_table)
         scores = users @ self.item_table.T  # [B, rows]
@@ -133,18 +159,19 @@ class TrainedRecommender:
         with torch.no_grad():
             return self.model.user_vectors(inputs, self.item_table)
 
-    def scores(self, histories: Sequence[Sequence[str]], exclude_history: bool = True) -> torch.Tensor:
+    def scores(self, histories: Sequence[Sequence[str]], exclude_history: bool | None = None) -> torch.Tensor:
         """Scores [B, N+1+E] of every row for each history; excluded rows (padding, history) are ``-inf``."""
         rows = [self.rows(h, f"history {b}") for b, h in enumerate(histories)]
         return self._scores_rows(rows, exclude_history)
 
-    def recommend(self, history: Sequence[str], k: int = 10, exclude_history: bool = True) -> list[Recommendation]:
+    def recommend(self, history: Sequence[str], k: int = 10,
+                  exclude_history: bool | None = None) -> list[Recommendation]:
         """The top ``k`` items for one history (item ids, oldest first), best first."""
         self.rows(history, "history")  # errors name "history", not "history 0"
         return self.recommend_many([history], k, exclude_history)[0]
 
     def recommend_many(self, histories: Sequence[Sequence[str]] | Mapping[str, Sequence[str]], k: int = 10,
-                       exclude_history: bool = True, batch_size: int | None = None
+                       exclude_history: bool | None = None, batch_size: int | None = None
                        ) -> list[list[Recommendation]] | dict[str, list[Recommendation]]:
         """Top ``k`` for many histories: a list (or a mapping user → history, answered as a dict).
 
@@ -174,10 +201,13 @@ def load_recommender(run_dir: str | Path, device: str = "auto", data_path: str |
     """Load a run folder for serving (config, training data, best weights, extra items).
 
     ``data_path`` points at the training dataset when it moved since training (the item ids and titles, and
-    for content methods the layer-state cache, come from it). ``device="auto"``: CUDA when available.
+    for content methods the layer-state cache, come from it); a dataset with other items than the run was
+    trained on is refused. ``device="auto"``: CUDA when available. An unfinished run (no results.json) is
+    loaded with an :class:`~crossan.runs.UnfinishedRunWarning`.
     """
     run_dir = Path(run_dir)
     cfg = check_run_folder(run_dir)
+    warn_if_unfinished(run_dir)
     dev = str(resolve_device(device))
     extra = read_extra_items(run_dir) if include_extra else ExtraItems()
     if len(extra):
