@@ -2,7 +2,10 @@
 not paired with the reference and a row whose seeds differ in it is flagged; HR@5/NDCG@5 are columns (from
 results.json, or from the per-user ranks when the run did not report them); the significance mark is decided
 on Holm–Bonferroni adjusted p-values over the report's tests (the raw p is kept); a run whose best epoch was
-the last one it was allowed is flagged, as is a run written by another crossan version.
+the last one it was allowed is flagged, as is a run written by another crossan version; a paired test on a
+subset of a row's seeds and the reference's failed seeds are named; cost is taken only from a seed that
+trained alone, and rows measured under different devices, thread counts or memory kinds are flagged (no
+TPME); a one-seed row gets no error bar in the plots.
 
 Every run folder here is written to disk as the trainer writes it (results.json, config.yaml, per_user.npz),
 with metrics computed from its ranks by ``crossan.evaluation``."""
@@ -32,9 +35,11 @@ FINGERPRINT = "0123456789abcdef"
 
 def _run_folder(root: Path, name: str, seed: int, test_ranks: np.ndarray, *, mask: bool | None = True,
                 best_epoch: int = 3, epochs: int = 10, version: str | None = crossan.__version__,
-                ks: tuple[int, ...] = (5, 10, 20)) -> dict[str, Any]:
+                ks: tuple[int, ...] = (5, 10, 20), alone: bool | None = True, device: str = "cpu",
+                memory_kind: str = "cpu_peak_rss_above_idle", time_per_epoch: float = 1.0) -> dict[str, Any]:
     """Write ``root/runs/NAME/seed-S`` as a finished run (``mask`` None: results.json without the key, as an
-    older crossan wrote it) and return its suite record."""
+    older crossan wrote it) and return its suite record (``alone``: whether the suite recorded it as trained
+    with nothing else running, None: not known)."""
     run_dir = root / "runs" / name / f"seed-{seed}"
     run_dir.mkdir(parents=True)
     ranks = torch.as_tensor(test_ranks, dtype=torch.float64)
@@ -45,9 +50,10 @@ def _run_folder(root: Path, name: str, seed: int, test_ranks: np.ndarray, *, mas
     results: dict[str, Any] = {
         "method": "id", "modalities": ["text"], "dataset": "d", "best_epoch": best_epoch,
         "epochs_run": epochs,
-        "valid": mean_metrics(ranks, ks), "test": mean_metrics(ranks, ks), "train_time_per_epoch_s": 1.0,
+        "valid": mean_metrics(ranks, ks), "test": mean_metrics(ranks, ks),
+        "train_time_per_epoch_s": time_per_epoch,
         "eval_time_s": 0.1, "trainable_params": 100, "total_params": 100, "peak_memory_bytes": 2**20,
-        "peak_memory_kind": "cpu_peak_rss_above_idle", "device": "cpu", "compute_dtype": "float32",
+        "peak_memory_kind": memory_kind, "device": device, "compute_dtype": "float32",
         "split_fingerprint": FINGERPRINT, "per_user_file": "per_user.npz"}
     if mask is not None:
         results["mask_history"] = mask
@@ -56,14 +62,19 @@ def _run_folder(root: Path, name: str, seed: int, test_ranks: np.ndarray, *, mas
     (run_dir / "results.json").write_text(json.dumps(results))
     np.savez_compressed(run_dir / "per_user.npz", valid_ranks=ranks.numpy(), test_ranks=ranks.numpy(),
                         users=users, split_fingerprint=np.asarray(FINGERPRINT))
-    return {"seed": seed, "dir": str(run_dir), "status": "ok", "log": "", "wall_s": 1.0, "cpu_s": 1.0}
+    return {"seed": seed, "dir": str(run_dir), "status": "ok", "log": "", "wall_s": 1.0, "cpu_s": 1.0,
+            "alone": alone}
 
 
 def _row(root: Path, name: str, ranks_by_seed: dict[int, np.ndarray], cost_only: bool = False,
-         **per_seed: dict[int, Any]) -> dict[str, Any]:
-    """``collect_run`` over run folders written for each seed; ``per_seed``: keyword → {seed: value}."""
+         failed: tuple[int, ...] = (), **per_seed: dict[int, Any]) -> dict[str, Any]:
+    """``collect_run`` over run folders written for each seed; ``per_seed``: keyword → {seed: value};
+    ``failed``: seeds recorded as failed (no folder)."""
     recs = [_run_folder(root, name, s, r, **{k: v[s] for k, v in per_seed.items() if s in v})
             for s, r in ranks_by_seed.items()]
+    recs += [{"seed": s, "dir": str(root / "runs" / name / f"seed-{s}"), "status": "failed",
+              "error": "crossan: error: boom", "log": "", "wall_s": 1.0} for s in failed]
+    recs.sort(key=lambda r: r["seed"])
     return collect_run(RunSpec(name, "id", ["text"], cost_only=cost_only), recs)
 
 
@@ -277,3 +288,107 @@ def test_holm_null_benchmark_runs_and_agrees_with_raw_for_one_test(tmp_path: Pat
     bench.main(["--suites", "20", "--runs", "1", "--users", "200", "--resamples", "200", "--out", str(out)])
     result = json.loads(out.read_text())
     assert result["suites"] == 20 and result["any_false_star_raw"] == result["any_false_star_holm"]
+
+
+# --------------------------------------------------------------------------------------------- paired seeds
+def test_a_paired_test_on_fewer_seeds_than_the_row_says_so(tmp_path: Path) -> None:
+    """The reference finished seed 0 only (seeds 1, 2 failed): the run's mean covers seeds 0,1,2 but Δ and p
+    only seed 0; the row names the seeds it was paired on, the reference names its failed seeds."""
+    rng = np.random.default_rng(5)
+    ranks = {s: rng.geometric(0.08, size=300).astype(float) for s in (0, 1, 2)}
+    ref = _row(tmp_path, "REF", {0: ranks[0]}, failed=(1, 2))
+    run = _row(tmp_path, "RUN", ranks)
+    assert ref["failed_seeds"] == [1, 2] and ref["seeds"] == "0" and run["seeds"] == "0,1,2"
+    write_outputs([run, ref], {**META, "seeds": [0, 1, 2]}, tmp_path, resamples=200)
+    assert run["paired_seeds"] == 1 and "p_value" in run
+    assert "paired on seed 0 of 0,1,2 (REF has no finished seeds 1,2)" in run["flags"]
+    assert any(f.startswith("reference seeds 1,2 failed") for f in ref["flags"])
+    lines = (tmp_path / "results.md").read_text().splitlines()
+    assert "paired on seed 0 of 0,1,2" in next(x for x in lines if x.startswith("| RUN |"))
+    assert "reference seeds 1,2 failed" in next(x for x in lines if x.startswith("| REF |"))
+    report = (tmp_path / "report.md").read_text()
+    assert "**paired on seeds … of …**" in report and "**reference seeds … failed**" in report
+    _, table = _csv_rows(tmp_path)
+    assert "paired on seed 0 of 0,1,2" in table["RUN"]["flags"]
+
+
+def test_a_paired_test_on_all_of_the_rows_seeds_is_not_flagged(tmp_path: Path) -> None:
+    rng = np.random.default_rng(6)
+    ranks = {s: rng.geometric(0.08, size=200).astype(float) for s in (0, 1)}
+    ref, run = _row(tmp_path, "REF", ranks), _row(tmp_path, "RUN", {0: ranks[0]})  # the row has fewer: fine
+    add_paired_tests([run, ref], "REF", resamples=100)
+    assert run["paired_seeds"] == 1 and run["flags"] == [] and ref["flags"] == []
+
+
+# --------------------------------------------------------------------------------------------- cost columns
+def test_cost_comes_only_from_a_seed_that_trained_alone(tmp_path: Path) -> None:
+    """Seed 0 trained beside other runs (its time is not its own), seed 1 alone: the cost is seed 1's. A run
+    none of whose seeds trained alone has blank cost cells and says why."""
+    rng = np.random.default_rng(7)
+    ranks = {s: rng.geometric(0.08, size=200).astype(float) for s in (0, 1)}
+    mixed = _row(tmp_path, "MIXED", ranks, alone={0: False, 1: True}, time_per_epoch={0: 9.0, 1: 2.0})
+    assert mixed["time_per_epoch_s"] == 2.0 and mixed["cost_seed"] == 1
+    shared = _row(tmp_path, "SHARED", ranks, alone={0: False, 1: None})
+    assert "cost_seed" not in shared and np.isnan(shared["time_per_epoch_s"])
+    assert shared["flags"] == ["cost blank: no finished seed trained with nothing else of the suite running "
+                               "(seed 0 trained beside other runs of the suite; seed 1 not recorded as "
+                               "trained alone (trained before the suite recorded it))"]
+    write_outputs([mixed, shared], {**META, "reference": None}, tmp_path)
+    line = next(x for x in (tmp_path / "results.md").read_text().splitlines() if x.startswith("| SHARED |"))
+    assert "nan" not in line and "cost blank" in line
+    assert "TPME" not in shared and "**cost blank**" in (tmp_path / "report.md").read_text()
+
+
+def test_cost_measured_under_other_settings_is_flagged_and_gets_no_tpme(tmp_path: Path) -> None:
+    """Two CPU rows with other torch thread counts and a CUDA row: their time and memory do not compare, so
+    every costed row is flagged and TPME is left blank; the memory sentence names each kind's rows."""
+    rng = np.random.default_rng(8)
+    ranks = {0: rng.geometric(0.08, size=200).astype(float)}
+    rows = [_row(tmp_path, "A", ranks, device={0: "cpu (x, torch threads 2)"}),
+            _row(tmp_path, "B", ranks, device={0: "cpu (x, torch threads 1)"}),
+            _row(tmp_path, "C", ranks, device={0: "cuda (H200)"},
+                 memory_kind={0: "cuda_max_memory_allocated"})]
+    write_outputs(rows, {**META, "reference": None, "seeds": [0]}, tmp_path)
+    for r in rows:
+        assert "TPME" not in r
+        flag = f"cost settings differ between rows: this row {r['device']}"
+        assert any(f.startswith(flag) for f in r["flags"])
+    report = (tmp_path / "report.md").read_text()
+    assert "**cost settings differ**" in report
+    assert ("peak memory is the run's peak resident memory above its idle baseline (each run in its own "
+            "process) for A, B; `torch.cuda.max_memory_allocated` for C") in report
+    _, table = _csv_rows(tmp_path)
+    assert {table[n]["TPME"] for n in "ABC"} == {""}
+    same = [_row(tmp_path / "same", n, ranks, time_per_epoch={0: t}) for n, t in (("A", 1.0), ("B", 3.0))]
+    write_outputs(same, {**META, "reference": None, "seeds": [0]}, tmp_path)  # one setting: TPME as before
+    assert [r["TPME"] for r in same] == [0.0, 0.45] and all(r["flags"] == [] for r in same)
+
+
+# --------------------------------------------------------------------------------------------- plots
+def test_a_one_seed_row_gets_no_error_bar_and_is_marked(tmp_path: Path, monkeypatch) -> None:
+    """Under a "95% CI over seeds" label a zero-width bar would read as a certain value: the one-seed row
+    has no error bar at all, the three-seed row has one, and the one-seed row is marked ``(1 seed)``."""
+    import matplotlib.pyplot as plt
+
+    from crossan.reports import plots
+
+    figures: dict[str, Any] = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, out, name: figures.setdefault(name, fig) and name)
+    rng = np.random.default_rng(9)
+    three = {s: rng.geometric(0.08, size=200).astype(float) for s in (0, 1, 2)}
+    rows = [_row(tmp_path, "REF", three), _row(tmp_path, "ONE", {0: three[0]})]
+    add_paired_tests(rows, "REF", resamples=100)
+    for r in rows:
+        r["reference"] = "REF"
+    assert np.isnan(rows[1]["test_NDCG@10_ci95"]) and rows[0]["test_NDCG@10_ci95"] > 0
+    plots.plot_all(rows, tmp_path)
+    for name in ("ablation_bars.png", "metrics_per_method.png"):
+        ax = figures[name].axes[0]
+        xs = [seg[0][0] for c in ax.collections for seg in c.get_segments()]  # the error bars' vertical lines
+        assert xs and max(xs) < 0.9, name  # REF's bars lie in [0, 0.6], ONE's from 1 on: none over ONE
+        assert {t.get_text() for t in ax.get_xticklabels()} == {"REF", "ONE (1 seed)"}, name
+        assert "1 seed: no interval" in ax.get_title()
+    ax = figures["ndcg_vs_params.png"].axes[0]
+    assert [len(c.get_segments()) for c in ax.collections] == [1]  # REF's bar only
+    assert sorted(t.get_text() for t in ax.texts) == ["ONE (1 seed)", "REF (ref)"]
+    plt.close("all")

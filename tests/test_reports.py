@@ -112,8 +112,12 @@ def test_seeded_suite_writes_the_columns(id_suite: tuple[Path, Path]) -> None:
         assert col in table["Wide"], col
     assert table["Narrow"]["seeds"] == table["Wide"]["seeds"] == "0,1" and table["Capped"]["seeds"] == "0"
     assert table["Wide"]["p_value"] == "" and table["Capped"]["p_value"] == "" and table["Narrow"]["p_value"] != ""
-    assert sorted(p.name for p in (out / "runs" / "Narrow").iterdir()) == ["seed-0", "seed-0.log", "seed-1",
-                                                                          "seed-1.log"]
+    assert sorted(p.name for p in (out / "runs" / "Narrow").iterdir()) == [
+        "seed-0", "seed-0.log", "seed-0.suite.json", "seed-1", "seed-1.log", "seed-1.suite.json"]
+    # the suite's own note of how each seed trained: the first alone, the second two at a time
+    notes = [json.loads((out / "runs" / "Narrow" / f"seed-{s}.suite.json").read_text()) for s in (0, 1)]
+    assert [(n["trained_alone"], n["runs_at_once"]) for n in notes] == [(True, 1), (False, 2)]
+    assert "cost" not in table["Narrow"]["flags"]  # its cost is seed 0's, which trained alone
     # the cost columns are the first seed's (trained alone); the second seed ran with 1 thread beside another
     seed0 = json.loads((out / "runs" / "Narrow" / "seed-0" / "results.json").read_text())
     seed1 = json.loads((out / "runs" / "Narrow" / "seed-1" / "results.json").read_text())

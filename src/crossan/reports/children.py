@@ -18,6 +18,9 @@ from typing import Any
 from crossan.config import load_config
 
 CPU_LINE = "[suite-child] cpu seconds "
+TRAINING_RECORD = ".suite.json"
+"""Suffix of the suite's own note on how a (run, seed) trained: ``runs/NAME/seed-S.suite.json``, beside its
+log (:func:`write_training_record`)."""
 
 
 def _die_with_parent() -> None:
@@ -126,6 +129,38 @@ def error_line(log_path: Path) -> str:
     if starts:
         return " ".join(ln.strip() for ln in lines[starts[-1]:])
     return lines[-1] if lines else "(no output)"
+
+
+def training_record_path(run_dir: Path | str) -> Path:
+    """``runs/NAME/seed-S.suite.json`` for the run folder ``runs/NAME/seed-S``."""
+    run_dir = Path(run_dir)
+    return run_dir.parent / f"{run_dir.name}{TRAINING_RECORD}"
+
+
+def write_training_record(run_dir: Path | str, alone: bool, at_once: int, finished: bool) -> None:
+    """Record, beside a (run, seed) the suite trains, whether it trained with nothing else of the suite
+    running (``alone``; its time and memory are then its own) and how many runs trained at once; written when
+    its training starts (``finished`` false: a resumed run keeps ``alone`` only if its earlier epochs had it)
+    and again when it has finished. Written by the suite process, not by the trainer: only the suite knows
+    what else ran."""
+    from crossan.utils import atomic_write_json
+
+    path = training_record_path(run_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, {"trained_alone": bool(alone), "runs_at_once": int(at_once), "finished": finished,
+                             "written": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())})
+
+
+def read_training_record(run_dir: Path | str) -> dict[str, Any] | None:
+    """The note :func:`write_training_record` left for a run folder (None: none, e.g. a run trained before the
+    suite wrote it, or an unreadable one)."""
+    import json
+
+    try:
+        record = json.loads(training_record_path(run_dir).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("trained_alone"), bool) else None
 
 
 def train_parallel(jobs: list[tuple[dict[str, Any], dict[str, Any] | None]], parallel: int,

@@ -28,7 +28,8 @@ def plot_all(rows: list[dict[str, Any]], out: Path) -> list[str]:
     """Write every figure that the rows support; returns their file names (relative to ``out``).
 
     Quality figures show the mean over seeds with its 95% t-interval as error bars, and leave out cost-only
-    runs (capped epochs: their quality is not converged); the cost figure shows every run (its first seed).
+    runs (capped epochs: their quality is not converged); a run with no interval (one seed) gets no error bar
+    and is marked ``(1 seed)``. The cost figure shows every run with a cost measured alone.
     """
     ok = [r for r in rows if r["status"] == "ok"]
     if not ok:
@@ -71,15 +72,21 @@ def _ndcg_vs_modalities(curves: dict[str, list[tuple[int, dict[str, Any]]]], out
     for i, (label, pts) in enumerate(sorted(curves.items())):
         color = f"C{i}"
         ks = [k for k, _ in pts]
-        ax.errorbar(ks, [r["test_NDCG@10_mean"] for _, r in pts], yerr=[_err(r, "test_NDCG@10") for _, r in pts],
-                    fmt="-o", capsize=3, color=color, label=label)
+        means = [r["test_NDCG@10_mean"] for _, r in pts]
+        ax.plot(ks, means, "-o", color=color, label=label)
+        _error_bars(ax, ks, means, [r for _, r in pts], "test_NDCG@10", color=color)
+        for k, m, (_, r) in zip(ks, means, pts):
+            if _err(r, "test_NDCG@10") is None:
+                ax.annotate(_no_interval(r), (k, m), textcoords="offset points", xytext=(4, -10), fontsize=7,
+                            color=color)
         cost.plot(ks, [r.get("trainable_params", math.nan) for _, r in pts], "-o", color=color,
                   label=f"{label}: parameters")
         time_ax.plot(ks, [r.get("time_per_epoch_s", math.nan) for _, r in pts], "--s", color=color,
                      label=f"{label}: time per epoch")
     ax.set_xlabel("number of modalities")
     ax.set_ylabel("test NDCG@10 (mean, 95% CI over seeds)")
-    ax.set_title("Quality as modalities are added", fontsize=10)
+    ax.set_title("Quality as modalities are added" + _no_interval_note([r for pts in curves.values()
+                                                                        for _, r in pts]), fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     cost.set_xlabel("number of modalities")
@@ -98,21 +105,22 @@ def _ndcg_vs_modalities(curves: dict[str, list[tuple[int, dict[str, Any]]]], out
 def _ablation_bars(rows: list[dict[str, Any]], out: Path) -> str:
     ref = next(r["name"] for r in rows if r.get("p_value_note") == "reference")
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(rows) + 2), 4))
-    xs = range(len(rows))
+    xs = list(range(len(rows)))
     means = [r["test_NDCG@10_mean"] for r in rows]
     errs = [_err(r, "test_NDCG@10") for r in rows]
-    bars = ax.bar(xs, means, yerr=errs, capsize=3, color=["tab:orange" if r["name"] == ref else "tab:blue"
-                                                         for r in rows])
+    bars = ax.bar(xs, means, color=["tab:orange" if r["name"] == ref else "tab:blue" for r in rows])
+    _error_bars(ax, xs, means, rows, "test_NDCG@10")
     for bar, r, m, e in zip(bars, rows, means, errs):
         if r["name"] == ref:
             bar.set_hatch("//")
         elif r.get("significant"):
-            ax.annotate("*", (bar.get_x() + bar.get_width() / 2, m + e), textcoords="offset points",
+            ax.annotate("*", (bar.get_x() + bar.get_width() / 2, m + (e or 0.0)), textcoords="offset points",
                         xytext=(0, 2), ha="center", fontsize=12)
-    ax.set_xticks(list(xs), [r["name"] for r in rows], rotation=45, ha="right", fontsize=8)
+    ax.set_xticks(xs, [_name(r) for r in rows], rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("test NDCG@10 (mean, 95% CI over seeds)")
     ax.set_title(f"Runs against the reference {ref} (hatched)\n"
-                 "* Holm-adjusted p < 0.05, paired bootstrap over users", fontsize=9)
+                 "* Holm-adjusted p < 0.05, paired bootstrap over users" + _no_interval_note(rows),
+                 fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, out, "ablation_bars.png")
 
@@ -129,10 +137,35 @@ def _save(fig: plt.Figure, out: Path, name: str) -> str:
     return name
 
 
-def _err(r: dict[str, Any], key: str) -> float:
-    """The half-width of ``key``'s interval (0 where there is none, e.g. one seed)."""
+def _err(r: dict[str, Any], key: str) -> float | None:
+    """The half-width of ``key``'s interval; None where there is none (one seed): such a row gets no error
+    bar (a zero-width bar under a "95% CI" label would read as a certain value)."""
     half = r.get(f"{key}_ci95")
-    return 0.0 if half is None or math.isnan(half) else float(half)
+    return None if half is None or math.isnan(half) else float(half)
+
+
+def _no_interval(r: dict[str, Any]) -> str:
+    """How a row without an interval is marked: ``1 seed`` (or ``no interval``)."""
+    return "1 seed" if r.get("n_seeds", 1) == 1 else "no interval"
+
+
+def _name(r: dict[str, Any], key: str = "test_NDCG@10") -> str:
+    """The row's name, with ``(1 seed)`` when ``key`` has no interval."""
+    return r["name"] + ("" if _err(r, key) is not None else f" ({_no_interval(r)})")
+
+
+def _no_interval_note(rows: list[dict[str, Any]], key: str = "test_NDCG@10") -> str:
+    """A title line saying that runs marked ``(1 seed)`` have no error bar, when there are such runs."""
+    return "\n(1 seed: no interval, no error bar)" if any(_err(r, key) is None for r in rows) else ""
+
+
+def _error_bars(ax: plt.Axes, xs: list[float], ys: list[float], rows: list[dict[str, Any]], key: str,
+                capsize: float = 3, **kwargs: Any) -> None:
+    """Error bars of ``key``'s 95% interval at (xs, ys), only for the rows that have an interval."""
+    keep = [(x, y, _err(r, key)) for x, y, r in zip(xs, ys, rows) if _err(r, key) is not None]
+    if keep:
+        ax.errorbar([k[0] for k in keep], [k[1] for k in keep], yerr=[k[2] for k in keep], fmt="none",
+                    capsize=capsize, ecolor=kwargs.pop("color", "black"), **kwargs)
 
 
 def _quality_vs_params(rows: list[dict[str, Any]], n_cost_only: int, out: Path) -> str:
@@ -140,8 +173,8 @@ def _quality_vs_params(rows: list[dict[str, Any]], n_cost_only: int, out: Path) 
     for r in rows:
         y = r["test_NDCG@10_mean"]
         ax.errorbar(r["trainable_params"], y, yerr=_err(r, "test_NDCG@10"), fmt="o", capsize=3, ms=5)
-        label = r["name"] + (" *" if r.get("significant") else "") + (" (ref)" if r["name"] == r.get("reference")
-                                                                        else "")
+        label = (_name(r) + (" *" if r.get("significant") else "")
+                 + (" (ref)" if r["name"] == r.get("reference") else ""))
         ax.annotate(label, (r["trainable_params"], y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("trainable parameters (log)")
@@ -152,6 +185,7 @@ def _quality_vs_params(rows: list[dict[str, Any]], n_cost_only: int, out: Path) 
         title += f"\n* differs from {ref} (ref) at Holm-adjusted p < 0.05, paired test over test users"
     if n_cost_only:
         title += f"\n({n_cost_only} cost-only run(s), not converged, not shown)"
+    title += _no_interval_note(rows)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     return _save(fig, out, "ndcg_vs_params.png")
@@ -177,14 +211,16 @@ def _metrics_bars(rows: list[dict[str, Any]], out: Path) -> str:
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows) + 2), 3.8))
     width = 0.8 / len(keys)
     for j, k in enumerate(keys):
-        ax.bar([i + j * width for i in range(len(rows))], [r.get(f"{k}_mean", 0.0) for r in rows], width,
-               yerr=[_err(r, k) for r in rows], capsize=2, label=k.replace("test_", ""))
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))], [r["name"] for r in rows], rotation=45,
+        xs = [i + j * width for i in range(len(rows))]
+        ys = [r.get(f"{k}_mean", 0.0) for r in rows]
+        ax.bar(xs, ys, width, label=k.replace("test_", ""))
+        _error_bars(ax, xs, ys, rows, k, capsize=2)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))], [_name(r) for r in rows], rotation=45,
                   ha="right", fontsize=8)
     ax.set_ylabel("test metric (mean, 95% CI)")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    ax.set_title("Test metrics per method (cost-only runs not shown)")
+    ax.set_title("Test metrics per method (cost-only runs not shown)" + _no_interval_note(rows))
     return _save(fig, out, "metrics_per_method.png")
 
 

@@ -19,12 +19,23 @@ A suite is a YAML file (or the name of a built-in one in ``crossan/suites/``)::
 Each (run, seed) trains into ``OUT/runs/NAME/seed-S`` in a child process of its own (``train()`` called in a
 spawned interpreter, :mod:`crossan.reports.children`), so that its peak memory is its own (on a CPU: the
 peak resident memory during the run above the process's idle baseline; on a GPU:
-``torch.cuda.max_memory_allocated``). A run's cost columns (time per epoch, memory) come from its first seed,
-which always trains with nothing else running; with ``parallel: N`` the remaining seeds then train N at a
-time (each with 1/N of the cores), for their quality only. A finished (run, seed) is reused when the suite is
-run again (the report flags one written by another crossan version); an interrupted one resumes from its
-checkpoint; one whose folder holds another configuration is refused. A run that fails is kept in the table
-with its error.
+``torch.cuda.max_memory_allocated``). A run's cost columns (time per epoch, memory) come from its first seed
+that trained with nothing else of the suite running: every run's first seed does; with ``parallel: N`` the
+remaining seeds then train N at a time (each with 1/N of the cores), for their quality only. The suite notes
+how each (run, seed) trained in ``runs/NAME/seed-S.suite.json`` (:func:`crossan.reports.children.
+write_training_record`), so that a reused run's cost is only taken when it trained alone; a row with no such
+seed has blank cost columns and says why.
+
+A finished (run, seed) is reused when the suite is run again (the report flags one written by another crossan
+version), but only when it was trained on the data the suite reads now: its ``split_fingerprint`` (and
+``item_fingerprint``, when its results.json records one) must equal those of the data prepared now
+(:class:`DataFingerprints`). An interrupted one resumes from its checkpoint; one whose folder holds another
+configuration, or a run trained on other data, is refused. A run that fails is kept in the table with its
+error.
+
+Run-level ``encoders.*``, ``cache.*``, ``data.*`` and ``device`` overrides of a cached method get a
+layer-state cache of their own: :func:`ensure_cache` builds one per distinct set of them (on top of the
+suite-level ones); when such a build fails, the runs that needed it fail with its error and the others go on.
 
 Every run is tested against the reference (paired bootstrap on per-user test NDCG@10, only for seeds on the
 same split and ranked under the same ``eval.mask_history``); the ``*`` of significance is decided on
@@ -36,6 +47,7 @@ A run whose epochs are capped (``train.max_steps_per_epoch`` > 0) has no converg
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -47,9 +59,16 @@ from typing import Any
 import yaml
 
 import crossan
-from crossan.config import ConfigError, config_differences, load_config
+from crossan.config import ConfigError, config_differences, load_config, to_dict
 from crossan.data.catalogue import MODALITIES
-from crossan.reports.children import cpu_seconds, error_line, run_child, train_parallel
+from crossan.reports.children import (
+    cpu_seconds,
+    error_line,
+    read_training_record,
+    run_child,
+    train_parallel,
+    write_training_record,
+)
 
 SUITE_KEYS = {"description", "data", "preset", "overrides", "runs", "seeds", "reference", "parallel"}
 RUN_KEYS = {"name", "method", "modalities", "overrides", "max_seeds"}
@@ -195,22 +214,95 @@ def resolve_data(spec: str, out: Path) -> Path:
     return generate(out / "data" / name, size=size, seed=seed, dominant=dominant)
 
 
-def ensure_cache(suite: Suite, data: Path, out: Path, progress: bool = True) -> float:
-    """Build the layer-state cache for every modality a cached run needs (once). Returns seconds spent."""
+CACHE_KEYS = ("encoders.", "cache.", "data.", "device=")
+"""Overrides that decide which layer-state cache a run reads (or how it is built)."""
+
+
+def cache_overrides(overrides: list[str]) -> list[str]:
+    """The overrides of ``overrides`` that concern the layer-state cache (:data:`CACHE_KEYS`)."""
+    return [o for o in overrides if o.startswith(CACHE_KEYS)]
+
+
+def cache_groups(suite: Suite) -> dict[tuple[str, ...], list[RunSpec]]:
+    """The cached runs of ``suite`` grouped by their run-level cache overrides, the group without any first:
+    each group reads one cache (the suite-level cache overrides apply to every group)."""
     from crossan.methods import cache_methods
 
-    mods = sorted({m for r in suite.runs if r.method in cache_methods() for m in r.modalities})
-    if not mods:
-        return 0.0
+    groups: dict[tuple[str, ...], list[RunSpec]] = {}
+    for r in suite.runs:
+        if r.method in cache_methods():
+            groups.setdefault(tuple(cache_overrides(r.overrides)), []).append(r)
+    return dict(sorted(groups.items(), key=lambda g: bool(g[0])))  # stable: the others in suite order
+
+
+def ensure_cache(suite: Suite, data: Path, out: Path, progress: bool = True) -> tuple[float, dict[str, str]]:
+    """Build the layer-state cache every cached run reads: once per distinct set of run-level cache overrides
+    (:func:`cache_groups`), for the modalities of that group's runs.
+
+    Returns the seconds spent and, per run whose own cache could not be built, the error (the suite fails
+    those runs and goes on). When the cache of the runs without cache overrides of their own cannot be built,
+    the suite stops (:class:`RuntimeError`)."""
+    groups = cache_groups(suite)
     t0 = time.perf_counter()
-    overrides = [f"data.path={data}", f"encoders.preset={suite.preset}",
-                 *[o for o in suite.overrides if o.startswith(("encoders.", "cache.", "data.", "device="))]]
-    print(f"[suite] caching {','.join(mods)} with the {suite.preset} preset", flush=True)
-    log = out / "cache.log"
-    if run_child("cache", {"overrides": overrides, "modalities": mods, "progress": progress}, log, progress) != 0:
-        tail = log.read_text(errors="replace")[-2000:]
-        raise RuntimeError(f"building the cache failed (see {log}):\n{tail}")
-    return time.perf_counter() - t0
+    errors: dict[str, str] = {}
+    base = [f"data.path={data}", f"encoders.preset={suite.preset}", *cache_overrides(suite.overrides)]
+    for own, runs in groups.items():
+        mods = sorted({m for r in runs for m in r.modalities})
+        tag = "-" + hashlib.sha256("\n".join(own).encode()).hexdigest()[:8] if own else ""
+        log = out / f"cache{tag}.log"
+        names = ", ".join(r.name for r in runs)
+        print(f"[suite] caching {','.join(mods)} with the {suite.preset} preset"
+              + (f" and {', '.join(own)} (for {names})" if own else ""), flush=True)
+        kwargs = {"overrides": [*base, *own], "modalities": mods, "progress": progress}
+        if run_child("cache", kwargs, log, progress) == 0:
+            continue
+        if not own:
+            tail = log.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"building the cache failed (see {log}):\n{tail}")
+        why = (f"building the layer-state cache for its overrides {', '.join(own)} failed (see {log}): "
+               f"{error_line(log)}")
+        print(f"[suite] {names}: {why}", flush=True)
+        errors.update(dict.fromkeys((r.name for r in runs), why))
+    return time.perf_counter() - t0, errors
+
+
+class DataFingerprints:
+    """The ``split_fingerprint`` and ``item_fingerprint`` (:mod:`crossan.ranking`) of the data a (run, seed)
+    would be trained on now: the data its overrides name, prepared as the trainer prepares it
+    (:func:`crossan.data.prepare`), once per distinct ``data`` configuration and only when first asked (only a
+    finished run about to be reused needs them)."""
+
+    def __init__(self) -> None:
+        self._known: dict[str, dict[str, str]] = {}
+
+    def __call__(self, overrides: list[str]) -> dict[str, str]:
+        from crossan.data import prepare
+        from crossan.ranking import item_fingerprint, split_fingerprint
+
+        cfg = load_config([], overrides)
+        key = json.dumps(to_dict(cfg.data), sort_keys=True, default=str)
+        if key not in self._known:
+            data = prepare(cfg.data)
+            self._known[key] = {"split_fingerprint": split_fingerprint(data),
+                                "item_fingerprint": item_fingerprint(data)}
+        return self._known[key]
+
+
+def data_changes(results: dict[str, Any], now: dict[str, str]) -> list[str]:
+    """How the data a finished run recorded (its results.json) differs from the data prepared ``now``
+    (:class:`DataFingerprints`): ``split_fingerprint`` always (a run that does not record it cannot be
+    checked), ``item_fingerprint`` when the run records it. Empty: the same data."""
+    changes = []
+    split = results.get("split_fingerprint")
+    if split is None:
+        changes.append("its results.json records no split_fingerprint (an older crossan), so the data it was "
+                       "trained on cannot be checked")
+    elif split != now["split_fingerprint"]:
+        changes.append(f"split_fingerprint: {split} → {now['split_fingerprint']}")
+    items = results.get("item_fingerprint")
+    if items is not None and items != now["item_fingerprint"]:
+        changes.append(f"item_fingerprint: {items} → {now['item_fingerprint']}")
+    return changes
 
 
 def config_changes(run_dir: Path, overrides: list[str]) -> list[str]:
@@ -233,49 +325,83 @@ def _other_version(run_dir: Path) -> str:
     return f" (written by crossan {written or 'of unknown version'}; this is {crossan.__version__})"
 
 
-def _job(suite: Suite, run: RunSpec, seed: int, data: Path, out: Path, resume: bool, label: str
+def _refuse(rec: dict[str, Any], error: str) -> tuple[dict[str, Any], None]:
+    rec.update(status="failed", error=error)
+    print(f"[suite] {rec['label']}: FAILED: {error}", flush=True)
+    return rec, None
+
+
+def _job(suite: Suite, run: RunSpec, seed: int, data: Path, out: Path, resume: bool, label: str, *,
+         alone: bool, fingerprints: DataFingerprints | None = None, cache_error: str | None = None
          ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """The record of one (run, seed) and the arguments to train it (None: reused, or refused)."""
+    """The record of one (run, seed) and the arguments to train it (None: reused, or refused).
+
+    ``alone``: whether it would train with nothing else of the suite running (recorded once it has trained);
+    ``fingerprints``: the data's fingerprints, checked before a finished run is reused; ``cache_error``: why
+    the layer-state cache this run reads could not be built (it then fails unless it finished earlier)."""
     run_dir = out / "runs" / run.name / f"seed-{seed}"
     log_path = out / "runs" / run.name / f"seed-{seed}.log"
     overrides = run_overrides(suite, run, str(data), seed)
     rec: dict[str, Any] = {"seed": seed, "dir": str(run_dir), "log": str(log_path), "status": "ok", "label": label,
-                           "t0": time.perf_counter(), "wall_s": 0.0}
+                           "t0": time.perf_counter(), "wall_s": 0.0, "alone": alone,
+                           "at_once": 1 if alone else suite.parallel}
     if not resume and run_dir.exists():
         shutil.rmtree(run_dir)  # --fresh: this suite's own output folder for this (run, seed)
     if (run_dir / "config.yaml").is_file():
         changed = config_changes(run_dir, overrides)
         if changed:
-            rec.update(status="failed", error=f"{run_dir} holds a run with another configuration "
-                                              f"({'; '.join(changed[:3])}); pass --fresh to retrain it or choose "
-                                              "another --out")
-            print(f"[suite] {label}: FAILED: {rec['error']}", flush=True)
-            return rec, None
+            return _refuse(rec, f"{run_dir} holds a run with another configuration "
+                                f"({'; '.join(changed[:3])}); pass --fresh to retrain it or choose another "
+                                "--out")
     if (run_dir / "results.json").is_file():
+        try:
+            results = json.loads((run_dir / "results.json").read_text())
+            differs = data_changes(results if isinstance(results, dict) else {},
+                                   (fingerprints or DataFingerprints())(overrides))
+        except Exception as e:  # noqa: BLE001 - an unreadable results.json or data: refuse, naming why
+            differs = [f"it cannot be checked against the data now ({type(e).__name__}: {e})"]
+        if differs:
+            return _refuse(rec, f"{run_dir} holds a run trained on other data than {data} holds now "
+                                f"({'; '.join(differs)}); pass --fresh to retrain it or choose another --out")
         print(f"[suite] {label}: done earlier, reusing {run_dir / 'results.json'}{_other_version(run_dir)}",
               flush=True)
         rec["cpu_s"] = cpu_seconds(log_path)
         rec["reused"] = True
+        record = read_training_record(run_dir)  # None: trained before the suite recorded how
+        rec["alone"] = None if record is None else record["trained_alone"]
+        rec.pop("at_once")
         return rec, None
+    if cache_error is not None:
+        return _refuse(rec, cache_error)
     again = (run_dir / "config.yaml").is_file()
+    if again:  # resuming: the epochs so far trained as its note says (no note: not known, so not alone)
+        before = read_training_record(run_dir)
+        rec["alone"] = alone and before is not None and before["trained_alone"]
+    write_training_record(run_dir, rec["alone"], rec["at_once"], finished=False)
     rec["start_line"] = (f"[suite] {label} ({run.method}, {'+'.join(run.modalities)})"
                          + (" resuming" if again else ""))
     return rec, {"overrides": overrides, "run_dir": str(run_dir), "resume": again}
 
 
 def finish_job(rec: dict[str, Any], exitcode: int) -> None:
+    """Complete the record of a (run, seed) whose training child ended with ``exitcode``; a finished one gets
+    its note of how it trained (:func:`crossan.reports.children.write_training_record`)."""
     log_path = Path(rec["log"])
     rec["wall_s"] = round(time.perf_counter() - rec["t0"], 1)
     rec["cpu_s"] = cpu_seconds(log_path)
     if exitcode != 0:
         rec.update(status="failed", error=error_line(log_path))
         print(f"[suite] {rec['label']}: FAILED: {rec['error']}", flush=True)
+    else:
+        write_training_record(rec["dir"], rec["alone"], rec["at_once"], finished=True)
 
 
 def train_alone(suite: Suite, run: RunSpec, seed: int, data: Path, out: Path, resume: bool, progress: bool,
-                label: str) -> dict[str, Any]:
+                label: str, fingerprints: DataFingerprints | None = None, cache_error: str | None = None
+                ) -> dict[str, Any]:
     """Train (or reuse) one (run, seed) with nothing else running (its time and memory are measured)."""
-    rec, kwargs = _job(suite, run, seed, data, out, resume, label)
+    rec, kwargs = _job(suite, run, seed, data, out, resume, label, alone=True, fingerprints=fingerprints,
+                       cache_error=cache_error)
     if kwargs is not None:
         print(rec["start_line"], flush=True)
         finish_job(rec, run_child("train", {**kwargs, "progress": progress}, Path(rec["log"]), progress))
@@ -296,7 +422,8 @@ def run_suite(suite: Suite, out: Path, resume: bool = True, progress: bool = Tru
     t_start = time.perf_counter()
     data = resolve_data(suite.data, out)
     data_s = time.perf_counter() - t_start
-    cache_s = ensure_cache(suite, data, out, progress)
+    cache_s, cache_errors = ensure_cache(suite, data, out, progress)
+    fingerprints = DataFingerprints()
     if suite.parallel > 1:
         alone = [(run, suite.seeds_of(run)[0]) for run in suite.runs]
         together = [(run, seed) for run in suite.runs for seed in suite.seeds_of(run)[1:]]
@@ -306,11 +433,13 @@ def run_suite(suite: Suite, out: Path, resume: bool = True, progress: bool = Tru
     done: dict[str, list[dict[str, Any]]] = {r.name: [] for r in suite.runs}
     for i, (run, seed) in enumerate(alone, 1):
         done[run.name].append(train_alone(suite, run, seed, data, out, resume, progress,
-                                          f"{i}/{n} {run.name} seed {seed}"))
+                                          f"{i}/{n} {run.name} seed {seed}", fingerprints,
+                                          cache_errors.get(run.name)))
     t_together = time.perf_counter()
     if together:
         print(f"[suite] training the other seeds {suite.parallel} at a time (quality only)", flush=True)
-        jobs = [_job(suite, run, seed, data, out, resume, f"{i}/{n} {run.name} seed {seed}")
+        jobs = [_job(suite, run, seed, data, out, resume, f"{i}/{n} {run.name} seed {seed}", alone=False,
+                     fingerprints=fingerprints, cache_error=cache_errors.get(run.name))
                 for i, (run, seed) in enumerate(together, len(alone) + 1)]
         train_parallel(jobs, suite.parallel, finish_job)
         for (run, _), (rec, _) in zip(together, jobs):

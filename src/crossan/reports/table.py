@@ -6,7 +6,15 @@ Holm–Bonferroni adjusted p-values over the report's comparisons, the efficienc
 ``*_ci95`` columns hold the half-width of the interval: the interval is ``mean ± ci95``. ``p_value`` is the
 raw bootstrap p-value, ``p_holm`` the Holm-adjusted one that ``significant`` is based on. ``flags`` names
 what a reader must know about a row: seeds whose best epoch was the last one allowed (``capped``), an
-evaluation without the history mask or seeds that differ in it, runs written by another crossan version.
+evaluation without the history mask or seeds that differ in it, runs written by another crossan version, a
+paired test on fewer seeds than the row's mean (the reference lacks some), the reference's failed seeds, cost
+columns left blank (no seed of the run is known to have trained alone) or measured under other settings
+(device, torch threads, kind of peak memory) than another row's.
+
+Cost (time per epoch, peak memory, eval time) comes from the row's first finished seed that the suite
+records as trained with nothing else of the suite running (``alone`` in its record, from the suite's
+``seed-S.suite.json``); TPME is computed only when every costed row was measured on the same device with the
+same torch thread count and the same kind of peak memory.
 """
 
 from __future__ import annotations
@@ -98,8 +106,25 @@ def _flags(row: dict[str, Any]) -> list[str]:
     return flags
 
 
+def _cost_source(recs: list[dict[str, Any]]) -> tuple[Any | None, str]:
+    """The seed whose cost the row shows: the first finished seed whose record says it trained with nothing
+    else of the suite running (``alone``); (None, why) when there is none."""
+    for r in recs:
+        if r["status"] == "ok" and r.get("alone") is True:
+            return r["seed"], ""
+    shared = [r["seed"] for r in recs if r["status"] == "ok" and r.get("alone") is False]
+    unknown = [r["seed"] for r in recs if r["status"] == "ok" and r.get("alone") is None]
+    parts = ([f"{_seeds_text(shared)} trained beside other runs of the suite"] if shared else []) + (
+        [f"{_seeds_text(unknown)} not recorded as trained alone (trained before the suite recorded it)"]
+        if unknown else [])
+    return None, "cost blank: no finished seed trained with nothing else of the suite running (" + "; ".join(
+        parts or [f"{_seeds_text([r['seed'] for r in recs])} failed"]) + ")"
+
+
 def collect_run(run: Any, recs: list[dict[str, Any]]) -> dict[str, Any]:
-    """One table row for ``run`` from its (run, seed) records (see ``crossan.reports.suite``: seed, dir, status, error, log, wall_s, cpu_s)."""
+    """One table row for ``run`` from its (run, seed) records (see ``crossan.reports.suite``: seed, dir,
+    status, error, log, wall_s, cpu_s, and ``alone``: whether it trained with nothing else of the suite
+    running, None when that is not known)."""
     row: dict[str, Any] = {"name": run.name, "method": run.method, "modalities": "+".join(run.modalities),
                            "cost_only": run.cost_only, "wall_s": round(sum(r.get("wall_s", 0.0) for r in recs), 1)}
     reused = [str(r["seed"]) for r in recs if r.get("reused")]
@@ -110,6 +135,7 @@ def collect_run(run: Any, recs: list[dict[str, Any]]) -> dict[str, Any]:
         if r["status"] != "ok":
             by_error.setdefault(r["error"], []).append(str(r["seed"]))
     errors = [f"seed{'s' if len(s) > 1 else ''} {','.join(s)}: {e}" for e, s in by_error.items()]
+    row["failed_seeds"] = [r["seed"] for r in recs if r["status"] != "ok"]
     per_seed = []
     for r in recs:
         if r["status"] != "ok":
@@ -147,16 +173,19 @@ def collect_run(run: Any, recs: list[dict[str, Any]]) -> dict[str, Any]:
                 vals = [p["results"][split][k] for p in per_seed if k in p["results"][split]]
                 if vals:
                     row[f"{split}_{k}_mean"], row[f"{split}_{k}_ci95"] = t_interval(vals)
-    # cost: the first seed's run, which trained with nothing else running (later seeds may share the machine)
-    cost = first if per_seed[0]["seed"] == recs[0]["seed"] else None
-    if cost is not None:
+    # cost: a seed that trained with nothing else of the suite running (others may have shared the machine)
+    cost_seed, why = _cost_source(recs)
+    if cost_seed is not None:
+        cost = next(p["results"] for p in per_seed if p["seed"] == cost_seed)
+        row["cost_seed"] = cost_seed
         row["time_per_epoch_s"] = cost["train_time_per_epoch_s"]
         row["peak_memory_bytes"] = cost["peak_memory_bytes"]
         row["peak_memory_kind"] = cost.get("peak_memory_kind", "")
         row["eval_time_s"] = cost.get("eval_time_s", math.nan)
         row["device"] = cost["device"]
-    else:  # the first seed failed: no clean cost measurement
+    else:  # no clean cost measurement
         row["time_per_epoch_s"] = row["peak_memory_bytes"] = math.nan
+        row["flags"].append(why)
     row["trainable_params"], row["total_params"] = first["trainable_params"], first["total_params"]
     cpu = [r.get("cpu_s") for r in recs]
     row["cpu_s"] = round(sum(c for c in cpu if c is not None), 1) if any(c is not None for c in cpu) else math.nan
@@ -169,11 +198,45 @@ def collect_run(run: Any, recs: list[dict[str, Any]]) -> dict[str, Any]:
     return row
 
 
+def costed_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The finished rows with cost columns (a seed that trained alone)."""
+    return [r for r in rows
+            if r["status"] == "ok" and math.isfinite(float(r.get("time_per_epoch_s", math.nan)))]
+
+
+def _cost_setting(r: dict[str, Any]) -> tuple[str, str]:
+    """(device, kind of peak memory) of a costed row; on a CPU the device names the torch thread count
+    (``cpu (…, torch threads 2)``), so this is one key per device, thread count and memory kind."""
+    return str(r.get("device", "?")), str(r.get("peak_memory_kind") or "?")
+
+
+def cost_settings(rows: list[dict[str, Any]]) -> dict[tuple[str, str], list[str]]:
+    """The costed rows' names per :func:`_cost_setting`."""
+    out: dict[tuple[str, str], list[str]] = {}
+    for r in costed_rows(rows):
+        out.setdefault(_cost_setting(r), []).append(str(r.get("name", "")))
+    return out
+
+
+def flag_cost_settings(rows: list[dict[str, Any]]) -> bool:
+    """Flag every costed row when the rows' cost was measured under different settings (device, torch
+    threads or kind of peak memory: their time and memory do not compare). Returns whether they all agree."""
+    if len(cost_settings(rows)) <= 1:
+        return True
+    for r in costed_rows(rows):
+        device, kind = _cost_setting(r)
+        r.setdefault("flags", []).append(f"cost settings differ between rows: this row {device}, peak "
+                                         f"memory {kind}; time and memory do not compare across these rows, "
+                                         "TPME not computed")
+    return False
+
+
 def add_tpme(rows: list[dict[str, Any]]) -> None:
     """TPME (IISAN): min–max normalise time, parameters and memory over the compared runs;
-    TPME = 0.45·t' + 0.10·p' + 0.45·m' (lower is better)."""
-    ok = [r for r in rows if r["status"] == "ok" and math.isfinite(r["time_per_epoch_s"])]
-    if not ok:
+    TPME = 0.45·t' + 0.10·p' + 0.45·m' (lower is better). Not computed (left blank) when the rows' cost was
+    measured under different settings (:func:`cost_settings`): min–max over such figures means nothing."""
+    ok = costed_rows(rows)
+    if not ok or len(cost_settings(rows)) > 1:
         return
 
     def norm(key: str) -> list[float]:
@@ -209,6 +272,10 @@ def add_paired_tests(rows: list[dict[str, Any]], reference: str | None, resample
         return
     ref["p_value_note"] = "reference"
     ref_seeds = {p["seed"]: p for p in ref["per_seed"]}
+    if ref.get("failed_seeds"):
+        ref.setdefault("flags", []).append(
+            f"reference {_seeds_text(ref['failed_seeds'])} failed: the other runs are paired on its finished "
+            f"{_seeds_text(list(ref_seeds))} only")
     tested = []
     for row in rows:
         if row is ref or row["status"] != "ok" or row["cost_only"]:
@@ -247,6 +314,12 @@ def add_paired_tests(rows: list[dict[str, Any]], reference: str | None, resample
         res = paired_bootstrap(a, b, same_users=same_users, resamples=resamples)
         row.update({"diff_NDCG@10": res.diff, "diff_ci95_low": res.ci95[0], "diff_ci95_high": res.ci95[1],
                     "p_value": res.p_value, "paired_seeds": res.seeds, "paired_users": res.users})
+        if len(pairs) < len(row["per_seed"]):  # Δ and p cover fewer seeds than the row's mean ± interval
+            paired = [p["seed"] for p, _ in pairs]
+            unpaired = [p["seed"] for p in row["per_seed"] if p["seed"] not in ref_seeds]
+            row.setdefault("flags", []).append(
+                f"paired on {_seeds_text(paired)} of {','.join(str(p['seed']) for p in row['per_seed'])} "
+                f"({reference} has no finished {_seeds_text(unpaired)})")
         tested.append(row)
     for row, p_holm in zip(tested, holm_adjust([r["p_value"] for r in tested])):
         row.update({"p_holm": p_holm, "significant": p_holm < ALPHA, "holm_tests": len(tested)})
@@ -262,7 +335,12 @@ COLUMNS = ["name", "method", "modalities", "status", "cost_only", "seeds",
 
 
 def _mib(b: float) -> str:
-    return f"{b / 2**20:,.1f}"
+    return "" if isinstance(b, float) and math.isnan(b) else f"{b / 2**20:,.1f}"
+
+
+def _fixed(v: Any, digits: int) -> str:
+    """``v`` with ``digits`` decimals; blank when it is missing or NaN (no clean measurement)."""
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
 def _pm(row: dict[str, Any], key: str) -> str:
@@ -295,8 +373,8 @@ def markdown_table(rows: list[dict[str, Any]], reference: str | None = None) -> 
                 delta, p, p_holm = r.get("p_value_note", ""), "", ""
             quality = [_pm(r, "test_HR@10"), _pm(r, "test_NDCG@10"), delta, p, p_holm]
         lines.append(f"| {r['name']} | {r['method']} | {r['modalities']} | {r['seeds']} | " + " | ".join(quality)
-                     + f" | {r['time_per_epoch_s']:.2f} | {_mib(r['peak_memory_bytes'])} | {r['trainable_params']:,} "
-                     f"| {r['total_params']:,} | {r.get('TPME', float('nan')):.3f} "
+                     + f" | {_fixed(r['time_per_epoch_s'], 2)} | {_mib(r['peak_memory_bytes'])} "
+                     f"| {r['trainable_params']:,} | {r['total_params']:,} | {_fixed(r.get('TPME'), 3)} "
                      f"| {'; '.join(r.get('flags', []))} |")
     return "\n".join(lines)
 
@@ -324,7 +402,9 @@ def _csv_value(v: Any) -> Any:
 
 def write_outputs(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path,
                   resamples: int = BOOTSTRAP_RESAMPLES) -> None:
-    """Intervals are in the rows already; add TPME and the paired tests, then write every output file."""
+    """Intervals are in the rows already; flag cost measured under different settings, add TPME and the
+    paired tests, then write every output file."""
+    flag_cost_settings(rows)
     add_tpme(rows)
     add_paired_tests(rows, meta.get("reference"), resamples)
     for r in rows:
@@ -358,6 +438,16 @@ FLAG_NOTES = {
                             "(seeds with another rule than the reference's are not paired)",
     "written by crossan": "**written by crossan X**: a finished run reused from a folder written by another "
                           "crossan version (same configuration); its figures are that version's",
+    "paired on": "**paired on seeds … of …**: the reference has no finished run for some of this row's "
+                 "seeds, so Δ and p cover only the seeds named, while the mean ± interval cover all of the "
+                 "row's seeds",
+    "reference seed": "**reference seeds … failed**: the reference's mean covers its finished seeds only, "
+                      "and every other run is paired on those seeds only",
+    "cost blank": "**cost blank**: no finished seed of the run is recorded as trained with nothing else of "
+                  "the suite running, so its time and memory are not shown (nor its TPME)",
+    "cost settings differ": "**cost settings differ**: the rows' cost was measured on different devices, "
+                            "torch thread counts or kinds of peak memory, so time and memory do not compare "
+                            "across them; TPME is not computed",
 }
 """What each kind of row flag (:func:`_flags`, the table's notes column) means, keyed by how it starts."""
 
@@ -382,6 +472,28 @@ def compute_dtypes(rows: list[dict[str, Any]]) -> str:
     if len(by_dtype) <= 1:
         return next(iter(by_dtype), "?")
     return ", ".join(f"{d} ({', '.join(names)})" for d, names in by_dtype.items())
+
+
+MEMORY_KINDS = {
+    "cuda_max_memory_allocated": "`torch.cuda.max_memory_allocated`",
+    "cpu_peak_rss_above_idle": "the run's peak resident memory above its idle baseline (each run in its own "
+                               "process)",
+}
+"""What each ``peak_memory_kind`` of results.json measures."""
+
+
+def memory_sentence(rows: list[dict[str, Any]]) -> str:
+    """``peak memory is …`` for the costed ``rows``, per kind of peak memory (naming the rows when they
+    differ)."""
+    by_kind: dict[str, list[str]] = {}
+    for r in costed_rows(rows):
+        by_kind.setdefault(str(r.get("peak_memory_kind") or ""), []).append(r["name"])
+    if not by_kind:
+        return "no row has a peak memory measured alone"
+    text = {k: MEMORY_KINDS.get(k, f"of an unrecorded kind ({k or '?'})") for k in by_kind}
+    if len(by_kind) == 1:
+        return "peak memory is " + next(iter(text.values()))
+    return "peak memory is " + "; ".join(f"{text[k]} for {', '.join(names)}" for k, names in by_kind.items())
 
 
 def render_report(rows: list[dict[str, Any]], meta: dict[str, Any], table: str, figures: list[str],
@@ -419,12 +531,13 @@ def render_report(rows: list[dict[str, Any]], meta: dict[str, Any], table: str, 
         lines += ["**cost only**: epochs capped by `train.max_steps_per_epoch` (time per epoch extrapolated from the "
                   "steps run), so the quality is not converged: it is not reported and these runs are left off the "
                   "quality plots; their own `results.json` keeps the capped figures.", ""]
-    lines += ["Cost columns are the first seed's run, which trained with nothing else of the suite running"
-              + (f" (the other seeds trained {meta['parallel']} at a time, for their quality only)"
-                 if meta.get("parallel", 1) > 1 else "") + ". Time per epoch counts the training loop only; peak memory is "
-              + ("`torch.cuda.max_memory_allocated`" if any("cuda" in r.get("peak_memory_kind", "") for r in ok)
-                 else "the run's peak resident memory above its idle baseline (each run in its own process)")
-              + ". TPME = 0.45·time' + 0.10·params' + 0.45·memory' after min–max normalisation (lower is better).", ""]
+    lines += ["Cost columns are a run's first finished seed that trained with nothing else of the suite "
+              "running (recorded by the suite; a row without one has blank cost columns)"
+              + (f"; the other seeds trained {meta['parallel']} at a time, for their quality only"
+                 if meta.get("parallel", 1) > 1 else "") + ". Time per epoch counts the training loop only; "
+              + memory_sentence(ok) + ". TPME = 0.45·time' + 0.10·params' + 0.45·memory' after min–max "
+              "normalisation (lower is better; only when every costed row was measured on the same device, "
+              "thread count and kind of peak memory).", ""]
     lines += ["## All test metrics", "", metrics_table(rows), ""]
     for f in figures:
         lines += [f"![{Path(f).stem}]({f})", ""]

@@ -1,0 +1,257 @@
+"""When a suite may reuse a finished run (crossan.reports.suite): only when it was trained on the data the
+suite reads now (split and item fingerprints) and with the configuration it asks for, a key the saved config
+lacks read as the run ran (``config.CHANGED_DEFAULTS``); the suite's own note of whether a run trained alone;
+one layer-state cache per set of run-level cache overrides; what the built-in and benchmark suite files say.
+
+The run folders are written as the trainer writes them (config.yaml from the suite's own overrides,
+results.json with the fingerprints of the data prepared by the protocol, per_user.npz), so that
+``run_suite`` reuses or refuses them without training anything."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import crossan
+from conftest import random_dataset
+from crossan.config import CHANGED_DEFAULTS, config_differences, load_config, to_dict
+from crossan.data import prepare
+from crossan.evaluation import mean_metrics
+from crossan.ranking import item_fingerprint, split_fingerprint
+from crossan.reports.children import read_training_record, training_record_path
+from crossan.reports.suite import Suite, load_suite, run_overrides, run_suite
+
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks" / "suites"
+
+
+def _suite_file(root: Path, data: Path, seeds: str = "[0]", parallel: int = 1, runs: str = "") -> Suite:
+    path = root / "s.yaml"
+    path.write_text(f"description: t\ndata: {data}\npreset: tiny\nseeds: {seeds}\nparallel: {parallel}\n"
+                    "overrides: [train.epochs=2, device=cpu]\n"
+                    + (runs or "runs:\n  - {name: A, method: id, modalities: [text]}\n"))
+    return load_suite(str(path))
+
+
+def _finished_run(suite: Suite, data: Path, out: Path, seed: int, *, drop: tuple[str, ...] = (),
+                  alone: bool | None = True, time_per_epoch: float = 1.0, **fields: Any) -> Path:
+    """Write ``out/runs/A/seed-S`` as the trainer would have for the suite's run A on ``data`` as it is now
+    (``drop``: config keys ``section.key`` left out of config.yaml, as an older crossan wrote it; ``fields``:
+    results.json entries replaced, None removes one; ``alone``: the suite's note, None: no note)."""
+    run = suite.runs[0]
+    cfg = load_config([], run_overrides(suite, run, str(data), seed))
+    run_dir = out / "runs" / run.name / f"seed-{seed}"
+    run_dir.mkdir(parents=True)
+    saved = to_dict(cfg)
+    saved["data"]["path"] = str(Path(saved["data"]["path"]).resolve())
+    for key in drop:
+        section, name = key.split(".")
+        del saved[section][name]
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    prepared = prepare(cfg.data)
+    ranks = torch.as_tensor(np.arange(1, len(prepared.test.targets) + 1) % 30 + 1, dtype=torch.float64)
+    results: dict[str, Any] = {
+        "method": run.method, "modalities": run.modalities, "dataset": prepared.name, "best_epoch": 1,
+        "epochs_run": 2, "valid": mean_metrics(ranks, (5, 10, 20)), "test": mean_metrics(ranks, (5, 10, 20)),
+        "train_time_per_epoch_s": time_per_epoch, "eval_time_s": 0.1, "trainable_params": 10,
+        "total_params": 10,
+        "peak_memory_bytes": 2**20, "peak_memory_kind": "cpu_peak_rss_above_idle",
+        "device": "cpu (x, torch threads 2)", "compute_dtype": "float32", "mask_history": True,
+        "split_fingerprint": split_fingerprint(prepared), "item_fingerprint": item_fingerprint(prepared),
+        "crossan_version": crossan.__version__}
+    for k, v in fields.items():
+        if v is None:
+            results.pop(k)
+        else:
+            results[k] = v
+    (run_dir / "results.json").write_text(json.dumps(results))
+    np.savez_compressed(run_dir / "per_user.npz", valid_ranks=ranks.numpy(), test_ranks=ranks.numpy(),
+                        users=np.asarray(prepared.users), split_fingerprint=np.asarray(results.get(
+                            "split_fingerprint", "")))
+    if alone is not None:
+        training_record_path(run_dir).write_text(json.dumps({"trained_alone": alone, "runs_at_once": 1}))
+    return run_dir
+
+
+# --------------------------------------------------------------------------------------------- data changed
+@pytest.mark.parametrize("change", ["none", "data folder rewritten", "item_fingerprint",
+                                    "no split_fingerprint"])
+def test_a_finished_run_is_reused_only_on_the_data_it_was_trained_on(tmp_path: Path, change: str,
+                                                                      capsys) -> None:
+    """The audit's case: the suite is run again after the data folder's content changed. The finished run
+    was trained on the old data; it must be refused (naming the folder and what differs), not reused under
+    the new data's digest."""
+    data = random_dataset(tmp_path / "data", seed=0)
+    suite = _suite_file(tmp_path, data)
+    out = tmp_path / "out"
+    fields: dict[str, Any] = {"item_fingerprint": "0" * 16} if change == "item_fingerprint" else {}
+    if change == "no split_fingerprint":
+        fields["split_fingerprint"] = None
+    run_dir = _finished_run(suite, data, out, 0, **fields)
+    if change == "data folder rewritten":  # same folder, same name, other content (other users and items)
+        shutil.rmtree(data)
+        random_dataset(data, seed=1, n_users=130)
+    before = (run_dir / "results.json").read_bytes()
+    capsys.readouterr()
+    (row,) = run_suite(suite, out, progress=False)
+    printed = capsys.readouterr().out
+    assert (run_dir / "results.json").read_bytes() == before  # nothing retrained, nothing overwritten
+    if change == "none":
+        assert row["status"] == "ok" and row["reused_seeds"] == "0" and "done earlier, reusing" in printed
+        return
+    assert row["status"] == "failed" and "reusing" not in printed
+    assert row["error"].startswith(f"seed 0: {run_dir} holds a run trained on other data than {data} "
+                                   "holds now (")
+    assert row["error"].endswith("); pass --fresh to retrain it or choose another --out")
+    now = prepare(load_config([], run_overrides(suite, suite.runs[0], str(data), 0)).data)
+    old = json.loads(before)
+    want = {"data folder rewritten": f"split_fingerprint: {old.get('split_fingerprint')} → "
+                                     f"{split_fingerprint(now)}",
+            "item_fingerprint": f"item_fingerprint: {'0' * 16} → {item_fingerprint(now)}",
+            "no split_fingerprint": "records no split_fingerprint"}[change]
+    assert want in row["error"]
+
+
+# --------------------------------------------------------------------------------------------- old defaults
+def test_a_saved_config_without_a_key_whose_default_changed_reads_as_it_ran() -> None:
+    """``train.negatives`` was added as ``unique`` and now defaults to ``slots``: a config.yaml written
+    before the key existed ran with ``unique``, so it differs from a run of today's default and equals one
+    with ``train.negatives=unique``. A key added with today's default (``train.pop_smoothing``) still takes
+    it."""
+    now = load_config([], [])
+    assert now.train.negatives == "slots"
+    saved = to_dict(now)
+    del saved["train"]["negatives"]
+    assert config_differences(saved, now) == ["train.negatives: 'unique' → 'slots'"]
+    assert config_differences(saved, load_config([], ["train.negatives=unique"])) == []
+    del saved["train"]["pop_smoothing"]
+    assert config_differences(saved, load_config([], ["train.negatives=unique"])) == []
+    del saved["train"]  # a whole section missing: filled the same way
+    assert config_differences(saved, now) == ["train.negatives: 'unique' → 'slots'"]
+    assert CHANGED_DEFAULTS == {"train.negatives": "unique"}  # the one key found in the history
+
+
+def test_a_suite_refuses_to_reuse_a_run_trained_before_negatives_existed(tmp_path: Path) -> None:
+    data = random_dataset(tmp_path / "data")
+    suite = _suite_file(tmp_path, data)
+    run_dir = _finished_run(suite, data, tmp_path / "out", 0, drop=("train.negatives",))
+    (row,) = run_suite(suite, tmp_path / "out", progress=False)
+    assert row["status"] == "failed"
+    assert row["error"] == (f"seed 0: {run_dir} holds a run with another configuration (train.negatives: "
+                            "'unique' → 'slots'); pass --fresh to retrain it or choose another --out")
+
+
+# --------------------------------------------------------------------------------------------- trained alone
+def test_the_suite_records_whether_a_run_trained_alone(tmp_path: Path) -> None:
+    from crossan.reports.suite import finish_job
+
+    run_dir = tmp_path / "runs" / "A" / "seed-1"
+    run_dir.mkdir(parents=True)
+    for alone, at_once in ((False, 2), (True, 1)):
+        rec = {"dir": str(run_dir), "log": str(tmp_path / "none.log"), "t0": 0.0, "label": "A seed 1",
+               "status": "ok", "alone": alone, "at_once": at_once}
+        finish_job(rec, 0)
+        record = read_training_record(run_dir)
+        assert record is not None and record["trained_alone"] is alone and record["runs_at_once"] == at_once
+    assert training_record_path(run_dir) == tmp_path / "runs" / "A" / "seed-1.suite.json"
+
+
+@pytest.mark.parametrize(("note", "alone"), [(True, True), (False, False), (None, False)])
+def test_a_resumed_run_trained_alone_only_if_its_earlier_epochs_did(tmp_path: Path, note: bool | None,
+                                                                   alone: bool) -> None:
+    """An interrupted (run, seed) resumed alone keeps ``alone`` only when its note says its earlier epochs
+    trained alone (no note: not known, so not alone); the note is written before its training starts."""
+    from crossan.reports.suite import _job
+
+    data = random_dataset(tmp_path / "data")
+    suite = _suite_file(tmp_path, data)
+    run_dir = _finished_run(suite, data, tmp_path / "out", 0, alone=note)
+    (run_dir / "results.json").unlink()  # interrupted: config.yaml and a checkpoint, no results
+    rec, kwargs = _job(suite, suite.runs[0], 0, data, tmp_path / "out", True, "A seed 0", alone=True)
+    assert kwargs is not None and kwargs["resume"] and rec["alone"] is alone
+    assert read_training_record(run_dir) == {**read_training_record(run_dir), "trained_alone": alone,
+                                             "finished": False}
+
+
+def test_a_reused_run_gives_its_cost_only_when_it_trained_alone(tmp_path: Path) -> None:
+    """Seed 0 (the first of --seeds) was trained two at a time by an earlier invocation, seed 1 alone: the
+    cost is seed 1's, and the report does not claim seed 0 trained alone. With no note at all (runs of an
+    older suite) the cost cells stay blank and the row says why."""
+    data = random_dataset(tmp_path / "data")
+    suite = _suite_file(tmp_path, data, seeds="[0, 1]", parallel=2)
+    _finished_run(suite, data, tmp_path / "out", 0, alone=False, time_per_epoch=9.0)
+    _finished_run(suite, data, tmp_path / "out", 1, alone=True, time_per_epoch=2.0)
+    (row,) = run_suite(suite, tmp_path / "out", progress=False)
+    assert row["status"] == "ok" and row["cost_seed"] == 1 and row["time_per_epoch_s"] == 2.0
+    for s in (0, 1):
+        training_record_path(tmp_path / "out" / "runs" / "A" / f"seed-{s}").unlink()
+    (row,) = run_suite(suite, tmp_path / "out", progress=False)
+    assert np.isnan(row["time_per_epoch_s"]) and any(f.startswith("cost blank") for f in row["flags"])
+    table = (tmp_path / "out" / "results.md").read_text().splitlines()
+    line = next(x for x in table if x.startswith("| A |"))
+    assert "| nan |" not in line and "cost blank" in line
+
+
+# ------------------------------------------------------------------------------------------- run-level cache
+@pytest.mark.subprocess
+def test_run_level_cache_and_encoder_overrides_get_a_cache_of_their_own(tmp_path: Path) -> None:
+    """A run that changes its encoder or its cache folder reads a cache the suite now builds for it; a run
+    whose cache cannot be built fails with that error, and the others go on."""
+    from crossan.cache.layout import modality_folder
+    from crossan.reports.suite import _job, ensure_cache
+
+    data = random_dataset(tmp_path / "data", n_users=60, n_items=30)
+    suite = _suite_file(tmp_path, data, runs=(
+        "runs:\n  - {name: Base, method: frozen, modalities: [text]}\n"
+        f"  - {{name: OwnDir, method: frozen, modalities: [text],\n"
+        f"     overrides: [cache.dir={tmp_path / 'own'}]}}\n"
+        "  - {name: OwnEnc, method: frozen, modalities: [text], overrides: [encoders.text.max_text_len=8]}\n"
+        "  - {name: Bad, method: frozen, modalities: [text],\n"
+        "     overrides: [cache.dir=/dev/null/crossan-cache]}\n"))
+    out = tmp_path / "out"
+    out.mkdir()
+    built = ensure_cache(suite, data, out, progress=False)
+    prepared = prepare(load_config([], run_overrides(suite, suite.runs[0], str(data), 0)).data)
+    folders = {r.name: modality_folder(load_config([], run_overrides(suite, r, str(data), 0)), prepared,
+                                       "text") for r in suite.runs[:3]}
+    assert len(set(folders.values())) == 3 and folders["OwnDir"].is_relative_to(tmp_path / "own")
+    for name, folder in folders.items():
+        assert (folder / "manifest.json").is_file(), name
+    _, errors = built
+    assert list(errors) == ["Bad"]
+    assert errors["Bad"].startswith("building the layer-state cache for its overrides "
+                                    "cache.dir=/dev/null/crossan-cache failed (see ")
+    rec, kwargs = _job(suite, suite.runs[3], 0, data, out, True, "Bad seed 0", alone=True,
+                       cache_error=errors["Bad"])
+    assert kwargs is None and rec["status"] == "failed" and rec["error"] == errors["Bad"]
+
+
+# --------------------------------------------------------------------------------------------- suite files
+def test_the_tiny_suite_describes_its_size() -> None:
+    suite = load_suite("tiny")
+    trainings = sum(len(suite.seeds_of(r)) for r in suite.runs)
+    assert "seconds-long" not in suite.description
+    assert f"{len(suite.runs)} runs, {trainings} trainings" in suite.description
+    broken = next(r for r in suite.runs if r.name == "Broken")
+    assert broken.overrides == ["cache.dir=/dev/null/crossan-cache"]  # cannot be created, even by root
+
+
+@pytest.mark.parametrize("name", ["modalities_offline", "modalities_offline-random"])
+def test_modalities_suites_do_not_claim_to_share_the_ablation_config(name: str) -> None:
+    """CROSSAN-text pins train.negatives=unique, the ablation suite's CROSSAN-M1 runs today's default."""
+    text = (BENCHMARKS / f"{name}.yaml").read_text()
+    suite, ablation = load_suite(str(BENCHMARKS / f"{name}.yaml")), load_suite("ablation")
+    mine = next(r for r in suite.runs if r.name == "CROSSAN-text")
+    theirs = next(r for r in ablation.runs if r.name == "CROSSAN-M1")
+    cfg = load_config([], [o for o in run_overrides(suite, mine, "d", 0)
+                           if not o.startswith("encoders.preset")])
+    other = load_config([], [o for o in run_overrides(ablation, theirs, "d", 0)
+                             if not o.startswith("encoders.preset")])
+    assert config_differences(to_dict(other), cfg) == ["train.negatives: 'slots' → 'unique'"]
+    assert "share a config" not in text and "does NOT share" in text
