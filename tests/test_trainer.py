@@ -144,3 +144,27 @@ def test_a_crash_before_the_checkpoint_keeps_the_best_weights_it_knows(small_dat
     monkeypatch.setattr(trainer, "save_checkpoint", real_save)
     resumed = train(_cfg(small_data), out, resume=True, progress=False)
     assert resumed["test"] == full["test"] and not list(out.glob("best.pending-*"))
+
+
+def test_resume_refuses_a_checkpoint_trained_on_other_data(small_data: Path, tmp_path: Path, monkeypatch) -> None:
+    """The same configuration can name a dataset folder whose content changed since the crash: continuing
+    its epochs on the new data would mix two datasets in one run. The checkpoint records the data's
+    fingerprints and --resume compares them."""
+    real_batches = trainer._batches
+
+    def crash_at_epoch_2(n, bs, seed, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt("simulated crash")
+        return real_batches(n, bs, seed, epoch)
+
+    monkeypatch.setattr(trainer, "_batches", crash_at_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(small_data), tmp_path / "run", progress=False)
+    monkeypatch.setattr(trainer, "_batches", real_batches)
+    users = small_data / "users.tsv"
+    lines = users.read_text().splitlines()
+    users.write_text("\n".join(lines[:-1]) + "\n")  # one user fewer: other splits, same items
+    with pytest.raises(RunError, match=r"trained on other data than the dataset holds now \(split_fingerprint"):
+        train(_cfg(small_data), tmp_path / "run", resume=True, progress=False)
+    users.write_text("\n".join(lines) + "\n")  # the data it was trained on: resumes
+    assert train(_cfg(small_data), tmp_path / "run", resume=True, progress=False)["best_epoch"] >= 1

@@ -268,19 +268,27 @@ class TrainState:
     best_valid: dict[str, float] | None = None
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, state: TrainState) -> None:
-    """Model, optimiser and loop state after a finished epoch, with the world size that wrote it."""
+def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, state: TrainState,
+                    data: dict[str, str] | None = None) -> None:
+    """Model, optimiser and loop state after a finished epoch, with the world size that wrote it and
+    ``data``: the fingerprints of the data it trains on (``split_fingerprint``, ``item_fingerprint``)."""
     atomic_torch_save({
         "model": model.state_dict(),
         "optimizer": opt.state_dict(),
         "state": {"epoch": state.epoch, "best_epoch": state.best_epoch, "best_metric": state.best_metric,
                   "bad_epochs": state.bad_epochs, "epoch_times": state.epoch_times, "best_valid": state.best_valid},
         "world_size": dist.world_size(),
+        "data": dict(data or {}),
     }, path)
 
 
-def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> TrainState:
-    """Restore model and optimiser from ``path``; the loop state to continue from."""
+def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                    data: dict[str, str] | None = None) -> TrainState:
+    """Restore model and optimiser from ``path``; the loop state to continue from.
+
+    ``data``: the fingerprints of the data the run reads now; a checkpoint that records others was trained on
+    other data (the same configuration can name a folder whose content changed) and is refused. Checkpoints
+    written before the fingerprints were recorded are resumed as before."""
     import pickle
     import warnings
 
@@ -300,6 +308,11 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
     if ck["world_size"] != dist.world_size():
         raise RunError(f"{path} was written by {ck['world_size']} processes; resume it with the same world size "
                        f"(now {dist.world_size()})")
+    saved = ck.get("data") if isinstance(ck.get("data"), dict) else {}
+    changed = [f"{k}: {saved[k]} → {v}" for k, v in (data or {}).items() if k in saved and saved[k] != v]
+    if changed:
+        raise RunError(f"{path} was trained on other data than the dataset holds now ({'; '.join(changed)}): "
+                       f"its epochs cannot be continued on this data; train into a new folder, or {fresh}")
     try:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])

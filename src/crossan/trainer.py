@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +120,11 @@ def _num_batches(n: int, batch_size: int) -> int:
     return full + (1 if last >= dist.world_size() else 0)
 
 
+def data_fingerprints(data: SequentialData) -> dict[str, str]:
+    """What identifies the data a run trains on (checked when a checkpoint is resumed)."""
+    return {"split_fingerprint": split_fingerprint(data), "item_fingerprint": item_fingerprint(data)}
+
+
 def _seed_epoch(seed: int, epoch: int) -> None:
     """Dropout and sampled negatives draw from a stream fixed by (seed, epoch, rank): resuming after any
     finished epoch replays exactly what an uninterrupted run does, with no RNG state to save."""
@@ -174,6 +179,13 @@ class _Run:
     """:func:`module_report` of the model."""
     step_model: torch.nn.Module | None = None
     """``model``, or it wrapped in DistributedDataParallel under torchrun."""
+    fingerprints: dict[str, str] = field(default_factory=dict)
+    """:func:`data_fingerprints` of ``data`` (stored in each checkpoint; computed once)."""
+
+    def data_fingerprints(self) -> dict[str, str]:
+        if not self.fingerprints:
+            self.fingerprints = data_fingerprints(self.data)
+        return self.fingerprints
 
 
 def train(cfg: Config, run_dir: str | Path, resume: bool = False, data: SequentialData | None = None,
@@ -262,7 +274,7 @@ def _resume(run: _Run, resume: bool) -> TrainState:
     state = TrainState(epoch_times=[])
     ckpt = run.run_dir / CHECKPOINT
     if resume and ckpt.is_file():
-        state = load_checkpoint(ckpt, run.model, run.opt)
+        state = load_checkpoint(ckpt, run.model, run.opt, run.data_fingerprints())
         log.info("resumed from %s after epoch %d (best %s=%.5f at epoch %d)", ckpt, state.epoch,
                  run.cfg.train.metric, state.best_metric, state.best_epoch)
     if dist.is_main():
@@ -315,7 +327,7 @@ def _run_epoch(run: _Run, state: TrainState, inputs: torch.Tensor, targets: torc
     if dist.is_main():
         with (run.run_dir / HISTORY).open("a") as f:
             f.write(json.dumps(record) + "\n")
-        save_checkpoint(run.run_dir / CHECKPOINT, run.model, run.opt, state)
+        save_checkpoint(run.run_dir / CHECKPOINT, run.model, run.opt, state, run.data_fingerprints())
         settle_best_weights(run.run_dir, state.best_epoch)
     dist.barrier()
 
