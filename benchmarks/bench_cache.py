@@ -169,6 +169,16 @@ def bench_build(cfg: Config, data: Items, modalities: list[str], batch_size: int
     return {m: (n - batch_size) / (ends[m] - starts[m]) for m in modalities if ends[m] > starts[m]}
 
 
+def _peak(precision: str) -> float:
+    """The dense matmul rate (FLOP/s) at ``precision``; NaN for bf16 on a CPU without bf16 units, where
+    2048² bf16 products take an emulated path of minutes that says nothing about the encoders' rate."""
+    from crossan.precision import cpu_has_bf16
+
+    if precision == "bf16" and not cpu_has_bf16():
+        return float("nan")
+    return matmul_rate(torch.bfloat16 if precision == "bf16" else torch.float32)
+
+
 def _load() -> float | None:
     """The 1-minute load average (None where the OS does not report it)."""
     try:
@@ -231,16 +241,17 @@ def main(argv: list[str] | None = None) -> None:
             print(f"writing {args.items} synthetic items …")
             data = synthetic_items(Path(tmp), args.items, image_px=args.image_px)
         precisions = [p for p in args.precision.split(",") if p]
-        peaks = {p: matmul_rate(torch.bfloat16 if p == "bf16" else torch.float32) for p in precisions}
+        peaks = {p: _peak(p) for p in precisions}
         for p, v in peaks.items():
-            print(f"dense {p} matmul: {v / 1e9:.1f} GFLOP/s on {torch.get_num_threads()} threads")
+            print(f"dense {p} matmul: {v / 1e9:.1f} GFLOP/s on {torch.get_num_threads()} threads" if v == v else
+                  f"dense {p} matmul: not measured (no bf16 units: emulated 2048² bf16 products take minutes)")
         rows = []
         for m in modalities:
             encoder = build_encoder(m, specs[m])
             for bs in batch_sizes:
                 for p in precisions:
                     if args.peak_per_row:  # on a shared machine the peak moves with the other jobs' load
-                        peaks[p] = matmul_rate(torch.bfloat16 if p == "bf16" else torch.float32)
+                        peaks[p] = _peak(p)
                     rows.append(bench_modality(m, encoder, data, bs, peaks[p], p) | {"load_avg_1min": _load()})
             del encoder
         if args.build:

@@ -26,7 +26,7 @@ import torch
 
 from crossan.config import Config
 from crossan.data.catalogue import Catalogue, ItemRecord
-from crossan.precision import autocast, compute_dtype
+from crossan.precision import autocast, compute_dtype, cpu_has_bf16
 from crossan.utils import cpu_description, matmul_rate
 
 WORDS = ("jazz piano session cooking pasta recipe travel city walk vlog yoga home workout retro arcade "
@@ -105,7 +105,9 @@ def main() -> None:
             wall, cpu, _ = timed(forward)
             res[p]["fwd"].append(wall)
             res[p]["fwd_cpu"].append(cpu)
-            res[p]["peak"].append(matmul_rate(compute_dtype(p, "cpu")))
+            dtype = compute_dtype(p, "cpu")  # no rate for emulated bf16 (minutes per 2048² product, no peak)
+            res[p]["peak"].append(float("nan") if dtype == torch.bfloat16 and not cpu_has_bf16()
+                                  else matmul_rate(dtype))
             print(f"round {r + 1} {p}: build {res[p]['build'][-1]:.1f} s, forward {res[p]['fwd'][-1]:.1f} s", flush=True)
     n = len(records)
     rows = []

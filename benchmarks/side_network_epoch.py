@@ -6,11 +6,15 @@ random fp16 layer-state cache of the paper's shape (D = 768, K = 7) and a synthe
 MicroLens-100K's size, keeps the cache on the device, and times one epoch of each method with the project's
 own trainer step (``crossan.trainer.train_epoch``), one method after the other in one process.
 
-Memory: on CUDA ``torch.cuda.max_memory_allocated`` over the epoch (reset before each method; the resident
-cache is reported separately). On CPU, where torch keeps no such counter, the same quantity is rebuilt from
-the allocator's events: the model's and optimiser's state (parameters, buffers, Adam moments) plus the peak
-of what ``--memory-steps`` training steps allocate on top (activations, gradients, temporaries), followed
-with ``torch.profiler`` (see ``crossan.utils.cpu_allocation_peak``); the cache is added separately.
+Memory, per method: the model's and optimiser's state (parameters, buffers, Adam moments) plus the peak of
+what its training steps allocate on top (activations, gradients, temporaries); the cache is added
+separately. On CUDA the step peak is ``torch.cuda.max_memory_allocated`` over the method's timed steps minus
+what was allocated before them (every model stays resident, so the others' state is not counted). On CPU,
+where torch keeps no such counter, it is rebuilt from the allocator's events over ``--memory-steps`` steps,
+followed with ``torch.profiler`` (see ``crossan.utils.cpu_allocation_peak``).
+
+The interactions: MicroLens-100K's size (``--users`` 100,000, ``--items`` 19,738, ``--per-user`` 7.19
+interactions on average: 5 plus a Poisson draw, from a long-tailed popularity).
 (Process RSS is no use here: it is dominated by the libraries and never returns freed pages.)
 
     python benchmarks/side_network_epoch.py --device cuda --out bench_out/gpu
@@ -74,11 +78,19 @@ from crossan.utils import (
 MODS = ["text", "image", "video", "audio"]
 
 
-def synthetic_sequences(users: int, items: int, seed: int) -> RawData:
+MICROLENS_100K_PER_USER = 719_405 / 100_000
+"""MicroLens-100K's interactions per user (METHOD.md: 100,000 users, 19,738 items, 719,405 interactions)."""
+
+
+def synthetic_sequences(users: int, items: int, seed: int, per_user: float = MICROLENS_100K_PER_USER) -> RawData:
+    """``users`` sequences of at least 5 items (MicroLens's 5-core) and ``per_user`` items on average (5 plus
+    a Poisson draw), drawn from a long-tailed popularity over ``items`` items."""
+    if per_user < 5:
+        raise ValueError(f"--per-user {per_user}: sequences have at least 5 items")
     rng = np.random.default_rng(seed)
     pop = rng.permutation(np.arange(1, items + 1) ** -0.8)  # a long-tailed popularity
     p = pop / pop.sum()
-    lengths = rng.integers(5, 14, size=users)
+    lengths = 5 + rng.poisson(per_user - 5, size=users)
     seqs = {f"u{u}": [f"i{k}" for k in rng.choice(items, size=n, p=p)] for u, n in enumerate(lengths)}
     cat = Catalogue(Path("."), (ItemRecord(f"i{k}", f"item {k}") for k in range(items)))
     return RawData(seqs, cat)
@@ -111,6 +123,9 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--users", type=int, default=100_000)
     ap.add_argument("--items", type=int, default=19_738)
+    ap.add_argument("--per-user", type=float, default=MICROLENS_100K_PER_USER,
+                    help="mean interactions per user (default: MicroLens-100K's 7.19; before 2026-12-01 the "
+                         "sequences had 5-13 items, 9.0 on average)")
     ap.add_argument("--width", type=int, default=768, help="D of every modality's states")
     ap.add_argument("--taps", type=int, default=7)
     ap.add_argument("--batch-size", type=int, default=64)
@@ -142,7 +157,9 @@ def main() -> None:
 
     base = load_config([], [f"train.batch_size={args.batch_size}", f"seed={args.seed}", *args.set])
     malloc = configure_malloc(base.train.malloc, device)  # as training would (process-wide)
-    data = apply_protocol(synthetic_sequences(args.users, args.items, args.seed), base.data, name="synthetic")
+    raw = synthetic_sequences(args.users, args.items, args.seed, args.per_user)
+    interactions = sum(len(v) for v in raw.sequences.values())
+    data = apply_protocol(raw, base.data, name="synthetic")
     n = data.num_items
     home = device if args.cache_on == "device" else torch.device("cpu")
     states, present = random_cache(n, MODS, args.taps, args.width, args.seed, home)
@@ -150,7 +167,7 @@ def main() -> None:
     inputs, targets = torch.as_tensor(data.train_inputs), torch.as_tensor(data.train_targets)
     full = _num_batches(len(inputs), args.batch_size)
     all_batches = _batches(len(inputs), args.batch_size, args.seed, 1)
-    steps = args.max_steps or len(all_batches)
+    steps = min(args.max_steps or len(all_batches), len(all_batches))  # the steps each round really runs
 
     runs = []  # every (precision, M, method) model, built and warmed up before any timing
     for precision in args.precision.split(","):
@@ -175,12 +192,14 @@ def main() -> None:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
+                resident = torch.cuda.memory_allocated(device)  # the cache and every model's state
             c0, t0 = time.process_time(), time.perf_counter()
             run["losses"].append(train_epoch(run["model"], run["opt"], batches, inputs, targets, device, progress=False))
             run["times"].append(time.perf_counter() - t0)
             run["cpu_times"].append(time.process_time() - c0)
-            if device.type == "cuda":
-                run["cuda_peak"] = max(run.get("cuda_peak", 0), torch.cuda.max_memory_allocated(device))
+            if device.type == "cuda":  # what this model's steps allocated above what was resident before them
+                run["cuda_step_peak"] = max(run.get("cuda_step_peak", 0),
+                                            torch.cuda.max_memory_allocated(device) - resident)
             print(f"round {r + 1}: {run['method']} M={run['modalities']} {run['precision']}: "
                   f"{run['times'][-1] / len(batches) * 1e3:.1f} ms/step", flush=True)
     load_after = os.getloadavg()
@@ -193,11 +212,11 @@ def main() -> None:
         best = min(range(args.rounds), key=lambda i: run["times"][i])
         epoch_s = run["times"][best] * full / steps
         used_cache = sum(cache_bytes[m] for m in mods)
-        if device.type == "cuda":
-            peak = run["cuda_peak"]
-            resident = sum(cache_bytes[m] for m in MODS) if home.type == "cuda" else 0  # all four
-            peak_above_cache, before = peak - resident, 0
-            kind = "cuda_max_memory_allocated"
+        if device.type == "cuda":  # every model stays on the GPU, so count this model's state, not the others'
+            before = state_bytes(model, opt)
+            peak_above_cache = before + run["cuda_step_peak"]
+            peak = (used_cache if home.type == "cuda" else 0) + peak_above_cache
+            kind = "cuda_state_plus_step_max_memory_allocated"
         else:
             extra = all_batches[: args.memory_steps]
             step_peak = cpu_allocation_peak(
@@ -245,6 +264,7 @@ def main() -> None:
     machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
                else f"CPU {cpu_description()}, {torch.get_num_threads()} threads")
     meta = {"machine": machine, "torch": torch.__version__, "users": data.num_users, "items": n,
+            "interactions": interactions, "per_user": round(interactions / max(1, args.users), 3),
             "width": args.width, "taps": args.taps, "batch_size": args.batch_size, "cache_on": args.cache_on,
             "overrides": args.set, "adam": args.adam, "malloc": malloc, "cache_bytes_per_modality": cache_bytes["text"],
             "load_average_before": [round(x, 2) for x in load_before],

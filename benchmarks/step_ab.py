@@ -21,6 +21,7 @@ import gc
 import json
 import os
 import resource
+import statistics
 import time
 from pathlib import Path
 
@@ -80,18 +81,20 @@ def main() -> None:
         for name, run in runs.items():
             gc.collect()
             c0, t0 = time.process_time(), time.perf_counter()
-            train_epoch(run["model"], run["opt"], batches[lo: lo + args.steps], inputs, targets, cpu, progress=False)
-            run["wall_ms"].append((time.perf_counter() - t0) / args.steps * 1e3)
-            run["cpu_ms"].append((time.process_time() - c0) / args.steps * 1e3)
+            chunk = batches[lo: lo + args.steps]  # fewer than --steps when the epoch is shorter
+            train_epoch(run["model"], run["opt"], chunk, inputs, targets, cpu, progress=False)
+            run["wall_ms"].append((time.perf_counter() - t0) / len(chunk) * 1e3)
+            run["cpu_ms"].append((time.process_time() - c0) / len(chunk) * 1e3)
             print(f"round {r + 1} {name}: {run['wall_ms'][-1]:.1f} ms/step (CPU {run['cpu_ms'][-1]:.1f})", flush=True)
     full = _num_batches(len(inputs), 64)
     summary = {}
     for name, run in runs.items():
         w, c = sorted(run["wall_ms"]), sorted(run["cpu_ms"])
-        summary[name] = {"best_ms": w[0], "median_ms": w[len(w) // 2], "cpu_best_ms": c[0], "rounds_ms": run["wall_ms"],
-                         "best_s_per_epoch": w[0] * full / 1e3, "median_s_per_epoch": w[len(w) // 2] * full / 1e3}
-        print(f"{name}: best {w[0]:.1f} / median {w[len(w) // 2]:.1f} ms per step (CPU best {c[0]:.1f}); "
-              f"{w[0] * full / 1e3:.1f} / {w[len(w) // 2] * full / 1e3:.1f} s per {full:,}-step epoch")
+        med = statistics.median(w)  # the mean of the middle two for an even number of rounds
+        summary[name] = {"best_ms": w[0], "median_ms": med, "cpu_best_ms": c[0], "rounds_ms": run["wall_ms"],
+                         "best_s_per_epoch": w[0] * full / 1e3, "median_s_per_epoch": med * full / 1e3}
+        print(f"{name}: best {w[0]:.1f} / median {med:.1f} ms per step (CPU best {c[0]:.1f}); "
+              f"{w[0] * full / 1e3:.1f} / {med * full / 1e3:.1f} s per {full:,}-step epoch")
     if args.out:
         meta = {"method": args.method, "modalities": args.modalities, "steps": args.steps, "rounds": args.rounds,
                 "machine": cpu_description(), "threads": torch.get_num_threads(), "malloc": malloc,

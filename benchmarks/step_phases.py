@@ -101,12 +101,14 @@ def main() -> None:
         step(idx)
     spent.clear()
     faults0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
-    for idx in batches[args.warmup: args.warmup + args.steps]:
+    timed = batches[args.warmup: args.warmup + args.steps]  # fewer than --steps when the epoch is shorter
+    for idx in timed:
         step(idx)
     total = time.perf_counter() - t0
-    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / args.steps
-    ms = {k: v / args.steps * 1e3 for k, v in spent.items()}
-    ms["whole step"] = total / args.steps * 1e3
+    n = max(1, len(timed))
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / n
+    ms = {k: v / n * 1e3 for k, v in spent.items()}
+    ms["whole step"] = total / n * 1e3
     print(f"{args.method} M={args.modalities}, {args.steps} steps, {torch.get_num_threads()} threads, malloc {malloc}, "
           f"load average {os.getloadavg()[0]:.2f}")
     for name, v in ms.items():
