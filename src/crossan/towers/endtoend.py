@@ -170,6 +170,10 @@ class InputMemo:
                         self.inputs[r] = item
                         self.bytes += size
                     else:
+                        if not self.full:
+                            log.warning("%s inputs: %s MiB kept, the memory limit (input_memory_gb); items "
+                                        "beyond it are decoded again at every use, inside the timed steps",
+                                        self.encoder.modality, f"{self.bytes / 2**20:,.0f}")
                         self.full = True
         present = [self.present[r] for r in rows]
         inputs = [(self.inputs.get(r) or fresh.get(r)) if p else None for r, p in zip(rows, present)]
