@@ -117,3 +117,51 @@ def test_verify_is_refused_under_torchrun(tmp_path: Path) -> None:
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode != 0 and "--verify checks a completed cache in one process" in proc.stderr
     assert not (tmp_path / "cache" / "text").exists()  # nothing was built
+
+
+_GRAD_SCRIPT = '''
+import sys, torch
+import crossan.recommender as R
+from crossan import distributed as dist
+from crossan.config import load_config
+from crossan.data import prepare
+from crossan.trainer import build_model, training_rows
+from crossan.utils import seed_everything
+
+def fixed_negatives(inputs, targets, num_items):  # no sampling: the loss is a sum over positions
+    return torch.where(targets > 0, (targets * 7 + 3) % num_items + 1, torch.zeros_like(targets))
+
+R.sample_negatives = fixed_negatives
+data_path, out, ranks = sys.argv[1], sys.argv[2], int(sys.argv[3])
+cfg = load_config([], [f"data.path={data_path}", "device=cpu", "method=id", "train.loss=bce", "user.dropout=0"])
+data = prepare(cfg.data)
+device = dist.init_from_env(torch.device("cpu"))
+seed_everything(cfg.seed)
+model = build_model(cfg, data, device).train()
+inputs, targets = training_rows(data)
+batch = torch.randperm(len(inputs), generator=torch.Generator().manual_seed(0))[:31]  # odd: unequal shares
+mine = batch[dist.rank()::dist.world_size()]
+step = torch.nn.parallel.DistributedDataParallel(model) if ranks > 1 else model
+step(inputs[mine], targets[mine]).backward()
+if dist.rank() == 0:
+    torch.save({n: p.grad for n, p in model.named_parameters() if p.grad is not None}, out)
+dist.shutdown()
+'''
+
+
+def test_two_process_gradient_equals_the_single_process_gradient(small_data: Path, tmp_path: Path) -> None:
+    """With the negatives fixed and no dropout, the BCE loss is a mean over positions: 2 ranks must give the
+    gradient of one process on the same global batch. Each rank's mean over its own positions, averaged by
+    DDP, weighed a position on the rank with fewer positions more (up to 5% off)."""
+    import torch
+
+    script = tmp_path / "grad.py"
+    script.write_text(_GRAD_SCRIPT)
+    torchrun([str(script), str(small_data), str(tmp_path / "two.pt"), "2"])
+    one = subprocess.run([sys.executable, str(script), str(small_data), str(tmp_path / "one.pt"), "1"],
+                         capture_output=True, text=True, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert one.returncode == 0, one.stderr[-2000:]
+    two, ref = torch.load(tmp_path / "two.pt"), torch.load(tmp_path / "one.pt")
+    assert set(two) == set(ref)
+    for name in ref:
+        torch.testing.assert_close(two[name], ref[name], rtol=1e-4, atol=1e-7, msg=name)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crossan import distributed as dist
 from crossan.config import Config
 from crossan.precision import autocast, full_precision
 from crossan.towers.base import ItemTower
@@ -76,6 +77,8 @@ class Recommender(nn.Module):
             states = self.user_states(rows(emb, inv[:, :L]), inputs)  # [B, L, d]
         with full_precision(inputs.device):
             loss = self._loss(states.float(), emb.float(), uniq, inv, inputs, targets)
+            if self.training and dist.is_distributed():
+                loss = loss * share_weight(targets > 0)
         aux = self.tower.aux_loss()
         return loss if aux is None else loss + aux.float()
 
@@ -97,6 +100,17 @@ class Recommender(nn.Module):
         else:
             loss = inbatch_softmax_loss(states, emb, uniq, inv[:, :L], inv[:, L:], valid, self.log_pop[uniq])
         return loss
+
+
+def share_weight(valid: torch.Tensor) -> torch.Tensor:
+    """``W · n_r / Σ n``: under torchrun, the factor that turns this rank's mean over its ``n_r`` valid
+    positions into its share of the mean over all ranks' positions. DDP averages the W ranks' gradients, so
+    with it every position weighs the same as in one process (without it, a position on a rank with fewer
+    positions weighed more); the in-batch softmax still draws its negatives from the rank's own share."""
+    n = valid.sum().to(torch.float64).reshape(1)
+    total = n.clone()
+    dist.all_reduce_sum_([total])
+    return (n * dist.world_size() / total).to(torch.float32).squeeze(0)
 
 
 def rows(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

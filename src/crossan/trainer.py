@@ -105,8 +105,8 @@ def _batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tenso
 
     ``batch_size`` is the global batch: under torchrun every rank takes every W-th example of it, so the
     examples per step and the learning rate are the same for any world size W. The in-batch softmax,
-    though, draws its negatives from the rank's own share (1/W of the batch) and each rank averages over its
-    own positions before DDP averages the gradients, so the loss is not exactly the single-process one.
+    though, draws its negatives from the rank's own share (1/W of the batch), so the loss is not exactly the
+    single-process one (each position weighs the same: :func:`crossan.recommender.share_weight`).
     A last batch with fewer than W examples is dropped so that every rank takes the same number of steps.
     """
     g = torch.Generator().manual_seed(seed * 1000003 + epoch)
