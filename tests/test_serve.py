@@ -502,6 +502,10 @@ def test_unfinished_run_is_served_with_a_warning_and_not_exported(id_run: Path, 
     assert f"{run}: unfinished run" in err and "results.json" in err
     assert not (tmp_path / "export").exists() and _snapshot(run) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no temporary export folder
+    from crossan.runs import evaluate_run
+
+    with pytest.warns(UnfinishedRunWarning, match="unfinished run"):  # re-scoring says so too
+        evaluate_run(run, device="cpu")
 
 
 # --------------------------------------------------------------------------------------------- history rule

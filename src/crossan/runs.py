@@ -442,9 +442,11 @@ def load_run(run_dir: str | Path, device: str = "auto", data_path: str | None = 
 
 def evaluate_run(run_dir: str | Path, device: str = "auto") -> dict[str, Any]:
     """``crossan evaluate``: score a saved run's best weights on validation and test again (same protocol
-    as training) and write ``evaluation.json``; returns what it wrote."""
+    as training) and write ``evaluation.json``; returns what it wrote. An unfinished run (no results.json) is
+    scored with its best weights so far, with an :class:`UnfinishedRunWarning`."""
     from crossan.ranking import evaluate, split_report
 
+    warn_if_unfinished(run_dir)
     cfg, data, model = load_run(run_dir, device)
     table = model.tower.embed_all(cfg.eval.batch_size)
     out = {"valid": evaluate(model, data, "valid", cfg, table, where=str(run_dir)),
