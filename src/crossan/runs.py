@@ -446,8 +446,8 @@ def evaluate_run(run_dir: str | Path, device: str = "auto") -> dict[str, Any]:
     scored with its best weights so far, with an :class:`UnfinishedRunWarning`."""
     from crossan.ranking import evaluate, split_report
 
-    warn_if_unfinished(run_dir)
     cfg, data, model = load_run(run_dir, device)
+    warn_if_unfinished(run_dir)  # a folder that is no run at all fails in load_run, without this warning
     table = model.tower.embed_all(cfg.eval.batch_size)
     out = {"valid": evaluate(model, data, "valid", cfg, table, where=str(run_dir)),
            "test": evaluate(model, data, "test", cfg, table, where=str(run_dir)), "splits": split_report(data)}
