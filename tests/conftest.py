@@ -57,3 +57,15 @@ def _cache_dir_in_tmp(tmp_path_factory: pytest.TempPathFactory):
         os.environ.pop("CROSSAN_CACHE_DIR", None)
     else:
         os.environ["CROSSAN_CACHE_DIR"] = old
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models on shared CPUs: one intra-op thread is far faster than several contending ones (a module
+    uses it with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

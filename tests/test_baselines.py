@@ -29,6 +29,8 @@ from crossan.trainer import train
 from crossan.utils import count_params
 from media_helpers import FakeData, make_dataset
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 WHISPER = ("config:whisper:d_model=64,encoder_layers=2,encoder_attention_heads=2,encoder_ffn_dim=128,"
            "num_mel_bins=16,max_source_positions=50,decoder_layers=1,decoder_attention_heads=2")
 FAMILY_MODALITY = {"bert": "text", "vit": "image", "videomae": "video", "ast": "audio", "whisper": "audio"}
@@ -51,15 +53,6 @@ LORA_POINTS = {
     "ast": ("layers", "attention.q_proj", "attention.v_proj"),
     "whisper": ("layers", "self_attn.q_proj", "self_attn.v_proj"),
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on shared CPUs: one intra-op thread is far faster than several contending ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -21,17 +21,10 @@ from crossan.towers.endtoend import EndToEndTower
 from crossan.trainer import train
 from media_helpers import make_dataset
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CUT = 12
 """data.max_text_chars of the content run."""
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on shared CPUs: one intra-op thread is far faster than several contending ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -180,12 +180,7 @@ class _Run:
     step_model: torch.nn.Module | None = None
     """``model``, or it wrapped in DistributedDataParallel under torchrun."""
     fingerprints: dict[str, str] = field(default_factory=dict)
-    """:func:`data_fingerprints` of ``data`` (stored in each checkpoint; computed once)."""
-
-    def data_fingerprints(self) -> dict[str, str]:
-        if not self.fingerprints:
-            self.fingerprints = data_fingerprints(self.data)
-        return self.fingerprints
+    """:func:`data_fingerprints` of ``data`` (stored in each checkpoint, compared on resume)."""
 
 
 def train(cfg: Config, run_dir: str | Path, resume: bool = False, data: SequentialData | None = None,
@@ -286,7 +281,7 @@ def _start(cfg: Config, run_dir: Path, resume: bool, data: SequentialData | None
     dist.barrier()
     _setup_logging(run_dir)
     run = _Run(cfg, run_dir, data, device, model, opt, memory, progress and dist.is_main(),
-               params=count_params(model), modules=module_report(model))
+               params=count_params(model), modules=module_report(model), fingerprints=data_fingerprints(data))
     _log_start(run)
     return run
 
@@ -307,7 +302,7 @@ def _resume(run: _Run, resume: bool) -> TrainState:
     state = TrainState(epoch_times=[])
     ckpt = run.run_dir / CHECKPOINT
     if resume and ckpt.is_file():
-        state = load_checkpoint(ckpt, run.model, run.opt, run.data_fingerprints())
+        state = load_checkpoint(ckpt, run.model, run.opt, run.fingerprints)
         log.info("resumed from %s after epoch %d (best %s=%.5f at epoch %d)", ckpt, state.epoch,
                  run.cfg.train.metric, state.best_metric, state.best_epoch)
     if dist.is_main():
@@ -377,7 +372,7 @@ def _run_epoch(run: _Run, state: TrainState, inputs: torch.Tensor, targets: torc
     if dist.is_main():
         with (run.run_dir / HISTORY).open("a") as f:
             f.write(json.dumps(record) + "\n")
-        save_checkpoint(run.run_dir / CHECKPOINT, run.model, run.opt, state, run.data_fingerprints())
+        save_checkpoint(run.run_dir / CHECKPOINT, run.model, run.opt, state, run.fingerprints)
         settle_best_weights(run.run_dir, state.best_epoch)
     dist.barrier()
 
@@ -456,8 +451,7 @@ def _test_best(run: _Run, state: TrainState) -> dict[str, Any]:
         "data": {"users": data.num_users, "items": data.num_items, "dropped_rows": data.dropped},
         "splits": split_report(data),
         "mask_history": cfg.eval.mask_history,
-        "split_fingerprint": split_fingerprint(data),
-        "item_fingerprint": item_fingerprint(data),
+        **run.fingerprints,  # split_fingerprint, item_fingerprint
         "per_user_file": PER_USER,
         "crossan_version": crossan.__version__,
     }
