@@ -36,7 +36,8 @@ FINGERPRINT = "0123456789abcdef"
 def _run_folder(root: Path, name: str, seed: int, test_ranks: np.ndarray, *, mask: bool | None = True,
                 best_epoch: int = 3, epochs: int = 10, version: str | None = crossan.__version__,
                 ks: tuple[int, ...] = (5, 10, 20), alone: bool | None = True, device: str = "cpu",
-                memory_kind: str = "cpu_peak_rss_above_idle", time_per_epoch: float = 1.0) -> dict[str, Any]:
+                memory_kind: str = "cpu_peak_rss_above_idle", time_per_epoch: float = 1.0,
+                peak_rss: int | None = None) -> dict[str, Any]:
     """Write ``root/runs/NAME/seed-S`` as a finished run (``mask`` None: results.json without the key, as an
     older crossan wrote it) and return its suite record (``alone``: whether the suite recorded it as trained
     with nothing else running, None: not known)."""
@@ -55,6 +56,8 @@ def _run_folder(root: Path, name: str, seed: int, test_ranks: np.ndarray, *, mas
         "eval_time_s": 0.1, "trainable_params": 100, "total_params": 100, "peak_memory_bytes": 2**20,
         "peak_memory_kind": memory_kind, "device": device, "compute_dtype": "float32",
         "split_fingerprint": FINGERPRINT, "per_user_file": "per_user.npz"}
+    if peak_rss is not None:  # as the trainer writes it: the absolute peak beside the figure above idle
+        results.update(peak_rss_bytes=peak_rss, idle_rss_bytes=peak_rss - 2**20)
     if mask is not None:
         results["mask_history"] = mask
     if version is not None:
@@ -362,6 +365,23 @@ def test_cost_measured_under_other_settings_is_flagged_and_gets_no_tpme(tmp_path
     same = [_row(tmp_path / "same", n, ranks, time_per_epoch={0: t}) for n, t in (("A", 1.0), ("B", 3.0))]
     write_outputs(same, {**META, "reference": None, "seeds": [0]}, tmp_path)  # one setting: TPME as before
     assert [r["TPME"] for r in same] == [0.0, 0.45] and all(r["flags"] == [] for r in same)
+
+
+def test_the_absolute_peak_resident_memory_is_reported_beside_the_figure_above_idle(tmp_path: Path) -> None:
+    """METHOD.md §10 names a CPU run's peak resident memory itself; the table shows it above an idle baseline,
+    so results.csv carries the absolute figure and the report states its range (a run without it: blank)."""
+    rng = np.random.default_rng(9)
+    ranks = {0: rng.geometric(0.08, size=200).astype(float)}
+    rows = [_row(tmp_path, "SMALL", ranks, peak_rss={0: 300 * 2**20}),
+            _row(tmp_path, "BIG", ranks, peak_rss={0: 612 * 2**20}),
+            _row(tmp_path, "OLD", ranks)]  # results.json of a crossan before the absolute figure was kept
+    write_outputs(rows, {**META, "reference": None, "seeds": [0]}, tmp_path)
+    _, table = _csv_rows(tmp_path)
+    assert [table[n]["peak_rss_bytes"] for n in ("SMALL", "BIG", "OLD")] == [str(300 * 2**20), str(612 * 2**20), ""]
+    assert [table[n]["peak_memory_bytes"] for n in ("SMALL", "BIG")] == [str(2**20)] * 2
+    report = (tmp_path / "report.md").read_text()
+    assert ("the figure METHOD.md §10 names, ranges from 300.0 MiB (SMALL) to 612.0 MiB (BIG): column "
+            "`peak_rss_bytes` of results.csv") in report
 
 
 # --------------------------------------------------------------------------------------------- plots

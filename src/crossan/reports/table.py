@@ -181,10 +181,13 @@ def collect_run(run: Any, recs: list[dict[str, Any]]) -> dict[str, Any]:
         row["time_per_epoch_s"] = cost["train_time_per_epoch_s"]
         row["peak_memory_bytes"] = cost["peak_memory_bytes"]
         row["peak_memory_kind"] = cost.get("peak_memory_kind", "")
+        # the process's own peak resident memory (METHOD.md §10's CPU figure; the table shows it above idle)
+        rss = cost.get("peak_rss_bytes")
+        row["peak_rss_bytes"] = int(rss) if rss else math.nan
         row["eval_time_s"] = cost.get("eval_time_s", math.nan)
         row["device"] = cost["device"]
     else:  # no clean cost measurement
-        row["time_per_epoch_s"] = row["peak_memory_bytes"] = math.nan
+        row["time_per_epoch_s"] = row["peak_memory_bytes"] = row["peak_rss_bytes"] = math.nan
         row["flags"].append(why)
     row["trainable_params"], row["total_params"] = first["trainable_params"], first["total_params"]
     cpu = [r.get("cpu_s") for r in recs]
@@ -329,7 +332,7 @@ def add_paired_tests(rows: list[dict[str, Any]], reference: str | None, resample
 COLUMNS = ["name", "method", "modalities", "status", "cost_only", "seeds",
            *[f"test_{k}_{s}" for k in METRICS for s in ("mean", "ci95")], "valid_NDCG@10_mean", "valid_NDCG@10_ci95",
            "reference", "diff_NDCG@10", "diff_ci95_low", "diff_ci95_high", "p_value", "p_holm", "holm_tests",
-           "significant", "best_epochs", "time_per_epoch_s", "peak_memory_bytes", "trainable_params",
+           "significant", "best_epochs", "time_per_epoch_s", "peak_memory_bytes", "peak_rss_bytes", "trainable_params",
            "total_params", "TPME", "eval_time_s", "wall_s", "cpu_s", "peak_memory_kind", "device",
            "compute_dtype", "mask_history", "crossan_version", "flags", "error"]
 
@@ -492,8 +495,24 @@ def memory_sentence(rows: list[dict[str, Any]]) -> str:
         return "no row has a peak memory measured alone"
     text = {k: MEMORY_KINDS.get(k, f"of an unrecorded kind ({k or '?'})") for k in by_kind}
     if len(by_kind) == 1:
-        return "peak memory is " + next(iter(text.values()))
-    return "peak memory is " + "; ".join(f"{text[k]} for {', '.join(names)}" for k, names in by_kind.items())
+        out = "peak memory is " + next(iter(text.values()))
+    else:
+        out = "peak memory is " + "; ".join(f"{text[k]} for {', '.join(names)}" for k, names in by_kind.items())
+    return out + absolute_rss_sentence(rows)
+
+
+def absolute_rss_sentence(rows: list[dict[str, Any]]) -> str:
+    """METHOD.md §10 names a CPU run's peak resident memory itself; the table shows it above an idle
+    baseline (the same libraries and data in every process), so the report gives the absolute figures too."""
+    cpu = [r for r in costed_rows(rows) if r.get("peak_memory_kind") == "cpu_peak_rss_above_idle"
+           and math.isfinite(float(r.get("peak_rss_bytes", math.nan)))]
+    if not cpu:
+        return ""
+    lo, hi = min(cpu, key=lambda r: r["peak_rss_bytes"]), max(cpu, key=lambda r: r["peak_rss_bytes"])
+    span = (f"{_mib(lo['peak_rss_bytes'])} MiB" if lo is hi else
+            f"from {_mib(lo['peak_rss_bytes'])} MiB ({lo['name']}) to {_mib(hi['peak_rss_bytes'])} MiB ({hi['name']})")
+    return (" (the processes' absolute peak resident memory, Python, libraries and data included, which is the "
+            f"figure METHOD.md §10 names, ranges {span}: column `peak_rss_bytes` of results.csv)")
 
 
 def render_report(rows: list[dict[str, Any]], meta: dict[str, Any], table: str, figures: list[str],
