@@ -22,12 +22,13 @@ def frame_index(frame: np.ndarray) -> int:
     return int(round((float(frame.mean()) - GRAY_BASE) / GRAY_STEP))
 
 
-def write_video(path: Path, num_frames: int, size: int = 32, fps: int = 10) -> Path:
-    """An mp4 (H.264) whose frame i is a flat gray of level :func:`frame_gray` (i)."""
+def write_video(path: Path, num_frames: int, size: int = 32, fps: int = 10, faststart: bool = False) -> Path:
+    """An mp4 (H.264) whose frame i is a flat gray of level :func:`frame_gray` (i); ``faststart``: its index
+    (moov) before the frames, as web video is stored, so a file cut short still opens."""
     import av
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), mode="w") as container:
+    with av.open(str(path), mode="w", options={"movflags": "faststart"} if faststart else None) as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width = stream.height = size
         stream.pix_fmt = "yuv420p"

@@ -97,6 +97,21 @@ def test_meta_records_a_digest_of_every_file(tiny: Path, tmp_path: Path) -> None
     assert synth_digest(tmp_path / "absent") is None
 
 
+def test_a_changed_dataset_is_refused_not_reported_under_its_recorded_digest(tiny: Path, tmp_path: Path) -> None:
+    """The audit's repro: one byte appended to a cover and one audio file deleted, and ``crossan data synth``
+    still said "dataset written (content digest <the recorded one>)", which reports then printed."""
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny, copy)
+    cover = next(copy.glob("images/*.png"))
+    cover.write_bytes(cover.read_bytes() + b"\0")
+    next(copy.glob("audio/*.wav")).unlink()
+    with pytest.raises(SynthError, match=r"copy: its files differ from what .* wrote \(content digest recorded "
+                                         r"in meta.json sha256:[0-9a-f]{64}, of the files now sha256:"):
+        synth_digest(copy)
+    with pytest.raises(SynthError, match="its files differ"):
+        generate(copy, size="tiny", seed=0, missing_rate=0.3, progress=False)
+
+
 def test_layout_and_tables(tiny: Path) -> None:
     for name in ("items.tsv", "users.tsv", "items_meta.json", "users_meta.json", "meta.json", "README.md"):
         assert (tiny / name).is_file(), name

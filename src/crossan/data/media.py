@@ -8,17 +8,22 @@ business (:meth:`ItemRecord.has`); these functions are only called for files tha
 * text — :func:`load_text`: the title as a string (``None`` when empty); tokenisation is the encoder's job.
 * images — :func:`load_image`: anything Pillow opens, as an RGB ``PIL.Image`` (8 bits per channel).
   Greyscale images of more than 8 bits are brought to 8 bits first (Pillow's own conversion would clip
-  them): 16-bit ones (modes ``I;16*``, and ``I`` read from a PNG, which holds at most 16 bits) keep their top
-  8 bits (``v >> 8``); 32-bit integer (``I``) and float (``F``) ones are mapped linearly from their own
-  range ``[min, max]`` to ``[0, 255]`` (a constant image becomes black), and refused when they hold NaN or
-  infinite values.
+  them): 16-bit ones (modes ``I;16*``, and ``I`` read from a PNG or a PGM/PPM, which hold at most 16 bits)
+  keep their top 8 bits (``v >> 8``); 32-bit integer (``I``) and float (``F``) ones are mapped linearly
+  from their own range ``[min, max]`` to ``[0, 255]`` (a constant image becomes black), and refused when
+  they hold NaN or infinite values. The EXIF orientation tag is not applied (as IISAN's
+  ``Image.open(...).convert("RGB")``): pixels are used as stored.
 * video — :func:`load_video`: anything PyAV decodes; ``num_frames`` RGB frames (``uint8 [H, W, 3]``)
   chosen by :func:`sample_frame_indices` (``uniform``: the centres of ``num_frames`` equal segments of
   the clip; ``middle``: ``num_frames`` consecutive frames centred on the clip's middle frame). A clip
-  shorter than ``num_frames`` repeats frames.
+  shorter than ``num_frames`` repeats frames. A clip that decodes to fewer frames than its metadata says is
+  decoded again without frame threading (which ends a cut stream quietly): a decoding error there makes
+  it corrupt, a clean end means the metadata overstated the length and the frames are sampled again.
 * audio — :func:`load_audio`: wav/flac/ogg through soundfile, everything else (mp3, m4a, the audio
   track of an mp4 …) through PyAV; mixed to mono float32, resampled with :func:`resample` and cut or
-  zero-padded to a fixed duration.
+  zero-padded to a fixed duration. Only the kept duration is decoded (a long track costs no more memory
+  than a short one). A wav whose header declares more audio than the file holds (a cut download) is
+  corrupt, not silently shortened and zero-padded.
 """
 
 from __future__ import annotations
@@ -48,7 +53,11 @@ class MediaError(CrossanError, RuntimeError):
 
 
 def _check_exists(path: Path, item_id: str) -> None:
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError as e:  # a name too long for the file system, a permission error on a folder …
+        raise MediaError(item_id, path, f"cannot be looked up ({type(e).__name__}: {e})") from e
+    if not found:
         raise MediaError(item_id, path, "file not found")
 
 
@@ -67,7 +76,7 @@ def _eight_bit(im: Image, path: Path, item_id: str) -> Image:
     docstring); any other image as it is."""
     from PIL import Image
 
-    if im.mode.startswith("I;16") or (im.mode == "I" and im.format == "PNG"):
+    if im.mode.startswith("I;16") or (im.mode == "I" and im.format in ("PNG", "PPM")):
         values = np.asarray(im).astype(np.int64)
         return Image.fromarray(np.clip(values >> 8, 0, 255).astype(np.uint8))
     if im.mode in ("I", "F"):
@@ -117,11 +126,12 @@ def sample_frame_indices(total: int, num_frames: int, sampling: FrameSampling = 
     return [min(total - 1, ((2 * i + 1) * total) // (2 * num_frames)) for i in range(num_frames)]
 
 
-def _decode_frames(path: Path, wanted: set[int]) -> tuple[dict[int, np.ndarray], int]:
+def _decode_frames(path: Path, wanted: set[int], threaded: bool = True) -> tuple[dict[int, np.ndarray], int]:
     """Decode the video stream of ``path``; keep the frames whose index is in ``wanted``.
 
     Returns the kept frames and the number of frames decoded (the whole clip when ``wanted`` is empty or
-    reaches past its end).
+    reaches past its end). ``threaded``: let FFmpeg decode with frame threads (faster, but a corrupt packet
+    then ends the stream without an error); unthreaded decoding raises at a corrupt packet.
     """
     import av
 
@@ -133,7 +143,7 @@ def _decode_frames(path: Path, wanted: set[int]) -> tuple[dict[int, np.ndarray],
         if not streams:
             raise ValueError("no video stream")
         stream = streams[0]
-        stream.thread_type = "AUTO"
+        stream.thread_type = "AUTO" if threaded else "NONE"
         for frame in container.decode(stream):
             if count in wanted:
                 got[count] = frame.to_ndarray(format="rgb24")
@@ -164,13 +174,12 @@ def load_video(
         total = _frame_count(path)
         if total > 0:
             wanted = sample_frame_indices(total, num_frames, sampling)
-            got, decoded = _decode_frames(path, set(wanted))
-            if decoded < total and len(got) < len(set(wanted)):
-                total = decoded  # the metadata overstated the length: sample again from the true count
-            else:
+            got, _ = _decode_frames(path, set(wanted))
+            if len(got) == len(set(wanted)):
                 return [got[i] for i in wanted]
-        if total <= 0:
-            _, total = _decode_frames(path, set())
+        # fewer frames than the metadata said, or no count in it: count them unthreaded, which raises at a
+        # corrupt packet (a cut file), else gives the true length to sample from
+        _, total = _decode_frames(path, set(), threaded=False)
         if total == 0:
             raise ValueError("the video stream has no frames")
         wanted = sample_frame_indices(total, num_frames, sampling)
@@ -247,29 +256,66 @@ def resample(
     return _sinc_resample(x, orig_rate, target_rate)
 
 
-def _read_soundfile(path: Path) -> tuple[np.ndarray, int]:
+def _frames_for(seconds: float | None, rate: int) -> int | None:
+    """Input samples to read for ``seconds`` of output at ``rate`` (a little margin for the resampling
+    filter), or None for the whole track."""
+    return None if seconds is None else int(math.ceil(seconds * rate)) + 64
+
+
+def _wav_shortfall(path: Path) -> str | None:
+    """Why a RIFF/WAVE file is cut short (its ``data`` chunk declares more bytes than the file holds), or None.
+    libsndfile reads such a file up to its end without an error. A declared size of 0 or 0xFFFFFFFF (a
+    stream written before its length was known) says nothing, and RF64/other containers are not checked."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            chunk = f.read(8)
+            n = int.from_bytes(chunk[4:8], "little")
+            if chunk[:4] == b"data":
+                if n in (0, 0xFFFFFFFF) or pos + 8 + n <= size:
+                    return None
+                return f"the file is cut short: its header declares {n:,} bytes of audio, it holds {size - pos - 8:,}"
+            pos += 8 + n + (n & 1)
+    return None
+
+
+def _read_soundfile(path: Path, seconds: float | None = None) -> tuple[np.ndarray, int]:
     import soundfile as sf
 
-    data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    return data.mean(axis=1), int(rate)
+    with sf.SoundFile(str(path)) as f:
+        rate = int(f.samplerate)
+        limit = _frames_for(seconds, rate)
+        data = f.read(frames=-1 if limit is None else limit, dtype="float32", always_2d=True)
+    return data.mean(axis=1), rate
 
 
-def _read_pyav(path: Path) -> tuple[np.ndarray, int]:
+def _read_pyav(path: Path, seconds: float | None = None) -> tuple[np.ndarray, int]:
     import av
 
     chunks: list[np.ndarray] = []
+    kept = 0
     with av.open(str(path)) as container:
         streams = [s for s in container.streams if s.type == "audio"]
         if not streams:
             raise ValueError("no audio stream")
         stream = streams[0]
         rate = int(stream.codec_context.sample_rate or stream.rate or 0)
+        limit = _frames_for(seconds, rate) if rate > 0 else None
         converter = av.AudioResampler(format="fltp")  # sample format only; the rate is kept
         for frame in container.decode(stream):
             for out in converter.resample(frame):
                 chunks.append(out.to_ndarray().mean(axis=0))
-        for out in converter.resample(None):
-            chunks.append(out.to_ndarray().mean(axis=0))
+                kept += chunks[-1].shape[0]
+            if limit is not None and kept >= limit:
+                break
+        else:
+            for out in converter.resample(None):
+                chunks.append(out.to_ndarray().mean(axis=0))
     if rate <= 0:
         raise ValueError("unknown sample rate")
     wave = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
@@ -279,15 +325,24 @@ def _read_pyav(path: Path) -> tuple[np.ndarray, int]:
 _SOUNDFILE_SUFFIXES = {".wav", ".flac", ".ogg", ".oga", ".aiff", ".aif", ".au", ".w64", ".caf"}
 
 
-def read_audio(path: str | Path, item_id: str = "") -> tuple[np.ndarray, int]:
-    """The whole waveform of an audio file (or a video's audio track), mono float32, and its rate."""
+def read_audio(path: str | Path, item_id: str = "", seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """The waveform of an audio file (or a video's audio track), mono float32, and its rate: the whole track,
+    or with ``seconds`` at least its first ``seconds`` (only that much is decoded; a little more is kept as
+    margin for resampling)."""
     path = Path(path)
     _check_exists(path, item_id)
+    if path.suffix.lower() == ".wav":
+        try:
+            short = _wav_shortfall(path)
+        except OSError as e:
+            raise MediaError(item_id, path, f"not a readable audio file ({type(e).__name__}: {e})") from e
+        if short:
+            raise MediaError(item_id, path, short)
     readers = [_read_soundfile, _read_pyav] if path.suffix.lower() in _SOUNDFILE_SUFFIXES else [_read_pyav]
     first_error: Exception | None = None
     for reader in readers:
         try:
-            wave, rate = reader(path)
+            wave, rate = reader(path, seconds)
         except Exception as e:  # soundfile: LibsndfileError; PyAV: FFmpegError subclasses, ValueError
             first_error = first_error or e
             continue
@@ -313,10 +368,9 @@ def load_audio(
     path: str | Path, sample_rate: int, seconds: float, item_id: str = "", pad: bool = True
 ) -> np.ndarray:
     """Mono float32 waveform at ``sample_rate``, cut to ``seconds`` (and zero-padded to it when ``pad``)."""
-    wave, rate = read_audio(path, item_id)
+    wave, rate = read_audio(path, item_id, seconds)  # decodes only what is kept, plus the filter's margin
     length = int(round(seconds * sample_rate))
-    # resample only what is kept (plus a little margin for the filter), not a long track
-    keep = min(len(wave), int(math.ceil(seconds * rate)) + 64)
+    keep = min(len(wave), _frames_for(seconds, rate) or len(wave))
     wave = resample(wave[:keep], rate, sample_rate)
     wave = wave[:length]
     return fit_length(wave, length) if pad else wave

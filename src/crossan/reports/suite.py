@@ -421,6 +421,7 @@ def run_suite(suite: Suite, out: Path, resume: bool = True, progress: bool = Tru
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     data = resolve_data(suite.data, out)
+    data_digest = synth_digest(data)  # now, before any run: a changed synthetic folder is refused here
     data_s = time.perf_counter() - t_start
     cache_s, cache_errors = ensure_cache(suite, data, out, progress)
     fingerprints = DataFingerprints()
@@ -447,7 +448,7 @@ def run_suite(suite: Suite, out: Path, resume: bool = True, progress: bool = Tru
     rows = [collect_run(run, sorted(done[run.name], key=lambda r: suite.seeds.index(r["seed"])))
             for run in suite.runs]
     meta = {"suite": suite.name, "description": suite.description, "data": str(data), "preset": suite.preset,
-            "data_digest": synth_digest(data), "seeds": suite.seeds, "reference": suite.reference,
+            "data_digest": data_digest, "seeds": suite.seeds, "reference": suite.reference,
             "parallel": suite.parallel,
             "data_s": round(data_s, 1), "cache_build_s": round(cache_s, 1),
             "alone_s": round(t_together - t_start - data_s - cache_s, 1),

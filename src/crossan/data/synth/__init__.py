@@ -160,12 +160,27 @@ def is_complete(out: Path | str) -> bool:
 
 def synth_digest(out: Path | str) -> str | None:
     """The content digest of the complete synthetic dataset in ``out`` (:func:`~crossan.data.synth.files.
-    dataset_digest`): the one its ``meta.json`` records, computed now for folders written before the digest
-    was recorded (same generator version, same bytes); None when ``out`` is no dataset of this generator."""
+    dataset_digest`), computed now from its files (a fraction of a second for the demo's data); None when
+    ``out`` is no dataset of this generator.
+
+    Raises:
+        SynthError: the files differ from those the generator wrote (the digest its ``meta.json`` records):
+            a report must not give the recorded digest for changed data.
+    """
     meta = _read_meta(Path(out))
     if meta is None or meta.get("complete") is not True:
         return None
-    return meta.get("digest") or dataset_digest(Path(out))
+    return _verified_digest(Path(out), meta)
+
+
+def _verified_digest(out: Path, meta: dict[str, Any]) -> str:
+    now = dataset_digest(out)
+    recorded = meta.get("digest")
+    if recorded and recorded != now:
+        raise SynthError(f"{out}: its files differ from what {GENERATOR} wrote (content digest recorded in "
+                         f"meta.json {recorded}, of the files now {now}): a file was changed, added or removed "
+                         "since. Remove the folder to generate it again, or choose another out")
+    return now
 
 
 def item_attribute_table(items_meta: dict[str, Any]) -> tuple[list[str], np.ndarray]:
@@ -220,4 +235,5 @@ def _check_existing(out: Path, params: dict[str, Any]) -> None:
             f"(version {meta.get('version')}, {meta.get('params')}); wanted version {GENERATOR_VERSION}, "
             f"{params}. Remove it or choose another out"
         )
+    _verified_digest(out, meta)
 
