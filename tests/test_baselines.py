@@ -279,6 +279,38 @@ def test_inputs_are_preprocessed_once_and_the_backbone_runs_every_step(media: Fa
         assert torch.equal(first, tight(torch.arange(1, 7)))
 
 
+def test_input_memory_limit_is_one_budget_for_all_modalities(media: FakeData) -> None:
+    """``input_memory_gb`` held per modality: two modalities could keep twice the limit (the audit kept 1.82x
+    with three). Video (listed, so filled, first) is kept whole here, text only up to what is left."""
+    whole = build(make_cfg("lora", ["videomae", "bert"]), media)
+    video, text = whole.memo["video"].bytes, whole.memo["text"].bytes
+    assert list(whole.memo) == ["video", "text"] and text > 0 and video > 0
+    limit = video + text / 2
+    part = build(make_cfg("lora", ["videomae", "bert"], f"lora.input_memory_gb={limit / 2**30!r}"), media)
+    assert part.memo["video"].bytes == video and not part.memo["video"].full
+    assert part.memo["text"].full and 0 < part.memo["text"].bytes <= text / 2
+    assert part.memo["video"].bytes + part.memo["text"].bytes <= limit
+    assert part.memo["text"].budget is part.memo["video"].budget
+
+
+def test_media_decoded_inside_training_steps_are_counted(media: FakeData) -> None:
+    """Beyond the limit an item's media are decoded at every use, inside the timed steps; results.json's
+    ``tower.inputs`` says how often (only training forwards count: evaluation is not timed per epoch)."""
+    kept = build(make_cfg("lora", ["videomae"]), media)
+    tight = build(make_cfg("lora", ["videomae"], "lora.input_memory_gb=1e-9"), media)
+    for tower in (kept, tight):
+        tower.train()
+        for _ in range(2):
+            tower(torch.tensor([1, 2, 4, 4])).sum().backward()  # item 4 has no video
+        tower.eval()
+        with torch.no_grad():
+            tower(torch.arange(1, 7))
+    assert kept.stats()["inputs"]["video"] == {"items_kept": 5, "items_present": 5, "kept_mib": pytest.approx(
+        kept.memo["video"].bytes / 2**20, abs=0.05), "full": False, "decoded_in_training_steps": 0}
+    got = tight.stats()["inputs"]["video"]
+    assert (got["items_kept"], got["full"], got["decoded_in_training_steps"]) == (0, True, 4)  # 2 steps x items 1, 2
+
+
 def test_gradient_checkpointing_gives_the_same_gradients(media: FakeData) -> None:
     spec = ("config:bert:hidden_size=64,num_hidden_layers=2,num_attention_heads=2,intermediate_size=128,"
             "max_position_embeddings=64,hidden_dropout_prob=0,attention_probs_dropout_prob=0")

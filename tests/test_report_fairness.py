@@ -37,7 +37,7 @@ def _run_folder(root: Path, name: str, seed: int, test_ranks: np.ndarray, *, mas
                 best_epoch: int = 3, epochs: int = 10, version: str | None = crossan.__version__,
                 ks: tuple[int, ...] = (5, 10, 20), alone: bool | None = True, device: str = "cpu",
                 memory_kind: str = "cpu_peak_rss_above_idle", time_per_epoch: float = 1.0,
-                peak_rss: int | None = None) -> dict[str, Any]:
+                peak_rss: int | None = None, tower: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write ``root/runs/NAME/seed-S`` as a finished run (``mask`` None: results.json without the key, as an
     older crossan wrote it) and return its suite record (``alone``: whether the suite recorded it as trained
     with nothing else running, None: not known)."""
@@ -56,6 +56,8 @@ def _run_folder(root: Path, name: str, seed: int, test_ranks: np.ndarray, *, mas
         "eval_time_s": 0.1, "trainable_params": 100, "total_params": 100, "peak_memory_bytes": 2**20,
         "peak_memory_kind": memory_kind, "device": device, "compute_dtype": "float32",
         "split_fingerprint": FINGERPRINT, "per_user_file": "per_user.npz"}
+    if tower is not None:
+        results["tower"] = tower
     if peak_rss is not None:  # as the trainer writes it: the absolute peak beside the figure above idle
         results.update(peak_rss_bytes=peak_rss, idle_rss_bytes=peak_rss - 2**20)
     if mask is not None:
@@ -382,6 +384,25 @@ def test_the_absolute_peak_resident_memory_is_reported_beside_the_figure_above_i
     report = (tmp_path / "report.md").read_text()
     assert ("the figure METHOD.md §10 names, ranges from 300.0 MiB (SMALL) to 612.0 MiB (BIG): column "
             "`peak_rss_bytes` of results.csv") in report
+
+
+def test_an_end_to_end_run_that_decoded_media_in_its_steps_is_flagged(tmp_path: Path) -> None:
+    """Beyond ``input_memory_gb`` an end-to-end run decodes media inside its timed steps (the audit: 4.2x the
+    time per epoch), which only a log line said; the row now says so, with the counts from results.json."""
+    rng = np.random.default_rng(10)
+    ranks = {s: rng.geometric(0.08, size=200).astype(float) for s in (0, 1)}
+
+    def inputs(video: int) -> dict[str, Any]:
+        return {"inputs": {"text": {"decoded_in_training_steps": 0},
+                           "video": {"decoded_in_training_steps": video}}}
+
+    full = _row(tmp_path, "FULL", ranks, tower={0: inputs(1200), 1: inputs(34)})
+    fits = _row(tmp_path, "FITS", ranks, tower={0: inputs(0), 1: inputs(0)})
+    plain = _row(tmp_path, "PLAIN", ranks)  # a side network: no inputs of its own
+    assert full["flags"] == ["media decoded in timed steps (seeds 0,1: video 1,234 item decodings)"]
+    assert fits["flags"] == [] and plain["flags"] == []
+    write_outputs([full, fits, plain], {**META, "reference": None}, tmp_path)
+    assert "**media decoded in timed steps**" in (tmp_path / "report.md").read_text()
 
 
 # --------------------------------------------------------------------------------------------- plots

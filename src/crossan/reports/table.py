@@ -83,7 +83,7 @@ def _flags(row: dict[str, Any]) -> list[str]:
     """What a reader must know about a finished row: seeds that differ in ``eval.mask_history`` (their
     interval mixes two ranking rules) or a run without the mask, seeds whose best epoch was the last one
     ``train.epochs`` allowed (still improving when stopped: ``capped``), seeds written by another crossan
-    version."""
+    version, end-to-end seeds whose training steps decoded media (their time includes it)."""
     flags = []
     seeds = row["per_seed"]
     masks = list(dict.fromkeys(p["mask_history"] for p in seeds))  # in seed order
@@ -98,6 +98,14 @@ def _flags(row: dict[str, Any]) -> list[str]:
         epochs = "/".join(dict.fromkeys(str(p["epochs_allowed"]) for p in capped))
         flags.append(f"capped: best at the last allowed epoch ({_seeds_text([p['seed'] for p in capped])}, "
                      f"train.epochs={epochs})")
+    decoded = [p for p in seeds if any(p.get("decoded_in_training_steps", {}).values())]
+    if decoded:
+        per_mod: dict[str, int] = {}
+        for p in decoded:
+            for m, n in p["decoded_in_training_steps"].items():
+                per_mod[m] = per_mod.get(m, 0) + n
+        flags.append(f"media decoded in timed steps ({_seeds_text([p['seed'] for p in decoded])}: "
+                     + ", ".join(f"{m} {n:,}" for m, n in per_mod.items() if n) + " item decodings)")
     other = [p for p in seeds if p["crossan_version"] != crossan.__version__]
     if other:
         versions = "/".join(dict.fromkeys(str(p["crossan_version"] or "unknown") for p in other))
@@ -150,6 +158,9 @@ def collect_run(run: Any, recs: list[dict[str, Any]]) -> dict[str, Any]:
                         "peak_memory_bytes": p["results"]["peak_memory_bytes"],
                         "split_fingerprint": p["results"].get("split_fingerprint"),
                         "mask_history": p["results"].get("mask_history"),  # None: an older results.json
+                        "decoded_in_training_steps": {
+                            m: int(v.get("decoded_in_training_steps", 0))
+                            for m, v in ((p["results"].get("tower") or {}).get("inputs") or {}).items()},
                         "crossan_version": p["results"].get("crossan_version")} for p in per_seed]
     if errors:
         row["error"] = "; ".join(errors)
@@ -441,6 +452,11 @@ FLAG_NOTES = {
                             "(seeds with another rule than the reference's are not paired)",
     "written by crossan": "**written by crossan X**: a finished run reused from a folder written by another "
                           "crossan version (same configuration); its figures are that version's",
+    "media decoded in timed steps": "**media decoded in timed steps**: an end-to-end run's preprocessed inputs "
+                                    "did not all fit in `<method>.input_memory_gb` (or were not preprocessed "
+                                    "up front), so some items' media were decoded inside its training steps "
+                                    "and its time per epoch includes that decoding (counts summed over the "
+                                    "seeds named)",
     "paired on": "**paired on seeds … of …**: the reference has no finished run for some of this row's "
                  "seeds, so Δ and p cover only the seeds named, while the mean ± interval cover all of the "
                  "row's seeds",

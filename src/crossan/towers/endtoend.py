@@ -16,8 +16,10 @@ Preprocessed inputs
 -------------------
 Decoding video and audio at every step would dominate the step time, so each item's *preprocessed* model
 inputs (token ids, pixel values, filterbanks) are computed once and kept in memory (up to
-``<method>.input_memory_gb``), as IISAN's research code reads preprocessed inputs. The backbone itself
-still runs at every step. Variable-length inputs (text tokens) are stored unpadded and padded per batch
+``<method>.input_memory_gb`` for all modalities together, filled in the order of ``modalities``), as IISAN's
+research code reads preprocessed inputs. The backbone itself still runs at every step. Items beyond the
+limit are preprocessed again at every use, inside the timed steps; :meth:`EndToEndTower.stats` (results.json's
+``tower.inputs``) counts those decodings per modality and the suite report flags such runs. Variable-length inputs (text tokens) are stored unpadded and padded per batch
 exactly as the tokenizer pads a batch.
 
 Rows ``1..N`` are the catalogue records ``catalogue[item_ids[row]]``. Under ``torch.no_grad`` (evaluation)
@@ -126,39 +128,72 @@ def collate_inputs(encoder: ModalityEncoder, items: list[dict[str, torch.Tensor]
     return out
 
 
+class InputBudget:
+    """The bytes of preprocessed inputs all modalities' memos may keep together (``input_memory_gb``)."""
+
+    def __init__(self, limit_bytes: float) -> None:
+        self.limit_bytes = limit_bytes
+        self.used = 0
+
+    def take(self, size: int) -> bool:
+        """Reserve ``size`` bytes if they fit."""
+        if self.used + size > self.limit_bytes:
+            return False
+        self.used += size
+        return True
+
+
 class InputMemo:
-    """Per item row: its preprocessed inputs (or None where the item lacks the modality), kept in memory."""
+    """Per item row: its preprocessed inputs (or None where the item lacks the modality), kept in memory
+    within a :class:`InputBudget` shared by the tower's modalities."""
 
     def __init__(self, encoder: ModalityEncoder, catalogue: Catalogue, item_ids: list[str], batch_size: int,
-                 on_corrupt: str, limit_bytes: float) -> None:
+                 on_corrupt: str, budget: InputBudget) -> None:
         self.encoder = encoder
         self.catalogue = catalogue
         self.item_ids = item_ids
         self.batch_size = max(1, batch_size)
         self.on_corrupt = on_corrupt
-        self.limit_bytes = limit_bytes
+        self.budget = budget
         self.present: dict[int, bool] = {}
         self.inputs: dict[int, dict[str, torch.Tensor]] = {}
         self.bytes = 0
         self.full = False
-        """Set once an item did not fit in ``limit_bytes``."""
+        """Set once an item did not fit in the budget."""
+        self.decoded_in_training = 0
+        """Items preprocessed by a training forward (gradients on; not :meth:`fill`): each is media decoding
+        inside a timed step. Items not kept count at every use."""
+        self._filling = False
 
     def fill(self, rows: list[int]) -> None:
         """Preprocess ``rows`` ahead of use, chunk by chunk, until the memory limit is reached."""
-        for start in range(0, len(rows), self.batch_size):
-            if self.full:
-                return
-            self.get(rows[start : start + self.batch_size])
+        self._filling = True
+        try:
+            for start in range(0, len(rows), self.batch_size):
+                if self.full:
+                    return
+                self.get(rows[start : start + self.batch_size])
+        finally:
+            self._filling = False
+
+    def stats(self) -> dict[str, Any]:
+        """Items kept, their size, and the media decodings inside training steps (results.json)."""
+        return {"items_kept": len(self.inputs), "items_present": sum(self.present.values()),
+                "kept_mib": round(self.bytes / 2**20, 1), "full": self.full,
+                "decoded_in_training_steps": self.decoded_in_training}
 
     def get(self, rows: list[int]) -> tuple[list[dict[str, torch.Tensor] | None], list[bool]]:
         """Inputs and presence of each row (rows ≥ 1), preprocessing the rows not seen or not kept."""
         todo = [r for r in dict.fromkeys(rows) if r not in self.present or (self.present[r] and r not in self.inputs)]
         fresh: dict[int, dict[str, torch.Tensor]] = {}
+        in_training = not self._filling and torch.is_grad_enabled()
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start : start + self.batch_size]
             records = [self.catalogue[self.item_ids[r]] for r in chunk]
             loaded = self.encoder.load_media(records, self.catalogue, self.on_corrupt)
             have = [r for r, p in zip(chunk, loaded.present) if p]
+            if in_training:
+                self.decoded_in_training += len(have)
             for r, p in zip(chunk, loaded.present):
                 self.present[r] = p
             if have:
@@ -166,14 +201,16 @@ class InputMemo:
                 for r, item in zip(have, split_inputs(self.encoder, self.encoder.process(media))):
                     fresh[r] = item
                     size = sum(v.numel() * v.element_size() for v in item.values())
-                    if self.bytes + size <= self.limit_bytes:
+                    if self.budget.take(size):
                         self.inputs[r] = item
                         self.bytes += size
                     else:
                         if not self.full:
-                            log.warning("%s inputs: %s MiB kept, the memory limit (input_memory_gb); items "
-                                        "beyond it are decoded again at every use, inside the timed steps",
-                                        self.encoder.modality, f"{self.bytes / 2**20:,.0f}")
+                            log.warning("%s inputs: %s MiB kept (%s MiB for all modalities), the memory limit "
+                                        "(input_memory_gb); items beyond it are decoded again at every use, "
+                                        "inside the timed steps (counted in results.json: tower.inputs)",
+                                        self.encoder.modality, f"{self.bytes / 2**20:,.0f}",
+                                        f"{self.budget.used / 2**20:,.0f}")
                         self.full = True
         present = [self.present[r] for r in rows]
         inputs = [(self.inputs.get(r) or fresh.get(r)) if p else None for r, p in zip(rows, present)]
@@ -219,8 +256,8 @@ class EndToEndTower(ItemTower):
         self.dims = {m: int(e.hidden_size) for m, e in encoders.items()}
         self.batch_size = batch_size
         self.item_ids = list(item_ids)
-        limit = float(options.input_memory_gb) * 2**30
-        self.memo = {m: InputMemo(e, catalogue, self.item_ids, batch_size, on_corrupt, limit)
+        budget = InputBudget(float(options.input_memory_gb) * 2**30)  # one limit for every modality
+        self.memo = {m: InputMemo(e, catalogue, self.item_ids, batch_size, on_corrupt, budget)
                      for m, e in encoders.items()}
         if options.preprocess_upfront:
             t0 = time.perf_counter()
@@ -320,6 +357,12 @@ class EndToEndTower(ItemTower):
         step = max(1, self.batch_size)
         return torch.cat([pooled_last_state(encoder, collate_inputs(encoder, items[i : i + step]))
                           for i in range(0, len(items), step)])
+
+    def stats(self) -> dict[str, Any]:
+        """Per modality: the preprocessed inputs kept in memory and the media decodings that happened inside
+        training steps (beyond ``input_memory_gb``, or with ``preprocess_upfront=false``): those steps' time
+        includes decoding, which the suite report flags."""
+        return {"inputs": {m: memo.stats() for m, memo in self.memo.items()}}
 
     def module_report(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
