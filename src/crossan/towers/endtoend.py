@@ -7,10 +7,13 @@ training step. The tower owns one :class:`~crossan.encoders.ModalityEncoder` per
     h_m   = pool(hidden_states[L_m])          the encoder's pooling over its last layer's output
     item  = ModalityFusionHead(h_1 … h_M)     per modality GELU(Linear(D_m → d)), then Linear(concat → d)
 
-``hidden_states[L_m]`` is the state the frozen-feature baseline reads as its last tap, so at step 0 FFT,
+``hidden_states[L_m]`` is the state the frozen-feature baseline reads as its last tap. With
+``cache.standardize`` (the default) each of its dimensions is standardised as the content towers standardise
+theirs (:meth:`EndToEndTower.standardize_inputs`: mean and std over the catalogue's items that have the
+modality, from the backbone as loaded, fixed for the run and saved with the weights), so at step 0 FFT,
 Adapter (with zero-initialised up-projections) and LoRA embed an item exactly as ``frozen`` does with the
-same head. A missing modality contributes zeros (the head masks its part, as :class:`FrozenTower` does);
-the backbone is run on the present items only.
+same head, up to the cache's fp16 rounding. A missing modality contributes zeros (the head masks its part,
+as :class:`FrozenTower` does); the backbone is run on the present items only.
 
 Preprocessed inputs
 -------------------
@@ -296,6 +299,7 @@ class EndToEndTower(ItemTower):
         pooled, present = [], []
         for m in self.modalities:
             h, p = self.encode_modality(m, rows, items.device)
+            h = self.standardized_state(m, h, p)
             pooled.append(h)
             present.append(p)
         return self.head(pooled, torch.stack(present, 1))
@@ -338,18 +342,25 @@ class EndToEndTower(ItemTower):
         """:meth:`embed_content` of at most ``batch_size`` records."""
         pooled, present = [], []
         for m in self.modalities:
-            encoder: ModalityEncoder = self.encoders[m]  # type: ignore[assignment]
-            policy = on_corrupt if on_corrupt is not None else self.memo[m].on_corrupt
-            inputs, mask = encoder.prepare(records, catalogue, policy)
-            items = split_inputs(encoder, inputs)
-            out = torch.zeros(len(records), self.dims[m], device=device)
-            have = [i for i, p in enumerate(mask.tolist()) if p]
-            if have:
-                h = self.run_backbone(encoder, [items[i] for i in have])
-                out = out.index_copy(0, torch.tensor(have, device=device), h.to(device))
-            pooled.append(out)
-            present.append(mask.to(device))
+            out, mask = self._encode_records(m, records, catalogue, on_corrupt, device)
+            pooled.append(self.standardized_state(m, out, mask))
+            present.append(mask)
         return self.head(pooled, torch.stack(present, 1))
+
+    def _encode_records(self, modality: str, records: list[ItemRecord], catalogue: Catalogue,
+                        on_corrupt: str | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled last states ``[E, D_m]`` (zeros where absent) and presence of ``records``, read and
+        preprocessed now (not through the memo)."""
+        encoder: ModalityEncoder = self.encoders[modality]  # type: ignore[assignment]
+        policy = on_corrupt if on_corrupt is not None else self.memo[modality].on_corrupt
+        inputs, mask = encoder.prepare(records, catalogue, policy)
+        items = split_inputs(encoder, inputs)
+        out = torch.zeros(len(records), self.dims[modality], device=device)
+        have = [i for i, p in enumerate(mask.tolist()) if p]
+        if have:
+            h = self.run_backbone(encoder, [items[i] for i in have])
+            out = out.index_copy(0, torch.tensor(have, device=device), h.to(device))
+        return out, mask.to(device)
 
     def run_backbone(self, encoder: ModalityEncoder, items: list[dict[str, torch.Tensor]]) -> torch.Tensor:
         if torch.is_grad_enabled():
@@ -357,6 +368,55 @@ class EndToEndTower(ItemTower):
         step = max(1, self.batch_size)
         return torch.cat([pooled_last_state(encoder, collate_inputs(encoder, items[i : i + step]))
                           for i in range(0, len(items), step)])
+
+    standardized: bool = False
+
+    @torch.no_grad()
+    def standardize_inputs(self, min_rel_std: float = 0.05) -> EndToEndTower:
+        """Standardise each dimension of every modality's pooled last state before the head, as
+        :meth:`ContentTower.standardize_inputs` does for the frozen-feature head: mean 0 and std 1 over the
+        items that have the modality, dimensions whose std is under ``min_rel_std`` of their RMS set to zero.
+        The statistics come from one pass of the backbones as loaded (evaluation mode, before any training
+        step) and stay fixed while the backbones train; they are buffers, saved with the weights. The pass
+        reads the inputs through the memo (filled already with ``preprocess_upfront``), else straight from
+        the media without keeping them."""
+        was_training = self.training
+        self.eval()
+        device = next(self.parameters()).device
+        rows = list(range(1, self.num_items + 1))
+        step = max(1, self.batch_size)
+        for m in self.modalities:
+            total = torch.zeros(self.dims[m], dtype=torch.float64)
+            squares = torch.zeros_like(total)
+            count = 0
+            for start in range(0, len(rows), step):
+                chunk = rows[start : start + step]
+                if self.options.preprocess_upfront:
+                    h, present = self.encode_modality(m, chunk, device)
+                else:
+                    records = [self.memo[m].catalogue[self.item_ids[r]] for r in chunk]
+                    h, present = self._encode_records(m, records, self.memo[m].catalogue, None, device)
+                x = h[present].double().cpu()
+                total += x.sum(0)
+                squares += (x * x).sum(0)
+                count += len(x)
+            n = max(1, count)
+            mean = total / n
+            std = (squares / n - mean * mean).clamp_min(0).sqrt()
+            rms = (squares / n).sqrt()
+            inv_std = torch.where(std > min_rel_std * rms, 1.0 / std.clamp_min(1e-12), torch.zeros_like(std))
+            self.register_buffer(f"input_mean_{m}", mean.float().to(device))
+            self.register_buffer(f"input_inv_std_{m}", inv_std.float().to(device))
+        self.standardized = True
+        self.train(was_training)
+        return self
+
+    def standardized_state(self, modality: str, h: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """``h`` [U, D_m] standardised (when enabled), with absent rows exact zeros."""
+        if not self.standardized:
+            return h
+        mean, inv_std = getattr(self, f"input_mean_{modality}"), getattr(self, f"input_inv_std_{modality}")
+        return torch.where(present[:, None], (h - mean) * inv_std, torch.zeros_like(h))
 
     def stats(self) -> dict[str, Any]:
         """Per modality: the preprocessed inputs kept in memory and the media decodings that happened inside
@@ -399,5 +459,8 @@ def build_endtoend(cls: type[EndToEndTower], ctx: TowerContext) -> EndToEndTower
     if ctx.catalogue is None:
         raise ValueError(f"method={cls.method!r} runs the encoders on raw item content: it needs the catalogue")
     encoders = build_encoders(cfg, cfg.modalities, ctx.device)
-    return cls(encoders, ctx.catalogue, ctx.item_ids, cfg.user.dim, getattr(cfg, cls.method),
-               batch_size=cfg.encoders.batch_size, on_corrupt=cfg.cache.on_corrupt)
+    tower = cls(encoders, ctx.catalogue, ctx.item_ids, cfg.user.dim, getattr(cfg, cls.method),
+                batch_size=cfg.encoders.batch_size, on_corrupt=cfg.cache.on_corrupt)
+    if cfg.cache.standardize:  # the same input treatment as the frozen-feature head (METHOD.md §3, our decision)
+        tower.standardize_inputs(min_rel_std=cfg.cache.standardize_min_rel_std)
+    return tower
