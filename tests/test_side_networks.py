@@ -428,6 +428,26 @@ def test_momef_balance_loss_reads_the_weights_before_top_k(k):
     assert momef.router.weight.grad.abs().sum() > 1e-3
 
 
+@pytest.mark.parametrize(("M", "k"), [(2, 2), (4, 4), (3, 5)])
+def test_momef_top_k_of_every_expert_balances_as_dense(M, k):
+    """top_k >= M keeps every expert, so routing is dense; its balance loss was computed with f = 1/M for all
+    experts, a constant 1 without gradient (the audit: router gradient 6e-8 instead of 1.18 at M = 2)."""
+    torch.manual_seed(0)
+    e = torch.randn(40, M, D)
+    present = torch.ones(40, M, dtype=torch.bool)
+    dense, capped = (MOMEF(MODS[:M], D, top_k=t, load_balance_weight=1.0) for t in (0, k))
+    capped.load_state_dict(dense.state_dict())
+    for m in (dense, capped):
+        with torch.no_grad():
+            m.router.bias.copy_(torch.linspace(-2.0, 2.0, M))  # concentrated routing: the loss is above 1
+        m(e, present)
+    torch.testing.assert_close(capped.last_weights, dense.last_weights)
+    assert capped.aux_loss().item() == pytest.approx(dense.aux_loss().item(), rel=1e-6)
+    assert dense.aux_loss().item() > 1.1
+    capped.aux_loss().backward()
+    assert capped.router.weight.grad.abs().sum() > 1e-2
+
+
 def test_momef_load_balance_loss():
     torch.manual_seed(0)
     feats = make_features(3)

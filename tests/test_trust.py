@@ -183,6 +183,38 @@ def test_standardisation_drop_rule_is_a_setting(min_rel_std: float, zeroed: bool
     assert bool((inv[:, 0] == 0).all()) is zeroed
 
 
+@pytest.mark.parametrize("min_rel_std, zeroed", [(0.05, True), (0.0, False)])
+def test_standardisation_zeroes_noise_next_to_its_tap(min_rel_std: float, zeroed: bool) -> None:
+    """The third audit: a dimension of fp16 subnormals (±6e-8, what a real MiniLM tap held) and a channel
+    firing faintly on one item passed the relative rule (their std is near their own RMS) and were scaled to
+    unit variance: rounding noise, or z = sqrt(N - 1) on one item. Both are under 1e-3 of their tap's RMS, so
+    the default zeroes them (cache.standardize_min_rel_std=0 still keeps everything that varies)."""
+    from crossan.cache.features import TensorFeatures
+    from crossan.config import Config
+    from crossan.towers.base import TowerContext, build_tower
+
+    N, K, D = 60, 2, 8
+    g = torch.Generator().manual_seed(1)
+    states = torch.randn(N + 1, K, D, generator=g).half()
+    sign = torch.randint(0, 2, (N + 1, K), generator=g) * 2 - 1
+    states[:, :, 0] = sign * torch.tensor(5.96e-8, dtype=torch.float16)  # fp16 subnormals around 0
+    states[:, :, 1] = 0
+    states[7, :, 1] = 0.002  # fires on one item only
+    states[0] = 0
+    present = torch.ones(N + 1, dtype=torch.bool)
+    present[0] = False
+    feats = TensorFeatures({"text": states}, {"text": present})
+    cfg = Config(method="frozen", modalities=["text"])
+    cfg.cache.standardize_min_rel_std = min_rel_std
+    tower = build_tower(TowerContext(cfg, N, [""] + [f"i{i}" for i in range(N)], features=feats))
+    inv = tower.input_inv_std_text
+    assert (inv[:, 2:] > 0).all()
+    assert bool((inv[:, :2] == 0).all()) is zeroed
+    if not zeroed:  # what the old rule gave: the one item at sqrt(N - 1), the noise at unit variance
+        z = (states[1:, :, 1].float() - tower.input_mean_text[:, 1]) * inv[:, 1]
+        torch.testing.assert_close(z[6], torch.full((K,), (N - 1) ** 0.5), rtol=1e-3, atol=0)
+
+
 def test_config_differences_resolve_paths_and_fill_new_keys(small_data: Path, tmp_path: Path, monkeypatch) -> None:
     """A saved config.yaml with a relative data.path and without a key added later is the same run; a real
     change is still named."""

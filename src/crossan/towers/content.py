@@ -37,6 +37,10 @@ from crossan.precision import autocast
 from crossan.towers.base import ItemTower, TowerContext
 from crossan.towers.sanb import ModalityProjection, branch_masks
 
+NOISE_FLOOR = 1e-3
+"""Input standardisation zeroes a dimension whose std over the items is under this share of its tap's RMS
+(over the tap's dimensions): a spread that small is fp16 rounding or a channel that barely fires."""
+
 FEATURES_KEY = "features"
 """``TowerContext.extras`` key under which the trainer passes the FeatureSource."""
 
@@ -52,6 +56,25 @@ def finish(tower: ContentTower, ctx: TowerContext) -> ContentTower:
     if not ctx.config.cache.standardize:
         return tower
     return tower.standardize_inputs(min_rel_std=ctx.config.cache.standardize_min_rel_std)
+
+
+def standardizer(total: torch.Tensor, squares: torch.Tensor, count: int,
+                 min_rel_std: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean, inv_std)`` of states ``[..., D]`` from their sum and sum of squares over ``count`` items
+    (float64). A dimension that hardly varies over the items (std under ``min_rel_std`` of its own RMS: e.g.
+    a CLS token at the embedding layer) carries no signal, and scaling it up would only amplify fp16 rounding
+    noise: its ``inv_std`` is 0. So is a dimension whose std is under :data:`NOISE_FLOOR` of its tap's RMS
+    (over the last axis): fp16 subnormals around 0, which pass the relative test, or a channel that fires
+    faintly on a single item. ``min_rel_std`` = 0 keeps every dimension that varies at all."""
+    n = max(1, count)
+    mean = total / n
+    std = (squares / n - mean * mean).clamp_min(0).sqrt()
+    rms = (squares / n).sqrt()
+    tap_rms = rms.pow(2).mean(-1, keepdim=True).sqrt()
+    keep = std > min_rel_std * rms
+    if min_rel_std > 0:  # 0: keep every dimension that varies at all (cache.standardize_min_rel_std=0)
+        keep &= std > NOISE_FLOOR * tap_rms
+    return mean, torch.where(keep, 1.0 / std.clamp_min(1e-12), torch.zeros_like(std))
 
 
 def features_from_context(ctx: TowerContext) -> FeatureSource:
@@ -255,7 +278,10 @@ class ContentTower(ItemTower):
         counts = dict.fromkeys(self.modalities, 0)
         with torch.no_grad():
             for chunk in torch.arange(1, self.num_items + 1).split(batch_size):
-                feats = self.features.gather(chunk)
+                # under the autocast every later gather runs under (forward): live encoders then give the
+                # statistics of the states the network reads (bf16 ones under precision=bf16)
+                with autocast(self.precision, chunk.device):
+                    feats = self.features.gather(chunk)
                 for m in self.modalities:
                     s, p = feats[m]
                     x = s[p.to(s.device)].double().cpu()
@@ -263,13 +289,7 @@ class ContentTower(ItemTower):
                     sqs[m] += (x * x).sum(0)
                     counts[m] += len(x)
         for m in self.modalities:
-            n = max(1, counts[m])
-            mean = sums[m] / n
-            std = (sqs[m] / n - mean * mean).clamp_min(0).sqrt()
-            rms = (sqs[m] / n).sqrt()
-            # a dimension that hardly varies over the items (std under 5% of its magnitude: e.g. a CLS token
-            # at the embedding layer) carries no signal; scaling it up would only amplify fp16 rounding noise
-            inv_std = torch.where(std > min_rel_std * rms, 1.0 / std.clamp_min(1e-12), torch.zeros_like(std))
+            mean, inv_std = standardizer(sums[m], sqs[m], counts[m], min_rel_std)
             self.register_buffer(f"input_mean_{m}", mean.float())
             self.register_buffer(f"input_inv_std_{m}", inv_std.float())
         self.standardized = True

@@ -41,6 +41,7 @@ from torch import nn
 
 from crossan.encoders.base import ModalityEncoder, pool
 from crossan.towers.base import ItemTower, TowerContext
+from crossan.towers.content import standardizer
 from crossan.towers.frozen import ModalityFusionHead
 
 if TYPE_CHECKING:
@@ -375,7 +376,7 @@ class EndToEndTower(ItemTower):
     def standardize_inputs(self, min_rel_std: float = 0.05) -> EndToEndTower:
         """Standardise each dimension of every modality's pooled last state before the head, as
         :meth:`ContentTower.standardize_inputs` does for the frozen-feature head: mean 0 and std 1 over the
-        items that have the modality, dimensions whose std is under ``min_rel_std`` of their RMS set to zero.
+        items that have the modality, dimensions that hardly vary set to zero (:func:`standardizer`).
         The statistics come from one pass of the backbones as loaded (evaluation mode, before any training
         step) and stay fixed while the backbones train; they are buffers, saved with the weights. The pass
         reads the inputs through the memo (filled already with ``preprocess_upfront``), else straight from
@@ -400,11 +401,7 @@ class EndToEndTower(ItemTower):
                 total += x.sum(0)
                 squares += (x * x).sum(0)
                 count += len(x)
-            n = max(1, count)
-            mean = total / n
-            std = (squares / n - mean * mean).clamp_min(0).sqrt()
-            rms = (squares / n).sqrt()
-            inv_std = torch.where(std > min_rel_std * rms, 1.0 / std.clamp_min(1e-12), torch.zeros_like(std))
+            mean, inv_std = standardizer(total, squares, count, min_rel_std)
             self.register_buffer(f"input_mean_{m}", mean.float().to(device))
             self.register_buffer(f"input_inv_std_{m}", inv_std.float().to(device))
         self.standardized = True

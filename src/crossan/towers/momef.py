@@ -15,7 +15,7 @@ Rules chosen here:
 * With M = 1 there is nothing to route (p ≡ 1): no router parameters are created.
 * Top-k (``top_k > 0``): the k largest weights are kept and renormalised to sum to 1; gradients flow
   through the kept ones. Items with fewer than k present modalities keep only those; items with none stay
-  uniform over all M. With k = 1 the kept weight is always 1, so the task loss gives the router no gradient:
+  uniform over all M. k ≥ M keeps every expert: routing and load balancing are then the dense ones. With k = 1 the kept weight is always 1, so the task loss gives the router no gradient:
   it then learns only through the load-balancing loss (configs refuse k = 1 without it).
 * Load balancing (Switch-Transformer style, Fedus et al. 2021): ``M · Σ_m f_m · P_m`` over the batch's items
   with at least one modality, where ``P_m`` is the mean router weight of expert m *before* top-k
@@ -108,7 +108,10 @@ class MOMEF(nn.Module):
         M = p.shape[1]
         has_any = present.any(1)
         if self.load_balance_weight > 0 and M >= 2 and torch.is_grad_enabled() and bool(has_any.any()):
-            self._aux = self.load_balance_weight * load_balance(p_all[has_any], p[has_any], self.top_k)
+            # top_k >= M keeps every expert (dense routing): balance it as dense, else f = 1/M and the loss
+            # is a constant 1 with no gradient
+            k = self.top_k if 0 < self.top_k < M else 0
+            self._aux = self.load_balance_weight * load_balance(p_all[has_any], p[has_any], k)
         with torch.no_grad():
             self._weight_sum += (p * has_any[:, None]).sum(0)
             self._present_count += present.sum(0)
