@@ -37,9 +37,10 @@ from crossan.precision import autocast
 from crossan.towers.base import ItemTower, TowerContext
 from crossan.towers.sanb import ModalityProjection, branch_masks
 
-NOISE_FLOOR = 1e-3
-"""Input standardisation zeroes a dimension whose std over the items is under this share of its tap's RMS
-(over the tap's dimensions): a spread that small is fp16 rounding or a channel that barely fires."""
+FP16_NOISE_STEPS = 16
+"""Input standardisation zeroes a dimension whose std over the items is under this many fp16 steps at its
+magnitude (``max(rms · 2^-10, 2^-24)``): a spread of a few float16 values is the cache's rounding, not a
+signal (e.g. a MiniLM dimension holding only the subnormals ±6e-8)."""
 
 FEATURES_KEY = "features"
 """``TowerContext.extras`` key under which the trainer passes the FeatureSource."""
@@ -63,17 +64,16 @@ def standardizer(total: torch.Tensor, squares: torch.Tensor, count: int,
     """``(mean, inv_std)`` of states ``[..., D]`` from their sum and sum of squares over ``count`` items
     (float64). A dimension that hardly varies over the items (std under ``min_rel_std`` of its own RMS: e.g.
     a CLS token at the embedding layer) carries no signal, and scaling it up would only amplify fp16 rounding
-    noise: its ``inv_std`` is 0. So is a dimension whose std is under :data:`NOISE_FLOOR` of its tap's RMS
-    (over the last axis): fp16 subnormals around 0, which pass the relative test, or a channel that fires
-    faintly on a single item. ``min_rel_std`` = 0 keeps every dimension that varies at all."""
+    noise: its ``inv_std`` is 0. So is a dimension whose std is under :data:`FP16_NOISE_STEPS` float16 steps
+    at its magnitude (values around 0 in the subnormal range pass the relative test). ``min_rel_std`` = 0
+    keeps every dimension that varies at all."""
     n = max(1, count)
     mean = total / n
     std = (squares / n - mean * mean).clamp_min(0).sqrt()
     rms = (squares / n).sqrt()
-    tap_rms = rms.pow(2).mean(-1, keepdim=True).sqrt()
     keep = std > min_rel_std * rms
     if min_rel_std > 0:  # 0: keep every dimension that varies at all (cache.standardize_min_rel_std=0)
-        keep &= std > NOISE_FLOOR * tap_rms
+        keep &= std > FP16_NOISE_STEPS * (rms * 2.0**-10).clamp_min(2.0**-24)
     return mean, torch.where(keep, 1.0 / std.clamp_min(1e-12), torch.zeros_like(std))
 
 
