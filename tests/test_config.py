@@ -46,7 +46,7 @@ def test_bad_overrides_name_the_key(override: str, needle: str) -> None:
 def test_bad_file_names_file_and_key(tmp_path: Path) -> None:
     f = tmp_path / "bad.yaml"
     f.write_text("train:\n  batchsize: 10\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml: unknown config key 'train.batchsize'"):
+    with pytest.raises(ConfigError, match=r"bad\.yaml:2: unknown config key 'train\.batchsize'"):
         load_config([f])
     with pytest.raises(ConfigError, match="does not exist"):
         load_config([tmp_path / "none.yaml"])

@@ -224,3 +224,67 @@ def test_a_capped_epoch_extrapolates_from_its_steps_after_the_first(small_data: 
     assert record["first_step_s"] >= 2.0
     steady = record["train_time_s"] / record["full_epoch_steps"]  # per step, from steps 2 and 3
     assert steady < 0.5, record  # with the first step in: at least 2.0 / 3 per step
+
+
+def test_any_eval_ks_logs_without_a_cut_off_of_10(small_data: Path, tmp_path: Path) -> None:
+    """eval.ks without 10: the epoch and final log lines show the cut-off evaluated (here 20) and
+    train.metric; they used to read HR@10 (a KeyError at the end of training, nan per epoch)."""
+    cfg = _cfg(small_data, "train.epochs=1", "eval.ks=[5,20]", "train.metric=NDCG@20")
+    res = train(cfg, tmp_path / "run", progress=False)
+    assert set(res["test"]) == {"HR@5", "HR@20", "NDCG@5", "NDCG@20", "MRR"}
+    log = (tmp_path / "run" / "train.log").read_text()
+    t, v = res["test"], res["valid"]
+    assert (f"valid HR@20 {v['HR@20']:.4f} NDCG@20 {v['NDCG@20']:.4f} MRR {v['MRR']:.4f} *") in log
+    assert (f"best epoch 1 | test HR@20 {t['HR@20']:.4f} NDCG@20 {t['NDCG@20']:.4f} MRR {t['MRR']:.4f} | "
+            f"{tmp_path / 'run' / 'results.json'}") in log
+    assert "nan" not in log
+    from crossan.trainer import metrics_line
+
+    metrics = {"HR@5": 0.5, "HR@10": 0.25, "NDCG@5": 0.125, "NDCG@10": 0.0625, "MRR": 0.03125}
+    assert (metrics_line(metrics, load_config([], ["eval.ks=[5,10]"]))
+            == "HR@10 0.2500 NDCG@10 0.0625 MRR 0.0312")
+    assert (metrics_line(metrics, load_config([], ["eval.ks=[5]", "train.metric=HR@5"]))
+            == "HR@5 0.5000 NDCG@5 0.1250 MRR 0.0312")
+
+
+def _interrupted_after_epoch_1(small_data: Path, run: Path, monkeypatch, *extra: str) -> None:
+    real_batches = trainer._batches
+
+    def crash_at_epoch_2(n, bs, seed, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt("simulated crash")
+        return real_batches(n, bs, seed, epoch)
+
+    monkeypatch.setattr(trainer, "_batches", crash_at_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(small_data, "train.epochs=2", *extra), run, progress=False)
+    monkeypatch.setattr(trainer, "_batches", real_batches)
+
+
+def test_resume_refuses_another_compute_dtype(small_data: Path, tmp_path: Path, monkeypatch) -> None:
+    """precision=auto resolves by hardware: a run started in float32 and resumed where the CPU has bf16 units
+    would switch dtype halfway. The checkpoint records the dtype; the resume is refused, naming both dtypes
+    and the precision that forces the one it started with, which is then accepted."""
+    import crossan.precision as precision
+
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    run = tmp_path / "run"
+    _interrupted_after_epoch_1(small_data, run, monkeypatch)
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)  # "another machine"
+    with pytest.raises(RunError) as e:
+        train(_cfg(small_data, "train.epochs=2"), run, resume=True, progress=False)
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["compute_dtype"] == "float32"
+    assert ("last.pt was trained with compute dtype float32, but this run would continue in bfloat16 "
+            "(precision=auto on this machine and device), and a run must not switch dtype halfway: resume "
+            "with precision=fp32 to continue in float32") in str(e.value)
+    res = train(_cfg(small_data, "train.epochs=2", "precision=fp32"), run, resume=True, progress=False)
+    assert res["compute_dtype"] == "float32" and res["epochs_run"] == 2
+    # only the precision may differ from config.yaml; the other keys still must agree
+    with pytest.raises(RunError, match=r"different configuration: train\.lr: 0\.0002 → 0\.001$"):
+        train(_cfg(small_data, "train.epochs=2", "precision=fp32", "train.lr=1e-3"), run, resume=True,
+              progress=False)
+    ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    del ck["compute_dtype"]  # as an older crossan wrote it: a change of precision cannot be checked
+    torch.save(ck, run / "checkpoints" / "last.pt")
+    with pytest.raises(RunError, match=r"records no compute dtype .* resume with precision=auto as in its"):
+        train(_cfg(small_data, "train.epochs=2", "precision=fp32"), run, resume=True, progress=False)

@@ -1,6 +1,6 @@
 """The ``crossan`` command line. Every subcommand takes ``key=value`` config overrides after its options.
 
-    crossan train --data PATH [--config FILE]... [--out RUN_DIR] [--resume] [key=value]...
+    crossan train --data PATH [--config FILE]... [--plugin MODULE]... [--out RUN_DIR] [--resume] [k=v]...
     crossan evaluate RUN_DIR
     crossan data stats --data PATH
     crossan data synth --out DIR [--size small|medium|large] [--seed N]
@@ -34,7 +34,15 @@ def _config_args(p: argparse.ArgumentParser, data_required: bool = True) -> None
     p.add_argument("--data", required=data_required, metavar="PATH",
                    help="dataset folder (users.tsv + items.tsv, RecBole .inter/.item) or a .csv file")
     p.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML config file (repeatable)")
+    plugin_arg(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+
+
+def plugin_arg(p: argparse.ArgumentParser) -> None:
+    """``--plugin MODULE`` (repeatable): import a module that registers a method before anything else."""
+    p.add_argument("--plugin", action="append", default=[], dest="plugins", metavar="MODULE",
+                   help="import a plugin that registers a method (a module name on PYTHONPATH, or a .py "
+                        "file) before the configuration is read; repeatable (docs/method.md §13)")
 
 
 def _load(args: argparse.Namespace, extra: list[str] = ()) -> Config:
@@ -53,7 +61,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if dist.env_world_size() > 1 and not args.out:
         raise ConfigError("under torchrun pass --out RUN_DIR (every rank must write to the same folder)")
-    out = Path(args.out) if args.out else Path("runs") / f"{Path(cfg.data.path).name}-{cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    dataset = Path(cfg.data.path).resolve().name or "data"  # --data . names the folder it stands for
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out) if args.out else Path("runs") / f"{dataset}-{cfg.method}-{stamp}"
     res = train(cfg, out, resume=args.resume, progress=not args.quiet)
     if dist.is_main():  # one summary on stdout, not one per rank
         print(json.dumps({k: res[k] for k in ("method", "dataset", "best_epoch", "test")}, indent=2))
@@ -113,6 +123,9 @@ def cmd_cache(args: argparse.Namespace) -> int:
     extra = [f"encoders.preset={args.preset}"] if args.preset else []
     cfg = _load(args, extra)
     modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
+    if not modalities:
+        raise ConfigError(f"--modalities: {args.modalities!r} names no modality; give a comma-separated "
+                          "subset of text,image,video,audio")
     data = prepare(cfg.data)
     if dist.env_world_size() > 1:  # torchrun: rank r builds shard r, then rank 0 joins them
         if args.shard is not None or args.join:
@@ -177,7 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and results.json into the run folder.", epilog=EPILOG_OVERRIDES)
     _config_args(p)
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default runs/DATASET-METHOD-TIME)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its last checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run in --out from its last checkpoint. The configuration "
+                        "must be the run's: repeat the original --config files and key=value overrides, or "
+                        "pass --config RUN_DIR/config.yaml (a difference is refused, naming the keys)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(fn=cmd_train)
 
@@ -186,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "RUN_DIR/evaluation.json) the full-ranking metrics.")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, …")
+    plugin_arg(p)
     p.set_defaults(fn=cmd_evaluate)
 
     data = sub.add_parser("data", help="dataset tools (stats, synth)",
@@ -265,6 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seeds", metavar="0,1,2", help="training seeds, comma-separated (default: the suite's seeds)")
     p.add_argument("--fresh", action="store_true", help="retrain runs that finished earlier in --out")
+    plugin_arg(p)
     p.set_defaults(fn=cmd_bench)
 
     from crossan.cli_serving import register as register_serving  # recommend, embed-items, export
@@ -279,6 +297,17 @@ _EXTRA_COMMANDS: list[Callable[[argparse._SubParsersAction, argparse._SubParsers
 """Hooks ``register(subparsers, data_subparsers)`` that add further commands (plugins)."""
 
 
+def _prepare(args: argparse.Namespace) -> None:
+    """Before a command runs: import its ``--plugin`` modules and check its ``--device`` as the ``device``
+    config key is checked (:class:`ConfigError`, not a traceback from torch)."""
+    from crossan.config import check_device
+    from crossan.methods import load_plugins
+
+    load_plugins(getattr(args, "plugins", None) or [])
+    if isinstance(getattr(args, "device", None), str):
+        check_device(args.device, "--device")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -286,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     from crossan.data.readers import DataError
 
     try:
+        _prepare(args)
         return args.fn(args)
     except (CrossanError, DataError, MediaError, OSError, ValueError) as e:  # OSError: names its file
         print(f"crossan: error: {e}", file=sys.stderr)

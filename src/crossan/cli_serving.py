@@ -162,6 +162,7 @@ def cmd_export(args: Any) -> int:
 
 def register(sub: Any) -> None:
     """Add ``recommend``, ``embed-items`` and ``export`` to the ``crossan`` command's subparsers."""
+    from crossan.cli import plugin_arg  # the command line's own module, loaded by now
 
     def common(p: Any) -> None:
         p.add_argument("run_dir", metavar="RUN_DIR",
@@ -170,6 +171,7 @@ def register(sub: Any) -> None:
         p.add_argument("--run-data", metavar="PATH",
                        help="the run's training dataset, when it moved since training (default: data.path of "
                             "its config.yaml)")
+        plugin_arg(p)
 
     p = sub.add_parser("recommend", help="top-K items for a history, or for every user of a file",
                        description="Score every item for a history (item ids, oldest first) with a trained run; "

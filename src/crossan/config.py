@@ -3,7 +3,13 @@
 Precedence (later wins): dataclass defaults < ``--config`` YAML files in order < ``key=value`` overrides.
 Keys are dotted paths (``train.lr=1e-3``, ``crossan.fusion=concat``); a handful of often-used keys live at
 the top level (``method``, ``modalities``, ``cached``, ``seed``, ``device``). Unknown keys and values of the
-wrong type are errors that name the key.
+wrong type are errors that name the key, and the file and line that set it (range and cross-field checks
+included). A key repeated in one YAML mapping is an error (YAML would keep the last one silently).
+
+Values read alike from a file and from the command line: a number key takes ``1e-3`` (YAML 1.1 reads it as
+a string) and reads ``010`` as decimal 10 (not octal 8); a string key refuses an unquoted value YAML reads
+as a number, boolean or date (``path: 2024.10`` would become ``2024.1``): quote it. On the command line a
+string key keeps the text as typed (``data.path=2024.10``), and ``null`` is null there as in a file.
 
 Each method's own options are a section named after it (``cfg.crossan``, ``cfg.lora``); the sections are
 built from the table of methods (:mod:`crossan.methods`), which this module imports downward. Reading a
@@ -13,6 +19,7 @@ configuration imports no torch.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,7 +33,7 @@ from crossan.methods import get_method, option_sections
 
 __all__ = ["CacheConfig", "Config", "ConfigError", "CoreConfig", "DataConfig", "EncoderSpec", "EncodersConfig",
            "EvalConfig", "TrainConfig", "UserEncoderConfig", "config_from_dict", "load_config", "metric_names",
-           "parse_override", "save_config", "to_dict", "validate"]
+           "parse_override", "read_yaml_file", "save_config", "to_dict", "validate"]
 
 
 # --------------------------------------------------------------------------------------------- sections
@@ -259,6 +266,7 @@ class CoreConfig:
     cached: bool = True
     """Side networks and frozen features read the layer-state cache; false runs the encoders live."""
     seed: int = 12345
+    """Training seed, an integer in [0, 2**32) (the epoch streams ``seed * 1000003 + epoch`` fit in int64)."""
     device: str = "auto"
     """``auto`` (cuda when available), ``cpu``, ``cuda``, ``cuda:1`` …"""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
@@ -266,7 +274,9 @@ class CoreConfig:
     training step. ``bf16``: matrix products in bfloat16 under ``torch.autocast``; weights, gradients,
     optimiser state and losses stay float32, evaluation and serving run in float32, the cache stays float16.
     ``auto``: bf16 on CPUs with AVX-512 BF16 or AMX (``/proc/cpuinfo`` flags ``avx512_bf16``/``amx_bf16``)
-    and on CUDA GPUs that support bf16, fp32 elsewhere (see ``crossan.precision``)."""
+    and on CUDA GPUs that support bf16, fp32 elsewhere (see ``crossan.precision``). Each checkpoint records
+    the dtype a run's steps ran at, and ``--resume`` refuses to continue at another (``auto`` on other
+    hardware): ``bf16`` or ``fp32`` then forces the dtype the run started with."""
     data: DataConfig = field(default_factory=DataConfig)
     user: UserEncoderConfig = field(default_factory=UserEncoderConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -292,13 +302,119 @@ def metric_names(ks: Any) -> list[str]:
     return [f"HR@{k}" for k in ks] + [f"NDCG@{k}" for k in ks] + ["MRR"]
 
 
+# --------------------------------------------------------------------------------------------- YAML files
+class DuplicateKeyError(yaml.YAMLError):
+    """A key repeated in one YAML mapping (``yaml.safe_load`` would keep the last and drop the first)."""
+
+    def __init__(self, key: Any, line: int, first_line: int) -> None:
+        super().__init__(f"line {line}: key {key!r} appears twice in one mapping (first on line "
+                         f"{first_line}); the second would silently replace the first, so merge them into "
+                         "one")
+        self.key, self.line, self.first_line = key, line, first_line
+
+
+class YAMLLoader(yaml.SafeLoader):
+    """The loader of crossan's YAML files (configs, suites) and ``key=value`` values: a SafeLoader that
+    refuses a key repeated in one mapping (:class:`DuplicateKeyError`: a second ``train:`` block would
+    otherwise replace the first), and reads an integer written with leading zeros as decimal (``010`` is 10,
+    as on the command line, where YAML 1.1 reads it as octal 8)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: SafeLoader reports it
+                    continue
+                if first is not None:
+                    raise DuplicateKeyError(key, line, first)
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        text = str(self.construct_scalar(node)).replace("_", "")
+        digits = text.lstrip("+-")
+        if len(digits) > 1 and digits.startswith("0") and digits.isdigit():
+            return int(text, 10)
+        return super().construct_yaml_int(node)
+
+
+YAMLLoader.add_constructor("tag:yaml.org,2002:int", YAMLLoader.construct_yaml_int)
+
+
+def parse_yaml(text: str, where: str) -> tuple[Any, dict[str, int]]:
+    """Parse ``text`` with :class:`YAMLLoader`: (the data, the line of each mapping key by dotted path).
+
+    :class:`ConfigError` starting with ``where`` (``config file a.yaml``) for invalid YAML or a repeated key,
+    naming its line."""
+    loader = YAMLLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except DuplicateKeyError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        problem = getattr(e, "problem", None)
+        if mark is None or not problem:
+            raise ConfigError(f"{where} is not valid YAML: {' '.join(str(e).split())}") from None
+        context = getattr(e, "context", None)
+        at = f"line {mark.line + 1}, column {mark.column + 1}"
+        raise ConfigError(f"{where} is not valid YAML: {at}: {problem}" + (f" ({context})" if context else "")
+                          ) from None
+    finally:
+        loader.dispose()
+    return data, _key_lines(node)
+
+
+def _key_lines(node: Any, prefix: str = "") -> dict[str, int]:
+    """The line of every mapping key under ``node`` by dotted path (``train.lr`` → 3)."""
+    out: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                key = f"{prefix}{key_node.value}"
+                out.setdefault(key, key_node.start_mark.line + 1)
+                out.update({k: v for k, v in _key_lines(value_node, f"{key}.").items() if k not in out})
+    return out
+
+
+def read_yaml_file(path: str | Path, what: str = "config file") -> tuple[Any, dict[str, int]]:
+    """Read and parse a YAML file (:func:`parse_yaml`); :class:`ConfigError` naming ``what``, the file and
+    the line for bytes that are not UTF-8, invalid YAML or a repeated key."""
+    p = Path(path)
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"{what} {p} is not UTF-8 text: line {line} holds the byte 0x{raw[e.start]:02x} "
+                          f"(offset {e.start}); save it as UTF-8") from None
+    return parse_yaml(text, f"{what} {p}")
+
+
 # --------------------------------------------------------------------------------------------- parsing
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
+_DECIMAL_INT = re.compile(r"[+-]?[0-9]+")
+_DECIMAL_NUMBER = re.compile(r"[+-]?([0-9][0-9_]*(\.[0-9_]*)?|\.[0-9][0-9_]*)([eE][+-]?[0-9]+)?")
+"""A number as written in a file or on the command line: YAML 1.1 reads ``1e-3`` (no dot) as a string."""
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check/convert ``value`` to type ``tp``; raise :class:`ConfigError` naming ``key`` otherwise."""
+    """Check/convert ``value`` to type ``tp``; raise :class:`ConfigError` naming ``key`` otherwise.
+
+    Numbers read alike from a YAML file and from the command line: a float key takes ``1e-3`` (a string to
+    YAML 1.1) as the number, an integer key reads ``08`` as decimal (:class:`YAMLLoader` reads ``010`` so
+    too), and a string key refuses an unquoted value that YAML reads as a number, boolean or date
+    (``2024.10`` would arrive as ``2024.1``) rather than store another spelling of it."""
     origin = get_origin(tp)
     if origin is typing.Union or origin is types.UnionType:
         args = get_args(tp)
@@ -312,7 +428,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, a, key)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(f"{key}: {value!r} is not a valid {_type_name(tp)}")
+        null = " (or null)" if type(None) in args else ""
+        if len(errors) == 1:  # Optional[X]: X's own message (it lists a Literal's choices)
+            raise ConfigError(errors[0] + null)
+        raise ConfigError(f"{key}: {value!r} is not a valid {_type_name(tp)}{null}")
     if origin is Literal:
         choices = get_args(tp)
         if value not in choices:
@@ -334,15 +453,24 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
+        if isinstance(value, str) and _DECIMAL_INT.fullmatch(value.strip()):
+            return int(value.strip(), 10)  # "08": decimal, as "010" is
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and _DECIMAL_NUMBER.fullmatch(value.strip()):
+            return float(value.strip())  # "1e-3": a string to YAML 1.1, a number to everyone else
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
+        if isinstance(value, str):
+            return value
+        if value is None:
+            raise ConfigError(f"{key}: expected a string, got null; leave the key out for its default, or "
+                              "quote 'null' to mean that text")
+        raise ConfigError(f"{key}: expected a string, got {value!r}, which is how YAML reads the unquoted "
+                          "value (a number, boolean or date: 2024.10 becomes 2024.1, on becomes true); quote "
+                          "it to keep it as written")
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}")
@@ -385,7 +513,7 @@ def parse_override(text: str) -> tuple[str, Any]:
 def parse_value(raw: str) -> Any:
     """One override value as YAML; ``1e-3`` (a string to YAML, having no dot) is read as a number."""
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.load(raw, Loader=YAMLLoader) if raw.strip() else ""  # YAMLLoader is a SafeLoader
     except yaml.YAMLError:
         value = raw
     if isinstance(value, str):
@@ -427,10 +555,14 @@ def _override_value(cfg: Any, text: str) -> tuple[str, Any]:
     :func:`parse_override`'s value."""
     key, value = parse_override(text)
     tp = _field_type(cfg, key)
+    raw = text.split("=", 1)[1].strip()
     if tp is not None and _is_text(tp):
-        raw = text.split("=", 1)[1].strip()
         optional = type(None) in get_args(tp)
-        value = None if optional and raw in ("null", "~", "None") else _unquote(raw)
+        # null is null, as in a YAML file (a required string then says so); ~ stays text (a home folder)
+        null = raw in ("null", "Null", "NULL") or (optional and raw in ("~", "None"))
+        value = None if null else _unquote(raw)
+    elif tp is int and _DECIMAL_INT.fullmatch(raw):
+        value = int(raw, 10)  # seed=010 is 10, not YAML 1.1's octal 8
     return key, value
 
 
@@ -456,27 +588,60 @@ def _unquote(raw: str) -> str:
 
 
 def load_config(files: list[str | Path] = (), overrides: list[str] = (), base: Config | None = None) -> Config:
-    """Build a :class:`Config` from defaults, YAML ``files`` and ``key=value`` ``overrides``."""
+    """Build a :class:`Config` from defaults, YAML ``files`` and ``key=value`` ``overrides``.
+
+    An error about a key that a file set names that file and the key's line (``a.yaml:3: train.lr: …``),
+    those of :func:`validate` (ranges, cross-field checks) included."""
     cfg = base if base is not None else Config()
+    sources: dict[str, str] = {}  # dotted key → "FILE:LINE" of the file that set it last
     for f in files:
         p = Path(f)
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+        data, lines = read_yaml_file(p)
+        data = {} if data is None else data
         if not isinstance(data, dict):
             raise ConfigError(f"config file {p} must hold a mapping at the top level")
+        where = {key: f"{p}:{lines[key]}" if key in lines else str(p) for key in _flat_keys(data)}
         try:
             _apply_mapping(cfg, data)
         except ConfigError as e:
-            raise ConfigError(f"{p}: {e}") from None
+            raise ConfigError(_located(str(e), where, str(p))) from None
+        sources.update(where)
     for o in overrides:
         key, value = _override_value(cfg, o)
         _apply_mapping(cfg, _nest(key, value))
-    validate(cfg)
+        for k in list(sources):  # the command line decides this key (or the whole section) now
+            if k == key or k.startswith(f"{key}."):
+                del sources[k]
+    try:
+        validate(cfg)
+    except ConfigError as e:
+        raise ConfigError(_located(str(e), sources)) from None
     return cfg
+
+
+def _flat_keys(mapping: dict[str, Any], prefix: str = "") -> list[str]:
+    """Every dotted key a YAML mapping sets (``{train: {lr: 1}}`` → ``train.lr``), sections included."""
+    out = []
+    for k, v in mapping.items():
+        key = f"{prefix}{k}"
+        out.append(key)
+        if isinstance(v, dict):
+            out += _flat_keys(v, f"{key}.")
+    return out
+
+
+_MESSAGE_KEY = re.compile(r"(?:unknown config key '([^']+)'|([A-Za-z_][\w.]*)(?:\[\d+\])*:)")
+
+
+def _located(message: str, where: dict[str, str], default: str | None = None) -> str:
+    """``message`` prefixed with where the key it starts with was set (``FILE:LINE``), or ``default`` (a
+    file) when that is not known; unchanged when the key was not set by a file."""
+    m = _MESSAGE_KEY.match(message)
+    key = (m.group(1) or m.group(2)) if m else None
+    place = (where.get(key) if key else None) or default
+    return f"{place}: {message}" if place else message
 
 
 def validate(cfg: Config) -> None:
@@ -503,8 +668,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"user.n_heads: must be at least 1, got {cfg.user.n_heads}")
     if cfg.user.dim % cfg.user.n_heads:
         raise ConfigError(f"user.n_heads: {cfg.user.n_heads} does not divide user.dim {cfg.user.dim}")
-    if cfg.train.epochs < 0 or cfg.train.patience < 1:
-        raise ConfigError("train.epochs must be >= 0 and train.patience >= 1")
+    if cfg.train.epochs < 0:
+        raise ConfigError(f"train.epochs: must be at least 0, got {cfg.train.epochs}")
+    if cfg.train.patience < 1:
+        raise ConfigError(f"train.patience: must be at least 1, got {cfg.train.patience}")
     import math
 
     for key in ("lr", "lr_adapter", "lr_peft", "lr_backbone"):
@@ -515,8 +682,9 @@ def validate(cfg: Config) -> None:
         val = getattr(cfg.train, key)
         if not math.isfinite(val) or val < 0:
             raise ConfigError(f"train.{key}: must be a finite number >= 0, got {val!r}")
-    if cfg.user.n_layers < 1 or cfg.user.ffn_mult < 1:
-        raise ConfigError("user.n_layers and user.ffn_mult must be at least 1")
+    for key, val in (("user.n_layers", cfg.user.n_layers), ("user.ffn_mult", cfg.user.ffn_mult)):
+        if val < 1:
+            raise ConfigError(f"{key}: must be at least 1, got {val}")
     if not (0.0 <= cfg.user.dropout < 1.0):
         raise ConfigError(f"user.dropout: must be in [0, 1), got {cfg.user.dropout!r}")
     if cfg.train.eval_every < 1:
@@ -525,14 +693,29 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.max_steps_per_epoch: must be >= 0 (0 = full epoch), got {cfg.train.max_steps_per_epoch}")
     if not cfg.eval.ks or any(k < 1 for k in cfg.eval.ks) or len(set(cfg.eval.ks)) != len(cfg.eval.ks):
         raise ConfigError(f"eval.ks: must be distinct positive integers, got {cfg.eval.ks}")
-    if cfg.device != "auto":
-        import re
-
-        if not re.fullmatch(r"(cpu|cuda|mps)(:\d+)?", cfg.device):
-            raise ConfigError(f"device: {cfg.device!r} is not 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    check_seed(cfg.seed)
+    check_device(cfg.device)
     if cfg.train.metric not in metric_names(cfg.eval.ks):
         raise ConfigError(f"train.metric: {cfg.train.metric!r} is not one of {metric_names(cfg.eval.ks)}")
     _validate_ranges(cfg)
+
+
+SEED_LIMIT = 2**32
+"""Seeds are integers in [0, 2**32): what NumPy's generator takes, and the epoch streams derived from a seed
+(``seed * 1000003 + epoch``) stay within int64."""
+
+
+def check_seed(seed: int, key: str = "seed") -> None:
+    """:class:`ConfigError` naming ``key`` unless ``0 <= seed < 2**32``."""
+    if not 0 <= seed < SEED_LIMIT:
+        raise ConfigError(f"{key}: must be an integer in [0, 2**32) = [0, {SEED_LIMIT - 1}], got {seed}")
+
+
+def check_device(device: str, key: str = "device") -> None:
+    """:class:`ConfigError` naming ``key`` unless ``device`` is ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or
+    ``mps`` (the ``device`` config key; ``--device`` of the commands that load a run)."""
+    if device != "auto" and not re.fullmatch(r"(cpu|cuda|mps)(:\d+)?", device):
+        raise ConfigError(f"{key}: {device!r} is not 'auto', 'cpu', 'cuda' or 'cuda:N'")
 
 
 # (key, lowest allowed, whether the lowest value itself is allowed, highest allowed exclusive or None)

@@ -14,7 +14,13 @@ row at run time, as plugins and tests do (see docs/method.md, "Adding a method")
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import os
+import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from crossan.errors import ConfigError
 from crossan.towers.options import (
@@ -54,7 +60,21 @@ class Method:
 METHODS: dict[str, Method] = {}
 """name → row, in the order of :data:`BUILTIN` then of registration."""
 
+RESERVED_NAMES = frozenset({"method", "modalities", "cached", "seed", "device", "precision", "data", "user",
+                            "train", "eval", "encoders", "cache"})
+"""The top-level keys of ``crossan.config.CoreConfig``: a method's name is also a config section, so it may
+not be one of these (``tests/test_config_audit.py`` checks that the two lists agree)."""
+
+PLUGINS_ENV = "CROSSAN_PLUGINS"
+"""Environment variable: plugin modules (names or ``.py`` paths, separated by ``os.pathsep``) imported when
+a ``method=`` name is unknown. ``--plugin`` adds to it, so that the child processes of a suite import them
+too."""
+
+ENTRY_POINT_GROUP = "crossan.methods"
+"""Entry-point group of installed plugin packages; each entry point names a module that registers a method."""
+
 _sections_fixed = False
+_discovered = False
 
 
 def register_method(method: Method) -> Method:
@@ -64,6 +84,9 @@ def register_method(method: Method) -> Method:
         raise ConfigError(f"method {method.name!r} is registered twice")
     if not method.name.isidentifier():
         raise ConfigError(f"method name {method.name!r} must be a Python identifier (it names a config section)")
+    if method.name in RESERVED_NAMES:
+        raise ConfigError(f"method name {method.name!r} is a top-level config key (a method's name is also "
+                          f"its config section); choose another name, not one of {sorted(RESERVED_NAMES)}")
     if method.options is not None and _sections_fixed:
         raise ConfigError(f"method {method.name!r} has options but crossan.config is already built; add its row "
                           "to crossan.methods.BUILTIN (or register it before importing crossan.config)")
@@ -93,10 +116,95 @@ def option_sections() -> list[Method]:
 
 
 def get_method(name: str) -> Method:
-    """The row of ``name``; :class:`ConfigError` listing the known names otherwise."""
+    """The row of ``name``; :class:`ConfigError` listing the known names otherwise. An unknown name first
+    imports the plugins not imported yet (:func:`discover_plugins`)."""
     if name not in METHODS:
-        raise ConfigError(f"method: {name!r} is not one of {method_names()}")
+        discover_plugins()
+    if name not in METHODS:
+        raise ConfigError(f"method: {name!r} is not one of {method_names()} (a plugin method: pass --plugin "
+                          f"MODULE, set ${PLUGINS_ENV}, or install a package with a {ENTRY_POINT_GROUP!r} "
+                          "entry point)")
     return METHODS[name]
+
+
+def load_plugin(spec: str) -> None:
+    """Import the plugin ``spec``: a module name (importable from ``sys.path``, e.g. on ``PYTHONPATH``) or the
+    path of a ``.py`` file (imported under its file name's stem). Importing it registers its method
+    (:func:`register_method`). :class:`ConfigError` naming the plugin when it cannot be imported."""
+    spec = spec.strip()
+    try:
+        if spec.endswith(".py") or os.sep in spec:
+            _import_file(Path(spec))
+        else:
+            importlib.import_module(spec)
+    except ConfigError as e:
+        raise ConfigError(f"plugin {spec}: {e}") from None
+    except ModuleNotFoundError as e:
+        if e.name and spec.startswith(e.name):
+            raise ConfigError(f"plugin {spec}: no module named {spec!r}; put its folder on PYTHONPATH or "
+                              "give the path of its .py file") from None
+        raise ConfigError(f"plugin {spec}: importing it failed: {e}") from None
+    except Exception as e:  # noqa: BLE001 - any failure of third-party code: one line naming the plugin
+        raise ConfigError(f"plugin {spec}: importing it failed: {type(e).__name__}: {e}") from None
+
+
+def _import_file(path: Path) -> None:
+    if not path.is_file():
+        raise ConfigError(f"no such file {path}")
+    name = path.stem
+    if not name.isidentifier():
+        raise ConfigError(f"the file name {path.name!r} must be a Python module name")
+    loaded = sys.modules.get(name)
+    if loaded is not None:
+        if Path(getattr(loaded, "__file__", "") or "").resolve() == path.resolve():
+            return
+        where = getattr(loaded, "__file__", "?")
+        raise ConfigError(f"a module named {name!r} is imported already (from {where}); rename the plugin "
+                          "file")
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise ConfigError(f"{path} cannot be imported as a Python module")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module  # the method's row names this module; the trainer imports it by that name
+    try:
+        module_spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+
+
+def load_plugins(specs: Iterable[str]) -> None:
+    """``--plugin``: import each plugin now (:func:`load_plugin`) and add it to ``$CROSSAN_PLUGINS``, so that
+    child processes (a suite's runs) import it too. A file path is stored absolute."""
+    specs = [s.strip() for s in specs if s.strip()]
+    for spec in specs:
+        load_plugin(spec)
+    if specs:
+        known = [s for s in os.environ.get(PLUGINS_ENV, "").split(os.pathsep) if s]
+        new = [str(Path(s).resolve()) if s.endswith(".py") or os.sep in s else s for s in specs]
+        os.environ[PLUGINS_ENV] = os.pathsep.join(dict.fromkeys(known + new))
+
+
+def discover_plugins() -> None:
+    """Once per process: import the plugins named in ``$CROSSAN_PLUGINS`` and those of installed packages'
+    ``crossan.methods`` entry points (``[project.entry-points."crossan.methods"] name = "pkg.module"``)."""
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    for spec in os.environ.get(PLUGINS_ENV, "").split(os.pathsep):
+        if spec.strip():
+            load_plugin(spec)
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        which = f"plugin {ep.value} (entry point {ep.name!r} of {ENTRY_POINT_GROUP!r})"
+        try:
+            ep.load()
+        except ConfigError as e:
+            raise ConfigError(f"{which}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - one line naming the plugin
+            raise ConfigError(f"{which}: importing it failed: {type(e).__name__}: {e}") from None
 
 
 def method_names() -> list[str]:

@@ -68,8 +68,13 @@ RESULT_KEYS = ("method", "dataset", "best_epoch", "valid", "test", "train_time_p
 
 
 # --------------------------------------------------------------------------------------------- checks
-def check_run_dir(run_dir: Path, cfg: Config, resume: bool) -> None:
-    """Refuse a run folder that holds another run, or a ``--resume`` with another configuration."""
+def check_run_dir(run_dir: Path, cfg: Config, resume: bool) -> str | None:
+    """Refuse a run folder that holds another run, or a ``--resume`` with another configuration.
+
+    Returns the ``precision`` of the run's config.yaml when a ``--resume`` sets another one (else None): that
+    is accepted here, because what must not change is the compute dtype the precision resolves to, which
+    the checkpoint records (:func:`load_checkpoint` compares it). ``precision=auto`` resolves by hardware,
+    so a run resumed on another machine may have to name the dtype it started with."""
     check_out_folder(run_dir)
     saved = run_dir / CONFIG
     if resume:
@@ -79,11 +84,17 @@ def check_run_dir(run_dir: Path, cfg: Config, resume: bool) -> None:
             old = yaml.safe_load(saved.read_text(encoding="utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError) as e:
             raise RunError(f"{saved}: not valid YAML ({str(e).splitlines()[0]})") from None
-        diff = config_differences(old, cfg) if isinstance(old, dict) else ["config.yaml is not a mapping"]
+        if not isinstance(old, dict):
+            raise RunError(f"{run_dir}: --resume with a different configuration: config.yaml is not a "
+                           "mapping")
+        old_precision = old.get("precision", cfg.precision)
+        diff = config_differences({**old, "precision": cfg.precision}, cfg)
         if diff:
             raise RunError(f"{run_dir}: --resume with a different configuration: {'; '.join(diff[:10])}")
-    elif run_dir.exists() and any(run_dir.iterdir()):
+        return None if old_precision == cfg.precision else str(old_precision)
+    if run_dir.exists() and any(run_dir.iterdir()):
         raise RunError(f"{run_dir} already holds files; pass --resume to continue that run or choose another --out")
+    return None
 
 
 def resolve_paths(cfg: Config) -> Config:
@@ -269,10 +280,14 @@ class TrainState:
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, state: TrainState,
-                    data: dict[str, str] | None = None) -> None:
-    """Model, optimiser and loop state after a finished epoch, with the world size that wrote it and
-    ``data``: the fingerprints of the data it trains on (``split_fingerprint``, ``item_fingerprint``)."""
+                    data: dict[str, str] | None = None, compute_dtype: str | None = None) -> None:
+    """Model, optimiser and loop state after a finished epoch, with the world size that wrote it, ``data``:
+    the fingerprints of the data it trains on (``split_fingerprint``, ``item_fingerprint``), and
+    ``compute_dtype``: the dtype its training steps ran at (``precision`` resolved on this machine,
+    :func:`crossan.precision.dtype_name`: ``bfloat16`` or ``float32``)."""
+    extra = {} if compute_dtype is None else {"compute_dtype": compute_dtype}
     atomic_torch_save({
+        **extra,
         "model": model.state_dict(),
         "optimizer": opt.state_dict(),
         "state": {"epoch": state.epoch, "best_epoch": state.best_epoch, "best_metric": state.best_metric,
@@ -283,12 +298,19 @@ def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
-                    data: dict[str, str] | None = None) -> TrainState:
+                    data: dict[str, str] | None = None, compute_dtype: str | None = None,
+                    precision: str = "auto", changed_from: str | None = None) -> TrainState:
     """Restore model and optimiser from ``path``; the loop state to continue from.
 
     ``data``: the fingerprints of the data the run reads now; a checkpoint that records others was trained on
     other data (the same configuration can name a folder whose content changed) and is refused. Checkpoints
-    written before the fingerprints were recorded are resumed as before."""
+    written before the fingerprints were recorded are resumed as before.
+
+    ``compute_dtype``: the dtype the resumed epochs would run at (``precision`` resolved here); a checkpoint
+    that records another is refused: ``precision=auto`` resolves by hardware, and a run must not switch
+    between float32 and bfloat16 halfway. ``changed_from``: the config.yaml's ``precision`` when the resume
+    sets another (:func:`check_run_dir`); a checkpoint that records no dtype (an older crossan) is then
+    refused, since the change cannot be checked."""
     import pickle
     import warnings
 
@@ -313,6 +335,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
     if changed:
         raise RunError(f"{path} was trained on other data than the dataset holds now ({'; '.join(changed)}): "
                        f"its epochs cannot be continued on this data; train into a new folder, or {fresh}")
+    _check_compute_dtype(path, ck.get("compute_dtype"), compute_dtype, precision, changed_from, fresh)
     try:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
@@ -320,6 +343,33 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
     except (RuntimeError, ValueError, TypeError, KeyError) as e:
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise RunError(f"{path}: does not fit this run's model ({first}); {fresh}") from None
+
+
+_DTYPE_PRECISION = {"bfloat16": "bf16", "float32": "fp32"}
+"""A compute dtype's name → the ``precision`` value that forces it on any machine."""
+
+
+def _check_compute_dtype(path: Path, saved: Any, now: str | None, precision: str, changed_from: str | None,
+                         fresh: str) -> None:
+    """Refuse to continue a checkpoint at another compute dtype than its epochs ran at (see
+    :func:`load_checkpoint`)."""
+    if now is None:
+        return
+    if saved is None:
+        if changed_from is not None:
+            raise RunError(f"{path} records no compute dtype (written by an older crossan), so --resume "
+                           f"cannot check that precision={precision} continues it at the dtype it started "
+                           f"with; resume with precision={changed_from} as in its config.yaml, or {fresh}")
+        return
+    if saved == now:
+        return
+    force = _DTYPE_PRECISION.get(str(saved))
+    slow = " (emulated, and slow, where the hardware has no bf16 units)" if force == "bf16" else ""
+    how = (f"resume with precision={force} to continue in {saved}{slow}" if force
+           else f"resume where it runs at {saved}")
+    raise RunError(f"{path} was trained with compute dtype {saved}, but this run would continue in {now} "
+                   f"(precision={precision} on this machine and device), and a run must not switch dtype "
+                   f"halfway: {how}, or train into a new folder, or {fresh}")
 
 
 def truncate_history(path: Path, epochs_done: int) -> None:

@@ -181,6 +181,10 @@ class _Run:
     """``model``, or it wrapped in DistributedDataParallel under torchrun."""
     fingerprints: dict[str, str] = field(default_factory=dict)
     """:func:`data_fingerprints` of ``data`` (stored in each checkpoint, compared on resume)."""
+    compute_dtype: str = "float32"
+    """``precision`` resolved on ``device`` (stored in each checkpoint, compared on resume)."""
+    precision_changed_from: str | None = None
+    """The config.yaml's ``precision`` when a ``--resume`` sets another (:func:`check_run_dir`)."""
 
 
 def train(cfg: Config, run_dir: str | Path, resume: bool = False, data: SequentialData | None = None,
@@ -268,7 +272,7 @@ def _start(cfg: Config, run_dir: Path, resume: bool, data: SequentialData | None
                           "processes it is shared among, so no step could run")
     configure_malloc(cfg.train.malloc, device)
     resolve_paths(cfg)  # config.yaml stores absolute paths: --resume and serving work from any folder
-    check_run_dir(run_dir, cfg, resume)
+    changed_from = check_run_dir(run_dir, cfg, resume)
     preload(cfg, device)
     seed_everything(cfg.seed)
     memory = PeakRSSMonitor().start()  # CPU memory: peak over the run minus this idle baseline
@@ -281,7 +285,9 @@ def _start(cfg: Config, run_dir: Path, resume: bool, data: SequentialData | None
     dist.barrier()
     _setup_logging(run_dir)
     run = _Run(cfg, run_dir, data, device, model, opt, memory, progress and dist.is_main(),
-               params=count_params(model), modules=module_report(model), fingerprints=data_fingerprints(data))
+               params=count_params(model), modules=module_report(model), fingerprints=data_fingerprints(data),
+               compute_dtype=dtype_name(compute_dtype(cfg.precision, device)),
+               precision_changed_from=changed_from)
     _log_start(run)
     return run
 
@@ -302,7 +308,8 @@ def _resume(run: _Run, resume: bool) -> TrainState:
     state = TrainState(epoch_times=[])
     ckpt = run.run_dir / CHECKPOINT
     if resume and ckpt.is_file():
-        state = load_checkpoint(ckpt, run.model, run.opt, run.fingerprints)
+        state = load_checkpoint(ckpt, run.model, run.opt, run.fingerprints, run.compute_dtype,
+                                run.cfg.precision, run.precision_changed_from)
         log.info("resumed from %s after epoch %d (best %s=%.5f at epoch %d)", ckpt, state.epoch,
                  run.cfg.train.metric, state.best_metric, state.best_epoch)
     if dist.is_main():
@@ -365,16 +372,26 @@ def _run_epoch(run: _Run, state: TrainState, inputs: torch.Tensor, targets: torc
         record["first_step_s"] = first_step_s  # timed apart, not in train_time_s
     if epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs:
         record["valid"] = _validate(run, state, epoch)
-        log.info("epoch %3d | loss %.4f | %.1fs | valid HR@10 %.4f NDCG@10 %.4f %s", epoch, record["loss"],
-                 epoch_time, record["valid"].get("HR@10", math.nan), record["valid"].get("NDCG@10", math.nan),
-                 "*" if state.best_epoch == epoch else "")
+        log.info("epoch %3d | loss %.4f | %.1fs | valid %s %s", epoch, record["loss"], epoch_time,
+                 metrics_line(record["valid"], cfg), "*" if state.best_epoch == epoch else "")
     state.epoch = epoch
     if dist.is_main():
         with (run.run_dir / HISTORY).open("a") as f:
             f.write(json.dumps(record) + "\n")
-        save_checkpoint(run.run_dir / CHECKPOINT, run.model, run.opt, state, run.fingerprints)
+        save_checkpoint(run.run_dir / CHECKPOINT, run.model, run.opt, state, run.fingerprints,
+                        run.compute_dtype)
         settle_best_weights(run.run_dir, state.best_epoch)
     dist.barrier()
+
+
+def metrics_line(metrics: dict[str, float], cfg: Config) -> str:
+    """The metrics a log line shows: HR@K and NDCG@K at one cut-off of ``eval.ks`` (10 when evaluated, else
+    the smallest K above 10, else the largest), then ``train.metric`` when it is another, then MRR. Only
+    metrics ``metrics`` holds are shown, so any ``eval.ks`` logs."""
+    ks = sorted(cfg.eval.ks)
+    k = 10 if 10 in ks else next((k for k in ks if k > 10), ks[-1])
+    names = list(dict.fromkeys([f"HR@{k}", f"NDCG@{k}", cfg.train.metric, "MRR"]))
+    return " ".join(f"{n} {metrics[n]:.4f}" for n in names if n in metrics)
 
 
 def first_non_finite(model: torch.nn.Module) -> str | None:
@@ -443,7 +460,7 @@ def _test_best(run: _Run, state: TrainState) -> dict[str, Any]:
         "idle_rss_bytes": run.memory.baseline,
         "peak_rss_bytes": run.memory.peak,
         "device": describe_device(device),
-        "compute_dtype": dtype_name(compute_dtype(cfg.precision, device)),
+        "compute_dtype": run.compute_dtype,
         "malloc": malloc_mode(),
         "world_size": dist.world_size(),
         "modules": run.modules,
@@ -458,7 +475,6 @@ def _test_best(run: _Run, state: TrainState) -> dict[str, Any]:
     if dist.is_main():
         save_per_user(run.run_dir / PER_USER, data, valid_ranks, test_ranks)
         atomic_write_json(run.run_dir / RESULTS, results)
-    log.info("best epoch %d | test HR@10 %.4f NDCG@10 %.4f MRR %.4f | %s", state.best_epoch, test["HR@10"],
-             test["NDCG@10"], test["MRR"], run.run_dir / RESULTS)
+    log.info("best epoch %d | test %s | %s", state.best_epoch, metrics_line(test, cfg), run.run_dir / RESULTS)
     dist.barrier()
     return results

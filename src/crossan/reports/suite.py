@@ -59,7 +59,15 @@ from typing import Any
 import yaml
 
 import crossan
-from crossan.config import ConfigError, config_differences, load_config, to_dict
+from crossan.config import (
+    SEED_LIMIT,
+    ConfigError,
+    config_differences,
+    load_config,
+    parse_yaml,
+    read_yaml_file,
+    to_dict,
+)
 from crossan.data.catalogue import MODALITIES
 from crossan.reports.children import (
     cpu_seconds,
@@ -118,8 +126,9 @@ def parse_seeds(text: str | list[Any], where: str = "--seeds") -> list[int]:
             raise TypeError
     except (TypeError, ValueError):
         raise ConfigError(f"{where}: seeds must be integers, e.g. 0,1,2 (got {text!r})") from None
-    if not seeds or len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
-        raise ConfigError(f"{where}: give one or more distinct non-negative seeds, e.g. 0,1,2 (got {text!r})")
+    if not seeds or len(set(seeds)) != len(seeds) or any(not 0 <= s < SEED_LIMIT for s in seeds):
+        raise ConfigError(f"{where}: give one or more distinct seeds in [0, 2**32) = [0, {SEED_LIMIT - 1}], "
+                          f"e.g. 0,1,2 (got {text!r})")
     return seeds
 
 
@@ -129,14 +138,14 @@ def load_suite(name_or_file: str, seeds: str | list[int] | None = None) -> Suite
     ``seeds`` (``--seeds 0,1,2`` or a list) replaces the suite's own ``seeds`` key.
     """
     path = Path(name_or_file)
-    if path.is_file():
-        text, name = path.read_text(), path.stem
+    if path.is_file():  # invalid YAML, a repeated key, bytes that are not UTF-8: ConfigError naming the line
+        raw, name = read_yaml_file(path, "suite")[0], path.stem
     else:
         res = resources.files("crossan.suites") / f"{name_or_file}.yaml"
         if not res.is_file():
             raise ConfigError(f"suite {name_or_file!r} is neither a file nor a built-in suite ({builtin_suites()})")
-        text, name = res.read_text(), name_or_file
-    raw = yaml.safe_load(text) or {}
+        raw, name = parse_yaml(res.read_text(encoding="utf-8"), f"suite {name_or_file}")[0], name_or_file
+    raw = raw or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"suite {name_or_file}: expected a mapping with keys {sorted(SUITE_KEYS)}")
     unknown = set(raw) - SUITE_KEYS

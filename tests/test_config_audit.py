@@ -1,0 +1,282 @@
+"""Configuration audit: repeated YAML keys, numbers read alike in files and on the command line, errors that
+name the file and line, seed ranges, the --device of the commands that load a run, invalid suite files,
+plugin methods on the command line (``--plugin``, ``CROSSAN_PLUGINS``, entry points) and small CLI rules."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from crossan.cli import build_parser, main
+from crossan.config import ConfigError, CoreConfig, load_config
+from crossan.methods import Method, method_names, register_method
+from crossan.reports.suite import load_suite, parse_seeds
+
+SRC = str(Path(__file__).parents[1] / "src")
+REPLACES = "the second would silently replace the first, so merge them into one"
+QUOTE = ("which is how YAML reads the unquoted value (a number, boolean or date: 2024.10 becomes 2024.1, on "
+         "becomes true); quote it to keep it as written")
+SEEDS = "[0, 2**32) = [0, 4294967295]"
+
+
+def _error(files: list[Path] = (), overrides: list[str] = ()) -> str:
+    with pytest.raises(ConfigError) as e:
+        load_config(files, overrides)
+    return str(e.value)
+
+
+# --------------------------------------------------------------------------------------------- repeated keys
+@pytest.mark.parametrize("text, line, key, first", [
+    ("train:\n  epochs: 3\nmethod: id\ntrain:\n  lr: 0.1\n", 4, "train", 1),
+    ("train:\n  lr: 0.1\n  epochs: 3\n  lr: 0.2\n", 4, "lr", 2),
+    ("{seed: 1, seed: 2}\n", 1, "seed", 1),
+])
+def test_a_repeated_key_in_a_config_file_is_an_error(tmp_path: Path, text: str, line: int, key: str,
+                                                      first: int) -> None:
+    """yaml.safe_load keeps the last of two equal keys: a second train: block silently replaced the first."""
+    f = tmp_path / "dup.yaml"
+    f.write_text(text)
+    assert _error([f]) == (f"config file {f}: line {line}: key {key!r} appears twice in one mapping (first "
+                           f"on line {first}); {REPLACES}")
+
+
+def test_a_repeated_key_in_a_suite_file_is_an_error(tmp_path: Path) -> None:
+    f = tmp_path / "s.yaml"
+    f.write_text("runs: [{name: A, method: id}]\nseeds: [0]\nruns: [{name: B, method: id}]\n")
+    with pytest.raises(ConfigError) as e:
+        load_suite(str(f))
+    assert str(e.value) == (f"suite {f}: line 3: key 'runs' appears twice in one mapping (first on line 1); "
+                            f"{REPLACES}")
+
+
+def test_invalid_suite_yaml_is_a_config_error_with_its_line(tmp_path: Path, capsys) -> None:
+    f = tmp_path / "s.yaml"
+    f.write_text("description: t\nruns: [{name: A, method: id}\n")
+    with pytest.raises(ConfigError) as e:
+        load_suite(str(f))
+    assert str(e.value) == (f"suite {f} is not valid YAML: line 3, column 1: expected ',' or ']', but got "
+                            "'<stream end>' (while parsing a flow sequence)")
+    assert main(["bench", "--suite", str(f), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == f"crossan: error: {e.value}\n"
+    f.write_bytes(b"description: caf\xe9\nruns: [{name: A, method: id}]\n")
+    with pytest.raises(ConfigError, match=r"suite .*s\.yaml is not UTF-8 text: line 1 holds the byte 0xe9"):
+        load_suite(str(f))
+
+
+# --------------------------------------------------------------------------------------------- numbers
+def test_numbers_read_alike_from_a_file_and_the_command_line(tmp_path: Path) -> None:
+    f = tmp_path / "a.yaml"
+    f.write_text("seed: 010\ntrain:\n  lr: 1e-3\n  lr_adapter: 5E-5\n  epochs: 08\n")
+    cfg = load_config([f])
+    assert (cfg.seed, cfg.train.lr, cfg.train.lr_adapter, cfg.train.epochs) == (10, 0.001, 5e-5, 8)
+    cfg = load_config([], ["seed=010", "train.lr=1e-3", "train.lr_adapter=5E-5", "train.epochs=08"])
+    assert (cfg.seed, cfg.train.lr, cfg.train.lr_adapter, cfg.train.epochs) == (10, 0.001, 5e-5, 8)
+    assert load_config([], ["eval.ks=[05,010]", "train.metric=NDCG@10"]).eval.ks == [5, 10]
+
+
+@pytest.mark.parametrize("value, read_as", [("2024.10", "2024.1"), ("010", "10"), ("on", "True"),
+                                            ("2024-01-02", "datetime.date(2024, 1, 2)")])
+def test_a_string_key_refuses_what_yaml_reads_as_another_type(tmp_path: Path, value: str,
+                                                              read_as: str) -> None:
+    """data.path: 2024.10 used to become the path '2024.1'; it is refused, asking for quotes."""
+    f = tmp_path / "a.yaml"
+    f.write_text(f"data:\n  path: {value}\n")
+    assert _error([f]) == f"{f}:2: data.path: expected a string, got {read_as}, {QUOTE}"
+    f.write_text(f"data:\n  path: '{value}'\n")
+    assert load_config([f]).data.path == value
+    assert load_config([], [f"data.path={value}"]).data.path == value  # the command line keeps its text
+
+
+def test_null_for_a_required_string_is_one_error_in_a_file_and_on_the_command_line(tmp_path: Path) -> None:
+    f = tmp_path / "a.yaml"
+    f.write_text("encoders:\n  text:\n    model: null\n")
+    message = ("encoders.text.model: expected a string, got null; leave the key out for its default, or "
+               "quote 'null' to mean that text")
+    assert _error([f]) == f"{f}:3: {message}"
+    assert _error([], ["encoders.text.model=null"]) == message
+    assert load_config([], ["encoders.text.model='null'"]).encoders.text.model == "null"
+
+
+def test_an_optional_choice_lists_its_choices() -> None:
+    assert _error([], ["encoders.text.pooling=foo"]) == (
+        "encoders.text.pooling: 'foo' is not one of ['auto', 'cls', 'mean'] (or null)")
+    assert load_config([], ["encoders.text.pooling=null"]).encoders.text.pooling is None
+
+
+# --------------------------------------------------------------------------------------------- where
+def test_range_and_cross_field_errors_name_the_file_and_line(tmp_path: Path) -> None:
+    f = tmp_path / "a.yaml"
+    f.write_text("method: id\ntrain:\n  patience: 3\n  epochs: -1\nuser:\n  dim: 60\n  n_heads: 7\n")
+    assert _error([f]) == f"{f}:7: user.n_heads: 7 does not divide user.dim 60"
+    assert _error([f], ["user.n_heads=2"]) == f"{f}:4: train.epochs: must be at least 0, got -1"
+    # the command line set the key last: no file is named
+    assert _error([f], ["train.epochs=2", "user.n_heads=2", "train.patience=0"]) == (
+        "train.patience: must be at least 1, got 0")
+    g = tmp_path / "b.yaml"
+    g.write_text("crossan:\n  dropout: 1.5\n")
+    assert (_error([f, g], ["train.epochs=2", "user.n_heads=2"])
+            == f"{g}:2: crossan.dropout: must be in [0, 1), got 1.5")
+
+
+def test_each_range_error_names_only_the_wrong_key() -> None:
+    assert _error([], ["train.epochs=-1"]) == "train.epochs: must be at least 0, got -1"
+    assert _error([], ["train.patience=0"]) == "train.patience: must be at least 1, got 0"
+    assert _error([], ["user.n_layers=0"]) == "user.n_layers: must be at least 1, got 0"
+    assert _error([], ["user.ffn_mult=0"]) == "user.ffn_mult: must be at least 1, got 0"
+
+
+def test_a_config_file_that_is_not_utf8_names_the_file_and_line(tmp_path: Path) -> None:
+    f = tmp_path / "latin1.yaml"
+    f.write_bytes(b"train:\n  epochs: 3\n# caf\xe9\n")
+    assert _error([f]) == (f"config file {f} is not UTF-8 text: line 3 holds the byte 0xe9 (offset 24); "
+                           "save it as UTF-8")
+
+
+# --------------------------------------------------------------------------------------------- seeds
+@pytest.mark.parametrize("seed", ["-1", "4294967296", "100000000000000000000"])
+def test_seeds_out_of_range_are_refused(seed: str) -> None:
+    """seed * 1000003 + epoch overflowed int64 at the first epoch; NumPy takes seeds below 2**32."""
+    assert _error([], [f"seed={seed}"]) == f"seed: must be an integer in {SEEDS}, got {seed}"
+
+
+def test_the_largest_seed_is_accepted_and_draws_batches() -> None:
+    from crossan.trainer import _batches
+
+    assert load_config([], ["seed=4294967295"]).seed == 2**32 - 1
+    assert sorted(int(i) for b in _batches(10, 4, 2**32 - 1, 1) for i in b) == list(range(10))
+
+
+def test_suite_seeds_out_of_range_are_refused(tmp_path: Path, capsys) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_seeds("0,4294967296")
+    assert str(e.value) == (f"--seeds: give one or more distinct seeds in {SEEDS}, e.g. 0,1,2 "
+                            "(got '0,4294967296')")
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--seeds", "4294967296"]) == 2
+    assert "--seeds: give one or more distinct seeds in [0, 2**32)" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
+
+
+# --------------------------------------------------------------------------------------------- CLI
+@pytest.mark.parametrize("command", [["evaluate", "RUN"], ["recommend", "RUN", "--history", "a"],
+                                     ["embed-items", "RUN", "--data", "x"], ["export", "RUN", "--out", "x"]])
+def test_device_of_the_run_commands_is_checked_as_the_config_key(tmp_path: Path, capsys, command) -> None:
+    run = str(tmp_path / "run")
+    assert main([c.replace("RUN", run) for c in command] + ["--device", "gpu"]) == 2
+    err = capsys.readouterr().err
+    assert err == "crossan: error: --device: 'gpu' is not 'auto', 'cpu', 'cuda' or 'cuda:N'\n"
+
+
+def test_cache_without_modalities_is_an_error(small_data: Path, capsys) -> None:
+    assert main(["cache", "--data", str(small_data), "--modalities", " , "]) == 2
+    assert capsys.readouterr().err == ("crossan: error: --modalities: ' , ' names no modality; give a "
+                                       "comma-separated subset of text,image,video,audio\n")
+
+
+def test_train_data_dot_names_the_default_run_folder_after_the_folder(small_data: Path, monkeypatch) -> None:
+    import crossan.trainer
+
+    seen = {}
+
+    def fake_train(cfg, out, resume, progress):
+        seen["out"] = out
+        return {"method": cfg.method, "dataset": "small", "best_epoch": 0, "test": {}}
+
+    monkeypatch.setattr(crossan.trainer, "train", fake_train)
+    monkeypatch.chdir(small_data)
+    assert main(["train", "--data", ".", "--quiet", "device=cpu"]) == 0
+    assert seen["out"].parent == Path("runs") and seen["out"].name.startswith("small-id-")
+
+
+def test_resume_help_says_how_to_give_the_configuration_again() -> None:
+    parser = build_parser()
+    train = parser._subparsers._group_actions[0].choices["train"]
+    text = " ".join(train.format_help().split())
+    assert ("--resume continue an interrupted run in --out from its last checkpoint. The configuration must "
+            "be the run's: repeat the original --config files and key=value overrides, or pass --config "
+            "RUN_DIR/config.yaml") in text
+
+
+# --------------------------------------------------------------------------------------------- plugins
+def test_a_method_name_may_not_be_a_core_config_key() -> None:
+    for name in ("eval", "train", "data", "cache", "encoders", "user", "seed"):
+        with pytest.raises(ConfigError) as e:
+            register_method(Method(name, None, "nowhere", False, False))
+        assert str(e.value).startswith(f"method name {name!r} is a top-level config key")
+        assert name not in method_names()
+    from crossan.methods import RESERVED_NAMES
+
+    assert RESERVED_NAMES == {f.name for f in dataclasses.fields(CoreConfig)}
+
+
+PLUGIN = '''
+from crossan.methods import Method, register_method
+from crossan.towers.base import register
+from crossan.towers.id import IDTower
+
+
+@register("plainid")
+def build(ctx):
+    return IDTower(ctx.num_items, ctx.config.user.dim)
+
+
+register_method(Method("plainid", None, __name__, reads_cache=False, runs_backbone=False))
+'''
+
+
+def _crossan(args: list[str], pythonpath: Path, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "CROSSAN_PLUGINS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(pythonpath), SRC])
+    return subprocess.run([sys.executable, "-m", "crossan", *args], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.subprocess
+def test_a_plugin_method_trains_and_serves_from_the_command_line(small_data: Path, tmp_path: Path,
+                                                                 capsys) -> None:
+    """--plugin MODULE imports a module that registers a method; the run equals the built-in ID run it copies.
+    A run of the plugin method is then evaluated with the plugin found through an entry point of the group
+    crossan.methods, and through CROSSAN_PLUGINS naming the .py file."""
+    from crossan.trainer import train
+
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "plainid_plugin.py").write_text(PLUGIN)
+    common = ["train.epochs=1", "train.batch_size=32", "device=cpu", "--quiet"]
+    done = _crossan(["train", "--data", str(small_data), "--out", str(tmp_path / "run"), "--plugin",
+                     "plainid_plugin", "method=plainid", *common], plugins, tmp_path)
+    assert done.returncode == 0, done.stderr
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    same = train(load_config([], [f"data.path={small_data}", "train.epochs=1", "train.batch_size=32",
+                                  "device=cpu"]), tmp_path / "id", progress=False)
+    assert res["method"] == "plainid" and res["test"] == same["test"] and res["valid"] == same["valid"]
+
+    # not loaded: a clear error that says how to load it
+    assert main(["evaluate", str(tmp_path / "run"), "--device", "cpu"]) == 2
+    assert "method: 'plainid' is not one of" in capsys.readouterr().err
+
+    dist = plugins / "plainid_dist-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: plainid-dist\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[crossan.methods]\nplainid = plainid_plugin\n")
+    done = _crossan(["evaluate", str(tmp_path / "run"), "--device", "cpu"], plugins, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["test"] == res["test"]
+
+    script = "from crossan.config import load_config; print(load_config([], ['method=plainid']).method)"
+    env = {**os.environ, "PYTHONPATH": SRC, "CROSSAN_PLUGINS": str(plugins / "plainid_plugin.py")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path, env=env)
+    assert done.returncode == 0 and done.stdout == "plainid\n", done.stderr
+
+
+def test_an_unknown_plugin_is_a_one_line_error(small_data: Path, capsys) -> None:
+    assert main(["train", "--data", str(small_data), "--plugin", "no_such_plugin_module"]) == 2
+    assert capsys.readouterr().err == ("crossan: error: plugin no_such_plugin_module: no module named "
+                                       "'no_such_plugin_module'; put its folder on PYTHONPATH or give the "
+                                       "path of its .py file\n")
