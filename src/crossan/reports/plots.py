@@ -95,7 +95,7 @@ def _ndcg_vs_modalities(curves: dict[str, list[tuple[int, dict[str, Any]]]], out
     time_ax.set_ylabel("time per epoch, s (dashed)")
     lines = cost.get_legend_handles_labels()[0] + time_ax.get_legend_handles_labels()[0]
     cost.legend(lines, [h.get_label() for h in lines], fontsize=7)
-    cost.set_title("Cost as modalities are added (first seed)", fontsize=10)
+    cost.set_title("Cost as modalities are added", fontsize=10)
     cost.grid(alpha=0.3)
     for a in (ax, cost):
         a.set_xticks(sorted({k for pts in curves.values() for k, _ in pts}))

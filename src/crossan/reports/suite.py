@@ -19,9 +19,10 @@ A suite is a YAML file (or the name of a built-in one in ``crossan/suites/``)::
 Each (run, seed) trains into ``OUT/runs/NAME/seed-S`` in a child process of its own (``train()`` called in a
 spawned interpreter, :mod:`crossan.reports.children`), so that its peak memory is its own (on a CPU: the
 peak resident memory during the run above the process's idle baseline; on a GPU:
-``torch.cuda.max_memory_allocated``). A run's cost columns (time per epoch, memory) come from its first seed
-that trained with nothing else of the suite running: every run's first seed does; with ``parallel: N`` the
-remaining seeds then train N at a time (each with 1/N of the cores), for their quality only. The suite notes
+``torch.cuda.max_memory_allocated``). A run's cost columns (time per epoch, memory) are the median over its
+seeds that trained with nothing else of the suite running: all of them with ``parallel: 1`` (the default),
+only the first with ``parallel: N``, where the remaining seeds train N at a time (each with 1/N of the
+cores), for their quality only. The suite notes
 how each (run, seed) trained in ``runs/NAME/seed-S.suite.json`` (:func:`crossan.reports.children.
 write_training_record`), so that a reused run's cost is only taken when it trained alone; a row with no such
 seed has blank cost columns and says why.

@@ -11,9 +11,9 @@ paired test on fewer seeds than the row's mean (the reference lacks some), the r
 columns left blank (no seed of the run is known to have trained alone) or measured under other settings
 (device, torch threads, kind of peak memory) than another row's.
 
-Cost (time per epoch, peak memory, eval time) comes from the row's first finished seed that the suite
+Cost (time per epoch, peak memory, eval time) is the median over the row's finished seeds that the suite
 records as trained with nothing else of the suite running (``alone`` in its record, from the suite's
-``seed-S.suite.json``); TPME is computed only when every costed row was measured on the same device with the
+``seed-S.suite.json``: every seed with ``parallel: 1``, the first with more); TPME is computed only when every costed row was measured on the same device with the
 same torch thread count and the same kind of peak memory.
 """
 
@@ -70,6 +70,11 @@ def _with_derived_metrics(run_dir: str, results: dict[str, Any]) -> dict[str, di
     return out
 
 
+def _median(values: list[float]) -> float:
+    """The median (the mean of the middle two for an even count)."""
+    return float(np.median(np.asarray(values, dtype=np.float64)))
+
+
 def _seeds_text(seeds: list[Any]) -> str:
     return f"seed{'s' if len(seeds) > 1 else ''} {','.join(str(s) for s in seeds)}"
 
@@ -114,18 +119,18 @@ def _flags(row: dict[str, Any]) -> list[str]:
     return flags
 
 
-def _cost_source(recs: list[dict[str, Any]]) -> tuple[Any | None, str]:
-    """The seed whose cost the row shows: the first finished seed whose record says it trained with nothing
-    else of the suite running (``alone``); (None, why) when there is none."""
-    for r in recs:
-        if r["status"] == "ok" and r.get("alone") is True:
-            return r["seed"], ""
+def _cost_sources(recs: list[dict[str, Any]]) -> tuple[list[Any], str]:
+    """The seeds whose cost the row shows: every finished seed whose record says it trained with nothing else
+    of the suite running (``alone``); ([], why) when there is none."""
+    alone = [r["seed"] for r in recs if r["status"] == "ok" and r.get("alone") is True]
+    if alone:
+        return alone, ""
     shared = [r["seed"] for r in recs if r["status"] == "ok" and r.get("alone") is False]
     unknown = [r["seed"] for r in recs if r["status"] == "ok" and r.get("alone") is None]
     parts = ([f"{_seeds_text(shared)} trained beside other runs of the suite"] if shared else []) + (
         [f"{_seeds_text(unknown)} not recorded as trained alone (trained before the suite recorded it)"]
         if unknown else [])
-    return None, "cost blank: no finished seed trained with nothing else of the suite running (" + "; ".join(
+    return [], "cost blank: no finished seed trained with nothing else of the suite running (" + "; ".join(
         parts or [f"{_seeds_text([r['seed'] for r in recs])} failed"]) + ")"
 
 
@@ -184,19 +189,27 @@ def collect_run(run: Any, recs: list[dict[str, Any]]) -> dict[str, Any]:
                 vals = [p["results"][split][k] for p in per_seed if k in p["results"][split]]
                 if vals:
                     row[f"{split}_{k}_mean"], row[f"{split}_{k}_ci95"] = t_interval(vals)
-    # cost: a seed that trained with nothing else of the suite running (others may have shared the machine)
-    cost_seed, why = _cost_source(recs)
-    if cost_seed is not None:
-        cost = next(p["results"] for p in per_seed if p["seed"] == cost_seed)
-        row["cost_seed"] = cost_seed
-        row["time_per_epoch_s"] = cost["train_time_per_epoch_s"]
-        row["peak_memory_bytes"] = cost["peak_memory_bytes"]
+    # cost: the seeds that trained with nothing else of the suite running (others may have shared the
+    # machine); the median over them, since one measurement of time or CPU memory can be well off (§6g)
+    cost_seeds, why = _cost_sources(recs)
+    if cost_seeds:
+        costs = [next(p["results"] for p in per_seed if p["seed"] == s) for s in cost_seeds]
+        cost = costs[0]
+        row["cost_seed"] = cost_seeds[0]
+        row["cost_seeds"] = ",".join(map(str, cost_seeds))
+        row["time_per_epoch_s"] = _median([c["train_time_per_epoch_s"] for c in costs])
+        row["peak_memory_bytes"] = int(_median([c["peak_memory_bytes"] for c in costs]))
         row["peak_memory_kind"] = cost.get("peak_memory_kind", "")
         # the process's own peak resident memory (METHOD.md §10's CPU figure; the table shows it above idle)
-        rss = cost.get("peak_rss_bytes")
-        row["peak_rss_bytes"] = int(rss) if rss else math.nan
-        row["eval_time_s"] = cost.get("eval_time_s", math.nan)
+        rss = [c["peak_rss_bytes"] for c in costs if c.get("peak_rss_bytes")]
+        row["peak_rss_bytes"] = int(_median(rss)) if rss else math.nan
+        row["eval_time_s"] = _median([c.get("eval_time_s", math.nan) for c in costs])
         row["device"] = cost["device"]
+        if len(costs) > 1:  # the spread behind the medians, for results.csv
+            times = [c["train_time_per_epoch_s"] for c in costs]
+            mems = [c["peak_memory_bytes"] for c in costs]
+            row["time_per_epoch_range"] = f"{min(times):.3f}-{max(times):.3f}"
+            row["peak_memory_range"] = f"{min(mems)}-{max(mems)}"
     else:  # no clean cost measurement
         row["time_per_epoch_s"] = row["peak_memory_bytes"] = row["peak_rss_bytes"] = math.nan
         row["flags"].append(why)
@@ -343,7 +356,8 @@ def add_paired_tests(rows: list[dict[str, Any]], reference: str | None, resample
 COLUMNS = ["name", "method", "modalities", "status", "cost_only", "seeds",
            *[f"test_{k}_{s}" for k in METRICS for s in ("mean", "ci95")], "valid_NDCG@10_mean", "valid_NDCG@10_ci95",
            "reference", "diff_NDCG@10", "diff_ci95_low", "diff_ci95_high", "p_value", "p_holm", "holm_tests",
-           "significant", "best_epochs", "time_per_epoch_s", "peak_memory_bytes", "peak_rss_bytes", "trainable_params",
+           "significant", "best_epochs", "time_per_epoch_s", "peak_memory_bytes", "peak_rss_bytes", "cost_seeds",
+           "time_per_epoch_range", "peak_memory_range", "trainable_params",
            "total_params", "TPME", "eval_time_s", "wall_s", "cpu_s", "peak_memory_kind", "device",
            "compute_dtype", "mask_history", "crossan_version", "flags", "error"]
 
@@ -566,8 +580,9 @@ def render_report(rows: list[dict[str, Any]], meta: dict[str, Any], table: str, 
         lines += ["**cost only**: epochs capped by `train.max_steps_per_epoch` (time per epoch extrapolated from the "
                   "steps run), so the quality is not converged: it is not reported and these runs are left off the "
                   "quality plots; their own `results.json` keeps the capped figures.", ""]
-    lines += ["Cost columns are a run's first finished seed that trained with nothing else of the suite "
-              "running (recorded by the suite; a row without one has blank cost columns)"
+    lines += ["Cost columns are the median over a run's finished seeds that trained with nothing else of the "
+              "suite running (recorded by the suite; results.csv names them, `cost_seeds`, with the spread; a "
+              "row without one has blank cost columns)"
               + (f"; the other seeds trained {meta['parallel']} at a time, for their quality only"
                  if meta.get("parallel", 1) > 1 else "") + ". Time per epoch counts the training loop only; "
               + memory_sentence(ok) + ". TPME = 0.45·time' + 0.10·params' + 0.45·memory' after min–max "
