@@ -356,7 +356,8 @@ def test_cost_is_the_median_over_the_seeds_that_trained_alone(tmp_path: Path) ->
                time_per_epoch={0: 1.0, 1: 9.0, 2: 2.0, 3: 0.5},
                peak_memory={0: 100 * 2**20, 1: 200 * 2**20, 2: 130 * 2**20, 3: 10 * 2**20},
                peak_rss={0: 400 * 2**20, 1: 500 * 2**20, 2: 430 * 2**20, 3: 300 * 2**20})
-    assert (row["time_per_epoch_s"], row["peak_memory_bytes"], row["peak_rss_bytes"]) == (2.0, 130 * 2**20, 430 * 2**20)
+    cost = (row["time_per_epoch_s"], row["peak_memory_bytes"], row["peak_rss_bytes"])
+    assert cost == (2.0, 130 * 2**20, 430 * 2**20)
     assert row["cost_seeds"] == "0,1,2" and row["cost_seed"] == 0
     write_outputs([row], {**META, "reference": None}, tmp_path)
     _, table = _csv_rows(tmp_path)
@@ -400,7 +401,8 @@ def test_the_absolute_peak_resident_memory_is_reported_beside_the_figure_above_i
             _row(tmp_path, "OLD", ranks)]  # results.json of a crossan before the absolute figure was kept
     write_outputs(rows, {**META, "reference": None, "seeds": [0]}, tmp_path)
     _, table = _csv_rows(tmp_path)
-    assert [table[n]["peak_rss_bytes"] for n in ("SMALL", "BIG", "OLD")] == [str(300 * 2**20), str(612 * 2**20), ""]
+    absolute = [table[n]["peak_rss_bytes"] for n in ("SMALL", "BIG", "OLD")]
+    assert absolute == [str(300 * 2**20), str(612 * 2**20), ""]
     assert [table[n]["peak_memory_bytes"] for n in ("SMALL", "BIG")] == [str(2**20)] * 2
     report = (tmp_path / "report.md").read_text()
     assert ("the figure METHOD.md §10 names, ranges from 300.0 MiB (SMALL) to 612.0 MiB (BIG): column "

@@ -40,21 +40,26 @@ def test_train_writes_results_contract(small_data: Path, tmp_path: Path) -> None
     assert again["test"] == pytest.approx(res["test"])
 
 
-def test_resume_gives_the_same_final_metrics(small_data: Path, tmp_path: Path, monkeypatch) -> None:
-    full = train(_cfg(small_data), tmp_path / "full", progress=False)
-
+def _crash_at_epoch(epoch: int, small_data: Path, run: Path, monkeypatch, *extra: str) -> None:
+    """Train ``_cfg(small_data, *extra)`` into ``run`` until a simulated crash as ``epoch`` starts (the
+    checkpoint of the epoch before stays), then restore the batch maker."""
     real_batches = trainer._batches
 
-    def crash_at_epoch_3(n, bs, seed, epoch):
-        if epoch == 3:
+    def crashing(n, bs, seed, e):
+        if e == epoch:
             raise KeyboardInterrupt("simulated crash")
-        return real_batches(n, bs, seed, epoch)
+        return real_batches(n, bs, seed, e)
 
-    monkeypatch.setattr(trainer, "_batches", crash_at_epoch_3)
+    monkeypatch.setattr(trainer, "_batches", crashing)
     with pytest.raises(KeyboardInterrupt):
-        train(_cfg(small_data), tmp_path / "resumed", progress=False)
-    assert not (tmp_path / "resumed" / "results.json").exists()
+        train(_cfg(small_data, *extra), run, progress=False)
     monkeypatch.setattr(trainer, "_batches", real_batches)
+
+
+def test_resume_gives_the_same_final_metrics(small_data: Path, tmp_path: Path, monkeypatch) -> None:
+    full = train(_cfg(small_data), tmp_path / "full", progress=False)
+    _crash_at_epoch(3, small_data, tmp_path / "resumed", monkeypatch)
+    assert not (tmp_path / "resumed" / "results.json").exists()
     resumed = train(_cfg(small_data), tmp_path / "resumed", resume=True, progress=False)
     assert resumed["best_epoch"] == full["best_epoch"]
     assert resumed["test"] == full["test"] and resumed["valid"] == full["valid"]
@@ -150,17 +155,7 @@ def test_resume_refuses_a_checkpoint_trained_on_other_data(small_data: Path, tmp
     """The same configuration can name a dataset folder whose content changed since the crash: continuing
     its epochs on the new data would mix two datasets in one run. The checkpoint records the data's
     fingerprints and --resume compares them."""
-    real_batches = trainer._batches
-
-    def crash_at_epoch_2(n, bs, seed, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt("simulated crash")
-        return real_batches(n, bs, seed, epoch)
-
-    monkeypatch.setattr(trainer, "_batches", crash_at_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        train(_cfg(small_data), tmp_path / "run", progress=False)
-    monkeypatch.setattr(trainer, "_batches", real_batches)
+    _crash_at_epoch(2, small_data, tmp_path / "run", monkeypatch)
     users = small_data / "users.tsv"
     lines = users.read_text().splitlines()
     users.write_text("\n".join(lines[:-1]) + "\n")  # one user fewer: other splits, same items
@@ -247,20 +242,6 @@ def test_any_eval_ks_logs_without_a_cut_off_of_10(small_data: Path, tmp_path: Pa
             == "HR@5 0.5000 NDCG@5 0.1250 MRR 0.0312")
 
 
-def _interrupted_after_epoch_1(small_data: Path, run: Path, monkeypatch, *extra: str) -> None:
-    real_batches = trainer._batches
-
-    def crash_at_epoch_2(n, bs, seed, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt("simulated crash")
-        return real_batches(n, bs, seed, epoch)
-
-    monkeypatch.setattr(trainer, "_batches", crash_at_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        train(_cfg(small_data, "train.epochs=2", *extra), run, progress=False)
-    monkeypatch.setattr(trainer, "_batches", real_batches)
-
-
 def test_resume_refuses_another_compute_dtype(small_data: Path, tmp_path: Path, monkeypatch) -> None:
     """precision=auto resolves by hardware: a run started in float32 and resumed where the CPU has bf16 units
     would switch dtype halfway. The checkpoint records the dtype; the resume is refused, naming both dtypes
@@ -269,7 +250,7 @@ def test_resume_refuses_another_compute_dtype(small_data: Path, tmp_path: Path, 
 
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
     run = tmp_path / "run"
-    _interrupted_after_epoch_1(small_data, run, monkeypatch)
+    _crash_at_epoch(2, small_data, run, monkeypatch, "train.epochs=2")
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)  # "another machine"
     with pytest.raises(RunError) as e:
         train(_cfg(small_data, "train.epochs=2"), run, resume=True, progress=False)

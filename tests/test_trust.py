@@ -159,25 +159,32 @@ def test_data_stats_reports_repeated_targets(tmp_path: Path, capsys) -> None:
     assert "valid targets repeating a history item: 1 of 3" in out  # user c (i6 before its validation i6)
 
 
-@pytest.mark.parametrize("min_rel_std, zeroed", [(0.05, True), (0.0, False)])
-def test_standardisation_drop_rule_is_a_setting(min_rel_std: float, zeroed: bool) -> None:
-    """cache.standardize_min_rel_std: a dimension whose spread over the items is tiny next to its magnitude
-    (std 0.01 around 10: 0.1% of its RMS) is zeroed under the default 5% rule and scaled up under 0."""
+def _standardised_frozen_tower(states: torch.Tensor, min_rel_std: float):
+    """A frozen-features tower over ``states`` [N + 1, K, D] of one modality (row 0, the padding item, set to
+    zeros and absent), built as a run builds it: standardised with ``cache.standardize_min_rel_std``."""
     from crossan.cache.features import TensorFeatures
     from crossan.config import Config
     from crossan.towers.base import TowerContext, build_tower
 
+    n = states.shape[0] - 1
+    states[0] = 0
+    present = torch.ones(n + 1, dtype=torch.bool)
+    present[0] = False
+    cfg = Config(method="frozen", modalities=["text"])
+    cfg.cache.standardize_min_rel_std = min_rel_std
+    feats = TensorFeatures({"text": states}, {"text": present})
+    return build_tower(TowerContext(cfg, n, [""] + [f"i{i}" for i in range(n)], features=feats))
+
+
+@pytest.mark.parametrize("min_rel_std, zeroed", [(0.05, True), (0.0, False)])
+def test_standardisation_drop_rule_is_a_setting(min_rel_std: float, zeroed: bool) -> None:
+    """cache.standardize_min_rel_std: a dimension whose spread over the items is tiny next to its magnitude
+    (std 0.01 around 10: 0.1% of its RMS) is zeroed under the default 5% rule and scaled up under 0."""
     N, K, D = 30, 3, 8
     g = torch.Generator().manual_seed(0)
     states = torch.randn(N + 1, K, D, generator=g)
     states[:, :, 0] = 10.0 + 0.01 * torch.randn(N + 1, K, generator=g)  # a near-constant offset dimension
-    states[0] = 0
-    present = torch.ones(N + 1, dtype=torch.bool)
-    present[0] = False
-    feats = TensorFeatures({"text": states}, {"text": present})
-    cfg = Config(method="frozen", modalities=["text"])
-    cfg.cache.standardize_min_rel_std = min_rel_std
-    tower = build_tower(TowerContext(cfg, N, [""] + [f"i{i}" for i in range(N)], features=feats))
+    tower = _standardised_frozen_tower(states, min_rel_std)
     inv = tower.input_inv_std_text
     assert (inv[:, 1:] > 0).all()  # ordinary dimensions are always scaled
     assert bool((inv[:, 0] == 0).all()) is zeroed
@@ -190,10 +197,6 @@ def test_standardisation_zeroes_fp16_rounding_noise(min_rel_std: float, zeroed: 
     feature. It is under 16 fp16 steps, so the default zeroes it (cache.standardize_min_rel_std=0 still
     keeps everything that varies). A channel firing on one item only is a real activation and is kept: that
     item's standardised value is sqrt(N - 1), as method.md §3 says."""
-    from crossan.cache.features import TensorFeatures
-    from crossan.config import Config
-    from crossan.towers.base import TowerContext, build_tower
-
     N, K, D = 60, 2, 8
     g = torch.Generator().manual_seed(1)
     states = torch.randn(N + 1, K, D, generator=g).half()
@@ -201,13 +204,7 @@ def test_standardisation_zeroes_fp16_rounding_noise(min_rel_std: float, zeroed: 
     states[:, :, 0] = sign * torch.tensor(5.96e-8, dtype=torch.float16)  # fp16 subnormals around 0
     states[:, :, 1] = 0
     states[7, :, 1] = 0.002  # fires on one item only
-    states[0] = 0
-    present = torch.ones(N + 1, dtype=torch.bool)
-    present[0] = False
-    feats = TensorFeatures({"text": states}, {"text": present})
-    cfg = Config(method="frozen", modalities=["text"])
-    cfg.cache.standardize_min_rel_std = min_rel_std
-    tower = build_tower(TowerContext(cfg, N, [""] + [f"i{i}" for i in range(N)], features=feats))
+    tower = _standardised_frozen_tower(states, min_rel_std)
     inv = tower.input_inv_std_text
     assert (inv[:, 1:] > 0).all()
     assert bool((inv[:, 0] == 0).all()) is zeroed

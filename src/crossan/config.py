@@ -555,14 +555,12 @@ def _override_value(cfg: Any, text: str) -> tuple[str, Any]:
     :func:`parse_override`'s value."""
     key, value = parse_override(text)
     tp = _field_type(cfg, key)
-    raw = text.split("=", 1)[1].strip()
     if tp is not None and _is_text(tp):
+        raw = text.split("=", 1)[1].strip()
         optional = type(None) in get_args(tp)
         # null is null, as in a YAML file (a required string then says so); ~ stays text (a home folder)
         null = raw in ("null", "Null", "NULL") or (optional and raw in ("~", "None"))
         value = None if null else _unquote(raw)
-    elif tp is int and _DECIMAL_INT.fullmatch(raw):
-        value = int(raw, 10)  # seed=010 is 10, not YAML 1.1's octal 8
     return key, value
 
 

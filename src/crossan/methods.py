@@ -133,7 +133,7 @@ def load_plugin(spec: str) -> None:
     (:func:`register_method`). :class:`ConfigError` naming the plugin when it cannot be imported."""
     spec = spec.strip()
     try:
-        if spec.endswith(".py") or os.sep in spec:
+        if _is_file_spec(spec):
             _import_file(Path(spec))
         else:
             importlib.import_module(spec)
@@ -146,6 +146,11 @@ def load_plugin(spec: str) -> None:
         raise ConfigError(f"plugin {spec}: importing it failed: {e}") from None
     except Exception as e:  # noqa: BLE001 - any failure of third-party code: one line naming the plugin
         raise ConfigError(f"plugin {spec}: importing it failed: {type(e).__name__}: {e}") from None
+
+
+def _is_file_spec(spec: str) -> bool:
+    """Whether a plugin spec names a ``.py`` file (else a module name)."""
+    return spec.endswith(".py") or os.sep in spec
 
 
 def _import_file(path: Path) -> None:
@@ -181,7 +186,7 @@ def load_plugins(specs: Iterable[str]) -> None:
         load_plugin(spec)
     if specs:
         known = [s for s in os.environ.get(PLUGINS_ENV, "").split(os.pathsep) if s]
-        new = [str(Path(s).resolve()) if s.endswith(".py") or os.sep in s else s for s in specs]
+        new = [str(Path(s).resolve()) if _is_file_spec(s) else s for s in specs]
         os.environ[PLUGINS_ENV] = os.pathsep.join(dict.fromkeys(known + new))
 
 

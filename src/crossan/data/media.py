@@ -263,8 +263,8 @@ def _frames_for(seconds: float | None, rate: int) -> int | None:
 
 
 def _wav_shortfall(path: Path) -> str | None:
-    """Why a RIFF/WAVE file is cut short (its ``data`` chunk declares more bytes than the file holds), or None.
-    libsndfile reads such a file up to its end without an error. A declared size of 0 or 0xFFFFFFFF (a
+    """Why a RIFF/WAVE file is cut short (its ``data`` chunk declares more bytes than the file holds), or
+    None. libsndfile reads such a file up to its end without an error. A declared size of 0 or 0xFFFFFFFF (a
     stream written before its length was known) says nothing, and RF64/other containers are not checked."""
     size = path.stat().st_size
     with open(path, "rb") as f:
@@ -279,7 +279,8 @@ def _wav_shortfall(path: Path) -> str | None:
             if chunk[:4] == b"data":
                 if n in (0, 0xFFFFFFFF) or pos + 8 + n <= size:
                     return None
-                return f"the file is cut short: its header declares {n:,} bytes of audio, it holds {size - pos - 8:,}"
+                held = size - pos - 8
+                return f"the file is cut short: its header declares {n:,} bytes of audio, it holds {held:,}"
             pos += 8 + n + (n & 1)
     return None
 

@@ -13,8 +13,9 @@ columns left blank (no seed of the run is known to have trained alone) or measur
 
 Cost (time per epoch, peak memory, eval time) is the median over the row's finished seeds that the suite
 records as trained with nothing else of the suite running (``alone`` in its record, from the suite's
-``seed-S.suite.json``: every seed with ``parallel: 1``, the first with more); TPME is computed only when every costed row was measured on the same device with the
-same torch thread count and the same kind of peak memory.
+``seed-S.suite.json``: every seed with ``parallel: 1``, the first with more); TPME is computed only when
+every costed row was measured on the same device with the same torch thread count and the same kind of peak
+memory.
 """
 
 from __future__ import annotations
@@ -356,7 +357,8 @@ def add_paired_tests(rows: list[dict[str, Any]], reference: str | None, resample
 COLUMNS = ["name", "method", "modalities", "status", "cost_only", "seeds",
            *[f"test_{k}_{s}" for k in METRICS for s in ("mean", "ci95")], "valid_NDCG@10_mean", "valid_NDCG@10_ci95",
            "reference", "diff_NDCG@10", "diff_ci95_low", "diff_ci95_high", "p_value", "p_holm", "holm_tests",
-           "significant", "best_epochs", "time_per_epoch_s", "peak_memory_bytes", "peak_rss_bytes", "cost_seeds",
+           "significant", "best_epochs", "time_per_epoch_s", "peak_memory_bytes", "peak_rss_bytes",
+           "cost_seeds",
            "time_per_epoch_range", "peak_memory_range", "trainable_params",
            "total_params", "TPME", "eval_time_s", "wall_s", "cpu_s", "peak_memory_kind", "device",
            "compute_dtype", "mask_history", "crossan_version", "flags", "error"]
@@ -540,7 +542,8 @@ def absolute_rss_sentence(rows: list[dict[str, Any]]) -> str:
         return ""
     lo, hi = min(cpu, key=lambda r: r["peak_rss_bytes"]), max(cpu, key=lambda r: r["peak_rss_bytes"])
     span = (f"{_mib(lo['peak_rss_bytes'])} MiB" if lo is hi else
-            f"from {_mib(lo['peak_rss_bytes'])} MiB ({lo['name']}) to {_mib(hi['peak_rss_bytes'])} MiB ({hi['name']})")
+            f"from {_mib(lo['peak_rss_bytes'])} MiB ({lo['name']}) to {_mib(hi['peak_rss_bytes'])} MiB "
+            f"({hi['name']})")
     return (" (the processes' absolute peak resident memory, Python, libraries and data included, which is the "
             f"figure METHOD.md §10 names, ranges {span}: column `peak_rss_bytes` of results.csv)")
 

@@ -21,9 +21,10 @@ Decoding video and audio at every step would dominate the step time, so each ite
 inputs (token ids, pixel values, filterbanks) are computed once and kept in memory (up to
 ``<method>.input_memory_gb`` for all modalities together, filled in the order of ``modalities``), as IISAN's
 research code reads preprocessed inputs. The backbone itself still runs at every step. Items beyond the
-limit are preprocessed again at every use, inside the timed steps; :meth:`EndToEndTower.stats` (results.json's
-``tower.inputs``) counts those decodings per modality and the suite report flags such runs. Variable-length inputs (text tokens) are stored unpadded and padded per batch
-exactly as the tokenizer pads a batch.
+limit are preprocessed again at every use, inside the timed steps; :meth:`EndToEndTower.stats`
+(results.json's ``tower.inputs``) counts those decodings per modality and the suite report flags such runs.
+Variable-length inputs (text tokens) are stored unpadded and padded per batch exactly as the tokenizer pads
+a batch.
 
 Rows ``1..N`` are the catalogue records ``catalogue[item_ids[row]]``. Under ``torch.no_grad`` (evaluation)
 the backbone runs in chunks of ``encoders.batch_size`` items; with gradients the batch's items run at once.
@@ -458,6 +459,6 @@ def build_endtoend(cls: type[EndToEndTower], ctx: TowerContext) -> EndToEndTower
     encoders = build_encoders(cfg, cfg.modalities, ctx.device)
     tower = cls(encoders, ctx.catalogue, ctx.item_ids, cfg.user.dim, getattr(cfg, cls.method),
                 batch_size=cfg.encoders.batch_size, on_corrupt=cfg.cache.on_corrupt)
-    if cfg.cache.standardize:  # the same input treatment as the frozen-feature head (METHOD.md §3, our decision)
+    if cfg.cache.standardize:  # the frozen-feature head's input treatment (docs/method.md §3, our decision)
         tower.standardize_inputs(min_rel_std=cfg.cache.standardize_min_rel_std)
     return tower

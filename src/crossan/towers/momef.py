@@ -15,8 +15,9 @@ Rules chosen here:
 * With M = 1 there is nothing to route (p ≡ 1): no router parameters are created.
 * Top-k (``top_k > 0``): the k largest weights are kept and renormalised to sum to 1; gradients flow
   through the kept ones. Items with fewer than k present modalities keep only those; items with none stay
-  uniform over all M. k ≥ M keeps every expert: routing and load balancing are then the dense ones. With k = 1 the kept weight is always 1, so the task loss gives the router no gradient:
-  it then learns only through the load-balancing loss (configs refuse k = 1 without it).
+  uniform over all M. k ≥ M keeps every expert: routing and load balancing are then the dense ones. With
+  k = 1 the kept weight is always 1, so the task loss gives the router no gradient: it then learns only
+  through the load-balancing loss (configs refuse k = 1 without it).
 * Load balancing (Switch-Transformer style, Fedus et al. 2021): ``M · Σ_m f_m · P_m`` over the batch's items
   with at least one modality, where ``P_m`` is the mean router weight of expert m *before* top-k
   (differentiable) and ``f_m`` the share of items dispatched to m (not differentiable): the item's largest
@@ -74,6 +75,11 @@ class MOMEF(nn.Module):
         self.register_buffer("_present_count", torch.zeros(M), persistent=False)
         self.register_buffer("_item_count", torch.zeros(()), persistent=False)
 
+    def effective_top_k(self, M: int) -> int:
+        """``top_k``, or 0 (dense) when it keeps every one of the M experts: routing and load balancing are
+        then the dense ones (balancing top-M as top-k would count each expert 1/M, a constant loss)."""
+        return self.top_k if 0 < self.top_k < M else 0
+
     def routing(self, e: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """Router weights p [U, M] for embeddings ``e`` [U, M, d] and presence Bool[U, M]."""
         return self._route(e, present)[1]
@@ -89,9 +95,10 @@ class MOMEF(nn.Module):
         p_all = masked_softmax(logits, present)
         has_any = present.any(1, keepdim=True)
         p_all = torch.where(has_any, p_all, torch.full_like(p_all, 1 / M))  # nothing present: uniform
-        if not 0 < self.top_k < M:
+        k = self.effective_top_k(M)
+        if not k:
             return p_all, p_all
-        keep = torch.zeros_like(present).scatter(1, p_all.topk(self.top_k, dim=1).indices, True) | ~has_any
+        keep = torch.zeros_like(present).scatter(1, p_all.topk(k, dim=1).indices, True) | ~has_any
         p = p_all * keep
         return p_all, p / p.sum(1, keepdim=True)  # the largest weight is > 0, so the sum is too
 
@@ -108,9 +115,7 @@ class MOMEF(nn.Module):
         M = p.shape[1]
         has_any = present.any(1)
         if self.load_balance_weight > 0 and M >= 2 and torch.is_grad_enabled() and bool(has_any.any()):
-            # top_k >= M keeps every expert (dense routing): balance it as dense, else f = 1/M and the loss
-            # is a constant 1 with no gradient
-            k = self.top_k if 0 < self.top_k < M else 0
+            k = self.effective_top_k(M)
             self._aux = self.load_balance_weight * load_balance(p_all[has_any], p[has_any], k)
         with torch.no_grad():
             self._weight_sum += (p * has_any[:, None]).sum(0)
