@@ -24,7 +24,10 @@ research code reads preprocessed inputs. The backbone itself still runs at every
 limit are preprocessed again at every use, inside the timed steps; :meth:`EndToEndTower.stats`
 (results.json's ``tower.inputs``) counts those decodings per modality and the suite report flags such runs.
 Variable-length inputs (text tokens) are stored unpadded and padded per batch exactly as the tokenizer pads
-a batch.
+a batch. Pixel values are stored as one byte per value (:class:`Palette`): a processor resizes 8-bit images
+and then rescales and normalises them, so each colour channel takes at most 256 distinct float values; the
+byte indexes a per-channel table of those exact values, a quarter of float32's memory, read back bit for
+bit. Inputs that are not of that kind (filterbanks, pixels resized in floating point) are kept as given.
 
 Rows ``1..N`` are the catalogue records ``catalogue[item_ids[row]]``. Under ``torch.no_grad`` (evaluation)
 the backbone runs in chunks of ``encoders.batch_size`` items; with gradients the batch's items run at once.
@@ -37,6 +40,7 @@ import time
 from abc import abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -133,6 +137,77 @@ def collate_inputs(encoder: ModalityEncoder, items: list[dict[str, torch.Tensor]
     return out
 
 
+_SAME_SIZE_INT = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+class Palette:
+    """A float tensor ``[…, C, H, W]`` whose every channel (dim −3) holds at most 256 distinct values, as
+    ``uint8`` codes ``[C, N]`` into a per-channel table ``[C, 256]`` of the values' exact bits (see the module
+    docstring). :meth:`unpack` returns a tensor equal to the original bit for bit."""
+
+    def __init__(self, codes: np.ndarray, table: np.ndarray, shape: torch.Size, dtype: torch.dtype) -> None:
+        self.codes, self.table, self.shape, self.dtype = codes, table, shape, dtype
+
+    @classmethod
+    def pack(cls, t: torch.Tensor) -> Palette | torch.Tensor:
+        """``t`` as a palette where it is one (and large enough to gain), else ``t`` itself."""
+        if not t.is_floating_point() or t.dim() < 3 or t.element_size() not in _SAME_SIZE_INT:
+            return t
+        moved = t.detach().cpu().movedim(-3, 0).reshape(t.shape[-3], -1)
+        channels = moved.view(_SAME_SIZE_INT[t.element_size()]).numpy()
+        floats = moved.float().numpy()
+        codes = np.empty(channels.shape, dtype=np.uint8)
+        table = np.zeros((channels.shape[0], 256), dtype=channels.dtype)
+        for c, values in enumerate(channels):
+            got = _levels(floats[c], values) or _distinct(values)
+            if got is None:
+                return t
+            codes[c], table[c] = got
+        packed = cls(codes, table, t.shape, t.dtype)
+        return packed if packed.nbytes < t.numel() * t.element_size() else t  # small inputs: the table outweighs
+
+    def unpack(self) -> torch.Tensor:
+        channels = np.stack([np.take(tab, code) for tab, code in zip(self.table, self.codes)])
+        moved = (self.shape[-3], *self.shape[:-3], *self.shape[-2:])
+        return torch.from_numpy(channels).view(self.dtype).view(moved).movedim(0, -3).contiguous()
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.codes.nbytes + self.table.nbytes)
+
+
+def _levels(floats: np.ndarray, bits: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Fast path of :meth:`Palette.pack` for one channel: codes from evenly spaced levels (a processor's
+    affine map of 8-bit pixels), guessed from a sample and then checked bit for bit against every value."""
+    sample = np.unique(floats[::61])
+    if len(sample) < 2 or not np.isfinite(sample).all():
+        return None
+    lo, step = floats.min(), np.diff(sample).min()
+    if not np.isfinite(lo):
+        return None
+    levels = np.rint((floats - lo) / step)
+    if levels.max() > 255:
+        return None
+    codes = levels.astype(np.uint8)
+    table = np.zeros(256, dtype=bits.dtype)
+    table[codes] = bits
+    return (codes, table) if np.array_equal(table[codes], bits) else None
+
+
+def _distinct(bits: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Slow path of :meth:`Palette.pack`: the channel's distinct bit patterns, if at most 256."""
+    distinct, inverse = np.unique(bits, return_inverse=True)  # by bits: exact, -0.0 kept apart from 0.0
+    if len(distinct) > 256:
+        return None
+    table = np.zeros(256, dtype=bits.dtype)
+    table[: len(distinct)] = distinct
+    return inverse.reshape(-1).astype(np.uint8), table
+
+
+def _stored_bytes(item: dict[str, torch.Tensor | Palette]) -> int:
+    return sum(v.nbytes if isinstance(v, Palette) else v.numel() * v.element_size() for v in item.values())
+
+
 class InputBudget:
     """The bytes of preprocessed inputs all modalities' memos may keep together (``input_memory_gb``)."""
 
@@ -161,8 +236,10 @@ class InputMemo:
         self.on_corrupt = on_corrupt
         self.budget = budget
         self.present: dict[int, bool] = {}
-        self.inputs: dict[int, dict[str, torch.Tensor]] = {}
+        self.inputs: dict[int, dict[str, torch.Tensor | Palette]] = {}
         self.bytes = 0
+        self.given_bytes = 0
+        """What the kept inputs would take as the processors give them (float32 pixels)."""
         self.full = False
         """Set once an item did not fit in the budget."""
         self.decoded_in_training = 0
@@ -184,7 +261,8 @@ class InputMemo:
     def stats(self) -> dict[str, Any]:
         """Items kept, their size, and the media decodings inside training steps (results.json)."""
         return {"items_kept": len(self.inputs), "items_present": sum(self.present.values()),
-                "kept_mib": round(self.bytes / 2**20, 1), "full": self.full,
+                "kept_mib": round(self.bytes / 2**20, 1), "unpacked_mib": round(self.given_bytes / 2**20, 1),
+                "full": self.full,
                 "decoded_in_training_steps": self.decoded_in_training}
 
     def get(self, rows: list[int]) -> tuple[list[dict[str, torch.Tensor] | None], list[bool]]:
@@ -205,10 +283,12 @@ class InputMemo:
                 media = [m for m, p in zip(loaded.media, loaded.present) if p]
                 for r, item in zip(have, split_inputs(self.encoder, self.encoder.process(media))):
                     fresh[r] = item
-                    size = sum(v.numel() * v.element_size() for v in item.values())
+                    stored = {k: Palette.pack(v) for k, v in item.items()}
+                    size = _stored_bytes(stored)
                     if self.budget.take(size):
-                        self.inputs[r] = item
+                        self.inputs[r] = stored
                         self.bytes += size
+                        self.given_bytes += _stored_bytes(item)  # type: ignore[arg-type]
                     else:
                         if not self.full:
                             log.warning("%s inputs: %s MiB kept (%s MiB for all modalities), the memory limit "
@@ -218,8 +298,11 @@ class InputMemo:
                                         f"{self.budget.used / 2**20:,.0f}")
                         self.full = True
         present = [self.present[r] for r in rows]
-        inputs = [(self.inputs.get(r) or fresh.get(r)) if p else None for r, p in zip(rows, present)]
-        return inputs, present
+        got = {r: fresh.get(r) or self.unpack(r) for r, p in zip(rows, present) if p}
+        return [got.get(r) for r in rows], present
+
+    def unpack(self, row: int) -> dict[str, torch.Tensor]:
+        return {k: v.unpack() if isinstance(v, Palette) else v for k, v in self.inputs[row].items()}
 
 
 # --------------------------------------------------------------------------------------------- tower

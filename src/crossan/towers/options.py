@@ -95,7 +95,7 @@ class EndToEndConfig:
     input_memory_gb: float = 8.0
     """Preprocessed model inputs (tokens, pixel values, filterbanks) are kept in memory per item so that media
     are decoded once, not at every step; this many GiB for all modalities together (filled in the order of
-    ``modalities``). Items beyond it are preprocessed again at every use, inside the timed training steps:
+    ``modalities``; pixel values take one byte each, read back exactly: ``towers.endtoend.Palette``). Items beyond it are preprocessed again at every use, inside the timed training steps:
     results.json's ``tower.inputs`` counts those decodings, and the suite report flags the run."""
     preprocess_upfront: bool = True
     """Preprocess every item (up to ``input_memory_gb``) when the tower is built, so that timed training
