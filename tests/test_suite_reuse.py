@@ -23,6 +23,7 @@ import crossan
 from conftest import random_dataset
 from crossan.config import CHANGED_DEFAULTS, config_differences, load_config, to_dict
 from crossan.data import prepare
+from crossan.errors import ConfigError
 from crossan.evaluation import mean_metrics
 from crossan.ranking import item_fingerprint, split_fingerprint
 from crossan.reports.children import read_training_record, training_record_path
@@ -31,22 +32,23 @@ from crossan.reports.suite import Suite, load_suite, run_overrides, run_suite
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks" / "suites"
 
 
-def _suite_file(root: Path, data: Path, seeds: str = "[0]", parallel: int = 1, runs: str = "") -> Suite:
+def _suite_file(root: Path, data: Path, seeds: str = "[0]", parallel: int = 1, runs: str = "",
+                repeats: int = 1) -> Suite:
     path = root / "s.yaml"
     path.write_text(f"description: t\ndata: {data}\npreset: tiny\nseeds: {seeds}\nparallel: {parallel}\n"
-                    "overrides: [train.epochs=2, device=cpu]\n"
+                    f"cost_repeats: {repeats}\noverrides: [train.epochs=2, device=cpu]\n"
                     + (runs or "runs:\n  - {name: A, method: id, modalities: [text]}\n"))
     return load_suite(str(path))
 
 
 def _finished_run(suite: Suite, data: Path, out: Path, seed: int, *, drop: tuple[str, ...] = (),
-                  alone: bool | None = True, time_per_epoch: float = 1.0, **fields: Any) -> Path:
+                  alone: bool | None = True, time_per_epoch: float = 1.0, repeat: int = 1, **fields: Any) -> Path:
     """Write ``out/runs/A/seed-S`` as the trainer would have for the suite's run A on ``data`` as it is now
     (``drop``: config keys ``section.key`` left out of config.yaml, as an older crossan wrote it; ``fields``:
     results.json entries replaced, None removes one; ``alone``: the suite's note, None: no note)."""
     run = suite.runs[0]
     cfg = load_config([], run_overrides(suite, run, str(data), seed))
-    run_dir = out / "runs" / run.name / f"seed-{seed}"
+    run_dir = out / "runs" / run.name / (f"seed-{seed}" + (f".cost-{repeat}" if repeat > 1 else ""))
     run_dir.mkdir(parents=True)
     saved = to_dict(cfg)
     saved["data"]["path"] = str(Path(saved["data"]["path"]).resolve())
@@ -196,6 +198,56 @@ def test_a_reused_run_gives_its_cost_only_when_it_trained_alone(tmp_path: Path) 
     table = (tmp_path / "out" / "results.md").read_text().splitlines()
     line = next(x for x in table if x.startswith("| A |"))
     assert "| nan |" not in line and "cost blank" in line
+
+
+def test_cost_repeats_add_measurements_to_the_median_and_check_the_ranking(tmp_path: Path) -> None:
+    """``cost_repeats: 3``: the first seed's two repeats (``seed-0.cost-2``, ``-3``) join the median of the cost
+    columns (seed 1 trained two at a time does not), not the quality columns; a repeat that ranks otherwise
+    than its seed is flagged."""
+    data = random_dataset(tmp_path / "data")
+    suite = _suite_file(tmp_path, data, seeds="[0, 1]", parallel=2, repeats=3)
+    out = tmp_path / "out"
+    _finished_run(suite, data, out, 0, time_per_epoch=1.0)
+    _finished_run(suite, data, out, 0, repeat=2, time_per_epoch=5.0)
+    third = _finished_run(suite, data, out, 0, repeat=3, time_per_epoch=2.0)
+    _finished_run(suite, data, out, 1, alone=False, time_per_epoch=9.0)
+    (row,) = run_suite(suite, out, progress=False)
+    assert (row["time_per_epoch_s"], row["cost_measurements"], row["cost_seeds"], row["n_seeds"]) == (2.0, 3, "0", 2)
+    assert row["time_per_epoch_range"] == "1.000-5.000" and not row["flags"]
+    report = (out / "report.md").read_text()
+    assert "2 more trainings of its first seed alone (`cost_repeats: 3`)" in report
+
+    results = json.loads((third / "results.json").read_text())
+    results["test"]["NDCG@10"] += 0.01
+    (third / "results.json").write_text(json.dumps(results))
+    (row,) = run_suite(suite, out, progress=False)
+    assert any(f.startswith("repeat ranks differently: cost repeat 3 of seed 0") for f in row["flags"])
+    assert "**repeat ranks differently**" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("value", [0, -1, "2", True])
+def test_cost_repeats_must_be_a_positive_integer(tmp_path: Path, value: Any) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(f"data: x\ncost_repeats: {json.dumps(value)}\nruns:\n  - {{method: id}}\n")
+    with pytest.raises(ConfigError, match="cost_repeats must be an integer >= 1"):
+        load_suite(str(path))
+    with pytest.raises(ConfigError, match="--cost-repeats must be an integer >= 1"):
+        load_suite("tiny", cost_repeats=0)
+
+
+@pytest.mark.subprocess
+def test_a_cost_repeat_trains_again_and_ranks_the_same(tmp_path: Path) -> None:
+    """A real repeat: the first seed trains a second time into ``seed-0.cost-2``, alone, and ranks exactly as
+    the first time (the trainer is deterministic on the CPU), so the row carries no such flag."""
+    data = random_dataset(tmp_path / "data")
+    suite = _suite_file(tmp_path, data, repeats=2)
+    (row,) = run_suite(suite, tmp_path / "out", progress=False)
+    again = tmp_path / "out" / "runs" / "A" / "seed-0.cost-2"
+    assert row["status"] == "ok" and row["cost_measurements"] == 2
+    assert not [f for f in row["flags"] if f.startswith("repeat")]
+    assert read_training_record(again)["trained_alone"] is True  # type: ignore[index]
+    first = json.loads((tmp_path / "out" / "runs" / "A" / "seed-0" / "results.json").read_text())
+    assert json.loads((again / "results.json").read_text())["test"] == first["test"]
 
 
 # ------------------------------------------------------------------------------------------- run-level cache

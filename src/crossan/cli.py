@@ -160,7 +160,7 @@ def cmd_encoders(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from crossan.reports.suite import load_suite, run_suite
 
-    suite = load_suite(args.suite, seeds=args.seeds)
+    suite = load_suite(args.suite, seeds=args.seeds, cost_repeats=args.cost_repeats)
     rows = run_suite(suite, Path(args.out), resume=not args.fresh)
     return 0 if any(r["status"] == "ok" for r in rows) else 1
 
@@ -170,7 +170,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     out = Path(args.out)
-    rows = run_suite(load_suite("demo", seeds=args.seeds), out, resume=not args.fresh)
+    rows = run_suite(load_suite("demo", seeds=args.seeds, cost_repeats=args.cost_repeats), out, resume=not args.fresh)
     print(f"[demo] finished in {time.perf_counter() - t0:.0f} s; report: {out / 'report.md'}")
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 
@@ -268,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "measured 2026-12-01); finished runs are reused when it is run again.")
     p.add_argument("--out", default="demo_run", help="output folder (default demo_run)")
     p.add_argument("--seeds", metavar="0,1,2", help="training seeds, comma-separated (default: the suite's seeds)")
+    p.add_argument("--cost-repeats", type=int, metavar="N",
+                   help="train each run's first seed N times alone; cost columns are the median over them and the "
+                        "seeds that trained alone (default: the suite's cost_repeats, 1)")
     p.add_argument("--fresh", action="store_true", help="retrain runs that finished earlier in --out")
     p.set_defaults(fn=cmd_demo)
 
@@ -281,6 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "YAML file (more in benchmarks/suites/)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seeds", metavar="0,1,2", help="training seeds, comma-separated (default: the suite's seeds)")
+    p.add_argument("--cost-repeats", type=int, metavar="N",
+                   help="train each run's first seed N times alone; cost columns are the median over them and the "
+                        "seeds that trained alone (default: the suite's cost_repeats, 1)")
     p.add_argument("--fresh", action="store_true", help="retrain runs that finished earlier in --out")
     plugin_arg(p)
     p.set_defaults(fn=cmd_bench)

@@ -11,6 +11,7 @@ A suite is a YAML file (or the name of a built-in one in ``crossan/suites/``)::
     seeds: [0, 1, 2]            # training seeds (``--seeds 0,1,2`` overrides); default [0]
     reference: CROSSAN          # every other run is tested against this one (paired, per user)
     parallel: 1                 # seeds after each run's first one train this many at a time
+    cost_repeats: 1             # train each run's first seed this many times alone (median cost; ``--cost-repeats``)
     runs:
       - {name: ID, method: id, modalities: [text]}
       - {name: CROSSAN, method: crossan, modalities: [text, image], overrides: [crossan.fusion=momef]}
@@ -22,7 +23,11 @@ peak resident memory during the run above the process's idle baseline; on a GPU:
 ``torch.cuda.max_memory_allocated``). A run's cost columns (time per epoch, memory) are the median over its
 seeds that trained with nothing else of the suite running: all of them with ``parallel: 1`` (the default),
 only the first with ``parallel: N``, where the remaining seeds train N at a time (each with 1/N of the
-cores), for their quality only. The suite notes
+cores), for their quality only. One measurement of time or CPU memory can be well off (docs/results.md §6g:
+one in ten 20%), so ``cost_repeats: N`` trains each run's first seed N − 1 more times alone, into
+``runs/NAME/seed-S.cost-K`` (K = 2 … N, one round over all runs per K, so that slow drift of the machine
+spreads over them); those add to the median of the cost columns only, and a repeat that ranks differently
+from its seed is flagged (the run is not deterministic). The suite notes
 how each (run, seed) trained in ``runs/NAME/seed-S.suite.json`` (:func:`crossan.reports.children.
 write_training_record`), so that a reused run's cost is only taken when it trained alone; a row with no such
 seed has blank cost columns and says why.
@@ -79,7 +84,8 @@ from crossan.reports.children import (
     write_training_record,
 )
 
-SUITE_KEYS = {"description", "data", "preset", "overrides", "runs", "seeds", "reference", "parallel"}
+SUITE_KEYS = {"description", "data", "preset", "overrides", "runs", "seeds", "reference", "parallel",
+              "cost_repeats"}
 RUN_KEYS = {"name", "method", "modalities", "overrides", "max_seeds"}
 
 
@@ -107,6 +113,8 @@ class Suite:
     reference: str | None = None
     parallel: int = 1
     """How many seeds after each run's first train at once (each run's first seed always trains alone)."""
+    cost_repeats: int = 1
+    """How many times each run's first seed trains alone (the cost columns are the median over them)."""
 
     def seeds_of(self, run: RunSpec) -> list[int]:
         """The seeds ``run`` is trained under: all of them, the first ``max_seeds``, or the first one for a
@@ -133,10 +141,11 @@ def parse_seeds(text: str | list[Any], where: str = "--seeds") -> list[int]:
     return seeds
 
 
-def load_suite(name_or_file: str, seeds: str | list[int] | None = None) -> Suite:
+def load_suite(name_or_file: str, seeds: str | list[int] | None = None, cost_repeats: int | None = None) -> Suite:
     """Read and check a suite (every run's configuration is resolved now, before hours of runs).
 
-    ``seeds`` (``--seeds 0,1,2`` or a list) replaces the suite's own ``seeds`` key.
+    ``seeds`` (``--seeds 0,1,2`` or a list) replaces the suite's own ``seeds`` key, ``cost_repeats``
+    (``--cost-repeats``) its ``cost_repeats``.
     """
     path = Path(name_or_file)
     if path.is_file():  # invalid YAML, a repeated key, bytes that are not UTF-8: ConfigError naming the line
@@ -176,11 +185,15 @@ def load_suite(name_or_file: str, seeds: str | list[int] | None = None) -> Suite
                    else parse_seeds(raw.get("seeds", [0]), f"suite {name_or_file}: seeds"))
     reference = raw.get("reference")
     parallel = raw.get("parallel", 1)
-    if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
-        raise ConfigError(f"suite {name_or_file}: parallel must be an integer >= 1 (got {parallel!r})")
+    repeats = raw.get("cost_repeats", 1) if cost_repeats is None else cost_repeats
+    for value, where in ((parallel, f"suite {name_or_file}: parallel"),
+                         (repeats, "--cost-repeats" if cost_repeats is not None
+                          else f"suite {name_or_file}: cost_repeats")):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{where} must be an integer >= 1 (got {value!r})")
     suite = Suite(name, raw.get("description", ""), str(raw.get("data", "synth:small")), raw.get("preset", "offline"),
                   list(raw.get("overrides", [])), runs, suite_seeds, None if reference is None else str(reference),
-                  parallel)
+                  parallel, repeats)
     for r in suite.runs:  # fail early on a bad key, before hours of runs
         cfg = load_config([], run_overrides(suite, r, "x", suite.seeds[0]))
         r.cost_only = cfg.train.max_steps_per_epoch > 0
@@ -342,19 +355,21 @@ def _refuse(rec: dict[str, Any], error: str) -> tuple[dict[str, Any], None]:
 
 
 def _job(suite: Suite, run: RunSpec, seed: int, data: Path, out: Path, resume: bool, label: str, *,
-         alone: bool, fingerprints: DataFingerprints | None = None, cache_error: str | None = None
-         ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+         alone: bool, fingerprints: DataFingerprints | None = None, cache_error: str | None = None,
+         repeat: int = 1) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """The record of one (run, seed) and the arguments to train it (None: reused, or refused).
 
     ``alone``: whether it would train with nothing else of the suite running (recorded once it has trained);
     ``fingerprints``: the data's fingerprints, checked before a finished run is reused; ``cache_error``: why
-    the layer-state cache this run reads could not be built (it then fails unless it finished earlier)."""
-    run_dir = out / "runs" / run.name / f"seed-{seed}"
-    log_path = out / "runs" / run.name / f"seed-{seed}.log"
+    the layer-state cache this run reads could not be built (it then fails unless it finished earlier);
+    ``repeat`` K > 1: the K-th training of the seed, for its cost only (``seed-S.cost-K``)."""
+    name = f"seed-{seed}" + (f".cost-{repeat}" if repeat > 1 else "")
+    run_dir = out / "runs" / run.name / name
+    log_path = out / "runs" / run.name / f"{name}.log"
     overrides = run_overrides(suite, run, str(data), seed)
     rec: dict[str, Any] = {"seed": seed, "dir": str(run_dir), "log": str(log_path), "status": "ok", "label": label,
                            "t0": time.perf_counter(), "wall_s": 0.0, "alone": alone,
-                           "at_once": 1 if alone else suite.parallel}
+                           "at_once": 1 if alone else suite.parallel, "repeat": repeat}
     if not resume and run_dir.exists():
         shutil.rmtree(run_dir)  # --fresh: this suite's own output folder for this (run, seed)
     if (run_dir / "config.yaml").is_file():
@@ -407,11 +422,11 @@ def finish_job(rec: dict[str, Any], exitcode: int) -> None:
 
 
 def train_alone(suite: Suite, run: RunSpec, seed: int, data: Path, out: Path, resume: bool, progress: bool,
-                label: str, fingerprints: DataFingerprints | None = None, cache_error: str | None = None
-                ) -> dict[str, Any]:
+                label: str, fingerprints: DataFingerprints | None = None, cache_error: str | None = None,
+                repeat: int = 1) -> dict[str, Any]:
     """Train (or reuse) one (run, seed) with nothing else running (its time and memory are measured)."""
     rec, kwargs = _job(suite, run, seed, data, out, resume, label, alone=True, fingerprints=fingerprints,
-                       cache_error=cache_error)
+                       cache_error=cache_error, repeat=repeat)
     if kwargs is not None:
         print(rec["start_line"], flush=True)
         finish_job(rec, run_child("train", {**kwargs, "progress": progress}, Path(rec["log"]), progress))
@@ -422,8 +437,8 @@ def run_suite(suite: Suite, out: Path, resume: bool = True, progress: bool = Tru
     """Train every (run, seed) of ``suite`` into ``out/runs/NAME/seed-S``, write the table, report and plots,
     and return one row per run (means over seeds, intervals, the paired test against the reference).
 
-    Every run's first seed trains alone (its time and memory are the run's cost); with ``parallel`` > 1 the
-    other seeds then train that many at a time.
+    Every run's first seed trains alone (its time and memory are the run's cost), ``cost_repeats`` times
+    (rounds over all runs); with ``parallel`` > 1 the other seeds then train that many at a time.
     """
     from crossan.data.synth import synth_digest
     from crossan.reports.table import collect_run, write_outputs
@@ -446,6 +461,15 @@ def run_suite(suite: Suite, out: Path, resume: bool = True, progress: bool = Tru
         done[run.name].append(train_alone(suite, run, seed, data, out, resume, progress,
                                           f"{i}/{n} {run.name} seed {seed}", fingerprints,
                                           cache_errors.get(run.name)))
+    t_repeats = time.perf_counter()
+    for k in range(2, suite.cost_repeats + 1):  # one round over the runs per repeat
+        print(f"[suite] cost repeat {k} of {suite.cost_repeats}: each run's first seed again, alone", flush=True)
+        for run in suite.runs:
+            first = done[run.name][0]
+            if first["status"] == "ok":
+                done[run.name].append(train_alone(suite, run, first["seed"], data, out, resume, progress,
+                                                  f"{run.name} seed {first['seed']} (cost repeat {k})",
+                                                  fingerprints, cache_errors.get(run.name), repeat=k))
     t_together = time.perf_counter()
     if together:
         print(f"[suite] training the other seeds {suite.parallel} at a time (quality only)", flush=True)
@@ -455,13 +479,14 @@ def run_suite(suite: Suite, out: Path, resume: bool = True, progress: bool = Tru
         train_parallel(jobs, suite.parallel, finish_job)
         for (run, _), (rec, _) in zip(together, jobs):
             done[run.name].append(rec)
-    rows = [collect_run(run, sorted(done[run.name], key=lambda r: suite.seeds.index(r["seed"])))
+    rows = [collect_run(run, sorted(done[run.name], key=lambda r: (suite.seeds.index(r["seed"]), r["repeat"])))
             for run in suite.runs]
     meta = {"suite": suite.name, "description": suite.description, "data": str(data), "preset": suite.preset,
             "data_digest": data_digest, "seeds": suite.seeds, "reference": suite.reference,
-            "parallel": suite.parallel,
+            "parallel": suite.parallel, "cost_repeats": suite.cost_repeats,
             "data_s": round(data_s, 1), "cache_build_s": round(cache_s, 1),
-            "alone_s": round(t_together - t_start - data_s - cache_s, 1),
+            "alone_s": round(t_repeats - t_start - data_s - cache_s, 1),
+            "repeats_s": round(t_together - t_repeats, 1),
             "together_s": round(time.perf_counter() - t_together, 1),
             "total_s": round(time.perf_counter() - t_start, 1),
             "machine": machine_description(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}

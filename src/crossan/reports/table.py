@@ -13,7 +13,8 @@ columns left blank (no seed of the run is known to have trained alone) or measur
 
 Cost (time per epoch, peak memory, eval time) is the median over the row's finished seeds that the suite
 records as trained with nothing else of the suite running (``alone`` in its record, from the suite's
-``seed-S.suite.json``: every seed with ``parallel: 1``, the first with more); TPME is computed only when
+``seed-S.suite.json``: every seed with ``parallel: 1``, the first with more) and over the suite's cost repeats
+of the first seed (``cost_repeats``; ``cost_measurements`` counts them all); TPME is computed only when
 every costed row was measured on the same device with the same torch thread count and the same kind of peak
 memory.
 """
@@ -137,8 +138,11 @@ def _cost_sources(recs: list[dict[str, Any]]) -> tuple[list[Any], str]:
 
 def collect_run(run: Any, recs: list[dict[str, Any]]) -> dict[str, Any]:
     """One table row for ``run`` from its (run, seed) records (see ``crossan.reports.suite``: seed, dir,
-    status, error, log, wall_s, cpu_s, and ``alone``: whether it trained with nothing else of the suite
-    running, None when that is not known)."""
+    status, error, log, wall_s, cpu_s, ``alone``: whether it trained with nothing else of the suite
+    running, None when that is not known, and ``repeat``: K > 1 for the K-th training of a seed, whose figures
+    count towards the cost columns only)."""
+    repeats = [r for r in recs if r.get("repeat", 1) > 1]
+    recs = [r for r in recs if r.get("repeat", 1) == 1]
     row: dict[str, Any] = {"name": run.name, "method": run.method, "modalities": "+".join(run.modalities),
                            "cost_only": run.cost_only, "wall_s": round(sum(r.get("wall_s", 0.0) for r in recs), 1)}
     reused = [str(r["seed"]) for r in recs if r.get("reused")]
@@ -149,6 +153,7 @@ def collect_run(run: Any, recs: list[dict[str, Any]]) -> dict[str, Any]:
         if r["status"] != "ok":
             by_error.setdefault(r["error"], []).append(str(r["seed"]))
     errors = [f"seed{'s' if len(s) > 1 else ''} {','.join(s)}: {e}" for e, s in by_error.items()]
+    errors += [f"cost repeat {r['repeat']} of seed {r['seed']}: {r['error']}" for r in repeats if r["status"] != "ok"]
     row["failed_seeds"] = [r["seed"] for r in recs if r["status"] != "ok"]
     per_seed = []
     for r in recs:
@@ -170,7 +175,7 @@ def collect_run(run: Any, recs: list[dict[str, Any]]) -> dict[str, Any]:
                         "crossan_version": p["results"].get("crossan_version")} for p in per_seed]
     if errors:
         row["error"] = "; ".join(errors)
-        row["log"] = next(r["log"] for r in recs if r["status"] != "ok")
+        row["log"] = next(r["log"] for r in recs + repeats if r["status"] != "ok")
     if not per_seed:
         row["status"] = "failed"
         return row
@@ -193,11 +198,21 @@ def collect_run(run: Any, recs: list[dict[str, Any]]) -> dict[str, Any]:
     # cost: the seeds that trained with nothing else of the suite running (others may have shared the
     # machine); the median over them, since one measurement of time or CPU memory can be well off (§6g)
     cost_seeds, why = _cost_sources(recs)
+    again = [(r, json.loads((Path(r["dir"]) / "results.json").read_text())) for r in repeats
+             if r["status"] == "ok" and r.get("alone") is True]
+    for r, res in again:  # the same seed trained again must rank the same (the trainer is deterministic)
+        first = next((p["results"] for p in per_seed if p["seed"] == r["seed"]), None)
+        if first is not None and res.get("test") != first["test"]:
+            row["flags"].append(f"repeat ranks differently: cost repeat {r['repeat']} of seed {r['seed']} gave "
+                                f"test NDCG@10 {res['test'].get('NDCG@10', math.nan):.4f} against "
+                                f"{first['test'].get('NDCG@10', math.nan):.4f}")
     if cost_seeds:
         costs = [next(p["results"] for p in per_seed if p["seed"] == s) for s in cost_seeds]
+        costs += [res for _, res in again]
         cost = costs[0]
         row["cost_seed"] = cost_seeds[0]
         row["cost_seeds"] = ",".join(map(str, cost_seeds))
+        row["cost_measurements"] = len(costs)
         row["time_per_epoch_s"] = _median([c["train_time_per_epoch_s"] for c in costs])
         row["peak_memory_bytes"] = int(_median([c["peak_memory_bytes"] for c in costs]))
         row["peak_memory_kind"] = cost.get("peak_memory_kind", "")
@@ -358,7 +373,7 @@ COLUMNS = ["name", "method", "modalities", "status", "cost_only", "seeds",
            *[f"test_{k}_{s}" for k in METRICS for s in ("mean", "ci95")], "valid_NDCG@10_mean", "valid_NDCG@10_ci95",
            "reference", "diff_NDCG@10", "diff_ci95_low", "diff_ci95_high", "p_value", "p_holm", "holm_tests",
            "significant", "best_epochs", "time_per_epoch_s", "peak_memory_bytes", "peak_rss_bytes",
-           "cost_seeds",
+           "cost_seeds", "cost_measurements",
            "time_per_epoch_range", "peak_memory_range", "trainable_params",
            "total_params", "TPME", "eval_time_s", "wall_s", "cpu_s", "peak_memory_kind", "device",
            "compute_dtype", "mask_history", "crossan_version", "flags", "error"]
@@ -478,6 +493,9 @@ FLAG_NOTES = {
                  "row's seeds",
     "reference seed": "**reference seeds … failed**: the reference's mean covers its finished seeds only, "
                       "and every other run is paired on those seeds only",
+    "repeat ranks differently": "**repeat ranks differently**: the run's first seed, trained again for its "
+                                "cost (`cost_repeats`), gave other test metrics than the first time: the run "
+                                "is not deterministic on this machine, so its seeds' spread includes that",
     "cost blank": "**cost blank**: no finished seed of the run is recorded as trained with nothing else of "
                   "the suite running, so its time and memory are not shown (nor its TPME)",
     "cost settings differ": "**cost settings differ**: the rows' cost was measured on different devices, "
@@ -583,9 +601,13 @@ def render_report(rows: list[dict[str, Any]], meta: dict[str, Any], table: str, 
         lines += ["**cost only**: epochs capped by `train.max_steps_per_epoch` (time per epoch extrapolated from the "
                   "steps run), so the quality is not converged: it is not reported and these runs are left off the "
                   "quality plots; their own `results.json` keeps the capped figures.", ""]
+    repeats = int(meta.get("cost_repeats", 1))
     lines += ["Cost columns are the median over a run's finished seeds that trained with nothing else of the "
-              "suite running (recorded by the suite; results.csv names them, `cost_seeds`, with the spread; a "
-              "row without one has blank cost columns)"
+              "suite running"
+              + (f" and {repeats - 1} more trainings of its first seed alone (`cost_repeats: {repeats}`)"
+                 if repeats > 1 else "")
+              + " (recorded by the suite; results.csv names them, `cost_seeds` and `cost_measurements`, with the "
+              "spread; a row without one has blank cost columns)"
               + (f"; the other seeds trained {meta['parallel']} at a time, for their quality only"
                  if meta.get("parallel", 1) > 1 else "") + ". Time per epoch counts the training loop only; "
               + memory_sentence(ok) + ". TPME = 0.45·time' + 0.10·params' + 0.45·memory' after min–max "
@@ -611,6 +633,8 @@ def render_report(rows: list[dict[str, Any]], meta: dict[str, Any], table: str, 
     parts = (f"runs trained alone (every run's first seed) {meta.get('alone_s', '?')} s, the other seeds "
              f"{meta.get('parallel')} at a time {meta.get('together_s', '?')} s" if meta.get("parallel", 1) > 1
              else f"runs {meta.get('alone_s', '?')} s")
+    if repeats > 1:
+        parts += f", cost repeats {meta.get('repeats_s', '?')} s"
     lines += ["", f"Data {meta.get('data_s', 0)} s, cache {meta['cache_build_s']} s, {parts} (wall).", ""]
     failed = [r for r in rows if r.get("error")]
     if failed:
