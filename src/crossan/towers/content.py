@@ -77,6 +77,26 @@ def standardizer(total: torch.Tensor, squares: torch.Tensor, count: int,
     return mean, torch.where(keep, 1.0 / std.clamp_min(1e-12), torch.zeros_like(std))
 
 
+class Moments:
+    """Sum and sum of squares (float64, on the CPU) of states ``[..., D]`` over the items added, for
+    :func:`standardizer` (the content towers' and the end-to-end heads' statistics)."""
+
+    def __init__(self, *shape: int) -> None:
+        self.total = torch.zeros(*shape, dtype=torch.float64)
+        self.squares = torch.zeros_like(self.total)
+        self.count = 0
+
+    def add(self, states: torch.Tensor) -> None:
+        """Add items ``[U, ..., D]``."""
+        x = states.detach().double().cpu()
+        self.total += x.sum(0)
+        self.squares += (x * x).sum(0)
+        self.count += len(x)
+
+    def standardizer(self, min_rel_std: float) -> tuple[torch.Tensor, torch.Tensor]:
+        return standardizer(self.total, self.squares, self.count, min_rel_std)
+
+
 def features_from_context(ctx: TowerContext) -> FeatureSource:
     """The FeatureSource the trainer put in ``ctx.extras``; checks it covers ``ctx.config.modalities``."""
     features = ctx.extras.get(FEATURES_KEY)
@@ -273,9 +293,7 @@ class ContentTower(ItemTower):
         lets the side network learn from the first step. One pass over all items through the feature source
         (cheap for the cache; a full encoding pass for live encoders).
         """
-        sums = {m: torch.zeros(self.num_taps, self.dims[m], dtype=torch.float64) for m in self.modalities}
-        sqs = {m: torch.zeros_like(v) for m, v in sums.items()}
-        counts = dict.fromkeys(self.modalities, 0)
+        moments = {m: Moments(self.num_taps, self.dims[m]) for m in self.modalities}
         with torch.no_grad():
             for chunk in torch.arange(1, self.num_items + 1).split(batch_size):
                 # under the autocast every later gather runs under (forward): live encoders then give the
@@ -284,12 +302,9 @@ class ContentTower(ItemTower):
                     feats = self.features.gather(chunk)
                 for m in self.modalities:
                     s, p = feats[m]
-                    x = s[p.to(s.device)].double().cpu()
-                    sums[m] += x.sum(0)
-                    sqs[m] += (x * x).sum(0)
-                    counts[m] += len(x)
+                    moments[m].add(s[p.to(s.device)])
         for m in self.modalities:
-            mean, inv_std = standardizer(sums[m], sqs[m], counts[m], min_rel_std)
+            mean, inv_std = moments[m].standardizer(min_rel_std)
             self.register_buffer(f"input_mean_{m}", mean.float())
             self.register_buffer(f"input_inv_std_{m}", inv_std.float())
         self.standardized = True

@@ -46,7 +46,7 @@ from torch import nn
 
 from crossan.encoders.base import ModalityEncoder, pool
 from crossan.towers.base import ItemTower, TowerContext
-from crossan.towers.content import standardizer
+from crossan.towers.content import Moments
 from crossan.towers.frozen import ModalityFusionHead
 
 if TYPE_CHECKING:
@@ -460,7 +460,7 @@ class EndToEndTower(ItemTower):
     def standardize_inputs(self, min_rel_std: float = 0.05) -> EndToEndTower:
         """Standardise each dimension of every modality's pooled last state before the head, as
         :meth:`ContentTower.standardize_inputs` does for the frozen-feature head: mean 0 and std 1 over the
-        items that have the modality, dimensions that hardly vary set to zero (:func:`standardizer`).
+        items that have the modality, dimensions that hardly vary set to zero (:func:`~crossan.towers.content.standardizer`).
         The statistics come from one pass of the backbones as loaded (evaluation mode, before any training
         step) and stay fixed while the backbones train; they are buffers, saved with the weights. The pass
         reads the inputs through the memo (filled already with ``preprocess_upfront``), else straight from
@@ -471,9 +471,7 @@ class EndToEndTower(ItemTower):
         rows = list(range(1, self.num_items + 1))
         step = max(1, self.batch_size)
         for m in self.modalities:
-            total = torch.zeros(self.dims[m], dtype=torch.float64)
-            squares = torch.zeros_like(total)
-            count = 0
+            moments = Moments(self.dims[m])
             for start in range(0, len(rows), step):
                 chunk = rows[start : start + step]
                 if self.options.preprocess_upfront:
@@ -481,11 +479,8 @@ class EndToEndTower(ItemTower):
                 else:
                     records = [self.memo[m].catalogue[self.item_ids[r]] for r in chunk]
                     h, present = self._encode_records(m, records, self.memo[m].catalogue, None, device)
-                x = h[present].double().cpu()
-                total += x.sum(0)
-                squares += (x * x).sum(0)
-                count += len(x)
-            mean, inv_std = standardizer(total, squares, count, min_rel_std)
+                moments.add(h[present])
+            mean, inv_std = moments.standardizer(min_rel_std)
             self.register_buffer(f"input_mean_{m}", mean.float().to(device))
             self.register_buffer(f"input_inv_std_{m}", inv_std.float().to(device))
         self.standardized = True
