@@ -146,3 +146,22 @@ def test_bench_exits_1_when_every_run_fails(tmp_path: Path, capsys) -> None:
     with (tmp_path / "out" / "results.csv").open() as f:
         (row,) = list(csv.DictReader(f))
     assert row["status"] != "ok" and "building the layer-state cache for its overrides" in row["error"]
+
+
+def test_a_run_is_retrained_from_its_saved_config_alone(tmp_path: Path, capsys) -> None:
+    """``crossan train --config RUN/config.yaml`` needs no ``--data``: the saved config has ``data.path``
+    (``--data`` was required even then); the retrained run ranks exactly as the first. Without any dataset the
+    error says how to give one."""
+    items = {c: f"title {c}" for c in "abcdefgh"}
+    users = {f"u{i}": [c for c in "abcdefgh"[i % 3:]] for i in range(12)}
+    data = write_iisan(tmp_path / "d", users, items)
+    first, again = tmp_path / "first", tmp_path / "again"
+    args = ["method=id", "device=cpu", "train.epochs=2"]
+    assert main(["train", "--data", str(data), "--out", str(first), "--quiet", *args]) == 0
+    assert main(["train", "--config", str(first / "config.yaml"), "--out", str(again), "--quiet"]) == 0
+    a, b = (json.loads((d / "results.json").read_text()) for d in (first, again))
+    assert a["test"] == b["test"] and a["valid"] == b["valid"]
+    capsys.readouterr()
+    assert main(["train", "--out", str(tmp_path / "none"), "--quiet", *args]) == 2
+    err = capsys.readouterr().err
+    assert "no dataset: pass --data PATH" in err and err.count("\n") == 1

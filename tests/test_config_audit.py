@@ -5,6 +5,7 @@ plugin methods on the command line (``--plugin``, ``CROSSAN_PLUGINS``, entry poi
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import subprocess
@@ -266,7 +267,17 @@ def test_a_plugin_method_trains_and_serves_from_the_command_line(small_data: Pat
     (dist / "entry_points.txt").write_text("[crossan.methods]\nplainid = plainid_plugin\n")
     done = _crossan(["evaluate", str(tmp_path / "run"), "--device", "cpu"], plugins, tmp_path)
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["test"] == res["test"]
+    assert json.loads(done.stdout)["test"] == res["test"] and "warning" not in done.stderr
+
+    # the run records the plugin's code; changed code is named when the run is loaded into it
+    plugin_file = plugins / "plainid_plugin.py"
+    assert res["method_source"] == {"module": "plainid_plugin", "file": str(plugin_file),
+                                    "sha256": hashlib.sha256(plugin_file.read_bytes()).hexdigest()}
+    plugin_file.write_text(PLUGIN + "# edited\n")
+    done = _crossan(["evaluate", str(tmp_path / "run"), "--device", "cpu"], plugins, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "crossan: warning: " in done.stderr and "plugin method 'plainid' was trained with other code" in done.stderr
+    plugin_file.write_text(PLUGIN)
 
     script = "from crossan.config import load_config; print(load_config([], ['method=plainid']).method)"
     env = {**os.environ, "PYTHONPATH": SRC, "CROSSAN_PLUGINS": str(plugins / "plainid_plugin.py")}

@@ -225,6 +225,33 @@ def test_cost_repeats_add_measurements_to_the_median_and_check_the_ranking(tmp_p
     assert "**repeat ranks differently**" in (out / "report.md").read_text()
 
 
+def test_a_plugin_run_is_not_reused_once_its_code_changed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plugin method's run records its module's SHA-256 (``method_source``); a suite reuses it while the
+    file is unchanged and refuses it, naming the file, once the code under that method name has changed (it
+    was reused silently)."""
+    import importlib.util
+    import sys
+
+    from crossan.methods import METHODS, Method, method_source
+
+    source = tmp_path / "codeid_mod.py"
+    source.write_text("VERSION = 1\n")
+    spec = importlib.util.spec_from_file_location("codeid_mod", source)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    monkeypatch.setitem(sys.modules, "codeid_mod", module)
+    monkeypatch.setitem(METHODS, "codeid", Method("codeid", None, "codeid_mod", False, False))
+    data = random_dataset(tmp_path / "data")
+    suite = _suite_file(tmp_path, data, runs="runs:\n  - {name: A, method: codeid, modalities: [text]}\n")
+    _finished_run(suite, data, tmp_path / "out", 0, method="codeid", method_source=method_source("codeid"))
+    (row,) = run_suite(suite, tmp_path / "out", progress=False)
+    assert row["status"] == "ok" and row["reused_seeds"] == "0"
+    source.write_text("VERSION = 2\n")
+    (row,) = run_suite(suite, tmp_path / "out", progress=False)
+    assert row["status"] == "failed"
+    assert f"plugin method 'codeid' was trained with other code: {source} has SHA-256" in row["error"]
+    assert "pass --fresh" in row["error"]
+
+
 @pytest.mark.parametrize("value", [0, -1, "2", True])
 def test_cost_repeats_must_be_a_positive_integer(tmp_path: Path, value: Any) -> None:
     path = tmp_path / "s.yaml"

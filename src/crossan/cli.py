@@ -31,8 +31,11 @@ EPILOG_OVERRIDES = ("Configuration: defaults < --config YAML files (in order) < 
 
 
 def _config_args(p: argparse.ArgumentParser, data_required: bool = True) -> None:
-    p.add_argument("--data", required=data_required, metavar="PATH",
-                   help="dataset folder (users.tsv + items.tsv, RecBole .inter/.item) or a .csv file")
+    p.set_defaults(data_required=data_required)
+    p.add_argument("--data", metavar="PATH",
+                   help="dataset folder (users.tsv + items.tsv, RecBole .inter/.item) or a .csv file"
+                        + ("; required unless a --config file or a data.path=… override sets data.path (a run's "
+                           "saved config.yaml does)" if data_required else ""))
     p.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML config file (repeatable)")
     plugin_arg(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
@@ -49,7 +52,10 @@ def _load(args: argparse.Namespace, extra: list[str] = ()) -> Config:
     overrides = list(extra) + list(args.overrides)
     if getattr(args, "data", None):
         overrides.insert(0, f"data.path={args.data}")
-    return load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides)
+    if getattr(args, "data_required", False) and not cfg.data.path:
+        raise ConfigError("no dataset: pass --data PATH (or set data.path in a --config file or as data.path=PATH)")
+    return cfg
 
 
 # --------------------------------------------------------------------------------------------- commands
@@ -71,9 +77,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from crossan.cli_serving import run_warnings
     from crossan.runs import evaluate_run
 
-    out = evaluate_run(args.run_dir, device=args.device)
+    with run_warnings():
+        out = evaluate_run(args.run_dir, device=args.device)
     print(json.dumps(out, indent=2))
     return 0
 
@@ -186,8 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a recommender and test it at the best validation epoch",
                        description="Train METHOD on a dataset, select the epoch on validation, report test metrics. "
-                                   "Writes config.yaml, train.log, history.jsonl, checkpoints/, best.safetensors "
-                                   "and results.json into the run folder.", epilog=EPILOG_OVERRIDES)
+                                   "Writes config.yaml, train.log, history.jsonl, checkpoints/, best.safetensors, "
+                                   "results.json and per_user.npz into the run folder (train.epochs=0: the initial "
+                                   "weights are tested, no history or checkpoint).", epilog=EPILOG_OVERRIDES)
     _config_args(p)
     p.add_argument("--out", metavar="RUN_DIR", help="run folder (default runs/DATASET-METHOD-TIME)")
     p.add_argument("--resume", action="store_true",

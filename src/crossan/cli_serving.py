@@ -20,18 +20,18 @@ from crossan.errors import ServeError
 
 
 @contextlib.contextmanager
-def _run_warnings() -> Iterator[None]:
-    """Print each :class:`~crossan.runs.UnfinishedRunWarning` as one ``crossan: warning: …`` line on stderr
-    when it is raised (other warnings are shown as Python shows them)."""
-    from crossan.runs import UnfinishedRunWarning
+def run_warnings() -> Iterator[None]:
+    """Print each :class:`~crossan.runs.RunWarning` (an unfinished run, a plugin's changed code) as one
+    ``crossan: warning: …`` line on stderr when it is raised (other warnings are shown as Python shows them)."""
+    from crossan.runs import RunWarning
 
     with warnings.catch_warnings():
-        warnings.simplefilter("always", UnfinishedRunWarning)
+        warnings.simplefilter("always", RunWarning)
         shown = warnings.showwarning
 
         def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
                  file: Any = None, line: str | None = None) -> None:
-            if issubclass(category, UnfinishedRunWarning):
+            if issubclass(category, RunWarning):
                 print(f"crossan: warning: {message}", file=sys.stderr)
             else:
                 shown(message, category, filename, lineno, file, line)
@@ -103,7 +103,7 @@ def cmd_recommend(args: Any) -> int:
         raise ServeError("--users needs --out FILE (the CSV of recommendations)")
     if args.out:
         check_out_file(Path(args.out))
-    with _run_warnings():
+    with run_warnings():
         rec = load_recommender(args.run_dir, device=args.device, data_path=args.run_data)
     # --include-history / --exclude-history, else the run's eval.mask_history (as its metrics were computed)
     exclude = rec.mask_history if args.exclude_history is None else args.exclude_history
@@ -144,7 +144,7 @@ def cmd_recommend(args: Any) -> int:
 def cmd_embed_items(args: Any) -> int:
     from crossan.coldstart import EXTRA_DIR, embed_items, read_extra_items
 
-    with _run_warnings():
+    with run_warnings():
         ids = embed_items(args.run_dir, args.data, device=args.device, data_path=args.run_data)
     total = len(read_extra_items(args.run_dir))
     print(f"embedded {len(ids)} new items into {Path(args.run_dir) / EXTRA_DIR} ({total} extra items in all)")
@@ -154,8 +154,9 @@ def cmd_embed_items(args: Any) -> int:
 def cmd_export(args: Any) -> int:
     from crossan.export import export_run
 
-    out = export_run(args.run_dir, args.out, device=args.device, data_path=args.run_data,
-                     include_extra=not args.no_extra, force=args.force)
+    with run_warnings():
+        out = export_run(args.run_dir, args.out, device=args.device, data_path=args.run_data,
+                         include_extra=not args.no_extra, force=args.force)
     print(f"exported to {out}")
     return 0
 

@@ -86,6 +86,7 @@ class TrainConfig:
     """Optimisation and model selection (defaults follow IISAN, METHOD.md §9)."""
 
     epochs: int = 100
+    """Epochs at most (early stopping: ``patience``); 0 tests the initial weights (an untrained baseline)."""
     batch_size: int = 64
     lr: float = 2e-4
     """Learning rate of the recommender: user encoder, ID table, projection heads."""

@@ -14,6 +14,7 @@ row at run time, as plugins and tests do (see docs/method.md, "Adding a method")
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import os
@@ -21,6 +22,7 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from crossan.errors import ConfigError
 from crossan.towers.options import (
@@ -210,6 +212,36 @@ def discover_plugins() -> None:
             raise ConfigError(f"{which}: {e}") from None
         except Exception as e:  # noqa: BLE001 - one line naming the plugin
             raise ConfigError(f"{which}: importing it failed: {type(e).__name__}: {e}") from None
+
+
+def method_source(name: str) -> dict[str, str] | None:
+    """For a plugin method: the module its row names, that module's file and the file's SHA-256, which
+    results.json records (``method_source``) so that a suite does not reuse, nor ``crossan evaluate`` re-score
+    without a warning, a run trained by other code under the same name. Only that one file is hashed (code
+    it imports from elsewhere is not). None for crossan's own methods (``crossan_version`` covers those)."""
+    row = get_method(name)
+    if row.module == "crossan" or row.module.startswith("crossan."):
+        return None
+    module = sys.modules.get(row.module) or importlib.import_module(row.module)
+    path = getattr(module, "__file__", None) or ""
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest() if path and Path(path).is_file() else ""
+    return {"module": row.module, "file": str(path), "sha256": digest}
+
+
+def method_source_changes(name: str, results: dict[str, Any]) -> str:
+    """Why the plugin code of ``name`` differs from the code a run's ``results`` record ("" when it does not,
+    or for crossan's own methods)."""
+    now = method_source(name)
+    if now is None:
+        return ""
+    then = results.get("method_source")
+    if not isinstance(then, dict) or not then.get("sha256"):
+        return (f"the run does not record the code of plugin method {name!r} (trained before crossan recorded "
+                f"it); its module is {now['file']} now")
+    if then["sha256"] != now["sha256"]:
+        return (f"plugin method {name!r} was trained with other code: {now['file']} has SHA-256 "
+                f"{now['sha256'][:12]}… now, the run recorded {str(then['sha256'])[:12]}… (from {then.get('file')})")
+    return ""
 
 
 def method_names() -> list[str]:

@@ -40,6 +40,7 @@ import crossan
 from crossan import distributed as dist
 from crossan.config import PATH_KEYS, Config, config_differences, config_from_dict, resolve_path
 from crossan.errors import NonFiniteError, RunError, ServeError
+from crossan.methods import method_source_changes
 from crossan.utils import atomic_save_safetensors, atomic_torch_save, atomic_write, atomic_write_json
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
     from crossan.recommender import Recommender
 
 __all__ = ["CONFIG", "REQUIRED_FILES", "RESULT_KEYS", "NonFiniteError", "RunError", "TrainState",
-           "UnfinishedRunWarning", "check_item_fingerprint", "check_out_folder", "check_run_dir",
+           "MethodCodeWarning", "RunWarning", "UnfinishedRunWarning", "check_item_fingerprint", "check_out_folder", "check_run_dir",
            "check_run_folder", "evaluate_run", "load_checkpoint", "load_run", "load_weights", "read_results",
            "read_run_config", "rescore", "resolve_paths", "save_checkpoint", "save_per_user", "save_weights",
            "truncate_history", "version_compatible", "warn_if_unfinished"]
@@ -400,9 +401,17 @@ def save_per_user(path: Path, data: SequentialData, valid_ranks: torch.Tensor, t
 
 
 # --------------------------------------------------------------------------------------------- reading back
-class UnfinishedRunWarning(UserWarning):
+class RunWarning(UserWarning):
+    """Something a reader of a saved run's scores must know (the command line prints it as one line)."""
+
+
+class UnfinishedRunWarning(RunWarning):
     """A run without ``results.json`` (training stopped or still runs) is used with its best weights so
     far."""
+
+
+class MethodCodeWarning(RunWarning):
+    """A run of a plugin method is loaded into other code than it was trained with (same method name)."""
 
 
 def read_results(run_dir: str | Path) -> dict[str, Any] | None:
@@ -482,6 +491,10 @@ def load_run(run_dir: str | Path, device: str = "auto", data_path: str | None = 
     if device != "auto":
         cfg.device = device
     results = read_results(run_dir)
+    changed = method_source_changes(cfg.method, results) if results is not None else ""
+    if changed:
+        warnings.warn(f"{run_dir}: {changed}; its weights are loaded into the code of now, so its scores may "
+                      f"differ from {RESULTS}", MethodCodeWarning, stacklevel=2)
     data = prepare(cfg.data)
     check_item_fingerprint(run_dir, results, data, cfg.data.path)
     model = build_model(cfg, data, resolve_device(cfg.device))

@@ -26,7 +26,7 @@ from crossan.config import Config, save_config
 from crossan.data import SequentialData, prepare
 from crossan.errors import ConfigError
 from crossan.evaluation import mean_metrics
-from crossan.methods import cache_methods
+from crossan.methods import cache_methods, method_source
 from crossan.model import build_model, module_report, param_groups
 from crossan.precision import compute_dtype, dtype_name
 from crossan.ranking import (
@@ -472,6 +472,9 @@ def _test_best(run: _Run, state: TrainState) -> dict[str, Any]:
         "per_user_file": PER_USER,
         "crossan_version": crossan.__version__,
     }
+    source = method_source(cfg.method)  # a plugin's code, so that its runs are not reused after it changes
+    if source is not None:
+        results["method_source"] = source
     if dist.is_main():
         save_per_user(run.run_dir / PER_USER, data, valid_ranks, test_ranks)
         atomic_write_json(run.run_dir / RESULTS, results)

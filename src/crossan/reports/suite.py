@@ -75,6 +75,7 @@ from crossan.config import (
     to_dict,
 )
 from crossan.data.catalogue import MODALITIES
+from crossan.methods import method_source_changes
 from crossan.reports.children import (
     cpu_seconds,
     error_line,
@@ -388,6 +389,10 @@ def _job(suite: Suite, run: RunSpec, seed: int, data: Path, out: Path, resume: b
         if differs:
             return _refuse(rec, f"{run_dir} holds a run trained on other data than {data} holds now "
                                 f"({'; '.join(differs)}); pass --fresh to retrain it or choose another --out")
+        code = method_source_changes(run.method, results if isinstance(results, dict) else {})
+        if code:
+            return _refuse(rec, f"{run_dir} holds a run that cannot be reused: {code}; pass --fresh to retrain it "
+                                "or choose another --out")
         print(f"[suite] {label}: done earlier, reusing {run_dir / 'results.json'}{_other_version(run_dir)}",
               flush=True)
         rec["cpu_s"] = cpu_seconds(log_path)
