@@ -165,3 +165,36 @@ def test_a_run_is_retrained_from_its_saved_config_alone(tmp_path: Path, capsys) 
     assert main(["train", "--out", str(tmp_path / "none"), "--quiet", *args]) == 2
     err = capsys.readouterr().err
     assert "no dataset: pass --data PATH" in err and err.count("\n") == 1
+
+
+def test_overrides_may_follow_an_option(tmp_path: Path, capsys) -> None:
+    """``crossan train --data D method=id --quiet train.epochs=1``: the override after ``--quiet`` was
+    "unrecognized arguments"; it now joins the others in order (the later value wins). An unknown option is
+    still an error."""
+    items = {c: f"title {c}" for c in "abcdefgh"}
+    data = write_iisan(tmp_path / "d", {f"u{i}": list("abcdefgh"[i % 3:]) for i in range(12)}, items)
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(data), "method=id", "train.epochs=3", "--quiet", "device=cpu",
+                 "--out", str(out), "train.epochs=1"]) == 0
+    assert json.loads((out / "results.json").read_text())["epochs_run"] == 1
+    with pytest.raises(SystemExit):
+        main(["train", "--data", str(data), "--quiet", "--no-such-option", "train.epochs=1"])
+    assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err
+
+
+def test_a_modality_no_item_has_is_an_error_before_training_or_caching(tmp_path: Path, capsys) -> None:
+    """Titles but no media: ``modalities=[text,image]`` trained (and ``cache --modalities image`` cached
+    "0/N items present") without a word, on zeros. Both stop now, naming the modality and where it looked."""
+    items = {c: f"title {c}" for c in "abcdefgh"}
+    data = write_iisan(tmp_path / "d", {f"u{i}": list("abcdefgh"[i % 3:]) for i in range(12)}, items)
+    for args in (["train", "--data", str(data), "method=frozen", "modalities=[text,image]", "cached=false",
+                  "encoders.preset=tiny", "device=cpu", "--out", str(tmp_path / "run"), "--quiet"],
+                 ["cache", "--data", str(data), "--modalities", "text,image", "--preset", "tiny",
+                  "cache.dir=" + str(tmp_path / "cache")]):
+        capsys.readouterr()
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"crossan: error: modality image: none of the 8 items of {data / 'items.tsv'} has "
+                              "image content (looked for a file: an items.tsv header column named image, or files "
+                              "named by item id in images/ or covers/); leave image out of the modalities"), err
+    assert not (tmp_path / "run" / "results.json").exists() and not (tmp_path / "cache").exists()

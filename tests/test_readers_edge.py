@@ -144,3 +144,45 @@ def test_fast_and_quoted_csv_paths_agree(tmp_path: Path, rows: list[str], expect
     quoted = _read_csv(tmp_path / "x.csv", "\n".join(["user,item,time", *rows[:-1], 'u1,"i2",2']) + "\n")
     assert quoted == fast
     assert fast.startswith(expected) if isinstance(expected, str) else fast == expected
+
+
+# --------------------------------------------------------------------------------------------- a user's catalogue
+def test_an_unknown_items_header_column_is_an_error_naming_it(tmp_path: Path) -> None:
+    """``item_id TAB name``: the misnamed title column was dropped in silence (every title empty, a text run
+    trained on nothing). Now an error naming the file, line 1 and the column; a repeated column too."""
+    users = "u1\ta b\n"
+    root = _iisan(tmp_path / "d", "item_id\tname\na\tfirst\nb\tsecond\n", users)
+    with pytest.raises(DataError) as e:
+        read(DataConfig(path=str(root)))
+    assert _rel(e.value, root).startswith("items.tsv:1: header column 'name' not known; the columns after "
+                                          "'item_id' may be title, text, image, video, audio")
+    root = _iisan(tmp_path / "e", "item_id\ttitle\ttitle\na\tx\ty\nb\tx\ty\n", users)
+    with pytest.raises(DataError, match="header column 'title' appears twice"):
+        read(DataConfig(path=str(root)))
+    root = _iisan(tmp_path / "f", "item_id:token\ttitle:token_seq\tcover\na\tx\tp.png\nb\ty\tq.png\n", users)
+    with pytest.raises(DataError, match="header column 'cover' not known"):
+        read(DataConfig(path=str(root)))
+
+
+def test_media_without_a_column_are_found_by_id_and_two_files_warn(tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """A header with an image column only: videos in ``videos/`` named by item id were ignored (a path column
+    switched folder discovery off for every modality); they are found now. An id with two cover files
+    keeps the first (folder, then name order) with a warning naming both."""
+    root = _iisan(tmp_path / "d", "item_id\ttitle\timage\na\tx\tpics/a.png\nb\ty\t\n", "u1\ta b\n")
+    (root / "videos").mkdir()
+    (root / "videos" / "a.mp4").write_bytes(b"")
+    (root / "videos" / "b.mp4").write_bytes(b"")
+    cat = read(DataConfig(path=str(root))).catalogue
+    assert (cat["a"].image, cat["b"].image, cat["a"].video, cat["b"].video) == (
+        "pics/a.png", None, "videos/a.mp4", "videos/b.mp4")
+
+    root = _iisan(tmp_path / "e", "a\tx\nb\ty\n", "u1\ta b\n")
+    for name in ("images/a.png", "images/a.jpg", "covers/a.webp", "images/b.png"):
+        (root / name).parent.mkdir(exist_ok=True)
+        (root / name).write_bytes(b"")
+    with caplog.at_level("WARNING", logger="crossan"):
+        cat = read(DataConfig(path=str(root))).catalogue
+    assert (cat["a"].image, cat["b"].image) == ("images/a.jpg", "images/b.png")
+    assert "1 item id(s) have more than one file" in caplog.text
+    assert "images/a.jpg (not images/a.png, covers/a.webp)" in caplog.text

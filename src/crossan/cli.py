@@ -135,6 +135,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
         raise ConfigError(f"--modalities: {args.modalities!r} names no modality; give a comma-separated "
                           "subset of text,image,video,audio")
     data = prepare(cfg.data)
+    data.check_content(modalities)
     if dist.env_world_size() > 1:  # torchrun: rank r builds shard r, then rank 0 joins them
         if args.shard is not None or args.join:
             raise ConfigError("under torchrun the ranks split the items themselves; drop --shard/--join")
@@ -325,7 +326,14 @@ def _prepare(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # key=value overrides may also follow an option (`train --quiet train.epochs=1`): argparse leaves those
+    # over, and they join the overrides in their order; anything else left over is an error as usual
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from crossan.data.media import MediaError  # not yet CrossanError subclasses
     from crossan.data.readers import DataError
 

@@ -22,6 +22,8 @@ def build_model(cfg: Config, data: SequentialData, device: torch.device) -> Reco
     feature source; a missing or mismatched cache fails here, before anything is written.
     """
     features = None
+    if get_method(cfg.method).has_content:
+        data.check_content(cfg.modalities)
     if get_method(cfg.method).reads_cache:
         from crossan.cache import open_features
 

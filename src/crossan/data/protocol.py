@@ -72,6 +72,20 @@ class SequentialData:
     def fingerprint(self) -> str:
         return fingerprint_items(self.catalogue)
 
+    def check_content(self, modalities: list[str]) -> None:
+        """:class:`DataError` when no item of rows 1..N has content for one of ``modalities``: training on
+        it, or caching it, would run without a word on zeros only (a misnamed ``items.tsv`` header column did
+        that). Says where that content is looked for."""
+        for m in modalities:
+            if not any(r.has(m) for r in self.catalogue):
+                where = ("a title: an items.tsv header needs a column named title (or text); a RecBole .item "
+                         "file, token columns or data.text_fields" if m == "text" else
+                         f"a file: an items.tsv header column named {m}, or files named by item id in "
+                         + {"image": "images/ or covers/", "video": "videos/", "audio": "audio/"}[m])
+                source = self.catalogue.source or self.root
+                raise DataError(f"modality {m}: none of the {self.num_items:,} items of {source} has {m} content "
+                                f"(looked for {where}); leave {m} out of the modalities")
+
 
 def sequence_stats(lengths: np.ndarray, num_items: int) -> dict[str, float]:
     n_users, n_inter = len(lengths), int(lengths.sum())

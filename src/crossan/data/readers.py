@@ -9,8 +9,10 @@ header ``items.tsv`` holds ``item TAB title`` lines, and the title is **the rest
 it is kept). It may instead start with a header ``item_id TAB title [TAB image] [TAB video] [TAB audio]``;
 then every row must have exactly as many tab-separated fields as the header (a tab inside a title is an
 error naming file and line), and the media columns hold paths relative to the dataset root (an empty cell:
-the item lacks it). Without media columns, media are found by item id in ``images/`` or ``covers/`` (jpg,
-jpeg, png, webp), ``videos/`` (mp4, webm, mkv, avi, mov) and ``audio/`` (wav, flac, mp3, ogg).
+the item lacks it). A header column other than these (``ITEM_COLUMNS``) is an error naming it. A modality
+without a column of its own is found by item id in ``images/`` or ``covers/`` (jpg, jpeg, png, webp),
+``videos/`` (mp4, webm, mkv, avi, mov) and ``audio/`` (wav, flac, mp3, ogg); an id with two files there
+keeps the first in folder and name order, with a warning.
 
 ``atomic`` (RecBole): ``NAME.inter`` with ``user_id``, ``item_id`` and ``timestamp`` columns (typed headers
 such as ``user_id:token``) and optionally ``NAME.item`` whose text columns form the item text.
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -45,6 +48,8 @@ from crossan.config import DataConfig
 from crossan.data import textscan as ts
 from crossan.data.catalogue import Catalogue, ItemRecord
 from crossan.errors import CrossanError
+
+log = logging.getLogger("crossan")
 
 MAX_ID_BYTES = 1024
 """User and item ids longer than this (in UTF-8 bytes) make a row malformed."""
@@ -108,6 +113,8 @@ class RawData:
 IMAGE_DIRS, IMAGE_EXT = ("images", "covers"), (".jpg", ".jpeg", ".png", ".webp")
 VIDEO_DIRS, VIDEO_EXT = ("videos", "video"), (".mp4", ".webm", ".mkv", ".avi", ".mov")
 AUDIO_DIRS, AUDIO_EXT = ("audio", "audios"), (".wav", ".flac", ".mp3", ".ogg")
+ITEM_COLUMNS = ("title", "text", "image", "video", "audio")
+"""The columns an ``items.tsv`` header may name after its id column (``title`` or ``text``: the title)."""
 
 
 class _Problems:
@@ -174,13 +181,23 @@ def _lines(text: str) -> list[str]:
 
 # --------------------------------------------------------------------------------------------- catalogue
 def _find_media(root: Path, dirs: tuple[str, ...], exts: tuple[str, ...]) -> dict[str, str]:
+    """Item id → the media file named by it in the first of ``dirs`` (``images/i1.jpg``). An id with several
+    files (``i1.jpg`` and ``i1.png``) keeps the first in folder then name order, with a warning naming them."""
     found: dict[str, str] = {}
+    others: dict[str, list[str]] = {}
     for d in dirs:
         folder = root / d
         if folder.is_dir():
             for p in sorted(folder.iterdir()):
-                if p.suffix.lower() in exts and p.stem not in found:
-                    found[p.stem] = f"{d}/{p.name}"
+                if p.suffix.lower() in exts:
+                    if p.stem in found:
+                        others.setdefault(p.stem, []).append(f"{d}/{p.name}")
+                    else:
+                        found[p.stem] = f"{d}/{p.name}"
+    if others:
+        shown = "; ".join(f"{found[i]} (not {', '.join(o)})" for i, o in list(others.items())[:3])
+        log.warning("%s: %d item id(s) have more than one file; the first in folder and name order is used: %s%s",
+                    root, len(others), shown, " …" if len(others) > 3 else "")
     return found
 
 
@@ -212,14 +229,21 @@ def read_items_tsv(path: Path, problems: _Problems, spaces_ok: bool = False) -> 
     header = lines[0].split("\t")
     has_header = header[0].strip().lower() in ("item_id", "item", "item_id:token")
     cols = [h.split(":")[0].strip().lower() for h in header] if has_header else ["item_id", "title"]
+    unknown = [h.strip() for h, c in zip(header[1:], cols[1:]) if c not in ITEM_COLUMNS]
+    if has_header and unknown:  # a misnamed column was dropped in silence, and its content with it
+        raise DataError(f"{path}:1: header column{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+                        f"not known; the columns after {header[0].strip()!r} may be {', '.join(ITEM_COLUMNS)} "
+                        "(rename the column, or remove it)")
     col = {name: i for i, name in enumerate(cols)}
+    repeated = sorted({c for c in cols if cols.count(c) > 1})
+    if has_header and repeated:
+        raise DataError(f"{path}:1: header column {repeated[0]!r} appears twice")
     text_col = col.get("title", col.get("text"))
     media_cols = {m: col[m] for m in ("image", "video", "audio") if m in col}
-    discovered = {}
-    if not media_cols:
-        discovered = {"image": _find_media(root, IMAGE_DIRS, IMAGE_EXT),
-                      "video": _find_media(root, VIDEO_DIRS, VIDEO_EXT),
-                      "audio": _find_media(root, AUDIO_DIRS, AUDIO_EXT)}
+    # media without a column of their own are found by item id in their folders (as without a header)
+    discovered = {m: _find_media(root, dirs, exts) for m, dirs, exts in (
+        ("image", IMAGE_DIRS, IMAGE_EXT), ("video", VIDEO_DIRS, VIDEO_EXT), ("audio", AUDIO_DIRS, AUDIO_EXT))
+        if m not in media_cols}
     records: list[ItemRecord] = []
     seen: set[str] = set()
     for lineno, line in enumerate(lines[1:] if has_header else lines, start=2 if has_header else 1):
