@@ -198,3 +198,28 @@ def test_a_modality_no_item_has_is_an_error_before_training_or_caching(tmp_path:
                               "image content (looked for a file: an items.tsv header column named image, or files "
                               "named by item id in images/ or covers/); leave image out of the modalities"), err
     assert not (tmp_path / "run" / "results.json").exists() and not (tmp_path / "cache").exists()
+
+
+def test_missing_media_files_stop_a_cache_build_before_any_encoding(tmp_path: Path, capsys) -> None:
+    """An items.tsv path column naming a file that is not there: the build encoded every other modality (and
+    the image rows before it) first and failed only on reaching it. Now nothing is encoded; the error names
+    the items and paths. ``cache.on_corrupt=missing`` caches the item without it, as documented."""
+    from PIL import Image
+
+    root = tmp_path / "d"
+    (root / "pics").mkdir(parents=True)
+    names = "abcdefgh"
+    for c in names[:-1]:
+        Image.new("RGB", (8, 8), (40 * names.index(c), 0, 0)).save(root / "pics" / f"{c}.png")
+    (root / "items.tsv").write_text("item_id\ttitle\timage\n" + "".join(f"{c}\ttitle {c}\tpics/{c}.png\n"
+                                                                       for c in names))
+    (root / "users.tsv").write_text("".join(f"u{i}\t{' '.join(names[i % 3:])}\n" for i in range(12)))
+    cache = tmp_path / "cache"
+    args = ["cache", "--data", str(root), "--modalities", "text,image", "--preset", "tiny", f"cache.dir={cache}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"crossan: error: {root / 'items.tsv'}: 1 of the items' image files cannot be found "
+                          "(or lie outside the dataset root): 'h' (pics/h.png); fix the paths"), err
+    assert not cache.exists()
+    assert main([*args, "cache.on_corrupt=missing"]) == 0
+    assert "7/8 items present" in capsys.readouterr().out

@@ -136,6 +136,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
                           "subset of text,image,video,audio")
     data = prepare(cfg.data)
     data.check_content(modalities)
+    if cfg.cache.on_corrupt == "error" and not (args.join or args.verify):
+        data.check_media_files(modalities)
     if dist.env_world_size() > 1:  # torchrun: rank r builds shard r, then rank 0 joins them
         if args.shard is not None or args.join:
             raise ConfigError("under torchrun the ranks split the items themselves; drop --shard/--join")
