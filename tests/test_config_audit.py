@@ -291,3 +291,11 @@ def test_an_unknown_plugin_is_a_one_line_error(small_data: Path, capsys) -> None
     assert capsys.readouterr().err == ("crossan: error: plugin no_such_plugin_module: no module named "
                                        "'no_such_plugin_module'; put its folder on PYTHONPATH or give the "
                                        "path of its .py file\n")
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", ".nan", "1e400"])
+def test_a_float_key_must_be_finite(value: str) -> None:
+    """``train.lr=nan`` said "expected a number" (it is one); ``.nan`` from YAML and ``1e400`` (inf) passed
+    the type check. Every float key must be finite; the error says so."""
+    with pytest.raises(ConfigError, match=r"^train.lr: must be a finite number, got "):
+        load_config([], [f"train.lr={value}"])

@@ -186,3 +186,15 @@ def test_media_without_a_column_are_found_by_id_and_two_files_warn(tmp_path: Pat
     assert (cat["a"].image, cat["b"].image) == ("images/a.jpg", "images/b.png")
     assert "1 item id(s) have more than one file" in caplog.text
     assert "images/a.jpg (not images/a.png, covers/a.webp)" in caplog.text
+
+
+def test_a_folder_with_one_csv_and_items_tsv_hints_at_the_csv_layout(tmp_path: Path) -> None:
+    """A folder with ``inter.csv`` and ``items.tsv`` is read as the IISAN layout (items.tsv); the error about
+    its missing users file now says to pass the .csv file for the CSV layout."""
+    root = _iisan(tmp_path / "d", "a\tx\nb\ty\n", "")
+    (root / "users.tsv").unlink()
+    (root / "inter.csv").write_text("user,item,timestamp\nu1,a,1\n")
+    with pytest.raises(DataError) as e:
+        read(DataConfig(path=str(root)))
+    assert str(e.value) == f"{root}: no users.tsv or *_pairs.tsv found (for the CSV layout pass the file itself: " \
+                           f"--data {root / 'inter.csv'})"

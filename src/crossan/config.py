@@ -19,6 +19,7 @@ configuration imports no torch.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -458,11 +459,18 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return int(value.strip(), 10)  # "08": decimal, as "010" is
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str) and _DECIMAL_NUMBER.fullmatch(value.strip()):
-            return float(value.strip())  # "1e-3": a string to YAML 1.1, a number to everyone else
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+            number = float(value)
+        elif isinstance(value, str) and _DECIMAL_NUMBER.fullmatch(value.strip()):
+            number = float(value.strip())  # "1e-3": a string to YAML 1.1, a number to everyone else
+        elif isinstance(value, str) and value.strip().lower().lstrip("+-.") in ("nan", "inf", "infinity"):
+            number = math.nan
+        if number is None:
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(number):  # no setting means anything at nan or infinity
+            raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value

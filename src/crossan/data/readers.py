@@ -287,7 +287,9 @@ def _user_file(root: Path) -> Path:
         return pairs[0]
     if len(pairs) > 1:
         raise DataError(f"{root}: several *_pairs.tsv files ({', '.join(p.name for p in pairs)}); keep one")
-    raise DataError(f"{root}: no users.tsv or *_pairs.tsv found")
+    csvs = sorted(root.glob("*.csv"))
+    hint = (f" (for the CSV layout pass the file itself: --data {csvs[0]})" if len(csvs) == 1 else "")
+    raise DataError(f"{root}: no users.tsv or *_pairs.tsv found{hint}")
 
 
 def _first_line(mask: np.ndarray) -> int:
