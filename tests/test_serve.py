@@ -558,3 +558,38 @@ def test_users_file_is_decoded_as_the_readers_decode(id_run: Path, tmp_path: Pat
     users.write_bytes(f"alice\t{rec.item_ids[1]}\n".encode() + b"b\xffb\t" + rec.item_ids[2].encode() + b"\n")
     assert main(["recommend", str(id_run), "--users", str(users), "--out", str(out), "--device", "cpu"]) == 2
     assert f"{users}:2: not valid UTF-8" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_run_scored_on_a_changed_cache_says_so(tmp_path: Path) -> None:
+    """A cached method's run records the SHA-256 of the states it read (``cache_states``). Re-scoring it after
+    a cover changed and the cache was updated printed other figures than results.json without a word; it
+    now warns, naming the modality. Unchanged, it stays silent."""
+    import warnings
+
+    from PIL import Image
+
+    from crossan.cache import build_cache
+    from crossan.cache.layout import STATES, modality_folder
+    from crossan.cache.manifest import read_manifest
+    from crossan.data import prepare
+    from crossan.data.synth import generate
+    from crossan.runs import CacheChangedWarning, evaluate_run
+
+    synth = generate(tmp_path / "synth", size="tiny", progress=False)
+    cfg = load_config([], [f"data.path={synth}", "method=frozen", "modalities=[text,image]", "encoders.preset=tiny",
+                           f"cache.dir={tmp_path / 'cache'}", "train.epochs=1", "user.dim=32", "device=cpu",
+                           "precision=fp32"])
+    data = prepare(cfg.data)
+    build_cache(cfg, data, cfg.modalities, progress=False)
+    res = train(cfg, tmp_path / "run", data=data, progress=False)
+    assert res["cache_states"] == {m: read_manifest(modality_folder(cfg, data, m))["checksums"][STATES]["sha256"]
+                                   for m in ("text", "image")}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CacheChangedWarning)
+        assert evaluate_run(tmp_path / "run")["test"] == res["test"]
+
+    record = next(r for r in data.catalogue if r.image)
+    Image.new("RGB", (24, 24), (255, 0, 255)).save(synth / record.image)
+    build_cache(cfg, prepare(cfg.data), cfg.modalities, progress=False)  # re-encodes the changed item
+    with pytest.warns(CacheChangedWarning, match=r"the layer-state cache of image changed since this run trained"):
+        evaluate_run(tmp_path / "run")

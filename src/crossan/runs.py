@@ -48,7 +48,7 @@ if TYPE_CHECKING:
     from crossan.recommender import Recommender
 
 __all__ = ["CONFIG", "REQUIRED_FILES", "RESULT_KEYS", "NonFiniteError", "RunError", "TrainState",
-           "MethodCodeWarning", "RunWarning", "UnfinishedRunWarning", "check_item_fingerprint", "check_out_folder", "check_run_dir",
+           "CacheChangedWarning", "MethodCodeWarning", "RunWarning", "cache_states_digests", "UnfinishedRunWarning", "check_item_fingerprint", "check_out_folder", "check_run_dir",
            "check_run_folder", "evaluate_run", "load_checkpoint", "load_run", "load_weights", "read_results",
            "read_run_config", "rescore", "resolve_paths", "save_checkpoint", "save_per_user", "save_weights",
            "truncate_history", "version_compatible", "warn_if_unfinished"]
@@ -414,6 +414,31 @@ class MethodCodeWarning(RunWarning):
     """A run of a plugin method is loaded into other code than it was trained with (same method name)."""
 
 
+class CacheChangedWarning(RunWarning):
+    """A run that reads the layer-state cache is scored on a cache that changed since it trained."""
+
+
+def cache_states_digests(cfg: Config, data: SequentialData) -> dict[str, str]:
+    """Per modality, the SHA-256 of the cached ``states.npy`` a run of ``cfg`` reads (from the cache's
+    manifest); empty for methods that do not read the cache or with ``cached=false``. A run records it
+    (results.json ``cache_states``) so that scoring it later on a rebuilt or updated cache (its items' titles
+    or media changed) says so."""
+    from crossan.methods import get_method
+
+    if not (get_method(cfg.method).reads_cache and cfg.cached):
+        return {}
+    from crossan.cache.layout import STATES, modality_folder
+    from crossan.cache.manifest import read_manifest
+
+    out = {}
+    for m in cfg.modalities:
+        manifest = read_manifest(modality_folder(cfg, data, m)) or {}
+        digest = ((manifest.get("checksums") or {}).get(STATES) or {}).get("sha256")
+        if digest:
+            out[m] = str(digest)
+    return out
+
+
 def read_results(run_dir: str | Path) -> dict[str, Any] | None:
     """``RUN_DIR/results.json`` as a mapping, or None when the run has none (unfinished); :class:`RunError`
     naming the file when it cannot be read."""
@@ -497,6 +522,13 @@ def load_run(run_dir: str | Path, device: str = "auto", data_path: str | None = 
                       f"differ from {RESULTS}", MethodCodeWarning, stacklevel=2)
     data = prepare(cfg.data)
     check_item_fingerprint(run_dir, results, data, cfg.data.path)
+    then = (results or {}).get("cache_states") or {}
+    now = cache_states_digests(cfg, data) if then else {}
+    moved = [m for m in then if now.get(m) != then[m]]
+    if moved:
+        warnings.warn(f"{run_dir}: the layer-state cache of {', '.join(moved)} changed since this run trained (it "
+                      "was rebuilt or updated: items' titles or media changed); its scores now are on the cache of "
+                      f"now, so they may differ from {RESULTS}", CacheChangedWarning, stacklevel=2)
     model = build_model(cfg, data, resolve_device(cfg.device))
     load_weights(model, run_dir / WEIGHTS)
     model.eval()

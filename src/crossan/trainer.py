@@ -48,6 +48,7 @@ from crossan.runs import (
     NonFiniteError,
     RunError,
     TrainState,
+    cache_states_digests,
     check_run_dir,
     load_checkpoint,
     load_run,
@@ -183,6 +184,8 @@ class _Run:
     """:func:`data_fingerprints` of ``data`` (stored in each checkpoint, compared on resume)."""
     compute_dtype: str = "float32"
     """``precision`` resolved on ``device`` (stored in each checkpoint, compared on resume)."""
+    cache_states: dict[str, str] = field(default_factory=dict)
+    """:func:`~crossan.runs.cache_states_digests`: the cache the run read (results.json ``cache_states``)."""
     precision_changed_from: str | None = None
     """The config.yaml's ``precision`` when a ``--resume`` sets another (:func:`check_run_dir`)."""
 
@@ -287,7 +290,7 @@ def _start(cfg: Config, run_dir: Path, resume: bool, data: SequentialData | None
     run = _Run(cfg, run_dir, data, device, model, opt, memory, progress and dist.is_main(),
                params=count_params(model), modules=module_report(model), fingerprints=data_fingerprints(data),
                compute_dtype=dtype_name(compute_dtype(cfg.precision, device)),
-               precision_changed_from=changed_from)
+               precision_changed_from=changed_from, cache_states=cache_states_digests(cfg, data))
     _log_start(run)
     return run
 
@@ -472,6 +475,8 @@ def _test_best(run: _Run, state: TrainState) -> dict[str, Any]:
         "per_user_file": PER_USER,
         "crossan_version": crossan.__version__,
     }
+    if run.cache_states:  # so that scoring the run on a changed cache later says so
+        results["cache_states"] = run.cache_states
     source = method_source(cfg.method)  # a plugin's code, so that its runs are not reused after it changes
     if source is not None:
         results["method_source"] = source
