@@ -78,7 +78,7 @@ def test_manifest_records_checksums_and_sources(reference: Path, dataset: FakeDa
     assert sources[6]["size"] == path.stat().st_size and sources[6]["mtime_ns"] == path.stat().st_mtime_ns
     assert sources[6]["sha256"] == hashlib.sha256(path.read_bytes()).digest()
     assert sources[3]["size"] == -1  # item 3 has no image
-    assert manifest["format_version"] == 2
+    assert manifest["format_version"] == 3
 
 
 def _flip_bytes(path: Path) -> None:

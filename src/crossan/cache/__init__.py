@@ -1,13 +1,16 @@
 """Layer-state features: each item's pooled tapped states per modality, computed once and cached, or live.
 
-Layout (``ROOT`` = ``cfg.cache.dir``, or :func:`~crossan.cache.layout.default_cache_dir`, which is
-``<preset>-<hash>`` instead of ``<preset>`` for a modality whose encoder settings the run changes)::
+Layout (``ROOT`` = ``cfg.cache.dir``, or :func:`~crossan.cache.layout.default_cache_dir`:
+``$CROSSAN_CACHE_DIR/<dataset>-<item fingerprint>/<preset>``, with ``<preset>-<hash>`` instead of
+``<preset>`` for a modality whose encoder settings the run changes; the item fingerprint hashes the item
+ids in row order only, so editing a title or media file keeps the folder)::
 
     ROOT/
       <modality>/                    a completed cache, only ever replaced as a whole
         states.npy                   float16 [N+1, K, D]; row 0 (padding) and absent items are zeros
         present.npy                  bool [N+1]; False for row 0 and items without the modality
-        sources.npy                  per row: size, mtime and SHA-256 of the media file it was made from
+        sources.npy                  per row: what it was made from (the media file's size, mtime, SHA-256
+                                     and path digest; the title's length and SHA-256)
         manifest.json                what produced the states (see below), with the arrays' checksums
       <modality>.partial/            an interrupted single-process build; the next build resumes it
         states.npy, present.npy      preallocated ``open_memmap`` arrays, filled batch by batch
@@ -23,27 +26,30 @@ joined, or in one go — runs the same batches and writes the same bytes. A buil
 completed cache until its replacement is complete: the finished work folder is renamed into place.
 
 ``manifest.json`` records the checkpoint, ``random_init``, family, layers, width, taps, pooling, the
-preprocessing settings, the item-list fingerprint (:func:`fingerprint_items` of rows 1..N in order), N,
-presence counts, the corrupt files marked missing, the processor's resolved settings, the library
-versions and ``build``: the batch size, the compute dtype the encoders ran at (``precision`` resolved on
-the device: ``bfloat16`` or ``float32``) and the device type. :func:`open_cache` compares the fields that
-determine the model and its inputs (:data:`~crossan.cache.layout.COMPARED_FIELDS`) with what the current
-configuration would produce and refuses a cache that differs (:class:`CacheMismatchError`).
+preprocessing settings, the item-list fingerprint (:func:`~crossan.cache.layout.item_key`: the ids of rows
+1..N in order, no titles or paths), N, presence counts, the corrupt files marked missing, the processor's
+resolved settings, the library versions and ``build``: the batch size, the compute dtype the encoders ran
+at (``precision`` resolved on the device: ``bfloat16`` or ``float32``) and the device type.
+:func:`open_cache` compares the fields that determine the model and its inputs
+(:data:`~crossan.cache.layout.COMPARED_FIELDS`) with what the current configuration would produce and
+refuses a cache that differs (:class:`CacheMismatchError`).
 
-``build`` is not compared there: the states are stored in float16 whatever computed them, so a run of
-any ``precision`` reads a cache built at another (``crossan cache`` reports ``up to date``, says how the
-cache was built, and rebuilds nothing; remove the folder to build it again). It is part of a *build's*
-identity instead, so that no cache mixes rows computed two ways: a partial build (or shard) started under
-another compute dtype, device type or batch size is discarded, saying what changed; shards built under
-different ones are not joined (:class:`CacheMismatchError` listing each shard's); and a cache whose media
+``build`` is not compared there: the states are stored in float16 whatever computed them, so a run of any
+``precision`` reads a cache built at another (``crossan cache`` reports ``up to date``, says how the cache
+was built, and rebuilds nothing; remove the folder to build it again). It is part of a *build's* identity
+instead, so that no cache mixes rows computed two ways: a partial build (or shard) started under another
+compute dtype, device type or batch size is discarded, saying what changed; shards built under different
+ones are not joined (:class:`CacheMismatchError` listing each shard's); and a cache whose titles or media
 files changed is re-encoded in full, not batch by batch, when it was built another way (or by a crossan
 that did not record it). Manifests of older crossan versions, without these keys, still open ("compute
 dtype not recorded").
 
 Integrity (:mod:`.integrity`): opening a cache checks each array's size and header against the manifest,
-and its SHA-256 when ``states.npy`` is at most 256 MiB; a media file whose size or mtime changed since the
-build (and whose content hash differs) makes the cache stale: ``crossan cache`` re-encodes only the
-batches holding changed items (the result equals a fresh build), and rebuilds a damaged cache.
+and its SHA-256 when ``states.npy`` is at most 256 MiB; an edited title, or a media file that appeared,
+disappeared, moved to other bytes or changed size or mtime (and whose content hash differs) makes the
+cache stale, and a run refuses it naming the items: ``crossan cache`` re-encodes only the batches holding
+changed items, in the same folder (the result equals a fresh build), and rebuilds a damaged cache.
+Adding, removing or reordering items changes the item fingerprint: another cache, built in full.
 ``crossan cache --verify`` hashes everything, scans every row for NaN/inf and re-hashes every media file.
 A batch of non-finite states is refused when it is built, naming the modality and item.
 

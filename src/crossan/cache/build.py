@@ -29,6 +29,7 @@ from crossan.cache.layout import (
     cache_command_line,
     cache_root,
     check_modalities,
+    item_key,
     item_records,
     modality_folder,
 )
@@ -56,7 +57,7 @@ from crossan.cache.workarea import (
     shard_span,
 )
 from crossan.config import EncoderSpec
-from crossan.data.catalogue import ItemRecord, fingerprint_items
+from crossan.data.catalogue import ItemRecord
 from crossan.errors import CacheError
 
 if TYPE_CHECKING:
@@ -132,7 +133,7 @@ def _base_manifest(encoder: ModalityEncoder, data: Any, build: dict[str, Any]) -
         "modality": encoder.modality,
         "dtype": "float16",
         **encoder.describe(),
-        "item_fingerprint": fingerprint_items(item_records(data)),
+        "item_fingerprint": item_key(data),  # the ids only: content changes are per row (sources.npy)
         "num_items": num_items(data),
         "shape": [num_items(data) + 1, encoder.num_taps, encoder.hidden_size],
         "build": build,
@@ -344,7 +345,7 @@ def verify_cache(cfg: Config, data: Any, modalities: list[str]) -> dict[str, lis
         else:
             size = sum((folder / f).stat().st_size for f in (STATES, PRESENT, SOURCES))
             shown = f"{size / 2**20:.1f} MiB" if size >= 2**20 else f"{size / 1024:.1f} KiB"
-            media = "" if m == "text" else ", media files unchanged"
+            media = ", titles unchanged" if m == "text" else ", media files unchanged"
             print(f"{m}: verified {folder} — {len(records)} items, checksums of {shown}, values "
                   f"finite{media}; {describe_compute(manifest)} "
                   f"({manifest.get('_verify_seconds', 0.0):.1f} s)")

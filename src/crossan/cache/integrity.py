@@ -2,15 +2,21 @@
 
 Two records are written with every completed cache (single build, resumed build or joined shards):
 
-* ``sources.npy`` — per row, what the media file of that row was when the build started: its size
-  (``-1``: no file; ``-2``: a path refused as outside the dataset root), its modification time in
-  nanoseconds, and the SHA-256 of its bytes for files of at most :data:`HASH_MAX_BYTES` (zeros when not
-  hashed). Titles need no row here: the item fingerprint in the manifest already hashes every title, so a
-  changed title is a different item list. ``crossan cache`` compares the current files with this record:
-  a row whose size or mtime changed is re-hashed, and it counts as changed unless its recorded hash still
-  matches; the batches holding changed rows are encoded again (:func:`changed_rows`). A file replaced by
-  one of the same size whose mtime was also restored (``cp -p``) is only caught by ``crossan cache
-  --verify``, which re-hashes every file of at most :data:`HASH_MAX_BYTES`.
+* ``sources.npy`` — per row, what the row was made from when the build started (:data:`SOURCE_DTYPE`).
+  Media modalities: the file's size (``-1``: no file; ``-2``: a path refused as outside the dataset root),
+  its modification time in nanoseconds, the SHA-256 of its bytes for files of at most
+  :data:`HASH_MAX_BYTES` (zeros when not hashed) and a digest of its path as the catalogue gives it
+  (relative to the dataset root; zeros: no path). Text: the title's UTF-8 length, mtime 0 and the SHA-256
+  of the title. The manifest's item fingerprint covers only the item ids in row order, so this record is
+  what tells that a title or media file changed. ``crossan cache`` compares the current data with it
+  (:func:`changed_rows`): a title counts as changed when its hash differs; a media row whose size, mtime
+  or path changed is re-hashed and counts as changed unless its recorded hash still matches (the same
+  bytes under another path are not re-encoded; a file too large to hash is changed once its path, size or
+  mtime is). A file that appears or disappears changes the size. The batches holding changed rows are
+  encoded again, and the result equals a fresh build; a run refuses the cache until then
+  (:func:`crossan.cache.read.open_cache`). A file replaced by one of the same size whose mtime was also
+  restored (``cp -p``) at the same path is only caught by ``crossan cache --verify``, which re-hashes
+  every file of at most :data:`HASH_MAX_BYTES`.
 * ``manifest["checksums"]`` — byte count and SHA-256 of ``states.npy``, ``present.npy`` and
   ``sources.npy``. Opening a cache always checks each file's size and ``.npy`` header (dtype, shape) and
   hashes the files in full when ``states.npy`` is at most :data:`VERIFY_ON_OPEN_BYTES`
@@ -41,8 +47,11 @@ VERIFY_ON_OPEN_BYTES = 256 << 20
 """Opening a cache hashes its arrays in full when ``states.npy`` is at most this size; above it, only
 sizes and headers are checked on open (``crossan cache --verify`` hashes any size)."""
 
-SOURCE_DTYPE = np.dtype([("size", "<i8"), ("mtime_ns", "<i8"), ("sha256", "S32")])
+SOURCE_DTYPE = np.dtype([("size", "<i8"), ("mtime_ns", "<i8"), ("sha256", "S32"), ("path", "S16")])
+"""One row of ``sources.npy``; ``path``: the first 16 bytes of the SHA-256 of the item's media path (text
+rows and items without a path: zeros)."""
 NO_FILE, REFUSED = -1, -2
+_EMPTY = np.zeros((), dtype="S32")
 CHECKED_FILES = (STATES, PRESENT, SOURCES)
 
 
@@ -65,12 +74,19 @@ def _hash_file(path: Path) -> bytes:
 
 
 def stat_sources(modality: str, records: list[Any], catalogue: Any) -> np.ndarray:
-    """Rows ``0..N`` of size and mtime of each item's ``modality`` file (no hashes yet; row 0 is padding)."""
+    """Rows ``0..N`` of size, mtime and path digest of each item's ``modality`` file (no file hashes yet;
+    row 0 is padding); for text the complete record of each title (its length and hash)."""
     out = np.zeros(len(records) + 1, dtype=SOURCE_DTYPE)
     out["size"] = NO_FILE
-    if modality == "text":
+    if modality == "text":  # the title is the item's text input: recorded whole (mtime 0)
+        for row, record in enumerate(records, start=1):
+            title = record.text.encode("utf-8")
+            out[row]["size"], out[row]["sha256"] = len(title), hashlib.sha256(title).digest()
         return out
     for row, record in enumerate(records, start=1):
+        rel = getattr(record, modality)
+        if rel is not None:
+            out[row]["path"] = hashlib.sha256(str(rel).encode("utf-8")).digest()[:16]
         path = _media_path(catalogue, record, modality)
         if isinstance(path, int):
             out[row]["size"] = path
@@ -84,7 +100,10 @@ def stat_sources(modality: str, records: list[Any], catalogue: Any) -> np.ndarra
 
 
 def hash_rows(sources: np.ndarray, rows: np.ndarray, modality: str, records: list[Any], catalogue: Any) -> None:
-    """Fill in the SHA-256 of the given rows' files (those of at most :data:`HASH_MAX_BYTES`), in place."""
+    """Fill in the SHA-256 of the given rows' files (those of at most :data:`HASH_MAX_BYTES`), in place
+    (text rows are complete already)."""
+    if modality == "text":
+        return
     for row in rows:
         row = int(row)
         if sources[row]["size"] < 0 or sources[row]["size"] > HASH_MAX_BYTES:
@@ -105,31 +124,44 @@ def current_sources(modality: str, records: list[Any], catalogue: Any) -> np.nda
 
 def changed_rows(old: np.ndarray, modality: str, records: list[Any], catalogue: Any,
                  rehash_all: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Rows whose file differs from the record ``old``, and the current record.
+    """Rows whose title or file differs from the record ``old``, and the current record.
 
-    A row whose size and mtime are unchanged is taken as unchanged (and keeps its recorded hash) unless
-    ``rehash_all``; any other row is hashed and compared with the recorded hash when both exist."""
+    Text: a row whose title hash (or length) differs. Media: a row whose size, mtime and path are unchanged
+    is taken as unchanged (and keeps its recorded hash) unless ``rehash_all``; any other row is hashed and
+    compared with the recorded hash when both exist, else counts as changed."""
     now = stat_sources(modality, records, catalogue)
     if len(old) != len(now) or old.dtype != SOURCE_DTYPE:
         hash_rows(now, np.arange(1, len(now)), modality, records, catalogue)
         return np.arange(1, len(now)), now
-    same_stat = (old["size"] == now["size"]) & (old["mtime_ns"] == now["mtime_ns"])
+    if modality == "text":
+        changed = np.flatnonzero((old["size"] != now["size"]) | (old["sha256"] != now["sha256"]))
+        return changed[changed > 0], now
+    same_stat = (old["size"] == now["size"]) & (old["mtime_ns"] == now["mtime_ns"]) & (old["path"] == now["path"])
     to_hash = np.arange(1, len(now)) if rehash_all else np.flatnonzero(~same_stat)
     now["sha256"][same_stat] = old["sha256"][same_stat]
     hash_rows(now, to_hash[to_hash > 0], modality, records, catalogue)
-    empty = np.zeros((), dtype="S32")
-    hashed = (old["sha256"] != empty) & (now["sha256"] != empty)
+    hashed = (old["sha256"] != _EMPTY) & (now["sha256"] != _EMPTY)
     same_content = (old["size"] == now["size"]) & np.where(hashed, old["sha256"] == now["sha256"], same_stat)
     changed = np.flatnonzero(~same_content)
     return changed[changed > 0], now
 
 
 def describe_rows(rows: np.ndarray, records: list[Any], modality: str, limit: int = 5) -> str:
-    """``"'i3' (img/i3.jpg), 'i7' (img/i7.jpg) and 2 more"``."""
-    names = [f"{records[r - 1].item_id!r} ({getattr(records[r - 1], modality, None) or 'no file'})"
-             for r in rows[:limit]]
+    """``"'i3' (img/i3.jpg), 'i7' (img/i7.jpg) and 2 more"``; for text the title, cut to 40 characters."""
+    def what(record: Any) -> str:
+        if modality == "text":
+            title = record.text
+            return repr(title if len(title) <= 40 else title[:39] + "…")
+        return getattr(record, modality, None) or "no file"
+
+    names = [f"{records[r - 1].item_id!r} ({what(records[r - 1])})" for r in rows[:limit]]
     more = f" and {len(rows) - limit} more" if len(rows) > limit else ""
     return ", ".join(names) + more
+
+
+def describe_changed(modality: str, count: int) -> str:
+    """``"3 media file(s) changed"``, or ``"3 title(s) changed"`` for text."""
+    return f"{count} {'title(s)' if modality == 'text' else 'media file(s)'} changed"
 
 
 # --------------------------------------------------------------------------------------------- checksums
@@ -254,7 +286,7 @@ def verify_folder(modality: str, folder: Path, manifest: dict[str, Any], records
     old = np.load(folder / SOURCES)
     changed, _ = changed_rows(old, modality, records, catalogue, rehash_all=True)
     if len(changed):
-        problems.append(f"{modality}: {len(changed)} media file(s) changed since the build: "
+        problems.append(f"{modality}: {describe_changed(modality, len(changed))} since the build: "
                         f"{describe_rows(changed, records, modality)}; `crossan cache` re-encodes them")
     manifest["_verify_seconds"] = time.perf_counter() - t0
     return problems

@@ -2,7 +2,10 @@
 
 File names, the format version, the manifest fields compared against a run, and the folder of a run's
 cache: ``cache.dir``, or ``$CROSSAN_CACHE_DIR`` (default ``~/.cache/crossan``) ``/<dataset>-<item
-fingerprint>/<preset>[-<hash of the modality's encoder overrides>]/<modality>``.
+fingerprint>/<preset>[-<hash of the modality's encoder overrides>]/<modality>``. The item fingerprint
+(:func:`item_key`) hashes the item ids in row order only: an edited title or media file keeps the folder,
+and ``crossan cache`` re-encodes just the rows it changed (:mod:`crossan.cache.integrity`); another item
+list (items added, removed or reordered) is another cache.
 """
 
 from __future__ import annotations
@@ -13,13 +16,15 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from crossan.data.catalogue import MODALITIES, ItemRecord, fingerprint_items
+from crossan.data.catalogue import MODALITIES, ItemRecord, fingerprint_ids
 
 if TYPE_CHECKING:
     from crossan.config import Config
 
-FORMAT_VERSION = 2
-"""2: ``sources.npy`` and ``manifest["checksums"]`` (caches of version 1 are rebuilt)."""
+FORMAT_VERSION = 3
+"""2: ``sources.npy`` and ``manifest["checksums"]``; 3: ``item_fingerprint`` (and the default folder) hash
+the item ids only, and ``sources.npy`` holds each row's title (text) or media path digest. Caches of an
+older version no longer match (their rows were checked against another record) and are rebuilt."""
 STATES = "states.npy"
 PRESENT = "present.npy"
 SOURCES = "sources.npy"
@@ -60,6 +65,14 @@ def num_items(data: Any) -> int:
     return len(data.item_ids) - 1
 
 
+def item_key(data: Any) -> str:
+    """The cache's item identity: :func:`~crossan.data.catalogue.fingerprint_ids` of rows 1..N — the folder
+    key and the manifest's compared ``item_fingerprint``. Titles and media paths are deliberately left out
+    (unlike :func:`~crossan.data.catalogue.fingerprint_items`): they are tracked per row in ``sources.npy``,
+    so changing one re-encodes that row's batch rather than every item in a new folder."""
+    return fingerprint_ids(data.item_ids[1:])
+
+
 def _encoder_overrides(cfg: Config) -> dict[str, Any]:
     """The encoder keys the run gives per modality (those it leaves to the preset are not listed)."""
     return {m: given for m in MODALITIES if (given := getattr(cfg.encoders, m).given())}
@@ -79,12 +92,12 @@ def preset_folder(cfg: Config, modality: str | None = None) -> str:
 
 
 def default_cache_dir(cfg: Config, data: Any, modality: str | None = None) -> Path:
-    """``$CROSSAN_CACHE_DIR`` (or ``~/.cache/crossan``) ``/<dataset folder name>-<fingerprint>/<preset>``
-    (:func:`preset_folder` of ``modality``)."""
+    """``$CROSSAN_CACHE_DIR`` (or ``~/.cache/crossan``) ``/<dataset folder name>-<item_key>/<preset>``
+    (:func:`item_key`: the item ids in row order; :func:`preset_folder` of ``modality``)."""
     base = Path(os.environ.get("CROSSAN_CACHE_DIR") or Path.home() / ".cache" / "crossan").expanduser()
     source = Path(cfg.data.path).expanduser().resolve() if cfg.data.path else Path(data.catalogue.root)
     name = (source.stem if source.suffix else source.name) or "data"
-    return base / f"{name}-{fingerprint_items(item_records(data))}" / preset_folder(cfg, modality)
+    return base / f"{name}-{item_key(data)}" / preset_folder(cfg, modality)
 
 
 def cache_root(cfg: Config, data: Any, modality: str | None = None) -> Path:

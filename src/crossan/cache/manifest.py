@@ -8,9 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from crossan.cache.layout import COMPARED_FIELDS, FORMAT_VERSION, MANIFEST, item_records, num_items
+from crossan.cache.layout import COMPARED_FIELDS, FORMAT_VERSION, MANIFEST, item_key, num_items
 from crossan.config import EncoderSpec
-from crossan.data.catalogue import fingerprint_items
 from crossan.errors import CacheError
 from crossan.utils import atomic_write_json
 
@@ -41,7 +40,7 @@ def expected_manifest(modality: str, spec: EncoderSpec, data: Any) -> dict[str, 
         "modality": modality,
         "dtype": "float16",
         **describe_encoder(modality, spec, info),
-        "item_fingerprint": fingerprint_items(item_records(data)),
+        "item_fingerprint": item_key(data),  # the ids only: content changes are per row (sources.npy)
         "num_items": num_items(data),
     })
 

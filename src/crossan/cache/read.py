@@ -12,6 +12,7 @@ from crossan.cache.integrity import (
     VERIFY_ON_OPEN_BYTES,
     changed_rows,
     check_files,
+    describe_changed,
     describe_rows,
     load_array,
     nonfinite_problems,
@@ -36,7 +37,9 @@ def open_cache(cfg: Config, data: Any, modalities: list[str], mmap: bool = True)
     """The cached states of ``modalities`` after checking each manifest against the run.
 
     ``mmap``: memory-map the state arrays (read-only; rows are read as they are gathered) rather than
-    reading them into memory.
+    reading them into memory. A cache some of whose titles or media files changed since it was built is
+    refused (:class:`CacheMismatchError` naming the items and the ``crossan cache`` command, which
+    re-encodes only their batches), as is one that does not match the run or is damaged.
     """
     from crossan.encoders import resolve_specs
 
@@ -75,7 +78,7 @@ def open_cache(cfg: Config, data: Any, modalities: list[str], mmap: bool = True)
                              f"`{cache_command_line(cfg, [m])}`")
         changed, _ = changed_rows(load_array(root / m / SOURCES), m, records, data.catalogue)
         if len(changed):
-            diff = f"{m}: {len(changed)} media file(s) changed since the cache was built: " \
+            diff = f"{m}: {describe_changed(m, len(changed))} since the cache was built: " \
                    f"{describe_rows(changed, records, m)}"
             raise CacheMismatchError(f"the cache in {root} does not match the data:\n  {diff}\nUpdate it with:\n  "
                                      f"{cache_command_line(cfg, [m])}", [diff])

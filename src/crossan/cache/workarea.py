@@ -211,7 +211,7 @@ def plan_differences(old: dict[str, Any], new: dict[str, Any], limit: int = 4) -
     for k in keys[:limit]:
         label = _PLAN_LABELS.get(k, k.removeprefix("manifest."))
         if k == "sources_sha256":
-            lines.append("media files changed")
+            lines.append("titles or media files changed")
         else:
             lines.append(f"{label} {a.get(k, 'not recorded')!r} then, {b.get(k, 'not recorded')!r} now")
     if len(keys) > limit:

@@ -110,11 +110,21 @@ class Catalogue:
         return Catalogue(self.root, (self[i] for i in item_ids), self.source, self.media_roots)
 
 
-def fingerprint_items(records: Iterable[ItemRecord]) -> str:
-    """A stable hash of an ordered item list and its content references (ids, text, media paths).
+def fingerprint_ids(item_ids: Iterable[str]) -> str:
+    """A stable hash of an ordered list of item ids (rows 1..N), and nothing of their content.
 
-    Two caches built for the same fingerprint hold rows for the same items in the same order.
-    """
+    It names a cache's folder and is its manifest's compared ``item_fingerprint``: two caches with equal
+    fingerprints (and N) hold rows for the same items in the same order, so a changed title or media file
+    is an update of some rows (:mod:`crossan.cache.integrity`), not another cache. The same hash as a run's
+    ``item_fingerprint`` (:func:`crossan.ranking.item_fingerprint`, ids joined by newlines), so the
+    default cache folder ``<dataset>-<fingerprint>`` names the run fingerprint of the items it holds."""
+    return hashlib.sha256("\n".join(item_ids).encode()).hexdigest()[:16]
+
+
+def fingerprint_items(records: Iterable[ItemRecord]) -> str:
+    """A stable hash of an ordered item list and its content references (ids, text, media paths): any
+    edit of a title or a media path changes it. Not the cache's identity (:func:`fingerprint_ids` is:
+    a content change there re-encodes only the changed rows)."""
     h = hashlib.sha256()
     for r in records:
         for part in (r.item_id, r.text, r.image or "", r.video or "", r.audio or ""):

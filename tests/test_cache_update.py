@@ -1,0 +1,225 @@
+"""Updating a cache after the data changed: an edited title or a new media file re-encodes only the batches
+holding those items, in the same folder, to the bytes of a fresh build; a run refuses the cache until then.
+The folder and the manifest's compared identity depend on the item ids in row order only."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import random_dataset
+from crossan.cache import CacheMismatchError, build_cache, default_cache_dir, open_cache
+from crossan.cache.integrity import changed_rows, current_sources
+from crossan.cache.layout import modality_folder
+from crossan.cli import main
+from crossan.config import Config
+from crossan.data.catalogue import Catalogue, ItemRecord
+from media_helpers import FakeData, make_dataset, write_image
+
+MODS = ["text", "image"]
+FILES = ("states.npy", "present.npy", "sources.npy", "manifest.json")
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def make_cfg(data: FakeData, cache_dir: str = "") -> Config:
+    """The tiny preset in fp32 on the CPU, batches of 3 rows (10 items: rows 1-3, 4-6, 7-9, 10); without
+    ``cache_dir`` the cache goes to its default folder under ``$CROSSAN_CACHE_DIR``."""
+    cfg = Config()
+    cfg.encoders.preset = "tiny"
+    cfg.encoders.batch_size = 3
+    cfg.cache.dir = cache_dir
+    cfg.precision = "fp32"
+    cfg.device = "cpu"
+    cfg.data.path = str(data.catalogue.root)
+    return cfg
+
+
+def edited(data: FakeData, item: str, **fields: object) -> FakeData:
+    """``data`` with one item's record changed (what editing items.tsv gives once it is read again)."""
+    records = [dataclasses.replace(r, **fields) if r.item_id == item else r for r in data.catalogue]
+    return FakeData(list(data.item_ids), Catalogue(data.catalogue.root, records))
+
+
+def with_ids(data: FakeData, ids: list[str]) -> FakeData:
+    return FakeData([""] + ids, data.catalogue)
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {f: (folder / f).read_bytes() for f in FILES}
+
+
+def build(cfg: Config, data: FakeData, modalities: list[str]) -> tuple[dict, list[tuple[str, int]]]:
+    batches: list[tuple[str, int]] = []
+    reports = build_cache(cfg, data, modalities, progress=False, on_batch=lambda m, b: batches.append((m, b)))
+    return {m: r.status for m, r in reports.items()}, batches
+
+
+@pytest.fixture
+def data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeData:
+    monkeypatch.setenv("CROSSAN_CACHE_DIR", str(tmp_path / "caches"))
+    return make_dataset(tmp_path / "data", n=10)
+
+
+def assert_equals_fresh(tmp_path: Path, cfg: Config, data: FakeData, modalities: list[str]) -> None:
+    """The updated cache holds the bytes a build from nothing writes (states, presence, sources, manifest)."""
+    fresh = copy.deepcopy(cfg)
+    fresh.cache.dir = str(tmp_path / "fresh")
+    build_cache(fresh, data, modalities, progress=False)
+    for m in modalities:
+        assert files(modality_folder(cfg, data, m)) == files(tmp_path / "fresh" / m), m
+
+
+# --------------------------------------------------------------------------------------------- updates
+def test_edited_title_re_encodes_only_its_batch_in_the_same_folder(tmp_path: Path, data: FakeData) -> None:
+    cfg = make_cfg(data)
+    build(cfg, data, MODS)
+    folder = default_cache_dir(cfg, data)
+    image_before = files(folder / "image")
+
+    now = edited(data, "i5", text=data.catalogue["i5"].text + " (2nd edition)")
+    assert default_cache_dir(cfg, now) == folder  # the same items: the same folder
+    with pytest.raises(CacheMismatchError) as err:  # a run refuses the stale rows until they are re-encoded
+        open_cache(cfg, now, ["text"])
+    message = str(err.value)
+    assert "1 title(s) changed since the cache was built" in message and "'i5'" in message
+    assert "crossan cache --data" in message and "--modalities text" in message
+
+    status, batches = build(cfg, now, MODS)
+    assert status == {"text": "updated", "image": "up to date"}
+    assert batches == [("text", 1)]  # rows 4-6 only
+    assert sorted(p.name for p in (tmp_path / "caches").iterdir()) == [folder.parent.name]  # no second folder
+    assert files(folder / "image") == image_before
+    open_cache(cfg, now, MODS)
+    assert_equals_fresh(tmp_path, cfg, now, MODS)
+
+
+def test_same_length_title_edit_is_a_changed_row(data: FakeData) -> None:
+    records = [data.catalogue[i] for i in data.item_ids[1:]]
+    old = current_sources("text", records, data.catalogue)
+    text = data.catalogue["i8"].text
+    now = edited(data, "i8", text=text[:-1] + ("x" if text[-1] != "x" else "y"))
+    rows, _ = changed_rows(old, "text", [now.catalogue[i] for i in now.item_ids[1:]], now.catalogue)
+    assert rows.tolist() == [8]
+
+
+def test_new_image_for_an_item_without_one_re_encodes_only_its_batch(tmp_path: Path, data: FakeData) -> None:
+    cfg = make_cfg(data)
+    build(cfg, data, MODS)
+    folder = default_cache_dir(cfg, data)
+    assert data.catalogue["i3"].image is None
+    write_image(tmp_path / "data" / "img" / "i3.png", (10, 220, 30))
+    now = edited(data, "i3", image="img/i3.png")
+    assert default_cache_dir(cfg, now) == folder
+
+    with pytest.raises(CacheMismatchError) as err:  # the same refusal as for an edited title
+        open_cache(cfg, now, ["image"])
+    assert "1 media file(s) changed" in str(err.value) and "'i3' (img/i3.png)" in str(err.value)
+
+    status, batches = build(cfg, now, MODS)
+    assert status == {"text": "up to date", "image": "updated"} and batches == [("image", 0)]  # rows 1-3
+    assert np.load(folder / "image" / "present.npy")[3]
+    assert_equals_fresh(tmp_path, cfg, now, MODS)
+
+
+def test_path_to_another_file_of_the_same_size_and_mtime_is_a_changed_row(
+        tmp_path: Path, data: FakeData, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``cp -p``-like stats: only the path (or, when hashed, the bytes) tell the new file apart."""
+    root = tmp_path / "data"
+    for name, colour in (("a.bmp", (255, 0, 0)), ("b.bmp", (0, 0, 255))):
+        write_image(root / "img" / name, colour)  # uncompressed: the same size
+        os.utime(root / "img" / name, ns=(1_000_000_000, 1_000_000_000))
+    assert (root / "img" / "a.bmp").stat().st_size == (root / "img" / "b.bmp").stat().st_size
+    before = edited(data, "i7", image="img/a.bmp")
+    after = edited(data, "i7", image="img/b.bmp")
+    records = [after.catalogue[i] for i in after.item_ids[1:]]
+    for hash_max in (16 << 20, 0):  # hashed, and too large to hash (tracked by size, mtime and path)
+        monkeypatch.setattr("crossan.cache.integrity.HASH_MAX_BYTES", hash_max)
+        old = current_sources("image", [before.catalogue[i] for i in before.item_ids[1:]], before.catalogue)
+        rows, _ = changed_rows(old, "image", records, after.catalogue)
+        assert rows.tolist() == [7], hash_max
+
+
+def test_the_same_bytes_under_another_path_are_not_re_encoded(tmp_path: Path, data: FakeData) -> None:
+    shutil.copyfile(tmp_path / "data" / "img" / "i9.jpg", tmp_path / "data" / "img" / "moved.jpg")
+    records = [data.catalogue[i] for i in data.item_ids[1:]]
+    old = current_sources("image", records, data.catalogue)
+    now = edited(data, "i9", image="img/moved.jpg")
+    rows, _ = changed_rows(old, "image", [now.catalogue[i] for i in now.item_ids[1:]], now.catalogue)
+    assert rows.tolist() == []
+
+
+# --------------------------------------------------------------------------------------------- identity
+@pytest.mark.parametrize("change", ["title", "media path", "item added", "item removed", "items reordered"])
+def test_only_the_item_list_decides_the_folder(tmp_path: Path, data: FakeData, change: str) -> None:
+    cfg = make_cfg(data)
+    ids = data.item_ids[1:]
+    now = {
+        "title": lambda: edited(data, "i1", text="another title"),
+        "media path": lambda: edited(data, "i4", video="vid/i5.mp4"),
+        "item added": lambda: FakeData([""] + ids + ["i11"], Catalogue(
+            data.catalogue.root, [*data.catalogue, ItemRecord("i11", "new item")])),
+        "item removed": lambda: with_ids(data, ids[:-1]),
+        "items reordered": lambda: with_ids(data, [ids[1], ids[0], *ids[2:]]),
+    }[change]()
+    same = change in ("title", "media path")
+    assert (default_cache_dir(cfg, now) == default_cache_dir(cfg, data)) is same
+    if same:
+        return
+    # in one cache.dir a different item list is another cache: built in full, not updated
+    cfg = make_cfg(data, str(tmp_path / "one"))
+    build(cfg, data, ["text"])
+    status, batches = build(cfg, now, ["text"])
+    assert status == {"text": "built"} and len(batches) == len(range(1, len(now.item_ids), 3))
+
+
+def test_folder_key_is_the_runs_item_fingerprint(data: FakeData) -> None:
+    """The default folder is named by the hash results.json records as ``item_fingerprint``."""
+    from crossan.ranking import item_fingerprint
+
+    folder = default_cache_dir(make_cfg(data), data)
+    assert folder.parent.name == f"data-{item_fingerprint(data)}"  # type: ignore[arg-type]
+
+
+def test_a_cache_of_the_previous_format_is_refused_and_rebuilt(tmp_path: Path, data: FakeData) -> None:
+    """Version 2 keyed items by titles and paths too and kept no title rows: its sources cannot tell an
+    edited title, so it is rebuilt rather than trusted."""
+    from crossan.cache.manifest import read_manifest, write_json
+    from crossan.data.catalogue import fingerprint_items
+
+    cfg = make_cfg(data, str(tmp_path / "one"))
+    build(cfg, data, ["text"])
+    old = read_manifest(tmp_path / "one" / "text")
+    old["format_version"] = 2
+    old["item_fingerprint"] = fingerprint_items(data.catalogue[i] for i in data.item_ids[1:])
+    write_json(tmp_path / "one" / "text" / "manifest.json", old)
+    with pytest.raises(CacheMismatchError) as err:
+        open_cache(cfg, data, ["text"])
+    assert "text: format_version 2 in cache vs 3 in config" in err.value.differences
+    status, batches = build(cfg, data, ["text"])
+    assert status == {"text": "built"} and len(batches) == 4
+
+
+# --------------------------------------------------------------------------------------------- the command
+def test_crossan_cache_after_editing_one_title_in_items_tsv(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("CROSSAN_CACHE_DIR", str(tmp_path / "caches"))
+    root = random_dataset(tmp_path / "small", n_users=40, n_items=20)
+    argv = ["cache", "--data", str(root), "--modalities", "text", "--preset", "tiny", "encoders.batch_size=4",
+            "precision=fp32", "device=cpu"]
+    assert main(argv) == 0
+    lines = (root / "items.tsv").read_text().splitlines(keepends=True)
+    lines[7] = lines[7].replace("item number 7", "item number seven")
+    (root / "items.tsv").write_text("".join(lines))
+    capsys.readouterr()
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "text: 1 item(s) changed since the cache was built ('i7'" in out
+    assert "encoding their 1 batch(es) again" in out and "text: updated at" in out
+    assert len(list((tmp_path / "caches").iterdir())) == 1
