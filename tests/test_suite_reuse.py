@@ -252,6 +252,29 @@ def test_a_plugin_run_is_not_reused_once_its_code_changed(tmp_path: Path, monkey
     assert "pass --fresh" in row["error"]
 
 
+def test_a_cached_run_is_not_reused_once_its_items_content_changed(tmp_path: Path) -> None:
+    """Same item ids, same split, but a title changed: the suite updates the cache and reused the run trained
+    on the old states. The run records the states it read (``cache_states``); the suite now refuses it."""
+    from crossan.cache import build_cache
+    from crossan.runs import cache_states_digests
+
+    data = random_dataset(tmp_path / "data")
+    cache = tmp_path / "cache"
+    suite = _suite_file(tmp_path, data, runs="runs:\n  - {name: A, method: frozen, modalities: [text], "
+                                             f"overrides: [cache.dir={cache}]}}\n")
+    cfg = load_config([], run_overrides(suite, suite.runs[0], str(data), 0))
+    prepared = prepare(cfg.data)
+    build_cache(cfg, prepared, ["text"], progress=False)
+    _finished_run(suite, data, tmp_path / "out", 0, method="frozen",
+                  cache_states=cache_states_digests(cfg, prepared))
+    (row,) = run_suite(suite, tmp_path / "out", progress=False)
+    assert row["status"] == "ok" and row["reused_seeds"] == "0"
+    items = data / "items.tsv"
+    items.write_text(items.read_text().replace("item number 3 of", "item number three of", 1))
+    (row,) = run_suite(suite, tmp_path / "out", progress=False)
+    assert row["status"] == "failed" and "the layer-state cache of text changed since it trained" in row["error"]
+
+
 @pytest.mark.parametrize("value", [0, -1, "2", True])
 def test_cost_repeats_must_be_a_positive_integer(tmp_path: Path, value: Any) -> None:
     path = tmp_path / "s.yaml"

@@ -298,18 +298,32 @@ class DataFingerprints:
 
     def __init__(self) -> None:
         self._known: dict[str, dict[str, str]] = {}
+        self._data: dict[str, Any] = {}
 
-    def __call__(self, overrides: list[str]) -> dict[str, str]:
+    def _prepared(self, overrides: list[str]) -> tuple[Any, Any, str]:
         from crossan.data import prepare
-        from crossan.ranking import item_fingerprint, split_fingerprint
 
         cfg = load_config([], overrides)
         key = json.dumps(to_dict(cfg.data), sort_keys=True, default=str)
+        if key not in self._data:
+            self._data[key] = prepare(cfg.data)
+        return cfg, self._data[key], key
+
+    def __call__(self, overrides: list[str]) -> dict[str, str]:
+        from crossan.ranking import item_fingerprint, split_fingerprint
+
+        _, data, key = self._prepared(overrides)
         if key not in self._known:
-            data = prepare(cfg.data)
             self._known[key] = {"split_fingerprint": split_fingerprint(data),
                                 "item_fingerprint": item_fingerprint(data)}
         return self._known[key]
+
+    def cache_states(self, overrides: list[str]) -> dict[str, str]:
+        """:func:`crossan.runs.cache_states_digests` of the cache the (run, seed) would read now."""
+        from crossan.runs import cache_states_digests
+
+        cfg, data, _ = self._prepared(overrides)
+        return cache_states_digests(cfg, data)
 
 
 def data_changes(results: dict[str, Any], now: dict[str, str]) -> list[str]:
@@ -382,8 +396,13 @@ def _job(suite: Suite, run: RunSpec, seed: int, data: Path, out: Path, resume: b
     if (run_dir / "results.json").is_file():
         try:
             results = json.loads((run_dir / "results.json").read_text())
-            differs = data_changes(results if isinstance(results, dict) else {},
-                                   (fingerprints or DataFingerprints())(overrides))
+            fingerprints = fingerprints or DataFingerprints()
+            differs = data_changes(results if isinstance(results, dict) else {}, fingerprints(overrides))
+            then = results.get("cache_states") if isinstance(results, dict) else None
+            if then and not differs:  # same items, but their content may have changed (titles, media)
+                now = fingerprints.cache_states(overrides)
+                differs = [f"the layer-state cache of {m} changed since it trained (items' titles or media "
+                           "changed)" for m in then if now.get(m) != then[m]]
         except Exception as e:  # noqa: BLE001 - an unreadable results.json or data: refuse, naming why
             differs = [f"it cannot be checked against the data now ({type(e).__name__}: {e})"]
         if differs:
