@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from crossan.config import DataConfig
-from crossan.data.catalogue import Catalogue, fingerprint_items
+from crossan.data.catalogue import Catalogue
 from crossan.data.readers import DataError, RawData, read
 
 
@@ -68,9 +68,6 @@ class SequentialData:
     @property
     def max_seq_len(self) -> int:
         return self.train_inputs.shape[1]
-
-    def fingerprint(self) -> str:
-        return fingerprint_items(self.catalogue)
 
     def check_media_files(self, modalities: list[str]) -> None:
         """:class:`DataError` listing the items whose declared media file of one of ``modalities`` does not
