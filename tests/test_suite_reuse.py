@@ -275,6 +275,20 @@ def test_a_cached_run_is_not_reused_once_its_items_content_changed(tmp_path: Pat
     assert row["status"] == "failed" and "the layer-state cache of text changed since it trained" in row["error"]
 
 
+def test_a_repeat_of_a_run_without_every_k_is_not_flagged(tmp_path: Path) -> None:
+    """A run with ``eval.ks=[10]``: the report derives HR/NDCG@5 and @20 from per_user.npz for the seed; the
+    repeat was compared raw, so identical rankings read as "repeat ranks differently"."""
+    data = random_dataset(tmp_path / "data")
+    suite = _suite_file(tmp_path, data, repeats=2)
+    out = tmp_path / "out"
+    ranks = torch.arange(1, 61, dtype=torch.float64) % 30 + 1
+    only10 = mean_metrics(ranks, (10,))
+    for repeat in (1, 2):
+        _finished_run(suite, data, out, 0, repeat=repeat, test=only10, valid=only10)
+    (row,) = run_suite(suite, out, progress=False)
+    assert row["cost_measurements"] == 2 and not [f for f in row["flags"] if f.startswith("repeat")]
+
+
 @pytest.mark.parametrize("value", [0, -1, "2", True])
 def test_cost_repeats_must_be_a_positive_integer(tmp_path: Path, value: Any) -> None:
     path = tmp_path / "s.yaml"

@@ -48,7 +48,9 @@ if TYPE_CHECKING:
     from crossan.recommender import Recommender
 
 __all__ = ["CONFIG", "REQUIRED_FILES", "RESULT_KEYS", "NonFiniteError", "RunError", "TrainState",
-           "CacheChangedWarning", "MethodCodeWarning", "RunWarning", "cache_states_digests", "UnfinishedRunWarning", "check_item_fingerprint", "check_out_folder", "check_run_dir",
+           "CacheChangedWarning", "MethodCodeWarning", "RunWarning", "UnfinishedRunWarning",
+           "cache_states_changes", "cache_states_digests", "check_item_fingerprint", "check_out_folder",
+           "check_run_dir",
            "check_run_folder", "evaluate_run", "load_checkpoint", "load_run", "load_weights", "read_results",
            "read_run_config", "rescore", "resolve_paths", "save_checkpoint", "save_per_user", "save_weights",
            "truncate_history", "version_compatible", "warn_if_unfinished"]
@@ -439,6 +441,16 @@ def cache_states_digests(cfg: Config, data: SequentialData) -> dict[str, str]:
     return out
 
 
+def cache_states_changes(results: dict[str, Any] | None, cfg: Config, data: SequentialData) -> list[str]:
+    """The modalities whose cache differs from the one a run's ``results`` record (``cache_states``); empty
+    for runs that record none (methods without the cache, runs of older crossan versions)."""
+    then = (results or {}).get("cache_states") or {}
+    if not isinstance(then, dict) or not then:
+        return []
+    now = cache_states_digests(cfg, data)
+    return [m for m in then if now.get(m) != then[m]]
+
+
 def read_results(run_dir: str | Path) -> dict[str, Any] | None:
     """``RUN_DIR/results.json`` as a mapping, or None when the run has none (unfinished); :class:`RunError`
     naming the file when it cannot be read."""
@@ -522,9 +534,7 @@ def load_run(run_dir: str | Path, device: str = "auto", data_path: str | None = 
                       f"differ from {RESULTS}", MethodCodeWarning, stacklevel=2)
     data = prepare(cfg.data)
     check_item_fingerprint(run_dir, results, data, cfg.data.path)
-    then = (results or {}).get("cache_states") or {}
-    now = cache_states_digests(cfg, data) if then else {}
-    moved = [m for m in then if now.get(m) != then[m]]
+    moved = cache_states_changes(results, cfg, data)
     if moved:
         warnings.warn(f"{run_dir}: the layer-state cache of {', '.join(moved)} changed since this run trained (it "
                       "was rebuilt or updated: items' titles or media changed); its scores now are on the cache of "

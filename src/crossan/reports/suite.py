@@ -23,8 +23,8 @@ peak resident memory during the run above the process's idle baseline; on a GPU:
 ``torch.cuda.max_memory_allocated``). A run's cost columns (time per epoch, memory) are the median over its
 seeds that trained with nothing else of the suite running: all of them with ``parallel: 1`` (the default),
 only the first with ``parallel: N``, where the remaining seeds train N at a time (each with 1/N of the
-cores), for their quality only. One measurement of time or CPU memory can be well off (docs/results.md §6g:
-one in ten 20%), so ``cost_repeats: N`` trains each run's first seed N − 1 more times alone, into
+cores), for their quality only. One measurement of time or CPU memory can be well off (docs/results.md §6h:
+a LoRA time 66% off, one of 24), so ``cost_repeats: N`` trains each run's first seed N − 1 more times alone, into
 ``runs/NAME/seed-S.cost-K`` (K = 2 … N, one round over all runs per K, so that slow drift of the machine
 spreads over them); those add to the median of the cost columns only, and a repeat that ranks differently
 from its seed is flagged (the run is not deterministic). The suite notes
@@ -318,12 +318,13 @@ class DataFingerprints:
                                 "item_fingerprint": item_fingerprint(data)}
         return self._known[key]
 
-    def cache_states(self, overrides: list[str]) -> dict[str, str]:
-        """:func:`crossan.runs.cache_states_digests` of the cache the (run, seed) would read now."""
-        from crossan.runs import cache_states_digests
+    def cache_changes(self, results: dict[str, Any], overrides: list[str]) -> list[str]:
+        """:func:`crossan.runs.cache_states_changes`: the modalities whose cache the (run, seed) would read now
+        differs from the one its results record."""
+        from crossan.runs import cache_states_changes
 
         cfg, data, _ = self._prepared(overrides)
-        return cache_states_digests(cfg, data)
+        return cache_states_changes(results, cfg, data)
 
 
 def data_changes(results: dict[str, Any], now: dict[str, str]) -> list[str]:
@@ -398,11 +399,9 @@ def _job(suite: Suite, run: RunSpec, seed: int, data: Path, out: Path, resume: b
             results = json.loads((run_dir / "results.json").read_text())
             fingerprints = fingerprints or DataFingerprints()
             differs = data_changes(results if isinstance(results, dict) else {}, fingerprints(overrides))
-            then = results.get("cache_states") if isinstance(results, dict) else None
-            if then and not differs:  # same items, but their content may have changed (titles, media)
-                now = fingerprints.cache_states(overrides)
+            if not differs and isinstance(results, dict):  # same items; their titles or media may have changed
                 differs = [f"the layer-state cache of {m} changed since it trained (items' titles or media "
-                           "changed)" for m in then if now.get(m) != then[m]]
+                           "changed)" for m in fingerprints.cache_changes(results, overrides)]
         except Exception as e:  # noqa: BLE001 - an unreadable results.json or data: refuse, naming why
             differs = [f"it cannot be checked against the data now ({type(e).__name__}: {e})"]
         if differs:

@@ -72,6 +72,13 @@ def _with_derived_metrics(run_dir: str, results: dict[str, Any]) -> dict[str, di
     return out
 
 
+def _run_results(run_dir: str) -> dict[str, Any]:
+    """A finished run's results.json, with the metrics it lacks derived from its per-user ranks."""
+    res = json.loads((Path(run_dir) / "results.json").read_text())
+    res.update(_with_derived_metrics(run_dir, res))
+    return res
+
+
 def _median(values: list[float]) -> float:
     """The median (the mean of the middle two for an even count)."""
     return float(np.median(np.asarray(values, dtype=np.float64)))
@@ -153,15 +160,14 @@ def collect_run(run: Any, recs: list[dict[str, Any]]) -> dict[str, Any]:
         if r["status"] != "ok":
             by_error.setdefault(r["error"], []).append(str(r["seed"]))
     errors = [f"seed{'s' if len(s) > 1 else ''} {','.join(s)}: {e}" for e, s in by_error.items()]
-    errors += [f"cost repeat {r['repeat']} of seed {r['seed']}: {r['error']}" for r in repeats if r["status"] != "ok"]
+    errors += [f"cost repeat {r['repeat']} of seed {r['seed']}: {r['error']}"
+               for r in repeats if r["status"] != "ok"]
     row["failed_seeds"] = [r["seed"] for r in recs if r["status"] != "ok"]
     per_seed = []
     for r in recs:
         if r["status"] != "ok":
             continue
-        res = json.loads((Path(r["dir"]) / "results.json").read_text())
-        res.update(_with_derived_metrics(r["dir"], res))
-        per_seed.append({"seed": r["seed"], "dir": r["dir"], "results": res})
+        per_seed.append({"seed": r["seed"], "dir": r["dir"], "results": _run_results(r["dir"])})
     row["per_seed"] = [{"seed": p["seed"], "dir": p["dir"], "best_epoch": p["results"]["best_epoch"],
                         "epochs_allowed": _epochs_allowed(p["dir"]),
                         "test": p["results"]["test"], "valid": p["results"]["valid"],
@@ -198,8 +204,7 @@ def collect_run(run: Any, recs: list[dict[str, Any]]) -> dict[str, Any]:
     # cost: the seeds that trained with nothing else of the suite running (others may have shared the
     # machine); the median over them, since one measurement of time or CPU memory can be well off (§6g)
     cost_seeds, why = _cost_sources(recs)
-    again = [(r, json.loads((Path(r["dir"]) / "results.json").read_text())) for r in repeats
-             if r["status"] == "ok" and r.get("alone") is True]
+    again = [(r, _run_results(r["dir"])) for r in repeats if r["status"] == "ok" and r.get("alone") is True]
     for r, res in again:  # the same seed trained again must rank the same (the trainer is deterministic)
         first = next((p["results"] for p in per_seed if p["seed"] == r["seed"]), None)
         if first is not None and res.get("test") != first["test"]:
