@@ -560,6 +560,51 @@ def test_users_file_is_decoded_as_the_readers_decode(id_run: Path, tmp_path: Pat
     assert f"{users}:2: not valid UTF-8" in capsys.readouterr().err and not out.exists()
 
 
+def test_an_end_to_end_run_scored_on_changed_media_says_so(tmp_path: Path) -> None:
+    """An end-to-end run reads titles and media itself; its item ids (``item_fingerprint``) did not see a
+    cover replaced under the same path, so re-scoring printed other figures than results.json without a word.
+    It records ``content_sources`` and warns, naming the modality; a file touched with the same bytes and
+    an unchanged run stay silent."""
+    import os
+    import warnings
+
+    from PIL import Image
+
+    from crossan.data import prepare
+    from crossan.data.synth import generate
+    from crossan.runs import ContentChangedWarning, RunWarning, content_digests, evaluate_run
+
+    synth = generate(tmp_path / "synth", size="tiny", progress=False)
+    cfg = load_config([], [f"data.path={synth}", "method=adapter", "modalities=[text,image]",
+                           "encoders.preset=tiny", "train.epochs=1", "user.dim=32", "device=cpu", "precision=fp32"])
+    data = prepare(cfg.data)
+    res = train(cfg, tmp_path / "run", data=data, progress=False)
+    assert set(res["content_sources"]) == {"text", "image"} and "cache_states" not in res
+    assert res["content_sources"] == content_digests(cfg, data)
+    record = next(r for r in data.catalogue if r.image)
+    cover = synth / record.image
+    os.utime(cover, ns=(1, 1))  # same bytes, another mtime: the same input
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RunWarning)
+        assert evaluate_run(tmp_path / "run")["test"] == res["test"]
+
+    Image.new("RGB", (24, 24), (255, 0, 255)).save(cover)
+    with pytest.warns(ContentChangedWarning, match=r"the item content of image changed since it trained"):
+        evaluate_run(tmp_path / "run")
+
+
+def test_methods_record_the_inputs_they_read() -> None:
+    """Which inputs each built-in method's run fingerprints beyond its item ids: the cache's states for the
+    methods that read it, titles/media for those that read content themselves, nothing for ``id``."""
+    from crossan.methods import get_method
+
+    table = {"id": (False, False), "frozen": (True, False), "iisan": (True, False), "crossan": (True, False),
+             "fft": (False, True), "adapter": (False, True), "lora": (False, True)}
+    for name, (cache, content) in table.items():
+        m = get_method(name)
+        assert (m.reads_cache, m.has_content and not m.reads_cache) == (cache, content), name
+
+
 def test_a_run_scored_on_a_changed_cache_says_so(tmp_path: Path) -> None:
     """A cached method's run records the SHA-256 of the states it read (``cache_states``). Re-scoring it after
     a cover changed and the cache was updated printed other figures than results.json without a word; it
@@ -591,5 +636,5 @@ def test_a_run_scored_on_a_changed_cache_says_so(tmp_path: Path) -> None:
     record = next(r for r in data.catalogue if r.image)
     Image.new("RGB", (24, 24), (255, 0, 255)).save(synth / record.image)
     build_cache(cfg, prepare(cfg.data), cfg.modalities, progress=False)  # re-encodes the changed item
-    with pytest.warns(CacheChangedWarning, match=r"the layer-state cache of image changed since this run trained"):
+    with pytest.warns(CacheChangedWarning, match=r"the layer-state cache of image changed since it trained"):
         evaluate_run(tmp_path / "run")

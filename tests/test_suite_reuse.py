@@ -275,6 +275,25 @@ def test_a_cached_run_is_not_reused_once_its_items_content_changed(tmp_path: Pat
     assert row["status"] == "failed" and "the layer-state cache of text changed since it trained" in row["error"]
 
 
+def test_an_end_to_end_run_is_not_reused_once_its_titles_changed(tmp_path: Path) -> None:
+    """An end-to-end baseline reads the titles itself: with the same item ids and split, a suite reused its
+    run after a title was edited (only cached methods were checked). The run records ``content_sources``;
+    the suite now refuses it, naming the modality."""
+    from crossan.runs import content_digests
+
+    data = random_dataset(tmp_path / "data")
+    suite = _suite_file(tmp_path, data, runs="runs:\n  - {name: A, method: lora, modalities: [text]}\n")
+    cfg = load_config([], run_overrides(suite, suite.runs[0], str(data), 0))
+    _finished_run(suite, data, tmp_path / "out", 0, method="lora",
+                  content_sources=content_digests(cfg, prepare(cfg.data)))
+    (row,) = run_suite(suite, tmp_path / "out", progress=False)
+    assert row["status"] == "ok" and row["reused_seeds"] == "0"
+    items = data / "items.tsv"
+    items.write_text(items.read_text().replace("item number 3 of", "item number three of", 1))
+    (row,) = run_suite(suite, tmp_path / "out", progress=False)
+    assert row["status"] == "failed" and "the item content of text changed since it trained" in row["error"]
+
+
 def test_a_repeat_of_a_run_without_every_k_is_not_flagged(tmp_path: Path) -> None:
     """A run with ``eval.ks=[10]``: the report derives HR/NDCG@5 and @20 from per_user.npz for the seed; the
     repeat was compared raw, so identical rankings read as "repeat ranks differently"."""

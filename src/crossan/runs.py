@@ -48,8 +48,9 @@ if TYPE_CHECKING:
     from crossan.recommender import Recommender
 
 __all__ = ["CONFIG", "REQUIRED_FILES", "RESULT_KEYS", "NonFiniteError", "RunError", "TrainState",
-           "CacheChangedWarning", "MethodCodeWarning", "RunWarning", "UnfinishedRunWarning",
-           "cache_states_changes", "cache_states_digests", "check_item_fingerprint", "check_out_folder",
+           "CacheChangedWarning", "ContentChangedWarning", "MethodCodeWarning", "RunWarning", "UnfinishedRunWarning",
+           "cache_states_changes", "cache_states_digests", "check_item_fingerprint", "content_changes",
+           "content_digests", "input_changes", "check_out_folder",
            "check_run_dir",
            "check_run_folder", "evaluate_run", "load_checkpoint", "load_run", "load_weights", "read_results",
            "read_run_config", "rescore", "resolve_paths", "save_checkpoint", "save_per_user", "save_weights",
@@ -420,6 +421,11 @@ class CacheChangedWarning(RunWarning):
     """A run that reads the layer-state cache is scored on a cache that changed since it trained."""
 
 
+class ContentChangedWarning(RunWarning):
+    """A run that reads item content itself (an end-to-end baseline, or ``cached=false``) is scored on
+    titles or media files that changed since it trained."""
+
+
 def cache_states_digests(cfg: Config, data: SequentialData) -> dict[str, str]:
     """Per modality, the SHA-256 of the cached ``states.npy`` a run of ``cfg`` reads (from the cache's
     manifest); empty for methods that do not read the cache or with ``cached=false``. A run records it
@@ -449,6 +455,60 @@ def cache_states_changes(results: dict[str, Any] | None, cfg: Config, data: Sequ
         return []
     now = cache_states_digests(cfg, data)
     return [m for m in then if now.get(m) != then[m]]
+
+
+def content_digests(cfg: Config, data: SequentialData) -> dict[str, str]:
+    """Per modality, a SHA-256 of the item content a run of ``cfg`` reads itself: each item's title (text),
+    or its media file's path, size and SHA-256 (files above ``HASH_MAX_BYTES``: size and modification
+    time). Empty for methods that read no content (``id``) and for those that read it through the
+    layer-state cache (:func:`cache_states_digests` covers them). A run records it (results.json
+    ``content_sources``) so that a changed title or cover under the same item id is not reused or re-scored
+    in silence: the item ids (``item_fingerprint``) do not see it."""
+    from crossan.methods import get_method
+
+    method = get_method(cfg.method)
+    if not method.has_content or (method.reads_cache and cfg.cached):
+        return {}
+    import hashlib
+
+    from crossan.cache.integrity import HASH_MAX_BYTES, current_sources
+    from crossan.cache.layout import item_records
+
+    records = item_records(data)
+    out = {}
+    for m in cfg.modalities:
+        sources = current_sources(m, records, data.catalogue)
+        hashed = (sources["size"] >= 0) & (sources["size"] <= HASH_MAX_BYTES)
+        sources["mtime_ns"][hashed] = 0  # a file touched with the same bytes is the same input
+        out[m] = hashlib.sha256(sources.tobytes()).hexdigest()
+    return out
+
+
+def content_changes(results: dict[str, Any] | None, cfg: Config, data: SequentialData) -> list[str]:
+    """The modalities whose item content differs from what a run's ``results`` record
+    (``content_sources``); empty for runs that record none (cached methods, older crossan versions)."""
+    then = (results or {}).get("content_sources") or {}
+    if not isinstance(then, dict) or not then:
+        return []
+    now = content_digests(cfg, data)
+    return [m for m in then if now.get(m) != then[m]]
+
+
+def input_changes(results: dict[str, Any] | None, cfg: Config, data: SequentialData
+                  ) -> list[tuple[type[RunWarning], str]]:
+    """How the inputs a finished run read differ from those it would read now, beyond its item ids: a
+    rebuilt or updated layer-state cache (:func:`cache_states_changes`) or changed titles/media read
+    directly (:func:`content_changes`); each as (warning class, phrase). Empty: the same inputs."""
+    out: list[tuple[type[RunWarning], str]] = []
+    cache = cache_states_changes(results, cfg, data)
+    if cache:
+        out.append((CacheChangedWarning, f"the layer-state cache of {', '.join(cache)} changed since it trained "
+                                         "(rebuilt or updated: items' titles or media changed)"))
+    content = content_changes(results, cfg, data)
+    if content:
+        out.append((ContentChangedWarning, f"the item content of {', '.join(content)} changed since it trained "
+                                           "(titles or media files)"))
+    return out
 
 
 def read_results(run_dir: str | Path) -> dict[str, Any] | None:
@@ -534,11 +594,9 @@ def load_run(run_dir: str | Path, device: str = "auto", data_path: str | None = 
                       f"differ from {RESULTS}", MethodCodeWarning, stacklevel=2)
     data = prepare(cfg.data)
     check_item_fingerprint(run_dir, results, data, cfg.data.path)
-    moved = cache_states_changes(results, cfg, data)
-    if moved:
-        warnings.warn(f"{run_dir}: the layer-state cache of {', '.join(moved)} changed since this run trained (it "
-                      "was rebuilt or updated: items' titles or media changed); its scores now are on the cache of "
-                      f"now, so they may differ from {RESULTS}", CacheChangedWarning, stacklevel=2)
+    for category, phrase in input_changes(results, cfg, data):
+        warnings.warn(f"{run_dir}: {phrase}; its scores now are on the inputs of now, so they may differ from "
+                      f"{RESULTS}", category, stacklevel=2)
     model = build_model(cfg, data, resolve_device(cfg.device))
     load_weights(model, run_dir / WEIGHTS)
     model.eval()

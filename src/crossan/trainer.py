@@ -50,6 +50,7 @@ from crossan.runs import (
     TrainState,
     cache_states_digests,
     check_run_dir,
+    content_digests,
     load_checkpoint,
     load_run,
     load_weights,
@@ -186,6 +187,8 @@ class _Run:
     """``precision`` resolved on ``device`` (stored in each checkpoint, compared on resume)."""
     cache_states: dict[str, str] = field(default_factory=dict)
     """:func:`~crossan.runs.cache_states_digests`: the cache the run read (results.json ``cache_states``)."""
+    content_sources: dict[str, str] = field(default_factory=dict)
+    """:func:`~crossan.runs.content_digests`: the titles/media the run read itself (``content_sources``)."""
     precision_changed_from: str | None = None
     """The config.yaml's ``precision`` when a ``--resume`` sets another (:func:`check_run_dir`)."""
 
@@ -290,7 +293,8 @@ def _start(cfg: Config, run_dir: Path, resume: bool, data: SequentialData | None
     run = _Run(cfg, run_dir, data, device, model, opt, memory, progress and dist.is_main(),
                params=count_params(model), modules=module_report(model), fingerprints=data_fingerprints(data),
                compute_dtype=dtype_name(compute_dtype(cfg.precision, device)),
-               precision_changed_from=changed_from, cache_states=cache_states_digests(cfg, data))
+               precision_changed_from=changed_from, cache_states=cache_states_digests(cfg, data),
+               content_sources=content_digests(cfg, data))
     _log_start(run)
     return run
 
@@ -477,6 +481,8 @@ def _test_best(run: _Run, state: TrainState) -> dict[str, Any]:
     }
     if run.cache_states:  # so that scoring the run on a changed cache later says so
         results["cache_states"] = run.cache_states
+    if run.content_sources:  # likewise for titles/media an end-to-end run read itself
+        results["content_sources"] = run.content_sources
     source = method_source(cfg.method)  # a plugin's code, so that its runs are not reused after it changes
     if source is not None:
         results["method_source"] = source

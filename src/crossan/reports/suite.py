@@ -318,13 +318,13 @@ class DataFingerprints:
                                 "item_fingerprint": item_fingerprint(data)}
         return self._known[key]
 
-    def cache_changes(self, results: dict[str, Any], overrides: list[str]) -> list[str]:
-        """:func:`crossan.runs.cache_states_changes`: the modalities whose cache the (run, seed) would read now
-        differs from the one its results record."""
-        from crossan.runs import cache_states_changes
+    def input_changes(self, results: dict[str, Any], overrides: list[str]) -> list[str]:
+        """:func:`crossan.runs.input_changes`: how the cache or item content the (run, seed) would read now
+        differs from what its results record (phrases)."""
+        from crossan.runs import input_changes
 
         cfg, data, _ = self._prepared(overrides)
-        return cache_states_changes(results, cfg, data)
+        return [phrase for _, phrase in input_changes(results, cfg, data)]
 
 
 def data_changes(results: dict[str, Any], now: dict[str, str]) -> list[str]:
@@ -400,8 +400,7 @@ def _job(suite: Suite, run: RunSpec, seed: int, data: Path, out: Path, resume: b
             fingerprints = fingerprints or DataFingerprints()
             differs = data_changes(results if isinstance(results, dict) else {}, fingerprints(overrides))
             if not differs and isinstance(results, dict):  # same items; their titles or media may have changed
-                differs = [f"the layer-state cache of {m} changed since it trained (items' titles or media "
-                           "changed)" for m in fingerprints.cache_changes(results, overrides)]
+                differs = fingerprints.input_changes(results, overrides)
         except Exception as e:  # noqa: BLE001 - an unreadable results.json or data: refuse, naming why
             differs = [f"it cannot be checked against the data now ({type(e).__name__}: {e})"]
         if differs:
