@@ -223,3 +223,11 @@ def test_missing_media_files_stop_a_cache_build_before_any_encoding(tmp_path: Pa
     assert not cache.exists()
     assert main([*args, "cache.on_corrupt=missing"]) == 0
     assert "7/8 items present" in capsys.readouterr().out
+    # without --modalities the config's own `modalities` are cached (text alone was, whatever the config said)
+    again = ["cache", "--data", str(root), "--preset", "tiny", f"cache.dir={cache}", "cache.on_corrupt=missing"]
+    assert main([*again, "modalities=[text,image]"]) == 0
+    out = capsys.readouterr().out
+    assert "text:" in out and "image:" in out, out
+    assert main(again) == 0
+    out = capsys.readouterr().out
+    assert "text:" in out and "image:" not in out, out

@@ -170,7 +170,28 @@ def test_device_of_the_run_commands_is_checked_as_the_config_key(tmp_path: Path,
     run = str(tmp_path / "run")
     assert main([c.replace("RUN", run) for c in command] + ["--device", "gpu"]) == 2
     err = capsys.readouterr().err
-    assert err == "crossan: error: --device: 'gpu' is not 'auto', 'cpu', 'cuda' or 'cuda:N'\n"
+    assert err == "crossan: error: --device: 'gpu' is not 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'\n"
+
+
+def test_a_device_this_machine_lacks_is_one_line(small_data: Path, tmp_path: Path, capsys) -> None:
+    """``device=mps`` passed the config check and died in torch with a traceback on a machine without an
+    Apple GPU; bf16 on it ran fp32 in silence."""
+    import torch
+
+    from crossan.precision import compute_dtype
+
+    if torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(small_data), "--out", str(out), "method=id", "device=mps"]) == 2
+    assert capsys.readouterr().err == ("crossan: error: device: 'mps' asked for but MPS (Apple GPU) is not "
+                                       "available here\n")
+    assert not out.exists()
+    assert main(["train", "--data", str(small_data), "--out", str(out), "method=id", "device=cpu:0"]) == 2
+    assert "'cpu:0' is not 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="precision: bf16 runs on cpu and cuda devices, not mps"):
+        compute_dtype("bf16", "mps")
+    assert compute_dtype("auto", "mps") is None and compute_dtype("fp32", "mps") is None
 
 
 def test_cache_without_modalities_is_an_error(small_data: Path, capsys) -> None:
@@ -299,3 +320,38 @@ def test_a_float_key_must_be_finite(value: str) -> None:
     the type check. Every float key must be finite; the error says so."""
     with pytest.raises(ConfigError, match=r"^train.lr: must be a finite number, got "):
         load_config([], [f"train.lr={value}"])
+
+
+# --------------------------------------------------------------------------------------------- documentation
+def test_every_config_key_has_a_docstring() -> None:
+    """The README promises "every key is a typed, documented dataclass field": 17 keys (``user.dim``,
+    ``lora.rank``, …) had none. Section fields (``train``, ``encoders.text``) are documented by their class;
+    ``encoders.<modality>.*`` mirror :class:`EncoderSpec`'s documented fields."""
+    import ast
+    import dataclasses
+
+    import crossan.config as config_module
+    import crossan.towers.options as options_module
+
+    undocumented = []
+    documented: dict[str, set[str]] = {}
+    for module in (config_module, options_module):
+        tree = ast.parse(Path(module.__file__).read_text())
+        for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+            body = cls.body
+            for node, nxt in zip(body, [*body[1:], None]):
+                if not isinstance(node, ast.AnnAssign):
+                    continue
+                name = node.target.id  # type: ignore[attr-defined]
+                if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(
+                        nxt.value.value, str):
+                    documented.setdefault(cls.name, set()).add(name)
+                    continue
+                field_type = {f.name: f.type for f in dataclasses.fields(getattr(module, cls.name))}[name]
+                section = isinstance(field_type, str) and field_type in {c.name for c in tree.body
+                                                                          if isinstance(c, ast.ClassDef)}
+                if not section and cls.name != "EncoderOverrides":
+                    undocumented.append(f"{cls.name}.{name}")
+    assert undocumented == []
+    mirrored = {f.name for f in dataclasses.fields(config_module.EncoderOverrides)}
+    assert mirrored <= documented["EncoderSpec"]

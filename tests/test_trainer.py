@@ -151,6 +151,30 @@ def test_a_crash_before_the_checkpoint_keeps_the_best_weights_it_knows(small_dat
     assert resumed["test"] == full["test"] and not list(out.glob("best.pending-*"))
 
 
+def test_resume_before_the_first_checkpoint_says_it_starts_over(small_data: Path, tmp_path: Path,
+                                                                monkeypatch) -> None:
+    """Killed after epoch 1's history line but before its checkpoint: ``--resume`` started again from epoch
+    1 without a word. It now says so in the log; the history holds each epoch once and the run ends as an
+    uninterrupted one."""
+    full = train(_cfg(small_data, "train.epochs=2"), tmp_path / "full", progress=False)
+    real_save = trainer.save_checkpoint
+
+    def die(*args, **kwargs):
+        raise KeyboardInterrupt("simulated crash")
+
+    monkeypatch.setattr(trainer, "save_checkpoint", die)
+    out = tmp_path / "crashed"
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(small_data, "train.epochs=2"), out, progress=False)
+    assert not (out / "checkpoints" / "last.pt").exists() and (out / "history.jsonl").read_text()
+    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
+    resumed = train(_cfg(small_data, "train.epochs=2"), out, resume=True, progress=False)
+    assert "has no checkpoint (training stopped before its first epoch was saved); starting from epoch 1" in (
+        out / "train.log").read_text()
+    epochs = [json.loads(line)["epoch"] for line in (out / "history.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2] and resumed["test"] == full["test"]
+
+
 def test_resume_refuses_a_checkpoint_trained_on_other_data(small_data: Path, tmp_path: Path, monkeypatch) -> None:
     """The same configuration can name a dataset folder whose content changed since the crash: continuing
     its epochs on the new data would mix two datasets in one run. The checkpoint records the data's
@@ -207,7 +231,7 @@ def test_a_capped_epoch_extrapolates_from_its_steps_after_the_first(small_data: 
 
     def slow_first_step(self, *args, **kwargs):
         if not calls:
-            _time.sleep(2.0)  # stands in for compilation
+            _time.sleep(4.0)  # stands in for compilation
         calls.append(1)
         return real_forward(self, *args, **kwargs)
 
@@ -216,9 +240,17 @@ def test_a_capped_epoch_extrapolates_from_its_steps_after_the_first(small_data: 
           tmp_path / "run", progress=False)
     (record,) = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
     assert record["steps"] == 3 and record["full_epoch_steps"] >= 10
-    assert record["first_step_s"] >= 2.0
+    assert record["first_step_s"] >= 4.0
     steady = record["train_time_s"] / record["full_epoch_steps"]  # per step, from steps 2 and 3
-    assert steady < 0.5, record  # with the first step in: at least 2.0 / 3 per step
+    assert steady < 1.2, record  # with the first step in: at least 4.0 / 3 per step (a step here: ~0.1 s)
+
+    # a one-step cap has nothing after the first step: the history says which step the figure came from
+    calls.clear()
+    train(_cfg(small_data, "train.epochs=1", "train.batch_size=8", "train.max_steps_per_epoch=1"),
+          tmp_path / "one", progress=False)
+    (record,) = [json.loads(line) for line in (tmp_path / "one" / "history.jsonl").read_text().splitlines()]
+    assert record["steps"] == 1 and record["first_step_s"] >= 4.0
+    assert record["train_time_s"] == pytest.approx(record["first_step_s"] * record["full_epoch_steps"])
 
 
 def test_any_eval_ks_logs_without_a_cut_off_of_10(small_data: Path, tmp_path: Path) -> None:

@@ -130,10 +130,13 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
     extra = [f"encoders.preset={args.preset}"] if args.preset else []
     cfg = _load(args, extra)
-    modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
-    if not modalities:
-        raise ConfigError(f"--modalities: {args.modalities!r} names no modality; give a comma-separated "
-                          "subset of text,image,video,audio")
+    if args.modalities is None:  # the run's own modalities: `cache --config C` caches what `train --config C` reads
+        modalities = list(cfg.modalities)
+    else:
+        modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
+        if not modalities:
+            raise ConfigError(f"--modalities: {args.modalities!r} names no modality; give a comma-separated "
+                              "subset of text,image,video,audio")
     data = prepare(cfg.data)
     data.check_content(modalities)
     if cfg.cache.on_corrupt == "error" and not (args.join or args.verify):
@@ -248,7 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "assembles the shards; under torchrun the ranks split it automatically.",
                        epilog=EPILOG_OVERRIDES)
     _config_args(p)
-    p.add_argument("--modalities", default="text", help="comma-separated: text,image,video,audio (default text)")
+    p.add_argument("--modalities", help="comma-separated: text,image,video,audio (default: the config's "
+                                        "`modalities`, whose own default is text)")
     p.add_argument("--preset", choices=["paper", "offline", "offline-random", "tiny"],
                    help="encoder preset (encoders.preset)")
     p.add_argument("--shard", type=int, help="build only shard i (0-based) of --num-shards")
@@ -275,9 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Generate the small built-in multimodal dataset (if absent), cache four frozen "
                                    "encoders (offline preset), train ID, frozen features, IISAN, CROSSAN (concat "
                                    "and MOMEF) under seeds 0, 1, 2 and measure FFT/Adapter/LoRA (cost only), then "
-                                   "write results.csv, report.md and plots into --out. From scratch, about 6 minutes on "
-                                   "an idle 2-core CPU with bf16 units (AVX-512 BF16) and 16-18 on one without (AVX2; "
-                                   "measured 2026-12-01); finished runs are reused when it is run again.")
+                                   "write results.csv, report.md and plots into --out. From scratch, 14-19 minutes on a "
+                                   "2-core CPU without bf16 units (AVX2, fp32; five runs, 2026-12-01) and about 6 on "
+                                   "one with them (AVX-512 BF16; code before 0.1.1); finished runs are reused when it is "
+                                   "run again.")
     p.add_argument("--out", default="demo_run", help="output folder (default demo_run)")
     p.add_argument("--seeds", metavar="0,1,2", help="training seeds, comma-separated (default: the suite's seeds)")
     p.add_argument("--cost-repeats", type=int, metavar="N",

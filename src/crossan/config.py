@@ -69,10 +69,16 @@ class UserEncoderConfig:
     """SASRec-style causal Transformer over item embeddings (METHOD.md §8)."""
 
     dim: int = 64
+    """d: width of the user encoder and of every item embedding the towers produce (the scores are dot
+    products in this space)."""
     n_layers: int = 2
+    """Transformer blocks of the user encoder."""
     n_heads: int = 2
+    """Attention heads per block (must divide ``dim``)."""
     ffn_mult: int = 4
+    """Feed-forward width of each block, as a multiple of ``dim``."""
     dropout: float = 0.1
+    """Dropout probability of the user encoder (where it acts, attention weights included: ``variant``)."""
     variant: Literal["crossan", "iisan_official"] = "crossan"
     """Block details (the same for every method, so comparisons stay fair). ``crossan``: biases on Q/K/V and
     the attention output, GELU, dropout also inside the feed-forward, LayerNorm eps 1e-5, weights
@@ -89,6 +95,7 @@ class TrainConfig:
     epochs: int = 100
     """Epochs at most (early stopping: ``patience``); 0 tests the initial weights (an untrained baseline)."""
     batch_size: int = 64
+    """Training sequences per step (and, with the in-batch loss, the candidate set each step ranks against)."""
     lr: float = 2e-4
     """Learning rate of the recommender: user encoder, ID table, projection heads."""
     lr_adapter: float = 1e-4
@@ -98,6 +105,7 @@ class TrainConfig:
     lr_backbone: float = 1e-4
     """Backbone weights under full fine-tuning."""
     weight_decay: float = 0.0
+    """Adam's L2 weight decay, on every parameter group (0: none, as IISAN)."""
     loss: Literal["inbatch", "bce"] = "inbatch"
     """``inbatch``: in-batch softmax with popularity correction; ``bce``: one sampled negative per position
     (never one of the user's window items)."""
@@ -117,6 +125,7 @@ class TrainConfig:
     metric: str = "NDCG@10"
     """Validation metric that selects the best epoch (any key of the metrics table)."""
     eval_every: int = 1
+    """Validate every this many epochs (and after the last); the best epoch is chosen among those validated."""
     grad_clip: float = 0.0
     """Clip the global gradient norm to this value (0: off)."""
     max_steps_per_epoch: int = 0
@@ -129,7 +138,7 @@ class TrainConfig:
     evaluation and other devices stay eager. Off by default: on the 2-core project CPU it paid for IISAN at
     M = 2 (about 10%) and, in one-process comparisons, CROSSAN at M = 2, but not at M = 4 (docs/results.md
     §3g); with freed memory retained (``malloc``) it paid for CROSSAN at M = 4 (8%) but not at M = 2 (§3h).
-    On a CPU without bf16 units (AVX2, fp32 steps) it saved 14–15% per CROSSAN step at M = 2 and 4 and repaid
+    On a CPU without bf16 units (AVX2, fp32 steps) it saved 15% (M = 2) and 12% (M = 4) per CROSSAN step and repaid
     its compile time in about one MicroLens-100K epoch (§3i): turn it on for long CPU runs there."""
 
     malloc: Literal["auto", "retain", "system"] = "auto"
@@ -149,6 +158,7 @@ class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [5, 10, 20])
     """Cut-offs K of HR@K and NDCG@K (positive, distinct)."""
     batch_size: int = 512
+    """Users scored against the whole catalogue at once (memory: batch × items scores); no effect on results."""
     mask_history: bool = True
     """``true`` (IISAN's rule): every item of the user's history is removed from the ranking, a target that
     repeats one included — it can then never be a hit. ``false``: nothing is masked (repeat-consumption data).
@@ -215,6 +225,12 @@ class EncodersConfig:
     """The frozen encoders per modality. ``preset`` fills the specs; the keys a run gives override it."""
 
     preset: Literal["paper", "offline", "offline-random", "tiny"] = "offline"
+    """Which encoder per modality (``crossan encoders --preset NAME`` lists them; docs/method.md §3).
+    ``offline``: pretrained weights that ship in packages (MiniLM text, EfficientNet-Lite0 image and video
+    frames, Whisper tiny.en audio); ``offline-random``: the real MiniLM for text and randomly initialised
+    small ViT, VideoMAE and AST models for the media; ``paper``: the paper's checkpoints (BERT, ViT,
+    VideoMAE, AST by hub name: they need the hub or local copies); ``tiny``: random 2-layer models for
+    tests."""
     text: EncoderOverrides = field(default_factory=EncoderOverrides)
     image: EncoderOverrides = field(default_factory=EncoderOverrides)
     video: EncoderOverrides = field(default_factory=EncoderOverrides)
@@ -270,7 +286,8 @@ class CoreConfig:
     seed: int = 12345
     """Training seed, an integer in [0, 2**32) (the epoch streams ``seed * 1000003 + epoch`` fit in int64)."""
     device: str = "auto"
-    """``auto`` (cuda when available), ``cpu``, ``cuda``, ``cuda:1`` …"""
+    """``auto`` (cuda when available, else cpu), ``cpu``, ``cuda``, ``cuda:N`` (a GPU by index), or ``mps``
+    (Apple GPUs; untested here, float32 only: ``precision=auto`` is fp32 there and ``bf16`` is refused)."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     """Compute precision of the frozen encoders' forward (cache building, live encoding) and of every method's
     training step. ``bf16``: matrix products in bfloat16 under ``torch.autocast``; weights, gradients,
@@ -721,8 +738,8 @@ def check_seed(seed: int, key: str = "seed") -> None:
 def check_device(device: str, key: str = "device") -> None:
     """:class:`ConfigError` naming ``key`` unless ``device`` is ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or
     ``mps`` (the ``device`` config key; ``--device`` of the commands that load a run)."""
-    if device != "auto" and not re.fullmatch(r"(cpu|cuda|mps)(:\d+)?", device):
-        raise ConfigError(f"{key}: {device!r} is not 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    if device != "auto" and not re.fullmatch(r"cpu|mps|cuda(:\d+)?", device):
+        raise ConfigError(f"{key}: {device!r} is not 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
 
 
 # (key, lowest allowed, whether the lowest value itself is allowed, highest allowed exclusive or None)

@@ -45,7 +45,12 @@ def compute_dtype(precision: str, device: torch.device | str) -> torch.dtype | N
     device = torch.device(device)
     if precision not in PRECISIONS:
         raise ValueError(f"precision: {precision!r} is not one of {list(PRECISIONS)}")
-    if precision == "fp32" or device.type not in ("cpu", "cuda"):
+    if device.type not in ("cpu", "cuda"):
+        if precision == "bf16":
+            raise ValueError(f"precision: bf16 runs on cpu and cuda devices, not {device.type} "
+                             "(set precision=fp32 or auto)")
+        return None
+    if precision == "fp32":
         return None
     if precision == "bf16":
         return torch.bfloat16

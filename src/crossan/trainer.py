@@ -319,6 +319,9 @@ def _resume(run: _Run, resume: bool) -> TrainState:
                                 run.cfg.precision, run.precision_changed_from)
         log.info("resumed from %s after epoch %d (best %s=%.5f at epoch %d)", ckpt, state.epoch,
                  run.cfg.train.metric, state.best_metric, state.best_epoch)
+    elif resume:  # stopped before the first checkpoint (or it was removed): nothing to continue from
+        log.warning("--resume: %s has no checkpoint (training stopped before its first epoch was saved); "
+                    "starting from epoch 1", ckpt.parent)
     if dist.is_main():
         truncate_history(run.run_dir / HISTORY, state.epoch)
         settle_best_weights(run.run_dir, state.best_epoch)
@@ -359,7 +362,8 @@ def _run_epoch(run: _Run, state: TrainState, inputs: torch.Tensor, targets: torc
         mean_loss = train_epoch(*step_args, batches, inputs, targets, run.device, cfg.train.grad_clip,
                                 desc=f"epoch {epoch}", progress=run.progress)
         epoch_time = time.perf_counter() - t0
-        if len(batches) < full_steps:  # a one-step cap: that step is all there is to extrapolate from
+        if len(batches) < full_steps:  # a one-step cap: that step, warm-up and all, is all there is
+            first_step_s = epoch_time
             epoch_time *= full_steps / max(1, len(batches))
     last_good = ("the last good epoch is in checkpoints/last.pt (--resume continues from it)" if epoch > 1
                  else "no epoch had finished")
@@ -376,7 +380,7 @@ def _run_epoch(run: _Run, state: TrainState, inputs: torch.Tensor, targets: torc
     record: dict[str, Any] = {"epoch": epoch, "loss": mean_loss, "train_time_s": epoch_time,
                               "steps": len(batches), "full_epoch_steps": full_steps}
     if first_step_s is not None:
-        record["first_step_s"] = first_step_s  # timed apart, not in train_time_s
+        record["first_step_s"] = first_step_s  # timed apart, not in train_time_s (unless it was the only step)
     if epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs:
         record["valid"] = _validate(run, state, epoch)
         log.info("epoch %3d | loss %.4f | %.1fs | valid %s %s", epoch, record["loss"], epoch_time,

@@ -23,8 +23,9 @@
     vocabulary); K = 3. For tests.
 
 :func:`resolve_specs` merges the preset with the run's ``encoders.<modality>`` settings: where a modality
-sets ``model`` explicitly, its own spec is used as given (the preset is ignored for it); otherwise every
-field the run changed from the :class:`EncoderSpec` default overrides the preset's value.
+sets ``model`` explicitly, its own spec is used as given (the preset is ignored for it; unset fields take
+the :class:`EncoderSpec` default); otherwise every field the run sets (not ``null``) overrides the preset's
+value, even a value equal to the :class:`EncoderSpec` default (:class:`crossan.config.EncoderOverrides`).
 """
 
 from __future__ import annotations

@@ -40,14 +40,14 @@ ALPHA = 0.05
 
 
 # --------------------------------------------------------------------------------------------- one row per run
-def _epochs_allowed(run_dir: str) -> int | None:
-    """``train.epochs`` of the run's saved ``config.yaml`` (None when it cannot be read)."""
+def _train_setting(run_dir: str, key: str) -> int | None:
+    """``train.<key>`` (an integer) of the run's saved ``config.yaml`` (None when it cannot be read)."""
     try:
         saved = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
-        epochs = saved["train"]["epochs"]
+        value = saved["train"][key]
     except (OSError, yaml.YAMLError, KeyError, TypeError):
         return None
-    return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _with_derived_metrics(run_dir: str, results: dict[str, Any]) -> dict[str, dict[str, float]]:
@@ -112,6 +112,10 @@ def _flags(row: dict[str, Any]) -> list[str]:
         epochs = "/".join(dict.fromkeys(str(p["epochs_allowed"]) for p in capped))
         flags.append(f"capped: best at the last allowed epoch ({_seeds_text([p['seed'] for p in capped])}, "
                      f"train.epochs={epochs})")
+    one_step = [p for p in seeds if p.get("steps_cap") == 1]
+    if one_step:
+        flags.append(f"timed from one step ({_seeds_text([p['seed'] for p in one_step])}: "
+                     "train.max_steps_per_epoch=1)")
     decoded = [p for p in seeds if any(p.get("decoded_in_training_steps", {}).values())]
     if decoded:
         per_mod: dict[str, int] = {}
@@ -169,7 +173,8 @@ def collect_run(run: Any, recs: list[dict[str, Any]]) -> dict[str, Any]:
             continue
         per_seed.append({"seed": r["seed"], "dir": r["dir"], "results": _run_results(r["dir"])})
     row["per_seed"] = [{"seed": p["seed"], "dir": p["dir"], "best_epoch": p["results"]["best_epoch"],
-                        "epochs_allowed": _epochs_allowed(p["dir"]),
+                        "epochs_allowed": _train_setting(p["dir"], "epochs"),
+                        "steps_cap": _train_setting(p["dir"], "max_steps_per_epoch"),
                         "test": p["results"]["test"], "valid": p["results"]["valid"],
                         "time_per_epoch_s": p["results"]["train_time_per_epoch_s"],
                         "peak_memory_bytes": p["results"]["peak_memory_bytes"],
@@ -488,6 +493,10 @@ FLAG_NOTES = {
                             "(seeds with another rule than the reference's are not paired)",
     "written by crossan": "**written by crossan X**: a finished run reused from a folder written by another "
                           "crossan version (same configuration); its figures are that version's",
+    "timed from one step": "**timed from one step**: with `train.max_steps_per_epoch=1` an epoch has no step "
+                           "after the first to extrapolate from, so its time is that first step's (warm-up, "
+                           "compilation and tables built on first use included) times the epoch's step count; "
+                           "cap at 2 steps or more for a cost figure",
     "media decoded in timed steps": "**media decoded in timed steps**: an end-to-end run's preprocessed inputs "
                                     "did not all fit in `<method>.input_memory_gb` (or were not preprocessed "
                                     "up front), so some items' media were decoded inside its training steps "

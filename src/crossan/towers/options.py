@@ -28,8 +28,13 @@ class SANBConfig:
     bottleneck: int = 64
     """r, the SANB bottleneck width."""
     dropout: float = 0.1
+    """Branch dropout of each SANB: element-wise on the bottleneck branch's output before the residual add
+    (docs/method.md §4; IISAN's official adapter defines 0.1 but never applies it, ``iisan_official`` sets 0)."""
     init_std: float = 0.01
+    """SANB weights are drawn from N(0, init_std²), biases start at 0: each block starts near the identity."""
     gate_temperature: float = 0.1
+    """τ of the learned gates, ``sigmoid(logit / τ)`` (IISAN's gated fusion of side and tapped states, and
+    CROSSAN's exchange gates): a smaller τ makes a logit's change move the gate faster."""
 
 
 @dataclass
@@ -75,7 +80,11 @@ class CrossanConfig(SANBConfig):
     share_adapters: bool = False
     """One SANB per depth shared by all modalities (parameters then do not grow with M)."""
     fusion: Literal["momef", "concat", "mean"] = "momef"
+    """How the per-modality embeddings become one item embedding. ``momef``: Mixture of Modality Expert
+    Fusion (a router weighs one expert per modality, METHOD.md §7); ``concat``: a linear map of their
+    concatenation; ``mean``: their average over the modalities the item has (ablations)."""
     momef_temperature: float = 1.0
+    """Softmax temperature of MOMEF's router logits (lower: sharper routing)."""
     momef_top_k: int = 0
     """Route each item to its top-k modality experts (0: all)."""
     momef_expert_mult: int = 1
@@ -115,6 +124,7 @@ class AdapterConfig(EndToEndConfig):
     bottleneck: int = 64
     """r: each adapter maps D → r → D."""
     activation: Literal["gelu", "relu"] = "gelu"
+    """Non-linearity between each adapter's down- and up-projection."""
     init_std: float = 0.01
     """Adapter weights are drawn from N(0, init_std²); biases start at 0."""
     zero_init_up: bool = False
@@ -127,8 +137,12 @@ class LoRAConfig(EndToEndConfig):
     """LoRA through ``peft`` on every layer's attention query and value."""
 
     rank: int = 8
+    """r: rank of each LoRA update ``B·A`` (A: r × D_in, B: D_out × r; B starts at 0, so training starts from
+    the pretrained weights, which stay frozen and untouched)."""
     alpha: int = 16
+    """LoRA scaling: the update is multiplied by ``alpha / rank``."""
     dropout: float = 0.1
+    """Dropout on the LoRA branch's input (peft's ``lora_dropout``)."""
     targets: list[str] = field(default_factory=list)
     """Module names to wrap, matched as peft does (a module whose full name equals or ends with
     ``.NAME``); each encoder takes the names that match in it. Empty: the query and value projection of
