@@ -208,6 +208,47 @@ def test_local_folder_checkpoint_loads_like_hub(tmp_path: Path, media: Catalogue
         torch.testing.assert_close(a, b)
 
 
+def test_checkpoint_folders_that_cannot_work_are_refused_naming_the_key(tmp_path: Path) -> None:
+    """A text folder saved without its tokenizer loaded with one of 5 special tokens (transformers 5), so
+    every title read as [UNK] and the cache held 3 distinct rows of 60, in silence; a missing folder said
+    "Repo id must be in the form …"; an unsupported type listed every modality's types."""
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    built = build_encoder("text", TINY["text"])
+    bare = tmp_path / "bert_bare"
+    built.model.save_pretrained(bare)  # config.json + weights, no tokenizer files
+    with pytest.raises(EncoderSpecError, match=r"encoders.text.model='.*bert_bare': its tokenizer knows \d+ "
+                                               r"tokens against the model's vocab_size \d+; the checkpoint has no "
+                                               "tokenizer files"):
+        build_encoder("text", dataclasses.replace(TINY["text"], model=str(bare)))
+    built.tokenizer.save_pretrained(bare)  # with them it loads
+    assert not build_encoder("text", dataclasses.replace(TINY["text"], model=str(bare))).random_init
+
+    with pytest.raises(EncoderSpecError, match=r"encoders.image.model='.*nowhere': no such folder"):
+        describe_backbone("image", EncoderSpec(model=str(tmp_path / "nowhere")))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EncoderSpecError, match="the folder holds no config.json"):
+        describe_backbone("image", EncoderSpec(model=str(tmp_path / "empty")))
+    clip = tmp_path / "clip"
+    CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                                     num_attention_heads=2, image_size=32, patch_size=8)).save_pretrained(clip)
+    with pytest.raises(EncoderSpecError) as err:
+        describe_backbone("image", EncoderSpec(model=str(clip)))
+    assert str(err.value).endswith("is a 'clip_vision_model' model; image takes transformers checkpoints of "
+                                   "model type ['deit', 'vit'] (or, by name, ['efficientnet-lite0']); "
+                                   "docs/method.md §3")
+
+
+def test_audio_longer_than_the_models_window_is_refused() -> None:
+    """The tiny AST takes 100 filterbank frames (1.015 s): ``audio_seconds=3`` was cut to that window while
+    the cache manifest recorded 3 s; now refused, naming the key and the window. 1 s still loads."""
+    build_encoder("audio", TINY["audio"])
+    with pytest.raises(EncoderSpecError, match=r"encoders.audio.audio_seconds=3 is longer than the audio model "
+                                               r".* takes: its feature extractor covers 1.015 s \(max_length "
+                                               r"frames\); set encoders.audio.audio_seconds to at most 1.015"):
+        build_encoder("audio", dataclasses.replace(TINY["audio"], audio_seconds=3.0))
+
+
 def test_presets_and_overrides() -> None:
     cfg = Config()
     cfg.encoders.preset = "tiny"

@@ -535,6 +535,27 @@ def test_iisan_inter_variants():
     assert single.inter.logits.shape == (K, 4)
 
 
+def test_a_modality_whose_read_states_are_all_zeroed_is_refused():
+    """A random Whisper's pooled last state (after its final LayerNorm) hardly varies over the items: the 5%
+    rule zeroed every dimension, and frozen features (and the end-to-end heads) trained and ranked on
+    nothing from audio without a word (HR@20 = 0). The frozen head reads the last tap only and is refused,
+    naming the modality and the key; CROSSAN, which reads the earlier taps too, keeps them."""
+    from crossan.errors import ConfigError
+
+    feats = make_features(2)
+    text = feats._states["text"]  # the tensor the source reads
+    text[1:, -1] = 3.0 + 1e-3 * torch.randn(N, DS, generator=torch.Generator().manual_seed(1))  # flat last tap
+    with pytest.raises(ConfigError, match=r"text: standardisation keeps no dimension of the last-layer states: "
+                                          r"they vary by less than 0.05 of their RMS .*standardize_min_rel_std=0"):
+        make_tower("frozen", 2, feats).standardize_inputs()
+    tower = make_tower("crossan", 2, feats).standardize_inputs()
+    assert not tower.input_inv_std_text[-1].any() and tower.input_inv_std_text[:-1].all()
+    make_tower("frozen", 2, feats).standardize_inputs(min_rel_std=0.0)  # the way out the message names
+    text[1:, -1] = 3.0  # identical for every item: nothing to keep even then
+    with pytest.raises(ConfigError, match="they are the same for every item"):
+        make_tower("frozen", 2, feats).standardize_inputs(min_rel_std=0.0)
+
+
 def test_frozen_reads_the_standardised_last_tap():
     """Frozen features (METHOD.md §9): GELU(Linear(last tap)) per modality, zeros where missing, Linear(concat)."""
     feats = make_features(2, dims=[DS, 24], missing={"image": [2]})

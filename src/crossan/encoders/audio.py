@@ -18,7 +18,7 @@ from torch import nn
 
 from crossan.config import EncoderSpec
 from crossan.data.media import load_audio
-from crossan.encoders.backbones import BackboneInfo
+from crossan.encoders.backbones import BackboneInfo, EncoderSpecError
 from crossan.encoders.base import POOL_MASK, ModalityEncoder
 
 if TYPE_CHECKING:
@@ -130,6 +130,14 @@ class AudioEncoder(ModalityEncoder):
         self.sample_rate = rate
         self.num_samples = int(round(spec.audio_seconds * rate))
         self.fbank = KaldiFbank(self.extractor) if info.family == "ast" else None
+        window = ((self.fbank.max_length - 1) * KaldiFbank.HOP + KaldiFbank.FRAME if self.fbank is not None
+                  else int(self.extractor.n_samples))  # what the model sees of a clip
+        if self.num_samples > window + KaldiFbank.HOP:  # the rest would be cut while the manifest said otherwise
+            raise EncoderSpecError(
+                f"encoders.audio.audio_seconds={spec.audio_seconds:g} is longer than the audio model "
+                f"{info.name!r} takes: its feature extractor covers {window / rate:g} s "
+                f"({'max_length frames' if self.fbank is not None else 'n_samples'}); set "
+                f"encoders.audio.audio_seconds to at most {window / rate:g}")
 
     def read(self, record: ItemRecord, catalogue: Catalogue) -> Any:
         # the true length: Whisper's frame mask marks the padding its extractor adds, and AST pads the

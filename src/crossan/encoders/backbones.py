@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -200,8 +201,6 @@ def weights_digest(info: BackboneInfo) -> str | None:
     the name is the identity (a hub id, a random model from a config). A cache manifest records it, so new
     weights exported into the same folder or file make the cache stale instead of silently reused. Hashed
     once per process and file state (path, size, mtime)."""
-    from pathlib import Path
-
     if info.weights_format in ("state_dict", "ctranslate2"):
         where = Path(info.weights)
     elif info.weights_format == "transformers" and Path(info.name).expanduser().is_dir():
@@ -254,13 +253,48 @@ def _packaged_backbone(modality: str, name: str, spec: EncoderSpec) -> BackboneI
     return None
 
 
+PACKAGED_MODALITY: dict[str, str] = {EFFICIENTNET_NAME: "image", WHISPER_CT2_NAME: "audio"}
+"""Packaged backbones loaded by name (EfficientNet-Lite0 also reads video frames)."""
+
+
+def model_types(modality: str) -> list[str]:
+    """The transformers ``model_type`` values a modality's checkpoint may have (by family)."""
+    return sorted(t for t, f in MODEL_TYPE_FAMILY.items() if f in MODALITY_FAMILIES.get(modality, ()))
+
+
+def _looks_like_path(name: str) -> bool:
+    """A name no hub id has: absolute, relative with ``./``/``../``/``~``, or more than ``org/name``."""
+    return name.startswith(("/", ".", "~")) or name.endswith("/") or name.count("/") > 1 or "\\" in name
+
+
+def _checkpoint_config(modality: str, name: str) -> Any:
+    """``AutoConfig`` of a checkpoint folder or hub name; :class:`EncoderSpecError` naming the key when the
+    folder does not exist, holds no ``config.json``, or the name cannot be loaded (no hub access)."""
+    from transformers import AutoConfig
+
+    key = f"encoders.{modality}.model"
+    path = Path(name).expanduser()
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise EncoderSpecError(f"{key}={name!r}: the folder holds no config.json (not a transformers checkpoint "
+                               "saved with save_pretrained)")
+    if not path.exists() and _looks_like_path(name):
+        raise EncoderSpecError(f"{key}={name!r}: no such folder")
+    try:
+        return AutoConfig.from_pretrained(str(path) if path.is_dir() else name)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EncoderSpecError(f"{key}={name!r}: not a local folder, and it could not be loaded by name ({first}); "
+                               "without access to the model hub, copy the checkpoint to a folder and pass the "
+                               "folder") from None
+
+
 def _check_modality(modality: str, family: str, name: str) -> None:
     if modality not in MODALITY_FAMILIES:
         raise EncoderSpecError(f"unknown modality {modality!r}; expected one of {list(MODALITY_FAMILIES)}")
     if family not in MODALITY_FAMILIES[modality]:
         raise EncoderSpecError(
-            f"{modality} encoder {name!r} is a {family!r} model; {modality} takes {list(MODALITY_FAMILIES[modality])}"
-        )
+            f"encoders.{modality}.model={name!r} is a {family!r} model; {modality} takes "
+            f"{list(MODALITY_FAMILIES[modality])} (transformers model types {model_types(modality)})")
 
 
 def describe_backbone(modality: str, spec: EncoderSpec) -> BackboneInfo:
@@ -285,13 +319,16 @@ def describe_backbone(modality: str, spec: EncoderSpec) -> BackboneInfo:
         hf_config = config_class(**kwargs)
         random_init = True
     else:
-        from transformers import AutoConfig
-
-        hf_config = AutoConfig.from_pretrained(name)
+        if name.startswith("~"):  # loaded by folder everywhere below
+            name = str(Path(name).expanduser())
+        hf_config = _checkpoint_config(modality, name)
         family = MODEL_TYPE_FAMILY.get(hf_config.model_type, "")
         if not family:
+            takes = model_types(modality)
             raise EncoderSpecError(
-                f"{name!r} is a {hf_config.model_type!r} model; supported model types: {sorted(MODEL_TYPE_FAMILY)}"
+                f"encoders.{modality}.model={name!r} is a {hf_config.model_type!r} model; {modality} takes "
+                f"transformers checkpoints of model type {takes} (or, by name, "
+                f"{[n for n, m in PACKAGED_MODALITY.items() if m == modality] or 'none packaged'}); docs/method.md §3"
             )
         extras = {}
         random_init = False
@@ -400,7 +437,17 @@ def load_tokenizer(info: BackboneInfo) -> Any:
     from transformers import AutoTokenizer, BertTokenizer
 
     if not info.random_init:
-        return AutoTokenizer.from_pretrained(info.name)
+        tokenizer = AutoTokenizer.from_pretrained(info.name)
+        vocab = int(getattr(info.hf_config, "vocab_size", 0) or 0)
+        specials = len(set(tokenizer.all_special_tokens))
+        if len(tokenizer) < vocab / 2 or len(tokenizer) <= specials:  # transformers builds an empty one when the
+            # tokenizer files are missing: special tokens only
+            raise EncoderSpecError(
+                f"encoders.text.model={info.name!r}: its tokenizer knows {len(tokenizer)} tokens against the "
+                f"model's vocab_size {vocab}; the checkpoint has no tokenizer files (vocab.txt, tokenizer.json, "
+                "…), so every title would read as unknown tokens. Save the tokenizer beside the model "
+                "(tokenizer.save_pretrained(folder))")
+        return tokenizer
     if "tokenizer" in info.extras:
         return AutoTokenizer.from_pretrained(str(info.extras["tokenizer"]))
     return BertTokenizer(vocab=builtin_vocab(), do_lower_case=True)

@@ -33,6 +33,7 @@ from collections.abc import Callable
 import torch
 
 from crossan.cache.features import FeatureSource
+from crossan.errors import ConfigError
 from crossan.precision import autocast
 from crossan.towers.base import ItemTower, TowerContext
 from crossan.towers.sanb import ModalityProjection, branch_masks
@@ -75,6 +76,22 @@ def standardizer(total: torch.Tensor, squares: torch.Tensor, count: int,
     if min_rel_std > 0:  # 0: keep every dimension that varies at all (cache.standardize_min_rel_std=0)
         keep &= std > FP16_NOISE_STEPS * (rms * 2.0**-10).clamp_min(2.0**-24)
     return mean, torch.where(keep, 1.0 / std.clamp_min(1e-12), torch.zeros_like(std))
+
+
+def check_kept(inv_std: torch.Tensor, modality: str, min_rel_std: float, what: str) -> None:
+    """:class:`ConfigError` when standardisation keeps no dimension of the states a method reads for
+    ``modality`` (``inv_std`` of those states, ``what`` names them): the modality would reach the method as
+    zeros, every item alike, and the run would train and rank on nothing from it without a word."""
+    if bool((inv_std > 0).any()):
+        return
+    why = (f"they vary by less than {min_rel_std:g} of their RMS over the items in every dimension "
+           "(cache.standardize_min_rel_std), so each would be set to 0" if min_rel_std > 0 else
+           "they are the same for every item")
+    raise ConfigError(
+        f"{modality}: standardisation keeps no dimension of the {what}: {why}, and {modality} would carry "
+        f"nothing. Check the encoder (encoders.{modality}.model: e.g. a final LayerNorm or a random model can "
+        "make every item's state alike), set cache.standardize_min_rel_std=0 to keep every dimension that "
+        "varies, or leave the modality out")
 
 
 class Moments:
@@ -305,12 +322,16 @@ class ContentTower(ItemTower):
                     moments[m].add(s[p.to(s.device)])
         for m in self.modalities:
             mean, inv_std = moments[m].standardizer(min_rel_std)
+            check_kept(inv_std[self.input_taps], m, min_rel_std, self.input_taps_text)
             self.register_buffer(f"input_mean_{m}", mean.float())
             self.register_buffer(f"input_inv_std_{m}", inv_std.float())
         self.standardized = True
         return self
 
     standardized: bool = False
+    input_taps: slice = slice(None)
+    """The taps :meth:`encode` reads (the frozen-feature head: the last only)."""
+    input_taps_text: str = "tapped states"
 
     def side_inputs(self, feats: Features, taps: slice = slice(None),
                     dtype: torch.dtype | None = None) -> tuple[list[torch.Tensor], torch.Tensor]:

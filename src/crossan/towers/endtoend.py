@@ -46,7 +46,7 @@ from torch import nn
 
 from crossan.encoders.base import ModalityEncoder, pool
 from crossan.towers.base import ItemTower, TowerContext
-from crossan.towers.content import Moments
+from crossan.towers.content import Moments, check_kept
 from crossan.towers.frozen import ModalityFusionHead
 
 if TYPE_CHECKING:
@@ -481,6 +481,7 @@ class EndToEndTower(ItemTower):
                     h, present = self._encode_records(m, records, self.memo[m].catalogue, None, device)
                 moments.add(h[present])
             mean, inv_std = moments.standardizer(min_rel_std)
+            check_kept(inv_std, m, min_rel_std, "pooled last-layer states the head reads")
             self.register_buffer(f"input_mean_{m}", mean.float().to(device))
             self.register_buffer(f"input_inv_std_{m}", inv_std.float().to(device))
         self.standardized = True

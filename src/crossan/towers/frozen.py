@@ -50,8 +50,11 @@ class FrozenTower(ContentTower):
         super().__init__(features, modalities, num_items, dim)
         self.head = ModalityFusionHead(self.dims, dim)
 
+    input_taps = slice(-1, None)  # the last tap only
+    input_taps_text = "last-layer states"
+
     def encode(self, feats: Features) -> torch.Tensor:
-        states, present = self.side_inputs(feats, taps=slice(-1, None))  # the last tap only
+        states, present = self.side_inputs(feats, taps=self.input_taps)
         return self.head([s[:, 0] for s in states], present)
 
     def param_groups(self, train: TrainConfig) -> list[dict[str, Any]]:
