@@ -399,9 +399,11 @@ def test_kept_pixels_are_bytes_read_back_bit_for_bit(media: FakeData, family: st
     """Pixel inputs are kept as one byte per value (``Palette``): what a training step reads back is the
     processor's float32 output bit for bit, in a quarter of the memory (float32 was kept before)."""
     modality = "video" if "video" in family else "image"
-    if family.startswith("efficientnet"):  # the offline preset's image/video encoder, random weights
+    if family.startswith("efficientnet"):  # the offline preset's image/video encoder, random weights; their
+        # last layer is nearly the same for every item, which the 5% standardisation rule refuses
         cfg = load_config([], ["method=fft", f"modalities=[{modality}]", "encoders.preset=offline-random",
-                               f"encoders.{modality}.model=config:efficientnet", "device=cpu"])
+                               f"encoders.{modality}.model=config:efficientnet", "device=cpu",
+                               "cache.standardize_min_rel_std=0"])
     else:
         cfg = make_cfg("lora", [family])
     tower = build_tower(TowerContext(cfg, media.num_items, media.item_ids, media.catalogue))

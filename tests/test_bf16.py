@@ -64,7 +64,9 @@ def test_compute_dtype():
     assert compute_dtype("fp32", "cpu") is None
     assert compute_dtype("bf16", "cpu") is torch.bfloat16
     assert compute_dtype("auto", "cpu") is (torch.bfloat16 if cpu_has_bf16() else None)
-    assert compute_dtype("bf16", "meta") is None  # no autocast for other device kinds
+    assert compute_dtype("auto", "meta") is None  # no autocast for other device kinds
+    with pytest.raises(ValueError, match="precision: bf16 runs on cpu and cuda devices, not meta"):
+        compute_dtype("bf16", "meta")  # it ran fp32 in silence
     with pytest.raises(ValueError, match="precision"):
         compute_dtype("fp16", "cpu")
 
