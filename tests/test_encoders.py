@@ -218,8 +218,8 @@ def test_checkpoint_folders_that_cannot_work_are_refused_naming_the_key(tmp_path
     bare = tmp_path / "bert_bare"
     built.model.save_pretrained(bare)  # config.json + weights, no tokenizer files
     with pytest.raises(EncoderSpecError, match=r"encoders.text.model='.*bert_bare': its tokenizer knows \d+ "
-                                               r"tokens against the model's vocab_size \d+; the checkpoint has no "
-                                               "tokenizer files"):
+                                               r"tokens against the model's vocab_size \d+; the checkpoint's "
+                                               "tokenizer files .* are missing or are not the model's"):
         build_encoder("text", dataclasses.replace(TINY["text"], model=str(bare)))
     built.tokenizer.save_pretrained(bare)  # with them it loads
     assert not build_encoder("text", dataclasses.replace(TINY["text"], model=str(bare))).random_init
@@ -237,6 +237,11 @@ def test_checkpoint_folders_that_cannot_work_are_refused_naming_the_key(tmp_path
     assert str(err.value).endswith("is a 'clip_vision_model' model; image takes transformers checkpoints of "
                                    "model type ['deit', 'vit'] (or, by name, ['efficientnet-lite0']); "
                                    "docs/method.md §3")
+    with pytest.raises(EncoderSpecError, match=r"video takes .*\['videomae'\] \(or, by name, \['efficientnet-lite0'\]\)"):
+        describe_backbone("video", EncoderSpec(model=str(clip)))
+    (clip / "config.json").write_text('{"model_type": "no_such_type"}')  # a folder: not "not a local folder"
+    with pytest.raises(EncoderSpecError, match=r"clip': the folder's config.json cannot be read"):
+        describe_backbone("image", EncoderSpec(model=str(clip)))
 
 
 def test_audio_longer_than_the_models_window_is_refused() -> None:

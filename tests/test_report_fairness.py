@@ -38,7 +38,7 @@ def _run_folder(root: Path, name: str, seed: int, test_ranks: np.ndarray, *, mas
                 ks: tuple[int, ...] = (5, 10, 20), alone: bool | None = True, device: str = "cpu",
                 memory_kind: str = "cpu_peak_rss_above_idle", time_per_epoch: float = 1.0,
                 peak_rss: int | None = None, tower: dict[str, Any] | None = None,
-                peak_memory: int = 2**20, steps_cap: int = 0) -> dict[str, Any]:
+                peak_memory: int = 2**20, steps: tuple[int, int] | None = None) -> dict[str, Any]:
     """Write ``root/runs/NAME/seed-S`` as a finished run (``mask`` None: results.json without the key, as an
     older crossan wrote it) and return its suite record (``alone``: whether the suite recorded it as trained
     with nothing else running, None: not known)."""
@@ -48,8 +48,10 @@ def _run_folder(root: Path, name: str, seed: int, test_ranks: np.ndarray, *, mas
     users = np.asarray([f"u{i}" for i in range(len(test_ranks))])
     cfg = load_config([], [f"train.epochs={epochs}", f"eval.mask_history={str(mask is not False).lower()}",
                            f"eval.ks=[{','.join(map(str, ks))}]", f"seed={seed}",
-                           f"train.metric=NDCG@{10 if 10 in ks else max(ks)}",
-                           f"train.max_steps_per_epoch={steps_cap}"])
+                           f"train.metric=NDCG@{10 if 10 in ks else max(ks)}"])
+    if steps is not None:  # (steps run, steps of a full epoch) in history.jsonl, as the trainer writes them
+        (run_dir / "history.jsonl").write_text(json.dumps({"epoch": 1, "loss": 1.0, "train_time_s": 1.0,
+                                                           "steps": steps[0], "full_epoch_steps": steps[1]}) + "\n")
     (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
     results: dict[str, Any] = {
         "method": "id", "modalities": ["text"], "dataset": "d", "best_epoch": best_epoch,
@@ -431,12 +433,15 @@ def test_an_end_to_end_run_that_decoded_media_in_its_steps_is_flagged(tmp_path: 
 
 def test_a_cost_figure_timed_from_one_step_is_flagged(tmp_path: Path) -> None:
     """``train.max_steps_per_epoch=1`` leaves no step after the first to extrapolate from, so the epoch time
-    carries that step's warm-up (the tiny suite's end-to-end rows); the row says so, a 2-step cap does not."""
+    carries that step's warm-up (the tiny suite's end-to-end rows); the row says so, a 2-step cap does not,
+    nor an epoch that is one step long (nothing extrapolated)."""
     rng = np.random.default_rng(11)
     ranks = {0: rng.geometric(0.08, size=200).astype(float)}
-    one = _row(tmp_path, "ONE", ranks, cost_only=True, steps_cap={0: 1})
-    two = _row(tmp_path, "TWO", ranks, cost_only=True, steps_cap={0: 2})
-    assert one["flags"] == ["timed from one step (seed 0: train.max_steps_per_epoch=1)"] and two["flags"] == []
+    one = _row(tmp_path, "ONE", ranks, cost_only=True, steps={0: (1, 40)})
+    two = _row(tmp_path, "TWO", ranks, cost_only=True, steps={0: (2, 40)})
+    whole = _row(tmp_path, "WHOLE", ranks, steps={0: (1, 1)})
+    assert one["flags"] == ["timed from one step (seed 0: train.max_steps_per_epoch=1)"]
+    assert two["flags"] == [] and whole["flags"] == []
     write_outputs([one, two], {**META, "reference": None}, tmp_path)
     assert "**timed from one step**: with `train.max_steps_per_epoch=1`" in (tmp_path / "report.md").read_text()
 

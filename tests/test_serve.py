@@ -593,16 +593,46 @@ def test_an_end_to_end_run_scored_on_changed_media_says_so(tmp_path: Path) -> No
         evaluate_run(tmp_path / "run")
 
 
-def test_methods_record_the_inputs_they_read() -> None:
-    """Which inputs each built-in method's run fingerprints beyond its item ids: the cache's states for the
-    methods that read it, titles/media for those that read content themselves, nothing for ``id``."""
-    from crossan.methods import get_method
+@pytest.fixture(scope="module")
+def tiny_synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from crossan.data.synth import generate
 
-    table = {"id": (False, False), "frozen": (True, False), "iisan": (True, False), "crossan": (True, False),
-             "fft": (False, True), "adapter": (False, True), "lora": (False, True)}
-    for name, (cache, content) in table.items():
-        m = get_method(name)
-        assert (m.reads_cache, m.has_content and not m.reads_cache) == (cache, content), name
+    return generate(tmp_path_factory.mktemp("tiny") / "synth", size="tiny", progress=False)
+
+
+@pytest.mark.parametrize(("method", "cached", "recorded"), [
+    ("id", True, False), ("frozen", True, False), ("crossan", True, False),  # nothing, or the cache's states
+    ("frozen", False, True), ("iisan", False, True),  # live encoders read the media themselves
+    ("fft", True, True), ("adapter", True, True), ("lora", True, True),
+])
+def test_runs_fingerprint_the_content_they_read_themselves(tiny_synth: Path, tmp_path: Path, method: str,
+                                                          cached: bool, recorded: bool) -> None:
+    """``content_digests``: per modality for the methods that read titles and media themselves (end-to-end,
+    ``cached=false``); none for ``id`` and for the cache's readers (``cache_states`` covers them). A title
+    edit changes the text digest only; a cover touched with the same bytes changes nothing."""
+    import os
+    import shutil
+
+    from crossan.data import prepare
+    from crossan.runs import content_digests
+
+    synth = Path(shutil.copytree(tiny_synth, tmp_path / "synth"))  # edited below
+    cfg = load_config([], [f"data.path={synth}", f"method={method}", "modalities=[text,image]",
+                           f"cached={str(cached).lower()}", "encoders.preset=tiny"])
+    data = prepare(cfg.data)
+    before = content_digests(cfg, data)
+    assert set(before) == ({"text", "image"} if recorded else set())
+    if not recorded:
+        return
+    cover = synth / next(r for r in data.catalogue if r.image).image
+    os.utime(cover, ns=(1, 1))
+    assert content_digests(cfg, prepare(cfg.data)) == before
+    items = synth / "items.tsv"
+    text = items.read_text()
+    first = text.splitlines()[1].split("\t")
+    items.write_text(text.replace(first[1], first[1] + " (edited)", 1))
+    after = content_digests(cfg, prepare(cfg.data))
+    assert after["image"] == before["image"] and after["text"] != before["text"]
 
 
 def test_a_run_scored_on_a_changed_cache_says_so(tmp_path: Path) -> None:

@@ -546,7 +546,8 @@ def test_a_modality_whose_read_states_are_all_zeroed_is_refused():
     text = feats._states["text"]  # the tensor the source reads
     text[1:, -1] = 3.0 + 1e-3 * torch.randn(N, DS, generator=torch.Generator().manual_seed(1))  # flat last tap
     with pytest.raises(ConfigError, match=r"text: standardisation keeps no dimension of the last-layer states: "
-                                          r"they vary by less than 0.05 of their RMS .*standardize_min_rel_std=0"):
+                                          r"in every dimension they vary over the items by less than 0.05 of "
+                                          r"their RMS .*standardize_min_rel_std=0"):
         make_tower("frozen", 2, feats).standardize_inputs()
     tower = make_tower("crossan", 2, feats).standardize_inputs()
     assert not tower.input_inv_std_text[-1].any() and tower.input_inv_std_text[:-1].all()

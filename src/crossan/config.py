@@ -738,7 +738,7 @@ def check_seed(seed: int, key: str = "seed") -> None:
 def check_device(device: str, key: str = "device") -> None:
     """:class:`ConfigError` naming ``key`` unless ``device`` is ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or
     ``mps`` (the ``device`` config key; ``--device`` of the commands that load a run)."""
-    if device != "auto" and not re.fullmatch(r"cpu|mps|cuda(:\d+)?", device):
+    if device != "auto" and not re.fullmatch(r"(cpu|cuda|mps)(:\d+)?", device):
         raise ConfigError(f"{key}: {device!r} is not 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
 
 

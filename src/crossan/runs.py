@@ -457,13 +457,15 @@ def cache_states_changes(results: dict[str, Any] | None, cfg: Config, data: Sequ
     return [m for m in then if now.get(m) != then[m]]
 
 
-def content_digests(cfg: Config, data: SequentialData) -> dict[str, str]:
+def content_digests(cfg: Config, data: SequentialData,
+                    memo: dict[tuple[int, str], str] | None = None) -> dict[str, str]:
     """Per modality, a SHA-256 of the item content a run of ``cfg`` reads itself: each item's title (text),
     or its media file's path, size and SHA-256 (files above ``HASH_MAX_BYTES``: size and modification
     time). Empty for methods that read no content (``id``) and for those that read it through the
     layer-state cache (:func:`cache_states_digests` covers them). A run records it (results.json
     ``content_sources``) so that a changed title or cover under the same item id is not reused or re-scored
-    in silence: the item ids (``item_fingerprint``) do not see it."""
+    in silence: the item ids (``item_fingerprint``) do not see it. ``memo``: digests already computed for
+    this ``data`` object, by (id(data), modality) (a suite checks many runs of one dataset)."""
     from crossan.methods import get_method
 
     method = get_method(cfg.method)
@@ -477,25 +479,31 @@ def content_digests(cfg: Config, data: SequentialData) -> dict[str, str]:
     records = item_records(data)
     out = {}
     for m in cfg.modalities:
+        if memo is not None and (id(data), m) in memo:
+            out[m] = memo[id(data), m]
+            continue
         sources = current_sources(m, records, data.catalogue)
         hashed = (sources["size"] >= 0) & (sources["size"] <= HASH_MAX_BYTES)
         sources["mtime_ns"][hashed] = 0  # a file touched with the same bytes is the same input
         out[m] = hashlib.sha256(sources.tobytes()).hexdigest()
+        if memo is not None:
+            memo[id(data), m] = out[m]
     return out
 
 
-def content_changes(results: dict[str, Any] | None, cfg: Config, data: SequentialData) -> list[str]:
+def content_changes(results: dict[str, Any] | None, cfg: Config, data: SequentialData,
+                    memo: dict[tuple[int, str], str] | None = None) -> list[str]:
     """The modalities whose item content differs from what a run's ``results`` record
     (``content_sources``); empty for runs that record none (cached methods, older crossan versions)."""
     then = (results or {}).get("content_sources") or {}
     if not isinstance(then, dict) or not then:
         return []
-    now = content_digests(cfg, data)
+    now = content_digests(cfg, data, memo)
     return [m for m in then if now.get(m) != then[m]]
 
 
-def input_changes(results: dict[str, Any] | None, cfg: Config, data: SequentialData
-                  ) -> list[tuple[type[RunWarning], str]]:
+def input_changes(results: dict[str, Any] | None, cfg: Config, data: SequentialData,
+                  memo: dict[tuple[int, str], str] | None = None) -> list[tuple[type[RunWarning], str]]:
     """How the inputs a finished run read differ from those it would read now, beyond its item ids: a
     rebuilt or updated layer-state cache (:func:`cache_states_changes`) or changed titles/media read
     directly (:func:`content_changes`); each as (warning class, phrase). Empty: the same inputs."""
@@ -504,7 +512,7 @@ def input_changes(results: dict[str, Any] | None, cfg: Config, data: SequentialD
     if cache:
         out.append((CacheChangedWarning, f"the layer-state cache of {', '.join(cache)} changed since it trained "
                                          "(rebuilt or updated: items' titles or media changed)"))
-    content = content_changes(results, cfg, data)
+    content = content_changes(results, cfg, data, memo)
     if content:
         out.append((ContentChangedWarning, f"the item content of {', '.join(content)} changed since it trained "
                                            "(titles or media files)"))

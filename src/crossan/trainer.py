@@ -273,6 +273,7 @@ def _start(cfg: Config, run_dir: Path, resume: bool, data: SequentialData | None
     """
     data = data if data is not None else prepare(cfg.data)
     device = dist.init_from_env(resolve_device(cfg.device))
+    run_dtype = dtype_name(compute_dtype(cfg.precision, device))  # refuses bf16 where it cannot run
     if cfg.train.batch_size < dist.world_size():
         raise ConfigError(f"train.batch_size: {cfg.train.batch_size} is smaller than the {dist.world_size()} "
                           "processes it is shared among, so no step could run")
@@ -284,6 +285,7 @@ def _start(cfg: Config, run_dir: Path, resume: bool, data: SequentialData | None
     memory = PeakRSSMonitor().start()  # CPU memory: peak over the run minus this idle baseline
     model = build_model(cfg, data, device)
     opt = make_optimizer(model, cfg, device)
+    inputs_read = {"cache_states": cache_states_digests(cfg, data), "content_sources": content_digests(cfg, data)}
     dist.barrier()  # every rank has checked and built before rank 0 writes anything
     if dist.is_main() and not resume:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -292,9 +294,7 @@ def _start(cfg: Config, run_dir: Path, resume: bool, data: SequentialData | None
     _setup_logging(run_dir)
     run = _Run(cfg, run_dir, data, device, model, opt, memory, progress and dist.is_main(),
                params=count_params(model), modules=module_report(model), fingerprints=data_fingerprints(data),
-               compute_dtype=dtype_name(compute_dtype(cfg.precision, device)),
-               precision_changed_from=changed_from, cache_states=cache_states_digests(cfg, data),
-               content_sources=content_digests(cfg, data))
+               compute_dtype=run_dtype, precision_changed_from=changed_from, **inputs_read)
     _log_start(run)
     return run
 

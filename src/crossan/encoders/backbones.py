@@ -253,8 +253,10 @@ def _packaged_backbone(modality: str, name: str, spec: EncoderSpec) -> BackboneI
     return None
 
 
-PACKAGED_MODALITY: dict[str, str] = {EFFICIENTNET_NAME: "image", WHISPER_CT2_NAME: "audio"}
-"""Packaged backbones loaded by name (EfficientNet-Lite0 also reads video frames)."""
+PACKAGED_MODALITIES: dict[str, tuple[str, ...]] = {EFFICIENTNET_NAME: ("image", "video"),
+                                                   WHISPER_CT2_NAME: ("audio",)}
+"""Packaged backbones loaded by name, and the modalities they read (EfficientNet-Lite0: images, and videos
+frame by frame)."""
 
 
 def model_types(modality: str) -> list[str]:
@@ -283,6 +285,8 @@ def _checkpoint_config(modality: str, name: str) -> Any:
         return AutoConfig.from_pretrained(str(path) if path.is_dir() else name)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if path.is_dir():
+            raise EncoderSpecError(f"{key}={name!r}: the folder's config.json cannot be read ({first})") from None
         raise EncoderSpecError(f"{key}={name!r}: not a local folder, and it could not be loaded by name ({first}); "
                                "without access to the model hub, copy the checkpoint to a folder and pass the "
                                "folder") from None
@@ -328,7 +332,7 @@ def describe_backbone(modality: str, spec: EncoderSpec) -> BackboneInfo:
             raise EncoderSpecError(
                 f"encoders.{modality}.model={name!r} is a {hf_config.model_type!r} model; {modality} takes "
                 f"transformers checkpoints of model type {takes} (or, by name, "
-                f"{[n for n, m in PACKAGED_MODALITY.items() if m == modality] or 'none packaged'}); docs/method.md §3"
+                f"{[n for n, ms in PACKAGED_MODALITIES.items() if modality in ms] or 'none packaged'}); docs/method.md §3"
             )
         extras = {}
         random_init = False
@@ -444,9 +448,9 @@ def load_tokenizer(info: BackboneInfo) -> Any:
             # tokenizer files are missing: special tokens only
             raise EncoderSpecError(
                 f"encoders.text.model={info.name!r}: its tokenizer knows {len(tokenizer)} tokens against the "
-                f"model's vocab_size {vocab}; the checkpoint has no tokenizer files (vocab.txt, tokenizer.json, "
-                "…), so every title would read as unknown tokens. Save the tokenizer beside the model "
-                "(tokenizer.save_pretrained(folder))")
+                f"model's vocab_size {vocab}; the checkpoint's tokenizer files (vocab.txt, tokenizer.json, …) are "
+                "missing or are not the model's, so most of every title would read as unknown tokens. Save the "
+                "model's tokenizer beside it (tokenizer.save_pretrained(folder))")
         return tokenizer
     if "tokenizer" in info.extras:
         return AutoTokenizer.from_pretrained(str(info.extras["tokenizer"]))

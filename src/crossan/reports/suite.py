@@ -299,6 +299,7 @@ class DataFingerprints:
     def __init__(self) -> None:
         self._known: dict[str, dict[str, str]] = {}
         self._data: dict[str, Any] = {}
+        self._content: dict[tuple[int, str], str] = {}  # content digests: each dataset's media hashed once
 
     def _prepared(self, overrides: list[str]) -> tuple[Any, Any, str]:
         from crossan.data import prepare
@@ -324,7 +325,7 @@ class DataFingerprints:
         from crossan.runs import input_changes
 
         cfg, data, _ = self._prepared(overrides)
-        return [phrase for _, phrase in input_changes(results, cfg, data)]
+        return [phrase for _, phrase in input_changes(results, cfg, data, self._content)]
 
 
 def data_changes(results: dict[str, Any], now: dict[str, str]) -> list[str]:

@@ -40,6 +40,23 @@ ALPHA = 0.05
 
 
 # --------------------------------------------------------------------------------------------- one row per run
+def _timed_from_one_step(run_dir: str) -> bool:
+    """Whether an epoch of the run's ``history.jsonl`` ran one step of a longer epoch: its time is that first
+    step's (warm-up included) times the epoch's step count (``train.max_steps_per_epoch=1``)."""
+    try:
+        lines = (Path(run_dir) / "history.jsonl").read_text().splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        try:
+            rec = json.loads(line)
+            if rec.get("steps") == 1 and int(rec.get("full_epoch_steps", 1)) > 1:
+                return True
+        except (ValueError, TypeError, AttributeError):
+            continue
+    return False
+
+
 def _train_setting(run_dir: str, key: str) -> int | None:
     """``train.<key>`` (an integer) of the run's saved ``config.yaml`` (None when it cannot be read)."""
     try:
@@ -112,7 +129,7 @@ def _flags(row: dict[str, Any]) -> list[str]:
         epochs = "/".join(dict.fromkeys(str(p["epochs_allowed"]) for p in capped))
         flags.append(f"capped: best at the last allowed epoch ({_seeds_text([p['seed'] for p in capped])}, "
                      f"train.epochs={epochs})")
-    one_step = [p for p in seeds if p.get("steps_cap") == 1]
+    one_step = [p for p in seeds if p.get("one_step")]
     if one_step:
         flags.append(f"timed from one step ({_seeds_text([p['seed'] for p in one_step])}: "
                      "train.max_steps_per_epoch=1)")
@@ -174,7 +191,7 @@ def collect_run(run: Any, recs: list[dict[str, Any]]) -> dict[str, Any]:
         per_seed.append({"seed": r["seed"], "dir": r["dir"], "results": _run_results(r["dir"])})
     row["per_seed"] = [{"seed": p["seed"], "dir": p["dir"], "best_epoch": p["results"]["best_epoch"],
                         "epochs_allowed": _train_setting(p["dir"], "epochs"),
-                        "steps_cap": _train_setting(p["dir"], "max_steps_per_epoch"),
+                        "one_step": _timed_from_one_step(p["dir"]),
                         "test": p["results"]["test"], "valid": p["results"]["valid"],
                         "time_per_epoch_s": p["results"]["train_time_per_epoch_s"],
                         "peak_memory_bytes": p["results"]["peak_memory_bytes"],

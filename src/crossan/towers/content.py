@@ -84,8 +84,9 @@ def check_kept(inv_std: torch.Tensor, modality: str, min_rel_std: float, what: s
     zeros, every item alike, and the run would train and rank on nothing from it without a word."""
     if bool((inv_std > 0).any()):
         return
-    why = (f"they vary by less than {min_rel_std:g} of their RMS over the items in every dimension "
-           "(cache.standardize_min_rel_std), so each would be set to 0" if min_rel_std > 0 else
+    why = (f"in every dimension they vary over the items by less than {min_rel_std:g} of their RMS "
+           "(cache.standardize_min_rel_std) or by less than float16 rounding, so each would be set to 0"
+           if min_rel_std > 0 else
            "they are the same for every item")
     raise ConfigError(
         f"{modality}: standardisation keeps no dimension of the {what}: {why}, and {modality} would carry "

@@ -29,12 +29,14 @@ class SANBConfig:
     """r, the SANB bottleneck width."""
     dropout: float = 0.1
     """Branch dropout of each SANB: element-wise on the bottleneck branch's output before the residual add
-    (docs/method.md §4; IISAN's official adapter defines 0.1 but never applies it, ``iisan_official`` sets 0)."""
+    (docs/method.md §4; IISAN's official adapter defines 0.1 but never applies it, so
+    ``configs/iisan_official.yaml`` sets 0)."""
     init_std: float = 0.01
     """SANB weights are drawn from N(0, init_std²), biases start at 0: each block starts near the identity."""
     gate_temperature: float = 0.1
-    """τ of the learned gates, ``sigmoid(logit / τ)`` (IISAN's gated fusion of side and tapped states, and
-    CROSSAN's exchange gates): a smaller τ makes a logit's change move the gate faster."""
+    """τ of the learned gates, ``sigmoid(logit / τ)`` (the gated fusion of side and tapped states in IISAN's
+    and CROSSAN's chains, and CROSSAN's exchange gates): a smaller τ makes a logit's change move the gate
+    faster."""
 
 
 @dataclass
