@@ -239,6 +239,17 @@ def test_checkpoint_folders_that_cannot_work_are_refused_naming_the_key(tmp_path
                                    "docs/method.md §3")
     with pytest.raises(EncoderSpecError, match=r"video takes .*\['videomae'\] \(or, by name, \['efficientnet-lite0'\]\)"):
         describe_backbone("video", EncoderSpec(model=str(clip)))
+    vit = build_encoder("image", TINY["image"])  # a folder whose processor makes 64 px for a 32 px model
+    (tmp_path / "vit").mkdir()
+    vit.model.save_pretrained(tmp_path / "vit")
+    vit.processor.size = {"height": 64, "width": 64}
+    vit.processor.save_pretrained(tmp_path / "vit")
+    with pytest.raises(EncoderSpecError, match=r"its image processor makes 64×64 images but the model takes 32 "
+                                               r"px .* set encoders.image.image_size=32"):
+        build_encoder("image", dataclasses.replace(TINY["image"], model=str(tmp_path / "vit")))  # transformers'
+        # own "Input image size (64*64) doesn't match model (32*32)" at the first batch, without the key
+    assert build_encoder("image", dataclasses.replace(TINY["image"], model=str(tmp_path / "vit"),
+                                                      image_size=32)).image_size == 32
     (clip / "config.json").write_text('{"model_type": "no_such_type"}')  # a folder: not "not a local folder"
     with pytest.raises(EncoderSpecError, match=r"clip': the folder's config.json cannot be read"):
         describe_backbone("image", EncoderSpec(model=str(clip)))

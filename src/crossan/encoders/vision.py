@@ -10,7 +10,7 @@ from torch import nn
 
 from crossan.config import EncoderSpec
 from crossan.data.media import load_image, load_video
-from crossan.encoders.backbones import BackboneInfo
+from crossan.encoders.backbones import BackboneInfo, EncoderSpecError
 from crossan.encoders.base import ModalityEncoder
 
 if TYPE_CHECKING:
@@ -32,6 +32,19 @@ def _load_image_processor(info: BackboneInfo) -> Any:
 
 def _square(size: int) -> dict[str, int]:
     return {"height": size, "width": size}
+
+
+def _output_size(processor: Any) -> tuple[int, int] | None:
+    """(height, width) of the pixels an image processor makes: its crop when it crops, else its resize
+    target (None when it does not say: e.g. a shortest-edge resize without a crop)."""
+    size = getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False) else \
+        getattr(processor, "size", None)
+    if size is None:
+        return None
+    size = dict(size) if hasattr(size, "items") else {"height": getattr(size, "height", None),
+                                                      "width": getattr(size, "width", None)}
+    height, width = size.get("height"), size.get("width")
+    return (int(height), int(width)) if height and width else None
 
 
 def _processor_settings(processor: Any) -> dict[str, Any]:
@@ -87,6 +100,13 @@ class ImageEncoder(ModalityEncoder):
             self.processor = _processor_class("ViTImageProcessor")(size=_square(model_size))
         else:
             self.processor = _load_image_processor(info)
+            made = _output_size(self.processor)
+            if not spec.image_size and made is not None and made != (model_size, model_size):
+                raise EncoderSpecError(
+                    f"encoders.image.model={info.name!r}: its image processor makes {made[0]}×{made[1]} images "
+                    f"but the model takes {model_size} px (image_size in its config.json); set "
+                    f"encoders.image.image_size={model_size} to feed it that size, or fix the folder's "
+                    "preprocessor_config.json")
             if spec.image_size:
                 self.processor.size = _square(spec.image_size)
                 if getattr(self.processor, "crop_size", None):
