@@ -250,6 +250,16 @@ def test_checkpoint_folders_that_cannot_work_are_refused_naming_the_key(tmp_path
         # own "Input image size (64*64) doesn't match model (32*32)" at the first batch, without the key
     assert build_encoder("image", dataclasses.replace(TINY["image"], model=str(tmp_path / "vit"),
                                                       image_size=32)).image_size == 32
+    video = build_encoder("video", TINY["video"])  # the same for a video folder's frames
+    (tmp_path / "videomae").mkdir()
+    video.model.save_pretrained(tmp_path / "videomae")
+    video.processor.save_pretrained(tmp_path / "videomae")
+    build_encoder("video", dataclasses.replace(TINY["video"], model=str(tmp_path / "videomae")))  # as saved: loads
+    video.processor.crop_size = {"height": 64, "width": 64}
+    video.processor.save_pretrained(tmp_path / "videomae")
+    with pytest.raises(EncoderSpecError, match=r"encoders.video.model=.*its image processor makes 64×64 frames "
+                                               r"but the model takes 32 px"):
+        build_encoder("video", dataclasses.replace(TINY["video"], model=str(tmp_path / "videomae")))
     (clip / "config.json").write_text('{"model_type": "no_such_type"}')  # a folder: not "not a local folder"
     with pytest.raises(EncoderSpecError, match=r"clip': the folder's config.json cannot be read"):
         describe_backbone("image", EncoderSpec(model=str(clip)))

@@ -167,6 +167,12 @@ class VideoEncoder(ModalityEncoder):
             )
         else:
             self.processor = _load_image_processor(info)
+            made = _output_size(self.processor)
+            if made is not None and made != (model_size, model_size):
+                raise EncoderSpecError(
+                    f"encoders.video.model={info.name!r}: its image processor makes {made[0]}×{made[1]} frames "
+                    f"but the model takes {model_size} px (image_size in its config.json); fix the folder's "
+                    "preprocessor_config.json")
         self.image_size = model_size
 
     def read(self, record: ItemRecord, catalogue: Catalogue) -> Any:
