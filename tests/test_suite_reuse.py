@@ -252,46 +252,36 @@ def test_a_plugin_run_is_not_reused_once_its_code_changed(tmp_path: Path, monkey
     assert "pass --fresh" in row["error"]
 
 
-def test_a_cached_run_is_not_reused_once_its_items_content_changed(tmp_path: Path) -> None:
-    """Same item ids, same split, but a title changed: the suite updates the cache and reused the run trained
-    on the old states. The run records the states it read (``cache_states``); the suite now refuses it."""
+@pytest.mark.parametrize(("method", "phrase"), [
+    ("frozen", "the layer-state cache of text changed since it trained"),  # reads the cache's states
+    ("lora", "the item content of text changed since it trained"),  # reads the titles itself
+])
+def test_a_run_is_not_reused_once_its_items_content_changed(tmp_path: Path, method: str, phrase: str) -> None:
+    """Same item ids, same split, but a title changed: the suite reused the run trained on the old inputs.
+    A cached method's run records the states it read (``cache_states``), an end-to-end run the content it
+    read (``content_sources``); the suite now refuses either, naming the modality."""
     from crossan.cache import build_cache
-    from crossan.runs import cache_states_digests
+    from crossan.runs import cache_states_digests, content_digests
 
     data = random_dataset(tmp_path / "data")
     cache = tmp_path / "cache"
-    suite = _suite_file(tmp_path, data, runs="runs:\n  - {name: A, method: frozen, modalities: [text], "
+    suite = _suite_file(tmp_path, data, runs=f"runs:\n  - {{name: A, method: {method}, modalities: [text], "
                                              f"overrides: [cache.dir={cache}]}}\n")
     cfg = load_config([], run_overrides(suite, suite.runs[0], str(data), 0))
     prepared = prepare(cfg.data)
-    build_cache(cfg, prepared, ["text"], progress=False)
-    _finished_run(suite, data, tmp_path / "out", 0, method="frozen",
-                  cache_states=cache_states_digests(cfg, prepared))
+    if method == "frozen":
+        build_cache(cfg, prepared, ["text"], progress=False)
+    recorded = {"cache_states": cache_states_digests(cfg, prepared),
+                "content_sources": content_digests(cfg, prepared)}
+    kind = "cache_states" if method == "frozen" else "content_sources"
+    assert [k for k, v in recorded.items() if v] == [kind]
+    _finished_run(suite, data, tmp_path / "out", 0, method=method, **{kind: recorded[kind]})
     (row,) = run_suite(suite, tmp_path / "out", progress=False)
     assert row["status"] == "ok" and row["reused_seeds"] == "0"
     items = data / "items.tsv"
     items.write_text(items.read_text().replace("item number 3 of", "item number three of", 1))
     (row,) = run_suite(suite, tmp_path / "out", progress=False)
-    assert row["status"] == "failed" and "the layer-state cache of text changed since it trained" in row["error"]
-
-
-def test_an_end_to_end_run_is_not_reused_once_its_titles_changed(tmp_path: Path) -> None:
-    """An end-to-end baseline reads the titles itself: with the same item ids and split, a suite reused its
-    run after a title was edited (only cached methods were checked). The run records ``content_sources``;
-    the suite now refuses it, naming the modality."""
-    from crossan.runs import content_digests
-
-    data = random_dataset(tmp_path / "data")
-    suite = _suite_file(tmp_path, data, runs="runs:\n  - {name: A, method: lora, modalities: [text]}\n")
-    cfg = load_config([], run_overrides(suite, suite.runs[0], str(data), 0))
-    _finished_run(suite, data, tmp_path / "out", 0, method="lora",
-                  content_sources=content_digests(cfg, prepare(cfg.data)))
-    (row,) = run_suite(suite, tmp_path / "out", progress=False)
-    assert row["status"] == "ok" and row["reused_seeds"] == "0"
-    items = data / "items.tsv"
-    items.write_text(items.read_text().replace("item number 3 of", "item number three of", 1))
-    (row,) = run_suite(suite, tmp_path / "out", progress=False)
-    assert row["status"] == "failed" and "the item content of text changed since it trained" in row["error"]
+    assert row["status"] == "failed" and phrase in row["error"]
 
 
 def test_a_repeat_of_a_run_without_every_k_is_not_flagged(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ unfinished (training stopped or still runs): :func:`warn_if_unfinished` says so 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -48,11 +49,10 @@ if TYPE_CHECKING:
     from crossan.recommender import Recommender
 
 __all__ = ["CONFIG", "REQUIRED_FILES", "RESULT_KEYS", "NonFiniteError", "RunError", "TrainState",
-           "CacheChangedWarning", "ContentChangedWarning", "MethodCodeWarning", "RunWarning", "UnfinishedRunWarning",
-           "cache_states_changes", "cache_states_digests", "check_item_fingerprint", "content_changes",
-           "content_digests", "input_changes", "check_out_folder",
-           "check_run_dir",
-           "check_run_folder", "evaluate_run", "load_checkpoint", "load_run", "load_weights", "read_results",
+           "CacheChangedWarning", "ContentChangedWarning", "MethodCodeWarning", "RunWarning",
+           "UnfinishedRunWarning", "cache_states_changes", "cache_states_digests", "check_item_fingerprint",
+           "check_out_folder", "check_run_dir", "check_run_folder", "content_changes", "content_digests",
+           "input_changes", "evaluate_run", "load_checkpoint", "load_run", "load_weights", "read_results",
            "read_run_config", "rescore", "resolve_paths", "save_checkpoint", "save_per_user", "save_weights",
            "truncate_history", "version_compatible", "warn_if_unfinished"]
 
@@ -471,8 +471,6 @@ def content_digests(cfg: Config, data: SequentialData,
     method = get_method(cfg.method)
     if not method.has_content or (method.reads_cache and cfg.cached):
         return {}
-    import hashlib
-
     from crossan.cache.integrity import HASH_MAX_BYTES, current_sources
     from crossan.cache.layout import item_records
 

@@ -285,7 +285,8 @@ def _start(cfg: Config, run_dir: Path, resume: bool, data: SequentialData | None
     memory = PeakRSSMonitor().start()  # CPU memory: peak over the run minus this idle baseline
     model = build_model(cfg, data, device)
     opt = make_optimizer(model, cfg, device)
-    inputs_read = {"cache_states": cache_states_digests(cfg, data), "content_sources": content_digests(cfg, data)}
+    inputs_read = ({"cache_states": cache_states_digests(cfg, data), "content_sources": content_digests(cfg, data)}
+                   if dist.is_main() else {})  # recorded in results.json, which rank 0 writes
     dist.barrier()  # every rank has checked and built before rank 0 writes anything
     if dist.is_main() and not resume:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -34,17 +34,29 @@ def _square(size: int) -> dict[str, int]:
     return {"height": size, "width": size}
 
 
+def _height_width(size: Any) -> tuple[Any, Any]:
+    """(height, width) of a processor's ``size``/``crop_size`` (a dict or an object; None where unset)."""
+    if isinstance(size, dict):
+        return size.get("height"), size.get("width")
+    return getattr(size, "height", None), getattr(size, "width", None)
+
+
 def _output_size(processor: Any) -> tuple[int, int] | None:
     """(height, width) of the pixels an image processor makes: its crop when it crops, else its resize
     target (None when it does not say: e.g. a shortest-edge resize without a crop)."""
-    size = getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False) else \
-        getattr(processor, "size", None)
-    if size is None:
-        return None
-    size = dict(size) if hasattr(size, "items") else {"height": getattr(size, "height", None),
-                                                      "width": getattr(size, "width", None)}
-    height, width = size.get("height"), size.get("width")
+    cropped = getattr(processor, "do_center_crop", False)
+    height, width = _height_width(getattr(processor, "crop_size" if cropped else "size", None))
     return (int(height), int(width)) if height and width else None
+
+
+def _check_output_size(processor: Any, info: BackboneInfo, model_size: int, what: str, fix: str) -> None:
+    """:class:`EncoderSpecError` naming the checkpoint when its processor makes ``what`` of another size than
+    the model's ``image_size`` (transformers fails at the first batch instead, naming neither)."""
+    made = _output_size(processor)
+    if made is not None and made != (model_size, model_size):
+        raise EncoderSpecError(
+            f"encoders.{info.modality}.model={info.name!r}: its image processor makes {made[0]}×{made[1]} {what} "
+            f"but the model takes {model_size} px (image_size in its config.json); {fix}")
 
 
 def _processor_settings(processor: Any) -> dict[str, Any]:
@@ -63,10 +75,7 @@ def _processor_settings(processor: Any) -> dict[str, Any]:
 def _direct_resize(processor: Any) -> tuple[int, int] | None:
     """(height, width) when the processor only resizes to a fixed size, rescales and normalises (ViT-like:
     no crop, no padding), so :func:`resize_normalize` reproduces it; None for anything else."""
-    size = getattr(processor, "size", None)
-    height, width = (getattr(size, "height", None), getattr(size, "width", None)) if size is not None else (None, None)
-    if isinstance(size, dict):
-        height, width = size.get("height"), size.get("width")
+    height, width = _height_width(getattr(processor, "size", None))
     simple = (getattr(processor, "do_resize", False) and height and width
               and not getattr(processor, "do_center_crop", False) and not getattr(processor, "do_pad", False)
               and getattr(processor, "do_rescale", False) and getattr(processor, "image_mean", None) is not None
@@ -100,13 +109,10 @@ class ImageEncoder(ModalityEncoder):
             self.processor = _processor_class("ViTImageProcessor")(size=_square(model_size))
         else:
             self.processor = _load_image_processor(info)
-            made = _output_size(self.processor)
-            if not spec.image_size and made is not None and made != (model_size, model_size):
-                raise EncoderSpecError(
-                    f"encoders.image.model={info.name!r}: its image processor makes {made[0]}×{made[1]} images "
-                    f"but the model takes {model_size} px (image_size in its config.json); set "
-                    f"encoders.image.image_size={model_size} to feed it that size, or fix the folder's "
-                    "preprocessor_config.json")
+            if not spec.image_size:
+                _check_output_size(self.processor, info, model_size, "images",
+                                   f"set encoders.image.image_size={model_size} to feed it that size, or fix the "
+                                   "folder's preprocessor_config.json")
             if spec.image_size:
                 self.processor.size = _square(spec.image_size)
                 if getattr(self.processor, "crop_size", None):
@@ -167,12 +173,8 @@ class VideoEncoder(ModalityEncoder):
             )
         else:
             self.processor = _load_image_processor(info)
-            made = _output_size(self.processor)
-            if made is not None and made != (model_size, model_size):
-                raise EncoderSpecError(
-                    f"encoders.video.model={info.name!r}: its image processor makes {made[0]}×{made[1]} frames "
-                    f"but the model takes {model_size} px (image_size in its config.json); fix the folder's "
-                    "preprocessor_config.json")
+            _check_output_size(self.processor, info, model_size, "frames",
+                               "fix the folder's preprocessor_config.json")
         self.image_size = model_size
 
     def read(self, record: ItemRecord, catalogue: Catalogue) -> Any:
