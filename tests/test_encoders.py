@@ -265,6 +265,47 @@ def test_checkpoint_folders_that_cannot_work_are_refused_naming_the_key(tmp_path
         describe_backbone("image", EncoderSpec(model=str(clip)))
 
 
+def test_hub_name_without_a_reachable_hub_is_refused_at_once(tmp_path: Path, monkeypatch, caplog) -> None:
+    """A hub name on a machine without network cost transformers' five retries with back-off (about 30 s)
+    before an error; now one connection attempt tells, and the error names the key. A copy in the local
+    Hugging Face cache is still used (with a warning), and a proxy or offline mode is left to huggingface_hub."""
+    import logging
+    import socket
+
+    from huggingface_hub import constants
+
+    from crossan.encoders.backbones import hub_unreachable
+
+    with socket.socket() as s:  # a port nothing listens on: the connection is refused at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for variable in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert hub_unreachable().startswith(f"cannot reach http://127.0.0.1:{port} (")
+    with pytest.raises(EncoderSpecError, match=r"encoders.text.model='someone/some-bert': not a local folder, "
+                                               r"and the model hub is unreachable \(cannot reach http://127.0.0.1"):
+        describe_backbone("text", EncoderSpec(model="someone/some-bert"))
+
+    snapshot = tmp_path / "hub" / "models--someone--some-bert" / "snapshots" / ("0" * 40)  # huggingface_hub's
+    snapshot.mkdir(parents=True)                                                          # cache layout
+    (tmp_path / "hub" / "models--someone--some-bert" / "refs").mkdir()
+    (tmp_path / "hub" / "models--someone--some-bert" / "refs" / "main").write_text("0" * 40)
+    (snapshot / "config.json").write_text("{}")
+    from crossan.encoders.backbones import _check_hub_reachable
+    with caplog.at_level(logging.WARNING, logger="crossan"):
+        _check_hub_reachable("encoders.text.model", "someone/some-bert")  # cached: no error
+    assert "loading it from the local Hugging Face cache" in caplog.text
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")  # a proxy may reach what a socket cannot
+    assert hub_unreachable() is None
+    monkeypatch.delenv("HTTPS_PROXY")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert hub_unreachable() is None
+
+
 def test_audio_longer_than_the_models_window_is_refused() -> None:
     """The tiny AST takes 100 filterbank frames (1.015 s): ``audio_seconds=3`` was cut to that window while
     the cache manifest recorded 3 s; now refused, naming the key and the window. 1 s still loads."""

@@ -27,6 +27,7 @@ only the model *config* (cheap: no weights), which is what cache verification ne
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,8 @@ from torch import nn
 
 from crossan.config import EncoderSpec
 from crossan.errors import CrossanError
+
+log = logging.getLogger("crossan")
 
 FAMILIES: tuple[str, ...] = ("bert", "vit", "videomae", "ast", "whisper", "efficientnet")
 """Backbone families with a wrapper."""
@@ -269,6 +272,60 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", ".", "~")) or name.endswith("/") or name.count("/") > 1 or "\\" in name
 
 
+_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the model hub cannot be reached, or None when it can (or when that cannot be told directly).
+
+    One DNS lookup and TCP connection to the hub's endpoint (``HF_ENDPOINT``, default huggingface.co), at
+    most ``timeout`` seconds. Without it, a hub name on a machine without network costs transformers' five
+    retries with back-off (about 30 s) before any error. Offline mode (``HF_HUB_OFFLINE=1``) and a proxy in
+    the environment are left to huggingface_hub, which handles both itself.
+    """
+    import os
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or any(os.environ.get(v) for v in _PROXY_VARIABLES):
+        return None
+    url = urlsplit(constants.ENDPOINT)
+    host = url.hostname or ""
+    port = url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        return f"cannot reach {constants.ENDPOINT} ({e.strerror or type(e).__name__})"
+    return None
+
+
+def _hub_cached(name: str) -> bool:
+    """Whether the local Hugging Face cache holds ``name``'s config.json."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except ValueError:  # not a valid repository id
+        return False
+
+
+def _check_hub_reachable(key: str, name: str) -> None:
+    """Refuse a hub name at once when the hub is unreachable and the local cache does not hold it."""
+    reason = hub_unreachable()
+    if reason is None:
+        return
+    if _hub_cached(name):
+        log.warning(
+            "%s=%r: %s; loading it from the local Hugging Face cache (set HF_HUB_OFFLINE=1 to skip "
+            "transformers' retries)", key, name, reason)
+        return
+    raise EncoderSpecError(f"{key}={name!r}: not a local folder, and the model hub is unreachable ({reason}) "
+                           "and holds no copy in the local cache; copy the checkpoint to a folder and pass the "
+                           "folder, or set encoders.<modality>.model to a packaged model (docs/method.md §3)")
+
+
 def _checkpoint_config(modality: str, name: str) -> Any:
     """``AutoConfig`` of a checkpoint folder or hub name; :class:`EncoderSpecError` naming the key when the
     folder does not exist, holds no ``config.json``, or the name cannot be loaded (no hub access)."""
@@ -281,6 +338,8 @@ def _checkpoint_config(modality: str, name: str) -> Any:
                                "saved with save_pretrained)")
     if not path.exists() and _looks_like_path(name):
         raise EncoderSpecError(f"{key}={name!r}: no such folder")
+    if not path.is_dir():
+        _check_hub_reachable(key, name)
     try:
         return AutoConfig.from_pretrained(str(path) if path.is_dir() else name)
     except (OSError, ValueError) as e:
