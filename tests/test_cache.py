@@ -145,6 +145,32 @@ def test_killed_build_resumes_to_identical_bytes(tmp_path: Path, data: FakeData,
     assert calls == [] and {r.status for r in reports.values()} == {"up to date"}
 
 
+def test_build_killed_while_hashing_its_arrays_resumes_with_every_batch_done(
+        tmp_path: Path, data: FakeData, built: Path, monkeypatch) -> None:
+    """The finish deleted the plan and done mask before hashing the arrays, so a kill during the hashing
+    (seconds for a large cache) left a folder the next run did not know and encoded again from scratch."""
+    import crossan.cache.workarea as workarea
+
+    cfg = make_cfg(tmp_path)
+    real_checksums = workarea.checksums
+
+    def killed(folder: Path) -> dict:
+        raise Interrupted
+
+    monkeypatch.setattr(workarea, "checksums", killed)
+    with pytest.raises(Interrupted):
+        build_cache(cfg, data, ["text"], progress=False)
+    monkeypatch.setattr(workarea, "checksums", real_checksums)
+    (tmp_path / "text.partial" / ".done.npy.0123456789ab.npy").write_bytes(b"a write killed mid-way")
+    calls: list[tuple[str, int]] = []
+    build_cache(cfg, data, ["text"], progress=False, on_batch=lambda m, b: calls.append((m, b)))
+    assert calls == []  # resumed with every batch done: nothing encoded again
+    assert read_bytes(tmp_path, "text") == read_bytes(built, "text")
+    assert not (tmp_path / "text.partial").exists()
+    assert not {"done.npy", "plan.json", "corrupt.jsonl"} & {p.name for p in (tmp_path / "text").iterdir()}
+    assert not list((tmp_path / "text").glob(".*"))  # nor a temporary file of a killed write
+
+
 def test_sharded_build_joins_to_identical_bytes(tmp_path: Path, data: FakeData, built: Path) -> None:
     cfg = make_cfg(tmp_path)
     assert [shard_span(10, 3, i, 3)[:2] for i in range(3)] == [(0, 4), (4, 7), (7, 11)]

@@ -284,6 +284,7 @@ def test_hub_name_without_a_reachable_hub_is_refused_at_once(tmp_path: Path, mon
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    hub_unreachable.cache_clear()  # asked once per process
     assert hub_unreachable().startswith(f"cannot reach http://127.0.0.1:{port} (")
     with pytest.raises(EncoderSpecError, match=r"encoders.text.model='someone/some-bert': not a local folder, "
                                                r"and the model hub is unreachable \(cannot reach http://127.0.0.1"):
@@ -300,10 +301,17 @@ def test_hub_name_without_a_reachable_hub_is_refused_at_once(tmp_path: Path, mon
     assert "loading it from the local Hugging Face cache" in caplog.text
 
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")  # a proxy may reach what a socket cannot
+    hub_unreachable.cache_clear()
     assert hub_unreachable() is None
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # unless the endpoint bypasses it
+    hub_unreachable.cache_clear()
+    assert hub_unreachable() is not None
     monkeypatch.delenv("HTTPS_PROXY")
+    monkeypatch.delenv("NO_PROXY")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    hub_unreachable.cache_clear()
     assert hub_unreachable() is None
+    hub_unreachable.cache_clear()  # other tests see the machine's own answer
 
 
 def test_audio_longer_than_the_models_window_is_refused() -> None:

@@ -120,6 +120,25 @@ def test_a_finished_run_is_reused_only_on_the_data_it_was_trained_on(tmp_path: P
     assert want in row["error"]
 
 
+def test_a_resumed_childs_log_keeps_the_earlier_attempts(tmp_path: Path, capsys) -> None:
+    """A resumed (run, seed) emptied its log, so the interrupted attempt's output was lost and its CPU time
+    left out of the report's total; a fresh start still empties it."""
+    from crossan.reports.children import ATTEMPT_LINE, CPU_LINE, cpu_seconds, error_line, run_child
+
+    log = tmp_path / "seed-0.log"
+    log.write_text(f"epoch 1 | loss 7.0\ncrossan: error: the first attempt's own error\n\n{CPU_LINE}5.00\n")
+    kwargs = {"overrides": ["train.epochs=-1"], "run_dir": str(tmp_path / "run"), "progress": False}
+    assert run_child("train", {**kwargs, "resume": True}, log, show=True) == 2  # fails at once: a bad value
+    shown = capsys.readouterr().out
+    text = log.read_text()
+    assert text.startswith("epoch 1 | loss 7.0\n") and text.count(ATTEMPT_LINE) == 1
+    assert "epoch 1" not in shown and "train.epochs" in shown  # the terminal sees this attempt only
+    assert "train.epochs" in error_line(log) and "first attempt" not in error_line(log)
+    assert cpu_seconds(log) > 5.0  # both attempts' CPU time
+    assert run_child("train", {**kwargs, "resume": False}, log, show=False) == 2
+    assert "epoch 1" not in log.read_text() and ATTEMPT_LINE not in log.read_text()
+
+
 # --------------------------------------------------------------------------------------------- old defaults
 def test_a_saved_config_without_a_key_whose_default_changed_reads_as_it_ran() -> None:
     """``train.negatives`` was added as ``unique`` and now defaults to ``slots``: a config.yaml written

@@ -60,9 +60,21 @@ def test_resume_gives_the_same_final_metrics(small_data: Path, tmp_path: Path, m
     full = train(_cfg(small_data), tmp_path / "full", progress=False)
     _crash_at_epoch(3, small_data, tmp_path / "resumed", monkeypatch)
     assert not (tmp_path / "resumed" / "results.json").exists()
+    saved = torch.load(tmp_path / "resumed" / "checkpoints" / "last.pt", weights_only=True)["state"]
+    assert saved["epoch"] == 2 and saved["peak_memory_bytes"] > 0 and saved["peak_rss_bytes"] > 0
+    ckpts = tmp_path / "resumed" / "checkpoints"  # what a process killed mid-write leaves (a checkpoint each)
+    (ckpts / ".last.pt.0123456789ab.tmp").write_bytes(b"half a checkpoint")
+    (tmp_path / "resumed" / ".best.pending-epoch-2.safetensors.0123456789ab.tmp").write_bytes(b"half")
+    (ckpts / "notes.tmp").write_text("the user's own file")
     resumed = train(_cfg(small_data), tmp_path / "resumed", resume=True, progress=False)
+    assert sorted(p.name for p in ckpts.iterdir()) == ["last.pt", "notes.tmp"]
+    assert not list((tmp_path / "resumed").glob(".*.tmp"))
     assert resumed["best_epoch"] == full["best_epoch"]
     assert resumed["test"] == full["test"] and resumed["valid"] == full["valid"]
+    # the memory figures cover the epochs of the crashed process too (they covered the resumed one only)
+    assert resumed["peak_memory_bytes"] >= saved["peak_memory_bytes"]
+    assert resumed["peak_rss_bytes"] >= saved["peak_rss_bytes"]
+    assert resumed["resumed_after_epochs"] == [2] and "resumed_after_epochs" not in full
     lines = (tmp_path / "resumed" / "history.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4]
 
@@ -187,6 +199,20 @@ def test_resume_refuses_a_checkpoint_trained_on_other_data(small_data: Path, tmp
         train(_cfg(small_data), tmp_path / "run", resume=True, progress=False)
     users.write_text("\n".join(lines) + "\n")  # the data it was trained on: resumes
     assert train(_cfg(small_data), tmp_path / "run", resume=True, progress=False)["best_epoch"] >= 1
+
+
+def test_resume_refuses_a_checkpoint_of_another_run(small_data: Path, tmp_path: Path, monkeypatch) -> None:
+    """A last.pt copied in from another run folder (here another seed) matched this folder's config.yaml
+    and was continued in silence, giving a results.json labelled with this run's seed."""
+    import shutil
+
+    _crash_at_epoch(3, small_data, tmp_path / "seed4", monkeypatch, "seed=4")
+    _crash_at_epoch(2, small_data, tmp_path / "seed3", monkeypatch, "seed=3")
+    shutil.copy(tmp_path / "seed4" / "checkpoints" / "last.pt", tmp_path / "seed3" / "checkpoints" / "last.pt")
+    with pytest.raises(RunError, match=r"last.pt was written by a run of another configuration than this "
+                                       r"folder's \(seed: 4 → 3\)"):
+        train(_cfg(small_data, "seed=3"), tmp_path / "seed3", resume=True, progress=False)
+    assert train(_cfg(small_data, "seed=4"), tmp_path / "seed4", resume=True, progress=False)["best_epoch"] >= 1
 
 
 _MEMORY_SCRIPT = """

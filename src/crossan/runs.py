@@ -39,7 +39,7 @@ from safetensors.torch import load_file
 
 import crossan
 from crossan import distributed as dist
-from crossan.config import PATH_KEYS, Config, config_differences, config_from_dict, resolve_path
+from crossan.config import PATH_KEYS, Config, config_differences, config_from_dict, resolve_path, to_dict
 from crossan.errors import NonFiniteError, RunError, ServeError
 from crossan.methods import method_source_changes
 from crossan.utils import atomic_save_safetensors, atomic_torch_save, atomic_write, atomic_write_json
@@ -281,21 +281,37 @@ class TrainState:
     bad_epochs: int = 0
     epoch_times: list[float] | None = None
     best_valid: dict[str, float] | None = None
+    peak_memory_bytes: int = 0
+    """The largest training peak (results.json's ``peak_memory_bytes``) of the processes that trained the
+    finished epochs: a resumed run reports the larger of it and its own process's peak."""
+    peak_rss_bytes: int = 0
+    """Likewise for the absolute peak resident memory (``peak_rss_bytes``)."""
+    peak_memory_kind: str | None = None
+    """What :attr:`peak_memory_bytes` measured (``peak_memory_kind``): a run resumed on another kind of
+    device does not fold in the other kind's figure."""
+    resumed_after: list[int] | None = None
+    """The epochs after which a process resumed the run (``--resume``), in order."""
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, state: TrainState,
-                    data: dict[str, str] | None = None, compute_dtype: str | None = None) -> None:
+                    data: dict[str, str] | None = None, compute_dtype: str | None = None,
+                    config: Config | None = None) -> None:
     """Model, optimiser and loop state after a finished epoch, with the world size that wrote it, ``data``:
-    the fingerprints of the data it trains on (``split_fingerprint``, ``item_fingerprint``), and
+    the fingerprints of the data it trains on (``split_fingerprint``, ``item_fingerprint``),
     ``compute_dtype``: the dtype its training steps ran at (``precision`` resolved on this machine,
-    :func:`crossan.precision.dtype_name`: ``bfloat16`` or ``float32``)."""
-    extra = {} if compute_dtype is None else {"compute_dtype": compute_dtype}
+    :func:`crossan.precision.dtype_name`: ``bfloat16`` or ``float32``), and ``config``: the run's resolved
+    configuration (a checkpoint copied in from another run is then refused on resume)."""
+    extra: dict[str, Any] = {} if compute_dtype is None else {"compute_dtype": compute_dtype}
+    if config is not None:
+        extra["config"] = to_dict(config)
     atomic_torch_save({
         **extra,
         "model": model.state_dict(),
         "optimizer": opt.state_dict(),
         "state": {"epoch": state.epoch, "best_epoch": state.best_epoch, "best_metric": state.best_metric,
-                  "bad_epochs": state.bad_epochs, "epoch_times": state.epoch_times, "best_valid": state.best_valid},
+                  "bad_epochs": state.bad_epochs, "epoch_times": state.epoch_times, "best_valid": state.best_valid,
+                  "peak_memory_bytes": state.peak_memory_bytes, "peak_rss_bytes": state.peak_rss_bytes,
+                  "peak_memory_kind": state.peak_memory_kind, "resumed_after": state.resumed_after},
         "world_size": dist.world_size(),
         "data": dict(data or {}),
     }, path)
@@ -303,7 +319,8 @@ def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
 
 def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
                     data: dict[str, str] | None = None, compute_dtype: str | None = None,
-                    precision: str = "auto", changed_from: str | None = None) -> TrainState:
+                    precision: str = "auto", changed_from: str | None = None,
+                    config: Config | None = None) -> TrainState:
     """Restore model and optimiser from ``path``; the loop state to continue from.
 
     ``data``: the fingerprints of the data the run reads now; a checkpoint that records others was trained on
@@ -314,7 +331,11 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
     that records another is refused: ``precision=auto`` resolves by hardware, and a run must not switch
     between float32 and bfloat16 halfway. ``changed_from``: the config.yaml's ``precision`` when the resume
     sets another (:func:`check_run_dir`); a checkpoint that records no dtype (an older crossan) is then
-    refused, since the change cannot be checked."""
+    refused, since the change cannot be checked.
+
+    ``config``: the run's configuration now; a checkpoint that records another (one copied in from another
+    run folder: another seed, another method) is refused, naming the keys. ``precision`` may differ (see
+    above)."""
     import pickle
     import warnings
 
@@ -339,6 +360,11 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
     if changed:
         raise RunError(f"{path} was trained on other data than the dataset holds now ({'; '.join(changed)}): "
                        f"its epochs cannot be continued on this data; train into a new folder, or {fresh}")
+    if config is not None and isinstance(ck.get("config"), dict):
+        other = config_differences({**ck["config"], "precision": config.precision}, config)
+        if other:
+            raise RunError(f"{path} was written by a run of another configuration than this folder's "
+                           f"({'; '.join(other[:10])}): it is not this run's checkpoint; {fresh}")
     _check_compute_dtype(path, ck.get("compute_dtype"), compute_dtype, precision, changed_from, fresh)
     try:
         model.load_state_dict(ck["model"])

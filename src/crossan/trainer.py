@@ -70,6 +70,7 @@ from crossan.utils import (
     count_params,
     describe_device,
     malloc_mode,
+    remove_stale_temporaries,
     resolve_device,
     seed_everything,
 )
@@ -317,15 +318,24 @@ def _resume(run: _Run, resume: bool) -> TrainState:
     ckpt = run.run_dir / CHECKPOINT
     if resume and ckpt.is_file():
         state = load_checkpoint(ckpt, run.model, run.opt, run.fingerprints, run.compute_dtype,
-                                run.cfg.precision, run.precision_changed_from)
+                                run.cfg.precision, run.precision_changed_from, run.cfg)
         log.info("resumed from %s after epoch %d (best %s=%.5f at epoch %d)", ckpt, state.epoch,
                  run.cfg.train.metric, state.best_metric, state.best_epoch)
+        state.resumed_after = [*(state.resumed_after or []), state.epoch]
+        if state.peak_memory_kind not in (None, _memory_kind(run.device)):  # trained on another kind of device
+            log.warning("the epochs before this resume ran on another kind of device (%s); the memory figures "
+                        "cover the epochs from here on", state.peak_memory_kind)
+            state.peak_memory_bytes, state.peak_rss_bytes, state.peak_memory_kind = 0, 0, None
     elif resume:  # stopped before the first checkpoint (or it was removed): nothing to continue from
         log.warning("--resume: %s has no checkpoint (training stopped before its first epoch was saved); "
                     "starting from epoch 1", ckpt.parent)
     if dist.is_main():
         truncate_history(run.run_dir / HISTORY, state.epoch)
         settle_best_weights(run.run_dir, state.best_epoch)
+        if resume:  # what a process killed mid-write left (a checkpoint's worth each)
+            for folder in (run.run_dir, ckpt.parent):
+                for path in remove_stale_temporaries(folder):
+                    log.info("removed %s, a file left half-written by the interrupted process", path)
     if run.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(run.device)
     run.step_model = run.model
@@ -387,13 +397,30 @@ def _run_epoch(run: _Run, state: TrainState, inputs: torch.Tensor, targets: torc
         log.info("epoch %3d | loss %.4f | %.1fs | valid %s %s", epoch, record["loss"], epoch_time,
                  metrics_line(record["valid"], cfg), "*" if state.best_epoch == epoch else "")
     state.epoch = epoch
+    peak, rss = _peaks(run)  # carried in the checkpoint, so that a resumed run's figure covers these epochs
+    state.peak_memory_bytes, state.peak_rss_bytes = max(state.peak_memory_bytes, peak), max(state.peak_rss_bytes, rss)
+    state.peak_memory_kind = _memory_kind(run.device)
     if dist.is_main():
         with (run.run_dir / HISTORY).open("a") as f:
             f.write(json.dumps(record) + "\n")
         save_checkpoint(run.run_dir / CHECKPOINT, run.model, run.opt, state, run.fingerprints,
-                        run.compute_dtype)
+                        run.compute_dtype, run.cfg)
         settle_best_weights(run.run_dir, state.best_epoch)
     dist.barrier()
+
+
+def _memory_kind(device: torch.device) -> str:
+    """results.json's ``peak_memory_kind`` on ``device``."""
+    return "cuda_max_memory_allocated" if device.type == "cuda" else "cpu_peak_rss_above_idle"
+
+
+def _peaks(run: _Run) -> tuple[int, int]:
+    """This process's peaks so far: (the method's peak memory — ``max_memory_allocated`` on a GPU, resident
+    memory above the idle baseline on a CPU —, absolute peak resident memory)."""
+    rss = run.memory.peak
+    if run.device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(run.device)), int(rss)
+    return int(rss - run.memory.baseline), int(rss)
 
 
 def metrics_line(metrics: dict[str, float], cfg: Config) -> str:
@@ -451,8 +478,9 @@ def _test_best(run: _Run, state: TrainState) -> dict[str, Any]:
     eval_time = time.perf_counter() - t_eval
     valid_ranks = evaluate_ranks(model, data, "valid", cfg, table, where=where)
     valid = state.best_valid or mean_metrics(valid_ranks, cfg.eval.ks)
-    cpu_peak = run.memory.stop()
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else cpu_peak
+    run.memory.stop()
+    peak, rss = _peaks(run)
+    peak, rss = max(peak, state.peak_memory_bytes), max(rss, state.peak_rss_bytes)  # earlier processes' too
     trainable, total = run.params
     times = state.epoch_times or []
     results = {
@@ -468,9 +496,9 @@ def _test_best(run: _Run, state: TrainState) -> dict[str, Any]:
         "trainable_params": trainable,
         "total_params": total,
         "peak_memory_bytes": int(peak),
-        "peak_memory_kind": "cuda_max_memory_allocated" if device.type == "cuda" else "cpu_peak_rss_above_idle",
+        "peak_memory_kind": _memory_kind(device),
         "idle_rss_bytes": run.memory.baseline,
-        "peak_rss_bytes": run.memory.peak,
+        "peak_rss_bytes": int(rss),
         "device": describe_device(device),
         "compute_dtype": run.compute_dtype,
         "malloc": malloc_mode(),
@@ -484,6 +512,8 @@ def _test_best(run: _Run, state: TrainState) -> dict[str, Any]:
         "per_user_file": PER_USER,
         "crossan_version": crossan.__version__,
     }
+    if state.resumed_after:  # its time and memory figures span these processes
+        results["resumed_after_epochs"] = state.resumed_after
     if run.cache_states:  # so that scoring the run on a changed cache later says so
         results["cache_states"] = run.cache_states
     if run.content_sources:  # likewise for titles/media an end-to-end run read itself

@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import random
+import re
 import resource
 import sys
 import uuid
@@ -158,6 +159,22 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+_TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{12}\.(tmp|npy|npz)$")
+"""The name :func:`atomic_write` gives its temporary files: ``.<name>.<12 hex digits><suffix>``."""
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files that writers (:func:`atomic_write`) killed mid-write left in ``folder``;
+    returns them. Only for a folder no other process writes now (a run folder being resumed): a live
+    writer's temporary file would go too."""
+    gone = []
+    for path in folder.iterdir() if folder.is_dir() else []:
+        if _TEMPORARY.match(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+            gone.append(path)
+    return gone
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], Any], suffix: str = ".tmp") -> Path:

@@ -22,7 +22,7 @@ from crossan.cache.integrity import checksums
 from crossan.cache.layout import COMPLETE, CORRUPT, DONE, MANIFEST, PLAN, PRESENT, SOURCES, STATES
 from crossan.cache.manifest import describe_compute, flatten, jsonable, write_json
 from crossan.errors import WriteError
-from crossan.utils import atomic_write
+from crossan.utils import atomic_write, remove_stale_temporaries
 
 
 def batch_ranges(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -105,6 +105,7 @@ class WorkArea:
             except json.JSONDecodeError:
                 old = None
             if old == self.plan:
+                remove_stale_temporaries(self.path)  # what writes killed mid-way left (the build lock is ours)
                 reserve(self.path / STATES)  # a sparse file from an older crossan
                 self.states = np.load(self.path / STATES, mmap_mode="r+")
                 self.present = np.load(self.path / PRESENT, mmap_mode="r+")
@@ -286,14 +287,18 @@ def counts(present: np.ndarray, corrupt: list[dict[str, Any]]) -> dict[str, Any]
 
 
 def finish_single(area: WorkArea, final: Path, base_manifest: dict[str, Any]) -> dict[str, Any]:
-    """Turn a completed single-process work area into the final cache folder."""
+    """Turn a completed single-process work area into the final cache folder.
+
+    The arrays are hashed and the manifest written while the work area still holds its plan and done mask,
+    so a process killed during the hashing (seconds for a large cache) resumes with every batch done instead
+    of finding an unknown folder and encoding everything again; only the deletions and the rename follow."""
     corrupt = area.corrupt_entries()
     manifest = base_manifest | counts(np.asarray(area.present), corrupt)
     area.close()
-    for name in (DONE, CORRUPT, PLAN):
-        (area.path / name).unlink(missing_ok=True)
     manifest["checksums"] = checksums(area.path)
     write_json(area.path / MANIFEST, manifest)
+    for name in (DONE, CORRUPT, PLAN):
+        (area.path / name).unlink(missing_ok=True)
     install(area.path, final)
     return manifest
 

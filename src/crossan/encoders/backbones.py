@@ -26,6 +26,7 @@ only the model *config* (cheap: no weights), which is what cache verification ne
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -272,27 +273,29 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", ".", "~")) or name.endswith("/") or name.count("/") > 1 or "\\" in name
 
 
-_PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
-
-
+@functools.cache
 def hub_unreachable(timeout: float = 3.0) -> str | None:
     """Why the model hub cannot be reached, or None when it can (or when that cannot be told directly).
 
-    One DNS lookup and TCP connection to the hub's endpoint (``HF_ENDPOINT``, default huggingface.co), at
-    most ``timeout`` seconds. Without it, a hub name on a machine without network costs transformers' five
-    retries with back-off (about 30 s) before any error. Offline mode (``HF_HUB_OFFLINE=1``) and a proxy in
-    the environment are left to huggingface_hub, which handles both itself.
+    One TCP connection to the hub's endpoint (``HF_ENDPOINT``, default huggingface.co) with a ``timeout``
+    in seconds (the name lookup before it is the system's). Without it, a hub name on a machine without
+    network costs transformers' five retries with back-off (about 30 s) before any error. Offline mode
+    (``HF_HUB_OFFLINE=1``) and a proxy (environment or system settings, as ``urllib`` reads them) are left
+    to huggingface_hub, which handles both itself. Asked once per process (an encoder is described several
+    times per command).
     """
-    import os
     import socket
+    import urllib.request
     from urllib.parse import urlsplit
 
     from huggingface_hub import constants
 
-    if constants.HF_HUB_OFFLINE or any(os.environ.get(v) for v in _PROXY_VARIABLES):
-        return None
     url = urlsplit(constants.ENDPOINT)
     host = url.hostname or ""
+    proxies = urllib.request.getproxies()
+    if constants.HF_HUB_OFFLINE or (any(proxies.get(s) for s in ("http", "https", "all"))
+                                    and not urllib.request.proxy_bypass(host)):
+        return None
     port = url.port or (80 if url.scheme == "http" else 443)
     try:
         socket.create_connection((host, port), timeout=timeout).close()
@@ -317,13 +320,13 @@ def _check_hub_reachable(key: str, name: str) -> None:
     if reason is None:
         return
     if _hub_cached(name):
-        log.warning(
-            "%s=%r: %s; loading it from the local Hugging Face cache (set HF_HUB_OFFLINE=1 to skip "
-            "transformers' retries)", key, name, reason)
+        log.warning("%s=%r: %s; loading it from the local Hugging Face cache (set HF_HUB_OFFLINE=1 to skip "
+                    "transformers' retries)", key, name, reason)
         return
-    raise EncoderSpecError(f"{key}={name!r}: not a local folder, and the model hub is unreachable ({reason}) "
-                           "and holds no copy in the local cache; copy the checkpoint to a folder and pass the "
-                           "folder, or set encoders.<modality>.model to a packaged model (docs/method.md §3)")
+    raise EncoderSpecError(f"{key}={name!r}: not a local folder, and the model hub is unreachable ({reason}); "
+                           "the local Hugging Face cache has no copy of it either. Copy the checkpoint to a "
+                           "folder and pass the folder, or name a packaged model (README, 'The paper's "
+                           "encoders')")
 
 
 def _checkpoint_config(modality: str, name: str) -> Any:

@@ -18,6 +18,8 @@ from typing import Any
 from crossan.config import load_config
 
 CPU_LINE = "[suite-child] cpu seconds "
+ATTEMPT_LINE = "[suite-child] ---- another attempt, from "
+"""Separates a resumed (run, seed)'s output from the earlier attempts' in its log, which is kept."""
 TRAINING_RECORD = ".suite.json"
 """Suffix of the suite's own note on how a (run, seed) trained: ``runs/NAME/seed-S.suite.json``, beside its
 log (:func:`write_training_record`)."""
@@ -81,10 +83,17 @@ def _cache_target(overrides: list[str], modalities: list[str], progress: bool) -
 
 def start_child(target: str, kwargs: dict[str, Any], log_path: Path, threads: int | None = None
                 ) -> mp.process.BaseProcess:
-    """Start ``target`` in a spawned interpreter (``threads``: its torch thread count), output to ``log_path``."""
+    """Start ``target`` in a spawned interpreter (``threads``: its torch thread count), output to
+    ``log_path``. A run that is resumed (``kwargs["resume"]``) keeps its earlier attempts' output above an
+    :data:`ATTEMPT_LINE`; any other start empties the log. The process's ``log_offset`` is where this
+    attempt's output starts."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    log_path.write_bytes(b"")
+    with open(log_path, "ab" if kwargs.get("resume") else "wb") as log:
+        if log.tell():
+            log.write(f"\n{ATTEMPT_LINE}{time.strftime('%Y-%m-%d %H:%M:%S')} ----\n".encode())
+        offset = log.tell()
     proc = mp.get_context("spawn").Process(target=_child_main, args=(target, kwargs, str(log_path), threads))
+    proc.log_offset = offset  # type: ignore[attr-defined]
     proc.start()
     return proc
 
@@ -95,6 +104,7 @@ def run_child(target: str, kwargs: dict[str, Any], log_path: Path, show: bool) -
     proc = start_child(target, kwargs, log_path)
     try:
         with open(log_path, "rb") as log:
+            log.seek(proc.log_offset)  # type: ignore[attr-defined]  # this attempt's output only
             while True:
                 alive = proc.is_alive()
                 chunk = log.read()
@@ -114,16 +124,23 @@ def run_child(target: str, kwargs: dict[str, Any], log_path: Path, show: bool) -
 
 
 def cpu_seconds(log_path: Path) -> float | None:
-    """The CPU time (user + system) the child reported at its end, if it did."""
+    """The CPU time (user + system) the child reported at its end, summed over the attempts of a resumed
+    run that reported one (an attempt killed outright cannot), or None when none did."""
     if not log_path.is_file():
         return None
     lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln.startswith(CPU_LINE)]
-    return float(lines[-1][len(CPU_LINE):]) if lines else None
+    return sum(float(ln[len(CPU_LINE):]) for ln in lines) if lines else None
+
+
+def _last_attempt(text: str) -> str:
+    """The output of a log's last attempt (see :data:`ATTEMPT_LINE`)."""
+    at = text.rfind(ATTEMPT_LINE)
+    return text if at < 0 else text[text.find("\n", at) + 1:]
 
 
 def error_line(log_path: Path) -> str:
     """The child's error message on one line (from its last ``crossan: error:`` line on), or its last line."""
-    text = log_path.read_text(errors="replace") if log_path.is_file() else ""
+    text = _last_attempt(log_path.read_text(errors="replace")) if log_path.is_file() else ""
     lines = [ln for ln in text.strip().splitlines() if not ln.startswith(CPU_LINE) and ln.strip()]
     starts = [i for i, ln in enumerate(lines) if ln.startswith("crossan: error:")]
     if starts:
