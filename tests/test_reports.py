@@ -179,3 +179,21 @@ def test_runs_on_different_splits_are_not_paired(id_suite: tuple[Path, Path], tm
     add_paired_tests(rows2, "Wide", resamples=200)
     assert rows2[0]["p_value"] == 1.0 and rows2[0]["diff_NDCG@10"] == 0.0 and not rows2[0]["significant"]
     assert math.isclose(rows2[0]["test_NDCG@10_mean"], rows2[1]["test_NDCG@10_mean"])
+
+
+def test_router_table_has_a_column_for_every_modality_any_run_routes_over() -> None:
+    """The header came from the first run's modalities: in the ablation suite (CROSSAN-M1 first) the table
+    had one column, "text", over rows of four weights."""
+    from crossan.reports.table import router_table
+
+    rows = [{"name": "M1", "router_weight": {"text": 1.0}},
+            {"name": "ID"},
+            {"name": "M3", "router_weight": {"text": 0.5, "image": 0.3, "audio": 0.2}},
+            {"name": "no-image", "router_weight": {"text": 0.6, "audio": 0.4}}]
+    assert router_table(rows) == [
+        "## MOMEF router weight per modality (mean over items and seeds)", "",
+        "| run | text | image | audio |", "|---|---:|---:|---:|",
+        "| M1 | 1.000 |  |  |",
+        "| M3 | 0.500 | 0.300 | 0.200 |",
+        "| no-image | 0.600 |  | 0.400 |", ""]
+    assert router_table([{"name": "ID"}]) == []

@@ -597,6 +597,21 @@ def absolute_rss_sentence(rows: list[dict[str, Any]]) -> str:
             f"figure METHOD.md §10 names, ranges {span}: column `peak_rss_bytes` of results.csv)")
 
 
+def router_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The report's lines of MOMEF router weights: one column per modality any run routes over (in the order
+    they first appear), blank where a run has not that modality; none when no run has a router."""
+    routers = [r for r in rows if r.get("router_weight")]
+    if not routers:
+        return []
+    mods = list(dict.fromkeys(m for r in routers for m in r["router_weight"]))
+    lines = ["## MOMEF router weight per modality (mean over items and seeds)", "",
+             "| run | " + " | ".join(mods) + " |", "|---|" + "---:|" * len(mods)]
+    for r in routers:
+        w = r["router_weight"]
+        lines.append(f"| {r['name']} | " + " | ".join(f"{w[m]:.3f}" if m in w else "" for m in mods) + " |")
+    return [*lines, ""]
+
+
 def render_report(rows: list[dict[str, Any]], meta: dict[str, Any], table: str, figures: list[str],
                   resamples: int = BOOTSTRAP_RESAMPLES) -> str:
     ok = [r for r in rows if r["status"] == "ok"]
@@ -647,14 +662,7 @@ def render_report(rows: list[dict[str, Any]], meta: dict[str, Any], table: str, 
     lines += ["## All test metrics", "", metrics_table(rows), ""]
     for f in figures:
         lines += [f"![{Path(f).stem}]({f})", ""]
-    routers = [r for r in ok if r.get("router_weight")]
-    if routers:
-        lines += ["## MOMEF router weight per modality (mean over items and seeds)", "",
-                  "| run | " + " | ".join(routers[0]["router_weight"]) + " |",
-                  "|---|" + "---:|" * len(routers[0]["router_weight"])]
-        for r in routers:
-            lines.append(f"| {r['name']} | " + " | ".join(f"{v:.3f}" for v in r["router_weight"].values()) + " |")
-        lines.append("")
+    lines += router_table(ok)
     lines += ["## Time per run", "", "Wall time (this invocation) depends on what else runs on the machine; CPU time "
               "(user + system of the run's processes, reused runs included, and the earlier attempts of a resumed "
               "run that ended normally, so it can span more than this invocation) much less so.", "",
