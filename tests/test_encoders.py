@@ -314,6 +314,44 @@ def test_hub_name_without_a_reachable_hub_is_refused_at_once(tmp_path: Path, mon
     hub_unreachable.cache_clear()  # other tests see the machine's own answer
 
 
+def test_hub_name_in_the_local_cache_loads_without_the_hub_and_without_retries(tmp_path: Path, monkeypatch,
+                                                                                 caplog, media: Catalogue) -> None:
+    """A hub name whose checkpoint is in the local Hugging Face cache loaded on a machine without network
+    only after transformers' retries (five with back-off, for every file); now from the cache at once."""
+    import logging
+    import socket
+
+    from huggingface_hub import constants
+
+    from crossan.encoders.backbones import hub_unreachable
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for variable in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    hub_unreachable.cache_clear()
+    built = build_encoder("text", TINY["text"])
+    repo = tmp_path / "hub" / "models--someone--tiny-bert"
+    snapshot = repo / "snapshots" / ("1" * 40)  # huggingface_hub's cache layout
+    built.model.save_pretrained(snapshot)
+    built.tokenizer.save_pretrained(snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("1" * 40)
+    try:
+        with caplog.at_level(logging.DEBUG):
+            loaded = build_encoder("text", dataclasses.replace(TINY["text"], model="someone/tiny-bert"))
+        assert not loaded.random_init
+        torch.testing.assert_close(loaded.encode(list(media), media).states, built.encode(list(media), media).states)
+        assert "local Hugging Face cache" in caplog.text
+        assert "Retry" not in caplog.text and "thrown while requesting" not in caplog.text  # one attempt at most
+    finally:
+        hub_unreachable.cache_clear()
+
+
 def test_audio_longer_than_the_models_window_is_refused() -> None:
     """The tiny AST takes 100 filterbank frames (1.015 s): ``audio_seconds=3`` was cut to that window while
     the cache manifest recorded 3 s; now refused, naming the key and the window. 1 s still loads."""

@@ -18,7 +18,7 @@ from torch import nn
 
 from crossan.config import EncoderSpec
 from crossan.data.media import load_audio
-from crossan.encoders.backbones import BackboneInfo, EncoderSpecError
+from crossan.encoders.backbones import BackboneInfo, EncoderSpecError, hub_kwargs
 from crossan.encoders.base import POOL_MASK, ModalityEncoder
 
 if TYPE_CHECKING:
@@ -89,7 +89,7 @@ def _ast_extractor(info: BackboneInfo, rate: int) -> Any:
     from transformers import ASTFeatureExtractor, AutoFeatureExtractor
 
     if not info.random_init:
-        return AutoFeatureExtractor.from_pretrained(info.name)
+        return AutoFeatureExtractor.from_pretrained(info.name, **hub_kwargs(info.name))
     cfg = info.hf_config
     return ASTFeatureExtractor(num_mel_bins=cfg.num_mel_bins, max_length=cfg.max_length, sampling_rate=rate)
 
@@ -98,7 +98,7 @@ def _whisper_extractor(info: BackboneInfo, rate: int) -> Any:
     from transformers import WhisperFeatureExtractor
 
     if info.weights_format == "transformers":
-        return WhisperFeatureExtractor.from_pretrained(info.name)
+        return WhisperFeatureExtractor.from_pretrained(info.name, **hub_kwargs(info.name))
     cfg = info.hf_config  # a config-built or CTranslate2 model: the window its positional table covers
     fe = WhisperFeatureExtractor(feature_size=cfg.num_mel_bins, sampling_rate=rate, hop_length=WHISPER_HOP)
     # the encoder takes exactly 2 · max_source_positions mel frames (stride-2 convolution)

@@ -304,6 +304,15 @@ def hub_unreachable(timeout: float = 3.0) -> str | None:
     return None
 
 
+def hub_kwargs(name: str) -> dict[str, Any]:
+    """Extra arguments for transformers' ``from_pretrained(name)``: ``local_files_only=True`` for a hub name
+    when the hub is unreachable (:func:`hub_unreachable`), so that a copy in the local Hugging Face cache
+    loads without transformers' retries for every file; nothing for a folder or when the hub answers."""
+    if Path(name).expanduser().is_dir() or hub_unreachable() is None:
+        return {}
+    return {"local_files_only": True}
+
+
 def _hub_cached(name: str) -> bool:
     """Whether the local Hugging Face cache holds ``name``'s config.json."""
     from huggingface_hub import try_to_load_from_cache
@@ -320,8 +329,7 @@ def _check_hub_reachable(key: str, name: str) -> None:
     if reason is None:
         return
     if _hub_cached(name):
-        log.warning("%s=%r: %s; loading it from the local Hugging Face cache (set HF_HUB_OFFLINE=1 to skip "
-                    "transformers' retries)", key, name, reason)
+        log.warning("%s=%r: %s; loading it from the local Hugging Face cache", key, name, reason)
         return
     raise EncoderSpecError(f"{key}={name!r}: not a local folder, and the model hub is unreachable ({reason}); "
                            "the local Hugging Face cache has no copy of it either. Copy the checkpoint to a "
@@ -344,7 +352,7 @@ def _checkpoint_config(modality: str, name: str) -> Any:
     if not path.is_dir():
         _check_hub_reachable(key, name)
     try:
-        return AutoConfig.from_pretrained(str(path) if path.is_dir() else name)
+        return AutoConfig.from_pretrained(str(path) if path.is_dir() else name, **hub_kwargs(name))
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if path.is_dir():
@@ -454,7 +462,10 @@ def load_backbone(info: BackboneInfo) -> nn.Module:
             if info.family == "ast":
                 _init_ast_embeddings(model, float(info.hf_config.initializer_range))
     else:
-        model = AutoModel.from_pretrained(info.name)
+        offline = hub_kwargs(info.name)
+        if offline:  # transformers' own search for a PEFT adapter does not pass local_files_only on
+            offline["adapter_kwargs"] = {"local_files_only": True}
+        model = AutoModel.from_pretrained(info.name, **offline)
         if info.family == "whisper":
             model = model.get_encoder()
     model.eval()
@@ -503,7 +514,7 @@ def load_tokenizer(info: BackboneInfo) -> Any:
     from transformers import AutoTokenizer, BertTokenizer
 
     if not info.random_init:
-        tokenizer = AutoTokenizer.from_pretrained(info.name)
+        tokenizer = AutoTokenizer.from_pretrained(info.name, **hub_kwargs(info.name))
         vocab = int(getattr(info.hf_config, "vocab_size", 0) or 0)
         specials = len(set(tokenizer.all_special_tokens))
         if len(tokenizer) < vocab / 2 or len(tokenizer) <= specials:  # transformers builds an empty one when the

@@ -10,7 +10,7 @@ from torch import nn
 
 from crossan.config import EncoderSpec
 from crossan.data.media import load_image, load_video
-from crossan.encoders.backbones import BackboneInfo, EncoderSpecError
+from crossan.encoders.backbones import BackboneInfo, EncoderSpecError, hub_kwargs
 from crossan.encoders.base import ModalityEncoder
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ def _processor_class(name: str) -> type:
 def _load_image_processor(info: BackboneInfo) -> Any:
     from transformers import AutoImageProcessor
 
-    return AutoImageProcessor.from_pretrained(info.name)
+    return AutoImageProcessor.from_pretrained(info.name, **hub_kwargs(info.name))
 
 
 def _square(size: int) -> dict[str, int]:
