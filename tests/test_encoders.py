@@ -265,18 +265,17 @@ def test_checkpoint_folders_that_cannot_work_are_refused_naming_the_key(tmp_path
         describe_backbone("image", EncoderSpec(model=str(clip)))
 
 
-def test_hub_name_without_a_reachable_hub_is_refused_at_once(tmp_path: Path, monkeypatch, caplog) -> None:
-    """A hub name on a machine without network cost transformers' five retries with back-off (about 30 s)
-    before an error; now one connection attempt tells, and the error names the key. A copy in the local
-    Hugging Face cache is still used (with a warning), and a proxy or offline mode is left to huggingface_hub."""
-    import logging
+@pytest.fixture
+def unreachable_hub(tmp_path: Path, monkeypatch):
+    """The model hub's endpoint set to a local port nothing listens on (the connection is refused at once),
+    no proxy, not offline, and an empty Hugging Face cache under ``tmp_path / "hub"``; yields the endpoint."""
     import socket
 
     from huggingface_hub import constants
 
     from crossan.encoders.backbones import hub_unreachable
 
-    with socket.socket() as s:  # a port nothing listens on: the connection is refused at once
+    with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     for variable in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
@@ -285,17 +284,37 @@ def test_hub_name_without_a_reachable_hub_is_refused_at_once(tmp_path: Path, mon
     monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     hub_unreachable.cache_clear()  # asked once per process
-    assert hub_unreachable().startswith(f"cannot reach http://127.0.0.1:{port} (")
+    yield f"http://127.0.0.1:{port}"
+    hub_unreachable.cache_clear()  # other tests see the machine's own answer
+
+
+def _hub_snapshot(cache: Path, repo_id: str) -> Path:
+    """A snapshot folder of ``repo_id`` in huggingface_hub's cache layout (its ``main`` ref points at it)."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    return snapshot
+
+
+def test_hub_name_without_a_reachable_hub_is_refused_at_once(tmp_path: Path, unreachable_hub: str, monkeypatch,
+                                                            caplog) -> None:
+    """A hub name on a machine without network cost transformers' five retries with back-off (about 30 s)
+    before an error; now one connection attempt tells, and the error names the key. A copy in the local
+    Hugging Face cache is still used (with a warning), and a proxy or offline mode is left to huggingface_hub."""
+    import logging
+
+    from huggingface_hub import constants
+
+    from crossan.encoders.backbones import _check_hub_reachable, hub_unreachable
+
+    assert hub_unreachable().startswith(f"cannot reach {unreachable_hub} (")
     with pytest.raises(EncoderSpecError, match=r"encoders.text.model='someone/some-bert': not a local folder, "
-                                               r"and the model hub is unreachable \(cannot reach http://127.0.0.1"):
+                                               r"and the model hub is unreachable \(cannot reach http://"):
         describe_backbone("text", EncoderSpec(model="someone/some-bert"))
 
-    snapshot = tmp_path / "hub" / "models--someone--some-bert" / "snapshots" / ("0" * 40)  # huggingface_hub's
-    snapshot.mkdir(parents=True)                                                          # cache layout
-    (tmp_path / "hub" / "models--someone--some-bert" / "refs").mkdir()
-    (tmp_path / "hub" / "models--someone--some-bert" / "refs" / "main").write_text("0" * 40)
-    (snapshot / "config.json").write_text("{}")
-    from crossan.encoders.backbones import _check_hub_reachable
+    (_hub_snapshot(tmp_path / "hub", "someone/some-bert") / "config.json").write_text("{}")
     with caplog.at_level(logging.WARNING, logger="crossan"):
         _check_hub_reachable("encoders.text.model", "someone/some-bert")  # cached: no error
     assert "loading it from the local Hugging Face cache" in caplog.text
@@ -311,45 +330,25 @@ def test_hub_name_without_a_reachable_hub_is_refused_at_once(tmp_path: Path, mon
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     hub_unreachable.cache_clear()
     assert hub_unreachable() is None
-    hub_unreachable.cache_clear()  # other tests see the machine's own answer
 
 
-def test_hub_name_in_the_local_cache_loads_without_the_hub_and_without_retries(tmp_path: Path, monkeypatch,
-                                                                                 caplog, media: Catalogue) -> None:
+def test_hub_name_in_the_local_cache_loads_without_the_hub_and_without_retries(
+        tmp_path: Path, unreachable_hub: str, caplog, media: Catalogue) -> None:
     """A hub name whose checkpoint is in the local Hugging Face cache loaded on a machine without network
     only after transformers' retries (five with back-off, for every file); now from the cache at once."""
     import logging
-    import socket
 
-    from huggingface_hub import constants
-
-    from crossan.encoders.backbones import hub_unreachable
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    for variable in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
-        monkeypatch.delenv(variable, raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    hub_unreachable.cache_clear()
     built = build_encoder("text", TINY["text"])
-    repo = tmp_path / "hub" / "models--someone--tiny-bert"
-    snapshot = repo / "snapshots" / ("1" * 40)  # huggingface_hub's cache layout
+    snapshot = _hub_snapshot(tmp_path / "hub", "someone/tiny-bert")
     built.model.save_pretrained(snapshot)
     built.tokenizer.save_pretrained(snapshot)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("1" * 40)
-    try:
-        with caplog.at_level(logging.DEBUG):
-            loaded = build_encoder("text", dataclasses.replace(TINY["text"], model="someone/tiny-bert"))
-        assert not loaded.random_init
-        torch.testing.assert_close(loaded.encode(list(media), media).states, built.encode(list(media), media).states)
-        assert "local Hugging Face cache" in caplog.text
-        assert "Retry" not in caplog.text and "thrown while requesting" not in caplog.text  # one attempt at most
-    finally:
-        hub_unreachable.cache_clear()
+    with caplog.at_level(logging.DEBUG):
+        loaded = build_encoder("text", dataclasses.replace(TINY["text"], model="someone/tiny-bert"))
+    assert not loaded.random_init
+    states = loaded.encode(list(media), media).states
+    torch.testing.assert_close(states, built.encode(list(media), media).states)
+    assert "local Hugging Face cache" in caplog.text
+    assert "Retry" not in caplog.text and "thrown while requesting" not in caplog.text  # one attempt at most
 
 
 def test_audio_longer_than_the_models_window_is_refused() -> None:

@@ -137,7 +137,8 @@ class TrainConfig:
     time counts in the first epoch's (results.json's ``train_time_per_epoch_s`` averages every epoch's);
     evaluation and other devices stay eager. Off by default: on the 2-core project CPU it paid for IISAN in
     whole runs (14% at M = 2, 8% at M = 4) and, in one-process comparisons, for CROSSAN at M = 2, while
-    CROSSAN's whole runs gained 3% or nothing (docs/results.md §3g); with freed memory retained (``malloc``) it paid for CROSSAN at M = 4 (8%) but not at M = 2 (§3h).
+    CROSSAN's whole runs gained 3% or nothing (docs/results.md §3g); with freed memory retained
+    (``malloc``) it paid for CROSSAN at M = 4 (8%) but not at M = 2 (§3h).
     On a CPU without bf16 units (AVX2, fp32 steps) it saved 15% (M = 2) and 12% (M = 4) per CROSSAN step and repaid
     its compile time in about one MicroLens-100K epoch (§3i): turn it on for long CPU runs there."""
 

@@ -398,7 +398,8 @@ def _run_epoch(run: _Run, state: TrainState, inputs: torch.Tensor, targets: torc
                  metrics_line(record["valid"], cfg), "*" if state.best_epoch == epoch else "")
     state.epoch = epoch
     peak, rss = _peaks(run)  # carried in the checkpoint, so that a resumed run's figure covers these epochs
-    state.peak_memory_bytes, state.peak_rss_bytes = max(state.peak_memory_bytes, peak), max(state.peak_rss_bytes, rss)
+    state.peak_memory_bytes = max(state.peak_memory_bytes, peak)
+    state.peak_rss_bytes = max(state.peak_rss_bytes, rss)
     state.peak_memory_kind = _memory_kind(run.device)
     if dist.is_main():
         with (run.run_dir / HISTORY).open("a") as f:

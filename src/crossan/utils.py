@@ -161,8 +161,13 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-_TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{12}\.(tmp|npy|npz)$")
-"""The name :func:`atomic_write` gives its temporary files: ``.<name>.<12 hex digits><suffix>``."""
+def _temporary_path(path: Path, suffix: str) -> Path:
+    """Where :func:`atomic_write` writes ``path`` first: ``.<name>.<12 hex digits><suffix>`` beside it."""
+    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}{suffix}")
+
+
+_TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{12}\.\w+$")
+"""Names :func:`_temporary_path` makes (whatever the writer's suffix)."""
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:
@@ -192,7 +197,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any], suffix: str = "
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise WriteError(f"{path}: cannot create its folder {path.parent} ({e.strerror or e})") from None
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}{suffix}")
+    tmp = _temporary_path(path, suffix)
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # the mode of a plainly created file, whatever the writer chose
