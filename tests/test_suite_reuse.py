@@ -139,6 +139,33 @@ def test_a_resumed_childs_log_keeps_the_earlier_attempts(tmp_path: Path, capsys)
     assert "epoch 1" not in log.read_text() and ATTEMPT_LINE not in log.read_text()
 
 
+@pytest.mark.subprocess
+def test_a_terminated_child_still_reports_its_cpu_time(tmp_path: Path) -> None:
+    """A child terminated mid-training (the suite interrupted or killed sends its children SIGTERM) wrote no
+    CPU line, so its attempt was left out of the run's CPU total; it now writes one and ends as SIGTERM
+    would."""
+    import time
+
+    from crossan.reports.children import CPU_LINE, cpu_seconds, start_child
+
+    data = random_dataset(tmp_path / "data")
+    log = tmp_path / "seed-0.log"
+    kwargs = {"overrides": [f"data.path={data}", "method=id", "device=cpu", "train.epochs=100000",
+                            "train.patience=100000"],
+              "run_dir": str(tmp_path / "run"), "resume": False, "progress": False}
+    proc = start_child("train", kwargs, log)
+    deadline = time.monotonic() + 120
+    while "epoch   2 |" not in log.read_text() and proc.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.2)  # training: the handler is installed and some CPU time spent
+    assert proc.is_alive(), log.read_text()
+    proc.terminate()
+    proc.join(60)
+    assert proc.exitcode == 128 + 15
+    text = log.read_text()
+    assert text.rstrip().splitlines()[-1].startswith(CPU_LINE)
+    assert cpu_seconds(log) is not None and cpu_seconds(log) > 0.5  # type: ignore[operator]
+
+
 # --------------------------------------------------------------------------------------------- old defaults
 def test_a_saved_config_without_a_key_whose_default_changed_reads_as_it_ran() -> None:
     """``train.negatives`` was added as ``unique`` and now defaults to ``slots``: a config.yaml written

@@ -1,13 +1,15 @@
 """Child processes of a suite: every (run, seed) and the cache build run in a spawned interpreter of their own
 (``train()`` / ``build_cache()`` called there, no command line rebuilt), so that a run's peak memory is its own
 and a crash or error stays in its log. A child's output goes to its log file; its last line reports its CPU
-time; an error ends it with one ``crossan: error:`` line; it dies with the suite process (Linux).
+time (also when it is terminated: the suite interrupted, or killed, which sends its children SIGTERM); an error
+ends it with one ``crossan: error:`` line; it dies with the suite process (Linux).
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import sys
 import time
 import traceback
@@ -29,11 +31,27 @@ def _die_with_parent() -> None:
     """Linux: the child gets SIGTERM when the suite process dies (a killed suite leaves no run training)."""
     try:
         import ctypes
-        import signal
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+
+
+def _cpu_line() -> str:
+    t = os.times()
+    return f"\n{CPU_LINE}{t.user + t.system:.2f}\n"
+
+
+def _report_cpu_and_exit(signum: int, frame: Any) -> None:
+    """SIGTERM in a child: write its CPU time to the log, then end as SIGTERM would (exit code 128 + 15), so
+    that a terminated attempt's CPU time still counts in :func:`cpu_seconds` (only SIGKILL loses it)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, RuntimeError, ValueError):  # e.g. a re-entrant flush: the line below still goes out
+            pass
+    os.write(1, _cpu_line().encode())
+    os._exit(128 + signum)
 
 
 def _child_main(target: str, kwargs: dict[str, Any], log_path: str, threads: int | None) -> None:
@@ -45,6 +63,7 @@ def _child_main(target: str, kwargs: dict[str, Any], log_path: str, threads: int
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     os.close(fd)
+    signal.signal(signal.SIGTERM, _report_cpu_and_exit)
     sys.stdout.reconfigure(line_buffering=True)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     code = 0
@@ -62,8 +81,7 @@ def _child_main(target: str, kwargs: dict[str, Any], log_path: str, threads: int
             traceback.print_exc()
         print(f"crossan: error: {e}", file=sys.stderr, flush=True)
         code = 2
-    t = os.times()
-    print(f"\n{CPU_LINE}{t.user + t.system:.2f}", flush=True)
+    print(_cpu_line(), end="", flush=True)
     sys.exit(code)
 
 
@@ -125,7 +143,7 @@ def run_child(target: str, kwargs: dict[str, Any], log_path: Path, show: bool) -
 
 def cpu_seconds(log_path: Path) -> float | None:
     """The CPU time (user + system) the child reported at its end, summed over the attempts of a resumed
-    run that reported one (an attempt killed outright cannot), or None when none did."""
+    run that reported one (a terminated attempt does; one killed with SIGKILL cannot), or None when none did."""
     if not log_path.is_file():
         return None
     lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln.startswith(CPU_LINE)]

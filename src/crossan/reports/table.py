@@ -665,7 +665,8 @@ def render_report(rows: list[dict[str, Any]], meta: dict[str, Any], table: str, 
     lines += router_table(ok)
     lines += ["## Time per run", "", "Wall time (this invocation) depends on what else runs on the machine; CPU time "
               "(user + system of the run's processes, reused runs included, and the earlier attempts of a resumed "
-              "run that ended normally, so it can span more than this invocation) much less so.", "",
+              "run that ended or were terminated, not one killed outright, so it can span more than this "
+              "invocation) much less so.", "",
               "| run | seeds | best epochs | wall time (s) | CPU time (s) |", "|---|---|---|---:|---:|"]
     lines += [f"| {r['name']} | {r.get('seeds', '')} | {r.get('best_epochs', '')} | {r['wall_s']}"
               + (f" (seed {r['reused_seeds']}: finished earlier, reused)" if r.get("reused_seeds") else "")
