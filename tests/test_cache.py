@@ -117,6 +117,49 @@ def test_whisper_family_cache_equals_direct_forward(tmp_path: Path, data: FakeDa
 
 
 # --------------------------------------------------------------------------------------------- builds
+def test_listing_names_every_cache_and_removes_only_outdated_ones(tmp_path: Path, data: FakeData, built: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """`crossan cache --list` finds complete, partial and outdated caches; `--remove-outdated` deletes only the
+    one of an older format version (no crossan of this version opens it), not a partial build (the next build
+    resumes it) nor a current cache."""
+    import shutil
+
+    from crossan.cache.layout import FORMAT_VERSION
+    from crossan.cache.listing import find_caches
+    from crossan.cli import main
+
+    def kill(modality: str, batch: int) -> None:
+        if modality == "image" and batch == 1:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        build_cache(make_cfg(tmp_path / "now"), data, ["text", "image"], progress=False, on_batch=kill)
+    shutil.copytree(built / "audio", tmp_path / "old" / "nested" / "audio")
+    manifest_path = tmp_path / "old" / "nested" / "audio" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["format_version"] = FORMAT_VERSION - 1
+    manifest_path.write_text(json.dumps(manifest))
+    (tmp_path / "notes").mkdir()  # not a cache: neither listed nor touched
+
+    entries = {e.path.relative_to(tmp_path).as_posix(): e for e in find_caches(tmp_path)}
+    assert set(entries) == {"now/text", "now/image.partial", "old/nested/audio"}
+    assert entries["now/text"].state == "complete" and entries["now/text"].num_items == 10
+    assert entries["now/image.partial"].state == "partial (2 of 4 batches)"
+    assert entries["old/nested/audio"].state == f"outdated (format {FORMAT_VERSION - 1})"
+    states = (built / "text" / "states.npy").stat().st_size
+    assert entries["now/text"].size_bytes >= states
+
+    assert main(["cache", "--list", f"cache.dir={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    assert "now/image.partial" in out and "3 cache folders" in out and "1 outdated" in out
+    assert main(["cache", "--remove-outdated", f"cache.dir={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    assert "removed" in out and "2 cache folders" in out
+    assert not (tmp_path / "old" / "nested" / "audio").exists()
+    assert (tmp_path / "now" / "text" / "states.npy").is_file() and (tmp_path / "now" / "image.partial").is_dir()
+    assert (tmp_path / "notes").is_dir()
+
+
 def test_killed_build_resumes_to_identical_bytes(tmp_path: Path, data: FakeData, built: Path) -> None:
     cfg = make_cfg(tmp_path)
     calls: list[tuple[str, int]] = []

@@ -5,6 +5,7 @@
     crossan data stats --data PATH
     crossan data synth --out DIR [--size small|medium|large] [--seed N]
     crossan cache --data PATH --modalities text,image [--preset NAME] [key=value]...
+    crossan cache --list | --remove-outdated [cache.dir=DIR]
     crossan encoders [--preset NAME] [--items N] [key=value]...
     crossan demo [--out DIR]
     crossan bench [--suite NAME|FILE] --out DIR
@@ -128,6 +129,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
     from crossan.cache import cache_command
     from crossan.data import prepare
 
+    if args.list or args.remove_outdated:
+        return cmd_cache_list(args)
     extra = [f"encoders.preset={args.preset}"] if args.preset else []
     cfg = _load(args, extra)
     if args.modalities is None:  # the run's own modalities: `cache --config C` caches what `train --config C` reads
@@ -159,6 +162,25 @@ def cmd_cache(args: argparse.Namespace) -> int:
             dist.shutdown()
         return 0
     cache_command(cfg, data, modalities, args.shard, args.num_shards, args.join, verify=args.verify)
+    return 0
+
+
+def cmd_cache_list(args: argparse.Namespace) -> int:
+    """``crossan cache --list`` / ``--remove-outdated``: the cache folders under ``cache.dir`` or
+    ``$CROSSAN_CACHE_DIR``; no dataset needed."""
+    from crossan.cache.layout import cache_base
+    from crossan.cache.listing import find_caches, format_listing, remove_outdated
+
+    if args.shard is not None or args.join or args.verify:
+        raise ConfigError("--list and --remove-outdated take no --shard, --join or --verify")
+    cfg = load_config(args.config, list(args.overrides))
+    base = Path(cfg.cache.dir).expanduser() if cfg.cache.dir else cache_base()
+    entries = find_caches(base)
+    if args.remove_outdated:
+        for e in remove_outdated(entries):
+            print(f"removed {e.path} ({e.state})")
+        entries = find_caches(base)
+    print(format_listing(base, entries))
     return 0
 
 
@@ -261,6 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true",
                    help="check a completed cache without changing it: SHA-256 of every array against the build's, "
                         "non-finite values, absent rows, media files re-hashed; exits 2 naming what failed")
+    p.add_argument("--list", action="store_true",
+                   help="list the cache folders under cache.dir or $CROSSAN_CACHE_DIR (default ~/.cache/crossan): "
+                        "state, encoder, items, size on disk; needs no dataset")
+    p.add_argument("--remove-outdated", action="store_true",
+                   help="delete the caches of an older format version (no crossan of this version reads them), "
+                        "then list what is left")
     p.set_defaults(fn=cmd_cache)
 
     p = sub.add_parser("encoders", help="per modality: the frozen encoder, its weights, taps, widths and ms/item",

@@ -91,10 +91,15 @@ def preset_folder(cfg: Config, modality: str | None = None) -> str:
     return f"{cfg.encoders.preset}-{digest}"
 
 
+def cache_base() -> Path:
+    """``$CROSSAN_CACHE_DIR``, or ``~/.cache/crossan``: where the default cache folders are made."""
+    return Path(os.environ.get("CROSSAN_CACHE_DIR") or Path.home() / ".cache" / "crossan").expanduser()
+
+
 def default_cache_dir(cfg: Config, data: Any, modality: str | None = None) -> Path:
-    """``$CROSSAN_CACHE_DIR`` (or ``~/.cache/crossan``) ``/<dataset folder name>-<item_key>/<preset>``
-    (:func:`item_key`: the item ids in row order; :func:`preset_folder` of ``modality``)."""
-    base = Path(os.environ.get("CROSSAN_CACHE_DIR") or Path.home() / ".cache" / "crossan").expanduser()
+    """:func:`cache_base` ``/<dataset folder name>-<item_key>/<preset>`` (:func:`item_key`: the item ids in
+    row order; :func:`preset_folder` of ``modality``)."""
+    base = cache_base()
     source = Path(cfg.data.path).expanduser().resolve() if cfg.data.path else Path(data.catalogue.root)
     name = (source.stem if source.suffix else source.name) or "data"
     return base / f"{name}-{item_key(data)}" / preset_folder(cfg, modality)
