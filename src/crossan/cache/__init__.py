@@ -59,7 +59,8 @@ Shards of one build lock only their own shard, so they run side by side.
 
 Modules: :mod:`.layout` (folders, file names, locations), :mod:`.manifest` (what built a cache; the
 staleness check), :mod:`.workarea` (plans, resumable work folders, reports), :mod:`.integrity` (sources,
-checksums, verification), :mod:`.build` (encoding, ``crossan cache``), :mod:`.lock` (one builder at a time), :mod:`.shards` (joining a sharded build), :mod:`.read` (opening a run's features),
+checksums, verification), :mod:`.build` (encoding, ``crossan cache``), :mod:`.lock` (one builder at a time), :mod:`.shards` (joining a sharded build),
+:mod:`.listing` (what a cache folder holds; removing outdated caches), :mod:`.read` (opening a run's features),
 :mod:`.features` (the feature sources: :class:`TensorFeatures` over the arrays, :class:`LiveFeatures`
 over the encoders).
 """
