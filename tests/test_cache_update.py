@@ -100,6 +100,34 @@ def test_edited_title_re_encodes_only_its_batch_in_the_same_folder(tmp_path: Pat
     assert_equals_fresh(tmp_path, cfg, now, MODS)
 
 
+def test_touched_media_files_are_recorded_so_later_opens_do_not_hash_them(
+        tmp_path: Path, data: FakeData, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files with new times and the same bytes (a copied or checked-out dataset): `crossan cache` finds the
+    cache up to date, as before, and now records their new times, so that a run's open hashes none of them;
+    before, every open hashed every touched file again."""
+    import crossan.cache.integrity as integrity
+
+    cfg = make_cfg(data)
+    build(cfg, data, ["image"])
+    folder = default_cache_dir(cfg, data) / "image"
+    for name in ("i1.jpg", "i7.jpg"):
+        os.utime(data.catalogue.root / "img" / name, ns=(2_000_000_000, 2_000_000_000))
+    states_before = (folder / "states.npy").read_bytes()
+    hashed: list[Path] = []
+    real_hash = integrity._hash_file
+    monkeypatch.setattr(integrity, "_hash_file", lambda path: hashed.append(Path(path)) or real_hash(path))
+
+    status, batches = build(cfg, data, ["image"])
+    assert status == {"image": "up to date"} and batches == []
+    assert sorted(p.name for p in hashed if p.parent.name == "img") == ["i1.jpg", "i7.jpg"]
+    assert (folder / "states.npy").read_bytes() == states_before
+    assert np.load(folder / "sources.npy")["mtime_ns"][[1, 7]].tolist() == [2_000_000_000] * 2
+    hashed.clear()
+    open_cache(cfg, data, ["image"])  # checks the arrays' checksums, then the sources: none of the media
+    assert [p for p in hashed if p.parent.name == "img"] == []
+    assert_equals_fresh(tmp_path, cfg, data, ["image"])  # what a build from nothing writes now
+
+
 def test_same_length_title_edit_is_a_changed_row(data: FakeData) -> None:
     records = [data.catalogue[i] for i in data.item_ids[1:]]
     old = current_sources("text", records, data.catalogue)

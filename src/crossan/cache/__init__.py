@@ -51,6 +51,8 @@ cache stale, and a run refuses it naming the items: ``crossan cache`` re-encodes
 changed items, in the same folder (the result equals a fresh build), and rebuilds a damaged cache.
 Adding, removing or reordering items changes the item fingerprint: another cache, built in full.
 ``crossan cache --verify`` hashes everything, scans every row for NaN/inf and re-hashes every media file.
+A media file with a new mtime is hashed at each open until ``crossan cache`` records its new time (it
+does so when the bytes are the same, finding the cache up to date).
 A batch of non-finite states is refused when it is built, naming the modality and item.
 
 Concurrent builds of the same modality into the same folder take turns (:mod:`.lock`: an ``flock`` on

@@ -18,11 +18,13 @@ from crossan.cache.integrity import (
     check_finite,
     current_sources,
     describe_rows,
+    file_checksum,
     load_array,
     verify_folder,
 )
 from crossan.cache.layout import (
     COMPLETE,
+    MANIFEST,
     PRESENT,
     SOURCES,
     STATES,
@@ -46,6 +48,7 @@ from crossan.cache.manifest import (
     num_items,
     read_manifest,
     versions,
+    write_json,
 )
 from crossan.cache.workarea import (
     ModalityReport,
@@ -59,6 +62,7 @@ from crossan.cache.workarea import (
 from crossan.config import EncoderSpec
 from crossan.data.catalogue import ItemRecord
 from crossan.errors import CacheError
+from crossan.utils import atomic_write
 
 if TYPE_CHECKING:
     import torch
@@ -196,6 +200,8 @@ def _check_existing(ctx: _BuildContext, m: str, final: Path, existing: dict[str,
     changed, now = changed_rows(old, m, ctx.records, ctx.data.catalogue)
     sources.append(now)
     if not len(changed):
+        if not np.array_equal(old, now):
+            _record_sources(m, final, existing, old, now)
         return "up to date", None
     batches = {b for b, (a, z) in enumerate(ctx.ranges) if np.any((changed >= a) & (changed < z))}
     rows = {r for b in batches for r in range(*ctx.ranges[b])}
@@ -203,6 +209,18 @@ def _check_existing(ctx: _BuildContext, m: str, final: Path, existing: dict[str,
     print(f"{m}: {len(changed)} item(s) changed since the cache was built ({describe_rows(changed, ctx.records, m)}); "
           f"encoding their {len(batches)} batch(es) again")
     return "update", _Update(final, existing["checksums"][STATES]["sha256"], batches, kept)
+
+
+def _record_sources(m: str, final: Path, manifest: dict[str, Any], old: np.ndarray, now: np.ndarray) -> None:
+    """An up-to-date cache whose media files were touched (new times, same bytes: their hashes matched) gets
+    their new sizes and times in ``sources.npy`` and its checksum in the manifest; otherwise every later
+    open would hash those files again. Called under the modality's build lock."""
+    touched = int(np.count_nonzero(old != now))
+    atomic_write(final / SOURCES, lambda tmp: np.save(tmp, now), suffix=".npy")
+    manifest["checksums"][SOURCES] = file_checksum(final / SOURCES)
+    write_json(final / MANIFEST, manifest)
+    print(f"{m}: {touched} media file(s) have new times but the same bytes; recorded them in {final / SOURCES} "
+          "(no re-hashing at the next open)")
 
 
 def _finish_shard(area: WorkArea, m: str) -> ModalityReport:
