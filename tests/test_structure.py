@@ -149,6 +149,16 @@ def test_help_imports_no_torch() -> None:
 
 
 @pytest.mark.subprocess
+def test_listing_the_caches_imports_no_torch(tmp_path: Path) -> None:
+    """`crossan cache --list` reads manifests and folder sizes only (the cache package imports its
+    submodules on first use)."""
+    code = ("import contextlib, io\nfrom crossan.cli import main\nbuf = io.StringIO()\n"
+            f"with contextlib.redirect_stdout(buf):\n    rc = main(['cache', '--list', 'cache.dir={tmp_path}'])\n"
+            "assert rc == 0 and 'no layer-state caches' in buf.getvalue(), buf.getvalue()\n" + REPORT)
+    assert _imported(code)["heavy"] == []
+
+
+@pytest.mark.subprocess
 def test_data_stats_imports_no_model_libraries(tmp_path: Path) -> None:
     data = random_dataset(tmp_path / "d")
     code = ("import contextlib, io\nfrom crossan.cli import main\nbuf = io.StringIO()\n"

@@ -125,12 +125,12 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
+    if args.list or args.remove_outdated:
+        return cmd_cache_list(args)
     from crossan import distributed as dist
     from crossan.cache import cache_command
     from crossan.data import prepare
 
-    if args.list or args.remove_outdated:
-        return cmd_cache_list(args)
     extra = [f"encoders.preset={args.preset}"] if args.preset else []
     cfg = _load(args, extra)
     if args.modalities is None:  # the run's own modalities: `cache --config C` caches what `train --config C` reads

@@ -67,12 +67,38 @@ checksums, verification), :mod:`.build` (encoding, ``crossan cache``), :mod:`.lo
 over the encoders).
 """
 
-from crossan.cache.build import build_cache, cache_command
-from crossan.cache.features import FeatureSource, LiveFeatures, TensorFeatures
-from crossan.cache.layout import cache_root, default_cache_dir, modality_folder
-from crossan.cache.read import open_cache, open_features
-from crossan.cache.shards import join_shards
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from crossan.errors import CacheError, CacheMismatchError, CacheMissingError
+
+_LAZY = {
+    "build_cache": "build", "cache_command": "build",
+    "FeatureSource": "features", "LiveFeatures": "features", "TensorFeatures": "features",
+    "cache_root": "layout", "default_cache_dir": "layout", "modality_folder": "layout",
+    "open_cache": "read", "open_features": "read",
+    "join_shards": "shards",
+}
+"""Names imported from their submodule on first use (PEP 562), so that a light submodule
+(``crossan.cache.layout``, ``.listing``) does not import torch through this package."""
+
+if TYPE_CHECKING:
+    from crossan.cache.build import build_cache, cache_command
+    from crossan.cache.features import FeatureSource, LiveFeatures, TensorFeatures
+    from crossan.cache.layout import cache_root, default_cache_dir, modality_folder
+    from crossan.cache.read import open_cache, open_features
+    from crossan.cache.shards import join_shards
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"crossan.cache.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'crossan.cache' has no attribute {name!r}")
+
 
 __all__ = [
     "CacheError",
