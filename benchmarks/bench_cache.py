@@ -227,7 +227,9 @@ def main(argv: list[str] | None = None) -> None:
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = load_config([], [f"encoders.preset={args.preset}", *args.set])
+    # a CPU benchmark throughout (forwards, matmul peak, machine line): the build must not take a GPU that
+    # `device=auto` would pick on a machine that has one
+    cfg = load_config([], [f"encoders.preset={args.preset}", *args.set, "device=cpu"])
     specs = resolve_specs(cfg, modalities)
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import platform
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -247,3 +248,30 @@ def test_live_standardisation_statistics_are_those_of_the_states_read(tmp_path: 
     kept = tower.input_inv_std_text > 0
     assert kept[1:].all() and not kept[0].any()  # tap 0: the embedding layer's CLS, the same for every item
     assert z.mean(0)[kept].abs().max().item() < 1e-3, z.mean(0)[kept].abs().max().item()
+
+
+def test_standardisation_statistics_use_the_runs_device_autocast(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CUDA audit: the statistics pass took its autocast from the CPU index tensor, so live encoders on a
+    GPU computed them in fp32 while every forward (CUDA autocast) read bf16 states. The run's device, which
+    the tower context passes on, now chooses it (recorded here: a CUDA autocast cannot run on this CPU)."""
+    import crossan.towers.content as content
+    from crossan.towers.frozen import FrozenTower
+
+    class Feats:
+        modalities, dims, num_taps = ["text"], {"text": 4}, 2
+
+        def gather(self, items: torch.Tensor):
+            g = torch.Generator().manual_seed(int(items[0]))
+            return {"text": (torch.randn(len(items), 2, 4, generator=g), torch.ones(len(items), dtype=torch.bool))}
+
+    seen: list[str] = []
+    monkeypatch.setattr(content, "autocast", lambda precision, device: seen.append(str(device)) or nullcontext())
+    tower = FrozenTower(Feats(), ["text"], 30, 8)
+    tower.precision = "bf16"
+    tower.standardize_inputs(batch_size=16, min_rel_std=0.0, device="cuda:0")
+    assert seen == ["cuda:0", "cuda:0"]
+    cfg = load_config([], ["method=frozen", "modalities=[text]", "precision=bf16"])
+    ctx = TowerContext(cfg, 30, ["", *(f"i{k}" for k in range(30))], None, Feats(), "cuda:1")
+    seen.clear()
+    content.finish(FrozenTower(Feats(), ["text"], 30, 8), ctx)
+    assert seen and set(seen) == {"cuda:1"}

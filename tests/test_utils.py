@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pytest
 import torch
 
+from conftest import load_benchmark
 from crossan.utils import cpu_allocation_peak, state_bytes
 
 
@@ -81,3 +86,19 @@ def test_malloc_setting_is_checked() -> None:
 
     with pytest.raises(ValueError, match="train.malloc"):
         configure_malloc("never", "cpu")
+
+
+def test_cache_benchmarks_build_on_the_cpu_they_measure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CUDA audit: both cache benchmarks built with `device=auto`, so on a machine with a GPU the build ran
+    there while the forwards, matmul peaks and machine line beside it were the CPU's. With CUDA reported
+    available (this CPU build of torch cannot run it: a build on `cuda` fails) they still build on the CPU."""
+    import sys
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    load_benchmark("bench_cache").main(["--preset", "tiny", "--modalities", "text", "--batch-sizes", "4",
+                                        "--items", "8", "--build", "--out", str(tmp_path / "a")])
+    assert json.loads((tmp_path / "a" / "bench_cache.json").read_text())
+    monkeypatch.setattr(sys, "argv", ["cache_precision.py", "--preset", "tiny", "--items", "8", "--batch-size",
+                                      "4", "--rounds", "1", "--precisions", "fp32", "--out", str(tmp_path / "b")])
+    load_benchmark("cache_precision").main()
+    assert list((tmp_path / "b").iterdir())

@@ -57,7 +57,7 @@ def finish(tower: ContentTower, ctx: TowerContext) -> ContentTower:
     tower.compile = ctx.config.train.compile
     if not ctx.config.cache.standardize:
         return tower
-    return tower.standardize_inputs(min_rel_std=ctx.config.cache.standardize_min_rel_std)
+    return tower.standardize_inputs(min_rel_std=ctx.config.cache.standardize_min_rel_std, device=ctx.device)
 
 
 def standardizer(total: torch.Tensor, squares: torch.Tensor, count: int,
@@ -301,7 +301,8 @@ class ContentTower(ItemTower):
     def encode(self, feats: Features) -> torch.Tensor:
         """Gathered states → item embeddings [U, dim]."""
 
-    def standardize_inputs(self, batch_size: int = 1024, min_rel_std: float = 0.05) -> ContentTower:
+    def standardize_inputs(self, batch_size: int = 1024, min_rel_std: float = 0.05,
+                           device: torch.device | str = "cpu") -> ContentTower:
         """Standardise every tapped state dimension over the catalogue (mean 0, std 1 over the items that
         have the modality), with statistics fixed at build time and saved with the weights.
 
@@ -309,14 +310,16 @@ class ContentTower(ItemTower):
         layer is the same vector for every item; randomly initialised encoders give cosine similarities near
         1), so the differences that carry the signal are tiny next to a shared offset. Removing the offset
         lets the side network learn from the first step. One pass over all items through the feature source
-        (cheap for the cache; a full encoding pass for live encoders).
+        (cheap for the cache; a full encoding pass for live encoders). ``device``: the run's, where live
+        encoders compute (its kind of autocast is the one the forward runs under).
         """
         moments = {m: Moments(self.num_taps, self.dims[m]) for m in self.modalities}
         with torch.no_grad():
             for chunk in torch.arange(1, self.num_items + 1).split(batch_size):
-                # under the autocast every later gather runs under (forward): live encoders then give the
-                # statistics of the states the network reads (bf16 ones under precision=bf16)
-                with autocast(self.precision, chunk.device):
+                # under the autocast every later gather runs under (forward, on the run's device): live
+                # encoders then give the statistics of the states the network reads (bf16 ones under bf16;
+                # a CPU autocast would leave live encoders on a GPU in fp32)
+                with autocast(self.precision, device):
                     feats = self.features.gather(chunk)
                 for m in self.modalities:
                     s, p = feats[m]
