@@ -125,16 +125,16 @@ def _model_rows(data, args) -> list[dict]:  # noqa: ANN001 - SequentialData
     model.train()
     for idx in batches[:5]:  # warm-up, not timed
         loss = model(inputs[idx], targets[idx])
-        opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        opt.zero_grad(set_to_none=True)
     steps = batches[5:5 + args.train_steps] if args.train_steps else batches
     t0, c0 = time.perf_counter(), time.process_time()
     for idx in steps:  # the trainer's step: loss, backward, Adam
         loss = model(inputs[idx], targets[idx])
-        opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        opt.zero_grad(set_to_none=True)
     train_s, train_cpu = time.perf_counter() - t0, time.process_time() - c0
     rows = [{"stage": "id epoch", "seconds": train_s * full_steps / len(steps), "measured_s": train_s,
              "cpu_s": train_cpu * full_steps / len(steps),

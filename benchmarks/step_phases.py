@@ -88,10 +88,10 @@ def main() -> None:
         t0 = time.perf_counter()
         loss = model(inputs[idx], targets[idx])
         t1 = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
         loss.backward()
         t2 = time.perf_counter()
         opt.step()
+        opt.zero_grad(set_to_none=True)
         t3 = time.perf_counter()
         spent["forward (all)"] = spent.get("forward (all)", 0.0) + t1 - t0
         spent["backward"] = spent.get("backward", 0.0) + t2 - t1

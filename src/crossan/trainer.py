@@ -140,19 +140,20 @@ def train_epoch(step_model: torch.nn.Module, opt: torch.optim.Optimizer, batches
     """One pass over ``batches`` (index tensors into ``inputs``/``targets``); returns the mean loss (under
     torchrun, over every rank's steps: each rank takes the same number).
 
-    ``step_model(x, y)`` returns the loss (a :class:`Recommender`, or it wrapped in DDP). The device is
-    synchronised at the end so that wall-clock timing around this call is honest on a GPU.
+    ``step_model(x, y)`` returns the loss (a :class:`Recommender`, or it wrapped in DDP). Gradients are
+    freed after each step, so none are held between steps or after the call. The device is synchronised at
+    the end so that wall-clock timing around this call is honest on a GPU.
     """
     loss_sum, steps = torch.zeros((), device=device), 0  # summed on the device: no sync per step
     bar = tqdm(batches, desc=desc, leave=False, disable=not progress)
     for idx in bar:
         x, y = inputs[idx].to(device, non_blocking=True), targets[idx].to(device, non_blocking=True)
         loss = step_model(x, y)
-        opt.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(step_model.parameters(), grad_clip)
         opt.step()
+        opt.zero_grad(set_to_none=True)  # freed before the next forward: they never sit beside its activations
         loss_sum += loss.detach()
         steps += 1
         if progress and steps % 20 == 0:
