@@ -71,9 +71,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     dataset = Path(cfg.data.path).resolve().name or "data"  # --data . names the folder it stands for
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else Path("runs") / f"{dataset}-{cfg.method}-{stamp}"
-    res = train(cfg, out, resume=args.resume, progress=not args.quiet)
-    if dist.is_main():  # one summary on stdout, not one per rank
-        print(json.dumps({k: res[k] for k in ("method", "dataset", "best_epoch", "test")}, indent=2))
+    try:
+        res = train(cfg, out, resume=args.resume, progress=not args.quiet)
+        if dist.is_main():  # one summary on stdout, not one per rank
+            print(json.dumps({k: res[k] for k in ("method", "dataset", "best_epoch", "test")}, indent=2))
+    finally:
+        dist.shutdown()  # under torchrun: the process group train() joined (NCCL warns at exit otherwise)
     return 0
 
 
