@@ -82,10 +82,3 @@ def all_reduce_sum_(tensors: list[torch.Tensor]) -> None:
         buf = t.detach().to(t.device if dist.get_backend() == "nccl" else torch.device("cpu"), torch.float64)
         dist.all_reduce(buf)
         t.copy_(buf.to(t.device, t.dtype))
-
-
-def contiguous_share(n: int, parts: int | None = None, index: int | None = None) -> slice:
-    """The contiguous block of ``range(n)`` this rank owns (no padding, no duplicates)."""
-    parts = world_size() if parts is None else parts
-    index = rank() if index is None else index
-    return slice(n * index // parts, n * (index + 1) // parts)

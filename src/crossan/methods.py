@@ -253,7 +253,3 @@ def cache_methods() -> list[str]:
     """Methods whose tower reads the layer-state cache (or the live encoders)."""
     return [m.name for m in METHODS.values() if m.reads_cache]
 
-
-def backbone_methods() -> list[str]:
-    """Methods whose backbones run forward and backward at every step."""
-    return [m.name for m in METHODS.values() if m.runs_backbone]

@@ -26,7 +26,7 @@ from crossan.config import Config, save_config
 from crossan.data import SequentialData, prepare
 from crossan.errors import ConfigError
 from crossan.evaluation import mean_metrics
-from crossan.methods import cache_methods, method_source
+from crossan.methods import method_source
 from crossan.model import build_model, module_report, param_groups
 from crossan.precision import compute_dtype, dtype_name
 from crossan.ranking import (
@@ -76,14 +76,12 @@ from crossan.utils import (
 )
 
 __all__ = [  # the names other modules and tests import from here
-    "FEATURE_METHODS", "RESULT_KEYS", "NonFiniteError", "RunError", "TrainState", "build_model", "check_finite_table",
+    "RESULT_KEYS", "NonFiniteError", "RunError", "TrainState", "build_model", "check_finite_table",
     "evaluate", "evaluate_ranks", "load_run", "load_weights", "module_report", "param_groups", "rescore",
     "save_per_user", "split_fingerprint", "split_report", "train", "train_epoch",
 ]
 
 log = logging.getLogger("crossan")
-FEATURE_METHODS = tuple(cache_methods())
-"""Methods whose item tower reads per-layer states from a feature source (from :mod:`crossan.methods`)."""
 
 
 # --------------------------------------------------------------------------------------------- the loop
@@ -264,8 +262,6 @@ def preload(cfg: Config, device: torch.device) -> None:
             hf_config = describe_backbone(m, spec).hf_config
             if live and hf_config is not None and type(hf_config) in transformers.AutoModel._model_mapping:
                 transformers.AutoModel._model_mapping[type(hf_config)]  # imports the model's module
-        if cfg.method == "lora":
-            importlib.import_module("peft")
 
 
 def _start(cfg: Config, run_dir: Path, resume: bool, data: SequentialData | None, progress: bool) -> _Run:

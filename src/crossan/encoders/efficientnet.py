@@ -233,7 +233,3 @@ def load_efficientnet_lite0(path: str | Path | None = None, config: EfficientNet
     model.load_state_dict(state, strict=True)
     return model
 
-
-def normalize_pixels(pixels: torch.Tensor) -> torch.Tensor:
-    """0…255 pixels ``[..., 3, H, W]`` → the model's input, ``(pixel − 127) / 128``."""
-    return (pixels - PIXEL_MEAN) / PIXEL_STD

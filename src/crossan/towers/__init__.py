@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from crossan.towers.base import ItemTower, TowerContext, build_tower, register, registered
+    from crossan.towers.base import ItemTower, TowerContext, build_tower, register
 
-__all__ = ["ItemTower", "TowerContext", "build_tower", "register", "registered"]
+__all__ = ["ItemTower", "TowerContext", "build_tower", "register"]
 
 
 def __getattr__(name: str) -> Any:

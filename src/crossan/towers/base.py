@@ -174,9 +174,3 @@ def build_tower(ctx: TowerContext) -> ItemTower:
     """The item tower of ``ctx.config.method``."""
     return builder(ctx.config.method)(ctx)
 
-
-def registered() -> list[str]:
-    """Every method name (the table in :mod:`crossan.methods`)."""
-    from crossan.methods import method_names
-
-    return method_names()

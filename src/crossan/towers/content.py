@@ -3,8 +3,9 @@
 Contract with the trainer
 -------------------------
 The builder of each content tower takes its :class:`~crossan.cache.features.FeatureSource` from
-``ctx.extras["features"]`` (key :data:`FEATURES_KEY`): the cached ``TensorFeatures`` or the live
-encoders, whichever the run uses; the tower cannot tell them apart. The source must hold every modality
+``ctx.features``: the cached ``TensorFeatures`` or the live encoders, whichever the run uses (the tower
+reads both through ``gather``; its fast training paths read the cached arrays directly when the source is a
+``TensorFeatures``). The source must hold every modality
 of ``ctx.config.modalities`` (it may hold more) and answer ``gather(items)`` on ``items.device``.
 The source is *not* a submodule of the tower: its (frozen) weights are neither trained, moved by
 ``tower.to(...)``, nor saved in the tower's ``state_dict``.
@@ -44,7 +45,7 @@ magnitude (``max(rms · 2^-10, 2^-24)``): a spread of a few float16 values is th
 signal (e.g. a MiniLM dimension holding only the subnormals ±6e-8)."""
 
 FEATURES_KEY = "features"
-"""``TowerContext.extras`` key under which the trainer passes the FeatureSource."""
+"""The older ``TowerContext.extras`` key of the FeatureSource (now the field ``TowerContext.features``)."""
 
 Features = dict[str, tuple[torch.Tensor, torch.Tensor]]
 """What ``FeatureSource.gather`` returns: modality → (states [U, K, D_m], present Bool[U])."""
@@ -116,15 +117,12 @@ class Moments:
 
 
 def features_from_context(ctx: TowerContext) -> FeatureSource:
-    """The FeatureSource the trainer put in ``ctx.extras``; checks it covers ``ctx.config.modalities``."""
-    features = ctx.extras.get(FEATURES_KEY)
-    if features is None:
+    """The FeatureSource the model builder put in ``ctx.features`` (the tower's constructor checks that it
+    holds the run's modalities)."""
+    if ctx.features is None:
         raise ValueError(f"method={ctx.config.method!r} reads frozen-encoder states: pass a FeatureSource as "
-                         f"TowerContext.extras[{FEATURES_KEY!r}]")
-    missing = [m for m in ctx.config.modalities if m not in features.modalities]
-    if missing:
-        raise ValueError(f"the feature source has no {missing} (it holds {features.modalities})")
-    return features
+                         "TowerContext.features")
+    return ctx.features
 
 
 class ContentTower(ItemTower):

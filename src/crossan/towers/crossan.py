@@ -261,6 +261,6 @@ class CrossanTower(ContentTower):
 
 @register("crossan")
 def build(ctx: TowerContext) -> CrossanTower:
-    """CROSSAN over ``ctx.config.modalities``; the FeatureSource comes from ``ctx.extras["features"]``."""
+    """CROSSAN over ``ctx.config.modalities``; the FeatureSource comes from ``ctx.features``."""
     cfg = ctx.config
     return finish(CrossanTower(features_from_context(ctx), cfg.modalities, ctx.num_items, cfg.user.dim, cfg.crossan), ctx)

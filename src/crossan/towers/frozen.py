@@ -63,6 +63,6 @@ class FrozenTower(ContentTower):
 
 @register("frozen")
 def build(ctx: TowerContext) -> FrozenTower:
-    """Frozen features over ``ctx.config.modalities``; the FeatureSource comes from ``ctx.extras["features"]``."""
+    """Frozen features over ``ctx.config.modalities``; the FeatureSource comes from ``ctx.features``."""
     cfg = ctx.config
     return finish(FrozenTower(features_from_context(ctx), cfg.modalities, ctx.num_items, cfg.user.dim), ctx)

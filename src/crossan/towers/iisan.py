@@ -206,6 +206,6 @@ class IISANTower(ContentTower):
 
 @register("iisan")
 def build(ctx: TowerContext) -> IISANTower:
-    """IISAN over ``ctx.config.modalities``; the FeatureSource comes from ``ctx.extras["features"]``."""
+    """IISAN over ``ctx.config.modalities``; the FeatureSource comes from ``ctx.features``."""
     cfg = ctx.config
     return finish(IISANTower(features_from_context(ctx), cfg.modalities, ctx.num_items, cfg.user.dim, cfg.iisan), ctx)

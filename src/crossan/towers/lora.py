@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from peft import LoraConfig, inject_adapter_in_model
+from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from crossan.config import TrainConfig
@@ -57,8 +59,6 @@ def matching_modules(model: nn.Module, targets: list[str]) -> list[str]:
 
 def lora_layers(model: nn.Module) -> list[nn.Module]:
     """The peft LoRA layers inside ``model``."""
-    from peft.tuners.lora import LoraLayer
-
     return [m for m in model.modules() if isinstance(m, LoraLayer)]
 
 
@@ -75,8 +75,6 @@ def lora_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 def inject_lora(model: nn.Module, targets: list[str], options: LoRAConfig) -> list[str]:
     """Wrap ``targets`` (full module names) of ``model`` in place; returns them."""
-    from peft import LoraConfig, inject_adapter_in_model
-
     config = LoraConfig(r=options.rank, lora_alpha=options.alpha, lora_dropout=options.dropout,
                         target_modules=list(targets), bias="none")
     inject_adapter_in_model(config, model)
