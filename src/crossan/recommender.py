@@ -1,9 +1,9 @@
 """The sequential recommender: an item tower (any method) + the SASRec user encoder + the training loss.
 
 Training embeds each *unique* item of a batch once (the expensive part for content towers), gathers the
-history and target embeddings from that small table, and scores every position against the batch's
-unique items (in-batch softmax, METHOD.md §8) — or, with ``train.negatives=slots``, against every slot of
-the batch as IISAN's official code does (:func:`slots_softmax_loss`).
+history and target embeddings from that small table, and scores every position against every slot of the
+batch as IISAN's official code does (``train.negatives=slots``, the default: :func:`slots_softmax_loss`) or
+against the batch's unique items (``train.negatives=unique``, in-batch softmax, METHOD.md §8).
 
 Precision (``cfg.precision``, :mod:`crossan.precision`): a training step runs the item tower and the user
 encoder under bf16 autocast where the setting asks for it; the loss is computed in float32 from float32
@@ -93,13 +93,20 @@ class Recommender(nn.Module):
             loss = F.softplus(-pos) + F.softplus(neg)  # -log σ(pos) - log(1 - σ(neg))
             loss = loss[valid].mean()
         elif self.negatives == "slots":
-            if not bool((targets[:, :-1] == torch.where(inputs[:, :-1] > 0, inputs[:, 1:], 0)).all()):
-                raise ValueError("train.negatives=slots needs targets that are the inputs shifted by one")
+            if inputs.device.type == "cpu":  # on a GPU the check would wait for the device at every step: the
+                check_shifted(inputs, targets)  # trainer checks the whole training set once instead
             slots = torch.cat([inv[:, :L], inv[:, 2 * L - 1:]], 1)  # the L + 1 items of each user's window
             loss = slots_softmax_loss(states, emb, uniq, slots, valid, self.log_pop[uniq])
         else:
             loss = inbatch_softmax_loss(states, emb, uniq, inv[:, :L], inv[:, L:], valid, self.log_pop[uniq])
         return loss
+
+
+def check_shifted(inputs: torch.Tensor, targets: torch.Tensor) -> None:
+    """``train.negatives=slots`` reads each window's L + 1 items from the inputs and the last target, which
+    holds only when the targets are the inputs shifted by one (0 where the input is padding)."""
+    if not bool((targets[:, :-1] == torch.where(inputs[:, :-1] > 0, inputs[:, 1:], 0)).all()):
+        raise ValueError("train.negatives=slots needs targets that are the inputs shifted by one")
 
 
 def share_weight(valid: torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,7 @@ from crossan.ranking import (
     split_fingerprint,
     split_report,
 )
-from crossan.recommender import Recommender
+from crossan.recommender import Recommender, check_shifted
 from crossan.runs import (
     CHECKPOINT,
     HISTORY,
@@ -202,6 +202,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, data: Sequenti
     run = _start(cfg, Path(run_dir), resume, data, progress)
     state = _resume(run, resume)
     inputs, targets = training_rows(run.data)
+    if cfg.train.loss != "bce" and cfg.train.negatives == "slots":
+        check_shifted(inputs, targets)  # once here: the step checks only CPU batches (no GPU sync per step)
     while state.epoch < cfg.train.epochs and state.bad_epochs < cfg.train.patience:
         _run_epoch(run, state, inputs, targets)
     return _test_best(run, state)
