@@ -22,6 +22,7 @@ unfinished (training stopped or still runs): :func:`warn_if_unfinished` says so 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -308,10 +309,7 @@ def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
         **extra,
         "model": model.state_dict(),
         "optimizer": opt.state_dict(),
-        "state": {"epoch": state.epoch, "best_epoch": state.best_epoch, "best_metric": state.best_metric,
-                  "bad_epochs": state.bad_epochs, "epoch_times": state.epoch_times, "best_valid": state.best_valid,
-                  "peak_memory_bytes": state.peak_memory_bytes, "peak_rss_bytes": state.peak_rss_bytes,
-                  "peak_memory_kind": state.peak_memory_kind, "resumed_after": state.resumed_after},
+        "state": dataclasses.asdict(state),  # every field: one added to TrainState is saved too
         "world_size": dist.world_size(),
         "data": dict(data or {}),
     }, path)

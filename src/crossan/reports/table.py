@@ -228,11 +228,11 @@ def collect_run(run: Any, recs: list[dict[str, Any]]) -> dict[str, Any]:
     cost_seeds, why = _cost_sources(recs)
     again = [(r, _run_results(r["dir"])) for r in repeats if r["status"] == "ok" and r.get("alone") is True]
     for r, res in again:  # the same seed trained again must rank the same (the trainer is deterministic)
-        first = next((p["results"] for p in per_seed if p["seed"] == r["seed"]), None)
-        if first is not None and res.get("test") != first["test"]:
+        original = next((p["results"] for p in per_seed if p["seed"] == r["seed"]), None)
+        if original is not None and res.get("test") != original["test"]:
             row["flags"].append(f"repeat ranks differently: cost repeat {r['repeat']} of seed {r['seed']} gave "
                                 f"test NDCG@10 {res['test'].get('NDCG@10', math.nan):.4f} against "
-                                f"{first['test'].get('NDCG@10', math.nan):.4f}")
+                                f"{original['test'].get('NDCG@10', math.nan):.4f}")
     if cost_seeds:
         costs = [next(p["results"] for p in per_seed if p["seed"] == s) for s in cost_seeds]
         costs += [res for _, res in again]
