@@ -37,6 +37,10 @@ __all__ = ["CacheConfig", "Config", "ConfigError", "CoreConfig", "DataConfig", "
            "parse_override", "read_yaml_file", "save_config", "to_dict", "validate"]
 
 
+MAX_SEQ_LEN = 10_000
+"""The largest ``data.max_seq_len`` accepted (IISAN uses 10; SASRec's long-sequence settings a few hundred)."""
+
+
 # --------------------------------------------------------------------------------------------- sections
 @dataclass
 class DataConfig:
@@ -49,13 +53,15 @@ class DataConfig:
     min_interactions: int = 5
     """Users with fewer interactions are dropped."""
     max_seq_len: int = 10
-    """Input window length L; each user keeps the last L + 3 items."""
+    """Input window length L; each user keeps the last L + 3 items. At most :data:`MAX_SEQ_LEN` (self-attention
+    over the window costs L² per user)."""
     on_bad_rows: Literal["error", "drop"] = "error"
     """``error``: a malformed row stops with file and line; ``drop``: such rows are skipped, counted, reported."""
     on_unknown_items: Literal["error", "drop"] = "error"
     """An interaction naming an item missing from the catalogue: stop (``error``) or skip and count (``drop``)."""
     text_fields: list[str] = field(default_factory=list)
-    """Atomic/CSV item files: which columns make the item text (empty: every text-like column but the id)."""
+    """RecBole ``.item`` files: which columns make the item text (empty: every text-like column but the id).
+    Other layouts have one title column; naming columns there is an error."""
     media_roots: list[str] = field(default_factory=list)
     """Extra folders that media paths may point into (absolute, or relative to the dataset root). By default
     every media path must lie inside the dataset root after resolving symlinks; one that does not is an
@@ -372,23 +378,28 @@ def parse_yaml(text: str, where: str) -> tuple[Any, dict[str, int]]:
 
     :class:`ConfigError` starting with ``where`` (``config file a.yaml``) for invalid YAML or a repeated key,
     naming its line."""
-    loader = YAMLLoader(text)
+    loader = None
     try:
+        loader = YAMLLoader(text)  # checks the characters first: a NUL (e.g. a UTF-16 file) is a YAMLError
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None
     except DuplicateKeyError as e:
         raise ConfigError(f"{where}: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"{where} is nested too deeply to read") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         problem = getattr(e, "problem", None)
         if mark is None or not problem:
-            raise ConfigError(f"{where} is not valid YAML: {' '.join(str(e).split())}") from None
+            hint = " (NUL characters: is it UTF-16? save it as UTF-8)" if "\x00" in text else ""
+            raise ConfigError(f"{where} is not valid YAML: {' '.join(str(e).split())}{hint}") from None
         context = getattr(e, "context", None)
         at = f"line {mark.line + 1}, column {mark.column + 1}"
         raise ConfigError(f"{where} is not valid YAML: {at}: {problem}" + (f" ({context})" if context else "")
                           ) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     return data, _key_lines(node)
 
 
@@ -534,7 +545,10 @@ def parse_override(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not key:
         raise ConfigError(f"override {text!r} has an empty key")
-    return key, parse_value(raw)
+    try:
+        return key, parse_value(raw)
+    except RecursionError:
+        raise ConfigError(f"{key}: the value is nested too deeply to read ({raw[:40]}…)") from None
 
 
 def parse_value(raw: str) -> Any:
@@ -689,6 +703,9 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key}: must be at least 1, got {val}")
     if cfg.data.min_interactions < 3:
         raise ConfigError("data.min_interactions: leave-one-out needs at least 3 interactions per user")
+    if cfg.data.max_seq_len > MAX_SEQ_LEN:
+        raise ConfigError(f"data.max_seq_len: at most {MAX_SEQ_LEN:,} (self-attention over the window costs L² "
+                          f"per user, and every split is a users × (L + 3) matrix), got {cfg.data.max_seq_len:,}")
     if cfg.user.n_heads < 1:
         raise ConfigError(f"user.n_heads: must be at least 1, got {cfg.user.n_heads}")
     if cfg.user.dim % cfg.user.n_heads:

@@ -351,11 +351,18 @@ def read_audio(path: str | Path, item_id: str = "", seconds: float | None = None
             raise MediaError(item_id, path, "the audio holds no samples")
         if not np.all(np.isfinite(wave)):
             raise MediaError(item_id, path, "the audio holds NaN or infinite samples")
+        if not MIN_AUDIO_RATE <= rate <= MAX_AUDIO_RATE:  # a damaged header: resampling from it would need
+            raise MediaError(item_id, path, f"sample rate {rate:,} Hz is outside {MIN_AUDIO_RATE:,}–"  # GiBs
+                                            f"{MAX_AUDIO_RATE:,} Hz (a damaged header?)")
         return wave, rate
     assert first_error is not None
     raise MediaError(
         item_id, path, f"not a readable audio file ({type(first_error).__name__}: {first_error})"
     ) from first_error
+
+
+MIN_AUDIO_RATE, MAX_AUDIO_RATE = 1_000, 768_000
+"""Sample rates an audio file may declare (telephone 8 kHz … 768 kHz studio formats)."""
 
 
 def fit_length(wave: np.ndarray, length: int) -> np.ndarray:

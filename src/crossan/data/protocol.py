@@ -75,8 +75,7 @@ class SequentialData:
         hours into a build at scale (``cache.on_corrupt=error``). A path outside the dataset root is the
         catalogue's own :class:`~crossan.data.media.MediaError`, naming item, modality and path."""
         for m in (m for m in modalities if m != "text"):
-            absent = [r for r in self.catalogue
-                      if r.has(m) and not self.catalogue.path(r, m).is_file()]  # type: ignore[union-attr]
+            absent = [r for r in self.catalogue if r.has(m) and not _is_file(self.catalogue.path(r, m))]
             if absent:
                 shown = ", ".join(f"{r.item_id!r} ({getattr(r, m)})" for r in absent[:5])
                 raise DataError(f"{self.catalogue.source or self.root}: {len(absent):,} of the items' {m} files "
@@ -113,12 +112,23 @@ def sequence_stats(lengths: np.ndarray, num_items: int) -> dict[str, float]:
     }
 
 
+def _is_file(path: Path | None) -> bool:
+    """Whether ``path`` is a file; a path the system cannot look up (a name too long, a folder without
+    permission) is not one (reported with the missing files, naming the item and path)."""
+    try:
+        return path is not None and path.is_file()
+    except OSError:
+        return False
+
+
 def kept_matrix(offsets: np.ndarray, items: np.ndarray, keep: np.ndarray, width: int) -> np.ndarray:
     """[U_kept, width] the last ``width`` items of each kept user, right-aligned, left-padded with -1."""
     ends = offsets[1:][keep]
     lengths = np.minimum(ends - offsets[:-1][keep], width)
     out = np.full((len(ends), width), -1, dtype=np.int64)
-    for c in range(width):  # column c holds item ends - (width - c) where the user has that many
+    longest = int(lengths.max(initial=0))
+    for c in range(width - longest, width):  # column c holds item ends - (width - c) where the user has that
+        # many (the columns left of the longest kept sequence are padding for every user)
         has = lengths >= width - c
         out[has, c] = items[ends[has] - (width - c)]
     return out

@@ -38,9 +38,11 @@ import io
 import logging
 import math
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -416,10 +418,36 @@ class _Rows:
     """Catalogue positions when a catalogue was given (else None and ``item_keys`` holds the ids)."""
     times: np.ndarray
     lines: np.ndarray
+    exact_times: np.ndarray | None = None
+    """int64 times where float64 cannot order them (:func:`_exact_times`), else None."""
+
+
+@contextmanager
+def _long_fields() -> Iterator[None]:
+    """Let the csv module read fields of any length while inside (its default limit, 131,072 characters, is
+    below a long item description); the process's limit is restored after."""
+    old = csv.field_size_limit(2**31 - 1)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(old)
+
+
+def _csv_records(path: Path, reader: Any) -> Iterator[list[str]]:
+    """The records of a ``csv.reader`` over ``path``; a malformed one (e.g. an unclosed quote) is a
+    :class:`DataError` naming the file and line."""
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise DataError(f"{path}:{reader.line_num}: malformed record ({e})") from None
+        yield record
 
 
 def _header(path: Path, text: str, delimiter: str) -> tuple[list[str], list[str], tuple[int, int, int]]:
-    header = next(csv.reader([text], delimiter=delimiter))
+    header = next(_csv_records(path, csv.reader([text], delimiter=delimiter)), [])
     names = [h.split(":")[0].strip().lower() for h in header]
 
     def find(*cands: str) -> int:
@@ -498,7 +526,25 @@ def _scan_rows(path: Path, buf: np.ndarray, delimiter: str, catalogue: Catalogue
     width = int(max((ue - us)[keep].max(initial=1), 1))
     item_keys = None if pos is not None else ts.byte_keys(buf, is_[keep], ie[keep])
     user_keys = ts.byte_keys(buf, us[keep], ue[keep], width)
-    return _Rows(user_keys, item_keys, None if pos is None else pos[keep], times[keep], good[keep] + 1)
+    exact = _exact_times(lambda: ts.decode_ranges(buf, tsb[keep], teb[keep]), times[keep])
+    return _Rows(user_keys, item_keys, None if pos is None else pos[keep], times[keep], good[keep] + 1, exact)
+
+
+EXACT_FROM = 2.0**53
+"""From here on float64 no longer holds every integer: two timestamps a few units apart (19-digit
+nanosecond epochs) would read as equal and be ordered by line instead of by time."""
+
+
+def _exact_times(texts: Callable[[], list[str]], times: np.ndarray) -> np.ndarray | None:
+    """The timestamps as exact int64 when some lie beyond :data:`EXACT_FROM` and every one is an integer
+    (``texts()`` gives them as written); None otherwise: the float64 values order them (decimals at that
+    size are beyond float64 too)."""
+    if not len(times) or float(np.abs(times).max()) < EXACT_FROM:
+        return None
+    try:
+        return np.asarray([t.strip(ts.SPACES) for t in texts()]).astype(np.int64)
+    except (ValueError, OverflowError):
+        return None
 
 
 def _number(text: str) -> float:
@@ -512,12 +558,21 @@ def _number(text: str) -> float:
 
 def _parse_rows(path: Path, text: str, delimiter: str, catalogue: Catalogue | None, problems: _Problems) -> _Rows:
     """The same checks as :func:`_scan_rows`, through Python's csv module (files with quoted fields)."""
+    with _long_fields():
+        return _parse_records(path, text, delimiter, catalogue, problems)
+
+
+def _parse_records(path: Path, text: str, delimiter: str, catalogue: Catalogue | None, problems: _Problems
+                   ) -> _Rows:
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    header = next(reader)
+    records = _csv_records(path, reader)
+    header = next(records, None)
+    if header is None:
+        raise DataError(f"{path}: empty file")
     _, names, (iu, ii, it) = _header(path, delimiter.join(header), delimiter)
-    users, items, times, lines = [], [], [], []
+    users, items, times, lines, stamps = [], [], [], [], []
     end = reader.line_num  # physical lines read so far: a quoted field may span lines
-    for parts in reader:
+    for parts in records:
         lineno, end = end + 1, reader.line_num  # the record starts on the line after the previous one ends
         if not parts or not any(p.strip(ts.SPACES) for p in parts):
             continue
@@ -542,10 +597,12 @@ def _parse_rows(path: Path, text: str, delimiter: str, catalogue: Catalogue | No
         users.append(user)
         items.append(item)
         times.append(t)
+        stamps.append(stamp)
         lines.append(lineno)
     pos = None if catalogue is None else ts.KeyTable(catalogue.ids()).lookup_strings(items)
+    values = np.asarray(times, dtype=np.float64)
     return _Rows(ts.keys_of_strings(users), None if catalogue is not None else ts.keys_of_strings(items), pos,
-                 np.asarray(times, dtype=np.float64), np.asarray(lines, dtype=np.int64))
+                 values, np.asarray(lines, dtype=np.int64), _exact_times(lambda: stamps, values))
 
 
 def _group(rows: _Rows) -> tuple[Interactions, list[str] | None]:
@@ -564,7 +621,7 @@ def _group(rows: _Rows) -> tuple[Interactions, list[str] | None]:
     else:
         item_uniq, pos = np.unique(rows.item_keys, return_inverse=True)
         item_ids = ts.keys_to_strings(item_uniq)
-    order = np.lexsort((rows.lines, rows.times, user_rank))
+    order = np.lexsort((rows.lines, rows.times if rows.exact_times is None else rows.exact_times, user_rank))
     lengths = np.bincount(user_rank, minlength=len(uniq))
     items = pos.ravel()[order].astype(np.int64)
     users = ts.keys_to_strings(uniq[order_u])
@@ -584,8 +641,16 @@ def _read_interactions(path: Path, delimiter: str, catalogue: Catalogue | None, 
 
 
 def _read_atomic_items(path: Path, cfg: DataConfig, problems: _Problems) -> Catalogue:
-    rows = csv.reader(io.StringIO(_text(path), newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
-    header = next(rows)
+    with _long_fields():
+        return _atomic_items(path, cfg, problems)
+
+
+def _atomic_items(path: Path, cfg: DataConfig, problems: _Problems) -> Catalogue:
+    rows = _csv_records(path, csv.reader(io.StringIO(_text(path), newline=""), delimiter="\t",
+                                         quoting=csv.QUOTE_NONE))
+    header = next(rows, None)
+    if header is None:
+        raise DataError(f"{path}: empty file")
     names = [h.split(":")[0].strip() for h in header]
     types = [h.split(":")[1].strip() if ":" in h else "token" for h in header]
     if "item_id" not in names:
@@ -669,6 +734,9 @@ def read(cfg: DataConfig) -> RawData:
         raise DataError("no dataset given: pass --data PATH (or data.path=PATH)")
     path = Path(cfg.path).expanduser()
     fmt = detect_format(path) if cfg.format == "auto" else cfg.format
+    if cfg.text_fields and fmt != "atomic":
+        raise DataError(f"data.text_fields: {cfg.text_fields} names columns of a RecBole .item file, but {path} is "
+                        f"read as {fmt} (its items.tsv has one title column); drop the key")
     if fmt == "iisan":
         return read_iisan(path, cfg)
     if fmt == "atomic":
