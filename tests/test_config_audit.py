@@ -343,11 +343,14 @@ def test_every_config_key_has_a_docstring() -> None:
                 if not isinstance(node, ast.AnnAssign):
                     continue
                 name = node.target.id  # type: ignore[attr-defined]
+                fields = {f.name: f.type for f in dataclasses.fields(getattr(module, cls.name))}
+                if name not in fields:  # a ClassVar (a section's RANGES), not a config key
+                    continue
                 if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(
                         nxt.value.value, str):
                     documented.setdefault(cls.name, set()).add(name)
                     continue
-                field_type = {f.name: f.type for f in dataclasses.fields(getattr(module, cls.name))}[name]
+                field_type = fields[name]
                 section = isinstance(field_type, str) and field_type in {c.name for c in tree.body
                                                                           if isinstance(c, ast.ClassDef)}
                 if not section and cls.name != "EncoderOverrides":
@@ -355,3 +358,23 @@ def test_every_config_key_has_a_docstring() -> None:
     assert undocumented == []
     mirrored = {f.name for f in dataclasses.fields(config_module.EncoderOverrides)}
     assert mirrored <= documented["EncoderSpec"]
+
+
+def test_every_method_sections_ranges_name_its_own_fields() -> None:
+    """Each options dataclass states its ranges (``RANGES``, applied by ``validate``); a misspelt field there
+    would be checked nowhere, so each must name a numeric field of its section, and one value out of range
+    must be refused naming ``method.field``."""
+    import dataclasses
+
+    from crossan.methods import option_sections
+
+    checked = 0
+    for method in option_sections():
+        fields = {f.name: f for f in dataclasses.fields(method.options)}
+        for name, lo, inclusive, _ in method.options.RANGES:
+            assert name in fields and fields[name].type in ("int", "float"), (method.name, name)
+            bad = lo - 1 if inclusive else lo
+            with pytest.raises(ConfigError, match=rf"^{method.name}\.{name}: must be"):
+                load_config([], [f"{method.name}.{name}={bad}"])
+            checked += 1
+    assert checked >= 20

@@ -714,8 +714,6 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.epochs: must be at least 0, got {cfg.train.epochs}")
     if cfg.train.patience < 1:
         raise ConfigError(f"train.patience: must be at least 1, got {cfg.train.patience}")
-    import math
-
     for key in ("lr", "lr_adapter", "lr_peft", "lr_backbone"):
         val = getattr(cfg.train, key)
         if not math.isfinite(val) or val <= 0:
@@ -760,17 +758,9 @@ def check_device(device: str, key: str = "device") -> None:
         raise ConfigError(f"{key}: {device!r} is not 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
 
 
-# (key, lowest allowed, whether the lowest value itself is allowed, highest allowed exclusive or None)
+# (key, lowest allowed, whether the lowest value itself is allowed, highest allowed exclusive or None); the
+# methods' sections state their own (``RANGES`` and ``check`` of each options dataclass, towers/options.py)
 _RANGES: tuple[tuple[str, float, bool, float | None], ...] = (
-    *[(f"{m}.{k}", lo, inclusive, hi) for m in ("iisan", "crossan") for k, lo, inclusive, hi in (
-        ("side_dim", 1, True, None), ("bottleneck", 1, True, None), ("dropout", 0, True, 1),
-        ("init_std", 0, True, None), ("gate_temperature", 0, False, None))],
-    ("iisan.official_lr_text_head", 0, False, None), ("iisan.official_lr_image_head", 0, False, None),
-    ("crossan.momef_temperature", 0, False, None), ("crossan.momef_top_k", 0, True, None),
-    ("crossan.momef_expert_mult", 1, True, None), ("crossan.load_balance_weight", 0, True, None),
-    ("adapter.bottleneck", 1, True, None), ("adapter.init_std", 0, True, None),
-    ("lora.rank", 1, True, None), ("lora.alpha", 0, False, None), ("lora.dropout", 0, True, 1),
-    *[(f"{m}.input_memory_gb", 0, True, None) for m in ("fft", "adapter", "lora")],
     *[(f"encoders.{m}.{k}", lo, inclusive, None) for m in ("text", "image", "video", "audio")
       for k, lo, inclusive in (("num_taps", 1, True), ("max_text_len", 1, True), ("image_size", 0, True),
                                ("num_frames", 0, True), ("audio_seconds", 0, False), ("sample_rate", 0, True))],
@@ -780,10 +770,13 @@ _RANGES: tuple[tuple[str, float, bool, float | None], ...] = (
 
 
 def _validate_ranges(cfg: Config) -> None:
-    """Range checks of the numeric options that types cannot express, each error naming its key."""
-    import math
-
-    for key, lo, inclusive, hi in _RANGES:
+    """Range checks of the numeric options that types cannot express, each error naming its key: the
+    run-level ones above, then each method section's ``RANGES`` and ``check``."""
+    ranges = list(_RANGES)
+    sections = [(m.name, getattr(cfg, m.name)) for m in option_sections()]
+    for name, section in sections:
+        ranges += [(f"{name}.{k}", lo, inclusive, hi) for k, lo, inclusive, hi in getattr(section, "RANGES", ())]
+    for key, lo, inclusive, hi in ranges:
         val: Any = cfg
         for part in key.split("."):
             val = getattr(val, part)
@@ -794,9 +787,9 @@ def _validate_ranges(cfg: Config) -> None:
             want = (f"in [{lo}, {hi})" if hi is not None else
                     f"{'at least' if inclusive else 'greater than'} {lo}")
             raise ConfigError(f"{key}: must be {want}, got {val!r}")
-    if cfg.crossan.momef_top_k == 1 and cfg.crossan.load_balance_weight == 0:
-        raise ConfigError("crossan.momef_top_k: 1 keeps one expert per item at weight 1, so the task loss gives "
-                          "the router no gradient; set crossan.load_balance_weight > 0 with it (or use 0 or ≥ 2)")
+    for name, section in sections:
+        if callable(getattr(section, "check", None)):
+            section.check(name)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -1,27 +1,49 @@
 """Each item-tower method's own options (a config section named after the method: ``crossan.fusion=concat``).
 
-Kept free of torch imports so that reading a config never loads a model.
+A section states its numeric ranges in ``RANGES`` — ``(field, lowest, lowest allowed, highest exclusive or
+None)`` — and rules between its fields in ``check(key)``; :func:`crossan.config.validate` applies both to
+every method's section, naming the key at fault. Kept free of torch imports so that reading a config never
+loads a model.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
+
+from crossan.errors import ConfigError
+
+Range = tuple[str, float, bool, "float | None"]
+"""(field, lowest value, whether the lowest is allowed, highest value exclusive or None)."""
 
 
 @dataclass
-class IDConfig:
+class Options:
+    """Base of the method sections: no ranges, no rules."""
+
+    RANGES: ClassVar[tuple[Range, ...]] = ()
+
+    def check(self, key: str) -> None:
+        """Rules between fields; :class:`ConfigError` naming ``key.field`` (``key``: the section's name)."""
+
+
+@dataclass
+class IDConfig(Options):
     """SASRec with learned item-ID embeddings (no content)."""
 
 
 @dataclass
-class FrozenConfig:
+class FrozenConfig(Options):
     """Frozen features (METHOD.md §9): per modality GELU(Linear(last-layer state → d)), then Linear(concat → d)."""
 
 
 @dataclass
-class SANBConfig:
+class SANBConfig(Options):
     """Side adapter block shared by IISAN and CROSSAN (METHOD.md §4)."""
+
+    RANGES: ClassVar[tuple[Range, ...]] = (
+        ("side_dim", 1, True, None), ("bottleneck", 1, True, None), ("dropout", 0, True, 1),
+        ("init_std", 0, True, None), ("gate_temperature", 0, False, None))
 
     side_dim: int = 768
     """d_s, the width the side network works at (each modality's states are projected to it if needed)."""
@@ -42,6 +64,9 @@ class SANBConfig:
 @dataclass
 class IISANConfig(SANBConfig):
     """IISAN (METHOD.md §5) generalised to M modalities."""
+
+    RANGES: ClassVar[tuple[Range, ...]] = SANBConfig.RANGES + (
+        ("official_lr_text_head", 0, False, None), ("official_lr_image_head", 0, False, None))
 
     inter: Literal["pairs", "single"] = "pairs"
     """``pairs``: one inter chain per pair of modalities (C(M,2)); ``single``: one chain over all (softmax gate)."""
@@ -94,11 +119,22 @@ class CrossanConfig(SANBConfig):
     load_balance_weight: float = 0.0
     """Weight of the MOMEF load-balancing loss (0: off)."""
 
+    RANGES: ClassVar[tuple[Range, ...]] = SANBConfig.RANGES + (
+        ("momef_temperature", 0, False, None), ("momef_top_k", 0, True, None), ("momef_expert_mult", 1, True, None),
+        ("load_balance_weight", 0, True, None))
+
+    def check(self, key: str) -> None:
+        if self.momef_top_k == 1 and self.load_balance_weight == 0:
+            raise ConfigError(f"{key}.momef_top_k: 1 keeps one expert per item at weight 1, so the task loss gives "
+                              f"the router no gradient; set {key}.load_balance_weight > 0 with it (or use 0 or ≥ 2)")
+
 
 @dataclass
-class EndToEndConfig:
+class EndToEndConfig(Options):
     """Options shared by the end-to-end baselines (FFT, Adapter, LoRA), whose backbones run forward and
     backward at every training step (METHOD.md §9)."""
+
+    RANGES: ClassVar[tuple[Range, ...]] = (("input_memory_gb", 0, True, None),)
 
     gradient_checkpointing: bool = False
     """Recompute each backbone layer's activations in the backward pass (``gradient_checkpointing_enable``
@@ -123,6 +159,9 @@ class FFTConfig(EndToEndConfig):
 class AdapterConfig(EndToEndConfig):
     """Houlsby bottleneck adapters after the attention output and the FFN output of every layer."""
 
+    RANGES: ClassVar[tuple[Range, ...]] = EndToEndConfig.RANGES + (
+        ("bottleneck", 1, True, None), ("init_std", 0, True, None))
+
     bottleneck: int = 64
     """r: each adapter maps D → r → D."""
     activation: Literal["gelu", "relu"] = "gelu"
@@ -137,6 +176,9 @@ class AdapterConfig(EndToEndConfig):
 @dataclass
 class LoRAConfig(EndToEndConfig):
     """LoRA through ``peft`` on every layer's attention query and value."""
+
+    RANGES: ClassVar[tuple[Range, ...]] = EndToEndConfig.RANGES + (
+        ("rank", 1, True, None), ("alpha", 0, False, None), ("dropout", 0, True, 1))
 
     rank: int = 8
     """r: rank of each LoRA update ``B·A`` (A: r × D_in, B: D_out × r; B starts at 0, so training starts from
