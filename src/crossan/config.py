@@ -284,8 +284,8 @@ class CoreConfig:
     """The run-level part of a configuration: everything but the methods' option sections."""
 
     method: str = "id"
-    """Item tower: a name of the table in :mod:`crossan.methods` (id | frozen | iisan | crossan | fft | adapter |
-    lora)."""
+    """Item tower: a name of the table in :mod:`crossan.methods` (built in: id | frozen | iisan | crossan | fft |
+    adapter | lora; plugins add rows)."""
     modalities: list[str] = field(default_factory=lambda: ["text"])
     """Modalities the item tower reads (subset of text, image, video, audio)."""
     cached: bool = True
