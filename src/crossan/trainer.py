@@ -200,7 +200,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, data: Sequenti
     Under torchrun the model is wrapped in DistributedDataParallel; rank 0 writes every file.
     """
     run = _start(cfg, Path(run_dir), resume, data, progress)
-    state = _resume(run, resume)
+    state = _initial_state(run, resume)
+    _wrap_for_torchrun(run)
     inputs, targets = training_rows(run.data)
     if cfg.train.loss != "bce" and cfg.train.negatives == "slots":
         check_shifted(inputs, targets)  # once here: the step checks only CPU batches (no GPU sync per step)
@@ -311,8 +312,9 @@ def _log_start(run: _Run) -> None:
     log.info("  %-28s trainable %12s / total %12s", "ALL", f"{trainable:,}", f"{total:,}")
 
 
-def _resume(run: _Run, resume: bool) -> TrainState:
-    """The loop state to start from (the checkpoint's under ``--resume``); wraps the model for torchrun."""
+def _initial_state(run: _Run, resume: bool) -> TrainState:
+    """The loop state to start from: a fresh one, or under ``--resume`` the checkpoint's (the files the
+    interrupted process left are settled: history cut to the checkpoint, best weights, half-written files)."""
     state = TrainState(epoch_times=[])
     ckpt = run.run_dir / CHECKPOINT
     if resume and ckpt.is_file():
@@ -337,11 +339,15 @@ def _resume(run: _Run, resume: bool) -> TrainState:
                     log.info("removed %s, a file left half-written by the interrupted process", path)
     if run.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(run.device)
+    return state
+
+
+def _wrap_for_torchrun(run: _Run) -> None:
+    """``run.step_model``: the model, or under torchrun the model in DistributedDataParallel."""
     run.step_model = run.model
     if dist.is_distributed():
         run.step_model = torch.nn.parallel.DistributedDataParallel(
             run.model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
-    return state
 
 
 def _run_epoch(run: _Run, state: TrainState, inputs: torch.Tensor, targets: torch.Tensor) -> None:
@@ -353,6 +359,35 @@ def _run_epoch(run: _Run, state: TrainState, inputs: torch.Tensor, targets: torc
     if cfg.train.max_steps_per_epoch:
         batches = batches[: cfg.train.max_steps_per_epoch]
     full_steps = _num_batches(len(inputs), cfg.train.batch_size)
+    mean_loss, epoch_time, first_step_s = _timed_epoch(run, epoch, batches, full_steps, inputs, targets)
+    _check_finite(run, epoch, mean_loss)
+    state.epoch_times.append(epoch_time)
+    record: dict[str, Any] = {"epoch": epoch, "loss": mean_loss, "train_time_s": epoch_time,
+                              "steps": len(batches), "full_epoch_steps": full_steps}
+    if first_step_s is not None:
+        record["first_step_s"] = first_step_s  # timed apart, not in train_time_s (unless it was the only step)
+    if epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs:
+        record["valid"] = _validate(run, state, epoch)
+        log.info("epoch %3d | loss %.4f | %.1fs | valid %s %s", epoch, record["loss"], epoch_time,
+                 metrics_line(record["valid"], cfg), "*" if state.best_epoch == epoch else "")
+    state.epoch = epoch
+    peak, rss = _peaks(run)  # carried in the checkpoint, so that a resumed run's figure covers these epochs
+    state.peak_memory_bytes = max(state.peak_memory_bytes, peak)
+    state.peak_rss_bytes = max(state.peak_rss_bytes, rss)
+    state.peak_memory_kind = _memory_kind(run.device)
+    if dist.is_main():
+        with (run.run_dir / HISTORY).open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        save_checkpoint(run.run_dir / CHECKPOINT, run.model, run.opt, state, run.fingerprints,
+                        run.compute_dtype, run.cfg)
+        settle_best_weights(run.run_dir, state.best_epoch)
+    dist.barrier()
+
+
+def _timed_epoch(run: _Run, epoch: int, batches: list[torch.Tensor], full_steps: int, inputs: torch.Tensor,
+                 targets: torch.Tensor) -> tuple[float, float, float | None]:
+    """Train over ``batches``: (mean loss, the full epoch's time, the first step's time when timed apart)."""
+    cfg = run.cfg
     step_args = (run.step_model, run.opt)
     first_step_s = None
     t0 = time.perf_counter()
@@ -375,38 +410,23 @@ def _run_epoch(run: _Run, state: TrainState, inputs: torch.Tensor, targets: torc
         if len(batches) < full_steps:  # a one-step cap: that step, warm-up and all, is all there is
             first_step_s = epoch_time
             epoch_time *= full_steps / max(1, len(batches))
+    return mean_loss, epoch_time, first_step_s
+
+
+def _check_finite(run: _Run, epoch: int, mean_loss: float) -> None:
+    """:class:`NonFiniteError` for a non-finite epoch loss or parameter, before anything of the epoch is saved."""
+    lr = run.cfg.train.lr
     last_good = ("the last good epoch is in checkpoints/last.pt (--resume continues from it)" if epoch > 1
                  else "no epoch had finished")
     if not math.isfinite(mean_loss):
         raise NonFiniteError(f"epoch {epoch}: the training loss is {mean_loss} (not finite); nothing of this "
-                             f"epoch was saved — lower the learning rates (train.lr={cfg.train.lr}) or check the "
+                             f"epoch was saved — lower the learning rates (train.lr={lr}) or check the "
                              f"inputs; {last_good}")
     bad = first_non_finite(run.model)
     if bad is not None:  # e.g. an overflowing gradient on the epoch's last step: the loss was still finite
         raise NonFiniteError(f"epoch {epoch}: parameter {bad} holds non-finite values after training; nothing "
-                             f"of this epoch was saved — lower the learning rates (train.lr={cfg.train.lr}) or "
+                             f"of this epoch was saved — lower the learning rates (train.lr={lr}) or "
                              f"set train.grad_clip; {last_good}")
-    state.epoch_times.append(epoch_time)
-    record: dict[str, Any] = {"epoch": epoch, "loss": mean_loss, "train_time_s": epoch_time,
-                              "steps": len(batches), "full_epoch_steps": full_steps}
-    if first_step_s is not None:
-        record["first_step_s"] = first_step_s  # timed apart, not in train_time_s (unless it was the only step)
-    if epoch % cfg.train.eval_every == 0 or epoch == cfg.train.epochs:
-        record["valid"] = _validate(run, state, epoch)
-        log.info("epoch %3d | loss %.4f | %.1fs | valid %s %s", epoch, record["loss"], epoch_time,
-                 metrics_line(record["valid"], cfg), "*" if state.best_epoch == epoch else "")
-    state.epoch = epoch
-    peak, rss = _peaks(run)  # carried in the checkpoint, so that a resumed run's figure covers these epochs
-    state.peak_memory_bytes = max(state.peak_memory_bytes, peak)
-    state.peak_rss_bytes = max(state.peak_rss_bytes, rss)
-    state.peak_memory_kind = _memory_kind(run.device)
-    if dist.is_main():
-        with (run.run_dir / HISTORY).open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        save_checkpoint(run.run_dir / CHECKPOINT, run.model, run.opt, state, run.fingerprints,
-                        run.compute_dtype, run.cfg)
-        settle_best_weights(run.run_dir, state.best_epoch)
-    dist.barrier()
 
 
 def _memory_kind(device: torch.device) -> str:
