@@ -150,7 +150,7 @@ def _bench_modality(modality: str, encoder: Any, data: Items, batch_size: int, p
 
 def bench_build(cfg: Config, data: Items, modalities: list[str], batch_size: int, out: Path) -> dict[str, float]:
     """items/s of ``build_cache`` per modality (model loading excluded: timed per batch via the hook)."""
-    from crossan.cache.store import build_cache
+    from crossan.cache import build_cache
 
     cfg.encoders.batch_size = batch_size
     cfg.cache.dir = str(out / "cache")

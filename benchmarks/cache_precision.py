@@ -63,7 +63,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     from torch.utils.flop_counter import FlopCounterMode
 
-    from crossan.cache.store import build_cache, open_cache
+    from crossan.cache import build_cache, open_cache
     from crossan.encoders import build_encoder, resolve_specs
 
     out = Path(args.out)

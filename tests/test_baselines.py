@@ -20,11 +20,11 @@ from crossan.data.synth import generate
 from crossan.encoders import build_encoder, resolve_specs
 from crossan.towers.adapter import AdapterTower, BottleneckAdapter
 from crossan.towers.base import TowerContext, build_tower
-from crossan.towers.configs import AdapterConfig, LoRAConfig
 from crossan.towers.endtoend import EndToEndTower, collate_inputs, pooled_last_state, split_inputs
 from crossan.towers.fft import FFTTower
 from crossan.towers.frozen import FrozenTower, ModalityFusionHead
 from crossan.towers.lora import LoRATower, lora_layers
+from crossan.towers.options import AdapterConfig, LoRAConfig
 from crossan.trainer import train
 from crossan.utils import count_params
 from media_helpers import FakeData, make_dataset

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 
+from crossan.cache import build_cache, open_cache
 from crossan.cache.features import TensorFeatures
-from crossan.cache.store import build_cache, open_cache
 from crossan.config import Config, ConfigError, load_config
 from crossan.precision import BF16_CPU_FLAGS, autocast, compute_dtype, cpu_flags, cpu_has_bf16
 from crossan.recommender import Recommender

@@ -11,8 +11,8 @@ import pytest
 import torch
 from tests.test_side_networks import DS, MODS, D, K, N, R, expected_params, make_features, n_params
 
-from crossan.towers.configs import CrossanConfig
 from crossan.towers.crossan import CrossanTower
+from crossan.towers.options import CrossanConfig
 
 
 def make(M: int, feats, **kw) -> CrossanTower:

@@ -21,8 +21,8 @@ from crossan.dropout import Dropout
 from crossan.model import param_groups
 from crossan.recommender import log_popularity, slots_softmax_loss
 from crossan.towers.chainsplit import SplitGate, SplitGroupedLinear
-from crossan.towers.configs import IISANConfig
 from crossan.towers.iisan import IISANTower
+from crossan.towers.options import IISANConfig
 from crossan.user_encoder import SASRec
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,11 +15,11 @@ import torch
 from crossan.cache.features import TensorFeatures
 from crossan.config import Config, TrainConfig, UserEncoderConfig
 from crossan.towers.base import TowerContext, build_tower
-from crossan.towers.configs import CrossanConfig, IISANConfig
 from crossan.towers.crossan import CrossanTower
 from crossan.towers.frozen import FrozenTower
 from crossan.towers.iisan import IISANTower
 from crossan.towers.momef import MOMEF
+from crossan.towers.options import CrossanConfig, IISANConfig
 from crossan.user_encoder import SASRec
 
 MODS = ["text", "image", "video", "audio"]

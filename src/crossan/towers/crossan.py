@@ -50,9 +50,9 @@ from torch import nn
 from crossan.cache.features import FeatureSource
 from crossan.config import TrainConfig
 from crossan.towers.base import TowerContext, register
-from crossan.towers.configs import CrossanConfig
 from crossan.towers.content import ContentTower, Features, features_from_context, finish
 from crossan.towers.momef import MOMEF
+from crossan.towers.options import CrossanConfig
 from crossan.towers.sanb import Gate, GroupedLinear, GroupedSANB, ModalityProjection, sanb_step
 
 

@@ -50,8 +50,8 @@ from crossan.cache.features import FeatureSource
 from crossan.config import TrainConfig
 from crossan.towers.base import TowerContext, register
 from crossan.towers.chainsplit import SplitGate, SplitGroupedLinear, split_gate, split_grouped_linear
-from crossan.towers.configs import IISANConfig
 from crossan.towers.content import ContentTower, Features, features_from_context, finish
+from crossan.towers.options import IISANConfig
 from crossan.towers.sanb import (
     Gate,
     GroupedLinear,
