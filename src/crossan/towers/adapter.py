@@ -143,22 +143,21 @@ class AdapterTower(EndToEndTower):
 
     method = "adapter"
 
-    def adapt(self, modality: str, encoder: ModalityEncoder) -> None:
+    def adapt(self, modality: str, encoder: ModalityEncoder) -> list[BottleneckAdapter]:
         options: AdapterConfig = self.options  # type: ignore[assignment]
         found = insert_adapters(encoder.model, encoder.family, encoder.num_layers, options)
         for a in found:
             a.requires_grad_(True)
-        # a plain dict, not submodules: registering them twice would duplicate their state-dict entries
-        if not hasattr(self, "_adapters"):
-            self._adapters: dict[str, list[BottleneckAdapter]] = {}
-        self._adapters[modality] = found
+        # kept in the plain dict self.adapted, not as submodules: registering them twice would duplicate
+        # their state-dict entries
+        return found
 
     def adapter_modules(self, modality: str) -> list[BottleneckAdapter]:
         """The adapters inserted into ``modality``'s backbone, per layer attention then FFN."""
-        return list(self._adapters[modality])
+        return list(self.adapted[modality])
 
     def backbone_groups(self, train: TrainConfig) -> list[dict[str, Any]]:
-        params = [p for m in self.modalities for a in self._adapters[m] for p in a.parameters()]
+        params = [p for m in self.modalities for a in self.adapted[m] for p in a.parameters()]
         return [{"name": "adapters", "params": params, "lr": train.lr_peft}]
 
 

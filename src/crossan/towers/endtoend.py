@@ -353,10 +353,12 @@ class EndToEndTower(ItemTower):
                 memo.fill(list(range(1, self.num_items + 1)))
             log.info("%s: preprocessed the inputs of %d items in %.1fs (%.2f GiB kept)", self.method, self.num_items,
                      time.perf_counter() - t0, sum(m.bytes for m in self.memo.values()) / 2**30)
+        self.adapted: dict[str, Any] = {}
+        """Per modality, what :meth:`adapt` returned (the method's record of what it made trainable)."""
         for m, e in encoders.items():
             e.model.requires_grad_(False)
             try:
-                self.adapt(m, e)
+                self.adapted[m] = self.adapt(m, e)
             except ValueError as err:
                 raise ValueError(f"method={self.method}: the {m} encoder {e.name} ({e.family}) cannot be adapted: "
                                  f"{err}{_NO_LAYERS_HINT if e.family in CNN_FAMILIES else ''}") from None
@@ -366,8 +368,10 @@ class EndToEndTower(ItemTower):
 
     # ------------------------------------------------------------------ subclass hooks
     @abstractmethod
-    def adapt(self, modality: str, encoder: ModalityEncoder) -> None:
-        """Make ``encoder``'s backbone trainable as the method prescribes (it arrives fully frozen)."""
+    def adapt(self, modality: str, encoder: ModalityEncoder) -> Any:
+        """Make ``encoder``'s backbone trainable as the method prescribes (it arrives fully frozen); returns
+        the method's record of it, kept in ``self.adapted[modality]`` (called from the base constructor, so
+        a subclass keeps no state of its own here)."""
 
     @abstractmethod
     def backbone_groups(self, train: TrainConfig) -> list[dict[str, Any]]:

@@ -45,12 +45,13 @@ class FFTTower(EndToEndTower):
     """Full fine-tuning of every modality's backbone under :class:`ModalityFusionHead`."""
 
     method = "fft"
-    frozen: dict[str, list[str]]
-    """Per modality, the backbone parameters left frozen (see the module docstring)."""
 
-    def adapt(self, modality: str, encoder: ModalityEncoder) -> None:
-        if not hasattr(self, "frozen"):
-            self.frozen = {}
+    @property
+    def frozen(self) -> dict[str, list[str]]:
+        """Per modality, the backbone parameters left frozen (see the module docstring)."""
+        return self.adapted
+
+    def adapt(self, modality: str, encoder: ModalityEncoder) -> list[str]:
         model = encoder.model
         model.requires_grad_(True)
         fixed = []
@@ -64,7 +65,7 @@ class FFTTower(EndToEndTower):
         unused = unreachable_parameters(encoder)
         for name in unused:
             model.get_parameter(name).requires_grad_(False)
-        self.frozen[modality] = fixed + unused
+        return fixed + unused
 
     def backbone_groups(self, train: TrainConfig) -> list[dict[str, Any]]:
         return [

@@ -85,13 +85,14 @@ class LoRATower(EndToEndTower):
     """Frozen backbones with LoRA on query/value of every layer, under :class:`ModalityFusionHead`."""
 
     method = "lora"
-    targets: dict[str, list[str]]
-    """Per modality, the full names of the wrapped modules inside its backbone."""
 
-    def adapt(self, modality: str, encoder: ModalityEncoder) -> None:
+    @property
+    def targets(self) -> dict[str, list[str]]:
+        """Per modality, the full names of the wrapped modules inside its backbone."""
+        return self.adapted
+
+    def adapt(self, modality: str, encoder: ModalityEncoder) -> list[str]:
         options: LoRAConfig = self.options  # type: ignore[assignment]
-        if not hasattr(self, "targets"):
-            self.targets = {}
         model = encoder.model
         if options.targets:
             names = [n for n in matching_modules(model, options.targets) if isinstance(model.get_submodule(n), nn.Linear)]
@@ -104,7 +105,7 @@ class LoRATower(EndToEndTower):
         model.requires_grad_(False)
         for p in lora_parameters(model):
             p.requires_grad_(True)
-        self.targets[modality] = names
+        return names
 
     def backbone_groups(self, train: TrainConfig) -> list[dict[str, Any]]:
         params = [p for e in self.encoders.values() for p in lora_parameters(e.model)]
