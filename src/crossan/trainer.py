@@ -1,9 +1,22 @@
 """One trainer for every method: build → train with early stopping → test at the best epoch → results.json.
 
-:func:`train` reads as its steps: :func:`_start` (check, build, write the config), :func:`_resume`,
-:func:`_run_epoch` until early stopping, :func:`_test_best` (results.json, per_user.npz). What the run
-folder holds and how files are written and read back is :mod:`crossan.runs`; the model is assembled by
-:mod:`crossan.model` and scored by :mod:`crossan.ranking`. The names they had here are re-exported.
+:func:`train` reads as its steps: :func:`_start` (check, build, write the config), :func:`_initial_state`
+(fresh, or the checkpoint's under ``--resume``), :func:`_run_epoch` until early stopping, :func:`_test_best`
+(results.json, per_user.npz). What the run folder holds and how files are written and read back is
+:mod:`crossan.runs`; the model is assembled by :mod:`crossan.model` and scored by :mod:`crossan.ranking`.
+The names they had here are re-exported.
+
+What one training step runs (:func:`train_epoch`), for a side-network method:
+
+    Recommender.loss(inputs, targets)                       recommender.py
+      embed_unique: each distinct item of the batch once
+        ContentTower.forward(items)                         towers/content.py: the side inputs, tap-major
+          CrossanTower.encode / IISANTower.encode           towers/crossan.py, towers/iisan.py: the chains
+            sanb_step per depth                             towers/sanb.py: the side adapter blocks
+          heads, then fusion (MOMEF, or concat)             towers/momef.py, towers/crossan.py
+      SASRec over each window's item embeddings             user_encoder.py
+      the loss over the batch's slots (or unique items)     recommender.py
+    backward, Adam step, gradients freed
 """
 
 from __future__ import annotations
