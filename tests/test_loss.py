@@ -143,3 +143,25 @@ def test_bce_negatives_avoid_the_users_window_and_cover_the_rest() -> None:
     expect = (allowed.float() / allowed.sum(1, keepdim=True)).sum(0) * L
     got = torch.bincount(neg.flatten(), minlength=N + 1)[1:].float()
     assert torch.allclose(got, expect, rtol=0.1)
+
+
+def test_bce_loss_leaves_out_padding_positions() -> None:
+    """Mutation testing (2026-12-02): averaging the BCE loss over padding positions too went unnoticed. With
+    the unique items 0..6 (row r is item r), the loss is the mean over the two real positions of
+    softplus(-s·e_target) + softplus(s·e_negative)."""
+    from types import SimpleNamespace
+
+    import torch.nn.functional as F
+
+    from crossan.recommender import Recommender
+
+    g = torch.Generator().manual_seed(0)
+    inputs, targets, negatives = torch.tensor([[0, 1, 2]]), torch.tensor([[0, 2, 3]]), torch.tensor([[4, 5, 6]])
+    uniq, inv = torch.unique(torch.cat([inputs, targets, negatives], 1), return_inverse=True)
+    emb = torch.randn(len(uniq), 4, generator=g)
+    emb[0] = 0
+    states = torch.randn(1, 3, 4, generator=g)
+    got = Recommender._loss(SimpleNamespace(loss_kind="bce"), states, emb, uniq, inv, inputs, targets)
+    want = sum(F.softplus(-(states[0, t] @ emb[targets[0, t]])) + F.softplus(states[0, t] @ emb[negatives[0, t]])
+               for t in (1, 2)) / 2
+    assert float(got) == pytest.approx(float(want), rel=1e-6)

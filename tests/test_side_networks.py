@@ -634,3 +634,23 @@ def test_grouped_sanb_dropout_acts_on_the_branch_only():
     assert 0.85 < mask.mean() < 0.95
     mean = torch.stack([block(x) for _ in range(400)]).mean(0)
     assert (mean - (x + branch)).abs().mean() < 0.05 * branch.abs().mean()
+
+
+def test_gates_and_the_router_divide_their_logits_by_the_temperature() -> None:
+    """Mutation testing (2026-12-02): multiplying by τ instead of dividing went unnoticed, since gates start
+    at logit 0 (0.5 either way) and every test used MOMEF's default temperature 1. At τ = 0.1 the two differ
+    by a factor of 100 in how fast a gate moves."""
+    import math
+
+    from crossan.towers.sanb import Gate
+
+    gate = Gate(temperature=0.1)
+    with torch.no_grad():
+        gate.logit.fill_(0.1)
+    assert float(gate().detach()) == pytest.approx(1 / (1 + math.exp(-1)), rel=1e-6)
+    momef = MOMEF(["a", "b"], dim=2, temperature=0.5)
+    with torch.no_grad():
+        momef.router.weight.zero_()
+        momef.router.bias.copy_(torch.tensor([1.0, 0.0]))
+    weights = momef.routing(torch.zeros(1, 2, 2), torch.ones(1, 2, dtype=torch.bool))
+    torch.testing.assert_close(weights, torch.tensor([[1 / (1 + math.exp(-2)), 1 / (1 + math.exp(2))]]))

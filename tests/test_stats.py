@@ -97,3 +97,28 @@ def test_stratified_when_users_differ_between_seeds() -> None:
         paired_bootstrap(b, b, same_users=True)
     with pytest.raises(ValueError, match="differ in shape"):
         paired_bootstrap([b[0]], [b[1]])
+
+
+def test_the_bootstrap_interval_is_a_95_percent_one() -> None:
+    """Mutation testing (2026-12-02): the tests used constant differences (an interval of width 0), so a 90%
+    interval passed for a 95% one. For 400 standard normal differences the half-width is 1.96 standard errors."""
+    d = np.random.default_rng(0).normal(0.0, 1.0, 400)
+    res = paired_bootstrap([d], [np.zeros(400)], resamples=4000)
+    half = (res.ci95[1] - res.ci95[0]) / 2
+    assert half / (d.std() / math.sqrt(400)) == pytest.approx(1.96, rel=0.05)
+
+
+def test_the_bootstrap_draws_every_user() -> None:
+    """Two users with differences 0 and 1: resamples range from all-0 to all-1 (one that never drew the
+    last user would give (0, 0))."""
+    res = paired_bootstrap([np.array([0.0, 1.0])], [np.zeros(2)], resamples=2000)
+    assert res.ci95 == (0.0, 1.0)
+
+
+def test_seeds_over_the_same_users_are_resampled_together() -> None:
+    """Seeds scored on the same users share one draw of users per resample: three identical seeds give the
+    one seed's interval exactly (independent draws per seed would narrow it and shrink the p-values)."""
+    d = np.random.default_rng(1).normal(0.0, 1.0, 300)
+    one = paired_bootstrap([d], [np.zeros(300)], resamples=2000)
+    three = paired_bootstrap([d] * 3, [np.zeros(300)] * 3, resamples=2000)
+    assert three.ci95 == pytest.approx(one.ci95, rel=1e-9)

@@ -354,3 +354,42 @@ def test_resume_refuses_another_compute_dtype(small_data: Path, tmp_path: Path, 
     torch.save(ck, run / "checkpoints" / "last.pt")
     with pytest.raises(RunError, match=r"records no compute dtype .* resume with precision=auto as in its"):
         train(_cfg(small_data, "train.epochs=2", "precision=fp32"), run, resume=True, progress=False)
+
+
+# ------------------------------------------------------------------------ model selection (fixed validation)
+def _fixed_validation(monkeypatch: pytest.MonkeyPatch, values: list[float]) -> None:
+    """Validation returns ``values[e - 1]`` for every metric at epoch e; training and test run for real."""
+    from crossan.config import metric_names
+
+    calls: list[float] = []
+
+    def fake(model, data, split, cfg, item_table=None, where=""):
+        calls.append(values[len(calls)])
+        return {name: calls[-1] for name in metric_names(cfg.eval.ks)}
+
+    monkeypatch.setattr(trainer, "evaluate", fake)
+
+
+def test_early_stopping_waits_patience_epochs_and_tests_the_best(small_data: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mutation testing (2026-12-02): never counting a bad epoch, stopping one epoch late, preferring a later
+    tied epoch, testing the last epoch's weights instead of the best's and skipping the last epoch's
+    validation all went unnoticed (on the toy data the last epoch was usually the best)."""
+    _fixed_validation(monkeypatch, [0.5, 0.4, 0.3, 0.2, 0.1, 0.05])
+    res = train(_cfg(small_data, "train.epochs=6", "train.patience=2"), tmp_path / "stop", progress=False)
+    assert res["epochs_run"] == 3 and res["best_epoch"] == 1
+
+    _fixed_validation(monkeypatch, [0.5, 0.5, 0.4])
+    assert train(_cfg(small_data, "train.epochs=3"), tmp_path / "tie", progress=False)["best_epoch"] == 1
+
+    _fixed_validation(monkeypatch, [0.5, 0.1, 0.1])
+    res = train(_cfg(small_data, "train.epochs=3"), tmp_path / "best", progress=False)
+    monkeypatch.undo()
+    assert res["best_epoch"] == 1
+    assert rescore(tmp_path / "best", device="cpu")["test"] == pytest.approx(res["test"])  # epoch 1's weights
+
+
+def test_the_last_epoch_is_validated_off_the_eval_grid(small_data: Path, tmp_path: Path) -> None:
+    train(_cfg(small_data, "train.epochs=3", "train.eval_every=2"), tmp_path / "run", progress=False)
+    lines = [json.loads(x) for x in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    assert [("valid" in x) for x in lines] == [False, True, True]
