@@ -37,10 +37,15 @@ def _random_case(seed: int, B: int = 40, N: int = 30, H: int = 6, levels: int = 
     return scores, targets, history
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU"))]
+"""strict_ranks counts on a GPU with its own code path (mutation testing found no CPU test reaches it)."""
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_strict_ranks_match_brute_force(seed: int) -> None:
+def test_strict_ranks_match_brute_force(seed: int, device: str) -> None:
     scores, targets, history = _random_case(seed)
-    ranks = strict_ranks(torch.tensor(scores), torch.tensor(targets), torch.tensor(history)).numpy()
+    ranks = strict_ranks(*(torch.tensor(a, device=device) for a in (scores, targets, history))).cpu().numpy()
     expected = [brute_force_rank(scores[b], targets[b], set(history[b]) - {0}) for b in range(len(targets))]
     np.testing.assert_array_equal(ranks, expected)
 
