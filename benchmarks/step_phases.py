@@ -101,11 +101,11 @@ def main() -> None:
         step(idx)
     spent.clear()
     faults0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
-    timed = batches[args.warmup: args.warmup + args.steps]  # fewer than --steps when the epoch is shorter
-    for idx in timed:
+    measured = batches[args.warmup: args.warmup + args.steps]  # fewer than --steps when the epoch is shorter
+    for idx in measured:
         step(idx)
     total = time.perf_counter() - t0
-    n = max(1, len(timed))
+    n = max(1, len(measured))
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / n
     ms = {k: v / n * 1e3 for k, v in spent.items()}
     ms["whole step"] = total / n * 1e3

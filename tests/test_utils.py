@@ -102,3 +102,17 @@ def test_cache_benchmarks_build_on_the_cpu_they_measure(tmp_path: Path, monkeypa
                                       "4", "--rounds", "1", "--precisions", "fp32", "--out", str(tmp_path / "b")])
     load_benchmark("cache_precision").main()
     assert list((tmp_path / "b").iterdir())
+
+
+def test_step_phases_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A docs review (2026-12-02): the script crashed on every run since a list took the name of its timer
+    helper, which the wrapped methods look up at call time."""
+    import sys
+
+    out = tmp_path / "phases.json"
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))  # it imports side_network_epoch
+    monkeypatch.setattr(sys, "argv", ["step_phases.py", "--users", "600", "--items", "300", "--steps", "2",
+                                      "--warmup", "1", "--out", str(out)])
+    load_benchmark("step_phases").main()
+    figures = json.loads(out.read_text())
+    assert figures and "backward" in json.dumps(figures)

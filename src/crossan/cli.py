@@ -1,9 +1,10 @@
-"""The ``crossan`` command line. Every subcommand takes ``key=value`` config overrides after its options.
+"""The ``crossan`` command line. ``train``, ``cache``, ``encoders`` and ``data stats`` take ``key=value`` config
+overrides after their options (the commands that load a saved run read its config.yaml instead).
 
     crossan train --data PATH [--config FILE]... [--plugin MODULE]... [--out RUN_DIR] [--resume] [k=v]...
     crossan evaluate RUN_DIR
     crossan data stats --data PATH
-    crossan data synth --out DIR [--size small|medium|large] [--seed N]
+    crossan data synth --out DIR [--size tiny|small|medium|large] [--seed N]
     crossan cache --data PATH --modalities text,image [--preset NAME] [key=value]...
     crossan cache --list | --remove-outdated [cache.dir=DIR]
     crossan encoders [--preset NAME] [--items N] [key=value]...
