@@ -70,10 +70,9 @@ from crossan.config import (
     ConfigError,
     config_differences,
     load_config,
-    parse_yaml,
-    read_yaml_file,
     to_dict,
 )
+from crossan.config_yaml import parse_yaml, read_yaml_file
 from crossan.data.catalogue import MODALITIES
 from crossan.methods import method_source_changes
 from crossan.reports.children import (
