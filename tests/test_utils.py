@@ -94,14 +94,25 @@ def test_cache_benchmarks_build_on_the_cpu_they_measure(tmp_path: Path, monkeypa
     available (this CPU build of torch cannot run it: a build on `cuda` fails) they still build on the CPU."""
     import sys
 
+    import crossan.encoders as encoders
+
+    built_on: list[str] = []
+    real_build = encoders.build_encoder
+
+    def recording(modality, spec, device="cpu"):
+        built_on.append(str(device))
+        return real_build(modality, spec, device="cpu")  # this torch cannot build on a GPU
+
+    monkeypatch.setattr(encoders, "build_encoder", recording)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     load_benchmark("bench_cache").main(["--preset", "tiny", "--modalities", "text", "--batch-sizes", "4",
                                         "--items", "8", "--build", "--out", str(tmp_path / "a")])
-    assert json.loads((tmp_path / "a" / "bench_cache.json").read_text())
+    assert json.loads((tmp_path / "a" / "bench_cache.json").read_text())["rows"]
     monkeypatch.setattr(sys, "argv", ["cache_precision.py", "--preset", "tiny", "--items", "8", "--batch-size",
                                       "4", "--rounds", "1", "--precisions", "fp32", "--out", str(tmp_path / "b")])
     load_benchmark("cache_precision").main()
     assert list((tmp_path / "b").iterdir())
+    assert built_on and set(built_on) == {"cpu"}, built_on  # the builds, as every forward beside them
 
 
 def test_step_phases_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

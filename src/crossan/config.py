@@ -675,7 +675,7 @@ def _validate_ranges(cfg: Config) -> None:
     ranges = list(_RANGES)
     sections = [(m.name, getattr(cfg, m.name)) for m in option_sections()]
     for name, section in sections:
-        ranges += [(f"{name}.{k}", lo, inclusive, hi) for k, lo, inclusive, hi in getattr(section, "RANGES", ())]
+        ranges += [(f"{name}.{k}", lo, inclusive, hi) for k, lo, inclusive, hi in section.RANGES]
     for key, lo, inclusive, hi in ranges:
         val: Any = cfg
         for part in key.split("."):
@@ -688,8 +688,7 @@ def _validate_ranges(cfg: Config) -> None:
                     f"{'at least' if inclusive else 'greater than'} {lo}")
             raise ConfigError(f"{key}: must be {want}, got {val!r}")
     for name, section in sections:
-        if callable(getattr(section, "check", None)):
-            section.check(name)
+        section.check(name)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

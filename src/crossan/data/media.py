@@ -351,8 +351,8 @@ def read_audio(path: str | Path, item_id: str = "", seconds: float | None = None
             raise MediaError(item_id, path, "the audio holds no samples")
         if not np.all(np.isfinite(wave)):
             raise MediaError(item_id, path, "the audio holds NaN or infinite samples")
-        if not MIN_AUDIO_RATE <= rate <= MAX_AUDIO_RATE:  # a damaged header: resampling from it would need
-            raise MediaError(item_id, path, f"sample rate {rate:,} Hz is outside {MIN_AUDIO_RATE:,}–"  # GiBs
+        if not MIN_AUDIO_RATE <= rate <= MAX_AUDIO_RATE:  # a damaged header; resampling from it can need GiBs
+            raise MediaError(item_id, path, f"sample rate {rate:,} Hz is outside {MIN_AUDIO_RATE:,}–"
                                             f"{MAX_AUDIO_RATE:,} Hz (a damaged header?)")
         return wave, rate
     assert first_error is not None
