@@ -16,8 +16,8 @@ For each modality and batch size it measures
 forward (e2e and fwd) under the same ``torch.autocast`` that ``build_cache`` uses (``crossan.precision``),
 where matrix products (and convolutions) run in bfloat16.
 
-With ``--build`` it also times ``build_cache`` itself (prefetching, fp16 writes, manifest) per modality
-at the first batch size. Media are synthetic (written to a temporary folder: 128 px jpg covers, 16-frame
+With ``--build`` it also times ``build_cache`` itself (prefetching, fp16 writes, manifest) per modality,
+batch size and precision (the run config's ``precision`` set to each of ``--precision``). Media are synthetic (written to a temporary folder: 128 px jpg covers, 16-frame
 128 px mp4 clips, 5 s 22.05 kHz wav tracks, 10-word titles) unless ``--data`` names a dataset.
 
 Example::
@@ -256,16 +256,15 @@ def main(argv: list[str] | None = None) -> None:
                         peaks[p] = _peak(p)
                     rows.append(bench_modality(m, encoder, data, bs, peaks[p], p) | {"load_avg_1min": _load()})
             del encoder
-        if args.build:
-            from crossan.precision import compute_dtype
-
-            built = "bf16" if compute_dtype(cfg.precision, "cpu") is not None else "fp32"  # build_cache's precision
-            for bs in batch_sizes:
-                rates = bench_build(cfg, data, modalities, bs, Path(tmp) / f"build{bs}")
-                for r in rows:
-                    if r["batch_size"] == bs and r["modality"] in rates and r["precision"] == built:
-                        r["build_items_per_s"] = rates[r["modality"]]
-                        r["build_share"] = rates[r["modality"]] * r["gflops_per_item"] * 1e9 / peaks[built]
+        if args.build:  # build_cache itself at each listed precision (the run config's `precision` key)
+            for p in precisions:
+                cfg.precision = p
+                for bs in batch_sizes:
+                    rates = bench_build(cfg, data, modalities, bs, Path(tmp) / f"build{bs}_{p}")
+                    for r in rows:
+                        if r["batch_size"] == bs and r["modality"] in rates and r["precision"] == p:
+                            r["build_items_per_s"] = rates[r["modality"]]
+                            r["build_share"] = rates[r["modality"]] * r["gflops_per_item"] * 1e9 / peaks[p]
         print_table(rows)
 
     with open(out / "bench_cache.csv", "w", newline="") as f:
