@@ -17,8 +17,9 @@ forward (e2e and fwd) under the same ``torch.autocast`` that ``build_cache`` use
 where matrix products (and convolutions) run in bfloat16.
 
 With ``--build`` it also times ``build_cache`` itself (prefetching, fp16 writes, manifest) per modality,
-batch size and precision (the run config's ``precision`` set to each of ``--precision``). Media are synthetic (written to a temporary folder: 128 px jpg covers, 16-frame
-128 px mp4 clips, 5 s 22.05 kHz wav tracks, 10-word titles) unless ``--data`` names a dataset.
+batch size and precision (the run config's ``precision`` set to each of ``--precision``). Media are
+synthetic (written to a temporary folder: 128 px jpg covers, 16-frame 128 px mp4 clips, 5 s 22.05 kHz wav
+tracks, 10-word titles) unless ``--data`` names a dataset.
 
 Example::
 
