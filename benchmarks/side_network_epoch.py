@@ -28,7 +28,10 @@ and the process's CPU time are recorded with the wall times. ``--profile N`` wri
 table of N steps per model (sorted by self CPU time) to ``profile_<method>_M<M>_<precision>.txt``.
 
 Precision (``--precision``, the run config's ``precision`` key, :mod:`crossan.precision`): the same
-model is timed under each listed setting; ``auto`` is bf16 where the hardware has it.
+model is timed under each listed setting; ``auto`` is bf16 where the hardware has it. On a CPU, compare
+precisions in separate processes (one ``--precision`` each): on a Zen 5 with AVX-512 BF16, bf16 models timed
+in a process that also trains fp32 ones ran 2.5 times slower, on one core's worth of CPU time
+(docs/results.md §3m).
 
 The matmul floor (``--flops-steps N``, default 8): ``torch.utils.flop_counter.FlopCounterMode`` counts the
 matrix-product FLOPs of N training steps, forward and backward, and the machine's matmul rate in the step's
@@ -148,6 +151,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=12345)
     ap.add_argument("--out", default="bench_out/side_network_epoch")
     args = ap.parse_args()
+    if "," in args.precision and args.device == "cpu":
+        print("note: several precisions in one CPU process; bf16 models ran 2.5x slower beside fp32 ones on a "
+              "Zen 5 (docs/results.md §3m): for times, run one --precision per process", flush=True)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
