@@ -244,6 +244,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"writing {args.items} synthetic items …")
             data = synthetic_items(Path(tmp), args.items, image_px=args.image_px)
         precisions = [p for p in args.precision.split(",") if p]
+        if len(precisions) > 1:
+            print("note: several precisions in one process; on a Zen 5 this understated bf16's gain (text build "
+                  "1.92x against 2.4x in separate processes, docs/results.md §3m): run one --precision per process")
         peaks = {p: _peak(p) for p in precisions}
         for p, v in peaks.items():
             print(f"dense {p} matmul: {v / 1e9:.1f} GFLOP/s on {torch.get_num_threads()} threads" if v == v else
