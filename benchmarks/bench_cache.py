@@ -130,7 +130,8 @@ def _bench_modality(modality: str, encoder: Any, data: Items, batch_size: int, p
     fwd = time.perf_counter() - t0
 
     n_present = sum(int(next(iter(p.values())).shape[0]) for p in prepared)
-    flops_item = forward_flops(encoder, prepared[0]) / int(next(iter(prepared[0].values())).shape[0])
+    # every batch's FLOPs: with "longest" padding the batches differ in length, so one batch's count is no mean
+    flops_item = sum(forward_flops(encoder, p) for p in prepared) / max(1, n_present)
     fwd_rate = n_present / fwd
     return {
         "modality": modality,

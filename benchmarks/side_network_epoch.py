@@ -151,6 +151,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=12345)
     ap.add_argument("--out", default="bench_out/side_network_epoch")
     args = ap.parse_args()
+    if any(kv.split("=", 1)[0].strip() == "train.batch_size" for kv in args.set):
+        ap.error("set the batch with --batch-size, not --set train.batch_size=…")
     if "," in args.precision and args.device == "cpu":
         print("note: several precisions in one CPU process; bf16 models ran 2.5x slower beside fp32 ones on a "
               "Zen 5 (docs/results.md §3m): for times, run one --precision per process", flush=True)
@@ -186,8 +188,10 @@ def main() -> None:
                 opt = (make_optimizer(model, cfg, device) if args.adam == "trainer"
                        else torch.optim.Adam(param_groups(model, cfg), foreach=False))
                 model.train()
-                train_epoch(model, opt, all_batches[:5], inputs, targets, device, progress=False)  # warm-up
+                clip = cfg.train.grad_clip  # the trainer's step: clipped when the config says so
+                train_epoch(model, opt, all_batches[:5], inputs, targets, device, clip, progress=False)  # warm-up
                 runs.append({"method": method, "modalities": M, "precision": precision, "model": model, "opt": opt,
+                             "grad_clip": clip,
                              "mods": mods, "times": [], "cpu_times": [], "losses": []})
 
     for r in range(args.rounds):  # the models take turns, so CROSSAN and IISAN see the same load
@@ -200,7 +204,8 @@ def main() -> None:
                 torch.cuda.reset_peak_memory_stats(device)
                 resident = torch.cuda.memory_allocated(device)  # the cache and every model's state
             c0, t0 = time.process_time(), time.perf_counter()
-            run["losses"].append(train_epoch(run["model"], run["opt"], batches, inputs, targets, device, progress=False))
+            run["losses"].append(train_epoch(run["model"], run["opt"], batches, inputs, targets, device,
+                                             run["grad_clip"], progress=False))
             run["times"].append(time.perf_counter() - t0)
             run["cpu_times"].append(time.process_time() - c0)
             if device.type == "cuda":  # what this model's steps allocated above what was resident before them
@@ -226,13 +231,13 @@ def main() -> None:
         else:
             extra = all_batches[: args.memory_steps]
             step_peak = cpu_allocation_peak(
-                partial(train_epoch, model, opt, extra, inputs, targets, device, progress=False))
+                partial(train_epoch, model, opt, extra, inputs, targets, device, run["grad_clip"], progress=False))
             before = state_bytes(model, opt)
             peak_above_cache = before + step_peak
             peak, kind = used_cache + peak_above_cache, "cpu_state_plus_step_allocation_peak"
         if args.profile:
             write_profile(out / f"profile_{run['method']}_M{M}_{run['precision']}.txt", model, opt,
-                          all_batches[: args.profile], inputs, targets, device)
+                          all_batches[: args.profile], inputs, targets, device, run["grad_clip"])
         dtype = compute_dtype(run["precision"], device)
         floor: dict[str, float] = {}
         emulated = device.type == "cpu" and dtype == torch.bfloat16 and not cpu_has_bf16()
@@ -272,7 +277,7 @@ def main() -> None:
     meta = {"machine": machine, "torch": torch.__version__, "users": data.num_users, "items": n,
             "interactions": interactions, "per_user": round(interactions / max(1, args.users), 3),
             "width": args.width, "taps": args.taps, "batch_size": args.batch_size, "cache_on": args.cache_on,
-            "overrides": args.set, "adam": args.adam, "malloc": malloc, "cache_bytes_per_modality": cache_bytes["text"],
+            "overrides": args.set, "adam": args.adam, "memory_steps": args.memory_steps, "malloc": malloc, "cache_bytes_per_modality": cache_bytes["text"],
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in load_after],
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
@@ -313,13 +318,13 @@ def step_flops(model: torch.nn.Module, opt: torch.optim.Optimizer, batches: list
 
 
 def write_profile(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, batches: list[torch.Tensor],
-                  inputs: torch.Tensor, targets: torch.Tensor, device: torch.device) -> None:
+                  inputs: torch.Tensor, targets: torch.Tensor, device: torch.device, grad_clip: float = 0.0) -> None:
     """A ``torch.profiler`` table of the training steps over ``batches`` (ops by self CPU time)."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
-        train_epoch(model, opt, batches, inputs, targets, device, progress=False)
+        train_epoch(model, opt, batches, inputs, targets, device, grad_clip, progress=False)
     path.write_text(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=40))
 
 

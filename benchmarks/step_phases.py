@@ -53,12 +53,12 @@ def main() -> None:
     cpu = torch.device("cpu")
     mods = MODS[: args.modalities]
     cfg = load_config([], [f"method={args.method}", f"modalities=[{','.join(mods)}]", "train.batch_size=64",
-                           f"seed={args.seed}", *args.set])
+                           f"seed={args.seed}", *args.set])  # --set train.batch_size=… changes the batch
     malloc = configure_malloc(cfg.train.malloc, cpu)
     data = apply_protocol(synthetic_sequences(args.users, args.items, args.seed), cfg.data, name="synthetic")
     states, present = random_cache(data.num_items, mods, 7, 768, args.seed)
     inputs, targets = torch.as_tensor(data.train_inputs), torch.as_tensor(data.train_targets)
-    batches = _batches(len(inputs), 64, args.seed, 1)
+    batches = _batches(len(inputs), cfg.train.batch_size, args.seed, 1)
     model = bench_model(cfg, data, states, present, cpu, args.seed)
     opt = make_optimizer(model, cfg, cpu)
     model.train()
@@ -90,6 +90,8 @@ def main() -> None:
         t1 = time.perf_counter()
         loss.backward()
         t2 = time.perf_counter()
+        if cfg.train.grad_clip > 0:  # as the trainer's step (crossan.trainer.train_epoch)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         t3 = time.perf_counter()
@@ -109,14 +111,16 @@ def main() -> None:
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / n
     ms = {k: v / n * 1e3 for k, v in spent.items()}
     ms["whole step"] = total / n * 1e3
-    print(f"{args.method} M={args.modalities}, {args.steps} steps, {torch.get_num_threads()} threads, malloc {malloc}, "
+    print(f"{args.method} M={args.modalities}, {len(measured)} steps of batch {cfg.train.batch_size}, "
+          f"{torch.get_num_threads()} threads, malloc {malloc}, "
           f"load average {os.getloadavg()[0]:.2f}")
     for name, v in ms.items():
         print(f"  {name:16s} {v:8.2f} ms")
     print(f"  minor page faults per step: {faults:.1f}")
     if args.out:
         Path(args.out).write_text(json.dumps({
-            "method": args.method, "modalities": args.modalities, "steps": args.steps, "malloc": malloc,
+            "method": args.method, "modalities": args.modalities, "steps": len(measured),
+            "batch_size": cfg.train.batch_size, "malloc": malloc,
             "machine": cpu_description(), "threads": torch.get_num_threads(), "overrides": args.set,
             "ms_per_step": ms,
             "minor_faults_per_step": faults, "load_average": os.getloadavg(),

@@ -130,3 +130,27 @@ def test_step_phases_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     load_benchmark("step_phases").main()
     figures = json.loads(out.read_text())
     assert figures and "backward" in json.dumps(figures)
+
+
+def test_side_network_bench_runs_the_trainers_step_with_its_overrides(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A benchmark review (2026-12-02): ``--set train.grad_clip=…`` was recorded in the results but never applied
+    (the timed step skipped the clipping the trainer does), and ``--set train.batch_size=…`` was recorded while
+    the batches came from ``--batch-size``. Now the clip is applied and the batch override is refused."""
+    import sys
+
+    calls = []
+    real_clip = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *a, **k: calls.append(a[1]) or real_clip(*a, **k))
+    bench = load_benchmark("side_network_epoch")
+    common = ["side_network_epoch.py", "--device", "cpu", "--users", "300", "--items", "200", "--width", "16",
+              "--taps", "2", "--modality-counts", "1", "--methods", "crossan", "--max-steps", "2",
+              "--flops-steps", "0", "--memory-steps", "1", "--out", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", [*common, "--set", "train.grad_clip=1.0"])
+    bench.main()
+    assert calls and set(calls) == {1.0}, calls  # warm-up, timed and memory steps all clipped
+    meta = json.loads((tmp_path / "results.json").read_text())["meta"]
+    assert meta["memory_steps"] == 1
+    monkeypatch.setattr(sys, "argv", [*common, "--set", "train.batch_size=128"])
+    with pytest.raises(SystemExit):
+        bench.main()
