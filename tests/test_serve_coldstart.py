@@ -147,3 +147,26 @@ def test_embed_items_passes_the_runs_corrupt_policy_to_end_to_end_towers(synth: 
     # the corrupt cover counts as absent (cache.on_corrupt=missing), as it would have in training
     torch.testing.assert_close(extra.embeddings[0], extra.embeddings[1], atol=1e-6, rtol=1e-6)
     assert not torch.allclose(extra.embeddings[2], extra.embeddings[3], atol=1e-3)
+
+
+def test_new_items_are_encoded_at_the_precision_each_cache_was_built_with(synth: Path, tmp_path: Path) -> None:
+    """A precision review (2026-12-02): a run may read a cache built at another precision than its own (the
+    states are float16 either way), but embed-items encoded new items at the run's precision, so a new item
+    with a training item's content got an embedding about 1% off that item's. Here the text cache is built in
+    bf16, the image cache in fp32, and the run trains in fp32."""
+    base = [f"data.path={synth}", "method=frozen", "modalities=[text,image]", "encoders.preset=tiny",
+            f"cache.dir={tmp_path / 'cache'}", "train.epochs=1", "train.batch_size=64", "user.dim=32", "device=cpu"]
+    cfg = load_config([], [*base, "precision=fp32"])
+    data = prepare(cfg.data)
+    build_cache(load_config([], [*base, "precision=bf16"]), data, ["text"], progress=False)
+    build_cache(cfg, data, ["image"], progress=False)
+    train(cfg, tmp_path / "run", data=data, progress=False)
+    rec = load_recommender(tmp_path / "run", device="cpu")
+    item = rec.item_ids[1]
+    new = tmp_path / "new"
+    (new / "covers").mkdir(parents=True)
+    shutil.copyfile(synth / rec.data.catalogue[item].image, new / "covers" / "dup.png")
+    (new / "items.tsv").write_text(f"item_id\ttitle\timage\ndup\t{_full_title(synth, item)}\tcovers/dup.png\n")
+    embed_items(tmp_path / "run", new, device="cpu")
+    torch.testing.assert_close(read_extra_items(tmp_path / "run").embeddings[0], rec.item_table[1],
+                               rtol=1e-5, atol=1e-5)

@@ -182,7 +182,8 @@ def test_a_saved_config_without_a_key_whose_default_changed_reads_as_it_ran() ->
     assert config_differences(saved, load_config([], ["train.negatives=unique"])) == []
     del saved["train"]  # a whole section missing: filled the same way
     assert config_differences(saved, now) == ["train.negatives: 'unique' → 'slots'"]
-    assert CHANGED_DEFAULTS == {"train.negatives": "unique"}  # the one key found in the history
+    # the one key found in the history, and precision, whose first default (auto) did not keep float32
+    assert CHANGED_DEFAULTS == {"train.negatives": "unique", "precision": "fp32"}
 
 
 def test_a_suite_refuses_to_reuse_a_run_trained_before_negatives_existed(tmp_path: Path) -> None:

@@ -356,6 +356,34 @@ def test_resume_refuses_another_compute_dtype(small_data: Path, tmp_path: Path, 
         train(_cfg(small_data, "train.epochs=2", "precision=fp32"), run, resume=True, progress=False)
 
 
+def test_a_run_saved_before_precision_existed_resumes_in_float32(tmp_path: Path, monkeypatch) -> None:
+    """A precision review (2026-12-02): a config.yaml without ``precision`` (every run before the key ran in
+    float32) took today's default, auto, so on a CPU with bf16 units the old run would continue in bf16
+    unchecked (its checkpoint records no dtype). It now reads as fp32: refused under auto there, naming
+    precision=fp32; accepted where auto is float32 anyway."""
+    import yaml
+
+    import crossan.precision as precision
+    from crossan.config import to_dict
+    from crossan.runs import _check_compute_dtype, check_run_dir
+
+    cfg = load_config([], ["device=cpu"])
+    saved = to_dict(cfg)
+    del saved["precision"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    changed_from = check_run_dir(tmp_path, cfg, resume=True)
+    assert changed_from == "fp32"
+    ck = tmp_path / "last.pt"
+    for has_bf16, refused in ((True, True), (False, False)):
+        monkeypatch.setattr(precision, "cpu_has_bf16", lambda v=has_bf16: v)
+        now = precision.dtype_name(precision.compute_dtype(cfg.precision, "cpu"))
+        if refused:
+            with pytest.raises(RunError, match=r"records no compute dtype .* resume with precision=fp32 as in"):
+                _check_compute_dtype(ck, None, now, cfg.precision, changed_from, "fresh")
+        else:
+            _check_compute_dtype(ck, None, now, cfg.precision, changed_from, "fresh")
+
+
 # ------------------------------------------------------------------------ model selection (fixed validation)
 def _fixed_validation(monkeypatch: pytest.MonkeyPatch, values: list[float]) -> None:
     """Validation returns ``values[e - 1]`` for every metric at epoch e; training and test run for real."""

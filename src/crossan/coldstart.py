@@ -12,8 +12,10 @@ candidates and may appear in histories. A tower embeds new content in one of two
 * a content tower (:class:`~crossan.towers.content.ContentTower`: frozen, IISAN, CROSSAN, …) reads its
   :class:`~crossan.cache.features.FeatureSource`; for new items the source is swapped for
   :class:`~crossan.cache.features.LiveFeatures` over the new catalogue with the run's encoders. When the
-  run read the layer-state cache (``cached=true``), the live states are rounded through float16 first, as
-  the cache stores them, so that a new item with a training item's content gets that item's embedding;
+  run read the layer-state cache (``cached=true``), each modality's encoder runs at the compute dtype its
+  cache was built with (the manifest's ``build.compute_dtype``; the run's ``precision`` where an older
+  manifest does not record it), and the live states are rounded through float16 first, as the cache stores
+  them, so that a new item with a training item's content gets that item's embedding;
 * any other tower may implement ``embed_content(records: list[ItemRecord], catalogue: Catalogue,
   on_corrupt: str) -> Tensor [E, dim]`` (e.g. end-to-end towers that run their own backbone on raw media);
   it is called with the new items in chunks of ``encoders.batch_size`` and the run's ``cache.on_corrupt``.
@@ -166,9 +168,49 @@ class CacheRoundedFeatures:
         return out
 
 
-def _embed_new(model: Any, cfg: Config, catalogue: Any, ids: list[str], device: torch.device) -> torch.Tensor:
-    """Embeddings [E, d] of catalogue items ``ids`` by the run's item tower (see the module docstring)."""
+class BuildPrecisionFeatures:
+    """Live states of each modality computed at its own precision: ``sources[m]`` (one
+    :class:`~crossan.cache.features.LiveFeatures` per modality) under ``precisions[m]`` (``bf16`` or
+    ``fp32``), whatever autocast the caller runs in, as each modality's cache was built."""
+
+    def __init__(self, sources: dict[str, Any], precisions: dict[str, str]) -> None:
+        self.sources, self.precisions = sources, precisions
+        self.modalities = list(sources)
+        self.dims = {m: int(s.dims[m]) for m, s in sources.items()}
+        self.num_taps = int(next(iter(sources.values())).num_taps)
+
+    def gather(self, items: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        from crossan.precision import autocast, full_precision
+
+        out = {}
+        for m, source in self.sources.items():
+            kind = items.device if items.device.type in ("cpu", "cuda") else torch.device("cpu")
+            context = autocast("bf16", kind) if self.precisions[m] == "bf16" else full_precision(kind)
+            with context:
+                out.update(source.gather(items))
+        return out
+
+
+def cache_build_precisions(cfg: Config, data: Any) -> dict[str, str]:
+    """Per modality of a cached run, the ``precision`` (``bf16`` / ``fp32``) its cache's states were computed
+    at, from the cache's manifest; modalities whose manifest does not record it (older crossan) are left out."""
+    from crossan.cache.layout import modality_folder
+    from crossan.cache.manifest import UNKNOWN, build_compute, read_manifest
+
+    out = {}
+    for m in cfg.modalities:
+        dtype = build_compute(read_manifest(modality_folder(cfg, data, m)) or {})[0]
+        if dtype != UNKNOWN:
+            out[m] = "bf16" if dtype == "bfloat16" else "fp32"
+    return out
+
+
+def _embed_new(model: Any, cfg: Config, catalogue: Any, ids: list[str], device: torch.device,
+               data: Any = None) -> torch.Tensor:
+    """Embeddings [E, d] of catalogue items ``ids`` by the run's item tower (see the module docstring).
+    ``data``: the run's dataset, where its cache's manifests are found (``cached=true``)."""
     from crossan.cache.features import LiveFeatures
+    from crossan.precision import compute_dtype
     from crossan.towers.content import ContentTower
 
     tower = model.tower
@@ -187,7 +229,7 @@ def _embed_new(model: Any, cfg: Config, catalogue: Any, ids: list[str], device: 
     from crossan.encoders.factory import build_encoders
 
     modalities = list(tower.modalities)
-    old = tower.features
+    old, tower_precision = tower.features, tower.precision
     if isinstance(old, LiveFeatures) and all(m in old.encoders for m in modalities):
         encoders = {m: old.encoders[m] for m in modalities}
     else:
@@ -198,15 +240,27 @@ def _embed_new(model: Any, cfg: Config, catalogue: Any, ids: list[str], device: 
                              f"{e.hidden_size}; the run was trained on {tower.num_taps} of width {tower.dims[m]}")
     live: Any = LiveFeatures(encoders, catalogue, [""] + ids, batch_size=cfg.encoders.batch_size,
                              on_corrupt=cfg.cache.on_corrupt)
-    if cfg.cached:  # training read the float16 cache: give the tower the states it would have read there
+    precision = tower.precision
+    if cfg.cached:  # training read the float16 cache: give the tower the states it would have read there,
+        # computed at the precision each modality's cache was built with (not necessarily the run's)
+        built = cache_build_precisions(cfg, data) if data is not None else {}
+        if built:
+            live = BuildPrecisionFeatures(
+                {m: LiveFeatures({m: encoders[m]}, catalogue, [""] + ids, batch_size=cfg.encoders.batch_size,
+                                 on_corrupt=cfg.cache.on_corrupt) for m in modalities},
+                {m: built.get(m, "bf16" if compute_dtype(precision, device) is not None else "fp32")
+                 for m in modalities})
+            precision = "fp32"  # no outer autocast: each modality's own precision applies
         live = CacheRoundedFeatures(live, [""] + ids)
     rows = torch.arange(1, len(ids) + 1, device=device)
     object.__setattr__(tower, "features", live)
+    object.__setattr__(tower, "precision", precision)
     try:
         with torch.no_grad():
             parts = [tower(chunk).float() for chunk in rows.split(cfg.eval.batch_size)]
     finally:
         object.__setattr__(tower, "features", old)
+        object.__setattr__(tower, "precision", tower_precision)
     return torch.cat(parts)
 
 
@@ -245,7 +299,7 @@ def embed_items(run_dir: str | Path, new_catalogue: str | Path, device: str = "a
     if clash:
         raise ServeError(f"{catalogue.source}: item ids {clash[:10]}{' …' if len(clash) > 10 else ''} are training "
                          "items of the run; give new items new ids")
-    emb = _embed_new(model, cfg, catalogue, ids, torch.device(dev)).cpu()
+    emb = _embed_new(model, cfg, catalogue, ids, torch.device(dev), data).cpu()
     records = []
     for i in ids:
         r = catalogue[i]

@@ -40,7 +40,15 @@ from safetensors.torch import load_file
 
 import crossan
 from crossan import distributed as dist
-from crossan.config import PATH_KEYS, Config, config_differences, config_from_dict, resolve_path, to_dict
+from crossan.config import (
+    CHANGED_DEFAULTS,
+    PATH_KEYS,
+    Config,
+    config_differences,
+    config_from_dict,
+    resolve_path,
+    to_dict,
+)
 from crossan.errors import NonFiniteError, RunError, ServeError
 from crossan.methods import method_source_changes
 from crossan.utils import atomic_save_safetensors, atomic_torch_save, atomic_write, atomic_write_json
@@ -92,7 +100,7 @@ def check_run_dir(run_dir: Path, cfg: Config, resume: bool) -> str | None:
         if not isinstance(old, dict):
             raise RunError(f"{run_dir}: --resume with a different configuration: config.yaml is not a "
                            "mapping")
-        old_precision = old.get("precision", cfg.precision)
+        old_precision = old.get("precision", CHANGED_DEFAULTS["precision"])  # a run saved before the key: fp32
         diff = config_differences({**old, "precision": cfg.precision}, cfg)
         if diff:
             raise RunError(f"{run_dir}: --resume with a different configuration: {'; '.join(diff[:10])}")
@@ -375,6 +383,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
 
 _DTYPE_PRECISION = {"bfloat16": "bf16", "float32": "fp32"}
 """A compute dtype's name → the ``precision`` value that forces it on any machine."""
+_PRECISION_DTYPE = {v: k for k, v in _DTYPE_PRECISION.items()}
 
 
 def _check_compute_dtype(path: Path, saved: Any, now: str | None, precision: str, changed_from: str | None,
@@ -383,8 +392,8 @@ def _check_compute_dtype(path: Path, saved: Any, now: str | None, precision: str
     :func:`load_checkpoint`)."""
     if now is None:
         return
-    if saved is None:
-        if changed_from is not None:
+    if saved is None:  # an older checkpoint: its config.yaml's precision says what it ran at, where it forces one
+        if changed_from is not None and _PRECISION_DTYPE.get(changed_from) != now:
             raise RunError(f"{path} records no compute dtype (written by an older crossan), so --resume "
                            f"cannot check that precision={precision} continues it at the dtype it started "
                            f"with; resume with precision={changed_from} as in its config.yaml, or {fresh}")
