@@ -275,3 +275,37 @@ def test_standardisation_statistics_use_the_runs_device_autocast(monkeypatch: py
     seen.clear()
     content.finish(FrozenTower(Feats(), ["text"], 30, 8), ctx)
     assert seen and set(seen) == {"cuda:1"}
+
+
+def test_routing_and_exchange_weights_are_float32_under_bf16():
+    """A precision review (2026-12-02): under CPU bf16 autocast MOMEF's router softmax stayed bf16 (rows summing
+    to 1 ± 0.006, top-k choices changed by rounding and ties, the balance loss rounded), and CROSSAN's exchange
+    denominator ran as a bf16 matmul. Routing now runs in float32: under autocast it gives exactly the weights
+    of a float32 forward on the same inputs, and the exchange coefficients are those of float32."""
+    from crossan.towers.crossan import Exchange
+    from crossan.towers.momef import MOMEF
+
+    torch.manual_seed(0)
+    M, d, U = 4, 16, 512
+    e = torch.randn(U, M, d).bfloat16()  # what the heads give under autocast
+    present = torch.rand(U, M) > 0.2
+    for top_k in (0, 2):
+        mo = MOMEF([f"m{i}" for i in range(M)], d, top_k=top_k, load_balance_weight=0.01)
+        p32_all, p32 = mo._route(e.float(), present)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            pb_all, pb = mo._route(e, present)
+            mo._record(pb_all, pb, present)
+        assert pb_all.dtype == pb.dtype == torch.float32 and mo.aux_loss().dtype == torch.float32
+        assert torch.equal(pb_all, p32_all) and torch.equal(pb, p32)
+    mo3 = MOMEF(["a", "b", "c"], d)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # nothing present: exactly uniform
+        _, p = mo3._route(torch.randn(2, 3, d).bfloat16(), torch.zeros(2, 3, dtype=torch.bool))
+    assert torch.equal(p, torch.full((2, 3), 1 / 3))
+    ex = Exchange(2, M)
+    with torch.no_grad():
+        ex.logits.normal_()
+    a = (torch.rand(M, U, 1) > 0.3).float()
+    want = ex.coefficients(a, 1, torch.float32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = ex.coefficients(a.bfloat16(), 1, torch.bfloat16)
+    torch.testing.assert_close(got[2].float(), want[2].bfloat16().float(), rtol=0, atol=0)

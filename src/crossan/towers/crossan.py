@@ -49,6 +49,7 @@ from torch import nn
 
 from crossan.cache.features import FeatureSource
 from crossan.config import TrainConfig
+from crossan.precision import full_precision
 from crossan.towers.base import TowerContext, register
 from crossan.towers.content import ContentTower, Features, features_from_context, finish
 from crossan.towers.momef import MOMEF
@@ -91,7 +92,8 @@ class Exchange(nn.Module):
         if self.logits is None and M == 2:
             return (a.flip(0) * lam,)
         E = self.weights(j)
-        den = E @ a.view(M, U).to(E.dtype)  # [M, U], float32 (small)
+        with full_precision(a.device):  # [M, U] in float32 (small): the renormalised weights sum to 1
+            den = E @ a.view(M, U).to(E.dtype)
         scale = lam * (1 / torch.where(den > 0, den, torch.ones_like(den))).to(dtype)[..., None]
         return E.to(dtype), a, scale
 
@@ -152,7 +154,8 @@ class InputMix(nn.Module):
             return h * a
         b = self.logits[k]
         E = torch.exp(b - b.max(1, keepdim=True).values.detach())  # [M, M], entries in (0, 1]
-        den = E @ a.view(M, U).to(E.dtype)  # [M, U] float32
+        with full_precision(a.device):  # [M, U] in float32
+            den = E @ a.view(M, U).to(E.dtype)
         inv = torch.where(den > 0, 1 / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(den))
         num = (E.to(h.dtype) @ (h * a).view(M, U * d)).view(M, U, d)
         return num * inv.to(h.dtype)[..., None]

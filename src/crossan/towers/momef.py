@@ -39,6 +39,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from crossan.precision import full_precision
 from crossan.towers.sanb import masked_softmax
 
 
@@ -91,7 +92,11 @@ class MOMEF(nn.Module):
         if self.router is None:
             ones = e.new_ones(U, M)
             return ones, ones
-        logits = self.router(e.flatten(1)) / self.temperature
+        # the router (a small product), its softmax, the top-k choice, the balance loss and the statistics in
+        # float32 whatever the compute dtype: under CPU autocast a softmax of bf16 logits stays bf16 (rows summing
+        # to 1 ± 0.006), and bf16 logits tie, which changes top-k choices
+        with full_precision(e.device):
+            logits = self.router(e.flatten(1).float()) / self.temperature
         p_all = masked_softmax(logits, present)
         has_any = present.any(1, keepdim=True)
         p_all = torch.where(has_any, p_all, torch.full_like(p_all, 1 / M))  # nothing present: uniform
@@ -107,7 +112,7 @@ class MOMEF(nn.Module):
         p_all, p = self._route(e, present)
         experts = torch.stack([expert(e[:, i]) for i, expert in enumerate(self.experts)], 1)  # [U, M, d]
         self._record(p_all, p, present)
-        return (p[..., None] * experts).sum(1)
+        return (p.to(experts.dtype)[..., None] * experts).sum(1)  # in the experts' (compute) dtype
 
     def _record(self, p_all: torch.Tensor, p: torch.Tensor, present: torch.Tensor) -> None:
         self.last_weights = p.detach()
