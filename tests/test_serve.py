@@ -92,6 +92,8 @@ def test_recommendations_are_the_evaluators_top_k(which: str, request: pytest.Fi
 
     histories = _test_histories(data)
     batched = rec.recommend_many(histories, k=k, batch_size=17)  # several batches
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a caller's autocast changes nothing: float32 scores
+        assert rec.recommend_many(histories, k=k, batch_size=17) == batched
     for u, (items, hist) in enumerate(zip(batched, histories)):
         assert [r.item_id for r in items] == [data.item_ids[i] for i in top_i[u].tolist()]
         assert [r.score for r in items] == pytest.approx(top_s[u].tolist(), rel=1e-5, abs=1e-5)

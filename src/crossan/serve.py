@@ -45,6 +45,7 @@ from crossan.coldstart import (  # noqa: F401  (re-exported: the serving API in 
 )
 from crossan.config import Config
 from crossan.errors import ServeError, UnknownItemError
+from crossan.precision import full_precision
 from crossan.ranking import check_finite_table
 from crossan.runs import (  # noqa: F401
     REQUIRED_FILES,
@@ -145,7 +146,8 @@ class TrainedRecommender:
         exclude_history = self._exclude(exclude_history)
         inputs, hist = self._windows(rows)
         users = self.model.user_vectors(inputs, self.item_table)
-        scores = users @ self.item_table.T  # [B, rows]
+        with full_precision(users.device):  # float32 even inside a caller's autocast (as evaluation scores)
+            scores = users @ self.item_table.T  # [B, rows]
         scores[:, 0] = -torch.inf
         if exclude_history:
             scores.scatter_(1, hist, -torch.inf)  # padding 0 in hist hits column 0, already excluded
