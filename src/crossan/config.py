@@ -697,7 +697,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write ``cfg`` as YAML, atomically (a crash never leaves half a config.yaml)."""
-    from crossan.utils import atomic_write  # here, not at the top: reading a config imports no numpy
+    from crossan.utils import atomic_write  # here, not at the top: keeps crossan.utils out of config imports
 
     text = yaml.safe_dump(to_dict(cfg), sort_keys=False)
     atomic_write(path, lambda tmp: tmp.write_text(text))
