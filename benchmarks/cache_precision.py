@@ -8,6 +8,10 @@ and in bf16. Precisions take turns within every round and the fastest round coun
 load; the process's CPU time is recorded beside the wall time, and the load average before and after.
 The states of the two builds are compared (cosine per item and tap, largest difference).
 
+For speed, prefer ``bench_cache.py --build --precision fp32`` and ``--precision bf16`` in separate processes:
+on a Zen 5 with AVX-512 BF16, bf16 work in a process that also ran fp32 work lost about half its speed
+(docs/results.md §3m), so this script's bf16/fp32 ratio is a lower bound there (it prints a note).
+
     python benchmarks/cache_precision.py --items 512 --rounds 3 --out bench_out/cache_precision
 """
 
@@ -69,6 +73,9 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     precisions = args.precisions.split(",")
+    if len(set(precisions)) > 1:
+        print("note: several precisions in one process; bf16 ran about half as fast beside fp32 on a Zen 5 "
+              "(docs/results.md §3m): the bf16/fp32 ratio here is a lower bound", flush=True)
     load_before = os.getloadavg()
     tmp = Path(tempfile.mkdtemp())
     data = Items(args.items, tmp)

@@ -54,7 +54,7 @@ def test_cpu_description_names_model_and_widest_unit(tmp_path: Path):
                     "processor\t: 1\nmodel name\t: other\nflags\t\t: fpu\n")
     arm = tmp_path / "arm"
     arm.write_text("processor\t: 0\nFeatures\t: fp asimd sve bf16\n")
-    cores = f"{os.cpu_count()} cores"
+    cores = f"{len(os.sched_getaffinity(0))} cores"  # the CPUs this process may use (taskset, cgroups)
     assert cpu_description(sapphire) == f"Intel(R) Xeon(R) Platinum 8480+ ({platform.machine()}, {cores}, AMX-BF16)"
     assert cpu_description(zen1) == f"AMD EPYC ({platform.machine()}, {cores}, AVX2)"  # first processor's lines
     assert cpu_description(arm).endswith(f"{cores}, Arm BF16)")

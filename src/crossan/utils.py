@@ -95,7 +95,8 @@ def cpu_description(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
     model = fields.get("model name") or platform.processor() or "unknown CPU"
     flags = _flags(fields)
     unit = next((name for flag, name in CPU_VECTOR_UNITS if flag in flags), "vector units unknown")
-    return f"{model} ({platform.machine()}, {os.cpu_count()} cores, {unit})"
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model} ({platform.machine()}, {usable} cores, {unit})"  # the CPUs this process may run on
 
 
 def matmul_rate(dtype: torch.dtype | None = None, device: torch.device | str = "cpu", size: int = 2048,
