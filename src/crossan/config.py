@@ -29,12 +29,14 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
+import crossan.methods as _methods_module
 from crossan.config_yaml import YAMLLoader, read_yaml_file
 from crossan.errors import ConfigError
-from crossan.methods import get_method, option_sections
+from crossan.methods import discover_plugins, get_method, option_sections
 
 __all__ = ["CacheConfig", "Config", "ConfigError", "CoreConfig", "DataConfig", "EncoderSpec", "EncodersConfig",
-           "EvalConfig", "TrainConfig", "UserEncoderConfig", "config_from_dict", "load_config", "metric_names",
+           "EvalConfig", "TrainConfig", "UserEncoderConfig", "add_method_section", "config_from_dict", "load_config",
+           "metric_names",
            "parse_override", "read_yaml_file", "save_config", "to_dict", "validate"]
 
 
@@ -312,15 +314,49 @@ class CoreConfig:
     cache: CacheConfig = field(default_factory=CacheConfig)
 
 
-Config = dataclasses.make_dataclass(
-    "Config",
-    [(row.name, row.options, field(default_factory=row.options)) for row in option_sections()],
-    bases=(CoreConfig,),
-    namespace={"__doc__": "A complete run configuration: :class:`CoreConfig` plus one options section per "
-                          "method of :mod:`crossan.methods` (``id``, ``frozen``, ``iisan``, ``crossan``, ``fft``, "
-                          "``adapter``, ``lora``), each of that method's options dataclass.",
-               "__module__": __name__},
-)
+def _section_default(self: Any, name: str) -> Any:
+    """``Config.__getattr__`` (asked only for an attribute the instance lacks): the default of a method section
+    added after the instance was made (:func:`add_method_section`), stored on it; AttributeError otherwise."""
+    spec = type(self).__dataclass_fields__.get(name)
+    if spec is None or spec.default_factory is dataclasses.MISSING:
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+    value = spec.default_factory()
+    setattr(self, name, value)
+    return value
+
+
+def _make_config(rows: list[Any]) -> type:
+    return dataclasses.make_dataclass(
+        "Config",
+        [(row.name, row.options, field(default_factory=row.options)) for row in rows],
+        bases=(CoreConfig,),
+        namespace={"__doc__": "A complete run configuration: :class:`CoreConfig` plus one options section per "
+                              "method of :mod:`crossan.methods` with options (built in: ``id``, ``frozen``, "
+                              "``iisan``, ``crossan``, ``fft``, ``adapter``, ``lora``; plugins add theirs), each "
+                              "of that method's options dataclass.",
+                   "__module__": __name__, "__getattr__": _section_default},
+    )
+
+
+Config = _make_config(option_sections())
+
+
+def add_method_section(row: Any) -> None:
+    """Make the options of a method row registered after this module was imported (a plugin's) a section of
+    :class:`Config`: the class is rebuilt in place (its fields, ``__init__``, ``__repr__``, ``__eq__`` and
+    annotations), so that every reference to it, ``isinstance`` and pickling keep working, and an instance
+    made before reads the new section's defaults (:func:`_section_default`). Called by
+    :func:`crossan.methods.register_method` (through its ``_late_section_hooks``)."""
+    if row.name in Config.__dataclass_fields__:
+        raise ConfigError(f"method {row.name!r}: Config already has a field of that name")
+    rebuilt = _make_config(option_sections())
+    for attr in ("__dataclass_fields__", "__dataclass_params__", "__init__", "__repr__", "__eq__", "__match_args__",
+                 "__annotations__", "__annotate__"):
+        if attr in rebuilt.__dict__:
+            setattr(Config, attr, rebuilt.__dict__[attr])
+
+
+_methods_module._late_section_hooks.append(add_method_section)
 
 
 def metric_names(ks: Any) -> list[str]:
@@ -419,21 +455,35 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    """The config keys of a section: its annotated fields, without class constants (``RANGES``)."""
+    return {k: tp for k, tp in typing.get_type_hints(cls).items() if get_origin(tp) is not typing.ClassVar}
 
 
 def _apply_mapping(obj: Any, mapping: dict[str, Any], prefix: str = "") -> None:
+    if not prefix:
+        _discover_sections(obj, mapping)
     hints = _hints(type(obj))
     for k, v in mapping.items():
         key = f"{prefix}.{k}" if prefix else str(k)
         if k not in hints:
             known = ", ".join(sorted(hints))
-            raise ConfigError(f"unknown config key {key!r} (known here: {known})")
+            hint = ("; a plugin method's section needs its plugin loaded (--plugin MODULE, "
+                    f"${_methods_module.PLUGINS_ENV} or an entry point)") if not prefix else ""
+            raise ConfigError(f"unknown config key {key!r} (known here: {known}){hint}")
         tp = hints[k]
         if dataclasses.is_dataclass(tp) and isinstance(v, dict):
             _apply_mapping(getattr(obj, k), v, key)
         else:
             setattr(obj, k, _coerce(v, tp, key))
+
+
+def _discover_sections(cfg: Any, keys: Any) -> None:
+    """Import the plugins (:func:`crossan.methods.discover_plugins`) when a top-level key among ``keys`` is not
+    a field of ``cfg``: it may be the options section of a plugin method not imported yet (a saved run's
+    config.yaml read by ``crossan evaluate``, a suite's child process)."""
+    fields = type(cfg).__dataclass_fields__ if dataclasses.is_dataclass(cfg) else {}
+    if isinstance(cfg, CoreConfig) and any(str(k) not in fields for k in keys):
+        discover_plugins()
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -547,6 +597,7 @@ def load_config(files: list[str | Path] = (), overrides: list[str] = (), base: C
         except ConfigError as e:
             raise ConfigError(_located(str(e), where, str(p))) from None
         sources.update(where)
+    _discover_sections(cfg, [o.split("=", 1)[0].split(".", 1)[0].strip() for o in overrides])
     for o in overrides:
         key, value = _override_value(cfg, o)
         _apply_mapping(cfg, _nest(key, value))
@@ -674,8 +725,8 @@ def _validate_ranges(cfg: Config) -> None:
     run-level ones above, then each method section's ``RANGES`` and ``check``."""
     ranges = list(_RANGES)
     sections = [(m.name, getattr(cfg, m.name)) for m in option_sections()]
-    for name, section in sections:
-        ranges += [(f"{name}.{k}", lo, inclusive, hi) for k, lo, inclusive, hi in section.RANGES]
+    for name, section in sections:  # a plugin's options need not derive from Options
+        ranges += [(f"{name}.{k}", lo, inclusive, hi) for k, lo, inclusive, hi in getattr(section, "RANGES", ())]
     for key, lo, inclusive, hi in ranges:
         val: Any = cfg
         for part in key.split("."):
@@ -688,7 +739,8 @@ def _validate_ranges(cfg: Config) -> None:
                     f"{'at least' if inclusive else 'greater than'} {lo}")
             raise ConfigError(f"{key}: must be {want}, got {val!r}")
     for name, section in sections:
-        section.check(name)
+        if callable(getattr(section, "check", None)):
+            section.check(name)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -14,12 +14,13 @@ row at run time, as plugins and tests do (see docs/method.md, "Adding a method")
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import importlib.util
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,11 +78,16 @@ ENTRY_POINT_GROUP = "crossan.methods"
 
 _sections_fixed = False
 _discovered = False
+_late_section_hooks: list[Callable[[Method], None]] = []
+"""Called with each row that has options and is registered after :func:`option_sections` gave the sections
+out: :mod:`crossan.config` adds its hook, which makes the row's section a field of ``Config`` in place."""
 
 
 def register_method(method: Method) -> Method:
-    """Add a row. A method with options must be registered before :mod:`crossan.config` builds ``Config``
-    (its section is a field of ``Config``); a method without options may be registered at any time."""
+    """Add a row, at any time: a plugin's row with options gets its config section (``cfg.<name>``) also after
+    :mod:`crossan.config` has built ``Config`` (see :func:`crossan.config.add_method_section`). The options
+    class must be a dataclass; derived from :class:`crossan.towers.options.Options`, its ``RANGES`` and
+    ``check`` are applied like the built-in methods'."""
     if method.name in METHODS:
         raise ConfigError(f"method {method.name!r} is registered twice")
     if not method.name.isidentifier():
@@ -89,10 +95,18 @@ def register_method(method: Method) -> Method:
     if method.name in RESERVED_NAMES:
         raise ConfigError(f"method name {method.name!r} is a top-level config key (a method's name is also "
                           f"its config section); choose another name, not one of {sorted(RESERVED_NAMES)}")
-    if method.options is not None and _sections_fixed:
-        raise ConfigError(f"method {method.name!r} has options but crossan.config is already built; add its row "
-                          "to crossan.methods.BUILTIN (or register it before importing crossan.config)")
+    if method.options is not None and not (isinstance(method.options, type)
+                                           and dataclasses.is_dataclass(method.options)):
+        raise ConfigError(f"method {method.name!r}: options must be a dataclass (its fields are the keys "
+                          f"{method.name}.KEY), got {method.options!r}")
     METHODS[method.name] = method
+    if method.options is not None and _sections_fixed:
+        try:
+            for hook in _late_section_hooks:
+                hook(method)
+        except BaseException:
+            del METHODS[method.name]
+            raise
     return method
 
 
@@ -110,8 +124,8 @@ for _row in BUILTIN:
 
 
 def option_sections() -> list[Method]:
-    """Rows with an options section, in table order (the method sections of ``Config``). After this call a
-    method with options can no longer be registered."""
+    """Rows with an options section, in table order (the method sections of ``Config``). A row with options
+    registered after this call reaches ``Config`` through :data:`_late_section_hooks`."""
     global _sections_fixed
     _sections_fixed = True
     return [m for m in METHODS.values() if m.options is not None]
