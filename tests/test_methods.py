@@ -55,6 +55,53 @@ def test_a_row_is_refused_when_its_options_are_not_a_dataclass_or_its_name_is_ta
     assert "late_not_dataclass" not in METHODS and "late_not_dataclass" not in Config.__dataclass_fields__
 
 
+@dataclasses.dataclass
+class _NoDefault:
+    width: int
+
+
+@dataclasses.dataclass
+class _TupleOption:
+    pair: tuple[int, int] = (1, 2)
+
+
+@dataclasses.dataclass
+class _Unresolved:
+    where: NotImportedHere = None  # type: ignore[name-defined]  # noqa: F821 - the point of the test
+
+
+@pytest.mark.parametrize("name, options, message", [
+    ("late_no_default", _NoDefault, "method 'late_no_default': every field of _NoDefault needs a default"),
+    ("late_tuple", _TupleOption, "method 'late_tuple': the default of late_tuple.pair: unsupported type tuple"),
+    ("late_unresolved", _Unresolved, "method 'late_unresolved': the type annotations of _Unresolved do not "
+                                     "resolve (NameError"),
+    ("lambda", None, "method name 'lambda' must be a Python identifier and no keyword"),
+])
+def test_a_plugin_row_whose_options_the_config_cannot_hold_is_refused_at_registration(name, options,
+                                                                                      message) -> None:
+    """Options without a default, of a type the config reader cannot read back, or with annotations that do
+    not resolve would make every later configuration fail (a built-in method's included), and a keyword cannot
+    name a section: refused when registered, leaving no row and no section behind."""
+    with pytest.raises(ConfigError) as e:
+        register_method(Method(name, options, __name__, False, False))
+    assert str(e.value).startswith(message)
+    assert name not in METHODS and name not in Config.__dataclass_fields__
+    assert load_config([], ["method=id"]).method == "id"
+
+
+def test_an_unknown_key_names_its_nearest_known_key() -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config([], ["trian.epochs=3"])
+    assert str(e.value).startswith("unknown config key 'trian' (known here: adapter, cache, cached, crossan")
+    assert str(e.value).endswith("did you mean 'train'?")
+    with pytest.raises(ConfigError, match=r"known here: bottleneck, .*; did you mean 'dropout'\?$"):
+        load_config([], ["crossan.dropuot=0.2"])
+    with pytest.raises(ConfigError, match=r"known here: bottleneck, dropout, exchange, .*, side_dim\)$"):
+        load_config([], ["crossan.RANGES=[]"])  # a class constant, not a key
+    with pytest.raises(ConfigError, match=r"\(known here: .*\); a plugin method's section needs its plugin loaded"):
+        load_config([], ["zzzz.width=3"])
+
+
 SCALED_PLUGIN = '''
 from dataclasses import dataclass
 from typing import ClassVar
@@ -99,16 +146,20 @@ register_method(Method("scaledid", ScaledIDConfig, __name__, reads_cache=False, 
 '''
 
 LATE_OPTIONS_SCRIPT = '''
-import json, pickle, sys
+import dataclasses, json, pickle, sys
 import torch
-from crossan.config import Config, ConfigError, config_from_dict, load_config, to_dict
+from crossan.config import Config, ConfigError, config_differences, config_from_dict, load_config, to_dict
 from crossan.methods import load_plugin
 from crossan.towers.base import TowerContext, build_tower
 
 before = Config()  # made before the plugin registered its section
 load_plugin(sys.argv[1])
-out = {"fields": list(Config.__dataclass_fields__)[-2:], "before": to_dict(before)["scaledid"]}
+out = {"fields": list(Config.__dataclass_fields__)[-2:], "before": dataclasses.asdict(before)["scaledid"]}
 cfg = load_config([], ["method=scaledid", "scaledid.scale=2.5", "scaledid.label=2024.10"])
+out["id_run_sections"] = [k for k in to_dict(load_config([], ["method=id"])) if k in ("id", "lora", "scaledid")]
+older = {k: v for k, v in to_dict(load_config([], ["method=scaledid"])).items() if k != "scaledid"}
+out["resume_diff"] = [config_differences(older, load_config([], ["method=scaledid"])),
+                      config_differences(older, load_config([], ["method=scaledid", "scaledid.scale=3"]))]
 out["cfg"] = [cfg.scaledid.scale, cfg.scaledid.label, isinstance(cfg, Config)]
 out["roundtrip"] = config_from_dict(to_dict(cfg)) == cfg and pickle.loads(pickle.dumps(cfg)) == cfg
 errors = []
@@ -147,6 +198,19 @@ def test_a_plugin_method_registered_after_config_is_built_has_its_options(tmp_pa
     assert out["errors"][0] == "scaledid.scale: must be greater than 0, got 0.0"
     assert out["errors"][1] == "scaledid.label: may not be 'bad'"
     assert out["errors"][2].startswith("unknown config key 'scaledid.width' (known here: label, scale)")
+    # a run of another method saves no section of the loaded plugin (its config.yaml reads without it), and
+    # a config saved before the plugin had options resumes as the options' defaults
+    assert out["id_run_sections"] == ["id", "lora"]
+    assert out["resume_diff"] == [[], ["scaledid.scale: 1.0 → 3.0"]]
+
+    broken = tmp_path / "brokenplug.py"
+    broken.write_text("raise RuntimeError('needs a library that is not installed')\n")
+    script = ("from crossan.config import load_config\n"
+              "try:\n    load_config([], ['trian.epochs=3'])\nexcept Exception as e:\n    print(e)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": src, "CROSSAN_PLUGINS": str(broken)})
+    assert done.stdout.startswith("unknown config key 'trian' (known here: ") and "did you mean 'train'?" in done.stdout
+    assert "a plugin failed to load: plugin " in done.stdout and "needs a library" in done.stdout
 
 
 @pytest.mark.subprocess

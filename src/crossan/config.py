@@ -35,8 +35,8 @@ from crossan.errors import ConfigError
 from crossan.methods import discover_plugins, get_method, option_sections
 
 __all__ = ["CacheConfig", "Config", "ConfigError", "CoreConfig", "DataConfig", "EncoderSpec", "EncodersConfig",
-           "EvalConfig", "TrainConfig", "UserEncoderConfig", "add_method_section", "config_from_dict", "load_config",
-           "metric_names",
+           "EvalConfig", "TrainConfig", "UserEncoderConfig", "add_method_section", "config_from_dict",
+           "load_config", "metric_names",
            "parse_override", "read_yaml_file", "save_config", "to_dict", "validate"]
 
 
@@ -316,9 +316,10 @@ class CoreConfig:
 
 def _section_default(self: Any, name: str) -> Any:
     """``Config.__getattr__`` (asked only for an attribute the instance lacks): the default of a method section
-    added after the instance was made (:func:`add_method_section`), stored on it; AttributeError otherwise."""
+    added after the instance was made (:func:`add_method_section`), stored on it; AttributeError otherwise
+    (for the run-level fields too: an instance that lacks one is broken, not old)."""
     spec = type(self).__dataclass_fields__.get(name)
-    if spec is None or spec.default_factory is dataclasses.MISSING:
+    if spec is None or name in CoreConfig.__dataclass_fields__ or spec.default_factory is dataclasses.MISSING:
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
     value = spec.default_factory()
     setattr(self, name, value)
@@ -338,20 +339,46 @@ def _make_config(rows: list[Any]) -> type:
     )
 
 
+def check_options_class(row: Any) -> None:
+    """:class:`ConfigError` naming ``NAME.field`` unless the options dataclass of method row ``row`` works as a
+    config section: every field has a default, its type annotations resolve, and its defaults read back through
+    the config reader (a type it cannot read, ``tuple`` say, would make every saved config unreadable)."""
+    name, options = row.name, row.options
+    try:
+        hints = _hints(options)
+    except Exception as e:  # noqa: BLE001 - a NameError of an annotation, most often
+        raise ConfigError(f"method {name!r}: the type annotations of {options.__name__} do not resolve "
+                          f"({type(e).__name__}: {e})") from None
+    try:
+        default = options()
+    except TypeError as e:
+        raise ConfigError(f"method {name!r}: every field of {options.__name__} needs a default ({e})") from None
+    for key in hints:
+        try:
+            _coerce(getattr(default, key), hints[key], f"{name}.{key}")
+        except ConfigError as e:
+            raise ConfigError(f"method {name!r}: the default of {e} (the config reader must read back what a "
+                              "run saves)") from None
+
+
 Config = _make_config(option_sections())
 
 
 def add_method_section(row: Any) -> None:
     """Make the options of a method row registered after this module was imported (a plugin's) a section of
-    :class:`Config`: the class is rebuilt in place (its fields, ``__init__``, ``__repr__``, ``__eq__`` and
-    annotations), so that every reference to it, ``isinstance`` and pickling keep working, and an instance
-    made before reads the new section's defaults (:func:`_section_default`). Called by
-    :func:`crossan.methods.register_method` (through its ``_late_section_hooks``)."""
+    :class:`Config`: the class is rebuilt in place (its fields, ``__init__``, ``__repr__``, ``__eq__``), so that
+    every reference to it, ``isinstance`` and pickling keep working, and an instance made before reads the new
+    section's defaults (:func:`_section_default`). The options are checked first
+    (:func:`check_options_class`). Called by :func:`crossan.methods.register_method` (through its
+    ``_late_section_hooks``), which takes the row back out of the table when this raises."""
     if row.name in Config.__dataclass_fields__:
         raise ConfigError(f"method {row.name!r}: Config already has a field of that name")
+    check_options_class(row)
     rebuilt = _make_config(option_sections())
-    for attr in ("__dataclass_fields__", "__dataclass_params__", "__init__", "__repr__", "__eq__", "__match_args__",
-                 "__annotations__", "__annotate__"):
+    # the config reader takes a section's keys from dataclasses.fields (see _hints), not from annotations,
+    # which Python 3.14 keeps elsewhere; they are copied too for typing.get_type_hints's sake
+    for attr in ("__dataclass_fields__", "__dataclass_params__", "__init__", "__repr__", "__eq__",
+                 "__match_args__", "__annotations__"):
         if attr in rebuilt.__dict__:
             setattr(Config, attr, rebuilt.__dict__[attr])
 
@@ -455,21 +482,19 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 
 
 def _hints(cls: type) -> dict[str, Any]:
-    """The config keys of a section: its annotated fields, without class constants (``RANGES``)."""
-    return {k: tp for k, tp in typing.get_type_hints(cls).items() if get_origin(tp) is not typing.ClassVar}
+    """The config keys of a section and their types: its dataclass fields (no class constants such as
+    ``RANGES``), typed by their resolved annotations (a method section's type from the field itself)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints.get(f.name, f.type) for f in dataclasses.fields(cls)}
 
 
 def _apply_mapping(obj: Any, mapping: dict[str, Any], prefix: str = "") -> None:
-    if not prefix:
-        _discover_sections(obj, mapping)
+    note = _discover_sections(obj, mapping) if not prefix else ""
     hints = _hints(type(obj))
     for k, v in mapping.items():
         key = f"{prefix}.{k}" if prefix else str(k)
         if k not in hints:
-            known = ", ".join(sorted(hints))
-            hint = ("; a plugin method's section needs its plugin loaded (--plugin MODULE, "
-                    f"${_methods_module.PLUGINS_ENV} or an entry point)") if not prefix else ""
-            raise ConfigError(f"unknown config key {key!r} (known here: {known}){hint}")
+            raise ConfigError(_unknown_key(key, str(k), hints, top=not prefix, note=note))
         tp = hints[k]
         if dataclasses.is_dataclass(tp) and isinstance(v, dict):
             _apply_mapping(getattr(obj, k), v, key)
@@ -477,13 +502,33 @@ def _apply_mapping(obj: Any, mapping: dict[str, Any], prefix: str = "") -> None:
             setattr(obj, k, _coerce(v, tp, key))
 
 
-def _discover_sections(cfg: Any, keys: Any) -> None:
+def _unknown_key(key: str, name: str, hints: dict[str, Any], top: bool, note: str = "") -> str:
+    """The error for an unknown ``key``: the keys known there, the nearest one, and at the top level (where a
+    plugin method's section would be) how to load a plugin, when no known key is near."""
+    import difflib
+
+    near = difflib.get_close_matches(name, list(hints), n=1, cutoff=0.75)
+    message = f"unknown config key {key!r} (known here: {', '.join(sorted(hints))})"
+    if near:
+        message += f"; did you mean {near[0]!r}?"
+    elif top:
+        message += ("; a plugin method's section needs its plugin loaded (--plugin MODULE, "
+                    f"${_methods_module.PLUGINS_ENV} or an entry point)")
+    return message + (f" [{note}]" if note else "")
+
+
+def _discover_sections(cfg: Any, keys: Any) -> str:
     """Import the plugins (:func:`crossan.methods.discover_plugins`) when a top-level key among ``keys`` is not
     a field of ``cfg``: it may be the options section of a plugin method not imported yet (a saved run's
-    config.yaml read by ``crossan evaluate``, a suite's child process)."""
-    fields = type(cfg).__dataclass_fields__ if dataclasses.is_dataclass(cfg) else {}
-    if isinstance(cfg, CoreConfig) and any(str(k) not in fields for k in keys):
+    config.yaml read by ``crossan evaluate``, a suite's child process). A plugin that fails to import does not
+    hide the unknown key (often a typo): its error comes back as a note for the key's message."""
+    if not isinstance(cfg, CoreConfig) or all(str(k) in type(cfg).__dataclass_fields__ for k in keys):
+        return ""
+    try:
         discover_plugins()
+    except ConfigError as e:
+        return f"and a plugin failed to load: {e}"
+    return ""
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -597,8 +642,11 @@ def load_config(files: list[str | Path] = (), overrides: list[str] = (), base: C
         except ConfigError as e:
             raise ConfigError(_located(str(e), where, str(p))) from None
         sources.update(where)
-    _discover_sections(cfg, [o.split("=", 1)[0].split(".", 1)[0].strip() for o in overrides])
+    note = _discover_sections(cfg, [o.split("=", 1)[0].split(".", 1)[0].strip() for o in overrides])
     for o in overrides:
+        top = o.split("=", 1)[0].split(".", 1)[0].strip()
+        if note and "=" in o and top not in type(cfg).__dataclass_fields__:
+            raise ConfigError(_unknown_key(top, top, _hints(type(cfg)), top=True, note=note))
         key, value = _override_value(cfg, o)
         _apply_mapping(cfg, _nest(key, value))
         for k in list(sources):  # the command line decides this key (or the whole section) now
@@ -744,7 +792,17 @@ def _validate_ranges(cfg: Config) -> None:
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    """A config (or one of its sections) as plain data. A whole :class:`Config` keeps the run-level keys, the
+    built-in methods' sections and its own method's: a plugin loaded in the process but not used by the run
+    leaves no section behind, so the run's config.yaml reads without that plugin."""
+    out = dataclasses.asdict(cfg)
+    return _run_sections(out, cfg.method) if isinstance(cfg, CoreConfig) else out
+
+
+def _run_sections(data: dict[str, Any], method: Any) -> dict[str, Any]:
+    """``data`` (a config's mapping) without the sections of plugin methods other than ``method``."""
+    plugins = {m.name for m in _methods_module.METHODS.values() if m not in _methods_module.BUILTIN}
+    return {k: v for k, v in data.items() if k not in plugins or k == method}
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
@@ -761,6 +819,7 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     _apply_mapping(cfg, legacy_encoder_keys(data))
     validate(cfg)
     return cfg
+
 
 
 def legacy_encoder_keys(saved: dict[str, Any]) -> dict[str, Any]:
@@ -849,7 +908,10 @@ def config_differences(saved: dict[str, Any], cfg: Config) -> list[str]:
     default (``train.negatives: 'unique' → 'slots'``).
     """
     now = to_dict(cfg)
-    old = _resolved_paths(_with_defaults(legacy_encoder_keys(saved), to_dict(Config())))
+    defaults = to_dict(Config())
+    if cfg.method in now and cfg.method not in defaults:  # a plugin method's section: its defaults
+        defaults[cfg.method] = dataclasses.asdict(getattr(Config(), cfg.method))
+    old = _resolved_paths(_with_defaults(legacy_encoder_keys(saved), defaults))
 
     def diff(a: Any, b: Any, prefix: str) -> list[str]:
         if isinstance(a, dict) and isinstance(b, dict):
@@ -857,3 +919,8 @@ def config_differences(saved: dict[str, Any], cfg: Config) -> list[str]:
         return [] if a == b else [f"{prefix[:-1]}: {a!r} → {b!r}"]
 
     return diff(old, _resolved_paths(now), "")
+
+
+for _row in option_sections():  # a plugin registered before this module was imported: its options checked
+    if _row not in _methods_module.BUILTIN:
+        check_options_class(_row)

@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import importlib
 import importlib.util
+import keyword
 import os
 import sys
 from collections.abc import Callable, Iterable
@@ -90,8 +91,9 @@ def register_method(method: Method) -> Method:
     ``check`` are applied like the built-in methods'."""
     if method.name in METHODS:
         raise ConfigError(f"method {method.name!r} is registered twice")
-    if not method.name.isidentifier():
-        raise ConfigError(f"method name {method.name!r} must be a Python identifier (it names a config section)")
+    if not method.name.isidentifier() or keyword.iskeyword(method.name):
+        raise ConfigError(f"method name {method.name!r} must be a Python identifier and no keyword (it names a "
+                          "config section)")
     if method.name in RESERVED_NAMES:
         raise ConfigError(f"method name {method.name!r} is a top-level config key (a method's name is also "
                           f"its config section); choose another name, not one of {sorted(RESERVED_NAMES)}")
