@@ -213,11 +213,12 @@ def test_significance_mark_uses_holm_over_the_reports_tests(tmp_path: Path) -> N
     rng = np.random.default_rng(0)
     ref = rng.geometric(0.05, size=400).astype(float)
     variants = {"STRONG": 0.08, "WEAK": 0.04, "NONE-1": 0.0, "NONE-2": 0.0}
-    rows = [_row(tmp_path, "REF", {0: ref})]
+    seeds = (0, 1, 2)  # the same ranks at every seed: the seed-averaged per-user differences are seed 0's
+    rows = [_row(tmp_path, "REF", dict.fromkeys(seeds, ref))]
     for name, share in variants.items():
         better = np.random.default_rng(7).random(ref.size) < share
-        rows.append(_row(tmp_path, name, {0: np.where(better, np.maximum(1, ref - 3), ref)}))
-    write_outputs(rows, {**META, "seeds": [0]}, tmp_path, resamples=2000)
+        rows.append(_row(tmp_path, name, dict.fromkeys(seeds, np.where(better, np.maximum(1, ref - 3), ref))))
+    write_outputs(rows, {**META, "seeds": list(seeds)}, tmp_path, resamples=2000)
     _, table = _csv_rows(tmp_path)
     raw = {n: float(table[n]["p_value"]) for n in variants}
     holm = {n: float(table[n]["p_holm"]) for n in variants}
@@ -324,10 +325,36 @@ def test_a_paired_test_on_fewer_seeds_than_the_row_says_so(tmp_path: Path) -> No
 
 def test_a_paired_test_on_all_of_the_rows_seeds_is_not_flagged(tmp_path: Path) -> None:
     rng = np.random.default_rng(6)
-    ranks = {s: rng.geometric(0.08, size=200).astype(float) for s in (0, 1)}
-    ref, run = _row(tmp_path, "REF", ranks), _row(tmp_path, "RUN", {0: ranks[0]})  # the row has fewer: fine
+    ranks = {s: rng.geometric(0.08, size=200).astype(float) for s in (0, 1, 2, 3)}
+    ref = _row(tmp_path, "REF", ranks)
+    run = _row(tmp_path, "RUN", {s: ranks[s] for s in (0, 1, 2)})  # the row has fewer: fine
     add_paired_tests([run, ref], "REF", resamples=100)
-    assert run["paired_seeds"] == 1 and run["flags"] == [] and ref["flags"] == []
+    assert run["paired_seeds"] == 3 and run["flags"] == [] and ref["flags"] == []
+
+
+def test_a_difference_on_fewer_than_three_paired_seeds_is_not_claimed(tmp_path: Path) -> None:
+    """METHOD.md §11: a claim rests on at least 3 seeds. A run of one or two seeds, far better than the
+    reference at every test user (raw p at the bootstrap's floor), keeps Δ and p but gets no \\* and a flag
+    saying why; it still counts among Holm's tests. The same run on three seeds is claimed."""
+    rng = np.random.default_rng(8)
+    ref_ranks = rng.geometric(0.05, size=300).astype(float)
+    better = np.maximum(1, ref_ranks - 5)
+    rows = [_row(tmp_path, "REF", dict.fromkeys((0, 1, 2), ref_ranks))]
+    for n in (1, 2, 3):
+        rows.append(_row(tmp_path, f"S{n}", dict.fromkeys(range(n), better)))
+    write_outputs(rows, {**META, "seeds": [0, 1, 2]}, tmp_path, resamples=500)
+    by = {r["name"]: r for r in rows}
+    assert all(by[f"S{n}"]["p_holm"] < 0.05 and by[f"S{n}"]["holm_tests"] == 3 for n in (1, 2, 3))
+    assert [by[f"S{n}"]["significant"] for n in (1, 2, 3)] == [False, False, True]
+    assert by["S1"]["flags"] == ["1 seed paired: no claim"] and by["S2"]["flags"] == ["2 seeds paired: no claim"]
+    assert by["S3"]["flags"] == []
+    lines = (tmp_path / "results.md").read_text().splitlines()
+    row_line = {n: next(x for x in lines if x.startswith(f"| S{n} |")) for n in (1, 2, 3)}
+    assert "\\*" not in row_line[1] and "\\*" not in row_line[2] and "\\* |" in row_line[3]
+    assert "2 seeds paired: no claim" in row_line[2]
+    report = (tmp_path / "report.md").read_text()
+    assert "**1 seed paired: no claim**" in report and "**2 seeds paired: no claim**" in report
+    assert "on at least 3 seeds paired with the reference" in report
 
 
 # --------------------------------------------------------------------------------------------- cost columns

@@ -37,6 +37,9 @@ from crossan.utils import atomic_write_json, atomic_write_text
 METRICS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20", "MRR")
 """Every cut-off METHOD.md §2 asks for (K = 5, 10, 20; 10 is the headline) and MRR."""
 ALPHA = 0.05
+MIN_CLAIM_SEEDS = 3
+"""The fewest seeds paired with the reference on which a row's difference is claimed (``significant``, the
+report's \\*): METHOD.md §11's "several seeds (at least 3)"."""
 
 
 # --------------------------------------------------------------------------------------------- one row per run
@@ -392,7 +395,15 @@ def add_paired_tests(rows: list[dict[str, Any]], reference: str | None, resample
                 f"({reference} has no finished {_seeds_text(unpaired)})")
         tested.append(row)
     for row, p_holm in zip(tested, holm_adjust([r["p_value"] for r in tested])):
-        row.update({"p_holm": p_holm, "significant": p_holm < ALPHA, "holm_tests": len(tested)})
+        # METHOD.md §11: a claim rests on at least MIN_CLAIM_SEEDS seeds; fewer still count in Holm's family
+        claim = row["paired_seeds"] >= MIN_CLAIM_SEEDS
+        row.update({"p_holm": p_holm, "significant": bool(claim and p_holm < ALPHA), "holm_tests": len(tested)})
+        if not claim:
+            row.setdefault("flags", []).append(f"{_plural(row['paired_seeds'], 'seed')} paired: no claim")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 # --------------------------------------------------------------------------------------------- outputs
@@ -500,6 +511,11 @@ def write_outputs(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path,
 
 
 FLAG_NOTES = {
+    **{f"{n} seed": f"**{n} seed{'s' if n > 1 else ''} paired: no claim**: Δ and p rest on fewer than "
+                   f"{MIN_CLAIM_SEEDS} seeds paired with the reference, so they show the variation between test "
+                   "users but not between trainings; METHOD.md §11 claims a difference on at least "
+                   f"{MIN_CLAIM_SEEDS} seeds, so the row gets no \\* whatever its p (it still counts among "
+                   "Holm's tests)" for n in range(1, MIN_CLAIM_SEEDS)},
     "capped": "**capped**: the best validation epoch was the last one `train.epochs` allowed, so the run "
               "was still improving when it stopped; its quality may be below what it would reach (kept in "
               "the table and the tests)",
@@ -544,7 +560,7 @@ def holm_sentence(rows: list[dict[str, Any]]) -> str:
     return (f"{m} run{'s were' if m > 1 else ' was'} tested against the reference; p is each test's raw "
             f"two-sided p-value and p (Holm) the Holm–Bonferroni adjusted one over these {m} tests, which "
             f"keeps the chance of any false \\* at most {ALPHA}. \\* marks a difference significant at "
-            f"{ALPHA} after the adjustment.")
+            f"{ALPHA} after the adjustment, on at least {MIN_CLAIM_SEEDS} seeds paired with the reference.")
 
 
 def compute_dtypes(rows: list[dict[str, Any]]) -> str:
