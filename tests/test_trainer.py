@@ -228,6 +228,77 @@ def test_resume_refuses_a_checkpoint_trained_on_other_data(small_data: Path, tmp
     assert train(_cfg(small_data), tmp_path / "run", resume=True, progress=False)["best_epoch"] >= 1
 
 
+def test_resume_refuses_a_checkpoint_trained_on_another_cache(tmp_path: Path, monkeypatch) -> None:
+    """A cover changed and the cache was updated between the crash and ``--resume``: the item ids, and so the
+    data fingerprints, are the same, and the run continued its epochs on other states than its first ones,
+    reporting only the new cache. The checkpoint now records the cache's digests, compared on resume."""
+    from PIL import Image
+
+    from crossan.cache import build_cache
+    from crossan.data import prepare
+    from crossan.data.synth import generate
+
+    synth = generate(tmp_path / "synth", size="tiny", progress=False)
+    extra = ["method=frozen", "modalities=[text,image]", "encoders.preset=tiny", f"cache.dir={tmp_path / 'cache'}",
+             "user.dim=32", "precision=fp32"]
+    build_cache(_cfg(synth, *extra), prepare(_cfg(synth, *extra).data), ["text", "image"], progress=False)
+    _crash_at_epoch(2, synth, tmp_path / "run", monkeypatch, *extra)
+    record = next(r for r in prepare(_cfg(synth, *extra).data).catalogue if r.image)
+    cover = synth / record.image
+    original = cover.read_bytes()
+    Image.new("RGB", (24, 24), (255, 0, 255)).save(cover)
+    build_cache(_cfg(synth, *extra), prepare(_cfg(synth, *extra).data), ["text", "image"], progress=False)
+    changed = (r"last.pt was trained on other inputs than the run reads now \(the cache or the item content "
+               r"changed\) \(cache_states.image: [0-9a-f]{64} → [0-9a-f]{64}\)")
+    with pytest.raises(RunError, match=changed):
+        train(_cfg(synth, *extra), tmp_path / "run", resume=True, progress=False)
+    cover.write_bytes(original)  # the cover it was trained on, the cache rebuilt: resumes
+    build_cache(_cfg(synth, *extra), prepare(_cfg(synth, *extra).data), ["text", "image"], progress=False)
+    assert train(_cfg(synth, *extra), tmp_path / "run", resume=True, progress=False)["best_epoch"] >= 1
+
+
+def test_a_run_restarted_from_its_first_epoch_drops_the_results_of_its_old_weights(small_data: Path,
+                                                                                   tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    """A finished run whose checkpoint was deleted (as the checkpoint errors advise) and resumed from epoch 1
+    kept its old results.json and per_user.npz until the new run ended: killed before that, the folder read as
+    finished (a suite reused it) with weights that no longer matched its results. They now go when training
+    resumes, and come back when it ends."""
+    full = train(_cfg(small_data, "train.epochs=2"), tmp_path / "run", progress=False)
+    (tmp_path / "run" / "checkpoints" / "last.pt").unlink()
+    real_batches = trainer._batches
+
+    def crash_in_epoch_2(n, bs, seed, e):
+        if e == 2:
+            raise KeyboardInterrupt("simulated crash")
+        return real_batches(n, bs, seed, e)
+
+    monkeypatch.setattr(trainer, "_batches", crash_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(small_data, "train.epochs=2"), tmp_path / "run", resume=True, progress=False)
+    assert not (tmp_path / "run" / "results.json").exists() and not (tmp_path / "run" / "per_user.npz").exists()
+    log_text = (tmp_path / "run" / "train.log").read_text()
+    assert "removed results.json: the resumed run writes its results again" in log_text
+    monkeypatch.setattr(trainer, "_batches", real_batches)
+    again = train(_cfg(small_data, "train.epochs=2"), tmp_path / "run", resume=True, progress=False)
+    assert again["test"] == full["test"] and (tmp_path / "run" / "per_user.npz").is_file()
+
+
+def test_a_folder_left_by_a_kill_while_writing_config_yaml_takes_a_new_run(small_data: Path,
+                                                                           tmp_path: Path) -> None:
+    """Killed while config.yaml was being written, a run folder held only the writer's temporary file: a new
+    run said "already holds files; pass --resume", and --resume "nothing to resume". The temporary file holds
+    no run: a new run now starts there and removes it."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".config.yaml.0123456789ab.tmp").write_text("method: i")
+    assert train(_cfg(small_data, "train.epochs=1"), run, progress=False)["best_epoch"] == 1
+    assert not (run / ".config.yaml.0123456789ab.tmp").exists() and (run / "config.yaml").is_file()
+    (run / ".results.json.0123456789ab.tmp").write_text("{")
+    with pytest.raises(RunError, match="already holds files"):  # beside a run: the run is what counts
+        train(_cfg(small_data, "train.epochs=1"), run, progress=False)
+
+
 def test_resume_refuses_a_checkpoint_of_another_run(small_data: Path, tmp_path: Path, monkeypatch) -> None:
     """A last.pt copied in from another run folder (here another seed) matched this folder's config.yaml
     and was continued in silence, giving a results.json labelled with this run's seed."""

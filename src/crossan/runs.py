@@ -51,7 +51,14 @@ from crossan.config import (
 )
 from crossan.errors import NonFiniteError, RunError, ServeError
 from crossan.methods import method_source_changes
-from crossan.utils import atomic_save_safetensors, atomic_torch_save, atomic_write, atomic_write_json
+from crossan.utils import (
+    atomic_save_safetensors,
+    atomic_torch_save,
+    atomic_write,
+    atomic_write_json,
+    is_temporary,
+    remove_stale_temporaries,
+)
 
 if TYPE_CHECKING:
     from crossan.data import SequentialData
@@ -105,8 +112,10 @@ def check_run_dir(run_dir: Path, cfg: Config, resume: bool) -> str | None:
         if diff:
             raise RunError(f"{run_dir}: --resume with a different configuration: {'; '.join(diff[:10])}")
         return None if old_precision == cfg.precision else str(old_precision)
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if run_dir.exists() and any(not is_temporary(p) for p in run_dir.iterdir()):
         raise RunError(f"{run_dir} already holds files; pass --resume to continue that run or choose another --out")
+    if run_dir.is_dir():  # only what a process killed while writing config.yaml left: no run to keep
+        remove_stale_temporaries(run_dir)
     return None
 
 
@@ -329,9 +338,10 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
                     config: Config | None = None) -> TrainState:
     """Restore model and optimiser from ``path``; the loop state to continue from.
 
-    ``data``: the fingerprints of the data the run reads now; a checkpoint that records others was trained on
-    other data (the same configuration can name a folder whose content changed) and is refused. Checkpoints
-    written before the fingerprints were recorded are resumed as before.
+    ``data``: the fingerprints of the data the run reads now, and the digests of its inputs (``cache_states.<m>``,
+    ``content_sources.<m>``); a checkpoint that records others was trained on other data or inputs (the same
+    configuration can name a folder whose content changed, or a cache updated since) and is refused. Keys a
+    checkpoint does not record (written by an older crossan) are not compared.
 
     ``compute_dtype``: the dtype the resumed epochs would run at (``precision`` resolved here); a checkpoint
     that records another is refused: ``precision=auto`` resolves by hardware, and a run must not switch
@@ -362,10 +372,12 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
         raise RunError(f"{path} was written by {ck['world_size']} processes; resume it with the same world size "
                        f"(now {dist.world_size()})")
     saved = ck.get("data") if isinstance(ck.get("data"), dict) else {}
-    changed = [f"{k}: {saved[k]} → {v}" for k, v in (data or {}).items() if k in saved and saved[k] != v]
+    changed = [(k, f"{k}: {saved[k]} → {v}") for k, v in (data or {}).items() if k in saved and saved[k] != v]
     if changed:
-        raise RunError(f"{path} was trained on other data than the dataset holds now ({'; '.join(changed)}): "
-                       f"its epochs cannot be continued on this data; train into a new folder, or {fresh}")
+        what = ("data than the dataset holds now" if all(k.endswith("fingerprint") for k, _ in changed)
+                else "inputs than the run reads now (the cache or the item content changed)")
+        raise RunError(f"{path} was trained on other {what} ({'; '.join(c for _, c in changed)}): its epochs "
+                       f"cannot be continued on these; train into a new folder, or {fresh}")
     if config is not None and isinstance(ck.get("config"), dict):
         other = config_differences({**ck["config"], "precision": config.precision}, config)
         if other:

@@ -53,6 +53,7 @@ from crossan.ranking import (
 from crossan.recommender import Recommender, check_shifted
 from crossan.runs import (
     CHECKPOINT,
+    EVALUATION,
     HISTORY,
     PER_USER,
     RESULT_KEYS,
@@ -314,6 +315,16 @@ def _start(cfg: Config, run_dir: Path, resume: bool, data: SequentialData | None
     return run
 
 
+def _checkpoint_inputs(run: _Run) -> dict[str, str]:
+    """What a checkpoint records of the inputs its epochs read, compared on ``--resume``: the data fingerprints
+    and, per modality, the digest of the cached states (``cache_states.<m>``) or of the content the tower reads
+    itself (``content_sources.<m>``). A cache updated after a title changed keeps the item ids, so the
+    fingerprints alone would let a resumed run train its later epochs on other inputs than its first ones.
+    (The digests are known on rank 0, which writes the checkpoints and makes the comparison.)"""
+    return {**run.fingerprints, **{f"cache_states.{m}": d for m, d in run.cache_states.items()},
+            **{f"content_sources.{m}": d for m, d in run.content_sources.items()}}
+
+
 def _log_start(run: _Run) -> None:
     cfg, data = run.cfg, run.data
     trainable, total = run.params
@@ -331,7 +342,7 @@ def _initial_state(run: _Run, resume: bool) -> TrainState:
     state = TrainState(epoch_times=[])
     ckpt = run.run_dir / CHECKPOINT
     if resume and ckpt.is_file():
-        state = load_checkpoint(ckpt, run.model, run.opt, run.fingerprints, run.compute_dtype,
+        state = load_checkpoint(ckpt, run.model, run.opt, _checkpoint_inputs(run), run.compute_dtype,
                                 run.cfg.precision, run.precision_changed_from, run.cfg)
         log.info("resumed from %s after epoch %d (best %s=%.5f at epoch %d)", ckpt, state.epoch,
                  run.cfg.train.metric, state.best_metric, state.best_epoch)
@@ -350,6 +361,13 @@ def _initial_state(run: _Run, resume: bool) -> TrainState:
             for folder in (run.run_dir, ckpt.parent):
                 for path in remove_stale_temporaries(folder):
                     log.info("removed %s, a file left half-written by the interrupted process", path)
+            # the end of a run (its test) is written again when this one ends; until then a folder holding the
+            # results of weights that training is about to replace would read as a finished run (a suite would
+            # reuse it, `crossan evaluate` would score other weights than those results say)
+            for name in (RESULTS, PER_USER, EVALUATION):
+                if (run.run_dir / name).is_file():
+                    (run.run_dir / name).unlink()
+                    log.info("removed %s: the resumed run writes its results again when it ends", name)
     if run.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(run.device)
     return state
@@ -391,7 +409,7 @@ def _run_epoch(run: _Run, state: TrainState, inputs: torch.Tensor, targets: torc
     if dist.is_main():
         with (run.run_dir / HISTORY).open("a") as f:
             f.write(json.dumps(record) + "\n")
-        save_checkpoint(run.run_dir / CHECKPOINT, run.model, run.opt, state, run.fingerprints,
+        save_checkpoint(run.run_dir / CHECKPOINT, run.model, run.opt, state, _checkpoint_inputs(run),
                         run.compute_dtype, run.cfg)
         settle_best_weights(run.run_dir, state.best_epoch)
     dist.barrier()
@@ -429,17 +447,19 @@ def _timed_epoch(run: _Run, epoch: int, batches: list[torch.Tensor], full_steps:
 def _check_finite(run: _Run, epoch: int, mean_loss: float) -> None:
     """:class:`NonFiniteError` for a non-finite epoch loss or parameter, before anything of the epoch is saved."""
     lr = run.cfg.train.lr
-    last_good = ("the last good epoch is in checkpoints/last.pt (--resume continues from it)" if epoch > 1
-                 else "no epoch had finished")
+    # --resume would replay this epoch exactly (seeded) and refuses other learning rates: a new run is the way
+    kept = {1: "", 2: "epoch 1 stays in this folder, but "}.get(
+        epoch, f"epochs 1–{epoch - 1} stay in this folder, but ")
+    again = f"{kept}--resume would only repeat this epoch; train again into a new folder"
     if not math.isfinite(mean_loss):
         raise NonFiniteError(f"epoch {epoch}: the training loss is {mean_loss} (not finite); nothing of this "
-                             f"epoch was saved — lower the learning rates (train.lr={lr}) or check the "
-                             f"inputs; {last_good}")
+                             f"epoch was saved. {again} with lower learning rates (train.lr={lr}) or "
+                             "train.grad_clip, or check the inputs")
     bad = first_non_finite(run.model)
     if bad is not None:  # e.g. an overflowing gradient on the epoch's last step: the loss was still finite
         raise NonFiniteError(f"epoch {epoch}: parameter {bad} holds non-finite values after training; nothing "
-                             f"of this epoch was saved — lower the learning rates (train.lr={lr}) or "
-                             f"set train.grad_clip; {last_good}")
+                             f"of this epoch was saved. {again} with lower learning rates (train.lr={lr}) or "
+                             "train.grad_clip")
 
 
 def _memory_kind(device: torch.device) -> str:

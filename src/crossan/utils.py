@@ -175,13 +175,18 @@ _TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{12}\.\w+$")
 """Names :func:`_temporary_path` makes (whatever the writer's suffix)."""
 
 
+def is_temporary(path: Path) -> bool:
+    """Whether ``path`` is a temporary file :func:`atomic_write` makes (and removes, unless killed mid-write)."""
+    return bool(_TEMPORARY.match(path.name)) and path.is_file()
+
+
 def remove_stale_temporaries(folder: Path) -> list[Path]:
     """Delete the temporary files that writers (:func:`atomic_write`) killed mid-write left in ``folder``;
     returns them. Only for a folder no other process writes now (a run folder being resumed): a live
     writer's temporary file would go too."""
     gone = []
     for path in folder.iterdir() if folder.is_dir() else []:
-        if _TEMPORARY.match(path.name) and path.is_file():
+        if is_temporary(path):
             path.unlink(missing_ok=True)
             gone.append(path)
     return gone
