@@ -501,9 +501,17 @@ def test_config_stores_resolved_paths_and_resume_accepts_equivalent_ones(
                               *TRAIN], capsys)
         assert rc == 0, err
     shutil.copytree(text_data, work / "e")
+    users = (work / "e" / "users.tsv").read_text().splitlines()
+    (work / "e" / "users.tsv").write_text("\n".join(users[:-1]) + "\n")  # another dataset: one user fewer
     rc, _, err = run_cli(["train", "--data", "e", "--out", run, "--resume", f"cache.dir={work / 'cache'}", *TRAIN],
-                         capsys)  # another dataset
-    assert "data.path" in one_line_error(rc, err, run)
+                         capsys)
+    assert "trained on other data than the dataset holds now" in one_line_error(rc, err, run)
+    assert yaml.safe_load((run / "config.yaml").read_text()) == saved  # refused: config.yaml as it was
+    shutil.move(work / "d", work / "moved")  # the same dataset in another folder: resumed, and recorded
+    rc, _, err = run_cli(["train", "--data", "moved", "--out", run, "--resume", f"cache.dir={work / 'cache'}",
+                          *TRAIN], capsys)
+    assert rc == 0, err
+    assert yaml.safe_load((run / "config.yaml").read_text())["data"]["path"] == str(work / "moved")
     monkeypatch.chdir(tmp_path)  # serving from another folder finds the data
     rc, out, err = run_cli(["recommend", run, "--history", "i1", "i2", "--k", "3"], capsys)
     assert rc == 0 and len(out.splitlines()) == 4, err

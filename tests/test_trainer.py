@@ -299,6 +299,25 @@ def test_a_folder_left_by_a_kill_while_writing_config_yaml_takes_a_new_run(small
         train(_cfg(small_data, "train.epochs=1"), run, progress=False)
 
 
+def test_resume_accepts_a_dataset_moved_to_another_folder(small_data: Path, tmp_path: Path, monkeypatch) -> None:
+    """The same files in another folder (a run copied to another machine): ``--resume`` refused "a different
+    configuration (data.path …)" although the checkpoint's fingerprints are the check on the data. It now
+    resumes, ends as the uninterrupted run, and config.yaml names the new folder."""
+    import shutil
+
+    import yaml
+
+    full = train(_cfg(small_data, "train.epochs=3"), tmp_path / "full", progress=False)
+    first = Path(shutil.copytree(small_data, tmp_path / "first"))
+    _crash_at_epoch(2, first, tmp_path / "run", monkeypatch, "train.epochs=3")
+    moved = Path(shutil.move(first, tmp_path / "moved"))
+    resumed = train(_cfg(moved, "train.epochs=3"), tmp_path / "run", resume=True, progress=False)
+    assert resumed["test"] == full["test"]
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data"]["path"] == str(moved.resolve())
+    assert f"resumed from another folder, data.path: '{first.resolve()}' → '{moved.resolve()}'" in (
+        tmp_path / "run" / "train.log").read_text()
+
+
 def test_resume_refuses_a_checkpoint_of_another_run(small_data: Path, tmp_path: Path, monkeypatch) -> None:
     """A last.pt copied in from another run folder (here another seed) matched this folder's config.yaml
     and was continued in silence, giving a results.json labelled with this run's seed."""

@@ -108,7 +108,7 @@ def check_run_dir(run_dir: Path, cfg: Config, resume: bool) -> str | None:
             raise RunError(f"{run_dir}: --resume with a different configuration: config.yaml is not a "
                            "mapping")
         old_precision = old.get("precision", CHANGED_DEFAULTS["precision"])  # a run saved before the key: fp32
-        diff = config_differences({**old, "precision": cfg.precision}, cfg)
+        diff = [d for d in config_differences({**old, "precision": cfg.precision}, cfg) if not _moved(d)]
         if diff:
             raise RunError(f"{run_dir}: --resume with a different configuration: {'; '.join(diff[:10])}")
         return None if old_precision == cfg.precision else str(old_precision)
@@ -117,6 +117,25 @@ def check_run_dir(run_dir: Path, cfg: Config, resume: bool) -> str | None:
     if run_dir.is_dir():  # only what a process killed while writing config.yaml left: no run to keep
         remove_stale_temporaries(run_dir)
     return None
+
+
+def _moved(difference: str) -> bool:
+    """Whether a :func:`config_differences` entry is a path key's (``data.path``, ``cache.dir``): a dataset or
+    cache moved to another folder. ``--resume`` accepts it: the checkpoint's data fingerprints and input
+    digests (:func:`load_checkpoint`) say whether what lies there now is what the run trained on."""
+    return difference.startswith(tuple(f"{section}.{key}:" for section, key in PATH_KEYS))
+
+
+def moved_paths(run_dir: Path, cfg: Config) -> list[str]:
+    """``key: old → new`` for the path keys of ``run_dir``'s config.yaml that ``cfg`` (a ``--resume`` of it)
+    sets elsewhere; the trainer writes them into config.yaml, so that serving finds the data where it is now."""
+    try:
+        old = yaml.safe_load((run_dir / CONFIG).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return []
+    if not isinstance(old, dict):
+        return []
+    return [d for d in config_differences({**old, "precision": cfg.precision}, cfg) if _moved(d)]
 
 
 def resolve_paths(cfg: Config) -> Config:
@@ -379,7 +398,8 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
         raise RunError(f"{path} was trained on other {what} ({'; '.join(c for _, c in changed)}): its epochs "
                        f"cannot be continued on these; train into a new folder, or {fresh}")
     if config is not None and isinstance(ck.get("config"), dict):
-        other = config_differences({**ck["config"], "precision": config.precision}, config)
+        other = [d for d in config_differences({**ck["config"], "precision": config.precision}, config)
+                 if not _moved(d)]
         if other:
             raise RunError(f"{path} was written by a run of another configuration than this folder's "
                            f"({'; '.join(other[:10])}): it is not this run's checkpoint; {fresh}")

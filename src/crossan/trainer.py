@@ -68,6 +68,7 @@ from crossan.runs import (
     load_checkpoint,
     load_run,
     load_weights,
+    moved_paths,
     pending_weights,
     rescore,
     resolve_paths,
@@ -354,6 +355,12 @@ def _initial_state(run: _Run, resume: bool) -> TrainState:
     elif resume:  # stopped before the first checkpoint (or it was removed): nothing to continue from
         log.warning("--resume: %s has no checkpoint (training stopped before its first epoch was saved); "
                     "starting from epoch 1", ckpt.parent)
+    if dist.is_main() and resume:  # the data or cache moved (the checkpoint accepted what lies there now)
+        moved = moved_paths(run.run_dir, run.cfg)
+        for line in moved:
+            log.info("resumed from another folder, %s; config.yaml now says so", line)
+        if moved:
+            save_config(run.cfg, run.run_dir / "config.yaml")
     if dist.is_main():
         truncate_history(run.run_dir / HISTORY, state.epoch)
         settle_best_weights(run.run_dir, state.best_epoch)
