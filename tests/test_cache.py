@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,7 +31,7 @@ from crossan.config import Config
 from crossan.data.catalogue import MODALITIES, Catalogue, ItemRecord
 from crossan.data.media import MediaError
 from crossan.encoders import build_encoder, resolve_specs
-from media_helpers import FakeData, make_dataset
+from media_helpers import FakeData, make_dataset, write_image
 
 ALL = list(MODALITIES)
 WHISPER = ("config:whisper:d_model=64,encoder_layers=2,encoder_attention_heads=2,encoder_ffn_dim=128,"
@@ -214,6 +218,62 @@ def test_build_killed_while_hashing_its_arrays_resumes_with_every_batch_done(
     assert not list((tmp_path / "text").glob(".*"))  # nor a temporary file of a killed write
 
 
+def kill_when(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, hit: Callable[..., bool]) -> None:
+    """Make ``owner.name`` raise :class:`Interrupted` (the process is killed there) when ``hit(*args)``."""
+    real = getattr(owner, name)
+
+    def killed(*args: Any, **kwargs: Any) -> Any:
+        if hit(*args, **kwargs):
+            raise Interrupted
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, killed)
+
+
+INSTALL_STEPS: dict[str, tuple[Any, str, Callable[..., bool], str]] = {
+    # step of finish_single / install: (owner, function, when it is killed, the next build's status)
+    "deleting the plan": (Path, "unlink", lambda path, **kw: path.name == "plan.json", "built"),
+    "moving the old cache aside": (os, "replace", lambda src, dst: Path(dst).name == "text.old", "built"),
+    "moving the new cache in": (os, "replace", lambda src, dst: Path(src).name == "text.partial", "built"),
+    "deleting the old cache": (shutil, "rmtree", lambda path, **kw: Path(path).name == "text.old", "up to date"),
+}
+
+
+@pytest.mark.parametrize("step", list(INSTALL_STEPS))
+def test_build_killed_while_installing_finishes_the_install_without_encoding(
+        tmp_path: Path, data: FakeData, built: Path, monkeypatch: pytest.MonkeyPatch, step: str) -> None:
+    """A rebuild (the cache is damaged) killed at each step of moving its finished folder into place. The
+    plan and done mask were deleted before the renames, so a kill from then on left a finished folder the
+    next build did not know: it encoded every batch again (and a ``text.old`` could stay behind). Now the
+    next build installs the finished folder, or finds the install done, and encodes nothing; meanwhile the
+    cache folder is the old cache, absent or the new one, never a folder holding build records."""
+    cfg = make_cfg(tmp_path)
+    build_cache(cfg, data, ["text"], progress=False)
+    states = tmp_path / "text" / "states.npy"
+    damaged = bytearray(states.read_bytes())
+    damaged[-1] ^= 0xFF
+    states.write_bytes(bytes(damaged))
+    owner, name, hit, status = INSTALL_STEPS[step]
+    kill_when(monkeypatch, owner, name, hit)
+    with pytest.raises(Interrupted):
+        build_cache(cfg, data, ["text"], progress=False)
+    monkeypatch.undo()
+    cache_files = sorted(["states.npy", "present.npy", "sources.npy", "manifest.json"])
+    if (tmp_path / "text").exists():
+        assert sorted(p.name for p in (tmp_path / "text").iterdir()) == cache_files
+    else:
+        with pytest.raises(CacheMissingError, match="unfinished build"):
+            open_cache(cfg, data, ["text"])
+
+    calls: list[tuple[str, int]] = []
+    reports = build_cache(cfg, data, ["text"], progress=False, on_batch=lambda m, b: calls.append((m, b)))
+    assert calls == [] and reports["text"].status == status
+    assert read_bytes(tmp_path, "text") == read_bytes(built, "text")
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == ["text"]
+    assert sorted(p.name for p in (tmp_path / "text").iterdir()) == cache_files
+    open_cache(cfg, data, ["text"])
+
+
 def test_sharded_build_joins_to_identical_bytes(tmp_path: Path, data: FakeData, built: Path) -> None:
     cfg = make_cfg(tmp_path)
     assert [shard_span(10, 3, i, 3)[:2] for i in range(3)] == [(0, 4), (4, 7), (7, 11)]
@@ -332,6 +392,87 @@ def test_corrupt_files_marked_missing_and_counted(tmp_path: Path, corrupt_data: 
         assert f"{m}: built" in out and "1 corrupt files marked missing" in out
     assert reports["text"].num_corrupt == 0 and reports["text"].num_present == 10
     assert "item 'bad'" in out
+
+
+def test_build_resumed_under_on_corrupt_error_stops_as_a_build_in_one_go(tmp_path: Path,
+                                                                        corrupt_data: FakeData) -> None:
+    """``cache.on_corrupt`` was not part of the plan: a build killed under ``missing`` after marking a
+    corrupt file missing, resumed under ``error``, completed with the file marked missing, where a build in
+    one go under ``error`` stops naming it. Now the resumed build stops with the same error and keeps its
+    batches: run again under ``missing``, it encodes only those left."""
+    ids = corrupt_data.item_ids
+    early = FakeData(ids[:2] + ["bad"] + ids[2:-1], corrupt_data.catalogue)  # 'bad' is row 2, in batch 0 of 4
+    straight = make_cfg(tmp_path / "straight")
+    with pytest.raises(MediaError) as stopped:
+        build_cache(straight, early, ["image"], progress=False)
+
+    cfg = make_cfg(tmp_path / "resumed")
+    cfg.cache.on_corrupt = "missing"
+
+    def killed_after_batch_1(modality: str, batch: int) -> None:
+        if batch == 1:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        build_cache(cfg, early, ["image"], progress=False, on_batch=killed_after_batch_1)
+    cfg.cache.on_corrupt = "error"
+    with pytest.raises(MediaError) as err:
+        build_cache(cfg, early, ["image"], progress=False)
+    assert str(err.value) == str(stopped.value)
+    assert err.value.item_id == "bad" and err.value.path == str(corrupt_data.catalogue.root / "bad.jpg")
+    assert (tmp_path / "resumed" / "image.partial").is_dir() and not (tmp_path / "resumed" / "image").exists()
+
+    cfg.cache.on_corrupt = "missing"
+    calls: list[tuple[str, int]] = []
+    reports = build_cache(cfg, early, ["image"], progress=False, on_batch=lambda m, b: calls.append((m, b)))
+    assert calls == [("image", 2), ("image", 3)]
+    assert reports["image"].num_corrupt == 1 and reports["image"].corrupt[0]["row"] == 2
+    whole = make_cfg(tmp_path / "whole")
+    whole.cache.on_corrupt = "missing"
+    build_cache(whole, early, ["image"], progress=False)
+    assert read_bytes(tmp_path / "resumed", "image") == read_bytes(tmp_path / "whole", "image")
+
+
+def test_build_stopped_by_a_corrupt_file_resumes_under_missing(tmp_path: Path, corrupt_data: FakeData) -> None:
+    """The other way round: the batches a build finished under ``error`` hold no corrupt file, so the run
+    under ``missing`` that follows resumes them (on_corrupt is not part of the plan) instead of starting over."""
+    cfg = make_cfg(tmp_path)
+    with pytest.raises(MediaError, match="'bad'"):
+        build_cache(cfg, corrupt_data, ["image"], progress=False)  # 'bad' is row 11, in batch 3
+    cfg.cache.on_corrupt = "missing"
+    calls: list[tuple[str, int]] = []
+    reports = build_cache(cfg, corrupt_data, ["image"], progress=False,
+                          on_batch=lambda m, b: calls.append((m, b)))
+    assert calls == [("image", 3)] and reports["image"].num_corrupt == 1
+
+
+def test_resumed_update_under_error_keeps_the_corrupt_files_its_cache_marked_missing(
+        tmp_path: Path, corrupt_data: FakeData) -> None:
+    """An update encodes only the changed batches; the corrupt files the cache marked missing elsewhere stay
+    marked under ``error`` (no file of theirs is read), resumed or not: the same bytes as an update in one go."""
+    root = corrupt_data.catalogue.root
+    write_image(root / "changed.jpg", (9, 99, 199))
+    records = [dataclasses.replace(r, image="changed.jpg") if r.item_id == "i1" else r
+               for r in corrupt_data.catalogue]
+    now = FakeData(corrupt_data.item_ids, Catalogue(root, records))  # i1 (row 1, batch 0) has a new image
+    calls: list[tuple[str, int]] = []
+
+    def killed(modality: str, batch: int) -> None:
+        raise Interrupted
+
+    for folder in ("straight", "resumed"):
+        cfg = make_cfg(tmp_path / folder)
+        cfg.cache.on_corrupt = "missing"
+        build_cache(cfg, corrupt_data, ["image"], progress=False)  # 'bad' (row 11) marked missing
+        cfg.cache.on_corrupt = "error"
+        if folder == "resumed":  # killed once its one batch is done
+            with pytest.raises(Interrupted):
+                build_cache(cfg, now, ["image"], progress=False, on_batch=killed)
+        calls.clear()
+        reports = build_cache(cfg, now, ["image"], progress=False, on_batch=lambda m, b: calls.append((m, b)))
+        assert calls == ([] if folder == "resumed" else [("image", 0)])
+        assert reports["image"].status == "updated" and reports["image"].num_corrupt == 1
+    assert read_bytes(tmp_path / "resumed", "image") == read_bytes(tmp_path / "straight", "image")
 
 
 # --------------------------------------------------------------------------------------------- live features

@@ -28,6 +28,10 @@ FILES = ("states.npy", "present.npy", "sources.npy", "manifest.json")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+class Killed(Exception):
+    """Stands in for a killed process."""
+
+
 def make_cfg(data: FakeData, cache_dir: str = "") -> Config:
     """The tiny preset in fp32 on the CPU, batches of 3 rows (10 items: rows 1-3, 4-6, 7-9, 10); without
     ``cache_dir`` the cache goes to its default folder under ``$CROSSAN_CACHE_DIR``."""
@@ -98,6 +102,37 @@ def test_edited_title_re_encodes_only_its_batch_in_the_same_folder(tmp_path: Pat
     assert files(folder / "image") == image_before
     open_cache(cfg, now, MODS)
     assert_equals_fresh(tmp_path, cfg, now, MODS)
+
+
+def test_update_killed_between_its_two_renames_is_installed_without_encoding_again(
+        tmp_path: Path, data: FakeData, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An update killed once the cache was moved aside and before the finished folder was moved in. Its plan
+    was already deleted, so the next build found no cache (an update no more) and a folder it did not know:
+    it encoded every batch again. Now the previous cache is put back, the update is found again and the
+    finished folder is installed as it is."""
+    cfg = make_cfg(data)
+    build(cfg, data, ["text"])
+    folder = default_cache_dir(cfg, data)
+    now = edited(data, "i5", text=data.catalogue["i5"].text + " (2nd edition)")
+    real_replace = os.replace
+
+    def killed_moving_in(src: Path, dst: Path) -> None:
+        if Path(src).name == "text.partial":
+            raise Killed
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", killed_moving_in)
+    with pytest.raises(Killed):
+        build(cfg, now, ["text"])
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert not (folder / "text").exists()
+    assert (folder / "text.old").is_dir() and (folder / "text.partial").is_dir()
+
+    status, batches = build(cfg, now, ["text"])
+    assert status == {"text": "updated"} and batches == []
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == ["text"]
+    open_cache(cfg, now, ["text"])
+    assert_equals_fresh(tmp_path, cfg, now, ["text"])
 
 
 def test_touched_media_files_are_recorded_so_later_opens_do_not_hash_them(

@@ -19,11 +19,16 @@ ids in row order only, so editing a title or media file keeps the folder)::
         plan.json                    the build plan; a partial build is resumed only under an equal plan
       <modality>.shards/<i>-of-<n>/  shard i of an n-way build: the same files over the shard's rows,
                                      plus COMPLETE once finished; :func:`join_shards` assembles them
+      <modality>.old/                the cache being replaced, for the instant between the two renames that
+                                     install its replacement; a build killed there leaves it, and the next
+                                     build puts it back (then installs the finished ``.partial``) or deletes it
 
 Rows ``1..N`` are encoded in batches of ``encoders.batch_size`` (batch b: rows ``1 + b·B … (b+1)·B``);
 shards take contiguous runs of whole batches, so every build — interrupted and resumed, sharded and
 joined, or in one go — runs the same batches and writes the same bytes. A build never touches a
-completed cache until its replacement is complete: the finished work folder is renamed into place.
+completed cache until its replacement is complete: the finished work folder (its manifest written last,
+its build records deleted) is renamed into place. A build killed after the manifest is written leaves a
+finished ``.partial`` that the next build of the same settings installs as it is, encoding nothing.
 
 ``manifest.json`` records the checkpoint, ``random_init``, family, layers, width, taps, pooling, the
 preprocessing settings, the item-list fingerprint (:func:`~crossan.cache.layout.item_key`: the ids of rows

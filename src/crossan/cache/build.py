@@ -56,11 +56,13 @@ from crossan.cache.workarea import (
     batch_ranges,
     finish_single,
     print_reports,
+    recover_install,
     report_from_manifest,
     shard_span,
 )
 from crossan.config import EncoderSpec
 from crossan.data.catalogue import ItemRecord
+from crossan.data.media import MediaError
 from crossan.errors import CacheError
 from crossan.utils import atomic_write
 
@@ -223,6 +225,35 @@ def _record_sources(m: str, final: Path, manifest: dict[str, Any], old: np.ndarr
           "(no re-hashing at the next open)")
 
 
+def _stop_at_corrupt_marked_missing(area: WorkArea, m: str, ranges: list[tuple[int, int]],
+                                    on_corrupt: str) -> None:
+    """Under ``cache.on_corrupt=error``, raise the :class:`MediaError` a build in one go would raise when the
+    resumed build marked corrupt files missing before it was interrupted (it ran under ``missing`` then).
+
+    ``cache.on_corrupt`` is not part of the plan on purpose: the usual sequence is a build stopped by a
+    corrupt file under ``error`` and run again under ``missing``, and it should resume, not encode every
+    batch again (its batches hold no corrupt file, so they are the same under either setting). The other
+    way round, the batches done under ``missing`` read the corrupt files this build would stop at: it stops
+    at the first of them (the lowest row, where the uninterrupted build stops, since batches are encoded in
+    order) with the same error, naming item and path, and keeps the work area, so that the build resumes
+    once the file is replaced (its sources differ: that batch is encoded again) or under ``missing``.
+    Corrupt entries an update kept from the cache it started from lie outside the batches it encodes and
+    do not count, as in an update in one go."""
+    if on_corrupt != "error" or not area.resumed:
+        return
+    update = area.plan.get("update")
+    encoded = update["batches"] if isinstance(update, dict) else area.batches
+    rows = {r for b in encoded for r in range(*ranges[b])}
+    found = [e for e in area.corrupt_entries() if e["row"] in rows]
+    if found:
+        first = found[0]
+        print(f"{m}: the interrupted build at {area.path} marked {len(found)} corrupt file(s) missing under "
+              "cache.on_corrupt=missing; this run has cache.on_corrupt=error and stops at the first, as a "
+              "build in one go would (the finished batches are kept: replace the file, or run with "
+              "cache.on_corrupt=missing)")
+        raise MediaError(first["item_id"], first["path"], first["reason"])
+
+
 def _finish_shard(area: WorkArea, m: str) -> ModalityReport:
     area.close()
     (area.path / COMPLETE).write_text("complete\n")
@@ -240,6 +271,8 @@ def _build_modality(ctx: _BuildContext, m: str, spec: EncoderSpec, shard: int | 
     from crossan.encoders import build_encoder
 
     final = ctx.root / m
+    if shard is None:  # a shard holds only its own lock, not the modality's
+        recover_install(final)
     try:
         existing = read_manifest(final, missing_ok=True)
     except CacheError as e:
@@ -273,11 +306,16 @@ def _build_modality(ctx: _BuildContext, m: str, spec: EncoderSpec, shard: int | 
     encoder = build_encoder(m, spec, device=ctx.device)
     base = _base_manifest(encoder, ctx.data, ctx.build)
     area = _open_work_area(ctx, m, base, (encoder.num_taps, encoder.hidden_size), shard, num_shards, now, update)
-    if area.resumed:
-        print(f"{m}: resuming the build at {area.path} ({int(area.done.sum())}/{len(area.done)} batches done)")
     from crossan.precision import autocast
 
     try:
+        _stop_at_corrupt_marked_missing(area, m, ctx.ranges, ctx.cfg.cache.on_corrupt)
+        if area.finished is not None:
+            print(f"{m}: the build at {area.path} had finished and was killed while moving into place; "
+                  "installing it")
+        elif area.resumed:
+            print(f"{m}: resuming the build at {area.path} ({int(area.done.sum())}/{len(area.done)} batches "
+                  "done)")
         with autocast(ctx.cfg.precision, ctx.device):  # the encoder forward in bf16 where `precision` says so
             _run_batches(encoder, area, ctx.records, ctx.data.catalogue, ctx.ranges, ctx.cfg.cache.on_corrupt,
                          ctx.progress, ctx.on_batch)
@@ -305,7 +343,9 @@ def build_cache(
     called after each batch is on disk (progress hooks, tests). A completed cache that already matches
     the configuration is left as it is. The encoders run on ``cfg.device``. Corrupt media stop the build
     with :class:`MediaError` (what was done so far stays resumable) unless ``cfg.cache.on_corrupt`` is
-    ``missing``; the number marked missing is in the returned reports and printed. Each modality (or shard)
+    ``missing``; the number marked missing is in the returned reports and printed. A build resumed under
+    ``error`` stops the same way at a corrupt file its earlier run marked missing under ``missing``
+    (:func:`_stop_at_corrupt_marked_missing`). Each modality (or shard)
     is built under a lock in the cache folder: a second ``crossan cache`` on the same dataset waits for the
     first (saying so) and then finds the cache up to date (:mod:`crossan.cache.lock`).
     """

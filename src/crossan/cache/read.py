@@ -48,8 +48,8 @@ def open_cache(cfg: Config, data: Any, modalities: list[str], mmap: bool = True)
     specs = resolve_specs(cfg, modalities)
     absent = [m for m in modalities if read_manifest(roots[m] / m) is None]
     if absent:
-        partial = [m for m in absent
-                   if (roots[m] / f"{m}.partial").exists() or (roots[m] / f"{m}.shards").exists()]
+        partial = [m for m in absent  # <m>.old: a build killed while installing, finished by the next one
+                   if any((roots[m] / f"{m}.{kind}").exists() for kind in ("partial", "shards", "old"))]
         hint = f" ({', '.join(partial)}: an unfinished build is there; the command resumes it)" if partial else ""
         where = ", ".join(str(roots[m] / m) for m in absent)
         raise CacheMissingError(

@@ -47,6 +47,7 @@ from crossan.cache.workarea import (
     install,
     print_reports,
     read_corrupt_log,
+    recover_install,
     report_from_manifest,
     reserve,
 )
@@ -179,6 +180,7 @@ def join_shards(cfg: Config, data: Any, modalities: list[str]) -> dict[str, Moda
         try:
             with build_lock(lock_path(root, m), f"{m} cache in {root}"):
                 t0 = time.perf_counter()
+                recover_install(root / m)
                 found = _find_shards(root / f"{m}.shards")
                 current = None if found else _current_cache(cfg, data, m, root)
                 if current is not None:

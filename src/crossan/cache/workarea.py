@@ -18,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from crossan.cache.integrity import checksums
+from crossan.cache.integrity import check_files, checksums, load_array
 from crossan.cache.layout import COMPLETE, CORRUPT, DONE, MANIFEST, PLAN, PRESENT, SOURCES, STATES
-from crossan.cache.manifest import describe_compute, flatten, jsonable, write_json
-from crossan.errors import WriteError
+from crossan.cache.manifest import describe_compute, flatten, jsonable, read_manifest, write_json
+from crossan.errors import CacheError, WriteError
 from crossan.utils import atomic_write, remove_stale_temporaries
 
 
@@ -95,9 +95,18 @@ class WorkArea:
         self.batches: list[int] = list(plan["batches"])
         self.shape = shape  # (rows, K, D)
         self.resumed = False
+        self.finished: dict[str, Any] | None = None
+        """The manifest of a finished build found here (:meth:`_finished_build`): nothing is left to encode,
+        only the install."""
         self._open(seed)
 
     def _open(self, seed: tuple[Path, set[int], list[dict[str, Any]]] | None = None) -> None:
+        self.finished = self._finished_build()
+        if self.finished is not None:
+            self.states = self.present = None
+            self.done = np.ones(len(self.batches), dtype=np.bool_)
+            self.resumed = True
+            return
         plan_file = self.path / PLAN
         if plan_file.is_file() and (self.path / DONE).is_file():
             try:
@@ -124,6 +133,39 @@ class WorkArea:
                 raise
             raise WriteError(f"{self.path}: cannot create the build's files ({e.strerror or e}); free some space "
                              "or set cache.dir to another disk") from None
+
+    def _finished_build(self) -> dict[str, Any] | None:
+        """The manifest of a build that finished here and was killed before it was in place, when it is the
+        build this one would make; None otherwise.
+
+        :func:`finish_single` writes the manifest (with the arrays' checksums) last, then deletes the plan and
+        done mask and renames the folder into place; a process killed in between leaves a finished folder
+        whose plan may be gone. It is taken as this build's result, without encoding anything again, when its
+        manifest (less the counts and checksums) equals this plan's, its ``sources.npy`` equals this build's
+        sources and every checksum matches; a finished folder whose arrays no longer match their checksums
+        is discarded (it cannot be resumed either: every batch was marked done)."""
+        try:
+            manifest = read_manifest(self.path, missing_ok=True)
+        except CacheError:
+            return None
+        if manifest is None or self.sources is None or "shard" in self.plan:  # a shard finishes with COMPLETE
+            return None
+        built = {k: v for k, v in manifest.items() if k not in _RESULT_KEYS}
+        if built != self.plan["manifest"]:
+            return None
+        try:
+            same_sources = np.array_equal(load_array(self.path / SOURCES), self.sources)
+        except CacheError:
+            return None
+        if not same_sources:
+            return None
+        problems = check_files(self.path, manifest, full=True)
+        if problems:
+            print(f"discarding the finished build at {self.path}: its files changed since it was hashed "
+                  f"({'; '.join(problems)})")
+            shutil.rmtree(self.path)
+            return None
+        return manifest
 
     def _create(self, seed: tuple[Path, set[int], list[dict[str, Any]]] | None) -> None:
         plan_file = self.path / PLAN
@@ -184,6 +226,9 @@ class WorkArea:
         self._save_done()
 
     def corrupt_entries(self) -> list[dict[str, Any]]:
+        """Corrupt files marked missing so far, one per row (of a finished build: those of its manifest)."""
+        if self.finished is not None:
+            return list(self.finished.get("corrupt_items", []))
         return read_corrupt_log(self.path)
 
     def close(self) -> None:
@@ -193,6 +238,9 @@ class WorkArea:
                 arr.flush()
                 setattr(self, name, None)
 
+
+_RESULT_KEYS = frozenset({"num_present", "num_missing", "num_corrupt", "corrupt_items", "checksums"})
+"""What :func:`finish_single` adds to the plan's manifest: the counts (:func:`counts`) and the checksums."""
 
 _PLAN_LABELS = {
     "manifest.build.compute_dtype": "compute dtype",
@@ -265,7 +313,10 @@ def read_corrupt_log(folder: Path) -> list[dict[str, Any]]:
 
 
 def install(src: Path, dst: Path) -> None:
-    """Move a finished folder into place, replacing ``dst`` only now that ``src`` is complete."""
+    """Move a finished folder into place, replacing ``dst`` only now that ``src`` is complete.
+
+    ``dst`` is first renamed to ``<dst>.old``, so a process killed between the two renames leaves no
+    ``dst`` but the previous cache whole in ``<dst>.old``; :func:`recover_install` puts it back."""
     old = dst.with_name(dst.name + ".old")
     if old.exists():
         shutil.rmtree(old)
@@ -273,6 +324,23 @@ def install(src: Path, dst: Path) -> None:
         os.replace(dst, old)
     os.replace(src, dst)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_install(dst: Path) -> None:
+    """Undo what an :func:`install` killed mid-way left, before anything reads ``dst`` to build it: a
+    ``<dst>.old`` beside a ``dst`` is the replaced cache not yet deleted (deleted now); a ``<dst>.old``
+    without ``dst`` is the previous cache moved aside just before the kill (put back, whole: a build then
+    finds it as if the install had not begun, and installs the finished work folder it left without
+    encoding again, :meth:`WorkArea._finished_build`). Call it under the modality's build lock."""
+    old = dst.with_name(dst.name + ".old")
+    if not old.is_dir():
+        return
+    if dst.exists():
+        shutil.rmtree(old)
+    else:
+        print(f"{dst}: a build was killed while replacing this cache; putting the previous one back from "
+              f"{old}")
+        os.replace(old, dst)
 
 
 def counts(present: np.ndarray, corrupt: list[dict[str, Any]]) -> dict[str, Any]:
@@ -291,14 +359,21 @@ def finish_single(area: WorkArea, final: Path, base_manifest: dict[str, Any]) ->
 
     The arrays are hashed and the manifest written while the work area still holds its plan and done mask,
     so a process killed during the hashing (seconds for a large cache) resumes with every batch done instead
-    of finding an unknown folder and encoding everything again; only the deletions and the rename follow."""
-    corrupt = area.corrupt_entries()
-    manifest = base_manifest | counts(np.asarray(area.present), corrupt)
-    area.close()
-    manifest["checksums"] = checksums(area.path)
-    write_json(area.path / MANIFEST, manifest)
+    of finding an unknown folder and encoding everything again. The manifest, written last, marks the folder
+    finished: a process killed after it (while the build records are deleted or the folder is renamed into
+    place) leaves a folder the next build installs as it is (:meth:`WorkArea._finished_build`,
+    :func:`recover_install`). The records are deleted before the rename, so ``final`` never holds them."""
+    if area.finished is not None:
+        manifest = area.finished
+    else:
+        corrupt = area.corrupt_entries()
+        manifest = base_manifest | counts(np.asarray(area.present), corrupt)
+        area.close()
+        manifest["checksums"] = checksums(area.path)
+        write_json(area.path / MANIFEST, manifest)
     for name in (DONE, CORRUPT, PLAN):
         (area.path / name).unlink(missing_ok=True)
+    remove_stale_temporaries(area.path)  # of writes killed before the build finished (the lock is ours)
     install(area.path, final)
     return manifest
 
