@@ -33,20 +33,24 @@ BENCHMARKS = Path(__file__).parents[1] / "benchmarks" / "suites"
 
 
 def _suite_file(root: Path, data: Path, seeds: str = "[0]", parallel: int = 1, runs: str = "",
-                repeats: int = 1) -> Suite:
+                repeats: int = 1, overrides: str = "") -> Suite:
+    """``overrides``: more suite-level ``key=value`` (comma-separated), after ``train.epochs=2, device=cpu``."""
     path = root / "s.yaml"
     path.write_text(f"description: t\ndata: {data}\npreset: tiny\nseeds: {seeds}\nparallel: {parallel}\n"
-                    f"cost_repeats: {repeats}\noverrides: [train.epochs=2, device=cpu]\n"
+                    f"cost_repeats: {repeats}\noverrides: [train.epochs=2, device=cpu"
+                    f"{', ' + overrides if overrides else ''}]\n"
                     + (runs or "runs:\n  - {name: A, method: id, modalities: [text]}\n"))
     return load_suite(str(path))
 
 
 def _finished_run(suite: Suite, data: Path, out: Path, seed: int, *, drop: tuple[str, ...] = (),
-                  alone: bool | None = True, time_per_epoch: float = 1.0, repeat: int = 1, **fields: Any) -> Path:
-    """Write ``out/runs/A/seed-S`` as the trainer would have for the suite's run A on ``data`` as it is now
-    (``drop``: config keys ``section.key`` left out of config.yaml, as an older crossan wrote it; ``fields``:
-    results.json entries replaced, None removes one; ``alone``: the suite's note, None: no note)."""
-    run = suite.runs[0]
+                  alone: bool | None = True, time_per_epoch: float = 1.0, repeat: int = 1, run_index: int = 0,
+                  **fields: Any) -> Path:
+    """Write ``out/runs/A/seed-S`` as the trainer would have for the suite's run A (``run_index``: another of
+    its runs) on ``data`` as it is now (``drop``: config keys ``section.key`` left out of config.yaml, as an
+    older crossan wrote it; ``fields``: results.json entries replaced, None removes one; ``alone``: the
+    suite's note, None: no note)."""
+    run = suite.runs[run_index]
     cfg = load_config([], run_overrides(suite, run, str(data), seed))
     run_dir = out / "runs" / run.name / (f"seed-{seed}" + (f".cost-{repeat}" if repeat > 1 else ""))
     run_dir.mkdir(parents=True)
@@ -118,6 +122,216 @@ def test_a_finished_run_is_reused_only_on_the_data_it_was_trained_on(tmp_path: P
             "item_fingerprint": f"item_fingerprint: {'0' * 16} → {item_fingerprint(now)}",
             "no split_fingerprint": "records no split_fingerprint"}[change]
     assert want in row["error"]
+
+
+TWO_RUNS = "runs:\n  - {name: A, method: id, modalities: [text]}\n  - {name: B, method: id, modalities: [text]}\n"
+
+
+@pytest.mark.parametrize("finished", [True, False])
+@pytest.mark.parametrize(("content", "why"), [
+    (b"method: [id\n", "not valid YAML (expected ',' or ']', but got '<stream end>' at line 2, column 1)"),
+    (b"method: \xff\xfe\n", "not UTF-8 ('utf-8' codec can't decode byte 0xff in position 8: invalid start byte)"),
+    (b"- id\n", "expected a mapping of config keys, got list"),
+    (b"1: x\nmethod: id\n", "cannot be compared with the configuration asked for (TypeError: '<' not supported "
+                            "between instances of 'str' and 'int')"),
+])
+def test_a_config_yaml_that_cannot_be_read_fails_its_row_only(tmp_path: Path, content: bytes, why: str,
+                                                               finished: bool, capsys) -> None:
+    """One (run, seed) folder whose config.yaml is damaged stopped the whole suite with a traceback (yaml's
+    ParserError, UnicodeDecodeError); that row now fails with one line naming the file, the file is left as
+    it is, and the other runs go on (B, finished, is reused)."""
+    data = random_dataset(tmp_path / "data")
+    suite = _suite_file(tmp_path, data, runs=TWO_RUNS)
+    out = tmp_path / "out"
+    run_dir = _finished_run(suite, data, out, 0)
+    _finished_run(suite, data, out, 0, run_index=1)
+    if not finished:  # interrupted: the suite would resume it
+        (run_dir / "results.json").unlink()
+    (run_dir / "config.yaml").write_bytes(content)
+    capsys.readouterr()
+    a, b = run_suite(suite, out, progress=False)
+    error = f"{run_dir / 'config.yaml'}: {why}; pass --fresh to retrain it or choose another --out"
+    assert a["status"] == "failed" and a["error"] == f"seed 0: {error}"
+    assert f"[suite] 1/2 A seed 0: FAILED: {error}\n" in capsys.readouterr().out
+    assert (run_dir / "config.yaml").read_bytes() == content and (run_dir / "results.json").is_file() == finished
+    assert b["status"] == "ok" and b["reused_seeds"] == "0"
+
+
+@pytest.mark.parametrize(("trained", "now", "reused"), [("bfloat16", "bf16", True), ("float32", "fp32", True),
+                                                        ("bfloat16", "fp32", False), (None, "fp32", False)])
+def test_a_finished_run_is_reused_under_a_precision_that_gives_the_dtype_it_trained_at(
+        tmp_path: Path, trained: str | None, now: str, reused: bool) -> None:
+    """A run trained at ``precision=auto`` (in bfloat16 on a CPU with bf16 units, in float32 without) is the
+    same run as one at the precision that forces that dtype, as the trainer's ``--resume`` accepts it: a suite
+    that sets it to continue an interrupted run on another machine refused all its finished runs. Another
+    dtype, or one the run did not record, is still another run."""
+    data = random_dataset(tmp_path / "data")
+    out = tmp_path / "out"
+    run_dir = _finished_run(_suite_file(tmp_path, data), data, out, 0, compute_dtype=trained)
+    (row,) = run_suite(_suite_file(tmp_path, data, overrides=f"precision={now}"), out, progress=False)
+    if reused:
+        assert row["status"] == "ok" and row["reused_seeds"] == "0" and row["compute_dtype"] == trained
+        return
+    assert row["status"] == "failed"
+    assert row["error"] == (f"seed 0: {run_dir} holds a run with another configuration (precision: 'auto' → "
+                            f"'fp32': float32 here, it trained in {trained or 'a compute dtype it did not record'}"
+                            "); pass --fresh to retrain it or choose another --out")
+
+
+def test_a_suite_continues_a_run_interrupted_on_a_machine_of_another_dtype(tmp_path: Path, monkeypatch) -> None:
+    """A suite run at ``precision=auto`` interrupted on a CPU without bf16 units (float32) cannot continue on
+    one with them (bfloat16): the trainer says to resume with ``precision=fp32``, and the suite refused that
+    as another configuration (``precision: 'auto' → 'fp32'``). It now resumes it as the trainer's
+    ``--resume`` accepts it, and reuses the finished run under either setting, not under ``bf16``."""
+    import crossan.precision as precision
+    import crossan.trainer as trainer
+    from crossan.errors import RunError
+    from crossan.reports.suite import _job
+    from crossan.trainer import train
+
+    data = random_dataset(tmp_path / "data")
+    out = tmp_path / "out"
+    auto = _suite_file(tmp_path, data)
+    run_dir = out / "runs" / "A" / "seed-0"
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)  # machine 1: auto is float32
+    real_batches = trainer._batches
+
+    def crashing(n: int, bs: int, seed: int, epoch: int) -> Any:
+        if epoch == 2:
+            raise KeyboardInterrupt("simulated crash")
+        return real_batches(n, bs, seed, epoch)
+
+    monkeypatch.setattr(trainer, "_batches", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        train(load_config([], run_overrides(auto, auto.runs[0], str(data), 0)), run_dir, progress=False)
+    monkeypatch.setattr(trainer, "_batches", real_batches)
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)  # machine 2: auto is bfloat16
+    _, kwargs = _job(auto, auto.runs[0], 0, data, out, True, "A seed 0", alone=True)
+    assert kwargs is not None
+    with pytest.raises(RunError, match="resume with precision=fp32 to continue in float32"):
+        train(load_config([], kwargs["overrides"]), kwargs["run_dir"], resume=True, progress=False)
+    forced = _suite_file(tmp_path, data, overrides="precision=fp32")  # what the trainer says to do
+    rec, kwargs = _job(forced, forced.runs[0], 0, data, out, True, "A seed 0", alone=True)
+    assert rec["status"] == "ok" and kwargs is not None and kwargs["resume"] and kwargs["run_dir"] == str(run_dir)
+    res = train(load_config([], kwargs["overrides"]), kwargs["run_dir"], resume=True, progress=False)
+    assert res["compute_dtype"] == "float32" and res["epochs_run"] == 2
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["precision"] == "auto"  # as it started
+    for setting, reused in (("precision=fp32", True), ("", True), ("precision=bf16", False)):
+        suite = _suite_file(tmp_path, data, overrides=setting)
+        rec, kwargs = _job(suite, suite.runs[0], 0, data, out, True, "A seed 0", alone=True)
+        assert kwargs is None and rec.get("reused", False) is reused, setting
+    assert "precision: 'auto' → 'bf16': bfloat16 here, it trained in float32" in rec["error"]
+
+
+@pytest.mark.parametrize("case", ["moved", "moved, other items", "moved, no item_fingerprint",
+                                  "moved, another key", "moved, unfinished"])
+def test_a_finished_run_whose_data_folder_moved_is_reused(tmp_path: Path, case: str, capsys) -> None:
+    """A synthetic suite keeps its data in its output folder, and each run's config.yaml records that absolute
+    path: moving or renaming the folder made every finished run "another configuration (data.path …)". A
+    finished run whose only difference is ``data.path`` is now reused, saying so, where the data's split and
+    item fingerprints are those the run recorded; other data, a run that records no item fingerprint, another
+    key, and an interrupted run (the trainer's ``--resume`` refuses another data.path) are still refused."""
+    old = random_dataset(tmp_path / "before" / "data")
+    out = tmp_path / "out"
+    fields: dict[str, Any] = {"item_fingerprint": None} if case == "moved, no item_fingerprint" else {}
+    run_dir = _finished_run(_suite_file(tmp_path, old), old, out, 0, **fields)
+    if case == "moved, unfinished":
+        (run_dir / "results.json").unlink()
+    new = tmp_path / "after" / "data"
+    shutil.move(tmp_path / "before", tmp_path / "after")
+    if case == "moved, other items":
+        shutil.rmtree(new)
+        random_dataset(new, seed=1, n_users=130)
+    suite = _suite_file(tmp_path, new, overrides="train.lr=0.001" if case == "moved, another key" else "")
+    capsys.readouterr()
+    (row,) = run_suite(suite, out, progress=False)
+    moved = f"data.path: '{old.resolve()}' → '{new.resolve()}'"
+    fresh = "; pass --fresh to retrain it or choose another --out"
+    if case == "moved":
+        assert row["status"] == "ok" and row["reused_seeds"] == "0"
+        assert (f"done earlier, reusing {run_dir / 'results.json'} (moved: {moved}; its data and inputs checked "
+                "the same by their fingerprints)\n") in capsys.readouterr().out
+        return
+    assert row["status"] == "failed"
+    want = {"moved, other items": f"seed 0: {run_dir} holds a run trained on other data than {new} holds now "
+                                  "(split_fingerprint: ",
+            "moved, no item_fingerprint": f"seed 0: {run_dir} holds a run whose data or cache folder moved "
+                                          f"({moved}), and its results.json records no item_fingerprint, so the "
+                                          f"inputs it read cannot be checked against those read now{fresh}",
+            "moved, another key": f"seed 0: {run_dir} holds a run with another configuration (train.lr: 0.0002 → "
+                                  f"0.001; {moved}){fresh}",
+            "moved, unfinished": f"seed 0: {run_dir}: --resume with a different configuration: {moved}{fresh}",
+            }[case]
+    assert row["error"].startswith(want) and row["error"].endswith(fresh)
+
+
+def test_a_finished_run_whose_cache_folder_moved_is_reused_where_it_records_the_cache(tmp_path: Path,
+                                                                                     capsys) -> None:
+    """``cache.dir`` moved with the suite's output folder: a cached run is reused where the states it recorded
+    (``cache_states``) are those of the cache found now, and refused where it records none."""
+    from crossan.cache import build_cache
+    from crossan.reports.suite import _job
+    from crossan.runs import cache_states_digests
+
+    data = random_dataset(tmp_path / "data", n_users=60, n_items=30)
+
+    def suite_at(cache: Path) -> Suite:
+        return _suite_file(tmp_path, data, runs="runs:\n  - {name: A, method: frozen, modalities: [text], "
+                                                f"overrides: [cache.dir={cache}]}}\n")
+
+    before, after = tmp_path / "before" / "cache", tmp_path / "after" / "cache"
+    suite = suite_at(before)
+    cfg = load_config([], run_overrides(suite, suite.runs[0], str(data), 0))
+    prepared = prepare(cfg.data)
+    build_cache(cfg, prepared, ["text"], progress=False)
+    out = tmp_path / "out"
+    run_dir = _finished_run(suite, data, out, 0, method="frozen", cache_states=cache_states_digests(cfg, prepared))
+    shutil.move(tmp_path / "before", tmp_path / "after")
+    suite = suite_at(after)
+    capsys.readouterr()
+    rec, kwargs = _job(suite, suite.runs[0], 0, data, out, True, "A seed 0", alone=True)
+    assert kwargs is None and rec.get("reused") and rec["status"] == "ok"
+    assert f"(moved: cache.dir: '{before}' → '{after}'; its data" in capsys.readouterr().out
+    results = json.loads((run_dir / "results.json").read_text())
+    del results["cache_states"]
+    (run_dir / "results.json").write_text(json.dumps(results))
+    rec, kwargs = _job(suite, suite.runs[0], 0, data, out, True, "A seed 0", alone=True)
+    assert kwargs is None and rec["status"] == "failed"
+    assert "and its results.json records no cache_states, so the inputs it read cannot be" in rec["error"]
+
+
+def test_the_suites_precision_reaches_its_cache_build(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A suite at ``precision=fp32`` on a CPU with bf16 units built its cache in bfloat16: the cache child got
+    no precision (only encoders.*, cache.*, data.* and device). A run-level precision gets a build of its own,
+    which finds the folder built (the cache's folder does not depend on the precision) and says so."""
+    import crossan.precision as precision
+    import crossan.reports.suite as suite_mod
+    from crossan.cache.manifest import read_manifest
+    from crossan.reports.children import _cache_target
+
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)  # a CPU where auto is bf16
+    given: list[list[str]] = []
+
+    def in_process(target: str, kwargs: dict[str, Any], log: Path, show: bool) -> int:  # the patch above applies
+        given.append(kwargs["overrides"])
+        _cache_target(**kwargs)
+        return 0
+
+    monkeypatch.setattr(suite_mod, "run_child", in_process)
+    data = random_dataset(tmp_path / "data", n_users=60, n_items=30)
+    cache = tmp_path / "cache"
+    suite = _suite_file(tmp_path, data, overrides=f"precision=fp32, cache.dir={cache}", runs=(
+        "runs:\n  - {name: Base, method: frozen, modalities: [text]}\n"
+        "  - {name: Bf16, method: frozen, modalities: [text], overrides: [precision=bf16]}\n"))
+    (tmp_path / "out").mkdir()
+    capsys.readouterr()
+    _, errors = suite_mod.ensure_cache(suite, data, tmp_path / "out", progress=False)
+    assert not errors
+    assert [[o for o in g if o.startswith("precision=")] for g in given] == [["precision=fp32"],
+                                                                            ["precision=fp32", "precision=bf16"]]
+    assert read_manifest(cache / "text")["build"]["compute_dtype"] == "float32"  # type: ignore[index]
+    assert ("built with float32 compute; this run's precision=bf16 resolves to bfloat16. It is used as it is"
+            in capsys.readouterr().out)
 
 
 def test_a_resumed_childs_log_keeps_the_earlier_attempts(tmp_path: Path, capsys) -> None:

@@ -35,13 +35,19 @@ seed has blank cost columns and says why.
 A finished (run, seed) is reused when the suite is run again (the report flags one written by another crossan
 version), but only when it was trained on the data the suite reads now: its ``split_fingerprint`` (and
 ``item_fingerprint``, when its results.json records one) must equal those of the data prepared now
-(:class:`DataFingerprints`). An interrupted one resumes from its checkpoint; one whose folder holds another
-configuration, or a run trained on other data, is refused. A run that fails is kept in the table with its
+(:class:`DataFingerprints`). A finished run whose ``data.path`` or ``cache.dir`` differ (the output folder of a
+synthetic suite, which holds its data, was moved or renamed) is reused when those fingerprints, and the
+digests of the cache or item content it read, prove its inputs the same, with a note that it moved
+(:func:`config_changes`). An interrupted one resumes from its checkpoint, when the trainer's ``--resume``
+accepts its folder (:func:`crossan.runs.check_run_dir`: the same configuration, ``precision`` aside);
+one whose folder holds another configuration, a ``config.yaml`` that cannot be read, or a run trained on other
+data, is refused: that (run, seed) fails, the others go on. A run that fails is kept in the table with its
 error.
 
-Run-level ``encoders.*``, ``cache.*``, ``data.*`` and ``device`` overrides of a cached method get a
-layer-state cache of their own: :func:`ensure_cache` builds one per distinct set of them (on top of the
-suite-level ones); when such a build fails, the runs that needed it fail with its error and the others go on.
+Run-level ``encoders.*``, ``cache.*``, ``data.*``, ``device`` and ``precision`` overrides of a cached method
+get a layer-state cache build of their own: :func:`ensure_cache` builds one per distinct set of them (on top
+of the suite-level ones); when such a build fails, the runs that needed it fail with its error and the others
+go on.
 
 Every run is tested against the reference (paired bootstrap on per-user test NDCG@10, only for seeds on the
 same split and ranked under the same ``eval.mask_history``); the ``*`` of significance is decided on
@@ -66,7 +72,9 @@ import yaml
 
 import crossan
 from crossan.config import (
+    PATH_KEYS,
     SEED_LIMIT,
+    Config,
     ConfigError,
     config_differences,
     load_config,
@@ -74,6 +82,7 @@ from crossan.config import (
 )
 from crossan.config_yaml import parse_yaml, read_yaml_file
 from crossan.data.catalogue import MODALITIES
+from crossan.errors import RunError
 from crossan.methods import method_source_changes
 from crossan.reports.children import (
     cpu_seconds,
@@ -237,8 +246,9 @@ def resolve_data(spec: str, out: Path) -> Path:
     return generate(out / "data" / name, size=size, seed=seed, dominant=dominant)
 
 
-CACHE_KEYS = ("encoders.", "cache.", "data.", "device=")
-"""Overrides that decide which layer-state cache a run reads (or how it is built)."""
+CACHE_KEYS = ("encoders.", "cache.", "data.", "device=", "precision=")
+"""Overrides that decide which layer-state cache a run reads (or how it is built: ``precision`` is the
+compute dtype of the encoders' forward while the cache is built, recorded in its manifest's ``build``)."""
 
 
 def cache_overrides(overrides: list[str]) -> list[str]:
@@ -261,6 +271,13 @@ def cache_groups(suite: Suite) -> dict[tuple[str, ...], list[RunSpec]]:
 def ensure_cache(suite: Suite, data: Path, out: Path, progress: bool = True) -> tuple[float, dict[str, str]]:
     """Build the layer-state cache every cached run reads: once per distinct set of run-level cache overrides
     (:func:`cache_groups`), for the modalities of that group's runs.
+
+    Every build gets the suite-level cache overrides (:data:`CACHE_KEYS`), ``precision`` included: a suite at
+    ``precision=fp32`` builds its cache in float32 also where ``auto`` would be bf16. A run-level
+    ``precision`` makes a build of its own at that precision, but the cache's folder does not depend on the
+    precision (its states are stored in float16 either way, and runs of any precision read them): where
+    another group's build already made that folder, it is used as it is and the build's log says which
+    dtype computed it (:mod:`crossan.cache`; remove the folder to build it again).
 
     Returns the seconds spent and, per run whose own cache could not be built, the error (the suite fails
     those runs and goes on). When the cache of the runs without cache overrides of their own cannot be built,
@@ -326,6 +343,18 @@ class DataFingerprints:
         cfg, data, _ = self._prepared(overrides)
         return [phrase for _, phrase in input_changes(results, cfg, data, self._content)]
 
+    def unrecorded(self, results: dict[str, Any], overrides: list[str]) -> list[str]:
+        """The records of its inputs that a (run, seed) of ``overrides`` would write in its results.json now and
+        ``results`` lacks: ``split_fingerprint`` and ``item_fingerprint`` always, ``cache_states`` for a run
+        that reads the layer-state cache, ``content_sources`` for one that reads item content itself
+        (:mod:`crossan.runs`). Without them, that a run read the inputs read now cannot be checked."""
+        from crossan.runs import cache_states_digests, content_digests
+
+        cfg, data, _ = self._prepared(overrides)
+        now = {**self(overrides), "cache_states": cache_states_digests(cfg, data),
+               "content_sources": content_digests(cfg, data, self._content)}
+        return [k for k, v in now.items() if v and not results.get(k)]
+
 
 def data_changes(results: dict[str, Any], now: dict[str, str]) -> list[str]:
     """How the data a finished run recorded (its results.json) differs from the data prepared ``now``
@@ -344,12 +373,93 @@ def data_changes(results: dict[str, Any], now: dict[str, str]) -> list[str]:
     return changes
 
 
-def config_changes(run_dir: Path, overrides: list[str]) -> list[str]:
-    """Keys whose value in ``run_dir/config.yaml`` differs from what ``overrides`` resolve to now."""
-    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+MOVABLE_KEYS = tuple(f"{section}.{key}" for section, key in PATH_KEYS)
+"""Config keys in which a finished run may differ and still be reused: where its data and cache lie
+(:func:`config_changes`)."""
+
+
+def saved_config(run_dir: Path) -> dict[str, Any]:
+    """``run_dir/config.yaml`` as a mapping; :class:`RunError` naming the file, on one line, when it cannot be
+    read (not YAML, not UTF-8, not a mapping)."""
+    path = run_dir / "config.yaml"
+    try:
+        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise RunError(f"{path}: not valid YAML ({e.problem or e.context}{where})") from None
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
+        why = "not UTF-8" if isinstance(e, UnicodeDecodeError) else "cannot be read"
+        raise RunError(f"{path}: {why} ({(str(e).splitlines() or [type(e).__name__])[0]})") from None
     if not isinstance(saved, dict):
-        return [f"{run_dir / 'config.yaml'} is not a mapping"]
-    return config_differences(saved, load_config([], overrides))
+        raise RunError(f"{path}: expected a mapping of config keys, got {type(saved).__name__}")
+    return saved
+
+
+def _key(change: str) -> str:
+    """The key of a :func:`crossan.config.config_differences` phrase (``key: old → new``)."""
+    return change.split(":", 1)[0]
+
+
+def config_changes(run_dir: Path, overrides: list[str], results: dict[str, Any] | None
+                   ) -> tuple[list[str], list[str]]:
+    """How the finished run in ``run_dir`` (``results``: its results.json) was configured otherwise than
+    ``overrides`` resolve to now, as ``key: old → new``: (the changes that make it another run, those of
+    :data:`MOVABLE_KEYS`: its data or cache folder moved, which :func:`reuse_check` accepts only where the
+    data's fingerprints and the inputs' digests are those of now).
+
+    A changed ``precision`` is another run only where the compute dtype it resolves to here is not the one
+    the run trained at (results.json ``compute_dtype``): as the trainer's ``--resume`` accepts another
+    ``precision`` that continues a run at its checkpoint's dtype (:func:`crossan.runs.check_run_dir`), so a
+    run trained at ``precision=auto`` on a CPU with bf16 units is reused by a suite that now sets
+    ``precision=bf16``. An unchanged ``precision`` is the same run wherever ``auto`` resolves otherwise.
+    :class:`RunError` naming the file when its config.yaml cannot be read or compared."""
+    saved = saved_config(run_dir)
+    cfg = load_config([], overrides)
+    try:
+        changed = config_differences(saved, cfg)
+    except (TypeError, ValueError, AttributeError) as e:  # e.g. keys of mixed types: not a config crossan wrote
+        raise RunError(f"{run_dir / 'config.yaml'}: cannot be compared with the configuration asked for "
+                       f"({type(e).__name__}: {e})") from None
+    precision = [c for c in changed if _key(c) == "precision"]
+    trained, now = (results or {}).get("compute_dtype"), _compute_dtype(cfg)
+    if precision and trained is not None and trained == now:
+        precision = []
+    elif precision:
+        precision = [f"{precision[0]}: {now or 'it cannot run'} here, it trained in "
+                     f"{trained or 'a compute dtype it did not record'}"]
+    other = [c for c in changed if _key(c) not in ("precision", *MOVABLE_KEYS)]
+    return other + precision, [c for c in changed if _key(c) in MOVABLE_KEYS]
+
+
+def _compute_dtype(cfg: Config) -> str | None:
+    """The compute dtype ``cfg``'s training steps would run at here (``bfloat16`` or ``float32``), as the
+    trainer resolves it; None where it cannot run (bf16 on an Apple GPU, a device this machine lacks)."""
+    from crossan.precision import compute_dtype, dtype_name
+    from crossan.utils import resolve_device
+
+    try:
+        return dtype_name(compute_dtype(cfg.precision, resolve_device(cfg.device)))
+    except (ValueError, RuntimeError):
+        return None
+
+
+def resume_refusal(run_dir: Path, overrides: list[str]) -> str | None:
+    """Why the trainer's ``--resume`` would refuse to continue the unfinished run in ``run_dir`` with
+    ``overrides`` (:func:`crossan.runs.check_run_dir`: another configuration, a ``config.yaml`` that cannot be
+    read); None when it accepts the folder (another ``precision`` included: the trainer then checks the
+    dtype its checkpoint records)."""
+    from crossan.runs import check_run_dir
+
+    try:
+        saved_config(run_dir)  # one line naming the file, also for errors check_run_dir does not catch
+        check_run_dir(run_dir, load_config([], overrides), resume=True)
+    except RunError as e:
+        return str(e)
+    except (TypeError, ValueError, AttributeError) as e:  # e.g. keys of mixed types: not a config crossan wrote
+        return (f"{run_dir / 'config.yaml'}: cannot be compared with the configuration asked for "
+                f"({type(e).__name__}: {e})")
+    return None
 
 
 def _other_version(run_dir: Path) -> str:
@@ -370,6 +480,59 @@ def _refuse(rec: dict[str, Any], error: str) -> tuple[dict[str, Any], None]:
     return rec, None
 
 
+def reuse_check(run_dir: Path, method: str, overrides: list[str], data: Path, fingerprints: DataFingerprints
+                ) -> tuple[str | None, str]:
+    """Whether the finished run in ``run_dir`` may be reused for a (run, seed) of ``method`` and ``overrides``
+    on ``data``: (why not, else None; a note for the line that says it is reused).
+
+    Its configuration must be the one asked for (:func:`config_changes`; a ``config.yaml`` that cannot be read
+    refuses it, naming the file), its data the data prepared now (:func:`data_changes`), the cache or item
+    content it read the one read now (:meth:`DataFingerprints.input_changes`), and a plugin method's code
+    unchanged. Where only its data or cache folder differ (:data:`MOVABLE_KEYS`: the suite's output folder,
+    which holds synthetic data, was moved), the same checks prove its inputs the same; they must all be
+    recorded (:meth:`DataFingerprints.unrecorded`), and the note says it moved."""
+    try:
+        results = json.loads((run_dir / "results.json").read_text())
+        if not isinstance(results, dict):
+            raise ValueError(f"it holds a {type(results).__name__}, not a JSON object")
+    except (OSError, ValueError) as e:
+        unreadable: str | None = f"{run_dir / 'results.json'}: {type(e).__name__}: {e}"
+        results = {}
+    else:
+        unreadable = None
+    moved: list[str] = []
+    if (run_dir / "config.yaml").is_file():
+        try:
+            changed, moved = config_changes(run_dir, overrides, None if unreadable else results)
+        except RunError as e:
+            return str(e), ""
+        if changed:
+            return f"{run_dir} holds a run with another configuration ({'; '.join((changed + moved)[:3])})", ""
+    unproved: list[str] = []
+    if unreadable:
+        differs = [f"it cannot be checked against the data now ({unreadable})"]
+    else:
+        try:
+            differs = data_changes(results, fingerprints(overrides))
+            if not differs:  # same items; their titles or media may have changed
+                differs = fingerprints.input_changes(results, overrides)
+            if moved and not differs:
+                unproved = fingerprints.unrecorded(results, overrides)
+        except Exception as e:  # noqa: BLE001 - data that cannot be read: refuse, naming why
+            differs = [f"it cannot be checked against the data now ({type(e).__name__}: {e})"]
+    if differs:
+        return f"{run_dir} holds a run trained on other data than {data} holds now ({'; '.join(differs)})", ""
+    if unproved:
+        return (f"{run_dir} holds a run whose data or cache folder moved ({'; '.join(moved)}), and its "
+                f"results.json records no {', '.join(unproved)}, so the inputs it read cannot be checked "
+                "against those read now"), ""
+    code = method_source_changes(method, results)
+    if code:
+        return f"{run_dir} holds a run that cannot be reused: {code}", ""
+    return None, (f" (moved: {'; '.join(moved)}; its data and inputs checked the same by their fingerprints)"
+                  if moved else "")
+
+
 def _job(suite: Suite, run: RunSpec, seed: int, data: Path, out: Path, resume: bool, label: str, *,
          alone: bool, fingerprints: DataFingerprints | None = None, cache_error: str | None = None,
          repeat: int = 1) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -388,29 +551,11 @@ def _job(suite: Suite, run: RunSpec, seed: int, data: Path, out: Path, resume: b
                            "at_once": 1 if alone else suite.parallel, "repeat": repeat}
     if not resume and run_dir.exists():
         shutil.rmtree(run_dir)  # --fresh: this suite's own output folder for this (run, seed)
-    if (run_dir / "config.yaml").is_file():
-        changed = config_changes(run_dir, overrides)
-        if changed:
-            return _refuse(rec, f"{run_dir} holds a run with another configuration "
-                                f"({'; '.join(changed[:3])}); pass --fresh to retrain it or choose another "
-                                "--out")
     if (run_dir / "results.json").is_file():
-        try:
-            results = json.loads((run_dir / "results.json").read_text())
-            fingerprints = fingerprints or DataFingerprints()
-            differs = data_changes(results if isinstance(results, dict) else {}, fingerprints(overrides))
-            if not differs and isinstance(results, dict):  # same items; their titles or media may have changed
-                differs = fingerprints.input_changes(results, overrides)
-        except Exception as e:  # noqa: BLE001 - an unreadable results.json or data: refuse, naming why
-            differs = [f"it cannot be checked against the data now ({type(e).__name__}: {e})"]
-        if differs:
-            return _refuse(rec, f"{run_dir} holds a run trained on other data than {data} holds now "
-                                f"({'; '.join(differs)}); pass --fresh to retrain it or choose another --out")
-        code = method_source_changes(run.method, results if isinstance(results, dict) else {})
-        if code:
-            return _refuse(rec, f"{run_dir} holds a run that cannot be reused: {code}; pass --fresh to retrain it "
-                                "or choose another --out")
-        print(f"[suite] {label}: done earlier, reusing {run_dir / 'results.json'}{_other_version(run_dir)}",
+        refused, note = reuse_check(run_dir, run.method, overrides, data, fingerprints or DataFingerprints())
+        if refused:
+            return _refuse(rec, f"{refused}; pass --fresh to retrain it or choose another --out")
+        print(f"[suite] {label}: done earlier, reusing {run_dir / 'results.json'}{_other_version(run_dir)}{note}",
               flush=True)
         rec["cpu_s"] = cpu_seconds(log_path)
         rec["reused"] = True
@@ -418,6 +563,10 @@ def _job(suite: Suite, run: RunSpec, seed: int, data: Path, out: Path, resume: b
         rec["alone"] = None if record is None else record["trained_alone"]
         rec.pop("at_once")
         return rec, None
+    if (run_dir / "config.yaml").is_file():  # interrupted: resumed where the trainer's --resume accepts it
+        refused = resume_refusal(run_dir, overrides)
+        if refused:
+            return _refuse(rec, f"{refused}; pass --fresh to retrain it or choose another --out")
     if cache_error is not None:
         return _refuse(rec, cache_error)
     again = (run_dir / "config.yaml").is_file()
