@@ -397,11 +397,48 @@ def test_broken_run_folders_are_clear_errors_and_write_nothing(how: str, id_run:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no export folder, no temporary
 
 
+def test_an_embed_items_that_fails_midway_leaves_the_stored_items_as_they_were(content_run: Path, tmp_path: Path,
+                                                                              monkeypatch) -> None:
+    """The two files of the extra items were written one after the other: a second ``embed-items`` that failed
+    between them (disk full, Ctrl-C) left a pair that did not match, and every later use, a new
+    ``embed-items`` included, was refused until the folder was deleted by hand. The embeddings file now
+    carries the records and is written last: a failure at either write leaves the items stored before."""
+    import crossan.coldstart as coldstart
+
+    run = _copy(content_run, tmp_path)
+    cfg, _, _ = load_run(run, "cpu")
+    _new_catalogue(tmp_path / "a", Path(cfg.data.path), [("cold-a", "First new item", None)])
+    _new_catalogue(tmp_path / "b", Path(cfg.data.path), [("cold-b", "Second new item", None)])
+    embed_items(run, tmp_path / "a", device="cpu")
+    before = read_extra_items(run)
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    for writer in ("atomic_write_json", "atomic_save_safetensors"):
+        with monkeypatch.context() as m:
+            m.setattr(coldstart, writer, disk_full)
+            with pytest.raises(OSError, match="No space left"):
+                embed_items(run, tmp_path / "b", device="cpu")
+        after = read_extra_items(run)
+        assert after.ids == ["cold-a"] and torch.equal(after.embeddings, before.embeddings), writer
+    assert embed_items(run, tmp_path / "b", device="cpu") == ["cold-b"]
+    assert read_extra_items(run).ids == ["cold-a", "cold-b"]
+    assert json.loads((run / EXTRA_DIR / "items.json").read_text())["items"][1]["item_id"] == "cold-b"
+
+
 def test_stale_or_torn_extra_items_are_refused(content_run: Path, tmp_path: Path) -> None:
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
     run = _copy(content_run, tmp_path)
     cfg, _, _ = load_run(run, "cpu")
     _new_catalogue(tmp_path / "new", Path(cfg.data.path), [("cold-1", "New", None)])
     embed_items(run, tmp_path / "new", device="cpu")
+    emb = run / EXTRA_DIR / "embeddings.safetensors"
+    with safe_open(str(emb), framework="pt") as f:
+        meta = {k: v for k, v in (f.metadata() or {}).items() if k != "items"}
+    save_file(load_file(str(emb)), str(emb), metadata=meta)  # a pair as crossan before 0.1.5 wrote it
     items = json.loads((run / EXTRA_DIR / "items.json").read_text())
     items["generation"] = "something-else"  # as if the second write of an update never happened
     (run / EXTRA_DIR / "items.json").write_text(json.dumps(items))

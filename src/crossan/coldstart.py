@@ -3,8 +3,9 @@
 :func:`embed_items` (``crossan embed-items``) runs the run's frozen encoders and trained item tower over a
 catalogue of new items and stores the result in the run folder::
 
-    RUN_DIR/extra_items/embeddings.safetensors   float32 [E, d] ("embeddings"); metadata: ids, generation
-    RUN_DIR/extra_items/items.json               the items' records (id, title, media paths), generation
+    RUN_DIR/extra_items/embeddings.safetensors   float32 [E, d] ("embeddings"); metadata: ids, generation,
+                                                 the items' records (what readers use)
+    RUN_DIR/extra_items/items.json               a readable copy of the records (id, title, media paths)
 
 :func:`crossan.serve.load_recommender` appends them to the item table (rows N+1 … N+E), so they are
 candidates and may appear in histories. A tower embeds new content in one of two ways:
@@ -25,8 +26,10 @@ training titles were cut; media may lie in the run's ``data.media_roots``, relat
 training dataset's root), except that a malformed row is always an error.
 
 A method without content (its row in :mod:`crossan.methods` neither reads the cache nor runs a backbone:
-the ID tower) is refused with a clear error. Both files are written atomically and carry one generation
-id, so a torn pair is detected; a failed command leaves the run folder as it was.
+the ID tower) is refused with a clear error. The embeddings file is the one readers trust: it carries the
+records in its metadata and is written atomically, last, so a command that fails at any point leaves the stored
+items as they were; items.json is a readable copy (for files written before crossan 0.1.5, which keep the
+records there only, both files carry one generation id and a torn pair is refused).
 """
 
 from __future__ import annotations
@@ -75,14 +78,16 @@ def read_extra_items(run_dir: str | Path) -> ExtraItems:
     emb_path, items_path = folder / EXTRA_EMBEDDINGS, folder / EXTRA_ITEMS
     if not emb_path.is_file() and not items_path.is_file():
         return ExtraItems()
-    for p in (emb_path, items_path):
-        if not p.is_file():
-            raise ServeError(f"{folder}: {p.name} is missing (interrupted write?); rerun crossan embed-items")
+    if not emb_path.is_file():
+        raise ServeError(f"{folder}: {EXTRA_EMBEDDINGS} is missing (interrupted write?); rerun crossan "
+                         "embed-items")
     try:
         with safe_open(str(emb_path), framework="pt") as f:
             meta = f.metadata() or {}
         tensors = load_file(str(emb_path))
-        info = json.loads(items_path.read_text())
+        # the records travel in the embeddings' own metadata (one file, one atomic write: the commit point);
+        # items.json is a readable copy, and the authority only for pairs written before crossan 0.1.5
+        info = json.loads(meta["items"] if "items" in meta else items_path.read_text(encoding="utf-8"))
     except Exception as e:  # noqa: BLE001
         raise ServeError(f"{folder}: cannot read the extra items ({e}); rerun crossan embed-items") from None
     ids = json.loads(meta.get("item_ids", "[]"))
@@ -98,11 +103,7 @@ def _write_extra_items(run_dir: Path, extra: ExtraItems, cfg: Config) -> None:
     folder = run_dir / EXTRA_DIR
     folder.mkdir(exist_ok=True)
     generation = uuid.uuid4().hex
-    atomic_save_safetensors({"embeddings": extra.embeddings.detach().float().contiguous().cpu()},
-                            folder / EXTRA_EMBEDDINGS,
-                            metadata={"crossan_version": crossan.__version__, "generation": generation,
-                                      "item_ids": json.dumps(extra.ids)})
-    atomic_write_json(folder / EXTRA_ITEMS, {
+    info = {
         "crossan_version": crossan.__version__,
         "generation": generation,
         "method": cfg.method,
@@ -110,7 +111,14 @@ def _write_extra_items(run_dir: Path, extra: ExtraItems, cfg: Config) -> None:
         "dim": int(extra.embeddings.shape[1]),
         "weights_sha256": extra.weights_sha256,
         "items": extra.records,
-    })
+    }
+    # the readable copy first, then the one file readers trust (records in its metadata): a command that fails
+    # between the two leaves the stored items as they were (readers take the embeddings file's records)
+    atomic_write_json(folder / EXTRA_ITEMS, info)
+    atomic_save_safetensors({"embeddings": extra.embeddings.detach().float().contiguous().cpu()},
+                            folder / EXTRA_EMBEDDINGS,
+                            metadata={"crossan_version": crossan.__version__, "generation": generation,
+                                      "item_ids": json.dumps(extra.ids), "items": json.dumps(info)})
 
 
 # --------------------------------------------------------------------------------------------- embedding
