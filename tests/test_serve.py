@@ -390,7 +390,8 @@ def test_broken_run_folders_are_clear_errors_and_write_nothing(how: str, id_run:
     some_item = load_recommender(id_run, device="cpu").item_ids[1]
     for argv in (["recommend", str(run), "--history", some_item],
                  ["export", str(run), "--out", str(tmp_path / "export")],
-                 ["embed-items", str(run), "--data", str(tmp_path / "nothing")]):
+                 ["embed-items", str(run), "--data", str(tmp_path / "nothing")],
+                 ["evaluate", str(run)]):  # evaluate checked the folder less than serving: wrote evaluation.json
         assert main([*argv, "--device", "cpu"]) == 2, argv
         assert needle in capsys.readouterr().err
     assert _snapshot(run) == before
@@ -707,3 +708,101 @@ def test_a_run_scored_on_a_changed_cache_says_so(tmp_path: Path) -> None:
     build_cache(cfg, prepare(cfg.data), cfg.modalities, progress=False)  # re-encodes the changed item
     with pytest.warns(CacheChangedWarning, match=r"the layer-state cache of image changed since it trained"):
         evaluate_run(tmp_path / "run")
+
+
+# --------------------------------------------------------------------------------------------- a review's findings
+def test_top_k_orders_equal_scores_by_item_row() -> None:
+    """``torch.topk`` ordered equal scores arbitrarily, differently from one history to the next (a cold-start
+    twin of a training item ties with it exactly). ``top_k`` gives a stable sort's order: best first, equal
+    scores by item row, across the k-th place too."""
+    from crossan.serve import top_k
+
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        k = int(torch.randint(1, 41, (), generator=gen))
+        scores = torch.randint(0, 5, (6, 40), generator=gen).float()
+        scores[1, :7] = float("-inf")  # excluded history
+        vals, idx = top_k(scores, k)
+        ref = torch.sort(scores, dim=1, descending=True, stable=True)
+        assert torch.equal(idx, ref.indices[:, :k]) and torch.equal(vals, ref.values[:, :k])
+
+
+def test_a_cold_start_twin_is_ranked_right_after_its_training_item(content_run: Path, tmp_path: Path) -> None:
+    run = _copy(content_run, tmp_path)
+    cfg, data, _ = load_run(run, "cpu")
+    twin_of = data.item_ids[3]
+    record = data.catalogue[twin_of]
+    _new_catalogue(tmp_path / "new", Path(cfg.data.path), [("twin", record.text, record.image)])
+    embed_items(run, tmp_path / "new", device="cpu")
+    rec = load_recommender(run, device="cpu")
+    with torch.no_grad():  # equal to ~1e-7 (float32 summation order); made exact, as a tie can be
+        rec.item_table[rec.item_ids.index("twin")] = rec.item_table[3]
+    lists = rec.recommend_many([[i] for i in data.item_ids[5:25]], k=rec.num_candidates)
+    for ranked in lists:
+        names = [r.item_id for r in ranked]
+        at = names.index(twin_of)
+        assert names[at + 1] == "twin" and ranked[at].score == ranked[at + 1].score
+
+
+def test_export_force_that_fails_puts_the_old_export_back(id_run: Path, tmp_path: Path, monkeypatch) -> None:
+    import os
+
+    import crossan.export as export
+
+    out = tmp_path / "v1"
+    assert main(["export", str(id_run), "--out", str(out), "--device", "cpu"]) == 0
+    before = _snapshot(out)
+    real_rename, calls = os.rename, []
+
+    def second_fails(src, dst):
+        calls.append(src)
+        if len(calls) == 2:  # the new folder into place
+            raise OSError(5, "Input/output error")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(export.os, "rename", second_fails)
+    assert main(["export", str(id_run), "--out", str(out), "--device", "cpu", "--force"]) != 0
+    monkeypatch.setattr(export.os, "rename", real_rename)
+    assert _snapshot(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["v1"]
+
+
+def test_recommend_refuses_an_out_it_would_not_write_or_that_is_its_input(id_run: Path, tmp_path: Path,
+                                                                         capsys) -> None:
+    item = load_recommender(id_run, device="cpu").item_ids[1]
+    out = tmp_path / "r.csv"
+    assert main(["recommend", str(id_run), "--history", item, "--out", str(out), "--device", "cpu"]) == 2
+    assert "with --history the list is printed" in capsys.readouterr().err and not out.exists()
+    users = tmp_path / "users.tsv"
+    users.write_text(f"u1\t{item}\n")
+    assert main(["recommend", str(id_run), "--users", str(users), "--out", str(users), "--device", "cpu"]) == 2
+    assert "is the --users file itself" in capsys.readouterr().err and users.read_text() == f"u1\t{item}\n"
+    assert main(["recommend", str(id_run), "--users", str(tmp_path), "--out", str(out), "--device", "cpu"]) == 2
+    assert f"{tmp_path}: is a folder; --users takes a file" in capsys.readouterr().err
+
+
+def test_new_items_with_whitespace_in_their_ids_or_a_bad_row_are_refused_with_the_right_advice(
+        content_run: Path, tmp_path: Path) -> None:
+    from crossan.data.readers import DataError
+
+    run = _copy(content_run, tmp_path)
+    cfg, _, _ = load_run(run, "cpu")
+    _new_catalogue(tmp_path / "spaced", Path(cfg.data.path), [("blue shirt", "A shirt", None)])
+    with pytest.raises(DataError, match=r"item ids \['blue shirt'\] contain whitespace"):
+        embed_items(run, tmp_path / "spaced", device="cpu")
+    _new_catalogue(tmp_path / "twice", Path(cfg.data.path), [("x1", "A", None), ("x1", "B", None)])
+    with pytest.raises(DataError) as e:
+        embed_items(run, tmp_path / "twice", device="cpu")
+    assert "on_bad_rows" not in str(e.value) and "a new item's row is never dropped" in str(e.value)
+    assert not (run / EXTRA_DIR).exists()
+
+
+def test_evaluate_finds_a_moved_dataset_with_run_data(id_run: Path, tmp_path: Path, capsys) -> None:
+    run = _copy(id_run, tmp_path)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    moved = Path(shutil.copytree(cfg["data"]["path"], tmp_path / "moved"))
+    cfg["data"]["path"] = str(tmp_path / "gone")
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["evaluate", str(run), "--device", "cpu", "--run-data", str(moved)]) == 0
+    results = json.loads((run / "results.json").read_text())
+    assert json.loads(capsys.readouterr().out)["test"] == results["test"]
+

@@ -86,7 +86,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from crossan.runs import evaluate_run
 
     with run_warnings():
-        out = evaluate_run(args.run_dir, device=args.device)
+        out = evaluate_run(args.run_dir, device=args.device, data_path=args.run_data)
     print(json.dumps(out, indent=2))
     return 0
 
@@ -243,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "RUN_DIR/evaluation.json) the full-ranking metrics.")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, …")
+    p.add_argument("--run-data", metavar="PATH",
+                   help="the run's training dataset, when it moved since training (default: data.path of its "
+                        "config.yaml)")
     plugin_arg(p)
     p.set_defaults(fn=cmd_evaluate)
 

@@ -49,6 +49,8 @@ def read_users_file(path: str | Path) -> list[tuple[str, list[str], int]]:
     from crossan.data.textscan import TextError, decode_text
 
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder; --users takes a file of 'user TAB item item …' lines")
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
@@ -101,8 +103,14 @@ def cmd_recommend(args: Any) -> int:
         raise ServeError(f"--k must be at least 1, got {args.k}")
     if args.users is not None and not args.out:
         raise ServeError("--users needs --out FILE (the CSV of recommendations)")
+    if args.history is not None and args.out:  # one history's list goes to the terminal
+        raise ServeError("--out writes the CSV of a --users FILE; with --history the list is printed (redirect "
+                         "it to keep it)")
     if args.out:
         check_out_file(Path(args.out))
+        if Path(args.out).resolve() == Path(args.users).resolve():
+            raise ServeError(f"{args.out}: is the --users file itself; writing the recommendations there would "
+                             "replace the histories they come from; choose another --out")
     with run_warnings():
         rec = load_recommender(args.run_dir, device=args.device, data_path=args.run_data)
     # --include-history / --exclude-history, else the run's eval.mask_history (as its metrics were computed)

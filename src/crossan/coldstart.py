@@ -142,10 +142,21 @@ def read_new_catalogue(path: str | Path, data: DataConfig | None = None,
     items_tsv = p / "items.tsv" if p.is_dir() else p
     if not items_tsv.exists():
         raise DataError(f"{items_tsv}: file not found (expected a folder with items.tsv, or an items.tsv file)")
-    catalogue = read_items_tsv(items_tsv, _Problems(settings), spaces_ok=True)
+    try:
+        catalogue = read_items_tsv(items_tsv, _Problems(settings), spaces_ok=True)
+    except DataError as e:  # the readers' hint (data.on_bad_rows=drop) does not apply to new items
+        raise DataError(str(e).replace(_DROP_HINT, " (a new item's row is never dropped: correct it)")) from None
     if len(catalogue) == 0:
         raise DataError(f"{items_tsv}: no items")
+    spaced = [i for i in catalogue.ids() if any(c.isspace() for c in i)]
+    if spaced:  # a --users file and --history separate items by whitespace: such an id could not be named
+        raise DataError(f"{items_tsv}: item ids {spaced[:5]} contain whitespace; histories name items separated "
+                        "by whitespace (crossan recommend --history, --users files), so such an item could never "
+                        "be named in one: rename it")
     return catalogue
+
+
+_DROP_HINT = " (set data.on_bad_rows=drop to skip and count such rows)"
 
 
 class CacheRoundedFeatures:

@@ -74,6 +74,7 @@ def export_run(run_dir: str | Path, out: str | Path, device: str = "auto", data_
     cfg, model = rec.cfg, rec.model
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    old: Path | None = None  # the folder --force replaces, moved aside until the new one is in place
     tmp.mkdir()
     try:
         table = rec.item_table.detach().float().cpu().contiguous()
@@ -156,11 +157,12 @@ def export_run(run_dir: str | Path, out: str | Path, device: str = "auto", data_
         if out.exists():  # --force (checked above): swap, then drop the old folder
             old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
             os.rename(out, old)
-            os.rename(tmp, out)
+        os.rename(tmp, out)
+        if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and old.exists() and not out.exists():  # the new one is not in place: the old back
+            os.rename(old, out)
         raise
     return out

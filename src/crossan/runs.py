@@ -674,13 +674,16 @@ def load_run(run_dir: str | Path, device: str = "auto", data_path: str | None = 
     return cfg, data, model
 
 
-def evaluate_run(run_dir: str | Path, device: str = "auto") -> dict[str, Any]:
+def evaluate_run(run_dir: str | Path, device: str = "auto", data_path: str | None = None) -> dict[str, Any]:
     """``crossan evaluate``: score a saved run's best weights on validation and test again (same protocol
     as training) and write ``evaluation.json``; returns what it wrote. An unfinished run (no results.json) is
-    scored with its best weights so far, with an :class:`UnfinishedRunWarning`."""
+    scored with its best weights so far, with an :class:`UnfinishedRunWarning`. The run folder is checked as
+    serving checks it (:func:`check_run_folder`: a version of crossan that cannot read it is refused before
+    anything is written); ``data_path``: the training dataset, when it moved since training."""
     from crossan.ranking import evaluate, split_report
 
-    cfg, data, model = load_run(run_dir, device)
+    cfg = check_run_folder(run_dir)
+    cfg, data, model = load_run(run_dir, device, data_path, cfg=cfg)
     warn_if_unfinished(run_dir)  # a folder that is no run at all fails in load_run, without this warning
     table = model.tower.embed_all(cfg.eval.batch_size)
     out = {"valid": evaluate(model, data, "valid", cfg, table, where=str(run_dir)),

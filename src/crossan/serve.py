@@ -178,7 +178,8 @@ class TrainedRecommender:
         """Top ``k`` for many histories: a list (or a mapping user → history, answered as a dict).
 
         Histories are scored in batches of ``batch_size`` (default ``eval.batch_size``): one matmul per batch
-        against the whole table, history exclusion by scatter, ``torch.topk``; no loop over candidates.
+        against the whole table, history exclusion by scatter, :func:`top_k` (equal scores in row order, so a
+        ranking is repeatable); no loop over candidates.
         """
         if k < 1:
             raise ServeError(f"k must be at least 1, got {k}")
@@ -191,11 +192,30 @@ class TrainedRecommender:
         kk = min(k, self.num_candidates)
         for start in range(0, len(rows), bs):
             scores = self._scores_rows(rows[start:start + bs], exclude_history)
-            top_s, top_i = torch.topk(scores, kk, dim=1)
+            top_s, top_i = top_k(scores, kk)
             for s_row, i_row in zip(top_s.cpu().tolist(), top_i.cpu().tolist()):
                 out.append([Recommendation(self.item_ids[i], self.titles[i], float(s))
                             for s, i in zip(s_row, i_row) if s != float("-inf")])
         return dict(zip(keys, out)) if keys is not None else out
+
+
+def top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` best columns of each row of ``scores`` [B, N], best first, equal scores in column (item row)
+    order: what a stable sort of the whole row gives, at ``torch.topk``'s cost. ``topk`` alone orders equal
+    scores arbitrarily, differently from one row to the next, and exact ties are common here (a cold-start item
+    with a training item's content gets that item's embedding). Only a row with more items at its k-th score
+    than the top ``k`` hold is sorted whole."""
+    vals, idx = torch.topk(scores, k, dim=1)
+    by_item = torch.argsort(idx, dim=1)  # within the top k: by item row, then stably by score
+    vals, idx = vals.gather(1, by_item), idx.gather(1, by_item)
+    order = torch.sort(vals, dim=1, descending=True, stable=True).indices
+    vals, idx = vals.gather(1, order), idx.gather(1, order)
+    kth = vals[:, -1:]
+    cut = ((scores == kth).sum(1) > (vals == kth).sum(1)).nonzero().flatten()  # ties across the cut
+    if len(cut):
+        full_v, full_i = torch.sort(scores[cut], dim=1, descending=True, stable=True)
+        vals[cut], idx[cut] = full_v[:, :k], full_i[:, :k]
+    return vals, idx
 
 
 def load_recommender(run_dir: str | Path, device: str = "auto", data_path: str | None = None,
