@@ -82,8 +82,8 @@ def export_run(run_dir: str | Path, out: str | Path, device: str = "auto", data_
         save_file({"item_embeddings": table}, str(tmp / "item_embeddings.safetensors"),
                   metadata={"format": EXPORT_FORMAT, "crossan_version": crossan.__version__,
                             "padding_row": "0", "scoring": "dot_product"})
-        (tmp / "item_ids.json").write_text(json.dumps(rec.item_ids, ensure_ascii=False))
-        (tmp / "item_titles.json").write_text(json.dumps(rec.titles, ensure_ascii=False))
+        (tmp / "item_ids.json").write_text(json.dumps(rec.item_ids, ensure_ascii=False), encoding="utf-8")
+        (tmp / "item_titles.json").write_text(json.dumps(rec.titles, ensure_ascii=False), encoding="utf-8")
         weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}  # dtypes as trained
         save_file(weights, str(tmp / "model.safetensors"),
                   metadata={"format": EXPORT_FORMAT, "crossan_version": crossan.__version__, "method": cfg.method})
@@ -144,7 +144,7 @@ def export_run(run_dir: str | Path, out: str | Path, device: str = "auto", data_
             "metrics": {k: results[k] for k in ("valid", "test", "best_epoch") if k in results},
             "files": files,
         }
-        (tmp / "export.json").write_text(json.dumps(desc, indent=2, ensure_ascii=False) + "\n")
+        (tmp / "export.json").write_text(json.dumps(desc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         umask = os.umask(0)
         os.umask(umask)
         for name in FILES:  # readable as any file this user writes; flushed before the rename shows the folder

@@ -198,7 +198,7 @@ def _written_versions(run_dir: Path) -> dict[str, str]:
     results = run_dir / RESULTS
     if results.is_file():
         try:
-            res = json.loads(results.read_text())
+            res = json.loads(results.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ServeError(f"{results}: not valid JSON ({e})") from None
         if not isinstance(res, dict) or "crossan_version" not in res:
@@ -245,7 +245,7 @@ def read_run_config(run_dir: str | Path, error: type[RunError] = RunError, writt
     if not cfg_path.is_file():
         raise error(f"{run_dir}: not a crossan run folder (no config.yaml)")
     try:
-        raw = yaml.safe_load(cfg_path.read_text())
+        raw = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise error(f"{cfg_path}: not valid YAML ({e})") from None
     if not isinstance(raw, dict):
@@ -445,8 +445,8 @@ def truncate_history(path: Path, epochs_done: int) -> None:
     """Drop history lines of epochs after the checkpoint (a crash can fall between the two writes), and a last
     line that a crash cut short."""
     if path.is_file():
-        keep = [line for line in path.read_text().splitlines() if _history_epoch(line) <= epochs_done]
-        atomic_write(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in keep)))
+        keep = [line for line in path.read_text(encoding="utf-8").splitlines() if _history_epoch(line) <= epochs_done]
+        atomic_write(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8"))
 
 
 def _history_epoch(line: str) -> float:

@@ -239,7 +239,8 @@ def load_recommender(run_dir: str | Path, device: str = "auto", data_path: str |
                              "best.safetensors (the run changed since); rerun crossan embed-items")
     cfg, data, model = load_run(run_dir, dev, data_path, cfg=cfg)
     if len(extra):
-        clash = [i for i in extra.ids if i in set(data.item_ids)]
+        train_ids = set(data.item_ids)
+        clash = [i for i in extra.ids if i in train_ids]
         if clash:
             raise ServeError(f"{run_dir / EXTRA_DIR}: extra items {clash[:10]} are also training items of "
                              f"{cfg.data.path}")
