@@ -4,7 +4,10 @@
   tab), at most ``MAX_ID_BYTES`` bytes, stripped of ASCII whitespace only;
 * the quoted CSV / ``.inter`` path names the physical line where a bad record starts;
 * UTF-8 and NUL errors in files with bare-CR line ends name the right line;
-* the fast and the quoted CSV paths agree on non-ASCII whitespace and digits.
+* the fast and the quoted CSV paths agree on non-ASCII whitespace and digits;
+* an ``items.tsv`` header is known by its column names (not only by ``item_id`` first), ``title`` with ``text``
+  is an error; ``.item`` and ``.inter`` files read quotes alike; several candidate files are an error;
+* timestamps beyond 2**53 order exactly beside decimals (or stop with an error naming the line).
 """
 
 from __future__ import annotations
@@ -198,3 +201,114 @@ def test_a_folder_with_one_csv_and_items_tsv_hints_at_the_csv_layout(tmp_path: P
         read(DataConfig(path=str(root)))
     assert str(e.value) == f"{root}: no users.tsv or *_pairs.tsv found (for the CSV layout pass the file itself: " \
                            f"--data {root / 'inter.csv'})"
+
+
+# --------------------------------------------------------------------------------------------- items.tsv header
+@pytest.mark.parametrize("header", ["id\ttitle\timage", "item_id:string\ttitle:token_seq\timage", "ID\tTitle\tImage"])
+def test_an_items_header_with_another_id_name_is_a_header(tmp_path: Path, header: str) -> None:
+    """``id TAB title TAB image``: line 1 was read as an item (the header became item 'id', image paths went
+    into the titles, the image column was dropped). A first line whose other fields all name columns is a
+    header; ``id`` and typed names (``item_id:string``) name the id column."""
+    root = _iisan(tmp_path / "d", f"{header}\ni1\tRed mug\timg/a.png\ni2\tBlue cup\t\n", "u1\ti1 i2 i1\n")
+    raw = read(DataConfig(path=str(root)))
+    cat = raw.catalogue
+    assert cat.ids() == ["i1", "i2"] and raw.sequences == {"u1": ["i1", "i2", "i1"]}
+    assert [(cat[i].text, cat[i].image) for i in cat.ids()] == [("Red mug", "img/a.png"), ("Blue cup", None)]
+
+
+def test_an_items_header_whose_first_column_is_no_id_is_an_error(tmp_path: Path) -> None:
+    root = _iisan(tmp_path / "d", "sku\ttitle\timage\ni1\tRed mug\timg/a.png\n", "u1\ti1\n")
+    with pytest.raises(DataError) as e:
+        read(DataConfig(path=str(root)))
+    assert _rel(e.value, root) == (
+        "items.tsv:1: line 1 reads as a header (its other fields name columns: title, image) but its first column "
+        "'sku' is not an item-id column; name it item_id, item, id (if line 1 is an item, start the file with the "
+        "header 'item_id TAB title')")
+    # a header-less file keeps its first line as an item when its title is not a column name
+    root = _iisan(tmp_path / "e", "sku\tA title\ni1\tRed mug\n", "u1\ti1 sku\n")
+    assert read(DataConfig(path=str(root))).catalogue["sku"].text == "A title"
+
+
+@pytest.mark.parametrize("header", ["item_id\ttitle\ttext", "item_id\ttext\ttitle"])
+def test_an_items_header_with_title_and_text_is_an_error(tmp_path: Path, header: str) -> None:
+    """Both columns name the title; one of them was dropped in silence."""
+    root = _iisan(tmp_path / "d", f"{header}\ni1\tRed mug\tA large red ceramic mug\n", "u1\ti1\n")
+    with pytest.raises(DataError) as e:
+        read(DataConfig(path=str(root)))
+    assert _rel(e.value, root) == ("items.tsv:1: header has both a 'title' and a 'text' column; both name the "
+                                   "item's title, keep one")
+
+
+# --------------------------------------------------------------------------------------------- atomic quoting
+def _atomic(root: Path, inter: str, item: str) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "d.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n" + inter)
+    (root / "d.item").write_text("item_id:token\ttitle:token_seq\n" + item)
+    return root
+
+
+def test_atomic_item_and_inter_files_read_quotes_alike(tmp_path: Path) -> None:
+    """The .item file was read without quoting and the .inter file with it (when it held a quote): ``"x"`` was
+    one id in one file and another in the other, and interactions attached to the wrong item."""
+    root = _atomic(tmp_path / "d", 'u1\t"x"\t1\nu1\ty\t2\n', '"x"\tQuoted id\ny\tplain\n')
+    raw = read(DataConfig(path=str(root)))
+    assert raw.sequences == {"u1": ["x", "y"]} and raw.catalogue["x"].text == "Quoted id"
+    root = _atomic(tmp_path / "e", 'u1\t"x"\t1\nu1\ty\t2\nu1\tx\t3\n', '"x"\tQuoted id\ny\tplain\nx\tother x\n')
+    with pytest.raises(DataError) as e:
+        read(DataConfig(path=str(root)))
+    assert _rel(e.value, root).startswith("d.item:4: item 'x' appears twice")
+    # a quote inside a field is kept; a record with a quoted line break is named by its first line
+    root = _atomic(tmp_path / "f", "u1\ta\t1\nu1\tb\t2\n", 'a\t5" screen\nb\t"two\nlines"\nc\n')
+    with pytest.raises(DataError) as e:
+        read(DataConfig(path=str(root)))
+    assert _rel(e.value, root).startswith("d.item:5: expected 2 fields, got 1")
+    raw = read(DataConfig(path=str(root), on_bad_rows="drop"))
+    assert [raw.catalogue[i].text for i in ("a", "b")] == ['5" screen', "two\nlines"]
+
+
+# --------------------------------------------------------------------------------------------- several files
+def test_several_candidate_files_are_an_error_listing_them(tmp_path: Path) -> None:
+    """``data.format=csv`` on a folder with a.csv and b.csv, or a folder with two .item files, silently read
+    the first."""
+    root = tmp_path / "c"
+    root.mkdir()
+    (root / "a.csv").write_text("user,item,timestamp\nu1,i1,1\n")
+    (root / "b.csv").write_text("user,item,timestamp\nu2,i9,1\n")
+    with pytest.raises(DataError) as e:
+        read(DataConfig(path=str(root), format="csv"))
+    assert str(e.value) == (f"{root}: data.format=csv but several .csv files (a.csv, b.csv); pass one: "
+                            f"--data {root / 'a.csv'}")
+    root = _atomic(tmp_path / "d", "u1\ta\t1\n", "a\tNEW title\n")
+    (root / "a.item").write_text("item_id:token\ttitle:token_seq\na\tOLD title\n")
+    with pytest.raises(DataError) as e:
+        read(DataConfig(path=str(root)))
+    assert str(e.value) == f"{root}: several .item files (a.item, d.item); keep one"
+
+
+# --------------------------------------------------------------------------------------------- big timestamps
+BIG = 1600000000000000000
+
+
+@pytest.mark.parametrize("quoted", [False, True])
+def test_big_timestamps_order_exactly_beside_decimals(tmp_path: Path, quoted: bool) -> None:
+    """19-digit timestamps a few units apart were ordered exactly only while every timestamp was an integer;
+    one decimal anywhere made all of them float64 (equal, so ordered by line). Integer parts and fractions
+    are now read from the text, on the fast and the quoted path alike."""
+    user = '"u1"' if quoted else "u1"
+    rows = [f"{user},i1,{BIG + 3}", f"{user},i2,{BIG + 2}.5", f"{user},i3,{BIG + 2}", f"{user},i4,{BIG + 2}.25",
+            "u2,i1,-1.5", "u2,i2,-1.25", "u2,i3,-2", "u2,i4,1e0", "u2,i5,0.5"]
+    path = tmp_path / "a.csv"
+    path.write_text("user,item,timestamp\n" + "\n".join(rows) + "\n")
+    raw = read(DataConfig(path=str(path)))
+    assert raw.sequences == {"u1": ["i3", "i4", "i2", "i1"], "u2": ["i3", "i1", "i2", "i5", "i4"]}
+
+
+@pytest.mark.parametrize("stamp", ["1.6e18", "99999999999999999999", "-9300000000000000000.5"])
+def test_a_big_timestamp_that_cannot_order_exactly_is_an_error(tmp_path: Path, stamp: str) -> None:
+    path = tmp_path / "a.csv"
+    path.write_text(f"user,item,timestamp\nu1,i1,{BIG + 1}.5\nu1,i2,{stamp}\nu1,i3,{BIG}\n")
+    with pytest.raises(DataError) as e:
+        read(DataConfig(path=str(path)))
+    assert _rel(e.value, tmp_path) == (f"a.csv:3: timestamp {stamp!r} cannot be ordered exactly among timestamps "
+                                       "beyond 2**53 (float64 rounds them); write it as a plain integer or decimal "
+                                       "number within int64")

@@ -9,13 +9,18 @@ header ``items.tsv`` holds ``item TAB title`` lines, and the title is **the rest
 it is kept). It may instead start with a header ``item_id TAB title [TAB image] [TAB video] [TAB audio]``;
 then every row must have exactly as many tab-separated fields as the header (a tab inside a title is an
 error naming file and line), and the media columns hold paths relative to the dataset root (an empty cell:
-the item lacks it). A header column other than these (``ITEM_COLUMNS``) is an error naming it. A modality
+the item lacks it). A header column other than these (``ITEM_COLUMNS``) is an error naming it, and so are
+``title`` and ``text`` together (two names for the title). The id column may be named ``item_id``, ``item``
+or ``id``, and any column may carry a type (``item_id:token``); a first line whose other fields all name
+columns is a header, and an error naming its first column when that is no id column. A modality
 without a column of its own is found by item id in ``images/`` or ``covers/`` (jpg, jpeg, png, webp),
 ``videos/`` (mp4, webm, mkv, avi, mov) and ``audio/`` (wav, flac, mp3, ogg); an id with two files there
 keeps the first in folder and name order, with a warning.
 
 ``atomic`` (RecBole): ``NAME.inter`` with ``user_id``, ``item_id`` and ``timestamp`` columns (typed headers
-such as ``user_id:token``) and optionally ``NAME.item`` whose text columns form the item text.
+such as ``user_id:token``) and optionally ``NAME.item`` whose text columns form the item text. Both files are
+read with the same (csv) quoting, so ``"x"`` is the id ``x`` in each. A folder with several ``.inter`` or
+``.item`` files is an error, as is ``data.format=csv`` on a folder with several ``.csv`` files.
 
 ``csv``: a comma-separated file with a header naming user, item and timestamp columns (``user``/``user_id``,
 ``item``/``item_id``, ``timestamp``/``time``); an ``items.tsv`` beside it is read as the catalogue.
@@ -24,9 +29,10 @@ Every text file may start with a UTF-8 BOM (dropped) and must be UTF-8 (otherwis
 line). In ``.inter``/``.item``/CSV files every row must have as many fields as the header. Ids are stripped of
 ASCII whitespace only (a no-break space is content, as in the users file) and hold at most ``MAX_ID_BYTES``
 UTF-8 bytes; an ``items.tsv`` id holds no whitespace at all (a header-less line missing its tab is an error,
-not an id with a space). Timestamps are ASCII numbers (Unicode digits are not). A row that breaks a rule is an
-error naming file and line, or is dropped and counted with ``data.on_bad_rows=drop``. Item text is cut to
-``data.max_text_chars`` characters. The interaction files are scanned as byte arrays with numpy
+not an id with a space). Timestamps are ASCII numbers (Unicode digits are not); beyond 2**53, where float64
+no longer holds every integer, they are ordered exactly from their text (see :func:`_exact_times`). A row
+that breaks a rule is an error naming file and line, or is dropped and counted with ``data.on_bad_rows=drop``.
+Item text is cut to ``data.max_text_chars`` characters. The interaction files are scanned as byte arrays with numpy
 (:mod:`crossan.data.textscan`), so ten million interactions read in seconds; a CSV/``.inter`` file that
 contains a double quote is read with Python's csv module instead (quoted fields; slower).
 """
@@ -117,6 +123,8 @@ VIDEO_DIRS, VIDEO_EXT = ("videos", "video"), (".mp4", ".webm", ".mkv", ".avi", "
 AUDIO_DIRS, AUDIO_EXT = ("audio", "audios"), (".wav", ".flac", ".mp3", ".ogg")
 ITEM_COLUMNS = ("title", "text", "image", "video", "audio")
 """The columns an ``items.tsv`` header may name after its id column (``title`` or ``text``: the title)."""
+ITEM_ID_COLUMNS = ("item_id", "item", "id")
+"""The names an ``items.tsv`` header's first column may have (a ``:type`` suffix, as ``item_id:token``, aside)."""
 
 
 class _Problems:
@@ -222,15 +230,24 @@ def _item_id_problem(item: str, has_header: bool, spaces_ok: bool = False) -> st
 
 def read_items_tsv(path: Path, problems: _Problems, spaces_ok: bool = False) -> Catalogue:
     """``items.tsv``: ``item TAB title`` lines (title = rest of the line), or a header with ``item_id`` and
-    media-path columns (every row then has exactly the header's number of fields). An id longer than
+    media-path columns (every row then has exactly the header's number of fields; see the module docstring
+    for what makes line 1 a header). An id longer than
     ``MAX_ID_BYTES``, or with whitespace inside (unless ``spaces_ok``: beside a CSV file of interactions, or a
     catalogue of new items), makes its row bad (see :class:`_Problems`)."""
     cfg = problems.cfg
     root = path.parent
     lines = _lines(_text(path))
     header = lines[0].split("\t")
-    has_header = header[0].strip().lower() in ("item_id", "item", "item_id:token")
-    cols = [h.split(":")[0].strip().lower() for h in header] if has_header else ["item_id", "title"]
+    names = [h.split(":")[0].strip().lower() for h in header]
+    # a header: an item-id column first, or a first line whose other fields all name known columns
+    has_header = names[0] in ("item_id", "item") or (
+        len(names) > 1 and all(c in ITEM_COLUMNS for c in names[1:] if c) and any(names[1:]))
+    if has_header and names[0] not in ITEM_ID_COLUMNS:  # the header would be read as an item
+        raise DataError(f"{path}:1: line 1 reads as a header (its other fields name columns: "
+                        f"{', '.join(h.strip() for h in header[1:])}) but its first column {header[0].strip()!r} "
+                        f"is not an item-id column; name it {', '.join(ITEM_ID_COLUMNS)} (if line 1 is an item, "
+                        "start the file with the header 'item_id TAB title')")
+    cols = names if has_header else ["item_id", "title"]
     unknown = [h.strip() for h, c in zip(header[1:], cols[1:]) if c not in ITEM_COLUMNS]
     if has_header and unknown:  # a misnamed column was dropped in silence, and its content with it
         raise DataError(f"{path}:1: header column{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
@@ -240,6 +257,9 @@ def read_items_tsv(path: Path, problems: _Problems, spaces_ok: bool = False) -> 
     repeated = sorted({c for c in cols if cols.count(c) > 1})
     if has_header and repeated:
         raise DataError(f"{path}:1: header column {repeated[0]!r} appears twice")
+    if has_header and "title" in col and "text" in col:  # one would be dropped in silence
+        raise DataError(f"{path}:1: header has both a 'title' and a 'text' column; both name the item's title, "
+                        "keep one")
     text_col = col.get("title", col.get("text"))
     media_cols = {m: col[m] for m in ("image", "video", "audio") if m in col}
     # media without a column of their own are found by item id in their folders (as without a header)
@@ -418,8 +438,9 @@ class _Rows:
     """Catalogue positions when a catalogue was given (else None and ``item_keys`` holds the ids)."""
     times: np.ndarray
     lines: np.ndarray
-    exact_times: np.ndarray | None = None
-    """int64 times where float64 cannot order them (:func:`_exact_times`), else None."""
+    exact_times: tuple[np.ndarray, np.ndarray | None] | None = None
+    """Integer parts (int64) and fractions (float64, None when all are integers) of the times where float64
+    cannot order them (:func:`_exact_times`), else None."""
 
 
 @contextmanager
@@ -526,25 +547,52 @@ def _scan_rows(path: Path, buf: np.ndarray, delimiter: str, catalogue: Catalogue
     width = int(max((ue - us)[keep].max(initial=1), 1))
     item_keys = None if pos is not None else ts.byte_keys(buf, is_[keep], ie[keep])
     user_keys = ts.byte_keys(buf, us[keep], ue[keep], width)
-    exact = _exact_times(lambda: ts.decode_ranges(buf, tsb[keep], teb[keep]), times[keep])
-    return _Rows(user_keys, item_keys, None if pos is None else pos[keep], times[keep], good[keep] + 1, exact)
+    lines = good[keep] + 1
+    exact = _exact_times(path, lambda: ts.decode_ranges(buf, tsb[keep], teb[keep]), times[keep], lines)
+    return _Rows(user_keys, item_keys, None if pos is None else pos[keep], times[keep], lines, exact)
 
 
 EXACT_FROM = 2.0**53
 """From here on float64 no longer holds every integer: two timestamps a few units apart (19-digit
 nanosecond epochs) would read as equal and be ordered by line instead of by time."""
 
+_INT64_DIGITS = str(np.iinfo(np.int64).max)
 
-def _exact_times(texts: Callable[[], list[str]], times: np.ndarray) -> np.ndarray | None:
-    """The timestamps as exact int64 when some lie beyond :data:`EXACT_FROM` and every one is an integer
-    (``texts()`` gives them as written); None otherwise: the float64 values order them (decimals at that
-    size are beyond float64 too)."""
+
+def _exact_times(path: Path, texts: Callable[[], list[str]], times: np.ndarray, lines: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """Exact order keys for the timestamps when some lie beyond :data:`EXACT_FROM` (None otherwise: the
+    float64 values order them): their integer parts (floored) as int64 and, unless every one is an integer,
+    their fractions as float64 (a tie-break). Both are read from the text (``texts()``, as written), so
+    ``1600000000000000003.5`` orders after ``1600000000000000003``; a timestamp written otherwise (an
+    exponent) is taken from its float64 value where that is below :data:`EXACT_FROM`. One beyond it that
+    is not a plain decimal, or beyond int64, is an error naming file and line (``lines``)."""
     if not len(times) or float(np.abs(times).max()) < EXACT_FROM:
         return None
+    text = np.asarray([t.strip(ts.SPACES) for t in texts()], dtype=str)
     try:
-        return np.asarray([t.strip(ts.SPACES) for t in texts()]).astype(np.int64)
+        return text.astype(np.int64), None
     except (ValueError, OverflowError):
-        return None
+        pass
+    head, _, frac = np.char.partition(text, ".").T
+    digits = np.char.lstrip(head, "+-")
+    n = np.char.str_len(digits)
+    plain = (np.char.isdigit(digits) & (np.char.str_len(head) - n <= 1) & (np.char.isdigit(frac) | (frac == ""))
+             & ((n < len(_INT64_DIGITS)) | ((n == len(_INT64_DIGITS)) & (digits <= _INT64_DIGITS))))
+    wrong = ~plain & (np.abs(times) >= EXACT_FROM)
+    if wrong.any():
+        k = int(np.flatnonzero(wrong)[0])
+        raise DataError(f"{path}:{int(lines[k])}: timestamp {str(text[k])!r} cannot be ordered exactly among "
+                        "timestamps beyond 2**53 (float64 rounds them); write it as a plain integer or decimal "
+                        "number within int64")
+    whole = np.floor(times).astype(np.int64)  # exact below EXACT_FROM, where it is used
+    part = times - np.floor(times)
+    whole[plain] = head[plain].astype(np.int64)
+    part[plain] = np.char.add("0.", np.where(frac[plain] == "", "0", frac[plain])).astype(np.float64)
+    below = plain & np.char.startswith(head, "-") & (part > 0)  # -3.25 is -4 + 0.75
+    whole[below] -= 1
+    part[below] = 1.0 - part[below]
+    return whole, part
 
 
 def _number(text: str) -> float:
@@ -600,9 +648,9 @@ def _parse_records(path: Path, text: str, delimiter: str, catalogue: Catalogue |
         stamps.append(stamp)
         lines.append(lineno)
     pos = None if catalogue is None else ts.KeyTable(catalogue.ids()).lookup_strings(items)
-    values = np.asarray(times, dtype=np.float64)
+    values, line_nos = np.asarray(times, dtype=np.float64), np.asarray(lines, dtype=np.int64)
     return _Rows(ts.keys_of_strings(users), None if catalogue is not None else ts.keys_of_strings(items), pos,
-                 values, np.asarray(lines, dtype=np.int64), _exact_times(lambda: stamps, values))
+                 values, line_nos, _exact_times(path, lambda: stamps, values, line_nos))
 
 
 def _group(rows: _Rows) -> tuple[Interactions, list[str] | None]:
@@ -621,7 +669,12 @@ def _group(rows: _Rows) -> tuple[Interactions, list[str] | None]:
     else:
         item_uniq, pos = np.unique(rows.item_keys, return_inverse=True)
         item_ids = ts.keys_to_strings(item_uniq)
-    order = np.lexsort((rows.lines, rows.times if rows.exact_times is None else rows.exact_times, user_rank))
+    if rows.exact_times is None:
+        time_keys: tuple[np.ndarray, ...] = (rows.times,)
+    else:
+        whole, part = rows.exact_times
+        time_keys = (whole,) if part is None else (part, whole)
+    order = np.lexsort((rows.lines, *time_keys, user_rank))
     lengths = np.bincount(user_rank, minlength=len(uniq))
     items = pos.ravel()[order].astype(np.int64)
     users = ts.keys_to_strings(uniq[order_u])
@@ -646,8 +699,9 @@ def _read_atomic_items(path: Path, cfg: DataConfig, problems: _Problems) -> Cata
 
 
 def _atomic_items(path: Path, cfg: DataConfig, problems: _Problems) -> Catalogue:
-    rows = _csv_records(path, csv.reader(io.StringIO(_text(path), newline=""), delimiter="\t",
-                                         quoting=csv.QUOTE_NONE))
+    # quoted fields as in the .inter file (see _read_interactions), so that an id reads the same in both files
+    reader = csv.reader(io.StringIO(_text(path), newline=""), delimiter="\t")
+    rows = _csv_records(path, reader)
     header = next(rows, None)
     if header is None:
         raise DataError(f"{path}: empty file")
@@ -665,7 +719,9 @@ def _atomic_items(path: Path, cfg: DataConfig, problems: _Problems) -> Catalogue
         text_cols = [i for i, t in enumerate(types) if i != iid and t in ("token", "token_seq")]
     records = []
     seen: set[str] = set()
-    for lineno, parts in enumerate(rows, start=2):
+    end = reader.line_num
+    for parts in rows:
+        lineno, end = end + 1, reader.line_num  # a quoted field may span lines: name the record's first
         if not parts or not any(p.strip() for p in parts):
             continue
         where = f"{path}:{lineno}"
@@ -700,6 +756,8 @@ def read_atomic(root: Path, cfg: DataConfig) -> RawData:
     if len(inters) != 1:
         raise DataError(f"{root}: expected exactly one .inter file, found {len(inters)}")
     items_files = sorted(root.glob("*.item"))
+    if len(items_files) > 1:
+        raise DataError(f"{root}: several .item files ({', '.join(p.name for p in items_files)}); keep one")
     catalogue = _read_atomic_items(items_files[0], cfg, problems) if items_files else None
     return _with_catalogue(inters[0], root, cfg, catalogue, problems, "\t")
 
@@ -746,4 +804,7 @@ def read(cfg: DataConfig) -> RawData:
     csvs = sorted(path.glob("*.csv"))
     if not csvs:
         raise DataError(f"{path}: data.format=csv but no .csv file found")
+    if len(csvs) > 1:
+        raise DataError(f"{path}: data.format=csv but several .csv files ({', '.join(p.name for p in csvs)}); "
+                        f"pass one: --data {csvs[0]}")
     return read_csv(csvs[0], cfg)
