@@ -13,7 +13,7 @@ import soundfile as sf
 
 from crossan.data.catalogue import Catalogue, ItemRecord
 from crossan.data.media import MediaError, load_audio, load_image, load_video, read_audio, resample
-from media_helpers import frame_index, sine, write_video, write_wav
+from media_helpers import frame_gray, frame_index, sine, write_video, write_wav
 
 
 @pytest.mark.parametrize("kept", [0.3, 0.6, 0.9])
@@ -25,7 +25,7 @@ def test_a_cut_faststart_mp4_is_corrupt_not_a_shorter_clip(tmp_path: Path, kept:
     data = whole.read_bytes()
     cut = tmp_path / "cut.mp4"
     cut.write_bytes(data[: int(len(data) * kept)])
-    with pytest.raises(MediaError, match=r"item 'c'.*cut\.mp4.*not a readable video"):
+    with pytest.raises(MediaError, match=r"item 'c'.*cut\.mp4.*(not a readable video|the file is cut short)"):
         load_video(cut, 4, "uniform", "c")
 
 
@@ -41,7 +41,8 @@ def test_a_cut_video_is_counted_corrupt_by_the_encoders_loader(tmp_path: Path) -
     enc = build_encoder("video", resolve_specs(cfg, ["video"])["video"])
     loaded = enc.load_media(list(cat), cat, "missing")
     assert loaded.present == [True, False]
-    assert loaded.corrupt[0] is None and "not a readable video" in str(loaded.corrupt[1])
+    assert loaded.corrupt[0] is None
+    assert "the file is cut short: its index lists 30 video frames" in str(loaded.corrupt[1])
 
 
 def test_a_cut_wav_is_corrupt_not_zero_padded(tmp_path: Path) -> None:
@@ -127,3 +128,171 @@ def test_a_16_bit_pgm_keeps_its_top_8_bits_like_a_16_bit_png(tmp_path: Path) -> 
     pgm = np.asarray(load_image(tmp_path / "g.pgm", "g"))[..., 0]
     np.testing.assert_array_equal(png, values >> 8)
     np.testing.assert_array_equal(pgm, png)
+
+
+# ------------------------------------------------------------------ the fourth audit (2026-12-03)
+def _write_clip(path: Path, num_frames: int, codec: str = "libx264", rotation: int = 0,
+                audio: bool = False) -> Path:
+    """A 64×48 clip whose frame i is gray level :func:`frame_gray` (i) with a white 8×8 block in its top-left
+    corner; ``rotation``: a display rotation (counter-clockwise degrees, as ``VideoFrame.rotation`` reads it);
+    ``audio``: an AAC track interleaved with the frames. Its index is written before the frames (faststart)."""
+    import av
+
+    opts = {"movflags": "faststart"} if path.suffix == ".mp4" else None
+    with av.open(str(path), mode="w", options=opts) as container:
+        video = container.add_stream(codec, rate=10)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        video.options = {"qp": "0", "preset": "ultrafast"} if codec == "libx264" else {"qscale": "1"}
+        if rotation:
+            video.set_display_rotation(rotation)
+        sound = container.add_stream("aac", rate=16000) if audio else None
+        for i in range(num_frames):
+            img = np.full((48, 64, 3), frame_gray(i), dtype=np.uint8)
+            img[:8, :8] = 255
+            for packet in video.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                container.mux(packet)
+            if sound is not None:
+                chunk = sine(440.0, 16000, 0.1)[None, :]
+                frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="mono")
+                frame.sample_rate, frame.pts = 16000, i * 1600
+                for packet in sound.encode(frame):
+                    container.mux(packet)
+        for stream in (video, sound):
+            for packet in stream.encode() if stream is not None else []:
+                container.mux(packet)
+    return path
+
+
+def test_an_mp4_cut_between_packets_is_corrupt_not_a_shorter_clip(tmp_path: Path) -> None:
+    """A download of an mp4 with interleaved audio that stops after a whole packet ends the stream without
+    an error, threaded or not: 16 of 30 frames decoded and the clip was sampled from them, reported present.
+    The sample table read on opening lists all 30."""
+    import av
+
+    whole = _write_clip(tmp_path / "whole.mp4", 30, audio=True)
+    assert [frame_index(f[8:, 8:]) for f in load_video(whole, 4, "uniform", "w")] == [3, 11, 18, 26]
+    with av.open(str(whole)) as container:
+        entry = container.streams.video[0].index_entries[15]
+        end = entry.pos + entry.size  # the end of frame 15: the file holds whole packets up to it
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[:end])
+    with pytest.raises(MediaError, match=r"item 'c'.*cut\.mp4: the file is cut short: its index lists 30 "
+                                         r"video frames, the file holds only 16 of them"):
+        load_video(cut, 4, "uniform", "c")
+
+
+def test_a_clip_whose_header_understates_its_length_is_sampled_over_all_of_it(tmp_path: Path) -> None:
+    """An avi whose avih/strh frame count says 8 of its 30 frames: the uniform frames were taken from the
+    first 8 ([1, 3, 5, 7]). The packets past the declared count are now seen and the clip recounted."""
+    whole = _write_clip(tmp_path / "whole.avi", 30, codec="mpeg4")
+    raw = bytearray(whole.read_bytes())
+    avih, strh = raw.index(b"avih"), raw.index(b"strh")
+    for at in (avih + 8 + 16, strh + 8 + 32):  # avih.dwTotalFrames, strh.dwLength
+        assert int.from_bytes(raw[at : at + 4], "little") == 30
+        raw[at : at + 4] = (8).to_bytes(4, "little")
+    short = tmp_path / "short.avi"
+    short.write_bytes(bytes(raw))
+    for sampling, expected in (("uniform", [3, 11, 18, 26]), ("middle", [13, 14, 15, 16])):
+        assert [frame_index(f[8:, 8:]) for f in load_video(whole, 4, sampling, "w")] == expected
+        assert [frame_index(f[8:, 8:]) for f in load_video(short, 4, sampling, "s")] == expected
+
+
+def test_a_rotated_clip_is_turned_upright(tmp_path: Path) -> None:
+    """A portrait phone clip is stored landscape with a display matrix turning it 90° clockwise (rotation
+    -90); its frames were used as stored, on their side. The white block of the stored top-left corner
+    now shows top-right, as a player shows it."""
+    plain = load_video(_write_clip(tmp_path / "plain.mp4", 3), 3, "uniform", "p")
+    turned = load_video(_write_clip(tmp_path / "turned.mp4", 3, rotation=-90), 3, "uniform", "t")
+    assert plain[0].shape == (48, 64, 3) and turned[0].shape == (64, 48, 3)
+    for stored, upright in zip(plain, turned):
+        np.testing.assert_array_equal(upright, np.rot90(stored, -1))
+        assert upright[:8, -8:].min() > 240 and upright[:8, :8].max() < 100
+    assert [frame_index(f[8:, :-8]) for f in turned] == [0, 1, 2]
+
+
+def _write_mp3(path: Path, wave: np.ndarray, rate: int, xing: bool = True, vbr: bool = False) -> Path:
+    import av
+
+    with av.open(str(path), mode="w", format="mp3", options={"write_xing": "1" if xing else "0"}) as container:
+        stream = container.add_stream("libmp3lame", rate=rate, layout="mono")
+        if vbr:
+            stream.codec_context.qscale = 2
+            stream.codec_context.flags |= av.codec.context.Flags.qscale
+        for at in range(0, len(wave), 1152):
+            frame = av.AudioFrame.from_ndarray(wave[None, at : at + 1152], format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = rate, at
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def test_a_cut_mp3_is_corrupt_not_zero_padded(tmp_path: Path) -> None:
+    """Only a cut wav was refused: an mp3 cut at half decoded to 2 s and was zero-padded to 4. Its Xing/Info
+    header declares 4 s; the first second, which is all there, still reads."""
+    whole = _write_mp3(tmp_path / "whole.mp3", sine(440.0, 44100, 4.0), 44100)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.mp3"
+    cut.write_bytes(data[: len(data) // 2])
+    assert load_audio(whole, 16000, 4.0, "w").shape == (64000,)
+    with pytest.raises(MediaError, match=r"item 'c'.*cut\.mp3: the file is cut short: its header declares "
+                                         r"4\.00 s of audio, it decodes to [12]\.\d\d s"):
+        load_audio(cut, 16000, 4.0, "c")
+    np.testing.assert_array_equal(load_audio(cut, 16000, 1.0, "c"), load_audio(whole, 16000, 1.0, "w"))
+
+
+def test_a_vbr_mp3_without_a_length_header_still_reads(tmp_path: Path) -> None:
+    """Without a Xing header FFmpeg estimates the duration from the first frame's bit rate: silence then
+    noise, VBR, declares ~14 s and decodes to 5 s. That estimate is not a declared length to check."""
+    import av
+
+    noise = np.random.default_rng(0).uniform(-0.8, 0.8, 3 * 44100).astype(np.float32)
+    wave = np.concatenate([np.zeros(2 * 44100, np.float32), noise])
+    path = _write_mp3(tmp_path / "vbr.mp3", wave, 44100, xing=False, vbr=True)
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        assert float(stream.duration * stream.time_base) > 10.0
+    got, rate = read_audio(path, "v")
+    assert rate == 44100 and abs(len(got) / rate - 5.0) < 0.1
+
+
+def _cut_ogg(tmp_path: Path) -> tuple[Path, bytes]:
+    whole = tmp_path / "whole.ogg"
+    sf.write(str(whole), sine(440.0, 16000, 20.0), 16000, format="OGG", subtype="VORBIS")
+    assert load_audio(whole, 16000, 20.0, "w").shape == (320000,)
+    return whole, whole.read_bytes()
+
+
+def test_a_cut_ogg_is_corrupt_not_empty_or_shorter(tmp_path: Path) -> None:
+    """Cut at 30% libsndfile read a Vorbis file as 0 samples without an error ("the audio holds no samples",
+    PyAV never tried); cut at 50% both readers read 5 s of the 20 without an error, zero-padded to 20. A
+    complete Ogg stream ends with a whole page flagged end-of-stream."""
+    _, data = _cut_ogg(tmp_path)
+    cut = tmp_path / "cut.ogg"
+    for kept in (0.3, 0.5):
+        cut.write_bytes(data[: int(len(data) * kept)])
+        with pytest.raises(MediaError, match=r"item 'c'.*cut\.ogg: the file is cut short: its last Ogg page is "
+                                             r"incomplete"):
+            load_audio(cut, 16000, 20.0, "c")
+    pages = [i for i in range(len(data)) if data.startswith(b"OggS", i)]
+    cut.write_bytes(data[: pages[len(pages) // 2]])  # cut between two pages: every page in it is whole
+    assert 0 < sf.info(str(cut)).frames < 320000  # what the readers would have used silently
+    with pytest.raises(MediaError, match=r"item 'c'.*cut\.ogg: the file is cut short: its last Ogg page does "
+                                         r"not end the stream"):
+        load_audio(cut, 16000, 20.0, "c")
+
+
+def test_a_reader_that_finds_no_samples_hands_over_to_the_next(tmp_path: Path, monkeypatch) -> None:
+    """With the page check out of the way, the cut ogg that libsndfile reads as empty is tried with PyAV too,
+    and the message says what each reader found."""
+    from crossan.data import media
+
+    monkeypatch.setattr(media, "_ogg_shortfall", lambda path: None, raising=False)
+    _, data = _cut_ogg(tmp_path)
+    cut = tmp_path / "cut.ogg"
+    cut.write_bytes(data[: int(len(data) * 0.3)])
+    assert sf.read(str(cut))[0].shape[0] == 0  # the first reader, silently
+    with pytest.raises(MediaError, match=r"item 'c'.*cut\.ogg: no audio could be decoded, a cut or corrupt "
+                                         r"file \(soundfile: no samples; PyAV: EOFError"):
+        load_audio(cut, 16000, 20.0, "c")

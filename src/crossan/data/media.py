@@ -16,14 +16,26 @@ business (:meth:`ItemRecord.has`); these functions are only called for files tha
 * video — :func:`load_video`: anything PyAV decodes; ``num_frames`` RGB frames (``uint8 [H, W, 3]``)
   chosen by :func:`sample_frame_indices` (``uniform``: the centres of ``num_frames`` equal segments of
   the clip; ``middle``: ``num_frames`` consecutive frames centred on the clip's middle frame). A clip
-  shorter than ``num_frames`` repeats frames. A clip that decodes to fewer frames than its metadata says is
-  decoded again without frame threading (which ends a cut stream quietly): a decoding error there makes
-  it corrupt, a clean end means the metadata overstated the length and the frames are sampled again.
+  shorter than ``num_frames`` repeats frames. A clip whose container index (an mp4's sample table, an avi's
+  idx1) lists frames past the end of the file is corrupt (a cut download: FFmpeg just ends the stream
+  there). A clip that decodes to fewer frames than its metadata says is decoded again without frame
+  threading (which ends a cut stream quietly): a decoding error there makes it corrupt, a clean end means
+  the metadata overstated the length and the frames are sampled again; so is a clip that holds more
+  packets than its metadata's frame count (an understating header), found by demuxing, not decoding, the
+  rest of the stream after the last wanted frame. Frames are turned upright by the stream's display
+  rotation (PyAV's ``frame.rotation``, in quarter turns; a portrait phone clip is stored landscape with a
+  90° rotation), as a player shows them; a mirroring in the display matrix is not applied. (Images, by
+  contrast, keep their stored orientation: see above.)
 * audio — :func:`load_audio`: wav/flac/ogg through soundfile, everything else (mp3, m4a, the audio
   track of an mp4 …) through PyAV; mixed to mono float32, resampled with :func:`resample` and cut or
   zero-padded to a fixed duration. Only the kept duration is decoded (a long track costs no more memory
-  than a short one). A wav whose header declares more audio than the file holds (a cut download) is
-  corrupt, not silently shortened and zero-padded.
+  than a short one). A file cut short (a cut download) is corrupt, not silently shortened and zero-padded:
+  a wav whose header declares more audio than the file holds; an Ogg file (ogg/oga/opus) whose last page
+  is incomplete or does not end the stream; an mp4/m4a whose index lists packets past the end of the file;
+  an mp3 whose Xing/Info/VBRI header declares a length that decoding to the end falls short of by more
+  than :data:`AUDIO_SHORTFALL_SECONDS` and more than :data:`AUDIO_SHORTFALL_FRACTION` of it (an mp3
+  without such a header is not checked: FFmpeg only estimates its length from the bit rate). A reader that
+  finds no samples (libsndfile reads some cut oggs as empty, without an error) hands over to the next one.
 """
 
 from __future__ import annotations
@@ -37,6 +49,7 @@ import numpy as np
 from crossan.errors import CrossanError
 
 if TYPE_CHECKING:
+    import av
     from PIL.Image import Image
 
 FrameSampling = Literal["uniform", "middle"]
@@ -126,41 +139,84 @@ def sample_frame_indices(total: int, num_frames: int, sampling: FrameSampling = 
     return [min(total - 1, ((2 * i + 1) * total) // (2 * num_frames)) for i in range(num_frames)]
 
 
-def _decode_frames(path: Path, wanted: set[int], threaded: bool = True) -> tuple[dict[int, np.ndarray], int]:
-    """Decode the video stream of ``path``; keep the frames whose index is in ``wanted``.
+class _CutShort(ValueError):
+    """A media file holds less than its own index or header declares (a cut download)."""
 
-    Returns the kept frames and the number of frames decoded (the whole clip when ``wanted`` is empty or
-    reaches past its end). ``threaded``: let FFmpeg decode with frame threads (faster, but a corrupt packet
-    then ends the stream without an error); unthreaded decoding raises at a corrupt packet.
+
+def _upright(frame: av.VideoFrame) -> np.ndarray:
+    """A decoded video frame as RGB ``uint8 [H, W, 3]``, turned by its display rotation (``frame.rotation``,
+    counter-clockwise degrees, rounded to a quarter turn) so that it shows as a player shows it."""
+    rgb = frame.to_ndarray(format="rgb24")
+    turns = int(round(float(getattr(frame, "rotation", 0) or 0) / 90.0)) % 4
+    return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
+
+
+def _decode_frames(
+    path: Path, wanted: set[int], threaded: bool = True, declared: int = 0
+) -> tuple[dict[int, np.ndarray], int, bool]:
+    """Decode the video stream of ``path``; keep the frames whose index is in ``wanted`` (upright: see
+    :func:`_upright`).
+
+    Returns the kept frames, the number of frames decoded (the whole clip when ``wanted`` is empty or
+    reaches past its end) and whether the stream holds more than ``declared`` packets (with ``declared``
+    > 0): after the last wanted frame the rest of the stream is demuxed, not decoded, to see whether the
+    metadata understates the clip's length. ``threaded``: let FFmpeg decode with frame threads (faster,
+    but a corrupt packet then ends the stream without an error); unthreaded decoding raises at a corrupt
+    packet.
     """
     import av
 
     got: dict[int, np.ndarray] = {}
     last = max(wanted) if wanted else math.inf
-    count = 0
+    count = packets = 0
     with av.open(str(path)) as container:
         streams = [s for s in container.streams if s.type == "video"]
         if not streams:
             raise ValueError("no video stream")
         stream = streams[0]
         stream.thread_type = "AUTO" if threaded else "NONE"
-        for frame in container.decode(stream):
-            if count in wanted:
-                got[count] = frame.to_ndarray(format="rgb24")
-            count += 1
-            if count > last:
-                break
-    return got, count
+        for packet in container.demux(stream):
+            packets += 1 if packet.size else 0
+            if count > last:  # every wanted frame is in: only look for packets past the declared length
+                if not declared or packets > declared:
+                    break
+                continue
+            for frame in packet.decode():  # the last, empty packet drains the decoder
+                if count in wanted:
+                    got[count] = _upright(frame)
+                count += 1
+                if count > last:
+                    break
+    return got, count, 0 < declared < packets
+
+
+def _index_shortfall(stream: av.stream.Stream, size: int, what: str) -> str | None:
+    """Why ``stream`` is cut short: its container's index (an mp4's sample table, an avi's idx1 …) lists
+    packets that lie past the end of the file (``size`` bytes), or None. An index read before the packets
+    (FFmpeg reads an mp4's whole sample table on opening) says how much the file should hold; a download
+    cut between packets otherwise just ends the stream early, without an error."""
+    entries = getattr(stream, "index_entries", None)  # PyAV 15+
+    if not entries:
+        return None
+    listed = len(entries)
+    held = sum(1 for e in entries if e.pos < 0 or e.pos + e.size <= size)
+    if held == listed:
+        return None
+    return f"the file is cut short: its index lists {listed:,} {what}, the file holds only {held:,} of them"
 
 
 def _frame_count(path: Path) -> int:
-    """Frames in the clip according to its metadata (0 when the container does not say)."""
+    """Frames in the clip according to its metadata (0 when the container does not say); raises
+    :class:`_CutShort` when the container's index lists frames past the end of the file."""
     import av
 
     with av.open(str(path)) as container:
         streams = [s for s in container.streams if s.type == "video"]
         if not streams:
             raise ValueError("no video stream")
+        short = _index_shortfall(streams[0], path.stat().st_size, "video frames")
+        if short:
+            raise _CutShort(short)
         return int(streams[0].frames or 0)
 
 
@@ -174,19 +230,21 @@ def load_video(
         total = _frame_count(path)
         if total > 0:
             wanted = sample_frame_indices(total, num_frames, sampling)
-            got, _ = _decode_frames(path, set(wanted))
-            if len(got) == len(set(wanted)):
+            got, _, more = _decode_frames(path, set(wanted), declared=total)
+            if len(got) == len(set(wanted)) and not more:
                 return [got[i] for i in wanted]
-        # fewer frames than the metadata said, or no count in it: count them unthreaded, which raises at a
-        # corrupt packet (a cut file), else gives the true length to sample from
-        _, total = _decode_frames(path, set(), threaded=False)
+        # fewer frames than the metadata said, more packets than it said, or no count in it: count them
+        # unthreaded, which raises at a corrupt packet (a cut file), else gives the true length to sample from
+        _, total, _ = _decode_frames(path, set(), threaded=False)
         if total == 0:
             raise ValueError("the video stream has no frames")
         wanted = sample_frame_indices(total, num_frames, sampling)
-        got, _ = _decode_frames(path, set(wanted))
+        got, _, _ = _decode_frames(path, set(wanted))
         return [got[i] for i in wanted]
     except MediaError:
         raise
+    except _CutShort as e:
+        raise MediaError(item_id, path, str(e)) from e
     except Exception as e:  # PyAV raises FFmpegError subclasses, ValueError, StopIteration …
         raise MediaError(item_id, path, f"not a readable video ({type(e).__name__}: {e})") from e
 
@@ -285,6 +343,28 @@ def _wav_shortfall(path: Path) -> str | None:
     return None
 
 
+def _ogg_shortfall(path: Path) -> str | None:
+    """Why an Ogg file is cut short (its last page is incomplete, or does not end its stream: every complete
+    Ogg stream ends with a page flagged end-of-stream), or None; also None when no page header is found in
+    the file's last 64 KiB (not an Ogg file: the readers say what it is). Both libsndfile and FFmpeg read a
+    file cut between pages up to the cut, without an error."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        f.seek(max(0, size - 65_536 - 282))  # a page is at most 27 + 255 + 255 · 255 bytes
+        tail = f.read()
+    at = tail.rfind(b"OggS")
+    while at >= 0 and (tail[at + 4 : at + 5] != b"\x00" or len(tail) < at + 27):  # version 0, whole header
+        at = tail.rfind(b"OggS", 0, at)
+    if at < 0:
+        return None
+    segments = tail[at + 27 : at + 27 + tail[at + 26]]
+    if len(segments) < tail[at + 26] or at + 27 + len(segments) + sum(segments) > len(tail):
+        return "the file is cut short: its last Ogg page is incomplete"
+    if not tail[at + 5] & 0x04:
+        return "the file is cut short: its last Ogg page does not end the stream (no end-of-stream flag)"
+    return None
+
+
 def _read_soundfile(path: Path, seconds: float | None = None) -> tuple[np.ndarray, int]:
     import soundfile as sf
 
@@ -293,6 +373,29 @@ def _read_soundfile(path: Path, seconds: float | None = None) -> tuple[np.ndarra
         limit = _frames_for(seconds, rate)
         data = f.read(frames=-1 if limit is None else limit, dtype="float32", always_2d=True)
     return data.mean(axis=1), rate
+
+
+def _mp3_declares_length(path: Path) -> bool:
+    """Whether an mp3's first frame carries a Xing/Info or VBRI header, which states the track's length. Without
+    one FFmpeg only estimates the duration from the first frame's bit rate, which for a VBR file can be far
+    off either way."""
+    with open(path, "rb") as f:
+        head = f.read(10)
+        start = 0
+        if head[:3] == b"ID3" and len(head) == 10:  # an ID3v2 tag: its size is 4 bytes of 7 bits, + a footer
+            size = sum((head[6 + i] & 0x7F) << (7 * (3 - i)) for i in range(4))
+            start = 10 + size + (10 if head[5] & 0x10 else 0)
+        f.seek(start)
+        frame = f.read(4096)
+    sync = next((i for i in range(len(frame) - 1) if frame[i] == 0xFF and frame[i + 1] & 0xE0 == 0xE0), None)
+    return sync is not None and any(tag in frame[sync : sync + 64] for tag in (b"Xing", b"Info", b"VBRI"))
+
+
+AUDIO_SHORTFALL_SECONDS, AUDIO_SHORTFALL_FRACTION = 0.5, 0.1
+"""A track decoded to its end is cut short when it falls short of its declared duration by more than both of
+these. A complete file decodes to within a few frames of what it declares (encoder delay and padding: ~50
+ms for an mp3, ~46 ms of AAC priming); half a second and a tenth of the track are far beyond that, while a
+download cut anywhere before the last tenth is caught."""
 
 
 def _read_pyav(path: Path, seconds: float | None = None) -> tuple[np.ndarray, int]:
@@ -305,6 +408,9 @@ def _read_pyav(path: Path, seconds: float | None = None) -> tuple[np.ndarray, in
         if not streams:
             raise ValueError("no audio stream")
         stream = streams[0]
+        short = _index_shortfall(stream, path.stat().st_size, "audio packets")
+        if short:
+            raise _CutShort(short)
         rate = int(stream.codec_context.sample_rate or stream.rate or 0)
         limit = _frames_for(seconds, rate) if rate > 0 else None
         converter = av.AudioResampler(format="fltp")  # sample format only; the rate is kept
@@ -317,6 +423,15 @@ def _read_pyav(path: Path, seconds: float | None = None) -> tuple[np.ndarray, in
         else:
             for out in converter.resample(None):
                 chunks.append(out.to_ndarray().mean(axis=0))
+                kept += chunks[-1].shape[0]
+            # decoded to the end: an mp3 whose header states its length must reach it (see the tolerance above)
+            if rate > 0 and stream.duration and "mp3" in container.format.name.split(","):
+                declared = float(stream.duration * stream.time_base)
+                got = kept / rate
+                if declared - got > max(AUDIO_SHORTFALL_SECONDS, AUDIO_SHORTFALL_FRACTION * declared):
+                    if _mp3_declares_length(path):
+                        raise _CutShort(f"the file is cut short: its header declares {declared:.2f} s of audio, "
+                                        f"it decodes to {got:.2f} s")
     if rate <= 0:
         raise ValueError("unknown sample rate")
     wave = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
@@ -332,30 +447,42 @@ def read_audio(path: str | Path, item_id: str = "", seconds: float | None = None
     margin for resampling)."""
     path = Path(path)
     _check_exists(path, item_id)
-    if path.suffix.lower() == ".wav":
+    check = {".wav": _wav_shortfall, ".ogg": _ogg_shortfall, ".oga": _ogg_shortfall, ".opus": _ogg_shortfall}
+    if path.suffix.lower() in check:
         try:
-            short = _wav_shortfall(path)
+            short = check[path.suffix.lower()](path)
         except OSError as e:
             raise MediaError(item_id, path, f"not a readable audio file ({type(e).__name__}: {e})") from e
         if short:
             raise MediaError(item_id, path, short)
     readers = [_read_soundfile, _read_pyav] if path.suffix.lower() in _SOUNDFILE_SUFFIXES else [_read_pyav]
+    names = {_read_soundfile: "soundfile", _read_pyav: "PyAV"}
+    failures: list[str] = []  # what each reader that failed said
     first_error: Exception | None = None
     for reader in readers:
         try:
             wave, rate = reader(path, seconds)
+        except _CutShort as e:
+            raise MediaError(item_id, path, str(e)) from e
         except Exception as e:  # soundfile: LibsndfileError; PyAV: FFmpegError subclasses, ValueError
             first_error = first_error or e
+            failures.append(f"{names[reader]}: {type(e).__name__}: {e}")
             continue
-        if len(wave) == 0:
-            raise MediaError(item_id, path, "the audio holds no samples")
+        if len(wave) == 0:  # libsndfile reads a cut ogg as empty, without an error: let the next reader try
+            failures.append(f"{names[reader]}: no samples")
+            continue
         if not np.all(np.isfinite(wave)):
             raise MediaError(item_id, path, "the audio holds NaN or infinite samples")
         if not MIN_AUDIO_RATE <= rate <= MAX_AUDIO_RATE:  # a damaged header; resampling from it can need GiBs
             raise MediaError(item_id, path, f"sample rate {rate:,} Hz is outside {MIN_AUDIO_RATE:,}–"
                                             f"{MAX_AUDIO_RATE:,} Hz (a damaged header?)")
         return wave, rate
-    assert first_error is not None
+    if first_error is None:  # every reader read the file to its end and found nothing in it
+        raise MediaError(item_id, path, "the audio holds no samples")
+    if any(f.endswith(": no samples") for f in failures):
+        raise MediaError(
+            item_id, path, f"no audio could be decoded, a cut or corrupt file ({'; '.join(failures)})"
+        ) from first_error
     raise MediaError(
         item_id, path, f"not a readable audio file ({type(first_error).__name__}: {first_error})"
     ) from first_error
