@@ -218,6 +218,27 @@ def test_lora_targets_override(media: FakeData) -> None:
     assert count_params(tower)[0] - ModalityFusionHead.num_params([WIDTH], 64) == 3 * LAYERS * 4 * (2 * WIDTH)
     with pytest.raises(ValueError, match="match no linear layer"):
         build(make_cfg("lora", ["bert"], "lora.targets=[no_such_module]"), media)
+    # "dense" also matches BERT's pooler, whose output the item embedding never reads: its LoRA would never train
+    with pytest.raises(ValueError, match=r"never reach the item embedding \(pooler\.dense\)"):
+        build(make_cfg("lora", ["bert"], "lora.targets=[dense]"), media)
+
+
+def test_a_checkpoint_saved_in_float16_trains_in_float32(tmp_path: Path, media: FakeData) -> None:
+    """transformers 5 loads a checkpoint in the dtype it was saved in: from a float16 file the end-to-end
+    baselines trained float16 weights with Adam and no float32 copy (an update of 1e-4 to a LayerNorm gain
+    of 1 is below float16's resolution there and was lost). Backbones now load in float32."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    from crossan.encoders.backbones import builtin_vocab
+
+    ckpt = tmp_path / "bert-fp16"
+    BertModel(BertConfig(vocab_size=len(builtin_vocab()), hidden_size=WIDTH, num_hidden_layers=LAYERS,
+                         num_attention_heads=2, intermediate_size=2 * WIDTH, max_position_embeddings=64)
+              ).half().save_pretrained(ckpt)
+    BertTokenizer(vocab=builtin_vocab(), do_lower_case=True).save_pretrained(ckpt)
+    for method in ("fft", "adapter", "lora"):
+        tower = build(make_cfg(method, ["bert"], f"encoders.text.model={ckpt}"), media)
+        assert {p.dtype for p in tower.parameters()} == {torch.float32}, method
 
 
 # --------------------------------------------------------------------------------------------- semantics

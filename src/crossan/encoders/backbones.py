@@ -465,7 +465,10 @@ def load_backbone(info: BackboneInfo) -> nn.Module:
         offline = hub_kwargs(info.name)
         if offline:  # transformers' own search for a PEFT adapter does not pass local_files_only on
             offline["adapter_kwargs"] = {"local_files_only": True}
-        model = AutoModel.from_pretrained(info.name, **offline)
+        # float32 whatever the checkpoint was saved in (transformers 5 keeps a float16 file's dtype): the cache's
+        # encoders run at the run's compute precision under autocast, and the end-to-end baselines keep fp32
+        # master weights for Adam, as every other method's trainable parameters
+        model = AutoModel.from_pretrained(info.name, dtype=torch.float32, **offline)
         if info.family == "whisper":
             model = model.get_encoder()
     model.eval()

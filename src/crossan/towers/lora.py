@@ -105,6 +105,14 @@ class LoRATower(EndToEndTower):
         model.requires_grad_(False)
         for p in lora_parameters(model):
             p.requires_grad_(True)
+        if options.targets:  # a pattern can also match modules off the item's path (BERT's and ViT's pooler)
+            from crossan.towers.fft import unreachable_parameters
+
+            idle = sorted({n.rsplit(".lora_", 1)[0] for n in unreachable_parameters(encoder)})
+            if idle:
+                raise ValueError(f"lora.targets={options.targets} wrap modules of the {modality} encoder that never "
+                                 f"reach the item embedding ({', '.join(idle[:5])}): their LoRA weights would be "
+                                 "counted as trainable but never train; narrow the targets")
         return names
 
     def backbone_groups(self, train: TrainConfig) -> list[dict[str, Any]]:
