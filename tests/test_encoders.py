@@ -208,6 +208,49 @@ def test_local_folder_checkpoint_loads_like_hub(tmp_path: Path, media: Catalogue
         torch.testing.assert_close(a, b)
 
 
+def test_a_folder_whose_weights_do_not_fit_the_model_is_refused(tmp_path: Path) -> None:
+    """A folder whose weight names do not fit the model (a wrapper's ``backbone.`` prefix) loaded with every
+    weight at random, reported as a pretrained encoder; now an error naming the folder and missing weights.
+    A missing pooler (never read) is accepted."""
+    from safetensors.torch import load_file, save_file
+
+    from crossan.encoders.backbones import EncoderSpecError
+
+    built = build_encoder("text", TINY["text"])
+    folder = tmp_path / "text"
+    built.model.save_pretrained(folder)
+    built.tokenizer.save_pretrained(folder)
+    weights = load_file(folder / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.startswith("pooler.")}, folder / "model.safetensors",
+              metadata={"format": "pt"})
+    assert not build_encoder("text", dataclasses.replace(TINY["text"], model=str(folder))).random_init
+    save_file({f"backbone.{k}": v for k, v in weights.items()}, folder / "model.safetensors",
+              metadata={"format": "pt"})
+    with pytest.raises(EncoderSpecError, match=rf"^{folder}: \d+ weights are missing from it \(embeddings\."):
+        build_encoder("text", dataclasses.replace(TINY["text"], model=str(folder)))
+
+
+def test_text_states_do_not_depend_on_a_tokenizers_left_padding(tmp_path: Path) -> None:
+    """A checkpoint whose tokenizer pads on the left put [PAD] at position 0 of every title shorter than its
+    batch's longest, where CLS pooling reads: an item's state depended on the items batched with it. Text is
+    now padded on the right whatever the tokenizer prefers."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    from crossan.encoders.backbones import builtin_vocab
+
+    folder = tmp_path / "left"
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(builtin_vocab()), hidden_size=64, num_hidden_layers=2,
+                         num_attention_heads=2,
+                         intermediate_size=128, max_position_embeddings=64)).save_pretrained(folder)
+    BertTokenizer(vocab=builtin_vocab(), padding_side="left").save_pretrained(folder)
+    enc = build_encoder("text", EncoderSpec(model=str(folder), num_taps=3, max_text_len=16))
+    assert enc.pooling == "cls"
+    alone = enc.forward(enc.process(["cat"]))[0]
+    together = enc.forward(enc.process(["cat", "a much longer title about a cat and a dog"]))[0]
+    torch.testing.assert_close(alone, together, rtol=1e-5, atol=1e-5)
+
+
 def test_checkpoint_folders_that_cannot_work_are_refused_naming_the_key(tmp_path: Path) -> None:
     """A text folder saved without its tokenizer loaded with one of 5 special tokens (transformers 5), so
     every title read as [UNK] and the cache held 3 distinct rows of 60, in silence; a missing folder said

@@ -468,12 +468,31 @@ def load_backbone(info: BackboneInfo) -> nn.Module:
         # float32 whatever the checkpoint was saved in (transformers 5 keeps a float16 file's dtype): the cache's
         # encoders run at the run's compute precision under autocast, and the end-to-end baselines keep fp32
         # master weights for Adam, as every other method's trainable parameters
-        model = AutoModel.from_pretrained(info.name, dtype=torch.float32, **offline)
+        model, loading = AutoModel.from_pretrained(info.name, dtype=torch.float32, output_loading_info=True,
+                                                   **offline)
+        _check_loaded(info, loading)
         if info.family == "whisper":
             model = model.get_encoder()
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+def _check_loaded(info: BackboneInfo, loading: dict[str, Any]) -> None:
+    """:class:`EncoderSpecError` when a checkpoint left weights of the model unloaded: transformers only logs
+    the missing keys and starts them at random, so a folder whose weight names do not fit the model (a
+    wrapper's ``backbone.`` prefix, fewer layers than its config declares) ran as a random encoder reported as
+    a pretrained one. A pooler (never read: the taps are hidden states) may be missing; weights of the wrong
+    shape may not."""
+    missing = sorted(k for k in loading.get("missing_keys", []) if not (k.startswith("pooler.") or ".pooler." in k))
+    mismatched = [str(k[0]) if isinstance(k, (tuple, list)) else str(k)
+                  for k in loading.get("mismatched_keys", [])]
+    if missing or mismatched:
+        more = ", …" if len(missing) > 4 else ""
+        what = (f"{len(missing)} weights are missing from it ({', '.join(missing[:4])}{more})" if missing
+                else f"weights of the wrong shape ({', '.join(mismatched[:4])})")
+        raise EncoderSpecError(f"{info.name}: {what}; the model would run with those weights at random. Check "
+                               "that the folder holds this model's weights under its own names")
 
 
 def _init_ast_embeddings(model: nn.Module, std: float) -> None:

@@ -50,6 +50,9 @@ class TextEncoder(ModalityEncoder):
         check_text_length(info, spec)  # before loading any weights
         super().__init__(info, spec, model)
         self.tokenizer = load_tokenizer(info)
+        # padding after the tokens, whatever the checkpoint's tokenizer prefers: the CLS pooling reads position 0,
+        # which under left padding is a [PAD] for every title shorter than its batch's longest
+        self.tokenizer.padding_side = "right"
 
     def read(self, record: ItemRecord, catalogue: Catalogue) -> Any:
         return load_text(record.text)

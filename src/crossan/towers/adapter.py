@@ -20,8 +20,10 @@ whisper     ``self_attn.out_proj``      ``fc2``
 
 (BERT adds the residual and LayerNorm inside its ``*Output`` modules, after ``dense``; VideoMAE, ViT, AST
 and Whisper add the residual in the layer's forward. The output projection is the last op of each
-sublayer before that add in all of them; the dropout after it commutes with the wrapper at eval time and
-acts on the adapted output at train time, as in Houlsby's implementation.)
+sublayer before that add in all of them. In BERT the sublayer's dropout follows ``dense``, so here it acts on
+the adapted output at train time; Houlsby's implementation (and IISAN's) applies the adapter after that
+dropout instead. The two orders are the same function at evaluation time and differ only in where training's
+dropout falls; this is a known deviation, kept so that published Adapter figures stay reproducible.)
 
 The backbone stays frozen; adapters train at ``train.lr_peft`` (group ``adapters``), the head at
 ``train.lr``. Weights start from N(0, ``adapter.init_std``²) and biases at zero, so each adapter is near
