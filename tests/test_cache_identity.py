@@ -299,3 +299,35 @@ def test_new_weights_in_the_same_folder_make_the_cache_stale(tmp_path: Path, dat
     del old["weights_digest"]
     write_json(tmp_path / "cache" / "text" / "manifest.json", old)
     open_cache(cfg, data, ["text"])
+
+
+def test_edited_preprocessing_files_in_the_same_folder_make_the_cache_stale(tmp_path: Path,
+                                                                            data: FakeData) -> None:
+    """The folder's tokenizer and processor files decide the model's inputs as its weights do: a ViT folder
+    whose preprocessor_config.json changed its mean and std after the cache was built gave live states up to
+    0.017 off the cached ones (largest value 0.136) with the cache still accepted. The manifest records a
+    digest of those files; a cache written before it was recorded is read as before."""
+    import json
+
+    from crossan.cache.manifest import read_manifest, write_json
+    from crossan.encoders.presets import preset_specs
+
+    folder = tmp_path / "bert"
+    encoder = build_encoder("text", preset_specs("tiny")["text"])
+    encoder.model.save_pretrained(folder)
+    encoder.tokenizer.save_pretrained(folder)
+    cfg = make_cfg(tmp_path / "cache", text__model=str(folder), text__num_taps=3)
+    build_cache(cfg, data, ["text"], progress=False)
+    assert manifest(tmp_path / "cache", "text")["preprocessor_digest"].startswith("sha256:")
+    open_cache(cfg, data, ["text"])
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["do_lower_case"] = not config.get("do_lower_case", True)  # titles now tokenized otherwise
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(CacheMismatchError) as err:
+        open_cache(cfg, data, ["text"])
+    assert any(d.startswith("text: tokenizer/preprocessor files digest 'sha256:")
+               and "for the files on disk now" in d for d in err.value.differences)
+    old = read_manifest(tmp_path / "cache" / "text")
+    del old["preprocessor_digest"]
+    write_json(tmp_path / "cache" / "text" / "manifest.json", old)
+    open_cache(cfg, data, ["text"])

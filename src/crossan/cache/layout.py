@@ -39,6 +39,7 @@ COMPARED_FIELDS: tuple[str, ...] = (
     "dtype",
     "checkpoint",
     "weights_digest",
+    "preprocessor_digest",
     "family",
     "model_type",
     "random_init",
@@ -50,8 +51,9 @@ COMPARED_FIELDS: tuple[str, ...] = (
     "item_fingerprint",
     "num_items",
 )
-"""Manifest fields that must match the current configuration for a cache to be used (``weights_digest`` only
-where the cache records one: caches built before it was recorded are read as before). ``build`` (batch size,
+"""Manifest fields that must match the current configuration for a cache to be used (``weights_digest`` and
+``preprocessor_digest`` only where the cache records them: caches built before they were recorded are read as
+before). ``build`` (batch size,
 compute dtype, device type) is not among them: a cache built at either precision is read by runs of any
 (see :func:`crossan.cache.manifest.build_settings`)."""
 

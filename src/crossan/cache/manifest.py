@@ -94,21 +94,24 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 _LABELS = {"item_fingerprint": "item fingerprint", "num_items": "number of items",
-           "weights_digest": "weights digest"}
+           "weights_digest": "weights digest", "preprocessor_digest": "tokenizer/preprocessor files digest"}
+_DIGESTS = ("weights_digest", "preprocessor_digest")
+"""Compared only where the cache records them (caches built before crossan recorded them are read as before)."""
 
 
 def manifest_differences(modality: str, cached: dict[str, Any], expected: dict[str, Any]) -> list[str]:
     """One line per compared field that differs: ``"<modality>: taps [..] in cache vs [..] in config"``."""
     diffs = []
     for name in COMPARED_FIELDS:
-        if name == "weights_digest" and name not in cached:  # written before crossan recorded it
+        if name in _DIGESTS and name not in cached:  # written before crossan recorded it
             continue
         a = flatten({name: cached.get(name)}) if isinstance(cached.get(name), dict) else {name: cached.get(name)}
         b = flatten({name: expected.get(name)}) if isinstance(expected.get(name), dict) else {name: expected.get(name)}
         for key in sorted(set(a) | set(b)):
             if a.get(key) != b.get(key):
                 where = ("for the data" if name in ("item_fingerprint", "num_items") else
-                         "for the weights on disk now" if name == "weights_digest" else "in config")
+                         "for the weights on disk now" if name == "weights_digest" else
+                         "for the files on disk now" if name in _DIGESTS else "in config")
                 label = _LABELS.get(key, key)
                 diffs.append(f"{modality}: {label} {a.get(key)!r} in cache vs {b.get(key)!r} {where}")
     return diffs

@@ -218,6 +218,30 @@ def weights_digest(info: BackboneInfo) -> str | None:
         files = sorted(p for p in where.iterdir() if p.is_file() and p.name.endswith(suffixes))
     if not files:
         return None
+    return _files_digest(files)
+
+
+PREPROCESSOR_FILES = ("preprocessor_config.json", "tokenizer.json", "tokenizer_config.json",
+                      "special_tokens_map.json", "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt",
+                      "spiece.model", "sentencepiece.bpe.model")
+"""Files of a checkpoint folder that decide how raw content becomes the model's input (tokenizer, image or
+audio processor): what :func:`preprocessor_digest` reads."""
+
+
+def preprocessor_digest(info: BackboneInfo) -> str | None:
+    """``sha256:…`` of a local checkpoint folder's :data:`PREPROCESSOR_FILES`, or None (a hub id, a random
+    model, weights outside the transformers format, or a folder without such files). A cache manifest records
+    it beside :func:`weights_digest`: an edited ``preprocessor_config.json`` (mean, std, size) or tokenizer
+    changes the states as new weights would, and makes the cache stale instead of silently reused."""
+    if info.weights_format != "transformers" or not Path(info.name).expanduser().is_dir():
+        return None
+    folder = Path(info.name).expanduser()
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name in PREPROCESSOR_FILES)
+    return _files_digest(files) if files else None
+
+
+def _files_digest(files: list[Path]) -> str:
+    """``sha256:…`` over the names, sizes and bytes of ``files``, hashed once per process and file state."""
     state = tuple((str(p.resolve()), (st := p.stat()).st_size, st.st_mtime_ns) for p in files)
     if state not in _DIGESTS:
         h = hashlib.sha256()

@@ -26,7 +26,13 @@ from torch import nn
 
 from crossan.config import EncoderSpec
 from crossan.data.media import MediaError
-from crossan.encoders.backbones import DEFAULT_POOLING, BackboneInfo, load_backbone, weights_digest
+from crossan.encoders.backbones import (
+    DEFAULT_POOLING,
+    BackboneInfo,
+    load_backbone,
+    preprocessor_digest,
+    weights_digest,
+)
 
 if TYPE_CHECKING:
     from crossan.data.catalogue import Catalogue, ItemRecord
@@ -257,8 +263,8 @@ def describe_encoder(modality: str, spec: EncoderSpec, info: BackboneInfo) -> di
 
     ``weights`` (where they come from) and ``tap_widths`` (the real width of each tap where it is below
     ``hidden_size``: a CNN's pooled maps are zero-padded) are for people; they are not compared.
-    ``weights_digest`` (:func:`~crossan.encoders.backbones.weights_digest`) is compared, where both the
-    cache and the configuration have one."""
+    ``weights_digest`` and ``preprocessor_digest`` (:func:`~crossan.encoders.backbones.weights_digest`,
+    :func:`~crossan.encoders.backbones.preprocessor_digest`) are compared, where the cache records them."""
     taps = tap_indices(info.num_layers, spec.num_taps)
     return {
         "checkpoint": info.name,
@@ -267,6 +273,7 @@ def describe_encoder(modality: str, spec: EncoderSpec, info: BackboneInfo) -> di
         "random_init": info.random_init,
         "weights": info.source,
         "weights_digest": weights_digest(info),
+        "preprocessor_digest": preprocessor_digest(info),
         "num_layers": info.num_layers,
         "hidden_size": info.hidden_size,
         "taps": taps,
