@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from crossan.cache.features import LiveFeatures
-from crossan.config import Config, load_config
+from crossan.config import Config, ConfigError, load_config
 from crossan.data.synth import generate
 from crossan.encoders import build_encoder, resolve_specs
 from crossan.towers.adapter import AdapterTower, BottleneckAdapter
@@ -221,6 +221,17 @@ def test_lora_targets_override(media: FakeData) -> None:
     # "dense" also matches BERT's pooler, whose output the item embedding never reads: its LoRA would never train
     with pytest.raises(ValueError, match=r"never reach the item embedding \(pooler\.dense\)"):
         build(make_cfg("lora", ["bert"], "lora.targets=[dense]"), media)
+
+
+def test_fft_text_backbone_learning_rate(media: FakeData) -> None:
+    """METHOD.md §9 lists 1e-4 / 5e-5 for the FFT backbones (IISAN's official FFT: text 5e-5, image 1e-4):
+    ``fft.lr_text`` sets the text backbone's rate; unset, every backbone trains at ``train.lr_backbone``."""
+    for extra, text_lr in (((), 1e-4), (("fft.lr_text=5e-5",), 5e-5)):
+        cfg = make_cfg("fft", ["bert", "vit"], *extra)
+        groups = {g["name"]: g["lr"] for g in build(cfg, media).param_groups(cfg.train)}
+        assert groups["backbone.text"] == text_lr and groups["backbone.image"] == 1e-4, extra
+    with pytest.raises(ConfigError, match=r"fft.lr_text: must be greater than 0"):
+        make_cfg("fft", ["bert"], "fft.lr_text=0")
 
 
 def test_a_checkpoint_saved_in_float16_trains_in_float32(tmp_path: Path, media: FakeData) -> None:

@@ -68,8 +68,10 @@ class FFTTower(EndToEndTower):
         return fixed + unused
 
     def backbone_groups(self, train: TrainConfig) -> list[dict[str, Any]]:
+        text_lr = getattr(self.options, "lr_text", None)
         return [
-            {"name": f"backbone.{m}", "params": [p for p in e.parameters() if p.requires_grad], "lr": train.lr_backbone}
+            {"name": f"backbone.{m}", "params": [p for p in e.parameters() if p.requires_grad],
+             "lr": text_lr if m == "text" and text_lr is not None else train.lr_backbone}
             for m, e in self.encoders.items()
         ]
 

@@ -152,7 +152,14 @@ class EndToEndConfig(Options):
 @dataclass
 class FFTConfig(EndToEndConfig):
     """Full fine-tuning: every backbone parameter that reaches the item embedding trains (at
-    ``train.lr_backbone``); the heads train at ``train.lr``."""
+    ``train.lr_backbone``, the text backbone at ``fft.lr_text`` when set); the heads train at ``train.lr``."""
+
+    RANGES: ClassVar[tuple[Range, ...]] = EndToEndConfig.RANGES + (("lr_text", 0, False, None),)
+
+    lr_text: float | None = None
+    """Learning rate of the text backbone; null: ``train.lr_backbone`` like the others. METHOD.md §9 lists
+    1e-4 / 5e-5 for FFT backbones, and IISAN's official FFT trains its text backbone at 5e-5
+    (``fft.lr_text=5e-5``); the default keeps one rate for every modality, as the published FFT runs used."""
 
 
 @dataclass
