@@ -271,9 +271,19 @@ def test_max_text_len_beyond_the_position_table_names_the_key(tmp_path: Path) ->
     assert enc.encode([catalogue["long"]], catalogue).states.shape == (1, 3, 64)
 
 
-def test_new_weights_in_the_same_folder_make_the_cache_stale(tmp_path: Path, data: FakeData) -> None:
-    """A local checkpoint is identified by a digest of its weight files, not only by its path: weights
-    re-exported into the same folder are a mismatch, not a silently reused cache."""
+@pytest.mark.parametrize(("edit", "field", "label", "where"), [
+    ("weights", "weights_digest", "weights digest", "for the weights on disk now"),
+    ("tokenizer", "preprocessor_digest", "tokenizer/preprocessor files digest", "for the files on disk now"),
+])
+def test_edited_files_in_the_same_folder_make_the_cache_stale(tmp_path: Path, data: FakeData, edit: str,
+                                                              field: str, label: str, where: str) -> None:
+    """A local checkpoint is identified by digests of its files, not only by its path: weights re-exported
+    into the same folder, or an edited tokenizer or processor config (which decide the model's inputs as its
+    weights do: a ViT folder whose preprocessor_config.json changed its mean and std gave live states up to
+    0.017 off the cached ones, largest value 0.136, with the cache still accepted), are a mismatch, not a
+    silently reused cache. A cache written before the digest was recorded is read as before."""
+    import json
+
     import torch
 
     from crossan.cache.manifest import read_manifest, write_json
@@ -285,49 +295,20 @@ def test_new_weights_in_the_same_folder_make_the_cache_stale(tmp_path: Path, dat
     encoder.tokenizer.save_pretrained(folder)
     cfg = make_cfg(tmp_path / "cache", text__model=str(folder), text__num_taps=3)
     build_cache(cfg, data, ["text"], progress=False)
-    assert manifest(tmp_path / "cache", "text")["weights_digest"].startswith("sha256:")
-    open_cache(cfg, data, ["text"])  # unchanged weights: the cache is used
-    with torch.no_grad():  # fine-tuned weights exported to the same folder
-        next(encoder.model.parameters()).add_(0.5)
-    encoder.model.save_pretrained(folder)
+    assert manifest(tmp_path / "cache", "text")[field].startswith("sha256:")
+    open_cache(cfg, data, ["text"])  # unchanged files: the cache is used
+    if edit == "weights":  # fine-tuned weights exported to the same folder
+        with torch.no_grad():
+            next(encoder.model.parameters()).add_(0.5)
+        encoder.model.save_pretrained(folder)
+    else:  # titles now tokenized otherwise
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+        config["do_lower_case"] = not config.get("do_lower_case", True)
+        (folder / "tokenizer_config.json").write_text(json.dumps(config))
     with pytest.raises(CacheMismatchError) as err:
         open_cache(cfg, data, ["text"])
-    assert any(d.startswith("text: weights digest 'sha256:") and "for the weights on disk now" in d
-               for d in err.value.differences)
-    # a cache written before the digest was recorded is read as before
+    assert any(d.startswith(f"text: {label} 'sha256:") and where in d for d in err.value.differences)
     old = read_manifest(tmp_path / "cache" / "text")
-    del old["weights_digest"]
-    write_json(tmp_path / "cache" / "text" / "manifest.json", old)
-    open_cache(cfg, data, ["text"])
-
-
-def test_edited_preprocessing_files_in_the_same_folder_make_the_cache_stale(tmp_path: Path,
-                                                                            data: FakeData) -> None:
-    """The folder's tokenizer and processor files decide the model's inputs as its weights do: a ViT folder
-    whose preprocessor_config.json changed its mean and std after the cache was built gave live states up to
-    0.017 off the cached ones (largest value 0.136) with the cache still accepted. The manifest records a
-    digest of those files; a cache written before it was recorded is read as before."""
-    import json
-
-    from crossan.cache.manifest import read_manifest, write_json
-    from crossan.encoders.presets import preset_specs
-
-    folder = tmp_path / "bert"
-    encoder = build_encoder("text", preset_specs("tiny")["text"])
-    encoder.model.save_pretrained(folder)
-    encoder.tokenizer.save_pretrained(folder)
-    cfg = make_cfg(tmp_path / "cache", text__model=str(folder), text__num_taps=3)
-    build_cache(cfg, data, ["text"], progress=False)
-    assert manifest(tmp_path / "cache", "text")["preprocessor_digest"].startswith("sha256:")
-    open_cache(cfg, data, ["text"])
-    config = json.loads((folder / "tokenizer_config.json").read_text())
-    config["do_lower_case"] = not config.get("do_lower_case", True)  # titles now tokenized otherwise
-    (folder / "tokenizer_config.json").write_text(json.dumps(config))
-    with pytest.raises(CacheMismatchError) as err:
-        open_cache(cfg, data, ["text"])
-    assert any(d.startswith("text: tokenizer/preprocessor files digest 'sha256:")
-               and "for the files on disk now" in d for d in err.value.differences)
-    old = read_manifest(tmp_path / "cache" / "text")
-    del old["preprocessor_digest"]
+    del old[field]
     write_json(tmp_path / "cache" / "text" / "manifest.json", old)
     open_cache(cfg, data, ["text"])

@@ -461,7 +461,7 @@ def test_a_run_saved_before_precision_existed_resumes_in_float32(tmp_path: Path,
     saved = to_dict(cfg)
     del saved["precision"]
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
-    changed_from = check_run_dir(tmp_path, cfg, resume=True)
+    changed_from = check_run_dir(tmp_path, cfg, resume=True).precision_from
     assert changed_from == "fp32"
     ck = tmp_path / "last.pt"
     for has_bf16, refused in ((True, True), (False, False)):

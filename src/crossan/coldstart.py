@@ -133,7 +133,7 @@ def read_new_catalogue(path: str | Path, data: DataConfig | None = None,
     given. A malformed row is an error naming file and line, whatever ``data.on_bad_rows`` says: no new
     item is dropped silently.
     """
-    from crossan.data.readers import DataError, _Problems, read_items_tsv
+    from crossan.data.readers import DROP_HINT, DataError, _Problems, read_items_tsv
 
     settings = dataclasses.replace(data if data is not None else DataConfig(), on_bad_rows="error")
     if training_root is not None:
@@ -145,7 +145,7 @@ def read_new_catalogue(path: str | Path, data: DataConfig | None = None,
     try:
         catalogue = read_items_tsv(items_tsv, _Problems(settings), spaces_ok=True)
     except DataError as e:  # the readers' hint (data.on_bad_rows=drop) does not apply to new items
-        raise DataError(str(e).replace(_DROP_HINT, " (a new item's row is never dropped: correct it)")) from None
+        raise DataError(str(e).replace(DROP_HINT, " (a new item's row is never dropped: correct it)")) from None
     if len(catalogue) == 0:
         raise DataError(f"{items_tsv}: no items")
     spaced = [i for i in catalogue.ids() if any(c.isspace() for c in i)]
@@ -155,8 +155,6 @@ def read_new_catalogue(path: str | Path, data: DataConfig | None = None,
                         "be named in one: rename it")
     return catalogue
 
-
-_DROP_HINT = " (set data.on_bad_rows=drop to skip and count such rows)"
 
 
 class CacheRoundedFeatures:

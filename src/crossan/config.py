@@ -522,13 +522,18 @@ def _discover_sections(cfg: Any, keys: Any) -> str:
     a field of ``cfg``: it may be the options section of a plugin method not imported yet (a saved run's
     config.yaml read by ``crossan evaluate``, a suite's child process). A plugin that fails to import does not
     hide the unknown key (often a typo): its error comes back as a note for the key's message."""
+    global _PLUGIN_FAILURE
     if not isinstance(cfg, CoreConfig) or all(str(k) in type(cfg).__dataclass_fields__ for k in keys):
         return ""
     try:
-        discover_plugins()
+        discover_plugins()  # once per process: a failure is kept for every later unknown key
     except ConfigError as e:
-        return f"and a plugin failed to load: {e}"
-    return ""
+        _PLUGIN_FAILURE = f"and a plugin failed to load: {e}"
+    return _PLUGIN_FAILURE
+
+
+_PLUGIN_FAILURE = ""
+"""Why the process's plugin discovery failed ("" when it did not, or has not run)."""
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -642,11 +647,9 @@ def load_config(files: list[str | Path] = (), overrides: list[str] = (), base: C
         except ConfigError as e:
             raise ConfigError(_located(str(e), where, str(p))) from None
         sources.update(where)
-    note = _discover_sections(cfg, [o.split("=", 1)[0].split(".", 1)[0].strip() for o in overrides])
+    # before the first override: a plugin section's string keys are then known to _override_value
+    _discover_sections(cfg, [o.split("=", 1)[0].split(".", 1)[0].strip() for o in overrides])
     for o in overrides:
-        top = o.split("=", 1)[0].split(".", 1)[0].strip()
-        if note and "=" in o and top not in type(cfg).__dataclass_fields__:
-            raise ConfigError(_unknown_key(top, top, _hints(type(cfg)), top=True, note=note))
         key, value = _override_value(cfg, o)
         _apply_mapping(cfg, _nest(key, value))
         for k in list(sources):  # the command line decides this key (or the whole section) now

@@ -67,7 +67,8 @@ if TYPE_CHECKING:
 __all__ = ["CONFIG", "REQUIRED_FILES", "RESULT_KEYS", "NonFiniteError", "RunError", "TrainState",
            "CacheChangedWarning", "ContentChangedWarning", "MethodCodeWarning", "RunWarning",
            "UnfinishedRunWarning", "cache_states_changes", "cache_states_digests", "check_item_fingerprint",
-           "check_out_folder", "check_run_dir", "check_run_folder", "content_changes", "content_digests",
+           "MOVABLE_KEYS", "ResumeCheck", "check_out_folder", "check_run_dir", "check_run_folder",
+           "content_changes", "content_digests", "is_move", "saved_config",
            "input_changes", "evaluate_run", "load_checkpoint", "load_run", "load_weights", "read_results",
            "read_run_config", "rescore", "resolve_paths", "save_checkpoint", "save_per_user", "save_weights",
            "truncate_history", "version_compatible", "warn_if_unfinished"]
@@ -88,54 +89,71 @@ RESULT_KEYS = ("method", "dataset", "best_epoch", "valid", "test", "train_time_p
 
 
 # --------------------------------------------------------------------------------------------- checks
-def check_run_dir(run_dir: Path, cfg: Config, resume: bool) -> str | None:
+@dataclasses.dataclass
+class ResumeCheck:
+    """What :func:`check_run_dir` accepted in a ``--resume``'s configuration besides an equal one."""
+
+    precision_from: str | None = None
+    """The config.yaml's ``precision`` when the resume sets another (else None)."""
+    moved: list[str] = dataclasses.field(default_factory=list)
+    """``key: old → new`` of the path keys (:data:`MOVABLE_KEYS`) the resume sets elsewhere: the dataset or cache
+    moved; the trainer writes the new places into config.yaml once the checkpoint accepts what lies there."""
+
+
+def check_run_dir(run_dir: Path, cfg: Config, resume: bool) -> ResumeCheck:
     """Refuse a run folder that holds another run, or a ``--resume`` with another configuration.
 
-    Returns the ``precision`` of the run's config.yaml when a ``--resume`` sets another one (else None): that
-    is accepted here, because what must not change is the compute dtype the precision resolves to, which
-    the checkpoint records (:func:`load_checkpoint` compares it). ``precision=auto`` resolves by hardware,
-    so a run resumed on another machine may have to name the dtype it started with."""
+    A ``--resume`` may set another ``precision`` (:attr:`ResumeCheck.precision_from`): what must not change is
+    the compute dtype the precision resolves to, which the checkpoint records (:func:`load_checkpoint` compares
+    it); ``precision=auto`` resolves by hardware, so a run resumed on another machine may have to name the dtype
+    it started with. It may also name another folder for the data or cache (:attr:`ResumeCheck.moved`): the
+    checkpoint's data fingerprints and input digests say whether what lies there now is what the run trained
+    on."""
     check_out_folder(run_dir)
-    saved = run_dir / CONFIG
     if resume:
-        if not saved.is_file():
+        if not (run_dir / CONFIG).is_file():
             raise RunError(f"{run_dir}: nothing to resume (no config.yaml)")
-        try:
-            old = yaml.safe_load(saved.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise RunError(f"{saved}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(old, dict):
-            raise RunError(f"{run_dir}: --resume with a different configuration: config.yaml is not a "
-                           "mapping")
+        old = saved_config(run_dir)
         old_precision = old.get("precision", CHANGED_DEFAULTS["precision"])  # a run saved before the key: fp32
-        diff = [d for d in config_differences({**old, "precision": cfg.precision}, cfg) if not _moved(d)]
-        if diff:
-            raise RunError(f"{run_dir}: --resume with a different configuration: {'; '.join(diff[:10])}")
-        return None if old_precision == cfg.precision else str(old_precision)
+        diff = config_differences({**old, "precision": cfg.precision}, cfg)
+        other = [d for d in diff if not is_move(d)]
+        if other:
+            raise RunError(f"{run_dir}: --resume with a different configuration: {'; '.join(other[:10])}")
+        return ResumeCheck(None if old_precision == cfg.precision else str(old_precision),
+                           [d for d in diff if is_move(d)])
     if run_dir.exists() and any(not is_temporary(p) for p in run_dir.iterdir()):
         raise RunError(f"{run_dir} already holds files; pass --resume to continue that run or choose another --out")
     if run_dir.is_dir():  # only what a process killed while writing config.yaml left: no run to keep
         remove_stale_temporaries(run_dir)
-    return None
+    return ResumeCheck()
 
 
-def _moved(difference: str) -> bool:
-    """Whether a :func:`config_differences` entry is a path key's (``data.path``, ``cache.dir``): a dataset or
-    cache moved to another folder. ``--resume`` accepts it: the checkpoint's data fingerprints and input
-    digests (:func:`load_checkpoint`) say whether what lies there now is what the run trained on."""
-    return difference.startswith(tuple(f"{section}.{key}:" for section, key in PATH_KEYS))
+MOVABLE_KEYS = tuple(f"{section}.{key}" for section, key in PATH_KEYS)
+"""Config keys in which a run may differ and still be the same run: where its data and cache lie (a
+``--resume`` and a suite's reuse accept them where fingerprints and digests prove the inputs the same)."""
 
 
-def moved_paths(run_dir: Path, cfg: Config) -> list[str]:
-    """``key: old → new`` for the path keys of ``run_dir``'s config.yaml that ``cfg`` (a ``--resume`` of it)
-    sets elsewhere; the trainer writes them into config.yaml, so that serving finds the data where it is now."""
+def is_move(difference: str) -> bool:
+    """Whether a :func:`config_differences` entry (``key: old → new``) is one of :data:`MOVABLE_KEYS`'."""
+    return difference.split(":", 1)[0] in MOVABLE_KEYS
+
+
+def saved_config(run_dir: Path, error: type[RunError] = RunError) -> dict[str, Any]:
+    """``run_dir/config.yaml`` as a mapping; ``error`` naming the file, on one line, when it cannot be read (not
+    YAML, not UTF-8, not a mapping)."""
+    path = Path(run_dir) / CONFIG
     try:
-        old = yaml.safe_load((run_dir / CONFIG).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError, UnicodeDecodeError):
-        return []
-    if not isinstance(old, dict):
-        return []
-    return [d for d in config_differences({**old, "precision": cfg.precision}, cfg) if _moved(d)]
+        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise error(f"{path}: not valid YAML ({e.problem or e.context}{where})") from None
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
+        why = "not UTF-8" if isinstance(e, UnicodeDecodeError) else "cannot be read"
+        raise error(f"{path}: {why} ({(str(e).splitlines() or [type(e).__name__])[0]})") from None
+    if not isinstance(saved, dict):
+        raise error(f"{path}: expected a mapping of config keys, got {type(saved).__name__}")
+    return saved
 
 
 def resolve_paths(cfg: Config) -> Config:
@@ -244,12 +262,7 @@ def read_run_config(run_dir: str | Path, error: type[RunError] = RunError, writt
     cfg_path = Path(run_dir) / CONFIG
     if not cfg_path.is_file():
         raise error(f"{run_dir}: not a crossan run folder (no config.yaml)")
-    try:
-        raw = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise error(f"{cfg_path}: not valid YAML ({e})") from None
-    if not isinstance(raw, dict):
-        raise error(f"{cfg_path}: expected a mapping of config keys, got {type(raw).__name__}")
+    raw = saved_config(Path(run_dir), error)
     try:
         return config_from_dict(raw)
     except ValueError as e:
@@ -399,7 +412,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
                        f"cannot be continued on these; train into a new folder, or {fresh}")
     if config is not None and isinstance(ck.get("config"), dict):
         other = [d for d in config_differences({**ck["config"], "precision": config.precision}, config)
-                 if not _moved(d)]
+                 if not is_move(d)]
         if other:
             raise RunError(f"{path} was written by a run of another configuration than this folder's "
                            f"({'; '.join(other[:10])}): it is not this run's checkpoint; {fresh}")

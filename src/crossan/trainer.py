@@ -60,6 +60,7 @@ from crossan.runs import (
     RESULTS,
     WEIGHTS,
     NonFiniteError,
+    ResumeCheck,
     RunError,
     TrainState,
     cache_states_digests,
@@ -68,7 +69,6 @@ from crossan.runs import (
     load_checkpoint,
     load_run,
     load_weights,
-    moved_paths,
     pending_weights,
     rescore,
     resolve_paths,
@@ -204,8 +204,9 @@ class _Run:
     """:func:`~crossan.runs.cache_states_digests`: the cache the run read (results.json ``cache_states``)."""
     content_sources: dict[str, str] = field(default_factory=dict)
     """:func:`~crossan.runs.content_digests`: the titles/media the run read itself (``content_sources``)."""
-    precision_changed_from: str | None = None
-    """The config.yaml's ``precision`` when a ``--resume`` sets another (:func:`check_run_dir`)."""
+    resume_check: ResumeCheck = field(default_factory=ResumeCheck)
+    """What a ``--resume`` set otherwise than config.yaml and :func:`check_run_dir` accepted (``precision``, the
+    data or cache folder)."""
 
 
 def train(cfg: Config, run_dir: str | Path, resume: bool = False, data: SequentialData | None = None,
@@ -295,7 +296,7 @@ def _start(cfg: Config, run_dir: Path, resume: bool, data: SequentialData | None
                           "processes it is shared among, so no step could run")
     configure_malloc(cfg.train.malloc, device)
     resolve_paths(cfg)  # config.yaml stores absolute paths: --resume and serving work from any folder
-    changed_from = check_run_dir(run_dir, cfg, resume)
+    resume_check = check_run_dir(run_dir, cfg, resume)
     preload(cfg, device)
     seed_everything(cfg.seed)
     memory = PeakRSSMonitor().start()  # CPU memory: peak over the run minus this idle baseline
@@ -311,7 +312,7 @@ def _start(cfg: Config, run_dir: Path, resume: bool, data: SequentialData | None
     _setup_logging(run_dir)
     run = _Run(cfg, run_dir, data, device, model, opt, memory, progress and dist.is_main(),
                params=count_params(model), modules=module_report(model), fingerprints=data_fingerprints(data),
-               compute_dtype=run_dtype, precision_changed_from=changed_from, **inputs_read)
+               compute_dtype=run_dtype, resume_check=resume_check, **inputs_read)
     _log_start(run)
     return run
 
@@ -344,7 +345,7 @@ def _initial_state(run: _Run, resume: bool) -> TrainState:
     ckpt = run.run_dir / CHECKPOINT
     if resume and ckpt.is_file():
         state = load_checkpoint(ckpt, run.model, run.opt, _checkpoint_inputs(run), run.compute_dtype,
-                                run.cfg.precision, run.precision_changed_from, run.cfg)
+                                run.cfg.precision, run.resume_check.precision_from, run.cfg)
         log.info("resumed from %s after epoch %d (best %s=%.5f at epoch %d)", ckpt, state.epoch,
                  run.cfg.train.metric, state.best_metric, state.best_epoch)
         state.resumed_after = [*(state.resumed_after or []), state.epoch]
@@ -355,12 +356,10 @@ def _initial_state(run: _Run, resume: bool) -> TrainState:
     elif resume:  # stopped before the first checkpoint (or it was removed): nothing to continue from
         log.warning("--resume: %s has no checkpoint (training stopped before its first epoch was saved); "
                     "starting from epoch 1", ckpt.parent)
-    if dist.is_main() and resume:  # the data or cache moved (the checkpoint accepted what lies there now)
-        moved = moved_paths(run.run_dir, run.cfg)
-        for line in moved:
+    if dist.is_main() and run.resume_check.moved:  # the data or cache moved; the checkpoint accepted them
+        for line in run.resume_check.moved:
             log.info("resumed from another folder, %s; config.yaml now says so", line)
-        if moved:
-            save_config(run.cfg, run.run_dir / "config.yaml")
+        save_config(run.cfg, run.run_dir / "config.yaml")
     if dist.is_main():
         truncate_history(run.run_dir / HISTORY, state.epoch)
         settle_best_weights(run.run_dir, state.best_epoch)

@@ -127,6 +127,10 @@ ITEM_ID_COLUMNS = ("item_id", "item", "id")
 """The names an ``items.tsv`` header's first column may have (a ``:type`` suffix, as ``item_id:token``, aside)."""
 
 
+DROP_HINT = " (set data.on_bad_rows=drop to skip and count such rows)"
+"""What a malformed row's error adds (``data.on_bad_rows=error``): the way to read on without it."""
+
+
 class _Problems:
     """Raise or count bad rows according to the configured policy."""
 
@@ -136,7 +140,7 @@ class _Problems:
 
     def bad_row(self, where: str, msg: str) -> None:
         if self.cfg.on_bad_rows == "error":
-            raise DataError(f"{where}: {msg} (set data.on_bad_rows=drop to skip and count such rows)")
+            raise DataError(f"{where}: {msg}{DROP_HINT}")
         self.dropped["bad_rows"] += 1
 
     def unknown_item(self, where: str, item: str, catalogue: Catalogue) -> None:

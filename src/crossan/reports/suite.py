@@ -68,11 +68,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 import crossan
 from crossan.config import (
-    PATH_KEYS,
     SEED_LIMIT,
     Config,
     ConfigError,
@@ -373,39 +370,11 @@ def data_changes(results: dict[str, Any], now: dict[str, str]) -> list[str]:
     return changes
 
 
-MOVABLE_KEYS = tuple(f"{section}.{key}" for section, key in PATH_KEYS)
-"""Config keys in which a finished run may differ and still be reused: where its data and cache lie
-(:func:`config_changes`)."""
-
-
-def saved_config(run_dir: Path) -> dict[str, Any]:
-    """``run_dir/config.yaml`` as a mapping; :class:`RunError` naming the file, on one line, when it cannot be
-    read (not YAML, not UTF-8, not a mapping)."""
-    path = run_dir / "config.yaml"
-    try:
-        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise RunError(f"{path}: not valid YAML ({e.problem or e.context}{where})") from None
-    except (OSError, yaml.YAMLError, UnicodeDecodeError) as e:
-        why = "not UTF-8" if isinstance(e, UnicodeDecodeError) else "cannot be read"
-        raise RunError(f"{path}: {why} ({(str(e).splitlines() or [type(e).__name__])[0]})") from None
-    if not isinstance(saved, dict):
-        raise RunError(f"{path}: expected a mapping of config keys, got {type(saved).__name__}")
-    return saved
-
-
-def _key(change: str) -> str:
-    """The key of a :func:`crossan.config.config_differences` phrase (``key: old → new``)."""
-    return change.split(":", 1)[0]
-
-
 def config_changes(run_dir: Path, overrides: list[str], results: dict[str, Any] | None
                    ) -> tuple[list[str], list[str]]:
     """How the finished run in ``run_dir`` (``results``: its results.json) was configured otherwise than
     ``overrides`` resolve to now, as ``key: old → new``: (the changes that make it another run, those of
-    :data:`MOVABLE_KEYS`: its data or cache folder moved, which :func:`reuse_check` accepts only where the
+    :data:`crossan.runs.MOVABLE_KEYS`: its data or cache folder moved, which :func:`reuse_check` accepts only where the
     data's fingerprints and the inputs' digests are those of now).
 
     A changed ``precision`` is another run only where the compute dtype it resolves to here is not the one
@@ -414,6 +383,8 @@ def config_changes(run_dir: Path, overrides: list[str], results: dict[str, Any] 
     run trained at ``precision=auto`` on a CPU with bf16 units is reused by a suite that now sets
     ``precision=bf16``. An unchanged ``precision`` is the same run wherever ``auto`` resolves otherwise.
     :class:`RunError` naming the file when its config.yaml cannot be read or compared."""
+    from crossan.runs import is_move, saved_config
+
     saved = saved_config(run_dir)
     cfg = load_config([], overrides)
     try:
@@ -421,15 +392,15 @@ def config_changes(run_dir: Path, overrides: list[str], results: dict[str, Any] 
     except (TypeError, ValueError, AttributeError) as e:  # e.g. keys of mixed types: not a config crossan wrote
         raise RunError(f"{run_dir / 'config.yaml'}: cannot be compared with the configuration asked for "
                        f"({type(e).__name__}: {e})") from None
-    precision = [c for c in changed if _key(c) == "precision"]
+    precision = [c for c in changed if c.startswith("precision:")]
     trained, now = (results or {}).get("compute_dtype"), _compute_dtype(cfg)
     if precision and trained is not None and trained == now:
         precision = []
     elif precision:
         precision = [f"{precision[0]}: {now or 'it cannot run'} here, it trained in "
                      f"{trained or 'a compute dtype it did not record'}"]
-    other = [c for c in changed if _key(c) not in ("precision", *MOVABLE_KEYS)]
-    return other + precision, [c for c in changed if _key(c) in MOVABLE_KEYS]
+    other = [c for c in changed if not (c.startswith("precision:") or is_move(c))]
+    return other + precision, [c for c in changed if is_move(c)]
 
 
 def _compute_dtype(cfg: Config) -> str | None:
@@ -452,7 +423,6 @@ def resume_refusal(run_dir: Path, overrides: list[str]) -> str | None:
     from crossan.runs import check_run_dir
 
     try:
-        saved_config(run_dir)  # one line naming the file, also for errors check_run_dir does not catch
         check_run_dir(run_dir, load_config([], overrides), resume=True)
     except RunError as e:
         return str(e)
@@ -488,7 +458,7 @@ def reuse_check(run_dir: Path, method: str, overrides: list[str], data: Path, fi
     Its configuration must be the one asked for (:func:`config_changes`; a ``config.yaml`` that cannot be read
     refuses it, naming the file), its data the data prepared now (:func:`data_changes`), the cache or item
     content it read the one read now (:meth:`DataFingerprints.input_changes`), and a plugin method's code
-    unchanged. Where only its data or cache folder differ (:data:`MOVABLE_KEYS`: the suite's output folder,
+    unchanged. Where only its data or cache folder differ (:data:`crossan.runs.MOVABLE_KEYS`: the suite's output folder,
     which holds synthetic data, was moved), the same checks prove its inputs the same; they must all be
     recorded (:meth:`DataFingerprints.unrecorded`), and the note says it moved."""
     try:
