@@ -918,7 +918,9 @@ def config_differences(saved: dict[str, Any], cfg: Config) -> list[str]:
 
     def diff(a: Any, b: Any, prefix: str) -> list[str]:
         if isinstance(a, dict) and isinstance(b, dict):
-            return [d for k in sorted(set(a) | set(b)) for d in diff(a.get(k), b.get(k), f"{prefix}{k}.")]
+            # key=str: a hand-edited file may hold a non-string key (1: x), which a plain sort cannot order
+            keys = sorted(set(a) | set(b), key=str)
+            return [d for k in keys for d in diff(a.get(k), b.get(k), f"{prefix}{k}.")]
         return [] if a == b else [f"{prefix[:-1]}: {a!r} → {b!r}"]
 
     return diff(old, _resolved_paths(now), "")
