@@ -511,3 +511,25 @@ def test_the_last_epoch_is_validated_off_the_eval_grid(small_data: Path, tmp_pat
     train(_cfg(small_data, "train.epochs=3", "train.eval_every=2"), tmp_path / "run", progress=False)
     lines = [json.loads(x) for x in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
     assert [("valid" in x) for x in lines] == [False, True, True]
+
+
+def test_a_failed_run_stops_its_memory_sampling_thread(small_data: Path, tmp_path: Path, monkeypatch) -> None:
+    """The memory monitor's thread (a wake-up every 20 ms) was stopped only by a run that reached its test: a
+    run that diverged (NonFiniteError) or failed to build (a missing cache) left it polling for the rest of
+    the process, preempting the training threads of every later run there (a sweep in a notebook)."""
+    from crossan.errors import CacheMissingError, NonFiniteError
+
+    monitors: list[trainer.PeakRSSMonitor] = []
+
+    class Recorded(trainer.PeakRSSMonitor):
+        def start(self) -> trainer.PeakRSSMonitor:
+            monitors.append(self)
+            return super().start()
+
+    monkeypatch.setattr(trainer, "PeakRSSMonitor", Recorded)
+    with pytest.raises(NonFiniteError):
+        train(_cfg(small_data, "train.epochs=1", "train.lr=1e30"), tmp_path / "diverged", progress=False)
+    with pytest.raises(CacheMissingError):  # a missing cache: fails in build_model, after the monitor started
+        train(_cfg(small_data, "method=frozen", "modalities=[text]", "encoders.preset=tiny",
+                   f"cache.dir={tmp_path / 'no-cache'}"), tmp_path / "uncached", progress=False)
+    assert len(monitors) == 2 and not any(m._thread.is_alive() for m in monitors)

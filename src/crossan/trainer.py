@@ -216,14 +216,17 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, data: Sequenti
     Under torchrun the model is wrapped in DistributedDataParallel; rank 0 writes every file.
     """
     run = _start(cfg, Path(run_dir), resume, data, progress)
-    state = _initial_state(run, resume)
-    _wrap_for_torchrun(run)
-    inputs, targets = training_rows(run.data)
-    if cfg.train.loss != "bce" and cfg.train.negatives == "slots":
-        check_shifted(inputs, targets)  # once here: the step checks only CPU batches (no GPU sync per step)
-    while state.epoch < cfg.train.epochs and state.bad_epochs < cfg.train.patience:
-        _run_epoch(run, state, inputs, targets)
-    return _test_best(run, state)
+    try:
+        state = _initial_state(run, resume)
+        _wrap_for_torchrun(run)
+        inputs, targets = training_rows(run.data)
+        if cfg.train.loss != "bce" and cfg.train.negatives == "slots":
+            check_shifted(inputs, targets)  # once here: the step checks only CPU batches (no GPU sync per step)
+        while state.epoch < cfg.train.epochs and state.bad_epochs < cfg.train.patience:
+            _run_epoch(run, state, inputs, targets)
+        return _test_best(run, state)
+    finally:  # a run that fails (a non-finite loss, a refused checkpoint) stops its memory sampling thread too
+        run.memory.stop()
 
 
 def training_rows(data: SequentialData) -> tuple[torch.Tensor, torch.Tensor]:
@@ -300,20 +303,25 @@ def _start(cfg: Config, run_dir: Path, resume: bool, data: SequentialData | None
     preload(cfg, device)
     seed_everything(cfg.seed)
     memory = PeakRSSMonitor().start()  # CPU memory: peak over the run minus this idle baseline
-    model = build_model(cfg, data, device)
-    opt = make_optimizer(model, cfg, device)
-    inputs_read = ({"cache_states": cache_states_digests(cfg, data), "content_sources": content_digests(cfg, data)}
-                   if dist.is_main() else {})  # recorded in results.json, which rank 0 writes
-    dist.barrier()  # every rank has checked and built before rank 0 writes anything
-    if dist.is_main() and not resume:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-    dist.barrier()
-    _setup_logging(run_dir)
-    run = _Run(cfg, run_dir, data, device, model, opt, memory, progress and dist.is_main(),
-               params=count_params(model), modules=module_report(model), fingerprints=data_fingerprints(data),
-               compute_dtype=run_dtype, resume_check=resume_check, **inputs_read)
-    _log_start(run)
+    try:
+        model = build_model(cfg, data, device)
+        opt = make_optimizer(model, cfg, device)
+        inputs_read = ({"cache_states": cache_states_digests(cfg, data),
+                        "content_sources": content_digests(cfg, data)}
+                       if dist.is_main() else {})  # recorded in results.json, which rank 0 writes
+        dist.barrier()  # every rank has checked and built before rank 0 writes anything
+        if dist.is_main() and not resume:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, run_dir / "config.yaml")
+        dist.barrier()
+        _setup_logging(run_dir)
+        run = _Run(cfg, run_dir, data, device, model, opt, memory, progress and dist.is_main(),
+                   params=count_params(model), modules=module_report(model), fingerprints=data_fingerprints(data),
+                   compute_dtype=run_dtype, resume_check=resume_check, **inputs_read)
+        _log_start(run)
+    except BaseException:  # e.g. a missing cache: the sampling thread would poll for the rest of the process
+        memory.stop()
+        raise
     return run
 
 
