@@ -314,3 +314,20 @@ def test_the_suggested_cache_command_builds_the_cache_of_a_run_with_other_data_s
     assert line.endswith(""" 'data.text_fields=["title", "brand"]' cache.on_corrupt=missing""")
     again = load_config([], shlex.split(line)[8:])  # the key=value words read back to the run's settings
     assert again.data.text_fields == ["title", "brand"] and again.cache.on_corrupt == "missing"
+
+
+def test_update_under_another_batch_size_encodes_every_item(tmp_path: Path, data: FakeData,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """The batch size is part of a build's identity (a partial build of another is discarded): an update
+    re-encoded the changed batches of the new size into rows built at the old one, and recorded the new size
+    for every row. Now a cache built at another batch size is encoded in full, as one at another precision."""
+    cfg = make_cfg(data)
+    build(cfg, data, ["text"])
+    now = edited(data, "i5", text=data.catalogue["i5"].text + " (2nd edition)")
+    cfg.encoders.batch_size = 4  # rows 1-4, 5-8, 9-10
+    capsys.readouterr()
+    status, batches = build(cfg, now, ["text"])
+    assert "float32 compute on cpu, encoders.batch_size=3; this build runs float32 compute on cpu, " \
+           "encoders.batch_size=4: encoding every item again" in capsys.readouterr().out
+    assert status == {"text": "built"} and batches == [("text", 0), ("text", 1), ("text", 2)]
+    assert_equals_fresh(tmp_path, cfg, now, ["text"])
