@@ -312,3 +312,26 @@ def test_edited_files_in_the_same_folder_make_the_cache_stale(tmp_path: Path, da
     del old[field]
     write_json(tmp_path / "cache" / "text" / "manifest.json", old)
     open_cache(cfg, data, ["text"])
+
+
+def test_edited_tokenizer_folder_of_a_config_model_makes_the_cache_stale(tmp_path: Path, data: FakeData) -> None:
+    """``config:bert:…,tokenizer=FOLDER`` reads its titles through that folder's tokenizer, which was named in
+    the manifest by its path only: an edited tokenizer there left the cache accepted. Its files are digested
+    as a checkpoint folder's are."""
+    import json
+
+    from crossan.encoders.presets import preset_specs
+
+    folder = tmp_path / "tok"
+    build_encoder("text", preset_specs("tiny")["text"]).tokenizer.save_pretrained(folder)
+    cfg = make_cfg(tmp_path / "cache", text__model=preset_specs("tiny")["text"].model + f",tokenizer={folder}",
+                   text__num_taps=3, text__max_text_len=16)
+    build_cache(cfg, data, ["text"], progress=False)
+    assert manifest(tmp_path / "cache", "text")["preprocessor_digest"].startswith("sha256:")
+    open_cache(cfg, data, ["text"])
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["do_lower_case"] = not config.get("do_lower_case", True)
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    with pytest.raises(CacheMismatchError) as err:
+        open_cache(cfg, data, ["text"])
+    assert any(d.startswith("text: tokenizer/preprocessor files digest 'sha256:") for d in err.value.differences)

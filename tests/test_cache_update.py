@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import shlex
 import shutil
 from pathlib import Path
 
@@ -14,11 +15,12 @@ import numpy as np
 import pytest
 
 from conftest import random_dataset
-from crossan.cache import CacheMismatchError, build_cache, default_cache_dir, open_cache
+from crossan.cache import CacheMismatchError, CacheMissingError, build_cache, default_cache_dir, open_cache
 from crossan.cache.integrity import changed_rows, current_sources
-from crossan.cache.layout import modality_folder
+from crossan.cache.layout import cache_command_line, modality_folder
 from crossan.cli import main
-from crossan.config import Config
+from crossan.config import Config, load_config
+from crossan.data import prepare
 from crossan.data.catalogue import Catalogue, ItemRecord
 from media_helpers import FakeData, make_dataset, write_image
 
@@ -286,3 +288,46 @@ def test_crossan_cache_after_editing_one_title_in_items_tsv(tmp_path: Path, monk
     assert "text: 1 item(s) changed since the cache was built ('i7'" in out
     assert "encoding their 1 batch(es) again" in out and "text: updated at" in out
     assert len(list((tmp_path / "caches").iterdir())) == 1
+
+
+def test_the_suggested_cache_command_builds_the_cache_of_a_run_with_other_data_settings(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``data.min_interactions`` and ``data.max_seq_len`` decide which items a run has (27 of 60 here). The
+    command a run without its cache printed named only the dataset and the encoders, so it built the cache of
+    the 44 items the defaults keep, in another folder, and the run still found none."""
+    monkeypatch.setenv("CROSSAN_CACHE_DIR", str(tmp_path / "caches"))
+    root = random_dataset(tmp_path / "small", n_users=12, n_items=60)
+    cfg = load_config([], [f"data.path={root}", "data.min_interactions=10", "data.max_seq_len=3",
+                           "encoders.preset=tiny", "precision=fp32", "device=cpu"])
+    data = prepare(cfg.data)
+    assert len(data.item_ids) - 1 == 27
+    with pytest.raises(CacheMissingError) as err:
+        open_cache(cfg, data, ["text"])
+    command = str(err.value).splitlines()[1].strip()
+    assert command == cache_command_line(cfg, ["text"])
+    assert command.endswith("--preset tiny data.min_interactions=10 data.max_seq_len=3")
+    assert main(shlex.split(command)[1:]) == 0
+    assert open_cache(cfg, data, ["text"]).dims == {"text": 64}
+
+    cfg = load_config([], [f"data.path={root}", "data.text_fields=[title, brand]", "cache.on_corrupt=missing"])
+    line = cache_command_line(cfg, ["text"])
+    assert line.endswith(""" 'data.text_fields=["title", "brand"]' cache.on_corrupt=missing""")
+    again = load_config([], shlex.split(line)[8:])  # the key=value words read back to the run's settings
+    assert again.data.text_fields == ["title", "brand"] and again.cache.on_corrupt == "missing"
+
+
+def test_update_under_another_batch_size_encodes_every_item(tmp_path: Path, data: FakeData,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """The batch size is part of a build's identity (a partial build of another is discarded): an update
+    re-encoded the changed batches of the new size into rows built at the old one, and recorded the new size
+    for every row. Now a cache built at another batch size is encoded in full, as one at another precision."""
+    cfg = make_cfg(data)
+    build(cfg, data, ["text"])
+    now = edited(data, "i5", text=data.catalogue["i5"].text + " (2nd edition)")
+    cfg.encoders.batch_size = 4  # rows 1-4, 5-8, 9-10
+    capsys.readouterr()
+    status, batches = build(cfg, now, ["text"])
+    assert "float32 compute on cpu, encoders.batch_size=3; this build runs float32 compute on cpu, " \
+           "encoders.batch_size=4: encoding every item again" in capsys.readouterr().out
+    assert status == {"text": "built"} and batches == [("text", 0), ("text", 1), ("text", 2)]
+    assert_equals_fresh(tmp_path, cfg, now, ["text"])

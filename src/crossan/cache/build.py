@@ -292,12 +292,17 @@ def _build_modality(ctx: _BuildContext, m: str, spec: EncoderSpec, shard: int | 
             if shard is not None:
                 update = None  # a shard covers its rows in full
             now_compute = (now_dtype, ctx.build["device"])
-            if update is not None and build_compute(existing) != now_compute:
+            recorded = existing.get("build")
+            built_batch = recorded.get("batch_size") if isinstance(recorded, dict) else None
+            if update is not None and (build_compute(existing) != now_compute
+                                       or built_batch != ctx.build["batch_size"]):
+                # the batch size is part of a build's identity too: a batch's padding (text: to its longest
+                # title) and kernels depend on it, and the manifest records one batch size for every row
                 how = "by a crossan that did not record its compute dtype" if built == UNKNOWN else \
-                    f"with {describe_compute(existing)}"
+                    f"with {describe_compute(existing)}, encoders.batch_size={built_batch}"
                 print(f"{m}: the cache at {final} was built {how}; this build runs {now_compute[0]} compute "
-                      f"on {now_compute[1]}: encoding every item again rather than mixing rows computed two "
-                      "ways")
+                      f"on {now_compute[1]}, encoders.batch_size={ctx.build['batch_size']}: encoding every item "
+                      "again rather than mixing rows computed two ways")
                 update = None
         else:
             print(f"{m}: the cache at {final} was built under other settings; it is replaced once the new one "

@@ -10,9 +10,11 @@ list (items added, removed or reordered) is another cache.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -119,12 +121,32 @@ def modality_folder(cfg: Config, data: Any, modality: str) -> Path:
     return cache_root(cfg, data, modality) / modality
 
 
+def _data_overrides(cfg: Config) -> list[str]:
+    """``data.KEY=VALUE`` for each data setting of the run other than its default (the path aside): they
+    decide which items there are (``min_interactions``, ``max_seq_len``: items outside every kept window are
+    dropped), in what order, and their titles and media paths, so a cache built without them is another
+    item list's, in another folder. Shell-quoted; lists written as YAML flow sequences."""
+    from crossan.config import DataConfig
+
+    default = DataConfig()
+    out = []
+    for f in dataclasses.fields(DataConfig):
+        value = getattr(cfg.data, f.name)
+        if f.name != "path" and value != getattr(default, f.name):
+            shown = json.dumps(value) if isinstance(value, list) else value
+            out.append(shlex.quote(f"data.{f.name}={shown}"))
+    return out
+
+
 def cache_command_line(cfg: Config, modalities: list[str]) -> str:
-    """The ``crossan cache`` command that builds what this run needs."""
+    """The ``crossan cache`` command that builds what this run needs: the run's dataset, with its data
+    settings (:func:`_data_overrides`), preset, encoder overrides and batch size."""
     parts = ["crossan cache", f"--data {cfg.data.path or '<DATA>'}", f"--modalities {','.join(modalities)}",
-             f"--preset {cfg.encoders.preset}"]
+             f"--preset {cfg.encoders.preset}", *_data_overrides(cfg)]
     if cfg.cache.dir:
         parts.append(f"cache.dir={cfg.cache.dir}")
+    if cfg.cache.on_corrupt != "error":
+        parts.append(f"cache.on_corrupt={cfg.cache.on_corrupt}")
     for m, changed in _encoder_overrides(cfg).items():
         parts += [f"encoders.{m}.{k}={v}" for k, v in changed.items()]
     if cfg.encoders.batch_size != 32:

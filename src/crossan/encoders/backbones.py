@@ -229,13 +229,19 @@ audio processor): what :func:`preprocessor_digest` reads."""
 
 
 def preprocessor_digest(info: BackboneInfo) -> str | None:
-    """``sha256:…`` of a local checkpoint folder's :data:`PREPROCESSOR_FILES`, or None (a hub id, a random
-    model, weights outside the transformers format, or a folder without such files). A cache manifest records
-    it beside :func:`weights_digest`: an edited ``preprocessor_config.json`` (mean, std, size) or tokenizer
-    changes the states as new weights would, and makes the cache stale instead of silently reused."""
-    if info.weights_format != "transformers" or not Path(info.name).expanduser().is_dir():
+    """``sha256:…`` of a local checkpoint folder's :data:`PREPROCESSOR_FILES` — or, for a ``config:`` model,
+    of its ``tokenizer=`` folder's — or None (a hub id, a random model with the built-in vocabulary, weights
+    outside the transformers format, or a folder without such files). A cache manifest records it beside
+    :func:`weights_digest`: an edited ``preprocessor_config.json`` (mean, std, size) or tokenizer changes the
+    states as new weights would, and makes the cache stale instead of silently reused."""
+    if info.random_init and "tokenizer" in info.extras:
+        folder = Path(str(info.extras["tokenizer"])).expanduser()
+    elif info.weights_format == "transformers":
+        folder = Path(info.name).expanduser()
+    else:
         return None
-    folder = Path(info.name).expanduser()
+    if not folder.is_dir():
+        return None
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.name in PREPROCESSOR_FILES)
     return _files_digest(files) if files else None
 
