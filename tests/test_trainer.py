@@ -533,3 +533,23 @@ def test_a_failed_run_stops_its_memory_sampling_thread(small_data: Path, tmp_pat
         train(_cfg(small_data, "method=frozen", "modalities=[text]", "encoders.preset=tiny",
                    f"cache.dir={tmp_path / 'no-cache'}"), tmp_path / "uncached", progress=False)
     assert len(monitors) == 2 and not any(m._thread.is_alive() for m in monitors)
+
+
+def test_a_run_detaches_its_log_when_it_ends(small_data: Path, tmp_path: Path) -> None:
+    """A run's train.log handler stayed on the "crossan" logger after ``train`` returned (or failed), so what
+    a later step of the process logged — another dataset's reader, a cache build — was appended to that run's
+    train.log, and the file stayed open."""
+    import logging
+
+    from crossan.errors import NonFiniteError
+
+    crossan_log = logging.getLogger("crossan")
+    train(_cfg(small_data, "method=id", "train.epochs=1"), tmp_path / "done", progress=False)
+    with pytest.raises(NonFiniteError):
+        train(_cfg(small_data, "method=id", "train.epochs=1", "train.lr=1e30"), tmp_path / "diverged",
+              progress=False)
+    assert crossan_log.handlers == [] and crossan_log.propagate
+    crossan_log.warning("a later step's message")
+    for run in ("done", "diverged"):
+        text = (tmp_path / run / "train.log").read_text()
+        assert text and "a later step's message" not in text

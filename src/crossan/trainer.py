@@ -101,8 +101,9 @@ log = logging.getLogger("crossan")
 
 # --------------------------------------------------------------------------------------------- the loop
 def _setup_logging(run_dir: Path) -> None:
-    for h in list(log.handlers):
-        log.removeHandler(h)
+    """The run's log: the "crossan" logger to ``run_dir/train.log`` and stderr (rank 0), until
+    :func:`_end_logging`."""
+    _end_logging()
     log.propagate = False
     if not dist.is_main():  # other ranks stay quiet
         log.setLevel(logging.WARNING)
@@ -114,6 +115,17 @@ def _setup_logging(run_dir: Path) -> None:
     sh = logging.StreamHandler()
     sh.setFormatter(logging.Formatter("%(message)s"))
     log.addHandler(sh)
+
+
+def _end_logging() -> None:
+    """Detach and close what :func:`_setup_logging` attached and give the "crossan" logger back its default
+    state, so that what a later step of the process logs (another dataset's reader, a cache build) does not
+    land in this run's train.log."""
+    for h in list(log.handlers):
+        log.removeHandler(h)
+        h.close()
+    log.propagate = True
+    log.setLevel(logging.NOTSET)
 
 
 def _batches(n: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
@@ -227,6 +239,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, data: Sequenti
         return _test_best(run, state)
     finally:  # a run that fails (a non-finite loss, a refused checkpoint) stops its memory sampling thread too
         run.memory.stop()
+        _end_logging()
 
 
 def training_rows(data: SequentialData) -> tuple[torch.Tensor, torch.Tensor]:
@@ -321,6 +334,7 @@ def _start(cfg: Config, run_dir: Path, resume: bool, data: SequentialData | None
         _log_start(run)
     except BaseException:  # e.g. a missing cache: the sampling thread would poll for the rest of the process
         memory.stop()
+        _end_logging()
         raise
     return run
 
