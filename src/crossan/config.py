@@ -94,7 +94,7 @@ class UserEncoderConfig:
     N(0, 0.02²), padding positions zeroed. ``iisan_official`` (IISAN's official SASRec): no bias on Q/K/V
     and output, ReLU, eps 1e-6, Xavier-normal weights, dropout after the attention output and the
     feed-forward output only, padding positions left as embedded (masked as attention keys either way). Both
-    also drop attention weights. See docs/method.md."""
+    also drop the embedded input and the attention weights. See docs/method.md."""
 
 
 @dataclass

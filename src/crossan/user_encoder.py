@@ -9,12 +9,12 @@ Two variants (``user.variant``), the same for every method of a comparison:
   inside the feed-forward and after it, LayerNorm eps 1e-5, weights N(0, 0.02²), padding positions zeroed.
 * ``iisan_official``: the SASRec of IISAN's official code — no bias on Q/K/V and the attention output,
   ReLU, LayerNorm eps 1e-6, Xavier-normal weights (embeddings included, biases 0), dropout after the
-  attention output and after the feed-forward output only, padding positions left as embedded.
+  attention output and after the feed-forward output only (within a block), padding positions left as embedded.
 
-In both, dropout also acts on the attention weights (``scaled_dot_product_attention``'s ``dropout_p``, as
-in IISAN's official attention), and padding positions are masked as attention keys, so what a padding
-position holds never reaches a real position; the padding difference changes nothing at the positions the
-loss reads.
+In both, dropout also acts on the embedded input (after its LayerNorm) and on the attention weights
+(``scaled_dot_product_attention``'s ``dropout_p``, as in IISAN's official attention), and padding positions
+are masked as attention keys, so what a padding position holds never reaches a real position; the padding
+difference changes nothing at the positions the loss reads.
 """
 
 from __future__ import annotations
