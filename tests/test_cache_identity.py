@@ -274,14 +274,16 @@ def test_max_text_len_beyond_the_position_table_names_the_key(tmp_path: Path) ->
 @pytest.mark.parametrize(("edit", "field", "label", "where"), [
     ("weights", "weights_digest", "weights digest", "for the weights on disk now"),
     ("tokenizer", "preprocessor_digest", "tokenizer/preprocessor files digest", "for the files on disk now"),
+    ("config", "config_digest", "model config.json digest", "for the files on disk now"),
 ])
 def test_edited_files_in_the_same_folder_make_the_cache_stale(tmp_path: Path, data: FakeData, edit: str,
                                                               field: str, label: str, where: str) -> None:
     """A local checkpoint is identified by digests of its files, not only by its path: weights re-exported
     into the same folder, or an edited tokenizer or processor config (which decide the model's inputs as its
     weights do: a ViT folder whose preprocessor_config.json changed its mean and std gave live states up to
-    0.017 off the cached ones, largest value 0.136, with the cache still accepted), are a mismatch, not a
-    silently reused cache. A cache written before the digest was recorded is read as before."""
+    0.017 off the cached ones, largest value 0.136, with the cache still accepted), or an edited config.json
+    (``layer_norm_eps``, ``hidden_act``: settings the manifest does not compare one by one) are a mismatch,
+    not a silently reused cache. A cache written before the digest was recorded is read as before."""
     import json
 
     import torch
@@ -301,6 +303,10 @@ def test_edited_files_in_the_same_folder_make_the_cache_stale(tmp_path: Path, da
         with torch.no_grad():
             next(encoder.model.parameters()).add_(0.5)
         encoder.model.save_pretrained(folder)
+    elif edit == "config":  # the same weights under another setting the manifest does not list
+        config = json.loads((folder / "config.json").read_text())
+        config["layer_norm_eps"] = 1e-3
+        (folder / "config.json").write_text(json.dumps(config))
     else:  # titles now tokenized otherwise
         config = json.loads((folder / "tokenizer_config.json").read_text())
         config["do_lower_case"] = not config.get("do_lower_case", True)

@@ -42,6 +42,7 @@ COMPARED_FIELDS: tuple[str, ...] = (
     "checkpoint",
     "weights_digest",
     "preprocessor_digest",
+    "config_digest",
     "family",
     "model_type",
     "random_init",
@@ -54,7 +55,7 @@ COMPARED_FIELDS: tuple[str, ...] = (
     "num_items",
 )
 """Manifest fields that must match the current configuration for a cache to be used (``weights_digest`` and
-``preprocessor_digest`` only where the cache records them: caches built before they were recorded are read as
+``preprocessor_digest``, ``config_digest`` only where the cache records them: caches built before they were recorded are read as
 before). ``build`` (batch size,
 compute dtype, device type) is not among them: a cache built at either precision is read by runs of any
 (see :func:`crossan.cache.manifest.build_settings`)."""

@@ -94,8 +94,9 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 _LABELS = {"item_fingerprint": "item fingerprint", "num_items": "number of items",
-           "weights_digest": "weights digest", "preprocessor_digest": "tokenizer/preprocessor files digest"}
-_DIGESTS = ("weights_digest", "preprocessor_digest")
+           "weights_digest": "weights digest", "preprocessor_digest": "tokenizer/preprocessor files digest",
+           "config_digest": "model config.json digest"}
+_DIGESTS = ("weights_digest", "preprocessor_digest", "config_digest")
 """Compared only where the cache records them (caches built before crossan recorded them are read as before)."""
 
 

@@ -221,6 +221,17 @@ def weights_digest(info: BackboneInfo) -> str | None:
     return _files_digest(files)
 
 
+def config_digest(info: BackboneInfo) -> str | None:
+    """``sha256:…`` of a local checkpoint folder's ``config.json``, or None (no such folder or file). A cache
+    manifest records it beside :func:`weights_digest`: settings there that are not compared field by field
+    (``hidden_act``, ``layer_norm_eps``, ``position_embedding_type``, …) change the states as new weights
+    would, so an edited config makes the cache stale instead of silently reused."""
+    if info.weights_format != "transformers":
+        return None
+    path = Path(info.name).expanduser() / "config.json"
+    return _files_digest([path]) if path.is_file() else None
+
+
 PREPROCESSOR_FILES = ("preprocessor_config.json", "tokenizer.json", "tokenizer_config.json",
                       "special_tokens_map.json", "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt",
                       "spiece.model", "sentencepiece.bpe.model")

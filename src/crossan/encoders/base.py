@@ -29,6 +29,7 @@ from crossan.data.media import MediaError
 from crossan.encoders.backbones import (
     DEFAULT_POOLING,
     BackboneInfo,
+    config_digest,
     load_backbone,
     preprocessor_digest,
     weights_digest,
@@ -263,8 +264,9 @@ def describe_encoder(modality: str, spec: EncoderSpec, info: BackboneInfo) -> di
 
     ``weights`` (where they come from) and ``tap_widths`` (the real width of each tap where it is below
     ``hidden_size``: a CNN's pooled maps are zero-padded) are for people; they are not compared.
-    ``weights_digest`` and ``preprocessor_digest`` (:func:`~crossan.encoders.backbones.weights_digest`,
-    :func:`~crossan.encoders.backbones.preprocessor_digest`) are compared, where the cache records them."""
+    ``weights_digest``, ``preprocessor_digest`` and ``config_digest``
+    (:func:`~crossan.encoders.backbones.weights_digest`, :func:`~crossan.encoders.backbones.preprocessor_digest`,
+    :func:`~crossan.encoders.backbones.config_digest`) are compared, where the cache records them."""
     taps = tap_indices(info.num_layers, spec.num_taps)
     return {
         "checkpoint": info.name,
@@ -274,6 +276,7 @@ def describe_encoder(modality: str, spec: EncoderSpec, info: BackboneInfo) -> di
         "weights": info.source,
         "weights_digest": weights_digest(info),
         "preprocessor_digest": preprocessor_digest(info),
+        "config_digest": config_digest(info),
         "num_layers": info.num_layers,
         "hidden_size": info.hidden_size,
         "taps": taps,
