@@ -122,3 +122,24 @@ def test_seeds_over_the_same_users_are_resampled_together() -> None:
     one = paired_bootstrap([d], [np.zeros(300)], resamples=2000)
     three = paired_bootstrap([d] * 3, [np.zeros(300)] * 3, resamples=2000)
     assert three.ci95 == pytest.approx(one.ci95, rel=1e-9)
+
+
+def test_the_bootstrap_memory_does_not_grow_with_users_times_resamples() -> None:
+    """Resamples were drawn 500 at a time whatever the number of users: 500 × n indices and their values,
+    8 GB for a report over 1M test users (issue 14's scale). Chunks are now capped in elements; the draws
+    come from the same stream, so the result is the one of a single chunk, to the bit."""
+    import tracemalloc
+
+    n, resamples = 400_000, 40
+    d = np.random.default_rng(2).normal(0.0, 1.0, n)
+    zeros = np.zeros(n)
+    tracemalloc.start()
+    try:
+        capped = paired_bootstrap([d], [zeros], resamples=resamples)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    one_chunk = paired_bootstrap([d], [zeros], resamples=resamples, max_elements=resamples * n)
+    assert (capped.diff, capped.ci95, capped.p_value) == (one_chunk.diff, one_chunk.ci95, one_chunk.p_value)
+    # one chunk of all 40 resamples holds 40 × 400k × (8 + 8) bytes = 256 MB; the cap is 4M × 16 = 64 MB
+    assert peak < 110e6, f"peak {peak / 1e6:.0f} MB"
