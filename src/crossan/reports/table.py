@@ -4,7 +4,8 @@ Holm–Bonferroni adjusted p-values over the report's comparisons, the efficienc
 ``results.csv``, ``results.json``, ``results.md`` and ``report.md``.
 
 ``*_ci95`` columns hold the half-width of the interval: the interval is ``mean ± ci95``. ``p_value`` is the
-raw bootstrap p-value, ``p_holm`` the Holm-adjusted one that ``significant`` is based on. ``flags`` names
+raw bootstrap p-value, ``p_holm`` the Holm-adjusted one that ``significant`` is based on, ``paired_seeds``
+how many seeds the test paired, ``p_value_note`` why a row has no test (or ``reference``). ``flags`` names
 what a reader must know about a row: seeds whose best epoch was the last one allowed (``capped``), an
 evaluation without the history mask or seeds that differ in it, runs written by another crossan version, a
 paired test on fewer seeds than the row's mean (the reference lacks some), the reference's failed seeds, cost
@@ -410,7 +411,7 @@ def _plural(n: int, word: str) -> str:
 COLUMNS = ["name", "method", "modalities", "status", "cost_only", "seeds",
            *[f"test_{k}_{s}" for k in METRICS for s in ("mean", "ci95")], "valid_NDCG@10_mean", "valid_NDCG@10_ci95",
            "reference", "diff_NDCG@10", "diff_ci95_low", "diff_ci95_high", "p_value", "p_holm", "holm_tests",
-           "significant", "best_epochs", "time_per_epoch_s", "peak_memory_bytes", "peak_rss_bytes",
+           "significant", "paired_seeds", "p_value_note", "best_epochs", "time_per_epoch_s", "peak_memory_bytes", "peak_rss_bytes",
            "cost_seeds", "cost_measurements",
            "time_per_epoch_range", "peak_memory_range", "trainable_params",
            "total_params", "TPME", "eval_time_s", "wall_s", "cpu_s", "peak_memory_kind", "device",
