@@ -167,6 +167,16 @@ def test_results_csv_says_why_a_row_is_not_paired(tmp_path: Path) -> None:
     assert table["UNMASKED"]["p_value_note"] in (tmp_path / "results.md").read_text()
 
 
+def test_a_runs_wall_and_cpu_time_count_its_cost_repeats(tmp_path: Path) -> None:
+    """The report's time per run (wall, CPU) covers every training of the run: its cost repeats were left out,
+    so with ``cost_repeats: 3`` a run's CPU time showed about half of what it took."""
+    ranks = _ranks_masked_and_not(0, users=200)[0]
+    recs = [_run_folder(tmp_path, "A", s, ranks) for s in (0, 1)]
+    repeat = {**_run_folder(tmp_path / "repeat", "A", 0, ranks), "repeat": 2, "wall_s": 5.0, "cpu_s": 4.0}
+    row = collect_run(RunSpec("A", "id", ["text"]), [recs[0], repeat, recs[1]])
+    assert (row["wall_s"], row["cpu_s"], row["n_seeds"], row["cost_measurements"]) == (7.0, 6.0, 2, 3)
+
+
 # --------------------------------------------------------------------------------------------- @5 columns
 def _csv_rows(out: Path) -> tuple[list[str], dict[str, dict[str, str]]]:
     with open(out / "results.csv") as fh:
