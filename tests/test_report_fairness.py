@@ -150,6 +150,33 @@ def test_a_row_whose_seeds_differ_in_the_mask_is_flagged_and_that_seed_not_paire
                                      "ranked under another evaluation rule")
 
 
+def test_results_csv_says_why_a_row_is_not_paired(tmp_path: Path) -> None:
+    """results.md shows why a row has no Δ and p (or that it is the reference); results.csv said nothing: its p
+    columns were blank alike for the reference, a row on another ranking rule and a row paired on 2 seeds."""
+    ranks = {s: _ranks_masked_and_not(s, users=300) for s in (0, 1)}
+    rows = [_row(tmp_path, "REF", {s: r[0] for s, r in ranks.items()}),
+            _row(tmp_path, "SAME", {s: r[0] for s, r in ranks.items()}),
+            _row(tmp_path, "UNMASKED", {s: r[1] for s, r in ranks.items()}, mask={0: False, 1: False})]
+    write_outputs(rows, META, tmp_path, resamples=200)
+    _, table = _csv_rows(tmp_path)
+    assert [(table[n]["p_value"], table[n]["paired_seeds"], table[n]["p_value_note"])
+            for n in ("REF", "SAME", "UNMASKED")] == [
+        ("", "", "reference"), ("1.0", "2", ""),
+        ("", "", "not paired: seeds 0,1: eval.mask_history differs (false vs true for REF): ranked under another "
+                 "evaluation rule")]
+    assert table["UNMASKED"]["p_value_note"] in (tmp_path / "results.md").read_text()
+
+
+def test_a_runs_wall_and_cpu_time_count_its_cost_repeats(tmp_path: Path) -> None:
+    """The report's time per run (wall, CPU) covers every training of the run: its cost repeats were left out,
+    so with ``cost_repeats: 3`` a run's CPU time showed about half of what it took."""
+    ranks = _ranks_masked_and_not(0, users=200)[0]
+    recs = [_run_folder(tmp_path, "A", s, ranks) for s in (0, 1)]
+    repeat = {**_run_folder(tmp_path / "repeat", "A", 0, ranks), "repeat": 2, "wall_s": 5.0, "cpu_s": 4.0}
+    row = collect_run(RunSpec("A", "id", ["text"]), [recs[0], repeat, recs[1]])
+    assert (row["wall_s"], row["cpu_s"], row["n_seeds"], row["cost_measurements"]) == (7.0, 6.0, 2, 3)
+
+
 # --------------------------------------------------------------------------------------------- @5 columns
 def _csv_rows(out: Path) -> tuple[list[str], dict[str, dict[str, str]]]:
     with open(out / "results.csv") as fh:

@@ -52,10 +52,30 @@ def test_seeds_reference_and_cost_only_from_the_suite_file(tmp_path: Path) -> No
     ("parallel: 0\nruns: [{name: A, method: id}]\n", "parallel must be an integer"),
     ("seed: [0]\nruns: [{name: A, method: id}]\n", "unknown keys ['seed']"),
     ("runs: [{name: a/b, method: id}]\n", "folder names"),
+    # a bare string was read character by character ("override 't' is not of the form key=value"); a
+    # number as a name or description was a TypeError, the description's only after every run had trained
+    ("overrides: train.epochs=5\nruns: [{name: A, method: id}]\n", "s.yaml: overrides must be a list"),
+    ("runs: [{name: A, method: id, overrides: train.epochs=5}]\n", "runs[0].overrides must be a list"),
+    ("runs: [{name: A, method: id, modalities: text}]\n", "runs[0].modalities must be a list"),
+    ("runs: [{name: 1, method: id}]\n", "runs[0].name must be a string"),
+    ("description: 5\nruns: [{name: A, method: id}]\n", "description must be text"),
 ])
 def test_bad_suite_files_name_the_problem(tmp_path: Path, body: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         load_suite(str(_suite(tmp_path, body)))
+
+
+def test_empty_suite_keys_read_as_empty(tmp_path: Path) -> None:
+    """``description:`` and ``overrides:`` left empty (YAML reads None) are an empty text and list: an empty
+    description made the report fail after every run had trained, an empty ``overrides`` a TypeError."""
+    from crossan.reports.table import render_report
+
+    suite = load_suite(str(_suite(tmp_path, "description:\noverrides:\n"
+                                            "runs: [{name: A, method: id, overrides: }]\n")))
+    assert (suite.description, suite.overrides, suite.runs[0].overrides) == ("", [], [])
+    meta = {"suite": suite.name, "description": suite.description, "data": "d", "preset": "paper",
+            "machine": "m", "date": "t", "cache_build_s": 0.0}
+    assert render_report([], meta, "", []).startswith("# crossan report: s\n\n\n")
 
 
 def test_bad_seeds_option_is_a_one_line_error(tmp_path: Path, capsys) -> None:

@@ -173,12 +173,16 @@ def load_suite(name_or_file: str, seeds: str | list[int] | None = None, cost_rep
         if extra or "method" not in r:
             raise ConfigError(f"suite {name_or_file}: runs[{i}] needs 'method' and may have name, modalities, "
                               f"overrides, max_seeds (got {sorted(r) if isinstance(r, dict) else r!r})")
-        mods = r.get("modalities", ["text"])
+        where = f"suite {name_or_file}: runs[{i}]"
+        mods = _strings(r.get("modalities", ["text"]), f"{where}.modalities")
         cap = r.get("max_seeds")
         if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
-            raise ConfigError(f"suite {name_or_file}: runs[{i}].max_seeds must be an integer >= 1 (got {cap!r})")
-        runs.append(RunSpec(r.get("name", f"{r['method']}-{'+'.join(mods)}"), r["method"], list(mods),
-                            list(r.get("overrides", [])), max_seeds=cap))
+            raise ConfigError(f"{where}.max_seeds must be an integer >= 1 (got {cap!r})")
+        run_name = r.get("name", f"{r['method']}-{'+'.join(mods)}")
+        if not isinstance(run_name, str):
+            raise ConfigError(f"{where}.name must be a string (got {run_name!r})")
+        runs.append(RunSpec(run_name, r["method"], mods, _strings(r.get("overrides"), f"{where}.overrides"),
+                            max_seeds=cap))
     if not runs:
         raise ConfigError(f"suite {name_or_file}: no runs")
     names = [r.name for r in runs]
@@ -197,9 +201,12 @@ def load_suite(name_or_file: str, seeds: str | list[int] | None = None, cost_rep
                           else f"suite {name_or_file}: cost_repeats")):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{where} must be an integer >= 1 (got {value!r})")
-    suite = Suite(name, raw.get("description", ""), str(raw.get("data", "synth:small")), raw.get("preset", "offline"),
-                  list(raw.get("overrides", [])), runs, suite_seeds, None if reference is None else str(reference),
-                  parallel, repeats)
+    description = raw.get("description") or ""  # an empty key (description:) reads as None
+    if not isinstance(description, str):
+        raise ConfigError(f"suite {name_or_file}: description must be text (got {description!r})")
+    suite = Suite(name, description, str(raw.get("data", "synth:small")), raw.get("preset", "offline"),
+                  _strings(raw.get("overrides"), f"suite {name_or_file}: overrides"), runs, suite_seeds,
+                  None if reference is None else str(reference), parallel, repeats)
     for r in suite.runs:  # fail early on a bad key, before hours of runs
         cfg = load_config([], run_overrides(suite, r, "x", suite.seeds[0]))
         r.cost_only = cfg.train.max_steps_per_epoch > 0
@@ -211,6 +218,17 @@ def load_suite(name_or_file: str, seeds: str | list[int] | None = None, cost_rep
             raise ConfigError(f"suite {name_or_file}: reference {suite.reference!r} is cost only "
                               "(train.max_steps_per_epoch caps its epochs); choose a run that trains to convergence")
     return suite
+
+
+def _strings(value: Any, where: str) -> list[str]:
+    """A suite's list of strings (``overrides``, ``modalities``); an empty key (``overrides:``, which YAML reads
+    as None) is an empty list. Anything else is a :class:`ConfigError` naming ``where``: a bare string would
+    otherwise be read character by character (``overrides: train.epochs=5`` as the overrides t, r, a, …)."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where} must be a list of strings, e.g. [a, b] (got {value!r})")
+    return list(value)
 
 
 def run_overrides(suite: Suite, run: RunSpec, data_path: str, seed: int) -> list[str]:

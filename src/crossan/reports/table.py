@@ -4,7 +4,8 @@ Holm–Bonferroni adjusted p-values over the report's comparisons, the efficienc
 ``results.csv``, ``results.json``, ``results.md`` and ``report.md``.
 
 ``*_ci95`` columns hold the half-width of the interval: the interval is ``mean ± ci95``. ``p_value`` is the
-raw bootstrap p-value, ``p_holm`` the Holm-adjusted one that ``significant`` is based on. ``flags`` names
+raw bootstrap p-value, ``p_holm`` the Holm-adjusted one that ``significant`` is based on, ``paired_seeds``
+how many seeds the test paired, ``p_value_note`` why a row has no test (or ``reference``). ``flags`` names
 what a reader must know about a row: seeds whose best epoch was the last one allowed (``capped``), an
 evaluation without the history mask or seeds that differ in it, runs written by another crossan version, a
 paired test on fewer seeds than the row's mean (the reference lacks some), the reference's failed seeds, cost
@@ -175,7 +176,8 @@ def collect_run(run: Any, recs: list[dict[str, Any]]) -> dict[str, Any]:
     repeats = [r for r in recs if r.get("repeat", 1) > 1]
     recs = [r for r in recs if r.get("repeat", 1) == 1]
     row: dict[str, Any] = {"name": run.name, "method": run.method, "modalities": "+".join(run.modalities),
-                           "cost_only": run.cost_only, "wall_s": round(sum(r.get("wall_s", 0.0) for r in recs), 1)}
+                           "cost_only": run.cost_only,  # wall and CPU time: every training, cost repeats too
+                           "wall_s": round(sum(r.get("wall_s", 0.0) for r in recs + repeats), 1)}
     reused = [str(r["seed"]) for r in recs if r.get("reused")]
     if reused:
         row["reused_seeds"] = ",".join(reused)
@@ -260,7 +262,7 @@ def collect_run(run: Any, recs: list[dict[str, Any]]) -> dict[str, Any]:
         row["time_per_epoch_s"] = row["peak_memory_bytes"] = row["peak_rss_bytes"] = math.nan
         row["flags"].append(why)
     row["trainable_params"], row["total_params"] = first["trainable_params"], first["total_params"]
-    cpu = [r.get("cpu_s") for r in recs]
+    cpu = [r.get("cpu_s") for r in recs + repeats]
     row["cpu_s"] = round(sum(c for c in cpu if c is not None), 1) if any(c is not None for c in cpu) else math.nan
     dtypes = {str(p["results"].get("compute_dtype", "?")) for p in per_seed}  # "?": runs before it was recorded
     row["compute_dtype"] = "/".join(sorted(dtypes))
@@ -410,7 +412,7 @@ def _plural(n: int, word: str) -> str:
 COLUMNS = ["name", "method", "modalities", "status", "cost_only", "seeds",
            *[f"test_{k}_{s}" for k in METRICS for s in ("mean", "ci95")], "valid_NDCG@10_mean", "valid_NDCG@10_ci95",
            "reference", "diff_NDCG@10", "diff_ci95_low", "diff_ci95_high", "p_value", "p_holm", "holm_tests",
-           "significant", "best_epochs", "time_per_epoch_s", "peak_memory_bytes", "peak_rss_bytes",
+           "significant", "paired_seeds", "p_value_note", "best_epochs", "time_per_epoch_s", "peak_memory_bytes", "peak_rss_bytes",
            "cost_seeds", "cost_measurements",
            "time_per_epoch_range", "peak_memory_range", "trainable_params",
            "total_params", "TPME", "eval_time_s", "wall_s", "cpu_s", "peak_memory_kind", "device",
@@ -682,7 +684,7 @@ def render_report(rows: list[dict[str, Any]], meta: dict[str, Any], table: str, 
     lines += ["## Time per run", "", "Wall time (this invocation) depends on what else runs on the machine; CPU time "
               "(user + system of the run's processes, reused runs included, and the earlier attempts of a resumed "
               "run that ended or were terminated, not one killed outright, so it can span more than this "
-              "invocation) much less so.", "",
+              "invocation) much less so. Both count a run's cost repeats (`cost_repeats`).", "",
               "| run | seeds | best epochs | wall time (s) | CPU time (s) |", "|---|---|---|---:|---:|"]
     lines += [f"| {r['name']} | {r.get('seeds', '')} | {r.get('best_epochs', '')} | {r['wall_s']}"
               + (f" (seed {r['reused_seeds']}: finished earlier, reused)" if r.get("reused_seeds") else "")
