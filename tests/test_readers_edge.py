@@ -7,13 +7,15 @@
 * the fast and the quoted CSV paths agree on non-ASCII whitespace and digits;
 * an ``items.tsv`` header is known by its column names (not only by ``item_id`` first), ``title`` with ``text``
   is an error; ``.item`` and ``.inter`` files read quotes alike; several candidate files are an error;
-* timestamps beyond 2**53 order exactly beside decimals (or stop with an error naming the line).
+* timestamps beyond 2**53 order exactly beside decimals (or stop with an error naming the line), and plain
+  integer ones are parsed from the bytes without a Python string per row.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from crossan.config import DataConfig
@@ -312,3 +314,31 @@ def test_a_big_timestamp_that_cannot_order_exactly_is_an_error(tmp_path: Path, s
     assert _rel(e.value, tmp_path) == (f"a.csv:3: timestamp {stamp!r} cannot be ordered exactly among timestamps "
                                        "beyond 2**53 (float64 rounds them); write it as a plain integer or decimal "
                                        "number within int64")
+
+
+def test_plain_integer_big_timestamps_are_parsed_without_a_string_per_row(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """19-digit nanosecond epochs (all integers) are ordered exactly from the file's bytes: the reader made a
+    Python string of every row's timestamp first (about 160 bytes a row, 1.6 GB and 11 s more at ten million
+    rows); now those strings are only made where some timestamp is not a plain integer."""
+    def no_strings(*args: object) -> list[str]:
+        raise AssertionError("a Python string per timestamp")
+
+    monkeypatch.setattr(ts, "decode_ranges", no_strings)
+    path = tmp_path / "a.csv"
+    path.write_text("user,item,timestamp\n" + "".join(
+        f"u1,i{k},{BIG + t}\n" for k, t in enumerate([3, 1, 2, 1, -5, 0])) + f"u2,i1,+{BIG}\nu2,i2,-{BIG}\n")
+    raw = read(DataConfig(path=str(path)))
+    assert raw.sequences == {"u1": ["i4", "i5", "i1", "i3", "i2", "i0"], "u2": ["i2", "i1"]}
+
+
+def test_parse_integers_matches_int() -> None:
+    cases = ["0", "-0", "+17", "00", "9223372036854775807", "-9223372036854775807", "9223372036854775808",
+             "-9223372036854775808", "9999999999999999999", "10000000000000000000", "0001600000000000000003",
+             "", "-", "+-1", "1.5", "1e3", "1 2", "\u0663", "x"]
+    encoded = [c.encode("utf-8") for c in cases]
+    ends = np.cumsum([len(b) for b in encoded])
+    buf = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+    values, plain = ts.parse_integers(buf, ends - np.array([len(b) for b in encoded]), ends)
+    assert plain.tolist() == [True] * 6 + [False] * 13
+    assert values[:6].tolist() == [0, 0, 17, 0, 2**63 - 1, -(2**63 - 1)]
