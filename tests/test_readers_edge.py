@@ -342,3 +342,19 @@ def test_parse_integers_matches_int() -> None:
     values, plain = ts.parse_integers(buf, ends - np.array([len(b) for b in encoded]), ends)
     assert plain.tolist() == [True] * 6 + [False] * 13
     assert values[:6].tolist() == [0, 0, 17, 0, 2**63 - 1, -(2**63 - 1)]
+
+
+def test_a_few_large_numeric_item_ids_take_the_sorted_lookup() -> None:
+    """Numeric ids were looked up through an array as long as the largest id whenever it was below 50M: three
+    items numbered up to 49,999,999 took 400 MB. The array is now kept only when it is not much longer than
+    the list; otherwise the sorted lookup finds the same positions."""
+    ids = ["7", "123", "49999999"]
+    table = ts.KeyTable(ids)
+    assert table.dense is None
+    text = b"49999999 7 8 123 0123 123"
+    buf = np.frombuffer(text, dtype=np.uint8)
+    starts = np.array([0, 9, 11, 13, 17, 22])
+    ends = np.array([8, 10, 12, 16, 21, 25])
+    assert table.lookup(buf, starts, ends).tolist() == [2, 0, -1, 1, -1, 1]
+    small = ts.KeyTable([str(i) for i in range(1, 1001)])  # a catalogue numbered 1..N keeps the array
+    assert small.dense is not None and len(small.dense) == 1001

@@ -204,11 +204,13 @@ def canonical_numbers(buf: np.ndarray, starts: np.ndarray, ends: np.ndarray, max
 
 
 def _dense_numeric(ids: list[str], limit: int = 50_000_000) -> np.ndarray | None:
-    """``value → position`` array when every id is a canonical decimal number below ``limit``, else None."""
+    """``value → position`` array when every id is a canonical decimal number below ``limit`` and the array
+    is not much longer than the list (at most 1M + 64 entries per id: a few sparse large ids, such as three
+    items numbered up to 49,999,999, would have taken 400 MB), else None (the sorted lookup serves)."""
     if not ids or not all(i.isascii() and i.isdigit() and (i == "0" or i[0] != "0") and len(i) <= 9 for i in ids):
         return None
     values = np.array([int(i) for i in ids], dtype=np.int64)
-    if values.max() >= limit:
+    if values.max() >= min(limit, 1_000_000 + 64 * len(ids)):
         return None
     dense = np.full(int(values.max()) + 1, -1, dtype=np.int64)
     dense[values] = np.arange(len(ids))
