@@ -60,6 +60,22 @@ def _load(args: argparse.Namespace, extra: list[str] = ()) -> Config:
     return cfg
 
 
+def _modality_list(text: str) -> list[str]:
+    """``--modalities a,b`` of ``cache`` and ``encoders``: the names in order, checked before any data or model
+    is read; :class:`ConfigError` naming the option for an empty list or a name that is no modality (not a
+    traceback, nor a silent default)."""
+    from crossan.data.catalogue import MODALITIES
+
+    modalities = [m.strip() for m in text.split(",") if m.strip()]
+    if not modalities:
+        raise ConfigError(f"--modalities: {text!r} names no modality; give a comma-separated subset of "
+                          f"{','.join(MODALITIES)}")
+    unknown = [m for m in modalities if m not in MODALITIES]
+    if unknown:
+        raise ConfigError(f"--modalities: {', '.join(map(repr, unknown))} is not one of {list(MODALITIES)}")
+    return modalities
+
+
 # --------------------------------------------------------------------------------------------- commands
 def cmd_train(args: argparse.Namespace) -> int:
     from crossan.trainer import train
@@ -140,10 +156,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     if args.modalities is None:  # the run's own modalities: `cache --config C` caches what `train --config C` reads
         modalities = list(cfg.modalities)
     else:
-        modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
-        if not modalities:
-            raise ConfigError(f"--modalities: {args.modalities!r} names no modality; give a comma-separated "
-                              "subset of text,image,video,audio")
+        modalities = _modality_list(args.modalities)
     data = prepare(cfg.data)
     data.check_content(modalities)
     if cfg.cache.on_corrupt == "error" and not (args.join or args.verify):
@@ -192,7 +205,7 @@ def cmd_encoders(args: argparse.Namespace) -> int:
     from crossan.encoders.report import encoder_rows, format_rows
 
     cfg = _load(args, [f"encoders.preset={args.preset}"] if args.preset else [])
-    modalities = [m.strip() for m in args.modalities.split(",") if m.strip()] if args.modalities else None
+    modalities = _modality_list(args.modalities) if args.modalities is not None else None
     print(format_rows(encoder_rows(cfg, modalities, args.items), cfg.encoders.preset, args.items))
     return 0
 
