@@ -331,6 +331,22 @@ def unreachable_hub(tmp_path: Path, monkeypatch):
     hub_unreachable.cache_clear()  # other tests see the machine's own answer
 
 
+def test_encoders_command_lists_a_hub_checkpoint_out_of_reach_and_goes_on(unreachable_hub: str, capsys) -> None:
+    """``crossan encoders --preset paper`` on a machine without the hub stopped at the text modality with one
+    error (the hub check raised an EncoderSpecError, which the listing did not take for "not available"); every
+    modality is now listed as not available here, and the command succeeds. A wrong spec is still an error."""
+    from crossan.cli import main
+
+    assert main(["encoders", "--preset", "paper", "--items", "0"]) == 0
+    out = capsys.readouterr().out
+    for m, name in (("text", "bert-base-uncased"), ("image", "google/vit-base-patch16-224"),
+                    ("video", "MCG-NJU/videomae-base"), ("audio", "MIT/ast-finetuned-audioset-10-10-0.4593")):
+        assert (f"{m}:\n  model       {name}\n  weights     not available here: encoders.{m}.model={name!r}: not "
+                f"a local folder, and the model hub is unreachable (cannot reach {unreachable_hub} (") in out, out
+    assert main(["encoders", "--items", "0", "encoders.text.model=config:nosuchfamily"]) == 2
+    assert "crossan: error: " in capsys.readouterr().err
+
+
 def _hub_snapshot(cache: Path, repo_id: str) -> Path:
     """A snapshot folder of ``repo_id`` in huggingface_hub's cache layout (its ``main`` ref points at it)."""
     repo = cache / f"models--{repo_id.replace('/', '--')}"
