@@ -378,3 +378,18 @@ def test_every_method_sections_ranges_name_its_own_fields() -> None:
                 load_config([], [f"{method.name}.{name}={bad}"])
             checked += 1
     assert checked >= 20
+
+
+@pytest.mark.parametrize("name", ["fft", "adapter", "lora"])
+def test_the_end_to_end_configs_name_every_option_of_their_method(name: str) -> None:
+    """configs/fft.yaml says "Method options (fft.*), all at their defaults here" and said the backbone rate was
+    "one key here" after ``fft.lr_text`` had been added; each end-to-end config file now names every option of
+    its method's section (adapter and lora list the shared ones "as in fft.yaml")."""
+    import dataclasses
+
+    from crossan.methods import get_method
+
+    text = (Path(__file__).parents[1] / "configs" / f"{name}.yaml").read_text(encoding="utf-8")
+    options = [f.name for f in dataclasses.fields(get_method(name).options)]
+    assert [o for o in options if o not in text] == []
+    assert "one key here" not in text
