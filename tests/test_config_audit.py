@@ -222,6 +222,9 @@ def test_resume_help_says_how_to_give_the_configuration_again() -> None:
     assert ("--resume continue an interrupted run in --out from its last checkpoint. The configuration must "
             "be the run's: repeat the original --config files and key=value overrides, or pass --config "
             "RUN_DIR/config.yaml") in text
+    # it said "a difference is refused" while a resume accepts another precision and moved data or cache
+    assert ("A difference is refused, naming the keys, except precision (the checkpoint's dtype must match) and "
+            "data.path / cache.dir of a dataset or cache that moved") in text
 
 
 # --------------------------------------------------------------------------------------------- plugins

@@ -247,7 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run in --out from its last checkpoint. The configuration "
                         "must be the run's: repeat the original --config files and key=value overrides, or "
-                        "pass --config RUN_DIR/config.yaml (a difference is refused, naming the keys)")
+                        "pass --config RUN_DIR/config.yaml. A difference is refused, naming the keys, except "
+                        "precision (the checkpoint's dtype must match) and data.path / cache.dir of a dataset "
+                        "or cache that moved (docs/method.md §10)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(fn=cmd_train)
 
