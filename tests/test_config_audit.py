@@ -396,3 +396,30 @@ def test_the_end_to_end_configs_name_every_option_of_their_method(name: str) -> 
     options = [f.name for f in dataclasses.fields(get_method(name).options)]
     assert [o for o in options if o not in text] == []
     assert "one key here" not in text
+
+
+@pytest.mark.subprocess
+def test_a_reader_that_stops_reading_stdout_is_no_error(tmp_path: Path) -> None:
+    """``crossan cache --list | head -1`` printed "crossan: error: [Errno 32] Broken pipe" and exited 2 (or the
+    interpreter's "Exception ignored … BrokenPipeError", exit 120, when the pipe broke at its final flush): the
+    listing was fine, its reader had gone. It now ends quietly with 141 (128 + SIGPIPE, as a shell reports it)."""
+    env = {**os.environ, "PYTHONPATH": SRC, "CROSSAN_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.Popen([sys.executable, "-m", "crossan", "cache", "--list"], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the command writes its first line
+    assert proc.wait(timeout=120) == 141
+    assert proc.stderr.read() == b""
+    proc.stderr.close()
+
+
+def test_a_broken_pipe_other_than_stdout_is_still_an_error(monkeypatch, capsys) -> None:
+    """Only a closed stdout is taken for a reader that stopped; a broken pipe elsewhere (a child process, a
+    socket) is reported as an error (exit 2)."""
+    import crossan.cli
+
+    def broken(args) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(crossan.cli, "cmd_cache_list", broken)
+    assert main(["cache", "--list"]) == 2
+    assert capsys.readouterr().err == "crossan: error: [Errno 32] Broken pipe\n"

@@ -381,6 +381,29 @@ def _prepare(args: argparse.Namespace) -> None:
         check_device(args.device, "--device")
 
 
+SIGPIPE_EXIT = 141
+"""The exit status when the reader of stdout went away (``| head``): 128 + SIGPIPE, what a shell reports for a
+program that SIGPIPE ends (Python turns the signal into BrokenPipeError)."""
+
+
+def _stdout_closed() -> bool:
+    """Whether nobody reads stdout any more (a pipe whose reader exited: poll reports an error on it), as opposed
+    to a broken pipe elsewhere (a child process, a socket), which stays an error. If so, stdout is pointed at
+    os.devnull, so that the interpreter's flush at exit does not fail on it again."""
+    import os
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        closed = any(event & select.POLLERR for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll() (Windows), or stdout is not a file
+        return False
+    if closed:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return closed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # key=value overrides may also follow an option (`train --quiet train.epochs=1`): argparse leaves those
@@ -396,7 +419,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         _prepare(args)
-        return args.fn(args)
+        status = args.fn(args)
+        sys.stdout.flush()  # here, so that a reader gone away (| head) is answered below, not at the interpreter's exit
+        return status
+    except BrokenPipeError as e:
+        if _stdout_closed():  # `crossan cache --list | head`: the reader has all it wanted; not an error of ours
+            return SIGPIPE_EXIT
+        print(f"crossan: error: {e}", file=sys.stderr)
+        return 2
     except (CrossanError, DataError, MediaError, OSError, ValueError) as e:  # OSError: names its file
         print(f"crossan: error: {e}", file=sys.stderr)
         return 2
