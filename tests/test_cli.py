@@ -231,3 +231,20 @@ def test_missing_media_files_stop_a_cache_build_before_any_encoding(tmp_path: Pa
     assert main(again) == 0
     out = capsys.readouterr().out
     assert "text:" in out and "image:" not in out, out
+
+
+@pytest.mark.parametrize("command", ["encoders", "cache"])
+@pytest.mark.parametrize(("text", "message"), [
+    ("foo", "--modalities: 'foo' is not one of ['text', 'image', 'video', 'audio']"),
+    ("text,Image", "--modalities: 'Image' is not one of ['text', 'image', 'video', 'audio']"),
+    (",", "--modalities: ',' names no modality; give a comma-separated subset of text,image,video,audio"),
+])
+def test_modalities_option_is_checked_before_anything_is_read(command: str, text: str, message: str,
+                                                              tmp_path: Path, capsys) -> None:
+    """``crossan encoders --modalities foo`` ended in a traceback (AttributeError from the encoder settings,
+    exit 1) and ``--modalities ,`` listed every modality; ``cache`` read the whole dataset before refusing an
+    unknown name. Both commands now stop at once with one line naming the option (exit 2)."""
+    data = ["--data", str(tmp_path / "absent")] if command == "cache" else []
+    assert main([command, *data, "--modalities", text, "--items" if command == "encoders" else "--preset",
+                 "0" if command == "encoders" else "tiny"]) == 2
+    assert capsys.readouterr().err == f"crossan: error: {message}\n"

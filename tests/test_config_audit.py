@@ -222,6 +222,9 @@ def test_resume_help_says_how_to_give_the_configuration_again() -> None:
     assert ("--resume continue an interrupted run in --out from its last checkpoint. The configuration must "
             "be the run's: repeat the original --config files and key=value overrides, or pass --config "
             "RUN_DIR/config.yaml") in text
+    # it said "a difference is refused" while a resume accepts another precision and moved data or cache
+    assert ("A difference is refused, naming the keys, except precision (the checkpoint's dtype must match) and "
+            "data.path / cache.dir of a dataset or cache that moved") in text
 
 
 # --------------------------------------------------------------------------------------------- plugins
@@ -378,3 +381,45 @@ def test_every_method_sections_ranges_name_its_own_fields() -> None:
                 load_config([], [f"{method.name}.{name}={bad}"])
             checked += 1
     assert checked >= 20
+
+
+@pytest.mark.parametrize("name", ["fft", "adapter", "lora"])
+def test_the_end_to_end_configs_name_every_option_of_their_method(name: str) -> None:
+    """configs/fft.yaml says "Method options (fft.*), all at their defaults here" and said the backbone rate was
+    "one key here" after ``fft.lr_text`` had been added; each end-to-end config file now names every option of
+    its method's section (adapter and lora list the shared ones "as in fft.yaml")."""
+    import dataclasses
+
+    from crossan.methods import get_method
+
+    text = (Path(__file__).parents[1] / "configs" / f"{name}.yaml").read_text(encoding="utf-8")
+    options = [f.name for f in dataclasses.fields(get_method(name).options)]
+    assert [o for o in options if o not in text] == []
+    assert "one key here" not in text
+
+
+@pytest.mark.subprocess
+def test_a_reader_that_stops_reading_stdout_is_no_error(tmp_path: Path) -> None:
+    """``crossan cache --list | head -1`` printed "crossan: error: [Errno 32] Broken pipe" and exited 2 (or the
+    interpreter's "Exception ignored … BrokenPipeError", exit 120, when the pipe broke at its final flush): the
+    listing was fine, its reader had gone. It now ends quietly with 141 (128 + SIGPIPE, as a shell reports it)."""
+    env = {**os.environ, "PYTHONPATH": SRC, "CROSSAN_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.Popen([sys.executable, "-m", "crossan", "cache", "--list"], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the command writes its first line
+    assert proc.wait(timeout=120) == 141
+    assert proc.stderr.read() == b""
+    proc.stderr.close()
+
+
+def test_a_broken_pipe_other_than_stdout_is_still_an_error(monkeypatch, capsys) -> None:
+    """Only a closed stdout is taken for a reader that stopped; a broken pipe elsewhere (a child process, a
+    socket) is reported as an error (exit 2)."""
+    import crossan.cli
+
+    def broken(args) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(crossan.cli, "cmd_cache_list", broken)
+    assert main(["cache", "--list"]) == 2
+    assert capsys.readouterr().err == "crossan: error: [Errno 32] Broken pipe\n"

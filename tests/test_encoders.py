@@ -9,10 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from conftest import load_benchmark
 from crossan.cache.layout import preset_folder
-from crossan.config import Config, EncoderSpec, config_differences, config_from_dict, load_config, to_dict
+from crossan.config import (
+    Config,
+    EncoderSpec,
+    config_differences,
+    config_from_dict,
+    load_config,
+    save_config,
+    to_dict,
+)
 from crossan.data.catalogue import Catalogue, ItemRecord
 from crossan.data.media import (
     MediaError,
@@ -331,6 +340,22 @@ def unreachable_hub(tmp_path: Path, monkeypatch):
     hub_unreachable.cache_clear()  # other tests see the machine's own answer
 
 
+def test_encoders_command_lists_a_hub_checkpoint_out_of_reach_and_goes_on(unreachable_hub: str, capsys) -> None:
+    """``crossan encoders --preset paper`` on a machine without the hub stopped at the text modality with one
+    error (the hub check raised an EncoderSpecError, which the listing did not take for "not available"); every
+    modality is now listed as not available here, and the command succeeds. A wrong spec is still an error."""
+    from crossan.cli import main
+
+    assert main(["encoders", "--preset", "paper", "--items", "0"]) == 0
+    out = capsys.readouterr().out
+    for m, name in (("text", "bert-base-uncased"), ("image", "google/vit-base-patch16-224"),
+                    ("video", "MCG-NJU/videomae-base"), ("audio", "MIT/ast-finetuned-audioset-10-10-0.4593")):
+        assert (f"{m}:\n  model       {name}\n  weights     not available here: encoders.{m}.model={name!r}: not "
+                f"a local folder, and the model hub is unreachable (cannot reach {unreachable_hub} (") in out, out
+    assert main(["encoders", "--items", "0", "encoders.text.model=config:nosuchfamily"]) == 2
+    assert "crossan: error: " in capsys.readouterr().err
+
+
 def _hub_snapshot(cache: Path, repo_id: str) -> Path:
     """A snapshot folder of ``repo_id`` in huggingface_hub's cache layout (its ``main`` ref points at it)."""
     repo = cache / f"models--{repo_id.replace('/', '--')}"
@@ -460,6 +485,33 @@ def test_a_config_saved_before_null_encoder_keys_reads_as_it_ran(tmp_path: Path)
     assert specs["text"].num_taps == 2 and specs["image"] == preset_specs("tiny")["image"]
     assert specs["audio"].audio_seconds == 1.0  # the preset's, not the written default 10.0
     assert config_differences(old, cfg) == []
+
+
+def test_a_config_saved_before_null_encoder_keys_is_read_alike_as_a_config_file(tmp_path: Path) -> None:
+    """``--config OLD_RUN/config.yaml`` (how train --resume's help says to give a run's configuration, and how a
+    run is retrained from its folder) read the old layout's default-equal encoder values as given: the tiny
+    preset's 3 taps became 7 and its 1 s of audio 10 s, so a retrained run used other encoders without a word and
+    a resume was refused over 28 "differences". A config file in the saved layout is now read as the run's
+    config.yaml is; a hand-written one keeps what it gives, defaults included."""
+    old = to_dict(load_config([], ["encoders.preset=tiny", "encoders.text.num_taps=2"]))
+    for m in ("text", "image", "video", "audio"):  # as the old code wrote them: defaults filled in
+        old["encoders"][m] = {k: (v if v is not None else getattr(EncoderSpec(), k))
+                              for k, v in old["encoders"][m].items()}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(old, sort_keys=False))
+    cfg = load_config([path])
+    assert to_dict(cfg) == to_dict(config_from_dict(old)) and config_differences(old, cfg) == []
+    specs = resolve_specs(cfg)
+    assert specs["text"].num_taps == 2 and specs["image"] == preset_specs("tiny")["image"]
+    assert specs["audio"].audio_seconds == 1.0 and specs["text"].max_text_len == 16
+
+    own = tmp_path / "mine.yaml"  # a hand-written file: every key it gives is used
+    own.write_text("encoders:\n  preset: tiny\n  text: {num_taps: 7, max_text_len: 32}\n")
+    mine = resolve_specs(load_config([own]))
+    assert mine["text"].num_taps == 7 and mine["text"].max_text_len == 32 and mine["image"].num_taps == 3
+    saved = tmp_path / "new.yaml"  # today's layout (null = the preset's): read as it is
+    save_config(load_config([], ["encoders.preset=tiny", "encoders.text.num_taps=7"]), saved)
+    assert resolve_specs(load_config([saved]))["text"].num_taps == 7
 
 
 # --------------------------------------------------------------------------------------------- media

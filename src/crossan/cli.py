@@ -60,6 +60,22 @@ def _load(args: argparse.Namespace, extra: list[str] = ()) -> Config:
     return cfg
 
 
+def _modality_list(text: str) -> list[str]:
+    """``--modalities a,b`` of ``cache`` and ``encoders``: the names in order, checked before any data or model
+    is read; :class:`ConfigError` naming the option for an empty list or a name that is no modality (not a
+    traceback, nor a silent default)."""
+    from crossan.data.catalogue import MODALITIES
+
+    modalities = [m.strip() for m in text.split(",") if m.strip()]
+    if not modalities:
+        raise ConfigError(f"--modalities: {text!r} names no modality; give a comma-separated subset of "
+                          f"{','.join(MODALITIES)}")
+    unknown = [m for m in modalities if m not in MODALITIES]
+    if unknown:
+        raise ConfigError(f"--modalities: {', '.join(map(repr, unknown))} is not one of {list(MODALITIES)}")
+    return modalities
+
+
 # --------------------------------------------------------------------------------------------- commands
 def cmd_train(args: argparse.Namespace) -> int:
     from crossan.trainer import train
@@ -140,10 +156,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     if args.modalities is None:  # the run's own modalities: `cache --config C` caches what `train --config C` reads
         modalities = list(cfg.modalities)
     else:
-        modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
-        if not modalities:
-            raise ConfigError(f"--modalities: {args.modalities!r} names no modality; give a comma-separated "
-                              "subset of text,image,video,audio")
+        modalities = _modality_list(args.modalities)
     data = prepare(cfg.data)
     data.check_content(modalities)
     if cfg.cache.on_corrupt == "error" and not (args.join or args.verify):
@@ -192,7 +205,7 @@ def cmd_encoders(args: argparse.Namespace) -> int:
     from crossan.encoders.report import encoder_rows, format_rows
 
     cfg = _load(args, [f"encoders.preset={args.preset}"] if args.preset else [])
-    modalities = [m.strip() for m in args.modalities.split(",") if m.strip()] if args.modalities else None
+    modalities = _modality_list(args.modalities) if args.modalities is not None else None
     print(format_rows(encoder_rows(cfg, modalities, args.items), cfg.encoders.preset, args.items))
     return 0
 
@@ -234,7 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run in --out from its last checkpoint. The configuration "
                         "must be the run's: repeat the original --config files and key=value overrides, or "
-                        "pass --config RUN_DIR/config.yaml (a difference is refused, naming the keys)")
+                        "pass --config RUN_DIR/config.yaml. A difference is refused, naming the keys, except "
+                        "precision (the checkpoint's dtype must match) and data.path / cache.dir of a dataset "
+                        "or cache that moved (docs/method.md §10)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(fn=cmd_train)
 
@@ -366,6 +381,29 @@ def _prepare(args: argparse.Namespace) -> None:
         check_device(args.device, "--device")
 
 
+SIGPIPE_EXIT = 141
+"""The exit status when the reader of stdout went away (``| head``): 128 + SIGPIPE, what a shell reports for a
+program that SIGPIPE ends (Python turns the signal into BrokenPipeError)."""
+
+
+def _stdout_closed() -> bool:
+    """Whether nobody reads stdout any more (a pipe whose reader exited: poll reports an error on it), as opposed
+    to a broken pipe elsewhere (a child process, a socket), which stays an error. If so, stdout is pointed at
+    os.devnull, so that the interpreter's flush at exit does not fail on it again."""
+    import os
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        closed = any(event & select.POLLERR for _, event in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll() (Windows), or stdout is not a file
+        return False
+    if closed:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return closed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # key=value overrides may also follow an option (`train --quiet train.epochs=1`): argparse leaves those
@@ -381,7 +419,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         _prepare(args)
-        return args.fn(args)
+        status = args.fn(args)
+        sys.stdout.flush()  # here, so that a reader gone away (| head) is answered below, not at the interpreter's exit
+        return status
+    except BrokenPipeError as e:
+        if _stdout_closed():  # `crossan cache --list | head`: the reader has all it wanted; not an error of ours
+            return SIGPIPE_EXIT
+        print(f"crossan: error: {e}", file=sys.stderr)
+        return 2
     except (CrossanError, DataError, MediaError, OSError, ValueError) as e:  # OSError: names its file
         print(f"crossan: error: {e}", file=sys.stderr)
         return 2

@@ -641,6 +641,7 @@ def load_config(files: list[str | Path] = (), overrides: list[str] = (), base: C
         data = {} if data is None else data
         if not isinstance(data, dict):
             raise ConfigError(f"config file {p} must hold a mapping at the top level")
+        data = _as_saved_run(data)
         where = {key: f"{p}:{lines[key]}" if key in lines else str(p) for key in _flat_keys(data)}
         try:
             _apply_mapping(cfg, data)
@@ -823,6 +824,21 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     validate(cfg)
     return cfg
 
+
+
+_SAVED_SECTIONS = ("method", "modalities", "data", "user", "train", "eval", "encoders", "cache")
+"""Top-level keys that every run's config.yaml has held (:func:`to_dict` writes every section out)."""
+
+
+def _as_saved_run(data: dict[str, Any]) -> dict[str, Any]:
+    """A ``--config`` file read as :func:`config_from_dict` reads a run's config.yaml when it is one (every section
+    and every modality's encoder section written out): an old one's default-equal encoder values then mean the
+    preset's (:func:`legacy_encoder_keys`), as when the run trained, not values given. A hand-written file, which
+    names only the keys it sets, is taken as written."""
+    encoders = data.get("encoders")
+    whole = (all(k in data for k in _SAVED_SECTIONS) and isinstance(encoders, dict)
+             and all(isinstance(encoders.get(m), dict) for m in ("text", "image", "video", "audio")))
+    return legacy_encoder_keys(data) if whole else data
 
 
 def legacy_encoder_keys(saved: dict[str, Any]) -> dict[str, Any]:

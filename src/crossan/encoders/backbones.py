@@ -84,6 +84,11 @@ class EncoderSpecError(CrossanError, ValueError):
     """An encoder spec names an unknown family, a family the modality cannot use, or bad keys."""
 
 
+class CheckpointUnavailableError(EncoderSpecError):
+    """A hub name that cannot be loaded on this machine (no hub access and no local copy): the spec may be
+    right, the checkpoint is out of reach here (``crossan encoders`` lists the modality as not available)."""
+
+
 def _config_class(family: str) -> type:
     import transformers
 
@@ -372,10 +377,10 @@ def _check_hub_reachable(key: str, name: str) -> None:
     if _hub_cached(name):
         log.warning("%s=%r: %s; loading it from the local Hugging Face cache", key, name, reason)
         return
-    raise EncoderSpecError(f"{key}={name!r}: not a local folder, and the model hub is unreachable ({reason}); "
-                           "the local Hugging Face cache has no copy of it either. Copy the checkpoint to a "
-                           "folder and pass the folder, or name a packaged model (README, 'The paper's "
-                           "encoders')")
+    raise CheckpointUnavailableError(f"{key}={name!r}: not a local folder, and the model hub is unreachable "
+                                     f"({reason}); the local Hugging Face cache has no copy of it either. Copy the "
+                                     "checkpoint to a folder and pass the folder, or name a packaged model (README, "
+                                     "'The paper's encoders')")
 
 
 def _checkpoint_config(modality: str, name: str) -> Any:
@@ -398,9 +403,9 @@ def _checkpoint_config(modality: str, name: str) -> Any:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if path.is_dir():
             raise EncoderSpecError(f"{key}={name!r}: the folder's config.json cannot be read ({first})") from None
-        raise EncoderSpecError(f"{key}={name!r}: not a local folder, and it could not be loaded by name ({first}); "
-                               "without access to the model hub, copy the checkpoint to a folder and pass the "
-                               "folder") from None
+        raise CheckpointUnavailableError(f"{key}={name!r}: not a local folder, and it could not be loaded by name "
+                                         f"({first}); without access to the model hub, copy the checkpoint to a "
+                                         "folder and pass the folder") from None
 
 
 def _check_modality(modality: str, family: str, name: str) -> None:

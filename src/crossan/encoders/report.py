@@ -71,13 +71,14 @@ def time_encoder(encoder: Any, items: int) -> float:
 def encoder_rows(cfg: Config, modalities: list[str] | None = None, items: int = 8) -> list[EncoderRow]:
     """The table for ``cfg.encoders`` (its preset and overrides). ``items = 0`` skips loading and timing."""
     from crossan.encoders import build_encoder, describe_backbone, describe_encoder, resolve_specs
+    from crossan.encoders.backbones import CheckpointUnavailableError
 
     specs: dict[str, EncoderSpec] = resolve_specs(cfg, modalities or list(MODALITIES))
     rows = []
     for m, spec in specs.items():
         try:
             info = describe_backbone(m, spec)
-        except (OSError, ImportError) as e:  # e.g. a hub checkpoint on a machine without the hub
+        except (OSError, ImportError, CheckpointUnavailableError) as e:  # e.g. a hub name without the hub
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             rows.append(EncoderRow(m, spec.model, "?", False, f"not available here: {first}", 0, [], [], 0, None))
             continue
