@@ -248,3 +248,19 @@ def test_modalities_option_is_checked_before_anything_is_read(command: str, text
     assert main([command, *data, "--modalities", text, "--items" if command == "encoders" else "--preset",
                  "0" if command == "encoders" else "tiny"]) == 2
     assert capsys.readouterr().err == f"crossan: error: {message}\n"
+
+
+@pytest.mark.parametrize("command", ["bench", "demo"])
+def test_suites_are_refused_under_torchrun(tmp_path: Path, monkeypatch, capsys, command: str) -> None:
+    """Under torchrun every process ran the whole suite, and each one's (run, seed) children, inheriting
+    torchrun's environment, joined one another as a 2-process data-parallel training, all writing the same logs
+    and report: refused before anything is written."""
+    data = write_iisan(tmp_path / "d", {f"u{i}": [f"i{(i + j) % 9}" for j in range(6)] for i in range(12)},
+                       {f"i{k}": f"t{k}" for k in range(9)})
+    (tmp_path / "suite.yaml").write_text(f"data: {data}\npreset: tiny\noverrides: [train.epochs=1, device=cpu]\n"
+                                         "runs:\n  - {name: ID, method: id, modalities: [text]}\n")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    args = ["--suite", str(tmp_path / "suite.yaml")] if command == "bench" else []
+    assert main([command, *args, "--out", str(tmp_path / "out")]) == 2
+    assert "launch it without torchrun" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -210,9 +210,21 @@ def cmd_encoders(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_suite_under_torchrun(command: str) -> None:
+    """A suite under torchrun would run whole in every process, and each (run, seed) child, inheriting torchrun's
+    environment, would join the other processes' child as one data-parallel training: the suite's rows would be
+    world-size-W results (per-rank negatives) with every child's log and the report written W times at once."""
+    from crossan import distributed as dist
+
+    if dist.env_world_size() > 1:
+        raise ConfigError(f"crossan {command} runs each training in a process of its own; launch it without "
+                          "torchrun (only `crossan train` and `crossan cache` run under torchrun)")
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from crossan.reports.suite import load_suite, run_suite
 
+    _refuse_suite_under_torchrun("bench")
     suite = load_suite(args.suite, seeds=args.seeds, cost_repeats=args.cost_repeats)
     rows = run_suite(suite, Path(args.out), resume=not args.fresh)
     return 0 if any(r["status"] == "ok" for r in rows) else 1
@@ -221,6 +233,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from crossan.reports.suite import load_suite, run_suite
 
+    _refuse_suite_under_torchrun("demo")
     t0 = time.perf_counter()
     out = Path(args.out)
     rows = run_suite(load_suite("demo", seeds=args.seeds, cost_repeats=args.cost_repeats), out, resume=not args.fresh)
