@@ -168,3 +168,37 @@ def test_two_process_gradient_equals_the_single_process_gradient(small_data: Pat
     assert set(two) == set(ref)
     for name in ref:
         torch.testing.assert_close(two[name], ref[name], rtol=1e-4, atol=1e-7, msg=name)
+
+
+def test_cache_under_torchrun_waits_for_the_slowest_shard_beyond_training_s_timeout(tmp_path: Path,
+                                                                                      monkeypatch) -> None:
+    """Under torchrun a rank that finished its cache shard waited at a barrier for the slowest one, and rank 0's
+    join held the others at a second barrier, both within the process group's 30 minutes: shards of a build of
+    many hours can end further apart, and a timed-out barrier failed the job (and each rerun of its last
+    shards). ``crossan cache`` joins the group with :data:`~crossan.distributed.CACHE_TIMEOUT`; training keeps
+    30 minutes."""
+    import datetime
+
+    from crossan import distributed
+    from crossan.cli import main
+    from crossan.data.synth import generate
+
+    class Joined(Exception):
+        pass
+
+    timeouts: list[datetime.timedelta] = []
+
+    def init_process_group(backend: str, timeout: datetime.timedelta) -> None:
+        timeouts.append(timeout)
+        raise Joined
+
+    data_dir = generate(tmp_path / "data", size="tiny", seed=5, progress=False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", init_process_group)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(Joined):
+        main(["cache", "--data", str(data_dir), "--modalities", "text", "encoders.preset=tiny", "device=cpu",
+              f"cache.dir={tmp_path / 'c'}"])
+    with pytest.raises(Joined):
+        main(["train", "--data", str(data_dir), "--out", str(tmp_path / "run"), "--quiet", "device=cpu",
+              "method=id", "train.epochs=1"])
+    assert timeouts == [datetime.timedelta(hours=24), datetime.timedelta(minutes=30)]

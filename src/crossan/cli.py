@@ -148,7 +148,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     if args.list or args.remove_outdated:
         return cmd_cache_list(args)
     from crossan import distributed as dist
-    from crossan.cache import cache_command
+    from crossan.cache import build_cache, cache_command
     from crossan.data import prepare
 
     extra = [f"encoders.preset={args.preset}"] if args.preset else []
@@ -168,13 +168,13 @@ def cmd_cache(args: argparse.Namespace) -> int:
             raise ConfigError("--verify checks a completed cache in one process; run it without torchrun")
         from crossan.utils import resolve_device
 
-        cfg.device = str(dist.init_from_env(resolve_device(cfg.device)))  # cuda:LOCAL_RANK on a GPU node
+        # cuda:LOCAL_RANK on a GPU node; barriers wait up to CACHE_TIMEOUT (shards may end hours apart)
+        cfg.device = str(dist.init_from_env(resolve_device(cfg.device), timeout=dist.CACHE_TIMEOUT))
         try:
-            cache_command(cfg, data, modalities, dist.rank(), dist.world_size(), join=False)
-            dist.barrier()
-            if dist.is_main():
+            build_cache(cfg, data, modalities, shard=dist.rank(), num_shards=dist.world_size())
+            dist.barrier()  # every shard is built: rank 0 joins them while the others leave (no barrier
+            if dist.is_main():  # after the join, which can take longer than any timeout on a large cache)
                 cache_command(cfg, data, modalities, None, 1, join=True)
-            dist.barrier()
         finally:
             dist.shutdown()
         return 0

@@ -34,8 +34,17 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init_from_env(device: torch.device) -> torch.device:
-    """Join the process group torchrun describes (no-op in a single process). Returns this rank's device."""
+TIMEOUT = datetime.timedelta(minutes=30)
+"""How long a collective (a barrier) waits for the other ranks before the job fails (training: ranks run in step)."""
+CACHE_TIMEOUT = datetime.timedelta(hours=24)
+"""The same under ``crossan cache``: a rank that finished its shard waits at a barrier for the slowest one,
+and shards of a build of many hours can end far more than 30 minutes apart (a timed-out barrier failed the
+job, and every rerun of its last shards the same way)."""
+
+
+def init_from_env(device: torch.device, timeout: datetime.timedelta = TIMEOUT) -> torch.device:
+    """Join the process group torchrun describes (no-op in a single process), its collectives waiting up to
+    ``timeout``. Returns this rank's device."""
     if env_world_size() <= 1 or is_distributed():
         return device
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -43,7 +52,7 @@ def init_from_env(device: torch.device) -> torch.device:
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+    dist.init_process_group(backend, timeout=timeout)
     return device
 
 
