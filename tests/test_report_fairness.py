@@ -528,3 +528,12 @@ def test_a_one_seed_row_gets_no_error_bar_and_is_marked(tmp_path: Path, monkeypa
     assert [len(c.get_segments()) for c in ax.collections] == [1]  # REF's bar only
     assert sorted(t.get_text() for t in ax.texts) == ["ONE (1 seed)", "REF (ref)"]
     plt.close("all")
+
+
+def test_a_row_whose_seeds_all_failed_still_reports_their_cpu_time() -> None:
+    """Failed trainings cost CPU time too: a row whose every seed failed returned before CPU time was summed,
+    so its Time per run entry was blank while its wall time was counted."""
+    recs = [{"seed": s, "dir": "", "status": "failed", "error": "diverged", "log": f"log{s}", "wall_s": 2.0,
+             "cpu_s": 1.5} for s in (0, 1)]
+    row = collect_run(RunSpec("A", "id", ["text"]), recs)
+    assert (row["status"], row["wall_s"], row["cpu_s"]) == ("failed", 4.0, 3.0)

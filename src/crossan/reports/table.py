@@ -175,9 +175,13 @@ def collect_run(run: Any, recs: list[dict[str, Any]]) -> dict[str, Any]:
     count towards the cost columns only)."""
     repeats = [r for r in recs if r.get("repeat", 1) > 1]
     recs = [r for r in recs if r.get("repeat", 1) == 1]
+    cpu = [r.get("cpu_s") for r in recs + repeats]
     row: dict[str, Any] = {"name": run.name, "method": run.method, "modalities": "+".join(run.modalities),
                            "cost_only": run.cost_only,  # wall and CPU time: every training, cost repeats too
-                           "wall_s": round(sum(r.get("wall_s", 0.0) for r in recs + repeats), 1)}
+                           "wall_s": round(sum(r.get("wall_s", 0.0) for r in recs + repeats), 1),
+                           # failed trainings included: a row whose seeds all failed spent it too
+                           "cpu_s": (round(sum(c for c in cpu if c is not None), 1)
+                                     if any(c is not None for c in cpu) else math.nan)}
     reused = [str(r["seed"]) for r in recs if r.get("reused")]
     if reused:
         row["reused_seeds"] = ",".join(reused)
@@ -262,8 +266,6 @@ def collect_run(run: Any, recs: list[dict[str, Any]]) -> dict[str, Any]:
         row["time_per_epoch_s"] = row["peak_memory_bytes"] = row["peak_rss_bytes"] = math.nan
         row["flags"].append(why)
     row["trainable_params"], row["total_params"] = first["trainable_params"], first["total_params"]
-    cpu = [r.get("cpu_s") for r in recs + repeats]
-    row["cpu_s"] = round(sum(c for c in cpu if c is not None), 1) if any(c is not None for c in cpu) else math.nan
     dtypes = {str(p["results"].get("compute_dtype", "?")) for p in per_seed}  # "?": runs before it was recorded
     row["compute_dtype"] = "/".join(sorted(dtypes))
     routers = [(p["results"].get("tower") or {}).get("router_weight") for p in per_seed]
