@@ -187,6 +187,24 @@ def test_random_init_is_deterministic() -> None:
     assert not torch.equal(next(a.model.parameters()), next(c.model.parameters()))
 
 
+@pytest.mark.parametrize(("model", "detail"), [
+    ("config:distilbert", "unknown family 'distilbert'"),
+    ("config:bert:hidden_size=abc", "Field 'hidden_size' expected int, got str"),
+    ("config:bert:hidden_size=30,num_attention_heads=4", "not a multiple of the number of attention heads"),
+    ("config:bert:num_hidden_layers=-1", "-1 layers"),
+])
+def test_a_bad_config_model_is_an_error_naming_the_key(model: str, detail: str) -> None:
+    """A ``config:`` model that transformers cannot build ended in a traceback (a value of the wrong type:
+    huggingface_hub's StrictDataclassFieldValidationError) or an error that named no key (heads that do not
+    divide the width, a negative depth, an unknown family): each is now an EncoderSpecError naming
+    ``encoders.<modality>.model``."""
+    from crossan.encoders import build_encoder
+
+    with pytest.raises(EncoderSpecError) as err:
+        build_encoder("text", EncoderSpec(model=model))
+    assert str(err.value).startswith("encoders.text.model") and detail in str(err.value), str(err.value)
+
+
 def test_spec_errors() -> None:
     assert parse_config_spec("config:vit:hidden_size=64,qkv_bias=false,hidden_act=gelu") == (
         "vit", {"hidden_size": 64, "qkv_bias": False, "hidden_act": "gelu"})

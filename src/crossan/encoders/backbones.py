@@ -426,7 +426,10 @@ def describe_backbone(modality: str, spec: EncoderSpec) -> BackboneInfo:
     if packaged is not None:
         return packaged
     if name.startswith("config:"):
-        family, kwargs = parse_config_spec(name)
+        try:
+            family, kwargs = parse_config_spec(name)
+        except EncoderSpecError as e:
+            raise EncoderSpecError(f"encoders.{modality}.model: {e}") from None
         extras = {k: kwargs.pop(k) for k in SPEC_ONLY_KEYS if k in kwargs}
         _apply_spec_fields(family, kwargs, spec, name)
         if family == "bert" and "vocab_size" not in kwargs:
@@ -436,7 +439,13 @@ def describe_backbone(modality: str, spec: EncoderSpec) -> BackboneInfo:
         unknown = [k for k in kwargs if not hasattr(defaults, k)]
         if unknown:
             raise EncoderSpecError(f"{name!r}: {unknown} are not fields of {config_class.__name__}")
-        hf_config = config_class(**kwargs)
+        from huggingface_hub.errors import StrictDataclassError  # transformers' configs check field types
+
+        try:
+            hf_config = config_class(**kwargs)
+        except (TypeError, ValueError, StrictDataclassError) as e:  # a value of the wrong type (hidden_size=abc)
+            detail = " ".join(str(e).split())
+            raise EncoderSpecError(f"encoders.{modality}.model={name!r}: {detail}") from None
         random_init = True
     else:
         if name.startswith("~"):  # loaded by folder everywhere below
@@ -453,6 +462,8 @@ def describe_backbone(modality: str, spec: EncoderSpec) -> BackboneInfo:
         extras = {}
         random_init = False
     _check_modality(modality, family, name)
+    if _num_layers(family, hf_config) < 0:
+        raise EncoderSpecError(f"encoders.{modality}.model={name!r}: {_num_layers(family, hf_config)} layers")
     return BackboneInfo(
         modality=modality,
         name=name,
@@ -495,16 +506,19 @@ def load_backbone(info: BackboneInfo) -> nn.Module:
     elif info.random_init:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_spec_seed(info))
-            if info.family == "efficientnet":
-                from crossan.encoders.efficientnet import EfficientNetLite
+            try:
+                if info.family == "efficientnet":
+                    from crossan.encoders.efficientnet import EfficientNetLite
 
-                model = EfficientNetLite(info.hf_config)
-            elif info.family == "whisper":
-                from transformers.models.whisper.modeling_whisper import WhisperEncoder
+                    model = EfficientNetLite(info.hf_config)
+                elif info.family == "whisper":
+                    from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
-                model = WhisperEncoder(info.hf_config)
-            else:
-                model = AutoModel.from_config(info.hf_config)
+                    model = WhisperEncoder(info.hf_config)
+                else:
+                    model = AutoModel.from_config(info.hf_config)
+            except ValueError as e:  # sizes the model cannot take (hidden_size not a multiple of the heads)
+                raise EncoderSpecError(f"encoders.{info.modality}.model={info.name!r}: {e}") from None
             if info.family == "ast":
                 _init_ast_embeddings(model, float(info.hf_config.initializer_range))
     else:
