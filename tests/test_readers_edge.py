@@ -358,3 +358,25 @@ def test_a_few_large_numeric_item_ids_take_the_sorted_lookup() -> None:
     assert table.lookup(buf, starts, ends).tolist() == [2, 0, -1, 1, -1, 1]
     small = ts.KeyTable([str(i) for i in range(1, 1001)])  # a catalogue numbered 1..N keeps the array
     assert small.dense is not None and len(small.dense) == 1001
+
+
+@pytest.mark.parametrize(("layout", "header"), [
+    ("csv", "user,user,item,timestamp"),
+    ("csv", "user_id,item_id,item_id,timestamp"),
+    ("atomic", "user_id:token\titem_id:token\ttimestamp:float\ttimestamp:float"),
+])
+def test_an_interactions_header_repeating_a_column_is_an_error(tmp_path: Path, layout: str, header: str) -> None:
+    """A csv or .inter header naming a column twice used the first of the two without a word (an items.tsv
+    header doing so is an error): which one holds the ids or times is not the reader's to guess."""
+    root = tmp_path / "d"
+    root.mkdir()
+    sep = "," if layout == "csv" else "\t"
+    rows = "".join(sep.join(f"{c}{r}" if c != "t" else str(r) for c in ("u", "u", "i", "t")) + "\n"
+                   for r in range(1, 4))
+    if layout == "csv":
+        (root / "d.csv").write_text(header + "\n" + rows)
+    else:
+        (root / "d.inter").write_text(header + "\n" + rows)
+    column = [c for c in header.replace(sep, " ").split() if header.count(c) > 1][0].split(":")[0]
+    with pytest.raises(DataError, match=rf"d\.(csv|inter):1: header column '{column}' appears twice"):
+        read(DataConfig(path=str(root)))

@@ -477,6 +477,8 @@ def _header(path: Path, text: str, delimiter: str) -> tuple[list[str], list[str]
 
     def find(*cands: str) -> int:
         for c in cands:
+            if names.count(c) > 1:  # which of the two holds the ids is not ours to guess (items.tsv: the same)
+                raise DataError(f"{path}:1: header column {c!r} appears twice")
             if c in names:
                 return names.index(c)
         raise DataError(f"{path}:1: header {header} has no column named {' or '.join(cands)}")
