@@ -285,6 +285,11 @@ def test_several_candidate_files_are_an_error_listing_them(tmp_path: Path) -> No
     with pytest.raises(DataError) as e:
         read(DataConfig(path=str(root)))
     assert str(e.value) == f"{root}: several .item files (a.item, d.item); keep one"
+    root = _iisan(tmp_path / "i", "i1\tRed mug\n", "u1\ti1\n")  # users.tsv silently won over a pairs file
+    (root / "Scientific_pairs.tsv").write_text("u2\ti1\n")
+    with pytest.raises(DataError) as e:
+        read(DataConfig(path=str(root)))
+    assert str(e.value) == f"{root}: both users.tsv and Scientific_pairs.tsv hold user histories; keep one"
 
 
 # --------------------------------------------------------------------------------------------- big timestamps

@@ -306,9 +306,14 @@ def read_items_tsv(path: Path, problems: _Problems, spaces_ok: bool = False) -> 
 
 # --------------------------------------------------------------------------------------------- iisan
 def _user_file(root: Path) -> Path:
-    if (root / "users.tsv").is_file():
-        return root / "users.tsv"
+    """The one user file of an ``iisan`` folder: ``users.tsv`` or a single ``*_pairs.tsv``; several are an error
+    (which one holds the histories is not the reader's to guess)."""
     pairs = sorted(root.glob("*_pairs.tsv"))
+    if (root / "users.tsv").is_file():
+        if pairs:
+            raise DataError(f"{root}: both users.tsv and {', '.join(p.name for p in pairs)} hold user histories; "
+                            "keep one")
+        return root / "users.tsv"
     if len(pairs) == 1:
         return pairs[0]
     if len(pairs) > 1:
