@@ -15,8 +15,7 @@ or ``id``, and any column may carry a type (``item_id:token``); a first line who
 columns is a header, and an error naming its first column when that is no id column. A modality
 without a column of its own is found by item id in ``images/`` or ``covers/`` (jpg, jpeg, png, webp),
 ``videos/`` or ``video/`` (mp4, webm, mkv, avi, mov) and ``audio/`` or ``audios/`` (wav, flac, mp3, ogg); an
-id with two files there
-keeps the first in folder and name order, with a warning.
+id with two files there keeps the first in folder and name order, with a warning.
 
 ``atomic`` (RecBole): ``NAME.inter`` with ``user_id``, ``item_id`` and ``timestamp`` columns (typed headers
 such as ``user_id:token``) and optionally ``NAME.item`` whose text columns form the item text. Both files are
