@@ -83,3 +83,14 @@ def test_method_options_out_of_range_name_the_key(override: str, key: str) -> No
 def test_top_1_routing_is_accepted_with_its_balance_loss() -> None:
     cfg = load_config([], ["crossan.momef_top_k=1", "crossan.load_balance_weight=0.01", "crossan.dropout=0"])
     assert cfg.crossan.momef_top_k == 1 and cfg.crossan.dropout == 0
+
+
+def test_a_section_with_every_key_commented_out_sets_nothing(tmp_path: Path) -> None:
+    """``train:`` whose keys are all commented out reads as null in YAML; it was refused ("expected a mapping of
+    TrainConfig fields, got None") where an empty section is what the file says. It now sets nothing, and keeps
+    what an earlier file set."""
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first.write_text("method: id\ntrain:\n  epochs: 3\n")
+    second.write_text("train:\n  # epochs: 5\nuser:\n")
+    cfg = load_config([first, second])
+    assert (cfg.method, cfg.train.epochs, cfg.user.dim) == ("id", 3, load_config([]).user.dim)

@@ -498,6 +498,8 @@ def _apply_mapping(obj: Any, mapping: dict[str, Any], prefix: str = "") -> None:
         tp = hints[k]
         if dataclasses.is_dataclass(tp) and isinstance(v, dict):
             _apply_mapping(getattr(obj, k), v, key)
+        elif dataclasses.is_dataclass(tp) and v is None:  # `train:` with every key commented out: nothing set
+            continue
         else:
             setattr(obj, k, _coerce(v, tp, key))
 
