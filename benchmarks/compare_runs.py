@@ -8,8 +8,10 @@ per-user test NDCG@10 against a reference group (METHOD.md §11), from each run'
 
 Each group lists one run folder per seed, in the same seed order for every group: seed i of a group is paired
 with seed i of the reference, and only when the two runs' split fingerprints agree (same users, same targets)
-and they ranked under the same ``eval.mask_history``. ``*`` marks a Holm-adjusted p < 0.05 (over the table's
-tests).
+and they ranked under the same ``eval.mask_history``. Two groups with different numbers of seeds are paired on
+the smaller number (the p cell says so). ``*`` marks a Holm-adjusted p < 0.05 (over the table's tests) on at
+least 3 paired seeds, as in the suites' reports (METHOD.md §11); a test on fewer still counts among Holm's tests
+but makes no claim.
 Prints a markdown table; ``--csv`` also writes it as CSV.
 """
 
@@ -24,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from crossan.reports.stats import holm_adjust, ndcg_at, paired_bootstrap, t_interval
+from crossan.reports.table import ALPHA, MIN_CLAIM_SEEDS
 
 METRICS = ("HR@10", "NDCG@10", "MRR")
 
@@ -70,10 +73,13 @@ def main(argv: list[str] | None = None) -> int:
                 t = paired_bootstrap([ndcg_at(x["test_ranks"]) for x in a], [ndcg_at(y["test_ranks"]) for y in b])
                 row["p_value"], row["diff_NDCG@10"] = t.p_value, t.diff
                 row["diff_ci95"] = f"[{t.ci95[0]:+.4f}, {t.ci95[1]:+.4f}]"
+                row["paired_seeds"] = k
         rows.append(row)
     tested = [r for r in rows if isinstance(r.get("p_value"), float)]
     for r, p_holm in zip(tested, holm_adjust([r["p_value"] for r in tested])):
+        # a claim rests on at least MIN_CLAIM_SEEDS paired seeds (METHOD.md §11), as in the suites' reports
         r["p_holm"] = p_holm
+        r["significant"] = bool(r["paired_seeds"] >= MIN_CLAIM_SEEDS and p_holm < ALPHA)
     print(f"| run | method | seeds | best epochs | test HR@10 | test NDCG@10 | test MRR | Δ NDCG@10 vs {ref} [95% CI] "
           "| p | s/epoch (median over seeds) | trainable params |")
     print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -85,11 +91,15 @@ def main(argv: list[str] | None = None) -> int:
             d, p = r["p_value"], ""
         else:
             d = f"{r['diff_NDCG@10']:+.4f} {r['diff_ci95']}"
-            p = f"{r['p_value']:.4f} (Holm {r['p_holm']:.4f})" + (" *" if r["p_holm"] < 0.05 else "")
+            p = f"{r['p_value']:.4f} (Holm {r['p_holm']:.4f})" + (" *" if r["significant"] else "")
+            if r["paired_seeds"] < max(r["seeds"], len(results[ref])):
+                p += f", {r['paired_seeds']} of {max(r['seeds'], len(results[ref]))} seeds paired"
+            if r["paired_seeds"] < MIN_CLAIM_SEEDS:
+                p += ": no claim"
         print(f"| {r['run']} | {r['method']} | {r['seeds']} | {r['best_epochs']} | {q} | {d} | {p} | "
               f"{r['s_per_epoch']:.1f} | {r['trainable_params']:,} |")
     print(f"\np: paired bootstrap over test users; Holm: adjusted over the {len(tested)} test(s) of this table; "
-          "* where the Holm-adjusted p < 0.05.")
+          f"* where the Holm-adjusted p < 0.05 on at least {MIN_CLAIM_SEEDS} paired seeds.")
     if args.csv:
         keys = sorted({k for r in rows for k in r}, key=lambda k: list(rows[0]).index(k) if k in rows[0] else 99)
         with open(args.csv, "w", newline="") as f:

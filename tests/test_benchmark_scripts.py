@@ -1,0 +1,57 @@
+"""The benchmark scripts whose output docs/results.md quotes: their claims follow the reports' rules."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import load_benchmark
+
+
+def _run(folder: Path, ranks: np.ndarray) -> Path:
+    """A finished run folder as compare_runs reads it: results.json and per_user.npz."""
+    folder.mkdir(parents=True)
+    ndcg = np.where(ranks <= 10, 1 / np.log2(ranks + 1), 0.0)
+    folder.joinpath("results.json").write_text(json.dumps({
+        "method": "id", "best_epoch": 3, "train_time_per_epoch_s": 1.0, "trainable_params": 10, "mask_history": True,
+        "test": {"HR@10": float((ranks <= 10).mean()), "NDCG@10": float(ndcg.mean()), "MRR": float((1 / ranks).mean())}}))
+    np.savez(folder / "per_user.npz", valid_ranks=ranks, test_ranks=ranks, users=np.arange(len(ranks)).astype(str),
+             split_fingerprint=np.asarray("same-split"))
+    return folder
+
+
+@pytest.mark.parametrize("seeds, star", [(1, False), (2, False), (3, True)])
+def test_compare_runs_claims_only_on_three_paired_seeds(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                         seeds: int, star: bool) -> None:
+    """METHOD.md §11 (and the suites' reports since crossan 0.1.5): a significance star rests on at least 3
+    paired seeds. compare_runs starred a Holm p < 0.05 on one seed; it now says "no claim" there."""
+    compare = load_benchmark("compare_runs")
+    n = 400
+    best = np.ones(n, dtype=np.int64)  # every target ranked first
+    half = np.where(np.arange(n) % 2 == 0, 1, 50)  # half of them ranked 50: Δ NDCG@10 = -0.5, p ≈ 1e-4
+    a = [_run(tmp_path / f"a{s}", best) for s in range(seeds)]
+    b = [_run(tmp_path / f"b{s}", half) for s in range(seeds)]
+    out = tmp_path / "t.csv"
+    assert compare.main(["--reference", "A", "A=" + ",".join(map(str, a)), "B=" + ",".join(map(str, b)),
+                         "--csv", str(out)]) == 0
+    row = next(r for r in capsys.readouterr().out.splitlines() if r.startswith("| B |"))
+    assert row.split(" | ")[7] == "-0.5000 [-0.5500, -0.4500]"
+    assert row.split(" | ")[8] == "0.0001 (Holm 0.0001)" + (" *" if star else ": no claim")
+    rec = next(r for r in csv.DictReader(out.open()) if r["run"] == "B")
+    assert (rec["paired_seeds"], rec["significant"]) == (str(seeds), str(star))
+
+
+def test_compare_runs_says_when_it_pairs_fewer_seeds_than_a_group_has(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """A group of three seeds against a reference of one was tested on one pair without a word."""
+    compare = load_benchmark("compare_runs")
+    ranks = np.where(np.arange(400) % 2 == 0, 1, 50)
+    a = _run(tmp_path / "a0", np.ones(400, dtype=np.int64))
+    b = [_run(tmp_path / f"b{s}", ranks) for s in range(3)]
+    assert compare.main(["--reference", "A", f"A={a}", "B=" + ",".join(map(str, b))]) == 0
+    row = next(r for r in capsys.readouterr().out.splitlines() if r.startswith("| B |"))
+    assert row.split(" | ")[8] == "0.0001 (Holm 0.0001), 1 of 3 seeds paired: no claim"
