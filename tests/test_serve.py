@@ -806,3 +806,30 @@ def test_evaluate_finds_a_moved_dataset_with_run_data(id_run: Path, tmp_path: Pa
     results = json.loads((run / "results.json").read_text())
     assert json.loads(capsys.readouterr().out)["test"] == results["test"]
 
+
+
+def test_two_embed_items_at_once_keep_both_sets_of_items(content_run: Path, tmp_path: Path, monkeypatch) -> None:
+    """``embed-items`` read the stored items when it started and wrote them back with its own when it ended:
+    a second one that stored its items in between (two commands at once) lost them without a word. The merge
+    now re-reads the stored items under a lock in the run folder."""
+    import crossan.coldstart as coldstart
+
+    run = _copy(content_run, tmp_path)
+    cfg, _, _ = load_run(run, "cpu")
+    _new_catalogue(tmp_path / "a", Path(cfg.data.path), [("cold-a", "First new item", None)])
+    _new_catalogue(tmp_path / "b", Path(cfg.data.path), [("cold-b", "Second new item", None)])
+    embed_new = coldstart._embed_new
+    calls = []
+
+    def meanwhile(*args, **kwargs):  # the other command stores its item while this one embeds
+        if not calls:
+            calls.append(1)
+            assert embed_items(run, tmp_path / "b", device="cpu") == ["cold-b"]
+        return embed_new(*args, **kwargs)
+
+    monkeypatch.setattr(coldstart, "_embed_new", meanwhile)
+    assert embed_items(run, tmp_path / "a", device="cpu") == ["cold-a"]
+    extra = read_extra_items(run)
+    assert extra.ids == ["cold-b", "cold-a"] and extra.embeddings.shape[0] == 2
+    rec = load_recommender(run, device="cpu")
+    assert rec.item_ids[-2:] == ["cold-b", "cold-a"] and rec.titles[-2:] == ["Second new item", "First new item"]
