@@ -833,3 +833,28 @@ def test_two_embed_items_at_once_keep_both_sets_of_items(content_run: Path, tmp_
     assert extra.ids == ["cold-b", "cold-a"] and extra.embeddings.shape[0] == 2
     rec = load_recommender(run, device="cpu")
     assert rec.item_ids[-2:] == ["cold-b", "cold-a"] and rec.titles[-2:] == ["Second new item", "First new item"]
+
+
+def test_an_export_folder_that_appears_while_exporting_is_not_replaced_without_force(id_run: Path, tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    """``export`` checked ``--out`` when it started, then swapped whatever stood there at the end for its own
+    folder: one that appeared meanwhile (another export to the same ``--out``) was deleted without ``--force``.
+    It is now kept, and the export fails naming it, leaving no temporary."""
+    import crossan.export as export
+
+    out = tmp_path / "exports" / "v1"
+    load = export.load_recommender
+
+    def meanwhile(*args, **kwargs):
+        rec = load(*args, **kwargs)
+        out.mkdir(parents=True)
+        (out / "export.json").write_text("{}")  # the other export's folder
+        return rec
+
+    monkeypatch.setattr(export, "load_recommender", meanwhile)
+    with pytest.raises(ServeError, match="was created while the export ran"):
+        export.export_run(id_run, out, device="cpu")
+    assert (out / "export.json").read_text() == "{}" and sorted(p.name for p in out.parent.iterdir()) == ["v1"]
+    monkeypatch.setattr(export, "load_recommender", load)
+    export.export_run(id_run, out, device="cpu", force=True)  # --force replaces it, as before
+    assert json.loads((out / "export.json").read_text())["method"] == "id"
