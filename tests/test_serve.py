@@ -858,3 +858,33 @@ def test_an_export_folder_that_appears_while_exporting_is_not_replaced_without_f
     monkeypatch.setattr(export, "load_recommender", load)
     export.export_run(id_run, out, device="cpu", force=True)  # --force replaces it, as before
     assert json.loads((out / "export.json").read_text())["method"] == "id"
+
+
+def test_a_first_embed_items_that_fails_midway_leaves_the_run_servable(content_run: Path, tmp_path: Path,
+                                                                       monkeypatch) -> None:
+    """A first ``embed-items`` that failed between its two writes (disk full, Ctrl-C) left a lone items.json:
+    ``recommend``, ``export`` and ``embed-items`` itself then refused the run ("embeddings.safetensors is
+    missing; rerun crossan embed-items", which refused the same way). The embeddings file is the commit point:
+    without it there are no stored items. Damaged files are refused with advice that works (remove them)."""
+    import crossan.coldstart as coldstart
+
+    run = _copy(content_run, tmp_path)
+    cfg, data, _ = load_run(run, "cpu")
+    _new_catalogue(tmp_path / "a", Path(cfg.data.path), [("cold-a", "First new item", None)])
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(coldstart, "atomic_save_safetensors", disk_full)
+        with pytest.raises(OSError, match="No space left"):
+            embed_items(run, tmp_path / "a", device="cpu")
+    assert sorted(p.name for p in (run / EXTRA_DIR).iterdir()) == ["items.json"]
+    assert len(read_extra_items(run)) == 0
+    assert load_recommender(run, device="cpu").item_ids == data.item_ids  # served as before, no extra item
+    assert embed_items(run, tmp_path / "a", device="cpu") == ["cold-a"] and read_extra_items(run).ids == ["cold-a"]
+
+    emb = run / EXTRA_DIR / "embeddings.safetensors"
+    emb.write_bytes(emb.read_bytes()[:100])  # damaged: embed-items cannot mend it, so it is not the advice
+    with pytest.raises(ServeError, match=rf"cannot read the extra items .*; remove {run / EXTRA_DIR} and embed"):
+        load_recommender(run, device="cpu")

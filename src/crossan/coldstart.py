@@ -78,14 +78,17 @@ class ExtraItems:
 
 
 def read_extra_items(run_dir: str | Path) -> ExtraItems:
-    """The run's stored extra items (empty when it has none); checks the two files agree."""
+    """The run's stored extra items (empty when it has none); checks the two files agree.
+
+    No embeddings file means no stored items, even beside an items.json: the embeddings file is the commit
+    point (written last), so a lone items.json is what a first ``embed-items`` that failed between its two
+    writes leaves (crossan before 0.1.5 wrote the embeddings first). Damaged files are refused with the advice
+    to remove the folder: ``embed-items`` reads the stored items too, so it cannot mend them."""
     folder = Path(run_dir) / EXTRA_DIR
     emb_path, items_path = folder / EXTRA_EMBEDDINGS, folder / EXTRA_ITEMS
-    if not emb_path.is_file() and not items_path.is_file():
-        return ExtraItems()
     if not emb_path.is_file():
-        raise ServeError(f"{folder}: {EXTRA_EMBEDDINGS} is missing (interrupted write?); rerun crossan "
-                         "embed-items")
+        return ExtraItems()
+    again = f"remove {folder} and embed the items again (crossan embed-items)"
     try:
         with safe_open(str(emb_path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -94,13 +97,13 @@ def read_extra_items(run_dir: str | Path) -> ExtraItems:
         # items.json is a readable copy, and the authority only for pairs written before crossan 0.1.5
         info = json.loads(meta["items"] if "items" in meta else items_path.read_text(encoding="utf-8"))
     except Exception as e:  # noqa: BLE001
-        raise ServeError(f"{folder}: cannot read the extra items ({e}); rerun crossan embed-items") from None
+        raise ServeError(f"{folder}: cannot read the extra items ({e}); {again}") from None
     ids = json.loads(meta.get("item_ids", "[]"))
     records = info.get("items", [])
     if (meta.get("generation") != info.get("generation") or ids != [r.get("item_id") for r in records]
             or "embeddings" not in tensors or tensors["embeddings"].shape[0] != len(ids)):
         raise ServeError(f"{folder}: {EXTRA_EMBEDDINGS} and {EXTRA_ITEMS} do not match (interrupted write?); "
-                         "rerun crossan embed-items")
+                         f"{again}")
     return ExtraItems(ids, records, tensors["embeddings"].float(), info.get("weights_sha256", ""))
 
 
