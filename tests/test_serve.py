@@ -806,3 +806,85 @@ def test_evaluate_finds_a_moved_dataset_with_run_data(id_run: Path, tmp_path: Pa
     results = json.loads((run / "results.json").read_text())
     assert json.loads(capsys.readouterr().out)["test"] == results["test"]
 
+
+
+def test_two_embed_items_at_once_keep_both_sets_of_items(content_run: Path, tmp_path: Path, monkeypatch) -> None:
+    """``embed-items`` read the stored items when it started and wrote them back with its own when it ended:
+    a second one that stored its items in between (two commands at once) lost them without a word. The merge
+    now re-reads the stored items under a lock in the run folder."""
+    import crossan.coldstart as coldstart
+
+    run = _copy(content_run, tmp_path)
+    cfg, _, _ = load_run(run, "cpu")
+    _new_catalogue(tmp_path / "a", Path(cfg.data.path), [("cold-a", "First new item", None)])
+    _new_catalogue(tmp_path / "b", Path(cfg.data.path), [("cold-b", "Second new item", None)])
+    embed_new = coldstart._embed_new
+    calls = []
+
+    def meanwhile(*args, **kwargs):  # the other command stores its item while this one embeds
+        if not calls:
+            calls.append(1)
+            assert embed_items(run, tmp_path / "b", device="cpu") == ["cold-b"]
+        return embed_new(*args, **kwargs)
+
+    monkeypatch.setattr(coldstart, "_embed_new", meanwhile)
+    assert embed_items(run, tmp_path / "a", device="cpu") == ["cold-a"]
+    extra = read_extra_items(run)
+    assert extra.ids == ["cold-b", "cold-a"] and extra.embeddings.shape[0] == 2
+    rec = load_recommender(run, device="cpu")
+    assert rec.item_ids[-2:] == ["cold-b", "cold-a"] and rec.titles[-2:] == ["Second new item", "First new item"]
+
+
+def test_an_export_folder_that_appears_while_exporting_is_not_replaced_without_force(id_run: Path, tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    """``export`` checked ``--out`` when it started, then swapped whatever stood there at the end for its own
+    folder: one that appeared meanwhile (another export to the same ``--out``) was deleted without ``--force``.
+    It is now kept, and the export fails naming it, leaving no temporary."""
+    import crossan.export as export
+
+    out = tmp_path / "exports" / "v1"
+    load = export.load_recommender
+
+    def meanwhile(*args, **kwargs):
+        rec = load(*args, **kwargs)
+        out.mkdir(parents=True)
+        (out / "export.json").write_text("{}")  # the other export's folder
+        return rec
+
+    monkeypatch.setattr(export, "load_recommender", meanwhile)
+    with pytest.raises(ServeError, match="was created while the export ran"):
+        export.export_run(id_run, out, device="cpu")
+    assert (out / "export.json").read_text() == "{}" and sorted(p.name for p in out.parent.iterdir()) == ["v1"]
+    monkeypatch.setattr(export, "load_recommender", load)
+    export.export_run(id_run, out, device="cpu", force=True)  # --force replaces it, as before
+    assert json.loads((out / "export.json").read_text())["method"] == "id"
+
+
+def test_a_first_embed_items_that_fails_midway_leaves_the_run_servable(content_run: Path, tmp_path: Path,
+                                                                       monkeypatch) -> None:
+    """A first ``embed-items`` that failed between its two writes (disk full, Ctrl-C) left a lone items.json:
+    ``recommend``, ``export`` and ``embed-items`` itself then refused the run ("embeddings.safetensors is
+    missing; rerun crossan embed-items", which refused the same way). The embeddings file is the commit point:
+    without it there are no stored items. Damaged files are refused with advice that works (remove them)."""
+    import crossan.coldstart as coldstart
+
+    run = _copy(content_run, tmp_path)
+    cfg, data, _ = load_run(run, "cpu")
+    _new_catalogue(tmp_path / "a", Path(cfg.data.path), [("cold-a", "First new item", None)])
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(coldstart, "atomic_save_safetensors", disk_full)
+        with pytest.raises(OSError, match="No space left"):
+            embed_items(run, tmp_path / "a", device="cpu")
+    assert sorted(p.name for p in (run / EXTRA_DIR).iterdir()) == ["items.json"]
+    assert len(read_extra_items(run)) == 0
+    assert load_recommender(run, device="cpu").item_ids == data.item_ids  # served as before, no extra item
+    assert embed_items(run, tmp_path / "a", device="cpu") == ["cold-a"] and read_extra_items(run).ids == ["cold-a"]
+
+    emb = run / EXTRA_DIR / "embeddings.safetensors"
+    emb.write_bytes(emb.read_bytes()[:100])  # damaged: embed-items cannot mend it, so it is not the advice
+    with pytest.raises(ServeError, match=rf"cannot read the extra items .*; remove {run / EXTRA_DIR} and embed"):
+        load_recommender(run, device="cpu")

@@ -30,6 +30,8 @@ the ID tower) is refused with a clear error. The embeddings file is the one read
 records in its metadata and is written atomically, last, so a command that fails at any point leaves the stored
 items as they were; items.json is a readable copy (for files written before crossan 0.1.5, which keep the
 records there only, both files carry one generation id and a torn pair is refused).
+Concurrent ``embed-items`` on one run embed side by side and store one at a time (:data:`EXTRA_LOCK`), each
+merging its items with those stored when it takes the lock, so none is lost.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import crossan
+from crossan.cache.lock import build_lock
 from crossan.config import Config, DataConfig
 from crossan.errors import ServeError
 from crossan.methods import get_method
@@ -56,6 +59,8 @@ from crossan.utils import atomic_save_safetensors, atomic_write_json, file_sha25
 EXTRA_DIR = "extra_items"
 EXTRA_EMBEDDINGS = "embeddings.safetensors"
 EXTRA_ITEMS = "items.json"
+EXTRA_LOCK = ".extra_items.lock"
+"""In the run folder: the lock that makes concurrent ``embed-items`` store their items one at a time."""
 
 
 # --------------------------------------------------------------------------------------------- stored items
@@ -73,14 +78,17 @@ class ExtraItems:
 
 
 def read_extra_items(run_dir: str | Path) -> ExtraItems:
-    """The run's stored extra items (empty when it has none); checks the two files agree."""
+    """The run's stored extra items (empty when it has none); checks the two files agree.
+
+    No embeddings file means no stored items, even beside an items.json: the embeddings file is the commit
+    point (written last), so a lone items.json is what a first ``embed-items`` that failed between its two
+    writes leaves (crossan before 0.1.5 wrote the embeddings first). Damaged files are refused with the advice
+    to remove the folder: ``embed-items`` reads the stored items too, so it cannot mend them."""
     folder = Path(run_dir) / EXTRA_DIR
     emb_path, items_path = folder / EXTRA_EMBEDDINGS, folder / EXTRA_ITEMS
-    if not emb_path.is_file() and not items_path.is_file():
-        return ExtraItems()
     if not emb_path.is_file():
-        raise ServeError(f"{folder}: {EXTRA_EMBEDDINGS} is missing (interrupted write?); rerun crossan "
-                         "embed-items")
+        return ExtraItems()
+    again = f"remove {folder} and embed the items again (crossan embed-items)"
     try:
         with safe_open(str(emb_path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -89,13 +97,13 @@ def read_extra_items(run_dir: str | Path) -> ExtraItems:
         # items.json is a readable copy, and the authority only for pairs written before crossan 0.1.5
         info = json.loads(meta["items"] if "items" in meta else items_path.read_text(encoding="utf-8"))
     except Exception as e:  # noqa: BLE001
-        raise ServeError(f"{folder}: cannot read the extra items ({e}); rerun crossan embed-items") from None
+        raise ServeError(f"{folder}: cannot read the extra items ({e}); {again}") from None
     ids = json.loads(meta.get("item_ids", "[]"))
     records = info.get("items", [])
     if (meta.get("generation") != info.get("generation") or ids != [r.get("item_id") for r in records]
             or "embeddings" not in tensors or tensors["embeddings"].shape[0] != len(ids)):
         raise ServeError(f"{folder}: {EXTRA_EMBEDDINGS} and {EXTRA_ITEMS} do not match (interrupted write?); "
-                         "rerun crossan embed-items")
+                         f"{again}")
     return ExtraItems(ids, records, tensors["embeddings"].float(), info.get("weights_sha256", ""))
 
 
@@ -326,18 +334,26 @@ def embed_items(run_dir: str | Path, new_catalogue: str | Path, device: str = "a
             rec[m] = None if p is None else str(p.resolve())
         rec["source"] = str(Path(catalogue.source).resolve()) if catalogue.source else ""
         records.append(rec)
-    # merge: replace by id in place, append the rest
-    merged_ids = list(existing.ids)
-    merged_records = list(existing.records)
-    merged_emb = [existing.embeddings[j] for j in range(len(existing))] if len(existing) else []
-    pos = {item: j for j, item in enumerate(merged_ids)}
-    for j, i in enumerate(ids):
-        if i in pos:
-            merged_records[pos[i]], merged_emb[pos[i]] = records[j], emb[j]
-        else:
-            pos[i] = len(merged_ids)
-            merged_ids.append(i)
-            merged_records.append(records[j])
-            merged_emb.append(emb[j])
-    _write_extra_items(run_dir, ExtraItems(merged_ids, merged_records, torch.stack(merged_emb), sha), cfg)
+    # merge with the items stored *now*, one embed-items at a time: another one may have stored its items
+    # while this one embedded (read before, they were overwritten: the last writer's items alone survived)
+    with build_lock(run_dir / EXTRA_LOCK, str(run_dir / EXTRA_DIR), "crossan embed-items process",
+                    "storing its items"):
+        existing = read_extra_items(run_dir)
+        if len(existing) and existing.weights_sha256 != sha:
+            raise ServeError(f"{run_dir / EXTRA_DIR}: the stored extra items were embedded with other weights "
+                             f"than best.safetensors; remove {run_dir / EXTRA_DIR} and embed them again")
+        # replace by id in place, append the rest
+        merged_ids = list(existing.ids)
+        merged_records = list(existing.records)
+        merged_emb = [existing.embeddings[j] for j in range(len(existing))] if len(existing) else []
+        pos = {item: j for j, item in enumerate(merged_ids)}
+        for j, i in enumerate(ids):
+            if i in pos:
+                merged_records[pos[i]], merged_emb[pos[i]] = records[j], emb[j]
+            else:
+                pos[i] = len(merged_ids)
+                merged_ids.append(i)
+                merged_records.append(records[j])
+                merged_emb.append(emb[j])
+        _write_extra_items(run_dir, ExtraItems(merged_ids, merged_records, torch.stack(merged_emb), sha), cfg)
     return ids

@@ -155,6 +155,10 @@ def export_run(run_dir: str | Path, out: str | Path, device: str = "auto", data_
             finally:
                 os.close(fd)
         if out.exists():  # --force (checked above): swap, then drop the old folder
+            if not force:  # it appeared while this export ran (another export to the same --out): keep it
+                raise ServeError(f"{out} was created while the export ran; choose another --out or pass "
+                                 "--force to replace it")
+            _check_out(out, force)  # and what appeared meanwhile must still be an export folder to replace
             old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
             os.rename(out, old)
         os.rename(tmp, out)

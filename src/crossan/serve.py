@@ -236,7 +236,8 @@ def load_recommender(run_dir: str | Path, device: str = "auto", data_path: str |
         sha = file_sha256(run_dir / WEIGHTS)
         if extra.weights_sha256 != sha:
             raise ServeError(f"{run_dir / EXTRA_DIR}: the extra items were embedded with other weights than "
-                             "best.safetensors (the run changed since); rerun crossan embed-items")
+                             f"best.safetensors (the run changed since); remove {run_dir / EXTRA_DIR} and embed "
+                             "them again (crossan embed-items)")
     cfg, data, model = load_run(run_dir, dev, data_path, cfg=cfg)
     if len(extra):
         train_ids = set(data.item_ids)

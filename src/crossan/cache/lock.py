@@ -33,9 +33,10 @@ def lock_path(root: Path, modality: str, shard: int | None = None, num_shards: i
 
 
 @contextmanager
-def build_lock(path: Path, what: str) -> Iterator[None]:
+def build_lock(path: Path, what: str, holder: str = "crossan cache process",
+               doing: str = "building it") -> Iterator[None]:
     """Hold an exclusive lock on ``path`` for the duration; if another process holds it, say so on stderr
-    (naming ``what`` and the holder's pid) and wait for it."""
+    (naming ``what``, the ``holder``'s kind and pid, and what it is ``doing``) and wait for it."""
     if fcntl is None:  # pragma: no cover
         yield
         return
@@ -45,9 +46,9 @@ def build_lock(path: Path, what: str) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            print(f"{what}: another crossan cache process (pid {holder}) is building it; waiting for it to "
-                  f"finish (lock {path})", file=sys.stderr, flush=True)
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            print(f"{what}: another {holder} (pid {pid}) is {doing}; waiting for it to finish (lock {path})",
+                  file=sys.stderr, flush=True)
             fcntl.flock(fd, fcntl.LOCK_EX)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
