@@ -888,3 +888,28 @@ def test_a_first_embed_items_that_fails_midway_leaves_the_run_servable(content_r
     emb.write_bytes(emb.read_bytes()[:100])  # damaged: embed-items cannot mend it, so it is not the advice
     with pytest.raises(ServeError, match=rf"cannot read the extra items .*; remove {run / EXTRA_DIR} and embed"):
         load_recommender(run, device="cpu")
+
+
+def test_unknown_items_can_be_skipped(id_run: Path, tmp_path: Path, capsys) -> None:
+    """A dataset's own users.tsv can hold ids the run never embedded (the protocol drops items seen only before
+    every kept window), and ``recommend --users`` refused the whole file. ``--unknown-items skip`` leaves them
+    out: a history scores as its known items, a user with none gets no rows, and a note says so."""
+    rec = load_recommender(id_run, device="cpu")
+    good, other = rec.item_ids[1], rec.item_ids[2]
+    assert rec.known([good, "ghost", other, "ghost"]) == ([good, other], ["ghost"])
+    users = tmp_path / "users.tsv"
+    users.write_text(f"u1\t{good}\nu2\t{good} phantom {other}\nu3\tghost\n")
+    out = tmp_path / "recs.csv"
+    args = ["recommend", str(id_run), "--users", str(users), "--out", str(out), "--device", "cpu"]
+    assert main([*args, "--unknown-items", "skip"]) == 0
+    err = capsys.readouterr().err
+    assert "skipped 2 history entries" in err and "'u3' (line 3)" in err
+    rows = list(csv.DictReader(out.open()))
+    assert sorted({r["user"] for r in rows}) == ["u1", "u2"]
+    expected = [r.item_id for r in rec.recommend([good, other], k=10, exclude_history=rec.mask_history)]
+    assert [r["item_id"] for r in rows if r["user"] == "u2"] == expected
+    assert main(["recommend", str(id_run), "--history", "ghost", good, "--device", "cpu",
+                 "--unknown-items", "skip"]) == 0
+    assert "skipped 1 unknown item id(s): 'ghost'" in capsys.readouterr().err
+    assert main(["recommend", str(id_run), "--history", "ghost", "--device", "cpu", "--unknown-items", "skip"]) == 2
+    assert "no item id of the history is known" in capsys.readouterr().err

@@ -116,7 +116,15 @@ def cmd_recommend(args: Any) -> int:
     # --include-history / --exclude-history, else the run's eval.mask_history (as its metrics were computed)
     exclude = rec.mask_history if args.exclude_history is None else args.exclude_history
     if args.history is not None:
-        items = rec.recommend(args.history, k=args.k, exclude_history=exclude)
+        history = args.history
+        if args.unknown_items == "skip":
+            history, dropped = rec.known(history)
+            if dropped:
+                print(f"note: skipped {len(dropped)} unknown item id(s): {', '.join(map(repr, dropped[:10]))}"
+                      + (" …" if len(dropped) > 10 else ""), file=sys.stderr)
+            if not history:
+                raise ServeError("--history: no item id of the history is known to the run (all were skipped)")
+        items = rec.recommend(history, k=args.k, exclude_history=exclude)
         if not items:  # rc 1: nothing was recommended (documented in the command's help)
             print(f"crossan: no items to recommend: the history covers all {rec.num_candidates} candidate items "
                   "and history items are excluded (--include-history ranks them too)", file=sys.stderr)
@@ -130,6 +138,23 @@ def cmd_recommend(args: Any) -> int:
                   file=sys.stderr)
         return 0
     users = read_users_file(args.users)
+    if args.unknown_items == "skip":  # drop what the run cannot score; a user left with nothing gets no rows
+        kept, skipped_ids, no_history = [], 0, []
+        for user, items, lineno in users:
+            known, dropped = rec.known(items)
+            skipped_ids += len(items) - len(known)
+            if known:
+                kept.append((user, known, lineno))
+            else:
+                no_history.append((user, lineno))
+        if skipped_ids:
+            print(f"note: skipped {skipped_ids} history entr{'y' if skipped_ids == 1 else 'ies'} with an unknown "
+                  "item id", file=sys.stderr)
+        if no_history:
+            first = ", ".join(f"{u!r} (line {n})" for u, n in no_history[:5]) + (" …" if len(no_history) > 5 else "")
+            print(f"note: {len(no_history)} user(s) have no known item left and no rows in {args.out}: {first}",
+                  file=sys.stderr)
+        users = kept
     for user, items, lineno in users:  # name file, line and user before scoring anything
         rec.rows(items, f"{args.users}:{lineno} (user {user!r})")
     results = rec.recommend_many([h for _, h, _ in users], k=args.k, exclude_history=exclude)
@@ -199,6 +224,10 @@ def register(sub: Any) -> None:
     p.add_argument("--users", metavar="FILE", help="TSV of 'user TAB item item …' lines (the users.tsv layout)")
     p.add_argument("--out", metavar="FILE", help="CSV to write with --users (written atomically)")
     p.add_argument("--k", type=int, default=10, help="how many items (default 10)")
+    p.add_argument("--unknown-items", choices=("error", "skip"), default="error",
+                   help="an item id the run cannot score (never in the catalogue, or dropped by the data "
+                        "protocol because it appears only before every user's kept window): error (default: "
+                        "name it and write nothing) or skip (leave it out of the history, with a note)")
     mask = p.add_mutually_exclusive_group()
     mask.add_argument("--include-history", dest="exclude_history", action="store_false", default=None,
                       help="let history items be recommended again (default: the run's eval.mask_history)")

@@ -110,6 +110,13 @@ class TrainedRecommender:
     def num_candidates(self) -> int:
         return len(self.item_ids) - 1
 
+    def known(self, history: Sequence[str]) -> tuple[list[str], list[str]]:
+        """``history`` split into the ids this run can score, in order, and the unknown ones (distinct, in order
+        of first appearance): items the data protocol dropped (seen only before every kept window) or that
+        never were in the catalogue."""
+        ids = [str(i) for i in history]
+        return [i for i in ids if i in self._row], list(dict.fromkeys(i for i in ids if i not in self._row))
+
     def rows(self, history: Sequence[str], where: str = "history") -> list[int]:
         """Item rows of ``history``; :class:`UnknownItemError` names every unknown id."""
         if isinstance(history, str):
