@@ -1,6 +1,6 @@
 """Damaged and awkward media files (the third audit, 2026-12-01): a cut mp4 or wav is corrupt, not a shorter
 clip; long audio is decoded only as far as it is kept; a path the file system cannot look up is a MediaError
-naming the item; 16-bit PGM images are reduced to 8 bits as 16-bit PNGs are."""
+naming the item; 16-bit PGM images are reduced to 8 bits as 16-bit PNGs are; transparent pixels become white."""
 
 from __future__ import annotations
 
@@ -296,3 +296,42 @@ def test_a_reader_that_finds_no_samples_hands_over_to_the_next(tmp_path: Path, m
     with pytest.raises(MediaError, match=r"item 'c'.*cut\.ogg: no audio could be decoded, a cut or corrupt "
                                          r"file \(soundfile: no samples; PyAV: EOFError"):
         load_audio(cut, 16000, 20.0, "c")
+
+
+# ------------------------------------------------------------------ the fifth audit (2026-12-03, media)
+def test_transparent_pixels_become_white_whatever_colour_they_store(tmp_path: Path) -> None:
+    """Pillow's conversion to RGB drops the alpha channel and keeps the colour stored under transparent pixels,
+    which is arbitrary: two PNGs that show the same red square on a transparent background gave a black and
+    a green background. Transparency (alpha, a palette entry, a colour key) is now composited onto white, as
+    transformers' ``convert_to_rgb`` does; a half-transparent pixel is blended, an opaque one kept."""
+    from PIL import Image
+
+    rgba = np.zeros((4, 4, 4), dtype=np.uint8)
+    rgba[1:3, 1:3] = (200, 30, 30, 255)
+    rgba[0, 3] = (200, 30, 30, 128)
+    hidden_green = rgba.copy()
+    hidden_green[rgba[..., 3] == 0] = (0, 255, 0, 0)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "black.png")
+    Image.fromarray(hidden_green, "RGBA").save(tmp_path / "green.png")
+    Image.fromarray(rgba[..., [0, 3]].copy(), "LA").save(tmp_path / "grey.png")  # L = 200, alpha as above
+    palette = Image.new("P", (4, 4), 0)
+    palette.putpalette([0, 0, 0, 200, 30, 30])
+    palette.paste(1, (1, 1, 3, 3))
+    palette.save(tmp_path / "palette.gif", transparency=0)
+    key = Image.new("RGB", (4, 4), (0, 0, 0))
+    key.paste((200, 30, 30), (1, 1, 3, 3))
+    key.save(tmp_path / "key.png", transparency=(0, 0, 0))
+
+    expected = np.full((4, 4, 3), 255, dtype=np.uint8)
+    expected[1:3, 1:3] = (200, 30, 30)
+    for name in ("black.png", "green.png"):
+        got = np.asarray(load_image(tmp_path / name, "i"))
+        np.testing.assert_array_equal(got[0, 3], (227, 142, 142))  # 200·a + 255·(1 − a), a = 128/255
+        got = got.copy()
+        got[0, 3] = 255
+        np.testing.assert_array_equal(got, expected)
+    for name in ("palette.gif", "key.png"):
+        np.testing.assert_array_equal(np.asarray(load_image(tmp_path / name, "i")), expected)
+    grey = np.asarray(load_image(tmp_path / "grey.png", "i"))
+    assert grey[0, 0].tolist() == [255] * 3 and grey[1, 1].tolist() == [200] * 3
+    assert grey[0, 3].tolist() == [227] * 3

@@ -11,8 +11,11 @@ business (:meth:`ItemRecord.has`); these functions are only called for files tha
   them): 16-bit ones (modes ``I;16*``, and ``I`` read from a PNG or a PGM/PPM, which hold at most 16 bits)
   keep their top 8 bits (``v >> 8``); 32-bit integer (``I``) and float (``F``) ones are mapped linearly
   from their own range ``[min, max]`` to ``[0, 255]`` (a constant image becomes black), and refused when
-  they hold NaN or infinite values. The EXIF orientation tag is not applied (as IISAN's
-  ``Image.open(...).convert("RGB")``): pixels are used as stored.
+  they hold NaN or infinite values. An image with transparency (an alpha channel, or a palette entry or colour
+  key marked transparent: PNG, GIF, WebP …) is composited onto white, as transformers' ``convert_to_rgb`` does
+  and as a web page shows it: the colour stored under a transparent pixel is arbitrary (black, or whatever the
+  writer left there), and Pillow's plain conversion to RGB would keep it. The EXIF orientation tag is not
+  applied (as IISAN's ``Image.open(...).convert("RGB")``): pixels are used as stored.
 * video — :func:`load_video`: anything PyAV decodes; ``num_frames`` RGB frames (``uint8 [H, W, 3]``)
   chosen by :func:`sample_frame_indices` (``uniform``: the centres of ``num_frames`` equal segments of
   the clip; ``middle``: ``num_frames`` consecutive frames centred on the clip's middle frame). A clip
@@ -102,9 +105,20 @@ def _eight_bit(im: Image, path: Path, item_id: str) -> Image:
     return im
 
 
+def _rgb(im: Image) -> Image:
+    """``im`` as RGB; an image with transparency composited onto white (see the module docstring)."""
+    from PIL import Image
+
+    if not any(band in ("A", "a") for band in im.getbands()) and im.info.get("transparency") is None:
+        return im.convert("RGB")
+    rgba = im.convert("RGBA")  # a palette's or a colour key's transparency becomes alpha; "a" is unpremultiplied
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
+
+
 def load_image(path: str | Path, item_id: str = "") -> Image:
     """Open an image file and return it fully decoded as RGB, 8 bits per channel (greyscale images of 16 or
-    32 bits are rescaled, not clipped: see the module docstring)."""
+    32 bits are rescaled, not clipped; transparent pixels become white: see the module docstring)."""
     from PIL import Image
 
     path = Path(path)
@@ -112,7 +126,7 @@ def load_image(path: str | Path, item_id: str = "") -> Image:
     try:
         with Image.open(path) as im:
             im.load()  # decode now: truncated files fail here, not later inside a processor
-            return _eight_bit(im, path, item_id).convert("RGB")
+            return _rgb(_eight_bit(im, path, item_id))
     except MediaError:
         raise
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError …
