@@ -335,3 +335,38 @@ def test_transparent_pixels_become_white_whatever_colour_they_store(tmp_path: Pa
     grey = np.asarray(load_image(tmp_path / "grey.png", "i"))
     assert grey[0, 0].tolist() == [255] * 3 and grey[1, 1].tolist() == [200] * 3
     assert grey[0, 3].tolist() == [227] * 3
+
+
+@pytest.mark.parametrize(("fmt", "suffix", "declared", "held"), [("AIFF", ".aiff", "32,008", "15,981"),
+                                                                  ("AU", ".au", "32,000", "15,988")])
+def test_a_cut_aiff_or_au_is_corrupt_not_zero_padded(tmp_path: Path, fmt: str, suffix: str, declared: str,
+                                                     held: str) -> None:
+    """Only a cut wav was refused: libsndfile reads an AIFF or AU file cut at half to its end without an error
+    (its length clamped to what the file holds) and load_audio zero-padded the missing half. Their headers
+    declare the bytes of audio (AIFF's SSND chunk, AU's data size), as a wav's data chunk does."""
+    whole = tmp_path / f"whole{suffix}"
+    sf.write(str(whole), sine(440.0, 16000, 1.0), 16000, format=fmt, subtype="PCM_16")
+    data = whole.read_bytes()
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(data[: len(data) // 2])
+    assert 0 < sf.info(str(cut)).frames < 16000  # what the reader would have used silently
+    with pytest.raises(MediaError, match=rf"cut{suffix}: the file is cut short: its header declares {declared} "
+                                         rf"bytes of audio, it holds {held}"):
+        load_audio(cut, 16000, 1.0, "c")
+    np.testing.assert_allclose(load_audio(whole, 16000, 1.0, "w"), sine(440.0, 16000, 1.0), atol=1e-4)
+
+
+def test_a_flac_cut_between_two_frames_is_corrupt_not_zero_padded(tmp_path: Path) -> None:
+    """A flac cut inside a frame fails to decode, but one cut between two frames (at a frame's sync code) made
+    libsndfile fail and PyAV decode it to the cut without an error: 2.05 s of a 4 s track, zero-padded. Its
+    STREAMINFO declares the length, checked as an mp3's Xing header is."""
+    whole = tmp_path / "whole.flac"
+    sf.write(str(whole), sine(440.0, 16000, 4.0), 16000, format="FLAC", subtype="PCM_16")
+    data = whole.read_bytes()
+    frames = [i for i in range(len(data) - 1) if data[i : i + 2] == b"\xff\xf8"]  # fixed-blocksize frame syncs
+    cut = tmp_path / "cut.flac"
+    cut.write_bytes(data[: frames[len(frames) // 2]])
+    with pytest.raises(MediaError, match=r"cut\.flac: the file is cut short: its header declares 4\.00 s of "
+                                         r"audio, it decodes to 2\.05 s"):
+        load_audio(cut, 16000, 4.0, "c")
+    assert load_audio(whole, 16000, 4.0, "w").shape == (64000,)

@@ -33,10 +33,11 @@ business (:meth:`ItemRecord.has`); these functions are only called for files tha
   track of an mp4 …) through PyAV; mixed to mono float32, resampled with :func:`resample` and cut or
   zero-padded to a fixed duration. Only the kept duration is decoded (a long track costs no more memory
   than a short one). A file cut short (a cut download) is corrupt, not silently shortened and zero-padded:
-  a wav whose header declares more audio than the file holds; an Ogg file (ogg/oga/opus) whose last page
-  is incomplete or does not end the stream; an mp4/m4a whose index lists packets past the end of the file;
-  an mp3 whose Xing/Info/VBRI header declares a length that decoding to the end falls short of by more
-  than :data:`AUDIO_SHORTFALL_SECONDS` and more than :data:`AUDIO_SHORTFALL_FRACTION` of it (an mp3
+  a wav, aiff or au whose header declares more audio than the file holds; an Ogg file (ogg/oga/opus) whose
+  last page is incomplete or does not end the stream; an mp4/m4a whose index lists packets past the end of
+  the file; a flac (its STREAMINFO; a cut inside a frame is a decoding error, one between two frames is
+  not) or an mp3 whose Xing/Info/VBRI header declares a length that decoding to the end falls short of by
+  more than :data:`AUDIO_SHORTFALL_SECONDS` and more than :data:`AUDIO_SHORTFALL_FRACTION` of it (an mp3
   without such a header is not checked: FFmpeg only estimates its length from the bit rate). A reader that
   finds no samples (libsndfile reads some cut oggs as empty, without an error) hands over to the next one.
 """
@@ -334,27 +335,52 @@ def _frames_for(seconds: float | None, rate: int) -> int | None:
     return None if seconds is None else int(math.ceil(seconds * rate)) + 64
 
 
-def _wav_shortfall(path: Path) -> str | None:
-    """Why a RIFF/WAVE file is cut short (its ``data`` chunk declares more bytes than the file holds), or
-    None. libsndfile reads such a file up to its end without an error. A declared size of 0 or 0xFFFFFFFF (a
-    stream written before its length was known) says nothing, and RF64/other containers are not checked."""
+_CHUNKED_AUDIO: dict[str, tuple[bytes, tuple[bytes, ...], bytes, Literal["little", "big"]]] = {
+    # suffix: the container's id, its form types, the id of the chunk that holds the samples, the sizes' byte order
+    ".wav": (b"RIFF", (b"WAVE",), b"data", "little"),
+    ".aiff": (b"FORM", (b"AIFF", b"AIFC"), b"SSND", "big"),
+    ".aif": (b"FORM", (b"AIFF", b"AIFC"), b"SSND", "big"),
+    ".aifc": (b"FORM", (b"AIFF", b"AIFC"), b"SSND", "big"),
+}
+
+
+def _chunk_shortfall(path: Path) -> str | None:
+    """Why a RIFF/WAVE or AIFF/AIFC file is cut short (its ``data``/``SSND`` chunk declares more bytes than
+    the file holds), or None. libsndfile reads such a file up to its end without an error. A declared size
+    of 0 or 0xFFFFFFFF (a stream written before its length was known) says nothing, and RF64/other containers
+    are not checked."""
+    container, forms, audio, order = _CHUNKED_AUDIO[path.suffix.lower()]
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(12)
-        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        if len(head) < 12 or head[:4] != container or head[8:12] not in forms:
             return None
         pos = 12
         while pos + 8 <= size:
             f.seek(pos)
             chunk = f.read(8)
-            n = int.from_bytes(chunk[4:8], "little")
-            if chunk[:4] == b"data":
+            n = int.from_bytes(chunk[4:8], order)
+            if chunk[:4] == audio:
                 if n in (0, 0xFFFFFFFF) or pos + 8 + n <= size:
                     return None
                 held = size - pos - 8
                 return f"the file is cut short: its header declares {n:,} bytes of audio, it holds {held:,}"
             pos += 8 + n + (n & 1)
     return None
+
+
+def _au_shortfall(path: Path) -> str | None:
+    """Why a Sun/NeXT ``.au``/``.snd`` file is cut short (its header declares more bytes of audio than follow
+    it), or None; also None for an unknown length (0xFFFFFFFF) or another kind of file."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(12)
+    if len(head) < 12 or head[:4] != b".snd":
+        return None
+    offset, n = int.from_bytes(head[4:8], "big"), int.from_bytes(head[8:12], "big")
+    if n == 0xFFFFFFFF or offset + n <= size:
+        return None
+    return f"the file is cut short: its header declares {n:,} bytes of audio, it holds {max(0, size - offset):,}"
 
 
 def _ogg_shortfall(path: Path) -> str | None:
@@ -438,12 +464,14 @@ def _read_pyav(path: Path, seconds: float | None = None) -> tuple[np.ndarray, in
             for out in converter.resample(None):
                 chunks.append(out.to_ndarray().mean(axis=0))
                 kept += chunks[-1].shape[0]
-            # decoded to the end: an mp3 whose header states its length must reach it (see the tolerance above)
-            if rate > 0 and stream.duration and "mp3" in container.format.name.split(","):
+            # decoded to the end: an mp3 whose header states its length, or a flac (its STREAMINFO), must reach
+            # it (see the tolerance above). libsndfile fails on a flac cut between two frames; FFmpeg ends there
+            kind = {"mp3", "flac"} & set(container.format.name.split(","))
+            if rate > 0 and stream.duration and kind:
                 declared = float(stream.duration * stream.time_base)
                 got = kept / rate
                 if declared - got > max(AUDIO_SHORTFALL_SECONDS, AUDIO_SHORTFALL_FRACTION * declared):
-                    if _mp3_declares_length(path):
+                    if "flac" in kind or _mp3_declares_length(path):
                         raise _CutShort(f"the file is cut short: its header declares {declared:.2f} s of audio, "
                                         f"it decodes to {got:.2f} s")
     if rate <= 0:
@@ -461,7 +489,8 @@ def read_audio(path: str | Path, item_id: str = "", seconds: float | None = None
     margin for resampling)."""
     path = Path(path)
     _check_exists(path, item_id)
-    check = {".wav": _wav_shortfall, ".ogg": _ogg_shortfall, ".oga": _ogg_shortfall, ".opus": _ogg_shortfall}
+    check = {".ogg": _ogg_shortfall, ".oga": _ogg_shortfall, ".opus": _ogg_shortfall, ".au": _au_shortfall,
+             ".snd": _au_shortfall} | dict.fromkeys(_CHUNKED_AUDIO, _chunk_shortfall)
     if path.suffix.lower() in check:
         try:
             short = check[path.suffix.lower()](path)
