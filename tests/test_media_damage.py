@@ -370,3 +370,18 @@ def test_a_flac_cut_between_two_frames_is_corrupt_not_zero_padded(tmp_path: Path
                                          r"audio, it decodes to 2\.05 s"):
         load_audio(cut, 16000, 4.0, "c")
     assert load_audio(whole, 16000, 4.0, "w").shape == (64000,)
+
+
+def test_a_cut_mkv_is_corrupt_not_a_shorter_clip(tmp_path: Path) -> None:
+    """A Matroska/WebM clip has no frame count and its index follows the frames: one cut at half decoded to
+    its first 10 frames without an error and was sampled as a whole clip (frames 1, 3, 6, 8 of 30). The length
+    its header states (the track's DURATION tag) is now checked, with the tolerance of a cut audio track."""
+    whole = tmp_path / "whole.mkv"
+    _write_clip(whole, 30)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(MediaError, match=r"cut\.mkv: the file is cut short: its header declares 3\.00 s of video, "
+                                         r"it decodes to \d\.\d\d s"):
+        load_video(cut, 4, "uniform", "c")
+    assert [frame_index(f[8:, 8:]) for f in load_video(whole, 4, "uniform", "w")] == [3, 11, 18, 26]

@@ -16,18 +16,19 @@ business (:meth:`ItemRecord.has`); these functions are only called for files tha
   and as a web page shows it: the colour stored under a transparent pixel is arbitrary (black, or whatever the
   writer left there), and Pillow's plain conversion to RGB would keep it. The EXIF orientation tag is not
   applied (as IISAN's ``Image.open(...).convert("RGB")``): pixels are used as stored.
-* video — :func:`load_video`: anything PyAV decodes; ``num_frames`` RGB frames (``uint8 [H, W, 3]``)
-  chosen by :func:`sample_frame_indices` (``uniform``: the centres of ``num_frames`` equal segments of
-  the clip; ``middle``: ``num_frames`` consecutive frames centred on the clip's middle frame). A clip
-  shorter than ``num_frames`` repeats frames. A clip whose container index (an mp4's sample table, an avi's
-  idx1) lists frames past the end of the file is corrupt (a cut download: FFmpeg just ends the stream
-  there). A clip that decodes to fewer frames than its metadata says is decoded again without frame
-  threading (which ends a cut stream quietly): a decoding error there makes it corrupt, a clean end means
-  the metadata overstated the length and the frames are sampled again; so is a clip that holds more
-  packets than its metadata's frame count (an understating header), found by demuxing, not decoding, the
-  rest of the stream after the last wanted frame. Frames are turned upright by the stream's display
-  rotation (PyAV's ``frame.rotation``, in quarter turns; a portrait phone clip is stored landscape with a
-  90° rotation), as a player shows them; a mirroring in the display matrix is not applied. (Images, by
+* video — :func:`load_video`: anything PyAV decodes; ``num_frames`` RGB frames (``uint8 [H, W, 3]``) chosen by
+  :func:`sample_frame_indices` (``uniform``: the centres of ``num_frames`` equal segments of the clip;
+  ``middle``: ``num_frames`` consecutive frames centred on the clip's middle frame). A clip shorter than
+  ``num_frames`` repeats frames. A clip whose container index (an mp4's sample table, an avi's idx1) lists
+  frames past the end of the file is corrupt (a cut download: FFmpeg just ends the stream there); so is a
+  Matroska/WebM clip (no frame count, its index after the frames) that decodes to less than the length its
+  header states (:func:`_matroska_shortfall`). A clip that decodes to fewer frames than its metadata says is
+  decoded again without frame threading (which ends a cut stream quietly): a decoding error there makes it
+  corrupt, a clean end means the metadata overstated the length and the frames are sampled again; so is a clip
+  that holds more packets than its metadata's frame count (an understating header), found by demuxing, not
+  decoding, the rest of the stream after the last wanted frame. Frames are turned upright by the stream's
+  display rotation (PyAV's ``frame.rotation``, in quarter turns; a portrait phone clip is stored landscape
+  with a 90° rotation), as a player shows them; a mirroring in the display matrix is not applied. (Images, by
   contrast, keep their stored orientation: see above.)
 * audio — :func:`load_audio`: wav/flac/ogg through soundfile, everything else (mp3, m4a, the audio
   track of an mp4 …) through PyAV; mixed to mono float32, resampled with :func:`resample` and cut or
@@ -168,12 +169,13 @@ def _upright(frame: av.VideoFrame) -> np.ndarray:
 
 def _decode_frames(
     path: Path, wanted: set[int], threaded: bool = True, declared: int = 0
-) -> tuple[dict[int, np.ndarray], int, bool]:
+) -> tuple[dict[int, np.ndarray], int, bool, float | None]:
     """Decode the video stream of ``path``; keep the frames whose index is in ``wanted`` (upright: see
     :func:`_upright`).
 
     Returns the kept frames, the number of frames decoded (the whole clip when ``wanted`` is empty or
-    reaches past its end) and whether the stream holds more than ``declared`` packets (with ``declared``
+    reaches past its end), where the last decoded frame ends (seconds; None without timestamps) and whether
+    the stream holds more than ``declared`` packets (with ``declared``
     > 0): after the last wanted frame the rest of the stream is demuxed, not decoded, to see whether the
     metadata understates the clip's length. ``threaded``: let FFmpeg decode with frame threads (faster,
     but a corrupt packet then ends the stream without an error); unthreaded decoding raises at a corrupt
@@ -184,6 +186,7 @@ def _decode_frames(
     got: dict[int, np.ndarray] = {}
     last = max(wanted) if wanted else math.inf
     count = packets = 0
+    end: float | None = None
     with av.open(str(path)) as container:
         streams = [s for s in container.streams if s.type == "video"]
         if not streams:
@@ -199,10 +202,12 @@ def _decode_frames(
             for frame in packet.decode():  # the last, empty packet drains the decoder
                 if count in wanted:
                     got[count] = _upright(frame)
+                if frame.time is not None:
+                    end = frame.time + (float(frame.duration * frame.time_base) if frame.duration else 0.0)
                 count += 1
                 if count > last:
                     break
-    return got, count, 0 < declared < packets
+    return got, count, 0 < declared < packets, end
 
 
 def _index_shortfall(stream: av.stream.Stream, size: int, what: str) -> str | None:
@@ -235,6 +240,36 @@ def _frame_count(path: Path) -> int:
         return int(streams[0].frames or 0)
 
 
+def _matroska_shortfall(path: Path, end: float | None) -> str | None:
+    """Why a Matroska/WebM clip is cut short, or None: its video track decodes to ``end`` seconds, short of the
+    length its header states by more than :data:`AUDIO_SHORTFALL_SECONDS` and :data:`AUDIO_SHORTFALL_FRACTION`
+    of it (the tolerance of a cut audio track). The stated length is the track's ``DURATION`` tag (FFmpeg and
+    mkvmerge write one), else the segment's duration when the file holds no other stream (an audio track may
+    outlast the video). Such a file has no frame count, and its index (cues) follows the frames, so a cut
+    download just ends the stream; other containers: None (an mp4's or avi's index is checked on opening, an
+    MPEG-TS states no length: FFmpeg estimates one from the bit rate)."""
+    import av
+
+    with av.open(str(path)) as container:
+        if "matroska" not in container.format.name.split(",") or end is None:
+            return None
+        stream = next(s for s in container.streams if s.type == "video")
+        tag = stream.metadata.get("DURATION") or stream.metadata.get("duration")
+        if tag:
+            try:
+                h, m, sec = tag.split(":")
+                declared = 3600 * int(h) + 60 * int(m) + float(sec)
+            except ValueError:
+                return None
+        elif container.duration and len(container.streams) == 1:
+            declared = container.duration / av.time_base
+        else:
+            return None
+    if declared - end > max(AUDIO_SHORTFALL_SECONDS, AUDIO_SHORTFALL_FRACTION * declared):
+        return f"the file is cut short: its header declares {declared:.2f} s of video, it decodes to {end:.2f} s"
+    return None
+
+
 def load_video(
     path: str | Path, num_frames: int, sampling: FrameSampling = "uniform", item_id: str = ""
 ) -> list[np.ndarray]:
@@ -245,16 +280,19 @@ def load_video(
         total = _frame_count(path)
         if total > 0:
             wanted = sample_frame_indices(total, num_frames, sampling)
-            got, _, more = _decode_frames(path, set(wanted), declared=total)
+            got, _, more, _ = _decode_frames(path, set(wanted), declared=total)
             if len(got) == len(set(wanted)) and not more:
                 return [got[i] for i in wanted]
         # fewer frames than the metadata said, more packets than it said, or no count in it: count them
         # unthreaded, which raises at a corrupt packet (a cut file), else gives the true length to sample from
-        _, total, _ = _decode_frames(path, set(), threaded=False)
+        _, total, _, end = _decode_frames(path, set(), threaded=False)
         if total == 0:
             raise ValueError("the video stream has no frames")
+        short = _matroska_shortfall(path, end)
+        if short:
+            raise _CutShort(short)
         wanted = sample_frame_indices(total, num_frames, sampling)
-        got, _, _ = _decode_frames(path, set(wanted))
+        got, _, _, _ = _decode_frames(path, set(wanted))
         return [got[i] for i in wanted]
     except MediaError:
         raise
