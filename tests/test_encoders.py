@@ -235,6 +235,37 @@ def test_local_folder_checkpoint_loads_like_hub(tmp_path: Path, media: Catalogue
         torch.testing.assert_close(a, b)
 
 
+def test_image_size_keeps_a_cropping_processors_share_of_the_image(tmp_path: Path) -> None:
+    """``encoders.image.image_size`` set both the resize and the crop of a DeiT-like processor (resize 40,
+    crop 32) to the new size, dropping its centre crop: the model's own size (32) gave other pixels than
+    leaving it at 0, against the documented "0: the model's own value". The resize now keeps its ratio to the
+    crop (64 px: resize 80, crop 64)."""
+    from PIL import Image
+    from transformers import DeiTConfig, DeiTModel
+
+    from crossan.encoders.vision import _processor_class
+
+    config = DeiTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                        image_size=32, patch_size=8)
+    DeiTModel(config).save_pretrained(tmp_path)
+    _processor_class("DeiTImageProcessor")(size={"height": 40, "width": 40},
+                                           crop_size={"height": 32, "width": 32}).save_pretrained(tmp_path)
+    spec = dataclasses.replace(TINY["image"], model=str(tmp_path))
+    default = build_encoder("image", spec)
+    own = build_encoder("image", dataclasses.replace(spec, image_size=32))
+    larger = build_encoder("image", dataclasses.replace(spec, image_size=64))
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, size=(50, 70, 3), dtype=np.uint8))]
+    torch.testing.assert_close(own.process(images)["pixel_values"], default.process(images)["pixel_values"],
+                               rtol=0, atol=0)
+    assert (dict(larger.processor.size), dict(larger.processor.crop_size)) == (
+        {"height": 80, "width": 80}, {"height": 64, "width": 64})
+    expected = _processor_class("DeiTImageProcessor")(size={"height": 80, "width": 80},
+                                                      crop_size={"height": 64, "width": 64})
+    torch.testing.assert_close(larger.process(images)["pixel_values"],
+                               expected(images, return_tensors="pt")["pixel_values"], rtol=0, atol=0)
+
+
 def test_a_folder_whose_weights_do_not_fit_the_model_is_refused(tmp_path: Path) -> None:
     """A folder whose weight names do not fit the model (a wrapper's ``backbone.`` prefix) loaded with every
     weight at random, reported as a pretrained encoder; now an error naming the folder and missing weights.

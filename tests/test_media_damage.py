@@ -1,6 +1,6 @@
 """Damaged and awkward media files (the third audit, 2026-12-01): a cut mp4 or wav is corrupt, not a shorter
 clip; long audio is decoded only as far as it is kept; a path the file system cannot look up is a MediaError
-naming the item; 16-bit PGM images are reduced to 8 bits as 16-bit PNGs are."""
+naming the item; 16-bit PGM images are reduced to 8 bits as 16-bit PNGs are; transparent pixels become white."""
 
 from __future__ import annotations
 
@@ -296,3 +296,92 @@ def test_a_reader_that_finds_no_samples_hands_over_to_the_next(tmp_path: Path, m
     with pytest.raises(MediaError, match=r"item 'c'.*cut\.ogg: no audio could be decoded, a cut or corrupt "
                                          r"file \(soundfile: no samples; PyAV: EOFError"):
         load_audio(cut, 16000, 20.0, "c")
+
+
+# ------------------------------------------------------------------ the fifth audit (2026-12-03, media)
+def test_transparent_pixels_become_white_whatever_colour_they_store(tmp_path: Path) -> None:
+    """Pillow's conversion to RGB drops the alpha channel and keeps the colour stored under transparent pixels,
+    which is arbitrary: two PNGs that show the same red square on a transparent background gave a black and
+    a green background. Transparency (alpha, a palette entry, a colour key) is now composited onto white, as
+    transformers' ``convert_to_rgb`` does; a half-transparent pixel is blended, an opaque one kept."""
+    from PIL import Image
+
+    rgba = np.zeros((4, 4, 4), dtype=np.uint8)
+    rgba[1:3, 1:3] = (200, 30, 30, 255)
+    rgba[0, 3] = (200, 30, 30, 128)
+    hidden_green = rgba.copy()
+    hidden_green[rgba[..., 3] == 0] = (0, 255, 0, 0)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "black.png")
+    Image.fromarray(hidden_green, "RGBA").save(tmp_path / "green.png")
+    Image.fromarray(rgba[..., [0, 3]].copy(), "LA").save(tmp_path / "grey.png")  # L = 200, alpha as above
+    palette = Image.new("P", (4, 4), 0)
+    palette.putpalette([0, 0, 0, 200, 30, 30])
+    palette.paste(1, (1, 1, 3, 3))
+    palette.save(tmp_path / "palette.gif", transparency=0)
+    key = Image.new("RGB", (4, 4), (0, 0, 0))
+    key.paste((200, 30, 30), (1, 1, 3, 3))
+    key.save(tmp_path / "key.png", transparency=(0, 0, 0))
+
+    expected = np.full((4, 4, 3), 255, dtype=np.uint8)
+    expected[1:3, 1:3] = (200, 30, 30)
+    for name in ("black.png", "green.png"):
+        got = np.asarray(load_image(tmp_path / name, "i"))
+        np.testing.assert_array_equal(got[0, 3], (227, 142, 142))  # 200·a + 255·(1 − a), a = 128/255
+        got = got.copy()
+        got[0, 3] = 255
+        np.testing.assert_array_equal(got, expected)
+    for name in ("palette.gif", "key.png"):
+        np.testing.assert_array_equal(np.asarray(load_image(tmp_path / name, "i")), expected)
+    grey = np.asarray(load_image(tmp_path / "grey.png", "i"))
+    assert grey[0, 0].tolist() == [255] * 3 and grey[1, 1].tolist() == [200] * 3
+    assert grey[0, 3].tolist() == [227] * 3
+
+
+@pytest.mark.parametrize(("fmt", "suffix", "declared", "held"), [("AIFF", ".aiff", "32,008", "15,981"),
+                                                                  ("AU", ".au", "32,000", "15,988")])
+def test_a_cut_aiff_or_au_is_corrupt_not_zero_padded(tmp_path: Path, fmt: str, suffix: str, declared: str,
+                                                     held: str) -> None:
+    """Only a cut wav was refused: libsndfile reads an AIFF or AU file cut at half to its end without an error
+    (its length clamped to what the file holds) and load_audio zero-padded the missing half. Their headers
+    declare the bytes of audio (AIFF's SSND chunk, AU's data size), as a wav's data chunk does."""
+    whole = tmp_path / f"whole{suffix}"
+    sf.write(str(whole), sine(440.0, 16000, 1.0), 16000, format=fmt, subtype="PCM_16")
+    data = whole.read_bytes()
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(data[: len(data) // 2])
+    assert 0 < sf.info(str(cut)).frames < 16000  # what the reader would have used silently
+    with pytest.raises(MediaError, match=rf"cut{suffix}: the file is cut short: its header declares {declared} "
+                                         rf"bytes of audio, it holds {held}"):
+        load_audio(cut, 16000, 1.0, "c")
+    np.testing.assert_allclose(load_audio(whole, 16000, 1.0, "w"), sine(440.0, 16000, 1.0), atol=1e-4)
+
+
+def test_a_flac_cut_between_two_frames_is_corrupt_not_zero_padded(tmp_path: Path) -> None:
+    """A flac cut inside a frame fails to decode, but one cut between two frames (at a frame's sync code) made
+    libsndfile fail and PyAV decode it to the cut without an error: 2.05 s of a 4 s track, zero-padded. Its
+    STREAMINFO declares the length, checked as an mp3's Xing header is."""
+    whole = tmp_path / "whole.flac"
+    sf.write(str(whole), sine(440.0, 16000, 4.0), 16000, format="FLAC", subtype="PCM_16")
+    data = whole.read_bytes()
+    frames = [i for i in range(len(data) - 1) if data[i : i + 2] == b"\xff\xf8"]  # fixed-blocksize frame syncs
+    cut = tmp_path / "cut.flac"
+    cut.write_bytes(data[: frames[len(frames) // 2]])
+    with pytest.raises(MediaError, match=r"cut\.flac: the file is cut short: its header declares 4\.00 s of "
+                                         r"audio, it decodes to 2\.05 s"):
+        load_audio(cut, 16000, 4.0, "c")
+    assert load_audio(whole, 16000, 4.0, "w").shape == (64000,)
+
+
+def test_a_cut_mkv_is_corrupt_not_a_shorter_clip(tmp_path: Path) -> None:
+    """A Matroska/WebM clip has no frame count and its index follows the frames: one cut at half decoded to
+    its first 10 frames without an error and was sampled as a whole clip (frames 1, 3, 6, 8 of 30). The length
+    its header states (the track's DURATION tag) is now checked, with the tolerance of a cut audio track."""
+    whole = tmp_path / "whole.mkv"
+    _write_clip(whole, 30)
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(MediaError, match=r"cut\.mkv: the file is cut short: its header declares 3\.00 s of video, "
+                                         r"it decodes to \d\.\d\d s"):
+        load_video(cut, 4, "uniform", "c")
+    assert [frame_index(f[8:, 8:]) for f in load_video(whole, 4, "uniform", "w")] == [3, 11, 18, 26]

@@ -192,8 +192,9 @@ class EncoderSpec:
     max_text_len: int = 32
     """Text: tokens kept per title (truncation), special tokens included."""
     image_size: int = 0
-    """Images/frames: resize to this size (0: the processor's default). ViT checkpoints interpolate their
-    position embeddings for another size; VideoMAE checkpoints must keep theirs."""
+    """Images/frames: resize to this size (0: the processor's default; a processor that centre-crops keeps its
+    ratio of resize to crop). ViT checkpoints interpolate their position embeddings for another size;
+    VideoMAE checkpoints must keep theirs."""
     num_frames: int = 0
     """Video: frames sampled per clip (0: the model's ``num_frames``; a checkpoint must keep its own)."""
     frame_sampling: Literal["uniform", "middle"] = "uniform"

@@ -11,29 +11,34 @@ business (:meth:`ItemRecord.has`); these functions are only called for files tha
   them): 16-bit ones (modes ``I;16*``, and ``I`` read from a PNG or a PGM/PPM, which hold at most 16 bits)
   keep their top 8 bits (``v >> 8``); 32-bit integer (``I``) and float (``F``) ones are mapped linearly
   from their own range ``[min, max]`` to ``[0, 255]`` (a constant image becomes black), and refused when
-  they hold NaN or infinite values. The EXIF orientation tag is not applied (as IISAN's
-  ``Image.open(...).convert("RGB")``): pixels are used as stored.
-* video — :func:`load_video`: anything PyAV decodes; ``num_frames`` RGB frames (``uint8 [H, W, 3]``)
-  chosen by :func:`sample_frame_indices` (``uniform``: the centres of ``num_frames`` equal segments of
-  the clip; ``middle``: ``num_frames`` consecutive frames centred on the clip's middle frame). A clip
-  shorter than ``num_frames`` repeats frames. A clip whose container index (an mp4's sample table, an avi's
-  idx1) lists frames past the end of the file is corrupt (a cut download: FFmpeg just ends the stream
-  there). A clip that decodes to fewer frames than its metadata says is decoded again without frame
-  threading (which ends a cut stream quietly): a decoding error there makes it corrupt, a clean end means
-  the metadata overstated the length and the frames are sampled again; so is a clip that holds more
-  packets than its metadata's frame count (an understating header), found by demuxing, not decoding, the
-  rest of the stream after the last wanted frame. Frames are turned upright by the stream's display
-  rotation (PyAV's ``frame.rotation``, in quarter turns; a portrait phone clip is stored landscape with a
-  90° rotation), as a player shows them; a mirroring in the display matrix is not applied. (Images, by
+  they hold NaN or infinite values. An image with transparency (an alpha channel, or a palette entry or colour
+  key marked transparent: PNG, GIF, WebP …) is composited onto white, as transformers' ``convert_to_rgb`` does
+  and as a web page shows it: the colour stored under a transparent pixel is arbitrary (black, or whatever the
+  writer left there), and Pillow's plain conversion to RGB would keep it. The EXIF orientation tag is not
+  applied (as IISAN's ``Image.open(...).convert("RGB")``): pixels are used as stored.
+* video — :func:`load_video`: anything PyAV decodes; ``num_frames`` RGB frames (``uint8 [H, W, 3]``) chosen by
+  :func:`sample_frame_indices` (``uniform``: the centres of ``num_frames`` equal segments of the clip;
+  ``middle``: ``num_frames`` consecutive frames centred on the clip's middle frame). A clip shorter than
+  ``num_frames`` repeats frames. A clip whose container index (an mp4's sample table, an avi's idx1) lists
+  frames past the end of the file is corrupt (a cut download: FFmpeg just ends the stream there); so is a
+  Matroska/WebM clip (no frame count, its index after the frames) that decodes to less than the length its
+  header states (:func:`_matroska_shortfall`). A clip that decodes to fewer frames than its metadata says is
+  decoded again without frame threading (which ends a cut stream quietly): a decoding error there makes it
+  corrupt, a clean end means the metadata overstated the length and the frames are sampled again; so is a clip
+  that holds more packets than its metadata's frame count (an understating header), found by demuxing, not
+  decoding, the rest of the stream after the last wanted frame. Frames are turned upright by the stream's
+  display rotation (PyAV's ``frame.rotation``, in quarter turns; a portrait phone clip is stored landscape
+  with a 90° rotation), as a player shows them; a mirroring in the display matrix is not applied. (Images, by
   contrast, keep their stored orientation: see above.)
 * audio — :func:`load_audio`: wav/flac/ogg through soundfile, everything else (mp3, m4a, the audio
   track of an mp4 …) through PyAV; mixed to mono float32, resampled with :func:`resample` and cut or
   zero-padded to a fixed duration. Only the kept duration is decoded (a long track costs no more memory
   than a short one). A file cut short (a cut download) is corrupt, not silently shortened and zero-padded:
-  a wav whose header declares more audio than the file holds; an Ogg file (ogg/oga/opus) whose last page
-  is incomplete or does not end the stream; an mp4/m4a whose index lists packets past the end of the file;
-  an mp3 whose Xing/Info/VBRI header declares a length that decoding to the end falls short of by more
-  than :data:`AUDIO_SHORTFALL_SECONDS` and more than :data:`AUDIO_SHORTFALL_FRACTION` of it (an mp3
+  a wav, aiff or au whose header declares more audio than the file holds; an Ogg file (ogg/oga/opus) whose
+  last page is incomplete or does not end the stream; an mp4/m4a whose index lists packets past the end of
+  the file; a flac (its STREAMINFO; a cut inside a frame is a decoding error, one between two frames is
+  not) or an mp3 whose Xing/Info/VBRI header declares a length that decoding to the end falls short of by
+  more than :data:`AUDIO_SHORTFALL_SECONDS` and more than :data:`AUDIO_SHORTFALL_FRACTION` of it (an mp3
   without such a header is not checked: FFmpeg only estimates its length from the bit rate). A reader that
   finds no samples (libsndfile reads some cut oggs as empty, without an error) hands over to the next one.
 """
@@ -102,9 +107,20 @@ def _eight_bit(im: Image, path: Path, item_id: str) -> Image:
     return im
 
 
+def _rgb(im: Image) -> Image:
+    """``im`` as RGB; an image with transparency composited onto white (see the module docstring)."""
+    from PIL import Image
+
+    if not any(band in ("A", "a") for band in im.getbands()) and im.info.get("transparency") is None:
+        return im.convert("RGB")
+    rgba = im.convert("RGBA")  # a palette's or a colour key's transparency becomes alpha; "a" is unpremultiplied
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
+
+
 def load_image(path: str | Path, item_id: str = "") -> Image:
     """Open an image file and return it fully decoded as RGB, 8 bits per channel (greyscale images of 16 or
-    32 bits are rescaled, not clipped: see the module docstring)."""
+    32 bits are rescaled, not clipped; transparent pixels become white: see the module docstring)."""
     from PIL import Image
 
     path = Path(path)
@@ -112,7 +128,7 @@ def load_image(path: str | Path, item_id: str = "") -> Image:
     try:
         with Image.open(path) as im:
             im.load()  # decode now: truncated files fail here, not later inside a processor
-            return _eight_bit(im, path, item_id).convert("RGB")
+            return _rgb(_eight_bit(im, path, item_id))
     except MediaError:
         raise
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError …
@@ -153,12 +169,13 @@ def _upright(frame: av.VideoFrame) -> np.ndarray:
 
 def _decode_frames(
     path: Path, wanted: set[int], threaded: bool = True, declared: int = 0
-) -> tuple[dict[int, np.ndarray], int, bool]:
+) -> tuple[dict[int, np.ndarray], int, bool, float | None]:
     """Decode the video stream of ``path``; keep the frames whose index is in ``wanted`` (upright: see
     :func:`_upright`).
 
     Returns the kept frames, the number of frames decoded (the whole clip when ``wanted`` is empty or
-    reaches past its end) and whether the stream holds more than ``declared`` packets (with ``declared``
+    reaches past its end), where the last decoded frame ends (seconds; None without timestamps) and whether
+    the stream holds more than ``declared`` packets (with ``declared``
     > 0): after the last wanted frame the rest of the stream is demuxed, not decoded, to see whether the
     metadata understates the clip's length. ``threaded``: let FFmpeg decode with frame threads (faster,
     but a corrupt packet then ends the stream without an error); unthreaded decoding raises at a corrupt
@@ -169,6 +186,7 @@ def _decode_frames(
     got: dict[int, np.ndarray] = {}
     last = max(wanted) if wanted else math.inf
     count = packets = 0
+    end: float | None = None
     with av.open(str(path)) as container:
         streams = [s for s in container.streams if s.type == "video"]
         if not streams:
@@ -184,10 +202,12 @@ def _decode_frames(
             for frame in packet.decode():  # the last, empty packet drains the decoder
                 if count in wanted:
                     got[count] = _upright(frame)
+                if frame.time is not None:
+                    end = frame.time + (float(frame.duration * frame.time_base) if frame.duration else 0.0)
                 count += 1
                 if count > last:
                     break
-    return got, count, 0 < declared < packets
+    return got, count, 0 < declared < packets, end
 
 
 def _index_shortfall(stream: av.stream.Stream, size: int, what: str) -> str | None:
@@ -220,6 +240,36 @@ def _frame_count(path: Path) -> int:
         return int(streams[0].frames or 0)
 
 
+def _matroska_shortfall(path: Path, end: float | None) -> str | None:
+    """Why a Matroska/WebM clip is cut short, or None: its video track decodes to ``end`` seconds, short of the
+    length its header states by more than :data:`AUDIO_SHORTFALL_SECONDS` and :data:`AUDIO_SHORTFALL_FRACTION`
+    of it (the tolerance of a cut audio track). The stated length is the track's ``DURATION`` tag (FFmpeg and
+    mkvmerge write one), else the segment's duration when the file holds no other stream (an audio track may
+    outlast the video). Such a file has no frame count, and its index (cues) follows the frames, so a cut
+    download just ends the stream; other containers: None (an mp4's or avi's index is checked on opening, an
+    MPEG-TS states no length: FFmpeg estimates one from the bit rate)."""
+    import av
+
+    with av.open(str(path)) as container:
+        if "matroska" not in container.format.name.split(",") or end is None:
+            return None
+        stream = next(s for s in container.streams if s.type == "video")
+        tag = stream.metadata.get("DURATION") or stream.metadata.get("duration")
+        if tag:
+            try:
+                h, m, sec = tag.split(":")
+                declared = 3600 * int(h) + 60 * int(m) + float(sec)
+            except ValueError:
+                return None
+        elif container.duration and len(container.streams) == 1:
+            declared = container.duration / av.time_base
+        else:
+            return None
+    if declared - end > max(AUDIO_SHORTFALL_SECONDS, AUDIO_SHORTFALL_FRACTION * declared):
+        return f"the file is cut short: its header declares {declared:.2f} s of video, it decodes to {end:.2f} s"
+    return None
+
+
 def load_video(
     path: str | Path, num_frames: int, sampling: FrameSampling = "uniform", item_id: str = ""
 ) -> list[np.ndarray]:
@@ -230,16 +280,19 @@ def load_video(
         total = _frame_count(path)
         if total > 0:
             wanted = sample_frame_indices(total, num_frames, sampling)
-            got, _, more = _decode_frames(path, set(wanted), declared=total)
+            got, _, more, _ = _decode_frames(path, set(wanted), declared=total)
             if len(got) == len(set(wanted)) and not more:
                 return [got[i] for i in wanted]
         # fewer frames than the metadata said, more packets than it said, or no count in it: count them
         # unthreaded, which raises at a corrupt packet (a cut file), else gives the true length to sample from
-        _, total, _ = _decode_frames(path, set(), threaded=False)
+        _, total, _, end = _decode_frames(path, set(), threaded=False)
         if total == 0:
             raise ValueError("the video stream has no frames")
+        short = _matroska_shortfall(path, end)
+        if short:
+            raise _CutShort(short)
         wanted = sample_frame_indices(total, num_frames, sampling)
-        got, _, _ = _decode_frames(path, set(wanted))
+        got, _, _, _ = _decode_frames(path, set(wanted))
         return [got[i] for i in wanted]
     except MediaError:
         raise
@@ -320,27 +373,52 @@ def _frames_for(seconds: float | None, rate: int) -> int | None:
     return None if seconds is None else int(math.ceil(seconds * rate)) + 64
 
 
-def _wav_shortfall(path: Path) -> str | None:
-    """Why a RIFF/WAVE file is cut short (its ``data`` chunk declares more bytes than the file holds), or
-    None. libsndfile reads such a file up to its end without an error. A declared size of 0 or 0xFFFFFFFF (a
-    stream written before its length was known) says nothing, and RF64/other containers are not checked."""
+_CHUNKED_AUDIO: dict[str, tuple[bytes, tuple[bytes, ...], bytes, Literal["little", "big"]]] = {
+    # suffix: the container's id, its form types, the id of the chunk that holds the samples, the sizes' byte order
+    ".wav": (b"RIFF", (b"WAVE",), b"data", "little"),
+    ".aiff": (b"FORM", (b"AIFF", b"AIFC"), b"SSND", "big"),
+    ".aif": (b"FORM", (b"AIFF", b"AIFC"), b"SSND", "big"),
+    ".aifc": (b"FORM", (b"AIFF", b"AIFC"), b"SSND", "big"),
+}
+
+
+def _chunk_shortfall(path: Path) -> str | None:
+    """Why a RIFF/WAVE or AIFF/AIFC file is cut short (its ``data``/``SSND`` chunk declares more bytes than
+    the file holds), or None. libsndfile reads such a file up to its end without an error. A declared size
+    of 0 or 0xFFFFFFFF (a stream written before its length was known) says nothing, and RF64/other containers
+    are not checked."""
+    container, forms, audio, order = _CHUNKED_AUDIO[path.suffix.lower()]
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(12)
-        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        if len(head) < 12 or head[:4] != container or head[8:12] not in forms:
             return None
         pos = 12
         while pos + 8 <= size:
             f.seek(pos)
             chunk = f.read(8)
-            n = int.from_bytes(chunk[4:8], "little")
-            if chunk[:4] == b"data":
+            n = int.from_bytes(chunk[4:8], order)
+            if chunk[:4] == audio:
                 if n in (0, 0xFFFFFFFF) or pos + 8 + n <= size:
                     return None
                 held = size - pos - 8
                 return f"the file is cut short: its header declares {n:,} bytes of audio, it holds {held:,}"
             pos += 8 + n + (n & 1)
     return None
+
+
+def _au_shortfall(path: Path) -> str | None:
+    """Why a Sun/NeXT ``.au``/``.snd`` file is cut short (its header declares more bytes of audio than follow
+    it), or None; also None for an unknown length (0xFFFFFFFF) or another kind of file."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(12)
+    if len(head) < 12 or head[:4] != b".snd":
+        return None
+    offset, n = int.from_bytes(head[4:8], "big"), int.from_bytes(head[8:12], "big")
+    if n == 0xFFFFFFFF or offset + n <= size:
+        return None
+    return f"the file is cut short: its header declares {n:,} bytes of audio, it holds {max(0, size - offset):,}"
 
 
 def _ogg_shortfall(path: Path) -> str | None:
@@ -424,12 +502,14 @@ def _read_pyav(path: Path, seconds: float | None = None) -> tuple[np.ndarray, in
             for out in converter.resample(None):
                 chunks.append(out.to_ndarray().mean(axis=0))
                 kept += chunks[-1].shape[0]
-            # decoded to the end: an mp3 whose header states its length must reach it (see the tolerance above)
-            if rate > 0 and stream.duration and "mp3" in container.format.name.split(","):
+            # decoded to the end: an mp3 whose header states its length, or a flac (its STREAMINFO), must reach
+            # it (see the tolerance above). libsndfile fails on a flac cut between two frames; FFmpeg ends there
+            kind = {"mp3", "flac"} & set(container.format.name.split(","))
+            if rate > 0 and stream.duration and kind:
                 declared = float(stream.duration * stream.time_base)
                 got = kept / rate
                 if declared - got > max(AUDIO_SHORTFALL_SECONDS, AUDIO_SHORTFALL_FRACTION * declared):
-                    if _mp3_declares_length(path):
+                    if "flac" in kind or _mp3_declares_length(path):
                         raise _CutShort(f"the file is cut short: its header declares {declared:.2f} s of audio, "
                                         f"it decodes to {got:.2f} s")
     if rate <= 0:
@@ -447,7 +527,8 @@ def read_audio(path: str | Path, item_id: str = "", seconds: float | None = None
     margin for resampling)."""
     path = Path(path)
     _check_exists(path, item_id)
-    check = {".wav": _wav_shortfall, ".ogg": _ogg_shortfall, ".oga": _ogg_shortfall, ".opus": _ogg_shortfall}
+    check = {".ogg": _ogg_shortfall, ".oga": _ogg_shortfall, ".opus": _ogg_shortfall, ".au": _au_shortfall,
+             ".snd": _au_shortfall} | dict.fromkeys(_CHUNKED_AUDIO, _chunk_shortfall)
     if path.suffix.lower() in check:
         try:
             short = check[path.suffix.lower()](path)

@@ -59,6 +59,26 @@ def _check_output_size(processor: Any, info: BackboneInfo, model_size: int, what
             f"but the model takes {model_size} px (image_size in its config.json); {fix}")
 
 
+def _resize_to(processor: Any, size: int) -> None:
+    """Make ``processor`` produce ``size`` px squares (``encoders.image.image_size``). A processor that resizes
+    and then centre-crops (DeiT: 256 → 224) keeps its ratio of resize to crop, so the crop keeps the same share
+    of the image and the model's own size changes nothing; one that only resizes resizes to the square."""
+    crop_h, crop_w = _height_width(getattr(processor, "crop_size", None))
+    height, width = _height_width(getattr(processor, "size", None))
+    if getattr(processor, "do_center_crop", False) and crop_h and crop_w:
+        if height and width:
+            processor.size = {"height": round(height * size / crop_h), "width": round(width * size / crop_w)}
+        else:
+            shortest = processor.size.get("shortest_edge") if isinstance(processor.size, dict) else getattr(
+                processor.size, "shortest_edge", None)
+            processor.size = ({"shortest_edge": round(shortest * size / min(crop_h, crop_w))} if shortest
+                              else _square(size))
+    else:
+        processor.size = _square(size)
+    if getattr(processor, "crop_size", None):
+        processor.crop_size = _square(size)
+
+
 def _processor_settings(processor: Any) -> dict[str, Any]:
     keys = ("size", "crop_size", "image_mean", "image_std", "resample", "do_center_crop", "do_normalize")
     out = {}
@@ -114,9 +134,7 @@ class ImageEncoder(ModalityEncoder):
                                    f"set encoders.image.image_size={model_size} to feed it that size, or fix the "
                                    "folder's preprocessor_config.json")
             if spec.image_size:
-                self.processor.size = _square(spec.image_size)
-                if getattr(self.processor, "crop_size", None):
-                    self.processor.crop_size = _square(spec.image_size)
+                _resize_to(self.processor, spec.image_size)
         self.image_size = spec.image_size or model_size
         if self.image_size != model_size:
             self.model_kwargs["interpolate_pos_encoding"] = True
