@@ -264,6 +264,13 @@ def test_image_size_keeps_a_cropping_processors_share_of_the_image(tmp_path: Pat
                                                       crop_size={"height": 64, "width": 64})
     torch.testing.assert_close(larger.process(images)["pixel_values"],
                                expected(images, return_tensors="pt")["pixel_values"], rtol=0, atol=0)
+    # a cache built with image_size set under the old rule is stale (the manifest's preprocessing differs);
+    # one at the model's own size (0, every preset) keeps its identity
+    from crossan.encoders import describe_backbone, describe_encoder
+
+    prep = {n: describe_encoder("image", sp, describe_backbone("image", sp))["preprocessing"]
+            for n, sp in (("default", spec), ("larger", dataclasses.replace(spec, image_size=64)))}
+    assert prep == {"default": {"image_size": 0}, "larger": {"image_size": 64, "resize": "keeps_crop_share"}}
 
 
 def test_a_folder_whose_weights_do_not_fit_the_model_is_refused(tmp_path: Path) -> None:

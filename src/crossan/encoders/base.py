@@ -243,7 +243,10 @@ def preprocessing_settings(modality: str, spec: EncoderSpec, info: BackboneInfo)
         return {"max_text_len": spec.max_text_len, "tokenizer": tokenizer_name(info), "padding": "longest"}
     cnn = {"image_size": int(info.hf_config.image_size), "pixels": "(x-127)/128"} if info.family == "efficientnet" else {}
     if modality == "image":
-        return {"image_size": spec.image_size} | cnn
+        # a set image_size on a transformers processor: since crossan 0.1.6 a centre-cropping processor keeps its
+        # share of the image (resize scaled with the crop); the key makes caches built the old way stale
+        crop = {"resize": "keeps_crop_share"} if spec.image_size and info.family != "efficientnet" else {}
+        return {"image_size": spec.image_size} | cnn | crop
     if modality == "video":
         return {
             "image_size": spec.image_size,
