@@ -170,3 +170,25 @@ def test_new_items_are_encoded_at_the_precision_each_cache_was_built_with(synth:
     embed_items(tmp_path / "run", new, device="cpu")
     torch.testing.assert_close(read_extra_items(tmp_path / "run").embeddings[0], rec.item_table[1],
                                rtol=1e-5, atol=1e-5)
+
+
+def test_serving_and_cold_start_embed_in_float32_inside_a_callers_autocast(cut_run: Path, synth: Path,
+                                                                         tmp_path: Path) -> None:
+    """A precision review (2026-12-03): the item table (``embed_all``: serving, evaluation) and ``embed-items``
+    ran the tower under whatever autocast the caller had entered, so a Recommender built inside a bf16
+    autocast served a table computed in bf16, not the evaluator's, and new items were embedded off their
+    training twins. Both are float32 now, equal to what they are outside it."""
+    run = Path(shutil.copytree(cut_run, tmp_path / "run"))
+    plain = load_recommender(run, device="cpu")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = load_recommender(run, device="cpu")
+    assert inside.item_table.dtype == torch.float32
+    assert torch.equal(inside.item_table, plain.item_table)
+    item = plain.item_ids[1]
+    new = tmp_path / "new"
+    (new / "covers").mkdir(parents=True)
+    shutil.copyfile(synth / plain.data.catalogue[item].image, new / "covers" / "dup.png")
+    (new / "items.tsv").write_text(f"item_id\ttitle\timage\ndup\t{_full_title(synth, item)}\tcovers/dup.png\n")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        embed_items(run, new, device="cpu")
+    torch.testing.assert_close(read_extra_items(run).embeddings[0], plain.item_table[1], rtol=1e-5, atol=1e-5)

@@ -235,7 +235,7 @@ def _embed_new(model: Any, cfg: Config, catalogue: Any, ids: list[str], device: 
     """Embeddings [E, d] of catalogue items ``ids`` by the run's item tower (see the module docstring).
     ``data``: the run's dataset, where its cache's manifests are found (``cached=true``)."""
     from crossan.cache.features import LiveFeatures
-    from crossan.precision import compute_dtype
+    from crossan.precision import compute_dtype, full_precision
     from crossan.towers.content import ContentTower
 
     tower = model.tower
@@ -245,7 +245,7 @@ def _embed_new(model: Any, cfg: Config, catalogue: Any, ids: list[str], device: 
         # the run's policy for corrupt media (a tower written for the older two-argument protocol gets none)
         takes_policy = "on_corrupt" in inspect.signature(tower.embed_content).parameters
         policy = {"on_corrupt": cfg.cache.on_corrupt} if takes_policy else {}
-        with torch.no_grad():
+        with torch.no_grad(), full_precision(device):  # float32, as embed_all, inside a caller's autocast too
             return torch.cat([tower.embed_content(records[i:i + step], catalogue, **policy).float()
                               for i in range(0, len(records), step)])
     if not isinstance(tower, ContentTower):
@@ -281,7 +281,7 @@ def _embed_new(model: Any, cfg: Config, catalogue: Any, ids: list[str], device: 
     object.__setattr__(tower, "features", live)
     object.__setattr__(tower, "precision", precision)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), full_precision(device):  # the frozen encoders' precision applies inside
             parts = [tower(chunk).float() for chunk in rows.split(cfg.eval.batch_size)]
     finally:
         object.__setattr__(tower, "features", old)

@@ -12,7 +12,8 @@ fp32 elsewhere (without them bf16 is emulated: slower than fp32, and rounded).
 Where it applies: the frozen encoders' forward, while the cache is built (:mod:`crossan.cache.build`) and
 whenever states are encoded live (:mod:`crossan.towers.content`), and every method's training step: item
 tower and user encoder (:class:`crossan.recommender.Recommender`). Evaluation and serving embed and score
-in float32 (about 1% of an epoch's work; no bf16 ties, equal to what an exported model computes).
+in float32 (about 1% of an epoch's work; no bf16 ties, equal to what an exported model computes), also
+inside an autocast region a caller entered.
 """
 
 from __future__ import annotations

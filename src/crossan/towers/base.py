@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from crossan.precision import full_precision
+
 if TYPE_CHECKING:
     from crossan.cache.features import FeatureSource
     from crossan.config import Config, TrainConfig
@@ -107,6 +109,10 @@ class ItemTower(nn.Module, ABC):
         Items are embedded in chunks of ``batch_size``; under torchrun chunk c is computed by rank
         c mod world size and the table is gathered, so every rank holds the same table a single process does
         (and the same :meth:`stats`: the :meth:`stat_buffers` are summed over the ranks).
+
+        Float32 whatever autocast the caller runs in (:func:`~crossan.precision.full_precision`): evaluation and
+        serving embed in float32 (:mod:`crossan.precision`); frozen encoders read live still run at the tower's
+        ``precision``, which the content towers' ``forward`` enters itself.
         """
         from crossan import distributed as dist
 
@@ -119,7 +125,8 @@ class ItemTower(nn.Module, ABC):
             from tqdm.auto import tqdm
 
             it = tqdm(mine, desc="embed items", leave=False)
-        local = [self(chunks[c]).float() for c in it]
+        with full_precision(device):  # a caller's autocast would embed in bf16 (serving built inside one)
+            local = [self(chunks[c]).float() for c in it]
         table = torch.zeros(n + 1, self.dim, device=device)
         if dist.world_size() == 1:
             if local:
