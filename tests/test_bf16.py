@@ -310,3 +310,35 @@ def test_routing_and_exchange_weights_are_float32_under_bf16():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = ex.coefficients(a.bfloat16(), 1, torch.bfloat16)
     torch.testing.assert_close(got[2].float(), want[2].bfloat16().float(), rtol=0, atol=0)
+
+
+def test_a_loaded_run_computes_at_the_dtype_it_trained_at(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A precision review (2026-12-03): serving and ``crossan evaluate`` resolved ``precision=auto`` again on the
+    machine that loads the run, so a run with live frozen encoders (``cached=false``) trained in float32 and
+    loaded on a CPU with bf16 units computed its item table from bf16 states (2% of its largest entry off
+    here). A loaded run now runs at the dtype results.json records, where that dtype can run."""
+    import crossan.precision as precision
+    from crossan.data.synth import generate
+    from crossan.serve import load_recommender
+    from crossan.trainer import train
+
+    synth = generate(tmp_path / "tiny", size="tiny", progress=False)
+    cfg = load_config([], [f"data.path={synth}", "method=frozen", "modalities=[text]", "encoders.preset=tiny",
+                           "cached=false", "train.epochs=1", "train.batch_size=64", "user.dim=32", "device=cpu",
+                           "precision=auto"])
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)  # trained where auto is float32
+    train(cfg, tmp_path / "run", progress=False)
+    here = load_recommender(tmp_path / "run", device="cpu")
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)  # loaded where auto is bf16
+    there = load_recommender(tmp_path / "run", device="cpu")
+    assert torch.equal(there.item_table, here.item_table)
+    assert there.cfg.precision == "fp32"
+
+    from crossan.runs import trained_precision
+
+    cpu, mps = torch.device("cpu"), torch.device("mps")
+    assert trained_precision("auto", "bfloat16", cpu) == "auto"  # auto is bf16 here now: kept
+    assert trained_precision("bf16", "bfloat16", cpu) == "bf16"
+    assert trained_precision("fp32", "bfloat16", cpu) == "bf16"
+    assert trained_precision("auto", None, cpu) == "auto"  # not recorded (older run): as configured
+    assert trained_precision("auto", "bfloat16", mps) == "auto"  # bf16 cannot run on an Apple GPU

@@ -681,10 +681,33 @@ def load_run(run_dir: str | Path, device: str = "auto", data_path: str | None = 
     for category, phrase in input_changes(results, cfg, data):
         warnings.warn(f"{run_dir}: {phrase}; its scores now are on the inputs of now, so they may differ from "
                       f"{RESULTS}", category, stacklevel=2)
-    model = build_model(cfg, data, resolve_device(cfg.device))
+    device = resolve_device(cfg.device)
+    cfg.precision = trained_precision(cfg.precision, (results or {}).get("compute_dtype"), device)
+    model = build_model(cfg, data, device)
     load_weights(model, run_dir / WEIGHTS)
     model.eval()
     return cfg, data, model
+
+
+def trained_precision(precision: str, trained: Any, device: torch.device) -> str:
+    """The ``precision`` a loaded run runs at on ``device``: the one forcing the compute dtype it trained at
+    (results.json ``compute_dtype``) where ``precision`` resolves to another here and that dtype can run here,
+    else ``precision`` itself. ``auto`` resolves by hardware, and frozen encoders read live (``cached=false``)
+    run at it: a run trained in float32 and served or evaluated on a CPU with bf16 units computed its item
+    table from bf16 states, off the one it was trained and tested with (and standardised with statistics of
+    float32 states). Where the dtype it trained at cannot run here (bf16 on an Apple GPU), ``precision``."""
+    from crossan.precision import compute_dtype, dtype_name
+
+    force = _DTYPE_PRECISION.get(str(trained))
+    if force is None or force == precision:
+        return precision
+    try:
+        if dtype_name(compute_dtype(precision, device)) == trained:
+            return precision
+        compute_dtype(force, device)  # bf16 where it cannot run: ValueError
+    except ValueError:
+        return precision
+    return force
 
 
 def evaluate_run(run_dir: str | Path, device: str = "auto", data_path: str | None = None) -> dict[str, Any]:
