@@ -352,6 +352,23 @@ def test_media_decoded_inside_training_steps_are_counted(media: FakeData) -> Non
     assert (got["items_kept"], got["full"], got["decoded_in_training_steps"]) == (0, True, 4)
 
 
+def test_inputs_beyond_the_memory_limit_are_not_packed_in_the_steps(media: FakeData, monkeypatch) -> None:
+    """An item that cannot be kept was still packed (:class:`Palette`, 39 ms per paper-size clip) at every
+    use inside the timed steps, then thrown away; only items that could fit are packed now."""
+    from crossan.towers import endtoend
+
+    packed: list[int] = []
+    real = endtoend.Palette.pack.__func__
+    monkeypatch.setattr(endtoend.Palette, "pack", classmethod(lambda cls, t: packed.append(1) or real(cls, t)))
+    tight = build(make_cfg("lora", ["videomae"], "lora.input_memory_gb=1e-9"), media)
+    assert tight.memo["video"].full and packed == []
+    tight.train()
+    tight(torch.tensor([1, 2])).sum().backward()
+    assert packed == [] and tight.memo["video"].decoded_in_training == 2
+    kept = build(make_cfg("lora", ["videomae"]), media)  # within the limit: every present item packed once
+    assert len(packed) == 5 and len(kept.memo["video"].inputs) == 5
+
+
 def test_gradient_checkpointing_gives_the_same_gradients(media: FakeData) -> None:
     spec = ("config:bert:hidden_size=64,num_hidden_layers=2,num_attention_heads=2,intermediate_size=128,"
             "max_position_embeddings=64,hidden_dropout_prob=0,attention_probs_dropout_prob=0")
