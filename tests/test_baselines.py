@@ -234,6 +234,15 @@ def test_fft_text_backbone_learning_rate(media: FakeData) -> None:
         make_cfg("fft", ["bert"], "fft.lr_text=0")
 
 
+def test_adapter_init_std_zero_is_refused() -> None:
+    """``adapter.init_std=0`` was accepted: both projections started at zero, so the down-projection and the
+    up-projection's weight never got a gradient (measured: only ``up.bias`` moved in 3 steps) while counted
+    as trainable; the adapters were a learned bias. ``zero_init_up`` is the way to start at the identity."""
+    with pytest.raises(ConfigError, match=r"adapter.init_std: must be greater than 0"):
+        make_cfg("adapter", ["bert"], "adapter.init_std=0")
+    assert make_cfg("adapter", ["bert"], "adapter.init_std=1e-4", "adapter.zero_init_up=true").adapter.init_std == 1e-4
+
+
 def test_a_checkpoint_saved_in_float16_trains_in_float32(tmp_path: Path, media: FakeData) -> None:
     """transformers 5 loads a checkpoint in the dtype it was saved in: from a float16 file the end-to-end
     baselines trained float16 weights with Adam and no float32 copy (an update of 1e-4 to a LayerNorm gain
