@@ -234,6 +234,15 @@ def test_fft_text_backbone_learning_rate(media: FakeData) -> None:
         make_cfg("fft", ["bert"], "fft.lr_text=0")
 
 
+def test_adapter_init_std_zero_is_refused() -> None:
+    """``adapter.init_std=0`` was accepted: both projections started at zero, so the down-projection and the
+    up-projection's weight never got a gradient (measured: only ``up.bias`` moved in 3 steps) while counted
+    as trainable; the adapters were a learned bias. ``zero_init_up`` is the way to start at the identity."""
+    with pytest.raises(ConfigError, match=r"adapter.init_std: must be greater than 0"):
+        make_cfg("adapter", ["bert"], "adapter.init_std=0")
+    assert make_cfg("adapter", ["bert"], "adapter.init_std=1e-4", "adapter.zero_init_up=true").adapter.init_std == 1e-4
+
+
 def test_a_checkpoint_saved_in_float16_trains_in_float32(tmp_path: Path, media: FakeData) -> None:
     """transformers 5 loads a checkpoint in the dtype it was saved in: from a float16 file the end-to-end
     baselines trained float16 weights with Adam and no float32 copy (an update of 1e-4 to a LayerNorm gain
@@ -350,6 +359,23 @@ def test_media_decoded_inside_training_steps_are_counted(media: FakeData) -> Non
     got = tight.stats()["inputs"]["video"]
     # 2 steps x items 1, 2 (item 4 has no video)
     assert (got["items_kept"], got["full"], got["decoded_in_training_steps"]) == (0, True, 4)
+
+
+def test_inputs_beyond_the_memory_limit_are_not_packed_in_the_steps(media: FakeData, monkeypatch) -> None:
+    """An item that cannot be kept was still packed (:class:`Palette`, 39 ms per paper-size clip) at every
+    use inside the timed steps, then thrown away; only items that could fit are packed now."""
+    from crossan.towers import endtoend
+
+    packed: list[int] = []
+    real = endtoend.Palette.pack.__func__
+    monkeypatch.setattr(endtoend.Palette, "pack", classmethod(lambda cls, t: packed.append(1) or real(cls, t)))
+    tight = build(make_cfg("lora", ["videomae"], "lora.input_memory_gb=1e-9"), media)
+    assert tight.memo["video"].full and packed == []
+    tight.train()
+    tight(torch.tensor([1, 2])).sum().backward()
+    assert packed == [] and tight.memo["video"].decoded_in_training == 2
+    kept = build(make_cfg("lora", ["videomae"]), media)  # within the limit: every present item packed once
+    assert len(packed) == 5 and len(kept.memo["video"].inputs) == 5
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(media: FakeData) -> None:

@@ -167,14 +167,16 @@ class AdapterConfig(EndToEndConfig):
     """Houlsby bottleneck adapters after the attention output and the FFN output of every layer."""
 
     RANGES: ClassVar[tuple[Range, ...]] = EndToEndConfig.RANGES + (
-        ("bottleneck", 1, True, None), ("init_std", 0, True, None))
+        ("bottleneck", 1, True, None), ("init_std", 0, False, None))
 
     bottleneck: int = 64
     """r: each adapter maps D → r → D."""
     activation: Literal["gelu", "relu"] = "gelu"
     """Non-linearity between each adapter's down- and up-projection."""
     init_std: float = 0.01
-    """Adapter weights are drawn from N(0, init_std²); biases start at 0."""
+    """Adapter weights are drawn from N(0, init_std²); biases start at 0. Must be > 0: with both projections
+    at zero neither gets a gradient, ever (only the up-projection's bias would train); ``zero_init_up``
+    starts the adapted model at the original exactly and still trains."""
     zero_init_up: bool = False
     """Start the up-projection at exactly zero (the adapted model then equals the original); otherwise it is
     drawn like the down-projection, so each adapter starts near the identity."""
