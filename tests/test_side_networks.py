@@ -654,3 +654,14 @@ def test_gates_and_the_router_divide_their_logits_by_the_temperature() -> None:
         momef.router.bias.copy_(torch.tensor([1.0, 0.0]))
     weights = momef.routing(torch.zeros(1, 2, 2), torch.ones(1, 2, dtype=torch.bool))
     torch.testing.assert_close(weights, torch.tensor([[1 / (1 + math.exp(-2)), 1 / (1 + math.exp(2))]]))
+
+
+@pytest.mark.parametrize("method", ["iisan", "crossan"])
+def test_side_network_init_std_zero_is_refused(method: str) -> None:
+    """``init_std=0`` was accepted: both SANB projections started at zero, and with ReLU(0) = 0 only ``up.bias``
+    ever got a gradient (as ``adapter.init_std=0``), while every weight counted as trainable."""
+    from crossan.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=rf"{method}.init_std: must be greater than 0"):
+        load_config([], [f"method={method}", f"{method}.init_std=0"])
+    assert load_config([], [f"method={method}", f"{method}.init_std=1e-4"]).__dict__[method].init_std == 1e-4

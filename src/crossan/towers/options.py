@@ -43,7 +43,7 @@ class SANBConfig(Options):
 
     RANGES: ClassVar[tuple[Range, ...]] = (
         ("side_dim", 1, True, None), ("bottleneck", 1, True, None), ("dropout", 0, True, 1),
-        ("init_std", 0, True, None), ("gate_temperature", 0, False, None))
+        ("init_std", 0, False, None), ("gate_temperature", 0, False, None))
 
     side_dim: int = 768
     """d_s, the width the side network works at (each modality's states are projected to it if needed)."""
@@ -54,7 +54,8 @@ class SANBConfig(Options):
     (docs/method.md §4; IISAN's official adapter defines 0.1 but never applies it, so
     ``configs/iisan_official.yaml`` sets 0)."""
     init_std: float = 0.01
-    """SANB weights are drawn from N(0, init_std²), biases start at 0: each block starts near the identity."""
+    """SANB weights are drawn from N(0, init_std²), biases start at 0: each block starts near the identity.
+    Must be > 0: with both projections at zero, ReLU(0) = 0 leaves every weight without a gradient."""
     gate_temperature: float = 0.1
     """τ of the learned gates, ``sigmoid(logit / τ)`` (the gated fusion of side and tapped states in IISAN's
     and CROSSAN's chains, and CROSSAN's exchange gates): a smaller τ makes a logit's change move the gate
