@@ -428,8 +428,10 @@ def read_user_sequences(path: Path, catalogue: Catalogue, problems: _Problems) -
 
 def read_iisan(root: Path, cfg: DataConfig) -> RawData:
     problems = _Problems(cfg)
-    catalogue = read_items_tsv(root / "items.tsv", problems)
+    # the user file first: a folder holding a CSV of interactions beside its items.tsv is told to pass the .csv,
+    # instead of failing on an items.tsv row only the IISAN layout refuses (an item id with a space)
     path = _user_file(root)
+    catalogue = read_items_tsv(root / "items.tsv", problems)
     inter = read_user_sequences(path, catalogue, problems)
     if not inter.users:
         raise DataError(f"{path}: no usable user sequences")
