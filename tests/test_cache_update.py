@@ -193,6 +193,24 @@ def test_new_image_for_an_item_without_one_re_encodes_only_its_batch(tmp_path: P
     assert_equals_fresh(tmp_path, cfg, now, MODS)
 
 
+
+def test_the_update_command_for_a_cache_built_with_corrupt_files_marked_missing_runs(
+        tmp_path: Path, data: FakeData) -> None:
+    """A cache built under ``cache.on_corrupt=missing`` (one cover corrupt), then a run without the option after
+    another cover changed: the printed update command left the option out and stopped at the corrupt file
+    ("fix the paths, or pass cache.on_corrupt=missing"). It now carries it, and runs."""
+    (tmp_path / "data" / data.catalogue["i1"].image).write_bytes(b"not an image")
+    built = make_cfg(data)
+    built.cache.on_corrupt = "missing"
+    build(built, data, ["image"])
+    write_image(tmp_path / "data" / data.catalogue["i5"].image, (1, 2, 3))
+    with pytest.raises(CacheMismatchError) as err:
+        open_cache(make_cfg(data), data, ["image"])
+    command = str(err.value).split("Update it with:\n  ")[1]
+    assert command == cache_command_line(built, ["image"]) and "cache.on_corrupt=missing" in command
+    status, batches = build(built, data, ["image"])  # what the command does
+    assert status == {"image": "updated"} and batches == [("image", 1)]  # rows 4-6
+
 def test_path_to_another_file_of_the_same_size_and_mtime_is_a_changed_row(
         tmp_path: Path, data: FakeData, monkeypatch: pytest.MonkeyPatch) -> None:
     """``cp -p``-like stats: only the path (or, when hashed, the bytes) tell the new file apart."""
