@@ -16,12 +16,14 @@ import pytest
 
 from conftest import random_dataset
 from crossan.cache import CacheMismatchError, CacheMissingError, build_cache, default_cache_dir, open_cache
+from crossan.cache.build import verify_cache
 from crossan.cache.integrity import changed_rows, current_sources
 from crossan.cache.layout import cache_command_line, modality_folder
 from crossan.cli import main
 from crossan.config import Config, load_config
 from crossan.data import prepare
 from crossan.data.catalogue import Catalogue, ItemRecord
+from crossan.errors import CacheError
 from media_helpers import FakeData, make_dataset, write_image
 
 MODS = ["text", "image"]
@@ -208,6 +210,9 @@ def test_the_update_command_for_a_cache_built_with_corrupt_files_marked_missing_
         open_cache(make_cfg(data), data, ["image"])
     command = str(err.value).split("Update it with:\n  ")[1]
     assert command == cache_command_line(built, ["image"]) and "cache.on_corrupt=missing" in command
+    with pytest.raises(CacheError) as err:  # crossan cache --verify (without the option) prints it too
+        verify_cache(make_cfg(data), data, ["image"])
+    assert f"`{command}`" in str(err.value)
     status, batches = build(built, data, ["image"])  # what the command does
     assert status == {"image": "updated"} and batches == [("image", 1)]  # rows 4-6
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -22,6 +21,7 @@ from crossan.cache.layout import (
     PRESENT,
     SOURCES,
     STATES,
+    as_built,
     cache_command_line,
     cache_root,
     check_modalities,
@@ -33,15 +33,6 @@ from crossan.errors import CacheError, CacheMismatchError, CacheMissingError
 
 if TYPE_CHECKING:
     from crossan.config import Config
-
-def _as_built(cfg: Config, manifests: dict[str, dict[str, Any]], modalities: list[str]) -> Config:
-    """``cfg`` with ``cache.on_corrupt=missing`` where one of ``modalities``' caches was built so (its manifest
-    lists corrupt files marked missing): the update command printed for it then runs, where under ``error`` it
-    stopped at the first of those files."""
-    if cfg.cache.on_corrupt == "error" and any(manifests.get(m, {}).get("num_corrupt") for m in modalities):
-        return dataclasses.replace(cfg, cache=dataclasses.replace(cfg.cache, on_corrupt="missing"))
-    return cfg
-
 
 def open_cache(cfg: Config, data: Any, modalities: list[str], mmap: bool = True) -> TensorFeatures:
     """The cached states of ``modalities`` after checking each manifest against the run.
@@ -75,7 +66,7 @@ def open_cache(cfg: Config, data: Any, modalities: list[str], mmap: bool = True)
         where = ", ".join(dict.fromkeys(str(roots[m]) for m in modalities))
         raise CacheMismatchError(
             f"the cache in {where} does not match this run:\n  " + "\n  ".join(diffs)
-            + f"\nRebuild it with:\n  {cache_command_line(_as_built(cfg, manifests, modalities), modalities)}", diffs)
+            + f"\nRebuild it with:\n  {cache_command_line(as_built(cfg, manifests, modalities), modalities)}", diffs)
     records = item_records(data)
     states, present = {}, {}
     for m in modalities:
@@ -85,13 +76,13 @@ def open_cache(cfg: Config, data: Any, modalities: list[str], mmap: bool = True)
             problems += nonfinite_problems(m, root / m, records)  # name the items when the values are bad
         if problems:
             raise CacheError(f"the {m} cache in {root / m} is damaged: {'; '.join(problems)}; rebuild it with "
-                             f"`{cache_command_line(_as_built(cfg, manifests, [m]), [m])}`")
+                             f"`{cache_command_line(as_built(cfg, manifests, [m]), [m])}`")
         changed, _ = changed_rows(load_array(root / m / SOURCES), m, records, data.catalogue)
         if len(changed):
             diff = f"{m}: {describe_changed(m, len(changed))} since the cache was built: " \
                    f"{describe_rows(changed, records, m)}"
             raise CacheMismatchError(f"the cache in {root} does not match the data:\n  {diff}\nUpdate it with:\n  "
-                                     f"{cache_command_line(_as_built(cfg, manifests, [m]), [m])}", [diff])
+                                     f"{cache_command_line(as_built(cfg, manifests, [m]), [m])}", [diff])
         shape = tuple(manifests[m]["shape"])
         states[m] = load_array(root / m / STATES, mmap=mmap, expected_shape=shape, dtype=np.float16)
         present[m] = load_array(root / m / PRESENT, expected_shape=shape[:1], dtype=np.bool_)
