@@ -355,7 +355,7 @@ def test_media_decoded_inside_training_steps_are_counted(media: FakeData) -> Non
     assert kept.stats()["inputs"]["video"] == {
         "items_kept": 5, "items_present": 5, "kept_mib": pytest.approx(kept.memo["video"].bytes / 2**20, abs=0.05),
         "unpacked_mib": pytest.approx(kept.memo["video"].given_bytes / 2**20, abs=0.05), "full": False,
-        "decoded_in_training_steps": 0}
+        "decoded_in_training_steps": 0, "corrupt_marked_missing": 0}
     got = tight.stats()["inputs"]["video"]
     # 2 steps x items 1, 2 (item 4 has no video)
     assert (got["items_kept"], got["full"], got["decoded_in_training_steps"]) == (0, True, 4)
@@ -376,6 +376,38 @@ def test_inputs_beyond_the_memory_limit_are_not_packed_in_the_steps(media: FakeD
     assert packed == [] and tight.memo["video"].decoded_in_training == 2
     kept = build(make_cfg("lora", ["videomae"]), media)  # within the limit: every present item packed once
     assert len(packed) == 5 and len(kept.memo["video"].inputs) == 5
+
+
+def test_a_corrupt_file_marked_missing_is_logged_and_counted(tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """``cache.on_corrupt=missing`` in an end-to-end run: a corrupt cover counted as absent without a word,
+    and results.json's ``tower.inputs`` held no count of it (a cache build lists each, by item and path)."""
+    data = make_dataset(tmp_path / "d", n=4)
+    (tmp_path / "d" / data.catalogue["i1"].image).write_bytes(b"not an image")
+    tower = build(make_cfg("lora", ["vit"], "cache.on_corrupt=missing"), data)
+    tower.eval()
+    with caplog.at_level("WARNING", logger="crossan"), torch.no_grad():
+        tower(torch.arange(1, 5))
+        tower(torch.arange(1, 5))
+    got = tower.stats()["inputs"]["image"]
+    assert (got["items_present"], got["corrupt_marked_missing"]) == (2, 1)  # i3 has no image, i1's is corrupt
+    said = [r.getMessage() for r in caplog.records if "corrupt, marked missing" in r.getMessage()]
+    assert len(said) == 1 and "item 'i1'" in said[0] and "i1.jpg" in said[0]
+
+
+def test_live_features_log_a_corrupt_file_marked_missing_once(tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    """``cached=false`` with ``cache.on_corrupt=missing``: the live encoders marked a corrupt cover absent at
+    every batch without a word; now once per item, naming it and its path."""
+    data = make_dataset(tmp_path / "d", n=4)
+    (tmp_path / "d" / data.catalogue["i1"].image).write_bytes(b"not an image")
+    live = LiveFeatures({"image": encoder_for("vit")}, data.catalogue, data.item_ids, on_corrupt="missing")
+    with caplog.at_level("WARNING", logger="crossan"):
+        for _ in range(2):
+            present = live.gather(torch.arange(1, 5))["image"][1]
+    assert present.tolist() == [False, True, False, True] and live.corrupt == {"image": {"i1"}}
+    said = [r.getMessage() for r in caplog.records if "corrupt, marked missing" in r.getMessage()]
+    assert len(said) == 1 and "item 'i1'" in said[0] and "i1.jpg" in said[0]
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(media: FakeData) -> None:

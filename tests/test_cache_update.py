@@ -16,12 +16,14 @@ import pytest
 
 from conftest import random_dataset
 from crossan.cache import CacheMismatchError, CacheMissingError, build_cache, default_cache_dir, open_cache
+from crossan.cache.build import verify_cache
 from crossan.cache.integrity import changed_rows, current_sources
 from crossan.cache.layout import cache_command_line, modality_folder
 from crossan.cli import main
 from crossan.config import Config, load_config
 from crossan.data import prepare
 from crossan.data.catalogue import Catalogue, ItemRecord
+from crossan.errors import CacheError
 from media_helpers import FakeData, make_dataset, write_image
 
 MODS = ["text", "image"]
@@ -192,6 +194,27 @@ def test_new_image_for_an_item_without_one_re_encodes_only_its_batch(tmp_path: P
     assert np.load(folder / "image" / "present.npy")[3]
     assert_equals_fresh(tmp_path, cfg, now, MODS)
 
+
+
+def test_the_update_command_for_a_cache_built_with_corrupt_files_marked_missing_runs(
+        tmp_path: Path, data: FakeData) -> None:
+    """A cache built under ``cache.on_corrupt=missing`` (one cover corrupt), then a run without the option after
+    another cover changed: the printed update command left the option out and stopped at the corrupt file
+    ("fix the paths, or pass cache.on_corrupt=missing"). It now carries it, and runs."""
+    (tmp_path / "data" / data.catalogue["i1"].image).write_bytes(b"not an image")
+    built = make_cfg(data)
+    built.cache.on_corrupt = "missing"
+    build(built, data, ["image"])
+    write_image(tmp_path / "data" / data.catalogue["i5"].image, (1, 2, 3))
+    with pytest.raises(CacheMismatchError) as err:
+        open_cache(make_cfg(data), data, ["image"])
+    command = str(err.value).split("Update it with:\n  ")[1]
+    assert command == cache_command_line(built, ["image"]) and "cache.on_corrupt=missing" in command
+    with pytest.raises(CacheError) as err:  # crossan cache --verify (without the option) prints it too
+        verify_cache(make_cfg(data), data, ["image"])
+    assert f"`{command}`" in str(err.value)
+    status, batches = build(built, data, ["image"])  # what the command does
+    assert status == {"image": "updated"} and batches == [("image", 1)]  # rows 4-6
 
 def test_path_to_another_file_of_the_same_size_and_mtime_is_a_changed_row(
         tmp_path: Path, data: FakeData, monkeypatch: pytest.MonkeyPatch) -> None:

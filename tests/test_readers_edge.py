@@ -205,6 +205,33 @@ def test_a_folder_with_one_csv_and_items_tsv_hints_at_the_csv_layout(tmp_path: P
                            f"--data {root / 'inter.csv'})"
 
 
+
+def test_a_csv_folder_whose_items_have_spaces_still_hints_at_the_csv_layout(tmp_path: Path) -> None:
+    """``--data FOLDER`` on a CSV layout whose items.tsv has an id with a space (allowed beside a CSV file): the
+    folder is read as the IISAN layout, which failed first on that id ('contains whitespace', at items.tsv's
+    line) instead of saying that the users file is missing and to pass the .csv file."""
+    root = tmp_path / "d"
+    root.mkdir()
+    (root / "items.tsv").write_text("item_id\ttitle\nit 1\tx\nb\ty\n")
+    (root / "inter.csv").write_text("user,item,timestamp\nu1,it 1,1\nu1,b,2\n")
+    with pytest.raises(DataError) as e:
+        read(DataConfig(path=str(root)))
+    assert str(e.value) == f"{root}: no users.tsv or *_pairs.tsv found (for the CSV layout pass the file itself: " \
+                           f"--data {root / 'inter.csv'})"
+    assert [r.item_id for r in read(DataConfig(path=str(root / "inter.csv"))).catalogue] == ["it 1", "b"]
+
+
+@pytest.mark.parametrize("quoted", [False, True])
+def test_a_csv_of_iso_dates_is_told_that_timestamps_are_numbers(tmp_path: Path, quoted: bool) -> None:
+    """A CSV whose timestamps are dates: 'malformed timestamp' at line 2 read as one bad row (its hint:
+    drop such rows, i.e. all of them); the error now says what a timestamp is."""
+    q = '"' if quoted else ""
+    (tmp_path / "x.csv").write_text(f"user,item,timestamp\nu1,{q}a{q},2020-09-13 12:26:40\nu1,b,2020-09-13 12:27:40\n")
+    with pytest.raises(DataError) as e:
+        read(DataConfig(path=str(tmp_path / "x.csv")))
+    assert str(e.value).startswith(f"{tmp_path / 'x.csv'}:2: malformed timestamp '2020-09-13 12:26:40' (expected a "
+                                   "number, such as Unix seconds; dates like 2020-09-13 12:26:40 are not read)")
+
 # --------------------------------------------------------------------------------------------- items.tsv header
 @pytest.mark.parametrize("header", ["id\ttitle\timage", "item_id:string\ttitle:token_seq\timage", "ID\tTitle\tImage"])
 def test_an_items_header_with_another_id_name_is_a_header(tmp_path: Path, header: str) -> None:

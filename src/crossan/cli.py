@@ -28,7 +28,8 @@ from crossan.config import Config, ConfigError, load_config
 from crossan.errors import CrossanError
 
 EPILOG_OVERRIDES = ("Configuration: defaults < --config YAML files (in order) < key=value overrides, e.g. "
-                    "method=crossan modalities=[text,image] train.lr=1e-3 train.epochs=20 crossan.fusion=concat. "
+                    "method=crossan 'modalities=[text,image]' train.lr=1e-3 train.epochs=20 crossan.fusion=concat "
+                    "(quote a value with brackets: the shell may expand it as a file pattern). "
                     "See configs/ for documented examples.")
 
 

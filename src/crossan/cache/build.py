@@ -28,6 +28,7 @@ from crossan.cache.layout import (
     PRESENT,
     SOURCES,
     STATES,
+    as_built,
     cache_command_line,
     cache_root,
     check_modalities,
@@ -387,12 +388,14 @@ def verify_cache(cfg: Config, data: Any, modalities: list[str]) -> dict[str, lis
     specs = resolve_specs(cfg, modalities)
     records = item_records(data)
     problems: dict[str, list[str]] = {}
+    manifests: dict[str, dict[str, Any] | None] = {}
     for m in modalities:
         folder = modality_folder(cfg, data, m)
         try:
             manifest = read_manifest(folder, missing_ok=True)
         except CacheError as e:
             manifest, problems[m] = None, [str(e)]
+        manifests[m] = manifest
         if m in problems:
             pass
         elif manifest is None:
@@ -415,7 +418,7 @@ def verify_cache(cfg: Config, data: Any, modalities: list[str]) -> dict[str, lis
     failed = [m for m, p in problems.items() if p]
     if failed:
         raise CacheError(f"cache verification failed for {', '.join(failed)} (listed above); "
-                         f"`{cache_command_line(cfg, failed)}` re-encodes changed items and rebuilds damaged caches")
+                         f"`{cache_command_line(as_built(cfg, manifests, failed), failed)}` re-encodes changed items and rebuilds damaged caches")
     return problems
 
 

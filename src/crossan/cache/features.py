@@ -14,6 +14,7 @@ Both give the same numbers (up to the cache's fp16 storage), so every tower is a
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -21,6 +22,8 @@ import torch
 
 if TYPE_CHECKING:
     from crossan.encoders.base import ModalityEncoder
+
+log = logging.getLogger("crossan")
 
 
 class FeatureSource(Protocol):
@@ -94,6 +97,9 @@ class LiveFeatures:
         self.item_ids = list(item_ids)
         self.batch_size = batch_size
         self.on_corrupt = on_corrupt
+        self.corrupt: dict[str, set[str]] = {m: set() for m in encoders}
+        """Per modality, the items whose corrupt media file counts as absent (``on_corrupt='missing'``); each is
+        logged once, naming item and path, as a cache build lists them."""
         self.modalities = list(encoders)
         self.dims = {m: e.hidden_size for m, e in encoders.items()}
         self.num_taps = next(iter(ks.values()))
@@ -110,6 +116,10 @@ class LiveFeatures:
             out = encoder.encode(records, self.catalogue, self.on_corrupt)
             states[idx] = out.states
             present[idx] = out.present
+            for err in out.corrupt:
+                if err is not None and err.item_id not in self.corrupt[encoder.modality]:
+                    self.corrupt[encoder.modality].add(err.item_id)
+                    log.warning("%s: corrupt, marked missing: %s", encoder.modality, err)
         return states, present
 
     @torch.no_grad()

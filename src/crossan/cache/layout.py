@@ -155,6 +155,15 @@ def cache_command_line(cfg: Config, modalities: list[str]) -> str:
     return " ".join(parts)
 
 
+def as_built(cfg: Config, manifests: dict[str, dict[str, Any] | None], modalities: list[str]) -> Config:
+    """``cfg`` with ``cache.on_corrupt=missing`` where one of ``modalities``' caches was built so (its manifest
+    lists corrupt files marked missing): the update command printed for it then runs, where under ``error`` it
+    stopped at the first of those files."""
+    if cfg.cache.on_corrupt == "error" and any((manifests.get(m) or {}).get("num_corrupt") for m in modalities):
+        return dataclasses.replace(cfg, cache=dataclasses.replace(cfg.cache, on_corrupt="missing"))
+    return cfg
+
+
 def check_modalities(modalities: list[str]) -> list[str]:
     modalities = list(modalities)
     for m in modalities:

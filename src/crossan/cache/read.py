@@ -21,6 +21,7 @@ from crossan.cache.layout import (
     PRESENT,
     SOURCES,
     STATES,
+    as_built,
     cache_command_line,
     cache_root,
     check_modalities,
@@ -65,7 +66,7 @@ def open_cache(cfg: Config, data: Any, modalities: list[str], mmap: bool = True)
         where = ", ".join(dict.fromkeys(str(roots[m]) for m in modalities))
         raise CacheMismatchError(
             f"the cache in {where} does not match this run:\n  " + "\n  ".join(diffs)
-            + f"\nRebuild it with:\n  {cache_command_line(cfg, modalities)}", diffs)
+            + f"\nRebuild it with:\n  {cache_command_line(as_built(cfg, manifests, modalities), modalities)}", diffs)
     records = item_records(data)
     states, present = {}, {}
     for m in modalities:
@@ -75,13 +76,13 @@ def open_cache(cfg: Config, data: Any, modalities: list[str], mmap: bool = True)
             problems += nonfinite_problems(m, root / m, records)  # name the items when the values are bad
         if problems:
             raise CacheError(f"the {m} cache in {root / m} is damaged: {'; '.join(problems)}; rebuild it with "
-                             f"`{cache_command_line(cfg, [m])}`")
+                             f"`{cache_command_line(as_built(cfg, manifests, [m]), [m])}`")
         changed, _ = changed_rows(load_array(root / m / SOURCES), m, records, data.catalogue)
         if len(changed):
             diff = f"{m}: {describe_changed(m, len(changed))} since the cache was built: " \
                    f"{describe_rows(changed, records, m)}"
             raise CacheMismatchError(f"the cache in {root} does not match the data:\n  {diff}\nUpdate it with:\n  "
-                                     f"{cache_command_line(cfg, [m])}", [diff])
+                                     f"{cache_command_line(as_built(cfg, manifests, [m]), [m])}", [diff])
         shape = tuple(manifests[m]["shape"])
         states[m] = load_array(root / m / STATES, mmap=mmap, expected_shape=shape, dtype=np.float16)
         present[m] = load_array(root / m / PRESENT, expected_shape=shape[:1], dtype=np.bool_)

@@ -428,8 +428,10 @@ def read_user_sequences(path: Path, catalogue: Catalogue, problems: _Problems) -
 
 def read_iisan(root: Path, cfg: DataConfig) -> RawData:
     problems = _Problems(cfg)
-    catalogue = read_items_tsv(root / "items.tsv", problems)
+    # the user file first: a folder holding a CSV of interactions beside its items.tsv is told to pass the .csv,
+    # instead of failing on an items.tsv row only the IISAN layout refuses (an item id with a space)
     path = _user_file(root)
+    catalogue = read_items_tsv(root / "items.tsv", problems)
     inter = read_user_sequences(path, catalogue, problems)
     if not inter.users:
         raise DataError(f"{path}: no usable user sequences")
@@ -491,6 +493,10 @@ def _header(path: Path, text: str, delimiter: str) -> tuple[list[str], list[str]
     return header, names, (find("user_id", "user"), find("item_id", "item"), find("timestamp", "time"))
 
 
+_TIME_HINT = " (expected a number, such as Unix seconds; dates like 2020-09-13 12:26:40 are not read)"
+"""Said with a malformed timestamp: a file of ISO dates otherwise fails at line 2 as if that row alone were bad."""
+
+
 def _scan_rows(path: Path, buf: np.ndarray, delimiter: str, catalogue: Catalogue | None,
                problems: _Problems) -> _Rows:
     """Split a delimited file without quotes into fields, vectorised, and check every row."""
@@ -550,7 +556,7 @@ def _scan_rows(path: Path, buf: np.ndarray, delimiter: str, catalogue: Catalogue
         if long_id[j]:
             problems.bad_row(where, f"user or item id longer than {MAX_ID_BYTES} bytes")
         if bad_time[j]:
-            problems.bad_row(where, f"malformed timestamp {bytes(buf[tsb[j]:teb[j]]).decode('utf-8')!r}")
+            problems.bad_row(where, f"malformed timestamp {bytes(buf[tsb[j]:teb[j]]).decode('utf-8')!r}{_TIME_HINT}")
         problems.unknown_item(where, bytes(buf[is_[j]:ie[j]]).decode("utf-8"), catalogue)
     problems.count("bad_rows", line_bad.sum())
     problems.count("unknown_items", unknown.sum())
@@ -658,7 +664,7 @@ def _parse_records(path: Path, text: str, delimiter: str, catalogue: Catalogue |
             continue
         t = _number(stamp)
         if not math.isfinite(t):
-            problems.bad_row(where, f"malformed timestamp {stamp!r}")
+            problems.bad_row(where, f"malformed timestamp {stamp!r}{_TIME_HINT}")
             continue
         if catalogue is not None and item not in catalogue:
             problems.unknown_item(where, item, catalogue)

@@ -245,6 +245,9 @@ class InputMemo:
         self.decoded_in_training = 0
         """Items preprocessed by a training forward (gradients on; not :meth:`fill`): each is media decoding
         inside a timed step. Items not kept count at every use."""
+        self.corrupt: dict[int, str] = {}
+        """Rows whose media file was corrupt and, under ``on_corrupt='missing'``, count as lacking the modality
+        (each logged once, naming item and path; counted in results.json: ``tower.inputs``)."""
         self._filling = False
 
     def fill(self, rows: list[int]) -> None:
@@ -263,7 +266,8 @@ class InputMemo:
         return {"items_kept": len(self.inputs), "items_present": sum(self.present.values()),
                 "kept_mib": round(self.bytes / 2**20, 1), "unpacked_mib": round(self.given_bytes / 2**20, 1),
                 "full": self.full,
-                "decoded_in_training_steps": self.decoded_in_training}
+                "decoded_in_training_steps": self.decoded_in_training,
+                "corrupt_marked_missing": len(self.corrupt)}
 
     def get(self, rows: list[int]) -> tuple[list[dict[str, torch.Tensor] | None], list[bool]]:
         """Inputs and presence of each row (rows ≥ 1), preprocessing the rows not seen or not kept."""
@@ -279,6 +283,10 @@ class InputMemo:
                 self.decoded_in_training += len(have)
             for r, p in zip(chunk, loaded.present):
                 self.present[r] = p
+            for r, err in zip(chunk, loaded.corrupt):
+                if err is not None and r not in self.corrupt:  # cache.on_corrupt=missing: said, as a cache build does
+                    self.corrupt[r] = str(err)
+                    log.warning("%s: corrupt, marked missing: %s", self.encoder.modality, err)
             if have:
                 media = [m for m, p in zip(loaded.media, loaded.present) if p]
                 for r, item in zip(have, split_inputs(self.encoder, self.encoder.process(media))):
