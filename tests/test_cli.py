@@ -235,8 +235,8 @@ def test_missing_media_files_stop_a_cache_build_before_any_encoding(tmp_path: Pa
 
 @pytest.mark.parametrize("command", ["encoders", "cache"])
 @pytest.mark.parametrize(("text", "message"), [
-    ("foo", "--modalities: 'foo' is not one of ['text', 'image', 'video', 'audio']"),
-    ("text,Image", "--modalities: 'Image' is not one of ['text', 'image', 'video', 'audio']"),
+    ("foo", "--modalities: unknown modality 'foo'; expected one of ['text', 'image', 'video', 'audio']"),
+    ("text,Image", "--modalities: unknown modality 'Image'; expected one of ['text', 'image', 'video', 'audio']"),
     (",", "--modalities: ',' names no modality; give a comma-separated subset of text,image,video,audio"),
 ])
 def test_modalities_option_is_checked_before_anything_is_read(command: str, text: str, message: str,

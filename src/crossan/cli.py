@@ -65,16 +65,17 @@ def _modality_list(text: str) -> list[str]:
     """``--modalities a,b`` of ``cache`` and ``encoders``: the names in order, checked before any data or model
     is read; :class:`ConfigError` naming the option for an empty list or a name that is no modality (not a
     traceback, nor a silent default)."""
+    from crossan.cache.layout import check_modalities
     from crossan.data.catalogue import MODALITIES
 
     modalities = [m.strip() for m in text.split(",") if m.strip()]
     if not modalities:
         raise ConfigError(f"--modalities: {text!r} names no modality; give a comma-separated subset of "
                           f"{','.join(MODALITIES)}")
-    unknown = [m for m in modalities if m not in MODALITIES]
-    if unknown:
-        raise ConfigError(f"--modalities: {', '.join(map(repr, unknown))} is not one of {list(MODALITIES)}")
-    return modalities
+    try:
+        return check_modalities(modalities)
+    except ValueError as e:
+        raise ConfigError(f"--modalities: {e}") from None
 
 
 # --------------------------------------------------------------------------------------------- commands
@@ -434,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _prepare(args)
         status = args.fn(args)
-        sys.stdout.flush()  # here, so that a reader gone away (| head) is answered below, not at the interpreter's exit
+        sys.stdout.flush()  # here, so that a reader gone away (| head) is answered below, not at exit
         return status
     except BrokenPipeError as e:
         if _stdout_closed():  # `crossan cache --list | head`: the reader has all it wanted; not an error of ours

@@ -151,7 +151,7 @@ def cmd_recommend(args: Any) -> int:
             print(f"note: skipped {skipped_ids} history entr{'y' if skipped_ids == 1 else 'ies'} with an unknown "
                   "item id", file=sys.stderr)
         if no_history:
-            first = ", ".join(f"{u!r} (line {n})" for u, n in no_history[:5]) + (" …" if len(no_history) > 5 else "")
+            first = ", ".join(f"{u!r} (line {n})" for u, n in no_history[:5]) + (" …" * (len(no_history) > 5))
             print(f"note: {len(no_history)} user(s) have no known item left and no rows in {args.out}: {first}",
                   file=sys.stderr)
         users = kept

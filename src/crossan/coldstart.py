@@ -77,6 +77,15 @@ class ExtraItems:
         return len(self.ids)
 
 
+def _stored_items(run_dir: Path, sha: str) -> ExtraItems:
+    """The run's stored extra items, refused when they were embedded with other weights than ``sha``'s."""
+    existing = read_extra_items(run_dir)
+    if len(existing) and existing.weights_sha256 != sha:
+        raise ServeError(f"{run_dir / EXTRA_DIR}: the stored extra items were embedded with other weights than "
+                         f"best.safetensors; remove {run_dir / EXTRA_DIR} and embed them again")
+    return existing
+
+
 def read_extra_items(run_dir: str | Path) -> ExtraItems:
     """The run's stored extra items (empty when it has none); checks the two files agree.
 
@@ -305,11 +314,8 @@ def embed_items(run_dir: str | Path, new_catalogue: str | Path, device: str = "a
                          "to embed a new item from; train a content method (frozen, iisan, crossan, …) for cold "
                          "start")
     read_new_catalogue(new_catalogue, cfg.data)  # a bad catalogue fails before the model is loaded
-    existing = read_extra_items(run_dir)
     sha = file_sha256(run_dir / WEIGHTS)
-    if len(existing) and existing.weights_sha256 != sha:
-        raise ServeError(f"{run_dir / EXTRA_DIR}: the stored extra items were embedded with other weights than "
-                         f"best.safetensors; remove {run_dir / EXTRA_DIR} and embed them again")
+    _stored_items(run_dir, sha)  # damaged or stale stored items fail before the model is loaded
     dev = str(resolve_device(device))
     cfg, data, model = load_run(run_dir, dev, data_path, cfg=cfg)
     # read again with relative data.media_roots taken from the training dataset's root, as training read them
@@ -338,10 +344,7 @@ def embed_items(run_dir: str | Path, new_catalogue: str | Path, device: str = "a
     # while this one embedded (read before, they were overwritten: the last writer's items alone survived)
     with build_lock(run_dir / EXTRA_LOCK, str(run_dir / EXTRA_DIR), "crossan embed-items process",
                     "storing its items"):
-        existing = read_extra_items(run_dir)
-        if len(existing) and existing.weights_sha256 != sha:
-            raise ServeError(f"{run_dir / EXTRA_DIR}: the stored extra items were embedded with other weights "
-                             f"than best.safetensors; remove {run_dir / EXTRA_DIR} and embed them again")
+        existing = _stored_items(run_dir, sha)
         # replace by id in place, append the rest
         merged_ids = list(existing.ids)
         merged_records = list(existing.records)

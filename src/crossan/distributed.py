@@ -35,7 +35,8 @@ def is_main() -> bool:
 
 
 TIMEOUT = datetime.timedelta(minutes=30)
-"""How long a collective (a barrier) waits for the other ranks before the job fails (training: ranks run in step)."""
+"""How long a collective (a barrier) waits for the other ranks before the job fails (training's ranks run in
+step)."""
 CACHE_TIMEOUT = datetime.timedelta(hours=24)
 """The same under ``crossan cache``: a rank that finished its shard waits at a barrier for the slowest one,
 and shards of a build of many hours can end far more than 30 minutes apart (a timed-out barrier failed the

@@ -417,8 +417,9 @@ def verify_cache(cfg: Config, data: Any, modalities: list[str]) -> dict[str, lis
                   f"({manifest.get('_verify_seconds', 0.0):.1f} s)")
     failed = [m for m, p in problems.items() if p]
     if failed:
+        command = cache_command_line(as_built(cfg, manifests, failed), failed)
         raise CacheError(f"cache verification failed for {', '.join(failed)} (listed above); "
-                         f"`{cache_command_line(as_built(cfg, manifests, failed), failed)}` re-encodes changed items and rebuilds damaged caches")
+                         f"`{command}` re-encodes changed items and rebuilds damaged caches")
     return problems
 
 

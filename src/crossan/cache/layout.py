@@ -54,11 +54,10 @@ COMPARED_FIELDS: tuple[str, ...] = (
     "item_fingerprint",
     "num_items",
 )
-"""Manifest fields that must match the current configuration for a cache to be used (``weights_digest`` and
-``preprocessor_digest``, ``config_digest`` only where the cache records them: caches built before they were recorded are read as
-before). ``build`` (batch size,
-compute dtype, device type) is not among them: a cache built at either precision is read by runs of any
-(see :func:`crossan.cache.manifest.build_settings`)."""
+"""Manifest fields that must match the current configuration for a cache to be used (``weights_digest``,
+``preprocessor_digest`` and ``config_digest`` only where the cache records them: caches built before they were
+recorded are read as before). ``build`` (batch size, compute dtype, device type) is not among them: a cache
+built at either precision is read by runs of any (see :func:`crossan.cache.manifest.build_settings`)."""
 
 
 def item_records(data: Any) -> list[ItemRecord]:

@@ -64,9 +64,9 @@ def open_cache(cfg: Config, data: Any, modalities: list[str], mmap: bool = True)
         diffs += manifest_differences(m, manifests[m], expected_manifest(m, specs[m], data))
     if diffs:
         where = ", ".join(dict.fromkeys(str(roots[m]) for m in modalities))
-        raise CacheMismatchError(
-            f"the cache in {where} does not match this run:\n  " + "\n  ".join(diffs)
-            + f"\nRebuild it with:\n  {cache_command_line(as_built(cfg, manifests, modalities), modalities)}", diffs)
+        command = cache_command_line(as_built(cfg, manifests, modalities), modalities)
+        raise CacheMismatchError(f"the cache in {where} does not match this run:\n  " + "\n  ".join(diffs)
+                                 + f"\nRebuild it with:\n  {command}", diffs)
     records = item_records(data)
     states, present = {}, {}
     for m in modalities:

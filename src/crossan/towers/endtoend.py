@@ -215,9 +215,13 @@ class InputBudget:
         self.limit_bytes = limit_bytes
         self.used = 0
 
+    def fits(self, size: int) -> bool:
+        """Whether ``size`` more bytes fit."""
+        return self.used + size <= self.limit_bytes
+
     def take(self, size: int) -> bool:
         """Reserve ``size`` bytes if they fit."""
-        if self.used + size > self.limit_bytes:
+        if not self.fits(size):
             return False
         self.used += size
         return True
@@ -284,7 +288,7 @@ class InputMemo:
             for r, p in zip(chunk, loaded.present):
                 self.present[r] = p
             for r, err in zip(chunk, loaded.corrupt):
-                if err is not None and r not in self.corrupt:  # cache.on_corrupt=missing: said, as a cache build does
+                if err is not None and r not in self.corrupt:  # on_corrupt=missing: said, as a cache build does
                     self.corrupt[r] = str(err)
                     log.warning("%s: corrupt, marked missing: %s", self.encoder.modality, err)
             if have:
@@ -293,9 +297,8 @@ class InputMemo:
                     fresh[r] = item
                     # packing costs time inside the steps (39 ms per paper-size clip): skip it for an item
                     # that cannot fit even at one byte per value (the least any stored form takes)
-                    least = sum(v.numel() for v in item.values())
-                    stored = ({k: Palette.pack(v) for k, v in item.items()}
-                              if self.budget.used + least <= self.budget.limit_bytes else None)
+                    fits = self.budget.fits(sum(v.numel() for v in item.values()))
+                    stored = {k: Palette.pack(v) for k, v in item.items()} if fits else None
                     size = _stored_bytes(stored) if stored is not None else 0
                     if stored is not None and self.budget.take(size):
                         self.inputs[r] = stored
