@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
 
 import torch
 import torch.distributed as dist
@@ -62,8 +63,23 @@ def barrier() -> None:
         dist.barrier()
 
 
+GLOO_SETTLE_S = 0.25
+"""How long :func:`shutdown` releases the GIL before leaving the group (see there)."""
+
+
 def shutdown() -> None:
+    """Leave the process group (every rank, also after an error: no collective is called here).
+
+    A gloo worker thread drops its reference to a finished collective only after the rank's ``wait`` has
+    returned. A collective started inside ``backward`` (DistributedDataParallel's gradient all-reduce) holds a
+    Python object in its saved thread-local state, so that last drop needs the GIL. When the main thread went
+    from its last ``backward`` to interpreter exit within the few milliseconds before it handed the GIL over,
+    the worker, still waiting for the GIL, was stopped by the exiting interpreter and the C++ runtime aborted
+    the process ("terminate called without an active exception", SIGABRT: about one run in 50 of a script
+    that ends right after a step). Sleeping hands the GIL to any such worker first (and lets a collective still
+    in flight finish, if the other ranks take part in it)."""
     if is_distributed():
+        time.sleep(GLOO_SETTLE_S)
         dist.destroy_process_group()
 
 
