@@ -141,7 +141,7 @@ def cmd_recommend(args: Any) -> int:
     if args.unknown_items == "skip":  # drop what the run cannot score; a user left with nothing gets no rows
         kept, skipped_ids, no_history = [], 0, []
         for user, items, lineno in users:
-            known, dropped = rec.known(items)
+            known, _ = rec.known(items)
             skipped_ids += len(items) - len(known)
             if known:
                 kept.append((user, known, lineno))

@@ -297,10 +297,9 @@ class InputMemo:
                     fresh[r] = item
                     # packing costs time inside the steps (39 ms per paper-size clip): skip it for an item
                     # that cannot fit even at one byte per value (the least any stored form takes)
-                    fits = self.budget.fits(sum(v.numel() for v in item.values()))
-                    stored = {k: Palette.pack(v) for k, v in item.items()} if fits else None
-                    size = _stored_bytes(stored) if stored is not None else 0
-                    if stored is not None and self.budget.take(size):
+                    stored = ({k: Palette.pack(v) for k, v in item.items()}
+                              if self.budget.fits(sum(v.numel() for v in item.values())) else None)
+                    if stored is not None and self.budget.take(size := _stored_bytes(stored)):
                         self.inputs[r] = stored
                         self.bytes += size
                         self.given_bytes += _stored_bytes(item)  # type: ignore[arg-type]
