@@ -188,7 +188,7 @@ def test_leaving_the_group_right_after_a_step_does_not_abort(tmp_path: Path) -> 
     """A gloo worker drops a finished collective only after the rank's wait returned, and a collective started
     inside ``backward`` needs the GIL for that drop. A rank that went from its last step to interpreter exit
     without handing the GIL over was aborted by the C++ runtime at exit (SIGABRT; one CI run failed so, in the
-    gradient test above, about one run in 50). Here an all-reduce is still in flight when the rank leaves, which
+    gradient test above: 2 runs in about 135). Here an all-reduce is still in flight when the rank leaves, which
     makes the race likely: without the GIL hand-over in :func:`crossan.distributed.shutdown` this test failed 3
     runs of 3 (a rank aborted within the first three pairs); with it, 4 runs of 4 passed."""
     import socket

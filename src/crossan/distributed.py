@@ -75,7 +75,7 @@ def shutdown() -> None:
     Python object in its saved thread-local state, so that last drop needs the GIL. When the main thread went
     from its last ``backward`` to interpreter exit within the few milliseconds before it handed the GIL over,
     the worker, still waiting for the GIL, was stopped by the exiting interpreter and the C++ runtime aborted
-    the process ("terminate called without an active exception", SIGABRT: about one run in 50 of a script
+    the process ("terminate called without an active exception", SIGABRT: 2 runs in about 135 of a script
     that ends right after a step). Sleeping hands the GIL to any such worker first (and lets a collective still
     in flight finish, if the other ranks take part in it)."""
     if is_distributed():
