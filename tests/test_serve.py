@@ -913,3 +913,164 @@ def test_unknown_items_can_be_skipped(id_run: Path, tmp_path: Path, capsys) -> N
     assert "skipped 1 unknown item id(s): 'ghost'" in capsys.readouterr().err
     assert main(["recommend", str(id_run), "--history", "ghost", "--device", "cpu", "--unknown-items", "skip"]) == 2
     assert "no item id of the history is known" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------- a run that trains on
+def _newer_best(run: Path, tmp_path: Path) -> Path:
+    """The weights a still-training run's next best epoch would write: every float tensor of best.safetensors
+    moved (same keys and shapes), saved aside as the trainer saves a pending best."""
+    from safetensors.torch import load_file, save_file
+
+    from crossan import __version__
+
+    tensors = {k: v + 0.05 if v.is_floating_point() else v for k, v in load_file(str(run / "best.safetensors")).items()}
+    path = tmp_path / "best.pending-epoch-2.safetensors"
+    save_file(tensors, str(path), metadata={"crossan_version": __version__})
+    return path
+
+
+def _promote_when_loaded(monkeypatch, newer: Path, calls: list[str]) -> None:
+    """The trainer promotes a new best (``os.replace``, atomic, as ``settle_best_weights`` does) while a reader
+    is between its reads of the run folder: just before the model's weights are loaded."""
+    import os
+
+    import crossan.runs as runs
+
+    real = runs.load_weights
+
+    def promote(model, weights):
+        if not calls:
+            calls.append("promoted")
+            target = Path(getattr(weights, "path", weights))
+            os.replace(newer, target)
+        return real(model, weights)
+
+    monkeypatch.setattr(runs, "load_weights", promote)
+
+
+def _twin_run(content_run: Path, tmp_path: Path) -> tuple[Path, Path, int]:
+    """A copy of the content run with an extra item "twin" holding training row 3's content; returns the run,
+    the new catalogue, and the row."""
+    run = _copy(content_run, tmp_path)
+    cfg, data, _ = load_run(run, "cpu")
+    record = data.catalogue[data.item_ids[3]]
+    new = _new_catalogue(tmp_path / "new", Path(cfg.data.path), [("twin", record.text, record.image)])
+    return run, new, 3
+
+
+def test_a_best_epoch_written_while_loading_is_not_served_beside_older_extra_items(
+        content_run: Path, tmp_path: Path, monkeypatch) -> None:
+    """``load_recommender`` hashed best.safetensors to check the extra items, then read the file again to load
+    the model: a run that still trains and promoted a new best epoch in between was served with the new
+    weights and extra rows embedded by the old ones (the twin of row 3 then lay ~0.3 off its training
+    item). The file is now read once: the model is built from the bytes the extra items were checked against."""
+    from crossan.utils import file_sha256
+
+    run, new, row = _twin_run(content_run, tmp_path)
+    embed_items(run, new, device="cpu")
+    (run / "results.json").unlink()  # the run still trains
+    old_sha = file_sha256(run / "best.safetensors")
+    calls: list[str] = []
+    _promote_when_loaded(monkeypatch, _newer_best(run, tmp_path), calls)
+    with pytest.warns(UnfinishedRunWarning):
+        rec = load_recommender(run, device="cpu")
+    assert calls == ["promoted"] and file_sha256(run / "best.safetensors") != old_sha
+    torch.testing.assert_close(rec.item_table[rec.item_ids.index("twin")], rec.item_table[row], rtol=1e-5,
+                               atol=1e-5)
+    assert rec.weights_sha256 == old_sha  # the checkpoint served is the one the extra items came from
+    # loaded afterwards, the new best is refused beside the old extra items, naming both files and why
+    with pytest.warns(UnfinishedRunWarning), pytest.raises(ServeError) as err:
+        load_recommender(run, device="cpu")
+    message = str(err.value)
+    assert str(run / EXTRA_DIR / "embeddings.safetensors") in message and str(run / "best.safetensors") in message
+    assert "still trains" in message and old_sha[:12] in message and "embed them again" in message
+
+
+def test_embed_items_stamps_the_weights_that_embedded_them(content_run: Path, tmp_path: Path,
+                                                           monkeypatch) -> None:
+    """``embed-items`` hashed best.safetensors, then loaded the model from a second read: a new best promoted in
+    between embedded the items with the new weights under the old weights' digest, so they were served beside
+    the old weights (and refused beside the new ones they came from). The digest is now of the bytes that
+    embedded them."""
+    import os
+
+    run, new, row = _twin_run(content_run, tmp_path)
+    (run / "results.json").unlink()
+    original = tmp_path / "original.safetensors"
+    shutil.copyfile(run / "best.safetensors", original)
+    calls: list[str] = []
+    _promote_when_loaded(monkeypatch, _newer_best(run, tmp_path), calls)
+    with pytest.warns(UnfinishedRunWarning):
+        assert embed_items(run, new, device="cpu") == ["twin"]
+    assert calls == ["promoted"]
+    monkeypatch.undo()
+    with pytest.warns(UnfinishedRunWarning), pytest.raises(ServeError, match="other weights"):
+        load_recommender(run, device="cpu")  # embedded before the promotion: stale beside the newer best
+    os.replace(original, run / "best.safetensors")  # the weights that embedded them
+    with pytest.warns(UnfinishedRunWarning):
+        rec = load_recommender(run, device="cpu")
+    torch.testing.assert_close(rec.item_table[rec.item_ids.index("twin")], rec.item_table[row], rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_extra_items_replaced_while_read_are_read_from_one_file(content_run: Path, tmp_path: Path,
+                                                               monkeypatch) -> None:
+    """read_extra_items took the ids and records from one read of embeddings.safetensors and the rows from a
+    second: an ``embed-items`` that stored its items in between (an atomic rename) paired the old items with
+    the new rows, unnoticed when their number was the same. The file is now read once."""
+    import os
+
+    from safetensors.torch import load_file
+
+    import crossan.coldstart as coldstart
+
+    run, new, _ = _twin_run(content_run, tmp_path)
+    embed_items(run, new, device="cpu")
+    emb = run / EXTRA_DIR / "embeddings.safetensors"
+    first = read_extra_items(run)
+    kept = tmp_path / "first.safetensors"
+    shutil.copyfile(emb, kept)
+    _new_catalogue(tmp_path / "other", tmp_path / "new", [("twin", "An unrelated title", None)])
+    embed_items(run, tmp_path / "other", device="cpu")  # the same id, other content: one row, other values
+    second = tmp_path / "second.safetensors"
+    shutil.copyfile(emb, second)
+    assert not torch.allclose(load_file(str(second))["embeddings"], first.embeddings, atol=1e-3)
+    os.replace(kept, emb)
+    calls: list[str] = []
+
+    def storing_meanwhile(real):
+        def call(*args, **kwargs):
+            if not calls:
+                calls.append("stored")
+                shutil.copyfile(second, tmp_path / "pending")
+                os.replace(tmp_path / "pending", emb)
+            return real(*args, **kwargs)
+        return call
+
+    for name in ("load_file", "safetensors_metadata"):  # the read after the first, in the old code and now
+        real = getattr(coldstart, name, None)
+        if real is not None:
+            monkeypatch.setattr(coldstart, name, storing_meanwhile(real))
+    got = read_extra_items(run)
+    assert calls == ["stored"]
+    assert got.records == first.records and torch.equal(got.embeddings, first.embeddings)
+
+
+def test_evaluate_and_export_record_the_weights_they_read(id_run: Path, tmp_path: Path) -> None:
+    from crossan import __version__
+    from crossan.export import export_run
+    from crossan.runs import evaluate_run
+    from crossan.utils import file_sha256, safetensors_metadata
+
+    run = _copy(id_run, tmp_path)
+    sha = file_sha256(run / "best.safetensors")
+    assert evaluate_run(run, device="cpu")["weights_sha256"] == sha
+    assert json.loads((run / "evaluation.json").read_text())["weights_sha256"] == sha
+    out = export_run(run, tmp_path / "export", device="cpu")
+    assert json.loads((out / "export.json").read_text())["source_weights_sha256"] == sha
+    assert load_recommender(run, device="cpu").weights_sha256 == sha
+    raw = (run / "best.safetensors").read_bytes()
+    assert safetensors_metadata(raw) == {"crossan_version": __version__}
+    for bad in (b"", raw[:6], (10**9).to_bytes(8, "little") + b"{}"):
+        with pytest.raises(ValueError, match="not a safetensors file"):
+            safetensors_metadata(bad)

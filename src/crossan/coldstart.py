@@ -7,6 +7,10 @@ catalogue of new items and stores the result in the run folder::
                                                  the items' records (what readers use)
     RUN_DIR/extra_items/items.json               a readable copy of the records (id, title, media paths)
 
+Both record ``weights_sha256``: the SHA-256 of the ``best.safetensors`` bytes that embedded the items (read
+once, :func:`crossan.runs.read_weights`); readers serve them only beside those very weights
+(:func:`check_extra_weights`).
+
 :func:`crossan.serve.load_recommender` appends them to the item table (rows N+1 … N+E), so they are
 candidates and may appear in histories. A tower embeds new content in one of two ways:
 
@@ -45,16 +49,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load
 
 import crossan
 from crossan.cache.lock import build_lock
 from crossan.config import Config, DataConfig
 from crossan.errors import ServeError
 from crossan.methods import get_method
-from crossan.runs import WEIGHTS, check_run_folder, load_run, warn_if_unfinished
-from crossan.utils import atomic_save_safetensors, atomic_write_json, file_sha256, resolve_device
+from crossan.runs import RESULTS, WEIGHTS, check_run_folder, load_run, read_weights, warn_if_unfinished
+from crossan.utils import atomic_save_safetensors, atomic_write_json, resolve_device, safetensors_metadata
 
 EXTRA_DIR = "extra_items"
 EXTRA_EMBEDDINGS = "embeddings.safetensors"
@@ -77,12 +80,25 @@ class ExtraItems:
         return len(self.ids)
 
 
+def check_extra_weights(run_dir: Path, extra: ExtraItems, sha: str) -> None:
+    """Refuse (:class:`ServeError`, naming both files) stored extra items that were embedded with other weights
+    than the ``best.safetensors`` whose bytes have SHA-256 ``sha`` (the bytes the caller read and uses): their
+    rows would be scored beside another checkpoint's. Nothing to check without extra items."""
+    if not len(extra) or extra.weights_sha256 == sha:
+        return
+    folder = run_dir / EXTRA_DIR
+    why = ("the run has no results.json: it still trains (or stopped), and a new best epoch replaced its weights"
+           if not (run_dir / RESULTS).is_file() else "the run changed since: retrained or resumed")
+    recorded = extra.weights_sha256[:12] or "none recorded"
+    raise ServeError(f"{folder / EXTRA_EMBEDDINGS}: the extra items were embedded with other weights (sha256 "
+                     f"{recorded}) than {run_dir / WEIGHTS} holds now ({sha[:12]}; {why}); remove {folder} and "
+                     "embed them again (crossan embed-items)")
+
+
 def _stored_items(run_dir: Path, sha: str) -> ExtraItems:
     """The run's stored extra items, refused when they were embedded with other weights than ``sha``'s."""
     existing = read_extra_items(run_dir)
-    if len(existing) and existing.weights_sha256 != sha:
-        raise ServeError(f"{run_dir / EXTRA_DIR}: the stored extra items were embedded with other weights than "
-                         f"best.safetensors; remove {run_dir / EXTRA_DIR} and embed them again")
+    check_extra_weights(run_dir, existing, sha)
     return existing
 
 
@@ -91,7 +107,9 @@ def read_extra_items(run_dir: str | Path) -> ExtraItems:
 
     No embeddings file means no stored items, even beside an items.json: the embeddings file is the commit
     point (written last), so a lone items.json is what a first ``embed-items`` that failed between its two
-    writes leaves (crossan before 0.1.5 wrote the embeddings first). Damaged files are refused with the advice
+    writes leaves (crossan before 0.1.5 wrote the embeddings first). The embeddings file is read once, its
+    records and its tensor from the same bytes: an ``embed-items`` that stores its items meanwhile (an atomic
+    rename) cannot pair one generation's ids with another's rows. Damaged files are refused with the advice
     to remove the folder: ``embed-items`` reads the stored items too, so it cannot mend them."""
     folder = Path(run_dir) / EXTRA_DIR
     emb_path, items_path = folder / EXTRA_EMBEDDINGS, folder / EXTRA_ITEMS
@@ -99,9 +117,12 @@ def read_extra_items(run_dir: str | Path) -> ExtraItems:
         return ExtraItems()
     again = f"remove {folder} and embed the items again (crossan embed-items)"
     try:
-        with safe_open(str(emb_path), framework="pt") as f:
-            meta = f.metadata() or {}
-        tensors = load_file(str(emb_path))
+        try:
+            raw = emb_path.read_bytes()
+        except FileNotFoundError:  # removed since is_file() (the folder was removed to embed again): none stored
+            return ExtraItems()
+        meta = safetensors_metadata(raw)
+        tensors = load(raw)
         # the records travel in the embeddings' own metadata (one file, one atomic write: the commit point);
         # items.json is a readable copy, and the authority only for pairs written before crossan 0.1.5
         info = json.loads(meta["items"] if "items" in meta else items_path.read_text(encoding="utf-8"))
@@ -314,10 +335,14 @@ def embed_items(run_dir: str | Path, new_catalogue: str | Path, device: str = "a
                          "to embed a new item from; train a content method (frozen, iisan, crossan, …) for cold "
                          "start")
     read_new_catalogue(new_catalogue, cfg.data)  # a bad catalogue fails before the model is loaded
-    sha = file_sha256(run_dir / WEIGHTS)
+    # the weights read once: the items are embedded with these bytes and stamped with their digest (a run that
+    # still trains may replace best.safetensors meanwhile; a second read could embed with one, stamp another)
+    weights = read_weights(run_dir / WEIGHTS)
+    sha = weights.sha256
     _stored_items(run_dir, sha)  # damaged or stale stored items fail before the model is loaded
     dev = str(resolve_device(device))
-    cfg, data, model = load_run(run_dir, dev, data_path, cfg=cfg)
+    cfg, data, model = load_run(run_dir, dev, data_path, cfg=cfg, weights=weights)
+    del weights  # the model holds them now
     # read again with relative data.media_roots taken from the training dataset's root, as training read them
     catalogue = read_new_catalogue(new_catalogue, cfg.data, training_root=data.catalogue.root)
     ids = catalogue.ids()

@@ -108,6 +108,7 @@ def export_run(run_dir: str | Path, out: str | Path, device: str = "auto", data_
             "crossan_version": crossan.__version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "source_run": str(run_dir.resolve()),
+            "source_weights_sha256": rec.weights_sha256,  # the best.safetensors the table and model came from
             "dataset": rec.data.name,
             "method": cfg.method,
             "modalities": list(cfg.modalities),

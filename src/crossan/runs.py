@@ -18,6 +18,8 @@ Every file is written atomically (:func:`crossan.utils.atomic_write`). A folder 
 trained on (``item_fingerprint`` of results.json); :func:`check_run_folder` is the stricter check a served
 run passes first (complete, written by a compatible crossan version). A run without ``results.json`` is
 unfinished (training stopped or still runs): :func:`warn_if_unfinished` says so where it is served anyway.
+Its ``best.safetensors`` is replaced at each new best epoch, so a reader that pairs the weights with what lies
+beside them (extra items, a digest it records) reads the file once (:func:`read_weights`) and loads those bytes.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import numpy as np
 import torch
 import yaml
 from safetensors import safe_open
-from safetensors.torch import load_file
+from safetensors.torch import load, load_file
 
 import crossan
 from crossan import distributed as dist
@@ -66,12 +68,12 @@ if TYPE_CHECKING:
 
 __all__ = ["CONFIG", "REQUIRED_FILES", "RESULT_KEYS", "NonFiniteError", "RunError", "TrainState",
            "CacheChangedWarning", "ContentChangedWarning", "MethodCodeWarning", "RunWarning",
-           "UnfinishedRunWarning", "cache_states_changes", "cache_states_digests", "check_item_fingerprint",
-           "MOVABLE_KEYS", "ResumeCheck", "check_out_folder", "check_run_dir", "check_run_folder",
-           "content_changes", "content_digests", "is_move", "saved_config",
+           "UnfinishedRunWarning", "WeightsFile", "cache_states_changes", "cache_states_digests",
+           "check_item_fingerprint", "MOVABLE_KEYS", "ResumeCheck", "check_out_folder", "check_run_dir",
+           "check_run_folder", "content_changes", "content_digests", "is_move", "saved_config",
            "input_changes", "evaluate_run", "load_checkpoint", "load_run", "load_weights", "read_results",
-           "read_run_config", "rescore", "resolve_paths", "save_checkpoint", "save_per_user", "save_weights",
-           "truncate_history", "version_compatible", "warn_if_unfinished"]
+           "read_run_config", "read_weights", "rescore", "resolve_paths", "save_checkpoint", "save_per_user",
+           "save_weights", "truncate_history", "version_compatible", "warn_if_unfinished"]
 
 CONFIG = "config.yaml"
 WEIGHTS = "best.safetensors"
@@ -297,12 +299,41 @@ def settle_best_weights(run_dir: Path, best_epoch: int) -> None:
             path.unlink()
 
 
-def load_weights(model: torch.nn.Module, path: Path) -> None:
-    """Load ``path`` into ``model``; refuses unreadable files, non-finite values and mismatched keys."""
-    if not path.is_file():
+@dataclass(frozen=True)
+class WeightsFile:
+    """One read of a weights file: its bytes, and their SHA-256.
+
+    ``best.safetensors`` of a run that still trains is replaced (atomically) at each new best epoch, so two
+    reads of the path may meet two checkpoints. A reader that pairs the weights with something recorded
+    beside them (the extra items' ``weights_sha256``, :mod:`crossan.coldstart`) reads the file once with
+    :func:`read_weights`, compares the digest of *these* bytes and loads these bytes (:func:`load_weights`)."""
+
+    path: Path
+    data: bytes = dataclasses.field(repr=False)
+    sha256: str
+
+
+def read_weights(path: str | Path) -> WeightsFile:
+    """``path`` read once into memory (see :class:`WeightsFile`); :class:`RunError` when it is missing."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise RunError(f"{path}: weights file not found") from None
+    except OSError as e:
+        raise RunError(f"{path}: cannot be read ({e.strerror or e})") from None
+    return WeightsFile(path, data, hashlib.sha256(data).hexdigest())
+
+
+def load_weights(model: torch.nn.Module, path: Path | WeightsFile) -> None:
+    """Load ``path`` (or the bytes of one :func:`read_weights`) into ``model``; refuses unreadable files,
+    non-finite values and mismatched keys."""
+    weights = path if isinstance(path, WeightsFile) else None
+    path = weights.path if weights is not None else Path(path)
+    if weights is None and not path.is_file():
         raise RunError(f"{path}: weights file not found")
     try:
-        tensors = load_file(str(path))
+        tensors = load(weights.data) if weights is not None else load_file(str(path))
     except Exception as e:  # safetensors raises its own error types for truncated/corrupt files
         raise RunError(f"{path}: cannot be read as safetensors weights: {e}") from None
     bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
@@ -652,11 +683,15 @@ def check_item_fingerprint(run_dir: str | Path, results: dict[str, Any] | None, 
 
 
 def load_run(run_dir: str | Path, device: str = "auto", data_path: str | None = None,
-             cfg: Config | None = None) -> tuple[Config, SequentialData, Recommender]:
+             cfg: Config | None = None, weights: WeightsFile | None = None
+             ) -> tuple[Config, SequentialData, Recommender]:
     """Rebuild a saved run: its config, its data, and the model with its best weights, in eval mode.
 
     ``cfg``: the run's configuration when the caller has read it already (:func:`check_run_folder`), so
     that ``config.yaml`` is parsed once. ``data_path`` replaces ``data.path`` (the dataset moved).
+    ``weights``: the run's ``best.safetensors`` as the caller read it (:func:`read_weights`), loaded instead
+    of reading the file again: a run that still trains may have replaced it since (a new best epoch), and
+    the caller checked what lies beside the weights against the bytes it read.
 
     Raises :class:`RunError` when the dataset's items are not those the run was trained on
     (:func:`check_item_fingerprint`) and when the weights do not fit the model (:func:`load_weights`).
@@ -684,7 +719,7 @@ def load_run(run_dir: str | Path, device: str = "auto", data_path: str | None = 
     device = resolve_device(cfg.device)
     cfg.precision = trained_precision(cfg.precision, (results or {}).get("compute_dtype"), device)
     model = build_model(cfg, data, device)
-    load_weights(model, run_dir / WEIGHTS)
+    load_weights(model, weights if weights is not None else run_dir / WEIGHTS)
     model.eval()
     return cfg, data, model
 
@@ -715,15 +750,19 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", data_path: str | Non
     as training) and write ``evaluation.json``; returns what it wrote. An unfinished run (no results.json) is
     scored with its best weights so far, with an :class:`UnfinishedRunWarning`. The run folder is checked as
     serving checks it (:func:`check_run_folder`: a version of crossan that cannot read it is refused before
-    anything is written); ``data_path``: the training dataset, when it moved since training."""
+    anything is written); ``data_path``: the training dataset, when it moved since training. The file records
+    the SHA-256 of the weights it scored (``weights_sha256``): those of an unfinished run change with each
+    new best epoch."""
     from crossan.ranking import evaluate, split_report
 
     cfg = check_run_folder(run_dir)
-    cfg, data, model = load_run(run_dir, device, data_path, cfg=cfg)
+    weights = read_weights(Path(run_dir) / WEIGHTS)  # one read: the digest is that of the weights scored
+    cfg, data, model = load_run(run_dir, device, data_path, cfg=cfg, weights=weights)
     warn_if_unfinished(run_dir)  # a folder that is no run at all fails in load_run, without this warning
     table = model.tower.embed_all(cfg.eval.batch_size)
     out = {"valid": evaluate(model, data, "valid", cfg, table, where=str(run_dir)),
-           "test": evaluate(model, data, "test", cfg, table, where=str(run_dir)), "splits": split_report(data)}
+           "test": evaluate(model, data, "test", cfg, table, where=str(run_dir)), "splits": split_report(data),
+           "weights_sha256": weights.sha256}
     atomic_write_json(Path(run_dir) / EVALUATION, out)
     return out
 

@@ -22,7 +22,9 @@ items, which evaluation may rank.
 Cold-start items added by ``crossan embed-items`` (:mod:`crossan.coldstart`) are appended to the item table
 (rows N+1 … N+E). The run folder is checked first (:func:`crossan.runs.check_run_folder`: complete, written
 by a compatible crossan; the dataset read is the one it was trained on). An unfinished run (no
-results.json) is served with its best weights so far and an :class:`~crossan.runs.UnfinishedRunWarning`.
+results.json) is served with its best weights so far and an :class:`~crossan.runs.UnfinishedRunWarning`;
+its trainer replaces ``best.safetensors`` at each new best epoch, so the file is read once and the model
+built from those bytes, beside extra items embedded with that very checkpoint (``weights_sha256``).
 Serving writes nothing; the command line is :mod:`crossan.cli_serving`.
 """
 
@@ -39,6 +41,7 @@ from crossan.coldstart import (  # noqa: F401  (re-exported: the serving API in 
     EXTRA_EMBEDDINGS,
     EXTRA_ITEMS,
     ExtraItems,
+    check_extra_weights,
     embed_items,
     read_extra_items,
     read_new_catalogue,
@@ -53,10 +56,11 @@ from crossan.runs import (  # noqa: F401
     UnfinishedRunWarning,
     check_run_folder,
     load_run,
+    read_weights,
     version_compatible,
     warn_if_unfinished,
 )
-from crossan.utils import file_sha256, resolve_device
+from crossan.utils import resolve_device
 
 
 class Recommendation(NamedTuple):
@@ -80,11 +84,14 @@ class TrainedRecommender:
         num_train_items: N.
         max_seq_len: how many of a history's last items the user encoder reads.
         mask_history: the run's ``eval.mask_history``: whether history items are excluded by default.
+        weights_sha256: SHA-256 of the ``best.safetensors`` bytes the model was loaded from (and the extra
+            items were embedded with): which checkpoint is served, for a run that still trains.
     """
 
     def __init__(self, run_dir: Path, cfg: Config, data: Any, model: Any, extra: ExtraItems,
-                 device: torch.device) -> None:
+                 device: torch.device, weights_sha256: str = "") -> None:
         self.run_dir, self.cfg, self.data, self.model, self.device = run_dir, cfg, data, model, device
+        self.weights_sha256 = weights_sha256
         self.max_seq_len = cfg.data.max_seq_len
         self.mask_history: bool = bool(cfg.eval.mask_history)
         self.num_train_items = data.num_items
@@ -233,19 +240,22 @@ def load_recommender(run_dir: str | Path, device: str = "auto", data_path: str |
     for content methods the layer-state cache, come from it); a dataset with other items than the run was
     trained on is refused. ``device="auto"``: CUDA when available. An unfinished run (no results.json) is
     loaded with an :class:`~crossan.runs.UnfinishedRunWarning`.
+
+    ``best.safetensors`` is read once, and the model is built from those bytes: a run that still trains
+    replaces the file at each new best epoch, and the extra items are served only beside the checkpoint they
+    were embedded with (their ``weights_sha256`` is that of the bytes read; else :class:`ServeError` naming
+    both files: embed them again).
     """
     run_dir = Path(run_dir)
     cfg = check_run_folder(run_dir)
     warn_if_unfinished(run_dir)
     dev = str(resolve_device(device))
+    # best.safetensors read once: the extra items are checked against these bytes and these are loaded (a run
+    # that still trains replaces the file at a new best epoch; a second read could serve another checkpoint)
+    weights = read_weights(run_dir / WEIGHTS)
     extra = read_extra_items(run_dir) if include_extra else ExtraItems()
-    if len(extra):
-        sha = file_sha256(run_dir / WEIGHTS)
-        if extra.weights_sha256 != sha:
-            raise ServeError(f"{run_dir / EXTRA_DIR}: the extra items were embedded with other weights than "
-                             f"best.safetensors (the run changed since); remove {run_dir / EXTRA_DIR} and embed "
-                             "them again (crossan embed-items)")
-    cfg, data, model = load_run(run_dir, dev, data_path, cfg=cfg)
+    check_extra_weights(run_dir, extra, weights.sha256)
+    cfg, data, model = load_run(run_dir, dev, data_path, cfg=cfg, weights=weights)
     if len(extra):
         train_ids = set(data.item_ids)
         clash = [i for i in extra.ids if i in train_ids]
@@ -255,4 +265,4 @@ def load_recommender(run_dir: str | Path, device: str = "auto", data_path: str |
         if extra.embeddings.shape[1] != model.tower.dim:
             raise ServeError(f"{run_dir / EXTRA_DIR}: embeddings of width {extra.embeddings.shape[1]}, the item "
                              f"tower's is {model.tower.dim}")
-    return TrainedRecommender(run_dir, cfg, data, model, extra, torch.device(dev))
+    return TrainedRecommender(run_dir, cfg, data, model, extra, torch.device(dev), weights.sha256)

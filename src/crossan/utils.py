@@ -166,6 +166,20 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def safetensors_metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file held in memory (``safe_open`` reads only a path, and a second
+    read of the path may meet another file: one an atomic writer renamed over it in between). The format: an
+    8-byte little-endian header length, then the JSON header. ``ValueError`` for bytes that are not one."""
+    if len(data) < 8:
+        raise ValueError("not a safetensors file (shorter than its 8-byte header length)")
+    n = int.from_bytes(data[:8], "little")
+    if n > len(data) - 8:
+        raise ValueError(f"not a safetensors file (a header of {n} bytes in {len(data)} bytes)")
+    header = json.loads(data[8:8 + n].decode("utf-8"))
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
+
+
 def _temporary_path(path: Path, suffix: str) -> Path:
     """Where :func:`atomic_write` writes ``path`` first: ``.<name>.<12 hex digits><suffix>`` beside it."""
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}{suffix}")
