@@ -273,6 +273,62 @@ def test_image_size_keeps_a_cropping_processors_share_of_the_image(tmp_path: Pat
     assert prep == {"default": {"image_size": 0}, "larger": {"image_size": 64, "resize": "keeps_crop_share"}}
 
 
+def test_video_image_size_keeps_a_cropping_processors_share_of_the_frames(tmp_path: Path) -> None:
+    """``encoders.video.image_size`` did nothing to a checkpoint's processor: a VideoMAE folder whose processor
+    makes 64 px frames (resize the shortest edge to 80, crop 64) for a 32 px model was refused even with
+    image_size=32, which feeds an image folder that size. It is now fed as images are: the resize keeps its
+    ratio to the crop (40, then a 32 px centre crop), not squashed to 32 then cropped by nothing. On a folder
+    already at the model's size it changes no pixel, so caches built with it set keep their identity."""
+    import av
+    from transformers import VideoMAEConfig, VideoMAEModel
+
+    from crossan.encoders import describe_backbone, describe_encoder
+    from crossan.encoders.vision import _processor_class
+
+    folder = tmp_path / "videomae"
+    config = VideoMAEConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                            image_size=32, patch_size=8, num_frames=4, tubelet_size=2)
+    VideoMAEModel(config).save_pretrained(folder)
+    processor = _processor_class("VideoMAEImageProcessor")
+    processor(size={"shortest_edge": 80}, crop_size={"height": 64, "width": 64}).save_pretrained(folder)
+    clip = tmp_path / "clip.mp4"  # 64×48 frames, a ramp across, its level rising frame by frame
+    with av.open(str(clip), mode="w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.options = {"qp": "0", "preset": "ultrafast"}
+        for i in range(8):
+            ramp = np.broadcast_to((np.arange(64) * 3 + 4 * i).astype(np.uint8)[None, :, None], (48, 64, 3))
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(ramp), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    frames = load_video(clip, 4, "uniform", "c")
+    assert frames[0].shape == (48, 64, 3)
+    spec = dataclasses.replace(TINY["video"], model=str(folder))
+    with pytest.raises(EncoderSpecError, match=r"makes 64×64 frames but the model takes 32 px .* set "
+                                               r"encoders.video.image_size=32 to feed it that size"):
+        build_encoder("video", spec)
+    own = build_encoder("video", dataclasses.replace(spec, image_size=32))
+    assert (dict(own.processor.size), dict(own.processor.crop_size)) == (
+        {"shortest_edge": 40}, {"height": 32, "width": 32})
+    pixels = own.process([frames])["pixel_values"]
+    expected = processor(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32})
+    torch.testing.assert_close(pixels, expected([frames], return_tensors="pt")["pixel_values"], rtol=0, atol=0)
+    squashed = processor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})  # crop dropped
+    assert not torch.equal(pixels, squashed([frames], return_tensors="pt")["pixel_values"])
+    assert own.forward(own.process([frames])).shape == (1, own.num_taps, 32)
+    # a folder at the model's size (resize 40, crop 32): image_size=32 and 0 give the same pixels, and the
+    # manifest's preprocessing is what it was (no cache built before becomes stale)
+    processor(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    default = build_encoder("video", spec)
+    own = build_encoder("video", dataclasses.replace(spec, image_size=32))
+    torch.testing.assert_close(own.process([frames])["pixel_values"], default.process([frames])["pixel_values"],
+                               rtol=0, atol=0)
+    own_spec = dataclasses.replace(spec, image_size=32)
+    assert describe_encoder("video", own_spec, describe_backbone("video", own_spec))["preprocessing"] == {
+        "image_size": 32, "num_frames": 4, "frame_sampling": "uniform"}
+
+
 def test_a_folder_whose_weights_do_not_fit_the_model_is_refused(tmp_path: Path) -> None:
     """A folder whose weight names do not fit the model (a wrapper's ``backbone.`` prefix) loaded with every
     weight at random, reported as a pretrained encoder; now an error naming the folder and missing weights.

@@ -1,6 +1,7 @@
-"""Damaged and awkward media files (the third audit, 2026-12-01): a cut mp4 or wav is corrupt, not a shorter
-clip; long audio is decoded only as far as it is kept; a path the file system cannot look up is a MediaError
-naming the item; 16-bit PGM images are reduced to 8 bits as 16-bit PNGs are; transparent pixels become white."""
+"""Damaged and awkward media files (the third audit, 2026-12-01): a cut mp4, wav, w64, caf or MPEG-TS is
+corrupt, not a shorter clip; long audio is decoded only as far as it is kept; a path the file system cannot
+look up is a MediaError naming the item; 16-bit PGM images are reduced to 8 bits as 16-bit PNGs are;
+transparent pixels become white."""
 
 from __future__ import annotations
 
@@ -385,3 +386,87 @@ def test_a_cut_mkv_is_corrupt_not_a_shorter_clip(tmp_path: Path) -> None:
                                          r"it decodes to \d\.\d\d s"):
         load_video(cut, 4, "uniform", "c")
     assert [frame_index(f[8:, 8:]) for f in load_video(whole, 4, "uniform", "w")] == [3, 11, 18, 26]
+
+
+@pytest.mark.parametrize(("fmt", "subtype", "suffix", "message"), [
+    ("W64", "PCM_16", ".w64", r"its header declares 32,000 bytes of audio, it holds 15,948"),
+    ("CAF", "PCM_16", ".caf", r"its header declares 32,000 bytes of audio, it holds 13,952"),
+    ("CAF", "ALAC_16", ".caf", r"its header declares 8,486 bytes of audio, it holds 4,169"),
+])
+def test_a_cut_w64_or_caf_is_corrupt_not_zero_padded(tmp_path: Path, fmt: str, subtype: str, suffix: str,
+                                                     message: str) -> None:
+    """A Sony Wave64 or PCM CAF file cut at half was read to the cut without an error (libsndfile for the
+    w64, FFmpeg for the caf, which libsndfile refuses) and zero-padded. Both state their audio's size (w64:
+    64-bit chunk sizes, caf: its ``data`` chunk), now checked as a wav's is; intact ones read as before. (A cut
+    ALAC caf was refused already, through FFmpeg's reading of its packet table; it is now named the same way.)"""
+    whole = tmp_path / f"whole{suffix}"
+    sf.write(str(whole), sine(440.0, 16000, 1.0), 16000, format=fmt, subtype=subtype)
+    data = whole.read_bytes()
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(MediaError, match=rf"item 'c'.*cut{suffix}: the file is cut short: {message}"):
+        load_audio(cut, 16000, 1.0, "c")
+    np.testing.assert_allclose(load_audio(whole, 16000, 1.0, "w"), sine(440.0, 16000, 1.0), atol=1e-4)
+
+
+def test_a_caf_cut_in_its_packet_table_is_named_so_and_a_streamed_pcm_caf_still_reads(tmp_path: Path) -> None:
+    """An ALAC caf cut inside its packet table (``pakt``) is named as such (it was 'not a readable audio
+    file'); a PCM caf written as a stream (its ``data`` size -1: no length stated) still reads, to the same
+    samples (a cut one is not detected: nothing states its length)."""
+    alac, pcm = tmp_path / "alac.caf", tmp_path / "pcm.caf"
+    sf.write(str(alac), sine(440.0, 16000, 1.0), 16000, format="CAF", subtype="ALAC_16")
+    sf.write(str(pcm), sine(440.0, 16000, 1.0), 16000, format="CAF", subtype="PCM_16")
+    data = alac.read_bytes()
+    cut = tmp_path / "cut.caf"
+    cut.write_bytes(data[: data.index(b"pakt") + 20])
+    with pytest.raises(MediaError, match=r"cut\.caf: the file is cut short: its packet table declares 32 bytes, "
+                                         r"it holds 8"):
+        load_audio(cut, 16000, 1.0, "c")
+    data = pcm.read_bytes()
+    at = data.index(b"data")
+    streamed = tmp_path / "streamed.caf"
+    streamed.write_bytes(data[: at + 4] + (-1).to_bytes(8, "big", signed=True) + data[at + 12 :])
+    np.testing.assert_array_equal(load_audio(streamed, 16000, 1.0, "s"), load_audio(pcm, 16000, 1.0, "p"))
+
+
+@pytest.mark.parametrize("m2ts", [False, True])
+def test_an_mpeg_ts_cut_inside_a_packet_is_corrupt_not_a_shorter_clip(tmp_path: Path, m2ts: bool) -> None:
+    """An MPEG transport stream states no length: one cut at 47% decoded to the frames before the cut without
+    an error and was sampled as a whole clip (frames 1, 5, 8, 12 of 30). A transport stream is a run of 188-byte
+    packets (192 in an M2TS), so a file that ends inside one is cut; one cut exactly between two packets is
+    not detectable and still reads as a shorter clip. Its audio track (read_audio of a .ts) is checked too."""
+    import av
+
+    suffix, packet = (".m2ts", 192) if m2ts else (".ts", 188)
+    whole = tmp_path / f"whole{suffix}"
+    with av.open(str(whole), mode="w", format="mpegts", options={"mpegts_m2ts_mode": "1" if m2ts else "0"}) as c:
+        video = c.add_stream("libx264", rate=10)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        video.options = {"qp": "0", "preset": "ultrafast"}
+        sound = c.add_stream("aac", rate=16000)
+        for i in range(30):
+            for p in video.encode(av.VideoFrame.from_ndarray(np.full((48, 64, 3), frame_gray(i), np.uint8),
+                                                            format="rgb24")):
+                c.mux(p)
+            chunk = av.AudioFrame.from_ndarray(sine(440.0, 16000, 0.1)[None, :], format="fltp", layout="mono")
+            chunk.sample_rate, chunk.pts = 16000, 1600 * i
+            for p in sound.encode(chunk):
+                c.mux(p)
+        for stream in (video, sound):
+            for p in stream.encode():
+                c.mux(p)
+    data = whole.read_bytes()
+    assert len(data) % packet == 0
+    assert [frame_index(f) for f in load_video(whole, 4, "uniform", "w")] == [3, 11, 18, 26]
+    assert read_audio(whole, "w")[1] == 16000
+    end = int(len(data) * 0.47)
+    end += 0 if end % packet else 1  # inside a packet
+    cut = tmp_path / f"cut{suffix}"
+    cut.write_bytes(data[:end])
+    with pytest.raises(MediaError, match=rf"item 'c'.*cut{suffix}: the file is cut short: it ends {end % packet} "
+                                         rf"bytes into a {packet}-byte MPEG-TS packet"):
+        load_video(cut, 4, "uniform", "c")
+    with pytest.raises(MediaError, match=rf"cut{suffix}: the file is cut short: it ends"):
+        read_audio(cut, "c")
+    cut.write_bytes(data[: end - end % packet])  # between two packets: the documented limit
+    assert len(load_video(cut, 4, "uniform", "c")) == 4

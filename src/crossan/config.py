@@ -194,7 +194,8 @@ class EncoderSpec:
     image_size: int = 0
     """Images/frames: resize to this size (0: the processor's default; a processor that centre-crops keeps its
     ratio of resize to crop). ViT checkpoints interpolate their position embeddings for another size;
-    VideoMAE checkpoints must keep theirs."""
+    VideoMAE checkpoints must keep theirs (set to it, a folder whose processor makes frames of another size
+    is fed that size)."""
     num_frames: int = 0
     """Video: frames sampled per clip (0: the model's ``num_frames``; a checkpoint must keep its own)."""
     frame_sampling: Literal["uniform", "middle"] = "uniform"

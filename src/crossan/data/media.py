@@ -22,19 +22,23 @@ business (:meth:`ItemRecord.has`); these functions are only called for files tha
   ``num_frames`` repeats frames. A clip whose container index (an mp4's sample table, an avi's idx1) lists
   frames past the end of the file is corrupt (a cut download: FFmpeg just ends the stream there); so is a
   Matroska/WebM clip (no frame count, its index after the frames) that decodes to less than the length its
-  header states (:func:`_matroska_shortfall`). A clip that decodes to fewer frames than its metadata says is
-  decoded again without frame threading (which ends a cut stream quietly): a decoding error there makes it
-  corrupt, a clean end means the metadata overstated the length and the frames are sampled again; so is a clip
-  that holds more packets than its metadata's frame count (an understating header), found by demuxing, not
-  decoding, the rest of the stream after the last wanted frame. Frames are turned upright by the stream's
-  display rotation (PyAV's ``frame.rotation``, in quarter turns; a portrait phone clip is stored landscape
-  with a 90° rotation), as a player shows them; a mirroring in the display matrix is not applied. (Images, by
-  contrast, keep their stored orientation: see above.)
+  header states (:func:`_matroska_shortfall`); so is an MPEG transport stream (ts/mts/m2ts, known by its sync
+  bytes) that ends inside a packet (:func:`_mpegts_shortfall`; one cut exactly between two packets states no
+  length to fall short of, and is read as a shorter clip). A clip that decodes to fewer frames than its
+  metadata says is decoded again without frame threading (which ends a cut stream quietly): a decoding error
+  there makes it corrupt, a clean end means the metadata overstated the length and the frames are sampled
+  again; so is a clip that holds more packets than its metadata's frame count (an understating header), found
+  by demuxing, not decoding, the rest of the stream after the last wanted frame. Frames are turned upright by
+  the stream's display rotation (PyAV's ``frame.rotation``, in quarter turns; a portrait phone clip is stored
+  landscape with a 90° rotation), as a player shows them; a mirroring in the display matrix is not applied.
+  (Images, by contrast, keep their stored orientation: see above.)
 * audio — :func:`load_audio`: wav/flac/ogg through soundfile, everything else (mp3, m4a, the audio
   track of an mp4 …) through PyAV; mixed to mono float32, resampled with :func:`resample` and cut or
   zero-padded to a fixed duration. Only the kept duration is decoded (a long track costs no more memory
   than a short one). A file cut short (a cut download) is corrupt, not silently shortened and zero-padded:
-  a wav, aiff or au whose header declares more audio than the file holds; an Ogg file (ogg/oga/opus) whose
+  a wav, aiff, au, w64 (Sony Wave64) or caf (Apple CAF: its audio or its packet table) whose header declares
+  more audio than the file holds (a caf whose audio size is -1, written as a stream, states none, and is not
+  checked); an MPEG transport stream (ts/mts/m2ts) that ends inside a packet; an Ogg file (ogg/oga/opus) whose
   last page is incomplete or does not end the stream; an mp4/m4a whose index lists packets past the end of
   the file; a flac (its STREAMINFO; a cut inside a frame is a decoding error, one between two frames is
   not) or an mp3 whose Xing/Info/VBRI header declares a length that decoding to the end falls short of by
@@ -247,7 +251,8 @@ def _matroska_shortfall(path: Path, end: float | None) -> str | None:
     mkvmerge write one), else the segment's duration when the file holds no other stream (an audio track may
     outlast the video). Such a file has no frame count, and its index (cues) follows the frames, so a cut
     download just ends the stream; other containers: None (an mp4's or avi's index is checked on opening, an
-    MPEG-TS states no length: FFmpeg estimates one from the bit rate)."""
+    MPEG-TS states no length: FFmpeg estimates one from the bit rate; :func:`_mpegts_shortfall` checks that it
+    ends with a whole packet)."""
     import av
 
     with av.open(str(path)) as container:
@@ -277,6 +282,9 @@ def load_video(
     path = Path(path)
     _check_exists(path, item_id)
     try:
+        short = _mpegts_shortfall(path)  # a cut transport stream otherwise decodes to the cut without an error
+        if short:
+            raise _CutShort(short)
         total = _frame_count(path)
         if total > 0:
             wanted = sample_frame_indices(total, num_frames, sampling)
@@ -421,6 +429,94 @@ def _au_shortfall(path: Path) -> str | None:
     return f"the file is cut short: its header declares {n:,} bytes of audio, it holds {max(0, size - offset):,}"
 
 
+_W64_GUID_TAIL = {b"riff": bytes.fromhex("2e91cf11a5d628db04c10000")} | dict.fromkeys(
+    (b"wave", b"data"), bytes.fromhex("f3acd3118cd100c04f8edb8a"))
+"""The last 12 bytes of the Sony Wave64 GUIDs whose first 4 bytes are the RIFF ids ``riff``, ``wave``, ``data``."""
+
+
+def _w64_shortfall(path: Path) -> str | None:
+    """Why a Sony Wave64 (``.w64``) file is cut short (its ``data`` chunk declares more bytes than the file
+    holds), or None. Wave64 is RIFF/WAVE with 16-byte GUIDs for ids and 64-bit little-endian chunk sizes that
+    count the chunk's 24-byte header, chunks aligned to 8 bytes; libsndfile reads a cut one to its end
+    without an error. A declared size below 24 (nothing known) or of all ones says nothing."""
+    size = path.stat().st_size
+    guid = {k: k + tail for k, tail in _W64_GUID_TAIL.items()}
+    with open(path, "rb") as f:
+        head = f.read(40)
+        if len(head) < 40 or head[:16] != guid[b"riff"] or head[24:40] != guid[b"wave"]:
+            return None
+        pos = 40
+        while pos + 24 <= size:
+            f.seek(pos)
+            chunk = f.read(24)
+            n = int.from_bytes(chunk[16:24], "little")
+            if n < 24 or n == 0xFFFF_FFFF_FFFF_FFFF:
+                return None
+            if chunk[:16] == guid[b"data"]:
+                if pos + n <= size:
+                    return None
+                return (f"the file is cut short: its header declares {n - 24:,} bytes of audio, it holds "
+                        f"{size - pos - 24:,}")
+            pos += n + (-n % 8)
+    return None
+
+
+def _caf_shortfall(path: Path) -> str | None:
+    """Why an Apple CAF file is cut short, or None. Its chunks state their sizes (64-bit big-endian): a cut
+    ``data`` chunk (the audio) or ``pakt`` chunk (the packet table, which a compressed stream such as ALAC
+    needs to find its packets) declares more bytes than the file holds. libsndfile refuses a cut CAF, but
+    FFmpeg reads a cut PCM one to the cut without an error (a cut ALAC one it finds cut by its packet table,
+    :func:`_index_shortfall`). A ``data`` size of -1 (a stream written before its length was known; the last
+    chunk) states no length: such a PCM file cut short is not detected (an ALAC one neither reader opens)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if f.read(8)[:4] != b"caff":
+            return None
+        pos = 8
+        while pos + 12 <= size:
+            f.seek(pos)
+            chunk = f.read(12)
+            kind, n = chunk[:4], int.from_bytes(chunk[4:12], "big", signed=True)
+            if n < 0:  # -1: a data chunk running to the end of the file
+                return None
+            if pos + 12 + n > size:
+                if kind == b"data":  # the audio follows a 4-byte edit count
+                    return (f"the file is cut short: its header declares {max(0, n - 4):,} bytes of audio, it "
+                            f"holds {max(0, size - pos - 16):,}")
+                if kind == b"pakt":
+                    return (f"the file is cut short: its packet table declares {n:,} bytes, it holds "
+                            f"{size - pos - 12:,}")
+                return None
+            pos += 12 + n
+    return None
+
+
+def _mpegts_shortfall(path: Path) -> str | None:
+    """Why an MPEG transport stream is cut short, or None (also for a file that is not one). A transport stream
+    is a run of 188-byte packets (192 in a Blu-ray M2TS: a 4-byte time stamp first), each starting with the
+    sync byte 0x47, and it states no length: FFmpeg reads a cut one to the cut without an error. A file whose
+    size is not a whole number of packets, or whose last packet does not start with 0x47, was cut inside a
+    packet; one cut exactly between two packets cannot be told from a shorter stream and is not detected. A
+    file is taken for a transport stream when its first three packets (as many as it holds, at least two)
+    start with 0x47."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(3 * 192)
+        for packet, offset in ((188, 0), (192, 4)):
+            starts = range(offset, min(len(head), 3 * packet), packet)
+            if len(starts) >= 2 and all(head[i] == 0x47 for i in starts):
+                break
+        else:
+            return None
+        if size % packet:
+            return (f"the file is cut short: it ends {size % packet} bytes into a {packet}-byte MPEG-TS packet "
+                    f"(packet {size // packet + 1:,})")
+        f.seek(size - packet + offset)
+        if f.read(1) != b"\x47":
+            return "the file is cut short: its last MPEG-TS packet does not start with the sync byte 0x47"
+    return None
+
+
 def _ogg_shortfall(path: Path) -> str | None:
     """Why an Ogg file is cut short (its last page is incomplete, or does not end its stream: every complete
     Ogg stream ends with a page flagged end-of-stream), or None; also None when no page header is found in
@@ -528,7 +624,8 @@ def read_audio(path: str | Path, item_id: str = "", seconds: float | None = None
     path = Path(path)
     _check_exists(path, item_id)
     check = {".ogg": _ogg_shortfall, ".oga": _ogg_shortfall, ".opus": _ogg_shortfall, ".au": _au_shortfall,
-             ".snd": _au_shortfall} | dict.fromkeys(_CHUNKED_AUDIO, _chunk_shortfall)
+             ".snd": _au_shortfall, ".w64": _w64_shortfall, ".caf": _caf_shortfall} | dict.fromkeys(
+        _CHUNKED_AUDIO, _chunk_shortfall) | dict.fromkeys((".ts", ".mts", ".m2ts"), _mpegts_shortfall)
     if path.suffix.lower() in check:
         try:
             short = check[path.suffix.lower()](path)

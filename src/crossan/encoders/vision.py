@@ -169,7 +169,14 @@ class ImageEncoder(ModalityEncoder):
 
 
 class VideoEncoder(ModalityEncoder):
-    """Video clips as ``num_frames`` sampled RGB frames, through the VideoMAE processor."""
+    """Video clips as ``num_frames`` sampled RGB frames, through the VideoMAE processor.
+
+    A VideoMAE checkpoint takes frames of its own size only, so ``encoders.video.image_size`` is 0 or that size.
+    Set, it makes the processor produce that size as ``encoders.image.image_size`` does (:func:`_resize_to`):
+    a processor that resizes the shortest edge and then centre-crops keeps its ratio of resize to crop, so a
+    folder whose processor makes frames of another size (resize 80, crop 64 for a 32 px model) is fed 32 px
+    crops of the same share of the frame (resize 40, crop 32), not refused; on a processor already at the
+    model's size it changes nothing."""
 
     modality = "video"
 
@@ -191,8 +198,12 @@ class VideoEncoder(ModalityEncoder):
             )
         else:
             self.processor = _load_image_processor(info)
-            _check_output_size(self.processor, info, model_size, "frames",
-                               "fix the folder's preprocessor_config.json")
+            if spec.image_size:  # the model's own size (checked above), fed as images are (see _resize_to)
+                _resize_to(self.processor, spec.image_size)
+            else:
+                _check_output_size(self.processor, info, model_size, "frames",
+                                   f"set encoders.video.image_size={model_size} to feed it that size, or fix the "
+                                   "folder's preprocessor_config.json")
         self.image_size = model_size
 
     def read(self, record: ItemRecord, catalogue: Catalogue) -> Any:
