@@ -167,6 +167,70 @@ def test_touched_media_files_are_recorded_so_later_opens_do_not_hash_them(
     assert_equals_fresh(tmp_path, cfg, data, ["image"])  # what a build from nothing writes now
 
 
+@pytest.mark.parametrize("killed_at", ["manifest", "rename"])
+def test_a_build_killed_while_recording_touched_files_resumes_without_encoding(
+        tmp_path: Path, data: FakeData, monkeypatch: pytest.MonkeyPatch, killed_at: str) -> None:
+    """Recording the new times of touched files writes ``sources.npy`` and the manifest's checksum of it. It
+    replaced ``sources.npy`` first: killed before the manifest was written, the (small, so hashed in full)
+    cache no longer matched its checksum, and the next build took it for damaged and encoded all 4 batches
+    again. Now the new record is written beside the old one and renamed into place after the manifest: killed
+    before the manifest, the next build finds the cache as it was and records the times; killed before the
+    rename, it puts the record the manifest names in place. Either way nothing is encoded, and the folder
+    holds the bytes of a build from nothing."""
+    import crossan.cache.manifest as manifest_module
+
+    cfg = make_cfg(data)
+    build(cfg, data, ["image"])
+    folder = default_cache_dir(cfg, data) / "image"
+    states_before = (folder / "states.npy").read_bytes()
+    for name in ("i1.jpg", "i7.jpg"):
+        os.utime(data.catalogue.root / "img" / name, ns=(2_000_000_000, 2_000_000_000))
+    real_write, real_replace = manifest_module.atomic_write_json, os.replace
+
+    def write_json(path: Path, obj: object, **kwargs: object) -> None:
+        if killed_at == "manifest" and Path(path) == folder / "manifest.json":
+            raise Killed
+        real_write(path, obj, **kwargs)
+
+    def replace(src: object, dst: object) -> None:
+        if killed_at == "rename" and Path(src) == folder / "sources.next.npy":
+            raise Killed
+        real_replace(src, dst)
+
+    monkeypatch.setattr(manifest_module, "atomic_write_json", write_json)
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(Killed):
+        build(cfg, data, ["image"])
+    monkeypatch.undo()
+    monkeypatch.setenv("CROSSAN_CACHE_DIR", str(tmp_path / "caches"))
+
+    status, batches = build(cfg, data, ["image"])
+    assert status == {"image": "up to date"} and batches == []  # before: "built", all 4 batches encoded
+    assert (folder / "states.npy").read_bytes() == states_before
+    assert sorted(p.name for p in folder.iterdir()) == sorted(FILES)  # no sources.next.npy, no temporaries
+    assert np.load(folder / "sources.npy")["mtime_ns"][[1, 7]].tolist() == [2_000_000_000] * 2
+    assert_equals_fresh(tmp_path, cfg, data, ["image"])
+
+
+def test_shards_leave_touched_times_to_the_join(tmp_path: Path, data: FakeData) -> None:
+    """A shard build holds no lock on the completed cache, so it does not write into it (its ranks would
+    record the same times at once); the join, under the modality's lock, records them."""
+    from crossan.cache.shards import join_shards
+
+    cfg = make_cfg(data)
+    build(cfg, data, ["image"])
+    folder = default_cache_dir(cfg, data) / "image"
+    before = files(folder)
+    os.utime(data.catalogue.root / "img" / "i4.jpg", ns=(2_000_000_000, 2_000_000_000))
+    for shard in range(2):
+        reports = build_cache(cfg, data, ["image"], shard=shard, num_shards=2, progress=False)
+        assert reports["image"].status == "up to date"
+    assert files(folder) == before
+    assert join_shards(cfg, data, ["image"])["image"].status == "up to date"
+    assert np.load(folder / "sources.npy")["mtime_ns"][4] == 2_000_000_000
+    assert_equals_fresh(tmp_path, cfg, data, ["image"])
+
+
 def test_same_length_title_edit_is_a_changed_row(data: FakeData) -> None:
     records = [data.catalogue[i] for i in data.item_ids[1:]]
     old = current_sources("text", records, data.catalogue)

@@ -241,3 +241,70 @@ def test_cache_under_torchrun_waits_for_the_slowest_shard_beyond_training_s_time
         main(["train", "--data", str(data_dir), "--out", str(tmp_path / "run"), "--quiet", "device=cpu",
               "method=id", "train.epochs=1"])
     assert timeouts == [datetime.timedelta(hours=24), datetime.timedelta(minutes=30)]
+
+
+_SLOW_HASH_SCRIPT = '''
+import datetime, json, os, sys, time
+import torch.distributed as tdist
+import crossan.cache.integrity as integrity
+from crossan import distributed as dist
+from crossan.config import load_config
+from crossan.trainer import train
+
+joined, real_init = [], tdist.init_process_group
+
+def init_process_group(backend, timeout):  # 4 s stand in for TIMEOUT's 30 minutes: rank 0's hashing takes longer
+    joined.append(timeout)
+    real_init(backend, timeout=datetime.timedelta(seconds=4))
+
+tdist.init_process_group = init_process_group
+rank, hashed, real_hash = int(os.environ["RANK"]), [], integrity._hash_file
+
+def slow_hash(path):  # a large catalogue: on rank 0 the hashing outlasts the group's timeout
+    if rank == 0 and not hashed:
+        time.sleep(9)
+    hashed.append(str(path))
+    return real_hash(path)
+
+integrity._hash_file = slow_hash
+synth, out = sys.argv[1], sys.argv[2]
+cfg = load_config([], [f"data.path={synth}", "method=fft", "modalities=[text,image]", "encoders.preset=tiny",
+                       "train.epochs=1", "train.max_steps_per_epoch=1", "train.batch_size=8", "user.dim=32",
+                       "device=cpu", "precision=fp32"])
+try:
+    res = train(cfg, out, progress=False)
+    with open(f"{out}/rank{rank}.json", "w") as f:
+        json.dump({"joined_s": [t.total_seconds() for t in joined], "hashed": len(hashed),
+                   "content_sources": res.get("content_sources")}, f)
+finally:
+    dist.shutdown()
+'''
+
+
+def test_ranks_share_the_media_hashing_and_do_not_wait_for_it_within_the_training_timeout(tmp_path: Path) -> None:
+    """An end-to-end run (fft) records the digest of the media it reads (``content_sources``). Rank 0 hashed
+    every file while the other ranks waited at the first barrier, whose 30-minute timeout a large catalogue
+    outlasted (the job failed). Here the timeout is 4 s and rank 0's hashing takes 9 s: before, rank 1 failed
+    at that barrier ("Timed out waiting 4000ms"). Now every rank hashes its share, the shares are gathered over
+    a group that waits up to ``CACHE_TIMEOUT``, and both ranks record the single-process digests."""
+    from crossan.config import load_config
+    from crossan.data import prepare
+    from crossan.data.synth import generate
+    from crossan.runs import content_digests
+
+    synth = generate(tmp_path / "synth", size="tiny", seed=5, progress=False)
+    script, out = tmp_path / "slow_hash.py", tmp_path / "run"
+    script.write_text(_SLOW_HASH_SCRIPT)
+    torchrun([str(script), str(synth), str(out)])
+    ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+    cfg = load_config([], [f"data.path={synth}", "method=fft", "modalities=[text,image]", "encoders.preset=tiny"])
+    data = prepare(cfg.data)
+    single = content_digests(cfg, data)
+    assert set(single) == {"text", "image"}
+    images = sum(1 for r in data.catalogue if r.image)
+    for r in ranks:
+        assert r["joined_s"] == [1800.0]  # training's TIMEOUT, made 4 s above
+        assert r["content_sources"] == single  # byte for byte the single-process record
+        assert 0 < r["hashed"] < images  # a share each, not every file on rank 0
+    assert sum(r["hashed"] for r in ranks) == images
+    assert json.loads((out / "results.json").read_text())["content_sources"] == single

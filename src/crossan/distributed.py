@@ -10,7 +10,9 @@ from __future__ import annotations
 import datetime
 import os
 import time
+from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -44,9 +46,16 @@ and shards of a build of many hours can end far more than 30 minutes apart (a ti
 job, and every rerun of its last shards the same way)."""
 
 
+_long_group: Any = None
+"""A gloo group over every rank whose collectives wait up to :data:`CACHE_TIMEOUT` (made by
+:func:`init_from_env`): :func:`all_gather_array` gathers over it the results of work whose length differs
+between ranks by more than :data:`TIMEOUT` may allow (each rank hashing its share of a catalogue's media)."""
+
+
 def init_from_env(device: torch.device, timeout: datetime.timedelta = TIMEOUT) -> torch.device:
     """Join the process group torchrun describes (no-op in a single process), its collectives waiting up to
-    ``timeout``. Returns this rank's device."""
+    ``timeout``, and make :data:`_long_group`. Returns this rank's device."""
+    global _long_group
     if env_world_size() <= 1 or is_distributed():
         return device
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -55,6 +64,7 @@ def init_from_env(device: torch.device, timeout: datetime.timedelta = TIMEOUT) -
         device = torch.device("cuda", local_rank)
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend, timeout=timeout)
+    _long_group = dist.new_group(backend="gloo", timeout=CACHE_TIMEOUT)
     return device
 
 
@@ -78,26 +88,41 @@ def shutdown() -> None:
     the process ("terminate called without an active exception", SIGABRT: 2 runs in about 135 of a script
     that ends right after a step). Sleeping hands the GIL to any such worker first (and lets a collective still
     in flight finish, if the other ranks take part in it)."""
+    global _long_group
     if is_distributed():
         time.sleep(GLOO_SETTLE_S)
-        dist.destroy_process_group()
+        dist.destroy_process_group()  # every group, :data:`_long_group` too
+    _long_group = None
 
 
-def all_gather_rows(t: torch.Tensor) -> list[torch.Tensor]:
-    """Gather tensors whose first dimension differs between ranks; returns one tensor per rank, in rank order."""
+def all_gather_rows(t: torch.Tensor, group: Any = None) -> list[torch.Tensor]:
+    """Gather tensors whose first dimension differs between ranks; returns one tensor per rank, in rank order.
+    ``group``: the process group (default: every rank, with the group's timeout)."""
     if not is_distributed():
         return [t]
-    gather_device = t.device if dist.get_backend() == "nccl" else torch.device("cpu")
+    gather_device = t.device if dist.get_backend(group) == "nccl" else torch.device("cpu")
     t = t.to(gather_device)
     n = torch.tensor([t.shape[0]], device=gather_device)
     sizes = [torch.zeros_like(n) for _ in range(world_size())]
-    dist.all_gather(sizes, n)
+    dist.all_gather(sizes, n, group=group)
     longest = int(max(s.item() for s in sizes))
     padded = t.new_zeros((longest, *t.shape[1:]))
     padded[: t.shape[0]] = t
     out = [torch.empty_like(padded) for _ in range(world_size())]
-    dist.all_gather(out, padded)
+    dist.all_gather(out, padded, group=group)
     return [o[: int(s.item())] for o, s in zip(out, sizes)]
+
+
+def all_gather_array(a: np.ndarray) -> list[np.ndarray]:
+    """Gather a 1-D numpy array of any dtype (structured too) whose length differs between ranks; returns one
+    array per rank, in rank order, byte for byte. The ranks wait for each other up to :data:`CACHE_TIMEOUT`
+    (over :data:`_long_group`), not :data:`TIMEOUT`: it gathers the results of work that can take hours and
+    need not take equally long on every rank (a rank's share of a catalogue's files on a slower disk)."""
+    if not is_distributed():
+        return [a]
+    a = np.ascontiguousarray(a)
+    rows = torch.from_numpy(a.view(np.uint8).reshape(len(a), a.dtype.itemsize))
+    return [r.numpy().reshape(-1).view(a.dtype) for r in all_gather_rows(rows, group=_long_group)]
 
 
 def all_reduce_sum_(tensors: list[torch.Tensor]) -> None:

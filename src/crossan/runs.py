@@ -574,13 +574,16 @@ def content_digests(cfg: Config, data: SequentialData,
     layer-state cache (:func:`cache_states_digests` covers them). A run records it (results.json
     ``content_sources``) so that a changed title or cover under the same item id is not reused or re-scored
     in silence: the item ids (``item_fingerprint``) do not see it. ``memo``: digests already computed for
-    this ``data`` object, by (id(data), modality) (a suite checks many runs of one dataset)."""
+    this ``data`` object, by (id(data), modality) (a suite checks many runs of one dataset).
+
+    Under torchrun every rank calls it: each hashes its share of the items (:func:`_shared_sources`) and all
+    get the same digests as one process."""
     from crossan.methods import get_method
 
     method = get_method(cfg.method)
     if not method.has_content or (method.reads_cache and cfg.cached):
         return {}
-    from crossan.cache.integrity import HASH_MAX_BYTES, current_sources
+    from crossan.cache.integrity import HASH_MAX_BYTES
     from crossan.cache.layout import item_records
 
     records = item_records(data)
@@ -589,13 +592,31 @@ def content_digests(cfg: Config, data: SequentialData,
         if memo is not None and (id(data), m) in memo:
             out[m] = memo[id(data), m]
             continue
-        sources = current_sources(m, records, data.catalogue)
+        sources = _shared_sources(m, records, data.catalogue)
         hashed = (sources["size"] >= 0) & (sources["size"] <= HASH_MAX_BYTES)
         sources["mtime_ns"][hashed] = 0  # a file touched with the same bytes is the same input
         out[m] = hashlib.sha256(sources.tobytes()).hexdigest()
         if memo is not None:
             memo[id(data), m] = out[m]
     return out
+
+
+def _shared_sources(modality: str, records: list[Any], catalogue: Any) -> np.ndarray:
+    """:func:`~crossan.cache.integrity.current_sources` of ``records``, under torchrun computed by all ranks
+    together: rank r stats and hashes the r-th of W contiguous shares of the rows, and the shares are gathered
+    (:func:`crossan.distributed.all_gather_array`), giving every rank the array one process computes (each row
+    depends on its own item only). Rank 0 used to hash every file while the other ranks waited at a barrier of
+    :data:`~crossan.distributed.TIMEOUT` (30 minutes), which a large catalogue outlasted: the job failed. Now
+    the hashing takes 1/W of the time, and the ranks wait for each other's shares up to
+    :data:`~crossan.distributed.CACHE_TIMEOUT`."""
+    from crossan.cache.integrity import current_sources
+
+    world, rank = dist.world_size(), dist.rank()
+    if world == 1:
+        return current_sources(modality, records, catalogue)
+    lo, hi = rank * len(records) // world, (rank + 1) * len(records) // world
+    mine = current_sources(modality, records[lo:hi], catalogue)  # its row 0 is the padding row of every share
+    return np.concatenate([mine[:1], *dist.all_gather_array(mine[1:])])
 
 
 def content_changes(results: dict[str, Any] | None, cfg: Config, data: SequentialData,

@@ -319,9 +319,10 @@ def _start(cfg: Config, run_dir: Path, resume: bool, data: SequentialData | None
     try:
         model = build_model(cfg, data, device)
         opt = make_optimizer(model, cfg, device)
-        inputs_read = ({"cache_states": cache_states_digests(cfg, data),
-                        "content_sources": content_digests(cfg, data)}
-                       if dist.is_main() else {})  # recorded in results.json, which rank 0 writes
+        # recorded in results.json and each checkpoint; every rank computes them (the media hashing in shares,
+        # whose gather waits up to CACHE_TIMEOUT: rank 0 hashing alone outlasted the others' 30-minute barrier)
+        inputs_read = {"cache_states": cache_states_digests(cfg, data),
+                       "content_sources": content_digests(cfg, data)}
         dist.barrier()  # every rank has checked and built before rank 0 writes anything
         if dist.is_main() and not resume:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -344,7 +345,7 @@ def _checkpoint_inputs(run: _Run) -> dict[str, str]:
     and, per modality, the digest of the cached states (``cache_states.<m>``) or of the content the tower reads
     itself (``content_sources.<m>``). A cache updated after a title changed keeps the item ids, so the
     fingerprints alone would let a resumed run train its later epochs on other inputs than its first ones.
-    (The digests are known on rank 0, which writes the checkpoints and makes the comparison.)"""
+    (Every rank knows the digests and makes the comparison, so that all of them refuse a changed input.)"""
     return {**run.fingerprints, **{f"cache_states.{m}": d for m, d in run.cache_states.items()},
             **{f"content_sources.{m}": d for m, d in run.content_sources.items()}}
 

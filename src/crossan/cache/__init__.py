@@ -12,6 +12,10 @@ ids in row order only, so editing a title or media file keeps the folder)::
         sources.npy                  per row: what it was made from (the media file's size, mtime, SHA-256
                                      and path digest; the title's length and SHA-256)
         manifest.json                what produced the states (see below), with the arrays' checksums
+        sources.next.npy             only while ``crossan cache`` records the new times of files touched
+                                     with the same bytes: written first, named by the manifest, then renamed
+                                     over sources.npy; a build killed in between finishes or drops it
+                                     (:func:`~crossan.cache.workarea.recover_sources`), encoding nothing
       <modality>.partial/            an interrupted single-process build; the next build resumes it
         states.npy, present.npy      preallocated ``open_memmap`` arrays, filled batch by batch
         done.npy                     bool [batches]: batches whose rows are flushed to disk

@@ -18,13 +18,11 @@ from crossan.cache.integrity import (
     check_finite,
     current_sources,
     describe_rows,
-    file_checksum,
     load_array,
     verify_folder,
 )
 from crossan.cache.layout import (
     COMPLETE,
-    MANIFEST,
     PRESENT,
     SOURCES,
     STATES,
@@ -49,7 +47,6 @@ from crossan.cache.manifest import (
     num_items,
     read_manifest,
     versions,
-    write_json,
 )
 from crossan.cache.workarea import (
     ModalityReport,
@@ -57,7 +54,9 @@ from crossan.cache.workarea import (
     batch_ranges,
     finish_single,
     print_reports,
+    record_sources,
     recover_install,
+    recover_sources,
     report_from_manifest,
     shard_span,
 )
@@ -65,7 +64,6 @@ from crossan.config import EncoderSpec
 from crossan.data.catalogue import ItemRecord
 from crossan.data.media import MediaError
 from crossan.errors import CacheError
-from crossan.utils import atomic_write
 
 if TYPE_CHECKING:
     import torch
@@ -192,9 +190,11 @@ class _Update:
 
 
 def _check_existing(ctx: _BuildContext, m: str, final: Path, existing: dict[str, Any],
-                    sources: list[np.ndarray]) -> tuple[str, _Update | None]:
+                    sources: list[np.ndarray], record: bool) -> tuple[str, _Update | None]:
     """Whether a completed cache that matches the configuration is ``up to date``, needs an ``update``
-    (some items' files changed) or a ``rebuild`` (damaged files). ``sources`` receives the current record."""
+    (some items' files changed) or a ``rebuild`` (damaged files). ``sources`` receives the current record.
+    ``record``: an up-to-date cache whose files have new times records them (:func:`record_sources`; a shard
+    does not write into the completed cache: it holds no lock on it, and its join records them)."""
     problems = check_files(final, existing)
     if problems:
         print(f"{m}: the cache at {final} is damaged ({'; '.join(problems)}); building it again")
@@ -203,8 +203,8 @@ def _check_existing(ctx: _BuildContext, m: str, final: Path, existing: dict[str,
     changed, now = changed_rows(old, m, ctx.records, ctx.data.catalogue)
     sources.append(now)
     if not len(changed):
-        if not np.array_equal(old, now):
-            _record_sources(m, final, existing, old, now)
+        if record and not np.array_equal(old, now):
+            record_sources(m, final, existing, old, now)
         return "up to date", None
     batches = {b for b, (a, z) in enumerate(ctx.ranges) if np.any((changed >= a) & (changed < z))}
     rows = {r for b in batches for r in range(*ctx.ranges[b])}
@@ -212,18 +212,6 @@ def _check_existing(ctx: _BuildContext, m: str, final: Path, existing: dict[str,
     print(f"{m}: {len(changed)} item(s) changed since the cache was built ({describe_rows(changed, ctx.records, m)}); "
           f"encoding their {len(batches)} batch(es) again")
     return "update", _Update(final, existing["checksums"][STATES]["sha256"], batches, kept)
-
-
-def _record_sources(m: str, final: Path, manifest: dict[str, Any], old: np.ndarray, now: np.ndarray) -> None:
-    """An up-to-date cache whose media files were touched (new times, same bytes: their hashes matched) gets
-    their new sizes and times in ``sources.npy`` and its checksum in the manifest; otherwise every later
-    open would hash those files again. Called under the modality's build lock."""
-    touched = int(np.count_nonzero(old != now))
-    atomic_write(final / SOURCES, lambda tmp: np.save(tmp, now), suffix=".npy")
-    manifest["checksums"][SOURCES] = file_checksum(final / SOURCES)
-    write_json(final / MANIFEST, manifest)
-    print(f"{m}: {touched} media file(s) have new times but the same bytes; recorded them in {final / SOURCES} "
-          "(no re-hashing at the next open)")
 
 
 def _stop_at_corrupt_marked_missing(area: WorkArea, m: str, ranges: list[tuple[int, int]],
@@ -274,6 +262,7 @@ def _build_modality(ctx: _BuildContext, m: str, spec: EncoderSpec, shard: int | 
     final = ctx.root / m
     if shard is None:  # a shard holds only its own lock, not the modality's
         recover_install(final)
+        recover_sources(final)
     try:
         existing = read_manifest(final, missing_ok=True)
     except CacheError as e:
@@ -282,7 +271,7 @@ def _build_modality(ctx: _BuildContext, m: str, spec: EncoderSpec, shard: int | 
     update, sources = None, []
     if existing is not None:
         if not manifest_differences(m, existing, expected_manifest(m, spec, ctx.data)):
-            state, update = _check_existing(ctx, m, final, existing, sources)
+            state, update = _check_existing(ctx, m, final, existing, sources, record=shard is None)
             built, now_dtype = build_compute(existing)[0], ctx.build["compute_dtype"]
             if state == "up to date":
                 if built not in (UNKNOWN, now_dtype):

@@ -30,6 +30,9 @@ older version no longer match (their rows were checked against another record) a
 STATES = "states.npy"
 PRESENT = "present.npy"
 SOURCES = "sources.npy"
+SOURCES_NEXT = "sources.next.npy"
+"""A completed cache's new ``sources.npy`` while it is being recorded
+(:func:`~crossan.cache.workarea.record_sources`)."""
 MANIFEST = "manifest.json"
 DONE = "done.npy"
 CORRUPT = "corrupt.jsonl"

@@ -29,6 +29,7 @@ from crossan.cache.layout import (
     cache_command_line,
     cache_root,
     check_modalities,
+    item_records,
     num_items,
 )
 from crossan.cache.lock import build_lock, lock_path
@@ -47,7 +48,9 @@ from crossan.cache.workarea import (
     install,
     print_reports,
     read_corrupt_log,
+    record_touched,
     recover_install,
+    recover_sources,
     report_from_manifest,
     reserve,
 )
@@ -181,9 +184,11 @@ def join_shards(cfg: Config, data: Any, modalities: list[str]) -> dict[str, Moda
             with build_lock(lock_path(root, m), f"{m} cache in {root}"):
                 t0 = time.perf_counter()
                 recover_install(root / m)
+                recover_sources(root / m)
                 found = _find_shards(root / f"{m}.shards")
                 current = None if found else _current_cache(cfg, data, m, root)
-                if current is not None:
+                if current is not None:  # files with new times and the same bytes: recorded here, not by shards
+                    record_touched(m, root / m, current, item_records(data), data.catalogue)
                     reports[m] = report_from_manifest(m, root / m, "up to date", current)
                     continue
                 with contextlib.ExitStack() as held:  # a shard still being built is waited for, not read half-done

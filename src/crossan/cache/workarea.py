@@ -18,8 +18,18 @@ from typing import Any
 
 import numpy as np
 
-from crossan.cache.integrity import check_files, checksums, load_array
-from crossan.cache.layout import COMPLETE, CORRUPT, DONE, MANIFEST, PLAN, PRESENT, SOURCES, STATES
+from crossan.cache.integrity import changed_rows, check_files, checksums, file_checksum, load_array
+from crossan.cache.layout import (
+    COMPLETE,
+    CORRUPT,
+    DONE,
+    MANIFEST,
+    PLAN,
+    PRESENT,
+    SOURCES,
+    SOURCES_NEXT,
+    STATES,
+)
 from crossan.cache.manifest import describe_compute, flatten, jsonable, read_manifest, write_json
 from crossan.errors import CacheError, WriteError
 from crossan.utils import atomic_write, remove_stale_temporaries
@@ -341,6 +351,58 @@ def recover_install(dst: Path) -> None:
         print(f"{dst}: a build was killed while replacing this cache; putting the previous one back from "
               f"{old}")
         os.replace(old, dst)
+
+
+def record_sources(m: str, folder: Path, manifest: dict[str, Any], old: np.ndarray, now: np.ndarray) -> None:
+    """Record in an up-to-date cache the new sizes and times of media files touched since it was built (new
+    times, the same bytes: their hashes matched): ``sources.npy`` becomes ``now`` and the manifest its checksum;
+    otherwise every later open would hash those files again. Call it under the modality's build lock.
+
+    The new record is written beside the old one (``sources.next.npy``), the manifest then names its checksum,
+    and it is renamed over ``sources.npy`` last. A process killed before the manifest is written leaves the
+    cache as it was; one killed after it leaves the record the manifest names, put in place by the next build
+    (:func:`recover_sources`). ``sources.npy`` used to be replaced first: a process killed before the manifest
+    left a cache whose ``sources.npy`` no longer matched its checksum, and the next build took a small cache
+    (hashed in full on open) for damaged and encoded every item again."""
+    touched = int(np.count_nonzero(old != now))
+    pending = folder / SOURCES_NEXT
+    atomic_write(pending, lambda tmp: np.save(tmp, now), suffix=".npy")
+    manifest["checksums"][SOURCES] = file_checksum(pending)
+    write_json(folder / MANIFEST, manifest)
+    os.replace(pending, folder / SOURCES)
+    print(f"{m}: {touched} media file(s) have new times but the same bytes; recorded them in {folder / SOURCES} "
+          "(no re-hashing at the next open)")
+
+
+def record_touched(m: str, folder: Path, manifest: dict[str, Any], records: list[Any], catalogue: Any) -> None:
+    """:func:`record_sources` for a completed cache found up to date, when only its files' times changed (a
+    join finds the cache up to date with the sharded build's ranks gone; the shards do not write into it)."""
+    old = load_array(folder / SOURCES)
+    changed, now = changed_rows(old, m, records, catalogue)
+    if not len(changed) and not np.array_equal(old, now):
+        record_sources(m, folder, manifest, old, now)
+
+
+def recover_sources(folder: Path) -> None:
+    """Finish or undo what a :func:`record_sources` killed mid-way left in a completed cache, before anything
+    reads it to build: a ``sources.next.npy`` whose checksum the manifest records is the new record, killed
+    before its rename (put in place now: the cache is the one an uninterrupted record leaves); any other was
+    written before its manifest (deleted: the cache is as it was, and the build records the times again).
+    Temporary files of writes killed there are deleted too. Call it under the modality's build lock."""
+    pending = folder / SOURCES_NEXT
+    remove_stale_temporaries(folder)
+    if not pending.is_file():
+        return
+    try:
+        manifest = read_manifest(folder, missing_ok=True) or {}
+    except CacheError:
+        manifest = {}
+    recorded = manifest.get("checksums")
+    if isinstance(recorded, dict) and recorded.get(SOURCES) == file_checksum(pending):
+        print(f"{folder}: a build was killed while recording its media files' new times; finishing that")
+        os.replace(pending, folder / SOURCES)
+    else:
+        pending.unlink()
 
 
 def counts(present: np.ndarray, corrupt: list[dict[str, Any]]) -> dict[str, Any]:
