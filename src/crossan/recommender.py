@@ -44,12 +44,16 @@ class Recommender(nn.Module):
 
     def embed_unique(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Embed each distinct row of ``ids`` once. Returns (unique rows [U], their embeddings [U, d] with
-        zeros for padding row 0, and the inverse index mapping ``ids`` into them)."""
+        zeros for padding row 0, and the inverse index mapping ``ids`` into them).
+
+        ``uniq`` is sorted, so padding, when the batch holds any, is its first entry: one scalar read tells,
+        and the real rows are a slice. (A boolean mask, ``uniq[uniq > 0]``, read the device back a second
+        time on a GPU, at every step.)"""
         uniq, inv = torch.unique(ids, return_inverse=True)
-        real = uniq > 0
-        emb = self.tower(uniq[real])
-        if not bool(real.all()):
-            emb = torch.cat([emb.new_zeros(1, emb.shape[1]), emb], 0)  # uniq is sorted: 0 comes first
+        padded = len(uniq) > 0 and bool(uniq[0] == 0)
+        emb = self.tower(uniq[1:] if padded else uniq)
+        if padded:
+            emb = torch.cat([emb.new_zeros(1, emb.shape[1]), emb], 0)
         return uniq, emb, inv
 
     def user_states(self, item_emb: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
@@ -159,7 +163,10 @@ def slots_softmax_loss(states: torch.Tensor, cand_emb: torch.Tensor, cand_rows: 
     """
     own = torch.zeros(len(slots), len(cand_rows), dtype=torch.bool, device=states.device)
     own.scatter_(1, slots, True)
-    log_count = torch.bincount(slots.reshape(-1), minlength=len(cand_rows)).to(states.dtype).log()
+    flat = slots.reshape(-1)  # counted by index_add_: on a GPU bincount reads its input's min and max back
+    counts = torch.zeros(len(cand_rows), dtype=torch.int64, device=flat.device)
+    counts.index_add_(0, flat, torch.ones_like(flat))
+    log_count = counts.to(states.dtype).log()
     return _own_masked_softmax_loss(states, cand_emb, cand_rows, own, slots[:, 1:], valid, log_pop, log_count)
 
 

@@ -361,13 +361,19 @@ class ContentTower(ItemTower):
                           taps: slice = slice(None)) -> torch.Tensor:
         """Write modality ``m``'s states ``s`` [U, K, D_m] (taps ``taps``), standardised when enabled, into
         ``out`` (any dtype and strides: the cast and the layout change ride on the one pass), and zero the
-        rows of missing items. No autograd."""
+        rows of missing items. No autograd.
+
+        The missing rows are found with ``nonzero`` on a CPU (only they are written) and zeroed by one masked
+        pass elsewhere: on a GPU ``nonzero`` waits for the device, once per modality of every training step
+        (the same zeros either way)."""
         s = s[:, taps]
         if self.standardized:
             inv_std = getattr(self, f"input_inv_std_{m}")[taps]
             torch.addcmul(-getattr(self, f"input_mean_{m}")[taps] * inv_std, s, inv_std, out=out)
         else:
             out.copy_(s)
+        if out.device.type != "cpu":
+            return out.masked_fill_(~present.view(-1, *[1] * (out.dim() - 1)), 0.0)
         return out.index_fill_(0, (~present).nonzero()[:, 0], 0.0)
 
     def tap_major_inputs(self, feats: Features, proj: ModalityProjection) -> tuple[torch.Tensor, torch.Tensor]:
