@@ -10,9 +10,12 @@
 # under `precision=auto` (bf16 autocast on a GPU with bf16 units) and fp32, two rounds each, the fastest
 # kept. Peak memory is torch.cuda.max_memory_allocated over the timed steps (the benchmark's docstring).
 # Target (issue 14): CROSSAN M = 4 <= 10 s/epoch on one H200.
+# Then (under a minute) benchmarks/step_syncs.py lists, per source line, where CROSSAN's and IISAN's steps
+# wait for the GPU (torch.cuda.set_sync_debug_mode): expected per step, only the batch's `unique` (recommender
+# embed_unique), whether padding is among its items, and the loss's valid positions (none was measured yet).
 #
-# Writes results.json, results.csv and device_check.log under $OUT (the device tool's folder that comes
-# back), or under bench_out/device_check when OUT is unset. Settings through the environment:
+# Writes results.json, results.csv, step_syncs.json and device_check.log under $OUT (the device tool's folder
+# that comes back), or under bench_out/device_check when OUT is unset. Settings through the environment:
 #   DEVICE (default cuda), STEPS (200 steps per round), ROUNDS (2), PRECISION (auto,fp32), PYTHON (python3),
 #   EXTRA (more arguments for side_network_epoch.py, e.g. "--users 4000 --items 2000" for a smoke run).
 set -uo pipefail
@@ -31,4 +34,5 @@ and torch.cuda.get_device_name(0))"
     # shellcheck disable=SC2086  # EXTRA is a list of arguments
     "$py" benchmarks/side_network_epoch.py --device "${DEVICE:-cuda}" --max-steps "${STEPS:-200}" \
         --rounds "${ROUNDS:-2}" --precision "${PRECISION:-auto,fp32}" --out "$out" ${EXTRA:-}
+    "$py" benchmarks/step_syncs.py --device "${DEVICE:-cuda}" --out "$out"
 } 2>&1 | tee "$out/device_check.log"

@@ -11,6 +11,8 @@ No machine here has one, so two stand-ins are used, each for a *decision* of the
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from tests.test_side_networks import make_features, make_tower
@@ -117,3 +119,20 @@ def test_content_towers_run_on_a_non_cpu_device_without_reading_back(method: str
     if training:
         out.sum().backward()
         assert all(p.grad is not None for p in tower.parameters() if p.requires_grad)
+
+
+def test_step_syncs_script_lists_the_reads_back_per_line(tmp_path, monkeypatch) -> None:
+    """benchmarks/step_syncs.py (run by benchmarks/device_check.sh on a lent GPU) runs here in its stand-in
+    mode: the batch's ``unique`` in ``embed_unique`` reads back once per step."""
+    import json
+
+    from tests.conftest import load_benchmark
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))  # it imports side_network_epoch
+    load_benchmark("step_syncs").main(["--device", "cpu", "--methods", "crossan", "--users", "400", "--items",
+                                       "200", "--width", "16", "--taps", "2", "--steps", "2",
+                                       "--out", str(tmp_path)])
+    (row,) = json.loads((tmp_path / "step_syncs.json").read_text())["rows"]
+    assert row["steps"] == 2 and row["reads_per_step"] > 0
+    unique = [n for line, n in row["where"].items() if "recommender.py" in line and "_unique2" in line]
+    assert unique == [2], row["where"]
