@@ -136,3 +136,19 @@ def test_step_syncs_script_lists_the_reads_back_per_line(tmp_path, monkeypatch) 
     assert row["steps"] == 2 and row["reads_per_step"] > 0
     unique = [n for line, n in row["where"].items() if "recommender.py" in line and "_unique2" in line]
     assert unique == [2], row["where"]
+
+
+def test_suite_machine_line_names_the_devices_the_runs_trained_on(monkeypatch) -> None:
+    """A suite's report named GPU 0 as its machine on any machine with a GPU, also when its runs trained on
+    the CPU (``device=cpu``) or on another GPU: the cost columns then read as GPU figures. It now names the
+    devices the costed rows record (results.json ``device``), and this machine only when no row records one."""
+    from crossan.reports.suite import machine_description
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "GPU zero")
+    cpu = "cpu (AMD EPYC (x86_64, 2 cores, AVX2), torch threads 2)"
+    line = machine_description([{"device": cpu}, {"device": cpu}, {"status": "failed"}])
+    assert line.startswith(f"{cpu}; ") and "GPU zero" not in line and f"torch {torch.__version__}" in line
+    two = machine_description([{"device": "cuda (GPU one)"}, {"device": cpu}])
+    assert two.startswith(f"{cpu}; cuda (GPU one); ")
+    assert machine_description([]) == f"GPU zero; torch {torch.__version__}"

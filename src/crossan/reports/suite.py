@@ -648,19 +648,26 @@ def run_suite(suite: Suite, out: Path, resume: bool = True, progress: bool = Tru
             "repeats_s": round(t_together - t_repeats, 1),
             "together_s": round(time.perf_counter() - t_together, 1),
             "total_s": round(time.perf_counter() - t_start, 1),
-            "machine": machine_description(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+            "machine": machine_description(rows), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     write_outputs(rows, meta, out)
     return rows
 
 
-def machine_description() -> str:
+def machine_description(rows: list[dict[str, Any]] | None = None) -> str:
+    """The report's machine line: the devices the costed runs of ``rows`` trained on (results.json ``device``:
+    ``cuda (GPU name)``, or ``cpu (CPU, torch threads)``), then the system, Python and torch. Without such
+    a row, this machine: its GPU 0 where CUDA is available, else its CPU. (The line used to name GPU 0 on
+    any machine with one, also for a suite whose runs trained on the CPU or on another GPU.)"""
     import platform
 
     import torch
 
     from crossan.utils import cpu_description
 
+    software = f"{platform.system()}, Python {platform.python_version()}, torch {torch.__version__}"
+    devices = sorted({str(r["device"]) for r in rows or [] if r.get("device")})
+    if devices:
+        return f"{'; '.join(devices)}; {software}"
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)}; torch {torch.__version__}"
-    return (f"CPU {cpu_description()}, {platform.system()}, Python {platform.python_version()}, "
-            f"torch {torch.__version__}")
+    return f"CPU {cpu_description()}, {software}"
