@@ -152,3 +152,22 @@ def test_suite_machine_line_names_the_devices_the_runs_trained_on(monkeypatch) -
     two = machine_description([{"device": "cuda (GPU one)"}, {"device": cpu}])
     assert two.startswith(f"{cpu}; cuda (GPU one); ")
     assert machine_description([]) == f"GPU zero; torch {torch.__version__}"
+
+
+def test_a_group_joined_before_crossan_gets_the_long_gloo_group(monkeypatch) -> None:
+    """Media digests are gathered over a gloo side group (``_long_group``), made when crossan joins the process
+    group. A group the caller had joined itself (``init_process_group("nccl")`` before ``train``; with
+    ``mp.spawn``, WORLD_SIZE unset) was kept without one, and the gather then sent CPU tensors over the NCCL
+    default group, which fails. The side group is now made over a group found joined, once."""
+    from crossan import distributed
+
+    made: list[tuple[str, object]] = []
+    monkeypatch.setattr(distributed, "_long_group", None)
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    monkeypatch.setattr(distributed.dist, "new_group", lambda backend, timeout: made.append((backend, timeout)) or
+                        "side group")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    device = torch.device("cuda", 1)
+    assert distributed.init_from_env(device) == device
+    assert distributed.init_from_env(device) == device
+    assert made == [("gloo", distributed.CACHE_TIMEOUT)] and distributed._long_group == "side group"

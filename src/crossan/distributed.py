@@ -54,9 +54,17 @@ between ranks by more than :data:`TIMEOUT` may allow (each rank hashing its shar
 
 def init_from_env(device: torch.device, timeout: datetime.timedelta = TIMEOUT) -> torch.device:
     """Join the process group torchrun describes (no-op in a single process), its collectives waiting up to
-    ``timeout``, and make :data:`_long_group`. Returns this rank's device."""
+    ``timeout``, and make :data:`_long_group`. Returns this rank's device.
+
+    A group joined already (by an earlier call, or by the caller: ``init_process_group`` before
+    :func:`crossan.trainer.train`) is kept, and :data:`_long_group` is made over it when missing: without it,
+    :func:`all_gather_array` gathered its CPU tensors over the default group, which NCCL cannot."""
     global _long_group
-    if env_world_size() <= 1 or is_distributed():
+    if is_distributed():
+        if _long_group is None:
+            _long_group = dist.new_group(backend="gloo", timeout=CACHE_TIMEOUT)
+        return device
+    if env_world_size() <= 1:
         return device
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
