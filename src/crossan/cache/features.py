@@ -66,13 +66,15 @@ class TensorFeatures:
         for m in self.modalities:
             s = self._states[m]
             if isinstance(s, np.ndarray):  # memory-mapped: read only the rows asked for
-                idx = items.detach().cpu().numpy()
-                rows = torch.from_numpy(np.asarray(s[idx]))
+                idx = items.detach().cpu()
+                rows = torch.from_numpy(np.asarray(s[idx.numpy()]))
             else:  # index_select: ~10x faster on a CPU than advanced indexing (s[items]) for rows of 3-d states
                 idx = items.to(s.device)
                 rows = s.index_select(0, idx.reshape(-1)).view(*idx.shape, *s.shape[1:])
-            present = self._present[m].to(items.device)[items]
-            out[m] = (rows.to(items.device, torch.float32), present)
+            # indexed where the mask lives, so that only the batch's entries move (a cache in host memory
+            # under a GPU run, cache.on_device=false: the whole mask went to the GPU at every gather)
+            present = self._present[m].to(idx.device)[idx]
+            out[m] = (rows.to(items.device, torch.float32), present.to(items.device))
         return out
 
 
