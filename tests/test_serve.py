@@ -1095,8 +1095,10 @@ def test_the_weights_read_once_are_not_kept_while_the_catalogue_is_embedded_and_
     read: list[weakref.ref] = []
     alive: list[bool] = []
 
+    real_read = runs.read_weights
+
     def read_weights(path):
-        weights = runs.read_weights.__wrapped__(path)
+        weights = real_read(path)
         read.append(weakref.ref(weights))
         return weights
 
@@ -1104,7 +1106,6 @@ def test_the_weights_read_once_are_not_kept_while_the_catalogue_is_embedded_and_
         gc.collect()
         alive.append(read[-1]() is not None)
 
-    read_weights.__wrapped__ = runs.read_weights
     monkeypatch.setattr(runs, "read_weights", read_weights)
     monkeypatch.setattr(serve, "read_weights", read_weights)
     real_init, real_evaluate = serve.TrainedRecommender.__init__, ranking.evaluate
