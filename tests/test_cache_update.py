@@ -418,3 +418,45 @@ def test_update_under_another_batch_size_encodes_every_item(tmp_path: Path, data
            "encoders.batch_size=4: encoding every item again" in capsys.readouterr().out
     assert status == {"text": "built"} and batches == [("text", 0), ("text", 1), ("text", 2)]
     assert_equals_fresh(tmp_path, cfg, now, ["text"])
+
+
+def test_a_cache_killed_before_its_new_record_was_renamed_is_read_and_sharded_without_encoding(
+        tmp_path: Path, data: FakeData, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed after the manifest names the new ``sources.npy`` and before ``sources.next.npy`` is renamed over
+    it, a small cache (hashed in full on open) no longer matched its checksum. Only a single-process build
+    recovers it (under the modality's lock); until then training refused it as damaged, and a sharded build
+    (torchrun, or ``--shard``), whose shards hold no such lock, took it for damaged and encoded all 4 batches
+    again. The record being put in place is now no damage: the old one still describes the touched files'
+    bytes. The cache opens, the shards find it up to date, and the join puts the new record in place."""
+    from crossan.cache.shards import join_shards
+
+    cfg = make_cfg(data)
+    build(cfg, data, ["image"])
+    folder = default_cache_dir(cfg, data) / "image"
+    states_before = (folder / "states.npy").read_bytes()
+    os.utime(data.catalogue.root / "img" / "i4.jpg", ns=(2_000_000_000, 2_000_000_000))
+    real_replace = os.replace
+
+    def replace(src: object, dst: object) -> None:
+        if Path(src) == folder / "sources.next.npy":
+            raise Killed
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(Killed):
+        build(cfg, data, ["image"])
+    monkeypatch.undo()
+    monkeypatch.setenv("CROSSAN_CACHE_DIR", str(tmp_path / "caches"))
+    assert (folder / "sources.next.npy").is_file()
+    open_cache(cfg, data, ["image"])  # before: CacheError "sources.npy: contents differ from the build"
+    batches: list[tuple[str, int]] = []
+    for shard in range(2):
+        reports = build_cache(cfg, data, ["image"], shard=shard, num_shards=2, progress=False,
+                              on_batch=lambda m, b: batches.append((m, b)))
+        assert reports["image"].status == "up to date"  # before: "shard built"
+    assert batches == []  # before: all 4 batches encoded again
+    assert join_shards(cfg, data, ["image"])["image"].status == "up to date"
+    assert (folder / "states.npy").read_bytes() == states_before
+    assert sorted(p.name for p in folder.iterdir()) == sorted(FILES)  # the new record put in place
+    assert np.load(folder / "sources.npy")["mtime_ns"][4] == 2_000_000_000
+    assert_equals_fresh(tmp_path, cfg, data, ["image"])

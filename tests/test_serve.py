@@ -1074,3 +1074,53 @@ def test_evaluate_and_export_record_the_weights_they_read(id_run: Path, tmp_path
     for bad in (b"", raw[:6], (10**9).to_bytes(8, "little") + b"{}"):
         with pytest.raises(ValueError, match="not a safetensors file"):
             safetensors_metadata(bad)
+
+
+def test_the_weights_read_once_are_not_kept_while_the_catalogue_is_embedded_and_scored(
+        id_run: Path, tmp_path: Path, monkeypatch) -> None:
+    """``load_recommender`` and ``evaluate_run`` read best.safetensors into memory once (:func:`read_weights`)
+    and load the model from those bytes, but kept the bytes until they returned: through embedding the whole
+    catalogue (a content tower's frozen encoders) and scoring both splits, a second copy of the checkpoint in
+    memory, which the path-based load they replaced never held. Only its digest is kept now."""
+    import gc
+    import weakref
+
+    import crossan.ranking as ranking
+    import crossan.runs as runs
+    import crossan.serve as serve
+    from crossan.runs import evaluate_run
+    from crossan.utils import file_sha256
+
+    run = _copy(id_run, tmp_path)
+    read: list[weakref.ref] = []
+    alive: list[bool] = []
+
+    real_read = runs.read_weights
+
+    def read_weights(path):
+        weights = real_read(path)
+        read.append(weakref.ref(weights))
+        return weights
+
+    def still_held() -> None:
+        gc.collect()
+        alive.append(read[-1]() is not None)
+
+    monkeypatch.setattr(runs, "read_weights", read_weights)
+    monkeypatch.setattr(serve, "read_weights", read_weights)
+    real_init, real_evaluate = serve.TrainedRecommender.__init__, ranking.evaluate
+
+    def init(self, *args, **kwargs):  # embeds the catalogue
+        still_held()
+        real_init(self, *args, **kwargs)
+
+    def evaluate(*args, **kwargs):
+        still_held()
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(serve.TrainedRecommender, "__init__", init)
+    monkeypatch.setattr(ranking, "evaluate", evaluate)
+    sha = file_sha256(run / "best.safetensors")
+    assert load_recommender(run, device="cpu").weights_sha256 == sha
+    assert evaluate_run(run, device="cpu")["weights_sha256"] == sha
+    assert len(read) == 2 and alive == [False, False, False]  # before: [True, True, True]

@@ -778,12 +778,14 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", data_path: str | Non
 
     cfg = check_run_folder(run_dir)
     weights = read_weights(Path(run_dir) / WEIGHTS)  # one read: the digest is that of the weights scored
+    sha = weights.sha256
     cfg, data, model = load_run(run_dir, device, data_path, cfg=cfg, weights=weights)
+    del weights  # the model holds them now: the file's bytes are not kept through the scoring
     warn_if_unfinished(run_dir)  # a folder that is no run at all fails in load_run, without this warning
     table = model.tower.embed_all(cfg.eval.batch_size)
     out = {"valid": evaluate(model, data, "valid", cfg, table, where=str(run_dir)),
            "test": evaluate(model, data, "test", cfg, table, where=str(run_dir)), "splits": split_report(data),
-           "weights_sha256": weights.sha256}
+           "weights_sha256": sha}
     atomic_write_json(Path(run_dir) / EVALUATION, out)
     return out
 

@@ -254,8 +254,10 @@ def load_recommender(run_dir: str | Path, device: str = "auto", data_path: str |
     # that still trains replaces the file at a new best epoch; a second read could serve another checkpoint)
     weights = read_weights(run_dir / WEIGHTS)
     extra = read_extra_items(run_dir) if include_extra else ExtraItems()
-    check_extra_weights(run_dir, extra, weights.sha256)
+    sha = weights.sha256
+    check_extra_weights(run_dir, extra, sha)
     cfg, data, model = load_run(run_dir, dev, data_path, cfg=cfg, weights=weights)
+    del weights  # the model holds them now: the file's bytes are not kept through embedding the catalogue
     if len(extra):
         train_ids = set(data.item_ids)
         clash = [i for i in extra.ids if i in train_ids]
@@ -265,4 +267,4 @@ def load_recommender(run_dir: str | Path, device: str = "auto", data_path: str |
         if extra.embeddings.shape[1] != model.tower.dim:
             raise ServeError(f"{run_dir / EXTRA_DIR}: embeddings of width {extra.embeddings.shape[1]}, the item "
                              f"tower's is {model.tower.dim}")
-    return TrainedRecommender(run_dir, cfg, data, model, extra, torch.device(dev), weights.sha256)
+    return TrainedRecommender(run_dir, cfg, data, model, extra, torch.device(dev), sha)

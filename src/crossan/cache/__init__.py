@@ -15,7 +15,9 @@ ids in row order only, so editing a title or media file keeps the folder)::
         sources.next.npy             only while ``crossan cache`` records the new times of files touched
                                      with the same bytes: written first, named by the manifest, then renamed
                                      over sources.npy; a build killed in between finishes or drops it
-                                     (:func:`~crossan.cache.workarea.recover_sources`), encoding nothing
+                                     (:func:`~crossan.cache.workarea.recover_sources`), encoding nothing;
+                                     until then readers and shards accept the old record once the
+                                     manifest names this one (:func:`~crossan.cache.integrity.check_files`)
       <modality>.partial/            an interrupted single-process build; the next build resumes it
         states.npy, present.npy      preallocated ``open_memmap`` arrays, filled batch by batch
         done.npy                     bool [batches]: batches whose rows are flushed to disk

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from crossan.cache.layout import PRESENT, SOURCES, STATES
+from crossan.cache.layout import PRESENT, SOURCES, SOURCES_NEXT, STATES
 from crossan.errors import CacheError
 
 HASH_MAX_BYTES = 16 << 20
@@ -195,7 +195,13 @@ def load_array(path: Path, mmap: bool = False, expected_shape: tuple[int, ...] |
 def check_files(folder: Path, manifest: dict[str, Any], full: bool | None = None) -> list[str]:
     """Problems with a completed cache folder's arrays: sizes, headers and (``full``) SHA-256 checksums.
 
-    ``full=None`` hashes when ``states.npy`` is at most :data:`VERIFY_ON_OPEN_BYTES`."""
+    ``full=None`` hashes when ``states.npy`` is at most :data:`VERIFY_ON_OPEN_BYTES`. A ``sources.npy`` that
+    differs from the manifest's checksum while ``sources.next.npy`` matches it is no problem: a ``crossan
+    cache`` recording the new times of files touched with the same bytes was killed after the manifest and
+    before the rename (:func:`~crossan.cache.workarea.record_sources`), and the old record still describes
+    those files' bytes; the next single-process build or join puts the new one in place
+    (:func:`~crossan.cache.workarea.recover_sources`). Readers and shard builds, which hold no lock to do that,
+    used to take such a cache for damaged: training refused it, and a sharded build encoded every item again."""
     recorded = manifest.get("checksums")
     if not isinstance(recorded, dict):
         return [f"{folder / 'manifest.json'}: no checksums recorded; rebuild the cache"]
@@ -222,8 +228,12 @@ def check_files(folder: Path, manifest: dict[str, Any], full: bool | None = None
         full = (folder / STATES).stat().st_size <= VERIFY_ON_OPEN_BYTES
     if full:
         for name in CHECKED_FILES:
-            if _hash_file(folder / name).hex() != recorded[name].get("sha256"):
-                problems.append(f"{folder / name}: contents differ from the build (SHA-256 mismatch)")
+            if _hash_file(folder / name).hex() == recorded[name].get("sha256"):
+                continue
+            pending = folder / SOURCES_NEXT
+            if name == SOURCES and pending.is_file() and file_checksum(pending) == recorded[name]:
+                continue  # the record being put in place (see above)
+            problems.append(f"{folder / name}: contents differ from the build (SHA-256 mismatch)")
     return problems
 
 
