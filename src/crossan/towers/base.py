@@ -146,15 +146,6 @@ class ItemTower(nn.Module, ABC):
                 table[chunks[c]] = rows[offset: offset + k].to(device)
                 offset += k
         return table
-        dist.all_reduce_sum_(self.stat_buffers())
-        mine_flat = torch.cat(local) if local else table.new_zeros(0, self.dim)
-        for r, rows in enumerate(dist.all_gather_rows(mine_flat)):
-            offset = 0
-            for c in range(r, len(chunks), dist.world_size()):
-                k = len(chunks[c])
-                table[chunks[c]] = rows[offset: offset + k].to(device)
-                offset += k
-        return table
 
     num_items: int
 
