@@ -308,3 +308,61 @@ def test_ranks_share_the_media_hashing_and_do_not_wait_for_it_within_the_trainin
         assert 0 < r["hashed"] < images  # a share each, not every file on rank 0
     assert sum(r["hashed"] for r in ranks) == images
     assert json.loads((out / "results.json").read_text())["content_sources"] == single
+
+
+_ONE_RANK_SCRIPT = '''
+import faulthandler, json, os, sys
+from crossan import distributed as dist
+from crossan.coldstart import embed_items
+from crossan.config import load_config
+from crossan.export import export_run
+from crossan.runs import evaluate_run
+from crossan.serve import load_recommender
+from crossan.trainer import train
+
+data, out, new = sys.argv[1], sys.argv[2], sys.argv[3]
+rank = int(os.environ["RANK"])
+cfg = load_config([], [f"data.path={data}", "method=frozen", "modalities=[text]", "encoders.preset=tiny",
+                       "cached=false", "train.epochs=1", "train.batch_size=32", "user.dim=32", "eval.batch_size=16",
+                       "device=cpu", "precision=fp32"])
+report = {}
+try:
+    train(cfg, out, progress=False)
+    faulthandler.dump_traceback_later(60, exit=True)  # what follows takes seconds: a hang fails the rank
+    if rank == 0:  # what a researcher writes after training; rank 1 goes on to the barrier
+        report["evaluate"] = evaluate_run(out, device="cpu")["test"]
+        embed_items(out, new, device="cpu")
+        rec = load_recommender(out, device="cpu")
+        report["recommend"] = [r.item_id for r in rec.recommend(rec.item_ids[3:6], k=5)]
+        export_run(out, f"{out}-export", device="cpu")
+    dist.barrier()
+    report["every_rank"] = evaluate_run(out, device="cpu")["test"]  # every rank alone: the same figures
+    with open(f"{out}-rank{rank}.json", "w") as f:
+        json.dump(report, f)
+    faulthandler.cancel_dump_traceback_later()
+finally:
+    dist.shutdown()
+'''
+
+
+def test_a_run_folder_is_used_on_one_rank_after_training(tmp_path: Path) -> None:
+    """A torchrun script that trains and then, on rank 0 only, evaluates the run, embeds a new item, serves
+    and exports it. Each of these tools computed the item table, the users' ranks or the content digests with
+    collectives of the group ``train()`` had joined, which rank 1 never joins: rank 0 waited until the group's
+    30-minute timeout (here a 60 s watchdog fails it). Now they compute in the calling process; called on
+    every rank, each rank gets the figures training recorded."""
+    from crossan.data.synth import generate
+
+    synth = generate(tmp_path / "synth", size="tiny", seed=5, progress=False)
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "items.tsv").write_text("item_id\ttitle\nnew-1\tA brand new title\n")
+    script, out = tmp_path / "one_rank.py", tmp_path / "run"
+    script.write_text(_ONE_RANK_SCRIPT)
+    torchrun([str(script), str(synth), str(out), str(tmp_path / "new" / "items.tsv")])
+    trained = json.loads((out / "results.json").read_text())
+    ranks = [json.loads((tmp_path / f"run-rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["evaluate"] == trained["test"]
+    assert ranks[0]["every_rank"] == ranks[1]["every_rank"] == trained["test"]
+    assert len(ranks[0]["recommend"]) == 5
+    assert json.loads((tmp_path / "run-export" / "export.json").read_text())["num_extra_items"] == 1
+    assert json.loads((out / "evaluation.json").read_text())["test"] == trained["test"]

@@ -3,6 +3,10 @@
 Every command runs unchanged in one process; under ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) the
 process group is initialised with ``gloo`` on CPU and ``nccl`` on CUDA. Rank 0 logs, shows progress and
 writes files; all ranks compute.
+
+Only training shares work through the group: it passes ``collective=True`` to the item table, the ranking of a
+split and the content digests (:func:`split`). Everything else (a saved run evaluated, served, exported, items
+embedded) computes in the calling process even while a group is joined, so one rank may call it alone.
 """
 
 from __future__ import annotations
@@ -35,6 +39,16 @@ def world_size() -> int:
 
 def is_main() -> bool:
     return rank() == 0
+
+
+def split(collective: bool) -> tuple[int, int]:
+    """(this rank, world size) over which a computation of the item table or of the ranks of a split is shared.
+
+    ``collective``: the caller runs on every rank of the process group, which split the work and gather it
+    (only training passes it: its validation and final test). Otherwise ``(0, 1)``: this process computes all
+    of it and no collective is called, whether or not a group is joined, so that a tool used on one rank of a
+    torchrun script (``if rank == 0: evaluate_run(out)``) does not wait forever for ranks that never join."""
+    return (rank(), world_size()) if collective else (0, 1)
 
 
 TIMEOUT = datetime.timedelta(minutes=30)

@@ -105,20 +105,23 @@ def mean_metrics(ranks: torch.Tensor, ks: Iterable[int]) -> dict[str, float]:
 
 @torch.no_grad()
 def rank_split(user_fn: Callable[[torch.Tensor], torch.Tensor], item_table: torch.Tensor, inputs: np.ndarray,
-               targets: np.ndarray, history: np.ndarray, batch_size: int = 512, mask_history: bool = True
-               ) -> torch.Tensor:
+               targets: np.ndarray, history: np.ndarray, batch_size: int = 512, mask_history: bool = True,
+               collective: bool = False) -> torch.Tensor:
     """Strict ranks [U] of every user's target against the full ``item_table`` [N+1, d].
 
     ``user_fn`` maps input windows [B, L] to user vectors [B, d]. Users are scored in batches of
-    ``batch_size``; under torchrun, batch b is scored by rank b mod world size and the ranks are gathered,
-    so every rank returns exactly the vector a single process computes (no padding duplicates).
+    ``batch_size``. ``collective`` (training's evaluation, called on every rank under torchrun): batch b is
+    scored by rank b mod world size and the ranks are gathered, so every rank returns exactly the vector a
+    single process computes (no padding duplicates). Without it (the default) this process scores every user
+    and calls no collective, whether or not a process group is joined (:func:`crossan.distributed.split`).
     """
     from crossan import distributed as dist
     from crossan.precision import full_precision
 
     device = item_table.device
     starts = list(range(0, len(targets), batch_size))
-    mine = starts[dist.rank()::dist.world_size()]
+    rank, world = dist.split(collective)
+    mine = starts[rank::world]
     out = []
     # scores in float32 into one buffer reused by every batch (a fresh [B, N+1] matrix per batch costs page
     # faults), against the table transposed once (a contiguous right operand: the faster matmul on a CPU)
@@ -136,7 +139,7 @@ def rank_split(user_fn: Callable[[torch.Tensor], torch.Tensor], item_table: torc
             scores = torch.matmul(u, table_t, out=buffer[: len(u)])
         out.append(strict_ranks(scores, t, h, mask_history, overwrite=True))
     local = torch.cat(out) if out else torch.zeros(0, dtype=torch.float64, device=device)
-    if dist.world_size() == 1:
+    if world == 1:
         return local.cpu()
     per_rank = [g.cpu() for g in dist.all_gather_rows(local)]
     # undo the round-robin: batch b is the (b // W)-th batch of rank b % W
@@ -151,6 +154,7 @@ def rank_split(user_fn: Callable[[torch.Tensor], torch.Tensor], item_table: torc
 
 def evaluate_split(user_fn: Callable[[torch.Tensor], torch.Tensor], item_table: torch.Tensor, inputs: np.ndarray,
                    targets: np.ndarray, history: np.ndarray, ks: Iterable[int], batch_size: int = 512,
-                   mask_history: bool = True) -> dict[str, float]:
+                   mask_history: bool = True, collective: bool = False) -> dict[str, float]:
     """Mean full-ranking metrics of a split (see :func:`rank_split`)."""
-    return mean_metrics(rank_split(user_fn, item_table, inputs, targets, history, batch_size, mask_history), ks)
+    return mean_metrics(rank_split(user_fn, item_table, inputs, targets, history, batch_size, mask_history,
+                                   collective), ks)

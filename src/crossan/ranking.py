@@ -28,24 +28,31 @@ def check_finite_table(table: torch.Tensor, item_ids: list[str], where: str) -> 
 
 @torch.no_grad()
 def evaluate_ranks(model: Recommender, data: SequentialData, split: str, cfg: Config,
-                   item_table: torch.Tensor | None = None, where: str = "evaluation") -> torch.Tensor:
-    """Strict full-ranking ranks [U] of every user's ``split`` (``valid`` or ``test``) target (METHOD.md §2)."""
+                   item_table: torch.Tensor | None = None, where: str = "evaluation", collective: bool = False
+                   ) -> torch.Tensor:
+    """Strict full-ranking ranks [U] of every user's ``split`` (``valid`` or ``test``) target (METHOD.md §2).
+
+    ``collective``: called on every rank of a torchrun job, which share the item table and the users and
+    gather them (training's validation and test); by default this process computes everything and calls no
+    collective, so one rank of a torchrun script may call it alone (``ItemTower.embed_all``, :func:`rank_split`).
+    """
     if split not in ("valid", "test"):
         raise ValueError(f"split: {split!r} is not 'valid' or 'test'")
     model.eval()
     if item_table is None:
         model.tower.reset_stats()
-        item_table = model.tower.embed_all(cfg.eval.batch_size)
+        item_table = model.tower.embed_all(cfg.eval.batch_size, collective=collective)
     check_finite_table(item_table, data.item_ids, where)
     arrays = getattr(data, split)
     return rank_split(lambda x: model.user_vectors(x, item_table), item_table, arrays.inputs, arrays.targets,
-                      arrays.history, cfg.eval.batch_size, cfg.eval.mask_history)
+                      arrays.history, cfg.eval.batch_size, cfg.eval.mask_history, collective)
 
 
 def evaluate(model: Recommender, data: SequentialData, split: str, cfg: Config,
-             item_table: torch.Tensor | None = None, where: str = "evaluation") -> dict[str, float]:
-    """Mean full-ranking metrics of ``split``."""
-    return mean_metrics(evaluate_ranks(model, data, split, cfg, item_table, where), cfg.eval.ks)
+             item_table: torch.Tensor | None = None, where: str = "evaluation", collective: bool = False
+             ) -> dict[str, float]:
+    """Mean full-ranking metrics of ``split`` (``collective``: see :func:`evaluate_ranks`)."""
+    return mean_metrics(evaluate_ranks(model, data, split, cfg, item_table, where, collective), cfg.eval.ks)
 
 
 def split_report(data: SequentialData) -> dict[str, Any]:

@@ -566,8 +566,8 @@ def cache_states_changes(results: dict[str, Any] | None, cfg: Config, data: Sequ
     return [m for m in then if now.get(m) != then[m]]
 
 
-def content_digests(cfg: Config, data: SequentialData,
-                    memo: dict[tuple[int, str], str] | None = None) -> dict[str, str]:
+def content_digests(cfg: Config, data: SequentialData, memo: dict[tuple[int, str], str] | None = None,
+                    collective: bool = False) -> dict[str, str]:
     """Per modality, a SHA-256 of the item content a run of ``cfg`` reads itself: each item's title (text),
     or its media file's path, size and SHA-256 (files above ``HASH_MAX_BYTES``: size and modification
     time). Empty for methods that read no content (``id``) and for those that read it through the
@@ -576,8 +576,10 @@ def content_digests(cfg: Config, data: SequentialData,
     in silence: the item ids (``item_fingerprint``) do not see it. ``memo``: digests already computed for
     this ``data`` object, by (id(data), modality) (a suite checks many runs of one dataset).
 
-    Under torchrun every rank calls it: each hashes its share of the items (:func:`_shared_sources`) and all
-    get the same digests as one process."""
+    ``collective``: every rank of a torchrun job calls it (training's start): each hashes its share of the
+    items (:func:`_shared_sources`) and all get the same digests as one process. Without it (the default: a
+    saved run loaded, a suite's reuse) this process hashes every item and calls no collective, so one rank of a
+    torchrun script may load a run alone."""
     from crossan.methods import get_method
 
     method = get_method(cfg.method)
@@ -592,7 +594,7 @@ def content_digests(cfg: Config, data: SequentialData,
         if memo is not None and (id(data), m) in memo:
             out[m] = memo[id(data), m]
             continue
-        sources = _shared_sources(m, records, data.catalogue)
+        sources = _shared_sources(m, records, data.catalogue, collective)
         hashed = (sources["size"] >= 0) & (sources["size"] <= HASH_MAX_BYTES)
         sources["mtime_ns"][hashed] = 0  # a file touched with the same bytes is the same input
         out[m] = hashlib.sha256(sources.tobytes()).hexdigest()
@@ -601,17 +603,17 @@ def content_digests(cfg: Config, data: SequentialData,
     return out
 
 
-def _shared_sources(modality: str, records: list[Any], catalogue: Any) -> np.ndarray:
-    """:func:`~crossan.cache.integrity.current_sources` of ``records``, under torchrun computed by all ranks
-    together: rank r stats and hashes the r-th of W contiguous shares of the rows, and the shares are gathered
-    (:func:`crossan.distributed.all_gather_array`), giving every rank the array one process computes (each row
-    depends on its own item only). Rank 0 used to hash every file while the other ranks waited at a barrier of
+def _shared_sources(modality: str, records: list[Any], catalogue: Any, collective: bool = False) -> np.ndarray:
+    """:func:`~crossan.cache.integrity.current_sources` of ``records``; with ``collective`` (training under
+    torchrun) computed by all ranks together: rank r stats and hashes the r-th of W contiguous shares of the
+    rows, and the shares are gathered (:func:`crossan.distributed.all_gather_array`), giving every rank the
+    array one process computes (each row depends on its own item only). Rank 0 used to hash every file while the other ranks waited at a barrier of
     :data:`~crossan.distributed.TIMEOUT` (30 minutes), which a large catalogue outlasted: the job failed. Now
     the hashing takes 1/W of the time, and the ranks wait for each other's shares up to
     :data:`~crossan.distributed.CACHE_TIMEOUT`."""
     from crossan.cache.integrity import current_sources
 
-    world, rank = dist.world_size(), dist.rank()
+    rank, world = dist.split(collective)
     if world == 1:
         return current_sources(modality, records, catalogue)
     lo, hi = rank * len(records) // world, (rank + 1) * len(records) // world

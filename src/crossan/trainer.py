@@ -225,7 +225,9 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, data: Sequenti
           progress: bool = True) -> dict[str, Any]:
     """Train ``cfg`` into ``run_dir`` and return the results (also written to ``results.json``).
 
-    Under torchrun the model is wrapped in DistributedDataParallel; rank 0 writes every file.
+    Under torchrun the model is wrapped in DistributedDataParallel; rank 0 writes every file. Every rank must
+    call it: its validation and test share the item table and the users among the ranks (``collective=True``),
+    unlike the tools that read the finished run folder afterwards, which run on any one rank alone.
     """
     run = _start(cfg, Path(run_dir), resume, data, progress)
     try:
@@ -322,7 +324,7 @@ def _start(cfg: Config, run_dir: Path, resume: bool, data: SequentialData | None
         # recorded in results.json and each checkpoint; every rank computes them (the media hashing in shares,
         # whose gather waits up to CACHE_TIMEOUT: rank 0 hashing alone outlasted the others' 30-minute barrier)
         inputs_read = {"cache_states": cache_states_digests(cfg, data),
-                       "content_sources": content_digests(cfg, data)}
+                       "content_sources": content_digests(cfg, data, collective=True)}
         dist.barrier()  # every rank has checked and built before rank 0 writes anything
         if dist.is_main() and not resume:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -530,7 +532,7 @@ def first_non_finite(model: torch.nn.Module) -> str | None:
 
 def _validate(run: _Run, state: TrainState, epoch: int) -> dict[str, float]:
     """Validation metrics of this epoch; a new best is recorded in ``state`` and its weights saved."""
-    valid = evaluate(run.model, run.data, "valid", run.cfg, where=f"epoch {epoch}")
+    valid = evaluate(run.model, run.data, "valid", run.cfg, where=f"epoch {epoch}", collective=True)
     metric = valid[run.cfg.train.metric]
     if metric > state.best_metric:
         state.best_metric, state.best_epoch, state.bad_epochs = metric, epoch, 0
@@ -552,13 +554,13 @@ def _test_best(run: _Run, state: TrainState) -> dict[str, Any]:
     model.tower.reset_stats()
     model.eval()
     t_eval = time.perf_counter()
-    table = model.tower.embed_all(cfg.eval.batch_size)
+    table = model.tower.embed_all(cfg.eval.batch_size, collective=True)  # every rank: split and gathered
     tower_stats = model.tower.stats()
     where = f"best epoch {state.best_epoch}"
-    test_ranks = evaluate_ranks(model, data, "test", cfg, table, where=where)
+    test_ranks = evaluate_ranks(model, data, "test", cfg, table, where=where, collective=True)
     test = mean_metrics(test_ranks, cfg.eval.ks)
     eval_time = time.perf_counter() - t_eval
-    valid_ranks = evaluate_ranks(model, data, "valid", cfg, table, where=where)
+    valid_ranks = evaluate_ranks(model, data, "valid", cfg, table, where=where, collective=True)
     valid = state.best_valid or mean_metrics(valid_ranks, cfg.eval.ks)
     run.memory.stop()
     peak, rss = _peaks(run)

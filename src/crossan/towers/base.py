@@ -85,8 +85,9 @@ class ItemTower(nn.Module, ABC):
         return {}
 
     def stat_buffers(self) -> list[torch.Tensor]:
-        """The running sums behind :meth:`stats`: summed over the ranks after :meth:`embed_all` under
-        torchrun, so that the statistics of the item table cover every item, not one rank's chunks."""
+        """The running sums behind :meth:`stats`: summed over the ranks after a collective :meth:`embed_all`
+        (training under torchrun), so that the statistics of the item table cover every item, not one rank's
+        chunks."""
         return []
 
     def module_report(self) -> dict[str, dict[str, int]]:
@@ -103,12 +104,15 @@ class ItemTower(nn.Module, ABC):
         return out
 
     @torch.no_grad()
-    def embed_all(self, batch_size: int = 1024, progress: bool = False) -> torch.Tensor:
+    def embed_all(self, batch_size: int = 1024, progress: bool = False, collective: bool = False) -> torch.Tensor:
         """The table of all item embeddings [N+1, dim]; row 0 (padding) is zero.
 
-        Items are embedded in chunks of ``batch_size``; under torchrun chunk c is computed by rank
-        c mod world size and the table is gathered, so every rank holds the same table a single process does
-        (and the same :meth:`stats`: the :meth:`stat_buffers` are summed over the ranks).
+        Items are embedded in chunks of ``batch_size``. ``collective`` (training's evaluation, called on every
+        rank under torchrun): chunk c is computed by rank c mod world size and the table is gathered, so every
+        rank holds the same table a single process does (and the same :meth:`stats`: the
+        :meth:`stat_buffers` are summed over the ranks). Without it (the default: evaluation of a saved run,
+        serving, export) this process embeds every chunk and calls no collective, even where a process group
+        is joined: a call on one rank only must not wait for the others (:func:`crossan.distributed.split`).
 
         Float32 whatever autocast the caller runs in (:func:`~crossan.precision.full_precision`): evaluation and
         serving embed in float32 (:mod:`crossan.precision`); frozen encoders read live still run at the tower's
@@ -119,7 +123,8 @@ class ItemTower(nn.Module, ABC):
         n = self.num_items
         device = next(self.parameters()).device
         chunks = torch.arange(1, n + 1, device=device).split(batch_size)
-        mine = list(range(dist.rank(), len(chunks), dist.world_size()))
+        rank, world = dist.split(collective)
+        mine = list(range(rank, len(chunks), world))
         it = mine
         if progress and dist.is_main():
             from tqdm.auto import tqdm
@@ -128,7 +133,7 @@ class ItemTower(nn.Module, ABC):
         with full_precision(device):  # a caller's autocast would embed in bf16 (serving built inside one)
             local = [self(chunks[c]).float() for c in it]
         table = torch.zeros(n + 1, self.dim, device=device)
-        if dist.world_size() == 1:
+        if world == 1:
             if local:
                 table[1:] = torch.cat(local)
             return table
@@ -136,7 +141,7 @@ class ItemTower(nn.Module, ABC):
         mine_flat = torch.cat(local) if local else table.new_zeros(0, self.dim)
         for r, rows in enumerate(dist.all_gather_rows(mine_flat)):
             offset = 0
-            for c in range(r, len(chunks), dist.world_size()):
+            for c in range(r, len(chunks), world):
                 k = len(chunks[c])
                 table[chunks[c]] = rows[offset: offset + k].to(device)
                 offset += k
