@@ -17,6 +17,7 @@ import yaml
 
 from crossan.config import Config, ConfigError, load_config, to_dict
 from crossan.methods import BUILTIN, METHODS, Method, cache_methods, get_method, method_names, register_method
+from crossan.towers.base import ItemTower
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "method.md"
 
@@ -318,3 +319,157 @@ def test_a_new_method_trains_from_the_cache_with_known_outputs(example_module, t
     proj = sum(cache.dims[m] * cfg.user.dim + cfg.user.dim for m in ("text", "image"))
     assert res["trainable_params"] == proj + count_params(model.user)[0]
     assert 0.0 <= res["test"]["NDCG@10"] <= 1.0
+
+
+# --- the mistakes a researcher adding a method makes, each named in the error (docs/method.md §13) ---
+
+
+class _FixedTower(ItemTower):
+    """A tower whose ``forward`` gives whatever ``make(items)`` returns (wrong shapes and dtypes)."""
+
+    def __init__(self, num_items: int, dim: int, make) -> None:
+        super().__init__()
+        self.num_items, self.dim, self.make = num_items, dim, make
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        return self.make(items)
+
+    def param_groups(self, train):
+        return [{"name": "heads", "params": [self.w], "lr": train.lr}]
+
+
+@pytest.mark.parametrize("make, got", [
+    (lambda items: torch.zeros(len(items), 128), "torch.float32 [4, 128]"),
+    (lambda items: torch.zeros(len(items)), "torch.float32 [4]"),
+    (lambda items: torch.zeros(len(items) - 1, 64), "torch.float32 [3, 64]"),
+    (lambda items: torch.zeros(len(items), 64, dtype=torch.float64), "torch.float64 [4, 64]"),
+    (lambda items: torch.zeros(len(items), 64, dtype=torch.long), "torch.int64 [4, 64]"),
+])
+def test_a_tower_output_of_the_wrong_shape_or_dtype_is_refused_naming_the_method(make, got) -> None:
+    """It failed deep in the user encoder (a size mismatch in its layer norm, "mixed dtype", an index error
+    in torch.embedding), naming neither the method nor the tower."""
+    from crossan.recommender import Recommender
+
+    cfg = load_config([], ["method=id"])
+    model = Recommender(_FixedTower(5, cfg.user.dim, make), cfg, torch.ones(6))
+    with pytest.raises(ValueError) as e:
+        model.embed_unique(torch.tensor([[0, 1, 2], [3, 4, 0]]))
+    assert str(e.value) == (f"method='id' (item tower {__name__}): forward returned {got} for 4 items, expected "
+                            "float32 [4, 64] (items [U] → embeddings [U, user.dim])")
+    with pytest.raises(ValueError, match=rf"^item tower {__name__}._FixedTower: forward returned "):
+        model.tower.embed_all(batch_size=4)
+    good = Recommender(_FixedTower(5, cfg.user.dim, lambda items: torch.ones(len(items), 64)), cfg, torch.ones(6))
+    assert good.embed_unique(torch.tensor([[0, 1, 2]]))[1].shape == (3, 64)  # padding row added
+    assert torch.equal(good.tower.embed_all(batch_size=2)[1:], torch.ones(5, 64))
+
+
+def test_a_builder_returning_a_tower_without_dim_or_num_items_is_named(monkeypatch) -> None:
+    """A tower that forgot ``num_items`` failed at the first evaluation with an AttributeError; a builder that
+    returned some other module, when the trainer first called it."""
+    from crossan.towers import base
+    from crossan.towers.base import TowerContext, build_tower
+
+    made: dict[str, object] = {}
+    monkeypatch.setitem(METHODS, "forgetful", Method("forgetful", None, __name__, False, False))
+    monkeypatch.setitem(base._REGISTRY, "forgetful", lambda ctx: made["tower"])
+    cfg = load_config([], ["method=forgetful"])
+    ctx = TowerContext(cfg, 5, [""] + list("abcde"))
+    tower = _FixedTower(5, 64, lambda items: torch.ones(len(items), 64))
+    made["tower"] = tower
+    assert build_tower(ctx) is tower
+    del tower.num_items
+    with pytest.raises(ValueError, match=r"^method='forgetful': its tower's num_items is None, expected 5 "):
+        build_tower(ctx)
+    made["tower"] = _FixedTower(5, 32, lambda items: torch.ones(len(items), 32))
+    with pytest.raises(ValueError, match=r"^method='forgetful': its tower's dim is 32, expected 64 "):
+        build_tower(ctx)
+    made["tower"] = torch.nn.Linear(2, 2)
+    with pytest.raises(ValueError, match=r"^method='forgetful': its builder returned Linear, not an ItemTower"):
+        build_tower(ctx)
+
+
+def test_a_plugin_tower_under_a_built_in_name_does_not_replace_the_built_in(monkeypatch) -> None:
+    """``@register("frozen")`` in a plugin, imported before crossan's frozen tower was (the registry fills on
+    first use), took its place: the plugin's ``register_method`` then failed, but in the same process
+    ``method=frozen`` built the plugin's tower."""
+    from crossan.towers import base
+
+    monkeypatch.delitem(base._REGISTRY, "frozen", raising=False)  # as in a process that has not built it yet
+
+    def build(ctx):  # a plugin's builder, in another module than the built-in row names
+        raise AssertionError("never built")
+
+    with pytest.raises(ValueError, match=r"^item tower 'frozen': method 'frozen' is registered by module "
+                                         rf"crossan.towers.frozen, not by {__name__}; give the new method a name"):
+        base.register("frozen")(build)
+    assert "frozen" not in base._REGISTRY  # the built-in's module registers it when first built
+    with pytest.raises(ConfigError, match=r"^method 'frozen' is registered twice \(it is crossan's built-in "):
+        register_method(Method("frozen", None, __name__, True, False))
+
+
+@pytest.fixture
+def fresh_plugins(monkeypatch, tmp_path: Path) -> Path:
+    """No plugin imported yet in this test's eyes (nor discovered from the environment); ``tmp_path`` on
+    sys.path for plugin modules."""
+    import crossan.methods as methods
+
+    monkeypatch.setattr(methods, "_loaded", {}, raising=False)
+    monkeypatch.setattr(methods, "_discovered", True)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def test_a_loaded_plugin_that_registered_no_such_method_is_named(fresh_plugins: Path) -> None:
+    """``--plugin noreg.py method=noreg`` where the file forgot ``register_method``: the error said to pass
+    --plugin, which had been passed."""
+    from crossan.methods import load_plugin
+
+    with pytest.raises(ConfigError) as e:
+        get_method("noreg_m")
+    assert "a plugin method: pass --plugin MODULE" in str(e.value)  # no plugin imported: how to load one
+    plugin = fresh_plugins / "noreg_plugin.py"
+    plugin.write_text("X = 1  # a tower and options, but no register_method(...)\n")
+    load_plugin(str(plugin))
+    load_plugin(str(plugin))  # named again (--plugin and $CROSSAN_PLUGINS): listed once
+    hint = (f"plugins imported: {plugin} registered no method; a plugin registers its method with "
+            "register_method(Method(NAME, ...)) (docs/method.md §13)")
+    with pytest.raises(ConfigError) as e:
+        get_method("noreg_m")
+    assert str(e.value).endswith(f"({hint})")
+    with pytest.raises(ConfigError) as e:
+        load_config([], ["noreg_m.width=3"])  # its options section, in a YAML file or an override
+    assert str(e.value).endswith(f"; {hint}")
+
+
+def test_a_plugin_module_that_imports_a_missing_module_is_not_called_missing(fresh_plugins: Path) -> None:
+    """``--plugin mlp_v2`` whose module imports ``mlp`` (not installed) was reported as "no module named
+    'mlp_v2'; put its folder on PYTHONPATH" because 'mlp_v2' starts with 'mlp'."""
+    from crossan.methods import load_plugin
+
+    (fresh_plugins / "mlp_v2.py").write_text("import mlp  # not installed\n")
+    with pytest.raises(ConfigError) as e:
+        load_plugin("mlp_v2")
+    assert str(e.value) == "plugin mlp_v2: importing it failed: No module named 'mlp'"
+    with pytest.raises(ConfigError) as e:
+        load_plugin("mlp_v3")
+    assert str(e.value).startswith("plugin mlp_v3: no module named 'mlp_v3'; put its folder on PYTHONPATH")
+
+
+def test_a_run_of_a_plugin_not_loaded_says_which_plugin_trained_it(fresh_plugins: Path) -> None:
+    """``crossan evaluate RUN`` without the plugin: the error named the unknown section only; results.json
+    records the module and file that trained the run (``method_source``), so the error says what to load."""
+    from crossan.errors import RunError
+    from crossan.runs import read_run_config
+
+    run = fresh_plugins / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump({**to_dict(load_config([], [])), "method": "ghostm",
+                                                     "ghostm": {"width": 3}}))
+    for module, spec in (("ghostm", "/x/ghostm.py"), ("pkg.ghostm", "pkg.ghostm")):
+        (run / "results.json").write_text(json.dumps({"method_source": {"module": module, "file": "/x/ghostm.py",
+                                                                        "sha256": "0" * 64}}))
+        with pytest.raises(RunError) as e:
+            read_run_config(run)
+        assert str(e.value).endswith(f"; the run's method 'ghostm' was trained from module {module!r} "
+                                     f"(/x/ghostm.py): pass --plugin {spec} if that is still its code")

@@ -59,6 +59,9 @@ def test_seeds_reference_and_cost_only_from_the_suite_file(tmp_path: Path) -> No
     ("runs: [{name: A, method: id, modalities: text}]\n", "runs[0].modalities must be a list"),
     ("runs: [{name: 1, method: id}]\n", "runs[0].name must be a string"),
     ("description: 5\nruns: [{name: A, method: id}]\n", "description must be text"),
+    # a bad key of one run names the suite and the run (a plugin method's section named neither)
+    ("runs: [{name: A, method: id}, {name: B, method: crossan, overrides: [crossan.fusoin=concat]}]\n",
+     "s.yaml: run B: unknown config key 'crossan.fusoin'"),
 ])
 def test_bad_suite_files_name_the_problem(tmp_path: Path, body: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):

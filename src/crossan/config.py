@@ -518,6 +518,8 @@ def _unknown_key(key: str, name: str, hints: dict[str, Any], top: bool, note: st
     elif top:
         message += ("; a plugin method's section needs its plugin loaded (--plugin MODULE, "
                     f"${_methods_module.PLUGINS_ENV} or an entry point)")
+        if _methods_module._loaded:  # plugins were imported and none registered this section
+            message += f"; {_methods_module.plugin_hint()}"
     return message + (f" [{note}]" if note else "")
 
 

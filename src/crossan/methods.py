@@ -79,6 +79,9 @@ ENTRY_POINT_GROUP = "crossan.methods"
 
 _sections_fixed = False
 _discovered = False
+_loaded: dict[str, tuple[str, list[str]]] = {}
+"""Plugin module → (the spec it was first named by, the methods it registered), for the errors of a method
+name no plugin registered."""
 _late_section_hooks: list[Callable[[Method], None]] = []
 """Called with each row that has options and is registered after :func:`option_sections` gave the sections
 out: :mod:`crossan.config` adds its hook, which makes the row's section a field of ``Config`` in place."""
@@ -90,7 +93,10 @@ def register_method(method: Method) -> Method:
     class must be a dataclass; derived from :class:`crossan.towers.options.Options`, its ``RANGES`` and
     ``check`` are applied like the built-in methods'."""
     if method.name in METHODS:
-        raise ConfigError(f"method {method.name!r} is registered twice")
+        by = METHODS[method.name].module
+        whose = "crossan's built-in method" if _is_builtin(by) else f"a method of module {by}"
+        raise ConfigError(f"method {method.name!r} is registered twice (it is {whose}); give the new method a "
+                          "name of its own")
     if not method.name.isidentifier() or keyword.iskeyword(method.name):
         raise ConfigError(f"method name {method.name!r} must be a Python identifier and no keyword (it names a "
                           "config section)")
@@ -139,10 +145,21 @@ def get_method(name: str) -> Method:
     if name not in METHODS:
         discover_plugins()
     if name not in METHODS:
-        raise ConfigError(f"method: {name!r} is not one of {method_names()} (a plugin method: pass --plugin "
-                          f"MODULE, set ${PLUGINS_ENV}, or install a package with a {ENTRY_POINT_GROUP!r} "
-                          "entry point)")
+        raise ConfigError(f"method: {name!r} is not one of {method_names()} ({plugin_hint()})")
     return METHODS[name]
+
+
+def plugin_hint() -> str:
+    """How to make a plugin method known, for the errors of an unknown method name or config section; once
+    plugins were imported, also what each registered (a plugin that forgot :func:`register_method`, or
+    registered another name, shows as such)."""
+    if not _loaded:
+        return (f"a plugin method: pass --plugin MODULE, set ${PLUGINS_ENV}, or install a package with a "
+                f"{ENTRY_POINT_GROUP!r} entry point")
+    did = "; ".join(f"{spec} registered {', '.join(names) if names else 'no method'}"
+                    for spec, names in _loaded.values())
+    return (f"plugins imported: {did}; a plugin registers its method with register_method(Method(NAME, ...)) "
+            "(docs/method.md §13)")
 
 
 def load_plugin(spec: str) -> None:
@@ -150,6 +167,7 @@ def load_plugin(spec: str) -> None:
     path of a ``.py`` file (imported under its file name's stem). Importing it registers its method
     (:func:`register_method`). :class:`ConfigError` naming the plugin when it cannot be imported."""
     spec = spec.strip()
+    before = set(METHODS)
     try:
         if _is_file_spec(spec):
             _import_file(Path(spec))
@@ -158,12 +176,25 @@ def load_plugin(spec: str) -> None:
     except ConfigError as e:
         raise ConfigError(f"plugin {spec}: {e}") from None
     except ModuleNotFoundError as e:
-        if e.name and spec.startswith(e.name):
+        if e.name and (spec == e.name or spec.startswith(e.name + ".")):  # the plugin, not what it imports
             raise ConfigError(f"plugin {spec}: no module named {spec!r}; put its folder on PYTHONPATH or "
                               "give the path of its .py file") from None
         raise ConfigError(f"plugin {spec}: importing it failed: {e}") from None
     except Exception as e:  # noqa: BLE001 - any failure of third-party code: one line naming the plugin
         raise ConfigError(f"plugin {spec}: importing it failed: {type(e).__name__}: {e}") from None
+    _note_loaded(spec, Path(spec).stem if _is_file_spec(spec) else spec, before)
+
+
+def _note_loaded(which: str, module: str, before: set[str]) -> None:
+    """Record the methods plugin ``which`` (module ``module``) registered: the rows its import added and those
+    naming its module (registered by an earlier import of it)."""
+    names = _loaded.setdefault(module, (which, []))[1]
+    names.extend(n for n, m in METHODS.items() if (n not in before or m.module == module) and n not in names)
+
+
+def _is_builtin(module: str) -> bool:
+    """Whether ``module`` is crossan's own (a built-in method's row names it)."""
+    return module == "crossan" or module.startswith("crossan.")
 
 
 def _is_file_spec(spec: str) -> bool:
@@ -222,12 +253,14 @@ def discover_plugins() -> None:
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         which = f"plugin {ep.value} (entry point {ep.name!r} of {ENTRY_POINT_GROUP!r})"
+        before = set(METHODS)
         try:
             ep.load()
         except ConfigError as e:
             raise ConfigError(f"{which}: {e}") from None
         except Exception as e:  # noqa: BLE001 - one line naming the plugin
             raise ConfigError(f"{which}: importing it failed: {type(e).__name__}: {e}") from None
+        _note_loaded(f"{ep.value} (entry point {ep.name!r})", ep.module, before)
 
 
 def method_source(name: str) -> dict[str, str] | None:
@@ -236,7 +269,7 @@ def method_source(name: str) -> dict[str, str] | None:
     without a warning, a run trained by other code under the same name. Only that one file is hashed (code
     it imports from elsewhere is not). None for crossan's own methods (``crossan_version`` covers those)."""
     row = get_method(name)
-    if row.module == "crossan" or row.module.startswith("crossan."):
+    if _is_builtin(row.module):
         return None
     module = sys.modules.get(row.module) or importlib.import_module(row.module)
     path = getattr(module, "__file__", None) or ""

@@ -22,7 +22,7 @@ from torch import nn
 from crossan import distributed as dist
 from crossan.config import Config
 from crossan.precision import autocast, full_precision
-from crossan.towers.base import ItemTower
+from crossan.towers.base import ItemTower, check_embeddings
 from crossan.user_encoder import SASRec
 
 
@@ -32,6 +32,7 @@ class Recommender(nn.Module):
         if tower.dim != cfg.user.dim:
             raise ValueError(f"item tower width {tower.dim} differs from user.dim {cfg.user.dim}")
         self.tower = tower
+        self.method = cfg.method
         self.user = SASRec(cfg.user, cfg.data.max_seq_len)
         self.loss_kind = cfg.train.loss
         self.negatives = cfg.train.negatives
@@ -51,7 +52,10 @@ class Recommender(nn.Module):
         time on a GPU, at every step.)"""
         uniq, inv = torch.unique(ids, return_inverse=True)
         padded = len(uniq) > 0 and bool(uniq[0] == 0)
-        emb = self.tower(uniq[1:] if padded else uniq)
+        rows = uniq[1:] if padded else uniq
+        emb = self.tower(rows)
+        check_embeddings(f"method={self.method!r} (item tower {type(self.tower).__module__})", emb, len(rows),
+                         self.tower.dim)
         if padded:
             emb = torch.cat([emb.new_zeros(1, emb.shape[1]), emb], 0)
         return uniq, emb, inv

@@ -269,7 +269,28 @@ def read_run_config(run_dir: str | Path, error: type[RunError] = RunError, writt
         return config_from_dict(raw)
     except ValueError as e:
         by = f" (written by crossan {written})" if written else ""
-        raise error(f"{cfg_path}{by} cannot be read by crossan {crossan.__version__}: {e}") from None
+        raise error(f"{cfg_path}{by} cannot be read by crossan {crossan.__version__}: {e}"
+                    f"{_plugin_of_run(Path(run_dir), raw)}") from None
+
+
+def _plugin_of_run(run_dir: Path, raw: dict[str, Any]) -> str:
+    """For a run of a plugin method that is not loaded: where its results.json says the method came from
+    (``method_source``), so that the error of its unknown section says what to pass to ``--plugin``."""
+    from crossan.methods import METHODS
+
+    method = raw.get("method")
+    if not isinstance(method, str) or method in METHODS:
+        return ""
+    try:
+        source = json.loads((run_dir / RESULTS).read_text(encoding="utf-8")).get("method_source")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    if not isinstance(source, dict) or not source.get("file"):
+        return ""
+    module = str(source.get("module") or "")
+    spec = module if "." in module else source["file"]  # a package's module by name, a lone file by its path
+    return (f"; the run's method {method!r} was trained from module {module!r} ({source['file']}): pass "
+            f"--plugin {spec} if that is still its code")
 
 
 # --------------------------------------------------------------------------------------------- weights

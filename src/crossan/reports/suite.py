@@ -208,7 +208,10 @@ def load_suite(name_or_file: str, seeds: str | list[int] | None = None, cost_rep
                   _strings(raw.get("overrides"), f"suite {name_or_file}: overrides"), runs, suite_seeds,
                   None if reference is None else str(reference), parallel, repeats)
     for r in suite.runs:  # fail early on a bad key, before hours of runs
-        cfg = load_config([], run_overrides(suite, r, "x", suite.seeds[0]))
+        try:
+            cfg = load_config([], run_overrides(suite, r, "x", suite.seeds[0]))
+        except ConfigError as e:
+            raise ConfigError(f"suite {name_or_file}: run {r.name}: {e}") from None
         r.cost_only = cfg.train.max_steps_per_epoch > 0
     if suite.reference is not None:
         ref = {r.name: r for r in runs}.get(suite.reference)

@@ -131,7 +131,7 @@ class ItemTower(nn.Module, ABC):
 
             it = tqdm(mine, desc="embed items", leave=False)
         with full_precision(device):  # a caller's autocast would embed in bf16 (serving built inside one)
-            local = [self(chunks[c]).float() for c in it]
+            local = [self._checked(chunks[c]).float() for c in it]
         table = torch.zeros(n + 1, self.dim, device=device)
         if world == 1:
             if local:
@@ -149,6 +149,12 @@ class ItemTower(nn.Module, ABC):
 
     num_items: int
 
+    def _checked(self, items: torch.Tensor) -> torch.Tensor:
+        """``self(items)``, checked by :func:`check_embeddings`."""
+        emb = self(items)
+        check_embeddings(f"item tower {type(self).__module__}.{type(self).__qualname__}", emb, len(items), self.dim)
+        return emb
+
 
 TowerBuilder = Callable[["TowerContext"], ItemTower]
 _REGISTRY: dict[str, TowerBuilder] = {}
@@ -161,6 +167,12 @@ def register(name: str) -> Callable[[TowerBuilder], TowerBuilder]:
     def deco(fn: TowerBuilder) -> TowerBuilder:
         if name in _REGISTRY:
             raise ValueError(f"item tower {name!r} registered twice")
+        from crossan.methods import METHODS
+
+        row = METHODS.get(name)
+        if row is not None and row.module != fn.__module__:  # e.g. a plugin's @register("crossan")
+            raise ValueError(f"item tower {name!r}: method {name!r} is registered by module {row.module}, not by "
+                             f"{fn.__module__}; give the new method a name of its own")
         _REGISTRY[name] = fn
         return fn
 
@@ -183,6 +195,28 @@ def builder(name: str) -> TowerBuilder:
 
 
 def build_tower(ctx: TowerContext) -> ItemTower:
-    """The item tower of ``ctx.config.method``."""
-    return builder(ctx.config.method)(ctx)
+    """The item tower of ``ctx.config.method``; ValueError naming the method when the builder returns no
+    :class:`ItemTower` or one without the ``dim`` (``user.dim``) and ``num_items`` (N) every tower sets."""
+    name = ctx.config.method
+    tower = builder(name)(ctx)
+    if not isinstance(tower, ItemTower):
+        raise ValueError(f"method={name!r}: its builder returned {type(tower).__name__}, not an ItemTower "
+                         "(crossan.towers.base)")
+    for attr, want in (("dim", ctx.config.user.dim), ("num_items", ctx.num_items)):
+        got = getattr(tower, attr, None)
+        if got != want:
+            raise ValueError(f"method={name!r}: its tower's {attr} is {got!r}, expected {want} (an item tower sets "
+                             "dim = ctx.config.user.dim and num_items = ctx.num_items)")
+    return tower
+
+
+def check_embeddings(who: str, emb: Any, rows: int, dim: int) -> None:
+    """That an item tower's ``forward`` gave a floating tensor [rows, dim] of at most 32 bits (float32, or the
+    autocast dtype); ValueError starting with ``who`` (the method) otherwise, where the user encoder would fail
+    later with a message that names neither. Shape and dtype only: no device sync."""
+    if not isinstance(emb, torch.Tensor):
+        raise ValueError(f"{who}: forward returned {type(emb).__name__}, expected a tensor [{rows}, {dim}]")
+    if tuple(emb.shape) != (rows, dim) or emb.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"{who}: forward returned {emb.dtype} {list(emb.shape)} for {rows} items, expected "
+                         f"float32 [{rows}, {dim}] (items [U] → embeddings [U, user.dim])")
 
