@@ -54,8 +54,7 @@ class Recommender(nn.Module):
         padded = len(uniq) > 0 and bool(uniq[0] == 0)
         rows = uniq[1:] if padded else uniq
         emb = self.tower(rows)
-        check_embeddings(f"method={self.method!r} (item tower {type(self.tower).__module__})", emb, len(rows),
-                         self.tower.dim)
+        check_embeddings(self.tower, emb, len(rows), self.method)
         if padded:
             emb = torch.cat([emb.new_zeros(1, emb.shape[1]), emb], 0)
         return uniq, emb, inv

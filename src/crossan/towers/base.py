@@ -152,7 +152,7 @@ class ItemTower(nn.Module, ABC):
     def _checked(self, items: torch.Tensor) -> torch.Tensor:
         """``self(items)``, checked by :func:`check_embeddings`."""
         emb = self(items)
-        check_embeddings(f"item tower {type(self).__module__}.{type(self).__qualname__}", emb, len(items), self.dim)
+        check_embeddings(self, emb, len(items))
         return emb
 
 
@@ -210,13 +210,19 @@ def build_tower(ctx: TowerContext) -> ItemTower:
     return tower
 
 
-def check_embeddings(who: str, emb: Any, rows: int, dim: int) -> None:
-    """That an item tower's ``forward`` gave a floating tensor [rows, dim] of at most 32 bits (float32, or the
-    autocast dtype); ValueError starting with ``who`` (the method) otherwise, where the user encoder would fail
-    later with a message that names neither. Shape and dtype only: no device sync."""
+def check_embeddings(tower: ItemTower, emb: Any, rows: int, method: str | None = None) -> None:
+    """That ``tower``'s ``forward`` gave a floating tensor [rows, tower.dim] of at most 32 bits (float32, or the
+    autocast dtype); ValueError naming the method (or the tower's class) otherwise, where the user encoder would
+    fail later with a message that names neither. Shape and dtype only: no device sync, and the message is only
+    built on failure (the training step calls this at every step)."""
+    dim = tower.dim
+    if (isinstance(emb, torch.Tensor) and emb.dtype in (torch.float32, torch.bfloat16, torch.float16)
+            and emb.dim() == 2 and emb.shape[0] == rows and emb.shape[1] == dim):
+        return
+    kind = type(tower)
+    who = (f"method={method!r} (item tower {kind.__module__})" if method is not None
+           else f"item tower {kind.__module__}.{kind.__qualname__}")
     if not isinstance(emb, torch.Tensor):
         raise ValueError(f"{who}: forward returned {type(emb).__name__}, expected a tensor [{rows}, {dim}]")
-    if tuple(emb.shape) != (rows, dim) or emb.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise ValueError(f"{who}: forward returned {emb.dtype} {list(emb.shape)} for {rows} items, expected "
-                         f"float32 [{rows}, {dim}] (items [U] → embeddings [U, user.dim])")
-
+    raise ValueError(f"{who}: forward returned {emb.dtype} {list(emb.shape)} for {rows} items, expected "
+                     f"float32 [{rows}, {dim}] (items [U] → embeddings [U, user.dim])")
