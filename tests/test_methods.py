@@ -420,6 +420,31 @@ def fresh_plugins(monkeypatch, tmp_path: Path) -> Path:
     return tmp_path
 
 
+def test_a_plugin_package_registers_its_tower_from_a_helper_module(fresh_plugins: Path) -> None:
+    """The row names the module whose import registers the builder (``Method.module``): a package whose
+    ``__init__`` registers the row and imports the helper module holding ``@register``. The refusal of a
+    built-in name refused this too (module helperpkg, not helperpkg.towers), failing the plugin's import."""
+    from crossan.methods import load_plugin
+    from crossan.towers import base
+
+    pkg = fresh_plugins / "helperpkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from crossan.methods import Method, register_method\n"
+                                     "register_method(Method('helperm', None, __name__, True, False))\n"
+                                     "from helperpkg import towers  # noqa: E402,F401\n")
+    (pkg / "towers.py").write_text("from crossan.towers.base import register\n\n\n"
+                                   "@register('helperm')\ndef build(ctx):\n    raise NotImplementedError\n")
+    try:
+        load_plugin("helperpkg")
+        assert base.builder("helperm") is sys.modules["helperpkg.towers"].build
+        assert get_method("helperm").module == "helperpkg"
+    finally:
+        METHODS.pop("helperm", None)
+        base._REGISTRY.pop("helperm", None)
+        for name in ("helperpkg", "helperpkg.towers"):
+            sys.modules.pop(name, None)
+
+
 def test_a_loaded_plugin_that_registered_no_such_method_is_named(fresh_plugins: Path) -> None:
     """``--plugin noreg.py method=noreg`` where the file forgot ``register_method``: the error said to pass
     --plugin, which had been passed."""

@@ -162,15 +162,20 @@ _REGISTRY: dict[str, TowerBuilder] = {}
 
 def register(name: str) -> Callable[[TowerBuilder], TowerBuilder]:
     """Register the tower builder of ``method=name`` (the method's row in :mod:`crossan.methods` names the
-    module that does this)."""
+    module whose import does this).
+
+    A built-in method's name is refused outside the module its row names: a plugin's ``@register("crossan")``
+    run before crossan's own tower module was imported (the registry fills on first use) would otherwise
+    replace the built-in tower. A plugin's own method may register its builder from any module (a helper
+    module that the row's module imports, a builder shared between methods)."""
 
     def deco(fn: TowerBuilder) -> TowerBuilder:
         if name in _REGISTRY:
             raise ValueError(f"item tower {name!r} registered twice")
-        from crossan.methods import METHODS
+        from crossan.methods import METHODS, _is_builtin
 
         row = METHODS.get(name)
-        if row is not None and row.module != fn.__module__:  # e.g. a plugin's @register("crossan")
+        if row is not None and _is_builtin(row.module) and row.module != fn.__module__:  # @register("crossan")
             raise ValueError(f"item tower {name!r}: method {name!r} is registered by module {row.module}, not by "
                              f"{fn.__module__}; give the new method a name of its own")
         _REGISTRY[name] = fn
