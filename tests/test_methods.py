@@ -389,6 +389,25 @@ def test_a_builder_returning_a_tower_without_dim_or_num_items_is_named(monkeypat
         build_tower(ctx)
 
 
+@pytest.mark.parametrize("groups, message", [
+    (lambda w: [], r"^method='id': trainable parameters not in any optimiser group: \['tower.w'\] \(its tower's "
+                   r"param_groups must list them"),
+    (lambda w: [{"name": "a", "params": [w], "lr": 1e-3}, {"name": "b", "params": [w], "lr": 1e-3}],
+     r"^method='id': parameter group 'b' repeats a parameter of another group \(its tower's param_groups\)$"),
+])
+def test_a_tower_whose_param_groups_miss_or_repeat_a_parameter_is_named(groups, message) -> None:
+    """docs/method.md §13 lists ``param_groups`` among what crossan checks naming the method; the error named
+    only the parameter or the group."""
+    from crossan.model import param_groups
+    from crossan.recommender import Recommender
+
+    cfg = load_config([], ["method=id"])
+    tower = _FixedTower(5, cfg.user.dim, lambda items: torch.ones(len(items), cfg.user.dim))
+    tower.param_groups = lambda train: groups(tower.w)
+    with pytest.raises(ValueError, match=message):
+        param_groups(Recommender(tower, cfg, torch.ones(6)), cfg)
+
+
 def test_a_plugin_tower_under_a_built_in_name_does_not_replace_the_built_in(monkeypatch) -> None:
     """``@register("frozen")`` in a plugin, imported before crossan's frozen tower was (the registry fills on
     first use), took its place: the plugin's ``register_method`` then failed, but in the same process

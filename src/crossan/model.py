@@ -34,7 +34,8 @@ def build_model(cfg: Config, data: SequentialData, device: torch.device) -> Reco
 
 
 def param_groups(model: Recommender, cfg: Config) -> list[dict[str, Any]]:
-    """The tower's own groups plus the user encoder's; each trainable parameter in exactly one group."""
+    """The tower's own groups plus the user encoder's; each trainable parameter in exactly one group
+    (ValueError naming the method otherwise: a plugin's ``param_groups`` is the usual culprit)."""
     groups = model.tower.param_groups(cfg.train)
     groups.append({"name": "user_encoder", "params": list(model.user.parameters()), "lr": cfg.train.lr})
     seen: set[int] = set()
@@ -42,11 +43,13 @@ def param_groups(model: Recommender, cfg: Config) -> list[dict[str, Any]]:
         g["params"] = [p for p in g["params"] if p.requires_grad]
         for p in g["params"]:
             if id(p) in seen:
-                raise ValueError(f"parameter group {g['name']!r} repeats a parameter of another group")
+                raise ValueError(f"method={cfg.method!r}: parameter group {g['name']!r} repeats a parameter of "
+                                 "another group (its tower's param_groups)")
             seen.add(id(p))
     missing = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in seen]
     if missing:
-        raise ValueError(f"trainable parameters not in any optimiser group: {missing[:5]}")
+        raise ValueError(f"method={cfg.method!r}: trainable parameters not in any optimiser group: {missing[:5]} "
+                         "(its tower's param_groups must list them, or set requires_grad=False)")
     return [g for g in groups if g["params"]]
 
 
