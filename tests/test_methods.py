@@ -389,6 +389,24 @@ def test_a_builder_returning_a_tower_without_dim_or_num_items_is_named(monkeypat
         build_tower(ctx)
 
 
+def test_a_non_finite_loss_names_the_method_and_a_plugin_tower(small_data: Path, tmp_path: Path,
+                                                              monkeypatch) -> None:
+    """A plugin tower giving NaN embeddings stopped the run with "epoch 1: the training loss is nan", naming
+    neither the method nor the tower class to look at; a built-in method's parameter is named with its method."""
+    from crossan.errors import NonFiniteError
+    from crossan.towers import base
+    from crossan.trainer import train
+
+    monkeypatch.setitem(METHODS, "nanm", Method("nanm", None, __name__, False, False))
+    monkeypatch.setitem(base._REGISTRY, "nanm", lambda ctx: _FixedTower(
+        ctx.num_items, ctx.config.user.dim, lambda items: torch.full((len(items), 64), float("nan"))))
+    cfg = load_config([], [f"data.path={small_data}", "method=nanm", "train.epochs=1", "device=cpu"])
+    with pytest.raises(NonFiniteError) as e:
+        train(cfg, tmp_path / "run", progress=False)
+    assert str(e.value).startswith(f"epoch 1: the training loss of method='nanm' (item tower {__name__}._FixedTower)"
+                                   " is nan (not finite); nothing of this epoch was saved. --resume would only ")
+
+
 def test_a_plugin_tower_under_a_built_in_name_does_not_replace_the_built_in(monkeypatch) -> None:
     """``@register("frozen")`` in a plugin, imported before crossan's frozen tower was (the registry fills on
     first use), took its place: the plugin's ``register_method`` then failed, but in the same process
