@@ -227,16 +227,21 @@ def _import_file(path: Path) -> None:
         raise
 
 
-def load_plugins(specs: Iterable[str]) -> None:
-    """``--plugin``: import each plugin now (:func:`load_plugin`) and add it to ``$CROSSAN_PLUGINS``, so that
-    child processes (a suite's runs) import it too. A file path is stored absolute."""
+def load_plugins(specs: Iterable[str], base: Path | None = None) -> list[str]:
+    """``--plugin`` (and a suite's ``plugins``): import each plugin now (:func:`load_plugin`) and add it to
+    ``$CROSSAN_PLUGINS``, so that child processes (a suite's runs) import it too. A file path is stored
+    absolute; a relative one is taken relative to ``base`` when given (a suite file's folder), else to the
+    working directory. Returns the specs as imported (file paths resolved against ``base``)."""
     specs = [s.strip() for s in specs if s.strip()]
+    if base is not None:
+        specs = [str(base / Path(s).expanduser()) if _is_file_spec(s) else s for s in specs]
     for spec in specs:
         load_plugin(spec)
     if specs:
         known = [s for s in os.environ.get(PLUGINS_ENV, "").split(os.pathsep) if s]
         new = [str(Path(s).resolve()) if _is_file_spec(s) else s for s in specs]
         os.environ[PLUGINS_ENV] = os.pathsep.join(dict.fromkeys(known + new))
+    return specs
 
 
 def discover_plugins() -> None:
