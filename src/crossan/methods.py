@@ -54,6 +54,7 @@ class Method:
     runs_backbone: bool
     """The backbones run forward and backward at every training step (end-to-end baselines)."""
     summary: str = ""
+    """One line saying what the method is, shown by ``crossan methods``."""
 
     @property
     def has_content(self) -> bool:
@@ -296,6 +297,18 @@ def method_source_changes(name: str, results: dict[str, Any]) -> str:
         return (f"plugin method {name!r} was trained with other code: {now['file']} has SHA-256 "
                 f"{now['sha256'][:12]}… now, the run recorded {str(then['sha256'])[:12]}… (from {then.get('file')})")
     return ""
+
+
+def method_origin(name: str) -> str:
+    """Where method ``name`` comes from, for ``crossan methods``: ``built-in``, or ``plugin MODULE (FILE)``
+    (with the entry point that named it, if one did); the module is not imported here."""
+    row = get_method(name)
+    if _is_builtin(row.module):
+        return "built-in"
+    path = getattr(sys.modules.get(row.module), "__file__", None) or "file unknown"
+    which = _loaded.get(row.module, ("", []))[0]
+    via = f"; {which[which.index('(entry point') + 1:-1]}" if "(entry point" in which else ""
+    return f"plugin {row.module} ({path}{via})"
 
 
 def method_names() -> list[str]:
