@@ -310,6 +310,65 @@ def test_a_plugin_method_trains_and_serves_from_the_command_line(small_data: Pat
     assert done.returncode == 0 and done.stdout == "plainid\n", done.stderr
 
 
+@pytest.fixture
+def suite_plugin_row(monkeypatch, tmp_path: Path):
+    """A suite folder with ``plugins/suiteid_plugin.py`` (registers the row ``suiteid``, no tower); the row,
+    the module, the record of imported plugins and ``$CROSSAN_PLUGINS`` are put back afterwards."""
+    import crossan.methods as methods
+
+    monkeypatch.setattr(methods, "_loaded", {})
+    monkeypatch.delenv("CROSSAN_PLUGINS", raising=False)
+    folder = tmp_path / "suites"
+    (folder / "plugins").mkdir(parents=True)
+    (folder / "plugins" / "suiteid_plugin.py").write_text(
+        "from crossan.methods import Method, register_method\n"
+        "register_method(Method('suiteid', None, __name__, reads_cache=False, runs_backbone=False))\n")
+    yield folder
+    methods.METHODS.pop("suiteid", None)
+    sys.modules.pop("suiteid_plugin", None)
+
+
+def test_a_suite_file_names_its_own_plugins(suite_plugin_row: Path, tmp_path: Path, monkeypatch) -> None:
+    """A suite of a plugin method needed ``crossan bench --plugin FILE --suite S``: its ``plugins`` key now
+    imports them before the runs are checked, a relative path taken from the suite file's folder (not the
+    working directory), and passes them to the runs' child processes in $CROSSAN_PLUGINS, as --plugin does."""
+    folder = suite_plugin_row
+    monkeypatch.chdir(tmp_path)
+    f = folder / "s.yaml"
+    f.write_text("plugins: [plugins/suiteid_plugin.py]\nruns: [{name: S, method: suiteid}]\n")
+    suite = load_suite(str(f))
+    plugin = str(folder / "plugins" / "suiteid_plugin.py")
+    assert suite.plugins == [plugin] and [r.method for r in suite.runs] == ["suiteid"]
+    assert os.environ["CROSSAN_PLUGINS"] == plugin
+
+    f.write_text("plugins: [plugins/nope.py]\nruns: [{name: S, method: suiteid}]\n")
+    with pytest.raises(ConfigError) as e:
+        load_suite(str(f))
+    nope = folder / "plugins" / "nope.py"
+    assert str(e.value) == f"suite {f}: plugin {nope}: no such file {nope}"
+    f.write_text("plugins: plugins/suiteid_plugin.py\nruns: [{name: S, method: suiteid}]\n")
+    with pytest.raises(ConfigError, match=rf"^suite {f}: plugins must be a list of strings"):
+        load_suite(str(f))
+
+
+@pytest.mark.subprocess
+def test_a_suite_with_its_plugins_trains_a_plugin_run_in_its_child_process(small_data: Path,
+                                                                           tmp_path: Path) -> None:
+    """``crossan bench --suite S`` (no --plugin, no $CROSSAN_PLUGINS, run from another folder): the child
+    process that trains the plugin run imports the suite's plugin too, and the run records its file."""
+    folder = tmp_path / "suites"
+    (folder / "plugins").mkdir(parents=True)
+    plugin = folder / "plugins" / "plainid_plugin.py"
+    plugin.write_text(PLUGIN)
+    (folder / "s.yaml").write_text(
+        f"data: {small_data}\nplugins: [plugins/plainid_plugin.py]\n"
+        "overrides: [train.epochs=1, train.batch_size=32, device=cpu]\nruns: [{name: P, method: plainid}]\n")
+    done = _crossan(["bench", "--suite", "suites/s.yaml", "--out", "out"], SRC, tmp_path)
+    assert done.returncode == 0, done.stderr + done.stdout
+    res = json.loads((tmp_path / "out" / "runs" / "P" / "seed-0" / "results.json").read_text())
+    assert res["method"] == "plainid" and res["method_source"]["file"] == str(plugin)
+
+
 def test_an_unknown_plugin_is_a_one_line_error(small_data: Path, capsys) -> None:
     assert main(["train", "--data", str(small_data), "--plugin", "no_such_plugin_module"]) == 2
     assert capsys.readouterr().err == ("crossan: error: plugin no_such_plugin_module: no module named "

@@ -408,6 +408,24 @@ def test_a_tower_whose_param_groups_miss_or_repeat_a_parameter_is_named(groups, 
         param_groups(Recommender(tower, cfg, torch.ones(6)), cfg)
 
 
+def test_a_non_finite_loss_names_the_method_and_a_plugin_tower(small_data: Path, tmp_path: Path,
+                                                              monkeypatch) -> None:
+    """A plugin tower giving NaN embeddings stopped the run with "epoch 1: the training loss is nan", naming
+    neither the method nor the tower class to look at; a built-in method's parameter is named with its method."""
+    from crossan.errors import NonFiniteError
+    from crossan.towers import base
+    from crossan.trainer import train
+
+    monkeypatch.setitem(METHODS, "nanm", Method("nanm", None, __name__, False, False))
+    monkeypatch.setitem(base._REGISTRY, "nanm", lambda ctx: _FixedTower(
+        ctx.num_items, ctx.config.user.dim, lambda items: torch.full((len(items), 64), float("nan"))))
+    cfg = load_config([], [f"data.path={small_data}", "method=nanm", "train.epochs=1", "device=cpu"])
+    with pytest.raises(NonFiniteError) as e:
+        train(cfg, tmp_path / "run", progress=False)
+    assert str(e.value).startswith(f"epoch 1: the training loss of method='nanm' (item tower {__name__}._FixedTower)"
+                                   " is nan (not finite); nothing of this epoch was saved. --resume would only ")
+
+
 def test_a_plugin_tower_under_a_built_in_name_does_not_replace_the_built_in(monkeypatch) -> None:
     """``@register("frozen")`` in a plugin, imported before crossan's frozen tower was (the registry fills on
     first use), took its place: the plugin's ``register_method`` then failed, but in the same process
@@ -517,3 +535,95 @@ def test_a_run_of_a_plugin_not_loaded_says_which_plugin_trained_it(fresh_plugins
             read_run_config(run)
         assert str(e.value).endswith(f"; the run's method 'ghostm' was trained from module {module!r} "
                                      f"(/x/ghostm.py): pass --plugin {spec} if that is still its code")
+
+
+# --- crossan methods: the table as a researcher sees it, plugins included ---
+
+
+def test_crossan_methods_lists_every_row_and_where_it_comes_from(capsys) -> None:
+    """``Method.summary`` was never shown and no command listed the methods."""
+    from crossan.cli import main
+
+    assert main(["methods"]) == 0
+    lines = [line.split("  ") for line in capsys.readouterr().out.splitlines()]
+    rows = {cells[0]: [c.strip() for c in cells[1:] if c.strip()] for cells in lines if cells[0]}
+    assert [r for r in rows if r in METHODS] == method_names()
+    assert rows["method"] == ["summary", "reads cache", "runs backbone", "from"]
+    assert rows["crossan"] == ["CROSSAN side networks + MOMEF", "yes", "no", "built-in"]
+    assert rows["lora"] == ["LoRA (peft) in the backbones", "no", "yes", "built-in"]
+
+
+def test_crossan_methods_name_lists_its_options_from_the_dataclass(capsys) -> None:
+    """Every field of each built-in options section, with its type, default and range or choices, read from
+    the dataclasses (``RANGES``, ``Literal``, the field's docstring), not from a hand-written list."""
+    from crossan.cli import main
+
+    assert main(["methods", "crossan"]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0] == "crossan: CROSSAN side networks + MOMEF (built-in; reads the cache)"
+    table = {c[0]: c[1:] for c in (re.split(r"\s{2,}", x.strip()) for x in lines[1:]) if c[0].startswith("crossan.")}
+    assert table["crossan.fusion"] == ["str", "momef", "momef, concat, mean"]
+    assert table["crossan.dropout"] == ["float", "0.1", "[0, 1)"]
+    assert table["crossan.init_std"] == ["float", "0.01", "> 0"]
+    assert table["crossan.momef_top_k"] == ["int", "0", ">= 0"]
+    assert table["crossan.share_adapters"] == ["bool", "false"]
+    assert "      How the per-modality embeddings become one item embedding." in lines
+    assert lines[-1] == "  and rules between its keys (CrossanConfig.check)"
+    assert main(["methods", "--options"]) == 0
+    every = capsys.readouterr().out
+    for m in BUILTIN:
+        keys = [f"{m.name}.{f.name}" for f in dataclasses.fields(m.options)]
+        assert all(re.search(rf"^  {re.escape(k)} ", every, re.M) for k in keys), m.name
+        assert ("no options" in ("\n" + every).split(f"\n{m.name}: ")[1].split("\n\n")[0]) == (not keys)
+    assert re.search(r"^  fft\.lr_text\s+float or null\s+null\s+> 0$", every, re.M)
+    assert re.search(r"^  lora\.targets\s+list\[str\]\s+\[\]$", every, re.M)
+    assert main(["methods", "nope"]) == 2
+    assert "method: 'nope' is not one of ['id'" in capsys.readouterr().err
+
+
+OPTIONS_PLUGIN = '''
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from crossan.methods import Method, register_method
+from crossan.towers.options import Options, Range
+
+
+@dataclass
+class WideConfig(Options):
+    RANGES: ClassVar[tuple[Range, ...]] = (("width", 1, True, None),)
+    width: int = 8
+    """How wide. Only the first sentence is listed."""
+    mode: Literal["a", "b"] = "b"
+
+
+register_method(Method("{name}", WideConfig, __name__, reads_cache=True, runs_backbone=False, summary="{name} rows"))
+'''
+
+
+@pytest.mark.subprocess
+def test_python_m_crossan_methods_lists_the_plugins_of_the_environment_and_entry_points(tmp_path: Path) -> None:
+    """`python -m crossan methods --options`: a plugin of $CROSSAN_PLUGINS and one of an installed entry
+    point are listed with their module, file (and entry point) and their options."""
+    import subprocess
+
+    (tmp_path / "envwide.py").write_text(OPTIONS_PLUGIN.replace("{name}", "envwide"))
+    (tmp_path / "epwide.py").write_text(OPTIONS_PLUGIN.replace("{name}", "epwide"))
+    dist = tmp_path / "epwide_dist-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: epwide-dist\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[crossan.methods]\nepw = epwide\n")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), src]),
+           "CROSSAN_PLUGINS": str(tmp_path / "envwide.py")}
+    done = subprocess.run([sys.executable, "-m", "crossan", "methods", "--options"], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    blocks = {b.split(":")[0]: b.splitlines() for b in done.stdout.split("\n\n")}
+    assert blocks["envwide"][0] == f"envwide: envwide rows (plugin envwide ({tmp_path / 'envwide.py'}); reads the cache)"
+    assert blocks["epwide"][0] == (f"epwide: epwide rows (plugin epwide ({tmp_path / 'epwide.py'}; entry point 'epw'); "
+                                   "reads the cache)")
+    assert [re.split(r"\s{2,}", x.strip()) for x in blocks["envwide"][1:]] == [
+        ["key", "type", "default", "allowed"], ["envwide.width", "int", "8", ">= 1"], ["How wide."],
+        ["envwide.mode", "str", "b", "a, b"]]

@@ -149,6 +149,16 @@ def test_help_imports_no_torch() -> None:
 
 
 @pytest.mark.subprocess
+def test_listing_the_methods_imports_no_torch() -> None:
+    """`crossan methods` reads the table and the torch-free options dataclasses of the built-in methods."""
+    code = ("import contextlib, io\nfrom crossan.cli import main\nbuf = io.StringIO()\n"
+            "with contextlib.redirect_stdout(buf):\n"
+            "    assert main(['methods']) == 0 and main(['methods', '--options']) == 0\n"
+            "assert 'crossan.fusion' in buf.getvalue(), buf.getvalue()\n" + REPORT)
+    assert _imported(code)["heavy"] == []
+
+
+@pytest.mark.subprocess
 def test_listing_the_caches_imports_no_torch(tmp_path: Path) -> None:
     """`crossan cache --list` reads manifests and folder sizes only (the cache package imports its
     submodules on first use)."""

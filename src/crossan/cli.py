@@ -13,6 +13,7 @@ overrides after their options (the commands that load a saved run read its confi
     crossan recommend RUN_DIR --history ITEM [ITEM ...] [--k 10]
     crossan embed-items RUN_DIR --data NEW_CATALOGUE
     crossan export RUN_DIR --out DIR
+    crossan methods [NAME] [--options] [--plugin MODULE]...
 """
 
 from __future__ import annotations
@@ -212,6 +213,19 @@ def cmd_encoders(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_methods(args: argparse.Namespace) -> int:
+    """``crossan methods [NAME] [--options]``: the methods, the plugins' included (``--plugin``,
+    ``$CROSSAN_PLUGINS``, entry points); with NAME or ``--options``, their options. Imports no torch for the
+    built-in methods."""
+    from crossan.method_listing import format_methods
+    from crossan.methods import METHODS, discover_plugins, get_method
+
+    discover_plugins()
+    rows = [get_method(args.name)] if args.name else list(METHODS.values())
+    print(format_methods(rows, options=args.options or bool(args.name)))
+    return 0
+
+
 def _refuse_suite_under_torchrun(command: str) -> None:
     """A suite under torchrun would run whole in every process, and each (run, seed) child, inheriting torchrun's
     environment, would join the other processes' child as one data-parallel training: the suite's rows would be
@@ -372,6 +386,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="retrain runs that finished earlier in --out")
     plugin_arg(p)
     p.set_defaults(fn=cmd_bench)
+
+    p = sub.add_parser("methods", help="list the methods (built-in and plugins) and their options",
+                       description="One line per method: name, summary, whether it reads the layer-state cache "
+                                   "and whether its backbones run at every step, and where it comes from "
+                                   "(built-in, or a plugin's module and file). Plugins are those of --plugin, "
+                                   "$CROSSAN_PLUGINS and installed entry points (docs/method.md §13). With NAME "
+                                   "or --options: the keys of the method's config section with their types, "
+                                   "defaults and allowed values, read from its options dataclass.")
+    p.add_argument("name", nargs="?", metavar="NAME", help="one method, with its options")
+    p.add_argument("--options", action="store_true", help="list every method's options")
+    plugin_arg(p)
+    p.set_defaults(fn=cmd_methods)
 
     from crossan.cli_serving import register as register_serving  # recommend, embed-items, export
 

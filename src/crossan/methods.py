@@ -54,6 +54,7 @@ class Method:
     runs_backbone: bool
     """The backbones run forward and backward at every training step (end-to-end baselines)."""
     summary: str = ""
+    """One line saying what the method is, shown by ``crossan methods``."""
 
     @property
     def has_content(self) -> bool:
@@ -227,16 +228,21 @@ def _import_file(path: Path) -> None:
         raise
 
 
-def load_plugins(specs: Iterable[str]) -> None:
-    """``--plugin``: import each plugin now (:func:`load_plugin`) and add it to ``$CROSSAN_PLUGINS``, so that
-    child processes (a suite's runs) import it too. A file path is stored absolute."""
+def load_plugins(specs: Iterable[str], base: Path | None = None) -> list[str]:
+    """``--plugin`` (and a suite's ``plugins``): import each plugin now (:func:`load_plugin`) and add it to
+    ``$CROSSAN_PLUGINS``, so that child processes (a suite's runs) import it too. A file path is stored
+    absolute; a relative one is taken relative to ``base`` when given (a suite file's folder), else to the
+    working directory. Returns the specs as imported (file paths resolved against ``base``)."""
     specs = [s.strip() for s in specs if s.strip()]
+    if base is not None:
+        specs = [str(base / Path(s).expanduser()) if _is_file_spec(s) else s for s in specs]
     for spec in specs:
         load_plugin(spec)
     if specs:
         known = [s for s in os.environ.get(PLUGINS_ENV, "").split(os.pathsep) if s]
         new = [str(Path(s).resolve()) if _is_file_spec(s) else s for s in specs]
         os.environ[PLUGINS_ENV] = os.pathsep.join(dict.fromkeys(known + new))
+    return specs
 
 
 def discover_plugins() -> None:
@@ -291,6 +297,18 @@ def method_source_changes(name: str, results: dict[str, Any]) -> str:
         return (f"plugin method {name!r} was trained with other code: {now['file']} has SHA-256 "
                 f"{now['sha256'][:12]}… now, the run recorded {str(then['sha256'])[:12]}… (from {then.get('file')})")
     return ""
+
+
+def method_origin(name: str) -> str:
+    """Where method ``name`` comes from, for ``crossan methods``: ``built-in``, or ``plugin MODULE (FILE)``
+    (with the entry point that named it, if one did); the module is not imported here."""
+    row = get_method(name)
+    if _is_builtin(row.module):
+        return "built-in"
+    path = getattr(sys.modules.get(row.module), "__file__", None) or "file unknown"
+    which = _loaded.get(row.module, ("", []))[0]
+    via = f"; {which[which.index('(entry point') + 1:-1]}" if "(entry point" in which else ""
+    return f"plugin {row.module} ({path}{via})"
 
 
 def method_names() -> list[str]:

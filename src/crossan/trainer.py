@@ -476,21 +476,35 @@ def _timed_epoch(run: _Run, epoch: int, batches: list[torch.Tensor], full_steps:
 
 
 def _check_finite(run: _Run, epoch: int, mean_loss: float) -> None:
-    """:class:`NonFiniteError` for a non-finite epoch loss or parameter, before anything of the epoch is saved."""
+    """:class:`NonFiniteError` for a non-finite epoch loss or parameter, before anything of the epoch is saved.
+    The message names the method (and a plugin's tower class), built only when a check fails."""
+    if math.isfinite(mean_loss):
+        bad = first_non_finite(run.model)
+        if bad is None:
+            return
     lr = run.cfg.train.lr
     # --resume would replay this epoch exactly (seeded) and refuses other learning rates: a new run is the way
     kept = {1: "", 2: "epoch 1 stays in this folder, but "}.get(
         epoch, f"epochs 1–{epoch - 1} stay in this folder, but ")
     again = f"{kept}--resume would only repeat this epoch; train again into a new folder"
+    who = _method_label(run.model)
     if not math.isfinite(mean_loss):
-        raise NonFiniteError(f"epoch {epoch}: the training loss is {mean_loss} (not finite); nothing of this "
-                             f"epoch was saved. {again} with lower learning rates (train.lr={lr}) or "
-                             "train.grad_clip, or check the inputs")
-    bad = first_non_finite(run.model)
-    if bad is not None:  # e.g. an overflowing gradient on the epoch's last step: the loss was still finite
-        raise NonFiniteError(f"epoch {epoch}: parameter {bad} holds non-finite values after training; nothing "
+        raise NonFiniteError(f"epoch {epoch}: the training loss of {who} is {mean_loss} (not finite); nothing "
                              f"of this epoch was saved. {again} with lower learning rates (train.lr={lr}) or "
-                             "train.grad_clip")
+                             "train.grad_clip, or check the inputs")
+    # e.g. an overflowing gradient on the epoch's last step: the loss was still finite
+    raise NonFiniteError(f"epoch {epoch}: parameter {bad} of {who} holds non-finite values after training; "
+                         f"nothing of this epoch was saved. {again} with lower learning rates (train.lr={lr}) or "
+                         "train.grad_clip")
+
+
+def _method_label(model: Recommender) -> str:
+    """``method='NAME'`` for an error message; for a tower that is not crossan's own (a plugin method's) also
+    its class, ``(item tower MODULE.CLASS)``, so that the message points at the code to look at."""
+    kind = type(model.tower)
+    if kind.__module__ == "crossan" or kind.__module__.startswith("crossan."):
+        return f"method={model.method!r}"
+    return f"method={model.method!r} (item tower {kind.__module__}.{kind.__qualname__})"
 
 
 def _memory_kind(device: torch.device) -> str:

@@ -12,6 +12,7 @@ A suite is a YAML file (or the name of a built-in one in ``crossan/suites/``)::
     reference: CROSSAN          # every other run is tested against this one (paired, per user)
     parallel: 1                 # seeds after each run's first one train this many at a time
     cost_repeats: 1             # train each run's first seed this many times alone (median cost; ``--cost-repeats``)
+    plugins: [lastmean.py]      # plugin methods: module names or .py paths (relative to this file)
     runs:
       - {name: ID, method: id, modalities: [text]}
       - {name: CROSSAN, method: crossan, modalities: [text, image], overrides: [crossan.fusion=momef]}
@@ -31,6 +32,10 @@ from its seed is flagged (the run is not deterministic). The suite notes
 how each (run, seed) trained in ``runs/NAME/seed-S.suite.json`` (:func:`crossan.reports.children.
 write_training_record`), so that a reused run's cost is only taken when it trained alone; a row with no such
 seed has blank cost columns and says why.
+
+``plugins`` makes a suite of plugin methods (docs/method.md §13) self-contained: they are imported when the
+suite is read, before its runs are checked, and added to ``$CROSSAN_PLUGINS`` for the runs' child processes,
+as ``crossan bench --plugin`` does.
 
 A finished (run, seed) is reused when the suite is run again (the report flags one written by another crossan
 version), but only when it was trained on the data the suite reads now: its ``split_fingerprint`` (and
@@ -80,7 +85,7 @@ from crossan.config import (
 from crossan.config_yaml import parse_yaml, read_yaml_file
 from crossan.data.catalogue import MODALITIES
 from crossan.errors import RunError
-from crossan.methods import method_source_changes
+from crossan.methods import load_plugins, method_source_changes
 from crossan.reports.children import (
     cpu_seconds,
     error_line,
@@ -91,7 +96,7 @@ from crossan.reports.children import (
 )
 
 SUITE_KEYS = {"description", "data", "preset", "overrides", "runs", "seeds", "reference", "parallel",
-              "cost_repeats"}
+              "cost_repeats", "plugins"}
 RUN_KEYS = {"name", "method", "modalities", "overrides", "max_seeds"}
 
 
@@ -121,6 +126,8 @@ class Suite:
     """How many seeds after each run's first train at once (each run's first seed always trains alone)."""
     cost_repeats: int = 1
     """How many times each run's first seed trains alone (the cost columns are the median over them)."""
+    plugins: list[str] = field(default_factory=list)
+    """The suite file's ``plugins``, as imported (a relative ``.py`` path joined to the suite file's folder)."""
 
     def seeds_of(self, run: RunSpec) -> list[int]:
         """The seeds ``run`` is trained under: all of them, the first ``max_seeds``, or the first one for a
@@ -167,6 +174,10 @@ def load_suite(name_or_file: str, seeds: str | list[int] | None = None, cost_rep
     unknown = set(raw) - SUITE_KEYS
     if unknown:
         raise ConfigError(f"suite {name_or_file}: unknown keys {sorted(unknown)} (known: {sorted(SUITE_KEYS)})")
+    try:  # before any run's method is looked up; $CROSSAN_PLUGINS takes them to the runs' child processes
+        plugins = load_plugins(_strings(raw.get("plugins"), "plugins"), path.parent if path.is_file() else None)
+    except ConfigError as e:
+        raise ConfigError(f"suite {name_or_file}: {e}") from None
     runs = []
     for i, r in enumerate(raw.get("runs") or []):
         extra = set(r) - RUN_KEYS if isinstance(r, dict) else {"?"}
@@ -206,7 +217,7 @@ def load_suite(name_or_file: str, seeds: str | list[int] | None = None, cost_rep
         raise ConfigError(f"suite {name_or_file}: description must be text (got {description!r})")
     suite = Suite(name, description, str(raw.get("data", "synth:small")), raw.get("preset", "offline"),
                   _strings(raw.get("overrides"), f"suite {name_or_file}: overrides"), runs, suite_seeds,
-                  None if reference is None else str(reference), parallel, repeats)
+                  None if reference is None else str(reference), parallel, repeats, plugins)
     for r in suite.runs:  # fail early on a bad key, before hours of runs
         try:
             cfg = load_config([], run_overrides(suite, r, "x", suite.seeds[0]))
