@@ -10,6 +10,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Literal
 
 import pytest
 import torch
@@ -580,6 +581,42 @@ def test_crossan_methods_name_lists_its_options_from_the_dataclass(capsys) -> No
     assert re.search(r"^  lora\.targets\s+list\[str\]\s+\[\]$", every, re.M)
     assert main(["methods", "nope"]) == 2
     assert "method: 'nope' is not one of ['id'" in capsys.readouterr().err
+
+
+@dataclasses.dataclass
+class _ListedConfig:
+    """A plugin's options as ``crossan methods`` lists them: not an ``Options`` subclass, no ``RANGES``."""
+
+    width: int = 8
+    """How wide, e.g. `width=16` doubles it. Not listed."""
+    mode: Literal["a", "b"] | None = None
+    """The mode, i.e. (a) or (b) as in crossan 0.1. Not listed."""
+    ratio: float = 1e-5
+    """Its ratio vs. IISAN's. Not listed."""
+    name: str = ""
+    switch: Literal["on", "off"] = "on"
+    pick: Literal[0, "auto"] = "auto"
+
+
+def test_crossan_methods_lists_a_plugins_options_as_a_file_writes_them(monkeypatch) -> None:
+    """The listing cut a field's first sentence at "e.g.", "i.e." and "vs.", showed an empty string default
+    as nothing and YAML's words ("on") unquoted (a file writing them so gets other values), and called
+    Literal[0, "auto"] an int from its first choice."""
+    from crossan.config import parse_value
+    from crossan.method_listing import format_methods, option_rows
+
+    monkeypatch.setitem(METHODS, "listed", Method("listed", _ListedConfig, __name__, False, False))
+    rows = option_rows(METHODS["listed"])
+    assert [(r.key, r.type, r.default, r.allowed, r.doc) for r in rows] == [
+        ("listed.width", "int", "8", "", "How wide, e.g. `width=16` doubles it."),
+        ("listed.mode", "str or null", "null", "a, b", "The mode, i.e. (a) or (b) as in crossan 0.1."),
+        ("listed.ratio", "float", "1e-05", "", "Its ratio vs. IISAN's."),
+        ("listed.name", "str", "''", "", ""),
+        ("listed.switch", "str", "'on'", "'on', 'off'", ""),
+        ("listed.pick", "int or str", "auto", "0, auto", "")]
+    assert (parse_value("''"), parse_value("'on'"), parse_value("on")) == ("", "on", True)  # as read back
+    text = format_methods([METHODS["listed"]], options=True)
+    assert "rules between" not in text and "  listed.name    str          ''" in text
 
 
 OPTIONS_PLUGIN = '''

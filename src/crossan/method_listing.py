@@ -106,8 +106,8 @@ def _choices(tp: Any) -> tuple[Any, ...]:
 
 def _type(tp: Any) -> str:
     """A field type as the listing writes it: ``int``, ``float or null``, ``list[str]``, ``str`` for a choice."""
-    if get_origin(tp) is Literal:
-        return type(get_args(tp)[0]).__name__
+    if get_origin(tp) is Literal:  # the types of all its choices: Literal[0, "auto"] is "int or str"
+        return " or ".join(dict.fromkeys("null" if a is None else type(a).__name__ for a in get_args(tp)))
     args = get_args(tp)
     if type(None) in args:  # X | None, Optional[X]
         return " or ".join(_type(a) for a in args if a is not type(None)) + " or null"
@@ -117,13 +117,20 @@ def _type(tp: Any) -> str:
 
 
 def _value(value: Any) -> str:
-    """A default as YAML writes it (``null``, ``true``, ``[]``, ``5e-05``)."""
+    """A default as YAML writes it (``null``, ``true``, ``[]``, ``5e-05``; a string quoted where YAML would read
+    it as something else: ``''``, ``'on'``)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        from crossan.config import parse_value
+
+        # quoted where YAML would read it as something else ('', 'null', 'on', '1.0'), as a file must write it
+        plain = value and value.strip() == value and parse_value(value) == value
+        return value if plain else "'" + value.replace("'", "''") + "'"
     return str(value)
 
 
@@ -153,9 +160,16 @@ def _field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
+_ABBREVIATIONS = frozenset({"e.g.", "i.e.", "cf.", "vs.", "approx.", "resp.", "fig.", "eq."})
+"""Words ending in a full stop that end no sentence: "e.g. `x`" and "i.e. (...)" go on."""
+
+
 def _first_sentence(text: str) -> str:
-    """A docstring's first sentence on one line, ``literals`` in single backticks."""
+    """A docstring's first sentence on one line, ``literals`` in single backticks: up to the first full stop
+    followed by a capital, a literal or a parenthesis, other than that of an abbreviation (``e.g.``)."""
     text = " ".join(text.split()).replace("``", "`")
-    match = re.search(r"(?<=\.)\s+(?=[A-Z`(])", text)
-    return text[: match.start()] if match else text
+    for match in re.finditer(r"(?<=\.)\s+(?=[A-Z`(])", text):
+        if text[: match.start()].rsplit(" ", 1)[-1].lstrip("(`").lower() not in _ABBREVIATIONS:
+            return text[: match.start()]
+    return text
 
