@@ -351,6 +351,32 @@ def test_a_suite_file_names_its_own_plugins(suite_plugin_row: Path, tmp_path: Pa
         load_suite(str(f))
 
 
+def test_a_suite_report_says_which_plugin_code_made_its_rows(suite_plugin_row: Path, monkeypatch) -> None:
+    """The suite's results.json meta and report.md named no plugin: a reader could not tell which code a
+    plugin row came from. Its file is absolute also when the suite (and so the plugin) was named relative to
+    the working directory."""
+    from crossan.methods import method_origin, method_source
+    from crossan.reports.suite import plugin_sources
+    from crossan.reports.table import render_report
+
+    folder = suite_plugin_row
+    monkeypatch.chdir(folder.parent)
+    (folder / "s.yaml").write_text("plugins: [plugins/suiteid_plugin.py]\n"
+                                   "runs: [{name: S, method: suiteid}, {name: I, method: id}]\n")
+    suite = load_suite("suites/s.yaml")
+    assert suite.plugins == ["suites/plugins/suiteid_plugin.py"]
+    plugin = folder / "plugins" / "suiteid_plugin.py"
+    digest = hashlib.sha256(plugin.read_bytes()).hexdigest()
+    source = {"module": "suiteid_plugin", "file": str(plugin), "sha256": digest}
+    assert method_source("suiteid") == source and plugin_sources(suite) == {"suiteid": source}
+    assert method_origin("suiteid") == f"plugin suiteid_plugin ({plugin})"
+    meta = {"suite": "s", "description": "", "data": "d", "preset": "paper", "machine": "m", "date": "t",
+            "cache_build_s": 0.0, "plugins": plugin_sources(suite)}
+    lines = render_report([], meta, "", []).splitlines()
+    assert lines[5:7] == ["- encoder preset: `paper`", f"- plugin method `suiteid`: module `suiteid_plugin`, file "
+                                                       f"`{plugin}` (SHA-256 `{digest[:12]}…`)"]
+
+
 @pytest.mark.subprocess
 def test_a_suite_with_its_plugins_trains_a_plugin_run_in_its_child_process(small_data: Path,
                                                                            tmp_path: Path) -> None:
@@ -367,6 +393,10 @@ def test_a_suite_with_its_plugins_trains_a_plugin_run_in_its_child_process(small
     assert done.returncode == 0, done.stderr + done.stdout
     res = json.loads((tmp_path / "out" / "runs" / "P" / "seed-0" / "results.json").read_text())
     assert res["method"] == "plainid" and res["method_source"]["file"] == str(plugin)
+    meta = json.loads((tmp_path / "out" / "results.json").read_text())["meta"]  # the report says which code
+    assert meta["plugins"] == {"plainid": res["method_source"]}
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert f"- plugin method `plainid`: module `plainid_plugin`, file `{plugin}`" in report
 
 
 def test_an_unknown_plugin_is_a_one_line_error(small_data: Path, capsys) -> None:

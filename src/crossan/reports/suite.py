@@ -35,7 +35,8 @@ seed has blank cost columns and says why.
 
 ``plugins`` makes a suite of plugin methods (docs/method.md §13) self-contained: they are imported when the
 suite is read, before its runs are checked, and added to ``$CROSSAN_PLUGINS`` for the runs' child processes,
-as ``crossan bench --plugin`` does.
+as ``crossan bench --plugin`` does. However a plugin was loaded, the report (and results.json's ``meta``,
+``plugins``) names each plugin method of the runs with its module, file and SHA-256 (:func:`plugin_sources`).
 
 A finished (run, seed) is reused when the suite is run again (the report flags one written by another crossan
 version), but only when it was trained on the data the suite reads now: its ``split_fingerprint`` (and
@@ -85,7 +86,7 @@ from crossan.config import (
 from crossan.config_yaml import parse_yaml, read_yaml_file
 from crossan.data.catalogue import MODALITIES
 from crossan.errors import RunError
-from crossan.methods import load_plugins, method_source_changes
+from crossan.methods import load_plugins, method_source, method_source_changes
 from crossan.reports.children import (
     cpu_seconds,
     error_line,
@@ -620,6 +621,7 @@ def run_suite(suite: Suite, out: Path, resume: bool = True, progress: bool = Tru
     t_start = time.perf_counter()
     data = resolve_data(suite.data, out)
     data_digest = synth_digest(data)  # now, before any run: a changed synthetic folder is refused here
+    plugins = plugin_sources(suite)  # the code the plugin runs train (or are reused) with
     data_s = time.perf_counter() - t_start
     cache_s, cache_errors = ensure_cache(suite, data, out, progress)
     fingerprints = DataFingerprints()
@@ -656,7 +658,7 @@ def run_suite(suite: Suite, out: Path, resume: bool = True, progress: bool = Tru
             for run in suite.runs]
     meta = {"suite": suite.name, "description": suite.description, "data": str(data), "preset": suite.preset,
             "data_digest": data_digest, "seeds": suite.seeds, "reference": suite.reference,
-            "parallel": suite.parallel, "cost_repeats": suite.cost_repeats,
+            "parallel": suite.parallel, "cost_repeats": suite.cost_repeats, "plugins": plugins,
             "data_s": round(data_s, 1), "cache_build_s": round(cache_s, 1),
             "alone_s": round(t_repeats - t_start - data_s - cache_s, 1),
             "repeats_s": round(t_together - t_repeats, 1),
@@ -665,6 +667,14 @@ def run_suite(suite: Suite, out: Path, resume: bool = True, progress: bool = Tru
             "machine": machine_description(rows), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     write_outputs(rows, meta, out)
     return rows
+
+
+def plugin_sources(suite: Suite) -> dict[str, dict[str, str]]:
+    """Each plugin method among ``suite``'s runs → its module, file and SHA-256 (:func:`crossan.methods.
+    method_source`), for the report, which says which code made a plugin's rows (its plugins may come from
+    the suite's ``plugins``, ``--plugin``, ``$CROSSAN_PLUGINS`` or an entry point); {} for built-in methods."""
+    sources = {r.method: method_source(r.method) for r in suite.runs}
+    return {name: source for name, source in sources.items() if source is not None}
 
 
 def machine_description(rows: list[dict[str, Any]] | None = None) -> str:

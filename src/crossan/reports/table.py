@@ -641,6 +641,8 @@ def render_report(rows: list[dict[str, Any]], meta: dict[str, Any], table: str, 
     lines = [f"# crossan report: {meta['suite']}", "", meta.get("description", "").strip(), "",
              f"- data: `{meta['data']}`{digest}",
              f"- encoder preset: `{meta['preset']}`",
+             *[f"- plugin method `{name}`: module `{src['module']}`, file `{src['file']}` (SHA-256 "
+               f"`{src['sha256'][:12]}…`)" for name, src in (meta.get("plugins") or {}).items()],
              f"- seeds: {', '.join(map(str, seeds))} (cost-only runs: the first seed only)",
              f"- machine: {meta['machine']}; training compute dtype: {compute_dtypes(ok)}",
              f"- date: {meta['date']}",
