@@ -565,9 +565,9 @@ def test_crossan_methods_name_lists_its_options_from_the_dataclass(capsys) -> No
     assert lines[0] == "crossan: CROSSAN side networks + MOMEF (built-in; reads the cache)"
     table = {c[0]: c[1:] for c in (re.split(r"\s{2,}", x.strip()) for x in lines[1:]) if c[0].startswith("crossan.")}
     assert table["crossan.fusion"] == ["str", "momef", "momef, concat, mean"]
-    assert table["crossan.dropout"] == ["float", "0.1", "[0, 1)"]
-    assert table["crossan.init_std"] == ["float", "0.01", "> 0"]
-    assert table["crossan.momef_top_k"] == ["int", "0", ">= 0"]
+    assert table["crossan.dropout"] == ["float", "0.1", "in [0, 1)"]
+    assert table["crossan.init_std"] == ["float", "0.01", "greater than 0"]
+    assert table["crossan.momef_top_k"] == ["int", "0", "at least 0"]
     assert table["crossan.share_adapters"] == ["bool", "false"]
     assert "      How the per-modality embeddings become one item embedding." in lines
     assert lines[-1] == "  and rules between its keys (CrossanConfig.check)"
@@ -577,7 +577,7 @@ def test_crossan_methods_name_lists_its_options_from_the_dataclass(capsys) -> No
         keys = [f"{m.name}.{f.name}" for f in dataclasses.fields(m.options)]
         assert all(re.search(rf"^  {re.escape(k)} ", every, re.M) for k in keys), m.name
         assert ("no options" in ("\n" + every).split(f"\n{m.name}: ")[1].split("\n\n")[0]) == (not keys)
-    assert re.search(r"^  fft\.lr_text\s+float or null\s+null\s+> 0$", every, re.M)
+    assert re.search(r"^  fft\.lr_text\s+float or null\s+null\s+greater than 0$", every, re.M)
     assert re.search(r"^  lora\.targets\s+list\[str\]\s+\[\]$", every, re.M)
     assert main(["methods", "nope"]) == 2
     assert "method: 'nope' is not one of ['id'" in capsys.readouterr().err
@@ -662,5 +662,32 @@ def test_python_m_crossan_methods_lists_the_plugins_of_the_environment_and_entry
     assert blocks["epwide"][0] == (f"epwide: epwide rows (plugin epwide ({tmp_path / 'epwide.py'}; entry point 'epw'); "
                                    "reads the cache)")
     assert [re.split(r"\s{2,}", x.strip()) for x in blocks["envwide"][1:]] == [
-        ["key", "type", "default", "allowed"], ["envwide.width", "int", "8", ">= 1"], ["How wide."],
+        ["key", "type", "default", "allowed"], ["envwide.width", "int", "8", "at least 1"], ["How wide."],
         ["envwide.mode", "str", "b", "a, b"]]
+
+
+@pytest.mark.parametrize("bounds, words", [
+    ((1, True, None), "at least 1"), ((0, False, None), "greater than 0"),
+    ((0, True, 1), "in [0, 1)"), ((0, False, 1), "in (0, 1)")])
+def test_a_range_reads_the_same_in_the_error_and_the_listing(bounds, words) -> None:
+    """One wording for a RANGES entry in `crossan methods` and in the range check's error; the error said
+    "in [lo, hi)" also where the lowest value is not allowed."""
+    from dataclasses import dataclass
+
+    from crossan.config import Config, ConfigError, _validate_ranges
+    from crossan.method_listing import option_rows
+    from crossan.towers.options import Options
+
+    @dataclass
+    class Bounded(Options):
+        RANGES = (("x", *bounds),)
+        x: float = 5.0
+
+    assert option_rows(Method("bounded", Bounded, __name__, False, False))[0].allowed == words
+    cfg = Config()
+    cfg.lora.rank = bad = bounds[0] if not bounds[1] else bounds[0] - 1  # checked with the bounds above
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(cfg.lora), "RANGES", (("rank", *bounds),))
+        with pytest.raises(ConfigError) as e:
+            _validate_ranges(cfg)
+    assert str(e.value) == f"lora.rank: must be {words}, got {bad!r}"

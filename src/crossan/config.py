@@ -33,6 +33,7 @@ import crossan.methods as _methods_module
 from crossan.config_yaml import YAMLLoader, read_yaml_file
 from crossan.errors import ConfigError
 from crossan.methods import discover_plugins, get_method, option_sections
+from crossan.towers.options import range_text
 
 __all__ = ["CacheConfig", "Config", "ConfigError", "CoreConfig", "DataConfig", "EncoderSpec", "EncodersConfig",
            "EvalConfig", "TrainConfig", "UserEncoderConfig", "add_method_section", "config_from_dict",
@@ -793,9 +794,7 @@ def _validate_ranges(cfg: Config) -> None:
             continue
         low_ok = val >= lo if inclusive else val > lo
         if not math.isfinite(val) or not low_ok or (hi is not None and val >= hi):
-            want = (f"in [{lo}, {hi})" if hi is not None else
-                    f"{'at least' if inclusive else 'greater than'} {lo}")
-            raise ConfigError(f"{key}: must be {want}, got {val!r}")
+            raise ConfigError(f"{key}: must be {range_text(lo, inclusive, hi)}, got {val!r}")
     for name, section in sections:
         if callable(getattr(section, "check", None)):
             section.check(name)

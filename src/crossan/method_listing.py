@@ -16,12 +16,12 @@ import dataclasses
 import inspect
 import re
 import textwrap
-import typing
 from dataclasses import dataclass
 from typing import Any, Literal, get_args, get_origin
 
+from crossan.config import _hints, parse_value
 from crossan.methods import Method, method_origin
-from crossan.towers.options import Options
+from crossan.towers.options import Options, range_text
 
 
 @dataclass
@@ -45,7 +45,7 @@ def option_rows(method: Method) -> list[OptionRow]:
     if cls is None:
         return []
     try:
-        hints = typing.get_type_hints(cls)
+        hints = _hints(cls)
     except Exception:  # noqa: BLE001 - registration checked they resolve; a listing must not fail on it
         hints = {}
     defaults, docs = cls(), _field_docs(cls)
@@ -56,7 +56,7 @@ def option_rows(method: Method) -> list[OptionRow]:
         choices = _choices(tp)
         allowed = ", ".join(_value(c) for c in choices) if choices else ""
         if f.name in ranges:
-            allowed = _range(*ranges[f.name])
+            allowed = range_text(*ranges[f.name])
         rows.append(OptionRow(f"{method.name}.{f.name}", _type(tp), _value(getattr(defaults, f.name)), allowed,
                               docs.get(f.name, "")))
     return rows
@@ -126,19 +126,10 @@ def _value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_value(v) for v in value) + "]"
     if isinstance(value, str):
-        from crossan.config import parse_value
-
         # quoted where YAML would read it as something else ('', 'null', 'on', '1.0'), as a file must write it
         plain = value and value.strip() == value and parse_value(value) == value
         return value if plain else "'" + value.replace("'", "''") + "'"
     return str(value)
-
-
-def _range(lo: float, inclusive: bool, hi: float | None) -> str:
-    """A ``RANGES`` entry as text: ``>= 1``, ``> 0``, ``[0, 1)``, ``(0, 1)``."""
-    if hi is None:
-        return f"{'>=' if inclusive else '>'} {lo}"
-    return f"{'[' if inclusive else '('}{lo}, {hi})"
 
 
 def _field_docs(cls: type) -> dict[str, str]:

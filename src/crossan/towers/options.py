@@ -17,6 +17,14 @@ Range = tuple[str, float, bool, "float | None"]
 """(field, lowest value, whether the lowest is allowed, highest value exclusive or None)."""
 
 
+def range_text(lo: float, inclusive: bool, hi: float | None) -> str:
+    """A :data:`Range`'s allowed values in words, as the range check's error and ``crossan methods`` say them:
+    ``at least 1``, ``greater than 0``, ``in [0, 1)``, ``in (0, 1)``."""
+    if hi is None:
+        return f"{'at least' if inclusive else 'greater than'} {lo}"
+    return f"in {'[' if inclusive else '('}{lo}, {hi})"
+
+
 @dataclass
 class Options:
     """Base of the method sections: no ranges, no rules."""
