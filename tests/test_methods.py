@@ -356,7 +356,7 @@ def test_a_tower_output_of_the_wrong_shape_or_dtype_is_refused_naming_the_method
     model = Recommender(_FixedTower(5, cfg.user.dim, make), cfg, torch.ones(6))
     with pytest.raises(ValueError) as e:
         model.embed_unique(torch.tensor([[0, 1, 2], [3, 4, 0]]))
-    assert str(e.value) == (f"method='id' (item tower {__name__}): forward returned {got} for 4 items, expected "
+    assert str(e.value) == (f"method='id' (item tower {__name__}._FixedTower): forward returned {got} for 4 items, expected "
                             "float32 [4, 64] (items [U] → embeddings [U, user.dim])")
     with pytest.raises(ValueError, match=rf"^item tower {__name__}._FixedTower: forward returned "):
         model.tower.embed_all(batch_size=4)

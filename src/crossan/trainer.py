@@ -78,6 +78,7 @@ from crossan.runs import (
     settle_best_weights,
     truncate_history,
 )
+from crossan.towers.base import tower_label
 from crossan.utils import (
     PeakRSSMonitor,
     atomic_write_json,
@@ -487,7 +488,7 @@ def _check_finite(run: _Run, epoch: int, mean_loss: float) -> None:
     kept = {1: "", 2: "epoch 1 stays in this folder, but "}.get(
         epoch, f"epochs 1–{epoch - 1} stay in this folder, but ")
     again = f"{kept}--resume would only repeat this epoch; train again into a new folder"
-    who = _method_label(run.model)
+    who = tower_label(run.model.tower, run.model.method)
     if not math.isfinite(mean_loss):
         raise NonFiniteError(f"epoch {epoch}: the training loss of {who} is {mean_loss} (not finite); nothing "
                              f"of this epoch was saved. {again} with lower learning rates (train.lr={lr}) or "
@@ -496,15 +497,6 @@ def _check_finite(run: _Run, epoch: int, mean_loss: float) -> None:
     raise NonFiniteError(f"epoch {epoch}: parameter {bad} of {who} holds non-finite values after training; "
                          f"nothing of this epoch was saved. {again} with lower learning rates (train.lr={lr}) or "
                          "train.grad_clip")
-
-
-def _method_label(model: Recommender) -> str:
-    """``method='NAME'`` for an error message; for a tower that is not crossan's own (a plugin method's) also
-    its class, ``(item tower MODULE.CLASS)``, so that the message points at the code to look at."""
-    kind = type(model.tower)
-    if kind.__module__ == "crossan" or kind.__module__.startswith("crossan."):
-        return f"method={model.method!r}"
-    return f"method={model.method!r} (item tower {kind.__module__}.{kind.__qualname__})"
 
 
 def _memory_kind(device: torch.device) -> str:

@@ -224,10 +224,21 @@ def check_embeddings(tower: ItemTower, emb: Any, rows: int, method: str | None =
     if (isinstance(emb, torch.Tensor) and emb.dtype in (torch.float32, torch.bfloat16, torch.float16)
             and emb.dim() == 2 and emb.shape[0] == rows and emb.shape[1] == dim):
         return
-    kind = type(tower)
-    who = (f"method={method!r} (item tower {kind.__module__})" if method is not None
-           else f"item tower {kind.__module__}.{kind.__qualname__}")
+    who = tower_label(tower, method)
     if not isinstance(emb, torch.Tensor):
         raise ValueError(f"{who}: forward returned {type(emb).__name__}, expected a tensor [{rows}, {dim}]")
     raise ValueError(f"{who}: forward returned {emb.dtype} {list(emb.shape)} for {rows} items, expected "
                      f"float32 [{rows}, {dim}] (items [U] → embeddings [U, user.dim])")
+
+
+def tower_label(tower: nn.Module, method: str | None = None) -> str:
+    """Who an error about ``tower`` is about: ``method='NAME'``, followed for a tower that is not crossan's own (a
+    plugin's) by its class, ``(item tower MODULE.CLASS)``, the code to look at; ``item tower MODULE.CLASS``
+    where the method is not known."""
+    from crossan.methods import _is_builtin
+
+    kind = type(tower)
+    cls = f"{kind.__module__}.{kind.__qualname__}"
+    if method is None:
+        return f"item tower {cls}"
+    return f"method={method!r}" if _is_builtin(kind.__module__) else f"method={method!r} (item tower {cls})"
