@@ -80,9 +80,9 @@ ENTRY_POINT_GROUP = "crossan.methods"
 
 _sections_fixed = False
 _discovered = False
-_loaded: dict[str, tuple[str, list[str]]] = {}
-"""Plugin module → (the spec it was first named by, the methods it registered), for the errors of a method
-name no plugin registered."""
+_loaded: dict[str, tuple[str, str | None, list[str]]] = {}
+"""Plugin module → (the spec it was first named by, the entry point that named it or None, the methods it
+registered), for ``crossan methods`` and the errors of a method name no plugin registered."""
 _late_section_hooks: list[Callable[[Method], None]] = []
 """Called with each row that has options and is registered after :func:`option_sections` gave the sections
 out: :mod:`crossan.config` adds its hook, which makes the row's section a field of ``Config`` in place."""
@@ -157,8 +157,8 @@ def plugin_hint() -> str:
     if not _loaded:
         return (f"a plugin method: pass --plugin MODULE, set ${PLUGINS_ENV}, or install a package with a "
                 f"{ENTRY_POINT_GROUP!r} entry point")
-    did = "; ".join(f"{spec} registered {', '.join(names) if names else 'no method'}"
-                    for spec, names in _loaded.values())
+    did = "; ".join(f"{spec}{'' if ep is None else f' (entry point {ep!r})'} registered "
+                    f"{', '.join(names) if names else 'no method'}" for spec, ep, names in _loaded.values())
     return (f"plugins imported: {did}; a plugin registers its method with register_method(Method(NAME, ...)) "
             "(docs/method.md §13)")
 
@@ -183,13 +183,13 @@ def load_plugin(spec: str) -> None:
         raise ConfigError(f"plugin {spec}: importing it failed: {e}") from None
     except Exception as e:  # noqa: BLE001 - any failure of third-party code: one line naming the plugin
         raise ConfigError(f"plugin {spec}: importing it failed: {type(e).__name__}: {e}") from None
-    _note_loaded(spec, Path(spec).stem if _is_file_spec(spec) else spec, before)
+    _note_loaded(spec, None, Path(spec).stem if _is_file_spec(spec) else spec, before)
 
 
-def _note_loaded(which: str, module: str, before: set[str]) -> None:
-    """Record the methods plugin ``which`` (module ``module``) registered: the rows its import added and those
-    naming its module (registered by an earlier import of it)."""
-    names = _loaded.setdefault(module, (which, []))[1]
+def _note_loaded(spec: str, entry_point: str | None, module: str, before: set[str]) -> None:
+    """Record the methods plugin ``spec`` (module ``module``, named by ``entry_point`` if one did) registered:
+    the rows its import added and those naming its module (registered by an earlier import of it)."""
+    names = _loaded.setdefault(module, (spec, entry_point, []))[2]
     names.extend(n for n, m in METHODS.items() if (n not in before or m.module == module) and n not in names)
 
 
@@ -266,7 +266,7 @@ def discover_plugins() -> None:
             raise ConfigError(f"{which}: {e}") from None
         except Exception as e:  # noqa: BLE001 - one line naming the plugin
             raise ConfigError(f"{which}: importing it failed: {type(e).__name__}: {e}") from None
-        _note_loaded(f"{ep.value} (entry point {ep.name!r})", ep.module, before)
+        _note_loaded(ep.value, ep.name, ep.module, before)
 
 
 def method_source(name: str) -> dict[str, str] | None:
@@ -306,8 +306,8 @@ def method_origin(name: str) -> str:
     if _is_builtin(row.module):
         return "built-in"
     path = getattr(sys.modules.get(row.module), "__file__", None) or "file unknown"
-    which = _loaded.get(row.module, ("", []))[0]
-    via = f"; {which[which.index('(entry point') + 1:-1]}" if "(entry point" in which else ""
+    entry_point = _loaded.get(row.module, ("", None, []))[1]
+    via = "" if entry_point is None else f"; entry point {entry_point!r}"
     return f"plugin {row.module} ({path}{via})"
 
 
