@@ -384,6 +384,34 @@ def test_a_difference_on_fewer_than_three_paired_seeds_is_not_claimed(tmp_path: 
     assert "on at least 3 seeds paired with the reference" in report
 
 
+@pytest.mark.parametrize("capped", ["row", "reference", "neither"])
+def test_a_difference_involving_a_capped_run_is_not_claimed(tmp_path: Path, capped: str) -> None:
+    """METHOD.md §11 compares converged runs: a run whose best epoch was the last one train.epochs allowed was
+    still improving, so a difference from it (or, when the reference is capped, from the reference) may only
+    reflect the cap. The row keeps Δ and p and its place among Holm's tests, but gets no \\*. The same runs
+    uncapped are claimed (p at the bootstrap's floor)."""
+    rng = np.random.default_rng(8)
+    ref_ranks = rng.geometric(0.05, size=300).astype(float)
+    seeds = (0, 1, 2)
+    cap = {"row": ("R", "REF"), "reference": ("REF", "R"), "neither": (None, None)}[capped]
+    rows = [_row(tmp_path, name, dict.fromkeys(seeds, ranks),
+                 best_epoch=dict.fromkeys(seeds, 10 if name == cap[0] else 6), epochs=dict.fromkeys(seeds, 10))
+            for name, ranks in (("REF", ref_ranks), ("R", np.maximum(1, ref_ranks - 5)))]
+    write_outputs(rows, {**META, "seeds": list(seeds)}, tmp_path, resamples=500)
+    by = {r["name"]: r for r in rows}
+    assert by["R"]["p_holm"] < 0.05 and by["R"]["holm_tests"] == 1
+    assert by["R"]["significant"] is (capped == "neither")
+    capped_flag = "capped: best at the last allowed epoch (seeds 0,1,2, train.epochs=10)"
+    assert by["R"]["flags"] == {"row": [capped_flag], "reference": ["reference capped: no claim"],
+                                "neither": []}[capped]
+    line = next(x for x in (tmp_path / "results.md").read_text().splitlines() if x.startswith("| R |"))
+    assert ("\\* |" in line) is (capped == "neither")
+    report = (tmp_path / "report.md").read_text()
+    assert ("its difference from the reference is not claimed" in report) is (capped != "neither")
+    assert ("**reference capped: no claim**" in report) is (capped == "reference")
+    assert "when neither the run nor the reference is capped" in report
+
+
 # --------------------------------------------------------------------------------------------- cost columns
 def test_cost_comes_only_from_a_seed_that_trained_alone(tmp_path: Path) -> None:
     """Seed 0 trained beside other runs (its time is not its own), seed 1 alone: the cost is seed 1's. A run

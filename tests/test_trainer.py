@@ -553,3 +553,18 @@ def test_a_run_detaches_its_log_when_it_ends(small_data: Path, tmp_path: Path) -
     for run in ("done", "diverged"):
         text = (tmp_path / run / "train.log").read_text()
         assert text and "a later step's message" not in text
+
+
+def test_a_run_whose_best_epoch_is_the_last_allowed_warns(small_data: Path, tmp_path: Path) -> None:
+    """A run stopped by train.epochs while still improving says so at its end, in train.log (a suite report
+    flags it as capped and claims nothing on it); a cost run capped by max_steps_per_epoch is capped on
+    purpose, and a run of 0 epochs tests its initial weights: neither warns."""
+    def warned(name: str) -> bool:
+        return "was the last one train.epochs=1 allowed" in (tmp_path / name / "train.log").read_text()
+
+    assert train(_cfg(small_data, "train.epochs=1"), tmp_path / "one", progress=False)["best_epoch"] == 1
+    assert warned("one")
+    train(_cfg(small_data, "train.epochs=1", "train.max_steps_per_epoch=2"), tmp_path / "cost", progress=False)
+    assert not warned("cost")
+    assert train(_cfg(small_data, "train.epochs=0"), tmp_path / "zero", progress=False)["best_epoch"] == 0
+    assert not (tmp_path / "zero" / "train.log").is_file() or not warned("zero")

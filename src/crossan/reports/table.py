@@ -114,6 +114,15 @@ def _mask_text(mask: bool | None) -> str:
     return "unknown" if mask is None else str(mask).lower()
 
 
+def _capped_seeds(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The seeds of a converged-quality row whose best validation epoch was the last one ``train.epochs``
+    allowed: still improving when stopped, so their quality may be below what the method reaches (a cost-only
+    run's epochs are capped on purpose and count as none)."""
+    if row["cost_only"]:
+        return []
+    return [p for p in row["per_seed"] if p["epochs_allowed"] and p["best_epoch"] == p["epochs_allowed"]]
+
+
 def _flags(row: dict[str, Any]) -> list[str]:
     """What a reader must know about a finished row: seeds that differ in ``eval.mask_history`` (their
     interval mixes two ranking rules) or a run without the mask, seeds whose best epoch was the last one
@@ -128,8 +137,8 @@ def _flags(row: dict[str, Any]) -> list[str]:
                      + "; ".join(f"{_mask_text(m)} ({s})" for m, s in by_mask.items()))
     elif masks == [False]:
         flags.append("history not masked (eval.mask_history=false)")
-    capped = [p for p in seeds if p["epochs_allowed"] and p["best_epoch"] == p["epochs_allowed"]]
-    if capped and not row["cost_only"]:  # a cost-only run's epochs are capped on purpose
+    capped = _capped_seeds(row)
+    if capped:
         epochs = "/".join(dict.fromkeys(str(p["epochs_allowed"]) for p in capped))
         flags.append(f"capped: best at the last allowed epoch ({_seeds_text([p['seed'] for p in capped])}, "
                      f"train.epochs={epochs})")
@@ -398,12 +407,18 @@ def add_paired_tests(rows: list[dict[str, Any]], reference: str | None, resample
                 f"paired on {_seeds_text(paired)} of {','.join(str(p['seed']) for p in row['per_seed'])} "
                 f"({reference} has no finished {_seeds_text(unpaired)})")
         tested.append(row)
+    ref_capped = bool(_capped_seeds(ref))
     for row, p_holm in zip(tested, holm_adjust([r["p_value"] for r in tested])):
-        # METHOD.md §11: a claim rests on at least MIN_CLAIM_SEEDS seeds; fewer still count in Holm's family
-        claim = row["paired_seeds"] >= MIN_CLAIM_SEEDS
+        # METHOD.md §11: a claim rests on at least MIN_CLAIM_SEEDS seeds, and on converged runs: a run (or a
+        # reference) stopped by its epoch cap while still improving may only look worse (or better) than it
+        # is. Either still counts in Holm's family.
+        enough = row["paired_seeds"] >= MIN_CLAIM_SEEDS
+        claim = enough and not ref_capped and not _capped_seeds(row)
         row.update({"p_holm": p_holm, "significant": bool(claim and p_holm < ALPHA), "holm_tests": len(tested)})
-        if not claim:
+        if not enough:
             row.setdefault("flags", []).append(f"{_plural(row['paired_seeds'], 'seed')} paired: no claim")
+        if ref_capped:
+            row.setdefault("flags", []).append("reference capped: no claim")
 
 
 def _plural(n: int, word: str) -> str:
@@ -522,8 +537,12 @@ FLAG_NOTES = {
                    f"{MIN_CLAIM_SEEDS} seeds, so the row gets no \\* whatever its p (it still counts among "
                    "Holm's tests)" for n in range(1, MIN_CLAIM_SEEDS)},
     "capped": "**capped**: the best validation epoch was the last one `train.epochs` allowed, so the run "
-              "was still improving when it stopped; its quality may be below what it would reach (kept in "
-              "the table and the tests)",
+              "was still improving when it stopped; its quality may be below what it would reach. It stays in "
+              "the table and among Holm's tests, but its difference from the reference is not claimed (no "
+              "\\*): METHOD.md §11 compares converged runs",
+    "reference capped": "**reference capped: no claim**: the reference's best validation epoch was the last "
+                        "one `train.epochs` allowed (still improving when stopped), so no difference from it "
+                        "is claimed (no \\*); the test still counts among Holm's",
     "history not masked": "**history not masked**: ranked with `eval.mask_history=false` (a target that "
                           "repeats a history item can be a hit), so its quality is not comparable with "
                           "masked runs and it is not paired with a masked reference",
@@ -565,7 +584,8 @@ def holm_sentence(rows: list[dict[str, Any]]) -> str:
     return (f"{m} run{'s were' if m > 1 else ' was'} tested against the reference; p is each test's raw "
             f"two-sided p-value and p (Holm) the Holm–Bonferroni adjusted one over these {m} tests, which "
             f"keeps the chance of any false \\* at most {ALPHA}. \\* marks a difference significant at "
-            f"{ALPHA} after the adjustment, on at least {MIN_CLAIM_SEEDS} seeds paired with the reference.")
+            f"{ALPHA} after the adjustment, on at least {MIN_CLAIM_SEEDS} seeds paired with the reference, "
+            "when neither the run nor the reference is capped (best epoch the last one allowed).")
 
 
 def compute_dtypes(rows: list[dict[str, Any]]) -> str:
