@@ -666,6 +666,61 @@ def test_python_m_crossan_methods_lists_the_plugins_of_the_environment_and_entry
         ["envwide.mode", "str", "b", "a, b"]]
 
 
+@pytest.mark.subprocess
+def test_crossan_methods_lists_what_loaded_when_a_plugin_of_the_environment_fails(tmp_path: Path) -> None:
+    """A plugin of $CROSSAN_PLUGINS that fails to import stopped `crossan methods` with one error line: neither
+    the built-in methods nor the plugins that did import were listed. Now they are, the failure follows as an
+    error naming the plugin, and the exit status is 1; `crossan methods NAME` of a loaded method still shows it."""
+    import subprocess
+
+    (tmp_path / "goodwide.py").write_text(OPTIONS_PLUGIN.replace("{name}", "goodwide"))
+    (tmp_path / "badwide.py").write_text("raise RuntimeError('half-written plugin')\n")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), src]),
+           "CROSSAN_PLUGINS": os.pathsep.join([str(tmp_path / "badwide.py"), str(tmp_path / "goodwide.py")])}
+
+    def methods(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "crossan", "methods", *args], capture_output=True, text=True,
+                              timeout=120, cwd=tmp_path, env=env)
+
+    done = methods()
+    assert done.returncode == 1
+    names = [line.split()[0] for line in done.stdout.split("\n\n")[0].splitlines()[1:]]
+    assert names == [*(m.name for m in BUILTIN), "goodwide"]
+    assert done.stderr.splitlines() == [f"crossan: error: plugin {tmp_path / 'badwide.py'}: importing it failed: "
+                                        "RuntimeError: half-written plugin"]
+    done = methods("goodwide")
+    assert done.returncode == 1 and done.stdout.startswith("goodwide: goodwide rows (plugin goodwide")
+    assert "badwide.py: importing it failed" in done.stderr
+
+
+def test_a_plugin_file_named_like_another_module_is_refused(fresh_plugins: Path, tmp_path_factory) -> None:
+    """A plugin file is imported under its file name: `tabnanny.py` (a standard-library module not imported
+    yet) or the name of a module elsewhere on sys.path would have stood in for that module in every later
+    import of the process. Refused, naming the module it would hide; nothing is left in sys.modules. The same
+    file found on sys.path is the module itself, and loads."""
+    from crossan.methods import load_plugin
+
+    assert "tabnanny" not in sys.modules
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    (elsewhere / "tabnanny.py").write_text("X = 1\n")
+    with pytest.raises(ConfigError) as e:
+        load_plugin(str(elsewhere / "tabnanny.py"))
+    assert str(e.value).startswith(f"plugin {elsewhere / 'tabnanny.py'}: the file name 'tabnanny.py' is the name of "
+                                   "another module (")
+    assert "tabnanny" not in sys.modules and str(e.value).endswith("; rename the plugin file")
+    (fresh_plugins / "twinmod.py").write_text("X = 1\n")  # on sys.path: `import twinmod` finds this one
+    (elsewhere / "twinmod.py").write_text("X = 2\n")
+    with pytest.raises(ConfigError) as e:
+        load_plugin(str(elsewhere / "twinmod.py"))
+    assert f"is the name of another module ({fresh_plugins / 'twinmod.py'})" in str(e.value)
+    try:
+        load_plugin(str(fresh_plugins / "twinmod.py"))
+        assert sys.modules["twinmod"].X == 1
+    finally:
+        sys.modules.pop("twinmod", None)
+
+
 @pytest.mark.parametrize("bounds, words", [
     ((1, True, None), "at least 1"), ((0, False, None), "greater than 0"),
     ((0, True, 1), "in [0, 1)"), ((0, False, 1), "in (0, 1)")])

@@ -216,14 +216,20 @@ def cmd_encoders(args: argparse.Namespace) -> int:
 def cmd_methods(args: argparse.Namespace) -> int:
     """``crossan methods [NAME] [--options]``: the methods, the plugins' included (``--plugin``,
     ``$CROSSAN_PLUGINS``, entry points); with NAME or ``--options``, their options. Imports no torch for the
-    built-in methods."""
+    built-in methods. A plugin of ``$CROSSAN_PLUGINS`` or an entry point that cannot be imported does not hide
+    the others: each such error is printed (stderr) after the listing, and the exit status is 1."""
     from crossan.method_listing import format_methods
     from crossan.methods import METHODS, discover_plugins, get_method
 
-    discover_plugins()
+    errors: list[str] = []
+    discover_plugins(errors)
+    for message in errors if args.name else ():  # before the error of a NAME the failed plugin should have had
+        print(f"crossan: error: {message}", file=sys.stderr)
     rows = [get_method(args.name)] if args.name else list(METHODS.values())
     print(format_methods(rows, options=args.options or bool(args.name)))
-    return 0
+    for message in () if args.name else errors:
+        print(f"crossan: error: {message}", file=sys.stderr)
+    return 1 if errors else 0
 
 
 def _refuse_suite_under_torchrun(command: str) -> None:

@@ -216,6 +216,10 @@ def _import_file(path: Path) -> None:
         where = getattr(loaded, "__file__", "?")
         raise ConfigError(f"a module named {name!r} is imported already (from {where}); rename the plugin "
                           "file")
+    other = _other_module(name, path)
+    if other:  # imported under its stem, the file would stand in for that module wherever it is imported later
+        raise ConfigError(f"the file name {path.name!r} is the name of another module ({other}), which the "
+                          "plugin would hide from everything that imports it later; rename the plugin file")
     module_spec = importlib.util.spec_from_file_location(name, path)
     if module_spec is None or module_spec.loader is None:
         raise ConfigError(f"{path} cannot be imported as a Python module")
@@ -226,6 +230,21 @@ def _import_file(path: Path) -> None:
     except BaseException:
         del sys.modules[name]
         raise
+
+
+def _other_module(name: str, path: Path) -> str:
+    """Where ``import name`` would find a module other than the file ``path`` (a standard-library module, an
+    installed package, a built-in), or "" when it finds that file or nothing. Nothing is imported."""
+    try:
+        found = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return ""
+    origin = None if found is None else found.origin
+    if origin is None:  # not found, or a namespace package (a folder without __init__.py): nothing to hide
+        return ""
+    if origin in ("built-in", "frozen"):
+        return f"{origin} module of Python"
+    return "" if Path(origin).resolve() == path.resolve() else origin
 
 
 def load_plugins(specs: Iterable[str], base: Path | None = None) -> list[str]:
@@ -245,28 +264,46 @@ def load_plugins(specs: Iterable[str], base: Path | None = None) -> list[str]:
     return specs
 
 
-def discover_plugins() -> None:
+def discover_plugins(errors: list[str] | None = None) -> None:
     """Once per process: import the plugins named in ``$CROSSAN_PLUGINS`` and those of installed packages'
-    ``crossan.methods`` entry points (``[project.entry-points."crossan.methods"] name = "pkg.module"``)."""
+    ``crossan.methods`` entry points (``[project.entry-points."crossan.methods"] name = "pkg.module"``).
+
+    A plugin that cannot be imported raises :class:`ConfigError` naming it; with ``errors`` (a list), its
+    message is appended there instead and the other plugins are still imported (``crossan methods`` lists
+    what did load and says what did not)."""
     global _discovered
     if _discovered:
         return
     _discovered = True
     for spec in os.environ.get(PLUGINS_ENV, "").split(os.pathsep):
         if spec.strip():
-            load_plugin(spec)
+            _or_collect(errors, load_plugin, spec)
     from importlib.metadata import entry_points
 
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        which = f"plugin {ep.value} (entry point {ep.name!r} of {ENTRY_POINT_GROUP!r})"
-        before = set(METHODS)
-        try:
-            ep.load()
-        except ConfigError as e:
-            raise ConfigError(f"{which}: {e}") from None
-        except Exception as e:  # noqa: BLE001 - one line naming the plugin
-            raise ConfigError(f"{which}: importing it failed: {type(e).__name__}: {e}") from None
-        _note_loaded(ep.value, ep.name, ep.module, before)
+        _or_collect(errors, _load_entry_point, ep)
+
+
+def _load_entry_point(ep: Any) -> None:
+    which = f"plugin {ep.value} (entry point {ep.name!r} of {ENTRY_POINT_GROUP!r})"
+    before = set(METHODS)
+    try:
+        ep.load()
+    except ConfigError as e:
+        raise ConfigError(f"{which}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - one line naming the plugin
+        raise ConfigError(f"{which}: importing it failed: {type(e).__name__}: {e}") from None
+    _note_loaded(ep.value, ep.name, ep.module, before)
+
+
+def _or_collect(errors: list[str] | None, load: Callable[[Any], None], what: Any) -> None:
+    """``load(what)``; its :class:`ConfigError` raised, or appended to ``errors`` when that is a list."""
+    try:
+        load(what)
+    except ConfigError as e:
+        if errors is None:
+            raise
+        errors.append(str(e))
 
 
 def method_source(name: str) -> dict[str, str] | None:
