@@ -719,6 +719,23 @@ def test_a_plugin_that_failed_discovery_is_named_by_a_later_unknown_method(fresh
         assert str(e.value).endswith(f"(plugins that failed to import: {failure})")
 
 
+def test_crossan_methods_of_a_failed_plugins_method_names_the_failure_once(fresh_plugins: Path, monkeypatch,
+                                                                           capsys) -> None:
+    """`crossan methods NAME` where NAME's plugin failed to import: the error said "set $CROSSAN_PLUGINS" (set
+    already) after the plugin's failure; now the one error names the failure, printed once."""
+    import crossan.methods as methods
+    from crossan.cli import main
+
+    bad = fresh_plugins / "brokenname.py"
+    bad.write_text("raise RuntimeError('half-written plugin')\n")
+    monkeypatch.setenv("CROSSAN_PLUGINS", str(bad))
+    monkeypatch.setattr(methods, "_discovered", False)
+    assert main(["methods", "brokenname"]) == 2
+    err = capsys.readouterr().err
+    failure = f"plugin {bad}: importing it failed: RuntimeError: half-written plugin"
+    assert err.count(failure) == 1 and err.startswith("crossan: error: method: 'brokenname' is not one of")
+
+
 def test_a_plugin_file_named_like_another_module_is_refused(fresh_plugins: Path, tmp_path_factory) -> None:
     """A plugin file is imported under its file name: `tabnanny.py` (a standard-library module not imported
     yet) or the name of a module elsewhere on sys.path would have stood in for that module in every later
