@@ -717,6 +717,11 @@ def test_a_plugin_that_failed_discovery_is_named_by_a_later_unknown_method(fresh
         with pytest.raises(ConfigError) as e:
             get_method("brokenwide")
         assert str(e.value).endswith(f"(plugins that failed to import: {failure})")
+    (fresh_plugins / "fineplugin.py").write_text("X = 1\n")
+    methods.load_plugin(str(fresh_plugins / "fineplugin.py"))
+    with pytest.raises(ConfigError) as e:  # a section no plugin registered: the failure named once
+        load_config([], ["zzsection.width=3"])
+    assert str(e.value).count(failure) == 1
 
 
 def test_crossan_methods_of_a_failed_plugins_method_names_the_failure_once(fresh_plugins: Path, monkeypatch,
