@@ -453,6 +453,7 @@ def fresh_plugins(monkeypatch, tmp_path: Path) -> Path:
     import crossan.methods as methods
 
     monkeypatch.setattr(methods, "_loaded", {}, raising=False)
+    monkeypatch.setattr(methods, "_failed", [], raising=False)
     monkeypatch.setattr(methods, "_discovered", True)
     monkeypatch.syspath_prepend(str(tmp_path))
     return tmp_path
@@ -692,6 +693,52 @@ def test_crossan_methods_lists_what_loaded_when_a_plugin_of_the_environment_fail
     done = methods("goodwide")
     assert done.returncode == 1 and done.stdout.startswith("goodwide: goodwide rows (plugin goodwide")
     assert "badwide.py: importing it failed" in done.stderr
+
+
+def test_a_plugin_that_failed_discovery_is_named_by_a_later_unknown_method(fresh_plugins: Path, monkeypatch) -> None:
+    """Discovery runs once per process: after a plugin of $CROSSAN_PLUGINS failed (collected by `crossan
+    methods`, or raised by a first get_method), a later get_method of its method said only "set
+    $CROSSAN_PLUGINS" (which was set) and a second discover_plugins(errors) collected nothing. Both now name
+    the failed plugin."""
+    import crossan.methods as methods
+
+    bad = fresh_plugins / "brokenwide.py"
+    bad.write_text("raise RuntimeError('half-written plugin')\n")
+    monkeypatch.setenv("CROSSAN_PLUGINS", str(bad))
+    monkeypatch.setattr(methods, "_discovered", False)
+    failure = f"plugin {bad}: importing it failed: RuntimeError: half-written plugin"
+    first: list[str] = []
+    methods.discover_plugins(first)
+    assert first == [failure] and "brokenwide" not in sys.modules
+    again: list[str] = []
+    methods.discover_plugins(again)
+    assert again == [failure]
+    for _ in range(2):
+        with pytest.raises(ConfigError) as e:
+            get_method("brokenwide")
+        assert str(e.value).endswith(f"(plugins that failed to import: {failure})")
+    (fresh_plugins / "fineplugin.py").write_text("X = 1\n")
+    methods.load_plugin(str(fresh_plugins / "fineplugin.py"))
+    with pytest.raises(ConfigError) as e:  # a section no plugin registered: the failure named once
+        load_config([], ["zzsection.width=3"])
+    assert str(e.value).count(failure) == 1
+
+
+def test_crossan_methods_of_a_failed_plugins_method_names_the_failure_once(fresh_plugins: Path, monkeypatch,
+                                                                           capsys) -> None:
+    """`crossan methods NAME` where NAME's plugin failed to import: the error said "set $CROSSAN_PLUGINS" (set
+    already) after the plugin's failure; now the one error names the failure, printed once."""
+    import crossan.methods as methods
+    from crossan.cli import main
+
+    bad = fresh_plugins / "brokenname.py"
+    bad.write_text("raise RuntimeError('half-written plugin')\n")
+    monkeypatch.setenv("CROSSAN_PLUGINS", str(bad))
+    monkeypatch.setattr(methods, "_discovered", False)
+    assert main(["methods", "brokenname"]) == 2
+    err = capsys.readouterr().err
+    failure = f"plugin {bad}: importing it failed: RuntimeError: half-written plugin"
+    assert err.count(failure) == 1 and err.startswith("crossan: error: method: 'brokenname' is not one of")
 
 
 def test_a_plugin_file_named_like_another_module_is_refused(fresh_plugins: Path, tmp_path_factory) -> None:

@@ -412,6 +412,34 @@ def test_a_difference_involving_a_capped_run_is_not_claimed(tmp_path: Path, capp
     assert "when neither the run nor the reference is capped" in report
 
 
+@pytest.mark.parametrize("capped", ["unpaired reference seed", "unpaired row seed", "paired reference seed"])
+def test_only_the_paired_seeds_capped_withhold_a_claim(tmp_path: Path, capped: str) -> None:
+    """Δ and p rest on the seeds paired with the reference only. A capped seed of the reference that the row
+    lacks (a reference trained on more seeds), or of the row that the reference lacks (a reference seed
+    failed), is not in the test: the row is claimed. (Before, any capped seed of the reference withheld every
+    row's claim, and any of the row its own.) A capped reference seed that is paired still withholds it."""
+    rng = np.random.default_rng(8)
+    ref_ranks = rng.geometric(0.05, size=300).astype(float)
+    better = np.maximum(1, ref_ranks - 5)
+    capped_seed = {"unpaired reference seed": ("REF", 3), "unpaired row seed": ("R", 3),
+                   "paired reference seed": ("REF", 0)}[capped]
+    ref_seeds, row_seeds = ((0, 1, 2, 3), (0, 1, 2)) if capped_seed[0] == "REF" else ((0, 1, 2), (0, 1, 2, 3))
+
+    def row(name: str, seeds: tuple[int, ...], ranks: np.ndarray, failed: tuple[int, ...] = ()) -> dict:
+        best = {s: 10 if (name, s) == capped_seed else 6 for s in seeds}
+        return _row(tmp_path, name, dict.fromkeys(seeds, ranks), failed=failed, best_epoch=best,
+                    epochs=dict.fromkeys(seeds, 10))
+
+    rows = [row("REF", ref_seeds, ref_ranks, failed=(3,) if len(ref_seeds) == 3 else ()),
+            row("R", row_seeds, better)]
+    write_outputs(rows, {**META, "seeds": [0, 1, 2, 3]}, tmp_path, resamples=500)
+    r = rows[1]
+    assert r["paired_seeds"] == 3 and r["p_holm"] < 0.05
+    assert r["significant"] is (capped != "paired reference seed")
+    assert ("reference capped: no claim" in r["flags"]) is (capped == "paired reference seed")
+    assert any(f.startswith("capped:") for f in r["flags"]) is (capped == "unpaired row seed")
+
+
 # --------------------------------------------------------------------------------------------- cost columns
 def test_cost_comes_only_from_a_seed_that_trained_alone(tmp_path: Path) -> None:
     """Seed 0 trained beside other runs (its time is not its own), seed 1 alone: the cost is seed 1's. A run

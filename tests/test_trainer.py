@@ -568,3 +568,20 @@ def test_a_run_whose_best_epoch_is_the_last_allowed_warns(small_data: Path, tmp_
     assert not warned("cost")
     assert train(_cfg(small_data, "train.epochs=0"), tmp_path / "zero", progress=False)["best_epoch"] == 0
     assert not (tmp_path / "zero" / "train.log").is_file() or not warned("zero")
+
+
+def test_only_rank_0_warns_of_a_capped_run(small_data: Path, tmp_path: Path, monkeypatch, capfd) -> None:
+    """Under torchrun the other ranks' "crossan" logger keeps WARNING with no handler, so a warning of theirs
+    reaches stderr (Python's last-resort handler): the capped warning, the same on every rank, was printed once
+    per rank. Simulated here: from the test of the best weights on, this process is a rank other than 0."""
+    real_load = trainer.load_weights
+
+    def load_as_another_rank(*args, **kwargs):
+        real_load(*args, **kwargs)
+        monkeypatch.setattr(trainer.dist, "is_main", lambda: False)
+        trainer._setup_logging(tmp_path / "run")  # the logger as a rank other than 0 sets it up
+
+    monkeypatch.setattr(trainer, "load_weights", load_as_another_rank)
+    capfd.readouterr()
+    assert train(_cfg(small_data, "train.epochs=1"), tmp_path / "run", progress=False)["best_epoch"] == 1
+    assert "train.epochs=1 allowed" not in capfd.readouterr().err

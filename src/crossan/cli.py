@@ -223,11 +223,9 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
     errors: list[str] = []
     discover_plugins(errors)
-    for message in errors if args.name else ():  # before the error of a NAME the failed plugin should have had
-        print(f"crossan: error: {message}", file=sys.stderr)
-    rows = [get_method(args.name)] if args.name else list(METHODS.values())
+    rows = [get_method(args.name)] if args.name else list(METHODS.values())  # an unknown NAME's error names them
     print(format_methods(rows, options=args.options or bool(args.name)))
-    for message in () if args.name else errors:
+    for message in errors:
         print(f"crossan: error: {message}", file=sys.stderr)
     return 1 if errors else 0
 

@@ -521,6 +521,7 @@ def _unknown_key(key: str, name: str, hints: dict[str, Any], top: bool, note: st
                     f"${_methods_module.PLUGINS_ENV} or an entry point)")
         if _methods_module._loaded:  # plugins were imported and none registered this section
             message += f"; {_methods_module.plugin_hint()}"
+            note = ""  # the hint names the plugins that failed to import too
     return message + (f" [{note}]" if note else "")
 
 

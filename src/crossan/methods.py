@@ -83,6 +83,9 @@ _discovered = False
 _loaded: dict[str, tuple[str, str | None, list[str]]] = {}
 """Plugin module → (the spec it was first named by, the entry point that named it or None, the methods it
 registered), for ``crossan methods`` and the errors of a method name no plugin registered."""
+_failed: list[str] = []
+"""Why each plugin :func:`discover_plugins` tried failed to import: discovery runs once per process, so a later
+unknown method name (its method, likely) is told the cause instead of a hint to set what is set already."""
 _late_section_hooks: list[Callable[[Method], None]] = []
 """Called with each row that has options and is registered after :func:`option_sections` gave the sections
 out: :mod:`crossan.config` adds its hook, which makes the row's section a field of ``Config`` in place."""
@@ -153,14 +156,15 @@ def get_method(name: str) -> Method:
 def plugin_hint() -> str:
     """How to make a plugin method known, for the errors of an unknown method name or config section; once
     plugins were imported, also what each registered (a plugin that forgot :func:`register_method`, or
-    registered another name, shows as such)."""
+    registered another name, shows as such), and the plugins whose import failed."""
+    failed = f"plugins that failed to import: {'; '.join(_failed)}" if _failed else ""
     if not _loaded:
-        return (f"a plugin method: pass --plugin MODULE, set ${PLUGINS_ENV}, or install a package with a "
-                f"{ENTRY_POINT_GROUP!r} entry point")
+        return failed or (f"a plugin method: pass --plugin MODULE, set ${PLUGINS_ENV}, or install a package "
+                          f"with a {ENTRY_POINT_GROUP!r} entry point")
     did = "; ".join(f"{spec}{'' if ep is None else f' (entry point {ep!r})'} registered "
                     f"{', '.join(names) if names else 'no method'}" for spec, ep, names in _loaded.values())
-    return (f"plugins imported: {did}; a plugin registers its method with register_method(Method(NAME, ...)) "
-            "(docs/method.md §13)")
+    return (f"plugins imported: {did}; {failed + '; ' if failed else ''}a plugin registers its method with "
+            "register_method(Method(NAME, ...)) (docs/method.md §13)")
 
 
 def load_plugin(spec: str) -> None:
@@ -270,9 +274,12 @@ def discover_plugins(errors: list[str] | None = None) -> None:
 
     A plugin that cannot be imported raises :class:`ConfigError` naming it; with ``errors`` (a list), its
     message is appended there instead and the other plugins are still imported (``crossan methods`` lists
-    what did load and says what did not)."""
+    what did load and says what did not). Called again, it imports nothing: ``errors`` gets the failures of
+    the first call, and an unknown method's error names them (:func:`plugin_hint`)."""
     global _discovered
     if _discovered:
+        if errors is not None:
+            errors.extend(_failed)
         return
     _discovered = True
     for spec in os.environ.get(PLUGINS_ENV, "").split(os.pathsep):
@@ -297,10 +304,12 @@ def _load_entry_point(ep: Any) -> None:
 
 
 def _or_collect(errors: list[str] | None, load: Callable[[Any], None], what: Any) -> None:
-    """``load(what)``; its :class:`ConfigError` raised, or appended to ``errors`` when that is a list."""
+    """``load(what)``; its :class:`ConfigError` raised, or appended to ``errors`` when that is a list (kept
+    in :data:`_failed` either way)."""
     try:
         load(what)
     except ConfigError as e:
+        _failed.append(str(e))
         if errors is None:
             raise
         errors.append(str(e))

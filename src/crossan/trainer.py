@@ -615,9 +615,10 @@ def _test_best(run: _Run, state: TrainState) -> dict[str, Any]:
         save_per_user(run.run_dir / PER_USER, data, valid_ranks, test_ranks)
         atomic_write_json(run.run_dir / RESULTS, results)
     log.info("best epoch %d | test %s | %s", state.best_epoch, metrics_line(test, cfg), run.run_dir / RESULTS)
-    if state.best_epoch and state.best_epoch == cfg.train.epochs and not cfg.train.max_steps_per_epoch:
+    capped = state.best_epoch and state.best_epoch == cfg.train.epochs and not cfg.train.max_steps_per_epoch
+    if capped and dist.is_main():  # the same on every rank; the others' warnings reach stderr (not train.log)
         log.warning("the best validation epoch was the last one train.epochs=%d allowed: the run was still "
                     "improving when it stopped (raise train.epochs; a suite report flags it as capped and claims "
-                    "no difference from or against it)", cfg.train.epochs)
+                    "no difference involving it)", cfg.train.epochs)
     dist.barrier()
     return results

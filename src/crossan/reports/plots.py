@@ -8,7 +8,7 @@ Two figures appear when the runs they need exist (no suite key; the ``ablation``
   parameters and time per epoch against k; drawn for every label with at least two such runs;
 * ``ablation_bars.png`` — when the suite has a reference: test NDCG@10 of every converged run (mean, 95%
   interval), the reference hatched, ``*`` over runs whose paired test against it gives a Holm-adjusted
-  p < 0.05 (``significant`` in the table).
+  p < 0.05 on at least three paired seeds, none of them capped (``significant`` in the table).
 """
 
 from __future__ import annotations
@@ -119,7 +119,8 @@ def _ablation_bars(rows: list[dict[str, Any]], out: Path) -> str:
     ax.set_xticks(xs, [_name(r) for r in rows], rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("test NDCG@10 (mean, 95% CI over seeds)")
     ax.set_title(f"Runs against the reference {ref} (hatched)\n"
-                 "* Holm-adjusted p < 0.05, paired bootstrap over users" + _no_interval_note(rows),
+                 "* Holm-adjusted p < 0.05, paired bootstrap over users (on 3+ seeds, none capped)"
+                 + _no_interval_note(rows),
                  fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, out, "ablation_bars.png")
@@ -182,7 +183,8 @@ def _quality_vs_params(rows: list[dict[str, Any]], n_cost_only: int, out: Path) 
     title = "Quality against trainable parameters"
     ref = rows[0].get("reference")
     if ref:
-        title += f"\n* differs from {ref} (ref) at Holm-adjusted p < 0.05, paired test over test users"
+        title += (f"\n* differs from {ref} (ref) at Holm-adjusted p < 0.05, paired test over test users (on 3+ "
+                  "seeds, none capped)")
     if n_cost_only:
         title += f"\n({n_cost_only} cost-only run(s), not converged, not shown)"
     title += _no_interval_note(rows)

@@ -120,7 +120,13 @@ def _capped_seeds(row: dict[str, Any]) -> list[dict[str, Any]]:
     run's epochs are capped on purpose and count as none)."""
     if row["cost_only"]:
         return []
-    return [p for p in row["per_seed"] if p["epochs_allowed"] and p["best_epoch"] == p["epochs_allowed"]]
+    return [p for p in row["per_seed"] if _capped(p)]
+
+
+def _capped(seed: dict[str, Any]) -> bool:
+    """Whether a seed's best validation epoch was the last one its ``train.epochs`` allowed (not 0: a run of 0
+    epochs tests its initial weights; unknown for a run whose config.yaml does not say)."""
+    return bool(seed["epochs_allowed"]) and seed["best_epoch"] == seed["epochs_allowed"]
 
 
 def _flags(row: dict[str, Any]) -> list[str]:
@@ -235,7 +241,7 @@ def collect_run(run: Any, recs: list[dict[str, Any]]) -> dict[str, Any]:
     row["crossan_version"] = "/".join(dict.fromkeys(str(p["crossan_version"] or "unknown")
                                                     for p in row["per_seed"]))
     row["flags"] = _flags(row)
-    if not run.cost_only:  # a capped run's quality is not a result: its columns stay blank
+    if not run.cost_only:  # a cost-only run's quality is not a result: its columns stay blank
         for split in ("valid", "test"):
             for k in METRICS:
                 vals = [p["results"][split][k] for p in per_seed if k in p["results"][split]]
@@ -351,7 +357,8 @@ def add_paired_tests(rows: list[dict[str, Any]], reference: str | None, resample
     both ranked under the same ``eval.mask_history`` rule (otherwise the row says why it is not paired).
 
     The tested rows are one family: each gets its raw ``p_value``, its Holm–Bonferroni adjusted ``p_holm``
-    over the ``holm_tests`` comparisons made, and ``significant`` = ``p_holm`` < :data:`ALPHA`."""
+    over the ``holm_tests`` comparisons made, and ``significant``: ``p_holm`` < :data:`ALPHA` on at least
+    :data:`MIN_CLAIM_SEEDS` paired seeds, none of them capped (the row's or the reference's: :func:`_capped`)."""
     by_name = {r["name"]: r for r in rows}
     ref = by_name.get(reference) if reference else None
     if ref is None or ref["status"] != "ok":
@@ -363,6 +370,7 @@ def add_paired_tests(rows: list[dict[str, Any]], reference: str | None, resample
             f"reference {_seeds_text(ref['failed_seeds'])} failed: the other runs are paired on its finished "
             f"{_seeds_text(list(ref_seeds))} only")
     tested = []
+    capped_in_test: dict[str, tuple[bool, bool]] = {}  # row → (a paired seed of its own, of the reference) capped
     for row in rows:
         if row is ref or row["status"] != "ok" or row["cost_only"]:
             continue
@@ -407,13 +415,16 @@ def add_paired_tests(rows: list[dict[str, Any]], reference: str | None, resample
                 f"paired on {_seeds_text(paired)} of {','.join(str(p['seed']) for p in row['per_seed'])} "
                 f"({reference} has no finished {_seeds_text(unpaired)})")
         tested.append(row)
-    ref_capped = bool(_capped_seeds(ref))
+        capped_in_test[row["name"]] = (any(_capped(p) for p, _ in pairs), any(_capped(q) for _, q in pairs))
     for row, p_holm in zip(tested, holm_adjust([r["p_value"] for r in tested])):
         # METHOD.md §11: a claim rests on at least MIN_CLAIM_SEEDS seeds, and on converged runs: a run (or a
         # reference) stopped by its epoch cap while still improving may only look worse (or better) than it
-        # is. Either still counts in Holm's family.
+        # is. Only the seeds the test paired count: Δ and p rest on them alone (a capped seed of the reference
+        # that a row lacks, or of a row that the reference lacks, is not in its test). Either way the test
+        # still counts in Holm's family.
         enough = row["paired_seeds"] >= MIN_CLAIM_SEEDS
-        claim = enough and not ref_capped and not _capped_seeds(row)
+        row_capped, ref_capped = capped_in_test[row["name"]]
+        claim = enough and not ref_capped and not row_capped
         row.update({"p_holm": p_holm, "significant": bool(claim and p_holm < ALPHA), "holm_tests": len(tested)})
         if not enough:
             row.setdefault("flags", []).append(f"{_plural(row['paired_seeds'], 'seed')} paired: no claim")
@@ -538,11 +549,13 @@ FLAG_NOTES = {
                    "Holm's tests)" for n in range(1, MIN_CLAIM_SEEDS)},
     "capped": "**capped**: the best validation epoch was the last one `train.epochs` allowed, so the run "
               "was still improving when it stopped; its quality may be below what it would reach. It stays in "
-              "the table and among Holm's tests, but its difference from the reference is not claimed (no "
-              "\\*): METHOD.md §11 compares converged runs",
-    "reference capped": "**reference capped: no claim**: the reference's best validation epoch was the last "
-                        "one `train.epochs` allowed (still improving when stopped), so no difference from it "
-                        "is claimed (no \\*); the test still counts among Holm's",
+              "the table and among Holm's tests, but when a capped seed is among those paired with the "
+              "reference, its difference from the reference is not claimed (no \\*): METHOD.md §11 compares "
+              "converged runs",
+    "reference capped": "**reference capped: no claim**: the best validation epoch of a reference seed paired "
+                        "with the row was the last one `train.epochs` allowed (still improving when stopped), "
+                        "so the row's difference from it is not claimed (no \\*); the test still counts among "
+                        "Holm's",
     "history not masked": "**history not masked**: ranked with `eval.mask_history=false` (a target that "
                           "repeats a history item can be a hit), so its quality is not comparable with "
                           "masked runs and it is not paired with a masked reference",
@@ -585,7 +598,8 @@ def holm_sentence(rows: list[dict[str, Any]]) -> str:
             f"two-sided p-value and p (Holm) the Holm–Bonferroni adjusted one over these {m} tests, which "
             f"keeps the chance of any false \\* at most {ALPHA}. \\* marks a difference significant at "
             f"{ALPHA} after the adjustment, on at least {MIN_CLAIM_SEEDS} seeds paired with the reference, "
-            "when neither the run nor the reference is capped (best epoch the last one allowed).")
+            "when neither the run nor the reference is capped on a paired seed (best epoch the last one "
+            "allowed).")
 
 
 def compute_dtypes(rows: list[dict[str, Any]]) -> str:
