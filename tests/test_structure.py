@@ -132,6 +132,13 @@ def _imported(code: str, *args: str, cwd: Path | None = None) -> dict:
 REPORT = f"import json, sys; print(json.dumps({{'heavy': [m for m in {HEAVY!r} if m in sys.modules]}}))"
 
 
+def _cli_code(call: str, check: str) -> str:
+    """Code for a fresh interpreter: ``call`` (a statement calling ``main``) with stdout captured in ``buf``,
+    then ``check`` (a statement on it), then :data:`REPORT`."""
+    return ("import contextlib, io\nfrom crossan.cli import main\nbuf = io.StringIO()\n"
+            f"with contextlib.redirect_stdout(buf):\n    {call}\n{check}\n" + REPORT)
+
+
 @pytest.mark.subprocess
 def test_reading_a_config_imports_no_torch() -> None:
     res = _imported("from crossan.config import load_config; load_config([], ['method=crossan', "
@@ -151,10 +158,8 @@ def test_help_imports_no_torch() -> None:
 @pytest.mark.subprocess
 def test_listing_the_methods_imports_no_torch() -> None:
     """`crossan methods` reads the table and the torch-free options dataclasses of the built-in methods."""
-    code = ("import contextlib, io\nfrom crossan.cli import main\nbuf = io.StringIO()\n"
-            "with contextlib.redirect_stdout(buf):\n"
-            "    assert main(['methods']) == 0 and main(['methods', '--options']) == 0\n"
-            "assert 'crossan.fusion' in buf.getvalue(), buf.getvalue()\n" + REPORT)
+    code = _cli_code("assert main(['methods']) == 0 and main(['methods', '--options']) == 0",
+                     "assert 'crossan.fusion' in buf.getvalue(), buf.getvalue()")
     assert _imported(code)["heavy"] == []
 
 
@@ -162,17 +167,15 @@ def test_listing_the_methods_imports_no_torch() -> None:
 def test_listing_the_caches_imports_no_torch(tmp_path: Path) -> None:
     """`crossan cache --list` reads manifests and folder sizes only (the cache package imports its
     submodules on first use)."""
-    code = ("import contextlib, io\nfrom crossan.cli import main\nbuf = io.StringIO()\n"
-            f"with contextlib.redirect_stdout(buf):\n    rc = main(['cache', '--list', 'cache.dir={tmp_path}'])\n"
-            "assert rc == 0 and 'no layer-state caches' in buf.getvalue(), buf.getvalue()\n" + REPORT)
+    code = _cli_code(f"rc = main(['cache', '--list', 'cache.dir={tmp_path}'])",
+                     "assert rc == 0 and 'no layer-state caches' in buf.getvalue(), buf.getvalue()")
     assert _imported(code)["heavy"] == []
 
 
 @pytest.mark.subprocess
 def test_data_stats_imports_no_model_libraries(tmp_path: Path) -> None:
     data = random_dataset(tmp_path / "d")
-    code = ("import contextlib, io\nfrom crossan.cli import main\nbuf = io.StringIO()\n"
-            f"with contextlib.redirect_stdout(buf):\n    rc = main(['data', 'stats', '--data', {str(data)!r}])\n"
-            "assert rc == 0 and 'users' in buf.getvalue(), buf.getvalue()\n" + REPORT)
+    code = _cli_code(f"rc = main(['data', 'stats', '--data', {str(data)!r}])",
+                     "assert rc == 0 and 'users' in buf.getvalue(), buf.getvalue()")
     heavy = _imported(code)["heavy"]
     assert not {"transformers", "peft", "matplotlib"} & set(heavy), heavy
