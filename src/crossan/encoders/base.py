@@ -246,7 +246,10 @@ def preprocessing_settings(modality: str, spec: EncoderSpec, info: BackboneInfo)
         # a set image_size on a transformers processor: since crossan 0.1.6 a centre-cropping processor keeps its
         # share of the image (resize scaled with the crop); the key makes caches built the old way stale
         crop = {"resize": "keeps_crop_share"} if spec.image_size and info.family != "efficientnet" else {}
-        return {"image_size": spec.image_size} | cnn | crop
+        # since crossan 0.1.6 transparent pixels are composited onto white (crossan.data.media); caches of older
+        # crossan read the colour stored under them and lack this key, so they no longer match and are rebuilt
+        # (once, also those of 0.1.6 to 0.1.9: nothing in a cache tells whether its images had transparency)
+        return {"image_size": spec.image_size} | cnn | crop | {"transparency": "over_white"}
     if modality == "video":
         return {
             "image_size": spec.image_size,
