@@ -312,26 +312,29 @@ def test_mismatched_manifest_names_the_field(built: Path, data: FakeData) -> Non
     assert any(d.startswith("video: number of items 10 in cache vs 9") for d in err.value.differences)
 
 
-def test_an_image_cache_of_crossan_before_0_1_6_is_stale(tmp_path: Path, built: Path, data: FakeData) -> None:
-    """crossan 0.1.6 composites transparent pixels onto white; older caches hold states of the colour stored
-    under them and nothing else in their manifest differed, so they were read as current. An image manifest
-    without the ``transparency`` entry (as crossan 0.1.5 wrote it) is now refused by the reader and rebuilt by
-    the builder, to the bytes of a fresh build; the other modalities' caches stay in use."""
+@pytest.mark.parametrize("modality", ["image", "video"])
+def test_an_image_or_video_cache_of_older_crossan_is_stale(tmp_path: Path, built: Path, data: FakeData,
+                                                          modality: str) -> None:
+    """Transparent pixels are composited onto white, in images since crossan 0.1.6 and in video frames since
+    0.1.10; older caches hold states of the colour stored under them and nothing else in their manifest
+    differed, so they were read as current. A manifest without the ``transparency`` entry (as crossan 0.1.9
+    wrote it) is now refused by the reader and rebuilt by the builder, to the bytes of a fresh build; the
+    other modalities' caches stay in use."""
     old = tmp_path / "old"
     shutil.copytree(built, old)
-    manifest = json.loads((old / "image" / "manifest.json").read_text())
+    manifest = json.loads((old / modality / "manifest.json").read_text())
     assert manifest["preprocessing"].pop("transparency") == "over_white"
-    (old / "image" / "manifest.json").write_text(json.dumps(manifest))
+    (old / modality / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(CacheMismatchError) as err:
-        open_cache(make_cfg(old), data, ["text", "image"])
+        open_cache(make_cfg(old), data, ["text", modality])
     assert err.value.differences == [
-        "image: preprocessing.transparency None in cache vs 'over_white' in config"]
-    reports = build_cache(make_cfg(old), data, ["text", "image"], progress=False)
-    assert {m: r.status for m, r in reports.items()} == {"text": "up to date", "image": "built"}
-    fresh, rebuilt = read_bytes(built, "image"), read_bytes(old, "image")
+        f"{modality}: preprocessing.transparency None in cache vs 'over_white' in config"]
+    reports = build_cache(make_cfg(old), data, ["text", modality], progress=False)
+    assert {m: r.status for m, r in reports.items()} == {"text": "up to date", modality: "built"}
+    fresh, rebuilt = read_bytes(built, modality), read_bytes(old, modality)
     assert {f: rebuilt[f] == fresh[f] for f in ("states.npy", "present.npy")} == {"states.npy": True,
                                                                                   "present.npy": True}
-    open_cache(make_cfg(old), data, ["text", "image"])
+    open_cache(make_cfg(old), data, ["text", modality])
 
 
 def test_missing_cache_says_how_to_build_it(tmp_path: Path, data: FakeData) -> None:

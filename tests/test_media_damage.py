@@ -338,6 +338,44 @@ def test_transparent_pixels_become_white_whatever_colour_they_store(tmp_path: Pa
     assert grey[0, 3].tolist() == [227] * 3
 
 
+@pytest.mark.parametrize(("codec", "pix_fmt", "suffix"), [("ffv1", "bgra", ".mkv"), ("qtrle", "argb", ".mov"),
+                                                          ("png", "rgba", ".mov")])
+def test_transparent_video_frames_become_white_as_images_do(tmp_path: Path, codec: str, pix_fmt: str,
+                                                            suffix: str) -> None:
+    """FFmpeg's conversion of a frame to rgb24 drops its alpha and keeps the colour stored under transparent
+    pixels: a clip of a red square on a transparent background stored over green gave green frames (images
+    were composited onto white since crossan 0.1.6, frames were not). Frames with an alpha channel are now
+    composited onto white as images are, a half-transparent pixel blended."""
+    import av
+
+    rgba = np.zeros((16, 16, 4), dtype=np.uint8)
+    rgba[..., 1] = 255  # green under every transparent pixel
+    rgba[4:12, 4:12] = (200, 30, 30, 255)
+    rgba[0, 15] = (200, 30, 30, 128)
+    path = tmp_path / f"clip{suffix}"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=4)
+        stream.width, stream.height, stream.pix_fmt = 16, 16, pix_fmt
+        for _ in range(4):
+            frame = av.VideoFrame.from_ndarray(rgba, format="rgba")
+            for packet in stream.encode(frame.reformat(format=pix_fmt)):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    with av.open(str(path)) as clip:  # what the old conversion read
+        assert next(clip.decode(video=0)).to_ndarray(format="rgb24")[0, 0].tolist() == [0, 255, 0]
+
+    expected = np.full((16, 16, 3), 255, dtype=np.uint8)
+    expected[4:12, 4:12] = (200, 30, 30)
+    frames = load_video(path, 2, item_id="v")
+    assert len(frames) == 2
+    for got in frames:
+        np.testing.assert_array_equal(got[0, 15], (227, 142, 142))  # 200·a + 255·(1 − a), a = 128/255
+        got = got.copy()
+        got[0, 15] = 255
+        np.testing.assert_array_equal(got, expected)
+
+
 @pytest.mark.parametrize(("fmt", "suffix", "declared", "held"), [("AIFF", ".aiff", "32,008", "15,981"),
                                                                   ("AU", ".au", "32,000", "15,988")])
 def test_a_cut_aiff_or_au_is_corrupt_not_zero_padded(tmp_path: Path, fmt: str, suffix: str, declared: str,

@@ -31,7 +31,9 @@ business (:meth:`ItemRecord.has`); these functions are only called for files tha
   by demuxing, not decoding, the rest of the stream after the last wanted frame. Frames are turned upright by
   the stream's display rotation (PyAV's ``frame.rotation``, in quarter turns; a portrait phone clip is stored
   landscape with a 90° rotation), as a player shows them; a mirroring in the display matrix is not applied.
-  (Images, by contrast, keep their stored orientation: see above.)
+  (Images, by contrast, keep their stored orientation: see above.) Frames with transparency (an alpha
+  channel: FFV1, QuickTime Animation, PNG-in-MOV, ProRes 4444, an animated GIF …) are composited onto
+  white, as images are.
 * audio — :func:`load_audio`: wav/flac/ogg through soundfile, everything else (mp3, m4a, the audio
   track of an mp4 …) through PyAV; mixed to mono float32, resampled with :func:`resample` and cut or
   zero-padded to a fixed duration. Only the kept duration is decoded (a long track costs no more memory
@@ -164,11 +166,24 @@ class _CutShort(ValueError):
 
 
 def _upright(frame: av.VideoFrame) -> np.ndarray:
-    """A decoded video frame as RGB ``uint8 [H, W, 3]``, turned by its display rotation (``frame.rotation``,
-    counter-clockwise degrees, rounded to a quarter turn) so that it shows as a player shows it."""
-    rgb = frame.to_ndarray(format="rgb24")
+    """A decoded video frame as RGB ``uint8 [H, W, 3]`` (:func:`_frame_rgb`), turned by its display rotation
+    (``frame.rotation``, counter-clockwise degrees, rounded to a quarter turn) so that it shows as a player
+    shows it."""
+    rgb = _frame_rgb(frame)
     turns = int(round(float(getattr(frame, "rotation", 0) or 0) / 90.0)) % 4
     return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
+
+
+def _frame_rgb(frame: av.VideoFrame) -> np.ndarray:
+    """A decoded frame as RGB ``uint8 [H, W, 3]``; a frame with transparency (a pixel format with an alpha
+    component, as FFV1, QuickTime Animation, PNG-in-MOV, ProRes 4444 or an animated GIF give) composited onto
+    white as images are (:func:`_rgb`): FFmpeg's conversion to rgb24 keeps whatever colour is stored under a
+    transparent pixel."""
+    if not any(c.is_alpha for c in frame.format.components):
+        return frame.to_ndarray(format="rgb24")
+    from PIL import Image
+
+    return np.asarray(_rgb(Image.fromarray(frame.to_ndarray(format="rgba"), "RGBA")))
 
 
 def _decode_frames(

@@ -255,7 +255,7 @@ def preprocessing_settings(modality: str, spec: EncoderSpec, info: BackboneInfo)
             "image_size": spec.image_size,
             "num_frames": int(spec.num_frames or info.hf_config.num_frames),
             "frame_sampling": spec.frame_sampling,
-        } | cnn
+        } | cnn | {"transparency": "over_white"}  # since crossan 0.1.10, as images (older video caches are stale)
     if modality == "audio":
         # AST: short clips padded with zero filterbank frames, as ASTFeatureExtractor does (caches of older
         # crossan padded the waveform with silence and lack this key, so they no longer match)
