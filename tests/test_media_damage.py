@@ -376,6 +376,48 @@ def test_transparent_video_frames_become_white_as_images_do(tmp_path: Path, code
         np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize("suffix", [".mov", ".avi"])
+def test_transparent_palette_video_frames_become_white_as_images_do(tmp_path: Path, suffix: str) -> None:
+    """A palette PNG with a tRNS chunk, muxed into a MOV or AVI, decodes to ``pal8`` frames whose palette
+    carries the alpha; PyAV marks no component of ``pal8`` as alpha, so the frames were converted to rgb24
+    and kept the green stored under the transparent entry. They are now composited onto white, to the
+    pixels :func:`load_image` gives for the same PNG."""
+    import io
+    from fractions import Fraction
+
+    import av
+    from PIL import Image
+
+    index = np.zeros((16, 16), dtype=np.uint8)  # entry 0: green, fully transparent
+    index[4:12, 4:12] = 1  # entry 1: opaque red
+    index[0, 15] = 2  # entry 2: the same red, half transparent
+    im = Image.fromarray(index, "P")
+    im.putpalette([0, 255, 0, 200, 30, 30, 200, 30, 30])
+    buf = io.BytesIO()
+    im.save(buf, "PNG", transparency=b"\x00\xff\x80")
+    (tmp_path / "still.png").write_bytes(buf.getvalue())
+    path = tmp_path / f"clip{suffix}"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("png", rate=4)
+        stream.width, stream.height, stream.pix_fmt = 16, 16, "pal8"
+        for i in range(4):
+            packet = av.Packet(buf.getvalue())
+            packet.stream, packet.pts, packet.dts, packet.time_base = stream, i, i, Fraction(1, 4)
+            out.mux(packet)
+    with av.open(str(path)) as clip:  # what the old conversion read
+        frame = next(clip.decode(video=0))
+        assert frame.format.name == "pal8" and frame.to_ndarray(format="rgb24")[0, 0].tolist() == [0, 255, 0]
+
+    expected = np.full((16, 16, 3), 255, dtype=np.uint8)
+    expected[4:12, 4:12] = (200, 30, 30)
+    expected[0, 15] = (227, 142, 142)  # 200·a + 255·(1 − a), a = 128/255
+    np.testing.assert_array_equal(np.asarray(load_image(tmp_path / "still.png")), expected)
+    frames = load_video(path, 2, item_id="v")
+    assert len(frames) == 2
+    for got in frames:
+        np.testing.assert_array_equal(got, expected)
+
+
 @pytest.mark.parametrize(("fmt", "suffix", "declared", "held"), [("AIFF", ".aiff", "32,008", "15,981"),
                                                                   ("AU", ".au", "32,000", "15,988")])
 def test_a_cut_aiff_or_au_is_corrupt_not_zero_padded(tmp_path: Path, fmt: str, suffix: str, declared: str,

@@ -32,8 +32,10 @@ business (:meth:`ItemRecord.has`); these functions are only called for files tha
   the stream's display rotation (PyAV's ``frame.rotation``, in quarter turns; a portrait phone clip is stored
   landscape with a 90° rotation), as a player shows them; a mirroring in the display matrix is not applied.
   (Images, by contrast, keep their stored orientation: see above.) Frames with transparency (an alpha
-  channel: FFV1, QuickTime Animation, PNG-in-MOV, ProRes 4444, an animated GIF …) are composited onto
-  white, as images are.
+  channel: FFV1, QuickTime Animation, PNG-in-MOV, ProRes 4444, an animated GIF …; or a palette with
+  transparent entries: a palette PNG in a MOV or AVI) are composited onto white, as images are. The alpha of
+  a VP8/VP9 WebM (stored beside the picture, ``alpha_mode=1``) is not read: FFmpeg's own VP8/VP9 decoders
+  ignore it, so such frames keep the colour stored under transparent pixels.
 * audio — :func:`load_audio`: wav/flac/ogg through soundfile, everything else (mp3, m4a, the audio
   track of an mp4 …) through PyAV; mixed to mono float32, resampled with :func:`resample` and cut or
   zero-padded to a fixed duration. Only the kept duration is decoded (a long track costs no more memory
@@ -176,10 +178,13 @@ def _upright(frame: av.VideoFrame) -> np.ndarray:
 
 def _frame_rgb(frame: av.VideoFrame) -> np.ndarray:
     """A decoded frame as RGB ``uint8 [H, W, 3]``; a frame with transparency (a pixel format with an alpha
-    component, as FFV1, QuickTime Animation, PNG-in-MOV, ProRes 4444 or an animated GIF give) composited onto
+    component, as FFV1, QuickTime Animation, PNG-in-MOV, ProRes 4444 or an animated GIF give, or a palette,
+    ``pal8``, whose entries carry an alpha: a palette PNG with a tRNS chunk in a MOV or AVI) composited onto
     white as images are (:func:`_rgb`): FFmpeg's conversion to rgb24 keeps whatever colour is stored under a
-    transparent pixel."""
-    if not any(c.is_alpha for c in frame.format.components):
+    transparent pixel. (PyAV marks no component of ``pal8`` as alpha; a palette without transparency has
+    opaque entries, so compositing changes nothing there.)"""
+    fmt = frame.format
+    if not fmt.has_palette and not any(c.is_alpha for c in fmt.components):
         return frame.to_ndarray(format="rgb24")
     from PIL import Image
 
