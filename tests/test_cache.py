@@ -26,6 +26,7 @@ from crossan.cache import (
     open_cache,
     open_features,
 )
+from crossan.cache.layout import cache_command_line
 from crossan.cache.workarea import shard_span
 from crossan.config import Config
 from crossan.data.catalogue import MODALITIES, Catalogue, ItemRecord
@@ -291,6 +292,26 @@ def test_join_refuses_incomplete_shards(tmp_path: Path, data: FakeData) -> None:
     build_cache(cfg, data, ["text"], shard=0, num_shards=2, progress=False)
     with pytest.raises(RuntimeError, match=r"shards \[1\] of 2"):
         join_shards(cfg, data, ["text"])
+
+
+def test_join_of_stale_shards_says_how_to_rebuild_them(tmp_path: Path, data: FakeData) -> None:
+    """Shards of an older crossan (an image shard's plan without the ``transparency`` entry of 0.1.10) are
+    refused by the join, which said only which field differed; it now gives the shard command that replaces
+    them, and a shard built by it joins."""
+    cfg = make_cfg(tmp_path, data)
+    for shard in (0, 1):
+        build_cache(cfg, data, ["image"], shard=shard, num_shards=2, progress=False)
+    plan_file = tmp_path / "image.shards" / "0-of-2" / "plan.json"
+    plan = json.loads(plan_file.read_text())
+    assert plan["manifest"]["preprocessing"].pop("transparency") == "over_white"
+    plan_file.write_text(json.dumps(plan))
+    with pytest.raises(CacheMismatchError) as err:
+        join_shards(cfg, data, ["image"])
+    assert err.value.differences == ["image: preprocessing.transparency None in cache vs 'over_white' in config"]
+    assert str(err.value).endswith(f"Build the shards again with `{cache_command_line(cfg, ['image'])} --shard I "
+                                   "--num-shards 2` (each replaces its stale shard), then `--join` them")
+    build_cache(cfg, data, ["image"], shard=0, num_shards=2, progress=False)
+    assert join_shards(cfg, data, ["image"])["image"].status == "joined"
 
 
 # --------------------------------------------------------------------------------------------- verification

@@ -93,9 +93,11 @@ def _checked_shard_plans(cfg: Config, data: Any, m: str, spec: EncoderSpec, root
     expected = expected_manifest(m, spec, data)
     for folder, plan in shards:
         diffs = manifest_differences(m, plan["manifest"], expected)
-        if diffs:
-            raise CacheMismatchError(f"the shard in {folder} was built under other settings:\n  " + "\n  ".join(diffs),
-                                     diffs)
+        if diffs:  # a shard build under this run's settings discards the stale shard and encodes it again
+            raise CacheMismatchError(
+                f"the shard in {folder} was built under other settings:\n  " + "\n  ".join(diffs)
+                + f"\nBuild the shards again with `{cache_command_line(cfg, [m])} --shard I --num-shards "
+                f"{num_shards}` (each replaces its stale shard), then `--join` them", diffs)
     _check_same_build(cfg, m, num_shards, shards)
     spans = [(p["lo"], p["hi"]) for _, p in shards]
     n = num_items(data)
