@@ -34,25 +34,30 @@ FINGERPRINT = "0123456789abcdef"
 
 
 def _run_folder(root: Path, name: str, seed: int, test_ranks: np.ndarray, *, mask: bool | None = True,
-                best_epoch: int = 3, epochs: int = 10, version: str | None = crossan.__version__,
+                best_epoch: int = 3, epochs: int = 10, patience: int | None = 4, eval_every: int = 1,
+                version: str | None = crossan.__version__,
                 ks: tuple[int, ...] = (5, 10, 20), alone: bool | None = True, device: str = "cpu",
                 memory_kind: str = "cpu_peak_rss_above_idle", time_per_epoch: float = 1.0,
                 peak_rss: int | None = None, tower: dict[str, Any] | None = None,
                 peak_memory: int = 2**20, steps: tuple[int, int] | None = None) -> dict[str, Any]:
     """Write ``root/runs/NAME/seed-S`` as a finished run (``mask`` None: results.json without the key, as an
     older crossan wrote it) and return its suite record (``alone``: whether the suite recorded it as trained
-    with nothing else running, None: not known)."""
+    with nothing else running, None: not known; ``patience`` None: a config.yaml without train.patience)."""
     run_dir = root / "runs" / name / f"seed-{seed}"
     run_dir.mkdir(parents=True)
     ranks = torch.as_tensor(test_ranks, dtype=torch.float64)
     users = np.asarray([f"u{i}" for i in range(len(test_ranks))])
-    cfg = load_config([], [f"train.epochs={epochs}", f"eval.mask_history={str(mask is not False).lower()}",
+    cfg = load_config([], [f"train.epochs={epochs}", f"train.patience={patience or 10}",
+                           f"train.eval_every={eval_every}", f"eval.mask_history={str(mask is not False).lower()}",
                            f"eval.ks=[{','.join(map(str, ks))}]", f"seed={seed}",
                            f"train.metric=NDCG@{10 if 10 in ks else max(ks)}"])
     if steps is not None:  # (steps run, steps of a full epoch) in history.jsonl, as the trainer writes them
         (run_dir / "history.jsonl").write_text(json.dumps({"epoch": 1, "loss": 1.0, "train_time_s": 1.0,
                                                            "steps": steps[0], "full_epoch_steps": steps[1]}) + "\n")
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
+    saved = to_dict(cfg)
+    if patience is None:
+        del saved["train"]["patience"]
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(saved))
     results: dict[str, Any] = {
         "method": "id", "modalities": ["text"], "dataset": "d", "best_epoch": best_epoch,
         "epochs_run": epochs,
@@ -268,23 +273,38 @@ def test_significance_mark_uses_holm_over_the_reports_tests(tmp_path: Path) -> N
 
 
 # --------------------------------------------------------------------------------------------- capped runs
-@pytest.mark.parametrize(("best", "epochs", "cost_only", "flag"), [
-    ({0: 12, 1: 12}, 12, False, "capped: best at the last allowed epoch (seeds 0,1, train.epochs=12)"),
-    ({0: 12, 1: 7}, 12, False, "capped: best at the last allowed epoch (seed 0, train.epochs=12)"),
-    ({0: 8, 1: 11}, 12, False, None),   # stopped before the cap, or early: not capped
-    ({0: 1}, 1, True, None),            # cost only: its epochs are capped on purpose, its quality not shown
+@pytest.mark.parametrize(("best", "epochs", "more", "cost_only", "flag"), [
+    ({0: 12, 1: 12}, 12, {}, False,
+     "capped: stopped by train.epochs=12 before train.patience=4 ran out (seeds 0,1; best epochs 12, 12)"),
+    ({0: 12, 1: 7}, 12, {}, False,
+     "capped: stopped by train.epochs=12 before train.patience=4 ran out (seed 0; best epoch 12)"),
+    # 3 validations after the best, fewer than the patience: the cap stopped it (the ablation's
+    # shared-adapters seed 2 at 12 epochs, which found a better epoch 15 with room); not flagged before
+    ({0: 9, 1: 8}, 12, {}, False,
+     "capped: stopped by train.epochs=12 before train.patience=4 ran out (seed 0; best epoch 9)"),
+    ({0: 8, 1: 3}, 12, {}, False, None),   # 4 validations after the best: early stopping ended it
+    # validated at 3, 6, 9, 12: one validation after epoch 9, two after epoch 6
+    ({0: 9, 1: 6}, 12, {"eval_every": 3, "patience": 2}, False,
+     "capped: stopped by train.epochs=12 before train.patience=2 ran out (seed 0; best epoch 9)"),
+    ({0: 11, 1: 9}, 11, {"eval_every": 3, "patience": 2}, False,   # validated at 3, 6, 9 and the last, 11
+     "capped: stopped by train.epochs=11 before train.patience=2 ran out (seeds 0,1; best epochs 11, 9)"),
+    ({0: 11, 1: 6}, 12, {"patience": None}, False,   # patience unknown: only a best epoch at the cap
+     None),
+    ({0: 12}, 12, {"patience": None}, False, "capped: stopped by train.epochs=12 (seed 0; best epoch 12)"),
+    ({0: 1}, 1, {}, True, None),            # cost only: its epochs are capped on purpose, its quality not shown
 ])
-def test_best_epoch_at_the_epoch_cap_is_flagged(tmp_path: Path, best: dict[int, int], epochs: int,
-                                                cost_only: bool, flag: str | None) -> None:
+def test_a_seed_that_the_epoch_cap_stopped_is_flagged(tmp_path: Path, best: dict[int, int], epochs: int,
+                                                      more: dict[str, Any], cost_only: bool,
+                                                      flag: str | None) -> None:
     rng = np.random.default_rng(2)
     ranks = {s: rng.geometric(0.08, size=200).astype(float) for s in best}
     row = _row(tmp_path, "R", ranks, cost_only=cost_only, best_epoch=best,
-               epochs=dict.fromkeys(best, epochs))
+               epochs=dict.fromkeys(best, epochs), **{k: dict.fromkeys(best, v) for k, v in more.items()})
     assert row["flags"] == ([flag] if flag else [])
     write_outputs([row], {**META, "reference": None}, tmp_path)
     line = next(x for x in (tmp_path / "results.md").read_text().splitlines() if x.startswith("| R |"))
     report = (tmp_path / "report.md").read_text()
-    assert (f"| {flag} |" in line and "**capped**: the best validation epoch was the last one" in report) \
+    assert (f"| {flag} |" in line and "**capped**: the run reached the last epoch" in report) \
         if flag else ("capped" not in line and "**capped**" not in report)
     _, table = _csv_rows(tmp_path)
     assert table["R"]["flags"] == (flag or "")
@@ -401,7 +421,7 @@ def test_a_difference_involving_a_capped_run_is_not_claimed(tmp_path: Path, capp
     by = {r["name"]: r for r in rows}
     assert by["R"]["p_holm"] < 0.05 and by["R"]["holm_tests"] == 1
     assert by["R"]["significant"] is (capped == "neither")
-    capped_flag = "capped: best at the last allowed epoch (seeds 0,1,2, train.epochs=10)"
+    capped_flag = "capped: stopped by train.epochs=10 before train.patience=4 ran out (seeds 0,1,2; best epochs 10, 10, 10)"
     assert by["R"]["flags"] == {"row": [capped_flag], "reference": ["reference capped: no claim"],
                                 "neither": []}[capped]
     line = next(x for x in (tmp_path / "results.md").read_text().splitlines() if x.startswith("| R |"))

@@ -474,9 +474,9 @@ def test_a_reused_run_gives_its_cost_only_when_it_trained_alone(tmp_path: Path) 
 def test_cost_repeats_add_measurements_to_the_median_and_check_the_ranking(tmp_path: Path) -> None:
     """``cost_repeats: 3``: the first seed's two repeats (``seed-0.cost-2``, ``-3``) join the median of the cost
     columns (seed 1 trained two at a time does not), not the quality columns; a repeat that ranks otherwise
-    than its seed is flagged."""
+    than its seed is flagged. (Patience 1: the runs, best at epoch 1 of 2, stopped on it, not on the cap.)"""
     data = random_dataset(tmp_path / "data")
-    suite = _suite_file(tmp_path, data, seeds="[0, 1]", parallel=2, repeats=3)
+    suite = _suite_file(tmp_path, data, seeds="[0, 1]", parallel=2, repeats=3, overrides="train.patience=1")
     out = tmp_path / "out"
     _finished_run(suite, data, out, 0, time_per_epoch=1.0)
     _finished_run(suite, data, out, 0, repeat=2, time_per_epoch=5.0)

@@ -555,15 +555,26 @@ def test_a_run_detaches_its_log_when_it_ends(small_data: Path, tmp_path: Path) -
         assert text and "a later step's message" not in text
 
 
-def test_a_run_whose_best_epoch_is_the_last_allowed_warns(small_data: Path, tmp_path: Path) -> None:
-    """A run stopped by train.epochs while still improving says so at its end, in train.log (a suite report
-    flags it as capped and claims nothing on it); a cost run capped by max_steps_per_epoch is capped on
-    purpose, and a run of 0 epochs tests its initial weights: neither warns."""
+def test_a_run_ended_by_its_epoch_cap_before_its_patience_warns(small_data: Path, tmp_path: Path) -> None:
+    """A run that train.epochs stopped before train.patience ran out says so at its end, in train.log (a suite
+    report flags it as capped and claims nothing on it): one whose best epoch is the last (before, the only
+    case), and one whose best is earlier with fewer than `patience` validations after it (not warned before).
+    A run that early stopping ended does not warn, nor a cost run capped by max_steps_per_epoch (capped on
+    purpose) or a run of 0 epochs (it tests its initial weights). ``train.lr=1e-12``: no epoch improves on the
+    first, so the best epoch is 1."""
     def warned(name: str) -> bool:
-        return "was the last one train.epochs=1 allowed" in (tmp_path / name / "train.log").read_text()
+        return "before train.patience=" in (tmp_path / name / "train.log").read_text()
 
     assert train(_cfg(small_data, "train.epochs=1"), tmp_path / "one", progress=False)["best_epoch"] == 1
     assert warned("one")
+    flat = ("train.lr=1e-12", "train.lr_adapter=1e-12", "train.epochs=3")  # steps below fp32 rounding
+    out = train(_cfg(small_data, *flat, "train.patience=5"), tmp_path / "early_best", progress=False)
+    assert (out["best_epoch"], out["epochs_run"]) == (1, 3) and warned("early_best")
+    assert "ended the run 2 validation(s) after its best epoch 1" in (tmp_path / "early_best" / "train.log").read_text()
+    out = train(_cfg(small_data, *flat, "train.patience=2"), tmp_path / "patience", progress=False)
+    assert (out["best_epoch"], out["epochs_run"]) == (1, 3) and not warned("patience")  # stopped on both at 3
+    out = train(_cfg(small_data, *flat, "train.patience=1"), tmp_path / "stopped", progress=False)
+    assert (out["best_epoch"], out["epochs_run"]) == (1, 2) and not warned("stopped")
     train(_cfg(small_data, "train.epochs=1", "train.max_steps_per_epoch=2"), tmp_path / "cost", progress=False)
     assert not warned("cost")
     assert train(_cfg(small_data, "train.epochs=0"), tmp_path / "zero", progress=False)["best_epoch"] == 0
@@ -584,4 +595,4 @@ def test_only_rank_0_warns_of_a_capped_run(small_data: Path, tmp_path: Path, mon
     monkeypatch.setattr(trainer, "load_weights", load_as_another_rank)
     capfd.readouterr()
     assert train(_cfg(small_data, "train.epochs=1"), tmp_path / "run", progress=False)["best_epoch"] == 1
-    assert "train.epochs=1 allowed" not in capfd.readouterr().err
+    assert "before train.patience=" not in capfd.readouterr().err

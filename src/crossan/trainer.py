@@ -615,10 +615,13 @@ def _test_best(run: _Run, state: TrainState) -> dict[str, Any]:
         save_per_user(run.run_dir / PER_USER, data, valid_ranks, test_ranks)
         atomic_write_json(run.run_dir / RESULTS, results)
     log.info("best epoch %d | test %s | %s", state.best_epoch, metrics_line(test, cfg), run.run_dir / RESULTS)
-    capped = state.best_epoch and state.best_epoch == cfg.train.epochs and not cfg.train.max_steps_per_epoch
+    # the cap, not early stopping, ended training: fewer than `patience` validations since the best one
+    capped = (state.best_epoch and state.epoch >= cfg.train.epochs and state.bad_epochs < cfg.train.patience
+              and not cfg.train.max_steps_per_epoch)
     if capped and dist.is_main():  # the same on every rank; the others' warnings reach stderr (not train.log)
-        log.warning("the best validation epoch was the last one train.epochs=%d allowed: the run was still "
-                    "improving when it stopped (raise train.epochs; a suite report flags it as capped and claims "
-                    "no difference involving it)", cfg.train.epochs)
+        log.warning("train.epochs=%d ended the run %d validation(s) after its best epoch %d, before "
+                    "train.patience=%d ran out: it was not shown to have stopped improving (raise train.epochs; "
+                    "a suite report flags it as capped and claims no difference involving it)",
+                    cfg.train.epochs, state.bad_epochs, state.best_epoch, cfg.train.patience)
     dist.barrier()
     return results

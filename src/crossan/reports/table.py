@@ -6,7 +6,7 @@ Holm–Bonferroni adjusted p-values over the report's comparisons, the efficienc
 ``*_ci95`` columns hold the half-width of the interval: the interval is ``mean ± ci95``. ``p_value`` is the
 raw bootstrap p-value, ``p_holm`` the Holm-adjusted one that ``significant`` is based on, ``paired_seeds``
 how many seeds the test paired, ``p_value_note`` why a row has no test (or ``reference``). ``flags`` names
-what a reader must know about a row: seeds whose best epoch was the last one allowed (``capped``), an
+what a reader must know about a row: seeds that the epoch cap stopped before their patience ran out (``capped``), an
 evaluation without the history mask or seeds that differ in it, runs written by another crossan version, a
 paired test on fewer seeds than the row's mean (the reference lacks some), the reference's failed seeds, cost
 columns left blank (no seed of the run is known to have trained alone) or measured under other settings
@@ -115,24 +115,41 @@ def _mask_text(mask: bool | None) -> str:
 
 
 def _capped_seeds(row: dict[str, Any]) -> list[dict[str, Any]]:
-    """The seeds of a converged-quality row whose best validation epoch was the last one ``train.epochs``
-    allowed: still improving when stopped, so their quality may be below what the method reaches (a cost-only
-    run's epochs are capped on purpose and count as none)."""
+    """The seeds of a converged-quality row that the epoch cap stopped (:func:`_capped`): early stopping never
+    judged them converged, so their quality may be below what the method reaches (a cost-only run's epochs
+    are capped on purpose and count as none)."""
     if row["cost_only"]:
         return []
     return [p for p in row["per_seed"] if _capped(p)]
 
 
+def _validations_after(best: int, epochs: int, every: int) -> int:
+    """How many validations the trainer ran after epoch ``best`` up to ``epochs``: every ``every`` epochs and
+    after the last one (:mod:`crossan.trainer`)."""
+    return epochs // every - best // every + (1 if epochs % every else 0)
+
+
 def _capped(seed: dict[str, Any]) -> bool:
-    """Whether a seed's best validation epoch was the last one its ``train.epochs`` allowed (not 0: a run of 0
-    epochs tests its initial weights; unknown for a run whose config.yaml does not say)."""
-    return bool(seed["epochs_allowed"]) and seed["best_epoch"] == seed["epochs_allowed"]
+    """Whether the epoch cap, not early stopping, ended a seed's training: it reached ``train.epochs`` with
+    fewer than ``train.patience`` validations after its best one (the trainer stops on whichever comes
+    first), so it was not shown to have stopped improving. A best epoch at the cap is the plainest case; one
+    a few epochs before it is another (the ablation suite's shared-adapters, seed 2, at best epoch 9 of 12
+    with patience 4, reached epoch 15 with room: docs/results.md §9g). Not for a run of 0 epochs (it tests its
+    initial weights); unknown settings (a config.yaml that does not say) fall back to a best epoch at the
+    cap, and a missing ``eval_every`` to 1."""
+    epochs, best = seed["epochs_allowed"], seed["best_epoch"]
+    if not epochs:
+        return False
+    patience, every = seed.get("patience"), seed.get("eval_every") or 1
+    if not patience:
+        return best == epochs
+    return _validations_after(best, epochs, every) < patience
 
 
 def _flags(row: dict[str, Any]) -> list[str]:
     """What a reader must know about a finished row: seeds that differ in ``eval.mask_history`` (their
-    interval mixes two ranking rules) or a run without the mask, seeds whose best epoch was the last one
-    ``train.epochs`` allowed (still improving when stopped: ``capped``), seeds written by another crossan
+    interval mixes two ranking rules) or a run without the mask, seeds that the epoch cap stopped before their
+    patience ran out (``capped``: not shown converged), seeds written by another crossan
     version, end-to-end seeds whose training steps decoded media (their time includes it)."""
     flags = []
     seeds = row["per_seed"]
@@ -146,8 +163,11 @@ def _flags(row: dict[str, Any]) -> list[str]:
     capped = _capped_seeds(row)
     if capped:
         epochs = "/".join(dict.fromkeys(str(p["epochs_allowed"]) for p in capped))
-        flags.append(f"capped: best at the last allowed epoch ({_seeds_text([p['seed'] for p in capped])}, "
-                     f"train.epochs={epochs})")
+        patience = "/".join(dict.fromkeys(str(p.get("patience")) for p in capped))
+        before = f" before train.patience={patience} ran out" if all(p.get("patience") for p in capped) else ""
+        best = ", ".join(str(p["best_epoch"]) for p in capped)
+        flags.append(f"capped: stopped by train.epochs={epochs}{before} ({_seeds_text([p['seed'] for p in capped])}; "
+                     f"best epoch{'s' if len(capped) > 1 else ''} {best})")
     one_step = [p for p in seeds if p.get("one_step")]
     if one_step:
         flags.append(f"timed from one step ({_seeds_text([p['seed'] for p in one_step])}: "
@@ -215,6 +235,8 @@ def collect_run(run: Any, recs: list[dict[str, Any]]) -> dict[str, Any]:
         per_seed.append({"seed": r["seed"], "dir": r["dir"], "results": _run_results(r["dir"])})
     row["per_seed"] = [{"seed": p["seed"], "dir": p["dir"], "best_epoch": p["results"]["best_epoch"],
                         "epochs_allowed": _train_setting(p["dir"], "epochs"),
+                        "patience": _train_setting(p["dir"], "patience"),
+                        "eval_every": _train_setting(p["dir"], "eval_every"),
                         "one_step": _timed_from_one_step(p["dir"]),
                         "test": p["results"]["test"], "valid": p["results"]["valid"],
                         "time_per_epoch_s": p["results"]["train_time_per_epoch_s"],
@@ -418,8 +440,8 @@ def add_paired_tests(rows: list[dict[str, Any]], reference: str | None, resample
         capped_in_test[row["name"]] = (any(_capped(p) for p, _ in pairs), any(_capped(q) for _, q in pairs))
     for row, p_holm in zip(tested, holm_adjust([r["p_value"] for r in tested])):
         # METHOD.md §11: a claim rests on at least MIN_CLAIM_SEEDS seeds, and on converged runs: a run (or a
-        # reference) stopped by its epoch cap while still improving may only look worse (or better) than it
-        # is. Only the seeds the test paired count: Δ and p rest on them alone (a capped seed of the reference
+        # reference) stopped by its epoch cap before its patience ran out may only look worse (or better) than
+        # it is. Only the seeds the test paired count: Δ and p rest on them alone (a capped seed of the reference
         # that a row lacks, or of a row that the reference lacks, is not in its test). Either way the test
         # still counts in Holm's family.
         enough = row["paired_seeds"] >= MIN_CLAIM_SEEDS
@@ -547,13 +569,14 @@ FLAG_NOTES = {
                    "users but not between trainings; METHOD.md §11 claims a difference on at least "
                    f"{MIN_CLAIM_SEEDS} seeds, so the row gets no \\* whatever its p (it still counts among "
                    "Holm's tests)" for n in range(1, MIN_CLAIM_SEEDS)},
-    "capped": "**capped**: the best validation epoch was the last one `train.epochs` allowed, so the run "
-              "was still improving when it stopped; its quality may be below what it would reach. It stays in "
-              "the table and among Holm's tests, but when a capped seed is among those paired with the "
+    "capped": "**capped**: the run reached the last epoch `train.epochs` allowed with fewer than "
+              "`train.patience` validations after its best one, so the cap, not early stopping, ended it: it "
+              "was not shown to have stopped improving, and its quality may be below what it would reach. It "
+              "stays in the table and among Holm's tests, but when a capped seed is among those paired with the "
               "reference, its difference from the reference is not claimed (no \\*): METHOD.md §11 compares "
               "converged runs",
-    "reference capped": "**reference capped: no claim**: the best validation epoch of a reference seed paired "
-                        "with the row was the last one `train.epochs` allowed (still improving when stopped), "
+    "reference capped": "**reference capped: no claim**: a reference seed paired with the row was "
+                        "stopped by `train.epochs` before its `train.patience` ran out (not shown converged), "
                         "so the row's difference from it is not claimed (no \\*); the test still counts among "
                         "Holm's",
     "history not masked": "**history not masked**: ranked with `eval.mask_history=false` (a target that "
