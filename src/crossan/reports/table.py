@@ -125,8 +125,9 @@ def _capped_seeds(row: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _validations_after(best: int, epochs: int, every: int) -> int:
     """How many validations the trainer ran after epoch ``best`` up to ``epochs``: every ``every`` epochs and
-    after the last one (:mod:`crossan.trainer`)."""
-    return epochs // every - best // every + (1 if epochs % every else 0)
+    after the last one (:mod:`crossan.trainer`). The last epoch, when not a multiple of ``every``, counts only
+    when it comes after ``best``: a best epoch at the cap has none after it, whatever ``every``."""
+    return epochs // every - best // every + (1 if epochs % every and best < epochs else 0)
 
 
 def _capped(seed: dict[str, Any]) -> bool:
