@@ -622,8 +622,8 @@ def holm_sentence(rows: list[dict[str, Any]]) -> str:
             f"two-sided p-value and p (Holm) the Holm–Bonferroni adjusted one over these {m} tests, which "
             f"keeps the chance of any false \\* at most {ALPHA}. \\* marks a difference significant at "
             f"{ALPHA} after the adjustment, on at least {MIN_CLAIM_SEEDS} seeds paired with the reference, "
-            "when neither the run nor the reference is capped on a paired seed (best epoch the last one "
-            "allowed).")
+            "when neither the run nor the reference is capped on a paired seed (stopped by `train.epochs` "
+            "before `train.patience` ran out).")
 
 
 def compute_dtypes(rows: list[dict[str, Any]]) -> str:
