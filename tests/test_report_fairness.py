@@ -28,7 +28,7 @@ from crossan.config import load_config, to_dict
 from crossan.evaluation import mean_metrics, strict_ranks
 from crossan.reports.stats import ndcg_at
 from crossan.reports.suite import RunSpec
-from crossan.reports.table import add_paired_tests, collect_run, write_outputs
+from crossan.reports.table import _validations_after, add_paired_tests, collect_run, write_outputs
 
 FINGERPRINT = "0123456789abcdef"
 
@@ -273,6 +273,16 @@ def test_significance_mark_uses_holm_over_the_reports_tests(tmp_path: Path) -> N
 
 
 # --------------------------------------------------------------------------------------------- capped runs
+@pytest.mark.parametrize("every", [1, 2, 3, 4, 5])
+def test_validations_after_the_best_follow_the_trainers_schedule(every: int) -> None:
+    """``_validations_after`` counts what the trainer's loop validates (every ``eval_every``-th epoch and the
+    last, ``crossan.trainer._run_epoch``) after each epoch it can have validated, up to each cap."""
+    for epochs in range(1, 14):
+        validated = [e for e in range(1, epochs + 1) if e % every == 0 or e == epochs]
+        for best in validated:
+            assert _validations_after(best, epochs, every) == sum(e > best for e in validated), (best, epochs)
+
+
 @pytest.mark.parametrize(("best", "epochs", "more", "cost_only", "flag"), [
     ({0: 12, 1: 12}, 12, {}, False,
      "capped: stopped by train.epochs=12 before train.patience=4 ran out (seeds 0,1; best epochs 12, 12)"),
@@ -288,6 +298,12 @@ def test_significance_mark_uses_holm_over_the_reports_tests(tmp_path: Path) -> N
      "capped: stopped by train.epochs=12 before train.patience=2 ran out (seed 0; best epoch 9)"),
     ({0: 11, 1: 9}, 11, {"eval_every": 3, "patience": 2}, False,   # validated at 3, 6, 9 and the last, 11
      "capped: stopped by train.epochs=11 before train.patience=2 ran out (seeds 0,1; best epochs 11, 9)"),
+    # a best epoch at a cap that is not a multiple of eval_every has no validation after it: patience 1 has
+    # not run out (the trainer warns); the report counted the last epoch as one after it and flagged neither
+    ({0: 2}, 2, {"eval_every": 3, "patience": 1}, False,
+     "capped: stopped by train.epochs=2 before train.patience=1 ran out (seed 0; best epoch 2)"),
+    ({0: 11, 1: 9}, 11, {"eval_every": 3, "patience": 1}, False,   # seed 1: validated at 11, stopped on both
+     "capped: stopped by train.epochs=11 before train.patience=1 ran out (seed 0; best epoch 11)"),
     ({0: 11, 1: 6}, 12, {"patience": None}, False,   # patience unknown: only a best epoch at the cap
      None),
     ({0: 12}, 12, {"patience": None}, False, "capped: stopped by train.epochs=12 (seed 0; best epoch 12)"),
@@ -429,7 +445,9 @@ def test_a_difference_involving_a_capped_run_is_not_claimed(tmp_path: Path, capp
     report = (tmp_path / "report.md").read_text()
     assert ("its difference from the reference is not claimed" in report) is (capped != "neither")
     assert ("**reference capped: no claim**" in report) is (capped == "reference")
-    assert "when neither the run nor the reference is capped" in report
+    # the sentence under the table states the rule the flag applies, not the older best-epoch-at-the-cap one
+    assert ("when neither the run nor the reference is capped on a paired seed (stopped by `train.epochs` "
+            "before `train.patience` ran out)") in report and "best epoch the last one" not in report
 
 
 @pytest.mark.parametrize("capped", ["unpaired reference seed", "unpaired row seed", "paired reference seed"])

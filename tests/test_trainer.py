@@ -581,6 +581,30 @@ def test_a_run_ended_by_its_epoch_cap_before_its_patience_warns(small_data: Path
     assert not (tmp_path / "zero" / "train.log").is_file() or not warned("zero")
 
 
+@pytest.mark.parametrize(("epochs", "patience", "every", "capped"), [
+    (2, 1, 3, True),    # validated only at the last epoch, 2: the best, and nothing after it
+    (4, 1, 3, False),   # validated at 3 (best) and 4: patience 1 ran out at the cap
+    (4, 2, 3, True),    # one validation after the best, fewer than 2
+])
+def test_a_suite_report_flags_as_capped_what_the_trainer_warns_of(small_data: Path, tmp_path: Path, epochs: int,
+                                                                   patience: int, every: int, capped: bool) -> None:
+    """The report's rule (``_capped``, from the run's config.yaml and best epoch) and the trainer's warning
+    (from its loop state) agree on real runs with ``eval_every`` > 1 (``train.lr=1e-12``: no epoch improves on
+    the first validated one). The report missed the first until it stopped counting the last epoch as a validation
+    after a best epoch at the last epoch."""
+    from crossan.reports.table import _capped, _train_setting
+
+    flat = ("train.lr=1e-12", "train.lr_adapter=1e-12")
+    run = tmp_path / "run"
+    out = train(_cfg(small_data, *flat, f"train.epochs={epochs}", f"train.patience={patience}",
+                     f"train.eval_every={every}"), run, progress=False)
+    warned = "before train.patience=" in (run / "train.log").read_text()
+    seed = {"best_epoch": out["best_epoch"],
+            **{name: _train_setting(str(run), key) for name, key in
+               (("epochs_allowed", "epochs"), ("patience", "patience"), ("eval_every", "eval_every"))}}
+    assert warned is capped and _capped(seed) is capped
+
+
 def test_only_rank_0_warns_of_a_capped_run(small_data: Path, tmp_path: Path, monkeypatch, capfd) -> None:
     """Under torchrun the other ranks' "crossan" logger keeps WARNING with no handler, so a warning of theirs
     reaches stderr (Python's last-resort handler): the capped warning, the same on every rank, was printed once

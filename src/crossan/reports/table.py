@@ -125,8 +125,9 @@ def _capped_seeds(row: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _validations_after(best: int, epochs: int, every: int) -> int:
     """How many validations the trainer ran after epoch ``best`` up to ``epochs``: every ``every`` epochs and
-    after the last one (:mod:`crossan.trainer`)."""
-    return epochs // every - best // every + (1 if epochs % every else 0)
+    after the last one (:mod:`crossan.trainer`). The last epoch, when not a multiple of ``every``, counts only
+    when it comes after ``best``: a best epoch at the cap has none after it, whatever ``every``."""
+    return epochs // every - best // every + (1 if epochs % every and best < epochs else 0)
 
 
 def _capped(seed: dict[str, Any]) -> bool:
@@ -621,8 +622,8 @@ def holm_sentence(rows: list[dict[str, Any]]) -> str:
             f"two-sided p-value and p (Holm) the Holm–Bonferroni adjusted one over these {m} tests, which "
             f"keeps the chance of any false \\* at most {ALPHA}. \\* marks a difference significant at "
             f"{ALPHA} after the adjustment, on at least {MIN_CLAIM_SEEDS} seeds paired with the reference, "
-            "when neither the run nor the reference is capped on a paired seed (best epoch the last one "
-            "allowed).")
+            "when neither the run nor the reference is capped on a paired seed (stopped by `train.epochs` "
+            "before `train.patience` ran out).")
 
 
 def compute_dtypes(rows: list[dict[str, Any]]) -> str:
