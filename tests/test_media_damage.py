@@ -376,48 +376,6 @@ def test_transparent_video_frames_become_white_as_images_do(tmp_path: Path, code
         np.testing.assert_array_equal(got, expected)
 
 
-@pytest.mark.parametrize("rotation", [0, 90])
-def test_a_transparent_webm_is_read_with_its_alpha(tmp_path: Path, rotation: int) -> None:
-    """A VP9 WebM stores its alpha beside the picture (``alpha_mode=1``), which FFmpeg's own vp9 decoder
-    ignores: a red square on a transparent background stored over green gave green frames. Such a track is
-    decoded with libvpx, which reads the alpha, and composited onto white as images are; its display rotation
-    (which the libvpx decoder's frames do not carry) still turns it upright."""
-    import av
-
-    if not any(c == "libvpx-vp9" for c in av.codecs_available):
-        pytest.skip("this FFmpeg has no libvpx-vp9")
-    rgba = np.zeros((16, 24, 4), dtype=np.uint8)
-    rgba[..., 1] = 255  # green under every transparent pixel
-    rgba[4:12, 4:12] = (200, 30, 30, 255)
-    path = tmp_path / "clip.webm"
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libvpx-vp9", rate=4)
-        stream.width, stream.height, stream.pix_fmt = 24, 16, "yuva420p"
-        stream.options = {"lossless": "1", "deadline": "realtime"}
-        stream.set_display_rotation(rotation)
-        for _ in range(4):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(rgba, format="rgba").reformat(format="yuva420p")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    with av.open(str(path)) as clip:  # what FFmpeg's vp9 decoder reads
-        assert clip.streams.video[0].metadata.get("alpha_mode") == "1"
-        frame = next(clip.decode(video=0))
-        assert frame.format.name == "yuv420p" and frame.to_ndarray(format="rgb24")[0, 0].tolist()[1] > 240
-
-    stored = av.VideoFrame.from_ndarray(rgba, format="rgba").reformat(format="yuva420p").to_ndarray(format="rgb24")
-    frames = load_video(path, 2, item_id="v")
-    assert len(frames) == 2
-    for got in frames:
-        got = np.rot90(got, -(rotation // 90))  # back to the stored orientation
-        assert got.shape == (16, 24, 3)
-        outside = np.ones((16, 24), dtype=bool)
-        outside[4:12, 4:12] = False
-        assert (got[outside] == 255).all()  # the alpha is at full resolution and lossless: exactly white
-        # inside: the opaque square as written to (lossless) YUV 4:2:0, whose chroma blurs its edges
-        np.testing.assert_allclose(got[4:12, 4:12].astype(int), stored[4:12, 4:12].astype(int), rtol=0, atol=2)
-
-
 @pytest.mark.parametrize("suffix", [".mov", ".avi"])
 def test_transparent_palette_video_frames_become_white_as_images_do(tmp_path: Path, suffix: str) -> None:
     """A palette PNG with a tRNS chunk, muxed into a MOV or AVI, decodes to ``pal8`` frames whose palette

@@ -33,9 +33,9 @@ business (:meth:`ItemRecord.has`); these functions are only called for files tha
   landscape with a 90° rotation), as a player shows them; a mirroring in the display matrix is not applied.
   (Images, by contrast, keep their stored orientation: see above.) Frames with transparency (an alpha
   channel: FFV1, QuickTime Animation, PNG-in-MOV, ProRes 4444, an animated GIF …; or a palette with
-  transparent entries: a palette PNG in a MOV or AVI; or a transparent WebM, VP8/VP9 whose alpha is stored
-  beside the picture, ``alpha_mode=1``, which FFmpeg's own decoders ignore: such a track is decoded with
-  libvpx, :func:`_side_alpha_decoder`) are composited onto white, as images are.
+  transparent entries: a palette PNG in a MOV or AVI) are composited onto white, as images are. The alpha of
+  a VP8/VP9 WebM (stored beside the picture, ``alpha_mode=1``) is not read: FFmpeg's own VP8/VP9 decoders
+  ignore it, so such frames keep the colour stored under transparent pixels.
 * audio — :func:`load_audio`: wav/flac/ogg through soundfile, everything else (mp3, m4a, the audio
   track of an mp4 …) through PyAV; mixed to mono float32, resampled with :func:`resample` and cut or
   zero-padded to a fixed duration. Only the kept duration is decoded (a long track costs no more memory
@@ -167,48 +167,13 @@ class _CutShort(ValueError):
     """A media file holds less than its own index or header declares (a cut download)."""
 
 
-def _upright(frame: av.VideoFrame, rotation: float | None = None) -> np.ndarray:
+def _upright(frame: av.VideoFrame) -> np.ndarray:
     """A decoded video frame as RGB ``uint8 [H, W, 3]`` (:func:`_frame_rgb`), turned by its display rotation
-    (``frame.rotation``, or ``rotation`` when given, counter-clockwise degrees, rounded to a quarter turn) so
-    that it shows as a player shows it."""
+    (``frame.rotation``, counter-clockwise degrees, rounded to a quarter turn) so that it shows as a player
+    shows it."""
     rgb = _frame_rgb(frame)
-    if rotation is None:
-        rotation = getattr(frame, "rotation", 0)
-    turns = int(round(float(rotation or 0) / 90.0)) % 4
+    turns = int(round(float(getattr(frame, "rotation", 0) or 0) / 90.0)) % 4
     return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
-
-
-_ALPHA_DECODERS = {"vp8": "libvpx", "vp9": "libvpx-vp9"}
-"""The decoders that read the alpha a Matroska/WebM VP8/VP9 track stores beside the picture (FFmpeg's own
-``vp8``/``vp9`` decoders ignore it)."""
-
-
-def _side_alpha_decoder(path: Path, stream: av.video.stream.VideoStream) -> tuple[av.CodecContext, float] | None:
-    """For a VP8/VP9 track with an alpha channel stored beside the picture (Matroska/WebM ``alpha_mode=1``: a
-    transparent WebM), a libvpx decoder, which reads it, and the stream's display rotation (the decoder is
-    not the stream's, and its frames carry none; taken from the stream's own first frame); None for any other
-    stream, or when this FFmpeg has no libvpx decoder (the alpha is then ignored)."""
-    import av
-
-    name = _ALPHA_DECODERS.get(stream.codec_context.name) if stream.codec_context is not None else None
-    if name is None or str(stream.metadata.get("alpha_mode", "")).strip() != "1":
-        return None
-    try:
-        decoder = av.CodecContext.create(name, "r")
-    except Exception:  # no such decoder in this FFmpeg build
-        return None
-    if stream.codec_context.extradata:
-        decoder.extradata = stream.codec_context.extradata
-    rotation = 0.0
-    with av.open(str(path)) as container:
-        own = next(s for s in container.streams if s.index == stream.index)
-        own.thread_type = "NONE"  # a frame from the first packet
-        for packet in container.demux(own):
-            frames = packet.decode()
-            if frames:
-                rotation = float(getattr(frames[0], "rotation", 0) or 0)
-                break
-    return decoder, rotation
 
 
 def _frame_rgb(frame: av.VideoFrame) -> np.ndarray:
@@ -252,17 +217,15 @@ def _decode_frames(
             raise ValueError("no video stream")
         stream = streams[0]
         stream.thread_type = "AUTO" if threaded else "NONE"
-        alpha = _side_alpha_decoder(path, stream)  # a transparent WebM: libvpx decodes picture and alpha
         for packet in container.demux(stream):
             packets += 1 if packet.size else 0
             if count > last:  # every wanted frame is in: only look for packets past the declared length
                 if not declared or packets > declared:
                     break
                 continue
-            # the last, empty packet drains the decoder
-            for frame in packet.decode() if alpha is None else alpha[0].decode(packet):
+            for frame in packet.decode():  # the last, empty packet drains the decoder
                 if count in wanted:
-                    got[count] = _upright(frame, None if alpha is None else alpha[1])
+                    got[count] = _upright(frame)
                 if frame.time is not None:
                     end = frame.time + (float(frame.duration * frame.time_base) if frame.duration else 0.0)
                 count += 1
