@@ -36,8 +36,8 @@ business (:meth:`ItemRecord.has`); these functions are only called for files tha
   transparent entries: a palette PNG in a MOV or AVI) are composited onto white, as images are. The alpha of
   a VP8/VP9 WebM (stored beside the picture, ``alpha_mode=1``) is not read: FFmpeg's own VP8/VP9 decoders
   ignore it, so such frames keep the colour stored under transparent pixels. (FFmpeg's libvpx decoder reads
-  it, but on the same lossless file it returned a 2×2 block of wrong alpha in a few of several hundred decodes here:
-  not repeatable, so a cache built from it would not be either.)
+  it, but on the same lossless file it returned a 2×2 block of wrong alpha in a few of several hundred
+  decodes here: not repeatable, so a cache built from it would not be either.)
 * audio — :func:`load_audio`: wav/flac/ogg through soundfile, everything else (mp3, m4a, the audio
   track of an mp4 …) through PyAV; mixed to mono float32, resampled with :func:`resample` and cut or
   zero-padded to a fixed duration. Only the kept duration is decoded (a long track costs no more memory
