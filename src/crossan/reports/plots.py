@@ -23,6 +23,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from crossan.reports.table import MIN_CLAIM_SEEDS  # noqa: E402
+
 
 def plot_all(rows: list[dict[str, Any]], out: Path) -> list[str]:
     """Write every figure that the rows support; returns their file names (relative to ``out``).
@@ -119,7 +121,7 @@ def _ablation_bars(rows: list[dict[str, Any]], out: Path) -> str:
     ax.set_xticks(xs, [_name(r) for r in rows], rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("test NDCG@10 (mean, 95% CI over seeds)")
     ax.set_title(f"Runs against the reference {ref} (hatched)\n"
-                 "* Holm-adjusted p < 0.05, paired bootstrap over users (on 3+ seeds, none capped)"
+                 f"* Holm-adjusted p < 0.05, paired bootstrap over users (on {MIN_CLAIM_SEEDS}+ seeds, none capped)"
                  + _no_interval_note(rows),
                  fontsize=9)
     ax.grid(axis="y", alpha=0.3)
@@ -183,8 +185,8 @@ def _quality_vs_params(rows: list[dict[str, Any]], n_cost_only: int, out: Path) 
     title = "Quality against trainable parameters"
     ref = rows[0].get("reference")
     if ref:
-        title += (f"\n* differs from {ref} (ref) at Holm-adjusted p < 0.05, paired test over test users (on 3+ "
-                  "seeds, none capped)")
+        title += (f"\n* differs from {ref} (ref) at Holm-adjusted p < 0.05, paired test over test users (on "
+                  f"{MIN_CLAIM_SEEDS}+ seeds, none capped)")
     if n_cost_only:
         title += f"\n({n_cost_only} cost-only run(s), not converged, not shown)"
     title += _no_interval_note(rows)
