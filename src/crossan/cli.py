@@ -362,10 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Generate the small built-in multimodal dataset (if absent), cache four frozen "
                                    "encoders (offline preset), train ID, frozen features, IISAN, CROSSAN (concat "
                                    "and MOMEF) under seeds 0, 1, 2 and measure FFT/Adapter/LoRA (cost only), then "
-                                   "write results.csv, report.md and plots into --out. From scratch, 14-19 minutes on a "
-                                   "2-core CPU without bf16 units (AVX2, fp32; five runs, 2026-12-01) and 13.5 with "
-                                   "--cost-repeats 3 on one with them (Zen 5, AVX-512 BF16; 2026-12-02); finished "
-                                   "runs are reused when it is run again.")
+                                   "write results.csv, report.md and plots into --out. From scratch on a 2-core CPU, "
+                                   "crossan 0.1.9: 25 minutes with --cost-repeats 3 without bf16 units (Zen 3, fp32; "
+                                   "2026-12-03); with runs capped at 12 epochs (crossan 0.1.8 and before): 14-19 "
+                                   "minutes without the repeats (AVX2, fp32; five runs, 2026-12-01) and 13.5 with "
+                                   "them on a CPU with bf16 units (Zen 5, AVX-512 BF16; 2026-12-02). Finished "
+                                   "runs are reused when it is run again (README, 'What the demo shows').")
     p.add_argument("--out", default="demo_run", help="output folder (default demo_run)")
     p.add_argument("--seeds", metavar="0,1,2", help="training seeds, comma-separated (default: the suite's seeds)")
     p.add_argument("--cost-repeats", type=int, metavar="N",
