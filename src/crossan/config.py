@@ -2,9 +2,9 @@
 
 Precedence (later wins): dataclass defaults < ``--config`` YAML files in order < ``key=value`` overrides.
 Keys are dotted paths (``train.lr=1e-3``, ``crossan.fusion=concat``); a handful of often-used keys live at
-the top level (``method``, ``modalities``, ``cached``, ``seed``, ``device``). Unknown keys and values of the
-wrong type are errors that name the key, and the file and line that set it (range and cross-field checks
-included). A key repeated in one YAML mapping is an error (YAML would keep the last one silently).
+the top level (``method``, ``modalities``, ``cached``, ``seed``, ``device``, ``precision``). Unknown keys and
+values of the wrong type are errors that name the key, and the file and line that set it (range and
+cross-field checks included). A key repeated in one YAML mapping is an error (YAML would keep the last one silently).
 
 Values read alike from a file and from the command line: a number key takes ``1e-3`` (YAML 1.1 reads it as
 a string) and reads ``010`` as decimal 10 (not octal 8); a string key refuses an unquoted value YAML reads
