@@ -200,6 +200,32 @@ def test_a_modality_no_item_has_is_an_error_before_training_or_caching(tmp_path:
     assert not (tmp_path / "run" / "results.json").exists() and not (tmp_path / "cache").exists()
 
 
+def test_no_media_error_of_a_recbole_or_csv_dataset_says_it_reads_no_media(tmp_path: Path, capsys) -> None:
+    """RecBole files with their covers in images/: `--modalities image` was refused as having no image,
+    "looked for ... files named by item id in images/ or covers/", though images/ held a cover for every item:
+    only an items.tsv brings media, which the error now says instead of pointing at the folder it never read."""
+    from PIL import Image
+
+    root = tmp_path / "d"
+    (root / "images").mkdir(parents=True)
+    names = "abcdefgh"
+    for c in names:
+        Image.new("RGB", (8, 8), (30 * names.index(c), 0, 0)).save(root / "images" / f"{c}.png")
+    rows = "".join(f"u{u}\t{c}\t{t}\n" for u in range(12) for t, c in enumerate(names[u % 3:]))
+    (root / "d.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n" + rows)
+    (root / "d.item").write_text("item_id:token\ttitle:token_seq\n" + "".join(f"{c}\ttitle {c}\n" for c in names))
+    (root / "d.csv").write_text("user,item,timestamp\n" + rows.replace("\t", ","))
+    for data, source in ((root, root / "d.item"), (root / "d.csv", root / "d.csv")):
+        capsys.readouterr()
+        assert main(["cache", "--data", str(data), "--modalities", "image", "--preset", "tiny",
+                     "cache.dir=" + str(tmp_path / "cache")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"crossan: error: modality image: none of the 8 items of {source} has image content "
+                              "(looked for media files only through an items.tsv"), err
+        assert "the RecBole layout and a CSV file alone read no media" in err and "images/" not in err
+    assert not (tmp_path / "cache").exists()
+
+
 def test_missing_media_files_stop_a_cache_build_before_any_encoding(tmp_path: Path, capsys) -> None:
     """An items.tsv path column naming a file that is not there: the build encoded every other modality (and
     the image rows before it) first and failed only on reaching it. Now nothing is encoded; the error names
