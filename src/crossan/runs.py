@@ -29,6 +29,7 @@ import hashlib
 import json
 import math
 import os
+import shlex
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -290,7 +291,7 @@ def _plugin_of_run(run_dir: Path, raw: dict[str, Any]) -> str:
     module = str(source.get("module") or "")
     spec = module if "." in module else source["file"]  # a package's module by name, a lone file by its path
     return (f"; the run's method {method!r} was trained from module {module!r} ({source['file']}): pass "
-            f"--plugin {spec} if that is still its code")
+            f"--plugin {shlex.quote(spec)} if that is still its code")
 
 
 # --------------------------------------------------------------------------------------------- weights
