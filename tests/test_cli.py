@@ -182,6 +182,23 @@ def test_overrides_may_follow_an_option(tmp_path: Path, capsys) -> None:
     assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err
 
 
+def test_rows_dropped_under_the_drop_options_are_said_when_training(tmp_path: Path) -> None:
+    """``data.on_bad_rows=drop`` / ``data.on_unknown_items=drop``: `crossan data stats` showed the count, but
+    `crossan train` said nothing of it on the terminal or in train.log (results.json only), so a file whose
+    rows were mostly dropped trained on the rest without a word. The start of the run now says it."""
+    items = {c: f"title {c}" for c in "abcdefgh"}
+    data = write_iisan(tmp_path / "d", {f"u{i}": list("abcdefgh"[i % 3:]) for i in range(12)}, items)
+    with (data / "users.tsv").open("a") as f:
+        f.write("broken\n" + "u99\ta b zz c d e\n")
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(data), "method=id", "train.epochs=1", "device=cpu", "--quiet",
+                 "data.on_bad_rows=drop", "data.on_unknown_items=drop", "--out", str(out)]) == 0
+    line = "rows dropped while reading the data (counted, not trained on): bad_rows 1, unknown_items 1"
+    assert line in (out / "train.log").read_text()
+    assert json.loads((out / "results.json").read_text())["data"]["dropped_rows"] == {"bad_rows": 1,
+                                                                                      "unknown_items": 1}
+
+
 def test_a_modality_no_item_has_is_an_error_before_training_or_caching(tmp_path: Path, capsys) -> None:
     """Titles but no media: ``modalities=[text,image]`` trained (and ``cache --modalities image`` cached
     "0/N items present") without a word, on zeros. Both stop now, naming the modality and where it looked."""
