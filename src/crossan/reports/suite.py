@@ -5,7 +5,8 @@ reference run), efficiency figures, plots and a markdown report.
 A suite is a YAML file (or the name of a built-in one in ``crossan/suites/``)::
 
     description: what it compares
-    data: synth:small           # a dataset folder, or synth:SIZE[:SEED[:DOMINANT]] to generate the built-in data
+    data: synth:small           # a dataset folder (relative: to the current folder), or synth:SIZE[:SEED[:DOMINANT]]
+                                # to generate the built-in data
     preset: offline             # encoder preset for every run
     overrides: [train.epochs=10] # key=value applied to every run
     seeds: [0, 1, 2]            # training seeds (``--seeds 0,1,2`` overrides); default [0]
