@@ -84,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
           "| p | s/epoch (median over seeds) | trainable params |")
     print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        q = " | ".join(f"{r[f'test_{m}_mean']:.4f} ± {r[f'test_{m}_ci95']:.4f}" for m in METRICS)
+        # one seed has no interval: its mean alone, as in the suites' tables (not "± nan")
+        q = " | ".join(f"{r[f'test_{m}_mean']:.4f}" + (f" ± {r[f'test_{m}_ci95']:.4f}"
+                                                        if np.isfinite(r[f"test_{m}_ci95"]) else "") for m in METRICS)
         if r["run"] == ref:
             d, p = "reference", ""
         elif isinstance(r["p_value"], str):

@@ -55,3 +55,17 @@ def test_compare_runs_says_when_it_pairs_fewer_seeds_than_a_group_has(tmp_path: 
     assert compare.main(["--reference", "A", f"A={a}", "B=" + ",".join(map(str, b))]) == 0
     row = next(r for r in capsys.readouterr().out.splitlines() if r.startswith("| B |"))
     assert row.split(" | ")[8] == "0.0001 (Holm 0.0001), 1 of 3 seeds paired: no claim"
+
+
+def test_compare_runs_gives_one_seeds_mean_without_an_interval(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Two runs of one seed each (README: "any two runs on the same split can be compared") were printed as
+    "0.5000 ± nan"; a single seed's mean now stands alone, as in the suites' tables."""
+    compare = load_benchmark("compare_runs")
+    a = _run(tmp_path / "a0", np.ones(400, dtype=np.int64))
+    b = _run(tmp_path / "b0", np.where(np.arange(400) % 2 == 0, 1, 50))
+    assert compare.main(["--reference", "A", f"A={a}", f"B={b}"]) == 0
+    out = capsys.readouterr().out
+    assert "nan" not in out
+    row = next(r for r in out.splitlines() if r.startswith("| B |"))
+    assert row.split(" | ")[4:7] == ["0.5000", "0.5000", "0.5100"]

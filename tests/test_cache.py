@@ -492,6 +492,40 @@ def test_build_stopped_by_a_corrupt_file_resumes_under_missing(tmp_path: Path, c
     assert calls == [("image", 3)] and reports["image"].num_corrupt == 1
 
 
+def test_a_partial_build_resumes_once_its_corrupt_file_is_replaced(tmp_path: Path, corrupt_data: FakeData) -> None:
+    """A build stopped by a corrupt file keeps its finished batches, but once the file was replaced the next
+    build discarded them all ("started under other settings (titles or media files changed)") and encoded
+    every item again: at scale, hours lost for one file. Now only the batches holding a changed item are
+    encoded again, the cache equals a build in one go, and a corrupt entry logged under ``missing`` for the
+    replaced file goes with its batch (resumed under ``error``, the build does not stop at it)."""
+    root = Path(shutil.copytree(corrupt_data.catalogue.root, tmp_path / "media"))
+    ids = corrupt_data.item_ids
+    data = FakeData(ids, Catalogue(root, list(corrupt_data.catalogue)))  # 'bad' is row 11, in batch 3
+    early = FakeData(ids[:2] + ["bad"] + ids[2:-1], data.catalogue)  # 'bad' is row 2, in batch 0
+    cfg, killed = make_cfg(tmp_path / "stopped"), make_cfg(tmp_path / "killed")
+    with pytest.raises(MediaError, match="'bad'"):
+        build_cache(cfg, data, ["image"], progress=False)  # batches 0-2 done
+
+    def kill_after_batch_1(modality: str, batch: int) -> None:
+        if batch == 1:
+            raise Interrupted
+
+    killed.cache.on_corrupt = "missing"
+    with pytest.raises(Interrupted):  # batches 0-1 done, 'bad' logged corrupt
+        build_cache(killed, early, ["image"], progress=False, on_batch=kill_after_batch_1)
+    write_image(root / "bad.jpg", (10, 200, 30))
+    killed.cache.on_corrupt = "error"
+    calls: list[tuple[str, int]] = []
+    for c, d, redone in ((cfg, data, [3]), (killed, early, [0, 2, 3])):
+        calls.clear()
+        reports = build_cache(c, d, ["image"], progress=False, on_batch=lambda m, b: calls.append((m, b)))
+        assert calls == [("image", b) for b in redone]
+        assert reports["image"].num_corrupt == 0
+        whole = make_cfg(tmp_path / f"whole-{len(redone)}")
+        build_cache(whole, d, ["image"], progress=False)
+        assert read_bytes(Path(c.cache.dir), "image") == read_bytes(Path(whole.cache.dir), "image")
+
+
 def test_resumed_update_under_error_keeps_the_corrupt_files_its_cache_marked_missing(
         tmp_path: Path, corrupt_data: FakeData) -> None:
     """An update encodes only the changed batches; the corrupt files the cache marked missing elsewhere stay

@@ -403,6 +403,23 @@ def test_the_suggested_cache_command_builds_the_cache_of_a_run_with_other_data_s
     assert again.data.text_fields == ["title", "brand"] and again.cache.on_corrupt == "missing"
 
 
+def test_the_suggested_cache_command_runs_as_printed_where_paths_hold_spaces(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dataset in "my data/": the command a run without its cache printed read `--data /…/my data`, which
+    the shell splits in two (copied as printed it failed); so did cache.dir. Every path is shell-quoted now."""
+    monkeypatch.setenv("CROSSAN_CACHE_DIR", str(tmp_path / "caches"))
+    root = random_dataset(tmp_path / "my data", n_users=12, n_items=20)
+    cfg = load_config([], [f"data.path={root}", f"cache.dir={tmp_path / 'the cache'}", "encoders.preset=tiny",
+                           "precision=fp32", "device=cpu"])
+    data = prepare(cfg.data)
+    with pytest.raises(CacheMissingError) as err:
+        open_cache(cfg, data, ["text"])
+    command = str(err.value).splitlines()[1].strip()
+    assert f"--data '{root}'" in command and f"'cache.dir={tmp_path / 'the cache'}'" in command
+    assert main(shlex.split(command)[1:]) == 0
+    assert open_cache(cfg, data, ["text"]).dims == {"text": 64}
+
+
 def test_update_under_another_batch_size_encodes_every_item(tmp_path: Path, data: FakeData,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
     """The batch size is part of a build's identity (a partial build of another is discarded): an update

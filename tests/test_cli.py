@@ -182,6 +182,23 @@ def test_overrides_may_follow_an_option(tmp_path: Path, capsys) -> None:
     assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err
 
 
+def test_rows_dropped_under_the_drop_options_are_said_when_training(tmp_path: Path) -> None:
+    """``data.on_bad_rows=drop`` / ``data.on_unknown_items=drop``: `crossan data stats` showed the count, but
+    `crossan train` said nothing of it on the terminal or in train.log (results.json only), so a file whose
+    rows were mostly dropped trained on the rest without a word. The start of the run now says it."""
+    items = {c: f"title {c}" for c in "abcdefgh"}
+    data = write_iisan(tmp_path / "d", {f"u{i}": list("abcdefgh"[i % 3:]) for i in range(12)}, items)
+    with (data / "users.tsv").open("a") as f:
+        f.write("broken\n" + "u99\ta b zz c d e\n")
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(data), "method=id", "train.epochs=1", "device=cpu", "--quiet",
+                 "data.on_bad_rows=drop", "data.on_unknown_items=drop", "--out", str(out)]) == 0
+    line = "rows dropped while reading the data (counted, not trained on): bad_rows 1, unknown_items 1"
+    assert line in (out / "train.log").read_text()
+    assert json.loads((out / "results.json").read_text())["data"]["dropped_rows"] == {"bad_rows": 1,
+                                                                                      "unknown_items": 1}
+
+
 def test_a_modality_no_item_has_is_an_error_before_training_or_caching(tmp_path: Path, capsys) -> None:
     """Titles but no media: ``modalities=[text,image]`` trained (and ``cache --modalities image`` cached
     "0/N items present") without a word, on zeros. Both stop now, naming the modality and where it looked."""
@@ -198,6 +215,32 @@ def test_a_modality_no_item_has_is_an_error_before_training_or_caching(tmp_path:
                               "image content (looked for a file: an items.tsv header column named image, or files "
                               "named by item id in images/ or covers/); leave image out of the modalities"), err
     assert not (tmp_path / "run" / "results.json").exists() and not (tmp_path / "cache").exists()
+
+
+def test_no_media_error_of_a_recbole_or_csv_dataset_says_it_reads_no_media(tmp_path: Path, capsys) -> None:
+    """RecBole files with their covers in images/: `--modalities image` was refused as having no image,
+    "looked for ... files named by item id in images/ or covers/", though images/ held a cover for every item:
+    only an items.tsv brings media, which the error now says instead of pointing at the folder it never read."""
+    from PIL import Image
+
+    root = tmp_path / "d"
+    (root / "images").mkdir(parents=True)
+    names = "abcdefgh"
+    for c in names:
+        Image.new("RGB", (8, 8), (30 * names.index(c), 0, 0)).save(root / "images" / f"{c}.png")
+    rows = "".join(f"u{u}\t{c}\t{t}\n" for u in range(12) for t, c in enumerate(names[u % 3:]))
+    (root / "d.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n" + rows)
+    (root / "d.item").write_text("item_id:token\ttitle:token_seq\n" + "".join(f"{c}\ttitle {c}\n" for c in names))
+    (root / "d.csv").write_text("user,item,timestamp\n" + rows.replace("\t", ","))
+    for data, source in ((root, root / "d.item"), (root / "d.csv", root / "d.csv")):
+        capsys.readouterr()
+        assert main(["cache", "--data", str(data), "--modalities", "image", "--preset", "tiny",
+                     "cache.dir=" + str(tmp_path / "cache")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"crossan: error: modality image: none of the 8 items of {source} has image content "
+                              "(looked for media files only through an items.tsv"), err
+        assert "the RecBole layout and a CSV file alone read no media" in err and "images/" not in err
+    assert not (tmp_path / "cache").exists()
 
 
 def test_missing_media_files_stop_a_cache_build_before_any_encoding(tmp_path: Path, capsys) -> None:

@@ -530,13 +530,14 @@ def test_a_run_of_a_plugin_not_loaded_says_which_plugin_trained_it(fresh_plugins
     run.mkdir()
     (run / "config.yaml").write_text(yaml.safe_dump({**to_dict(load_config([], [])), "method": "ghostm",
                                                      "ghostm": {"width": 3}}))
-    for module, spec in (("ghostm", "/x/ghostm.py"), ("pkg.ghostm", "pkg.ghostm")):
-        (run / "results.json").write_text(json.dumps({"method_source": {"module": module, "file": "/x/ghostm.py",
+    for module, file, spec in (("ghostm", "/x/ghostm.py", "/x/ghostm.py"), ("pkg.ghostm", "/x/ghostm.py", "pkg.ghostm"),
+                               ("ghostm", "/my x/ghostm.py", "'/my x/ghostm.py'")):  # quoted: pasted, it runs
+        (run / "results.json").write_text(json.dumps({"method_source": {"module": module, "file": file,
                                                                         "sha256": "0" * 64}}))
         with pytest.raises(RunError) as e:
             read_run_config(run)
         assert str(e.value).endswith(f"; the run's method 'ghostm' was trained from module {module!r} "
-                                     f"(/x/ghostm.py): pass --plugin {spec} if that is still its code")
+                                     f"({file}): pass --plugin {spec} if that is still its code")
 
 
 # --- crossan methods: the table as a researcher sees it, plugins included ---

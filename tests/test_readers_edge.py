@@ -221,6 +221,24 @@ def test_a_csv_folder_whose_items_have_spaces_still_hints_at_the_csv_layout(tmp_
     assert [r.item_id for r in read(DataConfig(path=str(root / "inter.csv"))).catalogue] == ["it 1", "b"]
 
 
+def test_the_csv_hints_quote_a_path_with_a_space(tmp_path: Path) -> None:
+    """The "--data FILE" the readers suggest (the CSV file of a folder read as IISAN, or one of several CSV
+    files) was printed bare, so in "my data/" the shell split it in two when pasted; it is shell-quoted now."""
+    import shlex
+
+    root = _iisan(tmp_path / "my data", "a\tx\nb\ty\n", "")
+    (root / "users.tsv").unlink()
+    (root / "inter.csv").write_text("user,item,timestamp\nu1,a,1\n")
+    with pytest.raises(DataError) as e:
+        read(DataConfig(path=str(root)))
+    assert str(e.value).endswith(f"--data {shlex.quote(str(root / 'inter.csv'))})") and "'" in str(e.value)
+    (root / "items.tsv").unlink()
+    (root / "more.csv").write_text("user,item,timestamp\nu1,a,1\n")
+    with pytest.raises(DataError) as e:
+        read(DataConfig(path=str(root), format="csv"))
+    assert str(e.value).endswith(f"pass one: --data {shlex.quote(str(root / 'inter.csv'))}")
+
+
 @pytest.mark.parametrize("quoted", [False, True])
 def test_a_csv_of_iso_dates_is_told_that_timestamps_are_numbers(tmp_path: Path, quoted: bool) -> None:
     """A CSV whose timestamps are dates: 'malformed timestamp' at line 2 read as one bad row (its hint:

@@ -508,6 +508,25 @@ def test_a_dataset_other_than_the_training_one_is_refused(how: str, needle: str,
     assert not (tmp_path / "export").exists()
 
 
+def test_a_run_whose_dataset_moved_says_how_to_point_it_there(id_run: Path, tmp_path: Path, capsys) -> None:
+    """The training dataset moved away: recommend, evaluate and export said only "DATA: no such file or
+    folder", not that the run can be pointed at the dataset's new place (--run-data); they say so now, and
+    --run-data serves it from there."""
+    run = _copy(id_run, tmp_path)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    moved = Path(shutil.copytree(cfg["data"]["path"], tmp_path / "moved"))
+    cfg["data"]["path"] = str(tmp_path / "gone")
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    item = load_recommender(id_run, device="cpu").item_ids[1]
+    for argv in (["recommend", str(run), "--history", item], ["evaluate", str(run)],
+                 ["export", str(run), "--out", str(tmp_path / "export")]):
+        assert main([*argv, "--device", "cpu"]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(tmp_path / "gone") in err and "--run-data PATH" in err, err
+    assert not (run / "evaluation.json").exists() and not (tmp_path / "export").exists()
+    assert main(["recommend", str(run), "--history", item, "--device", "cpu", "--run-data", str(moved)]) == 0
+
+
 def test_older_run_without_fingerprint_and_weights_that_do_not_fit(id_run: Path, tmp_path: Path,
                                                                    capsys) -> None:
     run = _copy(id_run, tmp_path)

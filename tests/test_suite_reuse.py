@@ -310,6 +310,32 @@ def test_a_finished_run_whose_cache_folder_moved_is_reused_where_it_records_the_
     assert "and its results.json records no cache_states, so the inputs it read cannot be" in rec["error"]
 
 
+def test_a_failed_cache_build_stops_the_suite_with_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A suite whose cache could not be built (its data path missing, a corrupt cover) ended `crossan bench`
+    with a Python traceback (a bare RuntimeError holding the child's whole log), not with the one line that
+    names what is at fault: the child's own error, as for every other bad input."""
+    import crossan.reports.suite as suite_mod
+    from crossan.cli import main
+    from crossan.errors import CacheError
+
+    def failing(target: str, kwargs: dict[str, Any], log: Path, show: bool) -> int:
+        log.write_text(f"crossan: error: {tmp_path / 'nothere'}: no such file or folder\n\n"
+                       "[suite-child] cpu seconds 0.30\n")
+        return 2
+
+    monkeypatch.setattr(suite_mod, "run_child", failing)
+    suite = _suite_file(tmp_path, tmp_path / "nothere", runs="runs:\n  - {name: F, method: frozen}\n")
+    (tmp_path / "out").mkdir()
+    with pytest.raises(CacheError) as e:
+        suite_mod.ensure_cache(suite, tmp_path / "nothere", tmp_path / "out", progress=False)
+    assert str(e.value).count("crossan: error") == 0 and "\n" not in str(e.value)
+    assert str(e.value).endswith(f"{tmp_path / 'nothere'}: no such file or folder")
+    capsys.readouterr()
+    assert main(["bench", "--suite", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("crossan: error: building the layer-state cache for F failed") and err.count("\n") == 1
+
+
 def test_the_suites_precision_reaches_its_cache_build(tmp_path: Path, monkeypatch, capsys) -> None:
     """A suite at ``precision=fp32`` on a CPU with bf16 units built its cache in bfloat16: the cache child got
     no precision (only encoders.*, cache.*, data.* and device). A run-level precision gets a build of its own,

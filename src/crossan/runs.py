@@ -29,6 +29,7 @@ import hashlib
 import json
 import math
 import os
+import shlex
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -290,7 +291,7 @@ def _plugin_of_run(run_dir: Path, raw: dict[str, Any]) -> str:
     module = str(source.get("module") or "")
     spec = module if "." in module else source["file"]  # a package's module by name, a lone file by its path
     return (f"; the run's method {method!r} was trained from module {module!r} ({source['file']}): pass "
-            f"--plugin {spec} if that is still its code")
+            f"--plugin {shlex.quote(spec)} if that is still its code")
 
 
 # --------------------------------------------------------------------------------------------- weights
@@ -737,8 +738,9 @@ def load_run(run_dir: str | Path, device: str = "auto", data_path: str | None = 
     of reading the file again: a run that still trains may have replaced it since (a new best epoch), and
     the caller checked what lies beside the weights against the bytes it read.
 
-    Raises :class:`RunError` when the dataset's items are not those the run was trained on
-    (:func:`check_item_fingerprint`) and when the weights do not fit the model (:func:`load_weights`).
+    Raises :class:`RunError` when the dataset is not at ``data.path`` (naming ``--run-data``), when its items
+    are not those the run was trained on (:func:`check_item_fingerprint`) and when the weights do not fit the
+    model (:func:`load_weights`).
     """
     from crossan.data import prepare
     from crossan.model import build_model
@@ -755,6 +757,10 @@ def load_run(run_dir: str | Path, device: str = "auto", data_path: str | None = 
     if changed:
         warnings.warn(f"{run_dir}: {changed}; its weights are loaded into the code of now, so its scores may "
                       f"differ from {RESULTS}", MethodCodeWarning, stacklevel=2)
+    if not data_path and cfg.data.path and not Path(cfg.data.path).expanduser().exists():
+        # the reader's own error names the path only; say how to point the run at the dataset's new place
+        raise RunError(f"{run_dir}: the dataset it was trained on, {cfg.data.path} (data.path of its "
+                       f"{CONFIG}), is not there; if it moved, pass its new place (--run-data PATH)")
     data = prepare(cfg.data)
     check_item_fingerprint(run_dir, results, data, cfg.data.path)
     for category, phrase in input_changes(results, cfg, data):

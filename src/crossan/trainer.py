@@ -359,6 +359,9 @@ def _log_start(run: _Run) -> None:
     log.info("crossan %s | method=%s modalities=%s | data %s: %d users, %d items | device %s | world size %d",
              crossan.__version__, cfg.method, ",".join(cfg.modalities), data.name, data.num_users,
              data.num_items, describe_device(run.device), dist.world_size())
+    if data.dropped:  # data.on_bad_rows / on_unknown_items=drop: said here too, not in results.json only
+        log.info("  rows dropped while reading the data (counted, not trained on): %s",
+                 ", ".join(f"{reason} {n:,}" for reason, n in sorted(data.dropped.items())))
     for name, r in run.modules.items():
         log.info("  %-28s trainable %12s / total %12s", name, f"{r['trainable']:,}", f"{r['total']:,}")
     log.info("  %-28s trainable %12s / total %12s", "ALL", f"{trainable:,}", f"{total:,}")

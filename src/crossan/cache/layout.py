@@ -143,15 +143,17 @@ def _data_overrides(cfg: Config) -> list[str]:
 
 def cache_command_line(cfg: Config, modalities: list[str]) -> str:
     """The ``crossan cache`` command that builds what this run needs: the run's dataset, with its data
-    settings (:func:`_data_overrides`), preset, encoder overrides and batch size."""
-    parts = ["crossan cache", f"--data {cfg.data.path or '<DATA>'}", f"--modalities {','.join(modalities)}",
+    settings (:func:`_data_overrides`), preset, encoder overrides and batch size. Shell-quoted, so that it
+    runs as printed where a path holds a space (``--data '/data/my shop'``)."""
+    data = shlex.quote(cfg.data.path) if cfg.data.path else "<DATA>"
+    parts = ["crossan cache", f"--data {data}", f"--modalities {','.join(modalities)}",
              f"--preset {cfg.encoders.preset}", *_data_overrides(cfg)]
     if cfg.cache.dir:
-        parts.append(f"cache.dir={cfg.cache.dir}")
+        parts.append(shlex.quote(f"cache.dir={cfg.cache.dir}"))
     if cfg.cache.on_corrupt != "error":
         parts.append(f"cache.on_corrupt={cfg.cache.on_corrupt}")
     for m, changed in _encoder_overrides(cfg).items():
-        parts += [f"encoders.{m}.{k}={v}" for k, v in changed.items()]
+        parts += [shlex.quote(f"encoders.{m}.{k}={v}") for k, v in changed.items()]
     if cfg.encoders.batch_size != 32:
         parts.append(f"encoders.batch_size={cfg.encoders.batch_size}")
     return " ".join(parts)

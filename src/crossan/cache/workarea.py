@@ -32,7 +32,7 @@ from crossan.cache.layout import (
 )
 from crossan.cache.manifest import describe_compute, flatten, jsonable, read_manifest, write_json
 from crossan.errors import CacheError, WriteError
-from crossan.utils import atomic_write, remove_stale_temporaries
+from crossan.utils import atomic_write, atomic_write_text, remove_stale_temporaries
 
 
 def batch_ranges(n: int, batch_size: int) -> list[tuple[int, int]]:
@@ -93,7 +93,8 @@ class WorkArea:
     def __init__(self, path: Path, plan: dict[str, Any], shape: tuple[int, int, int],
                  sources: np.ndarray | None = None, seed: tuple[Path, set[int], list[dict[str, Any]]] | None = None) -> None:
         """``sources``: the rows' source record (:mod:`crossan.cache.integrity`), stored beside the states;
-        its hash joins the plan, so a partial build started from other files is not resumed. ``seed``:
+        its hash joins the plan, so a partial build started from other files resumes only once the batches
+        holding the rows that changed are marked to be encoded again (:meth:`_changed_rows_only`). ``seed``:
         ``(completed cache folder, batches to encode again, its corrupt entries outside them)`` — an update
         copies that cache's arrays and marks every other batch done."""
         self.path = path
@@ -123,13 +124,15 @@ class WorkArea:
                 old = json.loads(plan_file.read_text())
             except json.JSONDecodeError:
                 old = None
-            if old == self.plan:
+            if old == self.plan or self._changed_rows_only(old):
                 remove_stale_temporaries(self.path)  # what writes killed mid-way left (the build lock is ours)
                 reserve(self.path / STATES)  # a sparse file from an older crossan
                 self.states = np.load(self.path / STATES, mmap_mode="r+")
                 self.present = np.load(self.path / PRESENT, mmap_mode="r+")
                 self.done = np.load(self.path / DONE)
                 self.resumed = True
+                if old != self.plan:
+                    self._redo_changed_rows()
                 return
             what = "; ".join(plan_differences(old, self.plan)) if isinstance(old, dict) else "unreadable plan"
             print(f"discarding the partial build at {self.path}: it was started under other settings "
@@ -143,6 +146,40 @@ class WorkArea:
                 raise
             raise WriteError(f"{self.path}: cannot create the build's files ({e.strerror or e}); free some space "
                              "or set cache.dir to another disk") from None
+
+    def _changed_rows_only(self, old: Any) -> bool:
+        """Whether a partial build's plan ``old`` differs from this one's in its rows' sources only (a title
+        or media file changed since it started, such as a corrupt file replaced), with its ``sources.npy``
+        readable: it is then resumed, its batches holding a changed row encoded again
+        (:meth:`_redo_changed_rows`), not discarded with every batch it finished."""
+        if self.sources is None or not isinstance(old, dict) or "sources_sha256" not in old:
+            return False
+        if {k: v for k, v in old.items() if k != "sources_sha256"} != \
+                {k: v for k, v in self.plan.items() if k != "sources_sha256"}:
+            return False
+        try:
+            before = load_array(self.path / SOURCES)
+        except CacheError:
+            return False
+        return before.dtype == self.sources.dtype and before.shape == self.sources.shape
+
+    def _redo_changed_rows(self) -> None:
+        """Mark not done every batch holding a row whose source record differs from the one the partial
+        build started from, drop those rows' corrupt entries, then record the current sources and plan. In
+        that order, so a process killed in between finds the same rows changed the next time."""
+        assert self.sources is not None
+        changed = np.flatnonzero(load_array(self.path / SOURCES) != self.sources)
+        bs = int(self.plan["manifest"]["build"]["batch_size"])
+        redo = {int(r - 1) // bs for r in changed if r > 0}
+        self.done &= np.array([b not in redo for b in self.batches], dtype=np.bool_)
+        self._save_done()
+        rows = {r for b in redo for r in range(1 + b * bs, 1 + (b + 1) * bs)}
+        kept = [e for e in read_corrupt_log(self.path) if e["row"] not in rows]
+        atomic_write_text(self.path / CORRUPT, "".join(json.dumps(e, sort_keys=True) + "\n" for e in kept))
+        atomic_write(self.path / SOURCES, lambda tmp: np.save(tmp, self.sources), suffix=".npy")
+        write_json(self.path / PLAN, self.plan)
+        print(f"{self.path}: {len(changed)} item(s) changed since this partial build started; the batches "
+              "holding them are encoded again, its other finished batches kept")
 
     def _finished_build(self) -> dict[str, Any] | None:
         """The manifest of a build that finished here and was killed before it was in place, when it is the

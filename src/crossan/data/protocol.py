@@ -85,14 +85,21 @@ class SequentialData:
     def check_content(self, modalities: list[str]) -> None:
         """:class:`DataError` when no item of rows 1..N has content for one of ``modalities``: training on
         it, or caching it, would run without a word on zeros only (a misnamed ``items.tsv`` header column did
-        that). Says where that content is looked for."""
+        that). Says where that content is looked for: media only through an ``items.tsv`` (the IISAN layout, or
+        one beside a CSV file), never beside a RecBole ``.item`` file or a CSV file without one."""
         for m in modalities:
             if not any(r.has(m) for r in self.catalogue):
-                where = ("a title: an items.tsv header needs a column named title (or text); a RecBole .item "
-                         "file, token columns or data.text_fields" if m == "text" else
-                         f"a file: an items.tsv header column named {m}, or files named by item id in "
-                         + {"image": "images/ or covers/", "video": "videos/", "audio": "audio/"}[m])
                 source = self.catalogue.source or self.root
+                if m == "text":
+                    where = ("a title: an items.tsv header needs a column named title (or text); a RecBole .item "
+                             "file, token columns or data.text_fields")
+                elif Path(str(source)).name == "items.tsv":
+                    where = (f"a file: an items.tsv header column named {m}, or files named by item id in "
+                             + {"image": "images/ or covers/", "video": "videos/", "audio": "audio/"}[m])
+                else:  # a .item file or a CSV file's own ids: the readers look for no media files at all
+                    where = ("media files only through an items.tsv, in its columns or in folders named by item "
+                             "id: the IISAN layout, or an items.tsv beside a CSV file; the RecBole layout and a CSV "
+                             "file alone read no media")
                 raise DataError(f"modality {m}: none of the {self.num_items:,} items of {source} has {m} content "
                                 f"(looked for {where}); leave {m} out of the modalities")
 

@@ -43,6 +43,7 @@ import csv
 import io
 import logging
 import math
+import shlex
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -319,7 +320,7 @@ def _user_file(root: Path) -> Path:
     if len(pairs) > 1:
         raise DataError(f"{root}: several *_pairs.tsv files ({', '.join(p.name for p in pairs)}); keep one")
     csvs = sorted(root.glob("*.csv"))
-    hint = (f" (for the CSV layout pass the file itself: --data {csvs[0]})" if len(csvs) == 1 else "")
+    hint = (f" (for the CSV layout pass the file itself: --data {shlex.quote(str(csvs[0]))})" if len(csvs) == 1 else "")
     raise DataError(f"{root}: no users.tsv or *_pairs.tsv found{hint}")
 
 
@@ -833,5 +834,5 @@ def read(cfg: DataConfig) -> RawData:
         raise DataError(f"{path}: data.format=csv but no .csv file found")
     if len(csvs) > 1:
         raise DataError(f"{path}: data.format=csv but several .csv files ({', '.join(p.name for p in csvs)}); "
-                        f"pass one: --data {csvs[0]}")
+                        f"pass one: --data {shlex.quote(str(csvs[0]))}")
     return read_csv(csvs[0], cfg)

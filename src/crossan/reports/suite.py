@@ -5,7 +5,8 @@ reference run), efficiency figures, plots and a markdown report.
 A suite is a YAML file (or the name of a built-in one in ``crossan/suites/``)::
 
     description: what it compares
-    data: synth:small           # a dataset folder, or synth:SIZE[:SEED[:DOMINANT]] to generate the built-in data
+    data: synth:small           # a dataset folder (relative: to the current folder), or synth:SIZE[:SEED[:DOMINANT]]
+                                # to generate the built-in data
     preset: offline             # encoder preset for every run
     overrides: [train.epochs=10] # key=value applied to every run
     seeds: [0, 1, 2]            # training seeds (``--seeds 0,1,2`` overrides); default [0]
@@ -85,7 +86,7 @@ from crossan.config import (
 )
 from crossan.config_yaml import parse_yaml, read_yaml_file
 from crossan.data.catalogue import MODALITIES
-from crossan.errors import RunError
+from crossan.errors import CacheError, RunError
 from crossan.methods import load_plugins, method_source, method_source_changes
 from crossan.reports.children import (
     cpu_seconds,
@@ -311,7 +312,7 @@ def ensure_cache(suite: Suite, data: Path, out: Path, progress: bool = True) -> 
 
     Returns the seconds spent and, per run whose own cache could not be built, the error (the suite fails
     those runs and goes on). When the cache of the runs without cache overrides of their own cannot be built,
-    the suite stops (:class:`RuntimeError`)."""
+    the suite stops (:class:`~crossan.errors.CacheError`, whose one line is the build's error and its log)."""
     groups = cache_groups(suite)
     t0 = time.perf_counter()
     errors: dict[str, str] = {}
@@ -326,9 +327,9 @@ def ensure_cache(suite: Suite, data: Path, out: Path, progress: bool = True) -> 
         kwargs = {"overrides": [*base, *own], "modalities": mods, "progress": progress}
         if run_child("cache", kwargs, log, progress) == 0:
             continue
-        if not own:
-            tail = log.read_text(errors="replace")[-2000:]
-            raise RuntimeError(f"building the cache failed (see {log}):\n{tail}")
+        if not own:  # the child's own one-line error (file, line, item or key), not a traceback of ours
+            raise CacheError(f"building the layer-state cache for {names} failed (see {log}): "
+                             f"{error_line(log).removeprefix('crossan: error: ')}")
         why = (f"building the layer-state cache for its overrides {', '.join(own)} failed (see {log}): "
                f"{error_line(log)}")
         print(f"[suite] {names}: {why}", flush=True)
