@@ -117,6 +117,18 @@ def test_a_path_the_file_system_cannot_look_up_is_a_media_error(tmp_path: Path) 
     assert loaded.present == [False] and "cannot be looked up" in str(loaded.corrupt[0])
 
 
+@pytest.mark.parametrize("name", ["x.jpg", "x.mp4", "x.wav"])
+def test_an_empty_media_file_is_said_to_be_empty(tmp_path: Path, name: str) -> None:
+    """A 0-byte cover, clip or track: the error says the file is empty (it read as Pillow's "cannot identify
+    image file" or FFmpeg's "invalid data"), naming the item and the file."""
+    path = tmp_path / name
+    path.write_bytes(b"")
+    load = {"x.jpg": lambda: load_image(path, "i"), "x.mp4": lambda: load_video(path, 2, item_id="i"),
+            "x.wav": lambda: load_audio(path, 16000, 1.0, "i")}[name]
+    with pytest.raises(MediaError, match=rf"item 'i'.*{name}.*empty file \(0 bytes\)"):
+        load()
+
+
 def test_a_16_bit_pgm_keeps_its_top_8_bits_like_a_16_bit_png(tmp_path: Path) -> None:
     """Pillow opens a 16-bit PGM in mode I; it was stretched over its own range ([40000, 41000] → [0, 255],
     a flat image → black) while the same PNG gave [156, 160]."""

@@ -152,6 +152,18 @@ def test_fast_and_quoted_csv_paths_agree(tmp_path: Path, rows: list[str], expect
 
 
 # --------------------------------------------------------------------------------------------- a user's catalogue
+@pytest.mark.parametrize("header", ["item_id\ttitle\t", "item_id\t\ttitle"])
+def test_an_items_header_column_without_a_name_says_so(tmp_path: Path, header: str) -> None:
+    """A header with a trailing tab (or two tabs in a row) read as "header column '' not known"; the error now
+    says which column has no name and what usually makes one."""
+    root = _iisan(tmp_path / "d", f"{header}\na\tx\t\nb\ty\t\n", "u1\ta b\n")
+    with pytest.raises(DataError) as e:
+        read(DataConfig(path=str(root)))
+    at = 3 if header.endswith("\t") else 2
+    assert _rel(e.value, root).startswith(f"items.tsv:1: header column {at} of 3 has no name (a tab at the end "
+                                          "of the line, or two tabs in a row?)")
+
+
 def test_an_unknown_items_header_column_is_an_error_naming_it(tmp_path: Path) -> None:
     """``item_id TAB name``: the misnamed title column was dropped in silence (every title empty, a text run
     trained on nothing). Now an error naming the file, line 1 and the column; a repeated column too."""

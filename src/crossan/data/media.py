@@ -81,12 +81,17 @@ class MediaError(CrossanError, RuntimeError):
 
 
 def _check_exists(path: Path, item_id: str) -> None:
+    """:class:`MediaError` when ``path`` is not a file, or is an empty one (no decoder would say so plainly:
+    Pillow's "cannot identify image file", FFmpeg's "invalid data")."""
     try:
         found = path.is_file()
+        empty = found and path.stat().st_size == 0
     except OSError as e:  # a name too long for the file system, a permission error on a folder …
         raise MediaError(item_id, path, f"cannot be looked up ({type(e).__name__}: {e})") from e
     if not found:
         raise MediaError(item_id, path, "file not found")
+    if empty:
+        raise MediaError(item_id, path, "empty file (0 bytes)")
 
 
 # --------------------------------------------------------------------------------------------- text

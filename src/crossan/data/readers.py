@@ -253,6 +253,10 @@ def read_items_tsv(path: Path, problems: _Problems, spaces_ok: bool = False) -> 
                         f"is not an item-id column; name it {', '.join(ITEM_ID_COLUMNS)} (if line 1 is an item, "
                         "start the file with the header 'item_id TAB title')")
     cols = names if has_header else ["item_id", "title"]
+    empty = [i + 1 for i, c in enumerate(cols) if not c]
+    if has_header and empty:  # '' would read as an unknown column: say what usually makes one
+        raise DataError(f"{path}:1: header column {empty[0]} of {len(cols)} has no name (a tab at the end of the "
+                        "line, or two tabs in a row?); remove it, or name it")
     unknown = [h.strip() for h, c in zip(header[1:], cols[1:]) if c not in ITEM_COLUMNS]
     if has_header and unknown:  # a misnamed column was dropped in silence, and its content with it
         raise DataError(f"{path}:1: header column{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
