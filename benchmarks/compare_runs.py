@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             if r["paired_seeds"] < MIN_CLAIM_SEEDS:
                 p += ": no claim"
         print(f"| {r['run']} | {r['method']} | {r['seeds']} | {r['best_epochs']} | {q} | {d} | {p} | "
-              f"{r['s_per_epoch']:.1f} | {r['trainable_params']:,} |")
+              f"{r['s_per_epoch']:.2f} | {r['trainable_params']:,} |")
     print(f"\np: paired bootstrap over test users; Holm: adjusted over the {len(tested)} test(s) of this table; "
           f"* where the Holm-adjusted p < 0.05 on at least {MIN_CLAIM_SEEDS} paired seeds.")
     if args.csv:

@@ -69,3 +69,15 @@ def test_compare_runs_gives_one_seeds_mean_without_an_interval(tmp_path: Path,
     assert "nan" not in out
     row = next(r for r in out.splitlines() if r.startswith("| B |"))
     assert row.split(" | ")[4:7] == ["0.5000", "0.5000", "0.5100"]
+
+
+def test_compare_runs_gives_seconds_per_epoch_to_the_hundredth(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """A run of 0.04 s per epoch showed as 0.0 (one decimal); two decimals now, as in the suites' tables."""
+    compare = load_benchmark("compare_runs")
+    a = _run(tmp_path / "a0", np.ones(400, dtype=np.int64))
+    results = json.loads((a / "results.json").read_text())
+    (a / "results.json").write_text(json.dumps(results | {"train_time_per_epoch_s": 0.04}))
+    assert compare.main(["--reference", "A", f"A={a}"]) == 0
+    row = next(r for r in capsys.readouterr().out.splitlines() if r.startswith("| A |"))
+    assert row.split(" | ")[-2] == "0.04"
