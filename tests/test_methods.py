@@ -535,9 +535,12 @@ def test_a_run_of_a_plugin_not_loaded_says_which_plugin_trained_it(fresh_plugins
         (run / "results.json").write_text(json.dumps({"method_source": {"module": module, "file": file,
                                                                         "sha256": "0" * 64}}))
         with pytest.raises(RunError) as e:
-            read_run_config(run)
+            read_run_config(run, written="0.1.11")
         assert str(e.value).endswith(f"; the run's method 'ghostm' was trained from module {module!r} "
                                      f"({file}): pass --plugin {spec} if that is still its code")
+        # the plugin is missing, not a crossan that cannot read the run: "written by crossan X, cannot be read
+        # by crossan X" said the opposite
+        assert str(e.value).startswith(f"{run / 'config.yaml'}: ") and "cannot be read by" not in str(e.value)
 
 
 # --- crossan methods: the table as a researcher sees it, plugins included ---

@@ -269,9 +269,11 @@ def read_run_config(run_dir: str | Path, error: type[RunError] = RunError, writt
     try:
         return config_from_dict(raw)
     except ValueError as e:
+        plugin = _plugin_of_run(Path(run_dir), raw)
+        if plugin:  # a plugin not loaded, not a crossan version that cannot read the file
+            raise error(f"{cfg_path}: {e}{plugin}") from None
         by = f" (written by crossan {written})" if written else ""
-        raise error(f"{cfg_path}{by} cannot be read by crossan {crossan.__version__}: {e}"
-                    f"{_plugin_of_run(Path(run_dir), raw)}") from None
+        raise error(f"{cfg_path}{by} cannot be read by crossan {crossan.__version__}: {e}") from None
 
 
 def _plugin_of_run(run_dir: Path, raw: dict[str, Any]) -> str:
