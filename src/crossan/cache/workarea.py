@@ -175,7 +175,7 @@ class WorkArea:
         self._save_done()
         rows = {r for b in redo for r in range(1 + b * bs, 1 + (b + 1) * bs)}
         kept = [e for e in read_corrupt_log(self.path) if e["row"] not in rows]
-        atomic_write_text(self.path / CORRUPT, "".join(json.dumps(e, sort_keys=True) + "\n" for e in kept))
+        write_corrupt_log(self.path, kept)
         atomic_write(self.path / SOURCES, lambda tmp: np.save(tmp, self.sources), suffix=".npy")
         write_json(self.path / PLAN, self.plan)
         print(f"{self.path}: {len(changed)} item(s) changed since this partial build started; the batches "
@@ -223,7 +223,7 @@ class WorkArea:
             for name in (STATES, PRESENT):
                 copy_file(folder / name, self.path / name)
             if kept_corrupt:
-                (self.path / CORRUPT).write_text("".join(json.dumps(e, sort_keys=True) + "\n" for e in kept_corrupt))
+                write_corrupt_log(self.path, kept_corrupt)
             self.states = np.load(self.path / STATES, mmap_mode="r+")
             self.present = np.load(self.path / PRESENT, mmap_mode="r+")
             self.done = np.array([b not in redo for b in self.batches], dtype=np.bool_)
@@ -344,6 +344,11 @@ def copy_file(src: Path, dst: Path) -> None:
     except OSError as e:
         raise WriteError(f"{dst}: cannot copy {src} there ({e.strerror or e}); free some space or set cache.dir "
                          "to another disk") from None
+
+
+def write_corrupt_log(folder: Path, entries: list[dict[str, Any]]) -> None:
+    """Replace a work folder's corrupt-file log by ``entries`` (one JSON line each; atomically)."""
+    atomic_write_text(folder / CORRUPT, "".join(json.dumps(e, sort_keys=True) + "\n" for e in entries))
 
 
 def read_corrupt_log(folder: Path) -> list[dict[str, Any]]:
