@@ -797,3 +797,30 @@ def test_a_range_reads_the_same_in_the_error_and_the_listing(bounds, words) -> N
         with pytest.raises(ConfigError) as e:
             _validate_ranges(cfg)
     assert str(e.value) == f"lora.rank: must be {words}, got {bad!r}"
+
+
+@pytest.mark.parametrize("first_by_path", [False, True])
+def test_a_plugin_named_as_a_module_and_as_its_file_is_imported_once(fresh_plugins: Path, first_by_path: bool) -> None:
+    """``--plugin twopkg.twomod`` and ``twopkg/twomod.py`` (say one in $CROSSAN_PLUGINS, the other in a suite's
+    ``plugins``): the file ran twice, under two module names, and its second registration was refused as
+    "registered twice", failing the run."""
+    from crossan.methods import _loaded, load_plugin, plugin_hint
+
+    pkg = fresh_plugins / "twopkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "twomod.py").write_text("from crossan.methods import Method, register_method\n"
+                                   "register_method(Method('twom', None, __name__, True, False))\n")
+    by_name, by_path = "twopkg.twomod", str(pkg / "twomod.py")
+    try:
+        for spec in ([by_path, by_name] if first_by_path else [by_name, by_path]):
+            load_plugin(spec)
+        first = "twomod" if first_by_path else by_name
+        assert get_method("twom").module == first
+        assert list(_loaded) == [first]  # one plugin, named by the spec that imported it
+        assert ("twomod" in sys.modules) == first_by_path and (by_name in sys.modules) != first_by_path
+        assert "registered twom" in plugin_hint()
+    finally:
+        METHODS.pop("twom", None)
+        for name in ("twopkg", by_name, "twomod"):
+            sys.modules.pop(name, None)

@@ -173,6 +173,10 @@ def load_plugin(spec: str) -> None:
     (:func:`register_method`). :class:`ConfigError` naming the plugin when it cannot be imported."""
     spec = spec.strip()
     before = set(METHODS)
+    same = _imported_under_another_name(spec)
+    if same is not None:  # one file named two ways (pkg.mod and pkg/mod.py): imported once, not twice
+        _note_loaded(spec, None, same, before)
+        return
     try:
         if _is_file_spec(spec):
             _import_file(Path(spec))
@@ -188,6 +192,33 @@ def load_plugin(spec: str) -> None:
     except Exception as e:  # noqa: BLE001 - any failure of third-party code: one line naming the plugin
         raise ConfigError(f"plugin {spec}: importing it failed: {type(e).__name__}: {e}") from None
     _note_loaded(spec, None, Path(spec).stem if _is_file_spec(spec) else spec, before)
+
+
+def _imported_under_another_name(spec: str) -> str | None:
+    """The plugin already imported from the file that ``spec`` names, under another module name: a file path
+    of a module imported by name (``pkg/mod.py`` after ``pkg.mod``), or a module name whose file was imported
+    by path (under its stem). Importing it again would run the file twice and register its method twice."""
+    if not _loaded:
+        return None
+    if _is_file_spec(spec):
+        path = Path(spec)
+    elif spec in sys.modules:
+        return None  # imported under this very name: import_module returns it
+    else:
+        try:
+            found = importlib.util.find_spec(spec)
+        except (ImportError, ValueError):
+            return None  # load_plugin's import says why
+        if found is None or found.origin is None:
+            return None
+        path = Path(found.origin)
+    if not path.is_file():
+        return None
+    for module in _loaded:
+        file = getattr(sys.modules.get(module), "__file__", None)
+        if file and Path(file).resolve() == path.resolve():
+            return module
+    return None
 
 
 def _note_loaded(spec: str, entry_point: str | None, module: str, before: set[str]) -> None:
@@ -294,6 +325,10 @@ def discover_plugins(errors: list[str] | None = None) -> None:
 def _load_entry_point(ep: Any) -> None:
     which = f"plugin {ep.value} (entry point {ep.name!r} of {ENTRY_POINT_GROUP!r})"
     before = set(METHODS)
+    same = _imported_under_another_name(ep.module)
+    if same is not None:  # its module's file was imported already, by path
+        _note_loaded(ep.value, ep.name, same, before)
+        return
     try:
         ep.load()
     except ConfigError as e:
