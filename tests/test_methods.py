@@ -824,3 +824,24 @@ def test_a_plugin_named_as_a_module_and_as_its_file_is_imported_once(fresh_plugi
         METHODS.pop("twom", None)
         for name in ("twopkg", by_name, "twomod"):
             sys.modules.pop(name, None)
+
+
+def test_a_plugin_module_in_the_working_directory_not_on_sys_path_is_named_by_its_path(
+        fresh_plugins: Path, tmp_path_factory, monkeypatch) -> None:
+    """``crossan suite … --plugin myplug`` with myplug.py in the working directory: the console script does not
+    put the working directory on sys.path (``python -m crossan`` does), and the error said to put its folder on
+    PYTHONPATH; it now says that the file is there and how to name it."""
+    from crossan.methods import load_plugin
+
+    here = tmp_path_factory.mktemp("cwd")
+    (here / "cwdplug.py").write_text("X = 1\n")
+    (here / "cwdpkg").mkdir()
+    (here / "cwdpkg" / "inner.py").write_text("X = 1\n")
+    monkeypatch.chdir(here)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", str(here))])
+    for spec, path in (("cwdplug", "cwdplug.py"), ("cwdpkg.inner", "cwdpkg/inner.py")):
+        with pytest.raises(ConfigError) as e:
+            load_plugin(spec)
+        assert str(e.value) == (f"plugin {spec}: no module named {spec!r}; it is the file ./{path} of the working "
+                                f"directory, which is not on sys.path under the crossan command: give its path "
+                                f"(--plugin ./{path})")

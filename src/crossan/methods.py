@@ -186,8 +186,11 @@ def load_plugin(spec: str) -> None:
         raise ConfigError(f"plugin {spec}: {e}") from None
     except ModuleNotFoundError as e:
         if e.name and (spec == e.name or spec.startswith(e.name + ".")):  # the plugin, not what it imports
-            raise ConfigError(f"plugin {spec}: no module named {spec!r}; put its folder on PYTHONPATH or "
-                              "give the path of its .py file") from None
+            here = Path(*spec.split(".")).with_suffix(".py")
+            hint = (f"it is the file ./{here} of the working directory, which is not on sys.path under the "
+                    f"crossan command: give its path (--plugin ./{here})" if here.is_file() else
+                    "put its folder on PYTHONPATH or give the path of its .py file")
+            raise ConfigError(f"plugin {spec}: no module named {spec!r}; {hint}") from None
         raise ConfigError(f"plugin {spec}: importing it failed: {e}") from None
     except Exception as e:  # noqa: BLE001 - any failure of third-party code: one line naming the plugin
         raise ConfigError(f"plugin {spec}: importing it failed: {type(e).__name__}: {e}") from None
