@@ -35,13 +35,20 @@ in a process that also trains fp32 ones ran 2.5 times slower, on one core's wort
 
 The matmul floor (``--flops-steps N``, default 8): ``torch.utils.flop_counter.FlopCounterMode`` counts the
 matrix-product FLOPs of N training steps, forward and backward, and the machine's matmul rate in the step's
-compute dtype is measured on 2048² products (``crossan.utils.matmul_rate``). ``floor s/epoch`` is an epoch's
+compute dtype is measured on 2048² products (``crossan.utils.matmul_rate``, ``--probe-size``) just before the
+timed rounds. ``floor s/epoch`` is an epoch's
 FLOPs at that rate — what the epoch would take if nothing but its matrix products cost time — and ``share``
 is floor / measured. Whether a time target can be met on a machine is read there: a target below the floor
 cannot be met in that dtype on that machine, whatever the rest of the step does. (Not computed for bf16 on
 a CPU without bf16 units, where 2048² bf16 products take a slow reference path that the step's smaller
 ones do not.) The machine line names the CPU's widest vector unit (``crossan.utils.cpu_description``); CPUs
 with and without bf16 units (AMX-BF16, AVX-512 BF16) differ several-fold.
+
+The host's speed: that matmul rate is measured before the timed rounds and again after them, whatever
+``--flops-steps`` (``matmul_gflops_before`` / ``_after`` in results.json; in float32 where bf16 is emulated).
+A virtual machine's load average shows only its own jobs; on the project's Zen 4 guests the same command ran
+1.2–1.5 times slower hours apart, with the bf16 rate 338–374 against 406 GFLOP/s (docs/results.md §3p–§3q), so
+figures from different runs compare only beside their probes.
 
 Quality is not measured here (random states); see ``crossan bench`` for quality and cost side by side.
 """
@@ -111,6 +118,15 @@ def random_cache(items: int, modalities: list[str], taps: int, width: int, seed:
     return states, present
 
 
+def probe_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The dtype whose matmul rate stands for the host's speed under ``precision``: the compute dtype, or
+    float32 where bf16 is emulated (a CPU without bf16 units, whose 2048² bf16 products take a slow path)."""
+    dtype = compute_dtype(precision, device)
+    if dtype is None or (dtype == torch.bfloat16 and device.type == "cpu" and not cpu_has_bf16()):
+        return torch.float32
+    return dtype
+
+
 def bench_model(cfg: Config, data: SequentialData, states: dict[str, torch.Tensor],
                 present: dict[str, torch.Tensor], device: torch.device, seed: int) -> Recommender:
     """The Recommender of ``cfg`` over ``data``, its tower reading the random cache (``cfg.modalities`` of
@@ -148,6 +164,9 @@ def main() -> None:
     ap.add_argument("--memory-steps", type=int, default=3, help="CPU: steps followed for peak memory")
     ap.add_argument("--flops-steps", type=int, default=8,
                     help="steps whose matmul FLOPs are counted (0: skip the count and the matmul floor)")
+    ap.add_argument("--probe-size", type=int, default=2048,
+                    help="side of the square matmuls that measure the host's speed before and after the timed "
+                         "rounds (and the rate of the matmul floor)")
     ap.add_argument("--seed", type=int, default=12345)
     ap.add_argument("--out", default="bench_out/side_network_epoch")
     args = ap.parse_args()
@@ -194,6 +213,10 @@ def main() -> None:
                              "grad_clip": clip,
                              "mods": mods, "times": [], "cpu_times": [], "losses": []})
 
+    # the host's speed around the timed rounds: a guest's load average does not show a busy host, and the same
+    # command has run 1.2-1.5 times slower hours apart on one CPU model (docs/results.md §3p-§3q)
+    probes = sorted({probe_dtype(p, device) for p in args.precision.split(",")}, key=str)
+    rates = {d: matmul_rate(d, device, size=args.probe_size) for d in probes}  # matmul FLOP/s per dtype
     for r in range(args.rounds):  # the models take turns, so CROSSAN and IISAN see the same load
         lo = (5 + r * steps) % max(1, len(all_batches) - steps)
         batches = all_batches[lo: lo + steps]
@@ -214,9 +237,9 @@ def main() -> None:
             print(f"round {r + 1}: {run['method']} M={run['modalities']} {run['precision']}: "
                   f"{run['times'][-1] / len(batches) * 1e3:.1f} ms/step", flush=True)
     load_after = os.getloadavg()
+    rates_after = {d: matmul_rate(d, device, size=args.probe_size) for d in probes}
 
     rows = []
-    rates: dict[torch.dtype | None, float] = {}  # the machine's matmul FLOP/s per compute dtype
     for run in runs:
         model, opt, M, mods = run["model"], run["opt"], run["modalities"], run["mods"]
         trainable, total = count_params(model)
@@ -243,12 +266,11 @@ def main() -> None:
         emulated = device.type == "cpu" and dtype == torch.bfloat16 and not cpu_has_bf16()
         if args.flops_steps and not emulated:  # emulated bf16 (no bf16 units): 2048² products take a slow
             # reference path that the step's smaller products do not, so their rate would be no floor
-            if dtype not in rates:
-                rates[dtype] = matmul_rate(dtype, device)
             flops = step_flops(model, opt, all_batches[: args.flops_steps], inputs, targets, device)
-            floor = {"gflop_per_step": round(flops / 1e9, 3), "matmul_gflops": round(rates[dtype] / 1e9, 1),
-                     "matmul_floor_s_per_epoch": round(flops * full / rates[dtype], 2),
-                     "share_of_matmul_peak": round(flops * full / rates[dtype] / epoch_s, 3)}
+            rate = rates[probe_dtype(run["precision"], device)]
+            floor = {"gflop_per_step": round(flops / 1e9, 3), "matmul_gflops": round(rate / 1e9, 1),
+                     "matmul_floor_s_per_epoch": round(flops * full / rate, 2),
+                     "share_of_matmul_peak": round(flops * full / rate / epoch_s, 3)}
         rows.append({"method": run["method"], "modalities": M, "precision": run["precision"],
                      "compute_dtype": dtype_name(dtype),
                      "trainable_params": trainable, "total_params": total,
@@ -280,6 +302,9 @@ def main() -> None:
             "overrides": args.set, "adam": args.adam, "memory_steps": args.memory_steps, "malloc": malloc, "cache_bytes_per_modality": cache_bytes["text"],
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in load_after],
+            "probe_size": args.probe_size,
+            "matmul_gflops_before": {dtype_name(d): round(v / 1e9, 1) for d, v in rates.items()},
+            "matmul_gflops_after": {dtype_name(d): round(v / 1e9, 1) for d, v in rates_after.items()},
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows, "ratios": ratios}, indent=2))
     with open(out / "results.csv", "w", newline="") as f:
@@ -296,10 +321,11 @@ def main() -> None:
               f"{r['peak_memory_bytes'] / 2**20:>10.1f} {r['peak_minus_cache_bytes'] / 2**20:>15.1f} "
               + (f"{r['gflop_per_step']:>11.2f} {r['matmul_floor_s_per_epoch']:>14.1f} "
                  f"{r['share_of_matmul_peak']:>6.0%}" if "gflop_per_step" in r else ""))
-    if rates:
-        named = (f"{dtype_name(d)} {v / 1e9:.1f} GFLOP/s" for d, v in rates.items())
-        print(f"matmul rate of this machine (2048² products): {', '.join(named)}; floor = an epoch's matmul FLOPs "
-              "at that rate (nothing else costs time), share = floor / s/epoch")
+    named = (f"{dtype_name(d)} {v / 1e9:.1f} before the timed rounds, {rates_after[d] / 1e9:.1f} after"
+             for d, v in rates.items())
+    print(f"matmul rate of this machine ({args.probe_size}² products), GFLOP/s: {'; '.join(named)}"
+          + ("; floor = an epoch's matmul FLOPs at the rate before (nothing else costs time), share = floor / "
+             "s/epoch" if any("gflop_per_step" in r for r in rows) else ""))
     for r in ratios:
         print(f"CROSSAN/IISAN at M={r['modalities']} ({r['precision']}): params {r['trainable_params_ratio']}, time "
               f"{r['time_per_epoch_ratio']}, peak memory {r['peak_memory_ratio']} "

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import load_benchmark
+from crossan.precision import cpu_has_bf16
 from crossan.utils import cpu_allocation_peak, state_bytes
 
 
@@ -145,12 +146,16 @@ def test_side_network_bench_runs_the_trainers_step_with_its_overrides(tmp_path: 
     bench = load_benchmark("side_network_epoch")
     common = ["side_network_epoch.py", "--device", "cpu", "--users", "300", "--items", "200", "--width", "16",
               "--taps", "2", "--modality-counts", "1", "--methods", "crossan", "--max-steps", "2",
-              "--flops-steps", "0", "--memory-steps", "1", "--out", str(tmp_path)]
+              "--flops-steps", "0", "--memory-steps", "1", "--probe-size", "256", "--out", str(tmp_path)]
     monkeypatch.setattr(sys, "argv", [*common, "--set", "train.grad_clip=1.0"])
     bench.main()
     assert calls and set(calls) == {1.0}, calls  # warm-up, timed and memory steps all clipped
     meta = json.loads((tmp_path / "results.json").read_text())["meta"]
     assert meta["memory_steps"] == 1
+    # the host's speed around the timed rounds, recorded without --flops-steps too
+    dtype = "bfloat16" if cpu_has_bf16() else "float32"
+    assert meta["probe_size"] == 256 and set(meta["matmul_gflops_before"]) == set(meta["matmul_gflops_after"]) == {dtype}
+    assert min(meta["matmul_gflops_before"][dtype], meta["matmul_gflops_after"][dtype]) > 0
     monkeypatch.setattr(sys, "argv", [*common, "--set", "train.batch_size=128"])
     with pytest.raises(SystemExit):
         bench.main()
