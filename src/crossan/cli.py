@@ -366,9 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "crossan 0.1.9: 25 minutes with --cost-repeats 3 without bf16 units (Zen 3, fp32; "
                                    "2026-12-03); with runs capped at 12 epochs (crossan 0.1.8 and before): 14-19 "
                                    "minutes without the repeats (AVX2, fp32; five runs, 2026-12-01) and 13.5 with "
-                                   "them on a CPU with bf16 units (Zen 5, AVX-512 BF16; 2026-12-02); crossan 0.1.11: 15 minutes with the "
-                                   "repeats in bf16 (Zen 4, AVX-512 BF16; 2026-12-03). Finished "
-                                   "runs are reused when it is run again (README, 'What the demo shows').")
+                                   "them on a CPU with bf16 units (Zen 5, AVX-512 BF16; 2026-12-02); crossan "
+                                   "0.1.11: 15 minutes with the repeats in bf16 (Zen 4, AVX-512 BF16; 2026-12-03). "
+                                   "Finished runs are reused when it is run again (README, 'What the demo shows').")
     p.add_argument("--out", default="demo_run", help="output folder (default demo_run)")
     p.add_argument("--seeds", metavar="0,1,2", help="training seeds, comma-separated (default: the suite's seeds)")
     p.add_argument("--cost-repeats", type=int, metavar="N",
