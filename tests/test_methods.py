@@ -845,3 +845,27 @@ def test_a_plugin_module_in_the_working_directory_not_on_sys_path_is_named_by_it
         assert str(e.value) == (f"plugin {spec}: no module named {spec!r}; it is the file ./{path} of the working "
                                 f"directory, which is not on sys.path under the crossan command: give its path "
                                 f"(--plugin ./{path})")
+
+
+@pytest.mark.subprocess
+def test_an_entry_point_plugin_also_named_by_its_file_path_is_imported_once(tmp_path: Path) -> None:
+    """An installed plugin package whose module file is also in $CROSSAN_PLUGINS (a developer's checkout named by
+    path): the file ran under its stem and again under the entry point's module name, and the second
+    registration stopped `crossan methods` (exit 1, "registered twice")."""
+    import subprocess
+
+    pkg = tmp_path / "eppkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "epmod.py").write_text(OPTIONS_PLUGIN.replace("{name}", "epboth"))
+    dist = tmp_path / "epboth_dist-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: epboth-dist\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[crossan.methods]\nepb = eppkg.epmod\n")
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), src]),
+           "CROSSAN_PLUGINS": str(pkg / "epmod.py")}
+    done = subprocess.run([sys.executable, "-m", "crossan", "methods"], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert [line.split()[0] for line in done.stdout.split("\n\n")[0].splitlines()[1:]].count("epboth") == 1
