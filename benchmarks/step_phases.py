@@ -12,7 +12,8 @@ setting (``train.malloc``) is process-wide, so compare settings in separate proc
 
 The forward phases are timed by wrapping the tower's and the recommender's methods. The timers add a few
 microseconds per call, and the phases overlap nothing on a CPU, where every operator finishes before it
-returns.
+returns. The host's matmul rate is measured before and after the timed steps (``--probe-size``), as in
+``side_network_epoch.py``: on a shared host the same command's ms per step moves with it.
 """
 
 from __future__ import annotations
@@ -27,12 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from side_network_epoch import MODS, bench_model, random_cache, synthetic_sequences
+from side_network_epoch import MODS, bench_model, probe_dtype, random_cache, synthetic_sequences
 
 from crossan.config import load_config
 from crossan.data.protocol import apply_protocol
+from crossan.precision import dtype_name
 from crossan.trainer import _batches, make_optimizer
-from crossan.utils import configure_malloc, cpu_description
+from crossan.utils import configure_malloc, cpu_description, matmul_rate
 
 
 def main() -> None:
@@ -46,6 +48,8 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=19_738)
     ap.add_argument("--seed", type=int, default=12345)
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides")
+    ap.add_argument("--probe-size", type=int, default=2048,
+                    help="side of the square matmuls that measure the host's speed before and after the steps")
     ap.add_argument("--out", default="", help="write the figures as JSON here")
     args = ap.parse_args()
     if args.threads:
@@ -102,11 +106,14 @@ def main() -> None:
     for idx in batches[: args.warmup]:
         step(idx)
     spent.clear()
+    probe = probe_dtype(cfg.precision, cpu)  # the host's speed around the timed steps (side_network_epoch.py)
+    rate_before = matmul_rate(probe, cpu, size=args.probe_size)
     faults0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
     measured = batches[args.warmup: args.warmup + args.steps]  # fewer than --steps when the epoch is shorter
     for idx in measured:
         step(idx)
     total = time.perf_counter() - t0
+    rate_after = matmul_rate(probe, cpu, size=args.probe_size)
     n = max(1, len(measured))
     faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0) / n
     ms = {k: v / n * 1e3 for k, v in spent.items()}
@@ -117,13 +124,17 @@ def main() -> None:
     for name, v in ms.items():
         print(f"  {name:16s} {v:8.2f} ms")
     print(f"  minor page faults per step: {faults:.1f}")
+    print(f"  host: {args.probe_size}² {dtype_name(probe)} products at {rate_before / 1e9:.1f} GFLOP/s before the "
+          f"steps, {rate_after / 1e9:.1f} after")
     if args.out:
         Path(args.out).write_text(json.dumps({
             "method": args.method, "modalities": args.modalities, "steps": len(measured),
             "batch_size": cfg.train.batch_size, "malloc": malloc,
             "machine": cpu_description(), "threads": torch.get_num_threads(), "overrides": args.set,
             "ms_per_step": ms,
-            "minor_faults_per_step": faults, "load_average": os.getloadavg(),
+            "minor_faults_per_step": faults, "load_average": os.getloadavg(), "probe_size": args.probe_size,
+            "matmul_gflops_before": {dtype_name(probe): round(rate_before / 1e9, 1)},
+            "matmul_gflops_after": {dtype_name(probe): round(rate_after / 1e9, 1)},
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}, indent=1))
 
 

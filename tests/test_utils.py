@@ -127,10 +127,11 @@ def test_step_phases_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     out = tmp_path / "phases.json"
     monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))  # it imports side_network_epoch
     monkeypatch.setattr(sys, "argv", ["step_phases.py", "--users", "600", "--items", "300", "--steps", "2",
-                                      "--warmup", "1", "--out", str(out)])
+                                      "--warmup", "1", "--probe-size", "256", "--out", str(out)])
     load_benchmark("step_phases").main()
     figures = json.loads(out.read_text())
     assert figures and "backward" in json.dumps(figures)
+    assert figures["probe_size"] == 256 and min(figures["matmul_gflops_before"].values()) > 0
 
 
 def test_side_network_bench_runs_the_trainers_step_with_its_overrides(tmp_path: Path,
