@@ -8,6 +8,7 @@ import importlib
 import json
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Literal
@@ -644,23 +645,33 @@ register_method(Method("{name}", WideConfig, __name__, reads_cache=True, runs_ba
 '''
 
 
+def _entry_point(folder: Path, dist: str, line: str) -> None:
+    """An installed distribution ``dist`` in ``folder`` (put on PYTHONPATH) declaring the ``crossan.methods``
+    entry point ``line`` (``name = module``): what ``pip install --target`` writes."""
+    info = folder / f"{dist}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist.replace('_', '-')}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[crossan.methods]\n{line}\n")
+
+
+def _crossan_methods(folder: Path, plugins: list[Path], *args: str) -> subprocess.CompletedProcess:
+    """``python -m crossan methods ARGS`` in ``folder`` (on PYTHONPATH, with this checkout's src) and
+    ``$CROSSAN_PLUGINS`` set to ``plugins``."""
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), src]),
+           "CROSSAN_PLUGINS": os.pathsep.join(str(p) for p in plugins)}
+    return subprocess.run([sys.executable, "-m", "crossan", "methods", *args], capture_output=True, text=True,
+                          timeout=120, cwd=folder, env=env)
+
+
 @pytest.mark.subprocess
 def test_python_m_crossan_methods_lists_the_plugins_of_the_environment_and_entry_points(tmp_path: Path) -> None:
     """`python -m crossan methods --options`: a plugin of $CROSSAN_PLUGINS and one of an installed entry
     point are listed with their module, file (and entry point) and their options."""
-    import subprocess
-
     (tmp_path / "envwide.py").write_text(OPTIONS_PLUGIN.replace("{name}", "envwide"))
     (tmp_path / "epwide.py").write_text(OPTIONS_PLUGIN.replace("{name}", "epwide"))
-    dist = tmp_path / "epwide_dist-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: epwide-dist\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[crossan.methods]\nepw = epwide\n")
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), src]),
-           "CROSSAN_PLUGINS": str(tmp_path / "envwide.py")}
-    done = subprocess.run([sys.executable, "-m", "crossan", "methods", "--options"], capture_output=True,
-                          text=True, timeout=120, cwd=tmp_path, env=env)
+    _entry_point(tmp_path, "epwide_dist", "epw = epwide")
+    done = _crossan_methods(tmp_path, [tmp_path / "envwide.py"], "--options")
     assert done.returncode == 0, done.stderr
     blocks = {b.split(":")[0]: b.splitlines() for b in done.stdout.split("\n\n")}
     assert blocks["envwide"][0] == f"envwide: envwide rows (plugin envwide ({tmp_path / 'envwide.py'}); reads the cache)"
@@ -676,25 +687,16 @@ def test_crossan_methods_lists_what_loaded_when_a_plugin_of_the_environment_fail
     """A plugin of $CROSSAN_PLUGINS that fails to import stopped `crossan methods` with one error line: neither
     the built-in methods nor the plugins that did import were listed. Now they are, the failure follows as an
     error naming the plugin, and the exit status is 1; `crossan methods NAME` of a loaded method still shows it."""
-    import subprocess
-
     (tmp_path / "goodwide.py").write_text(OPTIONS_PLUGIN.replace("{name}", "goodwide"))
     (tmp_path / "badwide.py").write_text("raise RuntimeError('half-written plugin')\n")
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), src]),
-           "CROSSAN_PLUGINS": os.pathsep.join([str(tmp_path / "badwide.py"), str(tmp_path / "goodwide.py")])}
-
-    def methods(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "crossan", "methods", *args], capture_output=True, text=True,
-                              timeout=120, cwd=tmp_path, env=env)
-
-    done = methods()
+    plugins = [tmp_path / "badwide.py", tmp_path / "goodwide.py"]
+    done = _crossan_methods(tmp_path, plugins)
     assert done.returncode == 1
     names = [line.split()[0] for line in done.stdout.split("\n\n")[0].splitlines()[1:]]
     assert names == [*(m.name for m in BUILTIN), "goodwide"]
     assert done.stderr.splitlines() == [f"crossan: error: plugin {tmp_path / 'badwide.py'}: importing it failed: "
                                         "RuntimeError: half-written plugin"]
-    done = methods("goodwide")
+    done = _crossan_methods(tmp_path, plugins, "goodwide")
     assert done.returncode == 1 and done.stdout.startswith("goodwide: goodwide rows (plugin goodwide")
     assert "badwide.py: importing it failed" in done.stderr
 
@@ -852,20 +854,11 @@ def test_an_entry_point_plugin_also_named_by_its_file_path_is_imported_once(tmp_
     """An installed plugin package whose module file is also in $CROSSAN_PLUGINS (a developer's checkout named by
     path): the file ran under its stem and again under the entry point's module name, and the second
     registration stopped `crossan methods` (exit 1, "registered twice")."""
-    import subprocess
-
     pkg = tmp_path / "eppkg"
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
     (pkg / "epmod.py").write_text(OPTIONS_PLUGIN.replace("{name}", "epboth"))
-    dist = tmp_path / "epboth_dist-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: epboth-dist\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[crossan.methods]\nepb = eppkg.epmod\n")
-    src = str(Path(__file__).resolve().parents[1] / "src")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), src]),
-           "CROSSAN_PLUGINS": str(pkg / "epmod.py")}
-    done = subprocess.run([sys.executable, "-m", "crossan", "methods"], capture_output=True, text=True,
-                          timeout=120, cwd=tmp_path, env=env)
+    _entry_point(tmp_path, "epboth_dist", "epb = eppkg.epmod")
+    done = _crossan_methods(tmp_path, [pkg / "epmod.py"])
     assert done.returncode == 0, done.stderr
     assert [line.split()[0] for line in done.stdout.split("\n\n")[0].splitlines()[1:]].count("epboth") == 1
