@@ -7,6 +7,8 @@
 * the fast and the quoted CSV paths agree on non-ASCII whitespace and digits;
 * an ``items.tsv`` header is known by its column names (not only by ``item_id`` first), ``title`` with ``text``
   is an error; ``.item`` and ``.inter`` files read quotes alike; several candidate files are an error;
+* a stray double quote merging rows into one id is a bad row, a quote left open at the end of a ``.item`` file
+  is an error naming its line, and CR CR LF line ends count one line (session of 2026-12-04);
 * timestamps beyond 2**53 order exactly beside decimals (or stop with an error naming the line), and plain
   integer ones are parsed from the bytes without a Python string per row.
 """
@@ -442,3 +444,83 @@ def test_an_interactions_header_repeating_a_column_is_an_error(tmp_path: Path, l
     column = [c for c in header.replace(sep, " ").split() if header.count(c) > 1][0].split(":")[0]
     with pytest.raises(DataError, match=rf"d\.(csv|inter):1: header column '{column}' appears twice"):
         read(DataConfig(path=str(root)))
+
+
+# --------------------------------------------------------------------------------------------- stray quotes
+def _inter_rows(n: int = 12) -> list[tuple[str, str, int]]:
+    return [(f"u{k % 2}", f"i{k % 5 + 1}", k) for k in range(n)]
+
+
+@pytest.mark.parametrize("layout", ["csv", "atomic"])
+def test_a_quote_merging_rows_into_an_id_is_a_bad_row(tmp_path: Path, layout: str) -> None:
+    """A stray ``"`` opening line 3 and another closing line 6 made one user id of four lines; the rows were
+    lost in silence (the merged user had too few interactions)."""
+    root = tmp_path / "d"
+    root.mkdir()
+    delim = "," if layout == "csv" else "\t"
+    lines = [delim.join(["user_id", "item_id", "timestamp"])]
+    lines += [delim.join([u, i, str(t)]) for u, i, t in _inter_rows()]
+    lines[2] = '"' + lines[2]
+    lines[5] = lines[5].replace(delim, '"' + delim, 1)
+    path = root / ("x.csv" if layout == "csv" else "x.inter")
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError) as e:
+        read(DataConfig(path=str(path if layout == "csv" else root)))
+    assert _rel(e.value, root).startswith(f"{path.name}:3: a quoted field runs over lines 3–6 ")
+    raw = read(DataConfig(path=str(path if layout == "csv" else root), on_bad_rows="drop"))
+    assert raw.dropped == {"bad_rows": 1} and sum(map(len, raw.sequences.values())) == 12 - 4
+
+
+QUOTE = '"'
+
+
+def test_an_unclosed_quote_in_an_item_file_is_named_there(tmp_path: Path) -> None:
+    """An unclosed quote in a ``.item`` title swallowed the rest of the file (Python's csv reads an end of file
+    inside quotes as the field's end), and the error named the ``.inter`` file's first unknown item. A title
+    whose quotes close may span lines (as pandas and RecBole read it; test above)."""
+    root = tmp_path / "d"
+    root.mkdir()
+    (root / "x.item").write_text("item_id:token\ttitle:token_seq\n"
+                                 + "".join(f"i{k}\t{QUOTE if k == 2 else ''}Title {k}\n" for k in range(1, 6)))
+    (root / "x.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n"
+                                  + "".join(f"{u}\t{i}\t{t}\n" for u, i, t in _inter_rows()))
+    with pytest.raises(DataError) as e:
+        read(DataConfig(path=str(root)))
+    assert _rel(e.value, root).startswith("x.item:3: a double quote opened in this record is never closed")
+
+
+# --------------------------------------------------------------------------------------------- CR CR LF
+@pytest.mark.parametrize("name", ["users.tsv", "items.tsv", "x.csv", "quoted.csv"])
+def test_cr_cr_lf_line_ends_count_one_line(tmp_path: Path, name: str) -> None:
+    """A CRLF file converted again (CR CR LF) was read with twice its lines: errors named line 2n − 1 where
+    grep and sed show line n."""
+    root = tmp_path / "d"
+    root.mkdir()
+    items = ["i1\tOne", "i2\tTwo", "i3\tThree"]
+    users = ["u1\ti1 i2", "u2\ti2 i3", "u3\ti1 i3"]
+    rows = ["user_id,item_id,timestamp", "u1,i1,1", "u1,i2,2", "u2,i2,3", "u2,i3,4"]
+    if name == "users.tsv":
+        users[2] = "u3\ti1 BAD"
+    elif name == "items.tsv":
+        items[2] = "i 3\tThree"
+    else:
+        rows[4] = "u2,i3,x" if name == "x.csv" else 'u2,"i3",x'
+    data = {"items.tsv": items, "users.tsv": users, name: rows} if name.endswith(".csv") else \
+        {"items.tsv": items, "users.tsv": users}
+    if name.endswith(".csv"):
+        del data["users.tsv"]
+    for fname, lines in data.items():
+        eol = "\r\r\n" if fname == name else "\n"
+        (root / fname).write_bytes(eol.join(lines).encode() + eol.encode())
+    path = root / name if name.endswith(".csv") else root
+    with pytest.raises(DataError) as e:
+        read(DataConfig(path=str(path)))
+    line = {"users.tsv": 3, "items.tsv": 3, "x.csv": 5, "quoted.csv": 5}[name]
+    assert _rel(e.value, root).startswith(f"{name}:{line}: ")
+
+
+def test_cr_runs_before_lf_are_one_line_end(tmp_path: Path) -> None:
+    raw = b"a\r\r\nb\r\nc\rd\r\re\r"
+    (tmp_path / "f.txt").write_bytes(raw)
+    assert ts.read_text_bytes(tmp_path / "f.txt").tobytes() == b"a\r\r\nb\r\nc\nd\n\ne\n"
+    assert ts.decode_text(raw, tmp_path / "f.txt") == "a\nb\nc\nd\n\ne\n"

@@ -824,6 +824,27 @@ def test_evaluate_finds_a_moved_dataset_with_run_data(id_run: Path, tmp_path: Pa
     assert main(["evaluate", str(run), "--device", "cpu", "--run-data", str(moved)]) == 0
     results = json.loads((run / "results.json").read_text())
     assert json.loads(capsys.readouterr().out)["test"] == results["test"]
+    assert "warning" not in capsys.readouterr().err  # the same users: nothing to say
+
+
+def test_evaluate_says_when_the_users_histories_changed_since_training(id_run: Path, tmp_path: Path,
+                                                                         capsys) -> None:
+    """``crossan evaluate`` refused other items but scored other users' histories in silence: a users.tsv
+    edited since training gave evaluation.json figures of other data beside results.json's."""
+    run = _copy(id_run, tmp_path)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    changed = Path(shutil.copytree(cfg["data"]["path"], tmp_path / "changed"))
+    lines = (changed / "users.tsv").read_text().splitlines()
+    user, items = lines[0].split("\t")
+    seq = items.split()
+    lines[0] = user + "\t" + " ".join(seq[:-2] + seq[:-3:-1])  # the last two swapped: the same items
+    (changed / "users.tsv").write_text("\n".join(lines) + "\n")
+    assert main(["evaluate", str(run), "--device", "cpu", "--run-data", str(changed)]) == 0
+    err = capsys.readouterr().err
+    assert "crossan: warning: " in err and "are not those the run was trained and tested on" in err
+    results = json.loads((run / "results.json").read_text())
+    written = json.loads((run / "evaluation.json").read_text())
+    assert written["split_fingerprint"] != results["split_fingerprint"]
 
 
 

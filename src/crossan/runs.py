@@ -68,7 +68,7 @@ if TYPE_CHECKING:
     from crossan.recommender import Recommender
 
 __all__ = ["CONFIG", "REQUIRED_FILES", "RESULT_KEYS", "NonFiniteError", "RunError", "TrainState",
-           "CacheChangedWarning", "ContentChangedWarning", "MethodCodeWarning", "RunWarning",
+           "CacheChangedWarning", "ContentChangedWarning", "MethodCodeWarning", "RunWarning", "SplitChangedWarning",
            "UnfinishedRunWarning", "WeightsFile", "cache_states_changes", "cache_states_digests",
            "check_item_fingerprint", "MOVABLE_KEYS", "ResumeCheck", "check_out_folder", "check_run_dir",
            "check_run_folder", "content_changes", "content_digests", "is_move", "saved_config",
@@ -550,6 +550,11 @@ class MethodCodeWarning(RunWarning):
     """A run of a plugin method is loaded into other code than it was trained with (same method name)."""
 
 
+class SplitChangedWarning(RunWarning):
+    """``crossan evaluate`` scores users' histories other than those the run was trained and tested on (the
+    dataset's users changed since: ``split_fingerprint`` of results.json)."""
+
+
 class CacheChangedWarning(RunWarning):
     """A run that reads the layer-state cache is scored on a cache that changed since it trained."""
 
@@ -804,8 +809,9 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", data_path: str | Non
     serving checks it (:func:`check_run_folder`: a version of crossan that cannot read it is refused before
     anything is written); ``data_path``: the training dataset, when it moved since training. The file records
     the SHA-256 of the weights it scored (``weights_sha256``): those of an unfinished run change with each
-    new best epoch."""
-    from crossan.ranking import evaluate, split_report
+    new best epoch, and the ``split_fingerprint`` of the data it scored (a :class:`SplitChangedWarning` when
+    it is not the run's: the users' histories changed since training)."""
+    from crossan.ranking import evaluate, split_fingerprint, split_report
 
     cfg = check_run_folder(run_dir)
     weights = read_weights(Path(run_dir) / WEIGHTS)  # one read: the digest is that of the weights scored
@@ -813,10 +819,16 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", data_path: str | Non
     cfg, data, model = load_run(run_dir, device, data_path, cfg=cfg, weights=weights)
     del weights  # the model holds them now: the file's bytes are not kept through the scoring
     warn_if_unfinished(run_dir)  # a folder that is no run at all fails in load_run, without this warning
+    split = split_fingerprint(data)
+    trained = (read_results(run_dir) or {}).get("split_fingerprint")
+    if trained and trained != split:  # load_run refuses other items; other users' histories it cannot see
+        warnings.warn(f"{run_dir}: the users' histories in {cfg.data.path} are not those the run was trained "
+                      f"and tested on (split fingerprint {split}, the run's {trained}); {EVALUATION} scores the "
+                      f"data of now, not that of {RESULTS}", SplitChangedWarning, stacklevel=2)
     table = model.tower.embed_all(cfg.eval.batch_size)
     out = {"valid": evaluate(model, data, "valid", cfg, table, where=str(run_dir)),
            "test": evaluate(model, data, "test", cfg, table, where=str(run_dir)), "splits": split_report(data),
-           "weights_sha256": sha}
+           "split_fingerprint": split, "weights_sha256": sha}
     atomic_write_json(Path(run_dir) / EVALUATION, out)
     return out
 

@@ -26,7 +26,11 @@ read with the same (csv) quoting, so ``"x"`` is the id ``x`` in each. A folder w
 ``item``/``item_id``, ``timestamp``/``time``); an ``items.tsv`` beside it is read as the catalogue.
 
 Every text file may start with a UTF-8 BOM (dropped) and must be UTF-8 (otherwise an error naming file and
-line). In ``.inter``/``.item``/CSV files every row must have as many fields as the header. Ids are stripped of
+line). Lines end in LF, CRLF or a lone CR (old Mac files); a run of CRs before an LF is one line end (CR CR LF:
+a CRLF file converted again), so line numbers are those grep and sed show. Quoted fields (csv quoting) may span
+lines in a text column, as pandas reads them; a user id, item id or timestamp that does (a stray double quote
+merging rows) breaks a rule, and a quote left open at the end of the file is an error naming the line where its
+record starts. In ``.inter``/``.item``/CSV files every row must have as many fields as the header. Ids are stripped of
 ASCII whitespace only (a no-break space is content, as in the users file) and hold at most ``MAX_ID_BYTES``
 UTF-8 bytes; an ``items.tsv`` id holds no whitespace at all (a header-less line missing its tab is an error,
 not an id with a space). Timestamps are ASCII numbers (Unicode digits are not); beyond 2**53, where float64
@@ -470,17 +474,35 @@ def _long_fields() -> Iterator[None]:
         csv.field_size_limit(old)
 
 
-def _csv_records(path: Path, reader: Any) -> Iterator[list[str]]:
-    """The records of a ``csv.reader`` over ``path``; a malformed one (e.g. an unclosed quote) is a
-    :class:`DataError` naming the file and line."""
+def _csv_records(path: Path, reader: Any, text: str | None = None) -> Iterator[list[str]]:
+    """The records of a ``csv.reader`` over ``path``; a malformed one is a :class:`DataError` naming the file
+    and line. ``text``: what the reader reads (lines ending in ``\\n``), to tell a last record that ends inside
+    a quoted field, which the csv module reads as closed there (pandas calls it "EOF inside string")."""
+    last = 1  # the line where the last record read starts
     while True:
+        start = reader.line_num + 1
         try:
             record = next(reader)
         except StopIteration:
+            if text is not None and reader.line_num > last and _ends_in_quotes(text, last, reader.dialect):
+                raise DataError(f"{path}:{last}: a double quote opened in this record is never closed: the "
+                                f"record runs to the end of the file (line {reader.line_num})") from None
             return
         except csv.Error as e:
             raise DataError(f"{path}:{reader.line_num}: malformed record ({e})") from None
+        last = start
         yield record
+
+
+def _ends_in_quotes(text: str, start: int, dialect: Any) -> bool:
+    """Whether the lines of ``text`` from line ``start`` (1-based) on end inside a quoted field."""
+    tail = text.split("\n", start - 1)[-1]
+    try:
+        for _ in csv.reader(io.StringIO(tail, newline=""), dialect, strict=True):
+            pass
+    except csv.Error as e:
+        return "unexpected end of data" in str(e)
+    return False
 
 
 def _header(path: Path, text: str, delimiter: str) -> tuple[list[str], list[str], tuple[int, int, int]]:
@@ -645,7 +667,7 @@ def _parse_rows(path: Path, text: str, delimiter: str, catalogue: Catalogue | No
 def _parse_records(path: Path, text: str, delimiter: str, catalogue: Catalogue | None, problems: _Problems
                    ) -> _Rows:
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    records = _csv_records(path, reader)
+    records = _csv_records(path, reader, text)
     header = next(records, None)
     if header is None:
         raise DataError(f"{path}: empty file")
@@ -661,6 +683,10 @@ def _parse_records(path: Path, text: str, delimiter: str, catalogue: Catalogue |
             problems.bad_row(where, f"expected {len(names)} fields, got {len(parts)}")
             continue
         user, item, stamp = (parts[k].strip(ts.SPACES) for k in (iu, ii, it))
+        if end > lineno and any("\n" in v for v in (user, item, stamp)):  # a quote left open merges lines
+            problems.bad_row(where, f"a quoted field runs over lines {lineno}–{end} into the user id, item id "
+                                    "or timestamp (an unbalanced double quote?)")
+            continue
         if not user or not item:
             problems.bad_row(where, "empty user or item id")
             continue
@@ -717,7 +743,9 @@ def _read_interactions(path: Path, delimiter: str, catalogue: Catalogue | None, 
                        ) -> tuple[Interactions, list[str] | None]:
     buf = _bytes(path)
     if (buf == ord('"')).any():
-        rows = _parse_rows(path, buf.tobytes().decode("utf-8"), delimiter, catalogue, problems)
+        # one "\n" per line end (CRs before an LF dropped), so that the csv module counts lines as grep does
+        rows = _parse_rows(path, ts.CRLF_RUN.sub(b"\n", buf.tobytes()).decode("utf-8"), delimiter, catalogue,
+                           problems)
     else:
         rows = _scan_rows(path, buf, delimiter, catalogue, problems)
     if not len(rows.lines):
@@ -732,8 +760,9 @@ def _read_atomic_items(path: Path, cfg: DataConfig, problems: _Problems) -> Cata
 
 def _atomic_items(path: Path, cfg: DataConfig, problems: _Problems) -> Catalogue:
     # quoted fields as in the .inter file (see _read_interactions), so that an id reads the same in both files
-    reader = csv.reader(io.StringIO(_text(path), newline=""), delimiter="\t")
-    rows = _csv_records(path, reader)
+    text = _text(path)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t")
+    rows = _csv_records(path, reader, text)
     header = next(rows, None)
     if header is None:
         raise DataError(f"{path}: empty file")
@@ -761,6 +790,10 @@ def _atomic_items(path: Path, cfg: DataConfig, problems: _Problems) -> Catalogue
             problems.bad_row(where, f"expected {len(names)} fields, got {len(parts)}")
             continue
         item = parts[iid].strip(ts.SPACES)
+        if "\n" in item:  # a quote left open merges lines
+            problems.bad_row(where, f"a quoted field runs over lines {lineno}–{end} into the item id (an "
+                                    "unbalanced double quote?)")
+            continue
         if not item or item in seen:
             problems.bad_row(where, f"item {item!r} appears twice" if item else "empty item id")
             continue

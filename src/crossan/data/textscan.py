@@ -4,8 +4,8 @@ The interaction files of a MicroLens-1M-sized dataset hold ten million item ids;
 Python strings costs tens of seconds and gigabytes. These helpers work on the file's bytes as one
 ``uint8`` array instead:
 
-* :func:`read_text_bytes` — the file's bytes with a UTF-8 BOM removed and lone CR line ends made LF, checked
-  to be UTF-8 (an invalid byte is an error naming the file and line);
+* :func:`read_text_bytes` — the file's bytes with a UTF-8 BOM removed and lone CR line ends made LF (CRs
+  before an LF stay: whitespace of that line's end), checked to be UTF-8 (an invalid byte is an error naming the file and line);
 * :func:`line_starts` / :func:`line_of` — line boundaries and the line of any byte position;
 * :func:`tokens` — maximal runs of non-separator bytes (start, end);
 * :func:`byte_keys` — byte ranges as sortable fixed-width keys (``uint64`` when at most 8 bytes long, else
@@ -21,6 +21,7 @@ Whitespace is ASCII whitespace as Python's ``str.split()`` sees it: space, ``\\t
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,8 @@ SPACES = "\t\n\v\f\r\x1c\x1d\x1e\x1f "
 WHITESPACE = np.zeros(256, dtype=bool)
 WHITESPACE[[ord(c) for c in SPACES]] = True
 NEWLINE, TAB, CR = 10, 9, 13
+CRLF_RUN = re.compile(rb"\r+\n")
+"""One line end: CRs before an LF (CRLF, or CR CR LF where a CRLF file was converted again)."""
 CHUNK = 1 << 20
 """Ranges handled per block by the lookups (bounds their temporary arrays)."""
 
@@ -51,7 +54,15 @@ def read_text_bytes(path: Path) -> np.ndarray:
     buf = np.frombuffer(raw, dtype=np.uint8)[start:]
     cr = np.flatnonzero(buf == CR)
     if len(cr):
-        lone = cr[(cr + 1 >= len(buf)) | (buf[np.minimum(cr + 1, len(buf) - 1)] != NEWLINE)]
+        # an LF right after a run of CRs makes the whole run part of one line end (CRLF, or CR CR LF where a
+        # CRLF file was converted again), as grep and sed count lines
+        last = np.ones(len(cr), dtype=bool)  # the last CR of its run
+        last[:-1] = cr[1:] != cr[:-1] + 1
+        nxt = cr[last] + 1
+        crlf_run = nxt < len(buf)
+        crlf_run[crlf_run] = buf[nxt[crlf_run]] == NEWLINE
+        run = np.cumsum(np.r_[True, last[:-1]]) - 1  # the run of each CR
+        lone = cr[~crlf_run[run]]
         if len(lone):  # old Mac line ends: a CR alone ends a line, as Python's universal newlines read it
             buf = buf.copy()
             buf[lone] = NEWLINE
@@ -79,10 +90,12 @@ def check_utf8(buf: np.ndarray, path: Path, first_line: int = 1) -> None:
 def decode_text(raw: bytes, path: Path) -> str:
     """``raw`` as text: BOM removed, line ends made ``\\n``, UTF-8 checked (error naming file and line).
 
-    Line ends are made ``\\n`` before the check: an error in a file with bare-CR line ends names its line."""
+    Line ends are made ``\\n`` before the check: an error in a file with bare-CR line ends names its line. A run
+    of CRs before an LF is one line end (CR CR LF: a CRLF file converted again), as :func:`read_text_bytes`
+    reads it."""
     if raw.startswith(UTF8_BOM):
         raw = raw[len(UTF8_BOM):]
-    raw = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")  # a CR byte is never part of a UTF-8 sequence
+    raw = CRLF_RUN.sub(b"\n", raw).replace(b"\r", b"\n")  # a CR byte is never part of a UTF-8 sequence
     check_utf8(np.frombuffer(raw, dtype=np.uint8), path)
     return raw.decode("utf-8")
 
