@@ -524,3 +524,14 @@ def test_cr_runs_before_lf_are_one_line_end(tmp_path: Path) -> None:
     (tmp_path / "f.txt").write_bytes(raw)
     assert ts.read_text_bytes(tmp_path / "f.txt").tobytes() == b"a\r\r\nb\r\nc\nd\n\ne\n"
     assert ts.decode_text(raw, tmp_path / "f.txt") == "a\nb\nc\nd\n\ne\n"
+
+
+def test_a_folder_with_both_layouts_histories_is_refused_unless_data_format_names_one(tmp_path: Path) -> None:
+    """A folder holding users.tsv + items.tsv and a .inter + .item was read as atomic without a word."""
+    root = _atomic(tmp_path / "d", "u1\ta\t1\nu1\tb\t2\n", "a\tA\nb\tB\n")
+    _iisan(root, "a\tA\nb\tB\n", "u9\tb a\n")
+    with pytest.raises(DataError) as e:
+        read(DataConfig(path=str(root)))
+    assert "both users.tsv (IISAN layout) and d.inter (RecBole atomic) hold user histories" in str(e.value)
+    assert read(DataConfig(path=str(root), format="atomic")).sequences == {"u1": ["a", "b"]}
+    assert read(DataConfig(path=str(root), format="iisan")).sequences == {"u9": ["b", "a"]}

@@ -20,7 +20,8 @@ id with two files there keeps the first in folder and name order, with a warning
 ``atomic`` (RecBole): ``NAME.inter`` with ``user_id``, ``item_id`` and ``timestamp`` columns (typed headers
 such as ``user_id:token``) and optionally ``NAME.item`` whose text columns form the item text. Both files are
 read with the same (csv) quoting, so ``"x"`` is the id ``x`` in each. A folder with several ``.inter`` or
-``.item`` files is an error, as is ``data.format=csv`` on a folder with several ``.csv`` files.
+``.item`` files is an error, as is ``data.format=csv`` on a folder with several ``.csv`` files, and (unless
+``data.format`` names one) a folder whose ``.inter`` file and ``users.tsv``/``*_pairs.tsv`` both hold histories.
 
 ``csv``: a comma-separated file with a header naming user, item and timestamp columns (``user``/``user_id``,
 ``item``/``item_id``, ``timestamp``/``time``); an ``items.tsv`` beside it is read as the catalogue.
@@ -840,7 +841,12 @@ def detect_format(path: Path) -> str:
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
     if path.is_dir():
-        if list(path.glob("*.inter")):
+        inters = sorted(path.glob("*.inter"))
+        if inters:
+            histories = [p.name for p in (path / "users.tsv", *sorted(path.glob("*_pairs.tsv"))) if p.is_file()]
+            if histories:  # which layout holds the histories to train on is not the reader's to guess
+                raise DataError(f"{path}: both {', '.join(histories)} (IISAN layout) and {inters[0].name} (RecBole "
+                                "atomic) hold user histories; keep one, or set data.format=iisan or atomic")
             return "atomic"
         if (path / "items.tsv").exists() or list(path.glob("*_pairs.tsv")) or (path / "users.tsv").exists():
             return "iisan"
