@@ -531,6 +531,7 @@ def test_history_covering_the_catalogue_says_so(id_run: Path, text_data: Path, t
     users.write_text(f"all\t{' '.join(everything)}\nsome\ti1 i2\n")
     rc, out, err = run_cli(["recommend", id_run, "--users", users, "--out", tmp_path / "r.csv", "--k", "2"], capsys)
     assert rc == 0 and "1 user(s) have no recommendation" in err and "'all' (line 1)" in err
+    assert "recommendations for 1 users written" in out  # was "for 2 users": the one without rows counted
     rows = (tmp_path / "r.csv").read_text().splitlines()
     assert len(rows) == 3 and all(r.startswith("some,") for r in rows[1:])
 

@@ -195,7 +195,10 @@ def test_embed_items_duplicate_content_gets_the_same_embedding(content_run: Path
     # again: a replaced item keeps its place, a new one is appended
     _new_catalogue(tmp_path / "more", synth, [("new-other", "Another title entirely", data.catalogue[data.item_ids[7]].image),
                                              ("new-3", "Third", None)])
-    assert embed_items(run, tmp_path / "more" / "items.tsv", device="cpu") == ["new-other", "new-3"]
+    capsys.readouterr()
+    assert main(["embed-items", str(run), "--data", str(tmp_path / "more" / "items.tsv"), "--device", "cpu"]) == 0
+    # the command said "2 new items" of one new and one replaced
+    assert "embedded 1 new item and 1 replacing stored item of the same id" in capsys.readouterr().out
     extra = read_extra_items(run)
     assert extra.ids == ["new-dup", "new-other", "new-3"] and extra.records[1]["title"] == "Another title entirely"
     torch.testing.assert_close(extra.embeddings[0], rec.item_table[-2])
@@ -705,6 +708,7 @@ def test_a_run_scored_on_a_changed_cache_says_so(tmp_path: Path) -> None:
     from crossan.cache import build_cache
     from crossan.cache.layout import STATES, modality_folder
     from crossan.cache.manifest import read_manifest
+    from crossan.cache.read import CacheMissingError
     from crossan.data import prepare
     from crossan.data.synth import generate
     from crossan.runs import CacheChangedWarning, evaluate_run
@@ -727,6 +731,12 @@ def test_a_run_scored_on_a_changed_cache_says_so(tmp_path: Path) -> None:
     build_cache(cfg, prepare(cfg.data), cfg.modalities, progress=False)  # re-encodes the changed item
     with pytest.warns(CacheChangedWarning, match=r"the layer-state cache of image changed since it trained"):
         evaluate_run(tmp_path / "run")
+    # a cache that is not there is no changed cache: the error naming the command that builds it, no warning
+    shutil.rmtree(tmp_path / "cache")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CacheChangedWarning)
+        with pytest.raises(CacheMissingError, match=r"no layer-state cache for text, image "):
+            evaluate_run(tmp_path / "run")
 
 
 # --------------------------------------------------------------------------------------------- a review's findings

@@ -165,8 +165,8 @@ def cmd_recommend(args: Any) -> int:
         for n, r in enumerate(items, 1):
             writer.writerow([user, n, r.item_id, f"{r.score:.6g}", r.title])
     atomic_write_text(args.out, buf.getvalue())
-    print(f"recommendations for {len(users)} users written to {args.out}")
     empty = [(user, lineno) for (user, _, lineno), items in zip(users, results) if not items]
+    print(f"recommendations for {len(users) - len(empty)} users written to {args.out}")
     if empty:
         first = ", ".join(f"{u!r} (line {n})" for u, n in empty[:5]) + (" …" if len(empty) > 5 else "")
         print(f"note: {len(empty)} user(s) have no recommendation: their history covers all "
@@ -176,11 +176,20 @@ def cmd_recommend(args: Any) -> int:
 
 def cmd_embed_items(args: Any) -> int:
     from crossan.coldstart import EXTRA_DIR, embed_items, read_extra_items
+    from crossan.errors import ServeError
 
+    try:  # the ids stored before, to tell the items this call replaces from those it adds
+        stored = set(read_extra_items(args.run_dir).ids)
+    except ServeError:  # damaged stored items: embed_items refuses them below, with its advice
+        stored = set()
     with run_warnings():
         ids = embed_items(args.run_dir, args.data, device=args.device, data_path=args.run_data)
     total = len(read_extra_items(args.run_dir))
-    print(f"embedded {len(ids)} new items into {Path(args.run_dir) / EXTRA_DIR} ({total} extra items in all)")
+    replaced = sum(i in stored for i in ids)
+    what = f"{len(ids) - replaced} new item{'s' * (len(ids) - replaced != 1)}"
+    if replaced:
+        what += f" and {replaced} replacing stored item{'s' * (replaced != 1)} of the same id"
+    print(f"embedded {what} into {Path(args.run_dir) / EXTRA_DIR} ({total} extra items in all)")
     return 0
 
 

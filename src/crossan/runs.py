@@ -69,7 +69,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CONFIG", "REQUIRED_FILES", "RESULT_KEYS", "NonFiniteError", "RunError", "TrainState",
            "CacheChangedWarning", "ContentChangedWarning", "MethodCodeWarning", "RunWarning", "SplitChangedWarning",
-           "UnfinishedRunWarning", "WeightsFile", "cache_states_changes", "cache_states_digests",
+           "UnfinishedRunWarning", "WeightsFile", "cache_states_changes", "cache_states_digests", "missing_caches",
            "check_item_fingerprint", "MOVABLE_KEYS", "ResumeCheck", "check_out_folder", "check_run_dir",
            "check_run_folder", "content_changes", "content_digests", "is_move", "saved_config",
            "input_changes", "evaluate_run", "load_checkpoint", "load_run", "load_weights", "read_results",
@@ -585,14 +585,26 @@ def cache_states_digests(cfg: Config, data: SequentialData) -> dict[str, str]:
     return out
 
 
-def cache_states_changes(results: dict[str, Any] | None, cfg: Config, data: SequentialData) -> list[str]:
+def cache_states_changes(results: dict[str, Any] | None, cfg: Config, data: SequentialData,
+                         missing: bool = True) -> list[str]:
     """The modalities whose cache differs from the one a run's ``results`` record (``cache_states``); empty
-    for runs that record none (methods without the cache, runs of older crossan versions)."""
+    for runs that record none (methods without the cache, runs of older crossan versions). ``missing``:
+    whether a modality with no cache now counts (see :func:`missing_caches`)."""
     then = (results or {}).get("cache_states") or {}
     if not isinstance(then, dict) or not then:
         return []
     now = cache_states_digests(cfg, data)
-    return [m for m in then if now.get(m) != then[m]]
+    return [m for m in then if now.get(m) != then[m] and (missing or m in now)]
+
+
+def missing_caches(results: dict[str, Any] | None, cfg: Config, data: SequentialData) -> list[str]:
+    """The modalities a run read from the layer-state cache (results.json ``cache_states``) that have no
+    cache now (deleted, or looked for under another ``cache.dir`` / ``$CROSSAN_CACHE_DIR``)."""
+    then = (results or {}).get("cache_states") or {}
+    if not isinstance(then, dict) or not then:
+        return []
+    now = cache_states_digests(cfg, data)
+    return [m for m in then if m not in now]
 
 
 def content_digests(cfg: Config, data: SequentialData, memo: dict[tuple[int, str], str] | None = None,
@@ -662,15 +674,21 @@ def content_changes(results: dict[str, Any] | None, cfg: Config, data: Sequentia
 
 
 def input_changes(results: dict[str, Any] | None, cfg: Config, data: SequentialData,
-                  memo: dict[tuple[int, str], str] | None = None) -> list[tuple[type[RunWarning], str]]:
+                  memo: dict[tuple[int, str], str] | None = None,
+                  missing: bool = True) -> list[tuple[type[RunWarning], str]]:
     """How the inputs a finished run read differ from those it would read now, beyond its item ids: a
-    rebuilt or updated layer-state cache (:func:`cache_states_changes`) or changed titles/media read
-    directly (:func:`content_changes`); each as (warning class, phrase). Empty: the same inputs."""
+    rebuilt or updated layer-state cache (:func:`cache_states_changes`), one that is not there now (with
+    ``missing``), or changed titles/media read directly (:func:`content_changes`); each as (warning class,
+    phrase). Empty: the same inputs."""
     out: list[tuple[type[RunWarning], str]] = []
-    cache = cache_states_changes(results, cfg, data)
+    cache = cache_states_changes(results, cfg, data, missing=False)
     if cache:
         out.append((CacheChangedWarning, f"the layer-state cache of {', '.join(cache)} changed since it trained "
                                          "(rebuilt or updated: items' titles or media changed)"))
+    gone = missing_caches(results, cfg, data) if missing else []
+    if gone:
+        out.append((CacheChangedWarning, f"the layer-state cache of {', '.join(gone)} it trained on is not there "
+                                         "now (deleted, or looked for under another cache.dir)"))
     content = content_changes(results, cfg, data, memo)
     if content:
         out.append((ContentChangedWarning, f"the item content of {', '.join(content)} changed since it trained "
@@ -770,7 +788,8 @@ def load_run(run_dir: str | Path, device: str = "auto", data_path: str | None = 
                        f"{CONFIG}), is not there; if it moved, pass its new place (--run-data PATH)")
     data = prepare(cfg.data)
     check_item_fingerprint(run_dir, results, data, cfg.data.path)
-    for category, phrase in input_changes(results, cfg, data):
+    # a missing cache is not warned of: building the model below stops on it, naming the command that builds it
+    for category, phrase in input_changes(results, cfg, data, missing=False):
         warnings.warn(f"{run_dir}: {phrase}; its scores now are on the inputs of now, so they may differ from "
                       f"{RESULTS}", category, stacklevel=2)
     device = resolve_device(cfg.device)
