@@ -103,6 +103,11 @@ def test_cli_train_and_errors(small_data: Path, tmp_path: Path, capsys) -> None:
     assert main(["evaluate", str(tmp_path / "nothing")]) == 2
     assert "nothing: no such run folder" in capsys.readouterr().err  # checked as serving checks it
     assert not (tmp_path / "x").exists()
+    # --data and a data.path= override naming another folder: the override won in silence
+    assert main(["train", "--data", str(small_data), "--out", str(tmp_path / "x"), "train.epochs=1",
+                 f"data.path={tmp_path / 'other'}"]) == 2
+    assert f"--data {small_data} and data.path={tmp_path / 'other'} name two datasets" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 def test_bce_loss_trains(small_data: Path, tmp_path: Path) -> None:
@@ -208,8 +213,8 @@ def test_resume_before_the_first_checkpoint_says_it_starts_over(small_data: Path
     assert not (out / "checkpoints" / "last.pt").exists() and (out / "history.jsonl").read_text()
     monkeypatch.setattr(trainer, "save_checkpoint", real_save)
     resumed = train(_cfg(small_data, "train.epochs=2"), out, resume=True, progress=False)
-    assert "has no checkpoint (training stopped before its first epoch was saved); starting from epoch 1" in (
-        out / "train.log").read_text()
+    assert ("has no checkpoint (training stopped before its first epoch was saved, or last.pt was removed); "
+            "starting from epoch 1") in (out / "train.log").read_text()
     epochs = [json.loads(line)["epoch"] for line in (out / "history.jsonl").read_text().splitlines()]
     assert epochs == [1, 2] and resumed["test"] == full["test"]
 
@@ -620,3 +625,53 @@ def test_only_rank_0_warns_of_a_capped_run(small_data: Path, tmp_path: Path, mon
     capfd.readouterr()
     assert train(_cfg(small_data, "train.epochs=1"), tmp_path / "run", progress=False)["best_epoch"] == 1
     assert "before train.patience=" not in capfd.readouterr().err
+
+
+_TRAIN_FOREVER = """
+import sys
+from crossan.config import load_config
+from crossan.trainer import train
+cfg = load_config([], [f"data.path={sys.argv[1]}", "train.epochs=100000", "train.patience=100000",
+                       "train.batch_size=32", "device=cpu", "method=id"])
+train(cfg, sys.argv[2], progress=False)
+"""
+
+
+@pytest.mark.subprocess
+def test_a_folder_that_another_process_trains_into_is_refused(small_data: Path, tmp_path: Path) -> None:
+    """Nothing stopped a ``--resume`` of a run that still trained, or a second ``train`` of one ``--out``: both
+    processes wrote history.jsonl (epochs 4, 4, 5, 5, …), the checkpoints and results.json. The training
+    process now holds a lock on its folder from its checks to its end; the kernel drops it when it dies."""
+    import subprocess
+    import sys
+    import time
+
+    from crossan.runs import lock_run_folder, unlock_run_folder
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", _TRAIN_FOREVER, str(small_data), str(run)])
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "history.jsonl").is_file() or not (run / "history.jsonl").read_text():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        cfg = _cfg(small_data, "train.epochs=100000", "train.patience=100000", "method=id")
+        with pytest.raises(RunError, match="another crossan process is training into this folder"):
+            train(cfg, run, resume=True, progress=False)
+        with pytest.raises(RunError, match="another crossan process is training into this folder"):
+            lock_run_folder(run)
+    finally:
+        proc.kill()
+        proc.wait()
+    unlock_run_folder(lock_run_folder(run))  # released by the kernel with the killed process
+    # a new run into a folder locked before it holds anything is refused too (the lock is taken before the checks)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    fd = lock_run_folder(empty)
+    try:
+        with pytest.raises(RunError, match="another crossan process is training into this folder"):
+            train(_cfg(small_data), empty, progress=False)
+    finally:
+        unlock_run_folder(fd)
+    assert not any(empty.iterdir())
+    assert train(_cfg(small_data, "train.epochs=1"), empty, progress=False)["best_epoch"] == 1

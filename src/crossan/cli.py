@@ -37,7 +37,8 @@ EPILOG_OVERRIDES = ("Configuration: defaults < --config YAML files (in order) < 
 def _config_args(p: argparse.ArgumentParser, data_required: bool = True) -> None:
     p.set_defaults(data_required=data_required)
     p.add_argument("--data", metavar="PATH",
-                   help="dataset folder (users.tsv + items.tsv, RecBole .inter/.item) or a .csv file"
+                   help="dataset folder (users.tsv + items.tsv, RecBole .inter/.item) or a .csv file (sets "
+                        "data.path over a --config file's; a data.path=… override naming another is an error)"
                         + ("; required unless a --config file or a data.path=… override sets data.path (a run's "
                            "saved config.yaml does)" if data_required else ""))
     p.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML config file (repeatable)")
@@ -55,6 +56,9 @@ def plugin_arg(p: argparse.ArgumentParser) -> None:
 def _load(args: argparse.Namespace, extra: list[str] = ()) -> Config:
     overrides = list(extra) + list(args.overrides)
     if getattr(args, "data", None):
+        named = [o.split("=", 1)[1] for o in args.overrides if o.split("=", 1)[0].strip() == "data.path"]
+        if any(path != args.data for path in named):  # the later override won in silence
+            raise ConfigError(f"--data {args.data} and data.path={named[-1]} name two datasets; give one")
         overrides.insert(0, f"data.path={args.data}")
     cfg = load_config(args.config, overrides)
     if getattr(args, "data_required", False) and not cfg.data.path:

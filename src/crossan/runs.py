@@ -71,10 +71,10 @@ __all__ = ["CONFIG", "REQUIRED_FILES", "RESULT_KEYS", "NonFiniteError", "RunErro
            "CacheChangedWarning", "ContentChangedWarning", "MethodCodeWarning", "RunWarning", "SplitChangedWarning",
            "UnfinishedRunWarning", "WeightsFile", "cache_states_changes", "cache_states_digests", "missing_caches",
            "check_item_fingerprint", "MOVABLE_KEYS", "ResumeCheck", "check_out_folder", "check_run_dir",
-           "check_run_folder", "content_changes", "content_digests", "is_move", "saved_config",
+           "check_run_folder", "content_changes", "content_digests", "is_move", "lock_run_folder", "saved_config",
            "input_changes", "evaluate_run", "load_checkpoint", "load_run", "load_weights", "read_results",
            "read_run_config", "read_weights", "rescore", "resolve_paths", "save_checkpoint", "save_per_user",
-           "save_weights", "truncate_history", "version_compatible", "warn_if_unfinished"]
+           "save_weights", "truncate_history", "unlock_run_folder", "version_compatible", "warn_if_unfinished"]
 
 CONFIG = "config.yaml"
 WEIGHTS = "best.safetensors"
@@ -101,6 +101,35 @@ class ResumeCheck:
     moved: list[str] = dataclasses.field(default_factory=list)
     """``key: old → new`` of the path keys (:data:`MOVABLE_KEYS`) the resume sets elsewhere: the dataset or cache
     moved; the trainer writes the new places into config.yaml once the checkpoint accepts what lies there."""
+
+
+def lock_run_folder(run_dir: Path) -> int | None:
+    """Hold an exclusive lock on the run folder itself (``flock`` on the directory: no file is made in it) and
+    return its descriptor for :func:`unlock_run_folder`; the kernel releases it when the process ends, killed
+    or not. Training holds it from its checks to its end, so a second ``crossan train --out`` of the same
+    folder (a ``--resume`` while the run still trains) is refused (:class:`RunError`) instead of writing the
+    folder beside it. None where there is no ``flock`` (Windows, some network file systems)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise RunError(f"{run_dir}: another crossan process is training into this folder (it holds the folder's "
+                       "lock); wait for it to end, or train into another --out") from None
+    except OSError:  # no locks on this file system
+        os.close(fd)
+        return None
+    return fd
+
+
+def unlock_run_folder(fd: int | None) -> None:
+    """Release a lock of :func:`lock_run_folder` (None: nothing held)."""
+    if fd is not None:
+        os.close(fd)
 
 
 def check_run_dir(run_dir: Path, cfg: Config, resume: bool) -> ResumeCheck:

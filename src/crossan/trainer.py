@@ -69,6 +69,7 @@ from crossan.runs import (
     load_checkpoint,
     load_run,
     load_weights,
+    lock_run_folder,
     pending_weights,
     rescore,
     resolve_paths,
@@ -77,6 +78,7 @@ from crossan.runs import (
     save_weights,
     settle_best_weights,
     truncate_history,
+    unlock_run_folder,
 )
 from crossan.towers.base import tower_label
 from crossan.utils import (
@@ -217,6 +219,8 @@ class _Run:
     """:func:`~crossan.runs.cache_states_digests`: the cache the run read (results.json ``cache_states``)."""
     content_sources: dict[str, str] = field(default_factory=dict)
     """:func:`~crossan.runs.content_digests`: the titles/media the run read itself (``content_sources``)."""
+    folder_lock: int | None = None
+    """:func:`~crossan.runs.lock_run_folder`'s descriptor (rank 0), released when :func:`train` ends."""
     resume_check: ResumeCheck = field(default_factory=ResumeCheck)
     """What a ``--resume`` set otherwise than config.yaml and :func:`check_run_dir` accepted (``precision``, the
     data or cache folder)."""
@@ -243,6 +247,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, data: Sequenti
     finally:  # a run that fails (a non-finite loss, a refused checkpoint) stops its memory sampling thread too
         run.memory.stop()
         _end_logging()
+        unlock_run_folder(run.folder_lock)
 
 
 def training_rows(data: SequentialData) -> tuple[torch.Tensor, torch.Tensor]:
@@ -315,11 +320,15 @@ def _start(cfg: Config, run_dir: Path, resume: bool, data: SequentialData | None
                           "processes it is shared among, so no step could run")
     configure_malloc(cfg.train.malloc, device)
     resolve_paths(cfg)  # config.yaml stores absolute paths: --resume and serving work from any folder
-    resume_check = check_run_dir(run_dir, cfg, resume)
-    preload(cfg, device)
-    seed_everything(cfg.seed)
-    memory = PeakRSSMonitor().start()  # CPU memory: peak over the run minus this idle baseline
+    # one process trains into a folder at a time, from its checks on (rank 0 holds it for the torchrun job); a
+    # new folder is locked once made, below
+    lock = lock_run_folder(run_dir) if dist.is_main() and run_dir.is_dir() else None
+    memory = None
     try:
+        resume_check = check_run_dir(run_dir, cfg, resume)
+        preload(cfg, device)
+        seed_everything(cfg.seed)
+        memory = PeakRSSMonitor().start()  # CPU memory: peak over the run minus this idle baseline
         model = build_model(cfg, data, device)
         opt = make_optimizer(model, cfg, device)
         # recorded in results.json and each checkpoint; every rank computes them (the media hashing in shares,
@@ -329,16 +338,20 @@ def _start(cfg: Config, run_dir: Path, resume: bool, data: SequentialData | None
         dist.barrier()  # every rank has checked and built before rank 0 writes anything
         if dist.is_main() and not resume:
             run_dir.mkdir(parents=True, exist_ok=True)
+            if lock is None:  # two new runs of one --out that passed their checks together: one goes on
+                lock = lock_run_folder(run_dir)
             save_config(cfg, run_dir / "config.yaml")
         dist.barrier()
         _setup_logging(run_dir)
         run = _Run(cfg, run_dir, data, device, model, opt, memory, progress and dist.is_main(),
                    params=count_params(model), modules=module_report(model), fingerprints=data_fingerprints(data),
-                   compute_dtype=run_dtype, resume_check=resume_check, **inputs_read)
+                   compute_dtype=run_dtype, resume_check=resume_check, folder_lock=lock, **inputs_read)
         _log_start(run)
     except BaseException:  # e.g. a missing cache: the sampling thread would poll for the rest of the process
-        memory.stop()
+        if memory is not None:
+            memory.stop()
         _end_logging()
+        unlock_run_folder(lock)
         raise
     return run
 
@@ -383,8 +396,8 @@ def _initial_state(run: _Run, resume: bool) -> TrainState:
                         "cover the epochs from here on", state.peak_memory_kind)
             state.peak_memory_bytes, state.peak_rss_bytes, state.peak_memory_kind = 0, 0, None
     elif resume:  # stopped before the first checkpoint (or it was removed): nothing to continue from
-        log.warning("--resume: %s has no checkpoint (training stopped before its first epoch was saved); "
-                    "starting from epoch 1", ckpt.parent)
+        log.warning("--resume: %s has no checkpoint (training stopped before its first epoch was saved, or %s "
+                    "was removed); starting from epoch 1", ckpt.parent, ckpt.name)
     if dist.is_main() and run.resume_check.moved:  # the data or cache moved; the checkpoint accepted them
         for line in run.resume_check.moved:
             log.info("resumed from another folder, %s; config.yaml now says so", line)
