@@ -341,3 +341,17 @@ def test_edited_tokenizer_folder_of_a_config_model_makes_the_cache_stale(tmp_pat
     with pytest.raises(CacheMismatchError) as err:
         open_cache(cfg, data, ["text"])
     assert any(d.startswith("text: tokenizer/preprocessor files digest 'sha256:") for d in err.value.differences)
+
+
+# --------------------------------------------------------------------------------------------- settings at their default
+def test_a_setting_given_at_its_own_default_reads_the_same_cache(tmp_path: Path, data: FakeData) -> None:
+    """``encoders.audio.sample_rate=16000`` or ``encoders.image.image_size=32`` (what the tiny preset's extractor
+    and ViT take anyway) made a byte-identical cache stale ("sample_rate 0 in cache vs 16000 in config"): the
+    manifest recorded the setting as given. A setting at the value its default resolves to is now recorded as
+    the default; another value is still refused."""
+    root = tmp_path / "cache"
+    build_cache(make_cfg(root), data, ["image", "audio"], progress=False)
+    same = make_cfg(root, audio__sample_rate=16000, image__image_size=32)
+    open_cache(same, data, ["image", "audio"])
+    with pytest.raises(CacheMismatchError, match=r"sample_rate 0 in cache vs 8000 in config"):
+        open_cache(make_cfg(root, audio__sample_rate=8000), data, ["audio"])

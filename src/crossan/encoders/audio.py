@@ -108,6 +108,23 @@ def _whisper_extractor(info: BackboneInfo, rate: int) -> Any:
     return fe
 
 
+DEFAULT_SAMPLE_RATE = 16000
+"""The rate of a feature extractor built from a config (no preprocessor_config.json) when none is set."""
+
+
+def _extractor_of(info: BackboneInfo) -> Any:
+    return _whisper_extractor if info.family == "whisper" else _ast_extractor
+
+
+def own_sample_rate(spec: EncoderSpec, info: BackboneInfo) -> int:
+    """``spec.sample_rate``, or 0 where it is the rate the extractor takes when it is not set (a checkpoint's
+    own extractor's, else :data:`DEFAULT_SAMPLE_RATE`): the states are those of ``sample_rate=0``."""
+    if not spec.sample_rate:
+        return 0
+    own = int(_extractor_of(info)(info, DEFAULT_SAMPLE_RATE).sampling_rate)
+    return 0 if spec.sample_rate == own else spec.sample_rate
+
+
 class AudioEncoder(ModalityEncoder):
     """Audio tracks as mono waveforms at the extractor's rate, cut to ``audio_seconds`` and not padded: the
     feature extractor pads them (AST: zero filterbank frames up to ``max_length``; Whisper: its window, with a
@@ -117,10 +134,8 @@ class AudioEncoder(ModalityEncoder):
 
     def __init__(self, info: BackboneInfo, spec: EncoderSpec, model: nn.Module | None = None) -> None:
         super().__init__(info, spec, model)
-        default_rate = 16000
-        rate = spec.sample_rate or default_rate
-        make = _whisper_extractor if info.family == "whisper" else _ast_extractor
-        self.extractor = make(info, rate)
+        rate = spec.sample_rate or DEFAULT_SAMPLE_RATE
+        self.extractor = _extractor_of(info)(info, rate)
         if not spec.sample_rate:
             rate = int(self.extractor.sampling_rate)
         if rate != int(self.extractor.sampling_rate):

@@ -18,6 +18,7 @@ it is after it, since that is what its last hidden state is).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -234,11 +235,28 @@ class ModalityEncoder(nn.Module):
         return describe_encoder(self.modality, self.spec, self.info) | {"processor": self.processor_settings()}
 
 
+def own_image_size(modality: str, spec: EncoderSpec) -> int:
+    """``spec.image_size``, or 0 where it is the size the model takes when it is not set (its checkpoint's, or
+    its config string's): the states are those of ``image_size=0``, so the manifest records the same settings and
+    a cache built either way serves both (a set size that changed nothing made a cache stale)."""
+    if not spec.image_size:
+        return 0
+    from crossan.encoders.backbones import describe_backbone
+
+    own = describe_backbone(modality, dataclasses.replace(spec, image_size=0)).hf_config
+    return 0 if spec.image_size == int(own.image_size) else spec.image_size
+
+
 def preprocessing_settings(modality: str, spec: EncoderSpec, info: BackboneInfo) -> dict[str, Any]:
-    """The spec-level preprocessing settings of a modality (known without loading the model)."""
+    """The spec-level preprocessing settings of a modality (known without loading the model). A setting given
+    at the value its default resolves to is recorded as the default (:func:`own_image_size`,
+    :func:`~crossan.encoders.audio.own_sample_rate`)."""
     from crossan.data.media import resampler_name
+    from crossan.encoders.audio import own_sample_rate
     from crossan.encoders.backbones import tokenizer_name
 
+    if modality in ("image", "video"):
+        spec = dataclasses.replace(spec, image_size=own_image_size(modality, spec))
     if modality == "text":
         return {"max_text_len": spec.max_text_len, "tokenizer": tokenizer_name(info), "padding": "longest"}
     cnn = {"image_size": int(info.hf_config.image_size), "pixels": "(x-127)/128"} if info.family == "efficientnet" else {}
@@ -260,7 +278,7 @@ def preprocessing_settings(modality: str, spec: EncoderSpec, info: BackboneInfo)
         # AST: short clips padded with zero filterbank frames, as ASTFeatureExtractor does (caches of older
         # crossan padded the waveform with silence and lack this key, so they no longer match)
         padding = {"padding": AST_PADDING} if info.family == "ast" else {}
-        return {"audio_seconds": spec.audio_seconds, "sample_rate": spec.sample_rate,
+        return {"audio_seconds": spec.audio_seconds, "sample_rate": own_sample_rate(spec, info),
                 "resampler": resampler_name(), **padding}
     raise ValueError(f"unknown modality {modality!r}")
 
