@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,7 +35,7 @@ from crossan.cache.layout import (
     item_records,
     modality_folder,
 )
-from crossan.cache.lock import build_lock, lock_path
+from crossan.cache.lock import READ_ONLY_ERRNOS, ReadOnlyFolderError, build_lock, lock_path
 from crossan.cache.manifest import (
     FORMAT_VERSION,
     UNKNOWN,
@@ -255,12 +256,21 @@ def _finish_shard(area: WorkArea, m: str) -> ModalityReport:
                           corrupt=corrupt, compute=describe_compute(area.plan["manifest"]))
 
 
+def _read_only_refusal(m: str, final: Path, read_only: ReadOnlyFolderError, needs: str) -> CacheError:
+    """The error of a build that must write (``needs``: what) into a read-only cache folder."""
+    return CacheError(f"{m}: the cache at {final} {needs}, but the cache folder {read_only.folder} is read-only "
+                      f"({read_only.reason}); make it writable, or pass cache.dir= naming a writable folder")
+
+
 def _build_modality(ctx: _BuildContext, m: str, spec: EncoderSpec, shard: int | None,
-                    num_shards: int) -> ModalityReport:
+                    num_shards: int, read_only: ReadOnlyFolderError | None = None) -> ModalityReport:
+    """Build, update or resume ``m``'s cache (or one shard of it), or report it up to date. ``read_only``: the
+    cache folder cannot be written (its lock could not be taken); an up-to-date cache is reported as such
+    without writing anything, anything else raises :class:`CacheError` naming the folder."""
     from crossan.encoders import build_encoder
 
     final = ctx.root / m
-    if shard is None:  # a shard holds only its own lock, not the modality's
+    if shard is None and read_only is None:  # a shard holds only its own lock, not the modality's
         recover_install(final)
         recover_sources(final)
     try:
@@ -271,7 +281,8 @@ def _build_modality(ctx: _BuildContext, m: str, spec: EncoderSpec, shard: int | 
     update, sources = None, []
     if existing is not None:
         if not manifest_differences(m, existing, expected_manifest(m, spec, ctx.data)):
-            state, update = _check_existing(ctx, m, final, existing, sources, record=shard is None)
+            state, update = _check_existing(ctx, m, final, existing, sources,
+                                            record=shard is None and read_only is None)
             built, now_dtype = build_compute(existing)[0], ctx.build["compute_dtype"]
             if state == "up to date":
                 if built not in (UNKNOWN, now_dtype):
@@ -297,6 +308,9 @@ def _build_modality(ctx: _BuildContext, m: str, spec: EncoderSpec, shard: int | 
         else:
             print(f"{m}: the cache at {final} was built under other settings; it is replaced once the new one "
                   "is complete")
+    if read_only is not None:
+        raise _read_only_refusal(m, final, read_only, "needs updating" if update is not None else
+                                 "needs building" if existing is None else "needs building again")
     now = sources[0] if sources and update is not None else current_sources(m, ctx.records, ctx.data.catalogue)
     encoder = build_encoder(m, spec, device=ctx.device)
     base = _base_manifest(encoder, ctx.data, ctx.build)
@@ -342,7 +356,9 @@ def build_cache(
     ``error`` stops the same way at a corrupt file its earlier run marked missing under ``missing``
     (:func:`_stop_at_corrupt_marked_missing`). Each modality (or shard)
     is built under a lock in the cache folder: a second ``crossan cache`` on the same dataset waits for the
-    first (saying so) and then finds the cache up to date (:mod:`crossan.cache.lock`).
+    first (saying so) and then finds the cache up to date (:mod:`crossan.cache.lock`). In a read-only cache
+    folder an up-to-date cache is reported up to date; one that must be written raises :class:`CacheError`
+    naming the folder.
     """
     from crossan.encoders import resolve_specs
     from crossan.utils import resolve_device
@@ -356,12 +372,23 @@ def build_cache(
     reports: dict[str, ModalityReport] = {}
     for m in modalities:
         root = cache_root(cfg, data, m)
-        root.mkdir(parents=True, exist_ok=True)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            if e.errno not in READ_ONLY_ERRNOS:
+                raise
+            raise CacheError(f"{m}: cannot create the cache folder {root}: its parent folder is read-only "
+                             f"({e.strerror}); pass cache.dir= naming a writable folder") from None
         ctx = _BuildContext(cfg, data, root, records, batch_ranges(len(records), cfg.encoders.batch_size), device,
                             progress, on_batch, build_settings(cfg.encoders.batch_size, cfg.precision, device))
-        with build_lock(lock_path(root, m, shard, num_shards), f"{m} cache in {root}"):
+        with ExitStack() as held:
+            try:
+                held.enter_context(build_lock(lock_path(root, m, shard, num_shards), f"{m} cache in {root}"))
+                read_only = None
+            except ReadOnlyFolderError as e:  # nothing can write there: an up-to-date cache is read without it
+                read_only = e
             t0 = time.perf_counter()  # after any wait for another builder
-            reports[m] = _build_modality(ctx, m, specs[m], shard, num_shards)
+            reports[m] = _build_modality(ctx, m, specs[m], shard, num_shards, read_only)
             reports[m].seconds = time.perf_counter() - t0
     print_reports(reports)
     return reports

@@ -12,7 +12,9 @@ Two records are written with every completed cache (single build, resumed build 
   (:func:`changed_rows`): a title counts as changed when its hash differs; a media row whose size, mtime
   or path changed is re-hashed and counts as changed unless its recorded hash still matches (the same
   bytes under another path are not re-encoded; a file too large to hash is changed once its path, size or
-  mtime is). A file that appears or disappears changes the size. The batches holding changed rows are
+  mtime is). A file that appears or disappears changes the size. A path that is no regular file (a folder,
+  a named pipe, a device) or cannot be read is recorded as no file (size -1, mtime 0), on every run alike:
+  it is never opened (reading a named pipe blocks), and it is no change until it becomes a readable file. The batches holding changed rows are
   encoded again, and the result equals a fresh build; a run refuses the cache until then
   (:func:`crossan.cache.read.open_cache`). A file replaced by one of the same size whose mtime was also
   restored (``cp -p``) at the same path is only caught by ``crossan cache --verify``, which re-hashes
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Any
@@ -66,8 +69,13 @@ def _media_path(catalogue: Any, record: Any, modality: str) -> Path | None | int
 
 
 def _hash_file(path: Path) -> bytes:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
+    """SHA-256 of a regular file's bytes; :class:`OSError` for anything else (opened without blocking: a
+    named pipe put in the file's place after it was looked up is refused, not waited on)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(f"{path}: not a regular file")
+        h = hashlib.sha256()
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.digest()
@@ -95,7 +103,8 @@ def stat_sources(modality: str, records: list[Any], catalogue: Any) -> np.ndarra
                 st = os.stat(path)
             except OSError:
                 continue
-            out[row]["size"], out[row]["mtime_ns"] = st.st_size, st.st_mtime_ns
+            if stat.S_ISREG(st.st_mode):  # a folder, a named pipe, a device: no file (never opened)
+                out[row]["size"], out[row]["mtime_ns"] = st.st_size, st.st_mtime_ns
     return out
 
 
@@ -111,8 +120,8 @@ def hash_rows(sources: np.ndarray, rows: np.ndarray, modality: str, records: lis
         path = _media_path(catalogue, records[row - 1], modality)
         try:
             sources[row]["sha256"] = _hash_file(path)  # type: ignore[arg-type]
-        except OSError:
-            sources[row]["size"] = NO_FILE
+        except OSError:  # unreadable: recorded as no file, as stat_sources records one (the same on every run)
+            sources[row]["size"], sources[row]["mtime_ns"] = NO_FILE, 0
 
 
 def current_sources(modality: str, records: list[Any], catalogue: Any) -> np.ndarray:
@@ -140,6 +149,8 @@ def changed_rows(old: np.ndarray, modality: str, records: list[Any], catalogue: 
     to_hash = np.arange(1, len(now)) if rehash_all else np.flatnonzero(~same_stat)
     now["sha256"][same_stat] = old["sha256"][same_stat]
     hash_rows(now, to_hash[to_hash > 0], modality, records, catalogue)
+    # compared after hashing: a file that cannot be read is no file now, and no change if it was none before
+    same_stat = (old["size"] == now["size"]) & (old["mtime_ns"] == now["mtime_ns"]) & (old["path"] == now["path"])
     hashed = (old["sha256"] != _EMPTY) & (now["sha256"] != _EMPTY)
     same_content = (old["size"] == now["size"]) & np.where(hashed, old["sha256"] == now["sha256"], same_stat)
     changed = np.flatnonzero(~same_content)

@@ -8,21 +8,40 @@ cache complete and reports ``up to date`` (or resumes what the first left unfini
 build lock their own shard only, so they still run side by side. The lock files (``.<modality>.lock``,
 ``.<modality>.shard-<i>-of-<n>.lock``) stay in the folder: removing a lock file that another process may
 be about to lock would let two builders in. The kernel releases a lock when its holder exits, killed or
-not. Where ``fcntl`` does not exist (Windows) there is no lock.
+not. Where ``fcntl`` does not exist (Windows) there is no lock. A folder where the lock file cannot be created
+or opened for writing (a read-only file system, no write permission) raises :class:`ReadOnlyFolderError`,
+naming the folder: a caller that only reads (an up-to-date cache) goes on without the lock.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from crossan.errors import CrossanError
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
+
+
+READ_ONLY_ERRNOS = (errno.EROFS, errno.EACCES, errno.EPERM)
+"""What creating or opening a file for writing in a read-only folder (or file system) raises."""
+
+
+class ReadOnlyFolderError(CrossanError, OSError):
+    """The lock file ``path`` of ``what`` cannot be written: its folder is read-only (``reason``: the system's
+    word for it)."""
+
+    def __init__(self, path: Path, what: str, reason: str) -> None:
+        self.folder, self.what, self.reason = path.parent, what, reason
+        super().__init__(f"the folder {path.parent} is read-only ({reason}): cannot take the lock {path.name} of "
+                         f"{what} there; make the folder writable")
 
 
 def lock_path(root: Path, modality: str, shard: int | None = None, num_shards: int = 1) -> Path:
@@ -40,8 +59,13 @@ def build_lock(path: Path, what: str, holder: str = "crossan cache process",
     if fcntl is None:  # pragma: no cover
         yield
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        if e.errno in READ_ONLY_ERRNOS:
+            raise ReadOnlyFolderError(path, what, e.strerror or str(e)) from None
+        raise
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -68,7 +68,7 @@ def open_cache(cfg: Config, data: Any, modalities: list[str], mmap: bool = True)
         raise CacheMismatchError(f"the cache in {where} does not match this run:\n  " + "\n  ".join(diffs)
                                  + f"\nRebuild it with:\n  {command}", diffs)
     records = item_records(data)
-    states, present = {}, {}
+    stale: dict[str, str] = {}  # every modality with changed items is named, and its update command covers them all
     for m in modalities:
         root = roots[m]
         problems = check_files(root / m, manifests[m])
@@ -79,10 +79,16 @@ def open_cache(cfg: Config, data: Any, modalities: list[str], mmap: bool = True)
                              f"`{cache_command_line(as_built(cfg, manifests, [m]), [m])}`")
         changed, _ = changed_rows(load_array(root / m / SOURCES), m, records, data.catalogue)
         if len(changed):
-            diff = f"{m}: {describe_changed(m, len(changed))} since the cache was built: " \
-                   f"{describe_rows(changed, records, m)}"
-            raise CacheMismatchError(f"the cache in {root} does not match the data:\n  {diff}\nUpdate it with:\n  "
-                                     f"{cache_command_line(as_built(cfg, manifests, [m]), [m])}", [diff])
+            stale[m] = f"{m}: {describe_changed(m, len(changed))} since the cache was built: " \
+                       f"{describe_rows(changed, records, m)}"
+    if stale:
+        where = ", ".join(dict.fromkeys(str(roots[m]) for m in stale))
+        diffs, command = list(stale.values()), cache_command_line(as_built(cfg, manifests, list(stale)), list(stale))
+        raise CacheMismatchError(f"the cache in {where} does not match the data:\n  " + "\n  ".join(diffs)
+                                 + f"\nUpdate it with:\n  {command}", diffs)
+    states, present = {}, {}
+    for m in modalities:
+        root = roots[m]
         shape = tuple(manifests[m]["shape"])
         states[m] = load_array(root / m / STATES, mmap=mmap, expected_shape=shape, dtype=np.float16)
         present[m] = load_array(root / m / PRESENT, expected_shape=shape[:1], dtype=np.bool_)

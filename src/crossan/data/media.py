@@ -55,7 +55,9 @@ business (:meth:`ItemRecord.has`); these functions are only called for files tha
 
 from __future__ import annotations
 
+import errno
 import math
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -80,17 +82,27 @@ class MediaError(CrossanError, RuntimeError):
         super().__init__(f"item {item_id!r}: cannot read {path}: {reason}")
 
 
+def special_file_kind(mode: int) -> str:
+    """What a path that is no regular file is, from its ``st_mode``: ``"a folder"``, ``"a named pipe (FIFO)"`` …"""
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((name for test, name in kinds if test(mode)), "something other than a file")
+
+
 def _check_exists(path: Path, item_id: str) -> None:
-    """:class:`MediaError` when ``path`` is not a file, or is an empty one (no decoder would say so plainly:
-    Pillow's "cannot identify image file", FFmpeg's "invalid data")."""
+    """:class:`MediaError` when ``path`` is not a regular file, or is an empty one (no decoder would say so
+    plainly: Pillow's "cannot identify image file", FFmpeg's "invalid data"). A folder, a named pipe or a
+    device is refused here, before any reader opens it (opening a named pipe blocks until a writer comes)."""
     try:
-        found = path.is_file()
-        empty = found and path.stat().st_size == 0
-    except OSError as e:  # a name too long for the file system, a permission error on a folder …
+        st = path.stat()
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):  # what Path.is_file takes for "no file"
+            raise MediaError(item_id, path, "file not found") from None
+        # a name too long for the file system, a permission error on a folder …
         raise MediaError(item_id, path, f"cannot be looked up ({type(e).__name__}: {e})") from e
-    if not found:
-        raise MediaError(item_id, path, "file not found")
-    if empty:
+    if not stat.S_ISREG(st.st_mode):
+        raise MediaError(item_id, path, f"not a regular file: the path is {special_file_kind(st.st_mode)}")
+    if st.st_size == 0:
         raise MediaError(item_id, path, "empty file (0 bytes)")
 
 

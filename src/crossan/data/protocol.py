@@ -13,6 +13,7 @@ users and ten million interactions take seconds, not minutes.
 
 from __future__ import annotations
 
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import numpy as np
 
 from crossan.config import DataConfig
 from crossan.data.catalogue import Catalogue
+from crossan.data.media import special_file_kind
 from crossan.data.readers import DataError, RawData, read
 
 
@@ -75,11 +77,20 @@ class SequentialData:
         hours into a build at scale (``cache.on_corrupt=error``). A path outside the dataset root is the
         catalogue's own :class:`~crossan.data.media.MediaError`, naming item, modality and path."""
         for m in (m for m in modalities if m != "text"):
-            absent = [r for r in self.catalogue if r.has(m) and not _is_file(self.catalogue.path(r, m))]
+            kinds = {r.item_id: _file_kind(self.catalogue.path(r, m)) for r in self.catalogue if r.has(m)}
+            absent = [r for r in self.catalogue if r.has(m) and kinds[r.item_id] == "missing"]
+            special = [r for r in self.catalogue if r.has(m) and kinds[r.item_id] not in ("file", "missing")]
+            found = []
             if absent:
                 shown = ", ".join(f"{r.item_id!r} ({getattr(r, m)})" for r in absent[:5])
-                raise DataError(f"{self.catalogue.source or self.root}: {len(absent):,} of the items' {m} files "
-                                f"cannot be found: {shown}{' …' if len(absent) > 5 else ''}; fix the paths, or "
+                found.append(f"{len(absent):,} of the items' {m} files cannot be found: {shown}"
+                             f"{' …' if len(absent) > 5 else ''}")
+            if special:  # the path exists: "cannot be found" sent users looking for a file that is there
+                shown = ", ".join(f"{r.item_id!r} ({getattr(r, m)}: {kinds[r.item_id]})" for r in special[:5])
+                found.append(f"{len(special):,} of the items' {m} paths are not regular files: {shown}"
+                             f"{' …' if len(special) > 5 else ''}")
+            if found:
+                raise DataError(f"{self.catalogue.source or self.root}: {'; '.join(found)}; fix the paths, or "
                                 "pass cache.on_corrupt=missing to cache those items without it")
 
     def check_content(self, modalities: list[str]) -> None:
@@ -119,13 +130,17 @@ def sequence_stats(lengths: np.ndarray, num_items: int) -> dict[str, float]:
     }
 
 
-def _is_file(path: Path | None) -> bool:
-    """Whether ``path`` is a file; a path the system cannot look up (a name too long, a folder without
-    permission) is not one (reported with the missing files, naming the item and path)."""
+def _file_kind(path: Path | None) -> str:
+    """``"file"`` for a regular file; ``"missing"`` for no path, a path that does not exist or one the system
+    cannot look up (a name too long, a folder without permission: reported with the missing files, naming the
+    item and path); else what the path is (``"a folder"``, ``"a named pipe (FIFO)"`` …)."""
     try:
-        return path is not None and path.is_file()
+        st = path.stat() if path is not None else None
     except OSError:
-        return False
+        return "missing"
+    if st is None:
+        return "missing"
+    return "file" if stat.S_ISREG(st.st_mode) else special_file_kind(st.st_mode)
 
 
 def kept_matrix(offsets: np.ndarray, items: np.ndarray, keep: np.ndarray, width: int) -> np.ndarray:
