@@ -126,13 +126,14 @@ def test_a_named_pipe_for_a_media_file_is_corrupt_not_a_hang(data: FakeData) -> 
 
 
 # --------------------------------------------------------------------------------------------- read-only
-def read_only_locks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Lock files cannot be created: what ``os.open`` says on a read-only file system."""
+def read_only_locks(monkeypatch: pytest.MonkeyPatch, code: int = errno.EROFS) -> None:
+    """Lock files cannot be created: what ``os.open`` says on a read-only file system (or, ``EACCES``, for a
+    lock file another user made)."""
     real_open = os.open
 
     def refusing(path: object, flags: int, *args: object, **kwargs: object) -> int:
         if str(path).endswith(".lock"):
-            raise OSError(errno.EROFS, "Read-only file system", str(path))
+            raise OSError(code, os.strerror(code), str(path))
         return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(os, "open", refusing)
@@ -157,6 +158,20 @@ def test_a_build_that_must_write_into_a_read_only_cache_folder_names_it(
         build(cfg, data, ["image"])
     message = str(err.value)
     assert "read-only" in message and str(folder) in message and "needs updating" in message
+
+
+def test_a_lock_file_another_user_made_is_named_not_a_read_only_folder(
+        data: FakeData, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a shared cache folder that this user may write, a lock file another user created (mode 0644) cannot
+    be opened for writing: that was reported as a read-only folder, which it is not."""
+    cfg = make_cfg(data)
+    build(cfg, data, ["image"])
+    write_image(data.catalogue.path(data.catalogue["i5"], "image"), (1, 2, 3))
+    read_only_locks(monkeypatch, errno.EACCES)
+    with pytest.raises(CacheError) as err:
+        build(cfg, data, ["image"])
+    message = str(err.value)
+    assert "cannot open the lock file" in message and ".image.lock" in message and "read-only" not in message
 
 
 # --------------------------------------------------------------------------------------------- several stale

@@ -487,6 +487,18 @@ def test_an_unclosed_quote_in_an_item_file_is_named_there(tmp_path: Path) -> Non
     with pytest.raises(DataError) as e:
         read(DataConfig(path=str(root)))
     assert _rel(e.value, root).startswith("x.item:3: a double quote opened in this record is never closed")
+    # on the last line alone too, in either file
+    (root / "x.item").write_text("item_id:token\ttitle:token_seq\n"
+                                 + "".join(f"i{k}\t{QUOTE if k == 5 else ''}Title {k}\n" for k in range(1, 6)))
+    with pytest.raises(DataError) as e:
+        read(DataConfig(path=str(root)))
+    assert _rel(e.value, root).startswith("x.item:6: a double quote opened in this record is never closed")
+    (root / "x.item").write_text("item_id:token\ttitle:token_seq\n" + "".join(f"i{k}\tT\n" for k in range(1, 6)))
+    with (root / "x.inter").open("a") as f:
+        f.write('u0\ti1\t"99')
+    with pytest.raises(DataError) as e:
+        read(DataConfig(path=str(root)))
+    assert _rel(e.value, root).startswith("x.inter:14: a double quote opened in this record is never closed")
 
 
 # --------------------------------------------------------------------------------------------- CR CR LF

@@ -833,8 +833,9 @@ def test_evaluate_finds_a_moved_dataset_with_run_data(id_run: Path, tmp_path: Pa
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["evaluate", str(run), "--device", "cpu", "--run-data", str(moved)]) == 0
     results = json.loads((run / "results.json").read_text())
-    assert json.loads(capsys.readouterr().out)["test"] == results["test"]
-    assert "warning" not in capsys.readouterr().err  # the same users: nothing to say
+    printed = capsys.readouterr()
+    assert json.loads(printed.out)["test"] == results["test"]
+    assert "warning" not in printed.err  # the same users: nothing to say
 
 
 def test_evaluate_says_when_the_users_histories_changed_since_training(id_run: Path, tmp_path: Path,

@@ -56,9 +56,12 @@ def plugin_arg(p: argparse.ArgumentParser) -> None:
 def _load(args: argparse.Namespace, extra: list[str] = ()) -> Config:
     overrides = list(extra) + list(args.overrides)
     if getattr(args, "data", None):
-        named = [o.split("=", 1)[1] for o in args.overrides if o.split("=", 1)[0].strip() == "data.path"]
-        if any(path != args.data for path in named):  # the later override won in silence
-            raise ConfigError(f"--data {args.data} and data.path={named[-1]} name two datasets; give one")
+        named = [value.strip().strip("'\"") for key, eq, value in (o.partition("=") for o in args.overrides)
+                 if eq and key.strip() == "data.path"]
+        here = Path(args.data).expanduser().resolve()
+        other = [p for p in named if Path(p).expanduser().resolve() != here]
+        if other:  # the later override won in silence
+            raise ConfigError(f"--data {args.data} and data.path={other[-1]} name two datasets; give one")
         overrides.insert(0, f"data.path={args.data}")
     cfg = load_config(args.config, overrides)
     if getattr(args, "data_required", False) and not cfg.data.path:

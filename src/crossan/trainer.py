@@ -245,9 +245,11 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, data: Sequenti
             _run_epoch(run, state, inputs, targets)
         return _test_best(run, state)
     finally:  # a run that fails (a non-finite loss, a refused checkpoint) stops its memory sampling thread too
-        run.memory.stop()
-        _end_logging()
-        unlock_run_folder(run.folder_lock)
+        try:
+            run.memory.stop()
+            _end_logging()
+        finally:
+            unlock_run_folder(run.folder_lock)
 
 
 def training_rows(data: SequentialData) -> tuple[torch.Tensor, torch.Tensor]:
@@ -340,6 +342,7 @@ def _start(cfg: Config, run_dir: Path, resume: bool, data: SequentialData | None
             run_dir.mkdir(parents=True, exist_ok=True)
             if lock is None:  # two new runs of one --out that passed their checks together: one goes on
                 lock = lock_run_folder(run_dir)
+                check_run_dir(run_dir, cfg, resume)  # and not over a run that another finished there meanwhile
             save_config(cfg, run_dir / "config.yaml")
         dist.barrier()
         _setup_logging(run_dir)
@@ -348,10 +351,12 @@ def _start(cfg: Config, run_dir: Path, resume: bool, data: SequentialData | None
                    compute_dtype=run_dtype, resume_check=resume_check, folder_lock=lock, **inputs_read)
         _log_start(run)
     except BaseException:  # e.g. a missing cache: the sampling thread would poll for the rest of the process
-        if memory is not None:
-            memory.stop()
-        _end_logging()
-        unlock_run_folder(lock)
+        try:
+            if memory is not None:
+                memory.stop()
+            _end_logging()
+        finally:
+            unlock_run_folder(lock)
         raise
     return run
 

@@ -258,6 +258,8 @@ def _finish_shard(area: WorkArea, m: str) -> ModalityReport:
 
 def _read_only_refusal(m: str, final: Path, read_only: ReadOnlyFolderError, needs: str) -> CacheError:
     """The error of a build that must write (``needs``: what) into a read-only cache folder."""
+    if not read_only.folder_read_only:  # the lock file alone cannot be written
+        return CacheError(f"{m}: the cache at {final} {needs}, but {read_only}")
     return CacheError(f"{m}: the cache at {final} {needs}, but the cache folder {read_only.folder} is read-only "
                       f"({read_only.reason}); make it writable, or pass cache.dir= naming a writable folder")
 

@@ -38,8 +38,14 @@ class ReadOnlyFolderError(CrossanError, OSError):
     """The lock file ``path`` of ``what`` cannot be written: its folder is read-only (``reason``: the system's
     word for it)."""
 
-    def __init__(self, path: Path, what: str, reason: str) -> None:
+    def __init__(self, path: Path, what: str, reason: str, code: int = errno.EROFS) -> None:
         self.folder, self.what, self.reason = path.parent, what, reason
+        # EACCES / EPERM in a folder this user may write: the lock file is another user's, not the folder's fault
+        self.folder_read_only = code == errno.EROFS or not (path.exists() and os.access(path.parent, os.W_OK))
+        if not self.folder_read_only:  # a writable folder whose lock file is not ours (another user made it)
+            super().__init__(f"cannot open the lock file {path} of {what} for writing ({reason}); it may belong "
+                             "to another user: give this one write access to it")
+            return
         super().__init__(f"the folder {path.parent} is read-only ({reason}): cannot take the lock {path.name} of "
                          f"{what} there; make the folder writable")
 
@@ -64,7 +70,7 @@ def build_lock(path: Path, what: str, holder: str = "crossan cache process",
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
         if e.errno in READ_ONLY_ERRNOS:
-            raise ReadOnlyFolderError(path, what, e.strerror or str(e)) from None
+            raise ReadOnlyFolderError(path, what, e.strerror or str(e), e.errno) from None
         raise
     try:
         try:

@@ -485,7 +485,8 @@ def _csv_records(path: Path, reader: Any, text: str | None = None) -> Iterator[l
         try:
             record = next(reader)
         except StopIteration:
-            if text is not None and reader.line_num > last and _ends_in_quotes(text, last, reader.dialect):
+            if text is not None and last <= reader.line_num and _ends_in_quotes(text, reader.line_num - last + 1,
+                                                                                  reader.dialect):
                 raise DataError(f"{path}:{last}: a double quote opened in this record is never closed: the "
                                 f"record runs to the end of the file (line {reader.line_num})") from None
             return
@@ -495,9 +496,12 @@ def _csv_records(path: Path, reader: Any, text: str | None = None) -> Iterator[l
         yield record
 
 
-def _ends_in_quotes(text: str, start: int, dialect: Any) -> bool:
-    """Whether the lines of ``text`` from line ``start`` (1-based) on end inside a quoted field."""
-    tail = text.split("\n", start - 1)[-1]
+def _ends_in_quotes(text: str, lines: int, dialect: Any) -> bool:
+    """Whether the last ``lines`` lines of ``text`` (one record) end inside a quoted field."""
+    pos = len(text) - 1 if text.endswith("\n") else len(text)
+    for _ in range(lines):  # found from the end: no copy of the lines before
+        pos = text.rfind("\n", 0, pos)
+    tail = text[pos + 1:]
     try:
         for _ in csv.reader(io.StringIO(tail, newline=""), dialect, strict=True):
             pass
@@ -744,9 +748,9 @@ def _read_interactions(path: Path, delimiter: str, catalogue: Catalogue | None, 
                        ) -> tuple[Interactions, list[str] | None]:
     buf = _bytes(path)
     if (buf == ord('"')).any():
-        # one "\n" per line end (CRs before an LF dropped), so that the csv module counts lines as grep does
-        rows = _parse_rows(path, ts.CRLF_RUN.sub(b"\n", buf.tobytes()).decode("utf-8"), delimiter, catalogue,
-                           problems)
+        # one "\n" per line end, so that the csv module counts lines as grep does: the CRs read_text_bytes left
+        # are those before an LF (lone ones became LFs)
+        rows = _parse_rows(path, buf.tobytes().replace(b"\r", b"").decode("utf-8"), delimiter, catalogue, problems)
     else:
         rows = _scan_rows(path, buf, delimiter, catalogue, problems)
     if not len(rows.lines):

@@ -117,12 +117,13 @@ def _extractor_of(info: BackboneInfo) -> Any:
 
 
 def own_sample_rate(spec: EncoderSpec, info: BackboneInfo) -> int:
-    """``spec.sample_rate``, or 0 where it is the rate the extractor takes when it is not set (a checkpoint's
-    own extractor's, else :data:`DEFAULT_SAMPLE_RATE`): the states are those of ``sample_rate=0``."""
-    if not spec.sample_rate:
-        return 0
-    own = int(_extractor_of(info)(info, DEFAULT_SAMPLE_RATE).sampling_rate)
-    return 0 if spec.sample_rate == own else spec.sample_rate
+    """``spec.sample_rate``, or 0 where the extractor is built from a config (no preprocessor files) and the
+    rate is :data:`DEFAULT_SAMPLE_RATE`, which it takes when none is set: the states are those of
+    ``sample_rate=0``. A checkpoint's own extractor is not read for this (comparing a cache needs no model
+    files), so its setting is recorded as given."""
+    own_extractor = (info.family == "ast" and not info.random_init) or (
+        info.family == "whisper" and info.weights_format == "transformers")
+    return 0 if spec.sample_rate == DEFAULT_SAMPLE_RATE and not own_extractor else spec.sample_rate
 
 
 class AudioEncoder(ModalityEncoder):

@@ -235,12 +235,14 @@ class ModalityEncoder(nn.Module):
         return describe_encoder(self.modality, self.spec, self.info) | {"processor": self.processor_settings()}
 
 
-def own_image_size(modality: str, spec: EncoderSpec) -> int:
-    """``spec.image_size``, or 0 where it is the size the model takes when it is not set (its checkpoint's, or
-    its config string's): the states are those of ``image_size=0``, so the manifest records the same settings and
-    a cache built either way serves both (a set size that changed nothing made a cache stale)."""
-    if not spec.image_size:
-        return 0
+def own_image_size(modality: str, spec: EncoderSpec, info: BackboneInfo) -> int:
+    """``spec.image_size``, or 0 where it is the size the model takes when it is not set (its config string's,
+    or a packaged CNN's) and crossan resizes to it itself: the states are those of ``image_size=0``, so the
+    manifest records the same settings and a cache built either way serves both (a set size that changed
+    nothing made a cache stale). A checkpoint's own image processor may do otherwise at a set size (a
+    shortest-edge resize becomes a square one), so its setting is recorded as given."""
+    if not spec.image_size or not (info.random_init or info.family == "efficientnet"):
+        return spec.image_size
     from crossan.encoders.backbones import describe_backbone
 
     own = describe_backbone(modality, dataclasses.replace(spec, image_size=0)).hf_config
@@ -256,7 +258,7 @@ def preprocessing_settings(modality: str, spec: EncoderSpec, info: BackboneInfo)
     from crossan.encoders.backbones import tokenizer_name
 
     if modality in ("image", "video"):
-        spec = dataclasses.replace(spec, image_size=own_image_size(modality, spec))
+        spec = dataclasses.replace(spec, image_size=own_image_size(modality, spec, info))
     if modality == "text":
         return {"max_text_len": spec.max_text_len, "tokenizer": tokenizer_name(info), "padding": "longest"}
     cnn = {"image_size": int(info.hf_config.image_size), "pixels": "(x-127)/128"} if info.family == "efficientnet" else {}
