@@ -229,6 +229,35 @@ def test_config_differences_resolve_paths_and_fill_new_keys(small_data: Path, tm
     assert config_differences(saved, cfg) == ["train.lr: 0.001 → 0.0003"]
 
 
+def test_local_model_paths_are_stored_resolved_and_name_one_cache(tmp_path: Path, monkeypatch) -> None:
+    """``encoders.text.model=models/bert`` (a folder relative to the working folder) was stored in config.yaml as
+    given, so serving and ``crossan evaluate`` from any other folder took it for a hub id ("not a local folder,
+    and the model hub is unreachable"), and the folder spelt absolute named another cache folder. Local paths
+    (a checkpoint folder, ``efficientnet-lite0:FILE``, a config string's ``tokenizer=``) are now resolved."""
+    from crossan.cache.layout import preset_folder
+    from crossan.config import config_differences, resolve_model_spec, to_dict
+    from crossan.encoders import resolve_specs
+    from crossan.runs import resolve_paths
+
+    (tmp_path / "models" / "bert").mkdir(parents=True)
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "w.pt").write_bytes(b"weights")
+    monkeypatch.chdir(tmp_path)
+    given = {"models/bert": str(tmp_path / "models" / "bert"),
+             "efficientnet-lite0:w.pt": f"efficientnet-lite0:{tmp_path / 'w.pt'}",
+             "config:bert:hidden_size=64,tokenizer=tok,num_hidden_layers=2":
+                 f"config:bert:hidden_size=64,tokenizer={tmp_path / 'tok'},num_hidden_layers=2",
+             "bert-base-uncased": "bert-base-uncased", "org/absent": "org/absent", "efficientnet-lite0": "efficientnet-lite0"}
+    assert {v: resolve_model_spec(v) for v in given} == given
+    relative = load_config([], ["encoders.text.model=models/bert"])
+    absolute = load_config([], [f"encoders.text.model={tmp_path / 'models' / 'bert'}"])
+    assert preset_folder(relative, "text") == preset_folder(absolute, "text")
+    assert resolve_specs(relative, ["text"])["text"].model == str(tmp_path / "models" / "bert")
+    saved = to_dict(relative)  # what a run of an older crossan stored
+    assert resolve_paths(relative).encoders.text.model == str(tmp_path / "models" / "bert")
+    assert config_differences(saved, relative) == []  # its --resume from the same folder is the same run
+
+
 def test_users_with_no_training_target_are_left_out_of_training(tmp_path: Path) -> None:
     """With data.min_interactions=3 a 3-item user has an all-padding window; a batch of only such users used
     to give a NaN loss (the mean over no position) and abort the run."""

@@ -914,11 +914,46 @@ def resolve_path(value: str) -> str:
     return str(Path(value).expanduser().resolve())
 
 
+def _existing_path(value: str) -> str:
+    """``value`` resolved (:func:`resolve_path`) when it names a file or folder that exists, else as given."""
+    path = Path(value.strip()).expanduser()
+    return str(path.resolve()) if value.strip() and path.exists() else value
+
+
+PACKAGED_PREFIXES = ("efficientnet-lite0", "whisper-ct2")
+"""``encoders.<m>.model`` names whose ``:PATH`` suffix is a weights file or folder (``efficientnet-lite0:FILE``)."""
+
+
+def resolve_model_spec(value: str) -> str:
+    """``encoders.<m>.model`` with its local paths resolved (:func:`resolve_path`), as config.yaml stores them:
+    a checkpoint folder, the ``:PATH`` of a packaged backbone (:data:`PACKAGED_PREFIXES`) and a ``config:``
+    string's ``tokenizer=`` folder. Only paths that exist from the working folder are resolved; anything else is
+    a hub id or a name, left as given. A run saved with a relative folder failed from any other working folder
+    (serving, ``crossan evaluate``), and one folder spelt two ways named two caches."""
+    text = value.strip()
+    if not text:
+        return value
+    if text.startswith("config:"):
+        family, _, body = text[len("config:"):].partition(":")
+        parts = [f"tokenizer={_existing_path(p.split('=', 1)[1])}" if p.strip().startswith("tokenizer=") else p
+                 for p in body.split(",")]
+        return f"config:{family}:{','.join(parts)}"
+    kind, colon, where = text.partition(":")
+    if colon and kind in PACKAGED_PREFIXES:
+        return f"{kind}:{_existing_path(where)}" if where.strip() else text
+    return _existing_path(text)
+
+
 def _resolved_paths(d: dict[str, Any]) -> dict[str, Any]:
     d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
     for section, key in PATH_KEYS:
         if isinstance(d.get(section), dict) and d[section].get(key):
             d[section][key] = resolve_path(str(d[section][key]))
+    encoders = d.get("encoders")
+    if isinstance(encoders, dict):
+        for m, spec in encoders.items():
+            if isinstance(spec, dict) and isinstance(spec.get("model"), str):
+                encoders[m] = {**spec, "model": resolve_model_spec(spec["model"])}
     return d
 
 

@@ -49,9 +49,11 @@ from crossan.config import (
     Config,
     config_differences,
     config_from_dict,
+    resolve_model_spec,
     resolve_path,
     to_dict,
 )
+from crossan.data.catalogue import MODALITIES
 from crossan.errors import NonFiniteError, RunError, ServeError
 from crossan.methods import method_source_changes
 from crossan.utils import (
@@ -189,13 +191,18 @@ def saved_config(run_dir: Path, error: type[RunError] = RunError) -> dict[str, A
 
 
 def resolve_paths(cfg: Config) -> Config:
-    """Make ``data.path`` and ``cache.dir`` absolute with symlinks resolved, in place: the run's config.yaml
-    then finds its data and cache from any working folder, and ``--resume`` accepts the same dataset given
-    by another spelling (relative, absolute, through a symlink)."""
+    """Make ``data.path`` and ``cache.dir`` absolute with symlinks resolved, in place, and the local paths of
+    the encoders' ``model`` settings (:func:`~crossan.config.resolve_model_spec`): the run's config.yaml then
+    finds its data, cache and checkpoints from any working folder, and ``--resume`` accepts the same dataset
+    given by another spelling (relative, absolute, through a symlink)."""
     for section, key in PATH_KEYS:
         value = getattr(getattr(cfg, section), key)
         if value:
             setattr(getattr(cfg, section), key, resolve_path(value))
+    for m in MODALITIES:
+        spec = getattr(cfg.encoders, m)
+        if spec.model:
+            spec.model = resolve_model_spec(spec.model)
     return cfg
 
 

@@ -82,7 +82,13 @@ def item_key(data: Any) -> str:
 
 def _encoder_overrides(cfg: Config) -> dict[str, Any]:
     """The encoder keys the run gives per modality (those it leaves to the preset are not listed)."""
-    return {m: given for m in MODALITIES if (given := getattr(cfg.encoders, m).given())}
+    from crossan.config import resolve_model_spec
+
+    out = {m: given for m in MODALITIES if (given := getattr(cfg.encoders, m).given())}
+    for given in out.values():  # a checkpoint folder spelt relative or absolute names one cache folder
+        if isinstance(given.get("model"), str):
+            given["model"] = resolve_model_spec(given["model"])
+    return out
 
 
 def preset_folder(cfg: Config, modality: str | None = None) -> str:

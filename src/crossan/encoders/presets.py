@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-from crossan.config import EncoderOverrides, EncoderSpec
+from crossan.config import EncoderOverrides, EncoderSpec, resolve_model_spec
 from crossan.data.catalogue import MODALITIES
 
 if TYPE_CHECKING:
@@ -139,5 +139,6 @@ def resolve_specs(cfg: Config, modalities: list[str] | None = None) -> dict[str,
     for m in wanted:
         run = getattr(cfg.encoders, m)
         preset = EncoderSpec() if run.model else preset_specs(cfg.encoders.preset, modality=m)[m]
-        out[m] = merge_spec(preset, run)
+        spec = merge_spec(preset, run)
+        out[m] = dataclasses.replace(spec, model=resolve_model_spec(spec.model))  # one folder, one spelling
     return out
