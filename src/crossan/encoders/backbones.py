@@ -30,11 +30,13 @@ import functools
 import hashlib
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
 from crossan.config import EncoderSpec
@@ -395,6 +397,9 @@ def _checkpoint_config(modality: str, name: str) -> Any:
                                "saved with save_pretrained)")
     if not path.exists() and _looks_like_path(name):
         raise EncoderSpecError(f"{key}={name!r}: no such folder")
+    if path.is_file():
+        raise EncoderSpecError(f"{key}={name!r} is a file; the key takes the checkpoint's folder (the one holding "
+                               "config.json and the weights, as save_pretrained writes it)")
     if not path.is_dir():
         _check_hub_reachable(key, name)
     try:
@@ -433,7 +438,7 @@ def describe_backbone(modality: str, spec: EncoderSpec) -> BackboneInfo:
         extras = {k: kwargs.pop(k) for k in SPEC_ONLY_KEYS if k in kwargs}
         _apply_spec_fields(family, kwargs, spec, name)
         if family == "bert" and "vocab_size" not in kwargs:
-            kwargs["vocab_size"] = _tokenizer_vocab_size(extras.get("tokenizer"))
+            kwargs["vocab_size"] = _tokenizer_vocab_size(extras.get("tokenizer"), f"encoders.{modality}.model={name!r}")
         config_class = _config_class(family)
         defaults = config_class()
         unknown = [k for k in kwargs if not hasattr(defaults, k)]
@@ -446,6 +451,7 @@ def describe_backbone(modality: str, spec: EncoderSpec) -> BackboneInfo:
         except (TypeError, ValueError, StrictDataclassError) as e:  # a value of the wrong type (hidden_size=abc)
             detail = " ".join(str(e).split())
             raise EncoderSpecError(f"encoders.{modality}.model={name!r}: {detail}") from None
+        _check_spec_values(f"encoders.{modality}.model={name!r}", kwargs, extras)
         random_init = True
     else:
         if name.startswith("~"):  # loaded by folder everywhere below
@@ -462,8 +468,10 @@ def describe_backbone(modality: str, spec: EncoderSpec) -> BackboneInfo:
         extras = {}
         random_init = False
     _check_modality(modality, family, name)
-    if _num_layers(family, hf_config) < 0:
-        raise EncoderSpecError(f"encoders.{modality}.model={name!r}: {_num_layers(family, hf_config)} layers")
+    if _num_layers(family, hf_config) < 1:
+        raise EncoderSpecError(f"encoders.{modality}.model={name!r}: {_num_layers(family, hf_config)} layers "
+                               f"({_LAYER_KEYS[family]} must be at least 1: the taps are hidden states of layers)")
+    _check_sizes(f"encoders.{modality}.model={name!r}", family, hf_config)
     return BackboneInfo(
         modality=modality,
         name=name,
@@ -478,6 +486,51 @@ def describe_backbone(modality: str, spec: EncoderSpec) -> BackboneInfo:
         source="random init (built from the config spec)" if random_init else f"transformers checkpoint {name}",
         tap_widths=list(hf_config.tap_widths) if family == "efficientnet" else None,
     )
+
+
+_LAYER_KEYS = {"bert": "num_hidden_layers", "vit": "num_hidden_layers", "videomae": "num_hidden_layers",
+               "ast": "num_hidden_layers", "whisper": "encoder_layers", "efficientnet": "num_layers"}
+"""The config field holding a family's depth."""
+
+_SIZE_KEY = re.compile(r"^(num_|max_)|(_size|_dim|_length|_bins|_heads|_positions|_frames|_channels|_stride)$|"
+                       r"^d_model$")
+"""Config fields that are sizes or counts (must be positive); depths are checked as layers."""
+
+MAX_SEED = 2**63 - 1
+
+
+def _check_spec_values(where: str, kwargs: dict[str, Any], extras: dict[str, Any]) -> None:
+    """Refuse sizes and counts ≤ 0 among a config spec's keys and a ``seed`` that is not a non-negative int:
+    transformers builds such configs and fails later (division by zero, negative dimensions) naming no key."""
+    for key, value in kwargs.items():
+        if (_SIZE_KEY.search(key) and key not in _LAYER_KEYS.values() and isinstance(value, int)
+                and not isinstance(value, bool) and value <= 0):
+            raise EncoderSpecError(f"{where}: {key}={value}; a size or count must be a positive integer")
+    if "seed" in extras:
+        seed = extras["seed"]
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            raise EncoderSpecError(f"{where}: seed={seed!r} is not an integer from 0 to {MAX_SEED}")
+
+
+def _pair(value: Any) -> tuple[int, ...]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+
+
+def _check_sizes(where: str, family: str, hf_config: Any) -> None:
+    """Sizes that do not fit each other, refused before a model is built (ViT and AST do not check the heads
+    themselves; a patch larger than the image fails only at the first batch)."""
+    if family in ("bert", "vit", "videomae", "ast", "whisper"):
+        width_key, heads_key = ("d_model", "encoder_attention_heads") if family == "whisper" else (
+            "hidden_size", "num_attention_heads")
+        width, heads = getattr(hf_config, width_key, None), getattr(hf_config, heads_key, None)
+        if isinstance(width, int) and isinstance(heads, int) and heads > 0 and width % heads:
+            raise EncoderSpecError(f"{where}: {width_key}={width} is not a multiple of the number of attention "
+                                   f"heads ({heads_key}={heads})")
+    if family in ("vit", "videomae"):
+        image, patch = getattr(hf_config, "image_size", None), getattr(hf_config, "patch_size", None)
+        if image is not None and patch is not None and any(p > i for p, i in zip(_pair(patch), _pair(image))):
+            raise EncoderSpecError(f"{where}: patch_size={patch} is larger than image_size={image} (a patch must "
+                                   "fit in the image)")
 
 
 def _spec_seed(info: BackboneInfo) -> int:
@@ -498,7 +551,10 @@ def load_backbone(info: BackboneInfo) -> nn.Module:
     if info.weights_format == "state_dict":
         from crossan.encoders.efficientnet import load_efficientnet_lite0
 
-        model = load_efficientnet_lite0(info.weights, info.hf_config)
+        try:
+            model = load_efficientnet_lite0(info.weights, info.hf_config)
+        except (OSError, ValueError) as e:  # no such file, not a state_dict, or not this network's
+            raise EncoderSpecError(f"encoders.{info.modality}.model={info.name!r}: {e}") from None
     elif info.weights_format == "ctranslate2":
         from crossan.encoders.whisper_ct2 import load_whisper_ct2
 
@@ -517,7 +573,7 @@ def load_backbone(info: BackboneInfo) -> nn.Module:
                     model = WhisperEncoder(info.hf_config)
                 else:
                     model = AutoModel.from_config(info.hf_config)
-            except ValueError as e:  # sizes the model cannot take (hidden_size not a multiple of the heads)
+            except (ValueError, ArithmeticError, RuntimeError) as e:  # sizes the model cannot take
                 raise EncoderSpecError(f"encoders.{info.modality}.model={info.name!r}: {e}") from None
             if info.family == "ast":
                 _init_ast_embeddings(model, float(info.hf_config.initializer_range))
@@ -528,9 +584,18 @@ def load_backbone(info: BackboneInfo) -> nn.Module:
         # float32 whatever the checkpoint was saved in (transformers 5 keeps a float16 file's dtype): the cache's
         # encoders run at the run's compute precision under autocast, and the end-to-end baselines keep fp32
         # master weights for Adam, as every other method's trainable parameters
-        model, loading = AutoModel.from_pretrained(info.name, dtype=torch.float32, output_loading_info=True,
-                                                   **offline)
-        _check_loaded(info, loading)
+        # ignore_mismatched_sizes: weights of the wrong shape come back in the loading info, refused below naming
+        # the folder, instead of transformers' RuntimeError pointing at its own report
+        try:
+            model, loading = AutoModel.from_pretrained(info.name, dtype=torch.float32, output_loading_info=True,
+                                                       ignore_mismatched_sizes=True, **offline)
+        except (OSError, ValueError, RuntimeError, SafetensorError) as e:
+            if not Path(info.name).is_dir():
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise EncoderSpecError(f"encoders.{info.modality}.model={info.name!r}: its weights cannot be read "
+                                   f"({_unreadable_weights(Path(info.name))}: {first})") from None
+        _check_loaded(info, loading, model)
         if info.family == "whisper":
             model = model.get_encoder()
     model.eval()
@@ -538,21 +603,56 @@ def load_backbone(info: BackboneInfo) -> nn.Module:
     return model
 
 
-def _check_loaded(info: BackboneInfo, loading: dict[str, Any]) -> None:
+def _unreadable_weights(folder: Path) -> str:
+    """The folder's safetensors file that cannot be opened, else its weight files (for an error message)."""
+    from safetensors import safe_open
+
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+    for path in files:
+        if path.suffix == ".safetensors":
+            try:
+                with safe_open(str(path), framework="pt"):
+                    pass
+            except (OSError, SafetensorError):
+                return str(path)
+    return ", ".join(str(p) for p in files) or f"no weight files in {folder}"
+
+
+def _check_loaded(info: BackboneInfo, loading: dict[str, Any], model: nn.Module | None = None) -> None:
     """:class:`EncoderSpecError` when a checkpoint left weights of the model unloaded: transformers only logs
     the missing keys and starts them at random, so a folder whose weight names do not fit the model (a
     wrapper's ``backbone.`` prefix, fewer layers than its config declares) ran as a random encoder reported as
     a pretrained one. A pooler (never read: the taps are hidden states) may be missing; weights of the wrong
-    shape may not."""
+    shape may not, nor weights of the model's own parts that it has no place for (a checkpoint with more layers
+    than its config declares, whose extra layers transformers drops). Unexpected weights outside the model's
+    parts are a task head's (``classifier.``, ``cls.`` of a ``*For…`` checkpoint) and are ignored."""
     missing = sorted(k for k in loading.get("missing_keys", []) if not (k.startswith("pooler.") or ".pooler." in k))
     mismatched = [str(k[0]) if isinstance(k, (tuple, list)) else str(k)
                   for k in loading.get("mismatched_keys", [])]
     if missing or mismatched:
         more = ", …" if len(missing) > 4 else ""
         what = (f"{len(missing)} weights are missing from it ({', '.join(missing[:4])}{more})" if missing
-                else f"weights of the wrong shape ({', '.join(mismatched[:4])})")
+                else f"{len(mismatched)} weights have the wrong shape for its config.json ({_shapes(loading)})")
         raise EncoderSpecError(f"{info.name}: {what}; the model would run with those weights at random. Check "
                                "that the folder holds this model's weights under its own names")
+    parts = {name for name, _ in model.named_children()} if model is not None else set()
+    unexpected = sorted(k for k in loading.get("unexpected_keys", []) if k.split(".")[0] in parts)
+    if unexpected:
+        more = ", …" if len(unexpected) > 4 else ""
+        raise EncoderSpecError(f"{info.name}: {len(unexpected)} weights of the checkpoint have no place in the model "
+                               f"its config.json describes ({', '.join(unexpected[:4])}{more}); they would be "
+                               "dropped. Check num_hidden_layers and the other sizes in config.json")
+
+
+def _shapes(loading: dict[str, Any]) -> str:
+    """The first few wrong-shape weights: ``name [checkpoint shape] (config: [model shape])``."""
+    rows = []
+    for k in sorted(loading.get("mismatched_keys", []), key=str)[:3]:
+        if isinstance(k, (tuple, list)) and len(k) == 3:
+            rows.append(f"{k[0]} {list(k[1])} (config: {list(k[2])})")
+        else:
+            rows.append(str(k[0] if isinstance(k, (tuple, list)) else k))
+    return ", ".join(rows) + (", …" if len(loading.get("mismatched_keys", [])) > 3 else "")
 
 
 def _init_ast_embeddings(model: nn.Module, std: float) -> None:
@@ -583,32 +683,67 @@ def builtin_vocab() -> dict[str, int]:
     return {t: i for i, t in enumerate(tokens)}
 
 
-def _tokenizer_vocab_size(path: str | None) -> int:
+def _tokenizer_vocab_size(path: str | None, where: str = "encoders.text.model") -> int:
     if path is None:
         return len(builtin_vocab())
+    return len(_folder_tokenizer(path, where))
+
+
+def _folder_tokenizer(path: str, where: str) -> Any:
+    """The tokenizer of a config spec's ``tokenizer=`` folder; :class:`EncoderSpecError` naming the key when the
+    folder does not exist or holds no tokenizer (transformers would try the folder as a hub name)."""
     from transformers import AutoTokenizer
 
-    return len(AutoTokenizer.from_pretrained(path))
+    folder = Path(str(path)).expanduser()
+    if folder.is_file():
+        raise EncoderSpecError(f"{where}: tokenizer={path} is a file; the key takes the tokenizer's folder "
+                               "(as tokenizer.save_pretrained writes it)")
+    if not folder.is_dir():
+        raise EncoderSpecError(f"{where}: tokenizer={path}: no such folder")
+    try:
+        return AutoTokenizer.from_pretrained(str(folder))
+    except (OSError, ValueError, TypeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise EncoderSpecError(f"{where}: tokenizer={path}: the folder holds no readable tokenizer ({first})") from None
+
+
+def _token_ids(tokenizer: Any) -> int:
+    """How many token ids a tokenizer produces (its largest id + 1, added tokens included)."""
+    ids = tokenizer.get_vocab().values()
+    return max(len(tokenizer), max(ids) + 1 if ids else 0)
+
+
+def _check_token_ids(where: str, tokenizer: Any, vocab: int, folder: str) -> None:
+    """Refuse a tokenizer whose ids reach past the model's embedding table (``IndexError`` at the first title
+    with such a token, in torch's embedding)."""
+    if vocab and _token_ids(tokenizer) > vocab:
+        raise EncoderSpecError(f"{where}: the tokenizer in {folder} has {_token_ids(tokenizer)} token ids but the "
+                               f"model's vocab_size is {vocab}; titles with the higher ids would index past its "
+                               "embedding table. Use the model's own tokenizer")
 
 
 def load_tokenizer(info: BackboneInfo) -> Any:
     """The tokenizer of a text backbone: the checkpoint's, the ``tokenizer=`` folder's, or the built-in one."""
     from transformers import AutoTokenizer, BertTokenizer
 
+    where = f"encoders.text.model={info.name!r}"
+    vocab = int(getattr(info.hf_config, "vocab_size", 0) or 0)
     if not info.random_init:
         tokenizer = AutoTokenizer.from_pretrained(info.name, **hub_kwargs(info.name))
-        vocab = int(getattr(info.hf_config, "vocab_size", 0) or 0)
         specials = len(set(tokenizer.all_special_tokens))
         if len(tokenizer) < vocab / 2 or len(tokenizer) <= specials:  # transformers builds an empty one when the
             # tokenizer files are missing: special tokens only
             raise EncoderSpecError(
-                f"encoders.text.model={info.name!r}: its tokenizer knows {len(tokenizer)} tokens against the "
+                f"{where}: its tokenizer knows {len(tokenizer)} tokens against the "
                 f"model's vocab_size {vocab}; the checkpoint's tokenizer files (vocab.txt, tokenizer.json, …) are "
                 "missing or are not the model's, so most of every title would read as unknown tokens. Save the "
                 "model's tokenizer beside it (tokenizer.save_pretrained(folder))")
+        _check_token_ids(where, tokenizer, vocab, info.name)
         return tokenizer
     if "tokenizer" in info.extras:
-        return AutoTokenizer.from_pretrained(str(info.extras["tokenizer"]))
+        tokenizer = _folder_tokenizer(str(info.extras["tokenizer"]), where)
+        _check_token_ids(where, tokenizer, vocab, str(info.extras["tokenizer"]))
+        return tokenizer
     return BertTokenizer(vocab=builtin_vocab(), do_lower_case=True)
 
 

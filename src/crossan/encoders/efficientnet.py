@@ -217,7 +217,11 @@ def load_efficientnet_lite0(path: str | Path | None = None, config: EfficientNet
     path = Path(path) if path else package_weights_path()
     if not path.is_file():
         raise FileNotFoundError(f"EfficientNet-Lite0 weights: {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch's unpickler raises anything (KeyError, UnpicklingError, EOFError …)
+        raise ValueError(f"{path}: not a torch state_dict file ({type(e).__name__}: "
+                         f"{str(e).strip().splitlines()[0] if str(e).strip() else 'unreadable'})") from None
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state_dict, found {type(state).__name__}")
     model = EfficientNetLite(config)
