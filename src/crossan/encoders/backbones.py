@@ -30,7 +30,6 @@ import functools
 import hashlib
 import logging
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -492,9 +491,16 @@ _LAYER_KEYS = {"bert": "num_hidden_layers", "vit": "num_hidden_layers", "videoma
                "ast": "num_hidden_layers", "whisper": "encoder_layers", "efficientnet": "num_layers"}
 """The config field holding a family's depth."""
 
-_SIZE_KEY = re.compile(r"^(num_|max_)|(_size|_dim|_length|_bins|_heads|_positions|_frames|_channels|_stride)$|"
-                       r"^d_model$")
-"""Config fields that are sizes or counts (must be positive); depths are checked as layers."""
+POSITIVE_FIELDS = frozenset({
+    "vocab_size", "type_vocab_size", "hidden_size", "intermediate_size", "num_attention_heads",
+    "max_position_embeddings", "image_size", "patch_size", "num_channels", "encoder_stride", "num_frames",
+    "tubelet_size", "decoder_hidden_size", "decoder_intermediate_size", "decoder_num_attention_heads",
+    "decoder_num_hidden_layers", "frequency_stride", "time_stride", "max_length", "num_mel_bins", "d_model",
+    "encoder_attention_heads", "encoder_ffn_dim", "decoder_layers", "decoder_attention_heads", "decoder_ffn_dim",
+    "max_source_positions", "max_target_positions",
+})
+"""The size and count fields of the supported families' configs (BERT, ViT, VideoMAE, AST, Whisper), which a
+``config:`` spec must give as positive integers; depths are checked as layers (:data:`_LAYER_KEYS`)."""
 
 MAX_SEED = 2**63 - 1
 
@@ -503,8 +509,7 @@ def _check_spec_values(where: str, kwargs: dict[str, Any], extras: dict[str, Any
     """Refuse sizes and counts ≤ 0 among a config spec's keys and a ``seed`` that is not a non-negative int:
     transformers builds such configs and fails later (division by zero, negative dimensions) naming no key."""
     for key, value in kwargs.items():
-        if (_SIZE_KEY.search(key) and key not in _LAYER_KEYS.values() and isinstance(value, int)
-                and not isinstance(value, bool) and value <= 0):
+        if key in POSITIVE_FIELDS and isinstance(value, int) and not isinstance(value, bool) and value <= 0:
             raise EncoderSpecError(f"{where}: {key}={value}; a size or count must be a positive integer")
     if "seed" in extras:
         seed = extras["seed"]
