@@ -100,6 +100,10 @@ from crossan.reports.children import (
 SUITE_KEYS = {"description", "data", "preset", "overrides", "runs", "seeds", "reference", "parallel",
               "cost_repeats", "plugins"}
 RUN_KEYS = {"name", "method", "modalities", "overrides", "max_seeds"}
+SUITE_SET_KEYS = {"method": "the run's own method: key", "modalities": "the run's own modalities: key",
+                  "seed": "the suite's seeds: key or --seeds"}
+"""Config keys the suite sets for each (run, seed) itself, refused in ``overrides``: there they trained
+another method than the report named, built the cache for other modalities, or were silently ignored."""
 
 
 @dataclass
@@ -194,8 +198,9 @@ def load_suite(name_or_file: str, seeds: str | list[int] | None = None, cost_rep
         run_name = r.get("name", f"{r['method']}-{'+'.join(mods)}")
         if not isinstance(run_name, str):
             raise ConfigError(f"{where}.name must be a string (got {run_name!r})")
-        runs.append(RunSpec(run_name, r["method"], mods, _strings(r.get("overrides"), f"{where}.overrides"),
-                            max_seeds=cap))
+        run_over = _strings(r.get("overrides"), f"{where}.overrides")
+        _refuse_suite_set_keys(run_over, f"suite {name_or_file}: run {run_name}: overrides")
+        runs.append(RunSpec(run_name, r["method"], mods, run_over, max_seeds=cap))
     if not runs:
         raise ConfigError(f"suite {name_or_file}: no runs")
     names = [r.name for r in runs]
@@ -204,6 +209,10 @@ def load_suite(name_or_file: str, seeds: str | list[int] | None = None, cost_rep
     bad = [n for n in names if not n or "/" in n or n.startswith(".")]
     if bad:
         raise ConfigError(f"suite {name_or_file}: run names must be usable as folder names: {bad}")
+    bad = [n for n in names if "|" in n or "\n" in n or "\r" in n]
+    if bad:
+        raise ConfigError(f"suite {name_or_file}: run names may not hold '|' or a line break (they would split "
+                          f"the report's Markdown tables): {bad}")
     suite_seeds = (parse_seeds(seeds) if seeds is not None
                    else parse_seeds(raw.get("seeds", [0]), f"suite {name_or_file}: seeds"))
     reference = raw.get("reference")
@@ -217,8 +226,10 @@ def load_suite(name_or_file: str, seeds: str | list[int] | None = None, cost_rep
     description = raw.get("description") or ""  # an empty key (description:) reads as None
     if not isinstance(description, str):
         raise ConfigError(f"suite {name_or_file}: description must be text (got {description!r})")
+    overrides = _strings(raw.get("overrides"), f"suite {name_or_file}: overrides")
+    _refuse_suite_set_keys(overrides, f"suite {name_or_file}: overrides")
     suite = Suite(name, description, str(raw.get("data", "synth:small")), raw.get("preset", "offline"),
-                  _strings(raw.get("overrides"), f"suite {name_or_file}: overrides"), runs, suite_seeds,
+                  overrides, runs, suite_seeds,
                   None if reference is None else str(reference), parallel, repeats, plugins)
     for r in suite.runs:  # fail early on a bad key, before hours of runs
         try:
@@ -245,6 +256,15 @@ def _strings(value: Any, where: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{where} must be a list of strings, e.g. [a, b] (got {value!r})")
     return list(value)
+
+
+def _refuse_suite_set_keys(overrides: list[str], where: str) -> None:
+    """A :class:`ConfigError` naming ``where`` and the key when ``overrides`` set one of :data:`SUITE_SET_KEYS`."""
+    for o in overrides:
+        key = o.split("=", 1)[0].strip()
+        if key in SUITE_SET_KEYS:
+            raise ConfigError(f"{where}: {o!r}: the suite sets {key} for each run itself; use "
+                              f"{SUITE_SET_KEYS[key]}")
 
 
 def run_overrides(suite: Suite, run: RunSpec, data_path: str, seed: int) -> list[str]:
@@ -537,6 +557,13 @@ def reuse_check(run_dir: Path, method: str, overrides: list[str], data: Path, fi
                   if moved else "")
 
 
+def retrain_advice(out: Path, name: str, run_dir: Path) -> str:
+    """How to retrain a refused (run, seed): delete its run's folder (or the seed's) and run the suite again;
+    ``--fresh`` retrains every (run, seed) of the suite, not this one alone."""
+    return (f"to retrain this run, delete {out / 'runs' / name}/ (all its seeds) or {run_dir}/ (this seed) and "
+            "run the suite again, or choose another --out (--fresh retrains every run of the suite)")
+
+
 def _job(suite: Suite, run: RunSpec, seed: int, data: Path, out: Path, resume: bool, label: str, *,
          alone: bool, fingerprints: DataFingerprints | None = None, cache_error: str | None = None,
          repeat: int = 1) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -555,10 +582,11 @@ def _job(suite: Suite, run: RunSpec, seed: int, data: Path, out: Path, resume: b
                            "at_once": 1 if alone else suite.parallel, "repeat": repeat}
     if not resume and run_dir.exists():
         shutil.rmtree(run_dir)  # --fresh: this suite's own output folder for this (run, seed)
+    retrain = retrain_advice(out, run.name, run_dir)
     if (run_dir / "results.json").is_file():
         refused, note = reuse_check(run_dir, run.method, overrides, data, fingerprints or DataFingerprints())
         if refused:
-            return _refuse(rec, f"{refused}; pass --fresh to retrain it or choose another --out")
+            return _refuse(rec, f"{refused}; {retrain}")
         print(f"[suite] {label}: done earlier, reusing {run_dir / 'results.json'}{_other_version(run_dir)}{note}",
               flush=True)
         rec["cpu_s"] = cpu_seconds(log_path)
@@ -570,7 +598,7 @@ def _job(suite: Suite, run: RunSpec, seed: int, data: Path, out: Path, resume: b
     if (run_dir / "config.yaml").is_file():  # interrupted: resumed where the trainer's --resume accepts it
         refused = resume_refusal(run_dir, overrides)
         if refused:
-            return _refuse(rec, f"{refused}; pass --fresh to retrain it or choose another --out")
+            return _refuse(rec, f"{refused}; {retrain}")
     if cache_error is not None:
         return _refuse(rec, cache_error)
     again = (run_dir / "config.yaml").is_file()
