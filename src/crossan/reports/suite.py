@@ -8,7 +8,7 @@ A suite is a YAML file (or the name of a built-in one in ``crossan/suites/``)::
     data: synth:small           # a dataset folder (relative: to the current folder), or synth:SIZE[:SEED[:DOMINANT]]
                                 # to generate the built-in data
     preset: offline             # encoder preset for every run
-    overrides: [train.epochs=10] # key=value applied to every run
+    overrides: [train.epochs=10] # key=value applied to every run (not method, modalities or seed: see below)
     seeds: [0, 1, 2]            # training seeds (``--seeds 0,1,2`` overrides); default [0]
     reference: CROSSAN          # every other run is tested against this one (paired, per user)
     parallel: 1                 # seeds after each run's first one train this many at a time
@@ -18,6 +18,11 @@ A suite is a YAML file (or the name of a built-in one in ``crossan/suites/``)::
       - {name: ID, method: id, modalities: [text]}
       - {name: CROSSAN, method: crossan, modalities: [text, image], overrides: [crossan.fusion=momef]}
       - {name: CROSSAN-1, method: crossan, modalities: [text, image], max_seeds: 1}  # the first seed only
+
+The suite sets ``method``, ``modalities`` and ``seed`` of each (run, seed) itself: an ``overrides`` entry
+(the suite's or a run's) that sets one is refused, naming it; use the run's own ``method:`` / ``modalities:``
+and the suite's ``seeds:`` (or ``--seeds``). A run name may not hold ``/``, ``|`` or a line break, nor start
+with ``.`` (it names a folder and a cell of the report's Markdown tables).
 
 Each (run, seed) trains into ``OUT/runs/NAME/seed-S`` in a child process of its own (``train()`` called in a
 spawned interpreter, :mod:`crossan.reports.children`), so that its peak memory is its own (on a CPU: the
@@ -48,8 +53,10 @@ digests of the cache or item content it read, prove its inputs the same, with a 
 (:func:`config_changes`). An interrupted one resumes from its checkpoint, when the trainer's ``--resume``
 accepts its folder (:func:`crossan.runs.check_run_dir`: the same configuration, ``precision`` aside);
 one whose folder holds another configuration, a ``config.yaml`` that cannot be read, or a run trained on other
-data, is refused: that (run, seed) fails, the others go on. A run that fails is kept in the table with its
-error.
+data, is refused: that (run, seed) fails, naming the folder to delete to retrain that run alone
+(``OUT/runs/NAME/``; ``--fresh`` retrains every run of the suite), and the others go on. A run that fails is
+kept in the table with its error, a row with a failed seed or cost repeat says so in its notes, and
+``crossan bench`` exits with status 1 when any (run, seed) failed (the report is written all the same).
 
 Run-level ``encoders.*``, ``cache.*``, ``data.*``, ``device`` and ``precision`` overrides of a cached method
 get a layer-state cache build of their own: :func:`ensure_cache` builds one per distinct set of them (on top
