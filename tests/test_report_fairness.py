@@ -631,3 +631,56 @@ def test_a_row_whose_seeds_all_failed_still_reports_their_cpu_time() -> None:
              "cpu_s": 1.5} for s in (0, 1)]
     row = collect_run(RunSpec("A", "id", ["text"]), recs)
     assert (row["status"], row["wall_s"], row["cpu_s"]) == ("failed", 4.0, 3.0)
+
+
+# --------------------------------------------------------------------------------------------- failures shown
+@pytest.mark.parametrize("damage", ["truncated", "bytes overwritten"])
+def test_an_unreadable_per_user_file_is_not_paired_and_the_report_is_rewritten(tmp_path: Path, damage: str) -> None:
+    """A truncated per_user.npz stopped the report with a BadZipFile traceback (damaged bytes: zlib.error),
+    leaving the old report.md in place; that seed is now "not paired", naming the file, as a missing one is."""
+    rng = np.random.default_rng(11)
+    ranks = {s: rng.geometric(0.08, size=300).astype(float) for s in (0, 1)}
+    rows = [_row(tmp_path, "REF", ranks), _row(tmp_path, "RUN", ranks)]
+    npz = tmp_path / "runs" / "RUN" / "seed-1" / "per_user.npz"
+    data = npz.read_bytes()
+    npz.write_bytes(data[: len(data) // 2] if damage == "truncated"
+                    else data[:700] + b"\0" * 60 + data[760:])  # inside test_ranks.npy's compressed bytes
+    (tmp_path / "report.md").write_text("old report\n")
+    write_outputs(rows, META, tmp_path, resamples=100)
+    why = "BadZipFile: File is not a zip file" if damage == "truncated" else ""  # zlib.error or a bad CRC
+    assert "p_value" not in rows[1]
+    assert rows[1]["p_value_note"].startswith(f"not paired: seed 1: {npz} unreadable ({why}")
+    report = (tmp_path / "report.md").read_text()
+    assert report.startswith("# crossan report: t") and f"{npz} unreadable" in report
+
+
+def test_an_unreadable_per_user_file_leaves_the_metrics_it_would_derive_blank(tmp_path: Path) -> None:
+    """A run without @5 in results.json gets HR@5/NDCG@5 from per_user.npz; a truncated one raised BadZipFile."""
+    ranks = np.random.default_rng(12).geometric(0.08, size=200).astype(float)
+    rec = _run_folder(tmp_path, "A", 0, ranks, ks=(10, 20))
+    npz = Path(rec["dir"]) / "per_user.npz"
+    npz.write_bytes(npz.read_bytes()[:100])
+    row = collect_run(RunSpec("A", "id", ["text"]), [rec])
+    assert row["status"] == "ok" and "test_NDCG@10_mean" in row and "test_NDCG@5_mean" not in row
+
+
+def test_a_row_with_a_failed_seed_says_so_in_its_notes(tmp_path: Path) -> None:
+    """Seed 1 of RUN failed: its row read ``seeds 0,2`` with an interval and empty notes, the failure only in
+    the Failed runs section. The notes now say which seed failed (and which cost repeat)."""
+    rng = np.random.default_rng(13)
+    ranks = {s: rng.geometric(0.08, size=200).astype(float) for s in (0, 1, 2)}
+    ref = _row(tmp_path, "REF", ranks)
+    run = _row(tmp_path, "RUN", {0: ranks[0], 2: ranks[2]}, failed=(1,))
+    assert run["seeds"] == "0,2"
+    assert run["flags"][0] == "failed: seed 1 (the mean and interval cover seeds 0,2 only); see Failed runs"
+    write_outputs([ref, run], {**META, "seeds": [0, 1, 2]}, tmp_path, resamples=100)
+    line = next(x for x in (tmp_path / "results.md").read_text().splitlines() if x.startswith("| RUN |"))
+    assert "failed: seed 1 (the mean and interval cover seeds 0,2 only)" in line
+    report = (tmp_path / "report.md").read_text()
+    assert "**failed**: some trainings of the run failed" in report and "- RUN: seed 1: crossan: error: boom" in report
+    assert "failed" not in "; ".join(ref["flags"])
+    # a failed cost repeat of a row whose seeds all finished
+    recs = [_run_folder(tmp_path / "rep", "A", 0, ranks[0]),
+            {"seed": 0, "dir": "", "status": "failed", "error": "boom", "log": "", "repeat": 2}]
+    row = collect_run(RunSpec("A", "id", ["text"]), recs)
+    assert row["flags"][0] == "failed: cost repeat 2 of seed 0 (not in the cost median); see Failed runs"

@@ -68,6 +68,34 @@ def test_bad_suite_files_name_the_problem(tmp_path: Path, body: str, message: st
         load_suite(str(_suite(tmp_path, body)))
 
 
+@pytest.mark.parametrize(("body", "message"), [
+    # method= in a run's overrides trained frozen under the label id; modalities= built the cache for the
+    # declared modalities only (the run failed); seed= was silently replaced by the suite's seed
+    ("runs: [{name: A, method: id, modalities: [text], overrides: [method=frozen]}]\n",
+     "run A: overrides: 'method=frozen': the suite sets method for each run itself; use the run's own method: key"),
+    ("runs: [{name: A, method: frozen, modalities: [text], overrides: [train.lr=0.01, 'modalities=[text,image]']}]\n",
+     "run A: overrides: 'modalities=[text,image]': the suite sets modalities for each run itself; use the run's "
+     "own modalities: key"),
+    ("runs: [{name: A, method: id, overrides: [' seed = 7']}]\n",
+     "run A: overrides: ' seed = 7': the suite sets seed for each run itself; use the suite's seeds: key or --seeds"),
+    ("overrides: [seed=7]\nruns: [{name: A, method: id}]\n",
+     "overrides: 'seed=7': the suite sets seed for each run itself; use the suite's seeds: key or --seeds"),
+    ("overrides: [method=frozen]\nruns: [{name: A, method: id}]\n",
+     "overrides: 'method=frozen': the suite sets method for each run itself; use the run's own method: key"),
+    # a | split the report's Markdown tables (an extra cell)
+    ("runs: [{name: A, method: id}, {name: 'B|C', method: id}]\n",
+     "run names may not hold '|' or a line break (they would split the report's Markdown tables): ['B|C']"),
+    ("runs: [{name: \"B\\nC\", method: id}]\n",
+     "run names may not hold '|' or a line break (they would split the report's Markdown tables): ['B\\nC']"),
+])
+def test_a_suite_refuses_keys_it_sets_itself_and_names_that_break_tables(tmp_path: Path, body: str,
+                                                                         message: str) -> None:
+    f = _suite(tmp_path, body)
+    with pytest.raises(ConfigError) as e:
+        load_suite(str(f))
+    assert str(e.value) == f"suite {f}: {message}"
+
+
 def test_empty_suite_keys_read_as_empty(tmp_path: Path) -> None:
     """``description:`` and ``overrides:`` left empty (YAML reads None) are an empty text and list: an empty
     description made the report fail after every run had trained, an empty ``overrides`` a TypeError."""

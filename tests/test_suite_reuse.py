@@ -27,7 +27,7 @@ from crossan.errors import ConfigError
 from crossan.evaluation import mean_metrics
 from crossan.ranking import item_fingerprint, split_fingerprint
 from crossan.reports.children import read_training_record, training_record_path
-from crossan.reports.suite import Suite, load_suite, run_overrides, run_suite
+from crossan.reports.suite import Suite, load_suite, retrain_advice, run_overrides, run_suite
 
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks" / "suites"
 
@@ -114,7 +114,7 @@ def test_a_finished_run_is_reused_only_on_the_data_it_was_trained_on(tmp_path: P
     assert row["status"] == "failed" and "reusing" not in printed
     assert row["error"].startswith(f"seed 0: {run_dir} holds a run trained on other data than {data} "
                                    "holds now (")
-    assert row["error"].endswith("); pass --fresh to retrain it or choose another --out")
+    assert row["error"].endswith(f"); {retrain_advice(out, 'A', run_dir)}")
     now = prepare(load_config([], run_overrides(suite, suite.runs[0], str(data), 0)).data)
     old = json.loads(before)
     want = {"data folder rewritten": f"split_fingerprint: {old.get('split_fingerprint')} → "
@@ -149,7 +149,7 @@ def test_a_config_yaml_that_cannot_be_read_fails_its_row_only(tmp_path: Path, co
     (run_dir / "config.yaml").write_bytes(content)
     capsys.readouterr()
     a, b = run_suite(suite, out, progress=False)
-    fresh = "; pass --fresh to retrain it or choose another --out"
+    fresh = f"; {retrain_advice(out, 'A', run_dir)}"
     if why is None:  # named as a changed key (the comparison used to fail on mixed key types, its message
         # depending on string hashing)
         why = (f"{run_dir} holds a run with another configuration (1: 'x' → None" if finished else
@@ -161,6 +161,46 @@ def test_a_config_yaml_that_cannot_be_read_fails_its_row_only(tmp_path: Path, co
         assert f"[suite] 1/2 A seed 0: FAILED: {error}\n" in capsys.readouterr().out
     assert (run_dir / "config.yaml").read_bytes() == content and (run_dir / "results.json").is_file() == finished
     assert b["status"] == "ok" and b["reused_seeds"] == "0"
+
+
+def test_a_refused_run_names_the_folder_to_delete_to_retrain_it_alone(tmp_path: Path) -> None:
+    """One run's overrides changed: its refusal said "pass --fresh to retrain it", but --fresh retrains every
+    (run, seed) of the suite. It now names the run's folder (and the seed's) to delete, and what --fresh does."""
+    data = random_dataset(tmp_path / "data")
+    out = tmp_path / "out"
+    suite = _suite_file(tmp_path, data, runs=TWO_RUNS)
+    _finished_run(suite, data, out, 0)
+    run_dir = _finished_run(suite, data, out, 0, run_index=1)
+    changed = _suite_file(tmp_path, data, runs=TWO_RUNS.replace("{name: B, method: id, modalities: [text]}",
+                                                                 "{name: B, method: id, modalities: [text], "
+                                                                 "overrides: [train.lr=0.005]}"))
+    a, b = run_suite(changed, out, progress=False)
+    assert a["status"] == "ok" and a["reused_seeds"] == "0" and b["status"] == "failed"
+    assert b["error"] == (f"seed 0: {run_dir} holds a run with another configuration (train.lr: 0.0002 → 0.005); "
+                          f"to retrain this run, delete {out / 'runs' / 'B'}/ (all its seeds) or {run_dir}/ (this "
+                          "seed) and run the suite again, or choose another --out (--fresh retrains every run of "
+                          "the suite)")
+
+
+def test_bench_exits_1_when_any_run_fails_and_still_writes_the_report(tmp_path: Path, capsys) -> None:
+    """``crossan bench`` exited 0 while any row finished (``demo`` only when all did): a suite whose run B was
+    refused (its folder holds another configuration) now exits 1, with the report naming B's failure."""
+    from crossan.cli import main
+
+    data = random_dataset(tmp_path / "data")
+    out = tmp_path / "out"
+    suite = _suite_file(tmp_path, data, runs=TWO_RUNS)
+    _finished_run(suite, data, out, 0)
+    _finished_run(suite, data, out, 0, run_index=1)
+    assert main(["bench", "--suite", str(tmp_path / "s.yaml"), "--out", str(out)]) == 0  # both reused
+    _suite_file(tmp_path, data, runs=TWO_RUNS.replace("{name: B, method: id, modalities: [text]}",
+                                                      "{name: B, method: id, modalities: [text], "
+                                                      "overrides: [train.lr=0.005]}"))
+    (out / "report.md").write_text("old report\n")
+    capsys.readouterr()
+    assert main(["bench", "--suite", str(tmp_path / "s.yaml"), "--out", str(out)]) == 1
+    report = (out / "report.md").read_text()
+    assert "## Failed runs" in report and "- B: seed 0: " in report and "| A | id | text | 0 |" in report
 
 
 @pytest.mark.parametrize(("trained", "now", "reused"), [("bfloat16", "bf16", True), ("float32", "fp32", True),
@@ -181,7 +221,7 @@ def test_a_finished_run_is_reused_under_a_precision_that_gives_the_dtype_it_trai
     assert row["status"] == "failed"
     assert row["error"] == (f"seed 0: {run_dir} holds a run with another configuration (precision: 'auto' → "
                             f"'fp32': float32 here, it trained in {trained or 'a compute dtype it did not record'}"
-                            "); pass --fresh to retrain it or choose another --out")
+                            f"); {retrain_advice(out, 'A', run_dir)}")
 
 
 def test_a_suite_continues_a_run_interrupted_on_a_machine_of_another_dtype(tmp_path: Path, monkeypatch) -> None:
@@ -253,7 +293,7 @@ def test_a_finished_run_whose_data_folder_moved_is_reused(tmp_path: Path, case: 
     capsys.readouterr()
     (row,) = run_suite(suite, out, progress=False)
     moved = f"data.path: '{old.resolve()}' → '{new.resolve()}'"
-    fresh = "; pass --fresh to retrain it or choose another --out"
+    fresh = f"; {retrain_advice(out, 'A', run_dir)}"
     if case == "moved, unfinished":
         assert row["status"] == "ok" and not row.get("reused_seeds") and "resuming" in capsys.readouterr().out
         assert yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["path"] == str(new.resolve())
@@ -443,7 +483,7 @@ def test_a_suite_refuses_to_reuse_a_run_trained_before_negatives_existed(tmp_pat
     (row,) = run_suite(suite, tmp_path / "out", progress=False)
     assert row["status"] == "failed"
     assert row["error"] == (f"seed 0: {run_dir} holds a run with another configuration (train.negatives: "
-                            "'unique' → 'slots'); pass --fresh to retrain it or choose another --out")
+                            f"'unique' → 'slots'); {retrain_advice(tmp_path / 'out', 'A', run_dir)}")
 
 
 # --------------------------------------------------------------------------------------------- trained alone
@@ -546,7 +586,7 @@ def test_a_plugin_run_is_not_reused_once_its_code_changed(tmp_path: Path, monkey
     (row,) = run_suite(suite, tmp_path / "out", progress=False)
     assert row["status"] == "failed"
     assert f"plugin method 'codeid' was trained with other code: {source} has SHA-256" in row["error"]
-    assert "pass --fresh" in row["error"]
+    assert row["error"].endswith(retrain_advice(tmp_path / "out", "A", tmp_path / "out" / "runs" / "A" / "seed-0"))
 
 
 @pytest.mark.parametrize(("method", "phrase"), [

@@ -254,7 +254,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     _refuse_suite_under_torchrun("bench")
     suite = load_suite(args.suite, seeds=args.seeds, cost_repeats=args.cost_repeats)
     rows = run_suite(suite, Path(args.out), resume=not args.fresh)
-    return 0 if any(r["status"] == "ok" for r in rows) else 1
+    # 1 when any (run, seed) or cost repeat failed: the report is written, but a run's row lacks a training
+    return 0 if all(r["status"] == "ok" and not r.get("error") for r in rows) else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -388,7 +389,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run a declared suite (methods × modality sets on one dataset and encoder "
                                    "preset), each method in its own process, and write results.csv, results.md, "
                                    "report.md and plots (NDCG@10 vs trainable parameters; time per epoch and peak "
-                                   "memory per method). Failed methods stay in the table.")
+                                   "memory per method). Failed methods stay in the table. Exit status: 0 when "
+                                   "every (run, seed) finished, 1 when any failed (the report is still "
+                                   "written, naming each failure), 2 for an error that stops the suite (a bad suite "
+                                   "file or option, a shared layer-state cache that cannot be built).")
     p.add_argument("--suite", default="default",
                    help="built-in suite name (default, demo, tiny, ablation, dominant, fidelity: src/crossan/suites/) or a "
                         "YAML file (more in benchmarks/suites/)")
@@ -397,7 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cost-repeats", type=int, metavar="N",
                    help="train each run's first seed N times alone; cost columns are the median over them and the "
                         "seeds that trained alone (default: the suite's cost_repeats, 1)")
-    p.add_argument("--fresh", action="store_true", help="retrain runs that finished earlier in --out")
+    p.add_argument("--fresh", action="store_true",
+                   help="retrain every run of the suite that finished earlier in --out (to retrain one run only, "
+                        "delete its folder OUT/runs/NAME/ instead)")
     plugin_arg(p)
     p.set_defaults(fn=cmd_bench)
 

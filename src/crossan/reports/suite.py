@@ -8,7 +8,7 @@ A suite is a YAML file (or the name of a built-in one in ``crossan/suites/``)::
     data: synth:small           # a dataset folder (relative: to the current folder), or synth:SIZE[:SEED[:DOMINANT]]
                                 # to generate the built-in data
     preset: offline             # encoder preset for every run
-    overrides: [train.epochs=10] # key=value applied to every run
+    overrides: [train.epochs=10] # key=value applied to every run (not method, modalities or seed: see below)
     seeds: [0, 1, 2]            # training seeds (``--seeds 0,1,2`` overrides); default [0]
     reference: CROSSAN          # every other run is tested against this one (paired, per user)
     parallel: 1                 # seeds after each run's first one train this many at a time
@@ -18,6 +18,11 @@ A suite is a YAML file (or the name of a built-in one in ``crossan/suites/``)::
       - {name: ID, method: id, modalities: [text]}
       - {name: CROSSAN, method: crossan, modalities: [text, image], overrides: [crossan.fusion=momef]}
       - {name: CROSSAN-1, method: crossan, modalities: [text, image], max_seeds: 1}  # the first seed only
+
+The suite sets ``method``, ``modalities`` and ``seed`` of each (run, seed) itself: an ``overrides`` entry
+(the suite's or a run's) that sets one is refused, naming it; use the run's own ``method:`` / ``modalities:``
+and the suite's ``seeds:`` (or ``--seeds``). A run name may not hold ``/``, ``|`` or a line break, nor start
+with ``.`` (it names a folder and a cell of the report's Markdown tables).
 
 Each (run, seed) trains into ``OUT/runs/NAME/seed-S`` in a child process of its own (``train()`` called in a
 spawned interpreter, :mod:`crossan.reports.children`), so that its peak memory is its own (on a CPU: the
@@ -48,8 +53,10 @@ digests of the cache or item content it read, prove its inputs the same, with a 
 (:func:`config_changes`). An interrupted one resumes from its checkpoint, when the trainer's ``--resume``
 accepts its folder (:func:`crossan.runs.check_run_dir`: the same configuration, ``precision`` aside);
 one whose folder holds another configuration, a ``config.yaml`` that cannot be read, or a run trained on other
-data, is refused: that (run, seed) fails, the others go on. A run that fails is kept in the table with its
-error.
+data, is refused: that (run, seed) fails, naming the folder to delete to retrain that run alone
+(``OUT/runs/NAME/``; ``--fresh`` retrains every run of the suite), and the others go on. A run that fails is
+kept in the table with its error, a row with a failed seed or cost repeat says so in its notes, and
+``crossan bench`` exits with status 1 when any (run, seed) failed (the report is written all the same).
 
 Run-level ``encoders.*``, ``cache.*``, ``data.*``, ``device`` and ``precision`` overrides of a cached method
 get a layer-state cache build of their own: :func:`ensure_cache` builds one per distinct set of them (on top
@@ -100,6 +107,10 @@ from crossan.reports.children import (
 SUITE_KEYS = {"description", "data", "preset", "overrides", "runs", "seeds", "reference", "parallel",
               "cost_repeats", "plugins"}
 RUN_KEYS = {"name", "method", "modalities", "overrides", "max_seeds"}
+SUITE_SET_KEYS = {"method": "the run's own method: key", "modalities": "the run's own modalities: key",
+                  "seed": "the suite's seeds: key or --seeds"}
+"""Config keys the suite sets for each (run, seed) itself, refused in ``overrides``: there they trained
+another method than the report named, built the cache for other modalities, or were silently ignored."""
 
 
 @dataclass
@@ -194,8 +205,9 @@ def load_suite(name_or_file: str, seeds: str | list[int] | None = None, cost_rep
         run_name = r.get("name", f"{r['method']}-{'+'.join(mods)}")
         if not isinstance(run_name, str):
             raise ConfigError(f"{where}.name must be a string (got {run_name!r})")
-        runs.append(RunSpec(run_name, r["method"], mods, _strings(r.get("overrides"), f"{where}.overrides"),
-                            max_seeds=cap))
+        run_over = _strings(r.get("overrides"), f"{where}.overrides")
+        _refuse_suite_set_keys(run_over, f"suite {name_or_file}: run {run_name}: overrides")
+        runs.append(RunSpec(run_name, r["method"], mods, run_over, max_seeds=cap))
     if not runs:
         raise ConfigError(f"suite {name_or_file}: no runs")
     names = [r.name for r in runs]
@@ -204,6 +216,10 @@ def load_suite(name_or_file: str, seeds: str | list[int] | None = None, cost_rep
     bad = [n for n in names if not n or "/" in n or n.startswith(".")]
     if bad:
         raise ConfigError(f"suite {name_or_file}: run names must be usable as folder names: {bad}")
+    bad = [n for n in names if "|" in n or "\n" in n or "\r" in n]
+    if bad:
+        raise ConfigError(f"suite {name_or_file}: run names may not hold '|' or a line break (they would split "
+                          f"the report's Markdown tables): {bad}")
     suite_seeds = (parse_seeds(seeds) if seeds is not None
                    else parse_seeds(raw.get("seeds", [0]), f"suite {name_or_file}: seeds"))
     reference = raw.get("reference")
@@ -217,8 +233,10 @@ def load_suite(name_or_file: str, seeds: str | list[int] | None = None, cost_rep
     description = raw.get("description") or ""  # an empty key (description:) reads as None
     if not isinstance(description, str):
         raise ConfigError(f"suite {name_or_file}: description must be text (got {description!r})")
+    overrides = _strings(raw.get("overrides"), f"suite {name_or_file}: overrides")
+    _refuse_suite_set_keys(overrides, f"suite {name_or_file}: overrides")
     suite = Suite(name, description, str(raw.get("data", "synth:small")), raw.get("preset", "offline"),
-                  _strings(raw.get("overrides"), f"suite {name_or_file}: overrides"), runs, suite_seeds,
+                  overrides, runs, suite_seeds,
                   None if reference is None else str(reference), parallel, repeats, plugins)
     for r in suite.runs:  # fail early on a bad key, before hours of runs
         try:
@@ -245,6 +263,15 @@ def _strings(value: Any, where: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{where} must be a list of strings, e.g. [a, b] (got {value!r})")
     return list(value)
+
+
+def _refuse_suite_set_keys(overrides: list[str], where: str) -> None:
+    """A :class:`ConfigError` naming ``where`` and the key when ``overrides`` set one of :data:`SUITE_SET_KEYS`."""
+    for o in overrides:
+        key = o.split("=", 1)[0].strip()
+        if key in SUITE_SET_KEYS:
+            raise ConfigError(f"{where}: {o!r}: the suite sets {key} for each run itself; use "
+                              f"{SUITE_SET_KEYS[key]}")
 
 
 def run_overrides(suite: Suite, run: RunSpec, data_path: str, seed: int) -> list[str]:
@@ -537,6 +564,13 @@ def reuse_check(run_dir: Path, method: str, overrides: list[str], data: Path, fi
                   if moved else "")
 
 
+def retrain_advice(out: Path, name: str, run_dir: Path) -> str:
+    """How to retrain a refused (run, seed): delete its run's folder (or the seed's) and run the suite again;
+    ``--fresh`` retrains every (run, seed) of the suite, not this one alone."""
+    return (f"to retrain this run, delete {out / 'runs' / name}/ (all its seeds) or {run_dir}/ (this seed) and "
+            "run the suite again, or choose another --out (--fresh retrains every run of the suite)")
+
+
 def _job(suite: Suite, run: RunSpec, seed: int, data: Path, out: Path, resume: bool, label: str, *,
          alone: bool, fingerprints: DataFingerprints | None = None, cache_error: str | None = None,
          repeat: int = 1) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -555,10 +589,11 @@ def _job(suite: Suite, run: RunSpec, seed: int, data: Path, out: Path, resume: b
                            "at_once": 1 if alone else suite.parallel, "repeat": repeat}
     if not resume and run_dir.exists():
         shutil.rmtree(run_dir)  # --fresh: this suite's own output folder for this (run, seed)
+    retrain = retrain_advice(out, run.name, run_dir)
     if (run_dir / "results.json").is_file():
         refused, note = reuse_check(run_dir, run.method, overrides, data, fingerprints or DataFingerprints())
         if refused:
-            return _refuse(rec, f"{refused}; pass --fresh to retrain it or choose another --out")
+            return _refuse(rec, f"{refused}; {retrain}")
         print(f"[suite] {label}: done earlier, reusing {run_dir / 'results.json'}{_other_version(run_dir)}{note}",
               flush=True)
         rec["cpu_s"] = cpu_seconds(log_path)
@@ -570,7 +605,7 @@ def _job(suite: Suite, run: RunSpec, seed: int, data: Path, out: Path, resume: b
     if (run_dir / "config.yaml").is_file():  # interrupted: resumed where the trainer's --resume accepts it
         refused = resume_refusal(run_dir, overrides)
         if refused:
-            return _refuse(rec, f"{refused}; pass --fresh to retrain it or choose another --out")
+            return _refuse(rec, f"{refused}; {retrain}")
     if cache_error is not None:
         return _refuse(rec, cache_error)
     again = (run_dir / "config.yaml").is_file()

@@ -25,6 +25,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,8 @@ from crossan.utils import atomic_write_json, atomic_write_text
 
 METRICS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20", "MRR")
 """Every cut-off METHOD.md §2 asks for (K = 5, 10, 20; 10 is the headline) and MRR."""
+NPZ_ERRORS = (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+"""What reading a damaged ``per_user.npz`` raises (a truncated file: ``BadZipFile``; damaged bytes: ``zlib.error``)."""
 ALPHA = 0.05
 MIN_CLAIM_SEEDS = 3
 """The fewest seeds paired with the reference on which a row's difference is claimed (``significant``, the
@@ -83,7 +87,7 @@ def _with_derived_metrics(run_dir: str, results: dict[str, Any]) -> dict[str, di
     try:
         with np.load(path, allow_pickle=False) as z:
             ranks = {split: np.asarray(z[f"{split}_ranks"], dtype=np.float64) for split in out}
-    except (OSError, KeyError, ValueError):
+    except NPZ_ERRORS:
         return out
     for split, r in ranks.items():
         for k in missing:
@@ -264,6 +268,13 @@ def collect_run(run: Any, recs: list[dict[str, Any]]) -> dict[str, Any]:
     row["crossan_version"] = "/".join(dict.fromkeys(str(p["crossan_version"] or "unknown")
                                                     for p in row["per_seed"]))
     row["flags"] = _flags(row)
+    finished = _seeds_text([p["seed"] for p in per_seed])
+    failed = ([f"{_seeds_text(row['failed_seeds'])} (the mean and interval cover {finished} only)"]
+              if row["failed_seeds"] else [])
+    failed += [f"cost repeat {r['repeat']} of seed {r['seed']} (not in the cost median)"
+               for r in repeats if r["status"] != "ok"]
+    if failed:  # a failure is shown in the row itself, not only under Failed runs
+        row["flags"].insert(0, f"failed: {'; '.join(failed)}; see Failed runs")
     if not run.cost_only:  # a cost-only run's quality is not a result: its columns stay blank
         for split in ("valid", "test"):
             for k in METRICS:
@@ -365,12 +376,17 @@ def add_tpme(rows: list[dict[str, Any]]) -> None:
 
 # --------------------------------------------------------------------------------------------- paired test
 def _per_user(run_dir: str) -> tuple[np.ndarray, np.ndarray, str]:
-    """Per-user test NDCG@10, the users and the split fingerprint of one run folder."""
+    """Per-user test NDCG@10, the users and the split fingerprint of one run folder; a ValueError naming the
+    file when it cannot be read (truncated, damaged, a key missing)."""
     path = Path(run_dir) / "per_user.npz"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no per-user ranks (a run of an older crossan); retrain it with --fresh")
-    with np.load(path, allow_pickle=False) as z:
-        return ndcg_at(z["test_ranks"], 10), z["users"], str(z["split_fingerprint"])
+        raise FileNotFoundError(f"{path}: no per-user ranks (a run of an older crossan); delete {run_dir} and run "
+                                "the suite again to retrain it")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return ndcg_at(z["test_ranks"], 10), z["users"], str(z["split_fingerprint"])
+    except NPZ_ERRORS as e:
+        raise ValueError(f"{path} unreadable ({type(e).__name__}: {e})") from None
 
 
 def add_paired_tests(rows: list[dict[str, Any]], reference: str | None, resamples: int = BOOTSTRAP_RESAMPLES
@@ -565,6 +581,8 @@ def write_outputs(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path,
 
 
 FLAG_NOTES = {
+    "failed": "**failed**: some trainings of the run failed (their errors are under *Failed runs*): its mean "
+              "and interval cover its finished seeds only, and its cost median lacks a failed cost repeat",
     **{f"{n} seed": f"**{n} seed{'s' if n > 1 else ''} paired: no claim**: Δ and p rest on fewer than "
                    f"{MIN_CLAIM_SEEDS} seeds paired with the reference, so they show the variation between test "
                    "users but not between trainings; METHOD.md §11 claims a difference on at least "
