@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -92,3 +93,19 @@ def make_dataset(root: Path, n: int = 10, words: int = 4) -> FakeData:
         audio = None if i == 5 else str(write_wav(root / "aud" / f"{item}.wav", 200.0 + 50 * i, 8000, 0.6).relative_to(root))
         records.append(ItemRecord(item, text, image, video, audio))
     return FakeData([""] + [r.item_id for r in records], Catalogue(root, records))
+
+
+def build_statuses(cfg: Any, data: FakeData, modalities: list[str]) -> tuple[dict[str, str], list[tuple[str, int]]]:
+    """``build_cache`` of ``modalities``: each one's status (built, up to date, …) and the (modality, batch)
+    pairs it encoded, in order."""
+    from crossan.cache import build_cache
+
+    batches: list[tuple[str, int]] = []
+    reports = build_cache(cfg, data, modalities, progress=False, on_batch=lambda m, b: batches.append((m, b)))
+    return {m: r.status for m, r in reports.items()}, batches
+
+
+def dataset_with_own_cache(tmp_path: Path, monkeypatch: Any) -> FakeData:
+    """:func:`make_dataset` of 10 items, with ``$CROSSAN_CACHE_DIR`` in ``tmp_path`` (the caches of one test)."""
+    monkeypatch.setenv("CROSSAN_CACHE_DIR", str(tmp_path / "caches"))
+    return make_dataset(tmp_path / "data", n=10)

@@ -21,7 +21,7 @@ from crossan.data.media import MediaError, load_image
 from crossan.data.protocol import SequentialData
 from crossan.data.readers import DataError
 from crossan.errors import CacheError
-from media_helpers import FakeData, make_dataset, write_image
+from media_helpers import FakeData, build_statuses, dataset_with_own_cache, write_image
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -38,16 +38,12 @@ def make_cfg(data: FakeData, on_corrupt: str = "error") -> Config:
     return cfg
 
 
-def build(cfg: Config, data: FakeData, modalities: list[str]) -> tuple[dict[str, str], list[tuple[str, int]]]:
-    batches: list[tuple[str, int]] = []
-    reports = build_cache(cfg, data, modalities, progress=False, on_batch=lambda m, b: batches.append((m, b)))
-    return {m: r.status for m, r in reports.items()}, batches
+build = build_statuses
 
 
 @pytest.fixture
 def data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeData:
-    monkeypatch.setenv("CROSSAN_CACHE_DIR", str(tmp_path / "caches"))
-    return make_dataset(tmp_path / "data", n=10)
+    return dataset_with_own_cache(tmp_path, monkeypatch)
 
 
 def records_of(data: FakeData) -> list:

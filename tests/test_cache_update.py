@@ -24,7 +24,7 @@ from crossan.config import Config, load_config
 from crossan.data import prepare
 from crossan.data.catalogue import Catalogue, ItemRecord
 from crossan.errors import CacheError
-from media_helpers import FakeData, make_dataset, write_image
+from media_helpers import FakeData, build_statuses, dataset_with_own_cache, write_image
 
 MODS = ["text", "image"]
 FILES = ("states.npy", "present.npy", "sources.npy", "manifest.json")
@@ -63,16 +63,12 @@ def files(folder: Path) -> dict[str, bytes]:
     return {f: (folder / f).read_bytes() for f in FILES}
 
 
-def build(cfg: Config, data: FakeData, modalities: list[str]) -> tuple[dict, list[tuple[str, int]]]:
-    batches: list[tuple[str, int]] = []
-    reports = build_cache(cfg, data, modalities, progress=False, on_batch=lambda m, b: batches.append((m, b)))
-    return {m: r.status for m, r in reports.items()}, batches
+build = build_statuses
 
 
 @pytest.fixture
 def data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeData:
-    monkeypatch.setenv("CROSSAN_CACHE_DIR", str(tmp_path / "caches"))
-    return make_dataset(tmp_path / "data", n=10)
+    return dataset_with_own_cache(tmp_path, monkeypatch)
 
 
 def assert_equals_fresh(tmp_path: Path, cfg: Config, data: FakeData, modalities: list[str]) -> None:
