@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from crossan.config import EncoderSpec
 from crossan.encoders import EncoderSpecError, build_encoder, describe_backbone, preset_specs
@@ -70,6 +71,40 @@ def test_a_checkpoint_with_more_layers_than_its_config_is_refused(tmp_path: Path
                                          num_labels=3)).save_pretrained(head)
     ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(head)
     assert not _load(head, "image").random_init
+
+
+def test_extra_layers_under_a_task_checkpoints_prefix_are_refused_and_stored_buffers_are_not(tmp_path: Path) -> None:
+    """A BertForMaskedLM checkpoint names its weights ``bert.encoder.…``: with more layers than its config.json
+    they passed the check, which read ``bert`` as a task head. A stored ``token_type_ids`` buffer (no weight) of
+    a base checkpoint was refused as unexpected."""
+    from safetensors.torch import load_file, save_file
+    from transformers import BertConfig, BertForMaskedLM
+
+    folder = _text_folder(tmp_path)
+    config = BertConfig.from_pretrained(folder)
+    config.num_hidden_layers = 3
+    masked = tmp_path / "masked"
+    BertForMaskedLM(config).save_pretrained(masked)
+    for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json"):
+        if (folder / name).is_file():
+            (masked / name).write_bytes((folder / name).read_bytes())
+    _edit_config(masked, num_hidden_layers=2)
+    with pytest.raises(EncoderSpecError, match=r"weights of the checkpoint have no place in the model .*"
+                                               r"\(bert\.encoder\.layer\.2\."):
+        _load(masked)
+    weights = load_file(folder / "model.safetensors")
+    weights["embeddings.token_type_ids"] = torch.zeros(1, 16, dtype=torch.long)
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    assert not _load(folder).random_init
+
+
+def test_a_config_spec_vocabulary_smaller_than_the_builtin_tokenizer_is_refused() -> None:
+    """``config:bert:…,vocab_size=50`` without ``tokenizer=`` read titles with crossan's built-in vocabulary of
+    more ids and failed at the first title (IndexError in torch's embedding)."""
+    spec = dataclasses.replace(TINY["text"], model=TINY["text"].model + ",vocab_size=50")
+    with pytest.raises(EncoderSpecError, match=r"the tokenizer in crossan's built-in vocabulary has \d+ token ids but "
+                                               r"the model's vocab_size is 50"):
+        build_encoder("text", spec)
 
 
 def test_a_tokenizer_with_ids_past_the_vocabulary_is_refused(tmp_path: Path) -> None:

@@ -249,6 +249,9 @@ def test_local_model_paths_are_stored_resolved_and_name_one_cache(tmp_path: Path
                  f"config:bert:hidden_size=64,tokenizer={tmp_path / 'tok'},num_hidden_layers=2",
              "bert-base-uncased": "bert-base-uncased", "org/absent": "org/absent", "efficientnet-lite0": "efficientnet-lite0"}
     assert {v: resolve_model_spec(v) for v in given} == given
+    (tmp_path / "efficientnet-lite0").mkdir()  # the packaged weights by name, whatever the working folder holds
+    for unchanged in ("efficientnet-lite0", "config:efficientnet", " bert-base-uncased ", "~nouser/x"):
+        assert resolve_model_spec(unchanged) == unchanged  # nothing resolved: as given (the cache folder's name)
     relative = load_config([], ["encoders.text.model=models/bert"])
     absolute = load_config([], [f"encoders.text.model={tmp_path / 'models' / 'bert'}"])
     assert preset_folder(relative, "text") == preset_folder(absolute, "text")

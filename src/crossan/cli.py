@@ -254,7 +254,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     _refuse_suite_under_torchrun("bench")
     suite = load_suite(args.suite, seeds=args.seeds, cost_repeats=args.cost_repeats)
     rows = run_suite(suite, Path(args.out), resume=not args.fresh)
-    # 1 when any (run, seed) or cost repeat failed: the report is written, but a run's row lacks a training
+    return _suite_status(rows)
+
+
+def _suite_status(rows: list[dict]) -> int:
+    """1 when any (run, seed) or cost repeat failed (the report is written, but a row lacks a training), else 0."""
     return 0 if all(r["status"] == "ok" and not r.get("error") for r in rows) else 1
 
 
@@ -266,7 +270,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     rows = run_suite(load_suite("demo", seeds=args.seeds, cost_repeats=args.cost_repeats), out, resume=not args.fresh)
     print(f"[demo] finished in {time.perf_counter() - t0:.0f} s; report: {out / 'report.md'}")
-    return 0 if all(r["status"] == "ok" for r in rows) else 1
+    return _suite_status(rows)
 
 
 # --------------------------------------------------------------------------------------------- parser
@@ -390,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "preset), each method in its own process, and write results.csv, results.md, "
                                    "report.md and plots (NDCG@10 vs trainable parameters; time per epoch and peak "
                                    "memory per method). Failed methods stay in the table. Exit status: 0 when "
-                                   "every (run, seed) finished, 1 when any failed (the report is still "
+                                   "every (run, seed) and cost repeat finished, 1 when any failed (the report is still "
                                    "written, naming each failure), 2 for an error that stops the suite (a bad suite "
                                    "file or option, a shared layer-state cache that cannot be built).")
     p.add_argument("--suite", default="default",

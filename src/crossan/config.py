@@ -916,8 +916,11 @@ def resolve_path(value: str) -> str:
 
 def _existing_path(value: str) -> str:
     """``value`` resolved (:func:`resolve_path`) when it names a file or folder that exists, else as given."""
-    path = Path(value.strip()).expanduser()
-    return str(path.resolve()) if value.strip() and path.exists() else value
+    try:
+        path = Path(value.strip()).expanduser()
+        return str(path.resolve()) if value.strip() and path.exists() else value
+    except (OSError, RuntimeError):  # "~nouser/x", a name too long: not a path here
+        return value
 
 
 PACKAGED_PREFIXES = ("efficientnet-lite0", "whisper-ct2")
@@ -931,17 +934,17 @@ def resolve_model_spec(value: str) -> str:
     a hub id or a name, left as given. A run saved with a relative folder failed from any other working folder
     (serving, ``crossan evaluate``), and one folder spelt two ways named two caches."""
     text = value.strip()
-    if not text:
+    if not text or text in PACKAGED_PREFIXES:  # the packaged weights by name, whatever the working folder holds
         return value
     if text.startswith("config:"):
-        family, _, body = text[len("config:"):].partition(":")
+        family, colon, body = text[len("config:"):].partition(":")
         parts = [f"tokenizer={_existing_path(p.split('=', 1)[1])}" if p.strip().startswith("tokenizer=") else p
                  for p in body.split(",")]
-        return f"config:{family}:{','.join(parts)}"
-    kind, colon, where = text.partition(":")
-    if colon and kind in PACKAGED_PREFIXES:
-        return f"{kind}:{_existing_path(where)}" if where.strip() else text
-    return _existing_path(text)
+        resolved = f"config:{family}{colon}{','.join(parts)}"
+    else:
+        kind, colon, where = text.partition(":")
+        resolved = f"{kind}:{_existing_path(where)}" if colon and kind in PACKAGED_PREFIXES else _existing_path(text)
+    return resolved if resolved != text else value  # as given when nothing resolved (the cache folder's name)
 
 
 def _resolved_paths(d: dict[str, Any]) -> dict[str, Any]:

@@ -641,7 +641,15 @@ def _check_loaded(info: BackboneInfo, loading: dict[str, Any], model: nn.Module 
         raise EncoderSpecError(f"{info.name}: {what}; the model would run with those weights at random. Check "
                                "that the folder holds this model's weights under its own names")
     parts = {name for name, _ in model.named_children()} if model is not None else set()
-    unexpected = sorted(k for k in loading.get("unexpected_keys", []) if k.split(".")[0] in parts)
+    buffers = {name for name, _ in model.named_buffers()} if model is not None else set()
+    prefix = f"{getattr(model, 'base_model_prefix', '')}."  # a *For… checkpoint's names: "bert.encoder.…"
+
+    def own(key: str) -> str:
+        return key[len(prefix):] if prefix != "." and key.startswith(prefix) else key
+
+    # a stored buffer (token_type_ids, position_ids) is no weight; anything else under the model's own parts is
+    unexpected = sorted(k for k in loading.get("unexpected_keys", [])
+                        if own(k).split(".")[0] in parts and own(k) not in buffers)
     if unexpected:
         more = ", …" if len(unexpected) > 4 else ""
         raise EncoderSpecError(f"{info.name}: {len(unexpected)} weights of the checkpoint have no place in the model "
@@ -691,7 +699,7 @@ def builtin_vocab() -> dict[str, int]:
 def _tokenizer_vocab_size(path: str | None, where: str = "encoders.text.model") -> int:
     if path is None:
         return len(builtin_vocab())
-    return len(_folder_tokenizer(path, where))
+    return _token_ids(_folder_tokenizer(path, where))  # ids, not entries: a vocabulary may have gaps
 
 
 def _folder_tokenizer(path: str, where: str) -> Any:
@@ -749,7 +757,9 @@ def load_tokenizer(info: BackboneInfo) -> Any:
         tokenizer = _folder_tokenizer(str(info.extras["tokenizer"]), where)
         _check_token_ids(where, tokenizer, vocab, str(info.extras["tokenizer"]))
         return tokenizer
-    return BertTokenizer(vocab=builtin_vocab(), do_lower_case=True)
+    tokenizer = BertTokenizer(vocab=builtin_vocab(), do_lower_case=True)
+    _check_token_ids(where, tokenizer, vocab, "crossan's built-in vocabulary")  # a config spec's vocab_size=50
+    return tokenizer
 
 
 def tokenizer_name(info: BackboneInfo) -> str:

@@ -224,6 +224,9 @@ def load_efficientnet_lite0(path: str | Path | None = None, config: EfficientNet
                          f"{str(e).strip().splitlines()[0] if str(e).strip() else 'unreadable'})") from None
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state_dict, found {type(state).__name__}")
+    odd = [str(k) for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if odd:
+        raise ValueError(f"{path}: not a state_dict of tensors ({', '.join(odd[:3])}{' …' if len(odd) > 3 else ''})")
     model = EfficientNetLite(config)
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]

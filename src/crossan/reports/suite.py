@@ -56,7 +56,8 @@ one whose folder holds another configuration, a ``config.yaml`` that cannot be r
 data, is refused: that (run, seed) fails, naming the folder to delete to retrain that run alone
 (``OUT/runs/NAME/``; ``--fresh`` retrains every run of the suite), and the others go on. A run that fails is
 kept in the table with its error, a row with a failed seed or cost repeat says so in its notes, and
-``crossan bench`` exits with status 1 when any (run, seed) failed (the report is written all the same).
+``crossan bench`` and ``crossan demo`` exit with status 1 when any (run, seed) or cost repeat failed (the report is
+written all the same).
 
 Run-level ``encoders.*``, ``cache.*``, ``data.*``, ``device`` and ``precision`` overrides of a cached method
 get a layer-state cache build of their own: :func:`ensure_cache` builds one per distinct set of them (on top
