@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from crossan.config import Config, ConfigError, load_config
+from crossan.config import Config, ConfigError, load_config, resolve_path
 from crossan.errors import CrossanError
 
 EPILOG_OVERRIDES = ("Configuration: defaults < --config YAML files (in order) < key=value overrides, e.g. "
@@ -56,12 +56,10 @@ def plugin_arg(p: argparse.ArgumentParser) -> None:
 def _load(args: argparse.Namespace, extra: list[str] = ()) -> Config:
     overrides = list(extra) + list(args.overrides)
     if getattr(args, "data", None):
-        named = [value.strip().strip("'\"") for key, eq, value in (o.partition("=") for o in args.overrides)
-                 if eq and key.strip() == "data.path"]
-        here = Path(args.data).expanduser().resolve()
-        other = [p for p in named if Path(p).expanduser().resolve() != here]
-        if other:  # the later override won in silence
-            raise ConfigError(f"--data {args.data} and data.path={other[-1]} name two datasets; give one")
+        named = [o for o in args.overrides if "=" in o and o.split("=", 1)[0].strip() == "data.path"]
+        given = load_config([], named[-1:]).data.path if named else None  # the last wins, read as load_config does
+        if given and resolve_path(given) != resolve_path(args.data):  # it won in silence
+            raise ConfigError(f"--data {args.data} and data.path={given} name two datasets; give one")
         overrides.insert(0, f"data.path={args.data}")
     cfg = load_config(args.config, overrides)
     if getattr(args, "data_required", False) and not cfg.data.path:

@@ -917,8 +917,7 @@ def resolve_path(value: str) -> str:
 def _existing_path(value: str) -> str:
     """``value`` resolved (:func:`resolve_path`) when it names a file or folder that exists, else as given."""
     try:
-        path = Path(value.strip()).expanduser()
-        return str(path.resolve()) if value.strip() and path.exists() else value
+        return resolve_path(value.strip()) if value.strip() and Path(value.strip()).expanduser().exists() else value
     except (OSError, RuntimeError):  # "~nouser/x", a name too long: not a path here
         return value
 

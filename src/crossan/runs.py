@@ -71,7 +71,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CONFIG", "REQUIRED_FILES", "RESULT_KEYS", "NonFiniteError", "RunError", "TrainState",
            "CacheChangedWarning", "ContentChangedWarning", "MethodCodeWarning", "RunWarning", "SplitChangedWarning",
-           "UnfinishedRunWarning", "WeightsFile", "cache_states_changes", "cache_states_digests", "missing_caches",
+           "UnfinishedRunWarning", "WeightsFile", "cache_states_changes", "cache_states_diff", "cache_states_digests",
            "check_item_fingerprint", "MOVABLE_KEYS", "ResumeCheck", "check_out_folder", "check_run_dir",
            "check_run_folder", "content_changes", "content_digests", "is_move", "lock_run_folder", "saved_config",
            "input_changes", "evaluate_run", "load_checkpoint", "load_run", "load_weights", "read_results",
@@ -621,26 +621,24 @@ def cache_states_digests(cfg: Config, data: SequentialData) -> dict[str, str]:
     return out
 
 
-def cache_states_changes(results: dict[str, Any] | None, cfg: Config, data: SequentialData,
-                         missing: bool = True) -> list[str]:
-    """The modalities whose cache differs from the one a run's ``results`` record (``cache_states``); empty
-    for runs that record none (methods without the cache, runs of older crossan versions). ``missing``:
-    whether a modality with no cache now counts (see :func:`missing_caches`)."""
-    then = (results or {}).get("cache_states") or {}
-    if not isinstance(then, dict) or not then:
-        return []
-    now = cache_states_digests(cfg, data)
-    return [m for m in then if now.get(m) != then[m] and (missing or m in now)]
+def cache_states_changes(results: dict[str, Any] | None, cfg: Config, data: SequentialData) -> list[str]:
+    """The modalities whose cache differs from the one a run's ``results`` record (``cache_states``), rebuilt
+    or not there now (:func:`cache_states_diff`); empty for runs that record none."""
+    changed, gone = cache_states_diff(results, cfg, data)
+    return changed + gone
 
 
-def missing_caches(results: dict[str, Any] | None, cfg: Config, data: SequentialData) -> list[str]:
-    """The modalities a run read from the layer-state cache (results.json ``cache_states``) that have no
-    cache now (deleted, or looked for under another ``cache.dir`` / ``$CROSSAN_CACHE_DIR``)."""
+def cache_states_diff(results: dict[str, Any] | None, cfg: Config,
+                      data: SequentialData) -> tuple[list[str], list[str]]:
+    """Against the cache a run's ``results`` record (``cache_states``): the modalities whose cache is another
+    now (rebuilt or updated), and those with no cache now (deleted, or looked for under another ``cache.dir``
+    / ``$CROSSAN_CACHE_DIR``). Both empty for runs that record none (methods without the cache, runs of older
+    crossan versions)."""
     then = (results or {}).get("cache_states") or {}
     if not isinstance(then, dict) or not then:
-        return []
+        return [], []
     now = cache_states_digests(cfg, data)
-    return [m for m in then if m not in now]
+    return [m for m in then if m in now and now[m] != then[m]], [m for m in then if m not in now]
 
 
 def content_digests(cfg: Config, data: SequentialData, memo: dict[tuple[int, str], str] | None = None,
@@ -713,16 +711,15 @@ def input_changes(results: dict[str, Any] | None, cfg: Config, data: SequentialD
                   memo: dict[tuple[int, str], str] | None = None,
                   missing: bool = True) -> list[tuple[type[RunWarning], str]]:
     """How the inputs a finished run read differ from those it would read now, beyond its item ids: a
-    rebuilt or updated layer-state cache (:func:`cache_states_changes`), one that is not there now (with
+    rebuilt or updated layer-state cache (:func:`cache_states_diff`), one that is not there now (with
     ``missing``), or changed titles/media read directly (:func:`content_changes`); each as (warning class,
     phrase). Empty: the same inputs."""
     out: list[tuple[type[RunWarning], str]] = []
-    cache = cache_states_changes(results, cfg, data, missing=False)
+    cache, gone = cache_states_diff(results, cfg, data)
     if cache:
         out.append((CacheChangedWarning, f"the layer-state cache of {', '.join(cache)} changed since it trained "
                                          "(rebuilt or updated: items' titles or media changed)"))
-    gone = missing_caches(results, cfg, data) if missing else []
-    if gone:
+    if gone and missing:
         out.append((CacheChangedWarning, f"the layer-state cache of {', '.join(gone)} it trained on is not there "
                                          "now (deleted, or looked for under another cache.dir)"))
     content = content_changes(results, cfg, data, memo)

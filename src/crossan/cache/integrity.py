@@ -14,8 +14,8 @@ Two records are written with every completed cache (single build, resumed build 
   bytes under another path are not re-encoded; a file too large to hash is changed once its path, size or
   mtime is). A file that appears or disappears changes the size. A path that is no regular file (a folder,
   a named pipe, a device) or cannot be read is recorded as no file (size -1, mtime 0), on every run alike:
-  it is never opened (reading a named pipe blocks), and it is no change until it becomes a readable file. The batches holding changed rows are
-  encoded again, and the result equals a fresh build; a run refuses the cache until then
+  it is never opened (reading a named pipe blocks), and it is no change until it becomes a readable file.
+  The batches holding changed rows are encoded again, and the result equals a fresh build; a run refuses the cache until then
   (:func:`crossan.cache.read.open_cache`). A file replaced by one of the same size whose mtime was also
   restored (``cp -p``) at the same path is only caught by ``crossan cache --verify``, which re-hashes
   every file of at most :data:`HASH_MAX_BYTES`.

@@ -77,16 +77,16 @@ class SequentialData:
         hours into a build at scale (``cache.on_corrupt=error``). A path outside the dataset root is the
         catalogue's own :class:`~crossan.data.media.MediaError`, naming item, modality and path."""
         for m in (m for m in modalities if m != "text"):
-            kinds = {r.item_id: _file_kind(self.catalogue.path(r, m)) for r in self.catalogue if r.has(m)}
-            absent = [r for r in self.catalogue if r.has(m) and kinds[r.item_id] == "missing"]
-            special = [r for r in self.catalogue if r.has(m) and kinds[r.item_id] not in ("file", "missing")]
+            kinds = [(r, _file_kind(self.catalogue.path(r, m))) for r in self.catalogue if r.has(m)]
+            absent = [r for r, kind in kinds if kind == "missing"]
+            special = [(r, kind) for r, kind in kinds if kind not in ("file", "missing")]
             found = []
             if absent:
                 shown = ", ".join(f"{r.item_id!r} ({getattr(r, m)})" for r in absent[:5])
                 found.append(f"{len(absent):,} of the items' {m} files cannot be found: {shown}"
                              f"{' …' if len(absent) > 5 else ''}")
             if special:  # the path exists: "cannot be found" sent users looking for a file that is there
-                shown = ", ".join(f"{r.item_id!r} ({getattr(r, m)}: {kinds[r.item_id]})" for r in special[:5])
+                shown = ", ".join(f"{r.item_id!r} ({getattr(r, m)}: {kind})" for r, kind in special[:5])
                 found.append(f"{len(special):,} of the items' {m} paths are not regular files: {shown}"
                              f"{' …' if len(special) > 5 else ''}")
             if found:
@@ -134,11 +134,11 @@ def _file_kind(path: Path | None) -> str:
     """``"file"`` for a regular file; ``"missing"`` for no path, a path that does not exist or one the system
     cannot look up (a name too long, a folder without permission: reported with the missing files, naming the
     item and path); else what the path is (``"a folder"``, ``"a named pipe (FIFO)"`` …)."""
-    try:
-        st = path.stat() if path is not None else None
-    except OSError:
+    if path is None:
         return "missing"
-    if st is None:
+    try:
+        st = path.stat()
+    except OSError:
         return "missing"
     return "file" if stat.S_ISREG(st.st_mode) else special_file_kind(st.st_mode)
 

@@ -31,9 +31,9 @@ line). Lines end in LF, CRLF or a lone CR (old Mac files); a run of CRs before a
 a CRLF file converted again), so line numbers are those grep and sed show. Quoted fields (csv quoting) may span
 lines in a text column, as pandas reads them; a user id, item id or timestamp that does (a stray double quote
 merging rows) breaks a rule, and a quote left open at the end of the file is an error naming the line where its
-record starts. In ``.inter``/``.item``/CSV files every row must have as many fields as the header. Ids are stripped of
-ASCII whitespace only (a no-break space is content, as in the users file) and hold at most ``MAX_ID_BYTES``
-UTF-8 bytes; an ``items.tsv`` id holds no whitespace at all (a header-less line missing its tab is an error,
+record starts. In ``.inter``/``.item``/CSV files every row must have as many fields as the header. Ids are
+stripped of ASCII whitespace only (a no-break space is content, as in the users file) and hold at most
+``MAX_ID_BYTES`` UTF-8 bytes; an ``items.tsv`` id holds no whitespace at all (a header-less line missing its tab is an error,
 not an id with a space). Timestamps are ASCII numbers (Unicode digits are not); beyond 2**53, where float64
 no longer holds every integer, they are ordered exactly from their text (see :func:`_exact_times`). A row
 that breaks a rule is an error naming file and line, or is dropped and counted with ``data.on_bad_rows=drop``.

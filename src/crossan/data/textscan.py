@@ -5,7 +5,8 @@ Python strings costs tens of seconds and gigabytes. These helpers work on the fi
 ``uint8`` array instead:
 
 * :func:`read_text_bytes` — the file's bytes with a UTF-8 BOM removed and lone CR line ends made LF (CRs
-  before an LF stay: whitespace of that line's end), checked to be UTF-8 (an invalid byte is an error naming the file and line);
+  before an LF stay: whitespace of that line's end), checked to be UTF-8 (an invalid byte is an error naming
+  the file and line);
 * :func:`line_starts` / :func:`line_of` — line boundaries and the line of any byte position;
 * :func:`tokens` — maximal runs of non-separator bytes (start, end);
 * :func:`byte_keys` — byte ranges as sortable fixed-width keys (``uint64`` when at most 8 bytes long, else

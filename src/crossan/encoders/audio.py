@@ -85,10 +85,16 @@ class KaldiFbank:
         return torch.from_numpy(np.stack([self.features(w) for w in waves]))
 
 
+def _checkpoint_extractor(info: BackboneInfo) -> bool:
+    """Whether the feature extractor is the checkpoint's own (its preprocessor_config.json), not one built from
+    the model's config at the rate asked for: a pretrained AST's, a transformers Whisper's."""
+    return not info.random_init if info.family == "ast" else info.weights_format == "transformers"
+
+
 def _ast_extractor(info: BackboneInfo, rate: int) -> Any:
     from transformers import ASTFeatureExtractor, AutoFeatureExtractor
 
-    if not info.random_init:
+    if _checkpoint_extractor(info):
         return AutoFeatureExtractor.from_pretrained(info.name, **hub_kwargs(info.name))
     cfg = info.hf_config
     return ASTFeatureExtractor(num_mel_bins=cfg.num_mel_bins, max_length=cfg.max_length, sampling_rate=rate)
@@ -97,7 +103,7 @@ def _ast_extractor(info: BackboneInfo, rate: int) -> Any:
 def _whisper_extractor(info: BackboneInfo, rate: int) -> Any:
     from transformers import WhisperFeatureExtractor
 
-    if info.weights_format == "transformers":
+    if _checkpoint_extractor(info):
         return WhisperFeatureExtractor.from_pretrained(info.name, **hub_kwargs(info.name))
     cfg = info.hf_config  # a config-built or CTranslate2 model: the window its positional table covers
     fe = WhisperFeatureExtractor(feature_size=cfg.num_mel_bins, sampling_rate=rate, hop_length=WHISPER_HOP)
@@ -121,9 +127,7 @@ def own_sample_rate(spec: EncoderSpec, info: BackboneInfo) -> int:
     rate is :data:`DEFAULT_SAMPLE_RATE`, which it takes when none is set: the states are those of
     ``sample_rate=0``. A checkpoint's own extractor is not read for this (comparing a cache needs no model
     files), so its setting is recorded as given."""
-    own_extractor = (info.family == "ast" and not info.random_init) or (
-        info.family == "whisper" and info.weights_format == "transformers")
-    return 0 if spec.sample_rate == DEFAULT_SAMPLE_RATE and not own_extractor else spec.sample_rate
+    return 0 if spec.sample_rate == DEFAULT_SAMPLE_RATE and not _checkpoint_extractor(info) else spec.sample_rate
 
 
 class AudioEncoder(ModalityEncoder):
