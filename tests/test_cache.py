@@ -526,6 +526,31 @@ def test_a_partial_build_resumes_once_its_corrupt_file_is_replaced(tmp_path: Pat
         assert read_bytes(Path(c.cache.dir), "image") == read_bytes(Path(whole.cache.dir), "image")
 
 
+def test_an_update_stopped_by_a_corrupt_file_is_removed_once_the_cache_is_up_to_date_again(
+        tmp_path: Path, data: FakeData) -> None:
+    """A cover replaced by a corrupt file stops the update (right), leaving ``image.partial``; with the cover
+    restored the cache is up to date, and that partial build, which nothing would ever resume, stayed on disk
+    for good (``crossan cache --list`` showed it beside the complete cache). It is removed now, and the cache
+    is the one built before."""
+    cfg = make_cfg(tmp_path)
+    build_cache(cfg, data, ["image"], progress=False)
+    before = read_bytes(tmp_path, "image")
+    cover = data.catalogue.root / next(r.image for r in data.catalogue if r.image)
+    good = cover.read_bytes()
+    cover.write_bytes(good[: len(good) // 3])  # a download cut short
+    with pytest.raises(MediaError):
+        build_cache(cfg, data, ["image"], progress=False)
+    assert len(list(tmp_path.rglob("image.partial"))) == 1
+    cover.write_bytes(good)
+    calls: list[tuple[str, int]] = []
+    reports = build_cache(cfg, data, ["image"], progress=False, on_batch=lambda m, b: calls.append((m, b)))
+    assert reports["image"].status == "up to date" and calls == []
+    after = read_bytes(tmp_path, "image")
+    assert list(tmp_path.rglob("image.partial")) == []
+    assert {k: v for k, v in after.items() if k != "manifest.json"} == {
+        k: v for k, v in before.items() if k != "manifest.json"}  # the manifest records the file's new date
+
+
 def test_resumed_update_under_error_keeps_the_corrupt_files_its_cache_marked_missing(
         tmp_path: Path, corrupt_data: FakeData) -> None:
     """An update encodes only the changed batches; the corrupt files the cache marked missing elsewhere stay

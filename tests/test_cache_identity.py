@@ -241,6 +241,23 @@ def test_16_bit_greyscale_png_keeps_its_top_8_bits(tmp_path: Path) -> None:
         np.testing.assert_array_equal(rgb[..., c], (grey >> 8).astype(np.uint8))
 
 
+def test_a_16_bit_greyscale_png_with_a_colour_key_is_composited_onto_white(tmp_path: Path) -> None:
+    """A 16-bit greyscale PNG whose tRNS chunk marks one grey value transparent came out black where the same
+    picture at 8 bits came out white: the conversion to 8 bits dropped the colour key."""
+    from PIL import Image
+
+    grey = np.linspace(0, 65535, 16 * 16).reshape(16, 16).astype(np.uint16)
+    grey[:4, :4] = 1000  # the transparent value; 1000 >> 8 = 3, near black once shifted
+    Image.fromarray(grey).save(tmp_path / "g16.png", transparency=1000)
+    with Image.open(tmp_path / "g16.png") as im:
+        assert im.mode.startswith("I;16") and im.info["transparency"] == 1000
+    rgb = np.asarray(load_image(tmp_path / "g16.png", "x"))
+    keyed = grey == 1000
+    assert (rgb[keyed] == 255).all()
+    for c in range(3):
+        np.testing.assert_array_equal(rgb[..., c][~keyed], (grey[~keyed] >> 8).astype(np.uint8))
+
+
 def test_32_bit_greyscale_images_are_mapped_from_their_range(tmp_path: Path) -> None:
     from PIL import Image
 

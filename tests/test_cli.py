@@ -213,7 +213,8 @@ def test_a_modality_no_item_has_is_an_error_before_training_or_caching(tmp_path:
         err = capsys.readouterr().err
         assert err.startswith(f"crossan: error: modality image: none of the 8 items of {data / 'items.tsv'} has "
                               "image content (looked for a file: an items.tsv header column named image, or files "
-                              "named by item id in images/ or covers/); leave image out of the modalities"), err
+                              "named by item id in images/ or covers/ with an extension among .jpg .jpeg .png .webp .gif "
+                              ".bmp .tif .tiff); leave image out of the modalities"), err
     assert not (tmp_path / "run" / "results.json").exists() and not (tmp_path / "cache").exists()
 
 

@@ -85,6 +85,26 @@ def test_top_1_routing_is_accepted_with_its_balance_loss() -> None:
     assert cfg.crossan.momef_top_k == 1 and cfg.crossan.dropout == 0
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["crossan.fusion=concat", "crossan.momef_top_k=2"], "crossan.momef_top_k: acts on MOMEF's router only"),
+    (["crossan.fusion=mean", "crossan.load_balance_weight=0.5"], "crossan.load_balance_weight: acts on MOMEF's"),
+    (["crossan.fusion=mean", "crossan.momef_top_k=1"], "crossan.momef_top_k: acts on MOMEF's router only"),
+    (["crossan.fusion=concat", "crossan.momef_temperature=0.5"], "crossan.momef_temperature: acts on MOMEF's"),
+    (["crossan.fusion=concat", "crossan.momef_expert_mult=2"], "crossan.momef_expert_mult: acts on MOMEF's"),
+    (["crossan.inputs_other_logit=-1"], "crossan.inputs_other_logit: acts with crossan.exchange=inputs only"),
+    (["crossan.exchange=inputs", "crossan.inputs_other_logit=1e39"], r"crossan.inputs_other_logit: must be in \[-100"),
+])
+def test_options_that_would_change_nothing_or_overflow_are_refused(overrides: list[str], message: str) -> None:
+    """MOMEF's options with ``fusion: concat`` or ``mean`` trained a model identical to one without them (and
+    ``fusion=mean momef_top_k=1`` asked for a balance loss that would act on nothing); ``inputs_other_logit``
+    without ``exchange: inputs`` likewise; and a logit of 1e39 passed the finiteness check, then failed as a
+    float32 overflow traceback when the tower was built."""
+    with pytest.raises(ConfigError, match=message.replace("crossan.", r"crossan\.")):
+        load_config([], overrides)
+    ok = load_config([], ["crossan.exchange=inputs", "crossan.inputs_other_logit=-4", "crossan.momef_top_k=2"])
+    assert (ok.crossan.inputs_other_logit, ok.crossan.momef_top_k) == (-4, 2)
+
+
 def test_a_section_with_every_key_commented_out_sets_nothing(tmp_path: Path) -> None:
     """``train:`` whose keys are all commented out reads as null in YAML; it was refused ("expected a mapping of
     TrainConfig fields, got None") where an empty section is what the file says. It now sets nothing, and keeps

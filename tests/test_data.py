@@ -127,6 +127,47 @@ def test_media_discovered_by_folder(tmp_path: Path) -> None:
     assert data.catalogue["x2"].audio == "audio/x2.wav" and not data.catalogue["x2"].has("video")
 
 
+def test_media_of_other_formats_are_found_and_unread_files_are_named(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Covers saved as GIF, BMP or TIFF and audio as Opus or M4A, named by item id, were dropped without a
+    word (only .jpg .jpeg .png .webp and .wav .flac .mp3 .ogg were looked for), though the loaders decode
+    them; then a build failed with "none of the items has image content". They are read now, and a file
+    of an extension still not read is named in a warning."""
+    from PIL import Image
+
+    from crossan.data.media import load_image
+
+    items = {f"x{k}": "t" for k in range(6)}
+    root = write_iisan(tmp_path / "d", {"u": [f"x{k}" for k in range(6)]}, items)
+    (root / "images").mkdir()
+    for k, ext in enumerate(["gif", "bmp", "tif", "tiff"]):
+        Image.new("RGB", (8, 8), (200, 10, 10)).save(root / "images" / f"x{k}.{ext}")
+    (root / "images" / "x4.heic").write_bytes(b"not read")
+    (root / "images" / ".DS_Store").write_bytes(b"hidden: not named")
+    (root / "audio").mkdir()
+    (root / "audio" / "x0.opus").write_bytes(b"")
+    (root / "audio" / "x1.m4a").write_bytes(b"")
+    with caplog.at_level("WARNING", logger="crossan"):
+        data = prepare(_cfg(root))
+    assert [data.catalogue[f"x{k}"].image for k in range(5)] == [
+        "images/x0.gif", "images/x1.bmp", "images/x2.tif", "images/x3.tiff", None]
+    assert data.catalogue["x0"].audio == "audio/x0.opus" and data.catalogue["x1"].audio == "audio/x1.m4a"
+    for k in range(4):
+        assert np.asarray(load_image(root / data.catalogue[f"x{k}"].image)).tolist()[0][0] == [200, 10, 10]
+    warned = [r.getMessage() for r in caplog.records if "not read as media" in r.getMessage()]
+    assert len(warned) == 1 and "1 file(s) in images/ or covers/" in warned[0], warned
+    assert "(.heic)" in warned[0] and "images/x4.heic" in warned[0] and "DS_Store" not in warned[0]
+
+
+def test_the_readme_lists_the_media_extensions_read() -> None:
+    from crossan.data.readers import MEDIA_FOLDERS
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    listed = readme.split("read there: ", 1)[1].split("; other files", 1)[0]
+    for _, exts in MEDIA_FOLDERS.values():
+        assert " ".join(exts) in " ".join(listed.replace(",", " ").split()), exts
+
+
 # --------------------------------------------------------------------------------------------- vectorised = reference
 def _reference_protocol(sequences: dict[str, list[str]], catalogue_ids: list[str], L: int, min_inter: int) -> dict:
     """The protocol written per user in plain Python (METHOD.md §2), to check the vectorised one."""

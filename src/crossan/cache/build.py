@@ -3,6 +3,7 @@ optionally as one shard of a multi-process build (:mod:`crossan.cache.shards` jo
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -287,6 +288,11 @@ def _build_modality(ctx: _BuildContext, m: str, spec: EncoderSpec, shard: int | 
                                             record=shard is None and read_only is None)
             built, now_dtype = build_compute(existing)[0], ctx.build["compute_dtype"]
             if state == "up to date":
+                abandoned = ctx.root / f"{m}.partial"
+                if shard is None and read_only is None and abandoned.exists():
+                    # an update that failed (a corrupt file, since restored): nothing would ever resume it
+                    print(f"{m}: removing {abandoned}, an unfinished update of a cache that is up to date again")
+                    shutil.rmtree(abandoned)
                 if built not in (UNKNOWN, now_dtype):
                     print(f"{m}: the cache at {final} was built with {built} compute; this run's precision="
                           f"{ctx.cfg.precision} resolves to {now_dtype}. It is used as it is (the states are "

@@ -123,7 +123,11 @@ def _eight_bit(im: Image, path: Path, item_id: str) -> Image:
 
     if im.mode.startswith("I;16") or (im.mode == "I" and im.format in ("PNG", "PPM")):
         values = np.asarray(im).astype(np.int64)
-        return Image.fromarray(np.clip(values >> 8, 0, 255).astype(np.uint8))
+        grey = np.clip(values >> 8, 0, 255).astype(np.uint8)
+        key = im.info.get("transparency")
+        if isinstance(key, int):  # a PNG colour key of the 16-bit values: those pixels become alpha 0
+            return Image.fromarray(np.stack([grey, np.where(values == key, 0, 255).astype(np.uint8)], -1))
+        return Image.fromarray(grey)
     if im.mode in ("I", "F"):
         values = np.asarray(im, dtype=np.float64)
         if not np.isfinite(values).all():

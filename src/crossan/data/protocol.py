@@ -22,7 +22,7 @@ import numpy as np
 from crossan.config import DataConfig
 from crossan.data.catalogue import Catalogue
 from crossan.data.media import special_file_kind
-from crossan.data.readers import DataError, RawData, read
+from crossan.data.readers import MEDIA_FOLDERS, DataError, RawData, read
 
 
 @dataclass
@@ -105,8 +105,9 @@ class SequentialData:
                     where = ("a title: an items.tsv header needs a column named title (or text); a RecBole .item "
                              "file, token columns or data.text_fields")
                 elif Path(str(source)).name == "items.tsv":
+                    dirs, exts = MEDIA_FOLDERS[m]
                     where = (f"a file: an items.tsv header column named {m}, or files named by item id in "
-                             + {"image": "images/ or covers/", "video": "videos/", "audio": "audio/"}[m])
+                             f"{' or '.join(d + '/' for d in dirs)} with an extension among {' '.join(exts)}")
                 else:  # a .item file or a CSV file's own ids: the readers look for no media files at all
                     where = ("media files only through an items.tsv, in its columns or in folders named by item "
                              "id: the IISAN layout, or an items.tsv beside a CSV file; the RecBole layout and a CSV "

@@ -124,9 +124,14 @@ class RawData:
         return {u: names[inter.offsets[k]:inter.offsets[k + 1]].tolist() for k, u in enumerate(inter.users)}
 
 
-IMAGE_DIRS, IMAGE_EXT = ("images", "covers"), (".jpg", ".jpeg", ".png", ".webp")
-VIDEO_DIRS, VIDEO_EXT = ("videos", "video"), (".mp4", ".webm", ".mkv", ".avi", ".mov")
-AUDIO_DIRS, AUDIO_EXT = ("audio", "audios"), (".wav", ".flac", ".mp3", ".ogg")
+IMAGE_DIRS, IMAGE_EXT = ("images", "covers"), (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+VIDEO_DIRS, VIDEO_EXT = ("videos", "video"), (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg")
+AUDIO_DIRS, AUDIO_EXT = ("audio", "audios"), (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac",
+                                              ".aiff", ".aif")
+"""Where media files named by item id are looked for (the first folder of each pair that exists wins per id)
+and the extensions read there (any case); a path column of ``items.tsv`` may name a file of any extension."""
+MEDIA_FOLDERS = {"image": (IMAGE_DIRS, IMAGE_EXT), "video": (VIDEO_DIRS, VIDEO_EXT),
+                 "audio": (AUDIO_DIRS, AUDIO_EXT)}
 ITEM_COLUMNS = ("title", "text", "image", "video", "audio")
 """The columns an ``items.tsv`` header may name after its id column (``title`` or ``text``: the title)."""
 ITEM_ID_COLUMNS = ("item_id", "item", "id")
@@ -205,6 +210,7 @@ def _find_media(root: Path, dirs: tuple[str, ...], exts: tuple[str, ...]) -> dic
     files (``i1.jpg`` and ``i1.png``) keeps the first in folder then name order, with a warning naming them."""
     found: dict[str, str] = {}
     others: dict[str, list[str]] = {}
+    unread: list[str] = []  # files of another extension, which a user may well have meant as media
     for d in dirs:
         folder = root / d
         if folder.is_dir():
@@ -214,10 +220,18 @@ def _find_media(root: Path, dirs: tuple[str, ...], exts: tuple[str, ...]) -> dic
                         others.setdefault(p.stem, []).append(f"{d}/{p.name}")
                     else:
                         found[p.stem] = f"{d}/{p.name}"
+                elif not p.name.startswith(".") and p.suffix and p.is_file():
+                    unread.append(f"{d}/{p.name}")
     if others:
         shown = "; ".join(f"{found[i]} (not {', '.join(o)})" for i, o in list(others.items())[:3])
         log.warning("%s: %d item id(s) have more than one file; the first in folder and name order is used: %s%s",
                     root, len(others), shown, " …" if len(others) > 3 else "")
+    if unread:
+        suffixes = sorted({Path(u).suffix.lower() for u in unread})
+        log.warning("%s: %d file(s) in %s are not read as media, their extension (%s) not being one of %s: %s%s "
+                    "(convert or rename them, or name them in an items.tsv path column)", root, len(unread),
+                    " or ".join(f"{d}/" for d in dirs), ", ".join(suffixes), " ".join(exts),
+                    ", ".join(unread[:3]), " …" if len(unread) > 3 else "")
     return found
 
 
@@ -277,9 +291,8 @@ def read_items_tsv(path: Path, problems: _Problems, spaces_ok: bool = False) -> 
     text_col = col.get("title", col.get("text"))
     media_cols = {m: col[m] for m in ("image", "video", "audio") if m in col}
     # media without a column of their own are found by item id in their folders (as without a header)
-    discovered = {m: _find_media(root, dirs, exts) for m, dirs, exts in (
-        ("image", IMAGE_DIRS, IMAGE_EXT), ("video", VIDEO_DIRS, VIDEO_EXT), ("audio", AUDIO_DIRS, AUDIO_EXT))
-        if m not in media_cols}
+    discovered = {m: _find_media(root, dirs, exts) for m, (dirs, exts) in MEDIA_FOLDERS.items()
+                  if m not in media_cols}
     records: list[ItemRecord] = []
     seen: set[str] = set()
     for lineno, line in enumerate(lines[1:] if has_header else lines, start=2 if has_header else 1):

@@ -130,9 +130,24 @@ class CrossanConfig(SANBConfig):
 
     RANGES: ClassVar[tuple[Range, ...]] = SANBConfig.RANGES + (
         ("momef_temperature", 0, False, None), ("momef_top_k", 0, True, None), ("momef_expert_mult", 1, True, None),
-        ("load_balance_weight", 0, True, None))
+        ("load_balance_weight", 0, True, None), ("inputs_other_logit", -100, True, 100))
+
+    MOMEF_KEYS: ClassVar[tuple[str, ...]] = (
+        "momef_temperature", "momef_top_k", "momef_expert_mult", "load_balance_weight")
+    """The options that act on MOMEF only (``fusion: momef``)."""
 
     def check(self, key: str) -> None:
+        default = CrossanConfig()
+        if self.fusion != "momef":  # concat and mean have no router: the options would change nothing
+            for name in self.MOMEF_KEYS:
+                if getattr(self, name) != getattr(default, name):
+                    raise ConfigError(f"{key}.{name}: acts on MOMEF's router only, and {key}.fusion is "
+                                      f"{self.fusion!r}; set {key}.fusion=momef or leave {name} at "
+                                      f"{getattr(default, name)}")
+        if self.exchange != "inputs" and self.inputs_other_logit != default.inputs_other_logit:
+            raise ConfigError(f"{key}.inputs_other_logit: acts with {key}.exchange=inputs only, and {key}.exchange "
+                              f"is {self.exchange!r}; set {key}.exchange=inputs or leave it at "
+                              f"{default.inputs_other_logit}")
         if self.momef_top_k == 1 and self.load_balance_weight == 0:
             raise ConfigError(f"{key}.momef_top_k: 1 keeps one expert per item at weight 1, so the task loss gives "
                               f"the router no gradient; set {key}.load_balance_weight > 0 with it (or use 0 or ≥ 2)")
