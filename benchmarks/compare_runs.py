@@ -10,7 +10,8 @@ Each group lists one run folder per seed, in the same seed order for every group
 with seed i of the reference, and only when the two runs' split fingerprints agree (same users, same targets)
 and they ranked under the same ``eval.mask_history``. Two groups with different numbers of seeds are paired on
 the smaller number (the p cell says so). ``*`` marks a Holm-adjusted p < 0.05 (over the table's tests) on at
-least 3 paired seeds, as in the suites' reports (METHOD.md §11); a test on fewer still counts among Holm's tests
+least 3 paired seeds none of which (the row's or the reference's) the epoch cap stopped before its patience ran
+out, as in the suites' reports (METHOD.md §11); a test that fails either rule still counts among Holm's tests
 but makes no claim.
 Prints a markdown table; ``--csv`` also writes it as CSV.
 """
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from crossan.reports.stats import holm_adjust, ndcg_at, paired_bootstrap, t_interval
-from crossan.reports.table import ALPHA, MIN_CLAIM_SEEDS
+from crossan.reports.table import ALPHA, MIN_CLAIM_SEEDS, run_capped
 
 METRICS = ("HR@10", "NDCG@10", "MRR")
 
@@ -74,12 +75,17 @@ def main(argv: list[str] | None = None) -> int:
                 row["p_value"], row["diff_NDCG@10"] = t.p_value, t.diff
                 row["diff_ci95"] = f"[{t.ci95[0]:+.4f}, {t.ci95[1]:+.4f}]"
                 row["paired_seeds"] = k
+                row["capped"] = any(run_capped(d, r["best_epoch"]) for d, r in zip(groups[name][:k], res[:k]))
+                row["reference_capped"] = any(run_capped(d, r["best_epoch"])
+                                              for d, r in zip(groups[ref][:k], results[ref][:k]))
         rows.append(row)
     tested = [r for r in rows if isinstance(r.get("p_value"), float)]
     for r, p_holm in zip(tested, holm_adjust([r["p_value"] for r in tested])):
-        # a claim rests on at least MIN_CLAIM_SEEDS paired seeds (METHOD.md §11), as in the suites' reports
+        # a claim rests on at least MIN_CLAIM_SEEDS paired seeds, none stopped by the epoch cap (METHOD.md §11),
+        # as in the suites' reports
         r["p_holm"] = p_holm
-        r["significant"] = bool(r["paired_seeds"] >= MIN_CLAIM_SEEDS and p_holm < ALPHA)
+        claim = r["paired_seeds"] >= MIN_CLAIM_SEEDS and not r["capped"] and not r["reference_capped"]
+        r["significant"] = bool(claim and p_holm < ALPHA)
     print(f"| run | method | seeds | best epochs | test HR@10 | test NDCG@10 | test MRR | Δ NDCG@10 vs {ref} [95% CI] "
           "| p | s/epoch (median over seeds) | trainable params |")
     print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
@@ -98,10 +104,14 @@ def main(argv: list[str] | None = None) -> int:
                 p += f", {r['paired_seeds']} of {max(r['seeds'], len(results[ref]))} seeds paired"
             if r["paired_seeds"] < MIN_CLAIM_SEEDS:
                 p += ": no claim"
+            for flag in ("capped", "reference_capped"):
+                if r[flag]:
+                    p += f"; {flag.replace('_', ' ')} (the epoch cap stopped a paired seed): no claim"
         print(f"| {r['run']} | {r['method']} | {r['seeds']} | {r['best_epochs']} | {q} | {d} | {p} | "
               f"{r['s_per_epoch']:.2f} | {r['trainable_params']:,} |")
     print(f"\np: paired bootstrap over test users; Holm: adjusted over the {len(tested)} test(s) of this table; "
-          f"* where the Holm-adjusted p < 0.05 on at least {MIN_CLAIM_SEEDS} paired seeds.")
+          f"* where the Holm-adjusted p < 0.05 on at least {MIN_CLAIM_SEEDS} paired seeds, none of them stopped by "
+          "the epoch cap before its patience ran out.")
     if args.csv:
         keys = sorted({k for r in rows for k in r}, key=lambda k: list(rows[0]).index(k) if k in rows[0] else 99)
         with open(args.csv, "w", newline="") as f:

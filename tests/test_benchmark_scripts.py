@@ -45,6 +45,27 @@ def test_compare_runs_claims_only_on_three_paired_seeds(tmp_path: Path, capsys: 
     assert (rec["paired_seeds"], rec["significant"]) == (str(seeds), str(star))
 
 
+@pytest.mark.parametrize("capped, note", [
+    ("", " *"), ("B", "; capped (the epoch cap stopped a paired seed): no claim"),
+    ("A", "; reference capped (the epoch cap stopped a paired seed): no claim")])
+def test_compare_runs_makes_no_claim_on_runs_the_epoch_cap_stopped(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                   capped: str, note: str) -> None:
+    """compare_runs starred a difference between runs whose training the epoch cap ended (best epoch = last
+    epoch, the trainer's own "not shown to have stopped improving"), where a suite's report says "no claim"
+    (METHOD.md §11). It now applies the reports' rule to the seeds it pairs, from each run's config.yaml."""
+    compare = load_benchmark("compare_runs")
+    half = np.where(np.arange(400) % 2 == 0, 1, 50)
+    groups = {}
+    for name, ranks in (("A", np.ones(400, dtype=np.int64)), ("B", half)):
+        groups[name] = [_run(tmp_path / f"{name}{s}", ranks) for s in range(3)]
+        for d in groups[name]:  # best epoch 3: capped at 3 epochs, or 7 validations after it of 10 with patience 2
+            d.joinpath("config.yaml").write_text(
+                f"train:\n  epochs: {3 if name == capped else 10}\n  patience: 2\n  eval_every: 1\n")
+    assert compare.main(["--reference", "A"] + [f"{n}=" + ",".join(map(str, ds)) for n, ds in groups.items()]) == 0
+    row = next(r for r in capsys.readouterr().out.splitlines() if r.startswith("| B |"))
+    assert row.split(" | ")[8] == "0.0001 (Holm 0.0001)" + note
+
+
 def test_compare_runs_says_when_it_pairs_fewer_seeds_than_a_group_has(tmp_path: Path,
                                                                       capsys: pytest.CaptureFixture[str]) -> None:
     """A group of three seeds against a reference of one was tested on one pair without a word."""

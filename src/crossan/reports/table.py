@@ -75,6 +75,14 @@ def _train_setting(run_dir: str, key: str) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def run_capped(run_dir: str | Path, best_epoch: int) -> bool:
+    """Whether the epoch cap, not early stopping, ended the run in ``run_dir`` whose best epoch was
+    ``best_epoch`` (:func:`_capped`, with the settings of its saved ``config.yaml``)."""
+    d = str(run_dir)
+    return _capped({"best_epoch": best_epoch, "epochs_allowed": _train_setting(d, "epochs"),
+                    "patience": _train_setting(d, "patience"), "eval_every": _train_setting(d, "eval_every")})
+
+
 def _with_derived_metrics(run_dir: str, results: dict[str, Any]) -> dict[str, dict[str, float]]:
     """The run's valid and test metrics, with each HR@K/NDCG@K of :data:`METRICS` that results.json lacks
     (``eval.ks`` without that K) computed from the per-user ranks of ``per_user.npz`` when the folder has it
