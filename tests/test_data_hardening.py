@@ -155,6 +155,25 @@ def test_headerless_title_is_the_rest_of_the_line(tmp_path: Path) -> None:
     assert data.catalogue["x3"].text == "part one\tpart two 3"
 
 
+def test_a_header_whose_id_column_is_named_id_is_a_header(tmp_path: Path) -> None:
+    """``id TAB title TAB image TAB price``: the README allows ``id`` for the id column, but with one unknown
+    column the line was read as an item called 'id', and every row's title swallowed its image path and price
+    (media lost without a word). It is a header now, whose unknown column is the error ``item_id`` gets; an
+    item called id with a title of its own is still an item."""
+    root = _media_dataset(tmp_path / "d", "covers/ok.png")
+    body = (root / "items.tsv").read_text().split("\n", 1)[1]
+    (root / "items.tsv").write_text("id\ttitle\timage\tprice\n" + body.replace("\n", "\t9.99\n"))
+    with pytest.raises(DataError, match=r"items.tsv:1: header column 'price' not known"):
+        prepare(_cfg(root))
+    (root / "items.tsv").write_text("ID\ttitle\timage\n" + body)
+    data = prepare(_cfg(root))
+    assert "id" not in data.catalogue and "ID" not in data.catalogue and data.catalogue["x0"].image == "covers/ok.png"
+    items = {f"x{k}": f"t{k}" for k in range(6)} | {"id": "an item called id"}
+    root = write_iisan(tmp_path / "e", {"u0": SEQ.split() + ["id"]}, items)
+    (root / "items.tsv").write_text("id\tan item called id\n" + "".join(f"x{k}\tt{k}\n" for k in range(6)))
+    assert prepare(_cfg(root)).catalogue["id"].text == "an item called id"
+
+
 # --------------------------------------------------------------------------------------------- 4. BOM
 def test_bom_in_items_tsv_header(tmp_path: Path) -> None:
     root = _media_dataset(tmp_path / "d", "covers/ok.png")

@@ -334,8 +334,10 @@ def test_unknown_and_empty_histories(id_run: Path, tmp_path: Path, capsys) -> No
         rec.recommend([])
     with pytest.raises(ServeError, match="history 1: unknown item id 'x'"):
         rec.recommend_many([[good], ["x"]])
-    with pytest.raises(ServeError, match="k must be"):
-        rec.recommend([good], k=0)
+    for k in (0, 2.5, "3", True):  # a float or string k was torch's TypeError from topk
+        with pytest.raises(ServeError, match=f"k must be an integer of at least 1, got {k!r}"):
+            rec.recommend([good], k=k)
+    assert len(rec.recommend([good], k=np.int64(2))) == 2
 
     assert main(["recommend", str(id_run), "--history", good, "ghost", "--device", "cpu"]) == 2
     assert "ghost" in capsys.readouterr().err

@@ -34,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 from crossan.coldstart import (  # noqa: F401  (re-exported: the serving API in one import)
@@ -195,8 +196,8 @@ class TrainedRecommender:
         against the whole table, history exclusion by scatter, :func:`top_k` (equal scores in row order, so a
         ranking is repeatable); no loop over candidates.
         """
-        if k < 1:
-            raise ServeError(f"k must be at least 1, got {k}")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ServeError(f"k must be an integer of at least 1, got {k!r}")
         keys = list(histories) if isinstance(histories, Mapping) else None
         seqs = [histories[u] for u in keys] if keys is not None else list(histories)
         names = [f"user {u!r}" for u in keys] if keys is not None else [f"history {b}" for b in range(len(seqs))]

@@ -11,11 +11,13 @@ then every row must have exactly as many tab-separated fields as the header (a t
 error naming file and line), and the media columns hold paths relative to the dataset root (an empty cell:
 the item lacks it). A header column other than these (``ITEM_COLUMNS``) is an error naming it, and so are
 ``title`` and ``text`` together (two names for the title). The id column may be named ``item_id``, ``item``
-or ``id``, and any column may carry a type (``item_id:token``); a first line whose other fields all name
-columns is a header, and an error naming its first column when that is no id column. A modality
-without a column of its own is found by item id in ``images/`` or ``covers/`` (jpg, jpeg, png, webp),
-``videos/`` or ``video/`` (mp4, webm, mkv, avi, mov) and ``audio/`` or ``audios/`` (wav, flac, mp3, ogg); an
-id with two files there keeps the first in folder and name order, with a warning.
+or ``id``, and any column may carry a type (``item_id:token``); a first line starting with ``item_id`` or
+``item``, or with ``id`` and at least one other column name, is a header, and so is a first line whose other
+fields all name columns (an error naming its first column when that is no id column). A modality without a
+column of its own is found by item id in the folders of ``MEDIA_FOLDERS`` (``images/`` or ``covers/``,
+``videos/`` or ``video/``, ``audio/`` or ``audios/``), among the extensions listed there; files of other
+extensions there are named in a warning, and an id with two files there keeps the first in folder and name
+order, with a warning.
 
 ``atomic`` (RecBole): ``NAME.inter`` with ``user_id``, ``item_id`` and ``timestamp`` columns (typed headers
 such as ``user_id:token``) and optionally ``NAME.item`` whose text columns form the item text. Both files are
@@ -263,8 +265,10 @@ def read_items_tsv(path: Path, problems: _Problems, spaces_ok: bool = False) -> 
     lines = _lines(_text(path))
     header = lines[0].split("\t")
     names = [h.split(":")[0].strip().lower() for h in header]
-    # a header: an item-id column first, or a first line whose other fields all name known columns
+    # a header: an item-id column first (``id`` with at least one known column after it: an item may be called
+    # id), or a first line whose other fields all name known columns
     has_header = names[0] in ("item_id", "item") or (
+        names[0] == "id" and any(c in ITEM_COLUMNS for c in names[1:])) or (
         len(names) > 1 and all(c in ITEM_COLUMNS for c in names[1:] if c) and any(names[1:]))
     if has_header and names[0] not in ITEM_ID_COLUMNS:  # the header would be read as an item
         raise DataError(f"{path}:1: line 1 reads as a header (its other fields name columns: "
