@@ -300,6 +300,44 @@ def test_disk_full_while_saving_weights_names_the_file(small_disk: Path) -> None
     assert sorted(p.name for p in small_disk.rglob("*") if p.is_file()) == ["best.safetensors", "filler"]
 
 
+@pytest.fixture
+def file_size_limit():
+    """Files of this process may grow to 64 KiB (RLIMIT_FSIZE; Python ignores SIGXFSZ, so a write past it fails
+    with EFBIG, "File too large", as on a file system with a file-size cap): no root needed."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def test_a_failed_write_of_weights_or_a_checkpoint_names_the_file_and_leaves_nothing(
+        tmp_path: Path, file_size_limit: None) -> None:
+    """A write error other than a full disk (here EFBIG) while saving a checkpoint or the best weights was a
+    40-line traceback: torch.save raises a RuntimeError ("unexpected pos …") and safetensors a SafetensorError,
+    neither an OSError. And safetensors' ``save_file`` wrote a temporary file of its own, which a kill left in
+    the run folder under a name no resume removes. Now: one error naming the file and its errno's words, the old
+    file unchanged, nothing left beside it."""
+    from crossan.errors import WriteError
+    from crossan.runs import TrainState, save_checkpoint, save_weights
+
+    small = torch.nn.Linear(4, 4)
+    save_weights(small, tmp_path / "best.safetensors")
+    before = (tmp_path / "best.safetensors").read_bytes()
+    big = torch.nn.Linear(256, 256)  # 257 KiB of weights
+    with pytest.raises(WriteError, match=f"{tmp_path / 'best.safetensors'}: cannot write \\(File too large\\); "
+                                         "best.safetensors was not changed"):
+        save_weights(big, tmp_path / "best.safetensors")
+    assert (tmp_path / "best.safetensors").read_bytes() == before
+    opt = torch.optim.Adam(big.parameters())
+    with pytest.raises(WriteError, match=f"{tmp_path / 'checkpoints' / 'last.pt'}: cannot write \\(File too large"):
+        save_checkpoint(tmp_path / "checkpoints" / "last.pt", big, opt, TrainState())
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["best.safetensors"]
+
+
 # --------------------------------------------------------------------------------------------- 7. clean errors
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     from crossan.cli import main

@@ -232,18 +232,31 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any], suffix: str = "
             os.close(fd)
         os.replace(tmp, path)
     except Exception as e:
-        full = _disk_full(e, path.parent)
+        os_error = _os_error(e)  # torch.save reports a failed write as a RuntimeError raised from the OSError
+        full = _disk_full(os_error or e, path.parent)
         tmp.unlink(missing_ok=True)
         if full:
             raise WriteError(f"{path}: no space left on the device while writing it; {path.name} was not changed "
                              "(free some space and run the command again)") from None
-        if isinstance(e, OSError) and not isinstance(e, CrossanError):
-            raise WriteError(f"{path}: cannot write ({e.strerror or e}); {path.name} was not changed") from None
+        if os_error is not None and not isinstance(e, CrossanError):
+            raise WriteError(f"{path}: cannot write ({os_error.strerror or os_error}); {path.name} was not "
+                             "changed") from None
         raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _os_error(e: BaseException) -> OSError | None:
+    """``e`` when it is an OSError, else the first OSError it was raised from or while handling (a few links
+    down), else None."""
+    seen: BaseException | None = e
+    for _ in range(5):
+        if seen is None or isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _disk_full(e: BaseException, folder: Path) -> bool:
@@ -287,18 +300,26 @@ def atomic_write_json(path: str | Path, obj: Any, sort_keys: bool = False) -> No
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """:func:`atomic_write` of ``torch.save(obj)``."""
+    """:func:`atomic_write` of ``torch.save(obj)`` (through a file object of ours, so that a failed write's
+    OSError stays attached to torch's error)."""
     import torch
 
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+
+    atomic_write(path, write)
 
 
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path,
                             metadata: dict[str, str] | None = None) -> None:
-    """:func:`atomic_write` of a safetensors file."""
-    from safetensors.torch import save_file
+    """:func:`atomic_write` of a safetensors file. Serialised in memory and written by us: safetensors'
+    ``save_file`` writes a temporary file of its own (``.tmpXXXXXX``), which a process killed mid-write left
+    behind where no clean-up of ours (:func:`remove_stale_temporaries`) knows its name, and it reports a
+    failed write without its OSError."""
+    from safetensors.torch import save
 
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    atomic_write(path, lambda tmp: tmp.write_bytes(save(tensors, metadata=metadata)))
 
 
 class PeakRSSMonitor:
