@@ -50,6 +50,36 @@ def test_data_stats_prints_the_known_counts(tmp_path: Path, capsys) -> None:
     assert err.startswith("crossan: error: ") and str(tmp_path / "absent") in err and err.count("\n") == 1
 
 
+def test_sigterm_ends_training_with_a_message_and_the_run_resumes(tmp_path: Path) -> None:
+    """SIGTERM (a batch scheduler's notice before it kills a job) ended `crossan train` in silence with exit
+    143. It now says so, names how to continue, and the run resumes from its last checkpoint."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = write_iisan(tmp_path / "d", {f"u{i}": [f"x{(i + k) % 30}" for k in range(8)] for i in range(200)},
+                       {f"x{k}": f"title {k}" for k in range(30)})
+    out = tmp_path / "run"
+    args = ["train", "--data", str(data), "method=id", "train.epochs=40", "train.patience=40", "device=cpu",
+            "--out", str(out), "--quiet"]
+    proc = subprocess.Popen([sys.executable, "-m", "crossan", *args], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoints" / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert err.rstrip().endswith("crossan: terminated (SIGTERM); what was finished is kept (crossan train --resume "
+                                 "continues a run from its last checkpoint, and a cache build or suite resumes when "
+                                 "run again)"), err
+    done = len((out / "history.jsonl").read_text().splitlines())
+    assert 1 <= done < 40 and not (out / "results.json").exists()
+    assert main([*args, "--resume"]) == 0
+    epochs = [json.loads(line)["epoch"] for line in (out / "history.jsonl").read_text().splitlines()]
+    assert epochs == list(range(1, 41)) and (out / "results.json").exists()
+
+
 def test_data_synth_writes_the_library_bytes_and_refuses_an_existing_folder(tmp_path: Path, capsys) -> None:
     from crossan.data.synth import generate
 

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from crossan.config import Config, ConfigError, load_config, resolve_path
 from crossan.errors import CrossanError
@@ -480,6 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     from crossan.data.media import MediaError  # not yet CrossanError subclasses
     from crossan.data.readers import DataError
 
+    previous = _stop_on_sigterm()
     try:
         _prepare(args)
         status = args.fn(args)
@@ -493,9 +496,33 @@ def main(argv: list[str] | None = None) -> int:
     except (CrossanError, DataError, MediaError, OSError, ValueError) as e:  # OSError: names its file
         print(f"crossan: error: {e}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("crossan: terminated (SIGTERM); what was finished is kept (crossan train --resume continues a run "
+              "from its last checkpoint, and a cache build or suite resumes when run again)", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print("crossan: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch scheduler's notice, ``kill``), raised in the main thread as Ctrl-C is: what is being
+    written is abandoned cleanly (atomic writes), and the command ends with a message instead of in silence."""
+
+
+def _stop_on_sigterm() -> Any:
+    """Make SIGTERM raise :class:`Terminated` in the main thread while a command runs; returns the handler to
+    put back (None where no handler can be set: not the main thread)."""
+    def stop(signum: int, frame: Any) -> None:
+        raise Terminated
+
+    try:
+        return signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # signal only works in the main thread
+        return None
 
 
 if __name__ == "__main__":
