@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> int:
             mean, half = t_interval([r["test"][m] for r in res])
             row[f"test_{m}_mean"], row[f"test_{m}_ci95"] = mean, half
         # the median over the seeds, as the suite report takes it (one measurement can be well off)
-        row["s_per_epoch"] = float(np.median([r["train_time_per_epoch_s"] for r in res]))
+        times = [r["train_time_per_epoch_s"] for r in res if r["train_time_per_epoch_s"] is not None]
+        row["s_per_epoch"] = float(np.median(times)) if times else float("nan")  # none: train.epochs=0
         row["trainable_params"] = res[0]["trainable_params"]
         if name != ref:
             k = min(len(res), len(results[ref]))

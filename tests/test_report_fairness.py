@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -540,6 +541,36 @@ def test_cost_measured_under_other_settings_is_flagged_and_gets_no_tpme(tmp_path
     same = [_row(tmp_path / "same", n, ranks, time_per_epoch={0: t}) for n, t in (("A", 1.0), ("B", 3.0))]
     write_outputs(same, {**META, "reference": None, "seeds": [0]}, tmp_path)  # one setting: TPME as before
     assert [r["TPME"] for r in same] == [0.0, 0.45] and all(r["flags"] == [] for r in same)
+
+
+def test_a_run_that_trained_no_epoch_has_no_cost_and_stays_out_of_tpme(tmp_path: Path) -> None:
+    """``train.epochs=0`` wrote 0.0 s per epoch: the row showed "0.00 s/epoch", got the best TPME and, as the
+    time minimum of the min-max scaling, moved every other row's TPME. Such a run has no training cost now."""
+    rng = np.random.default_rng(12)
+    ranks = {0: rng.geometric(0.08, size=200).astype(float)}
+    rows = [_row(tmp_path, n, ranks, time_per_epoch={0: t}) for n, t in (("A", 1.0), ("B", 3.0), ("E0", None))]
+    write_outputs(rows, {**META, "reference": None, "seeds": [0]}, tmp_path)
+    assert [r.get("TPME") for r in rows] == [0.0, 0.45, None]
+    assert math.isnan(rows[2]["time_per_epoch_s"]) and math.isnan(rows[2]["peak_memory_bytes"])
+    assert rows[2]["flags"] == ["no epoch trained (train.epochs=0): no time per epoch, memory or TPME"]
+    assert "**no epoch trained**" in (tmp_path / "report.md").read_text()
+
+
+def test_the_memory_of_cost_only_rows_on_a_cpu_is_said_to_cover_the_capped_steps(tmp_path: Path) -> None:
+    """On a CPU, resident memory grows with the batch shapes a run meets (oneDNN's bf16 kernel cache): a run
+    capped at 2 steps per epoch showed about half the memory of the same model trained full epochs, beside
+    full-epoch rows. The report says what a cost-only row's memory covers."""
+    rng = np.random.default_rng(13)
+    ranks = {0: rng.geometric(0.08, size=200).astype(float)}
+    rows = [_row(tmp_path, "FULL", ranks), _row(tmp_path, "COST", ranks, cost_only=True)]
+    write_outputs(rows, {**META, "reference": None, "seeds": [0]}, tmp_path)
+    note = "Their peak memory covers the capped steps only: on a CPU, resident memory grows"
+    assert note in (tmp_path / "report.md").read_text()
+    gpu = [_row(tmp_path / "gpu", n, ranks, cost_only=n == "COST", device={0: "cuda (H200)"},
+                memory_kind={0: "cuda_max_memory_allocated"}) for n in ("FULL", "COST")]
+    write_outputs(gpu, {**META, "reference": None, "seeds": [0]}, tmp_path / "gpu")
+    report = (tmp_path / "gpu" / "report.md").read_text()
+    assert "**cost only**" in report and note not in report
 
 
 def test_the_absolute_peak_resident_memory_is_reported_beside_the_figure_above_idle(tmp_path: Path) -> None:

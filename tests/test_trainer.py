@@ -586,7 +586,8 @@ def test_a_run_ended_by_its_epoch_cap_before_its_patience_warns(small_data: Path
     assert (out["best_epoch"], out["epochs_run"]) == (1, 2) and not warned("stopped")
     train(_cfg(small_data, "train.epochs=1", "train.max_steps_per_epoch=2"), tmp_path / "cost", progress=False)
     assert not warned("cost")
-    assert train(_cfg(small_data, "train.epochs=0"), tmp_path / "zero", progress=False)["best_epoch"] == 0
+    zero = train(_cfg(small_data, "train.epochs=0"), tmp_path / "zero", progress=False)
+    assert zero["best_epoch"] == 0 and zero["train_time_per_epoch_s"] is None  # no epoch, no time (was 0.0)
     assert not (tmp_path / "zero" / "train.log").is_file() or not warned("zero")
 
 

@@ -602,7 +602,7 @@ def _test_best(run: _Run, state: TrainState) -> dict[str, Any]:
         "epochs_run": state.epoch,
         "valid": valid,
         "test": test,
-        "train_time_per_epoch_s": float(np.mean(times)) if times else 0.0,
+        "train_time_per_epoch_s": float(np.mean(times)) if times else None,  # none trained (train.epochs=0)
         "eval_time_s": eval_time,
         "trainable_params": trainable,
         "total_params": total,

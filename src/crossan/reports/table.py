@@ -302,6 +302,10 @@ def collect_run(run: Any, recs: list[dict[str, Any]]) -> dict[str, Any]:
     if cost_seeds:
         costs = [next(p["results"] for p in per_seed if p["seed"] == s) for s in cost_seeds]
         costs += [res for _, res in again]
+        if all(c.get("train_time_per_epoch_s") is None for c in costs):  # train.epochs=0: nothing was timed
+            cost_seeds, why = [], "no epoch trained (train.epochs=0): no time per epoch, memory or TPME"
+    if cost_seeds:
+        costs = [c for c in costs if c.get("train_time_per_epoch_s") is not None]
         cost = costs[0]
         row["cost_seed"] = cost_seeds[0]
         row["cost_seeds"] = ",".join(map(str, cost_seeds))
@@ -613,6 +617,8 @@ FLAG_NOTES = {
                             "(seeds with another rule than the reference's are not paired)",
     "written by crossan": "**written by crossan X**: a finished run reused from a folder written by another "
                           "crossan version (same configuration); its figures are that version's",
+    "no epoch trained": "**no epoch trained**: `train.epochs=0` tests the initial weights; a run that trained "
+                        "no epoch has no training cost, so its cost columns are blank and it is left out of TPME",
     "timed from one step": "**timed from one step**: with `train.max_steps_per_epoch=1` an epoch has no step "
                            "after the first to extrapolate from, so its time is that first step's (warm-up, "
                            "compilation and tables built on first use included) times the epoch's step count; "
@@ -751,9 +757,13 @@ def render_report(rows: list[dict[str, Any]], meta: dict[str, Any], table: str, 
         lines += ["Notes: " + "; ".join(FLAG_NOTES[k] for k in FLAG_NOTES
                                        if any(f.startswith(k) for r in flagged for f in r["flags"])), ""]
     if any(r.get("cost_only") for r in ok):
+        cpu = any(r.get("cost_only") and r.get("peak_memory_kind") == "cpu_peak_rss_above_idle" for r in ok)
         lines += ["**cost only**: epochs capped by `train.max_steps_per_epoch` (time per epoch extrapolated from the "
                   "steps run), so the quality is not converged: it is not reported and these runs are left off the "
-                  "quality plots; their own `results.json` keeps the capped figures.", ""]
+                  "quality plots; their own `results.json` keeps the capped figures."
+                  + (" Their peak memory covers the capped steps only: on a CPU, resident memory grows as a run "
+                     "meets new batch shapes (in bf16, oneDNN keeps a prepared kernel per shape), so full epochs "
+                     "of the same model may hold more (docs/results.md §6i, §12s)." if cpu else ""), ""]
     repeats = int(meta.get("cost_repeats", 1))
     lines += ["Cost columns are the median over a run's finished seeds that trained with nothing else of the "
               "suite running"
