@@ -551,6 +551,32 @@ def test_an_update_stopped_by_a_corrupt_file_is_removed_once_the_cache_is_up_to_
         k: v for k, v in before.items() if k != "manifest.json"}  # the manifest records the file's new date
 
 
+def test_a_modality_whose_every_file_is_corrupt_is_refused_by_the_cache_command_and_by_runs(
+        tmp_path: Path, data: FakeData) -> None:
+    """Under ``cache.on_corrupt=missing`` a cover folder of nothing but broken files built a cache with "0/N
+    items present", exit 0, and a run then trained on zeros with the modality listed in results.json (or, with
+    standardisation, failed blaming the encoder for states all alike): the README says a modality no item has
+    is an error when you train or cache it. It is, at both, naming the modality and the way out."""
+    from crossan.cache import open_cache
+    from crossan.cache.build import cache_command
+    from crossan.errors import CacheError
+
+    root = Path(shutil.copytree(data.catalogue.root, tmp_path / "media"))
+    records = [dataclasses.replace(r, image="broken.jpg") for r in data.catalogue]
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    broken = FakeData(data.item_ids, Catalogue(root, records))
+    cfg = make_cfg(tmp_path / "cache")
+    cfg.cache.on_corrupt = "missing"
+    n = len(records)
+    with pytest.raises(CacheError, match=f"image: none of the {n} items has readable image content \\({n} corrupt, "
+                                         "0 without a file\\) — the cache is written, but a run refuses"):
+        cache_command(cfg, broken, ["image"], shard=None, num_shards=1, join=False)
+    with pytest.raises(CacheError, match=f"modality image: none of the {n} items has image content in the cache"):
+        open_cache(cfg, broken, ["image"])
+    cache_command(cfg, broken, ["text"], shard=None, num_shards=1, join=False)  # the other modality is fine
+    assert open_cache(cfg, broken, ["text"]) is not None
+
+
 def test_resumed_update_under_error_keeps_the_corrupt_files_its_cache_marked_missing(
         tmp_path: Path, corrupt_data: FakeData) -> None:
     """An update encodes only the changed batches; the corrupt files the cache marked missing elsewhere stay

@@ -324,6 +324,27 @@ def test_export_includes_extra_items(content_run: Path, tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------- bad input
+def test_nan_and_infinite_scores_rank_last_as_the_evaluator_ranks_them(id_run: Path) -> None:
+    """torch.topk puts NaN (and +inf) first: a finite but huge item row (3e38, whose products overflow) was
+    served as the top item with score inf, and weights giving a NaN user vector served k arbitrary items
+    scored nan, exit 0, where the evaluator ranks such scores last. Now they rank last with a warning, and a
+    history whose every score is so is an error."""
+    rec = load_recommender(id_run, device="cpu")
+    history = [rec.item_ids[1], rec.item_ids[2]]
+    top = rec.recommend(history, k=3)
+    user = rec.user_vectors([history])[0]
+    first = rec.item_ids.index(top[0].item_id)
+    with torch.no_grad():
+        rec.item_table[first] = torch.sign(user) * 3e38  # finite, but its score overflows to +inf
+    with pytest.warns(RuntimeWarning, match=r"1 score\(s\) of 1 history\(ies\) were NaN or \+inf"):
+        again = rec.recommend(history, k=3)
+    assert top[0].item_id not in [r.item_id for r in again]
+    assert [r.item_id for r in again[:2]] == [r.item_id for r in top[1:]]
+    rec.model.user_vectors = lambda inputs, table: torch.full((len(inputs), table.shape[1]), float("nan"))
+    with pytest.raises(ServeError, match="history 0: the model scores all .* candidates NaN or infinite"):
+        rec.recommend(history, k=3)
+
+
 def test_unknown_and_empty_histories(id_run: Path, tmp_path: Path, capsys) -> None:
     rec = load_recommender(id_run, device="cpu")
     good = rec.item_ids[1]

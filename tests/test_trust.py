@@ -278,6 +278,54 @@ def test_users_with_no_training_target_are_left_out_of_training(tmp_path: Path) 
     assert math.isfinite(res["test"]["NDCG@10"])
 
 
+def test_an_adam_state_that_overflowed_stops_training_though_the_weights_are_finite(
+        small_data: Path, tmp_path: Path, monkeypatch) -> None:
+    """A gradient of 1e30 (``crossan.gate_temperature=1e-30`` made one) squares to an infinite ``exp_avg_sq``:
+    the step divides by its square root, so the parameter stays finite and never moves again, and the guard,
+    which read the parameters only, let the run finish with frozen gates. The optimiser's state is read too."""
+    real_epoch, calls = trainer.train_epoch, []
+
+    def overflow_in_epoch_2(step_model, opt, *args, **kwargs):
+        loss = real_epoch(step_model, opt, *args, **kwargs)
+        calls.append(loss)
+        if len(calls) == 2:
+            p = next(p for p in step_model.parameters() if p.requires_grad)
+            opt.state[p]["exp_avg_sq"].view(-1)[0] = float("inf")
+            assert bool(torch.isfinite(p).all())
+        return loss
+
+    monkeypatch.setattr(trainer, "train_epoch", overflow_in_epoch_2)
+    cfg = load_config([], [f"data.path={small_data}", "train.epochs=3", "device=cpu", "method=id"])
+    with pytest.raises(NonFiniteError, match=r"epoch 2: the optimiser's exp_avg_sq of \S+ of method='id' holds "
+                                             r"non-finite values after training; nothing of this epoch was saved"):
+        train(cfg, tmp_path / "run", progress=False)
+    lin = torch.nn.Linear(3, 3)
+    opt = torch.optim.Adam(lin.parameters())
+    lin.weight.grad, lin.bias.grad = torch.full((3, 3), 1e30), torch.zeros(3)
+    opt.step()  # the real overflow: (1 − β2)·1e60 is inf in float32, the update 0
+    assert bool(torch.isfinite(lin.weight).all())
+    assert trainer.first_non_finite(lin) is None
+    assert trainer.first_non_finite(lin, opt) == "the optimiser's exp_avg_sq of weight"
+
+
+def test_data_where_no_user_has_a_training_target_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    """Every user of 3 interactions (``data.min_interactions=3``) keeps only its validation and test targets:
+    training ran zero steps per epoch, logged "loss 0.0000", and wrote results of the untrained weights with a
+    time per epoch of a millisecond, which a suite ranked as the cheapest run."""
+    from conftest import write_iisan
+    from crossan.data import DataError
+
+    data = write_iisan(tmp_path / "d", {f"u{i}": [f"x{(i + k) % 9}" for k in range(3)] for i in range(20)},
+                       {f"x{k}": f"title {k}" for k in range(9)})
+    cfg = load_config([], [f"data.path={data}", "data.min_interactions=3", "train.epochs=2", "device=cpu",
+                           "method=id"])
+    with pytest.raises(DataError, match=r"d: none of its 20 users has a training target \(a user needs 4 "):
+        train(cfg, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+    cfg.train.epochs = 0  # testing the initial weights needs no training target
+    assert train(cfg, tmp_path / "zero", progress=False)["best_epoch"] == 0
+
+
 def test_non_finite_weights_are_never_checkpointed(small_data: Path, tmp_path: Path, monkeypatch) -> None:
     """An overflow on an epoch's last step leaves a finite loss but NaN weights: the epoch must not be saved."""
     real_epoch, calls = trainer.train_epoch, []

@@ -30,6 +30,7 @@ Serving writes nothing; the command line is :mod:`crossan.cli_serving`.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -157,7 +158,8 @@ class TrainedRecommender:
         return self.mask_history if exclude_history is None else bool(exclude_history)
 
     @torch.no_grad()
-    def _scores_rows(self, rows: list[list[int]], exclude_history: bool | None) -> torch.Tensor:
+    def _scores_rows(self, rows: list[list[int]], exclude_history: bool | None,
+                     names: list[str] | None = None) -> torch.Tensor:
         exclude_history = self._exclude(exclude_history)
         inputs, hist = self._windows(rows)
         users = self.model.user_vectors(inputs, self.item_table)
@@ -166,7 +168,25 @@ class TrainedRecommender:
         scores[:, 0] = -torch.inf
         if exclude_history:
             scores.scatter_(1, hist, -torch.inf)  # padding 0 in hist hits column 0, already excluded
+        bad = torch.isnan(scores) | (scores == torch.inf)  # torch.topk would put NaN and +inf first
+        if bool(bad.any()):
+            self._non_finite(scores, bad, names or [f"history {b}" for b in range(len(rows))])
         return scores
+
+    def _non_finite(self, scores: torch.Tensor, bad: torch.Tensor, names: list[str]) -> None:
+        """Rank NaN and +inf scores last, in place, as the evaluator does (a warning says how many); a
+        history whose every candidate scores so is an error: its user vector is not finite."""
+        per_row = bad.sum(1).tolist()
+        finite = (scores > -torch.inf) & ~bad
+        for b, n in enumerate(per_row):
+            if n and not bool(finite[b].any()):
+                raise ServeError(f"{names[b]}: the model scores all {n:,} candidates NaN or infinite (its user "
+                                 f"vector is not finite): the weights in {self.run_dir} are damaged, or "
+                                 "overflow on this history")
+        warnings.warn(f"{sum(per_row):,} score(s) of {sum(1 for n in per_row if n)} history(ies) were NaN or "
+                      f"+inf (item embeddings too large, or damaged weights in {self.run_dir}); those items "
+                      "are ranked last, as the evaluator ranks them", RuntimeWarning, stacklevel=4)
+        scores.masked_fill_(bad, -torch.inf)
 
     # ------------------------------------------------------------------ public
     def user_vectors(self, histories: Sequence[Sequence[str]]) -> torch.Tensor:
@@ -177,7 +197,8 @@ class TrainedRecommender:
             return self.model.user_vectors(inputs, self.item_table)
 
     def scores(self, histories: Sequence[Sequence[str]], exclude_history: bool | None = None) -> torch.Tensor:
-        """Scores [B, N+1+E] of every row for each history; excluded rows (padding, history) are ``-inf``."""
+        """Scores [B, N+1+E] of every row for each history; excluded rows (padding, history) are ``-inf``, and
+        so are NaN and +inf scores (ranked last, as the evaluator ranks them; a warning says so)."""
         rows = [self.rows(h, f"history {b}") for b, h in enumerate(histories)]
         return self._scores_rows(rows, exclude_history)
 
@@ -206,7 +227,7 @@ class TrainedRecommender:
         out: list[list[Recommendation]] = []
         kk = min(k, self.num_candidates)
         for start in range(0, len(rows), bs):
-            scores = self._scores_rows(rows[start:start + bs], exclude_history)
+            scores = self._scores_rows(rows[start:start + bs], exclude_history, names[start:start + bs])
             top_s, top_i = top_k(scores, kk)
             for s_row, i_row in zip(top_s.cpu().tolist(), top_i.cpu().tolist()):
                 out.append([Recommendation(self.item_ids[i], self.titles[i], float(s))

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 import crossan
 from crossan import distributed as dist
 from crossan.config import Config, save_config
-from crossan.data import SequentialData, prepare
+from crossan.data import DataError, SequentialData, prepare
 from crossan.errors import ConfigError
 from crossan.evaluation import mean_metrics
 from crossan.methods import method_source
@@ -315,6 +315,11 @@ def _start(cfg: Config, run_dir: Path, resume: bool, data: SequentialData | None
     Bad input, a taken run folder and a missing cache all fail before any file is written.
     """
     data = data if data is not None else prepare(cfg.data)
+    if cfg.train.epochs > 0 and not np.asarray(data.train_targets).any():
+        raise DataError(f"{data.name}: none of its {len(data.train_targets):,} users has a training target (a user "
+                        "needs 4 interactions or more: its last two are its validation and test targets), so no "
+                        "training step could run; use data with longer histories, or train.epochs=0 to evaluate "
+                        "the initial weights")
     device = dist.init_from_env(resolve_device(cfg.device))
     run_dtype = dtype_name(compute_dtype(cfg.precision, device))  # refuses bf16 where it cannot run
     if cfg.train.batch_size < dist.world_size():
@@ -501,7 +506,7 @@ def _check_finite(run: _Run, epoch: int, mean_loss: float) -> None:
     """:class:`NonFiniteError` for a non-finite epoch loss or parameter, before anything of the epoch is saved.
     The message names the method (and a plugin's tower class), built only when a check fails."""
     if math.isfinite(mean_loss):
-        bad = first_non_finite(run.model)
+        bad = first_non_finite(run.model, run.opt)
         if bad is None:
             return
     lr = run.cfg.train.lr
@@ -515,7 +520,7 @@ def _check_finite(run: _Run, epoch: int, mean_loss: float) -> None:
                              f"of this epoch was saved. {again} with lower learning rates (train.lr={lr}) or "
                              "train.grad_clip, or check the inputs")
     # e.g. an overflowing gradient on the epoch's last step: the loss was still finite
-    raise NonFiniteError(f"epoch {epoch}: parameter {bad} of {who} holds non-finite values after training; "
+    raise NonFiniteError(f"epoch {epoch}: {bad} of {who} holds non-finite values after training; "
                          f"nothing of this epoch was saved. {again} with lower learning rates (train.lr={lr}) or "
                          "train.grad_clip")
 
@@ -544,17 +549,24 @@ def metrics_line(metrics: dict[str, float], cfg: Config) -> str:
     return " ".join(f"{n} {metrics[n]:.4f}" for n in names if n in metrics)
 
 
-def first_non_finite(model: torch.nn.Module) -> str | None:
-    """The name of the first trainable parameter with a NaN or infinite entry (None when all are finite).
+def first_non_finite(model: torch.nn.Module, opt: torch.optim.Optimizer | None = None) -> str | None:
+    """What first holds a NaN or infinite entry: ``parameter NAME`` (a trainable parameter), else ``the
+    optimiser's STATE of NAME`` (Adam's moments: an overflowing gradient can leave a parameter finite and
+    frozen for good, its ``exp_avg_sq`` infinite); None when all are finite.
 
     One reduction per tensor, summed on the device, and a single sync: cheap next to an epoch."""
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if not params:
+    tensors = [(f"parameter {n}", p) for n, p in params]
+    if opt is not None:
+        for n, p in params:
+            tensors += [(f"the optimiser's {k} of {n}", v) for k, v in opt.state.get(p, {}).items()
+                        if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    if not tensors:
         return None
-    finite = torch.stack([torch.isfinite(p).all() for _, p in params])
+    finite = torch.stack([torch.isfinite(t).all().to(tensors[0][1].device) for _, t in tensors])
     if bool(finite.all()):
         return None
-    return params[int((~finite).nonzero()[0])][0]
+    return tensors[int((~finite).nonzero()[0])][0]
 
 
 def _validate(run: _Run, state: TrainState, epoch: int) -> dict[str, float]:

@@ -466,5 +466,12 @@ def cache_command(cfg: Config, data: Any, modalities: list[str], shard: int | No
     if shard is not None and num_shards < 2:
         raise ValueError("--shard needs --num-shards of at least 2")
     reports = build_cache(cfg, data, modalities, shard=shard, num_shards=num_shards)
+    empty = [r for r in reports.values() if r.num_items and not r.num_present and r.status != "shard built"]
+    if empty:  # every file missing or corrupt (cache.on_corrupt=missing): written, but no run could use it
+        raise CacheError("; ".join(f"{r.modality}: none of the {r.num_items:,} items has readable {r.modality} "
+                                   f"content ({r.num_corrupt:,} corrupt, {r.num_missing:,} without a file)"
+                                   for r in empty)
+                         + " — the cache is written, but a run refuses a modality no item has; fix the files "
+                           "(the build named the corrupt ones) or leave it out of the modalities")
     if shard is not None and any(r.status == "shard built" for r in reports.values()):
         print(f"shard {shard} of {num_shards} done; when all are, run `{cache_command_line(cfg, modalities)} --join`")

@@ -92,6 +92,10 @@ def open_cache(cfg: Config, data: Any, modalities: list[str], mmap: bool = True)
         shape = tuple(manifests[m]["shape"])
         states[m] = load_array(root / m / STATES, mmap=mmap, expected_shape=shape, dtype=np.float16)
         present[m] = load_array(root / m / PRESENT, expected_shape=shape[:1], dtype=np.bool_)
+        if not present[m][1:].any():  # row 0 is the padding row
+            raise CacheError(f"modality {m}: none of the {shape[0] - 1:,} items has {m} content in the cache at "
+                             f"{root / m} (every file missing, or corrupt under cache.on_corrupt=missing); fix "
+                             f"the files and update the cache, or leave {m} out of the modalities")
     return TensorFeatures(states, present)
 
 
