@@ -178,6 +178,29 @@ def test_bench_exits_1_when_every_run_fails(tmp_path: Path, capsys) -> None:
     assert row["status"] != "ok" and "building the layer-state cache for its overrides" in row["error"]
 
 
+def test_a_second_suite_into_the_same_out_is_refused_before_it_writes(tmp_path: Path, capsys) -> None:
+    """Two `crossan bench` (or demo) processes on one --out generated the same data side by side (one deleted
+    the other's half-written folder: a traceback, exit 1), emptied each other's run logs, and recorded seeds
+    as trained alone that trained beside the other suite's; `--fresh` deleted a run folder the other trained
+    in. A suite now holds its --out's lock from start to end."""
+    from crossan.runs import lock_run_folder, unlock_run_folder
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "suite.yaml").write_text("data: synth:tiny:0\npreset: tiny\noverrides: [train.epochs=1, device=cpu]\n"
+                                         "runs:\n  - {name: ID, method: id, modalities: [text]}\n")
+    held = lock_run_folder(out)  # as a suite running in another process holds it
+    try:
+        capsys.readouterr()
+        assert main(["bench", "--suite", str(tmp_path / "suite.yaml"), "--out", str(out), "--fresh"]) == 2
+    finally:
+        unlock_run_folder(held)
+    assert capsys.readouterr().err.strip() == (
+        f"crossan: error: {out}: another crossan bench or demo is writing into this folder (it holds the folder's "
+        "lock); wait for it to end, or choose another --out")
+    assert list(out.iterdir()) == []
+
+
 def test_a_run_is_retrained_from_its_saved_config_alone(tmp_path: Path, capsys) -> None:
     """``crossan train --config RUN/config.yaml`` needs no ``--data``: the saved config has ``data.path``
     (``--data`` was required even then); the retrained run ranks exactly as the first. Without any dataset the
@@ -246,6 +269,25 @@ def test_a_modality_no_item_has_is_an_error_before_training_or_caching(tmp_path:
                               "named by item id in images/ or covers/ with an extension among .jpg .jpeg .png .webp .gif "
                               ".bmp .tif .tiff); leave image out of the modalities"), err
     assert not (tmp_path / "run" / "results.json").exists() and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("method", ["frozen", "lora"])
+def test_a_modality_of_only_corrupt_files_is_refused_by_live_and_end_to_end_runs(tmp_path: Path, capsys,
+                                                                                  method: str) -> None:
+    """Every cover corrupt under cache.on_corrupt=missing: a run with live encoders (cached=false) or an
+    end-to-end method failed blaming the encoder ("standardisation keeps no dimension … check the encoder"),
+    where no item has the modality at all; the error says so now."""
+    items = {c: f"title {c}" for c in "abcdefgh"}
+    data = write_iisan(tmp_path / "d", {f"u{i}": list("abcdefgh"[i % 3:]) for i in range(12)}, items)
+    (data / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    (data / "items.tsv").write_text("item_id\ttitle\timage\n" + "".join(f"{c}\ttitle {c}\tbroken.jpg\n" for c in items))
+    capsys.readouterr()
+    assert main(["train", "--data", str(data), f"method={method}", "modalities=[text,image]", "cached=false",
+                 "encoders.preset=tiny", "cache.on_corrupt=missing", "device=cpu", "train.epochs=1",
+                 "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "crossan: error: modality image: none of the 8 items has image content (every file missing, or corrupt " \
+           "under cache.on_corrupt=missing)" in err, err
 
 
 def test_no_media_error_of_a_recbole_or_csv_dataset_says_it_reads_no_media(tmp_path: Path, capsys) -> None:

@@ -338,6 +338,35 @@ def test_a_failed_write_of_weights_or_a_checkpoint_names_the_file_and_leaves_not
     assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["best.safetensors"]
 
 
+def test_weights_are_written_as_safetensors_reads_them_streamed_tensor_by_tensor(tmp_path: Path,
+                                                                                 monkeypatch) -> None:
+    """crossan writes safetensors itself (``write_safetensors``): safetensors' ``save_file`` left a temporary
+    file of its own when killed, and its in-memory ``save`` doubled a run's measured memory at each best
+    epoch (+95 MiB for a 22.9M-parameter LoRA run). The library reads every dtype, shape and the metadata
+    back, and the writer never asks the library to serialise."""
+    import safetensors.torch as st
+    from safetensors import safe_open
+
+    from crossan.utils import atomic_save_safetensors
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("serialised by the library")
+
+    monkeypatch.setattr(st, "save", refuse)
+    monkeypatch.setattr(st, "save_file", refuse)
+    tensors = {"b": torch.randn(3, 4, dtype=torch.bfloat16), "a": torch.arange(5), "flag": torch.tensor(True),
+               "empty": torch.zeros(0, 3), "h": torch.randn(2, 2).half(), "scalar": torch.tensor(3.5),
+               "u8": torch.randint(0, 255, (7,), dtype=torch.uint8), "t": torch.randn(4, 6).t()}
+    atomic_save_safetensors(tensors, tmp_path / "w.safetensors", {"crossan_version": "x"})
+    back = st.load_file(tmp_path / "w.safetensors")
+    assert sorted(back) == sorted(tensors)
+    for k, t in tensors.items():
+        assert back[k].dtype == t.dtype and back[k].shape == t.shape and torch.equal(back[k], t), k
+    with safe_open(tmp_path / "w.safetensors", "pt") as f:
+        assert f.metadata() == {"crossan_version": "x"}
+    assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
+
+
 # --------------------------------------------------------------------------------------------- 7. clean errors
 def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     from crossan.cli import main

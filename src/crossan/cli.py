@@ -504,8 +504,8 @@ def main(argv: list[str] | None = None) -> int:
         print("crossan: interrupted", file=sys.stderr)
         return 130
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        if previous is not _NOT_SET:  # None: a handler not set from Python (the default, as a rule)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 class Terminated(KeyboardInterrupt):
@@ -513,16 +513,19 @@ class Terminated(KeyboardInterrupt):
     written is abandoned cleanly (atomic writes), and the command ends with a message instead of in silence."""
 
 
+_NOT_SET = object()
+
+
 def _stop_on_sigterm() -> Any:
     """Make SIGTERM raise :class:`Terminated` in the main thread while a command runs; returns the handler to
-    put back (None where no handler can be set: not the main thread)."""
+    put back (``_NOT_SET`` where no handler can be set: not the main thread)."""
     def stop(signum: int, frame: Any) -> None:
         raise Terminated
 
     try:
         return signal.signal(signal.SIGTERM, stop)
     except ValueError:  # signal only works in the main thread
-        return None
+        return _NOT_SET
 
 
 if __name__ == "__main__":

@@ -105,12 +105,14 @@ class ResumeCheck:
     moved; the trainer writes the new places into config.yaml once the checkpoint accepts what lies there."""
 
 
-def lock_run_folder(run_dir: Path) -> int | None:
+def lock_run_folder(run_dir: Path, busy: str = "another crossan process is training into this folder (it holds "
+                    "the folder's lock); wait for it to end, or train into another --out") -> int | None:
     """Hold an exclusive lock on the run folder itself (``flock`` on the directory: no file is made in it) and
     return its descriptor for :func:`unlock_run_folder`; the kernel releases it when the process ends, killed
     or not. Training holds it from its checks to its end, so a second ``crossan train --out`` of the same
     folder (a ``--resume`` while the run still trains) is refused (:class:`RunError`) instead of writing the
-    folder beside it. None where there is no ``flock`` (Windows, some network file systems)."""
+    folder beside it; a suite holds its ``--out`` folder so (``busy``: the refusal's words). None where there is
+    no ``flock`` (Windows, some network file systems)."""
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows
@@ -120,8 +122,7 @@ def lock_run_folder(run_dir: Path) -> int | None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise RunError(f"{run_dir}: another crossan process is training into this folder (it holds the folder's "
-                       "lock); wait for it to end, or train into another --out") from None
+        raise RunError(f"{run_dir}: {busy}") from None
     except OSError:  # no locks on this file system
         os.close(fd)
         return None

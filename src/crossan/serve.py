@@ -168,8 +168,9 @@ class TrainedRecommender:
         scores[:, 0] = -torch.inf
         if exclude_history:
             scores.scatter_(1, hist, -torch.inf)  # padding 0 in hist hits column 0, already excluded
-        bad = torch.isnan(scores) | (scores == torch.inf)  # torch.topk would put NaN and +inf first
-        if bool(bad.any()):
+        top = scores.amax(1)  # NaN and +inf reach a row's max: one pass, the full check only where it says so
+        if bool((torch.isnan(top) | (top == torch.inf)).any()):  # torch.topk would put them first
+            bad = torch.isnan(scores) | (scores == torch.inf)
             self._non_finite(scores, bad, names or [f"history {b}" for b in range(len(rows))])
         return scores
 
@@ -185,7 +186,7 @@ class TrainedRecommender:
                                  "overflow on this history")
         warnings.warn(f"{sum(per_row):,} score(s) of {sum(1 for n in per_row if n)} history(ies) were NaN or "
                       f"+inf (item embeddings too large, or damaged weights in {self.run_dir}); those items "
-                      "are ranked last, as the evaluator ranks them", RuntimeWarning, stacklevel=4)
+                      "are ranked last, as the evaluator ranks them", RuntimeWarning, stacklevel=2)
         scores.masked_fill_(bad, -torch.inf)
 
     # ------------------------------------------------------------------ public

@@ -313,13 +313,45 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 
 def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path,
                             metadata: dict[str, str] | None = None) -> None:
-    """:func:`atomic_write` of a safetensors file. Serialised in memory and written by us: safetensors'
+    """:func:`atomic_write` of a safetensors file, written by :func:`write_safetensors`: safetensors'
     ``save_file`` writes a temporary file of its own (``.tmpXXXXXX``), which a process killed mid-write left
-    behind where no clean-up of ours (:func:`remove_stale_temporaries`) knows its name, and it reports a
-    failed write without its OSError."""
-    from safetensors.torch import save
+    behind where no clean-up of ours (:func:`remove_stale_temporaries`) knows its name, and reports a failed
+    write without its OSError; its in-memory ``save`` holds two copies of the file while it writes (a peak
+    inside a run's measured memory, at every new best epoch)."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            write_safetensors(f, tensors, metadata)
 
-    atomic_write(path, lambda tmp: tmp.write_bytes(save(tensors, metadata=metadata)))
+    atomic_write(path, write)
+
+
+_SAFETENSORS_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64",
+                       "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+
+
+def write_safetensors(f: Any, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Write ``tensors`` to the binary file ``f`` in the safetensors format (an 8-byte little-endian header
+    length, the JSON header padded with spaces to a multiple of 8, then each tensor's bytes in name order,
+    offsets relative to the end of the header), streaming each tensor's own memory: no copy of the whole file."""
+    import torch
+
+    items = sorted(tensors.items())
+    header: dict[str, Any] = {}
+    offset = 0
+    for name, t in items:
+        size = t.numel() * t.element_size()
+        header[name] = {"dtype": _SAFETENSORS_DTYPES[str(t.dtype).removeprefix("torch.")],
+                        "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    raw = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    f.write(len(raw).to_bytes(8, "little"))
+    f.write(raw)
+    for _, t in items:
+        if t.numel():  # little-endian, as every CPU torch runs on here; the bytes of the tensor itself
+            f.write(memoryview(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()))
 
 
 class PeakRSSMonitor:

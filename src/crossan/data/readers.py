@@ -16,8 +16,9 @@ or ``id``, and any column may carry a type (``item_id:token``); a first line sta
 fields all name columns (an error naming its first column when that is no id column). A modality without a
 column of its own is found by item id in the folders of ``MEDIA_FOLDERS`` (``images/`` or ``covers/``,
 ``videos/`` or ``video/``, ``audio/`` or ``audios/``), among the extensions listed there; files of other
-extensions there are named in a warning, and an id with two files there keeps the first in folder and name
-order, with a warning.
+extensions named by an item id left without the modality are named in a warning, and an id with two files
+there keeps the first in folder and name order (the extensions read before crossan 0.1.14 first), with a
+warning.
 
 ``atomic`` (RecBole): ``NAME.inter`` with ``user_id``, ``item_id`` and ``timestamp`` columns (typed headers
 such as ``user_id:token``) and optionally ``NAME.item`` whose text columns form the item text. Both files are
@@ -50,6 +51,7 @@ import csv
 import io
 import logging
 import math
+import os
 import shlex
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -132,6 +134,8 @@ AUDIO_DIRS, AUDIO_EXT = ("audio", "audios"), (".wav", ".flac", ".mp3", ".ogg", "
                                               ".aiff", ".aif")
 """Where media files named by item id are looked for (the first folder of each pair that exists wins per id)
 and the extensions read there (any case); a path column of ``items.tsv`` may name a file of any extension."""
+_READ_BEFORE_0_1_14 = frozenset({".jpg", ".jpeg", ".png", ".webp", ".mp4", ".webm", ".mkv", ".avi", ".mov", ".wav",
+                                  ".flac", ".mp3", ".ogg"})
 MEDIA_FOLDERS = {"image": (IMAGE_DIRS, IMAGE_EXT), "video": (VIDEO_DIRS, VIDEO_EXT),
                  "audio": (AUDIO_DIRS, AUDIO_EXT)}
 ITEM_COLUMNS = ("title", "text", "image", "video", "audio")
@@ -207,34 +211,50 @@ def _lines(text: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------- catalogue
-def _find_media(root: Path, dirs: tuple[str, ...], exts: tuple[str, ...]) -> dict[str, str]:
-    """Item id → the media file named by it in the first of ``dirs`` (``images/i1.jpg``). An id with several
-    files (``i1.jpg`` and ``i1.png``) keeps the first in folder then name order, with a warning naming them."""
+def _find_media(root: Path, dirs: tuple[str, ...], exts: tuple[str, ...]) -> tuple[dict[str, str], dict[str, str]]:
+    """Item id → the media file named by it in the first of ``dirs`` (``images/i1.jpg``), and file stem → a file
+    of another extension there (``images/i1.heic``: :func:`_warn_unread` names those whose stem is an item left
+    without the modality). An id with several files (``i1.jpg`` and ``i1.png``) keeps the first in folder, then
+    name order among the extensions read before crossan 0.1.14, then among the others (so a dataset read before
+    reads the same files), with a warning naming them."""
     found: dict[str, str] = {}
     others: dict[str, list[str]] = {}
-    unread: list[str] = []  # files of another extension, which a user may well have meant as media
+    unread: dict[str, str] = {}
+    rank = {e: 0 if e in _READ_BEFORE_0_1_14 else 1 for e in exts}  # then name order, as before 0.1.14
     for d in dirs:
         folder = root / d
-        if folder.is_dir():
-            for p in sorted(folder.iterdir()):
-                if p.suffix.lower() in exts:
-                    if p.stem in found:
-                        others.setdefault(p.stem, []).append(f"{d}/{p.name}")
-                    else:
-                        found[p.stem] = f"{d}/{p.name}"
-                elif not p.name.startswith(".") and p.suffix and p.is_file():
-                    unread.append(f"{d}/{p.name}")
+        if not folder.is_dir():
+            continue
+        with os.scandir(folder) as it:  # is_file() from the directory entry: no stat per file
+            entries = [(*os.path.splitext(e.name), e.name, e.is_file()) for e in it]
+        for stem, ext, name, is_file in sorted(entries, key=lambda e: (e[0], rank.get(e[1].lower(), 0), e[2])):
+            suffix = ext.lower()
+            if suffix in rank:
+                if stem in found:
+                    others.setdefault(stem, []).append(f"{d}/{name}")
+                else:
+                    found[stem] = f"{d}/{name}"
+            elif suffix and is_file and not name.startswith("."):
+                unread.setdefault(stem, f"{d}/{name}")
     if others:
         shown = "; ".join(f"{found[i]} (not {', '.join(o)})" for i, o in list(others.items())[:3])
-        log.warning("%s: %d item id(s) have more than one file; the first in folder and name order is used: %s%s",
-                    root, len(others), shown, " …" if len(others) > 3 else "")
-    if unread:
-        suffixes = sorted({Path(u).suffix.lower() for u in unread})
-        log.warning("%s: %d file(s) in %s are not read as media, their extension (%s) not being one of %s: %s%s "
-                    "(convert or rename them, or name them in an items.tsv path column)", root, len(unread),
-                    " or ".join(f"{d}/" for d in dirs), ", ".join(suffixes), " ".join(exts),
-                    ", ".join(unread[:3]), " …" if len(unread) > 3 else "")
-    return found
+        log.warning("%s: %d item id(s) have more than one file; the first in folder and name order is used (the "
+                    "extensions of crossan before 0.1.14 first): %s%s", root, len(others), shown,
+                    " …" if len(others) > 3 else "")
+    return found, unread
+
+
+def _warn_unread(root: Path, modality: str, unread: dict[str, str], records: list[ItemRecord]) -> None:
+    """Warn about files named by an item id in ``modality``'s folders whose extension is not read, for the items
+    left without that modality (a sidecar ``i1.json`` beside ``i1.jpg`` is not named)."""
+    missed = [unread[r.item_id] for r in records if r.item_id in unread and getattr(r, modality) is None]
+    if missed:
+        dirs, exts = MEDIA_FOLDERS[modality]
+        suffixes = sorted({Path(u).suffix.lower() for u in missed})
+        log.warning("%s: %d item(s) have no %s although a file named by their id is in %s: its extension (%s) is "
+                    "not one of %s (%s%s); convert or rename them, or name them in an items.tsv %s column", root,
+                    len(missed), modality, " or ".join(f"{d}/" for d in dirs), ", ".join(suffixes), " ".join(exts),
+                    ", ".join(missed[:3]), " …" if len(missed) > 3 else "", modality)
 
 
 _SPACE_CHARS = frozenset(ts.SPACES)
@@ -323,11 +343,13 @@ def read_items_tsv(path: Path, problems: _Problems, spaces_ok: bool = False) -> 
         seen.add(item)
         text = parts[text_col].strip()[: cfg.max_text_chars] if text_col is not None else ""
         media = {m: parts[i].strip() or None for m, i in media_cols.items()}
-        for m, table in discovered.items():
+        for m, (table, _) in discovered.items():
             media[m] = table.get(item)
         records.append(ItemRecord(item, text, **media))
     if not records:
         raise DataError(f"{path}: no items")
+    for m, (_, unread) in discovered.items():
+        _warn_unread(root, m, unread, records)
     return Catalogue(root, records, source=str(path), media_roots=cfg.media_roots)
 
 

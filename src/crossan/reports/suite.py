@@ -651,10 +651,22 @@ def run_suite(suite: Suite, out: Path, resume: bool = True, progress: bool = Tru
     Every run's first seed trains alone (its time and memory are the run's cost), ``cost_repeats`` times
     (rounds over all runs); with ``parallel`` > 1 the other seeds then train that many at a time.
     """
+    from crossan.runs import lock_run_folder, unlock_run_folder
+
+    out.mkdir(parents=True, exist_ok=True)
+    # one suite writes into an --out at a time (two made the same data, logs and records side by side)
+    lock = lock_run_folder(out, "another crossan bench or demo is writing into this folder (it holds the "
+                                "folder's lock); wait for it to end, or choose another --out")
+    try:
+        return _run_suite(suite, out, resume, progress)
+    finally:
+        unlock_run_folder(lock)
+
+
+def _run_suite(suite: Suite, out: Path, resume: bool, progress: bool) -> list[dict[str, Any]]:
     from crossan.data.synth import synth_digest
     from crossan.reports.table import collect_run, write_outputs
 
-    out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     data = resolve_data(suite.data, out)
     data_digest = synth_digest(data)  # now, before any run: a changed synthetic folder is refused here

@@ -79,6 +79,15 @@ def standardizer(total: torch.Tensor, squares: torch.Tensor, count: int,
     return mean, torch.where(keep, 1.0 / std.clamp_min(1e-12), torch.zeros_like(std))
 
 
+def check_present(count: int, modality: str, num_items: int) -> None:
+    """:class:`ConfigError` when no item had ``modality``'s content in the standardisation pass (every file
+    missing, or corrupt under ``cache.on_corrupt=missing``): the modality would reach the method as zeros."""
+    if count == 0:
+        raise ConfigError(f"modality {modality}: none of the {num_items:,} items has {modality} content (every file "
+                          "missing, or corrupt under cache.on_corrupt=missing); fix the files, or leave "
+                          f"{modality} out of the modalities")
+
+
 def check_kept(inv_std: torch.Tensor, modality: str, min_rel_std: float, what: str) -> None:
     """:class:`ConfigError` when standardisation keeps no dimension of the states a method reads for
     ``modality`` (``inv_std`` of those states, ``what`` names them): the modality would reach the method as
@@ -323,6 +332,7 @@ class ContentTower(ItemTower):
                     s, p = feats[m]
                     moments[m].add(s[p.to(s.device)])
         for m in self.modalities:
+            check_present(moments[m].count, m, self.num_items)
             mean, inv_std = moments[m].standardizer(min_rel_std)
             check_kept(inv_std[self.input_taps], m, min_rel_std, self.input_taps_text)
             self.register_buffer(f"input_mean_{m}", mean.float())

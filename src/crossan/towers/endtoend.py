@@ -46,7 +46,7 @@ from torch import nn
 
 from crossan.encoders.base import ModalityEncoder, pool
 from crossan.towers.base import ItemTower, TowerContext
-from crossan.towers.content import Moments, check_kept
+from crossan.towers.content import Moments, check_kept, check_present
 from crossan.towers.frozen import ModalityFusionHead
 
 if TYPE_CHECKING:
@@ -498,6 +498,7 @@ class EndToEndTower(ItemTower):
                     records = [self.memo[m].catalogue[self.item_ids[r]] for r in chunk]
                     h, present = self._encode_records(m, records, self.memo[m].catalogue, None, device)
                 moments.add(h[present])
+            check_present(moments.count, m, self.num_items)
             mean, inv_std = moments.standardizer(min_rel_std)
             check_kept(inv_std, m, min_rel_std, "pooled last-layer states the head reads")
             self.register_buffer(f"input_mean_{m}", mean.float().to(device))

@@ -137,7 +137,7 @@ class CrossanConfig(SANBConfig):
     """The options that act on MOMEF only (``fusion: momef``)."""
 
     def check(self, key: str) -> None:
-        default = CrossanConfig()
+        default = type(self)()  # a plugin's subclass may have other defaults
         if self.fusion != "momef":  # concat and mean have no router: the options would change nothing
             for name in self.MOMEF_KEYS:
                 if getattr(self, name) != getattr(default, name):
