@@ -223,6 +223,20 @@ def test_lora_targets_override(media: FakeData) -> None:
         build(make_cfg("lora", ["bert"], "lora.targets=[dense]"), media)
 
 
+def test_naming_loras_default_targets_builds_the_same_tower(media: FakeData) -> None:
+    """With ``lora.targets`` given, a probe forward checks that every wrapped module reaches the item
+    embedding; it ran peft's dropout, which drew from the generator, so every later LoRA initialisation moved:
+    the default targets spelt out trained another model under the same seed. The probe's draws are forked now."""
+    def lora_weights(*extra: str) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        tower = build(make_cfg("lora", ["bert", "vit"], "lora.dropout=0.1", *extra), media)
+        return {n: p.detach().clone() for n, p in tower.named_parameters() if "lora_" in n}
+
+    default, named = lora_weights(), lora_weights("lora.targets=[query,value,q_proj,v_proj]")
+    assert sorted(default) == sorted(named) and any(".image." in n or "vit" in n for n in default)
+    assert all(torch.equal(default[n], named[n]) for n in default)
+
+
 def test_fft_text_backbone_learning_rate(media: FakeData) -> None:
     """METHOD.md §9 lists 1e-4 / 5e-5 for the FFT backbones (IISAN's official FFT: text 5e-5, image 1e-4):
     ``fft.lr_text`` sets the text backbone's rate; unset, every backbone trains at ``train.lr_backbone``."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
@@ -108,7 +109,11 @@ class LoRATower(EndToEndTower):
         if options.targets:  # a pattern can also match modules off the item's path (BERT's and ViT's pooler)
             from crossan.towers.fft import unreachable_parameters
 
-            idle = sorted({n.rsplit(".lora_", 1)[0] for n in unreachable_parameters(encoder)})
+            # the probe's forward runs peft's dropout, which draws from the generators: forked, so that naming
+            # the default targets trains exactly as leaving them to the default does
+            cuda = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
+            with torch.random.fork_rng(devices=cuda):
+                idle = sorted({n.rsplit(".lora_", 1)[0] for n in unreachable_parameters(encoder)})
             if idle:
                 raise ValueError(f"lora.targets={options.targets} wrap modules of the {modality} encoder that never "
                                  f"reach the item embedding ({', '.join(idle[:5])}): their LoRA weights would be "
