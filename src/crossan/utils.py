@@ -326,7 +326,9 @@ def atomic_save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path,
 
 
 _SAFETENSORS_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64",
-                       "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+                       "int32": "I32", "int16": "I16", "int8": "I8", "uint64": "U64", "uint32": "U32",
+                       "uint16": "U16", "uint8": "U8", "bool": "BOOL", "float8_e4m3fn": "F8_E4M3",
+                       "float8_e5m2": "F8_E5M2"}
 
 
 def write_safetensors(f: Any, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
@@ -340,7 +342,11 @@ def write_safetensors(f: Any, tensors: dict[str, torch.Tensor], metadata: dict[s
     offset = 0
     for name, t in items:
         size = t.numel() * t.element_size()
-        header[name] = {"dtype": _SAFETENSORS_DTYPES[str(t.dtype).removeprefix("torch.")],
+        dtype = _SAFETENSORS_DTYPES.get(str(t.dtype).removeprefix("torch."))
+        if dtype is None:
+            raise ValueError(f"tensor {name!r}: dtype {t.dtype} has no safetensors name "
+                             f"({', '.join(_SAFETENSORS_DTYPES)} do)")
+        header[name] = {"dtype": dtype,
                         "shape": list(t.shape), "data_offsets": [offset, offset + size]}
         offset += size
     if metadata:

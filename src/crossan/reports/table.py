@@ -75,12 +75,16 @@ def _train_setting(run_dir: str, key: str) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _stopping_settings(run_dir: str) -> dict[str, int | None]:
+    """What :func:`_capped` reads of a run's saved ``config.yaml``: its epoch cap, patience and eval_every."""
+    return {"epochs_allowed": _train_setting(run_dir, "epochs"), "patience": _train_setting(run_dir, "patience"),
+            "eval_every": _train_setting(run_dir, "eval_every")}
+
+
 def run_capped(run_dir: str | Path, best_epoch: int) -> bool:
     """Whether the epoch cap, not early stopping, ended the run in ``run_dir`` whose best epoch was
     ``best_epoch`` (:func:`_capped`, with the settings of its saved ``config.yaml``)."""
-    d = str(run_dir)
-    return _capped({"best_epoch": best_epoch, "epochs_allowed": _train_setting(d, "epochs"),
-                    "patience": _train_setting(d, "patience"), "eval_every": _train_setting(d, "eval_every")})
+    return _capped({"best_epoch": best_epoch, **_stopping_settings(str(run_dir))})
 
 
 def _with_derived_metrics(run_dir: str, results: dict[str, Any]) -> dict[str, dict[str, float]]:
@@ -247,9 +251,7 @@ def collect_run(run: Any, recs: list[dict[str, Any]]) -> dict[str, Any]:
             continue
         per_seed.append({"seed": r["seed"], "dir": r["dir"], "results": _run_results(r["dir"])})
     row["per_seed"] = [{"seed": p["seed"], "dir": p["dir"], "best_epoch": p["results"]["best_epoch"],
-                        "epochs_allowed": _train_setting(p["dir"], "epochs"),
-                        "patience": _train_setting(p["dir"], "patience"),
-                        "eval_every": _train_setting(p["dir"], "eval_every"),
+                        **_stopping_settings(p["dir"]),
                         "one_step": _timed_from_one_step(p["dir"]),
                         "test": p["results"]["test"], "valid": p["results"]["valid"],
                         "time_per_epoch_s": p["results"]["train_time_per_epoch_s"],
@@ -302,10 +304,9 @@ def collect_run(run: Any, recs: list[dict[str, Any]]) -> dict[str, Any]:
     if cost_seeds:
         costs = [next(p["results"] for p in per_seed if p["seed"] == s) for s in cost_seeds]
         costs += [res for _, res in again]
-        if all(c.get("train_time_per_epoch_s") is None for c in costs):  # train.epochs=0: nothing was timed
+        if any(c.get("train_time_per_epoch_s") is None for c in costs):  # train.epochs=0: nothing was timed
             cost_seeds, why = [], "no epoch trained (train.epochs=0): no time per epoch, memory or TPME"
     if cost_seeds:
-        costs = [c for c in costs if c.get("train_time_per_epoch_s") is not None]
         cost = costs[0]
         row["cost_seed"] = cost_seeds[0]
         row["cost_seeds"] = ",".join(map(str, cost_seeds))
