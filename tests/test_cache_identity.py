@@ -288,6 +288,22 @@ def test_max_text_len_beyond_the_position_table_names_the_key(tmp_path: Path) ->
     assert enc.encode([catalogue["long"]], catalogue).states.shape == (1, 3, 64)
 
 
+@pytest.mark.parametrize("length", [1, 2])
+def test_max_text_len_without_room_for_words_names_the_key(tmp_path: Path, length: int) -> None:
+    """BERT adds [CLS] and [SEP]: at 2 every title encoded as those two tokens (one state for all items), at 1
+    the tokenizer stopped truncating and a long title overran the position table inside the model."""
+    spec = resolve_specs(make_cfg(tmp_path, text__max_text_len=length), ["text"])["text"]
+    with pytest.raises(EncoderSpecError, match=rf"max_text_len={length} leaves no room .* adds 2 special tokens "
+                                               r".* at least 3"):
+        build_encoder("text", spec)
+    spec = resolve_specs(make_cfg(tmp_path, text__max_text_len=3), ["text"])["text"]
+    enc = build_encoder("text", spec)
+    catalogue = Catalogue(tmp_path, [ItemRecord("a", "red lamp", None, None, None),
+                                     ItemRecord("b", "blue chair", None, None, None)])
+    states = enc.encode([catalogue["a"], catalogue["b"]], catalogue).states
+    assert not np.array_equal(np.asarray(states[0]), np.asarray(states[1]))  # one word each: the titles differ
+
+
 @pytest.mark.parametrize(("edit", "field", "label", "where"), [
     ("weights", "weights_digest", "weights digest", "for the weights on disk now"),
     ("tokenizer", "preprocessor_digest", "tokenizer/preprocessor files digest", "for the files on disk now"),

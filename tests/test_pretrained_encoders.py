@@ -210,6 +210,21 @@ def test_whisper_ct2_encoder_is_the_offline_audio_encoder() -> None:
     torch.testing.assert_close(states[0, -1], last[0, mask].mean(0), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("rate", [8000, 22050, 44100])
+def test_whisper_ct2_refuses_a_rate_other_than_16_khz(rate: int) -> None:
+    """Its extractor is built at the rate asked (no preprocessor files), so 8 kHz built a cache of mel frames
+    at twice the time scale the weights learnt (the espeak clip came out "We can run for some over the late
+    dawn"), and 22.05 kHz sent users round a loop of ever shorter audio_seconds limits."""
+    import dataclasses
+
+    from crossan.encoders.backbones import EncoderSpecError
+
+    spec = preset_specs("offline", modality="audio")["audio"]
+    with pytest.raises(EncoderSpecError, match=rf"expects 16000 Hz audio; encoders\.audio\.sample_rate={rate}"):
+        build_encoder("audio", dataclasses.replace(spec, sample_rate=rate))
+    assert build_encoder("audio", dataclasses.replace(spec, sample_rate=16000)).sample_rate == 16000
+
+
 SENTENCE = "Please call Stella and ask her to bring these things."
 WORDS = {"please", "call", "ask", "bring", "these", "things"}
 

@@ -200,8 +200,9 @@ class EncoderSpec:
     num_frames: int = 0
     """Video: frames sampled per clip (0: the model's ``num_frames``; a checkpoint must keep its own)."""
     frame_sampling: Literal["uniform", "middle"] = "uniform"
-    """Video: ``uniform`` takes the centres of equal segments of the clip; ``middle`` consecutive frames
-    around the clip's middle. Short clips repeat frames."""
+    """Video: ``uniform`` takes the centres of equal segments of the clip's frame sequence (by frame index,
+    not by time: a variable-frame-rate clip is sampled more densely where it has more frames); ``middle``
+    consecutive frames around the clip's middle frame. Short clips repeat frames."""
     audio_seconds: float = 10.0
     """Audio: the waveform is cut or zero-padded to this duration."""
     sample_rate: int = 0

@@ -171,7 +171,8 @@ def sample_frame_indices(total: int, num_frames: int, sampling: FrameSampling = 
     """Which of a clip's ``total`` frames to keep.
 
     ``uniform``: frame ``floor((i + 0.5) · total / num_frames)`` for i < num_frames — the centre of each of
-    ``num_frames`` equal segments. ``middle``: ``num_frames`` consecutive frames centred on the middle of
+    ``num_frames`` equal segments of the frame sequence (by index, not by timestamp: where a variable-frame-rate
+    clip has more frames per second, more are taken from it). ``middle``: ``num_frames`` consecutive frames centred on the middle of
     the clip (falls back to ``uniform`` when the clip is shorter). Short clips repeat frames.
     """
     if total < 1:

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 WHISPER_HOP = 160
 """Samples per mel frame of Whisper's feature extractor (10 ms at 16 kHz)."""
+WHISPER_RATE = 16000
+"""The rate every published Whisper checkpoint was trained at."""
 
 
 class KaldiFbank:
@@ -140,6 +142,12 @@ class AudioEncoder(ModalityEncoder):
     def __init__(self, info: BackboneInfo, spec: EncoderSpec, model: nn.Module | None = None) -> None:
         super().__init__(info, spec, model)
         rate = spec.sample_rate or DEFAULT_SAMPLE_RATE
+        if info.weights_format == "ctranslate2" and rate != WHISPER_RATE:
+            # a CTranslate2 Whisper has no preprocessor files: its extractor is built here, at the rate asked,
+            # while its weights learnt 16 kHz log-mel frames (and its window is 50 positions per second of it)
+            raise EncoderSpecError(
+                f"{info.name} (Whisper, CTranslate2 weights) expects {WHISPER_RATE} Hz audio; "
+                f"encoders.audio.sample_rate={rate}: set it to {WHISPER_RATE} or leave it unset (0)")
         self.extractor = _extractor_of(info)(info, rate)
         if not spec.sample_rate:
             rate = int(self.extractor.sampling_rate)

@@ -41,6 +41,18 @@ def check_text_length(info: BackboneInfo, spec: EncoderSpec) -> None:
             f"encoders.text.max_text_len to at most {limit}")
 
 
+def check_room_for_words(info: BackboneInfo, spec: EncoderSpec, tokenizer: Any) -> None:
+    """Refuse a ``max_text_len`` that leaves no room for a title's words beside the special tokens the
+    tokenizer adds (BERT's [CLS] and [SEP]): every title would encode as the same specials, or — at a length
+    below the specials' count — the tokenizer stops truncating and long titles overrun the position table."""
+    specials = int(tokenizer.num_special_tokens_to_add(pair=False))
+    if spec.max_text_len <= specials:
+        raise EncoderSpecError(
+            f"encoders.text.max_text_len={spec.max_text_len} leaves no room for a title's words: the tokenizer "
+            f"of {info.name!r} adds {specials} special tokens to every title; set encoders.text.max_text_len to "
+            f"at least {specials + 1}")
+
+
 class TextEncoder(ModalityEncoder):
     """Tokenises titles (truncated to ``max_text_len``, padded to the longest in the batch)."""
 
@@ -53,6 +65,7 @@ class TextEncoder(ModalityEncoder):
         # padding after the tokens, whatever the checkpoint's tokenizer prefers: the CLS pooling reads position 0,
         # which under left padding is a [PAD] for every title shorter than its batch's longest
         self.tokenizer.padding_side = "right"
+        check_room_for_words(info, spec, self.tokenizer)
 
     def read(self, record: ItemRecord, catalogue: Catalogue) -> Any:
         return load_text(record.text)
