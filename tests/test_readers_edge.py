@@ -474,6 +474,83 @@ def test_a_quote_merging_rows_into_an_id_is_a_bad_row(tmp_path: Path, layout: st
 QUOTE = '"'
 
 
+@pytest.mark.parametrize("layout", ["csv", "atomic"])
+def test_a_quote_swallowing_rows_into_a_text_column_is_a_bad_row(tmp_path: Path, layout: str) -> None:
+    """A review opening with a stray quote and a later one holding ``12"`` made one review of the rows between
+    them: 8 of 21 interactions lost in silence (two users then fell below the minimum). A review whose lines do
+    not read as rows may span lines, as CSV allows."""
+    root = tmp_path / "d"
+    root.mkdir()
+    delim = "," if layout == "csv" else "\t"
+    rows = [delim.join([u, i, str(t), "fine"]) for u, i, t in _inter_rows()]
+    rows[2] = rows[2].replace("fine", '"stray quote')
+    rows[6] = rows[6].replace("fine", 'a 12" screen')
+    path = root / ("x.csv" if layout == "csv" else "x.inter")
+    path.write_text(delim.join(["user_id", "item_id", "timestamp", "review"]) + "\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DataError) as e:
+        read(DataConfig(path=str(path if layout == "csv" else root)))
+    assert _rel(e.value, root).startswith(f"{path.name}:4: a quoted field runs over lines 4–8, and its line 5 "
+                                          "reads as a record of its own")
+    review = '"first line' + "\n" + f"second{delim} with 12{delim} numbers{delim} and more" + "\n" + 'last"'
+    rows = [delim.join([u, i, str(t), review if k == 2 else "fine"]) for k, (u, i, t) in enumerate(_inter_rows())]
+    path.write_text(delim.join(["user_id", "item_id", "timestamp", "review"]) + "\n" + "\n".join(rows) + "\n")
+    raw = read(DataConfig(path=str(path if layout == "csv" else root)))
+    assert sum(map(len, raw.sequences.values())) == 12 and not raw.dropped
+
+
+def test_a_quote_swallowing_items_of_an_item_file_is_named_there(tmp_path: Path) -> None:
+    """An open quote in i3's title closed by i7's took i4–i6 into i3's title: they vanished, and the error
+    (if any) named the .inter line of an interaction with one of them."""
+    root = tmp_path / "d"
+    root.mkdir()
+    titles = {k: f"Title {k}" for k in range(1, 9)}
+    titles[3], titles[7] = '"Open quote title', 'close" seven'
+    (root / "x.item").write_text("item_id:token\ttitle:token_seq\n" + "".join(f"i{k}\t{t}\n" for k, t in titles.items()))
+    (root / "x.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n"
+                                  + "".join(f"{u}\t{i}\t{t}\n" for u, i, t in _inter_rows()))
+    with pytest.raises(DataError) as e:
+        read(DataConfig(path=str(root)))
+    assert _rel(e.value, root).startswith("x.item:4: a quoted field runs over lines 4–8, and its line 5 reads as "
+                                          "an item of its own")
+    titles[3], titles[7] = '"A title' + "\n" + 'over two lines"', "Title 7"
+    (root / "x.item").write_text("item_id:token\ttitle:token_seq\n" + "".join(f"i{k}\t{t}\n" for k, t in titles.items()))
+    raw = read(DataConfig(path=str(root)))
+    assert raw.catalogue["i3"].text == "A title\nover two lines" and len(raw.catalogue) == 8
+
+
+@pytest.mark.parametrize("name", ["x.inter", "x.item", "users.tsv", "items.tsv", "a_pairs.tsv"])
+def test_a_layout_file_given_for_its_folder_says_pass_the_folder(tmp_path: Path, name: str) -> None:
+    """``--data ml-100k/ml-100k.inter`` said "cannot tell the data layout (expected … a .inter file …)", and
+    data.format=atomic then "found 0" .inter files."""
+    root = tmp_path / "d"
+    root.mkdir()
+    (root / name).write_text("x\n")
+    fmt = "atomic" if name.startswith("x.") else "iisan"
+    for given in ("auto", fmt):
+        with pytest.raises(DataError, match=rf"{name} is a file: .* folder that holds its files; pass --data {root}$"):
+            read(DataConfig(path=str(root / name), format=given))
+
+
+def test_targets_decided_by_equal_times_are_counted(tmp_path: Path) -> None:
+    """Interactions of a user at one time keep the file's order, which can choose a target (METHOD.md §2);
+    ``data stats`` counts such targets per split."""
+    from crossan.data import prepare
+
+    root = tmp_path / "d"
+    root.mkdir()
+    times = {"u1": [1, 2, 3, 4, 5], "u2": [1, 2, 3, 5, 5], "u3": [1, 2, 4, 4, 6], "u4": [1, 1, 1, 1, 1],
+             "u5": [5, 4, 3, 3, 1]}  # u5 sorted by time: 1, 3, 3, 4, 5 — no tie at its end
+    lines = [f"{u},i{k + 1},{t}" for u, ts_ in times.items() for k, t in enumerate(ts_)]
+    (root / "x.csv").write_text("user_id,item_id,timestamp\n" + "\n".join(lines) + "\n")
+    data = prepare(DataConfig(path=str(root / "x.csv")))
+    assert data.tied_targets == {"valid": 3, "test": 2}  # valid: u2, u3, u4; test: u2, u4
+    assert [data.item_ids[i] for i in data.test.targets] == ["i5", "i5", "i5", "i5", "i1"]
+    (root / "users.tsv").write_text("".join(f"{u}\ti1 i2 i3 i4 i5\n" for u in times))
+    (root / "items.tsv").write_text("".join(f"i{k}\tT{k}\n" for k in range(1, 6)))
+    (root / "x.csv").unlink()
+    assert prepare(DataConfig(path=str(root))).tied_targets == {}  # histories without times
+
+
 def test_an_unclosed_quote_in_an_item_file_is_named_there(tmp_path: Path) -> None:
     """An unclosed quote in a ``.item`` title swallowed the rest of the file (Python's csv reads an end of file
     inside quotes as the field's end), and the error named the ``.inter`` file's first unknown item. A title
@@ -486,7 +563,9 @@ def test_an_unclosed_quote_in_an_item_file_is_named_there(tmp_path: Path) -> Non
                                   + "".join(f"{u}\t{i}\t{t}\n" for u, i, t in _inter_rows()))
     with pytest.raises(DataError) as e:
         read(DataConfig(path=str(root)))
-    assert _rel(e.value, root).startswith("x.item:3: a double quote opened in this record is never closed")
+    # the quote swallowed rows that read as items (since crossan 0.1.15 named so, before the end of the file)
+    assert _rel(e.value, root).startswith("x.item:3: a quoted field runs over lines 3–6, and its line 4 reads as "
+                                          "an item of its own (an unbalanced double quote?)")
     # on the last line alone too, in either file
     (root / "x.item").write_text("item_id:token\ttitle:token_seq\n"
                                  + "".join(f"i{k}\t{QUOTE if k == 5 else ''}Title {k}\n" for k in range(1, 6)))

@@ -140,6 +140,9 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
         n, rep = len(arr.targets), repeat_targets(arr.targets, arr.history)
         print(f"  {split} targets repeating a history item: {rep:,} of {n:,} ({100 * rep / max(1, n):.1f}%; "
               f"masked, so never a hit, unless eval.mask_history=false)")
+    for split, n in data.tied_targets.items():
+        print(f"  {split} targets at the same time as a neighbouring interaction: {n:,} of {data.num_users:,} "
+              f"({100 * n / max(1, data.num_users):.1f}%; equal times keep the file's order)")
     have = {m: sum(r.has(m) for r in data.catalogue) for m in ("text", "image", "video", "audio")}
     print("  items with content: " + ", ".join(f"{m} {n:,}" for m, n in have.items()))
     return 0

@@ -58,6 +58,10 @@ class SequentialData:
     """[N+1] occurrences of each item in the training part (row 0: 0); used for popularity correction."""
     dropped: dict[str, int] = field(default_factory=dict)
     raw_stats: dict[str, float] = field(default_factory=dict)
+    tied_targets: dict[str, int] = field(default_factory=dict)
+    """Per split (``valid``, ``test``): the users whose target's time equals that of a neighbouring interaction
+    in their sequence, so that the file's order, not time, chose it (METHOD.md §2); empty where the layout holds
+    no times."""
 
     @property
     def num_items(self) -> int:
@@ -198,6 +202,11 @@ def apply_protocol(raw: RawData, cfg: DataConfig, name: str = "", root: Path | N
     valid = SplitArrays(np.ascontiguousarray(part[:, 1:]), np.ascontiguousarray(P[:, -2]), valid_history)
     test = SplitArrays(np.ascontiguousarray(P[:, 2 : L + 2]), np.ascontiguousarray(P[:, -1]),
                        np.ascontiguousarray(P[:, : L + 2]))
+    tied_targets: dict[str, int] = {}
+    if inter.tied is not None:
+        end = inter.offsets[1:][keep]  # one past each kept user's last interaction (at least 3 of them)
+        last = inter.tied[end - 1]  # the test target's time equals the validation target's
+        tied_targets = {"valid": int((inter.tied[end - 2] | last).sum()), "test": int(last.sum())}
     counts = np.bincount(part.ravel(), minlength=len(ordered) + 1)
     counts[0] = 0
     del P, part
@@ -215,6 +224,7 @@ def apply_protocol(raw: RawData, cfg: DataConfig, name: str = "", root: Path | N
         item_counts=counts,
         dropped=dict(raw.dropped),
         raw_stats=sequence_stats(raw_lengths, raw_items),
+        tied_targets=tied_targets,
     )
 
 

@@ -87,6 +87,9 @@ class Interactions:
     """[U + 1] int64, starting at 0."""
     items: np.ndarray
     """[interactions] int32/int64 catalogue positions."""
+    tied: np.ndarray | None = None
+    """[interactions] bool: the interaction's time equals that of the one before it in the same user's sequence
+    (their order is the file's); None where the layout holds no times (``users.tsv``)."""
 
     @property
     def lengths(self) -> np.ndarray:
@@ -702,6 +705,23 @@ def _number(text: str) -> float:
         return math.nan
 
 
+def _swallowed_line(parts: list[str], delimiter: str, ids: tuple[int, ...], time_col: int | None) -> int | None:
+    """Where a record's quoted field has swallowed whole records (a double quote left open): the offset, from
+    the record's first line, of the first line inside a multi-line field that reads as a record of its own —
+    as many fields as the header, its id fields filled and (``time_col``) a number in its time field — or None.
+    A multi-line review or title whose lines do not look like rows is a quoted field as CSV allows."""
+    offset = 0
+    for value in parts:
+        lines = value.split("\n")
+        for k, line in enumerate(lines[1:], 1):
+            fields = next(csv.reader([line], delimiter=delimiter), [])
+            if (len(fields) == len(parts) and all(fields[i].strip(ts.SPACES) for i in ids)
+                    and (time_col is None or math.isfinite(_number(fields[time_col].strip(ts.SPACES))))):
+                return offset + k
+        offset += len(lines) - 1
+    return None
+
+
 def _parse_rows(path: Path, text: str, delimiter: str, catalogue: Catalogue | None, problems: _Problems) -> _Rows:
     """The same checks as :func:`_scan_rows`, through Python's csv module (files with quoted fields)."""
     with _long_fields():
@@ -730,6 +750,11 @@ def _parse_records(path: Path, text: str, delimiter: str, catalogue: Catalogue |
         if end > lineno and any("\n" in v for v in (user, item, stamp)):  # a quote left open merges lines
             problems.bad_row(where, f"a quoted field runs over lines {lineno}–{end} into the user id, item id "
                                     "or timestamp (an unbalanced double quote?)")
+            continue
+        inner = _swallowed_line(parts, delimiter, (iu, ii), it) if end > lineno else None
+        if inner is not None:
+            problems.bad_row(where, f"a quoted field runs over lines {lineno}–{end}, and its line {lineno + inner} "
+                                    "reads as a record of its own (an unbalanced double quote?)")
             continue
         if not user or not item:
             problems.bad_row(where, "empty user or item id")
@@ -780,7 +805,16 @@ def _group(rows: _Rows) -> tuple[Interactions, list[str] | None]:
     lengths = np.bincount(user_rank, minlength=len(uniq))
     items = pos.ravel()[order].astype(np.int64)
     users = ts.keys_to_strings(uniq[order_u])
-    return Interactions(users, np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), items), item_ids
+    tied = np.zeros(len(order), dtype=bool)  # equal time to the interaction before, same user
+    if len(order) > 1:
+        sorted_keys = user_rank[order]
+        tied[1:] = sorted_keys[1:] == sorted_keys[:-1]
+        for key in time_keys:
+            sorted_keys = key[order]
+            tied[1:] &= sorted_keys[1:] == sorted_keys[:-1]
+        del sorted_keys
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return Interactions(users, offsets, items, tied), item_ids
 
 
 def _read_interactions(path: Path, delimiter: str, catalogue: Catalogue | None, problems: _Problems,
@@ -838,6 +872,11 @@ def _atomic_items(path: Path, cfg: DataConfig, problems: _Problems) -> Catalogue
             problems.bad_row(where, f"a quoted field runs over lines {lineno}–{end} into the item id (an "
                                     "unbalanced double quote?)")
             continue
+        inner = _swallowed_line(parts, "\t", (iid,), None) if end > lineno else None
+        if inner is not None:
+            problems.bad_row(where, f"a quoted field runs over lines {lineno}–{end}, and its line {lineno + inner} "
+                                    "reads as an item of its own (an unbalanced double quote?)")
+            continue
         if not item or item in seen:
             problems.bad_row(where, f"item {item!r} appears twice" if item else "empty item id")
             continue
@@ -883,6 +922,10 @@ def detect_format(path: Path) -> str:
         return "csv"
     if not path.exists():
         raise DataError(f"{path}: no such file or folder")
+    if path.is_file() and (path.suffix.lower() in (".inter", ".item") or path.name in ("users.tsv", "items.tsv")
+                           or path.name.endswith("_pairs.tsv")):
+        raise DataError(f"{path} is a file: a dataset in this layout is the folder that holds its files; pass "
+                        f"--data {shlex.quote(str(path.parent))}")
     if path.is_dir():
         inters = sorted(path.glob("*.inter"))
         if inters:
@@ -909,6 +952,9 @@ def read(cfg: DataConfig) -> RawData:
     if cfg.text_fields and fmt != "atomic":
         raise DataError(f"data.text_fields: {cfg.text_fields} names columns of a RecBole .item file, but {path} is "
                         f"read as {fmt} (its items.tsv has one title column); drop the key")
+    if fmt in ("iisan", "atomic") and path.is_file():
+        raise DataError(f"{path} is a file: the {fmt} layout is read from the folder that holds its files; pass "
+                        f"--data {shlex.quote(str(path.parent))}")
     if fmt == "iisan":
         return read_iisan(path, cfg)
     if fmt == "atomic":
