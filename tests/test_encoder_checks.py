@@ -73,6 +73,18 @@ def test_a_checkpoint_with_more_layers_than_its_config_is_refused(tmp_path: Path
     assert not _load(head, "image").random_init
 
 
+def test_an_image_folder_without_its_processor_names_the_key(tmp_path: Path) -> None:
+    """A ViT folder without preprocessor_config.json gave transformers' message about the hub."""
+    from transformers import ViTConfig, ViTModel
+
+    folder = tmp_path / "vit"
+    ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                       image_size=32, patch_size=8)).save_pretrained(folder)
+    with pytest.raises(EncoderSpecError, match=rf"^encoders\.image\.model='{folder}': its image processor cannot be "
+                                               r"loaded \(no preprocessor_config\.json there\?\)"):
+        build_encoder("image", EncoderSpec(model=str(folder), num_taps=3))
+
+
 def test_extra_layers_under_a_task_checkpoints_prefix_are_refused_and_stored_buffers_are_not(tmp_path: Path) -> None:
     """A BertForMaskedLM checkpoint names its weights ``bert.encoder.…``: with more layers than its config.json
     they passed the check, which read ``bert`` as a task head. A stored ``token_type_ids`` buffer (no weight) of

@@ -56,6 +56,9 @@ def test_a_row_is_refused_when_its_options_are_not_a_dataclass_or_its_name_is_ta
     with pytest.raises(ConfigError, match="registered twice"):
         register_method(Method("crossan", None, __name__, True, False))
     assert "late_not_dataclass" not in METHODS and "late_not_dataclass" not in Config.__dataclass_fields__
+    with pytest.raises(ConfigError, match=r"^method 'late_nowhere': its module 'no_such_module_x' cannot be found"):
+        register_method(Method("late_nowhere", None, "no_such_module_x", True, False))
+    assert "late_nowhere" not in METHODS  # it was listed, and training ended in a ModuleNotFoundError traceback
 
 
 @dataclasses.dataclass
@@ -323,6 +326,33 @@ def test_a_new_method_trains_from_the_cache_with_known_outputs(example_module, t
     assert 0.0 <= res["test"]["NDCG@10"] <= 1.0
 
 
+def test_a_plugin_run_is_not_resumed_by_other_code(example_module, tiny_cached, tmp_path: Path) -> None:
+    """The checkpoint records the plugin's SHA-256: a --resume after the file changed continued the epochs of
+    the old code under the new one, and results.json then recorded only the new code (so a suite reused it)."""
+    from crossan.errors import RunError
+    from crossan.methods import method_source
+    from crossan.trainer import train
+
+    data_dir, cache_dir = tiny_cached
+    args = [f"data.path={data_dir}", "encoders.preset=tiny", f"cache.dir={cache_dir}", "device=cpu", "precision=fp32",
+            "method=lastmean", "modalities=[text,image]", "train.max_steps_per_epoch=2", "train.epochs=2"]
+    run = tmp_path / "run"
+    train(load_config([], args), run, progress=False)
+    (run / "results.json").unlink()  # as if killed after its last checkpoint
+    source = Path(example_module.__file__)
+    trained = method_source("lastmean")["sha256"]
+    original = source.read_text()
+    try:
+        source.write_text(original + "\n# edited\n")
+        with pytest.raises(RunError, match=r"last\.pt was trained with other code of its plugin method "
+                                           rf"\(method_source\.sha256: {trained} → "):
+            train(load_config([], args), run, resume=True, progress=False)
+    finally:
+        source.write_text(original)
+    train(load_config([], args), run, resume=True, progress=False)
+    assert json.loads((run / "results.json").read_text())["method_source"]["sha256"] == trained
+
+
 # --- the mistakes a researcher adding a method makes, each named in the error (docs/method.md §13) ---
 
 
@@ -408,6 +438,25 @@ def test_a_tower_whose_param_groups_miss_or_repeat_a_parameter_is_named(groups, 
     tower.param_groups = lambda train: groups(tower.w)
     with pytest.raises(ValueError, match=message):
         param_groups(Recommender(tower, cfg, torch.ones(6)), cfg)
+
+
+def test_param_groups_without_lr_train_at_train_lr_and_a_bad_shape_is_named() -> None:
+    """A plugin group without "lr" trained at Adam's own default 1e-3, with train.lr=2e-4 everywhere on record; a
+    tuple of groups raised AttributeError inside crossan."""
+    from crossan.model import param_groups
+    from crossan.recommender import Recommender
+
+    cfg = load_config([], ["method=id", "train.lr=2e-4"])
+    tower = _FixedTower(5, cfg.user.dim, lambda items: torch.ones(len(items), cfg.user.dim))
+    model = Recommender(tower, cfg, torch.ones(6))
+    tower.param_groups = lambda train: ({"name": "heads", "params": [tower.w]},)  # a tuple, no lr
+    groups = param_groups(model, cfg)
+    assert [(g["name"], g["lr"]) for g in groups] == [("heads", 2e-4), ("user_encoder", 2e-4)]
+    for bad, words in (([tower.w], "must return a list of dicts"),
+                       ([{"name": "h", "params": [tower.w], "lr": "fast"}], "group 'h' has lr='fast'")):
+        tower.param_groups = lambda train, bad=bad: bad
+        with pytest.raises(ValueError, match=rf"^method='id': its tower's param_groups.*{words}"):
+            param_groups(model, cfg)
 
 
 def test_a_non_finite_loss_names_the_method_and_a_plugin_tower(small_data: Path, tmp_path: Path,

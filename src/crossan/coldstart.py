@@ -279,8 +279,9 @@ def _embed_new(model: Any, cfg: Config, catalogue: Any, ids: list[str], device: 
             return torch.cat([tower.embed_content(records[i:i + step], catalogue, **policy).float()
                               for i in range(0, len(records), step)])
     if not isinstance(tower, ContentTower):
-        raise ServeError(f"method={cfg.method}: its item tower ({type(tower).__name__}) cannot embed new content "
-                         "(it neither reads a feature source nor implements embed_content)")
+        raise ServeError(f"method={cfg.method}: its item tower ({type(tower).__name__}) cannot embed new content: "
+                         "it derives from no ContentTower (whose feature source is replaced by live encoders for "
+                         "new items) and implements no embed_content (docs/serving.md, cold start)")
     from crossan.encoders.factory import build_encoders
 
     modalities = list(tower.modalities)

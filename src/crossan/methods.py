@@ -111,6 +111,9 @@ def register_method(method: Method) -> Method:
                                            and dataclasses.is_dataclass(method.options)):
         raise ConfigError(f"method {method.name!r}: options must be a dataclass (its fields are the keys "
                           f"{method.name}.KEY), got {method.options!r}")
+    if not _is_builtin(method.module) and not _importable(method.module):
+        raise ConfigError(f"method {method.name!r}: its module {method.module!r} cannot be found (the row's module "
+                          "is imported to build the tower; a plugin usually names its own, __name__)")
     METHODS[method.name] = method
     if method.options is not None and _sections_fixed:
         try:
@@ -120,6 +123,21 @@ def register_method(method: Method) -> Method:
             del METHODS[method.name]
             raise
     return method
+
+
+def _is_builtin(module: str) -> bool:
+    """Whether ``module`` is crossan's own (a built-in method's row names it)."""
+    return module == "crossan" or module.startswith("crossan.")
+
+
+def _importable(module: str) -> bool:
+    """Whether ``module`` is loaded or can be found (its parent packages are imported to look)."""
+    if module in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 BUILTIN: tuple[Method, ...] = (
@@ -229,11 +247,6 @@ def _note_loaded(spec: str, entry_point: str | None, module: str, before: set[st
     the rows its import added and those naming its module (registered by an earlier import of it)."""
     names = _loaded.setdefault(module, (spec, entry_point, []))[2]
     names.extend(n for n, m in METHODS.items() if (n not in before or m.module == module) and n not in names)
-
-
-def _is_builtin(module: str) -> bool:
-    """Whether ``module`` is crossan's own (a built-in method's row names it)."""
-    return module == "crossan" or module.startswith("crossan.")
 
 
 def _is_file_spec(spec: str) -> bool:

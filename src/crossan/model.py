@@ -35,11 +35,21 @@ def build_model(cfg: Config, data: SequentialData, device: torch.device) -> Reco
 
 def param_groups(model: Recommender, cfg: Config) -> list[dict[str, Any]]:
     """The tower's own groups plus the user encoder's; each trainable parameter in exactly one group
-    (ValueError naming the method otherwise: a plugin's ``param_groups`` is the usual culprit)."""
-    groups = model.tower.param_groups(cfg.train)
+    (ValueError naming the method otherwise: a plugin's ``param_groups`` is the usual culprit). A group that
+    sets no ``lr`` trains at ``train.lr`` (not Adam's own default)."""
+    declared = model.tower.param_groups(cfg.train)
+    where = f"method={cfg.method!r}: its tower's param_groups"
+    if not isinstance(declared, (list, tuple)) or not all(isinstance(g, dict) and "params" in g for g in declared):
+        raise ValueError(f"{where} must return a list of dicts, each with 'params' (and 'name', 'lr'); got "
+                         f"{type(declared).__name__}")
+    groups = [dict(g) for g in declared]
     groups.append({"name": "user_encoder", "params": list(model.user.parameters()), "lr": cfg.train.lr})
     seen: set[int] = set()
-    for g in groups:
+    for k, g in enumerate(groups):
+        g.setdefault("name", f"group {k}")
+        lr = g.setdefault("lr", cfg.train.lr)
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr >= 0:
+            raise ValueError(f"{where}: group {g['name']!r} has lr={lr!r}; expected a number ≥ 0")
         g["params"] = [p for p in g["params"] if p.requires_grad]
         for p in g["params"]:
             if id(p) in seen:

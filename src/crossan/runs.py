@@ -497,6 +497,11 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
                        f"(now {dist.world_size()})")
     saved = ck.get("data") if isinstance(ck.get("data"), dict) else {}
     changed = [(k, f"{k}: {saved[k]} → {v}") for k, v in (data or {}).items() if k in saved and saved[k] != v]
+    code = [c for k, c in changed if k == "method_source.sha256"]
+    if code:
+        raise RunError(f"{path} was trained with other code of its plugin method ({code[0]}): its epochs cannot be "
+                       f"continued by the code loaded now; restore the plugin's file, or train into a new folder, "
+                       f"or {fresh}")
     if changed:
         what = ("data than the dataset holds now" if all(k.endswith("fingerprint") for k, _ in changed)
                 else "inputs than the run reads now (the cache or the item content changed)")

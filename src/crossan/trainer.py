@@ -221,6 +221,9 @@ class _Run:
     """:func:`~crossan.runs.content_digests`: the titles/media the run read itself (``content_sources``)."""
     folder_lock: int | None = None
     """:func:`~crossan.runs.lock_run_folder`'s descriptor (rank 0), released when :func:`train` ends."""
+    method_source: dict[str, str] | None = None
+    """:func:`~crossan.methods.method_source` when the run started: a plugin method's file and its SHA-256
+    (stored in each checkpoint, compared on resume, recorded in results.json); None for crossan's own."""
     resume_check: ResumeCheck = field(default_factory=ResumeCheck)
     """What a ``--resume`` set otherwise than config.yaml and :func:`check_run_dir` accepted (``precision``, the
     data or cache folder)."""
@@ -341,7 +344,8 @@ def _start(cfg: Config, run_dir: Path, resume: bool, data: SequentialData | None
         # recorded in results.json and each checkpoint; every rank computes them (the media hashing in shares,
         # whose gather waits up to CACHE_TIMEOUT: rank 0 hashing alone outlasted the others' 30-minute barrier)
         inputs_read = {"cache_states": cache_states_digests(cfg, data),
-                       "content_sources": content_digests(cfg, data, collective=True)}
+                       "content_sources": content_digests(cfg, data, collective=True),
+                       "method_source": method_source(cfg.method)}
         dist.barrier()  # every rank has checked and built before rank 0 writes anything
         if dist.is_main() and not resume:
             run_dir.mkdir(parents=True, exist_ok=True)
@@ -371,9 +375,12 @@ def _checkpoint_inputs(run: _Run) -> dict[str, str]:
     and, per modality, the digest of the cached states (``cache_states.<m>``) or of the content the tower reads
     itself (``content_sources.<m>``). A cache updated after a title changed keeps the item ids, so the
     fingerprints alone would let a resumed run train its later epochs on other inputs than its first ones.
-    (Every rank knows the digests and makes the comparison, so that all of them refuse a changed input.)"""
+    A plugin method's code (``method_source.sha256``) is one of those inputs: epochs trained by other code
+    under the same name are not continued. (Every rank knows the digests and makes the comparison, so that all
+    of them refuse a changed input.)"""
+    code = {} if run.method_source is None else {"method_source.sha256": run.method_source["sha256"]}
     return {**run.fingerprints, **{f"cache_states.{m}": d for m, d in run.cache_states.items()},
-            **{f"content_sources.{m}": d for m, d in run.content_sources.items()}}
+            **{f"content_sources.{m}": d for m, d in run.content_sources.items()}, **code}
 
 
 def _log_start(run: _Run) -> None:
@@ -641,9 +648,8 @@ def _test_best(run: _Run, state: TrainState) -> dict[str, Any]:
         results["cache_states"] = run.cache_states
     if run.content_sources:  # likewise for titles/media an end-to-end run read itself
         results["content_sources"] = run.content_sources
-    source = method_source(cfg.method)  # a plugin's code, so that its runs are not reused after it changes
-    if source is not None:
-        results["method_source"] = source
+    if run.method_source is not None:  # a plugin's code, so that its runs are not reused after it changes
+        results["method_source"] = run.method_source
     if dist.is_main():
         save_per_user(run.run_dir / PER_USER, data, valid_ranks, test_ranks)
         atomic_write_json(run.run_dir / RESULTS, results)

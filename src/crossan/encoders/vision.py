@@ -27,7 +27,13 @@ def _processor_class(name: str) -> type:
 def _load_image_processor(info: BackboneInfo) -> Any:
     from transformers import AutoImageProcessor
 
-    return AutoImageProcessor.from_pretrained(info.name, **hub_kwargs(info.name))
+    try:
+        return AutoImageProcessor.from_pretrained(info.name, **hub_kwargs(info.name))
+    except OSError as e:  # transformers' message points at the hub; a folder without its processor is the usual case
+        raise EncoderSpecError(
+            f"encoders.{info.modality}.model={info.name!r}: its image processor cannot be loaded (no "
+            "preprocessor_config.json there?), and a pretrained model must be fed as its processor prepares "
+            "images; save it beside the weights (image_processor.save_pretrained(folder))") from e
 
 
 def _square(size: int) -> dict[str, int]:

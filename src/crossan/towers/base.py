@@ -68,7 +68,8 @@ class ItemTower(nn.Module, ABC):
 
     @abstractmethod
     def param_groups(self, train: TrainConfig) -> list[dict[str, Any]]:
-        """Optimiser parameter groups (``{"params": [...], "lr": ..., "name": ...}``) for the trainable parts.
+        """Optimiser parameter groups (``{"params": [...], "lr": ..., "name": ...}``) for the trainable parts
+        (a group without ``lr`` trains at ``train.lr``).
 
         Each module declares its own groups; the trainer never guesses from parameter names.
         """
