@@ -50,6 +50,8 @@ def test_bad_file_names_file_and_key(tmp_path: Path) -> None:
         load_config([f])
     with pytest.raises(ConfigError, match="does not exist"):
         load_config([tmp_path / "none.yaml"])
+    with pytest.raises(ConfigError, match=rf"config file {tmp_path} is a folder; --config takes a YAML file"):
+        load_config([tmp_path])  # "does not exist", of a folder that does
 
 
 @pytest.mark.parametrize("text", ["/data/ds #2", "2024.10", "010", "0x1F", "12:30", "on", "/data/a: b", "1e3"])

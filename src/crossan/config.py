@@ -644,6 +644,8 @@ def load_config(files: list[str | Path] = (), overrides: list[str] = (), base: C
     sources: dict[str, str] = {}  # dotted key → "FILE:LINE" of the file that set it last
     for f in files:
         p = Path(f)
+        if p.is_dir():
+            raise ConfigError(f"config file {p} is a folder; --config takes a YAML file (a run's: {p / 'config.yaml'})")
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
         data, lines = read_yaml_file(p)
