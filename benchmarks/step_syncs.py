@@ -42,7 +42,8 @@ HOST_READING_OPS = frozenset({"_local_scalar_dense", "nonzero", "bincount", "_un
 
 def _caller() -> str:
     """The innermost crossan line of the Python stack (``file:line``), else the innermost line outside torch."""
-    frames = [f for f in traceback.extract_stack()[:-2] if "/torch/" not in f.filename]
+    frames = [f for f in traceback.extract_stack()[:-2]
+              if "/torch/" not in f.filename and Path(f.filename).name != "warnings.py"]
     ours = [f for f in frames if "/crossan/" in f.filename] or frames
     f = ours[-1]
     return f"{'/'.join(Path(f.filename).parts[-2:])}:{f.lineno}"
@@ -69,16 +70,21 @@ def count_reads(step: Callable[[], object], device: torch.device) -> Counter[str
             step()
         return reads.where
     where: Counter[str] = Counter()
-    with warnings.catch_warnings(record=True) as caught:
+
+    def note(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+        # filed where the warning is issued, by the crossan line on the stack: the warning itself names the
+        # innermost Python frame, often torch's own wrapper (torch.unique's in torch/functional.py)
+        if "synchroniz" in str(message):
+            where[_caller()] += 1
+
+    with warnings.catch_warnings():
         warnings.simplefilter("always")
+        warnings.showwarning = note
         torch.cuda.set_sync_debug_mode("warn")
         try:
             step()
         finally:
             torch.cuda.set_sync_debug_mode("default")
-    for w in caught:
-        if "synchroniz" in str(w.message):
-            where[f"{'/'.join(Path(w.filename).parts[-2:])}:{w.lineno}"] += 1
     return where
 
 

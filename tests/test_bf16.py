@@ -180,6 +180,39 @@ def test_training_forward_bf16_close_to_fp32(method):
     assert rank16.max() <= 2
 
 
+class _CudaAutocastSum(torch.overrides.TorchFunctionMode):
+    """CUDA's autocast rule for ``sum`` on a CPU: under autocast, a sum of a bf16/fp16 tensor with no dtype given
+    comes out float32 (``sum`` is in CUDA's run-in-float32 list, not in the CPU's)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        kwargs = kwargs or {}
+        if (func in (torch.sum, torch.Tensor.sum) and torch.is_autocast_enabled("cpu") and kwargs.get("dtype") is None
+                and args[0].dtype in (torch.bfloat16, torch.float16)):
+            kwargs = {**kwargs, "dtype": torch.float32}
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("method, options", [("iisan", {"inter": "single"}), ("iisan", {}), ("crossan", {})])
+def test_a_training_forward_under_cudas_autocast_sum_rule(method: str, options: dict) -> None:
+    """``iisan.inter=single``'s chain summed its modalities in float32 under CUDA's autocast, and the next depth's
+    lerp then met bf16 inputs: "expected dtype float for 'end' but got dtype BFloat16" at the first bf16 step on
+    a GPU, never on a CPU (whose autocast keeps sum in bf16)."""
+    cfg = Config(method=method, modalities=MODS, precision="bf16")
+    section = getattr(cfg, method)
+    section.side_dim, section.bottleneck = DS, 8
+    for key, value in options.items():
+        setattr(section, key, value)
+    cfg.user.dim = D
+    g = torch.Generator().manual_seed(0)
+    states = {m: torch.randn(N + 1, K, DS, generator=g).half() for m in MODS}
+    present = {m: torch.arange(N + 1) > 0 for m in MODS}
+    ctx = TowerContext(cfg, N, [""] + [f"i{i}" for i in range(N)], extras={"features": TensorFeatures(states, present)})
+    tower = build_tower(ctx).train()
+    with _CudaAutocastSum(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = tower(torch.arange(1, N + 1))
+    assert out.shape == (N, D) and torch.isfinite(out.float()).all()
+
+
 @pytest.mark.parametrize("method", ["crossan", "iisan"])
 def test_evaluation_is_fp32_whatever_the_precision(method):
     """Evaluation and serving embed and score in float32 (Recommender's docstring): a bf16 run scores exactly

@@ -114,7 +114,7 @@ def matmul_rate(dtype: torch.dtype | None = None, device: torch.device | str = "
     dtype = dtype or torch.float32
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)  # its own GPU
     queued = 50 if device.type == "cuda" else 1
     torch.mm(a, b)
     sync()

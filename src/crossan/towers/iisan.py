@@ -95,7 +95,9 @@ def iisan_chains(h: torch.Tensor, g: torch.Tensor, inter: tuple[torch.Tensor, ..
             zp = torch.lerp(inter[1][k], inter[0][k], g[k, M:])
             z.append(zp if s is None else zp + s[M:])
         elif inter is not None:  # single: t + Σ_m w_m·h_m
-            zi = (inter[0][k] * h[k]).sum(0, keepdim=True)
+            # summed in float32 and cast back: CUDA's autocast runs `sum` in float32, and a float32 chain would
+            # then meet the bf16 side inputs in the next depth's lerp, which refuses mixed dtypes
+            zi = (inter[0][k] * h[k]).sum(0, keepdim=True, dtype=torch.float32).to(h.dtype)
             z.append(zi if s is None else zi + s[M:])
         s = sanb_step(torch.cat(z, 0) if len(z) > 1 else z[0], dw, db, uw, ub, masks[k], scale)
     return s
