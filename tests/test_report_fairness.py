@@ -195,6 +195,19 @@ META = {"suite": "t", "description": "", "data": "d", "preset": "paper", "seeds"
         "parallel": 1, "cache_build_s": 0.0, "machine": "m", "date": "today"}
 
 
+def test_a_one_seed_row_writes_strict_json(tmp_path: Path) -> None:
+    """A run of one seed has no interval: results.json held bare NaN tokens (14 in one suite), which strict JSON
+    parsers (JavaScript's, Java's) refuse; now null, while the CSV leaves the cell empty as before."""
+    rng = np.random.default_rng(2)
+    row = _row(tmp_path, "REF", {0: rng.geometric(0.08, size=200).astype(float)})
+    write_outputs([row], {**META, "seeds": [0]}, tmp_path)
+    text = (tmp_path / "results.json").read_text()
+    saved = json.loads(text, parse_constant=lambda c: pytest.fail(f"results.json holds {c}"))
+    assert saved["rows"][0]["test_NDCG@10_ci95"] is None and saved["rows"][0]["test_NDCG@10_mean"] > 0
+    assert math.isnan(row["test_NDCG@10_ci95"])  # the rows in memory keep NaN for the table and plots
+    assert _csv_rows(tmp_path)[1]["REF"]["test_NDCG@10_ci95"] == ""
+
+
 @pytest.mark.parametrize("ks", [(5, 10, 20), (10, 20), (5, 20)])  # @5, @10 derived from per_user.npz
 def test_table_reports_k_5_10_20_and_mrr_in_order(tmp_path: Path, ks: tuple[int, ...]) -> None:
     rng = np.random.default_rng(1)

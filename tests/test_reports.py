@@ -248,3 +248,22 @@ def test_router_table_has_a_column_for_every_modality_any_run_routes_over() -> N
         "| M3 | 0.500 | 0.300 | 0.200 |",
         "| no-image | 0.600 |  | 0.400 |", ""]
     assert router_table([{"name": "ID"}]) == []
+
+
+def test_plot_titles_fit_their_figure_and_the_memory_axis_says_what_it_measured() -> None:
+    """ndcg_vs_params.png's note line ("* differs from … paired test over test users …") was cut at both sides,
+    and the cost plot called memory above the idle process "peak memory"."""
+    import matplotlib.pyplot as plt
+
+    from crossan.reports.plots import _fit_title, _memory_label
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    _fit_title(ax, "Quality against trainable parameters\n* differs from CROSSAN M=4 (ref) at Holm-adjusted p < "
+                   "0.05, paired test over test users (on 3+ seeds, none capped)", 10)
+    fig.tight_layout()
+    fig.canvas.draw()
+    box, frame = ax.title.get_window_extent(), fig.bbox
+    assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and box.y1 <= frame.y1
+    plt.close(fig)
+    assert _memory_label([{"peak_memory_kind": "cpu_peak_rss_above_idle"}]) == "peak memory above idle, RSS (MiB)"
+    assert _memory_label([{"peak_memory_kind": "cuda_max_memory_allocated"}]) == "peak GPU memory allocated (MiB)"

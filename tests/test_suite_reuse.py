@@ -419,7 +419,7 @@ def test_a_resumed_childs_log_keeps_the_earlier_attempts(tmp_path: Path, capsys)
     log.write_text(f"epoch 1 | loss 7.0\ncrossan: error: the first attempt's own error\n\n{CPU_LINE}5.00\n")
     kwargs = {"overrides": ["train.epochs=-1"], "run_dir": str(tmp_path / "run"), "progress": False}
     assert run_child("train", {**kwargs, "resume": True}, log, show=True) == 2  # fails at once: a bad value
-    shown = capsys.readouterr().out
+    shown = capsys.readouterr().err  # a copy on stderr: stdout keeps the table
     text = log.read_text()
     assert text.startswith("epoch 1 | loss 7.0\n") and text.count(ATTEMPT_LINE) == 1
     assert "epoch 1" not in shown and "train.epochs" in shown  # the terminal sees this attempt only

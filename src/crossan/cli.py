@@ -256,7 +256,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     _refuse_suite_under_torchrun("bench")
     suite = load_suite(args.suite, seeds=args.seeds, cost_repeats=args.cost_repeats)
-    rows = run_suite(suite, Path(args.out), resume=not args.fresh)
+    rows = run_suite(suite, Path(args.out), resume=not args.fresh, progress=not args.quiet)
     return _suite_status(rows)
 
 
@@ -271,7 +271,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _refuse_suite_under_torchrun("demo")
     t0 = time.perf_counter()
     out = Path(args.out)
-    rows = run_suite(load_suite("demo", seeds=args.seeds, cost_repeats=args.cost_repeats), out, resume=not args.fresh)
+    rows = run_suite(load_suite("demo", seeds=args.seeds, cost_repeats=args.cost_repeats), out, resume=not args.fresh,
+                     progress=not args.quiet)
     print(f"[demo] finished in {time.perf_counter() - t0:.0f} s; report: {out / 'report.md'}")
     return _suite_status(rows)
 
@@ -390,6 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train each run's first seed N times alone; cost columns are the median over them and the "
                         "seeds that trained alone (default: the suite's cost_repeats, 1)")
     p.add_argument("--fresh", action="store_true", help="retrain runs that finished earlier in --out")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bars and no copy of each run's output on stderr (each run's log keeps it)")
     p.set_defaults(fn=cmd_demo)
 
     p = sub.add_parser("bench", help="run a suite of methods side by side and report quality and cost",
@@ -411,6 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true",
                    help="retrain every run of the suite that finished earlier in --out (to retrain one run only, "
                         "delete its folder OUT/runs/NAME/ instead)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bars and no copy of each run's output on stderr (each run's log keeps it)")
     plugin_arg(p)
     p.set_defaults(fn=cmd_bench)
 
@@ -472,6 +477,15 @@ def _stdout_closed() -> bool:
     return closed
 
 
+def _tolerant_output() -> None:
+    """Print what the output encoding cannot hold as escapes (``\\u2014``) instead of failing: with
+    ``PYTHONIOENCODING=latin-1`` a summary's dash or the table's Δ ended ``cache`` and ``bench`` with exit 2 after
+    their work was done."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure") and getattr(stream, "errors", "") == "strict":
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # key=value overrides may also follow an option (`train --quiet train.epochs=1`): argparse leaves those
@@ -485,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     from crossan.data.media import MediaError  # not yet CrossanError subclasses
     from crossan.data.readers import DataError
 
+    _tolerant_output()
     previous = _stop_on_sigterm()
     try:
         _prepare(args)

@@ -7,6 +7,7 @@ need torch import it when called.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import random
@@ -292,6 +293,18 @@ def _umask() -> int:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """:func:`atomic_write` of a UTF-8 text file."""
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def json_safe(obj: Any) -> Any:
+    """A copy of ``obj`` (dicts, lists, tuples, scalars) with every non-finite float as None: strict JSON has no
+    NaN or Infinity (Python's ``json`` writes them as bare tokens that JavaScript's and Java's parsers refuse)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def atomic_write_json(path: str | Path, obj: Any, sort_keys: bool = False) -> None:

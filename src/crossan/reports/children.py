@@ -118,7 +118,8 @@ def start_child(target: str, kwargs: dict[str, Any], log_path: Path, threads: in
 
 def run_child(target: str, kwargs: dict[str, Any], log_path: Path, show: bool) -> int:
     """Run ``target`` in a child of its own, its output going to ``log_path`` (and, if ``show``, copied to
-    the terminal as it comes). Returns the child's exit code."""
+    stderr as it comes: progress and log lines, not results; stdout keeps the suite's table). Returns the child's
+    exit code."""
     proc = start_child(target, kwargs, log_path)
     try:
         with open(log_path, "rb") as log:
@@ -127,8 +128,8 @@ def run_child(target: str, kwargs: dict[str, Any], log_path: Path, show: bool) -
                 alive = proc.is_alive()
                 chunk = log.read()
                 if chunk and show:
-                    sys.stdout.buffer.write(chunk)
-                    sys.stdout.flush()
+                    sys.stderr.buffer.write(chunk)
+                    sys.stderr.flush()
                 if not alive and not chunk:
                     break
                 if not chunk:

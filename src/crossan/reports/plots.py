@@ -120,10 +120,9 @@ def _ablation_bars(rows: list[dict[str, Any]], out: Path) -> str:
                         xytext=(0, 2), ha="center", fontsize=12)
     ax.set_xticks(xs, [_name(r) for r in rows], rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("test NDCG@10 (mean, 95% CI over seeds)")
-    ax.set_title(f"Runs against the reference {ref} (hatched)\n"
-                 f"* Holm-adjusted p < 0.05, paired bootstrap over users (on {MIN_CLAIM_SEEDS}+ seeds, none capped)"
-                 + _no_interval_note(rows),
-                 fontsize=9)
+    _fit_title(ax, f"Runs against the reference {ref} (hatched)\n"
+                   f"* Holm-adjusted p < 0.05, paired bootstrap over users (on {MIN_CLAIM_SEEDS}+ seeds, none capped)"
+                   + _no_interval_note(rows), 9)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, out, "ablation_bars.png")
 
@@ -131,6 +130,26 @@ def _ablation_bars(rows: list[dict[str, Any]], out: Path) -> str:
 def quality_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The rows whose quality may be plotted: finished, converged (not cost only), with a test NDCG@10 mean."""
     return [r for r in rows if r["status"] == "ok" and not r.get("cost_only") and "test_NDCG@10_mean" in r]
+
+
+def _fit_title(ax: plt.Axes, title: str, fontsize: float) -> None:
+    """``ax.set_title`` with each line wrapped to the figure's width (a long note line was cut at both sides)."""
+    import textwrap
+
+    inches = ax.get_position().width * ax.figure.get_figwidth() * 1.15  # the axes' width, a little beyond
+    width = inches * 72 / (0.55 * fontsize)  # characters of about 0.55 em
+    lines = [textwrap.fill(line, max(20, int(width))) for line in title.split("\n")]
+    ax.set_title("\n".join(lines), fontsize=fontsize)
+
+
+def _memory_label(rows: list[dict[str, Any]]) -> str:
+    """The cost plot's memory axis: what ``peak_memory_bytes`` measured (its rows' ``peak_memory_kind``)."""
+    kinds = {r.get("peak_memory_kind") for r in rows}
+    if kinds <= {"cpu_peak_rss_above_idle", None, ""}:
+        return "peak memory above idle, RSS (MiB)"
+    if kinds <= {"cuda_max_memory_allocated", None, ""}:
+        return "peak GPU memory allocated (MiB)"
+    return "peak memory (MiB; CPU RSS above idle or GPU allocated)"
 
 
 def _save(fig: plt.Figure, out: Path, name: str) -> str:
@@ -190,7 +209,7 @@ def _quality_vs_params(rows: list[dict[str, Any]], n_cost_only: int, out: Path) 
     if n_cost_only:
         title += f"\n({n_cost_only} cost-only run(s), not converged, not shown)"
     title += _no_interval_note(rows)
-    ax.set_title(title, fontsize=10)
+    _fit_title(ax, title, 10)
     ax.grid(alpha=0.3)
     return _save(fig, out, "ndcg_vs_params.png")
 
@@ -198,7 +217,7 @@ def _quality_vs_params(rows: list[dict[str, Any]], n_cost_only: int, out: Path) 
 def _cost_bars(rows: list[dict[str, Any]], out: Path) -> str:
     names = [r["name"] + (" (cost only)" if r.get("cost_only") else "") for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
-    series = [("time_per_epoch_s", "time per epoch (s)", 1.0), ("peak_memory_bytes", "peak memory (MiB)", 2**20),
+    series = [("time_per_epoch_s", "time per epoch (s)", 1.0), ("peak_memory_bytes", _memory_label(rows), 2**20),
               ("trainable_params", "trainable parameters", 1.0)]
     for ax, (key, label, scale) in zip(axes, series):
         vals = [max(float(r[key]) / scale, 1e-6) for r in rows]

@@ -275,6 +275,21 @@ def _refuse_suite_set_keys(overrides: list[str], where: str) -> None:
                               f"{SUITE_SET_KEYS[key]}")
 
 
+def encoder_statement(suite: Suite, run: RunSpec) -> str:
+    """Each modality's encoder of ``run`` and whether its weights are pretrained, from the suite's preset and the
+    suite's and run's ``encoders.*`` overrides (configs only, no weights read)."""
+    from crossan.encoders.report import pretrained_summary
+    from crossan.methods import get_method
+
+    if not get_method(run.method).has_content:
+        return "none (learned item IDs)"
+    chosen = [o for o in (*suite.overrides, *run.overrides) if o.startswith("encoders.")]
+    preset = next((o.split("=", 1)[1] for o in reversed(chosen) if o.startswith("encoders.preset=")), suite.preset)
+    if preset == "paper" and all(o.startswith("encoders.preset=") for o in chosen):
+        return "the paper preset's published checkpoints (pretrained)"
+    return pretrained_summary(preset, run.modalities, chosen)
+
+
 def run_overrides(suite: Suite, run: RunSpec, data_path: str, seed: int) -> list[str]:
     """The ``key=value`` list of one (run, seed); the suite's seed comes last and wins."""
     return [f"data.path={data_path}", f"encoders.preset={suite.preset}", f"method={run.method}",
@@ -705,6 +720,8 @@ def _run_suite(suite: Suite, out: Path, resume: bool, progress: bool) -> list[di
             done[run.name].append(rec)
     rows = [collect_run(run, sorted(done[run.name], key=lambda r: (suite.seeds.index(r["seed"]), r["repeat"])))
             for run in suite.runs]
+    for run, row in zip(suite.runs, rows):  # which encoders each row's numbers come from (pretrained or not)
+        row["encoders"] = encoder_statement(suite, run)
     meta = {"suite": suite.name, "description": suite.description, "data": str(data), "preset": suite.preset,
             "data_digest": data_digest, "seeds": suite.seeds, "reference": suite.reference,
             "parallel": suite.parallel, "cost_repeats": suite.cost_repeats, "plugins": plugins,

@@ -35,7 +35,7 @@ import yaml
 
 import crossan
 from crossan.reports.stats import BOOTSTRAP_RESAMPLES, holm_adjust, ndcg_at, paired_bootstrap, t_interval
-from crossan.utils import atomic_write_json, atomic_write_text
+from crossan.utils import atomic_write_json, atomic_write_text, json_safe
 
 METRICS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20", "MRR")
 """Every cut-off METHOD.md §2 asks for (K = 5, 10, 20; 10 is the headline) and MRR."""
@@ -497,7 +497,7 @@ COLUMNS = ["name", "method", "modalities", "status", "cost_only", "seeds",
            "cost_seeds", "cost_measurements",
            "time_per_epoch_range", "peak_memory_range", "trainable_params",
            "total_params", "TPME", "eval_time_s", "wall_s", "cpu_s", "peak_memory_kind", "device",
-           "compute_dtype", "mask_history", "crossan_version", "flags", "error"]
+           "compute_dtype", "mask_history", "crossan_version", "encoders", "flags", "error"]
 
 
 def _mib(b: float) -> str:
@@ -582,7 +582,7 @@ def write_outputs(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path,
         for r in rows:
             w.writerow({k: _csv_value(r.get(k, "")) for k in COLUMNS})
     tmp.replace(out / "results.csv")
-    atomic_write_json(out / "results.json", {"meta": meta, "rows": rows})
+    atomic_write_json(out / "results.json", json_safe({"meta": meta, "rows": rows}))  # no interval: null, not NaN
     table = markdown_table(rows, meta.get("reference"))
     atomic_write_text(out / "results.md", table + "\n")
     from crossan.reports.plots import plot_all
@@ -724,6 +724,19 @@ def router_table(rows: list[dict[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
+def encoder_lines(rows: list[dict[str, Any]], preset: str) -> list[str]:
+    """The report's statement of which encoders each row's numbers come from and whether they were pretrained
+    (each row's ``encoders``: the suite's preset with the suite's and the run's encoder overrides)."""
+    content = [r for r in rows if r.get("encoders") and not str(r["encoders"]).startswith("none")]
+    if not content:
+        return []
+    said = {str(r["encoders"]) for r in content}
+    if len(said) == 1:
+        return [f"> Encoders (`{preset}` preset and the suite's encoder settings): {said.pop()}.", ""]
+    return ["> Encoders differ between runs (the suite's and the runs' encoder settings):", ">",
+            *[f"> - {r['name']}: {r['encoders']}" for r in content], ""]
+
+
 def render_report(rows: list[dict[str, Any]], meta: dict[str, Any], table: str, figures: list[str],
                   resamples: int = BOOTSTRAP_RESAMPLES) -> str:
     ok = [r for r in rows if r["status"] == "ok"]
@@ -739,10 +752,7 @@ def render_report(rows: list[dict[str, Any]], meta: dict[str, Any], table: str, 
              f"- date: {meta['date']}",
              f"- data {meta.get('data_s', 0)} s; layer-state cache {meta['cache_build_s']} s (once, shared by the "
              f"cached methods); whole suite {meta.get('total_s', '?')} s of wall time", ""]
-    if meta["preset"] != "paper":  # the paper preset's published checkpoints are all pretrained
-        from crossan.encoders.report import pretrained_summary
-
-        lines += [f"> Encoders (`{meta['preset']}` preset): {pretrained_summary(meta['preset'])}.", ""]
+    lines += encoder_lines(rows, meta["preset"])
     lines += ["## Results (test split, best validation epoch)", "", table, ""]
     lines += ["Quality: mean ± half-width of the 95% t-interval over the seeds each run trained under (no interval "
               "from one seed); every metric (K = 5, 10, 20 and MRR) is under *All test metrics* below.", ""]
