@@ -5,6 +5,7 @@ padding, images of more than 8 bits, titles longer than the text model's positio
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -136,6 +137,24 @@ def test_join_refuses_shards_of_different_precisions(tmp_path: Path, data: FakeD
     assert "float32 compute on cpu" in message and "bfloat16 compute on cpu" in message
     assert "--shard I --num-shards 2" in message
     assert not (tmp_path / "text").exists() and (tmp_path / "text.shards").is_dir()
+
+
+def test_join_of_shards_of_other_batch_sizes_says_how_to_build_each_kind(tmp_path: Path, data: FakeData) -> None:
+    """Shards built at encoders.batch_size 8 and 16: the refusal's command had neither (the join's own default,
+    32), so a shard rebuilt by it was refused again, without end."""
+    import dataclasses
+
+    for shard, batch in ((0, 8), (1, 16)):
+        cfg = make_cfg(tmp_path, "fp32")
+        cfg.encoders = dataclasses.replace(cfg.encoders, batch_size=batch)
+        build_cache(cfg, data, ["text"], shard=shard, num_shards=2, progress=False)
+    with pytest.raises(CacheMismatchError) as err:
+        join_shards(make_cfg(tmp_path, "fp32"), data, ["text"])
+    message = str(err.value)
+    for shard, batch in ((0, 8), (1, 16)):
+        assert re.search(rf"like {shard}-of-2: `crossan cache [^`]* encoders\.batch_size={batch} precision=fp32 "
+                         r"--shard I --num-shards 2`", message), message
+    assert "encoders.batch_size=3" not in message  # the join's own setting, which built neither
 
 
 def test_other_precision_reads_the_cache_and_sees_how_it_was_built(

@@ -342,11 +342,13 @@ def test_a_plugin_run_is_not_resumed_by_other_code(example_module, tiny_cached, 
     source = Path(example_module.__file__)
     trained = method_source("lastmean")["sha256"]
     original = source.read_text()
+    logged = (run / "train.log").read_bytes()
     try:
         source.write_text(original + "\n# edited\n")
         with pytest.raises(RunError, match=r"last\.pt was trained with other code of its plugin method "
                                            rf"\(method_source\.sha256: {trained} → "):
             train(load_config([], args), run, resume=True, progress=False)
+        assert (run / "train.log").read_bytes() == logged  # no header of a resumed run that never ran
     finally:
         source.write_text(original)
     train(load_config([], args), run, resume=True, progress=False)

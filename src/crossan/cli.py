@@ -185,8 +185,15 @@ def cmd_cache(args: argparse.Namespace) -> int:
         cfg.device = str(dist.init_from_env(resolve_device(cfg.device), timeout=dist.CACHE_TIMEOUT))
         try:
             build_cache(cfg, data, modalities, shard=dist.rank(), num_shards=dist.world_size())
-            dist.barrier()  # every shard is built: rank 0 joins them while the others leave (no barrier
-            if dist.is_main():  # after the join, which can take longer than any timeout on a large cache)
+            # every shard is built: rank 0 joins them while the others leave (no barrier after the join, which
+            # can take longer than any timeout on a large cache)
+            try:
+                dist.barrier()
+            except RuntimeError as e:  # gloo/NCCL: a peer is gone (its own error says why)
+                raise CrossanError(f"rank {dist.rank()}: another rank of this torchrun job stopped before its shard "
+                                   f"was built (its error is above; nothing was joined): {str(e).splitlines()[0]}"
+                                   ) from None
+            if dist.is_main():
                 cache_command(cfg, data, modalities, None, 1, join=True)
         finally:
             dist.shutdown()

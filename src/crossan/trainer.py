@@ -225,6 +225,8 @@ class _Run:
     """:func:`~crossan.methods.method_source` when the run started: a plugin method's file and its SHA-256
     (stored in each checkpoint, compared on resume, recorded in results.json); None for crossan's own."""
     resume_check: ResumeCheck = field(default_factory=ResumeCheck)
+    log_size: int = 0
+    """The size of ``train.log`` before this process wrote to it (0: a new run)."""
     """What a ``--resume`` set otherwise than config.yaml and :func:`check_run_dir` accepted (``precision``, the
     data or cache folder)."""
 
@@ -239,7 +241,12 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, data: Sequenti
     """
     run = _start(cfg, Path(run_dir), resume, data, progress)
     try:
-        state = _initial_state(run, resume)
+        try:
+            state = _initial_state(run, resume)
+        except RunError:  # a refused checkpoint: the run's log is left as it was (no header of a run that never ran)
+            _end_logging()
+            _restore_log(run)
+            raise
         _wrap_for_torchrun(run)
         inputs, targets = training_rows(run.data)
         if cfg.train.loss != "bce" and cfg.train.negatives == "slots":
@@ -253,6 +260,14 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, data: Sequenti
             _end_logging()
         finally:
             unlock_run_folder(run.folder_lock)
+
+
+def _restore_log(run: _Run) -> None:
+    """Cut ``train.log`` back to what it held before this process opened it (rank 0)."""
+    path = run.run_dir / "train.log"
+    if dist.is_main() and path.is_file() and path.stat().st_size > run.log_size:
+        with open(path, "r+b") as f:
+            f.truncate(run.log_size)
 
 
 def training_rows(data: SequentialData) -> tuple[torch.Tensor, torch.Tensor]:
@@ -354,10 +369,13 @@ def _start(cfg: Config, run_dir: Path, resume: bool, data: SequentialData | None
                 check_run_dir(run_dir, cfg, resume)  # and not over a run that another finished there meanwhile
             save_config(cfg, run_dir / "config.yaml")
         dist.barrier()
+        log_file = run_dir / "train.log"
+        log_size = log_file.stat().st_size if dist.is_main() and log_file.is_file() else 0
         _setup_logging(run_dir)
         run = _Run(cfg, run_dir, data, device, model, opt, memory, progress and dist.is_main(),
                    params=count_params(model), modules=module_report(model), fingerprints=data_fingerprints(data),
-                   compute_dtype=run_dtype, resume_check=resume_check, folder_lock=lock, **inputs_read)
+                   compute_dtype=run_dtype, resume_check=resume_check, folder_lock=lock, log_size=log_size,
+                   **inputs_read)
         _log_start(run)
     except BaseException:  # e.g. a missing cache: the sampling thread would poll for the rest of the process
         try:

@@ -119,11 +119,29 @@ def _check_same_build(cfg: Config, m: str, num_shards: int, shards: list[tuple[P
     if all(b == builds[0] for b in builds):
         return
     lines = [f"{folder}: {_describe_build(b)}" for (folder, _), b in zip(shards, builds)]
+    kinds: list[tuple[Path, Any]] = []  # each distinct build, with the first shard that has it
+    for (folder, _), b in zip(shards, builds):
+        if all(b != k for _, k in kinds):
+            kinds.append((folder, b))
+    how = [f"  like {folder.name}: `{_build_command(cfg, m, b)} --shard I --num-shards {num_shards}`"
+           for folder, b in kinds]
     raise CacheMismatchError(
         f"{m}: the shards were built under different compute settings and are not joined (one cache holds "
         "rows of one precision):\n  " + "\n  ".join(lines) + "\nRemove the shards that differ from the build "
-        f"you want and build them again with the same precision and device: `{cache_command_line(cfg, [m])} "
-        f"--shard I --num-shards {num_shards}`", lines)
+        "you want and build them again under its settings (on a device of its type), e.g.\n" + "\n".join(how),
+        lines)
+
+
+def _build_command(cfg: Config, m: str, build: Any) -> str:
+    """The ``crossan cache`` command of ``m`` whose shards are built like ``build`` (a manifest's ``build``
+    section): the join's settings with that build's batch size, and the precision that gives its compute dtype
+    on any device (a build of an older crossan records neither: the join's own)."""
+    import dataclasses
+
+    if isinstance(build, dict) and "batch_size" in build:
+        cfg = dataclasses.replace(cfg, encoders=dataclasses.replace(cfg.encoders, batch_size=int(build["batch_size"])))
+    precision = {"bfloat16": "bf16", "float32": "fp32"}.get(str((build or {}).get("compute_dtype")))
+    return cache_command_line(cfg, [m]) + (f" precision={precision}" if precision else "")
 
 
 def _current_cache(cfg: Config, data: Any, m: str, root: Path) -> dict[str, Any] | None:
