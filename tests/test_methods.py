@@ -593,6 +593,13 @@ def test_a_run_of_a_plugin_not_loaded_says_which_plugin_trained_it(fresh_plugins
         # the plugin is missing, not a crossan that cannot read the run: "written by crossan X, cannot be read
         # by crossan X" said the opposite
         assert str(e.value).startswith(f"{run / 'config.yaml'}: ") and "cannot be read by" not in str(e.value)
+    # a method a script registered as it ran (python train_mine.py): --plugin with that script trained it again
+    (run / "results.json").write_text(json.dumps({"method_source": {"module": "__main__", "file": "/x/mine.py",
+                                                                    "sha256": "0" * 64}}))
+    with pytest.raises(RunError, match=r"registered by the script /x/mine\.py as it ran: move the method into a "
+                                       r"module of its own") as e:
+        read_run_config(run, written="0.1.11")
+    assert "--plugin /x/mine.py" not in str(e.value)
 
 
 # --- crossan methods: the table as a researcher sees it, plugins included ---

@@ -328,6 +328,10 @@ def _plugin_of_run(run_dir: Path, raw: dict[str, Any]) -> str:
     if not isinstance(source, dict) or not source.get("file"):
         return ""
     module = str(source.get("module") or "")
+    if module == "__main__":  # registered by a script run as a program: --plugin would run it all again
+        return (f"; the run's method {method!r} was registered by the script {source['file']} as it ran: move the "
+                "method into a module of its own and pass that to --plugin, or load the run from Python after "
+                "registering the method (importing the script would run it again)")
     spec = module if "." in module else source["file"]  # a package's module by name, a lone file by its path
     return (f"; the run's method {method!r} was trained from module {module!r} ({source['file']}): pass "
             f"--plugin {shlex.quote(spec)} if that is still its code")
