@@ -498,22 +498,27 @@ def test_a_quote_swallowing_rows_into_a_text_column_is_a_bad_row(tmp_path: Path,
     assert sum(map(len, raw.sequences.values())) == 12 and not raw.dropped
 
 
+def _atomic_files(root: Path, item_rows: str) -> None:
+    """``x.item`` (item_id, title) with ``item_rows`` under its header, and ``x.inter`` of :func:`_inter_rows`."""
+    root.mkdir(exist_ok=True)
+    (root / "x.item").write_text("item_id:token\ttitle:token_seq\n" + item_rows)
+    (root / "x.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n"
+                                  + "".join(f"{u}\t{i}\t{t}\n" for u, i, t in _inter_rows()))
+
+
 def test_a_quote_swallowing_items_of_an_item_file_is_named_there(tmp_path: Path) -> None:
     """An open quote in i3's title closed by i7's took i4–i6 into i3's title: they vanished, and the error
     (if any) named the .inter line of an interaction with one of them."""
     root = tmp_path / "d"
-    root.mkdir()
     titles = {k: f"Title {k}" for k in range(1, 9)}
     titles[3], titles[7] = '"Open quote title', 'close" seven'
-    (root / "x.item").write_text("item_id:token\ttitle:token_seq\n" + "".join(f"i{k}\t{t}\n" for k, t in titles.items()))
-    (root / "x.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n"
-                                  + "".join(f"{u}\t{i}\t{t}\n" for u, i, t in _inter_rows()))
+    _atomic_files(root, "".join(f"i{k}\t{t}\n" for k, t in titles.items()))
     with pytest.raises(DataError) as e:
         read(DataConfig(path=str(root)))
     assert _rel(e.value, root).startswith("x.item:4: a quoted field runs over lines 4–8, and its line 5 reads as "
                                           "an item of its own")
     titles[3], titles[7] = '"A title' + "\n" + 'over two lines"', "Title 7"
-    (root / "x.item").write_text("item_id:token\ttitle:token_seq\n" + "".join(f"i{k}\t{t}\n" for k, t in titles.items()))
+    _atomic_files(root, "".join(f"i{k}\t{t}\n" for k, t in titles.items()))
     raw = read(DataConfig(path=str(root)))
     assert raw.catalogue["i3"].text == "A title\nover two lines" and len(raw.catalogue) == 8
 
@@ -556,11 +561,7 @@ def test_an_unclosed_quote_in_an_item_file_is_named_there(tmp_path: Path) -> Non
     inside quotes as the field's end), and the error named the ``.inter`` file's first unknown item. A title
     whose quotes close may span lines (as pandas and RecBole read it; test above)."""
     root = tmp_path / "d"
-    root.mkdir()
-    (root / "x.item").write_text("item_id:token\ttitle:token_seq\n"
-                                 + "".join(f"i{k}\t{QUOTE if k == 2 else ''}Title {k}\n" for k in range(1, 6)))
-    (root / "x.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\n"
-                                  + "".join(f"{u}\t{i}\t{t}\n" for u, i, t in _inter_rows()))
+    _atomic_files(root, "".join(f"i{k}\t{QUOTE if k == 2 else ''}Title {k}\n" for k in range(1, 6)))
     with pytest.raises(DataError) as e:
         read(DataConfig(path=str(root)))
     # the quote swallowed rows that read as items (since crossan 0.1.15 named so, before the end of the file)
