@@ -287,7 +287,10 @@ def encoder_statement(suite: Suite, run: RunSpec) -> str:
     preset = next((o.split("=", 1)[1] for o in reversed(chosen) if o.startswith("encoders.preset=")), suite.preset)
     if preset == "paper" and all(o.startswith("encoders.preset=") for o in chosen):
         return "the paper preset's published checkpoints (pretrained)"
-    return pretrained_summary(preset, run.modalities, chosen)
+    try:
+        return pretrained_summary(preset, run.modalities, chosen)
+    except Exception as e:  # a line of the report must not lose the suite's finished runs
+        return f"not resolvable here ({type(e).__name__}: {e})"
 
 
 def run_overrides(suite: Suite, run: RunSpec, data_path: str, seed: int) -> list[str]:
