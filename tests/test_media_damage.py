@@ -562,3 +562,41 @@ def test_an_mpeg_ts_cut_inside_a_packet_is_corrupt_not_a_shorter_clip(tmp_path: 
         read_audio(cut, "c")
     cut.write_bytes(data[: end - end % packet])  # between two packets: the documented limit
     assert len(load_video(cut, 4, "uniform", "c")) == 4
+
+
+def _png(width: int, height: int, depth: int, colour: int, interlace: int, rows: int | None = None) -> bytes:
+    """A PNG written by hand (Pillow writes no interlaced ones) holding the first ``rows`` rows (of all passes
+    in turn; None: all) of the image data its header needs, as one complete zlib stream split over several
+    IDAT chunks; filter 0, random bytes."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    bits = depth * {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[colour]
+    passes = ([(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]
+              if interlace else [(0, 0, 1, 1)])
+    rng = np.random.default_rng(width * 1000 + height)
+    lines = []
+    for x0, y0, dx, dy in passes:
+        h, w = -(-(height - y0) // dy), -(-(width - x0) // dx)
+        for _ in range(max(h, 0) if w > 0 else 0):
+            lines.append(b"\x00" + rng.integers(0, 256, (w * bits + 7) // 8, dtype=np.uint8).tobytes())
+    packed = zlib.compress(b"".join(lines[:rows]))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, interlace))
+            + (chunk(b"PLTE", bytes(range(256)) * 3) if colour == 3 else b"")
+            + b"".join(chunk(b"IDAT", packed[i:i + 40]) for i in range(0, len(packed), 40)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize(("depth", "colour", "interlace"),
+                         [(8, 2, 0), (8, 6, 0), (1, 0, 0), (4, 3, 0), (8, 2, 1), (2, 0, 1), (16, 4, 1)])
+def test_a_png_whose_image_data_ends_early_is_corrupt_not_black_rows(tmp_path: Path, depth: int, colour: int,
+                                                                     interlace: int) -> None:
+    # Pillow decodes such a file (a writer that stopped after whole rows) without an error, the rest black
+    whole, short = tmp_path / "whole.png", tmp_path / "short.png"
+    whole.write_bytes(_png(19, 11, depth, colour, interlace))
+    short.write_bytes(_png(19, 11, depth, colour, interlace, rows=7))
+    assert load_image(whole, "w").size == (19, 11)
+    with pytest.raises(MediaError, match=r"item 's'.*short\.png: the image data ends early"):
+        load_image(short, "s")

@@ -15,7 +15,9 @@ business (:meth:`ItemRecord.has`); these functions are only called for files tha
   key marked transparent: PNG, GIF, WebP …) is composited onto white, as transformers' ``convert_to_rgb`` does
   and as a web page shows it: the colour stored under a transparent pixel is arbitrary (black, or whatever the
   writer left there), and Pillow's plain conversion to RGB would keep it. The EXIF orientation tag is not
-  applied (as IISAN's ``Image.open(...).convert("RGB")``): pixels are used as stored.
+  applied (as IISAN's ``Image.open(...).convert("RGB")``): pixels are used as stored. A PNG whose image data
+  ends early (fewer rows than its header states, which Pillow reads as black rows without an error when the
+  data stops after a whole row) is corrupt (:func:`_png_shortfall`).
 * video — :func:`load_video`: anything PyAV decodes; ``num_frames`` RGB frames (``uint8 [H, W, 3]``) chosen by
   :func:`sample_frame_indices` (``uniform``: the centres of ``num_frames`` equal segments of the clip;
   ``middle``: ``num_frames`` consecutive frames centred on the clip's middle frame). A clip shorter than
@@ -159,11 +161,55 @@ def load_image(path: str | Path, item_id: str = "") -> Image:
     try:
         with Image.open(path) as im:
             im.load()  # decode now: truncated files fail here, not later inside a processor
+            if im.format == "PNG" and (short := _png_shortfall(path)):
+                raise MediaError(item_id, path, short)
             return _rgb(_eight_bit(im, path, item_id))
     except MediaError:
         raise
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError …
         raise MediaError(item_id, path, f"not a readable image ({type(e).__name__}: {e})") from e
+
+
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type → samples per pixel
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def _png_shortfall(path: Path) -> str | None:
+    """Why a PNG whose image data ends early is corrupt, or None. Pillow fills the rows a PNG's compressed
+    data does not hold with zeros (black) and raises nothing when that data is a complete zlib stream of too
+    few rows (a writer that stopped early); here the IDAT chunks are inflated again and their length compared
+    with what the header's size, colour type, bit depth and interlacing need (a filter byte per row of each
+    pass). Only a file that parses as a plain PNG is checked; anything else was Pillow's to refuse."""
+    import struct
+    import zlib
+
+    data = path.read_bytes()
+    if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR" or len(data) < 33:
+        return None
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", data[16:29])
+    if colour not in _PNG_CHANNELS:
+        return None
+    bits = depth * _PNG_CHANNELS[colour]
+    passes = _ADAM7 if interlace == 1 else ((0, 0, 1, 1),)
+    rows = [(-(-(height - y0) // dy), -(-(width - x0) // dx)) for x0, y0, dx, dy in passes]
+    need = sum(h * (1 + (w * bits + 7) // 8) for h, w in rows if h > 0 and w > 0)
+    inflate, got, pos = zlib.decompressobj(), 0, 8
+    while pos + 8 <= len(data):
+        size, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        if kind == b"IDAT":
+            try:
+                got += len(inflate.decompress(data[pos + 8:pos + 8 + size]))
+            except zlib.error:
+                return None  # Pillow decoded it; a stream it accepts is not ours to judge
+        elif kind == b"IEND":
+            break
+        pos += 12 + size
+    if got >= need:
+        return None
+    row_bytes = 1 + (width * bits + 7) // 8
+    held = f"{got // row_bytes:,} of its {height:,} rows" if interlace != 1 else f"{got:,} of {need:,} bytes"
+    return (f"the image data ends early: it holds {held} ({width}×{height} pixels), the rest would read "
+            "as black")
 
 
 # --------------------------------------------------------------------------------------------- video
