@@ -279,3 +279,26 @@ def test_clips_have_the_same_bytes_in_another_process_state() -> None:
                                    check=True).stdout.split() for env in ("plain", "torch"))
     assert len(plain) == 150 and len(set(plain)) == 150
     assert plain == other
+
+
+def test_two_writers_of_one_dataset_wait_for_each_other(tmp_path: Path) -> None:
+    # a second writer used to remove the first one's partial folder under it (or write into it)
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "shared"
+    first = subprocess.Popen([sys.executable, "-m", "crossan", "data", "synth", "--size", "tiny", "--seed", "4",
+                              "--missing-rate", "0.2", "--out", str(out)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    partial = out.with_name("shared.partial")
+    deadline = time.monotonic() + 120
+    while not (partial / "images").exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert first.poll() is None, "the first writer ended before the second could start beside it"
+    assert generate(out, size="tiny", seed=4, missing_rate=0.2, progress=False) == out
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert synth.is_complete(out) and not partial.exists()
+    alone = generate(tmp_path / "alone", size="tiny", seed=4, missing_rate=0.2, progress=False)
+    assert _tree_bytes(out) == _tree_bytes(alone)

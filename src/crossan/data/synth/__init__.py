@@ -55,6 +55,7 @@ from typing import Any
 
 import numpy as np
 
+from crossan.cache.lock import build_lock
 from crossan.data.synth.files import _write_meta, _write_tables, dataset_digest
 from crossan.data.synth.media import _video_codec, _write_media, render_audio, render_image, render_video  # noqa: F401
 from crossan.data.synth.vocab import (  # noqa: F401  (the constants stay importable from here)
@@ -110,7 +111,8 @@ def generate(
     Args:
         out: dataset folder to create. Built in ``<out>.partial`` and renamed at the end. If ``out`` already
             holds a complete dataset generated with the same parameters it is returned untouched; any other
-            existing ``out`` is an error.
+            existing ``out`` is an error. One process writes it at a time (an exclusive lock on
+            ``.<name>.lock`` beside it, left there): a second one waits, then finds it complete.
         size: one of :data:`SIZES` (``tiny`` for tests, ``small`` the demo, ``medium``, ``large``).
         seed: seed of every random draw; the same parameters give byte-identical files.
         missing_rate: share of items lacking each of image, video and audio (independently). Text is
@@ -129,7 +131,19 @@ def generate(
     if out.exists():
         _check_existing(out, params)
         return out
+    # one writer at a time: a second process (another `crossan data synth`, a suite) waits here, then finds
+    # the dataset complete; without the lock it removed or wrote into the first one's partial folder
+    with build_lock(out.with_name(f".{out.name}.lock"), f"dataset {out}", "crossan data synth process",
+                    "writing it"):
+        if out.exists():
+            _check_existing(out, params)
+            return out
+        return _generate(out, params, size, seed, missing_rate, dominant, progress)
 
+
+def _generate(out: Path, params: dict, size: str, seed: int, missing_rate: float, dominant: str | None,
+              progress: bool) -> Path:
+    """:func:`generate`'s work, under its lock."""
     partial = out.with_name(out.name + ".partial")
     if partial.exists():
         if not (partial / _PARTIAL_MARKER).is_file():
