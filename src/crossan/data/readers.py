@@ -34,7 +34,9 @@ line). Lines end in LF, CRLF or a lone CR (old Mac files); a run of CRs before a
 a CRLF file converted again), so line numbers are those grep and sed show. Quoted fields (csv quoting) may span
 lines in a text column, as pandas reads them; a user id, item id or timestamp that does (a stray double quote
 merging rows) breaks a rule, and a quote left open at the end of the file is an error naming the line where its
-record starts. In ``.inter``/``.item``/CSV files every row must have as many fields as the header. Ids are
+record starts. So does a text field whose lines include one that reads as a row naming a user and an item of
+the file (or, in a ``.item`` file, an item that an interaction names and no row of the file holds): rows a
+stray quote swallowed; a review line that only looks like a row ("sizes 8, 9, 10, all fit") is kept. In ``.inter``/``.item``/CSV files every row must have as many fields as the header. Ids are
 stripped of ASCII whitespace only (a no-break space is content, as in the users file) and hold at most
 ``MAX_ID_BYTES`` UTF-8 bytes; an ``items.tsv`` id holds no whitespace at all (a header-less line missing its tab is an error,
 not an id with a space). Timestamps are ASCII numbers (Unicode digits are not); beyond 2**53, where float64
@@ -164,6 +166,8 @@ class _Problems:
         self.dropped["bad_rows"] += 1
 
     def unknown_item(self, where: str, item: str, catalogue: Catalogue) -> None:
+        if item in catalogue.swallowed:  # a line of a multi-line .item title that reads as this item's row
+            raise DataError(f"{catalogue.swallowed[item]}; the interaction at {where} names that item")
         if self.cfg.on_unknown_items == "error":
             raise DataError(f"{where}: item {item!r} is not in the catalogue {catalogue.source} "
                             "(set data.on_unknown_items=drop to skip and count such interactions)")
@@ -705,20 +709,32 @@ def _number(text: str) -> float:
         return math.nan
 
 
-def _swallowed_line(parts: list[str], delimiter: str, ids: tuple[int, ...], time_col: int | None) -> int | None:
-    """Where a record's quoted field has swallowed whole records (a double quote left open): the offset, from
-    the record's first line, of the first line inside a multi-line field that reads as a record of its own —
-    as many fields as the header, its id fields filled and (``time_col``) a number in its time field — or None.
-    A multi-line review or title whose lines do not look like rows is a quoted field as CSV allows."""
-    offset = 0
+def _row_like_lines(parts: list[str], delimiter: str, ids: tuple[int, ...], time_col: int | None
+                    ) -> list[tuple[int, tuple[str, ...]]]:
+    """The lines inside a record's multi-line fields that read as records of their own — as many fields as the
+    header, its id fields filled and (``time_col``) a number in its time field — as ``(offset from the
+    record's first line, their ids)``. Whether they are records swallowed by a double quote left open or lines
+    of a review that happen to look like rows ("Bought sizes 8, 9, 10, all fit") is for the caller to judge
+    (:func:`_swallowed`)."""
+    found, offset = [], 0
     for value in parts:
         lines = value.split("\n")
         for k, line in enumerate(lines[1:], 1):
             fields = next(csv.reader([line], delimiter=delimiter), [])
             if (len(fields) == len(parts) and all(fields[i].strip(ts.SPACES) for i in ids)
                     and (time_col is None or math.isfinite(_number(fields[time_col].strip(ts.SPACES))))):
-                return offset + k
+                found.append((offset + k, tuple(fields[i].strip(ts.SPACES) for i in ids)))
         offset += len(lines) - 1
+    return found
+
+
+def _swallowed(candidates: list[tuple[int, tuple[str, ...]]], known: tuple[set[str] | Catalogue, ...]) -> int | None:
+    """The offset of the first of :func:`_row_like_lines`' ``candidates`` whose ids are all ``known`` (the
+    file's user ids, its item ids or the catalogue's): a record swallowed by a double quote left open. A line
+    that only looks like a row names a user and an item the file does not otherwise have."""
+    for offset, ids in candidates:
+        if all(i in k for i, k in zip(ids, known)):
+            return offset
     return None
 
 
@@ -737,6 +753,7 @@ def _parse_records(path: Path, text: str, delimiter: str, catalogue: Catalogue |
         raise DataError(f"{path}: empty file")
     _, names, (iu, ii, it) = _header(path, delimiter.join(header), delimiter)
     users, items, times, lines, stamps = [], [], [], [], []
+    suspects: list[tuple[int, str, int, int, list[tuple[int, tuple[str, ...]]]]] = []
     end = reader.line_num  # physical lines read so far: a quoted field may span lines
     for parts in records:
         lineno, end = end + 1, reader.line_num  # the record starts on the line after the previous one ends
@@ -751,11 +768,7 @@ def _parse_records(path: Path, text: str, delimiter: str, catalogue: Catalogue |
             problems.bad_row(where, f"a quoted field runs over lines {lineno}–{end} into the user id, item id "
                                     "or timestamp (an unbalanced double quote?)")
             continue
-        inner = _swallowed_line(parts, delimiter, (iu, ii), it) if end > lineno else None
-        if inner is not None:
-            problems.bad_row(where, f"a quoted field runs over lines {lineno}–{end}, and its line {lineno + inner} "
-                                    "reads as a record of its own (an unbalanced double quote?)")
-            continue
+        row_like = _row_like_lines(parts, delimiter, (iu, ii), it) if end > lineno else []
         if not user or not item:
             problems.bad_row(where, "empty user or item id")
             continue
@@ -769,11 +782,25 @@ def _parse_records(path: Path, text: str, delimiter: str, catalogue: Catalogue |
         if catalogue is not None and item not in catalogue:
             problems.unknown_item(where, item, catalogue)
             continue
+        if row_like:  # judged once every row is read (_swallowed): are its lines the file's own rows?
+            suspects.append((len(users), where, lineno, end, row_like))
         users.append(user)
         items.append(item)
         times.append(t)
         stamps.append(stamp)
         lines.append(lineno)
+    if suspects:
+        known = (set(users), set(items) if catalogue is None else catalogue)
+        gone = []
+        for k, where, first, last, row_like in suspects:
+            inner = _swallowed(row_like, known)
+            if inner is not None:
+                problems.bad_row(where, f"a quoted field runs over lines {first}–{last}, and its line {first + inner} "
+                                        "reads as a record of its own (an unbalanced double quote?)")
+                gone.append(k)
+        for k in reversed(gone):
+            for column in (users, items, times, stamps, lines):
+                del column[k]
     pos = None if catalogue is None else ts.KeyTable(catalogue.ids()).lookup_strings(items)
     values, line_nos = np.asarray(times, dtype=np.float64), np.asarray(lines, dtype=np.int64)
     return _Rows(ts.keys_of_strings(users), None if catalogue is not None else ts.keys_of_strings(items), pos,
@@ -858,6 +885,7 @@ def _atomic_items(path: Path, cfg: DataConfig, problems: _Problems) -> Catalogue
         text_cols = [i for i, t in enumerate(types) if i != iid and t in ("token", "token_seq")]
     records = []
     seen: set[str] = set()
+    swallowed: dict[str, str] = {}
     end = reader.line_num
     for parts in rows:
         lineno, end = end + 1, reader.line_num  # a quoted field may span lines: name the record's first
@@ -872,11 +900,10 @@ def _atomic_items(path: Path, cfg: DataConfig, problems: _Problems) -> Catalogue
             problems.bad_row(where, f"a quoted field runs over lines {lineno}–{end} into the item id (an "
                                     "unbalanced double quote?)")
             continue
-        inner = _swallowed_line(parts, "\t", (iid,), None) if end > lineno else None
-        if inner is not None:
-            problems.bad_row(where, f"a quoted field runs over lines {lineno}–{end}, and its line {lineno + inner} "
-                                    "reads as an item of its own (an unbalanced double quote?)")
-            continue
+        for inner, (other,) in _row_like_lines(parts, "\t", (iid,), None) if end > lineno else []:
+            # an item of its own or a title's line? Judged when an interaction names it (_Problems.unknown_item)
+            swallowed.setdefault(other, f"{where}: a quoted field runs over lines {lineno}–{end}, and its line "
+                                        f"{lineno + inner} reads as an item of its own (an unbalanced double quote?)")
         if not item or item in seen:
             problems.bad_row(where, f"item {item!r} appears twice" if item else "empty item id")
             continue
@@ -886,7 +913,9 @@ def _atomic_items(path: Path, cfg: DataConfig, problems: _Problems) -> Catalogue
         seen.add(item)
         text = " ".join(parts[i].strip() for i in text_cols if parts[i].strip())
         records.append(ItemRecord(item, text[: cfg.max_text_chars]))
-    return Catalogue(path.parent, records, source=str(path), media_roots=cfg.media_roots)
+    catalogue = Catalogue(path.parent, records, source=str(path), media_roots=cfg.media_roots)
+    catalogue.swallowed = {i: why for i, why in swallowed.items() if i not in catalogue}
+    return catalogue
 
 
 def _with_catalogue(path: Path, root: Path, cfg: DataConfig, catalogue: Catalogue | None, problems: _Problems,
