@@ -454,8 +454,17 @@ def test_param_groups_without_lr_train_at_train_lr_and_a_bad_shape_is_named() ->
     tower.param_groups = lambda train: ({"name": "heads", "params": [tower.w]},)  # a tuple, no lr
     groups = param_groups(model, cfg)
     assert [(g["name"], g["lr"]) for g in groups] == [("heads", 2e-4), ("user_encoder", 2e-4)]
+    # numbers Adam takes (0.1.15 refused them): NumPy scalars, a one-element tensor; kept as Adam's float
+    import numpy as np
+
+    for lr in (np.float32(1e-3), np.int64(0), torch.tensor(1e-3)):
+        tower.param_groups = lambda train, lr=lr: [{"name": "heads", "params": [tower.w], "lr": lr}]
+        (heads, _) = param_groups(model, cfg)
+        assert type(heads["lr"]) is float and heads["lr"] == float(lr)
     for bad, words in (([tower.w], "must return a list of dicts"),
-                       ([{"name": "h", "params": [tower.w], "lr": "fast"}], "group 'h' has lr='fast'")):
+                       ([{"name": "h", "params": [tower.w], "lr": "fast"}], "group 'h' has lr='fast'"),
+                       ([{"name": "h", "params": [tower.w], "lr": -1.0}], "group 'h' has lr=-1.0"),
+                       ([{"name": "h", "params": [tower.w], "lr": torch.ones(2)}], "group 'h' has lr=tensor")):
         tower.param_groups = lambda train, bad=bad: bad
         with pytest.raises(ValueError, match=rf"^method='id': its tower's param_groups.*{words}"):
             param_groups(model, cfg)

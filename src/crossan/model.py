@@ -3,6 +3,7 @@ in :mod:`crossan.methods` reads the cache), the SASRec user encoder, and the opt
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import torch
@@ -48,8 +49,11 @@ def param_groups(model: Recommender, cfg: Config) -> list[dict[str, Any]]:
     for k, g in enumerate(groups):
         g.setdefault("name", f"group {k}")
         lr = g.setdefault("lr", cfg.train.lr)
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr >= 0:
+        if isinstance(lr, torch.Tensor) and lr.numel() == 1 and not lr.dtype.is_complex and lr.dtype != torch.bool:
+            lr = lr.item()
+        if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not lr >= 0:
             raise ValueError(f"{where}: group {g['name']!r} has lr={lr!r}; expected a number ≥ 0")
+        g["lr"] = float(lr)  # a NumPy scalar or a one-element tensor as Adam's float (and JSON's)
         g["params"] = [p for p in g["params"] if p.requires_grad]
         for p in g["params"]:
             if id(p) in seen:
