@@ -394,4 +394,26 @@ def test_an_output_encoding_without_the_characters_prints_escapes() -> None:
                           check=False)
     assert done.returncode == 0, done.stderr.decode("latin-1")
     assert b"\\u03c4" in done.stdout  # τ, escaped
+    for command in (["--help"], ["train", "--help"]):  # argparse prints help before 0.1.15's reconfiguration
+        done = subprocess.run([sys.executable, "-m", "crossan", *command], capture_output=True, env=env, check=False)
+        assert done.returncode == 0 and b"Traceback" not in done.stderr, done.stderr.decode("latin-1")
+
+
+def test_a_suite_child_under_an_output_encoding_without_the_characters_runs(small_data: Path, tmp_path: Path
+                                                                            ) -> None:
+    """A suite's children (`crossan bench`, `crossan demo`) kept strict latin-1 output under
+    PYTHONIOENCODING=latin-1: the cache summary's dash failed the cache step and no run trained."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import sys; from pathlib import Path; from crossan.reports.children import run_child\n"
+              f"sys.exit(run_child('cache', {{'overrides': ['data.path={small_data}', 'encoders.preset=tiny', "
+              f"'cache.dir={tmp_path / 'cache'}'], 'modalities': ['text'], 'progress': False}}, "
+              f"Path({str(tmp_path / 'cache.log')!r}), False))\n")
+    env = {**os.environ, "PYTHONIOENCODING": "latin-1"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, env=env, check=False)
+    log = (tmp_path / "cache.log").read_bytes().decode("latin-1")
+    assert done.returncode == 0, log
+    assert "\\u2014" in log  # the summary's dash, escaped
 

@@ -29,6 +29,7 @@ from typing import Any
 
 from crossan.config import Config, ConfigError, load_config, resolve_path
 from crossan.errors import CrossanError
+from crossan.utils import tolerant_output
 
 EPILOG_OVERRIDES = ("Configuration: defaults < --config YAML files (in order) < key=value overrides, e.g. "
                     "method=crossan 'modalities=[text,image]' train.lr=1e-3 train.epochs=20 crossan.fusion=concat "
@@ -484,16 +485,8 @@ def _stdout_closed() -> bool:
     return closed
 
 
-def _tolerant_output() -> None:
-    """Print what the output encoding cannot hold as escapes (``\\u2014``) instead of failing: with
-    ``PYTHONIOENCODING=latin-1`` a summary's dash or the table's Δ ended ``cache`` and ``bench`` with exit 2 after
-    their work was done."""
-    for stream in (sys.stdout, sys.stderr):
-        if hasattr(stream, "reconfigure") and getattr(stream, "errors", "") == "strict":
-            stream.reconfigure(errors="backslashreplace")
-
-
 def main(argv: list[str] | None = None) -> int:
+    tolerant_output()  # before argparse, which prints --help
     parser = build_parser()
     # key=value overrides may also follow an option (`train --quiet train.epochs=1`): argparse leaves those
     # over, and they join the overrides in their order; anything else left over is an error as usual
@@ -506,7 +499,6 @@ def main(argv: list[str] | None = None) -> int:
     from crossan.data.media import MediaError  # not yet CrossanError subclasses
     from crossan.data.readers import DataError
 
-    _tolerant_output()
     previous = _stop_on_sigterm()
     try:
         _prepare(args)

@@ -225,10 +225,10 @@ class _Run:
     """:func:`~crossan.methods.method_source` when the run started: a plugin method's file and its SHA-256
     (stored in each checkpoint, compared on resume, recorded in results.json); None for crossan's own."""
     resume_check: ResumeCheck = field(default_factory=ResumeCheck)
-    log_size: int = 0
-    """The size of ``train.log`` before this process wrote to it (0: a new run)."""
     """What a ``--resume`` set otherwise than config.yaml and :func:`check_run_dir` accepted (``precision``, the
     data or cache folder)."""
+    log_size: int = 0
+    """The size of ``train.log`` before this process wrote to it (0: a new run)."""
 
 
 def train(cfg: Config, run_dir: str | Path, resume: bool = False, data: SequentialData | None = None,

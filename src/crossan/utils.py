@@ -494,3 +494,12 @@ def state_bytes(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None 
     if optimizer is not None:
         tensors += [v for st in optimizer.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
     return sum(t.numel() * t.element_size() for t in {id(t): t for t in tensors}.values())
+
+
+def tolerant_output() -> None:
+    """Print what the output encoding cannot hold as escapes (``\\u2014``) instead of failing: with
+    ``PYTHONIOENCODING=latin-1`` a summary's dash or the table's Δ ended ``cache`` and ``bench`` with exit 2 after
+    their work was done, and ``--help`` with a traceback. The CLI and each suite child call it first."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure") and getattr(stream, "errors", "") == "strict":
+            stream.reconfigure(errors="backslashreplace")

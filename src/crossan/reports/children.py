@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from crossan.config import load_config
+from crossan.utils import tolerant_output
 
 CPU_LINE = "[suite-child] cpu seconds "
 ATTEMPT_LINE = "[suite-child] ---- another attempt, from "
@@ -65,6 +66,7 @@ def _child_main(target: str, kwargs: dict[str, Any], log_path: str, threads: int
     os.close(fd)
     signal.signal(signal.SIGTERM, _report_cpu_and_exit)
     sys.stdout.reconfigure(line_buffering=True)
+    tolerant_output()  # as the CLI: a dash in a summary must not fail a child under PYTHONIOENCODING=latin-1
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     code = 0
     try:
