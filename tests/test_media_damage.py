@@ -600,3 +600,23 @@ def test_a_png_whose_image_data_ends_early_is_corrupt_not_black_rows(tmp_path: P
     assert load_image(whole, "w").size == (19, 11)
     with pytest.raises(MediaError, match=r"item 's'.*short\.png: the image data ends early"):
         load_image(short, "s")
+
+
+def test_a_clip_without_video_says_what_it_holds(tmp_path: Path) -> None:
+    """A damaged mp4 index (its track box overwritten) read as a bare "no video stream", as an audio-only file
+    did: the message now tells the two apart."""
+    import av
+
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(write_video(tmp_path / "v.mp4", 8).read_bytes().replace(b"trak", b"free"))
+    with pytest.raises(MediaError, match=r"item 'd'.*damaged\.mp4.*holds no stream at all \(an empty or damaged"):
+        load_video(damaged, 4, "uniform", "d")
+    sound = tmp_path / "sound.mp4"
+    with av.open(str(sound), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 4096), dtype=np.float32), format="flt", layout="mono")
+        frame.sample_rate = 16000
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    with pytest.raises(MediaError, match=r"item 's'.*sound\.mp4.*no video stream: the file holds only audio streams"):
+        load_video(sound, 4, "uniform", "s")

@@ -233,6 +233,15 @@ def sample_frame_indices(total: int, num_frames: int, sampling: FrameSampling = 
     return [min(total - 1, ((2 * i + 1) * total) // (2 * num_frames)) for i in range(num_frames)]
 
 
+def _no_video(container: av.container.InputContainer) -> str:
+    """Why a file has no video to read: the streams it does hold, or none at all (a damaged container index
+    reads so too)."""
+    kinds = sorted({s.type for s in container.streams})
+    if not kinds:
+        return "no video stream: the file holds no stream at all (an empty or damaged container?)"
+    return f"no video stream: the file holds only {' and '.join(kinds)} streams"
+
+
 class _CutShort(ValueError):
     """A media file holds less than its own index or header declares (a cut download)."""
 
@@ -284,7 +293,7 @@ def _decode_frames(
     with av.open(str(path)) as container:
         streams = [s for s in container.streams if s.type == "video"]
         if not streams:
-            raise ValueError("no video stream")
+            raise ValueError(_no_video(container))
         stream = streams[0]
         stream.thread_type = "AUTO" if threaded else "NONE"
         for packet in container.demux(stream):
@@ -327,7 +336,7 @@ def _frame_count(path: Path) -> int:
     with av.open(str(path)) as container:
         streams = [s for s in container.streams if s.type == "video"]
         if not streams:
-            raise ValueError("no video stream")
+            raise ValueError(_no_video(container))
         short = _index_shortfall(streams[0], path.stat().st_size, "video frames")
         if short:
             raise _CutShort(short)
