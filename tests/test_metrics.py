@@ -92,6 +92,14 @@ def test_ties_never_help_the_target() -> None:
     assert strict_ranks(scores, torch.tensor([3])).item() == 1
 
 
+def test_float64_scores_are_ranked_as_given() -> None:
+    """A float32 copy of float64 scores tied 1 + 1e-12 with 1 and made 1e39 infinite (ranked last)."""
+    scores = torch.tensor([[0.0, 1 + 1e-12, 1.0, 0.5], [0.0, 1e39, 3e38, 0.5]], dtype=torch.float64)
+    assert strict_ranks(scores, torch.tensor([1, 1])).tolist() == [1.0, 1.0]
+    assert strict_ranks(scores, torch.tensor([2, 2])).tolist() == [2.0, 2.0]
+    assert strict_ranks(scores.clone(), torch.tensor([1, 2]), overwrite=True).tolist() == [1.0, 2.0]
+
+
 def _metrics_reference(scores: np.ndarray, targets: np.ndarray, history: np.ndarray, ks: list[int]):
     import torchmetrics.functional.retrieval as R
 

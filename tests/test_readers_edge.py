@@ -648,3 +648,31 @@ def test_a_folder_with_both_layouts_histories_is_refused_unless_data_format_name
     assert "both users.tsv (IISAN layout) and d.inter (RecBole atomic) hold user histories" in str(e.value)
     assert read(DataConfig(path=str(root), format="atomic")).sequences == {"u1": ["a", "b"]}
     assert read(DataConfig(path=str(root), format="iisan")).sequences == {"u9": ["b", "a"]}
+
+
+def test_an_item_file_header_follows_the_inter_files_rules(tmp_path: Path) -> None:
+    """``ITEM_ID:token`` or ``item`` in a ``.item`` header was "no item_id column" while the ``.inter`` beside it
+    read ``USER_ID``/``item``/``time`` (case-insensitive, with aliases)."""
+    root = tmp_path / "d"
+    for head in ("ITEM_ID:token\tTitle:token_seq", "item\ttitle"):
+        _atomic_files(root, "".join(f"i{k}\tTitle {k}\n" for k in range(1, 6)))
+        text = (root / "x.item").read_text().split("\n", 1)[1]
+        (root / "x.item").write_text(f"{head}\n{text}")
+        raw = read(DataConfig(path=str(root), text_fields=["title"]))
+        assert raw.catalogue["i3"].text == "Title 3" and len(raw.catalogue) == 5
+    (root / "x.item").write_text("item_id\titem\ttitle\n" + "".join(f"i{k}\tx\tT{k}\n" for k in range(1, 6)))
+    assert read(DataConfig(path=str(root), text_fields=["title"])).catalogue["i2"].text == "T2"  # item_id first
+    (root / "x.item").write_text("Item\titem\n" + text)
+    with pytest.raises(DataError, match=r"x\.item:1: header column 'item' appears twice"):
+        read(DataConfig(path=str(root)))
+
+
+def test_an_item_row_of_no_break_spaces_is_content_not_a_blank_line(tmp_path: Path) -> None:
+    """A ``.item`` row whose id is a no-break space was skipped as blank (``str.strip`` strips Unicode spaces)
+    and the interactions naming it failed as unknown; ids keep all but ASCII whitespace."""
+    root = tmp_path / "d"
+    _atomic_files(root, "".join(f"i{k}\tT{k}\n" for k in range(1, 6)) + "\u00a0\t\u3000\n")
+    with (root / "x.inter").open("a") as f:
+        f.write("u0\t\u00a0\t99\n")
+    raw = read(DataConfig(path=str(root)))
+    assert "\u00a0" in raw.catalogue and len(raw.catalogue) == 6

@@ -29,8 +29,9 @@ def strict_ranks(scores: torch.Tensor, targets: torch.Tensor, history: torch.Ten
 
     ``history`` [B, H] holds the user's history item rows (0 = none). With ``mask_history`` (the default)
     they are not candidates, the target included when it repeats one (its rank is then ``inf``: never a hit);
-    without it the history stays in the ranking. Non-finite scores rank last. ``overwrite``: ``scores`` may be
-    used as working memory (the caller's fresh fp32 score matrix; saves a copy of it).
+    without it the history stays in the ranking. Non-finite scores rank last. Scores are compared in float32, or
+    in float64 when given so (a float32 copy would tie 1 + 1e-12 with 1 and overflow 1e39). ``overwrite``:
+    ``scores`` may be used as working memory (the caller's fresh fp32 score matrix; saves a copy of it).
 
     How, in two passes over the [B, N+1] scores: non-finite scores and every non-candidate (padding, masked
     history) become −inf; a candidate target with a finite score then has rank = #{j : score_j ≥ its score}
@@ -39,7 +40,8 @@ def strict_ranks(scores: torch.Tensor, targets: torch.Tensor, history: torch.Ten
     """
     B, C = scores.shape
     inf = torch.inf
-    scores = scores.float()
+    if scores.dtype != torch.float64:  # half precisions to float32; float64 kept (no ties or overflows made)
+        scores = scores.float()
     if overwrite:
         s = scores.nan_to_num_(nan=-inf, posinf=-inf, neginf=-inf)
     else:

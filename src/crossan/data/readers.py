@@ -871,16 +871,20 @@ def _atomic_items(path: Path, cfg: DataConfig, problems: _Problems) -> Catalogue
     header = next(rows, None)
     if header is None:
         raise DataError(f"{path}: empty file")
-    names = [h.split(":")[0].strip() for h in header]
+    # the .inter header's rules (_header): names case-insensitive, ``item`` for ``item_id``
+    names = [h.split(":")[0].strip().lower() for h in header]
     types = [h.split(":")[1].strip() if ":" in h else "token" for h in header]
-    if "item_id" not in names:
-        raise DataError(f"{path}:1: header {header} has no item_id column")
-    iid = names.index("item_id")
+    for c in ("item_id", "item"):
+        if names.count(c) > 1:
+            raise DataError(f"{path}:1: header column {c!r} appears twice")
+    iid = next((names.index(c) for c in ("item_id", "item") if c in names), None)
+    if iid is None:
+        raise DataError(f"{path}:1: header {header} has no column named item_id or item")
     if cfg.text_fields:
-        unknown = [t for t in cfg.text_fields if t not in names]
+        unknown = [t for t in cfg.text_fields if t.lower() not in names]
         if unknown:
             raise DataError(f"data.text_fields: {unknown} not among the columns of {path}: {names}")
-        text_cols = [names.index(t) for t in cfg.text_fields]
+        text_cols = [names.index(t.lower()) for t in cfg.text_fields]
     else:
         text_cols = [i for i, t in enumerate(types) if i != iid and t in ("token", "token_seq")]
     records = []
@@ -889,7 +893,7 @@ def _atomic_items(path: Path, cfg: DataConfig, problems: _Problems) -> Catalogue
     end = reader.line_num
     for parts in rows:
         lineno, end = end + 1, reader.line_num  # a quoted field may span lines: name the record's first
-        if not parts or not any(p.strip() for p in parts):
+        if not parts or not any(p.strip(ts.SPACES) for p in parts):  # a no-break space is content, as in ids
             continue
         where = f"{path}:{lineno}"
         if len(parts) != len(names):
