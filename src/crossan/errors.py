@@ -46,6 +46,12 @@ class WriteError(CrossanError, OSError):
     message names the file, and whatever that path held before is left as it was."""
 
 
+class MissingPackageError(CrossanError, ImportError):
+    """A package that a setting needs is not installed (the ``offline`` preset's weight packages come with the
+    ``offline-text`` / ``offline-media`` extras); the message names the package, the extra and the setting that
+    avoids it."""
+
+
 class CacheError(CrossanError, RuntimeError):
     """The layer-state cache cannot be used or built as asked."""
 

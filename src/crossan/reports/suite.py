@@ -300,7 +300,7 @@ def run_overrides(suite: Suite, run: RunSpec, data_path: str, seed: int) -> list
 
 
 # --------------------------------------------------------------------------------------------- running
-def resolve_data(spec: str, out: Path) -> Path:
+def resolve_data(spec: str, out: Path, progress: bool = True) -> Path:
     """A dataset folder, generating the built-in data for ``synth:SIZE[:SEED[:DOMINANT]]`` (DOMINANT: a modality
     that carries most of the users' taste; in a folder named after the generator version, so that an output
     folder from an older version is left alone, not refused)."""
@@ -320,7 +320,7 @@ def resolve_data(spec: str, out: Path) -> Path:
     if dominant is not None and dominant not in MODALITIES:
         raise ConfigError(f"data: {spec!r}: unknown dominant modality {dominant!r}; expected one of {MODALITIES}")
     name = f"synth-{size}-{seed}" + (f"-dominant-{dominant}" if dominant else "") + f"-v{GENERATOR_VERSION}"
-    return generate(out / "data" / name, size=size, seed=seed, dominant=dominant)
+    return generate(out / "data" / name, size=size, seed=seed, dominant=dominant, progress=progress)
 
 
 CACHE_KEYS = ("encoders.", "cache.", "data.", "device=", "precision=")
@@ -686,7 +686,7 @@ def _run_suite(suite: Suite, out: Path, resume: bool, progress: bool) -> list[di
     from crossan.reports.table import collect_run, write_outputs
 
     t_start = time.perf_counter()
-    data = resolve_data(suite.data, out)
+    data = resolve_data(suite.data, out, progress)
     data_digest = synth_digest(data)  # now, before any run: a changed synthetic folder is refused here
     plugins = plugin_sources(suite)  # the code the plugin runs train (or are reused) with
     data_s = time.perf_counter() - t_start
