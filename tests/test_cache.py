@@ -32,6 +32,7 @@ from crossan.config import Config
 from crossan.data.catalogue import MODALITIES, Catalogue, ItemRecord
 from crossan.data.media import MediaError
 from crossan.encoders import build_encoder, resolve_specs
+from crossan.errors import CacheError
 from media_helpers import FakeData, make_dataset, write_image
 
 ALL = list(MODALITIES)
@@ -291,6 +292,24 @@ def test_join_refuses_incomplete_shards(tmp_path: Path, data: FakeData) -> None:
     cfg = make_cfg(tmp_path)
     build_cache(cfg, data, ["text"], shard=0, num_shards=2, progress=False)
     with pytest.raises(RuntimeError, match=r"shards \[1\] of 2"):
+        join_shards(cfg, data, ["text"])
+
+
+def test_a_shard_build_beside_shards_of_another_count_is_refused_before_it_encodes(tmp_path: Path,
+                                                                                   data: FakeData) -> None:
+    """Shards of a build with another --num-shards were found only by the --join, after every rank had encoded
+    its shard, and the message did not name the folders to remove."""
+    cfg = make_cfg(tmp_path)
+    build_cache(cfg, data, ["text"], shard=0, num_shards=2, progress=False)
+    stale = tmp_path / "text.shards" / "0-of-2"
+    with pytest.raises(CacheError, match=rf"holds shards of a build with --num-shards \[2\], which cannot be joined "
+                                         rf"with this build's 3; remove them \(--num-shards 2: rm -r {stale}\) or "
+                                         r"build with --num-shards 2$"):
+        build_cache(cfg, data, ["text"], shard=1, num_shards=3, progress=False)
+    assert not (tmp_path / "text.shards" / "1-of-3").exists()
+    (tmp_path / "text.shards" / "1-of-3").mkdir()  # as an older crossan left it
+    with pytest.raises(CacheError, match=rf"different --num-shards \[2, 3\]; remove the stale ones: --num-shards "
+                                         rf"2: rm -r {stale}; --num-shards 3: rm -r {stale.parent / '1-of-3'}$"):
         join_shards(cfg, data, ["text"])
 
 

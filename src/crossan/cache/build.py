@@ -32,9 +32,11 @@ from crossan.cache.layout import (
     cache_command_line,
     cache_root,
     check_modalities,
+    find_shards,
     item_key,
     item_records,
     modality_folder,
+    stale_shards_hint,
 )
 from crossan.cache.lock import READ_ONLY_ERRNOS, ReadOnlyFolderError, build_lock, lock_path
 from crossan.cache.manifest import (
@@ -175,6 +177,12 @@ def _open_work_area(ctx: _BuildContext, m: str, base: dict[str, Any], shape: tup
             plan["update"] = {"of": update.of, "batches": sorted(update.batches)}
             seed = (update.folder, update.batches, update.kept_corrupt)
         return WorkArea(ctx.root / f"{m}.partial", plan, (n + 1, *shape), sources, seed)
+    shards_dir = ctx.root / f"{m}.shards"
+    others = {k: v for k, v in find_shards(shards_dir).items() if k != num_shards}
+    if others:  # found now, not by --join after every shard was encoded
+        raise CacheError(f"{m}: {shards_dir} holds shards of a build with --num-shards {sorted(others)}, which "
+                         f"cannot be joined with this build's {num_shards}; remove them ({stale_shards_hint(others)}) "
+                         f"or build with --num-shards {min(others)}")
     lo, hi, batches = shard_span(n, bs, shard, num_shards)
     plan = {"manifest": base, "lo": lo, "hi": hi, "batches": batches, "shard": shard, "num_shards": num_shards}
     return WorkArea(ctx.root / f"{m}.shards" / f"{shard}-of-{num_shards}", plan, (hi - lo, *shape), sources)

@@ -180,3 +180,19 @@ def check_modalities(modalities: list[str]) -> list[str]:
         if m not in MODALITIES:
             raise ValueError(f"unknown modality {m!r}; expected one of {list(MODALITIES)}")
     return modalities
+
+
+def find_shards(shards_dir: Path) -> dict[int, dict[int, Path]]:
+    """``{num_shards: {shard: folder}}`` of the shard folders (``I-of-N``) in ``shards_dir``."""
+    found: dict[int, dict[int, Path]] = {}
+    for p in shards_dir.iterdir() if shards_dir.is_dir() else []:
+        i, sep, n = p.name.partition("-of-")
+        if sep and i.isdigit() and n.isdigit():
+            found.setdefault(int(n), {})[int(i)] = p
+    return found
+
+
+def stale_shards_hint(found: dict[int, dict[int, Path]]) -> str:
+    """Each set of :func:`find_shards`' folders as one ``rm -r`` command per shard count."""
+    return "; ".join(f"--num-shards {n}: rm -r " + " ".join(shlex.quote(str(f)) for _, f in sorted(folders.items()))
+                     for n, folders in sorted(found.items()))

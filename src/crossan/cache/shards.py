@@ -29,8 +29,10 @@ from crossan.cache.layout import (
     cache_command_line,
     cache_root,
     check_modalities,
+    find_shards,
     item_records,
     num_items,
+    stale_shards_hint,
 )
 from crossan.cache.lock import build_lock, lock_path
 from crossan.cache.manifest import (
@@ -60,23 +62,13 @@ from crossan.errors import CacheError, CacheMismatchError
 if TYPE_CHECKING:
     from crossan.config import Config
 
-def _find_shards(shards_dir: Path) -> dict[int, dict[int, Path]]:
-    """``{num_shards: {shard: folder}}`` of the shard folders in ``shards_dir``."""
-    found: dict[int, dict[int, Path]] = {}
-    for p in shards_dir.iterdir() if shards_dir.is_dir() else []:
-        i, sep, n = p.name.partition("-of-")
-        if sep and i.isdigit() and n.isdigit():
-            found.setdefault(int(n), {})[int(i)] = p
-    return found
-
-
 def _shard_folders(shards_dir: Path) -> tuple[int, dict[int, Path]]:
-    found = _find_shards(shards_dir)
+    found = find_shards(shards_dir)
     if not found:
         raise CacheError(f"no shards to join in {shards_dir}, and no up-to-date cache beside it")
     if len(found) > 1:
         raise CacheError(f"{shards_dir} holds shards of builds with different --num-shards {sorted(found)}; "
-                         "remove the stale ones")
+                         f"remove the stale ones: {stale_shards_hint(found)}")
     (n, folders), = found.items()
     return n, folders
 
@@ -205,7 +197,7 @@ def join_shards(cfg: Config, data: Any, modalities: list[str]) -> dict[str, Moda
                 t0 = time.perf_counter()
                 recover_install(root / m)
                 recover_sources(root / m)
-                found = _find_shards(root / f"{m}.shards")
+                found = find_shards(root / f"{m}.shards")
                 current = None if found else _current_cache(cfg, data, m, root)
                 if current is not None:  # files with new times and the same bytes: recorded here, not by shards
                     record_touched(m, root / m, current, item_records(data), data.catalogue)
