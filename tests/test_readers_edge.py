@@ -491,6 +491,8 @@ def test_a_quote_swallowing_rows_into_a_text_column_is_a_bad_row(tmp_path: Path,
         read(DataConfig(path=str(path if layout == "csv" else root)))
     assert _rel(e.value, root).startswith(f"{path.name}:4: a quoted field runs over lines 4–8, and its line 5 "
                                           "reads as a record of its own")
+    raw = read(DataConfig(path=str(path if layout == "csv" else root), on_bad_rows="drop"))
+    assert raw.dropped == {"bad_rows": 1} and sum(map(len, raw.sequences.values())) == 12 - 5
     review = '"first line' + "\n" + f"second{delim} with 12{delim} numbers{delim} and more" + "\n" + 'last"'
     rows = [delim.join([u, i, str(t), review if k == 2 else "fine"]) for k, (u, i, t) in enumerate(_inter_rows())]
     path.write_text(delim.join(["user_id", "item_id", "timestamp", "review"]) + "\n" + "\n".join(rows) + "\n")

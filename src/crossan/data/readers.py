@@ -798,9 +798,11 @@ def _parse_records(path: Path, text: str, delimiter: str, catalogue: Catalogue |
                 problems.bad_row(where, f"a quoted field runs over lines {first}–{last}, and its line {first + inner} "
                                         "reads as a record of its own (an unbalanced double quote?)")
                 gone.append(k)
-        for k in reversed(gone):
-            for column in (users, items, times, stamps, lines):
-                del column[k]
+        if gone:
+            keep = np.ones(len(users), dtype=bool)
+            keep[gone] = False
+            users, items, times, stamps, lines = ([v for v, kept in zip(column, keep) if kept]
+                                                  for column in (users, items, times, stamps, lines))
     pos = None if catalogue is None else ts.KeyTable(catalogue.ids()).lookup_strings(items)
     values, line_nos = np.asarray(times, dtype=np.float64), np.asarray(lines, dtype=np.int64)
     return _Rows(ts.keys_of_strings(users), None if catalogue is not None else ts.keys_of_strings(items), pos,
