@@ -377,6 +377,22 @@ def test_an_image_or_video_cache_of_older_crossan_is_stale(tmp_path: Path, built
     open_cache(make_cfg(old), data, ["text", modality])
 
 
+def test_an_image_cache_from_before_short_pngs_were_refused_is_stale(tmp_path: Path, built: Path,
+                                                                     data: FakeData) -> None:
+    """Until crossan 0.1.15 a PNG whose data ends after whole rows was encoded with black rows; a cache of such a
+    crossan said "up to date" and passed --verify. Its manifest lacks ``short_png`` and is rebuilt once."""
+    old = tmp_path / "old"
+    shutil.copytree(built, old)
+    manifest = json.loads((old / "image" / "manifest.json").read_text())
+    assert manifest["preprocessing"].pop("short_png") == "refused"
+    (old / "image" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CacheMismatchError) as err:
+        open_cache(make_cfg(old), data, ["image"])
+    assert err.value.differences == ["image: preprocessing.short_png None in cache vs 'refused' in config"]
+    assert build_cache(make_cfg(old), data, ["image"], progress=False)["image"].status == "built"
+    assert read_bytes(old, "image")["states.npy"] == read_bytes(built, "image")["states.npy"]
+
+
 def test_missing_cache_says_how_to_build_it(tmp_path: Path, data: FakeData) -> None:
     cfg = make_cfg(tmp_path / "empty", data)
     with pytest.raises(CacheMissingError) as err:

@@ -270,8 +270,9 @@ def test_image_size_keeps_a_cropping_processors_share_of_the_image(tmp_path: Pat
 
     prep = {n: describe_encoder("image", sp, describe_backbone("image", sp))["preprocessing"]
             for n, sp in (("default", spec), ("larger", dataclasses.replace(spec, image_size=64)))}
-    assert prep == {"default": {"image_size": 0, "transparency": "over_white"},
-                    "larger": {"image_size": 64, "resize": "keeps_crop_share", "transparency": "over_white"}}
+    assert prep == {"default": {"image_size": 0, "transparency": "over_white", "short_png": "refused"},
+                    "larger": {"image_size": 64, "resize": "keeps_crop_share", "transparency": "over_white",
+                               "short_png": "refused"}}
 
 
 def test_video_image_size_keeps_a_cropping_processors_share_of_the_frames(tmp_path: Path) -> None:

@@ -351,8 +351,13 @@ def test_a_plugin_run_is_not_resumed_by_other_code(example_module, tiny_cached, 
         assert (run / "train.log").read_bytes() == logged  # no header of a resumed run that never ran
     finally:
         source.write_text(original)
+    # a checkpoint of a crossan before 0.1.16 records no SHA-256: its resume cannot check the code, and says so
+    ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    del ck["data"]["method_source.sha256"]
+    torch.save(ck, run / "checkpoints" / "last.pt")
     train(load_config([], args), run, resume=True, progress=False)
     assert json.loads((run / "results.json").read_text())["method_source"]["sha256"] == trained
+    assert "records no SHA-256 of its plugin method's file" in (run / "train.log").read_text()
 
 
 # --- the mistakes a researcher adding a method makes, each named in the error (docs/method.md §13) ---

@@ -40,7 +40,8 @@ def _run_folder(root: Path, name: str, seed: int, test_ranks: np.ndarray, *, mas
                 ks: tuple[int, ...] = (5, 10, 20), alone: bool | None = True, device: str = "cpu",
                 memory_kind: str = "cpu_peak_rss_above_idle", time_per_epoch: float = 1.0,
                 peak_rss: int | None = None, tower: dict[str, Any] | None = None,
-                peak_memory: int = 2**20, steps: tuple[int, int] | None = None) -> dict[str, Any]:
+                peak_memory: int = 2**20, steps: tuple[int, int] | None = None,
+                trained_by: list[str] | None = None) -> dict[str, Any]:
     """Write ``root/runs/NAME/seed-S`` as a finished run (``mask`` None: results.json without the key, as an
     older crossan wrote it) and return its suite record (``alone``: whether the suite recorded it as trained
     with nothing else running, None: not known; ``patience`` None: a config.yaml without train.patience)."""
@@ -75,6 +76,8 @@ def _run_folder(root: Path, name: str, seed: int, test_ranks: np.ndarray, *, mas
         results["mask_history"] = mask
     if version is not None:
         results["crossan_version"] = version
+    if trained_by is not None:
+        results["trained_by_versions"] = trained_by
     (run_dir / "results.json").write_text(json.dumps(results))
     np.savez_compressed(run_dir / "per_user.npz", valid_ranks=ranks.numpy(), test_ranks=ranks.numpy(),
                         users=users, split_fingerprint=np.asarray(FINGERPRINT))
@@ -354,6 +357,15 @@ def test_runs_written_by_another_version_are_flagged(tmp_path: Path, versions: d
                version=versions)
     assert row["flags"] == ([flag] if flag else [])
     assert row["crossan_version"] == "/".join(dict.fromkeys(str(v or "unknown") for v in versions.values()))
+
+
+def test_runs_resumed_from_another_versions_epochs_are_flagged(tmp_path: Path) -> None:
+    """A run that this crossan resumed from an older one's checkpoint was reported as this version's alone."""
+    rng = np.random.default_rng(5)
+    row = _row(tmp_path, "R", {s: rng.geometric(0.08, size=100).astype(float) for s in (0, 1, 2)},
+               trained_by={1: ["before 0.1.16", crossan.__version__], 2: ["0.1.13", crossan.__version__]})
+    assert row["flags"] == [f"resumed from epochs trained by crossan before 0.1.16/0.1.13 (seeds 1,2; this is "
+                            f"{crossan.__version__})"]
 
 
 @pytest.mark.parametrize(("written", "says"), [

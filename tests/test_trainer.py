@@ -79,6 +79,29 @@ def test_resume_gives_the_same_final_metrics(small_data: Path, tmp_path: Path, m
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3, 4]
 
 
+@pytest.mark.parametrize("earlier", [None, ["0.1.9"]])
+def test_a_run_resumed_across_crossan_versions_records_both(small_data: Path, tmp_path: Path, monkeypatch,
+                                                            earlier: list[str] | None) -> None:
+    """A checkpoint recorded no crossan version: a run resumed by another crossan said only the new one in
+    results.json, and a suite reused it without a note."""
+    import crossan
+
+    _crash_at_epoch(3, small_data, tmp_path / "run", monkeypatch)
+    path = tmp_path / "run" / "checkpoints" / "last.pt"
+    ck = torch.load(path, weights_only=True)
+    assert ck["state"]["versions"] == [crossan.__version__]
+    if earlier is None:  # a checkpoint of crossan before 0.1.16
+        del ck["state"]["versions"]
+    else:
+        ck["state"]["versions"] = earlier
+    torch.save(ck, path)
+    resumed = train(_cfg(small_data), tmp_path / "run", resume=True, progress=False)
+    assert resumed["trained_by_versions"] == [*(earlier or ["before 0.1.16"]), crossan.__version__]
+    assert "were trained by crossan" in (tmp_path / "run" / "train.log").read_text()
+    _crash_at_epoch(3, small_data, tmp_path / "same", monkeypatch)  # one version: nothing added
+    assert "trained_by_versions" not in train(_cfg(small_data), tmp_path / "same", resume=True, progress=False)
+
+
 def test_run_folder_is_never_clobbered(small_data: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     train(_cfg(small_data, "train.epochs=1"), run, progress=False)

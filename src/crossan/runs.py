@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import os
 import shlex
@@ -437,6 +438,13 @@ class TrainState:
     device does not fold in the other kind's figure."""
     resumed_after: list[int] | None = None
     """The epochs after which a process resumed the run (``--resume``), in order."""
+    versions: list[str] | None = None
+    """The crossan versions whose processes trained the finished epochs, in order, each once (a checkpoint of
+    crossan before 0.1.16 records none: :data:`BEFORE_VERSIONS`)."""
+
+
+BEFORE_VERSIONS = "before 0.1.16"
+"""What :attr:`TrainState.versions` says of epochs a checkpoint of an older crossan holds."""
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, state: TrainState,
@@ -518,10 +526,15 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
             raise RunError(f"{path} was written by a run of another configuration than this folder's "
                            f"({'; '.join(other[:10])}): it is not this run's checkpoint; {fresh}")
     _check_compute_dtype(path, ck.get("compute_dtype"), compute_dtype, precision, changed_from, fresh)
+    if "method_source.sha256" in (data or {}) and "method_source.sha256" not in saved:
+        logging.getLogger("crossan").warning("%s records no SHA-256 of its plugin method's file (written by a crossan before 0.1.16): "
+                    "that the plugin's code is the one that trained its epochs cannot be checked", path)
     try:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
-        return TrainState(**ck["state"])
+        state = TrainState(**ck["state"])
+        state.versions = state.versions or [BEFORE_VERSIONS]
+        return state
     except (RuntimeError, ValueError, TypeError, KeyError) as e:
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise RunError(f"{path}: does not fit this run's model ({first}); {fresh}") from None

@@ -418,7 +418,7 @@ def _log_start(run: _Run) -> None:
 def _initial_state(run: _Run, resume: bool) -> TrainState:
     """The loop state to start from: a fresh one, or under ``--resume`` the checkpoint's (the files the
     interrupted process left are settled: history cut to the checkpoint, best weights, half-written files)."""
-    state = TrainState(epoch_times=[])
+    state = TrainState(epoch_times=[], versions=[crossan.__version__])
     ckpt = run.run_dir / CHECKPOINT
     if resume and ckpt.is_file():
         state = load_checkpoint(ckpt, run.model, run.opt, _checkpoint_inputs(run), run.compute_dtype,
@@ -426,6 +426,10 @@ def _initial_state(run: _Run, resume: bool) -> TrainState:
         log.info("resumed from %s after epoch %d (best %s=%.5f at epoch %d)", ckpt, state.epoch,
                  run.cfg.train.metric, state.best_metric, state.best_epoch)
         state.resumed_after = [*(state.resumed_after or []), state.epoch]
+        if state.versions and state.versions[-1] != crossan.__version__:
+            log.warning("the epochs before this resume were trained by crossan %s; this is %s (results.json "
+                        "records both under trained_by_versions)", "/".join(state.versions), crossan.__version__)
+            state.versions = [*state.versions, crossan.__version__]
         if state.peak_memory_kind not in (None, _memory_kind(run.device)):  # trained on another kind of device
             log.warning("the epochs before this resume ran on another kind of device (%s); the memory figures "
                         "cover the epochs from here on", state.peak_memory_kind)
@@ -662,6 +666,8 @@ def _test_best(run: _Run, state: TrainState) -> dict[str, Any]:
     }
     if state.resumed_after:  # its time and memory figures span these processes
         results["resumed_after_epochs"] = state.resumed_after
+    if state.versions and state.versions != [crossan.__version__]:  # resumed across crossan versions
+        results["trained_by_versions"] = state.versions
     if run.cache_states:  # so that scoring the run on a changed cache later says so
         results["cache_states"] = run.cache_states
     if run.content_sources:  # likewise for titles/media an end-to-end run read itself

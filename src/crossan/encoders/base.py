@@ -269,7 +269,9 @@ def preprocessing_settings(modality: str, spec: EncoderSpec, info: BackboneInfo)
         # since crossan 0.1.6 transparent pixels are composited onto white (crossan.data.media); caches of older
         # crossan read the colour stored under them and lack this key, so they no longer match and are rebuilt
         # (once, also those of 0.1.6 to 0.1.9: nothing in a cache tells whether its images had transparency)
-        return {"image_size": spec.image_size} | cnn | crop | {"transparency": "over_white"}
+        # since crossan 0.1.16 a PNG whose image data ends after whole rows is corrupt (crossan.data.media), where
+        # older crossan encoded its missing rows as black: their image caches lack the key and are rebuilt once
+        return {"image_size": spec.image_size} | cnn | crop | {"transparency": "over_white", "short_png": "refused"}
     if modality == "video":
         return {
             "image_size": spec.image_size,

@@ -202,6 +202,11 @@ def _flags(row: dict[str, Any]) -> list[str]:
         versions = "/".join(dict.fromkeys(str(p["crossan_version"] or "unknown") for p in other))
         flags.append(f"written by crossan {versions} ({_seeds_text([p['seed'] for p in other])}; "
                      f"this is {crossan.__version__})")
+    mixed = [p for p in seeds if p not in other and len(p.get("trained_by") or []) > 1]
+    if mixed:  # resumed by this crossan from epochs another one trained
+        versions = "/".join(dict.fromkeys(v for p in mixed for v in p["trained_by"][:-1]))
+        flags.append(f"resumed from epochs trained by crossan {versions} "
+                     f"({_seeds_text([p['seed'] for p in mixed])}; this is {crossan.__version__})")
     return flags
 
 
@@ -261,7 +266,8 @@ def collect_run(run: Any, recs: list[dict[str, Any]]) -> dict[str, Any]:
                         "decoded_in_training_steps": {
                             m: int(v.get("decoded_in_training_steps", 0))
                             for m, v in ((p["results"].get("tower") or {}).get("inputs") or {}).items()},
-                        "crossan_version": p["results"].get("crossan_version")} for p in per_seed]
+                        "crossan_version": p["results"].get("crossan_version"),
+                        "trained_by": p["results"].get("trained_by_versions")} for p in per_seed]
     if errors:
         row["error"] = "; ".join(errors)
         row["log"] = next(r["log"] for r in recs + repeats if r["status"] != "ok")
@@ -618,6 +624,9 @@ FLAG_NOTES = {
                             "(seeds with another rule than the reference's are not paired)",
     "written by crossan": "**written by crossan X**: a finished run reused from a folder written by another "
                           "crossan version (same configuration); its figures are that version's",
+    "resumed from epochs": "**resumed from epochs trained by crossan X**: this crossan resumed the run from a "
+                           "checkpoint of another version (`trained_by_versions` in its results.json); its "
+                           "weights carry both versions' training",
     "no epoch trained": "**no epoch trained**: `train.epochs=0` tests the initial weights; a run that trained "
                         "no epoch has no training cost, so its cost columns are blank and it is left out of TPME",
     "timed from one step": "**timed from one step**: with `train.max_steps_per_epoch=1` an epoch has no step "
