@@ -407,3 +407,18 @@ def test_a_setting_given_at_its_own_default_reads_the_same_cache(tmp_path: Path,
     open_cache(same, data, ["image", "audio"])
     with pytest.raises(CacheMismatchError, match=r"sample_rate 0 in cache vs 8000 in config"):
         open_cache(make_cfg(root, audio__sample_rate=8000), data, ["audio"])
+
+
+def test_a_lock_whose_holder_cannot_be_written_still_locks(tmp_path: Path, monkeypatch) -> None:
+    """On a full disk the lock file's pid (for the next process's message) could not be written, and `crossan
+    cache` or `data synth` stopped with a bare "[Errno 28]" naming no file; the lock holds without the pid."""
+    import errno
+
+    import crossan.cache.lock as lock
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(lock.os, "pwrite", full)
+    with lock.build_lock(tmp_path / ".x.lock", "x"):
+        assert (tmp_path / ".x.lock").read_text() == ""

@@ -435,6 +435,26 @@ def test_out_on_a_read_only_file_system(text_data: Path, tmp_path: Path, capsys:
         subprocess.run(["umount", "-l", str(ro)], check=False)
 
 
+def test_a_write_into_a_read_only_folder_names_the_file_not_its_temporary(tmp_path: Path) -> None:
+    """Removing the temporary file that a read-only folder never let exist raised EROFS (not ENOENT), which
+    replaced the error: `crossan evaluate` of a run on a read-only mount named `.evaluation.json.<hex>.tmp`."""
+    import subprocess
+
+    from crossan.errors import WriteError
+    from crossan.utils import atomic_write_text
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro)], capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {r.stderr.strip()}")
+    try:
+        with pytest.raises(WriteError, match=rf"^{ro / 'evaluation.json'}: cannot write \(Read-only file system\)"):
+            atomic_write_text(ro / "evaluation.json", "{}")
+    finally:
+        subprocess.run(["umount", "-l", str(ro)], check=False)
+
+
 def test_recommend_out_at_a_folder(id_run: Path, text_data: Path, tmp_path: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:
     users = tmp_path / "users.tsv"

@@ -267,3 +267,43 @@ def test_plot_titles_fit_their_figure_and_the_memory_axis_says_what_it_measured(
     plt.close(fig)
     assert _memory_label([{"peak_memory_kind": "cpu_peak_rss_above_idle"}]) == "peak memory above idle, RSS (MiB)"
     assert _memory_label([{"peak_memory_kind": "cuda_max_memory_allocated"}]) == "peak GPU memory allocated (MiB)"
+
+
+def test_a_plot_whose_write_fails_keeps_the_earlier_one(tmp_path: Path) -> None:
+    """Under `ulimit -f` a suite's rerun cut ndcg_vs_params.png short in place (the report still linked it) and
+    the error named no file."""
+    import errno
+
+    import matplotlib.pyplot as plt
+
+    from crossan.errors import WriteError
+    from crossan.reports.plots import _save
+
+    fig, _ = plt.subplots()
+    assert _save(fig, tmp_path, "p.png") == "p.png"
+    before = (tmp_path / "p.png").read_bytes()
+    fig, _ = plt.subplots()
+
+    def cut_short(target, **kwargs):
+        Path(target).write_bytes(before[:100])
+        raise OSError(errno.EFBIG, "File too large")
+
+    fig.savefig = cut_short
+    with pytest.raises(WriteError, match=rf"^{tmp_path / 'p.png'}: cannot write \(File too large\)"):
+        _save(fig, tmp_path, "p.png")
+    assert (tmp_path / "p.png").read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["p.png"]
+
+
+def test_a_child_that_could_not_write_its_log_is_said_so(tmp_path: Path, monkeypatch) -> None:
+    """A suite folder on a full disk: the child's log stayed empty and the suite said the cache build failed with
+    "(no output)", as if the cache were at fault."""
+    from collections import namedtuple
+
+    import crossan.reports.children as children
+
+    log = tmp_path / "cache.log"
+    log.write_text("")
+    assert children.error_line(log) == "(no output)"
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(children.shutil, "disk_usage", lambda path: usage(10**6, 10**6, 0))
+    assert children.error_line(log) == f"(no output: {tmp_path} is on a full disk, so the child could not write its log)"

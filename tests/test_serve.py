@@ -818,6 +818,30 @@ def test_export_force_that_fails_puts_the_old_export_back(id_run: Path, tmp_path
     assert _snapshot(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["v1"]
 
 
+def test_an_export_on_a_full_disk_is_one_line_naming_the_folder(id_run: Path, tmp_path: Path, monkeypatch,
+                                                                capsys) -> None:
+    """On a full disk the export ended in safetensors' traceback (exit 1), or numpy's "3904 requested and 992
+    written", naming no file."""
+    import errno
+
+    from safetensors import SafetensorError
+
+    import crossan.export as export
+
+    out = tmp_path / "v1"
+    for fail in (SafetensorError("Error while serializing: No space left on device (os error 28)"),
+                 OSError(errno.ENOSPC, "No space left on device")):
+        def full(*args, fail=fail, **kwargs):
+            raise fail
+
+        monkeypatch.setattr(export, "save_file", full)
+        assert main(["export", str(id_run), "--out", str(out), "--device", "cpu"]) == 2
+        err = capsys.readouterr().err
+        assert err.strip().splitlines()[-1] == (f"crossan: error: {out}: cannot write the export (no space left on "
+                                                "the device); nothing was written there"), err
+        assert "Traceback" not in err and sorted(p.name for p in tmp_path.iterdir()) == []
+
+
 def test_recommend_refuses_an_out_it_would_not_write_or_that_is_its_input(id_run: Path, tmp_path: Path,
                                                                          capsys) -> None:
     item = load_recommender(id_run, device="cpu").item_ids[1]

@@ -302,3 +302,23 @@ def test_two_writers_of_one_dataset_wait_for_each_other(tmp_path: Path) -> None:
     assert synth.is_complete(out) and not partial.exists()
     alone = generate(tmp_path / "alone", size="tiny", seed=4, missing_rate=0.2, progress=False)
     assert _tree_bytes(out) == _tree_bytes(alone)
+
+
+def test_a_full_disk_is_named_not_a_media_libraries_traceback(tmp_path: Path, monkeypatch) -> None:
+    """soundfile's "LibsndfileError: System error." (a full disk or `ulimit -f`) ended `data synth` with a
+    traceback naming no file; the next run starts the partial folder over."""
+    import errno
+
+    import soundfile
+
+    from crossan.errors import WriteError
+
+    for fail in (OSError(errno.ENOSPC, "No space left on device"), soundfile.LibsndfileError(2, "System error.")):
+        def broken(*args, fail=fail, **kwargs):
+            raise fail
+
+        monkeypatch.setattr(synth, "_write_tables", broken)
+        with pytest.raises(WriteError, match=rf"^{tmp_path / 'd'}: cannot write the dataset \("):
+            generate(tmp_path / "d", size="tiny", progress=False)
+    monkeypatch.undo()
+    assert synth.is_complete(generate(tmp_path / "d", size="tiny", progress=False))

@@ -703,3 +703,39 @@ def test_a_folder_that_another_process_trains_into_is_refused(small_data: Path, 
         unlock_run_folder(fd)
     assert not any(empty.iterdir())
     assert train(_cfg(small_data, "train.epochs=1"), empty, progress=False)["best_epoch"] == 1
+
+
+def test_a_train_log_that_cannot_be_written_is_said_once_and_hides_no_error(tmp_path: Path, capsys) -> None:
+    """On a full disk every later log line printed logging's "--- Logging error ---" traceback, and closing the
+    log (its flush) raised ENOSPC in the trainer's `finally`, which replaced the run's own error (the file it
+    could not write) with a bare "[Errno 28]"."""
+    import errno
+    import logging
+
+    class FullDisk:
+        def write(self, text: str) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self) -> None:
+            self.flush()
+
+    trainer._setup_logging(tmp_path)
+    try:
+        handler = next(h for h in trainer.log.handlers if isinstance(h, logging.FileHandler))
+        handler.stream = FullDisk()
+        for k in range(3):
+            trainer.log.info("line %d", k)
+        err = capsys.readouterr().err
+        assert "Logging error" not in err and "Traceback" not in err, err
+        assert err.count("cannot write") == 1 and f"cannot write {tmp_path / 'train.log'} (No space left" in err
+        assert "line 2" in err  # the log goes on on stderr
+    finally:
+        with pytest.raises(RuntimeError, match="the run's own error"):
+            try:
+                raise RuntimeError("the run's own error")
+            finally:
+                trainer._end_logging()
+    assert trainer.log.handlers == [] and trainer.log.propagate

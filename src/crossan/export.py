@@ -36,10 +36,10 @@ import numpy as np
 from safetensors.torch import save_file
 
 import crossan
-from crossan.errors import RunError, ServeError
+from crossan.errors import RunError, ServeError, WriteError
 from crossan.runs import RESULTS, check_run_folder, read_results
 from crossan.serve import load_recommender
-from crossan.utils import file_sha256
+from crossan.utils import file_sha256, write_failure
 
 EXPORT_FORMAT = "crossan-export"
 EXPORT_FORMAT_VERSION = 1
@@ -75,8 +75,8 @@ def export_run(run_dir: str | Path, out: str | Path, device: str = "auto", data_
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
     old: Path | None = None  # the folder --force replaces, moved aside until the new one is in place
-    tmp.mkdir()
     try:
+        tmp.mkdir()
         table = rec.item_table.detach().float().cpu().contiguous()
         np.save(tmp / "item_embeddings.npy", table.numpy())
         save_file({"item_embeddings": table}, str(tmp / "item_embeddings.safetensors"),
@@ -165,9 +165,13 @@ def export_run(run_dir: str | Path, out: str | Path, device: str = "auto", data_
         os.rename(tmp, out)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None and old.exists() and not out.exists():  # the new one is not in place: the old back
             os.rename(old, out)
+        why = write_failure(e, out.parent)
+        if why is not None:  # a full disk, a file-size limit, a read-only folder: named, not a library's traceback
+            kept = "the export already there is kept" if out.exists() else "nothing was written there"
+            raise WriteError(f"{out}: cannot write the export ({why}); {kept}") from None
         raise
     return out

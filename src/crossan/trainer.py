@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,7 +113,7 @@ def _setup_logging(run_dir: Path) -> None:
         log.setLevel(logging.WARNING)
         return
     log.setLevel(logging.INFO)
-    fh = logging.FileHandler(run_dir / "train.log")
+    fh = _RunLogHandler(run_dir / "train.log")
     fh.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     log.addHandler(fh)
     sh = logging.StreamHandler()
@@ -120,13 +121,35 @@ def _setup_logging(run_dir: Path) -> None:
     log.addHandler(sh)
 
 
+class _RunLogHandler(logging.FileHandler):
+    """train.log's handler: a write that fails (a full disk) is said once on stderr, and the log goes on there
+    only; logging's own handling printed a traceback for every later line, around the run's real error."""
+
+    failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        self.failed = True
+        err = sys.exc_info()[1]
+        why = getattr(err, "strerror", None) or err
+        print(f"crossan: warning: cannot write {self.baseFilename} ({why}); the run's log goes on on stderr only",
+              file=sys.stderr, flush=True)
+
+
 def _end_logging() -> None:
     """Detach and close what :func:`_setup_logging` attached and give the "crossan" logger back its default
     state, so that what a later step of the process logs (another dataset's reader, a cache build) does not
-    land in this run's train.log."""
+    land in this run's train.log. A close that fails (its flush on a full disk) does not hide the error the run
+    stopped with."""
     for h in list(log.handlers):
         log.removeHandler(h)
-        h.close()
+        try:
+            h.close()
+        except OSError:
+            pass
     log.propagate = True
     log.setLevel(logging.NOTSET)
 

@@ -235,7 +235,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any], suffix: str = "
     except Exception as e:
         os_error = _os_error(e)  # torch.save reports a failed write as a RuntimeError raised from the OSError
         full = _disk_full(os_error or e, path.parent)
-        tmp.unlink(missing_ok=True)
+        _remove_quietly(tmp)
         if full:
             raise WriteError(f"{path}: no space left on the device while writing it; {path.name} was not changed "
                              "(free some space and run the command again)") from None
@@ -244,9 +244,32 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any], suffix: str = "
                              "changed") from None
         raise
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _remove_quietly(tmp)
         raise
     return path
+
+
+def _remove_quietly(tmp: Path) -> None:
+    """Remove a temporary file if it is there; in a read-only folder, where it was never created, unlinking
+    raises EROFS rather than ENOENT, and that must not replace the error that named the file being written."""
+    try:
+        tmp.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def write_failure(e: BaseException, folder: Path) -> str | None:
+    """Why a write into ``folder`` failed, in a few words ("no space left on the device", "Read-only file
+    system" …), when ``e`` is (or was raised from) an operating-system error or a library's report of a full
+    disk; None for any other error (not a write failure: let it through as it is)."""
+    if isinstance(e, CrossanError):
+        return None
+    os_error = _os_error(e)
+    if _disk_full(os_error or e, folder):
+        return "no space left on the device"
+    if os_error is not None:
+        return str(os_error.strerror or os_error)
+    return None
 
 
 def _os_error(e: BaseException) -> OSError | None:

@@ -80,8 +80,11 @@ def build_lock(path: Path, what: str, holder: str = "crossan cache process",
             print(f"{what}: another {holder} (pid {pid}) is {doing}; waiting for it to finish (lock {path})",
                   file=sys.stderr, flush=True)
             fcntl.flock(fd, fcntl.LOCK_EX)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:  # who holds it, for the next process's message; the lock itself holds without it (a full disk)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass
         yield
     finally:
         os.close(fd)  # releases the lock

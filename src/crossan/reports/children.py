@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import shutil
 import signal
 import sys
 import time
@@ -166,7 +167,15 @@ def error_line(log_path: Path) -> str:
     starts = [i for i, ln in enumerate(lines) if ln.startswith("crossan: error:")]
     if starts:
         return " ".join(ln.strip() for ln in lines[starts[-1]:])
-    return lines[-1] if lines else "(no output)"
+    if lines:
+        return lines[-1]
+    try:  # a child that wrote nothing: most often its log could not be written
+        free = shutil.disk_usage(log_path.parent).free
+    except OSError:
+        free = None
+    if free is not None and free < 64 * 1024:
+        return f"(no output: {log_path.parent} is on a full disk, so the child could not write its log)"
+    return "(no output)"
 
 
 def training_record_path(run_dir: Path | str) -> Path:

@@ -24,6 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from crossan.reports.table import MIN_CLAIM_SEEDS  # noqa: E402
+from crossan.utils import atomic_write  # noqa: E402
 
 
 def plot_all(rows: list[dict[str, Any]], out: Path) -> list[str]:
@@ -154,8 +155,10 @@ def _memory_label(rows: list[dict[str, Any]]) -> str:
 
 def _save(fig: plt.Figure, out: Path, name: str) -> str:
     fig.tight_layout()
-    fig.savefig(out / name, dpi=120)
-    plt.close(fig)
+    try:  # a failed write keeps the earlier plot whole (savefig in place truncated it) and names the file
+        atomic_write(out / name, lambda tmp: fig.savefig(tmp, dpi=120, format=Path(name).suffix[1:]))
+    finally:
+        plt.close(fig)
     return name
 
 

@@ -35,7 +35,7 @@ import yaml
 
 import crossan
 from crossan.reports.stats import BOOTSTRAP_RESAMPLES, holm_adjust, ndcg_at, paired_bootstrap, t_interval
-from crossan.utils import atomic_write_json, atomic_write_text, json_safe
+from crossan.utils import atomic_write, atomic_write_json, atomic_write_text, json_safe
 
 METRICS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20", "MRR")
 """Every cut-off METHOD.md §2 asks for (K = 5, 10, 20; 10 is the headline) and MRR."""
@@ -581,13 +581,14 @@ def write_outputs(rows: list[dict[str, Any]], meta: dict[str, Any], out: Path,
     add_paired_tests(rows, meta.get("reference"), resamples)
     for r in rows:
         r["reference"] = meta.get("reference") or ""
-    tmp = out / "results.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: _csv_value(r.get(k, "")) for k in COLUMNS})
-    tmp.replace(out / "results.csv")
+    def write_csv(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+            w.writeheader()
+            for r in rows:
+                w.writerow({k: _csv_value(r.get(k, "")) for k in COLUMNS})
+
+    atomic_write(out / "results.csv", write_csv)  # a failed write names the file and leaves no temporary
     atomic_write_json(out / "results.json", json_safe({"meta": meta, "rows": rows}))  # no interval: null, not NaN
     table = markdown_table(rows, meta.get("reference"))
     atomic_write_text(out / "results.md", table + "\n")

@@ -88,7 +88,8 @@ from crossan.data.synth.vocab import (  # noqa: F401  (the constants stay import
     SizeSpec,
 )
 from crossan.data.synth.world import _make_items, _make_users
-from crossan.errors import CrossanError
+from crossan.errors import CrossanError, WriteError
+from crossan.utils import write_failure
 
 
 class SynthError(CrossanError, FileExistsError):
@@ -138,7 +139,16 @@ def generate(
         if out.exists():
             _check_existing(out, params)
             return out
-        return _generate(out, params, size, seed, missing_rate, dominant, progress)
+        try:
+            return _generate(out, params, size, seed, missing_rate, dominant, progress)
+        except Exception as e:  # a full disk or a file-size limit: named, not a media library's traceback
+            why = write_failure(e, out.parent)
+            if why is None and type(e).__name__ == "LibsndfileError":  # soundfile says "System error." only
+                why = f"the audio writer failed: {e}"
+            if why is None:
+                raise
+            raise WriteError(f"{out}: cannot write the dataset ({why}); run the command again once that is "
+                             f"mended (the unfinished {out.name}.partial beside it is started over)") from None
 
 
 def _generate(out: Path, params: dict, size: str, seed: int, missing_rate: float, dominant: str | None,
