@@ -420,7 +420,9 @@ def test_out_at_a_file_is_refused(text_data: Path, tmp_path: Path, capsys: pytes
     assert target.read_text() == "keep me\n"
 
 
-def test_out_on_a_read_only_file_system(text_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.fixture
+def read_only_folder(tmp_path: Path):
+    """An empty read-only tmpfs mounted at ``tmp_path/ro`` (skipped where mounting is not permitted)."""
     import subprocess
 
     ro = tmp_path / "ro"
@@ -429,30 +431,26 @@ def test_out_on_a_read_only_file_system(text_data: Path, tmp_path: Path, capsys:
     if r.returncode:
         pytest.skip(f"cannot mount a read-only tmpfs here: {r.stderr.strip()}")
     try:
-        rc, _, err = run_cli(["train", "--data", text_data, "--out", ro / "run", *TRAIN], capsys)
-        assert "read-only file system" in one_line_error(rc, err, ro / "run")
+        yield ro
     finally:
         subprocess.run(["umount", "-l", str(ro)], check=False)
 
 
-def test_a_write_into_a_read_only_folder_names_the_file_not_its_temporary(tmp_path: Path) -> None:
+def test_out_on_a_read_only_file_system(text_data: Path, read_only_folder: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = run_cli(["train", "--data", text_data, "--out", read_only_folder / "run", *TRAIN], capsys)
+    assert "read-only file system" in one_line_error(rc, err, read_only_folder / "run")
+
+
+def test_a_write_into_a_read_only_folder_names_the_file_not_its_temporary(read_only_folder: Path) -> None:
     """Removing the temporary file that a read-only folder never let exist raised EROFS (not ENOENT), which
     replaced the error: `crossan evaluate` of a run on a read-only mount named `.evaluation.json.<hex>.tmp`."""
-    import subprocess
-
     from crossan.errors import WriteError
     from crossan.utils import atomic_write_text
 
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(ro)], capture_output=True, text=True)
-    if r.returncode:
-        pytest.skip(f"cannot mount a read-only tmpfs here: {r.stderr.strip()}")
-    try:
-        with pytest.raises(WriteError, match=rf"^{ro / 'evaluation.json'}: cannot write \(Read-only file system\)"):
-            atomic_write_text(ro / "evaluation.json", "{}")
-    finally:
-        subprocess.run(["umount", "-l", str(ro)], check=False)
+    target = read_only_folder / "evaluation.json"
+    with pytest.raises(WriteError, match=rf"^{target}: cannot write \(Read-only file system\)"):
+        atomic_write_text(target, "{}")
 
 
 def test_recommend_out_at_a_folder(id_run: Path, text_data: Path, tmp_path: Path,
