@@ -493,6 +493,12 @@ def test_a_quote_swallowing_rows_into_a_text_column_is_a_bad_row(tmp_path: Path,
                                           "reads as a record of its own")
     raw = read(DataConfig(path=str(path if layout == "csv" else root), on_bad_rows="drop"))
     assert raw.dropped == {"bad_rows": 1} and sum(map(len, raw.sequences.values())) == 12 - 5
+    # a later bad row does not hide it: the stray quote is said first, as it comes first in the file
+    rows.append(delim.join(["u0", "i1", "2020-01-01", "fine"]))
+    path.write_text(delim.join(["user_id", "item_id", "timestamp", "review"]) + "\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DataError) as e:
+        read(DataConfig(path=str(path if layout == "csv" else root)))
+    assert _rel(e.value, root).startswith(f"{path.name}:4: a quoted field runs over lines 4–8")
     review = '"first line' + "\n" + f"second{delim} with 12{delim} numbers{delim} and more" + "\n" + 'last"'
     rows = [delim.join([u, i, str(t), review if k == 2 else "fine"]) for k, (u, i, t) in enumerate(_inter_rows())]
     path.write_text(delim.join(["user_id", "item_id", "timestamp", "review"]) + "\n" + "\n".join(rows) + "\n")
@@ -652,6 +658,25 @@ def test_a_folder_with_both_layouts_histories_is_refused_unless_data_format_name
     assert read(DataConfig(path=str(root), format="iisan")).sequences == {"u9": ["b", "a"]}
 
 
+@pytest.mark.parametrize("quoted_inter", [False, True])
+def test_an_item_files_swallowed_items_are_judged_alike_by_either_reader(tmp_path: Path, quoted_inter: bool) -> None:
+    """Found only where an unknown item was reported one by one: with a quote-free .inter (the vectorised reader)
+    and data.on_unknown_items=drop the swallowed items' interactions were dropped as unknown in silence; with a
+    quoted one the error came without the drop hint, and on_bad_rows=drop could not get past it."""
+    root = tmp_path / "d"
+    _atomic_files(root, "i1\tT1\ni2\t\"T2\ni3\tT3\ni4\tT4\"\ni5\tT5\n")
+    if quoted_inter:
+        (root / "x.inter").write_text("user_id:token\titem_id:token\ttimestamp:float\treview:token_seq\n"
+                                      + "".join(f'{u}\t{i}\t{t}\t"ok"\n' for u, i, t in _inter_rows()))
+    with pytest.raises(DataError) as e:
+        read(DataConfig(path=str(root), on_unknown_items="drop"))
+    assert _rel(e.value, root).startswith("x.item:3: a quoted field runs over lines 3–5, and its line 4 reads as an "
+                                          "item of its own, one that the interactions name")
+    raw = read(DataConfig(path=str(root), on_unknown_items="drop", on_bad_rows="drop"))
+    assert sorted(r.item_id for r in raw.catalogue) == ["i1", "i5"]  # i2 dropped; i3, i4 were never rows
+    assert raw.dropped == {"bad_rows": 1, "unknown_items": 7}  # the interactions with i2 (3), i3 (2), i4 (2)
+
+
 def test_an_item_file_header_follows_the_inter_files_rules(tmp_path: Path) -> None:
     """``ITEM_ID:token`` or ``item`` in a ``.item`` header was "no item_id column" while the ``.inter`` beside it
     read ``USER_ID``/``item``/``time`` (case-insensitive, with aliases)."""
@@ -667,6 +692,8 @@ def test_an_item_file_header_follows_the_inter_files_rules(tmp_path: Path) -> No
     (root / "x.item").write_text("Item\titem\n" + text)
     with pytest.raises(DataError, match=r"x\.item:1: header column 'item' appears twice"):
         read(DataConfig(path=str(root)))
+    (root / "x.item").write_text("item_id\titem\titem\n" + "".join(f"i{k}\ta\tb\n" for k in range(1, 6)))
+    assert len(read(DataConfig(path=str(root))).catalogue) == 5  # item_id decides, as in .inter headers
 
 
 def test_an_item_row_of_no_break_spaces_is_content_not_a_blank_line(tmp_path: Path) -> None:

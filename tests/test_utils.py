@@ -160,3 +160,26 @@ def test_side_network_bench_runs_the_trainers_step_with_its_overrides(tmp_path: 
     monkeypatch.setattr(sys, "argv", [*common, "--set", "train.batch_size=128"])
     with pytest.raises(SystemExit):
         bench.main()
+
+
+def test_only_a_failed_write_is_reported_as_one_even_on_a_nearly_full_disk(tmp_path: Path, monkeypatch) -> None:
+    """`crossan export` and `data synth` reported any error — a bug, even Ctrl-C — as "no space left on the
+    device" whenever the folder had under 64 KiB free."""
+    import errno
+    import os
+    from collections import namedtuple
+
+    from crossan import utils
+
+    real = os.statvfs
+    stat = namedtuple("stat", "f_bavail f_frsize")
+    monkeypatch.setattr(utils.os, "statvfs", lambda path: stat(1, 4096))
+    assert utils.write_failure(ValueError("a bug"), tmp_path) is None
+    assert utils.write_failure(KeyboardInterrupt(), tmp_path) is None
+    assert utils.write_failure(OSError(errno.EIO, "Input/output error"), tmp_path) == "no space left on the device"
+    torch_says = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+    assert utils.write_failure(torch_says, tmp_path) == "no space left on the device"
+    monkeypatch.setattr(utils.os, "statvfs", real)
+    assert utils.write_failure(OSError(errno.EROFS, "Read-only file system"), tmp_path) == "Read-only file system"
+    assert utils.write_failure(RuntimeError("safetensors: No space left on device (os error 28)"),
+                               tmp_path) == "no space left on the device"

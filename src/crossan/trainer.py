@@ -123,7 +123,8 @@ def _setup_logging(run_dir: Path) -> None:
 
 class _RunLogHandler(logging.FileHandler):
     """train.log's handler: a write that fails (a full disk) is said once on stderr, and the log goes on there
-    only; logging's own handling printed a traceback for every later line, around the run's real error."""
+    only; logging's own handling printed a traceback for every later line, around the run's real error. Other
+    errors of a record (a message that cannot be formatted) are logging's to report, and the log goes on."""
 
     failed = False
 
@@ -132,9 +133,12 @@ class _RunLogHandler(logging.FileHandler):
             super().emit(record)
 
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
-        self.failed = True
         err = sys.exc_info()[1]
-        why = getattr(err, "strerror", None) or err
+        if not isinstance(err, OSError):  # a record that cannot be formatted (a plugin's bad %d): logging's way
+            super().handleError(record)
+            return
+        self.failed = True
+        why = err.strerror or err
         print(f"crossan: warning: cannot write {self.baseFilename} ({why}); the run's log goes on on stderr only",
               file=sys.stderr, flush=True)
 

@@ -233,7 +233,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any], suffix: str = "
             os.close(fd)
         os.replace(tmp, path)
     except Exception as e:
-        os_error = _os_error(e)  # torch.save reports a failed write as a RuntimeError raised from the OSError
+        # what failed inside ``write`` is a write: torch.save says only "unexpected pos 576 vs 534" on a full disk,
+        # so the folder's free space decides (unlike write_failure, which judges errors of any code)
+        os_error = _os_error(e)
         full = _disk_full(os_error or e, path.parent)
         _remove_quietly(tmp)
         if full:
@@ -262,14 +264,14 @@ def write_failure(e: BaseException, folder: Path) -> str | None:
     """Why a write into ``folder`` failed, in a few words ("no space left on the device", "Read-only file
     system" …), when ``e`` is (or was raised from) an operating-system error or a library's report of a full
     disk; None for any other error (not a write failure: let it through as it is)."""
-    if isinstance(e, CrossanError):
+    if not isinstance(e, Exception) or isinstance(e, CrossanError):  # an interrupt, crossan's own error
         return None
     os_error = _os_error(e)
+    if os_error is None and not _says_disk_full(e) and not _says_write_failed(e):  # a bug, not a write
+        return None
     if _disk_full(os_error or e, folder):
         return "no space left on the device"
-    if os_error is not None:
-        return str(os_error.strerror or os_error)
-    return None
+    return str(os_error.strerror or os_error) if os_error is not None else None
 
 
 def _os_error(e: BaseException) -> OSError | None:
@@ -290,13 +292,25 @@ def _disk_full(e: BaseException, folder: Path) -> bool:
 
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
-    if "No space left on device" in str(e) or "os error 28" in str(e):
+    if _says_disk_full(e):
         return True
     try:
         st = os.statvfs(folder)
     except OSError:
         return False
     return st.f_bavail * st.f_frsize < 64 * 1024
+
+
+def _says_disk_full(e: BaseException) -> bool:
+    """Whether a library's error message reports a full disk (safetensors: "os error 28")."""
+    return "No space left on device" in str(e) or "os error 28" in str(e)
+
+
+def _says_write_failed(e: BaseException) -> bool:
+    """Whether a library's error message reports a failed write without its cause (torch.save: "PytorchStreamWriter
+    failed writing file …", "file write failed"); whether the disk is full is then told by its free space."""
+    text = str(e)
+    return "failed writing" in text or "write failed" in text or "inline_container" in text
 
 
 def _umask() -> int:

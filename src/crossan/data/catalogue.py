@@ -61,9 +61,6 @@ class Catalogue:
         self.media_roots = [str(r) for r in media_roots]
         self._records: dict[str, ItemRecord] = {}
         self._allowed: list[Path] | None = None
-        # item id → why a line of another item's multi-line field that reads as that item's row may be one
-        # swallowed by a double quote left open (RecBole .item files; the reader fills it)
-        self.swallowed: dict[str, str] = {}
         for r in records:
             self._records[r.item_id] = r
 

@@ -197,10 +197,15 @@ def _png_shortfall(path: Path) -> str | None:
     while pos + 8 <= len(data):
         size, kind = struct.unpack(">I4s", data[pos:pos + 8])
         if kind == b"IDAT":
-            try:
-                got += len(inflate.decompress(data[pos + 8:pos + 8 + size]))
+            chunk = data[pos + 8:pos + 8 + size]
+            try:  # counted a MiB at a time: a large image's raw rows are never held at once
+                while chunk and got < need:
+                    got += len(inflate.decompress(chunk, 1 << 20))
+                    chunk = inflate.unconsumed_tail
             except zlib.error:
                 return None  # Pillow decoded it; a stream it accepts is not ours to judge
+            if got >= need:
+                return None
         elif kind == b"IEND":
             break
         pos += 12 + size

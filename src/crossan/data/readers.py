@@ -50,6 +50,7 @@ contains a double quote is read with Python's csv module instead (quoted fields;
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import logging
 import math
@@ -166,8 +167,6 @@ class _Problems:
         self.dropped["bad_rows"] += 1
 
     def unknown_item(self, where: str, item: str, catalogue: Catalogue) -> None:
-        if item in catalogue.swallowed:  # a line of a multi-line .item title that reads as this item's row
-            raise DataError(f"{catalogue.swallowed[item]}; the interaction at {where} names that item")
         if self.cfg.on_unknown_items == "error":
             raise DataError(f"{where}: item {item!r} is not in the catalogue {catalogue.source} "
                             "(set data.on_unknown_items=drop to skip and count such interactions)")
@@ -755,41 +754,10 @@ def _parse_records(path: Path, text: str, delimiter: str, catalogue: Catalogue |
     users, items, times, lines, stamps = [], [], [], [], []
     suspects: list[tuple[int, str, int, int, list[tuple[int, tuple[str, ...]]]]] = []
     end = reader.line_num  # physical lines read so far: a quoted field may span lines
-    for parts in records:
-        lineno, end = end + 1, reader.line_num  # the record starts on the line after the previous one ends
-        if not parts or not any(p.strip(ts.SPACES) for p in parts):
-            continue
-        where = f"{path}:{lineno}"
-        if len(parts) != len(names):
-            problems.bad_row(where, f"expected {len(names)} fields, got {len(parts)}")
-            continue
-        user, item, stamp = (parts[k].strip(ts.SPACES) for k in (iu, ii, it))
-        if end > lineno and any("\n" in v for v in (user, item, stamp)):  # a quote left open merges lines
-            problems.bad_row(where, f"a quoted field runs over lines {lineno}–{end} into the user id, item id "
-                                    "or timestamp (an unbalanced double quote?)")
-            continue
-        row_like = _row_like_lines(parts, delimiter, (iu, ii), it) if end > lineno else []
-        if not user or not item:
-            problems.bad_row(where, "empty user or item id")
-            continue
-        if len(user.encode("utf-8")) > MAX_ID_BYTES or len(item.encode("utf-8")) > MAX_ID_BYTES:
-            problems.bad_row(where, f"user or item id longer than {MAX_ID_BYTES} bytes")
-            continue
-        t = _number(stamp)
-        if not math.isfinite(t):
-            problems.bad_row(where, f"malformed timestamp {stamp!r}{_TIME_HINT}")
-            continue
-        if catalogue is not None and item not in catalogue:
-            problems.unknown_item(where, item, catalogue)
-            continue
-        if row_like:  # judged once every row is read (_swallowed): are its lines the file's own rows?
-            suspects.append((len(users), where, lineno, end, row_like))
-        users.append(user)
-        items.append(item)
-        times.append(t)
-        stamps.append(stamp)
-        lines.append(lineno)
-    if suspects:
+
+    def judge() -> list[int]:
+        """The suspects whose row-like lines name the file's own user and item (rows read so far): each a bad
+        row (raised under data.on_bad_rows=error), returned as indices into the rows to drop."""
         known = (set(users), set(items) if catalogue is None else catalogue)
         gone = []
         for k, where, first, last, row_like in suspects:
@@ -798,6 +766,49 @@ def _parse_records(path: Path, text: str, delimiter: str, catalogue: Catalogue |
                 problems.bad_row(where, f"a quoted field runs over lines {first}–{last}, and its line {first + inner} "
                                         "reads as a record of its own (an unbalanced double quote?)")
                 gone.append(k)
+        return gone
+
+    try:
+        for parts in records:
+            lineno, end = end + 1, reader.line_num  # the record starts on the line after the previous one ends
+            if not parts or not any(p.strip(ts.SPACES) for p in parts):
+                continue
+            where = f"{path}:{lineno}"
+            if len(parts) != len(names):
+                problems.bad_row(where, f"expected {len(names)} fields, got {len(parts)}")
+                continue
+            user, item, stamp = (parts[k].strip(ts.SPACES) for k in (iu, ii, it))
+            if end > lineno and any("\n" in v for v in (user, item, stamp)):  # a quote left open merges lines
+                problems.bad_row(where, f"a quoted field runs over lines {lineno}–{end} into the user id, item id "
+                                        "or timestamp (an unbalanced double quote?)")
+                continue
+            row_like = _row_like_lines(parts, delimiter, (iu, ii), it) if end > lineno else []
+            if not user or not item:
+                problems.bad_row(where, "empty user or item id")
+                continue
+            if len(user.encode("utf-8")) > MAX_ID_BYTES or len(item.encode("utf-8")) > MAX_ID_BYTES:
+                problems.bad_row(where, f"user or item id longer than {MAX_ID_BYTES} bytes")
+                continue
+            t = _number(stamp)
+            if not math.isfinite(t):
+                problems.bad_row(where, f"malformed timestamp {stamp!r}{_TIME_HINT}")
+                continue
+            if catalogue is not None and item not in catalogue:
+                problems.unknown_item(where, item, catalogue)
+                continue
+            if row_like:  # judged once every row is read (_swallowed): are its lines the file's own rows?
+                suspects.append((len(users), where, lineno, end, row_like))
+            users.append(user)
+            items.append(item)
+            times.append(t)
+            stamps.append(stamp)
+            lines.append(lineno)
+    except DataError:  # a later row's error: a stray quote before it is the likelier cause, and said first
+        if suspects:
+            judge()
+        raise
+    if suspects:
+        gone = judge()
         if gone:
             keep = np.ones(len(users), dtype=bool)
             keep[gone] = False
@@ -860,12 +871,16 @@ def _read_interactions(path: Path, delimiter: str, catalogue: Catalogue | None, 
     return _group(rows)
 
 
-def _read_atomic_items(path: Path, cfg: DataConfig, problems: _Problems) -> Catalogue:
+def _read_atomic_items(path: Path, cfg: DataConfig, problems: _Problems
+                       ) -> tuple[Catalogue, dict[str, tuple[str, str, str]]]:
     with _long_fields():
         return _atomic_items(path, cfg, problems)
 
 
-def _atomic_items(path: Path, cfg: DataConfig, problems: _Problems) -> Catalogue:
+def _atomic_items(path: Path, cfg: DataConfig, problems: _Problems
+                  ) -> tuple[Catalogue, dict[str, tuple[str, str, str]]]:
+    """The catalogue of a ``.item`` file, and the lines inside its multi-line fields that read as items of their
+    own: ``{their id: (where, why, the item whose field holds them)}`` (judged by :func:`read_atomic`)."""
     # quoted fields as in the .inter file (see _read_interactions), so that an id reads the same in both files
     text = _text(path)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t")
@@ -876,10 +891,13 @@ def _atomic_items(path: Path, cfg: DataConfig, problems: _Problems) -> Catalogue
     # the .inter header's rules (_header): names case-insensitive, ``item`` for ``item_id``
     names = [h.split(":")[0].strip().lower() for h in header]
     types = [h.split(":")[1].strip() if ":" in h else "token" for h in header]
-    for c in ("item_id", "item"):
+    iid = None
+    for c in ("item_id", "item"):  # as _header's find: the first name present, which must appear once
         if names.count(c) > 1:
             raise DataError(f"{path}:1: header column {c!r} appears twice")
-    iid = next((names.index(c) for c in ("item_id", "item") if c in names), None)
+        if c in names:
+            iid = names.index(c)
+            break
     if iid is None:
         raise DataError(f"{path}:1: header {header} has no column named item_id or item")
     if cfg.text_fields:
@@ -891,7 +909,7 @@ def _atomic_items(path: Path, cfg: DataConfig, problems: _Problems) -> Catalogue
         text_cols = [i for i, t in enumerate(types) if i != iid and t in ("token", "token_seq")]
     records = []
     seen: set[str] = set()
-    swallowed: dict[str, str] = {}
+    swallowed: dict[str, tuple[str, str, str]] = {}
     end = reader.line_num
     for parts in rows:
         lineno, end = end + 1, reader.line_num  # a quoted field may span lines: name the record's first
@@ -907,9 +925,10 @@ def _atomic_items(path: Path, cfg: DataConfig, problems: _Problems) -> Catalogue
                                     "unbalanced double quote?)")
             continue
         for inner, (other,) in _row_like_lines(parts, "\t", (iid,), None) if end > lineno else []:
-            # an item of its own or a title's line? Judged when an interaction names it (_Problems.unknown_item)
-            swallowed.setdefault(other, f"{where}: a quoted field runs over lines {lineno}–{end}, and its line "
-                                        f"{lineno + inner} reads as an item of its own (an unbalanced double quote?)")
+            # an item of its own or a title's line? Judged by whether the interactions name it (read_atomic)
+            swallowed.setdefault(other, (where, f"a quoted field runs over lines {lineno}–{end}, and its line "
+                                                f"{lineno + inner} reads as an item of its own, one that the "
+                                                "interactions name (an unbalanced double quote?)", item))
         if not item or item in seen:
             problems.bad_row(where, f"item {item!r} appears twice" if item else "empty item id")
             continue
@@ -920,8 +939,31 @@ def _atomic_items(path: Path, cfg: DataConfig, problems: _Problems) -> Catalogue
         text = " ".join(parts[i].strip() for i in text_cols if parts[i].strip())
         records.append(ItemRecord(item, text[: cfg.max_text_chars]))
     catalogue = Catalogue(path.parent, records, source=str(path), media_roots=cfg.media_roots)
-    catalogue.swallowed = {i: why for i, why in swallowed.items() if i not in catalogue}
-    return catalogue
+    return catalogue, {i: why for i, why in swallowed.items() if i not in catalogue}
+
+
+def _drop_swallowing_items(inter: Path, cfg: DataConfig, catalogue: Catalogue,
+                           swallowed: dict[str, tuple[str, str, str]], problems: _Problems) -> Catalogue:
+    """The catalogue without the ``.item`` records whose multi-line field swallowed items that the interactions
+    in ``inter`` name (a bad row each: an error, or dropped and counted with ``data.on_bad_rows=drop``). Which
+    ids the interactions name is read once more, without the catalogue, only where such lines exist."""
+    named = _read_interactions(inter, "\t", None, _Problems(dataclasses.replace(cfg, on_bad_rows="drop")))[1]
+    named_set = set(named or [])
+    bad: dict[str, tuple[str, str]] = {}
+    for other, (where, why, holder) in swallowed.items():
+        if other in named_set:
+            bad.setdefault(holder, (where, why))
+    for where, why in sorted(bad.values(), key=lambda v: _line_of(v[0])):
+        problems.bad_row(where, why)
+    if not bad:
+        return catalogue
+    return Catalogue(catalogue.root, [r for r in catalogue if r.item_id not in bad], source=catalogue.source,
+                     media_roots=catalogue.media_roots)
+
+
+def _line_of(where: str) -> int:
+    """The line number at the end of a ``FILE:LINE`` location."""
+    return int(where.rsplit(":", 1)[1])
 
 
 def _with_catalogue(path: Path, root: Path, cfg: DataConfig, catalogue: Catalogue | None, problems: _Problems,
@@ -941,7 +983,11 @@ def read_atomic(root: Path, cfg: DataConfig) -> RawData:
     items_files = sorted(root.glob("*.item"))
     if len(items_files) > 1:
         raise DataError(f"{root}: several .item files ({', '.join(p.name for p in items_files)}); keep one")
-    catalogue = _read_atomic_items(items_files[0], cfg, problems) if items_files else None
+    catalogue = None
+    if items_files:
+        catalogue, swallowed = _read_atomic_items(items_files[0], cfg, problems)
+        if swallowed:
+            catalogue = _drop_swallowing_items(inters[0], cfg, catalogue, swallowed, problems)
     return _with_catalogue(inters[0], root, cfg, catalogue, problems, "\t")
 
 
