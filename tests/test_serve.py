@@ -813,9 +813,33 @@ def test_export_force_that_fails_puts_the_old_export_back(id_run: Path, tmp_path
         return real_rename(src, dst)
 
     monkeypatch.setattr(export.os, "rename", second_fails)
+    monkeypatch.setattr(export, "exchange_paths", lambda a, b: False)  # a system without an exchange: two renames
     assert main(["export", str(id_run), "--out", str(out), "--device", "cpu", "--force"]) != 0
     monkeypatch.setattr(export.os, "rename", real_rename)
     assert _snapshot(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["v1"]
+
+
+def test_a_forced_export_swaps_the_folders_in_one_step(id_run: Path, tmp_path: Path, monkeypatch) -> None:
+    """`--force` moved the old export aside, then the new one into place: a process killed between the two
+    renames left no export at --out, the old and new ones beside it under hidden names."""
+    import crossan.export as export
+    from crossan.utils import exchange_paths
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "f").write_text("a")
+    if not exchange_paths(a, b):
+        pytest.skip("this system cannot exchange two paths in one step")
+    assert (b / "f").read_text() == "a" and not list(a.iterdir())
+    out = tmp_path / "v1"
+    assert main(["export", str(id_run), "--out", str(out), "--device", "cpu"]) == 0
+    (out / "export.json").write_text((out / "export.json").read_text().replace('"format"', '"format" ', 1))
+    stale = (out / "export.json").read_bytes()
+    monkeypatch.setattr(export.os, "rename", lambda *args: pytest.fail("renamed in two steps"))
+    assert main(["export", str(id_run), "--out", str(out), "--device", "cpu", "--force"]) == 0
+    assert (out / "export.json").read_bytes() != stale
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "v1"]  # nothing hidden left beside it
 
 
 def test_an_export_on_a_full_disk_is_one_line_naming_the_folder(id_run: Path, tmp_path: Path, monkeypatch,

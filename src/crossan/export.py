@@ -18,7 +18,9 @@ the run was evaluated with ``eval.mask_history=true`` (``export.json["mask_histo
 See ``docs/serving.md`` for the user encoder's computation and ANN indexing.
 
 Only a finished run (with ``results.json``) is exported: its metrics are copied into export.json. The folder
-is written under a temporary name beside ``DIR`` and renamed into place once complete.
+is written under a temporary name beside ``DIR`` and renamed into place once complete; with ``--force`` it
+is swapped with the old folder in one step where the system can (Linux's ``renameat2``), so that a process
+killed at any moment leaves an export at ``DIR``, the old one or the new.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import crossan
 from crossan.errors import RunError, ServeError, WriteError
 from crossan.runs import RESULTS, check_run_folder, read_results
 from crossan.serve import load_recommender
-from crossan.utils import file_sha256, write_failure
+from crossan.utils import exchange_paths, file_sha256, write_failure
 
 EXPORT_FORMAT = "crossan-export"
 EXPORT_FORMAT_VERSION = 1
@@ -160,6 +162,9 @@ def export_run(run_dir: str | Path, out: str | Path, device: str = "auto", data_
                 raise ServeError(f"{out} was created while the export ran; choose another --out or pass "
                                  "--force to replace it")
             _check_out(out, force)  # and what appeared meanwhile must still be an export folder to replace
+            if exchange_paths(tmp, out):  # one step: no moment without an export at out, killed or not
+                shutil.rmtree(tmp, ignore_errors=True)  # the old export, now under the temporary name
+                return out
             old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
             os.rename(out, old)
         os.rename(tmp, out)

@@ -327,6 +327,28 @@ def _umask() -> int:
     return mask
 
 
+def exchange_paths(a: Path, b: Path) -> bool:
+    """Swap the files or folders at ``a`` and ``b`` in one step (Linux ``renameat2(RENAME_EXCHANGE)``), so that
+    no moment shows neither; False where the system or its file system cannot (the caller then renames twice)."""
+    import ctypes
+    import errno
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):  # a C library without it (glibc < 2.28, musl …)
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):  # a kernel or file system without exchange
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """:func:`atomic_write` of a UTF-8 text file."""
     atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
