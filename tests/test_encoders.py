@@ -594,6 +594,7 @@ def test_a_config_saved_before_null_encoder_keys_reads_as_it_ran(tmp_path: Path)
     for m in ("text", "image", "video", "audio"):  # as the old code wrote them: defaults filled in
         old["encoders"][m] = {k: (v if v is not None else getattr(EncoderSpec(), k))
                               for k, v in old["encoders"][m].items()}
+    del old["fft"]["lr_text"]  # a key of 2026-12-03: no config.yaml of the old layout holds it
     cfg = config_from_dict(old)
     specs = resolve_specs(cfg)
     assert specs["text"].num_taps == 2 and specs["image"] == preset_specs("tiny")["image"]
@@ -611,6 +612,7 @@ def test_a_config_saved_before_null_encoder_keys_is_read_alike_as_a_config_file(
     for m in ("text", "image", "video", "audio"):  # as the old code wrote them: defaults filled in
         old["encoders"][m] = {k: (v if v is not None else getattr(EncoderSpec(), k))
                               for k, v in old["encoders"][m].items()}
+    del old["fft"]["lr_text"]  # a key of 2026-12-03: no config.yaml of the old layout holds it
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(old, sort_keys=False))
     cfg = load_config([path])
@@ -626,6 +628,15 @@ def test_a_config_saved_before_null_encoder_keys_is_read_alike_as_a_config_file(
     saved = tmp_path / "new.yaml"  # today's layout (null = the preset's): read as it is
     save_config(load_config([], ["encoders.preset=tiny", "encoders.text.num_taps=7"]), saved)
     assert resolve_specs(load_config([saved]))["text"].num_taps == 7
+    # today's layout with every encoder key set (no null left): read as it is, not as the old layout (the tiny
+    # preset's 3 taps, 16 tokens and 1 s came back in place of the values given)
+    given = ["encoders.preset=tiny"] + [f"encoders.{m}.{k}={v}" for m in ("text", "image", "video", "audio")
+                                        for k, v in (("num_taps", 7), ("pooling", "auto"), ("max_text_len", 32),
+                                                     ("image_size", 0), ("num_frames", 0),
+                                                     ("frame_sampling", "uniform"), ("audio_seconds", 10),
+                                                     ("sample_rate", 0))]
+    save_config(load_config([], given), saved)
+    assert resolve_specs(load_config([saved])) == resolve_specs(load_config([], given))
 
 
 # --------------------------------------------------------------------------------------------- media

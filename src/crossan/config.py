@@ -850,6 +850,14 @@ def _as_saved_run(data: dict[str, Any]) -> dict[str, Any]:
     return legacy_encoder_keys(data) if whole else data
 
 
+def _written_after_legacy_layout(saved: dict[str, Any]) -> bool:
+    """Whether a saved config was written by a crossan later than the old encoder layout: it holds ``fft.lr_text``
+    (added 2026-12-03, two days after encoder keys became null for "the preset's"), which every config.yaml
+    since has written (null when unset). Such a file whose encoder keys are all set is taken as written."""
+    fft = saved.get("fft")
+    return isinstance(fft, dict) and "lr_text" in fft
+
+
 def legacy_encoder_keys(saved: dict[str, Any]) -> dict[str, Any]:
     """A saved config as the current :class:`EncoderOverrides` read it.
 
@@ -862,7 +870,8 @@ def legacy_encoder_keys(saved: dict[str, Any]) -> dict[str, Any]:
         return saved
     sections = {m: encoders[m] for m in ("text", "image", "video", "audio") if isinstance(encoders.get(m), dict)}
     keys = [f.name for f in dataclasses.fields(EncoderSpec) if f.name != "model"]
-    if not sections or any(sec.get(k, 0) is None for sec in sections.values() for k in keys):
+    if (not sections or any(sec.get(k, 0) is None for sec in sections.values() for k in keys)
+            or _written_after_legacy_layout(saved)):
         return saved
     default = dataclasses.asdict(EncoderSpec())
     new_enc = {**encoders, **{m: {k: (None if k in keys and v == default[k] else v) for k, v in sec.items()}
