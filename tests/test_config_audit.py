@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -512,3 +513,33 @@ def test_a_broken_pipe_other_than_stdout_is_still_an_error(monkeypatch, capsys) 
     monkeypatch.setattr(crossan.cli, "cmd_cache_list", broken)
     assert main(["cache", "--list"]) == 2
     assert capsys.readouterr().err == "crossan: error: [Errno 32] Broken pipe\n"
+
+
+@pytest.mark.parametrize(("override", "says"), [
+    ("train.lr=1" + "0" * 400, "train.lr: must be a finite number"),  # an OverflowError traceback
+    ("train.lr=1_e3", "train.lr: expected a number, got '1_e3'"),  # "could not convert string to float", no key
+    ("seed=1:30", "seed: expected an integer, got '1:30'"),  # YAML 1.1's base 60: read as 90
+    ("train.batch_size=1:04", "train.batch_size: expected an integer, got '1:04'"),
+    ("train.lr=1:30", "train.lr: expected a number, got '1:30'"),
+    ("iisan.official_lr_text_head=0.5", "iisan.official_lr_text_head: acts with iisan.lr_groups=official only"),
+])
+def test_values_that_slipped_through_or_crashed_are_refused_naming_the_key(override: str, says: str) -> None:
+    with pytest.raises(ConfigError, match="^" + re.escape(says)):
+        load_config([], [override])
+
+
+def test_values_yaml_cannot_build_and_lists_keep_what_was_written(tmp_path: Path) -> None:
+    """PyYAML's int and date builders raised ValueError (`data.path=0x_`, `cache.dir=2024-02-30`: a message naming
+    no key); a quoted path with a comma in a file became two media roots; `eval.ks=10` was "expected a list"."""
+    assert load_config([], ["data.path=0x_"]).data.path == "0x_"
+    assert load_config([], ["cache.dir=2024-02-30"]).cache.dir == "2024-02-30"
+    f = tmp_path / "a.yaml"
+    f.write_text('data:\n  path: 0b_\n  media_roots: "/mnt/my,media"\neval:\n  ks: 10\ntrain:\n  metric: NDCG@10\n')
+    cfg = load_config([f])
+    assert (cfg.data.path, cfg.data.media_roots, cfg.eval.ks) == ("0b_", ["/mnt/my,media"], [10])
+    roots = {"a,b": ["a", "b"], "/mnt/media #2": ["/mnt/media #2"], "2024.10": ["2024.10"], "[x, y]": ["x", "y"]}
+    for written, read in roots.items():
+        assert load_config([], [f"data.media_roots={written}"]).data.media_roots == read
+    assert load_config([], ["eval.ks=10", "train.metric=NDCG@10"]).eval.ks == [10]
+    assert load_config([], ["eval.ks=5,10"]).eval.ks == [5, 10]
+    assert load_config([], ["modalities=text,image"]).modalities == ["text", "image"]

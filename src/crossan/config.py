@@ -9,7 +9,10 @@ cross-field checks included). A key repeated in one YAML mapping is an error (YA
 Values read alike from a file and from the command line: a number key takes ``1e-3`` (YAML 1.1 reads it as
 a string) and reads ``010`` as decimal 10 (not octal 8); a string key refuses an unquoted value YAML reads
 as a number, boolean or date (``path: 2024.10`` would become ``2024.1``): quote it. On the command line a
-string key keeps the text as typed (``data.path=2024.10``), and ``null`` is null there as in a file.
+string key keeps the text as typed (``data.path=2024.10``), and ``null`` is null there as in a file. YAML
+1.1's base-60 numbers (``1:30``) are text, which a number key refuses. A list key takes ``a,b`` on the command
+line (each piece of a list of strings as typed, as a string key) or ``[a, b]``; one value where a list is
+wanted is a list of one (``eval.ks=10``; a quoted string in a file, commas and all).
 
 Each method's own options are a section named after it (``cfg.crossan``, ``cfg.lora``); the sections are
 built from the table of methods (:mod:`crossan.methods`), which this module imports downward. Reading a
@@ -437,8 +440,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return value
     if origin is list:
         (inner,) = get_args(tp) or (Any,)
-        if isinstance(value, str):  # "a,b" from the command line: each piece read as one override value
+        if isinstance(value, CommaList):  # "a,b" from the command line: each piece read as one override value
             value = [v.strip() if inner is str else parse_value(v) for v in value.split(",") if v.strip()]
+        elif not isinstance(value, (list, tuple, dict)) and value is not None:
+            value = [value]  # one value where a list is wanted ("ks: 10", a quoted path with a comma in it)
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
@@ -456,12 +461,17 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if tp is float:
         number = None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = float(value)
-        elif isinstance(value, str) and _DECIMAL_NUMBER.fullmatch(value.strip()):
-            number = float(value.strip())  # "1e-3": a string to YAML 1.1, a number to everyone else
-        elif isinstance(value, str) and value.strip().lower().lstrip("+-.") in ("nan", "inf", "infinity"):
-            number = math.nan
+        try:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                number = float(value)
+            elif isinstance(value, str) and _DECIMAL_NUMBER.fullmatch(value.strip()):
+                number = float(value.strip())  # "1e-3": a string to YAML 1.1, a number to everyone else
+            elif isinstance(value, str) and value.strip().lower().lstrip("+-.") in ("nan", "inf", "infinity"):
+                number = math.nan
+        except OverflowError:  # an integer of 400 digits
+            number = math.inf
+        except ValueError:  # "1_e3": underscores where float() takes none
+            number = None
         if number is None:
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         if not math.isfinite(number):  # no setting means anything at nan or infinity
@@ -564,7 +574,7 @@ def parse_value(raw: str) -> Any:
     """One override value as YAML; ``1e-3`` (a string to YAML, having no dot) is read as a number."""
     try:
         value = yaml.load(raw, Loader=YAMLLoader) if raw.strip() else ""  # YAMLLoader is a SafeLoader
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError):  # ValueError: a value PyYAML's builders cannot read, kept as text
         value = raw
     if isinstance(value, str):
         try:
@@ -599,12 +609,25 @@ def _is_text(tp: Any) -> bool:
     return False
 
 
+class CommaList(str):
+    """A list written on the command line as ``a,b,c`` (not a flow list ``[a, b]``): split by :func:`_coerce`.
+    A string from a YAML file is one value, whatever commas it holds."""
+
+
 def _override_value(cfg: Any, text: str) -> tuple[str, Any]:
     """``key=value`` for :func:`load_config`: the raw text (trimmed) where ``key`` holds a string, so that a
-    path such as ``ds #2`` or ``2024.10`` arrives as typed (a quoted value is unquoted as YAML does), else
-    :func:`parse_override`'s value."""
+    path such as ``ds #2`` or ``2024.10`` arrives as typed (a quoted value is unquoted as YAML does), and
+    likewise each comma-separated piece where it holds a list of strings; else :func:`parse_override`'s value
+    (a comma-separated one split into a list)."""
     key, value = parse_override(text)
     tp = _field_type(cfg, key)
+    raw = text.split("=", 1)[1].strip()
+    if tp is not None and get_origin(tp) is list and not raw.startswith("["):
+        if get_args(tp) in ((str,),):  # list of strings: each piece as typed, as a string key is
+            return key, [_unquote(v.strip()) for v in raw.split(",") if v.strip()]
+        if isinstance(value, str) and "," in value:
+            return key, CommaList(value)
+        return key, value
     if tp is not None and _is_text(tp):
         raw = text.split("=", 1)[1].strip()
         optional = type(None) in get_args(tp)

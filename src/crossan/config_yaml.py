@@ -48,15 +48,38 @@ class YAMLLoader(yaml.SafeLoader):
                 seen[key] = line
         return super().construct_mapping(node, deep=deep)
 
-    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
-        text = str(self.construct_scalar(node)).replace("_", "")
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int | str:
+        written = str(self.construct_scalar(node))
+        text = written.replace("_", "")
         digits = text.lstrip("+-")
         if len(digits) > 1 and digits.startswith("0") and digits.isdigit():
             return int(text, 10)
-        return super().construct_yaml_int(node)
+        if ":" in text:  # YAML 1.1's base 60 ("1:30" = 90): the text, which a number key refuses
+            return written
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:  # "0x_", "0b_": PyYAML's resolver takes them for ints its builder cannot read
+            return written
+
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> float | str:
+        written = str(self.construct_scalar(node))
+        if ":" in written:  # base 60 again ("1:30.5")
+            return written
+        try:
+            return super().construct_yaml_float(node)
+        except ValueError:
+            return written
+
+    def construct_yaml_timestamp(self, node: yaml.ScalarNode) -> Any:
+        try:
+            return super().construct_yaml_timestamp(node)
+        except ValueError:  # "2024-02-30" looks like a date and is none: the text, as written
+            return str(self.construct_scalar(node))
 
 
 YAMLLoader.add_constructor("tag:yaml.org,2002:int", YAMLLoader.construct_yaml_int)
+YAMLLoader.add_constructor("tag:yaml.org,2002:float", YAMLLoader.construct_yaml_float)
+YAMLLoader.add_constructor("tag:yaml.org,2002:timestamp", YAMLLoader.construct_yaml_timestamp)
 
 
 def parse_yaml(text: str, where: str) -> tuple[Any, dict[str, int]]:

@@ -98,6 +98,15 @@ class IISANConfig(SANBConfig):
     """Init of the image chain's last head layer (d_s → d): ``default`` as ``nn.Linear``; ``xavier``
     Xavier-normal weights, zero bias (the official code's image classifier head)."""
 
+    def check(self, key: str) -> None:
+        default = type(self)()  # a plugin's subclass may have other defaults
+        if self.lr_groups != "official":  # the crossan groups have no such rates: they would change nothing
+            for name in ("official_lr_text_head", "official_lr_image_head"):
+                if getattr(self, name) != getattr(default, name):
+                    raise ConfigError(f"{key}.{name}: acts with {key}.lr_groups=official only, and {key}.lr_groups "
+                                      f"is {self.lr_groups!r}; set {key}.lr_groups=official or leave {name} at "
+                                      f"{getattr(default, name)}")
+
 
 @dataclass
 class CrossanConfig(SANBConfig):
