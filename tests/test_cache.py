@@ -313,6 +313,30 @@ def test_a_shard_build_beside_shards_of_another_count_is_refused_before_it_encod
         join_shards(cfg, data, ["text"])
 
 
+@pytest.mark.subprocess
+def test_a_reader_waits_for_a_builder_writing_the_cache(built: Path, data: FakeData, capsys) -> None:
+    """A training or evaluation opening the cache while `crossan cache` installed or re-recorded it read the
+    manifest of one build and the arrays of another: "damaged … rebuild it" for a healthy cache, a missing
+    states.npy, or an AttributeError traceback. Readers take the modality's lock shared and wait for a writer."""
+    import subprocess
+    import sys
+    import time
+
+    from crossan.cache.lock import lock_path
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from crossan.cache.lock import build_lock\n"
+         "with build_lock(Path(sys.argv[1]), 'text'):\n    print('held', flush=True); time.sleep(1.5)",
+         str(lock_path(built, "text"))], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    t0 = time.perf_counter()
+    features = open_cache(make_cfg(built), data, ["text"])
+    waited = time.perf_counter() - t0
+    holder.wait(10)
+    assert waited > 0.5 and features.modalities == ["text"]
+    assert "is writing it; waiting for it to finish before reading" in capsys.readouterr().err
+
+
 def test_join_of_stale_shards_says_how_to_rebuild_them(tmp_path: Path, data: FakeData) -> None:
     """Shards of an older crossan (an image shard's plan without the ``transparency`` entry of 0.1.10) are
     refused by the join, which said only which field differed; it now gives the shard command that replaces

@@ -120,13 +120,16 @@ def test_outside_media_counted_missing_under_on_corrupt_missing(tmp_path: Path, 
     assert "outside the dataset root" in str(loaded.corrupt[0])
 
 
-def test_media_roots_is_a_typed_config_key() -> None:
+def test_media_roots_is_a_typed_config_key(tmp_path: Path) -> None:
     from crossan.config import ConfigError, load_config
 
     cfg = load_config([], ["data.media_roots=[/srv/media,../shared]"])
     assert cfg.data.media_roots == ["/srv/media", "../shared"]
-    with pytest.raises(ConfigError, match="data.media_roots"):
-        load_config([], ["data.media_roots=5"])
+    assert load_config([], ["data.media_roots=5"]).data.media_roots == ["5"]  # the command line: text as typed
+    f = tmp_path / "a.yaml"
+    f.write_text("data:\n  media_roots: 5\n")  # a file: YAML's number, which a folder name is not
+    with pytest.raises(ConfigError, match=r"data\.media_roots\[0\]: expected a string, got 5"):
+        load_config([f])
 
 
 # --------------------------------------------------------------------------------------------- 3. tabs in titles

@@ -41,7 +41,7 @@ def _run_folder(root: Path, name: str, seed: int, test_ranks: np.ndarray, *, mas
                 memory_kind: str = "cpu_peak_rss_above_idle", time_per_epoch: float = 1.0,
                 peak_rss: int | None = None, tower: dict[str, Any] | None = None,
                 peak_memory: int = 2**20, steps: tuple[int, int] | None = None,
-                trained_by: list[str] | None = None) -> dict[str, Any]:
+                trained_by: list[str] | None = None, cache_states: dict[str, str] | None = None) -> dict[str, Any]:
     """Write ``root/runs/NAME/seed-S`` as a finished run (``mask`` None: results.json without the key, as an
     older crossan wrote it) and return its suite record (``alone``: whether the suite recorded it as trained
     with nothing else running, None: not known; ``patience`` None: a config.yaml without train.patience)."""
@@ -78,6 +78,8 @@ def _run_folder(root: Path, name: str, seed: int, test_ranks: np.ndarray, *, mas
         results["crossan_version"] = version
     if trained_by is not None:
         results["trained_by_versions"] = trained_by
+    if cache_states is not None:
+        results["cache_states"] = cache_states
     (run_dir / "results.json").write_text(json.dumps(results))
     np.savez_compressed(run_dir / "per_user.npz", valid_ranks=ranks.numpy(), test_ranks=ranks.numpy(),
                         users=users, split_fingerprint=np.asarray(FINGERPRINT))
@@ -357,6 +359,21 @@ def test_runs_written_by_another_version_are_flagged(tmp_path: Path, versions: d
                version=versions)
     assert row["flags"] == ([flag] if flag else [])
     assert row["crossan_version"] == "/".join(dict.fromkeys(str(v or "unknown") for v in versions.values()))
+
+
+def test_seeds_that_read_different_caches_are_flagged(tmp_path: Path) -> None:
+    """A `crossan cache` update between two seeds' trainings (a suite running beside it): the row pooled seeds
+    of two caches, and paired them with the reference, without a word."""
+    rng = np.random.default_rng(6)
+    old, new = {"image": "a" * 64}, {"image": "b" * 64}
+    row = _row(tmp_path, "R", {s: rng.geometric(0.08, size=100).astype(float) for s in (0, 1, 2)},
+               cache_states={0: old, 1: new, 2: new})
+    assert row["flags"] == ["seeds read different caches: seed 0 / seeds 1,2"]
+    write_outputs([row], {**META, "reference": None}, tmp_path)
+    assert "**seeds read different caches**" in (tmp_path / "report.md").read_text()
+    same = _row(tmp_path / "same", "R", {s: rng.geometric(0.08, size=100).astype(float) for s in (0, 1)},
+                cache_states={0: new, 1: new})
+    assert same["flags"] == []
 
 
 def test_runs_resumed_from_another_versions_epochs_are_flagged(tmp_path: Path) -> None:

@@ -743,3 +743,15 @@ def test_a_train_log_that_cannot_be_written_is_said_once_and_hides_no_error(tmp_
             finally:
                 trainer._end_logging()
     assert trainer.log.handlers == [] and trainer.log.propagate
+
+
+def test_a_cache_updated_while_the_run_opened_it_is_refused(small_data: Path, tmp_path: Path, monkeypatch) -> None:
+    """The cache's digest was read after the model had loaded the states: a `crossan cache` update in between
+    made results.json record a cache the run never read (and evaluate then scored the new one without a word)."""
+    from crossan.errors import CacheError
+
+    digests = iter([{"image": "a" * 64}, {"image": "b" * 64}])  # before and after the model read the cache
+    monkeypatch.setattr(trainer, "cache_states_digests", lambda cfg, data: next(digests))
+    with pytest.raises(CacheError, match=r"^the layer-state cache of image changed while this run opened it"):
+        train(_cfg(small_data, "modalities=[image]"), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

@@ -38,7 +38,7 @@ import crossan
 from crossan import distributed as dist
 from crossan.config import Config, save_config
 from crossan.data import DataError, SequentialData, prepare
-from crossan.errors import ConfigError
+from crossan.errors import CacheError, ConfigError
 from crossan.evaluation import mean_metrics
 from crossan.methods import method_source
 from crossan.model import build_model, module_report, param_groups
@@ -381,11 +381,17 @@ def _start(cfg: Config, run_dir: Path, resume: bool, data: SequentialData | None
         preload(cfg, device)
         seed_everything(cfg.seed)
         memory = PeakRSSMonitor().start()  # CPU memory: peak over the run minus this idle baseline
+        states_before = cache_states_digests(cfg, data)
         model = build_model(cfg, data, device)
         opt = make_optimizer(model, cfg, device)
         # recorded in results.json and each checkpoint; every rank computes them (the media hashing in shares,
         # whose gather waits up to CACHE_TIMEOUT: rank 0 hashing alone outlasted the others' 30-minute barrier)
-        inputs_read = {"cache_states": cache_states_digests(cfg, data),
+        states = cache_states_digests(cfg, data)
+        if states != states_before:  # `crossan cache` updated it while this run read it: which did it read?
+            changed = ", ".join(m for m in cfg.modalities if states.get(m) != states_before.get(m))
+            raise CacheError(f"the layer-state cache of {changed} changed while this run opened it (a crossan cache "
+                             "process updated it); run the command again to train on the updated cache")
+        inputs_read = {"cache_states": states,
                        "content_sources": content_digests(cfg, data, collective=True),
                        "method_source": method_source(cfg.method)}
         dist.barrier()  # every rank has checked and built before rank 0 writes anything

@@ -57,6 +57,41 @@ def lock_path(root: Path, modality: str, shard: int | None = None, num_shards: i
     return root / f".{modality}.shard-{shard}-of-{num_shards}.lock"
 
 
+_HELD: set[str] = set()
+"""The lock files this process holds exclusively (:func:`build_lock`): its own :func:`read_lock` of one passes
+(flock would make it wait for itself)."""
+
+
+@contextmanager
+def read_lock(path: Path, what: str) -> Iterator[None]:
+    """Hold a shared lock on ``path`` while a cache is read: a builder (:func:`build_lock`, exclusive) that is
+    installing or re-recording it is waited for, so that the manifest and arrays read belong to one build. Many
+    readers hold it at once. Where the lock file cannot be opened (a read-only folder: no builder can write
+    there either) or this process builds it itself, there is nothing to wait for."""
+    if fcntl is None or str(path) in _HELD:  # pragma: no cover - Windows
+        yield
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            yield
+            return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            print(f"{what}: a crossan cache process (pid {pid}) is writing it; waiting for it to finish before "
+                  f"reading (lock {path})", file=sys.stderr, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def build_lock(path: Path, what: str, holder: str = "crossan cache process",
                doing: str = "building it") -> Iterator[None]:
@@ -85,6 +120,10 @@ def build_lock(path: Path, what: str, holder: str = "crossan cache process",
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         except OSError:
             pass
-        yield
+        _HELD.add(str(path))
+        try:
+            yield
+        finally:
+            _HELD.discard(str(path))
     finally:
         os.close(fd)  # releases the lock

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,6 +30,7 @@ from crossan.cache.layout import (
     item_records,
     modality_folder,
 )
+from crossan.cache.lock import lock_path, read_lock
 from crossan.cache.manifest import expected_manifest, manifest_differences, read_manifest
 from crossan.errors import CacheError, CacheMismatchError, CacheMissingError
 
@@ -42,10 +45,19 @@ def open_cache(cfg: Config, data: Any, modalities: list[str], mmap: bool = True)
     refused (:class:`CacheMismatchError` naming the items and the ``crossan cache`` command, which
     re-encodes only their batches), as is one that does not match the run or is damaged.
     """
-    from crossan.encoders import resolve_specs
-
     modalities = check_modalities(modalities)
     roots = {m: cache_root(cfg, data, m) for m in modalities}
+    with ExitStack() as held:  # one build's manifest and arrays: a `crossan cache` writing them is waited for
+        for m in modalities:
+            held.enter_context(read_lock(lock_path(roots[m], m), f"the {m} cache in {roots[m]}"))
+        return _open_cache(cfg, data, modalities, roots, mmap)
+
+
+def _open_cache(cfg: Config, data: Any, modalities: list[str], roots: dict[str, Path], mmap: bool
+                ) -> TensorFeatures:
+    """:func:`open_cache`'s reading and checks, under its read locks."""
+    from crossan.encoders import resolve_specs
+
     specs = resolve_specs(cfg, modalities)
     absent = [m for m in modalities if read_manifest(roots[m] / m) is None]
     if absent:

@@ -177,6 +177,11 @@ def _flags(row: dict[str, Any]) -> list[str]:
                      + "; ".join(f"{_mask_text(m)} ({s})" for m, s in by_mask.items()))
     elif masks == [False]:
         flags.append("history not masked (eval.mask_history=false)")
+    caches = list(dict.fromkeys(json.dumps(p.get("cache_states") or {}, sort_keys=True) for p in seeds))
+    if len(caches) > 1:  # a `crossan cache` update between two seeds' trainings: two inputs in one interval
+        groups = [_seeds_text([p["seed"] for p in seeds if json.dumps(p.get("cache_states") or {}, sort_keys=True)
+                               == c]) for c in caches]
+        flags.append("seeds read different caches: " + " / ".join(groups))
     capped = _capped_seeds(row)
     if capped:
         epochs = "/".join(dict.fromkeys(str(p["epochs_allowed"]) for p in capped))
@@ -267,7 +272,8 @@ def collect_run(run: Any, recs: list[dict[str, Any]]) -> dict[str, Any]:
                             m: int(v.get("decoded_in_training_steps", 0))
                             for m, v in ((p["results"].get("tower") or {}).get("inputs") or {}).items()},
                         "crossan_version": p["results"].get("crossan_version"),
-                        "trained_by": p["results"].get("trained_by_versions")} for p in per_seed]
+                        "trained_by": p["results"].get("trained_by_versions"),
+                        "cache_states": p["results"].get("cache_states")} for p in per_seed]
     if errors:
         row["error"] = "; ".join(errors)
         row["log"] = next(r["log"] for r in recs + repeats if r["status"] != "ok")
@@ -621,6 +627,10 @@ FLAG_NOTES = {
     "history not masked": "**history not masked**: ranked with `eval.mask_history=false` (a target that "
                           "repeats a history item can be a hit), so its quality is not comparable with "
                           "masked runs and it is not paired with a masked reference",
+    "seeds read different caches": "**seeds read different caches**: the layer-state cache was updated (its "
+                                   "items' titles or media changed) between these seeds' trainings, so the "
+                                   "interval mixes two inputs (`cache_states` in each results.json); rerun the "
+                                   "older seeds (delete their folders under `runs/`) for one figure",
     "mask_history differs": "**mask_history differs between seeds**: the interval mixes two ranking rules "
                             "(seeds with another rule than the reference's are not paired)",
     "written by crossan": "**written by crossan X**: a finished run reused from a folder written by another "
