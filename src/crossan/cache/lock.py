@@ -80,16 +80,22 @@ def read_lock(path: Path, what: str) -> Iterator[None]:
             yield
             return
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            print(f"{what}: a crossan cache process (pid {pid}) is writing it; waiting for it to finish before "
-                  f"reading (lock {path})", file=sys.stderr, flush=True)
-            fcntl.flock(fd, fcntl.LOCK_SH)
+        _acquire(fd, fcntl.LOCK_SH, "{what}: a crossan cache process (pid {pid}) is writing it; waiting for it to "
+                                    "finish before reading (lock {path})", what=what, path=path)
         yield
     finally:
         os.close(fd)
+
+
+def _acquire(fd: int, mode: int, waiting: str, **names: object) -> None:
+    """``flock(fd, mode)``; when another process holds it, print ``waiting`` (formatted with ``names`` and the
+    holder's ``pid`` from the lock file) on stderr first, then wait."""
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        print(waiting.format(pid=pid, **names), file=sys.stderr, flush=True)
+        fcntl.flock(fd, mode)
 
 
 @contextmanager
@@ -108,13 +114,8 @@ def build_lock(path: Path, what: str, holder: str = "crossan cache process",
             raise ReadOnlyFolderError(path, what, e.strerror or str(e), e.errno) from None
         raise
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            print(f"{what}: another {holder} (pid {pid}) is {doing}; waiting for it to finish (lock {path})",
-                  file=sys.stderr, flush=True)
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        _acquire(fd, fcntl.LOCK_EX, "{what}: another {holder} (pid {pid}) is {doing}; waiting for it to finish "
+                                    "(lock {path})", what=what, holder=holder, doing=doing, path=path)
         try:  # who holds it, for the next process's message; the lock itself holds without it (a full disk)
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
