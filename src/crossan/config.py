@@ -629,7 +629,6 @@ def _override_value(cfg: Any, text: str) -> tuple[str, Any]:
             return key, CommaList(value)
         return key, value
     if tp is not None and _is_text(tp):
-        raw = text.split("=", 1)[1].strip()
         optional = type(None) in get_args(tp)
         # null is null, as in a YAML file (a required string then says so); ~ stays text (a home folder)
         null = raw in ("null", "Null", "NULL") or (optional and raw in ("~", "None"))
@@ -900,6 +899,11 @@ def legacy_encoder_keys(saved: dict[str, Any]) -> dict[str, Any]:
     new_enc = {**encoders, **{m: {k: (None if k in keys and v == default[k] else v) for k, v in sec.items()}
                               for m, sec in sections.items()}}
     return {**saved, "encoders": new_enc}
+
+
+PRECISION_OF_DTYPE = {"bfloat16": "bf16", "float32": "fp32"}
+"""A compute dtype's name (as manifests and checkpoints record it) → the ``precision`` value that forces it on
+any device."""
 
 
 CHANGED_DEFAULTS: dict[str, Any] = {

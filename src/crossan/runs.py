@@ -47,6 +47,7 @@ from crossan import distributed as dist
 from crossan.config import (
     CHANGED_DEFAULTS,
     PATH_KEYS,
+    PRECISION_OF_DTYPE,
     Config,
     config_differences,
     config_from_dict,
@@ -540,9 +541,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
         raise RunError(f"{path}: does not fit this run's model ({first}); {fresh}") from None
 
 
-_DTYPE_PRECISION = {"bfloat16": "bf16", "float32": "fp32"}
-"""A compute dtype's name → the ``precision`` value that forces it on any machine."""
-_PRECISION_DTYPE = {v: k for k, v in _DTYPE_PRECISION.items()}
+_PRECISION_DTYPE = {v: k for k, v in PRECISION_OF_DTYPE.items()}
 
 
 def _check_compute_dtype(path: Path, saved: Any, now: str | None, precision: str, changed_from: str | None,
@@ -559,7 +558,7 @@ def _check_compute_dtype(path: Path, saved: Any, now: str | None, precision: str
         return
     if saved == now:
         return
-    force = _DTYPE_PRECISION.get(str(saved))
+    force = PRECISION_OF_DTYPE.get(str(saved))
     slow = " (emulated, and slow, where the hardware has no bf16 units)" if force == "bf16" else ""
     how = (f"resume with precision={force} to continue in {saved}{slow}" if force
            else f"resume where it runs at {saved}")
@@ -865,7 +864,7 @@ def trained_precision(precision: str, trained: Any, device: torch.device) -> str
     float32 states). Where the dtype it trained at cannot run here (bf16 on an Apple GPU), ``precision``."""
     from crossan.precision import compute_dtype, dtype_name
 
-    force = _DTYPE_PRECISION.get(str(trained))
+    force = PRECISION_OF_DTYPE.get(str(trained))
     if force is None or force == precision:
         return precision
     try:

@@ -56,7 +56,7 @@ from crossan.cache.workarea import (
     report_from_manifest,
     reserve,
 )
-from crossan.config import EncoderSpec
+from crossan.config import PRECISION_OF_DTYPE, EncoderSpec
 from crossan.errors import CacheError, CacheMismatchError
 
 if TYPE_CHECKING:
@@ -132,7 +132,7 @@ def _build_command(cfg: Config, m: str, build: Any) -> str:
 
     if isinstance(build, dict) and "batch_size" in build:
         cfg = dataclasses.replace(cfg, encoders=dataclasses.replace(cfg.encoders, batch_size=int(build["batch_size"])))
-    precision = {"bfloat16": "bf16", "float32": "fp32"}.get(str((build or {}).get("compute_dtype")))
+    precision = PRECISION_OF_DTYPE.get(str((build or {}).get("compute_dtype")))
     return cache_command_line(cfg, [m]) + (f" precision={precision}" if precision else "")
 
 

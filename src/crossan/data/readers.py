@@ -557,17 +557,25 @@ def _ends_in_quotes(text: str, lines: int, dialect: Any) -> bool:
 
 def _header(path: Path, text: str, delimiter: str) -> tuple[list[str], list[str], tuple[int, int, int]]:
     header = next(_csv_records(path, csv.reader([text], delimiter=delimiter)), [])
-    names = [h.split(":")[0].strip().lower() for h in header]
+    names = _column_names(header)
+    return header, names, (_column(path, header, names, "user_id", "user"),
+                           _column(path, header, names, "item_id", "item"),
+                           _column(path, header, names, "timestamp", "time"))
 
-    def find(*cands: str) -> int:
-        for c in cands:
-            if names.count(c) > 1:  # which of the two holds the ids is not ours to guess (items.tsv: the same)
-                raise DataError(f"{path}:1: header column {c!r} appears twice")
-            if c in names:
-                return names.index(c)
-        raise DataError(f"{path}:1: header {header} has no column named {' or '.join(cands)}")
 
-    return header, names, (find("user_id", "user"), find("item_id", "item"), find("timestamp", "time"))
+def _column_names(header: list[str]) -> list[str]:
+    """A ``.inter``/``.item``/CSV header's column names: case-insensitive, RecBole's ``:type`` suffix dropped."""
+    return [h.split(":")[0].strip().lower() for h in header]
+
+
+def _column(path: Path, header: list[str], names: list[str], *cands: str) -> int:
+    """The index of the first of ``cands`` among ``names`` (:func:`_column_names`), which must appear once."""
+    for c in cands:
+        if names.count(c) > 1:  # which of the two holds the ids is not ours to guess (items.tsv: the same)
+            raise DataError(f"{path}:1: header column {c!r} appears twice")
+        if c in names:
+            return names.index(c)
+    raise DataError(f"{path}:1: header {header} has no column named {' or '.join(cands)}")
 
 
 _TIME_HINT = " (expected a number, such as Unix seconds; dates like 2020-09-13 12:26:40 are not read)"
@@ -888,18 +896,9 @@ def _atomic_items(path: Path, cfg: DataConfig, problems: _Problems
     header = next(rows, None)
     if header is None:
         raise DataError(f"{path}: empty file")
-    # the .inter header's rules (_header): names case-insensitive, ``item`` for ``item_id``
-    names = [h.split(":")[0].strip().lower() for h in header]
+    names = _column_names(header)  # the .inter header's rules: case-insensitive, ``item`` for ``item_id``
     types = [h.split(":")[1].strip() if ":" in h else "token" for h in header]
-    iid = None
-    for c in ("item_id", "item"):  # as _header's find: the first name present, which must appear once
-        if names.count(c) > 1:
-            raise DataError(f"{path}:1: header column {c!r} appears twice")
-        if c in names:
-            iid = names.index(c)
-            break
-    if iid is None:
-        raise DataError(f"{path}:1: header {header} has no column named item_id or item")
+    iid = _column(path, header, names, "item_id", "item")
     if cfg.text_fields:
         unknown = [t for t in cfg.text_fields if t.lower() not in names]
         if unknown:
@@ -953,17 +952,12 @@ def _drop_swallowing_items(inter: Path, cfg: DataConfig, catalogue: Catalogue,
     for other, (where, why, holder) in swallowed.items():
         if other in named_set:
             bad.setdefault(holder, (where, why))
-    for where, why in sorted(bad.values(), key=lambda v: _line_of(v[0])):
+    for where, why in bad.values():  # in file order: swallowed was filled so, one holder's lines together
         problems.bad_row(where, why)
     if not bad:
         return catalogue
     return Catalogue(catalogue.root, [r for r in catalogue if r.item_id not in bad], source=catalogue.source,
                      media_roots=catalogue.media_roots)
-
-
-def _line_of(where: str) -> int:
-    """The line number at the end of a ``FILE:LINE`` location."""
-    return int(where.rsplit(":", 1)[1])
 
 
 def _with_catalogue(path: Path, root: Path, cfg: DataConfig, catalogue: Catalogue | None, problems: _Problems,

@@ -177,11 +177,11 @@ def _flags(row: dict[str, Any]) -> list[str]:
                      + "; ".join(f"{_mask_text(m)} ({s})" for m, s in by_mask.items()))
     elif masks == [False]:
         flags.append("history not masked (eval.mask_history=false)")
-    caches = list(dict.fromkeys(json.dumps(p.get("cache_states") or {}, sort_keys=True) for p in seeds))
-    if len(caches) > 1:  # a `crossan cache` update between two seeds' trainings: two inputs in one interval
-        groups = [_seeds_text([p["seed"] for p in seeds if json.dumps(p.get("cache_states") or {}, sort_keys=True)
-                               == c]) for c in caches]
-        flags.append("seeds read different caches: " + " / ".join(groups))
+    by_cache: dict[str, list[Any]] = {}  # a `crossan cache` update between two seeds' trainings: two inputs
+    for p in seeds:
+        by_cache.setdefault(json.dumps(p.get("cache_states") or {}, sort_keys=True), []).append(p["seed"])
+    if len(by_cache) > 1:
+        flags.append("seeds read different caches: " + " / ".join(map(_seeds_text, by_cache.values())))
     capped = _capped_seeds(row)
     if capped:
         epochs = "/".join(dict.fromkeys(str(p["epochs_allowed"]) for p in capped))
