@@ -543,3 +543,18 @@ def test_values_yaml_cannot_build_and_lists_keep_what_was_written(tmp_path: Path
     assert load_config([], ["eval.ks=10", "train.metric=NDCG@10"]).eval.ks == [10]
     assert load_config([], ["eval.ks=5,10"]).eval.ks == [5, 10]
     assert load_config([], ["modalities=text,image"]).modalities == ["text", "image"]
+
+
+@pytest.mark.parametrize(("text", "says"), [
+    ("on: 3\n", "a.yaml:1: unknown config key 'on' "),  # YAML 1.1 read the key as True: "unknown config key 'True'"
+    ("train:\n  lr: 0.001\n  off: 3\n", "a.yaml:3: unknown config key 'train.off' "),
+    ("Yes:\n  lr: 1\n", "a.yaml:1: unknown config key 'Yes' "),
+])
+def test_a_key_yaml_reads_as_a_boolean_is_named_as_written(tmp_path: Path, text: str, says: str) -> None:
+    f = tmp_path / "a.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        load_config([f])
+    assert load_config([], ["train.lr=0.5"]).train.lr == 0.5  # values are untouched: only keys keep their text
+    f.write_text("cache:\n  standardize: off\n")
+    assert load_config([f]).cache.standardize is False

@@ -28,8 +28,9 @@ class DuplicateKeyError(yaml.YAMLError):
 class YAMLLoader(yaml.SafeLoader):
     """The loader of crossan's YAML files (configs, suites) and ``key=value`` values: a SafeLoader that
     refuses a key repeated in one mapping (:class:`DuplicateKeyError`: a second ``train:`` block would
-    otherwise replace the first), and reads an integer written with leading zeros as decimal (``010`` is 10,
-    as on the command line, where YAML 1.1 reads it as octal 8)."""
+    otherwise replace the first), reads an integer written with leading zeros as decimal (``010`` is 10,
+    as on the command line, where YAML 1.1 reads it as octal 8), and keeps a mapping key that YAML 1.1 reads
+    as a boolean (``on``, ``off``, ``yes``, ``no``) as the text written: an error names ``on``, not ``True``."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         if isinstance(node, yaml.MappingNode):
@@ -37,6 +38,8 @@ class YAMLLoader(yaml.SafeLoader):
             for key_node, _ in node.value:
                 if key_node.tag == "tag:yaml.org,2002:merge":
                     continue
+                if key_node.tag == "tag:yaml.org,2002:bool" and isinstance(key_node, yaml.ScalarNode):
+                    key_node.tag = "tag:yaml.org,2002:str"  # a key ``on:``/``yes:`` is its text, not True
                 key = self.construct_object(key_node, deep=True)
                 line = key_node.start_mark.line + 1
                 try:
