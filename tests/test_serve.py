@@ -747,13 +747,18 @@ def test_a_run_scored_on_a_changed_cache_says_so(tmp_path: Path) -> None:
                                    for m in ("text", "image")}
     with warnings.catch_warnings():
         warnings.simplefilter("error", CacheChangedWarning)
-        assert evaluate_run(tmp_path / "run")["test"] == res["test"]
+        scored = evaluate_run(tmp_path / "run")
+    assert scored["test"] == res["test"]
+    assert scored["cache_states"] == res["cache_states"]  # evaluation.json says which cache it scored
 
     record = next(r for r in data.catalogue if r.image)
     Image.new("RGB", (24, 24), (255, 0, 255)).save(synth / record.image)
     build_cache(cfg, prepare(cfg.data), cfg.modalities, progress=False)  # re-encodes the changed item
     with pytest.warns(CacheChangedWarning, match=r"the layer-state cache of image changed since it trained"):
-        evaluate_run(tmp_path / "run")
+        scored = evaluate_run(tmp_path / "run")
+    now = read_manifest(modality_folder(cfg, data, "image"))["checksums"][STATES]["sha256"]
+    assert scored["cache_states"] == {"text": res["cache_states"]["text"], "image": now} != res["cache_states"]
+    assert json.loads((tmp_path / "run" / "evaluation.json").read_text())["cache_states"]["image"] == now
     # a cache that is not there is no changed cache: the error naming the command that builds it, no warning
     shutil.rmtree(tmp_path / "cache")
     with warnings.catch_warnings():

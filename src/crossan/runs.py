@@ -883,7 +883,8 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", data_path: str | Non
     serving checks it (:func:`check_run_folder`: a version of crossan that cannot read it is refused before
     anything is written); ``data_path``: the training dataset, when it moved since training. The file records
     the SHA-256 of the weights it scored (``weights_sha256``): those of an unfinished run change with each
-    new best epoch, and the ``split_fingerprint`` of the data it scored (a :class:`SplitChangedWarning` when
+    new best epoch, the digests of the cached states it scored (``cache_states``, for a method that reads the
+    cache), and the ``split_fingerprint`` of the data it scored (a :class:`SplitChangedWarning` when
     it is not the run's: the users' histories changed since training)."""
     from crossan.ranking import evaluate, split_fingerprint, split_report
 
@@ -903,6 +904,9 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", data_path: str | Non
     out = {"valid": evaluate(model, data, "valid", cfg, table, where=str(run_dir)),
            "test": evaluate(model, data, "test", cfg, table, where=str(run_dir)), "splits": split_report(data),
            "split_fingerprint": split, "weights_sha256": sha}
+    states = cache_states_digests(cfg, data)
+    if states:  # the cache scored, as results.json records the one trained on
+        out["cache_states"] = states
     atomic_write_json(Path(run_dir) / EVALUATION, out)
     return out
 
