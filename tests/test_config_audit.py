@@ -558,3 +558,31 @@ def test_a_key_yaml_reads_as_a_boolean_is_named_as_written(tmp_path: Path, text:
     assert load_config([], ["train.lr=0.5"]).train.lr == 0.5  # values are untouched: only keys keep their text
     f.write_text("cache:\n  standardize: off\n")
     assert load_config([f]).cache.standardize is False
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    # --preset and an encoders.preset= override naming another: the override won in silence
+    (["cache", "--data", "DATA", "--preset", "tiny", "encoders.preset=offline"],
+     "--preset tiny and encoders.preset=offline name two presets; give one"),
+    (["encoders", "--preset", "offline", "encoders.preset=tiny"], "--preset offline and encoders.preset=tiny"),
+])
+def test_a_preset_option_and_another_preset_override_are_refused(tmp_path: Path, capsys, argv: list[str],
+                                                                 says: str) -> None:
+    argv = [a.replace("DATA", str(tmp_path)) for a in argv]
+    assert main(argv) == 2
+    assert says in capsys.readouterr().err
+
+
+def test_a_preset_given_once_either_way_is_taken() -> None:
+    import argparse
+
+    from crossan.cli import _load
+
+    def preset(overrides: list[str], option: str | None) -> str:
+        args = argparse.Namespace(config=[], overrides=overrides)
+        return _load(args, option).encoders.preset
+
+    assert preset([], "tiny") == "tiny"
+    assert preset(["encoders.preset=tiny"], None) == "tiny"
+    assert preset(["encoders.preset='tiny'"], "tiny") == "tiny"  # the same, quoted
+    assert preset(["encoders.preset=offline", "encoders.preset=tiny"], None) == "tiny"  # ordered: the last wins

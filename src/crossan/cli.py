@@ -57,8 +57,23 @@ def plugin_arg(p: argparse.ArgumentParser) -> None:
                         "file) before the configuration is read; repeatable (docs/method.md §13)")
 
 
-def _load(args: argparse.Namespace, extra: list[str] = ()) -> Config:
-    overrides = list(extra) + list(args.overrides)
+def _check_preset(overrides: list[str], preset: str | None) -> None:
+    """``--preset X`` beside an ``encoders.preset=Y`` override naming another preset is refused, as ``--data``
+    beside another ``data.path=`` is: the override would win in silence. (A key given twice among the
+    overrides is not refused: they are ordered, and the last wins, as in other command lines.)"""
+    if preset is None:
+        return
+    for o in overrides:
+        key, _, value = o.partition("=")
+        if key.strip() == "encoders.preset" and value.strip().strip("'\"") != preset:
+            raise ConfigError(f"--preset {preset} and {o} name two presets; give one")
+
+
+def _load(args: argparse.Namespace, preset: str | None = None) -> Config:
+    """The configuration of a command: ``--config`` files, then ``--preset`` (``preset``) and ``--data``, then
+    the ``key=value`` overrides."""
+    _check_preset(list(args.overrides), preset)
+    overrides = ([f"encoders.preset={preset}"] if preset else []) + list(args.overrides)
     if getattr(args, "data", None):
         named = [o for o in args.overrides if "=" in o and o.split("=", 1)[0].strip() == "data.path"]
         given = load_config([], named[-1:]).data.path if named else None  # the last wins, read as load_config does
@@ -166,8 +181,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
     from crossan.cache import build_cache, cache_command
     from crossan.data import prepare
 
-    extra = [f"encoders.preset={args.preset}"] if args.preset else []
-    cfg = _load(args, extra)
+    cfg = _load(args, args.preset)
     if args.modalities is None:  # the run's own modalities: `cache --config C` caches what `train --config C` reads
         modalities = list(cfg.modalities)
     else:
@@ -226,7 +240,7 @@ def cmd_cache_list(args: argparse.Namespace) -> int:
 def cmd_encoders(args: argparse.Namespace) -> int:
     from crossan.encoders.report import encoder_rows, format_rows
 
-    cfg = _load(args, [f"encoders.preset={args.preset}"] if args.preset else [])
+    cfg = _load(args, args.preset)
     modalities = _modality_list(args.modalities) if args.modalities is not None else None
     print(format_rows(encoder_rows(cfg, modalities, args.items), cfg.encoders.preset, args.items))
     return 0
