@@ -6,7 +6,8 @@ per-user test NDCG@10 against a reference group (METHOD.md §11), from each run'
         CROSSAN=runs/amazon_text/runs/CROSSAN/seed-0,runs/amazon_text/runs/CROSSAN/seed-1,... \\
         --csv out.csv
 
-Each group lists one run folder per seed, in the same seed order for every group: seed i of a group is paired
+Each group lists one run folder per seed (a folder listed twice, or two of one seed, is refused), in the same
+seed order for every group: seed i of a group is paired
 with seed i of the reference, and only when the two runs' split fingerprints agree (same users, same targets)
 and they ranked under the same ``eval.mask_history``. Two groups with different numbers of seeds are paired on
 the smaller number (the p cell says so). ``*`` marks a Holm-adjusted p < 0.05 (over the table's tests) on at
@@ -25,18 +26,30 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from crossan.reports.stats import holm_adjust, ndcg_at, paired_bootstrap, t_interval
-from crossan.reports.table import ALPHA, MIN_CLAIM_SEEDS, run_capped
+from crossan.reports.table import ALPHA, MIN_CLAIM_SEEDS, p_text, run_capped
 
 METRICS = ("HR@10", "NDCG@10", "MRR")
 
 
 def load_group(spec: str) -> tuple[str, list[Path]]:
+    """``NAME=DIR[,DIR...]``: a group's run folders, one per seed. A folder listed twice, or two folders of
+    one seed (``seed`` of their config.yaml), would count one training as several seeds: refused."""
     name, _, dirs = spec.partition("=")
     if not dirs:
         raise SystemExit(f"{spec!r}: expected NAME=DIR[,DIR...]")
-    return name, [Path(d) for d in dirs.split(",") if d]
+    folders = [Path(d) for d in dirs.split(",") if d]
+    seen: dict[object, Path] = {}
+    for d in folders:
+        config = d / "config.yaml"
+        seed = yaml.safe_load(config.read_text(encoding="utf-8")).get("seed") if config.is_file() else None
+        for key, what in ((d.resolve(), "the same run folder"), (("seed", seed), f"seed {seed} twice")):
+            if key in seen and (seed is not None or what == "the same run folder"):
+                raise SystemExit(f"{name}: {seen[key]} and {d} are {what}: each folder must be another seed's run")
+            seen[key] = d
+    return name, folders
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             d, p = r["p_value"], ""
         else:
             d = f"{r['diff_NDCG@10']:+.4f} {r['diff_ci95']}"
-            p = f"{r['p_value']:.4f} (Holm {r['p_holm']:.4f})" + (" *" if r["significant"] else "")
+            p = f"{p_text(r['p_value'])} (Holm {p_text(r['p_holm'])})" + (" *" if r["significant"] else "")
             if r["paired_seeds"] < max(r["seeds"], len(results[ref])):
                 p += f", {r['paired_seeds']} of {max(r['seeds'], len(results[ref]))} seeds paired"
             if r["paired_seeds"] < MIN_CLAIM_SEEDS:

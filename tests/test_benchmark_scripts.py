@@ -102,3 +102,26 @@ def test_compare_runs_gives_seconds_per_epoch_to_the_hundredth(tmp_path: Path,
     assert compare.main(["--reference", "A", f"A={a}"]) == 0
     row = next(r for r in capsys.readouterr().out.splitlines() if r.startswith("| A |"))
     assert row.split(" | ")[-2] == "0.04"
+
+
+def test_compare_runs_refuses_one_run_listed_as_several_seeds(tmp_path: Path) -> None:
+    """A second reader (2026-12-04) listed one folder three times per group: compare_runs counted three seeds,
+    an interval of ± 0.0000 and a starred p that the same folders listed once did not claim."""
+    compare = load_benchmark("compare_runs")
+    ranks = np.arange(1, 201)
+    a, b = _run(tmp_path / "a", ranks), _run(tmp_path / "b", ranks[::-1].copy())
+    with pytest.raises(SystemExit, match=r"A: .*a and .*a are the same run folder"):
+        compare.main(["--reference", "A", f"A={a},{a},{tmp_path / 'x' / '..' / 'a'}", f"B={b}"])
+    c = _run(tmp_path / "c", ranks)
+    for folder in (a, c):
+        (folder / "config.yaml").write_text("seed: 7\n")
+    with pytest.raises(SystemExit, match=r"A: .*a and .*c are seed 7 twice"):
+        compare.main(["--reference", "A", f"A={a},{c}", f"B={b}"])
+
+
+def test_a_p_value_is_never_printed_as_alpha_when_it_is_not() -> None:
+    """Holm over two tests of a raw p 250/10001 gave 0.049995, printed "0.0500 *" beside an unstarred 0.0500."""
+    from crossan.reports.table import p_text
+
+    assert [p_text(p) for p in (0.049995, 0.05, 0.0500004, 0.0429, 1.0, 1 / 10001)] == [
+        "0.04999", "0.0500", "0.0500004", "0.0429", "1.0000", "0.0001"]

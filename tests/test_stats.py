@@ -143,3 +143,43 @@ def test_the_bootstrap_memory_does_not_grow_with_users_times_resamples() -> None
     assert (capped.diff, capped.ci95, capped.p_value) == (one_chunk.diff, one_chunk.ci95, one_chunk.p_value)
     # one chunk of all 40 resamples holds 40 × 400k × (8 + 8) bytes = 256 MB; the cap is 4M × 16 = 64 MB
     assert peak < 110e6, f"peak {peak / 1e6:.0f} MB"
+
+
+def test_the_interval_excludes_zero_exactly_when_p_is_below_five_percent() -> None:
+    """A second reader (2026-12-04) found a starred row printing `+0.0539 [-0.0012, +0.1066]`: the interval
+    was the percentile interval of the resampled means, the p-value the shifted-null test, and for skewed
+    per-user differences (NDCG's: mostly zeros, a long tail) the two disagreed in about one case in six. The
+    interval is now the one the test inverts."""
+    rng = np.random.default_rng(0)
+    disagreed = 0
+    for _ in range(150):
+        n = int(rng.integers(10, 60))
+        d = (np.where(rng.random(n) < 0.15, rng.exponential(1.0, n), 0.0)
+             - np.where(rng.random(n) < 0.05, rng.exponential(0.3, n), 0.0))
+        res = paired_bootstrap([d], [np.zeros(n)], resamples=2000)
+        holds_zero = res.ci95[0] <= 0.0 <= res.ci95[1]
+        disagreed += holds_zero == (res.p_value < 0.05)
+        assert res.ci95[0] <= res.diff <= res.ci95[1]
+    assert disagreed == 0
+
+
+def test_non_finite_per_user_values_are_refused() -> None:
+    """NaN made every comparison false: identical runs got the smallest p (1/(R+1)) and a NaN interval."""
+    x = np.array([0.0, 0.5, math.nan, 0.3] * 25)
+    for a, b, which in [(x, x.copy(), "the first run"), (np.zeros(100), np.full(100, math.inf), "the reference")]:
+        with pytest.raises(ValueError, match=f"seed 0: per-user values must be finite .*in {which}"):
+            paired_bootstrap([a], [b])
+
+
+def test_identical_values_give_their_value_and_no_spread() -> None:
+    """``t_interval([0.1] * 3)`` was (0.10000000000000002, 4.2e-17), written so into results.csv."""
+    assert t_interval([0.1] * 3) == (0.1, 0.0)
+    assert t_interval([0.1, 0.1]) == (0.1, 0.0)
+
+
+def test_t_functions_take_whole_floats_for_degrees_of_freedom() -> None:
+    """``t_cdf(1.0, 3.0)`` passed the integer check and raised a TypeError in range()."""
+    assert t_cdf(1.0, 3.0) == t_cdf(1.0, 3)
+    assert t_quantile(0.975, 2.0) == t_quantile(0.975, 2)
+    with pytest.raises(ValueError, match="positive integer"):
+        t_cdf(1.0, 2.5)

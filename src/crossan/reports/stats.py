@@ -43,6 +43,7 @@ def t_cdf(t: float, df: int) -> float:
     """CDF of Student's t with integer ``df`` ≥ 1 (closed form: Abramowitz & Stegun 26.7.3–4)."""
     if df < 1 or int(df) != df:
         raise ValueError(f"degrees of freedom must be a positive integer, got {df}")
+    df = int(df)  # 3.0 is 3: the series below count terms with it
     theta = math.atan(abs(t) / math.sqrt(df))
     s, c = math.sin(theta), math.cos(theta)
     if df % 2 == 1:  # A(t|df) = 2/π (θ + sinθ (cosθ + 2/3 cos³θ + … ))
@@ -83,7 +84,8 @@ def t_quantile(p: float, df: int) -> float:
 def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
     """Mean and the half-width of its ``level`` t-interval over ``values`` (one per seed).
 
-    One value gives a half-width of NaN (no interval from a single run); identical values give 0.
+    One value gives a half-width of NaN (no interval from a single run); identical values give that value and
+    0 exactly (their computed mean and spread would differ from them in the last bits).
     """
     x = np.asarray(values, dtype=np.float64)
     if x.size == 0:
@@ -91,6 +93,8 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, flo
     mean = float(x.mean())
     if x.size == 1:
         return mean, math.nan
+    if np.all(x == x[0]):
+        return float(x[0]), 0.0
     sem = float(x.std(ddof=1)) / math.sqrt(x.size)
     return mean, t_quantile(0.5 + level / 2, x.size - 1) * sem
 
@@ -103,7 +107,8 @@ class PairedTest:
     diff: float
     """Mean per-user difference A − reference (pooled over seeds)."""
     ci95: tuple[float, float]
-    """Percentile bootstrap 95% interval of ``diff``."""
+    """95% interval of ``diff`` that the test inverts: ``diff ± h``, ``h`` the bootstrap's 95th percentile of
+    ``|resampled − diff|`` (counted as the p-value is), so that it excludes 0 exactly when ``p_value`` < 0.05."""
     p_value: float
     """Two-sided bootstrap p-value of "no difference"."""
     users: int
@@ -131,7 +136,11 @@ def paired_bootstrap(a: Sequence[np.ndarray], b: Sequence[np.ndarray], same_user
 
     The p-value is the share of resampled mean differences at least as far from the observed one as the
     observed one is from 0 (the bootstrap distribution shifted to the null), counted as
-    ``(hits + 1) / (resamples + 1)`` so that it is never 0; identical inputs give exactly 1.
+    ``(hits + 1) / (resamples + 1)`` so that it is never 0; identical inputs give exactly 1. The interval is
+    the one this test inverts (symmetric about the observed difference): it holds 0 exactly when p ≥ 0.05.
+    A percentile interval beside this p-value could exclude 0 at p ≥ 0.05, or hold it at p < 0.05, for
+    skewed differences such as NDCG's. Non-finite values are refused (a NaN would make every comparison
+    false and give the smallest p).
 
     Resamples are drawn ``chunk`` at a time, fewer where ``chunk`` × users would exceed ``max_elements``;
     the generator's stream, and so the result, is the same whatever the chunking.
@@ -143,6 +152,9 @@ def paired_bootstrap(a: Sequence[np.ndarray], b: Sequence[np.ndarray], same_user
         x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
         if x.shape != y.shape or x.ndim != 1 or x.size == 0:
             raise ValueError(f"seed {s}: per-user values differ in shape ({x.shape} vs {y.shape})")
+        if not (np.isfinite(x).all() and np.isfinite(y).all()):
+            raise ValueError(f"seed {s}: per-user values must be finite (NaN or inf in "
+                             f"{'the first run' if not np.isfinite(x).all() else 'the reference'})")
         diffs.append(x - y)
     if same_users:
         if len({d.size for d in diffs}) != 1:
@@ -164,10 +176,28 @@ def paired_bootstrap(a: Sequence[np.ndarray], b: Sequence[np.ndarray], same_user
     # compare with a tolerance: the resampled means of a constant or zero difference are equal to the
     # observed one up to floating-point summation order
     tol = 1e-12 * max(1.0, abs(observed))
-    far = np.abs(boot - observed) >= abs(observed) - tol
+    dist = np.abs(boot - observed)
+    far = dist >= abs(observed) - tol
     p = float((far.sum() + 1) / (resamples + 1))
-    lo, hi = np.quantile(boot, [0.025, 0.975])
-    return PairedTest(observed, (float(lo), float(hi)), min(1.0, p), int(strata[0].size), len(a), resamples)
+    half = _inverted_half_width(dist, resamples, ALPHA_CI)
+    ci = (observed - half, observed + half)
+    return PairedTest(observed, ci, min(1.0, p), int(strata[0].size), len(a), resamples)
+
+
+ALPHA_CI = 0.05
+"""1 − the level of :attr:`PairedTest.ci95`."""
+
+
+def _inverted_half_width(dist: np.ndarray, resamples: int, alpha: float) -> float:
+    """The half-width ``h`` of the interval the bootstrap test inverts: with ``hits(x)`` = #{dist ≥ x}, the
+    p-value of a difference ``x`` away from the observed one is ``(hits(x) + 1) / (resamples + 1)``, below
+    ``alpha`` exactly when ``hits(x)`` ≤ m (the largest integer under ``alpha · (resamples + 1) − 1``), i.e.
+    when ``x`` exceeds the (m + 1)-th largest of ``dist``. Infinite when no p below ``alpha`` can be reached
+    with so few resamples."""
+    m = math.ceil(alpha * (resamples + 1) - 1) - 1
+    if m < 0:
+        return math.inf
+    return float(np.partition(dist, dist.size - 1 - m)[dist.size - 1 - m])
 
 
 # ------------------------------------------------------------------------------------------ many comparisons

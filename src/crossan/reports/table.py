@@ -521,6 +521,17 @@ def _fixed(v: Any, digits: int) -> str:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
 
+def p_text(p: float) -> str:
+    """A p-value with 4 decimals, more where 4 would print :data:`ALPHA` for a p that is not (``0.049995``
+    printed ``0.0500`` beside a ``*``)."""
+    text = f"{p:.4f}"
+    for digits in range(5, 10):
+        if p == ALPHA or float(text) != ALPHA:
+            break
+        text = f"{p:.{digits}f}"
+    return text
+
+
 def _pm(row: dict[str, Any], key: str) -> str:
     mean, half = row.get(f"{key}_mean"), row.get(f"{key}_ci95")
     if mean is None:
@@ -546,7 +557,7 @@ def markdown_table(rows: list[dict[str, Any]], reference: str | None = None) -> 
             if "p_value" in r:
                 star = " \\*" if r["significant"] else ""
                 delta = f"{r['diff_NDCG@10']:+.4f} [{r['diff_ci95_low']:+.4f}, {r['diff_ci95_high']:+.4f}]"
-                p, p_holm = f"{r['p_value']:.4f}", f"{r['p_holm']:.4f}{star}"
+                p, p_holm = p_text(r["p_value"]), p_text(r["p_holm"]) + star
             else:
                 delta, p, p_holm = r.get("p_value_note", ""), "", ""
             quality = [_pm(r, "test_HR@10"), _pm(r, "test_NDCG@10"), delta, p, p_holm]
