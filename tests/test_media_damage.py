@@ -620,3 +620,46 @@ def test_a_clip_without_video_says_what_it_holds(tmp_path: Path) -> None:
             container.mux(packet)
     with pytest.raises(MediaError, match=r"item 's'.*sound\.mp4.*no video stream: the file holds only audio streams"):
         load_video(sound, 4, "uniform", "s")
+
+
+_OOM_PROBE = """
+import gc, resource, sys
+from PIL import Image
+from crossan.config import Config
+from crossan.data.catalogue import Catalogue, ItemRecord
+from crossan.data.media import MediaError, MediaMemoryError
+from crossan.encoders import build_encoder, resolve_specs
+
+Image.new("RGB", (9000, 9000), (200, 10, 10)).save(sys.argv[1] + "/big.png")  # 243 MB decoded, 0.3 MB on disk
+Image.new("RGB", (32, 32), (0, 10, 10)).save(sys.argv[1] + "/small.png")
+gc.collect()
+cfg = Config()
+cfg.encoders.preset = "tiny"
+enc = build_encoder("image", resolve_specs(cfg, ["image"])["image"])
+cat = Catalogue(sys.argv[1], [ItemRecord("s", "t", image="small.png"), ItemRecord("b", "t", image="big.png")])
+vm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmSize")) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm + (120 << 20), resource.RLIM_INFINITY))
+try:
+    loaded = enc.load_media(list(cat), cat, "missing")
+    print("loaded", loaded.present, loaded.corrupt)
+except MediaMemoryError as e:
+    print("stopped:", e, isinstance(e, MediaError))
+"""
+
+
+@pytest.mark.subprocess
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmSize from /proc")
+def test_running_out_of_memory_on_a_sound_file_is_no_corrupt_file(tmp_path: Path) -> None:
+    """A second reader (2026-12-04) cached a sound 8192² clip and a 13,000² PNG under `ulimit -v`: the
+    MemoryError became "not a readable video/image", and with `cache.on_corrupt=missing` the item was recorded
+    corrupt, so every later build (with memory enough) skipped it as "up to date". Running out of memory now
+    stops the build naming the item and file; the item is not marked anything."""
+    import subprocess
+    import sys
+
+    (tmp_path / "probe.py").write_text(_OOM_PROBE)
+    out = subprocess.run([sys.executable, str(tmp_path / "probe.py"), str(tmp_path)], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"stopped: item 'b': out of memory while decoding {tmp_path / 'big.png'}"), out.stdout
+    assert "the file is not taken for corrupt" in out.stdout and out.stdout.rstrip().endswith("False")

@@ -84,6 +84,19 @@ class MediaError(CrossanError, RuntimeError):
         super().__init__(f"item {item_id!r}: cannot read {path}: {reason}")
 
 
+class MediaMemoryError(CrossanError, MemoryError):
+    """Memory ran out while an item's media file was decoded. Not a :class:`MediaError`: the file may be
+    sound (a very large image or video), so it is never counted corrupt (``cache.on_corrupt=missing`` would
+    drop a good item for good); the build stops and resumes where it stopped."""
+
+    def __init__(self, item_id: str, path: str | Path, error: BaseException) -> None:
+        self.item_id, self.path = item_id, str(path)
+        detail = f" ({type(error).__name__}: {error})" if str(error) else f" ({type(error).__name__})"
+        super().__init__(f"item {item_id!r}: out of memory while decoding {path}{detail}; the file is not taken "
+                         "for corrupt: free memory or lower encoders.batch_size, then run the command again (it "
+                         "resumes)")
+
+
 def special_file_kind(mode: int) -> str:
     """What a path that is no regular file is, from its ``st_mode``: ``"a folder"``, ``"a named pipe (FIFO)"`` …"""
     kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISSOCK, "a socket"),
@@ -166,6 +179,8 @@ def load_image(path: str | Path, item_id: str = "") -> Image:
             return _rgb(_eight_bit(im, path, item_id))
     except MediaError:
         raise
+    except MemoryError as e:  # a sound but very large image: no corrupt file
+        raise MediaMemoryError(item_id, path, e) from e
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, DecompressionBombError …
         raise MediaError(item_id, path, f"not a readable image ({type(e).__name__}: {e})") from e
 
@@ -410,6 +425,8 @@ def load_video(
         raise
     except _CutShort as e:
         raise MediaError(item_id, path, str(e)) from e
+    except MemoryError as e:  # av.error.MemoryError too: a sound but very large video is no corrupt file
+        raise MediaMemoryError(item_id, path, e) from e
     except Exception as e:  # PyAV raises FFmpegError subclasses, ValueError, StopIteration …
         raise MediaError(item_id, path, f"not a readable video ({type(e).__name__}: {e})") from e
 
@@ -746,6 +763,8 @@ def read_audio(path: str | Path, item_id: str = "", seconds: float | None = None
             wave, rate = reader(path, seconds)
         except _CutShort as e:
             raise MediaError(item_id, path, str(e)) from e
+        except MemoryError as e:  # no reader's failure: the next would run out too, and the file is no corrupt one
+            raise MediaMemoryError(item_id, path, e) from e
         except Exception as e:  # soundfile: LibsndfileError; PyAV: FFmpegError subclasses, ValueError
             first_error = first_error or e
             failures.append(f"{names[reader]}: {type(e).__name__}: {e}")
