@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
 import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from crossan.errors import ServeError
+from crossan.errors import ServeError, UnknownItemError
+
+USERS_PER_CHUNK = 4096
+"""`recommend --users`: histories scored and written at a time (the CSV is streamed to a temporary file)."""
 
 
 @contextlib.contextmanager
@@ -41,7 +43,10 @@ def run_warnings() -> Iterator[None]:
 
 
 def read_users_file(path: str | Path) -> list[tuple[str, list[str], int]]:
-    """``user TAB item item …`` lines (the IISAN users.tsv layout) → (user, items, line number).
+    """``user TAB item item …`` lines (the IISAN users.tsv layout) → (user, items, line number). Items are
+    separated by spaces, or by tabs where the line has a tab after the user's (``user TAB item TAB item``):
+    then an item id may hold spaces, as ids of a CSV or RecBole dataset can (a history of one such item ends
+    with a tab).
 
     Decoded as the dataset readers decode text: a UTF-8 BOM is dropped, CR/CRLF line ends are read as line
     ends, and a byte that is not UTF-8 is an error naming the file and line."""
@@ -69,7 +74,7 @@ def read_users_file(path: str | Path) -> list[tuple[str, list[str], int]]:
         if user in seen:
             raise DataError(f"{path}:{lineno}: user {user!r} appears again (first on line {seen[user]})")
         seen[user] = lineno
-        items = rest.split()
+        items = [i.strip() for i in rest.split("\t") if i.strip()] if "\t" in rest else rest.split()
         if not items:
             raise ServeError(f"{path}:{lineno}: user {user!r} has an empty history")
         out.append((user, items, lineno))
@@ -95,7 +100,7 @@ def check_out_file(path: Path) -> None:
 
 def cmd_recommend(args: Any) -> int:
     from crossan.serve import load_recommender
-    from crossan.utils import atomic_write_text
+    from crossan.utils import atomic_write
 
     if (args.history is None) == (args.users is None):
         raise ServeError("give either --history ITEM [ITEM …] or --users FILE")
@@ -155,17 +160,30 @@ def cmd_recommend(args: Any) -> int:
             print(f"note: {len(no_history)} user(s) have no known item left and no rows in {args.out}: {first}",
                   file=sys.stderr)
         users = kept
+    spaced = any(" " in i for i in rec.item_ids)
     for user, items, lineno in users:  # name file, line and user before scoring anything
-        rec.rows(items, f"{args.users}:{lineno} (user {user!r})")
-    results = rec.recommend_many([h for _, h, _ in users], k=args.k, exclude_history=exclude)
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["user", "rank", "item_id", "score", "title"])
-    for (user, _, _), items in zip(users, results):
-        for n, r in enumerate(items, 1):
-            writer.writerow([user, n, r.item_id, f"{r.score:.6g}", r.title])
-    atomic_write_text(args.out, buf.getvalue())
-    empty = [(user, lineno) for (user, _, lineno), items in zip(users, results) if not items]
+        try:
+            rec.rows(items, f"{args.users}:{lineno} (user {user!r})")
+        except UnknownItemError as e:
+            if spaced:  # "prod 3" read as 'prod', '3': the run's ids hold spaces
+                raise UnknownItemError(f"{e}; this run's item ids hold spaces, so separate a history's items by "
+                                       "tabs ('user TAB item TAB item')", e.unknown) from None
+            raise
+    empty: list[tuple[str, int]] = []
+
+    def write(tmp: Path) -> None:  # a chunk of users at a time: memory does not grow with users × k
+        with tmp.open("w", encoding="utf-8", newline="") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(["user", "rank", "item_id", "score", "title"])
+            for start in range(0, len(users), USERS_PER_CHUNK):
+                chunk = users[start:start + USERS_PER_CHUNK]
+                results = rec.recommend_many([h for _, h, _ in chunk], k=args.k, exclude_history=exclude)
+                for (user, _, lineno), items in zip(chunk, results):
+                    writer.writerows([user, n, r.item_id, f"{r.score:.6g}", r.title] for n, r in enumerate(items, 1))
+                    if not items:
+                        empty.append((user, lineno))
+
+    atomic_write(args.out, write)
     print(f"recommendations for {len(users) - len(empty)} users written to {args.out}")
     if empty:
         first = ", ".join(f"{u!r} (line {n})" for u, n in empty[:5]) + (" …" if len(empty) > 5 else "")
@@ -230,7 +248,8 @@ def register(sub: Any) -> None:
                                    "a note names them, and the status stays 0).")
     common(p)
     p.add_argument("--history", nargs="+", metavar="ITEM", help="the history's item ids, oldest first")
-    p.add_argument("--users", metavar="FILE", help="TSV of 'user TAB item item …' lines (the users.tsv layout)")
+    p.add_argument("--users", metavar="FILE", help="TSV of 'user TAB item item …' lines (the users.tsv layout; "
+                                                   "'user TAB item TAB item …' for item ids that hold spaces)")
     p.add_argument("--out", metavar="FILE", help="CSV to write with --users (written atomically)")
     p.add_argument("--k", type=int, default=10, help="how many items (default 10)")
     p.add_argument("--unknown-items", choices=("error", "skip"), default="error",

@@ -30,6 +30,7 @@ Serving writes nothing; the command line is :mod:`crossan.cli_serving`.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -141,17 +142,21 @@ class TrainedRecommender:
                                    "items)", unknown)
         return [self._row[str(i)] for i in history]
 
-    def _windows(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Input windows [B, L] (last L rows, left-padded) and full histories [B, H] (0-padded) for masking."""
+    def _windows(self, rows: list[list[int]]) -> torch.Tensor:
+        """Input windows [B, L]: each history's last L rows, left-padded with the padding row 0."""
         L = self.max_seq_len
-        H = max(len(r) for r in rows)
         inputs = torch.zeros(len(rows), L, dtype=torch.long)
-        hist = torch.zeros(len(rows), H, dtype=torch.long)
         for b, r in enumerate(rows):
             last = r[-L:]
             inputs[b, L - len(last):] = torch.as_tensor(last)
-            hist[b, H - len(r):] = torch.as_tensor(r)
-        return inputs.to(self.device), hist.to(self.device)
+        return inputs.to(self.device)
+
+    def _history_cells(self, rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(batch index, item row) of every history entry, flat: as much memory as the histories hold (a
+        [B, longest history] table grew with one long history to B times its length)."""
+        b = torch.repeat_interleave(torch.arange(len(rows)), torch.as_tensor([len(r) for r in rows]))
+        items = torch.as_tensor([i for r in rows for i in r], dtype=torch.long)
+        return b.to(self.device), items.to(self.device)
 
     def _exclude(self, exclude_history: bool | None) -> bool:
         """``exclude_history`` as given, or the run's ``eval.mask_history`` for ``None``."""
@@ -159,24 +164,32 @@ class TrainedRecommender:
 
     @torch.no_grad()
     def _scores_rows(self, rows: list[list[int]], exclude_history: bool | None,
-                     names: list[str] | None = None) -> torch.Tensor:
+                     names: list[str] | None = None, keep_non_finite: bool = False) -> torch.Tensor:
+        """Scores [B, rows] of histories given as item rows: excluded rows (padding, history) ``-inf``;
+        non-finite scores of the other rows (NaN, ±inf) ``-inf`` too, or with ``keep_non_finite`` the lowest
+        finite value of the dtype (below every other candidate, still one), with a warning."""
         exclude_history = self._exclude(exclude_history)
-        inputs, hist = self._windows(rows)
-        users = self.model.user_vectors(inputs, self.item_table)
+        users = self.model.user_vectors(self._windows(rows), self.item_table)
         with full_precision(users.device):  # float32 even inside a caller's autocast (as evaluation scores)
             scores = users @ self.item_table.T  # [B, rows]
+        bad = None
+        if not bool(torch.isfinite(scores[:, 1:]).all()):  # one pass; the padding row is never a candidate
+            bad = ~torch.isfinite(scores)
+            bad[:, 0] = False
         scores[:, 0] = -torch.inf
         if exclude_history:
-            scores.scatter_(1, hist, -torch.inf)  # padding 0 in hist hits column 0, already excluded
-        top = scores.amax(1)  # NaN and +inf reach a row's max: one pass, the full check only where it says so
-        if bool((torch.isnan(top) | (top == torch.inf)).any()):  # torch.topk would put them first
-            bad = torch.isnan(scores) | (scores == torch.inf)
-            self._non_finite(scores, bad, names or [f"history {b}" for b in range(len(rows))])
+            cells = self._history_cells(rows)
+            scores[cells] = -torch.inf
+            if bad is not None:
+                bad[cells] = False  # an excluded item is no candidate, whatever it scores
+        if bad is not None and bool(bad.any()):  # torch.topk would put NaN and +inf first
+            last = torch.finfo(scores.dtype).min if keep_non_finite else -math.inf
+            self._non_finite(scores, bad, names or [f"history {b}" for b in range(len(rows))], last)
         return scores
 
-    def _non_finite(self, scores: torch.Tensor, bad: torch.Tensor, names: list[str]) -> None:
-        """Rank NaN and +inf scores last, in place, as the evaluator does (a warning says how many); a
-        history whose every candidate scores so is an error: its user vector is not finite."""
+    def _non_finite(self, scores: torch.Tensor, bad: torch.Tensor, names: list[str], last: float) -> None:
+        """Rank NaN and ±inf scores last, in place (``last``), as the evaluator does (a warning says how many);
+        a history whose every candidate scores so is an error: its user vector is not finite."""
         per_row = bad.sum(1).tolist()
         finite = (scores > -torch.inf) & ~bad
         for b, n in enumerate(per_row):
@@ -185,22 +198,26 @@ class TrainedRecommender:
                                  f"vector is not finite): the weights in {self.run_dir} are damaged, or "
                                  "overflow on this history")
         warnings.warn(f"{sum(per_row):,} score(s) of {sum(1 for n in per_row if n)} history(ies) were NaN or "
-                      f"+inf (item embeddings too large, or damaged weights in {self.run_dir}); those items "
-                      "are ranked last, as the evaluator ranks them", RuntimeWarning, stacklevel=2)
-        scores.masked_fill_(bad, -torch.inf)
+                      f"infinite (item embeddings too large, or damaged weights in {self.run_dir}); those items "
+                      "are ranked last, as the evaluator ranks them", RuntimeWarning, stacklevel=3)
+        scores.masked_fill_(bad, last)
 
     # ------------------------------------------------------------------ public
     def user_vectors(self, histories: Sequence[Sequence[str]]) -> torch.Tensor:
-        """User vectors [B, d] of ``histories`` (lists of item ids)."""
+        """User vectors [B, d] of ``histories`` (lists of item ids); [0, d] for none."""
         rows = [self.rows(h, f"history {b}") for b, h in enumerate(histories)]
-        inputs, _ = self._windows(rows)
         with torch.no_grad():
-            return self.model.user_vectors(inputs, self.item_table)
+            if not rows:
+                return self.item_table.new_zeros(0, self.item_table.shape[1])
+            return self.model.user_vectors(self._windows(rows), self.item_table)
 
     def scores(self, histories: Sequence[Sequence[str]], exclude_history: bool | None = None) -> torch.Tensor:
-        """Scores [B, N+1+E] of every row for each history; excluded rows (padding, history) are ``-inf``, and
-        so are NaN and +inf scores (ranked last, as the evaluator ranks them; a warning says so)."""
+        """Scores [B, N+1+E] of every row for each history ([0, N+1+E] for none); excluded rows (padding,
+        history) are ``-inf``, and so are NaN and ±inf scores (ranked last, as the evaluator ranks them; a
+        warning says so)."""
         rows = [self.rows(h, f"history {b}") for b, h in enumerate(histories)]
+        if not rows:
+            return self.item_table.new_zeros(0, self.item_table.shape[0])
         return self._scores_rows(rows, exclude_history)
 
     def recommend(self, history: Sequence[str], k: int = 10,
@@ -220,6 +237,9 @@ class TrainedRecommender:
         """
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ServeError(f"k must be an integer of at least 1, got {k!r}")
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+                                       or batch_size < 1):  # -1 gave no batch at all: an empty answer
+            raise ServeError(f"batch_size must be an integer of at least 1 (or None), got {batch_size!r}")
         keys = list(histories) if isinstance(histories, Mapping) else None
         seqs = [histories[u] for u in keys] if keys is not None else list(histories)
         names = [f"user {u!r}" for u in keys] if keys is not None else [f"history {b}" for b in range(len(seqs))]
@@ -228,10 +248,12 @@ class TrainedRecommender:
         out: list[list[Recommendation]] = []
         kk = min(k, self.num_candidates)
         for start in range(0, len(rows), bs):
-            scores = self._scores_rows(rows[start:start + bs], exclude_history, names[start:start + bs])
+            scores = self._scores_rows(rows[start:start + bs], exclude_history, names[start:start + bs],
+                                       keep_non_finite=True)  # ranked last, not dropped with the excluded
+            last = torch.finfo(scores.dtype).min
             top_s, top_i = top_k(scores, kk)
             for s_row, i_row in zip(top_s.cpu().tolist(), top_i.cpu().tolist()):
-                out.append([Recommendation(self.item_ids[i], self.titles[i], float(s))
+                out.append([Recommendation(self.item_ids[i], self.titles[i], math.nan if s == last else float(s))
                             for s, i in zip(s_row, i_row) if s != float("-inf")])
         return dict(zip(keys, out)) if keys is not None else out
 
