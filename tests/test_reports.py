@@ -307,3 +307,31 @@ def test_a_child_that_could_not_write_its_log_is_said_so(tmp_path: Path, monkeyp
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(children.shutil, "disk_usage", lambda path: usage(10**6, 10**6, 0))
     assert children.error_line(log) == f"(no output: {tmp_path} is on a full disk, so the child could not write its log)"
+
+
+@pytest.mark.subprocess
+def test_a_child_killed_by_a_signal_is_said_so(tmp_path: Path) -> None:
+    """A second reader (2026-12-04) killed a suite's training child with SIGKILL (as the out-of-memory killer
+    would): the report gave its last progress line ("epoch 1 | loss 7.35 …") as the reason it failed."""
+    import signal
+    import subprocess
+    import sys
+
+    import crossan.reports.suite as suite_module
+    from crossan.reports.children import failure_text
+
+    log = tmp_path / "seed-0.log"
+    log.write_text("epoch   1 | loss 7.3541 | 0.1s | valid HR@10 0.1800\n")
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    child.send_signal(signal.SIGKILL)
+    code = -child.wait()  # multiprocessing's exitcode of a child killed by signal N is -N
+    assert code == signal.SIGKILL
+    rec = {"log": str(log), "t0": 0.0, "label": "1/1 A seed 0", "dir": str(tmp_path / "seed-0"), "alone": True,
+           "at_once": 1}
+    suite_module.finish_job(rec, -code)
+    assert rec["status"] == "failed" and rec["error"] == (
+        "killed by SIGKILL (most often the kernel's out-of-memory killer); its last output: epoch   1 | loss 7.3541 "
+        "| 0.1s | valid HR@10 0.1800")
+    assert failure_text(log, -signal.SIGTERM).startswith("killed by SIGTERM; its last output: epoch   1")
+    log.write_text("crossan: error: train.lr: must be positive\n")
+    assert failure_text(log, 2) == "crossan: error: train.lr: must be positive"

@@ -77,6 +77,7 @@ def _finished_run(suite: Suite, data: Path, out: Path, seed: int, *, drop: tuple
         else:
             results[k] = v
     (run_dir / "results.json").write_text(json.dumps(results))
+    (run_dir / "best.safetensors").write_bytes(b"")  # there, as beside every finished run (not read here)
     np.savez_compressed(run_dir / "per_user.npz", valid_ranks=ranks.numpy(), test_ranks=ranks.numpy(),
                         users=np.asarray(prepared.users), split_fingerprint=np.asarray(results.get(
                             "split_fingerprint", "")))
@@ -717,3 +718,33 @@ def test_modalities_suites_do_not_claim_to_share_the_ablation_config(name: str) 
                              if not o.startswith("encoders.preset")])
     assert config_differences(to_dict(other), cfg) == ["train.epochs: 30 → 12", "train.negatives: 'slots' → 'unique'"]
     assert "share a config" not in text and "does NOT share" in text
+
+
+@pytest.mark.parametrize("gone", ["best.safetensors", "per_user.npz", "both"])
+def test_a_finished_run_missing_its_weights_or_ranks_is_not_reused(tmp_path: Path, gone: str) -> None:
+    """A second reader (2026-12-04) deleted a finished run's best.safetensors or per_user.npz: the suite reused
+    both runs and exited 0; the run without weights could be neither served nor evaluated, and the row without
+    ranks lost its paired test with "a run of an older crossan" as the reason. Such a run is refused now,
+    naming what is gone and the folder to delete to retrain it."""
+    data = random_dataset(tmp_path / "data")
+    suite = _suite_file(tmp_path, data)
+    out = tmp_path / "out"
+    run_dir = _finished_run(suite, data, out, 0, per_user_file="per_user.npz")
+    names = ["best.safetensors", "per_user.npz"] if gone == "both" else [gone]
+    for name in names:
+        (run_dir / name).unlink()
+    (row,) = run_suite(suite, out, progress=False)
+    assert row["status"] == "failed"
+    verb = "are" if gone == "both" else "is"
+    assert row["error"] == (f"seed 0: {run_dir} holds a finished run whose {' and '.join(names)} {verb} gone; "
+                            f"{retrain_advice(out, 'A', run_dir)}")
+
+
+def test_ranks_deleted_from_a_run_are_not_blamed_on_an_older_crossan(tmp_path: Path) -> None:
+    from crossan.reports.table import _per_user
+
+    data = random_dataset(tmp_path / "data")
+    run_dir = _finished_run(_suite_file(tmp_path, data), data, tmp_path / "out", 0, per_user_file="per_user.npz")
+    (run_dir / "per_user.npz").unlink()
+    with pytest.raises(FileNotFoundError, match=r"no per-user ranks \(deleted since the run wrote it\)"):
+        _per_user(str(run_dir))

@@ -160,6 +160,21 @@ def _last_attempt(text: str) -> str:
     return text if at < 0 else text[text.find("\n", at) + 1:]
 
 
+def failure_text(log_path: Path, exitcode: int) -> str:
+    """Why a child ended with ``exitcode`` ≠ 0: its error line (:func:`error_line`), after the signal that
+    killed it where one did (a negative exit code): a child killed by SIGKILL writes nothing more, and its
+    log's last line is only progress."""
+    line = error_line(log_path)
+    if exitcode >= 0:
+        return line
+    try:
+        name = signal.Signals(-exitcode).name
+    except ValueError:
+        name = f"signal {-exitcode}"
+    oom = " (most often the kernel's out-of-memory killer)" if -exitcode == signal.SIGKILL else ""
+    return f"killed by {name}{oom}; its last output: {line}"
+
+
 def error_line(log_path: Path) -> str:
     """The child's error message on one line (from its last ``crossan: error:`` line on), or its last line."""
     text = _last_attempt(log_path.read_text(errors="replace")) if log_path.is_file() else ""

@@ -98,7 +98,7 @@ from crossan.errors import CacheError, RunError
 from crossan.methods import load_plugins, method_source, method_source_changes
 from crossan.reports.children import (
     cpu_seconds,
-    error_line,
+    failure_text,
     read_training_record,
     run_child,
     train_parallel,
@@ -371,13 +371,14 @@ def ensure_cache(suite: Suite, data: Path, out: Path, progress: bool = True) -> 
         print(f"[suite] caching {','.join(mods)} with the {suite.preset} preset"
               + (f" and {', '.join(own)} (for {names})" if own else ""), flush=True)
         kwargs = {"overrides": [*base, *own], "modalities": mods, "progress": progress}
-        if run_child("cache", kwargs, log, progress) == 0:
+        code = run_child("cache", kwargs, log, progress)
+        if code == 0:
             continue
         if not own:  # the child's own one-line error (file, line, item or key), not a traceback of ours
             raise CacheError(f"building the layer-state cache for {names} failed (see {log}): "
-                             f"{error_line(log).removeprefix('crossan: error: ')}")
+                             f"{failure_text(log, code).removeprefix('crossan: error: ')}")
         why = (f"building the layer-state cache for its overrides {', '.join(own)} failed (see {log}): "
-               f"{error_line(log)}")
+               f"{failure_text(log, code)}")
         print(f"[suite] {names}: {why}", flush=True)
         errors.update(dict.fromkeys((r.name for r in runs), why))
     return time.perf_counter() - t0, errors
@@ -550,6 +551,12 @@ def reuse_check(run_dir: Path, method: str, overrides: list[str], data: Path, fi
         results = {}
     else:
         unreadable = None
+    from crossan.runs import WEIGHTS
+
+    gone = [f for f in (WEIGHTS, results.get("per_user_file")) if isinstance(f, str) and not (run_dir / f).is_file()]
+    if gone:  # a finished run without its weights cannot be served or evaluated, nor paired without its ranks
+        return (f"{run_dir} holds a finished run whose {' and '.join(gone)} {'is' if len(gone) == 1 else 'are'} "
+                "gone"), ""
     moved: list[str] = []
     if (run_dir / "config.yaml").is_file():
         try:
@@ -644,7 +651,7 @@ def finish_job(rec: dict[str, Any], exitcode: int) -> None:
     rec["wall_s"] = round(time.perf_counter() - rec["t0"], 1)
     rec["cpu_s"] = cpu_seconds(log_path)
     if exitcode != 0:
-        rec.update(status="failed", error=error_line(log_path))
+        rec.update(status="failed", error=failure_text(log_path, exitcode))
         print(f"[suite] {rec['label']}: FAILED: {rec['error']}", flush=True)
     else:
         write_training_record(rec["dir"], rec["alone"], rec["at_once"], finished=True)

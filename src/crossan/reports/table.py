@@ -405,8 +405,13 @@ def _per_user(run_dir: str) -> tuple[np.ndarray, np.ndarray, str]:
     file when it cannot be read (truncated, damaged, a key missing)."""
     path = Path(run_dir) / "per_user.npz"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no per-user ranks (a run of an older crossan); delete {run_dir} and run "
-                                "the suite again to retrain it")
+        try:
+            named = json.loads((Path(run_dir) / "results.json").read_text()).get("per_user_file")
+        except (OSError, ValueError, AttributeError):
+            named = None
+        why = "deleted since the run wrote it" if named else "a run of an older crossan"
+        raise FileNotFoundError(f"{path}: no per-user ranks ({why}); delete {run_dir} and run the suite again to "
+                                "retrain it")
     try:
         with np.load(path, allow_pickle=False) as z:
             return ndcg_at(z["test_ranks"], 10), z["users"], str(z["split_fingerprint"])
