@@ -886,3 +886,20 @@ def test_cnn_fold_benchmark_runs_and_writes_its_table(tmp_path: Path) -> None:
     rows = json.loads((tmp_path / "cnn_fold.json").read_text())["rows"]
     assert [r["batch_size"] for r in rows] == [2] and rows[0]["max_rel_diff"] < 1e-5
     assert rows[0]["folded_ms"] > 0 and rows[0]["separate_ms"] > 0
+
+
+@pytest.mark.parametrize("overrides", [
+    ["encoders.text.max_text_len=16"],  # tiny's own value
+    ["encoders.text.num_taps=3", "encoders.audio.audio_seconds=1.0"],
+])
+def test_keys_set_to_the_presets_own_values_read_the_presets_cache(overrides: list[str]) -> None:
+    """A second reader (2026-12-04): `encoders.text.max_text_len=16` under the tiny preset (its value) gave the
+    same encoder, but a cache folder of its own, so a run could not find the preset's cache and a build
+    encoded every item again; a config.yaml that writes every key out did the same."""
+    plain = load_config([], ["encoders.preset=tiny"])
+    cfg = load_config([], ["encoders.preset=tiny", *overrides])
+    assert resolve_specs(cfg) == resolve_specs(plain)
+    assert preset_folder(cfg) == "tiny" and all(preset_folder(cfg, m) == "tiny" for m in ("text", "audio"))
+    # one key that changes the encoder: that modality's folder only, named as before
+    changed = load_config([], ["encoders.preset=tiny", *overrides, "encoders.text.max_text_len=17"])
+    assert preset_folder(changed, "text") != "tiny" and preset_folder(changed, "audio") == "tiny"

@@ -80,11 +80,28 @@ def item_key(data: Any) -> str:
     return fingerprint_ids(data.item_ids[1:])
 
 
+def _changes_preset(cfg: Config, modality: str) -> bool:
+    """Whether the run's encoder keys of ``modality`` give another effective encoder than the preset's (a key
+    set to the preset's own value does not; naming a ``model`` puts the other keys at their defaults, which
+    may). True where the preset cannot be resolved here: the keys given then name the folder, as before."""
+    from crossan.config import resolve_model_spec
+    from crossan.encoders.presets import merge_spec, preset_specs
+
+    try:
+        preset = preset_specs(cfg.encoders.preset, modality=modality)[modality]
+    except Exception:  # noqa: BLE001 - e.g. a weights package missing: the run says so where it builds the encoder
+        return True
+    run = merge_spec(preset, getattr(cfg.encoders, modality))
+    return (dataclasses.replace(run, model=resolve_model_spec(run.model))
+            != dataclasses.replace(preset, model=resolve_model_spec(preset.model)))
+
+
 def _encoder_overrides(cfg: Config) -> dict[str, Any]:
-    """The encoder keys the run gives per modality (those it leaves to the preset are not listed)."""
+    """The encoder keys the run gives per modality, for the modalities where they change the preset's encoder
+    (:func:`_changes_preset`; keys equal to the preset's build the preset's cache, in its folder)."""
     from crossan.config import resolve_model_spec
 
-    out = {m: given for m in MODALITIES if (given := getattr(cfg.encoders, m).given())}
+    out = {m: given for m in MODALITIES if (given := getattr(cfg.encoders, m).given()) and _changes_preset(cfg, m)}
     for given in out.values():  # a checkpoint folder spelt relative or absolute names one cache folder
         if isinstance(given.get("model"), str):
             given["model"] = resolve_model_spec(given["model"])
