@@ -8,7 +8,7 @@ per-user test NDCG@10 against a reference group (METHOD.md §11), from each run'
 
 Each group lists one run folder per seed (a folder listed twice, or two of one seed, is refused), in the same
 seed order for every group: seed i of a group is paired
-with seed i of the reference, and only when the two runs' split fingerprints agree (same users, same targets)
+with seed i of the reference, and only when the two runs' split fingerprints agree (same users in the same order, same targets)
 and they ranked under the same ``eval.mask_history``. Two groups with different numbers of seeds are paired on
 the smaller number (the p cell says so). ``*`` marks a Holm-adjusted p < 0.05 (over the table's tests) on at
 least 3 paired seeds none of which (the row's or the reference's) the epoch cap stopped before its patience ran

@@ -71,8 +71,10 @@ def item_fingerprint(data: SequentialData) -> str:
 
 
 def split_fingerprint(data: SequentialData) -> str:
-    """A hash of the users and their validation/test targets: two runs with equal fingerprints can be
-    compared user by user (paired tests)."""
+    """A hash of the users, in their order, and their validation/test targets and histories: two runs with
+    equal fingerprints can be compared user by user (paired tests). The users' order is the file's (first
+    appearance), so the same histories written in another order (sorted by time, not by user) give another
+    fingerprint: another split to a suite's pairing, and another order of training batches."""
     h = hashlib.sha256()
     h.update("\n".join(data.users).encode())
     for arr in (data.valid, data.test):

@@ -897,9 +897,10 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", data_path: str | Non
     split = split_fingerprint(data)
     trained = (read_results(run_dir) or {}).get("split_fingerprint")
     if trained and trained != split:  # load_run refuses other items; other users' histories it cannot see
-        warnings.warn(f"{run_dir}: the users' histories in {cfg.data.path} are not those the run was trained "
-                      f"and tested on (split fingerprint {split}, the run's {trained}); {EVALUATION} scores the "
-                      f"data of now, not that of {RESULTS}", SplitChangedWarning, stacklevel=2)
+        warnings.warn(f"{run_dir}: the users' histories in {cfg.data.path}, or their order, are not those the "
+                      f"run was trained and tested on (split fingerprint {split}, the run's {trained}); "
+                      f"{EVALUATION} scores the data of now, not that of {RESULTS}", SplitChangedWarning,
+                      stacklevel=2)
     table = model.tower.embed_all(cfg.eval.batch_size)
     out = {"valid": evaluate(model, data, "valid", cfg, table, where=str(run_dir)),
            "test": evaluate(model, data, "test", cfg, table, where=str(run_dir)), "splits": split_report(data),

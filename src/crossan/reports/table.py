@@ -463,7 +463,8 @@ def add_paired_tests(rows: list[dict[str, Any]], reference: str | None, resample
                 notes.append((p["seed"], str(e)))
                 continue
             if fa != fb or p["split_fingerprint"] != q["split_fingerprint"] or not np.array_equal(ua, ub):
-                notes.append((p["seed"], f"split fingerprints differ ({fa} vs {fb}): not the same test users"))
+                notes.append((p["seed"], f"split fingerprints differ ({fa} vs {fb}): not the same test users, "
+                                         "or not in the same order"))
                 continue
             a.append(xa)
             b.append(xb)
