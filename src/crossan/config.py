@@ -121,7 +121,7 @@ class TrainConfig:
     """Adam's L2 weight decay, on every parameter group (0: none, as IISAN)."""
     loss: Literal["inbatch", "bce"] = "inbatch"
     """``inbatch``: in-batch softmax with popularity correction; ``bce``: one sampled negative per position
-    (never one of the user's window items)."""
+    (never one of the user's window items, unless that window holds every item)."""
     negatives: Literal["unique", "slots"] = "slots"
     """In-batch candidates. ``slots`` (default, as IISAN's official code): every slot of the batch's
     sequences (L + 1 per user), so an item is a negative as often as it occurs in the batch, in proportion to

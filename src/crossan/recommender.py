@@ -207,13 +207,36 @@ def _own_masked_softmax_loss(states: torch.Tensor, cand_emb: torch.Tensor, cand_
 def sample_negatives(inputs: torch.Tensor, targets: torch.Tensor, num_items: int, rounds: int = 16) -> torch.Tensor:
     """One negative per position [B, L] for ``train.loss=bce``: uniform over items 1..N, redrawn where it is
     one of the user's own window items (its inputs or targets), as SASRec's sampler does (Kang & McAuley,
-    2018), so a negative never contradicts a positive. Redraws are vectorised and stop after ``rounds``
-    (a window covering nearly the whole catalogue could otherwise loop; what is left then stays as drawn)."""
+    2018), so a negative never contradicts a positive. Redraws are vectorised; what still clashes after
+    ``rounds`` of them (a window covering most of a small catalogue) is drawn from the items outside the window
+    directly (:func:`_draw_outside`). Only a window holding every item leaves its negatives as drawn: no item
+    is left to draw."""
     own = torch.cat([inputs, targets], 1)  # [B, 2L]
     neg = torch.randint(1, num_items + 1, targets.shape, device=targets.device)
     for _ in range(rounds):
         clash = (neg[..., None] == own[:, None, :]).any(-1)
         if not bool(clash.any()):
-            break
+            return neg
         neg = torch.where(clash, torch.randint_like(neg, 1, num_items + 1), neg)
+    clash = (neg[..., None] == own[:, None, :]).any(-1)
+    if bool(clash.any()):
+        rows, cols = clash.nonzero(as_tuple=True)
+        drawn = _draw_outside(own[rows], num_items)
+        neg[rows, cols] = torch.where(drawn > 0, drawn, neg[rows, cols])
     return neg
+
+
+def _draw_outside(own: torch.Tensor, num_items: int) -> torch.Tensor:
+    """One item per row of ``own`` [P, W], uniform over 1..N minus the row's items (0 where they are all of
+    them): draw r uniform in 1..N − k (k: the row's distinct items) and step it over the row's items in
+    ascending order, so that r becomes the r-th item not in the row."""
+    items = torch.sort(own, dim=1).values
+    distinct = torch.ones_like(items, dtype=torch.bool)
+    distinct[:, 1:] = items[:, 1:] != items[:, :-1]
+    distinct &= (items >= 1) & (items <= num_items)
+    items = torch.where(distinct, items, num_items + 1)  # repeats and padding: beyond every draw
+    free = num_items - distinct.sum(1)
+    r = (torch.rand(len(own), device=own.device) * free.clamp(min=1)).long() + 1  # 1 … free
+    for j in range(items.shape[1]):  # ascending: each own item at or below r pushes it one further
+        r = r + (r >= items[:, j]).long()
+    return torch.where(free > 0, r, 0)
