@@ -663,3 +663,29 @@ def test_running_out_of_memory_on_a_sound_file_is_no_corrupt_file(tmp_path: Path
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(f"stopped: item 'b': out of memory while decoding {tmp_path / 'big.png'}"), out.stdout
     assert "the file is not taken for corrupt" in out.stdout and out.stdout.rstrip().endswith("False")
+
+
+def test_many_channels_are_mixed_down_a_block_at_a_time(tmp_path: Path, monkeypatch) -> None:
+    """A second reader (2026-12-04): a 52 KB Ogg of 255 silent channels took 1.5 GB to read 30 s, libsndfile's
+    whole read being seconds × rate × channels floats before the mix-down. Blocks are mixed as they are read
+    now: the same samples, memory of one block beside the mono track."""
+    import tracemalloc
+
+    import crossan.data.media as media
+
+    rng = np.random.default_rng(0)
+    wave = rng.uniform(-0.5, 0.5, (16000 * 8, 64)).astype(np.float32)  # 8 s of 64 channels: 32 MiB as floats
+    path = tmp_path / "many.wav"
+    sf.write(path, wave, 16000, subtype="FLOAT")
+    whole = sf.read(path, dtype="float32", always_2d=True)[0].mean(axis=1)
+    monkeypatch.setattr(media, "SOUNDFILE_BLOCK_BYTES", 1000 * 64 * 4, raising=False)  # 1,000 frames: no divisor
+    got, rate = media._read_soundfile(path, 5.0)
+    assert rate == 16000 and np.array_equal(got, whole[: 16000 * 5 + 64])  # 64: the resampling margin
+    got, _ = media._read_soundfile(path, None)
+    assert np.array_equal(got, whole)
+    monkeypatch.undo()
+    tracemalloc.start()
+    media._read_soundfile(path, None)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 12 << 20  # one block of 8 MiB and the mono track (0.5 MiB); 32 MiB read whole

@@ -660,14 +660,29 @@ def _ogg_shortfall(path: Path) -> str | None:
     return None
 
 
+SOUNDFILE_BLOCK_BYTES = 8 << 20
+"""What libsndfile decodes at a time (as float32 frames of all channels, 256 frames at least): each block is
+mixed down to mono before the next is read, so memory follows the seconds kept, not seconds × channels (255
+channels of 30 s took 1.5 GB read in one piece)."""
+
+
 def _read_soundfile(path: Path, seconds: float | None = None) -> tuple[np.ndarray, int]:
     import soundfile as sf
 
     with sf.SoundFile(str(path)) as f:
         rate = int(f.samplerate)
         limit = _frames_for(seconds, rate)
-        data = f.read(frames=-1 if limit is None else limit, dtype="float32", always_2d=True)
-    return data.mean(axis=1), rate
+        block = max(256, SOUNDFILE_BLOCK_BYTES // (4 * max(1, f.channels)))
+        blocks, read = [], 0
+        while limit is None or read < limit:
+            data = f.read(frames=block if limit is None else min(block, limit - read), dtype="float32",
+                          always_2d=True)
+            if len(data) == 0:
+                break
+            read += len(data)
+            blocks.append(data.mean(axis=1))  # per frame, as over the whole read: the same values
+            del data  # before the next block is read
+    return (np.concatenate(blocks) if blocks else np.zeros(0, dtype=np.float32)), rate
 
 
 def _mp3_declares_length(path: Path) -> bool:
