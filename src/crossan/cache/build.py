@@ -109,8 +109,7 @@ def _run_batches(
                disable=not progress, dynamic_ncols=True)
 
     def load(b: int) -> tuple[LoadedMedia, dict[str, torch.Tensor] | None]:
-        loaded = encoder.load_media(_record_batch(records, ranges[b]), catalogue, on_corrupt)
-        return loaded, encoder.process_loaded(loaded)
+        return encoder.load_inputs(_record_batch(records, ranges[b]), catalogue, on_corrupt)
 
     with ThreadPoolExecutor(max_workers=1) as pool, bar:
         future: Future[tuple[LoadedMedia, dict[str, torch.Tensor] | None]] | None = (

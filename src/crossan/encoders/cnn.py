@@ -88,6 +88,7 @@ class CNNImageEncoder(CNNEncoder):
     """Cover images through the CNN: taps = pooled feature maps."""
 
     modality = "image"
+    per_item_inputs = True
 
     def read(self, record: ItemRecord, catalogue: Catalogue) -> Any:
         return load_image(catalogue.path(record, "image"), record.item_id)
@@ -108,6 +109,7 @@ class CNNVideoEncoder(CNNEncoder):
     """Video clips as ``num_frames`` sampled frames through the CNN, each tap averaged over the frames."""
 
     modality = "video"
+    per_item_inputs = True
 
     def __init__(self, info: BackboneInfo, spec: EncoderSpec, model: nn.Module | None = None) -> None:
         super().__init__(info, spec, model)

@@ -127,6 +127,7 @@ class ImageEncoder(ModalityEncoder):
     """Cover images as RGB, resized by the ViT image processor (or its exact fast equivalent)."""
 
     modality = "image"
+    per_item_inputs = True
 
     def __init__(self, info: BackboneInfo, spec: EncoderSpec, model: nn.Module | None = None) -> None:
         super().__init__(info, spec, model)
@@ -185,6 +186,7 @@ class VideoEncoder(ModalityEncoder):
     model's size it changes nothing."""
 
     modality = "video"
+    per_item_inputs = True
 
     def __init__(self, info: BackboneInfo, spec: EncoderSpec, model: nn.Module | None = None) -> None:
         super().__init__(info, spec, model)
