@@ -586,3 +586,13 @@ def test_a_preset_given_once_either_way_is_taken() -> None:
     assert preset(["encoders.preset=tiny"], None) == "tiny"
     assert preset(["encoders.preset='tiny'"], "tiny") == "tiny"  # the same, quoted
     assert preset(["encoders.preset=offline", "encoders.preset=tiny"], None) == "tiny"  # ordered: the last wins
+
+
+@pytest.mark.parametrize("name", ['"a\\0b"', "x" * 300])
+def test_a_run_name_no_folder_can_have_is_refused_when_the_suite_is_read(tmp_path: Path, name: str) -> None:
+    """A second reader (2026-12-04): a run named with a NUL or 300 bytes long passed the suite's name check, and the
+    bench stopped after building the cache with "embedded null byte" / "File name too long", naming no key."""
+    f = tmp_path / "s.yaml"
+    f.write_text(f"data: synth:tiny\npreset: tiny\nruns:\n  - {{name: {name}, method: id}}\n")
+    with pytest.raises(ConfigError, match=r"run names must be usable as folder names \(no '/' or NUL, .*200 bytes"):
+        load_suite(str(f))

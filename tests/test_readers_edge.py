@@ -207,6 +207,25 @@ def test_media_without_a_column_are_found_by_id_and_two_files_warn(tmp_path: Pat
     assert "images/a.jpg (not images/a.png, covers/a.webp)" in caplog.text
 
 
+def test_a_folder_or_dangling_link_named_like_a_cover_is_no_items_file(tmp_path: Path,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """A second reader (2026-12-04): a folder `images/a.jpeg` hid the item's real `images/a.png` (with
+    `cache.on_corrupt=missing` the item lost its cover as "corrupt"), and a dangling link `images/b.jpg` stopped
+    the build. Only files are an item's media; items `.` and `..` find `..png` and `...png` (``splitext``
+    reads a name of leading dots as one without an extension, so they were never matched)."""
+    root = _iisan(tmp_path / "d", "a\tx\nb\ty\n.\tdot\n..\tdots\n", "u1\ta b . ..\n")
+    (root / "images").mkdir()
+    for name in ("a.png", "b.png", "..png", "...png"):
+        (root / "images" / name).write_bytes(b"")
+    (root / "images" / "a.jpeg").mkdir()
+    (root / "images" / "b.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    with caplog.at_level("WARNING", logger="crossan"):
+        cat = read(DataConfig(path=str(root))).catalogue
+    assert (cat["a"].image, cat["b"].image, cat["."].image, cat[".."].image) == (
+        "images/a.png", "images/b.png", "images/..png", "images/...png")
+    assert "more than one file" not in caplog.text
+
+
 def test_a_folder_with_one_csv_and_items_tsv_hints_at_the_csv_layout(tmp_path: Path) -> None:
     """A folder with ``inter.csv`` and ``items.tsv`` is read as the IISAN layout (items.tsv); the error about
     its missing users file now says to pass the .csv file for the CSV layout."""

@@ -904,14 +904,20 @@ def test_new_items_with_whitespace_in_their_ids_or_a_bad_row_are_refused_with_th
 
     run = _copy(content_run, tmp_path)
     cfg, _, _ = load_run(run, "cpu")
-    _new_catalogue(tmp_path / "spaced", Path(cfg.data.path), [("blue shirt", "A shirt", None)])
-    with pytest.raises(DataError, match=r"item ids \['blue shirt'\] contain whitespace"):
-        embed_items(run, tmp_path / "spaced", device="cpu")
+    _new_catalogue(tmp_path / "ctrl", Path(cfg.data.path), [("blue\x1fshirt", "A shirt", None)])
+    with pytest.raises(DataError, match=r"item ids \['blue\\x1fshirt'\] contain a tab, line break or other ASCII"):
+        embed_items(run, tmp_path / "ctrl", device="cpu")
     _new_catalogue(tmp_path / "twice", Path(cfg.data.path), [("x1", "A", None), ("x1", "B", None)])
     with pytest.raises(DataError) as e:
         embed_items(run, tmp_path / "twice", device="cpu")
     assert "on_bad_rows" not in str(e.value) and "a new item's row is never dropped" in str(e.value)
     assert not (run / EXTRA_DIR).exists()
+    # an id with spaces can be named: by --history, and in a --users file whose items are separated by tabs
+    _new_catalogue(tmp_path / "spaced", Path(cfg.data.path), [("blue shirt", "A shirt", None)])
+    assert embed_items(run, tmp_path / "spaced", device="cpu") == ["blue shirt"]
+    users, out = tmp_path / "users.tsv", tmp_path / "recs.csv"
+    users.write_text("u1\tblue shirt\t\n")
+    assert main(["recommend", str(run), "--users", str(users), "--out", str(out), "--k", "2", "--device", "cpu"]) == 0
 
 
 def test_evaluate_finds_a_moved_dataset_with_run_data(id_run: Path, tmp_path: Path, capsys) -> None:
@@ -1354,3 +1360,43 @@ def test_item_ids_with_spaces_are_given_by_tabs_in_a_users_file(tmp_path: Path, 
     users.write_text("a\tprod 3 prod 7\n")
     assert main(["recommend", str(run), "--users", str(users), "--out", str(out), "--device", "cpu"]) == 2
     assert "this run's item ids hold spaces, so separate a history's items by tabs" in capsys.readouterr().err
+
+
+def test_a_users_file_splits_items_where_the_dataset_readers_do(tmp_path: Path) -> None:
+    """A second reader (2026-12-04): training reads `a<NBSP>b` as one item id (users.tsv splits at ASCII
+    whitespace), but `recommend --users` split it at every Unicode space, so with `--unknown-items skip` the
+    history held item `a` instead. A tab-separated history strips only ASCII whitespace from its ids too."""
+    from crossan.cli_serving import read_users_file
+
+    users = tmp_path / "users.tsv"
+    users.write_text("u1\ta\xa0b c\u3000d\x85e\n u2 \t\xa0x\xa0\tplain \n", encoding="utf-8")
+    assert read_users_file(users) == [("u1", ["a\xa0b", "c\u3000d\x85e"], 1), ("u2", ["\xa0x\xa0", "plain"], 2)]
+
+
+def test_recommendations_never_replace_a_file_of_the_run(id_run: Path, tmp_path: Path, capsys) -> None:
+    """`recommend --out RUN/best.safetensors` wrote the CSV over the run's weights, exit 0; the run could not be
+    served or evaluated any more (config.yaml likewise)."""
+    run = _copy(id_run, tmp_path)
+    users = tmp_path / "users.tsv"
+    users.write_text(f"u1\t{load_recommender(run).item_ids[1]}\n")
+    for name in ("best.safetensors", "config.yaml", "results.json"):
+        before = (run / name).read_bytes()
+        assert main(["recommend", str(run), "--users", str(users), "--out", str(run / name), "--device", "cpu"]) == 2
+        assert f"is a file of the run folder {run}" in capsys.readouterr().err
+        assert (run / name).read_bytes() == before
+    assert main(["recommend", str(run), "--users", str(users), "--out", str(run / "recs.csv"), "--device", "cpu"]) == 0
+
+
+def test_an_out_name_too_long_for_its_temporary_is_refused_before_scoring(id_run: Path, tmp_path: Path,
+                                                                          capsys) -> None:
+    """A second reader (2026-12-04): `recommend --out` of a 245-byte name scored every history and then failed
+    with "File name too long" on the temporary file written beside it; `export --out` of 250 bytes likewise."""
+    users = tmp_path / "users.tsv"
+    users.write_text(f"u1\t{load_recommender(id_run).item_ids[1]}\n")
+    out = tmp_path / ("r" * 241 + ".csv")
+    assert main(["recommend", str(id_run), "--users", str(users), "--out", str(out), "--device", "cpu"]) == 2
+    assert "the file name is too long (245 bytes; at most 237 here" in capsys.readouterr().err
+    ok = tmp_path / ("r" * 233 + ".csv")
+    assert main(["recommend", str(id_run), "--users", str(users), "--out", str(ok), "--device", "cpu"]) == 0
+    assert main(["export", str(id_run), "--out", str(tmp_path / ("e" * 250)), "--device", "cpu"]) == 2
+    assert "the folder name is too long for --out (at most 241 bytes here" in capsys.readouterr().err

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import re
 import sys
 import warnings
 from collections.abc import Iterator
@@ -51,7 +52,9 @@ def read_users_file(path: str | Path) -> list[tuple[str, list[str], int]]:
     Decoded as the dataset readers decode text: a UTF-8 BOM is dropped, CR/CRLF line ends are read as line
     ends, and a byte that is not UTF-8 is an error naming the file and line."""
     from crossan.data.readers import DataError
-    from crossan.data.textscan import TextError, decode_text
+    from crossan.data.textscan import SPACES, TextError, decode_text
+
+    ascii_space_run = re.compile(f"[{re.escape(SPACES)}]+")
 
     path = Path(path)
     if path.is_dir():
@@ -65,16 +68,18 @@ def read_users_file(path: str | Path) -> list[tuple[str, list[str], int]]:
     out = []
     seen: dict[str, int] = {}
     for lineno, line in enumerate(text.split("\n"), start=1):  # "\n" only: line numbers as the error's
-        if not line.strip():
+        if not line.strip(SPACES):
             continue
         user, sep, rest = line.partition("\t")
-        user = user.strip()
+        user = user.strip(SPACES)
         if not sep or not user:
             raise DataError(f"{path}:{lineno}: expected 'user TAB item item …'")
         if user in seen:
             raise DataError(f"{path}:{lineno}: user {user!r} appears again (first on line {seen[user]})")
         seen[user] = lineno
-        items = [i.strip() for i in rest.split("\t") if i.strip()] if "\t" in rest else rest.split()
+        # split at ASCII whitespace only, as the dataset readers split users.tsv ("a\xa0b" is one id there)
+        items = ([i.strip(SPACES) for i in rest.split("\t") if i.strip(SPACES)] if "\t" in rest
+                 else ascii_space_run.split(rest.strip(SPACES)) if rest.strip(SPACES) else [])
         if not items:
             raise ServeError(f"{path}:{lineno}: user {user!r} has an empty history")
         out.append((user, items, lineno))
@@ -96,6 +101,13 @@ def check_out_file(path: Path) -> None:
         raise ServeError(f"{path}: cannot be created because {existing} is a file")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ServeError(f"{path}: cannot write in {existing} (read-only or no permission)")
+    from crossan.utils import NAME_MAX, _temporary_path
+
+    longest = len(_temporary_path(path, ".tmp").name.encode("utf-8", "surrogateescape"))
+    if longest > NAME_MAX:  # the file is written beside itself first, under a longer name
+        raise ServeError(f"{path.name[:60]}…: the file name is too long ({len(path.name.encode())} bytes; at most "
+                         f"{len(path.name.encode()) - (longest - NAME_MAX)} here, as it is first written under a "
+                         "temporary name beside it)")
 
 
 def cmd_recommend(args: Any) -> int:
@@ -116,6 +128,10 @@ def cmd_recommend(args: Any) -> int:
         if Path(args.out).resolve() == Path(args.users).resolve():
             raise ServeError(f"{args.out}: is the --users file itself; writing the recommendations there would "
                              "replace the histories they come from; choose another --out")
+        out, run = Path(args.out).resolve(), Path(args.run_dir).resolve()
+        if run in out.parents and out.exists() and out.suffix.lower() != ".csv":  # its weights, config, results …
+            raise ServeError(f"{args.out}: is a file of the run folder {args.run_dir}; writing the recommendations "
+                             "there would replace it; choose another --out")
     with run_warnings():
         rec = load_recommender(args.run_dir, device=args.device, data_path=args.run_data)
     # --include-history / --exclude-history, else the run's eval.mask_history (as its metrics were computed)
@@ -160,7 +176,7 @@ def cmd_recommend(args: Any) -> int:
             print(f"note: {len(no_history)} user(s) have no known item left and no rows in {args.out}: {first}",
                   file=sys.stderr)
         users = kept
-    spaced = any(" " in i for i in rec.item_ids)
+    spaced = any(" " in i for i in rec.item_ids)  # only tabs can separate such ids
     for user, items, lineno in users:  # name file, line and user before scoring anything
         try:
             rec.rows(items, f"{args.users}:{lineno} (user {user!r})")

@@ -186,11 +186,13 @@ def read_new_catalogue(path: str | Path, data: DataConfig | None = None,
         raise DataError(str(e).replace(DROP_HINT, " (a new item's row is never dropped: correct it)")) from None
     if len(catalogue) == 0:
         raise DataError(f"{items_tsv}: no items")
-    spaced = [i for i in catalogue.ids() if any(c.isspace() for c in i)]
-    if spaced:  # a --users file and --history separate items by whitespace: such an id could not be named
-        raise DataError(f"{items_tsv}: item ids {spaced[:5]} contain whitespace; histories name items separated "
-                        "by whitespace (crossan recommend --history, --users files), so such an item could never "
-                        "be named in one: rename it")
+    from crossan.data.textscan import SPACES
+
+    unnamable = [i for i in catalogue.ids() if any(c in SPACES and c != " " for c in i)]
+    if unnamable:  # a --users file separates items by ASCII whitespace, or by tabs where ids hold spaces
+        raise DataError(f"{items_tsv}: item ids {unnamable[:5]} contain a tab, line break or other ASCII control "
+                        "whitespace; a --users file of crossan recommend separates a history's items by such "
+                        "characters, so such an item could never be named in one: rename it")
     return catalogue
 
 

@@ -41,7 +41,7 @@ import crossan
 from crossan.errors import RunError, ServeError, WriteError
 from crossan.runs import RESULTS, check_run_folder, read_results
 from crossan.serve import load_recommender
-from crossan.utils import exchange_paths, file_sha256, write_failure
+from crossan.utils import NAME_MAX, exchange_paths, file_sha256, write_failure
 
 EXPORT_FORMAT = "crossan-export"
 EXPORT_FORMAT_VERSION = 1
@@ -72,10 +72,16 @@ def export_run(run_dir: str | Path, out: str | Path, device: str = "auto", data_
         raise RunError(f"{run_dir}: unfinished run (no {RESULTS}: training stopped or still runs); only "
                        "a finished run is exported. Finish it (crossan train --resume) or serve it with "
                        "crossan recommend")
+    tmp_name = f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    if len(tmp_name.encode("utf-8", "surrogateescape")) > NAME_MAX:  # before anything is computed
+        room = len(out.name.encode("utf-8", "surrogateescape")) - (len(tmp_name.encode("utf-8", "surrogateescape"))
+                                                                   - NAME_MAX)
+        raise RunError(f"{out.name[:60]}…: the folder name is too long for --out (at most {room} bytes here: the "
+                       "export is written under a longer temporary name beside it first)")
     rec = load_recommender(run_dir, device=device, data_path=data_path, include_extra=include_extra)
     cfg, model = rec.cfg, rec.model
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp = out.parent / tmp_name
     old: Path | None = None  # the folder --force replaces, moved aside until the new one is in place
     try:
         tmp.mkdir()

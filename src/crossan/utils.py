@@ -181,6 +181,10 @@ def safetensors_metadata(data: bytes) -> dict[str, str]:
     return {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
 
 
+NAME_MAX = 255
+"""Bytes in one file or folder name on the file systems crossan writes to (ext4, xfs, btrfs, tmpfs, APFS)."""
+
+
 def _temporary_path(path: Path, suffix: str) -> Path:
     """Where :func:`atomic_write` writes ``path`` first: ``.<name>.<12 hex digits><suffix>`` beside it."""
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}{suffix}")

@@ -132,6 +132,8 @@ def default_cache_dir(cfg: Config, data: Any, modality: str | None = None) -> Pa
     base = cache_base()
     source = Path(cfg.data.path).expanduser().resolve() if cfg.data.path else Path(data.catalogue.root)
     name = (source.stem if source.suffix else source.name) or "data"
+    if len(name.encode("utf-8", "surrogateescape")) > 200:  # 255 bytes a name: a long dataset folder's is cut
+        name = name.encode("utf-8", "surrogateescape")[:200].decode("utf-8", "ignore")
     return base / f"{name}-{item_key(data)}" / preset_folder(cfg, modality)
 
 

@@ -217,6 +217,13 @@ def _lines(text: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------- catalogue
+def _split_extension(name: str) -> tuple[str, str]:
+    """``name`` as (item id, extension) at its last dot: ``..png`` is item ``.``'s (``os.path.splitext`` reads a
+    name of leading dots as having no extension); a name starting with its only dot (``.png``) has none."""
+    stem, dot, ext = name.rpartition(".")
+    return (stem, f".{ext}") if dot and stem else (name, "")
+
+
 def _find_media(root: Path, dirs: tuple[str, ...], exts: tuple[str, ...]) -> tuple[dict[str, str], dict[str, str]]:
     """Item id → the media file named by it in the first of ``dirs`` (``images/i1.jpg``), and file stem → a file
     of another extension there (``images/i1.heic``: :func:`_warn_unread` names those whose stem is an item left
@@ -232,10 +239,10 @@ def _find_media(root: Path, dirs: tuple[str, ...], exts: tuple[str, ...]) -> tup
         if not folder.is_dir():
             continue
         with os.scandir(folder) as it:  # is_file() from the directory entry: no stat per file
-            entries = [(*os.path.splitext(e.name), e.name, e.is_file()) for e in it]
+            entries = [(*_split_extension(e.name), e.name, e.is_file()) for e in it]
         for stem, ext, name, is_file in sorted(entries, key=lambda e: (e[0], rank.get(e[1].lower(), 0), e[2])):
             suffix = ext.lower()
-            if suffix in rank:
+            if suffix in rank and is_file:  # a folder or a dangling link of that name is no item's file
                 if stem in found:
                     others.setdefault(stem, []).append(f"{d}/{name}")
                 else:

@@ -214,9 +214,11 @@ def load_suite(name_or_file: str, seeds: str | list[int] | None = None, cost_rep
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise ConfigError(f"suite {name_or_file}: run names repeat: {names}")
-    bad = [n for n in names if not n or "/" in n or n.startswith(".")]
+    bad = [n for n in names if not n or "/" in n or "\0" in n or n.startswith(".")
+           or len(n.encode("utf-8", "surrogatepass")) > MAX_RUN_NAME_BYTES]
     if bad:
-        raise ConfigError(f"suite {name_or_file}: run names must be usable as folder names: {bad}")
+        raise ConfigError(f"suite {name_or_file}: run names must be usable as folder names (no '/' or NUL, not "
+                          f"starting with '.', at most {MAX_RUN_NAME_BYTES} bytes): {[n[:80] for n in bad]}")
     bad = [n for n in names if "|" in n or "\n" in n or "\r" in n]
     if bad:
         raise ConfigError(f"suite {name_or_file}: run names may not hold '|' or a line break (they would split "
@@ -322,6 +324,9 @@ def resolve_data(spec: str, out: Path, progress: bool = True) -> Path:
     name = f"synth-{size}-{seed}" + (f"-dominant-{dominant}" if dominant else "") + f"-v{GENERATOR_VERSION}"
     return generate(out / "data" / name, size=size, seed=seed, dominant=dominant, progress=progress)
 
+
+MAX_RUN_NAME_BYTES = 200
+"""A run's name is its folder's name (``OUT/runs/NAME``): file systems take 255 bytes per name."""
 
 CACHE_KEYS = ("encoders.", "cache.", "data.", "device=", "precision=")
 """Overrides that decide which layer-state cache a run reads (or how it is built: ``precision`` is the
