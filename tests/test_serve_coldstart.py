@@ -15,7 +15,7 @@ from crossan.config import load_config
 from crossan.data import prepare
 from crossan.data.media import MediaError
 from crossan.data.synth import generate
-from crossan.serve import embed_items, load_recommender, read_extra_items
+from crossan.serve import EXTRA_DIR, embed_items, load_recommender, read_extra_items
 from crossan.towers.base import TowerContext, build_tower
 from crossan.towers.endtoend import EndToEndTower
 from crossan.trainer import train
@@ -192,3 +192,30 @@ def test_serving_and_cold_start_embed_in_float32_inside_a_callers_autocast(cut_r
     with torch.autocast("cpu", dtype=torch.bfloat16):
         embed_items(run, new, device="cpu")
     torch.testing.assert_close(read_extra_items(run).embeddings[0], plain.item_table[1], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["frozen", "fft"])
+def test_a_new_item_whose_every_file_is_corrupt_is_not_embedded_from_nothing(synth: Path, tmp_path: Path,
+                                                                             method: str) -> None:
+    """A second reader (2026-12-04): under `cache.on_corrupt=missing`, a new item with no title and a corrupt
+    cover was embedded from nothing (a constant vector), stored and ranked like any candidate, exit 0. It is
+    refused now, and nothing is stored; an item with a title beside its corrupt cover is still embedded."""
+    from crossan.errors import ServeError
+
+    cfg = load_config([], [f"data.path={synth}", f"method={method}", "modalities=[text,image]",
+                           "encoders.preset=tiny", "device=cpu", "train.epochs=1", "train.max_steps_per_epoch=2",
+                           "train.batch_size=16", "user.dim=32", f"cache.dir={tmp_path / 'cache'}",
+                           "cache.on_corrupt=missing"])
+    if method == "frozen":
+        build_cache(cfg, prepare(cfg.data), ["text", "image"], progress=False)
+    train(cfg, tmp_path / "run", progress=False)
+    new = tmp_path / "new"
+    (new / "covers").mkdir(parents=True)
+    (new / "covers" / "bad.png").write_bytes(b"truncated")
+    (new / "items.tsv").write_text("item_id\ttitle\timage\ntitled\tA title\tcovers/bad.png\n"
+                                   "blank\t\tcovers/bad.png\n")
+    with pytest.raises(ServeError, match=r"items \['blank'\] have no readable content of the run's modalities"):
+        embed_items(tmp_path / "run", new, device="cpu")
+    assert not (tmp_path / "run" / EXTRA_DIR).exists()
+    (new / "items.tsv").write_text("item_id\ttitle\timage\ntitled\tA title\tcovers/bad.png\n")
+    assert embed_items(tmp_path / "run", new, device="cpu") == ["titled"]

@@ -298,16 +298,17 @@ def _embed_new(model: Any, cfg: Config, catalogue: Any, ids: list[str], device: 
                              f"{e.hidden_size}; the run was trained on {tower.num_taps} of width {tower.dims[m]}")
     live: Any = LiveFeatures(encoders, catalogue, [""] + ids, batch_size=cfg.encoders.batch_size,
                              on_corrupt=cfg.cache.on_corrupt)
+    sources = [live]  # what read the media: their corrupt files, per modality, are asked for below
     precision = tower.precision
     if cfg.cached:  # training read the float16 cache: give the tower the states it would have read there,
         # computed at the precision each modality's cache was built with (not necessarily the run's)
         built = cache_build_precisions(cfg, data) if data is not None else {}
         if built:
-            live = BuildPrecisionFeatures(
-                {m: LiveFeatures({m: encoders[m]}, catalogue, [""] + ids, batch_size=cfg.encoders.batch_size,
-                                 on_corrupt=cfg.cache.on_corrupt) for m in modalities},
-                {m: built.get(m, "bf16" if compute_dtype(precision, device) is not None else "fp32")
-                 for m in modalities})
+            sources = [LiveFeatures({m: encoders[m]}, catalogue, [""] + ids, batch_size=cfg.encoders.batch_size,
+                                    on_corrupt=cfg.cache.on_corrupt) for m in modalities]
+            live = BuildPrecisionFeatures(dict(zip(modalities, sources)),
+                                          {m: built.get(m, "bf16" if compute_dtype(precision, device) is not None
+                                                        else "fp32") for m in modalities})
             precision = "fp32"  # no outer autocast: each modality's own precision applies
         live = CacheRoundedFeatures(live, [""] + ids)
     rows = torch.arange(1, len(ids) + 1, device=device)
@@ -319,7 +320,25 @@ def _embed_new(model: Any, cfg: Config, catalogue: Any, ids: list[str], device: 
     finally:
         object.__setattr__(tower, "features", old)
         object.__setattr__(tower, "precision", tower_precision)
+    _refuse_unread(catalogue, ids, modalities, sources)
     return torch.cat(parts)
+
+
+def _refuse_unread(catalogue: Any, ids: list[str], modalities: list[str], sources: list[Any]) -> None:
+    """Refuse items whose every file of the run's modalities was corrupt (``cache.on_corrupt=missing`` counts
+    them absent) and that have no title either: they would be embedded from nothing, a constant vector ranked
+    as a candidate like any other."""
+    corrupt: dict[str, set[str]] = {m: set() for m in modalities}
+    for source in sources:
+        for m, items in source.corrupt.items():
+            corrupt.setdefault(m, set()).update(items)
+    unread = [i for i in ids
+              if all(not catalogue[i].has(m) or i in corrupt.get(m, ()) for m in modalities)]
+    if unread:
+        raise ServeError(f"{catalogue.source}: items {unread[:10]}{' …' if len(unread) > 10 else ''} have no "
+                         "readable content of the run's modalities (every file corrupt, marked missing under "
+                         "cache.on_corrupt=missing, and no other modality): there is nothing to embed them from; "
+                         "nothing was stored")
 
 
 def embed_items(run_dir: str | Path, new_catalogue: str | Path, device: str = "auto",
