@@ -956,3 +956,29 @@ def test_items_processed_one_by_one_give_the_batchs_inputs(tmp_path: Path, prese
         assert all(torch.equal(inputs[k], expected[k]) for k in expected)
         assert one_by_one.media == [None] * len(records)  # no decoded media kept
         assert torch.equal(enc.encode_loaded(one_by_one, inputs).states, enc.encode_loaded(batch).states)
+
+
+def test_load_inputs_keeps_batch_processing_where_items_cannot_be_processed_alone(tmp_path: Path,
+                                                                                  monkeypatch) -> None:
+    """Mutation testing (2026-12-04): taking the one-by-one path for every encoder, answering {} for a batch
+    without media, or dropping the processor's out-of-memory clause went unnoticed."""
+    from PIL import Image
+
+    from crossan.data.catalogue import Catalogue, ItemRecord
+    from crossan.data.media import MediaMemoryError
+    from crossan.encoders import build_encoder
+
+    cfg = load_config([], ["encoders.preset=tiny"])
+    Image.new("RGB", (20, 20), (1, 2, 3)).save(tmp_path / "c.png")
+    cat = Catalogue(tmp_path, [ItemRecord("a", "first title", image="c.png"), ItemRecord("b", "second")])
+    text = build_encoder("text", resolve_specs(cfg, ["text"])["text"])
+    assert not text.per_item_inputs  # a tokenizer pads a batch to its longest title
+    loaded, inputs = text.load_inputs(list(cat), cat)
+    assert loaded.media == ["first title", "second"]
+    assert all(torch.equal(inputs[k], v) for k, v in text.process_loaded(loaded).items())
+    image = build_encoder("image", resolve_specs(cfg, ["image"])["image"])
+    loaded, inputs = image.load_inputs([cat["b"]], cat)
+    assert loaded.present == [False] and inputs is None
+    monkeypatch.setattr(image, "process", lambda media: (_ for _ in ()).throw(MemoryError()))
+    with pytest.raises(MediaMemoryError, match=f"item 'a': out of memory while decoding {tmp_path / 'c.png'}"):
+        image.load_inputs(list(cat), cat)

@@ -191,3 +191,16 @@ def test_bce_negatives_avoid_the_users_window_even_where_redraws_run_out() -> No
     rows = torch.tensor([[0, 3, 3, 1, 2], [1, 2, 3, 4, 5]])
     draws = torch.stack([_draw_outside(rows, 5) for _ in range(200)])
     assert set(draws[:, 0].tolist()) == {4, 5} and set(draws[:, 1].tolist()) == {0}
+
+
+def test_bce_negatives_are_items_even_where_no_item_is_left_to_draw() -> None:
+    """Mutation testing (2026-12-04): drawing 0 (the padding row) first, or writing the exact draw's 0 ("no item
+    left") over a window that holds every item, went unnoticed."""
+    torch.manual_seed(1)
+    N = 6
+    full = torch.stack([torch.randperm(N) + 1 for _ in range(300)])  # every window holds all six items
+    neg = sample_negatives(full[:, :3], full[:, 3:], N)
+    assert int(neg.min()) >= 1 and int(neg.max()) <= N  # left as drawn: items, whatever they clash with
+    some = torch.stack([torch.randperm(N)[:2] + 1 for _ in range(2000)])  # no padding, so 0 never clashes
+    neg = sample_negatives(some[:, :1], some[:, 1:], N, rounds=0)
+    assert int(neg.min()) >= 1

@@ -689,3 +689,23 @@ def test_many_channels_are_mixed_down_a_block_at_a_time(tmp_path: Path, monkeypa
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 12 << 20  # one block of 8 MiB and the mono track (0.5 MiB); 32 MiB read whole
+
+
+def test_running_out_of_memory_in_any_decoder_is_no_corrupt_file(tmp_path: Path, monkeypatch) -> None:
+    """Mutation testing (2026-12-04): the video and audio readers' `except MemoryError` could be removed without
+    a test failing (only the image reader's was run out of memory for real)."""
+    import crossan.data.media as media
+
+    clip, track = write_video(tmp_path / "a.mp4", 8), write_wav(tmp_path / "a.wav", 440.0, 16000, 1.0)
+
+    def exhausted(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(media, "_decode_frames", exhausted)
+    with pytest.raises(media.MediaMemoryError, match=f"item 'v': out of memory while decoding {clip}"):
+        load_video(clip, 4, "uniform", "v")
+    monkeypatch.setattr(media, "_read_soundfile", exhausted)
+    monkeypatch.setattr(media, "_read_pyav", lambda *a, **k: pytest.fail("a reader after an exhausted one ran"))
+    with pytest.raises(media.MediaMemoryError, match=f"item 'a': out of memory while decoding {track}"):
+        load_audio(track, 16000, 1.0, "a")
+    assert not issubclass(media.MediaMemoryError, MediaError)

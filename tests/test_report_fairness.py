@@ -757,3 +757,23 @@ def test_a_row_with_a_failed_seed_says_so_in_its_notes(tmp_path: Path) -> None:
             {"seed": 0, "dir": "", "status": "failed", "error": "boom", "log": "", "repeat": 2}]
     row = collect_run(RunSpec("A", "id", ["text"]), recs)
     assert row["flags"][0] == "failed: cost repeat 2 of seed 0 (not in the cost median); see Failed runs"
+
+
+def test_pairing_checks_that_mutation_testing_found_untested(tmp_path: Path) -> None:
+    """Mutation testing (2026-12-04): pairing seeds whose users are listed in another order (equal fingerprints),
+    testing a cost-only row, or testing against a reference that failed went unnoticed."""
+    ranks = {s: _ranks_masked_and_not(s)[0] for s in (0, 1, 2)}
+    ref = _row(tmp_path, "REF", ranks, mask={s: True for s in ranks})
+    run = _row(tmp_path, "RUN", ranks, mask={s: True for s in ranks})
+    cost = _row(tmp_path, "COST", {0: ranks[0]}, cost_only=True, mask={0: True})
+    with np.load(run["per_seed"][1]["dir"] + "/per_user.npz") as z:
+        arrays = dict(z)
+    arrays["users"] = arrays["users"][::-1].copy()  # the same fingerprint, the users in another order
+    np.savez_compressed(run["per_seed"][1]["dir"] + "/per_user.npz", **arrays)
+    add_paired_tests([ref, run, cost], "REF", resamples=100)
+    assert "p_value" not in run and "1: split fingerprints differ" in run["p_value_note"]
+    assert "p_value" not in cost and "p_value_note" not in cost
+    failed = {**ref, "status": "failed"}
+    other = _row(tmp_path / "b", "RUN", ranks, mask={s: True for s in ranks})
+    add_paired_tests([failed, other], "REF", resamples=100)
+    assert "p_value" not in other and "p_value_note" not in other

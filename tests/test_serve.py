@@ -1400,3 +1400,43 @@ def test_an_out_name_too_long_for_its_temporary_is_refused_before_scoring(id_run
     assert main(["recommend", str(id_run), "--users", str(users), "--out", str(ok), "--device", "cpu"]) == 0
     assert main(["export", str(id_run), "--out", str(tmp_path / ("e" * 250)), "--device", "cpu"]) == 2
     assert "the folder name is too long for --out (at most 241 bytes here" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------- mutation survivors
+def test_serving_checks_that_mutation_testing_found_untested(id_run: Path, content_run: Path, tmp_path: Path,
+                                                             monkeypatch) -> None:
+    """Mutation testing (2026-12-04) removed each of these checks without a test failing."""
+    from crossan.coldstart import ExtraItems, _write_extra_items
+    from crossan.runs import read_weights
+
+    rec = load_recommender(id_run, device="cpu")
+    with pytest.raises(UnknownItemError):  # the padding row has the id "" and is no item
+        rec.recommend([""])
+    # an excluded history item that scores NaN is no candidate: not served last, not warned about
+    history = [rec.item_ids[1], rec.item_ids[2]]
+    table, encode = rec.item_table.clone(), rec.model.user_vectors
+    monkeypatch.setattr(rec.model, "user_vectors", lambda inputs, _: encode(inputs, table))  # a finite user
+    with torch.no_grad():
+        rec.item_table[1] = float("nan")  # item 1 scores NaN
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        served = rec.recommend(history, k=rec.num_candidates, exclude_history=True)
+    assert rec.item_ids[1] not in [r.item_id for r in served] and len(served) == rec.num_candidates - 2
+    # batch_size is the number of histories per user-encoder call
+    calls = []
+    monkeypatch.setattr(rec.model, "user_vectors", lambda inputs, _: calls.append(len(inputs)) or encode(inputs, table))
+    rec.recommend_many([history] * 3, k=2, batch_size=1)
+    assert calls == [1, 1, 1]
+    # stored extra items that are training items, or of another width, are refused when the run is loaded
+    run = _copy(content_run, tmp_path)
+    cfg, _, model = load_run(run, "cpu")
+    sha = read_weights(run / "best.safetensors").sha256
+    train_id = load_recommender(run).item_ids[1]
+    for ids, width, says in (([train_id], model.tower.dim, "are also training items"),
+                             (["new"], model.tower.dim + 1, "embeddings of width")):
+        _write_extra_items(run, ExtraItems(ids, [{"item_id": i, "title": "t"} for i in ids],
+                                           torch.zeros(1, width), sha), cfg)
+        with pytest.raises(ServeError, match=says):
+            load_recommender(run, device="cpu")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from crossan.evaluation import metrics_from_ranks
-from crossan.reports.stats import ndcg_at, paired_bootstrap, t_cdf, t_interval, t_quantile
+from crossan.reports.stats import holm_adjust, ndcg_at, paired_bootstrap, t_cdf, t_interval, t_quantile
 
 # two-sided 95% critical values t(0.975, df) from printed tables (e.g. NIST/SEMATECH e-Handbook, Table 1.3.5.3)
 TABLE_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 9: 2.262, 10: 2.228, 29: 2.045}
@@ -113,6 +113,9 @@ def test_the_bootstrap_draws_every_user() -> None:
     last user would give (0, 0))."""
     res = paired_bootstrap([np.array([0.0, 1.0])], [np.zeros(2)], resamples=2000)
     assert res.ci95 == (0.0, 1.0)
+    # the resampled means are 0, 1/2 and 1 (a quarter, a half, a quarter): half of them are as far from the
+    # observed 1/2 as 0 is; a bootstrap that never drew the last user would give p = 1 (mutation testing)
+    assert 0.45 < res.p_value < 0.55
 
 
 def test_seeds_over_the_same_users_are_resampled_together() -> None:
@@ -183,3 +186,15 @@ def test_t_functions_take_whole_floats_for_degrees_of_freedom() -> None:
     assert t_quantile(0.975, 2.0) == t_quantile(0.975, 2)
     with pytest.raises(ValueError, match="positive integer"):
         t_cdf(1.0, 2.5)
+
+
+def test_bootstrap_and_holm_refuse_what_they_cannot_answer() -> None:
+    """Mutation testing (2026-12-04): these checks could be removed without a test failing."""
+    x = np.linspace(0.0, 1.0, 50)
+    with pytest.raises(ValueError, match="same positive number of seeds"):
+        paired_bootstrap([x, x], [x])
+    with pytest.raises(ValueError, match="p-values must be in"):
+        holm_adjust([0.5, 1.2])
+    # with 10 resamples no p below 0.05 can be reached: the interval the test inverts is the whole line
+    res = paired_bootstrap([x], [x - 0.1], resamples=10)
+    assert res.ci95 == (-math.inf, math.inf) and res.p_value == pytest.approx(1 / 11)
