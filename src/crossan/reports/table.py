@@ -797,7 +797,8 @@ def render_report(rows: list[dict[str, Any]], meta: dict[str, Any], table: str, 
         lines += [f"Δ NDCG@10 and p: paired bootstrap of per-user test NDCG@10 against **{meta['reference']}** "
                   f"({resamples:,} resamples of the test users, seeded; seed s paired with the reference's seed s, "
                   "only when the split fingerprints match and both ranked under the same "
-                  "`eval.mask_history`; a user's difference is averaged over the seeds first). "
+                  "`eval.mask_history`; a user's difference is averaged over the seeds first; Δ's 95% interval is the "
+                  "one the test inverts, so it holds 0 exactly when p ≥ 0.05). "
                   + holm_sentence(rows) + " The test is over users for the seeds run; the spread between seeds is what the "
                   "intervals show.", ""]
     flagged = [r for r in ok if r.get("flags")]
