@@ -202,6 +202,8 @@ def test_bench_exits_1_when_any_run_fails_and_still_writes_the_report(tmp_path: 
     assert main(["bench", "--suite", str(tmp_path / "s.yaml"), "--out", str(out)]) == 1
     report = (out / "report.md").read_text()
     assert "## Failed runs" in report and "- B: seed 0: " in report and "| A | id | text | 0 |" in report
+    # refused before training: no log was written, and the report names none (it named seed-0.log, absent)
+    assert "(refused before training: no log)" in report and not (out / "runs" / "B" / "seed-0.log").exists()
 
 
 @pytest.mark.parametrize(("trained", "now", "reused"), [("bfloat16", "bf16", True), ("float32", "fp32", True),

@@ -276,7 +276,10 @@ def collect_run(run: Any, recs: list[dict[str, Any]]) -> dict[str, Any]:
                         "cache_states": p["results"].get("cache_states")} for p in per_seed]
     if errors:
         row["error"] = "; ".join(errors)
-        row["log"] = next(r["log"] for r in recs + repeats if r["status"] != "ok")
+        # the first failed (run, seed) that wrote a log: one refused before training (its folder holds another
+        # configuration, its cache could not be built) has none
+        row["log"] = next((r["log"] for r in recs + repeats if r["status"] != "ok" and r.get("log")
+                           and Path(r["log"]).is_file()), "")
     if not per_seed:
         row["status"] = "failed"
         return row
@@ -845,6 +848,7 @@ def render_report(rows: list[dict[str, Any]], meta: dict[str, Any], table: str, 
     lines += ["", f"Data {meta.get('data_s', 0)} s, cache {meta['cache_build_s']} s, {parts} (wall).", ""]
     failed = [r for r in rows if r.get("error")]
     if failed:
-        lines += ["## Failed runs", ""] + [f"- {r['name']}: {r.get('error', '')} (log: `{r.get('log', '')}`)"
-                                           for r in failed] + [""]
+        lines += ["## Failed runs", ""] + [f"- {r['name']}: {r.get('error', '')} "
+                                           + (f"(log: `{r['log']}`)" if r.get("log") else "(refused before training: "
+                                              "no log)") for r in failed] + [""]
     return "\n".join(lines)
