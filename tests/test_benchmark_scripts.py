@@ -117,6 +117,8 @@ def test_compare_runs_refuses_one_run_listed_as_several_seeds(tmp_path: Path) ->
         (folder / "config.yaml").write_text("seed: 7\n")
     with pytest.raises(SystemExit, match=r"A: .*a and .*c are seed 7 twice"):
         compare.main(["--reference", "A", f"A={a},{c}", f"B={b}"])
+    (a / "config.yaml").write_text("")  # an empty config.yaml names no seed: no AttributeError
+    assert compare.main(["--reference", "A", f"A={a},{c}", f"B={b}"]) == 0
 
 
 def test_a_p_value_is_never_printed_as_alpha_when_it_is_not() -> None:

@@ -713,16 +713,16 @@ def test_live_features_batch_size_does_not_matter(data: FakeData, tmp_path: Path
 
 def test_a_long_dataset_folder_name_still_names_a_cache_folder(tmp_path: Path) -> None:
     """A second reader (2026-12-04): `crossan cache --data DDD…` of a 245-byte folder name failed with a raw
-    "[Errno 36] File name too long": the cache folder is the dataset's name plus 17 bytes. Names over 200
-    bytes are cut; shorter ones are kept as they were."""
+    "[Errno 36] File name too long": the cache folder is the dataset's name plus 17 bytes. Names over 238
+    bytes are cut to fit; shorter ones are kept as they were (their caches stay where they are)."""
     from conftest import random_dataset
     from crossan.cache.layout import default_cache_dir
     from crossan.config import load_config
     from crossan.data import prepare
 
-    for name, kept in (("d" * 245, "d" * 200), ("é" * 120, "é" * 100), ("short", "short")):
+    for name, kept in (("d" * 245, "d" * 238), ("é" * 125, "é" * 119), ("d" * 238, "d" * 238), ("short", "short")):
         data = random_dataset(tmp_path / name, n_users=20, n_items=10)
         cfg = load_config([], [f"data.path={data}", "encoders.preset=tiny"])
         folder = default_cache_dir(cfg, prepare(cfg.data), "text")
         assert folder.parent.name.startswith(f"{kept}-") and len(folder.parent.name.encode()) == len(kept.encode()) + 17
-        folder.mkdir(parents=True)  # the file system takes it
+        folder.mkdir(parents=True, exist_ok=True)  # the file system takes it

@@ -224,6 +224,9 @@ def test_a_folder_or_dangling_link_named_like_a_cover_is_no_items_file(tmp_path:
     assert (cat["a"].image, cat["b"].image, cat["."].image, cat[".."].image) == (
         "images/a.png", "images/b.png", "images/..png", "images/...png")
     assert "more than one file" not in caplog.text
+    # not in silence: a link to an unmounted drive would otherwise lose its item's cover without a word
+    assert ("2 entries named like media files are not files (folders, or links to nothing) and are not read: "
+            "images/a.jpeg, images/b.jpg") in caplog.text
 
 
 def test_a_folder_with_one_csv_and_items_tsv_hints_at_the_csv_layout(tmp_path: Path) -> None:

@@ -1371,6 +1371,10 @@ def test_a_users_file_splits_items_where_the_dataset_readers_do(tmp_path: Path) 
     users = tmp_path / "users.tsv"
     users.write_text("u1\ta\xa0b c\u3000d\x85e\n u2 \t\xa0x\xa0\tplain \n", encoding="utf-8")
     assert read_users_file(users) == [("u1", ["a\xa0b", "c\u3000d\x85e"], 1), ("u2", ["\xa0x\xa0", "plain"], 2)]
+    # tabs separate items only for a run whose ids hold spaces: a trailing or stray tab changed nothing before
+    users.write_text("u1\ti1 i2 i3\t\nu2\ti1 i2\ti3\n")
+    assert [items for _, items, _ in read_users_file(users)] == [["i1", "i2", "i3"], ["i1", "i2", "i3"]]
+    assert [items for _, items, _ in read_users_file(users, tabs=True)] == [["i1 i2 i3"], ["i1 i2", "i3"]]
 
 
 def test_recommendations_never_replace_a_file_of_the_run(id_run: Path, tmp_path: Path, capsys) -> None:

@@ -214,7 +214,7 @@ def test_a_new_item_whose_every_file_is_corrupt_is_not_embedded_from_nothing(syn
     (new / "covers" / "bad.png").write_bytes(b"truncated")
     (new / "items.tsv").write_text("item_id\ttitle\timage\ntitled\tA title\tcovers/bad.png\n"
                                    "blank\t\tcovers/bad.png\n")
-    with pytest.raises(ServeError, match=r"items \['blank'\] have no readable content of the run's modalities"):
+    with pytest.raises(ServeError, match=r"items.tsv: items \['blank'\] have no readable content of the run's"):
         embed_items(tmp_path / "run", new, device="cpu")
     assert not (tmp_path / "run" / EXTRA_DIR).exists()
     (new / "items.tsv").write_text("item_id\ttitle\timage\ntitled\tA title\tcovers/bad.png\n")

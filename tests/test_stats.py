@@ -198,3 +198,15 @@ def test_bootstrap_and_holm_refuse_what_they_cannot_answer() -> None:
     # with 10 resamples no p below 0.05 can be reached: the interval the test inverts is the whole line
     res = paired_bootstrap([x], [x - 0.1], resamples=10)
     assert res.ci95 == (-math.inf, math.inf) and res.p_value == pytest.approx(1 / 11)
+
+
+def test_the_interval_follows_the_tolerance_the_p_value_counts_with() -> None:
+    """A review (2026-12-04): p counts resampled distances within 1e-12 of |Δ| as "as far", the interval did not,
+    so p = 0.05 came with an interval (1.1e-16, 0.5) that excluded 0."""
+    res = paired_bootstrap([np.array([0.2, 0.2, -0.1, 0.7])], [np.zeros(4)], resamples=99, seed=264)
+    assert (res.ci95[0] <= 0.0 <= res.ci95[1]) == (res.p_value >= 0.05)
+    rng = np.random.default_rng(5)
+    for _ in range(300):  # small, discrete per-user values: resampled means tie with Δ up to rounding
+        d = rng.choice([-0.1, 0.0, 0.2, 0.7], size=int(rng.integers(3, 7)))
+        res = paired_bootstrap([d], [np.zeros(d.size)], resamples=99, seed=int(rng.integers(1000)))
+        assert (res.ci95[0] <= 0.0 <= res.ci95[1]) == (res.p_value >= 0.05)

@@ -183,3 +183,30 @@ def test_only_a_failed_write_is_reported_as_one_even_on_a_nearly_full_disk(tmp_p
     assert utils.write_failure(OSError(errno.EROFS, "Read-only file system"), tmp_path) == "Read-only file system"
     assert utils.write_failure(RuntimeError("safetensors: No space left on device (os error 28)"),
                                tmp_path) == "no space left on the device"
+
+
+def test_a_writers_own_error_on_a_nearly_full_disk_is_not_called_a_full_disk(tmp_path: Path, monkeypatch) -> None:
+    """A review (2026-12-04): `recommend --users` scores while it streams its CSV, inside atomic_write, which took
+    any failure on a disk with under 64 KiB free for "no space left" (a history scored non-finite became a
+    WriteError). crossan's own errors pass through; an operating-system error there is still the full disk."""
+    import os
+    from types import SimpleNamespace
+
+    from crossan.errors import ServeError, WriteError
+    from crossan.utils import atomic_write
+
+    monkeypatch.setattr(os, "statvfs", lambda folder: SimpleNamespace(f_bavail=1, f_frsize=4096))
+
+    def scoring_fails(tmp: Path) -> None:
+        tmp.write_text("user,rank\n")
+        raise ServeError("history 3: the model scores all 9 candidates NaN or infinite")
+
+    with pytest.raises(ServeError, match="history 3"):
+        atomic_write(tmp_path / "recs.csv", scoring_fails)
+
+    def disk_fails(tmp: Path) -> None:
+        raise OSError(5, "Input/output error")
+
+    with pytest.raises(WriteError, match="no space left on the device"):
+        atomic_write(tmp_path / "recs.csv", disk_fails)
+    assert list(tmp_path.iterdir()) == []

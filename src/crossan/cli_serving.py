@@ -43,11 +43,11 @@ def run_warnings() -> Iterator[None]:
         yield
 
 
-def read_users_file(path: str | Path) -> list[tuple[str, list[str], int]]:
+def read_users_file(path: str | Path, tabs: bool = False) -> list[tuple[str, list[str], int]]:
     """``user TAB item item …`` lines (the IISAN users.tsv layout) → (user, items, line number). Items are
-    separated by spaces, or by tabs where the line has a tab after the user's (``user TAB item TAB item``):
-    then an item id may hold spaces, as ids of a CSV or RecBole dataset can (a history of one such item ends
-    with a tab).
+    separated by ASCII whitespace, as the dataset readers split users.tsv. With ``tabs`` (a run whose item ids
+    hold spaces, as a CSV or RecBole dataset's can), a line with a tab after the user's is split at tabs only
+    (``user TAB item TAB item``; a history of one such item ends with a tab).
 
     Decoded as the dataset readers decode text: a UTF-8 BOM is dropped, CR/CRLF line ends are read as line
     ends, and a byte that is not UTF-8 is an error naming the file and line."""
@@ -78,7 +78,7 @@ def read_users_file(path: str | Path) -> list[tuple[str, list[str], int]]:
             raise DataError(f"{path}:{lineno}: user {user!r} appears again (first on line {seen[user]})")
         seen[user] = lineno
         # split at ASCII whitespace only, as the dataset readers split users.tsv ("a\xa0b" is one id there)
-        items = ([i.strip(SPACES) for i in rest.split("\t") if i.strip(SPACES)] if "\t" in rest
+        items = ([i.strip(SPACES) for i in rest.split("\t") if i.strip(SPACES)] if tabs and "\t" in rest
                  else ascii_space_run.split(rest.strip(SPACES)) if rest.strip(SPACES) else [])
         if not items:
             raise ServeError(f"{path}:{lineno}: user {user!r} has an empty history")
@@ -105,9 +105,10 @@ def check_out_file(path: Path) -> None:
 
     longest = len(_temporary_path(path, ".tmp").name.encode("utf-8", "surrogateescape"))
     if longest > NAME_MAX:  # the file is written beside itself first, under a longer name
-        raise ServeError(f"{path.name[:60]}…: the file name is too long ({len(path.name.encode())} bytes; at most "
-                         f"{len(path.name.encode()) - (longest - NAME_MAX)} here, as it is first written under a "
-                         "temporary name beside it)")
+        size = len(path.name.encode("utf-8", "surrogateescape"))
+        raise ServeError(f"{path.name[:60]}…: the file name is too long ({size} bytes; at most "
+                         f"{size - (longest - NAME_MAX)} here, as it is first written under a temporary name "
+                         "beside it)")
 
 
 def cmd_recommend(args: Any) -> int:
@@ -158,7 +159,8 @@ def cmd_recommend(args: Any) -> int:
             print(f"note: only {len(items)} of the {rec.num_candidates} candidate items are not in the history",
                   file=sys.stderr)
         return 0
-    users = read_users_file(args.users)
+    spaced = any(" " in i for i in rec.item_ids)  # such ids are separated by tabs
+    users = read_users_file(args.users, tabs=spaced)
     if args.unknown_items == "skip":  # drop what the run cannot score; a user left with nothing gets no rows
         kept, skipped_ids, no_history = [], 0, []
         for user, items, lineno in users:
@@ -176,7 +178,6 @@ def cmd_recommend(args: Any) -> int:
             print(f"note: {len(no_history)} user(s) have no known item left and no rows in {args.out}: {first}",
                   file=sys.stderr)
         users = kept
-    spaced = any(" " in i for i in rec.item_ids)  # only tabs can separate such ids
     for user, items, lineno in users:  # name file, line and user before scoring anything
         try:
             rec.rows(items, f"{args.users}:{lineno} (user {user!r})")
@@ -265,7 +266,8 @@ def register(sub: Any) -> None:
     common(p)
     p.add_argument("--history", nargs="+", metavar="ITEM", help="the history's item ids, oldest first")
     p.add_argument("--users", metavar="FILE", help="TSV of 'user TAB item item …' lines (the users.tsv layout; "
-                                                   "'user TAB item TAB item …' for item ids that hold spaces)")
+                                                   "'user TAB item TAB item …' for a run whose item ids hold "
+                                                   "spaces)")
     p.add_argument("--out", metavar="FILE", help="CSV to write with --users (written atomically)")
     p.add_argument("--k", type=int, default=10, help="how many items (default 10)")
     p.add_argument("--unknown-items", choices=("error", "skip"), default="error",

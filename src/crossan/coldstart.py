@@ -277,9 +277,12 @@ def _embed_new(model: Any, cfg: Config, catalogue: Any, ids: list[str], device: 
         # the run's policy for corrupt media (a tower written for the older two-argument protocol gets none)
         takes_policy = "on_corrupt" in inspect.signature(tower.embed_content).parameters
         policy = {"on_corrupt": cfg.cache.on_corrupt} if takes_policy else {}
-        with torch.no_grad(), full_precision(device):  # float32, as embed_all, inside a caller's autocast too
-            return torch.cat([tower.embed_content(records[i:i + step], catalogue, **policy).float()
-                              for i in range(0, len(records), step)])
+        try:
+            with torch.no_grad(), full_precision(device):  # float32, as embed_all, inside a caller's autocast too
+                return torch.cat([tower.embed_content(records[i:i + step], catalogue, **policy).float()
+                                  for i in range(0, len(records), step)])
+        except ServeError as e:  # e.g. items read from nothing: name the catalogue, as the other refusals do
+            raise ServeError(f"{catalogue.source}: {e}") from None
     if not isinstance(tower, ContentTower):
         raise ServeError(f"method={cfg.method}: its item tower ({type(tower).__name__}) cannot embed new content: "
                          "it derives from no ContentTower (whose feature source is replaced by live encoders for "

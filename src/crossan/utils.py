@@ -240,7 +240,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any], suffix: str = "
         # what failed inside ``write`` is a write: torch.save says only "unexpected pos 576 vs 534" on a full disk,
         # so the folder's free space decides (unlike write_failure, which judges errors of any code)
         os_error = _os_error(e)
-        full = _disk_full(os_error or e, path.parent)
+        # crossan's own errors say what failed (a WriteError of a nested write, or the content's own error, e.g.
+        # a history scored non-finite while its CSV was streamed): no disk to blame them on
+        full = not isinstance(e, CrossanError) and _disk_full(os_error or e, path.parent)
         _remove_quietly(tmp)
         if full:
             raise WriteError(f"{path}: no space left on the device while writing it; {path.name} was not changed "

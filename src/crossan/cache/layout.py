@@ -132,8 +132,11 @@ def default_cache_dir(cfg: Config, data: Any, modality: str | None = None) -> Pa
     base = cache_base()
     source = Path(cfg.data.path).expanduser().resolve() if cfg.data.path else Path(data.catalogue.root)
     name = (source.stem if source.suffix else source.name) or "data"
-    if len(name.encode("utf-8", "surrogateescape")) > 200:  # 255 bytes a name: a long dataset folder's is cut
-        name = name.encode("utf-8", "surrogateescape")[:200].decode("utf-8", "ignore")
+    from crossan.utils import NAME_MAX
+
+    room = NAME_MAX - 17  # "-" and the 16 hex digits of the item key
+    if len(name.encode("utf-8", "surrogateescape")) > room:  # a long dataset folder's name is cut
+        name = name.encode("utf-8", "surrogateescape")[:room].decode("utf-8", "ignore")
     return base / f"{name}-{item_key(data)}" / preset_folder(cfg, modality)
 
 

@@ -234,6 +234,7 @@ def _find_media(root: Path, dirs: tuple[str, ...], exts: tuple[str, ...]) -> tup
     others: dict[str, list[str]] = {}
     unread: dict[str, str] = {}
     rank = {e: 0 if e in _READ_BEFORE_0_1_14 else 1 for e in exts}  # then name order, as before 0.1.14
+    not_files: list[str] = []
     for d in dirs:
         folder = root / d
         if not folder.is_dir():
@@ -242,13 +243,20 @@ def _find_media(root: Path, dirs: tuple[str, ...], exts: tuple[str, ...]) -> tup
             entries = [(*_split_extension(e.name), e.name, e.is_file()) for e in it]
         for stem, ext, name, is_file in sorted(entries, key=lambda e: (e[0], rank.get(e[1].lower(), 0), e[2])):
             suffix = ext.lower()
-            if suffix in rank and is_file:  # a folder or a dangling link of that name is no item's file
+            if suffix in rank and not is_file:  # a folder or a link to nothing: no item's file (said below)
+                not_files.append(f"{d}/{name}")
+            elif suffix in rank:
                 if stem in found:
                     others.setdefault(stem, []).append(f"{d}/{name}")
                 else:
                     found[stem] = f"{d}/{name}"
             elif suffix and is_file and not name.startswith("."):
                 unread.setdefault(stem, f"{d}/{name}")
+    if not_files:  # it hid an item's real file, or a link to an unmounted drive lost the item's media in silence
+        log.warning("%s: %d entr%s named like media files %s not files (folders, or links to nothing) and %s not "
+                    "read: %s%s", root, len(not_files), "y" if len(not_files) == 1 else "ies",
+                    "is" if len(not_files) == 1 else "are", "is" if len(not_files) == 1 else "are",
+                    ", ".join(not_files[:5]), " …" if len(not_files) > 5 else "")
     if others:
         shown = "; ".join(f"{found[i]} (not {', '.join(o)})" for i, o in list(others.items())[:3])
         log.warning("%s: %d item id(s) have more than one file; the first in folder and name order is used (the "

@@ -180,6 +180,8 @@ def paired_bootstrap(a: Sequence[np.ndarray], b: Sequence[np.ndarray], same_user
     far = dist >= abs(observed) - tol
     p = float((far.sum() + 1) / (resamples + 1))
     half = _inverted_half_width(dist, resamples, ALPHA_CI)
+    if half < abs(observed) <= half + tol:  # p counts distances within tol of |observed|: so does the interval
+        half = abs(observed)
     ci = (observed - half, observed + half)
     return PairedTest(observed, ci, min(1.0, p), int(strata[0].size), len(a), resamples)
 
