@@ -44,7 +44,8 @@ def load_group(spec: str) -> tuple[str, list[Path]]:
     seen: dict[object, Path] = {}
     for d in folders:
         config = d / "config.yaml"
-        seed = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("seed") if config.is_file() else None
+        saved = yaml.safe_load(config.read_text(encoding="utf-8")) if config.is_file() else None
+        seed = saved.get("seed") if isinstance(saved, dict) else None
         for key, what in ((d.resolve(), "the same run folder"), (("seed", seed), f"seed {seed} twice")):
             if key in seen and (seed is not None or what == "the same run folder"):
                 raise SystemExit(f"{name}: {seen[key]} and {d} are {what}: each folder must be another seed's run")

@@ -219,14 +219,15 @@ def test_a_folder_or_dangling_link_named_like_a_cover_is_no_items_file(tmp_path:
         (root / "images" / name).write_bytes(b"")
     (root / "images" / "a.jpeg").mkdir()
     (root / "images" / "b.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (root / "images" / "a.gif").symlink_to(root / "images" / "a.gif")  # a loop: ELOOP, not a traceback
     with caplog.at_level("WARNING", logger="crossan"):
         cat = read(DataConfig(path=str(root))).catalogue
     assert (cat["a"].image, cat["b"].image, cat["."].image, cat[".."].image) == (
         "images/a.png", "images/b.png", "images/..png", "images/...png")
     assert "more than one file" not in caplog.text
     # not in silence: a link to an unmounted drive would otherwise lose its item's cover without a word
-    assert ("2 entries named like media files are not files (folders, or links to nothing) and are not read: "
-            "images/a.jpeg, images/b.jpg") in caplog.text
+    assert ("3 entries named like media files are not files (folders, or links that lead to no file) and are not "
+            "read: images/a.jpeg, images/a.gif, images/b.jpg") in caplog.text
 
 
 def test_a_folder_with_one_csv_and_items_tsv_hints_at_the_csv_layout(tmp_path: Path) -> None:

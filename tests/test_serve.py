@@ -1360,6 +1360,11 @@ def test_item_ids_with_spaces_are_given_by_tabs_in_a_users_file(tmp_path: Path, 
     users.write_text("a\tprod 3 prod 7\n")
     assert main(["recommend", str(run), "--users", str(users), "--out", str(out), "--device", "cpu"]) == 2
     assert "this run's item ids hold spaces, so separate a history's items by tabs" in capsys.readouterr().err
+    # skipping unknown ids says it too ('prod 3 prod 7' read as four ids, none known)
+    users.write_text("a\tprod 3 prod 7\nb\tprod 1\tprod 2\n")
+    assert main(["recommend", str(run), "--users", str(users), "--out", str(out), "--device", "cpu",
+                 "--unknown-items", "skip"]) == 0
+    assert "with an unknown item id; this run's item ids hold spaces" in capsys.readouterr().err
 
 
 def test_a_users_file_splits_items_where_the_dataset_readers_do(tmp_path: Path) -> None:

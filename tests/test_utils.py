@@ -204,6 +204,12 @@ def test_a_writers_own_error_on_a_nearly_full_disk_is_not_called_a_full_disk(tmp
     with pytest.raises(ServeError, match="history 3"):
         atomic_write(tmp_path / "recs.csv", scoring_fails)
 
+    def bug(tmp: Path) -> None:  # not a write's failure either (a second review: still "no space left")
+        raise KeyError("i9")
+
+    with pytest.raises(KeyError, match="i9"):
+        atomic_write(tmp_path / "recs.csv", bug)
+
     def disk_fails(tmp: Path) -> None:
         raise OSError(5, "Input/output error")
 

@@ -18,6 +18,10 @@ from typing import Any
 
 from crossan.errors import ServeError, UnknownItemError
 
+TAB_HINT = ("; this run's item ids hold spaces, so separate a history's items by tabs ('user TAB item TAB item'; "
+            "a history of one item ends with a tab)")
+"""Said where a ``--users`` file of such a run names unknown ids (an id split at its spaces)."""
+
 USERS_PER_CHUNK = 4096
 """`recommend --users`: histories scored and written at a time (the CSV is streamed to a temporary file)."""
 
@@ -159,7 +163,9 @@ def cmd_recommend(args: Any) -> int:
             print(f"note: only {len(items)} of the {rec.num_candidates} candidate items are not in the history",
                   file=sys.stderr)
         return 0
-    spaced = any(" " in i for i in rec.item_ids)  # such ids are separated by tabs
+    from crossan.data.textscan import SPACES
+
+    spaced = any(not set(SPACES).isdisjoint(i) for i in rec.item_ids)  # such ids are separated by tabs
     users = read_users_file(args.users, tabs=spaced)
     if args.unknown_items == "skip":  # drop what the run cannot score; a user left with nothing gets no rows
         kept, skipped_ids, no_history = [], 0, []
@@ -172,7 +178,7 @@ def cmd_recommend(args: Any) -> int:
                 no_history.append((user, lineno))
         if skipped_ids:
             print(f"note: skipped {skipped_ids} history entr{'y' if skipped_ids == 1 else 'ies'} with an unknown "
-                  "item id", file=sys.stderr)
+                  "item id" + (TAB_HINT if spaced else ""), file=sys.stderr)
         if no_history:
             first = ", ".join(f"{u!r} (line {n})" for u, n in no_history[:5]) + (" …" * (len(no_history) > 5))
             print(f"note: {len(no_history)} user(s) have no known item left and no rows in {args.out}: {first}",
@@ -183,8 +189,7 @@ def cmd_recommend(args: Any) -> int:
             rec.rows(items, f"{args.users}:{lineno} (user {user!r})")
         except UnknownItemError as e:
             if spaced:  # "prod 3" read as 'prod', '3': the run's ids hold spaces
-                raise UnknownItemError(f"{e}; this run's item ids hold spaces, so separate a history's items by "
-                                       "tabs ('user TAB item TAB item')", e.unknown) from None
+                raise UnknownItemError(f"{e}{TAB_HINT}", e.unknown) from None
             raise
     empty: list[tuple[str, int]] = []
 

@@ -240,9 +240,11 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any], suffix: str = "
         # what failed inside ``write`` is a write: torch.save says only "unexpected pos 576 vs 534" on a full disk,
         # so the folder's free space decides (unlike write_failure, which judges errors of any code)
         os_error = _os_error(e)
-        # crossan's own errors say what failed (a WriteError of a nested write, or the content's own error, e.g.
-        # a history scored non-finite while its CSV was streamed): no disk to blame them on
-        full = not isinstance(e, CrossanError) and _disk_full(os_error or e, path.parent)
+        # only a write's failure may be a full disk: an operating-system error, or a library's report of a failed
+        # write (torch.save: "inline_container … unexpected pos"); crossan's own errors and any other error (the
+        # content's: a history scored non-finite while its CSV was streamed, a bug) pass through as they are
+        written = os_error is not None or _says_disk_full(e) or _says_write_failed(e)
+        full = written and not isinstance(e, CrossanError) and _disk_full(os_error or e, path.parent)
         _remove_quietly(tmp)
         if full:
             raise WriteError(f"{path}: no space left on the device while writing it; {path.name} was not changed "

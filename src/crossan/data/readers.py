@@ -217,6 +217,14 @@ def _lines(text: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------- catalogue
+def _is_file(entry: os.DirEntry) -> bool:
+    """Whether a folder entry is (or links to) a file; a link that loops (ELOOP) or cannot be looked up is not."""
+    try:
+        return entry.is_file()
+    except OSError:
+        return False
+
+
 def _split_extension(name: str) -> tuple[str, str]:
     """``name`` as (item id, extension) at its last dot: ``..png`` is item ``.``'s (``os.path.splitext`` reads a
     name of leading dots as having no extension); a name starting with its only dot (``.png``) has none."""
@@ -240,7 +248,7 @@ def _find_media(root: Path, dirs: tuple[str, ...], exts: tuple[str, ...]) -> tup
         if not folder.is_dir():
             continue
         with os.scandir(folder) as it:  # is_file() from the directory entry: no stat per file
-            entries = [(*_split_extension(e.name), e.name, e.is_file()) for e in it]
+            entries = [(*_split_extension(e.name), e.name, _is_file(e)) for e in it]
         for stem, ext, name, is_file in sorted(entries, key=lambda e: (e[0], rank.get(e[1].lower(), 0), e[2])):
             suffix = ext.lower()
             if suffix in rank and not is_file:  # a folder or a link to nothing: no item's file (said below)
@@ -253,8 +261,8 @@ def _find_media(root: Path, dirs: tuple[str, ...], exts: tuple[str, ...]) -> tup
             elif suffix and is_file and not name.startswith("."):
                 unread.setdefault(stem, f"{d}/{name}")
     if not_files:  # it hid an item's real file, or a link to an unmounted drive lost the item's media in silence
-        log.warning("%s: %d entr%s named like media files %s not files (folders, or links to nothing) and %s not "
-                    "read: %s%s", root, len(not_files), "y" if len(not_files) == 1 else "ies",
+        log.warning("%s: %d entr%s named like media files %s not files (folders, or links that lead to no file) "
+                    "and %s not read: %s%s", root, len(not_files), "y" if len(not_files) == 1 else "ies",
                     "is" if len(not_files) == 1 else "are", "is" if len(not_files) == 1 else "are",
                     ", ".join(not_files[:5]), " …" if len(not_files) > 5 else "")
     if others:
