@@ -237,21 +237,16 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any], suffix: str = "
             os.close(fd)
         os.replace(tmp, path)
     except Exception as e:
-        # what failed inside ``write`` is a write: torch.save says only "unexpected pos 576 vs 534" on a full disk,
-        # so the folder's free space decides (unlike write_failure, which judges errors of any code)
-        os_error = _os_error(e)
-        # only a write's failure may be a full disk: an operating-system error, or a library's report of a failed
-        # write (torch.save: "inline_container … unexpected pos"); crossan's own errors and any other error (the
-        # content's: a history scored non-finite while its CSV was streamed, a bug) pass through as they are
-        written = os_error is not None or _says_disk_full(e) or _says_write_failed(e)
-        full = written and not isinstance(e, CrossanError) and _disk_full(os_error or e, path.parent)
+        # only a write's failure is named here (write_failure: an operating-system error, or a library's report
+        # of one, e.g. torch.save's "inline_container … unexpected pos" on a full disk); crossan's own errors and
+        # any other (the content's: a history scored non-finite while its CSV was streamed, a bug) pass through
+        why = write_failure(e, path.parent)  # before the temporary goes: its bytes are the disk's last free space
         _remove_quietly(tmp)
-        if full:
+        if why == NO_SPACE:
             raise WriteError(f"{path}: no space left on the device while writing it; {path.name} was not changed "
                              "(free some space and run the command again)") from None
-        if os_error is not None and not isinstance(e, CrossanError):
-            raise WriteError(f"{path}: cannot write ({os_error.strerror or os_error}); {path.name} was not "
-                             "changed") from None
+        if why is not None:
+            raise WriteError(f"{path}: cannot write ({why}); {path.name} was not changed") from None
         raise
     except BaseException:
         _remove_quietly(tmp)
@@ -268,6 +263,10 @@ def _remove_quietly(tmp: Path) -> None:
         pass
 
 
+NO_SPACE = "no space left on the device"
+"""What :func:`write_failure` says of a full disk."""
+
+
 def write_failure(e: BaseException, folder: Path) -> str | None:
     """Why a write into ``folder`` failed, in a few words ("no space left on the device", "Read-only file
     system" …), when ``e`` is (or was raised from) an operating-system error or a library's report of a full
@@ -278,7 +277,7 @@ def write_failure(e: BaseException, folder: Path) -> str | None:
     if os_error is None and not _says_disk_full(e) and not _says_write_failed(e):  # a bug, not a write
         return None
     if _disk_full(os_error or e, folder):
-        return "no space left on the device"
+        return NO_SPACE
     return str(os_error.strerror or os_error) if os_error is not None else None
 
 
