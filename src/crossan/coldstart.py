@@ -54,7 +54,7 @@ from safetensors.torch import load
 import crossan
 from crossan.cache.lock import build_lock
 from crossan.config import Config, DataConfig
-from crossan.errors import ServeError
+from crossan.errors import ServeError, UnreadableItemsError
 from crossan.methods import get_method
 from crossan.runs import RESULTS, WEIGHTS, check_run_folder, load_run, read_weights, warn_if_unfinished
 from crossan.utils import atomic_save_safetensors, atomic_write_json, resolve_device, safetensors_metadata
@@ -281,8 +281,8 @@ def _embed_new(model: Any, cfg: Config, catalogue: Any, ids: list[str], device: 
             with torch.no_grad(), full_precision(device):  # float32, as embed_all, inside a caller's autocast too
                 return torch.cat([tower.embed_content(records[i:i + step], catalogue, **policy).float()
                                   for i in range(0, len(records), step)])
-        except ServeError as e:  # e.g. items read from nothing: name the catalogue, as the other refusals do
-            raise ServeError(f"{catalogue.source}: {e}") from None
+        except UnreadableItemsError as e:  # name the catalogue, as the other refusals do
+            raise UnreadableItemsError(e.items, str(catalogue.source)) from None
     if not isinstance(tower, ContentTower):
         raise ServeError(f"method={cfg.method}: its item tower ({type(tower).__name__}) cannot embed new content: "
                          "it derives from no ContentTower (whose feature source is replaced by live encoders for "
@@ -338,10 +338,7 @@ def _refuse_unread(catalogue: Any, ids: list[str], modalities: list[str], source
     unread = [i for i in ids
               if all(not catalogue[i].has(m) or i in corrupt.get(m, ()) for m in modalities)]
     if unread:
-        raise ServeError(f"{catalogue.source}: items {unread[:10]}{' …' if len(unread) > 10 else ''} have no "
-                         "readable content of the run's modalities (every file corrupt, marked missing under "
-                         "cache.on_corrupt=missing, and no other modality): there is nothing to embed them from; "
-                         "nothing was stored")
+        raise UnreadableItemsError(unread, str(catalogue.source))
 
 
 def embed_items(run_dir: str | Path, new_catalogue: str | Path, device: str = "auto",

@@ -33,6 +33,18 @@ class ServeError(RunError):
     """A run cannot serve as asked: bad history, unknown items, incompatible or incomplete run folder."""
 
 
+class UnreadableItemsError(ServeError):
+    """New (cold-start) items with no readable content of the run's modalities: every file corrupt, marked
+    missing under ``cache.on_corrupt=missing``, and no title. Embedded, they would be a constant vector."""
+
+    def __init__(self, items: list[str], source: str = "") -> None:
+        self.items, self.source = items, source
+        super().__init__(f"{source + ': ' if source else ''}items {items[:10]}{' …' if len(items) > 10 else ''} "
+                         "have no readable content of the run's modalities (every file corrupt, marked missing "
+                         "under cache.on_corrupt=missing, and no other modality): there is nothing to embed them "
+                         "from; nothing was stored")
+
+
 class UnknownItemError(ServeError):
     """Item ids that are neither training items nor extra items of the run (``unknown`` lists them)."""
 

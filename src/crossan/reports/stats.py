@@ -179,15 +179,16 @@ def paired_bootstrap(a: Sequence[np.ndarray], b: Sequence[np.ndarray], same_user
     dist = np.abs(boot - observed)
     far = dist >= abs(observed) - tol
     p = float((far.sum() + 1) / (resamples + 1))
-    half = _inverted_half_width(dist, resamples, ALPHA_CI)
+    half = _inverted_half_width(dist, resamples, ALPHA)
     if half < abs(observed) <= half + tol:  # p counts distances within tol of |observed|: so does the interval
         half = abs(observed)
     ci = (observed - half, observed + half)
     return PairedTest(observed, ci, min(1.0, p), int(strata[0].size), len(a), resamples)
 
 
-ALPHA_CI = 0.05
-"""1 − the level of :attr:`PairedTest.ci95`."""
+ALPHA = 0.05
+"""The level a report's claims are made at (``p_holm`` < ALPHA), and 1 − the level of :attr:`PairedTest.ci95`: one
+value, so that the interval holds 0 exactly when the raw p is at least it."""
 
 
 def _inverted_half_width(dist: np.ndarray, resamples: int, alpha: float) -> float:

@@ -34,14 +34,20 @@ import numpy as np
 import yaml
 
 import crossan
-from crossan.reports.stats import BOOTSTRAP_RESAMPLES, holm_adjust, ndcg_at, paired_bootstrap, t_interval
+from crossan.reports.stats import (
+    ALPHA,
+    BOOTSTRAP_RESAMPLES,
+    holm_adjust,
+    ndcg_at,
+    paired_bootstrap,
+    t_interval,
+)
 from crossan.utils import atomic_write, atomic_write_json, atomic_write_text, json_safe
 
 METRICS = ("HR@5", "NDCG@5", "HR@10", "NDCG@10", "HR@20", "NDCG@20", "MRR")
 """Every cut-off METHOD.md §2 asks for (K = 5, 10, 20; 10 is the headline) and MRR."""
 NPZ_ERRORS = (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
 """What reading a damaged ``per_user.npz`` raises (a truncated file: ``BadZipFile``; damaged bytes: ``zlib.error``)."""
-ALPHA = 0.05
 MIN_CLAIM_SEEDS = 3
 """The fewest seeds paired with the reference on which a row's difference is claimed (``significant``, the
 report's \\*): METHOD.md §11's "several seeds (at least 3)"."""

@@ -450,11 +450,9 @@ class EndToEndTower(ItemTower):
             present.append(mask)
         unread = [r.item_id for r, seen in zip(records, torch.stack(present, 1).any(1).tolist()) if not seen]
         if unread:  # every file corrupt (marked missing): embedded from nothing, a constant vector
-            from crossan.errors import ServeError
+            from crossan.errors import UnreadableItemsError
 
-            raise ServeError(f"items {unread[:10]} have no readable content of the run's modalities (every file "
-                             "corrupt, marked missing under cache.on_corrupt=missing, and no other modality): "
-                             "there is nothing to embed them from; nothing was stored")
+            raise UnreadableItemsError(unread)
         return self.head(pooled, torch.stack(present, 1))
 
     def _encode_records(self, modality: str, records: list[ItemRecord], catalogue: Catalogue,
