@@ -14,19 +14,25 @@ whenever states are encoded live (:mod:`crossan.towers.content`), and every meth
 tower and user encoder (:class:`crossan.recommender.Recommender`). Evaluation and serving embed and score
 in float32 (about 1% of an epoch's work; no bf16 ties, equal to what an exported model computes), also
 inside an autocast region a caller entered.
+
+Autocast keeps a cast copy of a weight for the rest of its region only when the weight requires grad; a frozen
+encoder's weights were cast again at every batch of a cache build. :func:`frozen_weights_in` holds them in
+bf16 for the build instead: the same rounding, so the same states bit for bit, without those copies.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+from collections.abc import Iterator
 
 import torch
+from torch import nn
 
 from crossan.utils import cpu_flags
 
 __all__ = ["BF16_CPU_FLAGS", "PRECISIONS", "autocast", "compute_dtype", "cpu_flags", "cpu_has_bf16", "cuda_has_bf16",
-           "dtype_name", "full_precision"]
+           "dtype_name", "frozen_weights_in", "full_precision"]
 
 PRECISIONS = ("auto", "bf16", "fp32")
 """The values of the ``precision`` config key."""
@@ -83,3 +89,37 @@ def full_precision(device: torch.device | str) -> contextlib.AbstractContextMana
     """A context that switches autocast off on ``device``'s kind (losses and scores in float32)."""
     kind = torch.device(device).type
     return torch.autocast(kind, enabled=False) if kind in ("cpu", "cuda") else contextlib.nullcontext()
+
+
+CAST_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+"""Layers whose weight and bias autocast casts to its lower precision on every call (``linear``, ``conv*``)."""
+
+
+@contextlib.contextmanager
+def frozen_weights_in(model: nn.Module, dtype: torch.dtype | None) -> Iterator[None]:
+    """While inside, the frozen float32 weights and biases of ``model``'s :data:`CAST_LAYERS` are held in
+    ``dtype``; they are float32 again (the same tensors) on leaving. For a model run only under an autocast of
+    ``dtype``: autocast rounds each such weight to ``dtype`` at every call anyway (it keeps the rounded copy
+    only for weights that require grad), so the outputs are the same bit for bit and the per-call copies are
+    saved. None: nothing changes (plain float32). Left alone: parameters that require grad, that another kind of
+    layer also holds (tied weights), and the layers of a subclass (which may use their weights otherwise) or
+    with forward pre-hooks (``weight_norm`` recomputes the weight in one)."""
+    if dtype is None:
+        yield
+        return
+    plain = [m for m in model.modules() if type(m) in CAST_LAYERS and not m._forward_pre_hooks]
+    plain_ids = {id(m) for m in plain}
+    elsewhere = {id(p) for m in model.modules() if id(m) not in plain_ids for p in m.parameters(recurse=False)}
+    held: dict[int, tuple[nn.Parameter, torch.Tensor]] = {}
+    for m in plain:
+        for p in m.parameters(recurse=False):
+            if (p.dtype == torch.float32 and not p.requires_grad and id(p) not in elsewhere
+                    and id(p) not in held):
+                held[id(p)] = (p, p.data)
+    try:
+        for p, data in held.values():
+            p.data = data.to(dtype)
+        yield
+    finally:
+        for p, data in held.values():
+            p.data = data

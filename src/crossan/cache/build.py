@@ -330,7 +330,7 @@ def _build_modality(ctx: _BuildContext, m: str, spec: EncoderSpec, shard: int | 
     encoder = build_encoder(m, spec, device=ctx.device)
     base = _base_manifest(encoder, ctx.data, ctx.build)
     area = _open_work_area(ctx, m, base, (encoder.num_taps, encoder.hidden_size), shard, num_shards, now, update)
-    from crossan.precision import autocast
+    from crossan.precision import autocast, compute_dtype, frozen_weights_in
 
     try:
         _stop_at_corrupt_marked_missing(area, m, ctx.ranges, ctx.cfg.cache.on_corrupt)
@@ -340,7 +340,9 @@ def _build_modality(ctx: _BuildContext, m: str, spec: EncoderSpec, shard: int | 
         elif area.resumed:
             print(f"{m}: resuming the build at {area.path} ({int(area.done.sum())}/{len(area.done)} batches "
                   "done)")
-        with autocast(ctx.cfg.precision, ctx.device):  # the encoder forward in bf16 where `precision` says so
+        # the encoder forward in bf16 where `precision` says so, its frozen weights rounded once, not per batch
+        with (autocast(ctx.cfg.precision, ctx.device),
+              frozen_weights_in(encoder, compute_dtype(ctx.cfg.precision, ctx.device))):
             _run_batches(encoder, area, ctx.records, ctx.data.catalogue, ctx.ranges, ctx.cfg.cache.on_corrupt,
                          ctx.progress, ctx.on_batch)
     except BaseException:
