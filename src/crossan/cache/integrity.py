@@ -283,6 +283,10 @@ def check_finite(modality: str, states: np.ndarray, first_row: int, records: lis
                          "this batch is stored (earlier batches are kept and resumed)")
 
 
+VERIFY_ROWS = 4096
+"""Rows of states ``verify_folder`` reads at a time."""
+
+
 def verify_folder(modality: str, folder: Path, manifest: dict[str, Any], records: list[Any],
                   catalogue: Any) -> list[str]:
     """Every check of a completed cache: files, full checksums, values, absent rows, sources re-hashed."""
@@ -296,9 +300,9 @@ def verify_folder(modality: str, folder: Path, manifest: dict[str, Any], records
     if not np.isfinite(np.asarray(states[0])).all():
         problems.append(f"{folder / STATES}: non-finite values (NaN/inf) in the padding row 0")
     nonzero: list[int] = []
-    for a in range(0, len(states), 4096):  # chunks of rows: fits a memory-mapped array
-        block, absent = states[a:a + 4096], ~present[a:a + 4096]
-        held = np.asarray(block[absent]).reshape(int(absent.sum()), -1).any(1)
+    for a in range(0, len(states), VERIFY_ROWS):  # chunks of rows: fits a memory-mapped array
+        block, absent = states[a:a + VERIFY_ROWS], ~present[a:a + VERIFY_ROWS]
+        held = np.asarray(block[absent]).any(axis=tuple(range(1, block.ndim)))  # none absent: an empty array
         nonzero += [int(r) + a for r in np.flatnonzero(absent)[held]]
     if nonzero:
         problems.append(f"{folder}: rows marked absent in present.npy hold states: row(s) {nonzero[:5]}")
