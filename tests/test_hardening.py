@@ -502,9 +502,19 @@ def _damage_truncate(folder: Path) -> None:
     (folder / "states.npy").write_bytes(raw[:-1000])
 
 
+def _damage_delete_states(folder: Path) -> None:  # was a bare "[Errno 2] No such file or directory"
+    (folder / "states.npy").unlink()
+
+
+def _damage_delete_present(folder: Path) -> None:
+    (folder / "present.npy").unlink()
+
+
 CACHE_DAMAGE = {"manifest_list": (_damage_manifest_list, "manifest.json"),
                 "manifest_bad_json": (_damage_manifest_json, "manifest.json"),
-                "npy_header": (_damage_header, "states.npy"), "truncated_states": (_damage_truncate, "states.npy")}
+                "npy_header": (_damage_header, "states.npy"), "truncated_states": (_damage_truncate, "states.npy"),
+                "deleted_states": (_damage_delete_states, "states.npy"),
+                "deleted_present": (_damage_delete_present, "present.npy")}
 
 
 @pytest.mark.parametrize("damage", sorted(CACHE_DAMAGE))
@@ -520,6 +530,8 @@ def test_damaged_cache_files_give_one_line_naming_the_file(text_data: Path, tmp_
              "precision=fp32", "method=frozen", "modalities=[text]", *TRAIN[1:]]
     rc, _, err = run_cli(train, capsys)
     one_line_error(rc, err, cache / "text" / name)
+    if damage.startswith("deleted"):
+        assert f"the text cache in {cache / 'text'} is damaged" in err and "rebuild it with `crossan cache" in err
     assert not (tmp_path / "run").exists()
     rc, out, err = run_cli(["cache", *common, "--verify"], capsys)
     one_line_error(rc, err, "verification failed for text")

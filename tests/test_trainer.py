@@ -359,7 +359,8 @@ def test_resume_refuses_a_checkpoint_of_another_run(small_data: Path, tmp_path: 
     _crash_at_epoch(2, small_data, tmp_path / "seed3", monkeypatch, "seed=3")
     shutil.copy(tmp_path / "seed4" / "checkpoints" / "last.pt", tmp_path / "seed3" / "checkpoints" / "last.pt")
     with pytest.raises(RunError, match=r"last.pt was written by a run of another configuration than this "
-                                       r"folder's \(seed: 4 → 3\)"):
+                                       r"folder's config\.yaml \(seed: 4 → 3; the checkpoint's value → "
+                                       r"config\.yaml's\): if config\.yaml was edited, restore"):
         train(_cfg(small_data, "seed=3"), tmp_path / "seed3", resume=True, progress=False)
     assert train(_cfg(small_data, "seed=4"), tmp_path / "seed4", resume=True, progress=False)["best_epoch"] >= 1
 
@@ -468,7 +469,7 @@ def test_resume_refuses_another_compute_dtype(small_data: Path, tmp_path: Path, 
     res = train(_cfg(small_data, "train.epochs=2", "precision=fp32"), run, resume=True, progress=False)
     assert res["compute_dtype"] == "float32" and res["epochs_run"] == 2
     # only the precision may differ from config.yaml; the other keys still must agree
-    with pytest.raises(RunError, match=r"different configuration: train\.lr: 0\.0002 → 0\.001$"):
+    with pytest.raises(RunError, match=r"different configuration: train\.lr: 0\.0002 → 0\.001 \(.*config\.yaml's value → this command's;"):
         train(_cfg(small_data, "train.epochs=2", "precision=fp32", "train.lr=1e-3"), run, resume=True,
               progress=False)
     ck = torch.load(run / "checkpoints" / "last.pt", weights_only=True)

@@ -155,7 +155,9 @@ def check_run_dir(run_dir: Path, cfg: Config, resume: bool) -> ResumeCheck:
         diff = config_differences({**old, "precision": cfg.precision}, cfg)
         other = [d for d in diff if not is_move(d)]
         if other:
-            raise RunError(f"{run_dir}: --resume with a different configuration: {'; '.join(other[:10])}")
+            raise RunError(f"{run_dir}: --resume with a different configuration: {'; '.join(other[:10])} "
+                           f"({run_dir / CONFIG}'s value → this command's; resume with its values, or train into "
+                           "a new folder)")
         return ResumeCheck(None if old_precision == cfg.precision else str(old_precision),
                            [d for d in diff if is_move(d)])
     if run_dir.exists() and any(not is_temporary(p) for p in run_dir.iterdir()):
@@ -525,7 +527,9 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
                  if not is_move(d)]
         if other:
             raise RunError(f"{path} was written by a run of another configuration than this folder's "
-                           f"({'; '.join(other[:10])}): it is not this run's checkpoint; {fresh}")
+                           f"config.yaml ({'; '.join(other[:10])}; the checkpoint's value → config.yaml's): if "
+                           f"config.yaml was edited, restore the checkpoint's values in it; else the checkpoint "
+                           f"is another run's: {fresh}")
     _check_compute_dtype(path, ck.get("compute_dtype"), compute_dtype, precision, changed_from, fresh)
     if "method_source.sha256" in (data or {}) and "method_source.sha256" not in saved:
         logging.getLogger("crossan").warning("%s records no SHA-256 of its plugin method's file (written by a crossan before 0.1.16): "
