@@ -115,10 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             d = f"{r['diff_NDCG@10']:+.4f} {r['diff_ci95']}"
             p = f"{p_text(r['p_value'])} (Holm {p_text(r['p_holm'])})" + (" *" if r["significant"] else "")
-            if r["paired_seeds"] < max(r["seeds"], len(results[ref])):
+            fewer = r["paired_seeds"] < max(r["seeds"], len(results[ref]))
+            if fewer:
                 p += f", {r['paired_seeds']} of {max(r['seeds'], len(results[ref]))} seeds paired"
-            if r["paired_seeds"] < MIN_CLAIM_SEEDS:
-                p += ": no claim"
+            if r["paired_seeds"] < MIN_CLAIM_SEEDS:  # the reason, as the suites' reports give it
+                p += ": no claim" if fewer else \
+                    f", {r['paired_seeds']} seed{'s' if r['paired_seeds'] != 1 else ''} paired: no claim"
             for flag in ("capped", "reference_capped"):
                 if r[flag]:
                     p += f"; {flag.replace('_', ' ')} (the epoch cap stopped a paired seed): no claim"

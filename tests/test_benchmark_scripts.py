@@ -40,7 +40,8 @@ def test_compare_runs_claims_only_on_three_paired_seeds(tmp_path: Path, capsys: 
                          "--csv", str(out)]) == 0
     row = next(r for r in capsys.readouterr().out.splitlines() if r.startswith("| B |"))
     assert row.split(" | ")[7] == "-0.5000 [-0.5500, -0.4500]"
-    assert row.split(" | ")[8] == "0.0001 (Holm 0.0001)" + (" *" if star else ": no claim")
+    assert row.split(" | ")[8] == "0.0001 (Holm 0.0001)" + (" *" if star else f", {seeds} seed"
+                                                           f"{'s' if seeds > 1 else ''} paired: no claim")
     rec = next(r for r in csv.DictReader(out.open()) if r["run"] == "B")
     assert (rec["paired_seeds"], rec["significant"]) == (str(seeds), str(star))
 
