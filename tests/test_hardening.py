@@ -670,3 +670,27 @@ def test_run_outputs_have_one_file_mode(text_data: Path, tmp_path: Path, umask: 
     assert {"config.yaml", "train.log", "history.jsonl", "checkpoints/last.pt", "best.safetensors", "results.json",
             "per_user.npz"} <= set(modes)
     assert set(modes.values()) == {oct(0o666 & ~umask)}, modes
+
+
+def test_a_library_error_says_where_crossan_called_it(monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """numpy's "cannot reshape array of size 0" from `cache --verify` (a fault of crossan's, since fixed) read as
+    one line blaming nothing, as if the input were at fault; a ValueError no `raise` of crossan's made now says
+    where it came from. crossan's own messages are unchanged."""
+    import crossan.cli
+
+    def broken(args) -> int:
+        np.zeros((0, 3))[np.zeros(0, bool)].reshape(0, -1)
+        return 0
+
+    def refused(args) -> int:
+        raise ValueError("data: bad value")
+
+    monkeypatch.setattr(crossan.cli, "cmd_data_stats", broken)
+    rc, _, err = run_cli(["data", "stats", "--data", "x"], capsys)
+    line = one_line_error(rc, err)
+    assert line.startswith("crossan: error: cannot reshape array of size 0")
+    assert f"(at {Path(__file__).resolve()}:" in line and line.endswith("; if the input is right, please report it)")
+    monkeypatch.setattr(crossan.cli, "cmd_data_stats", refused)
+    rc, _, err = run_cli(["data", "stats", "--data", "x"], capsys)
+    assert one_line_error(rc, err) == "crossan: error: data: bad value"

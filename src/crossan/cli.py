@@ -527,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"crossan: error: {e}", file=sys.stderr)
         return 2
     except (CrossanError, DataError, MediaError, OSError, ValueError) as e:  # OSError: names its file
-        print(f"crossan: error: {e}", file=sys.stderr)
+        print(f"crossan: error: {e}{_origin(e)}", file=sys.stderr)
         return 2
     except Terminated:
         print("crossan: terminated (SIGTERM); what was finished is kept (crossan train --resume continues a run "
@@ -539,6 +539,23 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if previous is not _NOT_SET:  # None: a handler not set from Python (the default, as a rule)
             signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def _origin(error: BaseException) -> str:
+    """Where a plain ValueError came from when no ``raise`` of crossan's made it (numpy's "cannot reshape array
+    of size 0", raised by a call): `` (at FILE:LINE)``, so that a fault of crossan's does not read as one of the
+    input; empty for crossan's own messages, which name the file, item or key at fault."""
+    if type(error) is not ValueError or error.__traceback__ is None:
+        return ""
+    import traceback
+
+    last = traceback.extract_tb(error.__traceback__)[-1]
+    if (last.line or "").lstrip().startswith("raise"):
+        return ""
+    package = Path(__file__).resolve().parent
+    path = Path(last.filename).resolve()
+    where = f"crossan/{path.relative_to(package).as_posix()}" if path.is_relative_to(package) else last.filename
+    return f" (at {where}:{last.lineno}; if the input is right, please report it)"
 
 
 class Terminated(KeyboardInterrupt):
