@@ -155,6 +155,26 @@ def test_evaluate_split_batches_agree_and_formula() -> None:
     assert torch.isinf(r).any() and torch.isfinite(r).any()  # both cases occur in this case
 
 
+def test_a_long_ranking_shows_progress(capsys: pytest.CaptureFixture[str]) -> None:
+    """Ranking a million users took half an hour with nothing printed (it looked hung); a ranking that takes
+    over 2 s shows a bar of its batches, unless progress is off, and the ranks do not depend on it."""
+    import time
+
+    rng = np.random.default_rng(3)
+    table = torch.tensor(rng.normal(size=(11, 4)), dtype=torch.float32)
+    inputs, targets = rng.integers(1, 11, size=(6, 3)), rng.integers(1, 11, size=6)
+
+    def slow(x: torch.Tensor) -> torch.Tensor:
+        time.sleep(0.9)
+        return table[x].sum(1)
+
+    shown = rank_split(slow, table, inputs, targets, inputs, batch_size=2, progress=True, desc="epoch 1: valid")
+    err = capsys.readouterr().err
+    assert "epoch 1: valid" in err and "/3" in err
+    quiet = rank_split(slow, table, inputs, targets, inputs, batch_size=2)
+    assert capsys.readouterr().err == "" and torch.equal(shown, quiet)
+
+
 def test_ranking_benchmark_checks_rank_split_against_the_plain_form(tmp_path: Path) -> None:
     bench = load_benchmark("ranking")
     # 300 users in batches of 128 (a short last batch), 50 items: the benchmark raises if the ranks differ

@@ -129,7 +129,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from crossan.runs import evaluate_run
 
     with run_warnings():
-        out = evaluate_run(args.run_dir, device=args.device, data_path=args.run_data)
+        out = evaluate_run(args.run_dir, device=args.device, data_path=args.run_data, progress=True)
     print(json.dumps(out, indent=2))
     return 0
 

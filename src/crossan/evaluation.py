@@ -108,7 +108,7 @@ def mean_metrics(ranks: torch.Tensor, ks: Iterable[int]) -> dict[str, float]:
 @torch.no_grad()
 def rank_split(user_fn: Callable[[torch.Tensor], torch.Tensor], item_table: torch.Tensor, inputs: np.ndarray,
                targets: np.ndarray, history: np.ndarray, batch_size: int = 512, mask_history: bool = True,
-               collective: bool = False) -> torch.Tensor:
+               collective: bool = False, progress: bool = False, desc: str = "ranking") -> torch.Tensor:
     """Strict ranks [U] of every user's target against the full ``item_table`` [N+1, d].
 
     ``user_fn`` maps input windows [B, L] to user vectors [B, d]. Users are scored in batches of
@@ -116,6 +116,8 @@ def rank_split(user_fn: Callable[[torch.Tensor], torch.Tensor], item_table: torc
     scored by rank b mod world size and the ranks are gathered, so every rank returns exactly the vector a
     single process computes (no padding duplicates). Without it (the default) this process scores every user
     and calls no collective, whether or not a process group is joined (:func:`crossan.distributed.split`).
+    ``progress``: a progress bar of the batches (``desc``), shown once the ranking has taken 2 s (a million users
+    take minutes).
     """
     from crossan import distributed as dist
     from crossan.precision import full_precision
@@ -129,7 +131,9 @@ def rank_split(user_fn: Callable[[torch.Tensor], torch.Tensor], item_table: torc
     # faults), against the table transposed once (a contiguous right operand: the faster matmul on a CPU)
     table_t = item_table.float().T.contiguous()
     buffer = None
-    for start in mine:
+    from tqdm.auto import tqdm
+
+    for start in tqdm(mine, desc=desc, unit="batch", leave=False, delay=2.0, disable=not progress):
         sl = slice(start, start + batch_size)
         x = torch.as_tensor(inputs[sl], device=device)
         t = torch.as_tensor(targets[sl], device=device)

@@ -28,13 +28,14 @@ def check_finite_table(table: torch.Tensor, item_ids: list[str], where: str) -> 
 
 @torch.no_grad()
 def evaluate_ranks(model: Recommender, data: SequentialData, split: str, cfg: Config,
-                   item_table: torch.Tensor | None = None, where: str = "evaluation", collective: bool = False
-                   ) -> torch.Tensor:
+                   item_table: torch.Tensor | None = None, where: str = "evaluation", collective: bool = False,
+                   progress: bool = False) -> torch.Tensor:
     """Strict full-ranking ranks [U] of every user's ``split`` (``valid`` or ``test``) target (METHOD.md §2).
 
     ``collective``: called on every rank of a torchrun job, which share the item table and the users and
     gather them (training's validation and test); by default this process computes everything and calls no
     collective, so one rank of a torchrun script may call it alone (``ItemTower.embed_all``, :func:`rank_split`).
+    ``progress``: a progress bar of the users' batches once the ranking takes over 2 s (:func:`rank_split`).
     """
     if split not in ("valid", "test"):
         raise ValueError(f"split: {split!r} is not 'valid' or 'test'")
@@ -45,14 +46,16 @@ def evaluate_ranks(model: Recommender, data: SequentialData, split: str, cfg: Co
     check_finite_table(item_table, data.item_ids, where)
     arrays = getattr(data, split)
     return rank_split(lambda x: model.user_vectors(x, item_table), item_table, arrays.inputs, arrays.targets,
-                      arrays.history, cfg.eval.batch_size, cfg.eval.mask_history, collective)
+                      arrays.history, cfg.eval.batch_size, cfg.eval.mask_history, collective, progress,
+                      f"{where}: ranking {split}")
 
 
 def evaluate(model: Recommender, data: SequentialData, split: str, cfg: Config,
-             item_table: torch.Tensor | None = None, where: str = "evaluation", collective: bool = False
-             ) -> dict[str, float]:
-    """Mean full-ranking metrics of ``split`` (``collective``: see :func:`evaluate_ranks`)."""
-    return mean_metrics(evaluate_ranks(model, data, split, cfg, item_table, where, collective), cfg.eval.ks)
+             item_table: torch.Tensor | None = None, where: str = "evaluation", collective: bool = False,
+             progress: bool = False) -> dict[str, float]:
+    """Mean full-ranking metrics of ``split`` (``collective``, ``progress``: see :func:`evaluate_ranks`)."""
+    return mean_metrics(evaluate_ranks(model, data, split, cfg, item_table, where, collective, progress),
+                        cfg.eval.ks)
 
 
 def split_report(data: SequentialData) -> dict[str, Any]:

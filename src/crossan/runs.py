@@ -880,7 +880,8 @@ def trained_precision(precision: str, trained: Any, device: torch.device) -> str
     return force
 
 
-def evaluate_run(run_dir: str | Path, device: str = "auto", data_path: str | None = None) -> dict[str, Any]:
+def evaluate_run(run_dir: str | Path, device: str = "auto", data_path: str | None = None,
+                 progress: bool = False) -> dict[str, Any]:
     """``crossan evaluate``: score a saved run's best weights on validation and test again (same protocol
     as training) and write ``evaluation.json``; returns what it wrote. An unfinished run (no results.json) is
     scored with its best weights so far, with an :class:`UnfinishedRunWarning`. The run folder is checked as
@@ -889,7 +890,8 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", data_path: str | Non
     the SHA-256 of the weights it scored (``weights_sha256``): those of an unfinished run change with each
     new best epoch, the digests of the cached states it scored (``cache_states``, for a method that reads the
     cache), and the ``split_fingerprint`` of the data it scored (a :class:`SplitChangedWarning` when
-    it is not the run's: the users' histories changed since training)."""
+    it is not the run's: the users' histories changed since training). ``progress``: progress bars of the
+    ranking on stderr once it takes over 2 s."""
     from crossan.ranking import evaluate, split_fingerprint, split_report
 
     cfg = check_run_folder(run_dir)
@@ -906,8 +908,9 @@ def evaluate_run(run_dir: str | Path, device: str = "auto", data_path: str | Non
                       f"{EVALUATION} scores the data of now, not that of {RESULTS}", SplitChangedWarning,
                       stacklevel=2)
     table = model.tower.embed_all(cfg.eval.batch_size)
-    out = {"valid": evaluate(model, data, "valid", cfg, table, where=str(run_dir)),
-           "test": evaluate(model, data, "test", cfg, table, where=str(run_dir)), "splits": split_report(data),
+    out = {"valid": evaluate(model, data, "valid", cfg, table, where=str(run_dir), progress=progress),
+           "test": evaluate(model, data, "test", cfg, table, where=str(run_dir), progress=progress),
+           "splits": split_report(data),
            "split_fingerprint": split, "weights_sha256": sha}
     states = cache_states_digests(cfg, data)
     if states:  # the cache scored, as results.json records the one trained on

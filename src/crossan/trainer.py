@@ -633,7 +633,8 @@ def first_non_finite(model: torch.nn.Module, opt: torch.optim.Optimizer | None =
 
 def _validate(run: _Run, state: TrainState, epoch: int) -> dict[str, float]:
     """Validation metrics of this epoch; a new best is recorded in ``state`` and its weights saved."""
-    valid = evaluate(run.model, run.data, "valid", run.cfg, where=f"epoch {epoch}", collective=True)
+    valid = evaluate(run.model, run.data, "valid", run.cfg, where=f"epoch {epoch}", collective=True,
+                     progress=run.progress)
     metric = valid[run.cfg.train.metric]
     if metric > state.best_metric:
         state.best_metric, state.best_epoch, state.bad_epochs = metric, epoch, 0
@@ -658,10 +659,11 @@ def _test_best(run: _Run, state: TrainState) -> dict[str, Any]:
     table = model.tower.embed_all(cfg.eval.batch_size, collective=True)  # every rank: split and gathered
     tower_stats = model.tower.stats()
     where = f"best epoch {state.best_epoch}"
-    test_ranks = evaluate_ranks(model, data, "test", cfg, table, where=where, collective=True)
+    test_ranks = evaluate_ranks(model, data, "test", cfg, table, where=where, collective=True, progress=run.progress)
     test = mean_metrics(test_ranks, cfg.eval.ks)
     eval_time = time.perf_counter() - t_eval
-    valid_ranks = evaluate_ranks(model, data, "valid", cfg, table, where=where, collective=True)
+    valid_ranks = evaluate_ranks(model, data, "valid", cfg, table, where=where, collective=True,
+                                 progress=run.progress)
     valid = state.best_valid or mean_metrics(valid_ranks, cfg.eval.ks)
     run.memory.stop()
     peak, rss = _peaks(run)
