@@ -220,15 +220,15 @@ def test_verify_of_a_good_cache(reference: Path, dataset: FakeData, capsys: pyte
     assert "image: verified" in out and "audio: verified" in out and "media files unchanged" in out
 
 
-@pytest.mark.parametrize("rows", [3, 4096])
 def test_verify_reads_chunks_with_no_absent_row(reference: Path, dataset: FakeData, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch, rows: int) -> None:
-    """Chunks of rows read one at a time: one whose items all have the modality (rows 6-8 of 3-row chunks
-    here; every chunk after the first of a text cache of more than 4,096 items) crashed verify with numpy's
-    "cannot reshape array of size 0"; a state in a row marked absent is still found in a later chunk."""
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows are read in chunks of VERIFY_ROWS (4,096); a chunk whose items all have the modality (every chunk
+    after the first of a text cache of more than 4,096 items; rows 6-8 with chunks of 3, as here) crashed
+    verify with numpy's "cannot reshape array of size 0"; a state in a row marked absent is still found in a
+    later chunk."""
     import crossan.cache.integrity as integrity
 
-    monkeypatch.setattr(integrity, "VERIFY_ROWS", rows)
+    monkeypatch.setattr(integrity, "VERIFY_ROWS", 3)
     assert verify_cache(make_cfg(reference), dataset, ["image", "audio"]) == {"image": [], "audio": []}
     cache = built_copy(reference, tmp_path)
     states = np.load(cache / "image" / "states.npy")
@@ -683,14 +683,49 @@ def test_a_library_error_says_where_crossan_called_it(monkeypatch: pytest.Monkey
         np.zeros((0, 3))[np.zeros(0, bool)].reshape(0, -1)
         return 0
 
-    def refused(args) -> int:
-        raise ValueError("data: bad value")
+    def refused(args) -> int:  # one of crossan's own refusals, raised in crossan.precision
+        from crossan.precision import compute_dtype
+
+        compute_dtype("fp8", "cpu")
+        return 0
 
     monkeypatch.setattr(crossan.cli, "cmd_data_stats", broken)
     rc, _, err = run_cli(["data", "stats", "--data", "x"], capsys)
     line = one_line_error(rc, err)
     assert line.startswith("crossan: error: cannot reshape array of size 0")
-    assert f"(at {Path(__file__).resolve()}:" in line and line.endswith("; if the input is right, please report it)")
+    assert f"(at {__file__}:" in line and ", called from crossan/cli.py:" in line
+    assert line.endswith("; if the input is right, please report it)")
     monkeypatch.setattr(crossan.cli, "cmd_data_stats", refused)
     rc, _, err = run_cli(["data", "stats", "--data", "x"], capsys)
-    assert one_line_error(rc, err) == "crossan: error: data: bad value"
+    assert one_line_error(rc, err) == "crossan: error: precision: 'fp8' is not one of ['auto', 'bf16', 'fp32']"
+
+
+def test_the_origin_of_a_value_error_by_where_it_was_raised() -> None:
+    """Code compiled as if it were a module of crossan: its own `raise` gets no suffix; a call into compiled code
+    names the crossan line; a library's Python `raise` names the library's line and crossan's call."""
+    import linecache
+
+    import crossan.cli
+
+    fake = str(Path(crossan.cli.__file__).resolve().parent / "_origin_probe.py")
+    source = ("import numpy as np\n"
+              "def compiled(): np.zeros((0, 3)).reshape(0, -1)\n"
+              "def library(): np.array_split(np.zeros(3), 0)\n"
+              "def own():\n"
+              "    raise ValueError('data.x: bad')\n")
+    linecache.cache[fake] = (len(source), None, source.splitlines(True), fake)
+    space: dict = {}
+    exec(compile(source, fake, "exec"), space)
+    try:
+        found = {}
+        for name in ("compiled", "library", "own"):
+            with pytest.raises(ValueError) as e:
+                space[name]()
+            found[name] = crossan.cli._origin(e.value)
+    finally:
+        linecache.cache.pop(fake, None)
+    tail = "; if the input is right, please report it)"
+    assert found["compiled"] == f" (at crossan/_origin_probe.py:2{tail}"
+    assert found["library"].startswith(" (at ") and "numpy" in found["library"]
+    assert found["library"].endswith(f", called from crossan/_origin_probe.py:3{tail}")
+    assert found["own"] == ""

@@ -129,7 +129,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from crossan.runs import evaluate_run
 
     with run_warnings():
-        out = evaluate_run(args.run_dir, device=args.device, data_path=args.run_data, progress=True)
+        out = evaluate_run(args.run_dir, device=args.device, data_path=args.run_data, progress=not args.quiet)
     print(json.dumps(out, indent=2))
     return 0
 
@@ -334,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-data", metavar="PATH",
                    help="the run's training dataset, when it moved since training (default: data.path of its "
                         "config.yaml)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (shown once a ranking takes over 2 s)")
     plugin_arg(p)
     p.set_defaults(fn=cmd_evaluate)
 
@@ -542,20 +543,32 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _origin(error: BaseException) -> str:
-    """Where a plain ValueError came from when no ``raise`` of crossan's made it (numpy's "cannot reshape array
-    of size 0", raised by a call): `` (at FILE:LINE)``, so that a fault of crossan's does not read as one of the
-    input; empty for crossan's own messages, which name the file, item or key at fault."""
+    """Where a plain ValueError came from when no ``raise`` of crossan's made it: raised in a library's code
+    (`` (at LIBRARY_FILE:LINE, called from crossan/FILE:LINE; …)``) or by a call crossan made into compiled code
+    (numpy's "cannot reshape array of size 0": `` (at crossan/FILE:LINE; …)``), so that a fault of crossan's
+    does not read as one of the input. Empty for crossan's own messages, which name the file, item or key at
+    fault."""
     if type(error) is not ValueError or error.__traceback__ is None:
         return ""
     import traceback
 
-    last = traceback.extract_tb(error.__traceback__)[-1]
-    if (last.line or "").lstrip().startswith("raise"):
-        return ""
     package = Path(__file__).resolve().parent
-    path = Path(last.filename).resolve()
-    where = f"crossan/{path.relative_to(package).as_posix()}" if path.is_relative_to(package) else last.filename
-    return f" (at {where}:{last.lineno}; if the input is right, please report it)"
+
+    def where(frame: traceback.FrameSummary) -> str:
+        path = Path(frame.filename).resolve()
+        name = f"crossan/{path.relative_to(package).as_posix()}" if path.is_relative_to(package) else frame.filename
+        return f"{name}:{frame.lineno}"
+
+    frames = traceback.extract_tb(error.__traceback__)
+    ours = [f for f in frames if Path(f.filename).resolve().is_relative_to(package)]
+    last = frames[-1]
+    if ours and ours[-1] is last:
+        if (last.line or "").lstrip().startswith("raise"):
+            return ""
+        text = where(last)
+    else:
+        text = where(last) + (f", called from {where(ours[-1])}" if ours else "")
+    return f" (at {text}; if the input is right, please report it)"
 
 
 class Terminated(KeyboardInterrupt):
