@@ -514,7 +514,7 @@ def _fixed_validation(monkeypatch: pytest.MonkeyPatch, values: list[float]) -> N
 
     calls: list[float] = []
 
-    def fake(model, data, split, cfg, item_table=None, where="", collective=False):
+    def fake(model, data, split, cfg, item_table=None, where="", collective=False, progress=False):
         calls.append(values[len(calls)])
         return {name: calls[-1] for name in metric_names(cfg.eval.ks)}
 
