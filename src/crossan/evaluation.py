@@ -119,6 +119,8 @@ def rank_split(user_fn: Callable[[torch.Tensor], torch.Tensor], item_table: torc
     ``progress``: a progress bar of the batches (``desc``), shown once the ranking has taken 2 s (a million users
     take minutes).
     """
+    from tqdm.auto import tqdm
+
     from crossan import distributed as dist
     from crossan.precision import full_precision
 
@@ -131,8 +133,6 @@ def rank_split(user_fn: Callable[[torch.Tensor], torch.Tensor], item_table: torc
     # faults), against the table transposed once (a contiguous right operand: the faster matmul on a CPU)
     table_t = item_table.float().T.contiguous()
     buffer = None
-    from tqdm.auto import tqdm
-
     for start in tqdm(mine, desc=desc, unit="batch", leave=False, delay=2.0, disable=not progress):
         sl = slice(start, start + batch_size)
         x = torch.as_tensor(inputs[sl], device=device)

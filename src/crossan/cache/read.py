@@ -84,7 +84,8 @@ def _open_cache(cfg: Config, data: Any, modalities: list[str], roots: dict[str, 
     for m in modalities:
         root = roots[m]
         problems = check_files(root / m, manifests[m])
-        if problems and (root / m / STATES).is_file() and (root / m / STATES).stat().st_size <= VERIFY_ON_OPEN_BYTES:
+        states_file = root / m / STATES
+        if problems and states_file.is_file() and states_file.stat().st_size <= VERIFY_ON_OPEN_BYTES:
             problems += nonfinite_problems(m, root / m, records)  # name the items when the values are bad
         if problems:
             raise CacheError(f"the {m} cache in {root / m} is damaged: {'; '.join(problems)}; rebuild it with "

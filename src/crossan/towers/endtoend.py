@@ -448,12 +448,13 @@ class EndToEndTower(ItemTower):
             out, mask = self._encode_records(m, records, catalogue, on_corrupt, device)
             pooled.append(self.standardized_state(m, out, mask))
             present.append(mask)
-        unread = [r.item_id for r, seen in zip(records, torch.stack(present, 1).any(1).tolist()) if not seen]
+        mask = torch.stack(present, 1)
+        unread = [r.item_id for r, seen in zip(records, mask.any(1).tolist()) if not seen]
         if unread:  # every file corrupt (marked missing): embedded from nothing, a constant vector
             from crossan.errors import UnreadableItemsError
 
             raise UnreadableItemsError(unread)
-        return self.head(pooled, torch.stack(present, 1))
+        return self.head(pooled, mask)
 
     def _encode_records(self, modality: str, records: list[ItemRecord], catalogue: Catalogue,
                         on_corrupt: str | None, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
