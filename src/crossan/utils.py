@@ -129,6 +129,26 @@ def matmul_rate(dtype: torch.dtype | None = None, device: torch.device | str = "
     return 2 * size**3 / best
 
 
+def require_cpp_compiler(key: str) -> None:
+    """Raise :class:`~crossan.errors.ConfigError` naming the config ``key`` (``train.compile``, ``cache.compile``)
+    when inductor, which ``torch.compile`` uses on a CPU, finds no working C++ compiler (``$CXX``, else g++):
+    otherwise the first compiled call fails deep inside torch with a long traceback."""
+    from torch._inductor import config as inductor_config
+    from torch._inductor import cpp_builder
+
+    from crossan.errors import ConfigError
+
+    try:
+        cpp_builder.get_cpp_compiler()
+    except Exception as e:  # InvalidCxxCompiler, or whatever a broken toolchain raises
+        cxx = inductor_config.cpp.cxx
+        tried = ", ".join(str(c) for c in (cxx if isinstance(cxx, (list, tuple)) else (cxx,)) if c)
+        raise ConfigError(
+            f"{key}=true compiles with torch's inductor, which needs a working C++ compiler on the CPU, and "
+            f"none was found (tried {tried or 'none'}: {type(e).__name__}). Install one (e.g. gcc's g++), "
+            f"point CXX at it, or set {key}=false") from None
+
+
 def peak_rss_bytes() -> int:
     """Peak resident set size of this process so far (Linux reports KiB, macOS bytes)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -56,6 +56,10 @@ def finish(tower: ContentTower, ctx: TowerContext) -> ContentTower:
     tower.precision = ctx.config.precision
     tower.train_table = ctx.config.cache.train_table
     tower.compile = ctx.config.train.compile
+    if tower.compile and torch.device(ctx.device).type == "cpu":
+        from crossan.utils import require_cpp_compiler
+
+        require_cpp_compiler("train.compile")
     if not ctx.config.cache.standardize:
         return tower
     return tower.standardize_inputs(min_rel_std=ctx.config.cache.standardize_min_rel_std, device=ctx.device)
