@@ -5,7 +5,9 @@ For each modality and batch size it measures
 * ``e2e``: items/s of the whole per-batch work of the cache builder (read and decode media, tokenizer /
   processor, backbone forward with all hidden states, pooling), done one step after the other;
 * ``build`` (with ``--build``): items/s of ``build_cache`` itself, which reads and preprocesses the next
-  batch in a thread while the model runs, and writes fp16 states and the manifest;
+  batch in a thread while the model runs, and writes fp16 states and the manifest (after its first batch),
+  and ``build s``, the whole build's seconds (model loading and the first batch included: with
+  ``--set cache.compile=true`` the backbone's compilation);
 * ``fwd``: items/s of the backbone forward alone on already prepared inputs;
 * FLOPs per item of the forward, counted by ``torch.utils.flop_counter.FlopCounterMode``;
 * the machine's dense matmul FLOP/s at the row's precision, measured in the same run (best of several
@@ -150,25 +152,34 @@ def _bench_modality(modality: str, encoder: Any, data: Items, batch_size: int, p
     }
 
 
-def bench_build(cfg: Config, data: Items, modalities: list[str], batch_size: int, out: Path) -> dict[str, float]:
-    """items/s of ``build_cache`` per modality (model loading excluded: timed per batch via the hook)."""
+def bench_build(cfg: Config, data: Items, modalities: list[str], batch_size: int,
+                out: Path) -> dict[str, dict[str, float]]:
+    """Per modality of one ``build_cache`` call: ``rate``, items/s after the first batch (model loading and
+    the first batch, a compiled backbone's first compilation included, are the warm-up), and ``total_s``,
+    seconds from the call (or the previous modality's end) to the last batch, everything included."""
     from crossan.cache import build_cache
 
     cfg.encoders.batch_size = batch_size
     cfg.cache.dir = str(out / "cache")
     starts: dict[str, float] = {}
     ends: dict[str, float] = {}
+    marks = [time.perf_counter()]  # when each modality's work began
 
     def hook(modality: str, batch: int) -> None:
         now = time.perf_counter()
         if batch == 0:
             starts[modality] = now
+            if ends:
+                marks.append(max(ends.values()))
         ends[modality] = now
 
     build_cache(cfg, data, modalities, progress=False, on_batch=hook)
     n = len(data.item_ids) - 1
-    # the first batch is the warm-up; rate over the remaining batches
-    return {m: (n - batch_size) / (ends[m] - starts[m]) for m in modalities if ends[m] > starts[m]}
+    out_rates: dict[str, dict[str, float]] = {}
+    for m, began in zip([m for m in modalities if m in starts], marks):
+        if ends[m] > starts[m]:
+            out_rates[m] = {"rate": (n - batch_size) / (ends[m] - starts[m]), "total_s": ends[m] - began}
+    return out_rates
 
 
 def _peak(precision: str) -> float:
@@ -193,14 +204,15 @@ def _load() -> float | None:
 
 def print_table(rows: list[dict[str, Any]]) -> None:
     head = (f"{'modality':8} {'prec':>5} {'bs':>4} {'media it/s':>10} {'e2e it/s':>9} {'build it/s':>10} {'fwd it/s':>9} "
-            f"{'GFLOP/it':>9} {'fwd share':>9} {'e2e share':>9} {'build share':>11}")
+            f"{'GFLOP/it':>9} {'fwd share':>9} {'e2e share':>9} {'build share':>11} {'build s':>8}")
     print(head)
     print("-" * len(head))
     for r in rows:
         build = r.get("build_items_per_s")
         print(f"{r['modality']:8} {r.get('precision', 'fp32'):>5} {r['batch_size']:>4} {r['media_items_per_s']:>10.1f} {r['e2e_items_per_s']:>9.1f} "
               f"{build or float('nan'):>10.1f} {r['fwd_items_per_s']:>9.1f} {r['gflops_per_item']:>9.3f} "
-              f"{r['achieved_share']:>9.1%} {r['e2e_share']:>9.1%} {r.get('build_share', float('nan')):>11.1%}")
+              f"{r['achieved_share']:>9.1%} {r['e2e_share']:>9.1%} {r.get('build_share', float('nan')):>11.1%} "
+              f"{r.get('build_total_s', float('nan')):>8.1f}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -268,8 +280,10 @@ def main(argv: list[str] | None = None) -> None:
                     rates = bench_build(cfg, data, modalities, bs, Path(tmp) / f"build{bs}_{p}")
                     for r in rows:
                         if r["batch_size"] == bs and r["modality"] in rates and r["precision"] == p:
-                            r["build_items_per_s"] = rates[r["modality"]]
-                            r["build_share"] = rates[r["modality"]] * r["gflops_per_item"] * 1e9 / peaks[p]
+                            r["build_items_per_s"] = rates[r["modality"]]["rate"]
+                            r["build_total_s"] = rates[r["modality"]]["total_s"]
+                            r["build_share"] = r["build_items_per_s"] * r["gflops_per_item"] * 1e9 / peaks[p]
+                            r["build_compiled"] = cfg.cache.compile
         print_table(rows)
 
     with open(out / "bench_cache.csv", "w", newline="") as f:

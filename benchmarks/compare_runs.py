@@ -6,11 +6,13 @@ per-user test NDCG@10 against a reference group (METHOD.md §11), from each run'
         CROSSAN=runs/amazon_text/runs/CROSSAN/seed-0,runs/amazon_text/runs/CROSSAN/seed-1,... \\
         --csv out.csv
 
-Each group lists one run folder per seed (a folder listed twice, or two of one seed, is refused), in the same
-seed order for every group: seed i of a group is paired
-with seed i of the reference, and only when the two runs' split fingerprints agree (same users in the same order, same targets)
-and they ranked under the same ``eval.mask_history``. Two groups with different numbers of seeds are paired on
-the smaller number (the p cell says so). ``*`` marks a Holm-adjusted p < 0.05 (over the table's tests) on at
+Each group lists one run folder per seed (a folder listed twice, or two of one seed, is refused; runs of one
+group whose config.yaml differ in anything but ``seed`` are refused too: they are not seeds of one setting).
+A group's run is paired with the reference's run of the same seed (``seed`` of their config.yaml), on the seeds
+both have (the p cell names them when either group has others); where a run records no seed (no config.yaml),
+the groups are paired by position, seed i with seed i, on the smaller number. A pair is tested only when the
+two runs' split fingerprints agree (same users in the same order, same targets) and they ranked under the same
+``eval.mask_history``. ``*`` marks a Holm-adjusted p < 0.05 (over the table's tests) on at
 least 3 paired seeds none of which (the row's or the reference's) the epoch cap stopped before its patience ran
 out, as in the suites' reports (METHOD.md §11); a test that fails either rule still counts among Holm's tests
 but makes no claim.
@@ -34,23 +36,69 @@ from crossan.reports.table import ALPHA, MIN_CLAIM_SEEDS, p_text, run_capped
 METRICS = ("HR@10", "NDCG@10", "MRR")
 
 
-def load_group(spec: str) -> tuple[str, list[Path]]:
-    """``NAME=DIR[,DIR...]``: a group's run folders, one per seed. A folder listed twice, or two folders of
-    one seed (``seed`` of their config.yaml), would count one training as several seeds: refused."""
+SEED_FREE = ("seed", "data.path")
+"""Keys in which the runs of one group may differ: the seed, and where the dataset lies (a suite folder copied
+elsewhere; the runs' split fingerprints must agree, which :func:`main` checks)."""
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _setting_differences(saved: dict, other: dict) -> list[str]:
+    """``key: a → b`` for the settings two saved run configs differ in, less :data:`SEED_FREE`; each is read
+    as a configuration (a key it lacks takes its default), so that runs written before a key existed compare
+    equal to runs of its default."""
+    from crossan.config import config_from_dict, to_dict
+
+    try:
+        a, b = _flat(to_dict(config_from_dict(saved))), _flat(to_dict(config_from_dict(other)))
+    except Exception:  # a config this crossan cannot read (a plugin's, a newer version's): compare as written
+        a, b = _flat(saved), _flat(other)
+    return [f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if k not in SEED_FREE and a.get(k) != b.get(k)]
+
+
+def load_group(spec: str) -> tuple[str, list[Path], list[object]]:
+    """``NAME=DIR[,DIR...]``: a group's run folders, one per seed, and their seeds (``seed`` of their
+    config.yaml; None where a folder has none). A folder listed twice, or two folders of one seed, would count
+    one training as several seeds, and runs whose settings differ in more than their seed are not seeds of
+    one setting: refused."""
     name, _, dirs = spec.partition("=")
     if not dirs:
         raise SystemExit(f"{spec!r}: expected NAME=DIR[,DIR...]")
     folders = [Path(d) for d in dirs.split(",") if d]
     seen: dict[object, Path] = {}
+    seeds: list[object] = []
+    first: tuple[Path, dict] | None = None
     for d in folders:
         config = d / "config.yaml"
         saved = yaml.safe_load(config.read_text(encoding="utf-8")) if config.is_file() else None
         seed = saved.get("seed") if isinstance(saved, dict) else None
+        seeds.append(seed)
         for key, what in ((d.resolve(), "the same run folder"), (("seed", seed), f"seed {seed} twice")):
             if key in seen and (seed is not None or what == "the same run folder"):
                 raise SystemExit(f"{name}: {seen[key]} and {d} are {what}: each folder must be another seed's run")
             seen[key] = d
-    return name, folders
+        if isinstance(saved, dict):
+            if first is None:
+                first = (d, saved)
+            elif differ := _setting_differences(first[1], saved):
+                raise SystemExit(f"{name}: its runs differ in more than their seed ({first[0]} → {d}), so they are "
+                                 "not seeds of one setting:\n  " + "\n  ".join(differ) +
+                                 "\nList them as separate groups.")
+    return name, folders, seeds
+
+
+def pairs(seeds: list[object], ref_seeds: list[object]) -> tuple[list[tuple[int, int]], str]:
+    """Index pairs (group run, reference run) to test and how they were chosen: by seed where every run of
+    both groups records one (the seeds both have, in the reference's order), else by position."""
+    if all(s is not None for s in seeds + ref_seeds):
+        return [(seeds.index(s), i) for i, s in enumerate(ref_seeds) if s in seeds], "seed"
+    return [(i, i) for i in range(min(len(seeds), len(ref_seeds)))], "position"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,11 +107,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reference", required=True, help="the group every other group is tested against")
     ap.add_argument("--csv", help="also write the table here")
     args = ap.parse_args(argv)
-    groups = dict(load_group(g) for g in args.groups)
+    loaded = [load_group(g) for g in args.groups]
+    groups = {name: folders for name, folders, _ in loaded}
+    seeds = {name: group_seeds for name, _, group_seeds in loaded}
     if args.reference not in groups:
         raise SystemExit(f"--reference {args.reference!r} is not one of {list(groups)}")
     results = {n: [json.loads((d / "results.json").read_text()) for d in ds] for n, ds in groups.items()}
     per_user = {n: [np.load(d / "per_user.npz") for d in ds] for n, ds in groups.items()}
+    for n, runs in per_user.items():  # one setting's seeds rank the same users' same targets
+        splits = {str(r["split_fingerprint"]) for r in runs}
+        if len(splits) > 1:
+            raise SystemExit(f"{n}: its runs were evaluated on different splits (split fingerprints differ: other "
+                             "data or data settings), so they are not seeds of one setting")
     ref = args.reference
     rows = []
     for name, res in results.items():
@@ -77,11 +132,18 @@ def main(argv: list[str] | None = None) -> int:
         row["s_per_epoch"] = float(np.median(times)) if times else float("nan")  # none: train.epochs=0
         row["trainable_params"] = res[0]["trainable_params"]
         if name != ref:
-            k = min(len(res), len(results[ref]))
-            a, b = per_user[name][:k], per_user[ref][:k]
+            chosen, how = pairs(seeds[name], seeds[ref])
+            k = len(chosen)
+            a = [per_user[name][i] for i, _ in chosen]
+            b = [per_user[ref][j] for _, j in chosen]
+            row["paired_by"] = how
+            row["paired_on"] = ",".join(str(seeds[ref][j]) for _, j in chosen) if how == "seed" else ""
             same = all(str(x["split_fingerprint"]) == str(y["split_fingerprint"]) for x, y in zip(a, b))
-            masks = {str(r.get("mask_history")) for r in res[:k] + results[ref][:k]}
-            if not same:
+            masks = {str(results[name][i].get("mask_history")) for i, _ in chosen} | \
+                {str(results[ref][j].get("mask_history")) for _, j in chosen}
+            if not k:
+                row["p_value"], row["diff_NDCG@10"] = "not paired (no seed in common)", ""
+            elif not same:
                 row["p_value"], row["diff_NDCG@10"] = "not paired (splits differ)", ""
             elif len(masks) > 1:
                 row["p_value"], row["diff_NDCG@10"] = "not paired (eval.mask_history differs)", ""
@@ -90,9 +152,9 @@ def main(argv: list[str] | None = None) -> int:
                 row["p_value"], row["diff_NDCG@10"] = t.p_value, t.diff
                 row["diff_ci95"] = f"[{t.ci95[0]:+.4f}, {t.ci95[1]:+.4f}]"
                 row["paired_seeds"] = k
-                row["capped"] = any(run_capped(d, r["best_epoch"]) for d, r in zip(groups[name][:k], res[:k]))
-                row["reference_capped"] = any(run_capped(d, r["best_epoch"])
-                                              for d, r in zip(groups[ref][:k], results[ref][:k]))
+                row["capped"] = any(run_capped(groups[name][i], res[i]["best_epoch"]) for i, _ in chosen)
+                row["reference_capped"] = any(run_capped(groups[ref][j], results[ref][j]["best_epoch"])
+                                              for _, j in chosen)
         rows.append(row)
     tested = [r for r in rows if isinstance(r.get("p_value"), float)]
     for r, p_holm in zip(tested, holm_adjust([r["p_value"] for r in tested])):
@@ -116,7 +178,9 @@ def main(argv: list[str] | None = None) -> int:
             d = f"{r['diff_NDCG@10']:+.4f} {r['diff_ci95']}"
             p = f"{p_text(r['p_value'])} (Holm {p_text(r['p_holm'])})" + (" *" if r["significant"] else "")
             fewer = r["paired_seeds"] < max(r["seeds"], len(results[ref]))
-            if fewer:
+            if fewer and r["paired_by"] == "seed":
+                p += f", paired on seed{'s' if r['paired_seeds'] != 1 else ''} {r['paired_on']}"
+            elif fewer:
                 p += f", {r['paired_seeds']} of {max(r['seeds'], len(results[ref]))} seeds paired"
             if r["paired_seeds"] < MIN_CLAIM_SEEDS:  # the reason, as the suites' reports give it
                 p += ": no claim" if fewer else \

@@ -122,6 +122,50 @@ def test_compare_runs_refuses_one_run_listed_as_several_seeds(tmp_path: Path) ->
     assert compare.main(["--reference", "A", f"A={a},{c}", f"B={b}"]) == 0
 
 
+def test_compare_runs_pairs_runs_of_the_same_seed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A second reader (2026-12-04) compared seeds 1, 2 of one group with seeds 0, 1, 2 of the reference:
+    compare_runs paired them by position (1 with 0, 2 with 1) and did not say which seeds it paired."""
+    compare = load_benchmark("compare_runs")
+    n = 200
+
+    def seeded(folder: Path, seed: int) -> Path:  # seed s: every target ranked s + 1
+        run = _run(folder, np.full(n, seed + 1, dtype=np.int64))
+        (run / "config.yaml").write_text(f"seed: {seed}\n")
+        return run
+
+    a = [seeded(tmp_path / f"a{s}", s) for s in range(3)]
+    b = [seeded(tmp_path / f"b{s}", s) for s in (2, 1)]  # the same runs as A's seeds 2 and 1, listed in reverse
+    assert compare.main(["--reference", "A", "A=" + ",".join(map(str, a)), "B=" + ",".join(map(str, b)),
+                         "--csv", str(tmp_path / "t.csv")]) == 0
+    row = next(r for r in capsys.readouterr().out.splitlines() if r.startswith("| B |")).split(" | ")
+    assert row[7].startswith("+0.0000 ")  # by position it was (NDCG(rank 3) - 1 + NDCG(rank 2) - NDCG(rank 2)) / 2
+    assert "paired on seeds 1,2: no claim" in row[8]
+    rec = next(r for r in csv.DictReader((tmp_path / "t.csv").open()) if r["run"] == "B")
+    assert (rec["paired_by"], rec["paired_on"], rec["paired_seeds"]) == ("seed", "1,2", "2")
+    c = seeded(tmp_path / "c5", 5)
+    compare.main(["--reference", "A", "A=" + ",".join(map(str, a)), f"C={c}"])
+    assert "not paired (no seed in common)" in capsys.readouterr().out
+
+
+def test_compare_runs_refuses_a_group_of_different_settings(tmp_path: Path) -> None:
+    """The same reader listed a 400-epoch run and a 1-epoch run as two seeds of one group: one mean ± interval
+    and a paired test, the difference visible only in the best-epochs column."""
+    compare = load_benchmark("compare_runs")
+    ranks = np.arange(1, 201)
+    a0, a1 = _run(tmp_path / "a0", ranks), _run(tmp_path / "a1", ranks)
+    a0.joinpath("config.yaml").write_text("seed: 0\ntrain:\n  epochs: 400\n")
+    a1.joinpath("config.yaml").write_text("seed: 1\ntrain:\n  epochs: 1\ndata:\n  path: elsewhere\n")
+    with pytest.raises(SystemExit, match=r"A: its runs differ in more than their seed .*\n  train.epochs: 400 → 1\n"
+                                         r"List them as separate groups"):
+        compare.main(["--reference", "A", f"A={a0},{a1}"])
+    a1.joinpath("config.yaml").write_text("seed: 1\ntrain:\n  epochs: 400\ndata:\n  path: elsewhere\n")
+    assert compare.main(["--reference", "A", f"A={a0},{a1}"]) == 0  # the data's place may differ …
+    np.savez(a1 / "per_user.npz", valid_ranks=ranks, test_ranks=ranks, users=np.arange(200).astype(str),
+             split_fingerprint=np.asarray("another-split"))
+    with pytest.raises(SystemExit, match="A: its runs were evaluated on different splits"):
+        compare.main(["--reference", "A", f"A={a0},{a1}"])  # … its split may not
+
+
 def test_a_p_value_is_never_printed_as_alpha_when_it_is_not() -> None:
     """Holm over two tests of a raw p 250/10001 gave 0.049995, printed "0.0500 *" beside an unstarred 0.0500."""
     from crossan.reports.table import p_text

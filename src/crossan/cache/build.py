@@ -140,9 +140,9 @@ def compiled_backbone(encoder: ModalityEncoder, enabled: bool = True) -> Iterato
     with inductor's ``freezing`` on — the frozen weights become constants of the compiled code, which
     pre-packs them for the CPU's matrix kernels and folds what depends on them alone. Enter it inside
     :func:`~crossan.precision.frozen_weights_in`, so that the constants are the weights the build computes
-    with. The first batch compiles (10–20 s for a BERT-sized model on two cores); a batch of a new shape (a
-    text batch padded to another length, the last batch) compiles again, after which the length is treated as
-    dynamic. Nothing changes when ``enabled`` is false."""
+    with. The first batch compiles (10–20 s for a BERT-sized model on two cores): for text a graph for any
+    batch shape; for media a graph of the batch's shape, and the last, shorter batch compiles a generic one.
+    Nothing changes when ``enabled`` is false."""
     if not enabled:
         yield
         return
@@ -155,7 +155,10 @@ def compiled_backbone(encoder: ModalityEncoder, enabled: bool = True) -> Iterato
         require_cpp_compiler("cache.compile")
     model = encoder.model
     with inductor_config.patch(freezing=True):
-        encoder.model = torch.compile(model)  # type: ignore[assignment]
+        # text batches are padded to their longest title, so their lengths vary: one shape-generic graph from
+        # the start; media batches share one shape (the last batch aside): a graph for it first
+        dynamic = True if encoder.modality == "text" else None
+        encoder.model = torch.compile(model, dynamic=dynamic)  # type: ignore[assignment]
         try:
             yield
         finally:
