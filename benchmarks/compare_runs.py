@@ -13,7 +13,7 @@ both have (the p cell names them when either group has others); where a run reco
 the groups are paired by position, seed i with seed i, on the smaller number. A pair is tested only when the
 two runs' split fingerprints agree (same users in the same order, same targets) and they ranked under the same
 ``eval.mask_history``. ``*`` marks a Holm-adjusted p < 0.05 (over the table's tests) on at
-least 3 paired seeds none of which (the row's or the reference's) the epoch cap stopped before its patience ran
+least 3 paired seeds and 50 paired test users, none of the seeds (the row's or the reference's) the epoch cap stopped before its patience ran
 out, as in the suites' reports (METHOD.md §11); a test that fails either rule still counts among Holm's tests
 but makes no claim.
 Prints a markdown table; ``--csv`` also writes it as CSV.
@@ -31,7 +31,7 @@ import numpy as np
 import yaml
 
 from crossan.reports.stats import holm_adjust, ndcg_at, paired_bootstrap, t_interval
-from crossan.reports.table import ALPHA, MIN_CLAIM_SEEDS, p_text, run_capped
+from crossan.reports.table import ALPHA, MIN_CLAIM_SEEDS, MIN_CLAIM_USERS, p_text, run_capped
 
 METRICS = ("HR@10", "NDCG@10", "MRR")
 
@@ -152,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                 row["p_value"], row["diff_NDCG@10"] = t.p_value, t.diff
                 row["diff_ci95"] = f"[{t.ci95[0]:+.4f}, {t.ci95[1]:+.4f}]"
                 row["paired_seeds"] = k
+                row["paired_users"] = t.users
                 row["capped"] = any(run_capped(groups[name][i], res[i]["best_epoch"]) for i, _ in chosen)
                 row["reference_capped"] = any(run_capped(groups[ref][j], results[ref][j]["best_epoch"])
                                               for _, j in chosen)
@@ -161,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         # a claim rests on at least MIN_CLAIM_SEEDS paired seeds, none stopped by the epoch cap (METHOD.md §11),
         # as in the suites' reports
         r["p_holm"] = p_holm
-        claim = r["paired_seeds"] >= MIN_CLAIM_SEEDS and not r["capped"] and not r["reference_capped"]
+        claim = (r["paired_seeds"] >= MIN_CLAIM_SEEDS and r["paired_users"] >= MIN_CLAIM_USERS
+                 and not r["capped"] and not r["reference_capped"])
         r["significant"] = bool(claim and p_holm < ALPHA)
     print(f"| run | method | seeds | best epochs | test HR@10 | test NDCG@10 | test MRR | Δ NDCG@10 vs {ref} [95% CI] "
           "| p | s/epoch (median over seeds) | trainable params |")
@@ -185,13 +187,16 @@ def main(argv: list[str] | None = None) -> int:
             if r["paired_seeds"] < MIN_CLAIM_SEEDS:  # the reason, as the suites' reports give it
                 p += ": no claim" if fewer else \
                     f", {r['paired_seeds']} seed{'s' if r['paired_seeds'] != 1 else ''} paired: no claim"
+            if r["paired_users"] < MIN_CLAIM_USERS:
+                p += f"; too few users paired ({r['paired_users']} < {MIN_CLAIM_USERS}): no claim"
             for flag in ("capped", "reference_capped"):
                 if r[flag]:
                     p += f"; {flag.replace('_', ' ')} (the epoch cap stopped a paired seed): no claim"
         print(f"| {r['run']} | {r['method']} | {r['seeds']} | {r['best_epochs']} | {q} | {d} | {p} | "
               f"{r['s_per_epoch']:.2f} | {r['trainable_params']:,} |")
     print(f"\np: paired bootstrap over test users; Holm: adjusted over the {len(tested)} test(s) of this table; "
-          f"* where the Holm-adjusted p < 0.05 on at least {MIN_CLAIM_SEEDS} paired seeds, none of them stopped by "
+          f"* where the Holm-adjusted p < 0.05 on at least {MIN_CLAIM_SEEDS} paired seeds and {MIN_CLAIM_USERS} "
+          "paired test users, none of the seeds stopped by "
           "the epoch cap before its patience ran out.")
     if args.csv:
         keys = sorted({k for r in rows for k in r}, key=lambda k: list(rows[0]).index(k) if k in rows[0] else 99)

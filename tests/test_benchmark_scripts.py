@@ -147,6 +147,20 @@ def test_compare_runs_pairs_runs_of_the_same_seed(tmp_path: Path, capsys: pytest
     assert "not paired (no seed in common)" in capsys.readouterr().out
 
 
+def test_compare_runs_makes_no_claim_on_few_test_users(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """On a handful of users the paired bootstrap's p is too small; as in the suites' reports, a claim needs
+    MIN_CLAIM_USERS paired users."""
+    from crossan.reports.table import MIN_CLAIM_USERS
+
+    compare = load_benchmark("compare_runs")
+    n = MIN_CLAIM_USERS - 1
+    a = [_run(tmp_path / f"a{s}", np.ones(n, dtype=np.int64)) for s in range(3)]
+    b = [_run(tmp_path / f"b{s}", np.full(n, 2, dtype=np.int64)) for s in range(3)]
+    assert compare.main(["--reference", "A", "A=" + ",".join(map(str, a)), "B=" + ",".join(map(str, b))]) == 0
+    row = next(r for r in capsys.readouterr().out.splitlines() if r.startswith("| B |"))
+    assert row.split(" | ")[8] == f"0.0001 (Holm 0.0001); too few users paired ({n} < {MIN_CLAIM_USERS}): no claim"
+
+
 def test_compare_runs_refuses_a_group_of_different_settings(tmp_path: Path) -> None:
     """The same reader listed a 400-epoch run and a 1-epoch run as two seeds of one group: one mean ± interval
     and a paired test, the difference visible only in the best-epochs column."""

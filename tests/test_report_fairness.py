@@ -460,7 +460,29 @@ def test_a_difference_on_fewer_than_three_paired_seeds_is_not_claimed(tmp_path: 
     assert "2 seeds paired: no claim" in row_line[2]
     report = (tmp_path / "report.md").read_text()
     assert "**1 seed paired: no claim**" in report and "**2 seeds paired: no claim**" in report
-    assert "on at least 3 seeds paired with the reference" in report
+    assert "on at least 3 seeds and 50 test users paired with the reference" in report
+
+
+def test_a_difference_on_few_test_users_is_not_claimed(tmp_path: Path) -> None:
+    """A second reader (2026-12-04): on a handful of users the paired bootstrap's p is too small (5 users, all
+    one place better on three seeds: p 0.023 and a \\*, where no exact test of 5 users goes below 0.0625). A claim
+    now needs MIN_CLAIM_USERS paired users as well; the same shift on enough users is claimed."""
+    from crossan.reports.table import MIN_CLAIM_USERS
+
+    rows = []
+    for name, n in (("FEW", MIN_CLAIM_USERS - 1), ("ENOUGH", MIN_CLAIM_USERS)):
+        ref_ranks = np.arange(2, n + 2, dtype=float)
+        rows += [_row(tmp_path, f"REF{name}", dict.fromkeys((0, 1, 2), ref_ranks)),
+                 _row(tmp_path, name, dict.fromkeys((0, 1, 2), ref_ranks - 1))]
+    for name in ("FEW", "ENOUGH"):
+        pair = [r for r in rows if r["name"] in (name, f"REF{name}")]
+        write_outputs(pair, {**META, "reference": f"REF{name}", "seeds": [0, 1, 2]}, tmp_path / name, resamples=500)
+    by = {r["name"]: r for r in rows}
+    assert by["FEW"]["p_holm"] < 0.05 and by["ENOUGH"]["p_holm"] < 0.05
+    assert (by["FEW"]["significant"], by["ENOUGH"]["significant"]) == (False, True)
+    assert by["FEW"]["paired_users"] == MIN_CLAIM_USERS - 1
+    assert by["FEW"]["flags"] == [f"too few users paired ({MIN_CLAIM_USERS - 1} < {MIN_CLAIM_USERS}): no claim"]
+    assert "**too few users paired: no claim**" in (tmp_path / "FEW" / "report.md").read_text()
 
 
 @pytest.mark.parametrize("capped", ["row", "reference", "neither"])
@@ -771,7 +793,7 @@ def test_pairing_checks_that_mutation_testing_found_untested(tmp_path: Path) -> 
     arrays["users"] = arrays["users"][::-1].copy()  # the same fingerprint, the users in another order
     np.savez_compressed(run["per_seed"][1]["dir"] + "/per_user.npz", **arrays)
     add_paired_tests([ref, run, cost], "REF", resamples=100)
-    assert "p_value" not in run and "1: split fingerprints differ" in run["p_value_note"]
+    assert "p_value" not in run and "1: per_user.npz lists the users in another order" in run["p_value_note"]
     assert "p_value" not in cost and "p_value_note" not in cost
     failed = {**ref, "status": "failed"}
     other = _row(tmp_path / "b", "RUN", ranks, mask={s: True for s in ranks})

@@ -112,6 +112,7 @@ class PairedTest:
     p_value: float
     """Two-sided bootstrap p-value of "no difference"."""
     users: int
+    """Users resampled: the users every seed shares, or, where seeds hold their own users, the fewest of a seed."""
     seeds: int
     resamples: int
 
@@ -183,7 +184,7 @@ def paired_bootstrap(a: Sequence[np.ndarray], b: Sequence[np.ndarray], same_user
     if half < abs(observed) <= half + tol:  # p counts distances within tol of |observed|: so does the interval
         half = abs(observed)
     ci = (observed - half, observed + half)
-    return PairedTest(observed, ci, min(1.0, p), int(strata[0].size), len(a), resamples)
+    return PairedTest(observed, ci, min(1.0, p), int(min(d.size for d in strata)), len(a), resamples)
 
 
 ALPHA = 0.05

@@ -51,6 +51,11 @@ NPZ_ERRORS = (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.
 MIN_CLAIM_SEEDS = 3
 """The fewest seeds paired with the reference on which a row's difference is claimed (``significant``, the
 report's \\*): METHOD.md §11's "several seeds (at least 3)"."""
+MIN_CLAIM_USERS = 50
+"""The fewest test users paired with the reference on which a row's difference is claimed. The paired
+bootstrap resamples users, and on few of them its p-value is too small: under the null (two arms of one
+sparse NDCG@10 distribution, three seeds, 1,000 data sets each) p < 0.05 came out for 16% of them at 5 users,
+10% at 10, 6.4–6.8% at 20–30 and 5.6% at 50 and 100 (docs/results.md §12x)."""
 
 
 # --------------------------------------------------------------------------------------------- one row per run
@@ -436,7 +441,7 @@ def add_paired_tests(rows: list[dict[str, Any]], reference: str | None, resample
 
     The tested rows are one family: each gets its raw ``p_value``, its Holm–Bonferroni adjusted ``p_holm``
     over the ``holm_tests`` comparisons made, and ``significant``: ``p_holm`` < :data:`ALPHA` on at least
-    :data:`MIN_CLAIM_SEEDS` paired seeds, none of them capped (the row's or the reference's: :func:`_capped`)."""
+    :data:`MIN_CLAIM_SEEDS` paired seeds and :data:`MIN_CLAIM_USERS` paired users, none of the seeds capped (the row's or the reference's: :func:`_capped`)."""
     by_name = {r["name"]: r for r in rows}
     ref = by_name.get(reference) if reference else None
     if ref is None or ref["status"] != "ok":
@@ -471,9 +476,13 @@ def add_paired_tests(rows: list[dict[str, Any]], reference: str | None, resample
             except (FileNotFoundError, KeyError, ValueError) as e:
                 notes.append((p["seed"], str(e)))
                 continue
-            if fa != fb or p["split_fingerprint"] != q["split_fingerprint"] or not np.array_equal(ua, ub):
+            if fa != fb or p["split_fingerprint"] != q["split_fingerprint"]:
                 notes.append((p["seed"], f"split fingerprints differ ({fa} vs {fb}): not the same test users, "
                                          "or not in the same order"))
+                continue
+            if not np.array_equal(ua, ub):  # one fingerprint, yet per_user.npz lists other users (edited files)
+                notes.append((p["seed"], f"per_user.npz lists {'other users' if set(ua) != set(ub) else 'the users in another order'} "
+                                         "than the reference's, under the same split fingerprint"))
                 continue
             a.append(xa)
             b.append(xb)
@@ -502,11 +511,15 @@ def add_paired_tests(rows: list[dict[str, Any]], reference: str | None, resample
         # that a row lacks, or of a row that the reference lacks, is not in its test). Either way the test
         # still counts in Holm's family.
         enough = row["paired_seeds"] >= MIN_CLAIM_SEEDS
+        users = row["paired_users"] >= MIN_CLAIM_USERS
         row_capped, ref_capped = capped_in_test[row["name"]]
-        claim = enough and not ref_capped and not row_capped
+        claim = enough and users and not ref_capped and not row_capped
         row.update({"p_holm": p_holm, "significant": bool(claim and p_holm < ALPHA), "holm_tests": len(tested)})
         if not enough:
             row.setdefault("flags", []).append(f"{_plural(row['paired_seeds'], 'seed')} paired: no claim")
+        if not users:
+            row.setdefault("flags", []).append(
+                f"too few users paired ({row['paired_users']} < {MIN_CLAIM_USERS}): no claim")
         if ref_capped:
             row.setdefault("flags", []).append("reference capped: no claim")
 
@@ -640,6 +653,10 @@ FLAG_NOTES = {
                    "users but not between trainings; METHOD.md §11 claims a difference on at least "
                    f"{MIN_CLAIM_SEEDS} seeds, so the row gets no \\* whatever its p (it still counts among "
                    "Holm's tests)" for n in range(1, MIN_CLAIM_SEEDS)},
+    "too few users": f"**too few users paired: no claim**: Δ and p rest on fewer than {MIN_CLAIM_USERS} test "
+                     "users, where the paired bootstrap's p is too small (it claims more often than 5% of the "
+                     "time when there is no difference), so the row gets no \\* whatever its p (it still counts "
+                     "among Holm's tests)",
     "capped": "**capped**: the run reached the last epoch `train.epochs` allowed with fewer than "
               "`train.patience` validations after its best one, so the cap, not early stopping, ended it: it "
               "was not shown to have stopped improving, and its quality may be below what it would reach. It "
@@ -700,8 +717,8 @@ def holm_sentence(rows: list[dict[str, Any]]) -> str:
     return (f"{m} run{'s were' if m > 1 else ' was'} tested against the reference; p is each test's raw "
             f"two-sided p-value and p (Holm) the Holm–Bonferroni adjusted one over these {m} tests, which "
             f"keeps the chance of any false \\* at most {ALPHA}. \\* marks a difference significant at "
-            f"{ALPHA} after the adjustment, on at least {MIN_CLAIM_SEEDS} seeds paired with the reference, "
-            "when neither the run nor the reference is capped on a paired seed (stopped by `train.epochs` "
+            f"{ALPHA} after the adjustment, on at least {MIN_CLAIM_SEEDS} seeds and {MIN_CLAIM_USERS} test users "
+            "paired with the reference, when neither the run nor the reference is capped on a paired seed (stopped by `train.epochs` "
             "before `train.patience` ran out).")
 
 
