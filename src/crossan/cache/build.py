@@ -136,13 +136,17 @@ def _run_batches(
 
 @contextmanager
 def compiled_backbone(encoder: ModalityEncoder, enabled: bool = True) -> Iterator[None]:
-    """``cache.compile``: ``encoder``'s backbone through ``torch.compile`` (inductor) while the context lasts,
-    with inductor's ``freezing`` on — the frozen weights become constants of the compiled code, which
-    pre-packs them for the CPU's matrix kernels and folds what depends on them alone. Enter it inside
-    :func:`~crossan.precision.frozen_weights_in`, so that the constants are the weights the build computes
-    with. The first batch compiles (10–20 s for a BERT-sized model on two cores): for text a graph for any
-    batch shape; for media a graph of the batch's shape, and the last, shorter batch compiles a generic one.
-    Nothing changes when ``enabled`` is false."""
+    """``cache.compile``: ``encoder``'s forward (backbone and pooling at the taps) through ``torch.compile``
+    (inductor) while the context lasts, with inductor's ``freezing`` on — the frozen weights become constants
+    of the compiled code, which pre-packs them for the CPU's matrix kernels and folds what depends on them
+    alone. The encoder's own ``forward`` is compiled, not its ``model``: an encoder may call its backbone
+    otherwise than through ``model(...)`` (the CNN encoders call ``pooled_features``, which a compiled
+    module's wrapper would run eager). Enter it inside :func:`~crossan.precision.frozen_weights_in`, so that
+    the constants are the weights the build computes with. The first batch compiles (10–20 s for a BERT-sized
+    model on two cores): for text one graph for every batch shape (batches are padded to their longest
+    title); for media one graph per batch shape (the full batches' and the last, shorter batch's: a
+    shape-generic graph failed inside inductor for AST's convolution). Nothing changes when ``enabled`` is
+    false."""
     if not enabled:
         yield
         return
@@ -153,16 +157,13 @@ def compiled_backbone(encoder: ModalityEncoder, enabled: bool = True) -> Iterato
 
     if encoder.device.type == "cpu":
         require_cpp_compiler("cache.compile")
-    model = encoder.model
     with inductor_config.patch(freezing=True):
-        # text batches are padded to their longest title, so their lengths vary: one shape-generic graph from
-        # the start; media batches share one shape (the last batch aside): a graph for it first
-        dynamic = True if encoder.modality == "text" else None
-        encoder.model = torch.compile(model, dynamic=dynamic)  # type: ignore[assignment]
+        # an instance attribute: encode_loaded's self.forward(...) and encoder(...) both find it first
+        encoder.forward = torch.compile(encoder.forward, dynamic=encoder.modality == "text")  # type: ignore[method-assign]
         try:
             yield
         finally:
-            encoder.model = model
+            del encoder.forward
 
 
 def _base_manifest(encoder: ModalityEncoder, data: Any, build: dict[str, Any]) -> dict[str, Any]:
@@ -336,6 +337,11 @@ def _build_modality(ctx: _BuildContext, m: str, spec: EncoderSpec, shard: int | 
                     print(f"{m}: the cache at {final} was built with {built} compute; this run's precision="
                           f"{ctx.cfg.precision} resolves to {now_dtype}. It is used as it is (the states are "
                           f"stored in float16 either way); remove {final} to build it again in {now_dtype}")
+                if build_compiled(existing) != ctx.cfg.cache.compile:
+                    how = "by a compiled encoder" if build_compiled(existing) else "by an eager (not compiled) encoder"
+                    print(f"{m}: the cache at {final} was built {how}; this run has cache.compile="
+                          f"{str(ctx.cfg.cache.compile).lower()}. It is used as it is; remove {final} to build it "
+                          "again under this setting")
                 return report_from_manifest(m, final, "up to date", existing)
             if shard is not None:
                 update = None  # a shard covers its rows in full
@@ -361,6 +367,10 @@ def _build_modality(ctx: _BuildContext, m: str, spec: EncoderSpec, shard: int | 
         raise _read_only_refusal(m, final, read_only, "needs updating" if update is not None else
                                  "needs building" if existing is None else "needs building again")
     now = sources[0] if sources and update is not None else current_sources(m, ctx.records, ctx.data.catalogue)
+    if ctx.cfg.cache.compile and ctx.build["device"] == "cpu":  # before any file of the build is made
+        from crossan.utils import require_cpp_compiler
+
+        require_cpp_compiler("cache.compile")
     encoder = build_encoder(m, spec, device=ctx.device)
     base = _base_manifest(encoder, ctx.data, ctx.build)
     area = _open_work_area(ctx, m, base, (encoder.num_taps, encoder.hidden_size), shard, num_shards, now, update)

@@ -135,8 +135,13 @@ class WorkArea:
                     self._redo_changed_rows()
                 return
             what = "; ".join(plan_differences(old, self.plan)) if isinstance(old, dict) else "unreadable plan"
+            try:
+                done = np.load(self.path / DONE)
+                progress = f", {int(done.sum())}/{done.size} batches done"
+            except (OSError, ValueError):
+                progress = ""
             print(f"discarding the partial build at {self.path}: it was started under other settings "
-                  f"({what})")
+                  f"({what}{progress})")
         if self.path.exists():
             shutil.rmtree(self.path)
         try:
@@ -293,6 +298,7 @@ _PLAN_LABELS = {
     "manifest.build.compute_dtype": "compute dtype",
     "manifest.build.device": "device type",
     "manifest.build.batch_size": "encoders.batch_size",
+    "manifest.build.compiled": "cache.compile",
     "sources_sha256": "media files",
 }
 
@@ -308,6 +314,8 @@ def plan_differences(old: dict[str, Any], new: dict[str, Any], limit: int = 4) -
         label = _PLAN_LABELS.get(k, k.removeprefix("manifest."))
         if k == "sources_sha256":
             lines.append("titles or media files changed")
+        elif k == "manifest.build.compiled":  # recorded only when true
+            lines.append(f"{label} {str(a.get(k, False)).lower()} then, {str(b.get(k, False)).lower()} now")
         else:
             lines.append(f"{label} {a.get(k, 'not recorded')!r} then, {b.get(k, 'not recorded')!r} now")
     if len(keys) > limit:
