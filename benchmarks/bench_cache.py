@@ -6,8 +6,7 @@ For each modality and batch size it measures
   processor, backbone forward with all hidden states, pooling), done one step after the other;
 * ``build`` (with ``--build``): items/s of ``build_cache`` itself, which reads and preprocesses the next
   batch in a thread while the model runs, and writes fp16 states and the manifest (after its first batch),
-  and ``build s``, the whole build's seconds (model loading and the first batch included: with
-  ``--set cache.compile=true`` the backbone's compilation);
+  and ``build s``, the whole build's seconds (model loading and the first batch included);
 * ``fwd``: items/s of the backbone forward alone on already prepared inputs;
 * FLOPs per item of the forward, counted by ``torch.utils.flop_counter.FlopCounterMode``;
 * the machine's dense matmul FLOP/s at the row's precision, measured in the same run (best of several
@@ -155,8 +154,8 @@ def _bench_modality(modality: str, encoder: Any, data: Items, batch_size: int, p
 def bench_build(cfg: Config, data: Items, modalities: list[str], batch_size: int,
                 out: Path) -> dict[str, dict[str, float]]:
     """Per modality of one ``build_cache`` call: ``rate``, items/s after the first batch (model loading and
-    the first batch, a compiled backbone's first compilation included, are the warm-up), and ``total_s``,
-    seconds from the call (or the previous modality's end) to the last batch, everything included."""
+    the first batch are the warm-up; NaN for a build of one batch), and ``total_s``, seconds from the call (or
+    the previous modality's end) to the last batch, everything included."""
     from crossan.cache import build_cache
 
     cfg.encoders.batch_size = batch_size
@@ -177,8 +176,9 @@ def bench_build(cfg: Config, data: Items, modalities: list[str], batch_size: int
     n = len(data.item_ids) - 1
     out_rates: dict[str, dict[str, float]] = {}
     for m, began in zip([m for m in modalities if m in starts], marks):
-        if ends[m] > starts[m]:
-            out_rates[m] = {"rate": (n - batch_size) / (ends[m] - starts[m]), "total_s": ends[m] - began}
+        # one batch only: no rate after the warm-up, but the whole build's time all the same
+        rate = (n - batch_size) / (ends[m] - starts[m]) if ends[m] > starts[m] else float("nan")
+        out_rates[m] = {"rate": rate, "total_s": ends[m] - began}
     return out_rates
 
 
@@ -280,10 +280,11 @@ def main(argv: list[str] | None = None) -> None:
                     rates = bench_build(cfg, data, modalities, bs, Path(tmp) / f"build{bs}_{p}")
                     for r in rows:
                         if r["batch_size"] == bs and r["modality"] in rates and r["precision"] == p:
-                            r["build_items_per_s"] = rates[r["modality"]]["rate"]
+                            rate = rates[r["modality"]]["rate"]
                             r["build_total_s"] = rates[r["modality"]]["total_s"]
-                            r["build_share"] = r["build_items_per_s"] * r["gflops_per_item"] * 1e9 / peaks[p]
-                            r["build_compiled"] = cfg.cache.compile
+                            if rate == rate:  # a build of one batch has no rate after its warm-up
+                                r["build_items_per_s"] = rate
+                                r["build_share"] = rate * r["gflops_per_item"] * 1e9 / peaks[p]
         print_table(rows)
 
     with open(out / "bench_cache.csv", "w", newline="") as f:

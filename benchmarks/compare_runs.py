@@ -36,9 +36,10 @@ from crossan.reports.table import ALPHA, MIN_CLAIM_SEEDS, MIN_CLAIM_USERS, p_tex
 METRICS = ("HR@10", "NDCG@10", "MRR")
 
 
-SEED_FREE = ("seed", "data.path")
-"""Keys in which the runs of one group may differ: the seed, and where the dataset lies (a suite folder copied
-elsewhere; the runs' split fingerprints must agree, which :func:`main` checks)."""
+SEED_FREE = ("seed", "data.path", "device", "cache.dir", "cache.memory_limit_gb", "cache.on_device")
+"""Keys in which the runs of one group may differ: the seed; where the dataset lies (a suite folder copied
+elsewhere; the runs' split fingerprints must agree, which :func:`main` checks); and where a run ran and kept
+its cache (seeds trained side by side on ``cuda:0`` and ``cuda:1``)."""
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, object]:

@@ -172,8 +172,9 @@ def test_compare_runs_refuses_a_group_of_different_settings(tmp_path: Path) -> N
     with pytest.raises(SystemExit, match=r"A: its runs differ in more than their seed .*\n  train.epochs: 400 → 1\n"
                                          r"List them as separate groups"):
         compare.main(["--reference", "A", f"A={a0},{a1}"])
-    a1.joinpath("config.yaml").write_text("seed: 1\ntrain:\n  epochs: 400\ndata:\n  path: elsewhere\n")
-    assert compare.main(["--reference", "A", f"A={a0},{a1}"]) == 0  # the data's place may differ …
+    a1.joinpath("config.yaml").write_text("seed: 1\ntrain:\n  epochs: 400\ndata:\n  path: elsewhere\n"
+                                          "device: cuda:1\ncache:\n  dir: /scratch/b\n")
+    assert compare.main(["--reference", "A", f"A={a0},{a1}"]) == 0  # the data's place, the device may differ …
     np.savez(a1 / "per_user.npz", valid_ranks=ranks, test_ranks=ranks, users=np.arange(200).astype(str),
              split_fingerprint=np.asarray("another-split"))
     with pytest.raises(SystemExit, match="A: its runs were evaluated on different splits"):

@@ -398,6 +398,17 @@ def test_reusing_a_run_says_when_another_version_wrote_it(tmp_path: Path, writte
     assert _other_version(Path(rec["dir"])) == says
 
 
+def test_bootstrap_null_benchmark_shows_the_small_sample_excess(tmp_path: Path) -> None:
+    """``benchmarks/bootstrap_null.py``, the calibration behind MIN_CLAIM_USERS: at 5 users the bootstrap claims
+    far more often than 5% under the null (16% in docs/results.md §12x; its seeded first 300 data sets here)."""
+    bench = load_benchmark("bootstrap_null")
+    out = tmp_path / "null.json"
+    assert bench.main(["--users", "5", "--sets", "300", "--resamples", "300", "--out", str(out)]) == 0
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["users"] == 5 and row["sets"] == 300
+    assert row["p_below_0.05"] > 0.10 and row["p_below_0.01"] > 0.04
+
+
 def test_holm_null_benchmark_runs_and_agrees_with_raw_for_one_test(tmp_path: Path) -> None:
     """``benchmarks/holm_null.py`` smoke run; with one run per suite Holm changes nothing, so both rates agree."""
     bench = load_benchmark("holm_null")

@@ -287,14 +287,6 @@ class CacheConfig:
     on_device: bool = True
     """An in-memory cache goes to the training device (fastest on a GPU). ``false`` keeps it in host memory
     and moves only each batch's rows, so the GPU holds nothing but the side network's training state."""
-    compile: bool = False
-    """Run each encoder's backbone through ``torch.compile`` (inductor, with its frozen weights folded in as
-    constants; needs a C++ compiler on a CPU) while building the cache. Each batch shape compiles once (10–20
-    s for a BERT-sized model on two cores: text batches are padded to their longest title, so a second length
-    compiles a shape-generic version), which pays only for large catalogues. Measured on the 2-core Zen 4 in
-    bf16: MiniLM's forward 1.2–1.35× and ViT-B/16's 1.13× as fast as eager, EfficientNet-Lite0's within the
-    spread; in fp32 no gain (docs/results.md §3t). Compiled kernels round differently, so the manifest
-    records it, and a partial build, an update or a shard is continued only under the same setting."""
 
 
 @dataclass

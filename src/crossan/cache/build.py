@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,7 +42,6 @@ from crossan.cache.lock import READ_ONLY_ERRNOS, ReadOnlyFolderError, build_lock
 from crossan.cache.manifest import (
     FORMAT_VERSION,
     UNKNOWN,
-    build_compiled,
     build_compute,
     build_settings,
     describe_compute,
@@ -132,38 +131,6 @@ def _run_batches(
                 if future is not None:
                     future.cancel()
                 raise
-
-
-@contextmanager
-def compiled_backbone(encoder: ModalityEncoder, enabled: bool = True) -> Iterator[None]:
-    """``cache.compile``: ``encoder``'s forward (backbone and pooling at the taps) through ``torch.compile``
-    (inductor) while the context lasts, with inductor's ``freezing`` on — the frozen weights become constants
-    of the compiled code, which pre-packs them for the CPU's matrix kernels and folds what depends on them
-    alone. The encoder's own ``forward`` is compiled, not its ``model``: an encoder may call its backbone
-    otherwise than through ``model(...)`` (the CNN encoders call ``pooled_features``, which a compiled
-    module's wrapper would run eager). Enter it inside :func:`~crossan.precision.frozen_weights_in`, so that
-    the constants are the weights the build computes with. The first batch compiles (10–20 s for a BERT-sized
-    model on two cores): for text one graph for every batch shape (batches are padded to their longest
-    title); for media one graph per batch shape (the full batches' and the last, shorter batch's: a
-    shape-generic graph failed inside inductor for AST's convolution). Nothing changes when ``enabled`` is
-    false."""
-    if not enabled:
-        yield
-        return
-    import torch
-    from torch._inductor import config as inductor_config
-
-    from crossan.utils import require_cpp_compiler
-
-    if encoder.device.type == "cpu":
-        require_cpp_compiler("cache.compile")
-    with inductor_config.patch(freezing=True):
-        # an instance attribute: encode_loaded's self.forward(...) and encoder(...) both find it first
-        encoder.forward = torch.compile(encoder.forward, dynamic=encoder.modality == "text")  # type: ignore[method-assign]
-        try:
-            yield
-        finally:
-            del encoder.forward
 
 
 def _base_manifest(encoder: ModalityEncoder, data: Any, build: dict[str, Any]) -> dict[str, Any]:
@@ -337,11 +304,6 @@ def _build_modality(ctx: _BuildContext, m: str, spec: EncoderSpec, shard: int | 
                     print(f"{m}: the cache at {final} was built with {built} compute; this run's precision="
                           f"{ctx.cfg.precision} resolves to {now_dtype}. It is used as it is (the states are "
                           f"stored in float16 either way); remove {final} to build it again in {now_dtype}")
-                if build_compiled(existing) != ctx.cfg.cache.compile:
-                    how = "by a compiled encoder" if build_compiled(existing) else "by an eager (not compiled) encoder"
-                    print(f"{m}: the cache at {final} was built {how}; this run has cache.compile="
-                          f"{str(ctx.cfg.cache.compile).lower()}. It is used as it is; remove {final} to build it "
-                          "again under this setting")
                 return report_from_manifest(m, final, "up to date", existing)
             if shard is not None:
                 update = None  # a shard covers its rows in full
@@ -349,16 +311,14 @@ def _build_modality(ctx: _BuildContext, m: str, spec: EncoderSpec, shard: int | 
             recorded = existing.get("build")
             built_batch = recorded.get("batch_size") if isinstance(recorded, dict) else None
             if update is not None and (build_compute(existing) != now_compute
-                                       or built_batch != ctx.build["batch_size"]
-                                       or build_compiled(existing) != ctx.cfg.cache.compile):
+                                       or built_batch != ctx.build["batch_size"]):
                 # the batch size is part of a build's identity too: a batch's padding (text: to its longest
                 # title) and kernels depend on it, and the manifest records one batch size for every row
                 how = "by a crossan that did not record its compute dtype" if built == UNKNOWN else \
                     f"with {describe_compute(existing)}, encoders.batch_size={built_batch}"
-                now_how = describe_compute({"build": ctx.build})
-                print(f"{m}: the cache at {final} was built {how}; this build runs {now_how}, "
-                      f"encoders.batch_size={ctx.build['batch_size']}: encoding every item again rather than "
-                      "mixing rows computed two ways")
+                print(f"{m}: the cache at {final} was built {how}; this build runs {now_compute[0]} compute "
+                      f"on {now_compute[1]}, encoders.batch_size={ctx.build['batch_size']}: encoding every item "
+                      "again rather than mixing rows computed two ways")
                 update = None
         else:
             print(f"{m}: the cache at {final} was built under other settings; it is replaced once the new one "
@@ -367,10 +327,6 @@ def _build_modality(ctx: _BuildContext, m: str, spec: EncoderSpec, shard: int | 
         raise _read_only_refusal(m, final, read_only, "needs updating" if update is not None else
                                  "needs building" if existing is None else "needs building again")
     now = sources[0] if sources and update is not None else current_sources(m, ctx.records, ctx.data.catalogue)
-    if ctx.cfg.cache.compile and ctx.build["device"] == "cpu":  # before any file of the build is made
-        from crossan.utils import require_cpp_compiler
-
-        require_cpp_compiler("cache.compile")
     encoder = build_encoder(m, spec, device=ctx.device)
     base = _base_manifest(encoder, ctx.data, ctx.build)
     area = _open_work_area(ctx, m, base, (encoder.num_taps, encoder.hidden_size), shard, num_shards, now, update)
@@ -386,8 +342,7 @@ def _build_modality(ctx: _BuildContext, m: str, spec: EncoderSpec, shard: int | 
                   "done)")
         # the encoder forward in bf16 where `precision` says so, its frozen weights rounded once, not per batch
         with (autocast(ctx.cfg.precision, ctx.device),
-              frozen_weights_in(encoder, compute_dtype(ctx.cfg.precision, ctx.device)),
-              compiled_backbone(encoder, ctx.cfg.cache.compile)):
+              frozen_weights_in(encoder, compute_dtype(ctx.cfg.precision, ctx.device))):
             _run_batches(encoder, area, ctx.records, ctx.data.catalogue, ctx.ranges, ctx.cfg.cache.on_corrupt,
                          ctx.progress, ctx.on_batch)
     except BaseException:
@@ -442,8 +397,7 @@ def build_cache(
             raise CacheError(f"{m}: cannot create the cache folder {root}: its parent folder is read-only "
                              f"({e.strerror}); pass cache.dir= naming a writable folder") from None
         ctx = _BuildContext(cfg, data, root, records, batch_ranges(len(records), cfg.encoders.batch_size), device,
-                            progress, on_batch,
-                            build_settings(cfg.encoders.batch_size, cfg.precision, device, cfg.cache.compile))
+                            progress, on_batch, build_settings(cfg.encoders.batch_size, cfg.precision, device))
         with ExitStack() as held:
             try:
                 held.enter_context(build_lock(lock_path(root, m, shard, num_shards), f"{m} cache in {root}"))

@@ -184,8 +184,6 @@ def cache_command_line(cfg: Config, modalities: list[str]) -> str:
         parts += [shlex.quote(f"encoders.{m}.{k}={v}") for k, v in changed.items()]
     if cfg.encoders.batch_size != 32:
         parts.append(f"encoders.batch_size={cfg.encoders.batch_size}")
-    if cfg.cache.compile:
-        parts.append("cache.compile=true")
     return " ".join(parts)
 
 

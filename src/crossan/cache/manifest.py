@@ -49,32 +49,20 @@ UNKNOWN = "unknown"
 """What :func:`build_compute` says of a manifest written before crossan recorded it."""
 
 
-def build_settings(batch_size: int, precision: str, device: str, compiled: bool = False) -> dict[str, Any]:
+def build_settings(batch_size: int, precision: str, device: str) -> dict[str, Any]:
     """A manifest's ``build`` section: how the states were computed.
 
     ``compute_dtype`` is what ``precision`` resolves to on ``device`` (``bfloat16`` under autocast, or
     ``float32``) and ``device`` the device type (``cpu``, ``cuda`` …). They are part of a build's identity —
     a partial build is resumed, and shards are joined, only under the same ones, so that no cache mixes rows
     computed at two precisions — but not of the cache's: the states are stored in float16 whatever computed
-    them, and a run of any precision reads them (``build`` is not among :data:`COMPARED_FIELDS`).
-    ``compiled: true`` (recorded only then, so that manifests of eager builds keep their earlier form): the
-    backbone ran through ``torch.compile`` (``cache.compile``), whose fused kernels round differently."""
+    them, and a run of any precision reads them (``build`` is not among :data:`COMPARED_FIELDS`)."""
     import torch
 
     from crossan.precision import compute_dtype, dtype_name
 
-    build: dict[str, Any] = {"batch_size": int(batch_size),
-                             "compute_dtype": dtype_name(compute_dtype(precision, device)),
-                             "device": torch.device(device).type}
-    if compiled:
-        build["compiled"] = True
-    return build
-
-
-def build_compiled(manifest: dict[str, Any]) -> bool:
-    """Whether a cache or shard was built by a compiled backbone (``cache.compile``)."""
-    build = manifest.get("build")
-    return isinstance(build, dict) and build.get("compiled") is True
+    return {"batch_size": int(batch_size), "compute_dtype": dtype_name(compute_dtype(precision, device)),
+            "device": torch.device(device).type}
 
 
 def build_compute(manifest: dict[str, Any]) -> tuple[str, str]:
@@ -90,7 +78,7 @@ def describe_compute(manifest: dict[str, Any]) -> str:
     dtype, device = build_compute(manifest)
     if dtype == UNKNOWN:
         return "compute dtype not recorded"
-    return f"{dtype} compute on {device}" + (", compiled" if build_compiled(manifest) else "")
+    return f"{dtype} compute on {device}"
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -126,14 +126,12 @@ def _check_same_build(cfg: Config, m: str, num_shards: int, shards: list[tuple[P
 
 def _build_command(cfg: Config, m: str, build: Any) -> str:
     """The ``crossan cache`` command of ``m`` whose shards are built like ``build`` (a manifest's ``build``
-    section): the join's settings with that build's batch size and ``cache.compile``, and the precision that gives its compute dtype
+    section): the join's settings with that build's batch size, and the precision that gives its compute dtype
     on any device (a build of an older crossan records neither: the join's own)."""
     import dataclasses
 
     if isinstance(build, dict) and "batch_size" in build:
         cfg = dataclasses.replace(cfg, encoders=dataclasses.replace(cfg.encoders, batch_size=int(build["batch_size"])))
-    compiled = isinstance(build, dict) and build.get("compiled") is True
-    cfg = dataclasses.replace(cfg, cache=dataclasses.replace(cfg.cache, compile=compiled))
     precision = PRECISION_OF_DTYPE.get(str((build or {}).get("compute_dtype")))
     return cache_command_line(cfg, [m]) + (f" precision={precision}" if precision else "")
 

@@ -298,7 +298,6 @@ _PLAN_LABELS = {
     "manifest.build.compute_dtype": "compute dtype",
     "manifest.build.device": "device type",
     "manifest.build.batch_size": "encoders.batch_size",
-    "manifest.build.compiled": "cache.compile",
     "sources_sha256": "media files",
 }
 
@@ -314,8 +313,6 @@ def plan_differences(old: dict[str, Any], new: dict[str, Any], limit: int = 4) -
         label = _PLAN_LABELS.get(k, k.removeprefix("manifest."))
         if k == "sources_sha256":
             lines.append("titles or media files changed")
-        elif k == "manifest.build.compiled":  # recorded only when true
-            lines.append(f"{label} {str(a.get(k, False)).lower()} then, {str(b.get(k, False)).lower()} now")
         else:
             lines.append(f"{label} {a.get(k, 'not recorded')!r} then, {b.get(k, 'not recorded')!r} now")
     if len(keys) > limit:
