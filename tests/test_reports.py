@@ -259,7 +259,7 @@ def test_plot_titles_fit_their_figure_and_the_memory_axis_says_what_it_measured(
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     _fit_title(ax, "Quality against trainable parameters\n* differs from CROSSAN M=4 (ref) at Holm-adjusted p < "
-                   "0.05, paired test over test users (on 3+ seeds, none capped)", 10)
+                   "0.05, paired test over test users (on 3+ seeds, 50+ users, none capped)", 10)
     fig.tight_layout()
     fig.canvas.draw()
     box, frame = ax.title.get_window_extent(), fig.bbox

@@ -130,7 +130,7 @@ def matmul_rate(dtype: torch.dtype | None = None, device: torch.device | str = "
 
 
 def require_cpp_compiler(key: str) -> None:
-    """Raise :class:`~crossan.errors.ConfigError` naming the config ``key`` (``train.compile``, ``cache.compile``)
+    """Raise :class:`~crossan.errors.ConfigError` naming the config ``key`` (``train.compile``)
     when inductor, which ``torch.compile`` uses on a CPU, finds no working C++ compiler (``$CXX``, else g++):
     otherwise the first compiled call fails deep inside torch with a long traceback."""
     from torch._inductor import config as inductor_config

@@ -23,7 +23,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from crossan.reports.table import MIN_CLAIM_SEEDS  # noqa: E402
+from crossan.reports.table import MIN_CLAIM_SEEDS, MIN_CLAIM_USERS  # noqa: E402
 from crossan.utils import atomic_write  # noqa: E402
 
 
@@ -122,7 +122,8 @@ def _ablation_bars(rows: list[dict[str, Any]], out: Path) -> str:
     ax.set_xticks(xs, [_name(r) for r in rows], rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("test NDCG@10 (mean, 95% CI over seeds)")
     _fit_title(ax, f"Runs against the reference {ref} (hatched)\n"
-                   f"* Holm-adjusted p < 0.05, paired bootstrap over users (on {MIN_CLAIM_SEEDS}+ seeds, none capped)"
+                   f"* Holm-adjusted p < 0.05, paired bootstrap over users (on {MIN_CLAIM_SEEDS}+ seeds, "
+                   f"{MIN_CLAIM_USERS}+ users, none capped)"
                    + _no_interval_note(rows), 9)
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, out, "ablation_bars.png")
@@ -208,7 +209,7 @@ def _quality_vs_params(rows: list[dict[str, Any]], n_cost_only: int, out: Path) 
     ref = rows[0].get("reference")
     if ref:
         title += (f"\n* differs from {ref} (ref) at Holm-adjusted p < 0.05, paired test over test users (on "
-                  f"{MIN_CLAIM_SEEDS}+ seeds, none capped)")
+                  f"{MIN_CLAIM_SEEDS}+ seeds, {MIN_CLAIM_USERS}+ users, none capped)")
     if n_cost_only:
         title += f"\n({n_cost_only} cost-only run(s), not converged, not shown)"
     title += _no_interval_note(rows)
