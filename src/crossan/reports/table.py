@@ -821,7 +821,8 @@ def render_report(rows: list[dict[str, Any]], meta: dict[str, Any], table: str, 
               "from one seed); every metric (K = 5, 10, 20 and MRR) is under *All test metrics* below.", ""]
     if meta.get("reference"):
         lines += [f"Δ NDCG@10 and p: paired bootstrap of per-user test NDCG@10 against **{meta['reference']}** "
-                  f"({resamples:,} resamples of the test users, seeded; seed s paired with the reference's seed s, "
+                  f"({resamples:,} resamples of the test users, seeded, so a p near 0.05 is known to about "
+                  f"±{1.96 * (ALPHA * (1 - ALPHA) / resamples) ** 0.5:.4f} (95%); seed s paired with the reference's seed s, "
                   "only when the split fingerprints match and both ranked under the same "
                   "`eval.mask_history`; a user's difference is averaged over the seeds first; Δ's 95% interval is the "
                   "one the test inverts, so it holds 0 exactly when p ≥ 0.05). "
