@@ -30,8 +30,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from crossan.cache.manifest import flatten
 from crossan.reports.stats import holm_adjust, ndcg_at, paired_bootstrap, t_interval
-from crossan.reports.table import ALPHA, MIN_CLAIM_SEEDS, MIN_CLAIM_USERS, p_text, run_capped
+from crossan.reports.table import ALPHA, MIN_CLAIM_SEEDS, MIN_CLAIM_USERS, may_claim, p_text, run_capped
 
 METRICS = ("HR@10", "NDCG@10", "MRR")
 
@@ -42,13 +43,6 @@ elsewhere; the runs' split fingerprints must agree, which :func:`main` checks); 
 its cache (seeds trained side by side on ``cuda:0`` and ``cuda:1``)."""
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, object]:
-    out: dict[str, object] = {}
-    for k, v in d.items():
-        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-
-
 def _setting_differences(saved: dict, other: dict) -> list[str]:
     """``key: a → b`` for the settings two saved run configs differ in, less :data:`SEED_FREE`; each is read
     as a configuration (a key it lacks takes its default), so that runs written before a key existed compare
@@ -56,11 +50,12 @@ def _setting_differences(saved: dict, other: dict) -> list[str]:
     from crossan.config import config_from_dict, to_dict
 
     try:
-        a, b = _flat(to_dict(config_from_dict(saved))), _flat(to_dict(config_from_dict(other)))
-    except Exception:  # a config this crossan cannot read (a plugin's, a newer version's): compare as written
-        a, b = _flat(saved), _flat(other)
-    return [f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in sorted(set(a) | set(b))
-            if k not in SEED_FREE and a.get(k) != b.get(k)]
+        a, b = flatten(to_dict(config_from_dict(saved))), flatten(to_dict(config_from_dict(other)))
+        keys = set(a) | set(b)
+    except Exception:  # a config this crossan cannot read (a plugin's, a newer version's): compare as written,
+        a, b = flatten(saved), flatten(other)  # on the keys both record (the default of another is unknown)
+        keys = set(a) & set(b)
+    return [f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in sorted(keys) if k not in SEED_FREE and a.get(k) != b.get(k)]
 
 
 def load_group(spec: str) -> tuple[str, list[Path], list[object]]:
@@ -163,8 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         # a claim rests on at least MIN_CLAIM_SEEDS paired seeds, none stopped by the epoch cap (METHOD.md §11),
         # as in the suites' reports
         r["p_holm"] = p_holm
-        claim = (r["paired_seeds"] >= MIN_CLAIM_SEEDS and r["paired_users"] >= MIN_CLAIM_USERS
-                 and not r["capped"] and not r["reference_capped"])
+        claim = may_claim(r["paired_seeds"], r["paired_users"], r["capped"], r["reference_capped"])
         r["significant"] = bool(claim and p_holm < ALPHA)
     print(f"| run | method | seeds | best epochs | test HR@10 | test NDCG@10 | test MRR | Δ NDCG@10 vs {ref} [95% CI] "
           "| p | s/epoch (median over seeds) | trainable params |")

@@ -179,6 +179,14 @@ def test_compare_runs_refuses_a_group_of_different_settings(tmp_path: Path) -> N
              split_fingerprint=np.asarray("another-split"))
     with pytest.raises(SystemExit, match="A: its runs were evaluated on different splits"):
         compare.main(["--reference", "A", f"A={a0},{a1}"])  # … its split may not
+    np.savez(a1 / "per_user.npz", valid_ranks=ranks, test_ranks=ranks, users=np.arange(200).astype(str),
+             split_fingerprint=np.asarray("same-split"))
+    # a key this crossan does not know (a newer version's) in one config: compared on the keys both record
+    a1.joinpath("config.yaml").write_text("seed: 1\ntrain:\n  epochs: 400\nnewer:\n  key: 1\n")
+    assert compare.main(["--reference", "A", f"A={a0},{a1}"]) == 0
+    a1.joinpath("config.yaml").write_text("seed: 1\ntrain:\n  epochs: 2\nnewer:\n  key: 1\n")
+    with pytest.raises(SystemExit, match=r"train.epochs: 400 → 2"):
+        compare.main(["--reference", "A", f"A={a0},{a1}"])
 
 
 def test_a_p_value_is_never_printed_as_alpha_when_it_is_not() -> None:

@@ -58,6 +58,15 @@ sparse NDCG@10 distribution, three seeds, 1,000 data sets each) p < 0.05 came ou
 10% at 10, 6.4–6.8% at 20–30 and 5.6% at 50 and 100 (docs/results.md §12x)."""
 
 
+def may_claim(paired_seeds: int, paired_users: int, capped: bool, reference_capped: bool) -> bool:
+    """Whether a tested difference may be claimed (``significant`` when its Holm p is under :data:`ALPHA`):
+    on at least :data:`MIN_CLAIM_SEEDS` seeds and :data:`MIN_CLAIM_USERS` users paired with the reference,
+    none of the paired seeds, the row's or the reference's, stopped by the epoch cap (METHOD.md §11). The
+    suites' reports and ``benchmarks/compare_runs.py`` both decide with it."""
+    return (paired_seeds >= MIN_CLAIM_SEEDS and paired_users >= MIN_CLAIM_USERS
+            and not capped and not reference_capped)
+
+
 # --------------------------------------------------------------------------------------------- one row per run
 def _timed_from_one_step(run_dir: str) -> bool:
     """Whether an epoch of the run's ``history.jsonl`` ran one step of a longer epoch: its time is that first
@@ -441,7 +450,8 @@ def add_paired_tests(rows: list[dict[str, Any]], reference: str | None, resample
 
     The tested rows are one family: each gets its raw ``p_value``, its Holm–Bonferroni adjusted ``p_holm``
     over the ``holm_tests`` comparisons made, and ``significant``: ``p_holm`` < :data:`ALPHA` on at least
-    :data:`MIN_CLAIM_SEEDS` paired seeds and :data:`MIN_CLAIM_USERS` paired users, none of the seeds capped (the row's or the reference's: :func:`_capped`)."""
+    :data:`MIN_CLAIM_SEEDS` paired seeds and :data:`MIN_CLAIM_USERS` paired users, none of the seeds capped
+    (the row's or the reference's: :func:`_capped`; :func:`may_claim`)."""
     by_name = {r["name"]: r for r in rows}
     ref = by_name.get(reference) if reference else None
     if ref is None or ref["status"] != "ok":
@@ -481,8 +491,9 @@ def add_paired_tests(rows: list[dict[str, Any]], reference: str | None, resample
                                          "or not in the same order"))
                 continue
             if not np.array_equal(ua, ub):  # one fingerprint, yet per_user.npz lists other users (edited files)
-                notes.append((p["seed"], f"per_user.npz lists {'other users' if set(ua) != set(ub) else 'the users in another order'} "
-                                         "than the reference's, under the same split fingerprint"))
+                which = "other users" if set(ua) != set(ub) else "the users in another order"
+                notes.append((p["seed"], f"per_user.npz lists {which} than the reference's, under the same "
+                                         "split fingerprint"))
                 continue
             a.append(xa)
             b.append(xb)
@@ -513,7 +524,7 @@ def add_paired_tests(rows: list[dict[str, Any]], reference: str | None, resample
         enough = row["paired_seeds"] >= MIN_CLAIM_SEEDS
         users = row["paired_users"] >= MIN_CLAIM_USERS
         row_capped, ref_capped = capped_in_test[row["name"]]
-        claim = enough and users and not ref_capped and not row_capped
+        claim = may_claim(row["paired_seeds"], row["paired_users"], row_capped, ref_capped)
         row.update({"p_holm": p_holm, "significant": bool(claim and p_holm < ALPHA), "holm_tests": len(tested)})
         if not enough:
             row.setdefault("flags", []).append(f"{_plural(row['paired_seeds'], 'seed')} paired: no claim")
@@ -717,9 +728,9 @@ def holm_sentence(rows: list[dict[str, Any]]) -> str:
     return (f"{m} run{'s were' if m > 1 else ' was'} tested against the reference; p is each test's raw "
             f"two-sided p-value and p (Holm) the Holm–Bonferroni adjusted one over these {m} tests, which "
             f"keeps the chance of any false \\* at most {ALPHA}. \\* marks a difference significant at "
-            f"{ALPHA} after the adjustment, on at least {MIN_CLAIM_SEEDS} seeds and {MIN_CLAIM_USERS} test users "
-            "paired with the reference, when neither the run nor the reference is capped on a paired seed (stopped by `train.epochs` "
-            "before `train.patience` ran out).")
+            f"{ALPHA} after the adjustment, on at least {MIN_CLAIM_SEEDS} seeds and {MIN_CLAIM_USERS} test "
+            "users paired with the reference, when neither the run nor the reference is capped on a paired "
+            "seed (stopped by `train.epochs` before `train.patience` ran out).")
 
 
 def compute_dtypes(rows: list[dict[str, Any]]) -> str:
@@ -822,7 +833,8 @@ def render_report(rows: list[dict[str, Any]], meta: dict[str, Any], table: str, 
     if meta.get("reference"):
         lines += [f"Δ NDCG@10 and p: paired bootstrap of per-user test NDCG@10 against **{meta['reference']}** "
                   f"({resamples:,} resamples of the test users, seeded, so a p near 0.05 is known to about "
-                  f"±{1.96 * (ALPHA * (1 - ALPHA) / resamples) ** 0.5:.4f} (95%); seed s paired with the reference's seed s, "
+                  f"±{1.96 * (ALPHA * (1 - ALPHA) / resamples) ** 0.5:.4f} (95%); seed s paired with the "
+                  "reference's seed s, "
                   "only when the split fingerprints match and both ranked under the same "
                   "`eval.mask_history`; a user's difference is averaged over the seeds first; Δ's 95% interval is the "
                   "one the test inverts, so it holds 0 exactly when p ≥ 0.05). "
