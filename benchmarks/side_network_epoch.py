@@ -27,6 +27,12 @@ by other jobs; CROSSAN and IISAN are timed side by side in every round). The loa
 and the process's CPU time are recorded with the wall times. ``--profile N`` writes a ``torch.profiler``
 table of N steps per model (sorted by self CPU time) to ``profile_<method>_M<M>_<precision>.txt``.
 
+``train.compile`` (default ``auto``) resolves as the trainer resolves it for a run on this data
+(``crossan.trainer.resolve_compile``): on a CPU with a C++ compiler, at MicroLens-100K's size, the side
+networks train compiled (column ``compiled``); ``--set train.compile=false`` times them eager. ``warm-up s``
+is each model's five untimed steps before the rounds, where the compilation happens (once per process and
+graph: the first model of a method pays most of it).
+
 Precision (``--precision``, the run config's ``precision`` key, :mod:`crossan.precision`): the same
 model is timed under each listed setting; ``auto`` is bf16 where the hardware has it. On a CPU, compare
 precisions in separate processes (one ``--precision`` each): on a Zen 5 with AVX-512 BF16, bf16 models timed
@@ -75,7 +81,7 @@ from crossan.data.readers import RawData
 from crossan.precision import compute_dtype, cpu_has_bf16, dtype_name
 from crossan.recommender import Recommender
 from crossan.towers.base import TowerContext, build_tower
-from crossan.trainer import _batches, _num_batches, make_optimizer, param_groups, train_epoch
+from crossan.trainer import _batches, _num_batches, make_optimizer, param_groups, resolve_compile, train_epoch
 from crossan.utils import (
     configure_malloc,
     count_params,
@@ -134,7 +140,9 @@ def bench_model(cfg: Config, data: SequentialData, states: dict[str, torch.Tenso
     torch.manual_seed(seed)
     feats = TensorFeatures({m: states[m] for m in cfg.modalities}, {m: present[m] for m in cfg.modalities})
     ctx = TowerContext(cfg, data.num_items, data.item_ids, data.catalogue, features=feats, device=device)
-    return Recommender(build_tower(ctx), cfg, torch.as_tensor(data.item_counts)).to(device)
+    model = Recommender(build_tower(ctx), cfg, torch.as_tensor(data.item_counts)).to(device)
+    resolve_compile(cfg, data, model, device)  # train.compile=auto as the trainer resolves it for this data
+    return model
 
 
 def main() -> None:
@@ -208,8 +216,10 @@ def main() -> None:
                        else torch.optim.Adam(param_groups(model, cfg), foreach=False))
                 model.train()
                 clip = cfg.train.grad_clip  # the trainer's step: clipped when the config says so
-                train_epoch(model, opt, all_batches[:5], inputs, targets, device, clip, progress=False)  # warm-up
+                t0 = time.perf_counter()  # warm-up: 5 steps, where train.compile compiles (once per process)
+                train_epoch(model, opt, all_batches[:5], inputs, targets, device, clip, progress=False)
                 runs.append({"method": method, "modalities": M, "precision": precision, "model": model, "opt": opt,
+                             "warmup_s": time.perf_counter() - t0,
                              "grad_clip": clip,
                              "mods": mods, "times": [], "cpu_times": [], "losses": []})
 
@@ -278,6 +288,8 @@ def main() -> None:
                      "time_per_epoch_s": round(epoch_s, 3),
                      "round_times_per_epoch_s": [round(t * full / steps, 2) for t in run["times"]],
                      "cpu_time_per_epoch_s": round(run["cpu_times"][best] * full / steps, 3),
+                     "warmup_s": round(run["warmup_s"], 2),
+                     "compiled": bool(getattr(model.tower, "compile", False)),
                      "peak_memory_bytes": int(peak), "peak_minus_cache_bytes": int(peak_above_cache),
                      "allocated_before_epoch_bytes": int(before), "memory_kind": kind,
                      "loss": round(run["losses"][best], 4), **floor})
@@ -314,10 +326,11 @@ def main() -> None:
     print(f"\nmachine: {machine}; {data.num_users:,} users, {n:,} items, D={args.width}, K={args.taps}, "
           f"batch {args.batch_size}; malloc {malloc}; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
     print(f"{'method':8} {'M':>2} {'precision':>9} {'trainable':>12} {'s/epoch':>9} {'cpu s/epoch':>12} "
-          f"{'peak MiB':>10} {'peak-cache MiB':>15} {'GFLOP/step':>11} {'floor s/epoch':>14} {'share':>6}")
+          f"{'compiled':>8} {'warm-up s':>10} {'peak MiB':>10} {'peak-cache MiB':>15} {'GFLOP/step':>11} {'floor s/epoch':>14} {'share':>6}")
     for r in rows:
         print(f"{r['method']:8} {r['modalities']:>2} {r['precision']:>9} {r['trainable_params']:>12,} "
               f"{r['time_per_epoch_s']:>9.2f} {r['cpu_time_per_epoch_s']:>12.2f} "
+              f"{'yes' if r['compiled'] else 'no':>8} {r['warmup_s']:>10.2f} "
               f"{r['peak_memory_bytes'] / 2**20:>10.1f} {r['peak_minus_cache_bytes'] / 2**20:>15.1f} "
               + (f"{r['gflop_per_step']:>11.2f} {r['matmul_floor_s_per_epoch']:>14.1f} "
                  f"{r['share_of_matmul_peak']:>6.0%}" if "gflop_per_step" in r else ""))

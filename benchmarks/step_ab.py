@@ -6,12 +6,13 @@ MicroLens-100K-sized data and random fp16 cache as ``side_network_epoch.py``, th
 of each in turn for ``--rounds`` rounds, so all variants see the same load, and prints the best and median
 ms per step (wall and process CPU time) with the implied s/epoch.
 
-    python benchmarks/step_ab.py --variant base: --variant compiled:train.compile=true
+    python benchmarks/step_ab.py --variant eager:train.compile=false --variant compiled:train.compile=true
     python benchmarks/step_ab.py --method iisan --modalities 4 --variant gather:inputs=gather --variant base:
 
 A variant is ``NAME:KEY=VALUE,KEY=VALUE`` with config overrides; ``inputs=gather`` is not a config key: it
 makes the side networks gather and standardise whole rows instead of reading the in-memory cache block by
-block (the code path before 2026-12-01, for comparison).
+block (the code path before 2026-12-01, for comparison). ``train.compile`` is ``auto`` unless a variant sets it:
+at MicroLens-100K's size on a CPU with a C++ compiler that is compiled (``side_network_epoch.bench_model``).
 """
 
 from __future__ import annotations

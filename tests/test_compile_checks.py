@@ -60,3 +60,36 @@ def test_a_discarded_partial_build_says_how_far_it_had_come(tmp_path: Path,
     build_cache(cfg, data, ["text"], progress=False)
     out = capsys.readouterr().out
     assert "started under other settings (encoders.batch_size 4 then, 2 now;" in out and "1/3 batches done)" in out
+
+
+@pytest.mark.parametrize("epochs,patience,eval_every,expected", [
+    (100, 10, 1, 11 * 1563),  # early stopping can end it after patience + 1 validations
+    (5, 10, 1, 5 * 1563),  # fewer epochs than that
+    (100, 10, 3, 33 * 1563),  # one validation every 3 epochs
+    (0, 10, 1, 0),  # train.epochs=0 trains nothing
+])
+def test_fewest_training_steps(epochs: int, patience: int, eval_every: int, expected: int) -> None:
+    from crossan.config import TrainConfig
+    from crossan.towers.content import fewest_training_steps
+
+    train = TrainConfig(epochs=epochs, patience=patience, eval_every=eval_every)
+    assert fewest_training_steps(train, 1563) == expected
+
+
+def test_compile_auto_decides_from_method_device_length_and_compiler(tmp_path: Path) -> None:
+    """``train.compile=auto``: on only for a side network (IISAN, CROSSAN) trained on a CPU for at least
+    COMPILE_AUTO_MIN_STEPS steps with a C++ compiler at hand; each refusal says why."""
+    from torch import nn
+    from torch._inductor import config as inductor_config
+
+    from crossan.towers.content import COMPILE_AUTO_MIN_STEPS, auto_compile
+
+    side, plain = SimpleNamespace(compilable=True), nn.Linear(2, 2)
+    assert auto_compile(side, "cpu", COMPILE_AUTO_MIN_STEPS) == (True, "at least 10,000 training steps on a CPU")
+    on, why = auto_compile(side, "cpu", COMPILE_AUTO_MIN_STEPS - 1)
+    assert not on and "as few as 9,999 steps, under 10,000" in why
+    assert auto_compile(side, "cuda", 10**6) == (False, "training on cuda (compiled on CPUs only)")
+    assert auto_compile(plain, "cpu", 10**6) == (False, "this method has no compiled side network")
+    with inductor_config.patch({"cpp.cxx": (None, str(tmp_path / "no-such-g++"))}):
+        on, why = auto_compile(side, "cpu", 10**6)
+    assert not on and "no C++ compiler" in why and "no-such-g++" in why

@@ -69,6 +69,35 @@ def test_missing_modalities_flow_through_training(tiny_cached, tmp_path: Path) -
     assert all(torch.isfinite(torch.tensor(list(res["test"].values()))))
 
 
+def test_compile_auto_is_resolved_per_run(tiny_cached, tmp_path: Path, monkeypatch) -> None:
+    """``train.compile=auto`` (the default): a short run trains eager and says so in train.log and results.json;
+    the same data and method resolve to compiled once the run is long enough, and a method without a side
+    network never does. ``true``/``false`` are taken as set."""
+    from crossan.towers import content
+    from crossan.trainer import resolve_compile, train
+
+    data_dir, cache_dir = tiny_cached
+    res = train(_cfg(data_dir, cache_dir, "method=iisan", "train.epochs=1"), tmp_path / "run", progress=False)
+    assert res["train_compiled"] is False
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "side network eager: train.compile=auto: off (the run may take as few as " in log
+    data = prepare(_cfg(data_dir, cache_dir).data)
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(content, "COMPILE_AUTO_MIN_STEPS", 1)
+    for method, expected in [("crossan", True), ("iisan", True), ("frozen", False)]:
+        cfg = _cfg(data_dir, cache_dir, f"method={method}")
+        model = build_model(cfg, data, cpu)
+        on, why = resolve_compile(cfg, data, model, cpu)
+        assert on is expected and model.tower.compile is expected, (method, why)
+    inputs = _cfg(data_dir, cache_dir, "method=crossan", "crossan.exchange=inputs")  # its own loop: never compiled
+    assert resolve_compile(inputs, data, build_model(inputs, data, cpu), cpu)[0] is False
+    for setting, expected in [("true", True), ("false", False)]:
+        cfg = _cfg(data_dir, cache_dir, "method=crossan", f"train.compile={setting}")
+        model = build_model(cfg, data, cpu)
+        assert resolve_compile(cfg, data, model, cpu) == (expected, f"train.compile={setting}")
+        assert model.tower.compile is expected
+
+
 @pytest.mark.subprocess
 def test_suite_table_reports_failures_and_counts(tiny_cached, tmp_path: Path) -> None:
     suite_file = tmp_path / "s.yaml"

@@ -143,17 +143,19 @@ class TrainConfig:
     """Clip the global gradient norm to this value (0: off)."""
     max_steps_per_epoch: int = 0
     """Cut each epoch after this many steps (0: full epoch). For smoke runs and benchmarks."""
-    compile: bool = False
+    compile: bool | Literal["auto"] = "auto"
     """IISAN and CROSSAN training on a CPU: run the side network (gates, exchange, SANBs of every depth, and
     their backward) through ``torch.compile`` (inductor, which fuses the element-wise passes between the
-    matrix products; needs a C++ compiler). The first step of a process compiles (10–45 s here), and that
-    time counts in the first epoch's (results.json's ``train_time_per_epoch_s`` averages every epoch's);
-    evaluation and other devices stay eager. Off by default: on the 2-core project CPU it paid for IISAN in
-    whole runs (14% at M = 2, 8% at M = 4) and, in one-process comparisons, for CROSSAN at M = 2, while
-    CROSSAN's whole runs gained 3% or nothing (docs/results.md §3g); with freed memory retained
-    (``malloc``) it paid for CROSSAN at M = 4 (8%) but not at M = 2 (§3h).
-    On a CPU without bf16 units (AVX2, fp32 steps) it saved 15% (M = 2) and 12% (M = 4) per CROSSAN step and repaid
-    its compile time in about one MicroLens-100K epoch (§3i): turn it on for long CPU runs there."""
+    matrix products; needs a C++ compiler). The first step of a process compiles (10–25 s on the CPUs
+    measured), and that time counts in the first epoch's (results.json's ``train_time_per_epoch_s`` averages
+    every epoch's); evaluation and other devices stay eager. ``auto`` (default) compiles where the run takes
+    at least ``COMPILE_AUTO_MIN_STEPS`` (10,000) training steps on a CPU with a C++ compiler — the fewest
+    its epochs, patience and ``eval_every`` allow, so the compilation is at most a few per cent of the
+    run — and stays eager otherwise (every small run: tests, the demo). results.json's ``train_compiled``
+    says what it resolved to. ``true`` compiles any run (and fails naming this key without a C++
+    compiler); ``false`` never does. Per step, compiled was up to 24% faster than eager (an AMX CPU in bf16,
+    both methods, docs/results.md §3u) and 0–15% on the AMD CPUs of §3g–§3i and §3m–§3o (more for IISAN than
+    for CROSSAN; where it gained nothing, the two differed by less than the runs' spread)."""
 
     malloc: Literal["auto", "retain", "system"] = "auto"
     """The C allocator while training on a CPU under glibc (Linux). ``retain``: memory freed by a step stays
@@ -401,6 +403,14 @@ def metric_names(ks: Any) -> list[str]:
 
 # --------------------------------------------------------------------------------------------- parsing
 def _type_name(tp: Any) -> str:
+    """How an error message names type ``tp`` (``true/false or one of ['auto']`` for ``bool | Literal["auto"]``)."""
+    origin = get_origin(tp)
+    if origin is typing.Union or origin is types.UnionType:
+        return " or ".join(_type_name(a) for a in get_args(tp) if a is not type(None))
+    if origin is Literal:
+        return f"one of {list(get_args(tp))}"
+    if tp is bool:
+        return "true/false"
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
@@ -432,7 +442,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         null = " (or null)" if type(None) in args else ""
         if len(errors) == 1:  # Optional[X]: X's own message (it lists a Literal's choices)
             raise ConfigError(errors[0] + null)
-        raise ConfigError(f"{key}: {value!r} is not a valid {_type_name(tp)}{null}")
+        raise ConfigError(f"{key}: {value!r} is not {_type_name(tp)}{null}")
     if origin is Literal:
         choices = get_args(tp)
         if value not in choices:

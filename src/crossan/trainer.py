@@ -82,6 +82,7 @@ from crossan.runs import (
     unlock_run_folder,
 )
 from crossan.towers.base import tower_label
+from crossan.towers.content import ContentTower, auto_compile, fewest_training_steps
 from crossan.utils import (
     PeakRSSMonitor,
     atomic_write_json,
@@ -97,7 +98,7 @@ from crossan.utils import (
 __all__ = [  # the names other modules and tests import from here
     "RESULT_KEYS", "NonFiniteError", "RunError", "TrainState", "build_model", "check_finite_table",
     "evaluate", "evaluate_ranks", "load_run", "load_weights", "module_report", "param_groups", "rescore",
-    "save_per_user", "split_fingerprint", "split_report", "train", "train_epoch",
+    "resolve_compile", "save_per_user", "split_fingerprint", "split_report", "train", "train_epoch",
 ]
 
 log = logging.getLogger("crossan")
@@ -256,6 +257,9 @@ class _Run:
     data or cache folder)."""
     log_size: int = 0
     """The size of ``train.log`` before this process wrote to it (0: a new run)."""
+    compiled: tuple[bool, str] = (False, "")
+    """Whether the side network trains through ``torch.compile`` (``train.compile`` resolved) and why
+    (logged at the start; results.json ``train_compiled``)."""
 
 
 def train(cfg: Config, run_dir: str | Path, resume: bool = False, data: SequentialData | None = None,
@@ -383,6 +387,7 @@ def _start(cfg: Config, run_dir: Path, resume: bool, data: SequentialData | None
         memory = PeakRSSMonitor().start()  # CPU memory: peak over the run minus this idle baseline
         states_before = cache_states_digests(cfg, data)
         model = build_model(cfg, data, device)
+        compiled = resolve_compile(cfg, data, model, device)
         opt = make_optimizer(model, cfg, device)
         # recorded in results.json and each checkpoint; every rank computes them (the media hashing in shares,
         # whose gather waits up to CACHE_TIMEOUT: rank 0 hashing alone outlasted the others' 30-minute barrier)
@@ -408,6 +413,7 @@ def _start(cfg: Config, run_dir: Path, resume: bool, data: SequentialData | None
         run = _Run(cfg, run_dir, data, device, model, opt, memory, progress and dist.is_main(),
                    params=count_params(model), modules=module_report(model), fingerprints=data_fingerprints(data),
                    compute_dtype=run_dtype, resume_check=resume_check, folder_lock=lock, log_size=log_size,
+                   compiled=compiled,
                    **inputs_read)
         _log_start(run)
     except BaseException:  # e.g. a missing cache: the sampling thread would poll for the rest of the process
@@ -419,6 +425,25 @@ def _start(cfg: Config, run_dir: Path, resume: bool, data: SequentialData | None
             unlock_run_folder(lock)
         raise
     return run
+
+
+def resolve_compile(cfg: Config, data: SequentialData, model: Recommender,
+                     device: torch.device) -> tuple[bool, str]:
+    """``train.compile`` for this run: whether its side network trains compiled, and why. ``auto`` is decided
+    here (:func:`~crossan.towers.content.auto_compile`) from the steps the run takes at the least, the same on
+    every ``--resume`` of it; ``true`` and ``false`` were applied when the tower was built."""
+    tower = model.tower
+    if cfg.train.compile == "auto":
+        rows = int(torch.as_tensor(data.train_targets).ne(0).any(1).sum())  # training_rows' count
+        steps = _num_batches(rows, cfg.train.batch_size)
+        if cfg.train.max_steps_per_epoch:
+            steps = min(steps, cfg.train.max_steps_per_epoch)
+        on, why = auto_compile(tower, device, fewest_training_steps(cfg.train, steps))
+        if isinstance(tower, ContentTower):
+            tower.compile = on
+        return on, f"train.compile=auto: {'on' if on else 'off'} ({why})"
+    on = bool(cfg.train.compile) and bool(getattr(tower, "compilable", False)) and device.type == "cpu"
+    return on, f"train.compile={str(cfg.train.compile).lower()}"
 
 
 def _checkpoint_inputs(run: _Run) -> dict[str, str]:
@@ -443,6 +468,8 @@ def _log_start(run: _Run) -> None:
     if data.dropped:  # data.on_bad_rows / on_unknown_items=drop: said here too, not in results.json only
         log.info("  rows dropped while reading the data (counted, not trained on): %s",
                  ", ".join(f"{reason} {n:,}" for reason, n in sorted(data.dropped.items())))
+    if getattr(run.model.tower, "compilable", False):
+        log.info("  side network %s: %s", "compiled" if run.compiled[0] else "eager", run.compiled[1])
     for name, r in run.modules.items():
         log.info("  %-28s trainable %12s / total %12s", name, f"{r['trainable']:,}", f"{r['total']:,}")
     log.info("  %-28s trainable %12s / total %12s", "ALL", f"{trainable:,}", f"{total:,}")
@@ -688,6 +715,7 @@ def _test_best(run: _Run, state: TrainState) -> dict[str, Any]:
         "peak_rss_bytes": int(rss),
         "device": describe_device(device),
         "compute_dtype": run.compute_dtype,
+        "train_compiled": run.compiled[0],
         "malloc": malloc_mode(),
         "world_size": dist.world_size(),
         "modules": run.modules,

@@ -129,24 +129,32 @@ def matmul_rate(dtype: torch.dtype | None = None, device: torch.device | str = "
     return 2 * size**3 / best
 
 
-def require_cpp_compiler(key: str) -> None:
-    """Raise :class:`~crossan.errors.ConfigError` naming the config ``key`` (``train.compile``)
-    when inductor, which ``torch.compile`` uses on a CPU, finds no working C++ compiler (``$CXX``, else g++):
-    otherwise the first compiled call fails deep inside torch with a long traceback."""
+def cpp_compiler_problem() -> str | None:
+    """None where inductor, which ``torch.compile`` uses on a CPU, finds a working C++ compiler (``$CXX``,
+    else g++); otherwise what it tried and what went wrong."""
     from torch._inductor import config as inductor_config
     from torch._inductor import cpp_builder
-
-    from crossan.errors import ConfigError
 
     try:
         cpp_builder.get_cpp_compiler()
     except Exception as e:  # InvalidCxxCompiler, or whatever a broken toolchain raises
         cxx = inductor_config.cpp.cxx
         tried = ", ".join(str(c) for c in (cxx if isinstance(cxx, (list, tuple)) else (cxx,)) if c)
+        return f"tried {tried or 'none'}: {type(e).__name__}"
+    return None
+
+
+def require_cpp_compiler(key: str) -> None:
+    """Raise :class:`~crossan.errors.ConfigError` naming the config ``key`` (``train.compile``)
+    when inductor, which ``torch.compile`` uses on a CPU, finds no working C++ compiler (``$CXX``, else g++):
+    otherwise the first compiled call fails deep inside torch with a long traceback."""
+    from crossan.errors import ConfigError
+
+    problem = cpp_compiler_problem()
+    if problem is not None:
         raise ConfigError(
             f"{key}=true compiles with torch's inductor, which needs a working C++ compiler on the CPU, and "
-            f"none was found (tried {tried or 'none'}: {type(e).__name__}). Install one (e.g. gcc's g++), "
-            f"point CXX at it, or set {key}=false") from None
+            f"none was found ({problem}). Install one (e.g. gcc's g++), point CXX at it, or set {key}=false")
 
 
 def peak_rss_bytes() -> int:

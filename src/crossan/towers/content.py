@@ -32,8 +32,10 @@ from abc import abstractmethod
 from collections.abc import Callable
 
 import torch
+from torch import nn
 
 from crossan.cache.features import FeatureSource
+from crossan.config import TrainConfig
 from crossan.errors import ConfigError
 from crossan.precision import autocast
 from crossan.towers.base import ItemTower, TowerContext
@@ -55,7 +57,7 @@ def finish(tower: ContentTower, ctx: TowerContext) -> ContentTower:
     """Apply the run-level options to a freshly built content tower (``cache.standardize``, ``precision``)."""
     tower.precision = ctx.config.precision
     tower.train_table = ctx.config.cache.train_table
-    tower.compile = ctx.config.train.compile
+    tower.compile = ctx.config.train.compile is True  # "auto" is resolved by the trainer (auto_compile)
     if tower.compile and torch.device(ctx.device).type == "cpu":
         from crossan.utils import require_cpp_compiler
 
@@ -279,7 +281,12 @@ class ContentTower(ItemTower):
 
     compile: bool = False
     """Run the side network through ``torch.compile`` while training on a CPU (``train.compile``; set by
-    :func:`finish`). See :meth:`side_step`."""
+    :func:`finish`, and by the trainer where ``auto`` resolves to on: :func:`auto_compile`). See
+    :meth:`side_step`."""
+
+    compilable: bool = False
+    """Whether :meth:`encode` runs its side network through :meth:`side_step` (IISAN, CROSSAN), so that
+    :attr:`compile` changes anything."""
 
     def compiles(self, h: torch.Tensor) -> bool:
         """Whether this forward runs the side network compiled: :attr:`compile` is on and the step trains on
@@ -420,6 +427,41 @@ class ContentTower(ItemTower):
 
 
 _COMPILED: dict[Callable[..., torch.Tensor], Callable[..., torch.Tensor]] = {}
+
+COMPILE_AUTO_MIN_STEPS = 10_000
+"""``train.compile=auto`` compiles a side network whose run takes at least this many training steps (the
+fewest its epochs and early stopping allow). Compilation took 10–25 s per process on the CPUs measured
+(docs/results.md §3u), under 3 ms a step at this count, against steps of 30–200 ms that it made up to 24%
+faster."""
+
+
+def fewest_training_steps(train: TrainConfig, steps_per_epoch: int) -> int:
+    """The fewest training steps a run of ``train`` takes at ``steps_per_epoch`` (after
+    ``max_steps_per_epoch``): ``epochs``, or fewer where early stopping can end it — the first validation is
+    the best so far, ``patience`` more without improvement stop it, one every ``eval_every`` epochs."""
+    if train.epochs <= 0 or train.patience <= 0:
+        return 0
+    return min(train.epochs, (train.patience + 1) * max(1, train.eval_every)) * steps_per_epoch
+
+
+def auto_compile(tower: nn.Module, device: torch.device | str, fewest_steps: int) -> tuple[bool, str]:
+    """What ``train.compile=auto`` resolves to for ``tower`` trained on ``device`` in at least ``fewest_steps``
+    steps (:func:`fewest_training_steps`), and why, for the log: on where the tower has a side network to
+    compile (:attr:`ContentTower.compilable`), it trains on a CPU, the run is long enough
+    (:data:`COMPILE_AUTO_MIN_STEPS`) and a C++ compiler is there for inductor."""
+    from crossan.utils import cpp_compiler_problem
+
+    if not getattr(tower, "compilable", False):
+        return False, "this method has no compiled side network"
+    if torch.device(device).type != "cpu":
+        return False, f"training on {torch.device(device).type} (compiled on CPUs only)"
+    if fewest_steps < COMPILE_AUTO_MIN_STEPS:
+        return False, (f"the run may take as few as {fewest_steps:,} steps, under {COMPILE_AUTO_MIN_STEPS:,}: "
+                       "compiling would not repay its time")
+    problem = cpp_compiler_problem()
+    if problem is not None:
+        return False, f"no C++ compiler for inductor ({problem})"
+    return True, f"at least {fewest_steps:,} training steps on a CPU"
 
 
 def compiled(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:

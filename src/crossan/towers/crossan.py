@@ -197,6 +197,7 @@ class CrossanTower(ContentTower):
             for _ in range(K))
         # exchange "inputs": z^k = Σ α·h + (1 − g)·s, so the gate acts from depth 2 on (s^0 = 0): K − 1 gates
         self.input_mix = InputMix(K, M, cfg.inputs_other_logit) if cfg.exchange == "inputs" else None
+        self.compilable = self.input_mix is None  # exchange "inputs" runs its own loop, never compiled
         self.gate = Gate(K - 1 if self.input_mix is not None else K, M, temperature=cfg.gate_temperature)
         self.exchange = (Exchange(K - 1, M, cfg.gate_temperature)
                          if cfg.exchange == "softmax" and M >= 2 and K >= 2 else None)

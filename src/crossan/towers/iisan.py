@@ -107,6 +107,7 @@ class IISANTower(ContentTower):
     """IISAN item tower over M modalities (METHOD.md §5); see the module docstring for the missing rule."""
 
     reads_tap_major = True
+    compilable = True
 
     def __init__(self, features: FeatureSource, modalities: list[str], num_items: int, dim: int,
                  cfg: IISANConfig | None = None) -> None:
