@@ -474,9 +474,14 @@ def test_a_saved_config_without_a_key_whose_default_changed_reads_as_it_ran() ->
     del saved["train"]["pop_smoothing"]
     assert config_differences(saved, load_config([], ["train.negatives=unique"])) == []
     del saved["train"]  # a whole section missing: filled the same way
-    assert config_differences(saved, now) == ["train.negatives: 'unique' → 'slots'"]
-    # the one key found in the history, and precision, whose first default (auto) did not keep float32
-    assert CHANGED_DEFAULTS == {"train.negatives": "unique", "precision": "fp32"}
+    assert config_differences(saved, now) == ["train.compile: False → 'auto'", "train.negatives: 'unique' → 'slots'"]
+    # the one key found in the history, precision, whose first default (auto) did not keep float32, and
+    # train.compile (false → auto in 0.1.20)
+    assert CHANGED_DEFAULTS == {"train.negatives": "unique", "precision": "fp32", "train.compile": False}
+    saved = to_dict(now)
+    del saved["train"]["compile"]  # written before train.compile existed: it trained eager
+    assert config_differences(saved, now) == ["train.compile: False → 'auto'"]
+    assert config_differences(saved, load_config([], ["train.compile=false"])) == []
 
 
 def test_a_suite_refuses_to_reuse_a_run_trained_before_negatives_existed(tmp_path: Path) -> None:

@@ -919,6 +919,7 @@ any device."""
 CHANGED_DEFAULTS: dict[str, Any] = {
     "train.negatives": "unique",  # added 2026-11-30 (2b87629) as "unique"; default "slots" since 7aab18c
     "precision": "fp32",  # added 2026-11-30 (6cf8d3d) as "auto"; everything before ran in float32
+    "train.compile": False,  # added 2026-12-01 as false (eager, as before it); default "auto" since 0.1.20
 }
 """Keys whose default changed after they were added → the value a saved config.yaml that lacks the key ran
 with (the behaviour before the key existed, which the key's first default kept). :func:`config_differences`
@@ -926,7 +927,8 @@ fills a missing key from here, not from today's default, so that an old run is n
 new default. A missing key whose default never changed since it was added takes today's default.
 
 Found by resolving ``to_dict(Config())`` at every commit of the history and listing each key whose default
-later changed: ``train.negatives`` (``unique`` → ``slots``) is the only one. ``precision`` needs an entry for
+later changed: ``train.negatives`` (``unique`` → ``slots``) was the only one until ``train.compile``
+(``false`` → ``auto``, crossan 0.1.20). ``precision`` needs an entry for
 the opposite reason: its first default, ``auto``, did not keep the behaviour before it (float32 everywhere;
 ``auto`` is bf16 on CPUs and GPUs with bf16 units), so a run saved before it ran as ``fp32``.
 ``cache.train_table`` was added as ``true`` and became ``false``, but a config without it was written
