@@ -862,6 +862,56 @@ def test_efficientnet_folded_batch_norms_match_separate_passes(size: int) -> Non
         assert (b.abs().max() > 0.1), f"feature map {k} is degenerate"
 
 
+@pytest.mark.parametrize("size", [64, 65])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_efficientnet_fused_relu6_gives_the_same_maps_bit_for_bit(size: int, precision: str) -> None:
+    """With gradients off on a CPU each convolution and the ReLU6 after it run as one oneDNN call (the clip
+    applied before the output is written); clipping at 0 and 6 commutes with rounding, so every map is the
+    separate passes' bit for bit, in fp32 and under bf16 autocast, channels-last as the encoders feed it."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from crossan.encoders import efficientnet
+    from crossan.precision import autocast
+
+    if efficientnet._CONV_POINTWISE is None:
+        pytest.skip("this torch build has no oneDNN fused convolution")
+    model = _efficientnet_with_varied_batch_norms().to(memory_format=torch.channels_last)
+    x = torch.randn(3, 3, size, size).contiguous(memory_format=torch.channels_last)
+    calls = []
+    fused = efficientnet._CONV_POINTWISE
+
+    def counted(*args):
+        calls.append(args[7])
+        return fused(*args)
+
+    with torch.no_grad(), autocast(precision, "cpu"):
+        assert efficientnet.fusable(x)
+        efficientnet._CONV_POINTWISE = counted
+        try:
+            one_call = model.feature_maps(x)
+        finally:
+            efficientnet._CONV_POINTWISE = None
+        try:
+            two_passes = model.feature_maps(x)
+        finally:
+            efficientnet._CONV_POINTWISE = fused
+    assert calls == ["hardtanh"] * 33  # stem, 15 expand and 16 depthwise convolutions, head
+    assert one_call[-1].dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
+    for k, (a, b) in enumerate(zip(one_call, two_passes)):
+        assert torch.equal(a, b), f"feature map {k}"
+    assert not efficientnet.fusable(x)  # gradients on (full fine-tuning): the differentiable separate passes
+    flops = []
+    for op in (fused, None):  # torch's FLOP counter counts the fused convolutions as the convolutions they are
+        efficientnet._CONV_POINTWISE = op
+        try:
+            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+                model.feature_maps(x)
+        finally:
+            efficientnet._CONV_POINTWISE = fused
+        flops.append(counter.get_total_flops())
+    assert flops[0] == flops[1] > 0
+
+
 def test_efficientnet_folded_batch_norms_give_the_same_gradients() -> None:
     """Full fine-tuning differentiates through the folded weights: the gradients of every convolution weight and
     batch-norm γ/β are those of the network with separate batch norms."""

@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -96,33 +97,83 @@ class SameConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.convolve(x, self.weight, self.bias)
 
-    def convolve(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """This convolution's geometry (stride, "same" padding, groups) with other ``weight`` and ``bias``."""
+    def convolve(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 relu6: bool = False) -> torch.Tensor:
+        """This convolution's geometry (stride, "same" padding, groups) with other ``weight`` and ``bias``;
+        ``relu6``: clipped to [0, 6] after, in the same oneDNN call where :func:`fusable` (else a second pass)."""
         pads = []
         for n, k, s in zip(x.shape[-2:], self.kernel_size, self.stride):
             total = max((math.ceil(n / s) - 1) * s + k - n, 0)
             pads.append((total // 2, total - total // 2))
         (top, bottom), (left, right) = pads
-        if top == bottom and left == right:
-            return F.conv2d(x, weight, bias, self.stride, (top, left), self.dilation, self.groups)
-        x = F.pad(x, [left, right, top, bottom])
-        return F.conv2d(x, weight, bias, self.stride, 0, self.dilation, self.groups)
+        padding = (top, left)
+        if not (top == bottom and left == right):
+            x, padding = F.pad(x, [left, right, top, bottom]), (0, 0)
+        if relu6 and fusable(x):
+            dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+            return _CONV_POINTWISE(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype),
+                                   list(padding), list(self.stride), list(self.dilation), self.groups,
+                                   "hardtanh", [0.0, 6.0], "")
+        y = F.conv2d(x, weight, bias, self.stride, padding, self.dilation, self.groups)
+        return F.relu6(y, inplace=True) if relu6 else y
+
+
+def _conv_pointwise() -> Any:
+    try:  # inductor's fused CPU convolution (oneDNN with a post-op); absent from builds without oneDNN
+        return torch.ops.mkldnn._convolution_pointwise if torch.backends.mkldnn.is_available() else None
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_CONV_POINTWISE = _conv_pointwise()
+
+
+def _count_fused_convolutions() -> None:
+    """Let ``torch.utils.flop_counter.FlopCounterMode`` (the benchmarks' FLOP counts) count a fused convolution
+    as the convolution it is: it knows aten's convolutions only, and counted none of these."""
+    from torch.utils import flop_counter
+
+    if _CONV_POINTWISE is None or _CONV_POINTWISE in flop_counter.flop_registry:
+        return
+
+    @flop_counter.register_flop_formula(_CONV_POINTWISE)
+    def _flops(x_shape: list[int], w_shape: list[int], *args: Any, out_shape: list[int] | None = None,
+               **kwargs: Any) -> int:
+        return flop_counter.conv_flop_count(x_shape, w_shape, out_shape or [])
+
+
+_count_fused_convolutions()
+
+
+def fusable(x: torch.Tensor) -> bool:
+    """Whether a convolution of ``x`` and the ReLU6 after it run as one oneDNN call: on a CPU, in float32 or
+    bfloat16 (autocast's, where on), with gradients off (a frozen encoder's forward: cache building, live
+    features). The clip then happens before the output is written, not in a second pass over it (in bf16 that
+    pass took about as long as the depthwise convolution itself: docs/results.md §3u). Clipping at 0 and 6
+    commutes with rounding to bf16, so the output is the same bit for bit."""
+    if _CONV_POINTWISE is None or x.device.type != "cpu" or torch.is_grad_enabled():
+        return False
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+    return dtype in (torch.float32, torch.bfloat16) and x.dtype in (torch.float32, torch.bfloat16)
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=BN_EPS)
 
 
-def conv_bn(conv: SameConv2d, bn: nn.BatchNorm2d, x: torch.Tensor, fold: bool = True) -> torch.Tensor:
+def conv_bn(conv: SameConv2d, bn: nn.BatchNorm2d, x: torch.Tensor, fold: bool = True,
+            relu6: bool = False) -> torch.Tensor:
     """``bn(conv(x))``; with ``fold`` and ``bn`` in eval mode as one convolution with the batch norm folded in
-    (weights scaled by ``γ/√(σ² + ε)`` per output channel, bias ``β − μ·γ/√(σ² + ε)`` plus the scaled conv bias)."""
+    (weights scaled by ``γ/√(σ² + ε)`` per output channel, bias ``β − μ·γ/√(σ² + ε)`` plus the scaled conv bias).
+    ``relu6``: ``relu6(bn(conv(x)))``, the clip fused into a folded convolution where :func:`fusable`."""
     if not fold or bn.training or not bn.track_running_stats or bn.running_var is None or bn.running_mean is None:
-        return bn(conv(x))
+        y = bn(conv(x))
+        return F.relu6(y, inplace=True) if relu6 else y
     scale = torch.rsqrt(bn.running_var + bn.eps)
     shift = -bn.running_mean * scale if conv.bias is None else (conv.bias - bn.running_mean) * scale
     if bn.affine:
         scale, shift = scale * bn.weight, shift * bn.weight + bn.bias
-    return conv.convolve(x, conv.weight * scale.view(-1, *([1] * (conv.weight.dim() - 1))), shift)
+    return conv.convolve(x, conv.weight * scale.view(-1, *([1] * (conv.weight.dim() - 1))), shift, relu6)
 
 
 class MBConvBlock(nn.Module):
@@ -144,8 +195,8 @@ class MBConvBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, fold: bool = True) -> torch.Tensor:
         """The block's output; ``fold``: batch norms folded into the convolutions (:func:`conv_bn`)."""
-        h = F.relu6(conv_bn(self._expand_conv, self._bn0, x, fold), inplace=True) if self.expand else x
-        h = F.relu6(conv_bn(self._depthwise_conv, self._bn1, h, fold), inplace=True)
+        h = conv_bn(self._expand_conv, self._bn0, x, fold, relu6=True) if self.expand else x
+        h = conv_bn(self._depthwise_conv, self._bn1, h, fold, relu6=True)
         h = conv_bn(self._project_conv, self._bn2, h, fold)
         return h + x if self.skip else h
 
@@ -175,12 +226,12 @@ class EfficientNetLite(nn.Module):
     def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Stem, block outputs and head of normalised images ``[B, 3, H, W]`` (18 maps ``[B, C_i, h_i, w_i]``)."""
         fold = self.fold_batch_norm
-        h = F.relu6(conv_bn(self._conv_stem, self._bn0, x, fold), inplace=True)
+        h = conv_bn(self._conv_stem, self._bn0, x, fold, relu6=True)
         maps = [h]
         for block in self._blocks:
             h = block(h, fold)
             maps.append(h)
-        maps.append(F.relu6(conv_bn(self._conv_head, self._bn1, h, fold), inplace=True))
+        maps.append(conv_bn(self._conv_head, self._bn1, h, fold, relu6=True))
         return maps
 
     def pooled_features(self, x: torch.Tensor) -> list[torch.Tensor]:
