@@ -7,7 +7,9 @@ before it. This script times the encoder's forward (``CNNImageEncoder.forward``:
 zero-padded to the tap width) both ways in one process, alternating ``--rounds`` times on the same
 prepared pixels, and reports the median time per batch, items/s, the speed-up, and the largest difference
 between the two outputs relative to the output's scale. Video costs the same per frame: a clip of F
-frames is F images.
+frames is F images. A third setting, ``unfused``, folds the batch norms but clips each ReLU6 in a pass of its
+own (``EfficientNetLite.fuse_relu6 = False``): ``fused x`` is its time over the folded one's, where every
+convolution and its ReLU6 are one oneDNN call, and ``fused diff`` the largest difference (0: bit for bit).
 
     python benchmarks/cnn_fold.py --batch-sizes 8,32 --rounds 5 --out bench_out/cnn_fold
     python benchmarks/cnn_fold.py --precision auto --image-size 160
@@ -73,15 +75,17 @@ def main(argv: list[str] | None = None) -> None:
         # pixels as the processor makes them from photos: 0…255 values normalised the TF way
         pixels = (torch.randint(0, 256, (bs, 3, args.image_size, args.image_size)).float() - 127) / 128
         inputs = {"pixel_values": pixels}
-        outs, times = {}, {True: [], False: []}
+        settings = {"folded": (True, True), "separate": (False, False), "unfused": (True, False)}  # (fold, fuse)
+        outs: dict[str, torch.Tensor] = {}
+        times: dict[str, list[float]] = {k: [] for k in settings}
         with torch.no_grad(), autocast(args.precision, "cpu"):
-            for fold in (True, False):  # warm-up, and the outputs compared
-                net.fold_batch_norm = fold
-                outs[fold] = encoder.forward(inputs).float()
+            for name, (fold, fuse) in settings.items():  # warm-up, and the outputs compared
+                net.fold_batch_norm, net.fuse_relu6 = fold, fuse
+                outs[name] = encoder.forward(inputs).float()
             for _ in range(args.rounds):
-                for fold in (True, False):
-                    net.fold_batch_norm = fold
-                    times[fold].append(_time(lambda x=inputs: encoder.forward(x), args.repeats))
+                for name, (fold, fuse) in settings.items():
+                    net.fold_batch_norm, net.fuse_relu6 = fold, fuse
+                    times[name].append(_time(lambda x=inputs: encoder.forward(x), args.repeats))
         if args.profile and not rows:
             for fold in (False, True):
                 net.fold_batch_norm = fold
@@ -89,20 +93,24 @@ def main(argv: list[str] | None = None) -> None:
                     encoder.forward(inputs)
                 print(f"batch {bs}, batch norms {'folded' if fold else 'separate'}:")
                 print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8))
-        net.fold_batch_norm = True
+        net.fold_batch_norm, net.fuse_relu6 = True, True
         med = {k: statistics.median(v) for k, v in times.items()}
-        diff = float((outs[True] - outs[False]).abs().max() / outs[False].abs().max())
-        rows.append({"batch_size": bs, "separate_ms": med[False] * 1e3, "folded_ms": med[True] * 1e3,
-                     "separate_items_per_s": bs / med[False], "folded_items_per_s": bs / med[True],
-                     "speedup": med[False] / med[True],
-                     "rounds_faster": sum(f < s for f, s in zip(times[True], times[False])),
-                     "rounds": args.rounds, "max_rel_diff": diff})
+        diff = float((outs["folded"] - outs["separate"]).abs().max() / outs["separate"].abs().max())
+        fused_diff = float((outs["folded"] - outs["unfused"]).abs().max())
+        rows.append({"batch_size": bs, "separate_ms": med["separate"] * 1e3, "folded_ms": med["folded"] * 1e3,
+                     "separate_items_per_s": bs / med["separate"], "folded_items_per_s": bs / med["folded"],
+                     "speedup": med["separate"] / med["folded"],
+                     "rounds_faster": sum(f < s for f, s in zip(times["folded"], times["separate"])),
+                     "rounds": args.rounds, "max_rel_diff": diff,
+                     "unfused_ms": med["unfused"] * 1e3, "fused_speedup": med["unfused"] / med["folded"],
+                     "fused_max_abs_diff": fused_diff})
     print(f"{'batch':>5} {'separate ms':>12} {'folded ms':>10} {'sep it/s':>9} {'fold it/s':>9} {'speed-up':>8} "
-          f"{'faster':>7} {'max rel diff':>12}")
+          f"{'faster':>7} {'max rel diff':>12} {'unfused ms':>11} {'fused x':>8} {'fused diff':>10}")
     for r in rows:
         print(f"{r['batch_size']:>5} {r['separate_ms']:>12.1f} {r['folded_ms']:>10.1f} {r['separate_items_per_s']:>9.1f} "
               f"{r['folded_items_per_s']:>9.1f} {r['speedup']:>7.2f}x {r['rounds_faster']:>3}/{r['rounds']:<3} "
-              f"{r['max_rel_diff']:>12.1e}")
+              f"{r['max_rel_diff']:>12.1e} {r['unfused_ms']:>11.1f} {r['fused_speedup']:>7.2f}x "
+              f"{r['fused_max_abs_diff']:>10.1e}")
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)

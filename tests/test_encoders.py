@@ -889,9 +889,7 @@ def test_efficientnet_fused_relu6_gives_the_same_maps_bit_for_bit(size: int, pre
         efficientnet._CONV_POINTWISE = counted
         try:
             one_call = model.feature_maps(x)
-        finally:
-            efficientnet._CONV_POINTWISE = None
-        try:
+            model.fuse_relu6 = False
             two_passes = model.feature_maps(x)
         finally:
             efficientnet._CONV_POINTWISE = fused
@@ -901,13 +899,10 @@ def test_efficientnet_fused_relu6_gives_the_same_maps_bit_for_bit(size: int, pre
         assert torch.equal(a, b), f"feature map {k}"
     assert not efficientnet.fusable(x)  # gradients on (full fine-tuning): the differentiable separate passes
     flops = []
-    for op in (fused, None):  # torch's FLOP counter counts the fused convolutions as the convolutions they are
-        efficientnet._CONV_POINTWISE = op
-        try:
-            with torch.no_grad(), FlopCounterMode(display=False) as counter:
-                model.feature_maps(x)
-        finally:
-            efficientnet._CONV_POINTWISE = fused
+    for fuse in (True, False):  # torch's FLOP counter counts the fused convolutions as the convolutions they are
+        model.fuse_relu6 = fuse
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model.feature_maps(x)
         flops.append(counter.get_total_flops())
     assert flops[0] == flops[1] > 0
 
@@ -935,6 +930,7 @@ def test_cnn_fold_benchmark_runs_and_writes_its_table(tmp_path: Path) -> None:
                 "--repeats", "1", "--out", str(tmp_path)])
     rows = json.loads((tmp_path / "cnn_fold.json").read_text())["rows"]
     assert [r["batch_size"] for r in rows] == [2] and rows[0]["max_rel_diff"] < 1e-5
+    assert rows[0]["fused_max_abs_diff"] == 0.0 and rows[0]["unfused_ms"] > 0  # ReLU6 fused: bit for bit
     assert rows[0]["folded_ms"] > 0 and rows[0]["separate_ms"] > 0
 
 

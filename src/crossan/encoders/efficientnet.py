@@ -98,9 +98,10 @@ class SameConv2d(nn.Conv2d):
         return self.convolve(x, self.weight, self.bias)
 
     def convolve(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                 relu6: bool = False) -> torch.Tensor:
+                 relu6: bool = False, fuse: bool = True) -> torch.Tensor:
         """This convolution's geometry (stride, "same" padding, groups) with other ``weight`` and ``bias``;
-        ``relu6``: clipped to [0, 6] after, in the same oneDNN call where :func:`fusable` (else a second pass)."""
+        ``relu6``: clipped to [0, 6] after, with ``fuse`` in the same oneDNN call where :func:`fusable` (else
+        in a second pass)."""
         pads = []
         for n, k, s in zip(x.shape[-2:], self.kernel_size, self.stride):
             total = max((math.ceil(n / s) - 1) * s + k - n, 0)
@@ -109,7 +110,7 @@ class SameConv2d(nn.Conv2d):
         padding = (top, left)
         if not (top == bottom and left == right):
             x, padding = F.pad(x, [left, right, top, bottom]), (0, 0)
-        if relu6 and fusable(x):
+        if relu6 and fuse and fusable(x):
             dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
             return _CONV_POINTWISE(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype),
                                    list(padding), list(self.stride), list(self.dilation), self.groups,
@@ -162,10 +163,11 @@ def _bn(channels: int) -> nn.BatchNorm2d:
 
 
 def conv_bn(conv: SameConv2d, bn: nn.BatchNorm2d, x: torch.Tensor, fold: bool = True,
-            relu6: bool = False) -> torch.Tensor:
+            relu6: bool = False, fuse: bool = True) -> torch.Tensor:
     """``bn(conv(x))``; with ``fold`` and ``bn`` in eval mode as one convolution with the batch norm folded in
     (weights scaled by ``γ/√(σ² + ε)`` per output channel, bias ``β − μ·γ/√(σ² + ε)`` plus the scaled conv bias).
-    ``relu6``: ``relu6(bn(conv(x)))``, the clip fused into a folded convolution where :func:`fusable`."""
+    ``relu6``: ``relu6(bn(conv(x)))``, with ``fuse`` the clip fused into a folded convolution where
+    :func:`fusable`."""
     if not fold or bn.training or not bn.track_running_stats or bn.running_var is None or bn.running_mean is None:
         y = bn(conv(x))
         return F.relu6(y, inplace=True) if relu6 else y
@@ -173,7 +175,8 @@ def conv_bn(conv: SameConv2d, bn: nn.BatchNorm2d, x: torch.Tensor, fold: bool = 
     shift = -bn.running_mean * scale if conv.bias is None else (conv.bias - bn.running_mean) * scale
     if bn.affine:
         scale, shift = scale * bn.weight, shift * bn.weight + bn.bias
-    return conv.convolve(x, conv.weight * scale.view(-1, *([1] * (conv.weight.dim() - 1))), shift, relu6)
+    return conv.convolve(x, conv.weight * scale.view(-1, *([1] * (conv.weight.dim() - 1))), shift, relu6,
+                         fuse)
 
 
 class MBConvBlock(nn.Module):
@@ -193,10 +196,11 @@ class MBConvBlock(nn.Module):
         self.expand = expand != 1
         self.skip = stride == 1 and cin == cout
 
-    def forward(self, x: torch.Tensor, fold: bool = True) -> torch.Tensor:
-        """The block's output; ``fold``: batch norms folded into the convolutions (:func:`conv_bn`)."""
-        h = conv_bn(self._expand_conv, self._bn0, x, fold, relu6=True) if self.expand else x
-        h = conv_bn(self._depthwise_conv, self._bn1, h, fold, relu6=True)
+    def forward(self, x: torch.Tensor, fold: bool = True, fuse: bool = True) -> torch.Tensor:
+        """The block's output; ``fold``: batch norms folded into the convolutions (:func:`conv_bn`); ``fuse``:
+        each ReLU6 in its convolution's call where :func:`fusable`."""
+        h = conv_bn(self._expand_conv, self._bn0, x, fold, relu6=True, fuse=fuse) if self.expand else x
+        h = conv_bn(self._depthwise_conv, self._bn1, h, fold, relu6=True, fuse=fuse)
         h = conv_bn(self._project_conv, self._bn2, h, fold)
         return h + x if self.skip else h
 
@@ -207,6 +211,11 @@ class EfficientNetLite(nn.Module):
     fold_batch_norm: bool = True
     """Fold each (eval-mode) batch norm into the convolution before it (:func:`conv_bn`); False runs them
     as separate passes (the reference for tests and benchmarks)."""
+
+    fuse_relu6: bool = True
+    """With gradients off on a CPU, run each convolution and the ReLU6 after it as one oneDNN call
+    (:func:`fusable`; the same maps bit for bit); False clips in a second pass (the reference for tests and
+    ``benchmarks/cnn_fold.py``)."""
 
     def __init__(self, config: EfficientNetLiteConfig | None = None) -> None:
         super().__init__()
@@ -225,13 +234,13 @@ class EfficientNetLite(nn.Module):
 
     def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Stem, block outputs and head of normalised images ``[B, 3, H, W]`` (18 maps ``[B, C_i, h_i, w_i]``)."""
-        fold = self.fold_batch_norm
-        h = conv_bn(self._conv_stem, self._bn0, x, fold, relu6=True)
+        fold, fuse = self.fold_batch_norm, self.fuse_relu6
+        h = conv_bn(self._conv_stem, self._bn0, x, fold, relu6=True, fuse=fuse)
         maps = [h]
         for block in self._blocks:
-            h = block(h, fold)
+            h = block(h, fold, fuse)
             maps.append(h)
-        maps.append(conv_bn(self._conv_head, self._bn1, h, fold, relu6=True))
+        maps.append(conv_bn(self._conv_head, self._bn1, h, fold, relu6=True, fuse=fuse))
         return maps
 
     def pooled_features(self, x: torch.Tensor) -> list[torch.Tensor]:
