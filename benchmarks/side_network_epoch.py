@@ -289,7 +289,8 @@ def main() -> None:
                      "round_times_per_epoch_s": [round(t * full / steps, 2) for t in run["times"]],
                      "cpu_time_per_epoch_s": round(run["cpu_times"][best] * full / steps, 3),
                      "warmup_s": round(run["warmup_s"], 2),
-                     "compiled": bool(getattr(model.tower, "compile", False)),
+                     "compiled": bool(getattr(model.tower, "compile", False) and getattr(model.tower, "compilable", False)
+                                      and device.type == "cpu"),  # what ContentTower.compiles needs besides training
                      "peak_memory_bytes": int(peak), "peak_minus_cache_bytes": int(peak_above_cache),
                      "allocated_before_epoch_bytes": int(before), "memory_kind": kind,
                      "loss": round(run["losses"][best], 4), **floor})

@@ -863,11 +863,12 @@ def test_efficientnet_folded_batch_norms_match_separate_passes(size: int) -> Non
 
 
 @pytest.mark.parametrize("size", [64, 65])
-@pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_efficientnet_fused_relu6_gives_the_same_maps_bit_for_bit(size: int, precision: str) -> None:
-    """With gradients off on a CPU each convolution and the ReLU6 after it run as one oneDNN call (the clip
-    applied before the output is written); clipping at 0 and 6 commutes with rounding, so every map is the
-    separate passes' bit for bit, in fp32 and under bf16 autocast, channels-last as the encoders feed it."""
+@pytest.mark.parametrize("threads", [1, 2])
+def test_efficientnet_fused_relu6_gives_the_same_maps(size: int, threads: int) -> None:
+    """With gradients off on a CPU in bf16 each convolution and the ReLU6 after it run as one oneDNN call (the
+    clip applied before the output is written). Clipping at 0 and 6 commutes with rounding to bf16, so the maps
+    are the separate passes' up to oneDNN's choice of kernel for the fused call: bit for bit on the AMX CPU this
+    was measured on, within one bf16 rounding step allowed here for others. float32 keeps the separate passes."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from crossan.encoders import efficientnet
@@ -884,24 +885,34 @@ def test_efficientnet_fused_relu6_gives_the_same_maps_bit_for_bit(size: int, pre
         calls.append(args[7])
         return fused(*args)
 
-    with torch.no_grad(), autocast(precision, "cpu"):
-        assert efficientnet.fusable(x)
-        efficientnet._CONV_POINTWISE = counted
-        try:
-            one_call = model.feature_maps(x)
-            model.fuse_relu6 = False
-            two_passes = model.feature_maps(x)
-        finally:
-            efficientnet._CONV_POINTWISE = fused
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad(), autocast("bf16", "cpu"):
+            assert efficientnet.fusable(x)
+            efficientnet._CONV_POINTWISE = counted
+            try:
+                one_call = model.feature_maps(x)
+                model.fuse_relu6 = False
+                two_passes = model.feature_maps(x)
+            finally:
+                efficientnet._CONV_POINTWISE = fused
+                model.fuse_relu6 = True
+        with torch.no_grad():
+            assert not efficientnet.fusable(x)  # float32: two passes
+    finally:
+        torch.set_num_threads(before)
     assert calls == ["hardtanh"] * 33  # stem, 15 expand and 16 depthwise convolutions, head
-    assert one_call[-1].dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
     for k, (a, b) in enumerate(zip(one_call, two_passes)):
-        assert torch.equal(a, b), f"feature map {k}"
+        assert a.dtype == b.dtype == torch.bfloat16
+        torch.testing.assert_close(a.float(), b.float(), rtol=2**-7, atol=0, msg=f"feature map {k}")
+    for a in (one_call[0], one_call[-1]):  # the stem's and the head's maps are ReLU6 outputs: clipped
+        assert a.min() == 0 and a.max() <= 6
     assert not efficientnet.fusable(x)  # gradients on (full fine-tuning): the differentiable separate passes
     flops = []
     for fuse in (True, False):  # torch's FLOP counter counts the fused convolutions as the convolutions they are
         model.fuse_relu6 = fuse
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), autocast("bf16", "cpu"), FlopCounterMode(display=False) as counter:
             model.feature_maps(x)
         flops.append(counter.get_total_flops())
     assert flops[0] == flops[1] > 0
@@ -930,7 +941,7 @@ def test_cnn_fold_benchmark_runs_and_writes_its_table(tmp_path: Path) -> None:
                 "--repeats", "1", "--out", str(tmp_path)])
     rows = json.loads((tmp_path / "cnn_fold.json").read_text())["rows"]
     assert [r["batch_size"] for r in rows] == [2] and rows[0]["max_rel_diff"] < 1e-5
-    assert rows[0]["fused_max_abs_diff"] == 0.0 and rows[0]["unfused_ms"] > 0  # ReLU6 fused: bit for bit
+    assert rows[0]["fused_max_abs_diff"] == 0.0 and rows[0]["unfused_ms"] > 0  # fp32: never fused
     assert rows[0]["folded_ms"] > 0 and rows[0]["separate_ms"] > 0
 
 

@@ -484,6 +484,24 @@ def test_a_saved_config_without_a_key_whose_default_changed_reads_as_it_ran() ->
     assert config_differences(saved, load_config([], ["train.compile=false"])) == []
 
 
+def test_a_suite_reuses_a_run_that_differs_only_in_train_compile(tmp_path: Path) -> None:
+    """crossan 0.1.19 wrote ``compile: false`` (and before 2026-12-01 no key at all); 0.1.20's default is ``auto``.
+    Compiling changes how a step is computed, not what (``runs.EXECUTION_KEYS``): the finished runs are reused,
+    not refused as runs of another configuration."""
+    data = random_dataset(tmp_path / "data")
+    suite = _suite_file(tmp_path, data)
+    run_dir = _finished_run(suite, data, tmp_path / "out", 0)
+    text = (run_dir / "config.yaml").read_text()
+    assert "compile: auto" in text
+    (run_dir / "config.yaml").write_text(text.replace("compile: auto", "compile: false"))
+    (row,) = run_suite(suite, tmp_path / "out", progress=False)
+    assert row["status"] == "ok", row.get("error")
+    shutil.rmtree(tmp_path / "out")
+    _finished_run(suite, data, tmp_path / "out", 0, drop=("train.compile",))
+    (row,) = run_suite(suite, tmp_path / "out", progress=False)
+    assert row["status"] == "ok", row.get("error")
+
+
 def test_a_suite_refuses_to_reuse_a_run_trained_before_negatives_existed(tmp_path: Path) -> None:
     data = random_dataset(tmp_path / "data")
     suite = _suite_file(tmp_path, data)

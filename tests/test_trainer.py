@@ -56,6 +56,19 @@ def _crash_at_epoch(epoch: int, small_data: Path, run: Path, monkeypatch, *extra
     monkeypatch.setattr(trainer, "_batches", real_batches)
 
 
+def test_resume_accepts_another_train_compile(small_data: Path, tmp_path: Path, monkeypatch) -> None:
+    """A run started as crossan 0.1.19 wrote it (``compile: false``) resumes under 0.1.20's default (``auto``):
+    compiling changes how a step is computed, not the run (``runs.EXECUTION_KEYS``). It was refused as "--resume
+    with a different configuration: train.compile: False → 'auto'"."""
+    full = train(_cfg(small_data), tmp_path / "full", progress=False)
+    _crash_at_epoch(3, small_data, tmp_path / "run", monkeypatch, "train.compile=false")
+    assert "compile: false" in (tmp_path / "run" / "config.yaml").read_text()
+    resumed = train(_cfg(small_data), tmp_path / "run", resume=True, progress=False)
+    assert resumed["test"] == full["test"] and resumed["train_compiled"] is False  # ID-SASRec: nothing to compile
+    with pytest.raises(RunError, match="different configuration: train.lr"):  # other keys are still compared
+        train(_cfg(small_data, "train.lr=0.5"), tmp_path / "run", resume=True, progress=False)
+
+
 def test_resume_gives_the_same_final_metrics(small_data: Path, tmp_path: Path, monkeypatch) -> None:
     full = train(_cfg(small_data), tmp_path / "full", progress=False)
     _crash_at_epoch(3, small_data, tmp_path / "resumed", monkeypatch)

@@ -146,7 +146,7 @@ class TrainConfig:
     compile: bool | Literal["auto"] = "auto"
     """IISAN and CROSSAN training on a CPU: run the side network (gates, exchange, SANBs of every depth, and
     their backward) through ``torch.compile`` (inductor, which fuses the element-wise passes between the
-    matrix products; needs a C++ compiler). The first step of a process compiles (10–25 s on the CPUs
+    matrix products; needs a C++ compiler). The first step of a process compiles (10–45 s on the CPUs
     measured), and that time counts in the first epoch's (results.json's ``train_time_per_epoch_s`` averages
     every epoch's); evaluation and other devices stay eager. ``auto`` (default) compiles where the run takes
     at least ``COMPILE_AUTO_MIN_STEPS`` (10,000) training steps on a CPU with a C++ compiler — the fewest

@@ -74,8 +74,8 @@ if TYPE_CHECKING:
 __all__ = ["CONFIG", "REQUIRED_FILES", "RESULT_KEYS", "NonFiniteError", "RunError", "TrainState",
            "CacheChangedWarning", "ContentChangedWarning", "MethodCodeWarning", "RunWarning", "SplitChangedWarning",
            "UnfinishedRunWarning", "WeightsFile", "cache_states_changes", "cache_states_diff", "cache_states_digests",
-           "check_item_fingerprint", "MOVABLE_KEYS", "ResumeCheck", "check_out_folder", "check_run_dir",
-           "check_run_folder", "content_changes", "content_digests", "is_move", "lock_run_folder", "saved_config",
+           "check_item_fingerprint", "EXECUTION_KEYS", "MOVABLE_KEYS", "ResumeCheck", "check_out_folder", "check_run_dir",
+           "check_run_folder", "content_changes", "content_digests", "is_execution", "is_move", "lock_run_folder", "saved_config",
            "input_changes", "evaluate_run", "load_checkpoint", "load_run", "load_weights", "read_results",
            "read_run_config", "read_weights", "rescore", "resolve_paths", "save_checkpoint", "save_per_user",
            "save_weights", "truncate_history", "unlock_run_folder", "version_compatible", "warn_if_unfinished"]
@@ -153,7 +153,7 @@ def check_run_dir(run_dir: Path, cfg: Config, resume: bool) -> ResumeCheck:
         old = saved_config(run_dir)
         old_precision = old.get("precision", CHANGED_DEFAULTS["precision"])  # a run saved before the key: fp32
         diff = config_differences({**old, "precision": cfg.precision}, cfg)
-        other = [d for d in diff if not is_move(d)]
+        other = [d for d in diff if not (is_move(d) or is_execution(d))]
         if other:
             raise RunError(f"{run_dir}: --resume with a different configuration: {'; '.join(other[:10])} "
                            f"({run_dir / CONFIG}'s value → this command's; resume with its values, or train into "
@@ -175,6 +175,19 @@ MOVABLE_KEYS = tuple(f"{section}.{key}" for section, key in PATH_KEYS)
 def is_move(difference: str) -> bool:
     """Whether a :func:`config_differences` entry (``key: old → new``) is one of :data:`MOVABLE_KEYS`'."""
     return difference.split(":", 1)[0] in MOVABLE_KEYS
+
+
+EXECUTION_KEYS = ("train.compile",)
+"""Config keys that change how a training step is computed, not what it computes (``torch.compile`` runs the same
+step up to rounding): a run that differs from another only in them is the same run, so a ``--resume`` and a
+suite's reuse accept them (a run folder written by crossan 0.1.19 says ``compile: false``, today's default is
+``auto``). The process that resumes trains as its own configuration says; results.json ``train_compiled`` records
+how the last one trained."""
+
+
+def is_execution(difference: str) -> bool:
+    """Whether a :func:`config_differences` entry is one of :data:`EXECUTION_KEYS`."""
+    return difference.split(":", 1)[0] in EXECUTION_KEYS
 
 
 def saved_config(run_dir: Path, error: type[RunError] = RunError) -> dict[str, Any]:
@@ -524,7 +537,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
                        f"cannot be continued on these; train into a new folder, or {fresh}")
     if config is not None and isinstance(ck.get("config"), dict):
         other = [d for d in config_differences({**ck["config"], "precision": config.precision}, config)
-                 if not is_move(d)]
+                 if not (is_move(d) or is_execution(d))]
         if other:
             raise RunError(f"{path} was written by a run of another configuration than this folder's "
                            f"config.yaml ({'; '.join(other[:10])}; the checkpoint's value → config.yaml's): if "

@@ -147,15 +147,18 @@ _count_fused_convolutions()
 
 
 def fusable(x: torch.Tensor) -> bool:
-    """Whether a convolution of ``x`` and the ReLU6 after it run as one oneDNN call: on a CPU, in float32 or
-    bfloat16 (autocast's, where on), with gradients off (a frozen encoder's forward: cache building, live
-    features). The clip then happens before the output is written, not in a second pass over it (in bf16 that
-    pass took about as long as the depthwise convolution itself: docs/results.md §3u). Clipping at 0 and 6
-    commutes with rounding to bf16, so the output is the same bit for bit."""
+    """Whether a convolution of ``x`` and the ReLU6 after it run as one oneDNN call: on a CPU, computing in
+    bfloat16 (autocast's, or ``x``'s own dtype), with gradients off (a frozen encoder's forward: cache building,
+    live features). The clip then happens before the output is written, not in a second pass over it: a bf16
+    clamp ran at half the fp32 one's speed and took 35% of the forward (docs/results.md §3u). Clipping at 0 and 6
+    commutes with rounding to bf16, and on the AMX CPU of §3u every map came out the same bit for bit; a CPU
+    whose oneDNN picks another kernel for the fused call may round a value the other way. In float32 the clip
+    costs little and the fused call gained nothing measurable, and at one thread oneDNN chose kernels that
+    differed in the last bits for small maps: float32 keeps the two passes (its states stay exactly as before)."""
     if _CONV_POINTWISE is None or x.device.type != "cpu" or torch.is_grad_enabled():
         return False
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-    return dtype in (torch.float32, torch.bfloat16) and x.dtype in (torch.float32, torch.bfloat16)
+    return dtype == torch.bfloat16 and x.dtype in (torch.float32, torch.bfloat16)
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:
@@ -213,9 +216,8 @@ class EfficientNetLite(nn.Module):
     as separate passes (the reference for tests and benchmarks)."""
 
     fuse_relu6: bool = True
-    """With gradients off on a CPU, run each convolution and the ReLU6 after it as one oneDNN call
-    (:func:`fusable`; the same maps bit for bit); False clips in a second pass (the reference for tests and
-    ``benchmarks/cnn_fold.py``)."""
+    """With gradients off on a CPU in bf16, run each convolution and the ReLU6 after it as one oneDNN call
+    (:func:`fusable`); False clips in a second pass (the reference for tests and ``benchmarks/cnn_fold.py``)."""
 
     def __init__(self, config: EfficientNetLiteConfig | None = None) -> None:
         super().__init__()

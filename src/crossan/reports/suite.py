@@ -468,8 +468,9 @@ def config_changes(run_dir: Path, overrides: list[str], results: dict[str, Any] 
     ``precision`` that continues a run at its checkpoint's dtype (:func:`crossan.runs.check_run_dir`), so a
     run trained at ``precision=auto`` on a CPU with bf16 units is reused by a suite that now sets
     ``precision=bf16``. An unchanged ``precision`` is the same run wherever ``auto`` resolves otherwise.
+    A changed ``train.compile`` (:data:`crossan.runs.EXECUTION_KEYS`) is never another run.
     :class:`RunError` naming the file when its config.yaml cannot be read or compared."""
-    from crossan.runs import is_move, saved_config
+    from crossan.runs import is_execution, is_move, saved_config
 
     saved = saved_config(run_dir)
     cfg = load_config([], overrides)
@@ -485,7 +486,7 @@ def config_changes(run_dir: Path, overrides: list[str], results: dict[str, Any] 
     elif precision:
         precision = [f"{precision[0]}: {now or 'it cannot run'} here, it trained in "
                      f"{trained or 'a compute dtype it did not record'}"]
-    other = [c for c in changed if not (c.startswith("precision:") or is_move(c))]
+    other = [c for c in changed if not (c.startswith("precision:") or is_move(c) or is_execution(c))]
     return other + precision, [c for c in changed if is_move(c)]
 
 

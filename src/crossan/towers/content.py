@@ -430,8 +430,8 @@ _COMPILED: dict[Callable[..., torch.Tensor], Callable[..., torch.Tensor]] = {}
 
 COMPILE_AUTO_MIN_STEPS = 10_000
 """``train.compile=auto`` compiles a side network whose run takes at least this many training steps (the
-fewest its epochs and early stopping allow). Compilation took 10–25 s per process on the CPUs measured
-(docs/results.md §3u), under 3 ms a step at this count, against steps of 30–200 ms that it made up to 24%
+fewest its epochs and early stopping allow). Compilation took 10–45 s per process on the CPUs measured
+(docs/results.md §3g, §3u), under 5 ms a step at this count, against steps of 30–200 ms that it made up to 24%
 faster."""
 
 
