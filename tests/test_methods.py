@@ -324,6 +324,11 @@ def test_a_new_method_trains_from_the_cache_with_known_outputs(example_module, t
     proj = sum(cache.dims[m] * cfg.user.dim + cfg.user.dim for m in ("text", "image"))
     assert res["trainable_params"] == proj + count_params(model.user)[0]
     assert 0.0 <= res["test"]["NDCG@10"] <= 1.0
+    # exported though its tower has no `modalities` attribute (it failed with an AttributeError)
+    from crossan.export import export_run
+
+    export_run(tmp_path / "run", tmp_path / "export")
+    assert (tmp_path / "export" / "model.safetensors").is_file()
 
 
 def test_a_plugin_run_is_not_resumed_by_other_code(example_module, tiny_cached, tmp_path: Path) -> None:
@@ -349,6 +354,16 @@ def test_a_plugin_run_is_not_resumed_by_other_code(example_module, tiny_cached, 
                                            rf"\(method_source\.sha256: {trained} → "):
             train(load_config([], args), run, resume=True, progress=False)
         assert (run / "train.log").read_bytes() == logged  # no header of a resumed run that never ran
+    finally:
+        source.write_text(original)
+    # loading the unfinished run into other code warns as loading a finished one does (from its checkpoint)
+    from crossan.runs import MethodCodeWarning, load_run
+
+    try:
+        source.write_text(original + "\n# edited\n")
+        with pytest.warns(MethodCodeWarning, match=r"plugin method 'lastmean' was trained with other code: .* the "
+                                                   r"run recorded .* \(from its checkpoint last\.pt\)"):
+            load_run(run)
     finally:
         source.write_text(original)
     # a checkpoint of a crossan before 0.1.16 records no SHA-256: its resume cannot check the code, and says so
@@ -614,6 +629,14 @@ def test_a_run_of_a_plugin_not_loaded_says_which_plugin_trained_it(fresh_plugins
                                        r"module of its own") as e:
         read_run_config(run, written="0.1.11")
     assert "--plugin /x/mine.py" not in str(e.value)
+    # an unfinished run (no results.json yet): the plugin is named as missing, not the crossan version
+    (run / "results.json").unlink()
+    with pytest.raises(RunError) as e:
+        read_run_config(run, written="0.1.20")
+    assert str(e.value).endswith("; the run's method 'ghostm' is not a built-in one and no plugin registered it: "
+                                 "pass --plugin with the module or file that does (the run is unfinished, so no "
+                                 "results.json records which)")
+    assert "cannot be read by" not in str(e.value)
 
 
 # --- crossan methods: the table as a researcher sees it, plugins included ---

@@ -101,7 +101,9 @@ def export_run(run_dir: str | Path, out: str | Path, device: str = "auto", data_
         if hasattr(tower, "features"):  # content towers read frozen encoders that are not in model.safetensors
             from crossan.encoders import resolve_specs
 
-            frozen = {m: dataclasses.asdict(s) for m, s in resolve_specs(cfg, list(tower.modalities)).items()}
+            # a plugin tower may read features without a modalities attribute (docs/method.md's example)
+            mods = list(getattr(tower, "modalities", None) or cfg.modalities)
+            frozen = {m: dataclasses.asdict(s) for m, s in resolve_specs(cfg, mods).items()}
             frozen = {"preset": cfg.encoders.preset, "specs": frozen,
                       "note": "not included in model.safetensors; item_embeddings already hold their effect"}
         files = {}

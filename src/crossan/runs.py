@@ -338,6 +338,9 @@ def _plugin_of_run(run_dir: Path, raw: dict[str, Any]) -> str:
     method = raw.get("method")
     if not isinstance(method, str) or method in METHODS:
         return ""
+    if not (run_dir / RESULTS).is_file() and isinstance(raw.get(method), dict):  # unfinished: no results.json yet
+        return (f"; the run's method {method!r} is not a built-in one and no plugin registered it: pass --plugin "
+                f"with the module or file that does (the run is unfinished, so no results.json records which)")
     try:
         source = json.loads((run_dir / RESULTS).read_text(encoding="utf-8")).get("method_source")
     except (OSError, ValueError, AttributeError):
@@ -352,6 +355,21 @@ def _plugin_of_run(run_dir: Path, raw: dict[str, Any]) -> str:
     spec = module if "." in module else source["file"]  # a package's module by name, a lone file by its path
     return (f"; the run's method {method!r} was trained from module {module!r} ({source['file']}): pass "
             f"--plugin {shlex.quote(spec)} if that is still its code")
+
+
+def _checkpoint_method_source(run_dir: Path) -> dict[str, Any] | None:
+    """For an unfinished run (no results.json yet): the plugin code its last checkpoint records, as results.json
+    would (``{"method_source": {"sha256": …, "file": …}}``), so that loading it with other code warns as loading
+    a finished run does; None where no checkpoint records one (crossan's own methods, no epoch finished)."""
+    path = run_dir / CHECKPOINT
+    if not path.is_file():
+        return None
+    try:  # memory-mapped: only the small entries are read, not the weights
+        ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - an unreadable checkpoint is for --resume to report, not for loading
+        return None
+    sha = (ck.get("data") or {}).get("method_source.sha256") if isinstance(ck, dict) else None
+    return {"method_source": {"sha256": sha, "file": f"its checkpoint {path.name}"}} if sha else None
 
 
 # --------------------------------------------------------------------------------------------- weights
@@ -850,7 +868,8 @@ def load_run(run_dir: str | Path, device: str = "auto", data_path: str | None = 
     if device != "auto":
         cfg.device = device
     results = read_results(run_dir)
-    changed = method_source_changes(cfg.method, results) if results is not None else ""
+    recorded = results if results is not None else _checkpoint_method_source(run_dir)
+    changed = method_source_changes(cfg.method, recorded) if recorded is not None else ""
     if changed:
         warnings.warn(f"{run_dir}: {changed}; its weights are loaded into the code of now, so its scores may "
                       f"differ from {RESULTS}", MethodCodeWarning, stacklevel=2)
