@@ -504,8 +504,10 @@ def test_a_non_finite_loss_names_the_method_and_a_plugin_tower(small_data: Path,
     cfg = load_config([], [f"data.path={small_data}", "method=nanm", "train.epochs=1", "device=cpu"])
     with pytest.raises(NonFiniteError) as e:
         train(cfg, tmp_path / "run", progress=False)
+    # NaN from the very first step, before any update: the learning rate is not the cause (it was advised)
     assert str(e.value).startswith(f"epoch 1: the training loss of method='nanm' (item tower {__name__}._FixedTower)"
-                                   " is nan (not finite); nothing of this epoch was saved. --resume would only ")
+                                   " was nan at the very first step, before any weight changed, so the learning rate "
+                                   "is not the cause: check the tower's forward")
 
 
 def test_a_plugin_tower_under_a_built_in_name_does_not_replace_the_built_in(monkeypatch) -> None:

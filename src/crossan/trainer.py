@@ -192,9 +192,10 @@ def _seed_epoch(seed: int, epoch: int) -> None:
 
 def train_epoch(step_model: torch.nn.Module, opt: torch.optim.Optimizer, batches: list[torch.Tensor],
                 inputs: torch.Tensor, targets: torch.Tensor, device: torch.device, grad_clip: float = 0.0,
-                desc: str = "train", progress: bool = True) -> float:
+                desc: str = "train", progress: bool = True, first_loss: list[torch.Tensor] | None = None) -> float:
     """One pass over ``batches`` (index tensors into ``inputs``/``targets``); returns the mean loss (under
-    torchrun, over every rank's steps: each rank takes the same number).
+    torchrun, over every rank's steps: each rank takes the same number). ``first_loss``: a list that gets the
+    first step's loss (a tensor, before any weight changed; no sync).
 
     ``step_model(x, y)`` returns the loss (a :class:`Recommender`, or it wrapped in DDP). Gradients are
     freed after each step, so none are held between steps or after the call. The device is synchronised at
@@ -205,6 +206,8 @@ def train_epoch(step_model: torch.nn.Module, opt: torch.optim.Optimizer, batches
     for idx in bar:
         x, y = inputs[idx].to(device, non_blocking=True), targets[idx].to(device, non_blocking=True)
         loss = step_model(x, y)
+        if first_loss is not None and steps == 0:
+            first_loss.append(loss.detach())
         loss.backward()
         if grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(step_model.parameters(), grad_clip)
@@ -260,6 +263,8 @@ class _Run:
     compiled: tuple[bool, str] = (False, "")
     """Whether the side network trains through ``torch.compile`` (``train.compile`` resolved) and why
     (logged at the start; results.json ``train_compiled``)."""
+    first_step_loss: float | None = None
+    """This process's loss at the first step of the last epoch it trained (:func:`_check_finite`)."""
 
 
 def train(cfg: Config, run_dir: str | Path, resume: bool = False, data: SequentialData | None = None,
@@ -568,13 +573,14 @@ def _timed_epoch(run: _Run, epoch: int, batches: list[torch.Tensor], full_steps:
     cfg = run.cfg
     step_args = (run.step_model, run.opt)
     first_step_s = None
+    firsts: list[torch.Tensor] = []
     t0 = time.perf_counter()
     if len(batches) < full_steps and len(batches) >= 2:
         # A capped epoch (train.max_steps_per_epoch) is extrapolated to a full one from its steps after the
         # first: what the first step does once (torch.compile, tables built on first use) is no per-step cost,
         # and times the full epoch's step count it swamped the figure. The same steps run, in the same order.
         first = train_epoch(*step_args, batches[:1], inputs, targets, run.device, cfg.train.grad_clip,
-                            progress=False)
+                            progress=False, first_loss=firsts)
         first_step_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         rest = train_epoch(*step_args, batches[1:], inputs, targets, run.device, cfg.train.grad_clip,
@@ -583,11 +589,12 @@ def _timed_epoch(run: _Run, epoch: int, batches: list[torch.Tensor], full_steps:
         mean_loss = (first + rest * (len(batches) - 1)) / len(batches)
     else:
         mean_loss = train_epoch(*step_args, batches, inputs, targets, run.device, cfg.train.grad_clip,
-                                desc=f"epoch {epoch}", progress=run.progress)
+                                desc=f"epoch {epoch}", progress=run.progress, first_loss=firsts)
         epoch_time = time.perf_counter() - t0
         if len(batches) < full_steps:  # a one-step cap: that step, warm-up and all, is all there is
             first_step_s = epoch_time
             epoch_time *= full_steps / max(1, len(batches))
+    run.first_step_loss = float(firsts[0]) if firsts else None  # one sync per epoch
     return mean_loss, epoch_time, first_step_s
 
 
@@ -604,6 +611,13 @@ def _check_finite(run: _Run, epoch: int, mean_loss: float) -> None:
         epoch, f"epochs 1–{epoch - 1} stay in this folder, but ")
     again = f"{kept}--resume would only repeat this epoch; train again into a new folder"
     who = tower_label(run.model.tower, run.model.method)
+    first = run.first_step_loss
+    if not math.isfinite(mean_loss) and epoch == 1 and first is not None and not math.isfinite(first):
+        # before the first update no learning rate has acted: the model's output or its inputs are at fault
+        raise NonFiniteError(f"epoch 1: the training loss of {who} was {first} at the very first step, before "
+                             "any weight changed, so the learning rate is not the cause: check the tower's "
+                             "forward (an empty slice's mean, a division by zero, a log of 0) and the inputs; "
+                             "nothing of this epoch was saved")
     if not math.isfinite(mean_loss):
         raise NonFiniteError(f"epoch {epoch}: the training loss of {who} is {mean_loss} (not finite); nothing "
                              f"of this epoch was saved. {again} with lower learning rates (train.lr={lr}) or "
