@@ -729,3 +729,21 @@ def test_the_origin_of_a_value_error_by_where_it_was_raised() -> None:
     assert found["library"].startswith(" (at ") and "numpy" in found["library"]
     assert found["library"].endswith(f", called from crossan/_origin_probe.py:3{tail}")
     assert found["own"] == ""
+
+
+def test_a_write_error_with_its_own_cause_is_not_called_a_full_disk() -> None:
+    """A second reader: ``crossan recommend … --out /proc/nope.csv`` said "no space left on the device" — /proc,
+    /sys and read-only mounts report no free space, and any error there was taken for a full disk. An OSError
+    with an errno of its own (ENOENT, EROFS, EACCES) is that error; only a vague one (torch.save's
+    RuntimeError) is judged by the free space."""
+    import errno
+
+    from crossan.utils import _disk_full
+
+    proc = Path("/proc")
+    if not proc.is_dir() or os.statvfs(proc).f_bavail * os.statvfs(proc).f_frsize >= 64 * 1024:
+        pytest.skip("needs a file system that reports no free space (Linux /proc)")
+    for code in (errno.ENOENT, errno.EROFS, errno.EACCES):
+        assert not _disk_full(OSError(code, os.strerror(code)), proc)
+    assert _disk_full(OSError(errno.ENOSPC, "No space left on device"), proc)
+    assert _disk_full(RuntimeError("PytorchStreamWriter failed writing file data/0"), proc)

@@ -354,8 +354,10 @@ def test_nan_and_infinite_scores_rank_last_as_the_evaluator_ranks_them(id_run: P
         scores = rec.scores([history])
     assert scores[0, first] == scores[0, other] == -torch.inf  # the score table: -inf, as documented
     rec.model.user_vectors = lambda inputs, table: torch.full((len(inputs), table.shape[1]), float("nan"))
-    with pytest.raises(ServeError, match="history 0: the model scores all .* candidates NaN or infinite"):
-        rec.recommend(history, k=3)
+    with pytest.raises(ServeError, match="^history: the model scores all .* candidates NaN or infinite"):
+        rec.recommend(history, k=3)  # one history is "history", as its other errors say (was "history 0")
+    with pytest.raises(ServeError, match="^history 0: the model scores all .* candidates NaN or infinite"):
+        rec.recommend_many([history, history], k=3)
 
 
 def test_unknown_and_empty_histories(id_run: Path, tmp_path: Path, capsys) -> None:
@@ -1449,3 +1451,35 @@ def test_serving_checks_that_mutation_testing_found_untested(id_run: Path, conte
                                            torch.zeros(1, width), sha), cfg)
         with pytest.raises(ServeError, match=says):
             load_recommender(run, device="cpu")
+
+
+def test_an_export_into_the_run_folder_is_refused(id_run: Path) -> None:
+    """A second reader: ``crossan export RUN --out RUN/extra_items`` succeeded where that folder did not exist yet;
+    the run's cold-start items then went missing from ``recommend`` and ``embed-items`` wrote beside the export."""
+    from crossan.errors import ServeError
+    from crossan.export import export_run
+
+    before = sorted(p.relative_to(id_run) for p in id_run.rglob("*"))
+    for out in (id_run / "extra_items", id_run / "a" / "b", id_run, id_run / ".." / id_run.name / "exp"):
+        with pytest.raises(ServeError, match=r"--out lies inside the run folder .* choose a folder outside it"):
+            export_run(id_run, out)
+    assert sorted(p.relative_to(id_run) for p in id_run.rglob("*")) == before  # nothing written
+
+
+def test_the_python_api_refuses_histories_and_flags_that_would_mislead(id_run: Path) -> None:
+    """A second reader: ``exclude_history="false"`` excluded (a truthy string), a set of ids was scored in its
+    arbitrary order (the user vector depends on it, so the answer changed between processes), a generator failed
+    with a bare ``TypeError: … has no len()``; and one ``recommend`` history was called "history 0"."""
+    from crossan.errors import ServeError
+    from crossan.serve import load_recommender
+
+    rec = load_recommender(id_run, device="cpu")
+    item = rec.item_ids[1]
+    with pytest.raises(ServeError, match=r"exclude_history must be True, False or None, got 'false'"):
+        rec.recommend([item], exclude_history="false")
+    for bad, kind in (({item}, "set"), (frozenset({item}), "frozenset"), ((i for i in [item]), "generator")):
+        with pytest.raises(ServeError, match=rf"history: expected a list of item ids, oldest first .* got {kind}"):
+            rec.recommend(bad)
+    assert rec.recommend((item,), k=3) == rec.recommend([item], k=3)  # a tuple is an ordered sequence
+    assert rec.recommend([item], exclude_history=np.bool_(True), k=3) == rec.recommend([item], k=3,
+                                                                                       exclude_history=True)

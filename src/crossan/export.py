@@ -65,6 +65,10 @@ def export_run(run_dir: str | Path, out: str | Path, device: str = "auto", data_
     Refuses (:class:`RunError`) an unfinished run (no results.json): its export would carry the best weights
     so far and no metrics."""
     run_dir, out = Path(run_dir), Path(out)
+    if out.resolve() == run_dir.resolve() or run_dir.resolve() in out.resolve().parents:
+        # e.g. RUN/extra_items: the run's own cold-start items would be replaced by the export's files
+        raise ServeError(f"{out}: --out lies inside the run folder {run_dir}, whose files it could replace; "
+                         "choose a folder outside it")
     _check_out(out, force)
     check_run_folder(run_dir)
     results = read_results(run_dir)

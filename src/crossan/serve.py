@@ -131,6 +131,10 @@ class TrainedRecommender:
         """Item rows of ``history``; :class:`UnknownItemError` names every unknown id."""
         if isinstance(history, str):
             raise ServeError(f"{where}: expected a list of item ids, got the string {history!r}")
+        if isinstance(history, (set, frozenset)) or not isinstance(history, Sequence | np.ndarray):
+            # a set has no order (and a user vector depends on it); a generator or other iterable, no length
+            raise ServeError(f"{where}: expected a list of item ids, oldest first (an ordered sequence), got "
+                             f"{type(history).__name__}")
         if len(history) == 0:
             raise ServeError(f"{where}: the history is empty; give at least one item id")
         unknown = list(dict.fromkeys(str(i) for i in history if str(i) not in self._row))
@@ -159,8 +163,13 @@ class TrainedRecommender:
         return b.to(self.device), items.to(self.device)
 
     def _exclude(self, exclude_history: bool | None) -> bool:
-        """``exclude_history`` as given, or the run's ``eval.mask_history`` for ``None``."""
-        return self.mask_history if exclude_history is None else bool(exclude_history)
+        """``exclude_history`` as given, or the run's ``eval.mask_history`` for ``None``; anything but a bool is
+        refused (the string ``"false"`` is truthy: it excluded)."""
+        if exclude_history is None:
+            return self.mask_history
+        if not isinstance(exclude_history, (bool, np.bool_)):
+            raise ServeError(f"exclude_history must be True, False or None, got {exclude_history!r}")
+        return bool(exclude_history)
 
     @torch.no_grad()
     def _scores_rows(self, rows: list[list[int]], exclude_history: bool | None,
@@ -224,10 +233,11 @@ class TrainedRecommender:
                   exclude_history: bool | None = None) -> list[Recommendation]:
         """The top ``k`` items for one history (item ids, oldest first), best first."""
         self.rows(history, "history")  # errors name "history", not "history 0"
-        return self.recommend_many([history], k, exclude_history)[0]
+        return self.recommend_many([history], k, exclude_history, _names=["history"])[0]
 
     def recommend_many(self, histories: Sequence[Sequence[str]] | Mapping[str, Sequence[str]], k: int = 10,
-                       exclude_history: bool | None = None, batch_size: int | None = None
+                       exclude_history: bool | None = None, batch_size: int | None = None,
+                       _names: list[str] | None = None
                        ) -> list[list[Recommendation]] | dict[str, list[Recommendation]]:
         """Top ``k`` for many histories: a list (or a mapping user → history, answered as a dict).
 
@@ -242,7 +252,8 @@ class TrainedRecommender:
             raise ServeError(f"batch_size must be an integer of at least 1 (or None), got {batch_size!r}")
         keys = list(histories) if isinstance(histories, Mapping) else None
         seqs = [histories[u] for u in keys] if keys is not None else list(histories)
-        names = [f"user {u!r}" for u in keys] if keys is not None else [f"history {b}" for b in range(len(seqs))]
+        names = _names or ([f"user {u!r}" for u in keys] if keys is not None
+                           else [f"history {b}" for b in range(len(seqs))])
         rows = [self.rows(h, names[b]) for b, h in enumerate(seqs)]  # all validated before any scoring
         bs = batch_size or self.cfg.eval.batch_size
         out: list[list[Recommendation]] = []

@@ -322,13 +322,15 @@ def _os_error(e: BaseException) -> OSError | None:
 
 def _disk_full(e: BaseException, folder: Path) -> bool:
     """Whether a failed write ran out of space: ENOSPC/EDQUOT, a library's message saying so, or (for
-    writers that report it vaguely, e.g. torch.save) a file system left with under 64 KiB."""
+    writers that report it vaguely, e.g. torch.save, with no errno) a file system left with under 64 KiB."""
     import errno
 
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
     if _says_disk_full(e):
         return True
+    if isinstance(e, OSError) and e.errno is not None:  # a cause of its own (ENOENT, EROFS, EACCES …): not a full
+        return False  # disk, though /proc, /sys and read-only mounts report no free space
     try:
         st = os.statvfs(folder)
     except OSError:
