@@ -1483,3 +1483,17 @@ def test_the_python_api_refuses_histories_and_flags_that_would_mislead(id_run: P
     assert rec.recommend((item,), k=3) == rec.recommend([item], k=3)  # a tuple is an ordered sequence
     assert rec.recommend([item], exclude_history=np.bool_(True), k=3) == rec.recommend([item], k=3,
                                                                                        exclude_history=True)
+
+
+def test_a_k_beyond_the_catalogue_says_so_and_not_that_the_history_took_the_rest(id_run: Path, capsys) -> None:
+    """A second reader: with ``--include-history`` (nothing excluded) and a k above the catalogue, the note read
+    "only 63 of the 63 candidate items are not in the history"."""
+    from crossan.serve import load_recommender
+
+    rec = load_recommender(id_run, device="cpu")
+    item, n = rec.item_ids[1], rec.num_candidates
+    assert main(["recommend", str(id_run), "--history", item, "--include-history", "--k", str(n + 5),
+                 "--device", "cpu"]) == 0
+    assert f"note: --k {n + 5} is more than the run's {n} candidate items: all are shown" in capsys.readouterr().err
+    assert main(["recommend", str(id_run), "--history", item, "--k", str(n + 5), "--device", "cpu"]) == 0
+    assert f"note: only {n - 1} of the {n} candidate items are not in the history" in capsys.readouterr().err

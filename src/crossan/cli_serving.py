@@ -160,7 +160,9 @@ def cmd_recommend(args: Any) -> int:
         for n, r in enumerate(items, 1):
             print(f"{n:>4}  {r.item_id:<{w}}  {r.score:>10.4f}  {r.title}")
         if len(items) < args.k:
-            print(f"note: only {len(items)} of the {rec.num_candidates} candidate items are not in the history",
+            print(f"note: only {len(items)} of the {rec.num_candidates} candidate items are not in the history"
+                  if len(items) < rec.num_candidates else  # history included, or nothing of it excluded
+                  f"note: --k {args.k} is more than the run's {rec.num_candidates} candidate items: all are shown",
                   file=sys.stderr)
         return 0
     from crossan.data.textscan import SPACES
