@@ -585,7 +585,8 @@ def test_a_layout_file_given_for_its_folder_says_pass_the_folder(tmp_path: Path,
     (root / name).write_text("x\n")
     fmt = "atomic" if name.startswith("x.") else "iisan"
     for given in ("auto", fmt):
-        with pytest.raises(DataError, match=rf"{name} is a file: .* folder that holds its files; pass --data {root}$"):
+        with pytest.raises(DataError, match=rf"{name} is a file: .* folder that holds its files; pass the folder, "
+                                            rf"{root} \(to --data, --run-data or data.path\)$"):
             read(DataConfig(path=str(root / name), format=given))
 
 

@@ -1023,7 +1023,7 @@ def detect_format(path: Path) -> str:
     if path.is_file() and (path.suffix.lower() in (".inter", ".item") or path.name in ("users.tsv", "items.tsv")
                            or path.name.endswith("_pairs.tsv")):
         raise DataError(f"{path} is a file: a dataset in this layout is the folder that holds its files; pass "
-                        f"--data {shlex.quote(str(path.parent))}")
+                        f"the folder, {shlex.quote(str(path.parent))} (to --data, --run-data or data.path)")
     if path.is_dir():
         inters = sorted(path.glob("*.inter"))
         if inters:
@@ -1052,7 +1052,7 @@ def read(cfg: DataConfig) -> RawData:
                         f"read as {fmt} (its items.tsv has one title column); drop the key")
     if fmt in ("iisan", "atomic") and path.is_file():
         raise DataError(f"{path} is a file: the {fmt} layout is read from the folder that holds its files; pass "
-                        f"--data {shlex.quote(str(path.parent))}")
+                        f"the folder, {shlex.quote(str(path.parent))} (to --data, --run-data or data.path)")
     if fmt == "iisan":
         return read_iisan(path, cfg)
     if fmt == "atomic":
