@@ -734,8 +734,8 @@ def test_the_origin_of_a_value_error_by_where_it_was_raised() -> None:
 def test_a_write_error_with_its_own_cause_is_not_called_a_full_disk() -> None:
     """A second reader: ``crossan recommend … --out /proc/nope.csv`` said "no space left on the device" — /proc,
     /sys and read-only mounts report no free space, and any error there was taken for a full disk. An OSError
-    with an errno of its own (ENOENT, EROFS, EACCES) is that error; only a vague one (torch.save's
-    RuntimeError) is judged by the free space."""
+    whose errno names a cause of its own (ENOENT, EROFS, EACCES) is that error; a vague one (EIO, torch.save's
+    RuntimeError) is still judged by the free space."""
     import errno
 
     from crossan.utils import _disk_full
@@ -747,3 +747,4 @@ def test_a_write_error_with_its_own_cause_is_not_called_a_full_disk() -> None:
         assert not _disk_full(OSError(code, os.strerror(code)), proc)
     assert _disk_full(OSError(errno.ENOSPC, "No space left on device"), proc)
     assert _disk_full(RuntimeError("PytorchStreamWriter failed writing file data/0"), proc)
+    assert _disk_full(OSError(errno.EIO, "Input/output error"), proc)  # some file systems report a full disk so

@@ -6,6 +6,7 @@ need torch import it when called.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -320,6 +321,12 @@ def _os_error(e: BaseException) -> OSError | None:
     return None
 
 
+_NOT_ABOUT_SPACE = frozenset(getattr(errno, name) for name in (
+    "ENOENT", "ENOTDIR", "EISDIR", "EROFS", "EACCES", "EPERM", "EEXIST", "ENAMETOOLONG", "ELOOP", "EXDEV", "EBUSY",
+    "ETXTBSY", "EINVAL", "EBADF") if hasattr(errno, name))
+"""OSError numbers that name a cause of their own: such a failed write is never taken for a full disk."""
+
+
 def _disk_full(e: BaseException, folder: Path) -> bool:
     """Whether a failed write ran out of space: ENOSPC/EDQUOT, a library's message saying so, or (for
     writers that report it vaguely, e.g. torch.save, with no errno) a file system left with under 64 KiB."""
@@ -329,8 +336,9 @@ def _disk_full(e: BaseException, folder: Path) -> bool:
         return True
     if _says_disk_full(e):
         return True
-    if isinstance(e, OSError) and e.errno is not None:  # a cause of its own (ENOENT, EROFS, EACCES …): not a full
-        return False  # disk, though /proc, /sys and read-only mounts report no free space
+    if isinstance(e, OSError) and e.errno in _NOT_ABOUT_SPACE:  # a cause of its own, not a full disk, though /proc,
+        return False  # /sys and read-only mounts report no free space (EIO is judged by the space: some file
+        # systems report a full disk so)
     try:
         st = os.statvfs(folder)
     except OSError:
