@@ -1497,3 +1497,31 @@ def test_a_k_beyond_the_catalogue_says_so_and_not_that_the_history_took_the_rest
     assert f"note: --k {n + 5} is more than the run's {n} candidate items: all are shown" in capsys.readouterr().err
     assert main(["recommend", str(id_run), "--history", item, "--k", str(n + 5), "--device", "cpu"]) == 0
     assert f"note: only {n - 1} of the {n} candidate items are not in the history" in capsys.readouterr().err
+
+
+def test_non_finite_scores_are_one_crossan_warning_line(id_run: Path, tmp_path: Path, capsys) -> None:
+    """A second reader: candidates scoring ±inf or NaN were warned of with a raw Python RuntimeWarning pointing into
+    torch's no_grad wrapper; the command line now prints it as one ``crossan: warning:`` line (and Python code
+    still sees a RuntimeWarning)."""
+    from safetensors.torch import load_file, save_file
+
+    run = _copy(id_run, tmp_path)
+    weights = load_file(run / "best.safetensors")
+    weights["tower.embedding.weight"][5] = 3.4e38  # its score overflows to ±inf
+    import crossan
+
+    save_file(weights, str(run / "best.safetensors"), metadata={"crossan_version": crossan.__version__})
+    rec = load_recommender(run, device="cpu")
+    history = [rec.item_ids[1]]
+    capsys.readouterr()
+    assert main(["recommend", str(run), "--history", *history, "--k", "3", "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    assert "crossan: warning: 1 score(s) of 1 history(ies) were NaN or infinite" in err, err
+    assert "RuntimeWarning" not in err and "_contextlib" not in err
+    weights["tower.embedding.weight"] = load_file(id_run / "best.safetensors")["tower.embedding.weight"] * 1e15
+    save_file(weights, str(run / "best.safetensors"), metadata={"crossan_version": crossan.__version__})
+    assert main(["recommend", str(run), "--history", *history, "--k", "3", "--device", "cpu"]) == 0
+    scores = [line.split()[2] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert len(scores) == 3 and all("e+" in x and len(x) <= 10 for x in scores), scores  # not 20-digit numbers
+    with pytest.warns(RuntimeWarning, match="were NaN or infinite"):
+        rec.recommend(history, k=3)

@@ -116,6 +116,11 @@ def check_out_file(path: Path) -> None:
 
 
 def cmd_recommend(args: Any) -> int:
+    with run_warnings():  # loading and scoring: a NonFiniteScoreWarning is one line too
+        return _recommend(args)
+
+
+def _recommend(args: Any) -> int:
     from crossan.serve import load_recommender
     from crossan.utils import atomic_write
 
@@ -158,7 +163,8 @@ def cmd_recommend(args: Any) -> int:
         w = max([len("item_id")] + [len(r.item_id) for r in items])
         print(f"{'rank':>4}  {'item_id':<{w}}  {'score':>10}  title")
         for n, r in enumerate(items, 1):
-            print(f"{n:>4}  {r.item_id:<{w}}  {r.score:>10.4f}  {r.title}")
+            score = f"{r.score:>10.4f}" if not abs(r.score) >= 1e6 else f"{r.score:>10.4g}"  # no 40-digit scores
+            print(f"{n:>4}  {r.item_id:<{w}}  {score}  {r.title}")
         if len(items) < args.k:
             print(f"note: only {len(items)} of the {rec.num_candidates} candidate items are not in the history"
                   if len(items) < rec.num_candidates else  # history included, or nothing of it excluded

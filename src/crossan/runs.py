@@ -72,7 +72,8 @@ if TYPE_CHECKING:
     from crossan.recommender import Recommender
 
 __all__ = ["CONFIG", "REQUIRED_FILES", "RESULT_KEYS", "NonFiniteError", "RunError", "TrainState",
-           "CacheChangedWarning", "ContentChangedWarning", "MethodCodeWarning", "RunWarning", "SplitChangedWarning",
+           "CacheChangedWarning", "ContentChangedWarning", "MethodCodeWarning", "NonFiniteScoreWarning", "RunWarning",
+           "SplitChangedWarning",
            "UnfinishedRunWarning", "WeightsFile", "cache_states_changes", "cache_states_diff", "cache_states_digests",
            "check_item_fingerprint", "EXECUTION_KEYS", "MOVABLE_KEYS", "ResumeCheck", "check_out_folder", "check_run_dir",
            "check_run_folder", "content_changes", "content_digests", "is_execution", "is_move", "lock_run_folder", "saved_config",
@@ -632,6 +633,11 @@ def save_per_user(path: Path, data: SequentialData, valid_ranks: torch.Tensor, t
 # --------------------------------------------------------------------------------------------- reading back
 class RunWarning(UserWarning):
     """Something a reader of a saved run's scores must know (the command line prints it as one line)."""
+
+
+class NonFiniteScoreWarning(RunWarning, RuntimeWarning):
+    """Serving: some candidates scored NaN or ±inf (damaged weights, or embeddings that overflow); they are ranked
+    last, as the evaluator ranks them. A RuntimeWarning too (what it was before crossan 0.1.20)."""
 
 
 class UnfinishedRunWarning(RunWarning):

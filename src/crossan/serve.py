@@ -56,6 +56,7 @@ from crossan.ranking import check_finite_table
 from crossan.runs import (  # noqa: F401
     REQUIRED_FILES,
     WEIGHTS,
+    NonFiniteScoreWarning,
     UnfinishedRunWarning,
     check_run_folder,
     load_run,
@@ -208,7 +209,7 @@ class TrainedRecommender:
                                  "overflow on this history")
         warnings.warn(f"{sum(per_row):,} score(s) of {sum(1 for n in per_row if n)} history(ies) were NaN or "
                       f"infinite (item embeddings too large, or damaged weights in {self.run_dir}); those items "
-                      "are ranked last, as the evaluator ranks them", RuntimeWarning, stacklevel=3)
+                      "are ranked last, as the evaluator ranks them", NonFiniteScoreWarning, stacklevel=3)
         scores.masked_fill_(bad, last)
 
     # ------------------------------------------------------------------ public
