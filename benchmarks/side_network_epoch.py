@@ -81,6 +81,7 @@ from crossan.data.readers import RawData
 from crossan.precision import compute_dtype, cpu_has_bf16, dtype_name
 from crossan.recommender import Recommender
 from crossan.towers.base import TowerContext, build_tower
+from crossan.towers.content import ContentTower
 from crossan.trainer import _batches, _num_batches, make_optimizer, param_groups, resolve_compile, train_epoch
 from crossan.utils import (
     configure_malloc,
@@ -289,8 +290,7 @@ def main() -> None:
                      "round_times_per_epoch_s": [round(t * full / steps, 2) for t in run["times"]],
                      "cpu_time_per_epoch_s": round(run["cpu_times"][best] * full / steps, 3),
                      "warmup_s": round(run["warmup_s"], 2),
-                     "compiled": bool(getattr(model.tower, "compile", False) and getattr(model.tower, "compilable", False)
-                                      and device.type == "cpu"),  # what ContentTower.compiles needs besides training
+                     "compiled": isinstance(model.tower, ContentTower) and model.tower.compiled_on(device),
                      "peak_memory_bytes": int(peak), "peak_minus_cache_bytes": int(peak_above_cache),
                      "allocated_before_epoch_bytes": int(before), "memory_kind": kind,
                      "loss": round(run["losses"][best], 4), **floor})

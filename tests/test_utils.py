@@ -160,6 +160,13 @@ def test_side_network_bench_runs_the_trainers_step_with_its_overrides(tmp_path: 
     monkeypatch.setattr(sys, "argv", [*common, "--set", "train.batch_size=128"])
     with pytest.raises(SystemExit):
         bench.main()
+    # the compiled column says what trains compiled: nothing under exchange=inputs, even with train.compile=true
+    # (a second reader: it said "yes" from the flag alone); and auto stays eager on data this small
+    for overrides in (["train.compile=true", "crossan.exchange=inputs"], []):
+        monkeypatch.setattr(sys, "argv", [*common, "--set", *overrides] if overrides else common)
+        bench.main()
+        (row,) = json.loads((tmp_path / "results.json").read_text())["rows"]
+        assert row["compiled"] is False and row["warmup_s"] > 0
 
 
 def test_only_a_failed_write_is_reported_as_one_even_on_a_nearly_full_disk(tmp_path: Path, monkeypatch) -> None:

@@ -72,11 +72,11 @@ if TYPE_CHECKING:
     from crossan.recommender import Recommender
 
 __all__ = ["CONFIG", "REQUIRED_FILES", "RESULT_KEYS", "NonFiniteError", "RunError", "TrainState",
-           "CacheChangedWarning", "ContentChangedWarning", "MethodCodeWarning", "NonFiniteScoreWarning", "RunWarning",
-           "SplitChangedWarning",
-           "UnfinishedRunWarning", "WeightsFile", "cache_states_changes", "cache_states_diff", "cache_states_digests",
-           "check_item_fingerprint", "EXECUTION_KEYS", "MOVABLE_KEYS", "ResumeCheck", "check_out_folder", "check_run_dir",
-           "check_run_folder", "content_changes", "content_digests", "is_execution", "is_move", "lock_run_folder", "saved_config",
+           "CacheChangedWarning", "ContentChangedWarning", "MethodCodeWarning", "NonFiniteScoreWarning",
+           "RunWarning", "SplitChangedWarning", "UnfinishedRunWarning", "WeightsFile", "cache_states_changes",
+           "cache_states_diff", "cache_states_digests", "check_item_fingerprint", "EXECUTION_KEYS", "MOVABLE_KEYS",
+           "ResumeCheck", "check_out_folder", "check_run_dir", "check_run_folder", "content_changes",
+           "content_digests", "is_execution", "is_move", "lock_run_folder", "saved_config",
            "input_changes", "evaluate_run", "load_checkpoint", "load_run", "load_weights", "read_results",
            "read_run_config", "read_weights", "rescore", "resolve_paths", "save_checkpoint", "save_per_user",
            "save_weights", "truncate_history", "unlock_run_folder", "version_compatible", "warn_if_unfinished"]

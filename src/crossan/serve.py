@@ -132,7 +132,7 @@ class TrainedRecommender:
         """Item rows of ``history``; :class:`UnknownItemError` names every unknown id."""
         if isinstance(history, str):
             raise ServeError(f"{where}: expected a list of item ids, got the string {history!r}")
-        if isinstance(history, (set, frozenset)) or not isinstance(history, Sequence | np.ndarray):
+        if not isinstance(history, Sequence | np.ndarray):
             # a set has no order (and a user vector depends on it); a generator or other iterable, no length
             raise ServeError(f"{where}: expected a list of item ids, oldest first (an ordered sequence), got "
                              f"{type(history).__name__}")
@@ -233,8 +233,7 @@ class TrainedRecommender:
     def recommend(self, history: Sequence[str], k: int = 10,
                   exclude_history: bool | None = None) -> list[Recommendation]:
         """The top ``k`` items for one history (item ids, oldest first), best first."""
-        self.rows(history, "history")  # errors name "history", not "history 0"
-        return self.recommend_many([history], k, exclude_history, _names=["history"])[0]
+        return self.recommend_many([history], k, exclude_history, _names=["history"])[0]  # not "history 0"
 
     def recommend_many(self, histories: Sequence[Sequence[str]] | Mapping[str, Sequence[str]], k: int = 10,
                        exclude_history: bool | None = None, batch_size: int | None = None,

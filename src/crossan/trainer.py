@@ -314,12 +314,17 @@ def training_rows(data: SequentialData) -> tuple[torch.Tensor, torch.Tensor]:
     learn from, and its loss would be the mean over nothing (NaN). Such users are still validated and tested.
     """
     inputs, targets = torch.as_tensor(data.train_inputs), torch.as_tensor(data.train_targets)
-    has_target = targets.ne(0).any(1)
+    has_target = _has_training_target(targets)
     if bool(has_target.all()):
         return inputs, targets
     log.info("%d users with no training target (3 interactions) are left out of training; they are still "
              "validated and tested", int((~has_target).sum()))
     return inputs[has_target], targets[has_target]
+
+
+def _has_training_target(targets: torch.Tensor) -> torch.Tensor:
+    """Bool[users]: which users' training windows hold at least one target (the rows :func:`training_rows` keeps)."""
+    return targets.ne(0).any(1)
 
 
 def make_optimizer(model: torch.nn.Module, cfg: Config, device: torch.device) -> torch.optim.Optimizer:
@@ -439,7 +444,7 @@ def resolve_compile(cfg: Config, data: SequentialData, model: Recommender,
     every ``--resume`` of it; ``true`` and ``false`` were applied when the tower was built."""
     tower = model.tower
     if cfg.train.compile == "auto":
-        rows = int(torch.as_tensor(data.train_targets).ne(0).any(1).sum())  # training_rows' count
+        rows = int(_has_training_target(torch.as_tensor(data.train_targets)).sum())  # training_rows' count
         steps = _num_batches(rows, cfg.train.batch_size)
         if cfg.train.max_steps_per_epoch:
             steps = min(steps, cfg.train.max_steps_per_epoch)
@@ -447,7 +452,7 @@ def resolve_compile(cfg: Config, data: SequentialData, model: Recommender,
         if isinstance(tower, ContentTower):
             tower.compile = on
         return on, f"train.compile=auto: {'on' if on else 'off'} ({why})"
-    on = bool(cfg.train.compile) and bool(getattr(tower, "compilable", False)) and device.type == "cpu"
+    on = isinstance(tower, ContentTower) and tower.compiled_on(device)
     return on, f"train.compile={str(cfg.train.compile).lower()}"
 
 

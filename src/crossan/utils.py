@@ -328,10 +328,9 @@ _NOT_ABOUT_SPACE = frozenset(getattr(errno, name) for name in (
 
 
 def _disk_full(e: BaseException, folder: Path) -> bool:
-    """Whether a failed write ran out of space: ENOSPC/EDQUOT, a library's message saying so, or (for
-    writers that report it vaguely, e.g. torch.save, with no errno) a file system left with under 64 KiB."""
-    import errno
-
+    """Whether a failed write ran out of space: ENOSPC/EDQUOT, a library's message saying so, or (for an
+    error that names no cause of its own, :data:`_NOT_ABOUT_SPACE`: EIO, torch.save's vague RuntimeError) a file
+    system left with under 64 KiB."""
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
     if _says_disk_full(e):

@@ -110,9 +110,9 @@ class SameConv2d(nn.Conv2d):
         padding = (top, left)
         if not (top == bottom and left == right):
             x, padding = F.pad(x, [left, right, top, bottom]), (0, 0)
-        if relu6 and fuse and fusable(x):
-            dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-            return _CONV_POINTWISE(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype),
+        if relu6 and fuse and fusable(x):  # bf16, as autocast would cast a convolution's operands
+            bf16 = torch.bfloat16
+            return _CONV_POINTWISE(x.to(bf16), weight.to(bf16), None if bias is None else bias.to(bf16),
                                    list(padding), list(self.stride), list(self.dilation), self.groups,
                                    "hardtanh", [0.0, 6.0], "")
         y = F.conv2d(x, weight, bias, self.stride, padding, self.dilation, self.groups)

@@ -288,6 +288,11 @@ class ContentTower(ItemTower):
     """Whether :meth:`encode` runs its side network through :meth:`side_step` (IISAN, CROSSAN), so that
     :attr:`compile` changes anything."""
 
+    def compiled_on(self, device: torch.device | str) -> bool:
+        """Whether training on ``device`` runs the side network compiled: :attr:`compile` is on, the tower has
+        one to compile (:attr:`compilable`) and ``device`` is a CPU."""
+        return self.compile and self.compilable and torch.device(device).type == "cpu"
+
     def compiles(self, h: torch.Tensor) -> bool:
         """Whether this forward runs the side network compiled: :attr:`compile` is on and the step trains on
         a CPU (gradients on); evaluation, serving and other devices run it eagerly."""
