@@ -92,10 +92,12 @@ def synthetic_items(root: Path, n: int, seed: int = 0, image_px: int = 128) -> I
 
 
 def forward_flops(encoder: Any, inputs: dict[str, torch.Tensor]) -> float:
-    """FLOPs of one forward over ``inputs`` (matmuls, convolutions, attention)."""
+    """FLOPs of one forward over ``inputs`` (matmuls, convolutions, attention): the model's, counted in float32
+    whatever the build's precision (a fused bf16 EfficientNet call also computes zero taps, see
+    ``crossan.encoders.efficientnet.SameConv2d.convolve``)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), torch.autocast("cpu", enabled=False), FlopCounterMode(display=False) as counter:
         encoder(inputs)
     return float(counter.get_total_flops())
 
@@ -234,6 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from crossan.encoders import build_encoder, resolve_specs
+    from crossan.utils import configure_malloc
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -245,6 +248,8 @@ def main(argv: list[str] | None = None) -> None:
     # `device=auto` would pick on a machine that has one
     cfg = load_config([], [f"encoders.preset={args.preset}", *args.set, "device=cpu"])
     specs = resolve_specs(cfg, modalities)
+    malloc = configure_malloc(cfg.train.malloc, "cpu")  # as build_cache sets it (process-wide): every row alike
+    print(f"malloc: {malloc} (train.malloc={cfg.train.malloc})")
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.data:
@@ -292,6 +297,7 @@ def main(argv: list[str] | None = None) -> None:
         writer.writeheader()
         writer.writerows(rows)
     meta = {"preset": args.preset, "overrides": args.set, "image_px": args.image_px, "threads": torch.get_num_threads(),
+            "malloc": malloc,
             "peak_gflops": {p: v / 1e9 for p, v in peaks.items()},
             "machine": platform.platform(), "processor": cpu_description(), "torch": torch.__version__,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}

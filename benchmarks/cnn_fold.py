@@ -87,8 +87,8 @@ def main(argv: list[str] | None = None) -> None:
                     net.fold_batch_norm, net.fuse_relu6 = fold, fuse
                     times[name].append(_time(lambda x=inputs: encoder.forward(x), args.repeats))
         if args.profile and not rows:
-            for fold in (False, True):
-                net.fold_batch_norm = fold
+            for fold in (False, True):  # separate, and folded and fused (the build's way)
+                net.fold_batch_norm = net.fuse_relu6 = fold
                 with torch.no_grad(), autocast(args.precision, "cpu"), torch.profiler.profile() as prof:
                     encoder.forward(inputs)
                 print(f"batch {bs}, batch norms {'folded' if fold else 'separate'}:")

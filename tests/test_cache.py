@@ -726,3 +726,19 @@ def test_a_long_dataset_folder_name_still_names_a_cache_folder(tmp_path: Path) -
         folder = default_cache_dir(cfg, prepare(cfg.data), "text")
         assert folder.parent.name.startswith(f"{kept}-") and len(folder.parent.name.encode()) == len(kept.encode()) + 17
         folder.mkdir(parents=True, exist_ok=True)  # the file system takes it
+
+
+@pytest.mark.parametrize("setting", ["auto", "system"])
+def test_a_build_sets_the_allocator_as_training_does(tmp_path: Path, data: FakeData, setting: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """``crossan cache`` on a CPU applies ``train.malloc`` as training does (an encoder forward's feature maps
+    otherwise came back as fresh, zero-filled pages at every batch); the effect itself is measured in
+    tests/test_utils.py, and the states are the same bytes either way (docs/results.md §3v)."""
+    import crossan.utils
+
+    seen: list[tuple[str, str]] = []
+    monkeypatch.setattr(crossan.utils, "configure_malloc", lambda s, d: seen.append((s, str(d))) or "system")
+    cfg = make_cfg(tmp_path)
+    cfg.train.malloc = setting
+    build_cache(cfg, data, ["text"], progress=False)
+    assert seen == [(setting, "cpu")]

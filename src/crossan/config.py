@@ -158,13 +158,15 @@ class TrainConfig:
     for CROSSAN; where it gained nothing, the two differed by less than the runs' spread)."""
 
     malloc: Literal["auto", "retain", "system"] = "auto"
-    """The C allocator while training on a CPU under glibc (Linux). ``retain``: memory freed by a step stays
-    in the process for the next (no ``mmap``'d blocks, no trimming; :func:`crossan.utils.retain_freed_memory`),
-    where glibc's defaults return large blocks to the system and take fresh, zero-filled pages at every step
-    (700–2,100 page faults per CROSSAN step at paper sizes, against 20–30 retained; docs/results.md §3h).
-    ``system``: glibc's defaults. ``auto``: ``retain`` for CPU training, ``system`` otherwise. It applies to
-    the whole process from the start of training on, and resident memory then stays near its peak (the peak
-    itself is what it was); results.json's ``malloc`` says which was in effect."""
+    """The C allocator while training, or building a cache, on a CPU under glibc (Linux). ``retain``: memory
+    freed by a step stays in the process for the next (no ``mmap``'d blocks, no trimming;
+    :func:`crossan.utils.retain_freed_memory`), where glibc's defaults return large blocks to the system and
+    take fresh, zero-filled pages at every step (700–2,100 page faults per CROSSAN step at paper sizes, against
+    20–30 retained; docs/results.md §3h) and at every encoder forward (EfficientNet-Lite0's 224 px feature
+    maps: a bf16 forward of 32 images 160 → 100 ms, §3v). ``system``: glibc's defaults. ``auto``: ``retain``
+    on a CPU, ``system`` otherwise. It applies to the whole process from the start of training or of
+    ``crossan cache`` on, and resident memory then stays near its peak (the peak itself is what it was); the
+    values computed are the same either way. results.json's ``malloc`` says which was in effect."""
 
 
 @dataclass

@@ -367,7 +367,8 @@ def build_cache(
     ``shard``/``num_shards``: this process builds shard ``shard`` (rows of whole batches) into
     ``<modality>.shards/``; :func:`join_shards` assembles the shards. ``on_batch(modality, batch)`` is
     called after each batch is on disk (progress hooks, tests). A completed cache that already matches
-    the configuration is left as it is. The encoders run on ``cfg.device``. Corrupt media stop the build
+    the configuration is left as it is. The encoders run on ``cfg.device``, on a CPU with glibc's ``malloc``
+    retaining freed memory under ``train.malloc=auto`` (:func:`crossan.utils.configure_malloc`). Corrupt media stop the build
     with :class:`MediaError` (what was done so far stays resumable) unless ``cfg.cache.on_corrupt`` is
     ``missing``; the number marked missing is in the returned reports and printed. A build resumed under
     ``error`` stops the same way at a corrupt file its earlier run marked missing under ``missing``
@@ -378,7 +379,7 @@ def build_cache(
     naming the folder.
     """
     from crossan.encoders import resolve_specs
-    from crossan.utils import resolve_device
+    from crossan.utils import configure_malloc, resolve_device
 
     modalities = check_modalities(modalities)
     if num_shards > 1 and shard is None:
@@ -386,6 +387,7 @@ def build_cache(
     specs = resolve_specs(cfg, modalities)
     records = item_records(data)
     device = str(resolve_device(cfg.device))
+    configure_malloc(cfg.train.malloc, device)  # a CPU forward's maps come back as fresh pages otherwise
     reports: dict[str, ModalityReport] = {}
     for m in modalities:
         root = cache_root(cfg, data, m)

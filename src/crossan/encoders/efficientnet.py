@@ -92,7 +92,8 @@ class EfficientNetLiteConfig:
 class SameConv2d(nn.Conv2d):
     """``nn.Conv2d`` with TensorFlow's "same" padding for any input size: total padding
     ``max((⌈n/s⌉ − 1)·s + k − n, 0)`` per axis, the odd pixel going to the bottom/right. Symmetric
-    padding (every stride-1 convolution) is left to the convolution itself, saving a padded copy."""
+    padding (every stride-1 convolution) is left to the convolution itself, saving a padded copy, and so is the
+    one-pixel-larger bottom/right padding of a stride-2 convolution when it runs fused (:meth:`convolve`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.convolve(x, self.weight, self.bias)
@@ -108,9 +109,16 @@ class SameConv2d(nn.Conv2d):
             pads.append((total // 2, total - total // 2))
         (top, bottom), (left, right) = pads
         padding = (top, left)
-        if not (top == bottom and left == right):
+        fused = relu6 and fuse and fusable(x)
+        if fused and bottom - top in (0, 1) and right - left in (0, 1):
+            # "same" padding one pixel larger at the bottom/right (stride 2 on an even size) without a padded
+            # copy of x: the kernel gets a zero first row/column and the padding becomes symmetric, so output
+            # pixel i reads input rows s·i − top … s·i − top + k − 1 as before, plus one zero tap. The padded
+            # copy (a fill and a copy of the whole map) took 15% of a bf16 forward (docs/results.md §3v).
+            weight, padding = F.pad(weight, [right - left, 0, bottom - top, 0]), (bottom, right)
+        elif not (top == bottom and left == right):
             x, padding = F.pad(x, [left, right, top, bottom]), (0, 0)
-        if relu6 and fuse and fusable(x):  # bf16, as autocast would cast a convolution's operands
+        if fused:  # bf16, as autocast would cast a convolution's operands
             bf16 = torch.bfloat16
             return _CONV_POINTWISE(x.to(bf16), weight.to(bf16), None if bias is None else bias.to(bf16),
                                    list(padding), list(self.stride), list(self.dilation), self.groups,
@@ -131,7 +139,9 @@ _CONV_POINTWISE = _conv_pointwise()
 
 def _count_fused_convolutions() -> None:
     """Let ``torch.utils.flop_counter.FlopCounterMode`` (the benchmarks' FLOP counts) count a fused convolution
-    as the convolution it is: it knows aten's convolutions only, and counted none of these."""
+    as the convolution it is: it knows aten's convolutions only, and counted none of these. A stride-2 call
+    with the zero row/column of :meth:`SameConv2d.convolve` counts its zero taps too (what it computes; 3% of
+    EfficientNet-Lite0's FLOPs at 224 px): the benchmarks count a model's FLOPs in float32."""
     from torch.utils import flop_counter
 
     if _CONV_POINTWISE is None or _CONV_POINTWISE in flop_counter.flop_registry:
@@ -159,6 +169,17 @@ def fusable(x: torch.Tensor) -> bool:
         return False
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
     return dtype == torch.bfloat16 and x.dtype in (torch.float32, torch.bfloat16)
+
+
+def spatial_mean(m: torch.Tensor) -> torch.Tensor:
+    """Mean of a feature map ``[B, C, H, W]`` over space: ``[B, C]``. A bf16 map is summed (accumulated in
+    float32 and rounded to bf16 once, as ``mean`` would round its result) and divided in float32: torch's bf16
+    ``mean`` first copies the whole map to float32, which took 14 ms of a 75 ms forward for the stem's
+    [32, 32, 112, 112] channels-last map on the AMX CPU of docs/results.md §3v, against 0.5 ms to sum it.
+    Other dtypes use ``mean`` itself (float32 states stay exactly what they were)."""
+    if m.dtype != torch.bfloat16:
+        return m.mean(dim=(2, 3))
+    return m.sum(dim=(2, 3)).float() / (m.shape[2] * m.shape[3])
 
 
 def _bn(channels: int) -> nn.BatchNorm2d:
@@ -247,7 +268,7 @@ class EfficientNetLite(nn.Module):
 
     def pooled_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Each feature map global-average-pooled over space: 18 tensors ``[B, C_i]``."""
-        return [m.mean(dim=(2, 3)) for m in self.feature_maps(x)]
+        return [spatial_mean(m) for m in self.feature_maps(x)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """ImageNet logits ``[B, 1000]`` (the classifier reads the pooled head; dropout is off in eval)."""
