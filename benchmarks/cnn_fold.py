@@ -33,7 +33,7 @@ import torch
 from crossan.config import EncoderSpec
 from crossan.encoders import build_encoder
 from crossan.precision import autocast, compute_dtype, dtype_name
-from crossan.utils import cpu_description
+from crossan.utils import configure_malloc, cpu_description
 
 
 def _time(fn: Any, repeats: int) -> float:
@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--precision", default="fp32", help="fp32 | bf16 | auto (crossan.precision)")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--malloc", default="auto", choices=["auto", "retain", "system"],
+                    help="train.malloc for this process (auto: retain, as a CPU cache build does)")
     ap.add_argument("--profile", action="store_true", help="print a profiler table of one forward each way")
     ap.add_argument("--out", default="", help="folder for cnn_fold.json")
     args = ap.parse_args(argv)
@@ -67,8 +69,9 @@ def main(argv: list[str] | None = None) -> None:
     if not hasattr(net, "fold_batch_norm"):
         raise SystemExit(f"{args.model}: not an EfficientNet (no fold_batch_norm switch)")
     dtype = compute_dtype(args.precision, "cpu")
+    malloc = configure_malloc(args.malloc, "cpu")  # as build_cache sets it (train.malloc)
     machine = (f"CPU {cpu_description()}, {torch.get_num_threads()} threads; {args.model}, "
-               f"{args.image_size} px; compute dtype {dtype_name(dtype)}")
+               f"{args.image_size} px; compute dtype {dtype_name(dtype)}; malloc {malloc}")
     print(machine)
     rows = []
     for bs in [int(b) for b in args.batch_sizes.split(",") if b]:
