@@ -1067,3 +1067,22 @@ def test_efficientnet_spatial_mean_of_bf16_maps_is_one_rounding_from_the_exact_m
     rel = ((got.double() - exact) / exact).abs().max().item()
     assert rel <= 2**-8, rel  # bf16 keeps 8 significant bits: half a step is 2^-9, one step 2^-8
     assert rel > 0  # it did round (a float32 mean would be ~1e-7 off)
+
+
+def test_resize_normalize_with_one_constant_per_image_is_exact_for_efficientnet() -> None:
+    """EfficientNet's ``(pixel − 127) / 128`` in one pass from uint8 (every channel shares the constants): each
+    value is exact in float32, so it equals the float64 formula; a per-channel normalisation gives the same."""
+    from PIL import Image
+
+    from crossan.encoders.efficientnet import PIXEL_MEAN, PIXEL_STD
+    from crossan.encoders.vision import resize_normalize
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)) for _ in range(3)]
+    x = resize_normalize(images, 32, 32, Image.Resampling.BILINEAR, 1.0, (PIXEL_MEAN,) * 3, (PIXEL_STD,) * 3)
+    raw = resize_normalize(images, 32, 32, Image.Resampling.BILINEAR, 1.0, (0.0,) * 3, (1.0,) * 3, normalize=False)
+    assert x.dtype == torch.float32 and x.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(x.double(), (raw.double() - PIXEL_MEAN) / PIXEL_STD)
+    per_channel = resize_normalize(images, 32, 32, Image.Resampling.BILINEAR, 1.0, (127.0, 127.0, 127.0 + 2**-20),
+                                   (PIXEL_STD,) * 3)  # the per-channel path (nearly the same constants)
+    assert torch.equal(per_channel[:, :2], x[:, :2])
