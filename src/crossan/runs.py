@@ -178,12 +178,13 @@ def is_move(difference: str) -> bool:
     return difference.split(":", 1)[0] in MOVABLE_KEYS
 
 
-EXECUTION_KEYS = ("train.compile",)
-"""Config keys that change how a training step is computed, not what it computes (``torch.compile`` runs the same
-step up to rounding): a run that differs from another only in them is the same run, so a ``--resume`` and a
-suite's reuse accept them (a run folder written by crossan 0.1.19 says ``compile: false``, today's default is
-``auto``). The process that resumes trains as its own configuration says; results.json ``train_compiled`` records
-how the last one trained."""
+EXECUTION_KEYS = ("train.compile", "train.malloc", "cache.prefetch")
+"""Config keys that change how a run is computed, not what it computes (``torch.compile`` runs the same step up
+to rounding; the C allocator's policy and when a cache build reads its batches change no value): a run that
+differs from another only in them is the same run, so a ``--resume`` and a suite's reuse accept them (a run
+folder written by crossan 0.1.19 says ``compile: false``, today's default is ``auto``). The process that resumes
+trains as its own configuration says; results.json ``train_compiled`` and ``malloc`` record how the last one
+trained."""
 
 
 def is_execution(difference: str) -> bool:

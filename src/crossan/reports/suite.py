@@ -468,7 +468,8 @@ def config_changes(run_dir: Path, overrides: list[str], results: dict[str, Any] 
     ``precision`` that continues a run at its checkpoint's dtype (:func:`crossan.runs.check_run_dir`), so a
     run trained at ``precision=auto`` on a CPU with bf16 units is reused by a suite that now sets
     ``precision=bf16``. An unchanged ``precision`` is the same run wherever ``auto`` resolves otherwise.
-    A changed ``train.compile`` (:data:`crossan.runs.EXECUTION_KEYS`) is never another run.
+    A changed ``train.compile``, ``train.malloc`` or ``cache.prefetch`` (:data:`crossan.runs.EXECUTION_KEYS`) is
+    never another run.
     :class:`RunError` naming the file when its config.yaml cannot be read or compared."""
     from crossan.runs import is_execution, is_move, saved_config
 
