@@ -744,38 +744,31 @@ def test_a_build_sets_the_allocator_as_training_does(tmp_path: Path, data: FakeD
     assert seen == [(setting, "cpu")]
 
 
-@pytest.mark.parametrize("faster", ["ahead", "when needed"])
-def test_prefetch_plan_measures_both_ways_then_keeps_the_faster(faster: str) -> None:
-    """``cache.prefetch=auto``: batches 1–3 read ahead, 4–6 when needed, then the way whose measured batches
-    (1, 2 against 4, 5) took less time; batch 0 is read when needed, and short builds read ahead unmeasured."""
-    from crossan.cache.prefetch import MIN_BATCHES_TO_MEASURE, PrefetchPlan
-
-    plan = PrefetchPlan("auto", 20)
-    trial = [plan.ahead(i) for i in range(7)]
-    assert trial == [False, True, True, True, False, False, False]
-    for i, t in {1: 0.10, 2: 0.11, 3: 0.01, 4: 0.12, 5: 0.13, 6: 0.5}.items():  # batch 3 and 6 are not counted
-        plan.record(i, t if faster == "ahead" else 0.2 - t)
-    assert [plan.ahead(i) for i in range(7, 20)] == [faster == "ahead"] * 13
-    assert ("read ahead (measured" if faster == "ahead" else "read when needed (measured") in plan.describe()
-    assert all(PrefetchPlan("auto", MIN_BATCHES_TO_MEASURE - 1).ahead(i) for i in range(1, 11))
-    assert not any(PrefetchPlan("off", 20).ahead(i) for i in range(20))
-    assert all(PrefetchPlan("ahead", 20).ahead(i) for i in range(1, 20))
-    with pytest.raises(ValueError, match="cache.prefetch"):
-        PrefetchPlan("always", 20)
-
-
-def test_builds_reading_ahead_or_when_needed_write_the_same_bytes(tmp_path: Path) -> None:
-    """When a batch is read changes no state: 14 one-item batches built reading ahead, reading when needed and
-    under ``auto`` (which measures both on its first batches, and says so in the report) give the same files."""
-    data = make_dataset(tmp_path / "data", n=14)
-    files, readings = {}, {}
-    for setting in ("ahead", "off", "auto"):
+def test_builds_reading_ahead_or_on_demand_write_the_same_bytes(tmp_path: Path) -> None:
+    """When a batch is read changes no state: a build reading each batch ahead in a thread and one reading it on
+    demand give the same files; a setting that is neither is refused naming the key."""
+    data = make_dataset(tmp_path / "data", n=7)
+    files = {}
+    for setting in ("ahead", "on_demand"):
         cfg = make_cfg(tmp_path / setting)
-        cfg.encoders.batch_size = 1
+        cfg.encoders.batch_size = 2
         cfg.cache.prefetch = setting
-        report = build_cache(cfg, data, ["image"], progress=False)["image"]
-        files[setting] = {f: v for f, v in read_bytes(tmp_path / setting, "image").items() if f != "manifest.json"}
-        readings[setting] = report.reading
-    assert files["ahead"] == files["off"] == files["auto"]
-    assert readings["ahead"] == "" and "cache.prefetch=off" in readings["off"]
-    assert "measured" in readings["auto"] and "ms reading when needed" in readings["auto"]
+        build_cache(cfg, data, ["image", "audio"], progress=False)
+        files[setting] = {(m, f): v for m in ("image", "audio")
+                          for f, v in read_bytes(tmp_path / setting, m).items() if f != "manifest.json"}
+    assert files["ahead"] == files["on_demand"]
+    cfg = make_cfg(tmp_path / "bad")
+    cfg.cache.prefetch = "always"
+    with pytest.raises(ValueError, match="cache.prefetch"):
+        build_cache(cfg, data, ["image"], progress=False)
+
+
+def test_prefetch_off_on_the_command_line_is_named_as_a_choice() -> None:
+    """YAML reads ``off`` as false: the setting is called ``on_demand``, and a command line saying
+    ``cache.prefetch=off`` gets an error naming the key and its choices, not a silent boolean."""
+    from crossan.config import load_config
+    from crossan.errors import ConfigError
+
+    assert load_config([], ["cache.prefetch=on_demand"]).cache.prefetch == "on_demand"
+    with pytest.raises(ConfigError, match=r"cache.prefetch.*ahead.*on_demand"):
+        load_config([], ["cache.prefetch=off"])
