@@ -794,5 +794,5 @@ def test_prefetch_off_on_the_command_line_is_named_as_a_choice() -> None:
     from crossan.errors import ConfigError
 
     assert load_config([], ["cache.prefetch=on_demand"]).cache.prefetch == "on_demand"
-    with pytest.raises(ConfigError, match=r"cache.prefetch.*auto.*ahead.*on_demand"):
+    with pytest.raises(ConfigError, match=r"cache.prefetch.*auto.*ahead.*on_demand.*YAML reads an unquoted on/off"):
         load_config([], ["cache.prefetch=off"])

@@ -867,8 +867,11 @@ def test_efficientnet_folded_batch_norms_match_separate_passes(size: int) -> Non
 def test_efficientnet_fused_relu6_gives_the_same_maps(size: int, threads: int) -> None:
     """With gradients off on a CPU in bf16 each convolution and the ReLU6 after it run as one oneDNN call (the
     clip applied before the output is written). Clipping at 0 and 6 commutes with rounding to bf16, so the maps
-    are the separate passes' up to oneDNN's choice of kernel for the fused call: bit for bit on the AMX CPU this
-    was measured on, within one bf16 rounding step allowed here for others. float32 keeps the separate passes."""
+    are the separate passes' up to oneDNN's choice of kernel for the fused call, and a stride-2 convolution's
+    zero kernel row/column (instead of a padded copy) may sum in another order: a value on a bf16 tie can round the
+    other way (seen on real covers at the stem), and later layers carry that on. So each map must agree within a
+    bf16 rounding step of its values or of its scale; a misplaced zero tap (a map shifted by a pixel) fails by
+    far. float32 keeps the separate passes."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from crossan.encoders import efficientnet
@@ -914,7 +917,8 @@ def test_efficientnet_fused_relu6_gives_the_same_maps(size: int, threads: int) -
     assert (sum(z > 0 for z in zero_tap_flops) == 5) if size == 64 else not any(zero_tap_flops)
     for k, (a, b) in enumerate(zip(one_call, two_passes)):
         assert a.dtype == b.dtype == torch.bfloat16
-        torch.testing.assert_close(a.float(), b.float(), rtol=2**-7, atol=0, msg=f"feature map {k}")
+        scale = b.float().abs().max().item()
+        torch.testing.assert_close(a.float(), b.float(), rtol=2**-7, atol=2**-7 * scale, msg=f"feature map {k}")
     for a in (one_call[0], one_call[-1]):  # the stem's and the head's maps are ReLU6 outputs: clipped
         assert a.min() == 0 and a.max() <= 6
     assert not efficientnet.fusable(x)  # gradients on (full fine-tuning): the differentiable separate passes
@@ -1065,7 +1069,7 @@ def test_efficientnet_spatial_mean_of_bf16_maps_is_one_rounding_from_the_exact_m
     got = spatial_mean(xb)
     assert got.dtype == torch.float32 and got.shape == (4, 32)
     rel = ((got.double() - exact) / exact).abs().max().item()
-    assert rel <= 2**-8, rel  # bf16 keeps 8 significant bits: half a step is 2^-9, one step 2^-8
+    assert rel <= 2**-8, rel  # one rounding to bf16 (8 significant bits): at most 2^-8 of the value
     assert rel > 0  # it did round (a float32 mean would be ~1e-7 off)
 
 

@@ -456,7 +456,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is Literal:
         choices = get_args(tp)
         if value not in choices:
-            raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}")
+            yaml_bool = (" (YAML reads an unquoted on/off/yes/no as true/false)"
+                         if isinstance(value, bool) and all(isinstance(c, str) for c in choices) else "")
+            raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}{yaml_bool}")
         return value
     if origin is list:
         (inner,) = get_args(tp) or (Any,)

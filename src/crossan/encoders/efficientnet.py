@@ -114,7 +114,9 @@ class SameConv2d(nn.Conv2d):
             # "same" padding one pixel larger at the bottom/right (stride 2 on an even size) without a padded
             # copy of x: the kernel gets a zero first row/column and the padding becomes symmetric, so output
             # pixel i reads input rows s·i − top … s·i − top + k − 1 as before, plus one zero tap. The padded
-            # copy (a fill and a copy of the whole map) took 15% of a bf16 forward (docs/results.md §3v).
+            # copy (a fill and a copy of the whole map) took 15% of a bf16 forward (docs/results.md §3v). oneDNN
+            # may sum the taps in another order: on real covers 1–2 stem values per batch of 4 landed on the other
+            # side of a bf16 tie (one step; the later layers carry it on), bit for bit on random pixels.
             weight, padding = F.pad(weight, [right - left, 0, bottom - top, 0]), (bottom, right)
         elif not (top == bottom and left == right):
             x, padding = F.pad(x, [left, right, top, bottom]), (0, 0)
@@ -161,7 +163,8 @@ def fusable(x: torch.Tensor) -> bool:
     bfloat16 (autocast's, or ``x``'s own dtype), with gradients off (a frozen encoder's forward: cache building,
     live features). The clip then happens before the output is written, not in a second pass over it: a bf16
     clamp ran at half the fp32 one's speed and took 35% of the forward (docs/results.md §3u). Clipping at 0 and 6
-    commutes with rounding to bf16, and on the AMX CPU of §3u every map came out the same bit for bit; a CPU
+    commutes with rounding to bf16, and on the AMX CPU of §3u every map came out the same bit for bit (stride-2
+    convolutions since: see :meth:`SameConv2d.convolve`); a CPU
     whose oneDNN picks another kernel for the fused call may round a value the other way. In float32 the clip
     costs little and the fused call gained nothing measurable, and at one thread oneDNN chose kernels that
     differed in the last bits for small maps: float32 keeps the two passes (its states stay exactly as before)."""
