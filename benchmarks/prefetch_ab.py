@@ -1,8 +1,7 @@
 """A cache build reading each batch ahead (in a thread, beside the forward) against reading it on demand.
 
-``cache.prefetch`` (``auto`` | ``ahead`` | ``on_demand``) changes only when a batch is read, never the states. This
-script times ``build_cache`` of one modality each way (``--settings``; ``auto`` also prints what it measured and
-chose), each build in a fresh process (so no build inherits another's
+``cache.prefetch`` (``ahead`` | ``on_demand``) changes only when a batch is read, never the states. This script
+times ``build_cache`` of one modality each way (``--settings``; a setting a build reports on prints its report), each build in a fresh process (so no build inherits another's
 heap or threads), alternating ``--rounds`` times, on synthetic items (``bench_cache.synthetic_items``: noise JPEG
 covers, mp4 clips, wav tracks, titles). The rate is items per second after the first batch (model loading and
 warm-up excluded), as ``bench_cache.py --build`` counts it.
@@ -34,7 +33,8 @@ cfg = load_config([], ["encoders.preset={preset}", "device=cpu", "precision={pre
 ts = []
 report = build_cache(cfg, data, [{modality!r}], progress=False,
                      on_batch=lambda m, b: ts.append(time.perf_counter()))[{modality!r}]
-print(json.dumps({{"rate": {bs} * (len(ts) - 1) / (ts[-1] - ts[0]), "batches": len(ts), "reading": report.reading}}))
+print(json.dumps({{"rate": {bs} * (len(ts) - 1) / (ts[-1] - ts[0]), "batches": len(ts),
+                  "reading": getattr(report, "reading", "")}}))
 """
 
 
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--image-px", type=int, default=128)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--settings", default="ahead,on_demand,auto", help="cache.prefetch values, alternated")
+    ap.add_argument("--settings", default="ahead,on_demand", help="cache.prefetch values, alternated")
     ap.add_argument("--out", default="bench-prefetch")
     args = ap.parse_args(argv)
     from crossan.utils import cpu_description

@@ -288,14 +288,12 @@ class CacheConfig:
     take (peak memory is one of the efficiency figures), and since a batch reads an in-memory cache block by
     block through a small scratch buffer it gains nothing measurable (docs/results.md §3d, §3g). Only for an
     in-memory cache; evaluation (fp32) never uses it."""
-    prefetch: Literal["auto", "ahead", "on_demand"] = "auto"
-    """While building: ``ahead`` reads (decodes, resizes, tokenises) the next batch in a thread while the current
-    one runs through the encoder; ``on_demand`` reads each batch when it is needed, leaving every core to the
-    forward; ``auto`` (default) times both on the build's own batches (after three, four blocks of three
-    alternating) and keeps the faster, in builds of 30 batches or more (shorter ones read ahead); the build's
-    report line says what it measured (:mod:`crossan.cache.prefetch`). On a 2-core CPU a bf16 EfficientNet image
-    build was 14% faster on demand and an audio build 9% faster ahead (docs/results.md §3v). The states are the
-    same bytes either way."""
+    prefetch: Literal["ahead", "on_demand"] = "ahead"
+    """While building: ``ahead`` (default) reads (decodes, resizes, tokenises) the next batch in a thread while the
+    current one runs through the encoder; ``on_demand`` reads each batch when it is needed, leaving every core to
+    the forward. The reading thread competes with the forward's threads: on a 2-core CPU a bf16 EfficientNet
+    image build was 6–17% faster ``on_demand``, an audio build about 11% faster ``ahead``, a video build the same
+    either way (docs/results.md §3v). The states are the same bytes either way."""
     on_device: bool = True
     """An in-memory cache goes to the training device (fastest on a GPU). ``false`` keeps it in host memory
     and moves only each batch's rows, so the GPU holds nothing but the side network's training state."""

@@ -52,7 +52,7 @@ from crossan.cache.manifest import (
     read_manifest,
     versions,
 )
-from crossan.cache.prefetch import PrefetchPlan
+from crossan.cache.prefetch import check_setting
 from crossan.cache.workarea import (
     ModalityReport,
     WorkArea,
@@ -98,12 +98,12 @@ def _run_batches(
     on_corrupt: str,
     progress: bool,
     on_batch: Callable[[str, int], None] | None,
-    prefetch: str = "auto",
-) -> str:
-    """Encode the pending batches of ``area``. A batch is read, decoded and preprocessed either in a thread while
-    the one before it runs through the model (Pillow, PyAV, soundfile and the tokenizers release the GIL) or when
-    it is needed, as ``prefetch`` (``cache.prefetch``) and :class:`~crossan.cache.prefetch.PrefetchPlan` decide;
-    returns how, for the report line."""
+    prefetch: str = "ahead",
+) -> None:
+    """Encode the pending batches of ``area``. With ``prefetch="ahead"`` (``cache.prefetch``) the next batch is
+    read, decoded and preprocessed in a thread while the current one runs through the model (Pillow, PyAV,
+    soundfile and the tokenizers release the GIL); with ``on_demand`` each batch is read when it is needed
+    (:mod:`crossan.cache.prefetch`)."""
     from tqdm.auto import tqdm
 
     modality = encoder.modality
@@ -115,13 +115,12 @@ def _run_batches(
     def load(b: int) -> tuple[LoadedMedia, dict[str, torch.Tensor] | None]:
         return encoder.load_inputs(_record_batch(records, ranges[b]), catalogue, on_corrupt)
 
-    plan = PrefetchPlan(prefetch, len(pending))
+    ahead = check_setting(prefetch)
     with ThreadPoolExecutor(max_workers=1) as pool, bar:
         future: Future[tuple[LoadedMedia, dict[str, torch.Tensor] | None]] | None = None
         for i, b in enumerate(pending):
-            t0 = time.perf_counter()
             loaded, inputs = future.result() if future is not None else load(b)
-            future = pool.submit(load, pending[i + 1]) if i + 1 < len(pending) and plan.ahead(i + 1) else None
+            future = pool.submit(load, pending[i + 1]) if ahead and i + 1 < len(pending) else None
             try:
                 out = encoder.encode_loaded(loaded, inputs)
                 entries = _corrupt_entries(loaded, ranges[b], _record_batch(records, ranges[b]))
@@ -131,12 +130,10 @@ def _run_batches(
                 bar.update(ranges[b][1] - ranges[b][0])
                 if on_batch is not None:
                     on_batch(modality, b)
-                plan.record(i, time.perf_counter() - t0)
             except BaseException:
                 if future is not None:
                     future.cancel()
                 raise
-    return plan.describe()
 
 
 def _base_manifest(encoder: ModalityEncoder, data: Any, build: dict[str, Any]) -> dict[str, Any]:
@@ -349,17 +346,14 @@ def _build_modality(ctx: _BuildContext, m: str, spec: EncoderSpec, shard: int | 
         # the encoder forward in bf16 where `precision` says so, its frozen weights rounded once, not per batch
         with (autocast(ctx.cfg.precision, ctx.device),
               frozen_weights_in(encoder, compute_dtype(ctx.cfg.precision, ctx.device))):
-            reading = _run_batches(encoder, area, ctx.records, ctx.data.catalogue, ctx.ranges,
-                                   ctx.cfg.cache.on_corrupt, ctx.progress, ctx.on_batch, ctx.cfg.cache.prefetch)
+            _run_batches(encoder, area, ctx.records, ctx.data.catalogue, ctx.ranges, ctx.cfg.cache.on_corrupt,
+                         ctx.progress, ctx.on_batch, ctx.cfg.cache.prefetch)
     except BaseException:
         area.close()  # every finished batch is on disk: the next build resumes from here
         raise
     if shard is not None:
-        report = _finish_shard(area, m)
-    else:
-        report = report_from_manifest(m, final, "updated" if update else "built", finish_single(area, final, base))
-    report.reading = reading
-    return report
+        return _finish_shard(area, m)
+    return report_from_manifest(m, final, "updated" if update else "built", finish_single(area, final, base))
 
 
 def build_cache(

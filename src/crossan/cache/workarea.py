@@ -73,9 +73,6 @@ class ModalityReport:
     compute: str = ""
     """How the states were computed (:func:`~crossan.cache.manifest.describe_compute`), e.g. ``bfloat16
     compute on cpu``."""
-    reading: str = ""
-    """How the build read its batches where ``cache.prefetch`` measured it or was ``on_demand``
-    (:meth:`crossan.cache.prefetch.PrefetchPlan.describe`); empty where they were read ahead unmeasured."""
 
     def summary(self) -> str:
         text = f"{self.modality}: {self.status} at {self.path}"
@@ -85,8 +82,6 @@ class ModalityReport:
             text += f", {self.num_corrupt} corrupt files marked missing"
         if self.compute:
             text += f"; {self.compute}"
-        if self.reading:
-            text += f"; {self.reading}"
         if self.seconds:
             text += f" ({self.seconds:.1f} s)"
         return text
