@@ -292,7 +292,7 @@ class CacheConfig:
     """While building: ``ahead`` (default) reads (decodes, resizes, tokenises) the next batch in a thread while the
     current one runs through the encoder; ``on_demand`` reads each batch when it is needed, leaving every core to
     the forward. The reading thread competes with the forward's threads: on a 2-core CPU a bf16 EfficientNet
-    image build was 6–17% faster ``on_demand``, an audio build about 11% faster ``ahead``, a video build the same
+    image build was 14% faster ``on_demand``, an audio build 9% faster ``ahead``, a video build the same
     either way (docs/results.md §3v). The states are the same bytes either way."""
     on_device: bool = True
     """An in-memory cache goes to the training device (fastest on a GPU). ``false`` keeps it in host memory
