@@ -371,8 +371,8 @@ def build_cache(
     ``<modality>.shards/``; :func:`join_shards` assembles the shards. ``on_batch(modality, batch)`` is
     called after each batch is on disk (progress hooks, tests). A completed cache that already matches
     the configuration is left as it is. The encoders run on ``cfg.device``, on a CPU with glibc's ``malloc``
-    retaining freed memory under ``train.malloc=auto`` (:func:`crossan.utils.configure_malloc`). Corrupt media stop the build
-    with :class:`MediaError` (what was done so far stays resumable) unless ``cfg.cache.on_corrupt`` is
+    retaining freed memory under ``train.malloc=auto`` (:func:`crossan.utils.configure_malloc`). Corrupt media
+    stop the build with :class:`MediaError` (what was done so far stays resumable) unless ``cfg.cache.on_corrupt`` is
     ``missing``; the number marked missing is in the returned reports and printed. A build resumed under
     ``error`` stops the same way at a corrupt file its earlier run marked missing under ``missing``
     (:func:`_stop_at_corrupt_marked_missing`). Each modality (or shard)

@@ -6,9 +6,9 @@ forward, but the reading thread competes for the cores with the forward's own th
 core), and a forward made of many short parallel steps then waits at every step for its slowest thread.
 Reading each batch when it is needed (``on_demand``) leaves the cores to the forward. Which is faster depends on
 the encoder and the machine: on the 2-core AMX Xeon of docs/results.md §3v a bf16 EfficientNet-Lite0 image build
-ran 14% faster on demand (272.6 against 238.6 items/s, medians, fresh processes, benchmarks/prefetch_ab.py), an audio build (Whisper's long
-matrix products, costlier reading) about 9% faster ahead, and a video build the same either way. Tried and not
-kept, twice: a build timing both ways on its own batches and keeping the faster. Two batches each way at the
+ran 14% faster on demand (272.6 against 238.6 items/s, medians, fresh processes, benchmarks/prefetch_ab.py), an
+audio build (Whisper's long matrix products, costlier reading) about 9% faster ahead, and a video build the same
+either way. Tried and not kept, twice: a build timing both ways on its own batches and keeping the faster. Two batches each way at the
 start chose differently from run to run; after three warm-up batches, four alternating blocks of three chose
 "ahead" for every image build, because batches read on demand inside such a build took 144–148 ms where a build
 reading on demand throughout takes 118 ms a batch (not understood; the allocator's per-thread arenas are one
