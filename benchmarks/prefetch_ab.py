@@ -1,8 +1,8 @@
 """A cache build reading each batch ahead (in a thread, beside the forward) against reading it on demand.
 
 ``cache.prefetch`` (``ahead`` | ``on_demand``) changes only when a batch is read, never the states. This script
-times ``build_cache`` of one modality each way (``--settings``; a setting a build reports on prints its report), each build in a fresh process (so no build inherits another's
-heap or threads), alternating ``--rounds`` times, on synthetic items (``bench_cache.synthetic_items``: noise JPEG
+times ``build_cache`` of one modality each way (``--settings``), each build in a fresh process (so no build
+inherits another's heap or threads), alternating ``--rounds`` times, on synthetic items (``bench_cache.synthetic_items``: noise JPEG
 covers, mp4 clips, wav tracks, titles). The rate is items per second after the first batch (model loading and
 warm-up excluded), as ``bench_cache.py --build`` counts it.
 
@@ -31,10 +31,8 @@ data = bench_cache.synthetic_items(Path({items!r}), {n}, image_px={px})
 cfg = load_config([], ["encoders.preset={preset}", "device=cpu", "precision={precision}", "cache.dir={cache}",
                        "encoders.batch_size={bs}", "cache.prefetch={setting}"])
 ts = []
-report = build_cache(cfg, data, [{modality!r}], progress=False,
-                     on_batch=lambda m, b: ts.append(time.perf_counter()))[{modality!r}]
-print(json.dumps({{"rate": {bs} * (len(ts) - 1) / (ts[-1] - ts[0]), "batches": len(ts),
-                  "reading": getattr(report, "reading", "")}}))
+build_cache(cfg, data, [{modality!r}], progress=False, on_batch=lambda m, b: ts.append(time.perf_counter()))
+print(json.dumps({{"rate": {bs} * (len(ts) - 1) / (ts[-1] - ts[0]), "batches": len(ts)}}))
 """
 
 
@@ -70,8 +68,8 @@ def main(argv: list[str] | None = None) -> None:
                     raise SystemExit(done.stderr[-2000:])
                 result = json.loads(done.stdout.strip().splitlines()[-1])
                 rows.append({"round": r, "prefetch": setting, "items_per_s": result["rate"],
-                             "reading": result["reading"], "time": time.strftime("%H:%M:%S", time.gmtime())})
-                print(f"round {r} {setting:>9}: {result['rate']:.1f} items/s  {result['reading']}", flush=True)
+                             "time": time.strftime("%H:%M:%S", time.gmtime())})
+                print(f"round {r} {setting:>9}: {result['rate']:.1f} items/s", flush=True)
     med = {s: statistics.median(x["items_per_s"] for x in rows if x["prefetch"] == s) for s in settings}
     machine = f"CPU {cpu_description()}; {args.modality}, {args.precision}, {args.items} items, batch {args.batch_size}"
     print(machine)

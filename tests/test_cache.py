@@ -746,7 +746,7 @@ def test_a_build_sets_the_allocator_as_training_does(tmp_path: Path, data: FakeD
 
 def test_builds_reading_ahead_or_on_demand_write_the_same_bytes(tmp_path: Path) -> None:
     """When a batch is read changes no state: a build reading each batch ahead in a thread and one reading it on
-    demand give the same files; a setting that is neither is refused naming the key."""
+    demand give the same files; a setting that is neither is refused naming the key, before anything is written."""
     data = make_dataset(tmp_path / "data", n=7)
     files = {}
     for setting in ("ahead", "on_demand"):
@@ -759,8 +759,9 @@ def test_builds_reading_ahead_or_on_demand_write_the_same_bytes(tmp_path: Path) 
     assert files["ahead"] == files["on_demand"]
     cfg = make_cfg(tmp_path / "bad")
     cfg.cache.prefetch = "always"
-    with pytest.raises(ValueError, match="cache.prefetch"):
+    with pytest.raises(ValueError, match="cache.prefetch: expected ahead or on_demand, got 'always'"):
         build_cache(cfg, data, ["image"], progress=False)
+    assert not (tmp_path / "bad").exists()  # refused before any folder or encoder
 
 
 def test_prefetch_off_on_the_command_line_is_named_as_a_choice() -> None:

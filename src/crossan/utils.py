@@ -335,9 +335,10 @@ def _disk_full(e: BaseException, folder: Path) -> bool:
         return True
     if _says_disk_full(e):
         return True
-    if isinstance(e, OSError) and e.errno in _NOT_ABOUT_SPACE:  # a cause of its own, not a full disk, though /proc,
-        return False  # /sys and read-only mounts report no free space (EIO is judged by the space: some file
-        # systems report a full disk so)
+    # a cause of its own, not a full disk, though /proc, /sys and read-only mounts report no free space (EIO is
+    # judged by the space: some file systems report a full disk so)
+    if isinstance(e, OSError) and e.errno in _NOT_ABOUT_SPACE:
+        return False
     try:
         st = os.statvfs(folder)
     except OSError:

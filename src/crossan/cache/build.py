@@ -52,7 +52,6 @@ from crossan.cache.manifest import (
     read_manifest,
     versions,
 )
-from crossan.cache.prefetch import check_setting
 from crossan.cache.workarea import (
     ModalityReport,
     WorkArea,
@@ -102,8 +101,8 @@ def _run_batches(
 ) -> None:
     """Encode the pending batches of ``area``. With ``prefetch="ahead"`` (``cache.prefetch``) the next batch is
     read, decoded and preprocessed in a thread while the current one runs through the model (Pillow, PyAV,
-    soundfile and the tokenizers release the GIL); with ``on_demand`` each batch is read when it is needed
-    (:mod:`crossan.cache.prefetch`)."""
+    soundfile and the tokenizers release the GIL); with ``on_demand`` each batch is read when it is needed, which
+    leaves every core to the forward (faster for some encoders, slower for others: docs/results.md §3v)."""
     from tqdm.auto import tqdm
 
     modality = encoder.modality
@@ -115,7 +114,7 @@ def _run_batches(
     def load(b: int) -> tuple[LoadedMedia, dict[str, torch.Tensor] | None]:
         return encoder.load_inputs(_record_batch(records, ranges[b]), catalogue, on_corrupt)
 
-    ahead = check_setting(prefetch)
+    ahead = prefetch == "ahead"
     with ThreadPoolExecutor(max_workers=1) as pool, bar:
         future: Future[tuple[LoadedMedia, dict[str, torch.Tensor] | None]] | None = None
         for i, b in enumerate(pending):
@@ -387,6 +386,8 @@ def build_cache(
     modalities = check_modalities(modalities)
     if num_shards > 1 and shard is None:
         raise ValueError(f"num_shards={num_shards} needs a shard index (0..{num_shards - 1})")
+    if cfg.cache.prefetch not in ("ahead", "on_demand"):  # a Config built in code skips load_config's check
+        raise ValueError(f"cache.prefetch: expected ahead or on_demand, got {cfg.cache.prefetch!r}")
     specs = resolve_specs(cfg, modalities)
     records = item_records(data)
     device = str(resolve_device(cfg.device))

@@ -164,8 +164,8 @@ def fusable(x: torch.Tensor) -> bool:
     live features). The clip then happens before the output is written, not in a second pass over it: a bf16
     clamp ran at half the fp32 one's speed and took 35% of the forward (docs/results.md §3u). Clipping at 0 and 6
     commutes with rounding to bf16, and on the AMX CPU of §3u every map came out the same bit for bit (stride-2
-    convolutions since: see :meth:`SameConv2d.convolve`); a CPU
-    whose oneDNN picks another kernel for the fused call may round a value the other way. In float32 the clip
+    convolutions since: see :meth:`SameConv2d.convolve`); a CPU whose oneDNN picks another kernel for the fused
+    call may round a value the other way. In float32 the clip
     costs little and the fused call gained nothing measurable, and at one thread oneDNN chose kernels that
     differed in the last bits for small maps: float32 keeps the two passes (its states stay exactly as before)."""
     if _CONV_POINTWISE is None or x.device.type != "cpu" or torch.is_grad_enabled():
