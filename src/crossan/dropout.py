@@ -51,8 +51,10 @@ def keep_masks(count: int, shape: tuple[int, ...] | torch.Size, p: float,
         return [keep_mask(shape, q, dtype) for _ in range(count)]
     seeds = [_draw_seed() for _ in range(count)]
     # the outputs are allocated here, on the calling thread, where torch's profiler (the benchmarks' peak
-    # memory) follows allocations; the threads only write them
-    outs = [torch.empty(math.prod(shape), dtype=torch.int16) for _ in seeds]
+    # memory) follows allocations; the threads only write them, through numpy: a torch operation on another
+    # thread would start an OpenMP team there, and libgomp, managing more threads than cores, would then
+    # stop spin-waiting between the parallel regions of every thread, the training step's included
+    outs = [torch.empty(math.prod(shape), dtype=torch.int16 if dtype in _ONE_BITS else dtype) for _ in seeds]
     pool = _pool(min(count, torch.get_num_threads()))
     return list((map if pool is None else pool.map)(
         lambda seed, out: _mask_from_seed(seed, tuple(shape), q, dtype, out), seeds, outs))
@@ -66,18 +68,22 @@ def _draw_seed() -> int:
 def _mask_from_seed(seed: int, shape: tuple[int, ...], q: float, dtype: torch.dtype,
                     out: torch.Tensor | None = None) -> torch.Tensor:
     """The mask of :func:`keep_mask` for ``seed`` and a rate ``q`` strictly between 0 and 1, written into
-    ``out`` (int16, as many entries as ``shape``; allocated here when None). numpy does the work, without the
-    GIL, so that threads can make masks side by side."""
+    ``out`` (as many entries as ``shape``; int16 for the half-precision dtypes, ``dtype`` otherwise; allocated
+    here when None). numpy does the work, without the GIL and without torch operations, so that threads can
+    make masks side by side."""
     n = math.prod(shape)
     uniform = np.random.SFC64(seed).random_raw((n + 3) // 4).view(np.int16)[:n]  # uniform in [-2^15, 2^15)
     t = round(q * 2 ** KEEP_MASK_BITS) - 2 ** (KEEP_MASK_BITS - 1)  # keep iff uniform >= t
-    out = torch.empty(n, dtype=torch.int16) if out is None else out  # torch's memory: the allocator sees it
-    bits = np.clip(uniform, t - 1, t, out=out.numpy())
-    bits -= t - 1  # 0 / 1 as int16
     if dtype in _ONE_BITS:  # 0x0000 / the bits of 1.0: a multiply instead of a conversion
+        out = torch.empty(n, dtype=torch.int16) if out is None else out  # torch's memory: the allocator sees it
+        bits = np.clip(uniform, t - 1, t, out=out.numpy())
+        bits -= t - 1  # 0 / 1 as int16
         bits *= _ONE_BITS[dtype]
         return out.view(dtype).view(shape)
-    return out.to(dtype).view(shape)
+    out = torch.empty(n, dtype=dtype) if out is None else out
+    np.clip(uniform, t - 1, t, out=uniform)
+    np.subtract(uniform, t - 1, out=out.numpy(), casting="unsafe")  # 0 / 1, written as ``dtype``
+    return out.view(shape)
 
 
 _POOL: tuple[int, int, ThreadPoolExecutor] | None = None

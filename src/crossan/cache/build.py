@@ -70,10 +70,9 @@ from crossan.data.media import MediaError
 from crossan.errors import CacheError
 
 if TYPE_CHECKING:
-    import torch
-
     from crossan.config import Config
     from crossan.encoders.base import LoadedMedia, ModalityEncoder
+
 
 def _record_batch(records: list[ItemRecord], rows: tuple[int, int]) -> list[ItemRecord]:
     return records[rows[0] - 1 : rows[1] - 1]
@@ -100,9 +99,10 @@ def _run_batches(
     prefetch: str = "ahead",
 ) -> None:
     """Encode the pending batches of ``area``. With ``prefetch="ahead"`` (``cache.prefetch``) the next batch is
-    read, decoded and preprocessed in a thread while the current one runs through the model (Pillow, PyAV,
-    soundfile and the tokenizers release the GIL); with ``on_demand`` each batch is read when it is needed, which
-    leaves every core to the forward (faster for some encoders, slower for others: docs/results.md §3v)."""
+    read, decoded and staged (:meth:`~crossan.encoders.base.ModalityEncoder.load_inputs`) in a thread while
+    the current one runs through the model (Pillow, PyAV, soundfile and the tokenizers release the GIL); with
+    ``on_demand`` each batch is read when it is needed, which leaves every core to the forward (faster for
+    some encoders, slower for others: docs/results.md §3v, §3w)."""
     from tqdm.auto import tqdm
 
     modality = encoder.modality
@@ -111,17 +111,17 @@ def _run_batches(
     bar = tqdm(total=total, initial=area.rows_done(ranges), desc=f"cache {modality}", unit="item",
                disable=not progress, dynamic_ncols=True)
 
-    def load(b: int) -> tuple[LoadedMedia, dict[str, torch.Tensor] | None]:
+    def load(b: int) -> tuple[LoadedMedia, Any]:
         return encoder.load_inputs(_record_batch(records, ranges[b]), catalogue, on_corrupt)
 
     ahead = prefetch == "ahead"
     with ThreadPoolExecutor(max_workers=1) as pool, bar:
-        future: Future[tuple[LoadedMedia, dict[str, torch.Tensor] | None]] | None = None
+        future: Future[tuple[LoadedMedia, Any]] | None = None
         for i, b in enumerate(pending):
-            loaded, inputs = future.result() if future is not None else load(b)
+            loaded, staged = future.result() if future is not None else load(b)
             future = pool.submit(load, pending[i + 1]) if ahead and i + 1 < len(pending) else None
             try:
-                out = encoder.encode_loaded(loaded, inputs)
+                out = encoder.encode_loaded(loaded, staged)
                 entries = _corrupt_entries(loaded, ranges[b], _record_batch(records, ranges[b]))
                 states = out.states.float().numpy().astype(np.float16)  # what is stored: fp16 overflow is inf
                 check_finite(modality, states, ranges[b][0], records)

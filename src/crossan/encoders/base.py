@@ -145,6 +145,21 @@ class ModalityEncoder(nn.Module):
         """Run the tokenizer / processor on a non-empty list of media."""
         raise NotImplementedError
 
+    def stage(self, item: Any) -> Any:
+        """Where :attr:`per_item_inputs`: the first part of :meth:`process` for one decoded item, run in the
+        cache builder's reading thread as soon as the item is read; :meth:`finish` does the rest in the
+        model's thread, so that ``finish([stage(m) for m in media])`` is ``process(media)`` bit for bit.
+        By default the whole of ``process([item])``. Pixel encoders override both and keep torch out of
+        this half (uint8 resizes with Pillow and numpy here, the normalisation in :meth:`finish`): a torch
+        operation run on a second thread makes libgomp (torch's OpenMP) manage more threads than there are
+        cores, and from then on it all but stops spin-waiting between parallel regions in every thread,
+        the forward's included (docs/results.md §3w: 12% of a bf16 image build on two cores)."""
+        return self.process([item])
+
+    def finish(self, staged: list[Any]) -> dict[str, torch.Tensor]:
+        """Model inputs from a non-empty list of :meth:`stage` results (by default: their concatenation)."""
+        return {k: torch.cat([part[k] for part in staged]) for k in staged[0]}
+
     def preprocessing(self) -> dict[str, Any]:
         """The preprocessing settings that cached states depend on (compared when a cache is opened)."""
         return preprocessing_settings(self.modality, self.spec, self.info)
@@ -185,14 +200,17 @@ class ModalityEncoder(nn.Module):
             return None, e
 
     def load_inputs(self, records: list[ItemRecord], catalogue: Catalogue, on_corrupt: str = "error"
-                    ) -> tuple[LoadedMedia, dict[str, torch.Tensor] | None]:
-        """:meth:`load_media` and :meth:`process_loaded` of a batch, for :meth:`encode_loaded`. Where
-        :attr:`per_item_inputs`, each item is processed as soon as it is read and the loaded media hold None
-        in its place: the same inputs, one decoded item in memory at a time."""
+                    ) -> tuple[LoadedMedia, Any]:
+        """The part of encoding a batch that the cache builder runs in its reading thread: :meth:`load_media`
+        and as much of the processing as can run there. Where :attr:`per_item_inputs`, each item is staged
+        (:meth:`stage`) as soon as it is read and the loaded media hold None in its place, one decoded item
+        in memory at a time; the staged items are returned as a list. Otherwise the batch is processed
+        whole (:meth:`process_loaded`). :meth:`encode_loaded` takes what this returns (None when no item is
+        present) and finishes it: the same inputs as :meth:`process_loaded` of :meth:`load_media`."""
         if not self.per_item_inputs:
             loaded = self.load_media(records, catalogue, on_corrupt)
             return loaded, self.process_loaded(loaded)
-        parts: list[dict[str, torch.Tensor]] = []
+        staged: list[Any] = []
         present: list[bool] = []
         corrupt: list[MediaError | None] = []
         for r in records:
@@ -201,12 +219,11 @@ class ModalityEncoder(nn.Module):
             corrupt.append(err)
             if item is not None:
                 try:
-                    parts.append(self.process([item]))
+                    staged.append(self.stage(item))
                 except MemoryError as e:  # the processor's resize of a very large (or thin) frame
                     raise MediaMemoryError(r.item_id, catalogue.path(r, self.modality), e) from e
                 del item
-        inputs = {k: torch.cat([part[k] for part in parts]) for k in parts[0]} if parts else None
-        return LoadedMedia([None] * len(records), present, corrupt), inputs
+        return LoadedMedia([None] * len(records), present, corrupt), staged or None
 
     def prepare(
         self, records: list[ItemRecord], catalogue: Catalogue, on_corrupt: str = "error"
@@ -252,14 +269,16 @@ class ModalityEncoder(nn.Module):
         return self.process(media) if media else None
 
     @torch.no_grad()
-    def encode_loaded(self, loaded: LoadedMedia, inputs: dict[str, torch.Tensor] | None = None) -> EncodedBatch:
-        """Encode media read by :meth:`load_media`; ``inputs``: their :meth:`process_loaded`, if already made
-        (the cache builder prepares the next batch in a thread while this one runs)."""
+    def encode_loaded(self, loaded: LoadedMedia, staged: Any = None) -> EncodedBatch:
+        """Encode media read by :meth:`load_media`, or by :meth:`load_inputs` with ``staged`` what it returned
+        (the cache builder reads the next batch in a thread while this one runs)."""
         present = torch.tensor(loaded.present, dtype=torch.bool)
         states = torch.zeros(len(loaded.media), self.num_taps, self.hidden_size)
         if present.any():
-            if inputs is None:
+            if staged is None:
                 inputs = self.process_loaded(loaded)
+            else:
+                inputs = self.finish(staged) if self.per_item_inputs else staged
             states[present] = self.forward(inputs).float().cpu()
         return EncodedBatch(states, present, loaded.corrupt)
 

@@ -38,7 +38,7 @@ from crossan.data.media import load_image, load_video
 from crossan.encoders.backbones import BackboneInfo
 from crossan.encoders.base import ModalityEncoder
 from crossan.encoders.efficientnet import PIXEL_MEAN, PIXEL_STD
-from crossan.encoders.vision import resize_normalize
+from crossan.encoders.vision import normalize_uint8, resize_uint8
 
 if TYPE_CHECKING:
     from crossan.data.catalogue import Catalogue, ItemRecord
@@ -59,10 +59,16 @@ class CNNEncoder(ModalityEncoder):
         self.tap_widths: list[int] = list(info.tap_widths or [])
         self.model.to(memory_format=torch.channels_last)
 
-    def pixels(self, images: list[Any]) -> torch.Tensor:
-        """PIL images → normalised ``[B, 3, S, S]`` float32."""
-        mean, std = (PIXEL_MEAN,) * 3, (PIXEL_STD,) * 3
-        return resize_normalize(images, self.image_size, self.image_size, _bilinear(), 1.0, mean, std)
+    def resized(self, images: list[Any]) -> np.ndarray:
+        """PIL images → ``[B, S, S, 3]`` uint8 (Pillow and numpy only: the reading thread's half)."""
+        return resize_uint8(images, self.image_size, self.image_size, _bilinear())
+
+    def normalized(self, arr: np.ndarray) -> torch.Tensor:
+        """uint8 ``[B, S, S, 3]`` → normalised ``[B, 3, S, S]`` float32."""
+        return normalize_uint8(arr, 1.0, (PIXEL_MEAN,) * 3, (PIXEL_STD,) * 3)
+
+    def process(self, media: list[Any]) -> dict[str, torch.Tensor]:
+        return self.finish([self.stage(m) for m in media])
 
     def pooled_maps(self, pixels: torch.Tensor) -> list[torch.Tensor]:
         """Normalised images ``[B, 3, H, W]`` → each feature map pooled over space, ``[B, w_i]``."""
@@ -98,8 +104,11 @@ class CNNImageEncoder(CNNEncoder):
 
         return Image.new("RGB", (self.image_size, self.image_size))
 
-    def process(self, media: list[Any]) -> dict[str, torch.Tensor]:
-        return {"pixel_values": self.pixels(list(media))}
+    def stage(self, item: Any) -> Any:
+        return self.resized([item])
+
+    def finish(self, staged: list[Any]) -> dict[str, torch.Tensor]:
+        return {"pixel_values": self.normalized(np.concatenate(staged))}
 
     def pooled_states(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         return self.pooled_maps(pixel_values)
@@ -121,12 +130,14 @@ class CNNVideoEncoder(CNNEncoder):
     def placeholder(self) -> Any:
         return [np.zeros((self.image_size, self.image_size, 3), dtype=np.uint8)] * self.num_frames
 
-    def process(self, media: list[Any]) -> dict[str, torch.Tensor]:
+    def stage(self, item: Any) -> Any:
         from PIL import Image
 
-        frames = [Image.fromarray(np.ascontiguousarray(f)) for clip in media for f in clip]
-        pixels = self.pixels(frames)
-        return {"pixel_values": pixels.view(len(media), self.num_frames, *pixels.shape[1:])}
+        return self.resized([Image.fromarray(np.ascontiguousarray(f)) for f in item])
+
+    def finish(self, staged: list[Any]) -> dict[str, torch.Tensor]:
+        pixels = self.normalized(np.concatenate(staged))
+        return {"pixel_values": pixels.view(len(staged), self.num_frames, *pixels.shape[1:])}
 
     def pooled_states(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         b, f = pixel_values.shape[:2]

@@ -109,12 +109,15 @@ def _direct_resize(processor: Any) -> tuple[int, int] | None:
     return (int(height), int(width)) if simple else None
 
 
-def resize_normalize(images: list[Any], height: int, width: int, resample: Any, scale: float,
-                     mean: Any, std: Any, normalize: bool = True) -> torch.Tensor:
-    """What a ViT image processor does, in one Pillow resize per image and one fused tensor pass per batch:
-    ``((resize(image) · scale) − mean) / std`` as float32 [B, 3, height, width]. Same Pillow resampling
-    as the processor, so the pixels agree to float rounding (about 1e-7), at about three times the speed."""
-    arr = np.stack([np.asarray(im.resize((width, height), resample=resample)) for im in images])
+def resize_uint8(images: list[Any], height: int, width: int, resample: Any) -> np.ndarray:
+    """Pillow images resized to ``height × width`` as one uint8 array ``[B, height, width, 3]``: numpy and
+    Pillow only, so it can run in the cache builder's reading thread (:meth:`ModalityEncoder.stage`)."""
+    return np.stack([np.asarray(im.resize((width, height), resample=resample)) for im in images])
+
+
+def normalize_uint8(arr: np.ndarray, scale: float, mean: Any, std: Any, normalize: bool = True) -> torch.Tensor:
+    """``((arr · scale) − mean) / std`` of uint8 images ``[B, H, W, 3]`` as float32 ``[B, 3, H, W]``
+    (channels-last memory) in one fused tensor pass."""
     x = torch.from_numpy(arr).permute(0, 3, 1, 2)  # channels-last [B, 3, H, W] uint8
     if not normalize:
         return x.float().mul_(scale).contiguous()
@@ -128,6 +131,15 @@ def resize_normalize(images: list[Any], height: int, width: int, resample: Any, 
     inv_std = 1.0 / torch.tensor(std, dtype=torch.float32)[:, None, None]
     shift = -torch.tensor(mean, dtype=torch.float32)[:, None, None] * inv_std
     return torch.addcmul(shift, x, inv_std * scale)
+
+
+def resize_normalize(images: list[Any], height: int, width: int, resample: Any, scale: float,
+                     mean: Any, std: Any, normalize: bool = True) -> torch.Tensor:
+    """What a ViT image processor does, in one Pillow resize per image and one fused tensor pass per batch:
+    ``((resize(image) · scale) − mean) / std`` as float32 [B, 3, height, width]. Same Pillow resampling
+    as the processor, so the pixels agree to float rounding (about 1e-7), at about three times the speed.
+    :func:`resize_uint8` then :func:`normalize_uint8`."""
+    return normalize_uint8(resize_uint8(images, height, width, resample), scale, mean, std, normalize)
 
 
 class ImageEncoder(ModalityEncoder):
@@ -164,18 +176,30 @@ class ImageEncoder(ModalityEncoder):
 
         return Image.new("RGB", (self.image_size, self.image_size))
 
+    def _resample(self) -> Any:
+        resample = getattr(self.processor, "resample", None)
+        if resample is None:  # the ViT processors' default
+            from PIL.Image import Resampling
+
+            resample = Resampling.BILINEAR
+        return resample
+
+    def stage(self, item: Any) -> Any:
+        if self.direct_size is None:
+            return super().stage(item)
+        return resize_uint8([item], *self.direct_size, self._resample())
+
+    def finish(self, staged: list[Any]) -> dict[str, torch.Tensor]:
+        if self.direct_size is None:
+            return super().finish(staged)
+        p = self.processor
+        pixels = normalize_uint8(np.concatenate(staged), float(p.rescale_factor), p.image_mean, p.image_std,
+                                 bool(getattr(p, "do_normalize", True)))
+        return {"pixel_values": pixels}
+
     def process(self, media: list[Any]) -> dict[str, torch.Tensor]:
         if self.direct_size is not None:
-            p = self.processor
-            resample = getattr(p, "resample", None)
-            if resample is None:  # the ViT processors' default
-                from PIL.Image import Resampling
-
-                resample = Resampling.BILINEAR
-            pixels = resize_normalize(list(media), *self.direct_size, resample,
-                                      float(p.rescale_factor), p.image_mean, p.image_std,
-                                      bool(getattr(p, "do_normalize", True)))
-            return {"pixel_values": pixels}
+            return self.finish([self.stage(m) for m in media])
         return {"pixel_values": self.processor(list(media), return_tensors="pt")["pixel_values"]}
 
     def processor_settings(self) -> dict[str, Any]:
