@@ -1023,11 +1023,11 @@ def test_items_processed_one_by_one_give_the_batchs_inputs(tmp_path: Path, prese
         assert [str(e) for e in one_by_one.corrupt] == [str(e) for e in batch.corrupt]
         expected = enc.process_loaded(batch)
         assert staged is not None and len(staged) == 4
-        inputs = enc.finish(staged)
-        assert inputs.keys() == expected.keys()
+        inputs = enc.finish_loaded(staged)
+        assert inputs is not None and inputs.keys() == expected.keys()
         assert all(torch.equal(inputs[k], expected[k]) for k in expected)
         assert one_by_one.media == [None] * len(records)  # no decoded media kept
-        assert torch.equal(enc.encode_loaded(one_by_one, staged).states, enc.encode_loaded(batch).states)
+        assert torch.equal(enc.encode_loaded(one_by_one, inputs).states, enc.encode_loaded(batch).states)
 
 
 def test_load_inputs_keeps_batch_processing_where_items_cannot_be_processed_alone(tmp_path: Path,

@@ -121,7 +121,7 @@ def _run_batches(
             loaded, staged = future.result() if future is not None else load(b)
             future = pool.submit(load, pending[i + 1]) if ahead and i + 1 < len(pending) else None
             try:
-                out = encoder.encode_loaded(loaded, staged)
+                out = encoder.encode_loaded(loaded, encoder.finish_loaded(staged))
                 entries = _corrupt_entries(loaded, ranges[b], _record_batch(records, ranges[b]))
                 states = out.states.float().numpy().astype(np.float16)  # what is stored: fp16 overflow is inf
                 check_finite(modality, states, ranges[b][0], records)

@@ -268,17 +268,23 @@ class ModalityEncoder(nn.Module):
         media = [m for m, p in zip(loaded.media, loaded.present) if p]
         return self.process(media) if media else None
 
+    def finish_loaded(self, staged: Any) -> dict[str, torch.Tensor] | None:
+        """The model inputs of what :meth:`load_inputs` returned beside the loaded media, made in the model's
+        thread (None when no item is present)."""
+        if staged is None or not self.per_item_inputs:
+            return staged
+        return self.finish(staged)
+
     @torch.no_grad()
-    def encode_loaded(self, loaded: LoadedMedia, staged: Any = None) -> EncodedBatch:
-        """Encode media read by :meth:`load_media`, or by :meth:`load_inputs` with ``staged`` what it returned
-        (the cache builder reads the next batch in a thread while this one runs)."""
+    def encode_loaded(self, loaded: LoadedMedia, inputs: dict[str, torch.Tensor] | None = None) -> EncodedBatch:
+        """Encode media read by :meth:`load_media`; ``inputs``: their :meth:`process_loaded`, if already made
+        (the cache builder reads the next batch in a thread while this one runs: :meth:`load_inputs`, then
+        :meth:`finish_loaded`)."""
         present = torch.tensor(loaded.present, dtype=torch.bool)
         states = torch.zeros(len(loaded.media), self.num_taps, self.hidden_size)
         if present.any():
-            if staged is None:
+            if inputs is None:
                 inputs = self.process_loaded(loaded)
-            else:
-                inputs = self.finish(staged) if self.per_item_inputs else staged
             states[present] = self.forward(inputs).float().cpu()
         return EncodedBatch(states, present, loaded.corrupt)
 
