@@ -147,18 +147,27 @@ class ModalityEncoder(nn.Module):
 
     def stage(self, item: Any) -> Any:
         """Where :attr:`per_item_inputs`: the first part of :meth:`process` for one decoded item, run in the
-        cache builder's reading thread as soon as the item is read; :meth:`finish` does the rest in the
-        model's thread, so that ``finish([stage(m) for m in media])`` is ``process(media)`` bit for bit.
-        By default the whole of ``process([item])``. Pixel encoders override both and keep torch out of
-        this half (uint8 resizes with Pillow and numpy here, the normalisation in :meth:`finish`): a torch
-        operation run on a second thread makes libgomp (torch's OpenMP) manage more threads than there are
-        cores, and from then on it all but stops spin-waiting between parallel regions in every thread,
-        the forward's included (docs/results.md §3w: 12% of a bf16 image build on two cores)."""
+        cache builder's reading thread as soon as the item is read; :meth:`finish` does the rest for the
+        batch, so that ``finish([stage(m) for m in media])`` is ``process(media)`` bit for bit. By default
+        the whole of ``process([item])``. The pixel encoders override both: uint8 resizes with Pillow and
+        numpy here, the normalisation in :meth:`finish`, which for cover images runs in the model's thread
+        (:attr:`finish_in_model_thread`) so that the reading thread runs no torch operation: one there makes
+        libgomp (torch's OpenMP) manage more threads than there are cores, and from then on it all but stops
+        spin-waiting between parallel regions in every thread, the forward's included (docs/results.md §3w)."""
         return self.process([item])
 
     def finish(self, staged: list[Any]) -> dict[str, torch.Tensor]:
         """Model inputs from a non-empty list of :meth:`stage` results (by default: their concatenation)."""
         return {k: torch.cat([part[k] for part in staged]) for k in staged[0]}
+
+    @property
+    def finish_in_model_thread(self) -> bool:
+        """Where the cache builder runs :meth:`finish`: in the model's thread (True: for a :meth:`stage` that
+        runs no torch operation, so that the reading thread runs none) or in the reading thread, with the rest
+        of the batch's processing (False, the default). Cover images: True (a bf16 build 12% faster); video
+        clips: False (their build is bound by decoding, and normalising 512 frames in the model's thread cost
+        it 4%; docs/results.md §3w)."""
+        return False
 
     def preprocessing(self) -> dict[str, Any]:
         """The preprocessing settings that cached states depend on (compared when a cache is opened)."""
@@ -223,6 +232,8 @@ class ModalityEncoder(nn.Module):
                 except MemoryError as e:  # the processor's resize of a very large (or thin) frame
                     raise MediaMemoryError(r.item_id, catalogue.path(r, self.modality), e) from e
                 del item
+        if staged and not self.finish_in_model_thread:
+            return LoadedMedia([None] * len(records), present, corrupt), self.finish(staged)
         return LoadedMedia([None] * len(records), present, corrupt), staged or None
 
     def prepare(
@@ -271,7 +282,7 @@ class ModalityEncoder(nn.Module):
     def finish_loaded(self, staged: Any) -> dict[str, torch.Tensor] | None:
         """The model inputs of what :meth:`load_inputs` returned beside the loaded media, made in the model's
         thread (None when no item is present)."""
-        if staged is None or not self.per_item_inputs:
+        if staged is None or not (self.per_item_inputs and self.finish_in_model_thread):
             return staged
         return self.finish(staged)
 

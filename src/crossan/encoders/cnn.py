@@ -104,6 +104,10 @@ class CNNImageEncoder(CNNEncoder):
 
         return Image.new("RGB", (self.image_size, self.image_size))
 
+    @property
+    def finish_in_model_thread(self) -> bool:
+        return True
+
     def stage(self, item: Any) -> Any:
         return self.resized([item])
 

@@ -184,6 +184,10 @@ class ImageEncoder(ModalityEncoder):
             resample = Resampling.BILINEAR
         return resample
 
+    @property
+    def finish_in_model_thread(self) -> bool:
+        return self.direct_size is not None
+
     def stage(self, item: Any) -> Any:
         if self.direct_size is None:
             return super().stage(item)
