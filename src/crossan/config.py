@@ -291,9 +291,10 @@ class CacheConfig:
     prefetch: Literal["ahead", "on_demand"] = "ahead"
     """While building: ``ahead`` (default) reads (decodes, resizes, tokenises) the next batch in a thread while the
     current one runs through the encoder; ``on_demand`` reads each batch when it is needed, leaving every core to
-    the forward. The reading thread competes with the forward's threads: on a 2-core CPU a bf16 EfficientNet
-    image build was 10–14% faster ``on_demand`` (two runs), an audio build 9% faster ``ahead``, a video build
-    the same either way (docs/results.md §3v). The states are the same bytes either way."""
+    the forward. On a 2-core CPU a bf16 EfficientNet image build was within 3% either way, an audio build 10%
+    faster ``ahead``, a video build the same either way (docs/results.md §3v, §3w; before 0.1.22, whose image
+    reading runs no torch operation, images were 10–14% faster ``on_demand``). The states are the same bytes
+    either way."""
     on_device: bool = True
     """An in-memory cache goes to the training device (fastest on a GPU). ``false`` keeps it in host memory
     and moves only each batch's rows, so the GPU holds nothing but the side network's training state."""
