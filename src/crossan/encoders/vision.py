@@ -184,26 +184,32 @@ class ImageEncoder(ModalityEncoder):
             resample = Resampling.BILINEAR
         return resample
 
+    def _staged(self) -> bool:
+        return self.direct_size is not None and not self._overrides_process(ImageEncoder)
+
     @property
     def finish_in_model_thread(self) -> bool:
-        return self.direct_size is not None
+        return self._staged()
 
     def stage(self, item: Any) -> Any:
-        if self.direct_size is None:
-            return super().stage(item)
-        return resize_uint8([item], *self.direct_size, self._resample())
+        return self._resize(item) if self._staged() else super().stage(item)
 
     def finish(self, staged: list[Any]) -> dict[str, torch.Tensor]:
-        if self.direct_size is None:
-            return super().finish(staged)
+        return self._normalize(staged) if self._staged() else super().finish(staged)
+
+    def _resize(self, item: Any) -> np.ndarray:
+        assert self.direct_size is not None
+        return resize_uint8([item], *self.direct_size, self._resample())
+
+    def _normalize(self, resized: list[np.ndarray]) -> dict[str, torch.Tensor]:
         p = self.processor
-        pixels = normalize_uint8(np.concatenate(staged), float(p.rescale_factor), p.image_mean, p.image_std,
+        pixels = normalize_uint8(np.concatenate(resized), float(p.rescale_factor), p.image_mean, p.image_std,
                                  bool(getattr(p, "do_normalize", True)))
         return {"pixel_values": pixels}
 
     def process(self, media: list[Any]) -> dict[str, torch.Tensor]:
         if self.direct_size is not None:
-            return self.finish([self.stage(m) for m in media])
+            return self._normalize([self._resize(m) for m in media])
         return {"pixel_values": self.processor(list(media), return_tensors="pt")["pixel_values"]}
 
     def processor_settings(self) -> dict[str, Any]:
