@@ -216,11 +216,12 @@ class ModalityEncoder(nn.Module):
     def load_inputs(self, records: list[ItemRecord], catalogue: Catalogue, on_corrupt: str = "error"
                     ) -> tuple[LoadedMedia, Any]:
         """The part of encoding a batch that the cache builder runs in its reading thread: :meth:`load_media`
-        and as much of the processing as can run there. Where :attr:`per_item_inputs`, each item is staged
+        and as much of the processing as runs there. Where :attr:`per_item_inputs`, each item is staged
         (:meth:`stage`) as soon as it is read and the loaded media hold None in its place, one decoded item
-        in memory at a time; the staged items are returned as a list. Otherwise the batch is processed
-        whole (:meth:`process_loaded`). :meth:`encode_loaded` takes what this returns (None when no item is
-        present) and finishes it: the same inputs as :meth:`process_loaded` of :meth:`load_media`."""
+        in memory at a time; the staged items are returned as a list where :attr:`finish_in_model_thread`,
+        and finished here otherwise. Other encoders process the batch whole (:meth:`process_loaded`).
+        :meth:`finish_loaded` turns the second value (None when no item is present) into the model inputs:
+        the same as :meth:`process_loaded` of :meth:`load_media`."""
         if not self.per_item_inputs:
             loaded = self.load_media(records, catalogue, on_corrupt)
             return loaded, self.process_loaded(loaded)
