@@ -21,17 +21,37 @@ interactions on average: 5 plus a Poisson draw, from a long-tailed popularity).
     python benchmarks/side_network_epoch.py --device cpu --users 4000 --items 2000 --out bench_out/cpu
     python benchmarks/side_network_epoch.py --device cpu --max-steps 30 --rounds 3 --precision fp32,bf16
 
-Shared machines: every (method, M, precision) model is built first, then ``--rounds`` rounds each time
-``--max-steps`` steps of every model in turn, and a model's time is its fastest round (the least disturbed
-by other jobs; CROSSAN and IISAN are timed side by side in every round). The load average before and after
+Each (method, M, precision) model is timed in a process of its own (see "Why one process per model" below),
+one after the other: it is built, warmed up, then timed over ``--rounds`` rounds of ``--max-steps`` steps,
+and its time is its fastest round (the least disturbed by other jobs). The load average before and after
 and the process's CPU time are recorded with the wall times. ``--profile N`` writes a ``torch.profiler``
-table of N steps per model (sorted by self CPU time) to ``profile_<method>_M<M>_<precision>.txt``.
+table of N steps per model (sorted by self CPU time) to ``profile_<method>_M<M>_<precision>.txt`` (under
+the model's folder).
 
 ``train.compile`` (default ``auto``) resolves as the trainer resolves it for a run on this data
 (``crossan.trainer.resolve_compile``): on a CPU with a C++ compiler, at MicroLens-100K's size, the side
 networks train compiled (column ``compiled``); ``--set train.compile=false`` times them eager. ``warm-up s``
-is each model's five untimed steps before the rounds, where the compilation happens (once per process and
-graph: the first model of a method pays most of it).
+is each model's untimed steps before the rounds (``--warmup-steps``, default 100), where the compilation
+happens (once per process and graph: the first model of a method pays most of it).
+
+Why 100 warm-up steps: in bf16 on a CPU, oneDNN builds a kernel for every new matmul shape (about 1 ms each)
+and keeps it in a cache (1,024 kernels by default, ``ONEDNN_PRIMITIVE_CACHE_CAPACITY``). The side networks'
+shapes follow U, the number of distinct items in a batch, which varies from batch to batch (70 values over
+MicroLens-100K's 1,563 batches, 156–323; CROSSAN M = 2 needs 13 kernels per value, about 940 in an epoch).
+A step that meets a new U ran about 13 ms slower (44 against 31 ms, AMX CPU). An epoch meets its 70 values
+once (4.5% of its steps); 60 steps timed after 5 warm-up steps met 26 (43%) and overstated the epoch. After
+100 warm-up steps, 4 of the next 60 steps meet a new U (7%), close to an epoch's share. ``--max-steps 0`` (a
+full epoch) after the warm-up is like a later epoch of a run, which meets fewer new shapes than its first.
+
+Why one process per model (``--process per-model``, the default): a training run trains one model in its
+process. Timed in one process after the others had warmed up, CROSSAN M = 2 ran 5–30% slower than alone
+(38–44 against 33–35 ms per step; the kernels the others had built evicted some of its own, and the memory
+they left behind is not the memory a run of its own starts with), by an amount that depended on how long the
+others ran: ``--max-steps 60`` printed 64–69 s with 100 warm-up steps, 56 s with 5, against 50.3 s for a
+full epoch (docs/results.md §3x). So each model is timed in a fresh process of its own, one after the other
+(the load averages and matmul probes of each are in results.json, ``per_model``). ``--process shared`` keeps
+the older way: every model in one process, the rounds taking turns, the oneDNN cache raised to 4,096 kernels
+unless the environment sets it (several models need several thousand).
 
 Precision (``--precision``, the run config's ``precision`` key, :mod:`crossan.precision`): the same
 model is timed under each listed setting; ``auto`` is bf16 where the hardware has it. On a CPU, compare
@@ -163,6 +183,9 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every model")
     ap.add_argument("--max-steps", type=int, default=0, help="cap steps per round (0: full epoch)")
     ap.add_argument("--rounds", type=int, default=1, help="timed rounds per model; the fastest counts")
+    ap.add_argument("--warmup-steps", type=int, default=100,
+                    help="untimed steps per model before the rounds (compilation, and oneDNN's kernels for the "
+                         "batches' shapes: see above)")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     ap.add_argument("--adam", choices=["trainer", "loop"], default="trainer",
                     help="trainer: Adam as crossan.trainer builds it (fused on CPU and CUDA); loop: the for-loop "
@@ -177,18 +200,29 @@ def main() -> None:
                     help="side of the square matmuls that measure the host's speed before and after the timed "
                          "rounds (and the rate of the matmul floor)")
     ap.add_argument("--seed", type=int, default=12345)
+    ap.add_argument("--process", choices=["per-model", "shared"], default="per-model",
+                    help="per-model: time each model in a process of its own, as a training run is (see above); "
+                         "shared: every model in this process, the rounds taking turns")
     ap.add_argument("--out", default="bench_out/side_network_epoch")
     args = ap.parse_args()
+    if args.warmup_steps < 0:
+        ap.error("--warmup-steps must be 0 or more")
     if any(kv.split("=", 1)[0].strip() == "train.batch_size" for kv in args.set):
         ap.error("set the batch with --batch-size, not --set train.batch_size=…")
+    models = [(p, int(M), method) for p in args.precision.split(",") for M in args.modality_counts.split(",")
+              for method in args.methods.split(",")]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.process == "per-model" and len(models) > 1:
+        return per_model(models, out)
+    if len(models) > 1:  # read by oneDNN when it builds its first kernel, after this (see the module docstring)
+        os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "4096")
     if "," in args.precision and args.device == "cpu":
         print("note: several precisions in one CPU process; bf16 models ran 2.5x slower beside fp32 ones on a "
-              "Zen 5 (docs/results.md §3m): for times, run one --precision per process", flush=True)
+              "Zen 5 (docs/results.md §3m): for times, use --process per-model", flush=True)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()
 
     base = load_config([], [f"train.batch_size={args.batch_size}", f"seed={args.seed}", *args.set])
@@ -204,6 +238,7 @@ def main() -> None:
     full = _num_batches(len(inputs), args.batch_size)
     all_batches = _batches(len(inputs), args.batch_size, args.seed, 1)
     steps = min(args.max_steps or len(all_batches), len(all_batches))  # the steps each round really runs
+    warmup = min(args.warmup_steps, len(all_batches))
 
     runs = []  # every (precision, M, method) model, built and warmed up before any timing
     for precision in args.precision.split(","):
@@ -217,8 +252,8 @@ def main() -> None:
                        else torch.optim.Adam(param_groups(model, cfg), foreach=False))
                 model.train()
                 clip = cfg.train.grad_clip  # the trainer's step: clipped when the config says so
-                t0 = time.perf_counter()  # warm-up: 5 steps, where train.compile compiles (once per process)
-                train_epoch(model, opt, all_batches[:5], inputs, targets, device, clip, progress=False)
+                t0 = time.perf_counter()  # warm-up, where train.compile compiles (once per process)
+                train_epoch(model, opt, all_batches[:warmup], inputs, targets, device, clip, progress=False)
                 runs.append({"method": method, "modalities": M, "precision": precision, "model": model, "opt": opt,
                              "warmup_s": time.perf_counter() - t0,
                              "grad_clip": clip,
@@ -229,7 +264,7 @@ def main() -> None:
     probes = sorted({probe_dtype(p, device) for p in args.precision.split(",")}, key=str)
     rates = {d: matmul_rate(d, device, size=args.probe_size) for d in probes}  # matmul FLOP/s per dtype
     for r in range(args.rounds):  # the models take turns, so CROSSAN and IISAN see the same load
-        lo = (5 + r * steps) % max(1, len(all_batches) - steps)
+        lo = (warmup + r * steps) % max(1, len(all_batches) - steps)
         batches = all_batches[lo: lo + steps]
         for run in runs:
             gc.collect()
@@ -295,9 +330,29 @@ def main() -> None:
                      "allocated_before_epoch_bytes": int(before), "memory_kind": kind,
                      "loss": round(run["losses"][best], 4), **floor})
         print(json.dumps(rows[-1]), flush=True)
-    # ratios CROSSAN / IISAN at each M and precision (timed side by side in the same rounds)
+    ratios = crossan_iisan_ratios(rows)
+    machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
+               else f"CPU {cpu_description()}, {torch.get_num_threads()} threads")
+    meta = {"machine": machine, "torch": torch.__version__, "users": data.num_users, "items": n,
+            "interactions": interactions, "per_user": round(interactions / max(1, args.users), 3),
+            "width": args.width, "taps": args.taps, "batch_size": args.batch_size, "cache_on": args.cache_on,
+            "overrides": args.set, "adam": args.adam, "memory_steps": args.memory_steps, "warmup_steps": warmup, "malloc": malloc,
+            "onednn_primitive_cache_capacity": os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY"),
+            "cache_bytes_per_modality": cache_bytes["text"],
+            "process": "shared",
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in load_after],
+            "probe_size": args.probe_size,
+            "matmul_gflops_before": {dtype_name(d): round(v / 1e9, 1) for d, v in rates.items()},
+            "matmul_gflops_after": {dtype_name(d): round(v / 1e9, 1) for d, v in rates_after.items()},
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    report(out, rows, ratios, meta)
+
+
+def crossan_iisan_ratios(rows: list[dict]) -> list[dict]:
+    """CROSSAN / IISAN at each M and precision (timed side by side)."""
     ratios = []
-    for precision in args.precision.split(","):
+    for precision in dict.fromkeys(r["precision"] for r in rows):
         for M in sorted({r["modalities"] for r in rows}):
             pick = {r["method"]: r for r in rows if r["modalities"] == M and r["precision"] == precision}
             c, i = pick.get("crossan"), pick.get("iisan")
@@ -307,25 +362,49 @@ def main() -> None:
                                "time_per_epoch_ratio": round(c["time_per_epoch_s"] / i["time_per_epoch_s"], 3),
                                "peak_memory_ratio": round(c["peak_memory_bytes"] / i["peak_memory_bytes"], 3),
                                "peak_minus_cache_ratio": round(c["peak_minus_cache_bytes"] / i["peak_minus_cache_bytes"], 3)})
-    machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
-               else f"CPU {cpu_description()}, {torch.get_num_threads()} threads")
-    meta = {"machine": machine, "torch": torch.__version__, "users": data.num_users, "items": n,
-            "interactions": interactions, "per_user": round(interactions / max(1, args.users), 3),
-            "width": args.width, "taps": args.taps, "batch_size": args.batch_size, "cache_on": args.cache_on,
-            "overrides": args.set, "adam": args.adam, "memory_steps": args.memory_steps, "malloc": malloc, "cache_bytes_per_modality": cache_bytes["text"],
-            "load_average_before": [round(x, 2) for x in load_before],
-            "load_average_after": [round(x, 2) for x in load_after],
-            "probe_size": args.probe_size,
-            "matmul_gflops_before": {dtype_name(d): round(v / 1e9, 1) for d, v in rates.items()},
-            "matmul_gflops_after": {dtype_name(d): round(v / 1e9, 1) for d, v in rates_after.items()},
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    return ratios
+
+
+def per_model(models: list[tuple[str, int, str]], out: Path) -> None:
+    """``--process per-model``: this script again for each model, one after the other, each in a process of
+    its own (``--process shared`` with that one model, writing under ``out/<method>_M<M>_<precision>``); their
+    rows are gathered here, with the ratios."""
+    import subprocess
+    import sys
+
+    load_before = os.getloadavg()
+    rows, metas = [], []
+    for precision, M, method in models:
+        sub = out / f"{method}_M{M}_{precision}"
+        cmd = [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:], "--process", "shared",
+               "--methods", method, "--modality-counts", str(M), "--precision", precision, "--out", str(sub)]
+        print(f"== {method} M={M} {precision}, in a process of its own", flush=True)
+        subprocess.run(cmd, check=True)
+        child = json.loads((sub / "results.json").read_text())
+        rows += child["rows"]
+        metas.append(child["meta"])
+    meta = {**metas[0], "process": "per-model"}
+    meta.update({"load_average_before": [round(x, 2) for x in load_before],
+                 "load_average_after": [round(x, 2) for x in os.getloadavg()],
+                 "matmul_gflops_after": metas[-1]["matmul_gflops_after"],
+                 "per_model": [{"method": r["method"], "modalities": r["modalities"], "precision": r["precision"],
+                                **{k: m[k] for k in ("load_average_before", "load_average_after",
+                                                     "matmul_gflops_before", "matmul_gflops_after", "date")}}
+                               for r, m in zip(rows, metas)]})
+    report(out, rows, crossan_iisan_ratios(rows), meta)
+
+
+def report(out: Path, rows: list[dict], ratios: list[dict], meta: dict) -> None:
+    """Write results.json and results.csv under ``out`` and print the table."""
     (out / "results.json").write_text(json.dumps({"meta": meta, "rows": rows, "ratios": ratios}, indent=2))
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    print(f"\nmachine: {machine}; {data.num_users:,} users, {n:,} items, D={args.width}, K={args.taps}, "
-          f"batch {args.batch_size}; malloc {malloc}; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
+    load_before, load_after = meta["load_average_before"], meta["load_average_after"]
+    print(f"\nmachine: {meta['machine']}; {meta['users']:,} users, {meta['items']:,} items, D={meta['width']}, "
+          f"K={meta['taps']}, batch {meta['batch_size']}; malloc {meta['malloc']}; {meta['process']} process; "
+          f"warm-up {meta['warmup_steps']} steps; load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
     print(f"{'method':8} {'M':>2} {'precision':>9} {'trainable':>12} {'s/epoch':>9} {'cpu s/epoch':>12} "
           f"{'compiled':>8} {'warm-up s':>10} {'peak MiB':>10} {'peak-cache MiB':>15} {'GFLOP/step':>11} {'floor s/epoch':>14} {'share':>6}")
     for r in rows:
@@ -335,9 +414,9 @@ def main() -> None:
               f"{r['peak_memory_bytes'] / 2**20:>10.1f} {r['peak_minus_cache_bytes'] / 2**20:>15.1f} "
               + (f"{r['gflop_per_step']:>11.2f} {r['matmul_floor_s_per_epoch']:>14.1f} "
                  f"{r['share_of_matmul_peak']:>6.0%}" if "gflop_per_step" in r else ""))
-    named = (f"{dtype_name(d)} {v / 1e9:.1f} before the timed rounds, {rates_after[d] / 1e9:.1f} after"
-             for d, v in rates.items())
-    print(f"matmul rate of this machine ({args.probe_size}² products), GFLOP/s: {'; '.join(named)}"
+    before, after = meta["matmul_gflops_before"], meta["matmul_gflops_after"]
+    named = (f"{d} {v:.1f} before the timed rounds, {after[d]:.1f} after" for d, v in before.items())
+    print(f"matmul rate of this machine ({meta['probe_size']}² products), GFLOP/s: {'; '.join(named)}"
           + ("; floor = an epoch's matmul FLOPs at the rate before (nothing else costs time), share = floor / "
              "s/epoch" if any("gflop_per_step" in r for r in rows) else ""))
     for r in ratios:

@@ -147,12 +147,13 @@ def test_side_network_bench_runs_the_trainers_step_with_its_overrides(tmp_path: 
     bench = load_benchmark("side_network_epoch")
     common = ["side_network_epoch.py", "--device", "cpu", "--users", "300", "--items", "200", "--width", "16",
               "--taps", "2", "--modality-counts", "1", "--methods", "crossan", "--max-steps", "2",
-              "--flops-steps", "0", "--memory-steps", "1", "--probe-size", "256", "--out", str(tmp_path)]
+              "--flops-steps", "0", "--memory-steps", "1", "--probe-size", "256", "--warmup-steps", "3",
+              "--out", str(tmp_path)]
     monkeypatch.setattr(sys, "argv", [*common, "--set", "train.grad_clip=1.0"])
     bench.main()
     assert calls and set(calls) == {1.0}, calls  # warm-up, timed and memory steps all clipped
     meta = json.loads((tmp_path / "results.json").read_text())["meta"]
-    assert meta["memory_steps"] == 1
+    assert meta["memory_steps"] == 1 and meta["warmup_steps"] == 3
     # the host's speed around the timed rounds, recorded without --flops-steps too
     dtype = "bfloat16" if cpu_has_bf16() else "float32"
     assert meta["probe_size"] == 256 and set(meta["matmul_gflops_before"]) == set(meta["matmul_gflops_after"]) == {dtype}
@@ -167,6 +168,34 @@ def test_side_network_bench_runs_the_trainers_step_with_its_overrides(tmp_path: 
         bench.main()
         (row,) = json.loads((tmp_path / "results.json").read_text())["rows"]
         assert row["compiled"] is False and row["warmup_s"] > 0
+
+
+def test_side_network_epoch_times_each_model_in_a_process_of_its_own(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Timed in one process after the others, a model ran 5–30% slower than alone (docs/results.md §3x), so by
+    default each model runs in a child process of its own and the parent gathers the rows and the ratios."""
+    import sys
+
+    bench = load_benchmark("side_network_epoch")
+    common = ["side_network_epoch.py", "--device", "cpu", "--users", "300", "--items", "200", "--width", "16",
+              "--taps", "2", "--modality-counts", "1", "--methods", "crossan,iisan", "--max-steps", "2",
+              "--flops-steps", "0", "--memory-steps", "1", "--probe-size", "256", "--warmup-steps", "1"]
+    monkeypatch.setattr(sys, "argv", [*common, "--out", str(tmp_path / "per")])
+    bench.main()
+    got = json.loads((tmp_path / "per" / "results.json").read_text())
+    assert [r["method"] for r in got["rows"]] == ["crossan", "iisan"] and got["meta"]["process"] == "per-model"
+    children = [json.loads((tmp_path / "per" / f"{m}_M1_auto" / "results.json").read_text()) for m in ("crossan", "iisan")]
+    assert [c["rows"] for c in children] == [[got["rows"][0]], [got["rows"][1]]]  # each child timed its own model
+    assert all(c["meta"]["process"] == "shared" for c in children)
+    assert [m["method"] for m in got["meta"]["per_model"]] == ["crossan", "iisan"]
+    (ratio,) = got["ratios"]
+    assert ratio["time_per_epoch_ratio"] == round(got["rows"][0]["time_per_epoch_s"] / got["rows"][1]["time_per_epoch_s"], 3)
+    # --process shared: both in this process, no child folders
+    monkeypatch.setattr(sys, "argv", [*common, "--process", "shared", "--out", str(tmp_path / "shared")])
+    bench.main()
+    shared = json.loads((tmp_path / "shared" / "results.json").read_text())
+    assert [r["method"] for r in shared["rows"]] == ["crossan", "iisan"] and shared["meta"]["process"] == "shared"
+    assert sorted(p.name for p in (tmp_path / "shared").iterdir()) == ["results.csv", "results.json"]
 
 
 def test_only_a_failed_write_is_reported_as_one_even_on_a_nearly_full_disk(tmp_path: Path, monkeypatch) -> None:
