@@ -105,9 +105,9 @@ def check_out_file(path: Path) -> None:
         raise ServeError(f"{path}: cannot be created because {existing} is a file")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ServeError(f"{path}: cannot write in {existing} (read-only or no permission)")
-    from crossan.utils import NAME_MAX, _temporary_path
+    from crossan.utils import NAME_MAX, temporary_path
 
-    longest = len(_temporary_path(path, ".tmp").name.encode("utf-8", "surrogateescape"))
+    longest = len(temporary_path(path, ".tmp").name.encode("utf-8", "surrogateescape"))
     if longest > NAME_MAX:  # the file is written beside itself first, under a longer name
         size = len(path.name.encode("utf-8", "surrogateescape"))
         raise ServeError(f"{path.name[:60]}…: the file name is too long ({size} bytes; at most "

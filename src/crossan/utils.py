@@ -214,13 +214,13 @@ NAME_MAX = 255
 """Bytes in one file or folder name on the file systems crossan writes to (ext4, xfs, btrfs, tmpfs, APFS)."""
 
 
-def _temporary_path(path: Path, suffix: str) -> Path:
+def temporary_path(path: Path, suffix: str) -> Path:
     """Where :func:`atomic_write` writes ``path`` first: ``.<name>.<12 hex digits><suffix>`` beside it."""
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}{suffix}")
 
 
 _TEMPORARY = re.compile(r"^\..+\.[0-9a-f]{12}\.\w+$")
-"""Names :func:`_temporary_path` makes (whatever the writer's suffix)."""
+"""Names :func:`temporary_path` makes (whatever the writer's suffix)."""
 
 
 def is_temporary(path: Path) -> bool:
@@ -255,7 +255,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], Any], suffix: str = "
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise WriteError(f"{path}: cannot create its folder {path.parent} ({e.strerror or e})") from None
-    tmp = _temporary_path(path, suffix)
+    tmp = temporary_path(path, suffix)
     try:
         write(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # the mode of a plainly created file, whatever the writer chose
