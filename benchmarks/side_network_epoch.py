@@ -4,12 +4,13 @@ The side networks never run a backbone, so their cost depends only on the cache'
 width D per modality) and on the interactions — not on what the states hold. This script therefore builds a
 random fp16 layer-state cache of the paper's shape (D = 768, K = 7) and a synthetic interaction set of
 MicroLens-100K's size, keeps the cache on the device, and times one epoch of each method with the project's
-own trainer step (``crossan.trainer.train_epoch``), one method after the other in one process.
+own trainer step (``crossan.trainer.train_epoch``), each in a process of its own (see below).
 
 Memory, per method: the model's and optimiser's state (parameters, buffers, Adam moments) plus the peak of
 what its training steps allocate on top (activations, gradients, temporaries); the cache is added
 separately. On CUDA the step peak is ``torch.cuda.max_memory_allocated`` over the method's timed steps minus
-what was allocated before them (every model stays resident, so the others' state is not counted). On CPU,
+what was allocated before them (with ``--process shared`` every model stays resident, so the others' state is
+not counted). On CPU,
 where torch keeps no such counter, it is rebuilt from the allocator's events over ``--memory-steps`` steps,
 followed with ``torch.profiler`` (see ``crossan.utils.cpu_allocation_peak``).
 
@@ -25,31 +26,31 @@ Each (method, M, precision) model is timed in a process of its own (see "Why one
 one after the other: it is built, warmed up, then timed over ``--rounds`` rounds of ``--max-steps`` steps,
 and its time is its fastest round (the least disturbed by other jobs). The load average before and after
 and the process's CPU time are recorded with the wall times. ``--profile N`` writes a ``torch.profiler``
-table of N steps per model (sorted by self CPU time) to ``profile_<method>_M<M>_<precision>.txt`` (under
-the model's folder).
+table of N steps per model (sorted by self CPU time) to ``profile_<method>_M<M>_<precision>.txt`` (in the
+model's folder ``<method>_M<M>_<precision>``; directly under ``--out`` with ``--process shared``).
 
 ``train.compile`` (default ``auto``) resolves as the trainer resolves it for a run on this data
 (``crossan.trainer.resolve_compile``): on a CPU with a C++ compiler, at MicroLens-100K's size, the side
 networks train compiled (column ``compiled``); ``--set train.compile=false`` times them eager. ``warm-up s``
-is each model's untimed steps before the rounds (``--warmup-steps``, default 100), where the compilation
+is each model's untimed steps before the rounds (``--warmup-steps``, default 200), where the compilation
 happens (once per process and graph: the first model of a method pays most of it).
 
-Why 100 warm-up steps: in bf16 on a CPU, oneDNN builds a kernel for every new matmul shape (about 1 ms each)
+Why 200 warm-up steps: in bf16 on a CPU, oneDNN builds a kernel for every new matmul shape (about 1 ms each)
 and keeps it in a cache (1,024 kernels by default, ``ONEDNN_PRIMITIVE_CACHE_CAPACITY``). The side networks'
-shapes follow U, the number of distinct items in a batch, which varies from batch to batch (70 values over
-MicroLens-100K's 1,563 batches, 156–323; CROSSAN M = 2 needs 13 kernels per value, about 940 in an epoch).
-A step that meets a new U ran about 13 ms slower (44 against 31 ms, AMX CPU). An epoch meets its 70 values
-once (4.5% of its steps); 60 steps timed after 5 warm-up steps met 26 (43%) and overstated the epoch. After
-100 warm-up steps, 4 of the next 60 steps meet a new U (7%), close to an epoch's share. ``--max-steps 0`` (a
-full epoch) after the warm-up is like a later epoch of a run, which meets fewer new shapes than its first.
+shapes follow U, the number of distinct items in a batch, which varies from batch to batch (66 values over the
+1,563 batches here, 159–323; CROSSAN M = 2 builds about 13 kernels per value). A step that meets a new U ran
+about 13 ms slower (44 against 31 ms, AMX CPU). An epoch meets its 66 values once (4.2% of its steps); 60 steps
+timed after 5 warm-up steps met 25 (42%) and overstated the epoch. After 200 warm-up steps, 4 of the next 60
+meet a new U (7%; after 100, 7 of 60). ``--max-steps 0`` (a full epoch) after the warm-up is like a later epoch
+of a run, which meets fewer new shapes than its first.
 
 Why one process per model (``--process per-model``, the default): a training run trains one model in its
-process. Timed in one process after the others had warmed up, CROSSAN M = 2 ran 5–30% slower than alone
-(38–44 against 33–35 ms per step; the kernels the others had built evicted some of its own, and the memory
-they left behind is not the memory a run of its own starts with), by an amount that depended on how long the
-others ran: ``--max-steps 60`` printed 64–69 s with 100 warm-up steps, 56 s with 5, against 50.3 s for a
-full epoch (docs/results.md §3x). So each model is timed in a fresh process of its own, one after the other
-(the load averages and matmul probes of each are in results.json, ``per_model``). ``--process shared`` keeps
+process. Timed in one process after the others had warmed up for 100 steps, CROSSAN M = 2 read 64.0 s with the
+kernel cache raised to 4,096 and 80.8 s with the default one, against 54.9–55.2 s timed in a process of its own
+the same way (docs/results.md §3x); the kernels the others had built evicted some of its own, and the rest of
+the slowdown was not pinned down. So each model is timed in a fresh process of its own, one after the other
+(the load averages and matmul probes of each are in results.json, ``per_model``): CROSSAN and IISAN no longer
+share every round's load, so compare them within one run, beside each one's probes. ``--process shared`` keeps
 the older way: every model in one process, the rounds taking turns, the oneDNN cache raised to 4,096 kernels
 unless the environment sets it (several models need several thousand).
 
@@ -183,7 +184,7 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="config overrides for every model")
     ap.add_argument("--max-steps", type=int, default=0, help="cap steps per round (0: full epoch)")
     ap.add_argument("--rounds", type=int, default=1, help="timed rounds per model; the fastest counts")
-    ap.add_argument("--warmup-steps", type=int, default=100,
+    ap.add_argument("--warmup-steps", type=int, default=200,
                     help="untimed steps per model before the rounds (compilation, and oneDNN's kernels for the "
                          "batches' shapes: see above)")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
@@ -213,7 +214,12 @@ def main() -> None:
               for method in args.methods.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    for name in ("results.json", "results.csv"):  # a run that fails leaves no earlier run's table behind
+        (out / name).unlink(missing_ok=True)
     if args.process == "per-model" and len(models) > 1:
+        for precision, M, method in models:  # a bad method or key fails here, before any model is timed
+            load_config([], [f"method={method}", f"modalities=[{','.join(MODS[:M])}]", f"precision={precision}",
+                             f"train.batch_size={args.batch_size}", f"seed={args.seed}", *args.set])
         return per_model(models, out)
     if len(models) > 1:  # read by oneDNN when it builds its first kernel, after this (see the module docstring)
         os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "4096")
@@ -263,7 +269,7 @@ def main() -> None:
     # command has run 1.2-1.5 times slower hours apart on one CPU model (docs/results.md §3p-§3q)
     probes = sorted({probe_dtype(p, device) for p in args.precision.split(",")}, key=str)
     rates = {d: matmul_rate(d, device, size=args.probe_size) for d in probes}  # matmul FLOP/s per dtype
-    for r in range(args.rounds):  # the models take turns, so CROSSAN and IISAN see the same load
+    for r in range(args.rounds):  # with --process shared the models take turns: CROSSAN and IISAN see one load
         lo = (warmup + r * steps) % max(1, len(all_batches) - steps)
         batches = all_batches[lo: lo + steps]
         for run in runs:
@@ -339,7 +345,7 @@ def main() -> None:
             "overrides": args.set, "adam": args.adam, "memory_steps": args.memory_steps, "warmup_steps": warmup, "malloc": malloc,
             "onednn_primitive_cache_capacity": os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY"),
             "cache_bytes_per_modality": cache_bytes["text"],
-            "process": "shared",
+            "process": args.process if len(models) == 1 else "shared",
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in load_after],
             "probe_size": args.probe_size,
@@ -350,7 +356,7 @@ def main() -> None:
 
 
 def crossan_iisan_ratios(rows: list[dict]) -> list[dict]:
-    """CROSSAN / IISAN at each M and precision (timed side by side)."""
+    """CROSSAN / IISAN at each M and precision."""
     ratios = []
     for precision in dict.fromkeys(r["precision"] for r in rows):
         for M in sorted({r["modalities"] for r in rows}):
@@ -367,7 +373,7 @@ def crossan_iisan_ratios(rows: list[dict]) -> list[dict]:
 
 def per_model(models: list[tuple[str, int, str]], out: Path) -> None:
     """``--process per-model``: this script again for each model, one after the other, each in a process of
-    its own (``--process shared`` with that one model, writing under ``out/<method>_M<M>_<precision>``); their
+    its own (the same command with that one model, writing under ``out/<method>_M<M>_<precision>``); their
     rows are gathered here, with the ratios."""
     import subprocess
     import sys
@@ -376,17 +382,24 @@ def per_model(models: list[tuple[str, int, str]], out: Path) -> None:
     rows, metas = [], []
     for precision, M, method in models:
         sub = out / f"{method}_M{M}_{precision}"
-        cmd = [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:], "--process", "shared",
+        cmd = [sys.executable, str(Path(__file__).resolve()), *sys.argv[1:], "--process", "per-model",
                "--methods", method, "--modality-counts", str(M), "--precision", precision, "--out", str(sub)]
         print(f"== {method} M={M} {precision}, in a process of its own", flush=True)
         subprocess.run(cmd, check=True)
         child = json.loads((sub / "results.json").read_text())
         rows += child["rows"]
         metas.append(child["meta"])
+    before: dict[str, float] = {}  # each dtype's first probe before its rounds, and its last after them
+    after: dict[str, float] = {}
+    for m in metas:
+        for d, v in m["matmul_gflops_before"].items():
+            before.setdefault(d, v)
+        after.update(m["matmul_gflops_after"])
     meta = {**metas[0], "process": "per-model"}
     meta.update({"load_average_before": [round(x, 2) for x in load_before],
                  "load_average_after": [round(x, 2) for x in os.getloadavg()],
-                 "matmul_gflops_after": metas[-1]["matmul_gflops_after"],
+                 "matmul_gflops_before": before, "matmul_gflops_after": after,
+                 "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                  "per_model": [{"method": r["method"], "modalities": r["modalities"], "precision": r["precision"],
                                 **{k: m[k] for k in ("load_average_before", "load_average_after",
                                                      "matmul_gflops_before", "matmul_gflops_after", "date")}}

@@ -186,10 +186,23 @@ def test_side_network_epoch_times_each_model_in_a_process_of_its_own(tmp_path: P
     assert [r["method"] for r in got["rows"]] == ["crossan", "iisan"] and got["meta"]["process"] == "per-model"
     children = [json.loads((tmp_path / "per" / f"{m}_M1_auto" / "results.json").read_text()) for m in ("crossan", "iisan")]
     assert [c["rows"] for c in children] == [[got["rows"][0]], [got["rows"][1]]]  # each child timed its own model
-    assert all(c["meta"]["process"] == "shared" for c in children)
+    assert all(c["meta"]["process"] == "per-model" for c in children)  # each alone in its process
     assert [m["method"] for m in got["meta"]["per_model"]] == ["crossan", "iisan"]
     (ratio,) = got["ratios"]
     assert ratio["time_per_epoch_ratio"] == round(got["rows"][0]["time_per_epoch_s"] / got["rows"][1]["time_per_epoch_s"], 3)
+    # two precisions (a second reader: the table's probes mixed dtypes and crashed); each dtype's probes kept
+    monkeypatch.setattr(sys, "argv", [*common, "--methods", "crossan", "--modality-counts", "1,2", "--precision",
+                                      "fp32,auto", "--out", str(tmp_path / "per")])
+    bench.main()
+    got = json.loads((tmp_path / "per" / "results.json").read_text())
+    assert [(r["modalities"], r["precision"]) for r in got["rows"]] == [(1, "fp32"), (2, "fp32"), (1, "auto"), (2, "auto")]
+    dtypes = {"float32", "bfloat16" if cpu_has_bf16() else "float32"}
+    assert set(got["meta"]["matmul_gflops_before"]) == set(got["meta"]["matmul_gflops_after"]) == dtypes
+    # a bad method fails before any model is timed, and no earlier run's table is left to be mistaken for this one
+    monkeypatch.setattr(sys, "argv", [*common, "--methods", "crossan,nosuchmethod", "--out", str(tmp_path / "per")])
+    with pytest.raises(Exception, match="nosuchmethod"):
+        bench.main()
+    assert not (tmp_path / "per" / "results.json").exists()
     # --process shared: both in this process, no child folders
     monkeypatch.setattr(sys, "argv", [*common, "--process", "shared", "--out", str(tmp_path / "shared")])
     bench.main()
