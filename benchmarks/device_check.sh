@@ -6,7 +6,8 @@
 #
 # It prints the GPU and library versions, then times CROSSAN against IISAN at M = 2 and 4 at
 # MicroLens-100K's size with the project's trainer step (benchmarks/side_network_epoch.py: random fp16
-# cache of the paper's shape on the GPU, batch 64, 1,563 steps per epoch extrapolated from the steps run),
+# cache of the paper's shape on the GPU, batch 64, 1,563 steps per epoch extrapolated from the steps run; each
+# model in a process of its own after 200 warm-up steps, eight processes in all),
 # under `precision=auto` (bf16 autocast on a GPU with bf16 units) and fp32, two rounds each, the fastest
 # kept. Peak memory is torch.cuda.max_memory_allocated over the timed steps (the benchmark's docstring).
 # Target (issue 14): CROSSAN M = 4 <= 10 s/epoch on one H200.
