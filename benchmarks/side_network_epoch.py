@@ -214,10 +214,8 @@ def main() -> None:
               for method in args.methods.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for name in ("results.json", "results.csv"):  # a run that fails leaves no earlier run's table behind
-        (out / name).unlink(missing_ok=True)
     if args.process == "per-model" and len(models) > 1:
-        for precision, M, method in models:  # a bad method or key fails here, before any model is timed
+        for precision, M, method in models:  # an unknown method or key fails here, before any model is timed
             load_config([], [f"method={method}", f"modalities=[{','.join(MODS[:M])}]", f"precision={precision}",
                              f"train.batch_size={args.batch_size}", f"seed={args.seed}", *args.set])
         return per_model(models, out)
