@@ -215,9 +215,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.process == "per-model" and len(models) > 1:
-        for precision, M, method in models:  # an unknown method or key fails here, before any model is timed
-            load_config([], [f"method={method}", f"modalities=[{','.join(MODS[:M])}]", f"precision={precision}",
-                             f"train.batch_size={args.batch_size}", f"seed={args.seed}", *args.set])
+        for model_key in models:  # an unknown method or key fails here, before any model is timed
+            model_config(args, *model_key)
         return per_model(models, out)
     if len(models) > 1:  # read by oneDNN when it builds its first kernel, after this (see the module docstring)
         os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "4096")
@@ -245,23 +244,19 @@ def main() -> None:
     warmup = min(args.warmup_steps, len(all_batches))
 
     runs = []  # every (precision, M, method) model, built and warmed up before any timing
-    for precision in args.precision.split(","):
-        for M in [int(x) for x in args.modality_counts.split(",")]:
-            mods = MODS[:M]
-            for method in args.methods.split(","):
-                cfg = load_config([], [f"method={method}", f"modalities=[{','.join(mods)}]", f"precision={precision}",
-                                       f"train.batch_size={args.batch_size}", f"seed={args.seed}", *args.set])
-                model = bench_model(cfg, data, states, present, device, args.seed)
-                opt = (make_optimizer(model, cfg, device) if args.adam == "trainer"
-                       else torch.optim.Adam(param_groups(model, cfg), foreach=False))
-                model.train()
-                clip = cfg.train.grad_clip  # the trainer's step: clipped when the config says so
-                t0 = time.perf_counter()  # warm-up, where train.compile compiles (once per process)
-                train_epoch(model, opt, all_batches[:warmup], inputs, targets, device, clip, progress=False)
-                runs.append({"method": method, "modalities": M, "precision": precision, "model": model, "opt": opt,
-                             "warmup_s": time.perf_counter() - t0,
-                             "grad_clip": clip,
-                             "mods": mods, "times": [], "cpu_times": [], "losses": []})
+    for precision, M, method in models:
+        cfg = model_config(args, precision, M, method)
+        model = bench_model(cfg, data, states, present, device, args.seed)
+        opt = (make_optimizer(model, cfg, device) if args.adam == "trainer"
+               else torch.optim.Adam(param_groups(model, cfg), foreach=False))
+        model.train()
+        clip = cfg.train.grad_clip  # the trainer's step: clipped when the config says so
+        t0 = time.perf_counter()  # warm-up, where train.compile compiles (once per process)
+        train_epoch(model, opt, all_batches[:warmup], inputs, targets, device, clip, progress=False)
+        runs.append({"method": method, "modalities": M, "precision": precision, "model": model, "opt": opt,
+                     "warmup_s": time.perf_counter() - t0,
+                     "grad_clip": clip,
+                     "times": [], "cpu_times": [], "losses": []})
 
     # the host's speed around the timed rounds: a guest's load average does not show a busy host, and the same
     # command has run 1.2-1.5 times slower hours apart on one CPU model (docs/results.md §3p-§3q)
@@ -291,7 +286,8 @@ def main() -> None:
 
     rows = []
     for run in runs:
-        model, opt, M, mods = run["model"], run["opt"], run["modalities"], run["mods"]
+        model, opt, M = run["model"], run["opt"], run["modalities"]
+        mods = MODS[:M]
         trainable, total = count_params(model)
         best = min(range(args.rounds), key=lambda i: run["times"][i])
         epoch_s = run["times"][best] * full / steps
@@ -354,6 +350,12 @@ def main() -> None:
     report(out, rows, ratios, meta)
 
 
+def model_config(args: argparse.Namespace, precision: str, M: int, method: str) -> Config:
+    """The run config of one timed model: ``method`` on the first ``M`` modalities under ``precision``."""
+    return load_config([], [f"method={method}", f"modalities=[{','.join(MODS[:M])}]", f"precision={precision}",
+                            f"train.batch_size={args.batch_size}", f"seed={args.seed}", *args.set])
+
+
 def crossan_iisan_ratios(rows: list[dict]) -> list[dict]:
     """CROSSAN / IISAN at each M and precision."""
     ratios = []
@@ -394,15 +396,15 @@ def per_model(models: list[tuple[str, int, str]], out: Path) -> None:
         for d, v in m["matmul_gflops_before"].items():
             before.setdefault(d, v)
         after.update(m["matmul_gflops_after"])
-    meta = {**metas[0], "process": "per-model"}
-    meta.update({"load_average_before": [round(x, 2) for x in load_before],
-                 "load_average_after": [round(x, 2) for x in os.getloadavg()],
-                 "matmul_gflops_before": before, "matmul_gflops_after": after,
-                 "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                 "per_model": [{"method": r["method"], "modalities": r["modalities"], "precision": r["precision"],
-                                **{k: m[k] for k in ("load_average_before", "load_average_after",
-                                                     "matmul_gflops_before", "matmul_gflops_after", "date")}}
-                               for r, m in zip(rows, metas)]})
+    meta = {**metas[0], "process": "per-model",
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
+            "matmul_gflops_before": before, "matmul_gflops_after": after,
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "per_model": [{"method": r["method"], "modalities": r["modalities"], "precision": r["precision"],
+                           **{k: m[k] for k in ("load_average_before", "load_average_after",
+                                                "matmul_gflops_before", "matmul_gflops_after", "date")}}
+                          for r, m in zip(rows, metas)]}
     report(out, rows, crossan_iisan_ratios(rows), meta)
 
 
